@@ -1,0 +1,105 @@
+//! The platform seam: the only way protocol code reaches hardware or the host.
+//!
+//! Implemented by the `snp` platform (PVALIDATE, RMPADJUST, VMSA pages, GHCB), the `svm`
+//! platform (VMCBs and nested paging under QEMU) and the hosted `model` of SEV-SNP. The
+//! methods are the hardware operations an SVSM performs, at the granularity the hardware
+//! offers; policy (which gpa may be touched, in which order) stays in the kernel.
+//!
+//! Guest memory is reached only by copy (`read`/`write`); no reference into guest memory
+//! ever leaves the platform.
+
+use crate::addr::{Gpa, PageAddr, PageSize};
+use crate::vcpu::VcpuIndex;
+use abi::vmsa::VmsaField;
+
+/// A memory access by the SVSM faulted: the page is absent, not validated, or was taken
+/// away by the host. Never fatal; the request that caused it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryFault {
+    pub gpa: Gpa,
+}
+
+/// Failure of a PVALIDATE or RMPADJUST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HwError {
+    /// The instruction completed with this non-zero EAX (FAIL_INPUT, FAIL_PERMISSION,
+    /// FAIL_INUSE, FAIL_SIZEMISMATCH, or an unknown future code).
+    Rc(u32),
+    /// The instruction faulted (e.g. an RMP violation the host must resolve).
+    Fault,
+}
+
+/// Outcome of a successful PVALIDATE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PvalidateEffect {
+    /// The validated state changed.
+    Changed,
+    /// EFLAGS.CF = 1: the page already had the requested state.
+    Unchanged,
+}
+
+/// What the platform can offer for vTOM (CONFIGURE_VTOM query result).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VtomLimits {
+    /// Required alignment as a power of two.
+    pub align_log2: u8,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// Log severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+pub trait Platform {
+    /// Exit code the calling vCPU's VMSA shows when it entered the SVSM through the call
+    /// gate (VMGEXIT on SNP, VMMCALL on `svm`).
+    const CALL_EXIT_CODE: u64;
+
+    /// Copy guest memory at `gpa` into `buf`.
+    fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault>;
+    /// Copy `data` into guest memory at `gpa`.
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), MemoryFault>;
+    /// Fill a 4 KiB page with zeros.
+    fn zero_page(&mut self, page: PageAddr) -> Result<(), MemoryFault>;
+
+    /// PVALIDATE at VMPL0.
+    fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError>;
+    /// RMPADJUST at VMPL0: set `target_vmpl`'s permissions (abi::hw::rmpadjust::PERM_*)
+    /// and the VMSA flag of a page.
+    fn rmpadjust(&mut self, page: PageAddr, size: PageSize, target_vmpl: u8, perms: u8, vmsa: bool)
+    -> Result<(), HwError>;
+
+    /// Read a field of a lower-VMPL vCPU's VMSA.
+    fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault>;
+    /// Write a field of a lower-VMPL vCPU's VMSA.
+    fn vmsa_write(&mut self, vmsa: PageAddr, field: VmsaField, value: u64) -> Result<(), MemoryFault>;
+
+    /// A vCPU was created: its VMSA page is a VMSA now, `svsm_pages` are SVSM-owned pages
+    /// for its SVSM-side context. The platform makes it runnable (on SNP: tells the host).
+    fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]);
+    /// Stop a vCPU for deletion (DELETE_VCPU's "set VMSA.EFER.SVME = 0").
+    /// `Err(HwError::Rc(FAIL_INUSE))` if the VMSA is executing.
+    fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError>;
+    /// The vCPU is gone; the platform forgets it.
+    fn vcpu_deleted(&mut self, index: VcpuIndex);
+
+    /// vTOM support, or `None` if this platform cannot reconfigure vTOM.
+    fn vtom_limits(&self) -> Option<VtomLimits>;
+
+    /// Emit a log line.
+    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>);
+}
+
+/// Log through a platform: `log!(p, Warn, "... {}", x)`.
+#[macro_export]
+macro_rules! log {
+    ($p:expr, $lvl:ident, $($arg:tt)*) => {
+        $crate::platform::Platform::log($p, $crate::platform::Level::$lvl, format_args!($($arg)*))
+    };
+}

@@ -1,0 +1,80 @@
+//! The list format shared by PVALIDATE and DEPOSIT_MEM (spec 58019 tables 6 and 7):
+//! reading it once, checking its header, and writing back the next-entry index.
+
+use crate::addr::Gpa;
+use crate::error::{CallError, CallResult};
+use crate::guest_memory;
+use crate::pages::PageTracker;
+use crate::platform::Platform;
+use abi::PAGE_SIZE;
+use abi::core_protocol::{LIST_ENTRY_SIZE, LIST_HEADER_SIZE, LIST_NEXT_OFFSET, ListHeader};
+use alloc::vec::Vec;
+use zerocopy::IntoBytes;
+
+/// A list copied out of guest memory: the entries from `next` to the end.
+#[derive(Debug)]
+pub struct EntryList {
+    pub gpa: Gpa,
+    pub next: u16,
+    /// Entries `next..entries`, as the guest wrote them.
+    pub pending: Vec<u64>,
+}
+
+/// Most entries a list can hold: it must not cross the 4 KiB page it starts in.
+pub fn capacity(gpa: Gpa) -> u64 {
+    (PAGE_SIZE - gpa.page_offset()).saturating_sub(LIST_HEADER_SIZE) / LIST_ENTRY_SIZE
+}
+
+/// Read and check a list at `gpa` (RCX of the call).
+pub fn read<P: Platform + ?Sized>(p: &P, pages: &PageTracker, gpa: Gpa) -> CallResult<EntryList> {
+    if !gpa.is_aligned(8) {
+        return Err(CallError::InvalidParameter("list gpa is not 8-byte aligned"));
+    }
+    let header: ListHeader = guest_memory::read(p, pages, gpa)?;
+    if header.entries == 0 {
+        return Err(CallError::InvalidParameter("list has no entries"));
+    }
+    if u64::from(header.entries) > capacity(gpa) {
+        return Err(CallError::InvalidParameter("list crosses a 4 KiB boundary"));
+    }
+    if header.next >= header.entries {
+        return Err(CallError::InvalidParameter("next entry index is not below the entry count"));
+    }
+    let count = usize::from(header.entries - header.next);
+    let mut pending: Vec<u64> = Vec::new();
+    pending.try_reserve_exact(count).map_err(|_| CallError::NeedMemory(1))?;
+    pending.resize(count, 0);
+    let first = Gpa(gpa.0 + LIST_HEADER_SIZE + u64::from(header.next) * LIST_ENTRY_SIZE);
+    guest_memory::read_bytes(p, pages, first, pending.as_mut_bytes())?;
+    Ok(EntryList { gpa, next: header.next, pending })
+}
+
+/// Write the next-entry index back into the guest's list header.
+pub fn write_next<P: Platform + ?Sized>(p: &mut P, pages: &PageTracker, list: &EntryList, next: u16) -> CallResult<()> {
+    guest_memory::write_bytes(p, pages, Gpa(list.gpa.0 + LIST_NEXT_OFFSET), &next.to_le_bytes())
+}
+
+/// The work one call may still do, in 4 KiB pages. The first entry of a call is always
+/// taken, whatever its cost, so every call makes progress.
+#[derive(Debug)]
+pub struct Budget {
+    left: u64,
+    first: bool,
+}
+
+impl Budget {
+    pub fn new(pages: u64) -> Self {
+        Self { left: pages, first: true }
+    }
+
+    /// May an entry costing `pages` run now?
+    pub fn take(&mut self, pages: u64) -> bool {
+        if self.first || self.left >= pages {
+            self.first = false;
+            self.left = self.left.saturating_sub(pages);
+            true
+        } else {
+            false
+        }
+    }
+}

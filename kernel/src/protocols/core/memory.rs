@@ -1,0 +1,158 @@
+//! SVSM_CORE_DEPOSIT_MEM and SVSM_CORE_WITHDRAW_MEM (spec 58019 sections 6.5 and 6.6).
+//!
+//! Deposited pages must be validated guest RAM with no other role; each is restricted to
+//! VMPL0 with RMPADJUST (VMPL 1..=3 lose all access) and joins the page pool. A 2 MiB
+//! entry is taken as 512 pages of 4 KiB; memory the guest validated as one 2 MiB page
+//! fails with the hardware's size mismatch (0x8000_1006), because the SVSM could never
+//! return it 4 KiB at a time. Withdrawn pages are zeroed before the guest gets them back,
+//! so nothing the SVSM kept there leaks.
+
+use super::list::{self, Budget};
+use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
+use crate::error::{AddressConflict, CallError, CallResult};
+use crate::guest_memory;
+use crate::pages::PageRole;
+use crate::platform::{HwError, Platform};
+use crate::protocols::{CallContext, Reply};
+use crate::svsm::Svsm;
+use abi::PAGE_SIZE;
+use abi::core_protocol::{DepositEntry, EntrySize, LIST_ENTRY_SIZE, LIST_HEADER_SIZE};
+use abi::hw::rmpadjust::{PERM_ALL, PERM_NONE};
+use alloc::vec::Vec;
+use zerocopy::IntoBytes;
+
+const LOWER_VMPLS: core::ops::RangeInclusive<u8> = 1..=3;
+
+pub fn deposit<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    let list = match list::read(p, &svsm.pages, Gpa(ctx.regs.rcx)) {
+        Ok(l) => l,
+        Err(e) => return Reply::err(e),
+    };
+    let mut budget = Budget::new(svsm.pages_per_call);
+    let mut next = list.next;
+    let mut status = Ok(());
+    for raw in &list.pending {
+        let range = match decode(DepositEntry(*raw)) {
+            Ok(r) => r,
+            Err(e) => {
+                status = Err(e);
+                break;
+            }
+        };
+        if !budget.take(range.pages()) {
+            status = Err(CallError::Incomplete);
+            break;
+        }
+        if let Err(e) = deposit_range(svsm, p, ctx.caller_vmpl, range) {
+            status = Err(e);
+            break;
+        }
+        next += 1;
+    }
+    if next != list.next {
+        svsm.mem_flag_dirty = true;
+    }
+    let written = list::write_next(p, &svsm.pages, &list, next);
+    Reply::from(status.and(written))
+}
+
+fn decode(e: DepositEntry) -> CallResult<PageRange> {
+    if e.reserved_bits() != 0 {
+        return Err(CallError::InvalidParameter("deposit entry sets reserved bits 11:2"));
+    }
+    let size = match e.size() {
+        EntrySize::Size4K => PageSize::Size4K,
+        EntrySize::Size2M => PageSize::Size2M,
+        EntrySize::Reserved(_) => return Err(CallError::InvalidParameter("deposit entry page size is reserved")),
+    };
+    PageRange::of_page(PageAddr::from_pfn(e.gpa() >> 12), size)
+        .ok_or(CallError::InvalidParameter("2 MiB deposit entry has bits 20:12 set"))
+}
+
+fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, range: PageRange) -> CallResult<()> {
+    svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    if let Some(pfn) = svsm.pages.first_unvalidated(range) {
+        return Err(CallError::address(Gpa(pfn << 12), AddressConflict::NotValidated));
+    }
+    for (done, page) in range.iter().enumerate() {
+        if let Err(error) = restrict(p, page) {
+            // Hand back what this entry already took, so the entry is all or nothing.
+            for back in range.iter().take(done + 1) {
+                if let Err(undo) = grant(p, back, caller_vmpl) {
+                    crate::log!(p, Error, "deposit rollback at {:#x} failed: {:?}", back.raw(), undo);
+                }
+            }
+            return Err(CallError::Hardware { gpa: page.gpa(), error });
+        }
+    }
+    for page in range.iter() {
+        svsm.pages.set_role(page, PageRole::Deposited);
+        svsm.pool.add_deposited(page);
+    }
+    Ok(())
+}
+
+fn restrict<P: Platform + ?Sized>(p: &mut P, page: PageAddr) -> Result<(), HwError> {
+    for vmpl in LOWER_VMPLS {
+        p.rmpadjust(page, PageSize::Size4K, vmpl, PERM_NONE, false)?;
+    }
+    Ok(())
+}
+
+/// Full access for VMPL 1..=`caller_vmpl` (the caller and every more privileged VMPL).
+pub(super) fn grant<P: Platform + ?Sized>(p: &mut P, page: PageAddr, caller_vmpl: u8) -> Result<(), HwError> {
+    for vmpl in 1..=caller_vmpl.min(3) {
+        p.rmpadjust(page, PageSize::Size4K, vmpl, PERM_ALL, false)?;
+    }
+    Ok(())
+}
+
+pub fn withdraw<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    withdraw_inner(svsm, p, ctx).into()
+}
+
+fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+    let gpa = Gpa(ctx.regs.rcx);
+    if !gpa.is_aligned(8) {
+        return Err(CallError::InvalidParameter("withdraw list gpa is not 8-byte aligned"));
+    }
+    let room = (PAGE_SIZE - gpa.page_offset()).saturating_sub(LIST_HEADER_SIZE) / LIST_ENTRY_SIZE;
+    if room == 0 {
+        return Err(CallError::InvalidParameter("withdraw list has no room for an entry"));
+    }
+    // Check the header can be written before anything leaves the pool.
+    guest_memory::write_bytes(p, &svsm.pages, gpa, &0u16.to_le_bytes())?;
+    let room = usize::try_from(room).unwrap_or(0).min(svsm.pages_per_call as usize).max(1);
+    let taken = svsm.pool.take_withdrawable(room);
+    let entries_gpa = Gpa(gpa.0 + LIST_HEADER_SIZE);
+    let gpas: Vec<u64> = taken.iter().map(|pg| pg.raw()).collect();
+    if let Err(e) = guest_memory::write_bytes(p, &svsm.pages, entries_gpa, gpas.as_bytes()) {
+        for pg in taken {
+            svsm.pool.free(pg, true);
+        }
+        return Err(e);
+    }
+    // Hand pages back one by one; a page the hardware refuses stays in the pool.
+    let mut returned = 0usize;
+    let mut remaining = taken.into_iter();
+    for page in remaining.by_ref() {
+        let handed_back = p.zero_page(page).is_ok() && grant(p, page, ctx.caller_vmpl).is_ok();
+        if !handed_back {
+            crate::log!(p, Warn, "withdraw: page {:#x} stays with the SVSM", page.raw());
+            svsm.pool.free(page, true);
+            break;
+        }
+        svsm.pages.clear_role(page);
+        returned += 1;
+    }
+    for page in remaining {
+        svsm.pool.free(page, true);
+    }
+    svsm.pool.withdrawn(returned);
+    svsm.mem_flag_dirty = true;
+    let count = u16::try_from(returned).unwrap_or(u16::MAX);
+    if let Err(e) = guest_memory::write_bytes(p, &svsm.pages, gpa, &count.to_le_bytes()) {
+        crate::log!(p, Error, "withdraw: {} pages returned but the list header write failed: {:?}", returned, e);
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The core protocol, protocol 0 (spec 58019 section 6): all eight calls.
+//!
+//! Each call decodes and checks its registers and guest structures before it changes any
+//! state (parse, then act). Decisions the spec leaves open are recorded in
+//! `docs/protocols/core.md`.
+
+mod list;
+mod memory;
+mod pvalidate;
+mod vcpu;
+mod vtom;
+
+use super::{CallContext, Reply, SERVED};
+use crate::addr::{Gpa, PageRange};
+use crate::error::{AddressConflict, CallError};
+use crate::pages::PageRole;
+use crate::platform::Platform;
+use crate::svsm::Svsm;
+use abi::calling_area::CALL_PENDING_NONE;
+use abi::protocol::{ProtocolId, core_call, query_protocol_result};
+
+pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    match ctx.id.call {
+        core_call::REMAP_CA => remap_ca(svsm, p, ctx).into(),
+        core_call::PVALIDATE => pvalidate::pvalidate(svsm, p, ctx),
+        core_call::CREATE_VCPU => vcpu::create_vcpu(svsm, p, ctx).into(),
+        core_call::DELETE_VCPU => vcpu::delete_vcpu(svsm, p, ctx).into(),
+        core_call::DEPOSIT_MEM => memory::deposit(svsm, p, ctx),
+        core_call::WITHDRAW_MEM => memory::withdraw(svsm, p, ctx),
+        core_call::QUERY_PROTOCOL => query_protocol(ctx),
+        core_call::CONFIGURE_VTOM => vtom::configure_vtom(svsm, p, ctx),
+        _ => Reply::err(CallError::UnsupportedCall),
+    }
+}
+
+/// Section 6.7: RCX = protocol << 32 | version in; max << 32 | min out, or 0. Always
+/// succeeds and never asks for memory.
+fn query_protocol(ctx: &CallContext) -> Reply {
+    let protocol = ProtocolId((ctx.regs.rcx >> 32) as u32);
+    let version = ctx.regs.rcx as u32;
+    let answer = SERVED
+        .iter()
+        .find(|s| s.id == protocol && (s.min_version..=s.max_version).contains(&version))
+        .map_or(0, |s| query_protocol_result(s.max_version, s.min_version));
+    Reply::ok().with_rcx(answer)
+}
+
+/// Section 6.1: move the calling vCPU's calling area. The request loop clears
+/// CALL_PENDING in the old area; here the new one gets CALL_PENDING = 0 so a spurious
+/// host entry cannot look like a call.
+fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Result<(), CallError> {
+    let new = Gpa(ctx.regs.rcx);
+    if !new.is_aligned(8) {
+        return Err(CallError::InvalidParameter("calling area gpa is not 8-byte aligned"));
+    }
+    let page = new.page();
+    let range = PageRange::new(page, 1).ok_or(CallError::address(new, AddressConflict::NotRam))?;
+    svsm.pages.check_param(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    // One calling area per page: another vCPU's area here would let two vCPUs' calls
+    // collide.
+    match svsm.pages.role(page) {
+        Some(PageRole::CallingArea(owner)) if owner != ctx.vcpu => {
+            return Err(CallError::address(new, AddressConflict::CallingArea));
+        }
+        _ => {}
+    }
+    p.write(new, &[CALL_PENDING_NONE])?;
+    let Some(v) = svsm.vcpus.get_mut(ctx.vcpu) else {
+        // The caller is registered: the request loop found it. Only an SVSM bug gets here.
+        return Err(CallError::InvalidRequest("caller vanished"));
+    };
+    let old_page = v.calling_area.page();
+    v.calling_area = new;
+    if old_page != page {
+        svsm.pages.clear_role(old_page);
+        svsm.pages.set_role(page, PageRole::CallingArea(ctx.vcpu));
+    }
+    if ctx.vcpu == crate::vcpu::VcpuIndex::STARTUP {
+        svsm.mem_flag_dirty = true;
+    }
+    Ok(())
+}

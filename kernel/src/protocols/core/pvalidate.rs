@@ -1,0 +1,141 @@
+//! SVSM_CORE_PVALIDATE (spec 58019 section 6.2).
+//!
+//! For each entry from the next-entry index: decode and check it, refuse pages the SVSM
+//! owns (its image, deposited pages, VMSAs, calling areas), then
+//! - validate: PVALIDATE, zero the page(s) so the guest never sees what the host left
+//!   there, then RMPADJUST full access for VMPL 1..=caller;
+//! - invalidate: RMPADJUST to revoke VMPL 1..=3 first, then PVALIDATE.
+//!
+//! The validation bitmap is the SVSM's record: a request to validate pages it already
+//! records as validated answers "no change" without executing PVALIDATE. That is what the
+//! hardware would say for an honest host, and it refuses to re-validate a page the host
+//! swapped behind the guest's back.
+
+use super::list::{self, Budget};
+use crate::addr::{PageAddr, PageRange, PageSize};
+use crate::error::{CallError, CallResult};
+use crate::platform::{Platform, PvalidateEffect};
+use crate::protocols::{CallContext, Reply};
+use crate::svsm::Svsm;
+use crate::addr::Gpa;
+use abi::core_protocol::{EntrySize, PvalidateEntry};
+use abi::hw::rmpadjust::{PERM_ALL, PERM_NONE};
+
+/// Highest VMPL an RMPADJUST can target.
+const MAX_VMPL: u8 = 3;
+
+pub fn pvalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    let list = match list::read(p, &svsm.pages, Gpa(ctx.regs.rcx)) {
+        Ok(l) => l,
+        Err(e) => return Reply::err(e),
+    };
+    let mut budget = Budget::new(svsm.pages_per_call);
+    let mut next = list.next;
+    let mut status = Ok(());
+    for raw in &list.pending {
+        let entry = match decode(PvalidateEntry(*raw)) {
+            Ok(e) => e,
+            Err(e) => {
+                status = Err(e);
+                break;
+            }
+        };
+        if !budget.take(entry.range.pages()) {
+            status = Err(CallError::Incomplete);
+            break;
+        }
+        if let Err(e) = apply(svsm, p, ctx.caller_vmpl, &entry) {
+            status = Err(e);
+            break;
+        }
+        next += 1;
+    }
+    let written = list::write_next(p, &svsm.pages, &list, next);
+    Reply::from(status.and(written))
+}
+
+/// A checked PVALIDATE entry.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub page: PageAddr,
+    pub size: PageSize,
+    pub range: PageRange,
+    pub validate: bool,
+    pub ignore_cf: bool,
+}
+
+pub fn decode(e: PvalidateEntry) -> CallResult<Entry> {
+    if e.reserved_bits() != 0 {
+        return Err(CallError::InvalidParameter("PVALIDATE entry sets reserved bits 11:4"));
+    }
+    let size = match e.size() {
+        EntrySize::Size4K => PageSize::Size4K,
+        EntrySize::Size2M => PageSize::Size2M,
+        EntrySize::Reserved(_) => return Err(CallError::InvalidParameter("PVALIDATE entry page size is reserved")),
+    };
+    let page = PageAddr::from_pfn(e.gpa() >> 12);
+    let range = PageRange::of_page(page, size)
+        .ok_or(CallError::InvalidParameter("2 MiB PVALIDATE entry has bits 20:12 set"))?;
+    Ok(Entry { page, size, range, validate: e.validate(), ignore_cf: e.ignore_cf() })
+}
+
+fn no_change(entry: &Entry) -> CallResult<()> {
+    if entry.ignore_cf { Ok(()) } else { Err(CallError::NoChange { gpa: entry.page.gpa() }) }
+}
+
+fn hw(entry: &Entry) -> impl Fn(crate::platform::HwError) -> CallError {
+    let gpa = entry.page.gpa();
+    move |error| CallError::Hardware { gpa, error }
+}
+
+pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+    svsm.pages.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    if entry.validate { validate(svsm, p, caller_vmpl, entry) } else { invalidate(svsm, p, entry) }
+}
+
+fn validate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+    if svsm.pages.all_validated(entry.range) {
+        return no_change(entry);
+    }
+    match p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))? {
+        PvalidateEffect::Unchanged => {
+            // Validated before the SVSM knew (at launch): the hardware is right.
+            svsm.pages.set_validated(entry.range, true);
+            return no_change(entry);
+        }
+        PvalidateEffect::Changed => {}
+    }
+    let granted = zero_and_grant(p, caller_vmpl, entry);
+    if let Err(e) = granted {
+        // Leave the page as it was: invalid, and invisible to the guest.
+        if let Err(undo) = p.pvalidate(entry.page, entry.size, false) {
+            crate::log!(p, Error, "PVALIDATE rollback at {:#x} failed: {:?}", entry.page.raw(), undo);
+            svsm.pages.set_validated(entry.range, true);
+        }
+        return Err(e);
+    }
+    svsm.pages.set_validated(entry.range, true);
+    Ok(())
+}
+
+fn zero_and_grant<P: Platform + ?Sized>(p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+    for page in entry.range.iter() {
+        p.zero_page(page)?;
+    }
+    for vmpl in 1..=caller_vmpl.min(MAX_VMPL) {
+        p.rmpadjust(entry.page, entry.size, vmpl, PERM_ALL, false).map_err(hw(entry))?;
+    }
+    Ok(())
+}
+
+fn invalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, entry: &Entry) -> CallResult<()> {
+    for vmpl in 1..=MAX_VMPL {
+        p.rmpadjust(entry.page, entry.size, vmpl, PERM_NONE, false).map_err(hw(entry))?;
+    }
+    let effect = p.pvalidate(entry.page, entry.size, false).map_err(hw(entry))?;
+    svsm.pages.set_validated(entry.range, false);
+    match effect {
+        PvalidateEffect::Changed => Ok(()),
+        PvalidateEffect::Unchanged => no_change(entry),
+    }
+}

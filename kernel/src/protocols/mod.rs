@@ -1,0 +1,97 @@
+//! Dispatch of a call to its protocol, and the table of protocols the SVSM serves.
+//!
+//! A protocol handler receives the decoded [`CallContext`] and returns a [`Reply`]: a
+//! status (success or a [`CallError`]) and the output registers it sets. Registers left
+//! `None` keep the caller's value (PVALIDATE's RCX "remains unmodified").
+
+pub mod core;
+
+use crate::error::{CallError, CallResult};
+use crate::platform::Platform;
+use crate::svsm::Svsm;
+use crate::vcpu::VcpuIndex;
+use abi::protocol::{CallId, ProtocolId};
+use abi::result::ResultCode;
+
+/// The argument registers of a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallRegs {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub r8: u64,
+    pub r9: u64,
+}
+
+/// A decoded call.
+#[derive(Clone, Copy, Debug)]
+pub struct CallContext {
+    pub vcpu: VcpuIndex,
+    /// VMPL of the calling vCPU (from its VMSA).
+    pub caller_vmpl: u8,
+    pub id: CallId,
+    pub regs: CallRegs,
+}
+
+/// The answer to a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: CallResult<()>,
+    pub rcx: Option<u64>,
+    pub rdx: Option<u64>,
+    pub r8: Option<u64>,
+    pub r9: Option<u64>,
+}
+
+impl Reply {
+    pub const fn ok() -> Self {
+        Self { status: Ok(()), rcx: None, rdx: None, r8: None, r9: None }
+    }
+    pub const fn err(e: CallError) -> Self {
+        Self { status: Err(e), rcx: None, rdx: None, r8: None, r9: None }
+    }
+    pub const fn with_rcx(mut self, v: u64) -> Self {
+        self.rcx = Some(v);
+        self
+    }
+    pub const fn with_rdx(mut self, v: u64) -> Self {
+        self.rdx = Some(v);
+        self
+    }
+    pub const fn with_r8(mut self, v: u64) -> Self {
+        self.r8 = Some(v);
+        self
+    }
+    pub fn result(&self) -> ResultCode {
+        match &self.status {
+            Ok(()) => ResultCode::SUCCESS,
+            Err(e) => e.result(),
+        }
+    }
+}
+
+impl From<CallResult<()>> for Reply {
+    fn from(status: CallResult<()>) -> Self {
+        Self { status, ..Self::ok() }
+    }
+}
+
+/// A protocol the SVSM serves, with its version range (for QUERY_PROTOCOL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedProtocol {
+    pub id: ProtocolId,
+    pub min_version: u32,
+    pub max_version: u32,
+}
+
+/// Every protocol this SVSM serves. A protocol is added here and in [`dispatch`].
+pub const SERVED: &[ServedProtocol] =
+    &[ServedProtocol { id: ProtocolId::CORE, min_version: 1, max_version: abi::protocol::CORE_PROTOCOL_VERSION }];
+
+/// Route a call to its protocol.
+pub fn dispatch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    match ctx.id.protocol {
+        ProtocolId::CORE => core::handle(svsm, p, ctx),
+        _ => Reply::err(CallError::UnsupportedProtocol),
+    }
+}

@@ -1,0 +1,142 @@
+//! The request loop of spec 58019 section 5: one entry of the SVSM on behalf of one guest
+//! vCPU.
+//!
+//! Order, as the spec prescribes:
+//! 1. set the caller's VMSA.EFER.SVME = 0, so the host cannot run it meanwhile;
+//! 2. check the exit code is the call gate; if not, restore SVME and do nothing else;
+//! 3. check SVSM_CALL_PENDING; 0 means a spurious entry: restore SVME, do nothing else;
+//! 4. read RAX and the argument registers, dispatch the call;
+//! 5. write RAX and the output registers, clear SVSM_CALL_PENDING, then set SVME = 1.
+//!
+//! A host that breaks the caller's VMSA or calling area gets no answer (there is no one
+//! to give it to); the SVSM logs the fault and keeps serving.
+
+use crate::addr::Gpa;
+use crate::platform::{MemoryFault, Platform};
+use crate::protocols::{self, CallContext, CallRegs, Reply};
+use crate::svsm::Svsm;
+use crate::vcpu::VcpuIndex;
+use crate::{error::CallError, log};
+use abi::calling_area::{CALL_PENDING_NONE, CALL_PENDING_REQUESTED, MEM_AVAILABLE_OFFSET};
+use abi::hw::EFER_SVME;
+use abi::protocol::CallId;
+use abi::result::ResultCode;
+use abi::vmsa::VmsaField;
+
+/// What one entry of the SVSM did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryOutcome {
+    /// A call was served with this result.
+    Served(ResultCode),
+    /// CALL_PENDING was 0: the host entered without a guest request.
+    Spurious,
+    /// The caller's exit code was not the call gate.
+    WrongExitCode(u64),
+    /// No such vCPU (deleted or never created).
+    UnknownVcpu,
+    /// The host made the caller's VMSA or calling area inaccessible.
+    HostFault(MemoryFault),
+}
+
+impl Svsm {
+    /// Serve one entry for guest vCPU `vcpu`.
+    pub fn handle_entry<P: Platform + ?Sized>(&mut self, p: &mut P, vcpu: VcpuIndex) -> EntryOutcome {
+        let Some(v) = self.vcpus.get(vcpu) else {
+            log!(p, Warn, "entry for unknown vCPU {}", vcpu.0);
+            return EntryOutcome::UnknownVcpu;
+        };
+        let (vmsa, ca) = (v.vmsa, v.calling_area);
+        match self.serve(p, vcpu, vmsa, ca) {
+            Ok(outcome) => outcome,
+            Err(fault) => {
+                self.stats.host_faults += 1;
+                log!(p, Error, "vCPU {}: host fault at {:#x}; entry dropped", vcpu.0, fault.gpa.0);
+                EntryOutcome::HostFault(fault)
+            }
+        }
+    }
+
+    fn serve<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        vcpu: VcpuIndex,
+        vmsa: crate::addr::PageAddr,
+        ca: Gpa,
+    ) -> Result<EntryOutcome, MemoryFault> {
+        // 1. Hold the vCPU.
+        let efer = p.vmsa_read(vmsa, VmsaField::Efer)?;
+        p.vmsa_write(vmsa, VmsaField::Efer, efer & !EFER_SVME)?;
+        let release = |p: &mut P| p.vmsa_write(vmsa, VmsaField::Efer, efer | EFER_SVME);
+
+        // 2. The exit code must be the call gate.
+        let exit_code = p.vmsa_read(vmsa, VmsaField::ExitCode)?;
+        if exit_code != P::CALL_EXIT_CODE {
+            self.stats.wrong_exit_code += 1;
+            log!(p, Warn, "vCPU {}: entry with exit code {:#x}, ignored", vcpu.0, exit_code);
+            release(p)?;
+            return Ok(EntryOutcome::WrongExitCode(exit_code));
+        }
+
+        // 3. Was a call requested?
+        let mut pending = [0u8];
+        p.read(ca, &mut pending)?;
+        if pending[0] == CALL_PENDING_NONE {
+            self.stats.spurious_entries += 1;
+            log!(p, Debug, "vCPU {}: spurious entry (CALL_PENDING = 0)", vcpu.0);
+            release(p)?;
+            return Ok(EntryOutcome::Spurious);
+        }
+
+        // 4. Read the request and dispatch it.
+        let regs = CallRegs {
+            rax: p.vmsa_read(vmsa, VmsaField::Rax)?,
+            rcx: p.vmsa_read(vmsa, VmsaField::Rcx)?,
+            rdx: p.vmsa_read(vmsa, VmsaField::Rdx)?,
+            r8: p.vmsa_read(vmsa, VmsaField::R8)?,
+            r9: p.vmsa_read(vmsa, VmsaField::R9)?,
+        };
+        let id = CallId::from_rax(regs.rax);
+        let reply = if pending[0] == CALL_PENDING_REQUESTED {
+            let caller_vmpl = p.vmsa_read(vmsa, VmsaField::Vmpl)? as u8;
+            protocols::dispatch(self, p, &CallContext { vcpu, caller_vmpl, id, regs })
+        } else {
+            Reply::err(CallError::InvalidFormat(pending[0]))
+        };
+        let result = reply.result();
+        self.stats.record(id.protocol, !result.is_success());
+        if let Err(e) = &reply.status {
+            log!(p, Debug, "vCPU {}: call {}:{} -> {} ({:?})", vcpu.0, id.protocol.0, id.call, result, e);
+        }
+
+        // 5. Answer: registers, SVSM_MEM_AVAILABLE, CALL_PENDING, and only then SVME.
+        p.vmsa_write(vmsa, VmsaField::Rax, u64::from(result.0))?;
+        for (field, value) in [
+            (VmsaField::Rcx, reply.rcx),
+            (VmsaField::Rdx, reply.rdx),
+            (VmsaField::R8, reply.r8),
+            (VmsaField::R9, reply.r9),
+        ] {
+            if let Some(v) = value {
+                p.vmsa_write(vmsa, field, v)?;
+            }
+        }
+        self.sync_mem_available(p);
+        p.write(ca, &[CALL_PENDING_NONE])?;
+        release(p)?;
+        Ok(EntryOutcome::Served(result))
+    }
+
+    /// Keep SVSM_MEM_AVAILABLE of the startup vCPU's calling area equal to "free
+    /// deposited pages exist" (spec 58019 section 6.6).
+    fn sync_mem_available<P: Platform + ?Sized>(&mut self, p: &mut P) {
+        if !self.mem_flag_dirty {
+            return;
+        }
+        let Some(startup) = self.vcpus.startup() else { return };
+        let Some(flag_gpa) = startup.calling_area.checked_add(MEM_AVAILABLE_OFFSET) else { return };
+        match p.write(flag_gpa, &[u8::from(self.pool.mem_available())]) {
+            Ok(()) => self.mem_flag_dirty = false,
+            Err(f) => log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The SVSM's state and its construction at start-up.
+//!
+//! [`Svsm`] owns everything the protocols change: page ownership and the validation
+//! bitmap, the vCPU registry, the page pool and the counters. It holds no platform; the
+//! platform is lent to each entry ([`Svsm::handle_entry`] in `request.rs`), which keeps
+//! the seam explicit and lets tests own the machine model.
+
+use crate::addr::{Gpa, PageAddr, PageRange};
+use crate::pages::{LayoutError, PageRole, PageTracker};
+use crate::platform::{MemoryFault, Platform};
+use crate::pool::PagePool;
+use crate::stats::Stats;
+use crate::vcpu::{Vcpu, VcpuIndex, VcpuRegistry};
+use abi::hw::sev_features;
+use abi::vmsa::VmsaField;
+use alloc::vec::Vec;
+
+/// SVSM pages each created vCPU needs for its SVSM-side context: the SVSM's own VMSA for
+/// that vCPU and an 8 KiB stack.
+pub const VCPU_CONTEXT_PAGES: usize = 3;
+
+/// SEV_FEATURES the SVSM can serve a guest with. Others make it refuse to start
+/// (spec 58019 section 4.1: "terminate if unsupported features are enabled").
+pub const SUPPORTED_SEV_FEATURES: u64 = sev_features::SNP_ACTIVE
+    | sev_features::VTOM
+    | sev_features::REFLECT_VC
+    | sev_features::RESTRICTED_INJECTION
+    | sev_features::ALTERNATE_INJECTION
+    | sev_features::DEBUG_SWAP
+    | sev_features::PREVENT_HOST_IBS
+    | sev_features::BTB_ISOLATION;
+
+/// What the launch tells the SVSM about the machine.
+#[derive(Clone, Debug)]
+pub struct SvsmConfig {
+    /// Guest RAM ranges.
+    pub ram: Vec<PageRange>,
+    /// The SVSM's own region (SVSM_BASE / SVSM_SIZE).
+    pub svsm_region: PageRange,
+    /// Pages inside the SVSM region that the image leaves free for the page pool.
+    pub pool_reserve: Vec<PageAddr>,
+    /// Guest pages validated at launch (firmware, calling area, ...).
+    pub prevalidated: Vec<PageRange>,
+    pub startup_vmsa: PageAddr,
+    pub startup_calling_area: Gpa,
+    pub startup_apic_id: u32,
+    /// Most vCPUs the SVSM will serve, including the startup vCPU.
+    pub max_vcpus: usize,
+    /// Work one call may do before it returns SVSM_ERR_INCOMPLETE, in 4 KiB pages.
+    pub pages_per_call: u64,
+}
+
+/// Why the SVSM refuses to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    Layout(LayoutError),
+    /// The pool reserve must lie inside the SVSM region.
+    ReserveOutsideSvsm(PageAddr),
+    /// The startup VMSA or calling area overlaps the SVSM region or is not RAM.
+    StartupPageInvalid(Gpa),
+    /// The calling area must be 8-byte aligned.
+    CallingAreaMisaligned(Gpa),
+    /// The guest would run at VMPL0, beside the SVSM.
+    GuestAtVmpl0,
+    /// SEV_FEATURES asks for what the SVSM cannot serve.
+    UnsupportedSevFeatures(u64),
+    Vmsa(MemoryFault),
+}
+
+#[derive(Debug)]
+pub struct Svsm {
+    pub(crate) pages: PageTracker,
+    pub(crate) vcpus: VcpuRegistry,
+    pub(crate) pool: PagePool,
+    pub(crate) stats: Stats,
+    pub(crate) max_vcpus: usize,
+    pub(crate) pages_per_call: u64,
+    /// The startup calling area's SVSM_MEM_AVAILABLE must be rewritten.
+    pub(crate) mem_flag_dirty: bool,
+}
+
+impl Svsm {
+    pub fn new<P: Platform + ?Sized>(config: SvsmConfig, p: &mut P) -> Result<Self, InitError> {
+        let mut pages = PageTracker::new(&config.ram, config.svsm_region).map_err(InitError::Layout)?;
+        if let Some(bad) = config.pool_reserve.iter().find(|pg| !config.svsm_region.contains_pfn(pg.pfn())) {
+            return Err(InitError::ReserveOutsideSvsm(*bad));
+        }
+        for r in &config.prevalidated {
+            pages.set_validated(*r, true);
+        }
+        let ca = config.startup_calling_area;
+        if !ca.is_aligned(8) {
+            return Err(InitError::CallingAreaMisaligned(ca));
+        }
+        for page in [config.startup_vmsa, ca.page()] {
+            let one = PageRange::new(page, 1).ok_or(InitError::StartupPageInvalid(page.gpa()))?;
+            if pages.check_target(one).is_err() {
+                return Err(InitError::StartupPageInvalid(page.gpa()));
+            }
+        }
+        if config.startup_vmsa == ca.page() {
+            return Err(InitError::StartupPageInvalid(ca));
+        }
+        let vmpl = p.vmsa_read(config.startup_vmsa, VmsaField::Vmpl).map_err(InitError::Vmsa)?;
+        if vmpl == 0 {
+            return Err(InitError::GuestAtVmpl0);
+        }
+        let features = p.vmsa_read(config.startup_vmsa, VmsaField::SevFeatures).map_err(InitError::Vmsa)?;
+        if features & !SUPPORTED_SEV_FEATURES != 0 {
+            return Err(InitError::UnsupportedSevFeatures(features & !SUPPORTED_SEV_FEATURES));
+        }
+        pages.set_role(config.startup_vmsa, PageRole::Vmsa(VcpuIndex::STARTUP));
+        pages.set_role(ca.page(), PageRole::CallingArea(VcpuIndex::STARTUP));
+        let startup = Vcpu {
+            apic_id: config.startup_apic_id,
+            vmsa: config.startup_vmsa,
+            calling_area: ca,
+            svsm_pages: Vec::new(),
+        };
+        Ok(Self {
+            pages,
+            vcpus: VcpuRegistry::new(startup),
+            pool: PagePool::new(config.pool_reserve),
+            stats: Stats::default(),
+            max_vcpus: config.max_vcpus.max(1),
+            pages_per_call: config.pages_per_call.max(1),
+            mem_flag_dirty: true,
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn pool_stats(&self) -> crate::pool::PoolStats {
+        self.pool.stats()
+    }
+
+    pub fn vcpus(&self) -> &VcpuRegistry {
+        &self.vcpus
+    }
+
+    pub fn pages(&self) -> &PageTracker {
+        &self.pages
+    }
+}
