@@ -48,6 +48,9 @@ pub struct SvsmConfig {
     pub max_vcpus: usize,
     /// Work one call may do before it returns SVSM_ERR_INCOMPLETE, in 4 KiB pages.
     pub pages_per_call: u64,
+    /// The SNP secrets page, if the platform has one: the SVSM publishes itself there
+    /// (spec 58019 section 4.1) and erases VMPCK0 before the guest runs.
+    pub secrets_page: Option<PageAddr>,
 }
 
 /// Why the SVSM refuses to start.
@@ -65,6 +68,26 @@ pub enum InitError {
     /// SEV_FEATURES asks for what the SVSM cannot serve.
     UnsupportedSevFeatures(u64),
     Vmsa(MemoryFault),
+    Secrets(MemoryFault),
+}
+
+/// Write the SVSM fields of the secrets page and erase VMPCK0, so the guest can find the
+/// SVSM and cannot talk to the PSP as VMPL0.
+fn publish<P: Platform + ?Sized>(p: &mut P, secrets: PageAddr, config: &SvsmConfig, guest_vmpl: u8) -> Result<(), MemoryFault> {
+    use abi::secrets::{SecretsPage, SvsmSecretsFields};
+    use core::mem::offset_of;
+    use zerocopy::IntoBytes;
+    let fields = SvsmSecretsFields {
+        svsm_base: config.svsm_region.start().raw(),
+        svsm_size: config.svsm_region.pages() * abi::PAGE_SIZE,
+        svsm_caa: config.startup_calling_area.0,
+        svsm_max_version: abi::protocol::CORE_PROTOCOL_VERSION,
+        svsm_guest_vmpl: guest_vmpl,
+        reserved: [0; 3],
+    };
+    let at = |off: usize| Gpa(secrets.raw() + off as u64);
+    p.write(at(offset_of!(SecretsPage, svsm)), fields.as_bytes())?;
+    p.write(at(offset_of!(SecretsPage, vmpck0)), &[0u8; 32])
 }
 
 #[derive(Debug)]
@@ -108,6 +131,9 @@ impl Svsm {
         let features = p.vmsa_read(config.startup_vmsa, VmsaField::SevFeatures).map_err(InitError::Vmsa)?;
         if features & !SUPPORTED_SEV_FEATURES != 0 {
             return Err(InitError::UnsupportedSevFeatures(features & !SUPPORTED_SEV_FEATURES));
+        }
+        if let Some(secrets) = config.secrets_page {
+            publish(p, secrets, &config, vmpl as u8).map_err(InitError::Secrets)?;
         }
         pages.set_role(config.startup_vmsa, PageRole::Vmsa(VcpuIndex::STARTUP));
         pages.set_role(ca.page(), PageRole::CallingArea(VcpuIndex::STARTUP));

@@ -1,1 +1,22 @@
-#![no_std]
+//! A software SEV-SNP machine for hosted tests, fuzzing and benchmarks.
+//!
+//! - [`rmp`]: one RMP entry per 4 KiB page (assigned, validated, 2 MiB size, VMSA flag,
+//!   per-VMPL permissions) and the architectural semantics of PVALIDATE and RMPADJUST,
+//!   including their return codes and CF on "no change".
+//! - [`machine`]: guest memory, the RMP, guest vCPUs and their VMSAs, the secrets page,
+//!   and the host's powers (reassigning pages, running vCPUs). It implements the
+//!   kernel's `Platform` trait, and checks the SVSM's side of the calling convention.
+//! - [`world`]: a machine plus a running Bulwark kernel plus guest vCPUs that call it
+//!   through the real calling convention (the `guest` crate), with knobs for a host that
+//!   enters the SVSM spuriously, with a wrong exit code, or races on guest memory.
+//!
+//! The model is the reference for what the hardware would do; where the architecture
+//! documents are silent the choice is written next to the code.
+
+pub mod machine;
+pub mod memory;
+pub mod rmp;
+pub mod world;
+
+pub use machine::Machine;
+pub use world::{World, WorldConfig};

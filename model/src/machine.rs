@@ -1,0 +1,245 @@
+//! The modelled machine: memory, RMP, guest vCPUs, and the kernel's `Platform` on top.
+//!
+//! Besides answering the SVSM's hardware operations, the machine checks the SVSM keeps
+//! its side of the contract and records every breach in `violations` (tests assert it
+//! stays empty): VMSA registers written while the vCPU was runnable (SVME = 1), SVSM
+//! pages handed to a new vCPU that a guest VMPL can still reach.
+
+use crate::memory::Memory;
+use crate::rmp::{Rmp, Size};
+use abi::hw::rmpadjust::{PERM_READ, PERM_WRITE};
+use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT};
+use abi::vmsa::VmsaField;
+use kernel::addr::{Gpa, PageAddr, PageSize};
+use kernel::platform::{HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
+use kernel::vcpu::VcpuIndex;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// A guest vCPU as the machine knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelVcpu {
+    pub vmsa: u64,
+    pub apic_id: u32,
+    /// The host is running this vCPU right now (its VMSA is in use).
+    pub running: bool,
+    pub svsm_pages: Vec<u64>,
+}
+
+/// Memory another vCPU writes while the SVSM works: after the SVSM's `after_reads`-th
+/// read of guest memory, `bytes` land at `gpa`.
+#[derive(Clone, Debug)]
+pub struct Race {
+    pub after_reads: usize,
+    pub gpa: u64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Machine {
+    memory: RefCell<Memory>,
+    pub rmp: Rmp,
+    pub vcpus: BTreeMap<u32, ModelVcpu>,
+    pub vtom: Option<VtomLimits>,
+    /// Log lines at or above `log_level`.
+    pub log: Vec<(Level, String)>,
+    pub log_level: Level,
+    pub violations: RefCell<Vec<String>>,
+    race: RefCell<Option<Race>>,
+    reads: RefCell<usize>,
+}
+
+impl Machine {
+    /// A machine with `ram_bytes` of RAM, assigned to the guest as 4 KiB pages below
+    /// `huge_from` and as 2 MiB pages above it.
+    pub fn new(ram_bytes: u64, huge_from: u64) -> Self {
+        let pages = ram_bytes / 4096;
+        let mut rmp = Rmp::new(pages);
+        let small = (huge_from / 4096).min(pages);
+        rmp.host_assign(0, small);
+        let mut pfn = small.next_multiple_of(512);
+        while pfn + 512 <= pages {
+            rmp.host_assign_huge(pfn);
+            pfn += 512;
+        }
+        Self {
+            memory: RefCell::new(Memory::default()),
+            rmp,
+            vcpus: BTreeMap::new(),
+            vtom: None,
+            log: Vec::new(),
+            log_level: Level::Info,
+            violations: RefCell::new(Vec::new()),
+            race: RefCell::new(None),
+            reads: RefCell::new(0),
+        }
+    }
+
+    /// Raw memory access, as the hardware or the launch would do it (no RMP checks).
+    pub fn raw_read(&self, gpa: u64, buf: &mut [u8]) {
+        self.memory.borrow().read(gpa, buf);
+    }
+    pub fn raw_write(&mut self, gpa: u64, data: &[u8]) {
+        self.memory.get_mut().write(gpa, data);
+    }
+    pub fn raw_read_u64(&self, gpa: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.raw_read(gpa, &mut b);
+        u64::from_le_bytes(b)
+    }
+    pub fn is_zero_page(&self, pfn: u64) -> bool {
+        self.memory.borrow().is_zero_page(pfn)
+    }
+
+    /// A VMSA field, read as the hardware would.
+    pub fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64 {
+        let mut b = [0u8; 8];
+        self.raw_read(vmsa + field.offset() as u64, &mut b[..field.width()]);
+        u64::from_le_bytes(b)
+    }
+    pub fn set_vmsa_field(&mut self, vmsa: u64, field: VmsaField, value: u64) {
+        let bytes = value.to_le_bytes();
+        self.raw_write(vmsa + field.offset() as u64, &bytes[..field.width()]);
+    }
+
+    /// Arrange for another vCPU to write guest memory during the SVSM's next work.
+    pub fn race(&self, race: Race) {
+        *self.reads.borrow_mut() = 0;
+        *self.race.borrow_mut() = Some(race);
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.borrow().clone()
+    }
+
+    fn violation(&self, what: String) {
+        self.violations.borrow_mut().push(what);
+    }
+
+    fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), MemoryFault> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = gpa.checked_add(len as u64 - 1).ok_or(MemoryFault { gpa: Gpa(gpa) })?;
+        for pfn in gpa >> 12..=last >> 12 {
+            if !self.rmp.allows(pfn, 0, need) {
+                return Err(MemoryFault { gpa: Gpa((pfn << 12).max(gpa)) });
+            }
+        }
+        Ok(())
+    }
+
+    fn after_read(&self) {
+        let mut reads = self.reads.borrow_mut();
+        *reads += 1;
+        let fire = matches!(&*self.race.borrow(), Some(r) if *reads >= r.after_reads);
+        if fire {
+            if let Some(r) = self.race.borrow_mut().take() {
+                self.memory.borrow_mut().write(r.gpa, &r.bytes);
+            }
+        }
+    }
+
+    fn vmsa_page(&self, vmsa: PageAddr) -> Result<(), MemoryFault> {
+        match self.rmp.entry(vmsa.pfn()) {
+            Some(e) if e.assigned && e.validated && e.vmsa => Ok(()),
+            _ => Err(MemoryFault { gpa: vmsa.gpa() }),
+        }
+    }
+
+    fn size(size: PageSize) -> Size {
+        match size {
+            PageSize::Size4K => Size::Small,
+            PageSize::Size2M => Size::Huge,
+        }
+    }
+}
+
+impl Platform for Machine {
+    const CALL_EXIT_CODE: u64 = SVM_EXIT_VMGEXIT;
+
+    fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        self.check(gpa.0, buf.len(), PERM_READ)?;
+        self.memory.borrow().read(gpa.0, buf);
+        self.after_read();
+        Ok(())
+    }
+
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), MemoryFault> {
+        self.check(gpa.0, data.len(), PERM_WRITE)?;
+        self.memory.get_mut().write(gpa.0, data);
+        Ok(())
+    }
+
+    fn zero_page(&mut self, page: PageAddr) -> Result<(), MemoryFault> {
+        self.check(page.raw(), 4096, PERM_WRITE)?;
+        self.memory.get_mut().zero_page(page.pfn());
+        Ok(())
+    }
+
+    fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError> {
+        self.rmp.pvalidate(page.raw(), Self::size(size), validate)
+    }
+
+    fn rmpadjust(&mut self, page: PageAddr, size: PageSize, target_vmpl: u8, perms: u8, vmsa: bool) -> Result<(), HwError> {
+        let running: Vec<u64> = self.vcpus.values().filter(|v| v.running).map(|v| v.vmsa >> 12).collect();
+        self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, |pfn| running.contains(&pfn))
+    }
+
+    fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
+        self.vmsa_page(vmsa)?;
+        Ok(self.vmsa_field(vmsa.raw(), field))
+    }
+
+    fn vmsa_write(&mut self, vmsa: PageAddr, field: VmsaField, value: u64) -> Result<(), MemoryFault> {
+        self.vmsa_page(vmsa)?;
+        if field != VmsaField::Efer && self.vmsa_field(vmsa.raw(), VmsaField::Efer) & EFER_SVME != 0 {
+            self.violation(format!("VMSA {:#x} field {field:?} written while EFER.SVME = 1", vmsa.raw()));
+        }
+        self.set_vmsa_field(vmsa.raw(), field, value);
+        Ok(())
+    }
+
+    fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
+        for page in svsm_pages {
+            if (1..=3).any(|vmpl| self.rmp.allows(page.pfn(), vmpl, PERM_READ)) {
+                self.violation(format!("SVSM page {:#x} of a new vCPU is reachable from a guest VMPL", page.raw()));
+            }
+        }
+        if self.rmp.entry(vmsa.pfn()).is_none_or(|e| !e.vmsa) {
+            self.violation(format!("vCPU created on {:#x}, which is not a VMSA page", vmsa.raw()));
+        }
+        let svsm_pages = svsm_pages.iter().map(|p| p.raw()).collect();
+        self.vcpus.insert(index.0, ModelVcpu { vmsa: vmsa.raw(), apic_id, running: false, svsm_pages });
+    }
+
+    fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
+        let Some(v) = self.vcpus.values().find(|v| v.vmsa == vmsa.raw()) else {
+            return Err(HwError::Fault);
+        };
+        if v.running {
+            return Err(HwError::Rc(abi::hw::rc::FAIL_INUSE));
+        }
+        let efer = self.vmsa_field(vmsa.raw(), VmsaField::Efer);
+        self.set_vmsa_field(vmsa.raw(), VmsaField::Efer, efer & !EFER_SVME);
+        Ok(())
+    }
+
+    fn vcpu_deleted(&mut self, index: VcpuIndex) {
+        self.vcpus.remove(&index.0);
+    }
+
+    fn vtom_limits(&self) -> Option<VtomLimits> {
+        self.vtom
+    }
+
+    fn log(&mut self, level: Level, args: std::fmt::Arguments<'_>) {
+        if level <= self.log_level {
+            let line = args.to_string();
+            if std::env::var_os("BULWARK_MODEL_LOG").is_some() {
+                eprintln!("[svsm {level:?}] {line}");
+            }
+            self.log.push((level, line));
+        }
+    }
+}

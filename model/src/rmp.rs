@@ -1,0 +1,226 @@
+//! The Reverse Map Table and the two instructions an SVSM runs on it.
+//!
+//! Semantics (AMD APM vol. 3, PVALIDATE and RMPADJUST), as modelled:
+//! - Both instructions run at VMPL0 here (the SVSM). A page that is not assigned to the
+//!   guest faults (an RMP #NPF the host would have to resolve): `HwError::Fault`.
+//! - A 2 MiB operation needs a 2 MiB aligned address (else FAIL_INPUT) and a page the
+//!   host assigned as 2 MiB (else FAIL_SIZEMISMATCH); a 4 KiB operation on a page inside
+//!   a 2 MiB RMP entry is FAIL_SIZEMISMATCH.
+//! - PVALIDATE to the state the page already has changes nothing and reports CF = 1.
+//! - RMPADJUST can only target a less privileged VMPL (1..=3): target 0 is
+//!   FAIL_PERMISSION, above 3 FAIL_INPUT. Setting the VMSA flag needs a 4 KiB page.
+//!   Clearing the VMSA flag of a VMSA that is running is FAIL_INUSE.
+//! - The APM does not say whether RMPADJUST needs a validated page; the model allows it.
+//! - When the host (re)assigns a page, validation is cleared and VMPL 1..=3 lose all
+//!   permissions; VMPL0 always has full access to validated pages.
+
+use abi::hw::rc::{FAIL_INPUT, FAIL_INUSE, FAIL_PERMISSION, FAIL_SIZEMISMATCH};
+use kernel::platform::{HwError, PvalidateEffect};
+
+pub const PAGES_PER_2M: u64 = 512;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RmpEntry {
+    pub assigned: bool,
+    pub validated: bool,
+    /// Part of a 2 MiB RMP entry.
+    pub huge: bool,
+    pub vmsa: bool,
+    /// Permissions of VMPL 0..=3 (abi::hw::rmpadjust::PERM_*); VMPL0's is implied.
+    pub perms: [u8; 4],
+}
+
+#[derive(Debug)]
+pub struct Rmp {
+    entries: Vec<RmpEntry>,
+}
+
+/// Page size operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    Small,
+    Huge,
+}
+
+impl Rmp {
+    pub fn new(pages: u64) -> Self {
+        Self { entries: vec![RmpEntry::default(); pages as usize] }
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    pub fn entry(&self, pfn: u64) -> Option<&RmpEntry> {
+        self.entries.get(pfn as usize)
+    }
+
+    pub fn entry_mut(&mut self, pfn: u64) -> Option<&mut RmpEntry> {
+        self.entries.get_mut(pfn as usize)
+    }
+
+    /// Host: assign `count` pages from `pfn` to the guest (RMPUPDATE), as 4 KiB pages.
+    pub fn host_assign(&mut self, pfn: u64, count: u64) {
+        for p in pfn..pfn + count {
+            if let Some(e) = self.entries.get_mut(p as usize) {
+                *e = RmpEntry { assigned: true, perms: [abi::hw::rmpadjust::PERM_ALL, 0, 0, 0], ..Default::default() };
+            }
+        }
+    }
+
+    /// Host: assign a 2 MiB page (RMPUPDATE with the 2 MiB size).
+    pub fn host_assign_huge(&mut self, pfn: u64) {
+        self.host_assign(pfn, PAGES_PER_2M);
+        for p in pfn..pfn + PAGES_PER_2M {
+            if let Some(e) = self.entries.get_mut(p as usize) {
+                e.huge = true;
+            }
+        }
+    }
+
+    /// Host: take pages back (make them shared / hypervisor-owned).
+    pub fn host_unassign(&mut self, pfn: u64, count: u64) {
+        for p in pfn..pfn + count {
+            if let Some(e) = self.entries.get_mut(p as usize) {
+                *e = RmpEntry::default();
+            }
+        }
+    }
+
+    /// Checks common to both instructions; returns the pfn range operated on.
+    fn operand(&self, gpa: u64, size: Size) -> Result<std::ops::Range<u64>, HwError> {
+        let pfn = gpa >> 12;
+        let count = match size {
+            Size::Small => 1,
+            Size::Huge => {
+                if pfn % PAGES_PER_2M != 0 {
+                    return Err(HwError::Rc(FAIL_INPUT));
+                }
+                PAGES_PER_2M
+            }
+        };
+        let range = pfn..pfn + count;
+        let first = self.entry(pfn).ok_or(HwError::Fault)?;
+        if !first.assigned || self.entry(range.end - 1).is_none() {
+            return Err(HwError::Fault);
+        }
+        let huge_ok = match size {
+            Size::Small => !first.huge,
+            Size::Huge => range.clone().all(|p| self.entries[p as usize].huge && self.entries[p as usize].assigned),
+        };
+        if !huge_ok {
+            return Err(HwError::Rc(FAIL_SIZEMISMATCH));
+        }
+        Ok(range)
+    }
+
+    pub fn pvalidate(&mut self, gpa: u64, size: Size, validate: bool) -> Result<PvalidateEffect, HwError> {
+        let range = self.operand(gpa, size)?;
+        if self.entries[range.start as usize].validated == validate {
+            return Ok(PvalidateEffect::Unchanged);
+        }
+        for p in range {
+            self.entries[p as usize].validated = validate;
+        }
+        Ok(PvalidateEffect::Changed)
+    }
+
+    pub fn rmpadjust(
+        &mut self,
+        gpa: u64,
+        size: Size,
+        target_vmpl: u8,
+        perms: u8,
+        vmsa: bool,
+        vmsa_running: impl Fn(u64) -> bool,
+    ) -> Result<(), HwError> {
+        if target_vmpl == 0 {
+            return Err(HwError::Rc(FAIL_PERMISSION));
+        }
+        if target_vmpl > 3 || (vmsa && size == Size::Huge) || perms & !abi::hw::rmpadjust::PERM_ALL != 0 {
+            return Err(HwError::Rc(FAIL_INPUT));
+        }
+        let range = self.operand(gpa, size)?;
+        if !vmsa && self.entries[range.start as usize].vmsa && vmsa_running(range.start) {
+            return Err(HwError::Rc(FAIL_INUSE));
+        }
+        for p in range {
+            let e = &mut self.entries[p as usize];
+            e.perms[usize::from(target_vmpl)] = perms;
+            e.vmsa = vmsa;
+        }
+        Ok(())
+    }
+
+    /// May software at `vmpl` access the page with `need` permission bits?
+    pub fn allows(&self, pfn: u64, vmpl: u8, need: u8) -> bool {
+        match self.entry(pfn) {
+            Some(e) if e.assigned && e.validated => vmpl == 0 || (!e.vmsa && e.perms[usize::from(vmpl & 3)] & need == need),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi::hw::rmpadjust::{PERM_ALL, PERM_READ};
+
+    fn rmp() -> Rmp {
+        let mut r = Rmp::new(2048);
+        r.host_assign(0, 1024);
+        r.host_assign_huge(1024);
+        r
+    }
+
+    #[test]
+    fn pvalidate_reports_no_change_with_cf() {
+        let mut r = rmp();
+        assert_eq!(r.pvalidate(0x1000, Size::Small, true), Ok(PvalidateEffect::Changed));
+        assert_eq!(r.pvalidate(0x1000, Size::Small, true), Ok(PvalidateEffect::Unchanged));
+        assert_eq!(r.pvalidate(0x1000, Size::Small, false), Ok(PvalidateEffect::Changed));
+    }
+
+    #[test]
+    fn size_mismatch_both_ways() {
+        let mut r = rmp();
+        assert_eq!(r.pvalidate(0, Size::Huge, true), Err(HwError::Rc(FAIL_SIZEMISMATCH)));
+        assert_eq!(r.pvalidate(1024 << 12, Size::Small, true), Err(HwError::Rc(FAIL_SIZEMISMATCH)));
+        assert_eq!(r.pvalidate(1024 << 12, Size::Huge, true), Ok(PvalidateEffect::Changed));
+        assert!(r.entry(1024 + 511).unwrap().validated);
+        assert_eq!(r.pvalidate((1024 + 1) << 12, Size::Huge, true), Err(HwError::Rc(FAIL_INPUT)));
+    }
+
+    #[test]
+    fn unassigned_pages_fault() {
+        let mut r = rmp();
+        r.host_unassign(5, 1);
+        assert_eq!(r.pvalidate(5 << 12, Size::Small, true), Err(HwError::Fault));
+        assert_eq!(r.pvalidate(4096 << 12, Size::Small, true), Err(HwError::Fault));
+    }
+
+    #[test]
+    fn rmpadjust_targets_and_permissions() {
+        let mut r = rmp();
+        r.pvalidate(0x2000, Size::Small, true).unwrap();
+        assert!(!r.allows(2, 1, PERM_READ));
+        assert_eq!(r.rmpadjust(0x2000, Size::Small, 0, PERM_ALL, false, |_| false), Err(HwError::Rc(FAIL_PERMISSION)));
+        assert_eq!(r.rmpadjust(0x2000, Size::Small, 4, PERM_ALL, false, |_| false), Err(HwError::Rc(FAIL_INPUT)));
+        r.rmpadjust(0x2000, Size::Small, 1, PERM_ALL, false, |_| false).unwrap();
+        assert!(r.allows(2, 1, PERM_READ));
+        assert!(!r.allows(2, 2, PERM_READ));
+        r.rmpadjust(0x2000, Size::Small, 1, 0, true, |_| false).unwrap();
+        assert!(!r.allows(2, 1, PERM_READ), "a VMSA page is not accessible to lower VMPLs");
+        assert_eq!(r.rmpadjust(0x2000, Size::Small, 1, PERM_ALL, false, |_| true), Err(HwError::Rc(FAIL_INUSE)));
+    }
+
+    #[test]
+    fn reassignment_drops_validation_and_permissions() {
+        let mut r = rmp();
+        r.pvalidate(0x3000, Size::Small, true).unwrap();
+        r.rmpadjust(0x3000, Size::Small, 1, PERM_ALL, false, |_| false).unwrap();
+        r.host_assign(3, 1);
+        assert!(!r.allows(3, 1, PERM_READ));
+        assert!(!r.allows(3, 0, PERM_READ));
+    }
+}

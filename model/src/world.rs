@@ -1,0 +1,250 @@
+//! A launched confidential VM on the model: the machine, the Bulwark kernel serving it,
+//! and guest vCPUs that call the SVSM through the real calling convention.
+//!
+//! Launch layout (guest-physical), all on 4 KiB RMP entries below `huge_from`:
+//!
+//! | range | what |
+//! |---|---|
+//! | `0 .. 4 MiB` | guest memory validated at launch (firmware, scratch) |
+//! | `0x10_0000` | secrets page (guest may read) |
+//! | `0x10_1000` | startup calling area |
+//! | `0x10_2000` | startup VMSA (VMPL1) |
+//! | `4 MiB .. 8 MiB` | guest RAM, not validated |
+//! | `8 MiB .. 8 MiB + svsm_size` | the SVSM (VMPL0 only) |
+//! | above | guest RAM, not validated; 2 MiB RMP entries from `huge_from` |
+
+use crate::machine::Machine;
+use abi::hw::rmpadjust::{PERM_ALL, PERM_READ, PERM_WRITE};
+use abi::hw::{EFER_SVME, sev_features};
+use abi::vmsa::VmsaField;
+use guest::client::{GuestFault, Regs, Transport};
+use guest::Client;
+use kernel::addr::{Gpa, PageAddr, PageRange};
+use kernel::platform::Level;
+use kernel::request::EntryOutcome;
+use kernel::vcpu::VcpuIndex;
+use kernel::{Svsm, SvsmConfig};
+
+pub const MIB: u64 = 1 << 20;
+pub const SECRETS_GPA: u64 = 0x10_0000;
+pub const STARTUP_CA_GPA: u64 = 0x10_1000;
+pub const STARTUP_VMSA_GPA: u64 = 0x10_2000;
+/// End of the memory validated at launch.
+pub const LOW_VALIDATED_END: u64 = 4 * MIB;
+pub const SVSM_BASE: u64 = 8 * MIB;
+/// The guest runs at VMPL1.
+pub const GUEST_VMPL: u8 = 1;
+
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub ram_bytes: u64,
+    /// RAM from here up is assigned as 2 MiB RMP pages.
+    pub huge_from: u64,
+    pub svsm_size: u64,
+    /// Pages at the end of the SVSM region left free for its page pool.
+    pub pool_reserve_pages: u64,
+    pub max_vcpus: usize,
+    pub pages_per_call: u64,
+    /// vTOM support the platform offers (None: unsupported).
+    pub vtom: Option<kernel::platform::VtomLimits>,
+    pub log_level: Level,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        Self {
+            ram_bytes: 256 * MIB,
+            huge_from: 64 * MIB,
+            svsm_size: 4 * MIB,
+            pool_reserve_pages: 2 * kernel::svsm::VCPU_CONTEXT_PAGES as u64,
+            max_vcpus: 8,
+            pages_per_call: 4096,
+            vtom: Some(kernel::platform::VtomLimits { align_log2: 21, min: 2 * MIB, max: 1 << 46 }),
+            log_level: Level::Info,
+        }
+    }
+}
+
+/// What the host does with the guest's next requests.
+#[derive(Clone, Debug, Default)]
+pub struct Host {
+    /// Ignore this many SVSM requests (the call never runs).
+    pub drop_requests: u32,
+    /// Enter the SVSM with this exit code instead of VMGEXIT's.
+    pub exit_code: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct World {
+    pub machine: Machine,
+    pub svsm: Svsm,
+    pub config: WorldConfig,
+    pub host: Host,
+}
+
+fn range(start: u64, bytes: u64) -> PageRange {
+    PageRange::new(PageAddr::from_pfn(start >> 12), bytes.div_ceil(4096)).unwrap_or_else(|| unreachable!("static layout"))
+}
+
+impl World {
+    pub fn new(config: WorldConfig) -> Self {
+        let mut m = Machine::new(config.ram_bytes, config.huge_from);
+        m.vtom = config.vtom;
+        m.log_level = config.log_level;
+        // The launch: validate low memory and the SVSM, set permissions, build the VMSA.
+        for pfn in 0..LOW_VALIDATED_END >> 12 {
+            let e = m.rmp.entry_mut(pfn).unwrap_or_else(|| unreachable!("RAM covers low memory"));
+            e.validated = true;
+            e.perms[usize::from(GUEST_VMPL)] = PERM_ALL;
+        }
+        for pfn in SVSM_BASE >> 12..(SVSM_BASE + config.svsm_size) >> 12 {
+            let e = m.rmp.entry_mut(pfn).unwrap_or_else(|| unreachable!("RAM covers the SVSM"));
+            e.validated = true;
+        }
+        if let Some(e) = m.rmp.entry_mut(SECRETS_GPA >> 12) {
+            e.perms[usize::from(GUEST_VMPL)] = PERM_READ;
+        }
+        if let Some(e) = m.rmp.entry_mut(STARTUP_VMSA_GPA >> 12) {
+            e.perms[usize::from(GUEST_VMPL)] = 0;
+            e.vmsa = true;
+        }
+        // Secrets page content from the PSP: all four VMPCKs are set.
+        for (i, off) in [0x20u64, 0x40, 0x60, 0x80].iter().enumerate() {
+            m.raw_write(SECRETS_GPA + off, &[0xA0 + i as u8; 32]);
+        }
+        m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Vmpl, u64::from(GUEST_VMPL));
+        m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Efer, EFER_SVME | 0x500);
+        m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::SevFeatures, sev_features::SNP_ACTIVE);
+        m.vcpus.insert(
+            0,
+            crate::machine::ModelVcpu { vmsa: STARTUP_VMSA_GPA, apic_id: 0, running: false, svsm_pages: vec![] },
+        );
+
+        let svsm_pages = config.svsm_size / 4096;
+        let reserve_first = (SVSM_BASE >> 12) + svsm_pages - config.pool_reserve_pages.min(svsm_pages);
+        let svsm_config = SvsmConfig {
+            ram: vec![range(0, config.ram_bytes)],
+            svsm_region: range(SVSM_BASE, config.svsm_size),
+            pool_reserve: (reserve_first..(SVSM_BASE >> 12) + svsm_pages).map(PageAddr::from_pfn).collect(),
+            prevalidated: vec![range(0, LOW_VALIDATED_END)],
+            startup_vmsa: PageAddr::from_pfn(STARTUP_VMSA_GPA >> 12),
+            startup_calling_area: Gpa(STARTUP_CA_GPA),
+            startup_apic_id: 0,
+            max_vcpus: config.max_vcpus,
+            pages_per_call: config.pages_per_call,
+            secrets_page: Some(PageAddr::from_pfn(SECRETS_GPA >> 12)),
+        };
+        let svsm = match Svsm::new(svsm_config, &mut m) {
+            Ok(s) => s,
+            Err(e) => unreachable!("the model's launch layout is valid: {e:?}"),
+        };
+        Self { machine: m, svsm, config, host: Host::default() }
+    }
+
+    /// The host enters the SVSM for `vcpu`.
+    pub fn enter(&mut self, vcpu: VcpuIndex) -> EntryOutcome {
+        self.svsm.handle_entry(&mut self.machine, vcpu)
+    }
+
+    /// The guest side of vCPU `index`.
+    pub fn vcpu(&mut self, index: VcpuIndex) -> GuestVcpu<'_> {
+        let vmpl = self
+            .machine
+            .vcpus
+            .get(&index.0)
+            .map_or(GUEST_VMPL, |v| self.machine.vmsa_field(v.vmsa, VmsaField::Vmpl) as u8);
+        GuestVcpu { world: self, index, vmpl }
+    }
+
+    /// A client on vCPU `index`, using calling area `ca`.
+    pub fn client_at(&mut self, index: VcpuIndex, ca: u64) -> Client<GuestVcpu<'_>> {
+        Client::new(self.vcpu(index), ca)
+    }
+
+    /// A client on the startup vCPU with the launch calling area.
+    pub fn client(&mut self) -> Client<GuestVcpu<'_>> {
+        self.client_at(VcpuIndex::STARTUP, STARTUP_CA_GPA)
+    }
+
+    /// The machine's vCPU index for an APIC ID.
+    pub fn vcpu_by_apic_id(&self, apic_id: u32) -> Option<VcpuIndex> {
+        self.machine.vcpus.iter().find(|(_, v)| v.apic_id == apic_id).map(|(i, _)| VcpuIndex(*i))
+    }
+}
+
+/// A guest vCPU: memory accesses with its VMPL's permissions, and VMGEXIT.
+#[derive(Debug)]
+pub struct GuestVcpu<'w> {
+    pub world: &'w mut World,
+    pub index: VcpuIndex,
+    pub vmpl: u8,
+}
+
+impl GuestVcpu<'_> {
+    fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), GuestFault> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = gpa.checked_add(len as u64 - 1).ok_or(GuestFault { gpa })?;
+        match (gpa >> 12..=last >> 12).find(|pfn| !self.world.machine.rmp.allows(*pfn, self.vmpl, need)) {
+            Some(pfn) => Err(GuestFault { gpa: (pfn << 12).max(gpa) }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Transport for GuestVcpu<'_> {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestFault> {
+        self.check(gpa, buf.len(), PERM_READ)?;
+        self.world.machine.raw_read(gpa, buf);
+        Ok(())
+    }
+
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestFault> {
+        self.check(gpa, data.len(), PERM_WRITE)?;
+        self.world.machine.raw_write(gpa, data);
+        Ok(())
+    }
+
+    fn exchange_u8(&mut self, gpa: u64, value: u8) -> Result<u8, GuestFault> {
+        self.check(gpa, 1, PERM_READ | PERM_WRITE)?;
+        let mut old = [0u8];
+        self.world.machine.raw_read(gpa, &mut old);
+        self.world.machine.raw_write(gpa, &[value]);
+        Ok(old[0])
+    }
+
+    fn request_svsm(&mut self, regs: &mut Regs) {
+        let Some(vmsa) = self.world.machine.vcpus.get(&self.index.0).map(|v| v.vmsa) else { return };
+        let m = &mut self.world.machine;
+        // VMGEXIT: the hardware saves the guest's state into its VMSA.
+        for (field, v) in [
+            (VmsaField::Rax, regs.rax),
+            (VmsaField::Rcx, regs.rcx),
+            (VmsaField::Rdx, regs.rdx),
+            (VmsaField::R8, regs.r8),
+            (VmsaField::R9, regs.r9),
+        ] {
+            m.set_vmsa_field(vmsa, field, v);
+        }
+        let exit_code = self.world.host.exit_code.unwrap_or(abi::hw::SVM_EXIT_VMGEXIT);
+        m.set_vmsa_field(vmsa, VmsaField::ExitCode, exit_code);
+        if self.world.host.drop_requests > 0 {
+            self.world.host.drop_requests -= 1;
+        } else {
+            self.world.enter(self.index);
+        }
+        // The host resumes the guest; VMRUN refuses a VMSA with SVME = 0.
+        let m = &self.world.machine;
+        if m.vmsa_field(vmsa, VmsaField::Efer) & EFER_SVME == 0 {
+            m.violations.borrow_mut().push(format!("vCPU {} left with EFER.SVME = 0: the guest cannot resume", self.index.0));
+        }
+        *regs = Regs {
+            rax: m.vmsa_field(vmsa, VmsaField::Rax),
+            rcx: m.vmsa_field(vmsa, VmsaField::Rcx),
+            rdx: m.vmsa_field(vmsa, VmsaField::Rdx),
+            r8: m.vmsa_field(vmsa, VmsaField::R8),
+            r9: m.vmsa_field(vmsa, VmsaField::R9),
+        };
+    }
+}
