@@ -285,3 +285,18 @@ impl<T: Transport> Client<T> {
 pub fn list_capacity(gpa: u64) -> u64 {
     (PAGE_SIZE - gpa % PAGE_SIZE).saturating_sub(LIST_HEADER_SIZE) / LIST_ENTRY_SIZE
 }
+
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestFault> {
+        (**self).read(gpa, buf)
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestFault> {
+        (**self).write(gpa, data)
+    }
+    fn exchange_u8(&mut self, gpa: u64, value: u8) -> Result<u8, GuestFault> {
+        (**self).exchange_u8(gpa, value)
+    }
+    fn request_svsm(&mut self, regs: &mut Regs) {
+        (**self).request_svsm(regs)
+    }
+}

@@ -16,4 +16,4 @@
 pub mod client;
 pub mod discovery;
 
-pub use client::{CallError, Client, PageSource, Regs, Transport};
+pub use client::{CallError, Client, GuestFault, PageSource, Regs, Transport};

@@ -9,10 +9,12 @@
 //! - [`world`]: a machine plus a running Bulwark kernel plus guest vCPUs that call it
 //!   through the real calling convention (the `guest` crate), with knobs for a host that
 //!   enters the SVSM spuriously, with a wrong exit code, or races on guest memory.
+//! - [`conformance_env`]: the conformance suite's environment on a fresh world per case.
 //!
 //! The model is the reference for what the hardware would do; where the architecture
 //! documents are silent the choice is written next to the code.
 
+pub mod conformance_env;
 pub mod machine;
 pub mod memory;
 pub mod rmp;

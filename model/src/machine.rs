@@ -26,11 +26,11 @@ pub struct ModelVcpu {
     pub svsm_pages: Vec<u64>,
 }
 
-/// Memory another vCPU writes while the SVSM works: after the SVSM's `after_reads`-th
-/// read of guest memory, `bytes` land at `gpa`.
+/// Memory another vCPU writes while the SVSM works: right after the SVSM's first read
+/// that covers `trigger`, `bytes` land at `gpa`.
 #[derive(Clone, Debug)]
 pub struct Race {
-    pub after_reads: usize,
+    pub trigger: u64,
     pub gpa: u64,
     pub bytes: Vec<u8>,
 }
@@ -46,7 +46,6 @@ pub struct Machine {
     pub log_level: Level,
     pub violations: RefCell<Vec<String>>,
     race: RefCell<Option<Race>>,
-    reads: RefCell<usize>,
 }
 
 impl Machine {
@@ -71,7 +70,6 @@ impl Machine {
             log_level: Level::Info,
             violations: RefCell::new(Vec::new()),
             race: RefCell::new(None),
-            reads: RefCell::new(0),
         }
     }
 
@@ -104,7 +102,6 @@ impl Machine {
 
     /// Arrange for another vCPU to write guest memory during the SVSM's next work.
     pub fn race(&self, race: Race) {
-        *self.reads.borrow_mut() = 0;
         *self.race.borrow_mut() = Some(race);
     }
 
@@ -129,10 +126,8 @@ impl Machine {
         Ok(())
     }
 
-    fn after_read(&self) {
-        let mut reads = self.reads.borrow_mut();
-        *reads += 1;
-        let fire = matches!(&*self.race.borrow(), Some(r) if *reads >= r.after_reads);
+    fn after_read(&self, gpa: u64, len: usize) {
+        let fire = matches!(&*self.race.borrow(), Some(r) if r.trigger >= gpa && r.trigger < gpa + len as u64);
         if fire {
             if let Some(r) = self.race.borrow_mut().take() {
                 self.memory.borrow_mut().write(r.gpa, &r.bytes);
@@ -161,7 +156,7 @@ impl Platform for Machine {
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault> {
         self.check(gpa.0, buf.len(), PERM_READ)?;
         self.memory.borrow().read(gpa.0, buf);
-        self.after_read();
+        self.after_read(gpa.0, buf.len());
         Ok(())
     }
 

@@ -1,0 +1,129 @@
+//! The conformance suite on the model: each case gets a freshly launched world, runs as
+//! the guest's startup vCPU, and fails if the machine saw the SVSM break the calling
+//! convention (see `Machine::violations`).
+
+use crate::machine::Race;
+use crate::world::{self, MIB, World, WorldConfig};
+use abi::hw::rmpadjust::PERM_READ;
+use abi::vmsa::VmsaField;
+use conformance::{Case, Env, Facts, HostControl, Verdict};
+use guest::client::{GuestFault, Regs, Transport};
+use kernel::vcpu::VcpuIndex;
+
+/// Per-call work budget used for conformance, small enough to exercise INCOMPLETE.
+pub const CONFORMANCE_PAGES_PER_CALL: u64 = 256;
+
+#[derive(Debug)]
+pub struct ModelEnv {
+    pub world: World,
+    vcpu: VcpuIndex,
+    calling_area: u64,
+}
+
+impl Default for ModelEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ModelEnv {
+    pub fn new() -> Self {
+        let config = WorldConfig { pages_per_call: CONFORMANCE_PAGES_PER_CALL, ..WorldConfig::default() };
+        Self { world: World::new(config), vcpu: VcpuIndex::STARTUP, calling_area: world::STARTUP_CA_GPA }
+    }
+}
+
+impl Transport for ModelEnv {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestFault> {
+        self.world.vcpu(self.vcpu).read(gpa, buf)
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestFault> {
+        self.world.vcpu(self.vcpu).write(gpa, data)
+    }
+    fn exchange_u8(&mut self, gpa: u64, value: u8) -> Result<u8, GuestFault> {
+        self.world.vcpu(self.vcpu).exchange_u8(gpa, value)
+    }
+    fn request_svsm(&mut self, regs: &mut Regs) {
+        self.world.vcpu(self.vcpu).request_svsm(regs)
+    }
+}
+
+impl Env for ModelEnv {
+    fn facts(&self) -> Facts {
+        let c = &self.world.config;
+        Facts {
+            secrets_page: world::SECRETS_GPA,
+            startup_vmsa: world::STARTUP_VMSA_GPA,
+            sev_features: abi::hw::sev_features::SNP_ACTIVE,
+            scratch: 2 * MIB,
+            scratch_pages: (world::LOW_VALIDATED_END - 2 * MIB) / 4096,
+            free_small: world::LOW_VALIDATED_END,
+            free_small_pages: (world::SVSM_BASE - world::LOW_VALIDATED_END) / 4096,
+            free_huge: c.huge_from,
+            free_huge_count: (c.ram_bytes - c.huge_from) / (2 * MIB),
+            not_ram: c.ram_bytes + 4 * MIB,
+            pages_per_call: c.pages_per_call,
+        }
+    }
+    fn calling_area(&self) -> u64 {
+        self.calling_area
+    }
+    fn set_calling_area(&mut self, gpa: u64) {
+        self.calling_area = gpa;
+    }
+    fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> bool {
+        match self.world.vcpu_by_apic_id(apic_id) {
+            Some(v) => {
+                self.vcpu = v;
+                self.calling_area = calling_area;
+                true
+            }
+            None => false,
+        }
+    }
+    fn host(&mut self) -> Option<&mut dyn HostControl> {
+        Some(self)
+    }
+}
+
+impl HostControl for ModelEnv {
+    fn drop_next_request(&mut self) {
+        self.world.host.drop_requests += 1;
+    }
+    fn set_exit_code(&mut self, code: Option<u64>) {
+        self.world.host.exit_code = code;
+    }
+    fn enter_without_request(&mut self) -> u64 {
+        self.world.enter(self.vcpu);
+        let vmsa = self.world.machine.vcpus.get(&self.vcpu.0).map_or(0, |v| v.vmsa);
+        self.world.machine.vmsa_field(vmsa, VmsaField::Rax)
+    }
+    fn set_running(&mut self, vmsa: u64, running: bool) {
+        for v in self.world.machine.vcpus.values_mut().filter(|v| v.vmsa == vmsa) {
+            v.running = running;
+        }
+    }
+    fn race(&mut self, trigger: u64, gpa: u64, bytes: &[u8]) {
+        self.world.machine.race(Race { trigger, gpa, bytes: bytes.to_vec() });
+    }
+    fn write_memory(&mut self, gpa: u64, bytes: &[u8]) {
+        self.world.machine.raw_write(gpa, bytes);
+    }
+    fn vmpl_can_read(&self, gpa: u64, vmpl: u8) -> bool {
+        self.world.machine.rmp.allows(gpa >> 12, vmpl, PERM_READ)
+    }
+    fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64 {
+        self.world.machine.vmsa_field(vmsa, field)
+    }
+}
+
+/// Run one case on a fresh world; a machine-level violation fails the case.
+pub fn run_case(case: &Case) -> Verdict {
+    let mut env = ModelEnv::new();
+    let verdict = case.run(&mut env);
+    let violations = env.world.machine.violations();
+    match verdict {
+        Verdict::Pass if !violations.is_empty() => Verdict::Fail(format!("calling-convention violations: {violations:?}")),
+        v => v,
+    }
+}
