@@ -73,6 +73,8 @@ pub trait HostControl {
     fn write_memory(&mut self, gpa: u64, bytes: &[u8]);
     /// May `vmpl` read the page at `gpa` (RMP permission and validation)?
     fn vmpl_can_read(&self, gpa: u64, vmpl: u8) -> bool;
+    /// The RMP permission bits of `vmpl` for the page at `gpa`, validated or not.
+    fn rmp_permissions(&self, gpa: u64, vmpl: u8) -> u8;
     fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64;
 }
 

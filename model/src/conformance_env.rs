@@ -8,6 +8,7 @@ use abi::hw::rmpadjust::PERM_READ;
 use abi::vmsa::VmsaField;
 use conformance::{Case, Env, Facts, HostControl, Verdict};
 use guest::client::{GuestFault, Regs, Transport};
+use kernel::stats::Stats;
 use kernel::vcpu::VcpuIndex;
 
 /// Per-call work budget used for conformance, small enough to exercise INCOMPLETE.
@@ -112,18 +113,23 @@ impl HostControl for ModelEnv {
     fn vmpl_can_read(&self, gpa: u64, vmpl: u8) -> bool {
         self.world.machine.rmp.allows(gpa >> 12, vmpl, PERM_READ)
     }
+    fn rmp_permissions(&self, gpa: u64, vmpl: u8) -> u8 {
+        self.world.machine.rmp.entry(gpa >> 12).map_or(0, |e| e.perms[usize::from(vmpl & 3)])
+    }
     fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64 {
         self.world.machine.vmsa_field(vmsa, field)
     }
 }
 
-/// Run one case on a fresh world; a machine-level violation fails the case.
-pub fn run_case(case: &Case) -> Verdict {
+/// Run one case on a fresh world; a machine-level violation fails the case. Returns the
+/// verdict and what the SVSM counted while serving the case.
+pub fn run_case(case: &Case) -> (Verdict, Stats) {
     let mut env = ModelEnv::new();
     let verdict = case.run(&mut env);
     let violations = env.world.machine.violations();
-    match verdict {
+    let verdict = match verdict {
         Verdict::Pass if !violations.is_empty() => Verdict::Fail(format!("calling-convention violations: {violations:?}")),
         v => v,
-    }
+    };
+    (verdict, env.world.svsm.stats().clone())
 }

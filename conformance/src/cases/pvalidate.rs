@@ -56,11 +56,11 @@ pub fn revokes_first(env: &mut dyn Env) -> CaseResult {
     ensure!(h.vmpl_can_read(gpa, 1), "VMPL1 has no access after validation");
     ensure!(!h.vmpl_can_read(gpa, 2), "VMPL2 was granted access by a VMPL1 request");
     pvalidate(env, &[e4k(gpa, false)], ResultCode::SUCCESS)?;
-    // The host re-assigns nothing here; the page simply comes back valid with no grant
-    // left over from before: RMPADJUST must have revoked it.
+    // No permission may outlive the validation: RMPADJUST revoked it before PVALIDATE.
     let h = host(env)?;
     for vmpl in 1..=3 {
-        ensure!(!h.vmpl_can_read(gpa, vmpl), "VMPL{vmpl} can read an invalidated page");
+        let perms = h.rmp_permissions(gpa, vmpl);
+        ensure!(perms == 0, "VMPL{vmpl} keeps permissions {perms:#x} on an invalidated page");
     }
     Ok(())
 }

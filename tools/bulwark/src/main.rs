@@ -1,1 +1,32 @@
-fn main() {}
+//! `bulwark`: the command-line tool a Bulwark user runs on the host.
+//!
+//! Commands:
+//! - `bulwark conformance [--json] [--filter TEXT]`: run the SVSM conformance suite
+//!   through the guest calling convention against the Bulwark kernel on the SEV-SNP model,
+//!   one fresh launch per case, and print a report (or JSON). Exit status 1 if any case
+//!   fails.
+
+mod conformance_report;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: bulwark <command> [options]
+
+commands:
+  conformance [--json] [--filter TEXT]   run the SVSM conformance suite on the SEV-SNP model
+  help                                   this text";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("conformance") => conformance_report::main(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("bulwark: unknown command `{other}`\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `bulwark conformance`: run every conformance case on the model and report.
+
+use conformance::{CASES, Verdict};
+use kernel::stats::Stats;
+use model::conformance_env::run_case;
+use serde_json::json;
+use std::process::ExitCode;
+use std::time::Instant;
+
+struct Options {
+    json: bool,
+    filter: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options { json: false, filter: None };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => o.json = true,
+            "--filter" => o.filter = Some(it.next().ok_or("--filter needs a value")?.clone()),
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    Ok(o)
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bulwark conformance: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let selected: Vec<_> = CASES.iter().filter(|c| opts.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str()))).collect();
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut total = Stats::default();
+    if !opts.json {
+        println!("Bulwark conformance suite: SVSM spec 58019 core protocol, over the guest calling");
+        println!("convention, against the Bulwark kernel on the SEV-SNP model (one launch per case)\n");
+    }
+    for case in &selected {
+        let (verdict, stats) = run_case(case);
+        add(&mut total, &stats);
+        if !opts.json {
+            match &verdict {
+                Verdict::Pass => println!("  PASS  {:<34} {}", case.name, case.what),
+                Verdict::Skip(why) => println!("  SKIP  {:<34} {} ({why})", case.name, case.what),
+                Verdict::Fail(why) => println!("  FAIL  {:<34} {}\n        {why}", case.name, case.what),
+            }
+        }
+        rows.push((case, verdict));
+    }
+    let count = |f: fn(&Verdict) -> bool| rows.iter().filter(|(_, v)| f(v)).count();
+    let (passed, failed, skipped) =
+        (count(|v| *v == Verdict::Pass), count(|v| matches!(v, Verdict::Fail(_))), count(|v| matches!(v, Verdict::Skip(_))));
+    let core = total.per_protocol[0];
+    if opts.json {
+        let cases: Vec<_> = rows
+            .iter()
+            .map(|(c, v)| {
+                let (verdict, detail) = match v {
+                    Verdict::Pass => ("pass", String::new()),
+                    Verdict::Fail(why) => ("fail", why.clone()),
+                    Verdict::Skip(why) => ("skip", (*why).to_string()),
+                };
+                json!({ "name": c.name, "checks": c.what, "verdict": verdict, "detail": detail })
+            })
+            .collect();
+        let doc = json!({
+            "platform": "model",
+            "cases": cases,
+            "summary": { "passed": passed, "failed": failed, "skipped": skipped },
+            "svsm": {
+                "core_calls": core.calls, "core_errors": core.errors,
+                "spurious_entries": total.spurious_entries, "wrong_exit_code": total.wrong_exit_code,
+                "host_faults": total.host_faults
+            },
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!(
+            "\nThe SVSM served {} core calls ({} answered with an error code, as the cases demand), ignored {} spurious\nentries and {} entries with a wrong exit code, in {:.2} s.",
+            core.calls,
+            core.errors,
+            total.spurious_entries,
+            total.wrong_exit_code,
+            started.elapsed().as_secs_f64()
+        );
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    }
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn add(total: &mut Stats, s: &Stats) {
+    for (t, c) in total.per_protocol.iter_mut().zip(s.per_protocol.iter()) {
+        t.calls += c.calls;
+        t.errors += c.errors;
+    }
+    total.spurious_entries += s.spurious_entries;
+    total.wrong_exit_code += s.wrong_exit_code;
+    total.host_faults += s.host_faults;
+}
