@@ -127,15 +127,17 @@ impl Svsm {
     }
 
     /// Keep SVSM_MEM_AVAILABLE of the startup vCPU's calling area equal to "free
-    /// deposited pages exist" (spec 58019 section 6.6).
+    /// deposited pages exist" (spec 58019 section 6.6), after every call, whichever call
+    /// changed the pool.
     fn sync_mem_available<P: Platform + ?Sized>(&mut self, p: &mut P) {
-        if !self.mem_flag_dirty {
+        let want = self.pool.mem_available();
+        if self.mem_flag_written == Some(want) {
             return;
         }
         let Some(startup) = self.vcpus.startup() else { return };
         let Some(flag_gpa) = startup.calling_area.checked_add(MEM_AVAILABLE_OFFSET) else { return };
-        match p.write(flag_gpa, &[u8::from(self.pool.mem_available())]) {
-            Ok(()) => self.mem_flag_dirty = false,
+        match p.write(flag_gpa, &[u8::from(want)]) {
+            Ok(()) => self.mem_flag_written = Some(want),
             Err(f) => log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0),
         }
     }

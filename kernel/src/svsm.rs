@@ -98,8 +98,9 @@ pub struct Svsm {
     pub(crate) stats: Stats,
     pub(crate) max_vcpus: usize,
     pub(crate) pages_per_call: u64,
-    /// The startup calling area's SVSM_MEM_AVAILABLE must be rewritten.
-    pub(crate) mem_flag_dirty: bool,
+    /// The SVSM_MEM_AVAILABLE value last written to the startup calling area; `None`
+    /// forces a write (at start and after the startup vCPU remaps its area).
+    pub(crate) mem_flag_written: Option<bool>,
 }
 
 impl Svsm {
@@ -150,7 +151,7 @@ impl Svsm {
             stats: Stats::default(),
             max_vcpus: config.max_vcpus.max(1),
             pages_per_call: config.pages_per_call.max(1),
-            mem_flag_dirty: true,
+            mem_flag_written: None,
         })
     }
 

@@ -49,9 +49,6 @@ pub fn deposit<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallConte
         }
         next += 1;
     }
-    if next != list.next {
-        svsm.mem_flag_dirty = true;
-    }
     let written = list::write_next(p, &svsm.pages, &list, next);
     Reply::from(status.and(written))
 }
@@ -149,7 +146,6 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
         svsm.pool.free(page, true);
     }
     svsm.pool.withdrawn(returned);
-    svsm.mem_flag_dirty = true;
     let count = u16::try_from(returned).unwrap_or(u16::MAX);
     if let Err(e) = guest_memory::write_bytes(p, &svsm.pages, gpa, &count.to_le_bytes()) {
         crate::log!(p, Error, "withdraw: {} pages returned but the list header write failed: {:?}", returned, e);

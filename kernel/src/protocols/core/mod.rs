@@ -76,7 +76,7 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext)
         svsm.pages.set_role(page, PageRole::CallingArea(ctx.vcpu));
     }
     if ctx.vcpu == crate::vcpu::VcpuIndex::STARTUP {
-        svsm.mem_flag_dirty = true;
+        svsm.mem_flag_written = None;
     }
     Ok(())
 }

@@ -157,7 +157,6 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallC
         let deposited = svsm.pages.role(page) == Some(PageRole::Deposited);
         svsm.pool.free(page, deposited);
     }
-    svsm.mem_flag_dirty = true;
     p.vcpu_deleted(index);
     crate::log!(p, Info, "vCPU {} deleted", index.0);
     Ok(())
