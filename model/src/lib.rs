@@ -15,6 +15,7 @@
 //! documents are silent the choice is written next to the code.
 
 pub mod conformance_env;
+pub mod fuzz;
 pub mod machine;
 pub mod memory;
 pub mod rmp;

@@ -1,0 +1,185 @@
+//! The dispatcher fuzz harness: arbitrary bytes become a sequence of guest calls with
+//! arbitrary registers and list contents, interleaved with a host that misbehaves
+//! (spurious entries, wrong exit codes, running VMSAs, racing writes, pages reassigned
+//! behind the guest's back).
+//!
+//! After every step the harness checks what must always hold: the SVSM did not break the
+//! calling convention, still answers a call, and its own memory and every VMSA stay out
+//! of the guest's reach. A panic anywhere is a finding. Used by the cargo-fuzz target
+//! `dispatcher` and by a hosted smoke test on random inputs.
+
+use crate::machine::Race;
+use crate::world::{self, MIB, World, WorldConfig};
+use abi::hw::rmpadjust::PERM_READ;
+use abi::protocol::{CallId, ProtocolId, core_call};
+use abi::result::ResultCode;
+use guest::{CallError, Regs, Transport};
+use kernel::request::EntryOutcome;
+use kernel::vcpu::VcpuIndex;
+
+/// Reads fuzz input; exhausted input reads as zeros.
+struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl Input<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((b, rest)) => {
+                self.data = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+    fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |v, i| v | u64::from(self.u8()) << (8 * i))
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.data.len());
+        let (head, rest) = self.data.split_at(n);
+        self.data = rest;
+        head
+    }
+    fn done(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+const RAM: u64 = 96 * MIB;
+const HUGE_FROM: u64 = 32 * MIB;
+/// A validated page the fuzzer fills with lists and structures.
+const PARAM: u64 = 2 * MIB;
+
+/// Interesting addresses, with random low bits added by the caller.
+fn address(input: &mut Input<'_>) -> u64 {
+    let base = match input.u8() % 12 {
+        0 => PARAM,
+        1 => PARAM + 0x1000,
+        2 => world::LOW_VALIDATED_END,
+        3 => HUGE_FROM,
+        4 => world::SVSM_BASE,
+        5 => world::STARTUP_VMSA_GPA,
+        6 => world::STARTUP_CA_GPA,
+        7 => world::SECRETS_GPA,
+        8 => RAM - 4096,
+        9 => RAM,
+        10 => 3 * MIB,
+        _ => return input.u64(),
+    };
+    let offset = match input.u8() % 4 {
+        0 => 0,
+        1 => u64::from(input.u8()) << 12,
+        2 => u64::from(input.u8()) & !7,
+        _ => u64::from(input.u8()),
+    };
+    base.wrapping_add(offset)
+}
+
+/// Run one fuzz input. Panics (a finding) if an invariant breaks.
+pub fn run_dispatcher(data: &[u8]) {
+    let mut input = Input { data };
+    let mut w = World::new(WorldConfig { ram_bytes: RAM, huge_from: HUGE_FROM, pages_per_call: 64, ..WorldConfig::default() });
+    let mut steps = 0;
+    while !input.done() && steps < 64 {
+        steps += 1;
+        step(&mut w, &mut input);
+        check(&mut w);
+    }
+}
+
+fn step(w: &mut World, input: &mut Input<'_>) {
+    match input.u8() % 10 {
+        0..=4 => {
+            // Fill the parameter page, then call.
+            let len = usize::from(input.u8()) * 4;
+            let fill = input.bytes(len).to_vec();
+            let _ = w.client().transport.write(PARAM, &fill);
+            let protocol = match input.u8() % 8 {
+                0..=5 => 0,
+                6 => u32::from(input.u8()),
+                _ => input.u64() as u32,
+            };
+            let call = match input.u8() % 8 {
+                0..=6 => u32::from(input.u8() % 10),
+                _ => input.u64() as u32,
+            };
+            let regs = Regs {
+                rax: CallId::new(ProtocolId(protocol), call).to_rax(),
+                rcx: address(input),
+                rdx: address(input),
+                r8: input.u64() % 8,
+                r9: input.u64(),
+            };
+            let vcpu = VcpuIndex(u32::from(input.u8() % 3));
+            let ca = w.svsm.vcpus().get(vcpu).map(|v| v.calling_area.0);
+            if let Some(ca) = ca {
+                let _ = w.client_at(vcpu, ca).issue(regs);
+            }
+        }
+        5 => {
+            let vcpu = VcpuIndex(u32::from(input.u8() % 3));
+            w.host.exit_code = Some(input.u64());
+            if let Some(ca) = w.svsm.vcpus().get(vcpu).map(|v| v.calling_area.0) {
+                let _ = w.client_at(vcpu, ca).issue(Regs { rax: 6, rcx: 1, ..Regs::default() });
+            }
+            w.host.exit_code = None;
+        }
+        6 => {
+            let _ = w.enter(VcpuIndex(u32::from(input.u8() % 4)));
+        }
+        7 => {
+            let running = input.u8() & 1 == 1;
+            let pick = usize::from(input.u8());
+            if let Some(v) = w.machine.vcpus.values_mut().nth(pick % 4) {
+                v.running = running;
+            }
+        }
+        8 => {
+            let trigger = address(input);
+            let gpa = address(input);
+            let len = usize::from(input.u8() % 32);
+            let bytes = input.bytes(len).to_vec();
+            w.machine.race(Race { trigger, gpa, bytes });
+        }
+        _ => {
+            // The host reassigns a page (RMPUPDATE): validation and permissions are gone.
+            let pfn = address(input) >> 12;
+            if pfn < RAM >> 12 && !(world::SVSM_BASE >> 12..(world::SVSM_BASE + 4 * MIB) >> 12).contains(&pfn) {
+                w.machine.rmp.host_assign(pfn, 1);
+            }
+        }
+    }
+}
+
+fn check(w: &mut World) {
+    let violations = w.machine.violations();
+    assert!(violations.is_empty(), "calling-convention violations: {violations:?}");
+    for pfn in [world::SVSM_BASE >> 12, (world::SVSM_BASE >> 12) + 1023] {
+        for vmpl in 1..=3 {
+            assert!(!w.machine.rmp.allows(pfn, vmpl, PERM_READ), "SVSM page {pfn:#x} readable at VMPL{vmpl}");
+        }
+    }
+    let vmsas: Vec<u64> = w.svsm.vcpus().iter().map(|(_, v)| v.vmsa.raw()).collect();
+    for vmsa in vmsas {
+        assert!(!w.machine.rmp.allows(vmsa >> 12, 1, PERM_READ), "VMSA {vmsa:#x} readable by the guest");
+    }
+    // The SVSM still serves the startup vCPU (unless the host broke its calling area or
+    // VMSA, in which case the SVSM must have refused cleanly).
+    for v in w.machine.vcpus.values_mut() {
+        v.running = false;
+    }
+    let ca = w.svsm.vcpus().startup().map(|v| v.calling_area.0).unwrap_or(world::STARTUP_CA_GPA);
+    let id = CallId::new(ProtocolId::CORE, core_call::QUERY_PROTOCOL);
+    match w.client_at(VcpuIndex::STARTUP, ca).issue(Regs { rax: id.to_rax(), rcx: 1 << 32 | 1, ..Regs::default() }) {
+        Ok(r) => assert_eq!(ResultCode::from_rax(r.rax), ResultCode::SUCCESS),
+        // The host took the guest's own calling area away: the guest cannot even ask.
+        Err(CallError::Fault(_)) => {}
+        // The SVSM did not answer: only acceptable if the host broke what it needs.
+        Err(CallError::NotExecuted) => {
+            let outcome = w.enter(VcpuIndex::STARTUP);
+            assert!(matches!(outcome, EntryOutcome::HostFault(_)), "call not served, yet the entry was {outcome:?}");
+        }
+        Err(e) => panic!("unexpected client error {e:?}"),
+    }
+}

@@ -1,0 +1,22 @@
+//! The dispatcher fuzz harness on pseudo-random inputs, so every test run exercises it
+//! (the coverage-guided run is `cargo xtask fuzz`).
+
+use bulwark_model::fuzz::run_dispatcher;
+
+/// xorshift64*: deterministic, so a failure reproduces.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+#[test]
+fn random_inputs_keep_the_svsm_serving() {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..300 {
+        let len = (next(&mut state) % 1024) as usize;
+        let data: Vec<u8> = (0..len).map(|_| next(&mut state) as u8).collect();
+        run_dispatcher(&data);
+    }
+}
