@@ -50,11 +50,7 @@ impl ResultCode {
 
     /// Pages requested if this is a "more memory needed" result.
     pub const fn memory_needed(self) -> Option<u32> {
-        if self.0 & 0xC000_0000 == Self::MORE_MEMORY_BASE {
-            Some(self.0 & Self::MORE_MEMORY_MAX_PAGES)
-        } else {
-            None
-        }
+        if self.0 & 0xC000_0000 == Self::MORE_MEMORY_BASE { Some(self.0 & Self::MORE_MEMORY_MAX_PAGES) } else { None }
     }
 
     pub const fn is_success(self) -> bool {

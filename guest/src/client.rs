@@ -137,7 +137,13 @@ impl<T: Transport> Client<T> {
         }
     }
 
-    fn deposit_from(&mut self, source: &mut dyn PageSource, pages: u32, list_gpa: u64, why: ResultCode) -> Result<(), CallError> {
+    fn deposit_from(
+        &mut self,
+        source: &mut dyn PageSource,
+        pages: u32,
+        list_gpa: u64,
+        why: ResultCode,
+    ) -> Result<(), CallError> {
         let capacity = list_capacity(list_gpa);
         let mut left = pages as u64;
         while left > 0 {

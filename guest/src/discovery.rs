@@ -1,7 +1,7 @@
 //! SVSM discovery from the secrets page (spec 58019 section 4.1).
 
-use abi::secrets::SvsmSecretsFields;
 use abi::secrets::SVSM_BASE_OFFSET;
+use abi::secrets::SvsmSecretsFields;
 use zerocopy::FromBytes;
 
 /// What the secrets page says about the SVSM.

@@ -36,7 +36,10 @@ pub enum CallError {
     /// A parameter failed a check of the spec; the text names the check.
     InvalidParameter(&'static str),
     /// A gpa is unusable for this call.
-    InvalidAddress { gpa: Gpa, why: AddressConflict },
+    InvalidAddress {
+        gpa: Gpa,
+        why: AddressConflict,
+    },
     /// The request is valid but cannot be served now or here.
     InvalidRequest(&'static str),
     /// The call did part of its work; the guest calls again.
@@ -44,9 +47,14 @@ pub enum CallError {
     /// The SVSM needs this many more pages deposited.
     NeedMemory(u32),
     /// PVALIDATE or RMPADJUST failed in hardware.
-    Hardware { gpa: Gpa, error: HwError },
+    Hardware {
+        gpa: Gpa,
+        error: HwError,
+    },
     /// PVALIDATE reported "no change" and the entry did not ask to ignore it.
-    NoChange { gpa: Gpa },
+    NoChange {
+        gpa: Gpa,
+    },
     /// DELETE_VCPU: the VMSA is running.
     VcpuInUse,
 }

@@ -16,8 +16,7 @@ fn check(pages: &PageTracker, gpa: Gpa, len: usize) -> CallResult<()> {
     if len == 0 {
         return Ok(());
     }
-    let range =
-        PageRange::covering(gpa, len as u64).ok_or(CallError::address(gpa, AddressConflict::NotRam))?;
+    let range = PageRange::covering(gpa, len as u64).ok_or(CallError::address(gpa, AddressConflict::NotRam))?;
     pages.check_param(range).map_err(|(page, why)| CallError::address(page.gpa(), why))
 }
 

@@ -69,7 +69,8 @@ impl PageTracker {
         if top_pfn > MAX_TOP_PFN {
             return Err(LayoutError::TooLarge);
         }
-        let mut t = Self { ram, svsm, validated: vec![0; top_pfn.div_ceil(64) as usize], top_pfn, roles: BTreeMap::new() };
+        let mut t =
+            Self { ram, svsm, validated: vec![0; top_pfn.div_ceil(64) as usize], top_pfn, roles: BTreeMap::new() };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
         }

@@ -72,8 +72,14 @@ pub trait Platform {
     fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError>;
     /// RMPADJUST at VMPL0: set `target_vmpl`'s permissions (abi::hw::rmpadjust::PERM_*)
     /// and the VMSA flag of a page.
-    fn rmpadjust(&mut self, page: PageAddr, size: PageSize, target_vmpl: u8, perms: u8, vmsa: bool)
-    -> Result<(), HwError>;
+    fn rmpadjust(
+        &mut self,
+        page: PageAddr,
+        size: PageSize,
+        target_vmpl: u8,
+        perms: u8,
+        vmsa: bool,
+    ) -> Result<(), HwError>;
 
     /// Read a field of a lower-VMPL vCPU's VMSA.
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault>;

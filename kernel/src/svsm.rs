@@ -73,7 +73,12 @@ pub enum InitError {
 
 /// Write the SVSM fields of the secrets page and erase VMPCK0, so the guest can find the
 /// SVSM and cannot talk to the PSP as VMPL0.
-fn publish<P: Platform + ?Sized>(p: &mut P, secrets: PageAddr, config: &SvsmConfig, guest_vmpl: u8) -> Result<(), MemoryFault> {
+fn publish<P: Platform + ?Sized>(
+    p: &mut P,
+    secrets: PageAddr,
+    config: &SvsmConfig,
+    guest_vmpl: u8,
+) -> Result<(), MemoryFault> {
     use abi::secrets::{SecretsPage, SvsmSecretsFields};
     use core::mem::offset_of;
     use zerocopy::IntoBytes;

@@ -128,7 +128,9 @@ pub fn run_case(case: &Case) -> (Verdict, Stats) {
     let verdict = case.run(&mut env);
     let violations = env.world.machine.violations();
     let verdict = match verdict {
-        Verdict::Pass if !violations.is_empty() => Verdict::Fail(format!("calling-convention violations: {violations:?}")),
+        Verdict::Pass if !violations.is_empty() => {
+            Verdict::Fail(format!("calling-convention violations: {violations:?}"))
+        }
         v => v,
     };
     (verdict, env.world.svsm.stats().clone())

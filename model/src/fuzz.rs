@@ -79,7 +79,8 @@ fn address(input: &mut Input<'_>) -> u64 {
 /// Run one fuzz input. Panics (a finding) if an invariant breaks.
 pub fn run_dispatcher(data: &[u8]) {
     let mut input = Input { data };
-    let mut w = World::new(WorldConfig { ram_bytes: RAM, huge_from: HUGE_FROM, pages_per_call: 64, ..WorldConfig::default() });
+    let mut w =
+        World::new(WorldConfig { ram_bytes: RAM, huge_from: HUGE_FROM, pages_per_call: 64, ..WorldConfig::default() });
     let mut steps = 0;
     while !input.done() && steps < 64 {
         steps += 1;

@@ -176,7 +176,14 @@ impl Platform for Machine {
         self.rmp.pvalidate(page.raw(), Self::size(size), validate)
     }
 
-    fn rmpadjust(&mut self, page: PageAddr, size: PageSize, target_vmpl: u8, perms: u8, vmsa: bool) -> Result<(), HwError> {
+    fn rmpadjust(
+        &mut self,
+        page: PageAddr,
+        size: PageSize,
+        target_vmpl: u8,
+        perms: u8,
+        vmsa: bool,
+    ) -> Result<(), HwError> {
         let running: Vec<u64> = self.vcpus.values().filter(|v| v.running).map(|v| v.vmsa >> 12).collect();
         self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, |pfn| running.contains(&pfn))
     }

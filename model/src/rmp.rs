@@ -155,7 +155,9 @@ impl Rmp {
     /// May software at `vmpl` access the page with `need` permission bits?
     pub fn allows(&self, pfn: u64, vmpl: u8, need: u8) -> bool {
         match self.entry(pfn) {
-            Some(e) if e.assigned && e.validated => vmpl == 0 || (!e.vmsa && e.perms[usize::from(vmpl & 3)] & need == need),
+            Some(e) if e.assigned && e.validated => {
+                vmpl == 0 || (!e.vmsa && e.perms[usize::from(vmpl & 3)] & need == need)
+            }
             _ => false,
         }
     }

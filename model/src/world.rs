@@ -17,8 +17,8 @@ use crate::machine::Machine;
 use abi::hw::rmpadjust::{PERM_ALL, PERM_READ, PERM_WRITE};
 use abi::hw::{EFER_SVME, sev_features};
 use abi::vmsa::VmsaField;
-use guest::client::{GuestFault, Regs, Transport};
 use guest::Client;
+use guest::client::{GuestFault, Regs, Transport};
 use kernel::addr::{Gpa, PageAddr, PageRange};
 use kernel::platform::Level;
 use kernel::request::EntryOutcome;
@@ -83,7 +83,8 @@ pub struct World {
 }
 
 fn range(start: u64, bytes: u64) -> PageRange {
-    PageRange::new(PageAddr::from_pfn(start >> 12), bytes.div_ceil(4096)).unwrap_or_else(|| unreachable!("static layout"))
+    PageRange::new(PageAddr::from_pfn(start >> 12), bytes.div_ceil(4096))
+        .unwrap_or_else(|| unreachable!("static layout"))
 }
 
 impl World {
@@ -237,7 +238,9 @@ impl Transport for GuestVcpu<'_> {
         // The host resumes the guest; VMRUN refuses a VMSA with SVME = 0.
         let m = &self.world.machine;
         if m.vmsa_field(vmsa, VmsaField::Efer) & EFER_SVME == 0 {
-            m.violations.borrow_mut().push(format!("vCPU {} left with EFER.SVME = 0: the guest cannot resume", self.index.0));
+            m.violations
+                .borrow_mut()
+                .push(format!("vCPU {} left with EFER.SVME = 0: the guest cannot resume", self.index.0));
         }
         *regs = Regs {
             rax: m.vmsa_field(vmsa, VmsaField::Rax),

@@ -1,1 +1,308 @@
-fn main() {}
+//! `cargo xtask`: Bulwark's task runner.
+//!
+//! This crate owns the project's entry points for developers and CI:
+//!
+//! - `run`   — build and run the conformance report (`bulwark conformance`);
+//! - `test`  — everything CI checks: fmt, clippy, the bare-metal kernel build,
+//!   all tests and a short fuzz smoke run;
+//! - `fuzz`  — a libFuzzer run through cargo-fuzz on the nightly toolchain;
+//! - `bench` — the `pvalidate` benchmark of the SNP model.
+//!
+//! It uses only std. Every cargo child runs with the workspace root as its
+//! working directory. Progress lines (`==> step`) go to stderr so that the
+//! stdout of `cargo xtask run --json` stays machine-readable.
+
+use std::env;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+
+type Result<T = (), E = String> = std::result::Result<T, E>;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  run [ARGS...]                      cargo run --release -p bulwark -- conformance [ARGS...]
+                                     (e.g. `cargo xtask run --json`)
+  test                               everything CI runs: fmt, clippy, bare-metal kernel build,
+                                     all tests, and a 60 s fuzz smoke run
+                                     (set BULWARK_SKIP_FUZZ=1 to skip the fuzz smoke run)
+  fuzz [--seconds N] [--target NAME] fuzz NAME (default: dispatcher) for N seconds (default: 600);
+                                     needs the nightly toolchain, installs cargo-fuzz if missing
+  bench                              run the pvalidate benchmark (result: target/bench/pvalidate.json)
+  help                               show this text
+";
+
+const DEFAULT_FUZZ_TARGET: &str = "dispatcher";
+const DEFAULT_FUZZ_SECONDS: u64 = 600;
+const SMOKE_FUZZ_SECONDS: u64 = 60;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match command {
+        "run" => run(rest),
+        "test" => test(rest).map(|()| ExitCode::SUCCESS),
+        "fuzz" => fuzz(rest).map(|()| ExitCode::SUCCESS),
+        "bench" => bench(rest).map(|()| ExitCode::SUCCESS),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask run [ARGS...]`: the conformance report. Exits with the child's exit code.
+fn run(args: &[String]) -> Result<ExitCode> {
+    let mut cmd = cargo()?;
+    cmd.args(["run", "--release", "-p", "bulwark", "--", "conformance"]).args(args);
+    step(&format!("cargo run --release -p bulwark -- conformance {}", args.join(" ")));
+    let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
+    // A child killed by a signal has no exit code; report plain failure.
+    let code = status.code().and_then(|code| u8::try_from(code).ok()).unwrap_or(1);
+    Ok(ExitCode::from(code))
+}
+
+/// `cargo xtask test`: the project's full test command, as run by CI.
+fn test(args: &[String]) -> Result {
+    no_args("test", args)?;
+
+    exec("cargo fmt --all -- --check", cargo()?.args(["fmt", "--all", "--", "--check"]))?;
+    exec(
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        cargo()?.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    exec(
+        "RUSTFLAGS='-D warnings' cargo build -p bulwark-kernel --target x86_64-unknown-none",
+        cargo()?
+            .args(["build", "-p", "bulwark-kernel", "--target", "x86_64-unknown-none"])
+            .env("RUSTFLAGS", "-D warnings")
+            // Cargo prefers CARGO_ENCODED_RUSTFLAGS over RUSTFLAGS when both are set.
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )?;
+
+    if nextest_available()? {
+        exec("cargo nextest run --workspace", cargo()?.args(["nextest", "run", "--workspace"]))?;
+        // nextest does not run doctests.
+        exec("cargo test --workspace --doc", cargo()?.args(["test", "--workspace", "--doc"]))?;
+    } else {
+        exec("cargo test --workspace", cargo()?.args(["test", "--workspace"]))?;
+    }
+
+    if env::var_os("BULWARK_SKIP_FUZZ").is_some() {
+        step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
+    } else {
+        match run_fuzzer(DEFAULT_FUZZ_TARGET, SMOKE_FUZZ_SECONDS) {
+            Ok(()) => {}
+            Err(FuzzError::Unavailable(reason)) => {
+                eprintln!("warning: fuzz smoke skipped: {reason}");
+            }
+            Err(FuzzError::Failed(message)) => return Err(message),
+        }
+    }
+
+    step("all checks passed");
+    Ok(())
+}
+
+/// `cargo xtask fuzz [--seconds N] [--target NAME]`.
+fn fuzz(args: &[String]) -> Result {
+    let mut seconds = DEFAULT_FUZZ_SECONDS;
+    let mut target = DEFAULT_FUZZ_TARGET.to_string();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("`{arg}` needs a value\n\n{USAGE}"));
+        match arg.as_str() {
+            "--seconds" => {
+                let text = value()?;
+                seconds = text.parse().map_err(|_| format!("`--seconds {text}`: not a whole number of seconds"))?;
+            }
+            "--target" => target = value()?.clone(),
+            other => return Err(format!("unknown option `{other}` for fuzz\n\n{USAGE}")),
+        }
+    }
+    run_fuzzer(&target, seconds).map_err(|e| match e {
+        FuzzError::Unavailable(message) | FuzzError::Failed(message) => message,
+    })
+}
+
+/// `cargo xtask bench`: the `pvalidate` benchmark of the SNP model.
+fn bench(args: &[String]) -> Result {
+    no_args("bench", args)?;
+    exec(
+        "cargo bench -p bulwark-model --bench pvalidate",
+        cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "pvalidate"]),
+    )?;
+    let result = workspace_root()?.join("target/bench/pvalidate.json");
+    if result.is_file() {
+        step(&format!("bench result: {}", result.display()));
+    } else {
+        step(&format!("no bench result at {} (the bench did not write one)", result.display()));
+    }
+    Ok(())
+}
+
+/// Why a fuzz run did not succeed.
+#[derive(Debug)]
+enum FuzzError {
+    /// The tooling is missing (no nightly, cargo-fuzz not installable).
+    /// `cargo xtask test` treats this as a warning, not a failure.
+    Unavailable(String),
+    /// The fuzzer ran and failed (crash, leak, timeout) or did not build.
+    Failed(String),
+}
+
+/// Runs `cargo +nightly fuzz run TARGET` in `fuzz/` for `seconds` seconds,
+/// streaming its output and then printing libFuzzer's summary lines.
+fn run_fuzzer(target: &str, seconds: u64) -> Result<(), FuzzError> {
+    step("checking for the nightly toolchain (rustup run nightly rustc --version)");
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        return Err(FuzzError::Unavailable(
+            "fuzzing needs the nightly toolchain and `rustup run nightly rustc --version` failed; \
+             install it with `rustup toolchain install nightly --profile minimal`"
+                .to_string(),
+        ));
+    }
+
+    let root = workspace_root().map_err(FuzzError::Failed)?;
+    let fuzz_dir = root.join("fuzz");
+    if !fuzz_dir.join("Cargo.toml").is_file() {
+        return Err(FuzzError::Failed(format!(
+            "no fuzz crate: {} does not exist",
+            fuzz_dir.join("Cargo.toml").display()
+        )));
+    }
+
+    if !succeeds(nightly_cargo(&root).args(["fuzz", "--version"])) {
+        exec(
+            "cargo install cargo-fuzz --locked",
+            cargo().map_err(FuzzError::Failed)?.args(["install", "cargo-fuzz", "--locked"]),
+        )
+        .map_err(|e| FuzzError::Unavailable(format!("cargo-fuzz could not be installed: {e}")))?;
+    }
+
+    let max_time = format!("-max_total_time={seconds}");
+    step(&format!("cargo +nightly fuzz run {target} -- {max_time} -rss_limit_mb=4096   (in fuzz/)"));
+    let mut child = nightly_cargo(&fuzz_dir)
+        .args(["fuzz", "run", target, "--", &max_time, "-rss_limit_mb=4096"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| FuzzError::Failed(format!("could not start cargo +nightly fuzz: {e}")))?;
+
+    // libFuzzer reports on stderr: pass everything through, keep the summary.
+    let mut summary = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        let mut out = std::io::stderr().lock();
+        for line in BufReader::new(stderr).split(b'\n') {
+            let line = line.map_err(|e| FuzzError::Failed(format!("reading fuzzer output: {e}")))?;
+            // Losing a line of pass-through output is harmless.
+            let _ = out.write_all(&line).and_then(|()| out.write_all(b"\n"));
+            let text = String::from_utf8_lossy(&line);
+            if is_fuzz_summary_line(&text) {
+                summary.push(text.trim_end().to_string());
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| FuzzError::Failed(format!("waiting for cargo +nightly fuzz: {e}")))?;
+
+    step(&format!("libFuzzer summary for `{target}`:"));
+    if summary.is_empty() {
+        eprintln!("    (no summary lines in the fuzzer output)");
+    }
+    for line in &summary {
+        eprintln!("    {line}");
+    }
+
+    if status.success() {
+        Ok(())
+    } else {
+        Err(FuzzError::Failed(format!(
+            "fuzzing `{target}` failed ({}): a crash, leak, timeout or build error, see the \
+             output above; crashing inputs are saved under fuzz/artifacts/{target}/",
+            describe(status)
+        )))
+    }
+}
+
+/// The lines of libFuzzer's (and cargo-fuzz's) output worth repeating at the end.
+fn is_fuzz_summary_line(line: &str) -> bool {
+    line.starts_with("Done ")
+        || line.contains("\tDONE ")
+        || line.contains("SUMMARY:")
+        || line.contains("ERROR:")
+        || line.contains("Test unit written to")
+}
+
+/// Is `cargo nextest` installed?
+fn nextest_available() -> Result<bool> {
+    Ok(succeeds(cargo()?.args(["nextest", "--version"])))
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "xtask's manifest directory has no parent".to_string())
+}
+
+/// The cargo that runs xtask (`$CARGO`, else `cargo`), with cwd at the workspace root.
+fn cargo() -> Result<Command> {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root()?);
+    Ok(cmd)
+}
+
+/// `cargo +nightly` in `dir`. This must be the rustup proxy `cargo` from PATH,
+/// not `$CARGO`, so that `+nightly` can switch toolchains.
+fn nightly_cargo(dir: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("+nightly")
+        .current_dir(dir)
+        // Set by the rustup proxy that started us; `+nightly` must win.
+        .env_remove("RUSTUP_TOOLCHAIN");
+    cmd
+}
+
+/// Prints a progress line.
+fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+/// Prints `==> title`, runs `cmd` and fails unless it exits successfully.
+fn exec(title: &str, cmd: &mut Command) -> Result {
+    step(title);
+    let status = cmd.status().map_err(|e| format!("`{title}`: could not start: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`{title}` failed ({})", describe(status))) }
+}
+
+/// Runs `cmd` silently and reports whether it started and exited successfully.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|status| status.success())
+}
+
+fn describe(status: ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => format!("{status}"),
+    }
+}
+
+fn no_args(command: &str, args: &[String]) -> Result {
+    match args.first() {
+        None => Ok(()),
+        Some(arg) => Err(format!("`{command}` takes no arguments (got `{arg}`)\n\n{USAGE}")),
+    }
+}

@@ -100,7 +100,8 @@ pub fn deposit_2m(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
     // 2 MiB of 4 KiB RMP pages, validated first.
     let region = f.free_small + 0x20_0000;
-    let entries: Vec<PvalidateEntry> = (0..512).map(|i| PvalidateEntry::new(region + i * 0x1000, false, true, false)).collect();
+    let entries: Vec<PvalidateEntry> =
+        (0..512).map(|i| PvalidateEntry::new(region + i * 0x1000, false, true, false)).collect();
     client(env).pvalidate(&entries, f.scratch)?;
     do_deposit(env, &[DepositEntry::new(region, true).0], ResultCode::SUCCESS)?;
     ensure!(!guest_can_write(env, region + 0x1F_F000), "deposited 2 MiB range still the guest's");

@@ -37,37 +37,89 @@ pub static CASES: &[Case] = &[
     case!("6.2/pvalidate-revokes-first", "invalidation leaves no lower-VMPL access", pvalidate::revokes_first),
     case!("6.2/pvalidate-zeroes", "host data in a page is gone once validated", pvalidate::zeroes),
     case!("6.2/pvalidate-2m", "2 MiB entry on a 2 MiB RMP page", pvalidate::validate_2m),
-    case!("6.2/pvalidate-size-mismatch", "2 MiB on 4 KiB RMP and 4 KiB on 2 MiB RMP -> 0x80001006", pvalidate::size_mismatch),
-    case!("6.2/pvalidate-linux-fallback", "the client retries a mismatched 2 MiB entry as 4 KiB", pvalidate::linux_fallback),
+    case!(
+        "6.2/pvalidate-size-mismatch",
+        "2 MiB on 4 KiB RMP and 4 KiB on 2 MiB RMP -> 0x80001006",
+        pvalidate::size_mismatch
+    ),
+    case!(
+        "6.2/pvalidate-linux-fallback",
+        "the client retries a mismatched 2 MiB entry as 4 KiB",
+        pvalidate::linux_fallback
+    ),
     case!("6.2/pvalidate-no-change", "double validation -> 0x80001010 unless ignore-CF", pvalidate::no_change),
-    case!("6.2/pvalidate-list-bounds", "0 entries, page crossing, next >= count, misaligned -> INVALID_PARAMETER", pvalidate::list_bounds),
-    case!("6.2/pvalidate-entry-format", "reserved bits, reserved size, misaligned 2 MiB -> INVALID_PARAMETER", pvalidate::entry_format),
-    case!("6.2/pvalidate-svsm-owned", "SVSM memory, VMSA, calling area, non-RAM -> INVALID_ADDRESS", pvalidate::svsm_owned),
-    case!("6.2/pvalidate-list-location", "list in SVSM or unvalidated memory -> INVALID_ADDRESS", pvalidate::list_location),
+    case!(
+        "6.2/pvalidate-list-bounds",
+        "0 entries, page crossing, next >= count, misaligned -> INVALID_PARAMETER",
+        pvalidate::list_bounds
+    ),
+    case!(
+        "6.2/pvalidate-entry-format",
+        "reserved bits, reserved size, misaligned 2 MiB -> INVALID_PARAMETER",
+        pvalidate::entry_format
+    ),
+    case!(
+        "6.2/pvalidate-svsm-owned",
+        "SVSM memory, VMSA, calling area, non-RAM -> INVALID_ADDRESS",
+        pvalidate::svsm_owned
+    ),
+    case!(
+        "6.2/pvalidate-list-location",
+        "list in SVSM or unvalidated memory -> INVALID_ADDRESS",
+        pvalidate::list_location
+    ),
     case!("6.2/pvalidate-partial", "failure stops at the failing entry; earlier entries done", pvalidate::partial),
     case!("6.2/pvalidate-incomplete", "INCOMPLETE resumes through next, RCX unchanged", pvalidate::incomplete),
     case!("6.2/pvalidate-resume-index", "processing starts at the guest's next index", pvalidate::resume_index),
     case!("6.2/pvalidate-race", "a vCPU rewriting the list mid-call cannot change what is done", pvalidate::race),
     case!("6.3/create-vcpu", "a new vCPU runs and calls the SVSM; its VMSA is private", vcpu::create),
     case!("6.3/create-vcpu-alignment", "misaligned VMSA or calling area -> INVALID_PARAMETER", vcpu::create_alignment),
-    case!("6.3/create-vcpu-conflicts", "SVSM memory, live VMSA or CA, VMSA == CA -> INVALID_ADDRESS", vcpu::create_conflicts),
-    case!("6.3/create-vcpu-vmsa-checks", "VMPL 0, SVME = 1, other SEV_FEATURES -> INVALID_PARAMETER", vcpu::create_vmsa_checks),
+    case!(
+        "6.3/create-vcpu-conflicts",
+        "SVSM memory, live VMSA or CA, VMSA == CA -> INVALID_ADDRESS",
+        vcpu::create_conflicts
+    ),
+    case!(
+        "6.3/create-vcpu-vmsa-checks",
+        "VMPL 0, SVME = 1, other SEV_FEATURES -> INVALID_PARAMETER",
+        vcpu::create_vmsa_checks
+    ),
     case!("6.3/create-vcpu-apic-id", "an APIC ID in use -> INVALID_PARAMETER", vcpu::create_duplicate_apic),
-    case!("6.3/create-vcpu-needs-memory", "pool exhausted -> 0x4nnnnnnn; deposit makes it succeed", vcpu::create_needs_memory),
+    case!(
+        "6.3/create-vcpu-needs-memory",
+        "pool exhausted -> 0x4nnnnnnn; deposit makes it succeed",
+        vcpu::create_needs_memory
+    ),
     case!("6.4/delete-vcpu", "deleted vCPU's VMSA and CA return to the guest", vcpu::delete),
     case!("6.4/delete-vcpu-refusals", "startup, unknown, misaligned, self -> INVALID_PARAMETER", vcpu::delete_refusals),
     case!("6.4/delete-vcpu-in-use", "a running VMSA -> 0x80001003", vcpu::delete_in_use),
     case!("6.5/deposit", "deposited pages leave the guest; SVSM_MEM_AVAILABLE set", memory::deposit),
-    case!("6.5/deposit-conflicts", "SVSM, VMSA, CA, deposited, unvalidated -> INVALID_ADDRESS", memory::deposit_conflicts),
-    case!("6.5/deposit-list-format", "list bounds and entry reserved bits -> INVALID_PARAMETER", memory::deposit_format),
+    case!(
+        "6.5/deposit-conflicts",
+        "SVSM, VMSA, CA, deposited, unvalidated -> INVALID_ADDRESS",
+        memory::deposit_conflicts
+    ),
+    case!(
+        "6.5/deposit-list-format",
+        "list bounds and entry reserved bits -> INVALID_PARAMETER",
+        memory::deposit_format
+    ),
     case!("6.5/deposit-partial", "failure leaves the next index at the failing entry", memory::deposit_partial),
     case!("6.5/deposit-2m", "2 MiB deposit of 4 KiB RMP pages; of a 2 MiB RMP page -> 0x80001006", memory::deposit_2m),
     case!("6.6/withdraw", "withdrawn pages are zeroed and the guest's again; flag cleared", memory::withdraw),
     case!("6.6/withdraw-empty", "nothing to withdraw -> 0 entries, SUCCESS", memory::withdraw_empty),
-    case!("6.6/withdraw-room", "no room -> INVALID_PARAMETER; little room -> partial, flag stays", memory::withdraw_room),
+    case!(
+        "6.6/withdraw-room",
+        "no room -> INVALID_PARAMETER; little room -> partial, flag stays",
+        memory::withdraw_room
+    ),
     case!("6.6/withdraw-in-use", "pages backing a vCPU are not withdrawn until it is deleted", memory::withdraw_in_use),
     case!("6.7/query-protocol", "core v1 served; other versions and protocols -> 0", query::query_protocol),
     case!("6.8/vtom-query", "query reports support, alignment, range; extra bits refused", query::vtom_query),
     case!("6.8/vtom-configure", "configure sets vTOM, CR3, RIP, RSP in the VMSA", query::vtom_configure),
-    case!("6.8/vtom-refusals", "reserved bits, bad values, several vCPUs refused with the spec's codes", query::vtom_refusals),
+    case!(
+        "6.8/vtom-refusals",
+        "reserved bits, bad values, several vCPUs refused with the spec's codes",
+        query::vtom_refusals
+    ),
 ];

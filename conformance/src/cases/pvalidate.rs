@@ -102,7 +102,8 @@ fn pvalidate_to_end(env: &mut dyn Env, entries: &[u64], expected: ResultCode) ->
 
 pub fn size_mismatch(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
-    let next = pvalidate_to_end(env, &[e4k(f.free_small + 0x8000, true), e2m(f.free_small + 0x20_0000, true)], MISMATCH)?;
+    let next =
+        pvalidate_to_end(env, &[e4k(f.free_small + 0x8000, true), e2m(f.free_small + 0x20_0000, true)], MISMATCH)?;
     ensure!(next == 1, "next = {next}, expected the 2 MiB entry (1)");
     let next = pvalidate(env, &[e4k(f.free_huge + 0x1000, true)], MISMATCH)?;
     ensure!(next == 0, "next = {next}");
@@ -133,11 +134,11 @@ pub fn list_bounds(env: &mut dyn Env) -> CaseResult {
     let page = f.scratch + 0x1000;
     let entry = e4k(f.free_small, true);
     for (gpa, count, next) in [
-        (page, 0u16, 0u16),               // no entries
-        (page, 512, 0),                   // 8 + 512 * 8 > 4096
-        (page + 0xFF0, 2, 0),             // crosses into the next page
-        (page, 2, 2),                     // next == count
-        (page, 2, 7),                     // next > count
+        (page, 0u16, 0u16),   // no entries
+        (page, 512, 0),       // 8 + 512 * 8 > 4096
+        (page + 0xFF0, 2, 0), // crosses into the next page
+        (page, 2, 2),         // next == count
+        (page, 2, 7),         // next > count
     ] {
         write_list(env, gpa, count, next, &[entry, entry])?;
         expect_core(env, PVALIDATE, [gpa, 0, 0, 0], ResultCode::ERR_INVALID_PARAMETER)?;
@@ -202,7 +203,11 @@ pub fn list_location(env: &mut dyn Env) -> CaseResult {
 pub fn partial(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
     let ok = [e4k(f.free_small + 0xA000, true), e4k(f.free_small + 0xB000, true)];
-    let next = pvalidate(env, &[ok[0], ok[1], e4k(f.startup_vmsa, true), e4k(f.free_small + 0xC000, true)], ResultCode::ERR_INVALID_ADDRESS)?;
+    let next = pvalidate(
+        env,
+        &[ok[0], ok[1], e4k(f.startup_vmsa, true), e4k(f.free_small + 0xC000, true)],
+        ResultCode::ERR_INVALID_ADDRESS,
+    )?;
     ensure!(next == 2, "next = {next}, expected 2");
     ensure!(guest_can_write(env, f.free_small + 0xB000), "entry before the failure not done");
     ensure!(!guest_can_write(env, f.free_small + 0xC000), "entry after the failure was done");

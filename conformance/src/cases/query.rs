@@ -12,7 +12,9 @@ pub fn query_protocol(env: &mut dyn Env) -> CaseResult {
     let mut c = client(env);
     let core = c.query_protocol(ProtocolId::CORE, 1)?;
     ensure!(core == Some((1, 1)), "core v1: {core:?}");
-    for (protocol, version) in [(ProtocolId::CORE, 0), (ProtocolId::CORE, 2), (ProtocolId(0x1234), 1), (ProtocolId(u32::MAX), 1)] {
+    for (protocol, version) in
+        [(ProtocolId::CORE, 0), (ProtocolId::CORE, 2), (ProtocolId(0x1234), 1), (ProtocolId(u32::MAX), 1)]
+    {
         let r = c.query_protocol(protocol, version)?;
         ensure!(r.is_none(), "protocol {} v{version}: {r:?}", protocol.0);
     }
@@ -29,7 +31,11 @@ fn limits(env: &mut dyn Env) -> Result<(u8, u64, u64), CaseError> {
 
 pub fn vtom_query(env: &mut dyn Env) -> CaseResult {
     let regs = expect_core(env, CONFIGURE_VTOM, [vtom::QUERY, 0, 0, 0], ResultCode::SUCCESS)?;
-    ensure!(regs.rcx & 1 == 0 && regs.rcx >> 20 == 0 && regs.rcx & 0xFFC == 0, "query RCX {:#x} sets must-be-zero bits", regs.rcx);
+    ensure!(
+        regs.rcx & 1 == 0 && regs.rcx >> 20 == 0 && regs.rcx & 0xFFC == 0,
+        "query RCX {:#x} sets must-be-zero bits",
+        regs.rcx
+    );
     for bad in [vtom::QUERY | 2, vtom::QUERY | 1 << 63] {
         expect_core(env, CONFIGURE_VTOM, [bad, 0, 0, 0], ResultCode::ERR_INVALID_PARAMETER)?;
     }
@@ -66,10 +72,20 @@ pub fn vtom_refusals(env: &mut dyn Env) -> CaseResult {
         expect_core(env, CONFIGURE_VTOM, [good + 0x1000 | vtom::ENABLE, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     }
     if min >= 1 << align {
-        expect_core(env, CONFIGURE_VTOM, [(min - (1 << align)) | vtom::ENABLE, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
+        expect_core(
+            env,
+            CONFIGURE_VTOM,
+            [(min - (1 << align)) | vtom::ENABLE, 0, 0, 0],
+            ResultCode::ERR_INVALID_ADDRESS,
+        )?;
     }
     if let Some(above) = max.checked_add(1 << align) {
-        expect_core(env, CONFIGURE_VTOM, [(above & vtom::VALUE_MASK) | vtom::ENABLE, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
+        expect_core(
+            env,
+            CONFIGURE_VTOM,
+            [(above & vtom::VALUE_MASK) | vtom::ENABLE, 0, 0, 0],
+            ResultCode::ERR_INVALID_ADDRESS,
+        )?;
     }
     // With a second vCPU, vTOM can no longer change.
     let features = env.facts().sev_features;

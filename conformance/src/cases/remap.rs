@@ -18,7 +18,11 @@ pub fn remap(env: &mut dyn Env) -> CaseResult {
     ensure!(b[0] == 0, "new CALL_PENDING = {}", b[0]);
     expect_core(env, QUERY_PROTOCOL, [1, 0, 0, 0], ResultCode::SUCCESS)?;
     // The old area is the guest's again: a call through it is not served.
-    let r = guest::Client::new(&mut *env, old).issue(guest::Regs { rax: u64::from(QUERY_PROTOCOL), rcx: 1, ..Default::default() });
+    let r = guest::Client::new(&mut *env, old).issue(guest::Regs {
+        rax: u64::from(QUERY_PROTOCOL),
+        rcx: 1,
+        ..Default::default()
+    });
     ensure!(r == Err(guest::CallError::NotExecuted), "a call through the old area was served: {r:?}");
     Ok(())
 }

@@ -33,7 +33,8 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let selected: Vec<_> = CASES.iter().filter(|c| opts.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str()))).collect();
+    let selected: Vec<_> =
+        CASES.iter().filter(|c| opts.filter.as_ref().is_none_or(|f| c.name.contains(f.as_str()))).collect();
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut total = Stats::default();
@@ -54,8 +55,11 @@ pub fn main(args: &[String]) -> ExitCode {
         rows.push((case, verdict));
     }
     let count = |f: fn(&Verdict) -> bool| rows.iter().filter(|(_, v)| f(v)).count();
-    let (passed, failed, skipped) =
-        (count(|v| *v == Verdict::Pass), count(|v| matches!(v, Verdict::Fail(_))), count(|v| matches!(v, Verdict::Skip(_))));
+    let (passed, failed, skipped) = (
+        count(|v| *v == Verdict::Pass),
+        count(|v| matches!(v, Verdict::Fail(_))),
+        count(|v| matches!(v, Verdict::Skip(_))),
+    );
     let core = total.per_protocol[0];
     if opts.json {
         let cases: Vec<_> = rows

@@ -66,7 +66,12 @@ fn decode(e: DepositEntry) -> CallResult<PageRange> {
         .ok_or(CallError::InvalidParameter("2 MiB deposit entry has bits 20:12 set"))
 }
 
-fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, range: PageRange) -> CallResult<()> {
+fn deposit_range<P: Platform + ?Sized>(
+    svsm: &mut Svsm,
+    p: &mut P,
+    caller_vmpl: u8,
+    range: PageRange,
+) -> CallResult<()> {
     svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     if let Some(pfn) = svsm.pages.first_unvalidated(range) {
         return Err(CallError::address(Gpa(pfn << 12), AddressConflict::NotValidated));

@@ -12,12 +12,12 @@
 //! swapped behind the guest's back.
 
 use super::list::{self, Budget};
+use crate::addr::Gpa;
 use crate::addr::{PageAddr, PageRange, PageSize};
 use crate::error::{CallError, CallResult};
 use crate::platform::{Platform, PvalidateEffect};
 use crate::protocols::{CallContext, Reply};
 use crate::svsm::Svsm;
-use crate::addr::Gpa;
 use abi::core_protocol::{EntrySize, PvalidateEntry};
 use abi::hw::rmpadjust::{PERM_ALL, PERM_NONE};
 

@@ -15,9 +15,9 @@ use crate::protocols::CallContext;
 use crate::svsm::{Svsm, VCPU_CONTEXT_PAGES};
 use crate::vcpu::{Vcpu, VcpuIndex};
 use abi::calling_area::CALL_PENDING_NONE;
+use abi::hw::EFER_SVME;
 use abi::hw::rc::FAIL_INUSE;
 use abi::hw::rmpadjust::PERM_NONE;
-use abi::hw::EFER_SVME;
 use abi::vmsa::VmsaField;
 
 fn page_param(value: u64, what: &'static str) -> CallResult<PageAddr> {

@@ -6,11 +6,11 @@
 //! (INVALID_ADDRESS). On success the caller's VMSA gets the new vTOM, the VTOM bit of
 //! SEV_FEATURES, and CR3/RIP/RSP when asked.
 
+use crate::addr::Gpa;
 use crate::error::{AddressConflict, CallError, CallResult};
 use crate::platform::Platform;
 use crate::protocols::{CallContext, Reply};
 use crate::svsm::Svsm;
-use crate::addr::Gpa;
 use abi::core_protocol::vtom;
 use abi::hw::sev_features;
 use abi::vmsa::VmsaField;
