@@ -69,6 +69,8 @@ pub trait HostControl {
     fn set_running(&mut self, vmsa: u64, running: bool);
     /// Another vCPU writes `bytes` at `gpa` right after the SVSM first reads `trigger`.
     fn race(&mut self, trigger: u64, gpa: u64, bytes: &[u8]);
+    /// The host reassigns a page (RMPUPDATE): it loses validation and permissions.
+    fn reassign_page(&mut self, gpa: u64);
     /// The host writes memory behind the guest (e.g. into a page not yet validated).
     fn write_memory(&mut self, gpa: u64, bytes: &[u8]);
     /// May `vmpl` read the page at `gpa` (RMP permission and validation)?

@@ -25,6 +25,8 @@ pub enum AddressConflict {
     NotValidated,
     /// The access faulted although the checks passed (the host took the page away).
     Fault,
+    /// The host reassigned a page the guest had validated.
+    Reassigned,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -166,24 +166,38 @@ impl PageTracker {
         pfn < self.top_pfn && self.validated[(pfn / 64) as usize] & (1 << (pfn % 64)) != 0
     }
 
-    /// First page of `range` that is not validated (pages outside RAM count as such).
-    pub fn first_unvalidated(&self, range: PageRange) -> Option<u64> {
+    /// The bitmap words `range` touches (clipped to RAM's top), each with the mask of
+    /// the bits inside `range`.
+    fn bitmap_words(&self, range: PageRange) -> impl Iterator<Item = (usize, u64)> + use<> {
+        let end = range.end_pfn().min(self.top_pfn);
         let mut pfn = range.start_pfn();
-        while pfn < range.end_pfn() {
-            if pfn >= self.top_pfn {
-                return Some(pfn);
+        core::iter::from_fn(move || {
+            if pfn >= end {
+                return None;
             }
-            let word = self.validated[(pfn / 64) as usize];
             let shift = pfn % 64;
-            let span = (64 - shift).min(range.end_pfn() - pfn);
+            let span = (64 - shift).min(end - pfn);
             let mask = if span == 64 { u64::MAX } else { ((1u64 << span) - 1) << shift };
-            let missing = !word & mask;
-            if missing != 0 {
-                return Some(pfn - shift + u64::from(missing.trailing_zeros()));
-            }
+            let word = (pfn / 64) as usize;
             pfn += span;
+            Some((word, mask))
+        })
+    }
+
+    /// First page of `range` that is not validated (pages beyond RAM count as such).
+    pub fn first_unvalidated(&self, range: PageRange) -> Option<u64> {
+        for (word, mask) in self.bitmap_words(range) {
+            let missing = !self.validated[word] & mask;
+            if missing != 0 {
+                return Some(word as u64 * 64 + u64::from(missing.trailing_zeros()));
+            }
         }
-        None
+        (range.end_pfn() > self.top_pfn).then_some(range.start_pfn().max(self.top_pfn))
+    }
+
+    /// Some page of `range` is validated.
+    pub fn any_validated(&self, range: PageRange) -> bool {
+        self.bitmap_words(range).any(|(word, mask)| self.validated[word] & mask != 0)
     }
 
     /// Every page of `range` is validated.
@@ -193,19 +207,12 @@ impl PageTracker {
 
     /// Record the validation state of `range`. Pages beyond RAM are ignored.
     pub fn set_validated(&mut self, range: PageRange, valid: bool) {
-        let end = range.end_pfn().min(self.top_pfn);
-        let mut pfn = range.start_pfn();
-        while pfn < end {
-            let shift = pfn % 64;
-            let span = (64 - shift).min(end - pfn);
-            let mask = if span == 64 { u64::MAX } else { ((1u64 << span) - 1) << shift };
-            let w = &mut self.validated[(pfn / 64) as usize];
+        for (word, mask) in self.bitmap_words(range) {
             if valid {
-                *w |= mask;
+                self.validated[word] |= mask;
             } else {
-                *w &= !mask;
+                self.validated[word] &= !mask;
             }
-            pfn += span;
         }
     }
 

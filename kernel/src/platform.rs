@@ -8,7 +8,7 @@
 //! Guest memory is reached only by copy (`read`/`write`); no reference into guest memory
 //! ever leaves the platform.
 
-use crate::addr::{Gpa, PageAddr, PageSize};
+use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
 use crate::vcpu::VcpuIndex;
 use abi::vmsa::VmsaField;
 
@@ -65,8 +65,8 @@ pub trait Platform {
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault>;
     /// Copy `data` into guest memory at `gpa`.
     fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), MemoryFault>;
-    /// Fill a 4 KiB page with zeros.
-    fn zero_page(&mut self, page: PageAddr) -> Result<(), MemoryFault>;
+    /// Fill whole pages with zeros.
+    fn zero_pages(&mut self, pages: PageRange) -> Result<(), MemoryFault>;
 
     /// PVALIDATE at VMPL0.
     fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError>;

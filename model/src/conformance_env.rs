@@ -107,6 +107,9 @@ impl HostControl for ModelEnv {
     fn race(&mut self, trigger: u64, gpa: u64, bytes: &[u8]) {
         self.world.machine.race(Race { trigger, gpa, bytes: bytes.to_vec() });
     }
+    fn reassign_page(&mut self, gpa: u64) {
+        self.world.machine.rmp.host_assign(gpa >> 12, 1);
+    }
     fn write_memory(&mut self, gpa: u64, bytes: &[u8]) {
         self.world.machine.raw_write(gpa, bytes);
     }

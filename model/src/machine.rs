@@ -10,7 +10,7 @@ use crate::rmp::{Rmp, Size};
 use abi::hw::rmpadjust::{PERM_READ, PERM_WRITE};
 use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT};
 use abi::vmsa::VmsaField;
-use kernel::addr::{Gpa, PageAddr, PageSize};
+use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::platform::{HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
 use kernel::vcpu::VcpuIndex;
 use std::cell::RefCell;
@@ -84,9 +84,6 @@ impl Machine {
         let mut b = [0u8; 8];
         self.raw_read(gpa, &mut b);
         u64::from_le_bytes(b)
-    }
-    pub fn is_zero_page(&self, pfn: u64) -> bool {
-        self.memory.borrow().is_zero_page(pfn)
     }
 
     /// A VMSA field, read as the hardware would.
@@ -166,9 +163,13 @@ impl Platform for Machine {
         Ok(())
     }
 
-    fn zero_page(&mut self, page: PageAddr) -> Result<(), MemoryFault> {
-        self.check(page.raw(), 4096, PERM_WRITE)?;
-        self.memory.get_mut().zero_page(page.pfn());
+    fn zero_pages(&mut self, pages: PageRange) -> Result<(), MemoryFault> {
+        for pfn in pages.start_pfn()..pages.end_pfn() {
+            if !self.rmp.allows(pfn, 0, PERM_WRITE) {
+                return Err(MemoryFault { gpa: Gpa(pfn << 12) });
+            }
+        }
+        self.memory.get_mut().zero_pages(pages.start_pfn()..pages.end_pfn());
         Ok(())
     }
 
@@ -184,8 +185,9 @@ impl Platform for Machine {
         perms: u8,
         vmsa: bool,
     ) -> Result<(), HwError> {
-        let running: Vec<u64> = self.vcpus.values().filter(|v| v.running).map(|v| v.vmsa >> 12).collect();
-        self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, |pfn| running.contains(&pfn))
+        let vcpus = &self.vcpus;
+        let running = |pfn: u64| vcpus.values().any(|v| v.running && v.vmsa >> 12 == pfn);
+        self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, running)
     }
 
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {

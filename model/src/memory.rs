@@ -1,13 +1,15 @@
 //! Sparse guest-physical memory: pages that were never written read as zeros and cost
 //! nothing, so a model guest can have gigabytes of RAM.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Range;
 
 const PAGE: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Memory {
-    pages: HashMap<u64, Box<[u8; PAGE]>>,
+    /// Written pages by pfn; ordered so a range of pages is zeroed in one sweep.
+    pages: BTreeMap<u64, Box<[u8; PAGE]>>,
 }
 
 impl Memory {
@@ -37,12 +39,10 @@ impl Memory {
         }
     }
 
-    pub fn zero_page(&mut self, pfn: u64) {
-        self.pages.remove(&pfn);
-    }
-
-    /// Pages that hold data (for tests of scrubbing).
-    pub fn is_zero_page(&self, pfn: u64) -> bool {
-        self.pages.get(&pfn).is_none_or(|p| p.iter().all(|b| *b == 0))
+    pub fn zero_pages(&mut self, pfns: Range<u64>) {
+        let written: Vec<u64> = self.pages.range(pfns).map(|(pfn, _)| *pfn).collect();
+        for pfn in written {
+            self.pages.remove(&pfn);
+        }
     }
 }

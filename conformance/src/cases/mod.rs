@@ -36,6 +36,11 @@ pub static CASES: &[Case] = &[
     case!("6.2/pvalidate-invalidate", "invalidated pages are unusable; validate again works", pvalidate::invalidate),
     case!("6.2/pvalidate-revokes-first", "invalidation leaves no lower-VMPL access", pvalidate::revokes_first),
     case!("6.2/pvalidate-zeroes", "host data in a page is gone once validated", pvalidate::zeroes),
+    case!(
+        "6.2/pvalidate-host-reassigned",
+        "a page the host swapped is not silently re-validated",
+        pvalidate::host_reassigned
+    ),
     case!("6.2/pvalidate-2m", "2 MiB entry on a 2 MiB RMP page", pvalidate::validate_2m),
     case!(
         "6.2/pvalidate-size-mismatch",

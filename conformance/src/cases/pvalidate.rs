@@ -75,6 +75,25 @@ pub fn zeroes(env: &mut dyn Env) -> CaseResult {
     Ok(())
 }
 
+pub fn host_reassigned(env: &mut dyn Env) -> CaseResult {
+    let gpa = env.facts().free_small + 0xD000;
+    pvalidate(env, &[e4k(gpa, true)], ResultCode::SUCCESS)?;
+    env.write(gpa, b"guest data")?;
+    let h = host(env)?;
+    h.reassign_page(gpa);
+    h.write_memory(gpa, b"host data!");
+    // Re-validating must not quietly hand the guest another page where its data was.
+    let ignore_cf = PvalidateEntry::new(gpa, false, true, true).0;
+    pvalidate(env, &[ignore_cf], ResultCode::ERR_INVALID_ADDRESS)?;
+    ensure!(!guest_can_write(env, gpa), "the reassigned page became usable");
+    // Validating it again is now an explicit acceptance of a fresh, zeroed page.
+    pvalidate(env, &[e4k(gpa, true)], ResultCode::SUCCESS)?;
+    let mut b = [0xFFu8; 10];
+    env.read(gpa, &mut b)?;
+    ensure!(b == [0; 10], "accepted page holds {b:02x?}");
+    Ok(())
+}
+
 pub fn validate_2m(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
     ensure!(f.free_huge_count >= 1, "environment has no 2 MiB RMP pages");

@@ -138,7 +138,8 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
     let mut returned = 0usize;
     let mut remaining = taken.into_iter();
     for page in remaining.by_ref() {
-        let handed_back = p.zero_page(page).is_ok() && grant(p, page, ctx.caller_vmpl).is_ok();
+        let one = PageRange::new(page, 1);
+        let handed_back = one.is_some_and(|r| p.zero_pages(r).is_ok()) && grant(p, page, ctx.caller_vmpl).is_ok();
         if !handed_back {
             crate::log!(p, Warn, "withdraw: page {:#x} stays with the SVSM", page.raw());
             svsm.pool.free(page, true);

@@ -6,10 +6,12 @@
 //!   there, then RMPADJUST full access for VMPL 1..=caller;
 //! - invalidate: RMPADJUST to revoke VMPL 1..=3 first, then PVALIDATE.
 //!
-//! The validation bitmap is the SVSM's record: a request to validate pages it already
-//! records as validated answers "no change" without executing PVALIDATE. That is what the
-//! hardware would say for an honest host, and it refuses to re-validate a page the host
-//! swapped behind the guest's back.
+//! The validation bitmap is the SVSM's record of what the guest validated. PVALIDATE
+//! always runs (the hardware's answer, including size mismatches, comes first), and the
+//! bitmap cross-checks it: if the hardware validates a page the SVSM recorded as already
+//! validated, the host reassigned the page behind the guest's back. The SVSM undoes the
+//! validation and refuses the entry (INVALID_ADDRESS), so the guest never silently gets a
+//! different page where it had data.
 
 use super::list::{self, Budget};
 use crate::addr::Gpa;
@@ -94,14 +96,25 @@ pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, 
 }
 
 fn validate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
-    if svsm.pages.all_validated(entry.range) {
-        return no_change(entry);
-    }
+    let recorded_valid = svsm.pages.any_validated(entry.range);
     match p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))? {
         PvalidateEffect::Unchanged => {
-            // Validated before the SVSM knew (at launch): the hardware is right.
+            // Possibly validated before the SVSM knew (at launch): the hardware is right.
             svsm.pages.set_validated(entry.range, true);
             return no_change(entry);
+        }
+        PvalidateEffect::Changed if recorded_valid => {
+            crate::log!(
+                p,
+                Error,
+                "host reassigned validated memory at {:#x}; refusing to re-validate",
+                entry.page.raw()
+            );
+            if let Err(e) = p.pvalidate(entry.page, entry.size, false) {
+                crate::log!(p, Error, "PVALIDATE rollback at {:#x} failed: {:?}", entry.page.raw(), e);
+            }
+            svsm.pages.set_validated(entry.range, false);
+            return Err(CallError::address(entry.page.gpa(), crate::error::AddressConflict::Reassigned));
         }
         PvalidateEffect::Changed => {}
     }
@@ -119,9 +132,7 @@ fn validate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, e
 }
 
 fn zero_and_grant<P: Platform + ?Sized>(p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
-    for page in entry.range.iter() {
-        p.zero_page(page)?;
-    }
+    p.zero_pages(entry.range)?;
     for vmpl in 1..=caller_vmpl.min(MAX_VMPL) {
         p.rmpadjust(entry.page, entry.size, vmpl, PERM_ALL, false).map_err(hw(entry))?;
     }
