@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod bitmap;
 pub mod error;
 pub mod guest_memory;
 pub mod pages;

@@ -14,10 +14,10 @@
 //!   RAM with no role at all.
 
 use crate::addr::{PageAddr, PageRange};
+use crate::bitmap::PageBitmap;
 use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
 use alloc::collections::BTreeMap;
-use alloc::vec;
 use alloc::vec::Vec;
 
 /// The role of a page the SVSM has taken from the guest.
@@ -46,9 +46,10 @@ pub struct PageTracker {
     /// Sorted, disjoint.
     ram: Vec<PageRange>,
     svsm: PageRange,
-    /// Bit `pfn` set = validated. Covers `[0, top_pfn)`.
-    validated: Vec<u64>,
-    top_pfn: u64,
+    /// Bit set = the page is validated.
+    validated: PageBitmap,
+    /// Bit set = the page has an entry in `roles` (a fast negative test).
+    has_role: PageBitmap,
     roles: BTreeMap<u64, PageRole>,
 }
 
@@ -69,8 +70,13 @@ impl PageTracker {
         if top_pfn > MAX_TOP_PFN {
             return Err(LayoutError::TooLarge);
         }
-        let mut t =
-            Self { ram, svsm, validated: vec![0; top_pfn.div_ceil(64) as usize], top_pfn, roles: BTreeMap::new() };
+        let mut t = Self {
+            ram,
+            svsm,
+            validated: PageBitmap::new(top_pfn),
+            has_role: PageBitmap::new(top_pfn),
+            roles: BTreeMap::new(),
+        };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
         }
@@ -103,13 +109,21 @@ impl PageTracker {
     }
 
     fn first_role_in(&self, range: PageRange) -> Option<(u64, PageRole)> {
+        if !self.has_role.any(range) {
+            return None;
+        }
         self.roles.range(range.start_pfn()..range.end_pfn()).next().map(|(k, v)| (*k, *v))
     }
 
     /// Check a page range the SVSM will copy parameters from or to.
     pub fn check_param(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
         self.check_common(range)?;
-        for (pfn, role) in self.roles.range(range.start_pfn()..range.end_pfn()) {
+        let roles = if self.has_role.any(range) {
+            self.roles.range(range.start_pfn()..range.end_pfn())
+        } else {
+            self.roles.range(0..0)
+        };
+        for (pfn, role) in roles {
             let why = match role {
                 PageRole::CallingArea(_) => continue,
                 PageRole::Deposited => AddressConflict::Deposited,
@@ -155,49 +169,30 @@ impl PageTracker {
 
     pub fn set_role(&mut self, page: PageAddr, role: PageRole) {
         self.roles.insert(page.pfn(), role);
+        if let Some(one) = PageRange::new(page, 1) {
+            self.has_role.set(one, true);
+        }
     }
 
     pub fn clear_role(&mut self, page: PageAddr) {
         self.roles.remove(&page.pfn());
+        if let Some(one) = PageRange::new(page, 1) {
+            self.has_role.set(one, false);
+        }
     }
 
     pub fn is_validated(&self, page: PageAddr) -> bool {
-        let pfn = page.pfn();
-        pfn < self.top_pfn && self.validated[(pfn / 64) as usize] & (1 << (pfn % 64)) != 0
-    }
-
-    /// The bitmap words `range` touches (clipped to RAM's top), each with the mask of
-    /// the bits inside `range`.
-    fn bitmap_words(&self, range: PageRange) -> impl Iterator<Item = (usize, u64)> + use<> {
-        let end = range.end_pfn().min(self.top_pfn);
-        let mut pfn = range.start_pfn();
-        core::iter::from_fn(move || {
-            if pfn >= end {
-                return None;
-            }
-            let shift = pfn % 64;
-            let span = (64 - shift).min(end - pfn);
-            let mask = if span == 64 { u64::MAX } else { ((1u64 << span) - 1) << shift };
-            let word = (pfn / 64) as usize;
-            pfn += span;
-            Some((word, mask))
-        })
+        self.validated.get(page.pfn())
     }
 
     /// First page of `range` that is not validated (pages beyond RAM count as such).
     pub fn first_unvalidated(&self, range: PageRange) -> Option<u64> {
-        for (word, mask) in self.bitmap_words(range) {
-            let missing = !self.validated[word] & mask;
-            if missing != 0 {
-                return Some(word as u64 * 64 + u64::from(missing.trailing_zeros()));
-            }
-        }
-        (range.end_pfn() > self.top_pfn).then_some(range.start_pfn().max(self.top_pfn))
+        self.validated.first_clear(range)
     }
 
     /// Some page of `range` is validated.
     pub fn any_validated(&self, range: PageRange) -> bool {
-        self.bitmap_words(range).any(|(word, mask)| self.validated[word] & mask != 0)
+        self.validated.any(range)
     }
 
     /// Every page of `range` is validated.
@@ -207,18 +202,12 @@ impl PageTracker {
 
     /// Record the validation state of `range`. Pages beyond RAM are ignored.
     pub fn set_validated(&mut self, range: PageRange, valid: bool) {
-        for (word, mask) in self.bitmap_words(range) {
-            if valid {
-                self.validated[word] |= mask;
-            } else {
-                self.validated[word] &= !mask;
-            }
-        }
+        self.validated.set(range, valid);
     }
 
     /// Number of validated pages (for statistics).
     pub fn validated_pages(&self) -> u64 {
-        self.validated.iter().map(|w| u64::from(w.count_ones())).sum()
+        self.validated.count()
     }
 }
 
@@ -262,17 +251,5 @@ mod tests {
         assert_eq!(t.check_target(range(4, 2)).unwrap_err(), (PageAddr::from_pfn(5), AddressConflict::CallingArea));
         t.set_role(PageAddr::from_pfn(6), PageRole::Vmsa(VcpuIndex(1)));
         assert_eq!(t.check_param(range(6, 1)).unwrap_err().1, AddressConflict::Vmsa);
-    }
-
-    #[test]
-    fn bitmap_ranges_cross_word_boundaries() {
-        let mut t = tracker();
-        t.set_validated(range(0x3F, 0x42), true);
-        assert!(t.all_validated(range(0x3F, 0x42)));
-        assert_eq!(t.first_unvalidated(range(0x3E, 4)), Some(0x3E));
-        assert_eq!(t.first_unvalidated(range(0x3F, 0x43)), Some(0x81));
-        t.set_validated(range(0x40, 1), false);
-        assert_eq!(t.first_unvalidated(range(0x3F, 0x42)), Some(0x40));
-        assert_eq!(t.validated_pages(), 0x10 + 0x41);
     }
 }

@@ -93,11 +93,18 @@ fn rmp_only(huge: bool) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
+    // `cargo bench -- 4k` or `-- 2m` runs one size only (for profiling).
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let mut rows = Vec::new();
     println!("PVALIDATE of a full list ({ENTRIES} entries) on the model, pages per second\n");
     println!("{:<8} {:>16} {:>16} {:>9} {:>14}", "entries", "request path", "RMP only", "ratio", "calls/list");
     for (name, huge) in [("4 KiB", false), ("2 MiB", true)] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !name.to_lowercase().replace(" kib", "k").replace(" mib", "m").starts_with(o))
+        {
+            continue;
+        }
         let (svsm, calls) = through_svsm(huge);
         let limit = rmp_only(huge);
         let ratio = svsm / limit;

@@ -141,7 +141,10 @@ fn step(w: &mut World, input: &mut Input<'_>) {
             let gpa = address(input);
             let len = usize::from(input.u8() % 32);
             let bytes = input.bytes(len).to_vec();
-            w.machine.race(Race { trigger, gpa, bytes });
+            // Another vCPU writes guest RAM; the host model has no memory beyond it.
+            if gpa.checked_add(bytes.len() as u64).is_some_and(|end| end <= RAM) {
+                w.machine.race(Race { trigger, gpa, bytes });
+            }
         }
         _ => {
             // The host reassigns a page (RMPUPDATE): validation and permissions are gone.

@@ -1,5 +1,6 @@
 //! Sparse guest-physical memory: pages that were never written read as zeros and cost
-//! nothing, so a model guest can have gigabytes of RAM.
+//! nothing, so a model guest can have gigabytes of RAM. A bitmap of populated pages makes
+//! zeroing a range that holds no data (the common case) a few word tests.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -8,8 +9,10 @@ const PAGE: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Memory {
-    /// Written pages by pfn; ordered so a range of pages is zeroed in one sweep.
+    /// Written pages by pfn.
     pages: BTreeMap<u64, Box<[u8; PAGE]>>,
+    /// Bit set = `pages` has an entry for that pfn.
+    populated: Vec<u64>,
 }
 
 impl Memory {
@@ -33,16 +36,48 @@ impl Memory {
             let addr = gpa + done as u64;
             let off = (addr % PAGE as u64) as usize;
             let n = (PAGE - off).min(data.len() - done);
-            let page = self.pages.entry(addr / PAGE as u64).or_insert_with(|| Box::new([0; PAGE]));
+            let pfn = addr / PAGE as u64;
+            let word = (pfn / 64) as usize;
+            if word >= self.populated.len() {
+                self.populated.resize(word + 1, 0);
+            }
+            self.populated[word] |= 1 << (pfn % 64);
+            let page = self.pages.entry(pfn).or_insert_with(|| Box::new([0; PAGE]));
             page[off..off + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }
     }
 
     pub fn zero_pages(&mut self, pfns: Range<u64>) {
+        let words = (pfns.start / 64) as usize..(pfns.end.div_ceil(64) as usize).min(self.populated.len());
+        if self.populated.get(words).is_none_or(|w| w.iter().all(|w| *w == 0)) {
+            return;
+        }
         let written: Vec<u64> = self.pages.range(pfns).map(|(pfn, _)| *pfn).collect();
         for pfn in written {
             self.pages.remove(&pfn);
+            self.populated[(pfn / 64) as usize] &= !(1 << (pfn % 64));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroing_removes_only_the_range() {
+        let mut m = Memory::default();
+        m.write(0x1FFE, &[1, 2, 3, 4]);
+        m.write(0x5000, &[9]);
+        m.zero_pages(1..2);
+        let mut b = [0xFF; 4];
+        m.read(0x1FFE, &mut b);
+        assert_eq!(b, [0, 0, 3, 4]);
+        m.zero_pages(2..5);
+        m.read(0x1FFE, &mut b);
+        assert_eq!(b, [0; 4]);
+        m.read(0x5000, &mut b[..1]);
+        assert_eq!(b[0], 9);
     }
 }

@@ -20,3 +20,16 @@ fn random_inputs_keep_the_svsm_serving() {
         run_dispatcher(&data);
     }
 }
+
+/// Inputs the fuzzer once found a problem with; each must run clean.
+#[test]
+fn past_fuzzer_findings_stay_fixed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).expect("regression inputs directory") {
+        let path = entry.expect("directory entry").path();
+        run_dispatcher(&std::fs::read(&path).expect("readable input"));
+        ran += 1;
+    }
+    assert!(ran > 0, "no regression inputs in {}", dir.display());
+}
