@@ -10,7 +10,7 @@ pub struct Gpa(pub u64);
 
 impl Gpa {
     pub const fn is_aligned(self, align: u64) -> bool {
-        self.0 % align == 0
+        self.0.is_multiple_of(align)
     }
     pub const fn page(self) -> PageAddr {
         PageAddr(self.0 & !(PAGE_SIZE - 1))
@@ -30,7 +30,7 @@ pub struct PageAddr(u64);
 impl PageAddr {
     /// The only constructor from an arbitrary value: `None` unless 4 KiB aligned.
     pub const fn new(gpa: u64) -> Option<Self> {
-        if gpa % PAGE_SIZE == 0 { Some(Self(gpa)) } else { None }
+        if gpa.is_multiple_of(PAGE_SIZE) { Some(Self(gpa)) } else { None }
     }
     pub const fn from_pfn(pfn: u64) -> Self {
         Self(pfn << 12)

@@ -19,20 +19,17 @@ impl PageBitmap {
     }
 
     /// The words `range` touches (clipped to the bitmap), each with the mask of its bits
-    /// inside `range`.
+    /// inside `range`. Plain arithmetic, no iterator state: this runs once or more per
+    /// PVALIDATE entry.
     fn words(&self, range: PageRange) -> impl Iterator<Item = (usize, u64)> + use<> {
-        let end = range.end_pfn().min(self.pages);
-        let mut pfn = range.start_pfn();
-        core::iter::from_fn(move || {
-            if pfn >= end {
-                return None;
-            }
-            let shift = pfn % 64;
-            let span = (64 - shift).min(end - pfn);
-            let mask = if span == 64 { u64::MAX } else { ((1u64 << span) - 1) << shift };
-            let word = (pfn / 64) as usize;
-            pfn += span;
-            Some((word, mask))
+        let (start, end) = (range.start_pfn(), range.end_pfn().min(self.pages));
+        let (first, last) = (start / 64, end.saturating_sub(1) / 64);
+        let count = if start >= end { 0 } else { last - first + 1 };
+        (first..first + count).map(move |w| {
+            let lo = if w == first { start % 64 } else { 0 };
+            let hi = if w == last { (end - 1) % 64 } else { 63 };
+            let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
+            (w as usize, mask)
         })
     }
 

@@ -125,10 +125,8 @@ impl Machine {
 
     fn after_read(&self, gpa: u64, len: usize) {
         let fire = matches!(&*self.race.borrow(), Some(r) if r.trigger >= gpa && r.trigger < gpa + len as u64);
-        if fire {
-            if let Some(r) = self.race.borrow_mut().take() {
-                self.memory.borrow_mut().write(r.gpa, &r.bytes);
-            }
+        if fire && let Some(r) = self.race.borrow_mut().take() {
+            self.memory.borrow_mut().write(r.gpa, &r.bytes);
         }
     }
 

@@ -93,7 +93,7 @@ impl Rmp {
         let count = match size {
             Size::Small => 1,
             Size::Huge => {
-                if pfn % PAGES_PER_2M != 0 {
+                if !pfn.is_multiple_of(PAGES_PER_2M) {
                     return Err(HwError::Rc(FAIL_INPUT));
                 }
                 PAGES_PER_2M

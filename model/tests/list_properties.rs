@@ -33,7 +33,7 @@ fn oracle(entries: &[u64], start: usize) -> (ResultCode, usize, HashMap<u64, boo
     for (i, raw) in entries.iter().enumerate().skip(start) {
         let e = PvalidateEntry(*raw);
         let huge = raw & 3 == 1;
-        if raw & 0xFF0 != 0 || raw & 3 > 1 || (huge && e.gpa() % (2 * MIB) != 0) {
+        if raw & 0xFF0 != 0 || raw & 3 > 1 || (huge && !e.gpa().is_multiple_of(2 * MIB)) {
             return (ResultCode::ERR_INVALID_PARAMETER, i, valid);
         }
         let gpa = e.gpa();
@@ -94,7 +94,6 @@ proptest! {
         }
         // The SVSM keeps serving.
         prop_assert!(c.query_protocol(ProtocolId::CORE, 1).unwrap().is_some());
-        drop(c);
         prop_assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
     }
 
@@ -141,8 +140,7 @@ proptest! {
                     if let Some(vmsa) = vcpus.pop() { c.delete_vcpu(vmsa).unwrap(); }
                 }
             }
-            drop(c);
-            let stats = w.svsm.pool_stats();
+                let stats = w.svsm.pool_stats();
             prop_assert_eq!(stats.deposited_total, svsm_owned.len() as u64);
             let mut flag = [0u8];
             w.client().transport.read(world::STARTUP_CA_GPA + 1, &mut flag).unwrap();

@@ -9,16 +9,14 @@ use abi::result::ResultCode;
 use abi::vmsa::VmsaField;
 
 pub fn query_protocol(env: &mut dyn Env) -> CaseResult {
-    let mut c = client(env);
-    let core = c.query_protocol(ProtocolId::CORE, 1)?;
+    let core = client(env).query_protocol(ProtocolId::CORE, 1)?;
     ensure!(core == Some((1, 1)), "core v1: {core:?}");
     for (protocol, version) in
         [(ProtocolId::CORE, 0), (ProtocolId::CORE, 2), (ProtocolId(0x1234), 1), (ProtocolId(u32::MAX), 1)]
     {
-        let r = c.query_protocol(protocol, version)?;
+        let r = client(env).query_protocol(protocol, version)?;
         ensure!(r.is_none(), "protocol {} v{version}: {r:?}", protocol.0);
     }
-    drop(c);
     // Never an error, never a memory request.
     let regs = expect_core(env, QUERY_PROTOCOL, [u64::MAX, 0, 0, 0], ResultCode::SUCCESS)?;
     ensure!(regs.rcx == 0, "RCX = {:#x}", regs.rcx);
@@ -69,7 +67,7 @@ pub fn vtom_refusals(env: &mut dyn Env) -> CaseResult {
         expect_core(env, CONFIGURE_VTOM, [rcx, 0, 0, 0], ResultCode::ERR_INVALID_PARAMETER)?;
     }
     if align > 12 {
-        expect_core(env, CONFIGURE_VTOM, [good + 0x1000 | vtom::ENABLE, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
+        expect_core(env, CONFIGURE_VTOM, [(good + 0x1000) | vtom::ENABLE, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     }
     if min >= 1 << align {
         expect_core(

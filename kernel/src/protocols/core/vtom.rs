@@ -52,7 +52,7 @@ fn configure<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext
     }
     if enable {
         let align = 1u64.checked_shl(u32::from(limits.align_log2)).unwrap_or(0);
-        let aligned = align != 0 && value % align == 0;
+        let aligned = align != 0 && value.is_multiple_of(align);
         if !aligned || value < limits.min || value > limits.max {
             return Err(CallError::address(Gpa(value), AddressConflict::NotRam));
         }
