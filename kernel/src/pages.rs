@@ -108,28 +108,23 @@ impl PageTracker {
         false
     }
 
-    fn first_role_in(&self, range: PageRange) -> Option<(u64, PageRole)> {
-        if !self.has_role.any(range) {
-            return None;
-        }
-        self.roles.range(range.start_pfn()..range.end_pfn()).next().map(|(k, v)| (*k, *v))
+    /// Pages of `range` that have a role, in order; the bitmap answers the common case
+    /// (none) without walking the tree.
+    fn roles_in(&self, range: PageRange) -> impl Iterator<Item = (u64, PageRole)> + '_ {
+        let span = if self.has_role.any(range) { range.start_pfn()..range.end_pfn() } else { 0..0 };
+        self.roles.range(span).map(|(pfn, role)| (*pfn, *role))
     }
 
     /// Check a page range the SVSM will copy parameters from or to.
     pub fn check_param(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
         self.check_common(range)?;
-        let roles = if self.has_role.any(range) {
-            self.roles.range(range.start_pfn()..range.end_pfn())
-        } else {
-            self.roles.range(0..0)
-        };
-        for (pfn, role) in roles {
+        for (pfn, role) in self.roles_in(range) {
             let why = match role {
                 PageRole::CallingArea(_) => continue,
                 PageRole::Deposited => AddressConflict::Deposited,
                 PageRole::Vmsa(_) => AddressConflict::Vmsa,
             };
-            return Err((PageAddr::from_pfn(*pfn), why));
+            return Err((PageAddr::from_pfn(pfn), why));
         }
         if let Some(pfn) = self.first_unvalidated(range) {
             return Err((PageAddr::from_pfn(pfn), AddressConflict::NotValidated));
@@ -141,7 +136,7 @@ impl PageTracker {
     /// Validation state is not checked; callers that need it ask for it.
     pub fn check_target(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
         self.check_common(range)?;
-        if let Some((pfn, role)) = self.first_role_in(range) {
+        if let Some((pfn, role)) = self.roles_in(range).next() {
             let why = match role {
                 PageRole::CallingArea(_) => AddressConflict::CallingArea,
                 PageRole::Deposited => AddressConflict::Deposited,

@@ -93,14 +93,6 @@ fn test(args: &[String]) -> Result {
             .env_remove("CARGO_ENCODED_RUSTFLAGS"),
     )?;
 
-    if nextest_available()? {
-        exec("cargo nextest run --workspace", cargo()?.args(["nextest", "run", "--workspace"]))?;
-        // nextest does not run doctests.
-        exec("cargo test --workspace --doc", cargo()?.args(["test", "--workspace", "--doc"]))?;
-    } else {
-        exec("cargo test --workspace", cargo()?.args(["test", "--workspace"]))?;
-    }
-
     if env::var_os("BULWARK_SKIP_FUZZ").is_some() {
         step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
     } else {
@@ -113,7 +105,13 @@ fn test(args: &[String]) -> Result {
         }
     }
 
-    step("all checks passed");
+    // The tests run last so that their summary closes the output. (The project has no
+    // doctests; nextest does not run them, so add a `cargo test --doc` step with the first.)
+    if nextest_available()? {
+        exec("cargo nextest run --workspace", cargo()?.args(["nextest", "run", "--workspace"]))?;
+    } else {
+        exec("cargo test --workspace", cargo()?.args(["test", "--workspace"]))?;
+    }
     Ok(())
 }
 
