@@ -90,3 +90,12 @@ pub fn guest_can_write(env: &mut dyn Env, gpa: u64) -> bool {
 pub fn host(env: &mut dyn Env) -> Result<&mut dyn HostControl, CaseError> {
     env.host().ok_or(CaseError::Skip("needs control of the host"))
 }
+
+/// What the secrets page says about the SVSM; fails the case if it advertises none.
+pub fn discovery(env: &mut dyn Env) -> Result<guest::discovery::Discovery, CaseError> {
+    let mut page = [0u8; 4096];
+    let gpa = env.facts().secrets_page;
+    env.read(gpa, &mut page)?;
+    guest::discovery::Discovery::from_secrets_page(&page)
+        .ok_or(CaseError::Fail(String::from("SVSM_SIZE is 0: no SVSM advertised")))
+}

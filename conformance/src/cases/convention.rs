@@ -1,10 +1,9 @@
 //! Sections 3-5: discovery, memory isolation, the calling convention.
 
 use crate::Env;
-use crate::check::{CaseResult, client, ensure, expect_core, host, raw};
+use crate::check::{CaseResult, client, discovery, ensure, expect_core, host, raw};
 use abi::protocol::{CORE_PROTOCOL_VERSION, core_call};
 use abi::result::ResultCode;
-use guest::discovery::Discovery;
 use guest::{CallError, Regs};
 
 const QUERY_CORE: [u64; 4] = [1, 0, 0, 0];
@@ -17,10 +16,7 @@ fn secrets(env: &mut dyn Env) -> Result<[u8; 4096], crate::CaseError> {
 }
 
 pub fn secrets_fields(env: &mut dyn Env) -> CaseResult {
-    let page = secrets(env)?;
-    let Some(d) = Discovery::from_secrets_page(&page) else {
-        return crate::check::fail("SVSM_SIZE is 0: no SVSM advertised".into());
-    };
+    let d = discovery(env)?;
     ensure!(d.svsm_base % 4096 == 0 && d.svsm_size % 4096 == 0, "base/size not 4 KiB multiples: {d:x?}");
     ensure!(d.calling_area == env.calling_area(), "SVSM_CAA {:#x} is not the calling area", d.calling_area);
     ensure!(d.max_version == CORE_PROTOCOL_VERSION, "SVSM_MAX_VERSION is {}", d.max_version);
@@ -36,10 +32,7 @@ pub fn vmpck0_erased(env: &mut dyn Env) -> CaseResult {
 }
 
 pub fn svsm_memory_private(env: &mut dyn Env) -> CaseResult {
-    let page = secrets(env)?;
-    let Some(d) = Discovery::from_secrets_page(&page) else {
-        return crate::check::fail("no SVSM advertised".into());
-    };
+    let d = discovery(env)?;
     let mut b = [0u8; 8];
     ensure!(env.read(d.svsm_base, &mut b).is_err(), "the guest read the SVSM's first page");
     ensure!(env.write(d.svsm_base + d.svsm_size - 8, &b).is_err(), "the guest wrote the SVSM's last page");

@@ -51,11 +51,7 @@ pub fn deposit(env: &mut dyn Env) -> CaseResult {
 
 pub fn deposit_conflicts(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
-    let mut s = [0u8; 4096];
-    env.read(f.secrets_page, &mut s)?;
-    let Some(d) = guest::discovery::Discovery::from_secrets_page(&s) else {
-        return crate::check::fail("no SVSM advertised".into());
-    };
+    let d = crate::check::discovery(env)?;
     let page = deposit_pages(env, 1)[0];
     do_deposit(env, &[d4k(page)], ResultCode::SUCCESS)?;
     let ca = env.calling_area() & !0xFFF;

@@ -186,11 +186,7 @@ pub fn entry_format(env: &mut dyn Env) -> CaseResult {
 
 pub fn svsm_owned(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
-    let mut p = [0u8; 4096];
-    env.read(f.secrets_page, &mut p)?;
-    let Some(d) = guest::discovery::Discovery::from_secrets_page(&p) else {
-        return crate::check::fail("no SVSM advertised".into());
-    };
+    let d = crate::check::discovery(env)?;
     let ca = env.calling_area() & !0xFFF;
     for (gpa, validate) in [
         (d.svsm_base, false),
@@ -208,11 +204,7 @@ pub fn svsm_owned(env: &mut dyn Env) -> CaseResult {
 
 pub fn list_location(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
-    let mut p = [0u8; 4096];
-    env.read(f.secrets_page, &mut p)?;
-    let Some(d) = guest::discovery::Discovery::from_secrets_page(&p) else {
-        return crate::check::fail("no SVSM advertised".into());
-    };
+    let d = crate::check::discovery(env)?;
     for gpa in [d.svsm_base, f.free_small + 0x10_0000, f.startup_vmsa, f.not_ram] {
         expect_core(env, PVALIDATE, [gpa, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     }

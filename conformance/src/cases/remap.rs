@@ -45,12 +45,7 @@ pub fn misaligned(env: &mut dyn Env) -> CaseResult {
 
 pub fn bad_address(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
-    let page = {
-        let mut p = [0u8; 4096];
-        env.read(f.secrets_page, &mut p)?;
-        guest::discovery::Discovery::from_secrets_page(&p)
-    };
-    let Some(d) = page else { return crate::check::fail("no SVSM advertised".into()) };
+    let d = crate::check::discovery(env)?;
     for gpa in [d.svsm_base, d.svsm_base + d.svsm_size - 8, f.startup_vmsa, f.free_small, f.not_ram] {
         expect_core(env, REMAP_CA, [gpa, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     }

@@ -58,11 +58,7 @@ pub fn create_alignment(env: &mut dyn Env) -> CaseResult {
 
 pub fn create_conflicts(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
-    let mut p = [0u8; 4096];
-    env.read(f.secrets_page, &mut p)?;
-    let Some(d) = guest::discovery::Discovery::from_secrets_page(&p) else {
-        return crate::check::fail("no SVSM advertised".into());
-    };
+    let d = crate::check::discovery(env)?;
     let (vmsa, ca) = pages(env, 0);
     good_vmsa(env, vmsa)?;
     let startup_ca = env.calling_area() & !0xFFF;

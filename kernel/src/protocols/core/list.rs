@@ -6,6 +6,8 @@ use crate::error::{CallError, CallResult};
 use crate::guest_memory;
 use crate::pages::PageTracker;
 use crate::platform::Platform;
+use crate::protocols::Reply;
+use crate::svsm::Svsm;
 use abi::PAGE_SIZE;
 use abi::core_protocol::{LIST_ENTRY_SIZE, LIST_HEADER_SIZE, LIST_NEXT_OFFSET, ListHeader};
 use alloc::vec::Vec;
@@ -77,4 +79,43 @@ impl Budget {
             false
         }
     }
+}
+
+/// Run a list call (PVALIDATE, DEPOSIT_MEM) from its next-entry index: `decode` checks
+/// an entry, `cost` says how many pages of work it is, `apply` performs it. Stops at the
+/// first error (the index stays on the failing entry) or with INCOMPLETE when the call's
+/// budget is spent; writes the index back in every case.
+pub fn walk<P, E>(
+    svsm: &mut Svsm,
+    p: &mut P,
+    list_gpa: u64,
+    decode: impl Fn(u64) -> CallResult<E>,
+    cost: impl Fn(&E) -> u64,
+    mut apply: impl FnMut(&mut Svsm, &mut P, &E) -> CallResult<()>,
+) -> Reply
+where
+    P: Platform + ?Sized,
+{
+    let list = match read(p, &svsm.pages, Gpa(list_gpa)) {
+        Ok(l) => l,
+        Err(e) => return Reply::err(e),
+    };
+    let mut budget = Budget::new(svsm.pages_per_call);
+    let mut next = list.next;
+    let mut status = Ok(());
+    for raw in &list.pending {
+        let step = decode(*raw).and_then(|entry| {
+            if !budget.take(cost(&entry)) {
+                return Err(CallError::Incomplete);
+            }
+            apply(svsm, p, &entry)
+        });
+        if let Err(e) = step {
+            status = Err(e);
+            break;
+        }
+        next += 1;
+    }
+    let written = write_next(p, &svsm.pages, &list, next);
+    Reply::from(status.and(written))
 }

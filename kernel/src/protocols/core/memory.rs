@@ -7,7 +7,7 @@
 //! return it 4 KiB at a time. Withdrawn pages are zeroed before the guest gets them back,
 //! so nothing the SVSM kept there leaks.
 
-use super::list::{self, Budget};
+use super::list;
 use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
 use crate::error::{AddressConflict, CallError, CallResult};
 use crate::guest_memory;
@@ -24,33 +24,15 @@ use zerocopy::IntoBytes;
 const LOWER_VMPLS: core::ops::RangeInclusive<u8> = 1..=3;
 
 pub fn deposit<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
-    let list = match list::read(p, &svsm.pages, Gpa(ctx.regs.rcx)) {
-        Ok(l) => l,
-        Err(e) => return Reply::err(e),
-    };
-    let mut budget = Budget::new(svsm.pages_per_call);
-    let mut next = list.next;
-    let mut status = Ok(());
-    for raw in &list.pending {
-        let range = match decode(DepositEntry(*raw)) {
-            Ok(r) => r,
-            Err(e) => {
-                status = Err(e);
-                break;
-            }
-        };
-        if !budget.take(range.pages()) {
-            status = Err(CallError::Incomplete);
-            break;
-        }
-        if let Err(e) = deposit_range(svsm, p, ctx.caller_vmpl, range) {
-            status = Err(e);
-            break;
-        }
-        next += 1;
-    }
-    let written = list::write_next(p, &svsm.pages, &list, next);
-    Reply::from(status.and(written))
+    let vmpl = ctx.caller_vmpl;
+    list::walk(
+        svsm,
+        p,
+        ctx.regs.rcx,
+        |raw| decode(DepositEntry(raw)),
+        |range: &PageRange| range.pages(),
+        |svsm, p, range| deposit_range(svsm, p, vmpl, *range),
+    )
 }
 
 fn decode(e: DepositEntry) -> CallResult<PageRange> {

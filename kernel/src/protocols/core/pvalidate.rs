@@ -13,8 +13,7 @@
 //! validation and refuses the entry (INVALID_ADDRESS), so the guest never silently gets a
 //! different page where it had data.
 
-use super::list::{self, Budget};
-use crate::addr::Gpa;
+use super::list;
 use crate::addr::{PageAddr, PageRange, PageSize};
 use crate::error::{CallError, CallResult};
 use crate::platform::{Platform, PvalidateEffect};
@@ -27,33 +26,15 @@ use abi::hw::rmpadjust::{PERM_ALL, PERM_NONE};
 const MAX_VMPL: u8 = 3;
 
 pub fn pvalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
-    let list = match list::read(p, &svsm.pages, Gpa(ctx.regs.rcx)) {
-        Ok(l) => l,
-        Err(e) => return Reply::err(e),
-    };
-    let mut budget = Budget::new(svsm.pages_per_call);
-    let mut next = list.next;
-    let mut status = Ok(());
-    for raw in &list.pending {
-        let entry = match decode(PvalidateEntry(*raw)) {
-            Ok(e) => e,
-            Err(e) => {
-                status = Err(e);
-                break;
-            }
-        };
-        if !budget.take(entry.range.pages()) {
-            status = Err(CallError::Incomplete);
-            break;
-        }
-        if let Err(e) = apply(svsm, p, ctx.caller_vmpl, &entry) {
-            status = Err(e);
-            break;
-        }
-        next += 1;
-    }
-    let written = list::write_next(p, &svsm.pages, &list, next);
-    Reply::from(status.and(written))
+    let vmpl = ctx.caller_vmpl;
+    list::walk(
+        svsm,
+        p,
+        ctx.regs.rcx,
+        |raw| decode(PvalidateEntry(raw)),
+        |e: &Entry| e.range.pages(),
+        |svsm, p, e| apply(svsm, p, vmpl, e),
+    )
 }
 
 /// A checked PVALIDATE entry.
