@@ -306,3 +306,121 @@ impl<T: Transport + ?Sized> Transport for &mut T {
         (**self).request_svsm(regs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// A scripted SVSM: answers each gate with the next result, or leaves the call
+    /// pending; records the RAX values it saw and serves deposits.
+    struct Scripted {
+        memory: Vec<u8>,
+        answers: Vec<Option<ResultCode>>,
+        seen: Vec<Regs>,
+    }
+
+    impl Scripted {
+        fn new(answers: &[Option<ResultCode>]) -> Self {
+            Self { memory: std::vec![0; 0x4000], answers: answers.iter().rev().copied().collect(), seen: Vec::new() }
+        }
+    }
+
+    impl Transport for Scripted {
+        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestFault> {
+            let at = gpa as usize;
+            buf.copy_from_slice(self.memory.get(at..at + buf.len()).ok_or(GuestFault { gpa })?);
+            Ok(())
+        }
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestFault> {
+            let at = gpa as usize;
+            self.memory.get_mut(at..at + data.len()).ok_or(GuestFault { gpa })?.copy_from_slice(data);
+            Ok(())
+        }
+        fn exchange_u8(&mut self, gpa: u64, value: u8) -> Result<u8, GuestFault> {
+            let old = self.memory[gpa as usize];
+            self.memory[gpa as usize] = value;
+            Ok(old)
+        }
+        fn request_svsm(&mut self, regs: &mut Regs) {
+            self.seen.push(*regs);
+            if let Some(answer) = self.answers.pop().flatten() {
+                regs.rax = u64::from(answer.0);
+                self.memory[0] = 0; // the SVSM clears CALL_PENDING
+            }
+        }
+    }
+
+    fn query() -> CallId {
+        CallId::new(ProtocolId::CORE, core_call::QUERY_PROTOCOL)
+    }
+
+    #[test]
+    fn incomplete_and_busy_are_retried_with_the_same_inputs() {
+        let t =
+            Scripted::new(&[Some(ResultCode::ERR_INCOMPLETE), Some(ResultCode::ERR_BUSY), Some(ResultCode::SUCCESS)]);
+        let mut c = Client::new(t, 0);
+        c.call(query(), 7, 8, 9, 10).unwrap();
+        assert_eq!(c.transport.seen.len(), 3);
+        assert!(c.transport.seen.iter().all(|r| r.rax == query().to_rax() && r.rcx == 7 && r.r9 == 10));
+    }
+
+    #[test]
+    fn a_call_left_pending_was_not_executed() {
+        let mut c = Client::new(Scripted::new(&[None]), 0);
+        assert_eq!(c.call(query(), 0, 0, 0, 0), Err(CallError::NotExecuted));
+        assert_eq!(c.transport.memory[0], 0, "the guest cleared CALL_PENDING itself");
+    }
+
+    #[test]
+    fn errors_are_reported_not_retried() {
+        let mut c = Client::new(Scripted::new(&[Some(ResultCode::ERR_INVALID_ADDRESS)]), 0);
+        assert_eq!(c.call(query(), 0, 0, 0, 0), Err(CallError::Failed(ResultCode::ERR_INVALID_ADDRESS)));
+        assert_eq!(c.transport.seen.len(), 1);
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let mut c = Client::new(Scripted::new(&[Some(ResultCode::ERR_BUSY); 4]), 0);
+        c.retry_limit = 2;
+        assert_eq!(c.call(query(), 0, 0, 0, 0), Err(CallError::TooManyRetries));
+    }
+
+    struct Pages(Vec<u64>);
+    impl PageSource for Pages {
+        fn take_page(&mut self) -> Option<u64> {
+            self.0.pop()
+        }
+    }
+
+    #[test]
+    fn memory_requests_are_answered_with_a_deposit() {
+        let t =
+            Scripted::new(&[Some(ResultCode::more_memory(2)), Some(ResultCode::SUCCESS), Some(ResultCode::SUCCESS)]);
+        let mut c = Client::new(t, 0);
+        let mut pages = Pages(std::vec![0x3000, 0x2000]);
+        c.call_with_deposit(query(), [1, 2, 3, 4], &mut pages, 0x1000).unwrap();
+        let deposit = c.transport.seen[1];
+        assert_eq!(deposit.rax, CallId::new(ProtocolId::CORE, core_call::DEPOSIT_MEM).to_rax());
+        assert_eq!(deposit.rcx, 0x1000);
+        let list = c.read_list_header(0x1000).unwrap();
+        assert_eq!((list.entries, list.next), (2, 0));
+        assert_eq!(c.transport.seen[2].rcx, 1, "the original call was retried");
+    }
+
+    #[test]
+    fn a_memory_request_without_pages_fails() {
+        let t = Scripted::new(&[Some(ResultCode::more_memory(1))]);
+        let mut c = Client::new(t, 0);
+        let r = c.call_with_deposit(query(), [0; 4], &mut Pages(Vec::new()), 0x1000);
+        assert_eq!(r, Err(CallError::Failed(ResultCode::more_memory(1))));
+    }
+
+    #[test]
+    fn list_capacity_stops_at_the_page_end() {
+        assert_eq!(list_capacity(0x1000), 511);
+        assert_eq!(list_capacity(0x1FF0), 1);
+        assert_eq!(list_capacity(0x1FF8), 0);
+    }
+}

@@ -37,3 +37,27 @@ impl Discovery {
         gpa < self.svsm_base.saturating_add(self.svsm_size) && self.svsm_base < end
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_svsm_when_size_is_zero() {
+        let mut page = [0u8; 4096];
+        assert_eq!(Discovery::from_secrets_page(&page), None);
+        page[0x140..0x148].copy_from_slice(&0x80_0000u64.to_le_bytes());
+        page[0x148..0x150].copy_from_slice(&0x40_0000u64.to_le_bytes());
+        page[0x150..0x158].copy_from_slice(&0x10_1000u64.to_le_bytes());
+        page[0x158] = 1;
+        page[0x15C] = 1;
+        let d = Discovery::from_secrets_page(&page).unwrap();
+        assert_eq!(
+            (d.svsm_base, d.svsm_size, d.calling_area, d.max_version, d.guest_vmpl),
+            (0x80_0000, 0x40_0000, 0x10_1000, 1, 1)
+        );
+        assert!(d.overlaps_svsm(0xBF_F000, 0x2000));
+        assert!(!d.overlaps_svsm(0xC0_0000, 0x1000));
+        assert_eq!(Discovery::from_secrets_page(&page[..0x150]), None, "a short page is refused");
+    }
+}
