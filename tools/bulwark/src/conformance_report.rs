@@ -4,8 +4,18 @@ use conformance::{CASES, Verdict};
 use kernel::stats::Stats;
 use model::conformance_env::run_case;
 use serde_json::json;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
+
+/// Print a line; a closed pipe (`bulwark conformance | head`) ends the program quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    };
+}
 
 struct Options {
     json: bool,
@@ -39,17 +49,17 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut rows = Vec::new();
     let mut total = Stats::default();
     if !opts.json {
-        println!("Bulwark conformance suite: SVSM spec 58019 core protocol, over the guest calling");
-        println!("convention, against the Bulwark kernel on the SEV-SNP model (one launch per case)\n");
+        say!("Bulwark conformance suite: SVSM spec 58019 core protocol, over the guest calling");
+        say!("convention, against the Bulwark kernel on the SEV-SNP model (one launch per case)\n");
     }
     for case in &selected {
         let (verdict, stats) = run_case(case);
         add(&mut total, &stats);
         if !opts.json {
             match &verdict {
-                Verdict::Pass => println!("  PASS  {:<34} {}", case.name, case.what),
-                Verdict::Skip(why) => println!("  SKIP  {:<34} {} ({why})", case.name, case.what),
-                Verdict::Fail(why) => println!("  FAIL  {:<34} {}\n        {why}", case.name, case.what),
+                Verdict::Pass => say!("  PASS  {:<34} {}", case.name, case.what),
+                Verdict::Skip(why) => say!("  SKIP  {:<34} {} ({why})", case.name, case.what),
+                Verdict::Fail(why) => say!("  FAIL  {:<34} {}\n        {why}", case.name, case.what),
             }
         }
         rows.push((case, verdict));
@@ -84,17 +94,17 @@ pub fn main(args: &[String]) -> ExitCode {
             },
             "seconds": started.elapsed().as_secs_f64(),
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        println!(
-            "\nThe SVSM served {} core calls ({} answered with an error code, as the cases demand), ignored {} spurious\nentries and {} entries with a wrong exit code, in {:.2} s.",
+        say!(
+            "\nThe SVSM served {} core calls ({} answered with an error code, as the cases demand) and ignored\n{} spurious entries and {} with a wrong exit code, in {:.2} s.",
             core.calls,
             core.errors,
             total.spurious_entries,
             total.wrong_exit_code,
             started.elapsed().as_secs_f64()
         );
-        println!("{passed} passed, {failed} failed, {skipped} skipped");
+        say!("{passed} passed, {failed} failed, {skipped} skipped");
     }
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
