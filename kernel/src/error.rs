@@ -27,6 +27,8 @@ pub enum AddressConflict {
     Fault,
     /// The host reassigned a page the guest had validated.
     Reassigned,
+    /// The page holds the call's own parameter list.
+    ParameterList,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

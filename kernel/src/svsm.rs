@@ -71,14 +71,14 @@ pub enum InitError {
     Secrets(MemoryFault),
 }
 
-/// Write the SVSM fields of the secrets page and erase VMPCK0, so the guest can find the
-/// SVSM and cannot talk to the PSP as VMPL0.
+/// Write the SVSM fields of the secrets page and move VMPCK0 out of it, so the guest can
+/// find the SVSM and cannot talk to the PSP as VMPL0. Returns VMPCK0.
 fn publish<P: Platform + ?Sized>(
     p: &mut P,
     secrets: PageAddr,
     config: &SvsmConfig,
     guest_vmpl: u8,
-) -> Result<(), MemoryFault> {
+) -> Result<[u8; 32], MemoryFault> {
     use abi::secrets::{SecretsPage, SvsmSecretsFields};
     use core::mem::offset_of;
     use zerocopy::IntoBytes;
@@ -92,7 +92,10 @@ fn publish<P: Platform + ?Sized>(
     };
     let at = |off: usize| Gpa(secrets.raw() + off as u64);
     p.write(at(offset_of!(SecretsPage, svsm)), fields.as_bytes())?;
-    p.write(at(offset_of!(SecretsPage, vmpck0)), &[0u8; 32])
+    let mut vmpck0 = [0u8; 32];
+    p.read(at(offset_of!(SecretsPage, vmpck0)), &mut vmpck0)?;
+    p.write(at(offset_of!(SecretsPage, vmpck0)), &[0u8; 32])?;
+    Ok(vmpck0)
 }
 
 #[derive(Debug)]
@@ -106,6 +109,18 @@ pub struct Svsm {
     /// The SVSM_MEM_AVAILABLE value last written to the startup calling area; `None`
     /// forces a write (at start and after the startup vCPU remaps its area).
     pub(crate) mem_flag_written: Option<bool>,
+    /// VMPCK0, taken out of the guest-visible secrets page: the key for the SVSM's own
+    /// messages to the PSP (attestation at VMPL0).
+    vmpck0: Secret,
+}
+
+/// Key material: never printed.
+struct Secret([u8; 32]);
+
+impl core::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl Svsm {
@@ -138,9 +153,10 @@ impl Svsm {
         if features & !SUPPORTED_SEV_FEATURES != 0 {
             return Err(InitError::UnsupportedSevFeatures(features & !SUPPORTED_SEV_FEATURES));
         }
-        if let Some(secrets) = config.secrets_page {
-            publish(p, secrets, &config, vmpl as u8).map_err(InitError::Secrets)?;
-        }
+        let vmpck0 = match config.secrets_page {
+            Some(secrets) => publish(p, secrets, &config, vmpl as u8).map_err(InitError::Secrets)?,
+            None => [0; 32],
+        };
         pages.set_role(config.startup_vmsa, PageRole::Vmsa(VcpuIndex::STARTUP));
         pages.set_role(ca.page(), PageRole::CallingArea(VcpuIndex::STARTUP));
         let startup = Vcpu {
@@ -157,7 +173,13 @@ impl Svsm {
             max_vcpus: config.max_vcpus.max(1),
             pages_per_call: config.pages_per_call.max(1),
             mem_flag_written: None,
+            vmpck0: Secret(vmpck0),
         })
+    }
+
+    /// VMPCK0 as the launch provided it (all zero without a secrets page).
+    pub fn vmpck0(&self) -> &[u8; 32] {
+        &self.vmpck0.0
     }
 
     pub fn stats(&self) -> &Stats {

@@ -251,3 +251,18 @@ impl Transport for GuestVcpu<'_> {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_svsm_keeps_vmpck0_and_the_guest_loses_it() {
+        let w = World::new(WorldConfig::default());
+        assert_eq!(w.svsm.vmpck0(), &[0xA0; 32]);
+        let mut page = [0u8; 64];
+        w.machine.raw_read(SECRETS_GPA + 0x20, &mut page);
+        assert_eq!(page[..32], [0; 32]);
+        assert_eq!(page[32..], [0xA1; 32], "VMPCK1 stays for the guest");
+    }
+}

@@ -55,7 +55,8 @@ pub fn deposit_conflicts(env: &mut dyn Env) -> CaseResult {
     let page = deposit_pages(env, 1)[0];
     do_deposit(env, &[d4k(page)], ResultCode::SUCCESS)?;
     let ca = env.calling_area() & !0xFFF;
-    for gpa in [d.svsm_base, f.startup_vmsa, ca, page, f.free_small, f.not_ram] {
+    let list = f.scratch + 0x1000; // where `do_deposit` writes its list
+    for gpa in [d.svsm_base, f.startup_vmsa, ca, page, f.free_small, f.not_ram, list] {
         do_deposit(env, &[d4k(gpa)], ResultCode::ERR_INVALID_ADDRESS)?;
     }
     Ok(())

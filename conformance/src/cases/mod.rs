@@ -68,6 +68,7 @@ pub static CASES: &[Case] = &[
         "SVSM memory, VMSA, calling area, non-RAM -> INVALID_ADDRESS",
         pvalidate::svsm_owned
     ),
+    case!("6.2/pvalidate-list-page", "an entry naming the list's own page -> INVALID_ADDRESS", pvalidate::list_page),
     case!(
         "6.2/pvalidate-list-location",
         "list in SVSM or unvalidated memory -> INVALID_ADDRESS",

@@ -202,6 +202,15 @@ pub fn svsm_owned(env: &mut dyn Env) -> CaseResult {
     Ok(())
 }
 
+pub fn list_page(env: &mut dyn Env) -> CaseResult {
+    let f = env.facts();
+    let list = f.scratch;
+    let next = pvalidate(env, &[e4k(f.free_small, true), e4k(list, false)], ResultCode::ERR_INVALID_ADDRESS)?;
+    ensure!(next == 1, "next = {next}, expected the entry naming the list page (1)");
+    ensure!(guest_can_write(env, list), "the list page was invalidated under the call");
+    Ok(())
+}
+
 pub fn list_location(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
     let d = crate::check::discovery(env)?;

@@ -1,8 +1,8 @@
 //! The list format shared by PVALIDATE and DEPOSIT_MEM (spec 58019 tables 6 and 7):
 //! reading it once, checking its header, and writing back the next-entry index.
 
-use crate::addr::Gpa;
-use crate::error::{CallError, CallResult};
+use crate::addr::{Gpa, PageRange};
+use crate::error::{AddressConflict, CallError, CallResult};
 use crate::guest_memory;
 use crate::pages::PageTracker;
 use crate::platform::Platform;
@@ -82,15 +82,19 @@ impl Budget {
 }
 
 /// Run a list call (PVALIDATE, DEPOSIT_MEM) from its next-entry index: `decode` checks
-/// an entry, `cost` says how many pages of work it is, `apply` performs it. Stops at the
-/// first error (the index stays on the failing entry) or with INCOMPLETE when the call's
-/// budget is spent; writes the index back in every case.
+/// an entry, `pages` says which pages it acts on (its cost), `apply` performs it. Stops at
+/// the first error (the index stays on the failing entry) or with INCOMPLETE when the
+/// call's budget is spent; writes the index back in every case.
+///
+/// An entry may not act on the page holding the list itself: the SVSM must still write
+/// the next-entry index there, and a guest that lost that page would not learn what was
+/// done (`INVALID_ADDRESS`).
 pub fn walk<P, E>(
     svsm: &mut Svsm,
     p: &mut P,
     list_gpa: u64,
     decode: impl Fn(u64) -> CallResult<E>,
-    cost: impl Fn(&E) -> u64,
+    pages: impl Fn(&E) -> PageRange,
     mut apply: impl FnMut(&mut Svsm, &mut P, &E) -> CallResult<()>,
 ) -> Reply
 where
@@ -105,7 +109,11 @@ where
     let mut status = Ok(());
     for raw in &list.pending {
         let step = decode(*raw).and_then(|entry| {
-            if !budget.take(cost(&entry)) {
+            let range = pages(&entry);
+            if range.contains_pfn(list.gpa.page().pfn()) {
+                return Err(CallError::address(list.gpa, AddressConflict::ParameterList));
+            }
+            if !budget.take(range.pages()) {
                 return Err(CallError::Incomplete);
             }
             apply(svsm, p, &entry)

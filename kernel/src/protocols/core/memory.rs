@@ -30,7 +30,7 @@ pub fn deposit<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallConte
         p,
         ctx.regs.rcx,
         |raw| decode(DepositEntry(raw)),
-        |range: &PageRange| range.pages(),
+        |range: &PageRange| *range,
         |svsm, p, range| deposit_range(svsm, p, vmpl, *range),
     )
 }

@@ -32,7 +32,7 @@ pub fn pvalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCon
         p,
         ctx.regs.rcx,
         |raw| decode(PvalidateEntry(raw)),
-        |e: &Entry| e.range.pages(),
+        |e: &Entry| e.range,
         |svsm, p, e| apply(svsm, p, vmpl, e),
     )
 }
