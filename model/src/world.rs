@@ -265,4 +265,19 @@ mod tests {
         assert_eq!(page[..32], [0; 32]);
         assert_eq!(page[32..], [0xA1; 32], "VMPCK1 stays for the guest");
     }
+
+    #[test]
+    fn a_refused_vcpu_creation_takes_nothing() {
+        use guest::Transport;
+        let mut w = World::new(WorldConfig::default());
+        let before = w.svsm.pool_stats();
+        let vmsa = 3 * MIB;
+        let mut c = w.client();
+        c.transport.write(vmsa + VmsaField::Vmpl.offset() as u64, &[0]).unwrap(); // VMPL 0: refused
+        let r = c.create_vcpu(vmsa, vmsa + 0x1000, 1);
+        assert_eq!(r.unwrap_err().result(), Some(abi::result::ResultCode::ERR_INVALID_PARAMETER));
+        assert!(c.transport.write(vmsa, &[1]).is_ok(), "the VMSA page was given back");
+        assert_eq!(w.svsm.pool_stats(), before, "the reserved SVSM pages were given back");
+        assert!(w.machine.violations().is_empty());
+    }
 }

@@ -50,52 +50,54 @@ pub fn create_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallC
     if svsm.vcpus.count() >= svsm.max_vcpus {
         return Err(CallError::InvalidRequest("the SVSM serves no more vCPUs"));
     }
-    if svsm.pool.available() < VCPU_CONTEXT_PAGES {
-        let short = VCPU_CONTEXT_PAGES - svsm.pool.available();
-        return Err(CallError::NeedMemory(short as u32));
-    }
     let startup_vmsa = svsm.vcpus.startup().map(|v| v.vmsa).ok_or(CallError::InvalidRequest("no startup vCPU"))?;
     let startup_features = p.vmsa_read(startup_vmsa, VmsaField::SevFeatures)?;
+    // Reserve the SVSM pages first: a shortfall is answered before anything changes.
+    let svsm_pages = svsm.pool.alloc(VCPU_CONTEXT_PAGES).map_err(CallError::NeedMemory)?;
 
-    // Act: take the page away from every lower VMPL, then check a copy.
-    for vmpl in 1..=3 {
-        if let Err(error) = p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, false) {
-            restore(p, vmsa, ctx.caller_vmpl);
-            return Err(CallError::Hardware { gpa: vmsa.gpa(), error });
-        }
-    }
-    let vmpl = match check_vmsa(p, vmsa, ctx.caller_vmpl, startup_features) {
-        Ok(vmpl) => vmpl,
+    // Act. Every failure from here on gives back the page and the reserved pages.
+    let made = make_vmsa(p, vmsa, ctx.caller_vmpl, startup_features);
+    let index = made.and_then(|vmpl| {
+        let vcpu = Vcpu { apic_id, vmsa, calling_area: ca.gpa(), svsm_pages: svsm_pages.clone() };
+        let index = svsm.vcpus.insert(vcpu, svsm.max_vcpus).ok_or(CallError::InvalidRequest("vCPU registry full"))?;
+        Ok((index, vmpl))
+    });
+    let (index, vmpl) = match index {
+        Ok(done) => done,
         Err(e) => {
             restore(p, vmsa, ctx.caller_vmpl);
+            for page in svsm_pages {
+                let deposited = svsm.pages.role(page) == Some(PageRole::Deposited);
+                svsm.pool.free(page, deposited);
+            }
             return Err(e);
         }
     };
-    if let Err(error) = p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, true) {
-        restore(p, vmsa, ctx.caller_vmpl);
-        return Err(CallError::Hardware { gpa: vmsa.gpa(), error });
-    }
-    // Nothing below can fail for a reason the guest controls: the pool was checked above
-    // and the calling area is validated guest RAM.
-    let svsm_pages = svsm.pool.alloc(VCPU_CONTEXT_PAGES).map_err(CallError::NeedMemory)?;
     if let Err(f) = p.write(ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
     }
-    let vcpu = Vcpu { apic_id, vmsa, calling_area: ca.gpa(), svsm_pages: svsm_pages.clone() };
-    let Some(index) = svsm.vcpus.insert(vcpu, svsm.max_vcpus) else {
-        // Checked above; only an SVSM bug gets here. Undo and refuse.
-        for page in svsm_pages {
-            let deposited = svsm.pages.role(page) == Some(PageRole::Deposited);
-            svsm.pool.free(page, deposited);
-        }
-        restore(p, vmsa, ctx.caller_vmpl);
-        return Err(CallError::InvalidRequest("vCPU registry full"));
-    };
     svsm.pages.set_role(vmsa, PageRole::Vmsa(index));
     svsm.pages.set_role(ca, PageRole::CallingArea(index));
     p.vcpu_created(index, vmsa, apic_id, &svsm_pages);
     crate::log!(p, Info, "vCPU {} created: APIC ID {}, VMSA {:#x}, VMPL {}", index.0, apic_id, vmsa.raw(), vmpl);
     Ok(())
+}
+
+/// Take the page from every lower VMPL, check a copy of it (section 6.3), and make it a
+/// VMSA. Returns the new vCPU's VMPL. The caller restores the page on failure.
+fn make_vmsa<P: Platform + ?Sized>(
+    p: &mut P,
+    vmsa: PageAddr,
+    caller_vmpl: u8,
+    startup_features: u64,
+) -> CallResult<u8> {
+    let hw = |error| CallError::Hardware { gpa: vmsa.gpa(), error };
+    for vmpl in 1..=3 {
+        p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, false).map_err(hw)?;
+    }
+    let vmpl = check_vmsa(p, vmsa, caller_vmpl, startup_features)?;
+    p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, true).map_err(hw)?;
+    Ok(vmpl)
 }
 
 /// Section 6.3's checks on the new VMSA, read after the guest lost access to it.
