@@ -12,6 +12,8 @@
 //! working directory. Progress lines (`==> step`) go to stderr so that the
 //! stdout of `cargo xtask run --json` stays machine-readable.
 
+mod qemu;
+
 use std::env;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -26,11 +28,14 @@ commands:
   run [ARGS...]                      cargo run --release -p bulwark -- conformance [ARGS...]
                                      (e.g. `cargo xtask run --json`)
   test                               everything CI runs: fmt, clippy, bare-metal kernel build,
-                                     all tests, and a 60 s fuzz smoke run
+                                     a QEMU boot of the SVSM image, a 60 s fuzz smoke run,
+                                     and all tests
                                      (set BULWARK_SKIP_FUZZ=1 to skip the fuzz smoke run)
   fuzz [--seconds N] [--target NAME] fuzz NAME (default: dispatcher) for N seconds (default: 600);
                                      needs the nightly toolchain, installs cargo-fuzz if missing
   bench                              run the pvalidate benchmark (result: target/bench/pvalidate.json)
+  boot                               build the bare-metal SVSM and boot it under QEMU (installs QEMU
+                                     if missing); fails on a hang, a triple fault or a failure report
   help                               show this text
 ";
 
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         "test" => test(rest).map(|()| ExitCode::SUCCESS),
         "fuzz" => fuzz(rest).map(|()| ExitCode::SUCCESS),
         "bench" => bench(rest).map(|()| ExitCode::SUCCESS),
+        "boot" => boot(rest).map(|()| ExitCode::SUCCESS),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -92,6 +98,11 @@ fn test(args: &[String]) -> Result {
             // Cargo prefers CARGO_ENCODED_RUSTFLAGS over RUSTFLAGS when both are set.
             .env_remove("CARGO_ENCODED_RUSTFLAGS"),
     )?;
+    exec(
+        "cargo clippy -p bulwark-svsm --target x86_64-unknown-none -- -D warnings",
+        cargo()?.args(["clippy", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none", "--", "-D", "warnings"]),
+    )?;
+    boot(&[])?;
 
     if env::var_os("BULWARK_SKIP_FUZZ").is_some() {
         step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
@@ -149,6 +160,27 @@ fn bench(args: &[String]) -> Result {
     } else {
         step(&format!("no bench result at {} (the bench did not write one)", result.display()));
     }
+    Ok(())
+}
+
+/// `cargo xtask boot`: the bare-metal SVSM under QEMU.
+fn boot(args: &[String]) -> Result {
+    no_args("boot", args)?;
+    qemu::ensure_qemu()?;
+    exec(
+        "cargo build --release -p bulwark-svsm --target x86_64-unknown-none",
+        cargo()?.args(["build", "--release", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none"]),
+    )?;
+    let image = workspace_root()?.join("target/x86_64-unknown-none/release/bulwark-svsm");
+    step(&format!("qemu-system-x86_64 -cpu EPYC,+svm -smp 2 -kernel {}", image.display()));
+    let boot = qemu::boot(&image, 2, std::time::Duration::from_secs(120))?;
+    let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+    step(&format!(
+        "SVSM ran to completion in {:.2} s (first SVSM output after {:.3} s); image file {} KiB",
+        boot.total.as_secs_f64(),
+        boot.first_line_after.map_or(0.0, |d| d.as_secs_f64()),
+        size / 1024
+    ));
     Ok(())
 }
 

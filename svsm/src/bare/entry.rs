@@ -1,0 +1,133 @@
+//! The PVH entry: QEMU's `-kernel` loader finds `pvh_entry32` through the Xen
+//! PHYS32_ENTRY ELF note and starts the boot CPU there in 32-bit protected mode, paging
+//! off, EBX = physical address of the PVH start-info structure.
+//!
+//! The entry identity-maps the first 4 GiB with 2 MiB pages, turns on PAE, long mode
+//! (with NX) and paging, loads a 64-bit GDT and calls `svsm_main(start_info)` on the boot
+//! stack. All of it is assembly in this one module; it runs before any Rust code.
+
+core::arch::global_asm!(
+    r#"
+    .section .note.Xen, "a"
+    .p2align 2
+    .long 4
+    .long 4
+    .long 18
+    .asciz "Xen"
+    .p2align 2
+    .long pvh_entry32
+
+    .section .text.entry32, "ax"
+    .code32
+    .global pvh_entry32
+pvh_entry32:
+    cli
+    cld
+    mov esi, ebx
+
+    /* 2048 PD entries of 2 MiB: identity map of 0..4 GiB. */
+    lea edi, [boot_pd]
+    xor ecx, ecx
+2:
+    mov eax, ecx
+    shl eax, 21
+    or eax, 0x83
+    mov [edi + ecx * 8], eax
+    mov dword ptr [edi + ecx * 8 + 4], 0
+    inc ecx
+    cmp ecx, 2048
+    jb 2b
+
+    /* PDPT[0..4] -> the four PDs; PML4[0] -> PDPT. */
+    lea eax, [boot_pd]
+    or eax, 3
+    lea edi, [boot_pdpt]
+    xor ecx, ecx
+3:
+    mov [edi + ecx * 8], eax
+    mov dword ptr [edi + ecx * 8 + 4], 0
+    add eax, 4096
+    inc ecx
+    cmp ecx, 4
+    jb 3b
+    lea eax, [boot_pdpt]
+    or eax, 3
+    mov [boot_pml4], eax
+
+    /* PAE, then CR3, then EFER.LME|NXE, then paging. */
+    mov eax, cr4
+    or eax, 1 << 5
+    mov cr4, eax
+    lea eax, [boot_pml4]
+    mov cr3, eax
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, (1 << 8) | (1 << 11)
+    wrmsr
+    mov eax, cr0
+    or eax, (1 << 31) | (1 << 16) | 1
+    mov cr0, eax
+
+    lgdt [boot_gdt_ptr]
+    push 0x08
+    lea eax, [4f]
+    push eax
+    retf
+
+    .code64
+4:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    lea rsp, [boot_stack_top]
+    xor ebp, ebp
+    mov edi, esi
+    call {main}
+5:
+    cli
+    hlt
+    jmp 5b
+
+    /* Null, 64-bit code (selector 0x08), data (0x10). */
+    .section .rodata.boot_gdt, "a"
+    .p2align 3
+boot_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF
+    .quad 0x00CF92000000FFFF
+boot_gdt_ptr:
+    .word boot_gdt_ptr - boot_gdt - 1
+    .quad boot_gdt
+
+    /* Boot page tables and stack, zeroed by the loader (NOLOAD .bss). */
+    .section .bss.boot, "aw", @nobits
+    .p2align 12
+boot_pml4:
+    .skip 4096
+boot_pdpt:
+    .skip 4096
+boot_pd:
+    .skip 4096 * 4
+boot_stack:
+    .skip {stack_size}
+boot_stack_top:
+    "#,
+    stack_size = const BOOT_STACK_SIZE,
+    main = sym super::svsm_main,
+);
+
+const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __image_end: u8;
+}
+
+/// Physical bounds of the loaded image (identity-mapped).
+pub fn image_bounds() -> (u64, u64) {
+    (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__image_end) as u64)
+}

@@ -1,0 +1,25 @@
+//! x86 port I/O: the only way the SVSM reaches the serial port and QEMU's exit device.
+//!
+//! Unsafe lives here and nowhere else in the console path. Callers own the ports they
+//! name; port I/O cannot touch memory.
+
+/// Write a byte to an I/O port.
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O has no memory effects; the ports used (COM1, debug-exit) belong to
+    // this SVSM and writing them cannot break Rust's guarantees.
+    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Write a 32-bit value to an I/O port.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`.
+    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Read a byte from an I/O port.
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as for `outb`; reading a UART register only consumes its state.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) }
+    value
+}

@@ -1,0 +1,91 @@
+//! The PVH start-info structure (Xen's `hvm_start_info`, as QEMU's PVH loader fills it):
+//! the memory map, the command line and boot modules. Host-provided: every field is
+//! checked before use, and memory is read by copy.
+
+const MAGIC: u32 = 0x336e_c578;
+
+/// Copy `N` bytes of physical memory (identity-mapped below 4 GiB).
+fn read_phys<const N: usize>(pa: u64) -> Option<[u8; N]> {
+    let end = pa.checked_add(N as u64)?;
+    if pa == 0 || end > 1 << 32 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    // SAFETY: the first 4 GiB are identity-mapped and readable; `pa..end` lies inside
+    // them; the copy goes to a local buffer and no reference into that memory escapes.
+    unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, out.as_mut_ptr(), N) };
+    Some(out)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    b.get(off..off + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
+/// One memory-map entry.
+#[derive(Clone, Copy, Debug)]
+pub struct MemRange {
+    pub addr: u64,
+    pub size: u64,
+    /// 1 = RAM (E820 types).
+    pub kind: u32,
+}
+
+#[derive(Debug)]
+pub struct StartInfo {
+    pub nr_modules: u32,
+    pub modlist_paddr: u64,
+    pub memmap_paddr: u64,
+    pub memmap_entries: u32,
+}
+
+impl StartInfo {
+    pub fn read(pa: u64) -> Option<Self> {
+        let b: [u8; 56] = read_phys(pa)?;
+        if u32_at(&b, 0) != MAGIC {
+            return None;
+        }
+        Some(Self {
+            nr_modules: u32_at(&b, 12),
+            modlist_paddr: u64_at(&b, 16),
+            memmap_paddr: u64_at(&b, 40),
+            memmap_entries: u32_at(&b, 48),
+        })
+    }
+
+    /// Memory-map entry `i` (24 bytes each: addr, size, type, reserved).
+    pub fn memory(&self, i: u32) -> Option<MemRange> {
+        if i >= self.memmap_entries {
+            return None;
+        }
+        let b: [u8; 24] = read_phys(self.memmap_paddr.checked_add(u64::from(i) * 24)?)?;
+        Some(MemRange { addr: u64_at(&b, 0), size: u64_at(&b, 8), kind: u32_at(&b, 16) })
+    }
+
+    /// Boot module `i` (32 bytes each: paddr, size, cmdline, reserved): `(paddr, size)`.
+    pub fn module(&self, i: u32) -> Option<(u64, u64)> {
+        if i >= self.nr_modules {
+            return None;
+        }
+        let b: [u8; 32] = read_phys(self.modlist_paddr.checked_add(u64::from(i) * 32)?)?;
+        Some((u64_at(&b, 0), u64_at(&b, 8)))
+    }
+
+    pub fn report(&self) {
+        println!("PVH start info: {} memory ranges, {} modules", self.memmap_entries, self.nr_modules);
+        for i in 0..self.memmap_entries.min(32) {
+            if let Some(r) = self.memory(i) {
+                let kind = if r.kind == 1 { "RAM" } else { "reserved" };
+                println!("  {:#012x}..{:#012x} {kind}", r.addr, r.addr.saturating_add(r.size));
+            }
+        }
+        for i in 0..self.nr_modules.min(4) {
+            if let Some((pa, size)) = self.module(i) {
+                println!("  module {i}: {pa:#x}, {size} bytes");
+            }
+        }
+    }
+}

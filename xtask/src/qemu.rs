@@ -1,0 +1,118 @@
+//! Booting the bare-metal SVSM under QEMU: install QEMU if needed, build the image, boot
+//! it headless with a time limit, stream its serial console labelled, and judge the run
+//! by QEMU's debug-exit status (3 = the SVSM reported success). A hang, a triple fault
+//! (QEMU exits 0 with `-no-reboot`) or a failure report all fail.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// QEMU's exit status when the SVSM wrote 1 (success) to the debug-exit port.
+const EXIT_SUCCESS: i32 = 3;
+/// ... and 2 (failure).
+const EXIT_FAILURE: i32 = 5;
+
+/// What a boot printed and how long it took.
+pub struct Boot {
+    pub lines: Vec<String>,
+    pub first_line_after: Option<Duration>,
+    pub total: Duration,
+}
+
+/// Make sure `qemu-system-x86_64` is installed (Debian/Ubuntu, as root).
+pub fn ensure_qemu() -> Result<(), String> {
+    if Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    eprintln!("==> installing QEMU (apt-get install qemu-system-x86)");
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    if installed {
+        Ok(())
+    } else {
+        Err("qemu-system-x86_64 is missing and `apt-get install qemu-system-x86` failed (are you root?)".into())
+    }
+}
+
+/// Boot `image` under QEMU for at most `limit`; each serial line is echoed as `svsm | ...`.
+pub fn boot(image: &Path, smp: u32, limit: Duration) -> Result<Boot, String> {
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", "512M", "-smp", &smp.to_string()])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-kernel")
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start qemu-system-x86_64: {e}"))?;
+
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = child.stderr.take().ok_or("no QEMU stderr")?;
+    let errors = std::thread::spawn(move || {
+        // TCG warns about CPU features it does not emulate; keep only other messages.
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.contains("TCG doesn't support requested feature"))
+            .collect::<Vec<_>>()
+    });
+
+    let mut boot = Boot { lines: Vec::new(), first_line_after: None, total: Duration::ZERO };
+    let status = loop {
+        while let Ok(line) = rx.try_recv() {
+            record(&mut boot, line, started);
+        }
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the SVSM did not finish within {} s (hang)", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The reader thread ends when QEMU's stdout closes; drain what is left.
+    for line in rx.iter() {
+        record(&mut boot, line, started);
+    }
+    boot.total = started.elapsed();
+    for line in errors.join().unwrap_or_default() {
+        eprintln!("qemu | {line}");
+    }
+    match status.code() {
+        Some(EXIT_SUCCESS) => Ok(boot),
+        Some(EXIT_FAILURE) => Err("the SVSM reported a failure".into()),
+        Some(0) => Err("QEMU exited with 0: the SVSM triple-faulted or reset".into()),
+        other => Err(format!("QEMU exited with {other:?}")),
+    }
+}
+
+fn record(boot: &mut Boot, line: String, started: Instant) {
+    // SeaBIOS clears the screen with escape sequences before the SVSM runs.
+    let clean: String = line.chars().filter(|c| !c.is_control() || *c == '\t').collect();
+    let text = clean.rsplit("Booting from ROM..").next().unwrap_or(&clean).trim_end().to_string();
+    if text.starts_with("bulwark-svsm") && boot.first_line_after.is_none() {
+        boot.first_line_after = Some(started.elapsed());
+    }
+    if boot.first_line_after.is_some() {
+        println!("svsm | {text}");
+        boot.lines.push(text);
+    }
+}
