@@ -24,6 +24,7 @@ pub mod hw;
 pub mod protocol;
 pub mod result;
 pub mod secrets;
+pub mod vmcb;
 pub mod vmsa;
 pub mod vtpm;
 

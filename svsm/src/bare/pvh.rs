@@ -74,6 +74,17 @@ impl StartInfo {
         Some((u64_at(&b, 0), u64_at(&b, 8)))
     }
 
+    /// End of the highest RAM range that ends below 4 GiB.
+    pub fn ram_top_below_4g(&self) -> u64 {
+        (0..self.memmap_entries.min(128))
+            .filter_map(|i| self.memory(i))
+            .filter(|r| r.kind == 1)
+            .map(|r| r.addr.saturating_add(r.size))
+            .filter(|end| *end <= 1 << 32)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn report(&self) {
         println!("PVH start info: {} memory ranges, {} modules", self.memmap_entries, self.nr_modules);
         for i in 0..self.memmap_entries.min(32) {

@@ -1,0 +1,75 @@
+//! The VMCB (AMD APM vol. 2, appendix B): a control area (intercepts, exit information,
+//! nested paging) at 0x000 and the guest's state-save area at 0x400. The save area has
+//! the layout of the SEV-ES VMSA's first part, so VMSA field offsets (`vmsa`) apply at
+//! `SAVE + offset`. Used by the `svm` platform, where the SVSM is an L1 hypervisor.
+
+pub mod offset {
+    pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
+    pub const INTERCEPT_MISC1: usize = 0x00C;
+    pub const INTERCEPT_MISC2: usize = 0x010;
+    pub const GUEST_ASID: usize = 0x058;
+    pub const TLB_CONTROL: usize = 0x05C;
+    pub const EXIT_CODE: usize = 0x070;
+    pub const EXIT_INFO1: usize = 0x078;
+    pub const EXIT_INFO2: usize = 0x080;
+    pub const NP_ENABLE: usize = 0x090;
+    pub const N_CR3: usize = 0x0B0;
+    pub const CLEAN_BITS: usize = 0x0C0;
+    /// Start of the state-save area.
+    pub const SAVE: usize = 0x400;
+    pub const ES: usize = SAVE;
+    pub const CS: usize = SAVE + 0x10;
+    pub const SS: usize = SAVE + 0x20;
+    pub const DS: usize = SAVE + 0x30;
+    pub const GDTR: usize = SAVE + 0x60;
+    pub const IDTR: usize = SAVE + 0x80;
+    pub const TR: usize = SAVE + 0x90;
+    pub const CR4: usize = SAVE + 0x148;
+    pub const CR0: usize = SAVE + 0x158;
+    pub const DR7: usize = SAVE + 0x160;
+    pub const DR6: usize = SAVE + 0x168;
+    pub const RFLAGS: usize = SAVE + 0x170;
+    pub const G_PAT: usize = SAVE + 0x268;
+}
+
+/// Intercept bits of INTERCEPT_MISC1.
+pub mod misc1 {
+    pub const CPUID: u32 = 1 << 18;
+    pub const HLT: u32 = 1 << 24;
+    pub const SHUTDOWN: u32 = 1 << 31;
+}
+
+/// Intercept bits of INTERCEPT_MISC2.
+pub mod misc2 {
+    pub const VMRUN: u32 = 1 << 0;
+    pub const VMMCALL: u32 = 1 << 1;
+}
+
+/// Exit codes the SVSM handles.
+pub mod exit {
+    pub const CPUID: u64 = 0x72;
+    pub const HLT: u64 = 0x78;
+    pub const SHUTDOWN: u64 = 0x7F;
+    pub const VMMCALL: u64 = 0x81;
+    pub const NPF: u64 = 0x400;
+    pub const INVALID: u64 = u64::MAX;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offset;
+    use crate::vmsa::VmsaField;
+
+    /// The save-area fields the VMCB shares with the VMSA sit where APM appendix B puts them.
+    #[test]
+    fn save_area_matches_the_vmsa_layout() {
+        assert_eq!(offset::SAVE + VmsaField::Efer.offset(), 0x4D0);
+        assert_eq!(offset::SAVE + VmsaField::Rip.offset(), 0x578);
+        assert_eq!(offset::SAVE + VmsaField::Rsp.offset(), 0x5D8);
+        assert_eq!(offset::SAVE + VmsaField::Rax.offset(), 0x5F8);
+        assert_eq!(offset::SAVE + VmsaField::Cr3.offset(), 0x550);
+        assert_eq!(offset::CR0, 0x558);
+        assert_eq!(offset::RFLAGS, 0x570);
+        assert_eq!(offset::G_PAT, 0x668);
+    }
+}

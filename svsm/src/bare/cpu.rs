@@ -1,0 +1,43 @@
+//! Privileged CPU instructions the SVSM needs outside SVM: CPUID, MSRs, the TSC. Each
+//! wrapper is a single instruction; all unsafe CPU access outside `svm::vmrun` lives here.
+
+/// CPUID leaf `leaf`, subleaf `sub`: (eax, ebx, ecx, edx).
+pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// Read an MSR.
+///
+/// # Safety
+/// `msr` must exist on this CPU (reading a missing MSR raises #GP).
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees the MSR exists; RDMSR has no memory effects.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Write an MSR.
+///
+/// # Safety
+/// `msr` must exist and `value` must be valid for it, and the change must not break the
+/// running code's assumptions (e.g. clearing EFER.LME).
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller guarantees the write is valid and harmless to running code.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// The time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+pub const MSR_EFER: u32 = 0xC000_0080;
+pub const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
+pub const EFER_SVME: u64 = 1 << 12;

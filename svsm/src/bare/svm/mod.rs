@@ -1,0 +1,47 @@
+//! The `svm` platform's machinery: the SVSM as an L1 hypervisor under QEMU's SVM
+//! emulation, the guest as an L2 VM (ARCHITECTURE.md, FACTS.md section 6).
+//!
+//! - [`enable`]: check SVM and nested paging, set EFER.SVME and the host save area;
+//! - [`vmcb`]: the VMCB, read and written by field offset;
+//! - [`npt`]: nested page tables that map guest RAM and never SVSM memory;
+//! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back.
+
+pub mod npt;
+pub mod vmcb;
+pub mod vmrun;
+
+use super::cpu::{self, EFER_SVME, MSR_EFER, MSR_VM_HSAVE_PA};
+use super::pages::Page;
+
+/// Why SVM cannot run here.
+#[derive(Debug)]
+pub enum SvmError {
+    NoSvm,
+    NoNestedPaging,
+    OutOfMemory,
+}
+
+/// SVM is on for this CPU; the host save area lives as long as this value.
+pub struct Svm {
+    _hsave: Page,
+}
+
+pub fn enable() -> Result<Svm, SvmError> {
+    let (_, _, ecx, _) = cpu::cpuid(0x8000_0001, 0);
+    if ecx & (1 << 2) == 0 {
+        return Err(SvmError::NoSvm);
+    }
+    let (_, _, _, edx) = cpu::cpuid(0x8000_000A, 0);
+    if edx & 1 == 0 {
+        return Err(SvmError::NoNestedPaging);
+    }
+    let hsave = Page::zeroed().ok_or(SvmError::OutOfMemory)?;
+    // SAFETY: EFER and VM_HSAVE_PA exist on every CPU with SVM (checked above); setting
+    // SVME only enables the SVM instructions, and the host save area is a page this value
+    // keeps alive for as long as SVM is used.
+    unsafe {
+        cpu::wrmsr(MSR_EFER, cpu::rdmsr(MSR_EFER) | EFER_SVME);
+        cpu::wrmsr(MSR_VM_HSAVE_PA, hsave.phys());
+    }
+    Ok(Svm { _hsave: hsave })
+}

@@ -1,0 +1,103 @@
+//! Entering the guest: the one VMRUN trampoline.
+//!
+//! VMRUN loads the guest state from the VMCB (RAX, RSP, RIP, control and segment
+//! registers) and saves the host's to the host save area; the other general-purpose
+//! registers are the software's business. The trampoline loads them from a
+//! [`GuestRegs`] block, runs the guest, and on #VMEXIT stores the guest's values back,
+//! restoring the host's callee-saved registers. GIF is cleared around VMRUN (CLGI/STGI)
+//! as the architecture expects.
+
+/// The guest's general-purpose registers that the VMCB does not hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestRegs {
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.svm_vmrun, "ax"
+    .global svm_vmrun
+svm_vmrun:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    push rsi
+    mov rax, rdi
+    mov rbx, [rsi + 0]
+    mov rcx, [rsi + 8]
+    mov rdx, [rsi + 16]
+    mov rdi, [rsi + 32]
+    mov rbp, [rsi + 40]
+    mov r8, [rsi + 48]
+    mov r9, [rsi + 56]
+    mov r10, [rsi + 64]
+    mov r11, [rsi + 72]
+    mov r12, [rsi + 80]
+    mov r13, [rsi + 88]
+    mov r14, [rsi + 96]
+    mov r15, [rsi + 104]
+    mov rsi, [rsi + 24]
+    clgi
+    vmrun rax
+    push rsi
+    mov rsi, [rsp + 8]
+    mov [rsi + 0], rbx
+    mov [rsi + 8], rcx
+    mov [rsi + 16], rdx
+    mov [rsi + 32], rdi
+    mov [rsi + 40], rbp
+    mov [rsi + 48], r8
+    mov [rsi + 56], r9
+    mov [rsi + 64], r10
+    mov [rsi + 72], r11
+    mov [rsi + 80], r12
+    mov [rsi + 88], r13
+    mov [rsi + 96], r14
+    mov [rsi + 104], r15
+    pop rax
+    mov [rsi + 24], rax
+    stgi
+    add rsp, 8
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+    "#
+);
+
+unsafe extern "C" {
+    fn svm_vmrun(vmcb_pa: u64, regs: *mut GuestRegs);
+}
+
+/// Run the guest described by the VMCB at `vmcb_pa` until its next #VMEXIT.
+///
+/// # Safety
+/// SVM must be enabled with a host save area; `vmcb_pa` must be the physical address of a
+/// VMCB that stays alive and unmodified by anyone else during the call, whose nested page
+/// tables map no SVSM memory (so the guest cannot touch the SVSM's state).
+pub unsafe fn run(vmcb_pa: u64, regs: &mut GuestRegs) {
+    // SAFETY: the caller upholds the VMCB and SVM requirements; `regs` is a valid,
+    // exclusive GuestRegs block for the trampoline to load and store; the trampoline
+    // preserves the host's callee-saved registers and stack.
+    unsafe { svm_vmrun(vmcb_pa, regs) }
+}
