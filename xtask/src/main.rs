@@ -8,11 +8,12 @@
 //! - `fuzz`  — a libFuzzer run through cargo-fuzz on the nightly toolchain;
 //! - `bench` — the `pvalidate` benchmark of the SNP model.
 //!
-//! It uses only std. Every cargo child runs with the workspace root as its
+//! It uses std and `rustc-demangle` (for the SVSM's embedded symbol table). Every cargo child runs with the workspace root as its
 //! working directory. Progress lines (`==> step`) go to stderr so that the
 //! stdout of `cargo xtask run --json` stays machine-readable.
 
 mod qemu;
+mod symbols;
 
 use std::env;
 use std::io::{BufRead, BufReader, Write};
@@ -34,8 +35,9 @@ commands:
   fuzz [--seconds N] [--target NAME] fuzz NAME (default: dispatcher) for N seconds (default: 600);
                                      needs the nightly toolchain, installs cargo-fuzz if missing
   bench                              run the pvalidate benchmark (result: target/bench/pvalidate.json)
-  boot                               build the bare-metal SVSM and boot it under QEMU (installs QEMU
-                                     if missing); fails on a hang, a triple fault or a failure report
+  boot [--crash ud|panic]            build the bare-metal SVSM and boot it under QEMU (installs QEMU
+                                     if missing); fails on a hang, a triple fault or a failure report;
+                                     --crash checks that a fault is reported and stops the SVSM cleanly
   help                               show this text
 ";
 
@@ -103,6 +105,7 @@ fn test(args: &[String]) -> Result {
         cargo()?.args(["clippy", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none", "--", "-D", "warnings"]),
     )?;
     boot(&[])?;
+    boot(&["--crash".to_string(), "ud".to_string()])?;
 
     if env::var_os("BULWARK_SKIP_FUZZ").is_some() {
         step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
@@ -163,25 +166,63 @@ fn bench(args: &[String]) -> Result {
     Ok(())
 }
 
-/// `cargo xtask boot`: the bare-metal SVSM under QEMU.
+/// `cargo xtask boot [--crash ud|panic]`: the bare-metal SVSM under QEMU. With
+/// `--crash`, the SVSM is asked to fault after booting, and the run succeeds only if it
+/// reports the fault with a symbolized backtrace and stops with a failure status.
 fn boot(args: &[String]) -> Result {
-    no_args("boot", args)?;
+    let crash = match args {
+        [] => None,
+        [flag, kind] if flag == "--crash" && (kind == "ud" || kind == "panic") => Some(kind.as_str()),
+        _ => return Err(format!("usage: cargo xtask boot [--crash ud|panic]\n\n{USAGE}")),
+    };
+    let image = build_svsm_image()?;
+    let append = crash.map(|kind| format!("crash={kind}"));
+    step(&format!(
+        "qemu-system-x86_64 -cpu EPYC,+svm -smp 2 -kernel {}{}",
+        image.display(),
+        append.as_deref().map(|a| format!(" -append {a}")).unwrap_or_default()
+    ));
+    let boot = qemu::boot(&image, 2, append.as_deref(), std::time::Duration::from_secs(120))?;
+    match (boot.outcome, crash) {
+        (qemu::Outcome::Success, None) => {
+            let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+            step(&format!(
+                "SVSM ran to completion in {:.2} s (first SVSM output after {:.3} s); image file {} KiB",
+                boot.total.as_secs_f64(),
+                boot.first_line_after.map_or(0.0, |d| d.as_secs_f64()),
+                size / 1024
+            ));
+            Ok(())
+        }
+        (qemu::Outcome::FailureReported, None) => Err("the SVSM reported a failure".into()),
+        (qemu::Outcome::FailureReported, Some(kind)) => {
+            // A clean stop names the fault and at least one function of the backtrace.
+            let reported = boot.lines.iter().any(|l| l.starts_with("EXCEPTION") || l.starts_with("PANIC"));
+            let symbolized = boot.lines.iter().any(|l| l.trim_start().starts_with('#') && l.contains("+0x"));
+            if reported && symbolized {
+                step(&format!(
+                    "the SVSM reported the requested crash ({kind}) with a symbolized backtrace and stopped"
+                ));
+                Ok(())
+            } else {
+                Err(format!("crash {kind}: fault reported: {reported}, symbolized backtrace: {symbolized}"))
+            }
+        }
+        (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
+    }
+}
+
+/// Build the bare-metal SVSM and embed its symbol table; returns the image path.
+fn build_svsm_image() -> Result<PathBuf> {
     qemu::ensure_qemu()?;
     exec(
         "cargo build --release -p bulwark-svsm --target x86_64-unknown-none",
         cargo()?.args(["build", "--release", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none"]),
     )?;
     let image = workspace_root()?.join("target/x86_64-unknown-none/release/bulwark-svsm");
-    step(&format!("qemu-system-x86_64 -cpu EPYC,+svm -smp 2 -kernel {}", image.display()));
-    let boot = qemu::boot(&image, 2, std::time::Duration::from_secs(120))?;
-    let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
-    step(&format!(
-        "SVSM ran to completion in {:.2} s (first SVSM output after {:.3} s); image file {} KiB",
-        boot.total.as_secs_f64(),
-        boot.first_line_after.map_or(0.0, |d| d.as_secs_f64()),
-        size / 1024
-    ));
-    Ok(())
+    let named = symbols::embed(&image)?;
+    step(&format!("embedded {named} function names for backtraces"));
+    Ok(image)
 }
 
 /// Why a fuzz run did not succeed.

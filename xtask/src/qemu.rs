@@ -14,11 +14,21 @@ const EXIT_SUCCESS: i32 = 3;
 /// ... and 2 (failure).
 const EXIT_FAILURE: i32 = 5;
 
-/// What a boot printed and how long it took.
+/// How the SVSM ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It wrote "success" to the debug-exit device.
+    Success,
+    /// It wrote "failure" to the debug-exit device.
+    FailureReported,
+}
+
+/// What a boot printed, how it ended and how long it took.
 pub struct Boot {
     pub lines: Vec<String>,
     pub first_line_after: Option<Duration>,
     pub total: Duration,
+    pub outcome: Outcome,
 }
 
 /// Make sure `qemu-system-x86_64` is installed (Debian/Ubuntu, as root).
@@ -40,7 +50,7 @@ pub fn ensure_qemu() -> Result<(), String> {
 }
 
 /// Boot `image` under QEMU for at most `limit`; each serial line is echoed as `svsm | ...`.
-pub fn boot(image: &Path, smp: u32, limit: Duration) -> Result<Boot, String> {
+pub fn boot(image: &Path, smp: u32, append: Option<&str>, limit: Duration) -> Result<Boot, String> {
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", "512M", "-smp", &smp.to_string()])
@@ -48,6 +58,7 @@ pub fn boot(image: &Path, smp: u32, limit: Duration) -> Result<Boot, String> {
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-kernel")
         .arg(image)
+        .args(append.map(|a| ["-append", a]).into_iter().flatten())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -73,7 +84,7 @@ pub fn boot(image: &Path, smp: u32, limit: Duration) -> Result<Boot, String> {
             .collect::<Vec<_>>()
     });
 
-    let mut boot = Boot { lines: Vec::new(), first_line_after: None, total: Duration::ZERO };
+    let mut boot = Boot { lines: Vec::new(), first_line_after: None, total: Duration::ZERO, outcome: Outcome::Success };
     let status = loop {
         while let Ok(line) = rx.try_recv() {
             record(&mut boot, line, started);
@@ -98,7 +109,7 @@ pub fn boot(image: &Path, smp: u32, limit: Duration) -> Result<Boot, String> {
     }
     match status.code() {
         Some(EXIT_SUCCESS) => Ok(boot),
-        Some(EXIT_FAILURE) => Err("the SVSM reported a failure".into()),
+        Some(EXIT_FAILURE) => Ok(Boot { outcome: Outcome::FailureReported, ..boot }),
         Some(0) => Err("QEMU exited with 0: the SVSM triple-faulted or reset".into()),
         other => Err(format!("QEMU exited with {other:?}")),
     }

@@ -6,8 +6,11 @@
 
 #[macro_use]
 mod console;
+mod backtrace;
 mod cpu;
+mod cpu_tables;
 mod entry;
+mod exceptions;
 mod exit;
 mod heap;
 mod l2;
@@ -15,6 +18,7 @@ mod pages;
 mod port;
 mod pvh;
 mod svm;
+mod symbols;
 
 use core::panic::PanicInfo;
 
@@ -24,6 +28,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     console::init();
     println!("bulwark-svsm {}: booted through PVH, long mode on", env!("CARGO_PKG_VERSION"));
     heap::init();
+    cpu_tables::load();
     let (image_start, image_end) = entry::image_bounds();
     println!("image: {:#x}..{:#x} ({} KiB)", image_start, image_end, (image_end - image_start) / 1024);
     let Some(info) = pvh::StartInfo::read(u64::from(start_info)) else {
@@ -31,6 +36,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         exit::exit(exit::Status::Failure)
     };
     info.report();
+    crash_if_asked(&info);
     match gate_self_test(&info) {
         Ok(()) => {
             println!("boot complete");
@@ -68,8 +74,23 @@ fn gate_self_test(info: &pvh::StartInfo) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `-append crash=ud` or `crash=panic`: show that faults are reported and stop cleanly.
+fn crash_if_asked(info: &pvh::StartInfo) {
+    let mut buf = [0u8; 128];
+    let cmdline = info.cmdline(&mut buf);
+    if cmdline.split(' ').any(|w| w == "crash=ud") {
+        println!("crashing on request (crash=ud)");
+        // SAFETY: UD2 raises #UD, which the exception handler reports; nothing returns.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    }
+    if cmdline.split(' ').any(|w| w == "crash=panic") {
+        panic!("crashing on request (crash=panic)");
+    }
+}
+
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     println!("PANIC: {info}");
+    backtrace::print_here();
     exit::exit(exit::Status::Failure)
 }

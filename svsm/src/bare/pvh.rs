@@ -36,6 +36,7 @@ pub struct MemRange {
 
 #[derive(Debug)]
 pub struct StartInfo {
+    pub cmdline_paddr: u64,
     pub nr_modules: u32,
     pub modlist_paddr: u64,
     pub memmap_paddr: u64,
@@ -49,6 +50,7 @@ impl StartInfo {
             return None;
         }
         Some(Self {
+            cmdline_paddr: u64_at(&b, 24),
             nr_modules: u32_at(&b, 12),
             modlist_paddr: u64_at(&b, 16),
             memmap_paddr: u64_at(&b, 40),
@@ -72,6 +74,14 @@ impl StartInfo {
         }
         let b: [u8; 32] = read_phys(self.modlist_paddr.checked_add(u64::from(i) * 32)?)?;
         Some((u64_at(&b, 0), u64_at(&b, 8)))
+    }
+
+    /// The kernel command line (`-append`), copied into `buf` up to its NUL or length.
+    pub fn cmdline<'b>(&self, buf: &'b mut [u8; 128]) -> &'b str {
+        let Some(bytes) = read_phys::<128>(self.cmdline_paddr) else { return "" };
+        let len = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        buf[..len].copy_from_slice(&bytes[..len]);
+        core::str::from_utf8(&buf[..len]).unwrap_or("")
     }
 
     /// End of the highest RAM range that ends below 4 GiB.

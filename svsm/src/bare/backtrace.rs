@@ -1,0 +1,53 @@
+//! Frame-pointer backtraces (the image is built with frame pointers): follow the RBP
+//! chain from a starting frame, print each return address with the function it falls in.
+//! The walk only reads memory inside the image and the boot/IST stacks it knows are
+//! mapped, so a corrupt chain ends the trace instead of faulting again.
+
+use super::symbols;
+
+const MAX_FRAMES: usize = 32;
+
+/// Is `[addr, addr + 16)` readable SVSM memory (identity-mapped, below 4 GiB)?
+fn readable(addr: u64) -> bool {
+    addr != 0 && addr.is_multiple_of(8) && addr.checked_add(16).is_some_and(|end| end <= 1 << 32)
+}
+
+fn line(n: usize, addr: u64) {
+    match symbols::lookup(addr) {
+        Some((name, offset)) => println!("  #{n:<2} {addr:#018x} {name}+{offset:#x}"),
+        None => println!("  #{n:<2} {addr:#018x} ?"),
+    }
+}
+
+/// Print the backtrace of the code at `rip` whose frame pointer is `rbp`.
+pub fn print(rip: u64, mut rbp: u64) {
+    println!("backtrace:");
+    line(0, rip);
+    for n in 1..MAX_FRAMES {
+        if !readable(rbp) {
+            break;
+        }
+        // SAFETY: `readable` checked the two words lie in identity-mapped memory below
+        // 4 GiB; they are read by value and no reference escapes.
+        let (next, ret) = unsafe { ((rbp as *const u64).read_volatile(), ((rbp + 8) as *const u64).read_volatile()) };
+        if ret == 0 {
+            break;
+        }
+        line(n, ret);
+        if next <= rbp {
+            break;
+        }
+        rbp = next;
+    }
+}
+
+/// The caller's backtrace (for panics).
+#[inline(always)]
+pub fn print_here() {
+    let (rip, rbp): (u64, u64);
+    // SAFETY: reading RIP (via LEA) and RBP has no side effects.
+    unsafe {
+        core::arch::asm!("lea {}, [rip]", "mov {}, rbp", out(reg) rip, out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
+    print(rip, rbp);
+}

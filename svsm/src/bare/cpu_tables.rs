@@ -1,0 +1,91 @@
+//! The boot CPU's descriptor tables: a GDT with a TSS whose interrupt stacks (IST) give
+//! double faults, NMIs and machine checks a known-good stack, and an IDT whose 32
+//! exception vectors all lead to [`super::exceptions::report`].
+//!
+//! Built once at boot into leaked heap memory (they must live forever) and loaded with
+//! LGDT/LTR/LIDT; all of it in this module.
+
+use alloc::boxed::Box;
+use alloc::vec;
+
+/// Stack for each IST entry.
+const IST_STACK: usize = 16 * 1024;
+const CODE_SELECTOR: u16 = 0x08;
+const TSS_SELECTOR: u16 = 0x18;
+
+/// IST slots: 1 double fault, 2 NMI, 3 machine check.
+pub const IST_DOUBLE_FAULT: u8 = 1;
+pub const IST_NMI: u8 = 2;
+pub const IST_MACHINE_CHECK: u8 = 3;
+
+#[repr(C, packed)]
+struct DescriptorPtr {
+    limit: u16,
+    base: u64,
+}
+
+unsafe extern "C" {
+    /// The 32 exception entry stubs (`exceptions.rs`), 16 bytes apart.
+    static exception_stubs: u8;
+}
+const STUB_SIZE: u64 = 16;
+
+fn leak_stack() -> u64 {
+    let stack = vec![0u8; IST_STACK].leak();
+    (stack.as_ptr() as u64 + IST_STACK as u64) & !0xF
+}
+
+/// Build and load GDT, TSS and IDT on this CPU.
+pub fn load() {
+    // TSS: IST pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
+    let mut tss = Box::new([0u8; 104]);
+    for ist in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK] {
+        let off = 36 + 8 * usize::from(ist - 1);
+        tss[off..off + 8].copy_from_slice(&leak_stack().to_le_bytes());
+    }
+    tss[102..104].copy_from_slice(&104u16.to_le_bytes());
+    let tss = Box::leak(tss);
+    let base = tss.as_ptr() as u64;
+    let limit = 103u64;
+    let tss_low = limit | (base & 0xFF_FFFF) << 16 | 0x89 << 40 | ((base >> 24) & 0xFF) << 56;
+    let tss_high = base >> 32;
+    let gdt = Box::leak(Box::new([0u64, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, tss_low, tss_high]));
+
+    let mut idt = Box::new([0u64; 512]);
+    let stubs = core::ptr::addr_of!(exception_stubs) as u64;
+    for vector in 0..32u64 {
+        let handler = stubs + vector * STUB_SIZE;
+        let ist = match vector {
+            8 => IST_DOUBLE_FAULT,
+            2 => IST_NMI,
+            18 => IST_MACHINE_CHECK,
+            _ => 0,
+        };
+        let low = (handler & 0xFFFF)
+            | u64::from(CODE_SELECTOR) << 16
+            | u64::from(ist) << 32
+            | 0x8E << 40
+            | ((handler >> 16) & 0xFFFF) << 48;
+        idt[vector as usize * 2] = low;
+        idt[vector as usize * 2 + 1] = handler >> 32;
+    }
+    let idt = Box::leak(idt);
+
+    let gdt_ptr = DescriptorPtr { limit: (core::mem::size_of_val(gdt) - 1) as u16, base: gdt.as_ptr() as u64 };
+    let idt_ptr = DescriptorPtr { limit: (core::mem::size_of_val(idt) - 1) as u16, base: idt.as_ptr() as u64 };
+    // SAFETY: the tables are leaked (they live forever) and well-formed: the GDT keeps
+    // the boot code/data selectors (0x08/0x10) at the same places, so reloading it does
+    // not disturb CS/SS; the TSS descriptor is available (type 9) until LTR marks it
+    // busy; every IDT gate points at an exception stub in this image.
+    unsafe {
+        core::arch::asm!(
+            "lgdt [{gdt}]",
+            "ltr {tss:x}",
+            "lidt [{idt}]",
+            gdt = in(reg) &gdt_ptr,
+            idt = in(reg) &idt_ptr,
+            tss = in(reg) TSS_SELECTOR,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+}
