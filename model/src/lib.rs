@@ -1,6 +1,6 @@
 //! A software SEV-SNP machine for hosted tests, fuzzing and benchmarks.
 //!
-//! - [`rmp`]: one RMP entry per 4 KiB page (assigned, validated, 2 MiB size, VMSA flag,
+//! - `rmp` (re-exported from `bulwark-rmp`): one RMP entry per 4 KiB page (assigned, validated, 2 MiB size, VMSA flag,
 //!   per-VMPL permissions) and the architectural semantics of PVALIDATE and RMPADJUST,
 //!   including their return codes and CF on "no change".
 //! - [`machine`]: guest memory, the RMP, guest vCPUs and their VMSAs, the secrets page,
@@ -18,7 +18,8 @@ pub mod conformance_env;
 pub mod fuzz;
 pub mod machine;
 pub mod memory;
-pub mod rmp;
+/// The RMP (shared with the svm platform).
+pub use rmp;
 pub mod world;
 
 pub use machine::Machine;

@@ -1,4 +1,6 @@
-//! The Reverse Map Table and the two instructions an SVSM runs on it.
+//! A software Reverse Map Table and the two instructions an SVSM runs on it. It is the
+//! RMP of the hosted SEV-SNP model, and the page-state authority of the `svm` platform,
+//! where no hardware RMP exists (nested paging then enforces what this table says).
 //!
 //! Semantics (AMD APM vol. 3, PVALIDATE and RMPADJUST), as modelled:
 //! - Both instructions run at VMPL0 here (the SVSM). A page that is not assigned to the
@@ -14,7 +16,13 @@
 //! - When the host (re)assigns a page, validation is cleared and VMPL 1..=3 lose all
 //!   permissions; VMPL0 always has full access to validated pages.
 
+#![no_std]
+
+extern crate alloc;
+
 use abi::hw::rc::{FAIL_INPUT, FAIL_INUSE, FAIL_PERMISSION, FAIL_SIZEMISMATCH};
+use alloc::vec;
+use alloc::vec::Vec;
 use kernel::platform::{HwError, PvalidateEffect};
 
 pub const PAGES_PER_2M: u64 = 512;
@@ -88,7 +96,7 @@ impl Rmp {
     }
 
     /// Checks common to both instructions; returns the pfn range operated on.
-    fn operand(&self, gpa: u64, size: Size) -> Result<std::ops::Range<u64>, HwError> {
+    fn operand(&self, gpa: u64, size: Size) -> Result<core::ops::Range<u64>, HwError> {
         let pfn = gpa >> 12;
         let count = match size {
             Size::Small => 1,
