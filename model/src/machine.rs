@@ -211,6 +211,9 @@ impl Platform for Machine {
         if self.rmp.entry(vmsa.pfn()).is_none_or(|e| !e.vmsa) {
             self.violation(format!("vCPU created on {:#x}, which is not a VMSA page", vmsa.raw()));
         }
+        if self.vmsa_field(vmsa.raw(), VmsaField::Efer) & EFER_SVME == 0 {
+            self.violation(format!("vCPU created on {:#x} with EFER.SVME = 0: it cannot run", vmsa.raw()));
+        }
         let svsm_pages = svsm_pages.iter().map(|p| p.raw()).collect();
         self.vcpus.insert(index.0, ModelVcpu { vmsa: vmsa.raw(), apic_id, running: false, svsm_pages });
     }

@@ -97,6 +97,10 @@ fn make_vmsa<P: Platform + ?Sized>(
     }
     let vmpl = check_vmsa(p, vmsa, caller_vmpl, startup_features)?;
     p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, true).map_err(hw)?;
+    // The guest had to leave EFER.SVME clear so no one could run the page before the
+    // checks; now that it is a VMSA, it becomes runnable.
+    let efer = p.vmsa_read(vmsa, VmsaField::Efer)?;
+    p.vmsa_write(vmsa, VmsaField::Efer, efer | EFER_SVME)?;
     Ok(vmpl)
 }
 
