@@ -7,12 +7,15 @@ pub mod offset {
     pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
     pub const INTERCEPT_MISC1: usize = 0x00C;
     pub const INTERCEPT_MISC2: usize = 0x010;
+    pub const IOPM_BASE: usize = 0x040;
+    pub const MSRPM_BASE: usize = 0x048;
     pub const GUEST_ASID: usize = 0x058;
     pub const TLB_CONTROL: usize = 0x05C;
     pub const EXIT_CODE: usize = 0x070;
     pub const EXIT_INFO1: usize = 0x078;
     pub const EXIT_INFO2: usize = 0x080;
     pub const NP_ENABLE: usize = 0x090;
+    pub const EVENT_INJ: usize = 0x0A8;
     pub const N_CR3: usize = 0x0B0;
     pub const CLEAN_BITS: usize = 0x0C0;
     /// Start of the state-save area.
@@ -32,10 +35,20 @@ pub mod offset {
     pub const G_PAT: usize = SAVE + 0x268;
 }
 
+/// EVENTINJ encoding: vector in 7:0, type in 10:8, error-code-valid 11, valid 31, error
+/// code in 63:32.
+pub mod event {
+    pub const TYPE_EXCEPTION: u64 = 3 << 8;
+    pub const ERROR_CODE_VALID: u64 = 1 << 11;
+    pub const VALID: u64 = 1 << 31;
+    pub const GP: u64 = 13;
+}
+
 /// Intercept bits of INTERCEPT_MISC1.
 pub mod misc1 {
     pub const CPUID: u32 = 1 << 18;
     pub const HLT: u32 = 1 << 24;
+    pub const MSR_PROT: u32 = 1 << 28;
     pub const SHUTDOWN: u32 = 1 << 31;
 }
 
@@ -50,6 +63,7 @@ pub mod exit {
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const SHUTDOWN: u64 = 0x7F;
+    pub const MSR: u64 = 0x7C;
     pub const VMMCALL: u64 = 0x81;
     pub const NPF: u64 = 0x400;
     pub const INVALID: u64 = u64::MAX;

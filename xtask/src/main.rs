@@ -26,8 +26,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  run [ARGS...]                      cargo run --release -p bulwark -- conformance [ARGS...]
-                                     (e.g. `cargo xtask run --json`)
+  run [--json]                       the main job: the conformance suite on the SEV-SNP model, then
+                                     the SVSM booted under QEMU serving the test guest (`boot`)
   test                               everything CI runs: fmt, clippy, bare-metal kernel build,
                                      a QEMU boot of the SVSM image, a 60 s fuzz smoke run,
                                      and all tests
@@ -72,15 +72,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// `cargo xtask run [ARGS...]`: the conformance report. Exits with the child's exit code.
+/// `cargo xtask run [--json]`: the main job. The conformance suite on the SEV-SNP model
+/// (`bulwark conformance`), then the SVSM booted for real under QEMU serving the test
+/// guest over VMMCALL (`cargo xtask boot`). Fails if either fails.
 fn run(args: &[String]) -> Result<ExitCode> {
     let mut cmd = cargo()?;
     cmd.args(["run", "--release", "-p", "bulwark", "--", "conformance"]).args(args);
     step(&format!("cargo run --release -p bulwark -- conformance {}", args.join(" ")));
     let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
-    // A child killed by a signal has no exit code; report plain failure.
-    let code = status.code().and_then(|code| u8::try_from(code).ok()).unwrap_or(1);
-    Ok(ExitCode::from(code))
+    if !status.success() {
+        return Ok(ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8)));
+    }
+    boot(&[])?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cargo xtask test`: the project's full test command, as run by CI.
@@ -101,8 +105,19 @@ fn test(args: &[String]) -> Result {
             .env_remove("CARGO_ENCODED_RUSTFLAGS"),
     )?;
     exec(
-        "cargo clippy -p bulwark-svsm --target x86_64-unknown-none -- -D warnings",
-        cargo()?.args(["clippy", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none", "--", "-D", "warnings"]),
+        "cargo clippy -p bulwark-svsm -p bulwark-testguest --target x86_64-unknown-none -- -D warnings",
+        cargo()?.args([
+            "clippy",
+            "-p",
+            "bulwark-svsm",
+            "-p",
+            "bulwark-testguest",
+            "--target",
+            "x86_64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     boot(&[])?;
     boot(&["--crash".to_string(), "ud".to_string()])?;
@@ -176,25 +191,39 @@ fn boot(args: &[String]) -> Result {
         _ => return Err(format!("usage: cargo xtask boot [--crash ud|panic]\n\n{USAGE}")),
     };
     let image = build_svsm_image()?;
+    let guest = build_testguest()?;
     let append = crash.map(|kind| format!("crash={kind}"));
     step(&format!(
         "qemu-system-x86_64 -cpu EPYC,+svm -smp 2 -kernel {}{}",
         image.display(),
         append.as_deref().map(|a| format!(" -append {a}")).unwrap_or_default()
     ));
-    let boot = qemu::boot(&image, 2, append.as_deref(), std::time::Duration::from_secs(120))?;
+    let run = qemu::Run {
+        svsm: &image,
+        guest: Some(&guest),
+        append: append.as_deref(),
+        smp: 2,
+        limit: std::time::Duration::from_secs(120),
+    };
+    let boot = qemu::boot(&run)?;
     match (boot.outcome, crash) {
         (qemu::Outcome::Success, None) => {
+            let results = boot.guest_lines.iter().filter(|l| l.starts_with("RESULT ")).count();
+            let failed = boot.guest_lines.iter().filter(|l| l.starts_with("RESULT ") && l.contains(" fail ")).count();
             let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
             step(&format!(
-                "SVSM ran to completion in {:.2} s (first SVSM output after {:.3} s); image file {} KiB",
+                "the guest's verdict: {} of {results} checks passed; run took {:.2} s (first SVSM output after {:.3} s); SVSM image file {} KiB",
+                results - failed,
                 boot.total.as_secs_f64(),
                 boot.first_line_after.map_or(0.0, |d| d.as_secs_f64()),
                 size / 1024
             ));
+            if results == 0 || failed > 0 {
+                return Err("the guest reported success without passing checks".into());
+            }
             Ok(())
         }
-        (qemu::Outcome::FailureReported, None) => Err("the SVSM reported a failure".into()),
+        (qemu::Outcome::FailureReported, None) => Err("the SVSM or the guest reported a failure".into()),
         (qemu::Outcome::FailureReported, Some(kind)) => {
             // A clean stop names the fault and at least one function of the backtrace.
             let reported = boot.lines.iter().any(|l| l.starts_with("EXCEPTION") || l.starts_with("PANIC"));
@@ -210,6 +239,15 @@ fn boot(args: &[String]) -> Result {
         }
         (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
     }
+}
+
+/// Build the test guest (an L2 kernel the SVSM loads as a PVH boot module).
+fn build_testguest() -> Result<PathBuf> {
+    exec(
+        "cargo build --release -p bulwark-testguest --target x86_64-unknown-none",
+        cargo()?.args(["build", "--release", "-p", "bulwark-testguest", "--target", "x86_64-unknown-none"]),
+    )?;
+    Ok(workspace_root()?.join("target/x86_64-unknown-none/release/bulwark-testguest"))
 }
 
 /// Build the bare-metal SVSM and embed its symbol table; returns the image path.

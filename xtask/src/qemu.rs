@@ -17,15 +17,17 @@ const EXIT_FAILURE: i32 = 5;
 /// How the SVSM ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// It wrote "success" to the debug-exit device.
+    /// The SVSM (or, with a guest, the guest) wrote "success" to the debug-exit device.
     Success,
-    /// It wrote "failure" to the debug-exit device.
+    /// ... wrote "failure".
     FailureReported,
 }
 
 /// What a boot printed, how it ended and how long it took.
 pub struct Boot {
     pub lines: Vec<String>,
+    /// What the guest printed on its serial port.
+    pub guest_lines: Vec<String>,
     pub first_line_after: Option<Duration>,
     pub total: Duration,
     pub outcome: Outcome,
@@ -50,15 +52,58 @@ pub fn ensure_qemu() -> Result<(), String> {
 }
 
 /// Boot `image` under QEMU for at most `limit`; each serial line is echoed as `svsm | ...`.
-pub fn boot(image: &Path, smp: u32, append: Option<&str>, limit: Duration) -> Result<Boot, String> {
+/// What to boot: the SVSM image, optionally a guest (a PVH boot module whose COM2 output
+/// is streamed as `guest | ...`), and a kernel command line.
+pub struct Run<'a> {
+    pub svsm: &'a Path,
+    pub guest: Option<&'a Path>,
+    pub append: Option<&'a str>,
+    pub smp: u32,
+    pub limit: Duration,
+}
+
+/// Follows the guest's serial output (a file QEMU writes) line by line.
+struct GuestConsole {
+    path: std::path::PathBuf,
+    seen: usize,
+    partial: String,
+}
+
+impl GuestConsole {
+    fn poll(&mut self, boot: &mut Boot) {
+        let Ok(bytes) = std::fs::read(&self.path) else { return };
+        if bytes.len() <= self.seen {
+            return;
+        }
+        self.partial.push_str(&String::from_utf8_lossy(&bytes[self.seen..]));
+        self.seen = bytes.len();
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial[..end].trim_end().to_string();
+            self.partial.drain(..=end);
+            println!("guest | {line}");
+            boot.guest_lines.push(line);
+        }
+    }
+}
+
+pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", "512M", "-smp", &smp.to_string()])
+    let guest_log = run.svsm.with_file_name("guest-serial.log");
+    let _ = std::fs::remove_file(&guest_log);
+    let mut command = Command::new("qemu-system-x86_64");
+    if let Some(guest) = run.guest {
+        command.arg("-initrd").arg(guest);
+    }
+    let mut console = GuestConsole { path: guest_log.clone(), seen: 0, partial: String::new() };
+    let mut child = command
+        .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", "512M", "-smp", &run.smp.to_string()])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", guest_log.display()))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-kernel")
-        .arg(image)
-        .args(append.map(|a| ["-append", a]).into_iter().flatten())
+        .arg(run.svsm)
+        .args(run.append.map(|a| ["-append", a]).into_iter().flatten())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -84,18 +129,26 @@ pub fn boot(image: &Path, smp: u32, append: Option<&str>, limit: Duration) -> Re
             .collect::<Vec<_>>()
     });
 
-    let mut boot = Boot { lines: Vec::new(), first_line_after: None, total: Duration::ZERO, outcome: Outcome::Success };
+    let mut boot = Boot {
+        lines: Vec::new(),
+        guest_lines: Vec::new(),
+        first_line_after: None,
+        total: Duration::ZERO,
+        outcome: Outcome::Success,
+    };
     let status = loop {
         while let Ok(line) = rx.try_recv() {
             record(&mut boot, line, started);
         }
+        console.poll(&mut boot);
         if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
             break status;
         }
-        if started.elapsed() > limit {
+        if started.elapsed() > run.limit {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("the SVSM did not finish within {} s (hang)", limit.as_secs()));
+            console.poll(&mut boot);
+            return Err(format!("the run did not finish within {} s (hang)", run.limit.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -103,6 +156,7 @@ pub fn boot(image: &Path, smp: u32, append: Option<&str>, limit: Duration) -> Re
     for line in rx.iter() {
         record(&mut boot, line, started);
     }
+    console.poll(&mut boot);
     boot.total = started.elapsed();
     for line in errors.join().unwrap_or_default() {
         eprintln!("qemu | {line}");

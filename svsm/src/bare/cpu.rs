@@ -1,4 +1,4 @@
-//! Privileged CPU instructions the SVSM needs outside SVM: CPUID, MSRs, the TSC. Each
+//! Privileged CPU instructions the SVSM needs outside SVM: CPUID and MSRs. Each
 //! wrapper is a single instruction; all unsafe CPU access outside `svm::vmrun` lives here.
 
 /// CPUID leaf `leaf`, subleaf `sub`: (eax, ebx, ecx, edx).
@@ -30,12 +30,6 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     unsafe {
         core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
     };
-}
-
-/// The time-stamp counter.
-pub fn rdtsc() -> u64 {
-    // SAFETY: RDTSC only reads the counter.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 pub const MSR_EFER: u32 = 0xC000_0080;

@@ -9,11 +9,14 @@ mod console;
 mod backtrace;
 mod cpu;
 mod cpu_tables;
+mod elf;
 mod entry;
 mod exceptions;
 mod exit;
+mod guest_phys;
 mod heap;
-mod l2;
+mod launch;
+mod native;
 mod pages;
 mod port;
 mod pvh;
@@ -37,41 +40,39 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     };
     info.report();
     crash_if_asked(&info);
-    match gate_self_test(&info) {
-        Ok(()) => {
-            println!("boot complete");
+    let _svm = match svm::enable() {
+        Ok(svm) => svm,
+        Err(e) => {
+            println!("FAILED: SVM with nested paging is not available ({e:?}); QEMU needs -cpu EPYC,+svm");
+            exit::exit(exit::Status::Failure)
+        }
+    };
+    println!("svm: enabled, nested paging available");
+    let (mut platform, mut svsm) = match launch::launch(&info, image_end) {
+        Ok(launched) => launched,
+        Err(why) => {
+            println!("FAILED: launch: {why}");
+            exit::exit(exit::Status::Failure)
+        }
+    };
+    println!(
+        "launch: guest entry {:#x}, SVSM region {:#x}..{:#x}, calling area {:#x}, secrets page {:#x}",
+        platform.vcpus.get(&0).map_or(0, |v| v.field(abi::vmsa::VmsaField::Rip)),
+        launch::SVSM_REGION.start,
+        launch::SVSM_REGION.end,
+        launch::CALLING_AREA_GPA,
+        launch::SECRETS_GPA
+    );
+    match native::run(&mut platform, &mut svsm) {
+        native::End::Halted => {
+            println!("guest halted; SVSM served {} core calls", svsm.stats().per_protocol[0].calls);
             exit::exit(exit::Status::Success)
         }
-        Err(why) => {
+        native::End::Broken(why) => {
             println!("FAILED: {why}");
             exit::exit(exit::Status::Failure)
         }
     }
-}
-
-/// Turn SVM on, run an L2 guest that only executes VMMCALL, and measure the round trip.
-fn gate_self_test(info: &pvh::StartInfo) -> Result<(), &'static str> {
-    let _svm = svm::enable().map_err(|_| "SVM with nested paging is not available (QEMU needs -cpu EPYC,+svm)")?;
-    println!("svm: enabled, nested paging available");
-    let top = info.ram_top_below_4g() & !0x1F_FFFF;
-    let npt = l2::guest_npt(top).ok_or("out of memory for nested page tables")?;
-    const CODE: u64 = 0x20_0000;
-    // SAFETY: CODE is guest RAM, identity-mapped for the SVSM and outside its own region;
-    // no other reference to it exists while the bytes are written.
-    unsafe { core::ptr::copy_nonoverlapping(l2::VMMCALL_LOOP.as_ptr(), CODE as *mut u8, l2::VMMCALL_LOOP.len()) };
-    let mut vcpu = l2::L2Vcpu::protected_mode(&npt, CODE, CODE + 0x1000).ok_or("out of memory for a VMCB")?;
-    let cycles = l2::bare_gate_cycles(&mut vcpu, 1000).map_err(|e| {
-        println!("unexpected exit {:#x} (info1 {:#x}, info2 {:#x})", e.code, e.info1, e.info2);
-        "the gate self-test guest did not stay on VMMCALL"
-    })?;
-    println!(
-        "svm: L2 guest runs under nested paging (guest RAM {} MiB, SVSM region {:#x}..{:#x} unmapped)",
-        top >> 20,
-        l2::SVSM_REGION.start,
-        l2::SVSM_REGION.end
-    );
-    println!("bench: bare VMMCALL round trip {cycles} TSC cycles (1000 exits)");
-    Ok(())
 }
 
 /// `-append crash=ud` or `crash=panic`: show that faults are reported and stop cleanly.

@@ -7,21 +7,27 @@ use core::ptr::NonNull;
 
 const PAGE: usize = 4096;
 
-/// An owned, zeroed, page-aligned 4 KiB page.
+/// An owned, zeroed, page-aligned 4 KiB page (or a physically contiguous run of them).
 pub struct Page {
     ptr: NonNull<[u64; 512]>,
+    count: usize,
 }
 
-fn layout() -> Layout {
-    // 4096 is a valid power-of-two alignment and size.
-    Layout::from_size_align(PAGE, PAGE).unwrap_or(Layout::new::<[u64; 512]>())
+fn layout(count: usize) -> Option<Layout> {
+    Layout::from_size_align(PAGE.checked_mul(count.max(1))?, PAGE).ok()
 }
 
 impl Page {
     pub fn zeroed() -> Option<Self> {
+        Self::zeroed_run(1)
+    }
+
+    /// `count` contiguous zeroed pages (e.g. the 8 KiB MSR permission map).
+    pub fn zeroed_run(count: usize) -> Option<Self> {
+        let layout = layout(count)?;
         // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc_zeroed(layout()) };
-        NonNull::new(raw.cast()).map(|ptr| Self { ptr })
+        let raw = unsafe { alloc_zeroed(layout) };
+        NonNull::new(raw.cast()).map(|ptr| Self { ptr, count: count.max(1) })
     }
 
     /// Physical address (= virtual in the SVSM's identity map).
@@ -48,7 +54,9 @@ impl Page {
 
 impl Drop for Page {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with the same layout and not freed before.
-        unsafe { dealloc(self.ptr.as_ptr().cast(), layout()) };
+        if let Some(layout) = layout(self.count) {
+            // SAFETY: allocated in `zeroed_run` with this layout and not freed before.
+            unsafe { dealloc(self.ptr.as_ptr().cast(), layout) };
+        }
     }
 }

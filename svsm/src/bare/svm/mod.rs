@@ -4,9 +4,13 @@
 //! - [`enable`]: check SVM and nested paging, set EFER.SVME and the host save area;
 //! - [`vmcb`]: the VMCB, read and written by field offset;
 //! - [`npt`]: nested page tables that map guest RAM and never SVSM memory;
-//! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back.
+//! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back;
+//! - [`vcpu`]: an L2 vCPU (VMCB + registers + the VMSA fields SVM lacks);
+//! - [`platform`]: the kernel's `Platform` on top of all this.
 
 pub mod npt;
+pub mod platform;
+pub mod vcpu;
 pub mod vmcb;
 pub mod vmrun;
 

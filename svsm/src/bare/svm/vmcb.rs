@@ -76,6 +76,11 @@ impl Vmcb {
         }
     }
 
+    /// Overwrite the start of the state-save area with `bytes` (a VMSA's first part).
+    pub fn copy_into_save(&mut self, bytes: &[u8]) {
+        self.set_field(offset::SAVE, bytes);
+    }
+
     pub fn exit_code(&self) -> u64 {
         self.u64(offset::EXIT_CODE)
     }

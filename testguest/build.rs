@@ -1,0 +1,9 @@
+//! Link the test guest at 2 MiB guest-physical with its own linker script.
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    if std::env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-none") {
+        println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
+        println!("cargo:rustc-link-arg-bins=--no-pie");
+    }
+    println!("cargo:rerun-if-changed=linker.ld");
+}

@@ -1,0 +1,161 @@
+//! What the test guest checks, in order, each reported as one machine-readable line:
+//! `RESULT <name> pass|fail <detail>`.
+
+use super::gate::Vmmcall;
+use super::probe;
+use abi::core_protocol::{DepositEntry, PvalidateEntry};
+use abi::protocol::{CallId, ProtocolId, core_call};
+use abi::result::ResultCode;
+use guest::discovery::Discovery;
+use guest::{Client, Regs, Transport};
+
+/// The secrets page's gpa on the `svm` platform (docs/platforms/svm.md).
+const SECRETS_GPA: u64 = 0x8000;
+/// Unvalidated guest RAM on 4 KiB RMP entries, and on 2 MiB ones (from 256 MiB).
+const SMALL: u64 = 0x40_0000;
+const HUGE: u64 = 0x1000_0000;
+/// RAX of the gate the SVSM answers without dispatch (benchmark only).
+const BARE_GATE_RAX: u64 = 0xB1AE_0000_0000_0000;
+const BENCH_ROUNDS: u64 = 1000;
+
+struct Report {
+    failed: u32,
+}
+
+impl Report {
+    fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+        println!("RESULT {name} {} {detail}", if ok { "pass" } else { "fail" });
+        if !ok {
+            self.failed += 1;
+        }
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn cpuid_svsm_bit() -> bool {
+    let r = core::arch::x86_64::__cpuid_count(abi::hw::discovery::CPUID_LEAF, 0);
+    r.eax & abi::hw::discovery::CPUID_EAX_SVSM_PRESENT != 0
+}
+
+fn msr_calling_area() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the SVSM answers this MSR (spec 58019 section 4.2); RDMSR has no memory effects.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") abi::hw::discovery::MSR_SVSM_CAA, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+pub fn run_all() -> bool {
+    let mut r = Report { failed: 0 };
+
+    // Discovery (section 4).
+    r.check("4.2/cpuid-svsm-present", cpuid_svsm_bit(), format_args!("CPUID 0x8000001F EAX[28]"));
+    let ca = msr_calling_area();
+    let mut page = [0u8; 4096];
+    let _ = Vmmcall.read(SECRETS_GPA, &mut page);
+    let found = Discovery::from_secrets_page(&page);
+    r.check("4.1/secrets-page", found.is_some(), format_args!("{found:x?}"));
+    let Some(d) = found else { return false };
+    r.check("4.2/msr-calling-area", ca == d.calling_area && ca != 0, format_args!("MSR 0xC001F000 = {ca:#x}"));
+    r.check("4.1/vmpck0-erased", page[0x20..0x40].iter().all(|b| *b == 0), format_args!(""));
+
+    let mut c = Client::new(Vmmcall, ca);
+    let core = c.query_protocol(ProtocolId::CORE, 1);
+    r.check("6.7/query-core", core == Ok(Some((1, 1))), format_args!("{core:?}"));
+    let none = c.query_protocol(ProtocolId::ATTEST, 1);
+    r.check("6.7/query-unserved", none == Ok(None), format_args!("{none:?}"));
+
+    // The calling area moves into a validated page of the guest's own.
+    let lists = ca + 0x100;
+    let entries: [PvalidateEntry; 16] =
+        core::array::from_fn(|i| PvalidateEntry::new(SMALL + 0x1000 * i as u64, false, true, false));
+    r.check("3/unvalidated-refused", !probe::readable(SMALL), format_args!("{SMALL:#x}"));
+    let validated = c.pvalidate(&entries, lists);
+    let usable = (0..16).all(|i| probe::readable(SMALL + 0x1000 * i));
+    r.check("6.2/pvalidate-4k", validated.is_ok() && usable, format_args!("{validated:?}, 16 pages usable: {usable}"));
+    let new_ca = SMALL + 0xF000;
+    let remapped = c.remap_ca(new_ca);
+    let after = c.query_protocol(ProtocolId::CORE, 1);
+    r.check(
+        "6.1/remap-ca",
+        remapped.is_ok() && after == Ok(Some((1, 1))),
+        format_args!("to {new_ca:#x}: {remapped:?}"),
+    );
+    let lists = SMALL + 0xE000;
+
+    let huge = c.pvalidate(&[PvalidateEntry::new(HUGE, true, true, false)], lists);
+    let top = probe::readable(HUGE + 0x1F_F000);
+    r.check("6.2/pvalidate-2m", huge.is_ok() && top, format_args!("{huge:?}, last page usable: {top}"));
+    let split = c.pvalidate(&[PvalidateEntry::new(SMALL + 0x20_0000, true, true, false)], lists);
+    r.check(
+        "6.2/pvalidate-2m-on-4k-falls-back",
+        split.is_ok() && probe::readable(SMALL + 0x3F_F000),
+        format_args!("{split:?}"),
+    );
+
+    // Refusals: SVSM memory, and the SVSM keeps serving.
+    r.check("3/svsm-memory-refused", !probe::readable(d.svsm_base), format_args!("{:#x}", d.svsm_base));
+    let own = c.pvalidate(&[PvalidateEntry::new(d.svsm_base, false, true, false)], lists);
+    r.check(
+        "6.2/pvalidate-svsm-memory",
+        own == Err(guest::CallError::Failed(ResultCode::ERR_INVALID_ADDRESS)),
+        format_args!("{own:?}"),
+    );
+    let still = c.query_protocol(ProtocolId::CORE, 1);
+    r.check("5/serving-after-refusals", still == Ok(Some((1, 1))), format_args!("{still:?}"));
+
+    // Deposit and withdraw.
+    let deposit: [DepositEntry; 4] =
+        core::array::from_fn(|i| DepositEntry::new(SMALL + 0x8000 + 0x1000 * i as u64, false));
+    let deposited = c.deposit(&deposit, lists);
+    let gone = (0..4).all(|i| !probe::readable(SMALL + 0x8000 + 0x1000 * i));
+    r.check("6.5/deposit", deposited.is_ok() && gone, format_args!("{deposited:?}, pages gone: {gone}"));
+    let mut back = [0u64; 8];
+    let withdrawn = c.withdraw(lists, &mut back);
+    let n = *withdrawn.as_ref().unwrap_or(&0);
+    let returned = back[..n].iter().all(|p| probe::readable(*p));
+    r.check("6.6/withdraw", n == 4 && returned, format_args!("{withdrawn:?}, usable again: {returned}"));
+
+    // A second vCPU: created from a VMSA the guest builds, then deleted.
+    let (vmsa, vcpu_ca) = (SMALL + 0xA000, SMALL + 0xB000);
+    let mut image = [0u8; 4096];
+    image[abi::vmsa::VmsaField::Vmpl.offset()] = 1;
+    image[abi::vmsa::VmsaField::SevFeatures.offset()] = 1;
+    let _ = c.transport.write(vmsa, &image);
+    let created = c.create_vcpu(vmsa, vcpu_ca, 1);
+    let private = !probe::readable(vmsa);
+    r.check("6.3/create-vcpu", created.is_ok() && private, format_args!("{created:?}, VMSA private: {private}"));
+    let deleted = c.delete_vcpu(vmsa);
+    r.check("6.4/delete-vcpu", deleted.is_ok() && probe::readable(vmsa), format_args!("{deleted:?}"));
+
+    // Benchmark: an SVSM call round trip beside the bare gate, in the same boot.
+    let query = Regs {
+        rax: CallId::new(ProtocolId::CORE, core_call::QUERY_PROTOCOL).to_rax(),
+        rcx: 1 << 32 | 1,
+        ..Regs::default()
+    };
+    let t0 = rdtsc();
+    for _ in 0..BENCH_ROUNDS {
+        let _ = c.issue(query);
+    }
+    let t1 = rdtsc();
+    for _ in 0..BENCH_ROUNDS {
+        let mut regs = Regs { rax: BARE_GATE_RAX, ..Regs::default() };
+        c.transport.request_svsm(&mut regs);
+    }
+    let t2 = rdtsc();
+    let (call, bare) = ((t1 - t0) / BENCH_ROUNDS, (t2 - t1) / BENCH_ROUNDS);
+    println!(
+        "BENCH query_protocol_cycles={call} bare_vmmcall_cycles={bare} ratio={}.{:02}",
+        call / bare.max(1),
+        (call * 100 / bare.max(1)) % 100
+    );
+
+    println!("testguest: {} checks failed", r.failed);
+    r.failed == 0
+}

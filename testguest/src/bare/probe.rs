@@ -1,0 +1,120 @@
+//! Exceptions in the test guest, and probes: touch an address and learn whether the
+//! access was refused. The SVSM answers a refused access (unvalidated page, SVSM memory)
+//! with #GP; a probe arms the handler, which skips the 2-byte probe instruction and
+//! records the fault. Any other exception ends the run with a failing verdict.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static FAULTED: AtomicBool = AtomicBool::new(false);
+
+core::arch::global_asm!(
+    r#"
+    .section .text.guest_exceptions, "ax"
+    .global guest_exception_stubs
+    .p2align 4
+guest_exception_stubs:
+    .set vector, 0
+    .rept 32
+    .p2align 4
+    .if (vector == 8) || (vector >= 10 && vector <= 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)
+    push vector
+    .else
+    push 0
+    push vector
+    .endif
+    jmp guest_exception_common
+    .set vector, vector + 1
+    .endr
+
+guest_exception_common:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    mov rdi, rsp
+    call {handler}
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    add rsp, 16
+    iretq
+    "#,
+    handler = sym handler,
+);
+
+/// The stack as the common path leaves it.
+#[repr(C)]
+struct Frame {
+    saved: [u64; 9],
+    vector: u64,
+    error: u64,
+    rip: u64,
+}
+
+extern "C" fn handler(frame: &mut Frame) {
+    if frame.vector == 13 && ARMED.swap(false, Ordering::SeqCst) {
+        FAULTED.store(true, Ordering::SeqCst);
+        frame.rip += PROBE_LEN;
+        return;
+    }
+    println!("testguest: exception {} (error {:#x}) at {:#x}", frame.vector, frame.error, frame.rip);
+    super::io::exit(false);
+}
+
+/// Length of the probe instruction `mov al, [rdi]` (8A 07).
+const PROBE_LEN: u64 = 2;
+
+/// Can the guest read `addr`? `false` if the access was refused.
+pub fn readable(addr: u64) -> bool {
+    FAULTED.store(false, Ordering::SeqCst);
+    ARMED.store(true, Ordering::SeqCst);
+    // SAFETY: a one-byte read whose fault, if any, the armed handler absorbs; the value
+    // is discarded and no reference is created.
+    unsafe { core::arch::asm!("mov al, byte ptr [rdi]", in("rdi") addr, out("al") _, options(nostack, readonly)) };
+    ARMED.store(false, Ordering::SeqCst);
+    !FAULTED.load(Ordering::SeqCst)
+}
+
+struct Idt(UnsafeCell<[u64; 64]>);
+// SAFETY: written once by `load_idt` on the only CPU before interrupts can occur.
+unsafe impl Sync for Idt {}
+static IDT: Idt = Idt(UnsafeCell::new([0; 64]));
+
+unsafe extern "C" {
+    static guest_exception_stubs: u8;
+}
+
+#[repr(C, packed)]
+struct IdtPtr {
+    limit: u16,
+    base: u64,
+}
+
+/// Fill and load the IDT (called once from the entry).
+pub extern "C" fn load_idt() {
+    let stubs = core::ptr::addr_of!(guest_exception_stubs) as u64;
+    // SAFETY: single CPU, interrupts off, called once before any exception can occur, so
+    // this is the only access to the table.
+    let idt = unsafe { &mut *IDT.0.get() };
+    for v in 0..32u64 {
+        let h = stubs + v * 16;
+        idt[v as usize * 2] = (h & 0xFFFF) | 0x08 << 16 | 0x8E << 40 | ((h >> 16) & 0xFFFF) << 48;
+        idt[v as usize * 2 + 1] = h >> 32;
+    }
+    let ptr = IdtPtr { limit: (64 * 8 - 1) as u16, base: idt.as_ptr() as u64 };
+    // SAFETY: the table is static and complete; its gates point at the stubs above.
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) };
+}
