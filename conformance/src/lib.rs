@@ -50,8 +50,9 @@ pub trait Env: Transport {
     /// The calling area of the selected vCPU.
     fn calling_area(&self) -> u64;
     fn set_calling_area(&mut self, gpa: u64);
-    /// Act as the vCPU with this APIC ID; `false` if there is none.
-    fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> bool;
+    /// Act as the vCPU with this APIC ID; `Ok(false)` if there is none, `Err(Skip)` if
+    /// this environment cannot run vCPUs other than the startup one.
+    fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> Result<bool, CaseError>;
     /// Control of the host, where the environment has it.
     fn host(&mut self) -> Option<&mut dyn HostControl>;
 }

@@ -72,15 +72,15 @@ impl Env for ModelEnv {
     fn set_calling_area(&mut self, gpa: u64) {
         self.calling_area = gpa;
     }
-    fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> bool {
-        match self.world.vcpu_by_apic_id(apic_id) {
+    fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> Result<bool, conformance::CaseError> {
+        Ok(match self.world.vcpu_by_apic_id(apic_id) {
             Some(v) => {
                 self.vcpu = v;
                 self.calling_area = calling_area;
                 true
             }
             None => false,
-        }
+        })
     }
     fn host(&mut self) -> Option<&mut dyn HostControl> {
         Some(self)

@@ -156,9 +156,8 @@ pub fn withdraw_room(env: &mut dyn Env) -> CaseResult {
 }
 
 pub fn withdraw_in_use(env: &mut dyn Env) -> CaseResult {
-    // Deposit, then create vCPUs until deposited pages must be in use.
-    let pages = deposit_pages(env, 16);
-    do_deposit(env, &pages.iter().map(|p| d4k(*p)).collect::<Vec<_>>(), ResultCode::SUCCESS)?;
+    // Create vCPUs until one needs deposited memory, deposit a little more than asked,
+    // then the pages backing that vCPU must stay with the SVSM until it is deleted.
     let features = env.facts().sev_features;
     let mut vcpus = Vec::new();
     for slot in 0..6u64 {
@@ -166,16 +165,31 @@ pub fn withdraw_in_use(env: &mut dyn Env) -> CaseResult {
         env.write(base, &[0u8; 4096])?;
         env.write(base + 0xCA, &[1])?;
         env.write(base + 0x3B0, &features.to_le_bytes())?;
+        let args = [base, base + 0x1000, slot + 1, 0];
+        let (r, _) = crate::check::raw(env, 0, abi::protocol::core_call::CREATE_VCPU, args)?;
+        if r.is_success() {
+            vcpus.push(base);
+            continue;
+        }
+        let needed = r.memory_needed().ok_or(CaseError::Fail(alloc::format!("vCPU {slot}: {r}")))?;
+        let pages = deposit_pages(env, u64::from(needed) + 2);
+        do_deposit(env, &pages.iter().map(|p| d4k(*p)).collect::<Vec<_>>(), ResultCode::SUCCESS)?;
         client(env).create_vcpu(base, base + 0x1000, slot as u32 + 1)?;
         vcpus.push(base);
+        let list = env.facts().scratch + 0x2000;
+        let back = do_withdraw(env, list)?;
+        ensure!(back.len() == 2, "withdrew {} pages; only the 2 spare ones are free", back.len());
+        for v in vcpus {
+            client(env).delete_vcpu(v)?;
+        }
+        let rest = do_withdraw(env, list)?;
+        ensure!(
+            back.len() + rest.len() == pages.len(),
+            "{} of {} deposited pages came back",
+            back.len() + rest.len(),
+            pages.len()
+        );
+        return Ok(());
     }
-    let list = env.facts().scratch + 0x2000;
-    let back = do_withdraw(env, list)?;
-    ensure!(back.len() < 16, "withdrew all 16 deposited pages while vCPUs use some");
-    for v in vcpus {
-        client(env).delete_vcpu(v)?;
-    }
-    let rest = do_withdraw(env, list)?;
-    ensure!(back.len() + rest.len() == 16, "only {} of 16 pages came back", back.len() + rest.len());
-    Ok(())
+    Err(CaseError::Skip("the SVSM never needed deposited memory for vCPUs"))
 }

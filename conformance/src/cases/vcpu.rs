@@ -40,9 +40,9 @@ pub fn create(env: &mut dyn Env) -> CaseResult {
     let (vmsa, ca) = make_vcpu(env, 0, 1)?;
     ensure!(!guest_can_write(env, vmsa), "the guest can still write the new VMSA page");
     let startup_ca = env.calling_area();
-    ensure!(env.select_vcpu(1, ca), "the new vCPU does not exist");
+    ensure!(env.select_vcpu(1, ca)?, "the new vCPU does not exist");
     let r = expect_core(env, QUERY_PROTOCOL, [1, 0, 0, 0], ResultCode::SUCCESS);
-    ensure!(env.select_vcpu(0, startup_ca), "startup vCPU lost");
+    ensure!(env.select_vcpu(0, startup_ca)?, "startup vCPU lost");
     r?;
     Ok(())
 }
@@ -152,9 +152,9 @@ pub fn delete(env: &mut dyn Env) -> CaseResult {
     client(env).delete_vcpu(vmsa)?;
     ensure!(guest_can_write(env, vmsa), "the deleted VMSA page was not given back");
     let startup_ca = env.calling_area();
-    let exists = env.select_vcpu(1, ca);
+    let exists = env.select_vcpu(1, ca)?;
     if exists {
-        env.select_vcpu(0, startup_ca);
+        env.select_vcpu(0, startup_ca)?;
     }
     ensure!(!exists, "the deleted vCPU still runs");
     // Its pages can make a vCPU again.
@@ -169,9 +169,9 @@ pub fn delete_refusals(env: &mut dyn Env) -> CaseResult {
     let (vmsa, ca) = make_vcpu(env, 0, 1)?;
     expect_core(env, DELETE_VCPU, [vmsa + 8, 0, 0, 0], ResultCode::ERR_INVALID_PARAMETER)?;
     let startup_ca = env.calling_area();
-    ensure!(env.select_vcpu(1, ca), "new vCPU missing");
+    ensure!(env.select_vcpu(1, ca)?, "new vCPU missing");
     let r = expect_core(env, DELETE_VCPU, [vmsa, 0, 0, 0], ResultCode::ERR_INVALID_PARAMETER);
-    env.select_vcpu(0, startup_ca);
+    env.select_vcpu(0, startup_ca)?;
     r?;
     Ok(())
 }

@@ -32,6 +32,22 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     };
 }
 
+/// A random u64 from RDRAND, or `None` if the CPU has none or it keeps failing.
+pub fn rdrand() -> Option<u64> {
+    let (_, _, ecx, _) = cpuid(1, 0);
+    if ecx & (1 << 30) == 0 {
+        return None;
+    }
+    for _ in 0..32 {
+        let mut v = 0u64;
+        // SAFETY: RDRAND exists (CPUID.1:ECX[30]); it writes only `v`.
+        if unsafe { core::arch::x86_64::_rdrand64_step(&mut v) } == 1 {
+            return Some(v);
+        }
+    }
+    None
+}
+
 pub const MSR_EFER: u32 = 0xC000_0080;
 pub const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
 pub const EFER_SVME: u64 = 1 << 12;

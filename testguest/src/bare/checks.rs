@@ -50,7 +50,8 @@ fn msr_calling_area() -> u64 {
     u64::from(hi) << 32 | u64::from(lo)
 }
 
-pub fn run_all() -> bool {
+/// Run the checks; returns whether all passed and where the calling area is now.
+pub fn run_all() -> (bool, u64) {
     let mut r = Report { failed: 0 };
 
     // Discovery (section 4).
@@ -60,7 +61,7 @@ pub fn run_all() -> bool {
     let _ = Vmmcall.read(SECRETS_GPA, &mut page);
     let found = Discovery::from_secrets_page(&page);
     r.check("4.1/secrets-page", found.is_some(), format_args!("{found:x?}"));
-    let Some(d) = found else { return false };
+    let Some(d) = found else { return (false, ca) };
     r.check("4.2/msr-calling-area", ca == d.calling_area && ca != 0, format_args!("MSR 0xC001F000 = {ca:#x}"));
     r.check("4.1/vmpck0-erased", page[0x20..0x40].iter().all(|b| *b == 0), format_args!(""));
 
@@ -157,5 +158,5 @@ pub fn run_all() -> bool {
     );
 
     println!("testguest: {} checks failed", r.failed);
-    r.failed == 0
+    (r.failed == 0, c.calling_area)
 }

@@ -6,17 +6,23 @@ mod console;
 mod checks;
 mod entry;
 mod gate;
+mod heap;
 mod io;
 mod probe;
+mod suite;
 
 use core::panic::PanicInfo;
 
 #[unsafe(no_mangle)]
 extern "C" fn guest_main() -> ! {
     console::init();
+    heap::init();
     println!("testguest: running as an L2 guest");
-    let passed = checks::run_all();
-    io::exit(passed)
+    let (checks_passed, calling_area) = checks::run_all();
+    println!("testguest: conformance suite over VMMCALL");
+    let (passed, failed, skipped) = suite::run(calling_area);
+    println!("conformance over VMMCALL: {passed} passed, {failed} failed, {skipped} skipped");
+    io::exit(checks_passed && failed == 0)
 }
 
 #[panic_handler]
