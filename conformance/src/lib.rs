@@ -53,6 +53,10 @@ pub trait Env: Transport {
     /// Act as the vCPU with this APIC ID; `Ok(false)` if there is none, `Err(Skip)` if
     /// this environment cannot run vCPUs other than the startup one.
     fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> Result<bool, CaseError>;
+    /// Write at `gpa` the VMSA of a new vCPU with `apic_id` that can run in this
+    /// environment: VMPL1, EFER.SVME clear, the guest's SEV_FEATURES, and whatever state
+    /// the environment's secondary-vCPU code needs. Cases then change single fields.
+    fn write_vmsa(&mut self, gpa: u64, apic_id: u32) -> Result<(), CaseError>;
     /// Control of the host, where the environment has it.
     fn host(&mut self) -> Option<&mut dyn HostControl>;
 }

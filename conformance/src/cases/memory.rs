@@ -158,13 +158,10 @@ pub fn withdraw_room(env: &mut dyn Env) -> CaseResult {
 pub fn withdraw_in_use(env: &mut dyn Env) -> CaseResult {
     // Create vCPUs until one needs deposited memory, deposit a little more than asked,
     // then the pages backing that vCPU must stay with the SVSM until it is deleted.
-    let features = env.facts().sev_features;
     let mut vcpus = Vec::new();
     for slot in 0..6u64 {
         let base = env.facts().scratch + 0x10_000 + slot * 0x2000;
-        env.write(base, &[0u8; 4096])?;
-        env.write(base + 0xCA, &[1])?;
-        env.write(base + 0x3B0, &features.to_le_bytes())?;
+        env.write_vmsa(base, slot as u32 + 1)?;
         let args = [base, base + 0x1000, slot + 1, 0];
         let (r, _) = crate::check::raw(env, 0, abi::protocol::core_call::CREATE_VCPU, args)?;
         if r.is_success() {

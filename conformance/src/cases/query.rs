@@ -86,11 +86,8 @@ pub fn vtom_refusals(env: &mut dyn Env) -> CaseResult {
         )?;
     }
     // With a second vCPU, vTOM can no longer change.
-    let features = env.facts().sev_features;
     let base = env.facts().scratch + 0x10_000;
-    env.write(base, &[0u8; 4096])?;
-    env.write(base + 0xCA, &[1])?;
-    env.write(base + 0x3B0, &features.to_le_bytes())?;
+    env.write_vmsa(base, 1)?;
     client(env).create_vcpu(base, base + 0x1000, 1)?;
     expect_core(env, CONFIGURE_VTOM, [good | vtom::ENABLE, 0, 0, 0], ResultCode::ERR_INVALID_REQUEST)?;
     Ok(())

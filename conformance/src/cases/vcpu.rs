@@ -14,24 +14,19 @@ fn pages(env: &mut dyn Env, slot: u64) -> (u64, u64) {
     (base, base + 0x1000)
 }
 
-/// Write a VMSA for a VMPL1 vCPU into guest memory.
-fn write_vmsa(env: &mut dyn Env, gpa: u64, vmpl: u8, efer: u64, features: u64) -> CaseResult {
-    env.write(gpa, &[0u8; 4096])?;
+/// A runnable VMSA for `apic` with VMPL, EFER and SEV_FEATURES set as given.
+fn write_vmsa(env: &mut dyn Env, gpa: u64, apic: u32, vmpl: u8, efer: u64, features: u64) -> CaseResult {
+    env.write_vmsa(gpa, apic)?;
     env.write(gpa + VmsaField::Vmpl.offset() as u64, &[vmpl])?;
     env.write(gpa + VmsaField::Efer.offset() as u64, &efer.to_le_bytes())?;
     env.write(gpa + VmsaField::SevFeatures.offset() as u64, &features.to_le_bytes())?;
     Ok(())
 }
 
-fn good_vmsa(env: &mut dyn Env, gpa: u64) -> CaseResult {
-    let features = env.facts().sev_features;
-    write_vmsa(env, gpa, 1, 0x500, features)
-}
-
 /// Create the vCPU of `slot` with APIC ID `apic`.
 fn make_vcpu(env: &mut dyn Env, slot: u64, apic: u32) -> Result<(u64, u64), CaseError> {
     let (vmsa, ca) = pages(env, slot);
-    good_vmsa(env, vmsa)?;
+    env.write_vmsa(vmsa, apic)?;
     client(env).create_vcpu(vmsa, ca, apic)?;
     Ok((vmsa, ca))
 }
@@ -49,7 +44,7 @@ pub fn create(env: &mut dyn Env) -> CaseResult {
 
 pub fn create_alignment(env: &mut dyn Env) -> CaseResult {
     let (vmsa, ca) = pages(env, 0);
-    good_vmsa(env, vmsa)?;
+    env.write_vmsa(vmsa, 1)?;
     for (v, c) in [(vmsa + 8, ca), (vmsa, ca + 8), (vmsa + 0x800, ca + 0x800)] {
         expect_core(env, CREATE_VCPU, [v, c, 1, 0], ResultCode::ERR_INVALID_PARAMETER)?;
     }
@@ -60,7 +55,7 @@ pub fn create_conflicts(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
     let d = crate::check::discovery(env)?;
     let (vmsa, ca) = pages(env, 0);
-    good_vmsa(env, vmsa)?;
+    env.write_vmsa(vmsa, 1)?;
     let startup_ca = env.calling_area() & !0xFFF;
     for (v, c) in [
         (d.svsm_base, ca),
@@ -77,7 +72,7 @@ pub fn create_conflicts(env: &mut dyn Env) -> CaseResult {
     // A live vCPU's pages cannot be reused.
     let (v1, c1) = make_vcpu(env, 1, 1)?;
     let (v2, c2) = pages(env, 2);
-    good_vmsa(env, v2)?;
+    env.write_vmsa(v2, 2)?;
     expect_core(env, CREATE_VCPU, [v1, c2, 2, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     expect_core(env, CREATE_VCPU, [v2, c1, 2, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     Ok(())
@@ -91,7 +86,7 @@ pub fn create_vmsa_checks(env: &mut dyn Env) -> CaseResult {
         (1, 0x500 | EFER_SVME, features, "EFER.SVME = 1"),
         (1, 0x500, features ^ abi::hw::sev_features::DEBUG_SWAP, "different SEV_FEATURES"),
     ] {
-        write_vmsa(env, vmsa, vmpl, efer, feat)?;
+        write_vmsa(env, vmsa, 1, vmpl, efer, feat)?;
         let (r, _) = crate::check::raw(env, 0, CREATE_VCPU, [vmsa, ca, 1, 0])?;
         ensure!(r == ResultCode::ERR_INVALID_PARAMETER, "{what}: {r}");
         ensure!(guest_can_write(env, vmsa), "{what}: the refused VMSA page was not given back");
@@ -102,7 +97,7 @@ pub fn create_vmsa_checks(env: &mut dyn Env) -> CaseResult {
 pub fn create_duplicate_apic(env: &mut dyn Env) -> CaseResult {
     make_vcpu(env, 0, 1)?;
     let (vmsa, ca) = pages(env, 1);
-    good_vmsa(env, vmsa)?;
+    env.write_vmsa(vmsa, 2)?;
     expect_core(env, CREATE_VCPU, [vmsa, ca, 1, 0], ResultCode::ERR_INVALID_PARAMETER)?;
     expect_core(env, CREATE_VCPU, [vmsa, ca, 0, 0], ResultCode::ERR_INVALID_PARAMETER)?;
     // Bits 63:32 of R8 are not part of the 4-byte APIC ID.
@@ -129,8 +124,8 @@ pub fn create_needs_memory(env: &mut dyn Env) -> CaseResult {
     let scratch = env.facts().scratch;
     for slot in 0..6u64 {
         let (vmsa, ca) = pages(env, slot);
-        good_vmsa(env, vmsa)?;
-        let (r, _) = crate::check::raw(env, 0, CREATE_VCPU, [vmsa, ca, slot as u32 as u64 + 1, 0])?;
+        env.write_vmsa(vmsa, slot as u32 + 1)?;
+        let (r, _) = crate::check::raw(env, 0, CREATE_VCPU, [vmsa, ca, slot + 1, 0])?;
         if r.is_success() {
             continue;
         }

@@ -125,5 +125,5 @@ extern "C" fn report(frame: &Frame) -> ! {
         println!("  faulting address (cr2) {cr2:#x}");
     }
     backtrace::print(frame.rip, frame.rbp);
-    super::exit::exit(super::exit::Status::Failure)
+    super::exit::failure()
 }

@@ -1,19 +1,15 @@
-//! Ending a QEMU run with a status the host can read: QEMU's `isa-debug-exit` device at
-//! port 0xF4 exits with `(value << 1) | 1`, so success (1) gives 3 and failure (2) gives 5
-//! -- never 0, which QEMU also returns for a triple fault.
+//! Ending a QEMU run when the SVSM cannot go on: QEMU's `isa-debug-exit` device at port
+//! 0xF4 exits with `(value << 1) | 1`, so the failure value 2 gives status 5 -- never 0,
+//! which QEMU also returns for a triple fault. (Success is the guest's to report: it
+//! writes 1 to the same device when its checks pass.)
 
 use super::port::outl;
 
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
+const FAILURE: u32 = 2;
 
-#[derive(Clone, Copy, Debug)]
-pub enum Status {
-    Success = 1,
-    Failure = 2,
-}
-
-pub fn exit(status: Status) -> ! {
-    outl(DEBUG_EXIT_PORT, status as u32);
+pub fn failure() -> ! {
+    outl(DEBUG_EXIT_PORT, FAILURE);
     // Without the device (another VMM): stop here.
     loop {
         // SAFETY: `hlt` with interrupts off parks the CPU; it touches no memory.

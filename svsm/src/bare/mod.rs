@@ -36,7 +36,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     println!("image: {:#x}..{:#x} ({} KiB)", image_start, image_end, (image_end - image_start) / 1024);
     let Some(info) = pvh::StartInfo::read(u64::from(start_info)) else {
         println!("no valid PVH start info at {start_info:#x}");
-        exit::exit(exit::Status::Failure)
+        exit::failure()
     };
     info.report();
     crash_if_asked(&info);
@@ -44,7 +44,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         Ok(svm) => svm,
         Err(e) => {
             println!("FAILED: SVM with nested paging is not available ({e:?}); QEMU needs -cpu EPYC,+svm");
-            exit::exit(exit::Status::Failure)
+            exit::failure()
         }
     };
     println!("svm: enabled, nested paging available");
@@ -52,7 +52,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         Ok(launched) => launched,
         Err(why) => {
             println!("FAILED: launch: {why}");
-            exit::exit(exit::Status::Failure)
+            exit::failure()
         }
     };
     println!(
@@ -64,13 +64,9 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         launch::SECRETS_GPA
     );
     match native::run(&mut platform, &mut svsm) {
-        native::End::Halted => {
-            println!("guest halted; SVSM served {} core calls", svsm.stats().per_protocol[0].calls);
-            exit::exit(exit::Status::Success)
-        }
         native::End::Broken(why) => {
             println!("FAILED: {why}");
-            exit::exit(exit::Status::Failure)
+            exit::failure()
         }
     }
 }
@@ -93,5 +89,5 @@ fn crash_if_asked(info: &pvh::StartInfo) {
 fn panic(info: &PanicInfo<'_>) -> ! {
     println!("PANIC: {info}");
     backtrace::print_here();
-    exit::exit(exit::Status::Failure)
+    exit::failure()
 }

@@ -10,7 +10,9 @@
 //!   the permission map get #GP, as on hardware without them.
 //! - Nested page fault: the guest touched memory it has not validated, or SVSM memory.
 //!   Refused: logged, and the guest gets #GP; the SVSM keeps serving.
-//! - HLT: the guest is done. SHUTDOWN or an invalid VMCB: the guest is broken.
+//! - HLT: a yield; the next runnable vCPU gets the CPU (round robin on one CPU).
+//! - SHUTDOWN or a state VMRUN refuses: the startup vCPU ends the run; any other vCPU is
+//!   stopped and the SVSM keeps serving the rest.
 
 use super::cpu;
 use super::svm::platform::SvmPlatform;
@@ -24,9 +26,9 @@ use kernel::vcpu::VcpuIndex;
 /// RAX of a VMMCALL the SVSM answers without dispatch (benchmark of the bare gate).
 pub const BARE_GATE_RAX: u64 = 0xB1AE_0000_0000_0000;
 
-/// How the guest ended.
+/// Why the guest can run no more (a guest that finishes leaves through QEMU's debug-exit
+/// device itself).
 pub enum End {
-    Halted,
     Broken(&'static str),
 }
 
@@ -34,11 +36,28 @@ fn inject_gp(v: &mut SvmVcpu) {
     v.vmcb.set_u64(offset::EVENT_INJ, event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID);
 }
 
+/// The vCPU after `current` that may run (round robin), if any.
+fn next_runnable(platform: &SvmPlatform, current: u32) -> Option<u32> {
+    let after = platform.vcpus.range(current + 1..).find(|(_, v)| !v.stopped);
+    after.or_else(|| platform.vcpus.range(..=current).find(|(_, v)| !v.stopped)).map(|(i, _)| *i)
+}
+
+/// Serve the guest's vCPUs on this CPU, one at a time: a vCPU runs until it yields with
+/// HLT (or stops), then the next runnable one gets the CPU.
 pub fn run(platform: &mut SvmPlatform, svsm: &mut Svsm) -> End {
-    let index = VcpuIndex::STARTUP;
+    let mut current = VcpuIndex::STARTUP.0;
     let mut refused = 0u32;
     loop {
-        let Some(v) = platform.vcpus.get_mut(&index.0) else { return End::Broken("the startup vCPU is gone") };
+        let index = VcpuIndex(current);
+        let Some(v) = platform.vcpus.get_mut(&current).filter(|v| !v.stopped) else {
+            match next_runnable(platform, current) {
+                Some(next) => {
+                    current = next;
+                    continue;
+                }
+                None => return End::Broken("no vCPU left to run"),
+            }
+        };
         let e = v.run();
         match e.code {
             exit::VMMCALL => {
@@ -75,16 +94,30 @@ pub fn run(platform: &mut SvmPlatform, svsm: &mut Svsm) -> End {
                 // The first refusals in full, then every 100th: a guest cannot flood the console.
                 if refused <= 32 || refused.is_multiple_of(100) {
                     crate::println!(
-                        "svm: refused guest access to {:#x} (not validated, or SVSM memory) at rip {:#x}; #GP injected ({refused} so far)",
+                        "svm: refused vCPU {current}'s access to {:#x} (not validated, or SVSM memory) at rip {:#x}; #GP injected ({refused} so far)",
                         e.info2,
                         v.field(VmsaField::Rip)
                     );
                 }
                 inject_gp(v);
             }
-            exit::HLT => return End::Halted,
-            exit::SHUTDOWN => return End::Broken("the guest shut down (triple fault)"),
-            exit::INVALID => return End::Broken("VMRUN refused the guest state"),
+            exit::HLT => {
+                // A yield: the guest waits for another vCPU.
+                v.skip(1);
+                if let Some(next) = next_runnable(platform, current) {
+                    current = next;
+                }
+            }
+            code @ (exit::SHUTDOWN | exit::INVALID) => {
+                let why = if code == exit::SHUTDOWN { "shut down (triple fault)" } else { "has a state VMRUN refuses" };
+                if index == VcpuIndex::STARTUP {
+                    crate::println!("svm: the startup vCPU {why}");
+                    return End::Broken("the startup vCPU cannot run");
+                }
+                // A broken secondary vCPU is the guest's problem: stop it, keep serving.
+                crate::println!("svm: vCPU {current} {why}; stopped");
+                v.stopped = true;
+            }
             other => {
                 crate::println!("svm: unexpected exit {other:#x} (info1 {:#x}, info2 {:#x})", e.info1, e.info2);
                 return End::Broken("unexpected #VMEXIT");

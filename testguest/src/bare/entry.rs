@@ -1,6 +1,7 @@
 //! Entry: the SVSM's launch starts the guest in 64-bit mode at `_start` with the code
 //! segment it describes but no GDT or IDT of the guest's own. The entry loads both (so
-//! exceptions work), a stack, and calls `guest_main`.
+//! exceptions work), a stack, and calls `guest_main`. Secondary vCPUs start at
+//! `ap_start` and call `ap::ap_main`.
 
 core::arch::global_asm!(
     r#"
@@ -26,6 +27,30 @@ _start:
     hlt
     jmp 3b
 
+    /* A secondary vCPU: its VMSA (built by `ap::write_vmsa`) gives RSP and, in RDI, its
+       APIC ID. */
+    .global ap_start
+ap_start:
+    cli
+    lgdt [guest_gdt_ptr]
+    push 0x08
+    lea rax, [4f]
+    push rax
+    retfq
+4:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    push rdi
+    call {lidt}
+    pop rdi
+    xor ebp, ebp
+    call ap_main
+5:
+    hlt
+    jmp 5b
+
     .section .rodata.guest_gdt, "a"
     .p2align 3
 guest_gdt:
@@ -42,4 +67,5 @@ guest_gdt_ptr:
 guest_stack_top:
     "#,
     idt = sym super::probe::load_idt,
+    lidt = sym super::probe::lidt,
 );

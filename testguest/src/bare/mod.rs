@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod console;
+mod ap;
 mod checks;
 mod entry;
 mod gate;

@@ -103,6 +103,13 @@ struct IdtPtr {
     base: u64,
 }
 
+/// Load the (already filled) IDT on a secondary vCPU.
+pub extern "C" fn lidt() {
+    let ptr = IdtPtr { limit: (64 * 8 - 1) as u16, base: IDT.0.get() as u64 };
+    // SAFETY: the boot vCPU filled the table before creating any other vCPU.
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) };
+}
+
 /// Fill and load the IDT (called once from the entry).
 pub extern "C" fn load_idt() {
     let stubs = core::ptr::addr_of!(guest_exception_stubs) as u64;

@@ -28,6 +28,10 @@ static LIST: ListPage = ListPage(core::cell::UnsafeCell::new([0; 4096]));
 
 struct SvmEnv {
     calling_area: u64,
+    /// The secondary vCPU the cases act as, or `None` for the boot vCPU.
+    current: Option<u32>,
+    /// The boot vCPU's calling area, kept while a case acts as another vCPU.
+    boot_calling_area: u64,
 }
 
 /// Probe every page of `[gpa, gpa + len)` first, so an access the SVSM refuses becomes a
@@ -58,7 +62,13 @@ impl Transport for SvmEnv {
         Vmmcall.exchange_u8(gpa, value)
     }
     fn request_svsm(&mut self, regs: &mut Regs) {
-        Vmmcall.request_svsm(regs)
+        match self.current {
+            // If it does not answer, the registers stay and the call reads as not executed.
+            Some(apic) => {
+                super::ap::call(apic, regs);
+            }
+            None => Vmmcall.request_svsm(regs),
+        }
     }
 }
 
@@ -83,9 +93,24 @@ impl Env for SvmEnv {
     }
     fn set_calling_area(&mut self, gpa: u64) {
         self.calling_area = gpa;
+        if self.current.is_none() {
+            self.boot_calling_area = gpa;
+        }
     }
-    fn select_vcpu(&mut self, _apic_id: u32, _calling_area: u64) -> Result<bool, CaseError> {
-        Err(CaseError::Skip("created vCPUs do not run yet on the svm platform"))
+    fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> Result<bool, CaseError> {
+        let exists = apic_id == 0 || super::ap::alive(apic_id);
+        if exists {
+            self.current = (apic_id != 0).then_some(apic_id);
+            self.calling_area = calling_area;
+            if apic_id == 0 {
+                self.boot_calling_area = calling_area;
+            }
+        }
+        Ok(exists)
+    }
+    fn write_vmsa(&mut self, gpa: u64, apic_id: u32) -> Result<(), CaseError> {
+        let vmsa = super::ap::vmsa(apic_id).ok_or(CaseError::Skip("APIC ID beyond the test guest's mailboxes"))?;
+        Ok(self.write(gpa, zerocopy::IntoBytes::as_bytes(&vmsa))?)
     }
     fn host(&mut self) -> Option<&mut dyn HostControl> {
         None
@@ -98,10 +123,13 @@ fn list_gpa() -> u64 {
 
 /// Put the SVSM and the guest's memory back to what a case expects.
 fn reset(env: &mut SvmEnv) -> Result<(), guest::CallError> {
+    env.current = None;
+    env.calling_area = env.boot_calling_area;
     let mut c = Client::new(Vmmcall, env.calling_area);
     if env.calling_area != STARTUP_CA {
         c.remap_ca(STARTUP_CA)?;
         env.calling_area = STARTUP_CA;
+        env.boot_calling_area = STARTUP_CA;
     }
     for slot in 0..8 {
         let _ = c.delete_vcpu(SCRATCH + 0x10_000 + slot * 0x2000);
@@ -130,7 +158,7 @@ fn reset(env: &mut SvmEnv) -> Result<(), guest::CallError> {
 /// Run every case, starting with the calling area at `calling_area`; returns (passed,
 /// failed, skipped).
 pub fn run(calling_area: u64) -> (u32, u32, u32) {
-    let mut env = SvmEnv { calling_area };
+    let mut env = SvmEnv { calling_area, current: None, boot_calling_area: calling_area };
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for case in CASES {
         if let Err(e) = reset(&mut env) {

@@ -158,8 +158,8 @@ impl Platform for SvmPlatform {
         let read = unsafe { guest_phys::read(vmsa.raw(), &mut image) };
         match SvmVcpu::from_vmsa(&self.npt, self.msrpm.phys(), vmsa.raw(), &image).filter(|_| read) {
             Some(mut v) => {
-                // Parked until a CPU is free to run it (SMP bring-up is future work).
-                v.stopped = true;
+                // Its own ASID, so its TLB entries never mix with another vCPU's.
+                v.vmcb.set_u32(abi::vmcb::offset::GUEST_ASID, index.0 + 1);
                 self.vcpus.insert(index.0, v);
             }
             None => crate::println!("svm: no memory for vCPU {} (APIC ID {apic_id})", index.0),
