@@ -111,16 +111,7 @@ impl Machine {
     }
 
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), MemoryFault> {
-        if len == 0 {
-            return Ok(());
-        }
-        let last = gpa.checked_add(len as u64 - 1).ok_or(MemoryFault { gpa: Gpa(gpa) })?;
-        for pfn in gpa >> 12..=last >> 12 {
-            if !self.rmp.allows(pfn, 0, need) {
-                return Err(MemoryFault { gpa: Gpa((pfn << 12).max(gpa)) });
-            }
-        }
-        Ok(())
+        self.rmp.check_access(gpa, len, 0, need).map_err(|a| MemoryFault { gpa: Gpa(a) })
     }
 
     fn after_read(&self, gpa: u64, len: usize) {

@@ -183,14 +183,7 @@ pub struct GuestVcpu<'w> {
 
 impl GuestVcpu<'_> {
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), GuestFault> {
-        if len == 0 {
-            return Ok(());
-        }
-        let last = gpa.checked_add(len as u64 - 1).ok_or(GuestFault { gpa })?;
-        match (gpa >> 12..=last >> 12).find(|pfn| !self.world.machine.rmp.allows(*pfn, self.vmpl, need)) {
-            Some(pfn) => Err(GuestFault { gpa: (pfn << 12).max(gpa) }),
-            None => Ok(()),
-        }
+        self.world.machine.rmp.check_access(gpa, len, self.vmpl, need).map_err(|gpa| GuestFault { gpa })
     }
 }
 

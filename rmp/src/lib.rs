@@ -160,6 +160,19 @@ impl Rmp {
         Ok(())
     }
 
+    /// May software at `vmpl` access every byte of `[gpa, gpa + len)` with `need`?
+    /// `Err` names the first refused address.
+    pub fn check_access(&self, gpa: u64, len: usize, vmpl: u8, need: u8) -> Result<(), u64> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = gpa.checked_add(len as u64 - 1).ok_or(gpa)?;
+        match (gpa >> 12..=last >> 12).find(|pfn| !self.allows(*pfn, vmpl, need)) {
+            Some(pfn) => Err((pfn << 12).max(gpa)),
+            None => Ok(()),
+        }
+    }
+
     /// May software at `vmpl` access the page with `need` permission bits?
     pub fn allows(&self, pfn: u64, vmpl: u8, need: u8) -> bool {
         match self.entry(pfn) {

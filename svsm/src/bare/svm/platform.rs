@@ -47,14 +47,7 @@ impl SvmPlatform {
     }
 
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), MemoryFault> {
-        if len == 0 {
-            return Ok(());
-        }
-        let last = gpa.checked_add(len as u64 - 1).ok_or(MemoryFault { gpa: Gpa(gpa) })?;
-        match (gpa >> 12..=last >> 12).find(|pfn| !self.rmp.allows(*pfn, 0, need)) {
-            Some(pfn) => Err(MemoryFault { gpa: Gpa((pfn << 12).max(gpa)) }),
-            None => Ok(()),
-        }
+        self.rmp.check_access(gpa, len, 0, need).map_err(|a| MemoryFault { gpa: Gpa(a) })
     }
 
     /// The gpa of `field` in a VMSA page that no vCPU runs yet; the page must be a
