@@ -35,9 +35,10 @@ commands:
   fuzz [--seconds N] [--target NAME] fuzz NAME (default: dispatcher) for N seconds (default: 600);
                                      needs the nightly toolchain, installs cargo-fuzz if missing
   bench                              run the pvalidate benchmark (result: target/bench/pvalidate.json)
-  boot [--crash ud|panic]            build the bare-metal SVSM and boot it under QEMU (installs QEMU
+  boot [--crash ud|panic] [--gdb]    build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
-                                     --crash checks that a fault is reported and stops the SVSM cleanly
+                                     --crash checks that a fault is reported and stops the SVSM cleanly;
+                                     --gdb waits for GDB on 127.0.0.1:1234 before the SVSM runs
   help                               show this text
 ";
 
@@ -185,11 +186,19 @@ fn bench(args: &[String]) -> Result {
 /// `--crash`, the SVSM is asked to fault after booting, and the run succeeds only if it
 /// reports the fault with a symbolized backtrace and stops with a failure status.
 fn boot(args: &[String]) -> Result {
-    let crash = match args {
-        [] => None,
-        [flag, kind] if flag == "--crash" && (kind == "ud" || kind == "panic") => Some(kind.as_str()),
-        _ => return Err(format!("usage: cargo xtask boot [--crash ud|panic]\n\n{USAGE}")),
-    };
+    let usage = || format!("usage: cargo xtask boot [--crash ud|panic] [--gdb]\n\n{USAGE}");
+    let (mut crash, mut gdb) = (None, false);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--gdb" => gdb = true,
+            "--crash" => match it.next().map(String::as_str) {
+                Some(kind @ ("ud" | "panic")) => crash = Some(kind),
+                _ => return Err(usage()),
+            },
+            _ => return Err(usage()),
+        }
+    }
     let image = build_svsm_image()?;
     let guest = build_testguest()?;
     let append = crash.map(|kind| format!("crash={kind}"));
@@ -198,12 +207,20 @@ fn boot(args: &[String]) -> Result {
         image.display(),
         append.as_deref().map(|a| format!(" -append {a}")).unwrap_or_default()
     ));
+    if gdb {
+        step(&format!(
+            "QEMU waits for GDB on 127.0.0.1:1234: gdb {} -ex 'target remote 127.0.0.1:1234'",
+            image.display()
+        ));
+    }
     let run = qemu::Run {
         svsm: &image,
         guest: Some(&guest),
         append: append.as_deref(),
         smp: 2,
-        limit: std::time::Duration::from_secs(120),
+        gdb,
+        // A debugging session takes as long as the person at GDB needs.
+        limit: std::time::Duration::from_secs(if gdb { 24 * 3600 } else { 120 }),
     };
     let boot = qemu::boot(&run)?;
     match (boot.outcome, crash) {

@@ -59,6 +59,9 @@ pub struct Run<'a> {
     pub guest: Option<&'a Path>,
     pub append: Option<&'a str>,
     pub smp: u32,
+    /// Start paused with QEMU's GDB stub on 127.0.0.1:1234 (it sees the SVSM directly: the
+    /// svm platform has no memory encryption).
+    pub gdb: bool,
     pub limit: Duration,
 }
 
@@ -93,6 +96,9 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let mut command = Command::new("qemu-system-x86_64");
     if let Some(guest) = run.guest {
         command.arg("-initrd").arg(guest);
+    }
+    if run.gdb {
+        command.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
     }
     let mut console = GuestConsole { path: guest_log.clone(), seen: 0, partial: String::new() };
     let mut child = command
