@@ -48,6 +48,7 @@ pub mod event {
 pub mod misc1 {
     pub const CPUID: u32 = 1 << 18;
     pub const HLT: u32 = 1 << 24;
+    pub const IOIO_PROT: u32 = 1 << 27;
     pub const MSR_PROT: u32 = 1 << 28;
     pub const SHUTDOWN: u32 = 1 << 31;
 }
@@ -63,6 +64,7 @@ pub mod exit {
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const SHUTDOWN: u64 = 0x7F;
+    pub const IOIO: u64 = 0x7B;
     pub const MSR: u64 = 0x7C;
     pub const VMMCALL: u64 = 0x81;
     pub const NPF: u64 = 0x400;

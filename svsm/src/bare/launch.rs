@@ -18,10 +18,9 @@
 
 use super::elf;
 use super::guest_phys;
-use super::pages::Page;
 use super::pvh::StartInfo;
 use super::svm::npt::NestedPageTable;
-use super::svm::platform::{GUEST_VMPL, SvmPlatform};
+use super::svm::platform::{GUEST_VMPL, PermissionMaps, SvmPlatform};
 use super::svm::vcpu::SvmVcpu;
 use abi::hw::rmpadjust::{PERM_ALL, PERM_READ};
 use alloc::collections::BTreeMap;
@@ -98,7 +97,7 @@ pub fn launch(info: &StartInfo, image_end: u64) -> Result<(SvmPlatform, Svsm), &
         if seg.paddr < GUEST_PAGE_TABLES.end || end > top || (seg.paddr < SVSM_REGION.end && SVSM_REGION.start < end) {
             return Err("a test guest segment overlaps launch pages, the SVSM or the end of RAM");
         }
-        if seg.offset as u64 + seg.filesz as u64 > mod_size {
+        if (seg.offset as u64).checked_add(seg.filesz as u64).is_none_or(|end| end > mod_size) {
             return Err("a test guest segment lies outside the module");
         }
         let zero_from = seg.paddr + seg.filesz as u64;
@@ -153,12 +152,12 @@ pub fn launch(info: &StartInfo, image_end: u64) -> Result<(SvmPlatform, Svsm), &
     vmsa.vmsa = true;
 
     let npt = NestedPageTable::new().ok_or("out of memory for nested page tables")?;
-    let msrpm = Page::zeroed_run(2).ok_or("out of memory for the MSR permission map")?;
-    let mut platform = SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), msrpm, log_level: Level::Info };
+    let maps = PermissionMaps::new().ok_or("out of memory for the permission maps")?;
+    let mut platform = SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), maps, log_level: Level::Info };
     for range in &validated {
         platform.sync(pages(range.clone())).map_err(|_| "out of memory for nested page tables")?;
     }
-    let startup = SvmVcpu::long_mode(&platform.npt, platform.msrpm.phys(), VMSA_GPA, entry, 0, GUEST_PML4)
+    let startup = SvmVcpu::long_mode(&platform.npt, &platform.maps, VMSA_GPA, entry, 0, GUEST_PML4)
         .ok_or("out of memory for the startup vCPU")?;
     platform.vcpus.insert(0, startup);
 

@@ -8,6 +8,7 @@
 //! - CPUID: executed for the guest, with 0x8000_001F EAX[28] set (an SVSM is present).
 //! - RDMSR 0xC001_F000: the calling area's gpa (spec section 4.2). Other MSRs outside
 //!   the permission map get #GP, as on hardware without them.
+//! - I/O to a port other than the guest's own (COM2, debug-exit): refused with #GP.
 //! - Nested page fault: the guest touched memory it has not validated, or SVSM memory.
 //!   Refused: logged, and the guest gets #GP; the SVSM keeps serving.
 //! - HLT: a yield; the next runnable vCPU gets the CPU (round robin on one CPU).
@@ -88,6 +89,14 @@ pub fn run(platform: &mut SvmPlatform, svsm: &mut Svsm) -> End {
                 } else {
                     inject_gp(v);
                 }
+            }
+            exit::IOIO => {
+                // Ports the guest may not use: refused like memory it may not touch.
+                refused = refused.saturating_add(1);
+                if refused <= 32 || refused.is_multiple_of(100) {
+                    crate::println!("svm: refused vCPU {current}'s I/O to port {:#x}; #GP injected", e.info1 >> 16);
+                }
+                inject_gp(v);
             }
             exit::NPF => {
                 refused = refused.saturating_add(1);

@@ -41,6 +41,13 @@ impl Page {
         unsafe { self.ptr.as_mut() }
     }
 
+    /// All bytes of a run of pages.
+    pub fn run_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the run is `count` pages of initialized bytes owned by `self`;
+        // exclusive through `&mut self`.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<u8>(), self.count * PAGE) }
+    }
+
     pub fn bytes(&self) -> &[u8; PAGE] {
         // SAFETY: the page is 4096 initialized bytes owned by `self`; u8 has no alignment.
         unsafe { &*self.ptr.as_ptr().cast::<[u8; PAGE]>() }

@@ -99,7 +99,8 @@ pub fn run_all() -> (bool, u64) {
         format_args!("{split:?}"),
     );
 
-    // Refusals: SVSM memory, and the SVSM keeps serving.
+    // Refusals: SVSM memory, device ports, and the SVSM keeps serving.
+    r.check("3/device-ports-refused", !probe::port_readable(0xCFC), format_args!("PCI configuration data port"));
     r.check("3/svsm-memory-refused", !probe::readable(d.svsm_base), format_args!("{:#x}", d.svsm_base));
     let own = c.pvalidate(&[PvalidateEntry::new(d.svsm_base, false, true, false)], lists);
     r.check(

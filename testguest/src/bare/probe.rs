@@ -4,10 +4,12 @@
 //! records the fault. Any other exception ends the run with a failing verdict.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static ARMED: AtomicBool = AtomicBool::new(false);
 static FAULTED: AtomicBool = AtomicBool::new(false);
+/// Length of the armed probe instruction, skipped when it faults.
+static PROBE_LEN: AtomicU64 = AtomicU64::new(0);
 
 core::arch::global_asm!(
     r#"
@@ -67,23 +69,34 @@ struct Frame {
 extern "C" fn handler(frame: &mut Frame) {
     if frame.vector == 13 && ARMED.swap(false, Ordering::SeqCst) {
         FAULTED.store(true, Ordering::SeqCst);
-        frame.rip += PROBE_LEN;
+        frame.rip += PROBE_LEN.load(Ordering::SeqCst);
         return;
     }
     println!("testguest: exception {} (error {:#x}) at {:#x}", frame.vector, frame.error, frame.rip);
     super::io::exit(false);
 }
 
-/// Length of the probe instruction `mov al, [rdi]` (8A 07).
-const PROBE_LEN: u64 = 2;
+fn arm(len: u64) {
+    FAULTED.store(false, Ordering::SeqCst);
+    PROBE_LEN.store(len, Ordering::SeqCst);
+    ARMED.store(true, Ordering::SeqCst);
+}
 
 /// Can the guest read `addr`? `false` if the access was refused.
 pub fn readable(addr: u64) -> bool {
-    FAULTED.store(false, Ordering::SeqCst);
-    ARMED.store(true, Ordering::SeqCst);
+    arm(2); // mov al, [rdi] = 8A 07
     // SAFETY: a one-byte read whose fault, if any, the armed handler absorbs; the value
     // is discarded and no reference is created.
     unsafe { core::arch::asm!("mov al, byte ptr [rdi]", in("rdi") addr, out("al") _, options(nostack, readonly)) };
+    ARMED.store(false, Ordering::SeqCst);
+    !FAULTED.load(Ordering::SeqCst)
+}
+
+/// Can the guest read I/O port `port`? `false` if the access was refused.
+pub fn port_readable(port: u16) -> bool {
+    arm(1); // in al, dx = EC
+    // SAFETY: a one-byte port read whose fault, if any, the armed handler absorbs.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") _, options(nomem, nostack)) };
     ARMED.store(false, Ordering::SeqCst);
     !FAULTED.load(Ordering::SeqCst)
 }

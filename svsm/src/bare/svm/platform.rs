@@ -23,10 +23,42 @@ pub struct SvmPlatform {
     pub npt: NestedPageTable,
     /// By kernel vCPU index.
     pub vcpus: BTreeMap<u32, SvmVcpu>,
-    /// The MSR permission map: all zero, so only MSRs outside its ranges (the SVSM's
-    /// discovery MSR among them) are intercepted.
-    pub msrpm: Page,
+    /// MSR and I/O permission maps shared by every vCPU.
+    pub maps: PermissionMaps,
     pub log_level: Level,
+}
+
+/// Which MSRs and I/O ports the guest reaches without the SVSM.
+pub struct PermissionMaps {
+    /// All zero: only MSRs outside the map's ranges (the discovery MSR among them) exit.
+    msr: Page,
+    /// All ones but the guest's own ports: any other port access exits and is refused, so
+    /// a guest cannot program devices (PCI configuration, DMA engines) against SVSM memory.
+    io: Page,
+}
+
+/// Ports the guest may use directly: its serial port (COM2) and QEMU's debug-exit device.
+const GUEST_PORTS: [core::ops::RangeInclusive<u16>; 2] = [0x2F8..=0x2FF, 0xF4..=0xF7];
+
+impl PermissionMaps {
+    pub fn new() -> Option<Self> {
+        let msr = Page::zeroed_run(2)?;
+        let mut io = Page::zeroed_run(3)?;
+        let bits = io.run_bytes_mut();
+        bits.fill(0xFF);
+        for port in GUEST_PORTS.into_iter().flatten() {
+            bits[usize::from(port / 8)] &= !(1 << (port % 8));
+        }
+        Some(Self { msr, io })
+    }
+
+    pub fn msr_phys(&self) -> u64 {
+        self.msr.phys()
+    }
+
+    pub fn io_phys(&self) -> u64 {
+        self.io.phys()
+    }
 }
 
 impl SvmPlatform {
@@ -149,7 +181,7 @@ impl Platform for SvmPlatform {
         let mut image = [0u8; 4096];
         // SAFETY: the VMSA page is guest RAM the SVSM owns now (the guest lost access).
         let read = unsafe { guest_phys::read(vmsa.raw(), &mut image) };
-        match SvmVcpu::from_vmsa(&self.npt, self.msrpm.phys(), vmsa.raw(), &image).filter(|_| read) {
+        match SvmVcpu::from_vmsa(&self.npt, &self.maps, vmsa.raw(), &image).filter(|_| read) {
             Some(mut v) => {
                 // Its own ASID, so its TLB entries never mix with another vCPU's.
                 v.vmcb.set_u32(abi::vmcb::offset::GUEST_ASID, index.0 + 1);

@@ -3,6 +3,7 @@
 //! vTOM). The guest page named as its VMSA identifies it to the kernel.
 
 use super::npt::NestedPageTable;
+use super::platform::PermissionMaps;
 use super::vmcb::{Segment, Vmcb};
 use super::vmrun::{self, GuestRegs};
 use abi::hw::EFER_SVME;
@@ -33,20 +34,31 @@ pub struct SvmVcpu {
 /// Size of the VMCB state-save area that mirrors the VMSA's first bytes.
 const SAVE_AREA: usize = 0x298;
 
-fn controls(vmcb: &mut Vmcb, npt: &NestedPageTable, msrpm: u64) {
-    vmcb.set_u32(offset::INTERCEPT_MISC1, misc1::CPUID | misc1::HLT | misc1::SHUTDOWN | misc1::MSR_PROT);
+fn controls(vmcb: &mut Vmcb, npt: &NestedPageTable, maps: &PermissionMaps) {
+    vmcb.set_u32(
+        offset::INTERCEPT_MISC1,
+        misc1::CPUID | misc1::HLT | misc1::SHUTDOWN | misc1::MSR_PROT | misc1::IOIO_PROT,
+    );
     vmcb.set_u32(offset::INTERCEPT_MISC2, misc2::VMRUN | misc2::VMMCALL);
     vmcb.set_u32(offset::GUEST_ASID, 1);
     vmcb.set_u64(offset::NP_ENABLE, 1);
     vmcb.set_u64(offset::N_CR3, npt.root());
-    vmcb.set_u64(offset::MSRPM_BASE, msrpm);
+    vmcb.set_u64(offset::MSRPM_BASE, maps.msr_phys());
+    vmcb.set_u64(offset::IOPM_BASE, maps.io_phys());
 }
 
 impl SvmVcpu {
     /// A vCPU in 64-bit mode at `rip` with page tables at `cr3` (the launch state).
-    pub fn long_mode(npt: &NestedPageTable, msrpm: u64, vmsa_gpa: u64, rip: u64, rsp: u64, cr3: u64) -> Option<Self> {
+    pub fn long_mode(
+        npt: &NestedPageTable,
+        maps: &PermissionMaps,
+        vmsa_gpa: u64,
+        rip: u64,
+        rsp: u64,
+        cr3: u64,
+    ) -> Option<Self> {
         let mut vmcb = Vmcb::new()?;
-        controls(&mut vmcb, npt, msrpm);
+        controls(&mut vmcb, npt, maps);
         let code = Segment { selector: 0x08, attrib: 0x0A9B, limit: 0xFFFF_FFFF, base: 0 };
         let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
         vmcb.set_segment(offset::CS, code);
@@ -79,9 +91,9 @@ impl SvmVcpu {
     }
 
     /// A vCPU whose state is a VMSA page the guest built (CREATE_VCPU).
-    pub fn from_vmsa(npt: &NestedPageTable, msrpm: u64, vmsa_gpa: u64, vmsa: &[u8; 4096]) -> Option<Self> {
+    pub fn from_vmsa(npt: &NestedPageTable, maps: &PermissionMaps, vmsa_gpa: u64, vmsa: &[u8; 4096]) -> Option<Self> {
         let mut vmcb = Vmcb::new()?;
-        controls(&mut vmcb, npt, msrpm);
+        controls(&mut vmcb, npt, maps);
         vmcb.copy_into_save(&vmsa[..SAVE_AREA]);
         let Ok(state) = abi::vmsa::Vmsa::read_from_bytes(vmsa) else { return None };
         let regs = GuestRegs {
