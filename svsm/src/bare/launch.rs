@@ -56,6 +56,9 @@ fn write(gpa: u64, data: &[u8]) -> Result<(), &'static str> {
 /// Build the guest's world; returns the platform and the SVSM serving it, and the guest
 /// entry point.
 pub fn launch(info: &StartInfo, image_end: u64) -> Result<(SvmPlatform, Svsm), &'static str> {
+    if image_end > SVSM_REGION.end {
+        return Err("the SVSM image is larger than its 4 MiB region");
+    }
     let top = info.ram_top_below_4g() & !(MIB2 - 1);
     let mut rmp = Rmp::new(top >> 12);
     let mut ram = Vec::new();

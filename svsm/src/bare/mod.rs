@@ -1,8 +1,10 @@
 //! Bare-metal SVSM: from the PVH entry to the running kernel.
 //!
 //! Boot path: `entry` (32-bit PVH entry, identity paging, long mode) calls [`svsm_main`]
-//! with the PVH start-info address. From there: console, heap, boot report, then exit
-//! through QEMU's debug-exit device with a status the host reads.
+//! with the PVH start-info address. From there: console, heap, CPU tables, boot report,
+//! SVM, the launch of the guest (`launch`) and the run loop that serves it (`native`).
+//! The guest ends the run with its own verdict; the SVSM stops QEMU with a failure status
+//! only when it cannot go on (`exit`).
 
 #[macro_use]
 mod console;
