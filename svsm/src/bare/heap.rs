@@ -1,55 +1,112 @@
-//! The SVSM heap: a buddy allocator (the `buddy_system_allocator` crate, chosen over a
-//! hand-written one) over a fixed region inside the image. Allocation failure on a
-//! guest-triggered path is handled by the kernel with `try_reserve`; here it returns null.
+//! The SVSM heap: a slab allocator for small objects on top of a buddy allocator for
+//! pages and large blocks (the `buddy_system_allocator` crate, chosen over a hand-written
+//! buddy), over a fixed region inside the image. Allocation failure returns null; the
+//! kernel's guest-triggered paths use `try_reserve` and answer with a result code.
+//!
+//! Slabs: objects of 16..=2048 bytes come from 4 KiB pages cut into equal slots, one
+//! free list per size class, kept inside the free slots themselves. Slab pages go back
+//! to the buddy allocator never (the SVSM's small-object population is bounded).
 
-use buddy_system_allocator::LockedHeap;
+use buddy_system_allocator::Heap;
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+use core::ptr::{NonNull, null_mut};
+use core::sync::atomic::{AtomicBool, Ordering};
+use spin::Mutex;
 
-/// Heap size: the kernel's page bitmaps and registries for a guest of a few GiB.
+/// Heap size: the kernel's bitmaps and registries, the software RMP and the nested page
+/// tables for a guest of 512 MiB.
 const HEAP_SIZE: usize = 2 * 1024 * 1024;
+const SLAB_PAGE: usize = 4096;
+/// Size classes (powers of two: each slot is aligned to its size within a page).
+const CLASSES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
+
+struct State {
+    buddy: Heap<32>,
+    /// Head of each class's free list (0 = empty); each free slot holds the next address.
+    free: [usize; CLASSES.len()],
+}
+
+pub struct SlabHeap {
+    state: Mutex<State>,
+}
 
 #[global_allocator]
-static HEAP: LockedHeap<32> = LockedHeap::empty();
+static HEAP: SlabHeap = SlabHeap { state: Mutex::new(State { buddy: Heap::empty(), free: [0; CLASSES.len()] }) };
 
-#[repr(C, align(4096))]
-struct HeapArea([u8; HEAP_SIZE]);
+fn class_of(layout: Layout) -> Option<usize> {
+    let size = layout.size().max(layout.align());
+    CLASSES.iter().position(|c| *c >= size)
+}
 
-/// The heap's memory, handed to the allocator once.
-static AREA: spin_cell::Cell = spin_cell::Cell::new();
+impl State {
+    /// Cut a fresh page from the buddy allocator into slots of class `c`.
+    fn refill(&mut self, c: usize) -> bool {
+        let Ok(page_layout) = Layout::from_size_align(SLAB_PAGE, SLAB_PAGE) else { return false };
+        let Ok(page) = self.buddy.alloc(page_layout) else { return false };
+        let size = CLASSES[c];
+        let base = page.as_ptr() as usize;
+        for slot in (0..SLAB_PAGE / size).rev() {
+            let addr = base + slot * size;
+            // SAFETY: `addr` is a `size`-aligned slot inside the page just allocated for
+            // this slab; nothing else references it; a usize fits in every class.
+            unsafe { (addr as *mut usize).write(self.free[c]) };
+            self.free[c] = addr;
+        }
+        true
+    }
+}
 
-mod spin_cell {
-    use super::{HEAP_SIZE, HeapArea};
-    use core::cell::UnsafeCell;
-    use core::sync::atomic::{AtomicBool, Ordering};
-
-    /// Memory given away exactly once.
-    pub struct Cell {
-        taken: AtomicBool,
-        area: UnsafeCell<HeapArea>,
+// SAFETY: every block handed out is either a whole buddy allocation of at least the
+// layout's size and alignment, or a slab slot of a power-of-two class >= size and align,
+// aligned to its class within a 4 KiB-aligned page; blocks return to where they came
+// from (`class_of` gives the same answer for the same layout); the state is behind a lock.
+unsafe impl GlobalAlloc for SlabHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut s = self.state.lock();
+        match class_of(layout) {
+            None => s.buddy.alloc(layout).map_or(null_mut(), NonNull::as_ptr),
+            Some(c) => {
+                if s.free[c] == 0 && !s.refill(c) {
+                    return null_mut();
+                }
+                let slot = s.free[c];
+                // SAFETY: `slot` is the head of class `c`'s free list: a free slot that
+                // holds the next free address.
+                s.free[c] = unsafe { (slot as *const usize).read() };
+                slot as *mut u8
+            }
+        }
     }
 
-    // SAFETY: the area is handed out at most once (guarded by `taken`), so no two
-    // references to it can exist.
-    unsafe impl Sync for Cell {}
-
-    impl Cell {
-        pub const fn new() -> Self {
-            Self { taken: AtomicBool::new(false), area: UnsafeCell::new(HeapArea([0; HEAP_SIZE])) }
-        }
-
-        /// The area's start and size, the first time only.
-        pub fn take(&self) -> Option<(usize, usize)> {
-            if self.taken.swap(true, Ordering::AcqRel) {
-                return None;
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let mut s = self.state.lock();
+        match (class_of(layout), NonNull::new(ptr)) {
+            // SAFETY: a large block this allocator handed out from the buddy heap with
+            // this layout (the GlobalAlloc contract).
+            (None, Some(block)) => unsafe { s.buddy.dealloc(block, layout) },
+            (Some(c), Some(_)) => {
+                // SAFETY: `ptr` is a slot of class `c` the caller no longer uses (the
+                // GlobalAlloc contract); it becomes the head of the free list.
+                unsafe { (ptr as *mut usize).write(s.free[c]) };
+                s.free[c] = ptr as usize;
             }
-            Some((self.area.get() as usize, HEAP_SIZE))
+            (_, None) => {}
         }
     }
 }
 
+#[repr(C, align(4096))]
+struct Area(UnsafeCell<[u8; HEAP_SIZE]>);
+// SAFETY: the area is handed to the allocator once (guarded by TAKEN) and never touched
+// directly afterwards.
+unsafe impl Sync for Area {}
+static AREA: Area = Area(UnsafeCell::new([0; HEAP_SIZE]));
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
 pub fn init() {
-    if let Some((start, size)) = AREA.take() {
-        // SAFETY: `take` hands out the static area once; nothing else references it, and
-        // it lives for the whole run.
-        unsafe { HEAP.lock().init(start, size) };
+    if !TAKEN.swap(true, Ordering::AcqRel) {
+        // SAFETY: the static area is handed out once (TAKEN) and lives for the whole run.
+        unsafe { HEAP.state.lock().buddy.init(AREA.0.get() as usize, HEAP_SIZE) };
     }
 }
