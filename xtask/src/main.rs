@@ -106,13 +106,15 @@ fn test(args: &[String]) -> Result {
             .env_remove("CARGO_ENCODED_RUSTFLAGS"),
     )?;
     exec(
-        "cargo clippy -p bulwark-svsm -p bulwark-testguest --target x86_64-unknown-none -- -D warnings",
+        "cargo clippy -p bulwark-svsm -p bulwark-testguest -p bulwark-x86 --target x86_64-unknown-none -- -D warnings",
         cargo()?.args([
             "clippy",
             "-p",
             "bulwark-svsm",
             "-p",
             "bulwark-testguest",
+            "-p",
+            "bulwark-x86",
             "--target",
             "x86_64-unknown-none",
             "--",

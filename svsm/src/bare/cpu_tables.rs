@@ -28,7 +28,7 @@ unsafe extern "C" {
     /// The 32 exception entry stubs (`exceptions.rs`), 16 bytes apart.
     static exception_stubs: u8;
 }
-const STUB_SIZE: u64 = 16;
+use x86::idt::STUB_SIZE;
 
 fn leak_stack() -> u64 {
     let stack = vec![0u8; IST_STACK].leak();
@@ -61,13 +61,9 @@ pub fn load() {
             18 => IST_MACHINE_CHECK,
             _ => 0,
         };
-        let low = (handler & 0xFFFF)
-            | u64::from(CODE_SELECTOR) << 16
-            | u64::from(ist) << 32
-            | 0x8E << 40
-            | ((handler >> 16) & 0xFFFF) << 48;
+        let [low, high] = x86::idt::interrupt_gate(handler, CODE_SELECTOR, ist);
         idt[vector as usize * 2] = low;
-        idt[vector as usize * 2 + 1] = handler >> 32;
+        idt[vector as usize * 2 + 1] = high;
     }
     let idt = Box::leak(idt);
 

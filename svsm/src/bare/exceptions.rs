@@ -4,26 +4,11 @@
 
 use super::backtrace;
 
+x86::exception_stubs!("exception_stubs", "exception_common");
+
 core::arch::global_asm!(
     r#"
-    .section .text.exceptions, "ax"
-    .global exception_stubs
-    .p2align 4
-exception_stubs:
-    .set vector, 0
-    .rept 32
-    .p2align 4
-    /* Vectors 8, 10-14, 17, 21, 29, 30 push an error code; the others get a 0. */
-    .if (vector == 8) || (vector >= 10 && vector <= 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)
-    push vector
-    .else
-    push 0
-    push vector
-    .endif
-    jmp exception_common
-    .set vector, vector + 1
-    .endr
-
+    .section .text.exception_common, "ax"
 exception_common:
     push rax
     push rbx

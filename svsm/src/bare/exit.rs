@@ -3,7 +3,7 @@
 //! which QEMU also returns for a triple fault. (Success is the guest's to report: it
 //! writes 1 to the same device when its checks pass.)
 
-use super::port::outl;
+use x86::port::outl;
 
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
 const FAILURE: u32 = 2;

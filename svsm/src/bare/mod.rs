@@ -20,7 +20,6 @@ mod heap;
 mod launch;
 mod native;
 mod pages;
-mod port;
 mod pvh;
 mod svm;
 mod symbols;

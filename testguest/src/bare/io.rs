@@ -1,27 +1,11 @@
-//! Port I/O for the test guest: its serial port and QEMU's debug-exit device (reached
-//! directly: the SVSM does not intercept port I/O on this platform).
+//! Leaving QEMU with the guest's verdict through its debug-exit device (reached
+//! directly: the SVSM lets the guest use this port and its COM2).
 
-pub fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O has no memory effects; COM2 and debug-exit belong to this guest.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
-}
-
-pub fn inb(port: u16) -> u8 {
-    let v: u8;
-    // SAFETY: as for `outb`.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
-    v
-}
-
-/// Leave QEMU with the guest's verdict: exit status 3 = all checks passed, 5 = not.
+/// Exit status 3 = all checks passed, 5 = not.
 pub fn exit(passed: bool) -> ! {
-    let value: u32 = if passed { 1 } else { 2 };
-    // SAFETY: as for `outb`.
-    unsafe {
-        core::arch::asm!("out dx, eax", in("dx") 0xF4u16, in("eax") value, options(nomem, nostack, preserves_flags))
-    };
+    x86::port::outl(0xF4, if passed { 1 } else { 2 });
     loop {
-        // SAFETY: halting touches no memory; the SVSM sees HLT and ends the run.
+        // SAFETY: halting touches no memory; the SVSM treats HLT as a yield.
         unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) }
     }
 }

@@ -11,25 +11,11 @@ static FAULTED: AtomicBool = AtomicBool::new(false);
 /// Length of the armed probe instruction, skipped when it faults.
 static PROBE_LEN: AtomicU64 = AtomicU64::new(0);
 
+x86::exception_stubs!("guest_exception_stubs", "guest_exception_common");
+
 core::arch::global_asm!(
     r#"
-    .section .text.guest_exceptions, "ax"
-    .global guest_exception_stubs
-    .p2align 4
-guest_exception_stubs:
-    .set vector, 0
-    .rept 32
-    .p2align 4
-    .if (vector == 8) || (vector >= 10 && vector <= 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)
-    push vector
-    .else
-    push 0
-    push vector
-    .endif
-    jmp guest_exception_common
-    .set vector, vector + 1
-    .endr
-
+    .section .text.guest_exception_common, "ax"
 guest_exception_common:
     push rax
     push rcx
@@ -130,9 +116,9 @@ pub extern "C" fn load_idt() {
     // this is the only access to the table.
     let idt = unsafe { &mut *IDT.0.get() };
     for v in 0..32u64 {
-        let h = stubs + v * 16;
-        idt[v as usize * 2] = (h & 0xFFFF) | 0x08 << 16 | 0x8E << 40 | ((h >> 16) & 0xFFFF) << 48;
-        idt[v as usize * 2 + 1] = h >> 32;
+        let [low, high] = x86::idt::interrupt_gate(stubs + v * x86::idt::STUB_SIZE, 0x08, 0);
+        idt[v as usize * 2] = low;
+        idt[v as usize * 2 + 1] = high;
     }
     let ptr = IdtPtr { limit: (64 * 8 - 1) as u16, base: idt.as_ptr() as u64 };
     // SAFETY: the table is static and complete; its gates point at the stubs above.

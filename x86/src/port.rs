@@ -1,12 +1,8 @@
-//! x86 port I/O: the only way the SVSM reaches the serial port and QEMU's exit device.
-//!
-//! Unsafe lives here and nowhere else in the console path. Callers own the ports they
-//! name; port I/O cannot touch memory.
+//! x86 port I/O. Port I/O cannot touch memory; callers name only ports they own.
 
 /// Write a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O has no memory effects; the ports used (COM1, debug-exit) belong to
-    // this SVSM and writing them cannot break Rust's guarantees.
+    // SAFETY: port I/O has no memory effects and cannot break Rust's guarantees.
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
 }
 
@@ -19,7 +15,7 @@ pub fn outl(port: u16, value: u32) {
 /// Read a byte from an I/O port.
 pub fn inb(port: u16) -> u8 {
     let value: u8;
-    // SAFETY: as for `outb`; reading a UART register only consumes its state.
+    // SAFETY: as for `outb`; reading a device register only consumes its state.
     unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) }
     value
 }
