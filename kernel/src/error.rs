@@ -29,6 +29,8 @@ pub enum AddressConflict {
     Reassigned,
     /// The page holds the call's own parameter list.
     ParameterList,
+    /// The secrets page, which the SVSM does not write for the guest.
+    Secrets,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

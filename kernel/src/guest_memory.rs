@@ -12,17 +12,17 @@ use crate::pages::PageTracker;
 use crate::platform::Platform;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-fn check(pages: &PageTracker, gpa: Gpa, len: usize) -> CallResult<()> {
+fn check(pages: &PageTracker, gpa: Gpa, len: usize, write: bool) -> CallResult<()> {
     if len == 0 {
         return Ok(());
     }
     let range = PageRange::covering(gpa, len as u64).ok_or(CallError::address(gpa, AddressConflict::NotRam))?;
-    pages.check_param(range).map_err(|(page, why)| CallError::address(page.gpa(), why))
+    pages.check_param(range, write).map_err(|(page, why)| CallError::address(page.gpa(), why))
 }
 
 /// Copy `buf.len()` bytes of guest memory at `gpa` into `buf`.
 pub fn read_bytes<P: Platform + ?Sized>(p: &P, pages: &PageTracker, gpa: Gpa, buf: &mut [u8]) -> CallResult<()> {
-    check(pages, gpa, buf.len())?;
+    check(pages, gpa, buf.len(), false)?;
     p.read(gpa, buf)?;
     Ok(())
 }
@@ -38,9 +38,15 @@ where
     Ok(v)
 }
 
+/// Would a write of `len` bytes at `gpa` be allowed? (Checked before work whose result
+/// must be written back, so the work is not done when the answer cannot be delivered.)
+pub fn check_writable(pages: &PageTracker, gpa: Gpa, len: usize) -> CallResult<()> {
+    check(pages, gpa, len, true)
+}
+
 /// Copy `data` into guest memory at `gpa`.
 pub fn write_bytes<P: Platform + ?Sized>(p: &mut P, pages: &PageTracker, gpa: Gpa, data: &[u8]) -> CallResult<()> {
-    check(pages, gpa, data.len())?;
+    check(pages, gpa, data.len(), true)?;
     p.write(gpa, data)?;
     Ok(())
 }

@@ -29,6 +29,8 @@ pub enum PageRole {
     Vmsa(VcpuIndex),
     /// The page holding a vCPU's calling area.
     CallingArea(VcpuIndex),
+    /// The SNP secrets page: the guest may read it, never have the SVSM write it.
+    Secrets,
 }
 
 /// Invalid memory layout handed to the SVSM at start-up (a host or launch error).
@@ -115,12 +117,14 @@ impl PageTracker {
         self.roles.range(span).map(|(pfn, role)| (*pfn, *role))
     }
 
-    /// Check a page range the SVSM will copy parameters from or to.
-    pub fn check_param(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
+    /// Check a page range the SVSM will copy parameters from (`write` false) or to.
+    pub fn check_param(&self, range: PageRange, write: bool) -> Result<(), (PageAddr, AddressConflict)> {
         self.check_common(range)?;
         for (pfn, role) in self.roles_in(range) {
             let why = match role {
                 PageRole::CallingArea(_) => continue,
+                PageRole::Secrets if !write => continue,
+                PageRole::Secrets => AddressConflict::Secrets,
                 PageRole::Deposited => AddressConflict::Deposited,
                 PageRole::Vmsa(_) => AddressConflict::Vmsa,
             };
@@ -139,6 +143,7 @@ impl PageTracker {
         if let Some((pfn, role)) = self.roles_in(range).next() {
             let why = match role {
                 PageRole::CallingArea(_) => AddressConflict::CallingArea,
+                PageRole::Secrets => AddressConflict::Secrets,
                 PageRole::Deposited => AddressConflict::Deposited,
                 PageRole::Vmsa(_) => AddressConflict::Vmsa,
             };
@@ -242,9 +247,13 @@ mod tests {
         let mut t = tracker();
         t.set_validated(range(0, 0x20), true);
         t.set_role(PageAddr::from_pfn(5), PageRole::CallingArea(VcpuIndex(0)));
-        assert!(t.check_param(range(5, 1)).is_ok());
+        assert!(t.check_param(range(5, 1), true).is_ok());
         assert_eq!(t.check_target(range(4, 2)).unwrap_err(), (PageAddr::from_pfn(5), AddressConflict::CallingArea));
         t.set_role(PageAddr::from_pfn(6), PageRole::Vmsa(VcpuIndex(1)));
-        assert_eq!(t.check_param(range(6, 1)).unwrap_err().1, AddressConflict::Vmsa);
+        assert_eq!(t.check_param(range(6, 1), false).unwrap_err().1, AddressConflict::Vmsa);
+        t.set_role(PageAddr::from_pfn(7), PageRole::Secrets);
+        assert!(t.check_param(range(7, 1), false).is_ok(), "the secrets page may be read");
+        assert_eq!(t.check_param(range(7, 1), true).unwrap_err().1, AddressConflict::Secrets);
+        assert_eq!(t.check_target(range(7, 1)).unwrap_err().1, AddressConflict::Secrets);
     }
 }

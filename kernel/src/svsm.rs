@@ -157,6 +157,9 @@ impl Svsm {
             Some(secrets) => publish(p, secrets, &config, vmpl as u8).map_err(InitError::Secrets)?,
             None => [0; 32],
         };
+        if let Some(secrets) = config.secrets_page {
+            pages.set_role(secrets, PageRole::Secrets);
+        }
         pages.set_role(config.startup_vmsa, PageRole::Vmsa(VcpuIndex::STARTUP));
         pages.set_role(ca.page(), PageRole::CallingArea(VcpuIndex::STARTUP));
         let startup = Vcpu {

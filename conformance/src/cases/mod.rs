@@ -31,7 +31,11 @@ pub static CASES: &[Case] = &[
     case!("6.1/remap-ca", "REMAP_CA moves the calling area; old and new CALL_PENDING are 0", remap::remap),
     case!("6.1/remap-ca-inside-page", "an 8-byte aligned calling area inside a page works", remap::remap_inside_page),
     case!("6.1/remap-ca-misaligned", "misaligned gpa -> INVALID_PARAMETER", remap::misaligned),
-    case!("6.1/remap-ca-bad-address", "SVSM, VMSA, unvalidated or non-RAM gpa -> INVALID_ADDRESS", remap::bad_address),
+    case!(
+        "6.1/remap-ca-bad-address",
+        "SVSM, VMSA, secrets page, unvalidated or non-RAM gpa -> INVALID_ADDRESS",
+        remap::bad_address
+    ),
     case!("6.2/pvalidate-4k", "4 KiB pages validated, zeroed, usable; next = count", pvalidate::validate_4k),
     case!("6.2/pvalidate-invalidate", "invalidated pages are unusable; validate again works", pvalidate::invalidate),
     case!("6.2/pvalidate-revokes-first", "invalidation leaves no lower-VMPL access", pvalidate::revokes_first),

@@ -193,6 +193,7 @@ pub fn svsm_owned(env: &mut dyn Env) -> CaseResult {
         (d.svsm_base + d.svsm_size - 0x1000, true),
         (f.startup_vmsa, false),
         (ca, false),
+        (f.secrets_page, false),
         (f.not_ram, true),
     ] {
         pvalidate(env, &[e4k(gpa, validate)], ResultCode::ERR_INVALID_ADDRESS)?;
@@ -214,7 +215,8 @@ pub fn list_page(env: &mut dyn Env) -> CaseResult {
 pub fn list_location(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
     let d = crate::check::discovery(env)?;
-    for gpa in [d.svsm_base, f.free_small + 0x10_0000, f.startup_vmsa, f.not_ram] {
+    // A list in the secrets page could be read, but its index could not be written back.
+    for gpa in [d.svsm_base, f.free_small + 0x10_0000, f.startup_vmsa, f.not_ram, f.secrets_page] {
         expect_core(env, PVALIDATE, [gpa, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     }
     Ok(())

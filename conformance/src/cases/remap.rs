@@ -46,7 +46,8 @@ pub fn misaligned(env: &mut dyn Env) -> CaseResult {
 pub fn bad_address(env: &mut dyn Env) -> CaseResult {
     let f = env.facts();
     let d = crate::check::discovery(env)?;
-    for gpa in [d.svsm_base, d.svsm_base + d.svsm_size - 8, f.startup_vmsa, f.free_small, f.not_ram] {
+    // The secrets page is readable by the guest but the SVSM must not write it on its behalf.
+    for gpa in [d.svsm_base, d.svsm_base + d.svsm_size - 8, f.startup_vmsa, f.free_small, f.not_ram, f.secrets_page] {
         expect_core(env, REMAP_CA, [gpa, 0, 0, 0], ResultCode::ERR_INVALID_ADDRESS)?;
     }
     expect_core(env, QUERY_PROTOCOL, [1, 0, 0, 0], ResultCode::SUCCESS)?;

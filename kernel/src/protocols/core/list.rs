@@ -33,6 +33,8 @@ pub fn read<P: Platform + ?Sized>(p: &P, pages: &PageTracker, gpa: Gpa) -> CallR
         return Err(CallError::InvalidParameter("list gpa is not 8-byte aligned"));
     }
     let header: ListHeader = guest_memory::read(p, pages, gpa)?;
+    // The next-entry index is written back; refuse a list where it cannot be.
+    guest_memory::check_writable(pages, gpa, core::mem::size_of::<ListHeader>())?;
     if header.entries == 0 {
         return Err(CallError::InvalidParameter("list has no entries"));
     }

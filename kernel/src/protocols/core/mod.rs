@@ -55,7 +55,7 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext)
     }
     let page = new.page();
     let range = PageRange::new(page, 1).ok_or(CallError::address(new, AddressConflict::NotRam))?;
-    svsm.pages.check_param(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    svsm.pages.check_param(range, true).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     // One calling area per page: another vCPU's area here would let two vCPUs' calls
     // collide.
     match svsm.pages.role(page) {
