@@ -114,7 +114,9 @@ fn main() {
         ));
     }
     println!("\ngoal: request path >= 0.5 x RMP-only limit");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), std::path::PathBuf::from)
+        .join("bench");
     let json = format!("{{\"benchmark\":\"pvalidate\",\"list_entries\":{ENTRIES},\"results\":[{}]}}\n", rows.join(","));
     if std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("pvalidate.json"), json)).is_ok() {
         println!("wrote {}", dir.join("pvalidate.json").display());

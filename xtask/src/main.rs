@@ -175,7 +175,7 @@ fn bench(args: &[String]) -> Result {
         "cargo bench -p bulwark-model --bench pvalidate",
         cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "pvalidate"]),
     )?;
-    let result = workspace_root()?.join("target/bench/pvalidate.json");
+    let result = target_dir()?.join("bench/pvalidate.json");
     if result.is_file() {
         step(&format!("bench result: {}", result.display()));
     } else {
@@ -267,7 +267,7 @@ fn build_testguest() -> Result<PathBuf> {
         "cargo build --release -p bulwark-testguest --target x86_64-unknown-none",
         cargo()?.args(["build", "--release", "-p", "bulwark-testguest", "--target", "x86_64-unknown-none"]),
     )?;
-    Ok(workspace_root()?.join("target/x86_64-unknown-none/release/bulwark-testguest"))
+    Ok(target_dir()?.join("x86_64-unknown-none/release/bulwark-testguest"))
 }
 
 /// Build the bare-metal SVSM and embed its symbol table; returns the image path.
@@ -277,7 +277,7 @@ fn build_svsm_image() -> Result<PathBuf> {
         "cargo build --release -p bulwark-svsm --target x86_64-unknown-none",
         cargo()?.args(["build", "--release", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none"]),
     )?;
-    let image = workspace_root()?.join("target/x86_64-unknown-none/release/bulwark-svsm");
+    let image = target_dir()?.join("x86_64-unknown-none/release/bulwark-svsm");
     let named = symbols::embed(&image)?;
     step(&format!("embedded {named} function names for backtraces"));
     Ok(image)
@@ -385,6 +385,14 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| "xtask's manifest directory has no parent".to_string())
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+fn target_dir() -> Result<PathBuf> {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Ok(workspace_root()?.join("target")),
+    }
 }
 
 /// The cargo that runs xtask (`$CARGO`, else `cargo`), with cwd at the workspace root.
