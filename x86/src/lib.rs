@@ -1,8 +1,9 @@
 //! Bare-metal x86-64 pieces the SVSM image (`svsm/`) and the test guest (`testguest/`)
 //! both need: port I/O, a 16550 UART console, the 32 exception entry stubs and IDT gate
-//! encoding. Small on purpose; the unsafe here is one instruction per function.
+//! encoding, and a once-only static memory area for heaps. Small on purpose; the unsafe here is one instruction per function.
 #![no_std]
 
+pub mod area;
 pub mod idt;
 pub mod port;
 pub mod uart;

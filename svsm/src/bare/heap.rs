@@ -9,9 +9,7 @@
 
 use buddy_system_allocator::Heap;
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
 use core::ptr::{NonNull, null_mut};
-use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 /// Heap size: the kernel's bitmaps and registries, the software RMP and the nested page
@@ -96,17 +94,11 @@ unsafe impl GlobalAlloc for SlabHeap {
     }
 }
 
-#[repr(C, align(4096))]
-struct Area(UnsafeCell<[u8; HEAP_SIZE]>);
-// SAFETY: the area is handed to the allocator once (guarded by TAKEN) and never touched
-// directly afterwards.
-unsafe impl Sync for Area {}
-static AREA: Area = Area(UnsafeCell::new([0; HEAP_SIZE]));
-static TAKEN: AtomicBool = AtomicBool::new(false);
+static AREA: x86::area::OnceArea<HEAP_SIZE> = x86::area::OnceArea::new();
 
 pub fn init() {
-    if !TAKEN.swap(true, Ordering::AcqRel) {
-        // SAFETY: the static area is handed out once (TAKEN) and lives for the whole run.
-        unsafe { HEAP.state.lock().buddy.init(AREA.0.get() as usize, HEAP_SIZE) };
+    if let Some((start, size)) = AREA.take() {
+        // SAFETY: the static area is handed out once and lives for the whole run.
+        unsafe { HEAP.state.lock().buddy.init(start, size) };
     }
 }
