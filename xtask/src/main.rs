@@ -238,6 +238,10 @@ fn boot(args: &[String]) -> Result {
                 boot.first_line_after.map_or(0.0, |d| d.as_secs_f64()),
                 size / 1024
             ));
+            let online = format!("smp: {} CPU(s) online", run.smp);
+            if !boot.lines.contains(&online) {
+                return Err(format!("the SVSM did not bring all CPUs online (expected `{online}`)"));
+            }
             if passed == 0 || failed > 0 {
                 return Err("the guest reported success without passing checks".into());
             }

@@ -106,6 +106,7 @@ boot_gdt_ptr:
     /* Boot page tables and stack, zeroed by the loader (NOLOAD .bss). */
     .section .bss.boot, "aw", @nobits
     .p2align 12
+    .global boot_pml4
 boot_pml4:
     .skip 4096
 boot_pdpt:
@@ -125,6 +126,16 @@ const BOOT_STACK_SIZE: usize = 64 * 1024;
 unsafe extern "C" {
     static __image_start: u8;
     static __image_end: u8;
+}
+
+unsafe extern "C" {
+    /// The boot page tables' root (identity map of 4 GiB), shared with the APs.
+    static boot_pml4: u8;
+}
+
+/// Physical address of the boot page tables' root.
+pub fn boot_page_tables() -> u64 {
+    core::ptr::addr_of!(boot_pml4) as u64
 }
 
 /// Physical bounds of the loaded image (identity-mapped).

@@ -21,6 +21,7 @@ mod launch;
 mod native;
 mod pages;
 mod pvh;
+mod smp;
 mod svm;
 mod symbols;
 
@@ -49,6 +50,8 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         }
     };
     println!("svm: enabled, nested paging available");
+    let online = smp::start_aps(entry::boot_page_tables());
+    println!("smp: {online} CPU(s) online");
     let (mut platform, mut svsm) = match launch::launch(&info, image_end) {
         Ok(launched) => launched,
         Err(why) => {

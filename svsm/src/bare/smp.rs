@@ -1,0 +1,201 @@
+//! Bringing the other CPUs online (QEMU `-smp N`).
+//!
+//! The boot CPU learns the CPU count from QEMU's fw_cfg, copies a real-mode trampoline to
+//! 0x7000 (guest RAM the launch leaves unused and unvalidated), and starts each AP with
+//! INIT-SIPI-SIPI through its local APIC, one at a time. The trampoline goes through
+//! protected mode into long mode on the boot page tables and calls [`ap_entry`] on a
+//! fresh stack; the AP loads its own GDT/TSS/IDT, turns SVM on, reports, and waits. (It
+//! does not run guest vCPUs yet: that needs the SVSM's state behind a lock and TLB
+//! shootdown for nested paging.)
+
+use super::cpu_tables;
+use super::svm;
+use alloc::vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+use x86::port::{inb, outb};
+
+/// Where the trampoline runs (below 1 MiB, page aligned: the SIPI vector is its page).
+const TRAMPOLINE: u64 = 0x7000;
+const AP_STACK: usize = 64 * 1024;
+const LAPIC: u64 = 0xFEE0_0000;
+const LAPIC_ICR_LOW: u64 = 0x300;
+const LAPIC_ICR_HIGH: u64 = 0x310;
+const LAPIC_SPURIOUS: u64 = 0xF0;
+const FW_CFG_SELECTOR: u16 = 0x510;
+const FW_CFG_DATA: u16 = 0x511;
+const FW_CFG_SIGNATURE: u16 = 0x00;
+const FW_CFG_NB_CPUS: u16 = 0x05;
+
+/// APs that reached `ap_entry` and finished their setup.
+static ONLINE: AtomicU32 = AtomicU32::new(0);
+
+// AT&T syntax: the trampoline's absolute addresses are label differences, which the
+// Intel-syntax parser refuses in operands.
+core::arch::global_asm!(
+    r#"
+    .section .text.ap_trampoline, "ax"
+    .global ap_trampoline_start
+    .global ap_trampoline_end
+    .global ap_trampoline_data
+    .code16
+ap_trampoline_start:
+    cli
+    cld
+    xorw %ax, %ax
+    movw %ax, %ds
+    lgdtl 0x7000 + (tramp_gdt_ptr - ap_trampoline_start)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl $0x08, $(0x7000 + (tramp32 - ap_trampoline_start))
+    .code32
+tramp32:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl %cr4, %eax
+    orl $(1 << 5), %eax
+    movl %eax, %cr4
+    movl 0x7000 + (ap_trampoline_data - ap_trampoline_start), %eax
+    movl %eax, %cr3
+    movl $0xC0000080, %ecx
+    rdmsr
+    orl $((1 << 8) | (1 << 11)), %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $((1 << 31) | (1 << 16)), %eax
+    movl %eax, %cr0
+    ljmpl $0x18, $(0x7000 + (tramp64 - ap_trampoline_start))
+    .code64
+tramp64:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl $(0x7000 + (ap_trampoline_data - ap_trampoline_start)), %ebx
+    movq 8(%rbx), %rsp
+    movq 16(%rbx), %rdi
+    movq 24(%rbx), %rax
+    xorl %ebp, %ebp
+    callq *%rax
+2:
+    cli
+    hlt
+    jmp 2b
+    .p2align 3
+tramp_gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF
+    .quad 0x00CF92000000FFFF
+    .quad 0x00AF9A000000FFFF
+tramp_gdt_ptr:
+    .word 31
+    .long 0x7000 + (tramp_gdt - ap_trampoline_start)
+    .p2align 3
+ap_trampoline_data:
+    .quad 0
+    .quad 0
+    .quad 0
+    .quad 0
+ap_trampoline_end:
+    "#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
+    static ap_trampoline_data: u8;
+}
+
+fn fw_cfg_select(key: u16) {
+    // SAFETY: fw_cfg's ports belong to the firmware interface; a 16-bit write selects.
+    unsafe { core::arch::asm!("out dx, ax", in("dx") FW_CFG_SELECTOR, in("ax") key, options(nomem, nostack)) };
+}
+
+/// The CPU count QEMU reports through fw_cfg (1 without a QEMU fw_cfg device).
+fn cpu_count() -> u32 {
+    fw_cfg_select(FW_CFG_SIGNATURE);
+    if [0u8; 4].map(|_| inb(FW_CFG_DATA)) != *b"QEMU" {
+        return 1;
+    }
+    fw_cfg_select(FW_CFG_NB_CPUS);
+    let n = u32::from(inb(FW_CFG_DATA)) | u32::from(inb(FW_CFG_DATA)) << 8;
+    n.clamp(1, 64)
+}
+
+fn lapic_write(reg: u64, value: u32) {
+    // SAFETY: the local APIC's registers are MMIO at LAPIC, identity-mapped; a 32-bit
+    // aligned volatile write is how they are programmed.
+    unsafe { core::ptr::write_volatile((LAPIC + reg) as *mut u32, value) };
+}
+
+fn lapic_read(reg: u64) -> u32 {
+    // SAFETY: as for `lapic_write`.
+    unsafe { core::ptr::read_volatile((LAPIC + reg) as *const u32) }
+}
+
+fn delay(rounds: u32) {
+    for _ in 0..rounds {
+        // A port-0x80 write takes about a microsecond (the classic I/O delay).
+        outb(0x80, 0);
+    }
+}
+
+/// Start every AP; returns how many CPUs are online (the boot CPU included).
+pub fn start_aps(boot_pml4: u64) -> u32 {
+    let total = cpu_count();
+    if total <= 1 {
+        return 1;
+    }
+    let start = core::ptr::addr_of!(ap_trampoline_start) as u64;
+    let len = core::ptr::addr_of!(ap_trampoline_end) as u64 - start;
+    let data = core::ptr::addr_of!(ap_trampoline_data) as u64 - start + TRAMPOLINE;
+    // SAFETY: 0x7000.. is low guest RAM the launch does not use and no Rust object lives
+    // in; the trampoline (a few hundred bytes) is copied there before any AP or guest runs.
+    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, TRAMPOLINE as *mut u8, len as usize) };
+    lapic_write(LAPIC_SPURIOUS, lapic_read(LAPIC_SPURIOUS) | 0x1FF);
+    for cpu in 1..total {
+        let stack = vec![0u8; AP_STACK].leak();
+        let words =
+            [boot_pml4, (stack.as_ptr() as u64 + AP_STACK as u64) & !0xF, u64::from(cpu), ap_entry as *const () as u64];
+        for (i, w) in words.iter().enumerate() {
+            // SAFETY: the trampoline's data words, in the copy just made; no AP runs yet.
+            unsafe { core::ptr::write_volatile((data + 8 * i as u64) as *mut u64, *w) };
+        }
+        let before = ONLINE.load(Ordering::Acquire);
+        lapic_write(LAPIC_ICR_HIGH, cpu << 24);
+        lapic_write(LAPIC_ICR_LOW, 0x0000_4500); // INIT
+        delay(10_000);
+        for _ in 0..2 {
+            lapic_write(LAPIC_ICR_HIGH, cpu << 24);
+            lapic_write(LAPIC_ICR_LOW, 0x0000_4600 | (TRAMPOLINE >> 12) as u32); // SIPI
+            delay(200);
+        }
+        let mut waited = 0u32;
+        while ONLINE.load(Ordering::Acquire) == before && waited < 1_000_000 {
+            core::hint::spin_loop();
+            waited += 1;
+        }
+    }
+    1 + ONLINE.load(Ordering::Acquire)
+}
+
+/// First Rust code on an AP, on its own stack, with the boot page tables.
+extern "C" fn ap_entry(cpu: u64) -> ! {
+    cpu_tables::load();
+    match svm::enable() {
+        Ok(svm) => {
+            // SVM stays on for the CPU's lifetime; so does its host save area.
+            core::mem::forget(svm);
+            crate::println!("smp: cpu {cpu} online (SVM on)");
+        }
+        Err(e) => crate::println!("smp: cpu {cpu} online, SVM unavailable ({e:?})"),
+    }
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+    loop {
+        // SAFETY: parks the CPU with interrupts off; it touches no memory.
+        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) }
+    }
+}
