@@ -42,7 +42,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     };
     info.report();
     crash_if_asked(&info);
-    let _svm = match svm::enable() {
+    let svm = match svm::enable() {
         Ok(svm) => svm,
         Err(e) => {
             println!("FAILED: SVM with nested paging is not available ({e:?}); QEMU needs -cpu EPYC,+svm");
@@ -67,7 +67,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         launch::CALLING_AREA_GPA,
         launch::SECRETS_GPA
     );
-    match native::run(&mut platform, &mut svsm) {
+    match native::run(&mut platform, &mut svsm, svm.host_state_phys()) {
         native::End::Broken(why) => {
             println!("FAILED: {why}");
             exit::failure()

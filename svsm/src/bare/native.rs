@@ -45,7 +45,7 @@ fn next_runnable(platform: &SvmPlatform, current: u32) -> Option<u32> {
 
 /// Serve the guest's vCPUs on this CPU, one at a time: a vCPU runs until it yields with
 /// HLT (or stops), then the next runnable one gets the CPU.
-pub fn run(platform: &mut SvmPlatform, svsm: &mut Svsm) -> End {
+pub fn run(platform: &mut SvmPlatform, svsm: &mut Svsm, host_state_pa: u64) -> End {
     let mut current = VcpuIndex::STARTUP.0;
     let mut refused = 0u32;
     loop {
@@ -59,7 +59,7 @@ pub fn run(platform: &mut SvmPlatform, svsm: &mut Svsm) -> End {
                 None => return End::Broken("no vCPU left to run"),
             }
         };
-        let e = v.run();
+        let e = v.run(host_state_pa);
         match e.code {
             exit::VMMCALL => {
                 v.skip(3);

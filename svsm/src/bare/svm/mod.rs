@@ -25,9 +25,18 @@ pub enum SvmError {
     OutOfMemory,
 }
 
-/// SVM is on for this CPU; the host save area lives as long as this value.
+/// SVM is on for this CPU; the host save area and the page VMSAVE keeps the host's
+/// FS/GS/TR/syscall state in live as long as this value.
 pub struct Svm {
     _hsave: Page,
+    host_state: Page,
+}
+
+impl Svm {
+    /// The page the VMRUN trampoline saves this CPU's host state into.
+    pub fn host_state_phys(&self) -> u64 {
+        self.host_state.phys()
+    }
 }
 
 pub fn enable() -> Result<Svm, SvmError> {
@@ -40,6 +49,7 @@ pub fn enable() -> Result<Svm, SvmError> {
         return Err(SvmError::NoNestedPaging);
     }
     let hsave = Page::zeroed().ok_or(SvmError::OutOfMemory)?;
+    let host_state = Page::zeroed().ok_or(SvmError::OutOfMemory)?;
     // SAFETY: EFER and VM_HSAVE_PA exist on every CPU with SVM (checked above); setting
     // SVME only enables the SVM instructions, and the host save area is a page this value
     // keeps alive for as long as SVM is used.
@@ -47,5 +57,5 @@ pub fn enable() -> Result<Svm, SvmError> {
         cpu::wrmsr(MSR_EFER, cpu::rdmsr(MSR_EFER) | EFER_SVME);
         cpu::wrmsr(MSR_VM_HSAVE_PA, hsave.phys());
     }
-    Ok(Svm { _hsave: hsave })
+    Ok(Svm { _hsave: hsave, host_state })
 }

@@ -123,12 +123,13 @@ impl SvmVcpu {
         })
     }
 
-    /// Run until the next #VMEXIT.
-    pub fn run(&mut self) -> Exit {
+    /// Run until the next #VMEXIT, with the host state kept in `host_state_pa` (this
+    /// CPU's page from `Svm::host_state_phys`).
+    pub fn run(&mut self, host_state_pa: u64) -> Exit {
         // SAFETY: SVM is enabled before any vCPU exists (launch); the VMCB is owned by
         // this vCPU and lives across the call; its nested page tables map only validated
-        // guest RAM, never SVSM memory.
-        unsafe { vmrun::run(self.vmcb.phys(), &mut self.regs) };
+        // guest RAM, never SVSM memory; the host-state page is this CPU's own.
+        unsafe { vmrun::run(self.vmcb.phys(), &mut self.regs, host_state_pa) };
         self.vmcb.set_u64(offset::TLB_CONTROL, 0);
         Exit {
             code: self.vmcb.exit_code(),

@@ -4,8 +4,10 @@
 //! registers) and saves the host's to the host save area; the other general-purpose
 //! registers are the software's business. The trampoline loads them from a
 //! [`GuestRegs`] block, runs the guest, and on #VMEXIT stores the guest's values back,
-//! restoring the host's callee-saved registers. GIF is cleared around VMRUN (CLGI/STGI)
-//! as the architecture expects.
+//! restoring the host's callee-saved registers. FS, GS, TR, LDTR, KernelGsBase and the
+//! syscall MSRs are switched with VMSAVE/VMLOAD (host state in a page of the CPU's), so a
+//! guest that loads its own TSS cannot leave it to the SVSM's exception handling. GIF is
+//! cleared around it all (CLGI/STGI) as the architecture expects.
 
 /// The guest's general-purpose registers that the VMCB does not hold.
 #[repr(C)]
@@ -31,6 +33,7 @@ core::arch::global_asm!(
     r#"
     .section .text.svm_vmrun, "ax"
     .global svm_vmrun
+    /* rdi = VMCB pa, rsi = GuestRegs, rdx = host state page pa */
 svm_vmrun:
     push rbx
     push rbp
@@ -38,8 +41,13 @@ svm_vmrun:
     push r13
     push r14
     push r15
+    push rdx
     push rsi
+    clgi
+    mov rax, rdx
+    vmsave rax
     mov rax, rdi
+    vmload rax
     mov rbx, [rsi + 0]
     mov rcx, [rsi + 8]
     mov rdx, [rsi + 16]
@@ -54,8 +62,8 @@ svm_vmrun:
     mov r14, [rsi + 96]
     mov r15, [rsi + 104]
     mov rsi, [rsi + 24]
-    clgi
     vmrun rax
+    vmsave rax
     push rsi
     mov rsi, [rsp + 8]
     mov [rsi + 0], rbx
@@ -73,8 +81,10 @@ svm_vmrun:
     mov [rsi + 104], r15
     pop rax
     mov [rsi + 24], rax
+    mov rax, [rsp + 8]
+    vmload rax
     stgi
-    add rsp, 8
+    add rsp, 16
     pop r15
     pop r14
     pop r13
@@ -86,7 +96,7 @@ svm_vmrun:
 );
 
 unsafe extern "C" {
-    fn svm_vmrun(vmcb_pa: u64, regs: *mut GuestRegs);
+    fn svm_vmrun(vmcb_pa: u64, regs: *mut GuestRegs, host_state_pa: u64);
 }
 
 /// Run the guest described by the VMCB at `vmcb_pa` until its next #VMEXIT.
@@ -94,10 +104,12 @@ unsafe extern "C" {
 /// # Safety
 /// SVM must be enabled with a host save area; `vmcb_pa` must be the physical address of a
 /// VMCB that stays alive and unmodified by anyone else during the call, whose nested page
-/// tables map no SVSM memory (so the guest cannot touch the SVSM's state).
-pub unsafe fn run(vmcb_pa: u64, regs: &mut GuestRegs) {
-    // SAFETY: the caller upholds the VMCB and SVM requirements; `regs` is a valid,
-    // exclusive GuestRegs block for the trampoline to load and store; the trampoline
-    // preserves the host's callee-saved registers and stack.
-    unsafe { svm_vmrun(vmcb_pa, regs) }
+/// tables map no SVSM memory (so the guest cannot touch the SVSM's state);
+/// `host_state_pa` must be a page of this CPU's that nothing else uses.
+pub unsafe fn run(vmcb_pa: u64, regs: &mut GuestRegs, host_state_pa: u64) {
+    // SAFETY: the caller upholds the VMCB, SVM and host-state requirements; `regs` is a
+    // valid, exclusive GuestRegs block for the trampoline to load and store; the
+    // trampoline preserves the host's callee-saved registers, stack and (VMSAVE/VMLOAD)
+    // its FS, GS, TR, LDTR and syscall MSRs.
+    unsafe { svm_vmrun(vmcb_pa, regs, host_state_pa) }
 }
