@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod area;
+pub mod elf;
 pub mod idt;
 pub mod port;
 pub mod uart;

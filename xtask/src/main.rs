@@ -8,7 +8,7 @@
 //! - `fuzz`  — a libFuzzer run through cargo-fuzz on the nightly toolchain;
 //! - `bench` — the `pvalidate` benchmark of the SNP model.
 //!
-//! It uses std and `rustc-demangle` (for the SVSM's embedded symbol table). Every cargo child runs with the workspace root as its
+//! It uses std, `rustc-demangle` and `bulwark-x86` (ELF readers) for the SVSM's embedded symbol table. Every cargo child runs with the workspace root as its
 //! working directory. Progress lines (`==> step`) go to stderr so that the
 //! stdout of `cargo xtask run --json` stays machine-readable.
 

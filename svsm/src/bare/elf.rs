@@ -12,15 +12,7 @@ pub struct Segment {
     pub memsz: u64,
 }
 
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
-}
+use x86::elf::{u16_at, u32_at, u64_at};
 
 /// The entry point and the PT_LOAD segments (at most 8) of an x86-64 ELF64 executable of
 /// `file_len` bytes whose headers are in `file` (a prefix of it).
