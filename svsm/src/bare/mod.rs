@@ -20,6 +20,7 @@ mod heap;
 mod launch;
 mod native;
 mod pages;
+mod percpu;
 mod pvh;
 mod smp;
 mod svm;
@@ -33,6 +34,10 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     console::init();
     println!("bulwark-svsm {}: booted through PVH, long mode on", env!("CARGO_PKG_VERSION"));
     heap::init();
+    if percpu::install(0, entry::boot_page_tables()).is_none() {
+        println!("FAILED: no memory for the boot CPU's page tables");
+        exit::failure()
+    }
     cpu_tables::load();
     let (image_start, image_end) = entry::image_bounds();
     println!("image: {:#x}..{:#x} ({} KiB)", image_start, image_end, (image_end - image_start) / 1024);
@@ -49,7 +54,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
             exit::failure()
         }
     };
-    println!("svm: enabled, nested paging available");
+    println!("svm: enabled, nested paging available; cpu {} runs on its own page tables", percpu::this_cpu());
     let online = smp::start_aps(entry::boot_page_tables());
     println!("smp: {online} CPU(s) online");
     let (mut platform, mut svsm) = match launch::launch(&info, image_end) {

@@ -184,14 +184,18 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
 
 /// First Rust code on an AP, on its own stack, with the boot page tables.
 extern "C" fn ap_entry(cpu: u64) -> ! {
+    let tables = super::percpu::install(cpu as u32, super::entry::boot_page_tables());
     cpu_tables::load();
     match svm::enable() {
         Ok(svm) => {
             // SVM stays on for the CPU's lifetime; so does its host save area.
             core::mem::forget(svm);
-            crate::println!("smp: cpu {cpu} online (SVM on)");
+            let own = tables.is_some() && super::percpu::this_cpu() == cpu as u32;
+            crate::println!("smp: cpu {cpu} online (SVM on, own page tables: {own})");
         }
-        Err(e) => crate::println!("smp: cpu {cpu} online, SVM unavailable ({e:?})"),
+        Err(e) => {
+            crate::println!("smp: cpu {cpu} online, SVM unavailable ({e:?}), own page tables: {}", tables.is_some())
+        }
     }
     ONLINE.fetch_add(1, Ordering::AcqRel);
     loop {
