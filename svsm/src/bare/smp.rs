@@ -47,7 +47,7 @@ ap_trampoline_start:
     movl %cr0, %eax
     orl $1, %eax
     movl %eax, %cr0
-    ljmpl $0x08, $(0x7000 + (tramp32 - ap_trampoline_start))
+    ljmpl $0x18, $(0x7000 + (tramp32 - ap_trampoline_start))
     .code32
 tramp32:
     movw $0x10, %ax
@@ -66,7 +66,7 @@ tramp32:
     movl %cr0, %eax
     orl $((1 << 31) | (1 << 16)), %eax
     movl %eax, %cr0
-    ljmpl $0x18, $(0x7000 + (tramp64 - ap_trampoline_start))
+    ljmpl $0x08, $(0x7000 + (tramp64 - ap_trampoline_start))
     .code64
 tramp64:
     movw $0x10, %ax
@@ -84,11 +84,14 @@ tramp64:
     hlt
     jmp 2b
     .p2align 3
+    /* The 64-bit code and data selectors (0x08, 0x10) are those of the runtime GDT
+       (cpu_tables.rs), so CS stays valid once that GDT is loaded (0x18 there is the
+       TSS); 0x18 here is 32-bit code, used only by the trampoline. */
 tramp_gdt:
     .quad 0
-    .quad 0x00CF9A000000FFFF
-    .quad 0x00CF92000000FFFF
     .quad 0x00AF9A000000FFFF
+    .quad 0x00CF92000000FFFF
+    .quad 0x00CF9A000000FFFF
 tramp_gdt_ptr:
     .word 31
     .long 0x7000 + (tramp_gdt - ap_trampoline_start)
