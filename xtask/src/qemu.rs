@@ -39,11 +39,12 @@ pub fn ensure_qemu() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("==> installing QEMU (apt-get install qemu-system-x86)");
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
+    let apt = |args: &[&str]| {
+        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"];
+    // A fresh machine may have no package lists yet.
+    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
     if installed {
         Ok(())
     } else {
