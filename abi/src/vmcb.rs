@@ -46,6 +46,7 @@ pub mod event {
 
 /// Intercept bits of INTERCEPT_MISC1.
 pub mod misc1 {
+    pub const NMI: u32 = 1 << 1;
     pub const CPUID: u32 = 1 << 18;
     pub const HLT: u32 = 1 << 24;
     pub const IOIO_PROT: u32 = 1 << 27;
@@ -61,6 +62,7 @@ pub mod misc2 {
 
 /// Exit codes the SVSM handles.
 pub mod exit {
+    pub const NMI: u64 = 0x61;
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const SHUTDOWN: u64 = 0x7F;

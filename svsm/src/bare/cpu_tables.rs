@@ -27,6 +27,8 @@ struct DescriptorPtr {
 unsafe extern "C" {
     /// The 32 exception entry stubs (`exceptions.rs`), 16 bytes apart.
     static exception_stubs: u8;
+    /// The NMI handler (`exceptions.rs`): an NMI is a kick, and returns at once.
+    static nmi_return: u8;
 }
 use x86::idt::STUB_SIZE;
 
@@ -54,7 +56,7 @@ pub fn load() {
     let mut idt = Box::new([0u64; 512]);
     let stubs = core::ptr::addr_of!(exception_stubs) as u64;
     for vector in 0..32u64 {
-        let handler = stubs + vector * STUB_SIZE;
+        let handler = if vector == 2 { core::ptr::addr_of!(nmi_return) as u64 } else { stubs + vector * STUB_SIZE };
         let ist = match vector {
             8 => IST_DOUBLE_FAULT,
             2 => IST_NMI,

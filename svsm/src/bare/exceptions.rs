@@ -6,6 +6,18 @@ use super::backtrace;
 
 x86::exception_stubs!("exception_stubs", "exception_common");
 
+// An NMI is how one CPU makes another leave the guest (`svm/kick.rs`). The NMI caused
+// the #VMEXIT already, or arrived while the CPU was in the SVSM: either way there is
+// nothing left to do when the CPU takes it.
+core::arch::global_asm!(
+    r#"
+    .section .text.nmi_return, "ax"
+    .global nmi_return
+nmi_return:
+    iretq
+    "#
+);
+
 core::arch::global_asm!(
     r#"
     .section .text.exception_common, "ax"

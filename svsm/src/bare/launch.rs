@@ -55,7 +55,7 @@ fn write(gpa: u64, data: &[u8]) -> Result<(), &'static str> {
 
 /// Build the guest's world; returns the platform and the SVSM serving it, and the guest
 /// entry point.
-pub fn launch(info: &StartInfo, image_end: u64) -> Result<(SvmPlatform, Svsm), &'static str> {
+pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatform, Svsm), &'static str> {
     if image_end > SVSM_REGION.end {
         return Err("the SVSM image is larger than its 4 MiB region");
     }
@@ -156,7 +156,8 @@ pub fn launch(info: &StartInfo, image_end: u64) -> Result<(SvmPlatform, Svsm), &
 
     let npt = NestedPageTable::new().ok_or("out of memory for nested page tables")?;
     let maps = PermissionMaps::new().ok_or("out of memory for the permission maps")?;
-    let mut platform = SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), maps, log_level: Level::Info };
+    let mut platform =
+        SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), running: BTreeMap::new(), cpus, maps, log_level: Level::Info };
     for range in &validated {
         platform.sync(pages(range.clone())).map_err(|_| "out of memory for nested page tables")?;
     }

@@ -17,6 +17,7 @@ mod exceptions;
 mod exit;
 mod guest_phys;
 mod heap;
+mod lapic;
 mod launch;
 mod native;
 mod pages;
@@ -57,7 +58,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     println!("svm: enabled, nested paging available; cpu {} runs on its own page tables", percpu::this_cpu());
     let online = smp::start_aps(entry::boot_page_tables());
     println!("smp: {online} CPU(s) online");
-    let (mut platform, mut svsm) = match launch::launch(&info, image_end) {
+    let (platform, svsm) = match launch::launch(&info, image_end, online) {
         Ok(launched) => launched,
         Err(why) => {
             println!("FAILED: launch: {why}");
@@ -72,12 +73,10 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         launch::CALLING_AREA_GPA,
         launch::SECRETS_GPA
     );
-    match native::run(&mut platform, &mut svsm, svm.host_state_phys()) {
-        native::End::Broken(why) => {
-            println!("FAILED: {why}");
-            exit::failure()
-        }
-    }
+    native::publish(native::Shared { platform, svsm });
+    let native::End::Broken(why) = native::serve(0, svm.host_state_phys());
+    println!("FAILED: {why}");
+    exit::failure()
 }
 
 /// `-append crash=ud` or `crash=panic`: show that faults are reported and stop cleanly.

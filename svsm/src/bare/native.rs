@@ -11,18 +11,27 @@
 //! - I/O to a port other than the guest's own (COM2, debug-exit): refused with #GP.
 //! - Nested page fault: the guest touched memory it has not validated, or SVSM memory.
 //!   Refused: logged, and the guest gets #GP; the SVSM keeps serving.
-//! - HLT: a yield; the next runnable vCPU gets the CPU (round robin on one CPU).
+//! - HLT: a yield; the next runnable vCPU of this CPU gets it (round robin).
+//! - NMI: a kick from another CPU (`svm/kick.rs`): back to the lock, then on.
 //! - SHUTDOWN or a state VMRUN refuses: the startup vCPU ends the run; any other vCPU is
 //!   stopped and the SVSM keeps serving the rest.
+//!
+//! Every CPU runs this loop for the vCPUs that live on it (vCPU `i` on CPU `i % cpus`).
+//! The SVSM's state (platform and kernel) sits behind one lock, taken to pick a vCPU and
+//! to handle an exit that needs the SVSM; exits that need nothing shared (CPUID, the bare
+//! gate, a kick, a HLT with no other vCPU to switch to) are handled without it, and the
+//! lock is never held while a vCPU is in the guest.
 
 use super::cpu;
-use super::svm::platform::SvmPlatform;
-use super::svm::vcpu::SvmVcpu;
+use super::svm::platform::{SvmPlatform, VCPUS_CHANGED};
+use super::svm::vcpu::{Exit, SvmVcpu};
 use abi::hw::discovery::{CPUID_EAX_SVSM_PRESENT, CPUID_LEAF, MSR_SVSM_CAA};
 use abi::vmcb::{event, exit, offset};
 use abi::vmsa::VmsaField;
+use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::Svsm;
 use kernel::vcpu::VcpuIndex;
+use spin::Mutex;
 
 /// RAX of a VMMCALL the SVSM answers without dispatch (benchmark of the bare gate).
 pub const BARE_GATE_RAX: u64 = 0xB1AE_0000_0000_0000;
@@ -33,104 +42,162 @@ pub enum End {
     Broken(&'static str),
 }
 
+/// What every CPU serves: the platform and the kernel.
+pub struct Shared {
+    pub platform: SvmPlatform,
+    pub svsm: Svsm,
+}
+
+/// Set once by the boot CPU after the launch.
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+/// Refused guest accesses so far (the log is rate-limited by it).
+static REFUSED: AtomicU32 = AtomicU32::new(0);
+
+/// Hand the launched guest to the run loops of every CPU.
+pub fn publish(shared: Shared) {
+    *SHARED.lock() = Some(shared);
+    VCPUS_CHANGED.fetch_add(1, Ordering::SeqCst);
+}
+
 fn inject_gp(v: &mut SvmVcpu) {
     v.vmcb.set_u64(offset::EVENT_INJ, event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID);
 }
 
-/// The vCPU after `current` that may run (round robin), if any.
-fn next_runnable(platform: &SvmPlatform, current: u32) -> Option<u32> {
-    let after = platform.vcpus.range(current + 1..).find(|(_, v)| !v.stopped);
-    after.or_else(|| platform.vcpus.range(..=current).find(|(_, v)| !v.stopped)).map(|(i, _)| *i)
+/// A vCPU taken out to run on this CPU.
+struct Taken {
+    index: u32,
+    vcpu: SvmVcpu,
+    /// No other vCPU of this CPU could run when it was taken: a HLT need not switch.
+    alone: bool,
+    /// `VCPUS_CHANGED` when it was taken.
+    generation: u64,
 }
 
-/// Serve the guest's vCPUs on this CPU, one at a time: a vCPU runs until it yields with
-/// HLT (or stops), then the next runnable one gets the CPU.
-pub fn run(platform: &mut SvmPlatform, svsm: &mut Svsm, host_state_pa: u64) -> End {
-    let mut current = VcpuIndex::STARTUP.0;
-    let mut refused = 0u32;
+/// Take this CPU's next runnable vCPU after `last` (round robin), if any.
+fn take_next(platform: &mut SvmPlatform, cpu: u32, last: Option<u32>, generation: u64) -> Option<Taken> {
+    let runnable = |(i, v): (&u32, &SvmVcpu)| (!v.stopped && platform.home(*i) == cpu).then_some(*i);
+    let after = last.map_or(Some(0), |l| l.checked_add(1));
+    let next = after.and_then(|a| platform.vcpus.range(a..).find_map(runnable));
+    let index = next.or_else(|| platform.vcpus.iter().find_map(runnable))?;
+    let alone = platform.vcpus.iter().filter_map(runnable).nth(1).is_none();
+    let vcpu = platform.take(index, cpu)?;
+    Some(Taken { index, vcpu, alone, generation })
+}
+
+/// Serve the vCPUs that live on `cpu` until the guest cannot go on.
+pub fn serve(cpu: u32, host_state_pa: u64) -> End {
+    let mut last = None;
     loop {
-        let index = VcpuIndex(current);
-        let Some(v) = platform.vcpus.get_mut(&current).filter(|v| !v.stopped) else {
-            match next_runnable(platform, current) {
-                Some(next) => {
-                    current = next;
-                    continue;
-                }
-                None => return End::Broken("no vCPU left to run"),
+        let generation = VCPUS_CHANGED.load(Ordering::SeqCst);
+        let taken = SHARED.lock().as_mut().and_then(|s| take_next(&mut s.platform, cpu, last, generation));
+        let Some(mut t) = taken else {
+            // Nothing to run here until a vCPU is created (or the guest is launched).
+            while VCPUS_CHANGED.load(Ordering::SeqCst) == generation {
+                core::hint::spin_loop();
             }
+            continue;
         };
-        let e = v.run(host_state_pa);
-        match e.code {
-            exit::VMMCALL => {
-                v.skip(3);
-                if v.field(VmsaField::Rax) != BARE_GATE_RAX {
-                    svsm.handle_entry(platform, index);
-                }
-            }
-            exit::CPUID => {
-                let (leaf, sub) = (v.field(VmsaField::Rax) as u32, v.regs.rcx as u32);
-                let (mut eax, ebx, ecx, edx) = cpu::cpuid(leaf, sub);
-                if leaf == CPUID_LEAF {
-                    eax |= CPUID_EAX_SVSM_PRESENT;
-                }
-                v.set_field(VmsaField::Rax, u64::from(eax));
-                v.regs.rbx = u64::from(ebx);
-                v.regs.rcx = u64::from(ecx);
-                v.regs.rdx = u64::from(edx);
-                v.skip(2);
-            }
-            exit::MSR => {
-                let is_write = e.info1 == 1;
-                if v.regs.rcx as u32 == MSR_SVSM_CAA && !is_write {
-                    let ca = svsm.vcpus().get(index).map_or(0, |c| c.calling_area.0);
-                    v.set_field(VmsaField::Rax, ca & 0xFFFF_FFFF);
-                    v.regs.rdx = ca >> 32;
-                    v.skip(2);
-                } else {
-                    inject_gp(v);
-                }
-            }
-            exit::IOIO => {
-                // Ports the guest may not use: refused like memory it may not touch.
-                refused = refused.saturating_add(1);
-                if refused <= 32 || refused.is_multiple_of(100) {
-                    crate::println!("svm: refused vCPU {current}'s I/O to port {:#x}; #GP injected", e.info1 >> 16);
-                }
-                inject_gp(v);
-            }
-            exit::NPF => {
-                refused = refused.saturating_add(1);
-                // The first refusals in full, then every 100th: a guest cannot flood the console.
-                if refused <= 32 || refused.is_multiple_of(100) {
-                    crate::println!(
-                        "svm: refused vCPU {current}'s access to {:#x} (not validated, or SVSM memory) at rip {:#x}; #GP injected ({refused} so far)",
-                        e.info2,
-                        v.field(VmsaField::Rip)
-                    );
-                }
-                inject_gp(v);
-            }
-            exit::HLT => {
-                // A yield: the guest waits for another vCPU.
-                v.skip(1);
-                if let Some(next) = next_runnable(platform, current) {
-                    current = next;
-                }
-            }
-            code @ (exit::SHUTDOWN | exit::INVALID) => {
-                let why = if code == exit::SHUTDOWN { "shut down (triple fault)" } else { "has a state VMRUN refuses" };
-                if index == VcpuIndex::STARTUP {
-                    crate::println!("svm: the startup vCPU {why}");
-                    return End::Broken("the startup vCPU cannot run");
-                }
-                // A broken secondary vCPU is the guest's problem: stop it, keep serving.
-                crate::println!("svm: vCPU {current} {why}; stopped");
-                v.stopped = true;
-            }
-            other => {
-                crate::println!("svm: unexpected exit {other:#x} (info1 {:#x}, info2 {:#x})", e.info1, e.info2);
-                return End::Broken("unexpected #VMEXIT");
-            }
+        let exit = run_until_shared(&mut t, cpu, host_state_pa);
+        let mut guard = SHARED.lock();
+        let Some(s) = guard.as_mut() else { return End::Broken("the guest vanished") };
+        s.platform.put_back(t.index, t.vcpu);
+        last = Some(t.index);
+        if let Some(e) = exit
+            && let Some(end) = handle_exit(s, t.index, cpu, e)
+        {
+            return end;
         }
     }
+}
+
+/// Run a taken vCPU, handling the exits that need nothing shared, until one does (or a
+/// kick calls the vCPU back: `None`).
+fn run_until_shared(t: &mut Taken, cpu: u32, host_state_pa: u64) -> Option<Exit> {
+    loop {
+        let e = t.vcpu.run(cpu, host_state_pa)?;
+        let v = &mut t.vcpu;
+        match e.code {
+            exit::VMMCALL if v.field(VmsaField::Rax) == BARE_GATE_RAX => v.skip(3),
+            exit::CPUID => answer_cpuid(v),
+            // A kick: the next `run` sees it and calls the vCPU back.
+            exit::NMI => {}
+            exit::HLT if t.alone && VCPUS_CHANGED.load(Ordering::SeqCst) == t.generation => v.skip(1),
+            _ => return Some(e),
+        }
+    }
+}
+
+fn answer_cpuid(v: &mut SvmVcpu) {
+    let (leaf, sub) = (v.field(VmsaField::Rax) as u32, v.regs.rcx as u32);
+    let (mut eax, ebx, ecx, edx) = cpu::cpuid(leaf, sub);
+    if leaf == CPUID_LEAF {
+        eax |= CPUID_EAX_SVSM_PRESENT;
+    }
+    v.set_field(VmsaField::Rax, u64::from(eax));
+    v.regs.rbx = u64::from(ebx);
+    v.regs.rcx = u64::from(ecx);
+    v.regs.rdx = u64::from(edx);
+    v.skip(2);
+}
+
+/// Handle an exit of vCPU `index` (back in the platform) that needs the SVSM, under the lock.
+fn handle_exit(s: &mut Shared, index: u32, cpu: u32, e: Exit) -> Option<End> {
+    let Shared { platform, svsm } = s;
+    // Deleted (dropped) or stopped while it was out: its exit is not served.
+    let v = platform.vcpus.get_mut(&index).filter(|v| !v.stopped)?;
+    match e.code {
+        exit::VMMCALL => {
+            v.skip(3);
+            svsm.handle_entry(platform, VcpuIndex(index));
+        }
+        exit::CPUID => answer_cpuid(v),
+        exit::MSR => {
+            let is_write = e.info1 == 1;
+            if v.regs.rcx as u32 == MSR_SVSM_CAA && !is_write {
+                let ca = svsm.vcpus().get(VcpuIndex(index)).map_or(0, |c| c.calling_area.0);
+                v.set_field(VmsaField::Rax, ca & 0xFFFF_FFFF);
+                v.regs.rdx = ca >> 32;
+                v.skip(2);
+            } else {
+                inject_gp(v);
+            }
+        }
+        exit::IOIO | exit::NPF => {
+            let refused = REFUSED.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            // The first refusals in full, then every 100th: a guest cannot flood the console.
+            if refused <= 32 || refused.is_multiple_of(100) {
+                let rip = v.field(VmsaField::Rip);
+                if e.code == exit::IOIO {
+                    crate::println!(
+                        "svm: refused vCPU {index}'s I/O to port {:#x} at rip {rip:#x}; #GP injected ({refused} so far)",
+                        e.info1 >> 16
+                    );
+                } else {
+                    crate::println!(
+                        "svm: refused vCPU {index}'s access to {:#x} (not validated, or SVSM memory) at rip {rip:#x}; #GP injected ({refused} so far)",
+                        e.info2
+                    );
+                }
+            }
+            inject_gp(v);
+        }
+        // A yield: the loop moves on to this CPU's next vCPU.
+        exit::HLT => v.skip(1),
+        exit::NMI => {}
+        code @ (exit::SHUTDOWN | exit::INVALID) => {
+            let why = if code == exit::SHUTDOWN { "shut down (triple fault)" } else { "has a state VMRUN refuses" };
+            if index == VcpuIndex::STARTUP.0 {
+                crate::println!("svm: the startup vCPU {why}");
+                return Some(End::Broken("the startup vCPU cannot run"));
+            }
+            // A broken secondary vCPU is the guest's problem: stop it, keep serving.
+            crate::println!("svm: vCPU {index} (cpu {cpu}) {why}; stopped");
+            v.stopped = true;
+        }
+        other => {
+            crate::println!("svm: unexpected exit {other:#x} (info1 {:#x}, info2 {:#x})", e.info1, e.info2);
+            return Some(End::Broken("unexpected #VMEXIT"));
+        }
+    }
+    None
 }

@@ -17,6 +17,11 @@ fn layout(count: usize) -> Option<Layout> {
     Layout::from_size_align(PAGE.checked_mul(count.max(1))?, PAGE).ok()
 }
 
+// SAFETY: a Page owns its allocation exclusively, like a Box; moving it to another CPU
+// moves that ownership. (The hardware reads some pages by physical address, e.g. a VMCB
+// during VMRUN, but only on the CPU that holds the Page at that time.)
+unsafe impl Send for Page {}
+
 impl Page {
     pub fn zeroed() -> Option<Self> {
         Self::zeroed_run(1)

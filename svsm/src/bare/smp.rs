@@ -4,11 +4,13 @@
 //! 0x7000 (guest RAM the launch leaves unused and unvalidated), and starts each AP with
 //! INIT-SIPI-SIPI through its local APIC, one at a time. The trampoline goes through
 //! protected mode into long mode on the boot page tables and calls [`ap_entry`] on a
-//! fresh stack; the AP loads its own GDT/TSS/IDT, turns SVM on, reports, and waits. (It
-//! does not run guest vCPUs yet: that needs the SVSM's state behind a lock and TLB
-//! shootdown for nested paging.)
+//! fresh stack; the AP loads its own GDT/TSS/IDT, turns SVM on, reports, and runs the
+//! guest vCPUs that live on it (`native.rs`). CPU `n` is the one with APIC ID `n`; an AP
+//! that does not come up (or has no SVM) ends the bring-up, so the CPUs that serve are
+//! always 0..online.
 
 use super::cpu_tables;
+use super::lapic;
 use super::svm;
 use alloc::vec;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -17,10 +19,6 @@ use x86::port::{inb, outb};
 /// Where the trampoline runs (below 1 MiB, page aligned: the SIPI vector is its page).
 const TRAMPOLINE: u64 = 0x7000;
 const AP_STACK: usize = 64 * 1024;
-const LAPIC: u64 = 0xFEE0_0000;
-const LAPIC_ICR_LOW: u64 = 0x300;
-const LAPIC_ICR_HIGH: u64 = 0x310;
-const LAPIC_SPURIOUS: u64 = 0xF0;
 const FW_CFG_SELECTOR: u16 = 0x510;
 const FW_CFG_DATA: u16 = 0x511;
 const FW_CFG_SIGNATURE: u16 = 0x00;
@@ -128,17 +126,6 @@ fn cpu_count() -> u32 {
     n.clamp(1, 64)
 }
 
-fn lapic_write(reg: u64, value: u32) {
-    // SAFETY: the local APIC's registers are MMIO at LAPIC, identity-mapped; a 32-bit
-    // aligned volatile write is how they are programmed.
-    unsafe { core::ptr::write_volatile((LAPIC + reg) as *mut u32, value) };
-}
-
-fn lapic_read(reg: u64) -> u32 {
-    // SAFETY: as for `lapic_write`.
-    unsafe { core::ptr::read_volatile((LAPIC + reg) as *const u32) }
-}
-
 fn delay(rounds: u32) {
     for _ in 0..rounds {
         // A port-0x80 write takes about a microsecond (the classic I/O delay).
@@ -158,7 +145,7 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
     // SAFETY: 0x7000.. is low guest RAM the launch does not use and no Rust object lives
     // in; the trampoline (a few hundred bytes) is copied there before any AP or guest runs.
     unsafe { core::ptr::copy_nonoverlapping(start as *const u8, TRAMPOLINE as *mut u8, len as usize) };
-    lapic_write(LAPIC_SPURIOUS, lapic_read(LAPIC_SPURIOUS) | 0x1FF);
+    lapic::enable();
     for cpu in 1..total {
         let stack = vec![0u8; AP_STACK].leak();
         let words =
@@ -168,18 +155,20 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
             unsafe { core::ptr::write_volatile((data + 8 * i as u64) as *mut u64, *w) };
         }
         let before = ONLINE.load(Ordering::Acquire);
-        lapic_write(LAPIC_ICR_HIGH, cpu << 24);
-        lapic_write(LAPIC_ICR_LOW, 0x0000_4500); // INIT
+        lapic::send_init(cpu);
         delay(10_000);
         for _ in 0..2 {
-            lapic_write(LAPIC_ICR_HIGH, cpu << 24);
-            lapic_write(LAPIC_ICR_LOW, 0x0000_4600 | (TRAMPOLINE >> 12) as u32); // SIPI
+            lapic::send_startup(cpu, (TRAMPOLINE >> 12) as u8);
             delay(200);
         }
         let mut waited = 0u32;
         while ONLINE.load(Ordering::Acquire) == before && waited < 1_000_000 {
             core::hint::spin_loop();
             waited += 1;
+        }
+        if ONLINE.load(Ordering::Acquire) == before {
+            crate::println!("smp: cpu {cpu} did not come online; serving with {cpu} CPU(s)");
+            break;
         }
     }
     1 + ONLINE.load(Ordering::Acquire)
@@ -189,18 +178,20 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
 extern "C" fn ap_entry(cpu: u64) -> ! {
     let tables = super::percpu::install(cpu as u32, super::entry::boot_page_tables());
     cpu_tables::load();
-    match svm::enable() {
-        Ok(svm) => {
-            // SVM stays on for the CPU's lifetime; so does its host save area.
-            core::mem::forget(svm);
-            let own = tables.is_some() && super::percpu::this_cpu() == cpu as u32;
-            crate::println!("smp: cpu {cpu} online (SVM on, own page tables: {own})");
-        }
-        Err(e) => {
-            crate::println!("smp: cpu {cpu} online, SVM unavailable ({e:?}), own page tables: {}", tables.is_some())
-        }
+    lapic::enable();
+    let svm = svm::enable();
+    let own = tables.is_some() && super::percpu::this_cpu() == cpu as u32;
+    match &svm {
+        Ok(_) => crate::println!("smp: cpu {cpu} online (SVM on, own page tables: {own})"),
+        Err(e) => crate::println!("smp: cpu {cpu} online, SVM unavailable ({e:?}), own page tables: {own}"),
     }
-    ONLINE.fetch_add(1, Ordering::AcqRel);
+    if let Ok(svm) = svm {
+        ONLINE.fetch_add(1, Ordering::AcqRel);
+        // Serve the guest vCPUs that live on this CPU (SVM stays on for its lifetime).
+        let super::native::End::Broken(why) = super::native::serve(cpu as u32, svm.host_state_phys());
+        crate::println!("FAILED: cpu {cpu}: {why}");
+        super::exit::failure()
+    }
     loop {
         // SAFETY: parks the CPU with interrupts off; it touches no memory.
         unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) }

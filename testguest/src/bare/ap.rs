@@ -123,3 +123,23 @@ pub fn vmsa(apic: u32) -> Option<abi::vmsa::Vmsa> {
     v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
     Some(v)
 }
+
+/// The guest's memory as any vCPU sees it, with calls issued by the vCPU with this APIC
+/// ID (through its mailbox): a [`guest::Client`] over it speaks for that vCPU.
+pub struct OnVcpu(pub u32);
+
+impl Transport for OnVcpu {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), guest::GuestFault> {
+        Vmmcall.read(gpa, buf)
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), guest::GuestFault> {
+        Vmmcall.write(gpa, data)
+    }
+    fn exchange_u8(&mut self, gpa: u64, value: u8) -> Result<u8, guest::GuestFault> {
+        Vmmcall.exchange_u8(gpa, value)
+    }
+    /// If the vCPU does not answer, the registers stay and the call reads as not executed.
+    fn request_svsm(&mut self, regs: &mut Regs) {
+        call(self.0, regs);
+    }
+}

@@ -123,17 +123,29 @@ pub fn run_all() -> (bool, u64) {
     let returned = back[..n].iter().all(|p| probe::readable(*p));
     r.check("6.6/withdraw", n == 4 && returned, format_args!("{withdrawn:?}, usable again: {returned}"));
 
-    // A second vCPU: created from a VMSA the guest builds, then deleted.
+    // A second vCPU: created from a VMSA the guest builds, it runs (on another physical
+    // CPU when QEMU has one), serves a call through its own calling area, and is deleted.
     let (vmsa, vcpu_ca) = (SMALL + 0xA000, SMALL + 0xB000);
-    let mut image = [0u8; 4096];
-    image[abi::vmsa::VmsaField::Vmpl.offset()] = 1;
-    image[abi::vmsa::VmsaField::SevFeatures.offset()] = 1;
-    let _ = c.transport.write(vmsa, &image);
+    if let Some(image) = super::ap::vmsa(1) {
+        let _ = c.transport.write(vmsa, zerocopy::IntoBytes::as_bytes(&image));
+    }
     let created = c.create_vcpu(vmsa, vcpu_ca, 1);
     let private = !probe::readable(vmsa);
-    r.check("6.3/create-vcpu", created.is_ok() && private, format_args!("{created:?}, VMSA private: {private}"));
+    let alive = super::ap::alive(1);
+    r.check(
+        "6.3/create-vcpu",
+        created.is_ok() && private && alive,
+        format_args!("{created:?}, VMSA private: {private}, the new vCPU answers: {alive}"),
+    );
+    let on_second = Client::new(super::ap::OnVcpu(1), vcpu_ca).query_protocol(ProtocolId::CORE, 1);
+    r.check("6.3/second-vcpu-calls", on_second == Ok(Some((1, 1))), format_args!("{on_second:?}"));
     let deleted = c.delete_vcpu(vmsa);
-    r.check("6.4/delete-vcpu", deleted.is_ok() && probe::readable(vmsa), format_args!("{deleted:?}"));
+    let gone = !super::ap::alive(1);
+    r.check(
+        "6.4/delete-vcpu",
+        deleted.is_ok() && probe::readable(vmsa) && gone,
+        format_args!("{deleted:?}, stopped: {gone}"),
+    );
 
     // Benchmark: an SVSM call round trip beside the bare gate, in the same boot.
     let query = Regs {

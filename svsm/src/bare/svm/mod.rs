@@ -5,9 +5,11 @@
 //! - [`vmcb`]: the VMCB, read and written by field offset;
 //! - [`npt`]: nested page tables that map guest RAM and never SVSM memory;
 //! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back;
+//! - [`kick`]: making another CPU leave the guest (shootdown, vCPU stop);
 //! - [`vcpu`]: an L2 vCPU (VMCB + registers + the VMSA fields SVM lacks);
 //! - [`platform`]: the kernel's `Platform` on top of all this.
 
+pub mod kick;
 pub mod npt;
 pub mod platform;
 pub mod vcpu;

@@ -2,14 +2,25 @@
 //! its guest under QEMU. There is no hardware RMP, so a software one (`bulwark-rmp`)
 //! holds page state, and the nested page tables enforce it: a page is mapped for the
 //! guest exactly while the RMP lets VMPL1 read it. Registers live in each vCPU's VMCB.
+//!
+//! Several CPUs run vCPUs: vCPU `i` lives on CPU `i % cpus`. The platform sits behind the
+//! SVSM's one lock (`native.rs`); a CPU takes a vCPU out of it to run it ([`take`]) and
+//! puts it back after the #VMEXIT ([`put_back`]), so the lock is never held in the guest.
+//! While a vCPU is out, changes that concern it are recorded in its [`Running`] entry and
+//! its CPU is kicked (`kick.rs`) before the change counts as done.
+//!
+//! [`take`]: SvmPlatform::take
+//! [`put_back`]: SvmPlatform::put_back
 
 use super::super::guest_phys;
 use super::super::pages::Page;
+use super::kick;
 use super::npt::{Access, NestedPageTable};
 use super::vcpu::SvmVcpu;
 use abi::hw::rmpadjust::{PERM_EXEC_SUPERVISOR, PERM_EXEC_USER, PERM_READ, PERM_WRITE};
 use abi::vmsa::VmsaField;
 use alloc::collections::BTreeMap;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::platform::{HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
 use kernel::vcpu::VcpuIndex;
@@ -21,12 +32,33 @@ pub const GUEST_VMPL: u8 = 1;
 pub struct SvmPlatform {
     pub rmp: Rmp,
     pub npt: NestedPageTable,
-    /// By kernel vCPU index.
+    /// vCPUs in the SVSM's hands (not in the guest), by kernel vCPU index.
     pub vcpus: BTreeMap<u32, SvmVcpu>,
+    /// vCPUs a CPU has taken out to run, by index.
+    pub running: BTreeMap<u32, Running>,
+    /// CPUs that run vCPUs.
+    pub cpus: u32,
     /// MSR and I/O permission maps shared by every vCPU.
     pub maps: PermissionMaps,
     pub log_level: Level,
 }
+
+/// A vCPU out on a CPU: what the SVSM may need of it meanwhile, and what it must do when
+/// it comes back.
+#[derive(Clone, Copy, Debug)]
+pub struct Running {
+    pub cpu: u32,
+    pub vmsa_gpa: u64,
+    pub vmpl: u8,
+    pub sev_features: u64,
+    /// Nested paging changed: flush its guest TLB before it runs again.
+    pub flush: bool,
+    /// DELETE_VCPU stopped it: it must not run again.
+    pub stop: bool,
+}
+
+/// Bumped whenever the set of runnable vCPUs changes (an idle CPU waits for it).
+pub static VCPUS_CHANGED: AtomicU64 = AtomicU64::new(0);
 
 /// Which MSRs and I/O ports the guest reaches without the SVSM.
 pub struct PermissionMaps {
@@ -75,7 +107,56 @@ impl SvmPlatform {
         for v in self.vcpus.values_mut() {
             v.flush_tlb();
         }
+        // A vCPU on another CPU may hold the old translations: it leaves the guest before
+        // the change counts as done, and flushes when it comes back.
+        for r in self.running.values_mut() {
+            r.flush = true;
+            kick::kick(r.cpu);
+        }
         Ok(())
+    }
+
+    /// The CPU that runs vCPU `index`.
+    pub fn home(&self, index: u32) -> u32 {
+        index % self.cpus.max(1)
+    }
+
+    /// Take vCPU `index` out of the SVSM's hands to run it on `cpu`.
+    pub fn take(&mut self, index: u32, cpu: u32) -> Option<SvmVcpu> {
+        let v = self.vcpus.remove(&index)?;
+        let r = Running {
+            cpu,
+            vmsa_gpa: v.vmsa_gpa,
+            vmpl: v.vmpl,
+            sev_features: v.sev_features,
+            flush: false,
+            stop: false,
+        };
+        self.running.insert(index, r);
+        Some(v)
+    }
+
+    /// Give a vCPU back after its #VMEXIT (or a kick), applying what happened while it was
+    /// out. A vCPU deleted meanwhile is dropped.
+    pub fn put_back(&mut self, index: u32, mut v: SvmVcpu) {
+        let Some(r) = self.running.remove(&index) else { return };
+        if r.flush {
+            v.flush_tlb();
+        }
+        if r.stop {
+            Self::stop(&mut v);
+        }
+        self.vcpus.insert(index, v);
+    }
+
+    fn stop(v: &mut SvmVcpu) {
+        v.stopped = true;
+        let efer = v.field(VmsaField::Efer);
+        v.set_field(VmsaField::Efer, efer & !abi::hw::EFER_SVME);
+    }
+
+    fn running_by_vmsa(&mut self, vmsa: PageAddr) -> Option<&mut Running> {
+        self.running.values_mut().find(|r| r.vmsa_gpa == vmsa.raw())
     }
 
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), MemoryFault> {
@@ -144,14 +225,24 @@ impl Platform for SvmPlatform {
         perms: u8,
         vmsa: bool,
     ) -> Result<(), HwError> {
-        // One physical CPU runs every vCPU in turn: no VMSA is in use while the SVSM runs.
-        self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, |_| false)?;
+        // A VMSA is in use while a CPU has its vCPU out (unless it is stopped for good).
+        let running = &self.running;
+        let in_use = |pfn: u64| running.values().any(|r| !r.stop && r.vmsa_gpa >> 12 == pfn);
+        self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, in_use)?;
         self.sync(page.pfn()..page.pfn() + size.pages())
     }
 
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
         if let Some(v) = self.vcpu_by_vmsa(vmsa) {
             return Ok(v.field(field));
+        }
+        if let Some(r) = self.running.values().find(|r| r.vmsa_gpa == vmsa.raw()) {
+            // Out on another CPU: only the fields the guest cannot change are known.
+            return match field {
+                VmsaField::Vmpl => Ok(u64::from(r.vmpl)),
+                VmsaField::SevFeatures => Ok(r.sev_features),
+                _ => Err(MemoryFault { gpa: vmsa.gpa() }),
+            };
         }
         // A VMSA no vCPU runs yet (CREATE_VCPU in progress): the page itself.
         let gpa = self.unbound_vmsa_field(vmsa, field)?;
@@ -167,6 +258,9 @@ impl Platform for SvmPlatform {
         if let Some(v) = self.vcpus.values_mut().find(|v| v.vmsa_gpa == vmsa.raw()) {
             v.set_field(field, value);
             return Ok(());
+        }
+        if self.running.values().any(|r| r.vmsa_gpa == vmsa.raw()) {
+            return Err(MemoryFault { gpa: vmsa.gpa() });
         }
         let gpa = self.unbound_vmsa_field(vmsa, field)?;
         // SAFETY: as in `vmsa_read`.
@@ -186,17 +280,24 @@ impl Platform for SvmPlatform {
                 // Its own ASID, so its TLB entries never mix with another vCPU's.
                 v.vmcb.set_u32(abi::vmcb::offset::GUEST_ASID, index.0 + 1);
                 self.vcpus.insert(index.0, v);
+                crate::println!("svm: vCPU {} runs on cpu {}", index.0, self.home(index.0));
+                VCPUS_CHANGED.fetch_add(1, Ordering::SeqCst);
             }
             None => crate::println!("svm: no memory for vCPU {} (APIC ID {apic_id})", index.0),
         }
     }
 
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
+        if let Some(r) = self.running_by_vmsa(vmsa) {
+            // Out on another CPU: it must leave the guest before DELETE_VCPU returns.
+            r.stop = true;
+            let cpu = r.cpu;
+            kick::kick(cpu);
+            return Ok(());
+        }
         match self.vcpus.values_mut().find(|v| v.vmsa_gpa == vmsa.raw()) {
             Some(v) => {
-                v.stopped = true;
-                let efer = v.field(VmsaField::Efer);
-                v.set_field(VmsaField::Efer, efer & !abi::hw::EFER_SVME);
+                Self::stop(v);
                 Ok(())
             }
             None => Err(HwError::Fault),
@@ -204,7 +305,10 @@ impl Platform for SvmPlatform {
     }
 
     fn vcpu_deleted(&mut self, index: VcpuIndex) {
+        // Still out on a CPU: dropped when that CPU puts it back.
+        self.running.remove(&index.0);
         self.vcpus.remove(&index.0);
+        VCPUS_CHANGED.fetch_add(1, Ordering::SeqCst);
     }
 
     fn vtom_limits(&self) -> Option<VtomLimits> {

@@ -2,6 +2,7 @@
 //! VMCB does not hold, and the VMSA fields SVM has no place for (VMPL, SEV_FEATURES,
 //! vTOM). The guest page named as its VMSA identifies it to the kernel.
 
+use super::kick;
 use super::npt::NestedPageTable;
 use super::platform::PermissionMaps;
 use super::vmcb::{Segment, Vmcb};
@@ -37,7 +38,7 @@ const SAVE_AREA: usize = 0x298;
 fn controls(vmcb: &mut Vmcb, npt: &NestedPageTable, maps: &PermissionMaps) {
     vmcb.set_u32(
         offset::INTERCEPT_MISC1,
-        misc1::CPUID | misc1::HLT | misc1::SHUTDOWN | misc1::MSR_PROT | misc1::IOIO_PROT,
+        misc1::NMI | misc1::CPUID | misc1::HLT | misc1::SHUTDOWN | misc1::MSR_PROT | misc1::IOIO_PROT,
     );
     vmcb.set_u32(offset::INTERCEPT_MISC2, misc2::VMRUN | misc2::VMMCALL);
     vmcb.set_u32(offset::GUEST_ASID, 1);
@@ -123,19 +124,28 @@ impl SvmVcpu {
         })
     }
 
-    /// Run until the next #VMEXIT, with the host state kept in `host_state_pa` (this
-    /// CPU's page from `Svm::host_state_phys`).
-    pub fn run(&mut self, host_state_pa: u64) -> Exit {
-        // SAFETY: SVM is enabled before any vCPU exists (launch); the VMCB is owned by
-        // this vCPU and lives across the call; its nested page tables map only validated
-        // guest RAM, never SVSM memory; the host-state page is this CPU's own.
+    /// Run on `cpu` until the next #VMEXIT, with the host state kept in `host_state_pa`
+    /// (this CPU's page from `Svm::host_state_phys`); `None` if a kick arrived first and
+    /// the vCPU did not enter the guest.
+    pub fn run(&mut self, cpu: u32, host_state_pa: u64) -> Option<Exit> {
+        // GIF off before the kick check: from here on a kick's NMI is held until the guest
+        // runs and makes it exit at once.
+        vmrun::clgi();
+        if !kick::enter(cpu) {
+            vmrun::stgi();
+            return None;
+        }
+        // SAFETY: SVM is enabled on every CPU that runs vCPUs, GIF is clear; the VMCB is
+        // owned by this vCPU and lives across the call; its nested page tables map only
+        // validated guest RAM, never SVSM memory; the host-state page is this CPU's own.
         unsafe { vmrun::run(self.vmcb.phys(), &mut self.regs, host_state_pa) };
+        kick::exited(cpu);
         self.vmcb.set_u64(offset::TLB_CONTROL, 0);
-        Exit {
+        Some(Exit {
             code: self.vmcb.exit_code(),
             info1: self.vmcb.u64(offset::EXIT_INFO1),
             info2: self.vmcb.u64(offset::EXIT_INFO2),
-        }
+        })
     }
 
     /// Flush the guest's TLB on the next VMRUN (after a nested-paging change).

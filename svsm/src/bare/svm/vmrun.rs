@@ -6,8 +6,9 @@
 //! [`GuestRegs`] block, runs the guest, and on #VMEXIT stores the guest's values back,
 //! restoring the host's callee-saved registers. FS, GS, TR, LDTR, KernelGsBase and the
 //! syscall MSRs are switched with VMSAVE/VMLOAD (host state in a page of the CPU's), so a
-//! guest that loads its own TSS cannot leave it to the SVSM's exception handling. GIF is
-//! cleared around it all (CLGI/STGI) as the architecture expects.
+//! guest that loads its own TSS cannot leave it to the SVSM's exception handling. The
+//! caller clears GIF ([`clgi`]) before its last check that it may enter the guest (see
+//! `kick.rs`); the trampoline sets it again (STGI) after the #VMEXIT.
 
 /// The guest's general-purpose registers that the VMCB does not hold.
 #[repr(C)]
@@ -43,7 +44,6 @@ svm_vmrun:
     push r15
     push rdx
     push rsi
-    clgi
     mov rax, rdx
     vmsave rax
     mov rax, rdi
@@ -95,6 +95,18 @@ svm_vmrun:
     "#
 );
 
+/// Clear GIF: interrupts and NMIs are held until the guest runs (or [`stgi`]).
+pub fn clgi() {
+    // SAFETY: CLGI only masks interrupts and NMIs; SVM is enabled on any CPU that runs a vCPU.
+    unsafe { core::arch::asm!("clgi", options(nomem, nostack, preserves_flags)) }
+}
+
+/// Set GIF again when the CPU decided not to enter the guest after all.
+pub fn stgi() {
+    // SAFETY: STGI only unmasks interrupts and NMIs (the IDT handles any held NMI).
+    unsafe { core::arch::asm!("stgi", options(nomem, nostack, preserves_flags)) }
+}
+
 unsafe extern "C" {
     fn svm_vmrun(vmcb_pa: u64, regs: *mut GuestRegs, host_state_pa: u64);
 }
@@ -102,7 +114,7 @@ unsafe extern "C" {
 /// Run the guest described by the VMCB at `vmcb_pa` until its next #VMEXIT.
 ///
 /// # Safety
-/// SVM must be enabled with a host save area; `vmcb_pa` must be the physical address of a
+/// SVM must be enabled with a host save area and GIF clear ([`clgi`]); `vmcb_pa` must be the physical address of a
 /// VMCB that stays alive and unmodified by anyone else during the call, whose nested page
 /// tables map no SVSM memory (so the guest cannot touch the SVSM's state);
 /// `host_state_pa` must be a page of this CPU's that nothing else uses.

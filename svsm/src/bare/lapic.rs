@@ -1,0 +1,49 @@
+//! The local APIC, as the SVSM uses it: start APs (INIT-SIPI) and make a CPU leave the
+//! guest it runs (NMI). xAPIC MMIO at its reset address, identity-mapped.
+
+const BASE: u64 = 0xFEE0_0000;
+const ICR_LOW: u64 = 0x300;
+const ICR_HIGH: u64 = 0x310;
+const SPURIOUS: u64 = 0xF0;
+const ICR_INIT: u32 = 0x0000_4500;
+const ICR_STARTUP: u32 = 0x0000_4600;
+const ICR_NMI: u32 = 0x0000_4400;
+/// The ICR's delivery-status bit: the previous IPI is still being sent.
+const ICR_PENDING: u32 = 1 << 12;
+
+fn write(reg: u64, value: u32) {
+    // SAFETY: the local APIC's registers are MMIO at BASE, identity-mapped; a 32-bit
+    // aligned volatile write is how they are programmed.
+    unsafe { core::ptr::write_volatile((BASE + reg) as *mut u32, value) };
+}
+
+fn read(reg: u64) -> u32 {
+    // SAFETY: as for `write`.
+    unsafe { core::ptr::read_volatile((BASE + reg) as *const u32) }
+}
+
+/// Software-enable this CPU's local APIC (spurious vector 0xFF).
+pub fn enable() {
+    write(SPURIOUS, read(SPURIOUS) | 0x1FF);
+}
+
+fn send(apic_id: u32, command: u32) {
+    while read(ICR_LOW) & ICR_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+    write(ICR_HIGH, apic_id << 24);
+    write(ICR_LOW, command);
+}
+
+pub fn send_init(apic_id: u32) {
+    send(apic_id, ICR_INIT);
+}
+
+/// STARTUP IPI: the AP starts in real mode at `page << 12`.
+pub fn send_startup(apic_id: u32, page: u8) {
+    send(apic_id, ICR_STARTUP | u32::from(page));
+}
+
+pub fn send_nmi(apic_id: u32) {
+    send(apic_id, ICR_NMI);
+}

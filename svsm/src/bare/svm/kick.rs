@@ -1,0 +1,69 @@
+//! Making another CPU leave the guest: the SVSM's TLB shootdown and vCPU stop.
+//!
+//! A CPU that changes nested paging, or stops a vCPU, while another CPU runs a vCPU must
+//! not return before that CPU has left the guest: a stale translation or one more guest
+//! instruction after the call could break the promise the call made. [`kick`] asks the
+//! CPU to come back to the SVSM's lock before it enters the guest again and, if it is in
+//! the guest, sends it an NMI (intercepted: the vCPU exits) and waits for the exit.
+//!
+//! The handshake is Dekker-style, every access SeqCst: the kicker sets `KICK` then reads
+//! `IN_GUEST`; the runner (GIF clear, so the NMI is held until VMRUN) sets `IN_GUEST` then
+//! reads `KICK`. At least one of them sees the other's store: either the runner does not
+//! enter, or the kicker sends the NMI and waits.
+
+use super::super::lapic;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub const MAX_CPUS: usize = 64;
+
+/// The CPU is between [`enter`] and [`exited`]: in the guest, or about to be.
+static IN_GUEST: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// The CPU must come back to the SVSM's lock before it enters the guest again.
+static KICK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// #VMEXITs so far, per CPU (the kicker waits for this to move).
+static EXITS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+fn slot(cpu: u32) -> Option<(&'static AtomicBool, &'static AtomicBool, &'static AtomicU64)> {
+    let i = cpu as usize;
+    Some((IN_GUEST.get(i)?, KICK.get(i)?, EXITS.get(i)?))
+}
+
+/// Called with GIF clear right before VMRUN: `false` if a kick is pending, and the CPU
+/// must go back to the lock instead of entering the guest.
+pub fn enter(cpu: u32) -> bool {
+    let Some((in_guest, kick, _)) = slot(cpu) else { return false };
+    in_guest.store(true, Ordering::SeqCst);
+    if kick.swap(false, Ordering::SeqCst) {
+        in_guest.store(false, Ordering::SeqCst);
+        return false;
+    }
+    true
+}
+
+/// Called right after each #VMEXIT.
+pub fn exited(cpu: u32) {
+    if let Some((in_guest, _, exits)) = slot(cpu) {
+        exits.fetch_add(1, Ordering::SeqCst);
+        in_guest.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Make `cpu` leave the guest and come back to the lock before it runs a vCPU again;
+/// returns once it is out of the guest. Never call it for the running CPU.
+pub fn kick(cpu: u32) {
+    let Some((in_guest, kick, exits)) = slot(cpu) else { return };
+    kick.store(true, Ordering::SeqCst);
+    let before = exits.load(Ordering::SeqCst);
+    if !in_guest.load(Ordering::SeqCst) {
+        return; // its next `enter` sees the kick
+    }
+    lapic::send_nmi(cpu);
+    let mut spins = 0u64;
+    while in_guest.load(Ordering::SeqCst) && exits.load(Ordering::SeqCst) == before {
+        core::hint::spin_loop();
+        spins += 1;
+        if spins == 1 << 28 {
+            crate::println!("svm: cpu {cpu} has not left the guest yet after a kick; still waiting");
+        }
+    }
+}
