@@ -11,6 +11,8 @@ pub mod offset {
     pub const MSRPM_BASE: usize = 0x048;
     pub const GUEST_ASID: usize = 0x058;
     pub const TLB_CONTROL: usize = 0x05C;
+    /// Virtual interrupt control; bit 24 is V_INTR_MASKING.
+    pub const V_INTR: usize = 0x060;
     pub const EXIT_CODE: usize = 0x070;
     pub const EXIT_INFO1: usize = 0x078;
     pub const EXIT_INFO2: usize = 0x080;
@@ -34,6 +36,10 @@ pub mod offset {
     pub const RFLAGS: usize = SAVE + 0x170;
     pub const G_PAT: usize = SAVE + 0x268;
 }
+
+/// V_INTR_MASKING: in the guest, the host's RFLAGS.IF (not the guest's) masks physical
+/// interrupts.
+pub const V_INTR_MASKING: u64 = 1 << 24;
 
 /// EVENTINJ encoding: vector in 7:0, type in 10:8, error-code-valid 11, valid 31, error
 /// code in 63:32.

@@ -29,6 +29,10 @@ unsafe extern "C" {
     static exception_stubs: u8;
     /// The NMI handler (`exceptions.rs`): an NMI is a kick, and returns at once.
     static nmi_return: u8;
+    /// The wake-up IPI's handler (`exceptions.rs`): EOI, return.
+    static wake_return: u8;
+    /// The spurious-interrupt handler (`exceptions.rs`): return.
+    static spurious_return: u8;
 }
 use x86::idt::STUB_SIZE;
 
@@ -66,6 +70,15 @@ pub fn load() {
         let [low, high] = x86::idt::interrupt_gate(handler, CODE_SELECTOR, ist);
         idt[vector as usize * 2] = low;
         idt[vector as usize * 2 + 1] = high;
+    }
+    // The only interrupts the SVSM takes: they end an idle CPU's HLT (`svm/kick.rs`).
+    for (vector, handler) in [
+        (super::lapic::WAKE_VECTOR, core::ptr::addr_of!(wake_return)),
+        (super::lapic::SPURIOUS_VECTOR, core::ptr::addr_of!(spurious_return)),
+    ] {
+        let [low, high] = x86::idt::interrupt_gate(handler as u64, CODE_SELECTOR, 0);
+        idt[usize::from(vector) * 2] = low;
+        idt[usize::from(vector) * 2 + 1] = high;
     }
     let idt = Box::leak(idt);
 

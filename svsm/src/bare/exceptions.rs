@@ -15,6 +15,23 @@ core::arch::global_asm!(
     .global nmi_return
 nmi_return:
     iretq
+
+    /* The wake-up IPI (`svm/kick.rs`): it only ends a HLT. Acknowledge it (EOI to the
+       local APIC at its identity-mapped address) and return. */
+    .section .text.wake_return, "ax"
+    .global wake_return
+wake_return:
+    push rax
+    mov eax, 0xFEE000B0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
+
+    /* A spurious local-APIC interrupt needs no EOI. */
+    .section .text.spurious_return, "ax"
+    .global spurious_return
+spurious_return:
+    iretq
     "#
 );
 

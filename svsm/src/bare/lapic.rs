@@ -1,5 +1,5 @@
-//! The local APIC, as the SVSM uses it: start APs (INIT-SIPI) and make a CPU leave the
-//! guest it runs (NMI). xAPIC MMIO at its reset address, identity-mapped.
+//! The local APIC, as the SVSM uses it: start APs (INIT-SIPI), make a CPU leave the
+//! guest it runs (NMI), wake an idle CPU (a fixed IPI). xAPIC MMIO at its reset address, identity-mapped.
 
 const BASE: u64 = 0xFEE0_0000;
 const ICR_LOW: u64 = 0x300;
@@ -22,9 +22,21 @@ fn read(reg: u64) -> u32 {
     unsafe { core::ptr::read_volatile((BASE + reg) as *const u32) }
 }
 
+/// The vector of the IPI that wakes an idle CPU (`svm/kick.rs`).
+pub const WAKE_VECTOR: u8 = 0xF0;
+/// The vector of spurious local-APIC interrupts.
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+
 /// Software-enable this CPU's local APIC (spurious vector 0xFF).
 pub fn enable() {
-    write(SPURIOUS, read(SPURIOUS) | 0x1FF);
+    write(SPURIOUS, read(SPURIOUS) | 0x100 | u32::from(SPURIOUS_VECTOR));
+}
+
+/// Mask every line of the legacy 8259 PICs: the firmware may have left its timer running,
+/// and the SVSM, which sleeps with interrupts on, wants only its own wake-up IPIs.
+pub fn mask_legacy_pic() {
+    x86::port::outb(0x21, 0xFF);
+    x86::port::outb(0xA1, 0xFF);
 }
 
 fn send(apic_id: u32, command: u32) {
@@ -42,6 +54,11 @@ pub fn send_init(apic_id: u32) {
 /// STARTUP IPI: the AP starts in real mode at `page << 12`.
 pub fn send_startup(apic_id: u32, page: u8) {
     send(apic_id, ICR_STARTUP | u32::from(page));
+}
+
+/// A fixed interrupt with `vector` (edge, physical destination).
+pub fn send_fixed(apic_id: u32, vector: u8) {
+    send(apic_id, 0x0000_4000 | u32::from(vector));
 }
 
 pub fn send_nmi(apic_id: u32) {

@@ -20,7 +20,7 @@ use super::elf;
 use super::guest_phys;
 use super::pvh::StartInfo;
 use super::svm::npt::NestedPageTable;
-use super::svm::platform::{GUEST_VMPL, PermissionMaps, SvmPlatform};
+use super::svm::platform::{GUEST_VMPL, PermissionMaps, Slot, SvmPlatform};
 use super::svm::vcpu::SvmVcpu;
 use abi::hw::rmpadjust::{PERM_ALL, PERM_READ};
 use alloc::collections::BTreeMap;
@@ -156,14 +156,13 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
 
     let npt = NestedPageTable::new().ok_or("out of memory for nested page tables")?;
     let maps = PermissionMaps::new().ok_or("out of memory for the permission maps")?;
-    let mut platform =
-        SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), running: BTreeMap::new(), cpus, maps, log_level: Level::Info };
+    let mut platform = SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), cpus, maps, log_level: Level::Info };
     for range in &validated {
         platform.sync(pages(range.clone())).map_err(|_| "out of memory for nested page tables")?;
     }
     let startup = SvmVcpu::long_mode(&platform.npt, &platform.maps, VMSA_GPA, entry, 0, GUEST_PML4)
         .ok_or("out of memory for the startup vCPU")?;
-    platform.vcpus.insert(0, startup);
+    platform.vcpus.insert(0, Slot::Here(startup));
 
     let first_free = image_end.next_multiple_of(4096);
     let config = SvsmConfig {

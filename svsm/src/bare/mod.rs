@@ -40,6 +40,8 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         exit::failure()
     }
     cpu_tables::load();
+    lapic::mask_legacy_pic();
+    lapic::enable();
     let (image_start, image_end) = entry::image_bounds();
     println!("image: {:#x}..{:#x} ({} KiB)", image_start, image_end, (image_end - image_start) / 1024);
     let Some(info) = pvh::StartInfo::read(u64::from(start_info)) else {
@@ -67,7 +69,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     };
     println!(
         "launch: guest entry {:#x}, SVSM region {:#x}..{:#x}, calling area {:#x}, secrets page {:#x}",
-        platform.vcpus.get(&0).map_or(0, |v| v.field(abi::vmsa::VmsaField::Rip)),
+        platform.vcpu(0).map_or(0, |v| v.field(abi::vmsa::VmsaField::Rip)),
         launch::SVSM_REGION.start,
         launch::SVSM_REGION.end,
         launch::CALLING_AREA_GPA,

@@ -23,7 +23,8 @@
 //! lock is never held while a vCPU is in the guest.
 
 use super::cpu;
-use super::svm::platform::{SvmPlatform, VCPUS_CHANGED};
+use super::svm::kick;
+use super::svm::platform::{SvmPlatform, VCPUS_CHANGED, vcpus_changed};
 use super::svm::vcpu::{Exit, SvmVcpu};
 use abi::hw::discovery::{CPUID_EAX_SVSM_PRESENT, CPUID_LEAF, MSR_SVSM_CAA};
 use abi::vmcb::{event, exit, offset};
@@ -56,7 +57,7 @@ static REFUSED: AtomicU32 = AtomicU32::new(0);
 /// Hand the launched guest to the run loops of every CPU.
 pub fn publish(shared: Shared) {
     *SHARED.lock() = Some(shared);
-    VCPUS_CHANGED.fetch_add(1, Ordering::SeqCst);
+    vcpus_changed();
 }
 
 fn inject_gp(v: &mut SvmVcpu) {
@@ -75,11 +76,9 @@ struct Taken {
 
 /// Take this CPU's next runnable vCPU after `last` (round robin), if any.
 fn take_next(platform: &mut SvmPlatform, cpu: u32, last: Option<u32>, generation: u64) -> Option<Taken> {
-    let runnable = |(i, v): (&u32, &SvmVcpu)| (!v.stopped && platform.home(*i) == cpu).then_some(*i);
-    let after = last.map_or(Some(0), |l| l.checked_add(1));
-    let next = after.and_then(|a| platform.vcpus.range(a..).find_map(runnable));
-    let index = next.or_else(|| platform.vcpus.iter().find_map(runnable))?;
-    let alone = platform.vcpus.iter().filter_map(runnable).nth(1).is_none();
+    let mine = || platform.runnable().map(|(i, _)| i).filter(|i| platform.home(*i) == cpu);
+    let index = mine().find(|i| last.is_none_or(|l| *i > l)).or_else(|| mine().next())?;
+    let alone = mine().nth(1).is_none();
     let vcpu = platform.take(index, cpu)?;
     Some(Taken { index, vcpu, alone, generation })
 }
@@ -87,25 +86,38 @@ fn take_next(platform: &mut SvmPlatform, cpu: u32, last: Option<u32>, generation
 /// Serve the vCPUs that live on `cpu` until the guest cannot go on.
 pub fn serve(cpu: u32, host_state_pa: u64) -> End {
     let mut last = None;
+    // The vCPU to run again at once (taken back in the same lock hold as its exit).
+    let mut again: Option<Taken> = None;
     loop {
-        let generation = VCPUS_CHANGED.load(Ordering::SeqCst);
-        let taken = SHARED.lock().as_mut().and_then(|s| take_next(&mut s.platform, cpu, last, generation));
-        let Some(mut t) = taken else {
-            // Nothing to run here until a vCPU is created (or the guest is launched).
-            while VCPUS_CHANGED.load(Ordering::SeqCst) == generation {
-                core::hint::spin_loop();
+        let mut t = match again.take() {
+            Some(t) => t,
+            None => {
+                let generation = VCPUS_CHANGED.load(Ordering::SeqCst);
+                let taken = SHARED.lock().as_mut().and_then(|s| take_next(&mut s.platform, cpu, last, generation));
+                let Some(t) = taken else {
+                    // Nothing to run here until a vCPU is created (or the guest is launched).
+                    kick::idle_until(cpu, || VCPUS_CHANGED.load(Ordering::SeqCst) != generation);
+                    continue;
+                };
+                t
             }
-            continue;
         };
         let exit = run_until_shared(&mut t, cpu, host_state_pa);
+        let Taken { index, vcpu, alone, generation } = t;
         let mut guard = SHARED.lock();
         let Some(s) = guard.as_mut() else { return End::Broken("the guest vanished") };
-        s.platform.put_back(t.index, t.vcpu);
-        last = Some(t.index);
-        if let Some(e) = exit
-            && let Some(end) = handle_exit(s, t.index, cpu, e)
-        {
-            return end;
+        s.platform.put_back(index, vcpu);
+        last = Some(index);
+        let keep = match exit {
+            Some(e) => match handle_exit(s, index, cpu, e) {
+                Ok(keep) => keep,
+                Err(end) => return end,
+            },
+            None => true,
+        };
+        // Same vCPU again unless it yielded or the set of vCPUs changed: no new pick.
+        if keep && VCPUS_CHANGED.load(Ordering::SeqCst) == generation {
+            again = s.platform.take(index, cpu).map(|vcpu| Taken { index, vcpu, alone, generation });
         }
     }
 }
@@ -140,11 +152,12 @@ fn answer_cpuid(v: &mut SvmVcpu) {
     v.skip(2);
 }
 
-/// Handle an exit of vCPU `index` (back in the platform) that needs the SVSM, under the lock.
-fn handle_exit(s: &mut Shared, index: u32, cpu: u32, e: Exit) -> Option<End> {
+/// Handle an exit of vCPU `index` (back in the platform) that needs the SVSM, under the
+/// lock; `Ok(true)` if the vCPU may go on running now, `Ok(false)` if another one's turn.
+fn handle_exit(s: &mut Shared, index: u32, cpu: u32, e: Exit) -> Result<bool, End> {
     let Shared { platform, svsm } = s;
     // Deleted (dropped) or stopped while it was out: its exit is not served.
-    let v = platform.vcpus.get_mut(&index).filter(|v| !v.stopped)?;
+    let Some(v) = platform.vcpu_mut(index).filter(|v| !v.stopped) else { return Ok(false) };
     match e.code {
         exit::VMMCALL => {
             v.skip(3);
@@ -182,22 +195,26 @@ fn handle_exit(s: &mut Shared, index: u32, cpu: u32, e: Exit) -> Option<End> {
             inject_gp(v);
         }
         // A yield: the loop moves on to this CPU's next vCPU.
-        exit::HLT => v.skip(1),
+        exit::HLT => {
+            v.skip(1);
+            return Ok(false);
+        }
         exit::NMI => {}
         code @ (exit::SHUTDOWN | exit::INVALID) => {
             let why = if code == exit::SHUTDOWN { "shut down (triple fault)" } else { "has a state VMRUN refuses" };
             if index == VcpuIndex::STARTUP.0 {
                 crate::println!("svm: the startup vCPU {why}");
-                return Some(End::Broken("the startup vCPU cannot run"));
+                return Err(End::Broken("the startup vCPU cannot run"));
             }
             // A broken secondary vCPU is the guest's problem: stop it, keep serving.
             crate::println!("svm: vCPU {index} (cpu {cpu}) {why}; stopped");
             v.stopped = true;
+            return Ok(false);
         }
         other => {
             crate::println!("svm: unexpected exit {other:#x} (info1 {:#x}, info2 {:#x})", e.info1, e.info2);
-            return Some(End::Broken("unexpected #VMEXIT"));
+            return Err(End::Broken("unexpected #VMEXIT"));
         }
     }
-    None
+    Ok(true)
 }

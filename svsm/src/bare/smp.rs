@@ -145,7 +145,6 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
     // SAFETY: 0x7000.. is low guest RAM the launch does not use and no Rust object lives
     // in; the trampoline (a few hundred bytes) is copied there before any AP or guest runs.
     unsafe { core::ptr::copy_nonoverlapping(start as *const u8, TRAMPOLINE as *mut u8, len as usize) };
-    lapic::enable();
     for cpu in 1..total {
         let stack = vec![0u8; AP_STACK].leak();
         let words =

@@ -1,4 +1,5 @@
-//! Making another CPU leave the guest: the SVSM's TLB shootdown and vCPU stop.
+//! Making another CPU leave the guest (the SVSM's TLB shootdown and vCPU stop), and
+//! waking a CPU that sleeps for lack of vCPUs to run.
 //!
 //! A CPU that changes nested paging, or stops a vCPU, while another CPU runs a vCPU must
 //! not return before that CPU has left the guest: a stale translation or one more guest
@@ -10,6 +11,10 @@
 //! `IN_GUEST`; the runner (GIF clear, so the NMI is held until VMRUN) sets `IN_GUEST` then
 //! reads `KICK`. At least one of them sees the other's store: either the runner does not
 //! enter, or the kicker sends the NMI and waits.
+//!
+//! An idle CPU sleeps in HLT with interrupts on ([`idle_until`]); whoever makes work for it
+//! calls [`wake_idle`], which sends the wake-up IPI to every sleeper. The same Dekker pair
+//! (`IDLE` against the caller's own condition) keeps a wake-up from being lost.
 
 use super::super::lapic;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +25,8 @@ pub const MAX_CPUS: usize = 64;
 static IN_GUEST: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// The CPU must come back to the SVSM's lock before it enters the guest again.
 static KICK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// The CPU sleeps (or is about to) until woken.
+static IDLE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// #VMEXITs so far, per CPU (the kicker waits for this to move).
 static EXITS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
@@ -64,6 +71,34 @@ pub fn kick(cpu: u32) {
         spins += 1;
         if spins == 1 << 28 {
             crate::println!("svm: cpu {cpu} has not left the guest yet after a kick; still waiting");
+        }
+    }
+}
+
+/// Sleep until `ready()` holds. Whoever makes it hold must call [`wake_idle`] afterwards.
+pub fn idle_until(cpu: u32, ready: impl Fn() -> bool) {
+    let Some(idle) = IDLE.get(cpu as usize) else {
+        while !ready() {
+            core::hint::spin_loop();
+        }
+        return;
+    };
+    idle.store(true, Ordering::SeqCst);
+    while !ready() {
+        // SAFETY: sleeps until an interrupt; the only ones the SVSM takes are the wake-up
+        // IPI and spurious ones, whose handlers just return. STI's one-instruction shadow
+        // keeps an IPI sent after the check above pending until HLT, which it then ends.
+        // CLI restores the SVSM's interrupts-off state.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+    }
+    idle.store(false, Ordering::SeqCst);
+}
+
+/// Wake every sleeping CPU (new work may be theirs).
+pub fn wake_idle() {
+    for (cpu, idle) in IDLE.iter().enumerate() {
+        if idle.load(Ordering::SeqCst) {
+            lapic::send_fixed(cpu as u32, lapic::WAKE_VECTOR);
         }
     }
 }

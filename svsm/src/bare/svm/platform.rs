@@ -32,15 +32,29 @@ pub const GUEST_VMPL: u8 = 1;
 pub struct SvmPlatform {
     pub rmp: Rmp,
     pub npt: NestedPageTable,
-    /// vCPUs in the SVSM's hands (not in the guest), by kernel vCPU index.
-    pub vcpus: BTreeMap<u32, SvmVcpu>,
-    /// vCPUs a CPU has taken out to run, by index.
-    pub running: BTreeMap<u32, Running>,
+    /// Every vCPU, by kernel vCPU index: in the SVSM's hands, or out on a CPU.
+    pub vcpus: BTreeMap<u32, Slot>,
     /// CPUs that run vCPUs.
     pub cpus: u32,
     /// MSR and I/O permission maps shared by every vCPU.
     pub maps: PermissionMaps,
     pub log_level: Level,
+}
+
+/// Where a vCPU is. Taking one out and putting it back swaps the slot's content in place:
+/// the exit path allocates nothing.
+pub enum Slot {
+    Here(SvmVcpu),
+    Out(Running),
+}
+
+impl Slot {
+    fn vmsa_gpa(&self) -> u64 {
+        match self {
+            Slot::Here(v) => v.vmsa_gpa,
+            Slot::Out(r) => r.vmsa_gpa,
+        }
+    }
 }
 
 /// A vCPU out on a CPU: what the SVSM may need of it meanwhile, and what it must do when
@@ -59,6 +73,12 @@ pub struct Running {
 
 /// Bumped whenever the set of runnable vCPUs changes (an idle CPU waits for it).
 pub static VCPUS_CHANGED: AtomicU64 = AtomicU64::new(0);
+
+/// Tell idle CPUs that the set of vCPUs changed (one may be theirs now).
+pub fn vcpus_changed() {
+    VCPUS_CHANGED.fetch_add(1, Ordering::SeqCst);
+    kick::wake_idle();
+}
 
 /// Which MSRs and I/O ports the guest reaches without the SVSM.
 pub struct PermissionMaps {
@@ -104,14 +124,16 @@ impl SvmPlatform {
             });
             self.npt.set(pfn << 12, access).ok_or(HwError::Fault)?;
         }
-        for v in self.vcpus.values_mut() {
-            v.flush_tlb();
-        }
-        // A vCPU on another CPU may hold the old translations: it leaves the guest before
-        // the change counts as done, and flushes when it comes back.
-        for r in self.running.values_mut() {
-            r.flush = true;
-            kick::kick(r.cpu);
+        for slot in self.vcpus.values_mut() {
+            match slot {
+                Slot::Here(v) => v.flush_tlb(),
+                // A vCPU on another CPU may hold the old translations: it leaves the guest
+                // before the change counts as done, and flushes when it comes back.
+                Slot::Out(r) => {
+                    r.flush = true;
+                    kick::kick(r.cpu);
+                }
+            }
         }
         Ok(())
     }
@@ -121,9 +143,36 @@ impl SvmPlatform {
         index % self.cpus.max(1)
     }
 
-    /// Take vCPU `index` out of the SVSM's hands to run it on `cpu`.
+    /// vCPU `index`, if it is in the SVSM's hands.
+    pub fn vcpu(&self, index: u32) -> Option<&SvmVcpu> {
+        match self.vcpus.get(&index)? {
+            Slot::Here(v) => Some(v),
+            Slot::Out(_) => None,
+        }
+    }
+
+    pub fn vcpu_mut(&mut self, index: u32) -> Option<&mut SvmVcpu> {
+        match self.vcpus.get_mut(&index)? {
+            Slot::Here(v) => Some(v),
+            Slot::Out(_) => None,
+        }
+    }
+
+    /// The vCPUs in the SVSM's hands that may run, with their indices.
+    pub fn runnable(&self) -> impl Iterator<Item = (u32, &SvmVcpu)> {
+        self.vcpus.iter().filter_map(|(i, slot)| match slot {
+            Slot::Here(v) if !v.stopped => Some((*i, v)),
+            _ => None,
+        })
+    }
+
+    /// Take vCPU `index` out of the SVSM's hands to run it on `cpu` (not if it is stopped).
     pub fn take(&mut self, index: u32, cpu: u32) -> Option<SvmVcpu> {
-        let v = self.vcpus.remove(&index)?;
+        let slot = self.vcpus.get_mut(&index)?;
+        let Slot::Here(v) = &*slot else { return None };
+        if v.stopped {
+            return None;
+        }
         let r = Running {
             cpu,
             vmsa_gpa: v.vmsa_gpa,
@@ -132,31 +181,30 @@ impl SvmPlatform {
             flush: false,
             stop: false,
         };
-        self.running.insert(index, r);
-        Some(v)
+        match core::mem::replace(slot, Slot::Out(r)) {
+            Slot::Here(v) => Some(v),
+            Slot::Out(_) => None,
+        }
     }
 
     /// Give a vCPU back after its #VMEXIT (or a kick), applying what happened while it was
     /// out. A vCPU deleted meanwhile is dropped.
     pub fn put_back(&mut self, index: u32, mut v: SvmVcpu) {
-        let Some(r) = self.running.remove(&index) else { return };
+        let Some(slot) = self.vcpus.get_mut(&index) else { return };
+        let Slot::Out(r) = *slot else { return };
         if r.flush {
             v.flush_tlb();
         }
         if r.stop {
             Self::stop(&mut v);
         }
-        self.vcpus.insert(index, v);
+        *slot = Slot::Here(v);
     }
 
     fn stop(v: &mut SvmVcpu) {
         v.stopped = true;
         let efer = v.field(VmsaField::Efer);
         v.set_field(VmsaField::Efer, efer & !abi::hw::EFER_SVME);
-    }
-
-    fn running_by_vmsa(&mut self, vmsa: PageAddr) -> Option<&mut Running> {
-        self.running.values_mut().find(|r| r.vmsa_gpa == vmsa.raw())
     }
 
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), MemoryFault> {
@@ -172,8 +220,12 @@ impl SvmPlatform {
         }
     }
 
-    fn vcpu_by_vmsa(&self, vmsa: PageAddr) -> Option<&SvmVcpu> {
-        self.vcpus.values().find(|v| v.vmsa_gpa == vmsa.raw())
+    fn slot_by_vmsa(&self, vmsa: PageAddr) -> Option<&Slot> {
+        self.vcpus.values().find(|slot| slot.vmsa_gpa() == vmsa.raw())
+    }
+
+    fn slot_by_vmsa_mut(&mut self, vmsa: PageAddr) -> Option<&mut Slot> {
+        self.vcpus.values_mut().find(|slot| slot.vmsa_gpa() == vmsa.raw())
     }
 
     fn size(size: PageSize) -> Size {
@@ -226,23 +278,25 @@ impl Platform for SvmPlatform {
         vmsa: bool,
     ) -> Result<(), HwError> {
         // A VMSA is in use while a CPU has its vCPU out (unless it is stopped for good).
-        let running = &self.running;
-        let in_use = |pfn: u64| running.values().any(|r| !r.stop && r.vmsa_gpa >> 12 == pfn);
+        let vcpus = &self.vcpus;
+        let in_use =
+            |pfn: u64| vcpus.values().any(|slot| matches!(slot, Slot::Out(r) if !r.stop && r.vmsa_gpa >> 12 == pfn));
         self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, in_use)?;
         self.sync(page.pfn()..page.pfn() + size.pages())
     }
 
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
-        if let Some(v) = self.vcpu_by_vmsa(vmsa) {
-            return Ok(v.field(field));
-        }
-        if let Some(r) = self.running.values().find(|r| r.vmsa_gpa == vmsa.raw()) {
+        match self.slot_by_vmsa(vmsa) {
+            Some(Slot::Here(v)) => return Ok(v.field(field)),
             // Out on another CPU: only the fields the guest cannot change are known.
-            return match field {
-                VmsaField::Vmpl => Ok(u64::from(r.vmpl)),
-                VmsaField::SevFeatures => Ok(r.sev_features),
-                _ => Err(MemoryFault { gpa: vmsa.gpa() }),
-            };
+            Some(Slot::Out(r)) => {
+                return match field {
+                    VmsaField::Vmpl => Ok(u64::from(r.vmpl)),
+                    VmsaField::SevFeatures => Ok(r.sev_features),
+                    _ => Err(MemoryFault { gpa: vmsa.gpa() }),
+                };
+            }
+            None => {}
         }
         // A VMSA no vCPU runs yet (CREATE_VCPU in progress): the page itself.
         let gpa = self.unbound_vmsa_field(vmsa, field)?;
@@ -255,12 +309,13 @@ impl Platform for SvmPlatform {
     }
 
     fn vmsa_write(&mut self, vmsa: PageAddr, field: VmsaField, value: u64) -> Result<(), MemoryFault> {
-        if let Some(v) = self.vcpus.values_mut().find(|v| v.vmsa_gpa == vmsa.raw()) {
-            v.set_field(field, value);
-            return Ok(());
-        }
-        if self.running.values().any(|r| r.vmsa_gpa == vmsa.raw()) {
-            return Err(MemoryFault { gpa: vmsa.gpa() });
+        match self.slot_by_vmsa_mut(vmsa) {
+            Some(Slot::Here(v)) => {
+                v.set_field(field, value);
+                return Ok(());
+            }
+            Some(Slot::Out(_)) => return Err(MemoryFault { gpa: vmsa.gpa() }),
+            None => {}
         }
         let gpa = self.unbound_vmsa_field(vmsa, field)?;
         // SAFETY: as in `vmsa_read`.
@@ -279,36 +334,31 @@ impl Platform for SvmPlatform {
             Some(mut v) => {
                 // Its own ASID, so its TLB entries never mix with another vCPU's.
                 v.vmcb.set_u32(abi::vmcb::offset::GUEST_ASID, index.0 + 1);
-                self.vcpus.insert(index.0, v);
+                self.vcpus.insert(index.0, Slot::Here(v));
                 crate::println!("svm: vCPU {} runs on cpu {}", index.0, self.home(index.0));
-                VCPUS_CHANGED.fetch_add(1, Ordering::SeqCst);
+                vcpus_changed();
             }
             None => crate::println!("svm: no memory for vCPU {} (APIC ID {apic_id})", index.0),
         }
     }
 
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
-        if let Some(r) = self.running_by_vmsa(vmsa) {
+        match self.slot_by_vmsa_mut(vmsa) {
+            Some(Slot::Here(v)) => Self::stop(v),
             // Out on another CPU: it must leave the guest before DELETE_VCPU returns.
-            r.stop = true;
-            let cpu = r.cpu;
-            kick::kick(cpu);
-            return Ok(());
-        }
-        match self.vcpus.values_mut().find(|v| v.vmsa_gpa == vmsa.raw()) {
-            Some(v) => {
-                Self::stop(v);
-                Ok(())
+            Some(Slot::Out(r)) => {
+                r.stop = true;
+                kick::kick(r.cpu);
             }
-            None => Err(HwError::Fault),
+            None => return Err(HwError::Fault),
         }
+        Ok(())
     }
 
     fn vcpu_deleted(&mut self, index: VcpuIndex) {
-        // Still out on a CPU: dropped when that CPU puts it back.
-        self.running.remove(&index.0);
+        // Still out on a CPU (stopped): dropped when that CPU puts it back.
         self.vcpus.remove(&index.0);
-        VCPUS_CHANGED.fetch_add(1, Ordering::SeqCst);
+        vcpus_changed();
     }
 
     fn vtom_limits(&self) -> Option<VtomLimits> {

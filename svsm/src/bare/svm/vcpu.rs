@@ -42,6 +42,9 @@ fn controls(vmcb: &mut Vmcb, npt: &NestedPageTable, maps: &PermissionMaps) {
     );
     vmcb.set_u32(offset::INTERCEPT_MISC2, misc2::VMRUN | misc2::VMMCALL);
     vmcb.set_u32(offset::GUEST_ASID, 1);
+    // Physical interrupts (an SVSM wake-up IPI) stay with the SVSM: the SVSM enters the
+    // guest with IF clear, so they wait until it sleeps again.
+    vmcb.set_u64(offset::V_INTR, abi::vmcb::V_INTR_MASKING);
     vmcb.set_u64(offset::NP_ENABLE, 1);
     vmcb.set_u64(offset::N_CR3, npt.root());
     vmcb.set_u64(offset::MSRPM_BASE, maps.msr_phys());
