@@ -34,10 +34,14 @@ commands:
                                      (set BULWARK_SKIP_FUZZ=1 to skip the fuzz smoke run)
   fuzz [--seconds N] [--target NAME] fuzz NAME (default: dispatcher) for N seconds (default: 600);
                                      needs the nightly toolchain, installs cargo-fuzz if missing
-  bench                              run the pvalidate benchmark (result: target/bench/pvalidate.json)
-  boot [--crash ud|panic] [--gdb]    build the bare-metal SVSM and boot it under QEMU (installs QEMU
+  bench                              the pvalidate benchmark of the model, then the svm call round
+                                     trip over 5 QEMU boots (results: target/bench/*.json)
+  boot [--crash ud|panic] [--console log] [--gdb]
+                                     build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
                                      --crash checks that a fault is reported and stops the SVSM cleanly;
+                                     --console log keeps the SVSM's log in its memory buffer only
+                                     (replayed on the serial port if the SVSM fails);
                                      --gdb waits for GDB on 127.0.0.1:1234 before the SVSM runs
   help                               show this text
 ";
@@ -124,6 +128,7 @@ fn test(args: &[String]) -> Result {
     )?;
     boot(&[])?;
     boot(&["--crash".to_string(), "ud".to_string()])?;
+    boot(&["--crash", "panic", "--console", "log"].map(String::from))?;
 
     if env::var_os("BULWARK_SKIP_FUZZ").is_some() {
         step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
@@ -168,7 +173,8 @@ fn fuzz(args: &[String]) -> Result {
     })
 }
 
-/// `cargo xtask bench`: the `pvalidate` benchmark of the SNP model.
+/// `cargo xtask bench`: the `pvalidate` benchmark of the SNP model, then the `svm` call
+/// round trip (QUERY_PROTOCOL against the bare gate) over several QEMU boots.
 fn bench(args: &[String]) -> Result {
     no_args("bench", args)?;
     exec(
@@ -181,6 +187,77 @@ fn bench(args: &[String]) -> Result {
     } else {
         step(&format!("no bench result at {} (the bench did not write one)", result.display()));
     }
+    svm_call_bench()
+}
+
+/// The size of the SVSM's region, from the launch line of the SVSM's log
+/// (`SVSM region 0x1000000..0x1400000,`).
+fn svsm_region_bytes(lines: &[String]) -> Option<u64> {
+    let rest = lines.iter().find_map(|l| l.split_once("SVSM region ").map(|(_, r)| r))?;
+    let (start, end) = rest.split(',').next()?.split_once("..")?;
+    let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok();
+    hex(end)?.checked_sub(hex(start)?)
+}
+
+/// Boots for the `svm` call benchmark.
+const SVM_BENCH_BOOTS: usize = 5;
+/// Issue 3's goal: a call costs at most this many bare gates.
+const SVM_BENCH_GOAL: f64 = 1.3;
+
+/// The test guest times QUERY_PROTOCOL and the bare gate in every boot (fastest of
+/// interleaved blocks); this boots it a few times and reports the median ratio.
+fn svm_call_bench() -> Result {
+    qemu::ensure_qemu()?;
+    let image = build_svsm_image()?;
+    let guest = build_testguest()?;
+    let run = qemu::Run {
+        svsm: &image,
+        guest: Some(&guest),
+        append: None,
+        smp: 2,
+        gdb: false,
+        limit: std::time::Duration::from_secs(120),
+    };
+    let (mut runs, mut region) = (Vec::new(), None);
+    for i in 1..=SVM_BENCH_BOOTS {
+        let boot = qemu::boot(&run)?;
+        let line =
+            boot.guest_lines.iter().find(|l| l.starts_with("BENCH ")).ok_or("the guest printed no BENCH line")?;
+        let field = |name: &str| -> Result<f64> {
+            let value = line.split(' ').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+            value.and_then(|v| v.parse().ok()).ok_or_else(|| format!("no {name} in `{line}`"))
+        };
+        let (query, bare) = (field("query_protocol_cycles")?, field("bare_vmmcall_cycles")?);
+        let first = boot.first_line_after.map_or(0.0, |d| d.as_secs_f64());
+        step(&format!(
+            "svm call bench {i}/{SVM_BENCH_BOOTS}: QUERY_PROTOCOL {query:.0} cycles, bare gate {bare:.0} cycles, ratio {:.2}",
+            query / bare
+        ));
+        runs.push((query, bare, first));
+        region = region.or_else(|| svsm_region_bytes(&boot.lines));
+    }
+    let mut ratios: Vec<f64> = runs.iter().map(|(q, b, _)| q / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let verdict = if median <= SVM_BENCH_GOAL { "goal met" } else { "goal missed" };
+    step(&format!(
+        "svm call round trip: median ratio {median:.2} over {SVM_BENCH_BOOTS} boots (goal <= {SVM_BENCH_GOAL}: {verdict})"
+    ));
+    let entries: Vec<String> = runs
+        .iter()
+        .map(|(q, b, f)| {
+            format!("{{\"query_protocol_cycles\": {q}, \"bare_vmmcall_cycles\": {b}, \"ratio\": {:.4}, \"first_output_s\": {f:.3}}}", q / b)
+        })
+        .collect();
+    let json = format!(
+        "{{\n  \"bench\": \"svm_call_round_trip\",\n  \"goal_ratio\": {SVM_BENCH_GOAL},\n  \"median_ratio\": {median:.4},\n  \"svsm_region_bytes\": {},\n  \"runs\": [\n    {}\n  ]\n}}\n",
+        region.map_or("null".to_string(), |r| r.to_string()),
+        entries.join(",\n    ")
+    );
+    let out = target_dir()?.join("bench/svm_call.json");
+    std::fs::create_dir_all(out.parent().ok_or("bench path has no parent")?).map_err(|e| e.to_string())?;
+    std::fs::write(&out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+    step(&format!("bench result: {}", out.display()));
     Ok(())
 }
 
@@ -188,12 +265,17 @@ fn bench(args: &[String]) -> Result {
 /// `--crash`, the SVSM is asked to fault after booting, and the run succeeds only if it
 /// reports the fault with a symbolized backtrace and stops with a failure status.
 fn boot(args: &[String]) -> Result {
-    let usage = || format!("usage: cargo xtask boot [--crash ud|panic] [--gdb]\n\n{USAGE}");
-    let (mut crash, mut gdb) = (None, false);
+    let usage = || format!("usage: cargo xtask boot [--crash ud|panic] [--console log] [--gdb]\n\n{USAGE}");
+    let (mut crash, mut gdb, mut log_only) = (None, false, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--gdb" => gdb = true,
+            "--console" => match it.next().map(String::as_str) {
+                Some("log") => log_only = true,
+                Some("serial") => log_only = false,
+                _ => return Err(usage()),
+            },
             "--crash" => match it.next().map(String::as_str) {
                 Some(kind @ ("ud" | "panic")) => crash = Some(kind),
                 _ => return Err(usage()),
@@ -203,7 +285,9 @@ fn boot(args: &[String]) -> Result {
     }
     let image = build_svsm_image()?;
     let guest = build_testguest()?;
-    let append = crash.map(|kind| format!("crash={kind}"));
+    let words: Vec<String> =
+        crash.map(|kind| format!("crash={kind}")).into_iter().chain(log_only.then(|| "console=log".into())).collect();
+    let append = (!words.is_empty()).then(|| words.join(" "));
     step(&format!(
         "qemu-system-x86_64 -cpu EPYC,+svm -smp 2 -kernel {}{}",
         image.display(),
@@ -242,6 +326,9 @@ fn boot(args: &[String]) -> Result {
             if !boot.lines.contains(&online) {
                 return Err(format!("the SVSM did not bring all CPUs online (expected `{online}`)"));
             }
+            if !boot.lines.iter().any(|l| l.ends_with("runs on cpu 1")) {
+                return Err("no guest vCPU ran on a second CPU".into());
+            }
             if passed == 0 || failed > 0 {
                 return Err("the guest reported success without passing checks".into());
             }
@@ -252,14 +339,23 @@ fn boot(args: &[String]) -> Result {
             // A clean stop names the fault and at least one function of the backtrace.
             let reported = boot.lines.iter().any(|l| l.starts_with("EXCEPTION") || l.starts_with("PANIC"));
             let symbolized = boot.lines.iter().any(|l| l.trim_start().starts_with('#') && l.contains("+0x"));
-            if reported && symbolized {
-                step(&format!(
-                    "the SVSM reported the requested crash ({kind}) with a symbolized backtrace and stopped"
-                ));
-                Ok(())
-            } else {
-                Err(format!("crash {kind}: fault reported: {reported}, symbolized backtrace: {symbolized}"))
+            if !(reported && symbolized) {
+                return Err(format!("crash {kind}: fault reported: {reported}, symbolized backtrace: {symbolized}"));
             }
+            step(&format!("the SVSM reported the requested crash ({kind}) with a symbolized backtrace and stopped"));
+            if log_only {
+                // The serial port stayed quiet until the failure, then got the whole buffer.
+                let replay = boot.lines.iter().position(|l| l.starts_with("--- console log buffer"));
+                let quiet_before = replay.is_some_and(|r| !boot.lines[..r].iter().any(|l| l.starts_with("image: ")));
+                let replayed = replay.is_some_and(|r| boot.lines[r..].iter().any(|l| l.starts_with("image: ")));
+                if !(quiet_before && replayed) {
+                    return Err(format!(
+                        "console=log: serial quiet before the failure: {quiet_before}, log buffer replayed: {replayed}"
+                    ));
+                }
+                step("console=log kept the serial port quiet and replayed the log buffer on the failure");
+            }
+            Ok(())
         }
         (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
     }

@@ -1,16 +1,132 @@
-//! The SVSM console: COM1. `println!` writes here.
+//! The SVSM console, with switchable backends: the serial port (COM1) and an in-memory
+//! log buffer. `println!` writes to the ones switched on.
+//!
+//! The log buffer keeps the last [`LOG_BYTES`] bytes whatever the serial port does, so a
+//! run that keeps its log off the host-visible serial port (`console=log` on the command
+//! line: on SNP hardware the serial port is the host's) still has it. When the SVSM stops
+//! on a failure with the serial port off, the buffer is replayed there: the crash report
+//! comes with the log that led to it.
+//!
+//! One lock serializes the CPUs' lines. The failure path never waits for it forever: a
+//! CPU that faulted while printing must still be able to report.
 
 use core::fmt::Write;
+use spin::Mutex;
 use x86::uart::Uart16550;
+
+/// Size of the in-memory log buffer.
+pub const LOG_BYTES: usize = 64 * 1024;
+
+/// Which backends receive output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backends {
+    /// Serial port and log buffer (the default).
+    Both = 0,
+    /// Log buffer only: nothing reaches the serial port until a failure.
+    LogOnly,
+}
+
+/// The last `LOG_BYTES` bytes written, oldest first from `written % LOG_BYTES`.
+struct LogBuffer {
+    bytes: [u8; LOG_BYTES],
+    /// Bytes written since boot (the ring holds the last `LOG_BYTES` of them).
+    written: u64,
+}
+
+impl LogBuffer {
+    fn push(&mut self, s: &[u8]) {
+        for b in s {
+            self.bytes[(self.written % LOG_BYTES as u64) as usize] = *b;
+            self.written += 1;
+        }
+    }
+
+    /// The kept bytes, oldest first, as two slices.
+    fn contents(&self) -> (&[u8], &[u8]) {
+        if self.written <= LOG_BYTES as u64 {
+            (&self.bytes[..self.written as usize], &[])
+        } else {
+            let split = (self.written % LOG_BYTES as u64) as usize;
+            (&self.bytes[split..], &self.bytes[..split])
+        }
+    }
+}
+
+/// All-zero when the SVSM starts, so the 64 KiB buffer costs no image space (.bss).
+struct Console {
+    backends: Backends,
+    log: LogBuffer,
+}
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.log.push(s.as_bytes());
+        if self.backends == Backends::Both {
+            // Serial writes cannot fail.
+            let mut serial = Uart16550::COM1;
+            let _ = serial.write_str(s);
+        }
+        Ok(())
+    }
+}
+
+static CONSOLE: Mutex<Console> =
+    Mutex::new(Console { backends: Backends::Both, log: LogBuffer { bytes: [0; LOG_BYTES], written: 0 } });
 
 pub fn init() {
     Uart16550::COM1.init();
 }
 
+/// Switch backends (from the command line's `console=log|serial`).
+pub fn switch(backends: Backends) {
+    if let Some(mut console) = lock() {
+        console.backends = backends;
+    }
+}
+
+/// Take the console lock, or go without it if it seems held for good: a CPU that faulted
+/// while printing must still be able to report.
+fn lock() -> Option<spin::MutexGuard<'static, Console>> {
+    for _ in 0..10_000_000u32 {
+        if let Some(guard) = CONSOLE.try_lock() {
+            return Some(guard);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
 pub fn print(args: core::fmt::Arguments<'_>) {
-    // Serial writes cannot fail.
-    let mut com1 = Uart16550::COM1;
-    let _ = com1.write_fmt(args);
+    match lock() {
+        Some(mut console) => {
+            let _ = console.write_fmt(args);
+        }
+        None => {
+            let mut serial = Uart16550::COM1;
+            let _ = serial.write_fmt(args);
+        }
+    }
+}
+
+/// Before the SVSM stops on a failure: with the serial port off, replay the log buffer
+/// there so the report comes with its context.
+pub fn replay_for_failure() {
+    let Some(console) = lock() else { return };
+    if console.backends == Backends::Both {
+        return;
+    }
+    let mut serial = Uart16550::COM1;
+    let lost = console.log.written.saturating_sub(LOG_BYTES as u64);
+    let _ = writeln!(serial, "--- console log buffer ({} bytes, {lost} older bytes lost) ---", console.log.written);
+    let (first, second) = console.log.contents();
+    // The oldest byte may sit inside a multi-byte character: invalid bytes print as '?'.
+    for chunk in first.utf8_chunks().chain(second.utf8_chunks()) {
+        let _ = serial.write_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            let _ = serial.write_str("?");
+        }
+    }
+    let _ = writeln!(serial, "--- end of console log buffer ---");
 }
 
 #[macro_export]

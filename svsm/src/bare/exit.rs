@@ -9,6 +9,7 @@ pub const DEBUG_EXIT_PORT: u16 = 0xF4;
 const FAILURE: u32 = 2;
 
 pub fn failure() -> ! {
+    super::console::replay_for_failure();
     outl(DEBUG_EXIT_PORT, FAILURE);
     // Without the device (another VMM): stop here.
     loop {

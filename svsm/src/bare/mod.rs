@@ -33,7 +33,12 @@ use core::panic::PanicInfo;
 #[unsafe(no_mangle)]
 extern "C" fn svsm_main(start_info: u32) -> ! {
     console::init();
+    let Some(info) = pvh::StartInfo::read(u64::from(start_info)) else {
+        println!("no valid PVH start info at {start_info:#x}");
+        exit::failure()
+    };
     println!("bulwark-svsm {}: booted through PVH, long mode on", env!("CARGO_PKG_VERSION"));
+    choose_console(&info);
     heap::init();
     if percpu::install(0, entry::boot_page_tables()).is_none() {
         println!("FAILED: no memory for the boot CPU's page tables");
@@ -44,10 +49,6 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     lapic::enable();
     let (image_start, image_end) = entry::image_bounds();
     println!("image: {:#x}..{:#x} ({} KiB)", image_start, image_end, (image_end - image_start) / 1024);
-    let Some(info) = pvh::StartInfo::read(u64::from(start_info)) else {
-        println!("no valid PVH start info at {start_info:#x}");
-        exit::failure()
-    };
     info.report();
     crash_if_asked(&info);
     let svm = match svm::enable() {
@@ -79,6 +80,20 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     let native::End::Broken(why) = native::serve(0, svm.host_state_phys());
     println!("FAILED: {why}");
     exit::failure()
+}
+
+/// `-append console=log`: the log goes to the in-memory buffer only (replayed on the
+/// serial port if the SVSM fails); `console=serial` (the default) writes both.
+fn choose_console(info: &pvh::StartInfo) {
+    let mut buf = [0u8; 128];
+    match info.cmdline(&mut buf).split(' ').find_map(|w| w.strip_prefix("console=")) {
+        Some("log") => {
+            println!("console: log buffer only (console=log); the serial port stays quiet unless the SVSM fails");
+            console::switch(console::Backends::LogOnly);
+        }
+        Some("serial") | None => {}
+        Some(other) => println!("console: unknown backend `{other}` (serial, log); keeping the serial port"),
+    }
 }
 
 /// `-append crash=ud` or `crash=panic`: show that faults are reported and stop cleanly.
