@@ -1,4 +1,4 @@
-//! A 16550 UART at an I/O base (COM1 0x3F8, COM2 0x2F8), 115200 8N1, polled.
+//! A 16550 UART at an I/O base (COM1 0x3F8, COM2 0x2F8, COM3 0x3E8), 115200 8N1, polled.
 
 use crate::port::{inb, outb};
 use core::fmt;
@@ -8,11 +8,13 @@ pub struct Uart16550 {
     pub base: u16,
 }
 
+const LSR_DATA_READY: u8 = 1;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 
 impl Uart16550 {
     pub const COM1: Self = Self { base: 0x3F8 };
     pub const COM2: Self = Self { base: 0x2F8 };
+    pub const COM3: Self = Self { base: 0x3E8 };
 
     pub fn init(self) {
         outb(self.base + 1, 0x00); // no interrupts
@@ -24,9 +26,15 @@ impl Uart16550 {
         outb(self.base + 4, 0x03); // DTR, RTS
     }
 
-    fn put(self, byte: u8) {
+    /// Send one byte as is (no newline translation).
+    pub fn put(self, byte: u8) {
         while inb(self.base + 5) & LSR_THR_EMPTY == 0 {}
         outb(self.base, byte);
+    }
+
+    /// The next received byte, if one is waiting.
+    pub fn try_get(self) -> Option<u8> {
+        (inb(self.base + 5) & LSR_DATA_READY != 0).then(|| inb(self.base))
     }
 }
 

@@ -13,6 +13,7 @@
 //! stdout of `cargo xtask run --json` stays machine-readable.
 
 mod qemu;
+mod rsp;
 mod symbols;
 
 use std::env;
@@ -36,13 +37,16 @@ commands:
                                      needs the nightly toolchain, installs cargo-fuzz if missing
   bench                              the pvalidate benchmark of the model, then the svm call round
                                      trip over 5 QEMU boots (results: target/bench/*.json)
-  boot [--crash ud|panic] [--console log] [--gdb]
+  boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
                                      --crash checks that a fault is reported and stops the SVSM cleanly;
                                      --console log keeps the SVSM's log in its memory buffer only
                                      (replayed on the serial port if the SVSM fails);
-                                     --gdb waits for GDB on 127.0.0.1:1234 before the SVSM runs
+                                     --gdb builds the SVSM with its own GDB stub, which stops at boot
+                                     and waits for GDB on 127.0.0.1:1234 (works on SNP too);
+                                     --gdb-check has a scripted client check that stub;
+                                     --qemu-gdb uses QEMU's stub instead (paused before the SVSM runs)
   help                               show this text
 ";
 
@@ -129,6 +133,7 @@ fn test(args: &[String]) -> Result {
     boot(&[])?;
     boot(&["--crash".to_string(), "ud".to_string()])?;
     boot(&["--crash", "panic", "--console", "log"].map(String::from))?;
+    boot(&["--gdb-check".to_string()])?;
 
     if env::var_os("BULWARK_SKIP_FUZZ").is_some() {
         step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
@@ -199,6 +204,27 @@ fn svsm_region_bytes(lines: &[String]) -> Option<u64> {
     hex(end)?.checked_sub(hex(start)?)
 }
 
+/// Which GDB stub `boot` offers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gdb {
+    None,
+    /// The SVSM's own stub, for a person at GDB.
+    Svsm,
+    /// The SVSM's own stub, checked by a scripted client (`rsp.rs`).
+    SvsmCheck,
+    /// QEMU's stub.
+    Qemu,
+}
+
+/// The SVSM's region in the QEMU launch (`svsm/src/bare/launch.rs`).
+const SVSM_REGION: std::ops::Range<u64> = 0x100_0000..0x140_0000;
+
+/// A TCP port nobody listens on right now.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free TCP port: {e}"))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
 /// Boots for the `svm` call benchmark.
 const SVM_BENCH_BOOTS: usize = 5;
 /// Issue 3's goal: a call costs at most this many bare gates.
@@ -208,14 +234,15 @@ const SVM_BENCH_GOAL: f64 = 1.3;
 /// interleaved blocks); this boots it a few times and reports the median ratio.
 fn svm_call_bench() -> Result {
     qemu::ensure_qemu()?;
-    let image = build_svsm_image()?;
+    let image = build_svsm_image(false)?;
     let guest = build_testguest()?;
     let run = qemu::Run {
         svsm: &image,
         guest: Some(&guest),
         append: None,
         smp: 2,
-        gdb: false,
+        debug: qemu::Debug::None,
+        notify: None,
         limit: std::time::Duration::from_secs(120),
     };
     let (mut runs, mut region) = (Vec::new(), None);
@@ -265,12 +292,16 @@ fn svm_call_bench() -> Result {
 /// `--crash`, the SVSM is asked to fault after booting, and the run succeeds only if it
 /// reports the fault with a symbolized backtrace and stops with a failure status.
 fn boot(args: &[String]) -> Result {
-    let usage = || format!("usage: cargo xtask boot [--crash ud|panic] [--console log] [--gdb]\n\n{USAGE}");
-    let (mut crash, mut gdb, mut log_only) = (None, false, false);
+    let usage = || {
+        format!("usage: cargo xtask boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb]\n\n{USAGE}")
+    };
+    let (mut crash, mut gdb, mut log_only) = (None, Gdb::None, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--gdb" => gdb = true,
+            "--gdb" => gdb = Gdb::Svsm,
+            "--gdb-check" => gdb = Gdb::SvsmCheck,
+            "--qemu-gdb" => gdb = Gdb::Qemu,
             "--console" => match it.next().map(String::as_str) {
                 Some("log") => log_only = true,
                 Some("serial") => log_only = false,
@@ -283,32 +314,62 @@ fn boot(args: &[String]) -> Result {
             _ => return Err(usage()),
         }
     }
-    let image = build_svsm_image()?;
+    let with_stub = matches!(gdb, Gdb::Svsm | Gdb::SvsmCheck);
+    let image = build_svsm_image(with_stub)?;
     let guest = build_testguest()?;
-    let words: Vec<String> =
-        crash.map(|kind| format!("crash={kind}")).into_iter().chain(log_only.then(|| "console=log".into())).collect();
+    let words: Vec<String> = crash
+        .map(|kind| format!("crash={kind}"))
+        .into_iter()
+        .chain(log_only.then(|| "console=log".into()))
+        .chain(with_stub.then(|| "gdb".into()))
+        .collect();
     let append = (!words.is_empty()).then(|| words.join(" "));
     step(&format!(
         "qemu-system-x86_64 -cpu EPYC,+svm -smp 2 -kernel {}{}",
         image.display(),
         append.as_deref().map(|a| format!(" -append {a}")).unwrap_or_default()
     ));
-    if gdb {
-        step(&format!(
-            "QEMU waits for GDB on 127.0.0.1:1234: gdb {} -ex 'target remote 127.0.0.1:1234'",
-            image.display()
-        ));
-    }
+    let connect = format!("gdb {} -ex 'target remote 127.0.0.1:1234'", image.display());
+    let debug = match gdb {
+        Gdb::None => qemu::Debug::None,
+        Gdb::Qemu => {
+            step(&format!("QEMU's GDB stub waits on 127.0.0.1:1234 before the SVSM runs: {connect}"));
+            qemu::Debug::Qemu
+        }
+        Gdb::Svsm => {
+            step(&format!("the SVSM's own GDB stub (COM3) waits on 127.0.0.1:1234 once it booted: {connect}"));
+            qemu::Debug::Svsm { port: 1234 }
+        }
+        Gdb::SvsmCheck => qemu::Debug::Svsm { port: free_port()? },
+    };
+    let (ready, stub_ready) = std::sync::mpsc::channel();
     let run = qemu::Run {
         svsm: &image,
         guest: Some(&guest),
         append: append.as_deref(),
         smp: 2,
-        gdb,
+        debug,
+        // The scripted client starts talking once the stub listens (COM3's set-up clears
+        // its receive FIFO).
+        notify: Some(("gdb: stopped; waiting for GDB", ready)),
         // A debugging session takes as long as the person at GDB needs.
-        limit: std::time::Duration::from_secs(if gdb { 24 * 3600 } else { 120 }),
+        limit: std::time::Duration::from_secs(if matches!(gdb, Gdb::Svsm | Gdb::Qemu) { 24 * 3600 } else { 120 }),
+    };
+    // The automated check plays GDB from a thread while QEMU runs.
+    let checker = match debug {
+        qemu::Debug::Svsm { port } if gdb == Gdb::SvsmCheck => Some(std::thread::spawn(move || {
+            stub_ready
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .map_err(|_| "the SVSM's stub never said it waits")?;
+            rsp::check_svsm_stub(port, SVSM_REGION)
+        })),
+        _ => None,
     };
     let boot = qemu::boot(&run)?;
+    if let Some(checker) = checker {
+        let seen = checker.join().map_err(|_| "the GDB check panicked")??;
+        step(&format!("the SVSM's GDB stub answered like GDB expects: {seen}"));
+    }
     match (boot.outcome, crash) {
         (qemu::Outcome::Success, None) => {
             let verdict = |v: &str| {
@@ -371,11 +432,13 @@ fn build_testguest() -> Result<PathBuf> {
 }
 
 /// Build the bare-metal SVSM and embed its symbol table; returns the image path.
-fn build_svsm_image() -> Result<PathBuf> {
+/// Build the SVSM image (with its own GDB stub if `gdb_stub`) and embed its symbols.
+fn build_svsm_image(gdb_stub: bool) -> Result<PathBuf> {
     qemu::ensure_qemu()?;
+    let features: &[&str] = if gdb_stub { &["--features", "gdb"] } else { &[] };
     exec(
-        "cargo build --release -p bulwark-svsm --target x86_64-unknown-none",
-        cargo()?.args(["build", "--release", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none"]),
+        &format!("cargo build --release -p bulwark-svsm --target x86_64-unknown-none {}", features.join(" ")),
+        cargo()?.args(["build", "--release", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none"]).args(features),
     )?;
     let image = target_dir()?.join("x86_64-unknown-none/release/bulwark-svsm");
     let named = symbols::embed(&image)?;

@@ -60,10 +60,23 @@ pub struct Run<'a> {
     pub guest: Option<&'a Path>,
     pub append: Option<&'a str>,
     pub smp: u32,
-    /// Start paused with QEMU's GDB stub on 127.0.0.1:1234 (it sees the SVSM directly: the
-    /// svm platform has no memory encryption).
-    pub gdb: bool,
+    pub debug: Debug,
+    /// Told once when the SVSM prints a line starting with this text.
+    pub notify: Option<(&'a str, mpsc::Sender<()>)>,
     pub limit: Duration,
+}
+
+/// Which GDB stub the run offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Debug {
+    None,
+    /// QEMU's stub on 127.0.0.1:1234, paused before the first instruction (it sees the
+    /// SVSM directly: the svm platform has no memory encryption).
+    Qemu,
+    /// The SVSM's own stub: its COM3 on this TCP port of 127.0.0.1.
+    Svsm {
+        port: u16,
+    },
 }
 
 /// Follows the guest's serial output (a file QEMU writes) line by line.
@@ -98,7 +111,7 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     if let Some(guest) = run.guest {
         command.arg("-initrd").arg(guest);
     }
-    if run.gdb {
+    if run.debug == Debug::Qemu {
         command.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
     }
     let mut console = GuestConsole { path: guest_log.clone(), seen: 0, partial: String::new() };
@@ -107,6 +120,11 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", guest_log.display()))
+        .args(match run.debug {
+            // The third serial port is the SVSM's COM3.
+            Debug::Svsm { port } => vec!["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")],
+            _ => vec![],
+        })
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-kernel")
         .arg(run.svsm)
@@ -146,6 +164,11 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let status = loop {
         while let Ok(line) = rx.try_recv() {
             record(&mut boot, line, started);
+            if let (Some((prefix, tell)), Some(last)) = (&run.notify, boot.lines.last())
+                && last.starts_with(prefix)
+            {
+                let _ = tell.send(());
+            }
         }
         console.poll(&mut boot);
         if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {

@@ -1,6 +1,8 @@
 //! CPU exceptions: 32 entry stubs, a common path that saves the registers, and
 //! [`report`], which prints what happened and a frame-pointer backtrace and stops the
-//! SVSM cleanly (failure status for the host). An exception in the SVSM is a bug.
+//! SVSM cleanly (failure status for the host). An exception in the SVSM is a bug -- unless
+//! the GDB stub is attached (`gdb.rs`), which takes breakpoints, single steps and faults
+//! and returns to where the debugger says.
 
 use super::backtrace;
 
@@ -55,38 +57,56 @@ exception_common:
     push r14
     push r15
     mov rdi, rsp
+    mov rbx, rsp
     and rsp, -16
-    call {report}
-    ud2
+    call {handle}
+    mov rsp, rbx
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    iretq
     "#,
-    report = sym report,
+    handle = sym handle,
 );
 
-/// The stack as `exception_common` leaves it.
+/// The stack as `exception_common` leaves it (what a handler may change is restored).
 #[repr(C)]
 pub struct Frame {
-    r15: u64,
-    r14: u64,
-    r13: u64,
-    r12: u64,
-    r11: u64,
-    r10: u64,
-    r9: u64,
-    r8: u64,
-    rbp: u64,
-    rdi: u64,
-    rsi: u64,
-    rdx: u64,
-    rcx: u64,
-    rbx: u64,
-    rax: u64,
-    vector: u64,
-    error: u64,
-    rip: u64,
-    cs: u64,
-    rflags: u64,
-    rsp: u64,
-    ss: u64,
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
 }
 
 const NAMES: [&str; 32] = [
@@ -124,7 +144,16 @@ const NAMES: [&str; 32] = [
     "reserved",
 ];
 
-extern "C" fn report(frame: &Frame) -> ! {
+/// An exception: the GDB stub's, if it is attached (then the CPU goes on where the
+/// debugger says); otherwise a bug, reported before the SVSM stops.
+extern "C" fn handle(frame: &mut Frame) {
+    if super::gdb::trap(frame) {
+        return;
+    }
+    report(frame)
+}
+
+fn report(frame: &Frame) -> ! {
     let name = NAMES.get(frame.vector as usize).copied().unwrap_or("unknown");
     println!("EXCEPTION {} ({name}) error code {:#x}", frame.vector, frame.error);
     println!("  rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x}", frame.rip, frame.cs, frame.rflags, frame.rsp);

@@ -15,6 +15,7 @@ mod elf;
 mod entry;
 mod exceptions;
 mod exit;
+mod gdb;
 mod guest_phys;
 mod heap;
 mod lapic;
@@ -50,6 +51,9 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     let (image_start, image_end) = entry::image_bounds();
     println!("image: {:#x}..{:#x} ({} KiB)", image_start, image_end, (image_end - image_start) / 1024);
     info.report();
+    if cmdline_has(&info, "gdb") {
+        gdb::start();
+    }
     crash_if_asked(&info);
     let svm = match svm::enable() {
         Ok(svm) => svm,
@@ -96,16 +100,20 @@ fn choose_console(info: &pvh::StartInfo) {
     }
 }
 
+/// Is `word` one of the command line's words?
+fn cmdline_has(info: &pvh::StartInfo, word: &str) -> bool {
+    let mut buf = [0u8; 128];
+    info.cmdline(&mut buf).split(' ').any(|w| w == word)
+}
+
 /// `-append crash=ud` or `crash=panic`: show that faults are reported and stop cleanly.
 fn crash_if_asked(info: &pvh::StartInfo) {
-    let mut buf = [0u8; 128];
-    let cmdline = info.cmdline(&mut buf);
-    if cmdline.split(' ').any(|w| w == "crash=ud") {
+    if cmdline_has(info, "crash=ud") {
         println!("crashing on request (crash=ud)");
         // SAFETY: UD2 raises #UD, which the exception handler reports; nothing returns.
         unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
     }
-    if cmdline.split(' ').any(|w| w == "crash=panic") {
+    if cmdline_has(info, "crash=panic") {
         panic!("crashing on request (crash=panic)");
     }
 }
