@@ -59,9 +59,10 @@ fn deposit_range<P: Platform + ?Sized>(
         return Err(CallError::address(Gpa(pfn << 12), AddressConflict::NotValidated));
     }
     for (done, page) in range.iter().enumerate() {
-        if let Err(error) = restrict(p, page) {
-            // Hand back what this entry already took, so the entry is all or nothing.
-            for back in range.iter().take(done + 1) {
+        if let Err(error) = restrict(p, page, caller_vmpl) {
+            // Hand back the pages this entry already took, so the entry is all or nothing
+            // (`restrict` undid its own partial work on the failing page).
+            for back in range.iter().take(done) {
                 if let Err(undo) = grant(p, back, caller_vmpl) {
                     crate::log!(p, Error, "deposit rollback at {:#x} failed: {:?}", back.raw(), undo);
                 }
@@ -76,9 +77,18 @@ fn deposit_range<P: Platform + ?Sized>(
     Ok(())
 }
 
-fn restrict<P: Platform + ?Sized>(p: &mut P, page: PageAddr) -> Result<(), HwError> {
+/// Take all access from VMPL 1..=3; on a failure, give back what was already taken.
+fn restrict<P: Platform + ?Sized>(p: &mut P, page: PageAddr, caller_vmpl: u8) -> Result<(), HwError> {
     for vmpl in LOWER_VMPLS {
-        p.rmpadjust(page, PageSize::Size4K, vmpl, PERM_NONE, false)?;
+        if let Err(error) = p.rmpadjust(page, PageSize::Size4K, vmpl, PERM_NONE, false) {
+            // The first RMPADJUST changes nothing when it fails (a 2 MiB RMP page, say).
+            if vmpl > *LOWER_VMPLS.start()
+                && let Err(undo) = grant(p, page, caller_vmpl)
+            {
+                crate::log!(p, Error, "deposit rollback at {:#x} failed: {:?}", page.raw(), undo);
+            }
+            return Err(error);
+        }
     }
     Ok(())
 }
