@@ -78,3 +78,106 @@ pub const REPORT_SIZE: usize = 0x4A0;
 pub const REPORT_DATA_OFFSET: usize = 0x50;
 /// Size of REPORT_DATA.
 pub const REPORT_DATA_SIZE: usize = 64;
+
+/// Field offsets of the SNP ATTESTATION_REPORT (SNP firmware ABI, table
+/// "ATTESTATION_REPORT"; version 3 layout). All integers little-endian.
+pub mod report {
+    pub const VERSION: usize = 0x000;
+    pub const GUEST_SVN: usize = 0x004;
+    pub const POLICY: usize = 0x008;
+    pub const FAMILY_ID: usize = 0x010;
+    pub const IMAGE_ID: usize = 0x020;
+    pub const VMPL: usize = 0x030;
+    pub const SIGNATURE_ALGO: usize = 0x034;
+    pub const CURRENT_TCB: usize = 0x038;
+    pub const PLATFORM_INFO: usize = 0x040;
+    /// Bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_KEY, bits 4:2 SIGNING_KEY (0 = VCEK).
+    pub const KEY_INFO: usize = 0x048;
+    pub const REPORT_DATA: usize = 0x050;
+    pub const MEASUREMENT: usize = 0x090;
+    pub const HOST_DATA: usize = 0x0C0;
+    pub const ID_KEY_DIGEST: usize = 0x0E0;
+    pub const AUTHOR_KEY_DIGEST: usize = 0x110;
+    pub const REPORT_ID: usize = 0x140;
+    pub const REPORT_ID_MA: usize = 0x160;
+    pub const REPORTED_TCB: usize = 0x180;
+    pub const CPUID_FAMILY: usize = 0x188;
+    pub const CPUID_MODEL: usize = 0x189;
+    pub const CPUID_STEPPING: usize = 0x18A;
+    pub const CHIP_ID: usize = 0x1A0;
+    pub const COMMITTED_TCB: usize = 0x1E0;
+    pub const CURRENT_BUILD: usize = 0x1E8;
+    pub const COMMITTED_BUILD: usize = 0x1EC;
+    pub const LAUNCH_TCB: usize = 0x1F0;
+    /// The signature covers bytes `0..SIGNED_LEN`.
+    pub const SIGNED_LEN: usize = 0x2A0;
+    /// ECDSA R, 72 bytes little-endian (a P-384 value uses the first 48; the rest is 0).
+    pub const SIGNATURE_R: usize = 0x2A0;
+    /// ECDSA S, 72 bytes little-endian.
+    pub const SIGNATURE_S: usize = 0x2E8;
+    /// Width of each of R and S in the report.
+    pub const SIGNATURE_COMPONENT: usize = 72;
+    /// The rest of the report after R and S is reserved (zero).
+    pub const SIGNATURE_RESERVED: usize = 0x330;
+    /// The report version Bulwark produces.
+    pub const VERSION_3: u32 = 3;
+    /// SIGNATURE_ALGO: ECDSA P-384 with SHA-384.
+    pub const ALGO_ECDSA_P384_SHA384: u32 = 1;
+    /// Bytes that are reserved (must be zero) in a version 3 report, outside the
+    /// signature.
+    pub const RESERVED: [core::ops::Range<usize>; 5] =
+        [0x04C..0x050, 0x18B..0x1A0, 0x1EB..0x1EC, 0x1EF..0x1F0, 0x1F8..0x2A0];
+}
+
+/// An SNP guest message (SNP firmware ABI "SNP_GUEST_REQUEST" message header): one page,
+/// a 0x60-byte header, then the AES-256-GCM encrypted payload.
+pub mod guest_message {
+    pub const AUTHTAG: usize = 0x00;
+    pub const AUTHTAG_LEN: usize = 16;
+    pub const SEQNO: usize = 0x20;
+    pub const ALGO: usize = 0x30;
+    pub const HDR_VERSION: usize = 0x31;
+    pub const HDR_SIZE: usize = 0x32;
+    pub const MSG_TYPE: usize = 0x34;
+    pub const MSG_VERSION: usize = 0x35;
+    pub const MSG_SIZE: usize = 0x36;
+    pub const MSG_VMPCK: usize = 0x3C;
+    /// The authenticated (not encrypted) header bytes: ALGO..end of header.
+    pub const AAD: core::ops::Range<usize> = 0x30..0x60;
+    pub const HEADER_LEN: usize = 0x60;
+    /// Room for the payload in one page.
+    pub const PAYLOAD_MAX: usize = 4096 - HEADER_LEN;
+    pub const ALGO_AES_256_GCM: u8 = 1;
+    pub const HEADER_VERSION: u8 = 1;
+    pub const MSG_REPORT_REQ: u8 = 5;
+    pub const MSG_REPORT_RSP: u8 = 6;
+    /// MSG_REPORT_REQ payload: REPORT_DATA[64], VMPL u32, KEY_SEL u32, reserved[24].
+    pub const REPORT_REQ_LEN: usize = 0x60;
+    pub const REPORT_REQ_VMPL: usize = 0x40;
+    pub const REPORT_REQ_KEY_SEL: usize = 0x44;
+    /// MSG_REPORT_RSP payload: STATUS u32, REPORT_SIZE u32, reserved[24], REPORT.
+    pub const REPORT_RSP_STATUS: usize = 0x00;
+    pub const REPORT_RSP_SIZE: usize = 0x04;
+    pub const REPORT_RSP_REPORT: usize = 0x20;
+    pub const REPORT_RSP_LEN: usize = 0x20 + super::REPORT_SIZE;
+    /// REPORT_RSP status: the request had an invalid parameter.
+    pub const STATUS_INVALID_PARAM: u32 = 0x16;
+}
+
+/// The certificate table of an extended guest request (GHCB spec, "SNP Extended Guest
+/// Request"), as the certificates buffer carries it: entries `{GUID, u32 offset, u32
+/// length}` ended by an all-zero entry, offsets from the table start, DER after it.
+/// These GUIDs are written in RFC (big-endian) byte order, as the `sev` crate and the
+/// AMD tools read them.
+pub mod cert_table {
+    pub const ENTRY_LEN: usize = 24;
+    /// `c0b406a4-a803-4952-9743-3fb6014cd0ae`
+    pub const ARK: [u8; 16] =
+        [0xc0, 0xb4, 0x06, 0xa4, 0xa8, 0x03, 0x49, 0x52, 0x97, 0x43, 0x3f, 0xb6, 0x01, 0x4c, 0xd0, 0xae];
+    /// `4ab7b379-bbac-4fe4-a02f-05aef327c782`
+    pub const ASK: [u8; 16] =
+        [0x4a, 0xb7, 0xb3, 0x79, 0xbb, 0xac, 0x4f, 0xe4, 0xa0, 0x2f, 0x05, 0xae, 0xf3, 0x27, 0xc7, 0x82];
+    /// `63da758d-e664-4564-adc5-f4b93be8accd`
+    pub const VCEK: [u8; 16] =
+        [0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd];
+}
