@@ -42,6 +42,20 @@ pub struct Facts {
     pub not_ram: u64,
     /// Work per call before SVSM_ERR_INCOMPLETE, in pages (0 if unknown).
     pub pages_per_call: u64,
+    /// The platform answers guest requests (a PSP, or a software one): attestation
+    /// reports can be had.
+    pub attestation: bool,
+}
+
+/// Ways the PSP (or the host carrying its messages) can misbehave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PspFault {
+    /// The host never delivers the answer.
+    DropAnswer,
+    /// The answer arrives with one byte changed.
+    CorruptAnswer,
+    /// The firmware answers with this error status.
+    Status(u32),
 }
 
 /// The environment a case runs in: a guest vCPU's view (memory and the SVSM gate).
@@ -83,6 +97,8 @@ pub trait HostControl {
     /// The RMP permission bits of `vmpl` for the page at `gpa`, validated or not.
     fn rmp_permissions(&self, gpa: u64, vmpl: u8) -> u8;
     fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64;
+    /// The PSP (or the host relaying to it) misbehaves on the next guest request.
+    fn psp_fault(&mut self, fault: PspFault);
 }
 
 /// One conformance case.

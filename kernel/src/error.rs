@@ -63,6 +63,8 @@ pub enum CallError {
     },
     /// DELETE_VCPU: the VMSA is running.
     VcpuInUse,
+    /// The PSP gave no attestation report (spec 7.1: 0x8000_1000).
+    AttestationFailed(&'static str),
 }
 
 impl CallError {
@@ -83,6 +85,7 @@ impl CallError {
             Self::Hardware { error: HwError::Fault, .. } => ResultCode::ERR_INVALID_ADDRESS,
             Self::NoChange { .. } => ResultCode::CORE_PVALIDATE_NO_CHANGE,
             Self::VcpuInUse => ResultCode::CORE_VCPU_IN_USE,
+            Self::AttestationFailed(_) => ResultCode::ATTEST_REPORT_FAILED,
         }
     }
 

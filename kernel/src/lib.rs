@@ -22,6 +22,7 @@ pub mod pages;
 pub mod platform;
 pub mod pool;
 pub mod protocols;
+pub mod psp_channel;
 pub mod request;
 pub mod stats;
 pub mod svsm;

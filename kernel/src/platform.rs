@@ -100,6 +100,30 @@ pub trait Platform {
 
     /// Emit a log line.
     fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>);
+
+    /// Hand one SNP guest message (already encrypted under VMPCK0) to the PSP and wait for
+    /// its answer. On SNP this is the host's guest-request exit; platforms without AMD's
+    /// PSP run a software one (`bulwark-psp`). The platform never sees the key.
+    fn guest_request(&mut self, _request: &[u8; 4096], _response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        Err(GuestRequestError::Unavailable)
+    }
+
+    /// The certificate table (GHCB extended-guest-request format: ARK, ASK, VCEK) that
+    /// lets a verifier check the reports `guest_request` returns; empty if none.
+    fn report_certificates(&mut self) -> alloc::vec::Vec<u8> {
+        alloc::vec::Vec::new()
+    }
+}
+
+/// Why a guest request got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestRequestError {
+    /// This platform has no PSP; the request never left.
+    Unavailable,
+    /// The firmware refused the message (its error code).
+    Firmware(u32),
+    /// The host did not deliver the message (its error code).
+    Host(u32),
 }
 
 /// Log through a platform: `log!(p, Warn, "... {}", x)`.

@@ -9,6 +9,7 @@ use crate::addr::{Gpa, PageAddr, PageRange};
 use crate::pages::{LayoutError, PageRole, PageTracker};
 use crate::platform::{MemoryFault, Platform};
 use crate::pool::PagePool;
+use crate::psp_channel::PspChannel;
 use crate::stats::Stats;
 use crate::vcpu::{Vcpu, VcpuIndex, VcpuRegistry};
 use abi::hw::sev_features;
@@ -109,18 +110,9 @@ pub struct Svsm {
     /// The SVSM_MEM_AVAILABLE value last written to the startup calling area; `None`
     /// forces a write (at start and after the startup vCPU remaps its area).
     pub(crate) mem_flag_written: Option<bool>,
-    /// VMPCK0, taken out of the guest-visible secrets page: the key for the SVSM's own
-    /// messages to the PSP (attestation at VMPL0).
-    vmpck0: Secret,
-}
-
-/// Key material: never printed.
-struct Secret([u8; 32]);
-
-impl core::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("<secret>")
-    }
+    /// The SVSM's own channel to the PSP, under VMPCK0 taken out of the guest-visible
+    /// secrets page (attestation at VMPL0).
+    pub(crate) psp: PspChannel,
 }
 
 impl Svsm {
@@ -176,13 +168,13 @@ impl Svsm {
             max_vcpus: config.max_vcpus.max(1),
             pages_per_call: config.pages_per_call.max(1),
             mem_flag_written: None,
-            vmpck0: Secret(vmpck0),
+            psp: PspChannel::new(vmpck0),
         })
     }
 
     /// VMPCK0 as the launch provided it (all zero without a secrets page).
     pub fn vmpck0(&self) -> &[u8; 32] {
-        &self.vmpck0.0
+        self.psp.vmpck0()
     }
 
     pub fn stats(&self) -> &Stats {

@@ -64,6 +64,7 @@ impl Env for ModelEnv {
             free_huge_count: (c.ram_bytes - c.huge_from) / (2 * MIB),
             not_ram: c.ram_bytes + 4 * MIB,
             pages_per_call: c.pages_per_call,
+            attestation: true,
         }
     }
     fn calling_area(&self) -> u64 {
@@ -96,6 +97,9 @@ impl Env for ModelEnv {
 }
 
 impl HostControl for ModelEnv {
+    fn psp_fault(&mut self, fault: conformance::PspFault) {
+        self.world.machine.psp_fault = Some(fault);
+    }
     fn drop_next_request(&mut self) {
         self.world.host.drop_requests += 1;
     }

@@ -18,6 +18,7 @@ pub mod conformance_env;
 pub mod fuzz;
 pub mod machine;
 pub mod memory;
+pub mod psp_model;
 /// The RMP (shared with the svm platform).
 pub use rmp;
 pub mod world;

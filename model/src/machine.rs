@@ -10,8 +10,9 @@ use crate::rmp::{Rmp, Size};
 use abi::hw::rmpadjust::{PERM_READ, PERM_WRITE};
 use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT};
 use abi::vmsa::VmsaField;
+use conformance::PspFault;
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
-use kernel::platform::{HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
+use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
 use kernel::vcpu::VcpuIndex;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -46,6 +47,12 @@ pub struct Machine {
     pub log_level: Level,
     pub violations: RefCell<Vec<String>>,
     race: RefCell<Option<Race>>,
+    /// The PSP model (firmware side of guest requests), once the launch set it up.
+    pub psp: Option<psp::SoftPsp>,
+    /// The certificate table the host hands out with reports (extended guest request).
+    pub certificates: Vec<u8>,
+    /// The next guest request goes wrong this way.
+    pub psp_fault: Option<conformance::PspFault>,
 }
 
 impl Machine {
@@ -70,6 +77,9 @@ impl Machine {
             log_level: Level::Info,
             violations: RefCell::new(Vec::new()),
             race: RefCell::new(None),
+            psp: None,
+            certificates: Vec::new(),
+            psp_fault: None,
         }
     }
 
@@ -237,5 +247,27 @@ impl Platform for Machine {
             }
             self.log.push((level, line));
         }
+    }
+
+    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        let Some(psp) = self.psp.as_mut() else { return Err(GuestRequestError::Unavailable) };
+        let fault = self.psp_fault.take();
+        if let Some(PspFault::Status(status)) = fault {
+            psp.refuse_next(status);
+        }
+        // Every refusal reads as INVALID_PARAM (0x16) here; the SVSM does not look further.
+        psp.guest_request(request, response).map_err(|_| GuestRequestError::Firmware(0x16))?;
+        match fault {
+            Some(PspFault::DropAnswer) => Err(GuestRequestError::Host(2)),
+            Some(PspFault::CorruptAnswer) => {
+                response[abi::attest::guest_message::HEADER_LEN + 0x40] ^= 1;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn report_certificates(&mut self) -> Vec<u8> {
+        self.certificates.clone()
     }
 }

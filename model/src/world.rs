@@ -113,6 +113,8 @@ impl World {
         for (i, off) in [0x20u64, 0x40, 0x60, 0x80].iter().enumerate() {
             m.raw_write(SECRETS_GPA + off, &[0xA0 + i as u8; 32]);
         }
+        // The PSP keeps the same VMPCK0 (it is the firmware's key for this guest).
+        m.psp = Some(crate::psp_model::launch([0xA0; 32]));
         m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Vmpl, u64::from(GUEST_VMPL));
         m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Efer, EFER_SVME | 0x500);
         m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::SevFeatures, sev_features::SNP_ACTIVE);

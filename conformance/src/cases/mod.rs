@@ -1,5 +1,6 @@
 //! The cases, grouped by spec section.
 
+mod attest;
 mod convention;
 mod memory;
 mod pvalidate;
@@ -131,5 +132,34 @@ pub static CASES: &[Case] = &[
         "6.8/vtom-refusals",
         "reserved bits, bad values, several vCPUs refused with the spec's codes",
         query::vtom_refusals
+    ),
+    case!(
+        "7.1/attest-services",
+        "a VMPL0 report bound to SHA-512(nonce || manifest); sizes in RCX/RDX/R8",
+        attest::services
+    ),
+    case!("7.1/attest-sizes", "too-small buffers -> INVALID_PARAMETER with every size; nothing written", attest::sizes),
+    case!(
+        "7.1/attest-alignment",
+        "misaligned or page-crossing operation, buffers, nonce -> INVALID_PARAMETER",
+        attest::alignment
+    ),
+    case!(
+        "7.1/attest-addresses",
+        "operation or buffers in SVSM memory, a VMSA, unvalidated, non-RAM -> INVALID_ADDRESS",
+        attest::addresses
+    ),
+    case!("7.1/attest-reserved", "reserved fields set -> INVALID_PARAMETER", attest::reserved),
+    case!("7.1/attest-nonce-layouts", "u16 and u32 nonce records, and no nonce, all work", attest::nonce_layouts),
+    case!("7.1/attest-single-service", "unknown service or version -> INVALID_PARAMETER", attest::single_service),
+    case!(
+        "7.1/attest-psp-failures",
+        "PSP status -> 0x80001000, channel kept; forged answer -> key retired",
+        attest::psp_failures
+    ),
+    case!(
+        "7.1/attest-psp-lost-answer",
+        "a lost answer retires the key; the core protocol keeps serving",
+        attest::psp_lost_answer
     ),
 ];

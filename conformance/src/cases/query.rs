@@ -11,9 +11,15 @@ use abi::vmsa::VmsaField;
 pub fn query_protocol(env: &mut dyn Env) -> CaseResult {
     let core = client(env).query_protocol(ProtocolId::CORE, 1)?;
     ensure!(core == Some((1, 1)), "core v1: {core:?}");
-    for (protocol, version) in
-        [(ProtocolId::CORE, 0), (ProtocolId::CORE, 2), (ProtocolId(0x1234), 1), (ProtocolId(u32::MAX), 1)]
-    {
+    let attest = client(env).query_protocol(ProtocolId::ATTEST, 1)?;
+    ensure!(attest == Some((1, 1)), "attestation v1: {attest:?}");
+    for (protocol, version) in [
+        (ProtocolId::CORE, 0),
+        (ProtocolId::CORE, 2),
+        (ProtocolId::ATTEST, 2),
+        (ProtocolId(0x1234), 1),
+        (ProtocolId(u32::MAX), 1),
+    ] {
         let r = client(env).query_protocol(protocol, version)?;
         ensure!(r.is_none(), "protocol {} v{version}: {r:?}", protocol.0);
     }

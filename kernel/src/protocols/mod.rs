@@ -4,6 +4,7 @@
 //! status (success or a [`CallError`]) and the output registers it sets. Registers left
 //! `None` keep the caller's value (PVALIDATE's RCX "remains unmodified").
 
+pub mod attest;
 pub mod core;
 
 use crate::error::{CallError, CallResult};
@@ -85,13 +86,16 @@ pub struct ServedProtocol {
 }
 
 /// Every protocol this SVSM serves. A protocol is added here and in [`dispatch`].
-pub const SERVED: &[ServedProtocol] =
-    &[ServedProtocol { id: ProtocolId::CORE, min_version: 1, max_version: abi::protocol::CORE_PROTOCOL_VERSION }];
+pub const SERVED: &[ServedProtocol] = &[
+    ServedProtocol { id: ProtocolId::CORE, min_version: 1, max_version: abi::protocol::CORE_PROTOCOL_VERSION },
+    ServedProtocol { id: ProtocolId::ATTEST, min_version: 1, max_version: 1 },
+];
 
 /// Route a call to its protocol.
 pub fn dispatch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     match ctx.id.protocol {
         ProtocolId::CORE => core::handle(svsm, p, ctx),
+        ProtocolId::ATTEST => attest::handle(svsm, p, ctx),
         _ => Reply::err(CallError::UnsupportedProtocol),
     }
 }

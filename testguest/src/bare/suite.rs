@@ -86,6 +86,8 @@ impl Env for SvmEnv {
             free_huge_count: FREE_HUGE_COUNT,
             not_ram: 0x3000_0000,
             pages_per_call: 256,
+            // The svm platform's software PSP is not wired yet.
+            attestation: false,
         }
     }
     fn calling_area(&self) -> u64 {

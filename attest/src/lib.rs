@@ -1,0 +1,1 @@
+//! Attestation evidence on the host (being written).

@@ -1,0 +1,57 @@
+//! The model's PSP: the software firmware of `bulwark-psp` with the identity of a made-up
+//! Genoa part, and the certificate chain that lets a verifier check its reports.
+//!
+//! Nothing here is rooted in AMD hardware: the chip ID says so in ASCII, and so do the
+//! certificates' names.
+
+use p384::ecdsa::SigningKey;
+use psp::SoftPsp;
+use psp::report::Identity;
+
+/// CHIP_ID of the model's reports: non-zero (verifiers need that) and self-describing.
+pub fn chip_id() -> [u8; 64] {
+    let mut id = [0u8; 64];
+    let tag = b"BULWARK-MODEL-PSP (NOT AMD HARDWARE)";
+    id[..tag.len()].copy_from_slice(tag);
+    id
+}
+
+/// What the model's firmware reports about the platform and the launch.
+pub fn identity() -> Identity {
+    // TCB_VERSION, Milan/Genoa layout: [boot loader, TEE, 0, 0, 0, 0, SNP, microcode].
+    let tcb = u64::from_le_bytes([3, 0, 0, 0, 0, 0, 8, 0x73]);
+    let mut measurement = [0u8; 48];
+    measurement[..21].copy_from_slice(b"bulwark model launch ");
+    Identity {
+        // ABI 0.0, SMT allowed (bit 16), bit 17 reserved-must-be-one; debug off.
+        policy: 0x3_0000,
+        family_id: [0; 16],
+        image_id: [0; 16],
+        guest_svn: 0,
+        tcb,
+        platform_info: 1,
+        measurement,
+        host_data: [0; 32],
+        report_id: [0x11; 32],
+        chip_id: chip_id(),
+        cpuid: [0x19, 0x11, 0x01],
+        firmware: [0, 55, 1],
+    }
+}
+
+/// The model's VCEK: a fixed P-384 key, so runs are reproducible.
+pub fn vcek() -> SigningKey {
+    let mut scalar = [0u8; 48];
+    for (i, b) in scalar.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+    }
+    match SigningKey::from_slice(&scalar) {
+        Ok(k) => k,
+        Err(_) => unreachable!("a fixed scalar below the group order"),
+    }
+}
+
+/// The firmware for a guest whose secrets page holds `vmpck0`.
+pub fn launch(vmpck0: [u8; 32]) -> SoftPsp {
+    SoftPsp::new(vmpck0, vcek(), identity())
+}
