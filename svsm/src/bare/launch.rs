@@ -30,6 +30,7 @@ use kernel::addr::{Gpa, PageAddr, PageRange};
 use kernel::platform::Level;
 use kernel::{Svsm, SvsmConfig};
 use rmp::Rmp;
+use sha2::{Digest, Sha384};
 
 pub const SECRETS_GPA: u64 = 0x8000;
 pub const CALLING_AREA_GPA: u64 = 0x9000;
@@ -95,6 +96,19 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
     let mut validated: Vec<core::ops::Range<u64>> =
         vec![SECRETS_GPA..SECRETS_GPA + 0x1000, CALLING_AREA_GPA..CALLING_AREA_GPA + 0x1000, GUEST_PAGE_TABLES];
     let mut chunk = [0u8; 4096];
+    // What was launched, for the attestation report: SHA-384 of the guest image as the
+    // host handed it over. (Not SNP's launch digest, which chains page by page: that
+    // comes with IGVM images.)
+    let mut measured = Sha384::new();
+    for at in (0..mod_size).step_by(4096) {
+        let n = (mod_size - at).min(4096) as usize;
+        // SAFETY: inside the module QEMU filled; copied, not referenced.
+        if !unsafe { guest_phys::read(mod_pa + at, &mut chunk[..n]) } {
+            return Err("test guest module outside mapped memory");
+        }
+        measured.update(&chunk[..n]);
+    }
+    let measurement: [u8; 48] = measured.finalize().into();
     for seg in segments.into_iter().flatten() {
         let end = seg.paddr.checked_add(seg.memsz).ok_or("segment overflows")?;
         if seg.paddr < GUEST_PAGE_TABLES.end || end > top || (seg.paddr < SVSM_REGION.end && SVSM_REGION.start < end) {
@@ -140,6 +154,10 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
         word.copy_from_slice(&super::cpu::rdrand().ok_or("no RDRAND for the VMPCKs")?.to_le_bytes());
     }
     write(SECRETS_GPA, &secrets)?;
+    let mut vmpck0 = [0u8; 32];
+    vmpck0.copy_from_slice(&secrets[0x20..0x40]);
+    let psp = super::svm::psp::launch(vmpck0, measurement)?;
+    secrets.fill(0);
     write(CALLING_AREA_GPA, &[0u8; 4096])?;
 
     // Page state as the launch leaves it.
@@ -156,7 +174,8 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
 
     let npt = NestedPageTable::new().ok_or("out of memory for nested page tables")?;
     let maps = PermissionMaps::new().ok_or("out of memory for the permission maps")?;
-    let mut platform = SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), cpus, maps, log_level: Level::Info };
+    let mut platform =
+        SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), cpus, maps, psp: Some(psp), log_level: Level::Info };
     for range in &validated {
         platform.sync(pages(range.clone())).map_err(|_| "out of memory for nested page tables")?;
     }

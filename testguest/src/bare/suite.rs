@@ -86,8 +86,8 @@ impl Env for SvmEnv {
             free_huge_count: FREE_HUGE_COUNT,
             not_ram: 0x3000_0000,
             pages_per_call: 256,
-            // The svm platform's software PSP is not wired yet.
-            attestation: false,
+            // The SVSM runs a software PSP on this platform.
+            attestation: true,
         }
     }
     fn calling_area(&self) -> u64 {

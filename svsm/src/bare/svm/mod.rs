@@ -7,11 +7,13 @@
 //! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back;
 //! - [`kick`]: making another CPU leave the guest (shootdown, vCPU stop);
 //! - [`vcpu`]: an L2 vCPU (VMCB + registers + the VMSA fields SVM lacks);
+//! - [`psp`]: the software PSP that signs this platform's attestation reports;
 //! - [`platform`]: the kernel's `Platform` on top of all this.
 
 pub mod kick;
 pub mod npt;
 pub mod platform;
+pub mod psp;
 pub mod vcpu;
 pub mod vmcb;
 pub mod vmrun;

@@ -22,7 +22,7 @@ use abi::vmsa::VmsaField;
 use alloc::collections::BTreeMap;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
-use kernel::platform::{HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
+use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
 use kernel::vcpu::VcpuIndex;
 use rmp::{Rmp, Size};
 
@@ -38,6 +38,8 @@ pub struct SvmPlatform {
     pub cpus: u32,
     /// MSR and I/O permission maps shared by every vCPU.
     pub maps: PermissionMaps,
+    /// The software PSP that answers the SVSM's guest requests (attestation).
+    pub psp: Option<psp::SoftPsp>,
     pub log_level: Level,
 }
 
@@ -369,5 +371,15 @@ impl Platform for SvmPlatform {
         if level <= self.log_level {
             crate::println!("[{level:?}] {args}");
         }
+    }
+
+    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        let psp = self.psp.as_mut().ok_or(GuestRequestError::Unavailable)?;
+        // The firmware's refusals all read as INVALID_PARAM (0x16): the SVSM only needs to
+        // know that no answer came.
+        psp.guest_request(request, response).map_err(|e| {
+            crate::println!("svm: the PSP refused a guest request: {e:?}");
+            GuestRequestError::Firmware(0x16)
+        })
     }
 }
