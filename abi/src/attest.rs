@@ -180,4 +180,145 @@ pub mod cert_table {
     /// `63da758d-e664-4564-adc5-f4b93be8accd`
     pub const VCEK: [u8; 16] =
         [0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd];
+
+    /// Bytes the table for `certs` takes: the entries, the zero entry, the certificates.
+    pub fn encoded_len(certs: &[&[u8]]) -> usize {
+        (certs.len() + 1) * ENTRY_LEN + certs.iter().map(|c| c.len()).sum::<usize>()
+    }
+
+    /// Write the table for `(GUID, DER)` pairs into `out`; returns the bytes written, or
+    /// `None` if `out` is too small or an offset would not fit in 32 bits.
+    pub fn encode_into(entries: &[([u8; 16], &[u8])], out: &mut [u8]) -> Option<usize> {
+        let table = (entries.len() + 1) * ENTRY_LEN;
+        let total = table + entries.iter().map(|(_, der)| der.len()).sum::<usize>();
+        let out = out.get_mut(..total)?;
+        out[..table].fill(0);
+        let mut data = table;
+        for (i, (guid, der)) in entries.iter().enumerate() {
+            let entry = &mut out[i * ENTRY_LEN..(i + 1) * ENTRY_LEN];
+            entry[..16].copy_from_slice(guid);
+            entry[16..20].copy_from_slice(&u32::try_from(data).ok()?.to_le_bytes());
+            entry[20..24].copy_from_slice(&u32::try_from(der.len()).ok()?.to_le_bytes());
+            out[data..data + der.len()].copy_from_slice(der);
+            data += der.len();
+        }
+        Some(total)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn entries_point_at_their_certificates_and_a_zero_entry_ends_the_table() {
+            let mut out = [0xFFu8; 256];
+            let n = encode_into(&[(ARK, b"ark-der"), (VCEK, b"vcek")], &mut out).unwrap();
+            assert_eq!(n, encoded_len(&[b"ark-der", b"vcek"]));
+            assert_eq!(&out[..16], &ARK);
+            assert_eq!(&out[16..24], &[72, 0, 0, 0, 7, 0, 0, 0]);
+            assert_eq!(&out[24 + 16..48], &[79, 0, 0, 0, 4, 0, 0, 0]);
+            assert_eq!(&out[48..72], &[0; 24]);
+            assert_eq!(&out[72..83], b"ark-dervcek");
+            assert_eq!(encode_into(&[(ARK, b"ark-der")], &mut out[..50]), None);
+        }
+    }
+}
+
+/// The issuing kit a launcher hands an SVSM that has no AMD PSP (the `svm` platform reads
+/// it from the QEMU fw_cfg file [`issuing_kit::FW_CFG_NAME`]): the ARK and ASK
+/// certificates, the ASK's private key, and a VCEK certificate template, so the SVSM can
+/// certify its own per-boot VCEK with a chain the usual tools accept. Whoever has the kit
+/// can issue VCEKs: reports certified this way are not rooted in hardware, and say so.
+///
+/// Layout: the 8-byte magic, then six records, each a u32 (little-endian) length and that
+/// many bytes, in this order: ARK DER, ASK DER, ASK private key (PKCS#8 DER), the VCEK
+/// TBSCertificate DER with a placeholder public point, the signature AlgorithmIdentifier
+/// DER, and a u32 (as a 4-byte record) giving the offset of the placeholder's 97 bytes
+/// (an uncompressed P-384 point) inside the TBSCertificate.
+pub mod issuing_kit {
+    pub const MAGIC: [u8; 8] = *b"BWKIT\x00\x01\x00";
+    pub const FW_CFG_NAME: &str = "opt/bulwark/issuing-kit";
+    /// Bytes of an uncompressed P-384 point (0x04 || x || y).
+    pub const POINT_LEN: usize = 97;
+
+    /// A parsed kit, borrowing from its bytes.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Kit<'a> {
+        pub ark_der: &'a [u8],
+        pub ask_der: &'a [u8],
+        pub ask_key_pkcs8: &'a [u8],
+        pub vcek_tbs_template: &'a [u8],
+        pub signature_algorithm: &'a [u8],
+        pub point_offset: usize,
+    }
+
+    /// Parse a kit; `None` if anything is out of bounds or malformed.
+    pub fn parse(bytes: &[u8]) -> Option<Kit<'_>> {
+        let mut rest = bytes.strip_prefix(&MAGIC[..])?;
+        let mut next = || -> Option<&[u8]> {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > tail.len() {
+                return None;
+            }
+            let (record, tail) = tail.split_at(len);
+            rest = tail;
+            Some(record)
+        };
+        let (ark_der, ask_der, ask_key_pkcs8) = (next()?, next()?, next()?);
+        let (vcek_tbs_template, signature_algorithm) = (next()?, next()?);
+        let offset: [u8; 4] = next()?.try_into().ok()?;
+        let point_offset = u32::from_le_bytes(offset) as usize;
+        if point_offset.checked_add(POINT_LEN)? > vcek_tbs_template.len() {
+            return None;
+        }
+        Some(Kit { ark_der, ask_der, ask_key_pkcs8, vcek_tbs_template, signature_algorithm, point_offset })
+    }
+
+    /// The kit's bytes for its parts (the launcher's side).
+    #[cfg(test)]
+    fn encode(parts: [&[u8]; 5], point_offset: u32, out: &mut [u8]) -> usize {
+        let mut at = 0;
+        let mut put = |b: &[u8]| {
+            out[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        };
+        put(&MAGIC);
+        for p in parts {
+            put(&(p.len() as u32).to_le_bytes());
+            put(p);
+        }
+        put(&4u32.to_le_bytes());
+        put(&point_offset.to_le_bytes());
+        at
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_kit_parses_back_into_its_parts() {
+            let tbs = [0x30u8; 200];
+            let mut buf = [0u8; 512];
+            let n = encode([b"ark", b"ask", b"key", &tbs, b"alg"], 50, &mut buf);
+            let kit = parse(&buf[..n]).unwrap();
+            assert_eq!((kit.ark_der, kit.ask_der, kit.ask_key_pkcs8), (&b"ark"[..], &b"ask"[..], &b"key"[..]));
+            assert_eq!((kit.vcek_tbs_template.len(), kit.signature_algorithm, kit.point_offset), (200, &b"alg"[..], 50));
+        }
+
+        #[test]
+        fn truncated_or_inconsistent_kits_are_refused() {
+            let tbs = [0x30u8; 200];
+            let mut buf = [0u8; 512];
+            let n = encode([b"ark", b"ask", b"key", &tbs, b"alg"], 50, &mut buf);
+            for cut in 0..n {
+                assert_eq!(parse(&buf[..cut]), None, "cut at {cut}");
+            }
+            let n = encode([b"ark", b"ask", b"key", &tbs, b"alg"], 150, &mut buf);
+            assert_eq!(parse(&buf[..n]), None, "the point would run past the template");
+            buf[0] ^= 1;
+            assert_eq!(parse(&buf[..n]), None, "bad magic");
+        }
+    }
 }

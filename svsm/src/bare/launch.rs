@@ -157,6 +157,7 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
     let mut vmpck0 = [0u8; 32];
     vmpck0.copy_from_slice(&secrets[0x20..0x40]);
     let psp = super::svm::psp::launch(vmpck0, measurement)?;
+    let certificates = certify(&psp);
     secrets.fill(0);
     write(CALLING_AREA_GPA, &[0u8; 4096])?;
 
@@ -174,8 +175,16 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
 
     let npt = NestedPageTable::new().ok_or("out of memory for nested page tables")?;
     let maps = PermissionMaps::new().ok_or("out of memory for the permission maps")?;
-    let mut platform =
-        SvmPlatform { rmp, npt, vcpus: BTreeMap::new(), cpus, maps, psp: Some(psp), log_level: Level::Info };
+    let mut platform = SvmPlatform {
+        rmp,
+        npt,
+        vcpus: BTreeMap::new(),
+        cpus,
+        maps,
+        psp: Some(psp),
+        certificates,
+        log_level: Level::Info,
+    };
     for range in &validated {
         platform.sync(pages(range.clone())).map_err(|_| "out of memory for nested page tables")?;
     }
@@ -206,4 +215,32 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
     };
     let svsm = Svsm::new(config, &mut platform).map_err(|_| "the SVSM refused the launch state")?;
     Ok((platform, svsm))
+}
+
+/// The certificate table for the PSP's reports, from the launcher's issuing kit (fw_cfg
+/// `opt/bulwark/issuing-kit`); empty, with a log line, without a usable kit: reports are
+/// then signed but no tool can check them.
+fn certify(psp: &psp::SoftPsp) -> alloc::vec::Vec<u8> {
+    use abi::attest::issuing_kit;
+    let Some(bytes) = super::fw_cfg::read_file(issuing_kit::FW_CFG_NAME, 64 * 1024) else {
+        println!("attestation: no issuing kit from the launcher; reports come without certificates");
+        return alloc::vec::Vec::new();
+    };
+    let Some(kit) = issuing_kit::parse(&bytes) else {
+        println!("attestation: the issuing kit is malformed; reports come without certificates");
+        return alloc::vec::Vec::new();
+    };
+    match super::svm::vcek_cert::issue(&kit, &psp.vcek_public()).map(|vcek| super::svm::vcek_cert::table(&kit, &vcek)) {
+        Ok(Some(table)) => {
+            println!(
+                "attestation: per-boot VCEK certified by the launcher's ASK (NOT AMD hardware); {} bytes of certificates",
+                table.len()
+            );
+            table
+        }
+        Ok(None) | Err(_) => {
+            println!("attestation: could not certify the VCEK; reports come without certificates");
+            alloc::vec::Vec::new()
+        }
+    }
 }

@@ -15,6 +15,7 @@ mod elf;
 mod entry;
 mod exceptions;
 mod exit;
+mod fw_cfg;
 mod gdb;
 mod guest_phys;
 mod heap;

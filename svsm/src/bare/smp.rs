@@ -14,15 +14,11 @@ use super::lapic;
 use super::svm;
 use alloc::vec;
 use core::sync::atomic::{AtomicU32, Ordering};
-use x86::port::{inb, outb};
+use x86::port::outb;
 
 /// Where the trampoline runs (below 1 MiB, page aligned: the SIPI vector is its page).
 const TRAMPOLINE: u64 = 0x7000;
 const AP_STACK: usize = 64 * 1024;
-const FW_CFG_SELECTOR: u16 = 0x510;
-const FW_CFG_DATA: u16 = 0x511;
-const FW_CFG_SIGNATURE: u16 = 0x00;
-const FW_CFG_NB_CPUS: u16 = 0x05;
 
 /// APs that reached `ap_entry` and finished their setup.
 static ONLINE: AtomicU32 = AtomicU32::new(0);
@@ -110,22 +106,6 @@ unsafe extern "C" {
     static ap_trampoline_data: u8;
 }
 
-fn fw_cfg_select(key: u16) {
-    // SAFETY: fw_cfg's ports belong to the firmware interface; a 16-bit write selects.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") FW_CFG_SELECTOR, in("ax") key, options(nomem, nostack)) };
-}
-
-/// The CPU count QEMU reports through fw_cfg (1 without a QEMU fw_cfg device).
-fn cpu_count() -> u32 {
-    fw_cfg_select(FW_CFG_SIGNATURE);
-    if [0u8; 4].map(|_| inb(FW_CFG_DATA)) != *b"QEMU" {
-        return 1;
-    }
-    fw_cfg_select(FW_CFG_NB_CPUS);
-    let n = u32::from(inb(FW_CFG_DATA)) | u32::from(inb(FW_CFG_DATA)) << 8;
-    n.clamp(1, 64)
-}
-
 fn delay(rounds: u32) {
     for _ in 0..rounds {
         // A port-0x80 write takes about a microsecond (the classic I/O delay).
@@ -135,7 +115,7 @@ fn delay(rounds: u32) {
 
 /// Start every AP; returns how many CPUs are online (the boot CPU included).
 pub fn start_aps(boot_pml4: u64) -> u32 {
-    let total = cpu_count();
+    let total = super::fw_cfg::cpu_count();
     if total <= 1 {
         return 1;
     }

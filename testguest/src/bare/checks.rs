@@ -178,6 +178,14 @@ pub fn run_all() -> (bool, u64) {
         (call * 100 / bare.max(1)) % 100
     );
 
+    // Evidence for the host's verifier (section 7).
+    let evidence = super::evidence::obtain(&mut c, lists);
+    r.check(
+        "7.1/evidence",
+        evidence.is_ok(),
+        format_args!("{}", evidence.as_ref().map_or_else(|e| e.clone(), |n| alloc::format!("certificates: {n} bytes"))),
+    );
+
     println!("testguest: {} checks failed", r.failed);
     (r.failed == 0, c.calling_area)
 }

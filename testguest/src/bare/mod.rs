@@ -6,6 +6,7 @@ mod console;
 mod ap;
 mod checks;
 mod entry;
+mod evidence;
 mod gate;
 mod heap;
 mod io;

@@ -8,12 +8,14 @@
 //! - [`kick`]: making another CPU leave the guest (shootdown, vCPU stop);
 //! - [`vcpu`]: an L2 vCPU (VMCB + registers + the VMSA fields SVM lacks);
 //! - [`psp`]: the software PSP that signs this platform's attestation reports;
+//! - [`vcek_cert`]: its VCEK certificate, issued from the launcher's kit;
 //! - [`platform`]: the kernel's `Platform` on top of all this.
 
 pub mod kick;
 pub mod npt;
 pub mod platform;
 pub mod psp;
+pub mod vcek_cert;
 pub mod vcpu;
 pub mod vmcb;
 pub mod vmrun;

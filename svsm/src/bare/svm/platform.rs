@@ -40,6 +40,8 @@ pub struct SvmPlatform {
     pub maps: PermissionMaps,
     /// The software PSP that answers the SVSM's guest requests (attestation).
     pub psp: Option<psp::SoftPsp>,
+    /// The certificate table for its reports (empty without an issuing kit).
+    pub certificates: alloc::vec::Vec<u8>,
     pub log_level: Level,
 }
 
@@ -381,5 +383,9 @@ impl Platform for SvmPlatform {
             crate::println!("svm: the PSP refused a guest request: {e:?}");
             GuestRequestError::Firmware(0x16)
         })
+    }
+
+    fn report_certificates(&mut self) -> alloc::vec::Vec<u8> {
+        self.certificates.clone()
     }
 }
