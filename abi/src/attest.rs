@@ -72,6 +72,22 @@ pub const SERVICES_MANIFEST_GUID: Guid =
 pub const VTPM_SERVICE_GUID: Guid =
     Guid::from_fields(0xc476f1eb, 0x0123, 0x45a5, [0x96, 0x41, 0xb4, 0xe7, 0xdd, 0xe5, 0xbf, 0xe3]);
 
+/// CHIP_ID of the reports the `svm` platform's software PSP signs: non-zero (verifiers
+/// need that) and saying in ASCII what it is. The launcher puts the same value in the
+/// VCEK certificate's hwID extension.
+pub const SVM_CHIP_ID: [u8; 64] = chip_id_tag(b"BULWARK-SVM-QEMU (NOT AMD HARDWARE)");
+
+/// A CHIP_ID made of an ASCII tag, zero-padded.
+pub const fn chip_id_tag(tag: &[u8]) -> [u8; 64] {
+    let mut id = [0u8; 64];
+    let mut i = 0;
+    while i < tag.len() && i < 64 {
+        id[i] = tag[i];
+        i += 1;
+    }
+    id
+}
+
 /// Size of an SNP attestation report.
 pub const REPORT_SIZE: usize = 0x4A0;
 /// Offset of REPORT_DATA in the report.

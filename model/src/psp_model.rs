@@ -9,12 +9,7 @@ use psp::SoftPsp;
 use psp::report::Identity;
 
 /// CHIP_ID of the model's reports: non-zero (verifiers need that) and self-describing.
-pub fn chip_id() -> [u8; 64] {
-    let mut id = [0u8; 64];
-    let tag = b"BULWARK-MODEL-PSP (NOT AMD HARDWARE)";
-    id[..tag.len()].copy_from_slice(tag);
-    id
-}
+pub const CHIP_ID: [u8; 64] = abi::attest::chip_id_tag(b"BULWARK-MODEL-PSP (NOT AMD HARDWARE)");
 
 /// What the model's firmware reports about the platform and the launch.
 pub fn identity() -> Identity {
@@ -33,7 +28,7 @@ pub fn identity() -> Identity {
         measurement,
         host_data: [0; 32],
         report_id: [0x11; 32],
-        chip_id: chip_id(),
+        chip_id: CHIP_ID,
         cpuid: [0x19, 0x11, 0x01],
         firmware: [0, 55, 1],
     }

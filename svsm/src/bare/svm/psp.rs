@@ -7,14 +7,6 @@ use p384::ecdsa::SigningKey;
 use psp::SoftPsp;
 use psp::report::Identity;
 
-/// CHIP_ID of this platform's reports (non-zero, as verifiers need, and self-describing).
-fn chip_id() -> [u8; 64] {
-    let mut id = [0u8; 64];
-    let tag = b"BULWARK-SVM-QEMU (NOT AMD HARDWARE)";
-    id[..tag.len()].copy_from_slice(tag);
-    id
-}
-
 /// A fresh P-384 key from RDRAND (a draw at or above the group order is drawn again).
 fn fresh_vcek() -> Result<SigningKey, &'static str> {
     for _ in 0..8 {
@@ -46,7 +38,7 @@ pub fn launch(vmpck0: [u8; 32], measurement: [u8; 48]) -> Result<SoftPsp, &'stat
         measurement,
         host_data: [0; 32],
         report_id: [0; 32],
-        chip_id: chip_id(),
+        chip_id: abi::attest::SVM_CHIP_ID,
         cpuid: [0x19, 0x11, 0x01],
         firmware: [0, 55, 1],
     };
