@@ -5,7 +5,11 @@
 //!   through the guest calling convention against the Bulwark kernel on the SEV-SNP model,
 //!   one fresh launch per case, and print a report (or JSON). Exit status 1 if any case
 //!   fails.
+//! - `bulwark attest verify --report F --nonce F --manifest F (--certs F | --ark F --ask F
+//!   --vcek F) [--json] [--require-amd-root]`: verify attestation evidence and print the
+//!   verdict. Exit status 1 if any check fails.
 
+mod attest_cmd;
 mod conformance_report;
 
 use std::process::ExitCode;
@@ -14,12 +18,14 @@ const USAGE: &str = "usage: bulwark <command> [options]
 
 commands:
   conformance [--json] [--filter TEXT]   run the SVSM conformance suite on the SEV-SNP model
+  attest verify ...                      verify attestation evidence (`bulwark attest help`)
   help                                   this text";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("conformance") => conformance_report::main(&args[1..]),
+        Some("attest") => attest_cmd::main(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             ExitCode::SUCCESS

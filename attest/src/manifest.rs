@@ -1,0 +1,220 @@
+//! The services manifest of SVSM_ATTEST_SERVICES (SVSM spec 58019 section 7.1, table
+//! 12): a header `{GUID, u32 length, u32 count}`, `count` entries `{GUID, u32 offset,
+//! u32 length}` (offsets from the manifest start), then the services' data.
+//!
+//! The manifest is hashed into REPORT_DATA, so its integrity comes from the report
+//! signature; this parser only has to refuse structures that could be read two ways:
+//! a wrong header GUID, a length that disagrees with the buffer, entries outside the
+//! buffer, inside the table, overlapping each other, or naming a service twice.
+//! Hostile input yields an error, never a panic.
+
+use abi::attest::{ManifestEntry, ManifestHeader, SERVICES_MANIFEST_GUID, VTPM_SERVICE_GUID};
+use abi::guid::Guid;
+use std::fmt;
+use zerocopy::{FromBytes, IntoBytes};
+
+const HEADER_LEN: usize = size_of::<ManifestHeader>();
+const ENTRY_LEN: usize = size_of::<ManifestEntry>();
+
+/// One service of the manifest and its data (for the vTPM: the EK public area).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub guid: Guid,
+    pub data: Vec<u8>,
+}
+
+/// Why a manifest was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManifestError {
+    /// Shorter than the 24-byte header.
+    TooShort { len: usize },
+    /// The header GUID is not the services manifest GUID.
+    WrongGuid { guid: Guid },
+    /// The header's length field disagrees with the buffer.
+    LengthMismatch { header: u32, actual: usize },
+    /// The entry table does not fit in the manifest.
+    TableOutOfBounds { count: u32 },
+    /// A service's data lies outside the manifest or inside the table.
+    EntryOutOfBounds { index: usize, offset: u32, length: u32 },
+    /// Two services' data share bytes.
+    Overlap { first: usize, second: usize },
+    /// Two entries name the same service.
+    DuplicateGuid { index: usize, guid: Guid },
+    /// (encode) The manifest would not fit the u32 fields.
+    TooLarge,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort { len } => write!(f, "{len} bytes is shorter than the {HEADER_LEN}-byte header"),
+            Self::WrongGuid { guid } => write!(f, "header GUID {guid} is not the services manifest GUID"),
+            Self::LengthMismatch { header, actual } => {
+                write!(f, "header says {header} bytes, the manifest has {actual}")
+            }
+            Self::TableOutOfBounds { count } => write!(f, "a table of {count} entries does not fit"),
+            Self::EntryOutOfBounds { index, offset, length } => {
+                write!(f, "entry {index} (offset {offset:#x}, length {length:#x}) is outside the data area")
+            }
+            Self::Overlap { first, second } => write!(f, "the data of entries {first} and {second} overlap"),
+            Self::DuplicateGuid { index, guid } => write!(f, "entry {index} repeats service {guid}"),
+            Self::TooLarge => write!(f, "manifest larger than 4 GiB"),
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Parse a services manifest (see the module doc for what is refused).
+pub fn parse(buf: &[u8]) -> Result<Vec<Service>, ManifestError> {
+    let Ok((header, rest)) = ManifestHeader::read_from_prefix(buf) else {
+        return Err(ManifestError::TooShort { len: buf.len() });
+    };
+    if header.guid != SERVICES_MANIFEST_GUID {
+        return Err(ManifestError::WrongGuid { guid: header.guid });
+    }
+    if header.length as usize != buf.len() {
+        return Err(ManifestError::LengthMismatch { header: header.length, actual: buf.len() });
+    }
+    let count = header.service_count;
+    let table = (count as usize).checked_mul(ENTRY_LEN).and_then(|n| rest.get(..n));
+    let Some(table) = table else {
+        return Err(ManifestError::TableOutOfBounds { count });
+    };
+    let data_start = HEADER_LEN + table.len();
+    let mut services: Vec<Service> = Vec::with_capacity(count as usize);
+    let mut spans = Vec::with_capacity(count as usize);
+    for (index, raw) in table.chunks_exact(ENTRY_LEN).enumerate() {
+        let Ok(entry) = ManifestEntry::read_from_bytes(raw) else {
+            return Err(ManifestError::TableOutOfBounds { count });
+        };
+        if services.iter().any(|s| s.guid == entry.guid) {
+            return Err(ManifestError::DuplicateGuid { index, guid: entry.guid });
+        }
+        let start = entry.offset as usize;
+        let data = start
+            .checked_add(entry.length as usize)
+            .filter(|_| start >= data_start)
+            .and_then(|end| buf.get(start..end));
+        let Some(data) = data else {
+            return Err(ManifestError::EntryOutOfBounds { index, offset: entry.offset, length: entry.length });
+        };
+        spans.push((start, start + data.len(), index));
+        services.push(Service { guid: entry.guid, data: data.to_vec() });
+    }
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        // Empty entries share no bytes with anything.
+        if let [a, b] = pair
+            && b.0 < a.1
+            && b.0 < b.1
+        {
+            return Err(ManifestError::Overlap { first: a.2.min(b.2), second: a.2.max(b.2) });
+        }
+    }
+    Ok(services)
+}
+
+/// Build a manifest: header, table, then each service's data in order. The SVSM builds
+/// its own (no_std); this one serves tests and tools.
+pub fn encode(services: &[(Guid, &[u8])]) -> Result<Vec<u8>, ManifestError> {
+    let data_start = HEADER_LEN + services.len() * ENTRY_LEN;
+    let total = services.iter().try_fold(data_start, |acc, (_, d)| acc.checked_add(d.len()));
+    let Some(total) = total.and_then(|t| u32::try_from(t).ok()) else {
+        return Err(ManifestError::TooLarge);
+    };
+    let count = u32::try_from(services.len()).map_err(|_| ManifestError::TooLarge)?;
+    let mut out = Vec::with_capacity(total as usize);
+    out.extend_from_slice(
+        ManifestHeader { guid: SERVICES_MANIFEST_GUID, length: total, service_count: count }.as_bytes(),
+    );
+    let mut offset = data_start as u32; // <= total, which fits
+    for (guid, data) in services {
+        let length = data.len() as u32; // <= total
+        out.extend_from_slice(ManifestEntry { guid: *guid, offset, length }.as_bytes());
+        offset += length;
+    }
+    for (_, data) in services {
+        out.extend_from_slice(data);
+    }
+    Ok(out)
+}
+
+/// The name of a known service.
+pub fn service_name(guid: &Guid) -> Option<&'static str> {
+    if *guid == VTPM_SERVICE_GUID { Some("vTPM") } else { None }
+}
+
+/// A one-line description of a service's data for the verdict.
+pub fn describe(service: &Service) -> String {
+    let prefix_len = service.data.len().min(16);
+    let prefix = crate::hex(&service.data[..prefix_len]);
+    let more = if service.data.len() > prefix_len { "..." } else { "" };
+    if service.guid == VTPM_SERVICE_GUID {
+        // TPMT_PUBLIC starts with TPMI_ALG_PUBLIC (big-endian): 0x0001 RSA, 0x0023 ECC.
+        let kind = match service.data.get(..2) {
+            Some([0x00, 0x01]) => "RSA ",
+            Some([0x00, 0x23]) => "ECC ",
+            _ => "",
+        };
+        format!("{kind}EK public area, {} bytes: {prefix}{more}", service.data.len())
+    } else {
+        format!("{} bytes: {prefix}{more}", service.data.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OTHER: Guid = Guid::from_fields(0x11223344, 0x5566, 0x7788, [1, 2, 3, 4, 5, 6, 7, 8]);
+
+    #[test]
+    fn empty_manifest_is_the_24_byte_header() {
+        let m = encode(&[]).unwrap();
+        assert_eq!(m.len(), 24);
+        assert_eq!(parse(&m).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn round_trip_with_vtpm() {
+        let ek = [0x00, 0x01, 0x00, 0x0b, 0xaa];
+        let m = encode(&[(VTPM_SERVICE_GUID, &ek), (OTHER, b"xyz")]).unwrap();
+        let s = parse(&m).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].data, ek);
+        assert_eq!(service_name(&s[0].guid), Some("vTPM"));
+        assert_eq!(describe(&s[0]), "RSA EK public area, 5 bytes: 0001000baa");
+    }
+
+    #[test]
+    fn header_guid_and_length_must_match() {
+        let mut m = encode(&[(OTHER, b"xyz")]).unwrap();
+        m.push(0);
+        assert!(matches!(parse(&m), Err(ManifestError::LengthMismatch { .. })));
+        let mut m = encode(&[]).unwrap();
+        m[0] ^= 1;
+        assert!(matches!(parse(&m), Err(ManifestError::WrongGuid { .. })));
+        assert_eq!(parse(&m[..10]), Err(ManifestError::TooShort { len: 10 }));
+    }
+
+    #[test]
+    fn entries_must_be_in_bounds_and_disjoint() {
+        let m = encode(&[(VTPM_SERVICE_GUID, b"abcd"), (OTHER, b"efgh")]).unwrap();
+        // Count too large for the buffer.
+        let mut x = m.clone();
+        x[20..24].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(parse(&x), Err(ManifestError::TableOutOfBounds { .. })));
+        // Entry 0 pointing into the table.
+        let mut x = m.clone();
+        x[24 + 16..24 + 20].copy_from_slice(&24u32.to_le_bytes());
+        assert!(matches!(parse(&x), Err(ManifestError::EntryOutOfBounds { index: 0, .. })));
+        // Entry 1 pointing at entry 0's data.
+        let mut x = m.clone();
+        x[48 + 16..48 + 20].copy_from_slice(&72u32.to_le_bytes());
+        assert_eq!(parse(&x), Err(ManifestError::Overlap { first: 0, second: 1 }));
+        // Duplicate service.
+        let x = encode(&[(OTHER, b"a"), (OTHER, b"b")]).unwrap();
+        assert!(matches!(parse(&x), Err(ManifestError::DuplicateGuid { index: 1, .. })));
+    }
+}
