@@ -320,7 +320,10 @@ pub mod issuing_kit {
             let n = encode([b"ark", b"ask", b"key", &tbs, b"alg"], 50, &mut buf);
             let kit = parse(&buf[..n]).unwrap();
             assert_eq!((kit.ark_der, kit.ask_der, kit.ask_key_pkcs8), (&b"ark"[..], &b"ask"[..], &b"key"[..]));
-            assert_eq!((kit.vcek_tbs_template.len(), kit.signature_algorithm, kit.point_offset), (200, &b"alg"[..], 50));
+            assert_eq!(
+                (kit.vcek_tbs_template.len(), kit.signature_algorithm, kit.point_offset),
+                (200, &b"alg"[..], 50)
+            );
         }
 
         #[test]

@@ -86,29 +86,17 @@ pub fn name(guid: &[u8; 16]) -> Option<&'static str> {
 }
 
 /// Lay out `entries` as a certificate table: the table, its terminator, then each
-/// certificate in order with no padding.
+/// certificate in order with no padding (the layout of `abi::attest::cert_table`, which
+/// the SVSM writes too).
 pub fn encode(entries: &[(&[u8; 16], &[u8])]) -> Result<Vec<u8>, CertTableError> {
-    let table_len = (entries.len() + 1) * ENTRY_LEN;
-    let total = entries.iter().try_fold(table_len, |acc, (_, d)| acc.checked_add(d.len()));
-    if total.is_none_or(|t| u32::try_from(t).is_err()) {
-        return Err(CertTableError::TooLarge);
+    if let Some(index) = entries.iter().position(|(guid, _)| **guid == [0; 16]) {
+        return Err(CertTableError::ZeroGuid { index });
     }
-    let mut out = Vec::with_capacity(total.unwrap_or(table_len));
-    let mut offset = table_len;
-    for (index, (guid, data)) in entries.iter().enumerate() {
-        if **guid == [0; 16] {
-            return Err(CertTableError::ZeroGuid { index });
-        }
-        out.extend_from_slice(&guid[..]);
-        // Both fit: the total was checked against u32 above.
-        out.extend_from_slice(&u32::try_from(offset).map_err(|_| CertTableError::TooLarge)?.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(data.len()).map_err(|_| CertTableError::TooLarge)?.to_le_bytes());
-        offset += data.len();
-    }
-    out.extend_from_slice(&[0; ENTRY_LEN]);
-    for (_, data) in entries {
-        out.extend_from_slice(data);
-    }
+    let owned: Vec<([u8; 16], &[u8])> = entries.iter().map(|(guid, data)| (**guid, *data)).collect();
+    let datas: Vec<&[u8]> = entries.iter().map(|(_, data)| *data).collect();
+    let mut out = vec![0u8; abi::attest::cert_table::encoded_len(&datas)];
+    let n = abi::attest::cert_table::encode_into(&owned, &mut out).ok_or(CertTableError::TooLarge)?;
+    out.truncate(n);
     Ok(out)
 }
 

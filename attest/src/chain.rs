@@ -12,7 +12,7 @@
 //! The certificates are made fresh at run time, valid from a day ago for 25 years.
 
 use rsa::RsaPrivateKey;
-use rsa::pkcs8::DecodePrivateKey;
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use rsa::rand_core::OsRng;
 use sha2::{Digest, Sha384};
 use std::fmt;
@@ -73,6 +73,8 @@ pub struct TestAuthority {
     ask_der: Vec<u8>,
     ask_name: Name,
     ask_signer: rsa::pss::SigningKey<Sha384>,
+    /// The ASK key as PKCS#8 DER, for issuing kits.
+    ask_key_der: Vec<u8>,
 }
 
 impl fmt::Debug for TestAuthority {
@@ -114,6 +116,7 @@ impl TestAuthority {
     pub fn from_keys(ark: RsaPrivateKey, ask: RsaPrivateKey) -> Result<Self, ChainError> {
         let ark_name = name("ARK-Bulwark")?;
         let ask_name = name("ASK-Bulwark")?;
+        let ask_key_der = ask.to_pkcs8_der().map_err(|e| ChainError::Key(e.to_string()))?.as_bytes().to_vec();
         let ark_signer = rsa::pss::SigningKey::<Sha384>::new(ark.clone());
         let ask_signer = rsa::pss::SigningKey::<Sha384>::new(ask.clone());
         let ark_der = build(
@@ -132,7 +135,7 @@ impl TestAuthority {
             &ark_signer,
             None,
         )?;
-        Ok(Self { ark_der, ask_der, ask_name, ask_signer })
+        Ok(Self { ark_der, ask_der, ask_name, ask_signer, ask_key_der })
     }
 
     /// The ARK certificate (DER), self-signed.
@@ -174,6 +177,33 @@ impl TestAuthority {
             &self.ask_signer,
             Some(&HwId(*chip_id)),
         )
+    }
+}
+
+impl TestAuthority {
+    /// The issuing kit for an SVSM without an AMD PSP (`abi::attest::issuing_kit`): ARK
+    /// and ASK certificates, the ASK key, and a VCEK certificate template for `chip_id`
+    /// whose public point the SVSM replaces with its own before it signs.
+    pub fn issuing_kit(&self, chip_id: &[u8; 64]) -> Result<Vec<u8>, ChainError> {
+        use abi::attest::issuing_kit::{MAGIC, POINT_LEN};
+        use x509_cert::der::Decode;
+        let placeholder =
+            p384::ecdsa::SigningKey::from_slice(&[0x5A; 48]).map_err(|e| ChainError::Key(e.to_string()))?;
+        let point = placeholder.verifying_key().to_encoded_point(false);
+        let cert = x509_cert::Certificate::from_der(&self.issue_vcek(point.as_bytes(), chip_id)?).map_err(build_err)?;
+        let tbs = cert.tbs_certificate.to_der().map_err(build_err)?;
+        let algorithm = cert.signature_algorithm.to_der().map_err(build_err)?;
+        let mut at = tbs.windows(POINT_LEN).enumerate().filter(|(_, w)| *w == point.as_bytes()).map(|(i, _)| i);
+        let (Some(offset), None) = (at.next(), at.next()) else {
+            return Err(ChainError::Build("the placeholder point is not in the template exactly once".into()));
+        };
+        let offset = (offset as u32).to_le_bytes();
+        let mut kit = MAGIC.to_vec();
+        for part in [&self.ark_der[..], &self.ask_der, &self.ask_key_der, &tbs, &algorithm, &offset] {
+            kit.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            kit.extend_from_slice(part);
+        }
+        Ok(kit)
     }
 }
 
@@ -230,5 +260,19 @@ impl AsExtension for HwId {
 
     fn to_extension(&self, _subject: &Name, _extensions: &[Extension]) -> x509_cert::der::Result<Extension> {
         Ok(Extension { extn_id: HWID_OID, critical: false, extn_value: OctetString::new(self.0.to_vec())? })
+    }
+}
+
+#[cfg(test)]
+mod kit_tests {
+    use super::*;
+
+    #[test]
+    fn an_issuing_kit_parses_and_its_template_holds_one_point() {
+        let kit = TestAuthority::shared().issuing_kit(&[7; 64]).unwrap();
+        let parsed = abi::attest::issuing_kit::parse(&kit).unwrap();
+        assert_eq!(parsed.ark_der, TestAuthority::shared().ark_der());
+        assert_eq!(parsed.vcek_tbs_template[parsed.point_offset], 0x04, "an uncompressed point starts with 04");
+        assert!(rsa::RsaPrivateKey::from_pkcs8_der(parsed.ask_key_pkcs8).is_ok());
     }
 }

@@ -11,8 +11,6 @@ use crate::{cert_table, manifest};
 use abi::attest::report as off;
 use abi::attest::{REPORT_SIZE, VTPM_SERVICE_GUID};
 use p384::ecdsa::SigningKey;
-use p384::ecdsa::signature::DigestSigner;
-use sha2::{Digest, Sha384};
 use std::sync::OnceLock;
 
 /// The fields of a report that a test may want to choose. Reserved bytes are always
@@ -130,16 +128,11 @@ pub fn layout_report(fields: &ReportFields, report_data: &[u8; 64]) -> [u8; REPO
     r
 }
 
-/// Sign bytes `0..0x2A0` of `report` in place: R and S little-endian in their 72-byte
-/// fields, everything after them zero.
+/// Sign bytes `0..0x2A0` of `report` in place, as the SVSM's PSP does (`psp::report`):
+/// R and S little-endian in their 72-byte fields, everything after them zero.
 pub fn sign_in_place(report: &mut [u8; REPORT_SIZE], key: &SigningKey) {
-    let sig: p384::ecdsa::Signature = key.sign_digest(Sha384::new_with_prefix(&report[..off::SIGNED_LEN]));
-    let (r, s) = sig.split_bytes();
     report[off::SIGNED_LEN..].fill(0);
-    for i in 0..48 {
-        report[off::SIGNATURE_R + i] = r[47 - i];
-        report[off::SIGNATURE_S + i] = s[47 - i];
-    }
+    psp::report::sign(report, key).expect("a valid key signs");
 }
 
 /// A signed report: [`layout_report`] then [`sign_in_place`].

@@ -61,6 +61,8 @@ pub struct Run<'a> {
     pub append: Option<&'a str>,
     pub smp: u32,
     pub debug: Debug,
+    /// Files handed to the SVSM through QEMU's fw_cfg: (name, path).
+    pub fw_cfg: Vec<(&'static str, std::path::PathBuf)>,
     /// Told once when the SVSM prints a line starting with this text.
     pub notify: Option<(&'a str, mpsc::Sender<()>)>,
     pub limit: Duration,
@@ -110,6 +112,9 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let mut command = Command::new("qemu-system-x86_64");
     if let Some(guest) = run.guest {
         command.arg("-initrd").arg(guest);
+    }
+    for (name, path) in &run.fw_cfg {
+        command.arg("-fw_cfg").arg(format!("name={name},file={}", path.display()));
     }
     if run.debug == Debug::Qemu {
         command.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
