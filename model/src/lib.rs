@@ -14,6 +14,7 @@
 //! The model is the reference for what the hardware would do; where the architecture
 //! documents are silent the choice is written next to the code.
 
+pub mod attest_demo;
 pub mod conformance_env;
 pub mod fuzz;
 pub mod machine;

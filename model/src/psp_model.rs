@@ -50,3 +50,28 @@ pub fn vcek() -> SigningKey {
 pub fn launch(vmpck0: [u8; 32]) -> SoftPsp {
     SoftPsp::new(vmpck0, vcek(), identity())
 }
+
+/// The certificate table the model's host hands out with reports: ARK and ASK of the test
+/// authority (`bulwark-attest`), and the VCEK certificate for [`vcek`]. Made once per
+/// process (an RSA-4096 signature).
+pub fn certificate_table() -> Vec<u8> {
+    static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            let authority = attest::chain::TestAuthority::shared();
+            let point = vcek().verifying_key().to_encoded_point(false);
+            let issued = authority.issue_vcek(point.as_bytes(), &CHIP_ID).and_then(|vcek| {
+                attest::cert_table::encode(&[
+                    (&abi::attest::cert_table::ARK, authority.ark_der()),
+                    (&abi::attest::cert_table::ASK, authority.ask_der()),
+                    (&abi::attest::cert_table::VCEK, &vcek),
+                ])
+                .map_err(|e| attest::chain::ChainError::Build(e.to_string()))
+            });
+            match issued {
+                Ok(table) => table,
+                Err(e) => unreachable!("the fixture authority certifies the model's VCEK: {e}"),
+            }
+        })
+        .clone()
+}

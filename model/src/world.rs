@@ -115,6 +115,7 @@ impl World {
         }
         // The PSP keeps the same VMPCK0 (it is the firmware's key for this guest).
         m.psp = Some(crate::psp_model::launch([0xA0; 32]));
+        m.certificates = crate::psp_model::certificate_table();
         m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Vmpl, u64::from(GUEST_VMPL));
         m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Efer, EFER_SVME | 0x500);
         m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::SevFeatures, sev_features::SNP_ACTIVE);

@@ -19,6 +19,7 @@ const USAGE: &str = "usage: bulwark <command> [options]
 commands:
   conformance [--json] [--filter TEXT]   run the SVSM conformance suite on the SEV-SNP model
   attest verify ...                      verify attestation evidence (`bulwark attest help`)
+  attest demo --out DIR                  obtain evidence on the model and write it as files
   help                                   this text";
 
 fn main() -> ExitCode {

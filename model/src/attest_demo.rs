@@ -1,0 +1,56 @@
+//! One attestation call on the model, as a guest makes it: the evidence `bulwark attest
+//! demo` writes out and the tests verify.
+
+use crate::conformance_env::ModelEnv;
+use abi::attest::{AttestServicesOp, BufferRecord, REPORT_SIZE};
+use abi::protocol::{CallId, ProtocolId, attest_call};
+use abi::result::ResultCode;
+use conformance::Env;
+use guest::{Client, Regs, Transport};
+use zerocopy::IntoBytes;
+
+/// What the guest gets back, with the nonce it chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelEvidence {
+    pub report: Vec<u8>,
+    /// The GHCB certificate table (ARK, ASK, VCEK).
+    pub certificates: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+/// Launch a model guest and have it call SVSM_ATTEST_SERVICES with `nonce`.
+pub fn obtain(nonce: &[u8]) -> Result<ModelEvidence, String> {
+    let mut env = ModelEnv::new();
+    let s = env.facts().scratch;
+    let (op_gpa, report, nonce_gpa, manifest, certs) = (s, s + 0x1000, s + 0x2000, s + 0x3000, s + 0x4000);
+    let record = |gpa, len| BufferRecord { gpa, len, reserved: 0 };
+    let op = AttestServicesOp {
+        report: record(report, 0x1000),
+        nonce: record(nonce_gpa, nonce.len() as u32),
+        manifest: record(manifest, 0x1000),
+        certificates: record(certs, 0x4000),
+    };
+    env.write(nonce_gpa, nonce).map_err(|e| format!("{e:?}"))?;
+    env.write(op_gpa, op.as_bytes()).map_err(|e| format!("{e:?}"))?;
+    let ca = env.calling_area();
+    let mut client = Client::new(&mut env, ca);
+    let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
+    let out =
+        client.issue(Regs { rax, rcx: op_gpa, rdx: u64::MAX, r8: u64::MAX, r9: 0 }).map_err(|e| format!("{e:?}"))?;
+    let result = ResultCode::from_rax(out.rax);
+    if result != ResultCode::SUCCESS {
+        return Err(format!("SVSM_ATTEST_SERVICES: {result}"));
+    }
+    let mut read = |gpa: u64, len: u64| -> Result<Vec<u8>, String> {
+        let mut b = vec![0u8; len as usize];
+        client.transport.read(gpa, &mut b).map_err(|e| format!("{e:?}"))?;
+        Ok(b)
+    };
+    Ok(ModelEvidence {
+        report: read(report, REPORT_SIZE as u64)?,
+        manifest: read(manifest, out.rcx.min(0x1000))?,
+        certificates: read(certs, out.rdx.min(0x4000))?,
+        nonce: nonce.to_vec(),
+    })
+}

@@ -1,0 +1,64 @@
+//! Reports from the model's PSP verify with the `sev` crate (virtee) directly and with
+//! Bulwark's verifier, and a changed byte of any part of the evidence is caught.
+
+use attest::verify::{Certificates, Evidence, verify};
+use bulwark_model::attest_demo::obtain;
+use sev::certs::snp::{Chain, Verifiable};
+use sev::firmware::guest::AttestationReport;
+use sev::parser::ByteParser;
+
+const NONCE: [u8; 64] = [0x3C; 64];
+
+fn evidence() -> Evidence {
+    let e = obtain(&NONCE).expect("the model serves an attestation call");
+    Evidence {
+        report: e.report,
+        certificates: Certificates::Table(e.certificates),
+        nonce: e.nonce,
+        manifest: e.manifest,
+    }
+}
+
+#[test]
+fn the_sev_crate_verifies_the_models_chain_and_report() {
+    let e = obtain(&NONCE).unwrap();
+    let entries = attest::cert_table::decode(&e.certificates).unwrap();
+    let der = |guid| attest::cert_table::find(&entries, guid).unwrap().to_vec();
+    let chain = Chain::from_der(
+        &der(&abi::attest::cert_table::ARK),
+        &der(&abi::attest::cert_table::ASK),
+        &der(&abi::attest::cert_table::VCEK),
+    )
+    .unwrap();
+    let report = AttestationReport::from_bytes(&e.report).unwrap();
+    (&chain, &report).verify().expect("sev verifies chain and report signature");
+    assert_eq!(report.vmpl, 0);
+    assert_eq!(&report.report_data[..], &attest::verify::expected_report_data(&NONCE, &e.manifest)[..]);
+}
+
+#[test]
+fn bulwarks_verifier_accepts_the_models_evidence_and_says_it_is_not_amd() {
+    let verdict = verify(&evidence()).unwrap_or_else(|r| panic!("{}", r.verdict));
+    assert!(!verdict.hardware_rooted);
+    assert!(verdict.to_string().contains("NOT rooted in AMD hardware"));
+}
+
+#[test]
+fn a_changed_byte_of_report_nonce_or_manifest_is_rejected() {
+    let good = evidence();
+    for i in (0..good.report.len()).step_by(37) {
+        let mut bad = good.clone();
+        bad.report[i] ^= 0x01;
+        assert!(verify(&bad).is_err(), "report byte {i:#x} changed and still accepted");
+    }
+    for i in 0..good.nonce.len() {
+        let mut bad = good.clone();
+        bad.nonce[i] ^= 0x80;
+        assert!(verify(&bad).is_err(), "nonce byte {i} changed and still accepted");
+    }
+    for i in 0..good.manifest.len() {
+        let mut bad = good.clone();
+        bad.manifest[i] ^= 0x80;
+        assert!(verify(&bad).is_err(), "manifest byte {i} changed and still accepted");
+    }
+}
