@@ -1,7 +1,7 @@
 //! The dispatcher fuzz harness: arbitrary bytes become a sequence of guest calls with
 //! arbitrary registers and list contents, interleaved with a host that misbehaves
 //! (spurious entries, wrong exit codes, running VMSAs, racing writes, pages reassigned
-//! behind the guest's back).
+//! behind the guest's back, a PSP that refuses, loses or forges answers).
 //!
 //! After every step the harness checks what must always hold: the SVSM did not break the
 //! calling convention, still answers a call, and its own memory and every VMSA stay out
@@ -90,14 +90,15 @@ pub fn run_dispatcher(data: &[u8]) {
 }
 
 fn step(w: &mut World, input: &mut Input<'_>) {
-    match input.u8() % 10 {
+    match input.u8() % 11 {
         0..=4 => {
             // Fill the parameter page, then call.
             let len = usize::from(input.u8()) * 4;
             let fill = input.bytes(len).to_vec();
             let _ = w.client().transport.write(PARAM, &fill);
             let protocol = match input.u8() % 8 {
-                0..=5 => 0,
+                0..=4 => 0,
+                5 => 1,
                 6 => u32::from(input.u8()),
                 _ => input.u64() as u32,
             };
@@ -145,6 +146,14 @@ fn step(w: &mut World, input: &mut Input<'_>) {
             if gpa.checked_add(bytes.len() as u64).is_some_and(|end| end <= RAM) {
                 w.machine.race(Race { trigger, gpa, bytes });
             }
+        }
+        10 => {
+            // The PSP, or the host carrying its messages, misbehaves on the next request.
+            w.machine.psp_fault = Some(match input.u8() % 3 {
+                0 => conformance::PspFault::DropAnswer,
+                1 => conformance::PspFault::CorruptAnswer,
+                _ => conformance::PspFault::Status(u32::from(input.u8())),
+            });
         }
         _ => {
             // The host reassigns a page (RMPUPDATE): validation and permissions are gone.
