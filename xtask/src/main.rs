@@ -106,13 +106,21 @@ fn test(args: &[String]) -> Result {
         "cargo clippy --workspace --all-targets -- -D warnings",
         cargo()?.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
     )?;
+    // `cargo rustc` gives `-D warnings` to the kernel alone: RUSTFLAGS would replace the
+    // target's rustflags in .cargo/config.toml, which the crypto crates need.
     exec(
-        "RUSTFLAGS='-D warnings' cargo build -p bulwark-kernel --target x86_64-unknown-none",
-        cargo()?
-            .args(["build", "-p", "bulwark-kernel", "--target", "x86_64-unknown-none"])
-            .env("RUSTFLAGS", "-D warnings")
-            // Cargo prefers CARGO_ENCODED_RUSTFLAGS over RUSTFLAGS when both are set.
-            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+        "cargo rustc -p bulwark-kernel --lib --target x86_64-unknown-none -- -D warnings",
+        cargo()?.args([
+            "rustc",
+            "-p",
+            "bulwark-kernel",
+            "--lib",
+            "--target",
+            "x86_64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     exec(
         "cargo clippy -p bulwark-svsm -p bulwark-testguest -p bulwark-x86 --target x86_64-unknown-none -- -D warnings",
