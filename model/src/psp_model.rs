@@ -13,25 +13,9 @@ pub const CHIP_ID: [u8; 64] = abi::attest::chip_id_tag(b"BULWARK-MODEL-PSP (NOT 
 
 /// What the model's firmware reports about the platform and the launch.
 pub fn identity() -> Identity {
-    // TCB_VERSION, Milan/Genoa layout: [boot loader, TEE, 0, 0, 0, 0, SNP, microcode].
-    let tcb = u64::from_le_bytes([3, 0, 0, 0, 0, 0, 8, 0x73]);
     let mut measurement = [0u8; 48];
     measurement[..21].copy_from_slice(b"bulwark model launch ");
-    Identity {
-        // ABI 0.0, SMT allowed (bit 16), bit 17 reserved-must-be-one; debug off.
-        policy: 0x3_0000,
-        family_id: [0; 16],
-        image_id: [0; 16],
-        guest_svn: 0,
-        tcb,
-        platform_info: 1,
-        measurement,
-        host_data: [0; 32],
-        report_id: [0x11; 32],
-        chip_id: CHIP_ID,
-        cpuid: [0x19, 0x11, 0x01],
-        firmware: [0, 55, 1],
-    }
+    Identity { platform_info: 1, report_id: [0x11; 32], ..Identity::emulated(measurement, CHIP_ID) }
 }
 
 /// The model's VCEK: a fixed P-384 key, so runs are reproducible.

@@ -29,6 +29,30 @@ pub struct Identity {
     pub firmware: [u8; 3],
 }
 
+impl Identity {
+    /// A platform with no AMD part behind it: a "Genoa" (CPUID family 0x19 model 0x11,
+    /// which verifiers know), firmware 1.55, one TCB for everything, a guest policy that
+    /// allows SMT and not debugging. `chip_id` should say what the platform really is.
+    pub fn emulated(measurement: [u8; 48], chip_id: [u8; 64]) -> Self {
+        Self {
+            // ABI 0.0, SMT allowed (bit 16), bit 17 reserved-must-be-one; debug off.
+            policy: 0x3_0000,
+            family_id: [0; 16],
+            image_id: [0; 16],
+            guest_svn: 0,
+            // TCB_VERSION, Milan/Genoa layout: [boot loader, TEE, 0, 0, 0, 0, SNP, microcode].
+            tcb: u64::from_le_bytes([3, 0, 0, 0, 0, 0, 8, 0x73]),
+            platform_info: 0,
+            measurement,
+            host_data: [0; 32],
+            report_id: [0; 32],
+            chip_id,
+            cpuid: [0x19, 0x11, 0x01],
+            firmware: [0, 55, 1],
+        }
+    }
+}
+
 /// An unsigned report for `report_data`, requested at `vmpl`.
 pub fn build(id: &Identity, report_data: &[u8; 64], vmpl: u32) -> [u8; REPORT_SIZE] {
     let mut b = [0u8; REPORT_SIZE];
@@ -81,18 +105,10 @@ mod tests {
 
     pub fn identity() -> Identity {
         Identity {
-            policy: 0x3_0000,
-            family_id: [1; 16],
-            image_id: [2; 16],
-            guest_svn: 1,
-            tcb: 0x0D00_0000_0000_0003,
-            platform_info: 1,
             measurement: [3; 48],
             host_data: [4; 32],
             report_id: [5; 32],
-            chip_id: [6; 64],
-            cpuid: [0x19, 0x11, 0x01],
-            firmware: [1, 55, 1],
+            ..Identity::emulated([3; 48], [6; 64])
         }
     }
 

@@ -120,20 +120,7 @@ mod tests {
     const VMPCK: [u8; 32] = [9; 32];
 
     fn psp() -> SoftPsp {
-        let id = Identity {
-            policy: 0x3_0000,
-            family_id: [0; 16],
-            image_id: [0; 16],
-            guest_svn: 0,
-            tcb: 0,
-            platform_info: 0,
-            measurement: [1; 48],
-            host_data: [0; 32],
-            report_id: [0; 32],
-            chip_id: [7; 64],
-            cpuid: [0x19, 0x11, 1],
-            firmware: [0, 55, 1],
-        };
+        let id = Identity::emulated([1; 48], [7; 64]);
         SoftPsp::new(VMPCK, SigningKey::from_slice(&[0x11; 48]).unwrap(), id)
     }
 

@@ -25,22 +25,6 @@ fn fresh_vcek() -> Result<SigningKey, &'static str> {
 /// The firmware for this boot's guest: VMPCK0 as the launch put it in the secrets page,
 /// and `measurement` (SHA-384 of what was launched) in every report.
 pub fn launch(vmpck0: [u8; 32], measurement: [u8; 48]) -> Result<SoftPsp, &'static str> {
-    // TCB_VERSION, Milan/Genoa layout: [boot loader, TEE, 0, 0, 0, 0, SNP, microcode].
-    let tcb = u64::from_le_bytes([3, 0, 0, 0, 0, 0, 8, 0x73]);
-    let identity = Identity {
-        // SMT allowed (bit 16), bit 17 reserved-must-be-one; not debuggable.
-        policy: 0x3_0000,
-        family_id: [0; 16],
-        image_id: [0; 16],
-        guest_svn: 0,
-        tcb,
-        platform_info: 0,
-        measurement,
-        host_data: [0; 32],
-        report_id: [0; 32],
-        chip_id: abi::attest::SVM_CHIP_ID,
-        cpuid: [0x19, 0x11, 0x01],
-        firmware: [0, 55, 1],
-    };
+    let identity = Identity::emulated(measurement, abi::attest::SVM_CHIP_ID);
     Ok(SoftPsp::new(vmpck0, fresh_vcek()?, identity))
 }
