@@ -21,6 +21,7 @@ pub mod calling_area;
 pub mod core_protocol;
 pub mod guid;
 pub mod hw;
+pub mod ocp;
 pub mod protocol;
 pub mod result;
 pub mod secrets;

@@ -45,6 +45,8 @@ pub struct Facts {
     /// The platform answers guest requests (a PSP, or a software one): attestation
     /// reports can be had.
     pub attestation: bool,
+    /// Size of the SVSM's log buffer in bytes (0 if unknown).
+    pub log_bytes: u64,
 }
 
 /// Ways the PSP (or the host carrying its messages) can misbehave.

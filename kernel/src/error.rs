@@ -65,6 +65,10 @@ pub enum CallError {
     VcpuInUse,
     /// The PSP gave no attestation report (spec 7.1: 0x8000_1000).
     AttestationFailed(&'static str),
+    /// OCP: the log bytes asked for were overwritten; `oldest` is still held.
+    LogLost {
+        oldest: u64,
+    },
 }
 
 impl CallError {
@@ -86,6 +90,7 @@ impl CallError {
             Self::NoChange { .. } => ResultCode::CORE_PVALIDATE_NO_CHANGE,
             Self::VcpuInUse => ResultCode::CORE_VCPU_IN_USE,
             Self::AttestationFailed(_) => ResultCode::ATTEST_REPORT_FAILED,
+            Self::LogLost { .. } => ResultCode(abi::ocp::result::DATA_LOST),
         }
     }
 

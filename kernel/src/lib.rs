@@ -18,6 +18,7 @@ pub mod addr;
 pub mod bitmap;
 pub mod error;
 pub mod guest_memory;
+pub mod log_ring;
 pub mod pages;
 pub mod platform;
 pub mod pool;

@@ -60,6 +60,8 @@ pub trait Platform {
     /// Exit code the calling vCPU's VMSA shows when it entered the SVSM through the call
     /// gate (VMGEXIT on SNP, VMMCALL on `svm`).
     const CALL_EXIT_CODE: u64;
+    /// The platform's name, as the Observability protocol reports it (`build.platform`).
+    const NAME: &'static str;
 
     /// Copy guest memory at `gpa` into `buf`.
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault>;
@@ -100,6 +102,18 @@ pub trait Platform {
 
     /// Emit a log line.
     fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>);
+    /// The level at and above which lines are logged.
+    fn log_level(&self) -> Level;
+    fn set_log_level(&mut self, level: Level);
+    /// Read the SVSM's log stream from its absolute `offset` since boot (`log_ring`);
+    /// `Ok(0)` at its end. Platforms without a log buffer have an empty log.
+    fn log_read(&self, _offset: u64, _out: &mut [u8]) -> Result<usize, crate::log_ring::LogLost> {
+        Ok(0)
+    }
+    /// Bytes logged since boot.
+    fn log_written(&self) -> u64 {
+        0
+    }
 
     /// Hand one SNP guest message (already encrypted under VMPCK0) to the PSP and wait for
     /// its answer. On SNP this is the host's guest-request exit; platforms without AMD's

@@ -9,6 +9,7 @@ use crate::addr::{Gpa, PageAddr, PageRange};
 use crate::pages::{LayoutError, PageRole, PageTracker};
 use crate::platform::{MemoryFault, Platform};
 use crate::pool::PagePool;
+use crate::protocols::ocp::sources::Sources;
 use crate::psp_channel::PspChannel;
 use crate::stats::Stats;
 use crate::vcpu::{Vcpu, VcpuIndex, VcpuRegistry};
@@ -113,6 +114,8 @@ pub struct Svsm {
     /// The SVSM's own channel to the PSP, under VMPCK0 taken out of the guest-visible
     /// secrets page (attestation at VMPL0).
     pub(crate) psp: PspChannel,
+    /// The Observability and Configuration Protocol's sources.
+    pub(crate) ocp: Sources,
 }
 
 impl Svsm {
@@ -169,12 +172,18 @@ impl Svsm {
             pages_per_call: config.pages_per_call.max(1),
             mem_flag_written: None,
             psp: PspChannel::new(vmpck0),
+            ocp: Sources::builtin(P::NAME),
         })
     }
 
     /// VMPCK0 as the launch provided it (all zero without a secrets page).
     pub fn vmpck0(&self) -> &[u8; 32] {
         self.psp.vmpck0()
+    }
+
+    /// The Observability protocol's sources; a service adds its own here.
+    pub fn ocp_sources(&mut self) -> &mut Sources {
+        &mut self.ocp
     }
 
     pub fn stats(&self) -> &Stats {

@@ -65,6 +65,7 @@ impl Env for ModelEnv {
             not_ram: c.ram_bytes + 4 * MIB,
             pages_per_call: c.pages_per_call,
             attestation: true,
+            log_bytes: crate::machine::MODEL_LOG_BYTES as u64,
         }
     }
     fn calling_area(&self) -> u64 {

@@ -12,6 +12,7 @@ use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT};
 use abi::vmsa::VmsaField;
 use conformance::PspFault;
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
+use kernel::log_ring::{LogLost, LogRing};
 use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
 use kernel::vcpu::VcpuIndex;
 use std::cell::RefCell;
@@ -36,6 +37,9 @@ pub struct Race {
     pub bytes: Vec<u8>,
 }
 
+/// Bytes of log the model keeps (a small ring, so tests can overflow it).
+pub const MODEL_LOG_BYTES: usize = 16 * 1024;
+
 #[derive(Debug)]
 pub struct Machine {
     memory: RefCell<Memory>,
@@ -45,6 +49,9 @@ pub struct Machine {
     /// Log lines at or above `log_level`.
     pub log: Vec<(Level, String)>,
     pub log_level: Level,
+    /// The same lines as a byte stream, as the bare-metal console keeps them (read by the
+    /// Observability protocol).
+    pub log_ring: Box<LogRing<MODEL_LOG_BYTES>>,
     pub violations: RefCell<Vec<String>>,
     race: RefCell<Option<Race>>,
     /// The PSP model (firmware side of guest requests), once the launch set it up.
@@ -75,6 +82,7 @@ impl Machine {
             vtom: None,
             log: Vec::new(),
             log_level: Level::Info,
+            log_ring: Box::new(LogRing::new()),
             violations: RefCell::new(Vec::new()),
             race: RefCell::new(None),
             psp: None,
@@ -148,6 +156,7 @@ impl Machine {
 
 impl Platform for Machine {
     const CALL_EXIT_CODE: u64 = SVM_EXIT_VMGEXIT;
+    const NAME: &'static str = "model";
 
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault> {
         self.check(gpa.0, buf.len(), PERM_READ)?;
@@ -245,8 +254,25 @@ impl Platform for Machine {
             if std::env::var_os("BULWARK_MODEL_LOG").is_some() {
                 eprintln!("[svsm {level:?}] {line}");
             }
+            self.log_ring.push(format!("[{level:?}] {line}\n").as_bytes());
             self.log.push((level, line));
         }
+    }
+
+    fn log_level(&self) -> Level {
+        self.log_level
+    }
+
+    fn set_log_level(&mut self, level: Level) {
+        self.log_level = level;
+    }
+
+    fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
+        self.log_ring.read(offset, out)
+    }
+
+    fn log_written(&self) -> u64 {
+        self.log_ring.written()
     }
 
     fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {

@@ -3,6 +3,7 @@
 mod attest;
 mod convention;
 mod memory;
+mod ocp;
 mod pvalidate;
 mod query;
 mod remap;
@@ -162,4 +163,15 @@ pub static CASES: &[Case] = &[
         "a lost answer retires the key; the core protocol keeps serving",
         attest::psp_lost_answer
     ),
+    case!("ocp/list", "every source listed with flags and a zero-padded name; stable indexes; end", ocp::list),
+    case!(
+        "ocp/list-errors",
+        "misaligned or bad buffer, 64-bit index or count -> INVALID_PARAMETER / INVALID_ADDRESS",
+        ocp::list_errors
+    ),
+    case!("ocp/read-values", "counters count, offsets and short reads at the end of data", ocp::read_values),
+    case!("ocp/read-errors", "bad index, buffer, size, offset -> the spec's error", ocp::read_errors),
+    case!("ocp/write", "the log level is written whole; other values and sources refused", ocp::write_setting),
+    case!("ocp/log", "the log returns every new line, in order, while logging continues", ocp::log),
+    case!("ocp/log-overflow", "overwritten log bytes -> 0x80001000 with the oldest offset", ocp::log_overflow),
 ];

@@ -13,6 +13,8 @@ pub fn query_protocol(env: &mut dyn Env) -> CaseResult {
     ensure!(core == Some((1, 1)), "core v1: {core:?}");
     let attest = client(env).query_protocol(ProtocolId::ATTEST, 1)?;
     ensure!(attest == Some((1, 1)), "attestation v1: {attest:?}");
+    let ocp = client(env).query_protocol(ProtocolId::OCP, 1)?;
+    ensure!(ocp == Some((1, 1)), "OCP v1: {ocp:?}");
     for (protocol, version) in [
         (ProtocolId::CORE, 0),
         (ProtocolId::CORE, 2),

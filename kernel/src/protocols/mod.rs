@@ -6,6 +6,7 @@
 
 pub mod attest;
 pub mod core;
+pub mod ocp;
 
 use crate::error::{CallError, CallResult};
 use crate::platform::Platform;
@@ -63,6 +64,10 @@ impl Reply {
         self.r8 = Some(v);
         self
     }
+    pub const fn with_r9(mut self, v: u64) -> Self {
+        self.r9 = Some(v);
+        self
+    }
     pub fn result(&self) -> ResultCode {
         match &self.status {
             Ok(()) => ResultCode::SUCCESS,
@@ -89,6 +94,7 @@ pub struct ServedProtocol {
 pub const SERVED: &[ServedProtocol] = &[
     ServedProtocol { id: ProtocolId::CORE, min_version: 1, max_version: abi::protocol::CORE_PROTOCOL_VERSION },
     ServedProtocol { id: ProtocolId::ATTEST, min_version: 1, max_version: 1 },
+    ServedProtocol { id: ProtocolId::OCP, min_version: 1, max_version: 1 },
 ];
 
 /// Route a call to its protocol.
@@ -96,6 +102,7 @@ pub fn dispatch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCont
     match ctx.id.protocol {
         ProtocolId::CORE => core::handle(svsm, p, ctx),
         ProtocolId::ATTEST => attest::handle(svsm, p, ctx),
+        ProtocolId::OCP => ocp::handle(svsm, p, ctx),
         _ => Reply::err(CallError::UnsupportedProtocol),
     }
 }

@@ -11,6 +11,7 @@
 //! CPU that faulted while printing must still be able to report.
 
 use core::fmt::Write;
+use kernel::log_ring::{LogLost, LogRing};
 use spin::Mutex;
 use x86::uart::Uart16550;
 
@@ -26,36 +27,10 @@ pub enum Backends {
     LogOnly,
 }
 
-/// The last `LOG_BYTES` bytes written, oldest first from `written % LOG_BYTES`.
-struct LogBuffer {
-    bytes: [u8; LOG_BYTES],
-    /// Bytes written since boot (the ring holds the last `LOG_BYTES` of them).
-    written: u64,
-}
-
-impl LogBuffer {
-    fn push(&mut self, s: &[u8]) {
-        for b in s {
-            self.bytes[(self.written % LOG_BYTES as u64) as usize] = *b;
-            self.written += 1;
-        }
-    }
-
-    /// The kept bytes, oldest first, as two slices.
-    fn contents(&self) -> (&[u8], &[u8]) {
-        if self.written <= LOG_BYTES as u64 {
-            (&self.bytes[..self.written as usize], &[])
-        } else {
-            let split = (self.written % LOG_BYTES as u64) as usize;
-            (&self.bytes[split..], &self.bytes[..split])
-        }
-    }
-}
-
 /// All-zero when the SVSM starts, so the 64 KiB buffer costs no image space (.bss).
 struct Console {
     backends: Backends,
-    log: LogBuffer,
+    log: LogRing<LOG_BYTES>,
 }
 
 impl Write for Console {
@@ -70,8 +45,7 @@ impl Write for Console {
     }
 }
 
-static CONSOLE: Mutex<Console> =
-    Mutex::new(Console { backends: Backends::Both, log: LogBuffer { bytes: [0; LOG_BYTES], written: 0 } });
+static CONSOLE: Mutex<Console> = Mutex::new(Console { backends: Backends::Both, log: LogRing::new() });
 
 pub fn init() {
     Uart16550::COM1.init();
@@ -116,17 +90,31 @@ pub fn replay_for_failure() {
         return;
     }
     let mut serial = Uart16550::COM1;
-    let lost = console.log.written.saturating_sub(LOG_BYTES as u64);
-    let _ = writeln!(serial, "--- console log buffer ({} bytes, {lost} older bytes lost) ---", console.log.written);
-    let (first, second) = console.log.contents();
-    // The oldest byte may sit inside a multi-byte character: invalid bytes print as '?'.
-    for chunk in first.utf8_chunks().chain(second.utf8_chunks()) {
-        let _ = serial.write_str(chunk.valid());
-        if !chunk.invalid().is_empty() {
-            let _ = serial.write_str("?");
+    let (oldest, written) = (console.log.oldest(), console.log.written());
+    let _ = writeln!(serial, "--- console log buffer ({written} bytes, {oldest} older bytes lost) ---");
+    let mut chunk = [0u8; 512];
+    let mut at = oldest;
+    while let Ok(n @ 1..) = console.log.read(at, &mut chunk) {
+        // A chunk may end inside a multi-byte character: invalid bytes print as '?'.
+        for part in chunk[..n].utf8_chunks() {
+            let _ = serial.write_str(part.valid());
+            if !part.invalid().is_empty() {
+                let _ = serial.write_str("?");
+            }
         }
+        at += n as u64;
     }
     let _ = writeln!(serial, "--- end of console log buffer ---");
+}
+
+/// Read the log stream from its absolute `offset` (the Observability protocol's `log`).
+pub fn log_read(offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
+    lock().map_or(Ok(0), |console| console.log.read(offset, out))
+}
+
+/// Bytes logged since boot.
+pub fn log_written() -> u64 {
+    lock().map_or(0, |console| console.log.written())
 }
 
 #[macro_export]

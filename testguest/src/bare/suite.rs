@@ -88,6 +88,8 @@ impl Env for SvmEnv {
             pages_per_call: 256,
             // The SVSM runs a software PSP on this platform.
             attestation: true,
+            // The SVSM console's buffer (svsm/src/bare/console.rs).
+            log_bytes: 64 * 1024,
         }
     }
     fn calling_area(&self) -> u64 {

@@ -242,6 +242,7 @@ impl SvmPlatform {
 
 impl Platform for SvmPlatform {
     const CALL_EXIT_CODE: u64 = abi::hw::SVM_EXIT_VMMCALL;
+    const NAME: &'static str = "svm";
 
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault> {
         self.check(gpa.0, buf.len(), PERM_READ)?;
@@ -383,6 +384,22 @@ impl Platform for SvmPlatform {
             crate::println!("svm: the PSP refused a guest request: {e:?}");
             GuestRequestError::Firmware(0x16)
         })
+    }
+
+    fn log_level(&self) -> Level {
+        self.log_level
+    }
+
+    fn set_log_level(&mut self, level: Level) {
+        self.log_level = level;
+    }
+
+    fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, kernel::log_ring::LogLost> {
+        super::super::console::log_read(offset, out)
+    }
+
+    fn log_written(&self) -> u64 {
+        super::super::console::log_written()
     }
 
     fn report_certificates(&mut self) -> alloc::vec::Vec<u8> {

@@ -1,0 +1,250 @@
+//! The Observability and Configuration Protocol (protocol 5, draft version 1), with the
+//! resolutions of docs/protocols/ocp.md: registers as the draft's tables give them, names
+//! zero-padded, settings written whole, the log read at absolute offsets with loss
+//! reported (0x8000_1000, R9 = the oldest offset still held).
+
+use crate::Env;
+use crate::check::{CaseError, CaseResult, discovery, ensure, raw};
+use abi::ocp::{ENTRY_SIZE, NAME_OFFSET, flags};
+use abi::protocol::ocp_call::{LIST, READ, WRITE};
+use abi::result::ResultCode;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+const OCP: u32 = 5;
+
+/// The sources, in index order: (flags, name).
+fn list_all(env: &mut dyn Env) -> Result<Vec<(u32, String)>, CaseError> {
+    let buf = env.facts().scratch;
+    let (got, regs) = raw(env, OCP, LIST, [0, buf, 64, 0])?;
+    ensure!(got == ResultCode::SUCCESS, "LIST: {got}");
+    let mut bytes = vec![0u8; regs.rcx as usize * ENTRY_SIZE];
+    env.read(buf, &mut bytes)?;
+    let mut out = Vec::new();
+    for e in bytes.chunks(ENTRY_SIZE) {
+        let fl = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        let name = &e[NAME_OFFSET..];
+        let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        ensure!(name[len..].iter().all(|b| *b == 0), "name not zero-padded");
+        let name = core::str::from_utf8(&name[..len]).map_err(|_| CaseError::Fail("name is not UTF-8".into()))?;
+        out.push((fl, String::from(name)));
+    }
+    Ok(out)
+}
+
+fn index_of(env: &mut dyn Env, name: &str) -> Result<u64, CaseError> {
+    let all = list_all(env)?;
+    match all.iter().position(|(_, n)| n == name) {
+        Some(i) => Ok(i as u64),
+        None => Err(CaseError::Fail(alloc::format!("no source `{name}`"))),
+    }
+}
+
+fn read(env: &mut dyn Env, index: u64, len: u64, offset: u64) -> Result<(ResultCode, Vec<u8>, u64), CaseError> {
+    let buf = env.facts().scratch + 0x10_000;
+    let (got, regs) = raw(env, OCP, READ, [index, buf, len, offset])?;
+    if got != ResultCode::SUCCESS {
+        return Ok((got, Vec::new(), regs.r9));
+    }
+    ensure!(regs.r8 <= len, "READ copied {} of {len} bytes", regs.r8);
+    let mut bytes = vec![0u8; regs.r8 as usize];
+    env.read(buf, &mut bytes)?;
+    Ok((got, bytes, regs.r9))
+}
+
+fn value(env: &mut dyn Env, name: &str) -> Result<u64, CaseError> {
+    let i = index_of(env, name)?;
+    let (got, bytes, _) = read(env, i, 8, 0)?;
+    ensure!(got == ResultCode::SUCCESS && bytes.len() == 8, "{name}: {got}, {} bytes", bytes.len());
+    Ok(u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]))
+}
+
+fn write(env: &mut dyn Env, index: u64, data: &[u8], offset: u64) -> Result<(ResultCode, u64), CaseError> {
+    let buf = env.facts().scratch + 0x20_000;
+    env.write(buf, data)?;
+    let (got, regs) = raw(env, OCP, WRITE, [index, buf, data.len() as u64, offset])?;
+    Ok((got, regs.r8))
+}
+
+pub fn list(env: &mut dyn Env) -> CaseResult {
+    let all = list_all(env)?;
+    for name in ["log", "config.log_level", "build.version", "build.git", "build.platform", "memory.svsm_pages_free"] {
+        ensure!(all.iter().any(|(_, n)| n == name), "source `{name}` missing from {all:?}");
+    }
+    for (fl, name) in &all {
+        ensure!(fl & !flags::WRITEABLE == 0, "{name}: reserved flag bits {fl:#x}");
+        ensure!((*fl & flags::WRITEABLE != 0) == (name.as_str() == "config.log_level"), "{name}: WRITEABLE {fl:#x}");
+    }
+    // A window of the array is the same entries: indexes are stable.
+    let buf = env.facts().scratch;
+    let (got, regs) = raw(env, OCP, LIST, [3, buf, 2, 0])?;
+    ensure!(got == ResultCode::SUCCESS && regs.rcx == 2, "LIST 3..5: {got}, {} entries", regs.rcx);
+    let mut e = [0u8; ENTRY_SIZE];
+    env.read(buf + ENTRY_SIZE as u64, &mut e)?;
+    ensure!(e[NAME_OFFSET..].starts_with(all[4].1.as_bytes()), "entry 4 differs between the two lists");
+    // Past the end, and an empty request: no entries, success.
+    for (first, count) in [(all.len() as u64, 4), (all.len() as u64 + 100, 4), (0, 0)] {
+        let (got, regs) = raw(env, OCP, LIST, [first, buf, count, 0])?;
+        ensure!(got == ResultCode::SUCCESS && regs.rcx == 0, "LIST from {first}, {count}: {got}, {}", regs.rcx);
+    }
+    // Fewer than asked means the end was reached.
+    let (_, regs) = raw(env, OCP, LIST, [all.len() as u64 - 1, buf, 10, 0])?;
+    ensure!(regs.rcx == 1, "LIST of the last entry returned {}", regs.rcx);
+    Ok(())
+}
+
+pub fn list_errors(env: &mut dyn Env) -> CaseResult {
+    let f = env.facts();
+    let svsm = discovery(env)?.svsm_base;
+    for (args, want, what) in [
+        ([0, f.scratch + 4, 1, 0], ResultCode::ERR_INVALID_PARAMETER, "misaligned buffer"),
+        ([1 << 32, f.scratch, 1, 0], ResultCode::ERR_INVALID_PARAMETER, "index above 32 bits"),
+        ([0, f.scratch, 1 << 32, 0], ResultCode::ERR_INVALID_PARAMETER, "count above 32 bits"),
+        ([0, svsm, 1, 0], ResultCode::ERR_INVALID_ADDRESS, "buffer in SVSM memory"),
+        ([0, f.startup_vmsa, 1, 0], ResultCode::ERR_INVALID_ADDRESS, "buffer on the startup VMSA"),
+        ([0, f.free_small, 1, 0], ResultCode::ERR_INVALID_ADDRESS, "buffer not validated"),
+    ] {
+        let (got, _) = raw(env, OCP, LIST, args)?;
+        ensure!(got == want, "{what}: expected {want}, got {got}");
+    }
+    let (got, _) = raw(env, OCP, 3, [0, f.scratch, 1, 0])?;
+    ensure!(got == ResultCode::ERR_UNSUPPORTED_CALL, "call 3: {got}");
+    Ok(())
+}
+
+pub fn read_values(env: &mut dyn Env) -> CaseResult {
+    let before = value(env, "calls.core")?;
+    crate::check::client(env).query_protocol(abi::protocol::ProtocolId::CORE, 1)?;
+    let after = value(env, "calls.core")?;
+    ensure!(after > before, "calls.core did not count a core call ({before} -> {after})");
+    ensure!(value(env, "memory.svsm_pages_total")? >= value(env, "memory.svsm_pages_free")?, "free > total");
+    let i = index_of(env, "build.version")?;
+    let (got, whole, _) = read(env, i, 100, 0)?;
+    ensure!(got == ResultCode::SUCCESS && !whole.is_empty(), "build.version: {got}");
+    ensure!(core::str::from_utf8(&whole).is_ok(), "build.version is not UTF-8");
+    // Offsets and short reads: the rest from 2, nothing at or past the end.
+    let (_, tail, _) = read(env, i, 100, 2)?;
+    ensure!(tail[..] == whole[2..], "read at offset 2");
+    let (_, one, _) = read(env, i, 1, 0)?;
+    ensure!(one[..] == whole[..1], "read of 1 byte");
+    for offset in [whole.len() as u64, whole.len() as u64 + 50] {
+        let (got, none, _) = read(env, i, 100, offset)?;
+        ensure!(got == ResultCode::SUCCESS && none.is_empty(), "read at {offset}: {got}, {} bytes", none.len());
+    }
+    Ok(())
+}
+
+pub fn read_errors(env: &mut dyn Env) -> CaseResult {
+    let f = env.facts();
+    let svsm = discovery(env)?.svsm_base;
+    let count = list_all(env)?.len() as u64;
+    for (args, want, what) in [
+        ([count, f.scratch, 8, 0], ResultCode::ERR_INVALID_PARAMETER, "index past the end"),
+        ([u64::from(u32::MAX), f.scratch, 8, 0], ResultCode::ERR_INVALID_PARAMETER, "index 0xFFFFFFFF"),
+        ([0, f.scratch + 2, 8, 0], ResultCode::ERR_INVALID_PARAMETER, "misaligned buffer"),
+        ([2, f.scratch, 1 << 32, 0], ResultCode::ERR_INVALID_PARAMETER, "size above 32 bits"),
+        ([2, f.scratch, 8, 1 << 32], ResultCode::ERR_INVALID_PARAMETER, "offset above 32 bits"),
+        ([2, svsm, 8, 0], ResultCode::ERR_INVALID_ADDRESS, "buffer in SVSM memory"),
+        ([0, svsm, 64, 0], ResultCode::ERR_INVALID_ADDRESS, "log into SVSM memory"),
+        ([2, f.not_ram, 8, 0], ResultCode::ERR_INVALID_ADDRESS, "buffer not RAM"),
+    ] {
+        let (got, _) = raw(env, OCP, READ, args)?;
+        ensure!(got == want, "{what}: expected {want}, got {got}");
+    }
+    Ok(())
+}
+
+pub fn write_setting(env: &mut dyn Env) -> CaseResult {
+    let level = index_of(env, "config.log_level")?;
+    let (got, n) = write(env, level, b"debug", 0)?;
+    ensure!(got == ResultCode::SUCCESS && n == 5, "write `debug`: {got}, {n} bytes");
+    let (_, now, _) = read(env, level, 16, 0)?;
+    ensure!(now == b"debug\n", "log level reads back {now:?}");
+    let (got, _) = write(env, level, b"warn\n", 0)?;
+    ensure!(got == ResultCode::SUCCESS, "write `warn\\n`: {got}");
+    let (_, now, _) = read(env, level, 16, 0)?;
+    ensure!(now == b"warn\n", "log level reads back {now:?}");
+    let version = index_of(env, "build.version")?;
+    for (index, data, offset, what) in [
+        (level, &b"verbose"[..], 0, "a level that does not exist"),
+        (level, &b"DEBUG"[..], 0, "wrong case"),
+        (level, &b"debug"[..], 1, "a non-zero offset"),
+        (level, &b""[..], 0, "nothing"),
+        (level, &[b'x'; 100][..], 0, "100 bytes"),
+        (version, &b"9.9.9"[..], 0, "a source that is not writeable"),
+    ] {
+        let (got, _) = write(env, index, data, offset)?;
+        ensure!(got == ResultCode::ERR_INVALID_PARAMETER, "{what}: {got}");
+    }
+    let (_, now, _) = read(env, level, 16, 0)?;
+    ensure!(now == b"warn\n", "a refused write changed the level to {now:?}");
+    let svsm = discovery(env)?.svsm_base;
+    let (got, _) = raw(env, OCP, WRITE, [level, svsm, 4, 0])?;
+    ensure!(got == ResultCode::ERR_INVALID_ADDRESS, "value in SVSM memory: {got}");
+    Ok(())
+}
+
+/// Log text from `offset` on, read in 4 KiB steps as a guest would.
+fn read_log_from(env: &mut dyn Env, log: u64, mut offset: u64) -> Result<(Vec<u8>, u64), CaseError> {
+    let mut text = Vec::new();
+    loop {
+        let (got, chunk, r9) = read(env, log, 4096, offset)?;
+        if got != ResultCode::SUCCESS {
+            return Err(CaseError::Fail(alloc::format!("log read at {offset}: {got} (R9 {r9})")));
+        }
+        if chunk.is_empty() {
+            return Ok((text, offset));
+        }
+        offset += chunk.len() as u64;
+        text.extend_from_slice(&chunk);
+    }
+}
+
+pub fn log(env: &mut dyn Env) -> CaseResult {
+    let log = index_of(env, "log")?;
+    let level = index_of(env, "config.log_level")?;
+    let (_, end) = match read_log_from(env, log, 0) {
+        Ok(x) => x,
+        // The log already wrapped (a long run before this case): start at the oldest byte.
+        Err(_) => {
+            let (_, _, oldest) = read(env, log, 8, 0)?;
+            read_log_from(env, log, oldest)?
+        }
+    };
+    // Failing calls are logged at debug level: make some, then read on from `end`.
+    write(env, level, b"debug", 0)?;
+    for i in 0..3u32 {
+        raw(env, 0, 0x4000 + i, [0; 4])?;
+    }
+    write(env, level, b"info", 0)?;
+    let (new, _) = read_log_from(env, log, end)?;
+    let text = String::from_utf8_lossy(&new);
+    let at: Vec<Option<usize>> = (0..3u32).map(|i| text.find(&alloc::format!("0:{}", 0x4000 + i))).collect();
+    ensure!(at.iter().all(Option::is_some), "the three failing calls are not all in the new log: {text}");
+    ensure!(at.windows(2).all(|w| w[0] < w[1]), "log lines out of order: {text}");
+    Ok(())
+}
+
+pub fn log_overflow(env: &mut dyn Env) -> CaseResult {
+    let capacity = env.facts().log_bytes;
+    if capacity == 0 || capacity > 16 * 1024 {
+        return Err(CaseError::Skip("the log buffer is too large to overflow quickly here"));
+    }
+    let log = index_of(env, "log")?;
+    let level = index_of(env, "config.log_level")?;
+    write(env, level, b"debug", 0)?;
+    // Each failing call logs a line: more than the buffer holds.
+    for _ in 0..(capacity / 32) {
+        raw(env, 0, 0x7777, [0; 4])?;
+    }
+    write(env, level, b"info", 0)?;
+    let (got, _, oldest) = read(env, log, 64, 0)?;
+    ensure!(got == ResultCode(abi::ocp::result::DATA_LOST), "read of overwritten log bytes: {got}");
+    ensure!(oldest > 0, "R9 = {oldest} after an overflow");
+    let (text, _) = read_log_from(env, log, oldest)?;
+    ensure!(text.len() as u64 >= capacity - 64, "only {} bytes from the oldest offset", text.len());
+    let (got, _, _) = read(env, log, 64, oldest - 1)?;
+    ensure!(got == ResultCode(abi::ocp::result::DATA_LOST), "one byte before the oldest: {got}");
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The SVSM's log as a byte stream: every byte ever logged has an absolute offset since
+//! boot, and a ring keeps the last `N` of them. A reader that asks for bytes the ring no
+//! longer holds is told so, with the oldest offset still there: loss is never silent.
+//!
+//! The bare-metal console and the model both keep their log in one; the Observability
+//! protocol reads it (docs/protocols/ocp.md).
+
+/// Bytes at `offset` were overwritten before they were read; `oldest` is the first
+/// offset still held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLost {
+    pub oldest: u64,
+}
+
+pub struct LogRing<const N: usize> {
+    bytes: [u8; N],
+    /// Bytes logged since boot; the ring holds the last `N` of them.
+    written: u64,
+}
+
+impl<const N: usize> core::fmt::Debug for LogRing<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LogRing").field("capacity", &N).field("written", &self.written).finish()
+    }
+}
+
+impl<const N: usize> Default for LogRing<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> LogRing<N> {
+    /// An empty ring (all zero: a `static` of it costs no image space).
+    pub const fn new() -> Self {
+        Self { bytes: [0; N], written: 0 }
+    }
+
+    pub fn push(&mut self, s: &[u8]) {
+        // Only the last N bytes of a long write can be kept.
+        let skip = s.len().saturating_sub(N);
+        self.written += skip as u64;
+        for b in &s[skip..] {
+            self.bytes[(self.written % N as u64) as usize] = *b;
+            self.written += 1;
+        }
+    }
+
+    /// Bytes logged since boot (the offset the next byte will have).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The oldest offset still held; everything before it was overwritten.
+    pub fn oldest(&self) -> u64 {
+        self.written.saturating_sub(N as u64)
+    }
+
+    /// Copy the bytes from `offset` on into `out`; returns how many (0 at the end of the
+    /// log, or beyond it).
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
+        if offset < self.oldest() {
+            return Err(LogLost { oldest: self.oldest() });
+        }
+        let available = self.written.saturating_sub(offset);
+        let n = (available.min(out.len() as u64)) as usize;
+        for (i, b) in out[..n].iter_mut().enumerate() {
+            *b = self.bytes[((offset + i as u64) % N as u64) as usize];
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_follow_absolute_offsets_across_the_wrap() {
+        let mut r = LogRing::<8>::new();
+        r.push(b"abcdef");
+        let mut out = [0u8; 16];
+        assert_eq!(r.read(2, &mut out), Ok(4));
+        assert_eq!(&out[..4], b"cdef");
+        r.push(b"ghij");
+        assert_eq!((r.written(), r.oldest()), (10, 2));
+        assert_eq!(r.read(2, &mut out), Ok(8));
+        assert_eq!(&out[..8], b"cdefghij");
+        assert_eq!(r.read(1, &mut out), Err(LogLost { oldest: 2 }), "overwritten bytes are reported");
+        assert_eq!(r.read(10, &mut out), Ok(0), "nothing new yet");
+        assert_eq!(r.read(99, &mut out), Ok(0));
+    }
+
+    #[test]
+    fn a_write_longer_than_the_ring_keeps_its_tail_and_counts_the_rest() {
+        let mut r = LogRing::<4>::new();
+        r.push(b"0123456789");
+        let mut out = [0u8; 4];
+        assert_eq!(r.read(6, &mut out), Ok(4));
+        assert_eq!(&out, b"6789");
+        assert_eq!(r.written(), 10);
+    }
+
+    #[test]
+    fn short_buffers_get_the_first_bytes() {
+        let mut r = LogRing::<16>::new();
+        r.push(b"hello world");
+        let mut out = [0u8; 5];
+        assert_eq!(r.read(6, &mut out), Ok(5));
+        assert_eq!(&out, b"world");
+    }
+}

@@ -1,0 +1,159 @@
+//! The Observability and Configuration Protocol (protocol 5, 2026 draft, version 1):
+//! SVSM_OCP_LIST, SVSM_OCP_READ, SVSM_OCP_WRITE. Registers as the draft's tables give
+//! them (RCX index, RDX buffer gpa, R8 count or size, R9 offset), which FACTS.md section
+//! 4 calls the consistent reading. Our resolutions of the draft's open points are in
+//! docs/protocols/ocp.md.
+
+pub mod sources;
+
+use crate::addr::Gpa;
+use crate::error::{CallError, CallResult};
+use crate::guest_memory;
+use crate::platform::Platform;
+use crate::protocols::{CallContext, Reply};
+use crate::svsm::Svsm;
+use abi::ocp::{ENTRY_SIZE, NAME_OFFSET, flags};
+use abi::protocol::ocp_call;
+use alloc::vec::Vec;
+use sources::{Setting, SourceKind};
+
+/// Log bytes copied per step (the SVSM never holds a whole large read at once).
+const LOG_CHUNK: usize = 4096;
+/// The most a setting accepts in one write.
+const SETTING_MAX: usize = 64;
+
+pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    match ctx.id.call {
+        ocp_call::LIST => list(svsm, p, ctx),
+        ocp_call::READ => read(svsm, p, ctx),
+        ocp_call::WRITE => match write(svsm, p, ctx) {
+            Ok(n) => Reply::ok().with_r8(n),
+            Err(e) => Reply::err(e),
+        },
+        _ => Reply::err(CallError::UnsupportedCall),
+    }
+}
+
+/// A 4-byte register: the upper half must be clear.
+fn u32_reg(value: u64, what: &'static str) -> CallResult<u32> {
+    u32::try_from(value).map_err(|_| CallError::InvalidParameter(what))
+}
+
+/// The output buffer: 8-byte aligned, and (when the guest asked for anything) a place the
+/// SVSM may write, even if there turns out to be nothing to copy. A bad buffer is refused
+/// the same way whatever the source holds at the moment.
+fn buffer(svsm: &Svsm, rdx: u64, asked: u64) -> CallResult<Gpa> {
+    let gpa = Gpa(rdx);
+    if !gpa.is_aligned(8) {
+        return Err(CallError::InvalidParameter("buffer gpa is not 8-byte aligned"));
+    }
+    if asked > 0 {
+        guest_memory::check_writable(&svsm.pages, gpa, 1)?;
+    }
+    Ok(gpa)
+}
+
+fn list<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    let mut run = || -> CallResult<u64> {
+        let first = u32_reg(ctx.regs.rcx, "first index has bits above 31")?;
+        let max = u32_reg(ctx.regs.r8, "entry count has bits above 31")?;
+        let gpa = buffer(svsm, ctx.regs.rdx, u64::from(max))?;
+        let entries: Vec<[u8; ENTRY_SIZE]> = svsm
+            .ocp
+            .iter()
+            .skip(first as usize)
+            .take(max as usize)
+            .map(|s| {
+                let mut e = [0u8; ENTRY_SIZE];
+                let flags = if s.writable() { flags::WRITEABLE } else { 0 };
+                e[..4].copy_from_slice(&flags.to_le_bytes());
+                e[NAME_OFFSET..NAME_OFFSET + s.name.len()].copy_from_slice(s.name.as_bytes());
+                e
+            })
+            .collect();
+        if !entries.is_empty() {
+            guest_memory::write_bytes(p, &svsm.pages, gpa, entries.as_flattened())?;
+        }
+        Ok(entries.len() as u64)
+    };
+    match run() {
+        Ok(n) => Reply::ok().with_rcx(n),
+        Err(e) => Reply::err(e),
+    }
+}
+
+fn read<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+    let mut run = || -> CallResult<u64> {
+        let index = u32_reg(ctx.regs.rcx, "source index has bits above 31")?;
+        let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
+        let want = u32_reg(ctx.regs.r8, "size has bits above 31")? as usize;
+        let offset = u32_reg(ctx.regs.r9, "offset has bits above 31")? as u64;
+        let gpa = buffer(svsm, ctx.regs.rdx, want as u64)?;
+        if let SourceKind::Log = source.kind {
+            return read_log(svsm, p, gpa, want, offset);
+        }
+        let bytes = sources::snapshot(svsm, p, source.kind);
+        let from = (offset as usize).min(bytes.len());
+        let n = want.min(bytes.len() - from);
+        if n > 0 {
+            guest_memory::write_bytes(p, &svsm.pages, gpa, &bytes[from..from + n])?;
+        }
+        Ok(n as u64)
+    };
+    match run() {
+        Ok(n) => Reply::ok().with_r8(n),
+        Err(CallError::LogLost { oldest }) => Reply::err(CallError::LogLost { oldest }).with_r9(oldest),
+        Err(e) => Reply::err(e),
+    }
+}
+
+/// The log from `offset`: checked whole, then copied a chunk at a time.
+fn read_log<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, gpa: Gpa, want: usize, offset: u64) -> CallResult<u64> {
+    let available = p.log_written().saturating_sub(offset);
+    let n = (want as u64).min(available) as usize;
+    guest_memory::check_writable(&svsm.pages, gpa, n)?;
+    let mut chunk = [0u8; LOG_CHUNK];
+    let mut done = 0;
+    while done < n {
+        let step = (n - done).min(LOG_CHUNK);
+        let got = p
+            .log_read(offset + done as u64, &mut chunk[..step])
+            .map_err(|l| CallError::LogLost { oldest: l.oldest })?;
+        if got == 0 {
+            break;
+        }
+        let at = gpa.checked_add(done as u64).ok_or(CallError::InvalidParameter("buffer wraps around"))?;
+        guest_memory::write_bytes(p, &svsm.pages, at, &chunk[..got])?;
+        done += got;
+    }
+    Ok(done as u64)
+}
+
+fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<u64> {
+    let index = u32_reg(ctx.regs.rcx, "source index has bits above 31")?;
+    let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
+    let SourceKind::Setting(setting) = source.kind else {
+        return Err(CallError::InvalidParameter("the source is not writeable"));
+    };
+    let len = u32_reg(ctx.regs.r8, "size has bits above 31")? as usize;
+    let gpa = Gpa(ctx.regs.rdx);
+    if !gpa.is_aligned(8) {
+        return Err(CallError::InvalidParameter("buffer gpa is not 8-byte aligned"));
+    }
+    if u32_reg(ctx.regs.r9, "offset has bits above 31")? != 0 {
+        return Err(CallError::InvalidParameter("settings are written whole, at offset 0"));
+    }
+    if len == 0 || len > SETTING_MAX {
+        return Err(CallError::InvalidParameter("not a value this setting understands"));
+    }
+    let mut data = [0u8; SETTING_MAX];
+    guest_memory::read_bytes(p, &svsm.pages, gpa, &mut data[..len])?;
+    match setting {
+        Setting::LogLevel => {
+            let level = sources::parse_level(&data[..len])
+                .ok_or(CallError::InvalidParameter("not a log level (error, warn, info, debug)"))?;
+            p.set_log_level(level);
+        }
+    }
+    Ok(len as u64)
+}
