@@ -186,6 +186,10 @@ pub fn run_all() -> (bool, u64) {
         format_args!("{}", evidence.as_ref().map_or_else(|e| e.clone(), |n| alloc::format!("certificates: {n} bytes"))),
     );
 
+    // The SVSM's observability sources, as a guest OS would show them.
+    let sources = super::ocp::print_sources(&mut c, SMALL + 0x8000);
+    r.check("ocp/print-sources", sources.is_ok(), format_args!("{sources:?}"));
+
     println!("testguest: {} checks failed", r.failed);
     (r.failed == 0, c.calling_area)
 }

@@ -10,6 +10,7 @@ mod evidence;
 mod gate;
 mod heap;
 mod io;
+mod ocp;
 mod probe;
 mod suite;
 
