@@ -19,3 +19,10 @@ pub mod result {
     /// oldest offset still held.
     pub const DATA_LOST: u32 = 0x8000_1000;
 }
+
+/// Whether a version 1 source holds a number (8 bytes, little-endian) rather than text:
+/// Bulwark's number sources are named under `memory.`, `calls.` and `errors.` (version 1
+/// has no types; version 2's typed sources will say so themselves).
+pub fn holds_number(name: &str) -> bool {
+    ["memory.", "calls.", "errors."].iter().any(|p| name.starts_with(p))
+}

@@ -15,5 +15,6 @@
 
 pub mod client;
 pub mod discovery;
+pub mod ocp;
 
 pub use client::{CallError, Client, GuestFault, PageSource, Regs, Transport};

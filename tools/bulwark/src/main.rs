@@ -8,9 +8,13 @@
 //! - `bulwark attest verify --report F --nonce F --manifest F (--certs F | --ark F --ask F
 //!   --vcek F) [--json] [--require-amd-root]`: verify attestation evidence and print the
 //!   verdict. Exit status 1 if any check fails.
+//! - `bulwark attest demo --out DIR`: fresh evidence from the model, written as files.
+//! - `bulwark ocp list|read NAME|write NAME VALUE [--json]`: the Observability protocol's
+//!   sources on the model.
 
 mod attest_cmd;
 mod conformance_report;
+mod ocp_cmd;
 
 use std::process::ExitCode;
 
@@ -20,6 +24,8 @@ commands:
   conformance [--json] [--filter TEXT]   run the SVSM conformance suite on the SEV-SNP model
   attest verify ...                      verify attestation evidence (`bulwark attest help`)
   attest demo --out DIR                  obtain evidence on the model and write it as files
+  ocp list|read NAME|write NAME VALUE    the Observability protocol's sources on the model
+                                         (`--json` for JSON; `bulwark ocp help`)
   help                                   this text";
 
 fn main() -> ExitCode {
@@ -27,6 +33,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("conformance") => conformance_report::main(&args[1..]),
         Some("attest") => attest_cmd::main(&args[1..]),
+        Some("ocp") => ocp_cmd::main(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             ExitCode::SUCCESS

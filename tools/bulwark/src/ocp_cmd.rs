@@ -1,0 +1,193 @@
+//! `bulwark ocp list|read|write`: the Observability and Configuration Protocol against the
+//! SVSM on the SEV-SNP model, through the guest calling convention (each command launches
+//! a fresh model guest; the QEMU run's guest prints the same sources itself).
+//!
+//! Exit status: 0 on success, 1 when the SVSM refuses, 2 on a usage error.
+
+use conformance::Env;
+use guest::ocp::{ReadOutcome, SourceEntry};
+use guest::{Client, Transport};
+use model::conformance_env::ModelEnv;
+use serde_json::json;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: bulwark ocp list [--json]
+       bulwark ocp read NAME [--json]
+       bulwark ocp write NAME VALUE [--json]
+
+  list         every source: index, name, whether it is writeable
+  read NAME    a source's value (numbers for memory.*, calls.*, errors.*; text otherwise;
+               the whole log for `log`)
+  write NAME VALUE
+               write a setting (e.g. `config.log_level debug`), then read it back";
+
+/// A model guest with a buffer for the protocol's data.
+struct Session {
+    env: ModelEnv,
+    buffer: u64,
+}
+
+/// Bytes read per call (the log may be longer).
+const CHUNK: u32 = 4096;
+
+impl Session {
+    fn new() -> Self {
+        let env = ModelEnv::new();
+        let buffer = env.facts().scratch;
+        Self { env, buffer }
+    }
+
+    fn client(&mut self) -> Client<&mut ModelEnv> {
+        let ca = self.env.calling_area();
+        Client::new(&mut self.env, ca)
+    }
+
+    fn list(&mut self) -> Result<Vec<SourceEntry>, String> {
+        let buffer = self.buffer;
+        let count = self.client().ocp_list(0, buffer, 64).map_err(|e| format!("SVSM_OCP_LIST: {e:?}"))?;
+        let mut out = Vec::new();
+        for i in 0..count as u64 {
+            let mut e = [0u8; abi::ocp::ENTRY_SIZE];
+            self.env.read(buffer + i * abi::ocp::ENTRY_SIZE as u64, &mut e).map_err(|e| format!("{e:?}"))?;
+            out.push(SourceEntry::decode(&e));
+        }
+        Ok(out)
+    }
+
+    fn index(&mut self, name: &str) -> Result<u32, String> {
+        let all = self.list()?;
+        all.iter().position(|e| e.name() == Some(name)).map(|i| i as u32).ok_or_else(|| {
+            let names: Vec<&str> = all.iter().filter_map(|e| e.name()).collect();
+            format!("no source `{name}` (sources: {})", names.join(", "))
+        })
+    }
+
+    /// The whole source, read a chunk at a time from offset 0.
+    fn read(&mut self, index: u32) -> Result<Vec<u8>, String> {
+        let buffer = self.buffer;
+        let mut data = Vec::new();
+        loop {
+            let offset = data.len() as u32;
+            let n = match self.client().ocp_read(index, buffer, CHUNK, offset).map_err(|e| format!("{e:?}"))? {
+                ReadOutcome::Copied(n) => n,
+                ReadOutcome::Lost { oldest } => return Err(format!("bytes before offset {oldest} were overwritten")),
+            };
+            let mut chunk = vec![0u8; n as usize];
+            self.env.read(buffer, &mut chunk).map_err(|e| format!("{e:?}"))?;
+            data.extend_from_slice(&chunk);
+            if n < CHUNK {
+                return Ok(data);
+            }
+        }
+    }
+}
+
+fn value_json(name: &str, data: &[u8]) -> serde_json::Value {
+    match <[u8; 8]>::try_from(data) {
+        Ok(b) if abi::ocp::holds_number(name) => json!(u64::from_le_bytes(b)),
+        _ => json!(String::from_utf8_lossy(data)),
+    }
+}
+
+fn value_text(name: &str, data: &[u8]) -> String {
+    match value_json(name, data) {
+        serde_json::Value::String(s) => s.trim_end().to_string(),
+        other => other.to_string(),
+    }
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let json = args.iter().any(|a| a == "--json");
+    let words: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--json").collect();
+    let result = match words.as_slice() {
+        ["list"] => list(json),
+        ["read", name] => read(name, json),
+        ["write", name, value] => write(name, value, json),
+        ["help" | "--help" | "-h"] | [] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("bulwark ocp: bad arguments\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bulwark ocp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list(json: bool) -> Result<String, String> {
+    let entries = Session::new().list()?;
+    if json {
+        let v: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| json!({"index": i, "name": e.name(), "writeable": e.writeable()}))
+            .collect();
+        return serde_json::to_string_pretty(&v).map_err(|e| e.to_string());
+    }
+    let mut out = String::from("index  source                        writeable\n");
+    for (i, e) in entries.iter().enumerate() {
+        out.push_str(&format!(
+            "{i:>5}  {:<30}{}\n",
+            e.name().unwrap_or("(not UTF-8)"),
+            if e.writeable() { "yes" } else { "" }
+        ));
+    }
+    Ok(out.trim_end().to_string())
+}
+
+fn read(name: &str, json: bool) -> Result<String, String> {
+    let mut s = Session::new();
+    let index = s.index(name)?;
+    let data = s.read(index)?;
+    if json {
+        let v = json!({"index": index, "name": name, "bytes": data.len(), "value": value_json(name, &data)});
+        return serde_json::to_string_pretty(&v).map_err(|e| e.to_string());
+    }
+    Ok(value_text(name, &data))
+}
+
+fn write(name: &str, value: &str, json: bool) -> Result<String, String> {
+    let mut s = Session::new();
+    let index = s.index(name)?;
+    let buffer = s.buffer;
+    s.env.write(buffer, value.as_bytes()).map_err(|e| format!("{e:?}"))?;
+    let taken = s
+        .client()
+        .ocp_write(index, buffer, value.len() as u32)
+        .map_err(|e| format!("SVSM_OCP_WRITE refused `{value}` for {name}: {e:?}"))?;
+    let now = s.read(index)?;
+    if json {
+        let v = json!({"index": index, "name": name, "written": taken, "value": value_json(name, &now)});
+        return serde_json::to_string_pretty(&v).map_err(|e| e.to_string());
+    }
+    Ok(format!("{name} = {} ({taken} bytes written)", value_text(name, &now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_read_and_write_answer_like_the_sources_are() {
+        let listing = list(false).unwrap();
+        assert!(listing.contains("config.log_level") && listing.contains("yes"), "{listing}");
+        assert_eq!(read("build.platform", false).unwrap(), "model");
+        let total: serde_json::Value = serde_json::from_str(&read("memory.svsm_pages_total", true).unwrap()).unwrap();
+        assert!(total["value"].as_u64().is_some_and(|n| n > 0), "{total}");
+        assert_eq!(write("config.log_level", "debug", false).unwrap(), "config.log_level = debug (5 bytes written)");
+        assert!(write("config.log_level", "loud", false).is_err());
+        assert!(write("build.version", "2", false).is_err());
+        assert!(read("no.such.source", false).unwrap_err().contains("no source"));
+        assert_eq!(main(&["frobnicate".into()]), ExitCode::from(2));
+    }
+}
