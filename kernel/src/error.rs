@@ -69,6 +69,8 @@ pub enum CallError {
     LogLost {
         oldest: u64,
     },
+    /// OCP version 2: the source is not a fixed size of at most 8 bytes.
+    NotRegisterSized,
 }
 
 impl CallError {
@@ -91,6 +93,7 @@ impl CallError {
             Self::VcpuInUse => ResultCode::CORE_VCPU_IN_USE,
             Self::AttestationFailed(_) => ResultCode::ATTEST_REPORT_FAILED,
             Self::LogLost { .. } => ResultCode(abi::ocp::result::DATA_LOST),
+            Self::NotRegisterSized => ResultCode(abi::ocp::result::NOT_REGISTER_SIZED),
         }
     }
 

@@ -98,7 +98,8 @@ fn step(w: &mut World, input: &mut Input<'_>) {
             let _ = w.client().transport.write(PARAM, &fill);
             let protocol = match input.u8() % 8 {
                 0..=4 => 0,
-                5 => 1,
+                // Attestation or the Observability protocol.
+                5 => [1, 5][usize::from(input.u8() & 1)],
                 6 => u32::from(input.u8()),
                 _ => input.u64() as u32,
             };

@@ -174,4 +174,7 @@ pub static CASES: &[Case] = &[
     case!("ocp/write", "the log level is written whole; other values and sources refused", ocp::write_setting),
     case!("ocp/log", "the log returns every new line, in order, while logging continues", ocp::log),
     case!("ocp/log-overflow", "overwritten log bytes -> 0x80001000 with the oldest offset", ocp::log_overflow),
+    case!("ocp/v2-list-typed", "typed entries: type, protocol tag, size; same sources as LIST", ocp::list_typed),
+    case!("ocp/v2-read-register", "a register-sized source in RDX; others -> 0x80001001", ocp::read_register),
+    case!("ocp/v2-read-batch", "several sources in one snapshot; all or nothing; bad arrays refused", ocp::read_batch),
 ];

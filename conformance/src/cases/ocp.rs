@@ -108,8 +108,8 @@ pub fn list_errors(env: &mut dyn Env) -> CaseResult {
         let (got, _) = raw(env, OCP, LIST, args)?;
         ensure!(got == want, "{what}: expected {want}, got {got}");
     }
-    let (got, _) = raw(env, OCP, 3, [0, f.scratch, 1, 0])?;
-    ensure!(got == ResultCode::ERR_UNSUPPORTED_CALL, "call 3: {got}");
+    let (got, _) = raw(env, OCP, 6, [0, f.scratch, 1, 0])?;
+    ensure!(got == ResultCode::ERR_UNSUPPORTED_CALL, "call 6: {got}");
     Ok(())
 }
 
@@ -246,5 +246,98 @@ pub fn log_overflow(env: &mut dyn Env) -> CaseResult {
     ensure!(text.len() as u64 >= capacity - 64, "only {} bytes from the oldest offset", text.len());
     let (got, _, _) = read(env, log, 64, oldest - 1)?;
     ensure!(got == ResultCode(abi::ocp::result::DATA_LOST), "one byte before the oldest: {got}");
+    Ok(())
+}
+
+// Version 2: the review's proposals as additive calls.
+
+use abi::ocp::{BATCH_MAX, call_v2, source_type, typed};
+
+pub fn list_typed(env: &mut dyn Env) -> CaseResult {
+    let plain = list_all(env)?;
+    let buf = env.facts().scratch;
+    let (got, regs) = raw(env, OCP, call_v2::LIST_TYPED, [0, buf, 64, 0])?;
+    ensure!(got == ResultCode::SUCCESS && regs.rcx as usize == plain.len(), "LIST_TYPED: {got}, {}", regs.rcx);
+    let mut bytes = vec![0u8; plain.len() * ENTRY_SIZE];
+    env.read(buf, &mut bytes)?;
+    let word = |e: &[u8], at: usize| u32::from_le_bytes([e[at], e[at + 1], e[at + 2], e[at + 3]]);
+    for (e, (fl, name)) in bytes.chunks(ENTRY_SIZE).zip(&plain) {
+        ensure!(word(e, 0) == *fl, "{name}: flags differ between LIST and LIST_TYPED");
+        ensure!(e[typed::NAME_OFFSET..].starts_with(name.as_bytes()), "{name}: typed entry names another source");
+        let (kind, protocol, size) = (word(e, typed::TYPE), word(e, typed::PROTOCOL), word(e, typed::SIZE));
+        let expected = match name.as_str() {
+            "log" => (source_type::LOG_STREAM, typed::PROTOCOL_NONE, 0),
+            "calls.core" | "errors.core" => (source_type::COUNTER, 0, 8),
+            "calls.attestation" => (source_type::COUNTER, 1, 8),
+            "calls.ocp" => (source_type::COUNTER, 5, 8),
+            "memory.svsm_pages_free" => (source_type::VALUE, 0, 8),
+            "build.version" | "config.log_level" => (source_type::STRING, typed::PROTOCOL_NONE, 0),
+            _ => (kind, protocol, size),
+        };
+        ensure!((kind, protocol, size) == expected, "{name}: type {kind}, protocol {protocol:#x}, size {size}");
+    }
+    Ok(())
+}
+
+pub fn read_register(env: &mut dyn Env) -> CaseResult {
+    let total = index_of(env, "memory.svsm_pages_total")?;
+    let (got, regs) = raw(env, OCP, call_v2::READ_REGISTER, [total, 0, 0, 0])?;
+    ensure!(got == ResultCode::SUCCESS && regs.r8 == 8, "READ_REGISTER: {got}, size {}", regs.r8);
+    ensure!(regs.rdx == value(env, "memory.svsm_pages_total")?, "READ_REGISTER and READ disagree");
+    let calls = index_of(env, "calls.core")?;
+    let (_, first) = raw(env, OCP, call_v2::READ_REGISTER, [calls, 0, 0, 0])?;
+    crate::check::client(env).query_protocol(abi::protocol::ProtocolId::CORE, 1)?;
+    let (_, second) = raw(env, OCP, call_v2::READ_REGISTER, [calls, 0, 0, 0])?;
+    ensure!(second.rdx > first.rdx, "calls.core by register: {} then {}", first.rdx, second.rdx);
+    for (name, want) in
+        [("log", abi::ocp::result::NOT_REGISTER_SIZED), ("build.version", abi::ocp::result::NOT_REGISTER_SIZED)]
+    {
+        let i = index_of(env, name)?;
+        let (got, _) = raw(env, OCP, call_v2::READ_REGISTER, [i, 0, 0, 0])?;
+        ensure!(got == ResultCode(want), "READ_REGISTER of {name}: {got}");
+    }
+    let count = list_all(env)?.len() as u64;
+    let (got, _) = raw(env, OCP, call_v2::READ_REGISTER, [count, 0, 0, 0])?;
+    ensure!(got == ResultCode::ERR_INVALID_PARAMETER, "READ_REGISTER past the end: {got}");
+    Ok(())
+}
+
+pub fn read_batch(env: &mut dyn Env) -> CaseResult {
+    let f = env.facts();
+    let (indexes, values) = (f.scratch + 0x3000, f.scratch + 0x4000);
+    let names = ["memory.svsm_pages_total", "calls.core", "errors.core", "memory.svsm_pages_free"];
+    let mut ids = Vec::new();
+    for n in names {
+        ids.push(index_of(env, n)? as u32);
+    }
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    env.write(indexes, &bytes)?;
+    env.write(values, &[0xEE; 32])?;
+    let (got, _) = raw(env, OCP, call_v2::READ_BATCH, [indexes, values, 4, 0])?;
+    ensure!(got == ResultCode::SUCCESS, "READ_BATCH: {got}");
+    let mut out = [0u8; 32];
+    env.read(values, &mut out)?;
+    let total = u64::from_le_bytes([out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]]);
+    ensure!(total == value(env, "memory.svsm_pages_total")?, "batch value 0 = {total}");
+    // One source that is not register-sized: nothing is written.
+    let log = index_of(env, "log")?;
+    env.write(indexes + 8, &(log as u32).to_le_bytes())?;
+    env.write(values, &[0xEE; 32])?;
+    let (got, _) = raw(env, OCP, call_v2::READ_BATCH, [indexes, values, 4, 0])?;
+    ensure!(got == ResultCode(abi::ocp::result::NOT_REGISTER_SIZED), "batch with the log: {got}");
+    env.read(values, &mut out)?;
+    ensure!(out == [0xEE; 32], "a refused batch wrote values");
+    let svsm = discovery(env)?.svsm_base;
+    for (args, want, what) in [
+        ([indexes, values, 0, 0], ResultCode::ERR_INVALID_PARAMETER, "count 0"),
+        ([indexes, values, BATCH_MAX as u64 + 1, 0], ResultCode::ERR_INVALID_PARAMETER, "count above 512"),
+        ([indexes + 2, values, 1, 0], ResultCode::ERR_INVALID_PARAMETER, "misaligned indexes"),
+        ([indexes, values + 4, 1, 0], ResultCode::ERR_INVALID_PARAMETER, "misaligned values"),
+        ([svsm, values, 1, 0], ResultCode::ERR_INVALID_ADDRESS, "indexes in SVSM memory"),
+        ([indexes, svsm, 1, 0], ResultCode::ERR_INVALID_ADDRESS, "values into SVSM memory"),
+    ] {
+        let (got, _) = raw(env, OCP, call_v2::READ_BATCH, args)?;
+        ensure!(got == want, "{what}: expected {want}, got {got}");
+    }
     Ok(())
 }

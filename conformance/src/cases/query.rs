@@ -14,7 +14,7 @@ pub fn query_protocol(env: &mut dyn Env) -> CaseResult {
     let attest = client(env).query_protocol(ProtocolId::ATTEST, 1)?;
     ensure!(attest == Some((1, 1)), "attestation v1: {attest:?}");
     let ocp = client(env).query_protocol(ProtocolId::OCP, 1)?;
-    ensure!(ocp == Some((1, 1)), "OCP v1: {ocp:?}");
+    ensure!(ocp == Some((2, 1)), "OCP versions 1 to 2: {ocp:?}");
     for (protocol, version) in [
         (ProtocolId::CORE, 0),
         (ProtocolId::CORE, 2),

@@ -94,7 +94,7 @@ pub struct ServedProtocol {
 pub const SERVED: &[ServedProtocol] = &[
     ServedProtocol { id: ProtocolId::CORE, min_version: 1, max_version: abi::protocol::CORE_PROTOCOL_VERSION },
     ServedProtocol { id: ProtocolId::ATTEST, min_version: 1, max_version: 1 },
-    ServedProtocol { id: ProtocolId::OCP, min_version: 1, max_version: 1 },
+    ServedProtocol { id: ProtocolId::OCP, min_version: 1, max_version: 2 },
 ];
 
 /// Route a call to its protocol.

@@ -1,8 +1,9 @@
-//! The Observability and Configuration Protocol (protocol 5, 2026 draft, version 1):
-//! SVSM_OCP_LIST, SVSM_OCP_READ, SVSM_OCP_WRITE. Registers as the draft's tables give
-//! them (RCX index, RDX buffer gpa, R8 count or size, R9 offset), which FACTS.md section
-//! 4 calls the consistent reading. Our resolutions of the draft's open points are in
-//! docs/protocols/ocp.md.
+//! The Observability and Configuration Protocol (protocol 5, 2026 draft). Version 1:
+//! SVSM_OCP_LIST, SVSM_OCP_READ, SVSM_OCP_WRITE, with registers as the draft's tables
+//! give them (RCX index, RDX buffer gpa, R8 count or size, R9 offset), which FACTS.md
+//! section 4 calls the consistent reading. Version 2 adds the review's proposals as new
+//! calls: LIST_TYPED, READ_REGISTER, READ_BATCH. Our resolutions of the draft's open
+//! points are in docs/protocols/ocp.md.
 
 pub mod sources;
 
@@ -12,7 +13,7 @@ use crate::guest_memory;
 use crate::platform::Platform;
 use crate::protocols::{CallContext, Reply};
 use crate::svsm::Svsm;
-use abi::ocp::{ENTRY_SIZE, NAME_OFFSET, flags};
+use abi::ocp::{BATCH_MAX, ENTRY_SIZE, NAME_OFFSET, call_v2, flags, typed};
 use abi::protocol::ocp_call;
 use alloc::vec::Vec;
 use sources::{Setting, SourceKind};
@@ -30,6 +31,12 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
             Ok(n) => Reply::ok().with_r8(n),
             Err(e) => Reply::err(e),
         },
+        call_v2::LIST_TYPED => list(svsm, p, ctx),
+        call_v2::READ_REGISTER => match read_register(svsm, p, ctx) {
+            Ok((value, size)) => Reply::ok().with_rdx(value).with_r8(size),
+            Err(e) => Reply::err(e),
+        },
+        call_v2::READ_BATCH => read_batch(svsm, p, ctx).into(),
         _ => Reply::err(CallError::UnsupportedCall),
     }
 }
@@ -67,7 +74,15 @@ fn list<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> 
                 let mut e = [0u8; ENTRY_SIZE];
                 let flags = if s.writable() { flags::WRITEABLE } else { 0 };
                 e[..4].copy_from_slice(&flags.to_le_bytes());
-                e[NAME_OFFSET..NAME_OFFSET + s.name.len()].copy_from_slice(s.name.as_bytes());
+                let name_at = if ctx.id.call == call_v2::LIST_TYPED {
+                    e[typed::TYPE..typed::TYPE + 4].copy_from_slice(&s.type_code().to_le_bytes());
+                    e[typed::PROTOCOL..typed::PROTOCOL + 4].copy_from_slice(&s.protocol.to_le_bytes());
+                    e[typed::SIZE..typed::SIZE + 4].copy_from_slice(&s.fixed_size().unwrap_or(0).to_le_bytes());
+                    typed::NAME_OFFSET
+                } else {
+                    NAME_OFFSET
+                };
+                e[name_at..name_at + s.name.len()].copy_from_slice(s.name.as_bytes());
                 e
             })
             .collect();
@@ -156,4 +171,43 @@ fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) ->
         }
     }
     Ok(len as u64)
+}
+
+/// A register-sized source's value now (zero-extended) and its size.
+fn register_value<P: Platform + ?Sized>(svsm: &Svsm, p: &P, index: u32) -> CallResult<(u64, u64)> {
+    let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
+    let size = source.fixed_size().filter(|n| *n <= 8).ok_or(CallError::NotRegisterSized)?;
+    let bytes = sources::snapshot(svsm, p, source.kind);
+    let mut value = [0u8; 8];
+    let n = bytes.len().min(size as usize);
+    value[..n].copy_from_slice(&bytes[..n]);
+    Ok((u64::from_le_bytes(value), u64::from(size)))
+}
+
+fn read_register<P: Platform + ?Sized>(svsm: &Svsm, p: &P, ctx: &CallContext) -> CallResult<(u64, u64)> {
+    register_value(svsm, p, u32_reg(ctx.regs.rcx, "source index has bits above 31")?)
+}
+
+/// Several register-sized sources in one snapshot: all are read before any is written,
+/// and nothing is written if one of them cannot be read.
+fn read_batch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+    let count = u32_reg(ctx.regs.r8, "count has bits above 31")? as usize;
+    if count == 0 || count > BATCH_MAX {
+        return Err(CallError::InvalidParameter("a batch reads 1 to 512 sources"));
+    }
+    let (indexes_gpa, values_gpa) = (Gpa(ctx.regs.rcx), Gpa(ctx.regs.rdx));
+    if !indexes_gpa.is_aligned(4) || !values_gpa.is_aligned(8) {
+        return Err(CallError::InvalidParameter("index array not 4-byte or value array not 8-byte aligned"));
+    }
+    let mut raw = Vec::new();
+    raw.try_reserve_exact(count * 4).map_err(|_| CallError::InvalidRequest("out of memory"))?;
+    raw.resize(count * 4, 0);
+    guest_memory::read_bytes(p, &svsm.pages, indexes_gpa, &mut raw)?;
+    guest_memory::check_writable(&svsm.pages, values_gpa, count * 8)?;
+    let mut values = Vec::new();
+    values.try_reserve_exact(count * 8).map_err(|_| CallError::InvalidRequest("out of memory"))?;
+    for index in raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) {
+        values.extend_from_slice(&register_value(svsm, p, index)?.0.to_le_bytes());
+    }
+    guest_memory::write_bytes(p, &svsm.pages, values_gpa, &values)
 }

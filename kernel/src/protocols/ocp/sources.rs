@@ -12,8 +12,11 @@ use alloc::vec::Vec;
 pub enum SourceKind {
     /// The SVSM's log: UTF-8 text, read at absolute offsets since boot.
     Log,
-    /// A number (u64, little-endian, 8 bytes) computed from the SVSM's state.
+    /// A number that may go up and down (u64, little-endian, 8 bytes), from the SVSM's
+    /// state.
     Value(fn(&Svsm) -> u64),
+    /// A number that only grows (u64, little-endian, 8 bytes).
+    Counter(fn(&Svsm) -> u64),
     /// A fixed text (UTF-8).
     Text(&'static str),
     /// A setting the guest may read and write.
@@ -31,11 +34,32 @@ pub enum Setting {
 pub struct Source {
     pub name: &'static str,
     pub kind: SourceKind,
+    /// The protocol the source belongs to (`abi::ocp::typed::PROTOCOL_NONE`: the SVSM).
+    pub protocol: u32,
 }
 
 impl Source {
     pub fn writable(&self) -> bool {
         matches!(self.kind, SourceKind::Setting(_))
+    }
+
+    /// The version 2 type (`abi::ocp::source_type`).
+    pub fn type_code(&self) -> u32 {
+        use abi::ocp::source_type as t;
+        match self.kind {
+            SourceKind::Log => t::LOG_STREAM,
+            SourceKind::Value(_) => t::VALUE,
+            SourceKind::Counter(_) => t::COUNTER,
+            SourceKind::Text(_) | SourceKind::Setting(_) => t::STRING,
+        }
+    }
+
+    /// Bytes of a fixed-size source, `None` if its size varies.
+    pub fn fixed_size(&self) -> Option<u32> {
+        match self.kind {
+            SourceKind::Value(_) | SourceKind::Counter(_) => Some(8),
+            SourceKind::Log | SourceKind::Text(_) | SourceKind::Setting(_) => None,
+        }
     }
 }
 
@@ -58,33 +82,35 @@ impl Sources {
     /// The sources every SVSM has, for a platform called `platform`.
     pub fn builtin(platform: &'static str) -> Self {
         let git = option_env!("BULWARK_GIT_HASH").unwrap_or("unknown");
-        let builtin: [(&'static str, SourceKind); 15] = [
-            ("log", SourceKind::Log),
-            ("config.log_level", SourceKind::Setting(Setting::LogLevel)),
-            ("build.version", SourceKind::Text(env!("CARGO_PKG_VERSION"))),
-            ("build.git", SourceKind::Text(git)),
-            ("build.platform", SourceKind::Text(platform)),
-            ("memory.svsm_pages_total", SourceKind::Value(|s| s.pool.stats().reserve_total)),
-            ("memory.svsm_pages_free", SourceKind::Value(|s| s.pool.stats().reserve_free)),
-            ("memory.deposited_pages", SourceKind::Value(|s| s.pool.stats().deposited_total)),
-            ("memory.deposited_pages_free", SourceKind::Value(|s| s.pool.stats().deposited_free)),
-            ("calls.core", SourceKind::Value(|s| s.stats.per_protocol[0].calls)),
-            ("errors.core", SourceKind::Value(|s| s.stats.per_protocol[0].errors)),
-            ("calls.attestation", SourceKind::Value(|s| s.stats.per_protocol[1].calls)),
-            ("errors.attestation", SourceKind::Value(|s| s.stats.per_protocol[1].errors)),
-            ("calls.ocp", SourceKind::Value(|s| s.stats.per_protocol[5].calls)),
-            ("errors.ocp", SourceKind::Value(|s| s.stats.per_protocol[5].errors)),
+        const NONE: u32 = abi::ocp::typed::PROTOCOL_NONE;
+        let builtin: [(&'static str, SourceKind, u32); 15] = [
+            ("log", SourceKind::Log, NONE),
+            ("config.log_level", SourceKind::Setting(Setting::LogLevel), NONE),
+            ("build.version", SourceKind::Text(env!("CARGO_PKG_VERSION")), NONE),
+            ("build.git", SourceKind::Text(git), NONE),
+            ("build.platform", SourceKind::Text(platform), NONE),
+            ("memory.svsm_pages_total", SourceKind::Value(|s| s.pool.stats().reserve_total), 0),
+            ("memory.svsm_pages_free", SourceKind::Value(|s| s.pool.stats().reserve_free), 0),
+            ("memory.deposited_pages", SourceKind::Value(|s| s.pool.stats().deposited_total), 0),
+            ("memory.deposited_pages_free", SourceKind::Value(|s| s.pool.stats().deposited_free), 0),
+            ("calls.core", SourceKind::Counter(|s| s.stats.per_protocol[0].calls), 0),
+            ("errors.core", SourceKind::Counter(|s| s.stats.per_protocol[0].errors), 0),
+            ("calls.attestation", SourceKind::Counter(|s| s.stats.per_protocol[1].calls), 1),
+            ("errors.attestation", SourceKind::Counter(|s| s.stats.per_protocol[1].errors), 1),
+            ("calls.ocp", SourceKind::Counter(|s| s.stats.per_protocol[5].calls), 5),
+            ("errors.ocp", SourceKind::Counter(|s| s.stats.per_protocol[5].errors), 5),
         ];
         let mut s = Self::default();
-        for (name, kind) in builtin {
+        for (name, kind, protocol) in builtin {
             // Distinct, short, constant names: registering them cannot fail.
-            let _ = s.register(name, kind);
+            let _ = s.register(name, kind, protocol);
         }
         s
     }
 
-    /// Add a source; returns its index.
-    pub fn register(&mut self, name: &'static str, kind: SourceKind) -> Result<u32, RegisterError> {
+    /// Add a source belonging to `protocol` (`abi::ocp::typed::PROTOCOL_NONE` for the SVSM
+    /// as a whole); returns its index.
+    pub fn register(&mut self, name: &'static str, kind: SourceKind, protocol: u32) -> Result<u32, RegisterError> {
         if name.is_empty() || name.len() > abi::ocp::NAME_MAX {
             return Err(RegisterError::BadName);
         }
@@ -92,7 +118,7 @@ impl Sources {
             return Err(RegisterError::Taken);
         }
         self.list.try_reserve(1).map_err(|_| RegisterError::NoMemory)?;
-        self.list.push(Source { name, kind });
+        self.list.push(Source { name, kind, protocol });
         Ok((self.list.len() - 1) as u32)
     }
 
@@ -126,7 +152,7 @@ pub fn level_name(level: Level) -> &'static str {
 pub fn snapshot<P: Platform + ?Sized>(svsm: &Svsm, p: &P, kind: SourceKind) -> Vec<u8> {
     match kind {
         SourceKind::Log => Vec::new(),
-        SourceKind::Value(f) => f(svsm).to_le_bytes().to_vec(),
+        SourceKind::Value(f) | SourceKind::Counter(f) => f(svsm).to_le_bytes().to_vec(),
         SourceKind::Text(t) => t.as_bytes().to_vec(),
         SourceKind::Setting(Setting::LogLevel) => {
             let mut s = String::from(level_name(p.log_level()));
