@@ -36,8 +36,8 @@ commands:
                                      (set BULWARK_SKIP_FUZZ=1 to skip the fuzz smoke run)
   fuzz [--seconds N] [--target NAME] fuzz NAME (default: dispatcher) for N seconds (default: 600);
                                      needs the nightly toolchain, installs cargo-fuzz if missing
-  bench                              the pvalidate benchmark of the model, then the svm call round
-                                     trip over 5 QEMU boots (results: target/bench/*.json)
+  bench                              the pvalidate and OCP log-read benchmarks of the model, then the
+                                     svm call round trip over 5 QEMU boots (target/bench/*.json)
   boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
@@ -187,13 +187,18 @@ fn fuzz(args: &[String]) -> Result {
     })
 }
 
-/// `cargo xtask bench`: the `pvalidate` benchmark of the SNP model, then the `svm` call
-/// round trip (QUERY_PROTOCOL against the bare gate) over several QEMU boots.
+/// `cargo xtask bench`: the `pvalidate` and `ocp_log` benchmarks of the SNP model, then
+/// the `svm` call round trip (QUERY_PROTOCOL against the bare gate) over several QEMU
+/// boots.
 fn bench(args: &[String]) -> Result {
     no_args("bench", args)?;
     exec(
         "cargo bench -p bulwark-model --bench pvalidate",
         cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "pvalidate"]),
+    )?;
+    exec(
+        "cargo bench -p bulwark-model --bench ocp_log",
+        cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "ocp_log"]),
     )?;
     let result = target_dir()?.join("bench/pvalidate.json");
     if result.is_file() {
