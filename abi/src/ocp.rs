@@ -33,6 +33,21 @@ pub mod call_v2 {
     /// RCX gpa of u32 indexes, R8 their count (at most [`super::BATCH_MAX`]), RDX gpa of
     /// the u64 values out: one snapshot of several register-sized sources.
     pub const READ_BATCH: u32 = 5;
+    /// RCX = gpa of a page to receive change events ([`super::ring`]), or 0 to stop.
+    pub const NOTIFY: u32 = 6;
+}
+
+/// The change-event ring of NOTIFY (version 2): one 4 KiB page of guest memory. The SVSM
+/// writes events (the index of a source that changed) at `head` and advances it; the
+/// guest consumes them and advances `tail`. Indexes are free-running u32 counters; slot =
+/// counter % [`ring::SLOTS`]. When the guest lags a full ring behind, events are counted
+/// in `dropped` instead, never silently lost.
+pub mod ring {
+    pub const HEAD: usize = 0x00;
+    pub const TAIL: usize = 0x04;
+    pub const DROPPED: usize = 0x08;
+    pub const SLOTS_OFFSET: usize = 0x10;
+    pub const SLOTS: u32 = ((4096 - SLOTS_OFFSET) / 4) as u32;
 }
 
 /// The most sources one READ_BATCH reads (one page of values).

@@ -121,6 +121,7 @@ impl Svsm {
             }
         }
         self.sync_mem_available(p);
+        protocols::ocp::post_events(self, p);
         p.write(ca, &[CALL_PENDING_NONE])?;
         release(p)?;
         Ok(EntryOutcome::Served(result))

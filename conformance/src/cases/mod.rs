@@ -177,4 +177,9 @@ pub static CASES: &[Case] = &[
     case!("ocp/v2-list-typed", "typed entries: type, protocol tag, size; same sources as LIST", ocp::list_typed),
     case!("ocp/v2-read-register", "a register-sized source in RDX; others -> 0x80001001", ocp::read_register),
     case!("ocp/v2-read-batch", "several sources in one snapshot; all or nothing; bad arrays refused", ocp::read_batch),
+    case!(
+        "ocp/v2-notify",
+        "change events on a guest ring; a full ring counts drops; stop; where a ring may not be",
+        ocp::notify
+    ),
 ];

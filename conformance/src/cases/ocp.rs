@@ -108,8 +108,8 @@ pub fn list_errors(env: &mut dyn Env) -> CaseResult {
         let (got, _) = raw(env, OCP, LIST, args)?;
         ensure!(got == want, "{what}: expected {want}, got {got}");
     }
-    let (got, _) = raw(env, OCP, 6, [0, f.scratch, 1, 0])?;
-    ensure!(got == ResultCode::ERR_UNSUPPORTED_CALL, "call 6: {got}");
+    let (got, _) = raw(env, OCP, 7, [0, f.scratch, 1, 0])?;
+    ensure!(got == ResultCode::ERR_UNSUPPORTED_CALL, "call 7: {got}");
     Ok(())
 }
 
@@ -338,6 +338,72 @@ pub fn read_batch(env: &mut dyn Env) -> CaseResult {
     ] {
         let (got, _) = raw(env, OCP, call_v2::READ_BATCH, args)?;
         ensure!(got == want, "{what}: expected {want}, got {got}");
+    }
+    Ok(())
+}
+
+/// The ring's head, tail, dropped count and first slots.
+fn ring_state(env: &mut dyn Env, ring: u64) -> Result<(u32, u32, u32, [u32; 4]), CaseError> {
+    let mut b = [0u8; 32];
+    env.read(ring, &mut b)?;
+    let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+    Ok((w(0), w(1), w(2), [w(4), w(5), w(6), w(7)]))
+}
+
+pub fn notify(env: &mut dyn Env) -> CaseResult {
+    use abi::ocp::ring;
+    let f = env.facts();
+    let ring_gpa = f.scratch + 0x6000;
+    let level = index_of(env, "config.log_level")?;
+    env.write(ring_gpa, &[0xFF; 64])?;
+    let (got, _) = raw(env, OCP, call_v2::NOTIFY, [ring_gpa, 0, 0, 0])?;
+    ensure!(got == ResultCode::SUCCESS, "NOTIFY: {got}");
+    let (head, tail, dropped, _) = ring_state(env, ring_gpa)?;
+    ensure!((head, tail, dropped) == (0, 0, 0), "a new ring starts empty: {head} {tail} {dropped}");
+    // A setting written, then a logged line: events 1 (the setting) and 0 (the log).
+    write(env, level, b"debug", 0)?;
+    raw(env, 0, 0x4444, [0; 4])?;
+    let (head, _, _, slots) = ring_state(env, ring_gpa)?;
+    ensure!(
+        head >= 2 && slots[..2].contains(&(level as u32)) && slots[..head.min(4) as usize].contains(&0),
+        "events {slots:?}, head {head}"
+    );
+    write(env, level, b"info", 0)?;
+    // The guest does not consume: after a full ring, events are counted as dropped.
+    // (Setting writes make one event each and log nothing: the console stays quiet.)
+    for _ in 0..ring::SLOTS + 8 {
+        write(env, level, b"info", 0)?;
+    }
+    let (head, tail, dropped, _) = ring_state(env, ring_gpa)?;
+    ensure!(
+        head.wrapping_sub(tail) == ring::SLOTS && dropped > 0,
+        "full ring: head {head} tail {tail} dropped {dropped}"
+    );
+    // The guest consumes everything: events flow again.
+    env.write(ring_gpa + ring::TAIL as u64, &head.to_le_bytes())?;
+    write(env, level, b"info", 0)?;
+    let (after, _, _, _) = ring_state(env, ring_gpa)?;
+    ensure!(after == head.wrapping_add(1), "after consuming: head {head} -> {after}");
+    // Stopped: nothing more.
+    let (got, _) = raw(env, OCP, call_v2::NOTIFY, [0, 0, 0, 0])?;
+    ensure!(got == ResultCode::SUCCESS, "NOTIFY 0: {got}");
+    write(env, level, b"info", 0)?;
+    let (last, _, _, _) = ring_state(env, ring_gpa)?;
+    ensure!(last == after, "events after NOTIFY 0: head {after} -> {last}");
+    // Where a ring may not be.
+    let d = discovery(env)?;
+    let ca = env.calling_area() & !0xFFF;
+    for (gpa, want, what) in [
+        (ring_gpa + 8, ResultCode::ERR_INVALID_PARAMETER, "not page aligned"),
+        (d.svsm_base, ResultCode::ERR_INVALID_ADDRESS, "SVSM memory"),
+        (f.startup_vmsa, ResultCode::ERR_INVALID_ADDRESS, "the startup VMSA"),
+        (ca, ResultCode::ERR_INVALID_ADDRESS, "a calling area"),
+        (f.secrets_page, ResultCode::ERR_INVALID_ADDRESS, "the secrets page"),
+        (f.free_small, ResultCode::ERR_INVALID_ADDRESS, "unvalidated memory"),
+        (f.not_ram, ResultCode::ERR_INVALID_ADDRESS, "not RAM"),
+    ] {
+        let (got, _) = raw(env, OCP, call_v2::NOTIFY, [gpa, 0, 0, 0])?;
+        ensure!(got == want, "ring on {what}: expected {want}, got {got}");
     }
     Ok(())
 }

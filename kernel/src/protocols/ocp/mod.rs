@@ -37,6 +37,7 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
             Err(e) => Reply::err(e),
         },
         call_v2::READ_BATCH => read_batch(svsm, p, ctx).into(),
+        call_v2::NOTIFY => notify(svsm, p, ctx).into(),
         _ => Reply::err(CallError::UnsupportedCall),
     }
 }
@@ -170,6 +171,12 @@ fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) ->
             p.set_log_level(level);
         }
     }
+    if let Some(ring) = svsm.ocp.notify.as_mut()
+        && !ring.written.contains(&index)
+    {
+        ring.written.try_reserve(1).map_err(|_| CallError::InvalidRequest("out of memory"))?;
+        ring.written.push(index);
+    }
     Ok(len as u64)
 }
 
@@ -210,4 +217,69 @@ fn read_batch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
         values.extend_from_slice(&register_value(svsm, p, index)?.0.to_le_bytes());
     }
     guest_memory::write_bytes(p, &svsm.pages, values_gpa, &values)
+}
+
+/// NOTIFY: start (RCX = a page of the guest's) or stop (RCX = 0) change events.
+fn notify<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+    if ctx.regs.rcx == 0 {
+        svsm.ocp.notify = None;
+        return Ok(());
+    }
+    let gpa = Gpa(ctx.regs.rcx);
+    if !gpa.is_aligned(abi::PAGE_SIZE) {
+        return Err(CallError::InvalidParameter("the ring must be a whole page"));
+    }
+    // The ring is written at the end of later calls: a page the guest owns outright, not
+    // one the SVSM holds for something else (a calling area, a VMSA, the secrets page).
+    let page = crate::addr::PageRange::covering(gpa, abi::PAGE_SIZE)
+        .ok_or(CallError::address(gpa, crate::error::AddressConflict::NotRam))?;
+    svsm.pages.check_target(page).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    if let Some(pfn) = svsm.pages.first_unvalidated(page) {
+        return Err(CallError::address(Gpa(pfn << 12), crate::error::AddressConflict::NotValidated));
+    }
+    guest_memory::write_bytes(p, &svsm.pages, gpa, &[0u8; abi::ocp::ring::SLOTS_OFFSET])?;
+    svsm.ocp.notify =
+        Some(sources::NotifyRing { gpa, head: 0, dropped: 0, log_seen: p.log_written(), written: Vec::new() });
+    Ok(())
+}
+
+/// At the end of every call the SVSM serves: announce what changed (the log grew, a
+/// setting was written) on the guest's ring. A ring the guest made unusable (page given
+/// back, invalidated) is dropped.
+pub fn post_events<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P) {
+    use abi::ocp::ring;
+    let Some(mut r) = svsm.ocp.notify.take() else { return };
+    let mut events = core::mem::take(&mut r.written);
+    let written = p.log_written();
+    if written != r.log_seen && events.try_reserve(1).is_ok() {
+        r.log_seen = written;
+        // The log is source 0 (`Sources::builtin`).
+        events.insert(0, 0);
+    }
+    if events.is_empty() {
+        svsm.ocp.notify = Some(r);
+        return;
+    }
+    let mut tail = [0u8; 4];
+    let ok = guest_memory::read_bytes(p, &svsm.pages, Gpa(r.gpa.0 + ring::TAIL as u64), &mut tail).is_ok()
+        && events.iter().all(|index| {
+            if r.head.wrapping_sub(u32::from_le_bytes(tail)) >= ring::SLOTS {
+                r.dropped = r.dropped.wrapping_add(1);
+                return true;
+            }
+            let slot = ring::SLOTS_OFFSET as u64 + u64::from(r.head % ring::SLOTS) * 4;
+            r.head = r.head.wrapping_add(1);
+            guest_memory::write_bytes(p, &svsm.pages, Gpa(r.gpa.0 + slot), &index.to_le_bytes()).is_ok()
+        })
+        && guest_memory::write_bytes(p, &svsm.pages, Gpa(r.gpa.0 + ring::DROPPED as u64), &r.dropped.to_le_bytes())
+            .is_ok()
+        // Head last: the guest sees an event only once its slot is written.
+        && guest_memory::write_bytes(p, &svsm.pages, r.gpa, &r.head.to_le_bytes()).is_ok();
+    if ok {
+        events.clear();
+        r.written = events;
+        svsm.ocp.notify = Some(r);
+    } else {
+        crate::log!(p, Warn, "ocp: the change-event ring at {:#x} is no longer usable; events stopped", r.gpa.0);
+    }
 }

@@ -76,6 +76,21 @@ pub enum RegisterError {
 #[derive(Debug, Default)]
 pub struct Sources {
     list: Vec<Source>,
+    /// Where change events go (version 2 NOTIFY), if the guest asked for them.
+    pub(crate) notify: Option<NotifyRing>,
+}
+
+/// The SVSM's side of a change-event ring.
+#[derive(Debug)]
+pub(crate) struct NotifyRing {
+    pub gpa: crate::addr::Gpa,
+    /// The next event's counter (the page's `head` is a copy the guest may not change).
+    pub head: u32,
+    pub dropped: u32,
+    /// Log bytes already announced.
+    pub log_seen: u64,
+    /// Sources written during the call being served, to announce at its end.
+    pub written: Vec<u32>,
 }
 
 impl Sources {
