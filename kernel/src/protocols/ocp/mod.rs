@@ -260,8 +260,13 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P) {
         svsm.ocp.notify = Some(r);
         return;
     }
+    // Still a page the guest owns outright: it may have made it a calling area or a
+    // VMSA since, and the SVSM does not write events over those.
+    let still_the_guests =
+        crate::addr::PageRange::covering(r.gpa, abi::PAGE_SIZE).is_some_and(|pg| svsm.pages.check_target(pg).is_ok());
     let mut tail = [0u8; 4];
-    let ok = guest_memory::read_bytes(p, &svsm.pages, Gpa(r.gpa.0 + ring::TAIL as u64), &mut tail).is_ok()
+    let ok = still_the_guests
+        && guest_memory::read_bytes(p, &svsm.pages, Gpa(r.gpa.0 + ring::TAIL as u64), &mut tail).is_ok()
         && events.iter().all(|index| {
             if r.head.wrapping_sub(u32::from_le_bytes(tail)) >= ring::SLOTS {
                 r.dropped = r.dropped.wrapping_add(1);
