@@ -24,19 +24,6 @@ pub mod result {
     pub const NOT_REGISTER_SIZED: u32 = 0x8000_1001;
 }
 
-/// Version 2 calls (additive; version 1's keep their meaning).
-pub mod call_v2 {
-    /// Like LIST, with typed entries ([`super::typed`]).
-    pub const LIST_TYPED: u32 = 3;
-    /// RCX index in; RDX = the value (zero-extended), R8 = its size out.
-    pub const READ_REGISTER: u32 = 4;
-    /// RCX gpa of u32 indexes, R8 their count (at most [`super::BATCH_MAX`]), RDX gpa of
-    /// the u64 values out: one snapshot of several register-sized sources.
-    pub const READ_BATCH: u32 = 5;
-    /// RCX = gpa of a page to receive change events ([`super::ring`]), or 0 to stop.
-    pub const NOTIFY: u32 = 6;
-}
-
 /// The change-event ring of NOTIFY (version 2): one 4 KiB page of guest memory. The SVSM
 /// writes events (the index of a source that changed) at `head` and advances it; the
 /// guest consumes them and advances `tail`. Indexes are free-running u32 counters; slot =

@@ -65,11 +65,21 @@ pub mod vtpm_call {
     pub const CMD: u32 = 1;
 }
 
-/// OCP (protocol 5) call numbers, version 1 of the draft.
+/// OCP (protocol 5) call numbers: version 1 of the draft, then Bulwark's version 2
+/// (docs/protocols/ocp.md).
 pub mod ocp_call {
     pub const LIST: u32 = 0;
     pub const READ: u32 = 1;
     pub const WRITE: u32 = 2;
+    /// Version 2: like LIST, with typed entries (`ocp::typed`).
+    pub const LIST_TYPED: u32 = 3;
+    /// Version 2: RCX index in; RDX = the value (zero-extended), R8 = its size out.
+    pub const READ_REGISTER: u32 = 4;
+    /// Version 2: RCX gpa of u32 indexes, R8 their count (at most `ocp::BATCH_MAX`), RDX
+    /// gpa of the u64 values out: one snapshot of several register-sized sources.
+    pub const READ_BATCH: u32 = 5;
+    /// Version 2: RCX = gpa of a page to receive change events (`ocp::ring`), or 0 to stop.
+    pub const NOTIFY: u32 = 6;
 }
 
 /// The current version of the core protocol; also SVSM_MAX_VERSION in the secrets page.

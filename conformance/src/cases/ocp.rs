@@ -5,8 +5,8 @@
 
 use crate::Env;
 use crate::check::{CaseError, CaseResult, discovery, ensure, raw};
-use abi::ocp::{ENTRY_SIZE, NAME_OFFSET, flags};
-use abi::protocol::ocp_call::{LIST, READ, WRITE};
+use abi::ocp::{BATCH_MAX, ENTRY_SIZE, NAME_OFFSET, flags, source_type, typed};
+use abi::protocol::ocp_call::{self, LIST, READ, WRITE};
 use abi::result::ResultCode;
 use alloc::string::String;
 use alloc::vec;
@@ -251,12 +251,10 @@ pub fn log_overflow(env: &mut dyn Env) -> CaseResult {
 
 // Version 2: the review's proposals as additive calls.
 
-use abi::ocp::{BATCH_MAX, call_v2, source_type, typed};
-
 pub fn list_typed(env: &mut dyn Env) -> CaseResult {
     let plain = list_all(env)?;
     let buf = env.facts().scratch;
-    let (got, regs) = raw(env, OCP, call_v2::LIST_TYPED, [0, buf, 64, 0])?;
+    let (got, regs) = raw(env, OCP, ocp_call::LIST_TYPED, [0, buf, 64, 0])?;
     ensure!(got == ResultCode::SUCCESS && regs.rcx as usize == plain.len(), "LIST_TYPED: {got}, {}", regs.rcx);
     let mut bytes = vec![0u8; plain.len() * ENTRY_SIZE];
     env.read(buf, &mut bytes)?;
@@ -281,23 +279,23 @@ pub fn list_typed(env: &mut dyn Env) -> CaseResult {
 
 pub fn read_register(env: &mut dyn Env) -> CaseResult {
     let total = index_of(env, "memory.svsm_pages_total")?;
-    let (got, regs) = raw(env, OCP, call_v2::READ_REGISTER, [total, 0, 0, 0])?;
+    let (got, regs) = raw(env, OCP, ocp_call::READ_REGISTER, [total, 0, 0, 0])?;
     ensure!(got == ResultCode::SUCCESS && regs.r8 == 8, "READ_REGISTER: {got}, size {}", regs.r8);
     ensure!(regs.rdx == value(env, "memory.svsm_pages_total")?, "READ_REGISTER and READ disagree");
     let calls = index_of(env, "calls.core")?;
-    let (_, first) = raw(env, OCP, call_v2::READ_REGISTER, [calls, 0, 0, 0])?;
+    let (_, first) = raw(env, OCP, ocp_call::READ_REGISTER, [calls, 0, 0, 0])?;
     crate::check::client(env).query_protocol(abi::protocol::ProtocolId::CORE, 1)?;
-    let (_, second) = raw(env, OCP, call_v2::READ_REGISTER, [calls, 0, 0, 0])?;
+    let (_, second) = raw(env, OCP, ocp_call::READ_REGISTER, [calls, 0, 0, 0])?;
     ensure!(second.rdx > first.rdx, "calls.core by register: {} then {}", first.rdx, second.rdx);
     for (name, want) in
         [("log", abi::ocp::result::NOT_REGISTER_SIZED), ("build.version", abi::ocp::result::NOT_REGISTER_SIZED)]
     {
         let i = index_of(env, name)?;
-        let (got, _) = raw(env, OCP, call_v2::READ_REGISTER, [i, 0, 0, 0])?;
+        let (got, _) = raw(env, OCP, ocp_call::READ_REGISTER, [i, 0, 0, 0])?;
         ensure!(got == ResultCode(want), "READ_REGISTER of {name}: {got}");
     }
     let count = list_all(env)?.len() as u64;
-    let (got, _) = raw(env, OCP, call_v2::READ_REGISTER, [count, 0, 0, 0])?;
+    let (got, _) = raw(env, OCP, ocp_call::READ_REGISTER, [count, 0, 0, 0])?;
     ensure!(got == ResultCode::ERR_INVALID_PARAMETER, "READ_REGISTER past the end: {got}");
     Ok(())
 }
@@ -313,7 +311,7 @@ pub fn read_batch(env: &mut dyn Env) -> CaseResult {
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     env.write(indexes, &bytes)?;
     env.write(values, &[0xEE; 32])?;
-    let (got, _) = raw(env, OCP, call_v2::READ_BATCH, [indexes, values, 4, 0])?;
+    let (got, _) = raw(env, OCP, ocp_call::READ_BATCH, [indexes, values, 4, 0])?;
     ensure!(got == ResultCode::SUCCESS, "READ_BATCH: {got}");
     let mut out = [0u8; 32];
     env.read(values, &mut out)?;
@@ -323,7 +321,7 @@ pub fn read_batch(env: &mut dyn Env) -> CaseResult {
     let log = index_of(env, "log")?;
     env.write(indexes + 8, &(log as u32).to_le_bytes())?;
     env.write(values, &[0xEE; 32])?;
-    let (got, _) = raw(env, OCP, call_v2::READ_BATCH, [indexes, values, 4, 0])?;
+    let (got, _) = raw(env, OCP, ocp_call::READ_BATCH, [indexes, values, 4, 0])?;
     ensure!(got == ResultCode(abi::ocp::result::NOT_REGISTER_SIZED), "batch with the log: {got}");
     env.read(values, &mut out)?;
     ensure!(out == [0xEE; 32], "a refused batch wrote values");
@@ -336,7 +334,7 @@ pub fn read_batch(env: &mut dyn Env) -> CaseResult {
         ([svsm, values, 1, 0], ResultCode::ERR_INVALID_ADDRESS, "indexes in SVSM memory"),
         ([indexes, svsm, 1, 0], ResultCode::ERR_INVALID_ADDRESS, "values into SVSM memory"),
     ] {
-        let (got, _) = raw(env, OCP, call_v2::READ_BATCH, args)?;
+        let (got, _) = raw(env, OCP, ocp_call::READ_BATCH, args)?;
         ensure!(got == want, "{what}: expected {want}, got {got}");
     }
     Ok(())
@@ -356,7 +354,7 @@ pub fn notify(env: &mut dyn Env) -> CaseResult {
     let ring_gpa = f.scratch + 0x6000;
     let level = index_of(env, "config.log_level")?;
     env.write(ring_gpa, &[0xFF; 64])?;
-    let (got, _) = raw(env, OCP, call_v2::NOTIFY, [ring_gpa, 0, 0, 0])?;
+    let (got, _) = raw(env, OCP, ocp_call::NOTIFY, [ring_gpa, 0, 0, 0])?;
     ensure!(got == ResultCode::SUCCESS, "NOTIFY: {got}");
     let (head, tail, dropped, _) = ring_state(env, ring_gpa)?;
     ensure!((head, tail, dropped) == (0, 0, 0), "a new ring starts empty: {head} {tail} {dropped}");
@@ -385,7 +383,7 @@ pub fn notify(env: &mut dyn Env) -> CaseResult {
     let (after, _, _, _) = ring_state(env, ring_gpa)?;
     ensure!(after == head.wrapping_add(1), "after consuming: head {head} -> {after}");
     // Stopped: nothing more.
-    let (got, _) = raw(env, OCP, call_v2::NOTIFY, [0, 0, 0, 0])?;
+    let (got, _) = raw(env, OCP, ocp_call::NOTIFY, [0, 0, 0, 0])?;
     ensure!(got == ResultCode::SUCCESS, "NOTIFY 0: {got}");
     write(env, level, b"info", 0)?;
     let (last, _, _, _) = ring_state(env, ring_gpa)?;
@@ -402,7 +400,7 @@ pub fn notify(env: &mut dyn Env) -> CaseResult {
         (f.free_small, ResultCode::ERR_INVALID_ADDRESS, "unvalidated memory"),
         (f.not_ram, ResultCode::ERR_INVALID_ADDRESS, "not RAM"),
     ] {
-        let (got, _) = raw(env, OCP, call_v2::NOTIFY, [gpa, 0, 0, 0])?;
+        let (got, _) = raw(env, OCP, ocp_call::NOTIFY, [gpa, 0, 0, 0])?;
         ensure!(got == want, "ring on {what}: expected {want}, got {got}");
     }
     Ok(())

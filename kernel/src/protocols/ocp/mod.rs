@@ -13,7 +13,7 @@ use crate::guest_memory;
 use crate::platform::Platform;
 use crate::protocols::{CallContext, Reply};
 use crate::svsm::Svsm;
-use abi::ocp::{BATCH_MAX, ENTRY_SIZE, NAME_OFFSET, call_v2, flags, typed};
+use abi::ocp::{BATCH_MAX, ENTRY_SIZE, NAME_OFFSET, flags, typed};
 use abi::protocol::ocp_call;
 use alloc::vec::Vec;
 use sources::{Setting, SourceKind};
@@ -31,13 +31,13 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
             Ok(n) => Reply::ok().with_r8(n),
             Err(e) => Reply::err(e),
         },
-        call_v2::LIST_TYPED => list(svsm, p, ctx),
-        call_v2::READ_REGISTER => match read_register(svsm, p, ctx) {
+        ocp_call::LIST_TYPED => list(svsm, p, ctx),
+        ocp_call::READ_REGISTER => match read_register(svsm, p, ctx) {
             Ok((value, size)) => Reply::ok().with_rdx(value).with_r8(size),
             Err(e) => Reply::err(e),
         },
-        call_v2::READ_BATCH => read_batch(svsm, p, ctx).into(),
-        call_v2::NOTIFY => notify(svsm, p, ctx).into(),
+        ocp_call::READ_BATCH => read_batch(svsm, p, ctx).into(),
+        ocp_call::NOTIFY => notify(svsm, p, ctx).into(),
         _ => Reply::err(CallError::UnsupportedCall),
     }
 }
@@ -75,7 +75,7 @@ fn list<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> 
                 let mut e = [0u8; ENTRY_SIZE];
                 let flags = if s.writable() { flags::WRITEABLE } else { 0 };
                 e[..4].copy_from_slice(&flags.to_le_bytes());
-                let name_at = if ctx.id.call == call_v2::LIST_TYPED {
+                let name_at = if ctx.id.call == ocp_call::LIST_TYPED {
                     e[typed::TYPE..typed::TYPE + 4].copy_from_slice(&s.type_code().to_le_bytes());
                     e[typed::PROTOCOL..typed::PROTOCOL + 4].copy_from_slice(&s.protocol.to_le_bytes());
                     e[typed::SIZE..typed::SIZE + 4].copy_from_slice(&s.fixed_size().unwrap_or(0).to_le_bytes());
