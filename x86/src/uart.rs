@@ -1,4 +1,5 @@
-//! A 16550 UART at an I/O base (COM1 0x3F8, COM2 0x2F8, COM3 0x3E8), 115200 8N1, polled.
+//! A 16550 UART at an I/O base (COM1 0x3F8, COM2 0x2F8, COM3 0x3E8, COM4 0x2E8), 115200
+//! 8N1, polled.
 
 use crate::port::{inb, outb};
 use core::fmt;
@@ -15,6 +16,7 @@ impl Uart16550 {
     pub const COM1: Self = Self { base: 0x3F8 };
     pub const COM2: Self = Self { base: 0x2F8 };
     pub const COM3: Self = Self { base: 0x3E8 };
+    pub const COM4: Self = Self { base: 0x2E8 };
 
     pub fn init(self) {
         outb(self.base + 1, 0x00); // no interrupts
@@ -30,6 +32,15 @@ impl Uart16550 {
     pub fn put(self, byte: u8) {
         while inb(self.base + 5) & LSR_THR_EMPTY == 0 {}
         outb(self.base, byte);
+    }
+
+    /// Is a UART there? (Its scratch register keeps what is written; without a device the
+    /// port reads as all ones.)
+    pub fn present(self) -> bool {
+        [0x5A, 0xA5].iter().all(|v| {
+            outb(self.base + 7, *v);
+            inb(self.base + 7) == *v
+        })
     }
 
     /// The next received byte, if one is waiting.

@@ -12,6 +12,7 @@
 //! working directory. Progress lines (`==> step`) go to stderr so that the
 //! stdout of `cargo xtask run --json` stays machine-readable.
 
+mod agent;
 mod evidence;
 mod qemu;
 mod rsp;
@@ -38,7 +39,7 @@ commands:
                                      needs the nightly toolchain, installs cargo-fuzz if missing
   bench                              the pvalidate and OCP log-read benchmarks of the model, then the
                                      svm call round trip over 5 QEMU boots (target/bench/*.json)
-  boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb]
+  boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
                                      --crash checks that a fault is reported and stops the SVSM cleanly;
@@ -47,7 +48,10 @@ commands:
                                      --gdb builds the SVSM with its own GDB stub, which stops at boot
                                      and waits for GDB on 127.0.0.1:1234 (works on SNP too);
                                      --gdb-check has a scripted client check that stub;
-                                     --qemu-gdb uses QEMU's stub instead (paused before the SVSM runs)
+                                     --qemu-gdb uses QEMU's stub instead (paused before the SVSM runs);
+                                     --agent PORT: after its checks the guest serves host tools
+                                     (bulwark ocp ... --qemu 127.0.0.1:PORT) until they send quit;
+                                     --agent-check runs bulwark ocp through that path
   help                               show this text
 ";
 
@@ -143,6 +147,7 @@ fn test(args: &[String]) -> Result {
     boot(&["--crash".to_string(), "ud".to_string()])?;
     boot(&["--crash", "panic", "--console", "log"].map(String::from))?;
     boot(&["--gdb-check".to_string()])?;
+    boot(&["--agent-check".to_string()])?;
 
     if env::var_os("BULWARK_SKIP_FUZZ").is_some() {
         step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
@@ -249,6 +254,16 @@ fn verify_guest_evidence(guest_lines: &[String]) -> Result {
     Ok(())
 }
 
+/// Whether `boot` connects the guest's host-agent port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AgentMode {
+    None,
+    /// For a person's host tools, on this port.
+    Serve(u16),
+    /// A scripted run of `bulwark ocp` against the guest.
+    Check,
+}
+
 /// Which GDB stub `boot` offers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Gdb {
@@ -287,8 +302,9 @@ fn svm_call_bench() -> Result {
         append: None,
         smp: 2,
         debug: qemu::Debug::None,
+        agent: None,
         fw_cfg: issuing_kit()?,
-        notify: None,
+        notify: Vec::new(),
         limit: std::time::Duration::from_secs(120),
     };
     let (mut runs, mut region) = (Vec::new(), None);
@@ -339,15 +355,23 @@ fn svm_call_bench() -> Result {
 /// reports the fault with a symbolized backtrace and stops with a failure status.
 fn boot(args: &[String]) -> Result {
     let usage = || {
-        format!("usage: cargo xtask boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb]\n\n{USAGE}")
+        format!(
+            "usage: cargo xtask boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]\n\n{USAGE}"
+        )
     };
     let (mut crash, mut gdb, mut log_only) = (None, Gdb::None, false);
+    let mut agent_mode = AgentMode::None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--gdb" => gdb = Gdb::Svsm,
             "--gdb-check" => gdb = Gdb::SvsmCheck,
             "--qemu-gdb" => gdb = Gdb::Qemu,
+            "--agent" => match it.next().and_then(|p| p.parse().ok()) {
+                Some(port) => agent_mode = AgentMode::Serve(port),
+                None => return Err(usage()),
+            },
+            "--agent-check" => agent_mode = AgentMode::Check,
             "--console" => match it.next().map(String::as_str) {
                 Some("log") => log_only = true,
                 Some("serial") => log_only = false,
@@ -388,19 +412,50 @@ fn boot(args: &[String]) -> Result {
         }
         Gdb::SvsmCheck => qemu::Debug::Svsm { port: free_port()? },
     };
+    let agent = match agent_mode {
+        AgentMode::None => None,
+        AgentMode::Serve(port) => {
+            step(&format!(
+                "after its checks the guest serves host tools on 127.0.0.1:{port}: cargo run -p bulwark -- ocp list --qemu 127.0.0.1:{port}"
+            ));
+            Some(port)
+        }
+        AgentMode::Check => {
+            // The scripted check runs the real CLI: build it first.
+            exec("cargo build -p bulwark", cargo()?.args(["build", "-p", "bulwark"]))?;
+            Some(free_port()?)
+        }
+    };
     let (ready, stub_ready) = std::sync::mpsc::channel();
+    let (agent_ready, agent_up) = std::sync::mpsc::channel();
     let run = qemu::Run {
         svsm: &image,
         guest: Some(&guest),
         append: append.as_deref(),
         smp: 2,
         debug,
+        agent,
         fw_cfg: issuing_kit()?,
         // The scripted client starts talking once the stub listens (COM3's set-up clears
         // its receive FIFO).
-        notify: Some(("gdb: stopped; waiting for GDB", ready)),
-        // A debugging session takes as long as the person at GDB needs.
-        limit: std::time::Duration::from_secs(if matches!(gdb, Gdb::Svsm | Gdb::Qemu) { 24 * 3600 } else { 120 }),
+        notify: vec![("gdb: stopped; waiting for GDB", ready), ("agent: serving host requests", agent_ready)],
+        // A debugging session, or host tools at work, take as long as the person needs.
+        limit: std::time::Duration::from_secs(
+            if matches!(gdb, Gdb::Svsm | Gdb::Qemu) || matches!(agent_mode, AgentMode::Serve(_)) {
+                24 * 3600
+            } else {
+                120
+            },
+        ),
+    };
+    let agent_checker = match (agent_mode, agent) {
+        (AgentMode::Check, Some(port)) => Some(std::thread::spawn(move || {
+            agent_up
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .map_err(|_| "the guest never served its agent")?;
+            agent::check(port)
+        })),
+        _ => None,
     };
     // The automated check plays GDB from a thread while QEMU runs.
     let checker = match debug {
@@ -416,6 +471,10 @@ fn boot(args: &[String]) -> Result {
     if let Some(checker) = checker {
         let seen = checker.join().map_err(|_| "the GDB check panicked")??;
         step(&format!("the SVSM's GDB stub answered like GDB expects: {seen}"));
+    }
+    if let Some(checker) = agent_checker {
+        let seen = checker.join().map_err(|_| "the agent check panicked")??;
+        step(&format!("bulwark ocp reached the SVSM in QEMU through the guest: {seen}"));
     }
     match (boot.outcome, crash) {
         (qemu::Outcome::Success, None) => {

@@ -61,10 +61,12 @@ pub struct Run<'a> {
     pub append: Option<&'a str>,
     pub smp: u32,
     pub debug: Debug,
+    /// Connect the guest's COM4 (its host-agent channel) to this TCP port of 127.0.0.1.
+    pub agent: Option<u16>,
     /// Files handed to the SVSM through QEMU's fw_cfg: (name, path).
     pub fw_cfg: Vec<(&'static str, std::path::PathBuf)>,
-    /// Told once when the SVSM prints a line starting with this text.
-    pub notify: Option<(&'a str, mpsc::Sender<()>)>,
+    /// Each told when the SVSM or the guest prints a line starting with its text.
+    pub notify: Vec<(&'a str, mpsc::Sender<()>)>,
     pub limit: Duration,
 }
 
@@ -125,11 +127,21 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", guest_log.display()))
-        .args(match run.debug {
-            // The third serial port is the SVSM's COM3.
-            Debug::Svsm { port } => vec!["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")],
+        .args(match (run.debug, run.agent) {
+            // The third serial port is the SVSM's COM3 (its GDB stub), the fourth the
+            // guest's COM4 (the host agent): COM3 must exist for COM4 to.
+            (Debug::Svsm { port }, _) => {
+                vec!["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")]
+            }
+            (_, Some(_)) => vec!["-serial".to_string(), "null".to_string()],
             _ => vec![],
         })
+        .args(
+            run.agent
+                .map(|port| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")])
+                .into_iter()
+                .flatten(),
+        )
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-kernel")
         .arg(run.svsm)
@@ -169,13 +181,19 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let status = loop {
         while let Ok(line) = rx.try_recv() {
             record(&mut boot, line, started);
-            if let (Some((prefix, tell)), Some(last)) = (&run.notify, boot.lines.last())
-                && last.starts_with(prefix)
-            {
+            if let Some(last) = boot.lines.last() {
+                for (_, tell) in run.notify.iter().filter(|(p, _)| last.starts_with(p)) {
+                    let _ = tell.send(());
+                }
+            }
+        }
+        let seen = boot.guest_lines.len();
+        console.poll(&mut boot);
+        for (prefix, tell) in &run.notify {
+            if boot.guest_lines[seen..].iter().any(|l| l.starts_with(prefix)) {
                 let _ = tell.send(());
             }
         }
-        console.poll(&mut boot);
         if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
             break status;
         }

@@ -10,9 +10,9 @@ use conformance::{CASES, CaseError, Env, Facts, HostControl, Verdict};
 use guest::{Client, GuestFault, Regs, Transport};
 
 const SECRETS: u64 = 0x8000;
-const STARTUP_CA: u64 = 0x9000;
+pub const STARTUP_CA: u64 = 0x9000;
 const STARTUP_VMSA: u64 = 0xA000;
-const SCRATCH: u64 = 0x0400_0000;
+pub const SCRATCH: u64 = 0x0400_0000;
 const SCRATCH_PAGES: u64 = 256;
 const FREE_SMALL: u64 = 0x0600_0000;
 const FREE_SMALL_PAGES: u64 = 1024;
@@ -184,6 +184,11 @@ pub fn run(calling_area: u64) -> (u32, u32, u32) {
                 println!("RESULT {} fail {why}", case.name);
             }
         }
+    }
+    // Leave things as the cases found them: the calling area back at its launch place,
+    // scratch memory validated (the host agent uses both).
+    if let Err(e) = reset(&mut env) {
+        println!("suite: could not reset after the last case: {e:?}");
     }
     (passed, failed, skipped)
 }

@@ -1,6 +1,7 @@
-//! `bulwark ocp list|read|write`: the Observability and Configuration Protocol against the
-//! SVSM on the SEV-SNP model, through the guest calling convention (each command launches
-//! a fresh model guest; the QEMU run's guest prints the same sources itself).
+//! `bulwark ocp list|read|write`: the Observability and Configuration Protocol, through
+//! the guest calling convention, against the SVSM on the SEV-SNP model (each command
+//! launches a fresh model guest), or with `--qemu HOST:PORT` against the SVSM in a QEMU run
+//! through its guest's host agent (`cargo xtask boot --agent PORT`).
 //!
 //! Exit status: 0 on success, 1 when the SVSM refuses, 2 on a usage error.
 
@@ -11,15 +12,86 @@ use model::conformance_env::ModelEnv;
 use serde_json::json;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: bulwark ocp list [--json]
-       bulwark ocp read NAME [--json]
-       bulwark ocp write NAME VALUE [--json]
+const USAGE: &str = "usage: bulwark ocp list [--json] [--qemu HOST:PORT]
+       bulwark ocp read NAME [--json] [--qemu HOST:PORT]
+       bulwark ocp write NAME VALUE [--json] [--qemu HOST:PORT]
+
+  --qemu HOST:PORT  the SVSM of a QEMU run (`cargo xtask boot --agent PORT`), reached
+               through its guest; without it, a fresh SVSM on the model
 
   list         every source: index, name, whether it is writeable
   read NAME    a source's value (numbers for memory.*, calls.*, errors.*; text otherwise;
                the whole log for `log`)
   write NAME VALUE
                write a setting (e.g. `config.log_level debug`), then read it back";
+
+/// Where the protocol's calls go.
+trait Port {
+    fn entries(&mut self) -> Result<Vec<SourceEntry>, String>;
+    /// The whole source.
+    fn read(&mut self, index: u32) -> Result<Vec<u8>, String>;
+    /// Returns the bytes taken.
+    fn write(&mut self, index: u32, data: &[u8]) -> Result<u32, String>;
+
+    fn index(&mut self, name: &str) -> Result<u32, String> {
+        let all = self.entries()?;
+        all.iter().position(|e| e.name() == Some(name)).map(|i| i as u32).ok_or_else(|| {
+            let names: Vec<&str> = all.iter().filter_map(|e| e.name()).collect();
+            format!("no source `{name}` (sources: {})", names.join(", "))
+        })
+    }
+}
+
+/// A QEMU run's SVSM, through its guest's agent (one request line, one answer line).
+struct Agent {
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Agent {
+    fn connect(at: &str) -> Result<Self, String> {
+        let stream = std::net::TcpStream::connect(at).map_err(|e| format!("no guest agent at {at}: {e}"))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        Ok(Self { stream: std::io::BufReader::new(stream) })
+    }
+
+    fn ask(&mut self, request: &str) -> Result<Vec<u8>, String> {
+        use std::io::{BufRead, Write};
+        self.stream.get_mut().write_all(format!("{request}\n").as_bytes()).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).map_err(|e| format!("reading the agent's answer: {e}"))?;
+        let line = line.trim_end();
+        match line.split_once(' ') {
+            Some(("OK", hex)) => (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| format!("the agent answered bad hex: {line}")),
+            Some(("ERR", why)) => Err(why.to_string()),
+            _ => Err(format!("the agent answered `{line}`")),
+        }
+    }
+}
+
+impl Port for Agent {
+    fn entries(&mut self) -> Result<Vec<SourceEntry>, String> {
+        let bytes = self.ask("list")?;
+        Ok(bytes
+            .chunks_exact(abi::ocp::ENTRY_SIZE)
+            .filter_map(|e| <&[u8; abi::ocp::ENTRY_SIZE]>::try_from(e).ok())
+            .map(SourceEntry::decode)
+            .collect())
+    }
+
+    fn read(&mut self, index: u32) -> Result<Vec<u8>, String> {
+        self.ask(&format!("read {index}"))
+    }
+
+    fn write(&mut self, index: u32, data: &[u8]) -> Result<u32, String> {
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        let n = self.ask(&format!("write {index} {hex}"))?;
+        <[u8; 4]>::try_from(n.as_slice()).map(u32::from_le_bytes).map_err(|_| "the agent's count is not 4 bytes".into())
+    }
+}
 
 /// A model guest with a buffer for the protocol's data.
 struct Session {
@@ -41,8 +113,10 @@ impl Session {
         let ca = self.env.calling_area();
         Client::new(&mut self.env, ca)
     }
+}
 
-    fn list(&mut self) -> Result<Vec<SourceEntry>, String> {
+impl Port for Session {
+    fn entries(&mut self) -> Result<Vec<SourceEntry>, String> {
         let buffer = self.buffer;
         let count = self.client().ocp_list(0, buffer, 64).map_err(|e| format!("SVSM_OCP_LIST: {e:?}"))?;
         let mut out = Vec::new();
@@ -52,14 +126,6 @@ impl Session {
             out.push(SourceEntry::decode(&e));
         }
         Ok(out)
-    }
-
-    fn index(&mut self, name: &str) -> Result<u32, String> {
-        let all = self.list()?;
-        all.iter().position(|e| e.name() == Some(name)).map(|i| i as u32).ok_or_else(|| {
-            let names: Vec<&str> = all.iter().filter_map(|e| e.name()).collect();
-            format!("no source `{name}` (sources: {})", names.join(", "))
-        })
     }
 
     /// The whole source, read a chunk at a time from offset 0.
@@ -80,6 +146,12 @@ impl Session {
             }
         }
     }
+
+    fn write(&mut self, index: u32, data: &[u8]) -> Result<u32, String> {
+        let buffer = self.buffer;
+        self.env.write(buffer, data).map_err(|e| format!("{e:?}"))?;
+        self.client().ocp_write(index, buffer, data.len() as u32).map_err(|e| format!("{e:?}"))
+    }
 }
 
 fn value_json(name: &str, data: &[u8]) -> serde_json::Value {
@@ -97,12 +169,36 @@ fn value_text(name: &str, data: &[u8]) -> String {
 }
 
 pub fn main(args: &[String]) -> ExitCode {
-    let json = args.iter().any(|a| a == "--json");
-    let words: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--json").collect();
+    let (mut json, mut qemu, mut words) = (false, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--qemu" => match it.next() {
+                Some(at) => qemu = Some(at.as_str()),
+                None => {
+                    eprintln!("bulwark ocp: --qemu needs HOST:PORT\n\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            word => words.push(word),
+        }
+    }
+    let port: Result<Box<dyn Port>, String> = match qemu {
+        None => Ok(Box::new(Session::new())),
+        Some(at) => Agent::connect(at).map(|a| Box::new(a) as Box<dyn Port>),
+    };
+    let mut port = match port {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bulwark ocp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match words.as_slice() {
-        ["list"] => list(json),
-        ["read", name] => read(name, json),
-        ["write", name, value] => write(name, value, json),
+        ["list"] => list(port.as_mut(), json),
+        ["read", name] => read(port.as_mut(), name, json),
+        ["write", name, value] => write(port.as_mut(), name, value, json),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -124,8 +220,8 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn list(json: bool) -> Result<String, String> {
-    let entries = Session::new().list()?;
+fn list(port: &mut dyn Port, json: bool) -> Result<String, String> {
+    let entries = port.entries()?;
     if json {
         let v: Vec<_> = entries
             .iter()
@@ -145,10 +241,9 @@ fn list(json: bool) -> Result<String, String> {
     Ok(out.trim_end().to_string())
 }
 
-fn read(name: &str, json: bool) -> Result<String, String> {
-    let mut s = Session::new();
-    let index = s.index(name)?;
-    let data = s.read(index)?;
+fn read(port: &mut dyn Port, name: &str, json: bool) -> Result<String, String> {
+    let index = port.index(name)?;
+    let data = port.read(index)?;
     if json {
         let v = json!({"index": index, "name": name, "bytes": data.len(), "value": value_json(name, &data)});
         return serde_json::to_string_pretty(&v).map_err(|e| e.to_string());
@@ -156,16 +251,11 @@ fn read(name: &str, json: bool) -> Result<String, String> {
     Ok(value_text(name, &data))
 }
 
-fn write(name: &str, value: &str, json: bool) -> Result<String, String> {
-    let mut s = Session::new();
-    let index = s.index(name)?;
-    let buffer = s.buffer;
-    s.env.write(buffer, value.as_bytes()).map_err(|e| format!("{e:?}"))?;
-    let taken = s
-        .client()
-        .ocp_write(index, buffer, value.len() as u32)
-        .map_err(|e| format!("SVSM_OCP_WRITE refused `{value}` for {name}: {e:?}"))?;
-    let now = s.read(index)?;
+fn write(port: &mut dyn Port, name: &str, value: &str, json: bool) -> Result<String, String> {
+    let index = port.index(name)?;
+    let taken =
+        port.write(index, value.as_bytes()).map_err(|e| format!("SVSM_OCP_WRITE refused `{value}` for {name}: {e}"))?;
+    let now = port.read(index)?;
     if json {
         let v = json!({"index": index, "name": name, "written": taken, "value": value_json(name, &now)});
         return serde_json::to_string_pretty(&v).map_err(|e| e.to_string());
@@ -179,15 +269,21 @@ mod tests {
 
     #[test]
     fn list_read_and_write_answer_like_the_sources_are() {
-        let listing = list(false).unwrap();
+        let mut s = Session::new();
+        let listing = list(&mut s, false).unwrap();
         assert!(listing.contains("config.log_level") && listing.contains("yes"), "{listing}");
-        assert_eq!(read("build.platform", false).unwrap(), "model");
-        let total: serde_json::Value = serde_json::from_str(&read("memory.svsm_pages_total", true).unwrap()).unwrap();
+        assert_eq!(read(&mut s, "build.platform", false).unwrap(), "model");
+        let total: serde_json::Value =
+            serde_json::from_str(&read(&mut s, "memory.svsm_pages_total", true).unwrap()).unwrap();
         assert!(total["value"].as_u64().is_some_and(|n| n > 0), "{total}");
-        assert_eq!(write("config.log_level", "debug", false).unwrap(), "config.log_level = debug (5 bytes written)");
-        assert!(write("config.log_level", "loud", false).is_err());
-        assert!(write("build.version", "2", false).is_err());
-        assert!(read("no.such.source", false).unwrap_err().contains("no source"));
+        assert_eq!(
+            write(&mut s, "config.log_level", "debug", false).unwrap(),
+            "config.log_level = debug (5 bytes written)"
+        );
+        assert!(write(&mut s, "config.log_level", "loud", false).is_err());
+        assert!(write(&mut s, "build.version", "2", false).is_err());
+        assert!(read(&mut s, "no.such.source", false).unwrap_err().contains("no source"));
         assert_eq!(main(&["frobnicate".into()]), ExitCode::from(2));
+        assert_eq!(main(&["list".into(), "--qemu".into()]), ExitCode::from(2));
     }
 }

@@ -93,8 +93,9 @@ pub struct PermissionMaps {
     io: Page,
 }
 
-/// Ports the guest may use directly: its serial port (COM2) and QEMU's debug-exit device.
-const GUEST_PORTS: [core::ops::RangeInclusive<u16>; 2] = [0x2F8..=0x2FF, 0xF4..=0xF7];
+/// Ports the guest may use directly: its serial ports (COM2 console, COM4 the host
+/// agent's channel) and QEMU's debug-exit device.
+const GUEST_PORTS: [core::ops::RangeInclusive<u16>; 3] = [0x2F8..=0x2FF, 0x2E8..=0x2EF, 0xF4..=0xF7];
 
 impl PermissionMaps {
     pub fn new() -> Option<Self> {

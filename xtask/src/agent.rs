@@ -1,0 +1,53 @@
+//! The scripted check of the guest's host agent: the real `bulwark ocp` commands, run
+//! against the SVSM in QEMU through the guest (host tool -> guest COM4 -> VMMCALL), then
+//! `quit` so the guest finishes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+fn bulwark(args: &[&str]) -> Result<String, String> {
+    let exe = super::target_dir()?.join("debug/bulwark");
+    let out = Command::new(&exe).args(args).output().map_err(|e| format!("{}: {e}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("bulwark {}: {}{}", args.join(" "), text, String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(text)
+}
+
+/// Run the commands a user would, check what they print, then release the guest.
+pub fn check(port: u16) -> Result<String, String> {
+    let at = format!("127.0.0.1:{port}");
+    let result = (|| {
+        let listing = bulwark(&["ocp", "list", "--qemu", &at])?;
+        if !listing.contains("config.log_level") || !listing.contains("log") {
+            return Err(format!("bulwark ocp list printed:\n{listing}"));
+        }
+        let platform = bulwark(&["ocp", "read", "build.platform", "--qemu", &at])?;
+        if platform.trim() != "svm" {
+            return Err(format!("build.platform read `{}`", platform.trim()));
+        }
+        let written = bulwark(&["ocp", "write", "config.log_level", "debug", "--qemu", &at, "--json"])?;
+        if !written.contains("\"debug") {
+            return Err(format!("writing the log level printed:\n{written}"));
+        }
+        let log = bulwark(&["ocp", "read", "log", "--qemu", &at])?;
+        if !log.starts_with("bulwark-svsm") {
+            return Err(format!("the log does not start with the SVSM's banner: {}", log.lines().next().unwrap_or("")));
+        }
+        if bulwark(&["ocp", "write", "build.version", "9", "--qemu", &at]).is_ok() {
+            return Err("writing build.version was accepted".into());
+        }
+        Ok(format!("list, read (build.platform = svm, {} bytes of log), write (log level), refused write", log.len()))
+    })();
+    // Whatever happened, let the guest finish its run.
+    let quit = TcpStream::connect(&at).and_then(|mut s| {
+        s.write_all(b"quit\n")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).map(|_| ())
+    });
+    let seen = result?;
+    quit.map_err(|e| format!("sending quit to the guest: {e}"))?;
+    Ok(seen)
+}
