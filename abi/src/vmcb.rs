@@ -48,13 +48,16 @@ pub mod event {
     pub const ERROR_CODE_VALID: u64 = 1 << 11;
     pub const VALID: u64 = 1 << 31;
     pub const GP: u64 = 13;
+    pub const UD: u64 = 6;
 }
 
 /// Intercept bits of INTERCEPT_MISC1.
 pub mod misc1 {
     pub const NMI: u32 = 1 << 1;
     pub const CPUID: u32 = 1 << 18;
+    pub const INVD: u32 = 1 << 22;
     pub const HLT: u32 = 1 << 24;
+    pub const INVLPGA: u32 = 1 << 26;
     pub const IOIO_PROT: u32 = 1 << 27;
     pub const MSR_PROT: u32 = 1 << 28;
     pub const SHUTDOWN: u32 = 1 << 31;
@@ -64,17 +67,30 @@ pub mod misc1 {
 pub mod misc2 {
     pub const VMRUN: u32 = 1 << 0;
     pub const VMMCALL: u32 = 1 << 1;
+    pub const VMLOAD: u32 = 1 << 2;
+    pub const VMSAVE: u32 = 1 << 3;
+    pub const STGI: u32 = 1 << 4;
+    pub const CLGI: u32 = 1 << 5;
+    pub const SKINIT: u32 = 1 << 6;
 }
 
 /// Exit codes the SVSM handles.
 pub mod exit {
     pub const NMI: u64 = 0x61;
     pub const CPUID: u64 = 0x72;
+    pub const INVD: u64 = 0x76;
+    pub const INVLPGA: u64 = 0x7A;
     pub const HLT: u64 = 0x78;
     pub const SHUTDOWN: u64 = 0x7F;
     pub const IOIO: u64 = 0x7B;
     pub const MSR: u64 = 0x7C;
+    pub const VMRUN: u64 = 0x80;
     pub const VMMCALL: u64 = 0x81;
+    pub const VMLOAD: u64 = 0x82;
+    pub const VMSAVE: u64 = 0x83;
+    pub const STGI: u64 = 0x84;
+    pub const CLGI: u64 = 0x85;
+    pub const SKINIT: u64 = 0x86;
     pub const NPF: u64 = 0x400;
     pub const INVALID: u64 = u64::MAX;
 }

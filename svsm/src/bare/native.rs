@@ -11,6 +11,8 @@
 //! - I/O to a port other than the guest's own (COM2, debug-exit): refused with #GP.
 //! - Nested page fault: the guest touched memory it has not validated, or SVSM memory.
 //!   Refused: logged, and the guest gets #GP; the SVSM keeps serving.
+//! - VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, INVD: refused with #UD (the
+//!   guest runs no VMs of its own and cannot clear GIF).
 //! - HLT: a yield; the next runnable vCPU of this CPU gets it (round robin).
 //! - NMI: a kick from another CPU (`svm/kick.rs`): back to the lock, then on.
 //! - SHUTDOWN or a state VMRUN refuses: the startup vCPU ends the run; any other vCPU is
@@ -63,6 +65,17 @@ pub fn publish(shared: Shared) {
 fn inject_gp(v: &mut SvmVcpu) {
     v.vmcb.set_u64(offset::EVENT_INJ, event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID);
 }
+
+/// #UD: the instruction does not exist for the guest (SVM instructions, INVD).
+fn inject_ud(v: &mut SvmVcpu) {
+    v.vmcb.set_u64(offset::EVENT_INJ, event::UD | event::TYPE_EXCEPTION | event::VALID);
+}
+
+/// Instructions the guest may not execute: all of SVM's, and INVD (it would throw away
+/// dirty cache lines of memory that is not the guest's).
+/// (VMMCALL is the call gate and handled on its own.)
+const REFUSED_INSTRUCTIONS: [u64; 8] =
+    [exit::VMRUN, exit::VMLOAD, exit::VMSAVE, exit::STGI, exit::CLGI, exit::SKINIT, exit::INVLPGA, exit::INVD];
 
 /// A vCPU taken out to run on this CPU.
 struct Taken {
@@ -134,6 +147,7 @@ fn run_until_shared(t: &mut Taken, cpu: u32, host_state_pa: u64) -> Option<Exit>
             // A kick: the next `run` sees it and calls the vCPU back.
             exit::NMI => {}
             exit::HLT if t.alone && VCPUS_CHANGED.load(Ordering::SeqCst) == t.generation => v.skip(1),
+            code if REFUSED_INSTRUCTIONS.contains(&code) => inject_ud(v),
             _ => return Some(e),
         }
     }
@@ -211,9 +225,19 @@ fn handle_exit(s: &mut Shared, index: u32, cpu: u32, e: Exit) -> Result<bool, En
             v.stopped = true;
             return Ok(false);
         }
+        code if REFUSED_INSTRUCTIONS.contains(&code) => inject_ud(v),
         other => {
-            crate::println!("svm: unexpected exit {other:#x} (info1 {:#x}, info2 {:#x})", e.info1, e.info2);
-            return Err(End::Broken("unexpected #VMEXIT"));
+            // An exit the SVSM never asked for: the vCPU cannot go on, the others can.
+            crate::println!(
+                "svm: vCPU {index}: unexpected exit {other:#x} (info1 {:#x}, info2 {:#x})",
+                e.info1,
+                e.info2
+            );
+            if index == VcpuIndex::STARTUP.0 {
+                return Err(End::Broken("unexpected #VMEXIT of the startup vCPU"));
+            }
+            v.stopped = true;
+            return Ok(false);
         }
     }
     Ok(true)

@@ -110,6 +110,13 @@ pub fn run_all() -> (bool, u64) {
         own == Err(guest::CallError::Failed(ResultCode::ERR_INVALID_ADDRESS)),
         format_args!("{own:?}"),
     );
+    // SVM instructions are not the guest's: each raises #UD and the SVSM serves on.
+    use probe::SvmInstruction::*;
+    let allowed: alloc::vec::Vec<_> = [Vmrun, Vmload, Vmsave, Stgi, Clgi, Skinit, Invlpga]
+        .into_iter()
+        .filter(|i| !probe::svm_instruction_refused(*i))
+        .collect();
+    r.check("3/svm-instructions-refused", allowed.is_empty(), format_args!("not refused: {allowed:?}"));
     let still = c.query_protocol(ProtocolId::CORE, 1);
     r.check("5/serving-after-refusals", still == Ok(Some((1, 1))), format_args!("{still:?}"));
 

@@ -7,6 +7,8 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// The vector the armed probe expects (#GP for refused accesses, #UD for instructions).
+static EXPECTED: AtomicU64 = AtomicU64::new(13);
 static FAULTED: AtomicBool = AtomicBool::new(false);
 /// Length of the armed probe instruction, skipped when it faults.
 static PROBE_LEN: AtomicU64 = AtomicU64::new(0);
@@ -53,7 +55,7 @@ struct Frame {
 }
 
 extern "C" fn handler(frame: &mut Frame) {
-    if frame.vector == 13 && ARMED.swap(false, Ordering::SeqCst) {
+    if frame.vector == EXPECTED.load(Ordering::SeqCst) && ARMED.swap(false, Ordering::SeqCst) {
         FAULTED.store(true, Ordering::SeqCst);
         frame.rip += PROBE_LEN.load(Ordering::SeqCst);
         return;
@@ -63,6 +65,11 @@ extern "C" fn handler(frame: &mut Frame) {
 }
 
 fn arm(len: u64) {
+    arm_for(13, len);
+}
+
+fn arm_for(vector: u64, len: u64) {
+    EXPECTED.store(vector, Ordering::SeqCst);
     FAULTED.store(false, Ordering::SeqCst);
     PROBE_LEN.store(len, Ordering::SeqCst);
     ARMED.store(true, Ordering::SeqCst);
@@ -85,6 +92,41 @@ pub fn port_readable(port: u16) -> bool {
     unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") _, options(nomem, nostack)) };
     ARMED.store(false, Ordering::SeqCst);
     !FAULTED.load(Ordering::SeqCst)
+}
+
+/// SVM instructions a guest might try (all three bytes long: 0F 01 D8..DF).
+#[derive(Clone, Copy, Debug)]
+pub enum SvmInstruction {
+    Vmrun,
+    Vmload,
+    Vmsave,
+    Stgi,
+    Clgi,
+    Skinit,
+    Invlpga,
+}
+
+/// Did executing `which` raise #UD (refused) rather than run?
+pub fn svm_instruction_refused(which: SvmInstruction) -> bool {
+    arm_for(6, 3);
+    // SAFETY: each is one 3-byte instruction whose #UD the armed handler absorbs; RAX
+    // (the VMCB address for the VM* ones) is 0 and nothing runs if it is refused. They
+    // are declared to clobber memory (not `nomem`) in case one were not refused.
+    unsafe {
+        match which {
+            SvmInstruction::Vmrun => core::arch::asm!("vmrun rax", in("rax") 0u64, options(nostack)),
+            SvmInstruction::Vmload => core::arch::asm!("vmload rax", in("rax") 0u64, options(nostack)),
+            SvmInstruction::Vmsave => core::arch::asm!("vmsave rax", in("rax") 0u64, options(nostack)),
+            SvmInstruction::Stgi => core::arch::asm!("stgi", options(nostack)),
+            SvmInstruction::Clgi => core::arch::asm!("clgi", options(nostack)),
+            SvmInstruction::Skinit => core::arch::asm!("skinit eax", in("eax") 0u32, options(nostack)),
+            SvmInstruction::Invlpga => {
+                core::arch::asm!("invlpga rax, ecx", in("rax") 0u64, in("ecx") 0u32, options(nostack))
+            }
+        }
+    }
+    ARMED.store(false, Ordering::SeqCst);
+    FAULTED.load(Ordering::SeqCst)
 }
 
 struct Idt(UnsafeCell<[u64; 64]>);

@@ -38,9 +38,21 @@ const SAVE_AREA: usize = 0x298;
 fn controls(vmcb: &mut Vmcb, npt: &NestedPageTable, maps: &PermissionMaps) {
     vmcb.set_u32(
         offset::INTERCEPT_MISC1,
-        misc1::NMI | misc1::CPUID | misc1::HLT | misc1::SHUTDOWN | misc1::MSR_PROT | misc1::IOIO_PROT,
+        misc1::NMI
+            | misc1::CPUID
+            | misc1::INVD
+            | misc1::HLT
+            | misc1::INVLPGA
+            | misc1::SHUTDOWN
+            | misc1::MSR_PROT
+            | misc1::IOIO_PROT,
     );
-    vmcb.set_u32(offset::INTERCEPT_MISC2, misc2::VMRUN | misc2::VMMCALL);
+    // Every SVM instruction exits: the guest must not run VMs of its own, nor clear GIF
+    // (which would hold the NMI that makes its CPU leave the guest for a kick).
+    vmcb.set_u32(
+        offset::INTERCEPT_MISC2,
+        misc2::VMRUN | misc2::VMMCALL | misc2::VMLOAD | misc2::VMSAVE | misc2::STGI | misc2::CLGI | misc2::SKINIT,
+    );
     vmcb.set_u32(offset::GUEST_ASID, 1);
     // Physical interrupts (an SVSM wake-up IPI) stay with the SVSM: the SVSM enters the
     // guest with IF clear, so they wait until it sleeps again.
