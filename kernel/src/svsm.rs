@@ -9,7 +9,7 @@ use crate::addr::{Gpa, PageAddr, PageRange};
 use crate::pages::{LayoutError, PageRole, PageTracker};
 use crate::platform::{MemoryFault, Platform};
 use crate::pool::PagePool;
-use crate::protocols::ocp::sources::Sources;
+use crate::protocols::ocp::sources::{SourceKind, Sources};
 use crate::psp_channel::PspChannel;
 use crate::stats::Stats;
 use crate::vcpu::{Vcpu, VcpuIndex, VcpuRegistry};
@@ -116,6 +116,8 @@ pub struct Svsm {
     pub(crate) psp: PspChannel,
     /// The Observability and Configuration Protocol's sources.
     pub(crate) ocp: Sources,
+    /// The vTPM (protocol 2), once the platform installed one.
+    pub(crate) vtpm: Option<vtpm::Vtpm>,
 }
 
 impl Svsm {
@@ -173,7 +175,25 @@ impl Svsm {
             mem_flag_written: None,
             psp: PspChannel::new(vmpck0),
             ocp: Sources::builtin(P::NAME),
+            vtpm: None,
         })
+    }
+
+    /// Serve protocol 2 with `vtpm` from now on: QUERY_PROTOCOL announces it, its EK
+    /// public area becomes the vTPM entry of the attestation manifest, and its call
+    /// counters become OCP sources.
+    pub fn install_vtpm(&mut self, vtpm: vtpm::Vtpm) {
+        self.vtpm = Some(vtpm);
+        const VTPM: u32 = abi::protocol::ProtocolId::VTPM.0;
+        // Distinct, short, constant names: registering them cannot fail, and a second
+        // install finds them registered already.
+        let _ = self.ocp.register("calls.vtpm", SourceKind::Counter(|s| s.stats.per_protocol[2].calls), VTPM);
+        let _ = self.ocp.register("errors.vtpm", SourceKind::Counter(|s| s.stats.per_protocol[2].errors), VTPM);
+    }
+
+    /// The installed vTPM.
+    pub fn vtpm(&self) -> Option<&vtpm::Vtpm> {
+        self.vtpm.as_ref()
     }
 
     /// VMPCK0 as the launch provided it (all zero without a secrets page).

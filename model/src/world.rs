@@ -48,6 +48,8 @@ pub struct WorldConfig {
     /// vTOM support the platform offers (None: unsupported).
     pub vtom: Option<kernel::platform::VtomLimits>,
     pub log_level: Level,
+    /// Install the vTPM (libtpms) so protocol 2 is served.
+    pub vtpm: bool,
 }
 
 impl Default for WorldConfig {
@@ -61,6 +63,7 @@ impl Default for WorldConfig {
             pages_per_call: 4096,
             vtom: Some(kernel::platform::VtomLimits { align_log2: 21, min: 2 * MIB, max: 1 << 46 }),
             log_level: Level::Info,
+            vtpm: true,
         }
     }
 }
@@ -138,10 +141,16 @@ impl World {
             pages_per_call: config.pages_per_call,
             secrets_page: Some(PageAddr::from_pfn(SECRETS_GPA >> 12)),
         };
-        let svsm = match Svsm::new(svsm_config, &mut m) {
+        let mut svsm = match Svsm::new(svsm_config, &mut m) {
             Ok(s) => s,
             Err(e) => unreachable!("the model's launch layout is valid: {e:?}"),
         };
+        if config.vtpm {
+            match crate::vtpm_model::vtpm() {
+                Ok(v) => svsm.install_vtpm(v),
+                Err(e) => panic!("the model's vTPM did not start: {e}"),
+            }
+        }
         Self { machine: m, svsm, config, host: Host::default() }
     }
 

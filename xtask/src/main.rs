@@ -14,6 +14,7 @@
 
 mod agent;
 mod evidence;
+mod prereqs;
 mod qemu;
 mod rsp;
 mod symbols;
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
 /// (`bulwark conformance`), then the SVSM booted for real under QEMU serving the test
 /// guest over VMMCALL (`cargo xtask boot`). Fails if either fails.
 fn run(args: &[String]) -> Result<ExitCode> {
+    prereqs::ensure()?;
     let mut cmd = cargo()?;
     cmd.args(["run", "--release", "-p", "bulwark", "--", "conformance"]).args(args);
     step(&format!("cargo run --release -p bulwark -- conformance {}", args.join(" ")));
@@ -104,6 +106,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
 /// `cargo xtask test`: the project's full test command, as run by CI.
 fn test(args: &[String]) -> Result {
     no_args("test", args)?;
+    prereqs::ensure()?;
 
     exec("cargo fmt --all -- --check", cargo()?.args(["fmt", "--all", "--", "--check"]))?;
     exec(
@@ -293,7 +296,7 @@ const SVM_BENCH_GOAL: f64 = 1.3;
 /// The test guest times QUERY_PROTOCOL and the bare gate in every boot (fastest of
 /// interleaved blocks); this boots it a few times and reports the median ratio.
 fn svm_call_bench() -> Result {
-    qemu::ensure_qemu()?;
+    prereqs::ensure()?;
     let image = build_svsm_image(false)?;
     let guest = build_testguest()?;
     let run = qemu::Run {
@@ -541,7 +544,7 @@ fn build_testguest() -> Result<PathBuf> {
 /// Build the bare-metal SVSM and embed its symbol table; returns the image path.
 /// Build the SVSM image (with its own GDB stub if `gdb_stub`) and embed its symbols.
 fn build_svsm_image(gdb_stub: bool) -> Result<PathBuf> {
-    qemu::ensure_qemu()?;
+    prereqs::ensure()?;
     let features: &[&str] = if gdb_stub { &["--features", "gdb"] } else { &[] };
     exec(
         &format!("cargo build --release -p bulwark-svsm --target x86_64-unknown-none {}", features.join(" ")),

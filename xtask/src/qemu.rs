@@ -33,25 +33,6 @@ pub struct Boot {
     pub outcome: Outcome,
 }
 
-/// Make sure `qemu-system-x86_64` is installed (Debian/Ubuntu, as root).
-pub fn ensure_qemu() -> Result<(), String> {
-    if Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
-        return Ok(());
-    }
-    eprintln!("==> installing QEMU (apt-get install qemu-system-x86)");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
-    };
-    let install = ["install", "-y", "-qq", "--no-install-recommends", "qemu-system-x86"];
-    // A fresh machine may have no package lists yet.
-    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
-    if installed {
-        Ok(())
-    } else {
-        Err("qemu-system-x86_64 is missing and `apt-get install qemu-system-x86` failed (are you root?)".into())
-    }
-}
-
 /// Boot `image` under QEMU for at most `limit`; each serial line is echoed as `svsm | ...`.
 /// What to boot: the SVSM image, optionally a guest (a PVH boot module whose COM2 output
 /// is streamed as `guest | ...`), and a kernel command line.

@@ -19,7 +19,7 @@ use crate::svsm::Svsm;
 use abi::PAGE_SIZE;
 use abi::attest::{
     AttestServicesOp, AttestSingleServiceOp, BufferRecord, ManifestEntry, ManifestHeader, REPORT_SIZE,
-    SERVICES_MANIFEST_GUID,
+    SERVICES_MANIFEST_GUID, VTPM_SERVICE_GUID,
 };
 use abi::guid::Guid;
 use abi::protocol::attest_call;
@@ -36,9 +36,9 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
 }
 
 /// The services that contribute to the manifest: (GUID, the service's attestation data).
-/// None yet; the vTPM adds its EK public area here.
-fn services(_svsm: &Svsm) -> Vec<(Guid, Vec<u8>)> {
-    Vec::new()
+/// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC).
+fn services(svsm: &Svsm) -> Vec<(Guid, Vec<u8>)> {
+    svsm.vtpm.iter().map(|v| (VTPM_SERVICE_GUID, v.ek_public().to_vec())).collect()
 }
 
 /// The services manifest (spec table 12): header, entries, then each service's data.

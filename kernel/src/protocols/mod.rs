@@ -7,6 +7,7 @@
 pub mod attest;
 pub mod core;
 pub mod ocp;
+pub mod vtpm;
 
 use crate::error::{CallError, CallResult};
 use crate::platform::Platform;
@@ -90,18 +91,26 @@ pub struct ServedProtocol {
     pub max_version: u32,
 }
 
-/// Every protocol this SVSM serves. A protocol is added here and in [`dispatch`].
+/// Every protocol this SVSM can serve. A protocol is added here and in [`dispatch`]; the
+/// vTPM is served only once one is installed ([`Svsm::install_vtpm`]).
 pub const SERVED: &[ServedProtocol] = &[
     ServedProtocol { id: ProtocolId::CORE, min_version: 1, max_version: abi::protocol::CORE_PROTOCOL_VERSION },
     ServedProtocol { id: ProtocolId::ATTEST, min_version: 1, max_version: 1 },
+    ServedProtocol { id: ProtocolId::VTPM, min_version: 1, max_version: 1 },
     ServedProtocol { id: ProtocolId::OCP, min_version: 1, max_version: 2 },
 ];
+
+/// Is `protocol` served by this SVSM now?
+pub fn serves(svsm: &Svsm, served: &ServedProtocol) -> bool {
+    served.id != ProtocolId::VTPM || svsm.vtpm.is_some()
+}
 
 /// Route a call to its protocol.
 pub fn dispatch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     match ctx.id.protocol {
         ProtocolId::CORE => core::handle(svsm, p, ctx),
         ProtocolId::ATTEST => attest::handle(svsm, p, ctx),
+        ProtocolId::VTPM => vtpm::handle(svsm, p, ctx),
         ProtocolId::OCP => ocp::handle(svsm, p, ctx),
         _ => Reply::err(CallError::UnsupportedProtocol),
     }

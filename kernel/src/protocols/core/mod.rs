@@ -10,7 +10,7 @@ mod pvalidate;
 mod vcpu;
 mod vtom;
 
-use super::{CallContext, Reply, SERVED};
+use super::{CallContext, Reply, SERVED, serves};
 use crate::addr::{Gpa, PageRange};
 use crate::error::{AddressConflict, CallError};
 use crate::pages::PageRole;
@@ -27,7 +27,7 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
         core_call::DELETE_VCPU => vcpu::delete_vcpu(svsm, p, ctx).into(),
         core_call::DEPOSIT_MEM => memory::deposit(svsm, p, ctx),
         core_call::WITHDRAW_MEM => memory::withdraw(svsm, p, ctx),
-        core_call::QUERY_PROTOCOL => query_protocol(ctx),
+        core_call::QUERY_PROTOCOL => query_protocol(svsm, ctx),
         core_call::CONFIGURE_VTOM => vtom::configure_vtom(svsm, p, ctx),
         _ => Reply::err(CallError::UnsupportedCall),
     }
@@ -35,12 +35,12 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
 
 /// Section 6.7: RCX = protocol << 32 | version in; max << 32 | min out, or 0. Always
 /// succeeds and never asks for memory.
-fn query_protocol(ctx: &CallContext) -> Reply {
+fn query_protocol(svsm: &Svsm, ctx: &CallContext) -> Reply {
     let protocol = ProtocolId((ctx.regs.rcx >> 32) as u32);
     let version = ctx.regs.rcx as u32;
     let answer = SERVED
         .iter()
-        .find(|s| s.id == protocol && (s.min_version..=s.max_version).contains(&version))
+        .find(|s| s.id == protocol && (s.min_version..=s.max_version).contains(&version) && serves(svsm, s))
         .map_or(0, |s| query_protocol_result(s.max_version, s.min_version));
     Reply::ok().with_rcx(answer)
 }

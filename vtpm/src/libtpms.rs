@@ -1,0 +1,254 @@
+//! libtpms (TPM 2.0 mode) behind [`TpmEngine`].
+//!
+//! libtpms keeps one TPM in global state, so there is one [`LibTpms`] at a time; opening it
+//! again after it is dropped starts a new, freshly manufactured TPM. Its non-volatile state
+//! lives in memory ([`NV`]) through libtpms' storage callbacks: each SVSM start is a new
+//! TPM until persistent encrypted state exists.
+
+use crate::TpmEngine;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::ffi::{CStr, c_char, c_int};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+type TpmResult = u32;
+const TPM_SUCCESS: TpmResult = 0;
+/// "No such blob": makes libtpms manufacture a new TPM.
+const TPM_RETRY: TpmResult = 0x800;
+const TPM_FAIL: TpmResult = 9;
+const TPMLIB_TPM_VERSION_2: c_int = 1;
+
+#[repr(C)]
+struct Callbacks {
+    size_of_struct: c_int,
+    nvram_init: Option<extern "C" fn() -> TpmResult>,
+    nvram_loaddata: Option<unsafe extern "C" fn(*mut *mut u8, *mut u32, u32, *const c_char) -> TpmResult>,
+    nvram_storedata: Option<unsafe extern "C" fn(*const u8, u32, u32, *const c_char) -> TpmResult>,
+    nvram_deletename: Option<unsafe extern "C" fn(u32, *const c_char, u8) -> TpmResult>,
+    io_init: Option<extern "C" fn() -> TpmResult>,
+    io_getlocality: Option<unsafe extern "C" fn(*mut u32, u32) -> TpmResult>,
+    io_getphysicalpresence: Option<unsafe extern "C" fn(*mut u8, u32) -> TpmResult>,
+}
+
+unsafe extern "C" {
+    fn TPMLIB_ChooseTPMVersion(version: c_int) -> TpmResult;
+    fn TPMLIB_RegisterCallbacks(callbacks: *mut Callbacks) -> TpmResult;
+    fn TPMLIB_SetBufferSize(wanted: u32, min: *mut u32, max: *mut u32) -> u32;
+    fn TPMLIB_MainInit() -> TpmResult;
+    fn TPMLIB_Terminate();
+    fn TPMLIB_Process(
+        response: *mut *mut u8,
+        response_size: *mut u32,
+        response_capacity: *mut u32,
+        command: *mut u8,
+        command_size: u32,
+    ) -> TpmResult;
+    fn TPM_Malloc(buffer: *mut *mut u8, size: u32) -> TpmResult;
+    fn TPM_Free(buffer: *mut u8);
+}
+
+/// Set while a [`LibTpms`] exists.
+static OPEN: AtomicBool = AtomicBool::new(false);
+
+/// The TPM's non-volatile blobs by name ("tpm2-00.permall", ...).
+static NV: spin::Mutex<BTreeMap<Vec<u8>, Vec<u8>>> = spin::Mutex::new(BTreeMap::new());
+
+/// Why libtpms could not be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// Another [`LibTpms`] is open (libtpms has one global TPM).
+    AlreadyOpen,
+    /// A libtpms call failed with this TPM_RESULT.
+    Library { step: &'static str, code: u32 },
+}
+
+/// The libtpms TPM 2.0.
+#[derive(Debug)]
+pub struct LibTpms {
+    /// libtpms' response buffer, grown by libtpms and kept across calls.
+    response: *mut u8,
+    response_capacity: u32,
+    /// Largest command and response libtpms accepts (TPM_PT_MAX_COMMAND_SIZE).
+    buffer_size: u32,
+    /// Reused for the command copy libtpms may write to.
+    command: Vec<u8>,
+}
+
+// SAFETY: the response buffer is owned by this handle alone and libtpms' global state is
+// only touched through the one open handle (`OPEN`), so moving it between threads is sound.
+unsafe impl Send for LibTpms {}
+
+impl LibTpms {
+    /// Start libtpms as a TPM 2.0 with in-memory NV, commands and responses of at most
+    /// `buffer_size` bytes (libtpms may round it into its own limits; see
+    /// [`Self::buffer_size`]). A TPM opened after an earlier one was dropped is new.
+    pub fn open(buffer_size: u32) -> Result<Self, OpenError> {
+        if OPEN.swap(true, Ordering::AcqRel) {
+            return Err(OpenError::AlreadyOpen);
+        }
+        NV.lock().clear();
+        let callbacks = Callbacks {
+            size_of_struct: core::mem::size_of::<Callbacks>() as c_int,
+            nvram_init: Some(nvram_init),
+            nvram_loaddata: Some(nvram_loaddata),
+            nvram_storedata: Some(nvram_storedata),
+            nvram_deletename: Some(nvram_deletename),
+            io_init: Some(io_init),
+            io_getlocality: Some(io_getlocality),
+            io_getphysicalpresence: Some(io_getphysicalpresence),
+        };
+        let check = |step, code| match code {
+            TPM_SUCCESS => Ok(()),
+            code => {
+                OPEN.store(false, Ordering::Release);
+                Err(OpenError::Library { step, code })
+            }
+        };
+        // SAFETY: a plain call; only the one open handle (`OPEN`) drives libtpms.
+        check("TPMLIB_ChooseTPMVersion", unsafe { TPMLIB_ChooseTPMVersion(TPMLIB_TPM_VERSION_2) })?;
+        // SAFETY: as above; libtpms copies the table during the call.
+        check("TPMLIB_RegisterCallbacks", unsafe { TPMLIB_RegisterCallbacks(&raw const callbacks as *mut _) })?;
+        let (mut min, mut max) = (0u32, 0u32);
+        // SAFETY: as above; `min` and `max` are writable. Before MainInit, which sizes the
+        // TPM's buffers from it.
+        let actual = unsafe { TPMLIB_SetBufferSize(buffer_size, &raw mut min, &raw mut max) };
+        // SAFETY: as above.
+        check("TPMLIB_MainInit", unsafe { TPMLIB_MainInit() })?;
+        Ok(Self { response: core::ptr::null_mut(), response_capacity: 0, buffer_size: actual, command: Vec::new() })
+    }
+
+    /// The command and response size limit libtpms settled on.
+    pub fn buffer_size(&self) -> u32 {
+        self.buffer_size
+    }
+}
+
+impl TpmEngine for LibTpms {
+    fn execute(&mut self, command: &[u8]) -> Vec<u8> {
+        let Ok(size) = u32::try_from(command.len()) else {
+            return crate::wire::error_response(crate::wire::TPM_RC_FAILURE);
+        };
+        self.command.clear();
+        self.command.extend_from_slice(command);
+        let mut response_size = 0u32;
+        // SAFETY: `response`/`response_capacity` are libtpms' own buffer (or null and 0),
+        // which it reallocates as needed; the command pointer and size describe our copy.
+        let rc = unsafe {
+            TPMLIB_Process(
+                &mut self.response,
+                &mut response_size,
+                &mut self.response_capacity,
+                self.command.as_mut_ptr(),
+                size,
+            )
+        };
+        if rc != TPM_SUCCESS || self.response.is_null() || response_size > self.response_capacity {
+            return crate::wire::error_response(crate::wire::TPM_RC_FAILURE);
+        }
+        // SAFETY: libtpms wrote `response_size` bytes into its buffer of
+        // `response_capacity` bytes (checked above).
+        unsafe { core::slice::from_raw_parts(self.response, response_size as usize) }.to_vec()
+    }
+}
+
+impl Drop for LibTpms {
+    fn drop(&mut self) {
+        // SAFETY: the buffer came from libtpms' allocator (or is null, which TPM_Free
+        // accepts); terminating ends the one TPM this handle drove.
+        unsafe {
+            TPMLIB_Terminate();
+            TPM_Free(self.response);
+        }
+        NV.lock().clear();
+        OPEN.store(false, Ordering::Release);
+    }
+}
+
+extern "C" fn nvram_init() -> TpmResult {
+    TPM_SUCCESS
+}
+
+extern "C" fn io_init() -> TpmResult {
+    TPM_SUCCESS
+}
+
+/// The blob name libtpms passes: a C string.
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string valid for the call.
+unsafe fn blob_name<'a>(name: *const c_char) -> Option<&'a [u8]> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    Some(unsafe { CStr::from_ptr(name) }.to_bytes())
+}
+
+/// # Safety
+/// libtpms' contract: `data` and `length` are writable, `name` a C string.
+unsafe extern "C" fn nvram_loaddata(data: *mut *mut u8, length: *mut u32, _tpm: u32, name: *const c_char) -> TpmResult {
+    // SAFETY: libtpms' contract.
+    let Some(name) = (unsafe { blob_name(name) }) else { return TPM_FAIL };
+    let nv = NV.lock();
+    let Some(blob) = nv.get(name) else { return TPM_RETRY };
+    let Ok(len) = u32::try_from(blob.len()) else { return TPM_FAIL };
+    let mut buffer = core::ptr::null_mut();
+    // SAFETY: libtpms frees the blob with its own allocator, so it is allocated there;
+    // the copy stays within the `len` bytes just allocated.
+    unsafe {
+        let rc = TPM_Malloc(&mut buffer, len);
+        if rc != TPM_SUCCESS {
+            return rc;
+        }
+        core::ptr::copy_nonoverlapping(blob.as_ptr(), buffer, blob.len());
+        *data = buffer;
+        *length = len;
+    }
+    TPM_SUCCESS
+}
+
+/// # Safety
+/// libtpms' contract: `data` holds `length` bytes, `name` is a C string.
+unsafe extern "C" fn nvram_storedata(data: *const u8, length: u32, _tpm: u32, name: *const c_char) -> TpmResult {
+    // SAFETY: libtpms' contract.
+    let Some(name) = (unsafe { blob_name(name) }) else { return TPM_FAIL };
+    let blob = if length == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: libtpms' contract: `data` holds `length` bytes.
+        unsafe { core::slice::from_raw_parts(data, length as usize) }.to_vec()
+    };
+    NV.lock().insert(name.to_vec(), blob);
+    TPM_SUCCESS
+}
+
+/// # Safety
+/// libtpms' contract: `name` is a C string.
+unsafe extern "C" fn nvram_deletename(_tpm: u32, name: *const c_char, must_exist: u8) -> TpmResult {
+    // SAFETY: libtpms' contract.
+    let Some(name) = (unsafe { blob_name(name) }) else { return TPM_FAIL };
+    match NV.lock().remove(name) {
+        None if must_exist != 0 => TPM_FAIL,
+        _ => TPM_SUCCESS,
+    }
+}
+
+/// Every command runs at locality 0: the protocol accepts no other (docs/protocols/vtpm.md).
+///
+/// # Safety
+/// libtpms' contract: `locality` is writable.
+unsafe extern "C" fn io_getlocality(locality: *mut u32, _tpm: u32) -> TpmResult {
+    // SAFETY: libtpms' contract.
+    unsafe { *locality = 0 };
+    TPM_SUCCESS
+}
+
+/// A guest cannot assert physical presence.
+///
+/// # Safety
+/// libtpms' contract: `present` is writable.
+unsafe extern "C" fn io_getphysicalpresence(present: *mut u8, _tpm: u32) -> TpmResult {
+    // SAFETY: libtpms' contract.
+    unsafe { *present = 0 };
+    TPM_SUCCESS
+}

@@ -1,0 +1,64 @@
+//! libtpms through the engine trait: manufacturing, real commands, malformed input.
+#![cfg(feature = "libtpms")]
+
+use bulwark_vtpm::libtpms::{LibTpms, OpenError};
+use bulwark_vtpm::wire::{self, Command, ResponseHeader};
+use bulwark_vtpm::{TpmEngine, Vtpm};
+use std::sync::Mutex;
+
+/// libtpms is one global TPM: tests in this process take turns.
+static ONE_TPM: Mutex<()> = Mutex::new(());
+
+fn code(response: &[u8]) -> u32 {
+    ResponseHeader::parse(response).expect("a response header").code
+}
+
+#[test]
+fn manufacturing_gives_an_rsa_2048_ek_that_create_primary_reproduces() {
+    let _turn = ONE_TPM.lock().unwrap_or_else(|e| e.into_inner());
+    let tpm = LibTpms::open(4087).expect("libtpms starts");
+    assert!(tpm.buffer_size() <= 4087, "libtpms took {} bytes", tpm.buffer_size());
+    let mut vtpm = Vtpm::manufacture(Box::new(tpm)).expect("manufactured");
+    let ek = vtpm.ek_public().to_vec();
+    // The template with its unique field replaced by the 256-byte modulus.
+    let template = bulwark_vtpm::ek_template();
+    assert_eq!(ek.len(), template.len());
+    assert_eq!(ek[..template.len() - 256], template[..template.len() - 256]);
+    assert_ne!(ek[template.len() - 256..], [0u8; 256]);
+
+    // A second CreatePrimary from the same template gives the same key.
+    let mut c = Command::new(wire::TPM_ST_SESSIONS, wire::TPM_CC_CREATE_PRIMARY);
+    c.u32(wire::TPM_RH_ENDORSEMENT).password_auth().u16(4).u16(0).u16(0).sized(&template).u16(0).u32(0);
+    let r = vtpm.execute(&c.finish(), 4092);
+    assert_eq!(code(&r), 0);
+    assert_eq!(&r[20..20 + ek.len()], &ek[..]);
+
+    // GetRandom(16): 16 bytes come back.
+    let mut g = Command::new(wire::TPM_ST_NO_SESSIONS, 0x17B);
+    g.u16(16);
+    let r = vtpm.execute(&g.finish(), 4092);
+    assert_eq!(code(&r), 0);
+    assert_eq!(u16::from_be_bytes([r[10], r[11]]), 16);
+}
+
+#[test]
+fn malformed_commands_get_the_tpms_own_error_and_the_tpm_keeps_working() {
+    let _turn = ONE_TPM.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tpm = LibTpms::open(4087).expect("libtpms starts");
+    assert_eq!(LibTpms::open(4087).unwrap_err(), OpenError::AlreadyOpen);
+    let mut startup = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_STARTUP);
+    startup.u16(wire::TPM_SU_CLEAR);
+    assert_eq!(code(&tpm.execute(&startup.finish())), 0);
+    for bad in [&[][..], &[0x80][..], &[0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44][..], &[0xFF; 64][..]] {
+        let r = tpm.execute(bad);
+        let h = ResponseHeader::parse(&r).expect("an error response");
+        assert_ne!(h.code, 0, "{bad:02x?} was accepted");
+        assert_eq!(h.size as usize, r.len());
+    }
+    // A size field larger than the bytes sent.
+    let r = tpm.execute(&[0x80, 0x01, 0, 0, 0x10, 0, 0, 0, 0x01, 0x7B, 0, 8]);
+    assert_ne!(code(&r), 0);
+    let mut g = Command::new(wire::TPM_ST_NO_SESSIONS, 0x17B);
+    g.u16(8);
+    assert_eq!(code(&tpm.execute(&g.finish())), 0);
+}

@@ -1,0 +1,54 @@
+//! What the project needs from the machine, installed with apt (Debian/Ubuntu, as root)
+//! when missing: QEMU for the boots, libtpms and libcrypto (static archives too, for the
+//! bare-metal vTPM), tpm2-tools as the vTPM's client, swtpm as the benchmark's reference.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// (package, a file or command that shows it is installed).
+const PACKAGES: &[(&str, Probe)] = &[
+    ("qemu-system-x86", Probe::Command("qemu-system-x86_64")),
+    ("libtpms-dev", Probe::File("/usr/lib/x86_64-linux-gnu/libtpms.a")),
+    ("libssl-dev", Probe::File("/usr/lib/x86_64-linux-gnu/libcrypto.a")),
+    ("tpm2-tools", Probe::Command("tpm2_getrandom")),
+    ("swtpm", Probe::Command("swtpm")),
+];
+
+enum Probe {
+    Command(&'static str),
+    File(&'static str),
+}
+
+impl Probe {
+    fn present(&self) -> bool {
+        match self {
+            Probe::File(path) => Path::new(path).exists(),
+            Probe::Command(name) => Command::new(name)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        }
+    }
+}
+
+/// Install every missing package in one apt run.
+pub fn ensure() -> Result<(), String> {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, probe)| !probe.present()).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("==> installing {} (apt-get install)", missing.join(" "));
+    let apt = |args: &[&str]| {
+        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status().is_ok_and(|s| s.success())
+    };
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    // A fresh machine may have no package lists yet.
+    if apt(&install) || (apt(&["update", "-qq"]) && apt(&install)) {
+        Ok(())
+    } else {
+        Err(format!("missing packages and `apt-get install {}` failed (are you root?)", missing.join(" ")))
+    }
+}
