@@ -16,5 +16,6 @@
 pub mod client;
 pub mod discovery;
 pub mod ocp;
+pub mod vtpm;
 
 pub use client::{CallError, Client, GuestFault, PageSource, Regs, Transport};

@@ -76,6 +76,27 @@ fn expect(
     Ok(regs)
 }
 
+/// The services manifest of a successful SVSM_ATTEST_SERVICES.
+pub(crate) fn manifest(env: &mut dyn Env) -> Result<Vec<u8>, CaseError> {
+    let l = layout(env);
+    let regs = expect(env, &l, &full_op(&l), ResultCode::SUCCESS, "attest services")?;
+    read(env, l.manifest, regs.rcx as usize)
+}
+
+/// The data of service `guid` in a services manifest (spec table 12), if listed.
+pub(crate) fn manifest_entry<'m>(manifest: &'m [u8], guid: &abi::guid::Guid) -> Option<&'m [u8]> {
+    let count = u32::from_le_bytes(manifest.get(20..24)?.try_into().ok()?) as usize;
+    (0..count).find_map(|i| {
+        let e = manifest.get(24 + 24 * i..48 + 24 * i)?;
+        if e[..16] != guid.0 {
+            return None;
+        }
+        let offset = u32::from_le_bytes(e[16..20].try_into().ok()?) as usize;
+        let len = u32::from_le_bytes(e[20..24].try_into().ok()?) as usize;
+        manifest.get(offset..offset.checked_add(len)?)
+    })
+}
+
 fn read(env: &mut dyn Env, gpa: u64, len: usize) -> Result<Vec<u8>, CaseError> {
     let mut b = vec![0u8; len];
     env.read(gpa, &mut b)?;

@@ -8,6 +8,7 @@ mod pvalidate;
 mod query;
 mod remap;
 mod vcpu;
+mod vtpm;
 
 use crate::Case;
 
@@ -162,6 +163,28 @@ pub static CASES: &[Case] = &[
         "7.1/attest-psp-lost-answer",
         "a lost answer retires the key; the core protocol keeps serving",
         attest::psp_lost_answer
+    ),
+    case!("8.1/vtpm-query", "QUERY_PROTOCOL(2,1); VTPM_QUERY: only TPM_SEND_COMMAND, no features", vtpm::query),
+    case!("8.2/vtpm-command", "TPM commands run on the vTPM the SVSM started", vtpm::command),
+    case!(
+        "8.2/vtpm-malformed-command",
+        "a command the TPM cannot parse -> the TPM's own error response; the TPM keeps working",
+        vtpm::malformed
+    ),
+    case!(
+        "8.2/vtpm-bad-request",
+        "bad ordinal, locality != 0, oversized command, misaligned page -> INVALID_PARAMETER; page unchanged",
+        vtpm::bad_request
+    ),
+    case!(
+        "8.2/vtpm-addresses",
+        "request page in SVSM memory, a VMSA, the secrets page, unvalidated, non-RAM -> INVALID_ADDRESS",
+        vtpm::addresses
+    ),
+    case!(
+        "8/vtpm-ek-in-manifest",
+        "the manifest's vTPM entry is the EK that CreatePrimary(TCG default template) returns",
+        vtpm::ek_in_manifest
     ),
     case!("ocp/list", "every source listed with flags and a zero-padded name; stable indexes; end", ocp::list),
     case!(
