@@ -21,7 +21,11 @@ pub struct ModelEvidence {
 
 /// Launch a model guest and have it call SVSM_ATTEST_SERVICES with `nonce`.
 pub fn obtain(nonce: &[u8]) -> Result<ModelEvidence, String> {
-    let mut env = ModelEnv::new();
+    obtain_from(&mut ModelEnv::new(), nonce)
+}
+
+/// The same call on an existing model guest (its scratch pages are used for the buffers).
+pub fn obtain_from(env: &mut ModelEnv, nonce: &[u8]) -> Result<ModelEvidence, String> {
     let s = env.facts().scratch;
     let (op_gpa, report, nonce_gpa, manifest, certs) = (s, s + 0x1000, s + 0x2000, s + 0x3000, s + 0x4000);
     let record = |gpa, len| BufferRecord { gpa, len, reserved: 0 };
@@ -34,7 +38,7 @@ pub fn obtain(nonce: &[u8]) -> Result<ModelEvidence, String> {
     env.write(nonce_gpa, nonce).map_err(|e| format!("{e:?}"))?;
     env.write(op_gpa, op.as_bytes()).map_err(|e| format!("{e:?}"))?;
     let ca = env.calling_area();
-    let mut client = Client::new(&mut env, ca);
+    let mut client = Client::new(env, ca);
     let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
     let out =
         client.issue(Regs { rax, rcx: op_gpa, rdx: u64::MAX, r8: u64::MAX, r9: 0 }).map_err(|e| format!("{e:?}"))?;

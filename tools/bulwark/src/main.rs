@@ -11,10 +11,16 @@
 //! - `bulwark attest demo --out DIR`: fresh evidence from the model, written as files.
 //! - `bulwark ocp list|read NAME|write NAME VALUE [--json]`: the Observability protocol's
 //!   sources on the model.
+//! - `bulwark tpm-bridge [--port P] [--qemu HOST:PORT] [--check]`: the vTPM for tpm2-tools
+//!   (MS simulator protocol), forwarded as SVSM_VTPM_CMD; `--check` runs a scripted
+//!   tpm2-tools session through it.
 
+mod agent;
 mod attest_cmd;
 mod conformance_report;
 mod ocp_cmd;
+mod tpm_bridge;
+mod tpm_session;
 
 use std::process::ExitCode;
 
@@ -26,6 +32,8 @@ commands:
   attest demo --out DIR                  obtain evidence on the model and write it as files
   ocp list|read NAME|write NAME VALUE    the Observability protocol's sources on the model
                                          (`--json` for JSON; `bulwark ocp help`)
+  tpm-bridge [--port P] [--qemu H:P]     serve the vTPM to tpm2-tools (MS simulator protocol);
+             [--check]                   --check runs the scripted tpm2-tools session
   help                                   this text";
 
 fn main() -> ExitCode {
@@ -34,6 +42,7 @@ fn main() -> ExitCode {
         Some("conformance") => conformance_report::main(&args[1..]),
         Some("attest") => attest_cmd::main(&args[1..]),
         Some("ocp") => ocp_cmd::main(&args[1..]),
+        Some("tpm-bridge") => tpm_bridge::main(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             ExitCode::SUCCESS
