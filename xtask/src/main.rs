@@ -280,7 +280,7 @@ enum Gdb {
 }
 
 /// The SVSM's region in the QEMU launch (`svsm/src/bare/launch.rs`).
-const SVSM_REGION: std::ops::Range<u64> = 0x100_0000..0x140_0000;
+const SVSM_REGION: std::ops::Range<u64> = 0x100_0000..0x200_0000;
 
 /// A TCP port nobody listens on right now.
 fn free_port() -> Result<u16> {

@@ -10,7 +10,7 @@
 //! | `0xA000` | startup VMSA (stands for vCPU 0; never mapped for the guest) |
 //! | `0xB000..0x11000` | the guest's initial page tables: 4 GiB identity map, 2 MiB pages |
 //! | ELF segments | the test guest (a PVH boot module), validated at launch |
-//! | `0x100_0000..0x140_0000` | the SVSM (4 MiB; never mapped for the guest) |
+//! | `0x100_0000..0x200_0000` | the SVSM (16 MiB; never mapped for the guest) |
 //! | other RAM | not validated: the guest validates what it uses (SVSM_CORE_PVALIDATE) |
 //!
 //! RAM from 256 MiB up is assigned as 2 MiB pages, the rest as 4 KiB pages, so both
@@ -37,7 +37,7 @@ pub const CALLING_AREA_GPA: u64 = 0x9000;
 pub const VMSA_GPA: u64 = 0xA000;
 pub const GUEST_PML4: u64 = 0xB000;
 const GUEST_PAGE_TABLES: core::ops::Range<u64> = 0xB000..0x11000;
-pub const SVSM_REGION: core::ops::Range<u64> = 0x100_0000..0x140_0000;
+pub const SVSM_REGION: core::ops::Range<u64> = 0x100_0000..0x200_0000;
 const HUGE_FROM: u64 = 256 << 20;
 const MIB2: u64 = 2 << 20;
 
@@ -58,7 +58,7 @@ fn write(gpa: u64, data: &[u8]) -> Result<(), &'static str> {
 /// entry point.
 pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatform, Svsm), &'static str> {
     if image_end > SVSM_REGION.end {
-        return Err("the SVSM image is larger than its 4 MiB region");
+        return Err("the SVSM image is larger than its 16 MiB region");
     }
     let top = info.ram_top_below_4g() & !(MIB2 - 1);
     let mut rmp = Rmp::new(top >> 12);

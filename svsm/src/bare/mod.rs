@@ -9,18 +9,21 @@
 #[macro_use]
 mod console;
 mod backtrace;
+mod clock;
 mod cpu;
 mod cpu_tables;
 mod elf;
 mod entry;
 mod exceptions;
 mod exit;
+mod fpu;
 mod fw_cfg;
 mod gdb;
 mod guest_phys;
 mod heap;
 mod lapic;
 mod launch;
+mod libc;
 mod native;
 mod pages;
 mod percpu;
@@ -28,6 +31,7 @@ mod pvh;
 mod smp;
 mod svm;
 mod symbols;
+mod vtpm;
 
 use core::panic::PanicInfo;
 
@@ -47,6 +51,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         exit::failure()
     }
     cpu_tables::load();
+    fpu::enable_sse();
     lapic::mask_legacy_pic();
     lapic::enable();
     let (image_start, image_end) = entry::image_bounds();
@@ -66,7 +71,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     println!("svm: enabled, nested paging available; cpu {} runs on its own page tables", percpu::this_cpu());
     let online = smp::start_aps(entry::boot_page_tables());
     println!("smp: {online} CPU(s) online");
-    let (platform, svsm) = match launch::launch(&info, image_end, online) {
+    let (platform, mut svsm) = match launch::launch(&info, image_end, online) {
         Ok(launched) => launched,
         Err(why) => {
             println!("FAILED: launch: {why}");
@@ -81,6 +86,18 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         launch::CALLING_AREA_GPA,
         launch::SECRETS_GPA
     );
+    clock::calibrate();
+    let started = clock::monotonic_ns();
+    match vtpm::manufacture() {
+        Ok(v) => {
+            let ms = (clock::monotonic_ns() - started) / 1_000_000;
+            println!(
+                "vtpm: libtpms manufactured in {ms} ms; its EK (RSA-2048, TCG template L-1) is in the attestation manifest"
+            );
+            svsm.install_vtpm(v);
+        }
+        Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
+    }
     native::publish(native::Shared { platform, svsm });
     let native::End::Broken(why) = native::serve(0, svm.host_state_phys());
     println!("FAILED: {why}");

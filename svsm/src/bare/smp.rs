@@ -157,6 +157,7 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
 extern "C" fn ap_entry(cpu: u64) -> ! {
     let tables = super::percpu::install(cpu as u32, super::entry::boot_page_tables());
     cpu_tables::load();
+    super::fpu::enable_sse();
     lapic::enable();
     let svm = svm::enable();
     let own = tables.is_some() && super::percpu::this_cpu() == cpu as u32;

@@ -1,0 +1,47 @@
+//! A monotonic clock for the C code (the TPM's Clock and Time): the TSC, its rate measured
+//! once against the legacy PIT (channel 2, gated through port 0x61), which QEMU and real
+//! chipsets both provide. Precision of a few percent is plenty for the TPM's clock.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86::port::{inb, outb};
+
+/// TSC ticks per microsecond (0 until calibrated).
+static TICKS_PER_US: AtomicU64 = AtomicU64::new(0);
+static START: AtomicU64 = AtomicU64::new(0);
+
+const PIT_HZ: u64 = 1_193_182;
+/// Calibration window: 10 ms of PIT counts.
+const WINDOW_COUNTS: u16 = (PIT_HZ / 100) as u16;
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Measure the TSC rate (about 10 ms) and start the clock at zero.
+pub fn calibrate() {
+    // Channel 2 gate on, speaker off; mode 0 (interrupt on terminal count), binary.
+    outb(0x61, (inb(0x61) & !0x02) | 0x01);
+    outb(0x43, 0b1011_0000);
+    outb(0x42, WINDOW_COUNTS as u8);
+    outb(0x42, (WINDOW_COUNTS >> 8) as u8);
+    let start = rdtsc();
+    // OUT2 (port 0x61 bit 5) rises at terminal count; give up after ~1 s worth of TSC
+    // at 10 GHz so a missing PIT cannot hang the boot.
+    let mut spins = 0u64;
+    while inb(0x61) & 0x20 == 0 && spins < 100_000_000 {
+        spins += 1;
+    }
+    let ticks = rdtsc() - start;
+    let per_us = (ticks / 10_000).max(1);
+    TICKS_PER_US.store(per_us, Ordering::Relaxed);
+    START.store(rdtsc(), Ordering::Relaxed);
+    crate::println!("clock: TSC at {} MHz (measured against the PIT)", per_us);
+}
+
+/// Nanoseconds since [`calibrate`].
+pub fn monotonic_ns() -> u64 {
+    let per_us = TICKS_PER_US.load(Ordering::Relaxed).max(1);
+    let ticks = rdtsc().saturating_sub(START.load(Ordering::Relaxed));
+    (u128::from(ticks) * 1000 / u128::from(per_us)) as u64
+}
