@@ -1,6 +1,7 @@
-//! The scripted check of the guest's host agent: the real `bulwark ocp` commands, run
-//! against the SVSM in QEMU through the guest (host tool -> guest COM4 -> VMMCALL), then
-//! `quit` so the guest finishes.
+//! The scripted check of the guest's host agent: the real `bulwark ocp` commands and the
+//! scripted tpm2-tools session of `bulwark tpm-bridge --check`, run against the SVSM in
+//! QEMU through the guest (host tool -> guest COM4 -> VMMCALL), then `quit` so the guest
+//! finishes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -39,7 +40,10 @@ pub fn check(port: u16) -> Result<String, String> {
         if bulwark(&["ocp", "write", "build.version", "9", "--qemu", &at]).is_ok() {
             return Err("writing build.version was accepted".into());
         }
-        Ok(format!("list, read (build.platform = svm, {} bytes of log), write (log level), refused write", log.len()))
+        let ocp = format!("list, read (build.platform = svm, {} bytes of log), write (log level), refused write", log.len());
+        let session = bulwark(&["tpm-bridge", "--qemu", &at, "--check"])?;
+        println!("{}", session.trim_end());
+        Ok(format!("bulwark ocp: {ocp}; bulwark tpm-bridge --check: {}", session.lines().last().unwrap_or("")))
     })();
     // Whatever happened, let the guest finish its run.
     let quit = TcpStream::connect(&at).and_then(|mut s| {

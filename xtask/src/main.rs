@@ -477,7 +477,7 @@ fn boot(args: &[String]) -> Result {
     }
     if let Some(checker) = agent_checker {
         let seen = checker.join().map_err(|_| "the agent check panicked")??;
-        step(&format!("bulwark ocp reached the SVSM in QEMU through the guest: {seen}"));
+        step(&format!("host tools reached the SVSM in QEMU through the guest: {seen}"));
     }
     match (boot.outcome, crash) {
         (qemu::Outcome::Success, None) => {

@@ -2,11 +2,13 @@
 //! (COM4, which `cargo xtask boot --agent` connects to a TCP port), the guest serves
 //! requests from the host there after its checks, one line each, and answers each with
 //! one line. This is how `bulwark ocp ... --qemu HOST:PORT` reaches the SVSM through the
-//! real protocol path (host tool -> guest serial port -> VMMCALL -> SVSM).
+//! real protocol path (host tool -> guest serial port -> VMMCALL -> SVSM), and how
+//! `bulwark tpm-bridge --qemu HOST:PORT` reaches the vTPM.
 //!
-//! Requests: `list`, `read <index>`, `write <index> <hex>`, `quit`. Answers: `OK <hex>`
-//! (list: the raw 128-byte entries; read: the source's bytes; write: the byte count as
-//! a u32 LE) or `ERR <why>`.
+//! Requests: `list`, `read <index>`, `write <index> <hex>`, `tpm <hex>`, `manifest`, `quit`.
+//! Answers: `OK <hex>` (list: the raw 128-byte entries; read: the source's bytes; write:
+//! the byte count as a u32 LE; tpm: the TPM response; manifest: the attestation services
+//! manifest of a fresh SVSM_ATTEST_SERVICES) or `ERR <why>`.
 
 use abi::ocp::ENTRY_SIZE;
 use alloc::string::String;
@@ -18,8 +20,9 @@ use guest::{Client, Transport};
 use x86::uart::Uart16550;
 
 const PORT: Uart16550 = Uart16550::COM4;
-/// Requests are short; a longer line is refused rather than grown without bound.
-const LINE_MAX: usize = 1024;
+/// The longest request is a TPM command of a full page in hex; a longer line is refused
+/// rather than grown without bound.
+const LINE_MAX: usize = 2 * 4096 + 64;
 const CHUNK: u32 = 4096;
 
 fn read_line() -> Option<String> {
@@ -81,7 +84,12 @@ pub fn serve<T: Transport>(c: &mut Client<T>, buffer: u64) {
                 (Ok(i), Some(data)) => write(c, buffer, i, &data),
                 _ => Err("bad index or data".into()),
             },
-            _ => Err(alloc::format!("unknown request `{line}`")),
+            (Some("manifest"), None, None) => manifest(c, buffer),
+            (Some("tpm"), Some(command), None) => match unhex(command) {
+                Some(command) => tpm(c, buffer, &command),
+                None => Err("bad TPM command hex".into()),
+            },
+            _ => Err(alloc::format!("unknown request `{}`", line.get(..64).unwrap_or(&line))),
         };
         match reply {
             Ok(bytes) => answer(&hex(&bytes)),
@@ -121,4 +129,37 @@ fn write<T: Transport>(c: &mut Client<T>, buffer: u64, index: u32, data: &[u8]) 
     c.transport.write(buffer, data).map_err(|e| alloc::format!("{e:?}"))?;
     let n = c.ocp_write(index, buffer, data.len() as u32).map_err(|e| alloc::format!("{e:?}"))?;
     Ok(n.to_le_bytes().to_vec())
+}
+
+/// One TPM command through SVSM_VTPM_CMD; `buffer` is the request page.
+fn tpm<T: Transport>(c: &mut Client<T>, buffer: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+    let mut response = vec![0u8; abi::vtpm::BUFFER_SIZE];
+    let n = c.vtpm_command(buffer, command, &mut response).map_err(|e| alloc::format!("{e:?}"))?;
+    response.truncate(n);
+    Ok(response)
+}
+
+/// SVSM_ATTEST_SERVICES with buffers in the pages after `buffer` (validated scratch
+/// memory); the services manifest it returns.
+fn manifest<T: Transport>(c: &mut Client<T>, buffer: u64) -> Result<Vec<u8>, String> {
+    use abi::attest::{AttestServicesOp, BufferRecord};
+    use abi::protocol::{CallId, ProtocolId, attest_call};
+    use zerocopy::IntoBytes;
+    let (op, nonce, report, manifest, certs) =
+        (buffer + 0x1000, buffer + 0x2000, buffer + 0x3000, buffer + 0x4000, buffer + 0x5000);
+    let record = |gpa, len| BufferRecord { gpa, len, reserved: 0 };
+    let request = AttestServicesOp {
+        report: record(report, 0x1000),
+        nonce: record(nonce, 64),
+        manifest: record(manifest, 0x1000),
+        certificates: record(certs, 0x4000),
+    };
+    let err = |e: guest::GuestFault| alloc::format!("{e:?}");
+    c.transport.write(nonce, &[0x6E; 64]).map_err(err)?;
+    c.transport.write(op, request.as_bytes()).map_err(err)?;
+    let id = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES);
+    let out = c.call(id, op, u64::MAX, u64::MAX, 0).map_err(|e| alloc::format!("SVSM_ATTEST_SERVICES: {e:?}"))?;
+    let mut bytes = vec![0u8; out.rcx.min(0x1000) as usize];
+    c.transport.read(manifest, &mut bytes).map_err(err)?;
+    Ok(bytes)
 }

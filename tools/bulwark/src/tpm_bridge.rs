@@ -32,7 +32,7 @@ with --tcti mssim:host=127.0.0.1,port=P (or TPM2TOOLS_TCTI).
   --check           run the scripted tpm2-tools session against the bridge, print each
                     step and exit with its verdict
   --manifest FILE   with --check: the attestation services manifest to hold the EK
-                    against (the model's own manifest is used without it)
+                    against (without it, the SVSM is asked for one over protocol 1)
   --json            with --check: the verdict as JSON";
 
 /// Simulator command words.
@@ -137,7 +137,7 @@ impl VtpmPort for Agent {
     }
 
     fn manifest(&mut self) -> Result<Vec<u8>, String> {
-        Err("the QEMU run's manifest comes from its saved evidence: pass --manifest FILE".into())
+        self.ask("manifest")
     }
 }
 
