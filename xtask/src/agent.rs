@@ -40,7 +40,8 @@ pub fn check(port: u16) -> Result<String, String> {
         if bulwark(&["ocp", "write", "build.version", "9", "--qemu", &at]).is_ok() {
             return Err("writing build.version was accepted".into());
         }
-        let ocp = format!("list, read (build.platform = svm, {} bytes of log), write (log level), refused write", log.len());
+        let ocp =
+            format!("list, read (build.platform = svm, {} bytes of log), write (log level), refused write", log.len());
         let session = bulwark(&["tpm-bridge", "--qemu", &at, "--check"])?;
         println!("{}", session.trim_end());
         Ok(format!("bulwark ocp: {ocp}; bulwark tpm-bridge --check: {}", session.lines().last().unwrap_or("")))

@@ -208,6 +208,10 @@ fn bench(args: &[String]) -> Result {
         "cargo bench -p bulwark-model --bench ocp_log",
         cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "ocp_log"]),
     )?;
+    exec(
+        "cargo bench -p bulwark-model --bench vtpm",
+        cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "vtpm"]),
+    )?;
     let result = target_dir()?.join("bench/pvalidate.json");
     if result.is_file() {
         step(&format!("bench result: {}", result.display()));

@@ -1,0 +1,215 @@
+//! Benchmark: TPM command latency through SVSM_VTPM_CMD on the model (guest client ->
+//! VMGEXIT -> request loop -> vTPM protocol -> libtpms -> guest memory), beside the same
+//! commands sent to swtpm (the same libtpms behind a TCP socket) on this machine.
+//!
+//! Commands: TPM2_PCR_Extend (SHA-256, PCR 16) and TPM2_CreatePrimary of an RSA-2048
+//! storage key (each with a different unique field, so every one is a fresh prime
+//! search). Prints a table and writes `target/bench/vtpm.json`. The goal (issue 5): no
+//! slower than swtpm.
+
+use bulwark_model::world::{MIB, World, WorldConfig};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vtpm::wire::{self, ResponseHeader};
+
+const PCR_EXTENDS: usize = 2000;
+const CREATE_PRIMARIES: usize = 24;
+
+fn pcr_extend(i: u32) -> Vec<u8> {
+    let mut c = wire::Command::new(wire::TPM_ST_SESSIONS, 0x182);
+    c.u32(16).password_auth().u32(1).u16(0x000B).bytes(&[i as u8; 32]);
+    c.finish()
+}
+
+fn create_primary(i: u32) -> Vec<u8> {
+    let mut t = wire::Command::structure();
+    // RSA-2048 storage key: restricted decrypt, AES-128-CFB, unique = the counter.
+    t.u16(0x0001).u16(0x000B).u32(0x0003_0072).u16(0);
+    t.u16(0x0006).u16(128).u16(0x0043).u16(0x0010).u16(2048).u32(0);
+    t.sized(&i.to_be_bytes());
+    let mut c = wire::Command::new(wire::TPM_ST_SESSIONS, wire::TPM_CC_CREATE_PRIMARY);
+    c.u32(0x4000_0001).password_auth().u16(4).u16(0).u16(0).sized(&t.into_bytes()).u16(0).u32(0);
+    c.finish()
+}
+
+fn flush(handle: u32) -> Vec<u8> {
+    let mut c = wire::Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_FLUSH_CONTEXT);
+    c.u32(handle);
+    c.finish()
+}
+
+/// Something that runs TPM commands.
+trait Tpm {
+    fn run(&mut self, command: &[u8]) -> Vec<u8>;
+}
+
+/// The model SVSM's vTPM, through the guest calling convention.
+struct ThroughSvsm(World);
+
+impl Tpm for ThroughSvsm {
+    fn run(&mut self, command: &[u8]) -> Vec<u8> {
+        let mut response = vec![0u8; 4096];
+        let n = self.0.client().vtpm_command(2 * MIB, command, &mut response).expect("SVSM_VTPM_CMD");
+        response.truncate(n);
+        response
+    }
+}
+
+/// swtpm with its TCP server (raw TPM commands on the socket).
+struct Swtpm {
+    child: Child,
+    stream: TcpStream,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Swtpm {
+    fn start() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("bulwark-swtpm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = TempDir(dir);
+        let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+        let (port, ctrl) = (free().map_err(|e| e.to_string())?, free().map_err(|e| e.to_string())?);
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.0.display()))
+            .args(["--server", &format!("type=tcp,port={port}"), "--ctrl", &format!("type=tcp,port={ctrl}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("swtpm: {e} (install the swtpm package)"))?;
+        let started = Instant::now();
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(_) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("swtpm did not listen: {e}")),
+            }
+        };
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(Self { child, stream, _dir: dir })
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tpm for Swtpm {
+    fn run(&mut self, command: &[u8]) -> Vec<u8> {
+        self.stream.write_all(command).expect("send to swtpm");
+        let mut response = vec![0u8; wire::HEADER_SIZE];
+        self.stream.read_exact(&mut response).expect("swtpm response header");
+        let size = ResponseHeader::parse(&response).expect("header").size as usize;
+        response.resize(size, 0);
+        self.stream.read_exact(&mut response[wire::HEADER_SIZE..]).expect("swtpm response");
+        response
+    }
+}
+
+fn ok(response: &[u8], what: &str) {
+    let code = ResponseHeader::parse(response).map_or(u32::MAX, |h| h.code);
+    assert_eq!(code, 0, "{what}: TPM rc {code:#x}");
+}
+
+/// Latencies of `n` runs of `command(i)`, in microseconds, sorted.
+fn measure(tpm: &mut dyn Tpm, n: usize, command: fn(u32) -> Vec<u8>, what: &str) -> Vec<f64> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = command(i as u32);
+        let t = Instant::now();
+        let r = tpm.run(&c);
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        ok(&r, what);
+        if what == "CreatePrimary" {
+            let handle = u32::from_be_bytes(r[10..14].try_into().expect("handle"));
+            ok(&tpm.run(&flush(handle)), "FlushContext");
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn median(v: &[f64]) -> f64 {
+    v[v.len() / 2]
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if filter.as_deref().is_some_and(|f| !"vtpm".contains(f)) {
+        return;
+    }
+    let mut svsm = ThroughSvsm(World::new(WorldConfig::default()));
+    let mut swtpm = match Swtpm::start() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vtpm bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    // Warm both (first-use allocations, OpenSSL's lazy set-up).
+    for tpm in [&mut svsm as &mut dyn Tpm, &mut swtpm] {
+        measure(tpm, 20, pcr_extend, "PCR_Extend");
+    }
+    let pcr = [
+        measure(&mut svsm, PCR_EXTENDS, pcr_extend, "PCR_Extend"),
+        measure(&mut swtpm, PCR_EXTENDS, pcr_extend, "PCR_Extend"),
+    ];
+    let primary = [
+        measure(&mut svsm, CREATE_PRIMARIES, create_primary, "CreatePrimary"),
+        measure(&mut swtpm, CREATE_PRIMARIES, create_primary, "CreatePrimary"),
+    ];
+    println!("vTPM latency                 through SVSM_VTPM_CMD (model)   swtpm (TCP)   ratio (median)");
+    println!(
+        "PCR_Extend (n={PCR_EXTENDS})          median {:>8.1} us            {:>8.1} us      {:.2}",
+        median(&pcr[0]),
+        median(&pcr[1]),
+        median(&pcr[0]) / median(&pcr[1])
+    );
+    println!(
+        "CreatePrimary RSA-2048 (n={CREATE_PRIMARIES})  median {:>8.1} ms            {:>8.1} ms      {:.2}",
+        median(&primary[0]) / 1e3,
+        median(&primary[1]) / 1e3,
+        median(&primary[0]) / median(&primary[1])
+    );
+    println!(
+        "                             mean   {:>8.1} ms            {:>8.1} ms",
+        mean(&primary[0]) / 1e3,
+        mean(&primary[1]) / 1e3
+    );
+    let json = serde_json::json!({
+        "pcr_extend_us": { "svsm_median": median(&pcr[0]), "swtpm_median": median(&pcr[1]), "n": PCR_EXTENDS },
+        "create_primary_rsa2048_ms": {
+            "svsm_median": median(&primary[0]) / 1e3, "swtpm_median": median(&primary[1]) / 1e3,
+            "svsm_mean": mean(&primary[0]) / 1e3, "swtpm_mean": mean(&primary[1]) / 1e3, "n": CREATE_PRIMARIES,
+        },
+        "goal": "no slower than swtpm",
+    });
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("vtpm.json");
+    match std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+}
