@@ -206,7 +206,7 @@ pub fn sample() -> &'static Sample {
             (&abi::attest::cert_table::VCEK, &vcek_der),
         ])
         .expect("encode certificate table");
-        let evidence = Evidence { report, certificates: Certificates::Table(table), nonce, manifest };
+        let evidence = Evidence { report, certificates: Certificates::Table(table), nonce, manifest, service: None };
         Sample { authority, vcek_key, vcek_der, fields, evidence }
     })
 }

@@ -44,8 +44,12 @@ pub struct Evidence {
     pub certificates: Certificates,
     /// The nonce the relying party chose.
     pub nonce: Vec<u8>,
-    /// The services manifest the SVSM returned.
+    /// The services manifest the SVSM returned; for SVSM_ATTEST_SINGLE_SERVICE evidence,
+    /// that one service's data.
     pub manifest: Vec<u8>,
+    /// `Some(guid)`: the evidence came from SVSM_ATTEST_SINGLE_SERVICE for this service,
+    /// so `manifest` is its raw data rather than a services manifest.
+    pub service: Option<abi::guid::Guid>,
 }
 
 /// The certificate chain, as the certificates buffer carries it or as separate files.
@@ -353,7 +357,12 @@ fn amd_root(ark: &Certificate) -> Option<&'static str> {
 pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict {
     let mut checks = Checks(chain.checks.clone());
     let report = check_report(&mut checks, chain.vcek.as_ref(), evidence);
-    let services = match manifest::parse(&evidence.manifest) {
+    let parsed = match evidence.service {
+        // Single-service evidence: REPORT_DATA covers the service's raw data.
+        Some(guid) => Ok(vec![manifest::Service { guid, data: evidence.manifest.clone() }]),
+        None => manifest::parse(&evidence.manifest),
+    };
+    let services = match parsed {
         Ok(services) => {
             let summaries: Vec<ServiceSummary> = services
                 .iter()
@@ -364,7 +373,15 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
                     summary: manifest::describe(s),
                 })
                 .collect();
-            checks.record("manifest", Ok(format!("{} bytes, {} services", evidence.manifest.len(), services.len())));
+            let what = match evidence.service {
+                Some(guid) => format!(
+                    "{} bytes of one service ({}; SVSM_ATTEST_SINGLE_SERVICE)",
+                    evidence.manifest.len(),
+                    manifest::service_name(&guid).unwrap_or("unknown service")
+                ),
+                None => format!("{} bytes, {} services", evidence.manifest.len(), services.len()),
+            };
+            checks.record("manifest", Ok(what));
             summaries
         }
         Err(e) => {

@@ -67,7 +67,7 @@ proptest! {
         nonce in proptest::collection::vec(any::<u8>(), 0..80),
         manifest in proptest::collection::vec(any::<u8>(), 0..80),
     ) {
-        let v = examine(&Evidence { report, certificates: Certificates::Table(certs), nonce, manifest });
+        let v = examine(&Evidence { report, certificates: Certificates::Table(certs), nonce, manifest, service: None });
         prop_assert!(!v.passed);
         prop_assert!(!v.hardware_rooted);
     }

@@ -16,6 +16,7 @@ fn evidence() -> Evidence {
         certificates: Certificates::Table(e.certificates),
         nonce: e.nonce,
         manifest: e.manifest,
+        service: None,
     }
 }
 
@@ -61,4 +62,27 @@ fn a_changed_byte_of_report_nonce_or_manifest_is_rejected() {
         bad.manifest[i] ^= 0x80;
         assert!(verify(&bad).is_err(), "manifest byte {i} changed and still accepted");
     }
+}
+
+#[test]
+fn single_service_evidence_of_the_vtpm_verifies_as_its_ek_and_only_as_that() {
+    let e = bulwark_model::attest_demo::obtain_single(&NONCE, abi::attest::VTPM_SERVICE_GUID)
+        .expect("the model serves SVSM_ATTEST_SINGLE_SERVICE for the vTPM");
+    // The data is the EK public area: the same bytes as the full manifest's vTPM entry.
+    let full = attest::manifest::parse(&obtain(&NONCE).unwrap().manifest).unwrap();
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].data, e.manifest);
+    let single = Evidence {
+        report: e.report,
+        certificates: Certificates::Table(e.certificates),
+        nonce: e.nonce,
+        manifest: e.manifest,
+        service: Some(abi::attest::VTPM_SERVICE_GUID),
+    };
+    let verdict = verify(&single).expect("single-service evidence verifies");
+    assert_eq!(verdict.services.len(), 1);
+    assert_eq!(verdict.services[0].name, Some("vTPM"));
+    // Read as a services manifest, the raw EK is refused.
+    let rejected = verify(&Evidence { service: None, ..single }).unwrap_err();
+    assert!(rejected.verdict.checks.iter().any(|c| c.name == "manifest" && !c.passed));
 }

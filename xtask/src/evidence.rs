@@ -27,6 +27,7 @@ pub fn collect(guest_lines: &[String]) -> Result<Option<Evidence>, String> {
         certificates: Certificates::Table(field("certificates")?.unwrap_or_default()),
         nonce: field("nonce")?.unwrap_or_default(),
         manifest: field("manifest")?.unwrap_or_default(),
+        service: None,
     }))
 }
 

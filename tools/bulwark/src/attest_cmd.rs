@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --manifest FILE
                              (--certs FILE | --ark FILE --ask FILE --vcek FILE)
-                             [--json] [--require-amd-root]
+                             [--service vtpm|GUID] [--json] [--require-amd-root]
        bulwark attest demo --out DIR
 
   demo                writes DIR/report.bin, certificates.bin (GHCB table), nonce.bin
@@ -28,6 +28,9 @@ const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --m
   --manifest FILE     the services manifest the SVSM returned (Linux: manifestblob)
   --certs FILE        the GHCB certificate table (Linux: auxblob)
   --ark/--ask/--vcek  the three certificates as separate files, DER or PEM
+  --service vtpm|GUID the evidence came from SVSM_ATTEST_SINGLE_SERVICE for this service:
+                      --manifest holds that service's data (for the vTPM, its EK public
+                      area), not a services manifest
   --json              print the verdict as JSON
   --require-amd-root  also fail unless the chain is rooted in one of AMD's ARKs";
 
@@ -40,8 +43,21 @@ struct Options {
     ark: Option<PathBuf>,
     ask: Option<PathBuf>,
     vcek: Option<PathBuf>,
+    service: Option<abi::guid::Guid>,
     json: bool,
     require_amd_root: bool,
+}
+
+/// `vtpm`, or a GUID in its text form.
+fn parse_service(text: &str) -> Result<abi::guid::Guid, String> {
+    if text == "vtpm" {
+        return Ok(abi::attest::VTPM_SERVICE_GUID);
+    }
+    let known = [abi::attest::VTPM_SERVICE_GUID];
+    known
+        .into_iter()
+        .find(|g| g.to_string().eq_ignore_ascii_case(text))
+        .ok_or_else(|| format!("unknown service `{text}` (the SVSM has: vtpm = {})", abi::attest::VTPM_SERVICE_GUID))
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -55,6 +71,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--require-amd-root" => {
                 o.require_amd_root = true;
+                continue;
+            }
+            "--service" => {
+                o.service = Some(parse_service(it.next().ok_or("--service needs vtpm or a GUID")?)?);
                 continue;
             }
             "--report" => &mut o.report,
@@ -98,6 +118,7 @@ fn load(o: &Options) -> Result<Evidence, String> {
         certificates,
         nonce: read(need(&o.nonce, "--nonce")?)?,
         manifest: read(need(&o.manifest, "--manifest")?)?,
+        service: o.service,
     })
 }
 
