@@ -98,11 +98,19 @@ fn step(w: &mut World, input: &mut Input<'_>) {
             let _ = w.client().transport.write(PARAM, &fill);
             let protocol = match input.u8() % 8 {
                 0..=4 => 0,
-                // Attestation or the Observability protocol.
-                5 => [1, 5][usize::from(input.u8() & 1)],
+                // Attestation, the vTPM or the Observability protocol.
+                5 => [1, 2, 5][usize::from(input.u8() % 3)],
                 6 => u32::from(input.u8()),
                 _ => input.u64() as u32,
             };
+            if protocol == 2 && input.u8() & 1 == 1 {
+                // A well-formed TPM_SEND_COMMAND request around the fill, so the bytes
+                // reach the TPM engine itself.
+                let mut request = vec![8, 0, 0, 0, 0];
+                request.extend_from_slice(&(fill.len() as u32).to_le_bytes());
+                request.extend_from_slice(&fill);
+                let _ = w.client().transport.write(PARAM, &request);
+            }
             let call = match input.u8() % 8 {
                 0..=6 => u32::from(input.u8() % 10),
                 _ => input.u64() as u32,
