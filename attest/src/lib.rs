@@ -42,6 +42,7 @@
 
 pub mod cert_table;
 pub mod chain;
+pub mod launch_digest;
 pub mod manifest;
 pub mod testing;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! What the project needs from the machine, installed with apt (Debian/Ubuntu, as root)
 //! when missing: QEMU for the boots, libtpms and libcrypto (static archives too, for the
-//! bare-metal vTPM), tpm2-tools as the vTPM's client, swtpm as the benchmark's reference.
+//! bare-metal vTPM), tpm2-tools as the vTPM's client, swtpm as the benchmark's reference,
+//! and pip for the launch-digest cross-check.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,17 +13,26 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("libssl-dev", Probe::File("/usr/lib/x86_64-linux-gnu/libcrypto.a")),
     ("tpm2-tools", Probe::Command("tpm2_getrandom")),
     ("swtpm", Probe::Command("swtpm")),
+    // The launch-digest cross-check installs sev-snp-measure with pip.
+    ("python3-pip", Probe::Pip),
 ];
 
 enum Probe {
     Command(&'static str),
     File(&'static str),
+    Pip,
 }
 
 impl Probe {
     fn present(&self) -> bool {
         match self {
             Probe::File(path) => Path::new(path).exists(),
+            Probe::Pip => Command::new("python3")
+                .args(["-m", "pip", "--version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
             Probe::Command(name) => Command::new(name)
                 .arg("--version")
                 .stdout(Stdio::null())
