@@ -26,7 +26,7 @@ Serves the MS TPM simulator protocol on 127.0.0.1:P (commands) and P+1 (platform
 forwards every TPM command to the SVSM's vTPM as SVSM_VTPM_CMD. Point tpm2-tools at it
 with --tcti mssim:host=127.0.0.1,port=P (or TPM2TOOLS_TCTI).
 
-  --port P          command port (default 2321)
+  --port P          command port (default 2321; with --check, a free one; 0: a free one)
   --qemu HOST:PORT  the vTPM of a QEMU run (`cargo xtask boot --agent PORT`), reached
                     through its guest; without it, the vTPM of a model guest
   --check           run the scripted tpm2-tools session against the bridge, print each
@@ -306,12 +306,12 @@ fn bind_pair(port: u16) -> Result<(TcpListener, TcpListener), String> {
 }
 
 pub fn main(args: &[String]) -> ExitCode {
-    let (mut port, mut qemu, mut check, mut manifest, mut json) = (2321u16, None, false, None, false);
+    let (mut port, mut qemu, mut check, mut manifest, mut json) = (None, None, false, None, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.clone().next()) {
             ("--port", Some(p)) if p.parse::<u16>().is_ok_and(|p| p < u16::MAX) => {
-                port = p.parse().unwrap_or(port);
+                port = p.parse().ok();
                 it.next();
             }
             ("--qemu", Some(at)) => {
@@ -345,7 +345,7 @@ pub fn main(args: &[String]) -> ExitCode {
         },
     };
     if !check {
-        let bridge = match start(port, vtpm, true) {
+        let bridge = match start(port.unwrap_or(2321), vtpm, true) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("bulwark tpm-bridge: {e}");
@@ -371,7 +371,8 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let bridge = match start(if port == 2321 { 0 } else { port }, vtpm, false) {
+    // The check picks a free pair of ports unless told one.
+    let bridge = match start(port.unwrap_or(0), vtpm, false) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("bulwark tpm-bridge: {e}");
