@@ -22,3 +22,12 @@ pub const BUFFER_SIZE: usize = 4096;
 pub const MAX_COMMAND_SIZE: usize = BUFFER_SIZE - REQ_COMMAND_OFFSET;
 /// Largest TPM response that fits the response page.
 pub const MAX_RESPONSE_SIZE: usize = BUFFER_SIZE - RESP_DATA_OFFSET;
+
+/// The request's header: ordinal, locality, command size (the command follows it).
+pub fn request_header(ordinal: u32, locality: u8, command_size: u32) -> [u8; REQ_COMMAND_OFFSET] {
+    let mut h = [0u8; REQ_COMMAND_OFFSET];
+    h[REQ_ORDINAL_OFFSET..REQ_ORDINAL_OFFSET + 4].copy_from_slice(&ordinal.to_le_bytes());
+    h[REQ_LOCALITY_OFFSET] = locality;
+    h[REQ_SIZE_OFFSET..REQ_SIZE_OFFSET + 4].copy_from_slice(&command_size.to_le_bytes());
+    h
+}

@@ -5,8 +5,8 @@
 use crate::client::{CallError, Client, Transport};
 use abi::protocol::{CallId, ProtocolId, vtpm_call};
 use abi::vtpm::{
-    MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE, REQ_COMMAND_OFFSET, REQ_LOCALITY_OFFSET, REQ_ORDINAL_OFFSET, REQ_SIZE_OFFSET,
-    RESP_DATA_OFFSET, RESP_SIZE_OFFSET, TPM_SEND_COMMAND,
+    MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE, REQ_COMMAND_OFFSET, RESP_DATA_OFFSET, RESP_SIZE_OFFSET, TPM_SEND_COMMAND,
+    request_header,
 };
 
 /// Why a TPM command did not produce a response.
@@ -39,15 +39,25 @@ impl<T: Transport> Client<T> {
     }
 
     /// Run one TPM command through the request page at `page` (a 4 KiB-aligned guest
-    /// page); the response goes to `response`, its length is returned.
+    /// page) at locality 0, as Linux does; the response goes to `response`, its length is
+    /// returned.
     pub fn vtpm_command(&mut self, page: u64, command: &[u8], response: &mut [u8]) -> Result<usize, VtpmError> {
+        self.vtpm_command_at(page, 0, command, response)
+    }
+
+    /// [`Self::vtpm_command`] at `locality` (the SVSM accepts only 0; host tools pass a
+    /// simulator client's locality on so the SVSM judges it).
+    pub fn vtpm_command_at(
+        &mut self,
+        page: u64,
+        locality: u8,
+        command: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, VtpmError> {
         if command.len() > MAX_COMMAND_SIZE {
             return Err(VtpmError::CommandTooLarge);
         }
-        let mut header = [0u8; REQ_COMMAND_OFFSET];
-        header[REQ_ORDINAL_OFFSET..REQ_ORDINAL_OFFSET + 4].copy_from_slice(&TPM_SEND_COMMAND.to_le_bytes());
-        header[REQ_LOCALITY_OFFSET] = 0;
-        header[REQ_SIZE_OFFSET..REQ_SIZE_OFFSET + 4].copy_from_slice(&(command.len() as u32).to_le_bytes());
+        let header = request_header(TPM_SEND_COMMAND, locality, command.len() as u32);
         self.transport.write(page, &header)?;
         self.transport.write(page + REQ_COMMAND_OFFSET as u64, command)?;
         self.call(CallId::new(ProtocolId::VTPM, vtpm_call::CMD), page, 0, 0, 0)?;

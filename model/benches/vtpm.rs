@@ -18,7 +18,7 @@ const PCR_EXTENDS: usize = 2000;
 const CREATE_PRIMARIES: usize = 24;
 
 fn pcr_extend(i: u32) -> Vec<u8> {
-    let mut c = wire::Command::new(wire::TPM_ST_SESSIONS, 0x182);
+    let mut c = wire::Command::new(wire::TPM_ST_SESSIONS, wire::TPM_CC_PCR_EXTEND);
     c.u32(16).password_auth().u32(1).u16(0x000B).bytes(&[i as u8; 32]);
     c.finish()
 }

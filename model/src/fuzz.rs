@@ -106,9 +106,8 @@ fn step(w: &mut World, input: &mut Input<'_>) {
             if protocol == 2 && input.u8() & 1 == 1 {
                 // A well-formed TPM_SEND_COMMAND request around the fill, so the bytes
                 // reach the TPM engine itself.
-                let mut request = vec![8, 0, 0, 0, 0];
-                request.extend_from_slice(&(fill.len() as u32).to_le_bytes());
-                request.extend_from_slice(&fill);
+                let header = abi::vtpm::request_header(abi::vtpm::TPM_SEND_COMMAND, 0, fill.len() as u32);
+                let request = [&header[..], &fill].concat();
                 let _ = w.client().transport.write(PARAM, &request);
             }
             let call = match input.u8() % 8 {

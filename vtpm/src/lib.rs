@@ -59,10 +59,8 @@ impl Vtpm {
         }
         let response = run(engine.as_mut(), "TPM2_CreatePrimary(EK)", &create_ek_command())?;
         let fail = ManufactureError { step: "TPM2_CreatePrimary(EK) response", code: wire::TPM_RC_FAILURE };
-        let mut body = Reader::new(response.get(wire::HEADER_SIZE..).ok_or(fail)?);
-        let handle = body.u32().ok_or(fail)?;
-        let _parameter_size = body.u32().ok_or(fail)?;
-        let ek_public = body.sized().ok_or(fail)?.to_vec();
+        let (handle, ek_public) = create_primary_result(&response).ok_or(fail)?;
+        let ek_public = ek_public.to_vec();
         let mut flush = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_FLUSH_CONTEXT);
         flush.u32(handle);
         run(engine.as_mut(), "TPM2_FlushContext(EK)", &flush.finish())?;
@@ -128,12 +126,22 @@ pub fn ek_template() -> Vec<u8> {
     t.into_bytes()
 }
 
-fn create_ek_command() -> Vec<u8> {
+/// TPM2_CreatePrimary of the EK: endorsement hierarchy, empty password, [`ek_template`].
+pub fn create_ek_command() -> Vec<u8> {
     let mut c = Command::new(wire::TPM_ST_SESSIONS, wire::TPM_CC_CREATE_PRIMARY);
     c.u32(wire::TPM_RH_ENDORSEMENT).password_auth();
     // inSensitive: empty userAuth and data; inPublic; outsideInfo; creationPCR (none).
     c.u16(4).u16(0).u16(0).sized(&ek_template()).u16(0).u32(0);
     c.finish()
+}
+
+/// The object handle and the public area (TPMT_PUBLIC, without its TPM2B size) of a
+/// successful TPM2_CreatePrimary response; `None` if it is too short to hold them.
+pub fn create_primary_result(response: &[u8]) -> Option<(u32, &[u8])> {
+    let mut body = Reader::new(response.get(wire::HEADER_SIZE..)?);
+    let handle = body.u32()?;
+    let _parameter_size = body.u32()?;
+    Some((handle, body.sized()?))
 }
 
 #[cfg(test)]

@@ -27,14 +27,12 @@ fn manufacturing_gives_an_rsa_2048_ek_that_create_primary_reproduces() {
     assert_ne!(ek[template.len() - 256..], [0u8; 256]);
 
     // A second CreatePrimary from the same template gives the same key.
-    let mut c = Command::new(wire::TPM_ST_SESSIONS, wire::TPM_CC_CREATE_PRIMARY);
-    c.u32(wire::TPM_RH_ENDORSEMENT).password_auth().u16(4).u16(0).u16(0).sized(&template).u16(0).u32(0);
-    let r = vtpm.execute(&c.finish(), 4092);
+    let r = vtpm.execute(&bulwark_vtpm::create_ek_command(), 4092);
     assert_eq!(code(&r), 0);
-    assert_eq!(&r[20..20 + ek.len()], &ek[..]);
+    assert_eq!(bulwark_vtpm::create_primary_result(&r).map(|(_, public)| public), Some(&ek[..]));
 
     // GetRandom(16): 16 bytes come back.
-    let mut g = Command::new(wire::TPM_ST_NO_SESSIONS, 0x17B);
+    let mut g = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_GET_RANDOM);
     g.u16(16);
     let r = vtpm.execute(&g.finish(), 4092);
     assert_eq!(code(&r), 0);
@@ -58,7 +56,7 @@ fn malformed_commands_get_the_tpms_own_error_and_the_tpm_keeps_working() {
     // A size field larger than the bytes sent.
     let r = tpm.execute(&[0x80, 0x01, 0, 0, 0x10, 0, 0, 0, 0x01, 0x7B, 0, 8]);
     assert_ne!(code(&r), 0);
-    let mut g = Command::new(wire::TPM_ST_NO_SESSIONS, 0x17B);
+    let mut g = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_GET_RANDOM);
     g.u16(8);
     assert_eq!(code(&tpm.execute(&g.finish())), 0);
 }

@@ -9,10 +9,7 @@ use crate::check::{CaseError, CaseResult, client, discovery, ensure, raw};
 use abi::protocol::vtpm_call::{CMD, QUERY};
 use abi::protocol::{ProtocolId, query_protocol_rcx, query_protocol_result};
 use abi::result::ResultCode;
-use abi::vtpm::{
-    BUFFER_SIZE, MAX_COMMAND_SIZE, QUERY_SEND_COMMAND_BIT, REQ_COMMAND_OFFSET, REQ_LOCALITY_OFFSET, REQ_ORDINAL_OFFSET,
-    REQ_SIZE_OFFSET, TPM_SEND_COMMAND,
-};
+use abi::vtpm::{BUFFER_SIZE, MAX_COMMAND_SIZE, QUERY_SEND_COMMAND_BIT, TPM_SEND_COMMAND, request_header};
 use alloc::vec;
 use alloc::vec::Vec;
 use vtpm::wire::{self, Command, ResponseHeader};
@@ -47,17 +44,14 @@ fn tpm(env: &mut dyn Env, command: &[u8]) -> Result<Vec<u8>, CaseError> {
 }
 
 fn get_random(bytes: u16) -> Vec<u8> {
-    let mut c = Command::new(wire::TPM_ST_NO_SESSIONS, 0x17B);
+    let mut c = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_GET_RANDOM);
     c.u16(bytes);
     c.finish()
 }
 
 /// A raw request: ordinal, locality, size field, command bytes.
 fn request(ordinal: u32, locality: u8, size: u32, command: &[u8]) -> Vec<u8> {
-    let mut r = vec![0u8; REQ_COMMAND_OFFSET];
-    r[REQ_ORDINAL_OFFSET..REQ_ORDINAL_OFFSET + 4].copy_from_slice(&ordinal.to_le_bytes());
-    r[REQ_LOCALITY_OFFSET] = locality;
-    r[REQ_SIZE_OFFSET..REQ_SIZE_OFFSET + 4].copy_from_slice(&size.to_le_bytes());
+    let mut r = request_header(ordinal, locality, size).to_vec();
     r.extend_from_slice(command);
     r
 }
@@ -177,15 +171,12 @@ pub fn ek_in_manifest(env: &mut dyn Env) -> CaseResult {
         return Err(CaseError::Skip("no attestation reports on this platform"));
     }
     // The EK as the guest derives it: CreatePrimary(endorsement, TCG default template).
-    let mut c = Command::new(wire::TPM_ST_SESSIONS, wire::TPM_CC_CREATE_PRIMARY);
-    c.u32(wire::TPM_RH_ENDORSEMENT).password_auth().u16(4).u16(0).u16(0).sized(&vtpm::ek_template()).u16(0).u32(0);
-    let r = tpm(env, &c.finish())?;
-    let mut body = wire::Reader::new(&r[wire::HEADER_SIZE.min(r.len())..]);
+    let r = tpm(env, &vtpm::create_ek_command())?;
     let code = ResponseHeader::parse(&r).map_or(u32::MAX, |h| h.code);
     ensure!(code == 0, "CreatePrimary(EK): TPM rc {code:#x}");
-    let handle = body.u32().ok_or(CaseError::Fail("CreatePrimary: short".into()))?;
-    let _ = body.u32();
-    let ek = body.sized().ok_or(CaseError::Fail("CreatePrimary: short".into()))?.to_vec();
+    let (handle, ek) =
+        vtpm::create_primary_result(&r).ok_or(CaseError::Fail("CreatePrimary(EK): response too short".into()))?;
+    let ek = ek.to_vec();
     let mut flush = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_FLUSH_CONTEXT);
     flush.u32(handle);
     tpm(env, &flush.finish())?;

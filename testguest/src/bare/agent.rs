@@ -139,27 +139,8 @@ fn tpm<T: Transport>(c: &mut Client<T>, buffer: u64, command: &[u8]) -> Result<V
     Ok(response)
 }
 
-/// SVSM_ATTEST_SERVICES with buffers in the pages after `buffer` (validated scratch
-/// memory); the services manifest it returns.
+/// SVSM_ATTEST_SERVICES with its buffers in the validated scratch pages after `buffer`;
+/// the services manifest it returns.
 fn manifest<T: Transport>(c: &mut Client<T>, buffer: u64) -> Result<Vec<u8>, String> {
-    use abi::attest::{AttestServicesOp, BufferRecord};
-    use abi::protocol::{CallId, ProtocolId, attest_call};
-    use zerocopy::IntoBytes;
-    let (op, nonce, report, manifest, certs) =
-        (buffer + 0x1000, buffer + 0x2000, buffer + 0x3000, buffer + 0x4000, buffer + 0x5000);
-    let record = |gpa, len| BufferRecord { gpa, len, reserved: 0 };
-    let request = AttestServicesOp {
-        report: record(report, 0x1000),
-        nonce: record(nonce, 64),
-        manifest: record(manifest, 0x1000),
-        certificates: record(certs, 0x4000),
-    };
-    let err = |e: guest::GuestFault| alloc::format!("{e:?}");
-    c.transport.write(nonce, &[0x6E; 64]).map_err(err)?;
-    c.transport.write(op, request.as_bytes()).map_err(err)?;
-    let id = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES);
-    let out = c.call(id, op, u64::MAX, u64::MAX, 0).map_err(|e| alloc::format!("SVSM_ATTEST_SERVICES: {e:?}"))?;
-    let mut bytes = vec![0u8; out.rcx.min(0x1000) as usize];
-    c.transport.read(manifest, &mut bytes).map_err(err)?;
-    Ok(bytes)
+    super::evidence::attest(c, buffer + 0x1000, &[0x6E; 64]).map(|e| e.manifest)
 }

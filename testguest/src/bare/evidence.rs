@@ -38,23 +38,41 @@ fn print_hex(what: &str, bytes: &[u8]) {
     println!("EVIDENCE {what} {line}");
 }
 
+/// What SVSM_ATTEST_SERVICES returned.
+pub struct Evidence {
+    pub report: vec::Vec<u8>,
+    pub manifest: vec::Vec<u8>,
+    pub certificates: vec::Vec<u8>,
+}
+
 /// Obtain and print the evidence; `Err` with what went wrong.
 pub fn obtain<T: Transport>(c: &mut Client<T>, list_page: u64) -> Result<usize, alloc::string::String> {
     let entries: vec::Vec<PvalidateEntry> =
         (0..PAGES).map(|i| PvalidateEntry::new(AREA + i * 0x1000, false, true, false)).collect();
     c.pvalidate(&entries, list_page).map_err(|e| alloc::format!("validating the buffers: {e:?}"))?;
-    let (op_gpa, report, nonce_gpa, manifest, certs) =
-        (AREA, AREA + 0x1000, AREA + 0x2000, AREA + 0x3000, AREA + 0x4000);
     let nonce = nonce();
+    let e = attest(c, AREA, &nonce)?;
+    print_hex("nonce", &nonce);
+    print_hex("manifest", &e.manifest);
+    print_hex("report", &e.report);
+    print_hex("certificates", &e.certificates);
+    Ok(e.certificates.len())
+}
+
+/// SVSM_ATTEST_SERVICES for `nonce` (at most a page) with its operation and buffers in
+/// the 8 validated pages from `area`, as Linux lays them out.
+pub fn attest<T: Transport>(c: &mut Client<T>, area: u64, nonce: &[u8]) -> Result<Evidence, alloc::string::String> {
+    let (op_gpa, report, nonce_gpa, manifest, certs) =
+        (area, area + 0x1000, area + 0x2000, area + 0x3000, area + 0x4000);
     let record = |gpa, len| BufferRecord { gpa, len, reserved: 0 };
     let op = AttestServicesOp {
         report: record(report, 0x1000),
-        nonce: record(nonce_gpa, 64),
+        nonce: record(nonce_gpa, nonce.len() as u32),
         manifest: record(manifest, 0x1000),
         certificates: record(certs, (CERT_PAGES * 0x1000) as u32),
     };
     let write = |c: &mut Client<T>, gpa, data: &[u8]| c.transport.write(gpa, data).map_err(|e| alloc::format!("{e:?}"));
-    write(c, nonce_gpa, &nonce)?;
+    write(c, nonce_gpa, nonce)?;
     write(c, op_gpa, op.as_bytes())?;
     let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
     let out =
@@ -68,12 +86,9 @@ pub fn obtain<T: Transport>(c: &mut Client<T>, list_page: u64) -> Result<usize, 
         c.transport.read(gpa, &mut b).map_err(|e| alloc::format!("{e:?}"))?;
         Ok(b)
     };
-    let report_bytes = read(c, report, REPORT_SIZE as u64)?;
-    let manifest_bytes = read(c, manifest, out.rcx.min(0x1000))?;
-    let cert_bytes = read(c, certs, out.rdx.min(CERT_PAGES * 0x1000))?;
-    print_hex("nonce", &nonce);
-    print_hex("manifest", &manifest_bytes);
-    print_hex("report", &report_bytes);
-    print_hex("certificates", &cert_bytes);
-    Ok(cert_bytes.len())
+    Ok(Evidence {
+        report: read(c, report, REPORT_SIZE as u64)?,
+        manifest: read(c, manifest, out.rcx.min(0x1000))?,
+        certificates: read(c, certs, out.rdx.min(CERT_PAGES * 0x1000))?,
+    })
 }

@@ -73,13 +73,8 @@ impl VtpmPort for ModelPort {
         let page = self.env.facts().scratch;
         let ca = self.env.calling_area();
         let mut response = vec![0u8; abi::vtpm::BUFFER_SIZE];
-        let mut client = Client::new(&mut self.env, ca);
-        let result = if locality == 0 {
-            client.vtpm_command(page, command, &mut response)
-        } else {
-            raw_command(&mut client, page, locality, command, &mut response)
-        };
-        match result {
+        // The simulator's locality goes on to the SVSM, which is the one to judge it.
+        match Client::new(&mut self.env, ca).vtpm_command_at(page, locality, command, &mut response) {
             Ok(n) => {
                 response.truncate(n);
                 Ok(response)
@@ -95,35 +90,6 @@ impl VtpmPort for ModelPort {
     fn manifest(&mut self) -> Result<Vec<u8>, String> {
         model::attest_demo::obtain_from(&mut self.env, &[0u8; 64]).map(|e| e.manifest)
     }
-}
-
-/// SVSM_VTPM_CMD with a locality the guest client never sends (it always uses 0, as Linux
-/// does): the bridge passes the simulator's locality on so the SVSM is the one to judge it.
-fn raw_command(
-    client: &mut Client<&mut ModelEnv>,
-    page: u64,
-    locality: u8,
-    command: &[u8],
-    response: &mut [u8],
-) -> Result<usize, VtpmError> {
-    use abi::vtpm::*;
-    use guest::Transport;
-    let mut request = vec![0u8; REQ_COMMAND_OFFSET];
-    request[REQ_ORDINAL_OFFSET..REQ_ORDINAL_OFFSET + 4].copy_from_slice(&abi::vtpm::TPM_SEND_COMMAND.to_le_bytes());
-    request[REQ_LOCALITY_OFFSET] = locality;
-    request[REQ_SIZE_OFFSET..REQ_SIZE_OFFSET + 4].copy_from_slice(&(command.len() as u32).to_le_bytes());
-    request.extend_from_slice(command);
-    client.transport.write(page, &request)?;
-    let id = abi::protocol::CallId::new(abi::protocol::ProtocolId::VTPM, abi::protocol::vtpm_call::CMD);
-    client.call(id, page, 0, 0, 0)?;
-    let mut size = [0u8; 4];
-    client.transport.read(page, &mut size)?;
-    let n = u32::from_le_bytes(size) as usize;
-    if n > MAX_RESPONSE_SIZE || n > response.len() {
-        return Err(VtpmError::BadResponseSize(n as u32));
-    }
-    client.transport.read(page + RESP_DATA_OFFSET as u64, &mut response[..n])?;
-    Ok(n)
 }
 
 impl VtpmPort for Agent {
