@@ -124,6 +124,11 @@ size_t strcspn(const char *s, const char *reject)
     while (s[n] && !strchr(reject, s[n])) n++;
     return n;
 }
+char *strpbrk(const char *s, const char *accept)
+{
+    s += strcspn(s, accept);
+    return *s ? (char *)s : 0;
+}
 char *strstr(const char *h, const char *n)
 {
     size_t len = strlen(n);

@@ -545,7 +545,6 @@ fn build_testguest() -> Result<PathBuf> {
     Ok(target_dir()?.join("x86_64-unknown-none/release/bulwark-testguest"))
 }
 
-/// Build the bare-metal SVSM and embed its symbol table; returns the image path.
 /// Build the SVSM image (with its own GDB stub if `gdb_stub`) and embed its symbols.
 fn build_svsm_image(gdb_stub: bool) -> Result<PathBuf> {
     prereqs::ensure()?;
@@ -557,6 +556,15 @@ fn build_svsm_image(gdb_stub: bool) -> Result<PathBuf> {
     let image = target_dir()?.join("x86_64-unknown-none/release/bulwark-svsm");
     let named = symbols::embed(&image)?;
     step(&format!("embedded {named} function names for backtraces"));
+    let stubs = symbols::c_runtime_stubs(&image)?;
+    if !stubs.is_empty() {
+        eprintln!(
+            "warning: the C archives call {} libc function(s) csupport/libc.c does not implement; \
+             they are linked as stubs that stop the SVSM: {}",
+            stubs.len(),
+            stubs.join(", ")
+        );
+    }
     Ok(image)
 }
 

@@ -44,8 +44,8 @@ fn sections(elf: &[u8]) -> Option<Vec<Section>> {
     Some(out)
 }
 
-/// Function symbols `(address, size, demangled name)`, sorted by address.
-fn functions(elf: &[u8], secs: &[Section]) -> Option<Vec<(u64, u32, String)>> {
+/// Function symbols `(address, size, raw name)` in symbol-table order.
+fn raw_functions(elf: &[u8], secs: &[Section]) -> Option<Vec<(u64, u32, String)>> {
     let symtab = secs.iter().find(|s| s.kind == 2)?;
     let strtab = secs.get(symtab.link as usize)?;
     let mut funcs = Vec::new();
@@ -59,11 +59,33 @@ fn functions(elf: &[u8], secs: &[Section]) -> Option<Vec<(u64, u32, String)>> {
         let len = elf.get(name_off..)?.iter().position(|b| *b == 0)?;
         let raw = String::from_utf8_lossy(&elf[name_off..name_off + len]).into_owned();
         let size = u32::try_from(u64_at(elf, e + 16)?).unwrap_or(u32::MAX);
-        funcs.push((value, size, format!("{:#}", rustc_demangle::demangle(&raw))));
+        funcs.push((value, size, raw));
+    }
+    Some(funcs)
+}
+
+/// Function symbols `(address, size, demangled name)`, sorted by address.
+fn functions(elf: &[u8], secs: &[Section]) -> Option<Vec<(u64, u32, String)>> {
+    let mut funcs = raw_functions(elf, secs)?;
+    for f in &mut funcs {
+        f.2 = format!("{:#}", rustc_demangle::demangle(&f.2));
     }
     funcs.sort_by_key(|f| f.0);
     funcs.dedup_by_key(|f| f.0);
     Some(funcs)
+}
+
+/// The libc functions linked into `image` as stop-stubs (svsm/build.rs generates one for
+/// each symbol the C archives want and csupport/libc.c lacks; only called ones survive
+/// the linker's garbage collection).
+pub fn c_runtime_stubs(image: &Path) -> Result<Vec<String>, String> {
+    let elf = std::fs::read(image).map_err(|e| format!("reading {}: {e}", image.display()))?;
+    let secs = sections(&elf).ok_or("not an ELF64 image")?;
+    let funcs = raw_functions(&elf, &secs).ok_or("no symbol table in the image")?;
+    let mut stubs: Vec<String> =
+        funcs.into_iter().filter_map(|f| f.2.strip_prefix("bulwark_stub_").map(str::to_string)).collect();
+    stubs.sort();
+    Ok(stubs)
 }
 
 /// Write the symbol table into `image`; returns how many functions it names.
