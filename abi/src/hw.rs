@@ -30,10 +30,6 @@ pub mod rmpadjust {
 pub const SVM_EXIT_VMGEXIT: u64 = 0x403;
 /// VMEXIT code of VMMCALL (the call gate on the `svm` platform).
 pub const SVM_EXIT_VMMCALL: u64 = 0x81;
-/// GHCB MSR protocol request "run at VMPL" (spec 58019 section 5).
-pub const GHCB_MSR_SNP_RUN_VMPL_REQ: u64 = 0x16;
-/// GHCB SW_EXITCODE of SNP_RUN_VMPL.
-pub const GHCB_EXIT_SNP_RUN_VMPL: u64 = 0x8000_0017;
 
 /// EFER bits.
 pub const EFER_SVME: u64 = 1 << 12;

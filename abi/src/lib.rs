@@ -19,8 +19,10 @@ compile_error!("Bulwark's wire structures use native integers and assume little-
 pub mod attest;
 pub mod calling_area;
 pub mod core_protocol;
+pub mod ghcb;
 pub mod guid;
 pub mod hw;
+pub mod igvm;
 pub mod ocp;
 pub mod protocol;
 pub mod result;

@@ -1,0 +1,83 @@
+//! How a Bulwark IGVM image hands the SVSM its launch: the fixed places of the pages the
+//! image adds around the kernel, the boot-information page that names them, and the
+//! register state at the 64-bit entry. Written by `bulwark igvm build`, read by the SVSM's
+//! IGVM entry (`svsm/src/bare/igvm_boot.rs`). Layout and reasons: docs/platforms/igvm.md.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The SVSM region the image is linked into (svsm/linker.ld) and the launch validates.
+pub const SVSM_REGION_BASE: u64 = 0x100_0000;
+pub const SVSM_REGION_SIZE: u64 = 0x100_0000;
+
+/// The top 64 KiB of the SVSM region hold the pages the image adds around the kernel; the
+/// SVSM keeps them out of its page pool.
+pub const BOOT_BLOCK_BASE: u64 = SVSM_REGION_BASE + SVSM_REGION_SIZE - BOOT_BLOCK_SIZE;
+pub const BOOT_BLOCK_SIZE: u64 = 0x1_0000;
+
+/// The boot-information page (`BootInfo`), measured.
+pub const BOOT_INFO_GPA: u64 = BOOT_BLOCK_BASE;
+/// The SNP secrets page (SNP only; the PSP fills it).
+pub const SECRETS_GPA: u64 = BOOT_BLOCK_BASE + 0x1000;
+/// The SNP CPUID page (SNP only; the PSP checks it).
+pub const CPUID_GPA: u64 = BOOT_BLOCK_BASE + 0x2000;
+/// Parameter area: the number of vCPUs (a u32 at offset 0).
+pub const VP_COUNT_GPA: u64 = BOOT_BLOCK_BASE + 0x3000;
+/// Parameter area: the guest memory map (IGVM_VHS_MEMORY_MAP_ENTRY array).
+pub const MEMORY_MAP_GPA: u64 = BOOT_BLOCK_BASE + 0x4000;
+pub const MEMORY_MAP_PAGES: u64 = 1;
+/// Initial page tables: PML4, PDPT, PD (identity map of the first GiB with 2 MiB pages;
+/// on SNP with the C-bit set, so they differ per platform).
+pub const PML4_GPA: u64 = BOOT_BLOCK_BASE + 0x5000;
+pub const PDPT_GPA: u64 = BOOT_BLOCK_BASE + 0x6000;
+pub const PD_GPA: u64 = BOOT_BLOCK_BASE + 0x7000;
+/// The entry GDT: null, 64-bit code (selector 0x08), data (0x10).
+pub const GDT_GPA: u64 = BOOT_BLOCK_BASE + 0x8000;
+pub const CODE_SELECTOR: u16 = 0x08;
+pub const DATA_SELECTOR: u16 = 0x10;
+/// The SVSM's own VMSA in the SNP image (QEMU measures it at 0xFFFF_FFFF_F000).
+pub const SVSM_VMSA_GPA: u64 = BOOT_BLOCK_BASE + 0x9000;
+
+/// The entry symbol: 64-bit mode, paging on with the image's page tables, interrupts off,
+/// RSI = `BOOT_INFO_GPA`. The entry code sets its own stack.
+pub const ENTRY_SYMBOL: &str = "igvm_entry64";
+
+/// `BootInfo::magic`.
+pub const BOOT_INFO_MAGIC: [u8; 8] = *b"BWIGVM01";
+
+/// Boot-information page, written by the image builder and measured with the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct BootInfo {
+    pub magic: [u8; 8],
+    pub svsm_base: u64,
+    pub svsm_size: u64,
+    /// Zero in the native image.
+    pub secrets_gpa: u64,
+    /// Zero in the native image.
+    pub cpuid_gpa: u64,
+    pub vp_count_gpa: u64,
+    pub memory_map_gpa: u64,
+    pub memory_map_pages: u64,
+    /// Guest firmware (OVMF) loaded below 4 GiB; size zero if the image carries none.
+    pub firmware_base: u64,
+    pub firmware_size: u64,
+    /// The VMPL the guest OS runs at (SNP).
+    pub guest_vmpl: u64,
+}
+crate::assert_size!(BootInfo, 88);
+
+/// One IGVM_VHS_MEMORY_MAP_ENTRY, as the loader fills the memory-map parameter area.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct MemoryMapEntry {
+    pub starting_gpa_page_number: u64,
+    pub number_of_pages: u64,
+    /// 0 = memory, 1 = platform reserved, 2 = persistent, 3 = VTL2-protectable.
+    pub entry_type: u16,
+    pub flags: u16,
+    pub reserved: u32,
+}
+crate::assert_size!(MemoryMapEntry, 24);
+
+/// `MemoryMapEntry::entry_type` of ordinary RAM.
+pub const MEMORY_TYPE_MEMORY: u16 = 0;

@@ -1,0 +1,45 @@
+//! The hardware seam: what only an SEV-SNP CPU can do, at instruction granularity.
+
+/// A memory access faulted: the page is not validated, not mapped, or the host took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault;
+
+/// The pages the SVSM shares with the host (mapped without the C-bit). Everything read
+/// from them is host input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shared {
+    /// This CPU's GHCB.
+    Ghcb,
+    /// SNP_GUEST_REQUEST request and response pages.
+    Request,
+    Response,
+    /// Buffer for the certificate table of an extended guest request.
+    Certs(usize),
+}
+
+/// Pages in the certificate buffer (ARK + ASK + VCEK fit in well under 16 KiB).
+pub const CERT_PAGES: usize = 4;
+
+/// Shared pages in the order the platform converts them at start.
+pub const SHARED_PAGES: [Shared; 3 + CERT_PAGES] =
+    [Shared::Ghcb, Shared::Request, Shared::Response, Shared::Certs(0), Shared::Certs(1), Shared::Certs(2), Shared::Certs(3)];
+
+pub trait SnpHw {
+    /// PVALIDATE: EAX and EFLAGS.CF, or a fault.
+    fn pvalidate(&mut self, gpa: u64, huge: bool, validate: bool) -> Result<(u32, bool), Fault>;
+    /// RMPADJUST with the attribute operand of `abi::hw::rmpadjust::attrs`: EAX, or a fault.
+    fn rmpadjust(&mut self, gpa: u64, huge: bool, attrs: u64) -> Result<u32, Fault>;
+    /// Copy private (encrypted) memory at `gpa`.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault>;
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault>;
+    /// gpa of a shared page. Fixed for the SVSM's lifetime.
+    fn shared_gpa(&self, page: Shared) -> u64;
+    /// Copy from or to a shared page (`offset + len` within 4 KiB).
+    fn shared_read(&self, page: Shared, offset: usize, buf: &mut [u8]);
+    fn shared_write(&mut self, page: Shared, offset: usize, data: &[u8]);
+    /// The GHCB MSR of this CPU.
+    fn read_ghcb_msr(&self) -> u64;
+    fn write_ghcb_msr(&mut self, value: u64);
+    /// VMGEXIT: hand control to the host until it resumes this CPU.
+    fn vmgexit(&mut self);
+}

@@ -1,0 +1,30 @@
+//! The `snp` platform: everything an SVSM does on SEV-SNP hardware above the few
+//! instructions only the chip has.
+//!
+//! The instructions (PVALIDATE, RMPADJUST, VMGEXIT, the GHCB MSR, memory through the
+//! SVSM's own mappings) are the `SnpHw` trait. The bare-metal SVSM implements it in one
+//! small unsafe module (`svsm/src/bare/snp/instr.rs`); the model implements it with its
+//! software RMP and a software host (`model/src/snp_host.rs`), so all of this crate runs
+//! in the model's tests, the conformance suite included.
+//!
+//! - `ghcb`: the GHCB page and the MSR protocol (negotiation, registration, page-state
+//!   changes, termination);
+//! - `cpuid`: answers CPUID from the launch's CPUID page, never from the host;
+//! - `vc`: what the SVSM does with a #VC raised by its own code (CPUID, port I/O, MSR,
+//!   RDTSC);
+//! - `vmsa`: initial register states (the guest's reset state at VMPL1, the SVSM's own);
+//! - `platform`: `SnpPlatform`, the kernel's `Platform` on top of all this.
+#![no_std]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+extern crate alloc;
+
+pub mod cpuid;
+pub mod ghcb;
+pub mod hw;
+pub mod platform;
+pub mod vc;
+pub mod vmsa;
+
+pub use hw::{Fault, Shared, SnpHw};
+pub use platform::{SnpPlatform, SnpState, StartError};

@@ -1,0 +1,390 @@
+//! `SnpPlatform`: the kernel's `Platform` on SEV-SNP, over the `SnpHw` seam.
+//!
+//! Our reading where the specs leave room (docs/platforms/snp.md):
+//! - A new vCPU gets two VMSAs: the SVSM's own (VMPL0, in the vCPU's SVSM pages, if the
+//!   platform knows its AP entry) and the guest's; the host is told about both with
+//!   AP_CREATION, the SVSM's first.
+//! - Stopping a vCPU clears EFER.SVME and then the VMSA flag with RMPADJUST, which the
+//!   hardware refuses (FAIL_INUSE) while the VMSA runs; the SVSM's VMSA of that vCPU is
+//!   destroyed and unflagged before its pages go back to the pool.
+//! - Certificates come with extended guest requests and are cached; the table a report
+//!   call returns is the one the host sent with the previous report.
+//! - Log lines go to the SVSM's log ring and, byte by byte through GHCB port-I/O events,
+//!   to the serial port (no #VC on this path, so logging works inside any handler).
+
+use crate::ghcb::{self, Ghcb, GhcbError};
+use crate::hw::{CERT_PAGES, Fault, SHARED_PAGES, Shared, SnpHw};
+use crate::vmsa::{self, SvsmCpuState};
+use abi::ghcb::{exit, ioio, msr, offset, term};
+use abi::hw::rmpadjust::{PERM_NONE, attrs};
+use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT, rc};
+use abi::vmsa::VmsaField;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
+use kernel::log_ring::{LogLost, LogRing};
+use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
+use kernel::vcpu::VcpuIndex;
+use zerocopy::IntoBytes;
+
+/// Bytes of log the SVSM keeps for the Observability protocol.
+pub const LOG_BYTES: usize = 64 * 1024;
+
+/// What the platform keeps between entries.
+#[derive(Debug)]
+pub struct SnpState {
+    pub log_level: Level,
+    log: Box<LogRing<LOG_BYTES>>,
+    /// Serial port for log lines (COM1 = 0x3F8), if any.
+    pub console_port: Option<u16>,
+    /// The VMPL the guest runs at.
+    pub guest_vmpl: u8,
+    /// SEV_FEATURES of every VMSA the SVSM creates (those of the launch).
+    pub sev_features: u64,
+    /// Where a new CPU enters the SVSM, if the SVSM runs its own VMSA per vCPU.
+    pub svsm_entry: Option<SvsmCpuState>,
+    vcpus: BTreeMap<u64, VcpuRecord>,
+    certificates: Vec<u8>,
+    /// The host's protocol answer at start.
+    pub c_bit: u8,
+    pub hv_features: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct VcpuRecord {
+    apic_id: u32,
+    svsm_vmsa: Option<u64>,
+}
+
+/// Why the platform could not start; each maps to a termination reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartError {
+    Protocol(GhcbError),
+    Features(GhcbError),
+    /// Rescinding validation of a page that becomes shared failed.
+    Pvalidate(u64),
+    PageState(u64, GhcbError),
+    Register(GhcbError),
+}
+
+impl StartError {
+    /// The GHCB termination reason (set, code) for this failure.
+    pub fn reason(self) -> (u8, u8) {
+        match self {
+            Self::Protocol(_) => (term::SET_GHCB, term::PROTOCOL_UNSUPPORTED),
+            Self::Features(_) => (term::SET_GHCB, term::SNP_UNSUPPORTED),
+            Self::Pvalidate(_) => (term::SET_BULWARK, term::PVALIDATE),
+            Self::PageState(..) => (term::SET_BULWARK, term::PAGE_STATE),
+            Self::Register(_) => (term::SET_BULWARK, term::GHCB_SETUP),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SnpPlatform<H: SnpHw> {
+    pub hw: H,
+    pub state: SnpState,
+}
+
+impl<H: SnpHw> SnpPlatform<H> {
+    /// Bring the platform up on the boot CPU: agree on the GHCB protocol, check the host
+    /// offers SNP, turn the shared pages shared and register the GHCB.
+    pub fn start(mut hw: H, guest_vmpl: u8, sev_features: u64) -> Result<Self, StartError> {
+        let c_bit = ghcb::negotiate(&mut hw).map_err(StartError::Protocol)?;
+        let hv_features = ghcb::check_features(&mut hw).map_err(StartError::Features)?;
+        for page in SHARED_PAGES {
+            let gpa = hw.shared_gpa(page);
+            match hw.pvalidate(gpa, false, false) {
+                Ok((rc::SUCCESS, _)) => {}
+                _ => return Err(StartError::Pvalidate(gpa)),
+            }
+            ghcb::page_state_change(&mut hw, gpa, msr::PSC_SHARED).map_err(|e| StartError::PageState(gpa, e))?;
+        }
+        let ghcb_gpa = hw.shared_gpa(Shared::Ghcb);
+        ghcb::register(&mut hw, ghcb_gpa).map_err(StartError::Register)?;
+        let state = SnpState {
+            log_level: Level::Info,
+            log: Box::new(LogRing::new()),
+            console_port: None,
+            guest_vmpl,
+            sev_features,
+            svsm_entry: None,
+            vcpus: BTreeMap::new(),
+            certificates: Vec::new(),
+            c_bit,
+            hv_features,
+        };
+        Ok(Self { hw, state })
+    }
+
+    /// Register the startup vCPU (its VMSA exists already).
+    pub fn adopt_startup_vcpu(&mut self, vmsa: PageAddr, apic_id: u32) {
+        self.state.vcpus.insert(vmsa.raw(), VcpuRecord { apic_id, svsm_vmsa: None });
+    }
+
+    /// Build the guest's first vCPU in `page` (SVSM-owned, validated): the reset state at
+    /// the guest's VMPL, made a VMSA, announced to the host. The kernel then takes the
+    /// page as its startup VMSA.
+    pub fn launch_guest_vcpu(&mut self, page: PageAddr, apic_id: u32, signature: u32) -> Result<(), HwError> {
+        let v = vmsa::reset_state(self.state.guest_vmpl, self.state.sev_features, signature);
+        self.hw.write(page.raw(), v.as_bytes()).map_err(|_| HwError::Fault)?;
+        self.make_vmsa(page.raw())?;
+        self.ap_create(page.raw(), apic_id).map_err(|_| HwError::Fault)?;
+        self.adopt_startup_vcpu(page, apic_id);
+        Ok(())
+    }
+
+    /// Hand the CPU to the guest until its next call (spec 58019 section 5). `Err` if the
+    /// host refused to switch.
+    pub fn resume_guest(&mut self) -> Result<(), GhcbError> {
+        ghcb::run_vmpl(self.state.guest_vmpl).call(&mut self.hw)
+    }
+
+    /// Stop the guest for good with a GHCB termination reason.
+    pub fn terminate(&mut self, set: u8, code: u8) {
+        ghcb::terminate(&mut self.hw, set, code);
+    }
+
+    /// Flag `gpa` as a VMSA (the RMPADJUST target is the guest's VMPL, with no access).
+    fn make_vmsa(&mut self, gpa: u64) -> Result<(), HwError> {
+        match self.hw.rmpadjust(gpa, false, attrs(self.state.guest_vmpl, PERM_NONE, true)) {
+            Ok(rc::SUCCESS) => Ok(()),
+            Ok(code) => Err(HwError::Rc(code)),
+            Err(Fault) => Err(HwError::Fault),
+        }
+    }
+
+    fn unflag_vmsa(&mut self, gpa: u64) -> Result<(), HwError> {
+        match self.hw.rmpadjust(gpa, false, attrs(self.state.guest_vmpl, PERM_NONE, false)) {
+            Ok(rc::SUCCESS) => Ok(()),
+            Ok(code) => Err(HwError::Rc(code)),
+            Err(Fault) => Err(HwError::Fault),
+        }
+    }
+
+    fn ap_event(&mut self, request: u64, vmsa: u64, apic_id: u32) -> Result<(), GhcbError> {
+        let mut g = Ghcb::event(exit::AP_CREATION, ghcb::ap_creation_info(request, apic_id), vmsa);
+        g.set(offset::RAX, self.state.sev_features);
+        g.call(&mut self.hw)
+    }
+
+    fn ap_create(&mut self, vmsa: u64, apic_id: u32) -> Result<(), GhcbError> {
+        self.ap_event(exit::AP_CREATE, vmsa, apic_id)
+    }
+
+    fn read_u64(&self, gpa: u64, width: usize) -> Result<u64, MemoryFault> {
+        let mut b = [0u8; 8];
+        self.hw.read(gpa, &mut b[..width]).map_err(|_| MemoryFault { gpa: Gpa(gpa) })?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn console(&mut self, bytes: &[u8]) {
+        let Some(port) = self.state.console_port else { return };
+        for &b in bytes {
+            let mut g = Ghcb::event(exit::IOIO, u64::from(port) << ioio::PORT_SHIFT | ioio::SIZE8 | ioio::ADDR64, 0);
+            g.set(offset::RAX, u64::from(b));
+            if g.call(&mut self.hw).is_err() {
+                // The host refuses the console: keep the ring, stop writing this line.
+                return;
+            }
+        }
+    }
+
+    /// Tear down the SVSM's own VMSA of a vCPU: tell the host, then unflag it so its page
+    /// can go back to the pool.
+    fn destroy_svsm_vmsa(&mut self, record: VcpuRecord) -> Result<(), HwError> {
+        if let Some(svsm_vmsa) = record.svsm_vmsa {
+            let _ = self.ap_event(exit::AP_DESTROY, svsm_vmsa, record.apic_id);
+            self.unflag_vmsa(svsm_vmsa)?;
+        }
+        Ok(())
+    }
+}
+
+fn hw_result(r: Result<u32, Fault>) -> Result<(), HwError> {
+    match r {
+        Ok(rc::SUCCESS) => Ok(()),
+        Ok(code) => Err(HwError::Rc(code)),
+        Err(Fault) => Err(HwError::Fault),
+    }
+}
+
+impl<H: SnpHw> Platform for SnpPlatform<H> {
+    const CALL_EXIT_CODE: u64 = SVM_EXIT_VMGEXIT;
+    const NAME: &'static str = "snp";
+
+    fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault> {
+        self.hw.read(gpa.0, buf).map_err(|_| MemoryFault { gpa })
+    }
+
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), MemoryFault> {
+        self.hw.write(gpa.0, data).map_err(|_| MemoryFault { gpa })
+    }
+
+    fn zero_pages(&mut self, pages: PageRange) -> Result<(), MemoryFault> {
+        let zeros = [0u8; 4096];
+        for pfn in pages.start_pfn()..pages.end_pfn() {
+            self.write(Gpa(pfn << 12), &zeros)?;
+        }
+        Ok(())
+    }
+
+    fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError> {
+        match self.hw.pvalidate(page.raw(), size == PageSize::Size2M, validate) {
+            Ok((rc::SUCCESS, false)) => Ok(PvalidateEffect::Changed),
+            Ok((rc::SUCCESS, true)) => Ok(PvalidateEffect::Unchanged),
+            Ok((code, _)) => Err(HwError::Rc(code)),
+            Err(Fault) => Err(HwError::Fault),
+        }
+    }
+
+    fn rmpadjust(
+        &mut self,
+        page: PageAddr,
+        size: PageSize,
+        target_vmpl: u8,
+        perms: u8,
+        vmsa: bool,
+    ) -> Result<(), HwError> {
+        hw_result(self.hw.rmpadjust(page.raw(), size == PageSize::Size2M, attrs(target_vmpl, perms, vmsa)))
+    }
+
+    fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
+        self.read_u64(vmsa.raw() + field.offset() as u64, field.width())
+    }
+
+    fn vmsa_write(&mut self, vmsa: PageAddr, field: VmsaField, value: u64) -> Result<(), MemoryFault> {
+        let gpa = vmsa.raw() + field.offset() as u64;
+        self.hw.write(gpa, &value.to_le_bytes()[..field.width()]).map_err(|_| MemoryFault { gpa: Gpa(gpa) })
+    }
+
+    fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
+        let mut record = VcpuRecord { apic_id, svsm_vmsa: None };
+        if let (Some(entry), Some(first), Some(last)) = (self.state.svsm_entry, svsm_pages.first(), svsm_pages.last()) {
+            // The SVSM's VMSA in the first page, its stack at the top of the last.
+            let state = SvsmCpuState { rsp: last.raw() + 4096, argument: u64::from(index.0), ..entry };
+            let v = vmsa::svsm_state(&state, self.state.sev_features);
+            let made = self.hw.write(first.raw(), v.as_bytes()).map_err(|_| HwError::Fault);
+            match made.and_then(|()| self.make_vmsa(first.raw())) {
+                Ok(()) => match self.ap_create(first.raw(), apic_id) {
+                    Ok(()) => record.svsm_vmsa = Some(first.raw()),
+                    Err(e) => {
+                        kernel::log!(self, Error, "vCPU {}: host refused the SVSM's VMSA: {e:?}", index.0);
+                        let _ = self.unflag_vmsa(first.raw());
+                    }
+                },
+                Err(e) => kernel::log!(self, Error, "vCPU {}: SVSM VMSA not made: {e:?}", index.0),
+            }
+        }
+        if let Err(e) = self.ap_create(vmsa.raw(), apic_id) {
+            kernel::log!(self, Error, "vCPU {}: host refused AP creation: {e:?}", index.0);
+        }
+        self.state.vcpus.insert(vmsa.raw(), record);
+    }
+
+    fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
+        let efer = self.vmsa_read(vmsa, VmsaField::Efer).map_err(|_| HwError::Fault)?;
+        self.vmsa_write(vmsa, VmsaField::Efer, efer & !EFER_SVME).map_err(|_| HwError::Fault)?;
+        if let Err(e) = self.unflag_vmsa(vmsa.raw()) {
+            // Still running (FAIL_INUSE) or refused: leave the vCPU as it was.
+            let _ = self.vmsa_write(vmsa, VmsaField::Efer, efer);
+            return Err(e);
+        }
+        if let Some(record) = self.state.vcpus.remove(&vmsa.raw()) {
+            let _ = self.ap_event(exit::AP_DESTROY, vmsa.raw(), record.apic_id);
+            self.destroy_svsm_vmsa(record)?;
+        }
+        Ok(())
+    }
+
+    fn vcpu_deleted(&mut self, _index: VcpuIndex) {}
+
+    fn vtom_limits(&self) -> Option<VtomLimits> {
+        // vTOM is fixed at launch on SNP (SEV_FEATURES.VTOM); the SVSM cannot move it.
+        None
+    }
+
+    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
+        if level > self.state.log_level {
+            return;
+        }
+        let line = alloc::format!("[{level:?}] {args}\n");
+        self.state.log.push(line.as_bytes());
+        self.console(line.as_bytes());
+    }
+
+    fn log_level(&self) -> Level {
+        self.state.log_level
+    }
+
+    fn set_log_level(&mut self, level: Level) {
+        self.state.log_level = level;
+    }
+
+    fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
+        self.state.log.read(offset, out)
+    }
+
+    fn log_written(&self) -> u64 {
+        self.state.log.written()
+    }
+
+    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        self.hw.shared_write(Shared::Request, 0, request);
+        let (req, resp) = (self.hw.shared_gpa(Shared::Request), self.hw.shared_gpa(Shared::Response));
+        let mut g = Ghcb::event(exit::EXT_GUEST_REQUEST, req, resp);
+        g.set(offset::RAX, self.hw.shared_gpa(Shared::Certs(0)));
+        g.set(offset::RBX, CERT_PAGES as u64);
+        match g.call(&mut self.hw) {
+            Ok(()) => {}
+            Err(GhcbError::Host(_)) => return Err(GuestRequestError::Host(1)),
+            Err(_) => return Err(GuestRequestError::Host(2)),
+        }
+        // SW_EXITINFO2: the host's error in 63:32, the firmware's in 31:0.
+        match g.get(offset::SW_EXIT_INFO_2) {
+            Some(0) => {}
+            Some(info2) if info2 >> 32 != 0 => return Err(GuestRequestError::Host((info2 >> 32) as u32)),
+            Some(info2) => return Err(GuestRequestError::Firmware(info2 as u32)),
+            None => return Err(GuestRequestError::Host(2)),
+        }
+        self.hw.shared_read(Shared::Response, 0, response);
+        let mut certs = Vec::new();
+        let mut page = [0u8; 4096];
+        for i in 0..CERT_PAGES {
+            self.hw.shared_read(Shared::Certs(i), 0, &mut page);
+            certs.extend_from_slice(&page);
+        }
+        self.state.certificates = trim_cert_table(certs);
+        Ok(())
+    }
+
+    fn report_certificates(&mut self) -> Vec<u8> {
+        self.state.certificates.clone()
+    }
+}
+
+/// The certificate table up to and including its all-zero terminating entry (24-byte
+/// entries: GUID, offset, length); the whole buffer if it has none, empty if it starts
+/// with the terminator.
+fn trim_cert_table(mut buf: Vec<u8>) -> Vec<u8> {
+    let end = buf.chunks(24).position(|e| e.iter().all(|b| *b == 0));
+    match end {
+        Some(0) => Vec::new(),
+        Some(n) => {
+            // Keep the entries and the data they point at: up to the furthest end.
+            let furthest = buf[..n * 24]
+                .chunks(24)
+                .map(|e| {
+                    let off = u32::from_le_bytes([e[16], e[17], e[18], e[19]]) as usize;
+                    let len = u32::from_le_bytes([e[20], e[21], e[22], e[23]]) as usize;
+                    off.saturating_add(len)
+                })
+                .max()
+                .unwrap_or(0);
+            buf.truncate(furthest.max((n + 1) * 24).min(buf.len()));
+            buf
+        }
+        None => buf,
+    }
+}
