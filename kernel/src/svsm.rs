@@ -179,6 +179,24 @@ impl Svsm {
         })
     }
 
+    /// Ask the PSP for one report (report data all zero) before serving the guest. It
+    /// proves VMPCK0 and the host's relay work, and it lets a platform that receives the
+    /// certificate table only with reports (SNP's extended guest request) know it before
+    /// the guest asks for sizes. A failure is logged; the attestation protocol then
+    /// reports it to the guest on each call.
+    pub fn check_psp_channel<P: Platform + ?Sized>(&mut self, p: &mut P) -> bool {
+        match self.psp.request_report(p, &[0; 64]) {
+            Ok(_) => {
+                crate::log!(p, Info, "PSP channel: a report arrived under VMPCK0");
+                true
+            }
+            Err(e) => {
+                crate::log!(p, Warn, "PSP channel: no report at boot: {e:?}");
+                false
+            }
+        }
+    }
+
     /// Serve protocol 2 with `vtpm` from now on: QUERY_PROTOCOL announces it, its EK
     /// public area becomes the vTPM entry of the attestation manifest, and its call
     /// counters become OCP sources.

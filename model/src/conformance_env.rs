@@ -3,7 +3,7 @@
 //! convention (see `Machine::violations`).
 
 use crate::machine::Race;
-use crate::world::{self, MIB, World, WorldConfig};
+use crate::world::{self, MIB, PlatformKind, World, WorldConfig};
 use abi::hw::rmpadjust::PERM_READ;
 use abi::vmsa::VmsaField;
 use conformance::{Case, Env, Facts, HostControl, Verdict};
@@ -29,7 +29,12 @@ impl Default for ModelEnv {
 
 impl ModelEnv {
     pub fn new() -> Self {
-        let config = WorldConfig { pages_per_call: CONFORMANCE_PAGES_PER_CALL, ..WorldConfig::default() };
+        Self::on(PlatformKind::Model)
+    }
+
+    /// A fresh world served through `platform`.
+    pub fn on(platform: PlatformKind) -> Self {
+        let config = WorldConfig { pages_per_call: CONFORMANCE_PAGES_PER_CALL, platform, ..WorldConfig::default() };
         Self { world: World::new(config), vcpu: VcpuIndex::STARTUP, calling_area: world::STARTUP_CA_GPA }
     }
 }
@@ -65,7 +70,10 @@ impl Env for ModelEnv {
             not_ram: c.ram_bytes + 4 * MIB,
             pages_per_call: c.pages_per_call,
             attestation: true,
-            log_bytes: crate::machine::MODEL_LOG_BYTES as u64,
+            log_bytes: match c.platform {
+                PlatformKind::Model => crate::machine::MODEL_LOG_BYTES as u64,
+                PlatformKind::Snp => snp::platform::LOG_BYTES as u64,
+            },
         }
     }
     fn calling_area(&self) -> u64 {
@@ -140,7 +148,12 @@ impl HostControl for ModelEnv {
 /// Run one case on a fresh world; a machine-level violation fails the case. Returns the
 /// verdict and what the SVSM counted while serving the case.
 pub fn run_case(case: &Case) -> (Verdict, Stats) {
-    let mut env = ModelEnv::new();
+    run_case_on(case, PlatformKind::Model)
+}
+
+/// `run_case` with the kernel served through `platform`.
+pub fn run_case_on(case: &Case, platform: PlatformKind) -> (Verdict, Stats) {
+    let mut env = ModelEnv::on(platform);
     let verdict = case.run(&mut env);
     let violations = env.world.machine.violations();
     let verdict = match verdict {

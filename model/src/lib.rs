@@ -20,6 +20,7 @@ pub mod fuzz;
 pub mod machine;
 pub mod memory;
 pub mod psp_model;
+pub mod snp_host;
 pub mod vtpm_model;
 /// The RMP (shared with the svm platform).
 pub use rmp;

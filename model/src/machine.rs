@@ -128,6 +128,26 @@ impl Machine {
         self.violations.borrow_mut().push(what);
     }
 
+    /// Record a breach seen outside the machine (the snp platform's host).
+    pub fn record_violation(&self, what: String) {
+        self.violation(what);
+    }
+
+    /// A write of `len` bytes at `gpa` through plain memory (the snp platform's way to
+    /// set VMSA fields): a VMSA register other than EFER must not change while the vCPU
+    /// is runnable.
+    pub fn check_vmsa_write(&self, gpa: u64, len: usize) {
+        let page = gpa & !0xFFF;
+        if !self.rmp.entry(page >> 12).is_some_and(|e| e.vmsa) {
+            return;
+        }
+        let efer = VmsaField::Efer.offset() as u64;
+        let only_efer = gpa - page >= efer && gpa - page + len as u64 <= efer + 8;
+        if !only_efer && self.vmsa_field(page, VmsaField::Efer) & EFER_SVME != 0 {
+            self.violation(format!("VMSA {page:#x} written at {gpa:#x} while EFER.SVME = 1"));
+        }
+    }
+
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), MemoryFault> {
         self.rmp.check_access(gpa, len, 0, need).map_err(|a| MemoryFault { gpa: Gpa(a) })
     }

@@ -14,6 +14,7 @@
 //! | above | guest RAM, not validated; 2 MiB RMP entries from `huge_from` |
 
 use crate::machine::Machine;
+use crate::snp_host::{ModelSnpHw, SnpHost};
 use abi::hw::rmpadjust::{PERM_ALL, PERM_READ, PERM_WRITE};
 use abi::hw::{EFER_SVME, sev_features};
 use abi::vmsa::VmsaField;
@@ -24,6 +25,7 @@ use kernel::platform::Level;
 use kernel::request::EntryOutcome;
 use kernel::vcpu::VcpuIndex;
 use kernel::{Svsm, SvsmConfig};
+use snp::SnpPlatform;
 
 pub const MIB: u64 = 1 << 20;
 pub const SECRETS_GPA: u64 = 0x10_0000;
@@ -50,6 +52,26 @@ pub struct WorldConfig {
     pub log_level: Level,
     /// Install the vTPM (libtpms) so protocol 2 is served.
     pub vtpm: bool,
+    /// Which platform serves the kernel.
+    pub platform: PlatformKind,
+}
+
+/// The platform between the kernel and the machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlatformKind {
+    /// The machine itself implements `Platform` (the reference semantics).
+    #[default]
+    Model,
+    /// `bulwark-snp`'s `SnpPlatform` over the machine's RMP and a software host
+    /// (`snp_host`): GHCB protocol, AP creation, shared pages, VMSAs in memory.
+    Snp,
+}
+
+/// The snp platform's parts that outlive an entry.
+#[derive(Debug)]
+pub struct SnpWorld {
+    pub host: SnpHost,
+    state: Option<snp::SnpState>,
 }
 
 impl Default for WorldConfig {
@@ -64,6 +86,7 @@ impl Default for WorldConfig {
             vtom: Some(kernel::platform::VtomLimits { align_log2: 21, min: 2 * MIB, max: 1 << 46 }),
             log_level: Level::Info,
             vtpm: true,
+            platform: PlatformKind::Model,
         }
     }
 }
@@ -83,6 +106,8 @@ pub struct World {
     pub svsm: Svsm,
     pub config: WorldConfig,
     pub host: Host,
+    /// Set when `config.platform` is `Snp`.
+    pub snp: Option<SnpWorld>,
 }
 
 fn range(start: u64, bytes: u64) -> PageRange {
@@ -108,7 +133,8 @@ impl World {
         if let Some(e) = m.rmp.entry_mut(SECRETS_GPA >> 12) {
             e.perms[usize::from(GUEST_VMPL)] = PERM_READ;
         }
-        if let Some(e) = m.rmp.entry_mut(STARTUP_VMSA_GPA >> 12) {
+        let snp = config.platform == PlatformKind::Snp;
+        if !snp && let Some(e) = m.rmp.entry_mut(STARTUP_VMSA_GPA >> 12) {
             e.perms[usize::from(GUEST_VMPL)] = 0;
             e.vmsa = true;
         }
@@ -119,13 +145,15 @@ impl World {
         // The PSP keeps the same VMPCK0 (it is the firmware's key for this guest).
         m.psp = Some(crate::psp_model::launch([0xA0; 32]));
         m.certificates = crate::psp_model::certificate_table();
-        m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Vmpl, u64::from(GUEST_VMPL));
-        m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Efer, EFER_SVME | 0x500);
-        m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::SevFeatures, sev_features::SNP_ACTIVE);
-        m.vcpus.insert(
-            0,
-            crate::machine::ModelVcpu { vmsa: STARTUP_VMSA_GPA, apic_id: 0, running: false, svsm_pages: vec![] },
-        );
+        if !snp {
+            m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Vmpl, u64::from(GUEST_VMPL));
+            m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::Efer, EFER_SVME | 0x500);
+            m.set_vmsa_field(STARTUP_VMSA_GPA, VmsaField::SevFeatures, sev_features::SNP_ACTIVE);
+            m.vcpus.insert(
+                0,
+                crate::machine::ModelVcpu { vmsa: STARTUP_VMSA_GPA, apic_id: 0, running: false, svsm_pages: vec![] },
+            );
+        }
 
         let svsm_pages = config.svsm_size / 4096;
         let reserve_first = (SVSM_BASE >> 12) + svsm_pages - config.pool_reserve_pages.min(svsm_pages);
@@ -141,7 +169,31 @@ impl World {
             pages_per_call: config.pages_per_call,
             secrets_page: Some(PageAddr::from_pfn(SECRETS_GPA >> 12)),
         };
-        let mut svsm = match Svsm::new(svsm_config, &mut m) {
+        let mut snp_world = None;
+        let made = if snp {
+            let mut host = SnpHost::default();
+            let hw = ModelSnpHw { machine: &mut m, host: &mut host };
+            let mut p = match SnpPlatform::start(hw, GUEST_VMPL, sev_features::SNP_ACTIVE) {
+                Ok(p) => p,
+                Err(e) => panic!("the model's host offers what the snp platform needs: {e:?}"),
+            };
+            p.state.console_port = Some(0x3F8);
+            p.state.log_level = config.log_level;
+            // As on hardware, the SVSM builds the guest's first vCPU itself.
+            if let Err(e) = p.launch_guest_vcpu(svsm_config.startup_vmsa, 0, 0x00A0_0F11) {
+                panic!("the startup VMSA could not be made: {e:?}");
+            }
+            let made = Svsm::new(svsm_config, &mut p).map(|mut svsm| {
+                svsm.check_psp_channel(&mut p);
+                svsm
+            });
+            let state = p.state;
+            snp_world = Some(SnpWorld { host, state: Some(state) });
+            made
+        } else {
+            Svsm::new(svsm_config, &mut m)
+        };
+        let mut svsm = match made {
             Ok(s) => s,
             Err(e) => unreachable!("the model's launch layout is valid: {e:?}"),
         };
@@ -151,12 +203,35 @@ impl World {
                 Err(e) => panic!("the model's vTPM did not start: {e}"),
             }
         }
-        Self { machine: m, svsm, config, host: Host::default() }
+        Self { machine: m, svsm, config, host: Host::default(), snp: snp_world }
     }
 
-    /// The host enters the SVSM for `vcpu`.
+    /// The host enters the SVSM for `vcpu`. On the snp platform the SVSM then hands the
+    /// CPU back with RUN_VMPL, as its request loop does.
     pub fn enter(&mut self, vcpu: VcpuIndex) -> EntryOutcome {
-        self.svsm.handle_entry(&mut self.machine, vcpu)
+        let Some(snp) = self.snp.as_mut() else { return self.svsm.handle_entry(&mut self.machine, vcpu) };
+        let Some(state) = snp.state.take() else { unreachable!("the snp state is put back after every entry") };
+        let hw = ModelSnpHw { machine: &mut self.machine, host: &mut snp.host };
+        let mut p = SnpPlatform { hw, state };
+        let outcome = self.svsm.handle_entry(&mut p, vcpu);
+        if let Err(e) = p.resume_guest() {
+            p.hw.machine.record_violation(format!("RUN_VMPL failed: {e:?}"));
+        }
+        snp.state = Some(p.state);
+        outcome
+    }
+
+    /// Tell the snp platform where a new CPU enters the SVSM, so each new vCPU gets its
+    /// own VMPL0 VMSA (the bare-metal boot sets this).
+    pub fn set_snp_entry(&mut self, entry: snp::vmsa::SvsmCpuState) {
+        if let Some(state) = self.snp.as_mut().and_then(|s| s.state.as_mut()) {
+            state.svsm_entry = Some(entry);
+        }
+    }
+
+    /// The snp platform's state (log ring, vCPU records), if this world runs it.
+    pub fn snp_state(&self) -> Option<&snp::SnpState> {
+        self.snp.as_ref().and_then(|s| s.state.as_ref())
     }
 
     /// The guest side of vCPU `index`.

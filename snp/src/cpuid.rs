@@ -89,7 +89,15 @@ mod tests {
     use zerocopy::{FromZeros, IntoBytes};
 
     fn entry(leaf: u32, sub: u32, regs: [u32; 4]) -> CpuidEntry {
-        CpuidEntry { eax_in: leaf, ecx_in: sub, eax: regs[0], ebx: regs[1], ecx: regs[2], edx: regs[3], ..Default::default() }
+        CpuidEntry {
+            eax_in: leaf,
+            ecx_in: sub,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
     }
 
     fn table(entries: &[CpuidEntry]) -> [u8; 4096] {

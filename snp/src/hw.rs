@@ -21,8 +21,15 @@ pub enum Shared {
 pub const CERT_PAGES: usize = 4;
 
 /// Shared pages in the order the platform converts them at start.
-pub const SHARED_PAGES: [Shared; 3 + CERT_PAGES] =
-    [Shared::Ghcb, Shared::Request, Shared::Response, Shared::Certs(0), Shared::Certs(1), Shared::Certs(2), Shared::Certs(3)];
+pub const SHARED_PAGES: [Shared; 3 + CERT_PAGES] = [
+    Shared::Ghcb,
+    Shared::Request,
+    Shared::Response,
+    Shared::Certs(0),
+    Shared::Certs(1),
+    Shared::Certs(2),
+    Shared::Certs(3),
+];
 
 pub trait SnpHw {
     /// PVALIDATE: EAX and EFLAGS.CF, or a fault.

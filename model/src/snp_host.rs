@@ -1,0 +1,309 @@
+//! The `snp` platform on the model: the hardware seam (`SnpHw`) over the machine's RMP
+//! and memory, and a software host that answers the GHCB MSR protocol and GHCB events
+//! the way KVM does, with knobs to misbehave. With it, `bulwark-snp`'s `SnpPlatform` runs
+//! the kernel in the model's tests, the conformance suite included.
+//!
+//! The shared pages sit at the start of the SVSM region (`SHARED_BASE`), which the
+//! kernel never hands out. The host numbers vCPUs it learns of through AP_CREATION with
+//! the smallest free index, as the kernel's vCPU registry does.
+
+use crate::machine::{Machine, ModelVcpu};
+use abi::ghcb::{exit, ioio, msr, offset};
+use abi::hw::rmpadjust::PERM_ALL;
+use abi::vmsa::VmsaField;
+use kernel::addr::{PageAddr, PageSize};
+use kernel::platform::{GuestRequestError, HwError, Platform, PvalidateEffect};
+use rmp::Size;
+use snp::ghcb::Ghcb;
+use snp::hw::{CERT_PAGES, Fault, Shared, SnpHw};
+
+/// Where the model puts the SVSM's shared pages: GHCB, request, response, certificates.
+pub const SHARED_BASE: u64 = crate::world::SVSM_BASE;
+
+/// The host's side of the snp platform.
+#[derive(Debug)]
+pub struct SnpHost {
+    /// The guest's GHCB MSR.
+    pub msr: u64,
+    pub registered_ghcb: Option<u64>,
+    /// The GHCB protocol range the host speaks.
+    pub protocol: (u16, u16),
+    pub features: u64,
+    /// Fail page-state changes with this error code.
+    pub psc_error: Option<u64>,
+    /// Refuse AP_CREATION events.
+    pub refuse_ap_creation: bool,
+    /// Bytes the SVSM wrote to the serial port (0x3F8) through IOIO events.
+    pub console: Vec<u8>,
+    /// The termination request (reason set, code), once made.
+    pub terminated: Option<(u8, u8)>,
+    /// RUN_VMPL events: how many times the SVSM handed a CPU back to the guest.
+    pub resumes: u64,
+    /// AP_CREATION events: (request, APIC ID, VMSA gpa, VMPL of that VMSA).
+    pub ap_events: Vec<(u64, u32, u64, u8)>,
+    /// GHCB events by exit code.
+    pub events: Vec<u64>,
+    /// What an RDTSC answers (incremented per read).
+    pub tsc: u64,
+}
+
+impl Default for SnpHost {
+    fn default() -> Self {
+        Self {
+            msr: 0,
+            registered_ghcb: None,
+            protocol: (1, 2),
+            features: msr::HV_FEATURE_SNP | msr::HV_FEATURE_SNP_AP_CREATION,
+            psc_error: None,
+            refuse_ap_creation: false,
+            console: Vec::new(),
+            terminated: None,
+            resumes: 0,
+            ap_events: Vec::new(),
+            events: Vec::new(),
+            tsc: 1_000_000,
+        }
+    }
+}
+
+/// The seam for one entry: the machine and its host, borrowed.
+#[derive(Debug)]
+pub struct ModelSnpHw<'a> {
+    pub machine: &'a mut Machine,
+    pub host: &'a mut SnpHost,
+}
+
+fn shared_gpa(page: Shared) -> u64 {
+    let index = match page {
+        Shared::Ghcb => 0,
+        Shared::Request => 1,
+        Shared::Response => 2,
+        Shared::Certs(i) => 3 + i.min(CERT_PAGES - 1) as u64,
+    };
+    SHARED_BASE + index * 4096
+}
+
+impl ModelSnpHw<'_> {
+    /// Host view of a page the SVSM shares: the bytes if the page really is shared; a
+    /// private page would show the host only ciphertext, recorded as a violation.
+    fn host_page(&self, gpa: u64) -> Option<[u8; 4096]> {
+        if self.machine.rmp.entry(gpa >> 12).is_some_and(|e| e.assigned) {
+            self.machine.record_violation(format!("host reads private page {gpa:#x} as shared"));
+            return None;
+        }
+        let mut page = [0u8; 4096];
+        self.machine.raw_read(gpa, &mut page);
+        Some(page)
+    }
+
+    fn msr_protocol(&mut self) {
+        let request = self.host.msr;
+        let data = request >> 12;
+        self.host.msr = match request & msr::INFO_MASK {
+            msr::SEV_INFO_REQ => {
+                let (min, max) = self.host.protocol;
+                u64::from(max) << 48 | u64::from(min) << 32 | 51 << 24 | msr::SEV_INFO_RESP
+            }
+            msr::HV_FEATURES_REQ => self.host.features << 12 | msr::HV_FEATURES_RESP,
+            msr::REGISTER_GPA_REQ => {
+                self.host.registered_ghcb = Some(data << 12);
+                data << 12 | msr::REGISTER_GPA_RESP
+            }
+            msr::PSC_REQ => {
+                let pfn = data & ((1 << 40) - 1);
+                let op = request >> 52 & 0xF;
+                match (self.host.psc_error, op) {
+                    (Some(e), _) => e << 32 | msr::PSC_RESP,
+                    (None, msr::PSC_SHARED) => {
+                        self.machine.rmp.host_unassign(pfn, 1);
+                        msr::PSC_RESP
+                    }
+                    (None, msr::PSC_PRIVATE) => {
+                        self.machine.rmp.host_assign(pfn, 1);
+                        msr::PSC_RESP
+                    }
+                    (None, _) => 1 << 32 | msr::PSC_RESP,
+                }
+            }
+            msr::TERM_REQ => {
+                self.host.terminated = Some(((request >> 12 & 0xF) as u8, (request >> 16 & 0xFF) as u8));
+                request
+            }
+            _ => 0,
+        };
+    }
+
+    fn ghcb_event(&mut self, gpa: u64) {
+        let Some(page) = self.host_page(gpa) else { return };
+        let mut g = Ghcb::from_page(page);
+        let code = g.get(offset::SW_EXIT_CODE).unwrap_or(0);
+        let info1 = g.get(offset::SW_EXIT_INFO_1).unwrap_or(0);
+        let info2 = g.get(offset::SW_EXIT_INFO_2).unwrap_or(0);
+        let rax = g.get(offset::RAX);
+        let input = g.clone();
+        self.host.events.push(code);
+        g.clear_valid();
+        let mut result = 0;
+        match code {
+            exit::RUN_VMPL => self.host.resumes += 1,
+            exit::AP_CREATION => result = self.ap_creation(info1, info2),
+            exit::GUEST_REQUEST | exit::EXT_GUEST_REQUEST => {
+                let status = self.guest_request(info1, info2, code == exit::EXT_GUEST_REQUEST, &input, &mut g);
+                g.set(offset::SW_EXIT_INFO_2, status);
+            }
+            exit::IOIO => {
+                let port = info1 >> ioio::PORT_SHIFT & 0xFFFF;
+                if info1 & ioio::IN != 0 {
+                    g.set(offset::RAX, 0);
+                } else if port == 0x3F8 && info1 & ioio::SIZE8 != 0 {
+                    self.host.console.push(rax.unwrap_or(0) as u8);
+                } else if port == 0x3F8 {
+                    // A wider OUT would also hit the UART's next register.
+                    self.machine.record_violation(format!("IOIO to the UART with exit info {info1:#x}"));
+                }
+            }
+            exit::RDTSC | exit::RDTSCP => {
+                self.host.tsc += 1000;
+                g.set(offset::RAX, self.host.tsc & 0xFFFF_FFFF);
+                g.set(offset::RDX, self.host.tsc >> 32);
+                g.set(offset::RCX, 0);
+            }
+            exit::MSR => {
+                if info1 == 0 {
+                    g.set(offset::RAX, 0x1234);
+                    g.set(offset::RDX, 0);
+                }
+            }
+            _ => result = 1,
+        }
+        g.set(offset::SW_EXIT_INFO_1, result);
+        self.machine.raw_write(gpa, g.page());
+    }
+
+    /// AP_CREATION: 0 accepted, 1 refused.
+    fn ap_creation(&mut self, info1: u64, vmsa: u64) -> u64 {
+        let (request, apic_id) = (info1 & 0xFFFF_FFFF, (info1 >> 32) as u32);
+        let vmpl = self.machine.vmsa_field(vmsa, VmsaField::Vmpl) as u8;
+        self.host.ap_events.push((request, apic_id, vmsa, vmpl));
+        if self.host.refuse_ap_creation {
+            return 1;
+        }
+        let is_vmsa = self.machine.rmp.entry(vmsa >> 12).is_some_and(|e| e.vmsa);
+        match request {
+            exit::AP_CREATE if !is_vmsa => {
+                self.machine.record_violation(format!("AP_CREATE of {vmsa:#x}, which is not a VMSA page"));
+                1
+            }
+            // The SVSM's own VMSA: the host would run it at VMPL0; the model has no CPU
+            // to run it on.
+            exit::AP_CREATE if vmpl == 0 => 0,
+            exit::AP_CREATE => {
+                let vcpus = &mut self.machine.vcpus;
+                if !vcpus.values().any(|v| v.vmsa == vmsa) {
+                    let index = (0u32..).find(|i| !vcpus.contains_key(i)).unwrap_or(u32::MAX);
+                    vcpus.insert(index, ModelVcpu { vmsa, apic_id, running: false, svsm_pages: vec![] });
+                }
+                0
+            }
+            exit::AP_DESTROY => {
+                self.machine.vcpus.retain(|_, v| v.vmsa != vmsa);
+                0
+            }
+            _ => 1,
+        }
+    }
+
+    /// A guest request through the machine's PSP; returns SW_EXITINFO2.
+    fn guest_request(&mut self, req_gpa: u64, resp_gpa: u64, extended: bool, input: &Ghcb, g: &mut Ghcb) -> u64 {
+        let Some(request) = self.host_page(req_gpa) else { return 1 << 32 };
+        if extended {
+            let certs = self.machine.certificates.clone();
+            let (certs_gpa, pages) = (input.get(offset::RAX).unwrap_or(0), input.get(offset::RBX).unwrap_or(0));
+            let need = certs.len().div_ceil(4096) as u64;
+            if need > pages {
+                g.set(offset::RBX, need);
+                return 1 << 32;
+            }
+            for (i, chunk) in certs.chunks(4096).enumerate() {
+                if self.host_page(certs_gpa + i as u64 * 4096).is_some() {
+                    self.machine.raw_write(certs_gpa + i as u64 * 4096, chunk);
+                }
+            }
+        }
+        let mut response = [0u8; 4096];
+        match Platform::guest_request(self.machine, &request, &mut response) {
+            Ok(()) => {
+                if self.host_page(resp_gpa).is_some() {
+                    self.machine.raw_write(resp_gpa, &response);
+                }
+                0
+            }
+            Err(GuestRequestError::Firmware(code)) => u64::from(code),
+            Err(GuestRequestError::Host(code)) => u64::from(code) << 32,
+            Err(GuestRequestError::Unavailable) => 2 << 32,
+        }
+    }
+}
+
+impl SnpHw for ModelSnpHw<'_> {
+    fn pvalidate(&mut self, gpa: u64, huge: bool, validate: bool) -> Result<(u32, bool), Fault> {
+        let size = if huge { Size::Huge } else { Size::Small };
+        match self.machine.rmp.pvalidate(gpa, size, validate) {
+            Ok(PvalidateEffect::Changed) => Ok((0, false)),
+            Ok(PvalidateEffect::Unchanged) => Ok((0, true)),
+            Err(HwError::Rc(code)) => Ok((code, false)),
+            Err(HwError::Fault) => Err(Fault),
+        }
+    }
+
+    fn rmpadjust(&mut self, gpa: u64, huge: bool, attrs: u64) -> Result<u32, Fault> {
+        let size = if huge { PageSize::Size2M } else { PageSize::Size4K };
+        let Some(page) = PageAddr::new(gpa) else { return Ok(abi::hw::rc::FAIL_INPUT) };
+        let (vmpl, perms, vmsa) = ((attrs & 0xFF) as u8, (attrs >> 8 & 0xFF) as u8 & PERM_ALL, attrs & (1 << 16) != 0);
+        match Platform::rmpadjust(self.machine, page, size, vmpl, perms, vmsa) {
+            Ok(()) => Ok(0),
+            Err(HwError::Rc(code)) => Ok(code),
+            Err(HwError::Fault) => Err(Fault),
+        }
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        Platform::read(&*self.machine, kernel::addr::Gpa(gpa), buf).map_err(|_| Fault)
+    }
+
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
+        self.machine.check_vmsa_write(gpa, data.len());
+        Platform::write(self.machine, kernel::addr::Gpa(gpa), data).map_err(|_| Fault)
+    }
+
+    fn shared_gpa(&self, page: Shared) -> u64 {
+        shared_gpa(page)
+    }
+
+    fn shared_read(&self, page: Shared, offset: usize, buf: &mut [u8]) {
+        self.machine.raw_read(shared_gpa(page) + offset as u64, buf);
+    }
+
+    fn shared_write(&mut self, page: Shared, offset: usize, data: &[u8]) {
+        self.machine.raw_write(shared_gpa(page) + offset as u64, data);
+    }
+
+    fn read_ghcb_msr(&self) -> u64 {
+        self.host.msr
+    }
+
+    fn write_ghcb_msr(&mut self, value: u64) {
+        self.host.msr = value;
+    }
+
+    fn vmgexit(&mut self) {
+        let value = self.host.msr;
+        if value & msr::INFO_MASK == 0 && Some(value) == self.host.registered_ghcb {
+            self.ghcb_event(value);
+        } else if value & msr::INFO_MASK == 0 {
+            self.machine.record_violation(format!("VMGEXIT with unregistered GHCB {value:#x}"));
+        } else {
+            self.msr_protocol();
+        }
+    }
+}

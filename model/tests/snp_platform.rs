@@ -1,0 +1,221 @@
+//! The snp platform (`bulwark-snp`) on the model's RMP and software host: start-up and
+//! its refusals, the VMSAs it makes, the host events it issues, #VC handling, and
+//! termination. The conformance suite over the same platform is in conformance.rs.
+
+use abi::ghcb::{exit, msr, term};
+use abi::hw::EFER_SVME;
+use abi::protocol::ProtocolId;
+use abi::vmsa::VmsaField;
+use bulwark_model::Machine;
+use bulwark_model::snp_host::{ModelSnpHw, SHARED_BASE, SnpHost};
+use bulwark_model::world::{self, MIB, PlatformKind, World, WorldConfig};
+use snp::cpuid::CpuidTable;
+use snp::ghcb::GhcbError;
+use snp::hw::SHARED_PAGES;
+use snp::vc::{VcError, VcRegs, handle};
+use snp::{SnpPlatform, StartError};
+
+fn machine() -> Machine {
+    let mut m = Machine::new(64 * MIB, 32 * MIB);
+    // The launch validated the SVSM region, where the shared pages are.
+    for pfn in world::SVSM_BASE >> 12..(world::SVSM_BASE + 4 * MIB) >> 12 {
+        m.rmp.entry_mut(pfn).expect("RAM").validated = true;
+    }
+    m
+}
+
+fn start(m: &mut Machine, host: &mut SnpHost) -> Result<(), StartError> {
+    SnpPlatform::start(ModelSnpHw { machine: m, host }, 1, 1).map(|_| ())
+}
+
+#[test]
+fn start_shares_its_pages_and_registers_the_ghcb() {
+    let (mut m, mut host) = (machine(), SnpHost::default());
+    start(&mut m, &mut host).expect("the default host offers what SNP needs");
+    assert_eq!(host.registered_ghcb, Some(SHARED_BASE));
+    assert_eq!(host.msr, SHARED_BASE, "the MSR holds the GHCB gpa after start");
+    for (i, _) in SHARED_PAGES.iter().enumerate() {
+        let e = m.rmp.entry((SHARED_BASE >> 12) + i as u64).expect("RAM");
+        assert!(!e.assigned && !e.validated, "shared page {i} is the host's, not validated");
+    }
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+#[test]
+fn start_refuses_a_host_without_protocol_2_or_snp() {
+    let (mut m, mut host) = (machine(), SnpHost { protocol: (3, 4), ..SnpHost::default() });
+    let e = start(&mut m, &mut host).expect_err("protocol 3..4 only");
+    assert_eq!(e, StartError::Protocol(GhcbError::Version(3, 4)));
+    assert_eq!(e.reason(), (term::SET_GHCB, term::PROTOCOL_UNSUPPORTED));
+
+    let (mut m, mut host) = (machine(), SnpHost { features: msr::HV_FEATURE_SNP, ..SnpHost::default() });
+    let e = start(&mut m, &mut host).expect_err("no AP creation");
+    assert_eq!(e.reason(), (term::SET_GHCB, term::SNP_UNSUPPORTED));
+
+    let (mut m, mut host) = (machine(), SnpHost { psc_error: Some(7), ..SnpHost::default() });
+    let e = start(&mut m, &mut host).expect_err("page-state change fails");
+    assert_eq!(e, StartError::PageState(SHARED_BASE, GhcbError::Host(7)));
+    assert_eq!(e.reason(), (term::SET_BULWARK, term::PAGE_STATE));
+}
+
+#[test]
+fn termination_reaches_the_host_with_its_reason() {
+    let (mut m, mut host) = (machine(), SnpHost::default());
+    let mut p = SnpPlatform::start(ModelSnpHw { machine: &mut m, host: &mut host }, 1, 1).expect("starts");
+    p.terminate(term::SET_BULWARK, term::BOOT_INFO);
+    assert_eq!(host.terminated, Some((term::SET_BULWARK, term::BOOT_INFO)));
+}
+
+fn snp_world() -> World {
+    World::new(WorldConfig { platform: PlatformKind::Snp, ..WorldConfig::default() })
+}
+
+#[test]
+fn the_svsm_builds_the_guests_first_vcpu_and_keeps_vmpck0() {
+    let w = snp_world();
+    let vmsa = world::STARTUP_VMSA_GPA;
+    let e = w.machine.rmp.entry(vmsa >> 12).expect("RAM");
+    assert!(e.vmsa, "the page is a VMSA");
+    assert_eq!(e.perms[1], 0, "the guest cannot touch its own VMSA");
+    assert_eq!(w.machine.vmsa_field(vmsa, VmsaField::Vmpl), 1);
+    assert_eq!(w.machine.vmsa_field(vmsa, VmsaField::Rip), 0xFFF0, "reset state");
+    assert_ne!(w.machine.vmsa_field(vmsa, VmsaField::Efer) & EFER_SVME, 0);
+    let host = &w.snp.as_ref().expect("snp world").host;
+    assert_eq!(host.ap_events, vec![(exit::AP_CREATE, 0, vmsa, 1)]);
+    assert_eq!(w.svsm.vmpck0(), &[0xA0; 32]);
+    let mut key = [0u8; 32];
+    w.machine.raw_read(world::SECRETS_GPA + 0x20, &mut key);
+    assert_eq!(key, [0; 32], "VMPCK0 is gone from the secrets page");
+    let console = String::from_utf8_lossy(&host.console);
+    assert!(console.contains("PSP channel: a report arrived"), "console: {console}");
+}
+
+#[test]
+fn every_call_returns_to_the_guest_through_run_vmpl() {
+    let mut w = snp_world();
+    let before = w.snp.as_ref().expect("snp").host.resumes;
+    for _ in 0..3 {
+        w.client().query_protocol(ProtocolId::CORE, 1).expect("core protocol");
+    }
+    let host = &w.snp.as_ref().expect("snp").host;
+    assert_eq!(host.resumes - before, 3);
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
+#[test]
+fn vcpu_creation_and_deletion_are_announced_to_the_host() {
+    let mut w = snp_world();
+    // A second vCPU, as the conformance environment writes one.
+    let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
+    let mut v = abi::vmsa::Vmsa::zeroed();
+    v.vmpl = 1;
+    v.efer = 0x500;
+    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
+    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    w.client().create_vcpu(vmsa, ca, 7).expect("created");
+    let events = w.snp.as_ref().expect("snp").host.ap_events.clone();
+    assert_eq!(events.last(), Some(&(exit::AP_CREATE, 7, vmsa, 1)));
+    assert!(w.vcpu_by_apic_id(7).is_some(), "the host runs it");
+
+    w.client().delete_vcpu(vmsa).expect("deleted");
+    let events = &w.snp.as_ref().expect("snp").host.ap_events;
+    assert_eq!(events.last(), Some(&(exit::AP_DESTROY, 7, vmsa, 1)));
+    assert!(w.vcpu_by_apic_id(7).is_none());
+    assert!(!w.machine.rmp.entry(vmsa >> 12).expect("RAM").vmsa, "no longer a VMSA");
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
+#[test]
+fn with_an_svsm_entry_each_vcpu_gets_its_own_vmpl0_vmsa() {
+    let mut w = snp_world();
+    w.set_snp_entry(snp::vmsa::SvsmCpuState {
+        rip: world::SVSM_BASE + 0x2000,
+        rsp: 0,
+        cr3: world::SVSM_BASE + 0x3000,
+        gdtr_base: world::SVSM_BASE + 0x4000,
+        gdtr_limit: 23,
+        code_selector: 8,
+        data_selector: 16,
+        argument: 0,
+    });
+    let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
+    let mut v = abi::vmsa::Vmsa::zeroed();
+    v.vmpl = 1;
+    v.efer = 0x500;
+    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
+    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    w.client().create_vcpu(vmsa, ca, 9).expect("created");
+    let events = w.snp.as_ref().expect("snp").host.ap_events.clone();
+    let n = events.len();
+    let (req, apic, svsm_vmsa, vmpl) = events[n - 2];
+    assert_eq!((req, apic, vmpl), (exit::AP_CREATE, 9, 0), "the SVSM's VMSA first, at VMPL0");
+    assert_eq!(events[n - 1], (exit::AP_CREATE, 9, vmsa, 1));
+    assert!(w.machine.rmp.entry(svsm_vmsa >> 12).expect("RAM").vmsa);
+    assert!(
+        (world::SVSM_BASE..world::SVSM_BASE + 4 * MIB).contains(&svsm_vmsa),
+        "the SVSM's VMSA lives in SVSM memory"
+    );
+    assert_eq!(w.machine.vmsa_field(svsm_vmsa, VmsaField::Rip), world::SVSM_BASE + 0x2000);
+
+    w.client().delete_vcpu(vmsa).expect("deleted");
+    assert!(!w.machine.rmp.entry(svsm_vmsa >> 12).expect("RAM").vmsa, "unflagged before the pool reuses it");
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
+#[test]
+fn vc_port_io_msr_rdtsc_and_cpuid() {
+    let (mut m, mut host) = (machine(), SnpHost::default());
+    let mut p = SnpPlatform::start(ModelSnpHw { machine: &mut m, host: &mut host }, 1, 1).expect("starts");
+    let mut page = [0u8; 4096];
+    page[0] = 1; // one entry: leaf 0
+    page[16..20].copy_from_slice(&0u32.to_le_bytes());
+    page[16 + 24..16 + 28].copy_from_slice(&0x16u32.to_le_bytes()); // EAX = 0x16
+    let table = CpuidTable::parse(&page).expect("valid");
+    let hw = &mut p.hw;
+
+    // out dx, al to COM1.
+    let mut r = VcRegs { rax: 0xFFFF_FF41, rdx: 0x3F8, ..VcRegs::default() };
+    assert_eq!(handle(hw, &table, exit::IOIO, &[0xEE], &mut r, 1, 0), Ok(1));
+    // in al, 0x80 keeps RAX's upper bits (the model host answers 0).
+    let mut r = VcRegs { rax: 0x1234_5678, ..VcRegs::default() };
+    assert_eq!(handle(hw, &table, exit::IOIO, &[0xE4, 0x80], &mut r, 1, 0), Ok(2));
+    assert_eq!(r.rax, 0x1234_5600);
+    // 16-bit in through the operand-size prefix.
+    let mut r = VcRegs { rax: 0xAAAA_BBBB, rdx: 0x60, ..VcRegs::default() };
+    assert_eq!(handle(hw, &table, exit::IOIO, &[0x66, 0xED], &mut r, 1, 0), Ok(2));
+    assert_eq!(r.rax, 0xAAAA_0000);
+    // String port I/O is not for the SVSM.
+    assert_eq!(handle(hw, &table, exit::IOIO, &[0x6E], &mut VcRegs::default(), 1, 0), Err(VcError::Decode));
+
+    let mut r = VcRegs { rcx: 0xC000_0080, ..VcRegs::default() };
+    assert_eq!(handle(hw, &table, exit::MSR, &[0x0F, 0x32], &mut r, 1, 0), Ok(2));
+    assert_eq!((r.rax, r.rdx), (0x1234, 0));
+
+    let mut r = VcRegs::default();
+    assert_eq!(handle(hw, &table, exit::RDTSC, &[0x0F, 0x31], &mut r, 1, 0), Ok(2));
+    assert_ne!(r.rax | r.rdx, 0);
+
+    let mut r = VcRegs { rax: 0, rcx: 0, ..VcRegs::default() };
+    assert_eq!(handle(hw, &table, exit::CPUID, &[0x0F, 0xA2], &mut r, 1, 0), Ok(2));
+    assert_eq!(r.rax, 0x16, "from the CPUID page");
+    let events_before = hw.host.events.len();
+    let mut r = VcRegs { rax: 0x4000_0000, ..VcRegs::default() };
+    assert_eq!(handle(hw, &table, exit::CPUID, &[0x0F, 0xA2], &mut r, 1, 0), Ok(2));
+    assert_eq!(r, VcRegs::default(), "a leaf the page lacks answers zeros");
+    assert_eq!(hw.host.events.len(), events_before, "CPUID never asks the host");
+
+    assert_eq!(handle(hw, &table, exit::CPUID, &[0x90], &mut VcRegs::default(), 1, 0), Err(VcError::Decode));
+    assert_eq!(handle(hw, &table, 0x7A, &[0x0F, 0x09], &mut VcRegs::default(), 1, 0), Err(VcError::Unsupported(0x7A)));
+    drop(p);
+    assert_eq!(host.console, b"A", "the OUT reached the serial port");
+}
+
+#[test]
+fn a_world_on_snp_serves_many_calls_without_violations() {
+    let mut w = snp_world();
+    for _ in 0..50 {
+        w.client().query_protocol(ProtocolId::VTPM, 1).expect("vTPM protocol");
+    }
+    assert!(w.snp_state().is_some_and(|s| s.c_bit == 51));
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
