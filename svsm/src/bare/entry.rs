@@ -92,6 +92,36 @@ pvh_entry32:
     hlt
     jmp 5b
 
+    /* The IGVM entry (abi::igvm::ENTRY_SYMBOL): 64-bit mode already, paging on with the
+       image's tables, RSI = boot information. The boot stack is the PVH path's. */
+    .section .text.igvm_entry64, "ax"
+    .code64
+    .global igvm_entry64
+igvm_entry64:
+    cli
+    cld
+    lea rsp, [boot_stack_top]
+    xor ebp, ebp
+    mov rdi, rsi
+    call {igvm_main}
+6:
+    cli
+    hlt
+    jmp 6b
+
+    /* A new CPU of the snp platform: its VMSA set RSP (a stack in its SVSM pages) and
+       RDI (its index). */
+    .global igvm_ap_entry64
+igvm_ap_entry64:
+    cli
+    cld
+    xor ebp, ebp
+    call {ap_main}
+7:
+    cli
+    hlt
+    jmp 7b
+
     /* Null, 64-bit code (selector 0x08), data (0x10). */
     .section .rodata.boot_gdt, "a"
     .p2align 3
@@ -119,6 +149,8 @@ boot_stack_top:
     "#,
     stack_size = const BOOT_STACK_SIZE,
     main = sym super::svsm_main,
+    igvm_main = sym super::svsm_igvm_main,
+    ap_main = sym super::snp::ap_main,
 );
 
 const BOOT_STACK_SIZE: usize = 64 * 1024;
@@ -126,6 +158,15 @@ const BOOT_STACK_SIZE: usize = 64 * 1024;
 unsafe extern "C" {
     static __image_start: u8;
     static __image_end: u8;
+}
+
+unsafe extern "C" {
+    static igvm_ap_entry64: u8;
+}
+
+/// Where a new CPU of the snp platform starts (its SVSM VMSA's RIP).
+pub fn igvm_ap_entry() -> u64 {
+    core::ptr::addr_of!(igvm_ap_entry64) as u64
 }
 
 unsafe extern "C" {

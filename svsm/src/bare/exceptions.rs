@@ -147,6 +147,9 @@ const NAMES: [&str; 32] = [
 /// An exception: the GDB stub's, if it is attached (then the CPU goes on where the
 /// debugger says); otherwise a bug, reported before the SVSM stops.
 extern "C" fn handle(frame: &mut Frame) {
+    if super::snp::exception(frame) {
+        return;
+    }
     if super::gdb::trap(frame) {
         return;
     }

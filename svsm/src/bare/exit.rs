@@ -10,6 +10,8 @@ const FAILURE: u32 = 2;
 
 pub fn failure() -> ! {
     super::console::replay_for_failure();
+    // On SEV-SNP the host learns of it through a GHCB termination request.
+    super::snp::fail();
     outl(DEBUG_EXIT_PORT, FAILURE);
     // Without the device (another VMM): stop here.
     loop {

@@ -29,11 +29,29 @@ mod pages;
 mod percpu;
 mod pvh;
 mod smp;
+mod snp;
 mod svm;
 mod symbols;
 mod vtpm;
 
 use core::panic::PanicInfo;
+
+/// First Rust code of an IGVM launch (`entry::igvm_entry64`), on the boot stack with
+/// the image's page tables: the snp platform on SEV-SNP. A native (non-SNP) IGVM launch
+/// has no guest to run yet: this build's native platform (`svm`) boots through PVH.
+extern "C" fn svsm_igvm_main(boot_info: u64) -> ! {
+    heap::init();
+    cpu_tables::load();
+    fpu::enable_sse();
+    if snp::detected() {
+        snp::boot(boot_info)
+    }
+    console::init();
+    println!(
+        "bulwark-svsm: native IGVM launch (boot info {boot_info:#x}); this build serves a native guest only through PVH: cargo xtask boot"
+    );
+    exit::failure()
+}
 
 /// First Rust code, on the boot stack, with 4 GiB identity-mapped.
 #[unsafe(no_mangle)]
