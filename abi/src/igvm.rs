@@ -34,8 +34,8 @@ pub const PD_GPA: u64 = BOOT_BLOCK_BASE + 0x7000;
 pub const GDT_GPA: u64 = BOOT_BLOCK_BASE + 0x8000;
 pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
-/// The SVSM's own VMSA in the SNP image (QEMU measures it at 0xFFFF_FFFF_F000).
-pub const SVSM_VMSA_GPA: u64 = BOOT_BLOCK_BASE + 0x9000;
+// The SVSM's own VMSA sits at 0xFFFF_FFFF_F000 in the SNP image: QEMU accepts an IGVM
+// VMSA only where KVM measures it (`attest::launch_digest::VMSA_GPA`).
 
 /// The entry symbol: 64-bit mode, paging on with the image's page tables, interrupts off,
 /// RSI = `BOOT_INFO_GPA`. The entry code sets its own stack.

@@ -40,6 +40,8 @@ commands:
                                      needs the nightly toolchain, installs cargo-fuzz if missing
   bench                              the pvalidate and OCP log-read benchmarks of the model, then the
                                      svm call round trip over 5 QEMU boots (target/bench/*.json)
+  igvm [--firmware FILE] [--out FILE] build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
+                                     (default target/bulwark.igvm); prints its expected measurement
   boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz(rest).map(|()| ExitCode::SUCCESS),
         "bench" => bench(rest).map(|()| ExitCode::SUCCESS),
         "boot" => boot(rest).map(|()| ExitCode::SUCCESS),
+        "igvm" => igvm(rest).map(|()| ExitCode::SUCCESS),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -101,6 +104,31 @@ fn run(args: &[String]) -> Result<ExitCode> {
     }
     boot(&[])?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask igvm [--firmware FILE] [--out FILE]`: build the SVSM image, wrap it in an
+/// IGVM file for SEV-SNP hosts and print its expected launch measurement.
+fn igvm(args: &[String]) -> Result {
+    let mut out = target_dir()?.join("bulwark.igvm");
+    let mut firmware = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match (arg.as_str(), rest.next()) {
+            ("--out", Some(v)) => out = PathBuf::from(v),
+            ("--firmware", Some(v)) => firmware = Some(v.clone()),
+            _ => return Err(format!("usage: cargo xtask igvm [--firmware FILE] [--out FILE] (got `{arg}`)")),
+        }
+    }
+    let image = build_svsm_image(false)?;
+    let mut build = cargo()?;
+    build.args(["run", "-q", "-p", "bulwark", "--", "igvm", "build", "--svsm"]).arg(&image).arg("--out").arg(&out);
+    if let Some(f) = &firmware {
+        build.args(["--firmware", f]);
+    }
+    exec("bulwark igvm build", &mut build)?;
+    let mut measure = cargo()?;
+    measure.args(["run", "-q", "-p", "bulwark", "--", "igvm", "measure"]).arg(&out);
+    exec("bulwark igvm measure (the expected MEASUREMENT of a launch with -smp 1)", &mut measure)
 }
 
 /// `cargo xtask test`: the project's full test command, as run by CI.

@@ -14,10 +14,13 @@
 //! - `bulwark tpm-bridge [--port P] [--qemu HOST:PORT] [--check]`: the vTPM for tpm2-tools
 //!   (MS simulator protocol), forwarded as SVSM_VTPM_CMD; `--check` runs a scripted
 //!   tpm2-tools session through it.
+//! - `bulwark igvm build --svsm ELF --out FILE ...`: the SVSM as an IGVM file (SEV-SNP and
+//!   native); `bulwark igvm measure FILE`: the launch digest it gives on SEV-SNP.
 
 mod agent;
 mod attest_cmd;
 mod conformance_report;
+mod igvm_cmd;
 mod ocp_cmd;
 mod tpm_bridge;
 mod tpm_session;
@@ -34,6 +37,8 @@ commands:
                                          (`--json` for JSON; `bulwark ocp help`)
   tpm-bridge [--port P] [--qemu H:P]     serve the vTPM to tpm2-tools (MS simulator protocol);
              [--check]                   --check runs the scripted tpm2-tools session
+  igvm build --svsm ELF --out FILE ...   the SVSM as an IGVM file (`bulwark igvm help`)
+  igvm measure FILE [--json]             the SEV-SNP launch digest (MEASUREMENT) of an IGVM file
   help                                   this text";
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         Some("attest") => attest_cmd::main(&args[1..]),
         Some("ocp") => ocp_cmd::main(&args[1..]),
         Some("tpm-bridge") => tpm_bridge::main(&args[1..]),
+        Some("igvm") => igvm_cmd::main(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             ExitCode::SUCCESS

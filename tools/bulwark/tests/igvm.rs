@@ -1,0 +1,628 @@
+//! `bulwark igvm build` and `bulwark igvm measure`, run as a user runs them: on a small
+//! ELF image written here (two segments at 16 MiB, one with .bss, and an `igvm_entry64`
+//! symbol), and on the release SVSM image when it has been built. The IGVM file is read
+//! back with the igvm crate; the measurement is checked against virtee's sev-snp-measure
+//! (PyPI, installed into `target/pydeps` on first use, as attest/tests/launch_digest_crosscheck.rs
+//! does).
+
+use abi::igvm::{self as layout, BootInfo};
+use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision};
+use igvm_defs::{IgvmPageDataType, IgvmPlatformType};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use zerocopy::{FromBytes, IntoBytes};
+
+const SNP: u32 = 1;
+const NATIVE: u32 = 2;
+const C_BIT: u64 = 1 << 51;
+const ENTRY: u64 = 0x100_0040;
+
+fn bulwark(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwark")).args(args).output().expect("bulwark runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "bulwark {args:?} panicked: {stderr}");
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `bulwark args`, expecting success.
+fn ok(args: &[&str]) -> String {
+    let out = bulwark(args);
+    assert!(out.status.success(), "bulwark {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    stdout(&out)
+}
+
+/// Runs `bulwark args`, expecting exit status `code` and `message` on stderr.
+fn fails(args: &[&str], code: i32, message: &str) {
+    let out = bulwark(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "bulwark {args:?}: {stderr}");
+    assert!(stderr.contains(message), "bulwark {args:?}: expected `{message}` in: {stderr}");
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bulwark-igvm-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A PT_LOAD segment: `bytes` at `paddr`, `memsz` bytes in memory.
+struct Segment {
+    paddr: u64,
+    bytes: Vec<u8>,
+    memsz: u64,
+}
+
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// An x86-64 ELF64 executable with `segments` and a symbol table holding `symbol`.
+fn elf(segments: &[Segment], symbol: (&str, u64)) -> Vec<u8> {
+    let phoff = 64;
+    let mut out = vec![0u8; phoff + 56 * segments.len()];
+    put(&mut out, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut out, 0x10, &2u16.to_le_bytes());
+    put(&mut out, 0x12, &0x3Eu16.to_le_bytes());
+    put(&mut out, 0x14, &1u32.to_le_bytes());
+    put(&mut out, 0x18, &symbol.1.to_le_bytes());
+    put(&mut out, 0x20, &(phoff as u64).to_le_bytes());
+    put(&mut out, 0x34, &64u16.to_le_bytes());
+    put(&mut out, 0x36, &56u16.to_le_bytes());
+    put(&mut out, 0x38, &(segments.len() as u16).to_le_bytes());
+    for (i, seg) in segments.iter().enumerate() {
+        let offset = out.len() as u64;
+        out.extend_from_slice(&seg.bytes);
+        let h = phoff + 56 * i;
+        put(&mut out, h, &1u32.to_le_bytes());
+        put(&mut out, h + 4, &7u32.to_le_bytes());
+        for (at, v) in
+            [(8, offset), (0x10, seg.paddr), (0x18, seg.paddr), (0x20, seg.bytes.len() as u64), (0x28, seg.memsz)]
+        {
+            put(&mut out, h + at, &v.to_le_bytes());
+        }
+    }
+    let strtab = out.len();
+    out.extend_from_slice(b"\0");
+    out.extend_from_slice(symbol.0.as_bytes());
+    out.extend_from_slice(b"\0");
+    let strtab_size = out.len() - strtab;
+    let symtab = out.len();
+    out.extend_from_slice(&[0; 24]);
+    let mut sym = [0u8; 24];
+    put(&mut sym, 0, &1u32.to_le_bytes());
+    sym[4] = 0x12; // global function
+    put(&mut sym, 6, &1u16.to_le_bytes());
+    put(&mut sym, 8, &symbol.1.to_le_bytes());
+    out.extend_from_slice(&sym);
+    let shoff = out.len();
+    out.extend_from_slice(&[0; 64 * 3]);
+    for (i, kind, offset, size, link, entsize) in
+        [(1, 2u32, symtab, 48u64, 2u32, 24u64), (2, 3, strtab, strtab_size as u64, 0, 0)]
+    {
+        let h = shoff + 64 * i;
+        put(&mut out, h + 4, &kind.to_le_bytes());
+        put(&mut out, h + 0x18, &(offset as u64).to_le_bytes());
+        put(&mut out, h + 0x20, &size.to_le_bytes());
+        put(&mut out, h + 0x28, &link.to_le_bytes());
+        put(&mut out, h + 0x38, &entsize.to_le_bytes());
+    }
+    put(&mut out, 0x28, &(shoff as u64).to_le_bytes());
+    put(&mut out, 0x3A, &64u16.to_le_bytes());
+    put(&mut out, 0x3C, &3u16.to_le_bytes());
+    out
+}
+
+/// Code and data at 16 MiB: text of 6 KiB (a page and a half), data of 256 bytes
+/// followed by 12 KiB of .bss.
+fn text() -> Vec<u8> {
+    (0..0x1800u32).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+fn sample_segments() -> Vec<Segment> {
+    vec![
+        Segment { paddr: 0x100_0000, bytes: text(), memsz: 0x1800 },
+        Segment { paddr: 0x100_3000, bytes: vec![0xD5; 0x100], memsz: 0x3000 },
+    ]
+}
+
+fn sample_elf() -> Vec<u8> {
+    elf(&sample_segments(), ("igvm_entry64", ENTRY))
+}
+
+/// Writes `sample_elf()` (or `elf_bytes`) into `dir` and builds it; returns the IGVM path.
+fn build(dir: &Path, elf_bytes: &[u8], extra: &[&str]) -> PathBuf {
+    let (svsm, out) = (dir.join("svsm.elf"), dir.join("bulwark.igvm"));
+    std::fs::write(&svsm, elf_bytes).unwrap();
+    let mut args = vec!["igvm", "build", "--svsm", s(&svsm), "--out", s(&out)];
+    args.extend_from_slice(extra);
+    ok(&args);
+    out
+}
+
+fn read_igvm(path: &Path) -> IgvmFile {
+    IgvmFile::new_from_binary(&std::fs::read(path).unwrap(), None).expect("the file parses")
+}
+
+/// The page data at `gpa` for `mask`'s platform: (compatibility mask, type, data).
+fn page_at(file: &IgvmFile, gpa: u64, mask: u32) -> Option<(u32, IgvmPageDataType, Vec<u8>)> {
+    file.directives().iter().find_map(|d| match d {
+        IgvmDirectiveHeader::PageData { gpa: g, compatibility_mask, data_type, data, .. }
+            if *g == gpa && compatibility_mask & mask != 0 =>
+        {
+            Some((*compatibility_mask, *data_type, data.clone()))
+        }
+        _ => None,
+    })
+}
+
+fn u64s(page: &[u8]) -> Vec<u64> {
+    page.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[test]
+fn build_writes_the_documented_layout_for_both_platforms() {
+    let dir = temp("layout");
+    let path = build(&dir, &sample_elf(), &[]);
+    let file = read_igvm(&path);
+
+    let platforms: Vec<_> = file
+        .platforms()
+        .iter()
+        .map(|IgvmPlatformHeader::SupportedPlatform(p)| (p.platform_type, p.compatibility_mask))
+        .collect();
+    assert_eq!(platforms, [(IgvmPlatformType::SEV_SNP, SNP), (IgvmPlatformType::NATIVE, NATIVE)]);
+    assert_eq!(
+        file.initializations(),
+        [IgvmInitializationHeader::GuestPolicy { policy: 0x30000, compatibility_mask: SNP }]
+    );
+
+    // Parameter areas and inserts at the documented places, all before any page data.
+    let d = file.directives();
+    let first_page = d.iter().position(|d| matches!(d, IgvmDirectiveHeader::PageData { .. })).unwrap();
+    let mut inserts = Vec::new();
+    for (i, x) in d.iter().enumerate() {
+        match x {
+            IgvmDirectiveHeader::ParameterInsert(p) => {
+                assert!(i < first_page, "insert {i} after page data {first_page}");
+                inserts.push((p.gpa, p.parameter_area_index, p.compatibility_mask));
+            }
+            IgvmDirectiveHeader::ParameterArea { .. }
+            | IgvmDirectiveHeader::VpCount(_)
+            | IgvmDirectiveHeader::MemoryMap(_) => {
+                assert!(i < first_page)
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(inserts, [(layout::VP_COUNT_GPA, 0, SNP | NATIVE), (layout::MEMORY_MAP_GPA, 1, SNP | NATIVE)]);
+    let area_size = |index| {
+        d.iter().find_map(|x| match x {
+            IgvmDirectiveHeader::ParameterArea { number_of_bytes, parameter_area_index, .. }
+                if *parameter_area_index == index =>
+            {
+                Some(*number_of_bytes)
+            }
+            _ => None,
+        })
+    };
+    assert_eq!((area_size(0), area_size(1)), (Some(4096), Some(layout::MEMORY_MAP_PAGES * 4096)));
+    assert!(d.iter().any(|x| matches!(x, IgvmDirectiveHeader::VpCount(p) if p.parameter_area_index == 0)));
+    assert!(d.iter().any(|x| matches!(x, IgvmDirectiveHeader::MemoryMap(p) if p.parameter_area_index == 1)));
+
+    // The ELF's bytes at their addresses, .bss and the rest of a page as zeros.
+    let t = text();
+    assert_eq!(page_at(&file, 0x100_0000, SNP), Some((SNP | NATIVE, IgvmPageDataType::NORMAL, t[..4096].to_vec())));
+    let (_, _, half) = page_at(&file, 0x100_1000, SNP).unwrap();
+    assert_eq!(&half[..0x800], &t[4096..]);
+    assert!(half[0x800..].iter().all(|b| *b == 0));
+    assert_eq!(
+        page_at(&file, 0x100_2000, SNP),
+        Some((SNP | NATIVE, IgvmPageDataType::NORMAL, vec![])),
+        "no segment there: a zero page of the SVSM's pool"
+    );
+    for gpa in [layout::SVSM_REGION_BASE + 0x10_0000, layout::BOOT_BLOCK_BASE - 0x1000] {
+        assert!(page_at(&file, gpa, SNP).is_some(), "the whole region below the boot block is launched: {gpa:#x}");
+    }
+    assert_eq!(page_at(&file, layout::BOOT_BLOCK_BASE + 0xF000, SNP), None, "unused boot-block pages are not");
+
+    assert_eq!(&page_at(&file, 0x100_3000, NATIVE).unwrap().2[..0x101], &[[0xD5; 0x100].as_slice(), &[0]].concat());
+    for bss in [0x100_4000, 0x100_5000] {
+        assert_eq!(page_at(&file, bss, SNP), Some((SNP | NATIVE, IgvmPageDataType::NORMAL, vec![])), "{bss:#x}");
+    }
+
+    // Boot information, one page per platform.
+    for (mask, secrets, cpuid) in [(SNP, layout::SECRETS_GPA, layout::CPUID_GPA), (NATIVE, 0, 0)] {
+        let (m, _, page) = page_at(&file, layout::BOOT_INFO_GPA, mask).unwrap();
+        assert_eq!(m, mask);
+        let (info, _) = BootInfo::read_from_prefix(&page).unwrap();
+        assert_eq!(
+            info,
+            BootInfo {
+                magic: layout::BOOT_INFO_MAGIC,
+                svsm_base: layout::SVSM_REGION_BASE,
+                svsm_size: layout::SVSM_REGION_SIZE,
+                secrets_gpa: secrets,
+                cpuid_gpa: cpuid,
+                vp_count_gpa: layout::VP_COUNT_GPA,
+                memory_map_gpa: layout::MEMORY_MAP_GPA,
+                memory_map_pages: layout::MEMORY_MAP_PAGES,
+                firmware_base: 0,
+                firmware_size: 0,
+                guest_vmpl: 1,
+            }
+        );
+    }
+
+    // Secrets and CPUID pages on SNP only.
+    assert_eq!(page_at(&file, layout::SECRETS_GPA, SNP).map(|p| (p.0, p.1)), Some((SNP, IgvmPageDataType::SECRETS)));
+    let (m, kind, cpuid) = page_at(&file, layout::CPUID_GPA, SNP).unwrap();
+    assert_eq!((m, kind), (SNP, IgvmPageDataType::CPUID_DATA));
+    assert_eq!(page_at(&file, layout::SECRETS_GPA, NATIVE), None);
+    assert_eq!(page_at(&file, layout::CPUID_GPA, NATIVE), None);
+    let count = u32::from_le_bytes(cpuid[..4].try_into().unwrap()) as usize;
+    let leaves: Vec<(u32, u32)> = (0..count)
+        .map(|i| &cpuid[16 + 48 * i..][..48])
+        .map(|e| (u32::from_le_bytes(e[..4].try_into().unwrap()), u32::from_le_bytes(e[4..8].try_into().unwrap())))
+        .collect();
+    for leaf in
+        [(0, 0), (1, 0), (7, 0), (0xB, 0), (0xD, 0), (0xD, 1), (0x8000_0000, 0), (0x8000_0001, 0), (0x8000_0008, 0)]
+    {
+        assert!(leaves.contains(&leaf), "CPUID leaf {leaf:x?} missing");
+    }
+    let sev = leaves.iter().position(|l| *l == (0x8000_001F, 0)).unwrap();
+    assert_eq!(cpuid[16 + 48 * sev + 28] & 0x3F, 51, "C-bit position");
+
+    // Page tables: the first GiB one to one, the C-bit in the SNP copy only.
+    for (mask, c) in [(SNP, C_BIT), (NATIVE, 0)] {
+        let pml4 = u64s(&page_at(&file, layout::PML4_GPA, mask).unwrap().2);
+        assert_eq!(pml4[0], layout::PDPT_GPA | 3 | c);
+        assert!(pml4[1..].iter().all(|e| *e == 0));
+        assert_eq!(u64s(&page_at(&file, layout::PDPT_GPA, mask).unwrap().2)[0], layout::PD_GPA | 3 | c);
+        let pd = u64s(&page_at(&file, layout::PD_GPA, mask).unwrap().2);
+        assert!(pd.iter().enumerate().all(|(i, e)| *e == (i as u64) << 21 | 0x83 | c));
+    }
+    let (m, _, gdt) = page_at(&file, layout::GDT_GPA, SNP).unwrap();
+    assert_eq!(m, SNP | NATIVE);
+    assert_eq!(u64s(&gdt)[..4], [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0]);
+
+    // Start state: the entry symbol, the boot information in RSI, 64-bit paging.
+    let vmsa = d
+        .iter()
+        .find_map(|x| match x {
+            IgvmDirectiveHeader::SnpVpContext { gpa, compatibility_mask: SNP, vp_index: 0, vmsa } => Some((*gpa, vmsa)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(vmsa.0, 0xFFFF_FFFF_F000, "QEMU takes a VMSA only at KVM's address");
+    let v = vmsa.1;
+    assert_eq!(
+        (v.rip, v.rsi, v.cr3, v.efer, v.cr0),
+        (ENTRY, layout::BOOT_INFO_GPA, layout::PML4_GPA | C_BIT, 0x1D00, 0x8000_0031)
+    );
+    assert_eq!(
+        (v.cs.selector, v.cs.attrib, v.ss.selector, v.gdtr.base, v.gdtr.limit),
+        (8, 0xA9B, 0x10, layout::GDT_GPA, 23)
+    );
+    assert_eq!((v.vmpl, v.sev_features.into_bits(), v.rflags), (0, 1, 2));
+    let native = d
+        .iter()
+        .find_map(|x| match x {
+            IgvmDirectiveHeader::X64NativeVpContext { compatibility_mask: NATIVE, vp_index: 0, context } => {
+                Some(context)
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (native.rip, native.rsi, native.cr3, native.cr0),
+        (ENTRY, layout::BOOT_INFO_GPA, layout::PML4_GPA, 0x8000_0031)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn firmware_ends_at_4_gib_and_the_summary_says_so() {
+    let dir = temp("firmware");
+    let firmware: Vec<u8> = (0..0x2000u32).map(|i| (i >> 4) as u8).collect();
+    std::fs::write(dir.join("ovmf.fd"), &firmware).unwrap();
+    std::fs::write(dir.join("svsm.elf"), sample_elf()).unwrap();
+    let out = dir.join("bulwark.igvm");
+    let summary: serde_json::Value = serde_json::from_str(&ok(&[
+        "igvm",
+        "build",
+        "--svsm",
+        s(&dir.join("svsm.elf")),
+        "--out",
+        s(&out),
+        "--firmware",
+        s(&dir.join("ovmf.fd")),
+        "--snp-policy",
+        "0x30001",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(summary["entry"], ENTRY);
+    assert_eq!(summary["firmware"], serde_json::json!({"base": 0xFFFF_E000u64, "size": 0x2000}));
+    assert_eq!(summary["snp"]["policy"], "0x30001");
+    assert_eq!(summary["file_size"], std::fs::metadata(&out).unwrap().len());
+    let file = read_igvm(&out);
+    assert_eq!(page_at(&file, 0xFFFF_E000, NATIVE).unwrap().2, firmware[..4096]);
+    assert_eq!(
+        page_at(&file, 0xFFFF_F000, SNP),
+        Some((SNP | NATIVE, IgvmPageDataType::NORMAL, firmware[4096..].to_vec()))
+    );
+    let (info, _) = BootInfo::read_from_prefix(&page_at(&file, layout::BOOT_INFO_GPA, SNP).unwrap().2).unwrap();
+    assert_eq!((info.firmware_base, info.firmware_size), (0xFFFF_E000, 0x2000));
+    let text = ok(&[
+        "igvm",
+        "build",
+        "--svsm",
+        s(&dir.join("svsm.elf")),
+        "--out",
+        s(&out),
+        "--firmware",
+        s(&dir.join("ovmf.fd")),
+    ]);
+    assert!(text.contains("igvm_entry64 = 0x1000040") && text.contains("8 KiB at 0xffffe000"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_fail_with_a_message_and_no_panic() {
+    let dir = temp("errors");
+    let p = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let out = dir.join("out.igvm");
+    let build_from = |elf: &str| ["igvm", "build", "--svsm", elf, "--out", s(&out)].map(String::from);
+    let no_symbol = p("nosym.elf", &elf(&sample_segments(), ("other_symbol", ENTRY)));
+    fails(&build_from(&no_symbol).each_ref().map(String::as_str), 1, "no `igvm_entry64` symbol");
+    let not_elf = p("not.elf", b"#!/bin/sh\necho not an image\n");
+    fails(&build_from(&not_elf).each_ref().map(String::as_str), 1, "not an ELF file");
+    let truncated = p("truncated.elf", &sample_elf()[..100]);
+    fails(&build_from(&truncated).each_ref().map(String::as_str), 1, "malformed ELF file");
+    for paddr in [0x300_0000, layout::BOOT_BLOCK_BASE - 0x1000, 0x80_0000] {
+        let outside =
+            p("outside.elf", &elf(&[Segment { paddr, bytes: vec![1; 16], memsz: 0x2000 }], ("igvm_entry64", ENTRY)));
+        fails(&build_from(&outside).each_ref().map(String::as_str), 1, "outside the SVSM region");
+    }
+    let good = p("good.elf", &sample_elf());
+    let firmware = p("odd.fd", &[0x90; 5000]);
+    let mut args = build_from(&good).to_vec();
+    args.extend(["--firmware".into(), firmware]);
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 1, "not a non-zero multiple of 4 KiB");
+    fails(&["igvm", "build", "--out", s(&out)], 2, "--svsm ELF is required");
+    fails(&["igvm", "build", "--svsm", &good, "--out", s(&out), "--snp-policy", "0x10000"], 2, "bit 17");
+    assert!(!out.exists(), "no file is written on failure");
+
+    // measure: missing, truncated, garbage and re-checksummed-garbage files.
+    ok(&["igvm", "build", "--svsm", &good, "--out", s(&out)]);
+    let igvm = std::fs::read(&out).unwrap();
+    fails(&["igvm", "measure", s(&dir.join("missing.igvm"))], 1, "missing.igvm");
+    let short = p("short.igvm", &igvm[..igvm.len() / 2]);
+    fails(&["igvm", "measure", &short], 1, "not a valid IGVM file");
+    let garbage = p("garbage.igvm", &(0..5000u32).map(|i| (i * 31) as u8).collect::<Vec<_>>());
+    fails(&["igvm", "measure", &garbage], 1, "not a valid IGVM file");
+    let mut bad_header = igvm.clone();
+    bad_header[0x40..0x60].fill(0xFF);
+    let bad_header = p("header.igvm", &bad_header);
+    fails(&["igvm", "measure", &bad_header], 1, "not a valid IGVM file");
+    fails(&["igvm", "measure", s(&out), "--vcpus", "2"], 1, "no VMSA for vCPU 1");
+    fails(&["igvm", "measure", s(&out), "--vcpus", "0"], 2, "at least 1");
+    fails(&["igvm", "measure"], 2, "exactly one IGVM file");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn pydeps() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("pydeps")
+}
+
+/// Python with `sevsnpmeasure` importable (installing it if needed).
+fn python() -> Command {
+    let deps = pydeps();
+    let probe = |deps: &PathBuf| {
+        Command::new("python3")
+            .args(["-c", "import sevsnpmeasure.gctx"])
+            .env("PYTHONPATH", deps)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !probe(&deps) {
+        // A distribution's Python may call itself externally managed; installing into a
+        // directory of our own is fine either way.
+        let install = |extra: &[&str]| {
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(extra)
+                .arg("--target")
+                .arg(&deps)
+                .arg("sev-snp-measure==0.0.13")
+                .status()
+                .expect("python3 runs (install python3 and pip)")
+                .success()
+        };
+        let installed = install(&[]) || install(&["--break-system-packages"]);
+        assert!(installed && probe(&deps), "pip could not install sev-snp-measure into {}", deps.display());
+    }
+    let mut c = Command::new("python3");
+    c.env("PYTHONPATH", deps);
+    c
+}
+
+/// sev-snp-measure's digest over the `--pages` list, given the pages' real bytes from the
+/// IGVM file (NORMAL pages and VMSAs), so that Python hashes them itself.
+fn sev_snp_measure(dir: &Path, igvm: &Path, pages: &serde_json::Value) -> String {
+    let file = read_igvm(igvm);
+    let vmsa = file
+        .directives()
+        .iter()
+        .find_map(|d| match d {
+            IgvmDirectiveHeader::SnpVpContext { vmsa, .. } => Some(vmsa.as_bytes().to_vec()),
+            _ => None,
+        })
+        .unwrap();
+    let (mut blob, mut plan) = (Vec::new(), Vec::new());
+    for p in pages.as_array().unwrap() {
+        let (gpa, kind) = (p["gpa"].as_u64().unwrap(), p["page_type"].as_str().unwrap());
+        let bytes = match kind {
+            "normal" => {
+                let mut data = page_at(&file, gpa, SNP).unwrap().2;
+                data.resize(4096, 0);
+                data
+            }
+            "vmsa" => vmsa.clone(),
+            _ => {
+                assert_eq!(p["contents_sha384"], "0".repeat(96), "{p}");
+                vec![]
+            }
+        };
+        plan.push(serde_json::json!([kind, gpa, blob.len()]));
+        blob.extend_from_slice(&bytes);
+    }
+    std::fs::write(dir.join("blob"), blob).unwrap();
+    std::fs::write(dir.join("plan.json"), serde_json::to_string(&plan).unwrap()).unwrap();
+    let script = format!(
+        "import json
+from sevsnpmeasure.gctx import GCTX
+plan = json.load(open({plan:?}))
+blob = open({blob:?}, 'rb').read()
+g = GCTX()
+for kind, gpa, at in plan:
+    page = blob[at:at + 4096]
+    if kind == 'normal': g.update_normal_pages(gpa, page)
+    elif kind == 'vmsa': g.update_vmsa_page(page)
+    elif kind == 'unmeasured': g.update_unmeasured_pages(gpa, 4096)
+    elif kind == 'secrets': g.update_secrets_page(gpa)
+    elif kind == 'cpuid': g.update_cpuid_page(gpa)
+    elif kind == 'zero': g.update_zero_pages(gpa, 4096)
+    else: raise ValueError(kind)
+print(g.ld().hex())
+",
+        plan = s(&dir.join("plan.json")),
+        blob = s(&dir.join("blob")),
+    );
+    let out = python().args(["-c", &script]).output().expect("python3 runs");
+    assert!(out.status.success(), "sev-snp-measure failed: {}", String::from_utf8_lossy(&out.stderr));
+    stdout(&out)
+}
+
+#[test]
+fn measurement_matches_sev_snp_measure_over_the_listed_pages() {
+    let dir = temp("measure");
+    std::fs::write(dir.join("ovmf.fd"), vec![0x5A; 0x3000]).unwrap();
+    let igvm = build(&dir, &sample_elf(), &["--firmware", s(&dir.join("ovmf.fd"))]);
+    let pages_path = dir.join("pages.json");
+    let measurement = ok(&["igvm", "measure", s(&igvm), "--pages", s(&pages_path)]);
+    assert!(measurement.len() == 96 && measurement.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let pages: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pages_path).unwrap()).unwrap();
+
+    // What QEMU sends: the inserts first, then the page data in file order, the VMSA last.
+    let list = pages.as_array().unwrap();
+    let kinds: Vec<_> = list.iter().map(|p| (p["gpa"].as_u64().unwrap(), p["page_type"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds[..3],
+        [(layout::VP_COUNT_GPA, "unmeasured"), (layout::MEMORY_MAP_GPA, "unmeasured"), (0x100_0000, "normal")]
+    );
+    assert_eq!(kinds.last(), Some(&(0xFFFF_FFFF_F000, "vmsa")));
+    assert!(kinds.contains(&(layout::SECRETS_GPA, "secrets")) && kinds.contains(&(layout::CPUID_GPA, "cpuid")));
+
+    let summary: serde_json::Value = serde_json::from_str(&ok(&["igvm", "measure", s(&igvm), "--json"])).unwrap();
+    assert_eq!(summary["measurement"], measurement);
+    assert_eq!(summary["vcpus"], 1);
+    // 3 text/data pages, boot info, 3 page tables, GDT, 3 of firmware; every other page
+    // of the SVSM region below the boot block is a zero page.
+    let zero = (layout::BOOT_BLOCK_BASE - layout::SVSM_REGION_BASE) / 4096 - 3;
+    assert_eq!(
+        summary["pages"],
+        serde_json::json!({"normal": 11, "zero": zero, "unmeasured": 2, "secrets": 1, "cpuid": 1, "vmsa": 1})
+    );
+    assert_eq!(list.len() as u64, 16 + zero);
+
+    assert_eq!(sev_snp_measure(&dir, &igvm, &pages), measurement);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn one_changed_byte_changes_the_measurement_and_native_pages_do_not() {
+    let dir = temp("sensitivity");
+    let igvm = build(&dir, &sample_elf(), &[]);
+    let measurement = ok(&["igvm", "measure", s(&igvm)]);
+    assert_eq!(ok(&["igvm", "measure", s(&build(&dir, &sample_elf(), &[]))]), measurement, "builds are reproducible");
+
+    let mut segments = sample_segments();
+    segments[1].bytes[0x80] ^= 1;
+    let changed = build(&dir, &elf(&segments, ("igvm_entry64", ENTRY)), &[]);
+    assert_ne!(ok(&["igvm", "measure", s(&changed)]), measurement);
+
+    // Every native-only page and the native start state changed: same SNP measurement.
+    let file = read_igvm(&build(&dir, &sample_elf(), &[]));
+    let mut changed_native = 0;
+    let directives: Vec<_> = file
+        .directives()
+        .iter()
+        .cloned()
+        .map(|d| match d {
+            IgvmDirectiveHeader::PageData { gpa, compatibility_mask: NATIVE, flags, data_type, mut data } => {
+                data.resize(4096, 0);
+                data[8] ^= 0xFF;
+                changed_native += 1;
+                IgvmDirectiveHeader::PageData { gpa, compatibility_mask: NATIVE, flags, data_type, data }
+            }
+            IgvmDirectiveHeader::X64NativeVpContext { compatibility_mask, vp_index, mut context } => {
+                context.rip += 0x10;
+                IgvmDirectiveHeader::X64NativeVpContext { compatibility_mask, vp_index, context }
+            }
+            other => other,
+        })
+        .collect();
+    assert_eq!(changed_native, 4, "native boot info and page tables");
+    let native_changed =
+        IgvmFile::new(IgvmRevision::V1, file.platforms().to_vec(), file.initializations().to_vec(), directives)
+            .unwrap();
+    let mut bytes = Vec::new();
+    native_changed.serialize(&mut bytes).unwrap();
+    let path = dir.join("native-changed.igvm");
+    std::fs::write(&path, &bytes).unwrap();
+    assert_ne!(bytes, std::fs::read(&igvm).unwrap());
+    assert_eq!(ok(&["igvm", "measure", s(&path)]), measurement);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_release_svsm_image_builds_and_measures() {
+    let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/x86_64-unknown-none/release/bulwark-svsm");
+    if !image.exists() {
+        println!("note: {} is absent (cargo xtask build --release); skipped", image.display());
+        return;
+    }
+    let dir = temp("release");
+    let out = dir.join("bulwark.igvm");
+    let args = ["igvm", "build", "--svsm", s(&image), "--out", s(&out), "--json"];
+    let result = bulwark(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&result)).unwrap();
+    let entry = summary["entry"].as_u64().unwrap();
+    assert!((layout::SVSM_REGION_BASE..layout::BOOT_BLOCK_BASE).contains(&entry));
+    let file = read_igvm(&out);
+    assert!(
+        file.directives()
+            .iter()
+            .any(|d| matches!(d, IgvmDirectiveHeader::SnpVpContext { vmsa, .. } if vmsa.rip == entry))
+    );
+    let measurement = ok(&["igvm", "measure", s(&out)]);
+    assert_eq!(measurement.len(), 96);
+    std::fs::remove_dir_all(dir).unwrap();
+}
