@@ -388,3 +388,33 @@ fn trim_cert_table(mut buf: Vec<u8>) -> Vec<u8> {
         None => buf,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::trim_cert_table;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    fn entry(guid: u8, offset: u32, len: u32) -> Vec<u8> {
+        let mut e = vec![guid; 16];
+        e.extend_from_slice(&offset.to_le_bytes());
+        e.extend_from_slice(&len.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn the_table_ends_where_its_furthest_certificate_does() {
+        let mut buf = [entry(1, 72, 10), entry(2, 82, 20), vec![0; 24]].concat();
+        buf.resize(16384, 0xEE);
+        let t = trim_cert_table(buf);
+        assert_eq!(t.len(), 102, "two entries, the terminator, 30 bytes of certificates");
+        assert!(trim_cert_table(vec![0; 4096]).is_empty(), "a table that starts with its terminator is empty");
+    }
+
+    #[test]
+    fn entries_pointing_past_the_buffer_keep_the_whole_buffer() {
+        let mut buf = [entry(1, 48, u32::MAX), vec![0; 24]].concat();
+        buf.resize(100, 0);
+        assert_eq!(trim_cert_table(buf).len(), 100);
+    }
+}
