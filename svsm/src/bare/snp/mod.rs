@@ -57,9 +57,15 @@ pub fn boot(info_gpa: u64) -> ! {
     let mut info = [0u8; core::mem::size_of::<BootInfo>()];
     // SAFETY: the boot block is part of the launch-validated SVSM region.
     let ok = unsafe { instr::copy(info.as_mut_ptr(), info_gpa as *const u8, info.len()) };
-    let Some(info) = BootInfo::read_from_bytes(&info).ok().filter(|i| ok && i.magic == BOOT_INFO_MAGIC) else {
-        terminate(term::BOOT_INFO)
+    // The image is linked into the region the boot information names; anything else is
+    // not an image this SVSM was built into.
+    let sane = |i: &BootInfo| {
+        ok && i.magic == BOOT_INFO_MAGIC
+            && i.svsm_base == abi::igvm::SVSM_REGION_BASE
+            && i.svsm_size == abi::igvm::SVSM_REGION_SIZE
+            && (1..=3).contains(&i.guest_vmpl)
     };
+    let Some(info) = BootInfo::read_from_bytes(&info).ok().filter(sane) else { terminate(term::BOOT_INFO) };
     let mut page = [0u8; 4096];
     // SAFETY: as above; the CPUID page is in the boot block.
     if !unsafe { instr::copy(page.as_mut_ptr(), info.cpuid_gpa as *const u8, 4096) } {
@@ -89,7 +95,8 @@ pub fn boot(info_gpa: u64) -> ! {
     // From here port I/O works (#VC), so the console does.
     super::console::init();
     println!("bulwark-svsm {}: booted from IGVM on SEV-SNP, C-bit {c_bit}", env!("CARGO_PKG_VERSION"));
-    platform.state.console_port = None; // the SVSM's console already writes COM1
+    // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
+    platform.state.console_port = Some(0x3F8);
     platform.state.svsm_entry = Some(snp::vmsa::SvsmCpuState {
         rip: super::entry::igvm_ap_entry(),
         rsp: 0,
@@ -115,6 +122,15 @@ pub fn boot(info_gpa: u64) -> ! {
         }
     };
     svsm.check_psp_channel(&mut platform);
+    // VMPCK0 is gone from the secrets page now: the guest may read the rest (its VMPCKs,
+    // the SVSM fields).
+    if let Some(secrets) = PageAddr::new(info.secrets_gpa) {
+        use kernel::platform::Platform;
+        let read = abi::hw::rmpadjust::PERM_READ;
+        if platform.rmpadjust(secrets, kernel::addr::PageSize::Size4K, guest_vmpl, read, false).is_err() {
+            println!("snp: the guest cannot be given the secrets page");
+        }
+    }
     super::clock::calibrate();
     match super::vtpm::manufacture() {
         Ok(v) => svsm.install_vtpm(v),
@@ -205,6 +221,9 @@ fn serve(vcpu: VcpuIndex, guest_vmpl: u8) -> ! {
 pub extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `boot`.
     unsafe { instr::set_gs_base(index) };
+    // Its own GDT/IDT/TSS before anything can raise #VC, and SSE for the vTPM's C code.
+    super::cpu_tables::load();
+    super::fpu::enable_sse();
     let mut hw = BareSnp;
     let gpa = snp::SnpHw::shared_gpa(&hw, snp::Shared::Ghcb);
     let shared = matches!(snp::SnpHw::pvalidate(&mut hw, gpa, false, false), Ok((0, _)))
