@@ -17,7 +17,8 @@ use rmp::Size;
 use snp::ghcb::Ghcb;
 use snp::hw::{CERT_PAGES, Fault, Shared, SnpHw};
 
-/// Where the model puts the SVSM's shared pages: GHCB, request, response, certificates.
+/// Where the model puts the SVSM's shared pages by default: GHCB, request, response,
+/// certificates.
 pub const SHARED_BASE: u64 = crate::world::SVSM_BASE;
 
 /// The host's side of the snp platform.
@@ -45,6 +46,8 @@ pub struct SnpHost {
     pub events: Vec<u64>,
     /// What an RDTSC answers (incremented per read).
     pub tsc: u64,
+    /// Where the SVSM's shared pages are (GHCB, request, response, certificates).
+    pub shared_base: u64,
 }
 
 impl Default for SnpHost {
@@ -62,6 +65,7 @@ impl Default for SnpHost {
             ap_events: Vec::new(),
             events: Vec::new(),
             tsc: 1_000_000,
+            shared_base: SHARED_BASE,
         }
     }
 }
@@ -73,14 +77,14 @@ pub struct ModelSnpHw<'a> {
     pub host: &'a mut SnpHost,
 }
 
-fn shared_gpa(page: Shared) -> u64 {
+fn shared_gpa(base: u64, page: Shared) -> u64 {
     let index = match page {
         Shared::Ghcb => 0,
         Shared::Request => 1,
         Shared::Response => 2,
         Shared::Certs(i) => 3 + i.min(CERT_PAGES - 1) as u64,
     };
-    SHARED_BASE + index * 4096
+    base + index * 4096
 }
 
 impl ModelSnpHw<'_> {
@@ -277,15 +281,15 @@ impl SnpHw for ModelSnpHw<'_> {
     }
 
     fn shared_gpa(&self, page: Shared) -> u64 {
-        shared_gpa(page)
+        shared_gpa(self.host.shared_base, page)
     }
 
     fn shared_read(&self, page: Shared, offset: usize, buf: &mut [u8]) {
-        self.machine.raw_read(shared_gpa(page) + offset as u64, buf);
+        self.machine.raw_read(self.shared_gpa(page) + offset as u64, buf);
     }
 
     fn shared_write(&mut self, page: Shared, offset: usize, data: &[u8]) {
-        self.machine.raw_write(shared_gpa(page) + offset as u64, data);
+        self.machine.raw_write(self.shared_gpa(page) + offset as u64, data);
     }
 
     fn read_ghcb_msr(&self) -> u64 {

@@ -221,6 +221,14 @@ impl World {
         outcome
     }
 
+    /// A world around a launch made elsewhere on the snp platform (an IGVM image loaded
+    /// into `machine`, the kernel started by `snp::launch`): guests call it as in any
+    /// other world. `config` only records the platform.
+    pub fn adopt_snp(machine: Machine, svsm: Svsm, host: SnpHost, state: snp::SnpState) -> Self {
+        let config = WorldConfig { platform: PlatformKind::Snp, ..WorldConfig::default() };
+        Self { machine, svsm, config, host: Host::default(), snp: Some(SnpWorld { host, state: Some(state) }) }
+    }
+
     /// Tell the snp platform where a new CPU enters the SVSM, so each new vCPU gets its
     /// own VMPL0 VMSA (the bare-metal boot sets this).
     pub fn set_snp_entry(&mut self, entry: snp::vmsa::SvsmCpuState) {

@@ -22,6 +22,7 @@ extern crate alloc;
 pub mod cpuid;
 pub mod ghcb;
 pub mod hw;
+pub mod launch;
 pub mod platform;
 pub mod vc;
 pub mod vmsa;

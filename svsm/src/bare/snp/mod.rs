@@ -9,19 +9,15 @@ mod paging;
 
 use super::exceptions::Frame;
 use abi::ghcb::{VC_PAGE_NOT_VALIDATED, exit, term};
-use abi::igvm::{BOOT_INFO_MAGIC, BootInfo, MemoryMapEntry};
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hw::BareSnp;
-use kernel::addr::{Gpa, PageAddr, PageRange};
+use kernel::Svsm;
 use kernel::vcpu::VcpuIndex;
-use kernel::{Svsm, SvsmConfig};
-use snp::SnpPlatform;
 use snp::cpuid::CpuidTable;
 use snp::vc::VcRegs;
+use snp::{SnpPlatform, launch};
 use spin::Mutex;
 use spin::once::Once;
-use zerocopy::FromBytes;
 
 /// Set once the snp platform is up; the exception path then handles #VC.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -33,11 +29,6 @@ static SHARED: Mutex<Option<(SnpPlatform<BareSnp>, Svsm)>> = Mutex::new(None);
 /// Stack for each AP's request loop (the vTPM's C code needs more than the vCPU's
 /// SVSM pages hold).
 const AP_STACK: usize = 64 * 1024;
-/// Where the guest's first VMSA and calling area go: the VMSA in SVSM memory just below
-/// the boot block, the calling area in guest RAM just below the SVSM region (the guest
-/// finds it in the secrets page and must keep it reserved).
-const GUEST_VMSA_GPA: u64 = abi::igvm::BOOT_BLOCK_BASE - 0x1000;
-const CALLING_AREA_GPA: u64 = abi::igvm::SVSM_REGION_BASE - 0x1000;
 
 /// Is this an SEV-SNP guest? (SEV_STATUS is never intercepted.)
 pub fn detected() -> bool {
@@ -54,35 +45,17 @@ fn terminate(code: u8) -> ! {
 pub fn boot(info_gpa: u64) -> ! {
     // SAFETY: GS base is this CPU's index on the snp platform and nothing else.
     unsafe { instr::set_gs_base(0) };
-    let mut info = [0u8; core::mem::size_of::<BootInfo>()];
-    // SAFETY: the boot block is part of the launch-validated SVSM region.
-    let ok = unsafe { instr::copy(info.as_mut_ptr(), info_gpa as *const u8, info.len()) };
-    // The image is linked into the region the boot information names; anything else is
-    // not an image this SVSM was built into.
-    let sane = |i: &BootInfo| {
-        ok && i.magic == BOOT_INFO_MAGIC
-            && i.svsm_base == abi::igvm::SVSM_REGION_BASE
-            && i.svsm_size == abi::igvm::SVSM_REGION_SIZE
-            && (1..=3).contains(&i.guest_vmpl)
+    // The image's page tables map the boot block: the launch can be read before ours.
+    let launch = match launch::take_over(&BareSnp, info_gpa, hw::MAX_CPUS as u32) {
+        Ok(l) => l,
+        Err(_) => terminate(term::BOOT_INFO),
     };
-    let Some(info) = BootInfo::read_from_bytes(&info).ok().filter(sane) else { terminate(term::BOOT_INFO) };
-    let mut page = [0u8; 4096];
-    // SAFETY: as above; the CPUID page is in the boot block.
-    if !unsafe { instr::copy(page.as_mut_ptr(), info.cpuid_gpa as *const u8, 4096) } {
-        terminate(term::BOOT_INFO);
-    }
-    let Ok(table) = CpuidTable::parse(&page) else { terminate(term::BOOT_INFO) };
-    let c_bit = (table.lookup(0x8000_001F, 0, 1, 0)[1] & 0x3F) as u8;
-    let signature = table.lookup(1, 0, 1, 0)[0];
-    CPUID.call_once(|| table);
-    if !(32..52).contains(&c_bit) {
-        terminate(term::BOOT_INFO);
-    }
-    paging::install(c_bit);
+    CPUID.call_once(|| launch.cpuid.clone());
+    paging::install(launch.c_bit);
     // SEV_FEATURES as the VMSAs of this guest carry them: SEV_STATUS bits 2.. map to
     // SEV_FEATURES bits 0..
     let sev_features = instr::sev_status() >> 2;
-    let guest_vmpl = info.guest_vmpl as u8;
+    let guest_vmpl = launch.info.guest_vmpl as u8;
     let mut platform = match SnpPlatform::start(BareSnp, guest_vmpl, sev_features) {
         Ok(p) => p,
         Err(e) => {
@@ -94,7 +67,7 @@ pub fn boot(info_gpa: u64) -> ! {
     ACTIVE.store(true, Ordering::Release);
     // From here port I/O works (#VC), so the console does.
     super::console::init();
-    println!("bulwark-svsm {}: booted from IGVM on SEV-SNP, C-bit {c_bit}", env!("CARGO_PKG_VERSION"));
+    println!("bulwark-svsm {}: booted from IGVM on SEV-SNP, C-bit {}", env!("CARGO_PKG_VERSION"), launch.c_bit);
     // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
     platform.state.console_port = Some(0x3F8);
     platform.state.svsm_entry = Some(snp::vmsa::SvsmCpuState {
@@ -107,10 +80,11 @@ pub fn boot(info_gpa: u64) -> ! {
         data_selector: abi::igvm::DATA_SELECTOR,
         argument: 0,
     });
-    let config = match config(&info, &mut platform, signature) {
+    let (_, image_end) = super::entry::image_bounds();
+    let config = match launch::prepare(&mut platform, &launch, image_end) {
         Ok(c) => c,
-        Err(why) => {
-            println!("FAILED: {why}");
+        Err(e) => {
+            println!("FAILED: launch: {e:?}");
             terminate(term::BOOT_INFO)
         }
     };
@@ -122,14 +96,8 @@ pub fn boot(info_gpa: u64) -> ! {
         }
     };
     svsm.check_psp_channel(&mut platform);
-    // VMPCK0 is gone from the secrets page now: the guest may read the rest (its VMPCKs,
-    // the SVSM fields).
-    if let Some(secrets) = PageAddr::new(info.secrets_gpa) {
-        use kernel::platform::Platform;
-        let read = abi::hw::rmpadjust::PERM_READ;
-        if platform.rmpadjust(secrets, kernel::addr::PageSize::Size4K, guest_vmpl, read, false).is_err() {
-            println!("snp: the guest cannot be given the secrets page");
-        }
+    if let Err(e) = launch::open_secrets(&mut platform, &launch) {
+        println!("snp: {e:?}");
     }
     super::clock::calibrate();
     match super::vtpm::manufacture() {
@@ -139,67 +107,6 @@ pub fn boot(info_gpa: u64) -> ! {
     *SHARED.lock() = Some((platform, svsm));
     println!("snp: serving the guest at VMPL{guest_vmpl}");
     serve(VcpuIndex::STARTUP, guest_vmpl)
-}
-
-/// The kernel's launch description, after making the guest's first vCPU and calling
-/// area (validated here, so they count as validated at launch).
-fn config(info: &BootInfo, p: &mut SnpPlatform<BareSnp>, signature: u32) -> Result<SvsmConfig, &'static str> {
-    use kernel::platform::Platform;
-    let ram = memory_map(info)?;
-    let page = |gpa: u64| PageAddr::new(gpa).ok_or("unaligned launch page");
-    let (vmsa, ca) = (page(GUEST_VMSA_GPA)?, page(CALLING_AREA_GPA)?);
-    p.pvalidate(ca, kernel::addr::PageSize::Size4K, true).map_err(|_| "cannot validate the calling area")?;
-    p.zero_pages(PageRange::new(ca, 1).ok_or("calling area")?).map_err(|_| "cannot zero the calling area")?;
-    p.rmpadjust(ca, kernel::addr::PageSize::Size4K, info.guest_vmpl as u8, abi::hw::rmpadjust::PERM_ALL, false)
-        .map_err(|_| "cannot give the calling area to the guest")?;
-    p.launch_guest_vcpu(vmsa, 0, signature).map_err(|_| "cannot make the guest's VMSA")?;
-    let svsm_region = PageRange::new(page(info.svsm_base)?, info.svsm_size >> 12).ok_or("bad SVSM region")?;
-    let (_, image_end) = super::entry::image_bounds();
-    let first_free = image_end.next_multiple_of(4096);
-    let pool_end = GUEST_VMSA_GPA;
-    let mut prevalidated = Vec::new();
-    if info.firmware_size != 0 {
-        prevalidated.push(PageRange::new(page(info.firmware_base)?, info.firmware_size >> 12).ok_or("firmware")?);
-    }
-    prevalidated.push(PageRange::new(ca, 1).ok_or("calling area")?);
-    let vp_count = read_u32(info.vp_count_gpa).unwrap_or(1).clamp(1, hw::MAX_CPUS as u32);
-    Ok(SvsmConfig {
-        ram,
-        svsm_region,
-        pool_reserve: (first_free >> 12..pool_end >> 12).map(PageAddr::from_pfn).collect(),
-        prevalidated,
-        startup_vmsa: vmsa,
-        startup_calling_area: Gpa(CALLING_AREA_GPA),
-        startup_apic_id: 0,
-        max_vcpus: vp_count as usize,
-        pages_per_call: 4096,
-        secrets_page: Some(page(info.secrets_gpa)?),
-    })
-}
-
-fn read_u32(gpa: u64) -> Option<u32> {
-    let mut b = [0u8; 4];
-    // SAFETY: a parameter page of the boot block, launch-validated.
-    unsafe { instr::copy(b.as_mut_ptr(), gpa as *const u8, 4) }.then(|| u32::from_le_bytes(b))
-}
-
-/// Guest RAM from the loader's memory-map parameter area.
-fn memory_map(info: &BootInfo) -> Result<Vec<PageRange>, &'static str> {
-    let len = (info.memory_map_pages as usize).min(4) * 4096;
-    let mut bytes = alloc::vec![0u8; len];
-    // SAFETY: the parameter area is in the boot block, launch-validated.
-    if !unsafe { instr::copy(bytes.as_mut_ptr(), info.memory_map_gpa as *const u8, len) } {
-        return Err("memory map unreadable");
-    }
-    let entries = bytes
-        .chunks_exact(core::mem::size_of::<MemoryMapEntry>())
-        .filter_map(|c| MemoryMapEntry::read_from_bytes(c).ok())
-        .take_while(|e| e.number_of_pages != 0);
-    let ram: Vec<PageRange> = entries
-        .filter(|e| e.entry_type == abi::igvm::MEMORY_TYPE_MEMORY)
-        .filter_map(|e| PageRange::new(PageAddr::from_pfn(e.starting_gpa_page_number), e.number_of_pages))
-        .collect();
-    if ram.is_empty() { Err("the memory map has no RAM") } else { Ok(ram) }
 }
 
 /// A CPU's request loop: hand the CPU to the guest, serve its call, repeat.
