@@ -9,7 +9,7 @@
 //! `dispatcher` and by a hosted smoke test on random inputs.
 
 use crate::machine::Race;
-use crate::world::{self, MIB, World, WorldConfig};
+use crate::world::{self, MIB, PlatformKind, World, WorldConfig};
 use abi::hw::rmpadjust::PERM_READ;
 use abi::protocol::{CallId, ProtocolId, core_call};
 use abi::result::ResultCode;
@@ -76,11 +76,24 @@ fn address(input: &mut Input<'_>) -> u64 {
     base.wrapping_add(offset)
 }
 
-/// Run one fuzz input. Panics (a finding) if an invariant breaks.
+/// Run one fuzz input. Panics (a finding) if an invariant breaks. Inputs of odd length
+/// run on the snp platform (`bulwark-snp` over the model's host), even ones on the model's
+/// own platform, so one corpus covers both.
 pub fn run_dispatcher(data: &[u8]) {
+    let platform = if data.len() % 2 == 1 { PlatformKind::Snp } else { PlatformKind::Model };
+    run_dispatcher_on(data, platform);
+}
+
+/// [`run_dispatcher`] on the given platform.
+pub fn run_dispatcher_on(data: &[u8], platform: PlatformKind) {
     let mut input = Input { data };
-    let mut w =
-        World::new(WorldConfig { ram_bytes: RAM, huge_from: HUGE_FROM, pages_per_call: 64, ..WorldConfig::default() });
+    let mut w = World::new(WorldConfig {
+        ram_bytes: RAM,
+        huge_from: HUGE_FROM,
+        pages_per_call: 64,
+        platform,
+        ..WorldConfig::default()
+    });
     let mut steps = 0;
     while !input.done() && steps < 64 {
         steps += 1;

@@ -1,7 +1,8 @@
 //! The dispatcher fuzz harness on pseudo-random inputs, so every test run exercises it
 //! (the coverage-guided run is `cargo xtask fuzz`).
 
-use bulwark_model::fuzz::run_dispatcher;
+use bulwark_model::fuzz::{run_dispatcher, run_dispatcher_on};
+use bulwark_model::world::PlatformKind;
 
 /// xorshift64*: deterministic, so a failure reproduces.
 fn next(state: &mut u64) -> u64 {
@@ -28,7 +29,10 @@ fn past_fuzzer_findings_stay_fixed() {
     let mut ran = 0;
     for entry in std::fs::read_dir(&dir).expect("regression inputs directory") {
         let path = entry.expect("directory entry").path();
-        run_dispatcher(&std::fs::read(&path).expect("readable input"));
+        // Found on one platform, they must stay fixed on both.
+        let data = std::fs::read(&path).expect("readable input");
+        run_dispatcher_on(&data, PlatformKind::Model);
+        run_dispatcher_on(&data, PlatformKind::Snp);
         ran += 1;
     }
     assert!(ran > 0, "no regression inputs in {}", dir.display());
