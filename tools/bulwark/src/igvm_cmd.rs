@@ -13,12 +13,14 @@ use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: bulwark igvm build --svsm ELF --out FILE [--firmware OVMF.fd] [--vcpus N]
+const USAGE: &str = "usage: bulwark igvm build [--svsm ELF] --out FILE [--firmware OVMF.fd] [--vcpus N]
                          [--snp-policy HEX] [--json]
        bulwark igvm measure FILE [--vcpus N] [--json] [--pages FILE.json]
 
   build        the SVSM image (ELF, with the `igvm_entry64` symbol) as an IGVM file with an
                SEV-SNP and a native platform
+    --svsm ELF        default: the release image in $CARGO_TARGET_DIR or ./target
+                      (x86_64-unknown-none/release/bulwark-svsm; `cargo xtask igvm` builds it)
     --firmware FILE   guest firmware (OVMF) loaded so it ends at 4 GiB
     --vcpus N         the vCPUs you will give QEMU (-smp N); printed in the launch hint only,
                       the SVSM learns the count from QEMU
@@ -123,12 +125,32 @@ fn parse_policy(text: &str) -> Result<u64, Failure> {
     Ok(policy)
 }
 
+/// Where `cargo build --release -p bulwark-svsm --target x86_64-unknown-none` puts the
+/// image, seen from the workspace root.
+fn default_svsm_image() -> String {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    format!("{target}/x86_64-unknown-none/release/bulwark-svsm")
+}
+
 fn build_cmd(args: &[String]) -> Result<String, Failure> {
     let a = Args::parse(args, &["--svsm", "--out", "--firmware", "--vcpus", "--snp-policy"])?;
     if let Some(word) = a.positional.first() {
         return Err(Failure::Usage(format!("unexpected argument `{word}`")));
     }
-    let svsm = a.get("--svsm").ok_or_else(|| Failure::Usage("--svsm ELF is required".into()))?;
+    let default_svsm;
+    let svsm = match a.get("--svsm") {
+        Some(path) => path,
+        None => {
+            default_svsm = default_svsm_image();
+            if !std::path::Path::new(&default_svsm).exists() {
+                return Err(Failure::Usage(format!(
+                    "no --svsm given and no SVSM image at {default_svsm}: build it with `cargo xtask igvm` \
+                     or `cargo build --release -p bulwark-svsm --target x86_64-unknown-none`"
+                )));
+            }
+            default_svsm.as_str()
+        }
+    };
     let out = a.get("--out").ok_or_else(|| Failure::Usage("--out FILE is required".into()))?;
     let vcpus = a.vcpus()?;
     let policy = a.get("--snp-policy").map(parse_policy).transpose()?.unwrap_or(0x30000);

@@ -401,7 +401,13 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
     let mut args = build_from(&good).to_vec();
     args.extend(["--firmware".into(), firmware]);
     fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 1, "not a non-zero multiple of 4 KiB");
-    fails(&["igvm", "build", "--out", s(&out)], 2, "--svsm ELF is required");
+    let no_image = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["igvm", "build", "--out", s(&out)])
+        .env("CARGO_TARGET_DIR", dir.join("no-target"))
+        .output()
+        .unwrap();
+    assert_eq!(no_image.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_image.stderr).contains("no --svsm given and no SVSM image at"));
     fails(&["igvm", "build", "--svsm", &good, "--out", s(&out), "--snp-policy", "0x10000"], 2, "bit 17");
     assert!(!out.exists(), "no file is written on failure");
 
@@ -624,5 +630,15 @@ fn the_release_svsm_image_builds_and_measures() {
     );
     let measurement = ok(&["igvm", "measure", s(&out)]);
     assert_eq!(measurement.len(), 96);
+    // Without --svsm, from the workspace root: the same image.
+    let default_out = dir.join("default.igvm");
+    let built = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["igvm", "build", "--out", s(&default_out)])
+        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert_eq!(std::fs::read(&default_out).unwrap(), std::fs::read(&out).unwrap());
     std::fs::remove_dir_all(dir).unwrap();
 }
