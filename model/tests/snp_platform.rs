@@ -219,3 +219,34 @@ fn a_world_on_snp_serves_many_calls_without_violations() {
     assert!(w.snp_state().is_some_and(|s| s.c_bit == 51));
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
 }
+
+#[test]
+fn attestation_on_snp_carries_the_hosts_certificates() {
+    let mut env = bulwark_model::conformance_env::ModelEnv::on(PlatformKind::Snp);
+    let evidence = bulwark_model::attest_demo::obtain_from(&mut env, b"nonce").expect("evidence");
+    assert_eq!(evidence.certificates, env.world.machine.certificates, "the table the host sent with the boot report");
+    let events = &env.world.snp.as_ref().expect("snp").host.events;
+    assert!(events.iter().all(|e| *e != exit::GUEST_REQUEST), "extended requests only");
+}
+
+#[test]
+fn certificates_too_large_for_the_svsm_leave_reports_working() {
+    let mut env = bulwark_model::conformance_env::ModelEnv::on(PlatformKind::Snp);
+    // The host now holds a table of 5 pages; the SVSM's buffer has 4.
+    env.world.machine.certificates = vec![0x55; 5 * 4096];
+    let evidence = bulwark_model::attest_demo::obtain_from(&mut env, b"first").expect("a report, once more");
+    let host = &env.world.snp.as_ref().expect("snp").host;
+    let requests: Vec<u64> =
+        host.events.iter().copied().filter(|e| matches!(*e, exit::EXT_GUEST_REQUEST | exit::GUEST_REQUEST)).collect();
+    assert_eq!(
+        requests,
+        [exit::EXT_GUEST_REQUEST, exit::EXT_GUEST_REQUEST, exit::GUEST_REQUEST],
+        "boot, refused, retried"
+    );
+    assert!(!evidence.report.is_empty());
+    // The table the SVSM cached went with this report; the next report has none.
+    let evidence = bulwark_model::attest_demo::obtain_from(&mut env, b"second").expect("reports keep working");
+    assert!(evidence.certificates.is_empty(), "no certificates the SVSM could not hold");
+    let log = String::from_utf8_lossy(&env.world.snp.as_ref().expect("snp").host.console).into_owned();
+    assert!(log.contains("certificates need 5 pages"), "{log}");
+}

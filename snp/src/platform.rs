@@ -202,6 +202,29 @@ impl<H: SnpHw> SnpPlatform<H> {
     }
 }
 
+/// The host's "certificate buffer too small" (SW_EXITINFO2 bits 63:32).
+const INVALID_LEN: u32 = 1;
+/// Our own codes for a guest request that never got a host answer (the GHCB's
+/// SW_EXITINFO1 reported an error, or the host left SW_EXITINFO2 unset).
+const EVENT_REFUSED: u32 = u32::MAX;
+const NO_ANSWER: u32 = u32::MAX - 1;
+
+/// Run a guest-request event; the host's error is in SW_EXITINFO2 bits 63:32, the
+/// firmware's in 31:0.
+fn exchange<H: SnpHw>(hw: &mut H, g: &mut Ghcb) -> Result<(), GuestRequestError> {
+    match g.call(hw) {
+        Ok(()) => {}
+        Err(GhcbError::Host(_)) => return Err(GuestRequestError::Host(EVENT_REFUSED)),
+        Err(_) => return Err(GuestRequestError::Host(NO_ANSWER)),
+    }
+    match g.get(offset::SW_EXIT_INFO_2) {
+        Some(0) => Ok(()),
+        Some(info2) if info2 >> 32 != 0 => Err(GuestRequestError::Host((info2 >> 32) as u32)),
+        Some(info2) => Err(GuestRequestError::Firmware(info2 as u32)),
+        None => Err(GuestRequestError::Host(NO_ANSWER)),
+    }
+}
+
 fn hw_result(r: Result<u32, Fault>) -> Result<(), HwError> {
     match r {
         Ok(rc::SUCCESS) => Ok(()),
@@ -336,24 +359,29 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         let mut g = Ghcb::event(exit::EXT_GUEST_REQUEST, req, resp);
         g.set(offset::RAX, self.hw.shared_gpa(Shared::Certs(0)));
         g.set(offset::RBX, CERT_PAGES as u64);
-        match g.call(&mut self.hw) {
-            Ok(()) => {}
-            Err(GhcbError::Host(_)) => return Err(GuestRequestError::Host(1)),
-            Err(_) => return Err(GuestRequestError::Host(2)),
-        }
-        // SW_EXITINFO2: the host's error in 63:32, the firmware's in 31:0.
-        match g.get(offset::SW_EXIT_INFO_2) {
-            Some(0) => {}
-            Some(info2) if info2 >> 32 != 0 => return Err(GuestRequestError::Host((info2 >> 32) as u32)),
-            Some(info2) => return Err(GuestRequestError::Firmware(info2 as u32)),
-            None => return Err(GuestRequestError::Host(2)),
+        let mut with_certificates = true;
+        if let Err(GuestRequestError::Host(INVALID_LEN)) = exchange(&mut self.hw, &mut g) {
+            // The host's certificates do not fit our buffer. It refused before the PSP saw
+            // the message, so the sequence numbers are still in step: ask again without
+            // certificates.
+            let needed = g.get(offset::RBX).unwrap_or(0);
+            kernel::log!(
+                self,
+                Warn,
+                "snp: the host's certificates need {needed} pages, the SVSM has {CERT_PAGES}; reports go without them"
+            );
+            g = Ghcb::event(exit::GUEST_REQUEST, req, resp);
+            with_certificates = false;
+            exchange(&mut self.hw, &mut g)?;
         }
         self.hw.shared_read(Shared::Response, 0, response);
         let mut certs = Vec::new();
-        let mut page = [0u8; 4096];
-        for i in 0..CERT_PAGES {
-            self.hw.shared_read(Shared::Certs(i), 0, &mut page);
-            certs.extend_from_slice(&page);
+        if with_certificates {
+            let mut page = [0u8; 4096];
+            for i in 0..CERT_PAGES {
+                self.hw.shared_read(Shared::Certs(i), 0, &mut page);
+                certs.extend_from_slice(&page);
+            }
         }
         self.state.certificates = trim_cert_table(certs);
         Ok(())
