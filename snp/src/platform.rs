@@ -360,19 +360,23 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         g.set(offset::RAX, self.hw.shared_gpa(Shared::Certs(0)));
         g.set(offset::RBX, CERT_PAGES as u64);
         let mut with_certificates = true;
-        if let Err(GuestRequestError::Host(INVALID_LEN)) = exchange(&mut self.hw, &mut g) {
-            // The host's certificates do not fit our buffer. It refused before the PSP saw
-            // the message, so the sequence numbers are still in step: ask again without
-            // certificates.
-            let needed = g.get(offset::RBX).unwrap_or(0);
-            kernel::log!(
-                self,
-                Warn,
-                "snp: the host's certificates need {needed} pages, the SVSM has {CERT_PAGES}; reports go without them"
-            );
-            g = Ghcb::event(exit::GUEST_REQUEST, req, resp);
-            with_certificates = false;
-            exchange(&mut self.hw, &mut g)?;
+        match exchange(&mut self.hw, &mut g) {
+            Ok(()) => {}
+            Err(GuestRequestError::Host(INVALID_LEN)) => {
+                // The host's certificates do not fit our buffer. It refused before the PSP
+                // saw the message, so the sequence numbers are still in step: ask again
+                // without certificates.
+                let needed = g.get(offset::RBX).unwrap_or(0);
+                kernel::log!(
+                    self,
+                    Warn,
+                    "snp: the host's certificates need {needed} pages, the SVSM has {CERT_PAGES}; reports go without them"
+                );
+                g = Ghcb::event(exit::GUEST_REQUEST, req, resp);
+                with_certificates = false;
+                exchange(&mut self.hw, &mut g)?;
+            }
+            Err(e) => return Err(e),
         }
         self.hw.shared_read(Shared::Response, 0, response);
         let mut certs = Vec::new();
