@@ -231,7 +231,7 @@ impl World {
 
     /// Tell the snp platform where a new CPU enters the SVSM, so each new vCPU gets its
     /// own VMPL0 VMSA (the bare-metal boot sets this).
-    pub fn set_snp_entry(&mut self, entry: snp::vmsa::SvsmCpuState) {
+    pub fn set_snp_entry(&mut self, entry: snp::vmsa::SvsmEntry) {
         if let Some(state) = self.snp.as_mut().and_then(|s| s.state.as_mut()) {
             state.svsm_entry = Some(entry);
         }

@@ -128,15 +128,21 @@ fn vcpu_creation_and_deletion_are_announced_to_the_host() {
 #[test]
 fn with_an_svsm_entry_each_vcpu_gets_its_own_vmpl0_vmsa() {
     let mut w = snp_world();
-    w.set_snp_entry(snp::vmsa::SvsmCpuState {
-        rip: world::SVSM_BASE + 0x2000,
-        rsp: 0,
-        cr3: world::SVSM_BASE + 0x3000,
-        gdtr_base: world::SVSM_BASE + 0x4000,
-        gdtr_limit: 23,
-        code_selector: 8,
-        data_selector: 16,
-        argument: 0,
+    let stack_base = world::SVSM_BASE + 0x10_0000;
+    w.set_snp_entry(snp::vmsa::SvsmEntry {
+        cpu: snp::vmsa::SvsmCpuState {
+            rip: world::SVSM_BASE + 0x2000,
+            rsp: 0,
+            cr3: world::SVSM_BASE + 0x3000,
+            gdtr_base: world::SVSM_BASE + 0x4000,
+            gdtr_limit: 23,
+            code_selector: 8,
+            data_selector: 16,
+            argument: 0,
+        },
+        stack_base,
+        stack_size: 0x4000,
+        stack_count: 8,
     });
     let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
     let mut v = abi::vmsa::Vmsa::zeroed();
@@ -156,6 +162,12 @@ fn with_an_svsm_entry_each_vcpu_gets_its_own_vmpl0_vmsa() {
         "the SVSM's VMSA lives in SVSM memory"
     );
     assert_eq!(w.machine.vmsa_field(svsm_vmsa, VmsaField::Rip), world::SVSM_BASE + 0x2000);
+    let index = w.vcpu_by_apic_id(9).expect("created").0;
+    assert_eq!(
+        w.machine.vmsa_field(svsm_vmsa, VmsaField::Rsp),
+        stack_base + 0x4000 * (u64::from(index) + 1),
+        "its own stack"
+    );
 
     w.client().delete_vcpu(vmsa).expect("deleted");
     assert!(!w.machine.rmp.entry(svsm_vmsa >> 12).expect("RAM").vmsa, "unflagged before the pool reuses it");
@@ -249,4 +261,36 @@ fn certificates_too_large_for_the_svsm_leave_reports_working() {
     assert!(evidence.certificates.is_empty(), "no certificates the SVSM could not hold");
     let log = String::from_utf8_lossy(&env.world.snp.as_ref().expect("snp").host.console).into_owned();
     assert!(log.contains("certificates need 5 pages"), "{log}");
+}
+
+#[test]
+fn a_vcpu_without_an_svsm_stack_gets_no_svsm_vmsa() {
+    let mut w = snp_world();
+    w.set_snp_entry(snp::vmsa::SvsmEntry {
+        cpu: snp::vmsa::SvsmCpuState {
+            rip: world::SVSM_BASE + 0x2000,
+            rsp: 0,
+            cr3: 0,
+            gdtr_base: 0,
+            gdtr_limit: 23,
+            code_selector: 8,
+            data_selector: 16,
+            argument: 0,
+        },
+        stack_base: world::SVSM_BASE + 0x10_0000,
+        stack_size: 0x4000,
+        stack_count: 1, // only the startup vCPU's
+    });
+    let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
+    let mut v = abi::vmsa::Vmsa::zeroed();
+    v.vmpl = 1;
+    v.efer = 0x500;
+    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
+    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    let before = w.snp.as_ref().expect("snp").host.ap_events.len();
+    w.client().create_vcpu(vmsa, ca, 4).expect("created");
+    let host = &w.snp.as_ref().expect("snp").host;
+    assert_eq!(host.ap_events[before..], [(exit::AP_CREATE, 4, vmsa, 1)], "the guest's VMSA only");
+    assert!(String::from_utf8_lossy(&host.console).contains("SVSM VMSA not made"));
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
 }

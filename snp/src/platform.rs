@@ -14,7 +14,7 @@
 
 use crate::ghcb::{self, Ghcb, GhcbError};
 use crate::hw::{CERT_PAGES, Fault, SHARED_PAGES, Shared, SnpHw};
-use crate::vmsa::{self, SvsmCpuState};
+use crate::vmsa::{self, SvsmEntry};
 use abi::ghcb::{exit, ioio, msr, offset, term};
 use abi::hw::rmpadjust::{PERM_NONE, attrs};
 use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT, rc};
@@ -43,7 +43,7 @@ pub struct SnpState {
     /// SEV_FEATURES of every VMSA the SVSM creates (those of the launch).
     pub sev_features: u64,
     /// Where a new CPU enters the SVSM, if the SVSM runs its own VMSA per vCPU.
-    pub svsm_entry: Option<SvsmCpuState>,
+    pub svsm_entry: Option<SvsmEntry>,
     vcpus: BTreeMap<u64, VcpuRecord>,
     certificates: Vec<u8>,
     /// The host's protocol answer at start.
@@ -284,20 +284,25 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
 
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
         let mut record = VcpuRecord { apic_id, svsm_vmsa: None };
-        if let (Some(entry), Some(first), Some(last)) = (self.state.svsm_entry, svsm_pages.first(), svsm_pages.last()) {
-            // The SVSM's VMSA in the first page, its stack at the top of the last.
-            let state = SvsmCpuState { rsp: last.raw() + 4096, argument: u64::from(index.0), ..entry };
-            let v = vmsa::svsm_state(&state, self.state.sev_features);
-            let made = self.hw.write(first.raw(), v.as_bytes()).map_err(|_| HwError::Fault);
-            match made.and_then(|()| self.make_vmsa(first.raw())) {
-                Ok(()) => match self.ap_create(first.raw(), apic_id) {
-                    Ok(()) => record.svsm_vmsa = Some(first.raw()),
+        if let (Some(entry), Some(page)) = (self.state.svsm_entry, svsm_pages.first()) {
+            // The SVSM's VMSA in the vCPU's first SVSM page, on the SVSM's stack for it.
+            let made = match entry.for_vcpu(index.0) {
+                Some(state) => {
+                    let v = vmsa::svsm_state(&state, self.state.sev_features);
+                    let written = self.hw.write(page.raw(), v.as_bytes()).map_err(|_| HwError::Fault);
+                    written.and_then(|()| self.make_vmsa(page.raw()))
+                }
+                None => Err(HwError::Rc(rc::FAIL_INPUT)),
+            };
+            match made {
+                Ok(()) => match self.ap_create(page.raw(), apic_id) {
+                    Ok(()) => record.svsm_vmsa = Some(page.raw()),
                     Err(e) => {
                         kernel::log!(self, Error, "vCPU {}: host refused the SVSM's VMSA: {e:?}", index.0);
-                        let _ = self.unflag_vmsa(first.raw());
+                        let _ = self.unflag_vmsa(page.raw());
                     }
                 },
-                Err(e) => kernel::log!(self, Error, "vCPU {}: SVSM VMSA not made: {e:?}", index.0),
+                Err(e) => kernel::log!(self, Error, "vCPU {}: SVSM VMSA not made (no stack, or {e:?})", index.0),
             }
         }
         if let Err(e) = self.ap_create(vmsa.raw(), apic_id) {

@@ -62,6 +62,29 @@ pub struct SvsmCpuState {
     pub argument: u64,
 }
 
+/// Where new CPUs enter the SVSM: the state every one starts with, and a stack per vCPU
+/// index (`stack_count` stacks of `stack_size` bytes from `stack_base`). The stacks are
+/// the SVSM's own, not the vCPU's SVSM pages, so an overflow cannot reach a VMSA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvsmEntry {
+    /// RSP and the argument are set per vCPU.
+    pub cpu: SvsmCpuState,
+    pub stack_base: u64,
+    pub stack_size: u64,
+    pub stack_count: u32,
+}
+
+impl SvsmEntry {
+    /// The start state of the SVSM's CPU for vCPU `index`, if it has a stack.
+    pub fn for_vcpu(&self, index: u32) -> Option<SvsmCpuState> {
+        if index >= self.stack_count {
+            return None;
+        }
+        let top = self.stack_size.checked_mul(u64::from(index) + 1)?.checked_add(self.stack_base)?;
+        Some(SvsmCpuState { rsp: top, argument: u64::from(index), ..self.cpu })
+    }
+}
+
 /// A VMPL0 VMSA in 64-bit mode at `state.rip`.
 pub fn svsm_state(state: &SvsmCpuState, sev_features: u64) -> Vmsa {
     let mut v = Vmsa::zeroed();

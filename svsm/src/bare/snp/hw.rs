@@ -26,6 +26,23 @@ static REQUEST: SharedPage = SharedPage::new();
 static RESPONSE: SharedPage = SharedPage::new();
 static CERTS: [SharedPage; CERT_PAGES] = [const { SharedPage::new() }; CERT_PAGES];
 
+/// Bytes of each AP's entry stack, which it leaves for a 64 KiB heap stack at once.
+pub const AP_ENTRY_STACK: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct EntryStacks(UnsafeCell<[[u8; AP_ENTRY_STACK]; MAX_CPUS]>);
+
+// SAFETY: slot i is used only by the CPU of vCPU i, from its entry until it switches
+// stacks; nothing else touches the memory.
+unsafe impl Sync for EntryStacks {}
+
+static AP_ENTRY_STACKS: EntryStacks = EntryStacks(UnsafeCell::new([[0; AP_ENTRY_STACK]; MAX_CPUS]));
+
+/// Base of the APs' entry stacks (slot i for vCPU i; its top is the next slot's base).
+pub fn ap_entry_stacks() -> u64 {
+    AP_ENTRY_STACKS.0.get() as u64
+}
+
 /// The running CPU's index (its GS base, set at its entry).
 pub fn this_cpu() -> usize {
     (instr::gs_base() as usize).min(MAX_CPUS - 1)

@@ -70,15 +70,20 @@ pub fn boot(info_gpa: u64) -> ! {
     println!("bulwark-svsm {}: booted from IGVM on SEV-SNP, C-bit {}", env!("CARGO_PKG_VERSION"), launch.c_bit);
     // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
     platform.state.console_port = Some(0x3F8);
-    platform.state.svsm_entry = Some(snp::vmsa::SvsmCpuState {
-        rip: super::entry::igvm_ap_entry(),
-        rsp: 0,
-        cr3: instr::read_cr3(),
-        gdtr_base: abi::igvm::GDT_GPA,
-        gdtr_limit: 23,
-        code_selector: abi::igvm::CODE_SELECTOR,
-        data_selector: abi::igvm::DATA_SELECTOR,
-        argument: 0,
+    platform.state.svsm_entry = Some(snp::vmsa::SvsmEntry {
+        cpu: snp::vmsa::SvsmCpuState {
+            rip: super::entry::igvm_ap_entry(),
+            rsp: 0,
+            cr3: instr::read_cr3(),
+            gdtr_base: abi::igvm::GDT_GPA,
+            gdtr_limit: 23,
+            code_selector: abi::igvm::CODE_SELECTOR,
+            data_selector: abi::igvm::DATA_SELECTOR,
+            argument: 0,
+        },
+        stack_base: hw::ap_entry_stacks(),
+        stack_size: hw::AP_ENTRY_STACK as u64,
+        stack_count: hw::MAX_CPUS as u32,
     });
     let (_, image_end) = super::entry::image_bounds();
     let config = match launch::prepare(&mut platform, &launch, image_end) {
@@ -123,8 +128,8 @@ fn serve(vcpu: VcpuIndex, guest_vmpl: u8) -> ! {
     }
 }
 
-/// An AP's first Rust code, on the stack in its SVSM pages: become this CPU, share and
-/// register its GHCB, move to a real stack, serve.
+/// An AP's first Rust code, on its entry stack (`hw::ap_entry_stacks`): become this CPU,
+/// share and register its GHCB, move to a larger stack, serve.
 pub extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `boot`.
     unsafe { instr::set_gs_base(index) };
