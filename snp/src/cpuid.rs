@@ -32,10 +32,8 @@ pub enum CpuidPageError {
 impl CpuidTable {
     /// Parse the page (a copy; the page itself is never referenced again).
     pub fn parse(page: &[u8; 4096]) -> Result<Self, CpuidPageError> {
-        let page = match CpuidPage::read_from_bytes(page) {
-            Ok(p) => p,
-            Err(_) => unreachable!("CpuidPage is exactly one page"),
-        };
+        // CpuidPage is exactly one page, so this cannot fail; no panic path either way.
+        let page = CpuidPage::read_from_bytes(page).map_err(|_| CpuidPageError::TooManyEntries(u32::MAX))?;
         let count = page.count as usize;
         if count > MAX_ENTRIES {
             return Err(CpuidPageError::TooManyEntries(page.count));

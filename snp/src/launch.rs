@@ -67,7 +67,7 @@ fn read<H: SnpHw + ?Sized>(hw: &H, gpa: u64, buf: &mut [u8]) -> Result<(), Launc
 pub fn take_over<H: SnpHw + ?Sized>(hw: &H, info_gpa: u64, max_vcpus: u32) -> Result<Launch, LaunchError> {
     let mut bytes = [0u8; core::mem::size_of::<BootInfo>()];
     read(hw, info_gpa, &mut bytes)?;
-    let Ok(info) = BootInfo::read_from_bytes(&bytes) else { unreachable!("the buffer has BootInfo's size") };
+    let info = BootInfo::read_from_bytes(&bytes).map_err(|_| LaunchError::BootInfo("unreadable"))?;
     if info.magic != BOOT_INFO_MAGIC {
         return Err(LaunchError::BootInfo("no Bulwark boot information (magic)"));
     }

@@ -13,7 +13,8 @@
 //! - `vc`: what the SVSM does with a #VC raised by its own code (CPUID, port I/O, MSR,
 //!   RDTSC);
 //! - `vmsa`: initial register states (the guest's reset state at VMPL1, the SVSM's own);
-//! - `platform`: `SnpPlatform`, the kernel's `Platform` on top of all this.
+//! - `platform`: `SnpPlatform`, the kernel's `Platform` on top of all this;
+//! - `launch`: taking over an IGVM launch (boot block, calling area, first vCPU).
 #![no_std]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
