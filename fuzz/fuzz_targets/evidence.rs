@@ -1,0 +1,40 @@
+//! Fuzz the host-side verifier: evidence from an SVSM and a host that may both lie
+//! (report, certificate table or DER chain, nonce, manifest). `examine` and the parsers
+//! must answer with a verdict or an error, never panic.
+#![no_main]
+
+use bulwark_attest::verify::{Certificates, Evidence, examine};
+use bulwark_attest::{cert_table, manifest};
+
+/// Split off a piece whose length is the next byte pair (little-endian), capped at what is left.
+fn piece<'a>(data: &mut &'a [u8]) -> &'a [u8] {
+    let len = match data {
+        [a, b, rest @ ..] => {
+            *data = rest;
+            usize::from(u16::from_le_bytes([*a, *b]))
+        }
+        _ => 0,
+    };
+    let (head, tail) = data.split_at(len.min(data.len()));
+    *data = tail;
+    head
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let mut data = data;
+    let der = data.first().is_some_and(|b| b & 1 == 1);
+    let report = piece(&mut data).to_vec();
+    let certificates = if der {
+        let (ark, ask, vcek) = (piece(&mut data).to_vec(), piece(&mut data).to_vec(), piece(&mut data).to_vec());
+        Certificates::Der { ark, ask, vcek }
+    } else {
+        let table = piece(&mut data).to_vec();
+        let _ = cert_table::decode(&table);
+        Certificates::Table(table)
+    };
+    let nonce = piece(&mut data).to_vec();
+    let manifest = data.to_vec();
+    let _ = manifest::parse(&manifest);
+    let service = (manifest.len() % 3 == 0).then_some(bulwark_abi::attest::VTPM_SERVICE_GUID);
+    let _ = examine(&Evidence { report, certificates, nonce, manifest, service });
+});
