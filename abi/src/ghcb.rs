@@ -35,6 +35,8 @@ pub mod msr {
     pub const HV_FEATURE_SNP: u64 = 1 << 0;
     pub const HV_FEATURE_SNP_AP_CREATION: u64 = 1 << 1;
     pub const HV_FEATURE_SNP_RESTRICTED_INJECTION: u64 = 1 << 2;
+    /// The host runs one guest at several VMPLs (GHCB 2.03, bit 5).
+    pub const HV_FEATURE_SNP_MULTI_VMPL: u64 = 1 << 5;
     /// GHCB protocol versions Bulwark speaks (2 adds the SNP events it needs).
     pub const PROTOCOL_MIN: u16 = 2;
     pub const PROTOCOL_MAX: u16 = 2;

@@ -68,6 +68,10 @@ pub fn boot(info_gpa: u64) -> ! {
     // From here port I/O works (#VC), so the console does.
     super::console::init();
     println!("bulwark-svsm {}: booted from IGVM on SEV-SNP, C-bit {}", env!("CARGO_PKG_VERSION"), launch.c_bit);
+    if platform.state.hv_features & abi::ghcb::msr::HV_FEATURE_SNP_MULTI_VMPL == 0 {
+        // Not fatal by itself (hosts differ in what they announce); RUN_VMPL will tell.
+        println!("snp: warning: the host does not announce multi-VMPL support (HV_FEATURES bit 5)");
+    }
     // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
     platform.state.console_port = Some(0x3F8);
     platform.state.svsm_entry = Some(snp::vmsa::SvsmEntry {
