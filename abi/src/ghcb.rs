@@ -87,6 +87,16 @@ pub mod exit {
     pub const AP_DESTROY: u64 = 2;
 }
 
+/// Host errors of a guest request (SW_EXITINFO2 bits 63:32).
+pub mod guest_request {
+    /// The certificate buffer is too small; RBX holds the pages needed. The message did
+    /// not reach the PSP.
+    pub const INVALID_LEN: u32 = 1;
+    /// The host is throttling requests: the message did not reach the PSP; send the same
+    /// one again.
+    pub const BUSY: u32 = 2;
+}
+
 /// #VC error code of an access to a page that is not validated.
 pub const VC_PAGE_NOT_VALIDATED: u64 = 0x404;
 

@@ -71,7 +71,13 @@ pub struct Vmsa {
     pub virtual_tom: u64,
     pub reserved_3d0: [u8; 24],
     pub xcr0: u64,
-    pub reserved_3f0: [u8; 3088],
+    pub reserved_3f0: [u8; 16],
+    pub x87_dp: u64,
+    pub mxcsr: u32,
+    pub x87_ftw: u16,
+    pub x87_fsw: u16,
+    pub x87_fcw: u16,
+    pub reserved_412: [u8; 3054],
 }
 crate::assert_size!(Vmsa, 4096);
 crate::assert_offset!(Vmsa, vmpl, 0xCA);
@@ -93,6 +99,9 @@ crate::assert_offset!(Vmsa, sev_features, 0x3B0);
 crate::assert_offset!(Vmsa, guest_exit_code, 0x3C0);
 crate::assert_offset!(Vmsa, virtual_tom, 0x3C8);
 crate::assert_offset!(Vmsa, xcr0, 0x3E8);
+crate::assert_offset!(Vmsa, mxcsr, 0x408);
+crate::assert_offset!(Vmsa, x87_ftw, 0x40C);
+crate::assert_offset!(Vmsa, x87_fcw, 0x410);
 
 impl Vmsa {
     /// An all-zero VMSA.

@@ -58,6 +58,8 @@ pub enum PspFault {
     CorruptAnswer,
     /// The firmware answers with this error status.
     Status(u32),
+    /// The host answers BUSY without passing the message on, this many times in a row.
+    Busy(u8),
 }
 
 /// The environment a case runs in: a guest vCPU's view (memory and the SVSM gate).

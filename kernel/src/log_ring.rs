@@ -12,6 +12,9 @@ pub struct LogLost {
     pub oldest: u64,
 }
 
+/// All zero is an empty ring, so a large one can be made on the heap directly
+/// (`FromZeros::new_box_zeroed`) without passing through the stack.
+#[derive(zerocopy::FromZeros)]
 pub struct LogRing<const N: usize> {
     bytes: [u8; N],
     /// Bytes logged since boot; the ring holds the last `N` of them.

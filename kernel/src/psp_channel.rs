@@ -53,6 +53,9 @@ fn page() -> Result<Box<[u8; 4096]>, ChannelError> {
     v.into_boxed_slice().try_into().map_err(|_| ChannelError::NoMemory)
 }
 
+/// How often a request the host throttles (BUSY) is sent again before the SVSM gives up.
+pub const BUSY_RETRIES: u32 = 16;
+
 impl PspChannel {
     pub fn new(vmpck0: [u8; 32]) -> Self {
         let retired = vmpck0 == [0; 32];
@@ -68,7 +71,8 @@ impl PspChannel {
         self.retired = true;
     }
 
-    /// A VMPL0 report with `report_data`, signed by the VCEK.
+    /// A VMPL0 report with `report_data`, signed by the VCEK. A host that answers BUSY
+    /// gets the same message again, up to `BUSY_RETRIES` times.
     pub fn request_report<P: Platform + ?Sized>(
         &mut self,
         p: &mut P,
@@ -87,13 +91,19 @@ impl PspChannel {
         let header = Header { seqno, msg_type: gm::MSG_REPORT_REQ, msg_version: 1, vmpck: 0, size: 0 };
         message::seal(&self.vmpck0, header, &payload, &mut request)
             .map_err(|_| ChannelError::BadAnswer("request does not fit"))?;
-        match p.guest_request(&request, &mut response) {
-            Ok(()) => {}
-            // Never left: the numbers are still in step.
-            Err(GuestRequestError::Unavailable) => return Err(ChannelError::NoPsp),
-            Err(e) => {
-                self.retire();
-                return Err(ChannelError::Transport(e));
+        let mut busy = 0;
+        loop {
+            match p.guest_request(&request, &mut response) {
+                Ok(()) => break,
+                // Never left: the numbers are still in step.
+                Err(GuestRequestError::Unavailable) => return Err(ChannelError::NoPsp),
+                // Throttled by the host before the PSP saw it: the same sealed message
+                // again (a new one would reuse the sequence number, and with it the IV).
+                Err(GuestRequestError::Host(abi::ghcb::guest_request::BUSY)) if busy < BUSY_RETRIES => busy += 1,
+                Err(e) => {
+                    self.retire();
+                    return Err(ChannelError::Transport(e));
+                }
             }
         }
         let mut answer = [0u8; gm::REPORT_RSP_LEN];

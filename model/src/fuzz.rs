@@ -173,7 +173,11 @@ fn step(w: &mut World, input: &mut Input<'_>) {
             w.machine.psp_fault = Some(match input.u8() % 3 {
                 0 => conformance::PspFault::DropAnswer,
                 1 => conformance::PspFault::CorruptAnswer,
-                _ => conformance::PspFault::Status(u32::from(input.u8())),
+                _ => match input.u8() {
+                    // The top of the range: a host throttling (BUSY) up to 31 times.
+                    s @ 0xE0.. => conformance::PspFault::Busy(s & 0x1F),
+                    s => conformance::PspFault::Status(u32::from(s)),
+                },
             });
         }
         _ => {

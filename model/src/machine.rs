@@ -301,10 +301,18 @@ impl Platform for Machine {
         if let Some(PspFault::Status(status)) = fault {
             psp.refuse_next(status);
         }
+        if let Some(PspFault::Busy(times)) = fault {
+            // Throttled: the message never reaches the PSP.
+            if times > 1 {
+                self.psp_fault = Some(PspFault::Busy(times - 1));
+            }
+            return Err(GuestRequestError::Host(abi::ghcb::guest_request::BUSY));
+        }
         // Every refusal reads as INVALID_PARAM (0x16) here; the SVSM does not look further.
         psp.guest_request(request, response).map_err(|_| GuestRequestError::Firmware(0x16))?;
         match fault {
-            Some(PspFault::DropAnswer) => Err(GuestRequestError::Host(2)),
+            // The PSP answered; the host lost the answer (no code a host would send).
+            Some(PspFault::DropAnswer) => Err(GuestRequestError::Host(u32::MAX)),
             Some(PspFault::CorruptAnswer) => {
                 response[abi::attest::guest_message::HEADER_LEN + 0x40] ^= 1;
                 Ok(())

@@ -48,6 +48,9 @@ pub struct SnpHost {
     pub tsc: u64,
     /// Where the SVSM's shared pages are (GHCB, request, response, certificates).
     pub shared_base: u64,
+    /// VMSAs a CPU is running right now (the hardware refuses to unflag them: FAIL_INUSE),
+    /// for VMSAs the model's vCPU table does not hold, such as the SVSM's own.
+    pub busy_vmsas: std::collections::BTreeSet<u64>,
 }
 
 impl Default for SnpHost {
@@ -66,6 +69,7 @@ impl Default for SnpHost {
             events: Vec::new(),
             tsc: 1_000_000,
             shared_base: SHARED_BASE,
+            busy_vmsas: Default::default(),
         }
     }
 }
@@ -186,8 +190,15 @@ impl ModelSnpHw<'_> {
 
     /// AP_CREATION: 0 accepted, 1 refused.
     fn ap_creation(&mut self, info1: u64, vmsa: u64) -> u64 {
-        let (request, apic_id) = (info1 & 0xFFFF_FFFF, (info1 >> 32) as u32);
-        let vmpl = self.machine.vmsa_field(vmsa, VmsaField::Vmpl) as u8;
+        let (request, vmpl, apic_id) = (info1 & 0xFFFF, (info1 >> 16 & 0xF) as u8, (info1 >> 32) as u32);
+        // A real host cannot read the encrypted VMSA: it goes by the VMPL the guest names.
+        // The model can, and checks the two agree.
+        let page_vmpl = self.machine.vmsa_field(vmsa, VmsaField::Vmpl) as u8;
+        if request == exit::AP_CREATE && page_vmpl != vmpl {
+            self.machine.record_violation(format!(
+                "AP_CREATE names VMPL{vmpl} for the VMSA at {vmsa:#x}, which is a VMPL{page_vmpl} VMSA"
+            ));
+        }
         self.host.ap_events.push((request, apic_id, vmsa, vmpl));
         if self.host.refuse_ap_creation {
             return 1;
@@ -264,6 +275,9 @@ impl SnpHw for ModelSnpHw<'_> {
         let size = if huge { PageSize::Size2M } else { PageSize::Size4K };
         let Some(page) = PageAddr::new(gpa) else { return Ok(abi::hw::rc::FAIL_INPUT) };
         let (vmpl, perms, vmsa) = ((attrs & 0xFF) as u8, (attrs >> 8 & 0xFF) as u8 & PERM_ALL, attrs & (1 << 16) != 0);
+        if !vmsa && self.host.busy_vmsas.contains(&gpa) {
+            return Ok(abi::hw::rc::FAIL_INUSE);
+        }
         match Platform::rmpadjust(self.machine, page, size, vmpl, perms, vmsa) {
             Ok(()) => Ok(0),
             Err(HwError::Rc(code)) => Ok(code),

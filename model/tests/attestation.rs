@@ -86,3 +86,23 @@ fn single_service_evidence_of_the_vtpm_verifies_as_its_ek_and_only_as_that() {
     let rejected = verify(&Evidence { service: None, ..single }).unwrap_err();
     assert!(rejected.verdict.checks.iter().any(|c| c.name == "manifest" && !c.passed));
 }
+
+#[test]
+fn a_host_that_stays_busy_past_the_retries_costs_the_channel_on_both_platforms() {
+    use bulwark_model::attest_demo::obtain_from;
+    use bulwark_model::conformance_env::ModelEnv;
+    use bulwark_model::world::PlatformKind;
+    use kernel::psp_channel::BUSY_RETRIES;
+    for platform in [PlatformKind::Model, PlatformKind::Snp] {
+        // Within the retries: the same message again, and a report.
+        let mut env = ModelEnv::on(platform);
+        env.world.machine.psp_fault = Some(conformance::PspFault::Busy(BUSY_RETRIES as u8));
+        assert!(obtain_from(&mut env, b"busy").is_ok(), "{platform:?}: BUSY {BUSY_RETRIES} times is retried");
+        assert!(obtain_from(&mut env, b"next").is_ok(), "{platform:?}: still in step");
+        // Beyond them: no report, and the SVSM stops trusting the channel.
+        let mut env = ModelEnv::on(platform);
+        env.world.machine.psp_fault = Some(conformance::PspFault::Busy(BUSY_RETRIES as u8 + 1));
+        assert!(obtain_from(&mut env, b"busy").is_err(), "{platform:?}");
+        assert!(obtain_from(&mut env, b"next").is_err(), "{platform:?}: the key is retired");
+    }
+}

@@ -199,9 +199,11 @@ fn vc_port_io_msr_rdtsc_and_cpuid() {
     // String port I/O is not for the SVSM.
     assert_eq!(handle(hw, &table, exit::IOIO, &[0x6E], &mut VcRegs::default(), 1, 0), Err(VcError::Decode));
 
-    let mut r = VcRegs { rcx: 0xC000_0080, ..VcRegs::default() };
-    assert_eq!(handle(hw, &table, exit::MSR, &[0x0F, 0x32], &mut r, 1, 0), Ok(2));
-    assert_eq!((r.rax, r.rdx), (0x1234, 0));
+    // The SVSM reads no MSR SNP intercepts: a #VC for one is a host injecting it.
+    let before = hw.host.events.len();
+    let mut r = VcRegs { rcx: 0xC000_0101, ..VcRegs::default() };
+    assert_eq!(handle(hw, &table, exit::MSR, &[0x0F, 0x32], &mut r, 1, 0), Err(VcError::Unsupported(exit::MSR)));
+    assert_eq!(hw.host.events.len(), before, "nothing forwarded to the host");
 
     let mut r = VcRegs::default();
     assert_eq!(handle(hw, &table, exit::RDTSC, &[0x0F, 0x31], &mut r, 1, 0), Ok(2));
@@ -292,5 +294,63 @@ fn a_vcpu_without_an_svsm_stack_gets_no_svsm_vmsa() {
     let host = &w.snp.as_ref().expect("snp").host;
     assert_eq!(host.ap_events[before..], [(exit::AP_CREATE, 4, vmsa, 1)], "the guest's VMSA only");
     assert!(String::from_utf8_lossy(&host.console).contains("SVSM VMSA not made"));
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
+#[test]
+fn deleting_a_vcpu_whose_svsm_vmsa_runs_fails_whole_and_a_retry_finishes() {
+    let mut w = snp_world();
+    let stack_base = world::SVSM_BASE + 0x10_0000;
+    w.set_snp_entry(snp::vmsa::SvsmEntry {
+        cpu: snp::vmsa::SvsmCpuState {
+            rip: world::SVSM_BASE + 0x2000,
+            rsp: 0,
+            cr3: 0,
+            gdtr_base: 0,
+            gdtr_limit: 23,
+            code_selector: 8,
+            data_selector: 16,
+            argument: 0,
+        },
+        stack_base,
+        stack_size: 0x4000,
+        stack_count: 8,
+    });
+    let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
+    let mut v = abi::vmsa::Vmsa::zeroed();
+    v.vmpl = 1;
+    v.efer = 0x500;
+    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
+    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    w.client().create_vcpu(vmsa, ca, 9).expect("created");
+    let svsm_vmsa =
+        w.snp.as_ref().expect("snp").host.ap_events.iter().find(|e| e.3 == 0 && e.1 == 9).expect("SVSM VMSA").2;
+
+    // The SVSM's VMSA of that vCPU is running: the delete must fail and change nothing.
+    w.snp.as_mut().expect("snp").host.busy_vmsas.insert(svsm_vmsa);
+    let refused = w.client().delete_vcpu(vmsa).expect_err("in use");
+    assert_eq!(refused.result(), Some(abi::result::ResultCode::CORE_VCPU_IN_USE), "{refused:?}");
+    for page in [vmsa, svsm_vmsa] {
+        assert!(w.machine.rmp.entry(page >> 12).expect("RAM").vmsa, "{page:#x} is still a VMSA");
+        assert_ne!(w.machine.vmsa_field(page, VmsaField::Efer) & EFER_SVME, 0, "{page:#x} still runnable");
+    }
+
+    // Once it stops running, the retry finishes: neither page is a VMSA any more.
+    w.snp.as_mut().expect("snp").host.busy_vmsas.clear();
+    w.client().delete_vcpu(vmsa).expect("deleted");
+    for page in [vmsa, svsm_vmsa] {
+        assert!(!w.machine.rmp.entry(page >> 12).expect("RAM").vmsa, "{page:#x} is no VMSA");
+    }
+    let destroyed: Vec<_> = w
+        .snp
+        .as_ref()
+        .expect("snp")
+        .host
+        .ap_events
+        .iter()
+        .filter(|e| e.0 == exit::AP_DESTROY)
+        .map(|e| (e.2, e.3))
+        .collect();
+    assert_eq!(destroyed, [(svsm_vmsa, 0), (vmsa, 1)], "the SVSM's first, each with its VMPL");
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
 }

@@ -7,13 +7,33 @@
 //! - Leaves whose answer depends on ECX (sub-leaves) match on ECX; the others ignore it.
 //! - Leaf 0xD sub-leaves 0 and 1 report the XSAVE area size for the XCR0/XSS the caller
 //!   runs with, computed from the component sizes in sub-leaves 2..63, because the table
-//!   entry was measured for whatever XCR0 the launch had.
+//!   entry was measured for whatever XCR0 the launch had. If an enabled component has
+//!   no entry, the size is unknown and the whole leaf answers zeros rather than a size
+//!   too small for what XSAVE would write.
 
 use abi::ghcb::cpuid_page::{CpuidEntry, CpuidPage, MAX_ENTRIES};
 use zerocopy::FromBytes;
 
-/// Leaves that have sub-leaves.
-const SUBLEAF_LEAVES: [u32; 9] = [0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x8000_001D, 0x8000_0020, 0x8000_0026];
+/// Leaves that have sub-leaves (the indexed leaves of the SDM and APM).
+const SUBLEAF_LEAVES: [u32; 17] = [
+    0x4,
+    0x7,
+    0xB,
+    0xD,
+    0xF,
+    0x10,
+    0x12,
+    0x14,
+    0x17,
+    0x18,
+    0x1D,
+    0x1E,
+    0x1F,
+    0x24,
+    0x8000_001D,
+    0x8000_0020,
+    0x8000_0026,
+];
 /// Legacy XSAVE area (512) plus the XSAVE header (64).
 const XSAVE_BASE: u32 = 576;
 
@@ -61,23 +81,26 @@ impl CpuidTable {
         if leaf == 0xD && subleaf <= 1 {
             let compacted = subleaf == 1;
             let enabled = if compacted { xcr0 | xss } else { xcr0 };
-            out[1] = self.xsave_size(enabled, compacted);
+            match self.xsave_size(enabled, compacted) {
+                Some(size) => out[1] = size,
+                None => return [0; 4],
+            }
         }
         out
     }
 
     /// XSAVE area size for the components in `enabled` (bits 2..63; x87 and SSE live in
     /// the legacy area).
-    fn xsave_size(&self, enabled: u64, compacted: bool) -> u32 {
+    fn xsave_size(&self, enabled: u64, compacted: bool) -> Option<u32> {
         let mut size = XSAVE_BASE;
         for bit in 2..64u32 {
             if enabled & (1 << bit) == 0 {
                 continue;
             }
-            let Some(c) = self.find(0xD, bit) else { continue };
+            let c = self.find(0xD, bit)?;
             size = if compacted { size.saturating_add(c.eax) } else { size.max(c.ebx.saturating_add(c.eax)) };
         }
-        size
+        Some(size)
     }
 }
 
@@ -132,6 +155,7 @@ mod tests {
         assert_eq!(t.lookup(0xD, 0, 0x7, 0)[1], 832, "with AVX");
         assert_eq!(t.lookup(0xD, 1, 0x7, 1 << 9)[1], 576 + 256 + 8, "compacted adds sizes");
         assert_eq!(t.lookup(0xD, 0, 0x7, 0)[0], 0x7, "other registers from the table");
+        assert_eq!(t.lookup(0xD, 0, 0x7 | 1 << 5, 0), [0; 4], "a component the table lacks: no answer");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The GHCB: the page image the SVSM fills before a VMGEXIT, and the MSR protocol for
 //! what must work before (or without) a GHCB page.
 //!
-//! Everything the host writes back is untrusted: a response is accepted only if its
-//! valid bit says the host set the field, and only the fields the event defines are read.
+//! Everything the host writes back is untrusted: only the fields the event defines are
+//! read, and only if their valid bit is set. (A host that does not answer at all leaves
+//! the request's own valid bits; every event therefore sets SW_EXITINFO1 to a value the
+//! host must overwrite with 0 for success.)
 
 use crate::hw::{Shared, SnpHw};
 use abi::ghcb::{exit, msr, offset};
@@ -171,9 +173,10 @@ pub fn terminate<H: SnpHw + ?Sized>(hw: &mut H, set: u8, code: u8) {
     hw.vmgexit();
 }
 
-/// SW_EXITINFO1 of an AP_CREATION event.
-pub fn ap_creation_info(request: u64, apic_id: u32) -> u64 {
-    request | u64::from(apic_id) << 32
+/// SW_EXITINFO1 of an AP_CREATION event: the request in bits 15:0, the VMPL of the VMSA
+/// in 19:16 (the host cannot read it from the encrypted page), the APIC ID in 63:32.
+pub fn ap_creation_info(request: u64, vmpl: u8, apic_id: u32) -> u64 {
+    request & 0xFFFF | u64::from(vmpl & 0xF) << 16 | u64::from(apic_id) << 32
 }
 
 /// The event that leaves VMPL0 for `vmpl` (spec 58019 section 5: the SVSM's return to
@@ -209,6 +212,7 @@ mod tests {
 
     #[test]
     fn ap_creation_encoding() {
-        assert_eq!(ap_creation_info(exit::AP_CREATE, 5), 0x5_0000_0001);
+        assert_eq!(ap_creation_info(exit::AP_CREATE, 1, 5), 0x5_0001_0001);
+        assert_eq!(ap_creation_info(exit::AP_DESTROY, 0, 7), 0x7_0000_0002);
     }
 }

@@ -9,7 +9,7 @@
 use crate::cpuid::CpuidTable;
 use crate::hw::SnpHw;
 use crate::platform::SnpPlatform;
-use abi::hw::rmpadjust::{PERM_ALL, PERM_READ};
+use abi::hw::rmpadjust::{PERM_ALL, PERM_READ, PERM_WRITE};
 use abi::igvm::{BOOT_INFO_MAGIC, BootInfo, MEMORY_TYPE_MEMORY, MemoryMapEntry, SVSM_REGION_BASE, SVSM_REGION_SIZE};
 use alloc::vec::Vec;
 use kernel::SvsmConfig;
@@ -164,11 +164,13 @@ pub fn prepare<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch, image_end: u64
     })
 }
 
-/// Once the kernel has moved VMPCK0 out of the secrets page (`Svsm::new`), let the guest
-/// read the rest of it: its own VMPCKs and the SVSM fields.
+/// Once the kernel has moved VMPCK0 out of the secrets page (`Svsm::new`), give the
+/// guest the rest of it: its own VMPCKs, the SVSM fields, and the OS area, where Linux
+/// keeps its message sequence numbers (so it must be writable). Nothing in the page is
+/// the SVSM's any more: a guest that rewrites the SVSM fields misleads only itself.
 pub fn open_secrets<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch) -> Result<(), LaunchError> {
     let secrets = PageAddr::new(launch.info.secrets_gpa).ok_or(LaunchError::Setup("secrets page"))?;
     let vmpl = launch.info.guest_vmpl as u8;
-    p.rmpadjust(secrets, PageSize::Size4K, vmpl, PERM_READ, false)
-        .map_err(|_| LaunchError::Setup("cannot let the guest read the secrets page"))
+    p.rmpadjust(secrets, PageSize::Size4K, vmpl, PERM_READ | PERM_WRITE, false)
+        .map_err(|_| LaunchError::Setup("cannot give the guest the secrets page"))
 }

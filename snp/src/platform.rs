@@ -26,7 +26,7 @@ use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::log_ring::{LogLost, LogRing};
 use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
 use kernel::vcpu::VcpuIndex;
-use zerocopy::IntoBytes;
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Bytes of log the SVSM keeps for the Observability protocol.
 pub const LOG_BYTES: usize = 64 * 1024;
@@ -66,6 +66,8 @@ pub enum StartError {
     Pvalidate(u64),
     PageState(u64, GhcbError),
     Register(GhcbError),
+    /// No memory for the log ring.
+    NoMemory,
 }
 
 impl StartError {
@@ -77,6 +79,7 @@ impl StartError {
             Self::Pvalidate(_) => (term::SET_BULWARK, term::PVALIDATE),
             Self::PageState(..) => (term::SET_BULWARK, term::PAGE_STATE),
             Self::Register(_) => (term::SET_BULWARK, term::GHCB_SETUP),
+            Self::NoMemory => (term::SET_BULWARK, term::PANIC),
         }
     }
 }
@@ -105,7 +108,8 @@ impl<H: SnpHw> SnpPlatform<H> {
         ghcb::register(&mut hw, ghcb_gpa).map_err(StartError::Register)?;
         let state = SnpState {
             log_level: Level::Info,
-            log: Box::new(LogRing::new()),
+            // 64 KiB: made on the heap directly, never on the (boot) stack.
+            log: LogRing::new_box_zeroed().map_err(|_| StartError::NoMemory)?,
             console_port: None,
             guest_vmpl,
             sev_features,
@@ -130,7 +134,8 @@ impl<H: SnpHw> SnpPlatform<H> {
         let v = vmsa::reset_state(self.state.guest_vmpl, self.state.sev_features, signature);
         self.hw.write(page.raw(), v.as_bytes()).map_err(|_| HwError::Fault)?;
         self.make_vmsa(page.raw())?;
-        self.ap_create(page.raw(), apic_id).map_err(|_| HwError::Fault)?;
+        let (vmpl, features) = (self.state.guest_vmpl, self.state.sev_features);
+        self.ap_create(page.raw(), vmpl, apic_id, features).map_err(|_| HwError::Fault)?;
         self.adopt_startup_vcpu(page, apic_id);
         Ok(())
     }
@@ -163,14 +168,39 @@ impl<H: SnpHw> SnpPlatform<H> {
         }
     }
 
-    fn ap_event(&mut self, request: u64, vmsa: u64, apic_id: u32) -> Result<(), GhcbError> {
-        let mut g = Ghcb::event(exit::AP_CREATION, ghcb::ap_creation_info(request, apic_id), vmsa);
-        g.set(offset::RAX, self.state.sev_features);
+    /// AP_CREATION for the VMSA at `vmsa` of VMPL `vmpl`; RAX carries its SEV_FEATURES
+    /// on creation only.
+    fn ap_event(&mut self, request: u64, vmsa: u64, vmpl: u8, apic_id: u32, features: u64) -> Result<(), GhcbError> {
+        let mut g = Ghcb::event(exit::AP_CREATION, ghcb::ap_creation_info(request, vmpl, apic_id), vmsa);
+        if request == exit::AP_CREATE {
+            g.set(offset::RAX, features);
+        }
         g.call(&mut self.hw)
     }
 
-    fn ap_create(&mut self, vmsa: u64, apic_id: u32) -> Result<(), GhcbError> {
-        self.ap_event(exit::AP_CREATE, vmsa, apic_id)
+    fn ap_create(&mut self, vmsa: u64, vmpl: u8, apic_id: u32, features: u64) -> Result<(), GhcbError> {
+        self.ap_event(exit::AP_CREATE, vmsa, vmpl, apic_id, features)
+    }
+
+    /// SEV_FEATURES of the SVSM's own VMSAs: the launch's, plus restricted injection when
+    /// the host offers it, so a host can no longer inject arbitrary exceptions (#VC among
+    /// them) into the SVSM; it can only signal #HV, which the SVSM does not take.
+    fn svsm_features(&self) -> u64 {
+        let restricted = self.state.hv_features & msr::HV_FEATURE_SNP_RESTRICTED_INJECTION != 0;
+        self.state.sev_features | if restricted { abi::hw::sev_features::RESTRICTED_INJECTION } else { 0 }
+    }
+
+    /// Make a VMSA unrunnable (EFER.SVME = 0) and no longer a VMSA. On failure (FAIL_INUSE
+    /// while it runs) it is left as it was.
+    fn retire_vmsa(&mut self, vmsa: u64) -> Result<(), HwError> {
+        let efer_at = vmsa + VmsaField::Efer.offset() as u64;
+        let efer = self.read_u64(efer_at, 8).map_err(|_| HwError::Fault)?;
+        self.hw.write(efer_at, &(efer & !EFER_SVME).to_le_bytes()).map_err(|_| HwError::Fault)?;
+        if let Err(e) = self.unflag_vmsa(vmsa) {
+            let _ = self.hw.write(efer_at, &efer.to_le_bytes());
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn read_u64(&self, gpa: u64, width: usize) -> Result<u64, MemoryFault> {
@@ -190,20 +220,9 @@ impl<H: SnpHw> SnpPlatform<H> {
             }
         }
     }
-
-    /// Tear down the SVSM's own VMSA of a vCPU: tell the host, then unflag it so its page
-    /// can go back to the pool.
-    fn destroy_svsm_vmsa(&mut self, record: VcpuRecord) -> Result<(), HwError> {
-        if let Some(svsm_vmsa) = record.svsm_vmsa {
-            let _ = self.ap_event(exit::AP_DESTROY, svsm_vmsa, record.apic_id);
-            self.unflag_vmsa(svsm_vmsa)?;
-        }
-        Ok(())
-    }
 }
 
-/// The host's "certificate buffer too small" (SW_EXITINFO2 bits 63:32).
-const INVALID_LEN: u32 = 1;
+use abi::ghcb::guest_request::INVALID_LEN;
 /// Our own codes for a guest request that never got a host answer (the GHCB's
 /// SW_EXITINFO1 reported an error, or the host left SW_EXITINFO2 unset).
 const EVENT_REFUSED: u32 = u32::MAX;
@@ -288,14 +307,14 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
             // The SVSM's VMSA in the vCPU's first SVSM page, on the SVSM's stack for it.
             let made = match entry.for_vcpu(index.0) {
                 Some(state) => {
-                    let v = vmsa::svsm_state(&state, self.state.sev_features);
+                    let v = vmsa::svsm_state(&state, self.svsm_features());
                     let written = self.hw.write(page.raw(), v.as_bytes()).map_err(|_| HwError::Fault);
                     written.and_then(|()| self.make_vmsa(page.raw()))
                 }
                 None => Err(HwError::Rc(rc::FAIL_INPUT)),
             };
             match made {
-                Ok(()) => match self.ap_create(page.raw(), apic_id) {
+                Ok(()) => match self.ap_create(page.raw(), 0, apic_id, self.svsm_features()) {
                     Ok(()) => record.svsm_vmsa = Some(page.raw()),
                     Err(e) => {
                         kernel::log!(self, Error, "vCPU {}: host refused the SVSM's VMSA: {e:?}", index.0);
@@ -305,23 +324,28 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
                 Err(e) => kernel::log!(self, Error, "vCPU {}: SVSM VMSA not made (no stack, or {e:?})", index.0),
             }
         }
-        if let Err(e) = self.ap_create(vmsa.raw(), apic_id) {
+        let (vmpl, features) = (self.state.guest_vmpl, self.state.sev_features);
+        if let Err(e) = self.ap_create(vmsa.raw(), vmpl, apic_id, features) {
             kernel::log!(self, Error, "vCPU {}: host refused AP creation: {e:?}", index.0);
         }
         self.state.vcpus.insert(vmsa.raw(), record);
     }
 
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
-        let efer = self.vmsa_read(vmsa, VmsaField::Efer).map_err(|_| HwError::Fault)?;
-        self.vmsa_write(vmsa, VmsaField::Efer, efer & !EFER_SVME).map_err(|_| HwError::Fault)?;
-        if let Err(e) = self.unflag_vmsa(vmsa.raw()) {
-            // Still running (FAIL_INUSE) or refused: leave the vCPU as it was.
-            let _ = self.vmsa_write(vmsa, VmsaField::Efer, efer);
-            return Err(e);
+        // The SVSM's own VMSA of this vCPU first: its page goes back to the pool once this
+        // returns Ok, so it must not be a VMSA then. Each step either completes or leaves
+        // its VMSA as it was, and the record keeps what is still live, so a retry after
+        // FAIL_INUSE finishes the job and never answers Ok early.
+        let record = self.state.vcpus.get(&vmsa.raw()).copied();
+        if let Some(VcpuRecord { apic_id, svsm_vmsa: Some(svsm_vmsa) }) = record {
+            self.retire_vmsa(svsm_vmsa)?;
+            let _ = self.ap_event(exit::AP_DESTROY, svsm_vmsa, 0, apic_id, 0);
+            self.state.vcpus.insert(vmsa.raw(), VcpuRecord { apic_id, svsm_vmsa: None });
         }
+        self.retire_vmsa(vmsa.raw())?;
         if let Some(record) = self.state.vcpus.remove(&vmsa.raw()) {
-            let _ = self.ap_event(exit::AP_DESTROY, vmsa.raw(), record.apic_id);
-            self.destroy_svsm_vmsa(record)?;
+            let vmpl = self.state.guest_vmpl;
+            let _ = self.ap_event(exit::AP_DESTROY, vmsa.raw(), vmpl, record.apic_id, 0);
         }
         Ok(())
     }

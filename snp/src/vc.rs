@@ -2,10 +2,16 @@
 //! bare-metal handler (svsm/src/bare/snp/) saves the registers, hands the instruction
 //! bytes at RIP (SVSM code, so trusted) to `handle`, and skips the instruction on `Ok`.
 //!
-//! Handled: CPUID (from the CPUID page, never the host), RDTSC/RDTSCP, RDMSR/WRMSR and
-//! port I/O (through the GHCB; their answers are the host's and treated as such).
-//! Anything else, string port I/O included, is an error the caller turns into a
-//! termination: the SVSM has no other use for them.
+//! Handled: CPUID (from the CPUID page, never the host), RDTSC/RDTSCP and port I/O
+//! (through the GHCB; their answers are the host's and treated as such). Anything else,
+//! string port I/O included, is an error the caller turns into a termination: the SVSM
+//! has no other use for them.
+//!
+//! RDMSR/WRMSR in particular: the SVSM touches only MSRs SNP never intercepts (the GHCB
+//! MSR, SEV_STATUS, EFER, FS/GS base), so a #VC for one can only be a host injecting an
+//! exception where the SVSM runs with unrestricted injection. Forwarding it would let the
+//! host choose those registers (which GHCB a CPU uses, where the C code's stack canary
+//! lives); refusing it stops the SVSM instead.
 
 use crate::cpuid::CpuidTable;
 use crate::ghcb::{Ghcb, GhcbError};
@@ -69,7 +75,6 @@ pub fn handle<H: SnpHw + ?Sized>(
             regs.rcx = low32(answer(&g, offset::RCX)?);
             Ok(3)
         }
-        exit::MSR => msr(hw, insn, regs),
         exit::IOIO => port_io(hw, insn, regs),
         other => Err(VcError::Unsupported(other)),
     }
@@ -90,25 +95,6 @@ fn event<H: SnpHw + ?Sized>(hw: &mut H, mut g: Ghcb) -> Result<Ghcb, VcError> {
 
 fn answer(g: &Ghcb, at: usize) -> Result<u64, VcError> {
     g.get(at).ok_or(VcError::Host(GhcbError::NoResponse))
-}
-
-fn msr<H: SnpHw + ?Sized>(hw: &mut H, insn: &[u8], regs: &mut VcRegs) -> Result<usize, VcError> {
-    let write = match insn {
-        [0x0F, 0x30, ..] => true,
-        [0x0F, 0x32, ..] => false,
-        _ => return Err(VcError::Decode),
-    };
-    let mut g = Ghcb::event(exit::MSR, u64::from(write), 0);
-    g.set(offset::RCX, low32(regs.rcx));
-    if write {
-        g.set(offset::RAX, low32(regs.rax));
-        g.set(offset::RDX, low32(regs.rdx));
-    }
-    let g = event(hw, g)?;
-    if !write {
-        (regs.rax, regs.rdx) = (low32(answer(&g, offset::RAX)?), low32(answer(&g, offset::RDX)?));
-    }
-    Ok(2)
 }
 
 /// IN/OUT with an immediate or DX port, 8/16/32 bits. Returns the instruction length.

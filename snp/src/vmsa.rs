@@ -20,6 +20,15 @@ mod attrib {
 
 /// PAT after reset (WB, WT, UC-, UC twice).
 pub const RESET_PAT: u64 = 0x0007_0406_0007_0406;
+/// x87 and SSE control after reset: FCW, the full tag word (all empty), MXCSR (all
+/// exceptions masked). Zeros would unmask every floating-point exception.
+const RESET_FCW: u16 = 0x0040;
+const RESET_FTW: u16 = 0x5555;
+const RESET_MXCSR: u32 = 0x1F80;
+
+fn reset_fpu(v: &mut Vmsa) {
+    (v.x87_fcw, v.x87_ftw, v.mxcsr) = (RESET_FCW, RESET_FTW, RESET_MXCSR);
+}
 
 /// The x86 reset state at `vmpl`: real mode at F000:FFF0 (gpa 0xFFFF_FFF0, the top of
 /// the guest firmware), as the guest's first vCPU starts when the SVSM launches it.
@@ -44,6 +53,7 @@ pub fn reset_state(vmpl: u8, sev_features: u64, signature: u32) -> Vmsa {
     v.rdx = u64::from(signature);
     v.vmpl = vmpl;
     v.sev_features = sev_features;
+    reset_fpu(&mut v);
     v
 }
 
@@ -90,6 +100,8 @@ pub fn svsm_state(state: &SvsmCpuState, sev_features: u64) -> Vmsa {
     let mut v = Vmsa::zeroed();
     let data = VmsaSegment { selector: state.data_selector, attrib: attrib::DATA, limit: 0xFFFF_FFFF, base: 0 };
     (v.es, v.ss, v.ds, v.fs, v.gs) = (data, data, data, data, data);
+    // GS base is how the SVSM finds its per-CPU state: right from the first instruction.
+    v.gs.base = state.argument;
     v.cs = VmsaSegment { selector: state.code_selector, attrib: attrib::CODE64, limit: 0xFFFF_FFFF, base: 0 };
     v.gdtr = VmsaSegment { limit: state.gdtr_limit, base: state.gdtr_base, ..Default::default() };
     v.tr = VmsaSegment { attrib: attrib::TSS, limit: 0xFFFF, ..Default::default() };
@@ -108,6 +120,7 @@ pub fn svsm_state(state: &SvsmCpuState, sev_features: u64) -> Vmsa {
     v.xcr0 = 1;
     v.vmpl = 0;
     v.sev_features = sev_features;
+    reset_fpu(&mut v);
     v
 }
 
@@ -123,6 +136,7 @@ mod tests {
         assert_eq!(v.efer & EFER_SVME, EFER_SVME, "SNP requires SVME in every VMSA");
         assert_eq!(v.cr0 & 1, 0, "real mode");
         assert_eq!(v.rdx, 0xA00F11);
+        assert_eq!((v.mxcsr, v.x87_fcw, v.x87_ftw), (0x1F80, 0x40, 0x5555), "exceptions masked");
     }
 
     #[test]
@@ -141,5 +155,6 @@ mod tests {
         assert_eq!(v.efer & 0x500, 0x500, "LME and LMA");
         assert_eq!(v.cs.attrib & 0x200, 0x200, "CS.L");
         assert_eq!((v.rip, v.rsp, v.cr3, v.rdi, v.vmpl), (0x100_2000, 0x180_0000, 0x1FF_5000, 3, 0));
+        assert_eq!(v.gs.base, 3, "the CPU index in GS base from the start");
     }
 }

@@ -303,6 +303,10 @@ pub fn psp_failures(env: &mut dyn Env) -> CaseResult {
     expect(env, &l, &full, ResultCode::ATTEST_REPORT_FAILED, "PSP status 0x16")?;
     ensure!(read(env, l.report, 0x100)? == [0xEE; 0x100], "a failed call wrote the report buffer");
     expect(env, &l, &full, ResultCode::SUCCESS, "after a PSP status")?;
+    // A host that throttles (BUSY) a few times: the same message again, a report.
+    host(env)?.psp_fault(PspFault::Busy(3));
+    expect(env, &l, &full, ResultCode::SUCCESS, "after the host said BUSY three times")?;
+    expect(env, &l, &full, ResultCode::SUCCESS, "after BUSY, the channel in step")?;
     // A forged answer: refused, and the SVSM never uses the key again.
     host(env)?.psp_fault(PspFault::CorruptAnswer);
     env.write(l.report, &[0xEE; 0x100])?;

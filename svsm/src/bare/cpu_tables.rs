@@ -41,8 +41,21 @@ fn leak_stack() -> u64 {
     (stack.as_ptr() as u64 + IST_STACK as u64) & !0xF
 }
 
+/// One CPU's GDT (with its TSS and IST stacks) and IDT, in leaked memory.
+pub struct Tables {
+    gdt: &'static mut [u64; 5],
+    idt: &'static [u64; 512],
+}
+
 /// Build and load GDT, TSS and IDT on this CPU.
 pub fn load() {
+    activate(&mut build());
+}
+
+/// Build a CPU's tables (leaked: they must live forever). A CPU that comes back under
+/// the same index (the snp platform's re-created vCPUs) reuses its tables with
+/// [`activate`] instead of building new ones.
+pub fn build() -> Tables {
     // TSS: IST pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
     let mut tss = Box::new([0u8; 104]);
     for ist in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK] {
@@ -80,8 +93,18 @@ pub fn load() {
         idt[usize::from(vector) * 2] = low;
         idt[usize::from(vector) * 2 + 1] = high;
     }
-    let idt = Box::leak(idt);
+    Tables { gdt, idt: Box::leak(idt) }
+}
 
+/// TSS descriptor type "available 64-bit TSS" (LTR marks it busy, 0xB).
+const TSS_AVAILABLE: u64 = 0x89 << 40;
+const TSS_TYPE_MASK: u64 = 0xFF << 40;
+
+/// Load `tables` on this CPU. Their TSS descriptor is made available again first: LTR
+/// refuses a busy one, which it is if a CPU used these tables before.
+pub fn activate(tables: &mut Tables) {
+    tables.gdt[3] = tables.gdt[3] & !TSS_TYPE_MASK | TSS_AVAILABLE;
+    let (gdt, idt) = (&*tables.gdt, tables.idt);
     let gdt_ptr = DescriptorPtr { limit: (core::mem::size_of_val(gdt) - 1) as u16, base: gdt.as_ptr() as u64 };
     let idt_ptr = DescriptorPtr { limit: (core::mem::size_of_val(idt) - 1) as u16, base: idt.as_ptr() as u64 };
     // SAFETY: the tables are leaked (they live forever) and well-formed: the GDT keeps

@@ -184,7 +184,10 @@ fn an_image_from_the_builder_launches_and_serves_its_guest() {
         (field(0x140), field(0x148), field(0x150)),
         (layout::SVSM_REGION_BASE, layout::SVSM_REGION_SIZE, CALLING_AREA_GPA)
     );
-    assert!(m.rmp.allows(layout::SECRETS_GPA >> 12, 1, abi::hw::rmpadjust::PERM_READ));
+    assert!(
+        m.rmp.allows(layout::SECRETS_GPA >> 12, 1, abi::hw::rmpadjust::PERM_READ | abi::hw::rmpadjust::PERM_WRITE),
+        "the guest keeps its sequence numbers there"
+    );
     assert!(
         !m.rmp.allows(layout::BOOT_INFO_GPA >> 12, 1, abi::hw::rmpadjust::PERM_READ),
         "the rest of the boot block stays the SVSM's"

@@ -19,6 +19,9 @@ use snp::{SnpPlatform, launch};
 use spin::Mutex;
 use spin::once::Once;
 
+/// Set when the boot takes the snp path: from then on any failure ends the guest with a
+/// GHCB termination request (port I/O would raise #VC, which needs a GHCB).
+static SNP_BOOT: AtomicBool = AtomicBool::new(false);
 /// Set once the snp platform is up; the exception path then handles #VC.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The launch's CPUID page, copied once.
@@ -43,6 +46,7 @@ fn terminate(code: u8) -> ! {
 /// Boot on SNP from the IGVM image's boot information. Does not return: the boot CPU
 /// ends in its request loop.
 pub fn boot(info_gpa: u64) -> ! {
+    SNP_BOOT.store(true, Ordering::Release);
     // SAFETY: GS base is this CPU's index on the snp platform and nothing else.
     unsafe { instr::set_gs_base(0) };
     // The image's page tables map the boot block: the launch can be read before ours.
@@ -64,6 +68,7 @@ pub fn boot(info_gpa: u64) -> ! {
             instr::halt_forever()
         }
     };
+    GHCB_SHARED[0].store(true, Ordering::Release);
     ACTIVE.store(true, Ordering::Release);
     // From here port I/O works (#VC), so the console does.
     super::console::init();
@@ -115,11 +120,19 @@ pub fn boot(info_gpa: u64) -> ! {
     }
     *SHARED.lock() = Some((platform, svsm));
     println!("snp: serving the guest at VMPL{guest_vmpl}");
-    serve(VcpuIndex::STARTUP, guest_vmpl)
+    serve(VcpuIndex::STARTUP, guest_vmpl, false)
 }
 
-/// A CPU's request loop: hand the CPU to the guest, serve its call, repeat.
-fn serve(vcpu: VcpuIndex, guest_vmpl: u8) -> ! {
+/// A CPU's request loop: hand the CPU to the guest, serve its call, repeat. A new AP
+/// looks for a call first: the host may have started its VMPL0 because the guest already
+/// made one.
+fn serve(vcpu: VcpuIndex, guest_vmpl: u8, look_first: bool) -> ! {
+    if look_first {
+        let mut shared = SHARED.lock();
+        if let Some((platform, svsm)) = shared.as_mut() {
+            svsm.handle_entry(platform, vcpu);
+        }
+    }
     loop {
         if let Err(e) = snp::ghcb::run_vmpl(guest_vmpl).call(&mut BareSnp) {
             println!("snp: the host refused to run VMPL{guest_vmpl}: {e:?}");
@@ -132,37 +145,70 @@ fn serve(vcpu: VcpuIndex, guest_vmpl: u8) -> ! {
     }
 }
 
+/// What a vCPU index keeps across the vCPUs created under it: deleting a vCPU frees its
+/// SVSM pages, not these, so create/delete cycles do not drain the heap.
+struct ApSlot {
+    tables: super::cpu_tables::Tables,
+    stack_top: u64,
+}
+
+static AP_SLOTS: [Mutex<Option<ApSlot>>; hw::MAX_CPUS] = [const { Mutex::new(None) }; hw::MAX_CPUS];
+/// Whether the GHCB of an index was made shared already (doing it twice would
+/// PVALIDATE a page the host owns).
+static GHCB_SHARED: [AtomicBool; hw::MAX_CPUS] = [const { AtomicBool::new(false) }; hw::MAX_CPUS];
+
 /// An AP's first Rust code, on its entry stack (`hw::ap_entry_stacks`): become this CPU,
-/// share and register its GHCB, move to a larger stack, serve.
+/// load its tables, share (once) and register its GHCB, move to its 64 KiB stack, serve.
 pub extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `boot`.
     unsafe { instr::set_gs_base(index) };
-    // Its own GDT/IDT/TSS before anything can raise #VC, and SSE for the vTPM's C code.
-    super::cpu_tables::load();
+    let cpu = hw::this_cpu();
+    let stack_top = {
+        let mut slot = AP_SLOTS[cpu].lock();
+        let slot = slot.get_or_insert_with(|| {
+            let stack = alloc::boxed::Box::leak(alloc::vec![0u8; AP_STACK].into_boxed_slice());
+            let stack_top = (stack.as_ptr() as u64 + AP_STACK as u64) & !0xF;
+            ApSlot { tables: super::cpu_tables::build(), stack_top }
+        });
+        // Its own GDT/IDT/TSS before anything can raise #VC.
+        super::cpu_tables::activate(&mut slot.tables);
+        slot.stack_top
+    };
     super::fpu::enable_sse();
     let mut hw = BareSnp;
     let gpa = snp::SnpHw::shared_gpa(&hw, snp::Shared::Ghcb);
-    let shared = matches!(snp::SnpHw::pvalidate(&mut hw, gpa, false, false), Ok((0, _)))
-        && snp::ghcb::page_state_change(&mut hw, gpa, abi::ghcb::msr::PSC_SHARED).is_ok()
-        && snp::ghcb::register(&mut hw, gpa).is_ok();
-    if !shared {
+    if !GHCB_SHARED[cpu].load(Ordering::Acquire) {
+        let shared = matches!(snp::SnpHw::pvalidate(&mut hw, gpa, false, false), Ok((0, _)))
+            && snp::ghcb::page_state_change(&mut hw, gpa, abi::ghcb::msr::PSC_SHARED).is_ok();
+        if !shared {
+            terminate(term::GHCB_SETUP);
+        }
+        GHCB_SHARED[cpu].store(true, Ordering::Release);
+    }
+    // Registration is per host vCPU, so every new one registers again.
+    if snp::ghcb::register(&mut hw, gpa).is_err() {
         terminate(term::GHCB_SETUP);
     }
-    let stack = alloc::boxed::Box::leak(alloc::vec![0u8; AP_STACK].into_boxed_slice());
-    let top = (stack.as_ptr() as u64 + AP_STACK as u64) & !0xF;
-    // SAFETY: the stack is leaked, so it lives forever; its top is 16-byte aligned.
-    unsafe { instr::switch_stack(top, ap_serve, index) }
+    // SAFETY: the stack is leaked (it lives forever), its top 16-byte aligned, and no
+    // other CPU uses this index's stack: the vCPU that had it was deleted only once its
+    // SVSM VMSA had stopped running.
+    unsafe { instr::switch_stack(stack_top, ap_serve, index) }
 }
 
 extern "C" fn ap_serve(index: u64) -> ! {
     let vmpl = SHARED.lock().as_ref().map_or(1, |(p, _)| p.state.guest_vmpl);
-    serve(VcpuIndex(index as u32), vmpl)
+    serve(VcpuIndex(index as u32), vmpl, true)
 }
 
 /// The exception path's hook: `true` if the exception was the snp platform's to handle
 /// and the CPU may go on.
 pub fn exception(frame: &mut Frame) -> bool {
     if !ACTIVE.load(Ordering::Acquire) {
+        if SNP_BOOT.load(Ordering::Acquire) {
+            // No GHCB yet: reporting would print, which raises #VC again. The MSR
+            // protocol needs no GHCB.
+            terminate(term::BOOT_INFO);
+        }
         return false;
     }
     // A copy of guest memory hit a page the host took away: the copy fails instead.
@@ -195,7 +241,7 @@ pub fn exception(frame: &mut Frame) -> bool {
 
 /// Stop the guest for good (a fatal error in the SVSM).
 pub fn fail() {
-    if ACTIVE.load(Ordering::Acquire) {
+    if SNP_BOOT.load(Ordering::Acquire) {
         terminate(term::PANIC);
     }
 }
