@@ -56,9 +56,13 @@ fn in_map(gpa: u64, len: usize) -> bool {
     gpa.checked_add(len as u64).is_some_and(|end| end <= paging::MAPPED_TOP)
 }
 
+fn page_len(huge: bool) -> usize {
+    if huge { 2 << 20 } else { 4096 }
+}
+
 impl SnpHw for BareSnp {
     fn pvalidate(&mut self, gpa: u64, huge: bool, validate: bool) -> Result<(u32, bool), Fault> {
-        if !in_map(gpa, 4096) {
+        if !in_map(gpa, page_len(huge)) {
             return Err(Fault);
         }
         // SAFETY: the kernel validates guest pages and rescinds only pages it no longer
@@ -67,7 +71,7 @@ impl SnpHw for BareSnp {
     }
 
     fn rmpadjust(&mut self, gpa: u64, huge: bool, attrs: u64) -> Result<u32, Fault> {
-        if !in_map(gpa, 4096) {
+        if !in_map(gpa, page_len(huge)) {
             return Err(Fault);
         }
         // SAFETY: RMPADJUST targets a lower VMPL only (the attribute's VMPL is >= 1), so

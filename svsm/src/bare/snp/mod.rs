@@ -55,6 +55,11 @@ pub fn boot(info_gpa: u64) -> ! {
         Err(_) => terminate(term::BOOT_INFO),
     };
     CPUID.call_once(|| launch.cpuid.clone());
+    // The image's CR3 carries the C-bit where the image builder put it; a CPUID page that
+    // names another position is not this machine's (or not this image's).
+    if instr::read_cr3() & (1 << launch.c_bit) == 0 {
+        terminate(term::BOOT_INFO);
+    }
     paging::install(launch.c_bit);
     // SEV_FEATURES as the VMSAs of this guest carry them: SEV_STATUS bits 2.. map to
     // SEV_FEATURES bits 0..
