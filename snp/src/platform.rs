@@ -127,9 +127,9 @@ impl<H: SnpHw> SnpPlatform<H> {
         self.state.vcpus.insert(vmsa.raw(), VcpuRecord { apic_id, svsm_vmsa: None });
     }
 
-    /// Build the guest's first vCPU in `page` (SVSM-owned, validated): the reset state at
-    /// the guest's VMPL, made a VMSA, announced to the host. The kernel then takes the
-    /// page as its startup VMSA.
+    /// Build the guest's first vCPU in `page` (a guest page the SVSM validated and nobody
+    /// else can reach yet): the reset state at the guest's VMPL, made a VMSA, announced to
+    /// the host. The kernel then takes the page as its startup VMSA.
     pub fn launch_guest_vcpu(&mut self, page: PageAddr, apic_id: u32, signature: u32) -> Result<(), HwError> {
         let v = vmsa::reset_state(self.state.guest_vmpl, self.state.sev_features, signature);
         self.hw.write(page.raw(), v.as_bytes()).map_err(|_| HwError::Fault)?;
