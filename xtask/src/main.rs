@@ -30,7 +30,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  run [--json]                       the main job: the conformance suite on the SEV-SNP model, then
+  run [--json]                       the main job: the conformance suite on the SEV-SNP model (with
+                                     the model's platform and with the snp platform), then
                                      the SVSM booted under QEMU serving the test guest (`boot`)
   test                               everything CI runs: fmt, clippy, bare-metal kernel build,
                                      a QEMU boot of the SVSM image, a 60 s fuzz smoke run,
@@ -91,16 +92,21 @@ fn main() -> ExitCode {
 }
 
 /// `cargo xtask run [--json]`: the main job. The conformance suite on the SEV-SNP model
-/// (`bulwark conformance`), then the SVSM booted for real under QEMU serving the test
-/// guest over VMMCALL (`cargo xtask boot`). Fails if either fails.
+/// (`bulwark conformance`), served by the model's platform and by the snp platform, then
+/// the SVSM booted for real under QEMU serving the test guest over VMMCALL (`cargo xtask
+/// boot`). Fails if any fails.
 fn run(args: &[String]) -> Result<ExitCode> {
     prereqs::ensure()?;
-    let mut cmd = cargo()?;
-    cmd.args(["run", "--release", "-p", "bulwark", "--", "conformance"]).args(args);
-    step(&format!("cargo run --release -p bulwark -- conformance {}", args.join(" ")));
-    let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
-    if !status.success() {
-        return Ok(ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8)));
+    // The suite with the model's own platform, then through the snp platform (GHCB, AP
+    // creation, guest requests to the model's software host).
+    for platform in ["model", "snp"] {
+        let mut cmd = cargo()?;
+        cmd.args(["run", "--release", "-p", "bulwark", "--", "conformance", "--platform", platform]).args(args);
+        step(&format!("cargo run --release -p bulwark -- conformance --platform {platform} {}", args.join(" ")));
+        let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
+        if !status.success() {
+            return Ok(ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8)));
+        }
     }
     boot(&[])?;
     Ok(ExitCode::SUCCESS)

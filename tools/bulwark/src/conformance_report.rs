@@ -1,8 +1,11 @@
-//! `bulwark conformance`: run every conformance case on the model and report.
+//! `bulwark conformance`: run every conformance case on the model and report, with the
+//! kernel served by the model's own platform or by the snp platform (`bulwark-snp` over
+//! the model's RMP and software host).
 
 use conformance::{CASES, Verdict};
 use kernel::stats::Stats;
-use model::conformance_env::run_case;
+use model::conformance_env::run_case_on;
+use model::world::PlatformKind;
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,15 +23,25 @@ macro_rules! say {
 struct Options {
     json: bool,
     filter: Option<String>,
+    platform: PlatformKind,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options { json: false, filter: None };
+    let mut o = Options { json: false, filter: None, platform: PlatformKind::Model };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => o.json = true,
             "--filter" => o.filter = Some(it.next().ok_or("--filter needs a value")?.clone()),
+            "--platform" => {
+                o.platform = match it.next().map(String::as_str) {
+                    Some("model") => PlatformKind::Model,
+                    Some("snp") => PlatformKind::Snp,
+                    other => {
+                        return Err(format!("--platform takes model or snp, not `{}`", other.unwrap_or("")));
+                    }
+                }
+            }
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -48,12 +61,22 @@ pub fn main(args: &[String]) -> ExitCode {
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut total = Stats::default();
+    let platform = match opts.platform {
+        PlatformKind::Model => "model",
+        PlatformKind::Snp => "snp",
+    };
     if !opts.json {
-        say!("Bulwark conformance suite: SVSM spec 58019 core protocol, over the guest calling");
-        say!("convention, against the Bulwark kernel on the SEV-SNP model (one launch per case)\n");
+        say!("Bulwark conformance suite: SVSM spec 58019 protocols, over the guest calling");
+        say!("convention, against the Bulwark kernel on the SEV-SNP model (one launch per case),");
+        match opts.platform {
+            PlatformKind::Model => say!("served by the model's own platform\n"),
+            PlatformKind::Snp => {
+                say!("served by the snp platform (GHCB, AP creation, guest requests to a software host)\n")
+            }
+        }
     }
     for case in &selected {
-        let (verdict, stats) = run_case(case);
+        let (verdict, stats) = run_case_on(case, opts.platform);
         add(&mut total, &stats);
         if !opts.json {
             match &verdict {
@@ -84,7 +107,7 @@ pub fn main(args: &[String]) -> ExitCode {
             })
             .collect();
         let doc = json!({
-            "platform": "model",
+            "platform": platform,
             "cases": cases,
             "summary": { "passed": passed, "failed": failed, "skipped": skipped },
             "svsm": {
