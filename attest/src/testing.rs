@@ -210,3 +210,46 @@ pub fn sample() -> &'static Sample {
         Sample { authority, vcek_key, vcek_der, fields, evidence }
     })
 }
+
+/// `python3` with virtee's `sev-snp-measure` 0.0.13 importable (`sevsnpmeasure`), the
+/// independent launch-digest implementation the cross-check tests compare against. It is
+/// installed with pip from PyPI into `target/pydeps` on first use; a lock file keeps test
+/// binaries that run at the same time from installing into it together.
+pub fn python_with_sev_snp_measure() -> std::process::Command {
+    use std::path::PathBuf;
+    use std::process::Command;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let deps = target.join("pydeps");
+    std::fs::create_dir_all(&target).expect("the target directory can be made");
+    let lock = std::fs::File::create(target.join("pydeps.lock")).expect("the lock file can be made");
+    lock.lock().expect("the lock file can be locked");
+    let probe = || {
+        Command::new("python3")
+            .args(["-c", "import sevsnpmeasure.gctx"])
+            .env("PYTHONPATH", &deps)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !probe() {
+        // A distribution's Python may call itself externally managed; installing into a
+        // directory of our own is fine either way.
+        let install = |extra: &[&str]| {
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(extra)
+                .arg("--target")
+                .arg(&deps)
+                .arg("sev-snp-measure==0.0.13")
+                .status()
+                .expect("python3 runs (install python3 and pip)")
+                .success()
+        };
+        let installed = install(&[]) || install(&["--break-system-packages"]);
+        assert!(installed && probe(), "pip could not install sev-snp-measure into {}", deps.display());
+    }
+    let mut c = Command::new("python3");
+    c.env("PYTHONPATH", deps);
+    c
+}

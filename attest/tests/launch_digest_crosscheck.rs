@@ -5,47 +5,7 @@
 //! The package is installed into `target/pydeps` on first use (pip, from PyPI).
 
 use bulwark_attest::launch_digest::{LaunchDigest, PageType};
-use std::path::PathBuf;
-use std::process::Command;
-
-fn pydeps() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("pydeps")
-}
-
-/// Python with `sevsnpmeasure` importable (installing it if needed).
-fn python() -> Command {
-    let deps = pydeps();
-    let probe = |deps: &PathBuf| {
-        Command::new("python3")
-            .args(["-c", "import sevsnpmeasure.gctx"])
-            .env("PYTHONPATH", deps)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !probe(&deps) {
-        // A distribution's Python may call itself externally managed; installing into a
-        // directory of our own is fine either way.
-        let install = |extra: &[&str]| {
-            Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .args(extra)
-                .arg("--target")
-                .arg(&deps)
-                .arg("sev-snp-measure==0.0.13")
-                .status()
-                .expect("python3 runs (install python3 and pip)")
-                .success()
-        };
-        let installed = install(&[]) || install(&["--break-system-packages"]);
-        assert!(installed && probe(&deps), "pip could not install sev-snp-measure into {}", deps.display());
-    }
-    let mut c = Command::new("python3");
-    c.env("PYTHONPATH", deps);
-    c
-}
+use bulwark_attest::testing::python_with_sev_snp_measure;
 
 /// A deterministic byte stream (xorshift), so a failure can be reproduced.
 fn bytes(seed: &mut u64, n: usize) -> Vec<u8> {
@@ -103,7 +63,7 @@ fn the_digest_matches_sev_snp_measure_for_every_page_type() {
         script += &format!("g.update_vmsa_page(open({path:?}, 'rb').read())\n");
     }
     script += "print(g.ld().hex())\n";
-    let out = python().args(["-c", &script]).output().expect("python3 runs");
+    let out = python_with_sev_snp_measure().args(["-c", &script]).output().expect("python3 runs");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "sev-snp-measure failed: {}", String::from_utf8_lossy(&out.stderr));
     let theirs = String::from_utf8_lossy(&out.stdout).trim().to_string();

@@ -66,6 +66,35 @@ fn termination_reaches_the_host_with_its_reason() {
     assert_eq!(host.terminated, Some((term::SET_BULWARK, term::BOOT_INFO)));
 }
 
+/// Where new CPUs would enter the SVSM, with `stacks` entry stacks of 16 KiB.
+fn svsm_entry(stacks: u32) -> snp::vmsa::SvsmEntry {
+    snp::vmsa::SvsmEntry {
+        cpu: snp::vmsa::SvsmCpuState {
+            rip: world::SVSM_BASE + 0x2000,
+            rsp: 0,
+            cr3: world::SVSM_BASE + 0x3000,
+            gdtr_base: world::SVSM_BASE + 0x4000,
+            gdtr_limit: 23,
+            code_selector: 8,
+            data_selector: 16,
+            argument: 0,
+        },
+        stack_base: STACK_BASE,
+        stack_size: 0x4000,
+        stack_count: stacks,
+    }
+}
+const STACK_BASE: u64 = world::SVSM_BASE + 0x10_0000;
+
+/// A guest VMSA at `gpa` the way the guest hands one to CREATE_VCPU.
+fn write_guest_vmsa(w: &mut World, gpa: u64) {
+    let mut v = abi::vmsa::Vmsa::zeroed();
+    v.vmpl = 1;
+    v.efer = 0x500;
+    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
+    w.machine.raw_write(gpa, zerocopy::IntoBytes::as_bytes(&v));
+}
+
 fn snp_world() -> World {
     World::new(WorldConfig { platform: PlatformKind::Snp, ..WorldConfig::default() })
 }
@@ -107,11 +136,7 @@ fn vcpu_creation_and_deletion_are_announced_to_the_host() {
     let mut w = snp_world();
     // A second vCPU, as the conformance environment writes one.
     let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
-    let mut v = abi::vmsa::Vmsa::zeroed();
-    v.vmpl = 1;
-    v.efer = 0x500;
-    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
-    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    write_guest_vmsa(&mut w, vmsa);
     w.client().create_vcpu(vmsa, ca, 7).expect("created");
     let events = w.snp.as_ref().expect("snp").host.ap_events.clone();
     assert_eq!(events.last(), Some(&(exit::AP_CREATE, 7, vmsa, 1)));
@@ -128,28 +153,9 @@ fn vcpu_creation_and_deletion_are_announced_to_the_host() {
 #[test]
 fn with_an_svsm_entry_each_vcpu_gets_its_own_vmpl0_vmsa() {
     let mut w = snp_world();
-    let stack_base = world::SVSM_BASE + 0x10_0000;
-    w.set_snp_entry(snp::vmsa::SvsmEntry {
-        cpu: snp::vmsa::SvsmCpuState {
-            rip: world::SVSM_BASE + 0x2000,
-            rsp: 0,
-            cr3: world::SVSM_BASE + 0x3000,
-            gdtr_base: world::SVSM_BASE + 0x4000,
-            gdtr_limit: 23,
-            code_selector: 8,
-            data_selector: 16,
-            argument: 0,
-        },
-        stack_base,
-        stack_size: 0x4000,
-        stack_count: 8,
-    });
+    w.set_snp_entry(svsm_entry(8));
     let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
-    let mut v = abi::vmsa::Vmsa::zeroed();
-    v.vmpl = 1;
-    v.efer = 0x500;
-    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
-    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    write_guest_vmsa(&mut w, vmsa);
     w.client().create_vcpu(vmsa, ca, 9).expect("created");
     let events = w.snp.as_ref().expect("snp").host.ap_events.clone();
     let n = events.len();
@@ -165,7 +171,7 @@ fn with_an_svsm_entry_each_vcpu_gets_its_own_vmpl0_vmsa() {
     let index = w.vcpu_by_apic_id(9).expect("created").0;
     assert_eq!(
         w.machine.vmsa_field(svsm_vmsa, VmsaField::Rsp),
-        stack_base + 0x4000 * (u64::from(index) + 1),
+        STACK_BASE + 0x4000 * (u64::from(index) + 1),
         "its own stack"
     );
 
@@ -268,27 +274,9 @@ fn certificates_too_large_for_the_svsm_leave_reports_working() {
 #[test]
 fn a_vcpu_without_an_svsm_stack_gets_no_svsm_vmsa() {
     let mut w = snp_world();
-    w.set_snp_entry(snp::vmsa::SvsmEntry {
-        cpu: snp::vmsa::SvsmCpuState {
-            rip: world::SVSM_BASE + 0x2000,
-            rsp: 0,
-            cr3: 0,
-            gdtr_base: 0,
-            gdtr_limit: 23,
-            code_selector: 8,
-            data_selector: 16,
-            argument: 0,
-        },
-        stack_base: world::SVSM_BASE + 0x10_0000,
-        stack_size: 0x4000,
-        stack_count: 1, // only the startup vCPU's
-    });
+    w.set_snp_entry(svsm_entry(1));
     let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
-    let mut v = abi::vmsa::Vmsa::zeroed();
-    v.vmpl = 1;
-    v.efer = 0x500;
-    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
-    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    write_guest_vmsa(&mut w, vmsa);
     let before = w.snp.as_ref().expect("snp").host.ap_events.len();
     w.client().create_vcpu(vmsa, ca, 4).expect("created");
     let host = &w.snp.as_ref().expect("snp").host;
@@ -300,28 +288,9 @@ fn a_vcpu_without_an_svsm_stack_gets_no_svsm_vmsa() {
 #[test]
 fn deleting_a_vcpu_whose_svsm_vmsa_runs_fails_whole_and_a_retry_finishes() {
     let mut w = snp_world();
-    let stack_base = world::SVSM_BASE + 0x10_0000;
-    w.set_snp_entry(snp::vmsa::SvsmEntry {
-        cpu: snp::vmsa::SvsmCpuState {
-            rip: world::SVSM_BASE + 0x2000,
-            rsp: 0,
-            cr3: 0,
-            gdtr_base: 0,
-            gdtr_limit: 23,
-            code_selector: 8,
-            data_selector: 16,
-            argument: 0,
-        },
-        stack_base,
-        stack_size: 0x4000,
-        stack_count: 8,
-    });
+    w.set_snp_entry(svsm_entry(8));
     let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
-    let mut v = abi::vmsa::Vmsa::zeroed();
-    v.vmpl = 1;
-    v.efer = 0x500;
-    v.sev_features = abi::hw::sev_features::SNP_ACTIVE;
-    w.machine.raw_write(vmsa, zerocopy::IntoBytes::as_bytes(&v));
+    write_guest_vmsa(&mut w, vmsa);
     w.client().create_vcpu(vmsa, ca, 9).expect("created");
     let svsm_vmsa =
         w.snp.as_ref().expect("snp").host.ap_events.iter().find(|e| e.3 == 0 && e.1 == 9).expect("SVSM VMSA").2;

@@ -6,6 +6,7 @@
 //! does).
 
 use abi::igvm::{self as layout, BootInfo};
+use attest::testing::python_with_sev_snp_measure;
 use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision};
 use igvm_defs::{IgvmPageDataType, IgvmPlatformType};
 use std::path::{Path, PathBuf};
@@ -429,45 +430,6 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-fn pydeps() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("pydeps")
-}
-
-/// Python with `sevsnpmeasure` importable (installing it if needed).
-fn python() -> Command {
-    let deps = pydeps();
-    let probe = |deps: &PathBuf| {
-        Command::new("python3")
-            .args(["-c", "import sevsnpmeasure.gctx"])
-            .env("PYTHONPATH", deps)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !probe(&deps) {
-        // A distribution's Python may call itself externally managed; installing into a
-        // directory of our own is fine either way.
-        let install = |extra: &[&str]| {
-            Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .args(extra)
-                .arg("--target")
-                .arg(&deps)
-                .arg("sev-snp-measure==0.0.13")
-                .status()
-                .expect("python3 runs (install python3 and pip)")
-                .success()
-        };
-        let installed = install(&[]) || install(&["--break-system-packages"]);
-        assert!(installed && probe(&deps), "pip could not install sev-snp-measure into {}", deps.display());
-    }
-    let mut c = Command::new("python3");
-    c.env("PYTHONPATH", deps);
-    c
-}
-
 /// sev-snp-measure's digest over the `--pages` list, given the pages' real bytes from the
 /// IGVM file (NORMAL pages and VMSAs), so that Python hashes them itself.
 fn sev_snp_measure(dir: &Path, igvm: &Path, pages: &serde_json::Value) -> String {
@@ -520,7 +482,7 @@ print(g.ld().hex())
         plan = s(&dir.join("plan.json")),
         blob = s(&dir.join("blob")),
     );
-    let out = python().args(["-c", &script]).output().expect("python3 runs");
+    let out = python_with_sev_snp_measure().args(["-c", &script]).output().expect("python3 runs");
     assert!(out.status.success(), "sev-snp-measure failed: {}", String::from_utf8_lossy(&out.stderr));
     stdout(&out)
 }
