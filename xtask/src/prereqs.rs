@@ -1,7 +1,7 @@
 //! What the project needs from the machine, installed with apt (Debian/Ubuntu, as root)
 //! when missing: QEMU for the boots, libtpms and libcrypto (static archives too, for the
 //! bare-metal vTPM), tpm2-tools as the vTPM's client, swtpm as the benchmark's reference,
-//! and pip for the launch-digest cross-check.
+//! pip for the launch-digest cross-check, and the bare-metal Rust target.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -43,8 +43,35 @@ impl Probe {
     }
 }
 
-/// Install every missing package in one apt run.
+/// Install every missing package in one apt run, and the bare-metal target.
 pub fn ensure() -> Result<(), String> {
+    install_packages()?;
+    bare_metal_target()
+}
+
+/// The target the SVSM and the test guest are built for. rustup adds the targets of
+/// rust-toolchain.toml only when it installs the toolchain, so a machine that already had
+/// the pinned toolchain lacks it (and every bare-metal build fails with E0463).
+const BARE_METAL_TARGET: &str = "x86_64-unknown-none";
+
+fn bare_metal_target() -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("could not run rustup: {e}"))?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|t| t.trim() == BARE_METAL_TARGET) {
+        return Ok(());
+    }
+    eprintln!("==> installing the {BARE_METAL_TARGET} target (rustup target add)");
+    let added = Command::new("rustup").args(["target", "add", BARE_METAL_TARGET]).status();
+    if added.is_ok_and(|s| s.success()) {
+        Ok(())
+    } else {
+        Err(format!("`rustup target add {BARE_METAL_TARGET}` failed"))
+    }
+}
+
+fn install_packages() -> Result<(), String> {
     let missing: Vec<&str> = PACKAGES.iter().filter(|(_, probe)| !probe.present()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         return Ok(());
