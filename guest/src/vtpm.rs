@@ -38,8 +38,8 @@ impl<T: Transport> Client<T> {
         Ok((out.rcx, out.rdx))
     }
 
-    /// Run one TPM command through the request page at `page` (a 4 KiB-aligned guest
-    /// page) at locality 0, as Linux does; the response goes to `response`, its length is
+    /// Run one TPM command through the 4096-byte request buffer at `page` (Linux passes a
+    /// page of its own; any start works) at locality 0, as Linux does; the response goes to `response`, its length is
     /// returned.
     pub fn vtpm_command(&mut self, page: u64, command: &[u8], response: &mut [u8]) -> Result<usize, VtpmError> {
         self.vtpm_command_at(page, 0, command, response)

@@ -31,6 +31,9 @@ pub enum AddressConflict {
     ParameterList,
     /// The secrets page, which the SVSM does not write for the guest.
     Secrets,
+    /// The caller's VMPL may not access the page as the call needs (a less privileged
+    /// VMPL naming memory of a more privileged one).
+    NotCallers,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +51,10 @@ pub enum CallError {
     },
     /// The request is valid but cannot be served now or here.
     InvalidRequest(&'static str),
+    /// The SVSM's heap cannot hold what the call needs now (answered as
+    /// `SVSM_ERR_INVALID_REQUEST`, "cannot be served now": not BUSY, which Linux retries
+    /// forever, and never a panic).
+    OutOfMemory,
     /// The call did part of its work; the guest calls again.
     Incomplete,
     /// The SVSM needs this many more pages deposited.
@@ -82,7 +89,7 @@ impl CallError {
             Self::InvalidFormat(_) => ResultCode::ERR_INVALID_FORMAT,
             Self::InvalidParameter(_) => ResultCode::ERR_INVALID_PARAMETER,
             Self::InvalidAddress { .. } => ResultCode::ERR_INVALID_ADDRESS,
-            Self::InvalidRequest(_) => ResultCode::ERR_INVALID_REQUEST,
+            Self::InvalidRequest(_) | Self::OutOfMemory => ResultCode::ERR_INVALID_REQUEST,
             Self::Incomplete => ResultCode::ERR_INCOMPLETE,
             Self::NeedMemory(pages) => ResultCode::more_memory(*pages),
             Self::Hardware { error: HwError::Rc(rc), .. } if *rc <= 0xF => ResultCode::core_hw_fail(*rc),

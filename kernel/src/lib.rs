@@ -16,8 +16,10 @@ extern crate alloc;
 
 pub mod addr;
 pub mod bitmap;
+pub mod caller;
 pub mod error;
 pub mod guest_memory;
+pub mod heap;
 pub mod log_ring;
 pub mod pages;
 pub mod platform;

@@ -83,6 +83,20 @@ pub trait Platform {
         vmsa: bool,
     ) -> Result<(), HwError>;
 
+    /// The RMP permissions (abi::hw::rmpadjust::PERM_*) that `vmpl` (1..=3) holds on
+    /// `page` as the hardware has them (RMPQUERY on SNP); 0 for a page that is not
+    /// validated or is a VMSA. `None` when the platform cannot read them: the kernel then
+    /// lets callers below the most privileged guest VMPL name no page (see `caller`).
+    fn vmpl_permissions(&self, page: PageAddr, vmpl: u8) -> Option<u8>;
+
+    /// Make every CPU forget the translations the guest's VMPLs cached, and wait until
+    /// they have (INVLPGB + TLBSYNC on SNP). Called after RMPADJUST took access away and
+    /// before the SVSM relies on the page being out of the guest's reach: a stale TLB
+    /// entry on another CPU would otherwise still let the guest write it. A platform whose
+    /// permission changes already reach every CPU before they return (svm: the nested
+    /// page tables change and every CPU running a guest leaves it) does nothing here.
+    fn flush_guest_tlb(&mut self);
+
     /// Read a field of a lower-VMPL vCPU's VMSA.
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault>;
     /// Write a field of a lower-VMPL vCPU's VMSA.

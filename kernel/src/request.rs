@@ -12,6 +12,7 @@
 //! to give it to); the SVSM logs the fault and keeps serving.
 
 use crate::addr::Gpa;
+use crate::caller::Caller;
 use crate::platform::{MemoryFault, Platform};
 use crate::protocols::{self, CallContext, CallRegs, Reply};
 use crate::svsm::Svsm;
@@ -97,8 +98,10 @@ impl Svsm {
         };
         let id = CallId::from_rax(regs.rax);
         let reply = if pending[0] == CALL_PENDING_REQUESTED {
-            let caller_vmpl = p.vmsa_read(vmsa, VmsaField::Vmpl)? as u8;
-            protocols::dispatch(self, p, &CallContext { vcpu, caller_vmpl, id, regs })
+            // The VMPL field is one byte wide.
+            let vmpl = p.vmsa_read(vmsa, VmsaField::Vmpl)? as u8;
+            let caller = Caller { vmpl, top_vmpl: self.guest_vmpl };
+            protocols::dispatch(self, p, &CallContext { vcpu, caller, id, regs })
         } else {
             Reply::err(CallError::InvalidFormat(pending[0]))
         };

@@ -67,10 +67,14 @@ pub enum InitError {
     CallingAreaMisaligned(Gpa),
     /// The guest would run at VMPL0, beside the SVSM.
     GuestAtVmpl0,
+    /// The startup VMSA names a VMPL that does not exist.
+    GuestVmplInvalid(u64),
     /// SEV_FEATURES asks for what the SVSM cannot serve.
     UnsupportedSevFeatures(u64),
     Vmsa(MemoryFault),
     Secrets(MemoryFault),
+    /// The heap cannot hold the SVSM's own records.
+    NoMemory,
 }
 
 /// Write the SVSM fields of the secrets page and move VMPCK0 out of it, so the guest can
@@ -107,6 +111,8 @@ pub struct Svsm {
     pub(crate) pool: PagePool,
     pub(crate) stats: Stats,
     pub(crate) max_vcpus: usize,
+    /// The most privileged VMPL the guest runs at: the startup vCPU's.
+    pub(crate) guest_vmpl: u8,
     pub(crate) pages_per_call: u64,
     /// The SVSM_MEM_AVAILABLE value last written to the startup calling area; `None`
     /// forces a write (at start and after the startup vCPU remaps its area).
@@ -142,16 +148,17 @@ impl Svsm {
         if config.startup_vmsa == ca.page() {
             return Err(InitError::StartupPageInvalid(ca));
         }
-        let vmpl = p.vmsa_read(config.startup_vmsa, VmsaField::Vmpl).map_err(InitError::Vmsa)?;
-        if vmpl == 0 {
-            return Err(InitError::GuestAtVmpl0);
-        }
+        let vmpl = match p.vmsa_read(config.startup_vmsa, VmsaField::Vmpl).map_err(InitError::Vmsa)? {
+            0 => return Err(InitError::GuestAtVmpl0),
+            v @ 1..=3 => v as u8,
+            v => return Err(InitError::GuestVmplInvalid(v)),
+        };
         let features = p.vmsa_read(config.startup_vmsa, VmsaField::SevFeatures).map_err(InitError::Vmsa)?;
         if features & !SUPPORTED_SEV_FEATURES != 0 {
             return Err(InitError::UnsupportedSevFeatures(features & !SUPPORTED_SEV_FEATURES));
         }
         let vmpck0 = match config.secrets_page {
-            Some(secrets) => publish(p, secrets, &config, vmpl as u8).map_err(InitError::Secrets)?,
+            Some(secrets) => publish(p, secrets, &config, vmpl).map_err(InitError::Secrets)?,
             None => [0; 32],
         };
         if let Some(secrets) = config.secrets_page {
@@ -162,15 +169,21 @@ impl Svsm {
         let startup = Vcpu {
             apic_id: config.startup_apic_id,
             vmsa: config.startup_vmsa,
+            vmpl,
+            creator_vmpl: vmpl,
+            retired: None,
             calling_area: ca,
             svsm_pages: Vec::new(),
         };
+        let max_vcpus = config.max_vcpus.max(1);
+        let vcpus = VcpuRegistry::new(startup, max_vcpus).map_err(|_| InitError::NoMemory)?;
         Ok(Self {
             pages,
-            vcpus: VcpuRegistry::new(startup),
+            vcpus,
             pool: PagePool::new(config.pool_reserve),
             stats: Stats::default(),
-            max_vcpus: config.max_vcpus.max(1),
+            max_vcpus,
+            guest_vmpl: vmpl,
             pages_per_call: config.pages_per_call.max(1),
             mem_flag_written: None,
             psp: PspChannel::new(vmpck0),

@@ -130,6 +130,8 @@ impl HostControl for ModelEnv {
     }
     fn reassign_page(&mut self, gpa: u64) {
         self.world.machine.rmp.host_assign(gpa >> 12, 1);
+        // The host flushes after RMPUPDATE, as KVM does.
+        self.world.machine.flush_tlbs();
     }
     fn write_memory(&mut self, gpa: u64, bytes: &[u8]) {
         self.world.machine.raw_write(gpa, bytes);

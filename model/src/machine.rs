@@ -7,7 +7,7 @@
 
 use crate::memory::Memory;
 use crate::rmp::{Rmp, Size};
-use abi::hw::rmpadjust::{PERM_READ, PERM_WRITE};
+use abi::hw::rmpadjust::{PERM_ALL, PERM_READ, PERM_WRITE};
 use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT};
 use abi::vmsa::VmsaField;
 use conformance::PspFault;
@@ -60,7 +60,16 @@ pub struct Machine {
     pub certificates: Vec<u8>,
     /// The next guest request goes wrong this way.
     pub psp_fault: Option<conformance::PspFault>,
+    /// Each guest vCPU's TLB: the permissions it cached per page when it last reached
+    /// it. A vCPU keeps using them until a flush, even after RMPADJUST took access away
+    /// (as the hardware does), so an SVSM that forgets to flush fails the tests.
+    pub tlbs: RefCell<Tlbs>,
+    /// TLB flushes the SVSM asked for.
+    pub tlb_flushes: std::cell::Cell<u64>,
 }
+
+/// Per-vCPU cached permissions: vCPU index -> (pfn -> permission bits).
+pub type Tlbs = BTreeMap<u32, BTreeMap<u64, u8>>;
 
 impl Machine {
     /// A machine with `ram_bytes` of RAM, assigned to the guest as 4 KiB pages below
@@ -88,7 +97,47 @@ impl Machine {
             psp: None,
             certificates: Vec::new(),
             psp_fault: None,
+            tlbs: RefCell::new(BTreeMap::new()),
+            tlb_flushes: std::cell::Cell::new(0),
         }
+    }
+
+    /// May guest vCPU `vcpu` at `vmpl` access `[gpa, gpa + len)` with `need`, through its
+    /// TLB? A page it reached before keeps the permissions cached then (stale until a
+    /// flush); a page it did not, or whose cached permissions lack `need`, is looked up in
+    /// the RMP and cached. `Err` names the first refused address.
+    pub fn guest_access(&self, vcpu: u32, vmpl: u8, gpa: u64, len: usize, need: u8) -> Result<(), u64> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = gpa.checked_add(len as u64 - 1).ok_or(gpa)?;
+        let mut tlbs = self.tlbs.borrow_mut();
+        let tlb = tlbs.entry(vcpu).or_default();
+        for pfn in gpa >> 12..=last >> 12 {
+            if tlb.get(&pfn).is_some_and(|cached| cached & need == need) {
+                continue;
+            }
+            if !self.rmp.allows(pfn, vmpl, need) {
+                return Err((pfn << 12).max(gpa));
+            }
+            let perms =
+                self.rmp.entry(pfn).map_or(0, |e| if vmpl == 0 { PERM_ALL } else { e.perms[usize::from(vmpl & 3)] });
+            tlb.insert(pfn, perms);
+        }
+        Ok(())
+    }
+
+    /// Every vCPU forgets its cached translations (the SVSM's INVLPGB + TLBSYNC, or the
+    /// host's flush after RMPUPDATE).
+    pub fn flush_tlbs(&self) {
+        self.tlbs.borrow_mut().clear();
+        self.tlb_flushes.set(self.tlb_flushes.get() + 1);
+    }
+
+    /// The RMP permissions of `vmpl` on a page, as RMPQUERY reports them: 0 unless the
+    /// page is assigned, validated and not a VMSA.
+    pub fn vmpl_perms(&self, pfn: u64, vmpl: u8) -> u8 {
+        self.rmp.vmpl_perms(pfn, vmpl)
     }
 
     /// Raw memory access, as the hardware or the launch would do it (no RMP checks).
@@ -216,6 +265,14 @@ impl Platform for Machine {
         let vcpus = &self.vcpus;
         let running = |pfn: u64| vcpus.values().any(|v| v.running && v.vmsa >> 12 == pfn);
         self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, running)
+    }
+
+    fn vmpl_permissions(&self, page: PageAddr, vmpl: u8) -> Option<u8> {
+        Some(self.vmpl_perms(page.pfn(), vmpl))
+    }
+
+    fn flush_guest_tlb(&mut self) {
+        self.flush_tlbs();
     }
 
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {

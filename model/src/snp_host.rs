@@ -285,6 +285,21 @@ impl SnpHw for ModelSnpHw<'_> {
         }
     }
 
+    fn rmpquery(&self, gpa: u64) -> Result<(u32, u64), Fault> {
+        let pfn = gpa >> 12;
+        match self.machine.rmp.entry(pfn) {
+            Some(e) if e.assigned => {
+                let perms = (1..=3).map(|v| u64::from(self.machine.vmpl_perms(pfn, v)) << (8 * (v - 1)));
+                Ok((0, perms.fold(0, |a, b| a | b)))
+            }
+            _ => Err(Fault),
+        }
+    }
+
+    fn flush_tlb_all(&mut self) {
+        self.machine.flush_tlbs();
+    }
+
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
         Platform::read(&*self.machine, kernel::addr::Gpa(gpa), buf).map_err(|_| Fault)
     }

@@ -12,10 +12,10 @@ use vtpm::{TpmEngine, Vtpm};
 pub struct SharedTpm(Arc<Mutex<LibTpms>>);
 
 impl TpmEngine for SharedTpm {
-    fn execute(&mut self, command: &[u8]) -> Vec<u8> {
+    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
         // A test that panicked while holding the TPM leaves it usable: libtpms finished or
         // never started the command.
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).execute(command)
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).execute(command, response)
     }
 }
 

@@ -179,6 +179,8 @@ impl World {
             };
             p.state.console_port = Some(0x3F8);
             p.state.log_level = config.log_level;
+            // The model's CPU has RMPQUERY.
+            p.state.rmpquery = true;
             // As on hardware, the SVSM builds the guest's first vCPU itself.
             if let Err(e) = p.launch_guest_vcpu(svsm_config.startup_vmsa, 0, 0x00A0_0F11) {
                 panic!("the startup VMSA could not be made: {e:?}");
@@ -277,8 +279,10 @@ pub struct GuestVcpu<'w> {
 }
 
 impl GuestVcpu<'_> {
+    /// The access goes through this vCPU's TLB (`Machine::guest_access`): stale
+    /// permissions stay usable until the SVSM flushes.
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), GuestFault> {
-        self.world.machine.rmp.check_access(gpa, len, self.vmpl, need).map_err(|gpa| GuestFault { gpa })
+        self.world.machine.guest_access(self.index.0, self.vmpl, gpa, len, need).map_err(|gpa| GuestFault { gpa })
     }
 }
 

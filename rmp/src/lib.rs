@@ -173,6 +173,15 @@ impl Rmp {
         }
     }
 
+    /// The permissions of `vmpl` on the page as RMPQUERY reports them for an access: 0
+    /// unless the page is assigned, validated and not a VMSA.
+    pub fn vmpl_perms(&self, pfn: u64, vmpl: u8) -> u8 {
+        match self.entry(pfn) {
+            Some(e) if e.assigned && e.validated && !e.vmsa => e.perms[usize::from(vmpl & 3)],
+            _ => 0,
+        }
+    }
+
     /// May software at `vmpl` access the page with `need` permission bits?
     pub fn allows(&self, pfn: u64, vmpl: u8, need: u8) -> bool {
         match self.entry(pfn) {

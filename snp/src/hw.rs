@@ -36,6 +36,13 @@ pub trait SnpHw {
     fn pvalidate(&mut self, gpa: u64, huge: bool, validate: bool) -> Result<(u32, bool), Fault>;
     /// RMPADJUST with the attribute operand of `abi::hw::rmpadjust::attrs`: EAX, or a fault.
     fn rmpadjust(&mut self, gpa: u64, huge: bool, attrs: u64) -> Result<u32, Fault>;
+    /// RMPQUERY of the 4 KiB page at `gpa`: (EAX, RDX). RDX holds the permission masks of
+    /// VMPL1, VMPL2 and VMPL3 in bits 7:0, 15:8 and 23:16 (AMD APM vol. 3, RMPQUERY).
+    /// Only called where the CPU has the instruction (`SnpState::rmpquery`).
+    fn rmpquery(&self, gpa: u64) -> Result<(u32, u64), Fault>;
+    /// Invalidate every TLB entry of this guest on every CPU, global ones too (INVLPGB
+    /// for the guest's ASID), and wait until that is done (TLBSYNC).
+    fn flush_tlb_all(&mut self);
     /// Copy private (encrypted) memory at `gpa`.
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault>;
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault>;

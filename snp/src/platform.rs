@@ -49,6 +49,10 @@ pub struct SnpState {
     /// The host's protocol answer at start.
     pub c_bit: u8,
     pub hv_features: u64,
+    /// The CPU has RMPQUERY (CPUID Fn8000_001F EAX[6]): the permissions of a less
+    /// privileged guest VMPL can be read, so its calls can be served. Without it such
+    /// callers may name no page (kernel `caller`).
+    pub rmpquery: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -118,6 +122,7 @@ impl<H: SnpHw> SnpPlatform<H> {
             certificates: Vec::new(),
             c_bit,
             hv_features,
+            rmpquery: false,
         };
         Ok(Self { hw, state })
     }
@@ -290,6 +295,21 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         vmsa: bool,
     ) -> Result<(), HwError> {
         hw_result(self.hw.rmpadjust(page.raw(), size == PageSize::Size2M, attrs(target_vmpl, perms, vmsa)))
+    }
+
+    fn vmpl_permissions(&self, page: PageAddr, vmpl: u8) -> Option<u8> {
+        if !self.state.rmpquery || !(1..=3).contains(&vmpl) {
+            return None;
+        }
+        match self.hw.rmpquery(page.raw()) {
+            Ok((rc::SUCCESS, rdx)) => Some((rdx >> (8 * (u32::from(vmpl) - 1))) as u8),
+            // Not validated, not assigned, or the host pulled it: no access.
+            Ok(_) | Err(_) => Some(0),
+        }
+    }
+
+    fn flush_guest_tlb(&mut self) {
+        self.hw.flush_tlb_all();
     }
 
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {

@@ -40,6 +40,11 @@ impl SnpHw for ScriptedHost {
     fn rmpadjust(&mut self, _: u64, _: bool, _: u64) -> Result<u32, Fault> {
         Ok(0)
     }
+    fn rmpquery(&self, _: u64) -> Result<(u32, u64), Fault> {
+        // An instruction of the CPU: the host has no say in its answer.
+        Ok((0, 0))
+    }
+    fn flush_tlb_all(&mut self) {}
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = *self.memory.get(&(gpa + i as u64)).unwrap_or(&0);

@@ -22,8 +22,14 @@ use wire::{Command, Reader, ResponseHeader};
 
 /// A TPM 2.0 engine: one command in, one response out. The engine answers a malformed
 /// command with the TPM's own error response; it never fails otherwise.
+///
+/// The response goes into the caller's buffer, so a command costs the SVSM no
+/// allocation: guest-triggered paths stay fallible-free (docs/protocols/vtpm.md).
 pub trait TpmEngine: Send {
-    fn execute(&mut self, command: &[u8]) -> Vec<u8>;
+    /// Run `command`; write the response into `response` and return its length. A
+    /// response larger than `response` is not cut: the engine answers TPM_RC_FAILURE
+    /// (see [`wire::write_error_response`]) instead.
+    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize;
 }
 
 /// Why manufacturing failed: the command that failed and the TPM response code (or
@@ -78,20 +84,26 @@ impl Vtpm {
         &self.ek_public
     }
 
-    /// Run one guest command. A response that does not fit `max_response` bytes (the
-    /// protocol's page) is replaced by TPM_RC_FAILURE: the guest gets an answer it can
-    /// parse rather than a cut one.
-    pub fn execute(&mut self, command: &[u8], max_response: usize) -> Vec<u8> {
-        let response = self.engine.execute(command);
-        if response.len() > max_response || ResponseHeader::parse(&response).is_none() {
-            return wire::error_response(wire::TPM_RC_FAILURE);
+    /// Run one guest command; the response goes into `response` (the protocol's page
+    /// holds at most `response.len()` bytes), its length is returned. An answer the
+    /// engine gets wrong (longer than the buffer, or without a header) is replaced by
+    /// TPM_RC_FAILURE: the guest gets an answer it can parse rather than a cut one.
+    pub fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        let len = self.engine.execute(command, response);
+        match response.get(..len) {
+            Some(r) if ResponseHeader::parse(r).is_some() => len,
+            _ => wire::write_error_response(wire::TPM_RC_FAILURE, response),
         }
-        response
     }
 }
 
+/// Room for any response during manufacturing.
+const MANUFACTURE_RESPONSE: usize = 4096;
+
 fn run(engine: &mut dyn TpmEngine, step: &'static str, command: &[u8]) -> Result<Vec<u8>, ManufactureError> {
-    let response = engine.execute(command);
+    let mut response = alloc::vec![0u8; MANUFACTURE_RESPONSE];
+    let len = engine.execute(command, &mut response);
+    response.truncate(len);
     match ResponseHeader::parse(&response) {
         Some(h) if h.code == wire::TPM_RC_SUCCESS => Ok(response),
         Some(h) => Err(ManufactureError { step, code: h.code }),
@@ -156,9 +168,17 @@ mod tests {
     }
 
     impl TpmEngine for Scripted {
-        fn execute(&mut self, command: &[u8]) -> Vec<u8> {
+        fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
             self.sent.lock().push(command.to_vec());
-            if self.answers.is_empty() { wire::error_response(wire::TPM_RC_FAILURE) } else { self.answers.remove(0) }
+            let answer = if self.answers.is_empty() {
+                wire::error_response(wire::TPM_RC_FAILURE)
+            } else {
+                self.answers.remove(0)
+            };
+            // A misbehaving engine: it reports the full length even if it does not fit.
+            let n = answer.len().min(response.len());
+            response[..n].copy_from_slice(&answer[..n]);
+            answer.len()
         }
     }
 
@@ -215,7 +235,10 @@ mod tests {
         let big = ok(&[0; 100]);
         let engine = Scripted { answers: vec![big.clone(), vec![1, 2, 3]], sent };
         let mut v = Vtpm::with_ek(Box::new(engine), vec![]);
-        assert_eq!(v.execute(&[], 50), wire::error_response(wire::TPM_RC_FAILURE));
-        assert_eq!(v.execute(&[], 50), wire::error_response(wire::TPM_RC_FAILURE));
+        let mut out = [0u8; 50];
+        for _ in 0..2 {
+            let n = v.execute(&[], &mut out);
+            assert_eq!(out[..n], wire::error_response(wire::TPM_RC_FAILURE)[..]);
+        }
     }
 }

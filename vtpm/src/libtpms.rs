@@ -124,11 +124,15 @@ impl LibTpms {
 }
 
 impl TpmEngine for LibTpms {
-    fn execute(&mut self, command: &[u8]) -> Vec<u8> {
-        let Ok(size) = u32::try_from(command.len()) else {
-            return crate::wire::error_response(crate::wire::TPM_RC_FAILURE);
-        };
+    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        let fail = |response: &mut [u8]| crate::wire::write_error_response(crate::wire::TPM_RC_FAILURE, response);
+        let Ok(size) = u32::try_from(command.len()) else { return fail(response) };
+        // libtpms may write into the command buffer, so it gets a copy; the copy's room
+        // grows once to the largest command and is kept.
         self.command.clear();
+        if self.command.try_reserve(command.len()).is_err() {
+            return fail(response);
+        }
         self.command.extend_from_slice(command);
         let mut response_size = 0u32;
         // SAFETY: `response`/`response_capacity` are libtpms' own buffer (or null and 0),
@@ -143,11 +147,18 @@ impl TpmEngine for LibTpms {
             )
         };
         if rc != TPM_SUCCESS || self.response.is_null() || response_size > self.response_capacity {
-            return crate::wire::error_response(crate::wire::TPM_RC_FAILURE);
+            return fail(response);
         }
         // SAFETY: libtpms wrote `response_size` bytes into its buffer of
         // `response_capacity` bytes (checked above).
-        unsafe { core::slice::from_raw_parts(self.response, response_size as usize) }.to_vec()
+        let answer = unsafe { core::slice::from_raw_parts(self.response, response_size as usize) };
+        match response.get_mut(..answer.len()) {
+            Some(out) => {
+                out.copy_from_slice(answer);
+                answer.len()
+            }
+            None => fail(response),
+        }
     }
 }
 

@@ -106,6 +106,16 @@ pub fn error_response(code: u32) -> Vec<u8> {
     r
 }
 
+/// Write a bare error response with `code` into `out`; its length (0 if `out` cannot
+/// hold a header, which no caller's buffer is that small).
+pub fn write_error_response(code: u32, out: &mut [u8]) -> usize {
+    let Some(header) = out.get_mut(..HEADER_SIZE) else { return 0 };
+    header[..2].copy_from_slice(&TPM_ST_NO_SESSIONS.to_be_bytes());
+    header[2..6].copy_from_slice(&(HEADER_SIZE as u32).to_be_bytes());
+    header[6..].copy_from_slice(&code.to_be_bytes());
+    HEADER_SIZE
+}
+
 /// Big-endian reads from a response body; `None` once it runs out.
 #[derive(Debug)]
 pub struct Reader<'a>(&'a [u8]);

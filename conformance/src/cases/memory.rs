@@ -40,6 +40,11 @@ fn do_withdraw(env: &mut dyn Env, list: u64) -> Result<Vec<u64>, CaseError> {
 pub fn deposit(env: &mut dyn Env) -> CaseResult {
     ensure!(mem_available(env)? == 0, "SVSM_MEM_AVAILABLE set before any deposit");
     let pages = deposit_pages(env, 4);
+    // The guest touches each page first, so its CPU holds translations the SVSM must
+    // flush once it took the pages (or the writes below still land).
+    for p in &pages {
+        ensure!(guest_can_write(env, *p), "page {p:#x} is not the guest's before the deposit");
+    }
     let next = do_deposit(env, &pages.iter().map(|p| d4k(*p)).collect::<Vec<_>>(), ResultCode::SUCCESS)?;
     ensure!(next == 4, "next = {next}");
     for p in &pages {

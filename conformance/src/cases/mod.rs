@@ -94,10 +94,24 @@ pub static CASES: &[Case] = &[
     ),
     case!(
         "6.3/create-vcpu-vmsa-checks",
-        "VMPL 0, SVME = 1, other SEV_FEATURES -> INVALID_PARAMETER",
+        "VMPL 0, VMPL 4, other SEV_FEATURES -> INVALID_PARAMETER",
         vcpu::create_vmsa_checks
     ),
-    case!("6.3/create-vcpu-apic-id", "an APIC ID in use -> INVALID_PARAMETER", vcpu::create_duplicate_apic),
+    case!(
+        "6.3/create-vcpu-svme-set",
+        "a VMSA with EFER.SVME = 1 (Linux, OVMF, COCONUT) is accepted",
+        vcpu::create_svme_set
+    ),
+    case!(
+        "6.3/create-vcpu-apic-id",
+        "the startup vCPU's APIC ID -> INVALID_PARAMETER (R8 bits 63:32 ignored)",
+        vcpu::create_duplicate_apic
+    ),
+    case!(
+        "6.3/create-vcpu-replaces",
+        "CPU online as Linux does it: CREATE_VCPU(new VMSA, same APIC ID and CA) before DELETE_VCPU(old)",
+        vcpu::create_replaces
+    ),
     case!(
         "6.3/create-vcpu-needs-memory",
         "pool exhausted -> 0x4nnnnnnn; deposit makes it succeed",
@@ -173,8 +187,13 @@ pub static CASES: &[Case] = &[
     ),
     case!(
         "8.2/vtpm-bad-request",
-        "bad ordinal, locality != 0, oversized command, misaligned page -> INVALID_PARAMETER; page unchanged",
+        "bad ordinal, locality != 0, oversized command -> INVALID_PARAMETER; page unchanged",
         vtpm::bad_request
+    ),
+    case!(
+        "8.2/vtpm-unaligned-buffer",
+        "a request buffer at any offset (edk2's static buffer) works; one reaching unvalidated memory -> INVALID_ADDRESS",
+        vtpm::unaligned_buffer
     ),
     case!(
         "8.2/vtpm-addresses",

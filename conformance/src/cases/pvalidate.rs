@@ -42,6 +42,9 @@ pub fn validate_4k(env: &mut dyn Env) -> CaseResult {
 pub fn invalidate(env: &mut dyn Env) -> CaseResult {
     let gpa = env.facts().free_small + 0x5000;
     pvalidate(env, &[e4k(gpa, true)], ResultCode::SUCCESS)?;
+    // The guest uses the page first, so its CPU holds a translation: the SVSM must flush
+    // it (COCONUT `core_pvalidate` flushes after invalidations) or the write below works.
+    ensure!(guest_can_write(env, gpa), "validated page not usable");
     pvalidate(env, &[e4k(gpa, false)], ResultCode::SUCCESS)?;
     ensure!(!guest_can_write(env, gpa), "invalidated page still usable");
     pvalidate(env, &[e4k(gpa, true)], ResultCode::SUCCESS)?;

@@ -83,7 +83,7 @@ pub fn create_vmsa_checks(env: &mut dyn Env) -> CaseResult {
     let (vmsa, ca) = pages(env, 0);
     for (vmpl, efer, feat, what) in [
         (0u8, 0x500u64, features, "VMPL 0"),
-        (1, 0x500 | EFER_SVME, features, "EFER.SVME = 1"),
+        (4, 0x500, features, "VMPL 4"),
         (1, 0x500, features ^ abi::hw::sev_features::DEBUG_SWAP, "different SEV_FEATURES"),
     ] {
         write_vmsa(env, vmsa, 1, vmpl, efer, feat)?;
@@ -94,14 +94,73 @@ pub fn create_vmsa_checks(env: &mut dyn Env) -> CaseResult {
     Ok(())
 }
 
+/// A new VMSA with EFER.SVME = 1 is accepted, as every real caller sends it (rev 0.60 6.3
+/// asked for INVALID_PARAMETER; the callers win): Linux arch/x86/coco/sev/core.c
+/// `wakeup_cpu_via_vmgexit` ("SVME must be set", `vmsa->efer = EFER_SVME`), edk2
+/// UefiCpuPkg/Library/MpInitLib/X64/AmdSev.c `SevSnpCreateSaveArea` (EFER = 0x1000), and
+/// COCONUT kernel/src/protocols/core.rs `check_vmsa`, which requires it.
+pub fn create_svme_set(env: &mut dyn Env) -> CaseResult {
+    let (vmsa, ca) = pages(env, 0);
+    env.write_vmsa(vmsa, 1)?;
+    let at = vmsa + VmsaField::Efer.offset() as u64;
+    let mut efer = [0u8; 8];
+    env.read(at, &mut efer)?;
+    env.write(at, &(u64::from_le_bytes(efer) | EFER_SVME).to_le_bytes())?;
+    client(env).create_vcpu(vmsa, ca, 1)?;
+    let startup_ca = env.calling_area();
+    ensure!(env.select_vcpu(1, ca)?, "the vCPU created from an SVME = 1 VMSA does not exist");
+    let r = expect_core(env, QUERY_PROTOCOL, [1, 0, 0, 0], ResultCode::SUCCESS);
+    ensure!(env.select_vcpu(0, startup_ca)?, "startup vCPU lost");
+    r?;
+    Ok(())
+}
+
 pub fn create_duplicate_apic(env: &mut dyn Env) -> CaseResult {
     make_vcpu(env, 0, 1)?;
     let (vmsa, ca) = pages(env, 1);
     env.write_vmsa(vmsa, 2)?;
-    expect_core(env, CREATE_VCPU, [vmsa, ca, 1, 0], ResultCode::ERR_INVALID_PARAMETER)?;
+    // The startup vCPU cannot be replaced (it can never be deleted either, 6.4).
     expect_core(env, CREATE_VCPU, [vmsa, ca, 0, 0], ResultCode::ERR_INVALID_PARAMETER)?;
     // Bits 63:32 of R8 are not part of the 4-byte APIC ID.
-    expect_core(env, CREATE_VCPU, [vmsa, ca, (7 << 32) | 1, 0], ResultCode::ERR_INVALID_PARAMETER)?;
+    expect_core(env, CREATE_VCPU, [vmsa, ca, 7 << 32, 0], ResultCode::ERR_INVALID_PARAMETER)?;
+    Ok(())
+}
+
+/// Linux brings an offlined CPU back with CREATE_VCPU(new VMSA, the same calling area, the
+/// same APIC ID) and only then DELETE_VCPU(old VMSA): arch/x86/coco/sev/core.c
+/// `wakeup_cpu_via_vmgexit` calls `snp_set_vmsa(vmsa, caa, apic_id, true)`, then
+/// `snp_cleanup_vmsa(cur_vmsa, apic_id)`. COCONUT swaps the VMSA of that APIC ID's CPU in
+/// `core_create_vcpu`. The vCPU keeps serving on the new VMSA; the old one stays out of
+/// the guest's hands until it is deleted.
+pub fn create_replaces(env: &mut dyn Env) -> CaseResult {
+    let (old, ca) = make_vcpu(env, 0, 1)?;
+    let (new, _) = pages(env, 1);
+    env.write_vmsa(new, 1)?;
+    let startup_ca = env.calling_area();
+    client(env).create_vcpu(new, ca, 1)?;
+    ensure!(!guest_can_write(env, new), "the new VMSA page is still the guest's");
+    ensure!(!guest_can_write(env, old), "the replaced VMSA went back before DELETE_VCPU");
+    ensure!(env.select_vcpu(1, ca)?, "APIC ID 1 lost its vCPU");
+    let served = expect_core(env, QUERY_PROTOCOL, [1, 0, 0, 0], ResultCode::SUCCESS);
+    ensure!(env.select_vcpu(0, startup_ca)?, "startup vCPU lost");
+    served?;
+    // A second replacement before the first one's old VMSA is deleted is refused.
+    let (third, _) = pages(env, 2);
+    env.write_vmsa(third, 1)?;
+    expect_core(env, CREATE_VCPU, [third, ca, 1, 0], ResultCode::ERR_INVALID_REQUEST)?;
+    ensure!(guest_can_write(env, third), "the refused VMSA page was not given back");
+    // Linux's DELETE_VCPU of the old VMSA: the page comes back, the vCPU keeps running.
+    client(env).delete_vcpu(old)?;
+    ensure!(guest_can_write(env, old), "the deleted old VMSA was not given back");
+    ensure!(env.select_vcpu(1, ca)?, "deleting the old VMSA took the vCPU");
+    let served = expect_core(env, QUERY_PROTOCOL, [1, 0, 0, 0], ResultCode::SUCCESS);
+    ensure!(env.select_vcpu(0, startup_ca)?, "startup vCPU lost");
+    served?;
+    expect_core(env, DELETE_VCPU, [old, 0, 0, 0], ResultCode::ERR_INVALID_PARAMETER)?;
+    // The vCPU itself goes with its current VMSA.
+    client(env).delete_vcpu(new)?;
+    ensure!(guest_can_write(env, new), "the deleted VMSA was not given back");
+    ensure!(!env.select_vcpu(1, ca)?, "the deleted vCPU still runs");
     Ok(())
 }
 

@@ -134,17 +134,37 @@ pub fn bad_request(env: &mut dyn Env) -> CaseResult {
         env.read(page, &mut after)?;
         ensure!(after == req, "{what}: the refused request changed the page");
     }
-    env.write(page + 8, &request(TPM_SEND_COMMAND, 0, size, &command))?;
-    for gpa in [page + 8, page + 0x800, page + 1] {
-        let (got, _) = raw(env, VTPM, CMD, [gpa, 0, 0, 0])?;
-        ensure!(got == ResultCode::ERR_INVALID_PARAMETER, "request at {gpa:#x} (not 4 KiB aligned): {got}");
-    }
     // The largest command the page holds is accepted (the TPM judges its content).
     let mut big = vec![0u8; MAX_COMMAND_SIZE];
     big[..10].copy_from_slice(&[0x80, 0x01, 0, 0, 0x0F, 0xF7, 0, 0, 0x01, 0x7B]);
     env.write(page, &request(TPM_SEND_COMMAND, 0, MAX_COMMAND_SIZE as u32, &big))?;
     let (got, _) = raw(env, VTPM, CMD, [page, 0, 0, 0])?;
     ensure!(got == ResultCode::SUCCESS, "a {MAX_COMMAND_SIZE}-byte command: {got}");
+    Ok(())
+}
+
+/// A request buffer that is not 4 KiB aligned works as well as an aligned one: edk2's first
+/// `Tpm2SvsmTpmSendCommand` (SecurityPkg/Library/Tpm2DeviceLibDTpm/Tpm2Svsm.c) sent a static
+/// `UINT8 Tpm2SvsmBuffer[4096]` with no alignment, and COCONUT accepts it. A buffer whose
+/// second page is not the guest's validated RAM is refused with INVALID_ADDRESS.
+pub fn unaligned_buffer(env: &mut dyn Env) -> CaseResult {
+    needs_vtpm(env)?;
+    let page = page(env);
+    let command = get_random(8);
+    for gpa in [page + 8, page + 0x800, page + 1, page + 0xFFF] {
+        let mut response = [0u8; 64];
+        let len = client(env)
+            .vtpm_command(gpa, &command, &mut response)
+            .map_err(|e| CaseError::Fail(alloc::format!("request at {gpa:#x}: {e:?}")))?;
+        let header = ResponseHeader::parse(&response[..len]);
+        ensure!(header.is_some_and(|h| h.code == 0), "request at {gpa:#x}: the TPM answered {:x?}", &response[..len]);
+    }
+    // The buffer's second half in memory the guest has not validated.
+    let straddle = env.facts().free_small - 0x800;
+    if env.write(straddle, &request(TPM_SEND_COMMAND, 0, command.len() as u32, &command)).is_ok() {
+        let (got, _) = raw(env, VTPM, CMD, [straddle, 0, 0, 0])?;
+        ensure!(got == ResultCode::ERR_INVALID_ADDRESS, "a buffer reaching unvalidated memory: {got}");
+    }
     Ok(())
 }
 

@@ -9,9 +9,9 @@
 //! Linux resizes its buffers from them. Decisions the spec leaves open are in
 //! docs/protocols/attestation.md.
 
-use crate::addr::{Gpa, PageRange};
-use crate::error::{AddressConflict, CallError, CallResult};
-use crate::guest_memory;
+use crate::addr::Gpa;
+use crate::error::{CallError, CallResult};
+use crate::guest_memory::{self, GuestView};
 use crate::platform::Platform;
 use crate::protocols::{CallContext, Reply};
 use crate::psp_channel::ChannelError;
@@ -85,9 +85,12 @@ fn buffer(record: &BufferRecord, aligned: bool, one_page: bool, what: &'static s
     Ok(Some(gpa))
 }
 
-fn check_range(svsm: &Svsm, gpa: Gpa, len: usize, write: bool) -> CallResult<()> {
-    let range = PageRange::covering(gpa, len as u64).ok_or(CallError::address(gpa, AddressConflict::NotRam))?;
-    svsm.pages.check_param(range, write).map_err(|(page, why)| CallError::address(page.gpa(), why))
+fn check_range<P: Platform + ?Sized>(p: &P, view: GuestView<'_>, gpa: Gpa, len: usize, write: bool) -> CallResult<()> {
+    if write {
+        guest_memory::check_writable(p, view, gpa, len)
+    } else {
+        guest_memory::check_readable(p, view, gpa, len)
+    }
 }
 
 fn attest<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext, single: bool) -> Reply {
@@ -117,13 +120,13 @@ fn attest_inner<P: Platform + ?Sized>(
         return Err(CallError::InvalidParameter("operation structure misaligned or crossing a page"));
     }
     let (op, service): (AttestServicesOp, Option<(Guid, u32)>) = if single {
-        let s: AttestSingleServiceOp = guest_memory::read(p, &svsm.pages, op_gpa)?;
+        let s: AttestSingleServiceOp = guest_memory::read(p, ctx.view(&svsm.pages), op_gpa)?;
         if s.reserved != 0 {
             return Err(CallError::InvalidParameter("reserved field of the operation is set"));
         }
         (s.base, Some((Guid(s.service_guid), s.manifest_version)))
     } else {
-        (guest_memory::read(p, &svsm.pages, op_gpa)?, None)
+        (guest_memory::read(p, ctx.view(&svsm.pages), op_gpa)?, None)
     };
 
     // 2. The buffers: alignment and page rules first (INVALID_PARAMETER), then ownership
@@ -138,14 +141,14 @@ fn attest_inner<P: Platform + ?Sized>(
             .chain([(certs_buf, &op.certificates, true)])
     {
         if let Some(gpa) = gpa {
-            check_range(svsm, gpa, record.len as usize, write)?;
+            check_range(p, ctx.view(&svsm.pages), gpa, record.len as usize, write)?;
         }
     }
     let mut nonce_bytes = Vec::new();
     if let Some(gpa) = nonce {
         nonce_bytes.try_reserve_exact(op.nonce.len as usize).map_err(|_| CallError::InvalidRequest("out of memory"))?;
         nonce_bytes.resize(op.nonce.len as usize, 0);
-        guest_memory::read_bytes(p, &svsm.pages, gpa, &mut nonce_bytes)?;
+        guest_memory::read_bytes(p, ctx.view(&svsm.pages), gpa, &mut nonce_bytes)?;
     }
 
     // 3. What the SVSM will return, and whether it fits.
@@ -194,13 +197,13 @@ fn attest_inner<P: Platform + ?Sized>(
 
     // 5. Out: report, manifest, certificates (each checked again as the copy goes).
     if let Some(gpa) = report {
-        guest_memory::write_bytes(p, &svsm.pages, gpa, &signed[..])?;
+        guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &signed[..])?;
     }
     if let Some(gpa) = manifest_buf.filter(|_| !manifest.is_empty()) {
-        guest_memory::write_bytes(p, &svsm.pages, gpa, &manifest)?;
+        guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &manifest)?;
     }
     if let Some(gpa) = certs_buf.filter(|_| !certificates.is_empty()) {
-        guest_memory::write_bytes(p, &svsm.pages, gpa, &certificates)?;
+        guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &certificates)?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod core;
 pub mod ocp;
 pub mod vtpm;
 
+use crate::caller::Caller;
 use crate::error::{CallError, CallResult};
 use crate::platform::Platform;
 use crate::svsm::Svsm;
@@ -30,10 +31,17 @@ pub struct CallRegs {
 #[derive(Clone, Copy, Debug)]
 pub struct CallContext {
     pub vcpu: VcpuIndex,
-    /// VMPL of the calling vCPU (from its VMSA).
-    pub caller_vmpl: u8,
+    /// The calling vCPU's VMPL (from its VMSA) and the most privileged guest VMPL.
+    pub caller: Caller,
     pub id: CallId,
     pub regs: CallRegs,
+}
+
+impl CallContext {
+    /// Guest memory as this call may reach it.
+    pub fn view<'a>(&self, pages: &'a crate::pages::PageTracker) -> crate::guest_memory::GuestView<'a> {
+        crate::guest_memory::GuestView::new(pages, self.caller)
+    }
 }
 
 /// The answer to a call.

@@ -1,5 +1,5 @@
 //! The vTPM protocol (protocol 2, spec section 8) in the request layout Linux uses
-//! (FACTS.md section 1): SVSM_VTPM_QUERY and SVSM_VTPM_CMD with TPM_SEND_COMMAND.
+//! (the rev 1.00 layout, docs/protocols/vtpm.md): SVSM_VTPM_QUERY and SVSM_VTPM_CMD with TPM_SEND_COMMAND.
 //!
 //! The request page is copied out of guest memory once, the command runs on the copy, and
 //! only the response size and bytes are written back. A command the TPM cannot parse is
@@ -9,15 +9,14 @@
 use super::{CallContext, Reply};
 use crate::addr::Gpa;
 use crate::error::{CallError, CallResult};
-use crate::guest_memory;
 use crate::platform::Platform;
 use crate::svsm::Svsm;
+use crate::{guest_memory, heap};
 use abi::protocol::vtpm_call;
 use abi::vtpm::{
     BUFFER_SIZE, MAX_COMMAND_SIZE, MAX_RESPONSE_SIZE, QUERY_SEND_COMMAND_BIT, REQ_COMMAND_OFFSET, REQ_LOCALITY_OFFSET,
     REQ_ORDINAL_OFFSET, REQ_SIZE_OFFSET, RESP_DATA_OFFSET, TPM_SEND_COMMAND,
 };
-use alloc::vec;
 
 pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     if svsm.vtpm.is_none() {
@@ -26,7 +25,7 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
     match ctx.id.call {
         // Only TPM_SEND_COMMAND; no feature bits (RDX must be zero).
         vtpm_call::QUERY => Reply::ok().with_rcx(QUERY_SEND_COMMAND_BIT).with_rdx(0),
-        vtpm_call::CMD => send_command(svsm, p, Gpa(ctx.regs.rcx)).into(),
+        vtpm_call::CMD => send_command(svsm, p, ctx, Gpa(ctx.regs.rcx)).into(),
         _ => Reply::err(CallError::UnsupportedCall),
     }
 }
@@ -37,15 +36,17 @@ fn u32_at(page: &[u8], offset: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn send_command<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, gpa: Gpa) -> CallResult<()> {
-    if !gpa.is_aligned(BUFFER_SIZE as u64) {
-        return Err(CallError::InvalidParameter("vTPM request gpa is not 4 KiB aligned"));
-    }
-    // The whole page is checked writable up front: a response that cannot be delivered
+/// The request buffer may start anywhere: Linux (drivers/char/tpm/tpm_svsm.c) passes a
+/// page of its own, but edk2's first `Tpm2SvsmTpmSendCommand`
+/// (SecurityPkg/Library/Tpm2DeviceLibDTpm/Tpm2Svsm.c) used a static 4096-byte array with
+/// no alignment, and COCONUT accepts it. The buffer is 4096 bytes wherever it starts; every
+/// page it touches must be a parameter page (validated guest RAM, not the SVSM's).
+fn send_command<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext, gpa: Gpa) -> CallResult<()> {
+    // The whole buffer is checked writable up front: a response that cannot be delivered
     // must not cost a TPM command (which may change TPM state).
-    guest_memory::check_writable(&svsm.pages, gpa, BUFFER_SIZE)?;
-    let mut page = vec![0u8; BUFFER_SIZE];
-    guest_memory::read_bytes(p, &svsm.pages, gpa, &mut page)?;
+    guest_memory::check_writable(p, ctx.view(&svsm.pages), gpa, BUFFER_SIZE)?;
+    let mut page = heap::zeroed(BUFFER_SIZE)?;
+    guest_memory::read_bytes(p, ctx.view(&svsm.pages), gpa, &mut page)?;
     if u32_at(&page, REQ_ORDINAL_OFFSET) != TPM_SEND_COMMAND {
         return Err(CallError::InvalidParameter("vTPM command ordinal is not TPM_SEND_COMMAND"));
     }
@@ -58,10 +59,11 @@ fn send_command<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, gpa: Gpa) -> C
     }
     let command = &page[REQ_COMMAND_OFFSET..REQ_COMMAND_OFFSET + size];
     let Some(vtpm) = svsm.vtpm.as_mut() else { return Err(CallError::UnsupportedProtocol) };
-    let response = vtpm.execute(command, MAX_RESPONSE_SIZE);
-    // `execute` bounds the response by the page.
-    let mut out = vec![0u8; RESP_DATA_OFFSET + response.len()];
-    out[..RESP_DATA_OFFSET].copy_from_slice(&(response.len() as u32).to_le_bytes());
-    out[RESP_DATA_OFFSET..].copy_from_slice(&response);
-    guest_memory::write_bytes(p, &svsm.pages, gpa, &out)
+    // The response is built in the copy's own buffer, behind its size field: the command
+    // bytes are not needed once the engine has them (it copies them first).
+    let mut out = heap::zeroed(RESP_DATA_OFFSET + MAX_RESPONSE_SIZE)?;
+    let len = vtpm.execute(command, &mut out[RESP_DATA_OFFSET..]);
+    // `execute` bounds the response by the buffer (4092 bytes), so the length fits a u32.
+    out[..RESP_DATA_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
+    guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &out[..RESP_DATA_OFFSET + len])
 }

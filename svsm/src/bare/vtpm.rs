@@ -4,7 +4,6 @@
 
 use super::fpu;
 use alloc::boxed::Box;
-use alloc::vec::Vec;
 use vtpm::libtpms::LibTpms;
 use vtpm::{TpmEngine, Vtpm};
 
@@ -17,8 +16,8 @@ unsafe extern "C" {
 struct BareTpm(LibTpms);
 
 impl TpmEngine for BareTpm {
-    fn execute(&mut self, command: &[u8]) -> Vec<u8> {
-        fpu::with_c_state(|| self.0.execute(command))
+    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        fpu::with_c_state(|| self.0.execute(command, response))
     }
 }
 

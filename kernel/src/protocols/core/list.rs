@@ -3,10 +3,9 @@
 
 use crate::addr::{Gpa, PageRange};
 use crate::error::{AddressConflict, CallError, CallResult};
-use crate::guest_memory;
-use crate::pages::PageTracker;
+use crate::guest_memory::{self, GuestView};
 use crate::platform::Platform;
-use crate::protocols::Reply;
+use crate::protocols::{CallContext, Reply};
 use crate::svsm::Svsm;
 use abi::PAGE_SIZE;
 use abi::core_protocol::{LIST_ENTRY_SIZE, LIST_HEADER_SIZE, LIST_NEXT_OFFSET, ListHeader};
@@ -28,13 +27,13 @@ pub fn capacity(gpa: Gpa) -> u64 {
 }
 
 /// Read and check a list at `gpa` (RCX of the call).
-pub fn read<P: Platform + ?Sized>(p: &P, pages: &PageTracker, gpa: Gpa) -> CallResult<EntryList> {
+pub fn read<P: Platform + ?Sized>(p: &P, view: GuestView<'_>, gpa: Gpa) -> CallResult<EntryList> {
     if !gpa.is_aligned(8) {
         return Err(CallError::InvalidParameter("list gpa is not 8-byte aligned"));
     }
-    let header: ListHeader = guest_memory::read(p, pages, gpa)?;
+    let header: ListHeader = guest_memory::read(p, view, gpa)?;
     // The next-entry index is written back; refuse a list where it cannot be.
-    guest_memory::check_writable(pages, gpa, core::mem::size_of::<ListHeader>())?;
+    guest_memory::check_writable(p, view, gpa, core::mem::size_of::<ListHeader>())?;
     if header.entries == 0 {
         return Err(CallError::InvalidParameter("list has no entries"));
     }
@@ -45,17 +44,16 @@ pub fn read<P: Platform + ?Sized>(p: &P, pages: &PageTracker, gpa: Gpa) -> CallR
         return Err(CallError::InvalidParameter("next entry index is not below the entry count"));
     }
     let count = usize::from(header.entries - header.next);
-    let mut pending: Vec<u64> = Vec::new();
-    pending.try_reserve_exact(count).map_err(|_| CallError::NeedMemory(1))?;
+    let mut pending: Vec<u64> = crate::heap::with_capacity(count)?;
     pending.resize(count, 0);
     let first = Gpa(gpa.0 + LIST_HEADER_SIZE + u64::from(header.next) * LIST_ENTRY_SIZE);
-    guest_memory::read_bytes(p, pages, first, pending.as_mut_bytes())?;
+    guest_memory::read_bytes(p, view, first, pending.as_mut_bytes())?;
     Ok(EntryList { gpa, next: header.next, pending })
 }
 
 /// Write the next-entry index back into the guest's list header.
-pub fn write_next<P: Platform + ?Sized>(p: &mut P, pages: &PageTracker, list: &EntryList, next: u16) -> CallResult<()> {
-    guest_memory::write_bytes(p, pages, Gpa(list.gpa.0 + LIST_NEXT_OFFSET), &next.to_le_bytes())
+pub fn write_next<P: Platform + ?Sized>(p: &mut P, view: GuestView<'_>, list: &EntryList, next: u16) -> CallResult<()> {
+    guest_memory::write_bytes(p, view, Gpa(list.gpa.0 + LIST_NEXT_OFFSET), &next.to_le_bytes())
 }
 
 /// The work one call may still do, in 4 KiB pages. The first entry of a call is always
@@ -94,7 +92,7 @@ impl Budget {
 pub fn walk<P, E>(
     svsm: &mut Svsm,
     p: &mut P,
-    list_gpa: u64,
+    ctx: &CallContext,
     decode: impl Fn(u64) -> CallResult<E>,
     pages: impl Fn(&E) -> PageRange,
     mut apply: impl FnMut(&mut Svsm, &mut P, &E) -> CallResult<()>,
@@ -102,7 +100,7 @@ pub fn walk<P, E>(
 where
     P: Platform + ?Sized,
 {
-    let list = match read(p, &svsm.pages, Gpa(list_gpa)) {
+    let list = match read(p, ctx.view(&svsm.pages), Gpa(ctx.regs.rcx)) {
         Ok(l) => l,
         Err(e) => return Reply::err(e),
     };
@@ -126,6 +124,6 @@ where
         }
         next += 1;
     }
-    let written = write_next(p, &svsm.pages, &list, next);
+    let written = write_next(p, ctx.view(&svsm.pages), &list, next);
     Reply::from(status.and(written))
 }

@@ -9,6 +9,7 @@
 
 use super::list;
 use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
+use crate::caller::{Access, Caller};
 use crate::error::{AddressConflict, CallError, CallResult};
 use crate::guest_memory;
 use crate::pages::PageRole;
@@ -24,14 +25,14 @@ use zerocopy::IntoBytes;
 const LOWER_VMPLS: core::ops::RangeInclusive<u8> = 1..=3;
 
 pub fn deposit<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
-    let vmpl = ctx.caller_vmpl;
+    let caller = ctx.caller;
     list::walk(
         svsm,
         p,
-        ctx.regs.rcx,
+        ctx,
         |raw| decode(DepositEntry(raw)),
         |range: &PageRange| *range,
-        |svsm, p, range| deposit_range(svsm, p, vmpl, *range),
+        |svsm, p, range| deposit_range(svsm, p, caller, *range),
     )
 }
 
@@ -48,16 +49,15 @@ fn decode(e: DepositEntry) -> CallResult<PageRange> {
         .ok_or(CallError::InvalidParameter("2 MiB deposit entry has bits 20:12 set"))
 }
 
-fn deposit_range<P: Platform + ?Sized>(
-    svsm: &mut Svsm,
-    p: &mut P,
-    caller_vmpl: u8,
-    range: PageRange,
-) -> CallResult<()> {
+fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Caller, range: PageRange) -> CallResult<()> {
+    let caller_vmpl = caller.vmpl;
     svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     if let Some(pfn) = svsm.pages.first_unvalidated(range) {
         return Err(CallError::address(Gpa(pfn << 12), AddressConflict::NotValidated));
     }
+    // A caller deposits only what it could write itself: a VMPL2 caller must not hand the
+    // SVSM (and so take away from VMPL1) a page that VMPL1 keeps from it.
+    caller.check(p, range, Access::Write)?;
     for (done, page) in range.iter().enumerate() {
         if let Err(error) = restrict(p, page, caller_vmpl) {
             // Hand back the pages this entry already took, so the entry is all or nothing
@@ -70,6 +70,9 @@ fn deposit_range<P: Platform + ?Sized>(
             return Err(CallError::Hardware { gpa: page.gpa(), error });
         }
     }
+    // No CPU may still hold a translation that lets the guest write the pages once the
+    // SVSM can hand them out.
+    p.flush_guest_tlb();
     for page in range.iter() {
         svsm.pages.set_role(page, PageRole::Deposited);
         svsm.pool.add_deposited(page);
@@ -115,12 +118,12 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
         return Err(CallError::InvalidParameter("withdraw list has no room for an entry"));
     }
     // Check the header can be written before anything leaves the pool.
-    guest_memory::write_bytes(p, &svsm.pages, gpa, &0u16.to_le_bytes())?;
+    guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &0u16.to_le_bytes())?;
     let room = usize::try_from(room).unwrap_or(0).min(svsm.pages_per_call as usize).max(1);
     let taken = svsm.pool.take_withdrawable(room);
     let entries_gpa = Gpa(gpa.0 + LIST_HEADER_SIZE);
     let gpas: Vec<u64> = taken.iter().map(|pg| pg.raw()).collect();
-    if let Err(e) = guest_memory::write_bytes(p, &svsm.pages, entries_gpa, gpas.as_bytes()) {
+    if let Err(e) = guest_memory::write_bytes(p, ctx.view(&svsm.pages), entries_gpa, gpas.as_bytes()) {
         for pg in taken {
             svsm.pool.free(pg, true);
         }
@@ -131,7 +134,7 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
     let mut remaining = taken.into_iter();
     for page in remaining.by_ref() {
         let one = PageRange::new(page, 1);
-        let handed_back = one.is_some_and(|r| p.zero_pages(r).is_ok()) && grant(p, page, ctx.caller_vmpl).is_ok();
+        let handed_back = one.is_some_and(|r| p.zero_pages(r).is_ok()) && grant(p, page, ctx.caller.vmpl).is_ok();
         if !handed_back {
             crate::log!(p, Warn, "withdraw: page {:#x} stays with the SVSM", page.raw());
             svsm.pool.free(page, true);
@@ -145,7 +148,7 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
     }
     svsm.pool.withdrawn(returned);
     let count = u16::try_from(returned).unwrap_or(u16::MAX);
-    if let Err(e) = guest_memory::write_bytes(p, &svsm.pages, gpa, &count.to_le_bytes()) {
+    if let Err(e) = guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &count.to_le_bytes()) {
         crate::log!(p, Error, "withdraw: {} pages returned but the list header write failed: {:?}", returned, e);
     }
     Ok(())

@@ -56,6 +56,8 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext)
     let page = new.page();
     let range = PageRange::new(page, 1).ok_or(CallError::address(new, AddressConflict::NotRam))?;
     svsm.pages.check_param(range, true).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    // The SVSM writes the area for the caller from now on: it must be the caller's to write.
+    ctx.caller.check(p, range, crate::caller::Access::Write)?;
     // One calling area per page: another vCPU's area here would let two vCPUs' calls
     // collide.
     match svsm.pages.role(page) {

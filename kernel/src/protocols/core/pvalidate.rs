@@ -15,6 +15,7 @@
 
 use super::list;
 use crate::addr::{PageAddr, PageRange, PageSize};
+use crate::caller::{Access, Caller};
 use crate::error::{CallError, CallResult};
 use crate::platform::{Platform, PvalidateEffect};
 use crate::protocols::{CallContext, Reply};
@@ -26,15 +27,25 @@ use abi::hw::rmpadjust::{PERM_ALL, PERM_NONE};
 const MAX_VMPL: u8 = 3;
 
 pub fn pvalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
-    let vmpl = ctx.caller_vmpl;
-    list::walk(
+    let caller = ctx.caller;
+    let mut invalidated = false;
+    let reply = list::walk(
         svsm,
         p,
-        ctx.regs.rcx,
+        ctx,
         |raw| decode(PvalidateEntry(raw)),
         |e: &Entry| e.range,
-        |svsm, p, e| apply(svsm, p, vmpl, e),
-    )
+        |svsm, p, e| {
+            invalidated |= !e.validate;
+            apply(svsm, p, caller, e)
+        },
+    );
+    // Pages left the guest: no CPU may keep a translation to them once the call returns
+    // (COCONUT flushes at the same point, kernel/src/protocols/core.rs `core_pvalidate`).
+    if invalidated {
+        p.flush_guest_tlb();
+    }
+    reply
 }
 
 /// A checked PVALIDATE entry.
@@ -71,9 +82,18 @@ fn hw(entry: &Entry) -> impl Fn(crate::platform::HwError) -> CallError {
     move |error| CallError::Hardware { gpa, error }
 }
 
-pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
     svsm.pages.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
-    if entry.validate { validate(svsm, p, caller_vmpl, entry) } else { invalidate(svsm, p, entry) }
+    if entry.validate {
+        // A page that is not validated belongs to no VMPL yet, so any caller may validate
+        // it (and gets access with every more privileged VMPL). A validated one only
+        // answers "no change" and is not touched.
+        validate(svsm, p, caller.vmpl, entry)
+    } else {
+        // Invalidating destroys the contents: only for a caller that could write them.
+        caller.check(p, entry.range, Access::Write)?;
+        invalidate(svsm, p, entry)
+    }
 }
 
 fn validate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {

@@ -2,18 +2,32 @@
 //!
 //! Creation checks every address before touching anything, reserves the SVSM pages the
 //! new vCPU needs (asking for a deposit if the pool is short), revokes the guest's access
-//! to the VMSA page, checks the VMSA from a copy taken after the revocation (so the guest
-//! cannot change it between check and use), and only then makes it a VMSA. A failed check
-//! gives the page back as it was.
+//! to the VMSA page, flushes the guest's TLBs, checks the VMSA from a copy taken after
+//! that (so the guest cannot change it between check and use), and only then makes it a
+//! VMSA. A failed check gives the page back as it was.
+//!
+//! CREATE_VCPU with the APIC ID of a live vCPU *replaces* that vCPU's VMSA, atomically:
+//! Linux brings an offlined CPU back that way (arch/x86/coco/sev/core.c
+//! `wakeup_cpu_via_vmgexit` calls CREATE_VCPU with the new VMSA and the same calling area
+//! and APIC ID, and only then `snp_cleanup_vmsa` deletes the old one), and COCONUT
+//! accepts it (its per-CPU VMSA for an APIC ID is swapped in `core_create_vcpu`). The vCPU
+//! keeps its index and SVSM pages; the old VMSA stops running and is *retired* until
+//! DELETE_VCPU names it (see `crate::vcpu`).
+//!
+//! VMPL rules (docs/protocols/core.md): a caller may not create a vCPU more privileged
+//! than itself, nor delete or replace one that is more privileged or that a more
+//! privileged VMPL created; the VMSA and calling-area pages it names must be pages it may
+//! write ([`crate::caller`]).
 
 use super::memory::grant;
 use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
+use crate::caller::{Access, Caller};
 use crate::error::{AddressConflict, CallError, CallResult};
 use crate::pages::PageRole;
 use crate::platform::{HwError, Platform};
 use crate::protocols::CallContext;
 use crate::svsm::{Svsm, VCPU_CONTEXT_PAGES};
-use crate::vcpu::{Vcpu, VcpuIndex};
+use crate::vcpu::{Retired, Vcpu, VcpuIndex};
 use abi::calling_area::CALL_PENDING_NONE;
 use abi::hw::EFER_SVME;
 use abi::hw::rc::FAIL_INUSE;
@@ -24,67 +38,170 @@ fn page_param(value: u64, what: &'static str) -> CallResult<PageAddr> {
     PageAddr::new(value).ok_or(CallError::InvalidParameter(what))
 }
 
-fn check_target(svsm: &Svsm, page: PageAddr) -> CallResult<()> {
+/// A page the call will take from the caller: RAM with no role (or, for a replacement's
+/// calling area, the replaced vCPU's own), validated, and the caller's to write.
+fn check_page<P: Platform + ?Sized>(
+    svsm: &Svsm,
+    p: &P,
+    caller: Caller,
+    page: PageAddr,
+    allowed_role: Option<PageRole>,
+) -> CallResult<()> {
     let range = PageRange::new(page, 1).ok_or(CallError::address(page.gpa(), AddressConflict::NotRam))?;
-    svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    let own_role = allowed_role.is_some() && svsm.pages.role(page) == allowed_role;
+    if !own_role {
+        svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    }
     if !svsm.pages.is_validated(page) {
         return Err(CallError::address(page.gpa(), AddressConflict::NotValidated));
     }
-    Ok(())
+    caller.check(p, range, Access::Write)
+}
+
+/// What CREATE_VCPU asks for, checked.
+struct Request {
+    vmsa: PageAddr,
+    ca: PageAddr,
+    apic_id: u32,
 }
 
 pub fn create_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
-    // Parse and check.
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
     let ca = page_param(ctx.regs.rdx, "calling area gpa is not 4 KiB aligned")?;
-    // R8 is a 4-byte register parameter: bits 63:32 are not part of it.
-    let apic_id = ctx.regs.r8 as u32;
+    // R8 is a 4-byte register parameter: bits 63:32 are not part of it (COCONUT masks
+    // them the same way).
+    let apic_id = (ctx.regs.r8 & 0xFFFF_FFFF) as u32;
     if vmsa == ca {
         return Err(CallError::address(ca.gpa(), AddressConflict::Vmsa));
     }
-    check_target(svsm, vmsa)?;
-    check_target(svsm, ca)?;
-    if svsm.vcpus.find_by_apic_id(apic_id).is_some() {
-        return Err(CallError::InvalidParameter("APIC ID belongs to a live vCPU"));
+    let request = Request { vmsa, ca, apic_id };
+    match svsm.vcpus.find_by_apic_id(apic_id) {
+        None => create_new(svsm, p, ctx, request),
+        Some(index) => replace(svsm, p, ctx, request, index),
     }
+}
+
+fn startup_features<P: Platform + ?Sized>(svsm: &Svsm, p: &P) -> CallResult<u64> {
+    let startup_vmsa = svsm.vcpus.startup().map(|v| v.vmsa).ok_or(CallError::InvalidRequest("no startup vCPU"))?;
+    Ok(p.vmsa_read(startup_vmsa, VmsaField::SevFeatures)?)
+}
+
+fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext, r: Request) -> CallResult<()> {
+    check_page(svsm, p, ctx.caller, r.vmsa, None)?;
+    check_page(svsm, p, ctx.caller, r.ca, None)?;
     if svsm.vcpus.count() >= svsm.max_vcpus {
         return Err(CallError::InvalidRequest("the SVSM serves no more vCPUs"));
     }
-    let startup_vmsa = svsm.vcpus.startup().map(|v| v.vmsa).ok_or(CallError::InvalidRequest("no startup vCPU"))?;
-    let startup_features = p.vmsa_read(startup_vmsa, VmsaField::SevFeatures)?;
+    let features = startup_features(svsm, p)?;
     // Reserve the SVSM pages first: a shortfall is answered before anything changes.
     let svsm_pages = svsm.pool.alloc(VCPU_CONTEXT_PAGES).map_err(CallError::NeedMemory)?;
 
     // Act. Every failure from here on gives back the page and the reserved pages.
-    let made = make_vmsa(p, vmsa, ctx.caller_vmpl, startup_features);
-    let index = made.and_then(|vmpl| {
-        let vcpu = Vcpu { apic_id, vmsa, calling_area: ca.gpa(), svsm_pages: svsm_pages.clone() };
-        let index = svsm.vcpus.insert(vcpu, svsm.max_vcpus).ok_or(CallError::InvalidRequest("vCPU registry full"))?;
-        Ok((index, vmpl))
-    });
-    let (index, vmpl) = match index {
-        Ok(done) => done,
+    let inserted = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
+        Ok(vmpl) => svsm.vcpus.insert(Vcpu {
+            apic_id: r.apic_id,
+            vmsa: r.vmsa,
+            vmpl,
+            creator_vmpl: ctx.caller.vmpl,
+            retired: None,
+            calling_area: r.ca.gpa(),
+            svsm_pages,
+        }),
         Err(e) => {
-            restore(p, vmsa, ctx.caller_vmpl);
-            for page in svsm_pages {
-                let deposited = svsm.pages.role(page) == Some(PageRole::Deposited);
-                svsm.pool.free(page, deposited);
-            }
+            restore(p, r.vmsa, ctx.caller.vmpl);
+            free_pages(svsm, &svsm_pages);
             return Err(e);
         }
     };
-    if let Err(f) = p.write(ca.gpa(), &[CALL_PENDING_NONE]) {
+    let index = match inserted {
+        Ok(index) => index,
+        Err(refused) => {
+            restore(p, r.vmsa, ctx.caller.vmpl);
+            free_pages(svsm, &refused.svsm_pages);
+            return Err(CallError::InvalidRequest("vCPU registry full"));
+        }
+    };
+    if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
     }
-    svsm.pages.set_role(vmsa, PageRole::Vmsa(index));
-    svsm.pages.set_role(ca, PageRole::CallingArea(index));
-    p.vcpu_created(index, vmsa, apic_id, &svsm_pages);
-    crate::log!(p, Info, "vCPU {} created: APIC ID {}, VMSA {:#x}, VMPL {}", index.0, apic_id, vmsa.raw(), vmpl);
+    svsm.pages.set_role(r.vmsa, PageRole::Vmsa(index));
+    svsm.pages.set_role(r.ca, PageRole::CallingArea(index));
+    let pages = svsm.vcpus.get(index).map_or(&[][..], |v| &v.svsm_pages[..]);
+    p.vcpu_created(index, r.vmsa, r.apic_id, pages);
+    crate::log!(p, Info, "vCPU {} created: APIC ID {}, VMSA {:#x}", index.0, r.apic_id, r.vmsa.raw());
     Ok(())
 }
 
-/// Take the page from every lower VMPL, check a copy of it (section 6.3), and make it a
-/// VMSA. Returns the new vCPU's VMPL. The caller restores the page on failure.
+/// The APIC ID belongs to live vCPU `index`: run it on the new VMSA from now on and retire
+/// the old one. Nothing changes if any step fails before the old VMSA is stopped; once it
+/// is, the replacement completes.
+fn replace<P: Platform + ?Sized>(
+    svsm: &mut Svsm,
+    p: &mut P,
+    ctx: &CallContext,
+    r: Request,
+    index: VcpuIndex,
+) -> CallResult<()> {
+    if index == VcpuIndex::STARTUP {
+        return Err(CallError::InvalidParameter("APIC ID belongs to the startup vCPU"));
+    }
+    if index == ctx.vcpu {
+        return Err(CallError::InvalidParameter("a vCPU cannot replace itself"));
+    }
+    let old = svsm.vcpus.get(index).cloned().ok_or(CallError::InvalidRequest("vCPU vanished"))?;
+    may_remove(ctx.caller, &old)?;
+    if old.retired.is_some() {
+        return Err(CallError::InvalidRequest("the vCPU's previous VMSA was not deleted yet"));
+    }
+    check_page(svsm, p, ctx.caller, r.vmsa, None)?;
+    check_page(svsm, p, ctx.caller, r.ca, Some(PageRole::CallingArea(index)))?;
+    let features = startup_features(svsm, p)?;
+
+    let vmpl = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
+        Ok(vmpl) => vmpl,
+        Err(e) => {
+            restore(p, r.vmsa, ctx.caller.vmpl);
+            return Err(e);
+        }
+    };
+    if let Err(e) = stop(p, old.vmsa) {
+        restore(p, r.vmsa, ctx.caller.vmpl);
+        return Err(e);
+    }
+    p.vcpu_deleted(index);
+    let Some(v) = svsm.vcpus.get_mut(index) else {
+        // Looked up above under the same borrow of the SVSM: only an SVSM bug gets here.
+        return Err(CallError::InvalidRequest("vCPU vanished"));
+    };
+    v.vmsa = r.vmsa;
+    v.vmpl = vmpl;
+    v.creator_vmpl = ctx.caller.vmpl;
+    v.retired = Some(Retired { vmsa: old.vmsa, creator_vmpl: old.creator_vmpl });
+    v.calling_area = r.ca.gpa();
+    // The old VMSA keeps its role (the guest cannot use it) until DELETE_VCPU.
+    svsm.pages.set_role(r.vmsa, PageRole::Vmsa(index));
+    if old.calling_area.page() != r.ca {
+        svsm.pages.clear_role(old.calling_area.page());
+        svsm.pages.set_role(r.ca, PageRole::CallingArea(index));
+    }
+    if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
+        crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
+    }
+    p.vcpu_created(index, r.vmsa, r.apic_id, &old.svsm_pages);
+    crate::log!(
+        p,
+        Info,
+        "vCPU {} (APIC ID {}) now runs on VMSA {:#x}; {:#x} retired",
+        index.0,
+        r.apic_id,
+        r.vmsa.raw(),
+        old.vmsa.raw()
+    );
+    Ok(())
+}
+
+/// Take the page from every lower VMPL, flush, check a copy of it (section 6.3), and make
+/// it a VMSA. Returns the new vCPU's VMPL. The caller restores the page on failure.
 fn make_vmsa<P: Platform + ?Sized>(
     p: &mut P,
     vmsa: PageAddr,
@@ -95,10 +212,12 @@ fn make_vmsa<P: Platform + ?Sized>(
     for vmpl in 1..=3 {
         p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, false).map_err(hw)?;
     }
+    // Another CPU may still hold a translation that lets the guest write the page; the
+    // copy checked below must be the one that runs (COCONUT flushes at the same point).
+    p.flush_guest_tlb();
     let vmpl = check_vmsa(p, vmsa, caller_vmpl, startup_features)?;
     p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, true).map_err(hw)?;
-    // The guest had to leave EFER.SVME clear so no one could run the page before the
-    // checks; now that it is a VMSA, it becomes runnable.
+    // Whatever EFER.SVME the guest left, the VMSA becomes runnable now.
     let efer = p.vmsa_read(vmsa, VmsaField::Efer)?;
     p.vmsa_write(vmsa, VmsaField::Efer, efer | EFER_SVME)?;
     Ok(vmpl)
@@ -112,23 +231,30 @@ fn check_vmsa<P: Platform + ?Sized>(p: &P, vmsa: PageAddr, caller_vmpl: u8, star
         p.read(Gpa(vmsa.raw() + f.offset() as u64), &mut v[..width])?;
         Ok(u64::from_le_bytes(v))
     };
-    let vmpl = field(VmsaField::Vmpl)? as u8;
-    if vmpl == 0 {
-        return Err(CallError::InvalidParameter("VMSA.VMPL is 0"));
-    }
-    if vmpl > 3 {
-        return Err(CallError::InvalidParameter("VMSA.VMPL is above 3"));
-    }
+    let vmpl = match field(VmsaField::Vmpl)? {
+        0 => return Err(CallError::InvalidParameter("VMSA.VMPL is 0")),
+        v @ 1..=3 => v as u8,
+        _ => return Err(CallError::InvalidParameter("VMSA.VMPL is above 3")),
+    };
     if vmpl < caller_vmpl {
         return Err(CallError::InvalidParameter("VMSA.VMPL is more privileged than the caller"));
     }
-    if field(VmsaField::Efer)? & EFER_SVME != 0 {
-        return Err(CallError::InvalidParameter("VMSA.EFER.SVME is 1"));
-    }
+    // EFER.SVME is not checked: rev 0.60 asks for SVME = 0, but Linux
+    // (`wakeup_cpu_via_vmgexit`), OVMF (`SevSnpCreateSaveArea`) and COCONUT (`check_vmsa`)
+    // all hand over SVME = 1, and the real callers win. It is harmless: nobody can run the
+    // page before it is a VMSA in the RMP, which only the SVSM makes it, after this check.
     if field(VmsaField::SevFeatures)? != startup_features {
         return Err(CallError::InvalidParameter("VMSA.SEV_FEATURES differs from the startup vCPU"));
     }
     Ok(vmpl)
+}
+
+/// SVSM pages reserved for a vCPU that was not made go back to the pool.
+fn free_pages(svsm: &mut Svsm, pages: &[PageAddr]) {
+    for page in pages {
+        let deposited = svsm.pages.role(*page) == Some(PageRole::Deposited);
+        svsm.pool.free(*page, deposited);
+    }
 }
 
 /// Give a page back to the caller's VMPL after a refused creation.
@@ -138,8 +264,37 @@ fn restore<P: Platform + ?Sized>(p: &mut P, page: PageAddr, caller_vmpl: u8) {
     }
 }
 
+/// A caller may delete or replace only a vCPU that runs at its own VMPL or a less
+/// privileged one, and that its own VMPL or a less privileged one created.
+fn may_remove(caller: Caller, vcpu: &Vcpu) -> CallResult<()> {
+    if caller.vmpl > vcpu.vmpl || caller.vmpl > vcpu.creator_vmpl {
+        return Err(CallError::InvalidParameter("the vCPU belongs to a more privileged VMPL"));
+    }
+    Ok(())
+}
+
+/// Stop the vCPU running on `vmsa` (DELETE_VCPU's "clear EFER.SVME").
+fn stop<P: Platform + ?Sized>(p: &mut P, vmsa: PageAddr) -> CallResult<()> {
+    match p.vcpu_stop(vmsa) {
+        Ok(()) => Ok(()),
+        Err(HwError::Rc(FAIL_INUSE)) => Err(CallError::VcpuInUse),
+        Err(error) => Err(CallError::Hardware { gpa: vmsa.gpa(), error }),
+    }
+}
+
+/// Hand a VMSA page that no vCPU runs on back to the VMPL that gave it (clearing its VMSA
+/// flag).
+fn release<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, vmsa: PageAddr, creator_vmpl: u8) -> CallResult<()> {
+    grant(p, vmsa, creator_vmpl).map_err(|error| CallError::Hardware { gpa: vmsa.gpa(), error })?;
+    svsm.pages.clear_role(vmsa);
+    Ok(())
+}
+
 pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
+    if let Some(index) = svsm.vcpus.find_by_retired(vmsa) {
+        return delete_retired(svsm, p, ctx, index, vmsa);
+    }
     let index = svsm.vcpus.find_by_vmsa(vmsa).ok_or(CallError::InvalidParameter("not the VMSA of a vCPU"))?;
     if index == VcpuIndex::STARTUP {
         return Err(CallError::InvalidParameter("the startup vCPU cannot be deleted"));
@@ -147,23 +302,44 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallC
     if index == ctx.vcpu {
         return Err(CallError::InvalidParameter("a vCPU cannot delete itself"));
     }
-    match p.vcpu_stop(vmsa) {
-        Ok(()) => {}
-        Err(HwError::Rc(FAIL_INUSE)) => return Err(CallError::VcpuInUse),
-        Err(error) => return Err(CallError::Hardware { gpa: vmsa.gpa(), error }),
-    }
-    // Clear the VMSA flag (RMPADJUST with VMSA = 0) and give the page to the caller's VMPL.
-    grant(p, vmsa, ctx.caller_vmpl).map_err(|error| CallError::Hardware { gpa: vmsa.gpa(), error })?;
+    let vcpu = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
+    may_remove(ctx.caller, vcpu)?;
+    stop(p, vmsa)?;
+    // Clear the VMSA flag (RMPADJUST with VMSA = 0) and give the page back.
+    let creator = vcpu.creator_vmpl;
+    grant(p, vmsa, creator).map_err(|error| CallError::Hardware { gpa: vmsa.gpa(), error })?;
     let Some(gone) = svsm.vcpus.remove(index) else {
         return Err(CallError::InvalidRequest("vCPU vanished"));
     };
     svsm.pages.clear_role(gone.vmsa);
     svsm.pages.clear_role(gone.calling_area.page());
-    for page in gone.svsm_pages {
-        let deposited = svsm.pages.role(page) == Some(PageRole::Deposited);
-        svsm.pool.free(page, deposited);
+    // A retired VMSA of the same vCPU goes back with it: nothing could name it afterwards.
+    if let Some(retired) = gone.retired
+        && let Err(e) = release(svsm, p, retired.vmsa, retired.creator_vmpl)
+    {
+        crate::log!(p, Error, "retired VMSA {:#x} stays with the SVSM: {:?}", retired.vmsa.raw(), e);
     }
+    free_pages(svsm, &gone.svsm_pages);
     p.vcpu_deleted(index);
     crate::log!(p, Info, "vCPU {} deleted", index.0);
+    Ok(())
+}
+
+/// DELETE_VCPU of a VMSA a replacement retired: it no longer runs, so it only goes back.
+fn delete_retired<P: Platform + ?Sized>(
+    svsm: &mut Svsm,
+    p: &mut P,
+    ctx: &CallContext,
+    index: VcpuIndex,
+    vmsa: PageAddr,
+) -> CallResult<()> {
+    let vcpu = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
+    may_remove(ctx.caller, vcpu)?;
+    let creator = vcpu.retired.map_or(vcpu.creator_vmpl, |r| r.creator_vmpl);
+    release(svsm, p, vmsa, creator)?;
+    if let Some(v) = svsm.vcpus.get_mut(index) {
+        v.retired = None;
+    }
+    crate::log!(p, Info, "retired VMSA {:#x} of vCPU {} deleted", vmsa.raw(), index.0);
     Ok(())
 }

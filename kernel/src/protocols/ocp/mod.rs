@@ -50,13 +50,13 @@ fn u32_reg(value: u64, what: &'static str) -> CallResult<u32> {
 /// The output buffer: 8-byte aligned, and (when the guest asked for anything) a place the
 /// SVSM may write, even if there turns out to be nothing to copy. A bad buffer is refused
 /// the same way whatever the source holds at the moment.
-fn buffer(svsm: &Svsm, rdx: u64, asked: u64) -> CallResult<Gpa> {
-    let gpa = Gpa(rdx);
+fn buffer<P: Platform + ?Sized>(svsm: &Svsm, p: &P, ctx: &CallContext, asked: u64) -> CallResult<Gpa> {
+    let gpa = Gpa(ctx.regs.rdx);
     if !gpa.is_aligned(8) {
         return Err(CallError::InvalidParameter("buffer gpa is not 8-byte aligned"));
     }
     if asked > 0 {
-        guest_memory::check_writable(&svsm.pages, gpa, 1)?;
+        guest_memory::check_writable(p, ctx.view(&svsm.pages), gpa, 1)?;
     }
     Ok(gpa)
 }
@@ -65,32 +65,28 @@ fn list<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> 
     let mut run = || -> CallResult<u64> {
         let first = u32_reg(ctx.regs.rcx, "first index has bits above 31")?;
         let max = u32_reg(ctx.regs.r8, "entry count has bits above 31")?;
-        let gpa = buffer(svsm, ctx.regs.rdx, u64::from(max))?;
-        let entries: Vec<[u8; ENTRY_SIZE]> = svsm
-            .ocp
-            .iter()
-            .skip(first as usize)
-            .take(max as usize)
-            .map(|s| {
-                let mut e = [0u8; ENTRY_SIZE];
-                let flags = if s.writable() { flags::WRITEABLE } else { 0 };
-                e[..4].copy_from_slice(&flags.to_le_bytes());
-                let name_at = if ctx.id.call == ocp_call::LIST_TYPED {
-                    e[typed::TYPE..typed::TYPE + 4].copy_from_slice(&s.type_code().to_le_bytes());
-                    e[typed::PROTOCOL..typed::PROTOCOL + 4].copy_from_slice(&s.protocol.to_le_bytes());
-                    e[typed::SIZE..typed::SIZE + 4].copy_from_slice(&s.fixed_size().unwrap_or(0).to_le_bytes());
-                    typed::NAME_OFFSET
-                } else {
-                    NAME_OFFSET
-                };
-                e[name_at..name_at + s.name.len()].copy_from_slice(s.name.as_bytes());
-                e
-            })
-            .collect();
-        if !entries.is_empty() {
-            guest_memory::write_bytes(p, &svsm.pages, gpa, entries.as_flattened())?;
+        let gpa = buffer(svsm, p, ctx, u64::from(max))?;
+        let count = svsm.ocp.len().saturating_sub(first as usize).min(max as usize);
+        // Checked whole before the first entry is written; each entry is built on the
+        // stack (no allocation on a guest-triggered path).
+        guest_memory::check_writable(p, ctx.view(&svsm.pages), gpa, count * ENTRY_SIZE)?;
+        for (i, s) in svsm.ocp.iter().skip(first as usize).take(count).enumerate() {
+            let mut e = [0u8; ENTRY_SIZE];
+            let flags = if s.writable() { flags::WRITEABLE } else { 0 };
+            e[..4].copy_from_slice(&flags.to_le_bytes());
+            let name_at = if ctx.id.call == ocp_call::LIST_TYPED {
+                e[typed::TYPE..typed::TYPE + 4].copy_from_slice(&s.type_code().to_le_bytes());
+                e[typed::PROTOCOL..typed::PROTOCOL + 4].copy_from_slice(&s.protocol.to_le_bytes());
+                e[typed::SIZE..typed::SIZE + 4].copy_from_slice(&s.fixed_size().unwrap_or(0).to_le_bytes());
+                typed::NAME_OFFSET
+            } else {
+                NAME_OFFSET
+            };
+            e[name_at..name_at + s.name.len()].copy_from_slice(s.name.as_bytes());
+            let at = Gpa(gpa.0 + (i * ENTRY_SIZE) as u64);
+            guest_memory::write_bytes(p, ctx.view(&svsm.pages), at, &e)?;
         }
-        Ok(entries.len() as u64)
+        Ok(count as u64)
     };
     match run() {
         Ok(n) => Reply::ok().with_rcx(n),
@@ -104,15 +100,16 @@ fn read<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> 
         let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
         let want = u32_reg(ctx.regs.r8, "size has bits above 31")? as usize;
         let offset = u32_reg(ctx.regs.r9, "offset has bits above 31")? as u64;
-        let gpa = buffer(svsm, ctx.regs.rdx, want as u64)?;
+        let gpa = buffer(svsm, p, ctx, want as u64)?;
         if let SourceKind::Log = source.kind {
-            return read_log(svsm, p, gpa, want, offset);
+            return read_log(svsm, p, ctx, gpa, want, offset);
         }
-        let bytes = sources::snapshot(svsm, p, source.kind);
+        let snapshot = sources::snapshot(svsm, p, source.kind);
+        let bytes = snapshot.bytes();
         let from = (offset as usize).min(bytes.len());
         let n = want.min(bytes.len() - from);
         if n > 0 {
-            guest_memory::write_bytes(p, &svsm.pages, gpa, &bytes[from..from + n])?;
+            guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &bytes[from..from + n])?;
         }
         Ok(n as u64)
     };
@@ -124,10 +121,17 @@ fn read<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> 
 }
 
 /// The log from `offset`: checked whole, then copied a chunk at a time.
-fn read_log<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, gpa: Gpa, want: usize, offset: u64) -> CallResult<u64> {
+fn read_log<P: Platform + ?Sized>(
+    svsm: &Svsm,
+    p: &mut P,
+    ctx: &CallContext,
+    gpa: Gpa,
+    want: usize,
+    offset: u64,
+) -> CallResult<u64> {
     let available = p.log_written().saturating_sub(offset);
     let n = (want as u64).min(available) as usize;
-    guest_memory::check_writable(&svsm.pages, gpa, n)?;
+    guest_memory::check_writable(p, ctx.view(&svsm.pages), gpa, n)?;
     let mut chunk = [0u8; LOG_CHUNK];
     let mut done = 0;
     while done < n {
@@ -139,7 +143,7 @@ fn read_log<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, gpa: Gpa, want: usize,
             break;
         }
         let at = gpa.checked_add(done as u64).ok_or(CallError::InvalidParameter("buffer wraps around"))?;
-        guest_memory::write_bytes(p, &svsm.pages, at, &chunk[..got])?;
+        guest_memory::write_bytes(p, ctx.view(&svsm.pages), at, &chunk[..got])?;
         done += got;
     }
     Ok(done as u64)
@@ -163,7 +167,7 @@ fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) ->
         return Err(CallError::InvalidParameter("not a value this setting understands"));
     }
     let mut data = [0u8; SETTING_MAX];
-    guest_memory::read_bytes(p, &svsm.pages, gpa, &mut data[..len])?;
+    guest_memory::read_bytes(p, ctx.view(&svsm.pages), gpa, &mut data[..len])?;
     match setting {
         Setting::LogLevel => {
             let level = sources::parse_level(&data[..len])
@@ -174,7 +178,7 @@ fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) ->
     if let Some(ring) = svsm.ocp.notify.as_mut()
         && !ring.written.contains(&index)
     {
-        ring.written.try_reserve(1).map_err(|_| CallError::InvalidRequest("out of memory"))?;
+        ring.written.try_reserve(1).map_err(|_| CallError::OutOfMemory)?;
         ring.written.push(index);
     }
     Ok(len as u64)
@@ -184,7 +188,8 @@ fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) ->
 fn register_value<P: Platform + ?Sized>(svsm: &Svsm, p: &P, index: u32) -> CallResult<(u64, u64)> {
     let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
     let size = source.fixed_size().filter(|n| *n <= 8).ok_or(CallError::NotRegisterSized)?;
-    let bytes = sources::snapshot(svsm, p, source.kind);
+    let snapshot = sources::snapshot(svsm, p, source.kind);
+    let bytes = snapshot.bytes();
     let mut value = [0u8; 8];
     let n = bytes.len().min(size as usize);
     value[..n].copy_from_slice(&bytes[..n]);
@@ -206,17 +211,15 @@ fn read_batch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
     if !indexes_gpa.is_aligned(4) || !values_gpa.is_aligned(8) {
         return Err(CallError::InvalidParameter("index array not 4-byte or value array not 8-byte aligned"));
     }
-    let mut raw = Vec::new();
-    raw.try_reserve_exact(count * 4).map_err(|_| CallError::InvalidRequest("out of memory"))?;
-    raw.resize(count * 4, 0);
-    guest_memory::read_bytes(p, &svsm.pages, indexes_gpa, &mut raw)?;
-    guest_memory::check_writable(&svsm.pages, values_gpa, count * 8)?;
-    let mut values = Vec::new();
-    values.try_reserve_exact(count * 8).map_err(|_| CallError::InvalidRequest("out of memory"))?;
-    for index in raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) {
-        values.extend_from_slice(&register_value(svsm, p, index)?.0.to_le_bytes());
+    let mut raw = crate::heap::zeroed(count * 4)?;
+    guest_memory::read_bytes(p, ctx.view(&svsm.pages), indexes_gpa, &mut raw)?;
+    guest_memory::check_writable(p, ctx.view(&svsm.pages), values_gpa, count * 8)?;
+    let mut values = crate::heap::zeroed(count * 8)?;
+    let indexes = raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    for (index, out) in indexes.zip(values.chunks_exact_mut(8)) {
+        out.copy_from_slice(&register_value(svsm, p, index)?.0.to_le_bytes());
     }
-    guest_memory::write_bytes(p, &svsm.pages, values_gpa, &values)
+    guest_memory::write_bytes(p, ctx.view(&svsm.pages), values_gpa, &values)
 }
 
 /// NOTIFY: start (RCX = a page of the guest's) or stop (RCX = 0) change events.
@@ -237,9 +240,16 @@ fn notify<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -
     if let Some(pfn) = svsm.pages.first_unvalidated(page) {
         return Err(CallError::address(Gpa(pfn << 12), crate::error::AddressConflict::NotValidated));
     }
-    guest_memory::write_bytes(p, &svsm.pages, gpa, &[0u8; abi::ocp::ring::SLOTS_OFFSET])?;
-    svsm.ocp.notify =
-        Some(sources::NotifyRing { gpa, head: 0, dropped: 0, log_seen: p.log_written(), written: Vec::new() });
+    ctx.caller.check(p, page, crate::caller::Access::Write)?;
+    guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &[0u8; abi::ocp::ring::SLOTS_OFFSET])?;
+    svsm.ocp.notify = Some(sources::NotifyRing {
+        gpa,
+        caller: ctx.caller,
+        head: 0,
+        dropped: 0,
+        log_seen: p.log_written(),
+        written: Vec::new(),
+    });
     Ok(())
 }
 
@@ -264,9 +274,10 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P) {
     // VMSA since, and the SVSM does not write events over those.
     let still_the_guests =
         crate::addr::PageRange::covering(r.gpa, abi::PAGE_SIZE).is_some_and(|pg| svsm.pages.check_target(pg).is_ok());
+    let view = guest_memory::GuestView::new(&svsm.pages, r.caller);
     let mut tail = [0u8; 4];
     let ok = still_the_guests
-        && guest_memory::read_bytes(p, &svsm.pages, Gpa(r.gpa.0 + ring::TAIL as u64), &mut tail).is_ok()
+        && guest_memory::read_bytes(p, view, Gpa(r.gpa.0 + ring::TAIL as u64), &mut tail).is_ok()
         && events.iter().all(|index| {
             if r.head.wrapping_sub(u32::from_le_bytes(tail)) >= ring::SLOTS {
                 r.dropped = r.dropped.wrapping_add(1);
@@ -274,12 +285,12 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P) {
             }
             let slot = ring::SLOTS_OFFSET as u64 + u64::from(r.head % ring::SLOTS) * 4;
             r.head = r.head.wrapping_add(1);
-            guest_memory::write_bytes(p, &svsm.pages, Gpa(r.gpa.0 + slot), &index.to_le_bytes()).is_ok()
+            guest_memory::write_bytes(p, view, Gpa(r.gpa.0 + slot), &index.to_le_bytes()).is_ok()
         })
-        && guest_memory::write_bytes(p, &svsm.pages, Gpa(r.gpa.0 + ring::DROPPED as u64), &r.dropped.to_le_bytes())
+        && guest_memory::write_bytes(p, view, Gpa(r.gpa.0 + ring::DROPPED as u64), &r.dropped.to_le_bytes())
             .is_ok()
         // Head last: the guest sees an event only once its slot is written.
-        && guest_memory::write_bytes(p, &svsm.pages, r.gpa, &r.head.to_le_bytes()).is_ok();
+        && guest_memory::write_bytes(p, view, r.gpa, &r.head.to_le_bytes()).is_ok();
     if ok {
         events.clear();
         r.written = events;

@@ -4,7 +4,6 @@
 
 use crate::platform::{Level, Platform};
 use crate::svsm::Svsm;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 /// What a source holds, and how its bytes are made.
@@ -84,6 +83,8 @@ pub struct Sources {
 #[derive(Debug)]
 pub(crate) struct NotifyRing {
     pub gpa: crate::addr::Gpa,
+    /// Who set the ring up: it is written with that caller's permissions.
+    pub caller: crate::caller::Caller,
     /// The next event's counter (the page's `head` is a copy the guest may not change).
     pub head: u32,
     pub dropped: u32,
@@ -163,17 +164,45 @@ pub fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// The bytes of a source other than the log, as they are now.
-pub fn snapshot<P: Platform + ?Sized>(svsm: &Svsm, p: &P, kind: SourceKind) -> Vec<u8> {
-    match kind {
-        SourceKind::Log => Vec::new(),
-        SourceKind::Value(f) | SourceKind::Counter(f) => f(svsm).to_le_bytes().to_vec(),
-        SourceKind::Text(t) => t.as_bytes().to_vec(),
-        SourceKind::Setting(Setting::LogLevel) => {
-            let mut s = String::from(level_name(p.log_level()));
-            s.push('\n');
-            s.into_bytes()
+/// The bytes of a source other than the log, as they are now. Held without allocation:
+/// reads are guest-triggered, and the heap may be exhausted (docs/architecture.md).
+#[derive(Clone, Copy, Debug)]
+pub enum Snapshot {
+    /// A value or a short text built now (at most 16 bytes).
+    Inline([u8; 16], usize),
+    /// A constant text.
+    Static(&'static [u8]),
+}
+
+impl Snapshot {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Snapshot::Inline(b, n) => b.get(..*n).unwrap_or(b),
+            Snapshot::Static(b) => b,
         }
+    }
+
+    fn inline(parts: &[&[u8]]) -> Self {
+        let mut b = [0u8; 16];
+        let mut n = 0;
+        for part in parts {
+            for byte in part.iter() {
+                if let Some(slot) = b.get_mut(n) {
+                    *slot = *byte;
+                    n += 1;
+                }
+            }
+        }
+        Snapshot::Inline(b, n)
+    }
+}
+
+pub fn snapshot<P: Platform + ?Sized>(svsm: &Svsm, p: &P, kind: SourceKind) -> Snapshot {
+    match kind {
+        SourceKind::Log => Snapshot::Static(&[]),
+        SourceKind::Value(f) | SourceKind::Counter(f) => Snapshot::inline(&[&f(svsm).to_le_bytes()]),
+        SourceKind::Text(t) => Snapshot::Static(t.as_bytes()),
+        SourceKind::Setting(Setting::LogLevel) => Snapshot::inline(&[level_name(p.log_level()).as_bytes(), b"\n"]),
     }
 }
 

@@ -79,6 +79,17 @@ impl SnpHw for BareSnp {
         Ok(unsafe { instr::rmpadjust(gpa, huge, attrs) })
     }
 
+    fn rmpquery(&self, gpa: u64) -> Result<(u32, u64), Fault> {
+        if !in_map(gpa, 4096) {
+            return Err(Fault);
+        }
+        Ok(instr::rmpquery(gpa))
+    }
+
+    fn flush_tlb_all(&mut self) {
+        instr::flush_tlb_all()
+    }
+
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
         if !in_map(gpa, buf.len()) {
             return Err(Fault);

@@ -47,6 +47,42 @@ pub unsafe fn rmpadjust(va: u64, huge: bool, attrs: u64) -> u32 {
     rax as u32
 }
 
+/// RMPQUERY of the page at `va`: (EAX, RDX), RDX holding the permission masks of VMPL1..3
+/// (AMD APM vol. 3). Reads the RMP only.
+pub fn rmpquery(va: u64) -> (u32, u64) {
+    let (rax, rdx): (u64, u64);
+    // SAFETY: RMPQUERY changes no state; RAX address in, EAX result and RDX masks out.
+    // Only called where CPUID announces it (`SnpState::rmpquery`).
+    unsafe {
+        core::arch::asm!(
+            ".byte 0xF3, 0x0F, 0x01, 0xFD",
+            inout("rax") va => rax,
+            out("rdx") rdx,
+            options(nostack, readonly)
+        );
+    }
+    (rax as u32, rdx)
+}
+
+/// INVLPGB of every translation of this guest's ASID, global ones included (RAX: ASID
+/// valid, global; ECX, EDX 0), on every CPU, then TLBSYNC until all have done it.
+pub fn flush_tlb_all() {
+    const ASID_VALID: u64 = 1 << 2;
+    const INCLUDE_GLOBAL: u64 = 1 << 3;
+    // SAFETY: invalidating TLB entries changes no memory; the CPUs refill them from the
+    // page tables (and the RMP) on their next access.
+    unsafe {
+        core::arch::asm!(
+            ".byte 0x0F, 0x01, 0xFE",
+            ".byte 0x0F, 0x01, 0xFF",
+            in("rax") ASID_VALID | INCLUDE_GLOBAL,
+            in("ecx") 0u32,
+            in("edx") 0u32,
+            options(nostack)
+        );
+    }
+}
+
 /// VMGEXIT: the host runs until it resumes this CPU.
 pub fn vmgexit() {
     // SAFETY: VMGEXIT (REP VMMCALL) exits to the host, which resumes after it with the

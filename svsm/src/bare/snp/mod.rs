@@ -84,6 +84,12 @@ pub fn boot(info_gpa: u64) -> ! {
     }
     // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
     platform.state.console_port = Some(0x3F8);
+    // RMPQUERY (CPUID Fn8000_001F EAX[6], from the measured CPUID page) lets the SVSM
+    // serve callers at a less privileged VMPL than the guest's own.
+    platform.state.rmpquery = launch.cpuid.lookup(0x8000_001F, 0, 0, 0)[0] & (1 << 6) != 0;
+    if !platform.state.rmpquery {
+        println!("snp: no RMPQUERY: calls from VMPLs below {guest_vmpl} may name no guest page");
+    }
     platform.state.svsm_entry = Some(snp::vmsa::SvsmEntry {
         cpu: snp::vmsa::SvsmCpuState {
             rip: super::entry::igvm_ap_entry(),

@@ -291,6 +291,16 @@ impl Platform for SvmPlatform {
         self.sync(page.pfn()..page.pfn() + size.pages())
     }
 
+    fn vmpl_permissions(&self, page: PageAddr, vmpl: u8) -> Option<u8> {
+        Some(self.rmp.vmpl_perms(page.pfn(), vmpl))
+    }
+
+    fn flush_guest_tlb(&mut self) {
+        // Nothing left to do: every RMPADJUST already changed the nested page tables and
+        // made each CPU running a guest leave it and flush before it runs it again
+        // (`sync`).
+    }
+
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
         match self.slot_by_vmsa(vmsa) {
             Some(Slot::Here(v)) => return Ok(v.field(field)),
