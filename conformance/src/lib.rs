@@ -77,6 +77,13 @@ pub trait Env: Transport {
     fn write_vmsa(&mut self, gpa: u64, apic_id: u32) -> Result<(), CaseError>;
     /// Control of the host, where the environment has it.
     fn host(&mut self) -> Option<&mut dyn HostControl>;
+    /// The guest, at its own VMPL, gives the less privileged `vmpl` the RMP permissions
+    /// `perms` (abi::hw::rmpadjust::PERM_*) on the page at `gpa`, with RMPADJUST as a
+    /// VMPL1 kernel that runs code at VMPL2 would. `Err(Skip)` where the environment has
+    /// no lower VMPLs to run.
+    fn grant_lower_vmpl(&mut self, _gpa: u64, _vmpl: u8, _perms: u8) -> Result<(), CaseError> {
+        Err(CaseError::Skip("no guest code runs below the guest's VMPL here"))
+    }
 }
 
 /// A host the suite can make misbehave, and look through.

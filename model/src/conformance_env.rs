@@ -103,6 +103,19 @@ impl Env for ModelEnv {
     fn host(&mut self) -> Option<&mut dyn HostControl> {
         Some(self)
     }
+    fn grant_lower_vmpl(&mut self, gpa: u64, vmpl: u8, perms: u8) -> Result<(), conformance::CaseError> {
+        // RMPADJUST at the guest's VMPL: only a less privileged VMPL, only permissions the
+        // guest's VMPL holds itself, only on a validated page.
+        let own = self.world.machine.rmp.vmpl_perms(gpa >> 12, world::GUEST_VMPL);
+        let e = self.world.machine.rmp.entry_mut(gpa >> 12);
+        match e {
+            Some(e) if vmpl > world::GUEST_VMPL && vmpl <= 3 && e.validated && perms & !own == 0 => {
+                e.perms[usize::from(vmpl)] = perms;
+                Ok(())
+            }
+            _ => Err(conformance::CaseError::Fail(format!("RMPADJUST({gpa:#x}, VMPL{vmpl}, {perms:#x}) refused"))),
+        }
+    }
 }
 
 impl HostControl for ModelEnv {

@@ -58,6 +58,8 @@ pub struct SnpState {
 #[derive(Clone, Copy, Debug)]
 struct VcpuRecord {
     apic_id: u32,
+    /// The VMPL the guest VMSA runs at (AP_CREATE and AP_DESTROY name it).
+    vmpl: u8,
     svsm_vmsa: Option<u64>,
 }
 
@@ -129,7 +131,8 @@ impl<H: SnpHw> SnpPlatform<H> {
 
     /// Register the startup vCPU (its VMSA exists already).
     pub fn adopt_startup_vcpu(&mut self, vmsa: PageAddr, apic_id: u32) {
-        self.state.vcpus.insert(vmsa.raw(), VcpuRecord { apic_id, svsm_vmsa: None });
+        let vmpl = self.state.guest_vmpl;
+        self.state.vcpus.insert(vmsa.raw(), VcpuRecord { apic_id, vmpl, svsm_vmsa: None });
     }
 
     /// Build the guest's first vCPU in `page` (a guest page the SVSM validated and nobody
@@ -322,7 +325,13 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
     }
 
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
-        let mut record = VcpuRecord { apic_id, svsm_vmsa: None };
+        // The VMSA's own VMPL (a guest VMPL may create vCPUs for a less privileged one);
+        // the kernel checked it is 1..=3 before making the page a VMSA.
+        let vmpl = match self.read_u64(vmsa.raw() + VmsaField::Vmpl.offset() as u64, 1) {
+            Ok(v @ 1..=3) => v as u8,
+            _ => self.state.guest_vmpl,
+        };
+        let mut record = VcpuRecord { apic_id, vmpl, svsm_vmsa: None };
         if let (Some(entry), Some(page)) = (self.state.svsm_entry, svsm_pages.first()) {
             // The SVSM's VMSA in the vCPU's first SVSM page, on the SVSM's stack for it.
             let made = match entry.for_vcpu(index.0) {
@@ -344,7 +353,7 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
                 Err(e) => kernel::log!(self, Error, "vCPU {}: SVSM VMSA not made (no stack, or {e:?})", index.0),
             }
         }
-        let (vmpl, features) = (self.state.guest_vmpl, self.state.sev_features);
+        let features = self.state.sev_features;
         if let Err(e) = self.ap_create(vmsa.raw(), vmpl, apic_id, features) {
             kernel::log!(self, Error, "vCPU {}: host refused AP creation: {e:?}", index.0);
         }
@@ -357,15 +366,14 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         // its VMSA as it was, and the record keeps what is still live, so a retry after
         // FAIL_INUSE finishes the job and never answers Ok early.
         let record = self.state.vcpus.get(&vmsa.raw()).copied();
-        if let Some(VcpuRecord { apic_id, svsm_vmsa: Some(svsm_vmsa) }) = record {
+        if let Some(VcpuRecord { apic_id, vmpl, svsm_vmsa: Some(svsm_vmsa) }) = record {
             self.retire_vmsa(svsm_vmsa)?;
             let _ = self.ap_event(exit::AP_DESTROY, svsm_vmsa, 0, apic_id, 0);
-            self.state.vcpus.insert(vmsa.raw(), VcpuRecord { apic_id, svsm_vmsa: None });
+            self.state.vcpus.insert(vmsa.raw(), VcpuRecord { apic_id, vmpl, svsm_vmsa: None });
         }
         self.retire_vmsa(vmsa.raw())?;
         if let Some(record) = self.state.vcpus.remove(&vmsa.raw()) {
-            let vmpl = self.state.guest_vmpl;
-            let _ = self.ap_event(exit::AP_DESTROY, vmsa.raw(), vmpl, record.apic_id, 0);
+            let _ = self.ap_event(exit::AP_DESTROY, vmsa.raw(), record.vmpl, record.apic_id, 0);
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ mod pvalidate;
 mod query;
 mod remap;
 mod vcpu;
+mod vmpl;
 mod vtpm;
 
 use crate::Case;
@@ -31,6 +32,17 @@ pub static CASES: &[Case] = &[
     case!("5/host-drops-call", "a call the host never ran is seen as not executed", convention::host_drops_call),
     case!("5/spurious-entry", "entry with CALL_PENDING = 0 changes nothing", convention::spurious_entry),
     case!("5/wrong-exit-code", "entry with a non-VMGEXIT exit code is ignored", convention::wrong_exit_code),
+    case!(
+        "2/vmpl2-memory",
+        "a VMPL2 caller cannot PVALIDATE, DEPOSIT, WITHDRAW into or REMAP_CA to a page VMPL1 kept",
+        vmpl::memory
+    ),
+    case!(
+        "2/vmpl2-vcpus",
+        "a VMPL2 caller cannot delete or replace a VMPL1 vCPU, nor make a VMSA of VMPL1's page",
+        vmpl::vcpus
+    ),
+    case!("2/vmpl2-services", "a VMPL2 caller's attestation, vTPM and OCP buffers must be its own", vmpl::services),
     case!("6.1/remap-ca", "REMAP_CA moves the calling area; old and new CALL_PENDING are 0", remap::remap),
     case!("6.1/remap-ca-inside-page", "an 8-byte aligned calling area inside a page works", remap::remap_inside_page),
     case!("6.1/remap-ca-misaligned", "misaligned gpa -> INVALID_PARAMETER", remap::misaligned),
