@@ -9,6 +9,7 @@ pub mod offset {
     pub const INTERCEPT_MISC2: usize = 0x010;
     pub const IOPM_BASE: usize = 0x040;
     pub const MSRPM_BASE: usize = 0x048;
+    pub const TSC_OFFSET: usize = 0x050;
     pub const GUEST_ASID: usize = 0x058;
     pub const TLB_CONTROL: usize = 0x05C;
     /// Virtual interrupt control; bit 24 is V_INTR_MASKING.

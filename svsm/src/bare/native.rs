@@ -6,8 +6,10 @@
 //!   kernel serves the call exactly as on SNP. RAX = `BARE_GATE_RAX` is answered without
 //!   dispatch: the platform's round-trip limit, for the benchmark.
 //! - CPUID: executed for the guest, with 0x8000_001F EAX[28] set (an SVSM is present).
-//! - RDMSR 0xC001_F000: the calling area's gpa (spec section 4.2). Other MSRs outside
-//!   the permission map get #GP, as on hardware without them.
+//! - RDMSR/WRMSR: the MSR policy (`bulwark_svm::msr`, docs/platforms/svm.md "MSRs"):
+//!   the guest's own MSRs never exit; the SVSM emulates a few (the calling area's gpa,
+//!   spec section 4.2; PAT, EFER writes, the TSC, the MTRRs' "none"), RIP advanced by
+//!   hand; every other access gets #GP(0), RIP unchanged. Logged at debug level.
 //! - I/O to a port other than the guest's own (COM2, debug-exit): refused with #GP.
 //! - Nested page fault: the guest touched memory it has not validated, or SVSM memory.
 //!   Refused: logged, and the guest gets #GP; the SVSM keeps serving.
@@ -28,11 +30,12 @@ use super::cpu;
 use super::svm::kick;
 use super::svm::platform::{SvmPlatform, VCPUS_CHANGED, vcpus_changed};
 use super::svm::vcpu::{Exit, SvmVcpu};
-use abi::hw::discovery::{CPUID_EAX_SVSM_PRESENT, CPUID_LEAF, MSR_SVSM_CAA};
+use abi::hw::discovery::{CPUID_EAX_SVSM_PRESENT, CPUID_LEAF};
 use abi::vmcb::{event, exit, offset};
 use abi::vmsa::VmsaField;
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::Svsm;
+use kernel::platform::{Level, Platform};
 use kernel::vcpu::VcpuIndex;
 use spin::Mutex;
 
@@ -55,6 +58,8 @@ pub struct Shared {
 static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
 /// Refused guest accesses so far (the log is rate-limited by it).
 static REFUSED: AtomicU32 = AtomicU32::new(0);
+/// Refused MSR accesses so far (their debug log is rate-limited by it).
+static REFUSED_MSRS: AtomicU32 = AtomicU32::new(0);
 
 /// Hand the launched guest to the run loops of every CPU.
 pub fn publish(shared: Shared) {
@@ -166,6 +171,25 @@ fn answer_cpuid(v: &mut SvmVcpu) {
     v.skip(2);
 }
 
+/// An intercepted RDMSR (or, if `write`, WRMSR) of vCPU `index`: answered as the MSR
+/// policy says, or refused with #GP(0); logged at debug level (refusals rate-limited).
+fn answer_msr(platform: &mut SvmPlatform, svsm: &Svsm, index: u32, write: bool) {
+    let ca = svsm.vcpus().get(VcpuIndex(index)).map_or(0, |c| c.calling_area.0);
+    let Some(v) = platform.vcpu_mut(index) else { return };
+    let (msr, access, answer) = v.answer_msr(write, ca);
+    let refused = answer.is_err();
+    if refused {
+        inject_gp(v);
+    }
+    let count = if refused { REFUSED_MSRS.fetch_add(1, Ordering::Relaxed).saturating_add(1) } else { 0 };
+    if count <= 32 || count.is_multiple_of(100) {
+        let name = ::svm::msr::rule_for(msr).name;
+        let gp = if refused { "; #GP(0) injected" } else { "" };
+        platform
+            .log(Level::Debug, format_args!("svm: vCPU {index} MSR {msr:#x} ({name}) {access:x?}: {answer:x?}{gp}"));
+    }
+}
+
 /// Handle an exit of vCPU `index` (back in the platform) that needs the SVSM, under the
 /// lock; `Ok(true)` if the vCPU may go on running now, `Ok(false)` if another one's turn.
 fn handle_exit(s: &mut Shared, index: u32, cpu: u32, e: Exit) -> Result<bool, End> {
@@ -178,17 +202,7 @@ fn handle_exit(s: &mut Shared, index: u32, cpu: u32, e: Exit) -> Result<bool, En
             svsm.handle_entry(platform, VcpuIndex(index));
         }
         exit::CPUID => answer_cpuid(v),
-        exit::MSR => {
-            let is_write = e.info1 == 1;
-            if v.regs.rcx as u32 == MSR_SVSM_CAA && !is_write {
-                let ca = svsm.vcpus().get(VcpuIndex(index)).map_or(0, |c| c.calling_area.0);
-                v.set_field(VmsaField::Rax, ca & 0xFFFF_FFFF);
-                v.regs.rdx = ca >> 32;
-                v.skip(2);
-            } else {
-                inject_gp(v);
-            }
-        }
+        exit::MSR => answer_msr(platform, svsm, index, e.info1 == 1),
         exit::IOIO | exit::NPF => {
             let refused = REFUSED.fetch_add(1, Ordering::Relaxed).saturating_add(1);
             // The first refusals in full, then every 100th: a guest cannot flood the console.

@@ -117,6 +117,13 @@ pub fn run_all() -> (bool, u64) {
         .filter(|i| !probe::svm_instruction_refused(*i))
         .collect();
     r.check("3/svm-instructions-refused", allowed.is_empty(), format_args!("not refused: {allowed:?}"));
+    // MSRs: the SVSM's are refused, the guest's own pass through, a few are emulated.
+    let (ok, detail) = super::msrs::svsm_msrs_refused(&mut c);
+    r.check("3/svsm-msrs-refused", ok, format_args!("{detail}"));
+    let (ok, detail) = super::msrs::guest_msrs_pass_through(&mut c);
+    r.check("3/guest-msrs-pass-through", ok, format_args!("{detail}"));
+    let (ok, detail) = super::msrs::emulated_msrs(&mut c);
+    r.check("3/emulated-msrs-as-hardware", ok, format_args!("{detail}"));
     let still = c.query_protocol(ProtocolId::CORE, 1);
     r.check("5/serving-after-refusals", still == Ok(Some((1, 1))), format_args!("{still:?}"));
 

@@ -11,6 +11,7 @@ mod evidence;
 mod gate;
 mod heap;
 mod io;
+mod msrs;
 mod ocp;
 mod probe;
 mod suite;

@@ -1,7 +1,8 @@
-//! Exceptions in the test guest, and probes: touch an address and learn whether the
-//! access was refused. The SVSM answers a refused access (unvalidated page, SVSM memory)
-//! with #GP; a probe arms the handler, which skips the 2-byte probe instruction and
-//! records the fault. Any other exception ends the run with a failing verdict.
+//! Exceptions in the test guest, and probes: touch an address, a port or an MSR and learn
+//! whether the access was refused. The SVSM answers a refused access (unvalidated page,
+//! SVSM memory, a port or an MSR that is not the guest's) with #GP; a probe arms the
+//! handler, which skips the probe instruction and records the fault and its error code.
+//! Any other exception ends the run with a failing verdict.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +11,8 @@ static ARMED: AtomicBool = AtomicBool::new(false);
 /// The vector the armed probe expects (#GP for refused accesses, #UD for instructions).
 static EXPECTED: AtomicU64 = AtomicU64::new(13);
 static FAULTED: AtomicBool = AtomicBool::new(false);
+/// The error code the last absorbed fault pushed.
+static ERROR_CODE: AtomicU64 = AtomicU64::new(0);
 /// Length of the armed probe instruction, skipped when it faults.
 static PROBE_LEN: AtomicU64 = AtomicU64::new(0);
 
@@ -57,6 +60,7 @@ struct Frame {
 extern "C" fn handler(frame: &mut Frame) {
     if frame.vector == EXPECTED.load(Ordering::SeqCst) && ARMED.swap(false, Ordering::SeqCst) {
         FAULTED.store(true, Ordering::SeqCst);
+        ERROR_CODE.store(frame.error, Ordering::SeqCst);
         frame.rip += PROBE_LEN.load(Ordering::SeqCst);
         return;
     }
@@ -90,6 +94,38 @@ pub fn port_readable(port: u16) -> bool {
     arm(1); // in al, dx = EC
     // SAFETY: a one-byte port read whose fault, if any, the armed handler absorbs.
     unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") _, options(nomem, nostack)) };
+    ARMED.store(false, Ordering::SeqCst);
+    !FAULTED.load(Ordering::SeqCst)
+}
+
+/// The error code of the last fault a probe absorbed.
+pub fn last_error_code() -> u64 {
+    ERROR_CODE.load(Ordering::SeqCst)
+}
+
+/// RDMSR `msr`: its value, or `None` if the read raised #GP.
+pub fn rdmsr(msr: u32) -> Option<u64> {
+    arm(2); // rdmsr = 0F 32
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDMSR has no memory effects; its #GP, if any, the armed handler absorbs
+    // (EAX and EDX are then whatever they held, and ignored).
+    unsafe { core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    ARMED.store(false, Ordering::SeqCst);
+    (!FAULTED.load(Ordering::SeqCst)).then_some(u64::from(hi) << 32 | u64::from(lo))
+}
+
+/// WRMSR `value` to `msr`: `false` if the write raised #GP.
+///
+/// # Safety
+/// If the write is not refused it takes effect: the caller must only write values the
+/// guest can live with (for the probes of MSRs that must be refused: values that leave a
+/// CPU that wrongly lets them through as it was).
+pub unsafe fn wrmsr(msr: u32, value: u64) -> bool {
+    arm(2); // wrmsr = 0F 30
+    // SAFETY: the caller vouches for the value; a #GP is absorbed by the armed handler.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
+    };
     ARMED.store(false, Ordering::SeqCst);
     !FAULTED.load(Ordering::SeqCst)
 }

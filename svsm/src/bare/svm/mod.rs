@@ -10,6 +10,9 @@
 //! - [`psp`]: the software PSP that signs this platform's attestation reports;
 //! - [`vcek_cert`]: its VCEK certificate, issued from the launcher's kit;
 //! - [`platform`]: the kernel's `Platform` on top of all this.
+//!
+//! What the guest may do (which MSRs it reaches, the MSR permission map) is decided in
+//! the host-tested `bulwark-svm` crate (`svm/`); this module applies it.
 
 pub mod kick;
 pub mod npt;

@@ -86,7 +86,8 @@ pub fn vcpus_changed() {
 
 /// Which MSRs and I/O ports the guest reaches without the SVSM.
 pub struct PermissionMaps {
-    /// All zero: only MSRs outside the map's ranges (the discovery MSR among them) exit.
+    /// Built from the MSR policy (`bulwark_svm::msr`): every access exits except to the
+    /// MSRs the hardware switches for the guest (docs/platforms/svm.md, "MSRs").
     msr: Page,
     /// All ones but the guest's own ports: any other port access exits and is refused, so
     /// a guest cannot program devices (PCI configuration, DMA engines) against SVSM memory.
@@ -99,7 +100,8 @@ const GUEST_PORTS: [core::ops::RangeInclusive<u16>; 3] = [0x2F8..=0x2FF, 0x2E8..
 
 impl PermissionMaps {
     pub fn new() -> Option<Self> {
-        let msr = Page::zeroed_run(2)?;
+        let mut msr = Page::zeroed_run(2)?;
+        ::svm::msrpm::build(msr.run_bytes_mut().try_into().ok()?);
         let mut io = Page::zeroed_run(3)?;
         let bits = io.run_bytes_mut();
         bits.fill(0xFF);

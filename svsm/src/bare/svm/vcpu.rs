@@ -2,11 +2,13 @@
 //! VMCB does not hold, and the VMSA fields SVM has no place for (VMPL, SEV_FEATURES,
 //! vTOM). The guest page named as its VMSA identifies it to the kernel.
 
+use super::super::clock;
 use super::kick;
 use super::npt::NestedPageTable;
 use super::platform::PermissionMaps;
 use super::vmcb::{Segment, Vmcb};
 use super::vmrun::{self, GuestRegs};
+use ::svm::msr::{self, Access, Answer, GuestState, Refusal};
 use abi::hw::EFER_SVME;
 use abi::vmcb::{misc1, misc2, offset};
 use abi::vmsa::VmsaField;
@@ -172,6 +174,41 @@ impl SvmVcpu {
     pub fn skip(&mut self, len: u64) {
         let rip = self.vmcb.save(VmsaField::Rip);
         self.vmcb.set_save(VmsaField::Rip, rip.wrapping_add(len));
+    }
+
+    /// Answer an intercepted RDMSR (or, if `write`, WRMSR) as the MSR policy says
+    /// (`bulwark_svm::msr`): a read's value into EDX:EAX, a write's new EFER or PAT into
+    /// the VMCB, and RIP past the 2-byte instruction (no nRIP-save under TCG). On a refusal
+    /// nothing changes and RIP stays on the instruction: the caller injects #GP(0).
+    /// `calling_area` is this vCPU's (the discovery MSR's value).
+    pub fn answer_msr(&mut self, write: bool, calling_area: u64) -> (u32, Access, Result<Answer, Refusal>) {
+        let msr = self.regs.rcx as u32;
+        let access = match write {
+            true => Access::Write(self.vmcb.save(VmsaField::Rax) & 0xFFFF_FFFF | self.regs.rdx << 32),
+            false => Access::Read,
+        };
+        let mut state = GuestState {
+            efer: self.vmcb.save(VmsaField::Efer),
+            cr0: self.vmcb.u64(offset::CR0),
+            pat: self.vmcb.u64(offset::G_PAT),
+            calling_area,
+            tsc: clock::rdtsc().wrapping_add(self.vmcb.u64(offset::TSC_OFFSET)),
+        };
+        let answer = msr::on_exit(msr, access, &mut state);
+        match answer {
+            Ok(Answer::Read(value)) => {
+                self.vmcb.set_save(VmsaField::Rax, value & 0xFFFF_FFFF);
+                self.regs.rdx = value >> 32;
+                self.skip(2);
+            }
+            Ok(Answer::Written) => {
+                self.vmcb.set_save(VmsaField::Efer, state.efer);
+                self.vmcb.set_u64(offset::G_PAT, state.pat);
+                self.skip(2);
+            }
+            Err(_) => {}
+        }
+        (msr, access, answer)
     }
 
     /// A VMSA field, from wherever SVM keeps it.
