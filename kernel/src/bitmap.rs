@@ -1,71 +1,258 @@
-//! A bitmap with one bit per 4 KiB page of guest RAM, with range operations a word at a
-//! time (a 2 MiB page is 8 words). Used for the validation bitmap and for the fast "does
-//! the SVSM own any page of this range" test.
+//! A set of 4 KiB guest pages, sized by how fragmented it is rather than by guest RAM.
+//!
+//! Used for the validation bitmap (pages the guest validated) and the record of deposited
+//! pages. A flat bitmap costs 32 KiB per GiB of guest RAM: 32 MiB for a 1 TiB guest, more
+//! than the SVSM's whole heap. Guests validate and deposit memory mostly in 2 MiB runs, so
+//! this bitmap keeps two levels:
+//!
+//! - per 2 MiB region, 2 bits: all clear, all set, or mixed (64 KiB per TiB of RAM);
+//! - for each mixed region only, a leaf of 512 bits (64 bytes), in a vector sorted by
+//!   region, allocated fallibly when a region first becomes mixed and dropped when it is
+//!   uniform again.
+//!
+//! A change that could make a region mixed needs a leaf; [`PageBitmap::reserve`] makes it
+//! (or fails) *before* the caller changes hardware state, so [`PageBitmap::set`] never
+//! allocates and never fails: the record cannot fall out of step with the hardware.
 
 use crate::addr::PageRange;
-use alloc::vec;
 use alloc::vec::Vec;
+
+/// Pages per region (2 MiB).
+const REGION_PAGES: u64 = 512;
+const WORDS_PER_LEAF: usize = (REGION_PAGES / 64) as usize;
+/// Regions per word of the region map (2 bits each).
+const REGIONS_PER_WORD: u64 = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RegionState {
+    Clear,
+    Set,
+    Mixed,
+}
+
+/// The heap cannot hold the bitmap (at start) or a leaf for a mixed region (later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoRoom;
 
 #[derive(Debug, Clone)]
 pub struct PageBitmap {
-    words: Vec<u64>,
     /// Pages covered: `[0, pages)`.
     pages: u64,
+    /// 2 bits per region: 0 clear, 1 set, 2 mixed.
+    regions: Vec<u64>,
+    /// Leaves of the mixed regions, sorted by region.
+    leaves: Vec<(u64, [u64; WORDS_PER_LEAF])>,
+    /// Set bits, kept as they change.
+    ones: u64,
 }
 
 impl PageBitmap {
-    pub fn new(pages: u64) -> Self {
-        Self { words: vec![0; pages.div_ceil(64) as usize], pages }
+    /// An all-clear bitmap for pages `[0, pages)`.
+    pub fn new(pages: u64) -> Result<Self, NoRoom> {
+        let regions = pages.div_ceil(REGION_PAGES);
+        let words = usize::try_from(regions.div_ceil(REGIONS_PER_WORD)).map_err(|_| NoRoom)?;
+        let mut map = Vec::new();
+        map.try_reserve_exact(words).map_err(|_| NoRoom)?;
+        map.resize(words, 0);
+        Ok(Self { pages, regions: map, leaves: Vec::new(), ones: 0 })
     }
 
-    /// The words `range` touches (clipped to the bitmap), each with the mask of its bits
-    /// inside `range`. Plain arithmetic, no iterator state: this runs once or more per
-    /// PVALIDATE entry.
-    fn words(&self, range: PageRange) -> impl Iterator<Item = (usize, u64)> + use<> {
-        let (start, end) = (range.start_pfn(), range.end_pfn().min(self.pages));
-        let (first, last) = (start / 64, end.saturating_sub(1) / 64);
-        let count = if start >= end { 0 } else { last - first + 1 };
-        (first..first + count).map(move |w| {
-            let lo = if w == first { start % 64 } else { 0 };
-            let hi = if w == last { (end - 1) % 64 } else { 63 };
-            let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
-            (w as usize, mask)
-        })
+    /// Bytes of heap the bitmap of `pages` pages needs before any region is mixed.
+    pub fn base_bytes(pages: u64) -> u64 {
+        pages.div_ceil(REGION_PAGES).div_ceil(REGIONS_PER_WORD) * 8
     }
 
+    /// Bytes of heap the bitmap holds now.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.regions.capacity() * 8 + self.leaves.capacity() * core::mem::size_of::<(u64, [u64; 8])>()) as u64
+    }
+
+    /// Mixed regions (each holds a 64-byte leaf).
+    pub fn mixed_regions(&self) -> usize {
+        self.leaves.len()
+    }
+
+    fn state(&self, region: u64) -> RegionState {
+        let word = self.regions.get((region / REGIONS_PER_WORD) as usize).copied().unwrap_or(0);
+        match (word >> ((region % REGIONS_PER_WORD) * 2)) & 3 {
+            1 => RegionState::Set,
+            2 => RegionState::Mixed,
+            _ => RegionState::Clear,
+        }
+    }
+
+    fn set_state(&mut self, region: u64, state: RegionState) {
+        let shift = (region % REGIONS_PER_WORD) * 2;
+        let bits = match state {
+            RegionState::Clear => 0,
+            RegionState::Set => 1,
+            RegionState::Mixed => 2,
+        };
+        if let Some(word) = self.regions.get_mut((region / REGIONS_PER_WORD) as usize) {
+            *word = (*word & !(3 << shift)) | (bits << shift);
+        }
+    }
+
+    fn leaf(&self, region: u64) -> Option<&[u64; WORDS_PER_LEAF]> {
+        let i = self.leaves.binary_search_by_key(&region, |(r, _)| *r).ok()?;
+        self.leaves.get(i).map(|(_, l)| l)
+    }
+
+    /// Bit `pfn` of a region (clear beyond the end).
     pub fn get(&self, pfn: u64) -> bool {
-        pfn < self.pages && self.words[(pfn / 64) as usize] & (1 << (pfn % 64)) != 0
-    }
-
-    /// Set or clear every bit of `range` (bits beyond the bitmap are ignored).
-    pub fn set(&mut self, range: PageRange, value: bool) {
-        for (word, mask) in self.words(range) {
-            if value {
-                self.words[word] |= mask;
-            } else {
-                self.words[word] &= !mask;
+        if pfn >= self.pages {
+            return false;
+        }
+        let region = pfn / REGION_PAGES;
+        match self.state(region) {
+            RegionState::Clear => false,
+            RegionState::Set => true,
+            RegionState::Mixed => {
+                let bit = pfn % REGION_PAGES;
+                self.leaf(region).is_some_and(|l| l[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
             }
         }
     }
 
+    /// The regions `range` touches, clipped to the bitmap, each with the page range of
+    /// it that `range` covers (as offsets into the region: `first..end`).
+    fn regions_of(&self, range: PageRange) -> impl Iterator<Item = (u64, u64, u64)> + use<> {
+        let (start, end) = (range.start_pfn(), range.end_pfn().min(self.pages));
+        let first = start / REGION_PAGES;
+        let count = if start >= end { 0 } else { (end - 1) / REGION_PAGES - first + 1 };
+        (first..first + count).map(move |region| {
+            let base = region * REGION_PAGES;
+            (region, start.max(base) - base, end.min(base + REGION_PAGES) - base)
+        })
+    }
+
+    /// Make sure [`Self::set`] of `range` (to either value) will not need the heap: give
+    /// every region the range covers only in part a leaf now.
+    pub fn reserve(&mut self, range: PageRange) -> Result<(), NoRoom> {
+        for (region, from, to) in self.regions_of(range) {
+            let whole = from == 0 && to == REGION_PAGES;
+            if whole || self.state(region) == RegionState::Mixed {
+                continue;
+            }
+            let fill = if self.state(region) == RegionState::Set { u64::MAX } else { 0 };
+            let at = self.leaves.binary_search_by_key(&region, |(r, _)| *r).unwrap_or_else(|i| i);
+            self.leaves.try_reserve(1).map_err(|_| NoRoom)?;
+            self.leaves.insert(at, (region, [fill; WORDS_PER_LEAF]));
+            self.set_state(region, RegionState::Mixed);
+        }
+        Ok(())
+    }
+
+    /// Set or clear every bit of `range` (bits beyond the bitmap are ignored). A region
+    /// the range covers in part must have been [reserved](Self::reserve); one that was not
+    /// is left as it was and the call returns `false` (an SVSM bug, which callers log).
+    pub fn set(&mut self, range: PageRange, value: bool) -> bool {
+        let mut complete = true;
+        for (region, from, to) in self.regions_of(range) {
+            if from == 0 && to == REGION_PAGES {
+                self.set_whole(region, value);
+                continue;
+            }
+            let Ok(i) = self.leaves.binary_search_by_key(&region, |(r, _)| *r) else {
+                complete = false;
+                continue;
+            };
+            let Some((_, leaf)) = self.leaves.get_mut(i) else { continue };
+            let mut delta: i64 = 0;
+            for (w, word) in leaf.iter_mut().enumerate() {
+                let (lo, hi) = ((w as u64) * 64, (w as u64) * 64 + 64);
+                let (a, b) = (from.max(lo), to.min(hi));
+                if a >= b {
+                    continue;
+                }
+                let mask = (u64::MAX >> (64 - (b - a))) << (a - lo);
+                let before = i64::from(word.count_ones());
+                *word = if value { *word | mask } else { *word & !mask };
+                delta += i64::from(word.count_ones()) - before;
+            }
+            self.ones = self.ones.saturating_add_signed(delta);
+            // A leaf that became uniform goes.
+            let uniform = if leaf.iter().all(|w| *w == u64::MAX) {
+                Some(RegionState::Set)
+            } else if leaf.iter().all(|w| *w == 0) {
+                Some(RegionState::Clear)
+            } else {
+                None
+            };
+            if let Some(state) = uniform {
+                self.leaves.remove(i);
+                self.set_state(region, state);
+            }
+        }
+        complete
+    }
+
+    fn set_whole(&mut self, region: u64, value: bool) {
+        let before = match self.state(region) {
+            RegionState::Clear => 0,
+            RegionState::Set => REGION_PAGES,
+            RegionState::Mixed => match self.leaves.binary_search_by_key(&region, |(r, _)| *r) {
+                Ok(i) => {
+                    let (_, leaf) = self.leaves.remove(i);
+                    leaf.iter().map(|w| u64::from(w.count_ones())).sum()
+                }
+                Err(_) => 0,
+            },
+        };
+        let after = if value { REGION_PAGES } else { 0 };
+        self.ones = self.ones.saturating_sub(before).saturating_add(after);
+        self.set_state(region, if value { RegionState::Set } else { RegionState::Clear });
+    }
+
     /// Some bit of `range` is set.
     pub fn any(&self, range: PageRange) -> bool {
-        self.words(range).any(|(word, mask)| self.words[word] & mask != 0)
+        self.regions_of(range).any(|(region, from, to)| match self.state(region) {
+            RegionState::Clear => false,
+            RegionState::Set => true,
+            RegionState::Mixed => (from..to).any(|bit| self.get(region * REGION_PAGES + bit)),
+        })
     }
 
     /// First pfn of `range` whose bit is clear; pages beyond the bitmap count as clear.
     pub fn first_clear(&self, range: PageRange) -> Option<u64> {
-        for (word, mask) in self.words(range) {
-            let clear = !self.words[word] & mask;
-            if clear != 0 {
-                return Some(word as u64 * 64 + u64::from(clear.trailing_zeros()));
+        for (region, from, to) in self.regions_of(range) {
+            let base = region * REGION_PAGES;
+            match self.state(region) {
+                RegionState::Set => {}
+                RegionState::Clear => return Some(base + from),
+                RegionState::Mixed => {
+                    if let Some(bit) = (from..to).find(|bit| !self.get(base + bit)) {
+                        return Some(base + bit);
+                    }
+                }
             }
         }
         (range.end_pfn() > self.pages).then_some(range.start_pfn().max(self.pages))
     }
 
+    /// First pfn at or after `from` whose bit is set.
+    pub fn next_set(&self, from: u64) -> Option<u64> {
+        let mut pfn = from;
+        while pfn < self.pages {
+            let region = pfn / REGION_PAGES;
+            let base = region * REGION_PAGES;
+            match self.state(region) {
+                RegionState::Set => return Some(pfn),
+                RegionState::Clear => {}
+                RegionState::Mixed => {
+                    if let Some(bit) = (pfn - base..REGION_PAGES).find(|bit| self.get(base + bit)) {
+                        return Some(base + bit);
+                    }
+                }
+            }
+            pfn = base + REGION_PAGES;
+        }
+        None
+    }
+
+    /// Set bits.
     pub fn count(&self) -> u64 {
-        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+        self.ones
     }
 }
 
@@ -78,25 +265,94 @@ mod tests {
         PageRange::new(PageAddr::from_pfn(pfn), pages).unwrap()
     }
 
+    fn set(b: &mut PageBitmap, r: PageRange, v: bool) {
+        b.reserve(r).unwrap();
+        assert!(b.set(r, v));
+    }
+
     #[test]
-    fn ranges_cross_word_boundaries() {
-        let mut b = PageBitmap::new(300);
-        b.set(range(0x3F, 0x42), true);
+    fn ranges_cross_word_and_region_boundaries() {
+        let mut b = PageBitmap::new(2000).unwrap();
+        set(&mut b, range(0x1F0, 0x42), true);
         assert_eq!(b.count(), 0x42);
-        assert_eq!(b.first_clear(range(0x3F, 0x42)), None);
-        assert_eq!(b.first_clear(range(0x3E, 4)), Some(0x3E));
-        assert_eq!(b.first_clear(range(0x3F, 0x43)), Some(0x81));
-        assert!(b.any(range(0x80, 10)) && !b.any(range(0x81, 10)));
-        b.set(range(0x40, 1), false);
-        assert_eq!(b.first_clear(range(0x3F, 0x42)), Some(0x40));
+        assert_eq!(b.first_clear(range(0x1F0, 0x42)), None);
+        assert_eq!(b.first_clear(range(0x1EF, 4)), Some(0x1EF));
+        assert_eq!(b.first_clear(range(0x1F0, 0x43)), Some(0x232));
+        assert!(b.any(range(0x231, 10)) && !b.any(range(0x232, 10)));
+        set(&mut b, range(0x200, 1), false);
+        assert_eq!(b.first_clear(range(0x1F0, 0x42)), Some(0x200));
+        assert_eq!(b.next_set(0x200), Some(0x201));
+        assert_eq!(b.next_set(0x232), None);
+    }
+
+    #[test]
+    fn whole_regions_need_no_leaf_and_uniform_leaves_go_away() {
+        let mut b = PageBitmap::new(4096).unwrap();
+        assert!(b.set(range(512, 1024), true), "whole regions need no reservation");
+        assert_eq!((b.count(), b.mixed_regions()), (1024, 0));
+        set(&mut b, range(600, 1), false);
+        assert_eq!(b.mixed_regions(), 1);
+        set(&mut b, range(600, 1), true);
+        assert_eq!(b.mixed_regions(), 0, "a region set whole again keeps no leaf");
+        assert_eq!(b.count(), 1024);
+    }
+
+    #[test]
+    fn an_unreserved_partial_change_is_refused_not_half_done() {
+        let mut b = PageBitmap::new(1024).unwrap();
+        assert!(!b.set(range(3, 2), true));
+        assert_eq!(b.count(), 0);
     }
 
     #[test]
     fn pages_beyond_the_end_are_clear_and_ignored() {
-        let mut b = PageBitmap::new(100);
-        b.set(range(90, 20), true);
+        let mut b = PageBitmap::new(100).unwrap();
+        set(&mut b, range(90, 20), true);
         assert_eq!(b.count(), 10);
         assert_eq!(b.first_clear(range(95, 10)), Some(100));
         assert!(!b.get(100));
+    }
+
+    #[test]
+    fn a_4_tib_map_costs_half_a_mebibyte() {
+        let pages = 4 << 28; // 4 TiB of 4 KiB pages
+        assert_eq!(PageBitmap::base_bytes(pages), 512 * 1024);
+        let mut b = PageBitmap::new(pages).unwrap();
+        assert!(b.set(range(0, pages), true));
+        assert_eq!(b.count(), pages);
+        set(&mut b, range(pages - 1, 1), false);
+        assert_eq!(b.first_clear(range(0, pages)), Some(pages - 1));
+    }
+
+    #[test]
+    fn matches_a_plain_bit_vector_under_random_changes() {
+        // A fixed pseudo-random walk (no test dependency): every result equals the naive
+        // answer.
+        let pages = 3000u64;
+        let mut b = PageBitmap::new(pages).unwrap();
+        let mut naive = alloc::vec![false; pages as usize];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..4000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let start = x % pages;
+            let len = 1 + (x >> 20) % if x & 1 == 0 { 8 } else { 1100 };
+            let value = x & 2 != 0;
+            let r = range(start, len.min(pages - start).max(1));
+            set(&mut b, r, value);
+            for p in r.start_pfn()..r.end_pfn() {
+                naive[p as usize] = value;
+            }
+            let probe = range((x >> 32) % pages, 1 + (x >> 40) % 700);
+            let in_range = |p: u64| p < pages;
+            let want_first_clear = (probe.start_pfn()..probe.end_pfn()).find(|p| !in_range(*p) || !naive[*p as usize]);
+            assert_eq!(b.first_clear(probe), want_first_clear);
+            let want_any = (probe.start_pfn()..probe.end_pfn().min(pages)).any(|p| naive[p as usize]);
+            assert_eq!(b.any(probe), want_any);
+            assert_eq!(b.count(), naive.iter().filter(|v| **v).count() as u64);
+            let from = (x >> 16) % pages;
+            assert_eq!(b.next_set(from), (from..pages).find(|p| naive[*p as usize]));
+        }
     }
 }

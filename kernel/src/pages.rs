@@ -12,12 +12,17 @@
 //!   VMSA; calling areas are allowed because guests pass parameters in them.
 //! - a *target* page is one a call acts upon (PVALIDATE, DEPOSIT, CREATE_VCPU). It must be
 //!   RAM with no role at all.
+//!
+//! Memory: the validation and deposit records are two-level bitmaps (`bitmap`) whose size
+//! follows how fragmented they are, not how large the guest is (0.5 MiB for a 4 TiB
+//! guest validated in 2 MiB runs); every other role is one of a few pages per vCPU, kept
+//! in a sorted vector whose room is reserved at start. So a guest of any size starts, and
+//! nothing a guest does later allocates on these paths without a way to fail.
 
 use crate::addr::{PageAddr, PageRange};
-use crate::bitmap::PageBitmap;
+use crate::bitmap::{NoRoom, PageBitmap};
 use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 /// The role of a page the SVSM has taken from the guest.
@@ -25,7 +30,7 @@ use alloc::vec::Vec;
 pub enum PageRole {
     /// Deposited with DEPOSIT_MEM; belongs to the page pool.
     Deposited,
-    /// The VMSA of a vCPU.
+    /// The VMSA of a vCPU (its current one, or one a replacement retired).
     Vmsa(VcpuIndex),
     /// The page holding a vCPU's calling area.
     CallingArea(VcpuIndex),
@@ -39,8 +44,10 @@ pub enum LayoutError {
     NoRam,
     RamOverlaps,
     SvsmOutsideRam,
-    /// RAM so large the bitmap cannot be allocated.
+    /// RAM beyond what an x86-64 guest can address (52 bits).
     TooLarge,
+    /// The heap cannot hold the page records for this much RAM.
+    NoMemory,
 }
 
 #[derive(Debug)]
@@ -50,17 +57,25 @@ pub struct PageTracker {
     svsm: PageRange,
     /// Bit set = the page is validated.
     validated: PageBitmap,
-    /// Bit set = the page has an entry in `roles` (a fast negative test).
-    has_role: PageBitmap,
-    roles: BTreeMap<u64, PageRole>,
+    /// Bit set = the page was deposited with the SVSM (free or in use).
+    deposited: PageBitmap,
+    /// The few pages with another role (VMSAs, calling areas, the secrets page), sorted
+    /// by pfn. Their number is bounded by the vCPUs the SVSM serves, and the room for them
+    /// is reserved at start, so a new role never allocates.
+    roles: Vec<(u64, PageRole)>,
 }
 
-/// The largest guest the bitmap covers: 1 TiB (a 32 MiB bitmap).
-const MAX_TOP_PFN: u64 = 1 << 28;
+/// The largest guest-physical address space: 52 bits.
+const MAX_TOP_PFN: u64 = 1 << 40;
 
 impl PageTracker {
-    pub fn new(ram: &[PageRange], svsm: PageRange) -> Result<Self, LayoutError> {
-        let mut ram = ram.to_vec();
+    /// Records for guest RAM `ram` with the SVSM at `svsm`, with room for `max_roles`
+    /// pages of a role other than deposited.
+    pub fn new(ram: &[PageRange], svsm: PageRange, max_roles: usize) -> Result<Self, LayoutError> {
+        let mut sorted = Vec::new();
+        sorted.try_reserve_exact(ram.len()).map_err(|_| LayoutError::NoMemory)?;
+        sorted.extend_from_slice(ram);
+        let mut ram = sorted;
         ram.sort_by_key(|r| r.start_pfn());
         if ram.is_empty() {
             return Err(LayoutError::NoRam);
@@ -72,18 +87,20 @@ impl PageTracker {
         if top_pfn > MAX_TOP_PFN {
             return Err(LayoutError::TooLarge);
         }
+        let mut roles = Vec::new();
+        roles.try_reserve_exact(max_roles).map_err(|_| LayoutError::NoMemory)?;
         let mut t = Self {
             ram,
             svsm,
-            validated: PageBitmap::new(top_pfn),
-            has_role: PageBitmap::new(top_pfn),
-            roles: BTreeMap::new(),
+            validated: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
+            deposited: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
+            roles,
         };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
         }
         // The SVSM's region was validated at launch.
-        t.set_validated(svsm, true);
+        t.record_validated(svsm, true).map_err(|_| LayoutError::NoMemory)?;
         Ok(t)
     }
 
@@ -110,17 +127,35 @@ impl PageTracker {
         false
     }
 
-    /// Pages of `range` that have a role, in order; the bitmap answers the common case
-    /// (none) without walking the tree.
-    fn roles_in(&self, range: PageRange) -> impl Iterator<Item = (u64, PageRole)> + '_ {
-        let span = if self.has_role.any(range) { range.start_pfn()..range.end_pfn() } else { 0..0 };
-        self.roles.range(span).map(|(pfn, role)| (*pfn, *role))
+    /// The first page of `range` with a role, and the role.
+    fn first_role_in(&self, range: PageRange) -> Option<(u64, PageRole)> {
+        let at = self.roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
+        let other = self.roles.get(at).copied().filter(|(pfn, _)| *pfn < range.end_pfn());
+        let deposited = if self.deposited.any(range) {
+            self.deposited.next_set(range.start_pfn()).map(|pfn| (pfn, PageRole::Deposited))
+        } else {
+            None
+        };
+        match (other, deposited) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Pages of `range` with a role other than deposited, in order.
+    fn other_roles_in(&self, range: PageRange) -> impl Iterator<Item = (u64, PageRole)> + '_ {
+        let at = self.roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
+        self.roles.get(at..).unwrap_or(&[]).iter().copied().take_while(move |(pfn, _)| *pfn < range.end_pfn())
     }
 
     /// Check a page range the SVSM will copy parameters from (`write` false) or to.
     pub fn check_param(&self, range: PageRange, write: bool) -> Result<(), (PageAddr, AddressConflict)> {
         self.check_common(range)?;
-        for (pfn, role) in self.roles_in(range) {
+        if self.deposited.any(range) {
+            let pfn = self.deposited.next_set(range.start_pfn()).unwrap_or(range.start_pfn());
+            return Err((PageAddr::from_pfn(pfn), AddressConflict::Deposited));
+        }
+        for (pfn, role) in self.other_roles_in(range) {
             let why = match role {
                 PageRole::CallingArea(_) => continue,
                 PageRole::Secrets if !write => continue,
@@ -140,7 +175,7 @@ impl PageTracker {
     /// Validation state is not checked; callers that need it ask for it.
     pub fn check_target(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
         self.check_common(range)?;
-        if let Some((pfn, role)) = self.roles_in(range).next() {
+        if let Some((pfn, role)) = self.first_role_in(range) {
             let why = match role {
                 PageRole::CallingArea(_) => AddressConflict::CallingArea,
                 PageRole::Secrets => AddressConflict::Secrets,
@@ -164,21 +199,54 @@ impl PageTracker {
     }
 
     pub fn role(&self, page: PageAddr) -> Option<PageRole> {
-        self.roles.get(&page.pfn()).copied()
+        if self.deposited.get(page.pfn()) {
+            return Some(PageRole::Deposited);
+        }
+        let i = self.roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn).ok()?;
+        self.roles.get(i).map(|(_, role)| *role)
     }
 
-    pub fn set_role(&mut self, page: PageAddr, role: PageRole) {
-        self.roles.insert(page.pfn(), role);
-        if let Some(one) = PageRange::new(page, 1) {
-            self.has_role.set(one, true);
+    /// Room for `n` more roles (checked before a call acts, so recording them cannot fail).
+    pub fn role_room(&self, n: usize) -> bool {
+        self.roles.len() + n <= self.roles.capacity()
+    }
+
+    /// Give `page` a role other than deposited (replacing one it has). Never allocates:
+    /// `Err` when the room reserved at start is used up, which the vCPU limit prevents.
+    pub fn set_role(&mut self, page: PageAddr, role: PageRole) -> Result<(), NoRoom> {
+        match self.roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
+            Ok(i) => {
+                if let Some(entry) = self.roles.get_mut(i) {
+                    entry.1 = role;
+                }
+                Ok(())
+            }
+            Err(_) if !self.role_room(1) => Err(NoRoom),
+            Err(i) => {
+                self.roles.insert(i, (page.pfn(), role));
+                Ok(())
+            }
         }
     }
 
     pub fn clear_role(&mut self, page: PageAddr) {
-        self.roles.remove(&page.pfn());
-        if let Some(one) = PageRange::new(page, 1) {
-            self.has_role.set(one, false);
+        if let Ok(i) = self.roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
+            self.roles.remove(i);
         }
+    }
+
+    /// Make sure recording `range` as deposited, or no longer deposited, cannot fail.
+    pub fn reserve_deposited(&mut self, range: PageRange) -> Result<(), NoRoom> {
+        self.deposited.reserve(range)
+    }
+
+    /// Record `range` as deposited or not ([reserved](Self::reserve_deposited) first).
+    pub fn set_deposited(&mut self, range: PageRange, deposited: bool) -> bool {
+        self.deposited.set(range, deposited)
+    }
+
+    pub fn is_deposited(&self, page: PageAddr) -> bool {
+        self.deposited.get(page.pfn())
     }
 
     pub fn is_validated(&self, page: PageAddr) -> bool {
@@ -200,14 +268,33 @@ impl PageTracker {
         self.first_unvalidated(range).is_none()
     }
 
-    /// Record the validation state of `range`. Pages beyond RAM are ignored.
-    pub fn set_validated(&mut self, range: PageRange, valid: bool) {
+    /// Make sure recording a validation change of `range` cannot fail (called before the
+    /// hardware changes, so record and hardware never disagree).
+    pub fn reserve_validated(&mut self, range: PageRange) -> Result<(), NoRoom> {
+        self.validated.reserve(range)
+    }
+
+    /// Record the validation state of `range` ([reserved](Self::reserve_validated)
+    /// first). Pages beyond RAM are ignored. `false` if a region was not reserved.
+    pub fn set_validated(&mut self, range: PageRange, valid: bool) -> bool {
+        self.validated.set(range, valid)
+    }
+
+    /// Reserve and record in one step (start-up, where failing is refusing to start).
+    pub fn record_validated(&mut self, range: PageRange, valid: bool) -> Result<(), NoRoom> {
+        self.validated.reserve(range)?;
         self.validated.set(range, valid);
+        Ok(())
     }
 
     /// Number of validated pages (for statistics).
     pub fn validated_pages(&self) -> u64 {
         self.validated.count()
+    }
+
+    /// Heap the page records hold now, in bytes (for statistics).
+    pub fn heap_bytes(&self) -> u64 {
+        self.validated.heap_bytes() + self.deposited.heap_bytes() + (self.roles.capacity() * 16) as u64
     }
 }
 
@@ -221,7 +308,7 @@ mod tests {
 
     fn tracker() -> PageTracker {
         // RAM 0..0x100 and 0x200..0x400 pages; SVSM at 0xC0..0xD0.
-        PageTracker::new(&[range(0x200, 0x200), range(0, 0x100)], range(0xC0, 0x10)).unwrap()
+        PageTracker::new(&[range(0x200, 0x200), range(0, 0x100)], range(0xC0, 0x10), 16).unwrap()
     }
 
     #[test]
@@ -245,13 +332,13 @@ mod tests {
     #[test]
     fn calling_areas_are_parameters_but_not_targets() {
         let mut t = tracker();
-        t.set_validated(range(0, 0x20), true);
-        t.set_role(PageAddr::from_pfn(5), PageRole::CallingArea(VcpuIndex(0)));
+        t.record_validated(range(0, 0x20), true).unwrap();
+        t.set_role(PageAddr::from_pfn(5), PageRole::CallingArea(VcpuIndex(0))).unwrap();
         assert!(t.check_param(range(5, 1), true).is_ok());
         assert_eq!(t.check_target(range(4, 2)).unwrap_err(), (PageAddr::from_pfn(5), AddressConflict::CallingArea));
-        t.set_role(PageAddr::from_pfn(6), PageRole::Vmsa(VcpuIndex(1)));
+        t.set_role(PageAddr::from_pfn(6), PageRole::Vmsa(VcpuIndex(1))).unwrap();
         assert_eq!(t.check_param(range(6, 1), false).unwrap_err().1, AddressConflict::Vmsa);
-        t.set_role(PageAddr::from_pfn(7), PageRole::Secrets);
+        t.set_role(PageAddr::from_pfn(7), PageRole::Secrets).unwrap();
         assert!(t.check_param(range(7, 1), false).is_ok(), "the secrets page may be read");
         assert_eq!(t.check_param(range(7, 1), true).unwrap_err().1, AddressConflict::Secrets);
         assert_eq!(t.check_target(range(7, 1)).unwrap_err().1, AddressConflict::Secrets);

@@ -2,17 +2,26 @@
 //! contexts today), drawn from a reserve inside the SVSM image and from pages the guest
 //! deposited (spec 58019 sections 6.5-6.6).
 //!
-//! Invariant: a page is in at most one of `reserve` and `deposited_free`; deposited pages
-//! in use are owned by whoever allocated them and come back through [`PagePool::free`].
-//! Allocation takes reserve pages first so that deposited pages stay withdrawable.
+//! Invariant: a page is in at most one of `reserve` and `free`; deposited pages in use are
+//! owned by whoever allocated them and come back through [`PagePool::free`]. Allocation
+//! takes reserve pages first so that deposited pages stay withdrawable.
+//!
+//! No guest-triggered path grows the heap without a way to fail: the reserve's room is
+//! fixed at start, and free deposited pages are a two-level bitmap (`bitmap`) whose
+//! changes are reserved before the pages change hands. A guest may deposit as much as it
+//! likes; the record of it costs 64 bytes per 2 MiB region deposited in part, nothing for
+//! a region deposited whole.
 
-use crate::addr::PageAddr;
+use crate::addr::{PageAddr, PageRange};
+use crate::bitmap::{NoRoom, PageBitmap};
 use alloc::vec::Vec;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PagePool {
+    /// Free pages of the SVSM's own reserve; room for all of them is reserved at start.
     reserve: Vec<PageAddr>,
-    deposited_free: Vec<PageAddr>,
+    /// Deposited pages nobody uses.
+    free: PageBitmap,
     reserve_total: u64,
     deposited_total: u64,
 }
@@ -26,55 +35,117 @@ pub struct PoolStats {
     pub deposited_free: u64,
 }
 
+/// Why an allocation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolError {
+    /// This many more pages are needed (the guest may deposit them).
+    Short(u32),
+    /// The heap cannot record the change.
+    NoRoom,
+}
+
 impl PagePool {
-    pub fn new(reserve: Vec<PageAddr>) -> Self {
+    /// A pool of `reserve` for guest RAM up to `top_pfn`.
+    pub fn new(reserve: Vec<PageAddr>, top_pfn: u64) -> Result<Self, NoRoom> {
         let reserve_total = reserve.len() as u64;
-        Self { reserve, deposited_free: Vec::new(), reserve_total, deposited_total: 0 }
+        Ok(Self { reserve, free: PageBitmap::new(top_pfn)?, reserve_total, deposited_total: 0 })
     }
 
-    pub fn available(&self) -> usize {
-        self.reserve.len() + self.deposited_free.len()
+    pub fn available(&self) -> u64 {
+        self.reserve.len() as u64 + self.free.count()
     }
 
-    /// Take `n` pages, all or nothing. `Err(shortfall)` names how many more are needed.
-    pub fn alloc(&mut self, n: usize) -> Result<Vec<PageAddr>, u32> {
+    /// Take `n` pages, all or nothing.
+    pub fn alloc(&mut self, n: usize) -> Result<Vec<PageAddr>, PoolError> {
         let have = self.available();
-        if have < n {
-            return Err(u32::try_from(n - have).unwrap_or(u32::MAX));
+        if have < n as u64 {
+            return Err(PoolError::Short(u32::try_from(n as u64 - have).unwrap_or(u32::MAX)));
         }
         let mut out = Vec::new();
-        if out.try_reserve_exact(n).is_err() {
-            return Err(1);
-        }
+        out.try_reserve_exact(n).map_err(|_| PoolError::NoRoom)?;
         while out.len() < n {
-            match self.reserve.pop().or_else(|| self.deposited_free.pop()) {
-                Some(p) => out.push(p),
-                None => break,
+            let Some(page) = self.reserve.pop() else { break };
+            out.push(page);
+        }
+        let from_reserve = out.len();
+        let mut from = 0;
+        while out.len() < n {
+            let taken = self.free.next_set(from).map(PageAddr::from_pfn).and_then(|page| {
+                let one = PageRange::new(page, 1)?;
+                self.free.reserve(one).ok()?;
+                self.free.set(one, false);
+                Some(page)
+            });
+            match taken {
+                Some(page) => {
+                    from = page.pfn() + 1;
+                    out.push(page);
+                }
+                None => {
+                    // Give back what was taken: all or nothing. (Giving a deposited page
+                    // back can itself need a leaf; on a heap that full the page stays
+                    // out of the pool, which costs the guest a page, not the SVSM.)
+                    for (i, page) in out.into_iter().enumerate() {
+                        self.free(page, i >= from_reserve);
+                    }
+                    return Err(PoolError::NoRoom);
+                }
             }
         }
         Ok(out)
     }
 
-    /// Return a page; `deposited` says where it came from.
-    pub fn free(&mut self, page: PageAddr, deposited: bool) {
+    /// Return a page; `deposited` says where it came from. A deposited page whose record
+    /// cannot be made (the heap is exhausted) stays out of the pool and is logged by the
+    /// caller through the `false` answer.
+    pub fn free(&mut self, page: PageAddr, deposited: bool) -> bool {
         if deposited {
-            self.deposited_free.push(page);
-        } else {
+            let Some(one) = PageRange::new(page, 1) else { return false };
+            self.free.reserve(one).is_ok() && self.free.set(one, true)
+        } else if self.reserve.len() < self.reserve.capacity() {
+            // Within the room reserved at start: no allocation.
             self.reserve.push(page);
+            true
+        } else {
+            false
         }
     }
 
-    /// A page the guest deposited joins the pool.
-    pub fn add_deposited(&mut self, page: PageAddr) {
-        self.deposited_free.push(page);
-        self.deposited_total += 1;
+    /// Make sure [`Self::add_deposited`] of `range` cannot fail.
+    pub fn reserve_deposit(&mut self, range: PageRange) -> Result<(), NoRoom> {
+        self.free.reserve(range)
     }
 
-    /// Take up to `max` free deposited pages for withdrawal.
+    /// Pages the guest deposited join the pool ([reserved](Self::reserve_deposit) first).
+    pub fn add_deposited(&mut self, range: PageRange) -> bool {
+        let done = self.free.set(range, true);
+        if done {
+            self.deposited_total += range.pages();
+        }
+        done
+    }
+
+    /// Take up to `max` free deposited pages for withdrawal (fewer if the heap cannot
+    /// record more; none on an empty pool).
     pub fn take_withdrawable(&mut self, max: usize) -> Vec<PageAddr> {
-        let n = max.min(self.deposited_free.len());
-        let split = self.deposited_free.len() - n;
-        self.deposited_free.split_off(split)
+        let mut out = Vec::new();
+        let want = (max as u64).min(self.free.count()) as usize;
+        if out.try_reserve_exact(want).is_err() {
+            return out;
+        }
+        let mut from = 0;
+        while out.len() < want {
+            let Some(pfn) = self.free.next_set(from) else { break };
+            let page = PageAddr::from_pfn(pfn);
+            let Some(one) = PageRange::new(page, 1) else { break };
+            if self.free.reserve(one).is_err() {
+                break;
+            }
+            self.free.set(one, false);
+            out.push(page);
+            from = pfn + 1;
+        }
+        out
     }
 
     /// A withdrawal finished: `pages` left the pool for good.
@@ -84,7 +155,7 @@ impl PagePool {
 
     /// Free deposited memory exists (SVSM_MEM_AVAILABLE).
     pub fn mem_available(&self) -> bool {
-        !self.deposited_free.is_empty()
+        self.free.count() > 0
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -92,7 +163,7 @@ impl PagePool {
             reserve_total: self.reserve_total,
             reserve_free: self.reserve.len() as u64,
             deposited_total: self.deposited_total,
-            deposited_free: self.deposited_free.len() as u64,
+            deposited_free: self.free.count(),
         }
     }
 }
@@ -101,27 +172,54 @@ impl PagePool {
 mod tests {
     use super::*;
 
+    fn pool(reserve: &[u64]) -> PagePool {
+        PagePool::new(reserve.iter().map(|p| PageAddr::from_pfn(*p)).collect(), 4096).unwrap()
+    }
+
+    fn one(pfn: u64) -> PageRange {
+        PageRange::new(PageAddr::from_pfn(pfn), 1).unwrap()
+    }
+
+    fn deposit(p: &mut PagePool, r: PageRange) {
+        p.reserve_deposit(r).unwrap();
+        assert!(p.add_deposited(r));
+    }
+
     #[test]
     fn reserve_is_used_before_deposits() {
-        let mut pool = PagePool::new(alloc::vec![PageAddr::from_pfn(1)]);
-        pool.add_deposited(PageAddr::from_pfn(100));
+        let mut pool = pool(&[1]);
+        deposit(&mut pool, one(100));
         let got = pool.alloc(1).unwrap();
         assert_eq!(got, [PageAddr::from_pfn(1)]);
         assert!(pool.mem_available());
-        assert_eq!(pool.alloc(2), Err(1));
+        assert_eq!(pool.alloc(2), Err(PoolError::Short(1)));
         assert_eq!(pool.available(), 1, "a failed allocation takes nothing");
     }
 
     #[test]
     fn withdrawal_drains_deposits_only() {
-        let mut pool = PagePool::new(alloc::vec![PageAddr::from_pfn(1)]);
-        pool.add_deposited(PageAddr::from_pfn(100));
-        pool.add_deposited(PageAddr::from_pfn(101));
+        let mut pool = pool(&[1]);
+        deposit(&mut pool, one(100));
+        deposit(&mut pool, one(101));
         let w = pool.take_withdrawable(10);
         assert_eq!(w.len(), 2);
         pool.withdrawn(2);
         assert!(!pool.mem_available());
         assert_eq!(pool.stats().reserve_free, 1);
         assert_eq!(pool.stats().deposited_total, 0);
+    }
+
+    #[test]
+    fn a_deposited_2m_region_costs_no_leaf_and_pages_come_back() {
+        let mut pool = pool(&[]);
+        let region = PageRange::new(PageAddr::from_pfn(1024), 512).unwrap();
+        assert!(pool.add_deposited(region), "a whole region needs no reservation");
+        let pages = pool.alloc(3).unwrap();
+        assert_eq!(pool.stats().deposited_free, 509);
+        for p in pages {
+            assert!(pool.free(p, true));
+        }
+        assert_eq!(pool.stats().deposited_free, 512);
+        assert_eq!(pool.free.mixed_regions(), 0, "the region is whole again");
     }
 }

@@ -67,14 +67,30 @@ impl Svsm {
         // 1. Hold the vCPU.
         let efer = p.vmsa_read(vmsa, VmsaField::Efer)?;
         p.vmsa_write(vmsa, VmsaField::Efer, efer & !EFER_SVME)?;
-        let release = |p: &mut P| p.vmsa_write(vmsa, VmsaField::Efer, efer | EFER_SVME);
+        let served = self.serve_held(p, vcpu, vmsa, ca);
+        // Whatever happened, the vCPU can run again: a calling area the host took away
+        // between the guest's request and the SVSM's read leaves CALL_PENDING set, which
+        // the guest reads as "not executed" (Linux retries), instead of a vCPU that can
+        // never resume. (Only a VMSA the host took makes this write fail too.)
+        let released = p.vmsa_write(vmsa, VmsaField::Efer, efer | EFER_SVME);
+        let outcome = served?;
+        released?;
+        Ok(outcome)
+    }
 
+    /// Steps 2-5 of an entry, with the vCPU held (SVME = 0).
+    fn serve_held<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        vcpu: VcpuIndex,
+        vmsa: crate::addr::PageAddr,
+        ca: Gpa,
+    ) -> Result<EntryOutcome, MemoryFault> {
         // 2. The exit code must be the call gate.
         let exit_code = p.vmsa_read(vmsa, VmsaField::ExitCode)?;
         if exit_code != P::CALL_EXIT_CODE {
             self.stats.wrong_exit_code += 1;
             log!(p, Warn, "vCPU {}: entry with exit code {:#x}, ignored", vcpu.0, exit_code);
-            release(p)?;
             return Ok(EntryOutcome::WrongExitCode(exit_code));
         }
 
@@ -84,7 +100,6 @@ impl Svsm {
         if pending[0] == CALL_PENDING_NONE {
             self.stats.spurious_entries += 1;
             log!(p, Debug, "vCPU {}: spurious entry (CALL_PENDING = 0)", vcpu.0);
-            release(p)?;
             return Ok(EntryOutcome::Spurious);
         }
 
@@ -126,7 +141,6 @@ impl Svsm {
         self.sync_mem_available(p);
         protocols::ocp::post_events(self, p);
         p.write(ca, &[CALL_PENDING_NONE])?;
-        release(p)?;
         Ok(EntryOutcome::Served(result))
     }
 

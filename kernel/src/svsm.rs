@@ -21,6 +21,12 @@ use alloc::vec::Vec;
 /// that vCPU and an 8 KiB stack.
 pub const VCPU_CONTEXT_PAGES: usize = 3;
 
+/// Pages with a role other than deposited the SVSM can hold: per vCPU its VMSA, a VMSA a
+/// replacement retired and its calling area, plus the secrets page.
+fn max_roles(max_vcpus: usize) -> usize {
+    max_vcpus.saturating_mul(3).saturating_add(1)
+}
+
 /// SEV_FEATURES the SVSM can serve a guest with. Others make it refuse to start
 /// (spec 58019 section 4.1: "terminate if unsupported features are enabled").
 pub const SUPPORTED_SEV_FEATURES: u64 = sev_features::SNP_ACTIVE
@@ -128,12 +134,14 @@ pub struct Svsm {
 
 impl Svsm {
     pub fn new<P: Platform + ?Sized>(config: SvsmConfig, p: &mut P) -> Result<Self, InitError> {
-        let mut pages = PageTracker::new(&config.ram, config.svsm_region).map_err(InitError::Layout)?;
+        let max_vcpus = config.max_vcpus.max(1);
+        let mut pages =
+            PageTracker::new(&config.ram, config.svsm_region, max_roles(max_vcpus)).map_err(InitError::Layout)?;
         if let Some(bad) = config.pool_reserve.iter().find(|pg| !config.svsm_region.contains_pfn(pg.pfn())) {
             return Err(InitError::ReserveOutsideSvsm(*bad));
         }
         for r in &config.prevalidated {
-            pages.set_validated(*r, true);
+            pages.record_validated(*r, true).map_err(|_| InitError::NoMemory)?;
         }
         let ca = config.startup_calling_area;
         if !ca.is_aligned(8) {
@@ -162,10 +170,10 @@ impl Svsm {
             None => [0; 32],
         };
         if let Some(secrets) = config.secrets_page {
-            pages.set_role(secrets, PageRole::Secrets);
+            pages.set_role(secrets, PageRole::Secrets).map_err(|_| InitError::NoMemory)?;
         }
-        pages.set_role(config.startup_vmsa, PageRole::Vmsa(VcpuIndex::STARTUP));
-        pages.set_role(ca.page(), PageRole::CallingArea(VcpuIndex::STARTUP));
+        pages.set_role(config.startup_vmsa, PageRole::Vmsa(VcpuIndex::STARTUP)).map_err(|_| InitError::NoMemory)?;
+        pages.set_role(ca.page(), PageRole::CallingArea(VcpuIndex::STARTUP)).map_err(|_| InitError::NoMemory)?;
         let startup = Vcpu {
             apic_id: config.startup_apic_id,
             vmsa: config.startup_vmsa,
@@ -175,12 +183,13 @@ impl Svsm {
             calling_area: ca,
             svsm_pages: Vec::new(),
         };
-        let max_vcpus = config.max_vcpus.max(1);
         let vcpus = VcpuRegistry::new(startup, max_vcpus).map_err(|_| InitError::NoMemory)?;
+        let top_pfn = config.ram.iter().map(|r| r.end_pfn()).max().unwrap_or(0);
+        let pool = PagePool::new(config.pool_reserve, top_pfn).map_err(|_| InitError::NoMemory)?;
         Ok(Self {
             pages,
             vcpus,
-            pool: PagePool::new(config.pool_reserve),
+            pool,
             stats: Stats::default(),
             max_vcpus,
             guest_vmpl: vmpl,

@@ -12,7 +12,6 @@ use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
 use crate::caller::{Access, Caller};
 use crate::error::{AddressConflict, CallError, CallResult};
 use crate::guest_memory;
-use crate::pages::PageRole;
 use crate::platform::{HwError, Platform};
 use crate::protocols::{CallContext, Reply};
 use crate::svsm::Svsm;
@@ -58,6 +57,10 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Calle
     // A caller deposits only what it could write itself: a VMPL2 caller must not hand the
     // SVSM (and so take away from VMPL1) a page that VMPL1 keeps from it.
     caller.check(p, range, Access::Write)?;
+    // The records of the deposit are made room for first: once the pages are the
+    // SVSM's, recording it cannot fail.
+    svsm.pages.reserve_deposited(range).map_err(|_| CallError::OutOfMemory)?;
+    svsm.pool.reserve_deposit(range).map_err(|_| CallError::OutOfMemory)?;
     for (done, page) in range.iter().enumerate() {
         if let Err(error) = restrict(p, page, caller_vmpl) {
             // Hand back the pages this entry already took, so the entry is all or nothing
@@ -73,9 +76,8 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Calle
     // No CPU may still hold a translation that lets the guest write the pages once the
     // SVSM can hand them out.
     p.flush_guest_tlb();
-    for page in range.iter() {
-        svsm.pages.set_role(page, PageRole::Deposited);
-        svsm.pool.add_deposited(page);
+    if !svsm.pages.set_deposited(range, true) || !svsm.pool.add_deposited(range) {
+        crate::log!(p, Error, "deposit at {:#x}: a reserved record was missing", range.start().raw());
     }
     Ok(())
 }
@@ -122,10 +124,13 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
     let room = usize::try_from(room).unwrap_or(0).min(svsm.pages_per_call as usize).max(1);
     let taken = svsm.pool.take_withdrawable(room);
     let entries_gpa = Gpa(gpa.0 + LIST_HEADER_SIZE);
-    let gpas: Vec<u64> = taken.iter().map(|pg| pg.raw()).collect();
-    if let Err(e) = guest_memory::write_bytes(p, ctx.view(&svsm.pages), entries_gpa, gpas.as_bytes()) {
+    let written = crate::heap::with_capacity(taken.len()).and_then(|mut gpas: Vec<u64>| {
+        gpas.extend(taken.iter().map(|pg| pg.raw()));
+        guest_memory::write_bytes(p, ctx.view(&svsm.pages), entries_gpa, gpas.as_bytes())
+    });
+    if let Err(e) = written {
         for pg in taken {
-            svsm.pool.free(pg, true);
+            let _ = svsm.pool.free(pg, true);
         }
         return Err(e);
     }
@@ -133,18 +138,21 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
     let mut returned = 0usize;
     let mut remaining = taken.into_iter();
     for page in remaining.by_ref() {
-        let one = PageRange::new(page, 1);
+        // Room to record the page as the guest's again, then zero and hand it back.
+        let one = PageRange::new(page, 1).filter(|r| svsm.pages.reserve_deposited(*r).is_ok());
         let handed_back = one.is_some_and(|r| p.zero_pages(r).is_ok()) && grant(p, page, ctx.caller.vmpl).is_ok();
         if !handed_back {
             crate::log!(p, Warn, "withdraw: page {:#x} stays with the SVSM", page.raw());
-            svsm.pool.free(page, true);
+            let _ = svsm.pool.free(page, true);
             break;
         }
-        svsm.pages.clear_role(page);
+        if let Some(r) = one {
+            svsm.pages.set_deposited(r, false);
+        }
         returned += 1;
     }
     for page in remaining {
-        svsm.pool.free(page, true);
+        let _ = svsm.pool.free(page, true);
     }
     svsm.pool.withdrawn(returned);
     let count = u16::try_from(returned).unwrap_or(u16::MAX);

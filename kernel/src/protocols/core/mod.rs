@@ -75,7 +75,10 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext)
     v.calling_area = new;
     if old_page != page {
         svsm.pages.clear_role(old_page);
-        svsm.pages.set_role(page, PageRole::CallingArea(ctx.vcpu));
+        // The old area's room was just freed, so this cannot fail.
+        if svsm.pages.set_role(page, PageRole::CallingArea(ctx.vcpu)).is_err() {
+            crate::log!(p, Error, "no room to record the calling area at {:#x}", page.raw());
+        }
     }
     if ctx.vcpu == crate::vcpu::VcpuIndex::STARTUP {
         svsm.mem_flag_written = None;

@@ -84,6 +84,9 @@ fn hw(entry: &Entry) -> impl Fn(crate::platform::HwError) -> CallError {
 
 pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
     svsm.pages.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    // The validation record makes room before the hardware changes, so the two cannot
+    // disagree afterwards (a 4 KiB entry in a 2 MiB run the record held whole needs a leaf).
+    svsm.pages.reserve_validated(entry.range).map_err(|_| CallError::OutOfMemory)?;
     if entry.validate {
         // A page that is not validated belongs to no VMPL yet, so any caller may validate
         // it (and gets access with every more privileged VMPL). A validated one only

@@ -25,6 +25,7 @@ use crate::caller::{Access, Caller};
 use crate::error::{AddressConflict, CallError, CallResult};
 use crate::pages::PageRole;
 use crate::platform::{HwError, Platform};
+use crate::pool::PoolError;
 use crate::protocols::CallContext;
 use crate::svsm::{Svsm, VCPU_CONTEXT_PAGES};
 use crate::vcpu::{Retired, Vcpu, VcpuIndex};
@@ -93,8 +94,14 @@ fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
         return Err(CallError::InvalidRequest("the SVSM serves no more vCPUs"));
     }
     let features = startup_features(svsm, p)?;
+    if !svsm.pages.role_room(2) {
+        return Err(CallError::OutOfMemory);
+    }
     // Reserve the SVSM pages first: a shortfall is answered before anything changes.
-    let svsm_pages = svsm.pool.alloc(VCPU_CONTEXT_PAGES).map_err(CallError::NeedMemory)?;
+    let svsm_pages = svsm.pool.alloc(VCPU_CONTEXT_PAGES).map_err(|e| match e {
+        PoolError::Short(pages) => CallError::NeedMemory(pages),
+        PoolError::NoRoom => CallError::OutOfMemory,
+    })?;
 
     // Act. Every failure from here on gives back the page and the reserved pages.
     let inserted = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
@@ -124,8 +131,8 @@ fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
     if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
     }
-    svsm.pages.set_role(r.vmsa, PageRole::Vmsa(index));
-    svsm.pages.set_role(r.ca, PageRole::CallingArea(index));
+    record_role(svsm, p, r.vmsa, PageRole::Vmsa(index));
+    record_role(svsm, p, r.ca, PageRole::CallingArea(index));
     let pages = svsm.vcpus.get(index).map_or(&[][..], |v| &v.svsm_pages[..]);
     p.vcpu_created(index, r.vmsa, r.apic_id, pages);
     crate::log!(p, Info, "vCPU {} created: APIC ID {}, VMSA {:#x}", index.0, r.apic_id, r.vmsa.raw());
@@ -156,6 +163,9 @@ fn replace<P: Platform + ?Sized>(
     check_page(svsm, p, ctx.caller, r.vmsa, None)?;
     check_page(svsm, p, ctx.caller, r.ca, Some(PageRole::CallingArea(index)))?;
     let features = startup_features(svsm, p)?;
+    if !svsm.pages.role_room(2) {
+        return Err(CallError::OutOfMemory);
+    }
 
     let vmpl = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
         Ok(vmpl) => vmpl,
@@ -179,10 +189,10 @@ fn replace<P: Platform + ?Sized>(
     v.retired = Some(Retired { vmsa: old.vmsa, creator_vmpl: old.creator_vmpl });
     v.calling_area = r.ca.gpa();
     // The old VMSA keeps its role (the guest cannot use it) until DELETE_VCPU.
-    svsm.pages.set_role(r.vmsa, PageRole::Vmsa(index));
+    record_role(svsm, p, r.vmsa, PageRole::Vmsa(index));
     if old.calling_area.page() != r.ca {
         svsm.pages.clear_role(old.calling_area.page());
-        svsm.pages.set_role(r.ca, PageRole::CallingArea(index));
+        record_role(svsm, p, r.ca, PageRole::CallingArea(index));
     }
     if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
@@ -249,11 +259,22 @@ fn check_vmsa<P: Platform + ?Sized>(p: &P, vmsa: PageAddr, caller_vmpl: u8, star
     Ok(vmpl)
 }
 
-/// SVSM pages reserved for a vCPU that was not made go back to the pool.
+/// Record a role the call checked room for (`role_room`): it cannot fail; if it did, the
+/// SVSM's bookkeeping is wrong, which is logged and leaves the page unprotected by the
+/// role checks but still out of the guest's hands in the RMP.
+fn record_role<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, page: PageAddr, role: PageRole) {
+    if svsm.pages.set_role(page, role).is_err() {
+        crate::log!(p, Error, "no room to record {:?} at {:#x}", role, page.raw());
+    }
+}
+
+/// SVSM pages of a vCPU that is gone (or was not made) go back to the pool.
 fn free_pages(svsm: &mut Svsm, pages: &[PageAddr]) {
     for page in pages {
-        let deposited = svsm.pages.role(*page) == Some(PageRole::Deposited);
-        svsm.pool.free(*page, deposited);
+        let deposited = svsm.pages.is_deposited(*page);
+        // A deposited page whose record cannot be made stays out of the pool: the guest
+        // loses a page it gave, the SVSM keeps working.
+        let _ = svsm.pool.free(*page, deposited);
     }
 }
 
