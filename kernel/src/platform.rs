@@ -138,8 +138,9 @@ pub trait Platform {
 
     /// The certificate table (GHCB extended-guest-request format: ARK, ASK, VCEK) that
     /// lets a verifier check the reports `guest_request` returns; empty if none.
-    fn report_certificates(&mut self) -> alloc::vec::Vec<u8> {
-        alloc::vec::Vec::new()
+    /// (Borrowed: the kernel copies what it needs, fallibly.)
+    fn report_certificates(&mut self) -> &[u8] {
+        &[]
     }
 }
 

@@ -1,7 +1,8 @@
 //! The dispatcher fuzz harness: arbitrary bytes become a sequence of guest calls with
 //! arbitrary registers and list contents, interleaved with a host that misbehaves
 //! (spurious entries, wrong exit codes, running VMSAs, racing writes, pages reassigned
-//! behind the guest's back, a PSP that refuses, loses or forges answers).
+//! behind the guest's back, a PSP that refuses, loses or forges answers), and an SVSM
+//! heap that runs full.
 //!
 //! After every step the harness checks what must always hold: the SVSM did not break the
 //! calling convention, still answers a call, and its own memory and every VMSA stay out
@@ -86,6 +87,7 @@ pub fn run_dispatcher(data: &[u8]) {
 
 /// [`run_dispatcher`] on the given platform.
 pub fn run_dispatcher_on(data: &[u8], platform: PlatformKind) {
+    crate::heap::reset_limit();
     let mut input = Input { data };
     let mut w = World::new(WorldConfig {
         ram_bytes: RAM,
@@ -100,10 +102,11 @@ pub fn run_dispatcher_on(data: &[u8], platform: PlatformKind) {
         step(&mut w, &mut input);
         check(&mut w);
     }
+    crate::heap::reset_limit();
 }
 
 fn step(w: &mut World, input: &mut Input<'_>) {
-    match input.u8() % 11 {
+    match input.u8() % 12 {
         0..=4 => {
             // Fill the parameter page, then call.
             let len = usize::from(input.u8()) * 4;
@@ -166,6 +169,15 @@ fn step(w: &mut World, input: &mut Input<'_>) {
             // Another vCPU writes guest RAM; the host model has no memory beyond it.
             if gpa.checked_add(bytes.len() as u64).is_some_and(|end| end <= RAM) {
                 w.machine.race(Race { trigger, gpa, bytes });
+            }
+        }
+        11 => {
+            // The SVSM's heap fills up (or empties again): every call from here on must
+            // answer with a result code, never stop the SVSM. Seen only where the binary
+            // runs the counting allocator (`crate::heap`), as the fuzz target does.
+            match input.u8() {
+                0xF0.. => crate::heap::reset_limit(),
+                room => crate::heap::leave_room(usize::from(room) * 64),
             }
         }
         10 => {

@@ -10,6 +10,8 @@
 //!   through the real calling convention (the `guest` crate), with knobs for a host that
 //!   enters the SVSM spuriously, with a wrong exit code, or races on guest memory.
 //! - [`conformance_env`]: the conformance suite's environment on a fresh world per case.
+//! - [`heap`]: the bare-metal heap's limit for SVSM code, for test binaries that install
+//!   its counting allocator.
 //!
 //! The model is the reference for what the hardware would do; where the architecture
 //! documents are silent the choice is written next to the code.
@@ -17,6 +19,7 @@
 pub mod attest_demo;
 pub mod conformance_env;
 pub mod fuzz;
+pub mod heap;
 pub mod machine;
 pub mod memory;
 pub mod psp_model;

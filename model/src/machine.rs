@@ -174,7 +174,7 @@ impl Machine {
     }
 
     fn violation(&self, what: String) {
-        self.violations.borrow_mut().push(what);
+        crate::heap::as_host(|| self.violations.borrow_mut().push(what));
     }
 
     /// Record a breach seen outside the machine (the snp platform's host).
@@ -202,6 +202,11 @@ impl Machine {
     }
 
     fn after_read(&self, gpa: u64, len: usize) {
+        crate::heap::as_host(|| self.race_now(gpa, len))
+    }
+
+    /// Another vCPU's racing write, if this read triggers it.
+    fn race_now(&self, gpa: u64, len: usize) {
         let fire = matches!(&*self.race.borrow(), Some(r) if r.trigger >= gpa && r.trigger < gpa + len as u64);
         if fire && let Some(r) = self.race.borrow_mut().take() {
             self.memory.borrow_mut().write(r.gpa, &r.bytes);
@@ -223,6 +228,48 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// The machine's side of a vCPU creation: check the SVSM's part, then record it.
+    fn record_vcpu(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
+        for page in svsm_pages {
+            if (1..=3).any(|vmpl| self.rmp.allows(page.pfn(), vmpl, PERM_READ)) {
+                self.violation(format!("SVSM page {:#x} of a new vCPU is reachable from a guest VMPL", page.raw()));
+            }
+        }
+        if self.rmp.entry(vmsa.pfn()).is_none_or(|e| !e.vmsa) {
+            self.violation(format!("vCPU created on {:#x}, which is not a VMSA page", vmsa.raw()));
+        }
+        if self.vmsa_field(vmsa.raw(), VmsaField::Efer) & EFER_SVME == 0 {
+            self.violation(format!("vCPU created on {:#x} with EFER.SVME = 0: it cannot run", vmsa.raw()));
+        }
+        let svsm_pages = svsm_pages.iter().map(|p| p.raw()).collect();
+        self.vcpus.insert(index.0, ModelVcpu { vmsa: vmsa.raw(), apic_id, running: false, svsm_pages });
+    }
+
+    fn stop_vcpu(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
+        let Some(v) = self.vcpus.values().find(|v| v.vmsa == vmsa.raw()) else {
+            return Err(HwError::Fault);
+        };
+        if v.running {
+            return Err(HwError::Rc(abi::hw::rc::FAIL_INUSE));
+        }
+        let efer = self.vmsa_field(vmsa.raw(), VmsaField::Efer);
+        self.set_vmsa_field(vmsa.raw(), VmsaField::Efer, efer & !EFER_SVME);
+        Ok(())
+    }
+
+    fn record_log(&mut self, level: Level, args: std::fmt::Arguments<'_>) {
+        if level <= self.log_level {
+            let line = args.to_string();
+            if std::env::var_os("BULWARK_MODEL_LOG").is_some() {
+                eprintln!("[svsm {level:?}] {line}");
+            }
+            self.log_ring.push(format!("[{level:?}] {line}\n").as_bytes());
+            self.log.push((level, line));
+        }
+    }
+}
+
 impl Platform for Machine {
     const CALL_EXIT_CODE: u64 = SVM_EXIT_VMGEXIT;
     const NAME: &'static str = "model";
@@ -236,7 +283,8 @@ impl Platform for Machine {
 
     fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), MemoryFault> {
         self.check(gpa.0, data.len(), PERM_WRITE)?;
-        self.memory.get_mut().write(gpa.0, data);
+        let memory = self.memory.get_mut();
+        crate::heap::as_host(|| memory.write(gpa.0, data));
         Ok(())
     }
 
@@ -251,7 +299,7 @@ impl Platform for Machine {
     }
 
     fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError> {
-        self.rmp.pvalidate(page.raw(), Self::size(size), validate)
+        crate::heap::as_host(|| self.rmp.pvalidate(page.raw(), Self::size(size), validate))
     }
 
     fn rmpadjust(
@@ -264,7 +312,8 @@ impl Platform for Machine {
     ) -> Result<(), HwError> {
         let vcpus = &self.vcpus;
         let running = |pfn: u64| vcpus.values().any(|v| v.running && v.vmsa >> 12 == pfn);
-        self.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, running)
+        let rmp = &mut self.rmp;
+        crate::heap::as_host(|| rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, running))
     }
 
     fn vmpl_permissions(&self, page: PageAddr, vmpl: u8) -> Option<u8> {
@@ -290,31 +339,11 @@ impl Platform for Machine {
     }
 
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
-        for page in svsm_pages {
-            if (1..=3).any(|vmpl| self.rmp.allows(page.pfn(), vmpl, PERM_READ)) {
-                self.violation(format!("SVSM page {:#x} of a new vCPU is reachable from a guest VMPL", page.raw()));
-            }
-        }
-        if self.rmp.entry(vmsa.pfn()).is_none_or(|e| !e.vmsa) {
-            self.violation(format!("vCPU created on {:#x}, which is not a VMSA page", vmsa.raw()));
-        }
-        if self.vmsa_field(vmsa.raw(), VmsaField::Efer) & EFER_SVME == 0 {
-            self.violation(format!("vCPU created on {:#x} with EFER.SVME = 0: it cannot run", vmsa.raw()));
-        }
-        let svsm_pages = svsm_pages.iter().map(|p| p.raw()).collect();
-        self.vcpus.insert(index.0, ModelVcpu { vmsa: vmsa.raw(), apic_id, running: false, svsm_pages });
+        crate::heap::as_host(|| self.record_vcpu(index, vmsa, apic_id, svsm_pages))
     }
 
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
-        let Some(v) = self.vcpus.values().find(|v| v.vmsa == vmsa.raw()) else {
-            return Err(HwError::Fault);
-        };
-        if v.running {
-            return Err(HwError::Rc(abi::hw::rc::FAIL_INUSE));
-        }
-        let efer = self.vmsa_field(vmsa.raw(), VmsaField::Efer);
-        self.set_vmsa_field(vmsa.raw(), VmsaField::Efer, efer & !EFER_SVME);
-        Ok(())
+        crate::heap::as_host(|| self.stop_vcpu(vmsa))
     }
 
     fn vcpu_deleted(&mut self, index: VcpuIndex) {
@@ -326,14 +355,7 @@ impl Platform for Machine {
     }
 
     fn log(&mut self, level: Level, args: std::fmt::Arguments<'_>) {
-        if level <= self.log_level {
-            let line = args.to_string();
-            if std::env::var_os("BULWARK_MODEL_LOG").is_some() {
-                eprintln!("[svsm {level:?}] {line}");
-            }
-            self.log_ring.push(format!("[{level:?}] {line}\n").as_bytes());
-            self.log.push((level, line));
-        }
+        crate::heap::as_host(|| self.record_log(level, args))
     }
 
     fn log_level(&self) -> Level {
@@ -353,6 +375,18 @@ impl Platform for Machine {
     }
 
     fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        // The PSP's memory is not the SVSM's heap.
+        crate::heap::as_host(|| self.psp_answers(request, response))
+    }
+
+    fn report_certificates(&mut self) -> &[u8] {
+        &self.certificates
+    }
+}
+
+impl Machine {
+    /// The PSP's side of a guest request, with the host's faults.
+    fn psp_answers(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
         let Some(psp) = self.psp.as_mut() else { return Err(GuestRequestError::Unavailable) };
         let fault = self.psp_fault.take();
         if let Some(PspFault::Status(status)) = fault {
@@ -376,9 +410,5 @@ impl Platform for Machine {
             }
             _ => Ok(()),
         }
-    }
-
-    fn report_certificates(&mut self) -> Vec<u8> {
-        self.certificates.clone()
     }
 }

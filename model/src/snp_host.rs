@@ -263,7 +263,8 @@ impl ModelSnpHw<'_> {
 impl SnpHw for ModelSnpHw<'_> {
     fn pvalidate(&mut self, gpa: u64, huge: bool, validate: bool) -> Result<(u32, bool), Fault> {
         let size = if huge { Size::Huge } else { Size::Small };
-        match self.machine.rmp.pvalidate(gpa, size, validate) {
+        let rmp = &mut self.machine.rmp;
+        match crate::heap::as_host(|| rmp.pvalidate(gpa, size, validate)) {
             Ok(PvalidateEffect::Changed) => Ok((0, false)),
             Ok(PvalidateEffect::Unchanged) => Ok((0, true)),
             Err(HwError::Rc(code)) => Ok((code, false)),
@@ -278,7 +279,7 @@ impl SnpHw for ModelSnpHw<'_> {
         if !vmsa && self.host.busy_vmsas.contains(&gpa) {
             return Ok(abi::hw::rc::FAIL_INUSE);
         }
-        match Platform::rmpadjust(self.machine, page, size, vmpl, perms, vmsa) {
+        match Platform::rmpadjust(&mut *self.machine, page, size, vmpl, perms, vmsa) {
             Ok(()) => Ok(0),
             Err(HwError::Rc(code)) => Ok(code),
             Err(HwError::Fault) => Err(Fault),
@@ -305,8 +306,8 @@ impl SnpHw for ModelSnpHw<'_> {
     }
 
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
-        self.machine.check_vmsa_write(gpa, data.len());
-        Platform::write(self.machine, kernel::addr::Gpa(gpa), data).map_err(|_| Fault)
+        crate::heap::as_host(|| self.machine.check_vmsa_write(gpa, data.len()));
+        Platform::write(&mut *self.machine, kernel::addr::Gpa(gpa), data).map_err(|_| Fault)
     }
 
     fn shared_gpa(&self, page: Shared) -> u64 {
@@ -318,7 +319,8 @@ impl SnpHw for ModelSnpHw<'_> {
     }
 
     fn shared_write(&mut self, page: Shared, offset: usize, data: &[u8]) {
-        self.machine.raw_write(self.shared_gpa(page) + offset as u64, data);
+        let gpa = self.shared_gpa(page) + offset as u64;
+        crate::heap::as_host(|| self.machine.raw_write(gpa, data));
     }
 
     fn read_ghcb_msr(&self) -> u64 {
@@ -330,6 +332,13 @@ impl SnpHw for ModelSnpHw<'_> {
     }
 
     fn vmgexit(&mut self) {
+        // The host runs: its memory is not the SVSM's heap.
+        crate::heap::as_host(|| self.host_runs());
+    }
+}
+
+impl ModelSnpHw<'_> {
+    fn host_runs(&mut self) {
         let value = self.host.msr;
         if value & msr::INFO_MASK == 0 && Some(value) == self.host.registered_ghcb {
             self.ghcb_event(value);

@@ -185,15 +185,17 @@ impl World {
             if let Err(e) = p.launch_guest_vcpu(svsm_config.startup_vmsa, 0, 0x00A0_0F11) {
                 panic!("the startup VMSA could not be made: {e:?}");
             }
-            let made = Svsm::new(svsm_config, &mut p).map(|mut svsm| {
-                svsm.check_psp_channel(&mut p);
-                svsm
+            let made = crate::heap::in_svsm(|| {
+                Svsm::new(svsm_config, &mut p).map(|mut svsm| {
+                    svsm.check_psp_channel(&mut p);
+                    svsm
+                })
             });
             let state = p.state;
             snp_world = Some(SnpWorld { host, state: Some(state) });
             made
         } else {
-            Svsm::new(svsm_config, &mut m)
+            crate::heap::in_svsm(|| Svsm::new(svsm_config, &mut m))
         };
         let mut svsm = match made {
             Ok(s) => s,
@@ -201,7 +203,7 @@ impl World {
         };
         if config.vtpm {
             match crate::vtpm_model::vtpm() {
-                Ok(v) => svsm.install_vtpm(v),
+                Ok(v) => crate::heap::in_svsm(|| svsm.install_vtpm(v)),
                 Err(e) => panic!("the model's vTPM did not start: {e}"),
             }
         }
@@ -211,11 +213,13 @@ impl World {
     /// The host enters the SVSM for `vcpu`. On the snp platform the SVSM then hands the
     /// CPU back with RUN_VMPL, as its request loop does.
     pub fn enter(&mut self, vcpu: VcpuIndex) -> EntryOutcome {
-        let Some(snp) = self.snp.as_mut() else { return self.svsm.handle_entry(&mut self.machine, vcpu) };
+        let Some(snp) = self.snp.as_mut() else {
+            return crate::heap::in_svsm(|| self.svsm.handle_entry(&mut self.machine, vcpu));
+        };
         let Some(state) = snp.state.take() else { unreachable!("the snp state is put back after every entry") };
         let hw = ModelSnpHw { machine: &mut self.machine, host: &mut snp.host };
         let mut p = SnpPlatform { hw, state };
-        let outcome = self.svsm.handle_entry(&mut p, vcpu);
+        let outcome = crate::heap::in_svsm(|| self.svsm.handle_entry(&mut p, vcpu));
         if let Err(e) = p.resume_guest() {
             p.hw.machine.record_violation(format!("RUN_VMPL failed: {e:?}"));
         }

@@ -3,6 +3,10 @@
 use bulwark_model::conformance_env::run_case;
 use conformance::{CASES, Verdict};
 
+/// SVSM code runs with the bare-metal heap's limit (`bulwark_model::heap`).
+#[global_allocator]
+static HEAP: bulwark_model::heap::CountingHeap = bulwark_model::heap::CountingHeap;
+
 #[test]
 fn every_conformance_case_passes_on_the_model() {
     let mut failures = Vec::new();

@@ -4,6 +4,10 @@
 use bulwark_model::fuzz::{run_dispatcher, run_dispatcher_on};
 use bulwark_model::world::PlatformKind;
 
+/// SVSM code runs with the bare-metal heap's limit (`bulwark_model::heap`).
+#[global_allocator]
+static HEAP: bulwark_model::heap::CountingHeap = bulwark_model::heap::CountingHeap;
+
 /// xorshift64*: deterministic, so a failure reproduces.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 12;

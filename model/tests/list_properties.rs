@@ -9,6 +9,10 @@ use guest::{CallError, Regs, Transport};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
+/// SVSM code runs with the bare-metal heap's limit (`bulwark_model::heap`).
+#[global_allocator]
+static HEAP: bulwark_model::heap::CountingHeap = bulwark_model::heap::CountingHeap;
+
 const SMALL: u64 = world::LOW_VALIDATED_END; // 4 KiB RMP pages, unvalidated
 const HUGE: u64 = 64 * MIB; // 2 MiB RMP pages
 const LIST: u64 = 2 * MIB; // a validated scratch page

@@ -15,6 +15,10 @@ use snp::hw::SHARED_PAGES;
 use snp::vc::{VcError, VcRegs, handle};
 use snp::{SnpPlatform, StartError};
 
+/// SVSM code runs with the bare-metal heap's limit (`bulwark_model::heap`).
+#[global_allocator]
+static HEAP: bulwark_model::heap::CountingHeap = bulwark_model::heap::CountingHeap;
+
 fn machine() -> Machine {
     let mut m = Machine::new(64 * MIB, 32 * MIB);
     // The launch validated the SVSM region, where the shared pages are.

@@ -38,9 +38,15 @@ pub struct RmpEntry {
     pub perms: [u8; 4],
 }
 
+/// The table, in 2 MiB chunks: a chunk whose 512 entries are all the same is one entry
+/// (its template); a chunk gets its own 512 entries once one of them differs. A guest's
+/// RAM starts as a few large uniform runs, so a model of a 4 TiB guest costs 2 MiB of
+/// templates plus what the guest changed, not 8 GiB.
 #[derive(Debug)]
 pub struct Rmp {
-    entries: Vec<RmpEntry>,
+    pages: u64,
+    templates: Vec<RmpEntry>,
+    chunks: Vec<Option<alloc::boxed::Box<[RmpEntry]>>>,
 }
 
 /// Page size operand.
@@ -52,47 +58,107 @@ pub enum Size {
 
 impl Rmp {
     pub fn new(pages: u64) -> Self {
-        Self { entries: vec![RmpEntry::default(); pages as usize] }
+        let chunks = pages.div_ceil(PAGES_PER_2M) as usize;
+        let mut none = Vec::with_capacity(chunks);
+        none.resize_with(chunks, || None);
+        Self { pages, templates: vec![RmpEntry::default(); chunks], chunks: none }
     }
 
     pub fn pages(&self) -> u64 {
-        self.entries.len() as u64
+        self.pages
     }
 
     pub fn entry(&self, pfn: u64) -> Option<&RmpEntry> {
-        self.entries.get(pfn as usize)
+        if pfn >= self.pages {
+            return None;
+        }
+        let (c, i) = ((pfn / PAGES_PER_2M) as usize, (pfn % PAGES_PER_2M) as usize);
+        match self.chunks.get(c)? {
+            Some(entries) => entries.get(i),
+            None => self.templates.get(c),
+        }
     }
 
+    /// The entry of `pfn`, for a change. `None` beyond the table, or when the chunk's own
+    /// entries cannot be allocated (the caller treats that page as faulting).
     pub fn entry_mut(&mut self, pfn: u64) -> Option<&mut RmpEntry> {
-        self.entries.get_mut(pfn as usize)
+        if pfn >= self.pages {
+            return None;
+        }
+        let (c, i) = ((pfn / PAGES_PER_2M) as usize, (pfn % PAGES_PER_2M) as usize);
+        let template = *self.templates.get(c)?;
+        let slot = self.chunks.get_mut(c)?;
+        if slot.is_none() {
+            let mut entries = Vec::new();
+            entries.try_reserve_exact(PAGES_PER_2M as usize).ok()?;
+            entries.resize(PAGES_PER_2M as usize, template);
+            *slot = Some(entries.into_boxed_slice());
+        }
+        slot.as_mut()?.get_mut(i)
+    }
+
+    /// Set every entry of the whole 2 MiB chunk `c` to `entry` (no per-page storage).
+    fn set_chunk(&mut self, c: usize, entry: RmpEntry) {
+        if let (Some(t), Some(slot)) = (self.templates.get_mut(c), self.chunks.get_mut(c)) {
+            *t = entry;
+            *slot = None;
+        }
+    }
+
+    /// Apply `f` to the entries of `[pfn, pfn + count)`, whole chunks at once.
+    fn update(&mut self, pfn: u64, count: u64, f: impl Fn(&mut RmpEntry)) {
+        let end = pfn.saturating_add(count).min(self.pages);
+        let mut p = pfn;
+        while p < end {
+            let c = p / PAGES_PER_2M;
+            let chunk_end = (c + 1) * PAGES_PER_2M;
+            if p.is_multiple_of(PAGES_PER_2M) && chunk_end <= end {
+                let mut e = self.entry(p).copied().unwrap_or_default();
+                f(&mut e);
+                let uniform = self.chunks.get(c as usize).is_some_and(Option::is_none);
+                if uniform {
+                    self.set_chunk(c as usize, e);
+                } else {
+                    for q in p..chunk_end {
+                        if let Some(e) = self.entry_mut(q) {
+                            f(e);
+                        }
+                    }
+                    // A chunk whose entries all agree again keeps one.
+                    let same = self.chunks.get(c as usize).and_then(Option::as_ref).and_then(|entries| {
+                        let first = *entries.first()?;
+                        entries.iter().all(|e| *e == first).then_some(first)
+                    });
+                    if let Some(first) = same {
+                        self.set_chunk(c as usize, first);
+                    }
+                }
+                p = chunk_end;
+            } else {
+                if let Some(e) = self.entry_mut(p) {
+                    f(e);
+                }
+                p += 1;
+            }
+        }
     }
 
     /// Host: assign `count` pages from `pfn` to the guest (RMPUPDATE), as 4 KiB pages.
     pub fn host_assign(&mut self, pfn: u64, count: u64) {
-        for p in pfn..pfn + count {
-            if let Some(e) = self.entries.get_mut(p as usize) {
-                *e = RmpEntry { assigned: true, perms: [abi::hw::rmpadjust::PERM_ALL, 0, 0, 0], ..Default::default() };
-            }
-        }
+        let assigned =
+            RmpEntry { assigned: true, perms: [abi::hw::rmpadjust::PERM_ALL, 0, 0, 0], ..Default::default() };
+        self.update(pfn, count, |e| *e = assigned);
     }
 
     /// Host: assign a 2 MiB page (RMPUPDATE with the 2 MiB size).
     pub fn host_assign_huge(&mut self, pfn: u64) {
         self.host_assign(pfn, PAGES_PER_2M);
-        for p in pfn..pfn + PAGES_PER_2M {
-            if let Some(e) = self.entries.get_mut(p as usize) {
-                e.huge = true;
-            }
-        }
+        self.update(pfn, PAGES_PER_2M, |e| e.huge = true);
     }
 
     /// Host: take pages back (make them shared / hypervisor-owned).
     pub fn host_unassign(&mut self, pfn: u64, count: u64) {
-        for p in pfn..pfn + count {
-            if let Some(e) = self.entries.get_mut(p as usize) {
-                *e = RmpEntry::default();
-            }
-        }
+        self.update(pfn, count, |e| *e = RmpEntry::default());
     }
 
     /// Checks common to both instructions; returns the pfn range operated on.
@@ -114,7 +180,7 @@ impl Rmp {
         }
         let huge_ok = match size {
             Size::Small => !first.huge,
-            Size::Huge => range.clone().all(|p| self.entries[p as usize].huge && self.entries[p as usize].assigned),
+            Size::Huge => range.clone().all(|p| self.entry(p).is_some_and(|e| e.huge && e.assigned)),
         };
         if !huge_ok {
             return Err(HwError::Rc(FAIL_SIZEMISMATCH));
@@ -124,12 +190,13 @@ impl Rmp {
 
     pub fn pvalidate(&mut self, gpa: u64, size: Size, validate: bool) -> Result<PvalidateEffect, HwError> {
         let range = self.operand(gpa, size)?;
-        if self.entries[range.start as usize].validated == validate {
+        if self.entry(range.start).is_some_and(|e| e.validated == validate) {
             return Ok(PvalidateEffect::Unchanged);
         }
-        for p in range {
-            self.entries[p as usize].validated = validate;
+        if self.materialize(range.clone()).is_none() {
+            return Err(HwError::Fault);
         }
+        self.update(range.start, range.end - range.start, |e| e.validated = validate);
         Ok(PvalidateEffect::Changed)
     }
 
@@ -149,15 +216,29 @@ impl Rmp {
             return Err(HwError::Rc(FAIL_INPUT));
         }
         let range = self.operand(gpa, size)?;
-        if !vmsa && self.entries[range.start as usize].vmsa && vmsa_running(range.start) {
+        if !vmsa && self.entry(range.start).is_some_and(|e| e.vmsa) && vmsa_running(range.start) {
             return Err(HwError::Rc(FAIL_INUSE));
         }
-        for p in range {
-            let e = &mut self.entries[p as usize];
+        if self.materialize(range.clone()).is_none() {
+            return Err(HwError::Fault);
+        }
+        self.update(range.start, range.end - range.start, |e| {
             e.perms[usize::from(target_vmpl)] = perms;
             e.vmsa = vmsa;
-        }
+        });
         Ok(())
+    }
+
+    /// Give the chunks a 4 KiB part of `range` touches their own entries now, so the change
+    /// that follows cannot half-fail; `None` if the heap cannot hold them.
+    fn materialize(&mut self, range: core::ops::Range<u64>) -> Option<()> {
+        let whole = range.start.is_multiple_of(PAGES_PER_2M) && range.end - range.start == PAGES_PER_2M;
+        if !whole {
+            for p in [range.start, range.end - 1] {
+                self.entry_mut(p)?;
+            }
+        }
+        Some(())
     }
 
     /// May software at `vmpl` access every byte of `[gpa, gpa + len)` with `need`?
@@ -244,6 +325,22 @@ mod tests {
         r.rmpadjust(0x2000, Size::Small, 1, 0, true, |_| false).unwrap();
         assert!(!r.allows(2, 1, PERM_READ), "a VMSA page is not accessible to lower VMPLs");
         assert_eq!(r.rmpadjust(0x2000, Size::Small, 1, PERM_ALL, false, |_| true), Err(HwError::Rc(FAIL_INUSE)));
+    }
+
+    #[test]
+    fn a_4_tib_table_costs_its_templates_until_pages_differ() {
+        let pages = 1u64 << 30; // 4 TiB
+        let mut r = Rmp::new(pages);
+        r.host_assign(0, pages);
+        assert!(r.chunks.iter().all(Option::is_none), "uniform chunks keep no entries");
+        let top = pages - 1;
+        assert_eq!(r.pvalidate(top << 12, Size::Small, true), Ok(PvalidateEffect::Changed));
+        assert!(r.entry(top).unwrap().validated && !r.entry(top - 1).unwrap().validated);
+        assert_eq!(r.chunks.iter().filter(|c| c.is_some()).count(), 1);
+        // Validating the rest of that chunk page by page, then assigning it whole, makes
+        // it uniform again.
+        r.host_assign(top + 1 - PAGES_PER_2M, PAGES_PER_2M);
+        assert!(r.chunks.iter().all(Option::is_none));
     }
 
     #[test]

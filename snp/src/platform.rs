@@ -448,8 +448,8 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         Ok(())
     }
 
-    fn report_certificates(&mut self) -> Vec<u8> {
-        self.state.certificates.clone()
+    fn report_certificates(&mut self) -> &[u8] {
+        &self.state.certificates
     }
 }
 

@@ -12,6 +12,7 @@
 use crate::addr::Gpa;
 use crate::error::{CallError, CallResult};
 use crate::guest_memory::{self, GuestView};
+use crate::heap;
 use crate::platform::Platform;
 use crate::protocols::{CallContext, Reply};
 use crate::psp_channel::ChannelError;
@@ -37,17 +38,26 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
 
 /// The services that contribute to the manifest: (GUID, the service's attestation data).
 /// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC).
-fn services(svsm: &Svsm) -> Vec<(Guid, Vec<u8>)> {
-    svsm.vtpm.iter().map(|v| (VTPM_SERVICE_GUID, v.ek_public().to_vec())).collect()
+fn services(svsm: &Svsm) -> CallResult<Vec<(Guid, &[u8])>> {
+    let mut all = heap::with_capacity(1)?;
+    all.extend(svsm.vtpm.iter().map(|v| (VTPM_SERVICE_GUID, v.ek_public())));
+    Ok(all)
+}
+
+/// A copy of `data` on the heap, or `OutOfMemory`.
+fn copy(data: &[u8]) -> CallResult<Vec<u8>> {
+    let mut v = heap::with_capacity(data.len())?;
+    v.extend_from_slice(data);
+    Ok(v)
 }
 
 /// The services manifest (spec table 12): header, entries, then each service's data.
-fn manifest(services: &[(Guid, Vec<u8>)]) -> CallResult<Vec<u8>> {
+fn manifest(services: &[(Guid, &[u8])]) -> CallResult<Vec<u8>> {
     let too_big = || CallError::InvalidRequest("services manifest too large");
     let table = core::mem::size_of::<ManifestHeader>() + services.len() * core::mem::size_of::<ManifestEntry>();
     let total = services.iter().try_fold(table, |n, (_, data)| n.checked_add(data.len())).ok_or_else(too_big)?;
     let mut out = Vec::new();
-    out.try_reserve_exact(total).map_err(|_| too_big())?;
+    out.try_reserve_exact(total).map_err(|_| CallError::OutOfMemory)?;
     let header = ManifestHeader {
         guid: SERVICES_MANIFEST_GUID,
         length: u32::try_from(total).map_err(|_| too_big())?,
@@ -146,13 +156,12 @@ fn attest_inner<P: Platform + ?Sized>(
     }
     let mut nonce_bytes = Vec::new();
     if let Some(gpa) = nonce {
-        nonce_bytes.try_reserve_exact(op.nonce.len as usize).map_err(|_| CallError::InvalidRequest("out of memory"))?;
-        nonce_bytes.resize(op.nonce.len as usize, 0);
+        nonce_bytes = heap::zeroed(op.nonce.len as usize)?;
         guest_memory::read_bytes(p, ctx.view(&svsm.pages), gpa, &mut nonce_bytes)?;
     }
 
     // 3. What the SVSM will return, and whether it fits.
-    let all = services(svsm);
+    let all = services(svsm)?;
     let manifest = match service {
         None => manifest(&all)?,
         Some((guid, version)) => {
@@ -160,13 +169,14 @@ fn attest_inner<P: Platform + ?Sized>(
             if version > 1 {
                 return Err(CallError::InvalidParameter("unknown service manifest version"));
             }
-            match all.into_iter().find(|(g, _)| *g == guid) {
-                Some((_, data)) => data,
+            match all.iter().find(|(g, _)| *g == guid) {
+                Some((_, data)) => copy(data)?,
                 None => return Err(CallError::InvalidParameter("no such service")),
             }
         }
     };
-    let certificates = if certs_buf.is_some() { p.report_certificates() } else { Vec::new() };
+    drop(all);
+    let certificates = if certs_buf.is_some() { copy(p.report_certificates())? } else { Vec::new() };
     *sizes = Some((manifest.len() as u64, certificates.len() as u64));
     let fits = |buf: Option<Gpa>, record: &BufferRecord, need: usize| {
         need == 0 || (buf.is_some() && record.len as usize >= need)
@@ -185,14 +195,14 @@ fn attest_inner<P: Platform + ?Sized>(
     let report_data: [u8; 64] = digest.finalize().into();
     let signed = svsm.psp.request_report(p, &report_data).map_err(|e| {
         crate::log!(p, Warn, "attestation: no report from the PSP: {:?}", e);
-        CallError::AttestationFailed(match e {
-            ChannelError::Unavailable => "the PSP channel is closed",
-            ChannelError::NoPsp => "no PSP on this platform",
-            ChannelError::Transport(_) => "the guest request was not answered",
-            ChannelError::BadAnswer(why) => why,
-            ChannelError::Status(_) => "the PSP refused the request",
-            ChannelError::NoMemory => "out of memory",
-        })
+        match e {
+            ChannelError::Unavailable => CallError::AttestationFailed("the PSP channel is closed"),
+            ChannelError::NoPsp => CallError::AttestationFailed("no PSP on this platform"),
+            ChannelError::Transport(_) => CallError::AttestationFailed("the guest request was not answered"),
+            ChannelError::BadAnswer(why) => CallError::AttestationFailed(why),
+            ChannelError::Status(_) => CallError::AttestationFailed("the PSP refused the request"),
+            ChannelError::NoMemory => CallError::OutOfMemory,
+        }
     })?;
 
     // 5. Out: report, manifest, certificates (each checked again as the copy goes).
@@ -224,7 +234,7 @@ mod tests {
     fn service_data_follows_the_table_at_the_offsets_the_entries_give() {
         let a = Guid([1; 16]);
         let b = Guid([2; 16]);
-        let m = manifest(&[(a, alloc::vec![0xAA; 3]), (b, alloc::vec![0xBB; 5])]).unwrap();
+        let m = manifest(&[(a, &[0xAA; 3][..]), (b, &[0xBB; 5][..])]).unwrap();
         let table = 24 + 2 * 24;
         assert_eq!(m.len(), table + 8);
         assert_eq!(&m[16..20], &((table + 8) as u32).to_le_bytes());

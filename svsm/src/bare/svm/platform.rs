@@ -415,7 +415,7 @@ impl Platform for SvmPlatform {
         super::super::console::log_written()
     }
 
-    fn report_certificates(&mut self) -> alloc::vec::Vec<u8> {
-        self.certificates.clone()
+    fn report_certificates(&mut self) -> &[u8] {
+        &self.certificates
     }
 }
