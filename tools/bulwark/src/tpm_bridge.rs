@@ -11,6 +11,7 @@
 //! and changes nothing: the host does not get to power-cycle or reset the guest's TPM.
 
 use crate::agent::Agent;
+use crate::quickack::QuickAckStream;
 use conformance::Env;
 use guest::Client;
 use guest::vtpm::VtpmError;
@@ -132,48 +133,10 @@ fn command_name(command: &[u8]) -> String {
     }
 }
 
-/// A simulator client's connection, set up so that no command waits for a delayed ACK.
-///
-/// tpm2-tss 3.2.1 (Debian 12) writes the simulator header and the command in two calls on
-/// a socket with Nagle's algorithm on (src/tss2-tcti/tcti-mssim.c, `tcti_mssim_transmit`):
-/// the command stays in the client until the header is acknowledged, and Linux delays that
-/// ACK (40 ms at least) on a connection it judges interactive, as every kept one is.
-/// TCP_QUICKACK sends the ACK at once, but Linux falls back to delaying ACKs as soon as the
-/// bridge answers, so it is set again before every read. TCP_NODELAY sends each reply (one
-/// write) without waiting for the client's ACK of the previous one.
-struct Conn {
-    stream: TcpStream,
-}
-
-impl Conn {
-    fn new(stream: TcpStream) -> std::io::Result<Self> {
-        stream.set_nodelay(true)?;
-        Ok(Self { stream })
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        #[cfg(target_os = "linux")]
-        socket2::SockRef::from(&self.stream).set_tcp_quickack(true)?;
-        self.stream.read(buf)
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.stream.flush()
-    }
-}
-
 /// Serve one client connection on the command port until it ends its session. Returns
 /// `true` if the client asked the bridge to stop.
 fn serve_client(s: TcpStream, port: &mut dyn VtpmPort, verbose: bool) -> std::io::Result<bool> {
-    let mut s = Conn::new(s)?;
+    let mut s = QuickAckStream::new(s)?;
     loop {
         let word = match read_u32(&mut s) {
             Ok(w) => w,
@@ -232,7 +195,7 @@ fn serve_client(s: TcpStream, port: &mut dyn VtpmPort, verbose: bool) -> std::io
 }
 
 /// The response in one write: size, response, then the 0 word.
-fn send_response(s: &mut Conn, response: &[u8]) -> std::io::Result<()> {
+fn send_response(s: &mut QuickAckStream, response: &[u8]) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(response.len() + 8);
     out.extend_from_slice(&(response.len() as u32).to_be_bytes());
     out.extend_from_slice(response);
@@ -243,7 +206,7 @@ fn send_response(s: &mut Conn, response: &[u8]) -> std::io::Result<()> {
 /// Acknowledge platform signals (power, NV, cancel, reset) with 0, changing nothing.
 fn serve_platform(listener: TcpListener) {
     for conn in listener.incoming() {
-        let Ok(mut s) = conn.and_then(Conn::new) else { continue };
+        let Ok(mut s) = conn.and_then(QuickAckStream::new) else { continue };
         std::thread::spawn(move || {
             while let Ok(word) = read_u32(&mut s) {
                 if s.write_all(&0u32.to_be_bytes()).is_err() || word == TPM_SESSION_END || word == TPM_STOP {

@@ -1,7 +1,7 @@
 //! `bulwark tpm-bridge` as tpm2-tools and other simulator clients meet it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -14,12 +14,12 @@ struct Bridge {
 
 impl Bridge {
     fn start() -> Self {
-        Self::spawn(Stdio::null())
+        Self::spawn(&[], Stdio::null())
     }
 
     /// A bridge and the lines of its log (its stderr) as they come.
     fn start_logged() -> (Self, mpsc::Receiver<String>) {
-        let mut bridge = Self::spawn(Stdio::piped());
+        let mut bridge = Self::spawn(&[], Stdio::piped());
         let stderr = bridge.child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -32,9 +32,10 @@ impl Bridge {
         (bridge, rx)
     }
 
-    fn spawn(stderr: Stdio) -> Self {
+    fn spawn(args: &[&str], stderr: Stdio) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
             .args(["tpm-bridge", "--port", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -215,4 +216,55 @@ fn the_log_names_context_and_policy_commands_as_the_tpm_spec_does() {
             "command 0x15a"
         ]
     );
+}
+
+/// A stand-in for a QEMU run's guest agent (`testguest/src/bare/agent.rs`): answers every
+/// `tpm <hex>` line with `OK <response>`, sending the answer the way QEMU's serial port
+/// reaches its socket back end: one byte per write (hw/char/serial.c, `serial_xmit`), with
+/// Nagle's algorithm on (the back end's default without `nodelay`). Its port.
+fn fake_agent(response: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().expect("the bridge connects");
+        let mut out = s.try_clone().expect("clone");
+        let answer: String = "OK "
+            .chars()
+            .chain(response.iter().flat_map(|b| format!("{b:02x}").chars().collect::<Vec<_>>()))
+            .chain(['\n'])
+            .collect();
+        for line in BufReader::new(s).lines().map_while(Result::ok) {
+            assert!(line.starts_with("tpm "), "the bridge sent `{line}`");
+            for byte in answer.bytes() {
+                if out.write_all(&[byte]).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn a_kept_agent_connection_to_a_qemu_guest_does_not_wait_for_delayed_acks() {
+    // GetRandom's answer: 8 bytes.
+    const RESPONSE: [u8; 20] = [0x80, 0x01, 0, 0, 0, 20, 0, 0, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let agent = fake_agent(&RESPONSE);
+    let bridge = Bridge::spawn(&["--qemu", &format!("127.0.0.1:{agent}")], Stdio::null());
+    let mut s = TcpStream::connect(("127.0.0.1", bridge.port)).expect("command port");
+    // This client sends each command in one write: only the agent side can stall.
+    s.set_nodelay(true).expect("nodelay");
+    for _ in 0..5 {
+        assert_eq!(send(&mut s, 0, 12, &GET_RANDOM_8), RESPONSE);
+    }
+    let mut times: Vec<Duration> = (0..20)
+        .map(|_| {
+            let started = Instant::now();
+            assert_eq!(send(&mut s, 0, 12, &GET_RANDOM_8), RESPONSE);
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    let median = times[times.len() / 2];
+    assert!(median < Duration::from_millis(10), "median {median:?} per command through the agent; all: {times:?}");
 }
