@@ -6,7 +6,7 @@
 //! - `test`  — everything CI checks: fmt, clippy, the bare-metal kernel build,
 //!   all tests and a short fuzz smoke run;
 //! - `fuzz`  — a libFuzzer run through cargo-fuzz on the nightly toolchain;
-//! - `bench` — the `pvalidate` benchmark of the SNP model.
+//! - `bench` — the model's benchmarks, the tpm-bridge benchmark and the svm call round trip.
 //!
 //! It uses std, `rustc-demangle` and `bulwark-x86` (ELF readers) for the SVSM's embedded symbol table. Every cargo child runs with the workspace root as its
 //! working directory. Progress lines (`==> step`) go to stderr so that the
@@ -39,8 +39,9 @@ commands:
                                      (set BULWARK_SKIP_FUZZ=1 to skip the fuzz smoke run)
   fuzz [--seconds N] [--target NAME] fuzz NAME (dispatcher, the default, or evidence) for N seconds (default: 600);
                                      needs the nightly toolchain, installs cargo-fuzz if missing
-  bench                              the pvalidate and OCP log-read benchmarks of the model, then the
-                                     svm call round trip over 5 QEMU boots (target/bench/*.json)
+  bench                              the pvalidate, OCP log-read and vTPM benchmarks of the model, the
+                                     tpm-bridge behind tpm2-abrmd beside swtpm, then the svm call
+                                     round trip over 5 QEMU boots (target/bench/*.json)
   igvm [--firmware FILE] [--out FILE] build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
                                      (default target/bulwark.igvm); prints its expected measurement
   boot [--crash ud|panic] [--console log] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]
@@ -234,11 +235,14 @@ fn fuzz(args: &[String]) -> Result {
     })
 }
 
-/// `cargo xtask bench`: the `pvalidate` and `ocp_log` benchmarks of the SNP model, then
-/// the `svm` call round trip (QUERY_PROTOCOL against the bare gate) over several QEMU
+/// `cargo xtask bench`: the `pvalidate`, `ocp_log` and `vtpm` benchmarks of the SNP model,
+/// the `tpm_bridge` benchmark (tpm2-tools through tpm2-abrmd to the bridge and to swtpm),
+/// then the `svm` call round trip (QUERY_PROTOCOL against the bare gate) over several QEMU
 /// boots.
 fn bench(args: &[String]) -> Result {
     no_args("bench", args)?;
+    // swtpm, tpm2-tools, tpm2-abrmd and D-Bus for the vTPM and bridge benchmarks.
+    prereqs::ensure_bench()?;
     exec(
         "cargo bench -p bulwark-model --bench pvalidate",
         cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "pvalidate"]),
@@ -250,6 +254,10 @@ fn bench(args: &[String]) -> Result {
     exec(
         "cargo bench -p bulwark-model --bench vtpm",
         cargo()?.args(["bench", "-p", "bulwark-model", "--bench", "vtpm"]),
+    )?;
+    exec(
+        "cargo bench -p bulwark --bench tpm_bridge",
+        cargo()?.args(["bench", "-p", "bulwark", "--bench", "tpm_bridge"]),
     )?;
     let result = target_dir()?.join("bench/pvalidate.json");
     if result.is_file() {
@@ -339,7 +347,6 @@ const SVM_BENCH_GOAL: f64 = 1.3;
 /// The test guest times QUERY_PROTOCOL and the bare gate in every boot (fastest of
 /// interleaved blocks); this boots it a few times and reports the median ratio.
 fn svm_call_bench() -> Result {
-    prereqs::ensure()?;
     let image = build_svsm_image(false)?;
     let guest = build_testguest()?;
     let run = qemu::Run {

@@ -1,7 +1,10 @@
 //! What the project needs from the machine, installed with apt (Debian/Ubuntu, as root)
 //! when missing: QEMU for the boots, libtpms and libcrypto (static archives too, for the
 //! bare-metal vTPM), tpm2-tools as the vTPM's client, swtpm as the benchmark's reference,
-//! pip for the launch-digest cross-check, and the bare-metal Rust target.
+//! pip for the launch-digest cross-check, and the bare-metal Rust target. `cargo xtask
+//! bench` also needs tpm2-abrmd (with its client library and a D-Bus daemon for its
+//! private bus) in front of the bridge and swtpm; CI does not run the benchmarks, so those
+//! are installed by the bench alone and are not on .ci/run's apt line.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,6 +18,14 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("swtpm", Probe::Command("swtpm")),
     // The launch-digest cross-check installs sev-snp-measure with pip.
     ("python3-pip", Probe::Pip),
+];
+
+/// What only `cargo xtask bench` needs: the tpm-bridge benchmark runs tpm2-tools through
+/// tpm2-abrmd on a private session bus.
+const BENCH_PACKAGES: &[(&str, Probe)] = &[
+    ("tpm2-abrmd", Probe::Command("tpm2-abrmd")),
+    ("libtss2-tcti-tabrmd0", Probe::File("/usr/lib/x86_64-linux-gnu/libtss2-tcti-tabrmd.so.0")),
+    ("dbus-daemon", Probe::Command("dbus-daemon")),
 ];
 
 enum Probe {
@@ -45,8 +56,14 @@ impl Probe {
 
 /// Install every missing package in one apt run, and the bare-metal target.
 pub fn ensure() -> Result<(), String> {
-    install_packages()?;
+    install_packages(PACKAGES)?;
     bare_metal_target()
+}
+
+/// `ensure`, and what the benchmarks need beyond it.
+pub fn ensure_bench() -> Result<(), String> {
+    ensure()?;
+    install_packages(BENCH_PACKAGES)
 }
 
 /// The target the SVSM and the test guest are built for. rustup adds the targets of
@@ -71,8 +88,8 @@ fn bare_metal_target() -> Result<(), String> {
     }
 }
 
-fn install_packages() -> Result<(), String> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, probe)| !probe.present()).map(|(p, _)| *p).collect();
+fn install_packages(packages: &[(&str, Probe)]) -> Result<(), String> {
+    let missing: Vec<&str> = packages.iter().filter(|(_, probe)| !probe.present()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         return Ok(());
     }

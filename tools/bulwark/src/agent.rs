@@ -1,16 +1,20 @@
 //! The host end of the test guest's agent channel (testguest/src/bare/agent.rs): a QEMU
 //! run's guest serves requests on its COM4, which `cargo xtask boot --agent PORT` puts on a
-//! TCP port. One request line, one answer line (`OK <hex>` or `ERR <why>`).
+//! TCP port. One request line, one answer line (`OK <hex>` or `ERR <why>`). QEMU sends the
+//! answer a byte at a time, so the connection acknowledges at once (`quickack`).
+
+use crate::quickack::QuickAckStream;
 
 /// A QEMU run's SVSM, through its guest's agent (one request line, one answer line).
 pub struct Agent {
-    stream: std::io::BufReader<std::net::TcpStream>,
+    stream: std::io::BufReader<QuickAckStream>,
 }
 
 impl Agent {
     pub fn connect(at: &str) -> Result<Self, String> {
         let stream = std::net::TcpStream::connect(at).map_err(|e| format!("no guest agent at {at}: {e}"))?;
         stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        let stream = QuickAckStream::new(stream).map_err(|e| e.to_string())?;
         Ok(Self { stream: std::io::BufReader::new(stream) })
     }
 

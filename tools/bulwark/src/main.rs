@@ -22,6 +22,7 @@ mod attest_cmd;
 mod conformance_report;
 mod igvm_cmd;
 mod ocp_cmd;
+mod quickack;
 mod tpm_bridge;
 mod tpm_session;
 

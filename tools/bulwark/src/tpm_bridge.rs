@@ -11,6 +11,7 @@
 //! and changes nothing: the host does not get to power-cycle or reset the guest's TPM.
 
 use crate::agent::Agent;
+use crate::quickack::QuickAckStream;
 use conformance::Env;
 use guest::Client;
 use guest::vtpm::VtpmError;
@@ -19,6 +20,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::Instant;
+use tpm2_protocol::data::TpmCc;
 
 const USAGE: &str = "usage: bulwark tpm-bridge [--port P] [--qemu HOST:PORT] [--check [--manifest FILE] [--json]]
 
@@ -107,48 +109,34 @@ impl VtpmPort for Agent {
     }
 }
 
-fn read_u32(s: &mut TcpStream) -> std::io::Result<u32> {
+fn read_u32(s: &mut impl Read) -> std::io::Result<u32> {
     let mut b = [0u8; 4];
     s.read_exact(&mut b)?;
     Ok(u32::from_be_bytes(b))
 }
 
-/// A readable name for the TPM commands the log shows most.
+/// The command's name in the TPM 2.0 library spec (Part 2, TPM_CC), without the `TPM_CC_`
+/// prefix, or its code in hex when it has none.
 fn command_name(command: &[u8]) -> String {
     let code = command.get(6..10).map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-    let name = match code {
-        0x144 => "Startup",
-        0x143 => "SelfTest",
-        0x17B => "GetRandom",
-        0x17A => "GetCapability",
-        0x17E => "PCR_Read",
-        0x182 => "PCR_Extend",
-        0x131 => "CreatePrimary",
-        0x153 => "Create",
-        0x157 => "Load",
-        0x15D => "Sign",
-        0x177 => "VerifySignature",
-        0x158 => "Quote",
-        0x12A => "NV_DefineSpace",
-        0x137 => "NV_Write",
-        0x14E => "NV_Read",
-        0x169 => "NV_ReadPublic",
-        0x165 => "FlushContext",
-        0x126 => "Clear",
-        0x173 => "ReadPublic",
-        0x176 => "StartAuthSession",
-        0x16B => "PolicySecret",
-        0x17F => "PolicyGetDigest",
-        0x161 => "ContextSave",
-        0x162 => "ContextLoad",
-        _ => return format!("command {code:#x}"),
-    };
-    name.to_string()
+    match TpmCc::try_from(code) {
+        Ok(cc) => {
+            let name = cc.to_string();
+            // The crate spells one name TPM2_ACT_SetTimeout.
+            let short = name.strip_prefix("TPM_CC_").or_else(|| name.strip_prefix("TPM2_"));
+            short.unwrap_or(&name).to_string()
+        }
+        // TPM2_CertifyX509 (spec revision 1.59, which libtpms implements) is missing from the
+        // crate's table.
+        Err(_) if code == 0x197 => "CertifyX509".to_string(),
+        Err(_) => format!("command {code:#x}"),
+    }
 }
 
 /// Serve one client connection on the command port until it ends its session. Returns
 /// `true` if the client asked the bridge to stop.
-fn serve_client(mut s: TcpStream, port: &mut dyn VtpmPort, verbose: bool) -> std::io::Result<bool> {
+fn serve_client(s: TcpStream, port: &mut dyn VtpmPort, verbose: bool) -> std::io::Result<bool> {
+    let mut s = QuickAckStream::new(s)?;
     loop {
         let word = match read_u32(&mut s) {
             Ok(w) => w,
@@ -193,9 +181,8 @@ fn serve_client(mut s: TcpStream, port: &mut dyn VtpmPort, verbose: bool) -> std
             TPM_REMOTE_HANDSHAKE => {
                 let _client_version = read_u32(&mut s)?;
                 // Server version 1; flags: TPM powered, NV available (bits 0, 2); then the ack.
-                for w in [1u32, 0b101, 0] {
-                    s.write_all(&w.to_be_bytes())?;
-                }
+                let answer: Vec<u8> = [1u32, 0b101, 0].iter().flat_map(|w| w.to_be_bytes()).collect();
+                s.write_all(&answer)?;
             }
             TPM_SESSION_END => return Ok(false),
             TPM_STOP => return Ok(true),
@@ -207,7 +194,8 @@ fn serve_client(mut s: TcpStream, port: &mut dyn VtpmPort, verbose: bool) -> std
     }
 }
 
-fn send_response(s: &mut TcpStream, response: &[u8]) -> std::io::Result<()> {
+/// The response in one write: size, response, then the 0 word.
+fn send_response(s: &mut QuickAckStream, response: &[u8]) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(response.len() + 8);
     out.extend_from_slice(&(response.len() as u32).to_be_bytes());
     out.extend_from_slice(response);
@@ -218,7 +206,7 @@ fn send_response(s: &mut TcpStream, response: &[u8]) -> std::io::Result<()> {
 /// Acknowledge platform signals (power, NV, cancel, reset) with 0, changing nothing.
 fn serve_platform(listener: TcpListener) {
     for conn in listener.incoming() {
-        let Ok(mut s) = conn else { continue };
+        let Ok(mut s) = conn.and_then(QuickAckStream::new) else { continue };
         std::thread::spawn(move || {
             while let Ok(word) = read_u32(&mut s) {
                 if s.write_all(&0u32.to_be_bytes()).is_err() || word == TPM_SESSION_END || word == TPM_STOP {
