@@ -1,5 +1,5 @@
 //! Attestation protocol layouts (spec 58019 section 7.1 tables 11 and 12; rev 1.00 as
-//! implemented by Linux, FACTS.md section 1).
+//! implemented by Linux, docs/facts.md section 1).
 
 use crate::guid::Guid;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

@@ -1,4 +1,4 @@
-//! The SVSM Calling Area (spec 58019 section 5 table 2; FACTS.md section 2).
+//! The SVSM Calling Area (spec 58019 section 5 table 2; docs/facts.md section 2).
 //!
 //! A guest page; its first 8 bytes are the call handshake, the remaining 4088 bytes are
 //! free for the guest to pass parameter structures (Linux does).

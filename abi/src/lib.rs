@@ -8,7 +8,7 @@
 //! the layer that receives them (the kernel), not here.
 //!
 //! Sources: AMD 58019 "Secure VM Service Module for SEV-SNP Guests" rev 0.60, with the
-//! rev 1.00 facts recorded in `shared/design/FACTS.md` (attestation with SHA-512, the
+//! rev 1.00 facts recorded in `docs/facts.md` (attestation with SHA-512, the
 //! single-service call, `SVSM_ERR_BUSY`, the Linux vTPM buffer layout), the SNP firmware
 //! ABI (secrets page) and the AMD APM (VMSA layout, PVALIDATE/RMPADJUST codes).
 #![no_std]

@@ -1,4 +1,4 @@
-//! vTPM protocol buffers (spec 58019 section 8, in the Linux layout of FACTS.md section 1).
+//! vTPM protocol buffers (spec 58019 section 8, in the Linux layout of docs/facts.md section 1).
 //!
 //! Request: u32 command ordinal, u8 locality, u32 command size, command bytes.
 //! Response: u32 response size, response bytes. Both live in one 4 KiB page.

@@ -1,5 +1,5 @@
 //! The guest side of the SVSM interface (spec 58019 sections 4-6), written the way Linux
-//! drives an SVSM (FACTS.md section 2), so that testing against it tests what real guests
+//! drives an SVSM (docs/facts.md section 2), so that testing against it tests what real guests
 //! do.
 //!
 //! The calling convention: load RAX and the argument registers, set SVSM_CALL_PENDING = 1,

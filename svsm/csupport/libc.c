@@ -2,7 +2,7 @@
  * The C runtime libtpms and libcrypto need inside the bare-metal SVSM.
  *
  * Debian's static archives were built against glibc; linked into the kernel they leave
- * about 135 libc symbols undefined, of which some 30 are ever called (FACTS.md section 7).
+ * about 135 libc symbols undefined, of which some 30 are ever called (docs/facts.md section 6).
  * This file gives the called ones a small freestanding implementation and the rest a
  * failure answer (no files, sockets, dynamic loading, signals or mappings exist here).
  * The Rust side (svsm/src/bare/libc.rs) provides memory, entropy, time, the log sink and

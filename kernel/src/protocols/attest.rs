@@ -1,5 +1,5 @@
 //! The attestation protocol (protocol 1; spec 58019 section 7, rev 1.00 as Linux calls it,
-//! FACTS.md section 1): SVSM_ATTEST_SERVICES and SVSM_ATTEST_SINGLE_SERVICE.
+//! docs/facts.md section 1): SVSM_ATTEST_SERVICES and SVSM_ATTEST_SINGLE_SERVICE.
 //!
 //! The guest names four buffers (report, nonce, manifest, certificates) in an operation
 //! structure. The SVSM builds the services manifest, asks the PSP over its own channel

@@ -14,7 +14,7 @@ use spin::Mutex;
 
 /// Heap size: the kernel's bitmaps and registries, the software RMP and the nested page
 /// tables for a guest of 512 MiB (about 1.5 MiB), and the vTPM's C code (peak about
-/// 0.6 MiB, FACTS.md section 7).
+/// 0.6 MiB, docs/facts.md section 6).
 const HEAP_SIZE: usize = 4 * 1024 * 1024;
 const SLAB_PAGE: usize = 4096;
 /// Size classes (powers of two: each slot is aligned to its size within a page).

@@ -1,6 +1,6 @@
 //! The Observability and Configuration Protocol (protocol 5, 2026 draft). Version 1:
 //! SVSM_OCP_LIST, SVSM_OCP_READ, SVSM_OCP_WRITE, with registers as the draft's tables
-//! give them (RCX index, RDX buffer gpa, R8 count or size, R9 offset), which FACTS.md
+//! give them (RCX index, RDX buffer gpa, R8 count or size, R9 offset), which docs/facts.md
 //! section 4 calls the consistent reading. Version 2 adds the review's proposals as new
 //! calls: LIST_TYPED, READ_REGISTER, READ_BATCH. Our resolutions of the draft's open
 //! points are in docs/protocols/ocp.md.

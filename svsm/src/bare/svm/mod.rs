@@ -1,5 +1,5 @@
 //! The `svm` platform's machinery: the SVSM as an L1 hypervisor under QEMU's SVM
-//! emulation, the guest as an L2 VM (ARCHITECTURE.md, FACTS.md section 6).
+//! emulation, the guest as an L2 VM (docs/architecture.md, docs/facts.md section 5).
 //!
 //! - [`enable`]: check SVM and nested paging, set EFER.SVME and the host save area;
 //! - [`vmcb`]: the VMCB, read and written by field offset;
