@@ -223,13 +223,28 @@ unsafe extern "C" fn nvram_loaddata(data: *mut *mut u8, length: *mut u32, _tpm: 
 unsafe extern "C" fn nvram_storedata(data: *const u8, length: u32, _tpm: u32, name: *const c_char) -> TpmResult {
     // SAFETY: libtpms' contract.
     let Some(name) = (unsafe { blob_name(name) }) else { return TPM_FAIL };
-    let blob = if length == 0 {
-        Vec::new()
-    } else {
+    // A guest's NV writes reach here: the copy is fallible, and a failure is the TPM's
+    // own (libtpms answers the command with an error), never a stopped SVSM.
+    let mut blob = Vec::new();
+    if blob.try_reserve_exact(length as usize).is_err() {
+        return TPM_FAIL;
+    }
+    if length != 0 {
         // SAFETY: libtpms' contract: `data` holds `length` bytes.
-        unsafe { core::slice::from_raw_parts(data, length as usize) }.to_vec()
-    };
-    NV.lock().insert(name.to_vec(), blob);
+        blob.extend_from_slice(unsafe { core::slice::from_raw_parts(data, length as usize) });
+    }
+    let mut nv = NV.lock();
+    if let Some(slot) = nv.get_mut(name) {
+        *slot = blob;
+        return TPM_SUCCESS;
+    }
+    // A new name (libtpms uses a handful, first at start-up).
+    let mut key = Vec::new();
+    if key.try_reserve_exact(name.len()).is_err() {
+        return TPM_FAIL;
+    }
+    key.extend_from_slice(name);
+    nv.insert(key, blob);
     TPM_SUCCESS
 }
 
