@@ -1,7 +1,8 @@
 //! What the project needs from the machine, installed with apt (Debian/Ubuntu, as root)
 //! when missing: QEMU for the boots, libtpms and libcrypto (static archives too, for the
 //! bare-metal vTPM), tpm2-tools as the vTPM's client, swtpm as the benchmark's reference,
-//! pip for the launch-digest cross-check, and the bare-metal Rust target.
+//! pip for the launch-digest cross-check, OVMF (with its SEV metadata) for the IGVM
+//! firmware tests, and the bare-metal Rust target.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,6 +16,8 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("swtpm", Probe::Command("swtpm")),
     // The launch-digest cross-check installs sev-snp-measure with pip.
     ("python3-pip", Probe::Pip),
+    // OVMF.fd carries the SEV metadata `bulwark igvm build --firmware` honours.
+    ("ovmf", Probe::File("/usr/share/ovmf/OVMF.fd")),
 ];
 
 enum Probe {
