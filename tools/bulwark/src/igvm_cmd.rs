@@ -159,34 +159,44 @@ fn build_cmd(args: &[String]) -> Result<String, Failure> {
     let out = a.get("--out").ok_or_else(|| Failure::Usage("--out FILE is required".into()))?;
     let vcpus = a.vcpus()?;
     let policy = a.get("--snp-policy").map(parse_policy).transpose()?.unwrap_or(0x30000);
-    let firmware = a.get("--firmware").map(read).transpose()?;
+    let firmware = a
+        .get("--firmware")
+        .map(|path| read(path).and_then(build::Firmware::new).map_err(|e| format!("{path}: {e}")))
+        .transpose()?;
 
     let elf = read(svsm)?;
-    let built = build::build(&elf, firmware.as_deref(), policy).map_err(|e| format!("{svsm}: {e}"))?;
+    let built = build::build(&elf, firmware.as_ref(), policy).map_err(|e| format!("{svsm}: {e}"))?;
     std::fs::write(out, &built.bytes).map_err(|e| format!("{out}: {e}"))?;
+    Ok(if a.json { summary_json(out, &built, policy, vcpus)? } else { summary_text(out, &built, policy, vcpus) })
+}
 
+/// `build --json`.
+fn summary_json(out: &str, built: &build::Built, policy: u64, vcpus: u32) -> Result<String, Failure> {
     let places = &built.places;
     let prevalidated: Vec<_> = places.prevalidated.iter().map(|(b, s)| json!({"base": b, "size": s})).collect();
-    if a.json {
-        let v = json!({
-            "out": out,
-            "file_size": built.bytes.len(),
-            "entry": built.entry,
-            "snp": {
-                "pages": built.snp_pages,
-                "parameter_pages": built.parameter_pages,
-                "policy": format!("{policy:#x}"),
-                "secrets_page": places.secrets,
-                "cpuid_page": places.cpuid,
-                "calling_area": places.calling_area,
-                "prevalidated": prevalidated,
-            },
-            "native": {"pages": built.native_pages, "parameter_pages": built.parameter_pages},
-            "firmware": built.firmware.map(|(base, size)| json!({"base": base, "size": size})),
-            "vcpus": vcpus,
-        });
-        return serde_json::to_string_pretty(&v).map_err(|e| Failure::Error(e.to_string()));
-    }
+    let v = json!({
+        "out": out,
+        "file_size": built.bytes.len(),
+        "entry": built.entry,
+        "snp": {
+            "pages": built.snp_pages,
+            "parameter_pages": built.parameter_pages,
+            "policy": format!("{policy:#x}"),
+            "secrets_page": places.secrets,
+            "cpuid_page": places.cpuid,
+            "calling_area": places.calling_area,
+            "prevalidated": prevalidated,
+        },
+        "native": {"pages": built.native_pages, "parameter_pages": built.parameter_pages},
+        "firmware": built.firmware.map(|(base, size)| json!({"base": base, "size": size})),
+        "vcpus": vcpus,
+    });
+    serde_json::to_string_pretty(&v).map_err(|e| Failure::Error(e.to_string()))
+}
+
+/// `build`'s summary for people.
+fn summary_text(out: &str, built: &build::Built, policy: u64, vcpus: u32) -> String {
+    let places = &built.places;
     let firmware_text = match built.firmware {
         Some((base, size)) => format!("{} KiB at {base:#x}", size / 1024),
         None => "none".into(),
@@ -226,7 +236,7 @@ launch with QEMU 10 or later and -smp {vcpus} (docs/platforms/igvm.md); expected
              `bulwark igvm measure` cannot predict the measurement of a {vcpus}-vCPU launch"
         ));
     }
-    Ok(text)
+    text
 }
 
 fn hex(bytes: &[u8]) -> String {

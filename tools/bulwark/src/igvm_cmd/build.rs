@@ -242,6 +242,23 @@ fn firmware_range(size: usize) -> Result<(u64, u64), String> {
     Ok((FOUR_GIB - size, size))
 }
 
+/// The guest firmware: its bytes, where it goes (ending at 4 GiB), and where its SEV
+/// metadata puts the SNP pages.
+#[derive(Debug)]
+pub struct Firmware {
+    bytes: Vec<u8>,
+    range: (u64, u64),
+    places: Places,
+}
+
+impl Firmware {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+        let range = firmware_range(bytes.len())?;
+        let places = Places::new(&ovmf::parse(&bytes)?, Some(range))?;
+        Ok(Firmware { bytes, range, places })
+    }
+}
+
 /// The two parameter areas with their inserts. They come first: QEMU measures an insert
 /// that follows a run of page data before that run (docs/platforms/snp-launch.md).
 fn parameter_areas() -> Vec<IgvmDirectiveHeader> {
@@ -299,7 +316,7 @@ fn serialize(directives: Vec<IgvmDirectiveHeader>, policy: u64) -> Result<Vec<u8
 /// firmware asks for (and the secrets and CPUID pages) by address, the SVSM's pages by
 /// address, the boot block, the firmware image, the two VP contexts (the VMSA last of
 /// all page directives, as QEMU/KVM measure it).
-pub fn build(svsm_elf: &[u8], firmware: Option<&[u8]>, policy: u64) -> Result<Built, String> {
+pub fn build(svsm_elf: &[u8], firmware: Option<&Firmware>, policy: u64) -> Result<Built, String> {
     let segments = elf::load_segments(svsm_elf)?;
     let entry = elf::symbol(svsm_elf, layout::ENTRY_SYMBOL)?.ok_or_else(|| {
         format!(
@@ -311,9 +328,11 @@ pub fn build(svsm_elf: &[u8], firmware: Option<&[u8]>, policy: u64) -> Result<Bu
         return Err(format!("`{}` is at {entry:#x}, outside the SVSM region", layout::ENTRY_SYMBOL));
     }
     let svsm = svsm_pages(&segments)?;
-    let firmware_at = firmware.map(|f| firmware_range(f.len())).transpose()?;
-    let metadata = firmware.map(ovmf::parse).transpose().map_err(|e| format!("--firmware: {e}"))?;
-    let places = Places::new(&metadata.unwrap_or_default(), firmware_at).map_err(|e| format!("--firmware: {e}"))?;
+    let firmware_at = firmware.map(|f| f.range);
+    let places = match firmware {
+        Some(f) => f.places.clone(),
+        None => Places::new(&ovmf::Metadata::default(), None)?,
+    };
 
     let mut directives = parameter_areas();
     directives.extend(places.directives());
@@ -323,8 +342,8 @@ pub fn build(svsm_elf: &[u8], firmware: Option<&[u8]>, policy: u64) -> Result<Bu
     directives.extend(page_tables(SNP, C_BIT));
     directives.extend(page_tables(NATIVE, 0));
     directives.push(normal(layout::GDT_GPA, BOTH, table(start::GDT)));
-    if let (Some(bytes), Some((base, _))) = (firmware, firmware_at) {
-        let pages = bytes.chunks(PAGE as usize).zip((base..).step_by(PAGE as usize));
+    if let Some(Firmware { bytes, range: (base, _), .. }) = firmware {
+        let pages = bytes.chunks(PAGE as usize).zip((*base..).step_by(PAGE as usize));
         directives.extend(pages.map(|(data, gpa)| normal(gpa, BOTH, data.to_vec())));
     }
     let (snp_pages, native_pages) = (page_count(&directives, SNP), page_count(&directives, NATIVE));

@@ -96,46 +96,60 @@ struct RunKey {
     has_data: bool,
 }
 
+/// QEMU's order of pages: it holds a run of contiguous page data (same attributes,
+/// consecutive directives) and sends it when a page that does not extend it arrives, or
+/// at the end; parameter inserts go out at once, so ahead of the run being held.
+#[derive(Default)]
+struct Queue {
+    out: Vec<MeasuredPage>,
+    held: Vec<MeasuredPage>,
+    last: Option<RunKey>,
+}
+
+impl Queue {
+    fn page_data(&mut self, key: RunKey, page: MeasuredPage) {
+        let extends = self
+            .last
+            .as_ref()
+            .is_some_and(|l| RunKey { index: l.index + 1, gpa: l.gpa.wrapping_add(PAGE as u64), ..*l } == key);
+        if !extends {
+            self.out.append(&mut self.held);
+        }
+        self.held.push(page);
+        self.last = Some(key);
+    }
+
+    fn unmeasured(&mut self, gpa: u64) {
+        self.out.push(MeasuredPage { gpa, page_type: PageType::Unmeasured, contents: [0; 48], zero: false });
+    }
+
+    fn finish(mut self) -> Vec<MeasuredPage> {
+        self.out.append(&mut self.held);
+        self.out
+    }
+}
+
 /// The pages KVM measures for `file` on SEV-SNP with `vcpus` vCPUs, in order.
 pub fn pages(file: &IgvmFile, vcpus: u32) -> Result<Vec<MeasuredPage>, String> {
     let snp = snp_mask(file)?;
-    let mut out = Vec::new();
-    // QEMU holds a run of contiguous page data (same attributes, consecutive directives)
-    // and sends it when a page that does not extend it arrives, or at the end; parameter
-    // inserts go out at once, so ahead of the run being held.
-    let mut held: Vec<MeasuredPage> = Vec::new();
-    let mut last: Option<RunKey> = None;
+    let mut queue = Queue::default();
     let mut areas: HashMap<u32, u64> = HashMap::new();
     // The boot vCPU's VMSA, once seen: nothing measured may follow it.
     let mut vmsa: Option<[u8; 48]> = None;
     for (index, d) in file.directives().iter().enumerate() {
         match d {
-            IgvmDirectiveHeader::PageData { gpa, compatibility_mask, flags, data_type, data } => {
-                if compatibility_mask & snp == 0 {
-                    continue;
-                }
+            IgvmDirectiveHeader::PageData { gpa, compatibility_mask, flags, data_type, data }
+                if compatibility_mask & snp != 0 =>
+            {
                 if vmsa.is_some() {
                     return Err(kvm::after_vmsa("page data", *gpa));
                 }
                 if flags.is_2mb_page() {
                     return Err(format!("page data at {gpa:#x} is a 2 MiB page, which this tool does not measure"));
                 }
-                let key = RunKey {
-                    index,
-                    gpa: *gpa,
-                    flags: *flags,
-                    data_type: *data_type,
-                    mask: *compatibility_mask,
-                    has_data: !data.is_empty(),
-                };
-                let extends = last
-                    .as_ref()
-                    .is_some_and(|l| RunKey { index: l.index + 1, gpa: l.gpa.wrapping_add(PAGE as u64), ..*l } == key);
-                if !extends {
-                    out.append(&mut held);
-                }
-                held.push(page(*gpa, *flags, *data_type, data)?);
-                last = Some(key);
+                let (flags, data_type, mask, has_data) = (*flags, *data_type, *compatibility_mask, !data.is_empty());
+                let key = RunKey { index, gpa: *gpa, flags, data_type, mask, has_data };
+                queue.page_data(key, page(*gpa, flags, data_type, data)?);
             }
             IgvmDirectiveHeader::ParameterArea { number_of_bytes, parameter_area_index, .. } => {
                 // QEMU keeps an area's size in 32 bits.
@@ -152,8 +166,7 @@ pub fn pages(file: &IgvmFile, vcpus: u32) -> Result<Vec<MeasuredPage>, String> {
                     .get(&p.parameter_area_index)
                     .ok_or_else(|| format!("parameter insert at {:#x} names no parameter area", p.gpa))?;
                 for i in 0..bytes.div_ceil(PAGE as u64) {
-                    let gpa = p.gpa.wrapping_add(i * PAGE as u64);
-                    out.push(MeasuredPage { gpa, page_type: PageType::Unmeasured, contents: [0; 48], zero: false });
+                    queue.unmeasured(p.gpa.wrapping_add(i * PAGE as u64));
                 }
             }
             IgvmDirectiveHeader::SnpVpContext { gpa, compatibility_mask, vp_index, vmsa: v }
@@ -168,10 +181,14 @@ pub fn pages(file: &IgvmFile, vcpus: u32) -> Result<Vec<MeasuredPage>, String> {
             _ => {}
         }
     }
-    out.append(&mut held);
+    let mut out = queue.finish();
+    out.push(MeasuredPage { gpa: VMSA_GPA, page_type: PageType::Vmsa, contents: the_vmsa(vmsa, vcpus)?, zero: false });
+    Ok(out)
+}
 
-    // KVM measures the VMSA at LAUNCH_FINISH; QEMU starts the vCPUs the file gives no
-    // VMSA for from its own reset state, which this tool cannot predict.
+/// KVM measures the boot vCPU's VMSA at LAUNCH_FINISH; QEMU starts the vCPUs the file gives
+/// no VMSA for from its own reset state, which this tool cannot predict.
+fn the_vmsa(vmsa: Option<[u8; 48]>, vcpus: u32) -> Result<[u8; 48], String> {
     if vcpus == 0 {
         return Err("--vcpus must be at least 1".into());
     }
@@ -183,8 +200,7 @@ pub fn pages(file: &IgvmFile, vcpus: u32) -> Result<Vec<MeasuredPage>, String> {
             vcpus - 1
         ));
     }
-    out.push(MeasuredPage { gpa: VMSA_GPA, page_type: PageType::Vmsa, contents, zero: false });
-    Ok(out)
+    Ok(contents)
 }
 
 /// The launch digest of `pages`.
