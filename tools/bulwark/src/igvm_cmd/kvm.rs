@@ -49,7 +49,29 @@ pub fn check_vmsa(gpa: u64, vp_index: u16, v: &SevVmsa) -> Result<(), String> {
         ));
     }
     check_mode(v)?;
+    check_segments(v)?;
     check_copied_fields(v)
+}
+
+/// QEMU carries a segment's attributes to KVM in 12 bits (FLAGS_VMSA_TO_SEGCACHE in
+/// target/i386/sev.c), and only the base and limit of GDTR and IDTR (KVM's svm_set_gdt
+/// and svm_set_idt write nothing else into the VMSA).
+fn check_segments(v: &SevVmsa) -> Result<(), String> {
+    let segments = [("ES", v.es), ("CS", v.cs), ("SS", v.ss), ("DS", v.ds), ("FS", v.fs), ("GS", v.gs)];
+    for (name, s) in segments.into_iter().chain([("LDTR", v.ldtr), ("TR", v.tr)]) {
+        if s.attrib & 0xF000 != 0 {
+            return refuse(&format!(
+                "{name}'s attributes are {:#x}; QEMU passes bits 0..11 only (FLAGS_VMSA_TO_SEGCACHE)",
+                s.attrib
+            ));
+        }
+    }
+    for (name, t) in [("GDTR", v.gdtr), ("IDTR", v.idtr)] {
+        if t.selector != 0 || t.attrib != 0 {
+            return refuse(&format!("{name} has a selector or attributes; QEMU/KVM pass its base and limit only"));
+        }
+    }
+    Ok(())
 }
 
 /// The registers QEMU does copy, where KVM changes or refuses them.
@@ -139,7 +161,7 @@ mod tests {
     fn the_builders_start_state_passes_and_each_broken_rule_is_named() {
         let good = *start::vmsa(0x100_0000);
         assert_eq!(check_vmsa(VMSA_GPA, 0, &good), Ok(()));
-        let cases: [Case; 9] = [
+        let cases: [Case; 11] = [
             ("CR0 is 0x80000031", |v| v.cr0 = 0x8000_0031),
             ("without SVME", |v| v.efer = 0),
             ("LMA while paging is off", |v| v.efer = 0x1500),
@@ -151,6 +173,8 @@ mod tests {
                 v.sev_features = SevFeatures::new().with_snp(true).with_restrict_injection(true)
             }),
             ("does not hand to KVM", |v| v.cr2 = 0x1000),
+            ("SS's attributes are 0x1c93", |v| v.ss.attrib = 0x1C93),
+            ("GDTR has a selector", |v| v.gdtr.attrib = 0x82),
         ];
         for (message, break_it) in cases {
             let mut v = good;
