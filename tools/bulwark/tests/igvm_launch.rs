@@ -284,9 +284,9 @@ fn debian_ovmf_finds_its_pages_in_place_and_its_sec_memory_validated_for_it() {
     serve_guest(m, svsm, host, state, CALLING_AREA_GPA);
 }
 
-/// OVMF with an SVSM_CAA section reaches the SVSM through that page: it reserves it in
-/// its SEC memory map, and `AmdSvsmSnpGetCaa` (OvmfPkg/Library/AmdSvsmLib/AmdSvsmLib.c)
-/// takes the calling area from the SVSM fields of the secrets page, which must name it.
+/// OVMF with an SVSM_CAA section reaches the SVSM through the calling area that
+/// `AmdSvsmSnpGetCaa` (OvmfPkg/Library/AmdSvsmLib/AmdSvsmLib.c) takes from the SVSM
+/// fields of the secrets page, which must name the page the metadata set aside.
 #[test]
 fn a_firmware_calling_area_is_the_guests_first_calling_area() {
     let ca = 0x80_5000;
