@@ -1,7 +1,8 @@
 //! The SEV-SNP launch as the SVSM takes it over from an IGVM image (`abi::igvm`,
 //! docs/platforms/igvm.md): the boot information, CPUID page, memory map and vCPU count
-//! the image and its loader left in the boot block, checked; then the guest's calling
-//! area and first vCPU, and the kernel's description of the launch.
+//! the image and its loader left, checked; then the guest's calling area and first vCPU,
+//! the firmware's pages for the guest (the ones its SEV metadata asked the launch for),
+//! and the kernel's description of the launch.
 //!
 //! The bare-metal boot (`svsm/src/bare/snp/mod.rs`) calls these in order; the model runs
 //! the same sequence over an image `bulwark igvm build` made (tools/bulwark/tests).
@@ -17,13 +18,13 @@ use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::platform::Platform;
 use zerocopy::FromBytes;
 
-/// The guest's first calling area: guest RAM just below the SVSM region. The guest finds
-/// it in the secrets page and must keep it reserved.
-pub const CALLING_AREA_GPA: u64 = SVSM_REGION_BASE - 0x1000;
-/// The guest's first VMSA: the guest RAM page below the calling area. Like every guest
-/// VMSA it is a guest page the SVSM made a VMSA (the kernel refuses one in SVSM memory);
-/// the guest cannot touch it while it is one.
-pub const GUEST_VMSA_GPA: u64 = CALLING_AREA_GPA - 0x1000;
+/// The guest's first calling area when the firmware names none: guest RAM just below the
+/// SVSM region. The guest finds it in the secrets page and must keep it reserved.
+pub const CALLING_AREA_GPA: u64 = abi::igvm::DEFAULT_CALLING_AREA_GPA;
+/// The guest's first VMSA: the guest RAM page below the default calling area. Like every
+/// guest VMSA it is a guest page the SVSM made a VMSA (the kernel refuses one in SVSM
+/// memory); the guest cannot touch it while it is one.
+pub const GUEST_VMSA_GPA: u64 = abi::igvm::GUEST_VMSA_GPA;
 /// Memory-map pages the SVSM reads at most.
 const MAX_MEMORY_MAP_PAGES: u64 = 4;
 
@@ -57,6 +58,12 @@ pub struct Launch {
     pub ram: Vec<PageRange>,
     /// vCPUs the loader says the guest has (1 if it says nothing usable).
     pub vcpus: u32,
+    /// The guest's first calling area: the firmware's, which the launch validated, or
+    /// `CALLING_AREA_GPA`, which the SVSM validates.
+    pub calling_area: PageAddr,
+    pub calling_area_launched: bool,
+    /// Firmware memory the launch validated for the guest (`BootInfo::prevalidated`).
+    pub firmware_ranges: Vec<PageRange>,
 }
 
 fn read<H: SnpHw + ?Sized>(hw: &H, gpa: u64, buf: &mut [u8]) -> Result<(), LaunchError> {
@@ -106,7 +113,36 @@ pub fn take_over<H: SnpHw + ?Sized>(hw: &H, info_gpa: u64, max_vcpus: u32) -> Re
     let mut count = [0u8; 4];
     read(hw, info.vp_count_gpa, &mut count)?;
     let vcpus = u32::from_le_bytes(count).clamp(1, max_vcpus.max(1));
-    Ok(Launch { info, cpuid, c_bit, signature, ram, vcpus })
+    let (calling_area, calling_area_launched) = match info.calling_area_gpa {
+        0 => (PageAddr::new(CALLING_AREA_GPA), false),
+        gpa => (PageAddr::new(gpa).filter(|p| outside_svsm(*p, 1)), true),
+    };
+    let calling_area = calling_area.ok_or(LaunchError::BootInfo("the calling area is not a guest page"))?;
+    let firmware_ranges = firmware_ranges(&info)?;
+    Ok(Launch { info, cpuid, c_bit, signature, ram, vcpus, calling_area, calling_area_launched, firmware_ranges })
+}
+
+/// `pages` pages from `start` lie outside the SVSM region (and do not wrap).
+fn outside_svsm(start: PageAddr, pages: u64) -> bool {
+    let svsm_end = SVSM_REGION_BASE + SVSM_REGION_SIZE;
+    let end = pages.checked_mul(4096).and_then(|len| start.raw().checked_add(len));
+    end.is_some_and(|end| end <= SVSM_REGION_BASE || start.raw() >= svsm_end)
+}
+
+/// The firmware ranges of the boot information: whole pages, outside the SVSM region.
+fn firmware_ranges(info: &BootInfo) -> Result<Vec<PageRange>, LaunchError> {
+    let count = usize::try_from(info.prevalidated_count).unwrap_or(usize::MAX);
+    let ranges = info.prevalidated.get(..count).ok_or(LaunchError::BootInfo("too many firmware ranges"))?;
+    ranges
+        .iter()
+        .map(|r| {
+            let pages = r.size >> 12;
+            PageAddr::new(r.base)
+                .filter(|base| r.size != 0 && r.size % 4096 == 0 && outside_svsm(*base, pages))
+                .and_then(|base| PageRange::new(base, pages))
+                .ok_or(LaunchError::BootInfo("a firmware range is not whole guest pages outside the SVSM region"))
+        })
+        .collect()
 }
 
 /// Make the guest's calling area (validated, zeroed, the guest's) and first vCPU (reset
@@ -116,15 +152,17 @@ pub fn take_over<H: SnpHw + ?Sized>(hw: &H, info_gpa: u64, max_vcpus: u32) -> Re
 pub fn prepare<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch, image_end: u64) -> Result<SvsmConfig, LaunchError> {
     let setup = LaunchError::Setup;
     let page = |gpa: u64| PageAddr::new(gpa).ok_or(setup("a launch address is not page-aligned"));
-    let (vmsa, ca) = (page(GUEST_VMSA_GPA)?, page(CALLING_AREA_GPA)?);
+    let (vmsa, ca) = (page(GUEST_VMSA_GPA)?, launch.calling_area);
     if ![ca, vmsa].iter().all(|page| launch.ram.iter().any(|r| r.contains_pfn(page.pfn()))) {
         return Err(setup("the calling area or first VMSA is not RAM"));
     }
     let vmpl = launch.info.guest_vmpl as u8;
     let one = |a| PageRange::new(a, 1).ok_or(setup("page range"));
-    for page in [ca, vmsa] {
-        p.pvalidate(page, PageSize::Size4K, true).map_err(|_| setup("cannot validate the calling area or VMSA"))?;
-        p.zero_pages(one(page)?).map_err(|_| setup("cannot zero the calling area or VMSA"))?;
+    // A calling area the launch validated (the firmware's) is a measured zero page.
+    let made_here: &[PageAddr] = if launch.calling_area_launched { &[vmsa] } else { &[ca, vmsa] };
+    for page in made_here {
+        p.pvalidate(*page, PageSize::Size4K, true).map_err(|_| setup("cannot validate the calling area or VMSA"))?;
+        p.zero_pages(one(*page)?).map_err(|_| setup("cannot zero the calling area or VMSA"))?;
     }
     p.rmpadjust(ca, PageSize::Size4K, vmpl, PERM_ALL, false)
         .map_err(|_| setup("cannot give the guest its calling area"))?;
@@ -141,12 +179,28 @@ pub fn prepare<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch, image_end: u64
     if info.firmware_size != 0 {
         // The launch validated the firmware for VMPL0 only; the guest runs it.
         let firmware = PageRange::new(page(info.firmware_base)?, info.firmware_size >> 12);
-        let firmware = firmware.ok_or(setup("firmware range"))?;
-        for pfn in firmware.start_pfn()..firmware.end_pfn() {
+        prevalidated.push(firmware.ok_or(setup("firmware range"))?);
+    }
+    // The memory the firmware's metadata asked the launch to validate (SEC memory).
+    prevalidated.extend(&launch.firmware_ranges);
+    for range in &prevalidated {
+        for pfn in range.start_pfn()..range.end_pfn() {
             p.rmpadjust(PageAddr::from_pfn(pfn), PageSize::Size4K, vmpl, PERM_ALL, false)
-                .map_err(|_| setup("cannot give the guest its firmware"))?;
+                .map_err(|_| setup("cannot give the guest its firmware memory"))?;
         }
-        prevalidated.push(firmware);
+    }
+    // A CPUID page in guest memory is the firmware's (OVMF reads it there); the SVSM
+    // answers from its own copy, taken before the guest ran.
+    let cpuid = page(info.cpuid_gpa)?;
+    if outside_svsm(cpuid, 1) {
+        p.rmpadjust(cpuid, PageSize::Size4K, vmpl, PERM_READ, false)
+            .map_err(|_| setup("cannot give the guest the CPUID page"))?;
+        prevalidated.push(one(cpuid)?);
+    }
+    // The secrets page is the guest's once VMPCK0 is out of it (`open_secrets`).
+    let secrets = page(info.secrets_gpa)?;
+    if outside_svsm(secrets, 1) {
+        prevalidated.push(one(secrets)?);
     }
     prevalidated.push(one(ca)?);
     prevalidated.push(one(vmsa)?);
@@ -156,7 +210,7 @@ pub fn prepare<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch, image_end: u64
         pool_reserve: (first_free >> 12..pool_end >> 12).map(PageAddr::from_pfn).collect(),
         prevalidated,
         startup_vmsa: vmsa,
-        startup_calling_area: Gpa(CALLING_AREA_GPA),
+        startup_calling_area: Gpa(ca.raw()),
         startup_apic_id: 0,
         max_vcpus: launch.vcpus as usize,
         pages_per_call: 4096,

@@ -1,10 +1,11 @@
 //! What the project needs from the machine, installed with apt (Debian/Ubuntu, as root)
 //! when missing: QEMU for the boots, libtpms and libcrypto (static archives too, for the
 //! bare-metal vTPM), tpm2-tools as the vTPM's client, swtpm as the benchmark's reference,
-//! pip for the launch-digest cross-check, and the bare-metal Rust target. `cargo xtask
-//! bench` also needs tpm2-abrmd (with its client library and a D-Bus daemon for its
-//! private bus) in front of the bridge and swtpm; CI does not run the benchmarks, so those
-//! are installed by the bench alone and are not on .ci/run's apt line.
+//! pip for the launch-digest cross-check, OVMF (with its SEV metadata) for the IGVM
+//! firmware tests, and the bare-metal Rust target. `cargo xtask bench` also needs
+//! tpm2-abrmd (with its client library and a D-Bus daemon for its private bus) in front of
+//! the bridge and swtpm; CI does not run the benchmarks, so those are installed by the
+//! bench alone and are not on .ci/run's apt line.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,6 +19,8 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("swtpm", Probe::Command("swtpm")),
     // The launch-digest cross-check installs sev-snp-measure with pip.
     ("python3-pip", Probe::Pip),
+    // OVMF.fd carries the SEV metadata `bulwark igvm build --firmware` honours.
+    ("ovmf", Probe::File("/usr/share/ovmf/OVMF.fd")),
 ];
 
 /// What only `cargo xtask bench` needs: the tpm-bridge benchmark runs tpm2-tools through

@@ -1,10 +1,23 @@
-//! The PVH entry: QEMU's `-kernel` loader finds `pvh_entry32` through the Xen
-//! PHYS32_ENTRY ELF note and starts the boot CPU there in 32-bit protected mode, paging
-//! off, EBX = physical address of the PVH start-info structure.
+//! The two entries of the boot CPU, both in 32-bit protected mode with paging off, and
+//! the one switch to long mode they share:
 //!
-//! The entry identity-maps the first 4 GiB with 2 MiB pages, turns on PAE, long mode
-//! (with NX) and paging, loads a 64-bit GDT and calls `svsm_main(start_info)` on the boot
-//! stack. All of it is assembly in this one module; it runs before any Rust code.
+//! - `pvh_entry32`: QEMU's `-kernel` loader finds it through the Xen PHYS32_ENTRY ELF note;
+//!   EBX = physical address of the PVH start-info structure. It identity-maps the first
+//!   4 GiB with 2 MiB pages (tables in .bss) and calls `svsm_main(start_info)`.
+//! - `igvm_entry32` (`abi::igvm::ENTRY_SYMBOL`): the start state of an IGVM launch, the one
+//!   QEMU/KVM keep for SEV-SNP (docs/platforms/igvm.md); ESI = boot information, no stack.
+//!   It takes the image's own page tables at `abi::igvm::PML4_GPA` (on SNP they carry the
+//!   C-bit) and calls `svsm_igvm_main(boot_info)`.
+//!
+//! The switch: PAE, CR3, EFER.LME|NXE, CR0.PG, a 64-bit GDT, a far return into 64-bit
+//! code, the boot stack. Every `cargo xtask boot` runs it through the PVH entry. Under
+//! SEV-SNP the same steps work as in OVMF's reset vector (OvmfPkg/ResetVector/Ia32/
+//! PageTables64.nasm.inc, Flat32ToFlat64.nasm.inc), Linux's startup_32
+//! (arch/x86/boot/compressed/head_64.S) and COCONUT's boot loader (boot/bldr/src/main.rs):
+//! with paging off every access is private, CR3 is loaded from 32-bit code without the
+//! C-bit, and the CR and EFER writes are trapped by the host after they complete, never
+//! a #VC; EFER is read and written back so SVME stays set. Nothing here executes CPUID.
+//! All of it is assembly in this one module; it runs before any Rust code.
 
 core::arch::global_asm!(
     r#"
@@ -54,12 +67,27 @@ pvh_entry32:
     or eax, 3
     mov [boot_pml4], eax
 
-    /* PAE, then CR3, then EFER.LME|NXE, then paging. */
+    lea eax, [boot_pml4]
+    lea edi, [{main}]
+    jmp long_mode32
+
+    /* The IGVM entry: ESI = boot information; the image's page tables. */
+    .global igvm_entry32
+igvm_entry32:
+    cli
+    cld
+    mov eax, {igvm_pml4}
+    lea edi, [{igvm_main}]
+
+    /* EAX = the PML4 to run on, ESI = the argument, EDI = the 64-bit function to call. */
+long_mode32:
+    lea esp, [boot_stack_top]
+    mov ebx, eax
+    /* PAE, then CR3, then EFER.LME|NXE (read back first: SVME must stay), then paging. */
     mov eax, cr4
     or eax, 1 << 5
     mov cr4, eax
-    lea eax, [boot_pml4]
-    mov cr3, eax
+    mov cr3, ebx
     mov ecx, 0xC0000080
     rdmsr
     or eax, (1 << 8) | (1 << 11)
@@ -85,29 +113,13 @@ pvh_entry32:
     mov gs, ax
     lea rsp, [boot_stack_top]
     xor ebp, ebp
+    mov eax, edi
     mov edi, esi
-    call {main}
+    call rax
 5:
     cli
     hlt
     jmp 5b
-
-    /* The IGVM entry (abi::igvm::ENTRY_SYMBOL): 64-bit mode already, paging on with the
-       image's tables, RSI = boot information. The boot stack is the PVH path's. */
-    .section .text.igvm_entry64, "ax"
-    .code64
-    .global igvm_entry64
-igvm_entry64:
-    cli
-    cld
-    lea rsp, [boot_stack_top]
-    xor ebp, ebp
-    mov rdi, rsi
-    call {igvm_main}
-6:
-    cli
-    hlt
-    jmp 6b
 
     /* A new CPU of the snp platform: its VMSA set RSP (a stack in its SVSM pages) and
        RDI (its index). */
@@ -150,6 +162,7 @@ boot_stack_top:
     stack_size = const BOOT_STACK_SIZE,
     main = sym super::svsm_main,
     igvm_main = sym super::svsm_igvm_main,
+    igvm_pml4 = const abi::igvm::PML4_GPA,
     ap_main = sym super::snp::ap_main,
 );
 

@@ -1,7 +1,8 @@
 //! Bare-metal SVSM: from the PVH entry to the running kernel.
 //!
 //! Boot path: `entry` (32-bit PVH entry, identity paging, long mode) calls [`svsm_main`]
-//! with the PVH start-info address. From there: console, heap, CPU tables, boot report,
+//! with the PVH start-info address (an IGVM launch enters at `igvm_entry32`, shares the
+//! switch to long mode and goes to `svsm_igvm_main`, the snp platform). From there: console, heap, CPU tables, boot report,
 //! SVM, the launch of the guest (`launch`) and the run loop that serves it (`native`).
 //! The guest ends the run with its own verdict; the SVSM stops QEMU with a failure status
 //! only when it cannot go on (`exit`).
@@ -36,8 +37,8 @@ mod vtpm;
 
 use core::panic::PanicInfo;
 
-/// First Rust code of an IGVM launch (`entry::igvm_entry64`), on the boot stack with
-/// the image's page tables: the snp platform on SEV-SNP. A native (non-SNP) IGVM launch
+/// First Rust code of an IGVM launch (`entry::igvm_entry32`, after its switch to long
+/// mode), on the boot stack with the image's page tables: the snp platform on SEV-SNP. A native (non-SNP) IGVM launch
 /// has no guest to run yet: this build's native platform (`svm`) boots through PVH.
 extern "C" fn svsm_igvm_main(boot_info: u64) -> ! {
     heap::init();

@@ -7,7 +7,10 @@
 mod build;
 mod cpuid;
 mod elf;
+mod kvm;
 mod measure;
+mod ovmf;
+mod start;
 
 use serde_json::json;
 use std::io::Write;
@@ -17,15 +20,17 @@ const USAGE: &str = "usage: bulwark igvm build [--svsm ELF] --out FILE [--firmwa
                          [--snp-policy HEX] [--json]
        bulwark igvm measure FILE [--vcpus N] [--json] [--pages FILE.json]
 
-  build        the SVSM image (ELF, with the `igvm_entry64` symbol) as an IGVM file with an
+  build        the SVSM image (ELF, with the `igvm_entry32` symbol) as an IGVM file with an
                SEV-SNP and a native platform
     --svsm ELF        default: the release image in $CARGO_TARGET_DIR or ./target
                       (x86_64-unknown-none/release/bulwark-svsm; `cargo xtask igvm` builds it)
-    --firmware FILE   guest firmware (OVMF) loaded so it ends at 4 GiB
+    --firmware FILE   guest firmware (OVMF with SEV metadata) loaded so it ends at 4 GiB; the
+                      pages its metadata names are placed where it asks
     --vcpus N         the vCPUs you will give QEMU (-smp N); printed in the launch hint only,
                       the SVSM learns the count from QEMU
     --snp-policy HEX  the SNP guest policy in the file (default 0x30000)
-  measure      the launch digest QEMU/KVM will produce for FILE on SEV-SNP: 96 hex digits
+  measure      the launch digest QEMU/KVM will produce for FILE on SEV-SNP: 96 hex digits;
+               refuses a file QEMU/KVM would launch differently (docs/platforms/igvm.md)
     --vcpus N         vCPUs (default 1); each needs a VMSA in the file
     --pages FILE      also write the measured pages, in order, as JSON
   --json       print JSON";
@@ -154,33 +159,62 @@ fn build_cmd(args: &[String]) -> Result<String, Failure> {
     let out = a.get("--out").ok_or_else(|| Failure::Usage("--out FILE is required".into()))?;
     let vcpus = a.vcpus()?;
     let policy = a.get("--snp-policy").map(parse_policy).transpose()?.unwrap_or(0x30000);
-    let firmware = a.get("--firmware").map(read).transpose()?;
+    let firmware = a
+        .get("--firmware")
+        .map(|path| read(path).and_then(build::Firmware::new).map_err(|e| format!("{path}: {e}")))
+        .transpose()?;
 
     let elf = read(svsm)?;
-    let built = build::build(&elf, firmware.as_deref(), policy).map_err(|e| format!("{svsm}: {e}"))?;
+    let built = build::build(&elf, firmware.as_ref(), policy).map_err(|e| format!("{svsm}: {e}"))?;
     std::fs::write(out, &built.bytes).map_err(|e| format!("{out}: {e}"))?;
+    Ok(if a.json { summary_json(out, &built, policy, vcpus)? } else { summary_text(out, &built, policy, vcpus) })
+}
 
-    let firmware_json = built.firmware.map(|(base, size)| json!({"base": base, "size": size}));
-    if a.json {
-        let v = json!({
-            "out": out,
-            "file_size": built.bytes.len(),
-            "entry": built.entry,
-            "snp": {"pages": built.snp_pages, "parameter_pages": built.parameter_pages, "policy": format!("{policy:#x}")},
-            "native": {"pages": built.native_pages, "parameter_pages": built.parameter_pages},
-            "firmware": firmware_json,
-            "vcpus": vcpus,
-        });
-        return serde_json::to_string_pretty(&v).map_err(|e| Failure::Error(e.to_string()));
-    }
+/// `build --json`.
+fn summary_json(out: &str, built: &build::Built, policy: u64, vcpus: u32) -> Result<String, Failure> {
+    let places = &built.places;
+    let prevalidated: Vec<_> = places.prevalidated.iter().map(|(b, s)| json!({"base": b, "size": s})).collect();
+    let v = json!({
+        "out": out,
+        "file_size": built.bytes.len(),
+        "entry": built.entry,
+        "snp": {
+            "pages": built.snp_pages,
+            "parameter_pages": built.parameter_pages,
+            "policy": format!("{policy:#x}"),
+            "secrets_page": places.secrets,
+            "cpuid_page": places.cpuid,
+            "calling_area": places.calling_area,
+            "prevalidated": prevalidated,
+        },
+        "native": {"pages": built.native_pages, "parameter_pages": built.parameter_pages},
+        "firmware": built.firmware.map(|(base, size)| json!({"base": base, "size": size})),
+        "vcpus": vcpus,
+    });
+    serde_json::to_string_pretty(&v).map_err(|e| Failure::Error(e.to_string()))
+}
+
+/// `build`'s summary for people.
+fn summary_text(out: &str, built: &build::Built, policy: u64, vcpus: u32) -> String {
+    let places = &built.places;
     let firmware_text = match built.firmware {
         Some((base, size)) => format!("{} KiB at {base:#x}", size / 1024),
         None => "none".into(),
     };
+    let calling_area = match places.calling_area {
+        Some(ca) => format!("{ca:#x} (the firmware's)"),
+        None => format!("{:#x} (made by the SVSM)", abi::igvm::DEFAULT_CALLING_AREA_GPA),
+    };
+    let prevalidated_text = match &places.prevalidated[..] {
+        [] => "none".to_string(),
+        ranges => ranges.iter().map(|(b, s)| format!("{b:#x}+{} KiB", s / 1024)).collect::<Vec<_>>().join(", "),
+    };
     let mut text = format!(
         "wrote {out} ({} bytes)
-  entry      {} = {:#x}, RSI = {:#x} (boot information)
+  entry      {} = {:#x} (32-bit), ESI = {:#x} (boot information)
   SEV-SNP    {} pages, {} parameter pages, VMSA; guest policy {policy:#x}
+             secrets page {:#x}, CPUID page {:#x}, calling area {calling_area}
+             pre-validated for the firmware: {prevalidated_text}
   native     {} pages, {} parameter pages
   firmware   {firmware_text}
 launch with QEMU 10 or later and -smp {vcpus} (docs/platforms/igvm.md); expected measurement:
@@ -191,6 +225,8 @@ launch with QEMU 10 or later and -smp {vcpus} (docs/platforms/igvm.md); expected
         abi::igvm::BOOT_INFO_GPA,
         built.snp_pages,
         built.parameter_pages,
+        places.secrets,
+        places.cpuid,
         built.native_pages,
         built.parameter_pages,
     );
@@ -200,7 +236,7 @@ launch with QEMU 10 or later and -smp {vcpus} (docs/platforms/igvm.md); expected
              `bulwark igvm measure` cannot predict the measurement of a {vcpus}-vCPU launch"
         ));
     }
-    Ok(text)
+    text
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,172 +1,20 @@
 //! `bulwark igvm build` and `bulwark igvm measure`, run as a user runs them: on a small
-//! ELF image written here (two segments at 16 MiB, one with .bss, and an `igvm_entry64`
-//! symbol), and on the release SVSM image when it has been built. The IGVM file is read
-//! back with the igvm crate; the measurement is checked against virtee's sev-snp-measure
-//! (PyPI, installed into `target/pydeps` on first use, as attest/tests/launch_digest_crosscheck.rs
-//! does).
+//! ELF image written here (two segments at 16 MiB, one with .bss, and an `igvm_entry32`
+//! symbol), with Debian's OVMF.fd as the firmware, and on the release SVSM image when it
+//! has been built. The IGVM file is read back with the igvm crate; the measurement is
+//! checked against virtee's sev-snp-measure (PyPI, installed into `target/pydeps` on first
+//! use, as attest/tests/launch_digest_crosscheck.rs does), whose OVMF parser also says
+//! which sections Debian's OVMF.fd asks for.
 
-use abi::igvm::{self as layout, BootInfo};
-use attest::testing::python_with_sev_snp_measure;
+mod common;
+
+use abi::igvm::{self as layout, BootInfo, GpaRange};
+use common::*;
 use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision};
 use igvm_defs::{IgvmPageDataType, IgvmPlatformType};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use zerocopy::{FromBytes, IntoBytes};
-
-const SNP: u32 = 1;
-const NATIVE: u32 = 2;
-const C_BIT: u64 = 1 << 51;
-const ENTRY: u64 = 0x100_0040;
-
-fn bulwark(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwark")).args(args).output().expect("bulwark runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "bulwark {args:?} panicked: {stderr}");
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Runs `bulwark args`, expecting success.
-fn ok(args: &[&str]) -> String {
-    let out = bulwark(args);
-    assert!(out.status.success(), "bulwark {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    stdout(&out)
-}
-
-/// Runs `bulwark args`, expecting exit status `code` and `message` on stderr.
-fn fails(args: &[&str], code: i32, message: &str) {
-    let out = bulwark(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "bulwark {args:?}: {stderr}");
-    assert!(stderr.contains(message), "bulwark {args:?}: expected `{message}` in: {stderr}");
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bulwark-igvm-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A PT_LOAD segment: `bytes` at `paddr`, `memsz` bytes in memory.
-struct Segment {
-    paddr: u64,
-    bytes: Vec<u8>,
-    memsz: u64,
-}
-
-fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
-    buf[at..at + bytes.len()].copy_from_slice(bytes);
-}
-
-/// An x86-64 ELF64 executable with `segments` and a symbol table holding `symbol`.
-fn elf(segments: &[Segment], symbol: (&str, u64)) -> Vec<u8> {
-    let phoff = 64;
-    let mut out = vec![0u8; phoff + 56 * segments.len()];
-    put(&mut out, 0, b"\x7fELF\x02\x01\x01");
-    put(&mut out, 0x10, &2u16.to_le_bytes());
-    put(&mut out, 0x12, &0x3Eu16.to_le_bytes());
-    put(&mut out, 0x14, &1u32.to_le_bytes());
-    put(&mut out, 0x18, &symbol.1.to_le_bytes());
-    put(&mut out, 0x20, &(phoff as u64).to_le_bytes());
-    put(&mut out, 0x34, &64u16.to_le_bytes());
-    put(&mut out, 0x36, &56u16.to_le_bytes());
-    put(&mut out, 0x38, &(segments.len() as u16).to_le_bytes());
-    for (i, seg) in segments.iter().enumerate() {
-        let offset = out.len() as u64;
-        out.extend_from_slice(&seg.bytes);
-        let h = phoff + 56 * i;
-        put(&mut out, h, &1u32.to_le_bytes());
-        put(&mut out, h + 4, &7u32.to_le_bytes());
-        for (at, v) in
-            [(8, offset), (0x10, seg.paddr), (0x18, seg.paddr), (0x20, seg.bytes.len() as u64), (0x28, seg.memsz)]
-        {
-            put(&mut out, h + at, &v.to_le_bytes());
-        }
-    }
-    let strtab = out.len();
-    out.extend_from_slice(b"\0");
-    out.extend_from_slice(symbol.0.as_bytes());
-    out.extend_from_slice(b"\0");
-    let strtab_size = out.len() - strtab;
-    let symtab = out.len();
-    out.extend_from_slice(&[0; 24]);
-    let mut sym = [0u8; 24];
-    put(&mut sym, 0, &1u32.to_le_bytes());
-    sym[4] = 0x12; // global function
-    put(&mut sym, 6, &1u16.to_le_bytes());
-    put(&mut sym, 8, &symbol.1.to_le_bytes());
-    out.extend_from_slice(&sym);
-    let shoff = out.len();
-    out.extend_from_slice(&[0; 64 * 3]);
-    for (i, kind, offset, size, link, entsize) in
-        [(1, 2u32, symtab, 48u64, 2u32, 24u64), (2, 3, strtab, strtab_size as u64, 0, 0)]
-    {
-        let h = shoff + 64 * i;
-        put(&mut out, h + 4, &kind.to_le_bytes());
-        put(&mut out, h + 0x18, &(offset as u64).to_le_bytes());
-        put(&mut out, h + 0x20, &size.to_le_bytes());
-        put(&mut out, h + 0x28, &link.to_le_bytes());
-        put(&mut out, h + 0x38, &entsize.to_le_bytes());
-    }
-    put(&mut out, 0x28, &(shoff as u64).to_le_bytes());
-    put(&mut out, 0x3A, &64u16.to_le_bytes());
-    put(&mut out, 0x3C, &3u16.to_le_bytes());
-    out
-}
-
-/// Code and data at 16 MiB: text of 6 KiB (a page and a half), data of 256 bytes
-/// followed by 12 KiB of .bss.
-fn text() -> Vec<u8> {
-    (0..0x1800u32).map(|i| (i * 7 + 3) as u8).collect()
-}
-
-fn sample_segments() -> Vec<Segment> {
-    vec![
-        Segment { paddr: 0x100_0000, bytes: text(), memsz: 0x1800 },
-        Segment { paddr: 0x100_3000, bytes: vec![0xD5; 0x100], memsz: 0x3000 },
-    ]
-}
-
-fn sample_elf() -> Vec<u8> {
-    elf(&sample_segments(), ("igvm_entry64", ENTRY))
-}
-
-/// Writes `sample_elf()` (or `elf_bytes`) into `dir` and builds it; returns the IGVM path.
-fn build(dir: &Path, elf_bytes: &[u8], extra: &[&str]) -> PathBuf {
-    let (svsm, out) = (dir.join("svsm.elf"), dir.join("bulwark.igvm"));
-    std::fs::write(&svsm, elf_bytes).unwrap();
-    let mut args = vec!["igvm", "build", "--svsm", s(&svsm), "--out", s(&out)];
-    args.extend_from_slice(extra);
-    ok(&args);
-    out
-}
-
-fn read_igvm(path: &Path) -> IgvmFile {
-    IgvmFile::new_from_binary(&std::fs::read(path).unwrap(), None).expect("the file parses")
-}
-
-/// The page data at `gpa` for `mask`'s platform: (compatibility mask, type, data).
-fn page_at(file: &IgvmFile, gpa: u64, mask: u32) -> Option<(u32, IgvmPageDataType, Vec<u8>)> {
-    file.directives().iter().find_map(|d| match d {
-        IgvmDirectiveHeader::PageData { gpa: g, compatibility_mask, data_type, data, .. }
-            if *g == gpa && compatibility_mask & mask != 0 =>
-        {
-            Some((*compatibility_mask, *data_type, data.clone()))
-        }
-        _ => None,
-    })
-}
-
-fn u64s(page: &[u8]) -> Vec<u64> {
-    page.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
-}
+use std::process::Command;
+use zerocopy::FromBytes;
 
 #[test]
 fn build_writes_the_documented_layout_for_both_platforms() {
@@ -239,7 +87,8 @@ fn build_writes_the_documented_layout_for_both_platforms() {
         assert_eq!(page_at(&file, bss, SNP), Some((SNP | NATIVE, IgvmPageDataType::NORMAL, vec![])), "{bss:#x}");
     }
 
-    // Boot information, one page per platform.
+    // Boot information, one page per platform; without firmware the secrets and CPUID
+    // pages are in the boot block and the SVSM makes the calling area.
     for (mask, secrets, cpuid) in [(SNP, layout::SECRETS_GPA, layout::CPUID_GPA), (NATIVE, 0, 0)] {
         let (m, _, page) = page_at(&file, layout::BOOT_INFO_GPA, mask).unwrap();
         assert_eq!(m, mask);
@@ -258,6 +107,9 @@ fn build_writes_the_documented_layout_for_both_platforms() {
                 firmware_base: 0,
                 firmware_size: 0,
                 guest_vmpl: 1,
+                calling_area_gpa: 0,
+                prevalidated_count: 0,
+                prevalidated: [GpaRange::default(); layout::MAX_FIRMWARE_RANGES],
             }
         );
     }
@@ -292,9 +144,10 @@ fn build_writes_the_documented_layout_for_both_platforms() {
     }
     let (m, _, gdt) = page_at(&file, layout::GDT_GPA, SNP).unwrap();
     assert_eq!(m, SNP | NATIVE);
-    assert_eq!(u64s(&gdt)[..4], [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0]);
+    assert_eq!(u64s(&gdt)[..5], [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0x00CF_9A00_0000_FFFF, 0]);
 
-    // Start state: the entry symbol, the boot information in RSI, 64-bit paging.
+    // Start state: the entry symbol, the boot information in RSI, 32-bit protected mode
+    // with paging off (what KVM keeps: igvmmeasure --check-kvm), the entry code loads CR3.
     let vmsa = d
         .iter()
         .find_map(|x| match x {
@@ -304,13 +157,11 @@ fn build_writes_the_documented_layout_for_both_platforms() {
         .unwrap();
     assert_eq!(vmsa.0, 0xFFFF_FFFF_F000, "QEMU takes a VMSA only at KVM's address");
     let v = vmsa.1;
+    assert_eq!((v.rip, v.rsi, v.cr3, v.efer, v.cr0, v.cr4), (ENTRY, layout::BOOT_INFO_GPA, 0, 0x1000, 0x31, 0x40));
     assert_eq!(
-        (v.rip, v.rsi, v.cr3, v.efer, v.cr0),
-        (ENTRY, layout::BOOT_INFO_GPA, layout::PML4_GPA | C_BIT, 0x1D00, 0x8000_0031)
-    );
-    assert_eq!(
-        (v.cs.selector, v.cs.attrib, v.ss.selector, v.gdtr.base, v.gdtr.limit),
-        (8, 0xA9B, 0x10, layout::GDT_GPA, 23)
+        (v.cs.selector, v.cs.attrib, v.ss.selector, v.ss.attrib, v.gdtr.base, v.gdtr.limit),
+        (0x18, 0xC9B, 0x10, 0xC93, layout::GDT_GPA, 31),
+        "32-bit code and a 32-bit stack, from the GDT's 0x18 and 0x10"
     );
     assert_eq!((v.vmpl, v.sev_features.into_bits(), v.rflags), (0, 1, 2));
     let native = d
@@ -323,16 +174,21 @@ fn build_writes_the_documented_layout_for_both_platforms() {
         })
         .unwrap();
     assert_eq!(
-        (native.rip, native.rsi, native.cr3, native.cr0),
-        (ENTRY, layout::BOOT_INFO_GPA, layout::PML4_GPA, 0x8000_0031)
+        (native.rip, native.rsi, native.cr3, native.cr0, native.efer),
+        (ENTRY, layout::BOOT_INFO_GPA, 0, 0x31, 0)
     );
+    assert_eq!((native.code_selector, native.code_attributes), (0x18, 0xC09B));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn firmware_ends_at_4_gib_and_the_summary_says_so() {
     let dir = temp("firmware");
-    let firmware: Vec<u8> = (0..0x2000u32).map(|i| (i >> 4) as u8).collect();
+    let mut firmware =
+        ovmf_like(2, &[(0x80_0000, 0x1000, SEC_MEM), (0x80_1000, 0x1000, SECRETS), (0x80_2000, 0x1000, CPUID)]);
+    for (i, b) in firmware[..0x1000].iter_mut().enumerate() {
+        *b = (i >> 4) as u8;
+    }
     std::fs::write(dir.join("ovmf.fd"), &firmware).unwrap();
     std::fs::write(dir.join("svsm.elf"), sample_elf()).unwrap();
     let out = dir.join("bulwark.igvm");
@@ -353,6 +209,11 @@ fn firmware_ends_at_4_gib_and_the_summary_says_so() {
     assert_eq!(summary["entry"], ENTRY);
     assert_eq!(summary["firmware"], serde_json::json!({"base": 0xFFFF_E000u64, "size": 0x2000}));
     assert_eq!(summary["snp"]["policy"], "0x30001");
+    assert_eq!(
+        (&summary["snp"]["secrets_page"], &summary["snp"]["cpuid_page"], &summary["snp"]["calling_area"]),
+        (&serde_json::json!(0x80_1000), &serde_json::json!(0x80_2000), &serde_json::Value::Null)
+    );
+    assert_eq!(summary["snp"]["prevalidated"], serde_json::json!([{"base": 0x80_0000, "size": 0x1000}]));
     assert_eq!(summary["file_size"], std::fs::metadata(&out).unwrap().len());
     let file = read_igvm(&out);
     assert_eq!(page_at(&file, 0xFFFF_E000, NATIVE).unwrap().2, firmware[..4096]);
@@ -372,7 +233,14 @@ fn firmware_ends_at_4_gib_and_the_summary_says_so() {
         "--firmware",
         s(&dir.join("ovmf.fd")),
     ]);
-    assert!(text.contains("igvm_entry64 = 0x1000040") && text.contains("8 KiB at 0xffffe000"), "{text}");
+    for expected in [
+        "igvm_entry32 = 0x1000040 (32-bit)",
+        "8 KiB at 0xffffe000",
+        "secrets page 0x801000, CPUID page 0x802000, calling area 0xfff000 (made by the SVSM)",
+        "pre-validated for the firmware: 0x800000+4 KiB",
+    ] {
+        assert!(text.contains(expected), "`{expected}` in {text}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -387,14 +255,14 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
     let out = dir.join("out.igvm");
     let build_from = |elf: &str| ["igvm", "build", "--svsm", elf, "--out", s(&out)].map(String::from);
     let no_symbol = p("nosym.elf", &elf(&sample_segments(), ("other_symbol", ENTRY)));
-    fails(&build_from(&no_symbol).each_ref().map(String::as_str), 1, "no `igvm_entry64` symbol");
+    fails(&build_from(&no_symbol).each_ref().map(String::as_str), 1, "no `igvm_entry32` symbol");
     let not_elf = p("not.elf", b"#!/bin/sh\necho not an image\n");
     fails(&build_from(&not_elf).each_ref().map(String::as_str), 1, "not an ELF file");
     let truncated = p("truncated.elf", &sample_elf()[..100]);
     fails(&build_from(&truncated).each_ref().map(String::as_str), 1, "malformed ELF file");
     for paddr in [0x300_0000, layout::BOOT_BLOCK_BASE - 0x1000, 0x80_0000] {
         let outside =
-            p("outside.elf", &elf(&[Segment { paddr, bytes: vec![1; 16], memsz: 0x2000 }], ("igvm_entry64", ENTRY)));
+            p("outside.elf", &elf(&[Segment { paddr, bytes: vec![1; 16], memsz: 0x2000 }], ("igvm_entry32", ENTRY)));
         fails(&build_from(&outside).each_ref().map(String::as_str), 1, "outside the SVSM region");
     }
     let good = p("good.elf", &sample_elf());
@@ -430,89 +298,49 @@ fn bad_inputs_fail_with_a_message_and_no_panic() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// sev-snp-measure's digest over the `--pages` list, given the pages' real bytes from the
-/// IGVM file (NORMAL pages and VMSAs), so that Python hashes them itself.
-fn sev_snp_measure(dir: &Path, igvm: &Path, pages: &serde_json::Value) -> String {
-    let file = read_igvm(igvm);
-    let vmsa = file
-        .directives()
-        .iter()
-        .find_map(|d| match d {
-            IgvmDirectiveHeader::SnpVpContext { vmsa, .. } => Some(vmsa.as_bytes().to_vec()),
-            _ => None,
-        })
-        .unwrap();
-    let (mut blob, mut plan) = (Vec::new(), Vec::new());
-    for p in pages.as_array().unwrap() {
-        let (gpa, kind) = (p["gpa"].as_u64().unwrap(), p["page_type"].as_str().unwrap());
-        let bytes = match kind {
-            "normal" => {
-                let mut data = page_at(&file, gpa, SNP).unwrap().2;
-                data.resize(4096, 0);
-                data
-            }
-            "vmsa" => vmsa.clone(),
-            _ => {
-                assert_eq!(p["contents_sha384"], "0".repeat(96), "{p}");
-                vec![]
-            }
-        };
-        plan.push(serde_json::json!([kind, gpa, blob.len()]));
-        blob.extend_from_slice(&bytes);
-    }
-    std::fs::write(dir.join("blob"), blob).unwrap();
-    std::fs::write(dir.join("plan.json"), serde_json::to_string(&plan).unwrap()).unwrap();
-    let script = format!(
-        "import json
-from sevsnpmeasure.gctx import GCTX
-plan = json.load(open({plan:?}))
-blob = open({blob:?}, 'rb').read()
-g = GCTX()
-for kind, gpa, at in plan:
-    page = blob[at:at + 4096]
-    if kind == 'normal': g.update_normal_pages(gpa, page)
-    elif kind == 'vmsa': g.update_vmsa_page(page)
-    elif kind == 'unmeasured': g.update_unmeasured_pages(gpa, 4096)
-    elif kind == 'secrets': g.update_secrets_page(gpa)
-    elif kind == 'cpuid': g.update_cpuid_page(gpa)
-    elif kind == 'zero': g.update_zero_pages(gpa, 4096)
-    else: raise ValueError(kind)
-print(g.ld().hex())
-",
-        plan = s(&dir.join("plan.json")),
-        blob = s(&dir.join("blob")),
-    );
-    let out = python_with_sev_snp_measure().args(["-c", &script]).output().expect("python3 runs");
-    assert!(out.status.success(), "sev-snp-measure failed: {}", String::from_utf8_lossy(&out.stderr));
-    stdout(&out)
-}
-
 #[test]
 fn measurement_matches_sev_snp_measure_over_the_listed_pages() {
     let dir = temp("measure");
-    std::fs::write(dir.join("ovmf.fd"), vec![0x5A; 0x3000]).unwrap();
+    let sections = [
+        (0x80_0000, 0x2000, SEC_MEM),
+        (0x80_2000, 0x1000, SECRETS),
+        (0x80_3000, 0x1000, CPUID),
+        (0x80_4000, 0x1000, SVSM_CAA),
+    ];
+    std::fs::write(dir.join("ovmf.fd"), ovmf_like(3, &sections)).unwrap();
     let igvm = build(&dir, &sample_elf(), &["--firmware", s(&dir.join("ovmf.fd"))]);
     let pages_path = dir.join("pages.json");
     let measurement = ok(&["igvm", "measure", s(&igvm), "--pages", s(&pages_path)]);
     assert!(measurement.len() == 96 && measurement.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     let pages: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pages_path).unwrap()).unwrap();
 
-    // What QEMU sends: the inserts first, then the page data in file order, the VMSA last.
+    // What QEMU sends: the inserts first, then the page data in file order (the firmware's
+    // pages first, by address), the VMSA last.
     let list = pages.as_array().unwrap();
     let kinds: Vec<_> = list.iter().map(|p| (p["gpa"].as_u64().unwrap(), p["page_type"].as_str().unwrap())).collect();
     assert_eq!(
-        kinds[..3],
-        [(layout::VP_COUNT_GPA, "unmeasured"), (layout::MEMORY_MAP_GPA, "unmeasured"), (0x100_0000, "normal")]
+        kinds[..8],
+        [
+            (layout::VP_COUNT_GPA, "unmeasured"),
+            (layout::MEMORY_MAP_GPA, "unmeasured"),
+            (0x80_0000, "normal"),
+            (0x80_1000, "normal"),
+            (0x80_2000, "secrets"),
+            (0x80_3000, "cpuid"),
+            (0x80_4000, "normal"),
+            (0x100_0000, "normal")
+        ]
     );
     assert_eq!(kinds.last(), Some(&(0xFFFF_FFFF_F000, "vmsa")));
-    assert!(kinds.contains(&(layout::SECRETS_GPA, "secrets")) && kinds.contains(&(layout::CPUID_GPA, "cpuid")));
+    assert!(!kinds.iter().any(|k| k.0 == layout::SECRETS_GPA || k.0 == layout::CPUID_GPA), "not in the boot block");
 
     let summary: serde_json::Value = serde_json::from_str(&ok(&["igvm", "measure", s(&igvm), "--json"])).unwrap();
     assert_eq!(summary["measurement"], measurement);
     assert_eq!(summary["vcpus"], 1);
     // 3 text/data pages, boot info, 3 page tables, GDT, 3 of firmware; every other page
-    // of the SVSM region below the boot block is a zero page.
-    let zero = (layout::BOOT_BLOCK_BASE - layout::SVSM_REGION_BASE) / 4096 - 3;
+    // of the SVSM region below the boot block is a zero page, and so are the firmware's
+    // SEC memory (2) and calling area.
+    let zero = (layout::BOOT_BLOCK_BASE - layout::SVSM_REGION_BASE) / 4096 - 3 + 3;
     assert_eq!(
         summary["pages"],
         serde_json::json!({"normal": 11, "zero": zero, "unmeasured": 2, "secrets": 1, "cpuid": 1, "vmsa": 1})
@@ -532,7 +360,7 @@ fn one_changed_byte_changes_the_measurement_and_native_pages_do_not() {
 
     let mut segments = sample_segments();
     segments[1].bytes[0x80] ^= 1;
-    let changed = build(&dir, &elf(&segments, ("igvm_entry64", ENTRY)), &[]);
+    let changed = build(&dir, &elf(&segments, ("igvm_entry32", ENTRY)), &[]);
     assert_ne!(ok(&["igvm", "measure", s(&changed)]), measurement);
 
     // Every native-only page and the native start state changed: same SNP measurement.
@@ -602,5 +430,78 @@ fn the_release_svsm_image_builds_and_measures() {
         .unwrap();
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     assert_eq!(std::fs::read(&default_out).unwrap(), std::fs::read(&out).unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `file` with its directives changed by `change`, written to `dir/name`.
+fn rewritten(file: &IgvmFile, dir: &Path, name: &str, change: impl FnOnce(&mut Vec<IgvmDirectiveHeader>)) -> PathBuf {
+    let mut directives = file.directives().to_vec();
+    change(&mut directives);
+    let changed =
+        IgvmFile::new(IgvmRevision::V1, file.platforms().to_vec(), file.initializations().to_vec(), directives)
+            .expect("the igvm crate takes the changed file");
+    let mut bytes = Vec::new();
+    changed.serialize(&mut bytes).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn snp_vmsa_index(directives: &[IgvmDirectiveHeader]) -> usize {
+    directives.iter().position(|d| matches!(d, IgvmDirectiveHeader::SnpVpContext { .. })).unwrap()
+}
+
+/// COCONUT's igvmmeasure `--check-kvm` (tools/igvmmeasure/src/igvm_measure.rs) refuses a
+/// VMSA with another CR0 than 0x31/0x30, a second VMSA, one at another address than KVM's
+/// and one followed by measured pages; QEMU's check_vmsa_supported (target/i386/sev.c)
+/// refuses the address too. `measure` refuses each instead of predicting a digest no
+/// launch gives; the image the builder writes passes.
+#[test]
+fn measure_refuses_what_qemu_kvm_would_launch_differently() {
+    let dir = temp("kvm-rules");
+    let good = build(&dir, &sample_elf(), &[]);
+    assert_eq!(ok(&["igvm", "measure", s(&good)]).len(), 96);
+    let file = read_igvm(&good);
+    let vmsa_of = |d: &mut IgvmDirectiveHeader| match d {
+        IgvmDirectiveHeader::SnpVpContext { vmsa, .. } => vmsa.clone(),
+        _ => unreachable!(),
+    };
+    // The start state the builder wrote before: 64-bit mode, paging on.
+    let long_mode = rewritten(&file, &dir, "long-mode.igvm", |d| {
+        let i = snp_vmsa_index(d);
+        if let IgvmDirectiveHeader::SnpVpContext { vmsa, .. } = &mut d[i] {
+            (vmsa.cr0, vmsa.cr3, vmsa.cr4, vmsa.efer) = (0x8000_0031, layout::PML4_GPA | C_BIT, 0x60, 0x1D00);
+            (vmsa.cs.selector, vmsa.cs.attrib) = (8, 0x0A9B);
+        }
+    });
+    fails(&["igvm", "measure", s(&long_mode)], 1, "CR0 is 0x80000031; KVM keeps only 0x31");
+    let two = rewritten(&file, &dir, "two.igvm", |d| {
+        let i = snp_vmsa_index(d);
+        let vmsa = vmsa_of(&mut d[i]);
+        d.insert(
+            i + 1,
+            IgvmDirectiveHeader::SnpVpContext { gpa: 0xFFFF_FFFF_F000, compatibility_mask: SNP, vp_index: 1, vmsa },
+        );
+    });
+    fails(&["igvm", "measure", s(&two)], 1, "second VMSA (vCPU 1)");
+    let not_last = rewritten(&file, &dir, "not-last.igvm", |d| {
+        let i = snp_vmsa_index(d);
+        let vmsa = d.remove(i);
+        d.insert(i - 1, vmsa);
+    });
+    fails(&["igvm", "measure", s(&not_last)], 1, "comes after the VMSA");
+    let insert_after = rewritten(&file, &dir, "insert-after.igvm", |d| {
+        let insert = d.iter().position(|x| matches!(x, IgvmDirectiveHeader::ParameterInsert(_))).unwrap();
+        let insert = d.remove(insert);
+        d.push(insert);
+    });
+    fails(&["igvm", "measure", s(&insert_after)], 1, "a parameter insert at 0x1ff3000 comes after the VMSA");
+    let moved = rewritten(&file, &dir, "moved.igvm", |d| {
+        let i = snp_vmsa_index(d);
+        if let IgvmDirectiveHeader::SnpVpContext { gpa, .. } = &mut d[i] {
+            *gpa = 0xFFFF_FFFF_E000;
+        }
+    });
+    fails(&["igvm", "measure", s(&moved), "--json"], 1, "the VMSA is at 0xffffffffe000; KVM puts");
     std::fs::remove_dir_all(dir).unwrap();
 }

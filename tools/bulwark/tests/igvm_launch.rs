@@ -1,10 +1,14 @@
 //! An IGVM image from `bulwark igvm build`, loaded into the SEV-SNP model the way
 //! QEMU/KVM launch it, then taken over by the snp platform's launch code
-//! (`snp::launch`, what the bare-metal SVSM runs after `igvm_entry64`): the
-//! builder and the SVSM agree on the boot block, and the launched SVSM serves a guest.
+//! (`snp::launch`, what the bare-metal SVSM runs after `igvm_entry32`): the
+//! builder and the SVSM agree on the boot block and on the pages the firmware's SEV
+//! metadata asked for, and the launched SVSM serves a guest.
+
+mod common;
 
 use abi::core_protocol::PvalidateEntry;
-use abi::igvm::{self as layout, MemoryMapEntry};
+use abi::hw::rmpadjust::{PERM_ALL, PERM_READ, PERM_WRITE};
+use abi::igvm::{self as layout, BootInfo, MemoryMapEntry};
 use abi::protocol::ProtocolId;
 use abi::vmsa::VmsaField;
 use igvm::{IgvmDirectiveHeader, IgvmFile};
@@ -16,20 +20,24 @@ use model::world::World;
 use snp::launch::{self, CALLING_AREA_GPA, GUEST_VMSA_GPA, Launch, LaunchError};
 use snp::{SnpPlatform, SnpState};
 use std::process::Command;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 const GIB: u64 = 1 << 30;
 const RAM: u64 = 64 << 20;
 const FIRMWARE_PAGES: u64 = 4;
 const SNP: u32 = 1;
+/// The small firmware's SEV metadata: SEC memory, secrets and CPUID pages.
+const SEC_MEM: (u64, u64) = (0x80_0000, 0x3000);
+const FW_SECRETS: u64 = 0x80_3000;
+const FW_CPUID: u64 = 0x80_4000;
 /// The SVSM image "ends" here: the shared pages of the model host sit below.
 const IMAGE_END: u64 = layout::SVSM_REGION_BASE + 0x20_0000;
 
-/// A minimal ELF64 with one PT_LOAD at the SVSM's base and an `igvm_entry64` symbol.
+/// A minimal ELF64 with one PT_LOAD at the SVSM's base and an `igvm_entry32` symbol.
 fn svsm_elf() -> Vec<u8> {
     let code = vec![0xF4u8; 0x2000]; // hlt: never run, the model runs the kernel natively
     let (ph_off, seg_off) = (64u64, 0x1000u64);
-    let strtab = b"\0igvm_entry64\0".to_vec();
+    let strtab = b"\0igvm_entry32\0".to_vec();
     let sym_off = seg_off + code.len() as u64;
     let str_off = sym_off + 48;
     let sh_off = (str_off + strtab.len() as u64).next_multiple_of(8);
@@ -59,7 +67,7 @@ fn svsm_elf() -> Vec<u8> {
         e[at..at + 8].copy_from_slice(&(code.len() as u64).to_le_bytes());
     }
     e[seg_off as usize..sym_off as usize].copy_from_slice(&code);
-    // Symbol 1: igvm_entry64 (global function) at the base + 0x100.
+    // Symbol 1: igvm_entry32 (global function) at the base + 0x100.
     let s = sym_off as usize + 24;
     e[s..s + 4].copy_from_slice(&1u32.to_le_bytes());
     e[s + 4] = 0x12;
@@ -81,13 +89,31 @@ fn svsm_elf() -> Vec<u8> {
     e
 }
 
+/// A small firmware laid out like OVMF, ending at 4 GiB.
+fn small_firmware(calling_area: Option<u32>) -> Vec<u8> {
+    let mut sections = vec![
+        (SEC_MEM.0 as u32, SEC_MEM.1 as u32, common::SEC_MEM),
+        (FW_SECRETS as u32, 0x1000, common::SECRETS),
+        (FW_CPUID as u32, 0x1000, common::CPUID),
+    ];
+    sections.extend(calling_area.map(|ca| (ca, 0x1000, common::SVSM_CAA)));
+    common::ovmf_like(FIRMWARE_PAGES as usize, &sections)
+}
+
 /// Build the image with the real CLI (with a small firmware ending at 4 GiB).
 fn image() -> IgvmFile {
-    let dir = std::env::temp_dir().join(format!("bulwark-igvm-launch-{}", std::process::id()));
+    image_with(&small_firmware(None))
+}
+
+fn image_with(firmware_bytes: &[u8]) -> IgvmFile {
+    // One directory per image: the tests run at the same time.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("bulwark-igvm-launch-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (elf, firmware, out) = (dir.join("svsm.elf"), dir.join("fw.bin"), dir.join("b.igvm"));
     std::fs::write(&elf, svsm_elf()).unwrap();
-    std::fs::write(&firmware, vec![0x90u8; (FIRMWARE_PAGES * 4096) as usize]).unwrap();
+    std::fs::write(&firmware, firmware_bytes).unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_bulwark"))
         .args(["igvm", "build", "--svsm"])
         .arg(&elf)
@@ -105,6 +131,16 @@ fn image() -> IgvmFile {
 
 fn firmware_base() -> u64 {
     4 * GIB - FIRMWARE_PAGES * 4096
+}
+
+fn snp_boot_info(file: &IgvmFile) -> BootInfo {
+    let page = file.directives().iter().find_map(|d| match d {
+        IgvmDirectiveHeader::PageData { gpa, compatibility_mask: SNP, data, .. } if *gpa == layout::BOOT_INFO_GPA => {
+            Some(data.clone())
+        }
+        _ => None,
+    });
+    BootInfo::read_from_prefix(&page.expect("an SNP boot information page")).unwrap().0
 }
 
 /// QEMU/KVM's part: every SNP page of the file private and validated for VMPL0 only
@@ -129,8 +165,9 @@ fn load(file: &IgvmFile) -> Machine {
         }
     }
     // The PSP's secrets page: the four VMPCKs.
+    let info = snp_boot_info(file);
     for (i, off) in [0x20u64, 0x40, 0x60, 0x80].iter().enumerate() {
-        m.raw_write(layout::SECRETS_GPA + off, &[0xB0 + i as u8; 32]);
+        m.raw_write(info.secrets_gpa + off, &[0xB0 + i as u8; 32]);
     }
     m.psp = Some(model::psp_model::launch([0xB0; 32]));
     m.certificates = model::psp_model::certificate_table();
@@ -139,8 +176,8 @@ fn load(file: &IgvmFile) -> Machine {
     let map = [
         MemoryMapEntry { starting_gpa_page_number: 0, number_of_pages: RAM >> 12, ..Default::default() },
         MemoryMapEntry {
-            starting_gpa_page_number: firmware_base() >> 12,
-            number_of_pages: FIRMWARE_PAGES,
+            starting_gpa_page_number: info.firmware_base >> 12,
+            number_of_pages: info.firmware_size >> 12,
             ..Default::default()
         },
     ];
@@ -167,45 +204,52 @@ fn launch_svsm(mut m: Machine) -> (Machine, SnpHost, Launch, Svsm, SnpState) {
     (m, host, taken, svsm, state)
 }
 
-#[test]
-fn an_image_from_the_builder_launches_and_serves_its_guest() {
-    let (m, host, taken, svsm, state) = launch_svsm(load(&image()));
-    assert_eq!(taken.c_bit, 51, "from the builder's CPUID page");
-    assert_eq!(taken.vcpus, 1, "from the loader's parameter page");
-    assert_eq!(taken.ram.len(), 2);
-    assert_eq!((taken.info.firmware_base, taken.info.firmware_size), (firmware_base(), FIRMWARE_PAGES * 4096));
-
-    // The secrets page: VMPCK0 gone, the SVSM fields published, readable by the guest.
+/// What every launch leaves behind: the secrets page where the boot information says,
+/// VMPCK0 gone, the SVSM fields published (calling area `ca`), the guest's to read and
+/// write; the rest of the boot block the SVSM's; the firmware, the memory its metadata
+/// asked for and the CPUID page the guest's; its first VMSA the reset state.
+fn check_launch(m: &Machine, host: &SnpHost, taken: &Launch, ca: u64) {
+    let info = &taken.info;
     let mut key = [0u8; 32];
-    m.raw_read(layout::SECRETS_GPA + 0x20, &mut key);
+    m.raw_read(info.secrets_gpa + 0x20, &mut key);
     assert_eq!(key, [0; 32]);
-    let field = |off: u64| m.raw_read_u64(layout::SECRETS_GPA + off);
-    assert_eq!(
-        (field(0x140), field(0x148), field(0x150)),
-        (layout::SVSM_REGION_BASE, layout::SVSM_REGION_SIZE, CALLING_AREA_GPA)
-    );
+    let field = |off: u64| m.raw_read_u64(info.secrets_gpa + off);
+    assert_eq!((field(0x140), field(0x148), field(0x150)), (layout::SVSM_REGION_BASE, layout::SVSM_REGION_SIZE, ca));
+    let pfn = |gpa: u64| gpa >> 12;
     assert!(
-        m.rmp.allows(layout::SECRETS_GPA >> 12, 1, abi::hw::rmpadjust::PERM_READ | abi::hw::rmpadjust::PERM_WRITE),
+        m.rmp.allows(pfn(info.secrets_gpa), 1, PERM_READ | PERM_WRITE),
         "the guest keeps its sequence numbers there"
     );
-    assert!(
-        !m.rmp.allows(layout::BOOT_INFO_GPA >> 12, 1, abi::hw::rmpadjust::PERM_READ),
-        "the rest of the boot block stays the SVSM's"
-    );
-    // The firmware is the guest's to run; the guest's first VMSA is the reset state.
-    assert!(m.rmp.allows(firmware_base() >> 12, 1, abi::hw::rmpadjust::PERM_ALL));
-    assert!(m.rmp.entry(GUEST_VMSA_GPA >> 12).unwrap().vmsa);
+    assert!(!m.rmp.allows(pfn(layout::BOOT_INFO_GPA), 1, PERM_READ), "the rest of the boot block stays the SVSM's");
+    assert!(m.rmp.allows(pfn(info.cpuid_gpa), 1, PERM_READ), "the firmware reads the CPUID page");
+    assert!(!m.rmp.allows(pfn(info.cpuid_gpa), 1, PERM_WRITE), "the SVSM's CPUID page is not the guest's to change");
+    assert!(m.rmp.allows(pfn(info.firmware_base), 1, PERM_ALL));
+    assert!(info.prevalidated_count > 0);
+    for r in &info.prevalidated[..info.prevalidated_count as usize] {
+        for page in pfn(r.base)..pfn(r.base + r.size) {
+            let entry = m.rmp.entry(page).unwrap();
+            assert!(
+                entry.validated && m.rmp.allows(page, 1, PERM_ALL),
+                "SEC memory {page:#x} is the guest's, validated"
+            );
+        }
+    }
+    assert!(m.rmp.entry(pfn(ca)).unwrap().validated && m.rmp.allows(pfn(ca), 1, PERM_ALL));
+    assert!(m.rmp.entry(pfn(GUEST_VMSA_GPA)).unwrap().vmsa);
     assert_eq!(m.vmsa_field(GUEST_VMSA_GPA, VmsaField::Rip), 0xFFF0);
     assert_eq!(host.ap_events.first().map(|e| (e.1, e.2, e.3)), Some((0, GUEST_VMSA_GPA, 1)));
+}
 
-    // The guest: find the SVSM, validate a page of RAM through it, and use the vTPM there.
+/// The guest: find the SVSM through calling area `ca`, validate a page of RAM through
+/// it, and use the vTPM there.
+fn serve_guest(m: Machine, svsm: Svsm, host: SnpHost, state: SnpState, ca: u64) {
+    let firmware = m.raw_read_u64(layout::BOOT_INFO_GPA + 64);
     let mut w = World::adopt_snp(m, svsm, host, state);
-    let mut c = w.client_at(kernel::vcpu::VcpuIndex::STARTUP, CALLING_AREA_GPA);
+    let mut c = w.client_at(kernel::vcpu::VcpuIndex::STARTUP, ca);
     assert_eq!(c.query_protocol(ProtocolId::CORE, 1).unwrap(), Some((1, 1)));
     assert_eq!(c.query_protocol(ProtocolId::VTPM, 1).unwrap(), Some((1, 1)));
-    let page = 0x80_0000;
-    c.pvalidate(&[PvalidateEntry(page | PvalidateEntry::VALIDATE)], firmware_base())
-        .expect("validated through the SVSM");
+    let page = 0x300_0000;
+    c.pvalidate(&[PvalidateEntry(page | PvalidateEntry::VALIDATE)], firmware).expect("validated through the SVSM");
     let mut get_random = vtpm::wire::Command::new(vtpm::wire::TPM_ST_NO_SESSIONS, vtpm::wire::TPM_CC_GET_RANDOM);
     get_random.u16(16);
     let mut response = [0u8; 4092];
@@ -213,6 +257,44 @@ fn an_image_from_the_builder_launches_and_serves_its_guest() {
     assert_eq!(&response[6..10], &[0, 0, 0, 0], "TPM_RC_SUCCESS");
     assert_eq!(size, 10 + 2 + 16);
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
+#[test]
+fn an_image_from_the_builder_launches_and_serves_its_guest() {
+    let (m, host, taken, svsm, state) = launch_svsm(load(&image()));
+    assert_eq!(taken.c_bit, 51, "from the builder's CPUID page");
+    assert_eq!(taken.vcpus, 1, "from the loader's parameter page");
+    assert_eq!(taken.ram.len(), 2);
+    assert_eq!((taken.info.firmware_base, taken.info.firmware_size), (firmware_base(), FIRMWARE_PAGES * 4096));
+    assert_eq!((taken.info.secrets_gpa, taken.info.cpuid_gpa), (FW_SECRETS, FW_CPUID), "where the firmware asked");
+    assert_eq!(taken.firmware_ranges.len(), 1);
+    check_launch(&m, &host, &taken, CALLING_AREA_GPA);
+    serve_guest(m, svsm, host, state, CALLING_AREA_GPA);
+}
+
+/// OVMF asks for its SEC memory validated, its secrets and CPUID pages in place
+/// (OvmfPkg/ResetVector/X64/OvmfSevMetadata.nasm.inc); after the launch they are the
+/// guest's (COCONUT does the same for its firmware: kernel/src/platform/snp_fw.rs).
+#[test]
+fn debian_ovmf_finds_its_pages_in_place_and_its_sec_memory_validated_for_it() {
+    let (m, host, taken, svsm, state) = launch_svsm(load(&image_with(&common::debian_ovmf())));
+    assert!(taken.info.secrets_gpa < layout::SVSM_REGION_BASE && taken.info.cpuid_gpa < layout::SVSM_REGION_BASE);
+    assert!(!m.rmp.entry(layout::SECRETS_GPA >> 12).unwrap().validated, "no second secrets page in the boot block");
+    check_launch(&m, &host, &taken, CALLING_AREA_GPA);
+    serve_guest(m, svsm, host, state, CALLING_AREA_GPA);
+}
+
+/// OVMF with an SVSM_CAA section reaches the SVSM through the calling area that
+/// `AmdSvsmSnpGetCaa` (OvmfPkg/Library/AmdSvsmLib/AmdSvsmLib.c) takes from the SVSM
+/// fields of the secrets page, which must name the page the metadata set aside.
+#[test]
+fn a_firmware_calling_area_is_the_guests_first_calling_area() {
+    let ca = 0x80_5000;
+    let (m, host, taken, svsm, state) = launch_svsm(load(&image_with(&small_firmware(Some(ca as u32)))));
+    assert_eq!((taken.calling_area.raw(), taken.calling_area_launched), (ca, true));
+    check_launch(&m, &host, &taken, ca);
+    assert!(!m.rmp.entry(CALLING_AREA_GPA >> 12).unwrap().validated, "the default calling area is not made");
+    serve_guest(m, svsm, host, state, ca);
 }
 
 #[test]
@@ -238,9 +320,25 @@ fn a_boot_block_the_svsm_does_not_recognise_stops_the_launch() {
         "guest VMPL 0"
     );
     assert_eq!(attempt(&|m| m.raw_write(layout::MEMORY_MAP_GPA, &[0; 48])), Some(LaunchError::NoRam));
-    assert_eq!(attempt(&|m| m.raw_write(layout::CPUID_GPA, &65u32.to_le_bytes())), Some(LaunchError::CpuidPage));
+    assert_eq!(attempt(&|m| m.raw_write(FW_CPUID, &65u32.to_le_bytes())), Some(LaunchError::CpuidPage));
     // A CPUID page without leaf 0x8000_001F gives no C-bit.
-    assert_eq!(attempt(&|m| m.raw_write(layout::CPUID_GPA, &0u32.to_le_bytes())), Some(LaunchError::CBit(0)));
+    assert_eq!(attempt(&|m| m.raw_write(FW_CPUID, &0u32.to_le_bytes())), Some(LaunchError::CBit(0)));
+    // Firmware ranges and calling areas must be guest pages outside the SVSM region.
+    let info = |field: usize, value: u64| {
+        move |m: &mut Machine| m.raw_write(layout::BOOT_INFO_GPA + field as u64, &value.to_le_bytes())
+    };
+    let (ca, count, first) = (88, 96, 104);
+    for (what, change) in [
+        ("a calling area in the SVSM region", info(ca, layout::SVSM_REGION_BASE)),
+        ("an unaligned calling area", info(ca, 0x80_0800)),
+        ("17 firmware ranges", info(count, 17)),
+        ("a firmware range in the SVSM region", info(first, layout::BOOT_BLOCK_BASE)),
+        ("an unaligned firmware range", info(first, 0x80_0010)),
+        ("an empty firmware range", info(first + 8, 0)),
+        ("a firmware range that wraps", info(first + 8, !0xFFF)),
+    ] {
+        assert!(matches!(attempt(&change), Some(LaunchError::BootInfo(_))), "{what}");
+    }
     // The boot information the host could not make unreadable: a page the host took away.
     assert_eq!(
         attempt(&|m| m.rmp.host_assign(layout::BOOT_INFO_GPA >> 12, 1)),

@@ -55,9 +55,9 @@ pub fn boot(info_gpa: u64) -> ! {
         Err(_) => terminate(term::BOOT_INFO),
     };
     CPUID.call_once(|| launch.cpuid.clone());
-    // The image's CR3 carries the C-bit where the image builder put it; a CPUID page that
-    // names another position is not this machine's (or not this image's).
-    if instr::read_cr3() & (1 << launch.c_bit) == 0 {
+    // The image's page tables carry the C-bit where the image builder put it; a CPUID
+    // page that names another position is not this machine's (or not this image's).
+    if !paging::entry_tables_have_c_bit(launch.c_bit) {
         terminate(term::BOOT_INFO);
     }
     paging::install(launch.c_bit);

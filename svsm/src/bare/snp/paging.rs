@@ -23,9 +23,29 @@ unsafe impl Sync for Table {}
 static IDENTITY: Table = Table(UnsafeCell::new([0; 512]));
 static ALIAS: Table = Table(UnsafeCell::new([0; 512]));
 
-/// Install both maps into the running page tables. `c_bit` comes from the CPUID page
-/// (which the PSP checked), never from the host's SEV_INFO answer: a host that lied
-/// about it would make the SVSM write its secrets unencrypted.
+/// CR3's address bits below 1 TiB: the boot block is far below, and the bits above hold
+/// the C-bit once `install` has set it.
+const CR3_ADDRESS: u64 = 0x0000_00FF_FFFF_F000;
+
+/// The running PML4: the image's entry tables (`abi::igvm::PML4_GPA`), which the entry
+/// code loaded into CR3 from 32-bit code, so without the C-bit.
+fn pml4() -> *mut u64 {
+    (instr::read_cr3() & CR3_ADDRESS) as *mut u64
+}
+
+/// Whether the entry tables' first PML4 entry carries `c_bit`: the image builder put the
+/// C-bit there, so a CPUID page naming another position is not this machine's (or not
+/// this image's).
+pub fn entry_tables_have_c_bit(c_bit: u8) -> bool {
+    // SAFETY: the PML4 is a page of the image's boot block, identity-mapped by the very
+    // tables it roots, and only read here.
+    let entry = unsafe { core::ptr::read_volatile(pml4()) };
+    entry & (1u64 << c_bit) != 0
+}
+
+/// Install both maps into the running page tables and load CR3 with the C-bit. `c_bit`
+/// comes from the CPUID page (which the PSP checked), never from the host's SEV_INFO
+/// answer: a host that lied about it would make the SVSM write its secrets unencrypted.
 pub fn install(c_bit: u8) {
     let c = 1u64 << c_bit;
     let identity = IDENTITY.0.get();
@@ -38,14 +58,14 @@ pub fn install(c_bit: u8) {
             (*alias)[i as usize] = i << 30 | HUGE | PRESENT_WRITABLE;
         }
     }
-    let cr3 = instr::read_cr3();
-    let pml4 = (cr3 & !c & 0x000F_FFFF_FFFF_F000) as *mut u64;
+    let pml4 = pml4();
     // SAFETY: CR3's PML4 is a page of the image's boot block, identity-mapped. Slot 0
     // keeps mapping the running code the same way (identity, encrypted); slot 2 was
-    // empty. Reloading CR3 flushes the old translations.
+    // empty. Reloading CR3, now with the C-bit (the PML4 is private), flushes the old
+    // translations.
     unsafe {
         core::ptr::write_volatile(pml4, identity as u64 | c | PRESENT_WRITABLE);
         core::ptr::write_volatile(pml4.add(2), alias as u64 | c | PRESENT_WRITABLE);
-        instr::write_cr3(cr3);
+        instr::write_cr3(pml4 as u64 | c);
     }
 }

@@ -1,18 +1,18 @@
-//! `bulwark igvm build`: the SVSM's ELF image, the boot block of `abi::igvm` and the
-//! start state of the first vCPU, as one IGVM file for two platforms (SEV-SNP and native).
-//! Layout and reasons: docs/platforms/igvm.md.
+//! `bulwark igvm build`: the SVSM's ELF image, the boot block of `abi::igvm`, the guest
+//! firmware with the pages its SEV metadata asks for, and the start state of the first
+//! vCPU, as one IGVM file for two platforms (SEV-SNP and native). Layout and reasons:
+//! docs/platforms/igvm.md.
 
-use super::{cpuid, elf};
-use abi::igvm::{self as layout, BootInfo};
+use super::{cpuid, elf, ovmf, start};
+use abi::igvm::{self as layout, BootInfo, GpaRange, MAX_FIRMWARE_RANGES};
 use attest::launch_digest::VMSA_GPA;
-use igvm::snp_defs::{SevFeatures, SevSelector, SevVmsa};
 use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision};
 use igvm_defs::{
     IGVM_NATIVE_PLATFORM_VERSION, IGVM_SEV_SNP_PLATFORM_VERSION, IGVM_VHS_PARAMETER, IGVM_VHS_PARAMETER_INSERT,
-    IGVM_VHS_SUPPORTED_PLATFORM, IgvmNativeVpContextX64, IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType,
+    IGVM_VHS_SUPPORTED_PLATFORM, IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType,
 };
 use std::collections::BTreeMap;
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::IntoBytes;
 
 /// Compatibility masks: one bit per platform header.
 pub const SNP: u32 = 1;
@@ -27,21 +27,8 @@ const FOUR_GIB: u64 = 1 << 32;
 pub const C_BIT: u64 = 1 << 51;
 const PRESENT_WRITABLE: u64 = 0b11;
 const LARGE_PAGE: u64 = 1 << 7;
-
-/// The entry GDT: null, 64-bit code (selector 0x08), flat data (selector 0x10).
-const GDT: [u64; 3] = [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF];
-const GDT_LIMIT: u32 = 23;
-
-/// Start registers, both platforms.
-const CR0: u64 = 0x8000_0031; // PG, NE, ET, PE
-/// PAE; and MCE because KVM ORs the host's CR4.MCE into the VMSA it measures.
-const CR4: u64 = 0x60;
-/// LME, LMA, NXE; SVME as well on SNP, where KVM always sets it in the VMSA.
-const EFER_NATIVE: u64 = 0x0D00;
-const EFER_SNP: u64 = 0x1D00;
-const RFLAGS: u64 = 0x2;
-/// The power-on PAT.
-const PAT: u64 = 0x0007_0406_0007_0406;
+/// The entry page tables map the first GiB; the SVSM reads the CPUID page through them.
+const ENTRY_MAP_TOP: u64 = 1 << 30;
 
 /// Parameter areas: the vCPU count and the memory map, both filled by the loader.
 const VP_COUNT_AREA: u32 = 0;
@@ -59,6 +46,77 @@ pub struct Built {
     pub parameter_pages: u64,
     /// `(base, size)` of the guest firmware.
     pub firmware: Option<(u64, u64)>,
+    /// Where the SNP pages went that the firmware's metadata names.
+    pub places: Places,
+}
+
+/// Where the SNP image puts the pages an SNP guest expects at launch: where the firmware's
+/// SEV metadata asks (OVMF), or in the boot block without firmware.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Places {
+    pub secrets: u64,
+    pub cpuid: u64,
+    /// The firmware's SVSM calling area, launched as a zero page; `None`: the SVSM makes
+    /// the guest's first calling area itself (`DEFAULT_CALLING_AREA_GPA`).
+    pub calling_area: Option<u64>,
+    /// Firmware memory launched as zero pages: SEC memory and the kernel-hashes page.
+    pub prevalidated: Vec<(u64, u64)>,
+}
+
+impl Places {
+    /// The places `metadata` asks for, refused where they collide with what the image
+    /// or the SVSM needs for itself (`firmware`: the firmware image's own range).
+    fn new(metadata: &ovmf::Metadata, firmware: Option<(u64, u64)>) -> Result<Self, String> {
+        let mut reserved = vec![
+            (layout::SVSM_REGION_BASE, layout::SVSM_REGION_BASE + layout::SVSM_REGION_SIZE, "the SVSM region"),
+            (layout::GUEST_VMSA_GPA, layout::GUEST_VMSA_GPA + PAGE, "the page the SVSM makes the guest's first VMSA"),
+        ];
+        if metadata.calling_area().is_none() {
+            let ca = layout::DEFAULT_CALLING_AREA_GPA;
+            reserved.push((ca, ca + PAGE, "the calling area the SVSM makes when the firmware names none"));
+        }
+        if let Some((base, size)) = firmware {
+            reserved.push((base, base + size, "the firmware image itself"));
+        }
+        metadata.check_clear_of(&reserved)?;
+        let cpuid = metadata.cpuid().unwrap_or(layout::CPUID_GPA);
+        if cpuid >= ENTRY_MAP_TOP {
+            return Err(format!(
+                "the firmware's CPUID page is at {cpuid:#x}: the SVSM reads it through the entry page tables, \
+                 which map the first GiB only"
+            ));
+        }
+        let prevalidated = metadata.prevalidated();
+        if prevalidated.len() > MAX_FIRMWARE_RANGES {
+            return Err(format!(
+                "the firmware asks for {} pre-validated ranges; the boot information holds {MAX_FIRMWARE_RANGES}",
+                prevalidated.len()
+            ));
+        }
+        Ok(Places {
+            secrets: metadata.secrets().unwrap_or(layout::SECRETS_GPA),
+            cpuid,
+            calling_area: metadata.calling_area(),
+            prevalidated,
+        })
+    }
+
+    /// The SNP-only pages these places launch, by address: the secrets and CPUID pages,
+    /// and zero pages for the calling area and the pre-validated ranges.
+    fn directives(&self) -> Vec<IgvmDirectiveHeader> {
+        let mut pages: BTreeMap<u64, IgvmDirectiveHeader> = BTreeMap::new();
+        for (base, size) in &self.prevalidated {
+            for gpa in (*base..base + size).step_by(PAGE as usize) {
+                pages.insert(gpa, normal(gpa, SNP, vec![]));
+            }
+        }
+        if let Some(ca) = self.calling_area {
+            pages.insert(ca, normal(ca, SNP, vec![]));
+        }
+        pages.insert(self.secrets, page_data(self.secrets, SNP, IgvmPageDataType::SECRETS, vec![]));
+        pages.insert(self.cpuid, page_data(self.cpuid, SNP, IgvmPageDataType::CPUID_DATA, cpuid::page()));
+        pages.into_values().collect()
+    }
 }
 
 fn page_data(gpa: u64, mask: u32, data_type: IgvmPageDataType, data: Vec<u8>) -> IgvmDirectiveHeader {
@@ -118,20 +176,29 @@ fn svsm_pages(segments: &[elf::Segment]) -> Result<BTreeMap<u64, Vec<u8>>, Strin
     Ok(pages)
 }
 
-fn boot_info(snp: bool, firmware: Option<(u64, u64)>) -> Vec<u8> {
+/// The boot information for SNP (`Some(places)`) or native (`None`).
+fn boot_info(snp: Option<&Places>, firmware: Option<(u64, u64)>) -> Vec<u8> {
     let (firmware_base, firmware_size) = firmware.unwrap_or((0, 0));
+    let mut prevalidated = [GpaRange::default(); MAX_FIRMWARE_RANGES];
+    let ranges = snp.map_or(&[][..], |p| &p.prevalidated[..]);
+    for (slot, (base, size)) in prevalidated.iter_mut().zip(ranges) {
+        *slot = GpaRange { base: *base, size: *size };
+    }
     BootInfo {
         magic: layout::BOOT_INFO_MAGIC,
         svsm_base: layout::SVSM_REGION_BASE,
         svsm_size: layout::SVSM_REGION_SIZE,
-        secrets_gpa: if snp { layout::SECRETS_GPA } else { 0 },
-        cpuid_gpa: if snp { layout::CPUID_GPA } else { 0 },
+        secrets_gpa: snp.map_or(0, |p| p.secrets),
+        cpuid_gpa: snp.map_or(0, |p| p.cpuid),
         vp_count_gpa: layout::VP_COUNT_GPA,
         memory_map_gpa: layout::MEMORY_MAP_GPA,
         memory_map_pages: layout::MEMORY_MAP_PAGES,
         firmware_base,
         firmware_size,
         guest_vmpl: 1,
+        calling_area_gpa: snp.and_then(|p| p.calling_area).unwrap_or(0),
+        prevalidated_count: ranges.len().min(MAX_FIRMWARE_RANGES) as u64,
+        prevalidated,
     }
     .as_bytes()
     .to_vec()
@@ -149,58 +216,6 @@ fn page_tables(mask: u32, c_bit: u64) -> [IgvmDirectiveHeader; 3] {
         normal(layout::PDPT_GPA, mask, table([layout::PD_GPA | PRESENT_WRITABLE | c_bit])),
         normal(layout::PD_GPA, mask, table((0..512u64).map(|i| (i << 21) | PRESENT_WRITABLE | LARGE_PAGE | c_bit))),
     ]
-}
-
-/// The SVSM's start state under SNP. Only fields QEMU copies into KVM's vCPU are set (QEMU
-/// refuses any other, and KVM measures the VMSA it rebuilds from those registers), with the
-/// values KVM would write, so that the VMSA in the file is the VMSA that gets measured.
-fn vmsa(rip: u64) -> Box<SevVmsa> {
-    let mut v = Box::new(SevVmsa::new_zeroed());
-    let flat = |selector, attrib| SevSelector { selector, attrib, limit: 0xFFFF_FFFF, base: 0 };
-    // VMSA attributes: descriptor bits 40..47 then 52..55. Code: present, DPL 0,
-    // execute/read, accessed, L, G (the GDT's code descriptor, as loaded). Data: present,
-    // read/write, accessed.
-    v.cs = flat(layout::CODE_SELECTOR, 0x0A9B);
-    let data = flat(layout::DATA_SELECTOR, 0x0093);
-    (v.ds, v.es, v.ss, v.fs, v.gs) = (data, data, data, data, data);
-    v.gdtr = SevSelector { selector: 0, attrib: 0, limit: GDT_LIMIT, base: layout::GDT_GPA };
-    // LDTR and TR as at reset: an LDT and a busy 64-bit TSS, both empty.
-    v.ldtr = SevSelector { selector: 0, attrib: 0x0082, limit: 0xFFFF, base: 0 };
-    v.tr = SevSelector { selector: 0, attrib: 0x008B, limit: 0xFFFF, base: 0 };
-    v.efer = EFER_SNP;
-    v.cr0 = CR0;
-    // The C-bit in CR3: the PML4 itself is private.
-    v.cr3 = layout::PML4_GPA | C_BIT;
-    v.cr4 = CR4;
-    v.rip = rip;
-    v.rsi = layout::BOOT_INFO_GPA;
-    v.rflags = RFLAGS;
-    v.pat = PAT;
-    v.xcr0 = 1;
-    v.dr6 = 0xFFFF_0FF0;
-    v.dr7 = 0x400;
-    v.x87_fcw = 0x37F;
-    v.mxcsr = 0x1F80;
-    // SNP active and nothing else: QEMU refuses any other SEV feature in an IGVM VMSA.
-    v.sev_features = SevFeatures::new().with_snp(true);
-    v
-}
-
-fn native_context(rip: u64) -> Box<IgvmNativeVpContextX64> {
-    let mut c = Box::new(IgvmNativeVpContextX64::new_zeroed());
-    c.rip = rip;
-    c.rsi = layout::BOOT_INFO_GPA;
-    c.rflags = RFLAGS;
-    c.gdtr_base = layout::GDT_GPA;
-    c.gdtr_limit = GDT_LIMIT as u16;
-    // Descriptor bits 40..55 (limit bits in 8..11 zero): the same segments as the VMSA's.
-    (c.code_selector, c.code_attributes, c.code_limit) = (layout::CODE_SELECTOR, 0xA09B, 0xFFFF_FFFF);
-    (c.data_selector, c.data_attributes, c.data_limit) = (layout::DATA_SELECTOR, 0x0093, 0xFFFF_FFFF);
-    c.cr0 = CR0;
-    c.cr3 = layout::PML4_GPA;
-    c.cr4 = CR4;
-    c.efer = EFER_NATIVE;
-    c
 }
 
 fn page_count(directives: &[IgvmDirectiveHeader], mask: u32) -> usize {
@@ -227,21 +242,26 @@ fn firmware_range(size: usize) -> Result<(u64, u64), String> {
     Ok((FOUR_GIB - size, size))
 }
 
-/// Build the IGVM file.
-pub fn build(svsm_elf: &[u8], firmware: Option<&[u8]>, policy: u64) -> Result<Built, String> {
-    let segments = elf::load_segments(svsm_elf)?;
-    let entry = elf::symbol(svsm_elf, layout::ENTRY_SYMBOL)?.ok_or_else(|| {
-        format!(
-            "the SVSM image has no `{}` symbol (the IGVM entry point, abi::igvm::ENTRY_SYMBOL)",
-            layout::ENTRY_SYMBOL
-        )
-    })?;
-    if !(layout::SVSM_REGION_BASE..layout::BOOT_BLOCK_BASE).contains(&entry) {
-        return Err(format!("`{}` is at {entry:#x}, outside the SVSM region", layout::ENTRY_SYMBOL));
-    }
-    let svsm = svsm_pages(&segments)?;
-    let firmware_at = firmware.map(|f| firmware_range(f.len())).transpose()?;
+/// The guest firmware: its bytes, where it goes (ending at 4 GiB), and where its SEV
+/// metadata puts the SNP pages.
+#[derive(Debug)]
+pub struct Firmware {
+    bytes: Vec<u8>,
+    range: (u64, u64),
+    places: Places,
+}
 
+impl Firmware {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+        let range = firmware_range(bytes.len())?;
+        let places = Places::new(&ovmf::parse(&bytes)?, Some(range))?;
+        Ok(Firmware { bytes, range, places })
+    }
+}
+
+/// The two parameter areas with their inserts. They come first: QEMU measures an insert
+/// that follows a run of page data before that run (docs/platforms/snp-launch.md).
+fn parameter_areas() -> Vec<IgvmDirectiveHeader> {
     let area = |index: u32, bytes: u64, gpa: u64, parameter: IgvmDirectiveHeader| {
         [
             IgvmDirectiveHeader::ParameterArea {
@@ -258,44 +278,19 @@ pub fn build(svsm_elf: &[u8], firmware: Option<&[u8]>, policy: u64) -> Result<Bu
         ]
     };
     let at_start = |index| IGVM_VHS_PARAMETER { parameter_area_index: index, byte_offset: 0 };
-    // Parameter inserts first: QEMU measures an insert that follows a run of page data
-    // before that run (docs/platforms/snp-launch.md).
-    let mut directives: Vec<_> =
-        area(VP_COUNT_AREA, PAGE, layout::VP_COUNT_GPA, IgvmDirectiveHeader::VpCount(at_start(VP_COUNT_AREA)))
-            .into_iter()
-            .chain(area(
-                MEMORY_MAP_AREA,
-                layout::MEMORY_MAP_PAGES * PAGE,
-                layout::MEMORY_MAP_GPA,
-                IgvmDirectiveHeader::MemoryMap(at_start(MEMORY_MAP_AREA)),
-            ))
-            .collect();
-    directives.extend(svsm.into_iter().map(|(gpa, data)| normal(gpa, BOTH, data)));
-    directives.push(normal(layout::BOOT_INFO_GPA, SNP, boot_info(true, firmware_at)));
-    directives.push(normal(layout::BOOT_INFO_GPA, NATIVE, boot_info(false, firmware_at)));
-    directives.push(page_data(layout::SECRETS_GPA, SNP, IgvmPageDataType::SECRETS, vec![]));
-    directives.push(page_data(layout::CPUID_GPA, SNP, IgvmPageDataType::CPUID_DATA, cpuid::page()));
-    directives.extend(page_tables(SNP, C_BIT));
-    directives.extend(page_tables(NATIVE, 0));
-    directives.push(normal(layout::GDT_GPA, BOTH, table(GDT)));
-    if let (Some(bytes), Some((base, _))) = (firmware, firmware_at) {
-        let pages = bytes.chunks(PAGE as usize).zip((base..).step_by(PAGE as usize));
-        directives.extend(pages.map(|(data, gpa)| normal(gpa, BOTH, data.to_vec())));
-    }
-    let (snp_pages, native_pages) = (page_count(&directives, SNP), page_count(&directives, NATIVE));
-    // QEMU accepts a VMSA only at the address where KVM measures it.
-    directives.push(IgvmDirectiveHeader::SnpVpContext {
-        gpa: VMSA_GPA,
-        compatibility_mask: SNP,
-        vp_index: 0,
-        vmsa: vmsa(entry),
-    });
-    directives.push(IgvmDirectiveHeader::X64NativeVpContext {
-        compatibility_mask: NATIVE,
-        vp_index: 0,
-        context: native_context(entry),
-    });
+    area(VP_COUNT_AREA, PAGE, layout::VP_COUNT_GPA, IgvmDirectiveHeader::VpCount(at_start(VP_COUNT_AREA)))
+        .into_iter()
+        .chain(area(
+            MEMORY_MAP_AREA,
+            layout::MEMORY_MAP_PAGES * PAGE,
+            layout::MEMORY_MAP_GPA,
+            IgvmDirectiveHeader::MemoryMap(at_start(MEMORY_MAP_AREA)),
+        ))
+        .collect()
+}
 
+/// The file: an SNP and a native platform, the guest policy, `directives`.
+fn serialize(directives: Vec<IgvmDirectiveHeader>, policy: u64) -> Result<Vec<u8>, String> {
     let platform = |compatibility_mask, platform_type, platform_version| {
         IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
             compatibility_mask,
@@ -314,12 +309,63 @@ pub fn build(svsm_elf: &[u8], firmware: Option<&[u8]>, policy: u64) -> Result<Bu
         .map_err(|e| format!("the igvm crate refused the image: {e}"))?;
     let mut bytes = Vec::new();
     file.serialize(&mut bytes).map_err(|e| format!("the igvm crate could not serialize the image: {e}"))?;
+    Ok(bytes)
+}
+
+/// Build the IGVM file. Order of the directives: the parameter areas, the SNP pages the
+/// firmware asks for (and the secrets and CPUID pages) by address, the SVSM's pages by
+/// address, the boot block, the firmware image, the two VP contexts (the VMSA last of
+/// all page directives, as QEMU/KVM measure it).
+pub fn build(svsm_elf: &[u8], firmware: Option<&Firmware>, policy: u64) -> Result<Built, String> {
+    let segments = elf::load_segments(svsm_elf)?;
+    let entry = elf::symbol(svsm_elf, layout::ENTRY_SYMBOL)?.ok_or_else(|| {
+        format!(
+            "the SVSM image has no `{}` symbol (the IGVM entry point, abi::igvm::ENTRY_SYMBOL)",
+            layout::ENTRY_SYMBOL
+        )
+    })?;
+    if !(layout::SVSM_REGION_BASE..layout::BOOT_BLOCK_BASE).contains(&entry) {
+        return Err(format!("`{}` is at {entry:#x}, outside the SVSM region", layout::ENTRY_SYMBOL));
+    }
+    let svsm = svsm_pages(&segments)?;
+    let firmware_at = firmware.map(|f| f.range);
+    let places = match firmware {
+        Some(f) => f.places.clone(),
+        None => Places::new(&ovmf::Metadata::default(), None)?,
+    };
+
+    let mut directives = parameter_areas();
+    directives.extend(places.directives());
+    directives.extend(svsm.into_iter().map(|(gpa, data)| normal(gpa, BOTH, data)));
+    directives.push(normal(layout::BOOT_INFO_GPA, SNP, boot_info(Some(&places), firmware_at)));
+    directives.push(normal(layout::BOOT_INFO_GPA, NATIVE, boot_info(None, firmware_at)));
+    directives.extend(page_tables(SNP, C_BIT));
+    directives.extend(page_tables(NATIVE, 0));
+    directives.push(normal(layout::GDT_GPA, BOTH, table(start::GDT)));
+    if let Some(Firmware { bytes, range: (base, _), .. }) = firmware {
+        let pages = bytes.chunks(PAGE as usize).zip((*base..).step_by(PAGE as usize));
+        directives.extend(pages.map(|(data, gpa)| normal(gpa, BOTH, data.to_vec())));
+    }
+    let (snp_pages, native_pages) = (page_count(&directives, SNP), page_count(&directives, NATIVE));
+    // QEMU accepts a VMSA only at the address where KVM measures it.
+    directives.push(IgvmDirectiveHeader::SnpVpContext {
+        gpa: VMSA_GPA,
+        compatibility_mask: SNP,
+        vp_index: 0,
+        vmsa: start::vmsa(entry),
+    });
+    directives.push(IgvmDirectiveHeader::X64NativeVpContext {
+        compatibility_mask: NATIVE,
+        vp_index: 0,
+        context: start::native_context(entry),
+    });
     Ok(Built {
-        bytes,
+        bytes: serialize(directives, policy)?,
         entry,
         snp_pages,
         native_pages,
         parameter_pages: 1 + layout::MEMORY_MAP_PAGES,
         firmware: firmware_at,
+        places,
     })
 }

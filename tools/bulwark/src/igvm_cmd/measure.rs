@@ -1,12 +1,14 @@
 //! `bulwark igvm measure`: the launch digest QEMU/KVM produce when they launch an IGVM
 //! file on SEV-SNP, predicted from the file. The rules (directive to page type, ordering)
-//! are QEMU's, as docs/platforms/snp-launch.md records them.
+//! are QEMU's, as docs/platforms/snp-launch.md records them; a file that breaks QEMU/KVM's
+//! rules for the VMSA (`kvm`) is refused.
 
+use super::kvm;
 use attest::launch_digest::{LaunchDigest, PageType, VMSA_GPA};
 use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmPlatformHeader};
 use igvm_defs::{IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType};
 use sha2::{Digest, Sha384};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use zerocopy::IntoBytes;
 
 const PAGE: usize = 4096;
@@ -94,42 +96,60 @@ struct RunKey {
     has_data: bool,
 }
 
+/// QEMU's order of pages: it holds a run of contiguous page data (same attributes,
+/// consecutive directives) and sends it when a page that does not extend it arrives, or
+/// at the end; parameter inserts go out at once, so ahead of the run being held.
+#[derive(Default)]
+struct Queue {
+    out: Vec<MeasuredPage>,
+    held: Vec<MeasuredPage>,
+    last: Option<RunKey>,
+}
+
+impl Queue {
+    fn page_data(&mut self, key: RunKey, page: MeasuredPage) {
+        let extends = self
+            .last
+            .as_ref()
+            .is_some_and(|l| RunKey { index: l.index + 1, gpa: l.gpa.wrapping_add(PAGE as u64), ..*l } == key);
+        if !extends {
+            self.out.append(&mut self.held);
+        }
+        self.held.push(page);
+        self.last = Some(key);
+    }
+
+    fn unmeasured(&mut self, gpa: u64) {
+        self.out.push(MeasuredPage { gpa, page_type: PageType::Unmeasured, contents: [0; 48], zero: false });
+    }
+
+    fn finish(mut self) -> Vec<MeasuredPage> {
+        self.out.append(&mut self.held);
+        self.out
+    }
+}
+
 /// The pages KVM measures for `file` on SEV-SNP with `vcpus` vCPUs, in order.
 pub fn pages(file: &IgvmFile, vcpus: u32) -> Result<Vec<MeasuredPage>, String> {
     let snp = snp_mask(file)?;
-    let mut out = Vec::new();
-    // QEMU holds a run of contiguous page data (same attributes, consecutive directives)
-    // and sends it when a page that does not extend it arrives, or at the end; parameter
-    // inserts go out at once, so ahead of the run being held.
-    let mut held: Vec<MeasuredPage> = Vec::new();
-    let mut last: Option<RunKey> = None;
+    let mut queue = Queue::default();
     let mut areas: HashMap<u32, u64> = HashMap::new();
-    let mut vmsas: BTreeMap<u16, [u8; 48]> = BTreeMap::new();
+    // The boot vCPU's VMSA, once seen: nothing measured may follow it.
+    let mut vmsa: Option<[u8; 48]> = None;
     for (index, d) in file.directives().iter().enumerate() {
         match d {
-            IgvmDirectiveHeader::PageData { gpa, compatibility_mask, flags, data_type, data } => {
-                if compatibility_mask & snp == 0 {
-                    continue;
+            IgvmDirectiveHeader::PageData { gpa, compatibility_mask, flags, data_type, data }
+                if compatibility_mask & snp != 0 =>
+            {
+                if vmsa.is_some() {
+                    return Err(kvm::after_vmsa("page data", *gpa));
                 }
                 if flags.is_2mb_page() {
                     return Err(format!("page data at {gpa:#x} is a 2 MiB page, which this tool does not measure"));
                 }
-                let key = RunKey {
-                    index,
-                    gpa: *gpa,
-                    flags: *flags,
-                    data_type: *data_type,
-                    mask: *compatibility_mask,
-                    has_data: !data.is_empty(),
-                };
-                let extends = last
-                    .as_ref()
-                    .is_some_and(|l| RunKey { index: l.index + 1, gpa: l.gpa.wrapping_add(PAGE as u64), ..*l } == key);
-                if !extends {
-                    out.append(&mut held);
-                }
-                held.push(page(*gpa, *flags, *data_type, data)?);
-                last = Some(key);
+                let (flags, data_type, mask, has_data) = (*flags, *data_type, *compatibility_mask, !data.is_empty());
+                let key = RunKey { index, gpa: *gpa, flags, data_type, mask, has_data };
+                queue.page_data(key, page(*gpa, flags, data_type, data)?);
             }
             IgvmDirectiveHeader::ParameterArea { number_of_bytes, parameter_area_index, .. } => {
                 // QEMU keeps an area's size in 32 bits.
@@ -139,52 +159,48 @@ pub fn pages(file: &IgvmFile, vcpus: u32) -> Result<Vec<MeasuredPage>, String> {
                 areas.insert(*parameter_area_index, *number_of_bytes);
             }
             IgvmDirectiveHeader::ParameterInsert(p) if p.compatibility_mask & snp != 0 => {
+                if vmsa.is_some() {
+                    return Err(kvm::after_vmsa("a parameter insert", p.gpa));
+                }
                 let bytes = areas
                     .get(&p.parameter_area_index)
                     .ok_or_else(|| format!("parameter insert at {:#x} names no parameter area", p.gpa))?;
                 for i in 0..bytes.div_ceil(PAGE as u64) {
-                    let gpa = p.gpa.wrapping_add(i * PAGE as u64);
-                    out.push(MeasuredPage { gpa, page_type: PageType::Unmeasured, contents: [0; 48], zero: false });
+                    queue.unmeasured(p.gpa.wrapping_add(i * PAGE as u64));
                 }
             }
-            IgvmDirectiveHeader::SnpVpContext { gpa, compatibility_mask, vp_index, vmsa }
+            IgvmDirectiveHeader::SnpVpContext { gpa, compatibility_mask, vp_index, vmsa: v }
                 if compatibility_mask & snp != 0 =>
             {
-                if *gpa != VMSA_GPA {
-                    return Err(format!(
-                        "the VMSA of vCPU {vp_index} is at {gpa:#x}; QEMU refuses a VMSA anywhere but {VMSA_GPA:#x}"
-                    ));
+                if vmsa.is_some() {
+                    return Err(kvm::second_vmsa(*vp_index));
                 }
-                if vmsas.insert(*vp_index, sha384(vmsa.as_bytes())).is_some() {
-                    return Err(format!("the file has two VMSAs for vCPU {vp_index}"));
-                }
+                kvm::check_vmsa(*gpa, *vp_index, v)?;
+                vmsa = Some(sha384(v.as_bytes()));
             }
             _ => {}
         }
     }
-    out.append(&mut held);
+    let mut out = queue.finish();
+    out.push(MeasuredPage { gpa: VMSA_GPA, page_type: PageType::Vmsa, contents: the_vmsa(vmsa, vcpus)?, zero: false });
+    Ok(out)
+}
 
-    // KVM measures one VMSA per vCPU at LAUNCH_FINISH; QEMU starts the vCPUs the file gives
-    // no VMSA for from its own reset state, which this tool cannot predict.
+/// KVM measures the boot vCPU's VMSA at LAUNCH_FINISH; QEMU starts the vCPUs the file gives
+/// no VMSA for from its own reset state, which this tool cannot predict.
+fn the_vmsa(vmsa: Option<[u8; 48]>, vcpus: u32) -> Result<[u8; 48], String> {
     if vcpus == 0 {
         return Err("--vcpus must be at least 1".into());
     }
-    for v in 0..vcpus {
-        let contents = u16::try_from(v).ok().and_then(|v| vmsas.get(&v)).ok_or_else(|| {
-            format!(
-                "the file carries no VMSA for vCPU {v}: QEMU would start it from its reset state, whose \
-                 measurement this tool cannot predict (the file has VMSAs for vCPUs {:?})",
-                vmsas.keys().collect::<Vec<_>>()
-            )
-        })?;
-        out.push(MeasuredPage { gpa: VMSA_GPA, page_type: PageType::Vmsa, contents: *contents, zero: false });
-    }
-    if let Some(extra) = vmsas.keys().find(|v| u32::from(**v) >= vcpus) {
+    let contents = vmsa.ok_or("the file carries no SEV-SNP VMSA for vCPU 0")?;
+    if vcpus > 1 {
         return Err(format!(
-            "the file carries a VMSA for vCPU {extra}, but only {vcpus} vCPU(s) were given with --vcpus"
+            "the file carries no VMSA for vCPU 1: QEMU would start vCPUs 1..{} from its reset state, whose \
+             measurement this tool cannot predict (QEMU/KVM take one VMSA from the file, the boot vCPU's)",
+            vcpus - 1
         ));
     }
-    Ok(out)
+    Ok(contents)
 }
 
 /// The launch digest of `pages`.
@@ -200,9 +216,7 @@ pub fn digest(pages: &[MeasuredPage]) -> [u8; 48] {
 mod tests {
     use super::*;
     use igvm::IgvmRevision;
-    use igvm::snp_defs::SevVmsa;
     use igvm_defs::{IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SUPPORTED_PLATFORM};
-    use zerocopy::FromZeros;
 
     const SNP: u32 = 1;
     const NATIVE: u32 = 2;
@@ -239,7 +253,7 @@ mod tests {
             gpa: VMSA_GPA,
             compatibility_mask: SNP,
             vp_index: 0,
-            vmsa: Box::new(SevVmsa::new_zeroed()),
+            vmsa: super::super::start::vmsa(0x100_0000),
         });
         let platforms = vec![platform(SNP, IgvmPlatformType::SEV_SNP), platform(NATIVE, IgvmPlatformType::NATIVE)];
         let file = IgvmFile::new(IgvmRevision::V1, platforms, vec![], all).unwrap();
