@@ -5,6 +5,51 @@
 //! The bare-metal console and the model both keep their log in one; the Observability
 //! protocol reads it (docs/protocols/ocp.md).
 
+/// One log line built on the stack: logging must work when the heap is full (a log line
+/// about running out of memory is the one most wanted then). Longer lines are cut, and
+/// end in "...".
+#[derive(Debug)]
+pub struct LogLine {
+    bytes: [u8; LogLine::MAX],
+    len: usize,
+}
+
+impl LogLine {
+    pub const MAX: usize = 256;
+
+    /// `[Level] message\n`, cut to [`Self::MAX`] bytes.
+    pub fn new(level: crate::platform::Level, args: core::fmt::Arguments<'_>) -> Self {
+        let mut line = Self { bytes: [0; Self::MAX], len: 0 };
+        let _ = core::fmt::write(&mut line, format_args!("[{level:?}] {args}"));
+        if line.len == Self::MAX {
+            line.len = Self::MAX - 4;
+            line.push(b"...");
+        }
+        line.push(b"\n");
+        line
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = Self::MAX.saturating_sub(self.len);
+        let n = bytes.len().min(room);
+        if let (Some(to), Some(from)) = (self.bytes.get_mut(self.len..self.len + n), bytes.get(..n)) {
+            to.copy_from_slice(from);
+            self.len += n;
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
+impl core::fmt::Write for LogLine {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// Bytes at `offset` were overwritten before they were read; `oldest` is the first
 /// offset still held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +122,16 @@ impl<const N: usize> LogRing<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_on_the_stack() {
+        use crate::platform::Level;
+        let short = LogLine::new(Level::Warn, format_args!("x = {}", 7));
+        assert_eq!(short.as_bytes(), b"[Warn] x = 7\n");
+        let long = LogLine::new(Level::Info, format_args!("{}", "y".repeat(400)));
+        assert_eq!(long.as_bytes().len(), LogLine::MAX - 4 + 3 + 1);
+        assert!(long.as_bytes().ends_with(b"...\n"));
+    }
 
     #[test]
     fn reads_follow_absolute_offsets_across_the_wrap() {

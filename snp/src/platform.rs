@@ -389,7 +389,8 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         if level > self.state.log_level {
             return;
         }
-        let line = alloc::format!("[{level:?}] {args}\n");
+        // On the stack: the heap may be what ran out.
+        let line = kernel::log_ring::LogLine::new(level, args);
         self.state.log.push(line.as_bytes());
         self.console(line.as_bytes());
     }
