@@ -29,13 +29,18 @@ pub struct ModelVcpu {
 }
 
 /// Memory another vCPU writes while the SVSM works: right after the SVSM's first read
-/// that covers `trigger`, `bytes` land at `gpa`.
+/// that covers `trigger`, `bytes` land at `gpa`, if the guest (at [`RACING_VMPL`]) may
+/// write there at that moment. A VMSA or a page the SVSM took is out of any vCPU's reach,
+/// so a race never writes one (the fuzzer once "raced" EFER.SVME into a held VMSA).
 #[derive(Clone, Debug)]
 pub struct Race {
     pub trigger: u64,
     pub gpa: u64,
     pub bytes: Vec<u8>,
 }
+
+/// The VMPL the racing vCPU runs at (the model's guest VMPL).
+pub const RACING_VMPL: u8 = 1;
 
 /// Bytes of log the model keeps (a small ring, so tests can overflow it).
 pub const MODEL_LOG_BYTES: usize = 16 * 1024;
@@ -209,7 +214,10 @@ impl Machine {
     fn race_now(&self, gpa: u64, len: usize) {
         let fire = matches!(&*self.race.borrow(), Some(r) if r.trigger >= gpa && r.trigger < gpa + len as u64);
         if fire && let Some(r) = self.race.borrow_mut().take() {
-            self.memory.borrow_mut().write(r.gpa, &r.bytes);
+            let allowed = self.rmp.check_access(r.gpa, r.bytes.len(), RACING_VMPL, PERM_WRITE).is_ok();
+            if allowed {
+                self.memory.borrow_mut().write(r.gpa, &r.bytes);
+            }
         }
     }
 
