@@ -63,6 +63,10 @@ pub mod term {
     pub const UNHANDLED_VC: u8 = 4;
     /// A panic inside the SVSM.
     pub const PANIC: u8 = 5;
+    /// Undoing a half-done change failed: the SVSM's records no longer match the RMP,
+    /// so it stops rather than serve on them (only a host changing the RMP under the SVSM
+    /// gets here).
+    pub const INCONSISTENT: u8 = 6;
 }
 
 /// SW_EXITCODE values.

@@ -27,6 +27,7 @@ pub mod pool;
 pub mod protocols;
 pub mod psp_channel;
 pub mod request;
+pub mod rollback;
 pub mod stats;
 pub mod svsm;
 pub mod vcpu;

@@ -114,6 +114,12 @@ pub trait Platform {
     /// vTOM support, or `None` if this platform cannot reconfigure vTOM.
     fn vtom_limits(&self) -> Option<VtomLimits>;
 
+    /// Stop the SVSM for good: `why` is logged, the host is told (GHCB termination on
+    /// SNP), nothing returns. For the one case where serving on would be worse than
+    /// stopping: an undo that failed left the SVSM's records and the RMP disagreeing
+    /// (`rollback`). Never for guest input.
+    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> !;
+
     /// Emit a log line.
     fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>);
     /// The level at and above which lines are logged.

@@ -33,21 +33,26 @@ thread_local! {
     static REFUSED: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Puts the SVSM flag back as it was, also when `f` panics.
+struct Restore(bool);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = IN_SVSM.try_with(|c| c.set(self.0));
+    }
+}
+
 /// Run `f` as SVSM code: its allocations count against the budget.
 pub fn in_svsm<R>(f: impl FnOnce() -> R) -> R {
-    let was = IN_SVSM.with(|c| c.replace(true));
-    let r = f();
-    IN_SVSM.with(|c| c.set(was));
-    r
+    let _restore = Restore(IN_SVSM.with(|c| c.replace(true)));
+    f()
 }
 
 /// Run `f` as the machine or the host (their memory is not the SVSM's heap), also when
 /// SVSM code called it (a platform operation).
 pub fn as_host<R>(f: impl FnOnce() -> R) -> R {
-    let was = IN_SVSM.with(|c| c.replace(false));
-    let r = f();
-    IN_SVSM.with(|c| c.set(was));
-    r
+    let _restore = Restore(IN_SVSM.with(|c| c.replace(false)));
+    f()
 }
 
 /// Bytes the SVSM code of this thread holds now.

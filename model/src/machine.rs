@@ -71,6 +71,20 @@ pub struct Machine {
     pub tlbs: RefCell<Tlbs>,
     /// TLB flushes the SVSM asked for.
     pub tlb_flushes: std::cell::Cell<u64>,
+    /// Instructions the host makes fail (it changed the RMP under the SVSM): each
+    /// matching PVALIDATE or RMPADJUST consumes its entry and answers the code.
+    pub failures: Vec<InjectedFailure>,
+}
+
+/// A PVALIDATE or RMPADJUST that will fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InjectedFailure {
+    pub pfn: u64,
+    /// `None`: PVALIDATE; `Some(vmpl)`: RMPADJUST targeting `vmpl`.
+    pub rmpadjust_vmpl: Option<u8>,
+    /// Matching instructions to let through first.
+    pub skip: u32,
+    pub rc: u32,
 }
 
 /// Per-vCPU cached permissions: vCPU index -> (pfn -> permission bits).
@@ -104,6 +118,7 @@ impl Machine {
             psp_fault: None,
             tlbs: RefCell::new(BTreeMap::new()),
             tlb_flushes: std::cell::Cell::new(0),
+            failures: Vec::new(),
         }
     }
 
@@ -137,6 +152,17 @@ impl Machine {
     pub fn flush_tlbs(&self) {
         self.tlbs.borrow_mut().clear();
         self.tlb_flushes.set(self.tlb_flushes.get() + 1);
+    }
+
+    /// An injected failure for this instruction, consumed.
+    fn injected(&mut self, page: PageAddr, rmpadjust_vmpl: Option<u8>) -> Option<u32> {
+        let i = self.failures.iter().position(|f| f.pfn == page.pfn() && f.rmpadjust_vmpl == rmpadjust_vmpl)?;
+        let f = self.failures.get_mut(i)?;
+        if f.skip > 0 {
+            f.skip -= 1;
+            return None;
+        }
+        Some(self.failures.remove(i).rc)
     }
 
     /// The RMP permissions of `vmpl` on a page, as RMPQUERY reports them: 0 unless the
@@ -307,6 +333,9 @@ impl Platform for Machine {
     }
 
     fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError> {
+        if let Some(rc) = self.injected(page, None) {
+            return Err(HwError::Rc(rc));
+        }
         crate::heap::as_host(|| self.rmp.pvalidate(page.raw(), Self::size(size), validate))
     }
 
@@ -318,6 +347,9 @@ impl Platform for Machine {
         perms: u8,
         vmsa: bool,
     ) -> Result<(), HwError> {
+        if let Some(rc) = self.injected(page, Some(target_vmpl)) {
+            return Err(HwError::Rc(rc));
+        }
         let vcpus = &self.vcpus;
         let running = |pfn: u64| vcpus.values().any(|v| v.running && v.vmsa >> 12 == pfn);
         let rmp = &mut self.rmp;
@@ -330,6 +362,12 @@ impl Platform for Machine {
 
     fn flush_guest_tlb(&mut self) {
         self.flush_tlbs();
+    }
+
+    fn fatal(&mut self, why: std::fmt::Arguments<'_>) -> ! {
+        // The panic (its message, a backtrace) is the test's, not the SVSM's heap.
+        let why = crate::heap::as_host(|| why.to_string());
+        crate::heap::as_host(|| panic!("the SVSM stopped: {why}"))
     }
 
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {

@@ -331,6 +331,10 @@ impl SnpHw for ModelSnpHw<'_> {
         self.host.msr = value;
     }
 
+    fn halt(&mut self) -> ! {
+        crate::heap::as_host(|| panic!("the SVSM halted its CPU after a termination request"))
+    }
+
     fn vmgexit(&mut self) {
         // The host runs: its memory is not the SVSM's heap.
         crate::heap::as_host(|| self.host_runs());

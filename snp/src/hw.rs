@@ -56,4 +56,6 @@ pub trait SnpHw {
     fn write_ghcb_msr(&mut self, value: u64);
     /// VMGEXIT: hand control to the host until it resumes this CPU.
     fn vmgexit(&mut self);
+    /// Stop this CPU for good (after a termination request the host did not act on).
+    fn halt(&mut self) -> !;
 }

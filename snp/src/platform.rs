@@ -315,6 +315,12 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         self.hw.flush_tlb_all();
     }
 
+    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> ! {
+        kernel::log!(self, Error, "stopping: {why}");
+        self.terminate(term::SET_BULWARK, term::INCONSISTENT);
+        self.hw.halt()
+    }
+
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
         self.read_u64(vmsa.raw() + field.offset() as u64, field.width())
     }

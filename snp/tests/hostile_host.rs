@@ -45,6 +45,9 @@ impl SnpHw for ScriptedHost {
         Ok((0, 0))
     }
     fn flush_tlb_all(&mut self) {}
+    fn halt(&mut self) -> ! {
+        panic!("halted")
+    }
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = *self.memory.get(&(gpa + i as u64)).unwrap_or(&0);

@@ -14,6 +14,7 @@ use crate::error::{AddressConflict, CallError, CallResult};
 use crate::guest_memory;
 use crate::platform::{HwError, Platform};
 use crate::protocols::{CallContext, Reply};
+use crate::rollback::{RangeUndo, Step, Undo, perms_now};
 use crate::svsm::Svsm;
 use abi::PAGE_SIZE;
 use abi::core_protocol::{DepositEntry, EntrySize, LIST_ENTRY_SIZE, LIST_HEADER_SIZE};
@@ -61,40 +62,33 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Calle
     // SVSM's, recording it cannot fail.
     svsm.pages.reserve_deposited(range).map_err(|_| CallError::OutOfMemory)?;
     svsm.pool.reserve_deposit(range).map_err(|_| CallError::OutOfMemory)?;
-    for (done, page) in range.iter().enumerate() {
-        if let Err(error) = restrict(p, page, caller_vmpl) {
-            // Hand back the pages this entry already took, so the entry is all or nothing
-            // (`restrict` undid its own partial work on the failing page).
-            for back in range.iter().take(done) {
-                if let Err(undo) = grant(p, back, caller_vmpl) {
-                    crate::log!(p, Error, "deposit rollback at {:#x} failed: {:?}", back.raw(), undo);
-                }
-            }
-            return Err(CallError::Hardware { gpa: page.gpa(), error });
-        }
+    // All or nothing: every page taken so far goes back if a later one cannot be taken.
+    let mut taken = RangeUndo::new(p, range.start(), caller_vmpl);
+    for page in range.iter() {
+        restrict(taken.platform(), page, caller_vmpl)?;
+        taken.took_one();
     }
     // No CPU may still hold a translation that lets the guest write the pages once the
     // SVSM can hand them out.
-    p.flush_guest_tlb();
+    taken.platform().flush_guest_tlb();
+    taken.commit();
     if !svsm.pages.set_deposited(range, true) || !svsm.pool.add_deposited(range) {
         crate::log!(p, Error, "deposit at {:#x}: a reserved record was missing", range.start().raw());
     }
     Ok(())
 }
 
-/// Take all access from VMPL 1..=3; on a failure, give back what was already taken.
-fn restrict<P: Platform + ?Sized>(p: &mut P, page: PageAddr, caller_vmpl: u8) -> Result<(), HwError> {
+/// Take all access from VMPL 1..=3; on a failure, every VMPL gets back what it had.
+fn restrict<P: Platform + ?Sized>(p: &mut P, page: PageAddr, caller_vmpl: u8) -> CallResult<()> {
+    let mut undo = Undo::new(p, page, "deposit");
     for vmpl in LOWER_VMPLS {
-        if let Err(error) = p.rmpadjust(page, PageSize::Size4K, vmpl, PERM_NONE, false) {
-            // The first RMPADJUST changes nothing when it fails (a 2 MiB RMP page, say).
-            if vmpl > *LOWER_VMPLS.start()
-                && let Err(undo) = grant(p, page, caller_vmpl)
-            {
-                crate::log!(p, Error, "deposit rollback at {:#x} failed: {:?}", page.raw(), undo);
-            }
-            return Err(error);
-        }
+        let before = perms_now(undo.platform(), page, vmpl, caller_vmpl);
+        undo.platform()
+            .rmpadjust(page, PageSize::Size4K, vmpl, PERM_NONE, false)
+            .map_err(|error| CallError::Hardware { gpa: page.gpa(), error })?;
+        undo.did(Step::SetPerms { vmpl, perms: before, size: PageSize::Size4K });
     }
+    undo.commit();
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use crate::caller::{Access, Caller};
 use crate::error::{CallError, CallResult};
 use crate::platform::{Platform, PvalidateEffect};
 use crate::protocols::{CallContext, Reply};
+use crate::rollback::{Step, Undo, perms_now};
 use crate::svsm::Svsm;
 use abi::core_protocol::{EntrySize, PvalidateEntry};
 use abi::hw::rmpadjust::{PERM_ALL, PERM_NONE};
@@ -95,59 +96,54 @@ pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Caller, e
     } else {
         // Invalidating destroys the contents: only for a caller that could write them.
         caller.check(p, entry.range, Access::Write)?;
-        invalidate(svsm, p, entry)
+        invalidate(svsm, p, caller.vmpl, entry)
     }
 }
 
 fn validate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
     let recorded_valid = svsm.pages.any_validated(entry.range);
-    match p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))? {
-        PvalidateEffect::Unchanged => {
-            // Possibly validated before the SVSM knew (at launch): the hardware is right.
-            svsm.pages.set_validated(entry.range, true);
-            return no_change(entry);
-        }
-        PvalidateEffect::Changed if recorded_valid => {
-            crate::log!(
-                p,
-                Error,
-                "host reassigned validated memory at {:#x}; refusing to re-validate",
-                entry.page.raw()
-            );
-            if let Err(e) = p.pvalidate(entry.page, entry.size, false) {
-                crate::log!(p, Error, "PVALIDATE rollback at {:#x} failed: {:?}", entry.page.raw(), e);
-            }
-            svsm.pages.set_validated(entry.range, false);
-            return Err(CallError::address(entry.page.gpa(), crate::error::AddressConflict::Reassigned));
-        }
-        PvalidateEffect::Changed => {}
+    let effect = p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))?;
+    if effect == PvalidateEffect::Unchanged {
+        // Possibly validated before the SVSM knew (at launch): the hardware is right.
+        svsm.pages.set_validated(entry.range, true);
+        return no_change(entry);
     }
-    let granted = zero_and_grant(p, caller_vmpl, entry);
-    if let Err(e) = granted {
-        // Leave the page as it was: invalid, and invisible to the guest.
-        if let Err(undo) = p.pvalidate(entry.page, entry.size, false) {
-            crate::log!(p, Error, "PVALIDATE rollback at {:#x} failed: {:?}", entry.page.raw(), undo);
-            svsm.pages.set_validated(entry.range, true);
-        }
-        return Err(e);
+    // Valid now, but neither zeroed nor the guest's: until the grant is complete, every
+    // way out rescinds the validation (and any grant made) again.
+    let mut undo = Undo::new(p, entry.page, "validation");
+    undo.did(Step::Unvalidate(entry.size));
+    if recorded_valid {
+        crate::log!(
+            undo.platform(),
+            Error,
+            "host reassigned validated memory at {:#x}; refusing to re-validate",
+            entry.page.raw()
+        );
+        drop(undo);
+        svsm.pages.set_validated(entry.range, false);
+        return Err(CallError::address(entry.page.gpa(), crate::error::AddressConflict::Reassigned));
     }
+    undo.platform().zero_pages(entry.range)?;
+    for vmpl in 1..=caller_vmpl.min(MAX_VMPL) {
+        undo.platform().rmpadjust(entry.page, entry.size, vmpl, PERM_ALL, false).map_err(hw(entry))?;
+        undo.did(Step::SetPerms { vmpl, perms: PERM_NONE, size: entry.size });
+    }
+    undo.commit();
     svsm.pages.set_validated(entry.range, true);
     Ok(())
 }
 
-fn zero_and_grant<P: Platform + ?Sized>(p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
-    p.zero_pages(entry.range)?;
-    for vmpl in 1..=caller_vmpl.min(MAX_VMPL) {
-        p.rmpadjust(entry.page, entry.size, vmpl, PERM_ALL, false).map_err(hw(entry))?;
-    }
-    Ok(())
-}
-
-fn invalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, entry: &Entry) -> CallResult<()> {
+fn invalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+    // Revoke every lower VMPL first; if PVALIDATE then fails (a size mismatch, say), the
+    // page is still valid and everyone gets back what they had.
+    let mut undo = Undo::new(p, entry.page, "invalidation");
     for vmpl in 1..=MAX_VMPL {
-        p.rmpadjust(entry.page, entry.size, vmpl, PERM_NONE, false).map_err(hw(entry))?;
+        let before = perms_now(undo.platform(), entry.page, vmpl, caller_vmpl);
+        undo.platform().rmpadjust(entry.page, entry.size, vmpl, PERM_NONE, false).map_err(hw(entry))?;
+        undo.did(Step::SetPerms { vmpl, perms: before, size: entry.size });
     }
-    let effect = p.pvalidate(entry.page, entry.size, false).map_err(hw(entry))?;
+    let effect = undo.platform().pvalidate(entry.page, entry.size, false).map_err(hw(entry))?;
+    undo.commit();
     svsm.pages.set_validated(entry.range, false);
     match effect {
         PvalidateEffect::Changed => Ok(()),

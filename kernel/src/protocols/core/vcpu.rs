@@ -27,6 +27,7 @@ use crate::pages::PageRole;
 use crate::platform::{HwError, Platform};
 use crate::pool::PoolError;
 use crate::protocols::CallContext;
+use crate::rollback::{Step, Undo, perms_now};
 use crate::svsm::{Svsm, VCPU_CONTEXT_PAGES};
 use crate::vcpu::{Retired, Vcpu, VcpuIndex};
 use abi::calling_area::CALL_PENDING_NONE;
@@ -103,31 +104,33 @@ fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
         PoolError::NoRoom => CallError::OutOfMemory,
     })?;
 
-    // Act. Every failure from here on gives back the page and the reserved pages.
-    let inserted = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
-        Ok(vmpl) => svsm.vcpus.insert(Vcpu {
-            apic_id: r.apic_id,
-            vmsa: r.vmsa,
-            vmpl,
-            creator_vmpl: ctx.caller.vmpl,
-            retired: None,
-            calling_area: r.ca.gpa(),
-            svsm_pages,
-        }),
+    // Act. Every failure from here on gives back the page (the guard) and the reserved
+    // pages.
+    let (vmpl, made) = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
+        Ok(made) => made,
         Err(e) => {
-            restore(p, r.vmsa, ctx.caller.vmpl);
             free_pages(svsm, &svsm_pages);
             return Err(e);
         }
     };
-    let index = match inserted {
+    let vcpu = Vcpu {
+        apic_id: r.apic_id,
+        vmsa: r.vmsa,
+        vmpl,
+        creator_vmpl: ctx.caller.vmpl,
+        retired: None,
+        calling_area: r.ca.gpa(),
+        svsm_pages,
+    };
+    let index = match svsm.vcpus.insert(vcpu) {
         Ok(index) => index,
         Err(refused) => {
-            restore(p, r.vmsa, ctx.caller.vmpl);
+            drop(made);
             free_pages(svsm, &refused.svsm_pages);
             return Err(CallError::InvalidRequest("vCPU registry full"));
         }
     };
+    made.commit();
     if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
     }
@@ -155,8 +158,10 @@ fn replace<P: Platform + ?Sized>(
     if index == ctx.vcpu {
         return Err(CallError::InvalidParameter("a vCPU cannot replace itself"));
     }
-    let old = svsm.vcpus.get(index).cloned().ok_or(CallError::InvalidRequest("vCPU vanished"))?;
-    may_remove(ctx.caller, &old)?;
+    let old = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
+    may_remove(ctx.caller, old)?;
+    // What the replacement needs of the old vCPU (copied: no allocation).
+    let (old_vmsa, old_ca, old_creator) = (old.vmsa, old.calling_area, old.creator_vmpl);
     if old.retired.is_some() {
         return Err(CallError::InvalidRequest("the vCPU's previous VMSA was not deleted yet"));
     }
@@ -167,17 +172,10 @@ fn replace<P: Platform + ?Sized>(
         return Err(CallError::OutOfMemory);
     }
 
-    let vmpl = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
-        Ok(vmpl) => vmpl,
-        Err(e) => {
-            restore(p, r.vmsa, ctx.caller.vmpl);
-            return Err(e);
-        }
-    };
-    if let Err(e) = stop(p, old.vmsa) {
-        restore(p, r.vmsa, ctx.caller.vmpl);
-        return Err(e);
-    }
+    let (vmpl, mut made) = make_vmsa(p, r.vmsa, ctx.caller.vmpl, features)?;
+    // The old VMSA must stop running; if it cannot, the new one goes back (the guard).
+    stop(made.platform(), old_vmsa)?;
+    made.commit();
     p.vcpu_deleted(index);
     let Some(v) = svsm.vcpus.get_mut(index) else {
         // Looked up above under the same borrow of the SVSM: only an SVSM bug gets here.
@@ -186,18 +184,19 @@ fn replace<P: Platform + ?Sized>(
     v.vmsa = r.vmsa;
     v.vmpl = vmpl;
     v.creator_vmpl = ctx.caller.vmpl;
-    v.retired = Some(Retired { vmsa: old.vmsa, creator_vmpl: old.creator_vmpl });
+    v.retired = Some(Retired { vmsa: old_vmsa, creator_vmpl: old_creator });
     v.calling_area = r.ca.gpa();
     // The old VMSA keeps its role (the guest cannot use it) until DELETE_VCPU.
     record_role(svsm, p, r.vmsa, PageRole::Vmsa(index));
-    if old.calling_area.page() != r.ca {
-        svsm.pages.clear_role(old.calling_area.page());
+    if old_ca.page() != r.ca {
+        svsm.pages.clear_role(old_ca.page());
         record_role(svsm, p, r.ca, PageRole::CallingArea(index));
     }
     if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
     }
-    p.vcpu_created(index, r.vmsa, r.apic_id, &old.svsm_pages);
+    let pages = svsm.vcpus.get(index).map_or(&[][..], |v| &v.svsm_pages[..]);
+    p.vcpu_created(index, r.vmsa, r.apic_id, pages);
     crate::log!(
         p,
         Info,
@@ -205,32 +204,38 @@ fn replace<P: Platform + ?Sized>(
         index.0,
         r.apic_id,
         r.vmsa.raw(),
-        old.vmsa.raw()
+        old_vmsa.raw()
     );
     Ok(())
 }
 
 /// Take the page from every lower VMPL, flush, check a copy of it (section 6.3), and make
-/// it a VMSA. Returns the new vCPU's VMPL. The caller restores the page on failure.
+/// it a VMSA. Returns the new vCPU's VMPL and the guard that gives the page back as it
+/// was unless the caller commits (a failure here has given it back already).
 fn make_vmsa<P: Platform + ?Sized>(
     p: &mut P,
     vmsa: PageAddr,
     caller_vmpl: u8,
     startup_features: u64,
-) -> CallResult<u8> {
+) -> CallResult<(u8, Undo<'_, P>)> {
     let hw = |error| CallError::Hardware { gpa: vmsa.gpa(), error };
+    let mut undo = Undo::new(p, vmsa, "CREATE_VCPU");
     for vmpl in 1..=3 {
-        p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, false).map_err(hw)?;
+        let before = perms_now(undo.platform(), vmsa, vmpl, caller_vmpl);
+        undo.platform().rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, false).map_err(hw)?;
+        undo.did(Step::SetPerms { vmpl, perms: before, size: PageSize::Size4K });
     }
     // Another CPU may still hold a translation that lets the guest write the page; the
     // copy checked below must be the one that runs (COCONUT flushes at the same point).
-    p.flush_guest_tlb();
-    let vmpl = check_vmsa(p, vmsa, caller_vmpl, startup_features)?;
-    p.rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, true).map_err(hw)?;
+    undo.platform().flush_guest_tlb();
+    let vmpl = check_vmsa(undo.platform(), vmsa, caller_vmpl, startup_features)?;
+    undo.platform().rmpadjust(vmsa, PageSize::Size4K, vmpl, PERM_NONE, true).map_err(hw)?;
+    // Clearing the flag again (RMPADJUST with VMSA = 0) comes first when undoing.
+    undo.did(Step::SetPerms { vmpl, perms: PERM_NONE, size: PageSize::Size4K });
     // Whatever EFER.SVME the guest left, the VMSA becomes runnable now.
-    let efer = p.vmsa_read(vmsa, VmsaField::Efer)?;
-    p.vmsa_write(vmsa, VmsaField::Efer, efer | EFER_SVME)?;
-    Ok(vmpl)
+    let efer = undo.platform().vmsa_read(vmsa, VmsaField::Efer)?;
+    undo.platform().vmsa_write(vmsa, VmsaField::Efer, efer | EFER_SVME)?;
+    Ok((vmpl, undo))
 }
 
 /// Section 6.3's checks on the new VMSA, read after the guest lost access to it.
@@ -275,13 +280,6 @@ fn free_pages(svsm: &mut Svsm, pages: &[PageAddr]) {
         // A deposited page whose record cannot be made stays out of the pool: the guest
         // loses a page it gave, the SVSM keeps working.
         let _ = svsm.pool.free(*page, deposited);
-    }
-}
-
-/// Give a page back to the caller's VMPL after a refused creation.
-fn restore<P: Platform + ?Sized>(p: &mut P, page: PageAddr, caller_vmpl: u8) {
-    if let Err(e) = grant(p, page, caller_vmpl) {
-        crate::log!(p, Error, "cannot give page {:#x} back to the guest: {:?}", page.raw(), e);
     }
 }
 

@@ -144,4 +144,8 @@ impl SnpHw for BareSnp {
     fn vmgexit(&mut self) {
         instr::vmgexit()
     }
+
+    fn halt(&mut self) -> ! {
+        instr::halt_forever()
+    }
 }

@@ -297,6 +297,11 @@ impl Platform for SvmPlatform {
         Some(self.rmp.vmpl_perms(page.pfn(), vmpl))
     }
 
+    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> ! {
+        crate::println!("svm: stopping: {why}");
+        crate::bare::exit::failure()
+    }
+
     fn flush_guest_tlb(&mut self) {
         // Nothing left to do: every RMPADJUST already changed the nested page tables and
         // made each CPU running a guest leave it and flush before it runs it again
