@@ -20,10 +20,11 @@
 //! nothing a guest does later allocates on these paths without a way to fail.
 
 use crate::addr::{PageAddr, PageRange};
-use crate::bitmap::{NoRoom, PageBitmap};
+use crate::bitmap::{NoRoom, PageBitmap, REGION_PAGES, STRIPES};
 use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
 use alloc::vec::Vec;
+use spin::{Mutex, MutexGuard, RwLock};
 
 /// The role of a page the SVSM has taken from the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,8 +62,19 @@ pub struct PageTracker {
     deposited: PageBitmap,
     /// The few pages with another role (VMSAs, calling areas, the secrets page), sorted
     /// by pfn. Their number is bounded by the vCPUs the SVSM serves, and the room for them
-    /// is reserved at start, so a new role never allocates.
-    roles: Vec<(u64, PageRole)>,
+    /// is reserved at start, so a new role never allocates. Read on every check, written
+    /// only when a vCPU or calling area comes or goes.
+    roles: RwLock<Vec<(u64, PageRole)>>,
+    /// A change to pages (check, hardware, record) holds the lock of their 2 MiB region
+    /// (one of `STRIPES`, by region number), so two vCPUs never change one page at once
+    /// while changes elsewhere go on in parallel (`lock`).
+    regions: [Mutex<()>; STRIPES],
+}
+
+/// Pages being changed: the locks of their regions, released on drop.
+#[derive(Debug)]
+pub struct RegionLock<'a> {
+    _held: [Option<MutexGuard<'a, ()>>; 2],
 }
 
 /// The largest guest-physical address space: 52 bits.
@@ -89,12 +101,13 @@ impl PageTracker {
         }
         let mut roles = Vec::new();
         roles.try_reserve_exact(max_roles).map_err(|_| LayoutError::NoMemory)?;
-        let mut t = Self {
+        let t = Self {
             ram,
             svsm,
             validated: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
             deposited: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
-            roles,
+            roles: RwLock::new(roles),
+            regions: core::array::from_fn(|_| Mutex::new(())),
         };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
@@ -127,10 +140,23 @@ impl PageTracker {
         false
     }
 
+    /// Hold the region locks of the pages `a` and `b` (the same page twice is fine), for a
+    /// change that must not meet another vCPU's change to them. Taken in region order, so
+    /// two changes cannot wait on each other.
+    pub fn lock(&self, a: PageAddr, b: PageAddr) -> RegionLock<'_> {
+        let stripe = |p: PageAddr| ((p.pfn() / REGION_PAGES) % STRIPES as u64) as usize;
+        let (x, y) = (stripe(a).min(stripe(b)), stripe(a).max(stripe(b)));
+        // Both are below STRIPES, the array's length.
+        let first = self.regions[x].lock();
+        let second = (y != x).then(|| self.regions[y].lock());
+        RegionLock { _held: [Some(first), second] }
+    }
+
     /// The first page of `range` with a role, and the role.
     fn first_role_in(&self, range: PageRange) -> Option<(u64, PageRole)> {
-        let at = self.roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
-        let other = self.roles.get(at).copied().filter(|(pfn, _)| *pfn < range.end_pfn());
+        let roles = self.roles.read();
+        let at = roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
+        let other = roles.get(at).copied().filter(|(pfn, _)| *pfn < range.end_pfn());
         let deposited = if self.deposited.any(range) {
             self.deposited.next_set(range.start_pfn()).map(|pfn| (pfn, PageRole::Deposited))
         } else {
@@ -142,10 +168,18 @@ impl PageTracker {
         }
     }
 
-    /// Pages of `range` with a role other than deposited, in order.
-    fn other_roles_in(&self, range: PageRange) -> impl Iterator<Item = (u64, PageRole)> + '_ {
-        let at = self.roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
-        self.roles.get(at..).unwrap_or(&[]).iter().copied().take_while(move |(pfn, _)| *pfn < range.end_pfn())
+    /// The first page of `range` with a role other than deposited that `skip` does not
+    /// accept, and its role.
+    fn other_role_in(&self, range: PageRange, skip: impl Fn(PageRole) -> bool) -> Option<(u64, PageRole)> {
+        let roles = self.roles.read();
+        let at = roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
+        roles
+            .get(at..)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .take_while(|(pfn, _)| *pfn < range.end_pfn())
+            .find(|(_, role)| !skip(*role))
     }
 
     /// Check a page range the SVSM will copy parameters from (`write` false) or to.
@@ -155,13 +189,13 @@ impl PageTracker {
             let pfn = self.deposited.next_set(range.start_pfn()).unwrap_or(range.start_pfn());
             return Err((PageAddr::from_pfn(pfn), AddressConflict::Deposited));
         }
-        for (pfn, role) in self.other_roles_in(range) {
+        let allowed = |role| matches!(role, PageRole::CallingArea(_)) || (role == PageRole::Secrets && !write);
+        if let Some((pfn, role)) = self.other_role_in(range, allowed) {
             let why = match role {
-                PageRole::CallingArea(_) => continue,
-                PageRole::Secrets if !write => continue,
                 PageRole::Secrets => AddressConflict::Secrets,
                 PageRole::Deposited => AddressConflict::Deposited,
                 PageRole::Vmsa(_) => AddressConflict::Vmsa,
+                PageRole::CallingArea(_) => AddressConflict::CallingArea,
             };
             return Err((PageAddr::from_pfn(pfn), why));
         }
@@ -202,46 +236,50 @@ impl PageTracker {
         if self.deposited.get(page.pfn()) {
             return Some(PageRole::Deposited);
         }
-        let i = self.roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn).ok()?;
-        self.roles.get(i).map(|(_, role)| *role)
+        let roles = self.roles.read();
+        let i = roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn).ok()?;
+        roles.get(i).map(|(_, role)| *role)
     }
 
     /// Room for `n` more roles (checked before a call acts, so recording them cannot fail).
     pub fn role_room(&self, n: usize) -> bool {
-        self.roles.len() + n <= self.roles.capacity()
+        let roles = self.roles.read();
+        roles.len() + n <= roles.capacity()
     }
 
     /// Give `page` a role other than deposited (replacing one it has). Never allocates:
     /// `Err` when the room reserved at start is used up, which the vCPU limit prevents.
-    pub fn set_role(&mut self, page: PageAddr, role: PageRole) -> Result<(), NoRoom> {
-        match self.roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
+    pub fn set_role(&self, page: PageAddr, role: PageRole) -> Result<(), NoRoom> {
+        let mut roles = self.roles.write();
+        match roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
             Ok(i) => {
-                if let Some(entry) = self.roles.get_mut(i) {
+                if let Some(entry) = roles.get_mut(i) {
                     entry.1 = role;
                 }
                 Ok(())
             }
-            Err(_) if !self.role_room(1) => Err(NoRoom),
+            Err(_) if roles.len() >= roles.capacity() => Err(NoRoom),
             Err(i) => {
-                self.roles.insert(i, (page.pfn(), role));
+                roles.insert(i, (page.pfn(), role));
                 Ok(())
             }
         }
     }
 
-    pub fn clear_role(&mut self, page: PageAddr) {
-        if let Ok(i) = self.roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
-            self.roles.remove(i);
+    pub fn clear_role(&self, page: PageAddr) {
+        let mut roles = self.roles.write();
+        if let Ok(i) = roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
+            roles.remove(i);
         }
     }
 
     /// Make sure recording `range` as deposited, or no longer deposited, cannot fail.
-    pub fn reserve_deposited(&mut self, range: PageRange) -> Result<(), NoRoom> {
+    pub fn reserve_deposited(&self, range: PageRange) -> Result<(), NoRoom> {
         self.deposited.reserve(range)
     }
 
     /// Record `range` as deposited or not ([reserved](Self::reserve_deposited) first).
-    pub fn set_deposited(&mut self, range: PageRange, deposited: bool) -> bool {
+    pub fn set_deposited(&self, range: PageRange, deposited: bool) -> bool {
         self.deposited.set(range, deposited)
     }
 
@@ -270,18 +308,18 @@ impl PageTracker {
 
     /// Make sure recording a validation change of `range` cannot fail (called before the
     /// hardware changes, so record and hardware never disagree).
-    pub fn reserve_validated(&mut self, range: PageRange) -> Result<(), NoRoom> {
+    pub fn reserve_validated(&self, range: PageRange) -> Result<(), NoRoom> {
         self.validated.reserve(range)
     }
 
     /// Record the validation state of `range` ([reserved](Self::reserve_validated)
     /// first). Pages beyond RAM are ignored. `false` if a region was not reserved.
-    pub fn set_validated(&mut self, range: PageRange, valid: bool) -> bool {
+    pub fn set_validated(&self, range: PageRange, valid: bool) -> bool {
         self.validated.set(range, valid)
     }
 
     /// Reserve and record in one step (start-up, where failing is refusing to start).
-    pub fn record_validated(&mut self, range: PageRange, valid: bool) -> Result<(), NoRoom> {
+    pub fn record_validated(&self, range: PageRange, valid: bool) -> Result<(), NoRoom> {
         self.validated.reserve(range)?;
         self.validated.set(range, valid);
         Ok(())
@@ -294,7 +332,7 @@ impl PageTracker {
 
     /// Heap the page records hold now, in bytes (for statistics).
     pub fn heap_bytes(&self) -> u64 {
-        self.validated.heap_bytes() + self.deposited.heap_bytes() + (self.roles.capacity() * 16) as u64
+        self.validated.heap_bytes() + self.deposited.heap_bytes() + (self.roles.read().capacity() * 16) as u64
     }
 }
 
@@ -331,7 +369,7 @@ mod tests {
 
     #[test]
     fn calling_areas_are_parameters_but_not_targets() {
-        let mut t = tracker();
+        let t = tracker();
         t.record_validated(range(0, 0x20), true).unwrap();
         t.set_role(PageAddr::from_pfn(5), PageRole::CallingArea(VcpuIndex(0))).unwrap();
         assert!(t.check_param(range(5, 1), true).is_ok());

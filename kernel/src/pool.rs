@@ -55,38 +55,42 @@ impl PagePool {
         self.reserve.len() as u64 + self.free.count()
     }
 
-    /// Take `n` pages, all or nothing.
-    pub fn alloc(&mut self, n: usize) -> Result<Vec<PageAddr>, PoolError> {
+    /// Take `N` pages, all or nothing.
+    pub fn alloc<const N: usize>(&mut self) -> Result<[PageAddr; N], PoolError> {
         let have = self.available();
-        if have < n as u64 {
-            return Err(PoolError::Short(u32::try_from(n as u64 - have).unwrap_or(u32::MAX)));
+        if have < N as u64 {
+            return Err(PoolError::Short(u32::try_from(N as u64 - have).unwrap_or(u32::MAX)));
         }
-        let mut out = Vec::new();
-        out.try_reserve_exact(n).map_err(|_| PoolError::NoRoom)?;
-        while out.len() < n {
+        let mut out = [PageAddr::from_pfn(0); N];
+        let mut taken = 0;
+        while taken < N {
             let Some(page) = self.reserve.pop() else { break };
-            out.push(page);
+            if let Some(slot) = out.get_mut(taken) {
+                *slot = page;
+            }
+            taken += 1;
         }
-        let from_reserve = out.len();
+        let from_reserve = taken;
         let mut from = 0;
-        while out.len() < n {
-            let taken = self.free.next_set(from).map(PageAddr::from_pfn).and_then(|page| {
+        while taken < N {
+            let page = self.free.next_set(from).map(PageAddr::from_pfn).and_then(|page| {
                 let one = PageRange::new(page, 1)?;
                 self.free.reserve(one).ok()?;
                 self.free.set(one, false);
                 Some(page)
             });
-            match taken {
-                Some(page) => {
+            match (page, out.get_mut(taken)) {
+                (Some(page), Some(slot)) => {
                     from = page.pfn() + 1;
-                    out.push(page);
+                    *slot = page;
+                    taken += 1;
                 }
-                None => {
+                _ => {
                     // Give back what was taken: all or nothing. (Giving a deposited page
                     // back can itself need a leaf; on a heap that full the page stays
                     // out of the pool, which costs the guest a page, not the SVSM.)
-                    for (i, page) in out.into_iter().enumerate() {
-                        self.free(page, i >= from_reserve);
+                    for (i, page) in out.iter().take(taken).enumerate() {
+                        self.free(*page, i >= from_reserve);
                     }
                     return Err(PoolError::NoRoom);
                 }
@@ -112,7 +116,7 @@ impl PagePool {
     }
 
     /// Make sure [`Self::add_deposited`] of `range` cannot fail.
-    pub fn reserve_deposit(&mut self, range: PageRange) -> Result<(), NoRoom> {
+    pub fn reserve_deposit(&self, range: PageRange) -> Result<(), NoRoom> {
         self.free.reserve(range)
     }
 
@@ -189,10 +193,10 @@ mod tests {
     fn reserve_is_used_before_deposits() {
         let mut pool = pool(&[1]);
         deposit(&mut pool, one(100));
-        let got = pool.alloc(1).unwrap();
+        let got = pool.alloc::<1>().unwrap();
         assert_eq!(got, [PageAddr::from_pfn(1)]);
         assert!(pool.mem_available());
-        assert_eq!(pool.alloc(2), Err(PoolError::Short(1)));
+        assert_eq!(pool.alloc::<2>(), Err(PoolError::Short(1)));
         assert_eq!(pool.available(), 1, "a failed allocation takes nothing");
     }
 
@@ -214,7 +218,7 @@ mod tests {
         let mut pool = pool(&[]);
         let region = PageRange::new(PageAddr::from_pfn(1024), 512).unwrap();
         assert!(pool.add_deposited(region), "a whole region needs no reservation");
-        let pages = pool.alloc(3).unwrap();
+        let pages = pool.alloc::<3>().unwrap();
         assert_eq!(pool.stats().deposited_free, 509);
         for p in pages {
             assert!(pool.free(p, true));

@@ -15,6 +15,7 @@ use crate::addr::Gpa;
 use crate::caller::Caller;
 use crate::platform::{MemoryFault, Platform};
 use crate::protocols::{self, CallContext, CallRegs, Reply};
+use crate::stats::Counters;
 use crate::svsm::Svsm;
 use crate::vcpu::VcpuIndex;
 use crate::{error::CallError, log};
@@ -23,6 +24,7 @@ use abi::hw::EFER_SVME;
 use abi::protocol::CallId;
 use abi::result::ResultCode;
 use abi::vmsa::VmsaField;
+use core::sync::atomic::Ordering;
 
 /// What one entry of the SVSM did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +43,11 @@ pub enum EntryOutcome {
 
 impl Svsm {
     /// Serve one entry for guest vCPU `vcpu`.
-    pub fn handle_entry<P: Platform + ?Sized>(&mut self, p: &mut P, vcpu: VcpuIndex) -> EntryOutcome {
+    ///
+    /// Every CPU may serve an entry at the same time (`&self`); the caller's own vCPU is
+    /// read from its own slot, so a call that touches nothing else takes no lock another
+    /// CPU's call needs.
+    pub fn handle_entry<P: Platform + ?Sized>(&self, p: &mut P, vcpu: VcpuIndex) -> EntryOutcome {
         let Some(v) = self.vcpus.get(vcpu) else {
             log!(p, Warn, "entry for unknown vCPU {}", vcpu.0);
             return EntryOutcome::UnknownVcpu;
@@ -50,7 +56,7 @@ impl Svsm {
         match self.serve(p, vcpu, vmsa, ca) {
             Ok(outcome) => outcome,
             Err(fault) => {
-                self.stats.host_faults += 1;
+                Counters::count(&self.stats.host_faults);
                 log!(p, Error, "vCPU {}: host fault at {:#x}; entry dropped", vcpu.0, fault.gpa.0);
                 EntryOutcome::HostFault(fault)
             }
@@ -58,7 +64,7 @@ impl Svsm {
     }
 
     fn serve<P: Platform + ?Sized>(
-        &mut self,
+        &self,
         p: &mut P,
         vcpu: VcpuIndex,
         vmsa: crate::addr::PageAddr,
@@ -80,7 +86,7 @@ impl Svsm {
 
     /// Steps 2-5 of an entry, with the vCPU held (SVME = 0).
     fn serve_held<P: Platform + ?Sized>(
-        &mut self,
+        &self,
         p: &mut P,
         vcpu: VcpuIndex,
         vmsa: crate::addr::PageAddr,
@@ -89,7 +95,7 @@ impl Svsm {
         // 2. The exit code must be the call gate.
         let exit_code = p.vmsa_read(vmsa, VmsaField::ExitCode)?;
         if exit_code != P::CALL_EXIT_CODE {
-            self.stats.wrong_exit_code += 1;
+            Counters::count(&self.stats.wrong_exit_code);
             log!(p, Warn, "vCPU {}: entry with exit code {:#x}, ignored", vcpu.0, exit_code);
             return Ok(EntryOutcome::WrongExitCode(exit_code));
         }
@@ -98,7 +104,7 @@ impl Svsm {
         let mut pending = [0u8];
         p.read(ca, &mut pending)?;
         if pending[0] == CALL_PENDING_NONE {
-            self.stats.spurious_entries += 1;
+            Counters::count(&self.stats.spurious_entries);
             log!(p, Debug, "vCPU {}: spurious entry (CALL_PENDING = 0)", vcpu.0);
             return Ok(EntryOutcome::Spurious);
         }
@@ -147,15 +153,15 @@ impl Svsm {
     /// Keep SVSM_MEM_AVAILABLE of the startup vCPU's calling area equal to "free
     /// deposited pages exist" (spec 58019 section 6.6), after every call, whichever call
     /// changed the pool.
-    fn sync_mem_available<P: Platform + ?Sized>(&mut self, p: &mut P) {
-        let want = self.pool.mem_available();
-        if self.mem_flag_written == Some(want) {
+    fn sync_mem_available<P: Platform + ?Sized>(&self, p: &mut P) {
+        let want = u8::from(self.mem_available.load(Ordering::Acquire));
+        if self.mem_flag_written.load(Ordering::Acquire) == want {
             return;
         }
         let Some(startup) = self.vcpus.startup() else { return };
         let Some(flag_gpa) = startup.calling_area.checked_add(MEM_AVAILABLE_OFFSET) else { return };
-        match p.write(flag_gpa, &[u8::from(want)]) {
-            Ok(()) => self.mem_flag_written = Some(want),
+        match p.write(flag_gpa, &[want]) {
+            Ok(()) => self.mem_flag_written.store(want, Ordering::Release),
             Err(f) => log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0),
         }
     }

@@ -11,15 +11,15 @@ use crate::platform::{MemoryFault, Platform};
 use crate::pool::PagePool;
 use crate::protocols::ocp::sources::{SourceKind, Sources};
 use crate::psp_channel::PspChannel;
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
 use crate::vcpu::{Vcpu, VcpuIndex, VcpuRegistry};
 use abi::hw::sev_features;
 use abi::vmsa::VmsaField;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use spin::Mutex;
 
-/// SVSM pages each created vCPU needs for its SVSM-side context: the SVSM's own VMSA for
-/// that vCPU and an 8 KiB stack.
-pub const VCPU_CONTEXT_PAGES: usize = 3;
+pub use crate::vcpu::VCPU_CONTEXT_PAGES;
 
 /// Pages with a role other than deposited the SVSM can hold: per vCPU its VMSA, a VMSA a
 /// replacement retired and its calling area, plus the secrets page.
@@ -110,32 +110,53 @@ fn publish<P: Platform + ?Sized>(
     Ok(vmpck0)
 }
 
+/// The SVSM, shared by every CPU that serves the guest ([`Svsm::handle_entry`] takes
+/// `&self`).
+///
+/// Concurrency: nothing here is one lock all CPUs share. Each part says what guards it,
+/// and the order locks are taken in is: the vCPU set's change lock, then region locks
+/// (`PageTracker::lock`), then the pool; the vTPM, the PSP channel and the event ring each
+/// stand alone and are held while their own work runs (a vTPM command holds only the vTPM,
+/// so other vCPUs' core calls go on). No lock is held while the platform leaves for the
+/// host except those (the PSP channel during a guest request). docs/architecture.md,
+/// "Concurrency".
 #[derive(Debug)]
 pub struct Svsm {
+    /// Page records: atomics and per-region locks inside.
     pub(crate) pages: PageTracker,
+    /// vCPUs: a lock per vCPU, and one for changes to the set.
     pub(crate) vcpus: VcpuRegistry,
-    pub(crate) pool: PagePool,
-    pub(crate) stats: Stats,
+    pub(crate) pool: Mutex<PagePool>,
+    /// "Free deposited pages exist", kept by whoever changes the pool: read on every call
+    /// (SVSM_MEM_AVAILABLE) without the pool's lock.
+    pub(crate) mem_available: AtomicBool,
+    pub(crate) stats: Counters,
     pub(crate) max_vcpus: usize,
     /// The most privileged VMPL the guest runs at: the startup vCPU's.
     pub(crate) guest_vmpl: u8,
     pub(crate) pages_per_call: u64,
-    /// The SVSM_MEM_AVAILABLE value last written to the startup calling area; `None`
-    /// forces a write (at start and after the startup vCPU remaps its area).
-    pub(crate) mem_flag_written: Option<bool>,
+    /// The SVSM_MEM_AVAILABLE value last written to the startup calling area:
+    /// `MEM_FLAG_UNKNOWN` forces a write (at start and after the startup vCPU remaps).
+    pub(crate) mem_flag_written: AtomicU8,
     /// The SVSM's own channel to the PSP, under VMPCK0 taken out of the guest-visible
-    /// secrets page (attestation at VMPL0).
-    pub(crate) psp: PspChannel,
-    /// The Observability and Configuration Protocol's sources.
+    /// secrets page (attestation at VMPL0). One exchange at a time.
+    pub(crate) psp: Mutex<PspChannel>,
+    /// The Observability and Configuration Protocol's sources (fixed once serving starts;
+    /// the event ring has its own lock inside).
     pub(crate) ocp: Sources,
-    /// The vTPM (protocol 2), once the platform installed one.
-    pub(crate) vtpm: Option<vtpm::Vtpm>,
+    /// The vTPM (protocol 2), once the platform installed one. One command at a time.
+    pub(crate) vtpm: Option<Mutex<vtpm::Vtpm>>,
+    /// Its EK public area (fixed at manufacture), for the manifest without the vTPM's lock.
+    pub(crate) vtpm_ek: alloc::vec::Vec<u8>,
 }
+
+/// `mem_flag_written` before anything was written.
+pub(crate) const MEM_FLAG_UNKNOWN: u8 = 2;
 
 impl Svsm {
     pub fn new<P: Platform + ?Sized>(config: SvsmConfig, p: &mut P) -> Result<Self, InitError> {
         let max_vcpus = config.max_vcpus.max(1);
-        let mut pages =
+        let pages =
             PageTracker::new(&config.ram, config.svsm_region, max_roles(max_vcpus)).map_err(InitError::Layout)?;
         if let Some(bad) = config.pool_reserve.iter().find(|pg| !config.svsm_region.contains_pfn(pg.pfn())) {
             return Err(InitError::ReserveOutsideSvsm(*bad));
@@ -181,7 +202,7 @@ impl Svsm {
             creator_vmpl: vmpl,
             retired: None,
             calling_area: ca,
-            svsm_pages: Vec::new(),
+            svsm_pages: None,
         };
         let vcpus = VcpuRegistry::new(startup, max_vcpus).map_err(|_| InitError::NoMemory)?;
         let top_pfn = config.ram.iter().map(|r| r.end_pfn()).max().unwrap_or(0);
@@ -189,15 +210,17 @@ impl Svsm {
         Ok(Self {
             pages,
             vcpus,
-            pool,
-            stats: Stats::default(),
+            pool: Mutex::new(pool),
+            mem_available: AtomicBool::new(false),
+            stats: Counters::default(),
             max_vcpus,
             guest_vmpl: vmpl,
             pages_per_call: config.pages_per_call.max(1),
-            mem_flag_written: None,
-            psp: PspChannel::new(vmpck0),
+            mem_flag_written: AtomicU8::new(MEM_FLAG_UNKNOWN),
+            psp: Mutex::new(PspChannel::new(vmpck0)),
             ocp: Sources::builtin(P::NAME),
             vtpm: None,
+            vtpm_ek: Vec::new(),
         })
     }
 
@@ -206,8 +229,9 @@ impl Svsm {
     /// certificate table only with reports (SNP's extended guest request) know it before
     /// the guest asks for sizes. A failure is logged; the attestation protocol then
     /// reports it to the guest on each call.
-    pub fn check_psp_channel<P: Platform + ?Sized>(&mut self, p: &mut P) -> bool {
-        match self.psp.request_report(p, &[0; 64]) {
+    pub fn check_psp_channel<P: Platform + ?Sized>(&self, p: &mut P) -> bool {
+        let answer = self.psp.lock().request_report(p, &[0; 64]);
+        match answer {
             Ok(_) => {
                 crate::log!(p, Info, "PSP channel: a report arrived under VMPCK0");
                 true
@@ -223,22 +247,23 @@ impl Svsm {
     /// public area becomes the vTPM entry of the attestation manifest, and its call
     /// counters become OCP sources.
     pub fn install_vtpm(&mut self, vtpm: vtpm::Vtpm) {
-        self.vtpm = Some(vtpm);
+        self.vtpm_ek = vtpm.ek_public().to_vec();
+        self.vtpm = Some(Mutex::new(vtpm));
         const VTPM: u32 = abi::protocol::ProtocolId::VTPM.0;
         // Distinct, short, constant names: registering them cannot fail, and a second
         // install finds them registered already.
-        let _ = self.ocp.register("calls.vtpm", SourceKind::Counter(|s| s.stats.per_protocol[2].calls), VTPM);
-        let _ = self.ocp.register("errors.vtpm", SourceKind::Counter(|s| s.stats.per_protocol[2].errors), VTPM);
+        let _ = self.ocp.register("calls.vtpm", SourceKind::Counter(|s| s.stats.calls(2)), VTPM);
+        let _ = self.ocp.register("errors.vtpm", SourceKind::Counter(|s| s.stats.errors(2)), VTPM);
     }
 
-    /// The installed vTPM.
-    pub fn vtpm(&self) -> Option<&vtpm::Vtpm> {
-        self.vtpm.as_ref()
+    /// The installed vTPM's EK public area.
+    pub fn vtpm_ek(&self) -> Option<&[u8]> {
+        self.vtpm.as_ref().map(|_| &self.vtpm_ek[..])
     }
 
     /// VMPCK0 as the launch provided it (all zero without a secrets page).
-    pub fn vmpck0(&self) -> &[u8; 32] {
-        self.psp.vmpck0()
+    pub fn vmpck0(&self) -> [u8; 32] {
+        *self.psp.lock().vmpck0()
     }
 
     /// The Observability protocol's sources; a service adds its own here.
@@ -246,12 +271,18 @@ impl Svsm {
         &mut self.ocp
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The counters as they are now.
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
     }
 
     pub fn pool_stats(&self) -> crate::pool::PoolStats {
-        self.pool.stats()
+        self.pool.lock().stats()
+    }
+
+    /// Keep `mem_available` in step with the pool (the caller just changed it).
+    pub(crate) fn pool_changed(&self, pool: &PagePool) {
+        self.mem_available.store(pool.mem_available(), Ordering::Release);
     }
 
     pub fn vcpus(&self) -> &VcpuRegistry {

@@ -9,11 +9,20 @@
 //! pages and runs on the new VMSA; the old one is *retired*: no longer run or served, still
 //! the SVSM's page until DELETE_VCPU names it.
 //!
-//! The registry's room is reserved when the SVSM starts (`max` vCPUs), so creating a
-//! vCPU never allocates.
+//! Concurrency: each vCPU has its own slot and lock, so serving a call reads the caller's
+//! slot and nothing else (no lock all CPUs share). Changes to the set of vCPUs (create,
+//! delete, replace) hold [`VcpuRegistry::change`], so two of them cannot both give out an
+//! APIC ID or a slot. The room for `max` vCPUs is reserved at start: creating a vCPU never
+//! allocates.
 
 use crate::addr::{Gpa, PageAddr};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spin::{Mutex, MutexGuard};
+
+/// SVSM pages each created vCPU needs for its SVSM-side context: the SVSM's own VMSA for
+/// that vCPU and an 8 KiB stack.
+pub const VCPU_CONTEXT_PAGES: usize = 3;
 
 /// Index of a vCPU in the registry. The platform names the calling vCPU by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,7 +32,15 @@ impl VcpuIndex {
     pub const STARTUP: Self = Self(0);
 }
 
-#[derive(Debug, Clone)]
+/// A VMSA a replacement took out of service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retired {
+    pub vmsa: PageAddr,
+    /// The VMPL that created the vCPU on it: the page goes back to that VMPL.
+    pub creator_vmpl: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vcpu {
     pub apic_id: u32,
     pub vmsa: PageAddr,
@@ -37,55 +54,71 @@ pub struct Vcpu {
     /// The calling area: an 8-byte area, 8-byte aligned (REMAP_CA may move it inside a
     /// page; CREATE_VCPU places it at a page start).
     pub calling_area: Gpa,
-    /// SVSM pages backing this vCPU's SVSM-side context (empty for the startup vCPU,
+    /// SVSM pages backing this vCPU's SVSM-side context (none for the startup vCPU,
     /// whose context is part of the SVSM image).
-    pub svsm_pages: Vec<PageAddr>,
+    pub svsm_pages: Option<[PageAddr; VCPU_CONTEXT_PAGES]>,
 }
 
-/// A VMSA a replacement took out of service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retired {
-    pub vmsa: PageAddr,
-    /// The VMPL that created the vCPU on it: the page goes back to that VMPL.
-    pub creator_vmpl: u8,
+impl Vcpu {
+    /// The SVSM pages as the platform takes them.
+    pub fn context_pages(&self) -> &[PageAddr] {
+        self.svsm_pages.as_ref().map_or(&[], |p| &p[..])
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct VcpuRegistry {
-    slots: Vec<Option<Vcpu>>,
+    slots: Vec<Mutex<Option<Vcpu>>>,
+    /// Held by whoever changes the set of vCPUs.
+    changes: Mutex<()>,
+    live: AtomicUsize,
 }
 
 /// Not enough heap for the registry's room at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoRoom;
+
 impl VcpuRegistry {
     /// A registry with the startup vCPU and room for `max` vCPUs in all.
     pub fn new(startup: Vcpu, max: usize) -> Result<Self, NoRoom> {
         let mut slots = Vec::new();
         slots.try_reserve_exact(max.max(1)).map_err(|_| NoRoom)?;
-        slots.push(Some(startup));
-        Ok(Self { slots })
+        slots.push(Mutex::new(Some(startup)));
+        slots.resize_with(max.max(1), || Mutex::new(None));
+        Ok(Self { slots, changes: Mutex::new(()), live: AtomicUsize::new(1) })
     }
 
-    pub fn get(&self, index: VcpuIndex) -> Option<&Vcpu> {
-        self.slots.get(index.0 as usize).and_then(Option::as_ref)
+    /// Exclusive right to change the set of vCPUs (create, delete, replace), held for the
+    /// whole change.
+    pub fn change(&self) -> MutexGuard<'_, ()> {
+        self.changes.lock()
     }
 
-    pub fn get_mut(&mut self, index: VcpuIndex) -> Option<&mut Vcpu> {
-        self.slots.get_mut(index.0 as usize).and_then(Option::as_mut)
+    fn slot(&self, index: VcpuIndex) -> Option<&Mutex<Option<Vcpu>>> {
+        self.slots.get(index.0 as usize)
     }
 
-    pub fn startup(&self) -> Option<&Vcpu> {
+    /// A copy of vCPU `index`, as it is now.
+    pub fn get(&self, index: VcpuIndex) -> Option<Vcpu> {
+        *self.slot(index)?.lock()
+    }
+
+    /// Change vCPU `index` in place (its own calling area, say).
+    pub fn update<R>(&self, index: VcpuIndex, f: impl FnOnce(&mut Vcpu) -> R) -> Option<R> {
+        self.slot(index)?.lock().as_mut().map(f)
+    }
+
+    pub fn startup(&self) -> Option<Vcpu> {
         self.get(VcpuIndex::STARTUP)
     }
 
-    /// Live vCPUs.
-    pub fn iter(&self) -> impl Iterator<Item = (VcpuIndex, &Vcpu)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|v| (VcpuIndex(i as u32), v)))
+    /// Live vCPUs, each as it was when the iteration reached it.
+    pub fn iter(&self) -> impl Iterator<Item = (VcpuIndex, Vcpu)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| Some((VcpuIndex(u32::try_from(i).ok()?), (*s.lock())?)))
     }
 
     pub fn count(&self) -> usize {
-        self.iter().count()
+        self.live.load(Ordering::Acquire)
     }
 
     pub fn find_by_vmsa(&self, vmsa: PageAddr) -> Option<VcpuIndex> {
@@ -101,32 +134,31 @@ impl VcpuRegistry {
         self.iter().find(|(_, v)| v.apic_id == apic_id).map(|(i, _)| i)
     }
 
-    /// Insert into the first free slot after the startup vCPU; the vCPU comes back when
-    /// the registry is full (it never grows beyond the room reserved at start-up).
-    pub fn insert(&mut self, vcpu: Vcpu) -> Result<VcpuIndex, Vcpu> {
-        let free = self.slots.iter().skip(1).position(Option::is_none).map(|i| i + 1);
-        let index = match free {
-            Some(i) => i,
-            None if self.slots.len() < self.slots.capacity() => {
-                self.slots.push(None);
-                self.slots.len() - 1
+    /// Insert into the first free slot after the startup vCPU (the caller holds
+    /// [`Self::change`]); the vCPU comes back when every slot is taken.
+    pub fn insert(&self, vcpu: Vcpu) -> Result<VcpuIndex, Vcpu> {
+        for (i, slot) in self.slots.iter().enumerate().skip(1) {
+            let mut s = slot.lock();
+            if s.is_none()
+                && let Ok(id) = u32::try_from(i)
+            {
+                *s = Some(vcpu);
+                self.live.fetch_add(1, Ordering::AcqRel);
+                return Ok(VcpuIndex(id));
             }
-            None => return Err(vcpu),
-        };
-        let Ok(id) = u32::try_from(index) else { return Err(vcpu) };
-        match self.slots.get_mut(index) {
-            Some(slot) => {
-                *slot = Some(vcpu);
-                Ok(VcpuIndex(id))
-            }
-            None => Err(vcpu),
         }
+        Err(vcpu)
     }
 
-    pub fn remove(&mut self, index: VcpuIndex) -> Option<Vcpu> {
+    /// Take vCPU `index` out (the caller holds [`Self::change`]); never the startup vCPU.
+    pub fn remove(&self, index: VcpuIndex) -> Option<Vcpu> {
         if index == VcpuIndex::STARTUP {
             return None;
         }
-        self.slots.get_mut(index.0 as usize).and_then(Option::take)
+        let gone = self.slot(index)?.lock().take();
+        if gone.is_some() {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        gone
     }
 }

@@ -186,9 +186,8 @@ impl World {
                 panic!("the startup VMSA could not be made: {e:?}");
             }
             let made = crate::heap::in_svsm(|| {
-                Svsm::new(svsm_config, &mut p).map(|mut svsm| {
+                Svsm::new(svsm_config, &mut p).inspect(|svsm| {
                     svsm.check_psp_channel(&mut p);
-                    svsm
                 })
             });
             let state = p.state;
@@ -355,7 +354,7 @@ mod tests {
     #[test]
     fn the_svsm_keeps_vmpck0_and_the_guest_loses_it() {
         let w = World::new(WorldConfig::default());
-        assert_eq!(w.svsm.vmpck0(), &[0xA0; 32]);
+        assert_eq!(w.svsm.vmpck0(), [0xA0; 32]);
         let mut page = [0u8; 64];
         w.machine.raw_read(SECRETS_GPA + 0x20, &mut page);
         assert_eq!(page[..32], [0; 32]);

@@ -115,7 +115,7 @@ fn the_svsm_builds_the_guests_first_vcpu_and_keeps_vmpck0() {
     assert_ne!(w.machine.vmsa_field(vmsa, VmsaField::Efer) & EFER_SVME, 0);
     let host = &w.snp.as_ref().expect("snp world").host;
     assert_eq!(host.ap_events, vec![(exit::AP_CREATE, 0, vmsa, 1)]);
-    assert_eq!(w.svsm.vmpck0(), &[0xA0; 32]);
+    assert_eq!(w.svsm.vmpck0(), [0xA0; 32]);
     let mut key = [0u8; 32];
     w.machine.raw_read(world::SECRETS_GPA + 0x20, &mut key);
     assert_eq!(key, [0; 32], "VMPCK0 is gone from the secrets page");

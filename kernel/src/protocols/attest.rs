@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use sha2::{Digest, Sha512};
 use zerocopy::IntoBytes;
 
-pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     match ctx.id.call {
         attest_call::ATTEST_SERVICES => attest(svsm, p, ctx, false),
         attest_call::ATTEST_SINGLE_SERVICE => attest(svsm, p, ctx, true),
@@ -40,7 +40,7 @@ pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
 /// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC).
 fn services(svsm: &Svsm) -> CallResult<Vec<(Guid, &[u8])>> {
     let mut all = heap::with_capacity(1)?;
-    all.extend(svsm.vtpm.iter().map(|v| (VTPM_SERVICE_GUID, v.ek_public())));
+    all.extend(svsm.vtpm_ek().map(|ek| (VTPM_SERVICE_GUID, ek)));
     Ok(all)
 }
 
@@ -103,7 +103,7 @@ fn check_range<P: Platform + ?Sized>(p: &P, view: GuestView<'_>, gpa: Gpa, len: 
     }
 }
 
-fn attest<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext, single: bool) -> Reply {
+fn attest<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext, single: bool) -> Reply {
     let mut sizes = None;
     let status = attest_inner(svsm, p, ctx, single, &mut sizes);
     // Sizes go back whatever happened once they are known: Linux grows its buffers from
@@ -117,7 +117,7 @@ fn attest<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext, s
 }
 
 fn attest_inner<P: Platform + ?Sized>(
-    svsm: &mut Svsm,
+    svsm: &Svsm,
     p: &mut P,
     ctx: &CallContext,
     single: bool,
@@ -193,7 +193,10 @@ fn attest_inner<P: Platform + ?Sized>(
     digest.update(&nonce_bytes);
     digest.update(&manifest);
     let report_data: [u8; 64] = digest.finalize().into();
-    let signed = svsm.psp.request_report(p, &report_data).map_err(|e| {
+    // The channel's lock is held for the exchange (one guest request at a time, as the
+    // sequence numbers require), and only by attestation.
+    let answer = svsm.psp.lock().request_report(p, &report_data);
+    let signed = answer.map_err(|e| {
         crate::log!(p, Warn, "attestation: no report from the PSP: {:?}", e);
         match e {
             ChannelError::Unavailable => CallError::AttestationFailed("the PSP channel is closed"),

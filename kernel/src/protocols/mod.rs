@@ -114,7 +114,7 @@ pub fn serves(svsm: &Svsm, served: &ServedProtocol) -> bool {
 }
 
 /// Route a call to its protocol.
-pub fn dispatch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn dispatch<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     match ctx.id.protocol {
         ProtocolId::CORE => core::handle(svsm, p, ctx),
         ProtocolId::ATTEST => attest::handle(svsm, p, ctx),

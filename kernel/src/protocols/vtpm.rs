@@ -18,7 +18,7 @@ use abi::vtpm::{
     REQ_ORDINAL_OFFSET, REQ_SIZE_OFFSET, RESP_DATA_OFFSET, TPM_SEND_COMMAND,
 };
 
-pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     if svsm.vtpm.is_none() {
         return Reply::err(CallError::UnsupportedProtocol);
     }
@@ -41,7 +41,7 @@ fn u32_at(page: &[u8], offset: usize) -> u32 {
 /// (SecurityPkg/Library/Tpm2DeviceLibDTpm/Tpm2Svsm.c) used a static 4096-byte array with
 /// no alignment, and COCONUT accepts it. The buffer is 4096 bytes wherever it starts; every
 /// page it touches must be a parameter page (validated guest RAM, not the SVSM's).
-fn send_command<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext, gpa: Gpa) -> CallResult<()> {
+fn send_command<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext, gpa: Gpa) -> CallResult<()> {
     // The whole buffer is checked writable up front: a response that cannot be delivered
     // must not cost a TPM command (which may change TPM state).
     guest_memory::check_writable(p, ctx.view(&svsm.pages), gpa, BUFFER_SIZE)?;
@@ -58,11 +58,11 @@ fn send_command<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCont
         return Err(CallError::InvalidParameter("TPM command larger than the request page"));
     }
     let command = &page[REQ_COMMAND_OFFSET..REQ_COMMAND_OFFSET + size];
-    let Some(vtpm) = svsm.vtpm.as_mut() else { return Err(CallError::UnsupportedProtocol) };
-    // The response is built in the copy's own buffer, behind its size field: the command
-    // bytes are not needed once the engine has them (it copies them first).
+    let Some(vtpm) = svsm.vtpm.as_ref() else { return Err(CallError::UnsupportedProtocol) };
     let mut out = heap::zeroed(RESP_DATA_OFFSET + MAX_RESPONSE_SIZE)?;
-    let len = vtpm.execute(command, &mut out[RESP_DATA_OFFSET..]);
+    // One command at a time: the vTPM's lock, and nothing else, is held while it runs, so
+    // core calls on other vCPUs go on.
+    let len = vtpm.lock().execute(command, &mut out[RESP_DATA_OFFSET..]);
     // `execute` bounds the response by the buffer (4092 bytes), so the length fits a u32.
     out[..RESP_DATA_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
     guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &out[..RESP_DATA_OFFSET + len])

@@ -90,12 +90,12 @@ impl Budget {
 /// the next-entry index there, and a guest that lost that page would not learn what was
 /// done (`INVALID_ADDRESS`).
 pub fn walk<P, E>(
-    svsm: &mut Svsm,
+    svsm: &Svsm,
     p: &mut P,
     ctx: &CallContext,
     decode: impl Fn(u64) -> CallResult<E>,
     pages: impl Fn(&E) -> PageRange,
-    mut apply: impl FnMut(&mut Svsm, &mut P, &E) -> CallResult<()>,
+    mut apply: impl FnMut(&Svsm, &mut P, &E) -> CallResult<()>,
 ) -> Reply
 where
     P: Platform + ?Sized,

@@ -24,7 +24,7 @@ use zerocopy::IntoBytes;
 
 const LOWER_VMPLS: core::ops::RangeInclusive<u8> = 1..=3;
 
-pub fn deposit<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn deposit<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     let caller = ctx.caller;
     list::walk(
         svsm,
@@ -49,8 +49,11 @@ fn decode(e: DepositEntry) -> CallResult<PageRange> {
         .ok_or(CallError::InvalidParameter("2 MiB deposit entry has bits 20:12 set"))
 }
 
-fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Caller, range: PageRange) -> CallResult<()> {
+fn deposit_range<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, range: PageRange) -> CallResult<()> {
     let caller_vmpl = caller.vmpl;
+    // The entry is one 4 KiB page or one 2 MiB region: its region's lock makes check, act
+    // and record one step against every other vCPU.
+    let _region = svsm.pages.lock(range.start(), range.start());
     svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     if let Some(pfn) = svsm.pages.first_unvalidated(range) {
         return Err(CallError::address(Gpa(pfn << 12), AddressConflict::NotValidated));
@@ -61,7 +64,7 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Calle
     // The records of the deposit are made room for first: once the pages are the
     // SVSM's, recording it cannot fail.
     svsm.pages.reserve_deposited(range).map_err(|_| CallError::OutOfMemory)?;
-    svsm.pool.reserve_deposit(range).map_err(|_| CallError::OutOfMemory)?;
+    svsm.pool.lock().reserve_deposit(range).map_err(|_| CallError::OutOfMemory)?;
     // All or nothing: every page taken so far goes back if a later one cannot be taken.
     let mut taken = RangeUndo::new(p, range.start(), caller_vmpl);
     for page in range.iter() {
@@ -72,7 +75,13 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Calle
     // SVSM can hand them out.
     taken.platform().flush_guest_tlb();
     taken.commit();
-    if !svsm.pages.set_deposited(range, true) || !svsm.pool.add_deposited(range) {
+    let recorded = svsm.pages.set_deposited(range, true) && {
+        let mut pool = svsm.pool.lock();
+        let added = pool.add_deposited(range);
+        svsm.pool_changed(&pool);
+        added
+    };
+    if !recorded {
         crate::log!(p, Error, "deposit at {:#x}: a reserved record was missing", range.start().raw());
     }
     Ok(())
@@ -100,11 +109,22 @@ pub(super) fn grant<P: Platform + ?Sized>(p: &mut P, page: PageAddr, caller_vmpl
     Ok(())
 }
 
-pub fn withdraw<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+/// Deposited pages a withdrawal took but could not hand back go back to the pool.
+fn give_back_to_pool(svsm: &Svsm, pages: &[PageAddr]) {
+    let mut pool = svsm.pool.lock();
+    for page in pages {
+        // A page whose record cannot be made (a full heap) stays out of the pool: the
+        // guest loses a page it gave, the SVSM keeps working.
+        let _ = pool.free(*page, true);
+    }
+    svsm.pool_changed(&pool);
+}
+
+pub fn withdraw<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     withdraw_inner(svsm, p, ctx).into()
 }
 
-fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+fn withdraw_inner<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let gpa = Gpa(ctx.regs.rcx);
     if !gpa.is_aligned(8) {
         return Err(CallError::InvalidParameter("withdraw list gpa is not 8-byte aligned"));
@@ -116,28 +136,32 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
     // Check the header can be written before anything leaves the pool.
     guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &0u16.to_le_bytes())?;
     let room = usize::try_from(room).unwrap_or(0).min(svsm.pages_per_call as usize).max(1);
-    let taken = svsm.pool.take_withdrawable(room);
+    let taken = {
+        let mut pool = svsm.pool.lock();
+        let taken = pool.take_withdrawable(room);
+        svsm.pool_changed(&pool);
+        taken
+    };
     let entries_gpa = Gpa(gpa.0 + LIST_HEADER_SIZE);
     let written = crate::heap::with_capacity(taken.len()).and_then(|mut gpas: Vec<u64>| {
         gpas.extend(taken.iter().map(|pg| pg.raw()));
         guest_memory::write_bytes(p, ctx.view(&svsm.pages), entries_gpa, gpas.as_bytes())
     });
     if let Err(e) = written {
-        for pg in taken {
-            let _ = svsm.pool.free(pg, true);
-        }
+        give_back_to_pool(svsm, &taken);
         return Err(e);
     }
-    // Hand pages back one by one; a page the hardware refuses stays in the pool.
+    // Hand pages back one by one; a page the hardware refuses stays in the pool, and so
+    // do the pages after it.
     let mut returned = 0usize;
-    let mut remaining = taken.into_iter();
-    for page in remaining.by_ref() {
+    for page in taken.iter().copied() {
+        // Each page under its region's lock: nobody else changes it meanwhile.
+        let _region = svsm.pages.lock(page, page);
         // Room to record the page as the guest's again, then zero and hand it back.
         let one = PageRange::new(page, 1).filter(|r| svsm.pages.reserve_deposited(*r).is_ok());
         let handed_back = one.is_some_and(|r| p.zero_pages(r).is_ok()) && grant(p, page, ctx.caller.vmpl).is_ok();
         if !handed_back {
             crate::log!(p, Warn, "withdraw: page {:#x} stays with the SVSM", page.raw());
-            let _ = svsm.pool.free(page, true);
             break;
         }
         if let Some(r) = one {
@@ -145,10 +169,8 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallCo
         }
         returned += 1;
     }
-    for page in remaining {
-        let _ = svsm.pool.free(page, true);
-    }
-    svsm.pool.withdrawn(returned);
+    give_back_to_pool(svsm, taken.get(returned..).unwrap_or(&[]));
+    svsm.pool.lock().withdrawn(returned);
     let count = u16::try_from(returned).unwrap_or(u16::MAX);
     if let Err(e) = guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &count.to_le_bytes()) {
         crate::log!(p, Error, "withdraw: {} pages returned but the list header write failed: {:?}", returned, e);

@@ -19,7 +19,7 @@ use crate::svsm::Svsm;
 use abi::calling_area::CALL_PENDING_NONE;
 use abi::protocol::{ProtocolId, core_call, query_protocol_result};
 
-pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     match ctx.id.call {
         core_call::REMAP_CA => remap_ca(svsm, p, ctx).into(),
         core_call::PVALIDATE => pvalidate::pvalidate(svsm, p, ctx),
@@ -48,7 +48,7 @@ fn query_protocol(svsm: &Svsm, ctx: &CallContext) -> Reply {
 /// Section 6.1: move the calling vCPU's calling area. The request loop clears
 /// CALL_PENDING in the old area; here the new one gets CALL_PENDING = 0 so a spurious
 /// host entry cannot look like a call.
-fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Result<(), CallError> {
+fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Result<(), CallError> {
     let new = Gpa(ctx.regs.rcx);
     if !new.is_aligned(8) {
         return Err(CallError::InvalidParameter("calling area gpa is not 8-byte aligned"));
@@ -67,12 +67,12 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext)
         _ => {}
     }
     p.write(new, &[CALL_PENDING_NONE])?;
-    let Some(v) = svsm.vcpus.get_mut(ctx.vcpu) else {
+    let moved = svsm.vcpus.update(ctx.vcpu, |v| core::mem::replace(&mut v.calling_area, new));
+    let Some(old) = moved else {
         // The caller is registered: the request loop found it. Only an SVSM bug gets here.
         return Err(CallError::InvalidRequest("caller vanished"));
     };
-    let old_page = v.calling_area.page();
-    v.calling_area = new;
+    let old_page = old.page();
     if old_page != page {
         svsm.pages.clear_role(old_page);
         // The old area's room was just freed, so this cannot fail.
@@ -81,7 +81,7 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext)
         }
     }
     if ctx.vcpu == crate::vcpu::VcpuIndex::STARTUP {
-        svsm.mem_flag_written = None;
+        svsm.mem_flag_written.store(crate::svsm::MEM_FLAG_UNKNOWN, core::sync::atomic::Ordering::Release);
     }
     Ok(())
 }

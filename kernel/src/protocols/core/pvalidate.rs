@@ -27,7 +27,7 @@ use abi::hw::rmpadjust::{PERM_ALL, PERM_NONE};
 /// Highest VMPL an RMPADJUST can target.
 const MAX_VMPL: u8 = 3;
 
-pub fn pvalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn pvalidate<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     let caller = ctx.caller;
     let mut invalidated = false;
     let reply = list::walk(
@@ -83,7 +83,11 @@ fn hw(entry: &Entry) -> impl Fn(crate::platform::HwError) -> CallError {
     move |error| CallError::Hardware { gpa, error }
 }
 
-pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
+pub fn apply<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
+    // One 4 KiB page or one 2 MiB region: its region's lock makes check, hardware and
+    // record one step against every other vCPU (two vCPUs validating and invalidating one
+    // page cannot interleave).
+    let _region = svsm.pages.lock(entry.page, entry.page);
     svsm.pages.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     // The validation record makes room before the hardware changes, so the two cannot
     // disagree afterwards (a 4 KiB entry in a 2 MiB run the record held whole needs a leaf).
@@ -100,7 +104,7 @@ pub fn apply<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller: Caller, e
     }
 }
 
-fn validate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+fn validate<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
     let recorded_valid = svsm.pages.any_validated(entry.range);
     let effect = p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))?;
     if effect == PvalidateEffect::Unchanged {
@@ -133,7 +137,7 @@ fn validate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, e
     Ok(())
 }
 
-fn invalidate<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+fn invalidate<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
     // Revoke every lower VMPL first; if PVALIDATE then fails (a size mismatch, say), the
     // page is still valid and everyone gets back what they had.
     let mut undo = Undo::new(p, entry.page, "invalidation");

@@ -67,7 +67,7 @@ struct Request {
     apic_id: u32,
 }
 
-pub fn create_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+pub fn create_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
     let ca = page_param(ctx.regs.rdx, "calling area gpa is not 4 KiB aligned")?;
     // R8 is a 4-byte register parameter: bits 63:32 are not part of it (COCONUT masks
@@ -77,6 +77,10 @@ pub fn create_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallC
         return Err(CallError::address(ca.gpa(), AddressConflict::Vmsa));
     }
     let request = Request { vmsa, ca, apic_id };
+    // The set of vCPUs changes under its lock (no two creations give out one APIC ID or
+    // slot), and the two pages under their regions' locks.
+    let _change = svsm.vcpus.change();
+    let _region = svsm.pages.lock(vmsa, ca);
     match svsm.vcpus.find_by_apic_id(apic_id) {
         None => create_new(svsm, p, ctx, request),
         Some(index) => replace(svsm, p, ctx, request, index),
@@ -88,7 +92,7 @@ fn startup_features<P: Platform + ?Sized>(svsm: &Svsm, p: &P) -> CallResult<u64>
     Ok(p.vmsa_read(startup_vmsa, VmsaField::SevFeatures)?)
 }
 
-fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext, r: Request) -> CallResult<()> {
+fn create_new<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext, r: Request) -> CallResult<()> {
     check_page(svsm, p, ctx.caller, r.vmsa, None)?;
     check_page(svsm, p, ctx.caller, r.ca, None)?;
     if svsm.vcpus.count() >= svsm.max_vcpus {
@@ -99,7 +103,13 @@ fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
         return Err(CallError::OutOfMemory);
     }
     // Reserve the SVSM pages first: a shortfall is answered before anything changes.
-    let svsm_pages = svsm.pool.alloc(VCPU_CONTEXT_PAGES).map_err(|e| match e {
+    let svsm_pages = {
+        let mut pool = svsm.pool.lock();
+        let taken = pool.alloc::<VCPU_CONTEXT_PAGES>();
+        svsm.pool_changed(&pool);
+        taken
+    }
+    .map_err(|e| match e {
         PoolError::Short(pages) => CallError::NeedMemory(pages),
         PoolError::NoRoom => CallError::OutOfMemory,
     })?;
@@ -120,13 +130,13 @@ fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
         creator_vmpl: ctx.caller.vmpl,
         retired: None,
         calling_area: r.ca.gpa(),
-        svsm_pages,
+        svsm_pages: Some(svsm_pages),
     };
     let index = match svsm.vcpus.insert(vcpu) {
         Ok(index) => index,
-        Err(refused) => {
+        Err(_) => {
             drop(made);
-            free_pages(svsm, &refused.svsm_pages);
+            free_pages(svsm, &svsm_pages);
             return Err(CallError::InvalidRequest("vCPU registry full"));
         }
     };
@@ -136,8 +146,7 @@ fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
     }
     record_role(svsm, p, r.vmsa, PageRole::Vmsa(index));
     record_role(svsm, p, r.ca, PageRole::CallingArea(index));
-    let pages = svsm.vcpus.get(index).map_or(&[][..], |v| &v.svsm_pages[..]);
-    p.vcpu_created(index, r.vmsa, r.apic_id, pages);
+    p.vcpu_created(index, r.vmsa, r.apic_id, &svsm_pages);
     crate::log!(p, Info, "vCPU {} created: APIC ID {}, VMSA {:#x}", index.0, r.apic_id, r.vmsa.raw());
     Ok(())
 }
@@ -146,7 +155,7 @@ fn create_new<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
 /// the old one. Nothing changes if any step fails before the old VMSA is stopped; once it
 /// is, the replacement completes.
 fn replace<P: Platform + ?Sized>(
-    svsm: &mut Svsm,
+    svsm: &Svsm,
     p: &mut P,
     ctx: &CallContext,
     r: Request,
@@ -159,7 +168,7 @@ fn replace<P: Platform + ?Sized>(
         return Err(CallError::InvalidParameter("a vCPU cannot replace itself"));
     }
     let old = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
-    may_remove(ctx.caller, old)?;
+    may_remove(ctx.caller, &old)?;
     // What the replacement needs of the old vCPU (copied: no allocation).
     let (old_vmsa, old_ca, old_creator) = (old.vmsa, old.calling_area, old.creator_vmpl);
     if old.retired.is_some() {
@@ -177,15 +186,14 @@ fn replace<P: Platform + ?Sized>(
     stop(made.platform(), old_vmsa)?;
     made.commit();
     p.vcpu_deleted(index);
-    let Some(v) = svsm.vcpus.get_mut(index) else {
-        // Looked up above under the same borrow of the SVSM: only an SVSM bug gets here.
-        return Err(CallError::InvalidRequest("vCPU vanished"));
-    };
-    v.vmsa = r.vmsa;
-    v.vmpl = vmpl;
-    v.creator_vmpl = ctx.caller.vmpl;
-    v.retired = Some(Retired { vmsa: old_vmsa, creator_vmpl: old_creator });
-    v.calling_area = r.ca.gpa();
+    // Under the change lock nobody else removes the vCPU: it is there.
+    svsm.vcpus.update(index, |v| {
+        v.vmsa = r.vmsa;
+        v.vmpl = vmpl;
+        v.creator_vmpl = ctx.caller.vmpl;
+        v.retired = Some(Retired { vmsa: old_vmsa, creator_vmpl: old_creator });
+        v.calling_area = r.ca.gpa();
+    });
     // The old VMSA keeps its role (the guest cannot use it) until DELETE_VCPU.
     record_role(svsm, p, r.vmsa, PageRole::Vmsa(index));
     if old_ca.page() != r.ca {
@@ -195,8 +203,7 @@ fn replace<P: Platform + ?Sized>(
     if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);
     }
-    let pages = svsm.vcpus.get(index).map_or(&[][..], |v| &v.svsm_pages[..]);
-    p.vcpu_created(index, r.vmsa, r.apic_id, pages);
+    p.vcpu_created(index, r.vmsa, r.apic_id, old.context_pages());
     crate::log!(
         p,
         Info,
@@ -267,20 +274,22 @@ fn check_vmsa<P: Platform + ?Sized>(p: &P, vmsa: PageAddr, caller_vmpl: u8, star
 /// Record a role the call checked room for (`role_room`): it cannot fail; if it did, the
 /// SVSM's bookkeeping is wrong, which is logged and leaves the page unprotected by the
 /// role checks but still out of the guest's hands in the RMP.
-fn record_role<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, page: PageAddr, role: PageRole) {
+fn record_role<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, page: PageAddr, role: PageRole) {
     if svsm.pages.set_role(page, role).is_err() {
         crate::log!(p, Error, "no room to record {:?} at {:#x}", role, page.raw());
     }
 }
 
 /// SVSM pages of a vCPU that is gone (or was not made) go back to the pool.
-fn free_pages(svsm: &mut Svsm, pages: &[PageAddr]) {
+fn free_pages(svsm: &Svsm, pages: &[PageAddr]) {
+    let mut pool = svsm.pool.lock();
     for page in pages {
         let deposited = svsm.pages.is_deposited(*page);
         // A deposited page whose record cannot be made stays out of the pool: the guest
         // loses a page it gave, the SVSM keeps working.
-        let _ = svsm.pool.free(*page, deposited);
+        let _ = pool.free(*page, deposited);
     }
+    svsm.pool_changed(&pool);
 }
 
 /// A caller may delete or replace only a vCPU that runs at its own VMPL or a less
@@ -303,14 +312,16 @@ fn stop<P: Platform + ?Sized>(p: &mut P, vmsa: PageAddr) -> CallResult<()> {
 
 /// Hand a VMSA page that no vCPU runs on back to the VMPL that gave it (clearing its VMSA
 /// flag).
-fn release<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, vmsa: PageAddr, creator_vmpl: u8) -> CallResult<()> {
+fn release<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, vmsa: PageAddr, creator_vmpl: u8) -> CallResult<()> {
     grant(p, vmsa, creator_vmpl).map_err(|error| CallError::Hardware { gpa: vmsa.gpa(), error })?;
     svsm.pages.clear_role(vmsa);
     Ok(())
 }
 
-pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
+    let _change = svsm.vcpus.change();
+    let _region = svsm.pages.lock(vmsa, vmsa);
     if let Some(index) = svsm.vcpus.find_by_retired(vmsa) {
         return delete_retired(svsm, p, ctx, index, vmsa);
     }
@@ -322,7 +333,7 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallC
         return Err(CallError::InvalidParameter("a vCPU cannot delete itself"));
     }
     let vcpu = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
-    may_remove(ctx.caller, vcpu)?;
+    may_remove(ctx.caller, &vcpu)?;
     stop(p, vmsa)?;
     // Clear the VMSA flag (RMPADJUST with VMSA = 0) and give the page back.
     let creator = vcpu.creator_vmpl;
@@ -338,7 +349,7 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallC
     {
         crate::log!(p, Error, "retired VMSA {:#x} stays with the SVSM: {:?}", retired.vmsa.raw(), e);
     }
-    free_pages(svsm, &gone.svsm_pages);
+    free_pages(svsm, gone.context_pages());
     p.vcpu_deleted(index);
     crate::log!(p, Info, "vCPU {} deleted", index.0);
     Ok(())
@@ -346,19 +357,17 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallC
 
 /// DELETE_VCPU of a VMSA a replacement retired: it no longer runs, so it only goes back.
 fn delete_retired<P: Platform + ?Sized>(
-    svsm: &mut Svsm,
+    svsm: &Svsm,
     p: &mut P,
     ctx: &CallContext,
     index: VcpuIndex,
     vmsa: PageAddr,
 ) -> CallResult<()> {
     let vcpu = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
-    may_remove(ctx.caller, vcpu)?;
+    may_remove(ctx.caller, &vcpu)?;
     let creator = vcpu.retired.map_or(vcpu.creator_vmpl, |r| r.creator_vmpl);
     release(svsm, p, vmsa, creator)?;
-    if let Some(v) = svsm.vcpus.get_mut(index) {
-        v.retired = None;
-    }
+    svsm.vcpus.update(index, |v| v.retired = None);
     crate::log!(p, Info, "retired VMSA {:#x} of vCPU {} deleted", vmsa.raw(), index.0);
     Ok(())
 }

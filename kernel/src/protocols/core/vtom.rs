@@ -15,7 +15,7 @@ use abi::core_protocol::vtom;
 use abi::hw::sev_features;
 use abi::vmsa::VmsaField;
 
-pub fn configure_vtom<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn configure_vtom<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     let rcx = ctx.regs.rcx;
     if rcx & vtom::QUERY != 0 {
         return query(p, rcx);
@@ -36,7 +36,7 @@ fn query<P: Platform + ?Sized>(p: &P, rcx: u64) -> Reply {
     }
 }
 
-fn configure<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+fn configure<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let rcx = ctx.regs.rcx;
     if rcx & vtom::CONFIGURE_RESERVED != 0 {
         return Err(CallError::InvalidParameter("vTOM configure sets bits 11:5"));

@@ -16,6 +16,7 @@ use crate::svsm::Svsm;
 use abi::ocp::{BATCH_MAX, ENTRY_SIZE, NAME_OFFSET, flags, typed};
 use abi::protocol::ocp_call;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 use sources::{Setting, SourceKind};
 
 /// Log bytes copied per step (the SVSM never holds a whole large read at once).
@@ -23,7 +24,7 @@ const LOG_CHUNK: usize = 4096;
 /// The most a setting accepts in one write.
 const SETTING_MAX: usize = 64;
 
-pub fn handle<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     match ctx.id.call {
         ocp_call::LIST => list(svsm, p, ctx),
         ocp_call::READ => read(svsm, p, ctx),
@@ -61,7 +62,7 @@ fn buffer<P: Platform + ?Sized>(svsm: &Svsm, p: &P, ctx: &CallContext, asked: u6
     Ok(gpa)
 }
 
-fn list<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+fn list<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     let mut run = || -> CallResult<u64> {
         let first = u32_reg(ctx.regs.rcx, "first index has bits above 31")?;
         let max = u32_reg(ctx.regs.r8, "entry count has bits above 31")?;
@@ -94,7 +95,7 @@ fn list<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> 
     }
 }
 
-fn read<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> Reply {
+fn read<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     let mut run = || -> CallResult<u64> {
         let index = u32_reg(ctx.regs.rcx, "source index has bits above 31")?;
         let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
@@ -149,7 +150,7 @@ fn read_log<P: Platform + ?Sized>(
     Ok(done as u64)
 }
 
-fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<u64> {
+fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<u64> {
     let index = u32_reg(ctx.regs.rcx, "source index has bits above 31")?;
     let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
     let SourceKind::Setting(setting) = source.kind else {
@@ -175,7 +176,8 @@ fn write<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) ->
             p.set_log_level(level);
         }
     }
-    if let Some(ring) = svsm.ocp.notify.as_mut()
+    let mut ring = svsm.ocp.notify.lock();
+    if let Some(ring) = ring.as_mut()
         && !ring.written.contains(&index)
     {
         ring.written.try_reserve(1).map_err(|_| CallError::OutOfMemory)?;
@@ -202,7 +204,7 @@ fn read_register<P: Platform + ?Sized>(svsm: &Svsm, p: &P, ctx: &CallContext) ->
 
 /// Several register-sized sources in one snapshot: all are read before any is written,
 /// and nothing is written if one of them cannot be read.
-fn read_batch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+fn read_batch<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let count = u32_reg(ctx.regs.r8, "count has bits above 31")? as usize;
     if count == 0 || count > BATCH_MAX {
         return Err(CallError::InvalidParameter("a batch reads 1 to 512 sources"));
@@ -223,9 +225,10 @@ fn read_batch<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContex
 }
 
 /// NOTIFY: start (RCX = a page of the guest's) or stop (RCX = 0) change events.
-fn notify<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+fn notify<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     if ctx.regs.rcx == 0 {
-        svsm.ocp.notify = None;
+        *svsm.ocp.notify.lock() = None;
+        svsm.ocp.notify_active.store(false, Ordering::Release);
         return Ok(());
     }
     let gpa = Gpa(ctx.regs.rcx);
@@ -242,7 +245,7 @@ fn notify<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -
     }
     ctx.caller.check(p, page, crate::caller::Access::Write)?;
     guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &[0u8; abi::ocp::ring::SLOTS_OFFSET])?;
-    svsm.ocp.notify = Some(sources::NotifyRing {
+    *svsm.ocp.notify.lock() = Some(sources::NotifyRing {
         gpa,
         caller: ctx.caller,
         head: 0,
@@ -250,15 +253,21 @@ fn notify<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P, ctx: &CallContext) -
         log_seen: p.log_written(),
         written: Vec::new(),
     });
+    svsm.ocp.notify_active.store(true, Ordering::Release);
     Ok(())
 }
 
 /// At the end of every call the SVSM serves: announce what changed (the log grew, a
 /// setting was written) on the guest's ring. A ring the guest made unusable (page given
 /// back, invalidated) is dropped.
-pub fn post_events<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P) {
+pub fn post_events<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) {
     use abi::ocp::ring;
-    let Some(mut r) = svsm.ocp.notify.take() else { return };
+    // The common case, no ring: one atomic load, no lock.
+    if !svsm.ocp.notify_active.load(Ordering::Acquire) {
+        return;
+    }
+    let mut slot = svsm.ocp.notify.lock();
+    let Some(mut r) = slot.take() else { return };
     let mut events = core::mem::take(&mut r.written);
     let written = p.log_written();
     if written != r.log_seen && events.try_reserve(1).is_ok() {
@@ -267,7 +276,7 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P) {
         events.insert(0, 0);
     }
     if events.is_empty() {
-        svsm.ocp.notify = Some(r);
+        *slot = Some(r);
         return;
     }
     // Still a page the guest owns outright: it may have made it a calling area or a
@@ -294,8 +303,9 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &mut Svsm, p: &mut P) {
     if ok {
         events.clear();
         r.written = events;
-        svsm.ocp.notify = Some(r);
+        *slot = Some(r);
     } else {
+        svsm.ocp.notify_active.store(false, Ordering::Release);
         crate::log!(p, Warn, "ocp: the change-event ring at {:#x} is no longer usable; events stopped", r.gpa.0);
     }
 }

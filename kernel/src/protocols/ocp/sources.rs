@@ -75,8 +75,11 @@ pub enum RegisterError {
 #[derive(Debug, Default)]
 pub struct Sources {
     list: Vec<Source>,
-    /// Where change events go (version 2 NOTIFY), if the guest asked for them.
-    pub(crate) notify: Option<NotifyRing>,
+    /// Where change events go (version 2 NOTIFY), if the guest asked for them. Its own
+    /// lock: every vCPU may post events.
+    pub(crate) notify: spin::Mutex<Option<NotifyRing>>,
+    /// A ring is set up: read at the end of every call without the lock.
+    pub(crate) notify_active: core::sync::atomic::AtomicBool,
 }
 
 /// The SVSM's side of a change-event ring.
@@ -105,16 +108,16 @@ impl Sources {
             ("build.version", SourceKind::Text(env!("CARGO_PKG_VERSION")), NONE),
             ("build.git", SourceKind::Text(git), NONE),
             ("build.platform", SourceKind::Text(platform), NONE),
-            ("memory.svsm_pages_total", SourceKind::Value(|s| s.pool.stats().reserve_total), 0),
-            ("memory.svsm_pages_free", SourceKind::Value(|s| s.pool.stats().reserve_free), 0),
-            ("memory.deposited_pages", SourceKind::Value(|s| s.pool.stats().deposited_total), 0),
-            ("memory.deposited_pages_free", SourceKind::Value(|s| s.pool.stats().deposited_free), 0),
-            ("calls.core", SourceKind::Counter(|s| s.stats.per_protocol[0].calls), 0),
-            ("errors.core", SourceKind::Counter(|s| s.stats.per_protocol[0].errors), 0),
-            ("calls.attestation", SourceKind::Counter(|s| s.stats.per_protocol[1].calls), 1),
-            ("errors.attestation", SourceKind::Counter(|s| s.stats.per_protocol[1].errors), 1),
-            ("calls.ocp", SourceKind::Counter(|s| s.stats.per_protocol[5].calls), 5),
-            ("errors.ocp", SourceKind::Counter(|s| s.stats.per_protocol[5].errors), 5),
+            ("memory.svsm_pages_total", SourceKind::Value(|s| s.pool.lock().stats().reserve_total), 0),
+            ("memory.svsm_pages_free", SourceKind::Value(|s| s.pool.lock().stats().reserve_free), 0),
+            ("memory.deposited_pages", SourceKind::Value(|s| s.pool.lock().stats().deposited_total), 0),
+            ("memory.deposited_pages_free", SourceKind::Value(|s| s.pool.lock().stats().deposited_free), 0),
+            ("calls.core", SourceKind::Counter(|s| s.stats.calls(0)), 0),
+            ("errors.core", SourceKind::Counter(|s| s.stats.errors(0)), 0),
+            ("calls.attestation", SourceKind::Counter(|s| s.stats.calls(1)), 1),
+            ("errors.attestation", SourceKind::Counter(|s| s.stats.errors(1)), 1),
+            ("calls.ocp", SourceKind::Counter(|s| s.stats.calls(5)), 5),
+            ("errors.ocp", SourceKind::Counter(|s| s.stats.errors(5)), 5),
         ];
         let mut s = Self::default();
         for (name, kind, protocol) in builtin {
