@@ -178,6 +178,39 @@ impl PageBitmap {
         Ok(())
     }
 
+    /// [`Self::reserve`] and [`Self::any`] in one pass (one lock per region): whether some
+    /// bit of `range` is set now, with room made for changing them.
+    pub fn reserve_and_any(&self, range: PageRange) -> Result<bool, NoRoom> {
+        let mut any = false;
+        for (region, from, to) in self.regions_of(range) {
+            let whole = from == 0 && to == REGION_PAGES;
+            let state = self.state(region);
+            if state != RegionState::Mixed && whole {
+                any |= state == RegionState::Set;
+                continue;
+            }
+            let mut leaves = self.stripe(region);
+            let at = leaves.binary_search_by_key(&region, |(r, _)| *r);
+            match (at, self.state(region)) {
+                (Ok(i), RegionState::Mixed) => {
+                    let leaf = leaves.get(i).map(|(_, l)| *l).unwrap_or_default();
+                    any |= (from..to).any(|bit| leaf[(bit / 64) as usize] & (1 << (bit % 64)) != 0);
+                }
+                (_, state) => {
+                    any |= state == RegionState::Set;
+                    if !whole {
+                        let fill = if state == RegionState::Set { u64::MAX } else { 0 };
+                        let i = at.unwrap_or_else(|i| i);
+                        leaves.try_reserve(1).map_err(|_| NoRoom)?;
+                        leaves.insert(i, (region, [fill; WORDS_PER_LEAF]));
+                        self.set_state(region, RegionState::Mixed);
+                    }
+                }
+            }
+        }
+        Ok(any)
+    }
+
     /// Set or clear every bit of `range` (bits beyond the bitmap are ignored). A region
     /// the range covers in part must have been [reserved](Self::reserve); one that was not
     /// is left as it was and the call returns `false` (an SVSM bug, which callers log).
@@ -194,24 +227,31 @@ impl PageBitmap {
                 continue;
             };
             let Some((_, leaf)) = leaves.get_mut(i) else { continue };
-            let (mut added, mut removed) = (0u64, 0u64);
-            for (w, word) in leaf.iter_mut().enumerate() {
-                let (lo, hi) = ((w as u64) * 64, (w as u64) * 64 + 64);
+            // Only the words the range touches; a region can only have become uniform if
+            // one of them became all ones or all zeros.
+            let (mut added, mut removed, mut edge) = (0u64, 0u64, false);
+            for w in (from / 64)..to.div_ceil(64) {
+                let Some(word) = leaf.get_mut(w as usize) else { continue };
+                let (lo, hi) = (w * 64, w * 64 + 64);
                 let (a, b) = (from.max(lo), to.min(hi));
-                if a >= b {
-                    continue;
-                }
                 let mask = (u64::MAX >> (64 - (b - a))) << (a - lo);
-                let before = u64::from(word.count_ones());
-                *word = if value { *word | mask } else { *word & !mask };
-                let after = u64::from(word.count_ones());
-                added += after.saturating_sub(before);
-                removed += before.saturating_sub(after);
+                let before = *word;
+                *word = if value { before | mask } else { before & !mask };
+                let changed = u64::from((before ^ *word).count_ones());
+                if value {
+                    added += changed
+                } else {
+                    removed += changed
+                }
+                edge |= *word == 0 || *word == u64::MAX;
             }
-            self.ones.fetch_add(added, Ordering::AcqRel);
-            self.ones.fetch_sub(removed, Ordering::AcqRel);
+            if added != removed {
+                self.ones.fetch_add(added.wrapping_sub(removed), Ordering::AcqRel);
+            }
             // A leaf that became uniform goes.
-            let uniform = if leaf.iter().all(|w| *w == u64::MAX) {
+            let uniform = if !edge {
+                None
+            } else if leaf.iter().all(|w| *w == u64::MAX) {
                 Some(RegionState::Set)
             } else if leaf.iter().all(|w| *w == 0) {
                 Some(RegionState::Clear)
@@ -239,8 +279,8 @@ impl PageBitmap {
             },
         };
         let after = if value { REGION_PAGES } else { 0 };
-        self.ones.fetch_add(after, Ordering::AcqRel);
-        self.ones.fetch_sub(before, Ordering::AcqRel);
+        // One atomic add of the (wrapping) difference.
+        self.ones.fetch_add(after.wrapping_sub(before), Ordering::AcqRel);
         self.set_state(region, if value { RegionState::Set } else { RegionState::Clear });
     }
 
@@ -353,6 +393,20 @@ mod tests {
         set(&b, range(600, 1), true);
         assert_eq!(b.mixed_regions(), 0, "a region set whole again keeps no leaf");
         assert_eq!(b.count(), 1024);
+    }
+
+    #[test]
+    fn reserve_and_any_answers_like_any_and_makes_room_like_reserve() {
+        let b = PageBitmap::new(2048).unwrap();
+        assert!(b.set(range(512, 512), true));
+        assert!(b.reserve_and_any(range(600, 1)).unwrap(), "inside a set region");
+        assert!(b.set(range(600, 1), false), "reserved by reserve_and_any");
+        assert!(!b.reserve_and_any(range(600, 1)).unwrap());
+        assert!(b.reserve_and_any(range(500, 20)).unwrap(), "across a clear and a set region");
+        assert!(b.set(range(500, 20), false));
+        assert!(!b.reserve_and_any(range(0, 10)).unwrap());
+        assert!(b.set(range(0, 10), true));
+        assert_eq!(b.count(), 512 - 1 - 8 + 10);
     }
 
     #[test]

@@ -306,6 +306,12 @@ impl PageTracker {
         self.first_unvalidated(range).is_none()
     }
 
+    /// Before a PVALIDATE of `range`: whether some page of it is recorded validated, with
+    /// room made so the record of the outcome cannot fail.
+    pub fn prepare_validation(&self, range: PageRange) -> Result<bool, NoRoom> {
+        self.validated.reserve_and_any(range)
+    }
+
     /// Make sure recording a validation change of `range` cannot fail (called before the
     /// hardware changes, so record and hardware never disagree).
     pub fn reserve_validated(&self, range: PageRange) -> Result<(), NoRoom> {

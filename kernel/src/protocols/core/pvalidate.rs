@@ -91,12 +91,12 @@ pub fn apply<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, entry
     svsm.pages.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     // The validation record makes room before the hardware changes, so the two cannot
     // disagree afterwards (a 4 KiB entry in a 2 MiB run the record held whole needs a leaf).
-    svsm.pages.reserve_validated(entry.range).map_err(|_| CallError::OutOfMemory)?;
+    let recorded_valid = svsm.pages.prepare_validation(entry.range).map_err(|_| CallError::OutOfMemory)?;
     if entry.validate {
         // A page that is not validated belongs to no VMPL yet, so any caller may validate
         // it (and gets access with every more privileged VMPL). A validated one only
         // answers "no change" and is not touched.
-        validate(svsm, p, caller.vmpl, entry)
+        validate(svsm, p, caller.vmpl, entry, recorded_valid)
     } else {
         // Invalidating destroys the contents: only for a caller that could write them.
         caller.check(p, entry.range, Access::Write)?;
@@ -104,8 +104,13 @@ pub fn apply<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, entry
     }
 }
 
-fn validate<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
-    let recorded_valid = svsm.pages.any_validated(entry.range);
+fn validate<P: Platform + ?Sized>(
+    svsm: &Svsm,
+    p: &mut P,
+    caller_vmpl: u8,
+    entry: &Entry,
+    recorded_valid: bool,
+) -> CallResult<()> {
     let effect = p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))?;
     if effect == PvalidateEffect::Unchanged {
         // Possibly validated before the SVSM knew (at launch): the hardware is right.
