@@ -14,8 +14,8 @@ commands:
                                      the model's platform and with the snp platform; --json and
                                      --filter go to `bulwark conformance`), then the SVSM booted
                                      under QEMU serving the test guest (`boot`)
-  test                               everything CI runs: fmt, clippy, the bare-metal kernel build
-                                     and lints, five QEMU boots of the SVSM image (`boot` plain,
+  test                               everything CI runs: fmt, clippy (also of the verifier-only
+                                     bulwark), the bare-metal kernel build and lints, five QEMU boots of the SVSM image (`boot` plain,
                                      with --crash ud, --crash panic --console log, --gdb-check and
                                      --agent-check), a fuzz smoke run (60 s of dispatcher, 20 s of
                                      evidence; set BULWARK_SKIP_FUZZ=1 to skip it), and all tests
