@@ -15,10 +15,11 @@ commands:
                                      --filter go to `bulwark conformance`), then the SVSM booted
                                      under QEMU serving the test guest (`boot`)
   test                               everything CI runs: fmt, clippy (also of the verifier-only
-                                     bulwark), the bare-metal kernel build and lints, five QEMU boots of the SVSM image (`boot` plain,
-                                     with --crash ud, --crash panic --console log, --gdb-check and
-                                     --agent-check), a fuzz smoke run (60 s of dispatcher, 20 s of
-                                     evidence; set BULWARK_SKIP_FUZZ=1 to skip it), and all tests
+                                     bulwark), the bare-metal kernel build and lints, five QEMU
+                                     boots of the SVSM image (`boot` plain, with --crash ud,
+                                     --crash panic --console log, --gdb-check and --agent-check),
+                                     a fuzz smoke run (60 s of dispatcher, 20 s of evidence; set
+                                     BULWARK_SKIP_FUZZ=1 to skip it), and all tests
   fuzz [--seconds N] [--target NAME]
                                      fuzz NAME (dispatcher, the default, or evidence) for N seconds
                                      (default: 600); needs the nightly toolchain, installs
