@@ -1,6 +1,6 @@
 //! Building signed reports and whole evidence for tests of the verifier.
 //!
-//! The SVSM's own report generator lives in the no_std `psp` crate; this one is a
+//! The SVSM's own report generator lives in the no_std `softpsp` crate; this one is a
 //! host-side stand-in with the same layout (SNP firmware ABI ATTESTATION_REPORT,
 //! `abi::attest::report`), so verifier tests need no SVSM. Everything here panics
 //! freely on misuse: it is test infrastructure.
@@ -128,11 +128,11 @@ pub fn layout_report(fields: &ReportFields, report_data: &[u8; 64]) -> [u8; REPO
     r
 }
 
-/// Sign bytes `0..0x2A0` of `report` in place, as the SVSM's PSP does (`psp::report`):
+/// Sign bytes `0..0x2A0` of `report` in place, as the software PSP does (`softpsp::report`):
 /// R and S little-endian in their 72-byte fields, everything after them zero.
 pub fn sign_in_place(report: &mut [u8; REPORT_SIZE], key: &SigningKey) {
     report[off::SIGNED_LEN..].fill(0);
-    psp::report::sign(report, key).expect("a valid key signs");
+    softpsp::report::sign(report, key).expect("a valid key signs");
 }
 
 /// A signed report: [`layout_report`] then [`sign_in_place`].

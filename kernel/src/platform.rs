@@ -137,7 +137,7 @@ pub trait Platform {
 
     /// Hand one SNP guest message (already encrypted under VMPCK0) to the PSP and wait for
     /// its answer. On SNP this is the host's guest-request exit; platforms without AMD's
-    /// PSP run a software one (`bulwark-psp`). The platform never sees the key.
+    /// PSP run a software one (`bulwark-softpsp`). The platform never sees the key.
     fn guest_request(&mut self, _request: &[u8; 4096], _response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
         Err(GuestRequestError::Unavailable)
     }

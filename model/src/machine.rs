@@ -60,7 +60,7 @@ pub struct Machine {
     pub violations: RefCell<Vec<String>>,
     race: RefCell<Option<Race>>,
     /// The PSP model (firmware side of guest requests), once the launch set it up.
-    pub psp: Option<psp::SoftPsp>,
+    pub psp: Option<softpsp::SoftPsp>,
     /// The certificate table the host hands out with reports (extended guest request).
     pub certificates: Vec<u8>,
     /// The next guest request goes wrong this way.

@@ -1,12 +1,12 @@
-//! The model's PSP: the software firmware of `bulwark-psp` with the identity of a made-up
+//! The model's PSP: the software firmware of `bulwark-softpsp` with the identity of a made-up
 //! Genoa part, and the certificate chain that lets a verifier check its reports.
 //!
 //! Nothing here is rooted in AMD hardware: the chip ID says so in ASCII, and so do the
 //! certificates' names.
 
 use p384::ecdsa::SigningKey;
-use psp::SoftPsp;
-use psp::report::Identity;
+use softpsp::SoftPsp;
+use softpsp::report::Identity;
 
 /// CHIP_ID of the model's reports: non-zero (verifiers need that) and self-describing.
 pub const CHIP_ID: [u8; 64] = abi::attest::chip_id_tag(b"BULWARK-MODEL-PSP (NOT AMD HARDWARE)");

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 fn bulwark(args: &[&str]) -> Result<String, String> {
-    let exe = super::target_dir()?.join("debug/bulwark");
+    let exe = crate::shell::target_dir()?.join("debug/bulwark");
     let out = Command::new(&exe).args(args).output().map_err(|e| format!("{}: {e}", exe.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {

@@ -1,11 +1,12 @@
-//! Booting the bare-metal SVSM under QEMU: install QEMU if needed, build the image, boot
-//! it headless with a time limit, stream its serial console labelled, and judge the run
-//! by QEMU's debug-exit status (3 = the SVSM reported success). A hang, a triple fault
-//! (QEMU exits 0 with `-no-reboot`) or a failure report all fail.
+//! Booting the bare-metal SVSM under QEMU (the images are built by `image.rs`, QEMU
+//! installed by `prereqs.rs`): boot it headless with a time limit, stream its serial
+//! console labelled, and judge the run by QEMU's debug-exit status (3 = the SVSM reported
+//! success). A hang, a triple fault (QEMU exits 0 with `-no-reboot`) or a failure report
+//! all fail.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,9 @@ pub struct Boot {
     pub outcome: Outcome,
 }
 
-/// Boot `image` under QEMU for at most `limit`; each serial line is echoed as `svsm | ...`.
-/// What to boot: the SVSM image, optionally a guest (a PVH boot module whose COM2 output
-/// is streamed as `guest | ...`), and a kernel command line.
+/// What to boot, for at most `limit`: the SVSM image (its serial lines echoed as
+/// `svsm | ...`), optionally a guest (a PVH boot module whose COM2 output is streamed as
+/// `guest | ...`), and a kernel command line.
 pub struct Run<'a> {
     pub svsm: &'a Path,
     pub guest: Option<&'a Path>,
@@ -88,70 +89,20 @@ impl GuestConsole {
     }
 }
 
+/// Boot `run` under QEMU; returns what it printed and how it ended, or why it failed.
 pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let started = Instant::now();
     let guest_log = run.svsm.with_file_name("guest-serial.log");
     let _ = std::fs::remove_file(&guest_log);
-    let mut command = Command::new("qemu-system-x86_64");
-    if let Some(guest) = run.guest {
-        command.arg("-initrd").arg(guest);
-    }
-    for (name, path) in &run.fw_cfg {
-        command.arg("-fw_cfg").arg(format!("name={name},file={}", path.display()));
-    }
-    if run.debug == Debug::Qemu {
-        command.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
-    }
-    let mut console = GuestConsole { path: guest_log.clone(), seen: 0, partial: String::new() };
-    let mut child = command
-        .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", "512M", "-smp", &run.smp.to_string()])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", guest_log.display()))
-        .args(match (run.debug, run.agent) {
-            // The third serial port is the SVSM's COM3 (its GDB stub), the fourth the
-            // guest's COM4 (the host agent): COM3 must exist for COM4 to.
-            (Debug::Svsm { port }, _) => {
-                vec!["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")]
-            }
-            (_, Some(_)) => vec!["-serial".to_string(), "null".to_string()],
-            _ => vec![],
-        })
-        .args(
-            run.agent
-                .map(|port| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")])
-                .into_iter()
-                .flatten(),
-        )
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-kernel")
-        .arg(run.svsm)
-        .args(run.append.map(|a| ["-append", a]).into_iter().flatten())
+    let mut child = command(run, &guest_log)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not start qemu-system-x86_64: {e}"))?;
-
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let stderr = child.stderr.take().ok_or("no QEMU stderr")?;
-    let errors = std::thread::spawn(move || {
-        // TCG warns about CPU features it does not emulate; keep only other messages.
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| !l.contains("TCG doesn't support requested feature"))
-            .collect::<Vec<_>>()
-    });
-
+    let lines = stdout_lines(child.stdout.take().ok_or("no QEMU stdout")?);
+    let errors = stderr_messages(child.stderr.take().ok_or("no QEMU stderr")?);
+    let mut console = GuestConsole { path: guest_log, seen: 0, partial: String::new() };
     let mut boot = Boot {
         lines: Vec::new(),
         guest_lines: Vec::new(),
@@ -159,35 +110,9 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
         total: Duration::ZERO,
         outcome: Outcome::Success,
     };
-    let status = loop {
-        while let Ok(line) = rx.try_recv() {
-            record(&mut boot, line, started);
-            if let Some(last) = boot.lines.last() {
-                for (_, tell) in run.notify.iter().filter(|(p, _)| last.starts_with(p)) {
-                    let _ = tell.send(());
-                }
-            }
-        }
-        let seen = boot.guest_lines.len();
-        console.poll(&mut boot);
-        for (prefix, tell) in &run.notify {
-            if boot.guest_lines[seen..].iter().any(|l| l.starts_with(prefix)) {
-                let _ = tell.send(());
-            }
-        }
-        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
-            break status;
-        }
-        if started.elapsed() > run.limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            console.poll(&mut boot);
-            return Err(format!("the run did not finish within {} s (hang)", run.limit.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = watch(run, &mut child, &lines, &mut console, &mut boot, started)?;
     // The reader thread ends when QEMU's stdout closes; drain what is left.
-    for line in rx.iter() {
+    for line in lines.iter() {
         record(&mut boot, line, started);
     }
     console.poll(&mut boot);
@@ -200,6 +125,105 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
         Some(EXIT_FAILURE) => Ok(Boot { outcome: Outcome::FailureReported, ..boot }),
         Some(0) => Err("QEMU exited with 0: the SVSM triple-faulted or reset".into()),
         other => Err(format!("QEMU exited with {other:?}")),
+    }
+}
+
+/// QEMU's command line: the machine, the SVSM as its kernel, the guest as its initrd,
+/// four serial ports (the SVSM's console on stdout, the guest's COM2 in a file, COM3 for
+/// the SVSM's GDB stub, COM4 for the guest's host agent) and the debug-exit device.
+fn command(run: &Run<'_>, guest_log: &Path) -> Command {
+    let mut command = Command::new("qemu-system-x86_64");
+    if let Some(guest) = run.guest {
+        command.arg("-initrd").arg(guest);
+    }
+    for (name, path) in &run.fw_cfg {
+        command.arg("-fw_cfg").arg(format!("name={name},file={}", path.display()));
+    }
+    if run.debug == Debug::Qemu {
+        command.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
+    }
+    let tcp = |port: u16| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")];
+    command
+        .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", "512M", "-smp", &run.smp.to_string()])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", guest_log.display()))
+        .args(match (run.debug, run.agent) {
+            // The third serial port is the SVSM's COM3 (its GDB stub), the fourth the
+            // guest's COM4 (the host agent): COM3 must exist for COM4 to.
+            (Debug::Svsm { port }, _) => tcp(port).to_vec(),
+            (_, Some(_)) => vec!["-serial".to_string(), "null".to_string()],
+            _ => vec![],
+        })
+        .args(run.agent.map(tcp).into_iter().flatten())
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-kernel")
+        .arg(run.svsm)
+        .args(run.append.map(|a| ["-append", a]).into_iter().flatten());
+    command
+}
+
+/// QEMU's stdout (the SVSM's console), line by line, from a reader thread.
+fn stdout_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// QEMU's own messages, once it exits. TCG warns about CPU features it does not emulate;
+/// only other messages are kept.
+fn stderr_messages(stderr: ChildStderr) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.contains("TCG doesn't support requested feature"))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// Follows both consoles until QEMU exits (its status) or the time limit passes (an
+/// error, QEMU killed), telling `run.notify` of the lines they wait for.
+fn watch(
+    run: &Run<'_>,
+    child: &mut Child,
+    lines: &mpsc::Receiver<String>,
+    console: &mut GuestConsole,
+    boot: &mut Boot,
+    started: Instant,
+) -> Result<ExitStatus, String> {
+    loop {
+        while let Ok(line) = lines.try_recv() {
+            record(boot, line, started);
+            if let Some(last) = boot.lines.last() {
+                for (_, tell) in run.notify.iter().filter(|(p, _)| last.starts_with(p)) {
+                    let _ = tell.send(());
+                }
+            }
+        }
+        let seen = boot.guest_lines.len();
+        console.poll(boot);
+        for (prefix, tell) in &run.notify {
+            if boot.guest_lines[seen..].iter().any(|l| l.starts_with(prefix)) {
+                let _ = tell.send(());
+            }
+        }
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
+            return Ok(status);
+        }
+        if started.elapsed() > run.limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            console.poll(boot);
+            return Err(format!("the run did not finish within {} s (hang)", run.limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

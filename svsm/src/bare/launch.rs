@@ -220,7 +220,7 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
 /// The certificate table for the PSP's reports, from the launcher's issuing kit (fw_cfg
 /// `opt/bulwark/issuing-kit`); empty, with a log line, without a usable kit: reports are
 /// then signed but no tool can check them.
-fn certify(psp: &psp::SoftPsp) -> alloc::vec::Vec<u8> {
+fn certify(psp: &softpsp::SoftPsp) -> alloc::vec::Vec<u8> {
     use abi::attest::issuing_kit;
     let Some(bytes) = super::fw_cfg::read_file(issuing_kit::FW_CFG_NAME, 64 * 1024) else {
         println!("attestation: no issuing kit from the launcher; reports come without certificates");

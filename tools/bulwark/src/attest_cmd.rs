@@ -1,9 +1,8 @@
 //! `bulwark attest verify`: check attestation evidence (report, certificates, nonce,
-//! manifest) with `attest::verify` and print the verdict.
-//!
-//! `bulwark attest demo --out DIR`: obtain fresh evidence through the attestation protocol
-//! on the SEV-SNP model (a guest call, the SVSM, the PSP model's encrypted exchange) and
-//! write it as the files a verifier reads, then verify them.
+//! manifest) with `attest::verify` and print the verdict. It needs `bulwark-attest`
+//! alone, so it is in every build of `bulwark`, the verifier-only one too
+//! (`--no-default-features`); `bulwark attest demo`, which runs the model, is
+//! `attest_demo.rs`.
 //!
 //! Exit status: 0 when every check passes (and, with `--require-amd-root`, the chain
 //! is AMD's), 1 when the evidence is rejected, 2 on a usage or file error.
@@ -13,10 +12,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --manifest FILE
+pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --manifest FILE
                              (--certs FILE | --ark FILE --ask FILE --vcek FILE)
                              [--service vtpm|GUID] [--json] [--require-amd-root]
-       bulwark attest demo --out DIR
+       bulwark attest demo --out DIR      (builds with the `model` feature only)
 
   demo                writes DIR/report.bin, certificates.bin (GHCB table), nonce.bin
                       (64 fresh random bytes), manifest.bin, and ark/ask/vcek as .der
@@ -125,7 +124,8 @@ fn load(o: &Options) -> Result<Evidence, String> {
 pub fn main(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {
         Some("verify") => verify(&args[1..]),
-        Some("demo") => demo(&args[1..]),
+        // `attest demo` runs the model: main.rs sends it to `attest_demo`, or says that
+        // this build has no model.
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -137,75 +137,8 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn demo(args: &[String]) -> ExitCode {
-    let dir = match args {
-        [flag, dir] if flag == "--out" => PathBuf::from(dir),
-        _ => {
-            eprintln!("bulwark attest demo: give --out DIR\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match write_demo(&dir) {
-        Ok(files) => {
-            println!("wrote model evidence to {}:", dir.display());
-            for f in &files {
-                println!("  {f}");
-            }
-            let d = |f: &str| dir.join(f).display().to_string();
-            let args: Vec<String> = [
-                "--report",
-                &d("report.bin"),
-                "--certs",
-                &d("certificates.bin"),
-                "--nonce",
-                &d("nonce.bin"),
-                "--manifest",
-                &d("manifest.bin"),
-            ]
-            .map(String::from)
-            .to_vec();
-            println!("verify again with: bulwark attest verify {}\n", args.join(" "));
-            verify(&args)
-        }
-        Err(e) => {
-            eprintln!("bulwark attest demo: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// Obtain evidence on the model with a fresh nonce and write it to `dir`.
-fn write_demo(dir: &std::path::Path) -> Result<Vec<String>, String> {
-    let mut nonce = [0u8; 64];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut nonce))
-        .map_err(|e| format!("no randomness for the nonce: {e}"))?;
-    let e = model::attest_demo::obtain(&nonce)?;
-    let entries = attest::cert_table::decode(&e.certificates).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut files: Vec<(String, Vec<u8>)> = vec![
-        ("report.bin".into(), e.report),
-        ("certificates.bin".into(), e.certificates.clone()),
-        ("nonce.bin".into(), e.nonce),
-        ("manifest.bin".into(), e.manifest),
-    ];
-    for (guid, name) in [
-        (abi::attest::cert_table::ARK, "ark"),
-        (abi::attest::cert_table::ASK, "ask"),
-        (abi::attest::cert_table::VCEK, "vcek"),
-    ] {
-        let der = attest::cert_table::find(&entries, &guid).ok_or(format!("no {name} certificate"))?.to_vec();
-        files.push((format!("{name}.pem"), attest::certificate_pem(&der)?.into_bytes()));
-        files.push((format!("{name}.der"), der));
-    }
-    for (name, bytes) in &files {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(files.into_iter().map(|(n, b)| format!("{n} ({} bytes)", b.len())).collect())
-}
-
-fn verify(args: &[String]) -> ExitCode {
+/// `bulwark attest verify ...`.
+pub fn verify(args: &[String]) -> ExitCode {
     let evidence = match parse(args).and_then(|o| load(&o).map(|e| (o, e))) {
         Ok(x) => x,
         Err(e) => {
@@ -260,29 +193,6 @@ mod tests {
 
     fn temp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("bulwark-attest-{}-{name}", std::process::id()))
-    }
-
-    #[test]
-    fn demo_writes_model_evidence_that_verifies_and_a_changed_report_does_not() {
-        let dir = temp("demo");
-        assert_eq!(demo(&["--out".into(), dir.display().to_string()]), ExitCode::SUCCESS);
-        let args: Vec<String> = [
-            ("--report", "report.bin"),
-            ("--nonce", "nonce.bin"),
-            ("--manifest", "manifest.bin"),
-            ("--ark", "ark.pem"),
-            ("--ask", "ask.der"),
-            ("--vcek", "vcek.pem"),
-        ]
-        .iter()
-        .flat_map(|(flag, f)| [flag.to_string(), dir.join(f).display().to_string()])
-        .collect();
-        assert_eq!(verify(&args), ExitCode::SUCCESS, "the separate certificate files verify too");
-        let mut report = std::fs::read(dir.join("report.bin")).unwrap();
-        report[abi::attest::report::MEASUREMENT] ^= 1;
-        std::fs::write(dir.join("report.bin"), report).unwrap();
-        assert_eq!(verify(&args), ExitCode::FAILURE);
-        assert_eq!(demo(&["--out".into()]), ExitCode::from(2));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct SvmPlatform {
     /// MSR and I/O permission maps shared by every vCPU.
     pub maps: PermissionMaps,
     /// The software PSP that answers the SVSM's guest requests (attestation).
-    pub psp: Option<psp::SoftPsp>,
+    pub psp: Option<softpsp::SoftPsp>,
     /// The certificate table for its reports (empty without an issuing kit).
     pub certificates: alloc::vec::Vec<u8>,
     pub log_level: Level,

@@ -1,11 +1,11 @@
 //! The `svm` platform's PSP: there is no AMD firmware under QEMU, so the SVSM runs the
-//! software one of `bulwark-psp` for itself. Its VCEK is a P-384 key drawn from RDRAND at
+//! software one of `bulwark-softpsp` for itself. Its VCEK is a P-384 key drawn from RDRAND at
 //! every boot and never leaves the SVSM; its reports have the real layout, and say in
 //! CHIP_ID that they are not rooted in hardware.
 
 use p384::ecdsa::SigningKey;
-use psp::SoftPsp;
-use psp::report::Identity;
+use softpsp::SoftPsp;
+use softpsp::report::Identity;
 
 /// A fresh P-384 key from RDRAND (a draw at or above the group order is drawn again).
 fn fresh_vcek() -> Result<SigningKey, &'static str> {

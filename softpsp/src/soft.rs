@@ -1,9 +1,9 @@
 //! A software PSP: the firmware side of MSG_REPORT_REQ.
 
-use crate::message::{self, Header, MessageError, Page};
 use crate::report::{self, Identity};
 use abi::attest::guest_message as gm;
 use p384::ecdsa::{SigningKey, VerifyingKey};
+use psp::message::{self, Header, MessageError, Page};
 
 /// Why the firmware did not answer (the real PSP then returns an error to the host and
 /// writes no response).
@@ -115,7 +115,7 @@ impl SoftPsp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{open, seal};
+    use psp::message::{open, seal};
 
     const VMPCK: [u8; 32] = [9; 32];
 

@@ -1,0 +1,294 @@
+//! `cargo xtask boot`: the bare-metal SVSM and the test guest under QEMU, judged by what
+//! they print. A plain boot passes when the guest passed its checks over real VMMCALLs
+//! from two vCPUs and its attestation evidence verifies; `--crash` passes when the SVSM
+//! reports the fault it was asked for with a symbolized backtrace and stops. The GDB stub
+//! and the host agent can be checked by scripted clients that run beside QEMU.
+
+use crate::Result;
+use crate::cli::{AgentMode, BootOptions, Crash, Gdb};
+use crate::shell::{exec_cargo, step, target_dir};
+use crate::{agent, evidence, image, qemu, rsp};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The SVSM's region in the QEMU launch (`svsm/src/bare/launch.rs`).
+const SVSM_REGION: std::ops::Range<u64> = 0x100_0000..0x200_0000;
+
+/// The port a person's GDB connects to.
+const GDB_PORT: u16 = 1234;
+
+/// The CPUs QEMU gives the machine, and so the SVSM.
+const CPUS: u32 = 2;
+
+/// What the SVSM prints when its GDB stub waits, and the guest when it serves its agent:
+/// the scripted clients start talking then.
+const STUB_WAITS: &str = "gdb: stopped; waiting for GDB";
+const AGENT_SERVES: &str = "agent: serving host requests";
+
+/// A scripted client running beside QEMU; it returns what it saw.
+type Checker = JoinHandle<Result<String>>;
+
+/// `cargo xtask boot [--crash ud|panic] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb]
+/// [--agent PORT|--agent-check]`.
+pub fn run(options: &BootOptions) -> Result {
+    let with_stub = matches!(options.gdb, Gdb::Svsm | Gdb::SvsmCheck);
+    let image = image::build_svsm(with_stub)?;
+    let guest = image::build_testguest()?;
+    let append = svsm_arguments(options, with_stub);
+    step(&format!(
+        "qemu-system-x86_64 -cpu EPYC,+svm -smp {CPUS} -kernel {}{}",
+        image.display(),
+        append.as_deref().map(|a| format!(" -append {a}")).unwrap_or_default()
+    ));
+    let debug = debug_stub(options.gdb, &image)?;
+    let agent = agent_port(options.agent)?;
+    let (stub_ready, stub_waits) = channel();
+    let (agent_ready, agent_serves) = channel();
+    let run = qemu::Run {
+        svsm: &image,
+        guest: Some(&guest),
+        append: append.as_deref(),
+        smp: CPUS,
+        debug,
+        agent,
+        fw_cfg: image::issuing_kit()?,
+        // COM3's set-up clears its receive FIFO: the stub's client must wait for it.
+        notify: vec![(STUB_WAITS, stub_ready), (AGENT_SERVES, agent_ready)],
+        limit: time_limit(options),
+    };
+    let agent_checker = agent.filter(|_| options.agent == AgentMode::Check).map(|port| check_agent(port, agent_serves));
+    let stub_checker = match debug {
+        qemu::Debug::Svsm { port } if options.gdb == Gdb::SvsmCheck => Some(check_stub(port, stub_waits)),
+        _ => None,
+    };
+    let boot = qemu::boot(&run)?;
+    if let Some(seen) = finish(stub_checker, "the GDB check")? {
+        step(&format!("the SVSM's GDB stub answered like GDB expects: {seen}"));
+    }
+    if let Some(seen) = finish(agent_checker, "the agent check")? {
+        step(&format!("host tools reached the SVSM in QEMU through the guest: {seen}"));
+    }
+    match (&boot.outcome, options.crash) {
+        (qemu::Outcome::Success, None) => judge_success(&boot, &image),
+        (qemu::Outcome::FailureReported, None) => Err("the SVSM or the guest reported a failure".into()),
+        (qemu::Outcome::FailureReported, Some(kind)) => judge_crash(&boot, kind, options.log_only),
+        (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
+    }
+}
+
+/// The SVSM's command line (`-append`): what to crash on, where its log goes, whether its
+/// GDB stub waits at boot.
+fn svsm_arguments(options: &BootOptions, with_stub: bool) -> Option<String> {
+    let words: Vec<String> = options
+        .crash
+        .map(|kind| format!("crash={}", kind.word()))
+        .into_iter()
+        .chain(options.log_only.then(|| "console=log".into()))
+        .chain(with_stub.then(|| "gdb".into()))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// The GDB stub QEMU is set up for, and how a person attaches to it.
+fn debug_stub(gdb: Gdb, image: &Path) -> Result<qemu::Debug> {
+    let connect = format!("gdb {} -ex 'target remote 127.0.0.1:{GDB_PORT}'", image.display());
+    Ok(match gdb {
+        Gdb::None => qemu::Debug::None,
+        Gdb::Qemu => {
+            step(&format!("QEMU's GDB stub waits on 127.0.0.1:{GDB_PORT} before the SVSM runs: {connect}"));
+            qemu::Debug::Qemu
+        }
+        Gdb::Svsm => {
+            step(&format!("the SVSM's own GDB stub (COM3) waits on 127.0.0.1:{GDB_PORT} once it booted: {connect}"));
+            qemu::Debug::Svsm { port: GDB_PORT }
+        }
+        Gdb::SvsmCheck => qemu::Debug::Svsm { port: free_port()? },
+    })
+}
+
+/// The TCP port of the guest's host agent (its COM4), if it serves one.
+fn agent_port(mode: AgentMode) -> Result<Option<u16>> {
+    match mode {
+        AgentMode::None => Ok(None),
+        AgentMode::Serve(port) => {
+            step(&format!(
+                "after its checks the guest serves host tools on 127.0.0.1:{port}: cargo run -p bulwark -- ocp list --qemu 127.0.0.1:{port}"
+            ));
+            Ok(Some(port))
+        }
+        AgentMode::Check => {
+            // The scripted check runs the real CLI: build it first.
+            exec_cargo(&["build", "-p", "bulwark"])?;
+            Ok(Some(free_port()?))
+        }
+    }
+}
+
+/// A debugging session, or host tools at work, take as long as the person needs; a
+/// scripted boot has two minutes.
+fn time_limit(options: &BootOptions) -> Duration {
+    let person = matches!(options.gdb, Gdb::Svsm | Gdb::Qemu) || matches!(options.agent, AgentMode::Serve(_));
+    Duration::from_secs(if person { 24 * 3600 } else { 120 })
+}
+
+/// A TCP port nobody listens on right now.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free TCP port: {e}"))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// `bulwark ocp` and the tpm2-tools session through the guest's agent, once it serves.
+fn check_agent(port: u16, serves: Receiver<()>) -> Checker {
+    std::thread::spawn(move || {
+        serves.recv_timeout(Duration::from_secs(120)).map_err(|_| "the guest never served its agent")?;
+        agent::check(port)
+    })
+}
+
+/// A scripted GDB against the SVSM's stub, once it waits.
+fn check_stub(port: u16, waits: Receiver<()>) -> Checker {
+    std::thread::spawn(move || {
+        waits.recv_timeout(Duration::from_secs(60)).map_err(|_| "the SVSM's stub never said it waits")?;
+        rsp::check_svsm_stub(port, SVSM_REGION)
+    })
+}
+
+/// What a scripted client saw, or why it failed.
+fn finish(checker: Option<Checker>, what: &str) -> Result<Option<String>> {
+    match checker {
+        None => Ok(None),
+        Some(checker) => checker.join().map_err(|_| format!("{what} panicked"))?.map(Some),
+    }
+}
+
+/// A boot that ended with success: the guest passed checks and none failed, every CPU came
+/// online and a guest vCPU ran on the second, and the guest's evidence verifies.
+fn judge_success(boot: &qemu::Boot, image: &Path) -> Result {
+    let verdict = |v: &str| {
+        boot.guest_lines.iter().filter(|l| l.starts_with("RESULT ") && l.split(' ').nth(2) == Some(v)).count()
+    };
+    let (passed, failed, skipped) = (verdict("pass"), verdict("fail"), verdict("skip"));
+    let size = std::fs::metadata(image).map(|m| m.len()).unwrap_or(0);
+    step(&format!(
+        "the guest's verdict: {passed} passed, {failed} failed, {skipped} skipped (over real VMMCALLs); run took {:.2} s (first SVSM output after {:.3} s); SVSM image file {} KiB",
+        boot.total.as_secs_f64(),
+        boot.first_line_after.map_or(0.0, |d| d.as_secs_f64()),
+        size / 1024
+    ));
+    let online = format!("smp: {CPUS} CPU(s) online");
+    if !boot.lines.contains(&online) {
+        return Err(format!("the SVSM did not bring all CPUs online (expected `{online}`)"));
+    }
+    if !boot.lines.iter().any(|l| l.ends_with("runs on cpu 1")) {
+        return Err("no guest vCPU ran on a second CPU".into());
+    }
+    if passed == 0 || failed > 0 {
+        return Err("the guest reported success without passing checks".into());
+    }
+    verify_guest_evidence(&boot.guest_lines)
+}
+
+/// A boot asked to crash: the SVSM named the fault and at least one function of the
+/// backtrace; with `--console log`, the serial port stayed quiet until the failure and
+/// then got the whole log buffer.
+fn judge_crash(boot: &qemu::Boot, kind: Crash, log_only: bool) -> Result {
+    let kind = kind.word();
+    let reported = boot.lines.iter().any(|l| l.starts_with("EXCEPTION") || l.starts_with("PANIC"));
+    let symbolized = boot.lines.iter().any(|l| l.trim_start().starts_with('#') && l.contains("+0x"));
+    if !(reported && symbolized) {
+        return Err(format!("crash {kind}: fault reported: {reported}, symbolized backtrace: {symbolized}"));
+    }
+    step(&format!("the SVSM reported the requested crash ({kind}) with a symbolized backtrace and stopped"));
+    if log_only {
+        let replay = boot.lines.iter().position(|l| l.starts_with("--- console log buffer"));
+        let quiet_before = replay.is_some_and(|r| !boot.lines[..r].iter().any(|l| l.starts_with("image: ")));
+        let replayed = replay.is_some_and(|r| boot.lines[r..].iter().any(|l| l.starts_with("image: ")));
+        if !(quiet_before && replayed) {
+            return Err(format!(
+                "console=log: serial quiet before the failure: {quiet_before}, log buffer replayed: {replayed}"
+            ));
+        }
+        step("console=log kept the serial port quiet and replayed the log buffer on the failure");
+    }
+    Ok(())
+}
+
+/// The test guest's attestation evidence: saved under target/attest/qemu and verified
+/// as a relying party would (`bulwark attest verify` reads the same files).
+fn verify_guest_evidence(guest_lines: &[String]) -> Result {
+    let evidence = evidence::collect(guest_lines)?.ok_or("the guest printed no attestation evidence")?;
+    let dir = target_dir()?.join("attest/qemu");
+    evidence::save(&evidence, &dir)?;
+    let (verdict, passed) = evidence::check(&evidence);
+    for line in verdict.to_string().lines() {
+        println!("verify | {line}");
+    }
+    if !passed {
+        return Err("the guest's attestation evidence did not verify".into());
+    }
+    step(&format!(
+        "the QEMU guest's attestation report verified (sev crate and Bulwark's checks; not rooted in AMD hardware); files in {}",
+        dir.display()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_svsm_is_told_what_the_options_ask() {
+        assert_eq!(svsm_arguments(&BootOptions::default(), false), None);
+        let all = BootOptions { crash: Some(Crash::Panic), log_only: true, ..BootOptions::default() };
+        assert_eq!(svsm_arguments(&all, true).as_deref(), Some("crash=panic console=log gdb"));
+    }
+
+    #[test]
+    fn only_a_person_at_work_lifts_the_time_limit() {
+        let scripted = [
+            BootOptions::default(),
+            BootOptions { gdb: Gdb::SvsmCheck, ..BootOptions::default() },
+            BootOptions { agent: AgentMode::Check, ..BootOptions::default() },
+        ];
+        for options in scripted {
+            assert_eq!(time_limit(&options), Duration::from_secs(120), "{options:?}");
+        }
+        for options in [
+            BootOptions { gdb: Gdb::Svsm, ..BootOptions::default() },
+            BootOptions { gdb: Gdb::Qemu, ..BootOptions::default() },
+            BootOptions { agent: AgentMode::Serve(4000), ..BootOptions::default() },
+        ] {
+            assert!(time_limit(&options) > Duration::from_secs(3600), "{options:?}");
+        }
+    }
+
+    fn boot(lines: &[&str]) -> qemu::Boot {
+        qemu::Boot {
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+            guest_lines: Vec::new(),
+            first_line_after: None,
+            total: Duration::ZERO,
+            outcome: qemu::Outcome::FailureReported,
+        }
+    }
+
+    #[test]
+    fn a_crash_passes_only_with_the_fault_and_a_symbolized_backtrace() {
+        let good = boot(&["image: x", "EXCEPTION #UD at 0x1000", "  #0 0x1000 bulwark_svsm::crash+0x12"]);
+        assert!(judge_crash(&good, Crash::Ud, false).is_ok());
+        assert!(judge_crash(&boot(&["EXCEPTION #UD at 0x1000", "  #0 0x1000 ??"]), Crash::Ud, false).is_err());
+        assert!(judge_crash(&boot(&["  #0 0x1000 f+0x1"]), Crash::Ud, false).is_err());
+    }
+
+    #[test]
+    fn console_log_passes_only_if_the_buffer_was_held_back_then_replayed() {
+        let held = ["PANIC at x", "  #0 0x1000 f+0x1", "--- console log buffer ---", "image: x"];
+        assert!(judge_crash(&boot(&held), Crash::Panic, true).is_ok());
+        let leaked = ["image: x", "PANIC at x", "  #0 0x1000 f+0x1", "--- console log buffer ---", "image: x"];
+        assert!(judge_crash(&boot(&leaked), Crash::Panic, true).is_err());
+        assert!(judge_crash(&boot(&held[..2]), Crash::Panic, true).is_err(), "never replayed");
+    }
+}

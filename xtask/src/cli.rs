@@ -1,0 +1,254 @@
+//! The command line: the usage text and the one parser that reads it back. Every command's
+//! options are parsed here into a [`Task`], before anything runs, so that the tests below
+//! can hold the usage text and the parser to each other: each option a usage line shows is
+//! accepted, and each option the parser knows is shown.
+
+use crate::Result;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  run [--json] [--filter TEXT]       the main job: the conformance suite on the SEV-SNP model (with
+                                     the model's platform and with the snp platform; --json and
+                                     --filter go to `bulwark conformance`), then the SVSM booted
+                                     under QEMU serving the test guest (`boot`)
+  test                               everything CI runs: fmt, clippy (also of the verifier-only
+                                     bulwark), the bare-metal kernel build and lints, five QEMU
+                                     boots of the SVSM image (`boot` plain, with --crash ud,
+                                     --crash panic --console log, --gdb-check and --agent-check),
+                                     a fuzz smoke run (60 s of dispatcher, 20 s of evidence; set
+                                     BULWARK_SKIP_FUZZ=1 to skip it), and all tests
+  fuzz [--seconds N] [--target NAME]
+                                     fuzz NAME (dispatcher, the default, or evidence) for N seconds
+                                     (default: 600); needs the nightly toolchain, installs
+                                     cargo-fuzz if missing
+  bench                              the pvalidate, OCP log-read and vTPM benchmarks of the model, the
+                                     tpm-bridge behind tpm2-abrmd beside swtpm, then the svm call
+                                     round trip over 5 QEMU boots (target/bench/*.json)
+  igvm [--firmware FILE] [--out FILE]
+                                     build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
+                                     (default target/bulwark.igvm); prints its expected measurement
+  boot [--crash ud|panic] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]
+                                     build the bare-metal SVSM and boot it under QEMU (installs QEMU
+                                     if missing); fails on a hang, a triple fault or a failure report;
+                                     --crash checks that a fault is reported and stops the SVSM cleanly;
+                                     --console log keeps the SVSM's log in its memory buffer only
+                                     (replayed on the serial port if the SVSM fails; serial, the
+                                     default, writes it to the serial port as it goes);
+                                     --gdb builds the SVSM with its own GDB stub, which stops at boot
+                                     and waits for GDB on 127.0.0.1:1234 (works on SNP too);
+                                     --gdb-check has a scripted client check that stub;
+                                     --qemu-gdb uses QEMU's stub instead (paused before the SVSM runs);
+                                     --agent PORT: after its checks the guest serves host tools
+                                     (bulwark ocp ... --qemu 127.0.0.1:PORT) until they send quit;
+                                     --agent-check runs bulwark ocp through that path
+  help                               show this text
+";
+
+/// What `cargo xtask` was asked to do, with its options.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Task {
+    Run(RunOptions),
+    Test,
+    Fuzz(FuzzOptions),
+    Bench,
+    Igvm(IgvmOptions),
+    Boot(BootOptions),
+    Help,
+}
+
+/// `run`: the options it hands to `bulwark conformance`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub json: bool,
+    pub filter: Option<String>,
+}
+
+impl RunOptions {
+    /// The options as `bulwark conformance` takes them.
+    pub fn conformance_args(&self) -> Vec<String> {
+        let json = self.json.then(|| "--json".to_string());
+        let filter = self.filter.iter().flat_map(|f| ["--filter".to_string(), f.clone()]);
+        json.into_iter().chain(filter).collect()
+    }
+}
+
+pub const DEFAULT_FUZZ_TARGET: &str = "dispatcher";
+pub const DEFAULT_FUZZ_SECONDS: u64 = 600;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct FuzzOptions {
+    pub seconds: u64,
+    pub target: String,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IgvmOptions {
+    pub firmware: Option<String>,
+    /// None: `target/bulwark.igvm`.
+    pub out: Option<PathBuf>,
+}
+
+/// The fault `boot --crash` asks the SVSM for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crash {
+    Ud,
+    Panic,
+}
+
+impl Crash {
+    /// The word on the command line, and in the SVSM's `crash=` argument.
+    pub fn word(self) -> &'static str {
+        match self {
+            Crash::Ud => "ud",
+            Crash::Panic => "panic",
+        }
+    }
+}
+
+/// Which GDB stub `boot` offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Gdb {
+    #[default]
+    None,
+    /// The SVSM's own stub, for a person at GDB.
+    Svsm,
+    /// The SVSM's own stub, checked by a scripted client (`rsp.rs`).
+    SvsmCheck,
+    /// QEMU's stub.
+    Qemu,
+}
+
+/// Whether `boot` connects the guest's host-agent port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentMode {
+    #[default]
+    None,
+    /// For a person's host tools, on this port.
+    Serve(u16),
+    /// A scripted run of `bulwark ocp` against the guest.
+    Check,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootOptions {
+    pub crash: Option<Crash>,
+    /// `--console log`: the SVSM's log stays in its buffer unless it fails.
+    pub log_only: bool,
+    pub gdb: Gdb,
+    pub agent: AgentMode,
+}
+
+/// The task named by `args` (the command line after `cargo xtask`); no command is `help`.
+pub fn parse(args: &[String]) -> Result<Task> {
+    let Some((command, rest)) = args.split_first() else { return Ok(Task::Help) };
+    let mut options = Options { command, rest: rest.iter() };
+    let task = match command.as_str() {
+        "run" => Task::Run(options.run()?),
+        "test" => Task::Test,
+        "fuzz" => Task::Fuzz(options.fuzz()?),
+        "bench" => Task::Bench,
+        "igvm" => Task::Igvm(options.igvm()?),
+        "boot" => Task::Boot(options.boot()?),
+        // Anything after `help` is ignored, as before.
+        "help" | "-h" | "--help" => return Ok(Task::Help),
+        other => return Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    // Commands without options refuse any.
+    match options.rest.next() {
+        Some(arg) => Err(options.unknown(arg)),
+        None => Ok(task),
+    }
+}
+
+/// The options after a command, read one at a time.
+struct Options<'a> {
+    command: &'a str,
+    rest: std::slice::Iter<'a, String>,
+}
+
+impl<'a> Options<'a> {
+    fn unknown(&self, arg: &str) -> String {
+        format!("`cargo xtask {}` does not take `{arg}`\n\n{USAGE}", self.command)
+    }
+
+    /// The value after `option`.
+    fn value(&mut self, option: &str) -> Result<&'a String> {
+        self.rest.next().ok_or_else(|| format!("`{option}` needs a value\n\n{USAGE}"))
+    }
+
+    /// The value after `option`, one of `words`.
+    fn word<T: Copy>(&mut self, option: &str, words: &[(&str, T)]) -> Result<T> {
+        let value = self.value(option)?;
+        words.iter().find(|(w, _)| w == value).map(|(_, t)| *t).ok_or_else(|| {
+            let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+            format!("`{option}` takes {}, not `{value}`\n\n{USAGE}", names.join(" or "))
+        })
+    }
+
+    fn run(&mut self) -> Result<RunOptions> {
+        let mut o = RunOptions::default();
+        while let Some(arg) = self.rest.next() {
+            match arg.as_str() {
+                "--json" => o.json = true,
+                "--filter" => o.filter = Some(self.value(arg)?.clone()),
+                _ => return Err(self.unknown(arg)),
+            }
+        }
+        Ok(o)
+    }
+
+    fn fuzz(&mut self) -> Result<FuzzOptions> {
+        let mut o = FuzzOptions { seconds: DEFAULT_FUZZ_SECONDS, target: DEFAULT_FUZZ_TARGET.to_string() };
+        while let Some(arg) = self.rest.next() {
+            match arg.as_str() {
+                "--seconds" => {
+                    let text = self.value(arg)?;
+                    o.seconds =
+                        text.parse().map_err(|_| format!("`--seconds {text}`: not a whole number of seconds"))?;
+                }
+                "--target" => o.target = self.value(arg)?.clone(),
+                _ => return Err(self.unknown(arg)),
+            }
+        }
+        Ok(o)
+    }
+
+    fn igvm(&mut self) -> Result<IgvmOptions> {
+        let mut o = IgvmOptions::default();
+        while let Some(arg) = self.rest.next() {
+            match arg.as_str() {
+                "--out" => o.out = Some(PathBuf::from(self.value(arg)?)),
+                "--firmware" => o.firmware = Some(self.value(arg)?.clone()),
+                _ => return Err(self.unknown(arg)),
+            }
+        }
+        Ok(o)
+    }
+
+    fn boot(&mut self) -> Result<BootOptions> {
+        let mut o = BootOptions::default();
+        while let Some(arg) = self.rest.next() {
+            match arg.as_str() {
+                "--gdb" => o.gdb = Gdb::Svsm,
+                "--gdb-check" => o.gdb = Gdb::SvsmCheck,
+                "--qemu-gdb" => o.gdb = Gdb::Qemu,
+                "--agent" => {
+                    let port = self.value(arg)?;
+                    let port = port.parse().map_err(|_| format!("`--agent {port}`: not a TCP port\n\n{USAGE}"))?;
+                    o.agent = AgentMode::Serve(port);
+                }
+                "--agent-check" => o.agent = AgentMode::Check,
+                "--console" => o.log_only = self.word(arg, &[("log", true), ("serial", false)])?,
+                "--crash" => o.crash = Some(self.word(arg, &[("ud", Crash::Ud), ("panic", Crash::Panic)])?),
+                _ => return Err(self.unknown(arg)),
+            }
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest: formatting
+//! and lints, the bare-metal builds, the QEMU boots, a fuzz smoke run, then every test.
+
+use crate::Result;
+use crate::cli::{AgentMode, BootOptions, Crash, DEFAULT_FUZZ_TARGET, Gdb};
+use crate::fuzz::{self, FuzzError};
+use crate::shell::{cargo, exec_cargo, step, succeeds};
+use crate::{boot, prereqs};
+
+/// How long each fuzz target runs in the smoke run: the dispatcher (guest and host input
+/// to the SVSM), then the host-side verifier (evidence from an SVSM and host that may
+/// lie), which needs less time to go deep.
+const SMOKE_FUZZ: [(&str, u64); 2] = [(DEFAULT_FUZZ_TARGET, 60), ("evidence", 20)];
+
+/// `cargo xtask test`: the project's full test command, as run by CI.
+pub fn run() -> Result {
+    prereqs::ensure()?;
+    lints()?;
+    boots()?;
+    fuzz_smoke()?;
+    // The tests run last so that their summary closes the output. (The project has no
+    // doctests; nextest does not run them, so add a `cargo test --doc` step with the first.)
+    if succeeds(cargo()?.args(["nextest", "--version"])) {
+        exec_cargo(&["nextest", "run", "--workspace"])
+    } else {
+        exec_cargo(&["test", "--workspace"])
+    }
+}
+
+/// fmt, clippy on the host (the workspace, then the verifier-only `bulwark`, whose
+/// feature set no workspace build has), the kernel built and the bare-metal crates linted
+/// for `x86_64-unknown-none`, all with warnings as errors.
+fn lints() -> Result {
+    exec_cargo(&["fmt", "--all", "--", "--check"])?;
+    exec_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    exec_cargo(&["clippy", "-p", "bulwark", "--no-default-features", "--all-targets", "--", "-D", "warnings"])?;
+    // `cargo rustc` gives `-D warnings` to the kernel alone: RUSTFLAGS would replace the
+    // target's rustflags in .cargo/config.toml, which the crypto crates need.
+    exec_cargo(&["rustc", "-p", "bulwark-kernel", "--lib", "--target", "x86_64-unknown-none", "--", "-D", "warnings"])?;
+    exec_cargo(&[
+        "clippy",
+        "-p",
+        "bulwark-svsm",
+        "-p",
+        "bulwark-testguest",
+        "-p",
+        "bulwark-x86",
+        "--target",
+        "x86_64-unknown-none",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+/// The five QEMU boots: plain (with the guest's evidence verified), two crashes (the
+/// second with the log kept in memory), the SVSM's GDB stub and the host agent.
+fn boots() -> Result {
+    let plain = BootOptions::default();
+    boot::run(&plain)?;
+    boot::run(&BootOptions { crash: Some(Crash::Ud), ..plain })?;
+    boot::run(&BootOptions { crash: Some(Crash::Panic), log_only: true, ..plain })?;
+    boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
+    boot::run(&BootOptions { agent: AgentMode::Check, ..plain })
+}
+
+/// A short run of each fuzz target, unless `BULWARK_SKIP_FUZZ` is set; missing tooling
+/// (no nightly) is a warning, not a failure.
+fn fuzz_smoke() -> Result {
+    if std::env::var_os("BULWARK_SKIP_FUZZ").is_some() {
+        step("fuzz smoke run skipped: BULWARK_SKIP_FUZZ is set");
+        return Ok(());
+    }
+    for (target, seconds) in SMOKE_FUZZ {
+        match fuzz::run_fuzzer(target, seconds) {
+            Ok(()) => {}
+            Err(FuzzError::Unavailable(reason)) => {
+                eprintln!("warning: fuzz smoke skipped: {reason}");
+                break;
+            }
+            Err(FuzzError::Failed(message)) => return Err(message),
+        }
+    }
+    Ok(())
+}
