@@ -126,7 +126,8 @@ mod tests {
     /// vCPU instead of being served.
     #[test]
     fn unknown_and_forged_exits_break_the_vcpu() {
-        for code in [0x00, 0x0E, 0x40, 0x5E, 0x60, 0x62, 0x73, 0x7D, 0x7E, 0x8F, 0x401, 0x403, 0x1000, u64::MAX - 1, 1 << 63]
+        for code in
+            [0x00, 0x0E, 0x40, 0x5E, 0x60, 0x62, 0x73, 0x7D, 0x7E, 0x8F, 0x401, 0x403, 0x1000, u64::MAX - 1, 1 << 63]
         {
             assert!(matches!(classify(code, u64::MAX, u64::MAX, 0), Action::Broken(_)), "{code:#x}");
         }

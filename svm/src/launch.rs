@@ -123,12 +123,15 @@ impl Layout {
 
     fn check(&self) -> Result<(), LaunchError> {
         let r = &self.svsm_region;
-        if r.start >= r.end || r.start % PAGE != 0 || r.end % PAGE != 0 {
+        if r.start >= r.end || !r.start.is_multiple_of(PAGE) || !r.end.is_multiple_of(PAGE) {
             return Err(LaunchError::Layout("the SVSM region is empty or not page aligned"));
         }
         let launch = self.launch_pages();
         for (i, p) in launch.iter().enumerate() {
-            if p.start % PAGE != 0 || p.end.saturating_sub(p.start) % PAGE != 0 || p.end > self.ram_limit {
+            if !p.start.is_multiple_of(PAGE)
+                || !p.end.saturating_sub(p.start).is_multiple_of(PAGE)
+                || p.end > self.ram_limit
+            {
                 return Err(LaunchError::Layout("a launch page is unaligned or beyond the RAM limit"));
             }
             if overlaps(p, r) {
@@ -257,7 +260,7 @@ fn assign(rmp: &mut Rmp, layout: &Layout, start: u64, end: u64) {
     while gpa < end {
         let whole = gpa..gpa.saturating_add(MIB2);
         let huge = gpa >= layout.huge_from
-            && gpa % MIB2 == 0
+            && gpa.is_multiple_of(MIB2)
             && whole.end <= end
             && !overlaps(&whole, &layout.svsm_region);
         if huge {
@@ -336,7 +339,9 @@ impl<H: SvmHw> SvmPlatform<H> {
             for pfn in pages(range) {
                 let e = page_state.entry_mut(pfn).ok_or(LaunchError::OutOfMemory("the RMP"))?;
                 e.validated = true;
-                e.perms[usize::from(GUEST_VMPL)] = if pfn == l.secrets / PAGE { PERM_READ } else { PERM_ALL };
+                if let Some(perms) = e.perms.get_mut(usize::from(GUEST_VMPL)) {
+                    *perms = if pfn == l.secrets / PAGE { PERM_READ } else { PERM_ALL };
+                }
             }
         }
         let vmsa = page_state.entry_mut(l.vmsa / PAGE).ok_or(LaunchError::OutOfMemory("the RMP"))?;
@@ -359,7 +364,12 @@ impl<H: SvmHw> SvmPlatform<H> {
 }
 
 /// The kernel's description of the launch.
-fn config(l: &Layout, ram: Vec<PageRange>, validated: &[Range<u64>], image_end: u64) -> Result<SvsmConfig, LaunchError> {
+fn config(
+    l: &Layout,
+    ram: Vec<PageRange>,
+    validated: &[Range<u64>],
+    image_end: u64,
+) -> Result<SvsmConfig, LaunchError> {
     let region = &l.svsm_region;
     let svsm_region = PageRange::new(PageAddr::from_pfn(region.start / PAGE), (region.end - region.start) / PAGE)
         .ok_or(LaunchError::Layout("the SVSM region"))?;
@@ -388,3 +398,6 @@ fn config(l: &Layout, ram: Vec<PageRange>, validated: &[Range<u64>], image_end: 
         secrets_page: Some(PageAddr::from_pfn(l.secrets / PAGE)),
     })
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -38,6 +38,8 @@ pub mod vcpu;
 pub mod vmcb;
 
 #[cfg(test)]
+mod test_hw;
+#[cfg(test)]
 mod test_page;
 
 pub use hw::{Fault, PageMem, SvmCpu, SvmHw};

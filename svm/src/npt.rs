@@ -84,7 +84,8 @@ mod tests {
     fn rmp() -> Rmp {
         let mut r = Rmp::new(16);
         r.host_assign(0, 8);
-        for (pfn, perms) in [(1, PERM_ALL), (2, PERM_READ), (3, PERM_READ | PERM_WRITE), (4, PERM_READ | PERM_EXEC_USER)]
+        for (pfn, perms) in
+            [(1, PERM_ALL), (2, PERM_READ), (3, PERM_READ | PERM_WRITE), (4, PERM_READ | PERM_EXEC_USER)]
         {
             r.pvalidate(pfn << 12, Size::Small, true).unwrap();
             r.rmpadjust(pfn << 12, Size::Small, 1, perms, false, |_| false).unwrap();

@@ -159,9 +159,9 @@ impl<H: SvmHw> Platform for SvmPlatform<H> {
     ) -> Result<(), HwError> {
         // A VMSA is in use while a CPU has its vCPU out (unless it is stopped for good).
         let slots = &self.state.slots;
-        self.state.rmp.rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, |pfn| {
-            slots.vmsa_in_use(pfn)
-        })?;
+        self.state
+            .rmp
+            .rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, |pfn| slots.vmsa_in_use(pfn))?;
         self.sync(page.pfn()..page.pfn() + size.pages())
     }
 
@@ -283,3 +283,6 @@ impl<H: SvmHw> Platform for SvmPlatform<H> {
         &self.state.certificates
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -134,7 +134,14 @@ impl<H: SvmHw> SvmPlatform<H> {
             }
             Action::Broken(why) => {
                 if index == VcpuIndex::STARTUP.0 {
-                    kernel::log!(self, Error, "svm: the startup vCPU {why} (exit {:#x}, info1 {:#x}, info2 {:#x})", e.code, e.info1, e.info2);
+                    kernel::log!(
+                        self,
+                        Error,
+                        "svm: the startup vCPU {why} (exit {:#x}, info1 {:#x}, info2 {:#x})",
+                        e.code,
+                        e.info1,
+                        e.info2
+                    );
                     return Err(End::Broken("the startup vCPU cannot run"));
                 }
                 // A broken secondary vCPU is the guest's problem: stop it, keep serving.
@@ -185,3 +192,6 @@ impl<H: SvmHw> SvmPlatform<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

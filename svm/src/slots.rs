@@ -165,10 +165,8 @@ impl<P: PageMem> Slots<P> {
     /// Take the next runnable vCPU of `cpu` after `last` (round robin): its index, the
     /// vCPU, and whether it was the only one that could run there.
     pub fn take_next(&mut self, cpu: u32, last: Option<u32>) -> Option<(u32, SvmVcpu<P>, bool)> {
-        let index = self
-            .runnable_on(cpu)
-            .find(|i| last.is_none_or(|l| *i > l))
-            .or_else(|| self.runnable_on(cpu).next())?;
+        let index =
+            self.runnable_on(cpu).find(|i| last.is_none_or(|l| *i > l)).or_else(|| self.runnable_on(cpu).next())?;
         let alone = self.runnable_on(cpu).nth(1).is_none();
         let vcpu = self.take(index, cpu)?;
         Some((index, vcpu, alone))

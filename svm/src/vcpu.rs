@@ -196,10 +196,8 @@ impl<P: PageMem> SvmVcpu<P> {
 
     /// #GP(0) on the next VMRUN; RIP stays on the instruction, as for a fault.
     pub fn inject_gp(&mut self) {
-        self.vmcb.set_u64(
-            offset::EVENT_INJ,
-            event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID,
-        );
+        self.vmcb
+            .set_u64(offset::EVENT_INJ, event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID);
     }
 
     /// #UD on the next VMRUN: the instruction does not exist for the guest.
@@ -321,7 +319,10 @@ mod tests {
         let m = &v.vmcb;
         assert_eq!(m.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1);
         assert_eq!(m.u32(offset::INTERCEPT_MISC2), INTERCEPT_MISC2);
-        assert_eq!((m.u64(offset::N_CR3), m.u64(offset::MSRPM_BASE), m.u64(offset::IOPM_BASE)), (0x1000, 0x2000, 0x4000));
+        assert_eq!(
+            (m.u64(offset::N_CR3), m.u64(offset::MSRPM_BASE), m.u64(offset::IOPM_BASE)),
+            (0x1000, 0x2000, 0x4000)
+        );
         assert_eq!(m.u64(offset::NP_ENABLE), 1);
         assert_eq!(m.u32(offset::GUEST_ASID), 1);
         assert_eq!(m.u64(offset::V_INTR) & V_INTR_MASKING, V_INTR_MASKING);
@@ -434,7 +435,10 @@ mod tests {
         assert_eq!((msr, access), (crate::msr::index::VM_HSAVE_PA, Access::Write(0x1000)), "ECX only");
         assert_eq!(answer, Err(Refusal::NotTheGuests));
         assert_eq!(w.field(VmsaField::Rip), 0x20_0000, "RIP stays on the faulting instruction");
-        assert_eq!(w.vmcb.u64(offset::EVENT_INJ), event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID);
+        assert_eq!(
+            w.vmcb.u64(offset::EVENT_INJ),
+            event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID
+        );
     }
 
     /// WRMSR EFER and PAT land in the VMCB; the TSC read adds the VMCB's offset.
