@@ -58,11 +58,13 @@ pub struct SvmState<P> {
     pub(crate) refused: u32,
     /// MSR accesses refused so far (likewise).
     pub(crate) refused_msrs: u32,
+    /// What the kernel made of the last call it served (for the model and tests).
+    pub last_entry: Option<kernel::request::EntryOutcome>,
 }
 
 impl<P> SvmState<P> {
     pub fn new(rmp: Rmp, slots: Slots<P>, maps: PermissionMaps<P>, certificates: Vec<u8>) -> Self {
-        Self { rmp, slots, maps, certificates, log_level: Level::Info, refused: 0, refused_msrs: 0 }
+        Self { rmp, slots, maps, certificates, log_level: Level::Info, refused: 0, refused_msrs: 0, last_entry: None }
     }
 }
 

@@ -99,7 +99,7 @@ impl<H: SvmHw> SvmPlatform<H> {
         match exit::classify(e.code, e.info1, e.info2, v.field(VmsaField::Rax)) {
             Action::Call => {
                 v.skip(exit::VMMCALL_LEN);
-                svsm.handle_entry(self, VcpuIndex(index));
+                self.state.last_entry = Some(svsm.handle_entry(self, VcpuIndex(index)));
             }
             Action::Msr { write } => self.answer_msr(svsm, index, write),
             Action::Io(io) => {
