@@ -1,7 +1,7 @@
 //! `bulwark`: the command-line tool a Bulwark user runs on the host.
 //!
 //! Commands:
-//! - `bulwark conformance [--json] [--filter TEXT] [--platform model|snp]`: run the SVSM conformance suite
+//! - `bulwark conformance [--json] [--filter TEXT] [--platform model|snp|svm]`: run the SVSM conformance suite
 //!   through the guest calling convention against the Bulwark kernel on the SEV-SNP model,
 //!   one fresh launch per case, and print a report (or JSON). Exit status 1 if any case
 //!   fails.
@@ -31,7 +31,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: bulwark <command> [options]
 
 commands:
-  conformance [--json] [--filter TEXT] [--platform model|snp]
+  conformance [--json] [--filter TEXT] [--platform model|snp|svm]
                                          run the SVSM conformance suite on the SEV-SNP model
   attest verify ...                      verify attestation evidence (`bulwark attest help`)
   attest demo --out DIR                  obtain evidence on the model and write it as files
