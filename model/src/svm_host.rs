@@ -357,10 +357,6 @@ pub struct ModelSvmCpu<'a> {
 }
 
 impl SvmCpu<ModelPage> for ModelSvmCpu<'_> {
-    fn cpu(&self) -> u32 {
-        self.cpu
-    }
-
     fn vmrun(&mut self, vmcb: &mut ModelPage, regs: &mut GuestRegs) -> bool {
         if self.host.kicked.remove(&self.cpu) {
             return false;

@@ -80,14 +80,6 @@ pub fn classify(code: u64, info1: u64, info2: u64, rax: u64) -> Action {
     }
 }
 
-impl Action {
-    /// Can the CPU that ran the vCPU handle this alone, without the SVSM's shared state?
-    /// (A HLT can be, when no other vCPU waits for the CPU: the caller decides.)
-    pub fn is_local(&self) -> bool {
-        matches!(self, Action::BareGate | Action::Cpuid | Action::Kicked | Action::Undefined)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,23 +136,5 @@ mod tests {
             }
         }
         assert_eq!(classify(exit::NPF, u64::MAX, u64::MAX, 0), Action::NestedFault { gpa: u64::MAX, error: u64::MAX });
-    }
-
-    /// Only exits that touch nothing shared are handled by the CPU alone: a call, an MSR
-    /// (it needs the vCPU's calling area), a refusal (logged), a yield and a broken vCPU
-    /// go to the SVSM.
-    #[test]
-    fn what_a_cpu_handles_alone() {
-        let local = [Action::BareGate, Action::Cpuid, Action::Kicked, Action::Undefined];
-        assert!(local.iter().all(Action::is_local));
-        let shared = [
-            Action::Call,
-            Action::Msr { write: false },
-            Action::Io(IoExit::decode(0)),
-            Action::NestedFault { gpa: 0, error: 0 },
-            Action::Halt,
-            Action::Broken(""),
-        ];
-        assert!(shared.iter().all(|a| !a.is_local()));
     }
 }

@@ -69,8 +69,6 @@ pub trait SvmHw {
 
 /// What one CPU does alone with a vCPU it took out of the platform.
 pub trait SvmCpu<P: PageMem> {
-    /// This CPU's index.
-    fn cpu(&self) -> u32;
     /// VMRUN the guest whose VMCB is `vmcb` with the general-purpose registers `regs`
     /// until its next #VMEXIT; `false` if a kick came first and the guest did not run.
     fn vmrun(&mut self, vmcb: &mut P, regs: &mut GuestRegs) -> bool;

@@ -18,6 +18,7 @@
 //! - `platform`: `SvmPlatform`, the kernel's `Platform` on top of all this;
 //! - `launch`: the launch layout, checked, and the platform's first state.
 #![no_std]
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 extern crate alloc;

@@ -164,7 +164,6 @@ pub struct Step {
 /// A CPU whose guest makes the scripted exits, then is called back (as by a kick).
 #[derive(Debug, Default)]
 pub struct TestCpu {
-    pub cpu: u32,
     pub script: VecDeque<Step>,
     pub generation: u64,
     /// Each entry: the VMCB's EVENT_INJ and TLB_CONTROL when it was entered.
@@ -172,10 +171,6 @@ pub struct TestCpu {
 }
 
 impl SvmCpu<TestPage> for TestCpu {
-    fn cpu(&self) -> u32 {
-        self.cpu
-    }
-
     fn vmrun(&mut self, vmcb: &mut TestPage, regs: &mut GuestRegs) -> bool {
         let Some(step) = self.script.pop_front() else { return false };
         let b = vmcb.bytes_mut();

@@ -227,7 +227,6 @@ fn a_broken_secondary_vcpu_is_stopped() {
     let t = w.p.take_next(1, None, g).unwrap();
     assert_eq!(t.index, 1);
     let mut t = t;
-    w.cpu.cpu = 1;
     w.cpu.script = [Step { code: code::SHUTDOWN, ..Step::default() }].into();
     let e = run_until_shared(&mut w.cpu, &mut t);
     assert_eq!(w.p.after_run(&mut w.svsm, t, e, 1).map(|t| t.is_none()), Ok(true));

@@ -131,10 +131,6 @@ pub struct BareCpu {
 }
 
 impl SvmCpu<Page> for BareCpu {
-    fn cpu(&self) -> u32 {
-        self.cpu
-    }
-
     fn vmrun(&mut self, vmcb: &mut Page, regs: &mut vmrun::GuestRegs) -> bool {
         // GIF off before the kick check: from here on a kick's NMI is held until the guest
         // runs and makes it exit at once.
