@@ -108,60 +108,53 @@ impl<H: SvmHw> SvmPlatform<H> {
                     IoRefusal::NotTheGuests => "",
                     IoRefusal::NotIntercepted => " (a guest port: the map in force is not the policy's)",
                 };
-                if let Some(n) = self.count_refusal() {
-                    let port = io.port;
-                    kernel::log!(
-                        self,
-                        Warn,
-                        "svm: refused vCPU {index}'s I/O to port {port:#x}{why} at rip {rip:#x}; #GP injected ({n} so far)"
-                    );
-                }
+                let port = io.port;
+                self.log_refusal(format_args!("vCPU {index}'s I/O to port {port:#x}{why} at rip {rip:#x}"));
             }
             Action::NestedFault { gpa, .. } => {
                 v.inject_gp();
-                if let Some(n) = self.count_refusal() {
-                    kernel::log!(
-                        self,
-                        Warn,
-                        "svm: refused vCPU {index}'s access to {gpa:#x} (not validated, or SVSM memory) at rip {rip:#x}; #GP injected ({n} so far)"
-                    );
-                }
+                self.log_refusal(format_args!(
+                    "vCPU {index}'s access to {gpa:#x} (not validated, or SVSM memory) at rip {rip:#x}"
+                ));
             }
             // A yield: the caller moves on to this CPU's next vCPU.
             Action::Halt => {
                 v.skip(exit::HLT_LEN);
                 return Ok(false);
             }
-            Action::Broken(why) => {
-                if index == VcpuIndex::STARTUP.0 {
-                    kernel::log!(
-                        self,
-                        Error,
-                        "svm: the startup vCPU {why} (exit {:#x}, info1 {:#x}, info2 {:#x})",
-                        e.code,
-                        e.info1,
-                        e.info2
-                    );
-                    return Err(End::Broken("the startup vCPU cannot run"));
-                }
-                // A broken secondary vCPU is the guest's problem: stop it, keep serving.
-                v.stopped = true;
-                kernel::log!(
-                    self,
-                    Warn,
-                    "svm: vCPU {index} (cpu {cpu}) {why} (exit {:#x}, info1 {:#x}, info2 {:#x}); stopped",
-                    e.code,
-                    e.info1,
-                    e.info2
-                );
-                return Ok(false);
-            }
+            Action::Broken(why) => return self.broken(index, cpu, why, e),
             // What the CPU handles alone never comes here; if it does, the same answer.
             Action::BareGate => v.skip(exit::VMMCALL_LEN),
             Action::Undefined => v.inject_ud(),
             Action::Cpuid | Action::Kicked => {}
         }
         Ok(true)
+    }
+
+    /// Vcpu `index` cannot go on. The startup vCPU ends the run; any other is the guest's
+    /// problem: it is stopped and the SVSM serves the rest.
+    fn broken(&mut self, index: u32, cpu: u32, why: &str, e: Exit) -> Result<bool, End> {
+        let (code, i1, i2) = (e.code, e.info1, e.info2);
+        if index == VcpuIndex::STARTUP.0 {
+            kernel::log!(self, Error, "svm: the startup vCPU {why} (exit {code:#x}, info1 {i1:#x}, info2 {i2:#x})");
+            return Err(End::Broken("the startup vCPU cannot run"));
+        }
+        if let Some(v) = self.state.slots.get_mut(index) {
+            v.stopped = true;
+        }
+        kernel::log!(
+            self,
+            Warn,
+            "svm: vCPU {index} (cpu {cpu}) {why} (exit {code:#x}, info1 {i1:#x}, info2 {i2:#x}); stopped"
+        );
+        Ok(false)
+    }
+
+    /// Log a refused guest access (#GP injected), rate-limited.
+    fn log_refusal(&mut self, what: core::fmt::Arguments<'_>) {
+        if let Some(n) = self.count_refusal() {
+            kernel::log!(self, Warn, "svm: refused {what}; #GP injected ({n} so far)");
+        }
     }
 
     /// Count a refused guest access; `Some(count)` if it is worth a log line.
