@@ -11,6 +11,8 @@ pub mod offset {
     pub const MSRPM_BASE: usize = 0x048;
     pub const TSC_OFFSET: usize = 0x050;
     pub const GUEST_ASID: usize = 0x058;
+    /// One byte (bits 39:32 of the quadword at 0x58); the next three are reserved and
+    /// V_INTR follows, so it is never written as a wider field.
     pub const TLB_CONTROL: usize = 0x05C;
     /// Virtual interrupt control; bit 24 is V_INTR_MASKING.
     pub const V_INTR: usize = 0x060;

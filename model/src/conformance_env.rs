@@ -73,6 +73,7 @@ impl Env for ModelEnv {
             log_bytes: match c.platform {
                 PlatformKind::Model => crate::machine::MODEL_LOG_BYTES as u64,
                 PlatformKind::Snp => snp::platform::LOG_BYTES as u64,
+                PlatformKind::Svm => crate::svm_host::LOG_BYTES as u64,
             },
         }
     }
@@ -168,6 +169,9 @@ pub fn run_case(case: &Case) -> (Verdict, Stats) {
 
 /// `run_case` with the kernel served through `platform`.
 pub fn run_case_on(case: &Case, platform: PlatformKind) -> (Verdict, Stats) {
+    if platform == PlatformKind::Svm {
+        return crate::svm_env::run_case(case);
+    }
     let mut env = ModelEnv::on(platform);
     let verdict = case.run(&mut env);
     let violations = env.world.machine.violations();

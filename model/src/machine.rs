@@ -232,7 +232,9 @@ impl Machine {
         self.rmp.check_access(gpa, len, 0, need).map_err(|a| MemoryFault { gpa: Gpa(a) })
     }
 
-    fn after_read(&self, gpa: u64, len: usize) {
+    /// The SVSM read `[gpa, gpa + len)`: another vCPU's racing write lands now, if this
+    /// read triggers it (also called by the svm platform's seam, which reads raw memory).
+    pub(crate) fn after_read(&self, gpa: u64, len: usize) {
         crate::heap::as_host(|| self.race_now(gpa, len))
     }
 

@@ -65,6 +65,9 @@ pub enum PlatformKind {
     /// `bulwark-snp`'s `SnpPlatform` over the machine's RMP and a software host
     /// (`snp_host`): GHCB protocol, AP creation, shared pages, VMSAs in memory.
     Snp,
+    /// `bulwark-svm`'s `SvmPlatform` over the machine's memory (`svm_host`): VMCBs, a
+    /// software VMRUN, nested paging recorded page by page, the svm launch.
+    Svm,
 }
 
 /// The snp platform's parts that outlive an entry.
@@ -108,6 +111,8 @@ pub struct World {
     pub host: Host,
     /// Set when `config.platform` is `Snp`.
     pub snp: Option<SnpWorld>,
+    /// Set when `config.platform` is `Svm`.
+    pub svm: Option<crate::svm_host::SvmWorld>,
 }
 
 fn range(start: u64, bytes: u64) -> PageRange {
@@ -117,6 +122,9 @@ fn range(start: u64, bytes: u64) -> PageRange {
 
 impl World {
     pub fn new(config: WorldConfig) -> Self {
+        if config.platform == PlatformKind::Svm {
+            return crate::svm_host::new_world(config);
+        }
         let mut m = Machine::new(config.ram_bytes, config.huge_from);
         m.vtom = config.vtom;
         m.log_level = config.log_level;
@@ -206,12 +214,15 @@ impl World {
                 Err(e) => panic!("the model's vTPM did not start: {e}"),
             }
         }
-        Self { machine: m, svsm, config, host: Host::default(), snp: snp_world }
+        Self { machine: m, svsm, config, host: Host::default(), snp: snp_world, svm: None }
     }
 
     /// The host enters the SVSM for `vcpu`. On the snp platform the SVSM then hands the
     /// CPU back with RUN_VMPL, as its request loop does.
     pub fn enter(&mut self, vcpu: VcpuIndex) -> EntryOutcome {
+        if self.svm.is_some() {
+            return crate::svm_host::enter(self, vcpu);
+        }
         let Some(snp) = self.snp.as_mut() else {
             return crate::heap::in_svsm(|| self.svsm.handle_entry(&mut self.machine, vcpu));
         };
@@ -231,7 +242,14 @@ impl World {
     /// other world. `config` only records the platform.
     pub fn adopt_snp(machine: Machine, svsm: Svsm, host: SnpHost, state: snp::SnpState) -> Self {
         let config = WorldConfig { platform: PlatformKind::Snp, ..WorldConfig::default() };
-        Self { machine, svsm, config, host: Host::default(), snp: Some(SnpWorld { host, state: Some(state) }) }
+        Self {
+            machine,
+            svsm,
+            config,
+            host: Host::default(),
+            snp: Some(SnpWorld { host, state: Some(state) }),
+            svm: None,
+        }
     }
 
     /// Tell the snp platform where a new CPU enters the SVSM, so each new vCPU gets its
@@ -285,6 +303,9 @@ impl GuestVcpu<'_> {
     /// The access goes through this vCPU's TLB (`Machine::guest_access`): stale
     /// permissions stay usable until the SVSM flushes.
     fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), GuestFault> {
+        if let Some(svm) = &self.world.svm {
+            return svm.guest_access(self.index.0, gpa, len, need).map_err(|gpa| GuestFault { gpa });
+        }
         self.world.machine.guest_access(self.index.0, self.vmpl, gpa, len, need).map_err(|gpa| GuestFault { gpa })
     }
 }
@@ -311,6 +332,10 @@ impl Transport for GuestVcpu<'_> {
     }
 
     fn request_svsm(&mut self, regs: &mut Regs) {
+        if self.world.svm.is_some() {
+            crate::svm_host::request(self.world, self.index, regs);
+            return;
+        }
         let Some(vmsa) = self.world.machine.vcpus.get(&self.index.0).map(|v| v.vmsa) else { return };
         let m = &mut self.world.machine;
         // VMGEXIT: the hardware saves the guest's state into its VMSA.

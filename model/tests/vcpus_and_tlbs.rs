@@ -1,5 +1,5 @@
 //! vCPU replacement at the SVSM's limits (issue 12, item 2) and TLB flushes that reach
-//! every vCPU (item 9), on the model's platform and the snp platform.
+//! every vCPU (item 9), on the model's platform, the snp platform and the svm platform.
 
 use abi::core_protocol::DepositEntry;
 use abi::protocol::{CallId, ProtocolId, core_call};
@@ -71,6 +71,11 @@ fn cpu_online_again_at_the_vcpu_limit_with_an_empty_pool_on_snp() {
     online_again_at_the_limits(PlatformKind::Snp);
 }
 
+#[test]
+fn cpu_online_again_at_the_vcpu_limit_with_an_empty_pool_on_svm() {
+    online_again_at_the_limits(PlatformKind::Svm);
+}
+
 /// A page another vCPU has been writing is deposited: once DEPOSIT_MEM returns, that
 /// vCPU's cached translation is gone too (the model keeps stale TLB entries per vCPU
 /// until the SVSM flushes; COCONUT flushes every CPU at the same point).
@@ -83,15 +88,21 @@ fn revocation_reaches_every_vcpu(platform: PlatformKind) {
     let other = w.vcpu_by_apic_id(1).expect("vCPU 1");
     let page = SCRATCH + 0x30_000;
     assert!(w.vcpu(other).write(page, &[7]).is_ok(), "vCPU 1 uses the page");
-    let flushes = w.machine.tlb_flushes.get();
+    let flushes = tlb_flushes(&w);
     let list = SCRATCH + 0x1000;
     let mut bytes = vec![1u8, 0, 0, 0, 0, 0, 0, 0];
     bytes.extend_from_slice(&DepositEntry::new(page, false).0.to_le_bytes());
     w.vcpu(VcpuIndex::STARTUP).write(list, &bytes).expect("list");
     assert_eq!(core(&mut w, VcpuIndex::STARTUP, ca0, core_call::DEPOSIT_MEM, [list, 0, 0, 0]), ResultCode::SUCCESS);
-    assert!(w.machine.tlb_flushes.get() > flushes, "no flush after the revocation");
+    assert!(tlb_flushes(&w) > flushes, "no flush after the revocation");
     assert!(w.vcpu(other).write(page, &[8]).is_err(), "vCPU 1 still writes a page the SVSM owns");
     assert_eq!(w.machine.vmsa_field(v1, VmsaField::Vmpl), 1);
+}
+
+/// TLB flushes so far: the SVSM's on the model and snp platforms, those VMRUN made on
+/// the svm platform (each vCPU's own, when it enters the guest after a change).
+fn tlb_flushes(w: &World) -> u64 {
+    w.svm.as_ref().map_or(w.machine.tlb_flushes.get(), |s| s.host.flushes)
 }
 
 #[test]
@@ -102,4 +113,11 @@ fn a_deposit_flushes_the_tlbs_of_other_vcpus() {
 #[test]
 fn a_deposit_flushes_the_tlbs_of_other_vcpus_on_snp() {
     revocation_reaches_every_vcpu(PlatformKind::Snp);
+}
+
+/// On svm the other vCPU is in the guest on another CPU: it is kicked out, and flushes
+/// when it enters again, before DEPOSIT_MEM returns.
+#[test]
+fn a_deposit_flushes_the_tlbs_of_other_vcpus_on_svm() {
+    revocation_reaches_every_vcpu(PlatformKind::Svm);
 }

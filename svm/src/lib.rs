@@ -1,15 +1,48 @@
-//! The `svm` platform's decisions (docs/platforms/svm.md): what the SVSM, as the L1
-//! hypervisor of its guest under QEMU, lets the guest do, kept apart from the instructions
-//! that enforce it (`svsm/src/bare/svm/`) so the host can test every rule.
+//! The `svm` platform above the instructions (docs/platforms/svm.md): what the SVSM, as
+//! the L1 hypervisor of its guest under QEMU, decides, kept apart from the instructions
+//! that carry it out so the host tests every rule, and so the model runs the whole
+//! platform under the conformance suite (the same split as `bulwark-snp`).
 //!
-//! - `msr`: the MSR policy: which MSRs pass through, which the SVSM emulates and how,
-//!   which it refuses with #GP;
-//! - `msrpm`: the MSR permission map the VMCB points at, built from that policy.
+//! The instructions (VMRUN, CPUID, guest-physical copies, nested page table memory,
+//! kicks, the PSP, the console) are the `hw` seam. The bare-metal SVSM implements it in
+//! `svsm/src/bare/svm/`; the model implements it in software (`model/src/svm_host.rs`).
+//!
+//! - `exit`: what each #VMEXIT does (the call gate, CPUID, refusals, yields, kicks);
+//! - `msr`, `msrpm`: the MSR policy and the MSR permission map built from it;
+//! - `iopm`: the I/O policy (the guest's own ports) and its permission map;
+//! - `npt`: nested paging from the RMP, and the format of nested page table entries;
+//! - `vmcb`, `vcpu`: a vCPU's VMCB and registers, its launch state and VMSA fields;
+//! - `slots`: where each vCPU is (in the SVSM's hands or out on a CPU) and what changes
+//!   reach it while it is out;
+//! - `run`: a CPU's run step and the SVSM's side of each exit;
+//! - `platform`: `SvmPlatform`, the kernel's `Platform` on top of all this;
+//! - `launch`: the launch layout, checked, and the platform's first state.
 #![no_std]
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod exit;
+pub mod hw;
+pub mod iopm;
+pub mod launch;
 pub mod msr;
 pub mod msrpm;
+pub mod npt;
+pub mod platform;
+pub mod run;
+pub mod slots;
+pub mod vcpu;
+pub mod vmcb;
+
+#[cfg(test)]
+mod test_hw;
+#[cfg(test)]
+mod test_page;
+
+pub use hw::{Fault, PageMem, SvmCpu, SvmHw};
+pub use platform::{SvmPlatform, SvmState};
+pub use run::{End, Taken};

@@ -53,8 +53,8 @@ pub fn trap(frame: &mut Frame) -> bool {
 #[cfg(feature = "gdb")]
 mod stub {
     use super::super::exceptions::Frame;
-    use super::super::launch::SVSM_REGION;
     use super::super::percpu::PER_CPU_VA;
+    use super::super::svm::hw::SVSM_REGION;
     use super::ACTIVE;
     use core::sync::atomic::{AtomicBool, Ordering};
     use gdbstub::common::Signal;

@@ -97,13 +97,14 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
             exit::failure()
         }
     };
+    let layout = ::svm::launch::QEMU;
     println!(
         "launch: guest entry {:#x}, SVSM region {:#x}..{:#x}, calling area {:#x}, secrets page {:#x}",
         platform.vcpu(0).map_or(0, |v| v.field(abi::vmsa::VmsaField::Rip)),
-        launch::SVSM_REGION.start,
-        launch::SVSM_REGION.end,
-        launch::CALLING_AREA_GPA,
-        launch::SECRETS_GPA
+        layout.svsm_region.start,
+        layout.svsm_region.end,
+        layout.calling_area,
+        layout.secrets
     );
     clock::calibrate();
     let started = clock::monotonic_ns();

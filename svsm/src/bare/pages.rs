@@ -47,20 +47,16 @@ impl Page {
     }
 
     /// All bytes of a run of pages.
+    pub fn run_bytes(&self) -> &[u8] {
+        // SAFETY: the run is `count` pages of initialized bytes owned by `self`.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>(), self.count * PAGE) }
+    }
+
+    /// All bytes of a run of pages, for a change.
     pub fn run_bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: the run is `count` pages of initialized bytes owned by `self`;
         // exclusive through `&mut self`.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<u8>(), self.count * PAGE) }
-    }
-
-    pub fn bytes(&self) -> &[u8; PAGE] {
-        // SAFETY: the page is 4096 initialized bytes owned by `self`; u8 has no alignment.
-        unsafe { &*self.ptr.as_ptr().cast::<[u8; PAGE]>() }
-    }
-
-    pub fn bytes_mut(&mut self) -> &mut [u8; PAGE] {
-        // SAFETY: as in `bytes`, exclusive through `&mut self`.
-        unsafe { &mut *self.ptr.as_ptr().cast::<[u8; PAGE]>() }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `bulwark conformance`: run every conformance case on the model and report, with the
-//! kernel served by the model's own platform or by the snp platform (`bulwark-snp` over
-//! the model's RMP and software host).
+//! kernel served by the model's own platform, by the snp platform (`bulwark-snp` over
+//! the model's RMP and software host) or by the svm platform (`bulwark-svm` over the
+//! model's memory, with a software VMRUN and nested paging).
 
 use conformance::{CASES, Verdict};
 use kernel::stats::Stats;
@@ -37,8 +38,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.platform = match it.next().map(String::as_str) {
                     Some("model") => PlatformKind::Model,
                     Some("snp") => PlatformKind::Snp,
+                    Some("svm") => PlatformKind::Svm,
                     other => {
-                        return Err(format!("--platform takes model or snp, not `{}`", other.unwrap_or("")));
+                        return Err(format!("--platform takes model, snp or svm, not `{}`", other.unwrap_or("")));
                     }
                 }
             }
@@ -64,6 +66,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let platform = match opts.platform {
         PlatformKind::Model => "model",
         PlatformKind::Snp => "snp",
+        PlatformKind::Svm => "svm",
     };
     if !opts.json {
         say!("Bulwark conformance suite: SVSM spec 58019 protocols, over the guest calling");
@@ -72,6 +75,9 @@ pub fn main(args: &[String]) -> ExitCode {
             PlatformKind::Model => say!("served by the model's own platform\n"),
             PlatformKind::Snp => {
                 say!("served by the snp platform (GHCB, AP creation, guest requests to a software host)\n")
+            }
+            PlatformKind::Svm => {
+                say!("served by the svm platform (VMCBs, a software VMRUN, nested paging from the SVSM's RMP)\n")
             }
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! and, with the `model` feature (a default one), the commands that run the SVSM on the
 //! SEV-SNP model, which links libtpms as the vTPM's engine:
-//! - `bulwark conformance [--json] [--filter TEXT] [--platform model|snp]`: run the SVSM
+//! - `bulwark conformance [--json] [--filter TEXT] [--platform model|snp|svm]`: run the SVSM
 //!   conformance suite through the guest calling convention against the Bulwark kernel on
 //!   the SEV-SNP model, one fresh launch per case, and print a report (or JSON). Exit
 //!   status 1 if any case fails.
@@ -52,7 +52,7 @@ commands:
 
 /// The commands that need the model (feature `model`).
 const USAGE_MODEL: &str = "
-  conformance [--json] [--filter TEXT] [--platform model|snp]
+  conformance [--json] [--filter TEXT] [--platform model|snp|svm]
                                          run the SVSM conformance suite on the SEV-SNP model
   attest demo --out DIR                  obtain evidence on the model and write it as files
   ocp list|read NAME|write NAME VALUE    the Observability protocol's sources on the model

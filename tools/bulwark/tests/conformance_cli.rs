@@ -1,4 +1,4 @@
-//! `bulwark conformance` as a user runs it: on either platform, JSON that says which, and
+//! `bulwark conformance` as a user runs it: on every platform, JSON that says which, and
 //! a usage error for a platform it does not know.
 
 use std::process::Command;
@@ -8,8 +8,8 @@ fn bulwark(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn the_suite_passes_on_both_platforms_and_says_which() {
-    for platform in ["model", "snp"] {
+fn the_suite_passes_on_every_platform_and_says_which() {
+    for platform in ["model", "snp", "svm"] {
         let out = bulwark(&["conformance", "--platform", platform, "--json", "--filter", "6.3/"]);
         assert!(out.status.success(), "{platform}: {}", String::from_utf8_lossy(&out.stderr));
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -23,5 +23,5 @@ fn the_suite_passes_on_both_platforms_and_says_which() {
 fn an_unknown_platform_is_a_usage_error() {
     let out = bulwark(&["conformance", "--platform", "tdx"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--platform takes model or snp, not `tdx`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--platform takes model, snp or svm, not `tdx`"));
 }

@@ -13,7 +13,8 @@
 //! enter, or the kicker sends the NMI and waits.
 //!
 //! An idle CPU sleeps in HLT with interrupts on ([`idle_until`]); whoever makes work for it
-//! calls [`wake_idle`], which sends the wake-up IPI to every sleeper. The same Dekker pair
+//! calls [`vcpus_changed`], which moves the generation on and sends the wake-up IPI to
+//! every sleeper. The same Dekker pair
 //! (`IDLE` against the caller's own condition) keeps a wake-up from being lost.
 
 use super::super::lapic;
@@ -29,6 +30,20 @@ static KICK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPU
 static IDLE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// #VMEXITs so far, per CPU (the kicker waits for this to move).
 static EXITS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Bumped whenever the set of runnable vCPUs changes (an idle CPU waits for it).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// How often the set of runnable vCPUs changed so far.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::SeqCst)
+}
+
+/// The set of runnable vCPUs changed (one may be an idle CPU's now): move the
+/// generation on and wake the sleepers.
+pub fn vcpus_changed() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    wake_idle();
+}
 
 fn slot(cpu: u32) -> Option<(&'static AtomicBool, &'static AtomicBool, &'static AtomicU64)> {
     let i = cpu as usize;

@@ -1,26 +1,22 @@
-//! The `svm` platform's machinery: the SVSM as an L1 hypervisor under QEMU's SVM
-//! emulation, the guest as an L2 VM (docs/architecture.md, docs/facts.md section 5).
+//! The `svm` platform's instructions: the SVSM as an L1 hypervisor under QEMU's SVM
+//! emulation, the guest as an L2 VM (docs/platforms/svm.md, docs/facts.md section 5).
+//! What the platform decides (exits, permission maps, nested paging from the RMP, vCPU
+//! slots, the launch layout) is the host-tested `bulwark-svm` crate (`svm/`); this module
+//! is its seam on the chip.
 //!
 //! - [`enable`]: check SVM and nested paging, set EFER.SVME and the host save area;
-//! - [`vmcb`]: the VMCB, read and written by field offset;
-//! - [`npt`]: nested page tables that map guest RAM and never SVSM memory;
+//! - [`hw`]: `SvmHw` and `SvmCpu` on the chip;
+//! - [`npt`]: the nested page tables' memory;
 //! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back;
-//! - [`kick`]: making another CPU leave the guest (shootdown, vCPU stop);
-//! - [`vcpu`]: an L2 vCPU (VMCB + registers + the VMSA fields SVM lacks);
+//! - [`kick`]: making another CPU leave the guest (shootdown, vCPU stop), waking idle ones;
 //! - [`psp`]: the software PSP that signs this platform's attestation reports;
-//! - [`vcek_cert`]: its VCEK certificate, issued from the launcher's kit;
-//! - [`platform`]: the kernel's `Platform` on top of all this.
-//!
-//! What the guest may do (which MSRs it reaches, the MSR permission map) is decided in
-//! the host-tested `bulwark-svm` crate (`svm/`); this module applies it.
+//! - [`vcek_cert`]: its VCEK certificate, issued from the launcher's kit.
 
+pub mod hw;
 pub mod kick;
 pub mod npt;
-pub mod platform;
 pub mod psp;
 pub mod vcek_cert;
-pub mod vcpu;
-pub mod vmcb;
 pub mod vmrun;
 
 use super::cpu::{self, EFER_SVME, MSR_EFER, MSR_VM_HSAVE_PA};

@@ -1,26 +1,10 @@
-//! Nested page tables: the guest-physical to host-physical map of the L2 guest, 4 KiB
-//! pages, identity (gpa = hpa). A page is present exactly while the guest may use it:
-//! validated guest RAM, with the permissions the SVSM granted. SVSM memory, VMSAs and
-//! unvalidated pages are absent, so a guest access there is a nested page fault that the
-//! SVSM sees and refuses. Tables are allocated on demand and never freed.
+//! The nested page tables' memory: 4-level tables of 4 KiB pages from the heap, written
+//! in the entry format `bulwark_svm::npt` defines, which also decides what each guest
+//! page maps to. Tables are allocated on demand and never freed.
 
 use super::super::pages::Page;
 use alloc::collections::BTreeMap;
-
-const PRESENT: u64 = 1;
-const WRITABLE: u64 = 1 << 1;
-/// Nested walks are user accesses: every level needs U/S.
-const USER: u64 = 1 << 2;
-const NO_EXECUTE: u64 = 1 << 63;
-const TABLE: u64 = PRESENT | WRITABLE | USER;
-const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
-
-/// What the guest may do with a page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Access {
-    pub write: bool,
-    pub execute: bool,
-}
+use svm::npt::{self, Access};
 
 pub struct NestedPageTable {
     root: Page,
@@ -39,17 +23,18 @@ impl NestedPageTable {
     }
 
     /// Map (`Some`) or unmap (`None`) the 4 KiB page at `gpa`. `None` if a table could not
-    /// be allocated or `gpa` is beyond 48 bits.
+    /// be allocated or nested paging cannot map `gpa`.
     pub fn set(&mut self, gpa: u64, access: Option<Access>) -> Option<()> {
-        if gpa >> 48 != 0 {
+        if !npt::mappable(gpa) {
             return None;
         }
+        let [upper @ .., last] = npt::LEVELS;
         let mut table = self.root.phys();
-        for level in [39u32, 30, 21] {
-            let index = ((gpa >> level) & 0x1FF) as usize;
+        for shift in upper {
+            let index = npt::index(gpa, shift);
             let entry = self.entry(table, index);
-            table = if entry & PRESENT != 0 {
-                entry & ADDR_MASK
+            table = if entry & npt::PRESENT != 0 {
+                entry & npt::ADDR_MASK
             } else {
                 if access.is_none() {
                     return Some(()); // nothing mapped below: already absent
@@ -57,17 +42,11 @@ impl NestedPageTable {
                 let page = Page::zeroed()?;
                 let phys = page.phys();
                 self.tables.insert(phys, page);
-                self.set_entry(table, index, phys | TABLE);
+                self.set_entry(table, index, npt::table(phys));
                 phys
             };
         }
-        let leaf = match access {
-            None => 0,
-            Some(a) => {
-                gpa | PRESENT | USER | if a.write { WRITABLE } else { 0 } | if a.execute { 0 } else { NO_EXECUTE }
-            }
-        };
-        self.set_entry(table, ((gpa >> 12) & 0x1FF) as usize, leaf);
+        self.set_entry(table, npt::index(gpa, last), npt::leaf(gpa, access));
         Some(())
     }
 
@@ -79,12 +58,12 @@ impl NestedPageTable {
     }
 
     fn entry(&mut self, table: u64, index: usize) -> u64 {
-        self.table_mut(table).map_or(0, |t| t.words_mut()[index])
+        self.table_mut(table).and_then(|t| t.words_mut().get(index).copied()).unwrap_or(0)
     }
 
     fn set_entry(&mut self, table: u64, index: usize, value: u64) {
-        if let Some(t) = self.table_mut(table) {
-            t.words_mut()[index] = value;
+        if let Some(word) = self.table_mut(table).and_then(|t| t.words_mut().get_mut(index)) {
+            *word = value;
         }
     }
 }

@@ -10,25 +10,18 @@
 //! caller clears GIF ([`clgi`]) before its last check that it may enter the guest (see
 //! `kick.rs`); the trampoline sets it again (STGI) after the #VMEXIT.
 
-/// The guest's general-purpose registers that the VMCB does not hold.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GuestRegs {
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-}
+pub use svm::vcpu::GuestRegs;
+
+// The trampoline loads and stores the registers at these offsets.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GuestRegs, rbx) == 0 && offset_of!(GuestRegs, rcx) == 8 && offset_of!(GuestRegs, rdx) == 16);
+    assert!(offset_of!(GuestRegs, rsi) == 24 && offset_of!(GuestRegs, rdi) == 32 && offset_of!(GuestRegs, rbp) == 40);
+    assert!(offset_of!(GuestRegs, r8) == 48 && offset_of!(GuestRegs, r9) == 56 && offset_of!(GuestRegs, r10) == 64);
+    assert!(offset_of!(GuestRegs, r11) == 72 && offset_of!(GuestRegs, r12) == 80 && offset_of!(GuestRegs, r13) == 88);
+    assert!(offset_of!(GuestRegs, r14) == 96 && offset_of!(GuestRegs, r15) == 104);
+    assert!(core::mem::size_of::<GuestRegs>() == 112);
+};
 
 core::arch::global_asm!(
     r#"

@@ -1,11 +1,12 @@
-//! A VMCB page and typed access to its fields (layout: `abi::vmcb`).
+//! A VMCB and typed access to its fields (layout: `abi::vmcb`). The page is SVSM memory
+//! the CPU reads by physical address during VMRUN; every access here is a bounded copy.
 
-use super::super::pages::Page;
+use crate::hw::PageMem;
 use abi::vmcb::offset;
 use abi::vmsa::VmsaField;
 
 /// A segment register in the save area.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub selector: u16,
     pub attrib: u16,
@@ -13,17 +14,24 @@ pub struct Segment {
     pub base: u64,
 }
 
-pub struct Vmcb {
-    page: Page,
+#[derive(Debug)]
+pub struct Vmcb<P> {
+    page: P,
 }
 
-impl Vmcb {
-    pub fn new() -> Option<Self> {
-        Page::zeroed().map(|page| Self { page })
+impl<P: PageMem> Vmcb<P> {
+    /// A VMCB in `page` (zeroed: no intercepts, no state).
+    pub fn new(page: P) -> Self {
+        Self { page }
     }
 
     pub fn phys(&self) -> u64 {
         self.page.phys()
+    }
+
+    /// The page itself, for VMRUN.
+    pub fn page_mut(&mut self) -> &mut P {
+        &mut self.page
     }
 
     fn field<const N: usize>(&self, off: usize) -> [u8; N] {
@@ -43,6 +51,12 @@ impl Vmcb {
     pub fn u64(&self, off: usize) -> u64 {
         u64::from_le_bytes(self.field(off))
     }
+    pub fn u8(&self, off: usize) -> u8 {
+        self.field::<1>(off)[0]
+    }
+    pub fn u32(&self, off: usize) -> u32 {
+        u32::from_le_bytes(self.field(off))
+    }
     pub fn set_u64(&mut self, off: usize, v: u64) {
         self.set_field(off, &v.to_le_bytes());
     }
@@ -60,6 +74,15 @@ impl Vmcb {
         self.set_field(off + 8, &s.base.to_le_bytes());
     }
 
+    pub fn segment(&self, off: usize) -> Segment {
+        Segment {
+            selector: u16::from_le_bytes(self.field(off)),
+            attrib: u16::from_le_bytes(self.field(off + 2)),
+            limit: u32::from_le_bytes(self.field(off + 4)),
+            base: u64::from_le_bytes(self.field(off + 8)),
+        }
+    }
+
     /// A save-area field that the VMCB shares with the VMSA layout.
     pub fn save(&self, f: VmsaField) -> u64 {
         let off = offset::SAVE + f.offset();
@@ -71,7 +94,7 @@ impl Vmcb {
     pub fn set_save(&mut self, f: VmsaField, v: u64) {
         let off = offset::SAVE + f.offset();
         match f.width() {
-            1 => self.set_u8(off, v as u8),
+            1 => self.set_u8(off, v.to_le_bytes()[0]),
             _ => self.set_u64(off, v),
         }
     }

@@ -1,0 +1,184 @@
+//! The conformance suite on the svm platform over the model (`svm_host`): a fresh world
+//! per case, the guest's side through the world's vCPUs, and the host powers that exist
+//! under the svm platform.
+//!
+//! On this platform the SVSM is the guest's hypervisor, so some of a host's powers have
+//! no counterpart: nothing sits between the guest's VMMCALL and the SVSM to drop it, no
+//! host reassigns pages (the RMP is the SVSM's own), and a vCPU that runs on another CPU
+//! is kicked out of the guest and stopped rather than found in use. A case that uses one
+//! of those is skipped with the reason. Guest code below VMPL1 does not run here either
+//! (one nested page table, VMPL1's), as in the QEMU run.
+
+use crate::conformance_env::CONFORMANCE_PAGES_PER_CALL;
+use crate::machine::Race;
+use crate::world::{self, MIB, PlatformKind, World, WorldConfig};
+use abi::hw::rmpadjust::PERM_READ;
+use abi::vmsa::VmsaField;
+use conformance::{Case, Env, Facts, HostControl, Verdict};
+use guest::client::{GuestFault, Regs, Transport};
+use kernel::stats::Stats;
+use kernel::vcpu::VcpuIndex;
+
+#[derive(Debug)]
+pub struct SvmEnv {
+    pub world: World,
+    vcpu: VcpuIndex,
+    calling_area: u64,
+    /// A host power the case used that the svm platform has no counterpart for.
+    unsupported: Option<&'static str>,
+}
+
+impl Default for SvmEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SvmEnv {
+    pub fn new() -> Self {
+        let config = WorldConfig {
+            pages_per_call: CONFORMANCE_PAGES_PER_CALL,
+            platform: PlatformKind::Svm,
+            ..WorldConfig::default()
+        };
+        Self {
+            world: World::new(config),
+            vcpu: VcpuIndex::STARTUP,
+            calling_area: world::STARTUP_CA_GPA,
+            unsupported: None,
+        }
+    }
+
+    fn unsupported(&mut self, why: &'static str) {
+        self.unsupported.get_or_insert(why);
+    }
+
+    fn rmp(&self) -> &rmp::Rmp {
+        match &self.world.svm {
+            Some(svm) => &svm.state().rmp,
+            None => &self.world.machine.rmp,
+        }
+    }
+}
+
+impl Transport for SvmEnv {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestFault> {
+        self.world.vcpu(self.vcpu).read(gpa, buf)
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestFault> {
+        self.world.vcpu(self.vcpu).write(gpa, data)
+    }
+    fn exchange_u8(&mut self, gpa: u64, value: u8) -> Result<u8, GuestFault> {
+        self.world.vcpu(self.vcpu).exchange_u8(gpa, value)
+    }
+    fn request_svsm(&mut self, regs: &mut Regs) {
+        self.world.vcpu(self.vcpu).request_svsm(regs)
+    }
+}
+
+impl Env for SvmEnv {
+    fn facts(&self) -> Facts {
+        let c = &self.world.config;
+        Facts {
+            secrets_page: world::SECRETS_GPA,
+            startup_vmsa: world::STARTUP_VMSA_GPA,
+            sev_features: abi::hw::sev_features::SNP_ACTIVE,
+            scratch: 2 * MIB,
+            scratch_pages: (world::LOW_VALIDATED_END - 2 * MIB) / 4096,
+            free_small: world::LOW_VALIDATED_END,
+            free_small_pages: (world::SVSM_BASE - world::LOW_VALIDATED_END) / 4096,
+            free_huge: c.huge_from,
+            free_huge_count: (c.ram_bytes - c.huge_from) / (2 * MIB),
+            not_ram: c.ram_bytes + 4 * MIB,
+            pages_per_call: c.pages_per_call,
+            attestation: true,
+            log_bytes: crate::svm_host::LOG_BYTES as u64,
+        }
+    }
+    fn calling_area(&self) -> u64 {
+        self.calling_area
+    }
+    fn set_calling_area(&mut self, gpa: u64) {
+        self.calling_area = gpa;
+    }
+    fn select_vcpu(&mut self, apic_id: u32, calling_area: u64) -> Result<bool, conformance::CaseError> {
+        Ok(match self.world.vcpu_by_apic_id(apic_id) {
+            Some(v) => {
+                self.vcpu = v;
+                self.calling_area = calling_area;
+                true
+            }
+            None => false,
+        })
+    }
+    fn write_vmsa(&mut self, gpa: u64, _apic_id: u32) -> Result<(), conformance::CaseError> {
+        // The model never runs created vCPUs' code: the fields the SVSM checks suffice.
+        let mut vmsa = abi::vmsa::Vmsa::zeroed();
+        vmsa.vmpl = 1;
+        vmsa.efer = 0x500;
+        vmsa.sev_features = abi::hw::sev_features::SNP_ACTIVE;
+        Ok(self.write(gpa, zerocopy::IntoBytes::as_bytes(&vmsa))?)
+    }
+    fn host(&mut self) -> Option<&mut dyn HostControl> {
+        Some(self)
+    }
+}
+
+impl HostControl for SvmEnv {
+    fn psp_fault(&mut self, fault: conformance::PspFault) {
+        // The seam's PSP is the machine's, with its faults.
+        self.world.machine.psp_fault = Some(fault);
+    }
+    fn drop_next_request(&mut self) {
+        self.unsupported("no host between the guest and the SVSM on svm: every VMMCALL exits to the SVSM");
+    }
+    fn set_exit_code(&mut self, code: Option<u64>) {
+        // The guest's exit is another instruction's (0x7B: an I/O instruction): it must
+        // never be served as a call.
+        self.world.host.exit_code = code;
+    }
+    fn enter_without_request(&mut self) -> u64 {
+        // A VMMCALL with no call pending.
+        self.world.enter(self.vcpu);
+        let vmsa = self.world.machine.vcpus.get(&self.vcpu.0).map_or(0, |v| v.vmsa);
+        crate::svm_host::vmsa_field(&self.world, vmsa, VmsaField::Rax)
+    }
+    fn set_running(&mut self, _vmsa: u64, _running: bool) {
+        self.unsupported("a vCPU that runs on another CPU is kicked out of the guest and stopped on svm: never in use");
+    }
+    fn race(&mut self, trigger: u64, gpa: u64, bytes: &[u8]) {
+        self.world.machine.race(Race { trigger, gpa, bytes: bytes.to_vec() });
+    }
+    fn reassign_page(&mut self, _gpa: u64) {
+        self.unsupported("no host reassigns guest pages on svm: the RMP is the SVSM's own");
+    }
+    fn write_memory(&mut self, gpa: u64, bytes: &[u8]) {
+        // QEMU (the host here) can write any guest RAM.
+        self.world.machine.raw_write(gpa, bytes);
+    }
+    fn vmpl_can_read(&self, gpa: u64, vmpl: u8) -> bool {
+        self.rmp().allows(gpa >> 12, vmpl, PERM_READ)
+    }
+    fn rmp_permissions(&self, gpa: u64, vmpl: u8) -> u8 {
+        self.rmp().entry(gpa >> 12).map_or(0, |e| e.perms[usize::from(vmpl & 3)])
+    }
+    fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64 {
+        crate::svm_host::vmsa_field(&self.world, vmsa, field)
+    }
+}
+
+/// Run one case on a fresh svm world; a machine-level violation fails the case, a host
+/// power the platform lacks skips it. Returns the verdict and the SVSM's counters.
+pub fn run_case(case: &Case) -> (Verdict, Stats) {
+    let mut env = SvmEnv::new();
+    let verdict = case.run(&mut env);
+    let violations = env.world.machine.violations();
+    let verdict = match (verdict, env.unsupported) {
+        (_, Some(why)) => Verdict::Skip(why),
+        (Verdict::Pass, None) if !violations.is_empty() => {
+            Verdict::Fail(format!("calling-convention violations: {violations:?}"))
+        }
+        (v, None) => v,
+    };
+    (verdict, env.world.svsm.stats().clone())
+}

@@ -1,0 +1,82 @@
+//! The hardware seam: what only the machine does, at instruction granularity. Everything
+//! above it (which exits do what, which pages the guest reaches, where vCPUs are) is this
+//! crate's and host-tested; the bare-metal SVSM implements the seam with the real
+//! instructions (`svsm/src/bare/svm/`), the model in software (`model/src/svm_host.rs`).
+//!
+//! It has two halves, along the SVSM's lock: [`SvmHw`] is the machine as the shared SVSM
+//! uses it (guest memory, nested page table memory, kicks, the PSP, the console), and
+//! [`SvmCpu`] is what one CPU does alone with a vCPU it took out (VMRUN, CPUID), so that
+//! running a guest never needs the shared state.
+
+use crate::npt::Access;
+use crate::vcpu::GuestRegs;
+use kernel::log_ring::LogLost;
+use kernel::platform::{GuestRequestError, Level};
+
+/// SVSM memory the hardware reads by physical address (a VMCB, a permission map): a run
+/// of zeroed 4 KiB pages the guest never reaches.
+pub trait PageMem {
+    /// Physical address of the first byte (page aligned).
+    fn phys(&self) -> u64;
+    /// All bytes of the run.
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+/// A guest-physical access the machine could not make (beyond its memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault;
+
+/// The machine as the shared SVSM uses it (under the SVSM's lock).
+pub trait SvmHw {
+    type Page: PageMem;
+
+    /// `count` contiguous zeroed pages of SVSM memory; `None` when there is no memory.
+    fn alloc(&mut self, count: usize) -> Option<Self::Page>;
+
+    /// Copy guest-physical memory. The platform has checked the range against its RMP.
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault>;
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault>;
+    fn zero_guest(&mut self, gpa: u64, len: usize) -> Result<(), Fault>;
+
+    /// Map the guest's 4 KiB page at `gpa` (identity, with `access`) in the nested page
+    /// tables, or unmap it (`None`). `Err` when a table cannot be had or `gpa` is beyond
+    /// what nested paging maps.
+    fn npt_set(&mut self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
+    /// Root of the nested page tables (the VMCB's N_CR3).
+    fn npt_root(&self) -> u64;
+
+    /// Make `cpu` leave the guest and come back to the SVSM before it runs a vCPU again;
+    /// returns once it is out of the guest.
+    fn kick(&mut self, cpu: u32);
+    /// The set of runnable vCPUs changed: move the generation on and wake idle CPUs.
+    fn vcpus_changed(&mut self);
+    /// How often the set of runnable vCPUs changed so far.
+    fn generation(&self) -> u64;
+    /// What RDTSC gives the SVSM now.
+    fn rdtsc(&self) -> u64;
+
+    /// Hand a guest message to the PSP and wait for its answer (on this platform a
+    /// software PSP inside the SVSM).
+    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError>;
+
+    /// Stop the SVSM for good after logging `why` (`Platform::fatal`).
+    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> !;
+
+    /// Write one log line the platform decided to emit.
+    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>);
+    /// The console's log stream (the Observability protocol reads it).
+    fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost>;
+    fn log_written(&self) -> u64;
+}
+
+/// What one CPU does alone with a vCPU it took out of the platform.
+pub trait SvmCpu<P: PageMem> {
+    /// VMRUN the guest whose VMCB is `vmcb` with the general-purpose registers `regs`
+    /// until its next #VMEXIT; `false` if a kick came first and the guest did not run.
+    fn vmrun(&mut self, vmcb: &mut P, regs: &mut GuestRegs) -> bool;
+    /// CPUID as this CPU answers it.
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// How often the set of runnable vCPUs changed so far (as [`SvmHw::generation`]).
+    fn generation(&self) -> u64;
+}

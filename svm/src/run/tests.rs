@@ -1,0 +1,252 @@
+//! The exit policy as the SVSM carries it out: each exit through a CPU's run step and,
+//! where it needs the SVSM, through `after_run` with the kernel serving the guest.
+
+use super::*;
+use crate::launch::tests::launched;
+use crate::test_hw::{Step, TestCpu, TestHw};
+use crate::test_page::TestPage;
+use abi::vmcb::{event, exit as code};
+use kernel::platform::Platform;
+use std::vec;
+
+const CA: u64 = 0x9000;
+const START_RIP: u64 = 0x20_0000;
+
+struct World {
+    p: SvmPlatform<TestHw>,
+    svsm: Svsm,
+    cpu: TestCpu,
+}
+
+fn world() -> World {
+    let (mut p, config) = launched();
+    let svsm = Svsm::new(config, &mut p).unwrap();
+    World { p, svsm, cpu: TestCpu::default() }
+}
+
+impl World {
+    fn take(&mut self) -> Taken<TestPage> {
+        let g = self.p.hw.generation;
+        self.p.take_next(0, None, g).unwrap()
+    }
+
+    /// The guest on vCPU 0 makes `steps` exits; the CPU runs it until an exit needs the
+    /// SVSM, which handles it. `Ok(true)` if the vCPU may run on at once (it is put back
+    /// here, so tests find it in its slot).
+    fn run(&mut self, steps: &[Step]) -> Result<bool, End> {
+        self.cpu.script = steps.iter().copied().collect();
+        let mut t = self.take();
+        let exit = run_until_shared(&mut self.cpu, &mut t);
+        let again = self.p.after_run(&mut self.svsm, t, exit, 0)?;
+        Ok(match again {
+            Some(t) => {
+                self.p.state.slots.put_back(t.index, t.vcpu);
+                true
+            }
+            None => false,
+        })
+    }
+
+    fn vcpu0(&self) -> &SvmVcpu<TestPage> {
+        self.p.vcpu(0).unwrap()
+    }
+
+    fn event(&self) -> u64 {
+        // What the next entry delivers.
+        self.vcpu0().vmcb.u64(offset::EVENT_INJ)
+    }
+}
+
+/// Calls the kernel counted, on every protocol.
+fn calls(svsm: &Svsm) -> u64 {
+    svsm.stats().per_protocol.iter().map(|c| c.calls).sum()
+}
+
+fn call(rax: u64, rcx: u64) -> Step {
+    Step { code: code::VMMCALL, rax, rcx, ..Step::default() }
+}
+
+const GP: u64 = event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID;
+
+/// VMMCALL is the call gate: RIP steps over it and the kernel serves the call from the
+/// calling area (here: an unsupported protocol, then QUERY_PROTOCOL for the core one).
+#[test]
+fn vmmcall_is_the_call_gate() {
+    let mut w = world();
+    w.p.hw.write(CA, &[1]);
+    assert_eq!(w.run(&[call(7 << 32, 0)]), Ok(true), "the vCPU goes on at once");
+    assert_eq!(w.vcpu0().field(VmsaField::Rax), 0x8000_0001, "SVSM_ERR_UNSUPPORTED_PROTOCOL");
+    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 3);
+    let mut pending = [9u8];
+    w.p.hw.read(CA, &mut pending);
+    assert_eq!(pending, [0], "CALL_PENDING cleared by the SVSM");
+    w.p.hw.write(CA, &[1]);
+    assert_eq!(w.run(&[call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1)]), Ok(true));
+    assert_eq!(w.vcpu0().field(VmsaField::Rax), 0, "QUERY_PROTOCOL: SUCCESS");
+    assert_eq!(calls(&w.svsm), 2);
+}
+
+/// The bare gate and CPUID never reach the SVSM: the CPU answers them and runs on.
+#[test]
+fn the_bare_gate_and_cpuid_are_answered_by_the_cpu() {
+    let mut w = world();
+    w.cpu.script = [
+        call(exit::BARE_GATE_RAX, 0),
+        Step { code: code::CPUID, rax: 0x8000_001F, rcx: 0, ..Step::default() },
+        Step { code: code::CPUID, rax: 1, rcx: 5, ..Step::default() },
+    ]
+    .into();
+    let mut t = w.take();
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None, "called back only when the script ran out");
+    assert_eq!(t.vcpu.field(VmsaField::Rip), START_RIP + 3 + 2 + 2);
+    assert_eq!(t.vcpu.field(VmsaField::Rax), 1, "leaf 1 as the CPU answered it");
+    assert_eq!((t.vcpu.regs.rbx, t.vcpu.regs.rcx), (5, 0xC));
+    assert_eq!(w.cpu.entries.len(), 3);
+    assert_eq!(calls(&w.svsm), 0);
+}
+
+#[test]
+fn cpuid_announces_the_svsm() {
+    let mut w = world();
+    w.cpu.script = [Step { code: code::CPUID, rax: 0x8000_001F, ..Step::default() }].into();
+    let mut t = w.take();
+    run_until_shared(&mut w.cpu, &mut t);
+    assert_eq!(t.vcpu.field(VmsaField::Rax), 0x8000_001F | 1 << 28);
+}
+
+/// SVM instructions are #UD, delivered on the next entry, without the SVSM.
+#[test]
+fn svm_instructions_are_undefined() {
+    for c in exit::UNDEFINED {
+        let mut w = world();
+        w.cpu.script = [Step { code: c, ..Step::default() }, Step { code: code::HLT, ..Step::default() }].into();
+        let mut t = w.take();
+        run_until_shared(&mut w.cpu, &mut t);
+        assert_eq!(w.cpu.entries[1].0, event::UD | event::TYPE_EXCEPTION | event::VALID, "{c:#x}");
+        assert_eq!(t.vcpu.field(VmsaField::Rip), START_RIP + 1, "RIP stays on the instruction; then the HLT");
+    }
+}
+
+/// A refused port, and a nested page fault: #GP(0), RIP on the instruction, logged, and
+/// the vCPU goes on.
+#[test]
+fn refused_io_and_memory_inject_gp() {
+    let mut w = world();
+    let io = Step { code: code::IOIO, info1: 0xCFC << 16 | 1 << 6 | 1, ..Step::default() };
+    assert_eq!(w.run(&[io]), Ok(true));
+    assert_eq!(w.event(), GP);
+    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP);
+    assert!(w.p.hw.logged("I/O to port 0xcfc"));
+    let npf = Step { code: code::NPF, info1: 0b111, info2: 0x100_0000, ..Step::default() };
+    assert_eq!(w.run(&[npf]), Ok(true));
+    assert_eq!(w.event(), GP);
+    assert!(w.p.hw.logged("access to 0x1000000"));
+    // A port that is the guest's own should never exit; if it does, it is refused too.
+    let own = Step { code: code::IOIO, info1: 0x2F8 << 16 | 1 << 4, ..Step::default() };
+    assert_eq!(w.run(&[own]), Ok(true));
+    assert_eq!(w.event(), GP);
+    assert!(w.p.hw.logged("a guest port"));
+}
+
+/// The log of refusals is rate-limited: the first 32, then every 100th.
+#[test]
+fn refusals_cannot_flood_the_log() {
+    let mut w = world();
+    let npf = Step { code: code::NPF, info2: 0x100_0000, ..Step::default() };
+    for _ in 0..250 {
+        assert_eq!(w.run(&[npf]), Ok(true));
+    }
+    let lines = w.p.hw.log.iter().filter(|(_, l)| l.contains("refused vCPU 0")).count();
+    assert_eq!(lines, 32 + 2, "1..=32, 100, 200");
+}
+
+/// RDMSR of the calling-area MSR reads the vCPU's calling area from the kernel; a
+/// refused WRMSR injects #GP(0).
+#[test]
+fn msr_exits_follow_the_policy() {
+    let mut w = world();
+    let rd = Step { code: code::MSR, info1: 0, rcx: 0xC001_F000, ..Step::default() };
+    assert_eq!(w.run(&[rd]), Ok(true));
+    assert_eq!(w.vcpu0().field(VmsaField::Rax), CA);
+    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 2);
+    let wr = Step { code: code::MSR, info1: 1, rcx: 0xC001_0117, rax: 0x1000, ..Step::default() };
+    assert_eq!(w.run(&[wr]), Ok(true));
+    assert_eq!(w.event(), GP);
+    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 2, "the read before");
+}
+
+/// HLT: with no other vCPU on the CPU and nothing changed, the CPU steps over it alone;
+/// once the set of vCPUs changed, the vCPU yields to the SVSM.
+#[test]
+fn hlt_is_a_yield() {
+    let mut w = world();
+    let hlt = Step { code: code::HLT, ..Step::default() };
+    w.cpu.script = [hlt, hlt].into();
+    let mut t = w.take();
+    assert!(t.alone);
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None);
+    assert_eq!(t.vcpu.field(VmsaField::Rip), START_RIP + 2, "both stepped over on the CPU");
+    w.p.state.slots.put_back(t.index, t.vcpu);
+    let mut t = w.take();
+    w.cpu.script = [hlt].into();
+    w.cpu.generation = 1;
+    w.p.hw.generation = 1;
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    assert!(e.is_some(), "the set changed: the HLT goes to the SVSM");
+    let r = w.p.after_run(&mut w.svsm, t, e, 0).unwrap();
+    assert!(r.is_none(), "yielded: the CPU picks anew");
+    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 3);
+}
+
+/// A kick calls the vCPU back without an exit: it is put back and taken again.
+#[test]
+fn a_kick_puts_the_vcpu_back() {
+    let mut w = world();
+    assert_eq!(w.run(&[]), Ok(true));
+    assert_eq!(calls(&w.svsm), 0);
+}
+
+/// A vCPU that breaks: the startup one ends the run; the SVSM logs why.
+#[test]
+fn a_broken_startup_vcpu_ends_the_run() {
+    for c in [code::SHUTDOWN, code::INVALID, 0x0E, 0x403, 0x1234] {
+        let mut w = world();
+        let r = w.run(&[Step { code: c, ..Step::default() }]);
+        assert_eq!(r, Err(End::Broken("the startup vCPU cannot run")), "{c:#x}");
+        assert!(w.p.hw.logged("the startup vCPU"));
+    }
+}
+
+/// A secondary vCPU that breaks is stopped; the SVSM serves on.
+#[test]
+fn a_broken_secondary_vcpu_is_stopped() {
+    let mut w = world();
+    let secondary = SvmVcpu::long_mode(TestPage::new(1), w.p.controls(), 0x40_0000, START_RIP, 0xB000);
+    w.p.state.slots.insert(1, secondary);
+    let g = w.p.hw.generation;
+    let t = w.p.take_next(1, None, g).unwrap();
+    assert_eq!(t.index, 1);
+    let mut t = t;
+    w.cpu.script = [Step { code: code::SHUTDOWN, ..Step::default() }].into();
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    assert_eq!(w.p.after_run(&mut w.svsm, t, e, 1).map(|t| t.is_none()), Ok(true));
+    assert!(w.p.state.slots.get(1).unwrap().stopped);
+    assert!(w.p.take_next(1, None, g).is_none(), "never runs again");
+    assert!(w.p.hw.logged("vCPU 1 (cpu 1) shut down"));
+}
+
+/// DELETE_VCPU stopped the vCPU while it was out: its exit is not served, it is not
+/// taken again, and its CPU was kicked.
+#[test]
+fn an_exit_of_a_vcpu_stopped_while_out_is_not_served() {
+    let mut w = world();
+    w.cpu.script = [call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1)].into();
+    let mut t = w.take();
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    w.p.vcpu_stop(kernel::addr::PageAddr::from_pfn(0xA)).unwrap();
+    assert_eq!(w.p.hw.kicks, vec![0]);
+    w.p.hw.write(CA, &[1]);
+    assert_eq!(w.p.after_run(&mut w.svsm, t, e, 0).map(|t| t.is_none()), Ok(true));
+    assert_eq!(calls(&w.svsm), 0);
+    assert!(w.vcpu0().stopped);
+}

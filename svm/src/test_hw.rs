@@ -1,0 +1,205 @@
+//! The seam for the crate's tests: sparse guest memory, nested mappings recorded by page,
+//! kicks and log lines recorded, and a CPU that replays scripted exits.
+
+use crate::hw::{Fault, PageMem, SvmCpu, SvmHw};
+use crate::npt::Access;
+use crate::test_page::TestPage;
+use crate::vcpu::GuestRegs;
+use abi::vmcb::offset;
+use kernel::log_ring::LogLost;
+use kernel::platform::{GuestRequestError, Level};
+use std::boxed::Box;
+use std::collections::{BTreeMap, VecDeque};
+use std::format;
+use std::string::String;
+use std::vec::Vec;
+
+#[derive(Debug, Default)]
+pub struct TestHw {
+    /// Guest memory by page; pages never written read as zero.
+    pub memory: BTreeMap<u64, Box<[u8; 4096]>>,
+    /// Where guest-physical memory ends.
+    pub memory_end: u64,
+    /// What nested paging maps, by pfn.
+    pub npt: BTreeMap<u64, Access>,
+    /// Refuse nested mappings from this pfn up (no memory for tables).
+    pub npt_full_from: Option<u64>,
+    pub kicks: Vec<u32>,
+    pub generation: u64,
+    pub log: Vec<(Level, String)>,
+    /// Allocations left before `alloc` fails.
+    pub allocs_left: Option<usize>,
+}
+
+impl TestHw {
+    pub fn new(memory_end: u64) -> Self {
+        Self { memory_end, ..Self::default() }
+    }
+
+    fn in_memory(&self, gpa: u64, len: usize) -> bool {
+        gpa.checked_add(len as u64).is_some_and(|end| end <= self.memory_end)
+    }
+
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = gpa + i as u64;
+            *b = self.memory.get(&(a >> 12)).map_or(0, |p| p[(a & 0xFFF) as usize]);
+        }
+    }
+
+    pub fn write(&mut self, gpa: u64, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            let a = gpa + i as u64;
+            self.memory.entry(a >> 12).or_insert_with(|| Box::new([0; 4096]))[(a & 0xFFF) as usize] = *b;
+        }
+    }
+
+    pub fn u64_at(&self, gpa: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    pub fn logged(&self, part: &str) -> bool {
+        self.log.iter().any(|(_, l)| l.contains(part))
+    }
+}
+
+impl SvmHw for TestHw {
+    type Page = TestPage;
+
+    fn alloc(&mut self, count: usize) -> Option<TestPage> {
+        if let Some(left) = self.allocs_left.as_mut() {
+            *left = left.checked_sub(1)?;
+        }
+        Some(TestPage::new(count))
+    }
+
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        if !self.in_memory(gpa, buf.len()) {
+            return Err(Fault);
+        }
+        self.read(gpa, buf);
+        Ok(())
+    }
+
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
+        if !self.in_memory(gpa, data.len()) {
+            return Err(Fault);
+        }
+        self.write(gpa, data);
+        Ok(())
+    }
+
+    fn zero_guest(&mut self, gpa: u64, len: usize) -> Result<(), Fault> {
+        if !self.in_memory(gpa, len) {
+            return Err(Fault);
+        }
+        for pfn in gpa >> 12..(gpa + len as u64).div_ceil(4096) {
+            self.memory.remove(&pfn);
+        }
+        Ok(())
+    }
+
+    fn npt_set(&mut self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+        if access.is_some() && self.npt_full_from.is_some_and(|from| gpa >> 12 >= from) {
+            return Err(Fault);
+        }
+        match access {
+            Some(a) => self.npt.insert(gpa >> 12, a),
+            None => self.npt.remove(&(gpa >> 12)),
+        };
+        Ok(())
+    }
+
+    fn npt_root(&self) -> u64 {
+        0x7000_0000
+    }
+
+    fn kick(&mut self, cpu: u32) {
+        self.kicks.push(cpu);
+    }
+
+    fn vcpus_changed(&mut self) {
+        self.generation += 1;
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn rdtsc(&self) -> u64 {
+        1_000_000
+    }
+
+    fn guest_request(&mut self, _: &[u8; 4096], _: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        Err(GuestRequestError::Unavailable)
+    }
+
+    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> ! {
+        panic!("fatal: {why}")
+    }
+
+    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
+        self.log.push((level, format!("{args}")));
+    }
+
+    fn log_read(&self, _: u64, _: &mut [u8]) -> Result<usize, LogLost> {
+        Ok(0)
+    }
+
+    fn log_written(&self) -> u64 {
+        0
+    }
+}
+
+/// One scripted exit: code, EXITINFO1, EXITINFO2, and what the guest put in RAX, RCX
+/// and RDX before it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Step {
+    pub code: u64,
+    pub info1: u64,
+    pub info2: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+}
+
+/// A CPU whose guest makes the scripted exits, then is called back (as by a kick).
+#[derive(Debug, Default)]
+pub struct TestCpu {
+    pub script: VecDeque<Step>,
+    pub generation: u64,
+    /// Each entry: the VMCB's EVENT_INJ and TLB_CONTROL when it was entered.
+    pub entries: Vec<(u64, u8)>,
+}
+
+impl SvmCpu<TestPage> for TestCpu {
+    fn vmrun(&mut self, vmcb: &mut TestPage, regs: &mut GuestRegs) -> bool {
+        let Some(step) = self.script.pop_front() else { return false };
+        let b = vmcb.bytes_mut();
+        let get = |b: &[u8], off: usize| u64::from_le_bytes(b[off..off + 8].try_into().unwrap());
+        self.entries.push((get(b, offset::EVENT_INJ), b[offset::TLB_CONTROL]));
+        // The event is delivered on entry: the CPU clears its valid bit.
+        let inj = get(b, offset::EVENT_INJ) & !abi::vmcb::event::VALID;
+        b[offset::EVENT_INJ..offset::EVENT_INJ + 8].copy_from_slice(&inj.to_le_bytes());
+        let rax = offset::SAVE + abi::vmsa::VmsaField::Rax.offset();
+        b[rax..rax + 8].copy_from_slice(&step.rax.to_le_bytes());
+        regs.rcx = step.rcx;
+        regs.rdx = step.rdx;
+        for (off, v) in
+            [(offset::EXIT_CODE, step.code), (offset::EXIT_INFO1, step.info1), (offset::EXIT_INFO2, step.info2)]
+        {
+            b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        true
+    }
+
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        [leaf, subleaf, 0xC, 0xD]
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}

@@ -1,0 +1,480 @@
+//! An L2 guest vCPU on the `svm` platform: its VMCB, the general-purpose registers the
+//! VMCB does not hold, and the VMSA fields SVM has no place for (VMPL, SEV_FEATURES,
+//! vTOM). The guest page named as its VMSA identifies it to the kernel.
+
+use crate::hw::PageMem;
+use crate::msr::{self, Access, Answer, GuestState, Refusal};
+use crate::vmcb::{Segment, Vmcb};
+use abi::hw::EFER_SVME;
+use abi::vmcb::{event, misc1, misc2, offset};
+use abi::vmsa::VmsaField;
+use zerocopy::FromBytes;
+
+/// The guest's general-purpose registers that the VMCB does not hold, in the order the
+/// VMRUN trampoline loads and stores them (`svsm/src/bare/svm/vmrun.rs` checks the
+/// offsets).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegs {
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// Why the guest stopped running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: u64,
+    pub info1: u64,
+    pub info2: u64,
+}
+
+/// What every vCPU's VMCB points at: the nested page tables and the permission maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Controls {
+    pub npt_root: u64,
+    pub msrpm: u64,
+    pub iopm: u64,
+}
+
+/// The intercepts: CPUID (discovery), HLT (a yield), NMI (a kick), SHUTDOWN, MSR and I/O
+/// through their maps, INVD, and every SVM instruction (the guest runs no VMs of its own
+/// and must not clear GIF, which would hold the NMI that makes its CPU leave the guest
+/// for a kick). VMMCALL is the call gate.
+pub const INTERCEPT_MISC1: u32 = misc1::NMI
+    | misc1::CPUID
+    | misc1::INVD
+    | misc1::HLT
+    | misc1::INVLPGA
+    | misc1::SHUTDOWN
+    | misc1::MSR_PROT
+    | misc1::IOIO_PROT;
+pub const INTERCEPT_MISC2: u32 =
+    misc2::VMRUN | misc2::VMMCALL | misc2::VMLOAD | misc2::VMSAVE | misc2::STGI | misc2::CLGI | misc2::SKINIT;
+
+/// Size of the VMCB state-save area that mirrors the VMSA's first bytes.
+pub const SAVE_AREA: usize = 0x298;
+
+/// The VMPL a vCPU runs at unless its VMSA says otherwise (one guest level).
+pub const GUEST_VMPL: u8 = 1;
+
+#[derive(Debug)]
+pub struct SvmVcpu<P> {
+    pub vmcb: Vmcb<P>,
+    pub regs: GuestRegs,
+    /// The guest page that stands for this vCPU's VMSA.
+    pub vmsa_gpa: u64,
+    pub vmpl: u8,
+    pub sev_features: u64,
+    pub virtual_tom: u64,
+    /// Stopped by DELETE_VCPU (or broken): it never runs again.
+    pub stopped: bool,
+    /// Which vCPU it is among those that had its index (set by `Slots::insert`).
+    pub serial: u64,
+}
+
+fn controls<P: PageMem>(vmcb: &mut Vmcb<P>, c: Controls, asid: u32) {
+    vmcb.set_u32(offset::INTERCEPT_MISC1, INTERCEPT_MISC1);
+    vmcb.set_u32(offset::INTERCEPT_MISC2, INTERCEPT_MISC2);
+    // Its own ASID, so its TLB entries never mix with another vCPU's.
+    vmcb.set_u32(offset::GUEST_ASID, asid.max(1));
+    // Physical interrupts (an SVSM wake-up IPI) stay with the SVSM: the SVSM enters the
+    // guest with IF clear, so they wait until it sleeps again.
+    vmcb.set_u64(offset::V_INTR, abi::vmcb::V_INTR_MASKING);
+    vmcb.set_u64(offset::NP_ENABLE, 1);
+    vmcb.set_u64(offset::N_CR3, c.npt_root);
+    vmcb.set_u64(offset::MSRPM_BASE, c.msrpm);
+    vmcb.set_u64(offset::IOPM_BASE, c.iopm);
+}
+
+impl<P: PageMem> SvmVcpu<P> {
+    /// The startup vCPU in 64-bit mode at `rip` with page tables at `cr3` (the launch
+    /// state), in the VMCB page `page`.
+    pub fn long_mode(page: P, c: Controls, vmsa_gpa: u64, rip: u64, cr3: u64) -> Self {
+        let mut vmcb = Vmcb::new(page);
+        controls(&mut vmcb, c, 1);
+        let code = Segment { selector: 0x08, attrib: 0x0A9B, limit: 0xFFFF_FFFF, base: 0 };
+        let data = Segment { selector: 0x10, attrib: 0x0C93, limit: 0xFFFF_FFFF, base: 0 };
+        vmcb.set_segment(offset::CS, code);
+        for seg in [offset::DS, offset::ES, offset::SS] {
+            vmcb.set_segment(seg, data);
+        }
+        vmcb.set_segment(offset::GDTR, Segment { selector: 0, attrib: 0, limit: 0, base: 0 });
+        vmcb.set_segment(offset::IDTR, Segment { selector: 0, attrib: 0, limit: 0, base: 0 });
+        vmcb.set_segment(offset::TR, Segment { selector: 0, attrib: 0x008B, limit: 0xFFFF, base: 0 });
+        // PE, MP, ET, NE, WP, PG; PAE, OSFXSR, OSXMMEXCPT; LME, LMA, SVME.
+        vmcb.set_u64(offset::CR0, 0x8001_0033);
+        vmcb.set_u64(offset::CR4, 0x620);
+        vmcb.set_save(VmsaField::Cr3, cr3);
+        vmcb.set_save(VmsaField::Efer, 0x500 | EFER_SVME);
+        vmcb.set_u64(offset::RFLAGS, 0x2);
+        vmcb.set_u64(offset::DR6, 0xFFFF_0FF0);
+        vmcb.set_u64(offset::DR7, 0x400);
+        vmcb.set_u64(offset::G_PAT, 0x0007_0406_0007_0406);
+        vmcb.set_save(VmsaField::Rip, rip);
+        Self {
+            vmcb,
+            regs: GuestRegs::default(),
+            vmsa_gpa,
+            vmpl: GUEST_VMPL,
+            sev_features: abi::hw::sev_features::SNP_ACTIVE,
+            virtual_tom: 0,
+            stopped: false,
+            serial: 0,
+        }
+    }
+
+    /// A vCPU whose state is the VMSA page `vmsa` the guest built (CREATE_VCPU): the
+    /// VMSA's first 0x298 bytes are the VMCB save area, the general-purpose registers
+    /// come from their VMSA slots. `asid` is its own.
+    pub fn from_vmsa(page: P, c: Controls, asid: u32, vmsa_gpa: u64, vmsa: &[u8; 4096]) -> Option<Self> {
+        let state = abi::vmsa::Vmsa::read_from_bytes(vmsa).ok()?;
+        let mut vmcb = Vmcb::new(page);
+        controls(&mut vmcb, c, asid);
+        vmcb.copy_into_save(vmsa.get(..SAVE_AREA)?);
+        let regs = GuestRegs {
+            rbx: state.rbx,
+            rcx: state.rcx,
+            rdx: state.rdx,
+            rsi: state.rsi,
+            rdi: state.rdi,
+            rbp: state.rbp,
+            r8: state.r8,
+            r9: state.r9,
+            r10: state.r10,
+            r11: state.r11,
+            r12: state.r12,
+            r13: state.r13,
+            r14: state.r14,
+            r15: state.r15,
+        };
+        Some(Self {
+            vmcb,
+            regs,
+            vmsa_gpa,
+            vmpl: state.vmpl,
+            sev_features: state.sev_features,
+            virtual_tom: state.virtual_tom,
+            stopped: false,
+            serial: 0,
+        })
+    }
+
+    /// The exit VMRUN left in the VMCB.
+    pub fn exit(&self) -> Exit {
+        Exit {
+            code: self.vmcb.exit_code(),
+            info1: self.vmcb.u64(offset::EXIT_INFO1),
+            info2: self.vmcb.u64(offset::EXIT_INFO2),
+        }
+    }
+
+    /// Flush the guest's TLB on the next VMRUN (after a nested-paging change).
+    pub fn flush_tlb(&mut self) {
+        // TLB_CONTROL is one byte: a wider write would clear V_INTR_MASKING next to it.
+        self.vmcb.set_u8(offset::TLB_CONTROL, 1);
+    }
+
+    /// Step over an intercepted instruction of `len` bytes: QEMU's TCG has no nRIP-save,
+    /// so the SVSM advances RIP itself (a guest that pads the instruction with prefixes
+    /// lands inside it, which is its own doing).
+    pub fn skip(&mut self, len: u64) {
+        let rip = self.vmcb.save(VmsaField::Rip);
+        self.vmcb.set_save(VmsaField::Rip, rip.wrapping_add(len));
+    }
+
+    /// #GP(0) on the next VMRUN; RIP stays on the instruction, as for a fault.
+    pub fn inject_gp(&mut self) {
+        self.vmcb
+            .set_u64(offset::EVENT_INJ, event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID);
+    }
+
+    /// #UD on the next VMRUN: the instruction does not exist for the guest.
+    pub fn inject_ud(&mut self) {
+        self.vmcb.set_u64(offset::EVENT_INJ, event::UD | event::TYPE_EXCEPTION | event::VALID);
+    }
+
+    /// Answer an intercepted CPUID with what this CPU answered (`answer`, EAX..EDX for
+    /// the leaf in EAX and subleaf in ECX), announcing the SVSM in 0x8000_001F EAX[28]
+    /// (spec 58019 section 4.2), and step over the 2-byte instruction.
+    pub fn answer_cpuid(&mut self, answer: [u32; 4]) {
+        let leaf = self.cpuid_leaf().0;
+        let [mut eax, ebx, ecx, edx] = answer;
+        if leaf == abi::hw::discovery::CPUID_LEAF {
+            eax |= abi::hw::discovery::CPUID_EAX_SVSM_PRESENT;
+        }
+        self.vmcb.set_save(VmsaField::Rax, u64::from(eax));
+        self.regs.rbx = u64::from(ebx);
+        self.regs.rcx = u64::from(ecx);
+        self.regs.rdx = u64::from(edx);
+        self.skip(2);
+    }
+
+    /// The CPUID leaf (EAX) and subleaf (ECX) the guest asked for.
+    pub fn cpuid_leaf(&self) -> (u32, u32) {
+        (self.vmcb.save(VmsaField::Rax) as u32, self.regs.rcx as u32)
+    }
+
+    /// Answer an intercepted RDMSR (or, if `write`, WRMSR) as the MSR policy says
+    /// (`msr`): a read's value into EDX:EAX, a write's new EFER or PAT into the VMCB, and
+    /// RIP past the 2-byte instruction. On a refusal nothing changes but the injected
+    /// #GP(0); RIP stays on the instruction. `calling_area` is this vCPU's (the discovery
+    /// MSR's value), `tsc` what RDTSC gives the SVSM now.
+    pub fn answer_msr(&mut self, write: bool, calling_area: u64, tsc: u64) -> (u32, Access, Result<Answer, Refusal>) {
+        let msr = self.regs.rcx as u32;
+        let access = match write {
+            true => Access::Write(self.vmcb.save(VmsaField::Rax) & 0xFFFF_FFFF | self.regs.rdx << 32),
+            false => Access::Read,
+        };
+        let mut state = GuestState {
+            efer: self.vmcb.save(VmsaField::Efer),
+            cr0: self.vmcb.u64(offset::CR0),
+            pat: self.vmcb.u64(offset::G_PAT),
+            calling_area,
+            tsc: tsc.wrapping_add(self.vmcb.u64(offset::TSC_OFFSET)),
+        };
+        let answer = msr::on_exit(msr, access, &mut state);
+        match answer {
+            Ok(Answer::Read(value)) => {
+                self.vmcb.set_save(VmsaField::Rax, value & 0xFFFF_FFFF);
+                self.regs.rdx = value >> 32;
+                self.skip(2);
+            }
+            Ok(Answer::Written) => {
+                self.vmcb.set_save(VmsaField::Efer, state.efer);
+                self.vmcb.set_u64(offset::G_PAT, state.pat);
+                self.skip(2);
+            }
+            Err(_) => self.inject_gp(),
+        }
+        (msr, access, answer)
+    }
+
+    /// A VMSA field, from wherever SVM keeps it.
+    pub fn field(&self, f: VmsaField) -> u64 {
+        match f {
+            VmsaField::Vmpl => u64::from(self.vmpl),
+            VmsaField::SevFeatures => self.sev_features,
+            VmsaField::VirtualTom => self.virtual_tom,
+            VmsaField::ExitCode => self.vmcb.exit_code(),
+            VmsaField::Rcx => self.regs.rcx,
+            VmsaField::Rdx => self.regs.rdx,
+            VmsaField::R8 => self.regs.r8,
+            VmsaField::R9 => self.regs.r9,
+            VmsaField::Efer | VmsaField::Rax | VmsaField::Cr3 | VmsaField::Rip | VmsaField::Rsp => self.vmcb.save(f),
+        }
+    }
+
+    pub fn set_field(&mut self, f: VmsaField, v: u64) {
+        match f {
+            VmsaField::Vmpl => self.vmpl = v.to_le_bytes()[0],
+            VmsaField::SevFeatures => self.sev_features = v,
+            VmsaField::VirtualTom => self.virtual_tom = v,
+            VmsaField::ExitCode => self.vmcb.set_u64(offset::EXIT_CODE, v),
+            VmsaField::Rcx => self.regs.rcx = v,
+            VmsaField::Rdx => self.regs.rdx = v,
+            VmsaField::R8 => self.regs.r8 = v,
+            VmsaField::R9 => self.regs.r9 = v,
+            VmsaField::Efer | VmsaField::Rax | VmsaField::Cr3 | VmsaField::Rip | VmsaField::Rsp => {
+                self.vmcb.set_save(f, v)
+            }
+        }
+    }
+
+    /// Stop it for good: it never runs again, and VMRUN would refuse it (EFER.SVME = 0,
+    /// the state DELETE_VCPU leaves a VMSA in).
+    pub fn stop(&mut self) {
+        self.stopped = true;
+        let efer = self.field(VmsaField::Efer);
+        self.set_field(VmsaField::Efer, efer & !EFER_SVME);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_page::TestPage;
+    use abi::vmcb::V_INTR_MASKING;
+
+    const C: Controls = Controls { npt_root: 0x1000, msrpm: 0x2000, iopm: 0x4000 };
+
+    fn startup() -> SvmVcpu<TestPage> {
+        SvmVcpu::long_mode(TestPage::new(1), C, 0xA000, 0x20_0000, 0xB000)
+    }
+
+    #[test]
+    fn the_launch_state_is_long_mode_with_every_intercept() {
+        let v = startup();
+        let m = &v.vmcb;
+        assert_eq!(m.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1);
+        assert_eq!(m.u32(offset::INTERCEPT_MISC2), INTERCEPT_MISC2);
+        assert_eq!(
+            (m.u64(offset::N_CR3), m.u64(offset::MSRPM_BASE), m.u64(offset::IOPM_BASE)),
+            (0x1000, 0x2000, 0x4000)
+        );
+        assert_eq!(m.u64(offset::NP_ENABLE), 1);
+        assert_eq!(m.u32(offset::GUEST_ASID), 1);
+        assert_eq!(m.u64(offset::V_INTR) & V_INTR_MASKING, V_INTR_MASKING);
+        assert_eq!(v.field(VmsaField::Efer), 0x500 | EFER_SVME, "LME, LMA and SVME");
+        assert_eq!((v.field(VmsaField::Rip), v.field(VmsaField::Cr3)), (0x20_0000, 0xB000));
+        assert_eq!((v.field(VmsaField::Vmpl), v.vmsa_gpa), (1, 0xA000));
+        assert_eq!(m.segment(offset::CS).attrib, 0x0A9B, "64-bit code segment");
+        assert!(m.u32(offset::INTERCEPT_MISC2) & misc2::VMMCALL != 0, "the call gate exits");
+    }
+
+    /// TLB_CONTROL is one byte next to V_INTR: a flush must leave V_INTR_MASKING set, or
+    /// the guest's IF would decide where the SVSM's own IPIs land. (The flush wrote eight
+    /// bytes before this crate took it over, clearing it.)
+    #[test]
+    fn a_tlb_flush_keeps_interrupt_masking() {
+        let mut v = startup();
+        v.flush_tlb();
+        assert_eq!(v.vmcb.u8(offset::TLB_CONTROL), 1);
+        assert_eq!(v.vmcb.u64(offset::V_INTR) & V_INTR_MASKING, V_INTR_MASKING);
+        assert_eq!(v.vmcb.u32(offset::GUEST_ASID), 1);
+    }
+
+    /// A guest-built VMSA: the save area comes over byte for byte, registers from their
+    /// slots, and the fields SVM has no place for are kept beside the VMCB.
+    #[test]
+    fn a_vmsa_becomes_a_vmcb() {
+        let mut vmsa = abi::vmsa::Vmsa::zeroed();
+        vmsa.rip = 0xFFFF_8000_0000_1000;
+        vmsa.rsp = 0x9000;
+        vmsa.rax = 1;
+        vmsa.rbx = 2;
+        vmsa.r15 = 15;
+        vmsa.efer = 0x1D00;
+        vmsa.vmpl = 2;
+        vmsa.sev_features = 1;
+        vmsa.virtual_tom = 1 << 30;
+        let bytes: [u8; 4096] = zerocopy::IntoBytes::as_bytes(&vmsa).try_into().unwrap();
+        let v = SvmVcpu::from_vmsa(TestPage::new(1), C, 7, 0x5000, &bytes).unwrap();
+        assert_eq!(v.field(VmsaField::Rip), 0xFFFF_8000_0000_1000);
+        assert_eq!(v.field(VmsaField::Rsp), 0x9000);
+        assert_eq!(v.field(VmsaField::Rax), 1);
+        assert_eq!((v.regs.rbx, v.regs.r15), (2, 15));
+        assert_eq!(v.field(VmsaField::Efer), 0x1D00);
+        assert_eq!((v.vmpl, v.sev_features, v.virtual_tom), (2, 1, 1 << 30));
+        assert_eq!(v.vmcb.u32(offset::GUEST_ASID), 7);
+        assert_eq!(v.vmcb.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1, "the guest cannot choose intercepts");
+        let asid0 = SvmVcpu::from_vmsa(TestPage::new(1), C, 0, 0x5000, &bytes).unwrap();
+        assert_eq!(asid0.vmcb.u32(offset::GUEST_ASID), 1, "ASID 0 is the host's: never given to a guest");
+    }
+
+    #[test]
+    fn fields_round_trip() {
+        let mut v = startup();
+        for (f, value) in [
+            (VmsaField::Rax, 0x11),
+            (VmsaField::Rcx, 0x22),
+            (VmsaField::Rdx, 0x33),
+            (VmsaField::R8, 0x44),
+            (VmsaField::R9, 0x55),
+            (VmsaField::Rip, 0x66),
+            (VmsaField::Rsp, 0x77),
+            (VmsaField::Cr3, 0x8000),
+            (VmsaField::Efer, 0x1500),
+            (VmsaField::ExitCode, 0x81),
+            (VmsaField::SevFeatures, 3),
+            (VmsaField::VirtualTom, 1 << 40),
+            (VmsaField::Vmpl, 3),
+        ] {
+            v.set_field(f, value);
+            assert_eq!(v.field(f), value, "{f:?}");
+        }
+        v.set_field(VmsaField::Vmpl, 0x1FF);
+        assert_eq!(v.field(VmsaField::Vmpl), 0xFF, "one byte");
+    }
+
+    /// CPUID: the CPU's answer, with the SVSM bit added to 0x8000_001F EAX only (spec
+    /// 58019 section 4.2).
+    #[test]
+    fn cpuid_announces_the_svsm_in_one_leaf() {
+        let mut v = startup();
+        v.set_field(VmsaField::Rax, u64::from(abi::hw::discovery::CPUID_LEAF));
+        v.regs.rcx = 0;
+        v.answer_cpuid([0x1, 0x2, 0x3, 0x4]);
+        assert_eq!(v.field(VmsaField::Rax), u64::from(0x1 | abi::hw::discovery::CPUID_EAX_SVSM_PRESENT));
+        assert_eq!((v.regs.rbx, v.regs.rcx, v.regs.rdx), (2, 3, 4));
+        assert_eq!(v.field(VmsaField::Rip), 0x20_0002, "past the 2-byte CPUID");
+        let mut w = startup();
+        w.set_field(VmsaField::Rax, 0x8000_0001 | 0xFFFF_FFFF_0000_0000);
+        w.answer_cpuid([0xA, 0xB, 0xC, 0xD]);
+        assert_eq!(w.field(VmsaField::Rax), 0xA, "other leaves as the CPU answers; RAX's upper half ignored");
+    }
+
+    /// RDMSR of the calling-area MSR: EDX:EAX, RIP past the 2-byte instruction. A refused
+    /// access leaves RIP and the registers and injects #GP(0).
+    #[test]
+    fn msr_exits_answer_or_inject_gp() {
+        let mut v = startup();
+        v.regs.rcx = u64::from(abi::hw::discovery::MSR_SVSM_CAA);
+        let (_, _, answer) = v.answer_msr(false, 0x1_2345_9000, 0);
+        assert_eq!(answer, Ok(Answer::Read(0x1_2345_9000)));
+        assert_eq!((v.field(VmsaField::Rax), v.regs.rdx), (0x2345_9000, 1));
+        assert_eq!(v.field(VmsaField::Rip), 0x20_0002);
+        assert_eq!(v.vmcb.u64(offset::EVENT_INJ), 0);
+
+        let mut w = startup();
+        w.regs.rcx = u64::from(crate::msr::index::VM_HSAVE_PA) | 0xFFFF_FFFF_0000_0000;
+        w.set_field(VmsaField::Rax, 0x1000);
+        w.regs.rdx = 0;
+        let (msr, access, answer) = w.answer_msr(true, 0x9000, 0);
+        assert_eq!((msr, access), (crate::msr::index::VM_HSAVE_PA, Access::Write(0x1000)), "ECX only");
+        assert_eq!(answer, Err(Refusal::NotTheGuests));
+        assert_eq!(w.field(VmsaField::Rip), 0x20_0000, "RIP stays on the faulting instruction");
+        assert_eq!(
+            w.vmcb.u64(offset::EVENT_INJ),
+            event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID
+        );
+    }
+
+    /// WRMSR EFER and PAT land in the VMCB; the TSC read adds the VMCB's offset.
+    #[test]
+    fn emulated_writes_change_the_vmcb() {
+        let mut v = startup();
+        v.regs.rcx = u64::from(crate::msr::index::EFER);
+        v.set_field(VmsaField::Rax, 0x1D01);
+        v.regs.rdx = 0;
+        assert_eq!(v.answer_msr(true, 0, 0).2, Ok(Answer::Written));
+        assert_eq!(v.field(VmsaField::Efer), 0x1D01);
+        v.regs.rcx = u64::from(crate::msr::index::PAT);
+        v.set_field(VmsaField::Rax, 0x0007_0106);
+        v.regs.rdx = 0x0407_0506;
+        assert_eq!(v.answer_msr(true, 0, 0).2, Ok(Answer::Written));
+        assert_eq!(v.vmcb.u64(offset::G_PAT), 0x0407_0506_0007_0106);
+        v.vmcb.set_u64(offset::TSC_OFFSET, 1000);
+        v.regs.rcx = u64::from(crate::msr::index::TSC);
+        assert_eq!(v.answer_msr(false, 0, 5).2, Ok(Answer::Read(1005)));
+    }
+
+    #[test]
+    fn a_stopped_vcpu_cannot_be_entered() {
+        let mut v = startup();
+        v.stop();
+        assert!(v.stopped);
+        assert_eq!(v.field(VmsaField::Efer) & EFER_SVME, 0, "VMRUN refuses it");
+        assert_eq!(v.field(VmsaField::Efer), 0x500, "nothing else changed");
+    }
+
+    #[test]
+    fn injected_events() {
+        let mut v = startup();
+        v.inject_ud();
+        assert_eq!(v.vmcb.u64(offset::EVENT_INJ), event::UD | event::TYPE_EXCEPTION | event::VALID);
+        v.skip(u64::MAX);
+        assert_eq!(v.field(VmsaField::Rip), 0x1F_FFFF, "RIP wraps instead of overflowing");
+    }
+}

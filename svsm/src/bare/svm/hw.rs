@@ -1,0 +1,164 @@
+//! The `svm` platform's seam on the chip: [`BareSvm`] is the machine as the shared SVSM
+//! uses it (guest-physical copies, the nested page tables' memory, kicks, the software
+//! PSP, the console), [`BareCpu`] what one CPU does alone (VMRUN, CPUID). Everything
+//! above them is `bulwark_svm`'s.
+
+use super::super::pages::Page;
+use super::super::{clock, console, cpu, guest_phys};
+use super::npt::NestedPageTable;
+use super::{kick, vmrun};
+use kernel::log_ring::LogLost;
+use kernel::platform::{GuestRequestError, Level};
+use svm::hw::{Fault, PageMem, SvmCpu, SvmHw};
+use svm::npt::Access;
+
+/// The SVSM's own memory (the image and everything it allocates): no guest-physical
+/// access and no nested mapping may reach into it.
+pub const SVSM_REGION: core::ops::Range<u64> = svm::launch::QEMU.svsm_region;
+
+fn outside_svsm(gpa: u64, len: usize) -> bool {
+    let end = gpa.saturating_add(len as u64);
+    end <= SVSM_REGION.start || gpa >= SVSM_REGION.end
+}
+
+impl PageMem for Page {
+    fn phys(&self) -> u64 {
+        Page::phys(self)
+    }
+    fn bytes(&self) -> &[u8] {
+        self.run_bytes()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.run_bytes_mut()
+    }
+}
+
+/// The machine, as the platform holds it.
+pub struct BareSvm {
+    pub npt: NestedPageTable,
+    /// The software PSP that answers the SVSM's guest requests (attestation).
+    pub psp: Option<softpsp::SoftPsp>,
+}
+
+impl SvmHw for BareSvm {
+    type Page = Page;
+
+    fn alloc(&mut self, count: usize) -> Option<Page> {
+        Page::zeroed_run(count)
+    }
+
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        if !outside_svsm(gpa, buf.len()) {
+            return Err(Fault);
+        }
+        // SAFETY: outside the SVSM region (checked), which holds every Rust object (image,
+        // heap, stacks), so no reference points into the range; the platform reaches only
+        // pages its RMP holds as guest RAM, never device registers.
+        if unsafe { guest_phys::read(gpa, buf) } { Ok(()) } else { Err(Fault) }
+    }
+
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
+        if !outside_svsm(gpa, data.len()) {
+            return Err(Fault);
+        }
+        // SAFETY: as in `read_guest`.
+        if unsafe { guest_phys::write(gpa, data) } { Ok(()) } else { Err(Fault) }
+    }
+
+    fn zero_guest(&mut self, gpa: u64, len: usize) -> Result<(), Fault> {
+        if !outside_svsm(gpa, len) {
+            return Err(Fault);
+        }
+        // SAFETY: as in `read_guest`.
+        if unsafe { guest_phys::zero(gpa, len) } { Ok(()) } else { Err(Fault) }
+    }
+
+    fn npt_set(&mut self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+        // The platform maps only guest pages; SVSM memory is refused here as well.
+        if access.is_some() && !outside_svsm(gpa, 4096) {
+            return Err(Fault);
+        }
+        self.npt.set(gpa, access).ok_or(Fault)
+    }
+
+    fn npt_root(&self) -> u64 {
+        self.npt.root()
+    }
+
+    fn kick(&mut self, cpu: u32) {
+        kick::kick(cpu);
+    }
+
+    fn vcpus_changed(&mut self) {
+        kick::vcpus_changed();
+    }
+
+    fn generation(&self) -> u64 {
+        kick::generation()
+    }
+
+    fn rdtsc(&self) -> u64 {
+        clock::rdtsc()
+    }
+
+    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        let psp = self.psp.as_mut().ok_or(GuestRequestError::Unavailable)?;
+        // The firmware's refusals all read as INVALID_PARAM (0x16): the SVSM only needs to
+        // know that no answer came.
+        psp.guest_request(request, response).map_err(|e| {
+            crate::println!("svm: the PSP refused a guest request: {e:?}");
+            GuestRequestError::Firmware(0x16)
+        })
+    }
+
+    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> ! {
+        crate::println!("svm: stopping: {why}");
+        crate::bare::exit::failure()
+    }
+
+    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
+        crate::println!("[{level:?}] {args}");
+    }
+
+    fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
+        console::log_read(offset, out)
+    }
+
+    fn log_written(&self) -> u64 {
+        console::log_written()
+    }
+}
+
+/// One CPU, with the page its VMRUN trampoline keeps the host's state in.
+pub struct BareCpu {
+    pub cpu: u32,
+    pub host_state_pa: u64,
+}
+
+impl SvmCpu<Page> for BareCpu {
+    fn vmrun(&mut self, vmcb: &mut Page, regs: &mut vmrun::GuestRegs) -> bool {
+        // GIF off before the kick check: from here on a kick's NMI is held until the guest
+        // runs and makes it exit at once.
+        vmrun::clgi();
+        if !kick::enter(self.cpu) {
+            vmrun::stgi();
+            return false;
+        }
+        // SAFETY: SVM is enabled on every CPU that runs vCPUs, GIF is clear; the VMCB page
+        // is owned by the vCPU this CPU took out (nobody else touches it during the call);
+        // its nested page tables map only guest pages, never SVSM memory (`npt_set`); the
+        // host-state page is this CPU's own.
+        unsafe { vmrun::run(vmcb.phys(), regs, self.host_state_pa) };
+        kick::exited(self.cpu);
+        true
+    }
+
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let (a, b, c, d) = cpu::cpuid(leaf, subleaf);
+        [a, b, c, d]
+    }
+
+    fn generation(&self) -> u64 {
+        kick::generation()
+    }
+}
