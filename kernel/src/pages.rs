@@ -18,12 +18,24 @@
 //! guest validated in 2 MiB runs); every other role is one of a few pages per vCPU, kept
 //! in a sorted vector whose room is reserved at start. So a guest of any size starts, and
 //! nothing a guest does later allocates on these paths without a way to fail.
+//!
+//! Concurrency: guest memory is cut into 2 MiB regions, and the regions into [`STRIPES`]
+//! stripes by region number. One lock per stripe guards both the records of its regions
+//! (the bitmaps' leaves) and every change to its pages: a call that checks pages, changes
+//! them in hardware and records the change holds its regions' stripes throughout
+//! ([`PageTracker::lock`] gives a [`Held`]), so two vCPUs never change one page at once,
+//! while changes elsewhere go on in parallel, and a 4 KiB PVALIDATE takes one lock, not
+//! one per record. Whether a region is all set, all clear or mixed is an atomic anyone
+//! reads without a lock, so most checks of a uniform region take none. Roles change
+//! rarely: they sit behind a read-write lock, and per-region hints (atomic counts) let a
+//! check skip it where no role can be.
 
 use crate::addr::{PageAddr, PageRange};
-use crate::bitmap::{NoRoom, PageBitmap, REGION_PAGES, STRIPES};
+use crate::bitmap::{NoRoom, PageBitmap, REGION_PAGES, RegionState, STRIPES, StripePart, stripe_of};
 use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
 use spin::{Mutex, MutexGuard, RwLock};
 
 /// The role of a page the SVSM has taken from the guest.
@@ -51,34 +63,57 @@ pub enum LayoutError {
     NoMemory,
 }
 
+/// One stripe's records: the leaves of its mixed regions in both bitmaps.
+#[derive(Debug, Default)]
+struct Stripe {
+    validated: StripePart,
+    deposited: StripePart,
+}
+
+/// Buckets of the role hints (by region number).
+const ROLE_HINTS: usize = 1024;
+
 #[derive(Debug)]
 pub struct PageTracker {
     /// Sorted, disjoint.
     ram: Vec<PageRange>,
     svsm: PageRange,
-    /// Bit set = the page is validated.
+    /// Bit set = the page is validated (region states; leaves in the stripes).
     validated: PageBitmap,
-    /// Bit set = the page was deposited with the SVSM (free or in use).
+    /// Bit set = the page was deposited with the SVSM, free or in use (likewise).
     deposited: PageBitmap,
+    /// The lock of each stripe and the leaves it guards.
+    stripes: [Mutex<Stripe>; STRIPES],
     /// The few pages with another role (VMSAs, calling areas, the secrets page), sorted
     /// by pfn. Their number is bounded by the vCPUs the SVSM serves, and the room for them
-    /// is reserved at start, so a new role never allocates. Read on every check, written
-    /// only when a vCPU or calling area comes or goes.
+    /// is reserved at start, so a new role never allocates. Written only when a vCPU or
+    /// calling area comes or goes.
     roles: RwLock<Vec<(u64, PageRole)>>,
-    /// A change to pages (check, hardware, record) holds the lock of their 2 MiB region
-    /// (one of `STRIPES`, by region number), so two vCPUs never change one page at once
-    /// while changes elsewhere go on in parallel (`lock`).
-    regions: [Mutex<()>; STRIPES],
+    /// Roles per bucket of regions (`region % ROLE_HINTS`), changed with `roles`: a range
+    /// whose buckets are all empty has no role, and its check need not read `roles`.
+    role_hints: [AtomicU32; ROLE_HINTS],
 }
 
-/// Pages being changed: the locks of their regions, released on drop.
+/// The stripes a change holds (at most two), and the records of their pages. Records of
+/// other stripes are reached by locking them for the one access; a holder must not do
+/// that (two holders could wait on each other), and need not: a change concerns only the
+/// pages it locked. [`PageTracker::unlocked`] is the form that holds nothing.
 #[derive(Debug)]
-pub struct RegionLock<'a> {
-    _held: [Option<MutexGuard<'a, ()>>; 2],
+pub struct Held<'a> {
+    pages: &'a PageTracker,
+    kept: [Option<(usize, MutexGuard<'a, Stripe>)>; 2],
 }
 
 /// The largest guest-physical address space: 52 bits.
 const MAX_TOP_PFN: u64 = 1 << 40;
+
+fn region_of(pfn: u64) -> u64 {
+    pfn / REGION_PAGES
+}
+
+fn hint_of(region: u64) -> usize {
+    (region % ROLE_HINTS as u64) as usize
+}
 
 impl PageTracker {
     /// Records for guest RAM `ram` with the SVSM at `svsm`, with room for `max_roles`
@@ -106,8 +141,9 @@ impl PageTracker {
             svsm,
             validated: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
             deposited: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
+            stripes: core::array::from_fn(|_| Mutex::new(Stripe::default())),
             roles: RwLock::new(roles),
-            regions: core::array::from_fn(|_| Mutex::new(())),
+            role_hints: core::array::from_fn(|_| AtomicU32::new(0)),
         };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
@@ -140,37 +176,45 @@ impl PageTracker {
         false
     }
 
-    /// Hold the region locks of the pages `a` and `b` (the same page twice is fine), for a
-    /// change that must not meet another vCPU's change to them. Taken in region order, so
-    /// two changes cannot wait on each other.
-    pub fn lock(&self, a: PageAddr, b: PageAddr) -> RegionLock<'_> {
-        let stripe = |p: PageAddr| ((p.pfn() / REGION_PAGES) % STRIPES as u64) as usize;
-        let (x, y) = (stripe(a).min(stripe(b)), stripe(a).max(stripe(b)));
-        // Both are below STRIPES, the array's length.
-        let first = self.regions[x].lock();
-        let second = (y != x).then(|| self.regions[y].lock());
-        RegionLock { _held: [Some(first), second] }
+    fn stripe(&self, index: usize) -> &Mutex<Stripe> {
+        // `index` comes from `stripe_of`, below STRIPES (the array's length): the fallback
+        // is never taken.
+        let [first, ..] = &self.stripes;
+        self.stripes.get(index).unwrap_or(first)
     }
 
-    /// The first page of `range` with a role, and the role.
-    fn first_role_in(&self, range: PageRange) -> Option<(u64, PageRole)> {
-        let roles = self.roles.read();
-        let at = roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
-        let other = roles.get(at).copied().filter(|(pfn, _)| *pfn < range.end_pfn());
-        let deposited = if self.deposited.any(range) {
-            self.deposited.next_set(range.start_pfn()).map(|pfn| (pfn, PageRole::Deposited))
-        } else {
-            None
-        };
-        match (other, deposited) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
+    /// Hold the stripes of the pages `a` and `b` (the same page twice is fine) for a
+    /// change that must not meet another vCPU's change to them. Taken in stripe order, so
+    /// two changes cannot wait on each other.
+    pub fn lock(&self, a: PageAddr, b: PageAddr) -> Held<'_> {
+        let (sa, sb) = (stripe_of(region_of(a.pfn())), stripe_of(region_of(b.pfn())));
+        let (x, y) = (sa.min(sb), sa.max(sb));
+        let first = (x, self.stripe(x).lock());
+        let second = (y != x).then(|| (y, self.stripe(y).lock()));
+        Held { pages: self, kept: [Some(first), second] }
+    }
+
+    /// Access to the records holding no stripe: each access locks what it reads for that
+    /// access only. Not for a holder of a [`Held`] (see there).
+    pub fn unlocked(&self) -> Held<'_> {
+        Held { pages: self, kept: [None, None] }
+    }
+
+    /// Some page of `range` may have a role other than deposited (`false`: none has).
+    fn roles_maybe_in(&self, range: PageRange) -> bool {
+        let (first, last) = (region_of(range.start_pfn()), region_of(range.end_pfn() - 1));
+        if last - first >= ROLE_HINTS as u64 {
+            return true;
         }
+        (first..=last).any(|r| self.role_hints.get(hint_of(r)).is_none_or(|h| h.load(Ordering::Acquire) != 0))
     }
 
     /// The first page of `range` with a role other than deposited that `skip` does not
     /// accept, and its role.
     fn other_role_in(&self, range: PageRange, skip: impl Fn(PageRole) -> bool) -> Option<(u64, PageRole)> {
+        if !self.roles_maybe_in(range) {
+            return None;
+        }
         let roles = self.roles.read();
         let at = roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
         roles
@@ -182,63 +226,8 @@ impl PageTracker {
             .find(|(_, role)| !skip(*role))
     }
 
-    /// Check a page range the SVSM will copy parameters from (`write` false) or to.
-    pub fn check_param(&self, range: PageRange, write: bool) -> Result<(), (PageAddr, AddressConflict)> {
-        self.check_common(range)?;
-        if self.deposited.any(range) {
-            let pfn = self.deposited.next_set(range.start_pfn()).unwrap_or(range.start_pfn());
-            return Err((PageAddr::from_pfn(pfn), AddressConflict::Deposited));
-        }
-        let allowed = |role| matches!(role, PageRole::CallingArea(_)) || (role == PageRole::Secrets && !write);
-        if let Some((pfn, role)) = self.other_role_in(range, allowed) {
-            let why = match role {
-                PageRole::Secrets => AddressConflict::Secrets,
-                PageRole::Deposited => AddressConflict::Deposited,
-                PageRole::Vmsa(_) => AddressConflict::Vmsa,
-                PageRole::CallingArea(_) => AddressConflict::CallingArea,
-            };
-            return Err((PageAddr::from_pfn(pfn), why));
-        }
-        if let Some(pfn) = self.first_unvalidated(range) {
-            return Err((PageAddr::from_pfn(pfn), AddressConflict::NotValidated));
-        }
-        Ok(())
-    }
-
-    /// Check a page range a call will act upon: RAM that the SVSM has no claim on.
-    /// Validation state is not checked; callers that need it ask for it.
-    pub fn check_target(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
-        self.check_common(range)?;
-        if let Some((pfn, role)) = self.first_role_in(range) {
-            let why = match role {
-                PageRole::CallingArea(_) => AddressConflict::CallingArea,
-                PageRole::Secrets => AddressConflict::Secrets,
-                PageRole::Deposited => AddressConflict::Deposited,
-                PageRole::Vmsa(_) => AddressConflict::Vmsa,
-            };
-            return Err((PageAddr::from_pfn(pfn), why));
-        }
-        Ok(())
-    }
-
-    fn check_common(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
-        if !self.is_ram(range) {
-            return Err((range.start(), AddressConflict::NotRam));
-        }
-        if range.overlaps(self.svsm) {
-            let first = range.start_pfn().max(self.svsm.start_pfn());
-            return Err((PageAddr::from_pfn(first), AddressConflict::SvsmImage));
-        }
-        Ok(())
-    }
-
-    pub fn role(&self, page: PageAddr) -> Option<PageRole> {
-        if self.deposited.get(page.pfn()) {
-            return Some(PageRole::Deposited);
-        }
-        let roles = self.roles.read();
-        let i = roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn).ok()?;
-        roles.get(i).map(|(_, role)| *role)
+    fn hint(&self, pfn: u64) -> Option<&AtomicU32> {
+        self.role_hints.get(hint_of(region_of(pfn)))
     }
 
     /// Room for `n` more roles (checked before a call acts, so recording them cannot fail).
@@ -260,6 +249,10 @@ impl PageTracker {
             }
             Err(_) if roles.len() >= roles.capacity() => Err(NoRoom),
             Err(i) => {
+                // The hint first: a reader that finds it empty finds no role either.
+                if let Some(h) = self.hint(page.pfn()) {
+                    h.fetch_add(1, Ordering::AcqRel);
+                }
                 roles.insert(i, (page.pfn(), role));
                 Ok(())
             }
@@ -270,35 +263,38 @@ impl PageTracker {
         let mut roles = self.roles.write();
         if let Ok(i) = roles.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
             roles.remove(i);
+            if let Some(h) = self.hint(page.pfn()) {
+                h.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
-    /// Make sure recording `range` as deposited, or no longer deposited, cannot fail.
-    pub fn reserve_deposited(&self, range: PageRange) -> Result<(), NoRoom> {
-        self.deposited.reserve(range)
+    /// The role of `page`, if it has one (its stripe locked for the look).
+    pub fn role(&self, page: PageAddr) -> Option<PageRole> {
+        self.unlocked().role(page)
     }
 
-    /// Record `range` as deposited or not ([reserved](Self::reserve_deposited) first).
-    pub fn set_deposited(&self, range: PageRange, deposited: bool) -> bool {
-        self.deposited.set(range, deposited)
+    /// Check a page range the SVSM will copy parameters from (`write` false) or to.
+    pub fn check_param(&self, range: PageRange, write: bool) -> Result<(), (PageAddr, AddressConflict)> {
+        self.unlocked().check_param(range, write)
     }
 
-    pub fn is_deposited(&self, page: PageAddr) -> bool {
-        self.deposited.get(page.pfn())
+    /// Check a page range a call will act upon (see [`Held::check_target`]).
+    pub fn check_target(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
+        self.unlocked().check_target(range)
     }
 
     pub fn is_validated(&self, page: PageAddr) -> bool {
-        self.validated.get(page.pfn())
+        self.unlocked().is_validated(page)
+    }
+
+    pub fn is_deposited(&self, page: PageAddr) -> bool {
+        self.unlocked().is_deposited(page)
     }
 
     /// First page of `range` that is not validated (pages beyond RAM count as such).
     pub fn first_unvalidated(&self, range: PageRange) -> Option<u64> {
-        self.validated.first_clear(range)
-    }
-
-    /// Some page of `range` is validated.
-    pub fn any_validated(&self, range: PageRange) -> bool {
-        self.validated.any(range)
+        self.unlocked().first_unvalidated(range)
     }
 
     /// Every page of `range` is validated.
@@ -306,39 +302,206 @@ impl PageTracker {
         self.first_unvalidated(range).is_none()
     }
 
-    /// Before a PVALIDATE of `range`: whether some page of it is recorded validated, with
-    /// room made so the record of the outcome cannot fail.
-    pub fn prepare_validation(&self, range: PageRange) -> Result<bool, NoRoom> {
-        self.validated.reserve_and_any(range)
-    }
-
-    /// Make sure recording a validation change of `range` cannot fail (called before the
-    /// hardware changes, so record and hardware never disagree).
-    pub fn reserve_validated(&self, range: PageRange) -> Result<(), NoRoom> {
-        self.validated.reserve(range)
-    }
-
-    /// Record the validation state of `range` ([reserved](Self::reserve_validated)
-    /// first). Pages beyond RAM are ignored. `false` if a region was not reserved.
-    pub fn set_validated(&self, range: PageRange, valid: bool) -> bool {
-        self.validated.set(range, valid)
-    }
-
     /// Reserve and record in one step (start-up, where failing is refusing to start).
     pub fn record_validated(&self, range: PageRange, valid: bool) -> Result<(), NoRoom> {
-        self.validated.reserve(range)?;
-        self.validated.set(range, valid);
+        let mut h = self.unlocked();
+        h.prepare_validation(range)?;
+        h.set_validated(range, valid);
         Ok(())
     }
 
     /// Number of validated pages (for statistics).
     pub fn validated_pages(&self) -> u64 {
-        self.validated.count()
+        self.stripes.iter().map(|s| s.lock().validated.ones()).sum()
     }
 
     /// Heap the page records hold now, in bytes (for statistics).
     pub fn heap_bytes(&self) -> u64 {
-        self.validated.heap_bytes() + self.deposited.heap_bytes() + (self.roles.read().capacity() * 16) as u64
+        let leaves: u64 =
+            self.stripes.iter().map(|s| s.lock()).map(|s| s.validated.heap_bytes() + s.deposited.heap_bytes()).sum();
+        self.validated.heap_bytes() + self.deposited.heap_bytes() + leaves + (self.roles.read().capacity() * 16) as u64
+    }
+}
+
+impl Held<'_> {
+    /// The stripe of `page` is one this holds (a change of `page` may go on under it).
+    pub fn holds(&self, page: PageAddr) -> bool {
+        let s = stripe_of(region_of(page.pfn()));
+        self.kept.iter().flatten().any(|(i, _)| *i == s)
+    }
+
+    /// `f` with the records of `region`'s stripe: the kept lock, or one taken for `f`.
+    fn with<T>(&mut self, region: u64, f: impl FnOnce(&PageTracker, &mut Stripe) -> T) -> T {
+        let pages = self.pages;
+        let s = stripe_of(region);
+        if let Some((_, guard)) = self.kept.iter_mut().flatten().find(|(i, _)| *i == s) {
+            return f(pages, guard);
+        }
+        f(pages, &mut pages.stripe(s).lock())
+    }
+
+    /// The first page of `range` the bitmap `which` of the tracker has `want` for;
+    /// regions of a uniform state answer from the atomic state alone.
+    fn find(&mut self, range: PageRange, which: Which, want: bool) -> Option<u64> {
+        let pages = self.pages;
+        let map = which.map(pages);
+        for (region, from, to) in map.regions_of(range) {
+            let found = match map.state(region) {
+                RegionState::Set if want => Some(from),
+                RegionState::Clear if !want => Some(from),
+                RegionState::Set | RegionState::Clear => None,
+                RegionState::Mixed => self.with(region, |_, s| map.find(which.part(s), region, from, to, want)),
+            };
+            if let Some(bit) = found {
+                return Some(region * REGION_PAGES + bit);
+            }
+        }
+        None
+    }
+
+    /// The first page of `range` with a role, and the role.
+    fn first_role_in(&mut self, range: PageRange) -> Option<(u64, PageRole)> {
+        let other = self.pages.other_role_in(range, |_| false);
+        let deposited = self.find(range, Which::Deposited, true).map(|pfn| (pfn, PageRole::Deposited));
+        match (other, deposited) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn role(&mut self, page: PageAddr) -> Option<PageRole> {
+        if self.is_deposited(page) {
+            return Some(PageRole::Deposited);
+        }
+        let range = PageRange::new(page, 1)?;
+        self.pages.other_role_in(range, |_| false).map(|(_, role)| role)
+    }
+
+    /// Check a page range the SVSM will copy parameters from (`write` false) or to.
+    pub fn check_param(&mut self, range: PageRange, write: bool) -> Result<(), (PageAddr, AddressConflict)> {
+        self.pages.check_common(range)?;
+        if let Some(pfn) = self.find(range, Which::Deposited, true) {
+            return Err((PageAddr::from_pfn(pfn), AddressConflict::Deposited));
+        }
+        let allowed = |role| matches!(role, PageRole::CallingArea(_)) || (role == PageRole::Secrets && !write);
+        if let Some((pfn, role)) = self.pages.other_role_in(range, allowed) {
+            return Err((PageAddr::from_pfn(pfn), conflict(role)));
+        }
+        if let Some(pfn) = self.first_unvalidated(range) {
+            return Err((PageAddr::from_pfn(pfn), AddressConflict::NotValidated));
+        }
+        Ok(())
+    }
+
+    /// Check a page range a call will act upon: RAM that the SVSM has no claim on.
+    /// Validation state is not checked; callers that need it ask for it.
+    pub fn check_target(&mut self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
+        self.pages.check_common(range)?;
+        match self.first_role_in(range) {
+            Some((pfn, role)) => Err((PageAddr::from_pfn(pfn), conflict(role))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_validated(&mut self, page: PageAddr) -> bool {
+        PageRange::new(page, 1).is_some_and(|r| self.find(r, Which::Validated, true).is_some())
+    }
+
+    pub fn is_deposited(&mut self, page: PageAddr) -> bool {
+        PageRange::new(page, 1).is_some_and(|r| self.find(r, Which::Deposited, true).is_some())
+    }
+
+    /// First page of `range` that is not validated (pages beyond RAM count as such).
+    pub fn first_unvalidated(&mut self, range: PageRange) -> Option<u64> {
+        let top = self.pages.validated.pages();
+        self.find(range, Which::Validated, false)
+            .or_else(|| (range.end_pfn() > top).then_some(range.start_pfn().max(top)))
+    }
+
+    /// Before a PVALIDATE of `range`: whether some page of it is recorded validated, with
+    /// room made so the record of the outcome cannot fail.
+    pub fn prepare_validation(&mut self, range: PageRange) -> Result<bool, NoRoom> {
+        self.reserve(range, Which::Validated)
+    }
+
+    /// Record the validation state of `range` ([prepared](Self::prepare_validation)
+    /// first). Pages beyond RAM are ignored. `false` if a region was not prepared.
+    pub fn set_validated(&mut self, range: PageRange, valid: bool) -> bool {
+        self.set(range, Which::Validated, valid)
+    }
+
+    /// Make sure recording `range` as deposited, or no longer deposited, cannot fail.
+    pub fn reserve_deposited(&mut self, range: PageRange) -> Result<(), NoRoom> {
+        self.reserve(range, Which::Deposited).map(|_| ())
+    }
+
+    /// Record `range` as deposited or not ([reserved](Self::reserve_deposited) first).
+    pub fn set_deposited(&mut self, range: PageRange, deposited: bool) -> bool {
+        self.set(range, Which::Deposited, deposited)
+    }
+
+    /// Make room in `which` for a change of `range`; whether some page of it is set.
+    fn reserve(&mut self, range: PageRange, which: Which) -> Result<bool, NoRoom> {
+        let map = which.map(self.pages);
+        let mut any = false;
+        for (region, from, to) in map.regions_of(range) {
+            any |= self.with(region, |_, s| map.reserve(which.part(s), region, from, to))?;
+        }
+        Ok(any)
+    }
+
+    fn set(&mut self, range: PageRange, which: Which, value: bool) -> bool {
+        let map = which.map(self.pages);
+        let mut complete = true;
+        for (region, from, to) in map.regions_of(range) {
+            complete &= self.with(region, |_, s| map.set(which.part(s), region, from, to, value));
+        }
+        complete
+    }
+}
+
+/// Which of the two bitmaps.
+#[derive(Clone, Copy)]
+enum Which {
+    Validated,
+    Deposited,
+}
+
+impl Which {
+    fn map(self, pages: &PageTracker) -> &PageBitmap {
+        match self {
+            Which::Validated => &pages.validated,
+            Which::Deposited => &pages.deposited,
+        }
+    }
+
+    fn part(self, stripe: &mut Stripe) -> &mut StripePart {
+        match self {
+            Which::Validated => &mut stripe.validated,
+            Which::Deposited => &mut stripe.deposited,
+        }
+    }
+}
+
+fn conflict(role: PageRole) -> AddressConflict {
+    match role {
+        PageRole::CallingArea(_) => AddressConflict::CallingArea,
+        PageRole::Secrets => AddressConflict::Secrets,
+        PageRole::Deposited => AddressConflict::Deposited,
+        PageRole::Vmsa(_) => AddressConflict::Vmsa,
+    }
+}
+
+impl PageTracker {
+    fn check_common(&self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
+        if !self.is_ram(range) {
+            return Err((range.start(), AddressConflict::NotRam));
+        }
+        if range.overlaps(self.svsm) {
+            let first = range.start_pfn().max(self.svsm.start_pfn());
+            return Err((PageAddr::from_pfn(first), AddressConflict::SvsmImage));
+        }
+        Ok(())
     }
 }
 
@@ -386,5 +549,65 @@ mod tests {
         assert!(t.check_param(range(7, 1), false).is_ok(), "the secrets page may be read");
         assert_eq!(t.check_param(range(7, 1), true).unwrap_err().1, AddressConflict::Secrets);
         assert_eq!(t.check_target(range(7, 1)).unwrap_err().1, AddressConflict::Secrets);
+    }
+
+    #[test]
+    fn deposited_pages_in_a_mixed_region_are_found_with_or_without_the_lock() {
+        let t = tracker();
+        t.record_validated(range(0x200, 0x200), true).unwrap();
+        let mut held = t.lock(PageAddr::from_pfn(0x210), PageAddr::from_pfn(0x210));
+        held.reserve_deposited(range(0x210, 2)).unwrap();
+        assert!(held.set_deposited(range(0x210, 2), true));
+        let deposited = (PageAddr::from_pfn(0x210), AddressConflict::Deposited);
+        assert_eq!(held.check_target(range(0x200, 0x20)), Err(deposited));
+        drop(held);
+        assert_eq!(t.check_param(range(0x20F, 4), false), Err(deposited));
+        assert_eq!(t.role(PageAddr::from_pfn(0x211)), Some(PageRole::Deposited));
+        assert_eq!(t.role(PageAddr::from_pfn(0x212)), None);
+        assert!(t.check_target(range(0x212, 0x1EE)).is_ok());
+    }
+
+    #[test]
+    fn a_role_is_found_in_a_region_that_shares_its_hint_bucket() {
+        let t = PageTracker::new(&[range(0, 2048 * REGION_PAGES)], range(0, 16), 4).unwrap();
+        // Region 1027 shares hint bucket 3 with region 3.
+        let far = (ROLE_HINTS as u64 + 3) * REGION_PAGES + 7;
+        t.set_role(PageAddr::from_pfn(far), PageRole::Vmsa(VcpuIndex(1))).unwrap();
+        assert_eq!(t.check_target(range(3 * REGION_PAGES, 512)), Ok(()), "same bucket, another region");
+        let vmsa = (PageAddr::from_pfn(far), AddressConflict::Vmsa);
+        assert_eq!(t.check_target(range(far - 7, 512)), Err(vmsa));
+        assert_eq!(t.role(PageAddr::from_pfn(far)), Some(PageRole::Vmsa(VcpuIndex(1))));
+        t.set_role(PageAddr::from_pfn(far), PageRole::CallingArea(VcpuIndex(1))).unwrap();
+        t.clear_role(PageAddr::from_pfn(far));
+        assert_eq!(t.check_target(range(far - 7, 512)), Ok(()));
+        assert!(t.role_hints.iter().all(|h| h.load(Ordering::Relaxed) == 0), "a replaced role is counted once");
+    }
+
+    #[test]
+    fn cpus_changing_pages_at_once_lose_no_record() {
+        extern crate std;
+        let regions = 128;
+        let t =
+            PageTracker::new(&[range(0, regions * REGION_PAGES)], range((regions - 1) * REGION_PAGES, 16), 4).unwrap();
+        std::thread::scope(|s| {
+            for n in 0..4u64 {
+                let t = &t;
+                s.spawn(move || {
+                    // Every fourth region, every other page one at a time under its lock
+                    // as PVALIDATE takes it: regions that share stripes (128 regions, 64
+                    // stripes) and region-state words with the other threads'.
+                    for region in (n..regions - 1).step_by(4) {
+                        for pfn in (region * REGION_PAGES..(region + 1) * REGION_PAGES).step_by(2) {
+                            let (page, one) = (PageAddr::from_pfn(pfn), range(pfn, 1));
+                            let mut held = t.lock(page, page);
+                            assert_eq!(held.prepare_validation(one), Ok(false));
+                            assert!(held.set_validated(one, true));
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(t.validated_pages(), (regions - 1) * REGION_PAGES / 2 + 16);
+        assert!((0..(regions - 1) * REGION_PAGES).all(|p| t.is_validated(PageAddr::from_pfn(p)) == (p % 2 == 0)));
     }
 }

@@ -13,7 +13,7 @@
 //! a region deposited whole.
 
 use crate::addr::{PageAddr, PageRange};
-use crate::bitmap::{NoRoom, PageBitmap};
+use crate::bitmap::{NoRoom, OwnedBitmap};
 use alloc::vec::Vec;
 
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub struct PagePool {
     /// Free pages of the SVSM's own reserve; room for all of them is reserved at start.
     reserve: Vec<PageAddr>,
     /// Deposited pages nobody uses.
-    free: PageBitmap,
+    free: OwnedBitmap,
     reserve_total: u64,
     deposited_total: u64,
 }
@@ -48,7 +48,7 @@ impl PagePool {
     /// A pool of `reserve` for guest RAM up to `top_pfn`.
     pub fn new(reserve: Vec<PageAddr>, top_pfn: u64) -> Result<Self, NoRoom> {
         let reserve_total = reserve.len() as u64;
-        Ok(Self { reserve, free: PageBitmap::new(top_pfn)?, reserve_total, deposited_total: 0 })
+        Ok(Self { reserve, free: OwnedBitmap::new(top_pfn)?, reserve_total, deposited_total: 0 })
     }
 
     pub fn available(&self) -> u64 {
@@ -116,7 +116,7 @@ impl PagePool {
     }
 
     /// Make sure [`Self::add_deposited`] of `range` cannot fail.
-    pub fn reserve_deposit(&self, range: PageRange) -> Result<(), NoRoom> {
+    pub fn reserve_deposit(&mut self, range: PageRange) -> Result<(), NoRoom> {
         self.free.reserve(range)
     }
 

@@ -89,13 +89,16 @@ impl Budget {
 /// An entry may not act on the page holding the list itself: the SVSM must still write
 /// the next-entry index there, and a guest that lost that page would not learn what was
 /// done (`INVALID_ADDRESS`).
-pub fn walk<P, E>(
+///
+/// `apply` may keep state from one entry to the next (`S`, such as a page lock it holds
+/// on): it is dropped before the index is written back.
+pub fn walk<P, E, S: Default>(
     svsm: &Svsm,
     p: &mut P,
     ctx: &CallContext,
     decode: impl Fn(u64) -> CallResult<E>,
     pages: impl Fn(&E) -> PageRange,
-    mut apply: impl FnMut(&Svsm, &mut P, &E) -> CallResult<()>,
+    mut apply: impl FnMut(&mut S, &mut P, &E) -> CallResult<()>,
 ) -> Reply
 where
     P: Platform + ?Sized,
@@ -105,6 +108,7 @@ where
         Err(e) => return Reply::err(e),
     };
     let mut budget = Budget::new(svsm.pages_per_call);
+    let mut state = S::default();
     let mut next = list.next;
     let mut status = Ok(());
     for raw in &list.pending {
@@ -116,7 +120,7 @@ where
             if !budget.take(range.pages()) {
                 return Err(CallError::Incomplete);
             }
-            apply(svsm, p, &entry)
+            apply(&mut state, p, &entry)
         });
         if let Err(e) = step {
             status = Err(e);
@@ -124,6 +128,7 @@ where
         }
         next += 1;
     }
+    drop(state);
     let written = write_next(p, ctx.view(&svsm.pages), &list, next);
     Reply::from(status.and(written))
 }

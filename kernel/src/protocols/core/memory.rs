@@ -32,7 +32,7 @@ pub fn deposit<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) 
         ctx,
         |raw| decode(DepositEntry(raw)),
         |range: &PageRange| *range,
-        |svsm, p, range| deposit_range(svsm, p, caller, *range),
+        |(), p, range| deposit_range(svsm, p, caller, *range),
     )
 }
 
@@ -53,9 +53,9 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, r
     let caller_vmpl = caller.vmpl;
     // The entry is one 4 KiB page or one 2 MiB region: its region's lock makes check, act
     // and record one step against every other vCPU.
-    let _region = svsm.pages.lock(range.start(), range.start());
-    svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
-    if let Some(pfn) = svsm.pages.first_unvalidated(range) {
+    let mut held = svsm.pages.lock(range.start(), range.start());
+    held.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    if let Some(pfn) = held.first_unvalidated(range) {
         return Err(CallError::address(Gpa(pfn << 12), AddressConflict::NotValidated));
     }
     // A caller deposits only what it could write itself: a VMPL2 caller must not hand the
@@ -63,7 +63,7 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, r
     caller.check(p, range, Access::Write)?;
     // The records of the deposit are made room for first: once the pages are the
     // SVSM's, recording it cannot fail.
-    svsm.pages.reserve_deposited(range).map_err(|_| CallError::OutOfMemory)?;
+    held.reserve_deposited(range).map_err(|_| CallError::OutOfMemory)?;
     svsm.pool.lock().reserve_deposit(range).map_err(|_| CallError::OutOfMemory)?;
     // All or nothing: every page taken so far goes back if a later one cannot be taken.
     let mut taken = RangeUndo::new(p, range.start(), caller_vmpl);
@@ -75,7 +75,7 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, r
     // SVSM can hand them out.
     taken.platform().flush_guest_tlb();
     taken.commit();
-    let recorded = svsm.pages.set_deposited(range, true) && {
+    let recorded = held.set_deposited(range, true) && {
         let mut pool = svsm.pool.lock();
         let added = pool.add_deposited(range);
         svsm.pool_changed(&pool);
@@ -156,16 +156,16 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContex
     let mut returned = 0usize;
     for page in taken.iter().copied() {
         // Each page under its region's lock: nobody else changes it meanwhile.
-        let _region = svsm.pages.lock(page, page);
+        let mut held = svsm.pages.lock(page, page);
         // Room to record the page as the guest's again, then zero and hand it back.
-        let one = PageRange::new(page, 1).filter(|r| svsm.pages.reserve_deposited(*r).is_ok());
+        let one = PageRange::new(page, 1).filter(|r| held.reserve_deposited(*r).is_ok());
         let handed_back = one.is_some_and(|r| p.zero_pages(r).is_ok()) && grant(p, page, ctx.caller.vmpl).is_ok();
         if !handed_back {
             crate::log!(p, Warn, "withdraw: page {:#x} stays with the SVSM", page.raw());
             break;
         }
         if let Some(r) = one {
-            svsm.pages.set_deposited(r, false);
+            held.set_deposited(r, false);
         }
         returned += 1;
     }

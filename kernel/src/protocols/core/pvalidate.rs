@@ -17,6 +17,7 @@ use super::list;
 use crate::addr::{PageAddr, PageRange, PageSize};
 use crate::caller::{Access, Caller};
 use crate::error::{CallError, CallResult};
+use crate::pages::Held;
 use crate::platform::{Platform, PvalidateEffect};
 use crate::protocols::{CallContext, Reply};
 use crate::rollback::{Step, Undo, perms_now};
@@ -36,9 +37,17 @@ pub fn pvalidate<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext
         ctx,
         |raw| decode(PvalidateEntry(raw)),
         |e: &Entry| e.range,
-        |svsm, p, e| {
+        // Consecutive entries in one stripe (a guest validating a 2 MiB run page by page)
+        // share one hold of its lock, released before the list is written back.
+        |held: &mut Option<Held<'_>>, p, e| {
             invalidated |= !e.validate;
-            apply(svsm, p, caller, e)
+            if !held.as_ref().is_some_and(|h| h.holds(e.page)) {
+                // The old stripe goes first: holding it while waiting for another could
+                // meet a vCPU doing the opposite.
+                *held = None;
+            }
+            let h = held.get_or_insert_with(|| svsm.pages.lock(e.page, e.page));
+            apply(h, p, caller, e)
         },
     );
     // Pages left the guest: no CPU may keep a translation to them once the call returns
@@ -83,29 +92,28 @@ fn hw(entry: &Entry) -> impl Fn(crate::platform::HwError) -> CallError {
     move |error| CallError::Hardware { gpa, error }
 }
 
-pub fn apply<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
-    // One 4 KiB page or one 2 MiB region: its region's lock makes check, hardware and
-    // record one step against every other vCPU (two vCPUs validating and invalidating one
-    // page cannot interleave).
-    let _region = svsm.pages.lock(entry.page, entry.page);
-    svsm.pages.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+/// One entry, under the lock of its 4 KiB page's or 2 MiB region's stripe (`held`), which
+/// makes check, hardware and record one step against every other vCPU (two vCPUs
+/// validating and invalidating one page cannot interleave).
+pub fn apply<P: Platform + ?Sized>(held: &mut Held<'_>, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
+    held.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     // The validation record makes room before the hardware changes, so the two cannot
     // disagree afterwards (a 4 KiB entry in a 2 MiB run the record held whole needs a leaf).
-    let recorded_valid = svsm.pages.prepare_validation(entry.range).map_err(|_| CallError::OutOfMemory)?;
+    let recorded_valid = held.prepare_validation(entry.range).map_err(|_| CallError::OutOfMemory)?;
     if entry.validate {
         // A page that is not validated belongs to no VMPL yet, so any caller may validate
         // it (and gets access with every more privileged VMPL). A validated one only
         // answers "no change" and is not touched.
-        validate(svsm, p, caller.vmpl, entry, recorded_valid)
+        validate(held, p, caller.vmpl, entry, recorded_valid)
     } else {
         // Invalidating destroys the contents: only for a caller that could write them.
         caller.check(p, entry.range, Access::Write)?;
-        invalidate(svsm, p, caller.vmpl, entry)
+        invalidate(held, p, caller.vmpl, entry)
     }
 }
 
 fn validate<P: Platform + ?Sized>(
-    svsm: &Svsm,
+    held: &mut Held<'_>,
     p: &mut P,
     caller_vmpl: u8,
     entry: &Entry,
@@ -114,7 +122,7 @@ fn validate<P: Platform + ?Sized>(
     let effect = p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))?;
     if effect == PvalidateEffect::Unchanged {
         // Possibly validated before the SVSM knew (at launch): the hardware is right.
-        svsm.pages.set_validated(entry.range, true);
+        held.set_validated(entry.range, true);
         return no_change(entry);
     }
     // Valid now, but neither zeroed nor the guest's: until the grant is complete, every
@@ -129,7 +137,7 @@ fn validate<P: Platform + ?Sized>(
             entry.page.raw()
         );
         drop(undo);
-        svsm.pages.set_validated(entry.range, false);
+        held.set_validated(entry.range, false);
         return Err(CallError::address(entry.page.gpa(), crate::error::AddressConflict::Reassigned));
     }
     undo.platform().zero_pages(entry.range)?;
@@ -138,11 +146,11 @@ fn validate<P: Platform + ?Sized>(
         undo.did(Step::SetPerms { vmpl, perms: PERM_NONE, size: entry.size });
     }
     undo.commit();
-    svsm.pages.set_validated(entry.range, true);
+    held.set_validated(entry.range, true);
     Ok(())
 }
 
-fn invalidate<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+fn invalidate<P: Platform + ?Sized>(held: &mut Held<'_>, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
     // Revoke every lower VMPL first; if PVALIDATE then fails (a size mismatch, say), the
     // page is still valid and everyone gets back what they had.
     let mut undo = Undo::new(p, entry.page, "invalidation");
@@ -153,7 +161,7 @@ fn invalidate<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller_vmpl: u8, ent
     }
     let effect = undo.platform().pvalidate(entry.page, entry.size, false).map_err(hw(entry))?;
     undo.commit();
-    svsm.pages.set_validated(entry.range, false);
+    held.set_validated(entry.range, false);
     match effect {
         PvalidateEffect::Changed => Ok(()),
         PvalidateEffect::Unchanged => no_change(entry),

@@ -23,7 +23,7 @@ use super::memory::grant;
 use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
 use crate::caller::{Access, Caller};
 use crate::error::{AddressConflict, CallError, CallResult};
-use crate::pages::PageRole;
+use crate::pages::{Held, PageRole};
 use crate::platform::{HwError, Platform};
 use crate::pool::PoolError;
 use crate::protocols::CallContext;
@@ -43,18 +43,18 @@ fn page_param(value: u64, what: &'static str) -> CallResult<PageAddr> {
 /// A page the call will take from the caller: RAM with no role (or, for a replacement's
 /// calling area, the replaced vCPU's own), validated, and the caller's to write.
 fn check_page<P: Platform + ?Sized>(
-    svsm: &Svsm,
+    held: &mut Held<'_>,
     p: &P,
     caller: Caller,
     page: PageAddr,
     allowed_role: Option<PageRole>,
 ) -> CallResult<()> {
     let range = PageRange::new(page, 1).ok_or(CallError::address(page.gpa(), AddressConflict::NotRam))?;
-    let own_role = allowed_role.is_some() && svsm.pages.role(page) == allowed_role;
+    let own_role = allowed_role.is_some() && held.role(page) == allowed_role;
     if !own_role {
-        svsm.pages.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+        held.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     }
-    if !svsm.pages.is_validated(page) {
+    if !held.is_validated(page) {
         return Err(CallError::address(page.gpa(), AddressConflict::NotValidated));
     }
     caller.check(p, range, Access::Write)
@@ -80,10 +80,10 @@ pub fn create_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     // The set of vCPUs changes under its lock (no two creations give out one APIC ID or
     // slot), and the two pages under their regions' locks.
     let _change = svsm.vcpus.change();
-    let _region = svsm.pages.lock(vmsa, ca);
+    let mut held = svsm.pages.lock(vmsa, ca);
     match svsm.vcpus.find_by_apic_id(apic_id) {
-        None => create_new(svsm, p, ctx, request),
-        Some(index) => replace(svsm, p, ctx, request, index),
+        None => create_new(svsm, &mut held, p, ctx, request),
+        Some(index) => replace(svsm, &mut held, p, ctx, request, index),
     }
 }
 
@@ -92,9 +92,15 @@ fn startup_features<P: Platform + ?Sized>(svsm: &Svsm, p: &P) -> CallResult<u64>
     Ok(p.vmsa_read(startup_vmsa, VmsaField::SevFeatures)?)
 }
 
-fn create_new<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext, r: Request) -> CallResult<()> {
-    check_page(svsm, p, ctx.caller, r.vmsa, None)?;
-    check_page(svsm, p, ctx.caller, r.ca, None)?;
+fn create_new<P: Platform + ?Sized>(
+    svsm: &Svsm,
+    held: &mut Held<'_>,
+    p: &mut P,
+    ctx: &CallContext,
+    r: Request,
+) -> CallResult<()> {
+    check_page(held, p, ctx.caller, r.vmsa, None)?;
+    check_page(held, p, ctx.caller, r.ca, None)?;
     if svsm.vcpus.count() >= svsm.max_vcpus {
         return Err(CallError::InvalidRequest("the SVSM serves no more vCPUs"));
     }
@@ -156,6 +162,7 @@ fn create_new<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext, r
 /// is, the replacement completes.
 fn replace<P: Platform + ?Sized>(
     svsm: &Svsm,
+    held: &mut Held<'_>,
     p: &mut P,
     ctx: &CallContext,
     r: Request,
@@ -174,8 +181,8 @@ fn replace<P: Platform + ?Sized>(
     if old.retired.is_some() {
         return Err(CallError::InvalidRequest("the vCPU's previous VMSA was not deleted yet"));
     }
-    check_page(svsm, p, ctx.caller, r.vmsa, None)?;
-    check_page(svsm, p, ctx.caller, r.ca, Some(PageRole::CallingArea(index)))?;
+    check_page(held, p, ctx.caller, r.vmsa, None)?;
+    check_page(held, p, ctx.caller, r.ca, Some(PageRole::CallingArea(index)))?;
     let features = startup_features(svsm, p)?;
     if !svsm.pages.role_room(2) {
         return Err(CallError::OutOfMemory);
@@ -284,7 +291,10 @@ fn record_role<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, page: PageAddr, rol
 fn free_pages(svsm: &Svsm, pages: &[PageAddr]) {
     let mut pool = svsm.pool.lock();
     for page in pages {
-        let deposited = svsm.pages.is_deposited(*page);
+        // The pool's own reserve lies in the SVSM's region, where no deposit can be: a
+        // page outside it was deposited. (Asked of the region, not the deposit record,
+        // because callers hold page locks the record would need.)
+        let deposited = !svsm.pages.svsm_region().contains_pfn(page.pfn());
         // A deposited page whose record cannot be made stays out of the pool: the guest
         // loses a page it gave, the SVSM keeps working.
         let _ = pool.free(*page, deposited);
@@ -321,7 +331,8 @@ fn release<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, vmsa: PageAddr, creator
 pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
     let _change = svsm.vcpus.change();
-    let _region = svsm.pages.lock(vmsa, vmsa);
+    // Held for the page's check, act and record, though nothing reads the records here.
+    let _held = svsm.pages.lock(vmsa, vmsa);
     if let Some(index) = svsm.vcpus.find_by_retired(vmsa) {
         return delete_retired(svsm, p, ctx, index, vmsa);
     }
