@@ -88,10 +88,23 @@ impl<const N: usize> LogRing<N> {
         // Only the last N bytes of a long write can be kept.
         let skip = s.len().saturating_sub(N);
         self.written += skip as u64;
-        for b in &s[skip..] {
-            self.bytes[(self.written % N as u64) as usize] = *b;
-            self.written += 1;
+        let mut rest = s.get(skip..).unwrap_or(&[]);
+        // At most two copies: up to the ring's end, then on from its start.
+        while !rest.is_empty() {
+            let at = self.position(self.written);
+            let (now, later) = rest.split_at(rest.len().min(N - at));
+            if let Some(to) = self.bytes.get_mut(at..at + now.len()) {
+                to.copy_from_slice(now);
+            }
+            self.written += now.len() as u64;
+            rest = later;
         }
+    }
+
+    /// Where in the ring the byte at `offset` lives.
+    fn position(&self, offset: u64) -> usize {
+        // Below N, which is a usize.
+        (offset % N as u64) as usize
     }
 
     /// Bytes logged since boot (the offset the next byte will have).
@@ -104,18 +117,29 @@ impl<const N: usize> LogRing<N> {
         self.written.saturating_sub(N as u64)
     }
 
-    /// Copy the bytes from `offset` on into `out`; returns how many (0 at the end of the
-    /// log, or beyond it).
-    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
+    /// The bytes from `offset` on, at most `max` of them, where the ring holds them: two
+    /// slices, the second empty unless they wrap around the ring's end (at the end of the
+    /// log, or beyond it, both are empty).
+    pub fn segments(&self, offset: u64, max: usize) -> Result<[&[u8]; 2], LogLost> {
         if offset < self.oldest() {
             return Err(LogLost { oldest: self.oldest() });
         }
-        let available = self.written.saturating_sub(offset);
-        let n = (available.min(out.len() as u64)) as usize;
-        for (i, b) in out[..n].iter_mut().enumerate() {
-            *b = self.bytes[((offset + i as u64) % N as u64) as usize];
+        let n = usize::try_from(self.written.saturating_sub(offset)).unwrap_or(usize::MAX).min(max);
+        let at = self.position(offset);
+        let first = n.min(N - at);
+        Ok([self.bytes.get(at..at + first).unwrap_or(&[]), self.bytes.get(..n - first).unwrap_or(&[])])
+    }
+
+    /// Copy the bytes from `offset` on into `out`; returns how many (0 at the end of the
+    /// log, or beyond it).
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
+        let [a, b] = self.segments(offset, out.len())?;
+        let (to_a, rest) = out.split_at_mut(a.len());
+        to_a.copy_from_slice(a);
+        if let Some(to_b) = rest.get_mut(..b.len()) {
+            to_b.copy_from_slice(b);
         }
-        Ok(n)
+        Ok(a.len() + b.len())
     }
 }
 
@@ -166,5 +190,16 @@ mod tests {
         let mut out = [0u8; 5];
         assert_eq!(r.read(6, &mut out), Ok(5));
         assert_eq!(&out, b"world");
+    }
+
+    #[test]
+    fn a_read_across_the_ring_end_is_two_slices_and_never_more() {
+        let mut r = LogRing::<8>::new();
+        r.push(b"abcdefghij"); // ring: "ijcdefgh", oldest offset 2
+        assert_eq!(r.segments(2, 100), Ok([&b"cdefgh"[..], &b"ij"[..]]));
+        assert_eq!(r.segments(4, 3), Ok([&b"efg"[..], &b""[..]]));
+        assert_eq!(r.segments(9, 100), Ok([&b"j"[..], &b""[..]]), "from the ring's start");
+        assert_eq!(r.segments(10, 100), Ok([&b""[..], &b""[..]]));
+        assert_eq!(r.segments(1, 1), Err(LogLost { oldest: 2 }));
     }
 }

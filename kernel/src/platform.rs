@@ -134,6 +134,27 @@ pub trait Platform {
     fn log_written(&self) -> u64 {
         0
     }
+    /// Copy up to `len` bytes of the log from `offset` into guest memory at `gpa` (one
+    /// page's piece, checked by the caller), straight from the ring where the platform
+    /// keeps one: at most two copies, for a ring that wraps. Answers how many bytes were
+    /// copied (0 at the end of the log). This default goes through a buffer on the stack,
+    /// for platforms whose log is not at hand.
+    fn log_to_guest(&mut self, offset: u64, gpa: Gpa, len: usize) -> Result<usize, LogCopyError> {
+        let mut chunk = [0u8; 512];
+        let mut done = 0;
+        while done < len {
+            let step = (len - done).min(chunk.len());
+            let buf = chunk.get_mut(..step).unwrap_or_default();
+            let got = self.log_read(offset + done as u64, buf).map_err(LogCopyError::Lost)?;
+            let at = Gpa(gpa.0 + done as u64);
+            match buf.get(..got) {
+                Some(bytes) if got > 0 => self.write(at, bytes).map_err(LogCopyError::Fault)?,
+                _ => break,
+            }
+            done += got;
+        }
+        Ok(done)
+    }
 
     /// Hand one SNP guest message (already encrypted under VMPCK0) to the PSP and wait for
     /// its answer. On SNP this is the host's guest-request exit; platforms without AMD's
@@ -167,4 +188,13 @@ macro_rules! log {
     ($p:expr, $lvl:ident, $($arg:tt)*) => {
         $crate::platform::Platform::log($p, $crate::platform::Level::$lvl, format_args!($($arg)*))
     };
+}
+
+/// Why a log copy into guest memory stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogCopyError {
+    /// The bytes at the offset were overwritten before they were read.
+    Lost(crate::log_ring::LogLost),
+    /// The guest page refused the write.
+    Fault(MemoryFault),
 }

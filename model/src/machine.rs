@@ -13,7 +13,9 @@ use abi::vmsa::VmsaField;
 use conformance::PspFault;
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::log_ring::{LogLost, LogRing};
-use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
+use kernel::platform::{
+    GuestRequestError, HwError, Level, LogCopyError, MemoryFault, Platform, PvalidateEffect, VtomLimits,
+};
 use kernel::vcpu::VcpuIndex;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -420,6 +422,20 @@ impl Platform for Machine {
 
     fn log_written(&self) -> u64 {
         self.log_ring.written()
+    }
+
+    fn log_to_guest(&mut self, offset: u64, gpa: Gpa, len: usize) -> Result<usize, LogCopyError> {
+        // Straight from the ring into guest memory, as the bare-metal SVSM would copy.
+        let segments = self.log_ring.segments(offset, len).map_err(LogCopyError::Lost)?;
+        let total = segments.iter().map(|s| s.len()).sum();
+        self.check(gpa.0, total, PERM_WRITE).map_err(LogCopyError::Fault)?;
+        let memory = self.memory.get_mut();
+        let mut at = gpa.0;
+        for s in segments {
+            crate::heap::as_host(|| memory.write(at, s));
+            at += s.len() as u64;
+        }
+        Ok(total)
     }
 
     fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {

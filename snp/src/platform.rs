@@ -24,7 +24,9 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::log_ring::{LogLost, LogRing};
-use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
+use kernel::platform::{
+    GuestRequestError, HwError, Level, LogCopyError, MemoryFault, Platform, PvalidateEffect, VtomLimits,
+};
 use kernel::vcpu::VcpuIndex;
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -415,6 +417,17 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
 
     fn log_written(&self) -> u64 {
         self.state.log.written()
+    }
+
+    fn log_to_guest(&mut self, offset: u64, gpa: Gpa, len: usize) -> Result<usize, LogCopyError> {
+        // Straight from the ring into the guest's page: at most two copies.
+        let segments = self.state.log.segments(offset, len).map_err(LogCopyError::Lost)?;
+        let mut at = gpa;
+        for s in segments.iter().filter(|s| !s.is_empty()) {
+            self.hw.write(at.0, s).map_err(|_| LogCopyError::Fault(MemoryFault { gpa: at }))?;
+            at = Gpa(at.0 + s.len() as u64);
+        }
+        Ok(segments.iter().map(|s| s.len()).sum())
     }
 
     fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {

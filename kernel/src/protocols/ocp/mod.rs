@@ -10,7 +10,7 @@ pub mod sources;
 use crate::addr::Gpa;
 use crate::error::{CallError, CallResult};
 use crate::guest_memory;
-use crate::platform::Platform;
+use crate::platform::{LogCopyError, Platform};
 use crate::protocols::{CallContext, Reply};
 use crate::svsm::Svsm;
 use abi::ocp::{BATCH_MAX, ENTRY_SIZE, NAME_OFFSET, flags, typed};
@@ -19,8 +19,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use sources::{Setting, SourceKind};
 
-/// Log bytes copied per step (the SVSM never holds a whole large read at once).
-const LOG_CHUNK: usize = 4096;
 /// The most a setting accepts in one write.
 const SETTING_MAX: usize = 64;
 
@@ -121,7 +119,8 @@ fn read<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Repl
     }
 }
 
-/// The log from `offset`: checked whole, then copied a chunk at a time.
+/// The log from `offset`: checked whole, then copied from the platform's ring into the
+/// guest's buffer a page at a time, under that page's lock (`guest_memory::write_with`).
 fn read_log<P: Platform + ?Sized>(
     svsm: &Svsm,
     p: &mut P,
@@ -131,23 +130,14 @@ fn read_log<P: Platform + ?Sized>(
     offset: u64,
 ) -> CallResult<u64> {
     let available = p.log_written().saturating_sub(offset);
-    let n = (want as u64).min(available) as usize;
-    guest_memory::check_writable(p, ctx.view(&svsm.pages), gpa, n)?;
-    let mut chunk = [0u8; LOG_CHUNK];
-    let mut done = 0;
-    while done < n {
-        let step = (n - done).min(LOG_CHUNK);
-        let got = p
-            .log_read(offset + done as u64, &mut chunk[..step])
-            .map_err(|l| CallError::LogLost { oldest: l.oldest })?;
-        if got == 0 {
-            break;
-        }
-        let at = gpa.checked_add(done as u64).ok_or(CallError::InvalidParameter("buffer wraps around"))?;
-        guest_memory::write_bytes(p, ctx.view(&svsm.pages), at, &chunk[..got])?;
-        done += got;
-    }
-    Ok(done as u64)
+    let n = usize::try_from(available).unwrap_or(usize::MAX).min(want);
+    let copied = guest_memory::write_with(p, ctx.view(&svsm.pages), gpa, n, |p, at, from, len| {
+        p.log_to_guest(offset + from as u64, at, len).map_err(|e| match e {
+            LogCopyError::Lost(l) => CallError::LogLost { oldest: l.oldest },
+            LogCopyError::Fault(f) => CallError::from(f),
+        })
+    })?;
+    Ok(copied as u64)
 }
 
 fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<u64> {
