@@ -55,12 +55,15 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> 
     }
     let page = new.page();
     let range = PageRange::new(page, 1).ok_or(CallError::address(new, AddressConflict::NotRam))?;
-    svsm.pages.check_param(range, true).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    // The page's lock from check to record: a deposit on another vCPU cannot take the page
+    // in between and have the SVSM use a pool page as a calling area.
+    let mut held = svsm.pages.lock(page, page);
+    held.check_param(range, true).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     // The SVSM writes the area for the caller from now on: it must be the caller's to write.
     ctx.caller.check(p, range, crate::caller::Access::Write)?;
     // One calling area per page: another vCPU's area here would let two vCPUs' calls
     // collide.
-    match svsm.pages.role(page) {
+    match held.role(page) {
         Some(PageRole::CallingArea(owner)) if owner != ctx.vcpu => {
             return Err(CallError::address(new, AddressConflict::CallingArea));
         }
