@@ -37,7 +37,8 @@ type Leaf = [u64; WORDS_PER_LEAF];
 
 /// The stripe of `region`.
 pub fn stripe_of(region: u64) -> usize {
-    (region % STRIPES as u64) as usize
+    // Below STRIPES, a usize.
+    usize::try_from(region % STRIPES as u64).unwrap_or(0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +195,7 @@ impl PageBitmap {
         // of them became all ones or all zeros.
         let (mut changed, mut edge) = (0u64, false);
         for w in (from / 64)..to.div_ceil(64) {
-            let Some(word) = leaf.get_mut(w as usize) else { continue };
+            let Some(word) = usize::try_from(w).ok().and_then(|w| leaf.get_mut(w)) else { continue };
             let (lo, hi) = (w * 64, w * 64 + 64);
             let (a, b) = (from.max(lo), to.min(hi));
             let mask = (u64::MAX >> (64 - (b - a))) << (a - lo);
@@ -244,7 +245,7 @@ impl PageBitmap {
 /// flipped when looking for a clear bit, the bits outside `from..to` masked off.
 fn find_in_leaf(leaf: &Leaf, from: u64, to: u64, want: bool) -> Option<u64> {
     for w in (from / 64)..to.div_ceil(64) {
-        let word = leaf.get(w as usize).copied()?;
+        let word = leaf.get(usize::try_from(w).ok()?).copied()?;
         let word = if want { word } else { !word };
         let (lo, hi) = (w * 64, w * 64 + 64);
         let (a, b) = (from.max(lo), to.min(hi));
@@ -271,8 +272,9 @@ impl OwnedBitmap {
     }
 
     fn part(&self, region: u64) -> &StripePart {
-        // `stripe_of` is below STRIPES, the array's length.
-        &self.parts[stripe_of(region)]
+        // `stripe_of` is below STRIPES, the array's length: the fallback is never taken.
+        let [first, ..] = &self.parts;
+        self.parts.get(stripe_of(region)).unwrap_or(first)
     }
 
     /// Before a change of `range`: whether some bit of it is set, with room made so the
@@ -280,7 +282,7 @@ impl OwnedBitmap {
     pub fn reserve_and_any(&mut self, range: PageRange) -> Result<bool, NoRoom> {
         let mut any = false;
         for (region, from, to) in self.map.regions_of(range) {
-            let part = &mut self.parts[stripe_of(region)];
+            let part = self.parts.get_mut(stripe_of(region)).ok_or(NoRoom)?;
             any |= self.map.reserve(part, region, from, to)?;
         }
         Ok(any)
@@ -296,7 +298,7 @@ impl OwnedBitmap {
     /// Make sure [`Self::set`] of `range` will not need the heap.
     pub fn reserve(&mut self, range: PageRange) -> Result<(), NoRoom> {
         for (region, from, to) in self.map.regions_of(range) {
-            let part = &mut self.parts[stripe_of(region)];
+            let part = self.parts.get_mut(stripe_of(region)).ok_or(NoRoom)?;
             self.map.reserve(part, region, from, to)?;
         }
         Ok(())
@@ -306,8 +308,7 @@ impl OwnedBitmap {
     pub fn set(&mut self, range: PageRange, value: bool) -> bool {
         let mut complete = true;
         for (region, from, to) in self.map.regions_of(range) {
-            let part = &mut self.parts[stripe_of(region)];
-            complete &= self.map.set(part, region, from, to, value);
+            complete &= self.parts.get_mut(stripe_of(region)).is_some_and(|p| self.map.set(p, region, from, to, value));
         }
         complete
     }

@@ -10,7 +10,18 @@
 //! memory, host behaviour) is hostile. Nothing reachable from it panics; every failure
 //! becomes a result code (see [`error`]).
 #![no_std]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+// No panics from guest or host input: no unwrap/expect/panic, no indexing that can go out
+// of bounds, no silent truncation (tests may do all of these).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation
+    )
+)]
 
 extern crate alloc;
 

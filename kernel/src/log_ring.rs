@@ -104,7 +104,7 @@ impl<const N: usize> LogRing<N> {
     /// Where in the ring the byte at `offset` lives.
     fn position(&self, offset: u64) -> usize {
         // Below N, which is a usize.
-        (offset % N as u64) as usize
+        usize::try_from(offset % N as u64).unwrap_or(0)
     }
 
     /// Bytes logged since boot (the offset the next byte will have).

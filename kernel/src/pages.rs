@@ -112,7 +112,8 @@ fn region_of(pfn: u64) -> u64 {
 }
 
 fn hint_of(region: u64) -> usize {
-    (region % ROLE_HINTS as u64) as usize
+    // Below ROLE_HINTS, a usize.
+    usize::try_from(region % ROLE_HINTS as u64).unwrap_or(0)
 }
 
 impl PageTracker {
@@ -127,7 +128,7 @@ impl PageTracker {
         if ram.is_empty() {
             return Err(LayoutError::NoRam);
         }
-        if ram.windows(2).any(|w| w[0].end_pfn() > w[1].start_pfn()) {
+        if ram.windows(2).any(|w| matches!(w, [a, b] if a.end_pfn() > b.start_pfn())) {
             return Err(LayoutError::RamOverlaps);
         }
         let top_pfn = ram.last().map_or(0, |r| r.end_pfn());

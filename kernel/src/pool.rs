@@ -133,7 +133,7 @@ impl PagePool {
     /// record more; none on an empty pool).
     pub fn take_withdrawable(&mut self, max: usize) -> Vec<PageAddr> {
         let mut out = Vec::new();
-        let want = (max as u64).min(self.free.count()) as usize;
+        let want = max.min(usize::try_from(self.free.count()).unwrap_or(usize::MAX));
         if out.try_reserve_exact(want).is_err() {
             return out;
         }

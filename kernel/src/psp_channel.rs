@@ -120,12 +120,15 @@ impl PspChannel {
             return Err(ChannelError::BadAnswer(why));
         }
         self.last_seqno = seqno + 1;
-        let word = |at: usize| u32::from_le_bytes([answer[at], answer[at + 1], answer[at + 2], answer[at + 3]]);
+        let word = |at: usize| {
+            let bytes = answer.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+            bytes.map_or(u32::MAX, u32::from_le_bytes)
+        };
         let status = word(gm::REPORT_RSP_STATUS);
         if status != 0 {
             return Err(ChannelError::Status(status));
         }
-        if word(gm::REPORT_RSP_SIZE) as usize != REPORT_SIZE {
+        if usize::try_from(word(gm::REPORT_RSP_SIZE)) != Ok(REPORT_SIZE) {
             return Err(ChannelError::Status(gm::STATUS_INVALID_PARAM));
         }
         let mut report: Box<[u8; REPORT_SIZE]> = {
@@ -136,7 +139,8 @@ impl PspChannel {
         };
         // The report must be for the data asked (a PSP answering another request's data
         // would pass the checks above only if it held the key).
-        if report[abi::attest::REPORT_DATA_OFFSET..abi::attest::REPORT_DATA_OFFSET + 64] != report_data[..] {
+        let data_at = abi::attest::REPORT_DATA_OFFSET;
+        if report.get(data_at..data_at + 64) != Some(&report_data[..]) {
             report.fill(0);
             return Err(ChannelError::BadAnswer("report is for other data"));
         }

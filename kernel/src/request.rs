@@ -119,8 +119,9 @@ impl Svsm {
         };
         let id = CallId::from_rax(regs.rax);
         let reply = if pending[0] == CALL_PENDING_REQUESTED {
-            // The VMPL field is one byte wide.
-            let vmpl = p.vmsa_read(vmsa, VmsaField::Vmpl)? as u8;
+            // The VMPL field is one byte wide; a wider value (a platform bug) counts as the
+            // least privileged caller there can be.
+            let vmpl = u8::try_from(p.vmsa_read(vmsa, VmsaField::Vmpl)?).unwrap_or(u8::MAX);
             let caller = Caller { vmpl, top_vmpl: self.guest_vmpl };
             protocols::dispatch(self, p, &CallContext { vcpu, caller, id, regs })
         } else {

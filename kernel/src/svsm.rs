@@ -179,7 +179,7 @@ impl Svsm {
         }
         let vmpl = match p.vmsa_read(config.startup_vmsa, VmsaField::Vmpl).map_err(InitError::Vmsa)? {
             0 => return Err(InitError::GuestAtVmpl0),
-            v @ 1..=3 => v as u8,
+            v @ 1..=3 => u8::try_from(v).map_err(|_| InitError::GuestVmplInvalid(v))?,
             v => return Err(InitError::GuestVmplInvalid(v)),
         };
         let features = p.vmsa_read(config.startup_vmsa, VmsaField::SevFeatures).map_err(InitError::Vmsa)?;

@@ -61,14 +61,16 @@ fn manifest(services: &[(Guid, &[u8])]) -> CallResult<Vec<u8>> {
     let header = ManifestHeader {
         guid: SERVICES_MANIFEST_GUID,
         length: u32::try_from(total).map_err(|_| too_big())?,
-        service_count: services.len() as u32,
+        service_count: u32::try_from(services.len()).map_err(|_| too_big())?,
     };
     out.extend_from_slice(header.as_bytes());
     let mut offset = table;
     for (guid, data) in services {
-        let entry = ManifestEntry { guid: *guid, offset: offset as u32, length: data.len() as u32 };
+        let (at, length) = (u32::try_from(offset), u32::try_from(data.len()));
+        let entry =
+            ManifestEntry { guid: *guid, offset: at.map_err(|_| too_big())?, length: length.map_err(|_| too_big())? };
         out.extend_from_slice(entry.as_bytes());
-        offset += data.len();
+        offset = offset.saturating_add(data.len());
     }
     for (_, data) in services {
         out.extend_from_slice(data);

@@ -30,10 +30,10 @@ pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
     }
 }
 
+/// The little-endian u32 at `offset` of the request page (0 past its end: the offsets are
+/// constants well inside it).
 fn u32_at(page: &[u8], offset: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&page[offset..offset + 4]);
-    u32::from_le_bytes(b)
+    page.get(offset..offset + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_le_bytes)
 }
 
 /// The request buffer may start anywhere: Linux (drivers/char/tpm/tpm_svsm.c) passes a
@@ -50,20 +50,26 @@ fn send_command<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext,
     if u32_at(&page, REQ_ORDINAL_OFFSET) != TPM_SEND_COMMAND {
         return Err(CallError::InvalidParameter("vTPM command ordinal is not TPM_SEND_COMMAND"));
     }
-    if page[REQ_LOCALITY_OFFSET] != 0 {
+    if page.get(REQ_LOCALITY_OFFSET) != Some(&0) {
         return Err(CallError::InvalidParameter("vTPM locality is not zero"));
     }
-    let size = u32_at(&page, REQ_SIZE_OFFSET) as usize;
+    let too_large = CallError::InvalidParameter("TPM command larger than the request page");
+    let size = usize::try_from(u32_at(&page, REQ_SIZE_OFFSET)).map_err(|_| too_large)?;
     if size > MAX_COMMAND_SIZE {
-        return Err(CallError::InvalidParameter("TPM command larger than the request page"));
+        return Err(too_large);
     }
-    let command = &page[REQ_COMMAND_OFFSET..REQ_COMMAND_OFFSET + size];
+    let command = page.get(REQ_COMMAND_OFFSET..REQ_COMMAND_OFFSET + size).ok_or(too_large)?;
     let Some(vtpm) = svsm.vtpm.as_ref() else { return Err(CallError::UnsupportedProtocol) };
     let mut out = heap::zeroed(RESP_DATA_OFFSET + MAX_RESPONSE_SIZE)?;
     // One command at a time: the vTPM's lock, and nothing else, is held while it runs, so
     // core calls on other vCPUs go on.
-    let len = vtpm.lock().execute(command, &mut out[RESP_DATA_OFFSET..]);
+    // The response length is the first 4 bytes of the page.
+    const _: () = assert!(RESP_DATA_OFFSET == 4);
+    let (head, data) = out.split_at_mut(RESP_DATA_OFFSET);
+    let len = vtpm.lock().execute(command, data);
     // `execute` bounds the response by the buffer (4092 bytes), so the length fits a u32.
-    out[..RESP_DATA_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
-    guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &out[..RESP_DATA_OFFSET + len])
+    let len32 = u32::try_from(len).map_err(|_| CallError::InvalidRequest("vTPM response too large"))?;
+    head.copy_from_slice(&len32.to_le_bytes());
+    let response = out.get(..RESP_DATA_OFFSET + len).ok_or(CallError::InvalidRequest("vTPM response too large"))?;
+    guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, response)
 }

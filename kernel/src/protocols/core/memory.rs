@@ -135,7 +135,8 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContex
     }
     // Check the header can be written before anything leaves the pool.
     guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &0u16.to_le_bytes())?;
-    let room = usize::try_from(room).unwrap_or(0).min(svsm.pages_per_call as usize).max(1);
+    let per_call = usize::try_from(svsm.pages_per_call).unwrap_or(usize::MAX);
+    let room = usize::try_from(room).unwrap_or(0).min(per_call).max(1);
     let taken = {
         let mut pool = svsm.pool.lock();
         let taken = pool.take_withdrawable(room);

@@ -36,8 +36,9 @@ pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
 /// Section 6.7: RCX = protocol << 32 | version in; max << 32 | min out, or 0. Always
 /// succeeds and never asks for memory.
 fn query_protocol(svsm: &Svsm, ctx: &CallContext) -> Reply {
-    let protocol = ProtocolId((ctx.regs.rcx >> 32) as u32);
-    let version = ctx.regs.rcx as u32;
+    // Both halves are 32 bits wide: the conversions cannot fail.
+    let protocol = ProtocolId(u32::try_from(ctx.regs.rcx >> 32).unwrap_or(u32::MAX));
+    let version = u32::try_from(ctx.regs.rcx & 0xFFFF_FFFF).unwrap_or(u32::MAX);
     let answer = SERVED
         .iter()
         .find(|s| s.id == protocol && (s.min_version..=s.max_version).contains(&version) && serves(svsm, s))

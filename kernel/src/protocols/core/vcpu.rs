@@ -257,12 +257,13 @@ fn check_vmsa<P: Platform + ?Sized>(p: &P, vmsa: PageAddr, caller_vmpl: u8, star
     let field = |f: VmsaField| -> CallResult<u64> {
         let mut v = [0u8; 8];
         let width = f.width();
-        p.read(Gpa(vmsa.raw() + f.offset() as u64), &mut v[..width])?;
+        let bytes = v.get_mut(..width).ok_or(CallError::InvalidRequest("VMSA field wider than 8 bytes"))?;
+        p.read(Gpa(vmsa.raw() + f.offset() as u64), bytes)?;
         Ok(u64::from_le_bytes(v))
     };
-    let vmpl = match field(VmsaField::Vmpl)? {
-        0 => return Err(CallError::InvalidParameter("VMSA.VMPL is 0")),
-        v @ 1..=3 => v as u8,
+    let vmpl = match u8::try_from(field(VmsaField::Vmpl)?) {
+        Ok(0) => return Err(CallError::InvalidParameter("VMSA.VMPL is 0")),
+        Ok(v @ 1..=3) => v,
         _ => return Err(CallError::InvalidParameter("VMSA.VMPL is above 3")),
     };
     if vmpl < caller_vmpl {

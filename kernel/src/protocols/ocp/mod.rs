@@ -81,7 +81,10 @@ fn list<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Repl
             } else {
                 NAME_OFFSET
             };
-            e[name_at..name_at + s.name.len()].copy_from_slice(s.name.as_bytes());
+            // Registration keeps names within NAME_MAX, so the name always fits.
+            if let Some(to) = e.get_mut(name_at..name_at + s.name.len()) {
+                to.copy_from_slice(s.name.as_bytes());
+            }
             let at = Gpa(gpa.0 + (i * ENTRY_SIZE) as u64);
             guest_memory::write_bytes(p, ctx.view(&svsm.pages), at, &e)?;
         }
@@ -105,10 +108,12 @@ fn read<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Repl
         }
         let snapshot = sources::snapshot(svsm, p, source.kind);
         let bytes = snapshot.bytes();
-        let from = (offset as usize).min(bytes.len());
-        let n = want.min(bytes.len() - from);
+        let from = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+        let part = bytes.get(from..).unwrap_or_default();
+        let part = part.get(..want).unwrap_or(part);
+        let n = part.len();
         if n > 0 {
-            guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &bytes[from..from + n])?;
+            guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, part)?;
         }
         Ok(n as u64)
     };
@@ -157,11 +162,13 @@ fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Cal
     if len == 0 || len > SETTING_MAX {
         return Err(CallError::InvalidParameter("not a value this setting understands"));
     }
-    let mut data = [0u8; SETTING_MAX];
-    guest_memory::read_bytes(p, ctx.view(&svsm.pages), gpa, &mut data[..len])?;
+    let mut buf = [0u8; SETTING_MAX];
+    // `len` is at most SETTING_MAX (checked above).
+    let data = buf.get_mut(..len).ok_or(CallError::InvalidParameter("not a value this setting understands"))?;
+    guest_memory::read_bytes(p, ctx.view(&svsm.pages), gpa, data)?;
     match setting {
         Setting::LogLevel => {
-            let level = sources::parse_level(&data[..len])
+            let level = sources::parse_level(data)
                 .ok_or(CallError::InvalidParameter("not a log level (error, warn, info, debug)"))?;
             p.set_log_level(level);
         }
@@ -183,8 +190,10 @@ fn register_value<P: Platform + ?Sized>(svsm: &Svsm, p: &P, index: u32) -> CallR
     let snapshot = sources::snapshot(svsm, p, source.kind);
     let bytes = snapshot.bytes();
     let mut value = [0u8; 8];
-    let n = bytes.len().min(size as usize);
-    value[..n].copy_from_slice(&bytes[..n]);
+    // `size` is at most 8 (filtered above).
+    for (to, from) in value.iter_mut().zip(bytes.iter().take(size as usize)) {
+        *to = *from;
+    }
     Ok((u64::from_le_bytes(value), u64::from(size)))
 }
 
@@ -207,7 +216,7 @@ fn read_batch<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
     guest_memory::read_bytes(p, ctx.view(&svsm.pages), indexes_gpa, &mut raw)?;
     guest_memory::check_writable(p, ctx.view(&svsm.pages), values_gpa, count * 8)?;
     let mut values = crate::heap::zeroed(count * 8)?;
-    let indexes = raw.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let indexes = raw.chunks_exact(4).filter_map(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes);
     for (index, out) in indexes.zip(values.chunks_exact_mut(8)) {
         out.copy_from_slice(&register_value(svsm, p, index)?.0.to_le_bytes());
     }

@@ -138,7 +138,7 @@ impl Sources {
         }
         self.list.try_reserve(1).map_err(|_| RegisterError::NoMemory)?;
         self.list.push(Source { name, kind, protocol });
-        Ok((self.list.len() - 1) as u32)
+        u32::try_from(self.list.len() - 1).map_err(|_| RegisterError::NoMemory)
     }
 
     pub fn get(&self, index: u32) -> Option<&Source> {
