@@ -17,6 +17,18 @@
 //!   permissions; VMPL0 always has full access to validated pages.
 
 #![no_std]
+// The svm platform's RMP answers guest-driven requests: no panics, no indexing that can
+// go out of bounds, no silent truncation (tests may do all of these).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation
+    )
+)]
 
 extern crate alloc;
 
@@ -26,6 +38,8 @@ use alloc::vec::Vec;
 use kernel::platform::{HwError, PvalidateEffect};
 
 pub const PAGES_PER_2M: u64 = 512;
+/// Entries in one 2 MiB chunk of the table.
+const CHUNK_ENTRIES: usize = 512;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RmpEntry {
@@ -58,7 +72,8 @@ pub enum Size {
 
 impl Rmp {
     pub fn new(pages: u64) -> Self {
-        let chunks = pages.div_ceil(PAGES_PER_2M) as usize;
+        // A usize holds any chunk count of a 52-bit address space.
+        let chunks = usize::try_from(pages.div_ceil(PAGES_PER_2M)).unwrap_or(0);
         let mut none = Vec::with_capacity(chunks);
         none.resize_with(chunks, || None);
         Self { pages, templates: vec![RmpEntry::default(); chunks], chunks: none }
@@ -90,8 +105,8 @@ impl Rmp {
         let slot = self.chunks.get_mut(c)?;
         if slot.is_none() {
             let mut entries = Vec::new();
-            entries.try_reserve_exact(PAGES_PER_2M as usize).ok()?;
-            entries.resize(PAGES_PER_2M as usize, template);
+            entries.try_reserve_exact(CHUNK_ENTRIES).ok()?;
+            entries.resize(CHUNK_ENTRIES, template);
             *slot = Some(entries.into_boxed_slice());
         }
         slot.as_mut()?.get_mut(i)
@@ -223,7 +238,10 @@ impl Rmp {
             return Err(HwError::Fault);
         }
         self.update(range.start, range.end - range.start, |e| {
-            e.perms[usize::from(target_vmpl)] = perms;
+            // `target_vmpl` is at most 3 (checked above).
+            if let Some(p) = e.perms.get_mut(usize::from(target_vmpl)) {
+                *p = perms;
+            }
             e.vmsa = vmsa;
         });
         Ok(())
@@ -258,7 +276,7 @@ impl Rmp {
     /// unless the page is assigned, validated and not a VMSA.
     pub fn vmpl_perms(&self, pfn: u64, vmpl: u8) -> u8 {
         match self.entry(pfn) {
-            Some(e) if e.assigned && e.validated && !e.vmsa => e.perms[usize::from(vmpl & 3)],
+            Some(e) if e.assigned && e.validated && !e.vmsa => e.perms.get(usize::from(vmpl & 3)).copied().unwrap_or(0),
             _ => 0,
         }
     }
@@ -267,7 +285,7 @@ impl Rmp {
     pub fn allows(&self, pfn: u64, vmpl: u8, need: u8) -> bool {
         match self.entry(pfn) {
             Some(e) if e.assigned && e.validated => {
-                vmpl == 0 || (!e.vmsa && e.perms[usize::from(vmpl & 3)] & need == need)
+                vmpl == 0 || (!e.vmsa && e.perms.get(usize::from(vmpl & 3)).is_some_and(|p| p & need == need))
             }
             _ => false,
         }
