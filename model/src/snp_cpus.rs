@@ -64,7 +64,13 @@ impl SnpCpus {
 }
 
 /// Serve one entry of `vcpu` on its own CPU, then hand the CPU back to the guest.
-pub fn enter(machine: &mut Machine, host: &mut SnpHost, cpus: &mut SnpCpus, svsm: &Svsm, vcpu: VcpuIndex) -> EntryOutcome {
+pub fn enter(
+    machine: &mut Machine,
+    host: &mut SnpHost,
+    cpus: &mut SnpCpus,
+    svsm: &Svsm,
+    vcpu: VcpuIndex,
+) -> EntryOutcome {
     let Some(mut p) = cpus.handle(machine, host, cpu_of(vcpu)) else {
         return EntryOutcome::UnknownVcpu;
     };

@@ -35,9 +35,9 @@ pub const SHARED_BASE: u64 = crate::world::SVSM_BASE;
 pub const MODEL_CPUS: usize = 16;
 
 /// Work another CPU does while the host handles one CPU's GHCB event with `exit_code`
-/// (once per such event; not for events the work itself makes). It runs on the model's
-/// one thread, inside the first CPU's exit: a lock that CPU still held would stop it
-/// (for good, with a spin lock), so a test that installs it guards with a timeout.
+/// (once, at the first such event). It runs on the model's one thread, inside the first
+/// CPU's exit: a lock that CPU still held would stop it (for good, with a spin lock), so
+/// a test that installs it guards with a timeout.
 pub struct Meanwhile {
     pub exit_code: u64,
     pub run: Box<dyn FnMut(&mut Machine, &mut SnpHost) + Send>,
@@ -218,7 +218,6 @@ impl ModelSnpHw<'_> {
         let rax = g.get(offset::RAX);
         let input = g.clone();
         self.host.events.push(code);
-        self.meanwhile(code);
         g.clear_valid();
         let mut result = 0;
         match code {
@@ -256,15 +255,16 @@ impl ModelSnpHw<'_> {
             _ => result = 1,
         }
         g.set(offset::SW_EXIT_INFO_1, result);
+        // The event is done; the CPU has not resumed yet.
+        self.meanwhile(code);
         self.machine.raw_write(gpa, g.page());
     }
 
-    /// Run the other CPUs' work a test set for this exit code, once.
+    /// Run the other CPU's work a test set for this exit code (once: taken out first, so
+    /// the work's own exits, nested in this one, do not run it again).
     fn meanwhile(&mut self, code: u64) {
         if let Some(mut work) = self.host.meanwhile.take_if(|m| m.exit_code == code) {
-            // Nested: this CPU's exit is under way; the work's own exits see no hook.
             (work.run)(self.machine, self.host);
-            self.host.meanwhile.get_or_insert(work);
         }
     }
 

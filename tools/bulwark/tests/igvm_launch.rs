@@ -19,8 +19,8 @@ use model::snp_host::{ModelSnpHw, SnpHost};
 use model::world::World;
 use snp::launch::{self, CALLING_AREA_GPA, GUEST_VMSA_GPA, Launch, LaunchError};
 use snp::{SnpConfig, SnpPlatform, SnpShared};
-use std::sync::Arc;
 use std::process::Command;
+use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
 
 const GIB: u64 = 1 << 30;
@@ -195,7 +195,8 @@ fn launch_svsm(mut m: Machine) -> (Machine, SnpHost, Launch, Svsm, Arc<SnpShared
     let mut host = host();
     let hw = ModelSnpHw::new(&mut m, &mut host);
     let taken = launch::take_over(&hw, layout::BOOT_INFO_GPA, 8).expect("the boot block is what the SVSM expects");
-    let mut p = SnpPlatform::start(hw, SnpConfig::new(taken.info.guest_vmpl as u8, 1)).expect("the model's host offers SNP");
+    let mut p =
+        SnpPlatform::start(hw, SnpConfig::new(taken.info.guest_vmpl as u8, 1)).expect("the model's host offers SNP");
     let config = launch::prepare(&mut p, &taken, IMAGE_END).expect("the launch is prepared");
     let mut svsm = Svsm::new(config, &mut p).expect("the kernel takes the launch");
     assert!(svsm.check_psp_channel(&mut p), "a report arrives under VMPCK0");
