@@ -20,6 +20,7 @@ use bulwark_model::snp_host::{Meanwhile, ModelSnpHw, SnpHost};
 use bulwark_model::world::{MIB, PlatformKind, STARTUP_CA_GPA, World, WorldConfig};
 use guest::{Client, Regs, Transport};
 use kernel::Svsm;
+use kernel::platform::GuestRequestError;
 use kernel::vcpu::VcpuIndex;
 use snp::{SnpPlatform, SnpShared};
 use std::sync::{Arc, Mutex};
@@ -273,4 +274,34 @@ fn each_cpu_exits_through_its_own_ghcb() {
     assert_eq!(parts.host.msr(1), g1.unwrap(), "CPU 1's MSR names its own GHCB");
     let e = parts.machine.rmp.entry(g1.unwrap() >> 12).unwrap();
     assert!(!e.assigned && !e.validated, "CPU 1's GHCB was made shared before it was used");
+}
+
+/// The guest-request pages are one set: a second CPU that asks for a guest request while
+/// one is under way is refused at once (`Unavailable`: nothing left, so the kernel's
+/// channel stays in step) instead of waiting for the first CPU's host exit. The kernel's
+/// PSP channel never lets this happen; this is the platform's own guard.
+#[test]
+fn a_second_guest_request_meanwhile_is_refused_without_waiting() {
+    within_20_seconds(|| {
+        let mut parts = TwoCpus::new();
+        let out = Arc::new(Mutex::new(None));
+        let (o, shared) = (out.clone(), parts.shared.clone());
+        parts.host.meanwhile = Some(Meanwhile {
+            exit_code: exit::EXT_GUEST_REQUEST,
+            run: Box::new(move |m, h| {
+                let mut p = SnpPlatform::handle(ModelSnpHw::on_cpu(m, h, 1), shared.clone());
+                let events = p.hw.host.events.len();
+                let mut response = [0u8; 4096];
+                let r = kernel::platform::Platform::guest_request(&mut p, &[0; 4096], &mut response);
+                *o.lock().unwrap() = Some((r, p.hw.host.events.len() - events));
+            }),
+        });
+        let mut p = SnpPlatform::handle(ModelSnpHw::new(&mut parts.machine, &mut parts.host), parts.shared.clone());
+        assert!(parts.svsm.check_psp_channel(&mut p), "CPU 0's report arrives");
+        let second = out.lock().unwrap().take();
+        assert_eq!(second, Some((Err(GuestRequestError::Unavailable), 0)), "refused, no exit made");
+        // Once the first is done, the pages are free again.
+        let mut p = SnpPlatform::handle(ModelSnpHw::new(&mut parts.machine, &mut parts.host), parts.shared.clone());
+        assert!(parts.svsm.check_psp_channel(&mut p), "the next report arrives");
+    });
 }
