@@ -40,8 +40,11 @@ pub const MODEL_CPUS: usize = 16;
 /// a test that installs it guards with a timeout.
 pub struct Meanwhile {
     pub exit_code: u64,
-    pub run: Box<dyn FnMut(&mut Machine, &mut SnpHost) + Send>,
+    pub run: Box<OtherCpu>,
 }
+
+/// The other CPU's work, given the machine and the host while the first CPU's exit waits.
+pub type OtherCpu = dyn FnMut(&mut Machine, &mut SnpHost) + Send;
 
 impl std::fmt::Debug for Meanwhile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
