@@ -12,7 +12,6 @@ use crate::hw::{CERT_PAGES, Shared, SnpHw};
 use crate::platform::SnpPlatform;
 use abi::ghcb::guest_request::INVALID_LEN;
 use abi::ghcb::{exit, offset};
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use kernel::platform::GuestRequestError;
 
@@ -75,13 +74,17 @@ pub(crate) fn guest_request<H: SnpHw>(
     p.hw.shared_read(Shared::Response, 0, response);
     let mut certs = Vec::new();
     if with_certificates {
+        if certs.try_reserve_exact(CERT_PAGES * 4096).is_err() {
+            kernel::log!(p, Warn, "snp: no memory for the host's certificates; the cached table stays");
+            return Ok(());
+        }
         let mut page = [0u8; 4096];
         for i in 0..CERT_PAGES {
             p.hw.shared_read(Shared::Certs(i), 0, &mut page);
             certs.extend_from_slice(&page);
         }
     }
-    shared.set_certificates(Arc::from(trim_cert_table(certs)));
+    shared.set_certificates(trim_cert_table(certs));
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use abi::hw::rmpadjust::{PERM_NONE, attrs};
 use abi::hw::{EFER_SVME, SVM_EXIT_VMGEXIT, rc};
 use abi::vmsa::VmsaField;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::log_ring::{LogLost, LogRing};
 use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
@@ -65,9 +66,9 @@ impl StartError {
 pub struct SnpPlatform<H: SnpHw> {
     pub hw: H,
     shared: Arc<SnpShared>,
-    /// The certificate table `report_certificates` lent out last: this CPU's snapshot of
-    /// the shared cache, so the kernel's copy of it needs no lock.
-    certificates: Arc<[u8]>,
+    /// The certificate table `report_certificates` lent out last: this CPU's copy of the
+    /// shared cache, so the kernel's copy of it needs no lock.
+    certificates: Vec<u8>,
 }
 
 /// Rescind validation of the shared page at `gpa` and ask the host to make it shared.
@@ -110,7 +111,7 @@ impl<H: SnpHw> SnpPlatform<H> {
 
     /// A handle for a CPU that has started or joined already (its GHCB registered).
     pub fn handle(hw: H, shared: Arc<SnpShared>) -> Self {
-        Self { hw, shared, certificates: Arc::from([]) }
+        Self { hw, shared, certificates: Vec::new() }
     }
 
     /// The state all CPUs' handles share.
@@ -391,9 +392,11 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
     }
 
     fn report_certificates(&mut self) -> &[u8] {
-        // A snapshot: the table stays as it is while the kernel copies it, whatever
-        // another CPU's report brings meanwhile.
-        self.certificates = self.shared.certificates();
+        // A copy: the table stays as it is while the kernel copies it, whatever another
+        // CPU's report brings meanwhile.
+        if !self.shared.copy_certificates(&mut self.certificates) {
+            kernel::log!(self, Warn, "snp: no memory to lend the certificate table; the report goes without it");
+        }
         &self.certificates
     }
 }

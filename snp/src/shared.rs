@@ -13,7 +13,7 @@ use crate::console::SerialConsole;
 use crate::vmsa::SvsmEntry;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use kernel::log_ring::{LogLost, LogRing};
 use kernel::platform::Level;
@@ -73,9 +73,9 @@ pub struct SnpShared {
     /// vCPUs made runnable, by guest VMSA gpa: held for one lookup or update. AP_CREATION
     /// and AP_DESTROY happen between two holds, never inside one.
     vcpus: Mutex<BTreeMap<u64, VcpuRecord>>,
-    /// The certificate table the host sent with the last report. Readers take a
-    /// reference-counted snapshot; the lock is held for the pointer copy only.
-    certificates: Mutex<Arc<[u8]>>,
+    /// The certificate table the host sent with the last report. Held to swap in a new
+    /// table or to copy it out (at most 16 KiB).
+    certificates: Mutex<Vec<u8>>,
     /// The guest-request pages (request, response, certificates) are one set for all
     /// CPUs: a CPU claims them for its exchange. Never waited on: the kernel's PSP channel
     /// already runs one exchange at a time, so a claim that fails means the caller broke
@@ -112,7 +112,7 @@ impl SnpShared {
             log_level: AtomicU8::new(level_code(config.log_level)),
             log: Mutex::new(log),
             vcpus: Mutex::new(BTreeMap::new()),
-            certificates: Mutex::new(Arc::from([])),
+            certificates: Mutex::new(Vec::new()),
             request_pages: AtomicBool::new(false),
             console: config.console_port.map(SerialConsole::new),
         }
@@ -179,12 +179,23 @@ impl SnpShared {
         self.vcpus.lock().len()
     }
 
-    pub(crate) fn certificates(&self) -> Arc<[u8]> {
-        self.certificates.lock().clone()
+    /// Copy the cached table into `out` (its capacity kept across calls, so this
+    /// allocates only when a table is larger than any before); `false` if there was no
+    /// memory for it (`out` is then empty).
+    pub(crate) fn copy_certificates(&self, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let table = self.certificates.lock();
+        if out.try_reserve(table.len()).is_err() {
+            return false;
+        }
+        out.extend_from_slice(&table);
+        true
     }
 
-    pub(crate) fn set_certificates(&self, table: Arc<[u8]>) {
-        *self.certificates.lock() = table;
+    pub(crate) fn set_certificates(&self, table: Vec<u8>) {
+        let old = core::mem::replace(&mut *self.certificates.lock(), table);
+        // Freed after the lock is let go.
+        drop(old);
     }
 
     /// Claim the guest-request pages; `None` if another CPU holds them.
