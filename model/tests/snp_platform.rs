@@ -327,3 +327,40 @@ fn deleting_a_vcpu_whose_svsm_vmsa_runs_fails_whole_and_a_retry_finishes() {
     assert_eq!(destroyed, [(svsm_vmsa, 0), (vmsa, 1)], "the SVSM's first, each with its VMPL");
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
 }
+
+/// An AP's CPU joins the platform (bare metal: `ap_main`): its own GHCB page made shared,
+/// unless an earlier vCPU of the same index did that already, and registered. A host that
+/// refuses the page-state change gets the reason the AP then terminates with, and nothing
+/// registered.
+#[test]
+fn a_new_cpu_shares_and_registers_its_own_ghcb_or_fails_cleanly() {
+    let (mut m, mut host) = (machine(), SnpHost::default());
+    let p = SnpPlatform::start(ModelSnpHw::new(&mut m, &mut host), SnpConfig::new(1, 1)).expect("starts");
+    let shared = p.shared().clone();
+    let gpa = |m: &mut Machine, host: &mut SnpHost| {
+        snp::SnpHw::shared_gpa(&ModelSnpHw::on_cpu(m, host, 2), snp::Shared::Ghcb)
+    };
+    let ghcb = gpa(&mut m, &mut host);
+    assert_ne!(ghcb, SHARED_BASE, "CPU 2 has a GHCB of its own");
+
+    host.psc_error = Some(9);
+    let e = SnpPlatform::join(ModelSnpHw::on_cpu(&mut m, &mut host, 2), shared.clone(), true).expect_err("refused");
+    assert_eq!(e, StartError::PageState(ghcb, GhcbError::Host(9)));
+    assert_eq!(e.reason(), (term::SET_BULWARK, term::PAGE_STATE));
+    assert_eq!(host.registered_ghcb(2), None);
+
+    host.psc_error = None;
+    SnpPlatform::join(ModelSnpHw::on_cpu(&mut m, &mut host, 2), shared.clone(), true).expect("joins");
+    assert_eq!((host.registered_ghcb(2), host.msr(2)), (Some(ghcb), ghcb));
+    assert_eq!(host.registered_ghcb(0), Some(SHARED_BASE), "CPU 0 keeps its own");
+    let e = m.rmp.entry(ghcb >> 12).expect("RAM");
+    assert!(!e.assigned && !e.validated, "the host's page now");
+
+    // A later vCPU of the same index registers again without sharing again (a second
+    // page-state change would be refused here).
+    host.psc_error = Some(9);
+    host.registered.clear();
+    SnpPlatform::join(ModelSnpHw::on_cpu(&mut m, &mut host, 2), shared, false).expect("joins again");
+    assert_eq!(host.registered_ghcb(2), Some(ghcb));
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}

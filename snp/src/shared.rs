@@ -174,11 +174,6 @@ impl SnpShared {
         self.vcpus.lock().remove(&vmsa)
     }
 
-    /// vCPUs the platform made runnable (guest VMSAs).
-    pub fn vcpu_count(&self) -> usize {
-        self.vcpus.lock().len()
-    }
-
     /// Copy the cached table into `out` (its capacity kept across calls, so this
     /// allocates only when a table is larger than any before); `false` if there was no
     /// memory for it (`out` is then empty).
