@@ -72,7 +72,7 @@ impl Env for ModelEnv {
             attestation: true,
             log_bytes: match c.platform {
                 PlatformKind::Model => crate::machine::MODEL_LOG_BYTES as u64,
-                PlatformKind::Snp => snp::platform::LOG_BYTES as u64,
+                PlatformKind::Snp => snp::LOG_BYTES as u64,
                 PlatformKind::Svm => crate::svm_host::LOG_BYTES as u64,
             },
         }

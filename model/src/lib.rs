@@ -25,6 +25,7 @@ pub mod heap;
 pub mod machine;
 pub mod memory;
 pub mod psp_model;
+pub mod snp_cpus;
 pub mod snp_host;
 pub mod svm_env;
 pub mod svm_host;

@@ -4,8 +4,15 @@
 //! the kernel in the model's tests, the conformance suite included.
 //!
 //! The shared pages sit at the start of the SVSM region (`SHARED_BASE`), which the
-//! kernel never hands out. The host numbers vCPUs it learns of through AP_CREATION with
-//! the smallest free index, as the kernel's vCPU registry does.
+//! kernel never hands out: the boot CPU's GHCB, the guest-request pages, then one GHCB
+//! for each further CPU (`MODEL_CPUS` in all). Each CPU has its own GHCB MSR and
+//! registration, as each host vCPU does. The host numbers vCPUs it learns of through
+//! AP_CREATION with the smallest free index, as the kernel's vCPU registry does.
+//!
+//! At every exit the host checks that the SVSM holds none of the platform's locks
+//! (`watch`): they are leaves, never held across a host exit. And a test can make
+//! another CPU's work happen while the host handles one CPU's event (`meanwhile`), as
+//! a real host runs other vCPUs meanwhile.
 
 use crate::machine::{Machine, ModelVcpu};
 use abi::ghcb::{exit, ioio, msr, offset};
@@ -14,19 +21,44 @@ use abi::vmsa::VmsaField;
 use kernel::addr::{PageAddr, PageSize};
 use kernel::platform::{GuestRequestError, HwError, Platform, PvalidateEffect};
 use rmp::Size;
+use snp::SnpShared;
 use snp::ghcb::Ghcb;
-use snp::hw::{CERT_PAGES, Fault, Shared, SnpHw};
+use snp::hw::{CERT_PAGES, Fault, SHARED_PAGES, Shared, SnpHw};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Where the model puts the SVSM's shared pages by default: GHCB, request, response,
 /// certificates.
 pub const SHARED_BASE: u64 = crate::world::SVSM_BASE;
 
+/// CPUs the model's snp platform has, each with its own GHCB page.
+pub const MODEL_CPUS: usize = 16;
+
+/// Work another CPU does while the host handles one CPU's GHCB event with `exit_code`
+/// (once, at the first such event). It runs on the model's one thread, inside the first
+/// CPU's exit: a lock that CPU still held would stop it (for good, with a spin lock), so
+/// a test that installs it guards with a timeout.
+pub struct Meanwhile {
+    pub exit_code: u64,
+    pub run: Box<OtherCpu>,
+}
+
+/// The other CPU's work, given the machine and the host while the first CPU's exit waits.
+pub type OtherCpu = dyn FnMut(&mut Machine, &mut SnpHost) + Send;
+
+impl std::fmt::Debug for Meanwhile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meanwhile").field("exit_code", &self.exit_code).finish_non_exhaustive()
+    }
+}
+
 /// The host's side of the snp platform.
 #[derive(Debug)]
 pub struct SnpHost {
-    /// The guest's GHCB MSR.
-    pub msr: u64,
-    pub registered_ghcb: Option<u64>,
+    /// Each CPU's GHCB MSR.
+    pub msrs: BTreeMap<usize, u64>,
+    /// Each CPU's registered GHCB.
+    pub registered: BTreeMap<usize, u64>,
     /// The GHCB protocol range the host speaks.
     pub protocol: (u16, u16),
     pub features: u64,
@@ -34,8 +66,12 @@ pub struct SnpHost {
     pub psc_error: Option<u64>,
     /// Refuse AP_CREATION events.
     pub refuse_ap_creation: bool,
+    /// Refuse string port I/O (as a host that only does single ports would).
+    pub refuse_string_io: bool,
     /// Bytes the SVSM wrote to the serial port (0x3F8) through IOIO events.
     pub console: Vec<u8>,
+    /// Serial IOIO events, string or single.
+    pub console_exits: u64,
     /// The termination request (reason set, code), once made.
     pub terminated: Option<(u8, u8)>,
     /// RUN_VMPL events: how many times the SVSM handed a CPU back to the guest.
@@ -51,18 +87,35 @@ pub struct SnpHost {
     /// VMSAs a CPU is running right now (the hardware refuses to unflag them: FAIL_INUSE),
     /// for VMSAs the model's vCPU table does not hold, such as the SVSM's own.
     pub busy_vmsas: std::collections::BTreeSet<u64>,
+    /// The platform's shared state, once it started: no lock of it may be held at an exit.
+    pub watch: Option<Arc<SnpShared>>,
+    pub meanwhile: Option<Meanwhile>,
+}
+
+impl SnpHost {
+    /// The GHCB MSR of `cpu`.
+    pub fn msr(&self, cpu: usize) -> u64 {
+        self.msrs.get(&cpu).copied().unwrap_or(0)
+    }
+
+    /// The GHCB `cpu` registered, if it did.
+    pub fn registered_ghcb(&self, cpu: usize) -> Option<u64> {
+        self.registered.get(&cpu).copied()
+    }
 }
 
 impl Default for SnpHost {
     fn default() -> Self {
         Self {
-            msr: 0,
-            registered_ghcb: None,
+            msrs: BTreeMap::new(),
+            registered: BTreeMap::new(),
             protocol: (1, 2),
             features: msr::HV_FEATURE_SNP | msr::HV_FEATURE_SNP_AP_CREATION,
             psc_error: None,
             refuse_ap_creation: false,
+            refuse_string_io: false,
             console: Vec::new(),
+            console_exits: 0,
             terminated: None,
             resumes: 0,
             ap_events: Vec::new(),
@@ -70,25 +123,42 @@ impl Default for SnpHost {
             tsc: 1_000_000,
             shared_base: SHARED_BASE,
             busy_vmsas: Default::default(),
+            watch: None,
+            meanwhile: None,
         }
     }
 }
 
-/// The seam for one entry: the machine and its host, borrowed.
+/// The seam for one CPU's entry: the machine and its host, borrowed.
 #[derive(Debug)]
 pub struct ModelSnpHw<'a> {
     pub machine: &'a mut Machine,
     pub host: &'a mut SnpHost,
+    /// The CPU (`0..MODEL_CPUS`): its GHCB page and MSR.
+    pub cpu: usize,
 }
 
-fn shared_gpa(base: u64, page: Shared) -> u64 {
+impl<'a> ModelSnpHw<'a> {
+    /// The boot CPU's seam.
+    pub fn new(machine: &'a mut Machine, host: &'a mut SnpHost) -> Self {
+        Self { machine, host, cpu: 0 }
+    }
+
+    /// CPU `cpu`'s seam (the last CPU for any index past `MODEL_CPUS`).
+    pub fn on_cpu(machine: &'a mut Machine, host: &'a mut SnpHost, cpu: usize) -> Self {
+        Self { machine, host, cpu: cpu.min(MODEL_CPUS - 1) }
+    }
+}
+
+fn shared_gpa(base: u64, cpu: usize, page: Shared) -> u64 {
     let index = match page {
-        Shared::Ghcb => 0,
+        Shared::Ghcb if cpu == 0 => 0,
+        Shared::Ghcb => SHARED_PAGES.len() + cpu.min(MODEL_CPUS - 1) - 1,
         Shared::Request => 1,
         Shared::Response => 2,
-        Shared::Certs(i) => 3 + i.min(CERT_PAGES - 1) as u64,
+        Shared::Certs(i) => 3 + i.min(CERT_PAGES - 1),
     };
-    base + index * 4096
+    base + index as u64 * 4096
 }
 
 impl ModelSnpHw<'_> {
@@ -105,16 +175,16 @@ impl ModelSnpHw<'_> {
     }
 
     fn msr_protocol(&mut self) {
-        let request = self.host.msr;
+        let request = self.host.msr(self.cpu);
         let data = request >> 12;
-        self.host.msr = match request & msr::INFO_MASK {
+        let answer = match request & msr::INFO_MASK {
             msr::SEV_INFO_REQ => {
                 let (min, max) = self.host.protocol;
                 u64::from(max) << 48 | u64::from(min) << 32 | 51 << 24 | msr::SEV_INFO_RESP
             }
             msr::HV_FEATURES_REQ => self.host.features << 12 | msr::HV_FEATURES_RESP,
             msr::REGISTER_GPA_REQ => {
-                self.host.registered_ghcb = Some(data << 12);
+                self.host.registered.insert(self.cpu, data << 12);
                 data << 12 | msr::REGISTER_GPA_RESP
             }
             msr::PSC_REQ => {
@@ -139,6 +209,7 @@ impl ModelSnpHw<'_> {
             }
             _ => 0,
         };
+        self.host.msrs.insert(self.cpu, answer);
     }
 
     fn ghcb_event(&mut self, gpa: u64) {
@@ -159,12 +230,14 @@ impl ModelSnpHw<'_> {
                 let status = self.guest_request(info1, info2, code == exit::EXT_GUEST_REQUEST, &input, &mut g);
                 g.set(offset::SW_EXIT_INFO_2, status);
             }
+            exit::IOIO if info1 & ioio::STRING != 0 => result = self.string_io(gpa, info1, info2, &input),
             exit::IOIO => {
                 let port = info1 >> ioio::PORT_SHIFT & 0xFFFF;
                 if info1 & ioio::IN != 0 {
                     g.set(offset::RAX, 0);
                 } else if port == 0x3F8 && info1 & ioio::SIZE8 != 0 {
                     self.host.console.push(rax.unwrap_or(0) as u8);
+                    self.host.console_exits += 1;
                 } else if port == 0x3F8 {
                     // A wider OUT would also hit the UART's next register.
                     self.machine.record_violation(format!("IOIO to the UART with exit info {info1:#x}"));
@@ -185,7 +258,41 @@ impl ModelSnpHw<'_> {
             _ => result = 1,
         }
         g.set(offset::SW_EXIT_INFO_1, result);
+        // The event is done; the CPU has not resumed yet.
+        self.meanwhile(code);
         self.machine.raw_write(gpa, g.page());
+    }
+
+    /// Run the other CPU's work a test set for this exit code (once: taken out first, so
+    /// the work's own exits, nested in this one, do not run it again).
+    fn meanwhile(&mut self, code: u64) {
+        if let Some(mut work) = self.host.meanwhile.take_if(|m| m.exit_code == code) {
+            (work.run)(self.machine, self.host);
+        }
+    }
+
+    /// REP OUTSB to the serial port from the GHCB's shared buffer (what KVM's
+    /// `sev_es_string_io` takes: count in SW_EXITINFO2, the data at SW_SCRATCH): 0 done,
+    /// 1 refused.
+    fn string_io(&mut self, ghcb: u64, info1: u64, count: u64, input: &Ghcb) -> u64 {
+        let port = info1 >> ioio::PORT_SHIFT & 0xFFFF;
+        if self.host.refuse_string_io || info1 & ioio::IN != 0 || port != 0x3F8 {
+            return 1;
+        }
+        let buffer = ghcb + offset::SHARED_BUFFER as u64;
+        let wanted = info1 & (ioio::SIZE8 | ioio::SIZE16 | ioio::SIZE32 | ioio::REP) == ioio::SIZE8 | ioio::REP;
+        let fits = usize::try_from(count).is_ok_and(|n| n <= offset::SHARED_BUFFER_LEN);
+        if !wanted || !fits || input.get(offset::SW_SCRATCH) != Some(buffer) {
+            self.machine.record_violation(format!(
+                "string IOIO to the UART with exit info {info1:#x}, count {count}, scratch {:?}",
+                input.get(offset::SW_SCRATCH)
+            ));
+            return 1;
+        }
+        let data = &input.page()[offset::SHARED_BUFFER..offset::SHARED_BUFFER + count as usize];
+        self.host.console.extend_from_slice(data);
+        self.host.console_exits += 1;
+        0
     }
 
     /// AP_CREATION: 0 accepted, 1 refused.
@@ -311,7 +418,7 @@ impl SnpHw for ModelSnpHw<'_> {
     }
 
     fn shared_gpa(&self, page: Shared) -> u64 {
-        shared_gpa(self.host.shared_base, page)
+        shared_gpa(self.host.shared_base, self.cpu, page)
     }
 
     fn shared_read(&self, page: Shared, offset: usize, buf: &mut [u8]) {
@@ -324,11 +431,11 @@ impl SnpHw for ModelSnpHw<'_> {
     }
 
     fn read_ghcb_msr(&self) -> u64 {
-        self.host.msr
+        self.host.msr(self.cpu)
     }
 
     fn write_ghcb_msr(&mut self, value: u64) {
-        self.host.msr = value;
+        self.host.msrs.insert(self.cpu, value);
     }
 
     fn halt(&mut self) -> ! {
@@ -343,8 +450,13 @@ impl SnpHw for ModelSnpHw<'_> {
 
 impl ModelSnpHw<'_> {
     fn host_runs(&mut self) {
-        let value = self.host.msr;
-        if value & msr::INFO_MASK == 0 && Some(value) == self.host.registered_ghcb {
+        if let Some(shared) = &self.host.watch {
+            for lock in shared.locks_held() {
+                self.machine.record_violation(format!("CPU {} exits to the host holding the {lock} lock", self.cpu));
+            }
+        }
+        let value = self.host.msr(self.cpu);
+        if value & msr::INFO_MASK == 0 && Some(value) == self.host.registered_ghcb(self.cpu) {
             self.ghcb_event(value);
         } else if value & msr::INFO_MASK == 0 {
             self.machine.record_violation(format!("VMGEXIT with unregistered GHCB {value:#x}"));

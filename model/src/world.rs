@@ -14,6 +14,7 @@
 //! | above | guest RAM, not validated; 2 MiB RMP entries from `huge_from` |
 
 use crate::machine::Machine;
+use crate::snp_cpus::SnpCpus;
 use crate::snp_host::{ModelSnpHw, SnpHost};
 use abi::hw::rmpadjust::{PERM_ALL, PERM_READ, PERM_WRITE};
 use abi::hw::{EFER_SVME, sev_features};
@@ -25,7 +26,8 @@ use kernel::platform::Level;
 use kernel::request::EntryOutcome;
 use kernel::vcpu::VcpuIndex;
 use kernel::{Svsm, SvsmConfig};
-use snp::SnpPlatform;
+use snp::{SnpConfig, SnpPlatform};
+use std::sync::Arc;
 
 pub const MIB: u64 = 1 << 20;
 pub const SECRETS_GPA: u64 = 0x10_0000;
@@ -70,11 +72,12 @@ pub enum PlatformKind {
     Svm,
 }
 
-/// The snp platform's parts that outlive an entry.
+/// The snp platform's parts that outlive an entry: the host and the CPUs' shared
+/// state (each entry makes its CPU's handle, `snp_cpus`).
 #[derive(Debug)]
 pub struct SnpWorld {
     pub host: SnpHost,
-    state: Option<snp::SnpState>,
+    pub cpus: SnpCpus,
 }
 
 impl Default for WorldConfig {
@@ -180,15 +183,18 @@ impl World {
         let mut snp_world = None;
         let made = if snp {
             let mut host = SnpHost::default();
-            let hw = ModelSnpHw { machine: &mut m, host: &mut host };
-            let mut p = match SnpPlatform::start(hw, GUEST_VMPL, sev_features::SNP_ACTIVE) {
+            let hw = ModelSnpHw::new(&mut m, &mut host);
+            // The model's CPU has RMPQUERY.
+            let snp_config = SnpConfig {
+                console_port: Some(0x3F8),
+                rmpquery: true,
+                log_level: config.log_level,
+                ..SnpConfig::new(GUEST_VMPL, sev_features::SNP_ACTIVE)
+            };
+            let mut p = match SnpPlatform::start(hw, snp_config) {
                 Ok(p) => p,
                 Err(e) => panic!("the model's host offers what the snp platform needs: {e:?}"),
             };
-            p.state.console_port = Some(0x3F8);
-            p.state.log_level = config.log_level;
-            // The model's CPU has RMPQUERY.
-            p.state.rmpquery = true;
             // As on hardware, the SVSM builds the guest's first vCPU itself.
             if let Err(e) = p.launch_guest_vcpu(svsm_config.startup_vmsa, 0, 0x00A0_0F11) {
                 panic!("the startup VMSA could not be made: {e:?}");
@@ -198,8 +204,9 @@ impl World {
                     svsm.check_psp_channel(&mut p);
                 })
             });
-            let state = p.state;
-            snp_world = Some(SnpWorld { host, state: Some(state) });
+            let shared = p.shared().clone();
+            host.watch = Some(shared.clone());
+            snp_world = Some(SnpWorld { host, cpus: SnpCpus::new(shared) });
             made
         } else {
             crate::heap::in_svsm(|| Svsm::new(svsm_config, &mut m))
@@ -226,28 +233,21 @@ impl World {
         let Some(snp) = self.snp.as_mut() else {
             return crate::heap::in_svsm(|| self.svsm.handle_entry(&mut self.machine, vcpu));
         };
-        let Some(state) = snp.state.take() else { unreachable!("the snp state is put back after every entry") };
-        let hw = ModelSnpHw { machine: &mut self.machine, host: &mut snp.host };
-        let mut p = SnpPlatform { hw, state };
-        let outcome = crate::heap::in_svsm(|| self.svsm.handle_entry(&mut p, vcpu));
-        if let Err(e) = p.resume_guest() {
-            p.hw.machine.record_violation(format!("RUN_VMPL failed: {e:?}"));
-        }
-        snp.state = Some(p.state);
-        outcome
+        crate::snp_cpus::enter(&mut self.machine, &mut snp.host, &mut snp.cpus, &self.svsm, vcpu)
     }
 
     /// A world around a launch made elsewhere on the snp platform (an IGVM image loaded
     /// into `machine`, the kernel started by `snp::launch`): guests call it as in any
     /// other world. `config` only records the platform.
-    pub fn adopt_snp(machine: Machine, svsm: Svsm, host: SnpHost, state: snp::SnpState) -> Self {
+    pub fn adopt_snp(machine: Machine, svsm: Svsm, mut host: SnpHost, shared: Arc<snp::SnpShared>) -> Self {
         let config = WorldConfig { platform: PlatformKind::Snp, ..WorldConfig::default() };
+        host.watch = Some(shared.clone());
         Self {
             machine,
             svsm,
             config,
             host: Host::default(),
-            snp: Some(SnpWorld { host, state: Some(state) }),
+            snp: Some(SnpWorld { host, cpus: SnpCpus::new(shared) }),
             svm: None,
         }
     }
@@ -255,14 +255,14 @@ impl World {
     /// Tell the snp platform where a new CPU enters the SVSM, so each new vCPU gets its
     /// own VMPL0 VMSA (the bare-metal boot sets this).
     pub fn set_snp_entry(&mut self, entry: snp::vmsa::SvsmEntry) {
-        if let Some(state) = self.snp.as_mut().and_then(|s| s.state.as_mut()) {
-            state.svsm_entry = Some(entry);
+        if let Some(snp) = &self.snp {
+            snp.cpus.shared.set_svsm_entry(entry);
         }
     }
 
-    /// The snp platform's state (log ring, vCPU records), if this world runs it.
-    pub fn snp_state(&self) -> Option<&snp::SnpState> {
-        self.snp.as_ref().and_then(|s| s.state.as_ref())
+    /// The snp platform's shared state (log ring, vCPU records), if this world runs it.
+    pub fn snp_shared(&self) -> Option<&Arc<snp::SnpShared>> {
+        self.snp.as_ref().map(|s| &s.cpus.shared)
     }
 
     /// The guest side of vCPU `index`.
@@ -337,38 +337,42 @@ impl Transport for GuestVcpu<'_> {
             return;
         }
         let Some(vmsa) = self.world.machine.vcpus.get(&self.index.0).map(|v| v.vmsa) else { return };
-        let m = &mut self.world.machine;
-        // VMGEXIT: the hardware saves the guest's state into its VMSA.
-        for (field, v) in [
-            (VmsaField::Rax, regs.rax),
-            (VmsaField::Rcx, regs.rcx),
-            (VmsaField::Rdx, regs.rdx),
-            (VmsaField::R8, regs.r8),
-            (VmsaField::R9, regs.r9),
-        ] {
-            m.set_vmsa_field(vmsa, field, v);
-        }
         let exit_code = self.world.host.exit_code.unwrap_or(abi::hw::SVM_EXIT_VMGEXIT);
-        m.set_vmsa_field(vmsa, VmsaField::ExitCode, exit_code);
+        vmgexit_saves(&mut self.world.machine, vmsa, regs, exit_code);
         if self.world.host.drop_requests > 0 {
             self.world.host.drop_requests -= 1;
         } else {
             self.world.enter(self.index);
         }
-        // The host resumes the guest; VMRUN refuses a VMSA with SVME = 0.
-        let m = &self.world.machine;
-        if m.vmsa_field(vmsa, VmsaField::Efer) & EFER_SVME == 0 {
-            m.violations
-                .borrow_mut()
-                .push(format!("vCPU {} left with EFER.SVME = 0: the guest cannot resume", self.index.0));
-        }
-        *regs = Regs {
-            rax: m.vmsa_field(vmsa, VmsaField::Rax),
-            rcx: m.vmsa_field(vmsa, VmsaField::Rcx),
-            rdx: m.vmsa_field(vmsa, VmsaField::Rdx),
-            r8: m.vmsa_field(vmsa, VmsaField::R8),
-            r9: m.vmsa_field(vmsa, VmsaField::R9),
-        };
+        *regs = vmrun_loads(&self.world.machine, vmsa, self.index);
+    }
+}
+
+/// VMGEXIT from the guest: the hardware saves the guest's registers into its VMSA.
+pub(crate) fn vmgexit_saves(m: &mut Machine, vmsa: u64, regs: &Regs, exit_code: u64) {
+    for (field, v) in [
+        (VmsaField::Rax, regs.rax),
+        (VmsaField::Rcx, regs.rcx),
+        (VmsaField::Rdx, regs.rdx),
+        (VmsaField::R8, regs.r8),
+        (VmsaField::R9, regs.r9),
+    ] {
+        m.set_vmsa_field(vmsa, field, v);
+    }
+    m.set_vmsa_field(vmsa, VmsaField::ExitCode, exit_code);
+}
+
+/// The host resumes the guest from its VMSA (VMRUN refuses a VMSA with SVME = 0).
+pub(crate) fn vmrun_loads(m: &Machine, vmsa: u64, index: VcpuIndex) -> Regs {
+    if m.vmsa_field(vmsa, VmsaField::Efer) & EFER_SVME == 0 {
+        m.violations.borrow_mut().push(format!("vCPU {} left with EFER.SVME = 0: the guest cannot resume", index.0));
+    }
+    Regs {
+        rax: m.vmsa_field(vmsa, VmsaField::Rax),
+        rcx: m.vmsa_field(vmsa, VmsaField::Rcx),
+        rdx: m.vmsa_field(vmsa, VmsaField::Rdx),
+        r8: m.vmsa_field(vmsa, VmsaField::R8),
+        r9: m.vmsa_field(vmsa, VmsaField::R9),
     }
 }
 

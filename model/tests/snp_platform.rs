@@ -13,7 +13,7 @@ use snp::cpuid::CpuidTable;
 use snp::ghcb::GhcbError;
 use snp::hw::SHARED_PAGES;
 use snp::vc::{VcError, VcRegs, handle};
-use snp::{SnpPlatform, StartError};
+use snp::{SnpConfig, SnpPlatform, StartError};
 
 /// SVSM code runs with the bare-metal heap's limit (`bulwark_model::heap`).
 #[global_allocator]
@@ -29,15 +29,15 @@ fn machine() -> Machine {
 }
 
 fn start(m: &mut Machine, host: &mut SnpHost) -> Result<(), StartError> {
-    SnpPlatform::start(ModelSnpHw { machine: m, host }, 1, 1).map(|_| ())
+    SnpPlatform::start(ModelSnpHw::new(m, host), SnpConfig::new(1, 1)).map(|_| ())
 }
 
 #[test]
 fn start_shares_its_pages_and_registers_the_ghcb() {
     let (mut m, mut host) = (machine(), SnpHost::default());
     start(&mut m, &mut host).expect("the default host offers what SNP needs");
-    assert_eq!(host.registered_ghcb, Some(SHARED_BASE));
-    assert_eq!(host.msr, SHARED_BASE, "the MSR holds the GHCB gpa after start");
+    assert_eq!(host.registered_ghcb(0), Some(SHARED_BASE));
+    assert_eq!(host.msr(0), SHARED_BASE, "the MSR holds the GHCB gpa after start");
     for (i, _) in SHARED_PAGES.iter().enumerate() {
         let e = m.rmp.entry((SHARED_BASE >> 12) + i as u64).expect("RAM");
         assert!(!e.assigned && !e.validated, "shared page {i} is the host's, not validated");
@@ -65,7 +65,7 @@ fn start_refuses_a_host_without_protocol_2_or_snp() {
 #[test]
 fn termination_reaches_the_host_with_its_reason() {
     let (mut m, mut host) = (machine(), SnpHost::default());
-    let mut p = SnpPlatform::start(ModelSnpHw { machine: &mut m, host: &mut host }, 1, 1).expect("starts");
+    let mut p = SnpPlatform::start(ModelSnpHw::new(&mut m, &mut host), SnpConfig::new(1, 1)).expect("starts");
     p.terminate(term::SET_BULWARK, term::BOOT_INFO);
     assert_eq!(host.terminated, Some((term::SET_BULWARK, term::BOOT_INFO)));
 }
@@ -187,7 +187,7 @@ fn with_an_svsm_entry_each_vcpu_gets_its_own_vmpl0_vmsa() {
 #[test]
 fn vc_port_io_msr_rdtsc_and_cpuid() {
     let (mut m, mut host) = (machine(), SnpHost::default());
-    let mut p = SnpPlatform::start(ModelSnpHw { machine: &mut m, host: &mut host }, 1, 1).expect("starts");
+    let mut p = SnpPlatform::start(ModelSnpHw::new(&mut m, &mut host), SnpConfig::new(1, 1)).expect("starts");
     let mut page = [0u8; 4096];
     page[0] = 1; // one entry: leaf 0
     page[16..20].copy_from_slice(&0u32.to_le_bytes());
@@ -240,7 +240,7 @@ fn a_world_on_snp_serves_many_calls_without_violations() {
     for _ in 0..50 {
         w.client().query_protocol(ProtocolId::VTPM, 1).expect("vTPM protocol");
     }
-    assert!(w.snp_state().is_some_and(|s| s.c_bit == 51));
+    assert!(w.snp_shared().is_some_and(|s| s.c_bit == 51));
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
 }
 
@@ -326,4 +326,41 @@ fn deleting_a_vcpu_whose_svsm_vmsa_runs_fails_whole_and_a_retry_finishes() {
         .collect();
     assert_eq!(destroyed, [(svsm_vmsa, 0), (vmsa, 1)], "the SVSM's first, each with its VMPL");
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
+/// An AP's CPU joins the platform (bare metal: `ap_main`): its own GHCB page made shared,
+/// unless an earlier vCPU of the same index did that already, and registered. A host that
+/// refuses the page-state change gets the reason the AP then terminates with, and nothing
+/// registered.
+#[test]
+fn a_new_cpu_shares_and_registers_its_own_ghcb_or_fails_cleanly() {
+    let (mut m, mut host) = (machine(), SnpHost::default());
+    let p = SnpPlatform::start(ModelSnpHw::new(&mut m, &mut host), SnpConfig::new(1, 1)).expect("starts");
+    let shared = p.shared().clone();
+    let gpa = |m: &mut Machine, host: &mut SnpHost| {
+        snp::SnpHw::shared_gpa(&ModelSnpHw::on_cpu(m, host, 2), snp::Shared::Ghcb)
+    };
+    let ghcb = gpa(&mut m, &mut host);
+    assert_ne!(ghcb, SHARED_BASE, "CPU 2 has a GHCB of its own");
+
+    host.psc_error = Some(9);
+    let e = SnpPlatform::join(ModelSnpHw::on_cpu(&mut m, &mut host, 2), shared.clone(), true).expect_err("refused");
+    assert_eq!(e, StartError::PageState(ghcb, GhcbError::Host(9)));
+    assert_eq!(e.reason(), (term::SET_BULWARK, term::PAGE_STATE));
+    assert_eq!(host.registered_ghcb(2), None);
+
+    host.psc_error = None;
+    SnpPlatform::join(ModelSnpHw::on_cpu(&mut m, &mut host, 2), shared.clone(), true).expect("joins");
+    assert_eq!((host.registered_ghcb(2), host.msr(2)), (Some(ghcb), ghcb));
+    assert_eq!(host.registered_ghcb(0), Some(SHARED_BASE), "CPU 0 keeps its own");
+    let e = m.rmp.entry(ghcb >> 12).expect("RAM");
+    assert!(!e.assigned && !e.validated, "the host's page now");
+
+    // A later vCPU of the same index registers again without sharing again (a second
+    // page-state change would be refused here).
+    host.psc_error = Some(9);
+    host.registered.clear();
+    SnpPlatform::join(ModelSnpHw::on_cpu(&mut m, &mut host, 2), shared, false).expect("joins again");
+    assert_eq!(host.registered_ghcb(2), Some(ghcb));
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
 }

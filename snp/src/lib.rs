@@ -13,20 +13,29 @@
 //! - `vc`: what the SVSM does with a #VC raised by its own code (CPUID, port I/O, MSR,
 //!   RDTSC);
 //! - `vmsa`: initial register states (the guest's reset state at VMPL1, the SVSM's own);
-//! - `platform`: `SnpPlatform`, the kernel's `Platform` on top of all this;
+//! - `platform`: `SnpPlatform`, the kernel's `Platform` on top of all this, one handle
+//!   per CPU;
+//! - `shared`: `SnpShared`, what all CPUs' handles share, each part behind its own leaf
+//!   lock that no host exit happens under;
+//! - `console`: log lines to the serial port, one host exit per line, without a lock;
+//! - `guest_request`: messages to the PSP through the host, and the certificate cache;
 //! - `launch`: taking over an IGVM launch (boot block, calling area, first vCPU).
 #![no_std]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 extern crate alloc;
 
+pub mod console;
 pub mod cpuid;
 pub mod ghcb;
+mod guest_request;
 pub mod hw;
 pub mod launch;
 pub mod platform;
+pub mod shared;
 pub mod vc;
 pub mod vmsa;
 
 pub use hw::{Fault, Shared, SnpHw};
-pub use platform::{SnpPlatform, SnpState, StartError};
+pub use platform::{SnpPlatform, StartError};
+pub use shared::{LOG_BYTES, SnpConfig, SnpShared};

@@ -4,7 +4,7 @@
 use bulwark_snp::cpuid::CpuidTable;
 use bulwark_snp::hw::{Fault, Shared, SnpHw};
 use bulwark_snp::vc::{VcRegs, handle};
-use bulwark_snp::{SnpPlatform, StartError};
+use bulwark_snp::{SnpConfig, SnpPlatform, StartError};
 use kernel::addr::PageAddr;
 use kernel::platform::Platform;
 use kernel::vcpu::VcpuIndex;
@@ -117,12 +117,13 @@ proptest! {
 
     #[test]
     fn start_survives_any_msr_answers(answers in proptest::collection::vec(any::<u64>(), 0..12)) {
-        let _ = SnpPlatform::start(host(answers, vec![]), 1, 1).map(|_| ()).map_err(StartError::reason);
+        let _ = SnpPlatform::start(host(answers, vec![]), SnpConfig::new(1, 1)).map(|_| ()).map_err(StartError::reason);
     }
 
     #[test]
     fn events_survive_any_ghcb_contents(pages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4096), 1..6)) {
-        let Ok(mut p) = SnpPlatform::start(host(agreeable(), vec![]), 1, 1) else {
+        let config = SnpConfig { console_port: Some(0x3F8), ..SnpConfig::new(1, 1) };
+        let Ok(mut p) = SnpPlatform::start(host(agreeable(), vec![]), config) else {
             panic!("the agreeable host lets the platform start");
         };
         p.hw.pages = pages.into();
@@ -134,6 +135,7 @@ proptest! {
         p.vcpu_created(VcpuIndex(1), page, 3, &[]);
         let _ = p.vcpu_stop(page);
         let _ = p.resume_guest();
+        kernel::log!(&mut p, Warn, "a line for the serial port");
         let table = CpuidTable::parse(&[0u8; 4096]).expect("empty table");
         for (code, insn) in [(0x7Bu64, &[0xECu8][..]), (0x7C, &[0x0F, 0x32]), (0x6E, &[0x0F, 0x31]), (0x87, &[0x0F, 0x01, 0xF9])] {
             let _ = handle(&mut p.hw, &table, code, insn, &mut VcRegs::default(), 1, 0);
@@ -153,7 +155,7 @@ proptest! {
 
 #[test]
 fn a_host_that_answers_garbage_fails_the_guest_request_cleanly() {
-    let Ok(mut p) = SnpPlatform::start(host(agreeable(), vec![]), 1, 1) else { panic!("starts") };
+    let Ok(mut p) = SnpPlatform::start(host(agreeable(), vec![]), SnpConfig::new(1, 1)) else { panic!("starts") };
     // The host leaves the GHCB untouched: SW_EXITINFO1 still holds the request's gpa.
     p.hw.pages = VecDeque::new();
     let mut response = [0u8; 4096];

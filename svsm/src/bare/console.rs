@@ -9,10 +9,20 @@
 //!
 //! One lock serializes the CPUs' lines. The failure path never waits for it forever: a
 //! CPU that faulted while printing must still be able to report.
+//!
+//! Where every port write is a host exit (SNP: each OUT raises #VC and becomes a GHCB
+//! event), holding that lock while a line goes out byte by byte would hold it across one
+//! host exit per byte, and a slow host would stall every CPU that prints. There the
+//! platform installs a line writer (`set_line_writer`) that sends a whole buffer in one
+//! exit: `print` then gathers its output in a buffer on the stack, copies it into the log
+//! buffer under the lock, and writes it to the serial port after letting go of the lock.
+//! Lines stay whole because each is one exit. (The failure-path replay still writes under
+//! the lock: the SVSM stops right after it.)
 
 use core::fmt::Write;
 use kernel::log_ring::{LogLost, LogRing};
 use spin::Mutex;
+use spin::once::Once;
 use x86::uart::Uart16550;
 
 /// Size of the in-memory log buffer.
@@ -70,7 +80,22 @@ fn lock() -> Option<spin::MutexGuard<'static, Console>> {
     None
 }
 
+/// A platform's way to send one buffer to the serial port in one host exit.
+static LINE_WRITER: Once<fn(&[u8])> = Once::new();
+
+/// From now on serial output goes out a buffer at a time through `write`, outside the
+/// console lock (module docs).
+pub fn set_line_writer(write: fn(&[u8])) {
+    LINE_WRITER.call_once(|| write);
+}
+
 pub fn print(args: core::fmt::Arguments<'_>) {
+    if let Some(write) = LINE_WRITER.get() {
+        let mut line = LineBuffer { bytes: [0; LINE_BYTES], len: 0, write: *write };
+        let _ = line.write_fmt(args);
+        line.flush();
+        return;
+    }
     match lock() {
         Some(mut console) => {
             let _ = console.write_fmt(args);
@@ -79,6 +104,52 @@ pub fn print(args: core::fmt::Arguments<'_>) {
             let mut serial = Uart16550::COM1;
             let _ = serial.write_fmt(args);
         }
+    }
+}
+
+/// Bytes `print` gathers before one exit: a line, or a piece of a longer one.
+const LINE_BYTES: usize = 512;
+
+/// Output on its way to one host exit.
+struct LineBuffer {
+    bytes: [u8; LINE_BYTES],
+    len: usize,
+    write: fn(&[u8]),
+}
+
+impl LineBuffer {
+    /// Into the log buffer under the lock; then, the lock let go, to the serial port.
+    fn flush(&mut self) {
+        let Some(bytes) = self.bytes.get(..self.len).filter(|b| !b.is_empty()) else { return };
+        let serial = match lock() {
+            Some(mut console) => {
+                console.log.push(bytes);
+                console.backends == Backends::Both
+            }
+            None => true,
+        };
+        if serial {
+            (self.write)(bytes);
+        }
+        self.len = 0;
+    }
+}
+
+impl Write for LineBuffer {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let mut rest = s.as_bytes();
+        while !rest.is_empty() {
+            if self.len == LINE_BYTES {
+                self.flush();
+            }
+            let n = rest.len().min(LINE_BYTES - self.len);
+            if let (Some(to), Some(from)) = (self.bytes.get_mut(self.len..self.len + n), rest.get(..n)) {
+                to.copy_from_slice(from);
+            }
+            self.len += n;
+            rest = rest.get(n..).unwrap_or(&[]);
+        }
+        Ok(())
     }
 }
 

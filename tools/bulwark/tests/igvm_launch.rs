@@ -18,8 +18,9 @@ use model::Machine;
 use model::snp_host::{ModelSnpHw, SnpHost};
 use model::world::World;
 use snp::launch::{self, CALLING_AREA_GPA, GUEST_VMSA_GPA, Launch, LaunchError};
-use snp::{SnpPlatform, SnpState};
+use snp::{SnpConfig, SnpPlatform, SnpShared};
 use std::process::Command;
+use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
 
 const GIB: u64 = 1 << 30;
@@ -190,18 +191,19 @@ fn host() -> SnpHost {
 }
 
 /// The bare-metal boot's order, on the model.
-fn launch_svsm(mut m: Machine) -> (Machine, SnpHost, Launch, Svsm, SnpState) {
+fn launch_svsm(mut m: Machine) -> (Machine, SnpHost, Launch, Svsm, Arc<SnpShared>) {
     let mut host = host();
-    let hw = ModelSnpHw { machine: &mut m, host: &mut host };
+    let hw = ModelSnpHw::new(&mut m, &mut host);
     let taken = launch::take_over(&hw, layout::BOOT_INFO_GPA, 8).expect("the boot block is what the SVSM expects");
-    let mut p = SnpPlatform::start(hw, taken.info.guest_vmpl as u8, 1).expect("the model's host offers SNP");
+    let mut p =
+        SnpPlatform::start(hw, SnpConfig::new(taken.info.guest_vmpl as u8, 1)).expect("the model's host offers SNP");
     let config = launch::prepare(&mut p, &taken, IMAGE_END).expect("the launch is prepared");
     let mut svsm = Svsm::new(config, &mut p).expect("the kernel takes the launch");
     assert!(svsm.check_psp_channel(&mut p), "a report arrives under VMPCK0");
     launch::open_secrets(&mut p, &taken).expect("the guest may read the secrets page");
     svsm.install_vtpm(model::vtpm_model::vtpm().expect("libtpms"));
-    let state = p.state;
-    (m, host, taken, svsm, state)
+    let shared = p.shared().clone();
+    (m, host, taken, svsm, shared)
 }
 
 /// What every launch leaves behind: the secrets page where the boot information says,
@@ -242,9 +244,9 @@ fn check_launch(m: &Machine, host: &SnpHost, taken: &Launch, ca: u64) {
 
 /// The guest: find the SVSM through calling area `ca`, validate a page of RAM through
 /// it, and use the vTPM there.
-fn serve_guest(m: Machine, svsm: Svsm, host: SnpHost, state: SnpState, ca: u64) {
+fn serve_guest(m: Machine, svsm: Svsm, host: SnpHost, shared: Arc<SnpShared>, ca: u64) {
     let firmware = m.raw_read_u64(layout::BOOT_INFO_GPA + 64);
-    let mut w = World::adopt_snp(m, svsm, host, state);
+    let mut w = World::adopt_snp(m, svsm, host, shared);
     let mut c = w.client_at(kernel::vcpu::VcpuIndex::STARTUP, ca);
     assert_eq!(c.query_protocol(ProtocolId::CORE, 1).unwrap(), Some((1, 1)));
     assert_eq!(c.query_protocol(ProtocolId::VTPM, 1).unwrap(), Some((1, 1)));
@@ -304,7 +306,7 @@ fn a_boot_block_the_svsm_does_not_recognise_stops_the_launch() {
         let mut m = load(&file);
         change(&mut m);
         let mut host = host();
-        launch::take_over(&ModelSnpHw { machine: &mut m, host: &mut host }, layout::BOOT_INFO_GPA, 8).err()
+        launch::take_over(&ModelSnpHw::new(&mut m, &mut host), layout::BOOT_INFO_GPA, 8).err()
     };
     assert_eq!(attempt(&|_| {}), None);
     assert!(matches!(attempt(&|m| m.raw_write(layout::BOOT_INFO_GPA, b"NOTBWIGV")), Some(LaunchError::BootInfo(_))));
@@ -351,9 +353,9 @@ fn the_loaders_vcpu_count_is_bounded() {
     let mut m = load(&image());
     m.raw_write(layout::VP_COUNT_GPA, &u32::MAX.to_le_bytes());
     let mut host = host();
-    let taken = launch::take_over(&ModelSnpHw { machine: &mut m, host: &mut host }, layout::BOOT_INFO_GPA, 8).unwrap();
+    let taken = launch::take_over(&ModelSnpHw::new(&mut m, &mut host), layout::BOOT_INFO_GPA, 8).unwrap();
     assert_eq!(taken.vcpus, 8);
     m.raw_write(layout::VP_COUNT_GPA, &0u32.to_le_bytes());
-    let taken = launch::take_over(&ModelSnpHw { machine: &mut m, host: &mut host }, layout::BOOT_INFO_GPA, 8).unwrap();
+    let taken = launch::take_over(&ModelSnpHw::new(&mut m, &mut host), layout::BOOT_INFO_GPA, 8).unwrap();
     assert_eq!(taken.vcpus, 1);
 }

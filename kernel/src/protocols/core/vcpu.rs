@@ -82,7 +82,20 @@ pub fn create_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     let _change = svsm.vcpus.change();
     let mut held = svsm.pages.lock(vmsa, ca);
     match svsm.vcpus.find_by_apic_id(apic_id) {
-        None => create_new(svsm, &mut held, p, ctx, request),
+        None => {
+            let (index, pages) = create_new(svsm, &mut held, p, ctx, request)?;
+            // The pages and their roles are recorded: their stripes go before the host
+            // hears of the vCPU (a host exit on SNP), so PVALIDATEs nearby need not wait
+            // for the host. The change lock stays: creations and deletions reach the host
+            // in the order the SVSM made them.
+            drop(held);
+            p.vcpu_created(index, vmsa, apic_id, &pages);
+            crate::log!(p, Info, "vCPU {} created: APIC ID {}, VMSA {:#x}", index.0, apic_id, vmsa.raw());
+            Ok(())
+        }
+        // A replacement stops the old VMSA (a host exit) while the new one is half made,
+        // so it keeps the two pages' stripes throughout: a rare path (a CPU brought back
+        // online), and only calls on those two stripes wait.
         Some(index) => replace(svsm, &mut held, p, ctx, request, index),
     }
 }
@@ -92,13 +105,15 @@ fn startup_features<P: Platform + ?Sized>(svsm: &Svsm, p: &P) -> CallResult<u64>
     Ok(p.vmsa_read(startup_vmsa, VmsaField::SevFeatures)?)
 }
 
+/// Make and record a new vCPU; the caller tells the platform (`vcpu_created`) once it has
+/// let go of the pages' locks. Returns its index and SVSM pages.
 fn create_new<P: Platform + ?Sized>(
     svsm: &Svsm,
     held: &mut Held<'_>,
     p: &mut P,
     ctx: &CallContext,
     r: Request,
-) -> CallResult<()> {
+) -> CallResult<(VcpuIndex, [PageAddr; VCPU_CONTEXT_PAGES])> {
     check_page(held, p, ctx.caller, r.vmsa, None)?;
     check_page(held, p, ctx.caller, r.ca, None)?;
     if svsm.vcpus.count() >= svsm.max_vcpus {
@@ -152,9 +167,7 @@ fn create_new<P: Platform + ?Sized>(
     }
     record_role(svsm, p, r.vmsa, PageRole::Vmsa(index));
     record_role(svsm, p, r.ca, PageRole::CallingArea(index));
-    p.vcpu_created(index, r.vmsa, r.apic_id, &svsm_pages);
-    crate::log!(p, Info, "vCPU {} created: APIC ID {}, VMSA {:#x}", index.0, r.apic_id, r.vmsa.raw());
-    Ok(())
+    Ok((index, svsm_pages))
 }
 
 /// The APIC ID belongs to live vCPU `index`: run it on the new VMSA from now on and retire
@@ -332,9 +345,8 @@ fn release<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, vmsa: PageAddr, creator
 pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
     let _change = svsm.vcpus.change();
-    // Held for the page's check, act and record, though nothing reads the records here.
-    let _held = svsm.pages.lock(vmsa, vmsa);
     if let Some(index) = svsm.vcpus.find_by_retired(vmsa) {
+        let _held = svsm.pages.lock(vmsa, vmsa);
         return delete_retired(svsm, p, ctx, index, vmsa);
     }
     let index = svsm.vcpus.find_by_vmsa(vmsa).ok_or(CallError::InvalidParameter("not the VMSA of a vCPU"))?;
@@ -346,7 +358,10 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     }
     let vcpu = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
     may_remove(ctx.caller, &vcpu)?;
+    // Stopping is a host exit on SNP: no page lock is held across it. The page keeps its
+    // VMSA role until the roles are cleared below, so no other call can act on it.
     stop(p, vmsa)?;
+    let _held = svsm.pages.lock(vmsa, vmsa);
     // Clear the VMSA flag (RMPADJUST with VMSA = 0) and give the page back.
     let creator = vcpu.creator_vmpl;
     grant(p, vmsa, creator).map_err(|error| CallError::Hardware { gpa: vmsa.gpa(), error })?;

@@ -2,6 +2,12 @@
 //! IGVM image, #VC, the per-vCPU request loop of spec 58019 section 5. The logic is
 //! `bulwark-snp`'s, shared with the model's tests; here are only the CPU's side of it
 //! (`instr`, `hw`, `paging`) and the order things happen in.
+//!
+//! Each CPU serves its vCPU with its own platform handle (`BareSnp` reaches the running
+//! CPU's GHCB through its GS base); the platform's shared state and the kernel are
+//! shared by reference (`SNP`, `SVSM`) with no lock around them, so a CPU waiting on
+//! the host (a guest request, AP creation, a console line) or running a long vTPM
+//! command holds up no other CPU's calls.
 
 mod hw;
 mod instr;
@@ -9,13 +15,15 @@ mod paging;
 
 use super::exceptions::Frame;
 use abi::ghcb::{VC_PAGE_NOT_VALIDATED, exit, term};
+use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hw::BareSnp;
 use kernel::Svsm;
 use kernel::vcpu::VcpuIndex;
+use snp::console::SerialConsole;
 use snp::cpuid::CpuidTable;
 use snp::vc::VcRegs;
-use snp::{SnpPlatform, launch};
+use snp::{SnpConfig, SnpPlatform, SnpShared, launch};
 use spin::Mutex;
 use spin::once::Once;
 
@@ -26,8 +34,20 @@ static SNP_BOOT: AtomicBool = AtomicBool::new(false);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The launch's CPUID page, copied once.
 static CPUID: Once<CpuidTable> = Once::new();
-/// The platform and the kernel, shared by every CPU's request loop.
-static SHARED: Mutex<Option<(SnpPlatform<BareSnp>, Svsm)>> = Mutex::new(None);
+/// The platform's state all CPUs' handles share, once the boot CPU started it.
+static SNP: Once<Arc<SnpShared>> = Once::new();
+/// The kernel, shared by every CPU's request loop (`Svsm::handle_entry` takes `&self`).
+static SVSM: Once<Svsm> = Once::new();
+/// The serial port for `println!`, a line per GHCB exit (`console::set_line_writer`).
+static SERIAL: SerialConsole = SerialConsole::new(0x3F8);
+
+// The kernel is shared by reference between CPUs: it must be Sync (its state has its own
+// fine-grained locks) and Send.
+const _: () = {
+    const fn shared_between_cpus<T: Sync + Send>() {}
+    shared_between_cpus::<Svsm>();
+    shared_between_cpus::<SnpShared>();
+};
 
 /// Stack for each AP's request loop (the vTPM's C code needs more than the vCPU's
 /// SVSM pages hold).
@@ -65,7 +85,15 @@ pub fn boot(info_gpa: u64) -> ! {
     // SEV_FEATURES bits 0..
     let sev_features = instr::sev_status() >> 2;
     let guest_vmpl = launch.info.guest_vmpl as u8;
-    let mut platform = match SnpPlatform::start(BareSnp, guest_vmpl, sev_features) {
+    let config = SnpConfig {
+        // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
+        console_port: Some(0x3F8),
+        // RMPQUERY (CPUID Fn8000_001F EAX[6], from the measured CPUID page) lets the SVSM
+        // serve callers at a less privileged VMPL than the guest's own.
+        rmpquery: launch.cpuid.lookup(0x8000_001F, 0, 0, 0)[0] & (1 << 6) != 0,
+        ..SnpConfig::new(guest_vmpl, sev_features)
+    };
+    let mut platform = match SnpPlatform::start(BareSnp, config) {
         Ok(p) => p,
         Err(e) => {
             let (set, code) = e.reason();
@@ -75,22 +103,18 @@ pub fn boot(info_gpa: u64) -> ! {
     };
     GHCB_SHARED[0].store(true, Ordering::Release);
     ACTIVE.store(true, Ordering::Release);
-    // From here port I/O works (#VC), so the console does.
+    // From here port I/O works (#VC), so the console does; a line goes out in one exit.
     super::console::init();
+    super::console::set_line_writer(serial_line);
     println!("bulwark-svsm {}: booted from IGVM on SEV-SNP, C-bit {}", env!("CARGO_PKG_VERSION"), launch.c_bit);
-    if platform.state.hv_features & abi::ghcb::msr::HV_FEATURE_SNP_MULTI_VMPL == 0 {
+    if platform.shared().hv_features & abi::ghcb::msr::HV_FEATURE_SNP_MULTI_VMPL == 0 {
         // Not fatal by itself (hosts differ in what they announce); RUN_VMPL will tell.
         println!("snp: warning: the host does not announce multi-VMPL support (HV_FEATURES bit 5)");
     }
-    // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
-    platform.state.console_port = Some(0x3F8);
-    // RMPQUERY (CPUID Fn8000_001F EAX[6], from the measured CPUID page) lets the SVSM
-    // serve callers at a less privileged VMPL than the guest's own.
-    platform.state.rmpquery = launch.cpuid.lookup(0x8000_001F, 0, 0, 0)[0] & (1 << 6) != 0;
-    if !platform.state.rmpquery {
+    if !config.rmpquery {
         println!("snp: no RMPQUERY: calls from VMPLs below {guest_vmpl} may name no guest page");
     }
-    platform.state.svsm_entry = Some(snp::vmsa::SvsmEntry {
+    platform.shared().set_svsm_entry(snp::vmsa::SvsmEntry {
         cpu: snp::vmsa::SvsmCpuState {
             rip: super::entry::igvm_ap_entry(),
             rsp: 0,
@@ -129,30 +153,34 @@ pub fn boot(info_gpa: u64) -> ! {
         Ok(v) => svsm.install_vtpm(v),
         Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
     }
-    *SHARED.lock() = Some((platform, svsm));
+    // Shared from here on: APs find both once the guest creates them.
+    let svsm = SVSM.call_once(|| svsm);
+    SNP.call_once(|| platform.shared().clone());
     println!("snp: serving the guest at VMPL{guest_vmpl}");
-    serve(VcpuIndex::STARTUP, guest_vmpl, false)
+    serve(platform, svsm, VcpuIndex::STARTUP, false)
+}
+
+/// `println!`'s serial output on SNP: the buffer in one GHCB string-I/O exit (a host that
+/// refuses the serial port loses the line there; the console's log buffer has it).
+fn serial_line(bytes: &[u8]) {
+    let _ = SERIAL.write(&mut BareSnp, bytes);
 }
 
 /// A CPU's request loop: hand the CPU to the guest, serve its call, repeat. A new AP
 /// looks for a call first: the host may have started its VMPL0 because the guest already
-/// made one.
-fn serve(vcpu: VcpuIndex, guest_vmpl: u8, look_first: bool) -> ! {
+/// made one. Nothing here is locked: the CPU's handle is its own, and the kernel guards
+/// its own state.
+fn serve(mut platform: SnpPlatform<BareSnp>, svsm: &'static Svsm, vcpu: VcpuIndex, look_first: bool) -> ! {
     if look_first {
-        let mut shared = SHARED.lock();
-        if let Some((platform, svsm)) = shared.as_mut() {
-            svsm.handle_entry(platform, vcpu);
-        }
+        svsm.handle_entry(&mut platform, vcpu);
     }
     loop {
-        if let Err(e) = snp::ghcb::run_vmpl(guest_vmpl).call(&mut BareSnp) {
-            println!("snp: the host refused to run VMPL{guest_vmpl}: {e:?}");
+        if let Err(e) = platform.resume_guest() {
+            let vmpl = platform.config().guest_vmpl;
+            println!("snp: the host refused to run VMPL{vmpl}: {e:?}");
             terminate(term::GHCB_SETUP);
         }
-        let mut shared = SHARED.lock();
-        if let Some((platform, svsm)) = shared.as_mut() {
-            svsm.handle_entry(platform, vcpu);
-        }
+        svsm.handle_entry(&mut platform, vcpu);
     }
 }
 
@@ -186,20 +214,15 @@ pub extern "C" fn ap_main(index: u64) -> ! {
         slot.stack_top
     };
     super::fpu::enable_sse();
-    let mut hw = BareSnp;
-    let gpa = snp::SnpHw::shared_gpa(&hw, snp::Shared::Ghcb);
-    if !GHCB_SHARED[cpu].load(Ordering::Acquire) {
-        let shared = matches!(snp::SnpHw::pvalidate(&mut hw, gpa, false, false), Ok((0, _)))
-            && snp::ghcb::page_state_change(&mut hw, gpa, abi::ghcb::msr::PSC_SHARED).is_ok();
-        if !shared {
-            terminate(term::GHCB_SETUP);
-        }
-        GHCB_SHARED[cpu].store(true, Ordering::Release);
-    }
-    // Registration is per host vCPU, so every new one registers again.
-    if snp::ghcb::register(&mut hw, gpa).is_err() {
+    // No platform yet: the guest cannot have created this vCPU before serving began.
+    let Some(shared) = SNP.get() else { terminate(term::GHCB_SETUP) };
+    // Share this index's GHCB (once: doing it twice would PVALIDATE a page the host
+    // owns) and register it (registration is per host vCPU: every new one registers).
+    let share = !GHCB_SHARED[cpu].load(Ordering::Acquire);
+    if SnpPlatform::join(BareSnp, shared.clone(), share).is_err() {
         terminate(term::GHCB_SETUP);
     }
+    GHCB_SHARED[cpu].store(true, Ordering::Release);
     // SAFETY: the stack is leaked (it lives forever), its top 16-byte aligned, and no
     // other CPU uses this index's stack: the vCPU that had it was deleted only once its
     // SVSM VMSA had stopped running.
@@ -207,8 +230,10 @@ pub extern "C" fn ap_main(index: u64) -> ! {
 }
 
 extern "C" fn ap_serve(index: u64) -> ! {
-    let vmpl = SHARED.lock().as_ref().map_or(1, |(p, _)| p.state.guest_vmpl);
-    serve(VcpuIndex(index as u32), vmpl, true)
+    let (Some(shared), Some(svsm)) = (SNP.get(), SVSM.get()) else { terminate(term::GHCB_SETUP) };
+    // The CPU joined in `ap_main`; its handle is made here, on its own stack.
+    let platform = SnpPlatform::handle(BareSnp, shared.clone());
+    serve(platform, svsm, VcpuIndex(index as u32), true)
 }
 
 /// The exception path's hook: `true` if the exception was the snp platform's to handle
