@@ -13,6 +13,7 @@
 //! Allocations outside SVSM code (the test itself, the model's machine, libtpms' C heap,
 //! which uses malloc) are not counted. Each block carries a small header saying whether
 //! it was counted, so a block freed later (or by other code) is uncounted correctly.
+#![expect(unsafe_code, reason = "a GlobalAlloc over the system allocator, counting")]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

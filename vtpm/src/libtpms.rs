@@ -4,6 +4,7 @@
 //! again after it is dropped starts a new, freshly manufactured TPM. Its non-volatile state
 //! lives in memory ([`NV`]) through libtpms' storage callbacks: each SVSM start is a new
 //! TPM until persistent encrypted state exists.
+#![expect(unsafe_code, reason = "the FFI to libtpms, a C library")]
 
 use crate::TpmEngine;
 use alloc::collections::BTreeMap;

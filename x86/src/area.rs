@@ -1,5 +1,6 @@
 //! A static block of memory handed out exactly once (for a heap), so no two owners can
 //! ever hold it.
+#![expect(unsafe_code, reason = "hands out a static memory area once, as a slice")]
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};

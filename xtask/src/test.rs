@@ -29,7 +29,8 @@ pub fn run() -> Result {
 
 /// fmt, clippy on the host (the workspace, then the verifier-only `bulwark`, whose
 /// feature set no workspace build has), the kernel built and the bare-metal crates linted
-/// for `x86_64-unknown-none`, all with warnings as errors.
+/// for `x86_64-unknown-none` (the SVSM also with its GDB stub, which `--gdb-check` boots),
+/// all with warnings as errors.
 fn lints() -> Result {
     exec_cargo(&["fmt", "--all", "--", "--check"])?;
     exec_cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
@@ -45,6 +46,18 @@ fn lints() -> Result {
         "bulwark-testguest",
         "-p",
         "bulwark-x86",
+        "--target",
+        "x86_64-unknown-none",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    exec_cargo(&[
+        "clippy",
+        "-p",
+        "bulwark-svsm",
+        "--features",
+        "gdb",
         "--target",
         "x86_64-unknown-none",
         "--",

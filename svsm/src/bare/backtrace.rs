@@ -2,6 +2,7 @@
 //! chain from a starting frame, print each return address with the function it falls in.
 //! The walk only reads memory inside the image and the boot/IST stacks it knows are
 //! mapped, so a corrupt chain ends the trace instead of faulting again.
+#![expect(unsafe_code, reason = "walks frame pointers through the SVSM's own stack")]
 
 use super::symbols;
 
@@ -44,10 +45,6 @@ pub fn print(rip: u64, mut rbp: u64) {
 /// The caller's backtrace (for panics).
 #[inline(always)]
 pub fn print_here() {
-    let (rip, rbp): (u64, u64);
-    // SAFETY: reading RIP (via LEA) and RBP has no side effects.
-    unsafe {
-        core::arch::asm!("lea {}, [rip]", "mov {}, rbp", out(reg) rip, out(reg) rbp, options(nomem, nostack, preserves_flags))
-    };
+    let (rip, rbp) = super::cpu::here();
     print(rip, rbp);
 }

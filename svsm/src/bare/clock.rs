@@ -13,11 +13,7 @@ const PIT_HZ: u64 = 1_193_182;
 /// Calibration window: 10 ms of PIT counts.
 const WINDOW_COUNTS: u16 = (PIT_HZ / 100) as u16;
 
-/// The TSC now.
-pub fn rdtsc() -> u64 {
-    // SAFETY: RDTSC only reads the time-stamp counter.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+pub use super::cpu::rdtsc;
 
 /// Measure the TSC rate (about 10 ms) and start the clock at zero.
 pub fn calibrate() {

@@ -1,5 +1,12 @@
-//! Privileged CPU instructions the SVSM needs outside SVM: CPUID and MSRs. Each
-//! wrapper is a single instruction; all unsafe CPU access outside `svm::vmrun` lives here.
+//! The CPU's own instructions the SVSM needs outside SVM and SEV-SNP: CPUID, MSRs,
+//! RDRAND, control registers, descriptor tables, the FPU state, halting and waiting.
+//! Each wrapper is one instruction or one fixed sequence, with the reason it is sound
+//! beside it. The SVM instructions are `svm::vmrun`'s, the SEV-SNP ones `snp::instr`'s,
+//! port I/O is `x86::port`'s; the other `asm!` in the SVSM is code that must be written in
+//! assembly as a whole (the boot entry, exception stubs, the AP trampoline).
+#![expect(unsafe_code, reason = "the CPU's own instructions")]
+
+use core::arch::asm;
 
 /// CPUID leaf `leaf`, subleaf `sub`: (eax, ebx, ecx, edx).
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
@@ -14,9 +21,7 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
 pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: the caller guarantees the MSR exists; RDMSR has no memory effects.
-    unsafe {
-        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -28,7 +33,7 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 pub unsafe fn wrmsr(msr: u32, value: u64) {
     // SAFETY: the caller guarantees the write is valid and harmless to running code.
     unsafe {
-        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
     };
 }
 
@@ -46,6 +51,160 @@ pub fn rdrand() -> Option<u64> {
         }
     }
     None
+}
+
+/// The time-stamp counter now (RDTSC).
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Stop this CPU for good: interrupts off, HLT forever.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: HLT with interrupts off parks the CPU; it touches no memory.
+        unsafe { asm!("cli; hlt", options(nomem, nostack)) }
+    }
+}
+
+/// Sleep until an interrupt arrives, then mask interrupts again. An interrupt that
+/// becomes pending after the caller's last check still ends the sleep: STI's
+/// one-instruction shadow holds it until HLT.
+pub fn wait_for_interrupt() {
+    // SAFETY: the interrupts the SVSM takes (its wake-up IPI, spurious ones) have handlers
+    // that just return; CLI restores the SVSM's interrupts-off state. No memory is touched.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// Raise #BP (INT3): the exception path hands it to the GDB stub, which returns here when
+/// GDB continues.
+pub fn breakpoint() {
+    // SAFETY: the #BP handler returns to the next instruction with the registers as the
+    // debugger left them; it is only reached with the stub attached.
+    unsafe { asm!("int3") };
+}
+
+/// Raise #UD (UD2): the exception handler reports it and ends the run.
+pub fn invalid_opcode() -> ! {
+    // SAFETY: UD2 raises #UD, whose handler never returns here.
+    unsafe { asm!("ud2", options(nomem, nostack, noreturn)) }
+}
+
+/// The faulting address of the last page fault.
+pub fn read_cr2() -> u64 {
+    let cr2: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+    cr2
+}
+
+/// Switch to the page tables rooted at physical address `root`.
+///
+/// # Safety
+/// The new tables must map everything the running code uses (code, stack, statics, the
+/// heap) where it is mapped now, and must live as long as they are in use.
+pub unsafe fn load_cr3(root: u64) {
+    // SAFETY: the caller guarantees the new tables keep the running code's mappings.
+    unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) };
+}
+
+/// Allow x87/SSE instructions on this CPU: CR0.EM and TS clear, MP set; CR4.OSFXSR and
+/// OSXMMEXCPT set (SIMD exceptions as #XM).
+pub fn enable_sse() {
+    // SAFETY: the bits changed only allow x87/SSE instructions and select #XM for SIMD
+    // exceptions; the soft-float SVSM code is unaffected.
+    unsafe {
+        asm!(
+            "mov {t}, cr0",
+            "and {t}, ~((1 << 2) | (1 << 3))",
+            "or {t}, 1 << 1",
+            "mov cr0, {t}",
+            "mov {t}, cr4",
+            "or {t}, (1 << 9) | (1 << 10)",
+            "mov cr4, {t}",
+            t = out(reg) _,
+            options(nostack)
+        )
+    };
+}
+
+/// An FXSAVE area: the x87, MMX and SSE registers.
+#[repr(C, align(16))]
+pub struct FxArea([u8; 512]);
+
+impl FxArea {
+    pub const fn new() -> Self {
+        Self([0; 512])
+    }
+}
+
+impl Default for FxArea {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Save this CPU's x87/SSE registers into `area` (FXSAVE).
+pub fn fxsave(area: &mut FxArea) {
+    // SAFETY: FXSAVE writes exactly the 512-byte, 16-byte aligned area it is given.
+    unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack, preserves_flags)) };
+}
+
+/// Load the x87/SSE registers from `area` (FXRSTOR): an area [`fxsave`] filled, or an
+/// all-zero one.
+pub fn fxrstor(area: &FxArea) {
+    // SAFETY: FXRSTOR reads the 512-byte aligned area; the areas this module can make
+    // (FXSAVE's, or zeros) hold no reserved MXCSR bits, so it cannot fault.
+    unsafe { asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, preserves_flags)) };
+}
+
+/// Give the x87/SSE unit the state the C ABI promises: FNINIT, and MXCSR at its default
+/// (0x1F80: every exception masked, round to nearest).
+pub fn reset_fpu() {
+    let mxcsr: u32 = 0x1F80;
+    // SAFETY: FNINIT resets the x87 unit; LDMXCSR reads the 4-byte value above, which sets
+    // no reserved bit.
+    unsafe { asm!("fninit", "ldmxcsr [{}]", in(reg) &mxcsr, options(nostack)) };
+}
+
+/// A descriptor-table pointer (LGDT/LIDT operand).
+#[repr(C, packed)]
+#[derive(Debug)]
+pub struct DescriptorPtr {
+    pub limit: u16,
+    pub base: u64,
+}
+
+/// Load the GDT, the task register and the IDT.
+///
+/// # Safety
+/// The tables must live forever and be well formed: the GDT keeps the code and data
+/// selectors the running code uses where they are, `tss` names an available TSS
+/// descriptor in it, and every IDT gate points at a handler in this image.
+pub unsafe fn load_tables(gdt: &DescriptorPtr, idt: &DescriptorPtr, tss: u16) {
+    // SAFETY: the caller guarantees the tables are well formed and live forever.
+    unsafe {
+        asm!(
+            "lgdt [{gdt}]",
+            "ltr {tss:x}",
+            "lidt [{idt}]",
+            gdt = in(reg) gdt,
+            idt = in(reg) idt,
+            tss = in(reg) tss,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+}
+
+/// The caller's instruction pointer and frame pointer (for a backtrace of here).
+#[inline(always)]
+pub fn here() -> (u64, u64) {
+    let (rip, rbp): (u64, u64);
+    // SAFETY: reading RIP (via LEA) and RBP has no side effects.
+    unsafe {
+        asm!("lea {}, [rip]", "mov {}, rbp", out(reg) rip, out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
+    (rip, rbp)
 }
 
 pub const MSR_EFER: u32 = 0xC000_0080;

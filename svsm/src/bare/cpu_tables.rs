@@ -4,6 +4,7 @@
 //!
 //! Built once at boot into leaked heap memory (they must live forever) and loaded with
 //! LGDT/LTR/LIDT; all of it in this module.
+#![expect(unsafe_code, reason = "the GDT, IDT and TSS the CPU reads")]
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -18,11 +19,7 @@ pub const IST_DOUBLE_FAULT: u8 = 1;
 pub const IST_NMI: u8 = 2;
 pub const IST_MACHINE_CHECK: u8 = 3;
 
-#[repr(C, packed)]
-struct DescriptorPtr {
-    limit: u16,
-    base: u64,
-}
+use super::cpu::DescriptorPtr;
 
 unsafe extern "C" {
     /// The 32 exception entry stubs (`exceptions.rs`), 16 bytes apart.
@@ -111,15 +108,5 @@ pub fn activate(tables: &mut Tables) {
     // the boot code/data selectors (0x08/0x10) at the same places, so reloading it does
     // not disturb CS/SS; the TSS descriptor is available (type 9) until LTR marks it
     // busy; every IDT gate points at an exception stub in this image.
-    unsafe {
-        core::arch::asm!(
-            "lgdt [{gdt}]",
-            "ltr {tss:x}",
-            "lidt [{idt}]",
-            gdt = in(reg) &gdt_ptr,
-            idt = in(reg) &idt_ptr,
-            tss = in(reg) TSS_SELECTOR,
-            options(readonly, nostack, preserves_flags),
-        );
-    }
+    unsafe { super::cpu::load_tables(&gdt_ptr, &idt_ptr, TSS_SELECTOR) };
 }

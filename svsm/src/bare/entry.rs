@@ -18,6 +18,7 @@
 //! C-bit, and the CR and EFER writes are trapped by the host after they complete, never
 //! a #VC; EFER is read and written back so SVME stays set. Nothing here executes CPUID.
 //! All of it is assembly in this one module; it runs before any Rust code.
+#![expect(unsafe_code, reason = "the boot entry and the linker's symbols")]
 
 core::arch::global_asm!(
     r#"

@@ -165,10 +165,7 @@ fn report(frame: &Frame) -> ! {
     println!("  r8 {:#x} r9 {:#x} r10 {:#x} r11 {:#x}", frame.r8, frame.r9, frame.r10, frame.r11);
     println!("  r12 {:#x} r13 {:#x} r14 {:#x} r15 {:#x}", frame.r12, frame.r13, frame.r14, frame.r15);
     if frame.vector == 14 {
-        let cr2: u64;
-        // SAFETY: reading CR2 has no side effects.
-        unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
-        println!("  faulting address (cr2) {cr2:#x}");
+        println!("  faulting address (cr2) {:#x}", super::cpu::read_cr2());
     }
     backtrace::print(frame.rip, frame.rbp);
     super::exit::failure()

@@ -14,8 +14,5 @@ pub fn failure() -> ! {
     super::snp::fail();
     outl(DEBUG_EXIT_PORT, FAILURE);
     // Without the device (another VMM): stop here.
-    loop {
-        // SAFETY: `hlt` with interrupts off parks the CPU; it touches no memory.
-        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) }
-    }
+    super::cpu::halt_forever()
 }

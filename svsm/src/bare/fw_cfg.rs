@@ -3,7 +3,7 @@
 //! host: callers treat it as untrusted input.
 
 use alloc::vec::Vec;
-use x86::port::inb;
+use x86::port::{inb, outw};
 
 const SELECTOR: u16 = 0x510;
 const DATA: u16 = 0x511;
@@ -14,8 +14,7 @@ const FILE_DIR: u16 = 0x19;
 const DIR_ENTRY: usize = 64;
 
 fn select(key: u16) {
-    // SAFETY: fw_cfg's ports belong to the firmware interface; a 16-bit write selects.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") SELECTOR, in("ax") key, options(nomem, nostack)) };
+    outw(SELECTOR, key);
 }
 
 fn read(buf: &mut [u8]) {

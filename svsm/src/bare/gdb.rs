@@ -11,6 +11,7 @@
 //! waits in the stub; the others run on (and wait too if they trap meanwhile). GDB reads
 //! and writes memory only inside the SVSM's region and the CPU's private page: the rest of
 //! the identity map is guest memory and device registers, where a read can have effects.
+#![cfg_attr(feature = "gdb", expect(unsafe_code, reason = "the debugger reads and writes SVSM memory"))]
 
 use super::exceptions::Frame;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +28,7 @@ pub fn start() {
     x86::uart::Uart16550::COM3.init();
     ACTIVE.store(true, Ordering::SeqCst);
     crate::println!("gdb: stopped; waiting for GDB on COM3");
-    // SAFETY: INT3 raises #BP, which the exception path hands to the stub; the stub
-    // returns here when GDB continues, with the registers GDB left.
-    unsafe { core::arch::asm!("int3") };
+    crate::bare::cpu::breakpoint();
     crate::println!("gdb: running");
 }
 
@@ -245,7 +244,10 @@ mod stub {
                 let buffer = alloc::boxed::Box::leak(alloc::boxed::Box::new([0u8; PACKET_BYTES]));
                 match GdbStub::builder(Com3).with_packet_buffer(buffer).build() {
                     Ok(stub) => stub.run_state_machine(&mut cpu).map_err(|e| crate::println!("gdb: {e:?}")),
-                    Err(e) => Err(crate::println!("gdb: {e:?}")),
+                    Err(e) => {
+                        crate::println!("gdb: {e:?}");
+                        Err(())
+                    }
                 }
             }
             Some(GdbStubStateMachine::Running(running)) => {

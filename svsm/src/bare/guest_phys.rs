@@ -2,6 +2,7 @@
 //! identity-mapped, so a guest-physical address is also the SVSM's virtual address for
 //! it. This module is the only place that turns such an address into a pointer; callers
 //! (the svm platform) have checked that the range is guest RAM the SVSM may touch.
+#![expect(unsafe_code, reason = "copies to and from guest-physical memory through the direct map")]
 
 /// Highest address (exclusive) the identity map covers.
 pub const MAPPED_TOP: u64 = 1 << 32;

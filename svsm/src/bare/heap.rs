@@ -6,6 +6,7 @@
 //! Slabs: objects of 16..=2048 bytes come from 4 KiB pages cut into equal slots, one
 //! free list per size class, kept inside the free slots themselves. Slab pages go back
 //! to the buddy allocator never (the SVSM's small-object population is bounded).
+#![expect(unsafe_code, reason = "the global allocator")]
 
 use buddy_system_allocator::Heap;
 use core::alloc::{GlobalAlloc, Layout};

@@ -1,5 +1,6 @@
 //! The local APIC, as the SVSM uses it: start APs (INIT-SIPI), make a CPU leave the
 //! guest it runs (NMI), wake an idle CPU (a fixed IPI). xAPIC MMIO at its reset address, identity-mapped.
+#![expect(unsafe_code, reason = "the local APIC's MMIO registers")]
 
 const BASE: u64 = 0xFEE0_0000;
 const ICR_LOW: u64 = 0x300;

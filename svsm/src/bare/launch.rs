@@ -2,6 +2,7 @@
 //! the guest as a boot module), load and measure the guest, draw the VMPCKs, start the
 //! software PSP, and let `bulwark_svm::launch` check the layout and build the platform
 //! (docs/platforms/svm.md, "Guest-physical layout").
+#![expect(unsafe_code, reason = "loads the guest image into guest-physical memory")]
 
 use super::elf;
 use super::guest_phys;

@@ -1,6 +1,7 @@
 //! The Rust half of the C runtime for libtpms and libcrypto (the C half is
 //! svsm/csupport/libc.c): memory from the SVSM heap, entropy from RDRAND, time from the
 //! calibrated TSC, text to the SVSM log, and the fatal paths.
+#![expect(unsafe_code, reason = "the C library functions libtpms and libcrypto call")]
 
 use alloc::alloc::{Layout, alloc, dealloc};
 use core::ffi::{c_char, c_int, c_void};

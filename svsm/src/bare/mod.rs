@@ -6,6 +6,7 @@
 //! SVM, the launch of the guest (`launch`) and the run loop that serves it (`native`).
 //! The guest ends the run with its own verdict; the SVSM stops QEMU with a failure status
 //! only when it cannot go on (`exit`).
+#![expect(unsafe_code, reason = "the image's entry point, exported by name")]
 
 #[macro_use]
 mod console;
@@ -148,8 +149,7 @@ fn cmdline_has(info: &pvh::StartInfo, word: &str) -> bool {
 fn crash_if_asked(info: &pvh::StartInfo) {
     if cmdline_has(info, "crash=ud") {
         println!("crashing on request (crash=ud)");
-        // SAFETY: UD2 raises #UD, which the exception handler reports; nothing returns.
-        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+        cpu::invalid_opcode();
     }
     if cmdline_has(info, "crash=panic") {
         panic!("crashing on request (crash=panic)");

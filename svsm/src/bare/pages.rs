@@ -1,6 +1,7 @@
 //! Whole 4 KiB pages from the heap, zeroed, with their physical address (the SVSM runs
 //! identity-mapped, so virtual = physical). Used for VMCBs, page tables and the SVM host
 //! save area, which the hardware reads by physical address.
+#![expect(unsafe_code, reason = "page tables and the pages the SVSM owns")]
 
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use core::ptr::NonNull;

@@ -2,6 +2,7 @@
 //! (the identity map of the first 4 GiB the boot code built) is shared; the top PML4 slot
 //! maps this CPU's private data page at [`PER_CPU_VA`], so code finds "its" CPU's state at
 //! one fixed address and no CPU can reach another's through it.
+#![expect(unsafe_code, reason = "each CPU's page tables and private page")]
 
 use super::pages::Page;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -49,7 +50,7 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
     core::mem::forget(t);
     // SAFETY: the new root maps everything the boot root mapped (same lower half), plus
     // the per-CPU page; its tables are leaked, so they outlive their use as CR3.
-    unsafe { core::arch::asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) };
+    unsafe { super::cpu::load_cr3(root) };
     Some(())
 }
 

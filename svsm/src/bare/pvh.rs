@@ -1,6 +1,7 @@
 //! The PVH start-info structure (Xen's `hvm_start_info`, as QEMU's PVH loader fills it):
 //! the memory map, the command line and boot modules. Host-provided: every field is
 //! checked before use, and memory is read by copy.
+#![expect(unsafe_code, reason = "reads the PVH start info from physical memory")]
 
 const MAGIC: u32 = 0x336e_c578;
 

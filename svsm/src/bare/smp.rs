@@ -8,6 +8,7 @@
 //! guest vCPUs that live on it (`native.rs`). CPU `n` is the one with APIC ID `n`; an AP
 //! that does not come up (or has no SVM) ends the bring-up, so the CPUs that serve are
 //! always 0..online.
+#![expect(unsafe_code, reason = "copies the AP trampoline to low memory and fills in its data")]
 
 use super::cpu_tables;
 use super::lapic;
@@ -172,8 +173,5 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
         crate::println!("FAILED: cpu {cpu}: {why}");
         super::exit::failure()
     }
-    loop {
-        // SAFETY: parks the CPU with interrupts off; it touches no memory.
-        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) }
-    }
+    super::cpu::halt_forever()
 }

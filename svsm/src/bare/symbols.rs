@@ -5,6 +5,7 @@
 //! Format (little-endian): magic `BWSY`, u32 count, `count` entries of
 //! `{u64 address, u32 size, u32 name offset}`, then NUL-terminated names. An image whose
 //! table was not filled (all zeros) simply prints addresses.
+#![expect(unsafe_code, reason = "the symbol table the image carries in a section of its own")]
 
 /// Room for every function of the image, libtpms and libcrypto included (~12k functions,
 /// ~580 KiB of table in the 2026-11 image; `cargo xtask` warns if it ever has to cut).

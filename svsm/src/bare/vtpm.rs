@@ -1,6 +1,7 @@
 //! The vTPM on bare metal: libtpms and its libcrypto (Debian's static archives) linked
 //! into the image, running on the C runtime of `libc.rs` and csupport/libc.c, each entry
 //! inside [`fpu::with_c_state`] so the guest's SSE registers survive it.
+#![expect(unsafe_code, reason = "OpenSSL's CPU probe, a C function")]
 
 use super::fpu;
 use alloc::boxed::Box;

@@ -9,6 +9,7 @@
 //! Answers: `OK <hex>` (list: the raw 128-byte entries; read: the source's bytes; write:
 //! the byte count as a u32 LE; tpm: the TPM response; manifest: the attestation services
 //! manifest of a fresh SVSM_ATTEST_SERVICES) or `ERR <why>`.
+#![expect(unsafe_code, reason = "HLT while it waits for the host")]
 
 use abi::ocp::ENTRY_SIZE;
 use alloc::string::String;

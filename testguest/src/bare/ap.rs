@@ -3,6 +3,7 @@
 //! vCPU posts a request, the secondary vCPU issues it as its own VMMCALL (through its own
 //! calling area) and posts the registers back. Waiting is HLT, which the SVSM treats as a
 //! yield, so both make progress on one physical CPU.
+#![expect(unsafe_code, reason = "the APs' mailboxes and entry point")]
 
 use super::gate::Vmmcall;
 use alloc::vec;

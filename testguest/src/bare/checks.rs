@@ -1,5 +1,6 @@
 //! What the test guest checks, in order, each reported as one machine-readable line:
 //! `RESULT <name> pass|fail <detail>`.
+#![expect(unsafe_code, reason = "RDTSC and timed VMMCALL loops")]
 
 use super::gate::Vmmcall;
 use super::probe;

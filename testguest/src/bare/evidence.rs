@@ -2,6 +2,7 @@
 //! nonce, as Linux would (SVSM_ATTEST_SERVICES with report, nonce, manifest and
 //! certificate buffers), and prints what it got as `EVIDENCE <what> <hex>` lines, which
 //! `cargo xtask boot` hands to the verifier.
+#![expect(unsafe_code, reason = "RDRAND and RDTSC for a nonce")]
 
 use abi::attest::{AttestServicesOp, BufferRecord, REPORT_SIZE};
 use abi::core_protocol::PvalidateEntry;

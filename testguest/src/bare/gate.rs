@@ -1,5 +1,6 @@
 //! The guest side of the SVSM gate on the `svm` platform: the guest's memory (identity
 //! mapped) and VMMCALL, as a `guest::Transport`.
+#![expect(unsafe_code, reason = "guest memory and the VMMCALL instruction")]
 
 use guest::{GuestFault, Regs, Transport};
 

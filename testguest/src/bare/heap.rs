@@ -1,5 +1,6 @@
 //! The test guest's heap (the conformance suite allocates): a buddy allocator over a
 //! static area inside the image, which the SVSM's launch validated.
+#![expect(unsafe_code, reason = "the global allocator")]
 
 use buddy_system_allocator::LockedHeap;
 

@@ -1,5 +1,6 @@
 //! The test guest's bare-metal side: entry, COM2 console, the VMMCALL gate, fault probes,
 //! and the checks it runs against the SVSM.
+#![expect(unsafe_code, reason = "the guest's entry point, exported by name")]
 
 #[macro_use]
 mod console;

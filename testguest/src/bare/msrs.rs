@@ -2,6 +2,7 @@
 //! raise #GP(0); the guest's own MSRs, which the SVSM switches on every exit, pass through
 //! and survive exits; the few the SVSM emulates behave as the hardware's do
 //! (docs/platforms/svm.md, "MSRs").
+#![expect(unsafe_code, reason = "MSR writes through the probe")]
 
 use super::gate::Vmmcall;
 use super::probe;

@@ -3,6 +3,7 @@
 //! SVSM memory, a port or an MSR that is not the guest's) with #GP; a probe arms the
 //! handler, which skips the probe instruction and records the fault and its error code.
 //! Any other exception ends the run with a failing verdict.
+#![expect(unsafe_code, reason = "instructions that may fault, and the recovery from them")]
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -3,6 +3,7 @@
 //! back the way the case expects, through the SVSM itself: the calling area returns to its
 //! launch place, vCPUs the cases create are deleted, deposited memory is withdrawn, the
 //! case regions are invalidated and the scratch region validated again.
+#![expect(unsafe_code, reason = "a list page the SVSM's calls read")]
 
 use super::gate::Vmmcall;
 use abi::core_protocol::PvalidateEntry;

@@ -1,5 +1,6 @@
 //! `SnpHw` on the chip: the instructions of `instr`, memory through `paging`'s maps, and
 //! the pages the SVSM shares with the host (statics of the image, one GHCB per CPU).
+#![expect(unsafe_code, reason = "the GHCB page and guest memory through the SNP mappings")]
 
 use super::{instr, paging};
 use core::cell::UnsafeCell;

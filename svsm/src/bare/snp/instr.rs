@@ -1,6 +1,7 @@
 //! The SEV-SNP instructions, one wrapper each, and the two assembly routines the snp
 //! platform needs (a memory copy whose faults are recoverable, a stack switch). All the
 //! unsafe CPU access of the snp platform lives here.
+#![expect(unsafe_code, reason = "the SEV-SNP instructions")]
 
 use super::super::cpu;
 

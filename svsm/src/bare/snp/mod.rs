@@ -8,6 +8,7 @@
 //! shared by reference (`SNP`, `SVSM`) with no lock around them, so a CPU waiting on
 //! the host (a guest request, AP creation, a console line) or running a long vTPM
 //! command holds up no other CPU's calls.
+#![expect(unsafe_code, reason = "per-CPU GS base and stacks, and instruction bytes for #VC")]
 
 mod hw;
 mod instr;

@@ -2,6 +2,7 @@
 //! C-bit (private) for the first 512 GiB, and the same range again at `ALIAS_BASE`
 //! without it, the way the SVSM reads and writes the pages it shares with the host.
 //! 1 GiB pages keep it to two tables.
+#![expect(unsafe_code, reason = "the SNP page tables (C-bit)")]
 
 use super::instr;
 use core::cell::UnsafeCell;

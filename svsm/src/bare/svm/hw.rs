@@ -2,6 +2,7 @@
 //! uses it (guest-physical copies, the nested page tables' memory, kicks, the software
 //! PSP, the console), [`BareCpu`] what one CPU does alone (VMRUN, CPUID). Everything
 //! above them is `bulwark_svm`'s.
+#![expect(unsafe_code, reason = "VMCBs and nested page tables in SVSM memory")]
 
 use super::super::pages::Page;
 use super::super::{clock, console, cpu, guest_phys};

@@ -100,11 +100,8 @@ pub fn idle_until(cpu: u32, ready: impl Fn() -> bool) {
     };
     idle.store(true, Ordering::SeqCst);
     while !ready() {
-        // SAFETY: sleeps until an interrupt; the only ones the SVSM takes are the wake-up
-        // IPI and spurious ones, whose handlers just return. STI's one-instruction shadow
-        // keeps an IPI sent after the check above pending until HLT, which it then ends.
-        // CLI restores the SVSM's interrupts-off state.
-        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+        // An IPI sent after the check ends this sleep (`wait_for_interrupt`).
+        crate::bare::cpu::wait_for_interrupt();
     }
     idle.store(false, Ordering::SeqCst);
 }

@@ -11,6 +11,7 @@
 //! - [`kick`]: making another CPU leave the guest (shootdown, vCPU stop), waking idle ones;
 //! - [`psp`]: the software PSP that signs this platform's attestation reports;
 //! - [`vcek_cert`]: its VCEK certificate, issued from the launcher's kit.
+#![expect(unsafe_code, reason = "EFER.SVME and the host save area")]
 
 pub mod hw;
 pub mod kick;

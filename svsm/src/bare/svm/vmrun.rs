@@ -9,6 +9,7 @@
 //! guest that loads its own TSS cannot leave it to the SVSM's exception handling. The
 //! caller clears GIF ([`clgi`]) before its last check that it may enter the guest (see
 //! `kick.rs`); the trampoline sets it again (STGI) after the #VMEXIT.
+#![expect(unsafe_code, reason = "VMRUN, VMLOAD and VMSAVE")]
 
 pub use svm::vcpu::GuestRegs;
 
