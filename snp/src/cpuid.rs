@@ -54,11 +54,12 @@ impl CpuidTable {
     pub fn parse(page: &[u8; 4096]) -> Result<Self, CpuidPageError> {
         // CpuidPage is exactly one page, so this cannot fail; no panic path either way.
         let page = CpuidPage::read_from_bytes(page).map_err(|_| CpuidPageError::TooManyEntries(u32::MAX))?;
-        let count = page.count as usize;
+        let too_many = CpuidPageError::TooManyEntries(page.count);
+        let count = usize::try_from(page.count).map_err(|_| too_many)?;
         if count > MAX_ENTRIES {
-            return Err(CpuidPageError::TooManyEntries(page.count));
+            return Err(too_many);
         }
-        Ok(Self { entries: page.entries[..count].to_vec() })
+        Ok(Self { entries: page.entries.get(..count).ok_or(too_many)?.to_vec() })
     }
 
     pub fn len(&self) -> usize {

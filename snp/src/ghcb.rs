@@ -63,17 +63,20 @@ impl Ghcb {
 
     /// Set a save-area quadword and mark it valid.
     pub fn set(&mut self, at: usize, value: u64) {
-        self.page[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        // The offsets are the save area's constants, inside the page.
+        let Some(slot) = self.page.get_mut(at..at + 8) else { return };
+        slot.copy_from_slice(&value.to_le_bytes());
         let bit = at / 8;
-        self.page[offset::VALID_BITMAP + bit / 8] |= 1 << (bit % 8);
+        if let Some(valid) = self.page.get_mut(offset::VALID_BITMAP + bit / 8) {
+            *valid |= 1 << (bit % 8);
+        }
     }
 
     /// A save-area quadword, if the writer marked it valid.
     pub fn get(&self, at: usize) -> Option<u64> {
         let bit = at / 8;
-        let valid = self.page[offset::VALID_BITMAP + bit / 8] & (1 << (bit % 8)) != 0;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.page[at..at + 8]);
+        let valid = self.page.get(offset::VALID_BITMAP + bit / 8).is_some_and(|v| v & (1 << (bit % 8)) != 0);
+        let b: [u8; 8] = self.page.get(at..at + 8)?.try_into().ok()?;
         valid.then(|| u64::from_le_bytes(b))
     }
 
@@ -121,12 +124,13 @@ pub fn msr_call<H: SnpHw + ?Sized>(hw: &mut H, request: u64, response_code: u64)
 /// SEV_INFO: check the host speaks GHCB protocol 2; returns the C-bit position it reports.
 pub fn negotiate<H: SnpHw + ?Sized>(hw: &mut H) -> Result<u8, GhcbError> {
     let answer = msr_call(hw, msr::SEV_INFO_REQ, msr::SEV_INFO_RESP)?;
-    let max = (answer >> 48) as u16;
-    let min = (answer >> 32) as u16;
+    // GHCBData[63:48] and [47:32]; each fits its u16.
+    let max = u16::try_from(answer >> 48).unwrap_or(u16::MAX);
+    let min = u16::try_from((answer >> 32) & 0xFFFF).unwrap_or(u16::MAX);
     if min > msr::PROTOCOL_MAX || max < msr::PROTOCOL_MIN {
         return Err(GhcbError::Version(min, max));
     }
-    Ok((answer >> 24) as u8)
+    Ok(u8::try_from((answer >> 24) & 0xFF).unwrap_or(0))
 }
 
 /// HV_FEATURES: the host must offer SNP and AP creation.

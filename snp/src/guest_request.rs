@@ -31,7 +31,8 @@ fn exchange<H: SnpHw>(hw: &mut H, g: &mut Ghcb) -> Result<(), GuestRequestError>
     match g.get(offset::SW_EXIT_INFO_2) {
         Some(0) => Ok(()),
         Some(info2) if info2 >> 32 != 0 => Err(GuestRequestError::Host((info2 >> 32) as u32)),
-        Some(info2) => Err(GuestRequestError::Firmware(info2 as u32)),
+        // Bits 63:32 are clear here: the firmware's code fits a u32.
+        Some(info2) => Err(GuestRequestError::Firmware(u32::try_from(info2).unwrap_or(u32::MAX))),
         None => Err(GuestRequestError::Host(NO_ANSWER)),
     }
 }
@@ -97,15 +98,12 @@ fn trim_cert_table(mut buf: Vec<u8>) -> Vec<u8> {
         Some(0) => Vec::new(),
         Some(n) => {
             // Keep the entries and the data they point at: up to the furthest end.
-            let furthest = buf[..n * 24]
-                .chunks(24)
-                .map(|e| {
-                    let off = u32::from_le_bytes([e[16], e[17], e[18], e[19]]) as usize;
-                    let len = u32::from_le_bytes([e[20], e[21], e[22], e[23]]) as usize;
-                    off.saturating_add(len)
-                })
-                .max()
-                .unwrap_or(0);
+            let entries = buf.get(..n * 24).unwrap_or(&buf);
+            let word = |e: &[u8], at: usize| {
+                let bytes = e.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+                usize::try_from(bytes.map_or(0, u32::from_le_bytes)).unwrap_or(usize::MAX)
+            };
+            let furthest = entries.chunks(24).map(|e| word(e, 16).saturating_add(word(e, 20))).max().unwrap_or(0);
             buf.truncate(furthest.max((n + 1) * 24).min(buf.len()));
             buf
         }

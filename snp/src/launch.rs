@@ -156,7 +156,7 @@ pub fn prepare<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch, image_end: u64
     if ![ca, vmsa].iter().all(|page| launch.ram.iter().any(|r| r.contains_pfn(page.pfn()))) {
         return Err(setup("the calling area or first VMSA is not RAM"));
     }
-    let vmpl = launch.info.guest_vmpl as u8;
+    let vmpl = u8::try_from(launch.info.guest_vmpl).map_err(|_| setup("the guest VMPL"))?;
     let one = |a| PageRange::new(a, 1).ok_or(setup("page range"));
     // A calling area the launch validated (the firmware's) is a measured zero page.
     let made_here: &[PageAddr] = if launch.calling_area_launched { &[vmsa] } else { &[ca, vmsa] };
@@ -224,7 +224,7 @@ pub fn prepare<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch, image_end: u64
 /// the SVSM's any more: a guest that rewrites the SVSM fields misleads only itself.
 pub fn open_secrets<H: SnpHw>(p: &mut SnpPlatform<H>, launch: &Launch) -> Result<(), LaunchError> {
     let secrets = PageAddr::new(launch.info.secrets_gpa).ok_or(LaunchError::Setup("secrets page"))?;
-    let vmpl = launch.info.guest_vmpl as u8;
+    let vmpl = u8::try_from(launch.info.guest_vmpl).map_err(|_| LaunchError::Setup("the guest VMPL"))?;
     p.rmpadjust(secrets, PageSize::Size4K, vmpl, PERM_READ | PERM_WRITE, false)
         .map_err(|_| LaunchError::Setup("cannot give the guest the secrets page"))
 }

@@ -21,7 +21,18 @@
 //! - `guest_request`: messages to the PSP through the host, and the certificate cache;
 //! - `launch`: taking over an IGVM launch (boot block, calling area, first vCPU).
 #![no_std]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+// Guest and host input reach this crate: no panics, no indexing that can go out of
+// bounds, no silent truncation (tests may do all of these).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation
+    )
+)]
 
 extern crate alloc;
 
@@ -39,3 +50,8 @@ pub mod vmsa;
 pub use hw::{Fault, Shared, SnpHw};
 pub use platform::{SnpPlatform, StartError};
 pub use shared::{LOG_BYTES, SnpConfig, SnpShared};
+
+/// The low 32 bits of a register (EAX of RAX, ECX of RCX).
+pub(crate) fn low32(v: u64) -> u32 {
+    u32::try_from(v & 0xFFFF_FFFF).unwrap_or(0)
+}

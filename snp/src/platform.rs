@@ -210,7 +210,8 @@ impl<H: SnpHw> SnpPlatform<H> {
 
     fn read_u64(&self, gpa: u64, width: usize) -> Result<u64, MemoryFault> {
         let mut b = [0u8; 8];
-        self.hw.read(gpa, &mut b[..width]).map_err(|_| MemoryFault { gpa: Gpa(gpa) })?;
+        let bytes = b.get_mut(..width).ok_or(MemoryFault { gpa: Gpa(gpa) })?;
+        self.hw.read(gpa, bytes).map_err(|_| MemoryFault { gpa: Gpa(gpa) })?;
         Ok(u64::from_le_bytes(b))
     }
 
@@ -277,7 +278,8 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
             return None;
         }
         match self.hw.rmpquery(page.raw()) {
-            Ok((rc::SUCCESS, rdx)) => Some((rdx >> (8 * (u32::from(vmpl) - 1))) as u8),
+            // RDX holds VMPL1's permissions in byte 0, VMPL2's in byte 1, VMPL3's in byte 2.
+            Ok((rc::SUCCESS, rdx)) => Some(rdx.to_le_bytes().get(usize::from(vmpl) - 1).copied().unwrap_or(0)),
             // Not validated, not assigned, or the host pulled it: no access.
             Ok(_) | Err(_) => Some(0),
         }
@@ -299,14 +301,16 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
 
     fn vmsa_write(&mut self, vmsa: PageAddr, field: VmsaField, value: u64) -> Result<(), MemoryFault> {
         let gpa = vmsa.raw() + field.offset() as u64;
-        self.hw.write(gpa, &value.to_le_bytes()[..field.width()]).map_err(|_| MemoryFault { gpa: Gpa(gpa) })
+        let bytes = value.to_le_bytes();
+        let bytes = bytes.get(..field.width()).ok_or(MemoryFault { gpa: Gpa(gpa) })?;
+        self.hw.write(gpa, bytes).map_err(|_| MemoryFault { gpa: Gpa(gpa) })
     }
 
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
         // The VMSA's own VMPL (a guest VMPL may create vCPUs for a less privileged one);
         // the kernel checked it is 1..=3 before making the page a VMSA.
         let vmpl = match self.read_u64(vmsa.raw() + VmsaField::Vmpl.offset() as u64, 1) {
-            Ok(v @ 1..=3) => v as u8,
+            Ok(v @ 1..=3) => u8::try_from(v).unwrap_or(self.config().guest_vmpl),
             _ => self.config().guest_vmpl,
         };
         let mut record = VcpuRecord { apic_id, vmpl, svsm_vmsa: None };

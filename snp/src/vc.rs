@@ -57,7 +57,7 @@ pub fn handle<H: SnpHw + ?Sized>(
     match code {
         exit::CPUID => {
             expect(insn, &[0x0F, 0xA2])?;
-            let out = cpuid.lookup(regs.rax as u32, regs.rcx as u32, xcr0, xss);
+            let out = cpuid.lookup(crate::low32(regs.rax), crate::low32(regs.rcx), xcr0, xss);
             (regs.rax, regs.rbx, regs.rcx, regs.rdx) =
                 (u64::from(out[0]), u64::from(out[1]), u64::from(out[2]), u64::from(out[3]));
             Ok(2)
