@@ -4,6 +4,7 @@
 //! boots. Results go to `target/bench/*.json`.
 
 use crate::Result;
+use crate::cli::BenchParts;
 use crate::shell::{exec_cargo, step, target_dir};
 use crate::{image, prereqs, qemu};
 
@@ -12,8 +13,19 @@ const SVM_BENCH_BOOTS: usize = 5;
 /// Issue 3's goal: a call costs at most this many bare gates.
 const SVM_BENCH_GOAL: f64 = 1.3;
 
-/// `cargo xtask bench`.
-pub fn run() -> Result {
+/// `cargo xtask bench`, the parts asked for.
+pub fn run(parts: BenchParts) -> Result {
+    if parts.model {
+        model_benches()?;
+    }
+    if parts.svm {
+        svm_call_bench()?;
+    }
+    Ok(())
+}
+
+/// The model's benchmarks and the tpm-bridge one.
+fn model_benches() -> Result {
     // swtpm, tpm2-tools, tpm2-abrmd and D-Bus for the vTPM and bridge benchmarks.
     prereqs::ensure_bench()?;
     for bench in ["pvalidate", "ocp_log", "vtpm"] {
@@ -26,7 +38,7 @@ pub fn run() -> Result {
     } else {
         step(&format!("no bench result at {} (the bench did not write one)", result.display()));
     }
-    svm_call_bench()
+    Ok(())
 }
 
 /// One boot's figures: the guest's QUERY_PROTOCOL and bare-gate cycles, and when the
