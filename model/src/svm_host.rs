@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use svm::hw::{Fault, PageMem, SvmCpu, SvmHw};
 use svm::launch::{Layout, Plan};
 use svm::npt::Access;
-use svm::run::{End, Taken, run_until_shared};
+use svm::run::{End, Taken, Then, run_until_shared};
 use svm::vcpu::GuestRegs;
 use svm::vcpu::SvmVcpu;
 use svm::{SvmShared, SvmState};
@@ -322,6 +322,10 @@ impl SvmHw for ModelSvmHw<'_> {
         host.kicks += 1;
     }
 
+    fn kick_pending(&self, cpu: u32) -> bool {
+        self.host.borrow().kicked.contains(&cpu)
+    }
+
     fn vcpus_changed(&self) {
         self.host.borrow_mut().generation += 1;
     }
@@ -548,18 +552,30 @@ fn cycle(w: &mut World, cpu: u32) {
     let mut c = ModelSvmCpu { cpu, machine: &w.machine, host: &mut svm.host };
     let exit = run_until_shared(&mut c, &mut t);
     svm.last.insert(cpu, t.index);
-    let after = with_shared(w, |s, svsm| crate::heap::in_svsm(|| s.after_run(svsm, t, exit, cpu)));
+    let after = with_shared(w, |s, svsm| {
+        crate::heap::in_svsm(|| {
+            let handled = s.after_run(svsm, &mut t, exit, cpu);
+            // As on bare metal: the vCPU stays out to run on, or goes back to its slot.
+            match handled {
+                Ok(h) if h.then == Then::RunOn => (Some(t), Ok(h.served)),
+                other => {
+                    s.put_back(t);
+                    (None, other.map(|h| h.served))
+                }
+            }
+        })
+    });
     let Some(svm) = w.svm.as_mut() else { return };
     match after {
-        Ok(next) => {
-            if let Some(t) = next.again {
+        (again, Ok(served)) => {
+            if let Some(t) = again {
                 svm.running.insert(cpu, t);
             }
-            if next.served.is_some() {
-                svm.last_entry = next.served;
+            if served.is_some() {
+                svm.last_entry = served;
             }
         }
-        Err(end) => {
+        (_, Err(end)) => {
             w.machine.record_violation(format!("cpu {cpu}'s loop ended: {end:?}"));
             if let Some(svm) = w.svm.as_mut() {
                 svm.ended = Some(end);

@@ -52,6 +52,11 @@ pub trait SvmHw {
     /// Make `cpu` leave the guest and come back to the SVSM before it runs a vCPU again;
     /// returns once it is out of the guest. Never called with a platform lock held.
     fn kick(&self, cpu: u32);
+    /// A kick of `cpu` that it has not answered yet (it answers by not entering the guest
+    /// once, and coming back to put its vCPU in its slot). Whoever records something for
+    /// a vCPU out on `cpu` kicks it afterwards, so without a pending kick nothing new was
+    /// recorded for the vCPU `cpu` holds.
+    fn kick_pending(&self, cpu: u32) -> bool;
     /// The set of runnable vCPUs changed: move the generation on and wake idle CPUs.
     fn vcpus_changed(&self);
     /// How often the set of runnable vCPUs changed so far.

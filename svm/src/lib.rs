@@ -55,5 +55,5 @@ mod test_page;
 
 pub use hw::{Fault, PageMem, SvmCpu, SvmHw};
 pub use platform::SvmPlatform;
-pub use run::{End, Next, Taken};
+pub use run::{End, Handled, Taken, Then};
 pub use shared::{SvmShared, SvmState};

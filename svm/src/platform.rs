@@ -13,6 +13,7 @@
 //! kick (`slots`, `shared`).
 
 use crate::hw::SvmHw;
+use crate::run::Taken;
 use crate::shared::SvmShared;
 use crate::slots::Slot;
 use crate::vcpu::SvmVcpu;
@@ -25,8 +26,7 @@ use rmp::Size;
 
 /// The vCPU the handle's CPU serves: taken out of its slot, so nobody else touches it.
 struct Own<'a, P> {
-    index: u32,
-    vcpu: &'a mut SvmVcpu<P>,
+    t: &'a mut Taken<P>,
     /// Still the vCPU of its index: false once the call deleted it.
     bound: bool,
 }
@@ -42,7 +42,7 @@ impl<H: SvmHw> core::fmt::Debug for SvmPlatform<'_, H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SvmPlatform")
             .field("cpu", &self.cpu)
-            .field("vcpu", &self.own.as_ref().map(|o| o.index))
+            .field("vcpu", &self.own.as_ref().map(|o| o.t.index))
             .finish()
     }
 }
@@ -53,9 +53,9 @@ impl<H: SvmHw> SvmShared<H> {
         SvmPlatform { shared: self, cpu, own: None }
     }
 
-    /// The kernel's `Platform` on `cpu` while it serves vCPU `index`, which it holds.
-    pub fn serving<'a>(&'a self, cpu: u32, index: u32, vcpu: &'a mut SvmVcpu<H::Page>) -> SvmPlatform<'a, H> {
-        SvmPlatform { shared: self, cpu, own: Some(Own { index, vcpu, bound: true }) }
+    /// The kernel's `Platform` on `cpu` while it serves the vCPU `t` it holds.
+    pub fn serving<'a>(&'a self, cpu: u32, t: &'a mut Taken<H::Page>) -> SvmPlatform<'a, H> {
+        SvmPlatform { shared: self, cpu, own: Some(Own { t, bound: true }) }
     }
 }
 
@@ -69,23 +69,38 @@ fn size(size: PageSize) -> Size {
 impl<H: SvmHw> SvmPlatform<'_, H> {
     /// The vCPU this CPU serves, if `vmsa` is its VMSA.
     fn own(&self, vmsa: PageAddr) -> Option<&SvmVcpu<H::Page>> {
-        self.own.as_ref().filter(|o| o.bound && o.vcpu.vmsa_gpa == vmsa.raw()).map(|o| &*o.vcpu)
+        self.own.as_ref().filter(|o| o.bound && o.t.vcpu.vmsa_gpa == vmsa.raw()).map(|o| &o.t.vcpu)
     }
 
     fn own_mut(&mut self, vmsa: PageAddr) -> Option<&mut SvmVcpu<H::Page>> {
-        self.own.as_mut().filter(|o| o.bound && o.vcpu.vmsa_gpa == vmsa.raw()).map(|o| &mut *o.vcpu)
+        self.own.as_mut().filter(|o| o.bound && o.t.vcpu.vmsa_gpa == vmsa.raw()).map(|o| &mut o.t.vcpu)
     }
 
+    /// May the SVSM copy `[gpa, gpa + len)`? The access map says; a copy within the page
+    /// the served vCPU's calls copied last (its calling area, mostly) skips the map while
+    /// no page state changed since it was checked.
     fn check(&self, gpa: u64, len: usize) -> Result<(), MemoryFault> {
-        self.shared.state.access().check(gpa, len).map_err(|a| MemoryFault { gpa: Gpa(a) })
+        let state = &self.shared.state;
+        let epoch = state.page_epoch();
+        let pfn = gpa >> 12;
+        let one_page = len > 0 && gpa.checked_add(len as u64 - 1).is_some_and(|last| last >> 12 == pfn);
+        let remembered = self.own.as_ref().filter(|_| one_page).map(|o| &o.t.copy_page);
+        if remembered.is_some_and(|r| r.get() == Some((pfn, epoch))) {
+            return Ok(());
+        }
+        state.access().check(gpa, len).map_err(|a| MemoryFault { gpa: Gpa(a) })?;
+        if let Some(r) = remembered {
+            r.set(Some((pfn, epoch)));
+        }
+        Ok(())
     }
 
     /// After a page-state change: the vCPU this CPU holds flushes on its next VMRUN, and
     /// every other one before it runs again (those out on a CPU are kicked).
     fn flush_everywhere(&mut self) {
         let except = self.own.as_mut().map(|o| {
-            o.vcpu.flush_tlb();
-            o.index
+            o.t.vcpu.flush_tlb();
+            o.t.index
         });
         self.shared.flush(except);
     }
@@ -247,7 +262,7 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
     }
 
     fn vcpu_deleted(&mut self, index: VcpuIndex) {
-        if let Some(o) = self.own.as_mut().filter(|o| o.index == index.0) {
+        if let Some(o) = self.own.as_mut().filter(|o| o.t.index == index.0) {
             o.bound = false;
         }
         // Still out on a CPU (stopped): dropped when that CPU puts it back.

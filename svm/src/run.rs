@@ -10,10 +10,11 @@ use crate::exit::{self, Action};
 use crate::hw::{PageMem, SvmCpu, SvmHw};
 use crate::iopm::{self, IoRefusal};
 use crate::shared::SvmShared;
-use crate::slots::WhileOut;
+use crate::slots::{PutBack, WhileOut};
 use crate::vcpu::{Exit, SvmVcpu};
 use abi::vmcb::offset;
 use abi::vmsa::VmsaField;
+use core::cell::Cell;
 use kernel::Svsm;
 use kernel::platform::Level;
 use kernel::request::EntryOutcome;
@@ -28,14 +29,26 @@ pub struct Taken<P> {
     pub alone: bool,
     /// The generation of the set of vCPUs when it was taken.
     pub generation: u64,
+    /// The guest page this vCPU's calls copied last and the page-state epoch it was
+    /// found copyable at (`SvmPlatform`'s check of its calling area skips the access map
+    /// while the epoch stays).
+    pub(crate) copy_page: Cell<Option<(u64, u64)>>,
 }
 
-/// What a CPU does after an exit was handled.
-#[derive(Debug)]
-pub struct Next<P> {
-    /// The vCPU to run again at once (still out: it never went back to its slot);
-    /// `None`: it is back, pick anew.
-    pub again: Option<Taken<P>>,
+/// What the CPU does with its vCPU once an exit was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Run it again at once: it stays out of its slot.
+    RunOn,
+    /// Put it back ([`SvmShared::put_back`]) and pick the next vCPU: it yielded,
+    /// stopped, was kicked, or the set of vCPUs changed.
+    PutBack,
+}
+
+/// What an exit came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handled {
+    pub then: Then,
     /// What the kernel made of the call, if the exit was one it served.
     pub served: Option<EntryOutcome>,
 }
@@ -80,55 +93,33 @@ impl<H: SvmHw> SvmShared<H> {
     /// is the set's generation the caller read before it looked.
     pub fn take_next(&self, cpu: u32, last: Option<u32>, generation: u64) -> Option<Taken<H::Page>> {
         let (index, vcpu, alone) = self.state.slots.take_next(cpu, last)?;
-        Some(Taken { index, vcpu, alone, generation })
+        Some(Taken { index, vcpu, alone, generation, copy_page: Cell::new(None) })
     }
 
-    /// Handle what ended a run of a vCPU on `cpu` (`None`: a kick called it back) and
-    /// decide whether it runs on at once: it does unless it yielded, stopped, was kicked
-    /// (then it goes back to its slot, where what was recorded for it applies), or the
-    /// set of vCPUs changed (then the CPU picks anew).
-    pub fn after_run(
-        &self,
-        svsm: &Svsm,
-        mut t: Taken<H::Page>,
-        exit: Option<Exit>,
-        cpu: u32,
-    ) -> Result<Next<H::Page>, End> {
-        let Some(e) = exit else { return Ok(Next { again: self.back_and_again(t, cpu), served: None }) };
-        match self.state.slots.while_out(t.index, t.vcpu.serial) {
-            WhileOut::Nothing => {}
-            WhileOut::Flush => t.vcpu.flush_tlb(),
-            // Deleted, or stopped, while it ran: its exit is not served.
-            WhileOut::Stopped | WhileOut::Gone => {
-                self.state.slots.put_back(t.index, t.vcpu);
-                return Ok(Next { again: None, served: None });
-            }
-        }
-        let handled = self.handle_exit(svsm, &mut t, cpu, e);
-        match handled {
-            Ok((true, served)) if !t.vcpu.stopped && self.hw.generation() == t.generation => {
-                Ok(Next { again: Some(t), served })
-            }
-            Ok((_, served)) => {
-                self.state.slots.put_back(t.index, t.vcpu);
-                Ok(Next { again: None, served })
-            }
-            Err(end) => {
-                self.state.slots.put_back(t.index, t.vcpu);
-                Err(end)
-            }
-        }
+    /// Give a vCPU back to its slot, applying what was recorded for it while it was out.
+    pub fn put_back(&self, t: Taken<H::Page>) -> PutBack {
+        self.state.slots.put_back(t.index, t.vcpu)
     }
 
-    /// Put a vCPU back after a kick (applying what was recorded for it) and take it out
-    /// again if the set of vCPUs did not change.
-    fn back_and_again(&self, t: Taken<H::Page>, cpu: u32) -> Option<Taken<H::Page>> {
-        let Taken { index, vcpu, alone, generation } = t;
-        self.state.slots.put_back(index, vcpu);
-        if self.hw.generation() != generation {
-            return None;
+    /// Handle what ended a run of the vCPU `t` on `cpu` (`None`: a kick called it back)
+    /// and say whether it runs on at once. Nothing shared is locked on the way unless the
+    /// exit needs it: a call is served with the vCPU in this CPU's hands.
+    pub fn after_run(&self, svsm: &Svsm, t: &mut Taken<H::Page>, exit: Option<Exit>, cpu: u32) -> Result<Handled, End> {
+        let put_back = Handled { then: Then::PutBack, served: None };
+        // A kick called it back: what was recorded for it applies as it goes back.
+        let Some(e) = exit else { return Ok(put_back) };
+        // A kick not answered yet may have recorded a flush or a stop for it.
+        if self.hw.kick_pending(cpu) {
+            match self.state.slots.while_out(t.index, t.vcpu.serial) {
+                WhileOut::Nothing => {}
+                WhileOut::Flush => t.vcpu.flush_tlb(),
+                // Deleted, or stopped, while it ran: its exit is not served.
+                WhileOut::Stopped | WhileOut::Gone => return Ok(put_back),
+            }
         }
-        self.state.slots.take(index, cpu).map(|vcpu| Taken { index, vcpu, alone, generation })
+        let (go_on, served) = self.handle_exit(svsm, t, cpu, e)?;
+        let run_on = go_on && !t.vcpu.stopped && self.hw.generation() == t.generation;
+        Ok(Handled { then: if run_on { Then::RunOn } else { Then::PutBack }, served })
     }
 
     /// Handle an exit of the vCPU `t` (held by `cpu`) that needs the SVSM: `Ok((true, _))`
@@ -141,14 +132,16 @@ impl<H: SvmHw> SvmShared<H> {
         cpu: u32,
         e: Exit,
     ) -> Result<(bool, Option<EntryOutcome>), End> {
+        let action = exit::classify(e.code, e.info1, e.info2, t.vcpu.field(VmsaField::Rax));
+        if action == Action::Call {
+            t.vcpu.skip(exit::VMMCALL_LEN);
+            let index = VcpuIndex(t.index);
+            return Ok((true, Some(svsm.handle_entry(&mut self.serving(cpu, t), index))));
+        }
         let (index, v) = (t.index, &mut t.vcpu);
         let rip = v.field(VmsaField::Rip);
-        match exit::classify(e.code, e.info1, e.info2, v.field(VmsaField::Rax)) {
-            Action::Call => {
-                v.skip(exit::VMMCALL_LEN);
-                let mut p = self.serving(cpu, index, v);
-                return Ok((true, Some(svsm.handle_entry(&mut p, VcpuIndex(index)))));
-            }
+        match action {
+            Action::Call => {}
             Action::Msr { write } => self.answer_msr(svsm, index, v, write),
             Action::Io(io) => {
                 v.inject_gp();

@@ -23,7 +23,7 @@ use crate::npt;
 use crate::slots::Slots;
 use crate::vcpu::{Controls, GUEST_VMPL, SvmVcpu};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use kernel::platform::{HwError, Level};
 use rmp::Rmp;
 use spin::{Mutex, MutexGuard};
@@ -56,6 +56,10 @@ pub struct SvmState<P> {
     rmp: Mutex<Rmp>,
     /// Which pages the SVSM may copy, as the RMP says, readable without a lock.
     access: AccessMap,
+    /// Moves on after every change of `access` (under the page-state lock): a vCPU's
+    /// CPU may remember a page it checked at an epoch and skip the map while the epoch
+    /// stays.
+    page_epoch: AtomicU64,
     pub slots: Slots<P>,
     pub maps: PermissionMaps<P>,
     /// The certificate table for the PSP's reports (empty without an issuing kit).
@@ -72,6 +76,7 @@ impl<P> SvmState<P> {
     pub fn new(rmp: Rmp, slots: Slots<P>, maps: PermissionMaps<P>, certificates: Vec<u8>) -> Option<Self> {
         Some(Self {
             access: AccessMap::new(rmp.pages())?,
+            page_epoch: AtomicU64::new(0),
             rmp: Mutex::new(rmp),
             slots,
             maps,
@@ -93,6 +98,11 @@ impl<P> SvmState<P> {
 
     pub(crate) fn access(&self) -> &AccessMap {
         &self.access
+    }
+
+    /// How often `access` changed so far.
+    pub(crate) fn page_epoch(&self) -> u64 {
+        self.page_epoch.load(Ordering::Acquire)
     }
 
     pub fn log_level(&self) -> Level {
@@ -152,12 +162,17 @@ impl<H: SvmHw> SvmShared<H> {
     /// the page-state lock (`rmp` is its guard) and makes every vCPU forget the old
     /// translations afterwards.
     pub(crate) fn follow(&self, rmp: &Rmp, pfns: core::ops::Range<u64>) -> Result<(), HwError> {
+        let mut followed = Ok(());
         for pfn in pfns {
             self.state.access.set(pfn, rmp.allows(pfn, 0, 0));
             let access = npt::access_for(rmp, pfn, GUEST_VMPL);
-            self.hw.npt_set(pfn << 12, access).map_err(|_| HwError::Fault)?;
+            if self.hw.npt_set(pfn << 12, access).is_err() {
+                followed = Err(HwError::Fault);
+                break;
+            }
         }
-        Ok(())
+        self.state.page_epoch.fetch_add(1, Ordering::Release);
+        followed
     }
 
     /// Make the nested page tables and the access map follow the RMP for `pfns`, and

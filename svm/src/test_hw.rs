@@ -28,7 +28,10 @@ pub struct TestHw {
     pub npt: Mutex<BTreeMap<u64, Access>>,
     /// Refuse nested mappings from this pfn up (no memory for tables).
     pub npt_full_from: Option<u64>,
+    /// Every kick so far, in order.
     pub kicks: Mutex<Vec<u32>>,
+    /// CPUs kicked: their kick stays pending (no CPU answers it in these tests).
+    pub pending: Mutex<std::collections::BTreeSet<u32>>,
     pub generation: AtomicU64,
     pub log: Mutex<Vec<(Level, String)>>,
     /// Allocations left before `alloc` fails.
@@ -140,6 +143,11 @@ impl SvmHw for TestHw {
 
     fn kick(&self, cpu: u32) {
         self.kicks.lock().unwrap().push(cpu);
+        self.pending.lock().unwrap().insert(cpu);
+    }
+
+    fn kick_pending(&self, cpu: u32) -> bool {
+        self.pending.lock().unwrap().contains(&cpu)
     }
 
     fn vcpus_changed(&self) {

@@ -94,14 +94,14 @@ fn a_change_flushes_every_vcpu_and_kicks_those_out() {
 #[test]
 fn a_change_while_serving_flushes_the_callers_vcpu_and_kicks_the_others() {
     let s = shared();
-    let mut own = s.state.slots.take(0, 0).unwrap();
+    let mut own = s.take_next(0, None, 0).unwrap();
     let out = with_vcpu_out(&s);
-    let mut p = s.serving(0, 0, &mut own);
+    let mut p = s.serving(0, &mut own);
     p.pvalidate(page(FREE), PageSize::Size4K, true).unwrap();
     assert_eq!(s.hw.take_kicks(), [1], "CPU 1 only: CPU 0 is the caller's");
     assert_eq!(record(&s, 0).map(|r| r.flush), Some(false), "the caller's vCPU is flushed in hand");
     assert_eq!(record(&s, 1).map(|r| r.flush), Some(true));
-    assert_eq!(tlb_flush(&own), 1);
+    assert_eq!(tlb_flush(&own.vcpu), 1);
     assert_eq!(tlb_flush(&out), 0, "the running copy is untouched until it comes back");
     assert_eq!(s.state.slots.put_back(1, out), PutBack::Flushed);
 }
@@ -176,10 +176,10 @@ fn vmsa_fields_come_from_wherever_the_vcpu_is() {
 #[test]
 fn the_serving_cpu_has_its_own_vcpu_in_hand() {
     let s = shared();
-    let mut own = s.state.slots.take(0, 0).unwrap();
+    let mut own = s.take_next(0, None, 0).unwrap();
     let startup = page(0xA000);
     {
-        let mut p = s.serving(0, 0, &mut own);
+        let mut p = s.serving(0, &mut own);
         assert_eq!(p.vmsa_read(startup, VmsaField::Rip), Ok(0x20_0000));
         p.vmsa_write(startup, VmsaField::Rcx, 0x1234).unwrap();
         assert_eq!(s.platform(1).vmsa_read(startup, VmsaField::Rcx), Err(MemoryFault { gpa: startup.gpa() }));
@@ -187,9 +187,9 @@ fn the_serving_cpu_has_its_own_vcpu_in_hand() {
         p.vcpu_deleted(VcpuIndex(0));
         p.vmsa_write(startup, VmsaField::Rcx, 0x99).unwrap();
     }
-    assert_eq!(own.field(VmsaField::Rcx), 0x1234, "the deleted vCPU's registers are not its VMSA page any more");
+    assert_eq!(own.vcpu.field(VmsaField::Rcx), 0x1234, "the deleted vCPU's registers are not its VMSA page any more");
     assert_eq!(s.hw.u64_at(0xA000 + VmsaField::Rcx.offset() as u64), 0x99);
-    assert_eq!(s.state.slots.put_back(0, own), PutBack::Dropped);
+    assert_eq!(s.put_back(own), PutBack::Dropped);
 }
 
 /// RMPADJUST may not take the VMSA flag off a vCPU that runs, until DELETE_VCPU stopped

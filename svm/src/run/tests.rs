@@ -37,14 +37,9 @@ impl World {
         self.cpu.script = steps.iter().copied().collect();
         let mut t = self.take();
         let exit = run_until_shared(&mut self.cpu, &mut t);
-        let next = self.p.after_run(&self.svsm, t, exit, 0)?;
-        Ok(match next.again {
-            Some(t) => {
-                self.p.state.slots.put_back(t.index, t.vcpu);
-                true
-            }
-            None => false,
-        })
+        let handled = self.p.after_run(&self.svsm, &mut t, exit, 0);
+        self.p.put_back(t);
+        Ok(handled?.then == Then::RunOn)
     }
 
     /// `f` on vCPU 0, in its slot.
@@ -198,17 +193,20 @@ fn hlt_is_a_yield() {
     w.p.hw.vcpus_changed();
     let e = run_until_shared(&mut w.cpu, &mut t);
     assert!(e.is_some(), "the set changed: the HLT goes to the SVSM");
-    let r = w.p.after_run(&w.svsm, t, e, 0).unwrap();
-    assert!(r.again.is_none(), "yielded: the CPU picks anew");
+    let r = w.p.after_run(&w.svsm, &mut t, e, 0).unwrap();
+    assert_eq!(r.then, Then::PutBack, "yielded: the CPU picks anew");
+    w.p.put_back(t);
     assert_eq!(w.field(VmsaField::Rip), START_RIP + 3);
 }
 
-/// A kick calls the vCPU back without an exit: it is put back and taken again.
+/// A kick calls the vCPU back without an exit: it goes back to its slot (where what was
+/// recorded for it applies) and the CPU picks anew, nothing served.
 #[test]
 fn a_kick_puts_the_vcpu_back() {
     let mut w = world();
-    assert_eq!(w.run(&[]), Ok(true));
+    assert_eq!(w.run(&[]), Ok(false));
     assert_eq!(calls(&w.svsm), 0);
+    assert!(w.p.take_next(0, None, 0).is_some(), "back in its slot, runnable");
 }
 
 /// A vCPU that breaks: the startup one ends the run; the SVSM logs why.
@@ -234,7 +232,8 @@ fn a_broken_secondary_vcpu_is_stopped() {
     let mut t = t;
     w.cpu.script = [Step { code: code::SHUTDOWN, ..Step::default() }].into();
     let e = run_until_shared(&mut w.cpu, &mut t);
-    assert_eq!(w.p.after_run(&w.svsm, t, e, 1).map(|n| n.again.is_none()), Ok(true));
+    assert_eq!(w.p.after_run(&w.svsm, &mut t, e, 1).map(|h| h.then), Ok(Then::PutBack));
+    w.p.put_back(t);
     assert_eq!(w.p.with_vcpu(1, |v| v.stopped), Some(true));
     assert!(w.p.take_next(1, None, g).is_none(), "never runs again");
     assert!(w.p.hw.logged("vCPU 1 (cpu 1) shut down"));
@@ -251,7 +250,8 @@ fn an_exit_of_a_vcpu_stopped_while_out_is_not_served() {
     w.p.platform(1).vcpu_stop(kernel::addr::PageAddr::from_pfn(0xA)).unwrap();
     assert_eq!(w.p.hw.take_kicks(), vec![0]);
     w.p.hw.write(CA, &[1]);
-    assert_eq!(w.p.after_run(&w.svsm, t, e, 0).map(|n| n.again.is_none()), Ok(true));
+    assert_eq!(w.p.after_run(&w.svsm, &mut t, e, 0).map(|h| h.then), Ok(Then::PutBack));
+    w.p.put_back(t);
     assert_eq!(calls(&w.svsm), 0);
     assert!(w.vcpu0(|v| v.stopped));
 }
@@ -273,11 +273,12 @@ fn with_second_vcpu(w: &mut World) {
     w.p.state.slots.insert(1, v).unwrap();
 }
 
-/// A core call on vCPU 0 needs no lock that another vCPU's work holds: with another CPU
+/// A core call on vCPU 0 needs no lock that another CPU's work holds: with another CPU
 /// in the middle of a page-state change (the page-state lock held) and holding vCPU 1's
-/// slot and its registry entry, QUERY_PROTOCOL on vCPU 0 is served to the end. (With one
-/// lock around the platform, or the calling area checked under the page-state lock, it
-/// waits for the other CPU and this fails.)
+/// slot and registry entry, and even vCPU 0's slot (no kick is pending, so nothing can
+/// have been recorded there), QUERY_PROTOCOL on vCPU 0 is served to the end. (With one
+/// lock around the platform, the calling area checked under the page-state lock, or the
+/// slot consulted at every exit, it waits for the other CPU and this fails.)
 #[test]
 fn a_call_takes_no_lock_another_cpus_work_holds() {
     use std::sync::mpsc;
@@ -286,38 +287,41 @@ fn a_call_takes_no_lock_another_cpus_work_holds() {
     with_second_vcpu(&mut w);
     w.p.hw.write(CA, &[1]);
     let (p, svsm) = (&w.p, &w.svsm);
+    let mut t = p.take_next(0, None, p.hw.generation()).unwrap();
     let (held_tx, held_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel();
-    std::thread::scope(|scope| {
+    let t = std::thread::scope(|scope| {
         // CPU 1, in the middle of its own long work.
         scope.spawn(move || {
             let _page_state = p.state.lock_rmp();
-            p.state.slots.with_slot(1, |_| {
-                svsm.vcpus().update(VcpuIndex(1), |_| {
-                    held_tx.send(()).unwrap();
-                    let _ = release_rx.recv_timeout(Duration::from_secs(60));
+            p.state.slots.with_slot(0, |_| {
+                p.state.slots.with_slot(1, |_| {
+                    svsm.vcpus().update(VcpuIndex(1), |_| {
+                        held_tx.send(()).unwrap();
+                        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+                    })
                 })
             });
         });
         held_rx.recv().unwrap();
         // CPU 0: vCPU 0 calls QUERY_PROTOCOL.
-        scope.spawn(move || {
+        let cpu0 = scope.spawn(move || {
             let mut cpu = TestCpu::default();
             cpu.script = [call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1 << 32 | 1)].into();
-            let mut t = p.take_next(0, None, p.hw.generation()).unwrap();
             let exit = run_until_shared(&mut cpu, &mut t);
-            let next = p.after_run(svsm, t, exit, 0);
-            done_tx.send(next.map(|n| (n.served, n.again.map(|t| t.vcpu.field(VmsaField::Rax))))).unwrap();
+            let handled = p.after_run(svsm, &mut t, exit, 0);
+            done_tx.send(handled.map(|h| (h.served, h.then, t.vcpu.field(VmsaField::Rax)))).unwrap();
+            t
         });
         let served = done_rx.recv_timeout(Duration::from_secs(10));
         drop(release_tx);
         let served = served.expect("vCPU 0's call waited for CPU 1's locks");
-        assert_eq!(
-            served,
-            Ok((Some(kernel::request::EntryOutcome::Served(abi::result::ResultCode::SUCCESS)), Some(0)))
-        );
+        let success = Some(kernel::request::EntryOutcome::Served(abi::result::ResultCode::SUCCESS));
+        assert_eq!(served, Ok((success, Then::RunOn, 0)));
+        cpu0.join().unwrap()
     });
+    w.p.put_back(t);
     let mut pending = [9u8];
     w.p.hw.read(CA, &mut pending);
     assert_eq!(pending, [0], "CALL_PENDING cleared");
@@ -341,9 +345,9 @@ fn a_page_state_change_on_another_cpu_reaches_a_vcpu_out() {
     let page = kernel::addr::PageAddr::from_pfn(0x500);
     w.p.platform(0).pvalidate(page, kernel::addr::PageSize::Size4K, true).unwrap();
     assert_eq!(w.p.hw.take_kicks(), [1]);
-    let next = w.p.after_run(&w.svsm, t, exit, 1).unwrap();
-    assert!(next.served.is_some(), "the call is served");
-    let mut t = next.again.expect("runs on at once");
+    let handled = w.p.after_run(&w.svsm, &mut t, exit, 1).unwrap();
+    assert!(handled.served.is_some(), "the call is served");
+    assert_eq!(handled.then, Then::RunOn);
     run_until_shared(&mut cpu1, &mut t);
     assert_eq!(
         cpu1.entries.iter().map(|e| e.1).collect::<std::vec::Vec<_>>(),
@@ -353,7 +357,9 @@ fn a_page_state_change_on_another_cpu_reaches_a_vcpu_out() {
     // Another change; this time the kick calls the vCPU back before any exit.
     w.p.platform(0).pvalidate(page, kernel::addr::PageSize::Size4K, false).unwrap();
     assert_eq!(w.p.hw.take_kicks(), [1]);
-    let next = w.p.after_run(&w.svsm, t, None, 1).unwrap();
-    let t = next.again.expect("taken again after the kick");
+    let handled = w.p.after_run(&w.svsm, &mut t, None, 1).unwrap();
+    assert_eq!(handled.then, Then::PutBack, "a kick called it back");
+    assert_eq!(w.p.put_back(t), crate::slots::PutBack::Flushed);
+    let t = w.p.take_next(1, None, w.p.hw.generation()).unwrap();
     assert_eq!(t.vcpu.vmcb.u8(offset::TLB_CONTROL), 1, "to flush on its next entry");
 }

@@ -17,7 +17,7 @@ use kernel::Svsm;
 use spin::Once;
 use svm::SvmShared;
 pub use svm::run::End;
-use svm::run::{Taken, run_until_shared};
+use svm::run::{Taken, Then, run_until_shared};
 
 /// What every CPU serves: the platform's shared part and the kernel.
 pub struct Shared {
@@ -44,8 +44,9 @@ pub fn publish(shared: Shared) {
 pub fn serve(cpu: u32, host_state_pa: u64) -> End {
     let mut hw = BareCpu { cpu, host_state_pa };
     let mut last = None;
-    // The vCPU to run again at once (still out of its slot since its last exit).
-    let mut again: Option<Taken<Page>> = None;
+    // The vCPU this CPU runs: out of its slot from the moment it is taken until it goes
+    // back (a yield, a kick, a stop), across all the exits and calls in between.
+    let mut current: Option<Taken<Page>> = None;
     loop {
         let generation = kick::generation();
         let Some(shared) = SHARED.get() else {
@@ -53,21 +54,23 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
             kick::idle_until(cpu, || kick::generation() != generation);
             continue;
         };
-        let mut t = match again.take() {
-            Some(t) => t,
-            None => match shared.platform.take_next(cpu, last, generation) {
-                Some(t) => t,
-                None => {
-                    // Nothing to run here until a vCPU is created.
-                    kick::idle_until(cpu, || kick::generation() != generation);
-                    continue;
-                }
-            },
+        if current.is_none() {
+            current = shared.platform.take_next(cpu, last, generation);
+        }
+        let Some(t) = current.as_mut() else {
+            // Nothing to run here until a vCPU is created.
+            kick::idle_until(cpu, || kick::generation() != generation);
+            continue;
         };
-        let exit = run_until_shared(&mut hw, &mut t);
+        let exit = run_until_shared(&mut hw, t);
         last = Some(t.index);
         match shared.platform.after_run(&shared.svsm, t, exit, cpu) {
-            Ok(next) => again = next.again,
+            Ok(handled) if handled.then == Then::RunOn => {}
+            Ok(_) => {
+                if let Some(t) = current.take() {
+                    shared.platform.put_back(t);
+                }
+            }
             Err(end) => return end,
         }
     }

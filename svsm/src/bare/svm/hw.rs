@@ -94,6 +94,10 @@ impl SvmHw for BareSvm {
         kick::kick(cpu);
     }
 
+    fn kick_pending(&self, cpu: u32) -> bool {
+        kick::pending(cpu)
+    }
+
     fn vcpus_changed(&self) {
         kick::vcpus_changed();
     }
