@@ -307,8 +307,8 @@ fn a_call_takes_no_lock_another_cpus_work_holds() {
         held_rx.recv().unwrap();
         // CPU 0: vCPU 0 calls QUERY_PROTOCOL.
         let cpu0 = scope.spawn(move || {
-            let mut cpu = TestCpu::default();
-            cpu.script = [call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1 << 32 | 1)].into();
+            let query = call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1 << 32 | 1);
+            let mut cpu = TestCpu { script: [query].into(), ..TestCpu::default() };
             let exit = run_until_shared(&mut cpu, &mut t);
             let handled = p.after_run(svsm, &mut t, exit, 0);
             done_tx.send(handled.map(|h| (h.served, h.then, t.vcpu.field(VmsaField::Rax)))).unwrap();
@@ -335,9 +335,8 @@ fn a_page_state_change_on_another_cpu_reaches_a_vcpu_out() {
     let mut w = world();
     with_second_vcpu(&mut w);
     w.p.hw.write(0x41_0000, &[1]);
-    let mut cpu1 = TestCpu::default();
     let query = call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1 << 32 | 1);
-    cpu1.script = [query, query].into();
+    let mut cpu1 = TestCpu { script: [query, query].into(), ..TestCpu::default() };
     let mut t = w.p.take_next(1, None, w.p.hw.generation()).unwrap();
     assert_eq!(t.index, 1);
     let exit = run_until_shared(&mut cpu1, &mut t);
