@@ -11,6 +11,7 @@ mod evidence;
 mod gate;
 mod heap;
 mod io;
+mod isolation;
 mod msrs;
 mod ocp;
 mod probe;
