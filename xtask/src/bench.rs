@@ -15,7 +15,8 @@ const SVM_BENCH_BOOTS: usize = 5;
 /// Issue 3's goal: a call costs at most this many bare gates.
 const SVM_BENCH_GOAL: f64 = 1.3;
 /// Issue 13's goal: vCPU 1's median call while vCPU 0's vTPM command runs is at most this
-/// many times its median with vCPU 0 idle.
+/// many times its median with vCPU 0 idle. Held to its mean call too (the loop's span over
+/// its calls): one call that waits for the whole command moves the mean, not the median.
 const ISOLATION_GOAL: f64 = 1.2;
 
 /// `cargo xtask bench`, the parts asked for.
@@ -66,6 +67,14 @@ struct Latency {
     calls: f64,
     median: f64,
     worst: f64,
+    /// The loop's length: its mean call is `span / calls`.
+    span: f64,
+}
+
+impl Latency {
+    fn mean(&self) -> f64 {
+        self.span / self.calls
+    }
 }
 
 /// One boot's isolation figures: vCPU 1 with vCPU 0 idle, and while vCPU 0's
@@ -80,6 +89,10 @@ struct IsolationRun {
 impl IsolationRun {
     fn ratio(&self) -> f64 {
         self.busy.median / self.idle.median
+    }
+
+    fn mean_ratio(&self) -> f64 {
+        self.busy.mean() / self.idle.mean()
     }
 }
 
@@ -119,16 +132,19 @@ fn svm_benches() -> Result {
         let iso = isolation_line(&boot.guest_lines)?;
         step(&format!(
             "svm vCPU isolation {i}/{SVM_BENCH_BOOTS}: vCPU 1's QUERY_PROTOCOL with vCPU 0 idle: median {:.0}, \
-             worst {:.0} cycles ({:.0} calls); during vCPU 0's RSA-2048 CreatePrimary ({:.0} Mcycles): median {:.0}, \
-             worst {:.0} cycles ({:.0} calls); median ratio {:.2}",
+             mean {:.0}, worst {:.0} cycles ({:.0} calls); during vCPU 0's RSA-2048 CreatePrimary ({:.0} Mcycles): \
+             median {:.0}, mean {:.0}, worst {:.0} cycles ({:.0} calls); ratios: median {:.2}, mean {:.2}",
             iso.idle.median,
+            iso.idle.mean(),
             iso.idle.worst,
             iso.idle.calls,
             iso.vtpm_cycles / 1e6,
             iso.busy.median,
+            iso.busy.mean(),
             iso.busy.worst,
             iso.busy.calls,
-            iso.ratio()
+            iso.ratio(),
+            iso.mean_ratio()
         ));
         runs.push(figures);
         isolation.push(iso);
@@ -140,14 +156,18 @@ fn svm_benches() -> Result {
         "svm call round trip: median ratio {call_median:.2} over {SVM_BENCH_BOOTS} boots (goal <= {SVM_BENCH_GOAL}: {verdict})"
     ));
     let iso_median = median(isolation.iter().map(IsolationRun::ratio).collect());
+    let iso_mean = median(isolation.iter().map(IsolationRun::mean_ratio).collect());
     let worst = isolation.iter().map(|r| r.busy.worst).fold(0.0, f64::max);
-    let verdict = if iso_median <= ISOLATION_GOAL { "goal met" } else { "goal missed" };
+    let idle_worst = isolation.iter().map(|r| r.idle.worst).fold(0.0, f64::max);
+    let met = iso_median <= ISOLATION_GOAL && iso_mean <= ISOLATION_GOAL;
+    let verdict = if met { "goal met" } else { "goal missed" };
     step(&format!(
-        "svm vCPU isolation: vCPU 1's median call during vCPU 0's vTPM command / idle = {iso_median:.2} over \
-         {SVM_BENCH_BOOTS} boots, worst single call {worst:.0} cycles (goal <= {ISOLATION_GOAL}: {verdict})"
+        "svm vCPU isolation: vCPU 1's call during vCPU 0's vTPM command / with vCPU 0 idle, median over \
+         {SVM_BENCH_BOOTS} boots: median call {iso_median:.2}, mean call {iso_mean:.2}; worst single call \
+         {worst:.0} cycles (idle: {idle_worst:.0}) (goal: both <= {ISOLATION_GOAL}: {verdict})"
     ));
     write_result("svm_call.json", &svm_json(&runs, call_median, region))?;
-    write_result("svm_isolation.json", &isolation_json(&isolation, iso_median))
+    write_result("svm_isolation.json", &isolation_json(&isolation, iso_median, iso_mean))
 }
 
 /// Write `target/bench/<name>`.
@@ -188,6 +208,7 @@ fn isolation_line(lines: &[String]) -> Result<IsolationRun> {
             calls: field(line, &format!("{p}_calls"))?,
             median: field(line, &format!("{p}_median_cycles"))?,
             worst: field(line, &format!("{p}_worst_cycles"))?,
+            span: field(line, &format!("{p}_span_cycles"))?,
         })
     };
     let (idle, busy) = (phase("idle")?, phase("busy")?);
@@ -196,31 +217,39 @@ fn isolation_line(lines: &[String]) -> Result<IsolationRun> {
     if rc != "0x0" {
         return Err(format!("vCPU 0's CreatePrimary failed: `{line}`"));
     }
-    if idle.calls == 0.0 || busy.calls == 0.0 || idle.median == 0.0 {
+    if idle.calls == 0.0 || busy.calls == 0.0 || idle.median == 0.0 || idle.span == 0.0 {
         return Err(format!("vCPU 1 made no calls: `{line}`"));
     }
     Ok(IsolationRun { idle, busy, vtpm_cycles: field(line, "vtpm_cycles")? })
 }
 
 /// `target/bench/svm_isolation.json`.
-fn isolation_json(runs: &[IsolationRun], median: f64) -> String {
+fn isolation_json(runs: &[IsolationRun], median: f64, mean: f64) -> String {
     let phase = |l: &Latency| {
-        format!("{{\"calls\": {}, \"median_cycles\": {}, \"worst_cycles\": {}}}", l.calls, l.median, l.worst)
+        format!(
+            "{{\"calls\": {}, \"median_cycles\": {}, \"mean_cycles\": {:.0}, \"worst_cycles\": {}, \"span_cycles\": {}}}",
+            l.calls,
+            l.median,
+            l.mean(),
+            l.worst,
+            l.span
+        )
     };
     let entries: Vec<String> = runs
         .iter()
         .map(|r| {
             format!(
-                "{{\"idle\": {}, \"during_vtpm\": {}, \"vtpm_create_primary_cycles\": {}, \"median_ratio\": {:.4}}}",
+                "{{\"idle\": {}, \"during_vtpm\": {}, \"vtpm_create_primary_cycles\": {}, \"median_ratio\": {:.4}, \"mean_ratio\": {:.4}}}",
                 phase(&r.idle),
                 phase(&r.busy),
                 r.vtpm_cycles,
-                r.ratio()
+                r.ratio(),
+                r.mean_ratio()
             )
         })
         .collect();
     format!(
-        "{{\n  \"bench\": \"svm_vcpu_isolation\",\n  \"what\": \"vCPU 1's QUERY_PROTOCOL round trips (TSC cycles) while vCPU 0's TPM2_CreatePrimary (RSA-2048 EK) runs, against vCPU 0 idle\",\n  \"goal_ratio\": {ISOLATION_GOAL},\n  \"median_ratio\": {median:.4},\n  \"runs\": [\n    {}\n  ]\n}}\n",
+        "{{\n  \"bench\": \"svm_vcpu_isolation\",\n  \"what\": \"vCPU 1's QUERY_PROTOCOL round trips (TSC cycles) while vCPU 0's TPM2_CreatePrimary (RSA-2048 EK) runs, against vCPU 0 idle\",\n  \"goal_ratio\": {ISOLATION_GOAL},\n  \"median_ratio\": {median:.4},\n  \"mean_ratio\": {mean:.4},\n  \"runs\": [\n    {}\n  ]\n}}\n",
         entries.join(",\n    ")
     )
 }
@@ -268,17 +297,18 @@ mod tests {
     }
 
     const ISOLATION: &str = "BENCH_ISOLATION idle_calls=2000 idle_median_cycles=32512 idle_worst_cycles=192498 \
-        idle_failed=0 busy_calls=15556 busy_median_cycles=30464 busy_worst_cycles=256216 busy_failed=0 \
-        vtpm_cycles=496430460 vtpm_rc=0x0";
+        idle_span_cycles=66000000 idle_failed=0 busy_calls=15556 busy_median_cycles=30464 \
+        busy_worst_cycles=256216 busy_span_cycles=496430460 busy_failed=0 vtpm_cycles=496430460 vtpm_rc=0x0";
 
     #[test]
     fn the_isolation_line_is_read_and_checked() {
         let lines = ["BENCH query_protocol_cycles=1".to_string(), ISOLATION.to_string()];
         let run = isolation_line(&lines).unwrap();
-        assert_eq!(run.idle, Latency { calls: 2000.0, median: 32512.0, worst: 192498.0 });
-        assert_eq!(run.busy, Latency { calls: 15556.0, median: 30464.0, worst: 256216.0 });
+        assert_eq!(run.idle, Latency { calls: 2000.0, median: 32512.0, worst: 192498.0, span: 66e6 });
+        assert_eq!(run.busy, Latency { calls: 15556.0, median: 30464.0, worst: 256216.0, span: 496430460.0 });
         assert_eq!(run.vtpm_cycles, 496430460.0);
         assert!((run.ratio() - 30464.0 / 32512.0).abs() < 1e-9);
+        assert!((run.mean_ratio() - (496430460.0 / 15556.0) / 33000.0).abs() < 1e-9);
         let bad = |from: &str, to: &str| isolation_line(&[ISOLATION.replace(from, to)]).unwrap_err();
         assert!(bad("busy_failed=0", "busy_failed=3").contains("failed"));
         assert!(bad("vtpm_rc=0x0", "vtpm_rc=0x101").contains("CreatePrimary failed"));
@@ -291,8 +321,10 @@ mod tests {
     #[test]
     fn the_isolation_json_is_valid_and_holds_every_run() {
         let run = isolation_line(&[ISOLATION.to_string()]).unwrap();
-        let json: serde_json::Value = serde_json::from_str(&isolation_json(&[run, run], 0.94)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&isolation_json(&[run, run], 0.94, 0.97)).unwrap();
         assert_eq!(json["median_ratio"], 0.94);
+        assert_eq!(json["mean_ratio"], 0.97);
+        assert_eq!(json["runs"][0]["idle"]["mean_cycles"], 33000.0);
         assert_eq!(json["goal_ratio"], ISOLATION_GOAL);
         assert_eq!(json["runs"].as_array().map(Vec::len), Some(2));
         assert_eq!(json["runs"][1]["during_vtpm"]["worst_cycles"], 256216.0);

@@ -33,9 +33,21 @@ impl core::fmt::Display for Isolation {
         let (i, b) = (&self.idle, &self.busy);
         write!(
             f,
-            "BENCH_ISOLATION idle_calls={} idle_median_cycles={} idle_worst_cycles={} idle_failed={} \
-             busy_calls={} busy_median_cycles={} busy_worst_cycles={} busy_failed={} vtpm_cycles={} vtpm_rc={:#x}",
-            i.calls, i.median, i.worst, i.failed, b.calls, b.median, b.worst, b.failed, self.vtpm_cycles, self.vtpm_rc
+            "BENCH_ISOLATION idle_calls={} idle_median_cycles={} idle_worst_cycles={} idle_span_cycles={} \
+             idle_failed={} busy_calls={} busy_median_cycles={} busy_worst_cycles={} busy_span_cycles={} \
+             busy_failed={} vtpm_cycles={} vtpm_rc={:#x}",
+            i.calls,
+            i.median,
+            i.worst,
+            i.span,
+            i.failed,
+            b.calls,
+            b.median,
+            b.worst,
+            b.span,
+            b.failed,
+            self.vtpm_cycles,
+            self.vtpm_rc
         )
     }
 }
