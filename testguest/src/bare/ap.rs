@@ -166,6 +166,13 @@ impl Latencies {
     }
 }
 
+/// Spin a little in the guest, touching nothing shared.
+fn quiet_spin() {
+    for i in 0..64u32 {
+        core::hint::black_box(i);
+    }
+}
+
 /// Have the vCPU with `apic` time QUERY_PROTOCOL through its calling area `ca` until
 /// [`stop_timing`] or `limit` calls; returns once it has made its first call (`false`:
 /// it did not start).
@@ -181,7 +188,9 @@ pub fn start_timing(apic: u32, ca: u64, limit: u64) -> bool {
         if LATENCIES.count.load(Ordering::Acquire) > 0 || mb.state.load(Ordering::Acquire) == DONE {
             return true;
         }
-        core::hint::spin_loop();
+        // No PAUSE: QEMU's TCG leaves its execution loop on every one, which would make
+        // this vCPU's thread the noisiest thing on the machine while vCPU 1 is timed.
+        quiet_spin();
     }
     false
 }
@@ -198,7 +207,9 @@ pub fn stop_timing(apic: u32, at_limit: bool) -> Option<Latency> {
             mb.state.store(IDLE, Ordering::Release);
             return Some(LATENCIES.summary());
         }
-        core::hint::spin_loop();
+        // No PAUSE: QEMU's TCG leaves its execution loop on every one, which would make
+        // this vCPU's thread the noisiest thing on the machine while vCPU 1 is timed.
+        quiet_spin();
     }
     None
 }
