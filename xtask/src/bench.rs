@@ -94,6 +94,27 @@ impl IsolationRun {
     fn mean_ratio(&self) -> f64 {
         self.busy.mean() / self.idle.mean()
     }
+
+    /// One boot's figures, for a person.
+    fn describe(&self) -> String {
+        let (i, b) = (&self.idle, &self.busy);
+        format!(
+            "vCPU 1's QUERY_PROTOCOL with vCPU 0 idle: median {:.0}, mean {:.0}, worst {:.0} cycles ({:.0} calls); \
+             during vCPU 0's RSA-2048 CreatePrimary ({:.0} Mcycles): median {:.0}, mean {:.0}, worst {:.0} cycles \
+             ({:.0} calls); ratios: median {:.2}, mean {:.2}",
+            i.median,
+            i.mean(),
+            i.worst,
+            i.calls,
+            self.vtpm_cycles / 1e6,
+            b.median,
+            b.mean(),
+            b.worst,
+            b.calls,
+            self.ratio(),
+            self.mean_ratio()
+        )
+    }
 }
 
 /// The median of `values` (the upper one of an even count); 0 for none.
@@ -130,22 +151,7 @@ fn svm_benches() -> Result {
             figures.ratio()
         ));
         let iso = isolation_line(&boot.guest_lines)?;
-        step(&format!(
-            "svm vCPU isolation {i}/{SVM_BENCH_BOOTS}: vCPU 1's QUERY_PROTOCOL with vCPU 0 idle: median {:.0}, \
-             mean {:.0}, worst {:.0} cycles ({:.0} calls); during vCPU 0's RSA-2048 CreatePrimary ({:.0} Mcycles): \
-             median {:.0}, mean {:.0}, worst {:.0} cycles ({:.0} calls); ratios: median {:.2}, mean {:.2}",
-            iso.idle.median,
-            iso.idle.mean(),
-            iso.idle.worst,
-            iso.idle.calls,
-            iso.vtpm_cycles / 1e6,
-            iso.busy.median,
-            iso.busy.mean(),
-            iso.busy.worst,
-            iso.busy.calls,
-            iso.ratio(),
-            iso.mean_ratio()
-        ));
+        step(&format!("svm vCPU isolation {i}/{SVM_BENCH_BOOTS}: {}", iso.describe()));
         runs.push(figures);
         isolation.push(iso);
         region = region.or_else(|| svsm_region_bytes(&boot.lines));
@@ -155,10 +161,18 @@ fn svm_benches() -> Result {
     step(&format!(
         "svm call round trip: median ratio {call_median:.2} over {SVM_BENCH_BOOTS} boots (goal <= {SVM_BENCH_GOAL}: {verdict})"
     ));
-    let iso_median = median(isolation.iter().map(IsolationRun::ratio).collect());
-    let iso_mean = median(isolation.iter().map(IsolationRun::mean_ratio).collect());
-    let worst = isolation.iter().map(|r| r.busy.worst).fold(0.0, f64::max);
-    let idle_worst = isolation.iter().map(|r| r.idle.worst).fold(0.0, f64::max);
+    let (iso_median, iso_mean) = isolation_summary(&isolation);
+    write_result("svm_call.json", &svm_json(&runs, call_median, region))?;
+    write_result("svm_isolation.json", &isolation_json(&isolation, iso_median, iso_mean))
+}
+
+/// The isolation runs' median ratios (median call, mean call), printed with the worst
+/// calls and the verdict.
+fn isolation_summary(runs: &[IsolationRun]) -> (f64, f64) {
+    let iso_median = median(runs.iter().map(IsolationRun::ratio).collect());
+    let iso_mean = median(runs.iter().map(IsolationRun::mean_ratio).collect());
+    let worst = runs.iter().map(|r| r.busy.worst).fold(0.0, f64::max);
+    let idle_worst = runs.iter().map(|r| r.idle.worst).fold(0.0, f64::max);
     let met = iso_median <= ISOLATION_GOAL && iso_mean <= ISOLATION_GOAL;
     let verdict = if met { "goal met" } else { "goal missed" };
     step(&format!(
@@ -166,8 +180,7 @@ fn svm_benches() -> Result {
          {SVM_BENCH_BOOTS} boots: median call {iso_median:.2}, mean call {iso_mean:.2}; worst single call \
          {worst:.0} cycles (idle: {idle_worst:.0}) (goal: both <= {ISOLATION_GOAL}: {verdict})"
     ));
-    write_result("svm_call.json", &svm_json(&runs, call_median, region))?;
-    write_result("svm_isolation.json", &isolation_json(&isolation, iso_median, iso_mean))
+    (iso_median, iso_mean)
 }
 
 /// Write `target/bench/<name>`.
