@@ -150,6 +150,13 @@ pub struct Svsm {
     pub(crate) vtpm_ek: alloc::vec::Vec<u8>,
 }
 
+// Every CPU serves calls through one shared `Svsm` (a `&'static` on bare metal): the
+// compiler holds it to that.
+const _: () = {
+    const fn shared_by_every_cpu<T: Send + Sync>() {}
+    shared_by_every_cpu::<Svsm>();
+};
+
 /// `mem_flag_written` before anything was written.
 pub(crate) const MEM_FLAG_UNKNOWN: u8 = 2;
 

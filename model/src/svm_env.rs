@@ -53,10 +53,11 @@ impl SvmEnv {
         self.unsupported.get_or_insert(why);
     }
 
-    fn rmp(&self) -> &rmp::Rmp {
+    /// `f` on the RMP that holds page state (the platform's, under its lock).
+    fn with_rmp<R>(&self, f: impl FnOnce(&rmp::Rmp) -> R) -> R {
         match &self.world.svm {
-            Some(svm) => &svm.state().rmp,
-            None => &self.world.machine.rmp,
+            Some(svm) => f(&svm.state().rmp()),
+            None => f(&self.world.machine.rmp),
         }
     }
 }
@@ -157,10 +158,10 @@ impl HostControl for SvmEnv {
         self.world.machine.raw_write(gpa, bytes);
     }
     fn vmpl_can_read(&self, gpa: u64, vmpl: u8) -> bool {
-        self.rmp().allows(gpa >> 12, vmpl, PERM_READ)
+        self.with_rmp(|rmp| rmp.allows(gpa >> 12, vmpl, PERM_READ))
     }
     fn rmp_permissions(&self, gpa: u64, vmpl: u8) -> u8 {
-        self.rmp().entry(gpa >> 12).map_or(0, |e| e.perms[usize::from(vmpl & 3)])
+        self.with_rmp(|rmp| rmp.entry(gpa >> 12).map_or(0, |e| e.perms[usize::from(vmpl & 3)]))
     }
     fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64 {
         crate::svm_host::vmsa_field(&self.world, vmsa, field)

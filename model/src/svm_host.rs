@@ -2,14 +2,17 @@
 //! machine, so the kernel runs in the model's tests on the platform the QEMU run uses,
 //! the conformance suite included.
 //!
-//! [`ModelSvmHw`] is the machine as the shared SVSM uses it: the model's guest memory,
-//! nested paging as a record of what each guest page maps to (what the guest can reach),
-//! kicks, the model's PSP, a log ring. [`ModelSvmCpu`] is one CPU: a software VMRUN that
-//! reads the VMCB as the hardware would (TLB flush, event injection, the checks VMRUN
-//! makes) and hands back the exit the guest side staged. The world drives the same steps
-//! as every CPU's loop on bare metal (`svm::run`), one CPU at a time: vCPU `i` lives on
-//! CPU `i`, and each vCPU is "in the guest" (taken out of the platform) between its
-//! calls, so changes reach it through its slot and a kick, as on bare metal.
+//! [`ModelSvmHw`] is the machine every CPU shares: the model's guest memory, nested
+//! paging as a record of what each guest page maps to (what the guest can reach), kicks,
+//! the model's PSP, a log ring. [`ModelSvmCpu`] is one CPU: a software VMRUN that reads
+//! the VMCB as the hardware would (TLB flush, event injection, the checks VMRUN makes)
+//! and hands back the exit the guest side staged. The world drives the same steps as
+//! every CPU's loop on bare metal (`svm::run`), one CPU at a time: vCPU `i` lives on CPU
+//! `i`, and each vCPU is "in the guest" (taken out of the platform) between its calls and
+//! stays in its CPU's hands while the CPU serves its call, so changes reach it through
+//! its slot and a kick, as on bare metal. The shared part (`SvmShared`) is put together
+//! for each step from the platform's state and the world's machine, and the kernel gets
+//! the per-CPU `SvmPlatform` of the CPU that serves, as on bare metal.
 //!
 //! The model checks the platform's side too (`Machine::violations`): nested paging that
 //! maps SVSM memory, a VMRUN of a VMCB without the intercepts, nested paging or interrupt
@@ -32,9 +35,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use svm::hw::{Fault, PageMem, SvmCpu, SvmHw};
 use svm::launch::{Layout, Plan};
 use svm::npt::Access;
-use svm::run::{End, Taken, run_until_shared};
+use svm::run::{End, Taken, Then, run_until_shared};
 use svm::vcpu::GuestRegs;
-use svm::{SvmPlatform, SvmState};
+use svm::vcpu::SvmVcpu;
+use svm::{SvmShared, SvmState};
 
 /// Bytes of log the svm platform keeps on the model (small, so tests can overflow it).
 pub const LOG_BYTES: usize = crate::machine::MODEL_LOG_BYTES;
@@ -223,30 +227,36 @@ impl SvmHost {
     }
 }
 
-/// The machine as the shared SVSM uses it, for one entry.
+/// The machine every CPU shares, for one step (the model runs one CPU at a time, so the
+/// cells are never borrowed twice).
 #[derive(Debug)]
 pub struct ModelSvmHw<'a> {
-    pub machine: &'a mut Machine,
-    pub host: &'a mut SvmHost,
+    machine: RefCell<&'a mut Machine>,
+    host: RefCell<&'a mut SvmHost>,
 }
 
-impl ModelSvmHw<'_> {
+impl<'a> ModelSvmHw<'a> {
+    pub fn new(machine: &'a mut Machine, host: &'a mut SvmHost) -> Self {
+        Self { machine: RefCell::new(machine), host: RefCell::new(host) }
+    }
+
     fn in_ram(&self, gpa: u64, len: usize) -> bool {
-        gpa.checked_add(len as u64).is_some_and(|end| end <= self.host.ram_end)
+        gpa.checked_add(len as u64).is_some_and(|end| end <= self.host.borrow().ram_end)
     }
 }
 
 impl SvmHw for ModelSvmHw<'_> {
     type Page = ModelPage;
 
-    fn alloc(&mut self, count: usize) -> Option<ModelPage> {
+    fn alloc(&self, count: usize) -> Option<ModelPage> {
         // The SVSM's memory: counted against its heap, as on bare metal.
         let len = count.checked_mul(4096)?;
         let mut bytes = Vec::new();
         bytes.try_reserve_exact(len).ok()?;
         bytes.resize(len, 0);
-        let phys = self.host.next_phys;
-        self.host.next_phys += len as u64;
+        let mut host = self.host.borrow_mut();
+        let phys = host.next_phys;
+        host.next_phys += len as u64;
         Some(ModelPage { phys, bytes })
     }
 
@@ -254,27 +264,28 @@ impl SvmHw for ModelSvmHw<'_> {
         if !self.in_ram(gpa, buf.len()) {
             return Err(Fault);
         }
-        self.machine.raw_read(gpa, buf);
+        let machine = self.machine.borrow();
+        machine.raw_read(gpa, buf);
         // Another vCPU's racing write (`Machine::race`) lands right after this read.
-        self.machine.after_read(gpa, buf.len());
+        machine.after_read(gpa, buf.len());
         Ok(())
     }
 
-    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
         if !self.in_ram(gpa, data.len()) {
             return Err(Fault);
         }
-        let machine = &mut *self.machine;
+        let mut machine = self.machine.borrow_mut();
         crate::heap::as_host(|| machine.raw_write(gpa, data));
         Ok(())
     }
 
-    fn zero_guest(&mut self, gpa: u64, len: usize) -> Result<(), Fault> {
+    fn zero_guest(&self, gpa: u64, len: usize) -> Result<(), Fault> {
         if !self.in_ram(gpa, len) {
             return Err(Fault);
         }
         const ZEROS: [u8; 4096] = [0; 4096];
-        let machine = &mut *self.machine;
+        let mut machine = self.machine.borrow_mut();
         let mut at = 0;
         while at < len {
             let n = (len - at).min(ZEROS.len());
@@ -284,15 +295,16 @@ impl SvmHw for ModelSvmHw<'_> {
         Ok(())
     }
 
-    fn npt_set(&mut self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+    fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
         let pfn = gpa >> 12;
-        if access.is_some() && self.host.svsm_region.contains(&(pfn << 12)) {
-            self.machine.record_violation(format!("nested paging maps SVSM page {gpa:#x}"));
+        let mut host = self.host.borrow_mut();
+        if access.is_some() && host.svsm_region.contains(&(pfn << 12)) {
+            self.machine.borrow().record_violation(format!("nested paging maps SVSM page {gpa:#x}"));
         }
         if !svm::npt::mappable(gpa) {
             return Err(Fault);
         }
-        let npt = &mut self.host.npt;
+        let npt = &mut host.npt;
         crate::heap::as_host(|| match access {
             Some(a) => npt.insert(pfn, a),
             None => npt.remove(&pfn),
@@ -304,37 +316,42 @@ impl SvmHw for ModelSvmHw<'_> {
         NPT_ROOT
     }
 
-    fn kick(&mut self, cpu: u32) {
-        let host = &mut *self.host;
+    fn kick(&self, cpu: u32) {
+        let mut host = self.host.borrow_mut();
         crate::heap::as_host(|| host.kicked.insert(cpu));
         host.kicks += 1;
     }
 
-    fn vcpus_changed(&mut self) {
-        self.host.generation += 1;
+    fn kick_pending(&self, cpu: u32) -> bool {
+        self.host.borrow().kicked.contains(&cpu)
+    }
+
+    fn vcpus_changed(&self) {
+        self.host.borrow_mut().generation += 1;
     }
 
     fn generation(&self) -> u64 {
-        self.host.generation
+        self.host.borrow().generation
     }
 
     fn rdtsc(&self) -> u64 {
-        self.host.tsc.set(self.host.tsc.get() + 1000);
-        self.host.tsc.get()
+        let host = self.host.borrow();
+        host.tsc.set(host.tsc.get() + 1000);
+        host.tsc.get()
     }
 
-    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
-        Platform::guest_request(&mut *self.machine, request, response)
+    fn guest_request(&self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        Platform::guest_request(&mut **self.machine.borrow_mut(), request, response)
     }
 
-    fn fatal(&mut self, why: std::fmt::Arguments<'_>) -> ! {
+    fn fatal(&self, why: std::fmt::Arguments<'_>) -> ! {
         // As on the model's own platform: the panic belongs to the test, not the SVSM's heap.
         let why = crate::heap::as_host(|| why.to_string());
         crate::heap::as_host(|| panic!("the SVSM stopped: {why}"))
     }
 
-    fn log(&mut self, level: Level, args: std::fmt::Arguments<'_>) {
-        let host = &mut *self.host;
+    fn log(&self, level: Level, args: std::fmt::Arguments<'_>) {
+        let mut host = self.host.borrow_mut();
         crate::heap::as_host(|| {
             let line = args.to_string();
             if std::env::var_os("BULWARK_MODEL_LOG").is_some() {
@@ -346,11 +363,11 @@ impl SvmHw for ModelSvmHw<'_> {
     }
 
     fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
-        self.host.log_ring.read(offset, out)
+        self.host.borrow().log_ring.read(offset, out)
     }
 
     fn log_written(&self) -> u64 {
-        self.host.log_ring.written()
+        self.host.borrow().log_ring.written()
     }
 }
 
@@ -397,8 +414,10 @@ impl SvmCpu<ModelPage> for ModelSvmCpu<'_> {
 #[derive(Debug)]
 pub struct SvmWorld {
     pub host: SvmHost,
-    /// The platform's state, lent to an `SvmPlatform` for each step.
+    /// The platform's state, lent to an `SvmShared` for each step.
     pub state: Option<SvmState<ModelPage>>,
+    /// What the kernel made of the last call it served.
+    pub last_entry: Option<EntryOutcome>,
     /// The vCPU each CPU has in the guest.
     pub running: BTreeMap<u32, Taken<ModelPage>>,
     /// The vCPU each CPU ran last (its round robin).
@@ -410,13 +429,24 @@ pub struct SvmWorld {
 }
 
 impl SvmWorld {
-    /// The vCPU with `index`, wherever it is (in the guest, or in the platform).
-    pub fn vcpu(&self, index: u32) -> Option<&svm::vcpu::SvmVcpu<ModelPage>> {
+    /// `f` on the vCPU with `index`, wherever it is (in the guest, or in the platform).
+    pub fn with_vcpu<R>(&self, index: u32, f: impl FnOnce(&SvmVcpu<ModelPage>) -> R) -> Option<R> {
         let cpu = index % self.cpus.max(1);
         match self.running.get(&cpu) {
-            Some(t) if t.index == index => Some(&t.vcpu),
-            _ => self.state.as_ref()?.slots.get(index),
+            Some(t) if t.index == index => Some(f(&t.vcpu)),
+            _ => self.state.as_ref()?.slots.with(index, |v| f(v)),
         }
+    }
+
+    /// The registers the guest on vCPU `index` sees.
+    fn regs(&self, index: u32) -> Option<Regs> {
+        self.with_vcpu(index, |v| Regs {
+            rax: v.field(VmsaField::Rax),
+            rcx: v.field(VmsaField::Rcx),
+            rdx: v.field(VmsaField::Rdx),
+            r8: v.field(VmsaField::R8),
+            r9: v.field(VmsaField::R9),
+        })
     }
 
     /// The ASID of a vCPU in the guest (`None`: it is not running).
@@ -454,12 +484,12 @@ pub fn new_world(config: WorldConfig) -> World {
     let reserve = config.pool_reserve_pages.min(config.svsm_size / 4096) * 4096;
     let image_end = SVSM_BASE + config.svsm_size - reserve;
     let launched = launch(&mut m, &mut host, &config, image_end);
-    let (mut p, svsm_config) = match launched {
+    let (p, svsm_config) = match launched {
         Ok(l) => l,
         Err(e) => panic!("the model's svm launch layout is valid: {e:?}"),
     };
-    p.state.log_level = config.log_level;
-    let made = crate::heap::in_svsm(|| Svsm::new(svsm_config, &mut p));
+    p.state.set_log_level(config.log_level);
+    let made = crate::heap::in_svsm(|| Svsm::new(svsm_config, &mut p.platform(0)));
     let state = p.state;
     let mut svsm = match made {
         Ok(s) => s,
@@ -472,7 +502,15 @@ pub fn new_world(config: WorldConfig) -> World {
         }
     }
     let cpus = u32::try_from(config.max_vcpus.max(1)).unwrap_or(1);
-    let svm = SvmWorld { host, state: Some(state), running: BTreeMap::new(), last: BTreeMap::new(), cpus, ended: None };
+    let svm = SvmWorld {
+        host,
+        state: Some(state),
+        last_entry: None,
+        running: BTreeMap::new(),
+        last: BTreeMap::new(),
+        cpus,
+        ended: None,
+    };
     let mut w = World { machine: m, svsm, config, host: Default::default(), snp: None, svm: Some(svm) };
     settle(&mut w);
     w
@@ -484,7 +522,7 @@ fn launch<'a>(
     host: &'a mut SvmHost,
     config: &WorldConfig,
     image_end: u64,
-) -> Result<(SvmPlatform<ModelSvmHw<'a>>, kernel::SvsmConfig), svm::launch::LaunchError> {
+) -> Result<(SvmShared<ModelSvmHw<'a>>, kernel::SvsmConfig), svm::launch::LaunchError> {
     let mut plan = Plan::new(layout(config), &[(0, config.ram_bytes)], config.ram_bytes, image_end)?;
     for (at, len) in image() {
         plan.add_segment(at, len)?;
@@ -493,17 +531,16 @@ fn launch<'a>(
     let vmpcks = [[0xA0; 32], [0xA1; 32], [0xA2; 32], [0xA3; 32]];
     let certificates = machine.certificates.clone();
     let cpus = u32::try_from(config.max_vcpus.max(1)).unwrap_or(u32::MAX);
-    SvmPlatform::launch(ModelSvmHw { machine, host }, plan, 0, cpus, &vmpcks, certificates)
+    SvmShared::launch(ModelSvmHw::new(machine, host), plan, 0, cpus, &vmpcks, certificates)
 }
 
-/// Lend the platform its state for `f`.
-fn with_platform<R>(w: &mut World, f: impl FnOnce(&mut SvmPlatform<ModelSvmHw<'_>>, &mut Svsm) -> R) -> R {
+/// The platform's shared part, from its state and the world's machine, for `f`.
+fn with_shared<R>(w: &mut World, f: impl FnOnce(&SvmShared<ModelSvmHw<'_>>, &Svsm) -> R) -> R {
     let Some(svm) = w.svm.as_mut() else { unreachable!("an svm world") };
     let Some(state) = svm.state.take() else { unreachable!("the svm state is put back after every step") };
-    let hw = ModelSvmHw { machine: &mut w.machine, host: &mut svm.host };
-    let mut p = SvmPlatform { hw, state };
-    let r = f(&mut p, &mut w.svsm);
-    svm.state = Some(p.state);
+    let shared = SvmShared { hw: ModelSvmHw::new(&mut w.machine, &mut svm.host), state };
+    let r = f(&shared, &w.svsm);
+    svm.state = Some(shared.state);
     r
 }
 
@@ -515,14 +552,30 @@ fn cycle(w: &mut World, cpu: u32) {
     let mut c = ModelSvmCpu { cpu, machine: &w.machine, host: &mut svm.host };
     let exit = run_until_shared(&mut c, &mut t);
     svm.last.insert(cpu, t.index);
-    let after = with_platform(w, |p, svsm| crate::heap::in_svsm(|| p.after_run(svsm, t, exit, cpu)));
+    let after = with_shared(w, |s, svsm| {
+        crate::heap::in_svsm(|| {
+            let handled = s.after_run(svsm, &mut t, exit, cpu);
+            // As on bare metal: the vCPU stays out to run on, or goes back to its slot.
+            match handled {
+                Ok(h) if h.then == Then::RunOn => (Some(t), Ok(h.served)),
+                other => {
+                    s.put_back(t);
+                    (None, other.map(|h| h.served))
+                }
+            }
+        })
+    });
     let Some(svm) = w.svm.as_mut() else { return };
     match after {
-        Ok(Some(t)) => {
-            svm.running.insert(cpu, t);
+        (again, Ok(served)) => {
+            if let Some(t) = again {
+                svm.running.insert(cpu, t);
+            }
+            if served.is_some() {
+                svm.last_entry = served;
+            }
         }
-        Ok(None) => {}
-        Err(end) => {
+        (_, Err(end)) => {
             w.machine.record_violation(format!("cpu {cpu}'s loop ended: {end:?}"));
             if let Some(svm) = w.svm.as_mut() {
                 svm.ended = Some(end);
@@ -555,7 +608,7 @@ pub fn settle(w: &mut World) {
             continue;
         }
         let (last, generation) = (svm.last.get(&cpu).copied(), svm.host.generation);
-        let taken = with_platform(w, |p, _| p.take_next(cpu, last, generation));
+        let taken = with_shared(w, |s, _| s.take_next(cpu, last, generation));
         if let (Some(t), Some(svm)) = (taken, w.svm.as_mut()) {
             svm.running.insert(cpu, t);
         }
@@ -601,36 +654,21 @@ pub fn request(w: &mut World, index: VcpuIndex, regs: &mut Regs) -> Option<Entry
     let code =
         w.host.exit_code.map_or(exit::VMMCALL, |c| if c == abi::hw::SVM_EXIT_VMGEXIT { exit::VMMCALL } else { c });
     svm.host.staged = Some(Staged { code, info1: 0, regs: *regs });
-    if let Some(s) = svm.state.as_mut() {
-        s.last_entry = None;
-    }
+    svm.last_entry = None;
     let cpu = index.0 % svm.cpus.max(1);
     cycle(w, cpu);
     settle(w);
     let svm = w.svm.as_ref()?;
-    if let Some(v) = svm.vcpu(index.0) {
-        *regs = Regs {
-            rax: v.field(VmsaField::Rax),
-            rcx: v.field(VmsaField::Rcx),
-            rdx: v.field(VmsaField::Rdx),
-            r8: v.field(VmsaField::R8),
-            r9: v.field(VmsaField::R9),
-        };
+    if let Some(now) = svm.regs(index.0) {
+        *regs = now;
     }
-    svm.state().last_entry
+    svm.last_entry
 }
 
 /// The guest on vCPU `index` executes VMMCALL with the registers it has (for
 /// `World::enter`: an entry without a new request).
 pub fn enter(w: &mut World, index: VcpuIndex) -> EntryOutcome {
-    let regs = w.svm.as_ref().and_then(|s| s.vcpu(index.0)).map(|v| Regs {
-        rax: v.field(VmsaField::Rax),
-        rcx: v.field(VmsaField::Rcx),
-        rdx: v.field(VmsaField::Rdx),
-        r8: v.field(VmsaField::R8),
-        r9: v.field(VmsaField::R9),
-    });
-    let Some(mut regs) = regs else { return EntryOutcome::UnknownVcpu };
+    let Some(mut regs) = w.svm.as_ref().and_then(|s| s.regs(index.0)) else { return EntryOutcome::UnknownVcpu };
     request(w, index, &mut regs).unwrap_or(EntryOutcome::UnknownVcpu)
 }
 
@@ -639,8 +677,8 @@ pub fn enter(w: &mut World, index: VcpuIndex) -> EntryOutcome {
 pub fn vmsa_field(w: &World, vmsa: u64, field: VmsaField) -> u64 {
     let Some(svm) = w.svm.as_ref() else { return w.machine.vmsa_field(vmsa, field) };
     let index = svm.state().slots.vmsas().find(|(_, g)| *g == vmsa).map(|(i, _)| i);
-    match index.and_then(|i| svm.vcpu(i)) {
-        Some(v) => v.field(field),
+    match index.and_then(|i| svm.with_vcpu(i, |v| v.field(field))) {
+        Some(value) => value,
         None => w.machine.vmsa_field(vmsa, field),
     }
 }

@@ -3,10 +3,12 @@
 //! crate's and host-tested; the bare-metal SVSM implements the seam with the real
 //! instructions (`svsm/src/bare/svm/`), the model in software (`model/src/svm_host.rs`).
 //!
-//! It has two halves, along the SVSM's lock: [`SvmHw`] is the machine as the shared SVSM
-//! uses it (guest memory, nested page table memory, kicks, the PSP, the console), and
-//! [`SvmCpu`] is what one CPU does alone with a vCPU it took out (VMRUN, CPUID), so that
-//! running a guest never needs the shared state.
+//! It has two halves. [`SvmHw`] is the machine every CPU shares (guest memory, nested
+//! page table memory, kicks, the PSP, the console): its methods take `&self`, because
+//! every CPU calls them at once, each while serving its own vCPU; an implementation that
+//! keeps state guards it with locks of its own, which are leaves (nothing is called while
+//! one is held). [`SvmCpu`] is what one CPU does alone with a vCPU it took out (VMRUN,
+//! CPUID), so that running a guest never needs the shared state.
 
 use crate::npt::Access;
 use crate::vcpu::GuestRegs;
@@ -27,30 +29,36 @@ pub trait PageMem {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault;
 
-/// The machine as the shared SVSM uses it (under the SVSM's lock).
+/// The machine as every CPU's SVSM uses it, at the same time.
 pub trait SvmHw {
     type Page: PageMem;
 
     /// `count` contiguous zeroed pages of SVSM memory; `None` when there is no memory.
-    fn alloc(&mut self, count: usize) -> Option<Self::Page>;
+    fn alloc(&self, count: usize) -> Option<Self::Page>;
 
     /// Copy guest-physical memory. The platform has checked the range against its RMP.
     fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault>;
-    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault>;
-    fn zero_guest(&mut self, gpa: u64, len: usize) -> Result<(), Fault>;
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), Fault>;
+    fn zero_guest(&self, gpa: u64, len: usize) -> Result<(), Fault>;
 
     /// Map the guest's 4 KiB page at `gpa` (identity, with `access`) in the nested page
     /// tables, or unmap it (`None`). `Err` when a table cannot be had or `gpa` is beyond
-    /// what nested paging maps.
-    fn npt_set(&mut self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
+    /// what nested paging maps. The platform calls it only under its page-state lock, so
+    /// two calls never race.
+    fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
     /// Root of the nested page tables (the VMCB's N_CR3).
     fn npt_root(&self) -> u64;
 
     /// Make `cpu` leave the guest and come back to the SVSM before it runs a vCPU again;
-    /// returns once it is out of the guest.
-    fn kick(&mut self, cpu: u32);
+    /// returns once it is out of the guest. Never called with a platform lock held.
+    fn kick(&self, cpu: u32);
+    /// A kick of `cpu` that it has not answered yet (it answers by not entering the guest
+    /// once, and coming back to put its vCPU in its slot). Whoever records something for
+    /// a vCPU out on `cpu` kicks it afterwards, so without a pending kick nothing new was
+    /// recorded for the vCPU `cpu` holds.
+    fn kick_pending(&self, cpu: u32) -> bool;
     /// The set of runnable vCPUs changed: move the generation on and wake idle CPUs.
-    fn vcpus_changed(&mut self);
+    fn vcpus_changed(&self);
     /// How often the set of runnable vCPUs changed so far.
     fn generation(&self) -> u64;
     /// What RDTSC gives the SVSM now.
@@ -58,13 +66,13 @@ pub trait SvmHw {
 
     /// Hand a guest message to the PSP and wait for its answer (on this platform a
     /// software PSP inside the SVSM).
-    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError>;
+    fn guest_request(&self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError>;
 
     /// Stop the SVSM for good after logging `why` (`Platform::fatal`).
-    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> !;
+    fn fatal(&self, why: core::fmt::Arguments<'_>) -> !;
 
     /// Write one log line the platform decided to emit.
-    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>);
+    fn log(&self, level: Level, args: core::fmt::Arguments<'_>);
     /// The console's log stream (the Observability protocol reads it).
     fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost>;
     fn log_written(&self) -> u64;

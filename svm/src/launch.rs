@@ -3,7 +3,7 @@
 //!
 //! [`Plan`] checks the host's memory map and the guest image's segments against a
 //! [`Layout`] and decides the page state (which RAM is assigned, as 4 KiB or 2 MiB RMP
-//! pages; which pages are validated for the guest). [`SvmPlatform::launch`] then writes
+//! pages; which pages are validated for the guest). [`SvmShared::launch`] then writes
 //! the launch pages (the guest's page tables, the secrets page from `abi::secrets`, the
 //! calling area), sets the RMP, builds nested paging and the permission maps, makes the
 //! startup vCPU, and describes the launch to the kernel (`SvsmConfig`). Every check is an
@@ -22,7 +22,7 @@
 //! | other RAM | not validated; from 256 MiB up assigned as 2 MiB RMP pages |
 
 use crate::hw::SvmHw;
-use crate::platform::{PermissionMaps, SvmPlatform, SvmState};
+use crate::shared::{PermissionMaps, SvmShared, SvmState};
 use crate::slots::Slots;
 use crate::vcpu::{GUEST_VMPL, SvmVcpu};
 use abi::hw::rmpadjust::{PERM_ALL, PERM_READ};
@@ -312,13 +312,13 @@ pub fn secrets_page(vmpcks: &[[u8; 32]; 4]) -> SecretsPage {
     page
 }
 
-impl<H: SvmHw> SvmPlatform<H> {
+impl<H: SvmHw> SvmShared<H> {
     /// Carry out `plan` on `hw`: write the launch pages, set page state, build nested
     /// paging and the permission maps, and make the startup vCPU at `entry` for `cpus`
     /// CPUs. Returns the platform and the kernel's description of the launch (the caller
     /// starts the kernel with it).
     pub fn launch(
-        mut hw: H,
+        hw: H,
         plan: Plan,
         entry: u64,
         cpus: u32,
@@ -348,15 +348,19 @@ impl<H: SvmHw> SvmPlatform<H> {
         vmsa.validated = true;
         vmsa.vmsa = true;
 
-        let maps = PermissionMaps::new(&mut hw).ok_or(LaunchError::OutOfMemory("the permission maps"))?;
-        let state = SvmState::new(page_state, Slots::new(cpus), maps, certificates);
-        let mut platform = SvmPlatform { hw, state };
+        let maps = PermissionMaps::new(&hw).ok_or(LaunchError::OutOfMemory("the permission maps"))?;
+        let slots = Slots::new(cpus, l.max_vcpus.max(1)).ok_or(LaunchError::OutOfMemory("the vCPU slots"))?;
+        let state =
+            SvmState::new(page_state, slots, maps, certificates).ok_or(LaunchError::OutOfMemory("the access map"))?;
+        let platform = SvmShared { hw, state };
         for range in &validated {
             platform.sync(pages(range)).map_err(|_| LaunchError::OutOfMemory("nested page tables"))?;
         }
+        // The startup VMSA is validated (the SVSM reads it), never mapped for the guest.
+        platform.sync(l.vmsa / PAGE..l.vmsa / PAGE + 1).map_err(|_| LaunchError::OutOfMemory("nested page tables"))?;
         let page = platform.hw.alloc(1).ok_or(LaunchError::OutOfMemory("the startup vCPU"))?;
         let startup = SvmVcpu::long_mode(page, platform.controls(), l.vmsa, entry, l.page_tables);
-        platform.state.slots.insert(0, startup);
+        platform.state.slots.insert(0, startup).map_err(|_| LaunchError::OutOfMemory("the vCPU slots"))?;
 
         let config = config(l, ram, &validated, image_end)?;
         Ok((platform, config))

@@ -13,10 +13,18 @@
 //! - `npt`: nested paging from the RMP, and the format of nested page table entries;
 //! - `vmcb`, `vcpu`: a vCPU's VMCB and registers, its launch state and VMSA fields;
 //! - `slots`: where each vCPU is (in the SVSM's hands or out on a CPU) and what changes
-//!   reach it while it is out;
+//!   reach it while it is out, a lock per slot;
+//! - `access`: which guest pages the SVSM may copy, readable without a lock;
+//! - `shared`: `SvmShared`, what every CPU shares (the seam, the RMP and nested paging
+//!   under the page-state lock, the slots, the maps);
+//! - `platform`: `SvmPlatform`, the kernel's `Platform` as a per-CPU handle: the shared
+//!   part by reference and the vCPU its CPU serves;
 //! - `run`: a CPU's run step and the SVSM's side of each exit;
-//! - `platform`: `SvmPlatform`, the kernel's `Platform` on top of all this;
 //! - `launch`: the launch layout, checked, and the platform's first state.
+//!
+//! No lock is held around the platform or the kernel: a CPU serves its vCPU's call with
+//! the vCPU in its own hands, and takes a shared lock only for the one operation that
+//! needs it (docs/platforms/svm.md, "Locking").
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
@@ -25,6 +33,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod access;
 pub mod exit;
 pub mod hw;
 pub mod iopm;
@@ -34,6 +43,7 @@ pub mod msrpm;
 pub mod npt;
 pub mod platform;
 pub mod run;
+pub mod shared;
 pub mod slots;
 pub mod vcpu;
 pub mod vmcb;
@@ -44,5 +54,6 @@ mod test_hw;
 mod test_page;
 
 pub use hw::{Fault, PageMem, SvmCpu, SvmHw};
-pub use platform::{SvmPlatform, SvmState};
-pub use run::{End, Taken};
+pub use platform::SvmPlatform;
+pub use run::{End, Handled, Taken, Then};
+pub use shared::{SvmShared, SvmState};

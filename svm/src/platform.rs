@@ -1,244 +1,260 @@
 //! `SvmPlatform`: the kernel's `Platform` for an SVSM that is the L1 hypervisor of its
-//! guest under QEMU, over the [`SvmHw`] seam. There is no hardware RMP, so a software one
-//! (`bulwark-rmp`) holds page state, and the nested page tables enforce it (`npt`):
-//! every PVALIDATE and RMPADJUST changes the tables for the pages it touched ([`sync`]).
-//! Registers live in each vCPU's VMCB.
+//! guest under QEMU. It is a per-CPU handle: what one CPU lends the kernel for one call
+//! (or for the launch), holding `&` to what every CPU shares ([`SvmShared`]) and the vCPU
+//! this CPU took out and serves. There is no hardware RMP, so a software one
+//! (`bulwark-rmp`) holds page state, and the nested page tables enforce it (`npt`): every
+//! PVALIDATE and RMPADJUST changes the tables for the pages it touched.
 //!
-//! Several CPUs run vCPUs. The platform sits behind the SVSM's lock (the caller's); a CPU
-//! takes a vCPU out of it to run it and puts it back after the #VMEXIT (`slots`, `run`),
-//! so the lock is never held in the guest. While a vCPU is out, changes that concern it
-//! are recorded in its slot and its CPU is kicked before the change counts as done.
-//!
-//! [`sync`]: SvmPlatform::sync
+//! The calling vCPU's registers live in the VMCB its CPU holds: the kernel reads and
+//! writes them here without any lock, and the guest-memory copies (the calling area on
+//! every call) check the lock-free access map. So a call that touches only the caller's
+//! own state takes no lock another CPU needs. Page-state changes take the page-state
+//! lock for the one change; other vCPUs are reached through their slots' locks and a
+//! kick (`slots`, `shared`).
 
-use crate::hw::{PageMem, SvmHw};
-use crate::npt;
-use crate::slots::{Slot, Slots};
-use crate::vcpu::{Controls, GUEST_VMPL, SvmVcpu};
-use abi::hw::rmpadjust::{PERM_READ, PERM_WRITE};
+use crate::hw::SvmHw;
+use crate::run::Taken;
+use crate::shared::SvmShared;
+use crate::slots::Slot;
+use crate::vcpu::SvmVcpu;
 use abi::vmsa::VmsaField;
-use alloc::vec::Vec;
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::log_ring::LogLost;
 use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
 use kernel::vcpu::VcpuIndex;
-use rmp::{Rmp, Size};
+use rmp::Size;
 
-/// The MSR and I/O permission maps every vCPU's VMCB points at.
-#[derive(Debug)]
-pub struct PermissionMaps<P> {
-    /// Built from the MSR policy (`msr`, `msrpm`).
-    pub msr: P,
-    /// Built from the I/O policy (`iopm`).
-    pub io: P,
+/// The vCPU the handle's CPU serves: taken out of its slot, so nobody else touches it.
+struct Own<'a, P> {
+    t: &'a mut Taken<P>,
+    /// Still the vCPU of its index: false once the call deleted it.
+    bound: bool,
 }
 
-impl<P: PageMem> PermissionMaps<P> {
-    /// Both maps, in SVSM memory from `hw`; `None` without memory.
-    pub fn new<H: SvmHw<Page = P>>(hw: &mut H) -> Option<Self> {
-        let mut msr = hw.alloc(crate::msrpm::SIZE / 4096)?;
-        crate::msrpm::build(msr.bytes_mut().get_mut(..crate::msrpm::SIZE)?.try_into().ok()?);
-        let mut io = hw.alloc(crate::iopm::SIZE / 4096)?;
-        crate::iopm::build(io.bytes_mut().get_mut(..crate::iopm::SIZE)?);
-        Some(Self { msr, io })
+/// The kernel's `Platform` on one CPU.
+pub struct SvmPlatform<'a, H: SvmHw> {
+    shared: &'a SvmShared<H>,
+    cpu: u32,
+    own: Option<Own<'a, H::Page>>,
+}
+
+impl<H: SvmHw> core::fmt::Debug for SvmPlatform<'_, H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SvmPlatform")
+            .field("cpu", &self.cpu)
+            .field("vcpu", &self.own.as_ref().map(|o| o.t.index))
+            .finish()
     }
 }
 
-/// What the platform keeps besides the hardware.
-#[derive(Debug)]
-pub struct SvmState<P> {
-    /// The page-state authority: what the guest validated, with which permissions.
-    pub rmp: Rmp,
-    pub slots: Slots<P>,
-    pub maps: PermissionMaps<P>,
-    /// The certificate table for the PSP's reports (empty without an issuing kit).
-    pub certificates: Vec<u8>,
-    pub log_level: Level,
-    /// Guest accesses refused so far (their log lines are rate-limited by it).
-    pub(crate) refused: u32,
-    /// MSR accesses refused so far (likewise).
-    pub(crate) refused_msrs: u32,
-    /// What the kernel made of the last call it served (for the model and tests).
-    pub last_entry: Option<kernel::request::EntryOutcome>,
-}
+impl<H: SvmHw> SvmShared<H> {
+    /// The kernel's `Platform` on `cpu`, serving no vCPU of its own (the launch, a tool).
+    pub fn platform(&self, cpu: u32) -> SvmPlatform<'_, H> {
+        SvmPlatform { shared: self, cpu, own: None }
+    }
 
-impl<P> SvmState<P> {
-    pub fn new(rmp: Rmp, slots: Slots<P>, maps: PermissionMaps<P>, certificates: Vec<u8>) -> Self {
-        Self { rmp, slots, maps, certificates, log_level: Level::Info, refused: 0, refused_msrs: 0, last_entry: None }
+    /// The kernel's `Platform` on `cpu` while it serves the vCPU `t` it holds.
+    pub fn serving<'a>(&'a self, cpu: u32, t: &'a mut Taken<H::Page>) -> SvmPlatform<'a, H> {
+        SvmPlatform { shared: self, cpu, own: Some(Own { t, bound: true }) }
     }
 }
 
-/// Log the first 32 of a kind in full, then every 100th: a guest cannot flood the log.
-pub(crate) fn worth_logging(count: u32) -> bool {
-    count <= 32 || count.is_multiple_of(100)
+fn size(size: PageSize) -> Size {
+    match size {
+        PageSize::Size4K => Size::Small,
+        PageSize::Size2M => Size::Huge,
+    }
 }
 
-#[derive(Debug)]
-pub struct SvmPlatform<H: SvmHw> {
-    pub hw: H,
-    pub state: SvmState<H::Page>,
-}
-
-impl<H: SvmHw> SvmPlatform<H> {
-    /// What a new vCPU's VMCB points at.
-    pub fn controls(&self) -> Controls {
-        Controls { npt_root: self.hw.npt_root(), msrpm: self.state.maps.msr.phys(), iopm: self.state.maps.io.phys() }
+impl<H: SvmHw> SvmPlatform<'_, H> {
+    /// The vCPU this CPU serves, if `vmsa` is its VMSA.
+    fn own(&self, vmsa: PageAddr) -> Option<&SvmVcpu<H::Page>> {
+        self.own.as_ref().filter(|o| o.bound && o.t.vcpu.vmsa_gpa == vmsa.raw()).map(|o| &o.t.vcpu)
     }
 
-    /// Make the nested page tables follow the RMP for `pfns`, and make every vCPU forget
-    /// the old translations before it runs again: those out on a CPU are kicked, so the
-    /// change has reached every CPU when this returns.
-    pub fn sync(&mut self, pfns: core::ops::Range<u64>) -> Result<(), HwError> {
-        for pfn in pfns {
-            let access = npt::access_for(&self.state.rmp, pfn, GUEST_VMPL);
-            self.hw.npt_set(pfn << 12, access).map_err(|_| HwError::Fault)?;
+    fn own_mut(&mut self, vmsa: PageAddr) -> Option<&mut SvmVcpu<H::Page>> {
+        self.own.as_mut().filter(|o| o.bound && o.t.vcpu.vmsa_gpa == vmsa.raw()).map(|o| &mut o.t.vcpu)
+    }
+
+    /// May the SVSM copy `[gpa, gpa + len)`? The access map says; a copy within the page
+    /// the served vCPU's calls copied last (its calling area, mostly) skips the map while
+    /// no page state changed since it was checked.
+    fn check(&self, gpa: u64, len: usize) -> Result<(), MemoryFault> {
+        let state = &self.shared.state;
+        let epoch = state.page_epoch();
+        let pfn = gpa >> 12;
+        let one_page = len > 0 && gpa.checked_add(len as u64 - 1).is_some_and(|last| last >> 12 == pfn);
+        let remembered = self.own.as_ref().filter(|_| one_page).map(|o| &o.t.copy_page);
+        if remembered.is_some_and(|r| r.get() == Some((pfn, epoch))) {
+            return Ok(());
         }
-        let hw = &mut self.hw;
-        self.state.slots.flush_all(|cpu| hw.kick(cpu));
+        state.access().check(gpa, len).map_err(|a| MemoryFault { gpa: Gpa(a) })?;
+        if let Some(r) = remembered {
+            r.set(Some((pfn, epoch)));
+        }
         Ok(())
     }
 
-    /// vCPU `index`, if it is in the SVSM's hands.
-    pub fn vcpu(&self, index: u32) -> Option<&SvmVcpu<H::Page>> {
-        self.state.slots.get(index)
-    }
-
-    fn check(&self, gpa: u64, len: usize, need: u8) -> Result<(), MemoryFault> {
-        self.state.rmp.check_access(gpa, len, 0, need).map_err(|a| MemoryFault { gpa: Gpa(a) })
+    /// After a page-state change: the vCPU this CPU holds flushes on its next VMRUN, and
+    /// every other one before it runs again (those out on a CPU are kicked).
+    fn flush_everywhere(&mut self) {
+        let except = self.own.as_mut().map(|o| {
+            o.t.vcpu.flush_tlb();
+            o.t.index
+        });
+        self.shared.flush(except);
     }
 
     /// The gpa of `field` in a VMSA page that no vCPU runs yet; the page must be a
     /// validated VMSA page in the RMP.
     fn unbound_vmsa_field(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
-        match self.state.rmp.entry(vmsa.pfn()) {
+        match self.shared.state.lock_rmp().entry(vmsa.pfn()) {
             Some(e) if e.assigned && e.validated && e.vmsa => Ok(vmsa.raw() + field.offset() as u64),
             _ => Err(MemoryFault { gpa: vmsa.gpa() }),
         }
     }
-
-    fn size(size: PageSize) -> Size {
-        match size {
-            PageSize::Size4K => Size::Small,
-            PageSize::Size2M => Size::Huge,
-        }
-    }
 }
 
-impl<H: SvmHw> Platform for SvmPlatform<H> {
+impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
     const CALL_EXIT_CODE: u64 = abi::hw::SVM_EXIT_VMMCALL;
     const NAME: &'static str = "svm";
 
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault> {
-        self.check(gpa.0, buf.len(), PERM_READ)?;
-        self.hw.read_guest(gpa.0, buf).map_err(|_| MemoryFault { gpa })
+        self.check(gpa.0, buf.len())?;
+        self.shared.hw.read_guest(gpa.0, buf).map_err(|_| MemoryFault { gpa })
     }
 
     fn write(&mut self, gpa: Gpa, data: &[u8]) -> Result<(), MemoryFault> {
-        self.check(gpa.0, data.len(), PERM_WRITE)?;
-        self.hw.write_guest(gpa.0, data).map_err(|_| MemoryFault { gpa })
+        self.check(gpa.0, data.len())?;
+        self.shared.hw.write_guest(gpa.0, data).map_err(|_| MemoryFault { gpa })
     }
 
     fn zero_pages(&mut self, pages: PageRange) -> Result<(), MemoryFault> {
         let fault = MemoryFault { gpa: pages.start().gpa() };
         let len = usize::try_from(pages.pages().saturating_mul(4096)).map_err(|_| fault)?;
-        self.check(pages.start().raw(), len, PERM_WRITE)?;
-        self.hw.zero_guest(pages.start().raw(), len).map_err(|_| fault)
+        self.check(pages.start().raw(), len)?;
+        self.shared.hw.zero_guest(pages.start().raw(), len).map_err(|_| fault)
     }
 
-    fn pvalidate(&mut self, page: PageAddr, size: PageSize, validate: bool) -> Result<PvalidateEffect, HwError> {
-        let effect = self.state.rmp.pvalidate(page.raw(), Self::size(size), validate)?;
-        self.sync(page.pfn()..page.pfn() + size.pages())?;
-        Ok(effect)
+    fn pvalidate(&mut self, page: PageAddr, size4k: PageSize, validate: bool) -> Result<PvalidateEffect, HwError> {
+        let pfns = page.pfn()..page.pfn() + size4k.pages();
+        let (effect, followed) = {
+            let mut rmp = self.shared.state.lock_rmp();
+            let effect = rmp.pvalidate(page.raw(), size(size4k), validate)?;
+            (effect, self.shared.follow(&rmp, pfns))
+        };
+        self.flush_everywhere();
+        followed.map(|()| effect)
     }
 
     fn rmpadjust(
         &mut self,
         page: PageAddr,
-        size: PageSize,
+        size4k: PageSize,
         target_vmpl: u8,
         perms: u8,
         vmsa: bool,
     ) -> Result<(), HwError> {
-        // A VMSA is in use while a CPU has its vCPU out (unless it is stopped for good).
-        let slots = &self.state.slots;
-        self.state
-            .rmp
-            .rmpadjust(page.raw(), Self::size(size), target_vmpl, perms, vmsa, |pfn| slots.vmsa_in_use(pfn))?;
-        self.sync(page.pfn()..page.pfn() + size.pages())
+        let pfns = page.pfn()..page.pfn() + size4k.pages();
+        let followed = {
+            let mut rmp = self.shared.state.lock_rmp();
+            // A VMSA is in use while a CPU has its vCPU out (unless it is stopped for good).
+            let slots = &self.shared.state.slots;
+            rmp.rmpadjust(page.raw(), size(size4k), target_vmpl, perms, vmsa, |pfn| slots.vmsa_in_use(pfn))?;
+            self.shared.follow(&rmp, pfns)
+        };
+        self.flush_everywhere();
+        followed
     }
 
     fn vmpl_permissions(&self, page: PageAddr, vmpl: u8) -> Option<u8> {
-        Some(self.state.rmp.vmpl_perms(page.pfn(), vmpl))
+        Some(self.shared.state.lock_rmp().vmpl_perms(page.pfn(), vmpl))
     }
 
     fn flush_guest_tlb(&mut self) {
         // Nothing left to do: every RMPADJUST already changed the nested page tables and
-        // made each CPU running a guest leave it and flush before it runs it again
-        // (`sync`).
+        // made each CPU running a guest leave it and flush before it runs it again.
     }
 
     fn vmsa_read(&self, vmsa: PageAddr, field: VmsaField) -> Result<u64, MemoryFault> {
-        match self.state.slots.by_vmsa(vmsa.raw()) {
-            Some(Slot::Here(v)) => return Ok(v.field(field)),
+        if let Some(v) = self.own(vmsa) {
+            return Ok(v.field(field));
+        }
+        let fault = MemoryFault { gpa: vmsa.gpa() };
+        let found = self.shared.state.slots.with_vmsa(vmsa.raw(), |slot| match slot {
+            Slot::Here(v) => Ok(v.field(field)),
             // Out on another CPU: only the fields the guest cannot change are known.
-            Some(Slot::Out(r)) => {
-                return match field {
-                    VmsaField::Vmpl => Ok(u64::from(r.vmpl)),
-                    VmsaField::SevFeatures => Ok(r.sev_features),
-                    _ => Err(MemoryFault { gpa: vmsa.gpa() }),
-                };
-            }
-            None => {}
+            Slot::Out(r) => match field {
+                VmsaField::Vmpl => Ok(u64::from(r.vmpl)),
+                VmsaField::SevFeatures => Ok(r.sev_features),
+                _ => Err(fault),
+            },
+        });
+        if let Some(answer) = found {
+            return answer;
         }
         // A VMSA no vCPU runs yet (CREATE_VCPU in progress): the page itself.
         let gpa = self.unbound_vmsa_field(vmsa, field)?;
         let mut b = [0u8; 8];
-        let bytes = b.get_mut(..field.width()).ok_or(MemoryFault { gpa: vmsa.gpa() })?;
-        self.hw.read_guest(gpa, bytes).map_err(|_| MemoryFault { gpa: vmsa.gpa() })?;
+        let bytes = b.get_mut(..field.width()).ok_or(fault)?;
+        self.shared.hw.read_guest(gpa, bytes).map_err(|_| fault)?;
         Ok(u64::from_le_bytes(b))
     }
 
     fn vmsa_write(&mut self, vmsa: PageAddr, field: VmsaField, value: u64) -> Result<(), MemoryFault> {
-        match self.state.slots.by_vmsa_mut(vmsa.raw()) {
-            Some(Slot::Here(v)) => {
+        if let Some(v) = self.own_mut(vmsa) {
+            v.set_field(field, value);
+            return Ok(());
+        }
+        let fault = MemoryFault { gpa: vmsa.gpa() };
+        let found = self.shared.state.slots.with_vmsa(vmsa.raw(), |slot| match slot {
+            Slot::Here(v) => {
                 v.set_field(field, value);
-                return Ok(());
+                Ok(())
             }
-            Some(Slot::Out(_)) => return Err(MemoryFault { gpa: vmsa.gpa() }),
-            None => {}
+            Slot::Out(_) => Err(fault),
+        });
+        if let Some(answer) = found {
+            return answer;
         }
         let gpa = self.unbound_vmsa_field(vmsa, field)?;
         let bytes = value.to_le_bytes();
-        let bytes = bytes.get(..field.width()).ok_or(MemoryFault { gpa: vmsa.gpa() })?;
-        self.hw.write_guest(gpa, bytes).map_err(|_| MemoryFault { gpa: vmsa.gpa() })
+        let bytes = bytes.get(..field.width()).ok_or(fault)?;
+        self.shared.hw.write_guest(gpa, bytes).map_err(|_| fault)
     }
 
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, _svsm_pages: &[PageAddr]) {
         let mut image = [0u8; 4096];
         // The VMSA page is guest RAM the SVSM owns now (the guest lost access).
-        let read = self.hw.read_guest(vmsa.raw(), &mut image).is_ok();
-        let controls = self.controls();
+        let read = self.shared.hw.read_guest(vmsa.raw(), &mut image).is_ok();
+        let controls = self.shared.controls();
         let asid = index.0.saturating_add(1);
         let made = self
+            .shared
             .hw
             .alloc(1)
             .filter(|_| read)
-            .and_then(|page| SvmVcpu::from_vmsa(page, controls, asid, vmsa.raw(), &image));
+            .and_then(|page| SvmVcpu::from_vmsa(page, controls, asid, vmsa.raw(), &image))
+            .map(|v| self.shared.state.slots.insert(index.0, v).is_ok());
         match made {
-            Some(v) => {
-                self.state.slots.insert(index.0, v);
-                let cpu = self.state.slots.home(index.0);
+            Some(true) => {
+                let cpu = self.shared.state.slots.home(index.0);
                 kernel::log!(self, Info, "svm: vCPU {} runs on cpu {cpu}", index.0);
-                self.hw.vcpus_changed();
+                self.shared.hw.vcpus_changed();
             }
+            Some(false) => kernel::log!(self, Error, "svm: no slot for vCPU {} (APIC ID {apic_id})", index.0),
             None => kernel::log!(self, Error, "svm: no memory for vCPU {} (APIC ID {apic_id})", index.0),
         }
     }
 
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
+        if let Some(v) = self.own_mut(vmsa) {
+            v.stop();
+            return Ok(());
+        }
         // Out on another CPU: it must leave the guest before DELETE_VCPU returns.
-        match self.state.slots.stop(vmsa.raw()) {
-            Ok(Some(cpu)) => self.hw.kick(cpu),
+        match self.shared.state.slots.stop(vmsa.raw()) {
+            Ok(Some(cpu)) => self.shared.hw.kick(cpu),
             Ok(None) => {}
             Err(_) => return Err(HwError::Fault),
         }
@@ -246,9 +262,12 @@ impl<H: SvmHw> Platform for SvmPlatform<H> {
     }
 
     fn vcpu_deleted(&mut self, index: VcpuIndex) {
+        if let Some(o) = self.own.as_mut().filter(|o| o.t.index == index.0) {
+            o.bound = false;
+        }
         // Still out on a CPU (stopped): dropped when that CPU puts it back.
-        self.state.slots.remove(index.0);
-        self.hw.vcpus_changed();
+        self.shared.state.slots.remove(index.0);
+        self.shared.hw.vcpus_changed();
     }
 
     fn vtom_limits(&self) -> Option<VtomLimits> {
@@ -256,37 +275,35 @@ impl<H: SvmHw> Platform for SvmPlatform<H> {
     }
 
     fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> ! {
-        self.hw.fatal(why)
+        self.shared.hw.fatal(why)
     }
 
     fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
-        if level <= self.state.log_level {
-            self.hw.log(level, args);
-        }
+        self.shared.log(level, args);
     }
 
     fn log_level(&self) -> Level {
-        self.state.log_level
+        self.shared.state.log_level()
     }
 
     fn set_log_level(&mut self, level: Level) {
-        self.state.log_level = level;
+        self.shared.state.set_log_level(level);
     }
 
     fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
-        self.hw.log_read(offset, out)
+        self.shared.hw.log_read(offset, out)
     }
 
     fn log_written(&self) -> u64 {
-        self.hw.log_written()
+        self.shared.hw.log_written()
     }
 
     fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
-        self.hw.guest_request(request, response)
+        self.shared.hw.guest_request(request, response)
     }
 
     fn report_certificates(&mut self) -> &[u8] {
-        &self.state.certificates
+        &self.shared.state.certificates
     }
 }
 

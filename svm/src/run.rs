@@ -1,17 +1,23 @@
-//! Running vCPUs: what a CPU does with a vCPU it took out ([`run_until_shared`], no lock
-//! held), and what the SVSM does with the exits that need its shared state
-//! ([`SvmPlatform::after_run`], under the SVSM's lock). The loop that alternates the two
-//! and owns the lock is the caller's (`svsm/src/bare/native.rs`; the model drives the
-//! same steps in `model/src/svm_host.rs`).
+//! Running vCPUs: what a CPU does with a vCPU it took out ([`run_until_shared`]), and
+//! with the exits that need the SVSM ([`SvmShared::after_run`]). Neither holds a lock
+//! around the platform: the CPU keeps its vCPU out of its slot while it serves the
+//! vCPU's call (the kernel reads and writes its registers through the CPU's own
+//! `SvmPlatform`), and puts it back only to yield, after a kick, or for good. The loop
+//! that alternates the two and idles is the caller's (`svsm/src/bare/native.rs`; the
+//! model drives the same steps in `model/src/svm_host.rs`).
 
 use crate::exit::{self, Action};
 use crate::hw::{PageMem, SvmCpu, SvmHw};
 use crate::iopm::{self, IoRefusal};
-use crate::platform::{SvmPlatform, worth_logging};
+use crate::shared::SvmShared;
+use crate::slots::{PutBack, WhileOut};
 use crate::vcpu::{Exit, SvmVcpu};
 use abi::vmcb::offset;
 use abi::vmsa::VmsaField;
+use core::cell::Cell;
 use kernel::Svsm;
+use kernel::platform::Level;
+use kernel::request::EntryOutcome;
 use kernel::vcpu::VcpuIndex;
 
 /// A vCPU taken out to run on a CPU.
@@ -23,6 +29,28 @@ pub struct Taken<P> {
     pub alone: bool,
     /// The generation of the set of vCPUs when it was taken.
     pub generation: u64,
+    /// The guest page this vCPU's calls copied last and the page-state epoch it was
+    /// found copyable at (`SvmPlatform`'s check of its calling area skips the access map
+    /// while the epoch stays).
+    pub(crate) copy_page: Cell<Option<(u64, u64)>>,
+}
+
+/// What the CPU does with its vCPU once an exit was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Run it again at once: it stays out of its slot.
+    RunOn,
+    /// Put it back ([`SvmShared::put_back`]) and pick the next vCPU: it yielded,
+    /// stopped, was kicked, or the set of vCPUs changed.
+    PutBack,
+}
+
+/// What an exit came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handled {
+    pub then: Then,
+    /// What the kernel made of the call, if the exit was one it served.
+    pub served: Option<EntryOutcome>,
 }
 
 /// Why the guest can run no more (a guest that finishes leaves through QEMU's
@@ -60,48 +88,61 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
     }
 }
 
-impl<H: SvmHw> SvmPlatform<H> {
+impl<H: SvmHw> SvmShared<H> {
     /// Take `cpu`'s next runnable vCPU after `last` (round robin), if any. `generation`
-    /// is the set's generation the caller read before it took the lock.
-    pub fn take_next(&mut self, cpu: u32, last: Option<u32>, generation: u64) -> Option<Taken<H::Page>> {
+    /// is the set's generation the caller read before it looked.
+    pub fn take_next(&self, cpu: u32, last: Option<u32>, generation: u64) -> Option<Taken<H::Page>> {
         let (index, vcpu, alone) = self.state.slots.take_next(cpu, last)?;
-        Some(Taken { index, vcpu, alone, generation })
+        Some(Taken { index, vcpu, alone, generation, copy_page: Cell::new(None) })
     }
 
-    /// Put a vCPU back after it ran on `cpu`, handle its exit (`None`: a kick called it
-    /// back), and take it out again if it may go on at once (it did not yield and the set
-    /// of vCPUs did not change): `Ok(Some)` to run it again, `Ok(None)` to pick anew.
-    pub fn after_run(
-        &mut self,
-        svsm: &mut Svsm,
-        t: Taken<H::Page>,
-        exit: Option<Exit>,
-        cpu: u32,
-    ) -> Result<Option<Taken<H::Page>>, End> {
-        let Taken { index, vcpu, alone, generation } = t;
-        self.state.slots.put_back(index, vcpu);
-        let keep = match exit {
-            Some(e) => self.handle_exit(svsm, index, cpu, e)?,
-            None => true,
-        };
-        if keep && self.hw.generation() == generation {
-            return Ok(self.state.slots.take(index, cpu).map(|vcpu| Taken { index, vcpu, alone, generation }));
-        }
-        Ok(None)
+    /// Give a vCPU back to its slot, applying what was recorded for it while it was out.
+    pub fn put_back(&self, t: Taken<H::Page>) -> PutBack {
+        self.state.slots.put_back(t.index, t.vcpu)
     }
 
-    /// Handle an exit of vCPU `index` (back in its slot) that needs the SVSM: `Ok(true)`
-    /// if the vCPU may go on running now, `Ok(false)` if it is another one's turn.
-    fn handle_exit(&mut self, svsm: &mut Svsm, index: u32, cpu: u32, e: Exit) -> Result<bool, End> {
-        // Deleted (dropped) or stopped while it was out: its exit is not served.
-        let Some(v) = self.state.slots.get_mut(index).filter(|v| !v.stopped) else { return Ok(false) };
-        let rip = v.field(VmsaField::Rip);
-        match exit::classify(e.code, e.info1, e.info2, v.field(VmsaField::Rax)) {
-            Action::Call => {
-                v.skip(exit::VMMCALL_LEN);
-                self.state.last_entry = Some(svsm.handle_entry(self, VcpuIndex(index)));
+    /// Handle what ended a run of the vCPU `t` on `cpu` (`None`: a kick called it back)
+    /// and say whether it runs on at once. Nothing shared is locked on the way unless the
+    /// exit needs it: a call is served with the vCPU in this CPU's hands.
+    pub fn after_run(&self, svsm: &Svsm, t: &mut Taken<H::Page>, exit: Option<Exit>, cpu: u32) -> Result<Handled, End> {
+        let put_back = Handled { then: Then::PutBack, served: None };
+        // A kick called it back: what was recorded for it applies as it goes back.
+        let Some(e) = exit else { return Ok(put_back) };
+        // A kick not answered yet may have recorded a flush or a stop for it.
+        if self.hw.kick_pending(cpu) {
+            match self.state.slots.while_out(t.index, t.vcpu.serial) {
+                WhileOut::Nothing => {}
+                WhileOut::Flush => t.vcpu.flush_tlb(),
+                // Deleted, or stopped, while it ran: its exit is not served.
+                WhileOut::Stopped | WhileOut::Gone => return Ok(put_back),
             }
-            Action::Msr { write } => self.answer_msr(svsm, index, write),
+        }
+        let (go_on, served) = self.handle_exit(svsm, t, cpu, e)?;
+        let run_on = go_on && !t.vcpu.stopped && self.hw.generation() == t.generation;
+        Ok(Handled { then: if run_on { Then::RunOn } else { Then::PutBack }, served })
+    }
+
+    /// Handle an exit of the vCPU `t` (held by `cpu`) that needs the SVSM: `Ok((true, _))`
+    /// if it may go on running now, `Ok((false, _))` if it is another one's turn; with
+    /// what the kernel made of a call.
+    fn handle_exit(
+        &self,
+        svsm: &Svsm,
+        t: &mut Taken<H::Page>,
+        cpu: u32,
+        e: Exit,
+    ) -> Result<(bool, Option<EntryOutcome>), End> {
+        let action = exit::classify(e.code, e.info1, e.info2, t.vcpu.field(VmsaField::Rax));
+        if action == Action::Call {
+            t.vcpu.skip(exit::VMMCALL_LEN);
+            let index = VcpuIndex(t.index);
+            return Ok((true, Some(svsm.handle_entry(&mut self.serving(cpu, t), index))));
+        }
+        let (index, v) = (t.index, &mut t.vcpu);
+        let rip = v.field(VmsaField::Rip);
+        match action {
+            Action::Call => {}
+            Action::Msr { write } => self.answer_msr(svsm, index, v, write),
             Action::Io(io) => {
                 v.inject_gp();
                 let why = match iopm::on_exit(&io) {
@@ -120,68 +161,60 @@ impl<H: SvmHw> SvmPlatform<H> {
             // A yield: the caller moves on to this CPU's next vCPU.
             Action::Halt => {
                 v.skip(exit::HLT_LEN);
-                return Ok(false);
+                return Ok((false, None));
             }
-            Action::Broken(why) => return self.broken(index, cpu, why, e),
+            Action::Broken(why) => return self.broken(index, v, cpu, why, e).map(|go_on| (go_on, None)),
             // What the CPU handles alone never comes here; if it does, the same answer.
             Action::BareGate => v.skip(exit::VMMCALL_LEN),
             Action::Undefined => v.inject_ud(),
             Action::Cpuid | Action::Kicked => {}
         }
-        Ok(true)
+        Ok((true, None))
     }
 
     /// Vcpu `index` cannot go on. The startup vCPU ends the run; any other is the guest's
     /// problem: it is stopped and the SVSM serves the rest.
-    fn broken(&mut self, index: u32, cpu: u32, why: &str, e: Exit) -> Result<bool, End> {
+    fn broken(&self, index: u32, v: &mut SvmVcpu<H::Page>, cpu: u32, why: &str, e: Exit) -> Result<bool, End> {
         let (code, i1, i2) = (e.code, e.info1, e.info2);
         if index == VcpuIndex::STARTUP.0 {
-            kernel::log!(self, Error, "svm: the startup vCPU {why} (exit {code:#x}, info1 {i1:#x}, info2 {i2:#x})");
+            self.log(
+                Level::Error,
+                format_args!("svm: the startup vCPU {why} (exit {code:#x}, info1 {i1:#x}, info2 {i2:#x})"),
+            );
             return Err(End::Broken("the startup vCPU cannot run"));
         }
-        if let Some(v) = self.state.slots.get_mut(index) {
-            v.stopped = true;
-        }
-        kernel::log!(
-            self,
-            Warn,
-            "svm: vCPU {index} (cpu {cpu}) {why} (exit {code:#x}, info1 {i1:#x}, info2 {i2:#x}); stopped"
+        v.stopped = true;
+        self.log(
+            Level::Warn,
+            format_args!("svm: vCPU {index} (cpu {cpu}) {why} (exit {code:#x}, info1 {i1:#x}, info2 {i2:#x}); stopped"),
         );
         Ok(false)
     }
 
     /// Log a refused guest access (#GP injected), rate-limited.
-    fn log_refusal(&mut self, what: core::fmt::Arguments<'_>) {
-        if let Some(n) = self.count_refusal() {
-            kernel::log!(self, Warn, "svm: refused {what}; #GP injected ({n} so far)");
+    fn log_refusal(&self, what: core::fmt::Arguments<'_>) {
+        if let Some(n) = self.state.count_refusal() {
+            self.log(Level::Warn, format_args!("svm: refused {what}; #GP injected ({n} so far)"));
         }
-    }
-
-    /// Count a refused guest access; `Some(count)` if it is worth a log line.
-    fn count_refusal(&mut self) -> Option<u32> {
-        self.state.refused = self.state.refused.saturating_add(1);
-        worth_logging(self.state.refused).then_some(self.state.refused)
     }
 
     /// An intercepted RDMSR (or, if `write`, WRMSR) of vCPU `index`: answered as the MSR
     /// policy says, or refused with #GP(0); logged at debug level (refusals
     /// rate-limited).
-    fn answer_msr(&mut self, svsm: &Svsm, index: u32, write: bool) {
+    fn answer_msr(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>, write: bool) {
         let ca = svsm.vcpus().get(VcpuIndex(index)).map_or(0, |c| c.calling_area.0);
-        let tsc = self.hw.rdtsc();
-        let Some(v) = self.state.slots.get_mut(index) else { return };
-        let (msr, access, answer) = v.answer_msr(write, ca, tsc);
-        let count = match answer {
-            Ok(_) => 0,
-            Err(_) => {
-                self.state.refused_msrs = self.state.refused_msrs.saturating_add(1);
-                self.state.refused_msrs
-            }
+        let (msr, access, answer) = v.answer_msr(write, ca, self.hw.rdtsc());
+        let worth = match answer {
+            Ok(_) => true,
+            Err(_) => self.state.count_msr_refusal().is_some(),
         };
-        if worth_logging(count) {
+        if worth {
             let name = crate::msr::rule_for(msr).name;
             let gp = if answer.is_err() { "; #GP(0) injected" } else { "" };
-            kernel::log!(self, Debug, "svm: vCPU {index} MSR {msr:#x} ({name}) {access:x?}: {answer:x?}{gp}");
+            self.log(
+                Level::Debug,
+                format_args!("svm: vCPU {index} MSR {msr:#x} ({name}) {access:x?}: {answer:x?}{gp}"),
+            );
         }
     }
 }

@@ -12,23 +12,30 @@ use std::boxed::Box;
 use std::collections::{BTreeMap, VecDeque};
 use std::format;
 use std::string::String;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::vec::Vec;
 
+/// The machine every CPU shares, for tests on several threads: each part behind its own
+/// lock, as the chip's seam keeps them.
 #[derive(Debug, Default)]
 pub struct TestHw {
     /// Guest memory by page; pages never written read as zero.
-    pub memory: BTreeMap<u64, Box<[u8; 4096]>>,
+    pub memory: Mutex<BTreeMap<u64, Box<[u8; 4096]>>>,
     /// Where guest-physical memory ends.
     pub memory_end: u64,
     /// What nested paging maps, by pfn.
-    pub npt: BTreeMap<u64, Access>,
+    pub npt: Mutex<BTreeMap<u64, Access>>,
     /// Refuse nested mappings from this pfn up (no memory for tables).
     pub npt_full_from: Option<u64>,
-    pub kicks: Vec<u32>,
-    pub generation: u64,
-    pub log: Vec<(Level, String)>,
+    /// Every kick so far, in order.
+    pub kicks: Mutex<Vec<u32>>,
+    /// CPUs kicked: their kick stays pending (no CPU answers it in these tests).
+    pub pending: Mutex<std::collections::BTreeSet<u32>>,
+    pub generation: AtomicU64,
+    pub log: Mutex<Vec<(Level, String)>>,
     /// Allocations left before `alloc` fails.
-    pub allocs_left: Option<usize>,
+    pub allocs_left: Mutex<Option<usize>>,
 }
 
 impl TestHw {
@@ -41,16 +48,18 @@ impl TestHw {
     }
 
     pub fn read(&self, gpa: u64, buf: &mut [u8]) {
+        let memory = self.memory.lock().unwrap();
         for (i, b) in buf.iter_mut().enumerate() {
             let a = gpa + i as u64;
-            *b = self.memory.get(&(a >> 12)).map_or(0, |p| p[(a & 0xFFF) as usize]);
+            *b = memory.get(&(a >> 12)).map_or(0, |p| p[(a & 0xFFF) as usize]);
         }
     }
 
-    pub fn write(&mut self, gpa: u64, data: &[u8]) {
+    pub fn write(&self, gpa: u64, data: &[u8]) {
+        let mut memory = self.memory.lock().unwrap();
         for (i, b) in data.iter().enumerate() {
             let a = gpa + i as u64;
-            self.memory.entry(a >> 12).or_insert_with(|| Box::new([0; 4096]))[(a & 0xFFF) as usize] = *b;
+            memory.entry(a >> 12).or_insert_with(|| Box::new([0; 4096]))[(a & 0xFFF) as usize] = *b;
         }
     }
 
@@ -60,16 +69,30 @@ impl TestHw {
         u64::from_le_bytes(b)
     }
 
+    /// What nested paging maps at `gpa`.
+    pub fn mapped(&self, gpa: u64) -> Option<Access> {
+        self.npt.lock().unwrap().get(&(gpa >> 12)).copied()
+    }
+
+    /// The CPUs kicked so far, and forget them.
+    pub fn take_kicks(&self) -> Vec<u32> {
+        core::mem::take(&mut *self.kicks.lock().unwrap())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     pub fn logged(&self, part: &str) -> bool {
-        self.log.iter().any(|(_, l)| l.contains(part))
+        self.log.lock().unwrap().iter().any(|(_, l)| l.contains(part))
     }
 }
 
 impl SvmHw for TestHw {
     type Page = TestPage;
 
-    fn alloc(&mut self, count: usize) -> Option<TestPage> {
-        if let Some(left) = self.allocs_left.as_mut() {
+    fn alloc(&self, count: usize) -> Option<TestPage> {
+        if let Some(left) = self.allocs_left.lock().unwrap().as_mut() {
             *left = left.checked_sub(1)?;
         }
         Some(TestPage::new(count))
@@ -83,7 +106,7 @@ impl SvmHw for TestHw {
         Ok(())
     }
 
-    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
         if !self.in_memory(gpa, data.len()) {
             return Err(Fault);
         }
@@ -91,23 +114,25 @@ impl SvmHw for TestHw {
         Ok(())
     }
 
-    fn zero_guest(&mut self, gpa: u64, len: usize) -> Result<(), Fault> {
+    fn zero_guest(&self, gpa: u64, len: usize) -> Result<(), Fault> {
         if !self.in_memory(gpa, len) {
             return Err(Fault);
         }
+        let mut memory = self.memory.lock().unwrap();
         for pfn in gpa >> 12..(gpa + len as u64).div_ceil(4096) {
-            self.memory.remove(&pfn);
+            memory.remove(&pfn);
         }
         Ok(())
     }
 
-    fn npt_set(&mut self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+    fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
         if access.is_some() && self.npt_full_from.is_some_and(|from| gpa >> 12 >= from) {
             return Err(Fault);
         }
+        let mut npt = self.npt.lock().unwrap();
         match access {
-            Some(a) => self.npt.insert(gpa >> 12, a),
-            None => self.npt.remove(&(gpa >> 12)),
+            Some(a) => npt.insert(gpa >> 12, a),
+            None => npt.remove(&(gpa >> 12)),
         };
         Ok(())
     }
@@ -116,32 +141,37 @@ impl SvmHw for TestHw {
         0x7000_0000
     }
 
-    fn kick(&mut self, cpu: u32) {
-        self.kicks.push(cpu);
+    fn kick(&self, cpu: u32) {
+        self.kicks.lock().unwrap().push(cpu);
+        self.pending.lock().unwrap().insert(cpu);
     }
 
-    fn vcpus_changed(&mut self) {
-        self.generation += 1;
+    fn kick_pending(&self, cpu: u32) -> bool {
+        self.pending.lock().unwrap().contains(&cpu)
+    }
+
+    fn vcpus_changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     fn generation(&self) -> u64 {
-        self.generation
+        self.generation.load(Ordering::SeqCst)
     }
 
     fn rdtsc(&self) -> u64 {
         1_000_000
     }
 
-    fn guest_request(&mut self, _: &[u8; 4096], _: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+    fn guest_request(&self, _: &[u8; 4096], _: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
         Err(GuestRequestError::Unavailable)
     }
 
-    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> ! {
+    fn fatal(&self, why: core::fmt::Arguments<'_>) -> ! {
         panic!("fatal: {why}")
     }
 
-    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
-        self.log.push((level, format!("{args}")));
+    fn log(&self, level: Level, args: core::fmt::Arguments<'_>) {
+        self.log.lock().unwrap().push((level, format!("{args}")));
     }
 
     fn log_read(&self, _: u64, _: &mut [u8]) -> Result<usize, LogLost> {

@@ -24,9 +24,10 @@ commands:
                                      fuzz NAME (dispatcher, the default, or evidence) for N seconds
                                      (default: 600); needs the nightly toolchain, installs
                                      cargo-fuzz if missing
-  bench                              the pvalidate, OCP log-read and vTPM benchmarks of the model, the
-                                     tpm-bridge behind tpm2-abrmd beside swtpm, then the svm call
-                                     round trip over 5 QEMU boots (target/bench/*.json)
+  bench [--only model|svm]           the pvalidate, OCP log-read and vTPM benchmarks of the model, the
+                                     tpm-bridge behind tpm2-abrmd beside swtpm (the `model` part),
+                                     then the svm call round trip and vCPU isolation over 5 QEMU
+                                     boots (the `svm` part); --only runs one part (target/bench/*.json)
   igvm [--firmware FILE] [--out FILE]
                                      build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
                                      (default target/bulwark.igvm); prints its expected measurement
@@ -53,7 +54,7 @@ pub enum Task {
     Run(RunOptions),
     Test,
     Fuzz(FuzzOptions),
-    Bench,
+    Bench(BenchParts),
     Igvm(IgvmOptions),
     Boot(BootOptions),
     Help,
@@ -72,6 +73,21 @@ impl RunOptions {
         let json = self.json.then(|| "--json".to_string());
         let filter = self.filter.iter().flat_map(|f| ["--filter".to_string(), f.clone()]);
         json.into_iter().chain(filter).collect()
+    }
+}
+
+/// Which parts of `bench` run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchParts {
+    /// The model's benchmarks and the tpm-bridge one.
+    pub model: bool,
+    /// The QEMU boots on the svm platform.
+    pub svm: bool,
+}
+
+impl Default for BenchParts {
+    fn default() -> Self {
+        Self { model: true, svm: true }
     }
 }
 
@@ -149,7 +165,7 @@ pub fn parse(args: &[String]) -> Result<Task> {
         "run" => Task::Run(options.run()?),
         "test" => Task::Test,
         "fuzz" => Task::Fuzz(options.fuzz()?),
-        "bench" => Task::Bench,
+        "bench" => Task::Bench(options.bench()?),
         "igvm" => Task::Igvm(options.igvm()?),
         "boot" => Task::Boot(options.boot()?),
         // Anything after `help` is ignored, as before.
@@ -210,6 +226,20 @@ impl<'a> Options<'a> {
                         text.parse().map_err(|_| format!("`--seconds {text}`: not a whole number of seconds"))?;
                 }
                 "--target" => o.target = self.value(arg)?.clone(),
+                _ => return Err(self.unknown(arg)),
+            }
+        }
+        Ok(o)
+    }
+
+    fn bench(&mut self) -> Result<BenchParts> {
+        let mut o = BenchParts::default();
+        while let Some(arg) = self.rest.next() {
+            match arg.as_str() {
+                "--only" => {
+                    let only_svm = self.word(arg, &[("model", false), ("svm", true)])?;
+                    o = BenchParts { model: !only_svm, svm: only_svm };
+                }
                 _ => return Err(self.unknown(arg)),
             }
         }

@@ -17,6 +17,7 @@ pub fn build_svsm(gdb_stub: bool) -> Result<PathBuf> {
     let image = target_dir()?.join("x86_64-unknown-none/release/bulwark-svsm");
     let named = symbols::embed(&image)?;
     step(&format!("embedded {named} function names for backtraces"));
+    symbols::check_hot_path(&image)?;
     let stubs = symbols::c_runtime_stubs(&image)?;
     if !stubs.is_empty() {
         eprintln!(

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         Task::Run(options) => run(&options),
         Task::Test => test::run().map(|()| ExitCode::SUCCESS),
         Task::Fuzz(options) => fuzz::run(&options).map(|()| ExitCode::SUCCESS),
-        Task::Bench => bench::run().map(|()| ExitCode::SUCCESS),
+        Task::Bench(parts) => bench::run(parts).map(|()| ExitCode::SUCCESS),
         Task::Boot(options) => boot::run(&options).map(|()| ExitCode::SUCCESS),
         Task::Igvm(options) => igvm::run(&options).map(|()| ExitCode::SUCCESS),
         Task::Help => {

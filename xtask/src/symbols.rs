@@ -13,6 +13,7 @@ use x86::elf::{u16_at, u32_at, u64_at};
 struct Section {
     name: String,
     kind: u32,
+    addr: u64,
     offset: usize,
     size: usize,
     link: u32,
@@ -36,6 +37,7 @@ fn sections(elf: &[u8]) -> Option<Vec<Section>> {
         out.push(Section {
             name: String::from_utf8_lossy(&elf[name_off..name_off + name_len]).into_owned(),
             kind: u32_at(elf, h + 4)?,
+            addr: u64_at(elf, h + 16)?,
             offset: usize::try_from(u64_at(elf, h + 24)?).ok()?,
             size: usize::try_from(u64_at(elf, h + 32)?).ok()?,
             link: u32_at(elf, h + 40)?,
@@ -88,6 +90,56 @@ pub fn c_runtime_stubs(image: &Path) -> Result<Vec<String>, String> {
     Ok(stubs)
 }
 
+/// The functions of a guest's call on the svm platform (demangled-name suffixes) that
+/// `svsm/linker.ld` places at the front of `.text`: QEMU's TCG empties its TLB and jump
+/// cache on every world switch, so the call costs a page walk per code page it touches
+/// (docs/platforms/svm.md, "Measured").
+pub const HOT_PATH: [&str; 11] = [
+    "bulwark_svsm::bare::native::serve",
+    "bulwark_svm::run::run_until_shared",
+    "SvmShared<H>>::after_run",
+    "bulwark_kernel::svsm::Svsm>::handle_entry",
+    "bulwark_kernel::vcpu::VcpuRegistry::get",
+    "SvmPlatform<H> as bulwark_kernel::platform::Platform>::vmsa_read",
+    "SvmPlatform<H> as bulwark_kernel::platform::Platform>::vmsa_write",
+    "bulwark_kernel::protocols::dispatch",
+    "bulwark_kernel::protocols::core::query_protocol",
+    "bulwark_kernel::svsm::Svsm>::sync_mem_available",
+    "bulwark_kernel::protocols::ocp::post_events",
+];
+/// How far into `.text` the hot path may reach (it takes about 5 pages).
+pub const HOT_PATH_BYTES: u64 = 8 * 4096;
+
+/// The [`HOT_PATH`] functions missing from `funcs` (address, size, demangled name) or
+/// starting [`HOT_PATH_BYTES`] or more past `text_start`.
+fn hot_path_misplaced(funcs: &[(u64, u32, String)], text_start: u64) -> Vec<&'static str> {
+    HOT_PATH
+        .into_iter()
+        .filter(|hot| {
+            let mut found = funcs.iter().filter(|f| f.2.ends_with(hot)).peekable();
+            found.peek().is_none() || found.any(|f| f.0.wrapping_sub(text_start) >= HOT_PATH_BYTES)
+        })
+        .collect()
+}
+
+/// Check that `image` keeps the svm call path at the front of `.text` (the linker
+/// script's list matches mangled names, so a renamed function would silently leave it).
+pub fn check_hot_path(image: &Path) -> Result<(), String> {
+    let elf = std::fs::read(image).map_err(|e| format!("reading {}: {e}", image.display()))?;
+    let secs = sections(&elf).ok_or("not an ELF64 image")?;
+    let text = secs.iter().find(|s| s.name == ".text").ok_or("no .text section")?;
+    let funcs = functions(&elf, &secs).ok_or("no symbol table in the image")?;
+    let misplaced = hot_path_misplaced(&funcs, text.addr);
+    if misplaced.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the svm call path is no longer at the front of .text ({} KiB): {}; svsm/linker.ld names its functions",
+        HOT_PATH_BYTES / 1024,
+        misplaced.join(", ")
+    ))
+}
+
 /// Write the symbol table into `image`; returns how many functions it names.
 pub fn embed(image: &Path) -> Result<usize, String> {
     let mut elf = std::fs::read(image).map_err(|e| format!("reading {}: {e}", image.display()))?;
@@ -124,4 +176,29 @@ pub fn embed(image: &Path) -> Result<usize, String> {
     elf[offset..offset + table.len()].copy_from_slice(&table);
     std::fs::write(image, &elf).map_err(|e| format!("writing {}: {e}", image.display()))?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(addr: u64, name: &str) -> (u64, u32, String) {
+        (addr, 16, name.to_string())
+    }
+
+    #[test]
+    fn the_hot_path_must_be_at_the_front_of_text() {
+        let text = 0x100_1000;
+        let mut funcs: Vec<_> =
+            HOT_PATH.iter().enumerate().map(|(i, name)| f(text + 0x100 * i as u64, &format!("<x::{name}"))).collect();
+        assert_eq!(hot_path_misplaced(&funcs, text), [] as [&str; 0]);
+        // A second copy far away (another platform's) is misplaced too.
+        funcs.push(f(text + HOT_PATH_BYTES, &format!("<y::{}", HOT_PATH[3])));
+        assert_eq!(hot_path_misplaced(&funcs, text), [HOT_PATH[3]]);
+        funcs.pop();
+        // Renamed: the linker script no longer finds it, nor does the check.
+        funcs.remove(0);
+        assert_eq!(hot_path_misplaced(&funcs, text), [HOT_PATH[0]]);
+        assert_eq!(hot_path_misplaced(&[], text).len(), HOT_PATH.len());
+    }
 }

@@ -1,6 +1,5 @@
 use super::*;
 use crate::npt::Access;
-use crate::slots::Slot;
 use crate::test_hw::TestHw;
 use abi::vmsa::VmsaField;
 use kernel::platform::Platform;
@@ -19,9 +18,14 @@ pub(crate) fn plan() -> Plan {
     p
 }
 
-pub(crate) fn launched() -> (SvmPlatform<TestHw>, SvsmConfig) {
+pub(crate) fn launched() -> (SvmShared<TestHw>, SvsmConfig) {
+    launched_on(TestHw::new(0x2000_0000))
+}
+
+/// The launch on `hw`, for two CPUs.
+pub(crate) fn launched_on(hw: TestHw) -> (SvmShared<TestHw>, SvsmConfig) {
     let vmpcks = [[0xA0; 32], [0xA1; 32], [0xA2; 32], [0xA3; 32]];
-    SvmPlatform::launch(TestHw::new(0x2000_0000), plan(), ENTRY, 2, &vmpcks, vec![1, 2, 3]).unwrap()
+    SvmShared::launch(hw, plan(), ENTRY, 2, &vmpcks, vec![1, 2, 3]).unwrap()
 }
 
 #[test]
@@ -140,22 +144,23 @@ fn the_launch_leaves_the_state_the_layout_describes() {
     let (p, config) = launched();
     let hw = &p.hw;
     assert_eq!(hw.u64_at(0xB000), 0xC000 | 3);
+    let npt = hw.npt.lock().unwrap();
     assert_eq!(hw.u64_at(0x8000 + 0x20), u64::from_le_bytes([0xA0; 8]));
     assert_eq!(hw.u64_at(0x9000), 0);
     let ro = Access { write: false, execute: false };
     let rwx = Access { write: true, execute: true };
-    assert_eq!(hw.npt.get(&0x8), Some(&ro), "secrets: read-only");
-    assert_eq!(hw.npt.get(&0x9), Some(&rwx));
-    assert_eq!(hw.npt.get(&0xB), Some(&rwx));
-    assert_eq!(hw.npt.get(&0x200), Some(&rwx));
-    assert_eq!(hw.npt.get(&0x22F), Some(&rwx));
-    assert!(!hw.npt.contains_key(&0xA), "the VMSA page is never the guest's");
-    assert!(!hw.npt.contains_key(&0x230) && !hw.npt.contains_key(&0x1000), "unvalidated RAM and the SVSM");
-    assert_eq!(hw.npt.len(), 1 + 1 + 6 + 0x30);
-    let vmsa = p.state.rmp.entry(0xA).unwrap();
+    assert_eq!(npt.get(&0x8), Some(&ro), "secrets: read-only");
+    assert_eq!(npt.get(&0x9), Some(&rwx));
+    assert_eq!(npt.get(&0xB), Some(&rwx));
+    assert_eq!(npt.get(&0x200), Some(&rwx));
+    assert_eq!(npt.get(&0x22F), Some(&rwx));
+    assert!(!npt.contains_key(&0xA), "the VMSA page is never the guest's");
+    assert!(!npt.contains_key(&0x230) && !npt.contains_key(&0x1000), "unvalidated RAM and the SVSM");
+    assert_eq!(npt.len(), 1 + 1 + 6 + 0x30);
+    let vmsa = *p.state.rmp().entry(0xA).unwrap();
     assert!(vmsa.validated && vmsa.vmsa);
-    let Some(Slot::Here(v)) = p.state.slots.slot(0) else { panic!("no startup vCPU") };
-    assert_eq!((v.field(VmsaField::Rip), v.field(VmsaField::Cr3), v.vmsa_gpa), (ENTRY, 0xB000, 0xA000));
+    let startup = p.with_vcpu(0, |v| (v.field(VmsaField::Rip), v.field(VmsaField::Cr3), v.vmsa_gpa));
+    assert_eq!(startup, Some((ENTRY, 0xB000, 0xA000)));
     assert_eq!(p.state.certificates, [1, 2, 3]);
     assert_eq!(config.startup_vmsa.raw(), 0xA000);
     assert_eq!(config.startup_calling_area.0, 0x9000);
@@ -170,10 +175,11 @@ fn the_launch_leaves_the_state_the_layout_describes() {
 /// VMPCK0 out, through the platform.
 #[test]
 fn the_kernel_starts_on_the_launch() {
-    let (mut p, config) = launched();
+    let (s, config) = launched();
+    let mut p = s.platform(0);
     let svsm = kernel::Svsm::new(config, &mut p).unwrap();
     assert_eq!(svsm.vmpck0(), [0xA0; 32]);
-    let hw = &p.hw;
+    let hw = &s.hw;
     assert_eq!(hw.u64_at(0x8000 + 0x20), 0, "VMPCK0 erased");
     assert_eq!(hw.u64_at(0x8000 + 0x40), u64::from_le_bytes([0xA1; 8]), "VMPCK1 stays");
     assert_eq!(hw.u64_at(0x8000 + abi::secrets::SVSM_BASE_OFFSET as u64), 0x100_0000);
@@ -189,15 +195,15 @@ fn config_vmsa() -> kernel::addr::PageAddr {
 fn a_launch_without_memory_is_an_error() {
     let vmpcks = [[0; 32]; 4];
     for allowed in 0..3 {
-        let hw = TestHw { allocs_left: Some(allowed), ..TestHw::new(0x2000_0000) };
-        let r = SvmPlatform::launch(hw, plan(), ENTRY, 1, &vmpcks, vec![]);
+        let hw = TestHw { allocs_left: std::sync::Mutex::new(Some(allowed)), ..TestHw::new(0x2000_0000) };
+        let r = SvmShared::launch(hw, plan(), ENTRY, 1, &vmpcks, vec![]);
         assert!(matches!(r, Err(LaunchError::OutOfMemory(_))), "{allowed} pages");
     }
     let hw = TestHw { npt_full_from: Some(0x200), ..TestHw::new(0x2000_0000) };
-    assert!(matches!(SvmPlatform::launch(hw, plan(), ENTRY, 1, &vmpcks, vec![]), Err(LaunchError::OutOfMemory(_))));
+    assert!(matches!(SvmShared::launch(hw, plan(), ENTRY, 1, &vmpcks, vec![]), Err(LaunchError::OutOfMemory(_))));
     let small = TestHw::new(0x9000);
     assert_eq!(
-        SvmPlatform::launch(small, plan(), ENTRY, 1, &vmpcks, vec![]).map(|_| ()),
+        SvmShared::launch(small, plan(), ENTRY, 1, &vmpcks, vec![]).map(|_| ()),
         Err(LaunchError::Memory(0xB000))
     );
 }

@@ -13,20 +13,20 @@ const CA: u64 = 0x9000;
 const START_RIP: u64 = 0x20_0000;
 
 struct World {
-    p: SvmPlatform<TestHw>,
+    p: SvmShared<TestHw>,
     svsm: Svsm,
     cpu: TestCpu,
 }
 
 fn world() -> World {
-    let (mut p, config) = launched();
-    let svsm = Svsm::new(config, &mut p).unwrap();
+    let (p, config) = launched();
+    let svsm = Svsm::new(config, &mut p.platform(0)).unwrap();
     World { p, svsm, cpu: TestCpu::default() }
 }
 
 impl World {
     fn take(&mut self) -> Taken<TestPage> {
-        let g = self.p.hw.generation;
+        let g = self.p.hw.generation();
         self.p.take_next(0, None, g).unwrap()
     }
 
@@ -37,23 +37,23 @@ impl World {
         self.cpu.script = steps.iter().copied().collect();
         let mut t = self.take();
         let exit = run_until_shared(&mut self.cpu, &mut t);
-        let again = self.p.after_run(&mut self.svsm, t, exit, 0)?;
-        Ok(match again {
-            Some(t) => {
-                self.p.state.slots.put_back(t.index, t.vcpu);
-                true
-            }
-            None => false,
-        })
+        let handled = self.p.after_run(&self.svsm, &mut t, exit, 0);
+        self.p.put_back(t);
+        Ok(handled?.then == Then::RunOn)
     }
 
-    fn vcpu0(&self) -> &SvmVcpu<TestPage> {
-        self.p.vcpu(0).unwrap()
+    /// `f` on vCPU 0, in its slot.
+    fn vcpu0<R>(&self, f: impl FnOnce(&SvmVcpu<TestPage>) -> R) -> R {
+        self.p.with_vcpu(0, f).unwrap()
+    }
+
+    fn field(&self, f: VmsaField) -> u64 {
+        self.vcpu0(|v| v.field(f))
     }
 
     fn event(&self) -> u64 {
         // What the next entry delivers.
-        self.vcpu0().vmcb.u64(offset::EVENT_INJ)
+        self.vcpu0(|v| v.vmcb.u64(offset::EVENT_INJ))
     }
 }
 
@@ -75,14 +75,14 @@ fn vmmcall_is_the_call_gate() {
     let mut w = world();
     w.p.hw.write(CA, &[1]);
     assert_eq!(w.run(&[call(7 << 32, 0)]), Ok(true), "the vCPU goes on at once");
-    assert_eq!(w.vcpu0().field(VmsaField::Rax), 0x8000_0001, "SVSM_ERR_UNSUPPORTED_PROTOCOL");
-    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 3);
+    assert_eq!(w.field(VmsaField::Rax), 0x8000_0001, "SVSM_ERR_UNSUPPORTED_PROTOCOL");
+    assert_eq!(w.field(VmsaField::Rip), START_RIP + 3);
     let mut pending = [9u8];
     w.p.hw.read(CA, &mut pending);
     assert_eq!(pending, [0], "CALL_PENDING cleared by the SVSM");
     w.p.hw.write(CA, &[1]);
     assert_eq!(w.run(&[call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1)]), Ok(true));
-    assert_eq!(w.vcpu0().field(VmsaField::Rax), 0, "QUERY_PROTOCOL: SUCCESS");
+    assert_eq!(w.field(VmsaField::Rax), 0, "QUERY_PROTOCOL: SUCCESS");
     assert_eq!(calls(&w.svsm), 2);
 }
 
@@ -135,7 +135,7 @@ fn refused_io_and_memory_inject_gp() {
     let io = Step { code: code::IOIO, info1: 0xCFC << 16 | 1 << 6 | 1, ..Step::default() };
     assert_eq!(w.run(&[io]), Ok(true));
     assert_eq!(w.event(), GP);
-    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP);
+    assert_eq!(w.field(VmsaField::Rip), START_RIP);
     assert!(w.p.hw.logged("I/O to port 0xcfc"));
     let npf = Step { code: code::NPF, info1: 0b111, info2: 0x100_0000, ..Step::default() };
     assert_eq!(w.run(&[npf]), Ok(true));
@@ -156,7 +156,7 @@ fn refusals_cannot_flood_the_log() {
     for _ in 0..250 {
         assert_eq!(w.run(&[npf]), Ok(true));
     }
-    let lines = w.p.hw.log.iter().filter(|(_, l)| l.contains("refused vCPU 0")).count();
+    let lines = w.p.hw.log.lock().unwrap().iter().filter(|(_, l)| l.contains("refused vCPU 0")).count();
     assert_eq!(lines, 32 + 2, "1..=32, 100, 200");
 }
 
@@ -167,12 +167,12 @@ fn msr_exits_follow_the_policy() {
     let mut w = world();
     let rd = Step { code: code::MSR, info1: 0, rcx: 0xC001_F000, ..Step::default() };
     assert_eq!(w.run(&[rd]), Ok(true));
-    assert_eq!(w.vcpu0().field(VmsaField::Rax), CA);
-    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 2);
+    assert_eq!(w.field(VmsaField::Rax), CA);
+    assert_eq!(w.field(VmsaField::Rip), START_RIP + 2);
     let wr = Step { code: code::MSR, info1: 1, rcx: 0xC001_0117, rax: 0x1000, ..Step::default() };
     assert_eq!(w.run(&[wr]), Ok(true));
     assert_eq!(w.event(), GP);
-    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 2, "the read before");
+    assert_eq!(w.field(VmsaField::Rip), START_RIP + 2, "the read before");
 }
 
 /// HLT: with no other vCPU on the CPU and nothing changed, the CPU steps over it alone;
@@ -190,20 +190,23 @@ fn hlt_is_a_yield() {
     let mut t = w.take();
     w.cpu.script = [hlt].into();
     w.cpu.generation = 1;
-    w.p.hw.generation = 1;
+    w.p.hw.vcpus_changed();
     let e = run_until_shared(&mut w.cpu, &mut t);
     assert!(e.is_some(), "the set changed: the HLT goes to the SVSM");
-    let r = w.p.after_run(&mut w.svsm, t, e, 0).unwrap();
-    assert!(r.is_none(), "yielded: the CPU picks anew");
-    assert_eq!(w.vcpu0().field(VmsaField::Rip), START_RIP + 3);
+    let r = w.p.after_run(&w.svsm, &mut t, e, 0).unwrap();
+    assert_eq!(r.then, Then::PutBack, "yielded: the CPU picks anew");
+    w.p.put_back(t);
+    assert_eq!(w.field(VmsaField::Rip), START_RIP + 3);
 }
 
-/// A kick calls the vCPU back without an exit: it is put back and taken again.
+/// A kick calls the vCPU back without an exit: it goes back to its slot (where what was
+/// recorded for it applies) and the CPU picks anew, nothing served.
 #[test]
 fn a_kick_puts_the_vcpu_back() {
     let mut w = world();
-    assert_eq!(w.run(&[]), Ok(true));
+    assert_eq!(w.run(&[]), Ok(false));
     assert_eq!(calls(&w.svsm), 0);
+    assert!(w.p.take_next(0, None, 0).is_some(), "back in its slot, runnable");
 }
 
 /// A vCPU that breaks: the startup one ends the run; the SVSM logs why.
@@ -222,15 +225,16 @@ fn a_broken_startup_vcpu_ends_the_run() {
 fn a_broken_secondary_vcpu_is_stopped() {
     let mut w = world();
     let secondary = SvmVcpu::long_mode(TestPage::new(1), w.p.controls(), 0x40_0000, START_RIP, 0xB000);
-    w.p.state.slots.insert(1, secondary);
-    let g = w.p.hw.generation;
+    w.p.state.slots.insert(1, secondary).unwrap();
+    let g = w.p.hw.generation();
     let t = w.p.take_next(1, None, g).unwrap();
     assert_eq!(t.index, 1);
     let mut t = t;
     w.cpu.script = [Step { code: code::SHUTDOWN, ..Step::default() }].into();
     let e = run_until_shared(&mut w.cpu, &mut t);
-    assert_eq!(w.p.after_run(&mut w.svsm, t, e, 1).map(|t| t.is_none()), Ok(true));
-    assert!(w.p.state.slots.get(1).unwrap().stopped);
+    assert_eq!(w.p.after_run(&w.svsm, &mut t, e, 1).map(|h| h.then), Ok(Then::PutBack));
+    w.p.put_back(t);
+    assert_eq!(w.p.with_vcpu(1, |v| v.stopped), Some(true));
     assert!(w.p.take_next(1, None, g).is_none(), "never runs again");
     assert!(w.p.hw.logged("vCPU 1 (cpu 1) shut down"));
 }
@@ -243,10 +247,118 @@ fn an_exit_of_a_vcpu_stopped_while_out_is_not_served() {
     w.cpu.script = [call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1)].into();
     let mut t = w.take();
     let e = run_until_shared(&mut w.cpu, &mut t);
-    w.p.vcpu_stop(kernel::addr::PageAddr::from_pfn(0xA)).unwrap();
-    assert_eq!(w.p.hw.kicks, vec![0]);
+    w.p.platform(1).vcpu_stop(kernel::addr::PageAddr::from_pfn(0xA)).unwrap();
+    assert_eq!(w.p.hw.take_kicks(), vec![0]);
     w.p.hw.write(CA, &[1]);
-    assert_eq!(w.p.after_run(&mut w.svsm, t, e, 0).map(|t| t.is_none()), Ok(true));
+    assert_eq!(w.p.after_run(&w.svsm, &mut t, e, 0).map(|h| h.then), Ok(Then::PutBack));
+    w.p.put_back(t);
     assert_eq!(calls(&w.svsm), 0);
-    assert!(w.vcpu0().stopped);
+    assert!(w.vcpu0(|v| v.stopped));
+}
+
+/// vCPU 1 in the kernel's registry and in its slot (on CPU 1), as CREATE_VCPU leaves it.
+fn with_second_vcpu(w: &mut World) {
+    let vmsa = kernel::addr::PageAddr::from_pfn(0x400);
+    let created = w.svsm.vcpus().insert(kernel::vcpu::Vcpu {
+        apic_id: 1,
+        vmsa,
+        vmpl: 1,
+        creator_vmpl: 1,
+        retired: None,
+        calling_area: kernel::addr::Gpa(0x41_0000),
+        svsm_pages: None,
+    });
+    assert_eq!(created.map(|i| i.0), Ok(1));
+    let v = SvmVcpu::long_mode(TestPage::new(1), w.p.controls(), vmsa.raw(), START_RIP, 0xB000);
+    w.p.state.slots.insert(1, v).unwrap();
+}
+
+/// A core call on vCPU 0 needs no lock that another CPU's work holds: with another CPU
+/// in the middle of a page-state change (the page-state lock held) and holding vCPU 1's
+/// slot and registry entry, and even vCPU 0's slot (no kick is pending, so nothing can
+/// have been recorded there), QUERY_PROTOCOL on vCPU 0 is served to the end. (With one
+/// lock around the platform, the calling area checked under the page-state lock, or the
+/// slot consulted at every exit, it waits for the other CPU and this fails.)
+#[test]
+fn a_call_takes_no_lock_another_cpus_work_holds() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let mut w = world();
+    with_second_vcpu(&mut w);
+    w.p.hw.write(CA, &[1]);
+    let (p, svsm) = (&w.p, &w.svsm);
+    let mut t = p.take_next(0, None, p.hw.generation()).unwrap();
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let t = std::thread::scope(|scope| {
+        // CPU 1, in the middle of its own long work.
+        scope.spawn(move || {
+            let _page_state = p.state.lock_rmp();
+            p.state.slots.with_slot(0, |_| {
+                p.state.slots.with_slot(1, |_| {
+                    svsm.vcpus().update(VcpuIndex(1), |_| {
+                        held_tx.send(()).unwrap();
+                        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+                    })
+                })
+            });
+        });
+        held_rx.recv().unwrap();
+        // CPU 0: vCPU 0 calls QUERY_PROTOCOL.
+        let cpu0 = scope.spawn(move || {
+            let query = call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1 << 32 | 1);
+            let mut cpu = TestCpu { script: [query].into(), ..TestCpu::default() };
+            let exit = run_until_shared(&mut cpu, &mut t);
+            let handled = p.after_run(svsm, &mut t, exit, 0);
+            done_tx.send(handled.map(|h| (h.served, h.then, t.vcpu.field(VmsaField::Rax)))).unwrap();
+            t
+        });
+        let served = done_rx.recv_timeout(Duration::from_secs(10));
+        drop(release_tx);
+        let served = served.expect("vCPU 0's call waited for CPU 1's locks");
+        let success = Some(kernel::request::EntryOutcome::Served(abi::result::ResultCode::SUCCESS));
+        assert_eq!(served, Ok((success, Then::RunOn, 0)));
+        cpu0.join().unwrap()
+    });
+    w.p.put_back(t);
+    let mut pending = [9u8];
+    w.p.hw.read(CA, &mut pending);
+    assert_eq!(pending, [0], "CALL_PENDING cleared");
+}
+
+/// Another CPU changes page state while vCPU 1 is out on CPU 1 and its VMMCALL is on the
+/// way: CPU 1 is kicked, and the flush reaches vCPU 1 before its guest runs again, both
+/// when CPU 1 finds it at the call's exit and when the kick calls the vCPU back.
+#[test]
+fn a_page_state_change_on_another_cpu_reaches_a_vcpu_out() {
+    let mut w = world();
+    with_second_vcpu(&mut w);
+    w.p.hw.write(0x41_0000, &[1]);
+    let query = call(u64::from(abi::protocol::core_call::QUERY_PROTOCOL), 1 << 32 | 1);
+    let mut cpu1 = TestCpu { script: [query, query].into(), ..TestCpu::default() };
+    let mut t = w.p.take_next(1, None, w.p.hw.generation()).unwrap();
+    assert_eq!(t.index, 1);
+    let exit = run_until_shared(&mut cpu1, &mut t);
+    // CPU 0 validates a page meanwhile.
+    let page = kernel::addr::PageAddr::from_pfn(0x500);
+    w.p.platform(0).pvalidate(page, kernel::addr::PageSize::Size4K, true).unwrap();
+    assert_eq!(w.p.hw.take_kicks(), [1]);
+    let handled = w.p.after_run(&w.svsm, &mut t, exit, 1).unwrap();
+    assert!(handled.served.is_some(), "the call is served");
+    assert_eq!(handled.then, Then::RunOn);
+    run_until_shared(&mut cpu1, &mut t);
+    assert_eq!(
+        cpu1.entries.iter().map(|e| e.1).collect::<std::vec::Vec<_>>(),
+        [0, 1],
+        "flushed on the entry after the change"
+    );
+    // Another change; this time the kick calls the vCPU back before any exit.
+    w.p.platform(0).pvalidate(page, kernel::addr::PageSize::Size4K, false).unwrap();
+    assert_eq!(w.p.hw.take_kicks(), [1]);
+    let handled = w.p.after_run(&w.svsm, &mut t, None, 1).unwrap();
+    assert_eq!(handled.then, Then::PutBack, "a kick called it back");
+    assert_eq!(w.p.put_back(t), crate::slots::PutBack::Flushed);
+    let t = w.p.take_next(1, None, w.p.hw.generation()).unwrap();
+    assert_eq!(t.vcpu.vmcb.u8(offset::TLB_CONTROL), 1, "to flush on its next entry");
 }

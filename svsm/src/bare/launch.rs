@@ -12,7 +12,8 @@ use super::svm::npt::NestedPageTable;
 use alloc::vec::Vec;
 use kernel::Svsm;
 use sha2::{Digest, Sha384};
-use svm::SvmPlatform;
+use spin::Mutex;
+use svm::SvmShared;
 use svm::launch::{LaunchError, Plan, QEMU};
 
 /// Memory-map entries the launch reads at most.
@@ -92,7 +93,7 @@ fn load_guest(info: &StartInfo, plan: &mut Plan) -> Result<(u64, [u8; 48]), &'st
 }
 
 /// Build the guest's world; returns the platform and the SVSM serving it.
-pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatform<BareSvm>, Svsm), &'static str> {
+pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmShared<BareSvm>, Svsm), &'static str> {
     let ram: Vec<(u64, u64)> = (0..info.memmap_entries.min(MAX_RANGES))
         .filter_map(|i| info.memory(i))
         .filter(|r| r.kind == PVH_RAM)
@@ -112,15 +113,15 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmPlatfor
     let psp = super::svm::psp::launch(vmpcks[0], measurement)?;
     let certificates = certify(&psp);
     let npt = NestedPageTable::new().ok_or("out of memory for nested page tables")?;
-    let hw = BareSvm { npt, psp: Some(psp) };
-    let launched = SvmPlatform::launch(hw, plan, entry, cpus, &vmpcks, certificates);
+    let hw = BareSvm { npt: Mutex::new(npt), psp: Mutex::new(Some(psp)) };
+    let launched = SvmShared::launch(hw, plan, entry, cpus, &vmpcks, certificates);
     // The launch's copy of the keys goes (the PSP and the secrets page keep theirs).
     for key in &mut vmpcks {
         key.fill(0);
     }
     core::hint::black_box(&vmpcks);
-    let (mut platform, config) = launched.map_err(why)?;
-    let svsm = Svsm::new(config, &mut platform).map_err(|_| "the SVSM refused the launch state")?;
+    let (platform, config) = launched.map_err(why)?;
+    let svsm = Svsm::new(config, &mut platform.platform(0)).map_err(|_| "the SVSM refused the launch state")?;
     Ok((platform, svsm))
 }
 

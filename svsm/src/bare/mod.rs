@@ -101,7 +101,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     let layout = ::svm::launch::QEMU;
     println!(
         "launch: guest entry {:#x}, SVSM region {:#x}..{:#x}, calling area {:#x}, secrets page {:#x}",
-        platform.vcpu(0).map_or(0, |v| v.field(abi::vmsa::VmsaField::Rip)),
+        platform.with_vcpu(0, |v| v.field(abi::vmsa::VmsaField::Rip)).unwrap_or(0),
         layout.svsm_region.start,
         layout.svsm_region.end,
         layout.calling_area,

@@ -23,6 +23,10 @@ fn layout(count: usize) -> Option<Layout> {
 // during VMRUN, but only on the CPU that holds the Page at that time.)
 unsafe impl Send for Page {}
 
+// SAFETY: through `&Page` only the page's address and a shared view of its bytes are
+// reachable (`phys`, `run_bytes`), as through `&Box<[u8]>`; changing it needs `&mut`.
+unsafe impl Sync for Page {}
+
 impl Page {
     pub fn zeroed() -> Option<Self> {
         Self::zeroed_run(1)

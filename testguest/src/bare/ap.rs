@@ -1,14 +1,15 @@
 //! Secondary vCPUs of the test guest. The boot vCPU creates them with CREATE_VCPU from a
 //! VMSA it builds here (`write_vmsa`); each runs `ap_main`, a mailbox loop: when the boot
 //! vCPU posts a request, the secondary vCPU issues it as its own VMMCALL (through its own
-//! calling area) and posts the registers back. Waiting is HLT, which the SVSM treats as a
-//! yield, so both make progress on one physical CPU.
+//! calling area) and posts the registers back, or times QUERY_PROTOCOL calls in a loop
+//! until told to stop (the vCPU isolation benchmark, `isolation.rs`). Waiting is HLT,
+//! which the SVSM treats as a yield, so both make progress on one physical CPU.
 #![expect(unsafe_code, reason = "the APs' mailboxes and entry point")]
 
 use super::gate::Vmmcall;
 use alloc::vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use guest::{Regs, Transport};
 
 pub const MAX_APIC: usize = 8;
@@ -18,6 +19,7 @@ const IDLE: u32 = 0;
 const PING: u32 = 1;
 const CALL: u32 = 2;
 const DONE: u32 = 3;
+const TIME_CALLS: u32 = 4;
 
 struct Mailbox {
     state: AtomicU32,
@@ -48,6 +50,12 @@ extern "C" fn ap_main(apic: u64) -> ! {
     loop {
         match mb.state.load(Ordering::Acquire) {
             PING => mb.state.store(DONE, Ordering::Release),
+            TIME_CALLS => {
+                // SAFETY: TIME_CALLS hands `regs` to this vCPU until it stores DONE.
+                let regs = unsafe { *mb.regs.get() };
+                time_calls(regs.rcx, regs.rdx);
+                mb.state.store(DONE, Ordering::Release);
+            }
             CALL => {
                 // SAFETY: CALL hands `regs` to this vCPU until it stores DONE.
                 let regs = unsafe { &mut *mb.regs.get() };
@@ -57,6 +65,154 @@ extern "C" fn ap_main(apic: u64) -> ! {
             _ => yield_cpu(),
         }
     }
+}
+
+/// QUERY_PROTOCOL round trips timed by the secondary vCPU that runs [`time_calls`]: a
+/// histogram of 512-cycle buckets (the last one open-ended) and the exact worst.
+struct Latencies {
+    buckets: [AtomicU32; BUCKETS],
+    count: AtomicU64,
+    worst: AtomicU64,
+    failed: AtomicU64,
+    /// From the first call's start to the last one's end.
+    span: AtomicU64,
+}
+
+const BUCKETS: usize = 1024;
+const BUCKET_CYCLES: u64 = 512;
+
+static LATENCIES: Latencies = Latencies {
+    buckets: [const { AtomicU32::new(0) }; BUCKETS],
+    count: AtomicU64::new(0),
+    worst: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    span: AtomicU64::new(0),
+};
+/// Set by the boot vCPU: the timing loop ends.
+static STOP_TIMING: AtomicBool = AtomicBool::new(false);
+
+/// What a timing loop measured: calls, median and worst round trip in TSC cycles, calls
+/// that failed, and how long the loop ran (a call that waited shows in the worst and in
+/// the span, however few they are).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Latency {
+    pub calls: u64,
+    pub median: u64,
+    pub worst: u64,
+    pub failed: u64,
+    pub span: u64,
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// On the secondary vCPU: time QUERY_PROTOCOL through the calling area at `ca` until the
+/// boot vCPU says stop or `limit` calls were made.
+fn time_calls(ca: u64, limit: u64) {
+    let l = &LATENCIES;
+    for b in &l.buckets {
+        b.store(0, Ordering::Relaxed);
+    }
+    l.worst.store(0, Ordering::Relaxed);
+    l.failed.store(0, Ordering::Relaxed);
+    l.span.store(0, Ordering::Relaxed);
+    l.count.store(0, Ordering::Release);
+    let mut c = guest::Client::new(Vmmcall, ca);
+    let query = Regs {
+        rax: abi::protocol::CallId::new(abi::protocol::ProtocolId::CORE, abi::protocol::core_call::QUERY_PROTOCOL)
+            .to_rax(),
+        rcx: 1 << 32 | 1,
+        ..Regs::default()
+    };
+    let start = rdtsc();
+    while !STOP_TIMING.load(Ordering::Acquire) && l.count.load(Ordering::Relaxed) < limit {
+        let t0 = rdtsc();
+        let answer = c.issue(query);
+        let cycles = rdtsc().saturating_sub(t0);
+        if !answer.is_ok_and(|r| r.rax == 0) {
+            l.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = usize::try_from(cycles / BUCKET_CYCLES).unwrap_or(BUCKETS - 1).min(BUCKETS - 1);
+        if let Some(b) = l.buckets.get(bucket) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        l.worst.fetch_max(cycles, Ordering::Relaxed);
+        l.count.fetch_add(1, Ordering::Release);
+    }
+    l.span.store(rdtsc().saturating_sub(start), Ordering::Relaxed);
+}
+
+impl Latencies {
+    fn summary(&self) -> Latency {
+        let calls = self.count.load(Ordering::Acquire);
+        let mut seen = 0u64;
+        let mut median = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += u64::from(b.load(Ordering::Relaxed));
+            if seen * 2 >= calls && calls > 0 {
+                // The bucket's middle.
+                median = i as u64 * BUCKET_CYCLES + BUCKET_CYCLES / 2;
+                break;
+            }
+        }
+        Latency {
+            calls,
+            median,
+            worst: self.worst.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            span: self.span.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Spin a little in the guest, touching nothing shared.
+fn quiet_spin() {
+    for i in 0..64u32 {
+        core::hint::black_box(i);
+    }
+}
+
+/// Have the vCPU with `apic` time QUERY_PROTOCOL through its calling area `ca` until
+/// [`stop_timing`] or `limit` calls; returns once it has made its first call (`false`:
+/// it did not start).
+pub fn start_timing(apic: u32, ca: u64, limit: u64) -> bool {
+    let Some(mb) = MAILBOXES.get(apic as usize) else { return false };
+    LATENCIES.count.store(0, Ordering::Release);
+    STOP_TIMING.store(false, Ordering::Release);
+    // SAFETY: IDLE: the boot vCPU owns `regs` until it posts TIME_CALLS.
+    unsafe { *mb.regs.get() = Regs { rcx: ca, rdx: limit, ..Regs::default() } };
+    mb.state.store(TIME_CALLS, Ordering::Release);
+    // Spin, without exits of its own, until the first call is timed.
+    for _ in 0..1_000_000_000u64 {
+        if LATENCIES.count.load(Ordering::Acquire) > 0 || mb.state.load(Ordering::Acquire) == DONE {
+            return true;
+        }
+        // No PAUSE: QEMU's TCG leaves its execution loop on every one, which would make
+        // this vCPU's thread the noisiest thing on the machine while vCPU 1 is timed.
+        quiet_spin();
+    }
+    false
+}
+
+/// Stop the timing loop of the vCPU with `apic` (at once, or `at_limit`: when it made its
+/// calls) and collect what it measured. The boot vCPU spins in the guest meanwhile.
+pub fn stop_timing(apic: u32, at_limit: bool) -> Option<Latency> {
+    let mb = MAILBOXES.get(apic as usize)?;
+    if !at_limit {
+        STOP_TIMING.store(true, Ordering::Release);
+    }
+    for _ in 0..10_000_000_000u64 {
+        if mb.state.load(Ordering::Acquire) == DONE {
+            mb.state.store(IDLE, Ordering::Release);
+            return Some(LATENCIES.summary());
+        }
+        // No PAUSE: QEMU's TCG leaves its execution loop on every one, which would make
+        // this vCPU's thread the noisiest thing on the machine while vCPU 1 is timed.
+        quiet_spin();
+    }
+    None
 }
 
 /// Post `kind` to the vCPU with `apic` and wait (yielding) up to `rounds` times for it.

@@ -12,6 +12,7 @@ mod evidence;
 mod gate;
 mod heap;
 mod io;
+mod isolation;
 mod msrs;
 mod ocp;
 mod probe;

@@ -156,6 +156,9 @@ fn options_are_read_into_what_they_say() {
         parse(&args(&["igvm", "--out", "a.igvm"])),
         Ok(Task::Igvm(IgvmOptions { firmware: None, out: Some("a.igvm".into()) }))
     );
+    assert_eq!(parse(&args(&["bench"])), Ok(Task::Bench(BenchParts { model: true, svm: true })));
+    assert_eq!(parse(&args(&["bench", "--only", "svm"])), Ok(Task::Bench(BenchParts { model: false, svm: true })));
+    assert_eq!(parse(&args(&["bench", "--only", "model"])), Ok(Task::Bench(BenchParts { model: true, svm: false })));
     assert_eq!(parse(&[]), Ok(Task::Help));
     assert_eq!(parse(&args(&["--help"])), Ok(Task::Help));
 }
@@ -166,6 +169,8 @@ fn bad_command_lines_are_refused_with_the_usage() {
         &["build"][..],
         &["test", "--json"],
         &["bench", "now"],
+        &["bench", "--only"],
+        &["bench", "--only", "qemu"],
         &["run", "--platform", "snp"],
         &["run", "--filter"],
         &["fuzz", "--seconds", "ten"],

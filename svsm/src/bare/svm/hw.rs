@@ -1,7 +1,11 @@
-//! The `svm` platform's seam on the chip: [`BareSvm`] is the machine as the shared SVSM
-//! uses it (guest-physical copies, the nested page tables' memory, kicks, the software
-//! PSP, the console), [`BareCpu`] what one CPU does alone (VMRUN, CPUID). Everything
-//! above them is `bulwark_svm`'s.
+//! The `svm` platform's seam on the chip: [`BareSvm`] is the machine every CPU shares
+//! (guest-physical copies, the nested page tables' memory, kicks, the software PSP, the
+//! console), [`BareCpu`] what one CPU does alone (VMRUN, CPUID). Everything above them is
+//! `bulwark_svm`'s.
+//!
+//! Every CPU calls [`BareSvm`] at once. Guest-physical copies, kicks and the clock need
+//! no lock; the nested page tables and the PSP each have their own, a leaf held for one
+//! call (the platform changes the tables only under its page-state lock anyway).
 #![expect(unsafe_code, reason = "VMCBs and nested page tables in SVSM memory")]
 
 use super::super::pages::Page;
@@ -10,6 +14,7 @@ use super::npt::NestedPageTable;
 use super::{kick, vmrun};
 use kernel::log_ring::LogLost;
 use kernel::platform::{GuestRequestError, Level};
+use spin::Mutex;
 use svm::hw::{Fault, PageMem, SvmCpu, SvmHw};
 use svm::npt::Access;
 
@@ -36,15 +41,15 @@ impl PageMem for Page {
 
 /// The machine, as the platform holds it.
 pub struct BareSvm {
-    pub npt: NestedPageTable,
+    pub npt: Mutex<NestedPageTable>,
     /// The software PSP that answers the SVSM's guest requests (attestation).
-    pub psp: Option<softpsp::SoftPsp>,
+    pub psp: Mutex<Option<softpsp::SoftPsp>>,
 }
 
 impl SvmHw for BareSvm {
     type Page = Page;
 
-    fn alloc(&mut self, count: usize) -> Option<Page> {
+    fn alloc(&self, count: usize) -> Option<Page> {
         Page::zeroed_run(count)
     }
 
@@ -58,7 +63,7 @@ impl SvmHw for BareSvm {
         if unsafe { guest_phys::read(gpa, buf) } { Ok(()) } else { Err(Fault) }
     }
 
-    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<(), Fault> {
         if !outside_svsm(gpa, data.len()) {
             return Err(Fault);
         }
@@ -66,7 +71,7 @@ impl SvmHw for BareSvm {
         if unsafe { guest_phys::write(gpa, data) } { Ok(()) } else { Err(Fault) }
     }
 
-    fn zero_guest(&mut self, gpa: u64, len: usize) -> Result<(), Fault> {
+    fn zero_guest(&self, gpa: u64, len: usize) -> Result<(), Fault> {
         if !outside_svsm(gpa, len) {
             return Err(Fault);
         }
@@ -74,23 +79,27 @@ impl SvmHw for BareSvm {
         if unsafe { guest_phys::zero(gpa, len) } { Ok(()) } else { Err(Fault) }
     }
 
-    fn npt_set(&mut self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+    fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
         // The platform maps only guest pages; SVSM memory is refused here as well.
         if access.is_some() && !outside_svsm(gpa, 4096) {
             return Err(Fault);
         }
-        self.npt.set(gpa, access).ok_or(Fault)
+        self.npt.lock().set(gpa, access).ok_or(Fault)
     }
 
     fn npt_root(&self) -> u64 {
-        self.npt.root()
+        self.npt.lock().root()
     }
 
-    fn kick(&mut self, cpu: u32) {
+    fn kick(&self, cpu: u32) {
         kick::kick(cpu);
     }
 
-    fn vcpus_changed(&mut self) {
+    fn kick_pending(&self, cpu: u32) -> bool {
+        kick::pending(cpu)
+    }
+
+    fn vcpus_changed(&self) {
         kick::vcpus_changed();
     }
 
@@ -102,8 +111,9 @@ impl SvmHw for BareSvm {
         clock::rdtsc()
     }
 
-    fn guest_request(&mut self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
-        let psp = self.psp.as_mut().ok_or(GuestRequestError::Unavailable)?;
+    fn guest_request(&self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
+        let mut psp = self.psp.lock();
+        let psp = psp.as_mut().ok_or(GuestRequestError::Unavailable)?;
         // The firmware's refusals all read as INVALID_PARAM (0x16): the SVSM only needs to
         // know that no answer came.
         psp.guest_request(request, response).map_err(|e| {
@@ -112,12 +122,12 @@ impl SvmHw for BareSvm {
         })
     }
 
-    fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> ! {
+    fn fatal(&self, why: core::fmt::Arguments<'_>) -> ! {
         crate::println!("svm: stopping: {why}");
         crate::bare::exit::failure()
     }
 
-    fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>) {
+    fn log(&self, level: Level, args: core::fmt::Arguments<'_>) {
         crate::println!("[{level:?}] {args}");
     }
 

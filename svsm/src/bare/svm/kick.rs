@@ -4,8 +4,10 @@
 //! A CPU that changes nested paging, or stops a vCPU, while another CPU runs a vCPU must
 //! not return before that CPU has left the guest: a stale translation or one more guest
 //! instruction after the call could break the promise the call made. [`kick`] asks the
-//! CPU to come back to the SVSM's lock before it enters the guest again and, if it is in
-//! the guest, sends it an NMI (intercepted: the vCPU exits) and waits for the exit.
+//! CPU to put its vCPU back in its slot (where the change was recorded) before it enters
+//! the guest again and, if it is in the guest, sends it an NMI (intercepted: the vCPU
+//! exits) and waits for the exit. A CPU that serves its vCPU's call meanwhile finds the
+//! kick [`pending`] at the exit and looks at the vCPU's slot before it serves it.
 //!
 //! The handshake is Dekker-style, every access SeqCst: the kicker sets `KICK` then reads
 //! `IN_GUEST`; the runner (GIF clear, so the NMI is held until VMRUN) sets `IN_GUEST` then
@@ -24,7 +26,7 @@ pub const MAX_CPUS: usize = 64;
 
 /// The CPU is between [`enter`] and [`exited`]: in the guest, or about to be.
 static IN_GUEST: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-/// The CPU must come back to the SVSM's lock before it enters the guest again.
+/// The CPU must put its vCPU back in its slot before it enters the guest again.
 static KICK: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// The CPU sleeps (or is about to) until woken.
 static IDLE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
@@ -51,7 +53,7 @@ fn slot(cpu: u32) -> Option<(&'static AtomicBool, &'static AtomicBool, &'static 
 }
 
 /// Called with GIF clear right before VMRUN: `false` if a kick is pending, and the CPU
-/// must go back to the lock instead of entering the guest.
+/// must put its vCPU back instead of entering the guest.
 pub fn enter(cpu: u32) -> bool {
     let Some((in_guest, kick, _)) = slot(cpu) else { return false };
     in_guest.store(true, Ordering::SeqCst);
@@ -70,7 +72,12 @@ pub fn exited(cpu: u32) {
     }
 }
 
-/// Make `cpu` leave the guest and come back to the lock before it runs a vCPU again;
+/// A kick of `cpu` it has not answered yet (its next `enter` refuses and clears it).
+pub fn pending(cpu: u32) -> bool {
+    slot(cpu).is_some_and(|(_, kick, _)| kick.load(Ordering::SeqCst))
+}
+
+/// Make `cpu` leave the guest and put its vCPU back before it runs one again;
 /// returns once it is out of the guest. Never call it for the running CPU.
 pub fn kick(cpu: u32) {
     let Some((in_guest, kick, exits)) = slot(cpu) else { return };
