@@ -263,17 +263,19 @@ fn find_in_leaf(leaf: &Leaf, from: u64, to: u64, want: bool) -> Option<u64> {
 #[derive(Debug)]
 pub struct OwnedBitmap {
     map: PageBitmap,
-    parts: [StripePart; STRIPES],
+    /// On the heap: the pool sits in the SVSM, which moves through a small boot stack.
+    parts: alloc::boxed::Box<[StripePart; STRIPES]>,
 }
 
 impl OwnedBitmap {
     pub fn new(pages: u64) -> Result<Self, NoRoom> {
-        Ok(Self { map: PageBitmap::new(pages)?, parts: core::array::from_fn(|_| StripePart::default()) })
+        let parts = crate::heap::boxed_array(StripePart::default).ok_or(NoRoom)?;
+        Ok(Self { map: PageBitmap::new(pages)?, parts })
     }
 
     fn part(&self, region: u64) -> &StripePart {
         // `stripe_of` is below STRIPES, the array's length: the fallback is never taken.
-        let [first, ..] = &self.parts;
+        let [first, ..] = &*self.parts;
         self.parts.get(stripe_of(region)).unwrap_or(first)
     }
 

@@ -34,6 +34,7 @@ use crate::addr::{PageAddr, PageRange};
 use crate::bitmap::{NoRoom, PageBitmap, REGION_PAGES, RegionState, STRIPES, StripePart, stripe_of};
 use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use spin::{Mutex, MutexGuard, RwLock};
@@ -82,8 +83,9 @@ pub struct PageTracker {
     validated: PageBitmap,
     /// Bit set = the page was deposited with the SVSM, free or in use (likewise).
     deposited: PageBitmap,
-    /// The lock of each stripe and the leaves it guards.
-    stripes: [Mutex<Stripe>; STRIPES],
+    /// The lock of each stripe and the leaves it guards (on the heap, as are the hints:
+    /// the SVSM moves through a small boot stack).
+    stripes: Box<[Mutex<Stripe>; STRIPES]>,
     /// The few pages with another role (VMSAs, calling areas, the secrets page), sorted
     /// by pfn. Their number is bounded by the vCPUs the SVSM serves, and the room for them
     /// is reserved at start, so a new role never allocates. Written only when a vCPU or
@@ -91,7 +93,7 @@ pub struct PageTracker {
     roles: RwLock<Vec<(u64, PageRole)>>,
     /// Roles per bucket of regions (`region % ROLE_HINTS`), changed with `roles`: a range
     /// whose buckets are all empty has no role, and its check need not read `roles`.
-    role_hints: [AtomicU32; ROLE_HINTS],
+    role_hints: Box<[AtomicU32; ROLE_HINTS]>,
 }
 
 /// The stripes a change holds (at most two), and the records of their pages. Records of
@@ -142,9 +144,9 @@ impl PageTracker {
             svsm,
             validated: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
             deposited: PageBitmap::new(top_pfn).map_err(|_| LayoutError::NoMemory)?,
-            stripes: core::array::from_fn(|_| Mutex::new(Stripe::default())),
+            stripes: crate::heap::boxed_array(|| Mutex::new(Stripe::default())).ok_or(LayoutError::NoMemory)?,
             roles: RwLock::new(roles),
-            role_hints: core::array::from_fn(|_| AtomicU32::new(0)),
+            role_hints: crate::heap::boxed_array(|| AtomicU32::new(0)).ok_or(LayoutError::NoMemory)?,
         };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
@@ -180,7 +182,7 @@ impl PageTracker {
     fn stripe(&self, index: usize) -> &Mutex<Stripe> {
         // `index` comes from `stripe_of`, below STRIPES (the array's length): the fallback
         // is never taken.
-        let [first, ..] = &self.stripes;
+        let [first, ..] = &*self.stripes;
         self.stripes.get(index).unwrap_or(first)
     }
 
