@@ -443,6 +443,41 @@ impl Held<'_> {
         self.set(range, Which::Deposited, deposited)
     }
 
+    /// [`Self::check_target`] and [`Self::prepare_validation`] of a PVALIDATE entry in one
+    /// pass: the entry lies in one 2 MiB region, whose stripe this holds, so its region,
+    /// states and leaves are found once, and the record it returns changes them without a
+    /// search. Also answers whether a page of it is recorded validated.
+    pub fn prepare_entry(&mut self, range: PageRange) -> Result<(EntryRecord<'_>, bool), EntryError> {
+        let pages = self.pages;
+        pages.check_common(range).map_err(|(pg, why)| EntryError::Conflict(pg, why))?;
+        let region = region_of(range.start_pfn());
+        let base = region * REGION_PAGES;
+        let (from, to) = (range.start_pfn() - base, range.end_pfn() - base);
+        if to > REGION_PAGES {
+            return Err(EntryError::NotHeld);
+        }
+        let stripe = stripe_of(region);
+        let s = self.kept.iter_mut().flatten().find(|(i, _)| *i == stripe).ok_or(EntryError::NotHeld)?;
+        let s = &mut *s.1;
+        // The first page with a role, as `check_target` finds it.
+        let deposited = match pages.deposited.state(region) {
+            RegionState::Clear => None,
+            RegionState::Set => Some(from),
+            RegionState::Mixed => pages.deposited.find(&s.deposited, region, from, to, true),
+        }
+        .map(|bit| (base + bit, PageRole::Deposited));
+        let other = pages.other_role_in(range, |_| false);
+        let first = match (other, deposited) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        if let Some((pfn, role)) = first {
+            return Err(EntryError::Conflict(PageAddr::from_pfn(pfn), conflict(role)));
+        }
+        let any = pages.validated.reserve(&mut s.validated, region, from, to).map_err(|_| EntryError::NoRoom)?;
+        Ok((EntryRecord { map: &pages.validated, part: &mut s.validated, region, from, to }, any))
+    }
+
     /// Make room in `which` for a change of `range`; whether some page of it is set.
     fn reserve(&mut self, range: PageRange, which: Which) -> Result<bool, NoRoom> {
         let map = which.map(self.pages);
@@ -461,6 +496,36 @@ impl Held<'_> {
         }
         complete
     }
+}
+
+/// The validation record of one PVALIDATE entry (one 4 KiB page, or one whole 2 MiB
+/// region) whose stripe a [`Held`] keeps, found once for the change that follows
+/// ([`Held::prepare_entry`]).
+#[derive(Debug)]
+pub struct EntryRecord<'h> {
+    map: &'h PageBitmap,
+    part: &'h mut StripePart,
+    region: u64,
+    from: u64,
+    to: u64,
+}
+
+impl EntryRecord<'_> {
+    /// Record the entry's pages as validated or not (never allocates: the room was made).
+    pub fn set(&mut self, valid: bool) -> bool {
+        self.map.set(self.part, self.region, self.from, self.to, valid)
+    }
+}
+
+/// Why [`Held::prepare_entry`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryError {
+    /// A page of the entry is not one a call may act on.
+    Conflict(PageAddr, AddressConflict),
+    /// The heap cannot hold the record of the change.
+    NoRoom,
+    /// The entry spans two regions, or its stripe is not held (an SVSM bug).
+    NotHeld,
 }
 
 /// Which of the two bitmaps.

@@ -17,7 +17,7 @@ use super::list;
 use crate::addr::{PageAddr, PageRange, PageSize};
 use crate::caller::{Access, Caller};
 use crate::error::{CallError, CallResult};
-use crate::pages::Held;
+use crate::pages::{EntryError, EntryRecord, Held};
 use crate::platform::{Platform, PvalidateEffect};
 use crate::protocols::{CallContext, Reply};
 use crate::rollback::{Step, Undo, perms_now};
@@ -96,24 +96,29 @@ fn hw(entry: &Entry) -> impl Fn(crate::platform::HwError) -> CallError {
 /// makes check, hardware and record one step against every other vCPU (two vCPUs
 /// validating and invalidating one page cannot interleave).
 pub fn apply<P: Platform + ?Sized>(held: &mut Held<'_>, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
-    held.check_target(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
-    // The validation record makes room before the hardware changes, so the two cannot
-    // disagree afterwards (a 4 KiB entry in a 2 MiB run the record held whole needs a leaf).
-    let recorded_valid = held.prepare_validation(entry.range).map_err(|_| CallError::OutOfMemory)?;
+    // Checked as a target, and the validation record makes room before the hardware
+    // changes, so the two cannot disagree afterwards (a 4 KiB entry in a 2 MiB run the
+    // record held whole needs a leaf).
+    let (mut record, recorded_valid) = held.prepare_entry(entry.range).map_err(|e| match e {
+        EntryError::Conflict(pg, why) => CallError::address(pg.gpa(), why),
+        EntryError::NoRoom => CallError::OutOfMemory,
+        EntryError::NotHeld => CallError::InvalidRequest("PVALIDATE entry outside its page lock"),
+    })?;
+    let record = &mut record;
     if entry.validate {
         // A page that is not validated belongs to no VMPL yet, so any caller may validate
         // it (and gets access with every more privileged VMPL). A validated one only
         // answers "no change" and is not touched.
-        validate(held, p, caller.vmpl, entry, recorded_valid)
+        validate(record, p, caller.vmpl, entry, recorded_valid)
     } else {
         // Invalidating destroys the contents: only for a caller that could write them.
         caller.check(p, entry.range, Access::Write)?;
-        invalidate(held, p, caller.vmpl, entry)
+        invalidate(record, p, caller.vmpl, entry)
     }
 }
 
 fn validate<P: Platform + ?Sized>(
-    held: &mut Held<'_>,
+    record: &mut EntryRecord<'_>,
     p: &mut P,
     caller_vmpl: u8,
     entry: &Entry,
@@ -122,7 +127,7 @@ fn validate<P: Platform + ?Sized>(
     let effect = p.pvalidate(entry.page, entry.size, true).map_err(hw(entry))?;
     if effect == PvalidateEffect::Unchanged {
         // Possibly validated before the SVSM knew (at launch): the hardware is right.
-        held.set_validated(entry.range, true);
+        record.set(true);
         return no_change(entry);
     }
     // Valid now, but neither zeroed nor the guest's: until the grant is complete, every
@@ -137,7 +142,7 @@ fn validate<P: Platform + ?Sized>(
             entry.page.raw()
         );
         drop(undo);
-        held.set_validated(entry.range, false);
+        record.set(false);
         return Err(CallError::address(entry.page.gpa(), crate::error::AddressConflict::Reassigned));
     }
     undo.platform().zero_pages(entry.range)?;
@@ -146,11 +151,16 @@ fn validate<P: Platform + ?Sized>(
         undo.did(Step::SetPerms { vmpl, perms: PERM_NONE, size: entry.size });
     }
     undo.commit();
-    held.set_validated(entry.range, true);
+    record.set(true);
     Ok(())
 }
 
-fn invalidate<P: Platform + ?Sized>(held: &mut Held<'_>, p: &mut P, caller_vmpl: u8, entry: &Entry) -> CallResult<()> {
+fn invalidate<P: Platform + ?Sized>(
+    record: &mut EntryRecord<'_>,
+    p: &mut P,
+    caller_vmpl: u8,
+    entry: &Entry,
+) -> CallResult<()> {
     // Revoke every lower VMPL first; if PVALIDATE then fails (a size mismatch, say), the
     // page is still valid and everyone gets back what they had.
     let mut undo = Undo::new(p, entry.page, "invalidation");
@@ -161,7 +171,7 @@ fn invalidate<P: Platform + ?Sized>(held: &mut Held<'_>, p: &mut P, caller_vmpl:
     }
     let effect = undo.platform().pvalidate(entry.page, entry.size, false).map_err(hw(entry))?;
     undo.commit();
-    held.set_validated(entry.range, false);
+    record.set(false);
     match effect {
         PvalidateEffect::Changed => Ok(()),
         PvalidateEffect::Unchanged => no_change(entry),
