@@ -63,6 +63,12 @@ pub enum End {
 /// Run a taken vCPU on `cpu`, handling the exits that need nothing shared (the bare
 /// gate, CPUID, a kick's NMI, a refused SVM instruction, a HLT with no other vCPU to
 /// switch to), until one does; `None` if a kick calls the vCPU back.
+///
+/// Never inlined: svsm/linker.ld places it by name at the front of the bare image's
+/// `.text` with the rest of the call path, and `cargo xtask` checks that it is there.
+/// Whether the compiler inlines it into its one caller shifts with unrelated code (a
+/// small change elsewhere in the svsm crate did it in the `gdb` build).
+#[inline(never)]
 pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>) -> Option<Exit> {
     loop {
         let v = &mut t.vcpu;

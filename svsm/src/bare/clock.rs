@@ -10,8 +10,9 @@ static TICKS_PER_US: AtomicU64 = AtomicU64::new(0);
 static START: AtomicU64 = AtomicU64::new(0);
 
 const PIT_HZ: u64 = 1_193_182;
-/// Calibration window: 10 ms of PIT counts.
-const WINDOW_COUNTS: u16 = (PIT_HZ / 100) as u16;
+/// Calibration window: 10 ms of PIT counts (`PIT_HZ / 100`, checked below).
+const WINDOW_COUNTS: u16 = 11_931;
+const _: () = assert!(WINDOW_COUNTS as u64 == PIT_HZ / 100);
 
 pub use super::cpu::rdtsc;
 
@@ -20,8 +21,9 @@ pub fn calibrate() {
     // Channel 2 gate on, speaker off; mode 0 (interrupt on terminal count), binary.
     outb(0x61, (inb(0x61) & !0x02) | 0x01);
     outb(0x43, 0b1011_0000);
-    outb(0x42, WINDOW_COUNTS as u8);
-    outb(0x42, (WINDOW_COUNTS >> 8) as u8);
+    let [low, high] = WINDOW_COUNTS.to_le_bytes();
+    outb(0x42, low);
+    outb(0x42, high);
     let start = rdtsc();
     // OUT2 (port 0x61 bit 5) rises at terminal count; give up after ~1 s worth of TSC
     // at 10 GHz so a missing PIT cannot hang the boot.
@@ -40,5 +42,6 @@ pub fn calibrate() {
 pub fn monotonic_ns() -> u64 {
     let per_us = TICKS_PER_US.load(Ordering::Relaxed).max(1);
     let ticks = rdtsc().saturating_sub(START.load(Ordering::Relaxed));
-    (u128::from(ticks) * 1000 / u128::from(per_us)) as u64
+    // Beyond u64 only after some 584 years: the clock then stays at its end.
+    u64::try_from(u128::from(ticks) * 1000 / u128::from(per_us)).unwrap_or(u64::MAX)
 }

@@ -166,8 +166,10 @@ pub fn replay_for_failure() {
     let mut chunk = [0u8; 512];
     let mut at = oldest;
     while let Ok(n @ 1..) = console.log.read(at, &mut chunk) {
+        // The log never reads more than the chunk holds.
+        let Some(bytes) = chunk.get(..n) else { break };
         // A chunk may end inside a multi-byte character: invalid bytes print as '?'.
-        for part in chunk[..n].utf8_chunks() {
+        for part in bytes.utf8_chunks() {
             let _ = serial.write_str(part.valid());
             if !part.invalid().is_empty() {
                 let _ = serial.write_str("?");

@@ -14,6 +14,17 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     (r.eax, r.ebx, r.ecx, r.edx)
 }
 
+/// The low half of a 64-bit register (EAX of RAX), or of a value the CPU splits into
+/// EDX:EAX.
+pub fn low32(v: u64) -> u32 {
+    u32::try_from(v & 0xFFFF_FFFF).unwrap_or(0)
+}
+
+/// The high half of a 64-bit value (EDX of EDX:EAX).
+pub fn high32(v: u64) -> u32 {
+    u32::try_from(v >> 32).unwrap_or(0)
+}
+
 /// Read an MSR.
 ///
 /// # Safety
@@ -33,7 +44,7 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 pub unsafe fn wrmsr(msr: u32, value: u64) {
     // SAFETY: the caller guarantees the write is valid and harmless to running code.
     unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags))
+        asm!("wrmsr", in("ecx") msr, in("eax") low32(value), in("edx") high32(value), options(nomem, nostack, preserves_flags))
     };
 }
 

@@ -53,23 +53,25 @@ pub fn load() {
 /// the same index (the snp platform's re-created vCPUs) reuses its tables with
 /// [`activate`] instead of building new ones.
 pub fn build() -> Tables {
-    // TSS: IST pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
-    let mut tss = Box::new([0u8; 104]);
-    for ist in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK] {
-        let off = 36 + 8 * usize::from(ist - 1);
-        tss[off..off + 8].copy_from_slice(&leak_stack().to_le_bytes());
+    // TSS: IST1..IST7 pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
+    let mut tss = [0u8; 104];
+    for (ist, pointer) in (1u8..).zip(tss[36..92].chunks_exact_mut(8)) {
+        if matches!(ist, IST_DOUBLE_FAULT | IST_NMI | IST_MACHINE_CHECK) {
+            pointer.copy_from_slice(&leak_stack().to_le_bytes());
+        }
     }
     tss[102..104].copy_from_slice(&104u16.to_le_bytes());
-    let tss = Box::leak(tss);
+    let tss = Box::leak(Box::new(tss));
     let base = tss.as_ptr() as u64;
     let limit = 103u64;
     let tss_low = limit | (base & 0xFF_FFFF) << 16 | 0x89 << 40 | ((base >> 24) & 0xFF) << 56;
     let tss_high = base >> 32;
     let gdt = Box::leak(Box::new([0u64, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, tss_low, tss_high]));
 
+    // 256 gates of two quadwords each.
     let mut idt = Box::new([0u64; 512]);
     let stubs = core::ptr::addr_of!(exception_stubs) as u64;
-    for vector in 0..32u64 {
+    for (vector, gate) in (0..32u64).zip(idt.chunks_exact_mut(2)) {
         let handler = if vector == 2 { core::ptr::addr_of!(nmi_return) as u64 } else { stubs + vector * STUB_SIZE };
         let ist = match vector {
             8 => IST_DOUBLE_FAULT,
@@ -77,18 +79,17 @@ pub fn build() -> Tables {
             18 => IST_MACHINE_CHECK,
             _ => 0,
         };
-        let [low, high] = x86::idt::interrupt_gate(handler, CODE_SELECTOR, ist);
-        idt[vector as usize * 2] = low;
-        idt[vector as usize * 2 + 1] = high;
+        gate.copy_from_slice(&x86::idt::interrupt_gate(handler, CODE_SELECTOR, ist));
     }
     // The only interrupts the SVSM takes: they end an idle CPU's HLT (`svm/kick.rs`).
     for (vector, handler) in [
         (super::lapic::WAKE_VECTOR, core::ptr::addr_of!(wake_return)),
         (super::lapic::SPURIOUS_VECTOR, core::ptr::addr_of!(spurious_return)),
     ] {
-        let [low, high] = x86::idt::interrupt_gate(handler as u64, CODE_SELECTOR, 0);
-        idt[usize::from(vector) * 2] = low;
-        idt[usize::from(vector) * 2 + 1] = high;
+        // A u8 vector always names one of the 256 gates.
+        if let Some(gate) = idt.chunks_exact_mut(2).nth(usize::from(vector)) {
+            gate.copy_from_slice(&x86::idt::interrupt_gate(handler as u64, CODE_SELECTOR, 0));
+        }
     }
     Tables { gdt, idt: Box::leak(idt) }
 }
@@ -97,13 +98,19 @@ pub fn build() -> Tables {
 const TSS_AVAILABLE: u64 = 0x89 << 40;
 const TSS_TYPE_MASK: u64 = 0xFF << 40;
 
+/// A descriptor table's limit: its last byte's offset. The GDT (40 bytes) and the IDT
+/// (4 KiB) are far below the 64 KiB a limit can describe.
+fn limit(table: &[u64]) -> u16 {
+    u16::try_from(core::mem::size_of_val(table).saturating_sub(1)).unwrap_or(u16::MAX)
+}
+
 /// Load `tables` on this CPU. Their TSS descriptor is made available again first: LTR
 /// refuses a busy one, which it is if a CPU used these tables before.
 pub fn activate(tables: &mut Tables) {
     tables.gdt[3] = tables.gdt[3] & !TSS_TYPE_MASK | TSS_AVAILABLE;
     let (gdt, idt) = (&*tables.gdt, tables.idt);
-    let gdt_ptr = DescriptorPtr { limit: (core::mem::size_of_val(gdt) - 1) as u16, base: gdt.as_ptr() as u64 };
-    let idt_ptr = DescriptorPtr { limit: (core::mem::size_of_val(idt) - 1) as u16, base: idt.as_ptr() as u64 };
+    let gdt_ptr = DescriptorPtr { limit: limit(gdt), base: gdt.as_ptr() as u64 };
+    let idt_ptr = DescriptorPtr { limit: limit(idt), base: idt.as_ptr() as u64 };
     // SAFETY: the tables are leaked (they live forever) and well-formed: the GDT keeps
     // the boot code/data selectors (0x08/0x10) at the same places, so reloading it does
     // not disturb CS/SS; the TSS descriptor is available (type 9) until LTR marks it

@@ -157,7 +157,7 @@ extern "C" fn handle(frame: &mut Frame) {
 }
 
 fn report(frame: &Frame) -> ! {
-    let name = NAMES.get(frame.vector as usize).copied().unwrap_or("unknown");
+    let name = usize::try_from(frame.vector).ok().and_then(|v| NAMES.get(v)).copied().unwrap_or("unknown");
     println!("EXCEPTION {} ({name}) error code {:#x}", frame.vector, frame.error);
     println!("  rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x}", frame.rip, frame.cs, frame.rflags, frame.rsp);
     println!("  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x}", frame.rax, frame.rbx, frame.rcx, frame.rdx);

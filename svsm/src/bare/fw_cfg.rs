@@ -52,9 +52,9 @@ pub fn read_file(name: &str, max: usize) -> Option<Vec<u8>> {
     let mut entry = [0u8; DIR_ENTRY];
     for _ in 0..u32::from_be_bytes(count).min(4096) {
         read(&mut entry);
-        let stored = &entry[8..];
-        let len = stored.iter().position(|b| *b == 0).unwrap_or(stored.len());
-        if &stored[..len] != name.as_bytes() {
+        // The name field, up to its NUL.
+        let stored = entry[8..].split(|b| *b == 0).next().unwrap_or_default();
+        if stored != name.as_bytes() {
             continue;
         }
         let size = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;

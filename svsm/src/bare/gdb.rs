@@ -51,6 +51,7 @@ pub fn trap(frame: &mut Frame) -> bool {
 
 #[cfg(feature = "gdb")]
 mod stub {
+    use super::super::cpu::low32;
     use super::super::exceptions::Frame;
     use super::super::percpu::PER_CPU_VA;
     use super::super::svm::hw::SVSM_REGION;
@@ -117,11 +118,11 @@ mod stub {
                     f.r14, f.r15,
                 ],
                 rip: f.rip,
-                eflags: (f.rflags & !TRAP_FLAG) as u32,
+                eflags: low32(f.rflags & !TRAP_FLAG),
                 ..Default::default()
             };
-            regs.segments.cs = f.cs as u32;
-            regs.segments.ss = f.ss as u32;
+            regs.segments.cs = low32(f.cs);
+            regs.segments.ss = low32(f.ss);
             Self { regs, resume: Resume::Continue }
         }
 

@@ -42,16 +42,17 @@ fn class_of(layout: Layout) -> Option<usize> {
 impl State {
     /// Cut a fresh page from the buddy allocator into slots of class `c`.
     fn refill(&mut self, c: usize) -> bool {
+        // `class_of` gives indexes of CLASSES, whose length `free` has.
+        let (Some(&size), Some(head)) = (CLASSES.get(c), self.free.get_mut(c)) else { return false };
         let Ok(page_layout) = Layout::from_size_align(SLAB_PAGE, SLAB_PAGE) else { return false };
         let Ok(page) = self.buddy.alloc(page_layout) else { return false };
-        let size = CLASSES[c];
         let base = page.as_ptr() as usize;
         for slot in (0..SLAB_PAGE / size).rev() {
             let addr = base + slot * size;
             // SAFETY: `addr` is a `size`-aligned slot inside the page just allocated for
             // this slab; nothing else references it; a usize fits in every class.
-            unsafe { (addr as *mut usize).write(self.free[c]) };
-            self.free[c] = addr;
+            unsafe { (addr as *mut usize).write(*head) };
+            *head = addr;
         }
         true
     }
@@ -67,13 +68,15 @@ unsafe impl GlobalAlloc for SlabHeap {
         match class_of(layout) {
             None => s.buddy.alloc(layout).map_or(null_mut(), NonNull::as_ptr),
             Some(c) => {
-                if s.free[c] == 0 && !s.refill(c) {
+                if s.free.get(c).is_none_or(|head| *head == 0) && !s.refill(c) {
                     return null_mut();
                 }
-                let slot = s.free[c];
+                // Never None: `refill` succeeded for this class.
+                let Some(head) = s.free.get_mut(c) else { return null_mut() };
+                let slot = *head;
                 // SAFETY: `slot` is the head of class `c`'s free list: a free slot that
                 // holds the next free address.
-                s.free[c] = unsafe { (slot as *const usize).read() };
+                *head = unsafe { (slot as *const usize).read() };
                 slot as *mut u8
             }
         }
@@ -86,10 +89,13 @@ unsafe impl GlobalAlloc for SlabHeap {
             // this layout (the GlobalAlloc contract).
             (None, Some(block)) => unsafe { s.buddy.dealloc(block, layout) },
             (Some(c), Some(_)) => {
+                // Never None (`class_of` gives indexes of `free`); were it, the slot would
+                // be leaked, not freed twice.
+                let Some(head) = s.free.get_mut(c) else { return };
                 // SAFETY: `ptr` is a slot of class `c` the caller no longer uses (the
                 // GlobalAlloc contract); it becomes the head of the free list.
-                unsafe { (ptr as *mut usize).write(s.free[c]) };
-                s.free[c] = ptr as usize;
+                unsafe { (ptr as *mut usize).write(*head) };
+                *head = ptr as usize;
             }
             (_, None) => {}
         }

@@ -50,8 +50,10 @@ fn why(e: LaunchError) -> &'static str {
 fn load_guest(info: &StartInfo, plan: &mut Plan) -> Result<(u64, [u8; 48]), &'static str> {
     let (mod_pa, mod_size) = info.module(0).ok_or("no test guest: boot QEMU with -initrd <testguest ELF>")?;
     let mut header = [0u8; 4096];
+    let head_len = usize::try_from(mod_size).map_or(header.len(), |size| size.min(header.len()));
+    let head = header.get_mut(..head_len).ok_or("test guest module header")?;
     // SAFETY: the module is RAM QEMU filled; it is copied, never referenced.
-    if !unsafe { guest_phys::read(mod_pa, &mut header[..(mod_size as usize).min(4096)]) } {
+    if !unsafe { guest_phys::read(mod_pa, head) } {
         return Err("test guest module outside mapped memory");
     }
     let (entry, segments) = elf::parse(&header, mod_size).ok_or("the test guest is not an x86-64 ELF executable")?;
@@ -62,11 +64,12 @@ fn load_guest(info: &StartInfo, plan: &mut Plan) -> Result<(u64, [u8; 48]), &'st
     let mut measured = Sha384::new();
     for at in (0..mod_size).step_by(4096) {
         let n = (mod_size - at).min(4096) as usize;
+        let part = chunk.get_mut(..n).ok_or("test guest module chunk")?;
         // SAFETY: inside the module QEMU filled; copied, not referenced.
-        if !unsafe { guest_phys::read(mod_pa + at, &mut chunk[..n]) } {
+        if !unsafe { guest_phys::read(mod_pa + at, part) } {
             return Err("test guest module outside mapped memory");
         }
-        measured.update(&chunk[..n]);
+        measured.update(&*part);
     }
     for seg in segments.into_iter().flatten() {
         plan.add_segment(seg.paddr, seg.memsz).map_err(why)?;
@@ -75,17 +78,19 @@ fn load_guest(info: &StartInfo, plan: &mut Plan) -> Result<(u64, [u8; 48]), &'st
         }
         for done in (0..seg.filesz).step_by(4096) {
             let n = (seg.filesz - done).min(4096);
+            let part = chunk.get_mut(..n).ok_or("test guest segment chunk")?;
             // SAFETY: inside the module (checked above); copied, not referenced.
-            if !unsafe { guest_phys::read(mod_pa + (seg.offset + done) as u64, &mut chunk[..n]) } {
+            if !unsafe { guest_phys::read(mod_pa + (seg.offset + done) as u64, part) } {
                 return Err("test guest module outside mapped memory");
             }
-            write(seg.paddr + done as u64, &chunk[..n])?;
+            write(seg.paddr + done as u64, part)?;
         }
         let zero_from = seg.paddr + seg.filesz as u64;
         let end = seg.paddr + seg.memsz;
+        let zero_len = usize::try_from(end - zero_from).map_err(|_| "test guest segment too large")?;
         // SAFETY: `zero_from..end` is guest RAM outside the SVSM region (the plan checked
         // the segment).
-        if !unsafe { guest_phys::zero(zero_from, (end - zero_from) as usize) } {
+        if !unsafe { guest_phys::zero(zero_from, zero_len) } {
             return Err("test guest segment beyond mapped memory");
         }
     }

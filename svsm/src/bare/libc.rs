@@ -79,6 +79,7 @@ pub unsafe extern "C" fn bulwark_c_log(text: *const c_char, len: usize) {
 /// # Safety
 /// `what` is a NUL-terminated string.
 #[unsafe(no_mangle)]
+#[expect(clippy::panic, reason = "the C code's fatal error: stops the SVSM through the panic handler's report")]
 pub unsafe extern "C" fn bulwark_c_fatal(what: *const c_char) -> ! {
     // SAFETY: the caller's contract.
     let what = unsafe { core::ffi::CStr::from_ptr(what) }.to_str().unwrap_or("?");
@@ -96,7 +97,9 @@ pub unsafe extern "C" fn bulwark_c_entropy(buf: *mut c_void, len: usize) -> c_in
     let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
     for chunk in out.chunks_mut(8) {
         let Some(v) = super::cpu::rdrand() else { return 0 };
-        chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+        for (byte, random) in chunk.iter_mut().zip(v.to_le_bytes()) {
+            *byte = random;
+        }
     }
     1
 }

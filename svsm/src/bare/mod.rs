@@ -146,6 +146,7 @@ fn cmdline_has(info: &pvh::StartInfo, word: &str) -> bool {
 }
 
 /// `-append crash=ud` or `crash=panic`: show that faults are reported and stop cleanly.
+#[expect(clippy::panic, reason = "crash=panic asks for a panic, to show the panic handler's report")]
 fn crash_if_asked(info: &pvh::StartInfo) {
     if cmdline_has(info, "crash=ud") {
         println!("crashing on request (crash=ud)");

@@ -39,11 +39,13 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
     // SAFETY: `boot_root` is the boot PML4, identity-mapped and never freed; slot 0 is
     // read by value.
     let low = unsafe { core::ptr::read_volatile(boot_root as *const u64) };
+    // PER_CPU_VA's index (its 9 bits from bit `shift`) in the table of one level.
+    let slot = |shift: u32| usize::try_from((PER_CPU_VA >> shift) & 0x1FF).ok();
     t.root.words_mut()[0] = low;
     t.root.words_mut()[511] = t.pdpt.phys() | PRESENT_WRITABLE;
-    t.pdpt.words_mut()[((PER_CPU_VA >> 30) & 0x1FF) as usize] = t.pd.phys() | PRESENT_WRITABLE;
-    t.pd.words_mut()[((PER_CPU_VA >> 21) & 0x1FF) as usize] = t.pt.phys() | PRESENT_WRITABLE;
-    t.pt.words_mut()[((PER_CPU_VA >> 12) & 0x1FF) as usize] = t.data.phys() | PRESENT_WRITABLE | NO_EXECUTE;
+    *t.pdpt.words_mut().get_mut(slot(30)?)? = t.pd.phys() | PRESENT_WRITABLE;
+    *t.pd.words_mut().get_mut(slot(21)?)? = t.pt.phys() | PRESENT_WRITABLE;
+    *t.pt.words_mut().get_mut(slot(12)?)? = t.data.phys() | PRESENT_WRITABLE | NO_EXECUTE;
     let root = t.root.phys();
     // SAFETY: the data page is zeroed, owned by these tables and large enough for PerCpu.
     unsafe { (*(t.data.phys() as *const PerCpu)).index.store(cpu, Ordering::Relaxed) };

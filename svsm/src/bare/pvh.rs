@@ -80,9 +80,10 @@ impl StartInfo {
     /// The kernel command line (`-append`), copied into `buf` up to its NUL or length.
     pub fn cmdline<'b>(&self, buf: &'b mut [u8; 128]) -> &'b str {
         let Some(bytes) = read_phys::<128>(self.cmdline_paddr) else { return "" };
-        let len = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-        buf[..len].copy_from_slice(&bytes[..len]);
-        core::str::from_utf8(&buf[..len]).unwrap_or("")
+        let text = bytes.split(|b| *b == 0).next().unwrap_or_default();
+        let Some(copy) = buf.get_mut(..text.len()) else { return "" };
+        copy.copy_from_slice(text);
+        core::str::from_utf8(copy).unwrap_or("")
     }
 
     /// End of the highest RAM range that ends below 4 GiB.

@@ -123,9 +123,14 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
     let start = core::ptr::addr_of!(ap_trampoline_start) as u64;
     let len = core::ptr::addr_of!(ap_trampoline_end) as u64 - start;
     let data = core::ptr::addr_of!(ap_trampoline_data) as u64 - start + TRAMPOLINE;
+    // The STARTUP IPI names the trampoline's page below 1 MiB.
+    let (Ok(len), Ok(startup_page)) = (usize::try_from(len), u8::try_from(TRAMPOLINE >> 12)) else {
+        crate::println!("smp: cannot place the AP trampoline; serving with 1 CPU");
+        return 1;
+    };
     // SAFETY: 0x7000.. is low guest RAM the launch does not use and no Rust object lives
     // in; the trampoline (a few hundred bytes) is copied there before any AP or guest runs.
-    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, TRAMPOLINE as *mut u8, len as usize) };
+    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, TRAMPOLINE as *mut u8, len) };
     for cpu in 1..total {
         let stack = vec![0u8; AP_STACK].leak();
         let words =
@@ -138,7 +143,7 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
         lapic::send_init(cpu);
         delay(10_000);
         for _ in 0..2 {
-            lapic::send_startup(cpu, (TRAMPOLINE >> 12) as u8);
+            lapic::send_startup(cpu, startup_page);
             delay(200);
         }
         let mut waited = 0u32;
@@ -156,12 +161,14 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
 
 /// First Rust code on an AP, on its own stack, with the boot page tables.
 extern "C" fn ap_entry(cpu: u64) -> ! {
-    let tables = super::percpu::install(cpu as u32, super::entry::boot_page_tables());
+    // `start_aps` wrote a u32 index there; anything else stays out of service.
+    let Ok(cpu) = u32::try_from(cpu) else { super::cpu::halt_forever() };
+    let tables = super::percpu::install(cpu, super::entry::boot_page_tables());
     cpu_tables::load();
     super::fpu::enable_sse();
     lapic::enable();
     let svm = svm::enable();
-    let own = tables.is_some() && super::percpu::this_cpu() == cpu as u32;
+    let own = tables.is_some() && super::percpu::this_cpu() == cpu;
     match &svm {
         Ok(_) => crate::println!("smp: cpu {cpu} online (SVM on, own page tables: {own})"),
         Err(e) => crate::println!("smp: cpu {cpu} online, SVM unavailable ({e:?}), own page tables: {own}"),
@@ -169,7 +176,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     if let Ok(svm) = svm {
         ONLINE.fetch_add(1, Ordering::AcqRel);
         // Serve the guest vCPUs that live on this CPU (SVM stays on for its lifetime).
-        let super::native::End::Broken(why) = super::native::serve(cpu as u32, svm.host_state_phys());
+        let super::native::End::Broken(why) = super::native::serve(cpu, svm.host_state_phys());
         crate::println!("FAILED: cpu {cpu}: {why}");
         super::exit::failure()
     }

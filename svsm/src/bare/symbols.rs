@@ -44,13 +44,13 @@ pub struct Name {
 
 impl core::fmt::Display for Name {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?"))
+        f.write_str(self.buf.get(..self.len).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or("?"))
     }
 }
 
 /// The function containing `addr` and the offset into it.
 pub fn lookup(addr: u64) -> Option<(Name, u64)> {
-    if (0..4).any(|i| byte(i) != MAGIC[i]) {
+    if MAGIC.iter().enumerate().any(|(i, m)| byte(i) != *m) {
         return None;
     }
     let count = u32_at(4) as usize;
@@ -69,15 +69,14 @@ pub fn lookup(addr: u64) -> Option<(Name, u64)> {
         return None;
     }
     let mut name = Name { buf: [0; 120], len: 0 };
-    let mut at = u32_at(entry + 12) as usize;
-    while name.len < name.buf.len() {
+    let first = u32_at(entry + 12) as usize;
+    for (at, slot) in (first..).zip(&mut name.buf) {
         let b = byte(at);
         if b == 0 {
             break;
         }
-        name.buf[name.len] = b;
+        *slot = b;
         name.len += 1;
-        at += 1;
     }
     Some((name, addr - start))
 }

@@ -26,11 +26,13 @@ impl TpmEngine for BareTpm {
 pub fn manufacture() -> Result<Vtpm, &'static str> {
     let canary = super::cpu::rdrand().ok_or("no RDRAND for the C code's stack canary")?;
     fpu::set_canary(canary);
+    let max_command =
+        u32::try_from(abi::vtpm::MAX_COMMAND_SIZE).map_err(|_| "the vTPM's command size is above 4 GiB")?;
     let tpm = fpu::with_c_state(|| {
         // SAFETY: the probe only reads CPUID (and XCR0 when XSAVE is on, which it is not)
         // and fills libcrypto's capability vector; it runs once, before any libcrypto use.
         unsafe { OPENSSL_cpuid_setup() };
-        LibTpms::open(abi::vtpm::MAX_COMMAND_SIZE as u32)
+        LibTpms::open(max_command)
     })
     .map_err(|_| "libtpms did not start")?;
     Vtpm::manufacture(Box::new(BareTpm(tpm))).map_err(|_| "manufacturing the vTPM failed")

@@ -46,7 +46,7 @@ pub fn ap_entry_stacks() -> u64 {
 
 /// The running CPU's index (its GS base, set at its entry).
 pub fn this_cpu() -> usize {
-    (instr::gs_base() as usize).min(MAX_CPUS - 1)
+    usize::try_from(instr::gs_base()).map_or(MAX_CPUS - 1, |cpu| cpu.min(MAX_CPUS - 1))
 }
 
 /// The hardware of the running CPU. A handle: every CPU makes its own.
@@ -110,11 +110,15 @@ impl SnpHw for BareSnp {
     }
 
     fn shared_gpa(&self, page: Shared) -> u64 {
+        // An index past the end takes the last page, as `this_cpu` clamps (neither
+        // index is ever past the end).
+        let [.., last_ghcb] = &GHCBS;
+        let [.., last_cert] = &CERTS;
         let p: &SharedPage = match page {
-            Shared::Ghcb => &GHCBS[this_cpu()],
+            Shared::Ghcb => GHCBS.get(this_cpu()).unwrap_or(last_ghcb),
             Shared::Request => &REQUEST,
             Shared::Response => &RESPONSE,
-            Shared::Certs(i) => &CERTS[i.min(CERT_PAGES - 1)],
+            Shared::Certs(i) => CERTS.get(i).unwrap_or(last_cert),
         };
         p.0.get() as u64
     }

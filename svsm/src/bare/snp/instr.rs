@@ -25,7 +25,7 @@ pub unsafe fn pvalidate(va: u64, huge: bool, validate: bool) -> (u32, bool) {
             options(nostack)
         );
     }
-    (rax as u32, cf != 0)
+    (cpu::low32(rax), cf != 0)
 }
 
 /// RMPADJUST of the page at `va` with the attribute operand `attrs`: EAX.
@@ -45,7 +45,7 @@ pub unsafe fn rmpadjust(va: u64, huge: bool, attrs: u64) -> u32 {
             options(nostack)
         );
     }
-    rax as u32
+    cpu::low32(rax)
 }
 
 /// RMPQUERY of the page at `va`: (EAX, RDX), RDX holding the permission masks of VMPL1..3
@@ -62,7 +62,7 @@ pub fn rmpquery(va: u64) -> (u32, u64) {
             options(nostack, readonly)
         );
     }
-    (rax as u32, rdx)
+    (cpu::low32(rax), rdx)
 }
 
 /// INVLPGB of every translation of this guest's ASID, global ones included (RAX: ASID

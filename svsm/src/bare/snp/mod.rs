@@ -71,7 +71,8 @@ pub fn boot(info_gpa: u64) -> ! {
     // SAFETY: GS base is this CPU's index on the snp platform and nothing else.
     unsafe { instr::set_gs_base(0) };
     // The image's page tables map the boot block: the launch can be read before ours.
-    let launch = match launch::take_over(&BareSnp, info_gpa, hw::MAX_CPUS as u32) {
+    let Ok(max_cpus) = u32::try_from(hw::MAX_CPUS) else { terminate(term::BOOT_INFO) };
+    let launch = match launch::take_over(&BareSnp, info_gpa, max_cpus) {
         Ok(l) => l,
         Err(_) => terminate(term::BOOT_INFO),
     };
@@ -85,7 +86,7 @@ pub fn boot(info_gpa: u64) -> ! {
     // SEV_FEATURES as the VMSAs of this guest carry them: SEV_STATUS bits 2.. map to
     // SEV_FEATURES bits 0..
     let sev_features = instr::sev_status() >> 2;
-    let guest_vmpl = launch.info.guest_vmpl as u8;
+    let Ok(guest_vmpl) = u8::try_from(launch.info.guest_vmpl) else { terminate(term::BOOT_INFO) };
     let config = SnpConfig {
         // Kernel log lines go to COM1 through GHCB events, beside the console's own output.
         console_port: Some(0x3F8),
@@ -128,7 +129,7 @@ pub fn boot(info_gpa: u64) -> ! {
         },
         stack_base: hw::ap_entry_stacks(),
         stack_size: hw::AP_ENTRY_STACK as u64,
-        stack_count: hw::MAX_CPUS as u32,
+        stack_count: max_cpus,
     });
     let (_, image_end) = super::entry::image_bounds();
     let config = match launch::prepare(&mut platform, &launch, image_end) {
@@ -203,8 +204,12 @@ pub extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `boot`.
     unsafe { instr::set_gs_base(index) };
     let cpu = hw::this_cpu();
+    // `this_cpu` is below MAX_CPUS, the length of both.
+    let (Some(ap_slot), Some(ghcb_shared)) = (AP_SLOTS.get(cpu), GHCB_SHARED.get(cpu)) else {
+        terminate(term::GHCB_SETUP)
+    };
     let stack_top = {
-        let mut slot = AP_SLOTS[cpu].lock();
+        let mut slot = ap_slot.lock();
         let slot = slot.get_or_insert_with(|| {
             let stack = alloc::boxed::Box::leak(alloc::vec![0u8; AP_STACK].into_boxed_slice());
             let stack_top = (stack.as_ptr() as u64 + AP_STACK as u64) & !0xF;
@@ -219,11 +224,11 @@ pub extern "C" fn ap_main(index: u64) -> ! {
     let Some(shared) = SNP.get() else { terminate(term::GHCB_SETUP) };
     // Share this index's GHCB (once: doing it twice would PVALIDATE a page the host
     // owns) and register it (registration is per host vCPU: every new one registers).
-    let share = !GHCB_SHARED[cpu].load(Ordering::Acquire);
+    let share = !ghcb_shared.load(Ordering::Acquire);
     if SnpPlatform::join(BareSnp, shared.clone(), share).is_err() {
         terminate(term::GHCB_SETUP);
     }
-    GHCB_SHARED[cpu].store(true, Ordering::Release);
+    ghcb_shared.store(true, Ordering::Release);
     // SAFETY: the stack is leaked (it lives forever), its top 16-byte aligned, and no
     // other CPU uses this index's stack: the vCPU that had it was deleted only once its
     // SVSM VMSA had stopped running.
@@ -232,9 +237,11 @@ pub extern "C" fn ap_main(index: u64) -> ! {
 
 extern "C" fn ap_serve(index: u64) -> ! {
     let (Some(shared), Some(svsm)) = (SNP.get(), SVSM.get()) else { terminate(term::GHCB_SETUP) };
+    // The index the platform gave this vCPU's SVSM VMSA: a u32.
+    let Ok(index) = u32::try_from(index) else { terminate(term::GHCB_SETUP) };
     // The CPU joined in `ap_main`; its handle is made here, on its own stack.
     let platform = SnpPlatform::handle(BareSnp, shared.clone());
-    serve(platform, svsm, VcpuIndex(index as u32), true)
+    serve(platform, svsm, VcpuIndex(index), true)
 }
 
 /// The exception path's hook: `true` if the exception was the snp platform's to handle

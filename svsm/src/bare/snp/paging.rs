@@ -54,9 +54,9 @@ pub fn install(c_bit: u8) {
     // SAFETY: the boot CPU runs alone here, so nothing else reads the tables; both are
     // statics of the image (identity-mapped, encrypted).
     unsafe {
-        for i in 0..512u64 {
-            (*identity)[i as usize] = i << 30 | c | HUGE | PRESENT_WRITABLE;
-            (*alias)[i as usize] = i << 30 | HUGE | PRESENT_WRITABLE;
+        for (i, (id, al)) in (0u64..).zip((*identity).iter_mut().zip((*alias).iter_mut())) {
+            *id = i << 30 | c | HUGE | PRESENT_WRITABLE;
+            *al = i << 30 | HUGE | PRESENT_WRITABLE;
         }
     }
     let pml4 = pml4();

@@ -115,9 +115,9 @@ pub fn idle_until(cpu: u32, ready: impl Fn() -> bool) {
 
 /// Wake every sleeping CPU (new work may be theirs).
 pub fn wake_idle() {
-    for (cpu, idle) in IDLE.iter().enumerate() {
+    for (cpu, idle) in (0u32..).zip(IDLE.iter()) {
         if idle.load(Ordering::SeqCst) {
-            lapic::send_fixed(cpu as u32, lapic::WAKE_VECTOR);
+            lapic::send_fixed(cpu, lapic::WAKE_VECTOR);
         }
     }
 }

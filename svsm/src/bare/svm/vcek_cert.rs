@@ -18,7 +18,7 @@ struct Rdrand;
 
 impl RngCore for Rdrand {
     fn next_u32(&mut self) -> u32 {
-        self.next_u64() as u32
+        super::super::cpu::low32(self.next_u64())
     }
     fn next_u64(&mut self) -> u64 {
         // A CPU without a working RDRAND has no PSP either; the launch refuses earlier
@@ -27,8 +27,9 @@ impl RngCore for Rdrand {
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
         for chunk in dest.chunks_mut(8) {
-            let word = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
+            for (byte, random) in chunk.iter_mut().zip(self.next_u64().to_le_bytes()) {
+                *byte = random;
+            }
         }
     }
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
@@ -39,26 +40,32 @@ impl RngCore for Rdrand {
 
 impl CryptoRng for Rdrand {}
 
-/// A DER length field.
-fn der_len(len: usize, out: &mut Vec<u8>) {
-    match len {
-        0..=0x7F => out.push(len as u8),
-        0x80..=0xFF => out.extend_from_slice(&[0x81, len as u8]),
-        _ => out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]),
+/// A DER length field (short form, or long form of one or two bytes).
+fn der_len(len: usize, out: &mut Vec<u8>) -> Result<(), &'static str> {
+    match (u8::try_from(len), u16::try_from(len)) {
+        (Ok(short @ 0..=0x7F), _) => out.push(short),
+        (Ok(byte), _) => out.extend_from_slice(&[0x81, byte]),
+        (_, Ok(word)) => {
+            out.push(0x82);
+            out.extend_from_slice(&word.to_be_bytes());
+        }
+        _ => return Err("a DER length above 64 KiB"),
     }
+    Ok(())
 }
 
 /// The VCEK certificate (DER) for `point` (uncompressed P-384).
 pub fn issue(kit: &Kit<'_>, point: &[u8; POINT_LEN]) -> Result<Vec<u8>, &'static str> {
     let ask = RsaPrivateKey::from_pkcs8_der(kit.ask_key_pkcs8).map_err(|_| "the kit's ASK key does not decode")?;
     let mut tbs = kit.vcek_tbs_template.to_vec();
-    tbs[kit.point_offset..kit.point_offset + POINT_LEN].copy_from_slice(point);
+    let point_at = kit.point_offset..kit.point_offset.saturating_add(POINT_LEN);
+    tbs.get_mut(point_at).ok_or("the kit's point lies outside its TBSCertificate")?.copy_from_slice(point);
     let signer = rsa::pss::SigningKey::<Sha384>::new(ask);
     let signature = signer.sign_with_rng(&mut Rdrand, &tbs).to_vec();
     // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, BIT STRING }
     let mut bits = Vec::with_capacity(signature.len() + 4);
     bits.push(0x03);
-    der_len(signature.len() + 1, &mut bits);
+    der_len(signature.len() + 1, &mut bits)?;
     bits.push(0); // no unused bits
     bits.extend_from_slice(&signature);
     let body = tbs.len() + kit.signature_algorithm.len() + bits.len();
@@ -67,7 +74,7 @@ pub fn issue(kit: &Kit<'_>, point: &[u8; POINT_LEN]) -> Result<Vec<u8>, &'static
     }
     let mut cert = Vec::with_capacity(body + 4);
     cert.push(0x30);
-    der_len(body, &mut cert);
+    der_len(body, &mut cert)?;
     cert.extend_from_slice(&tbs);
     cert.extend_from_slice(kit.signature_algorithm);
     cert.extend_from_slice(&bits);
