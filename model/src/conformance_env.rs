@@ -1,6 +1,13 @@
 //! The conformance suite on the model: each case gets a freshly launched world, runs as
 //! the guest's startup vCPU, and fails if the machine saw the SVSM break the calling
 //! convention (see `Machine::violations`).
+//!
+//! On the svm platform (`svm_host`) the SVSM is the guest's hypervisor, so some of a
+//! host's powers have no counterpart: nothing sits between the guest's VMMCALL and the
+//! SVSM to drop it, no host reassigns pages (the RMP is the SVSM's own), and a vCPU that
+//! runs on another CPU is kicked out of the guest and stopped rather than found in use. A
+//! case that uses one of those is skipped with the reason. Guest code below VMPL1 does not
+//! run there either (one nested page table, VMPL1's), as in the QEMU run.
 
 use crate::machine::Race;
 use crate::world::{self, MIB, PlatformKind, World, WorldConfig};
@@ -19,6 +26,8 @@ pub struct ModelEnv {
     pub world: World,
     vcpu: VcpuIndex,
     calling_area: u64,
+    /// A host power the case used that the platform has no counterpart for (svm).
+    unsupported: Option<&'static str>,
 }
 
 impl Default for ModelEnv {
@@ -35,7 +44,29 @@ impl ModelEnv {
     /// A fresh world served through `platform`.
     pub fn on(platform: PlatformKind) -> Self {
         let config = WorldConfig { pages_per_call: CONFORMANCE_PAGES_PER_CALL, platform, ..WorldConfig::default() };
-        Self { world: World::new(config), vcpu: VcpuIndex::STARTUP, calling_area: world::STARTUP_CA_GPA }
+        Self {
+            world: World::new(config),
+            vcpu: VcpuIndex::STARTUP,
+            calling_area: world::STARTUP_CA_GPA,
+            unsupported: None,
+        }
+    }
+
+    fn on_svm(&self) -> bool {
+        self.world.config.platform == PlatformKind::Svm
+    }
+
+    /// Note a host power the platform lacks: the case is skipped with `why`.
+    fn unsupported(&mut self, why: &'static str) {
+        self.unsupported.get_or_insert(why);
+    }
+
+    /// `f` on the RMP that holds page state (on svm the platform's, under its lock).
+    fn with_rmp<R>(&self, f: impl FnOnce(&rmp::Rmp) -> R) -> R {
+        match &self.world.svm {
+            Some(svm) => f(&svm.state().rmp()),
+            None => f(&self.world.machine.rmp),
+        }
     }
 }
 
@@ -105,6 +136,9 @@ impl Env for ModelEnv {
         Some(self)
     }
     fn grant_lower_vmpl(&mut self, gpa: u64, vmpl: u8, perms: u8) -> Result<(), conformance::CaseError> {
+        if self.on_svm() {
+            return Err(conformance::CaseError::Skip("one nested page table on svm (VMPL1's): no guest code below it"));
+        }
         // RMPADJUST at the guest's VMPL: only a less privileged VMPL, only permissions the
         // guest's VMPL holds itself, only on a validated page.
         let own = self.world.machine.rmp.vmpl_perms(gpa >> 12, world::GUEST_VMPL);
@@ -124,17 +158,29 @@ impl HostControl for ModelEnv {
         self.world.machine.psp_fault = Some(fault);
     }
     fn drop_next_request(&mut self) {
+        if self.on_svm() {
+            self.unsupported("no host between the guest and the SVSM on svm: every VMMCALL exits to the SVSM");
+            return;
+        }
         self.world.host.drop_requests += 1;
     }
     fn set_exit_code(&mut self, code: Option<u64>) {
+        // On svm the guest's exit is another instruction's (0x7B: an I/O instruction): it
+        // must never be served as a call.
         self.world.host.exit_code = code;
     }
     fn enter_without_request(&mut self) -> u64 {
         self.world.enter(self.vcpu);
         let vmsa = self.world.machine.vcpus.get(&self.vcpu.0).map_or(0, |v| v.vmsa);
-        self.world.machine.vmsa_field(vmsa, VmsaField::Rax)
+        self.vmsa_field(vmsa, VmsaField::Rax)
     }
     fn set_running(&mut self, vmsa: u64, running: bool) {
+        if self.on_svm() {
+            self.unsupported(
+                "a vCPU that runs on another CPU is kicked out of the guest and stopped on svm: never in use",
+            );
+            return;
+        }
         for v in self.world.machine.vcpus.values_mut().filter(|v| v.vmsa == vmsa) {
             v.running = running;
         }
@@ -143,6 +189,10 @@ impl HostControl for ModelEnv {
         self.world.machine.race(Race { trigger, gpa, bytes: bytes.to_vec() });
     }
     fn reassign_page(&mut self, gpa: u64) {
+        if self.on_svm() {
+            self.unsupported("no host reassigns guest pages on svm: the RMP is the SVSM's own");
+            return;
+        }
         self.world.machine.rmp.host_assign(gpa >> 12, 1);
         // The host flushes after RMPUPDATE, as KVM does.
         self.world.machine.flush_tlbs();
@@ -151,35 +201,36 @@ impl HostControl for ModelEnv {
         self.world.machine.raw_write(gpa, bytes);
     }
     fn vmpl_can_read(&self, gpa: u64, vmpl: u8) -> bool {
-        self.world.machine.rmp.allows(gpa >> 12, vmpl, PERM_READ)
+        self.with_rmp(|rmp| rmp.allows(gpa >> 12, vmpl, PERM_READ))
     }
     fn rmp_permissions(&self, gpa: u64, vmpl: u8) -> u8 {
-        self.world.machine.rmp.entry(gpa >> 12).map_or(0, |e| e.perms[usize::from(vmpl & 3)])
+        self.with_rmp(|rmp| rmp.entry(gpa >> 12).map_or(0, |e| e.perms[usize::from(vmpl & 3)]))
     }
     fn vmsa_field(&self, vmsa: u64, field: VmsaField) -> u64 {
-        self.world.machine.vmsa_field(vmsa, field)
+        // On svm a vCPU's registers live in its VMCB; elsewhere (and for a VMSA no vCPU
+        // runs on) in guest memory.
+        crate::svm_host::vmsa_field(&self.world, vmsa, field)
     }
 }
 
-/// Run one case on a fresh world; a machine-level violation fails the case. Returns the
-/// verdict and what the SVSM counted while serving the case.
+/// Run one case on a fresh world; a machine-level violation fails the case, a host power
+/// the platform lacks skips it. Returns the verdict and what the SVSM counted while
+/// serving the case.
 pub fn run_case(case: &Case) -> (Verdict, Stats) {
     run_case_on(case, PlatformKind::Model)
 }
 
 /// `run_case` with the kernel served through `platform`.
 pub fn run_case_on(case: &Case, platform: PlatformKind) -> (Verdict, Stats) {
-    if platform == PlatformKind::Svm {
-        return crate::svm_env::run_case(case);
-    }
     let mut env = ModelEnv::on(platform);
     let verdict = case.run(&mut env);
     let violations = env.world.machine.violations();
-    let verdict = match verdict {
-        Verdict::Pass if !violations.is_empty() => {
+    let verdict = match (verdict, env.unsupported) {
+        (_, Some(why)) => Verdict::Skip(why),
+        (Verdict::Pass, None) if !violations.is_empty() => {
             Verdict::Fail(format!("calling-convention violations: {violations:?}"))
         }
-        v => v,
+        (v, None) => v,
     };
     (verdict, env.world.svsm.stats().clone())
 }

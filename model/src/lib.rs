@@ -9,9 +9,9 @@
 //! - [`world`]: a machine plus a running Bulwark kernel plus guest vCPUs that call it
 //!   through the real calling convention (the `guest` crate), with knobs for a host that
 //!   enters the SVSM spuriously, with a wrong exit code, or races on guest memory.
-//! - [`conformance_env`]: the conformance suite's environment on a fresh world per case.
-//! - [`svm_host`], [`svm_env`]: the `svm` platform (`bulwark-svm`) over the machine, and
-//!   the conformance suite's environment on it.
+//! - [`conformance_env`]: the conformance suite's environment on a fresh world per case,
+//!   on any of the three platforms.
+//! - [`svm_host`]: the `svm` platform (`bulwark-svm`) over the machine.
 //! - [`heap`]: the bare-metal heap's limit for SVSM code, for test binaries that install
 //!   its counting allocator.
 //!
@@ -27,7 +27,6 @@ pub mod memory;
 pub mod psp_model;
 pub mod snp_cpus;
 pub mod snp_host;
-pub mod svm_env;
 pub mod svm_host;
 pub mod vtpm_model;
 /// The RMP (shared with the svm platform).
