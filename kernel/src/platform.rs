@@ -56,6 +56,29 @@ pub enum Level {
     Debug,
 }
 
+/// A log level every CPU reads and any may change (the OCP log-level setting).
+#[derive(Debug)]
+pub struct AtomicLevel(core::sync::atomic::AtomicU8);
+
+impl AtomicLevel {
+    pub const fn new(level: Level) -> Self {
+        Self(core::sync::atomic::AtomicU8::new(level as u8))
+    }
+
+    pub fn load(&self) -> Level {
+        match self.0.load(core::sync::atomic::Ordering::Relaxed) {
+            0 => Level::Error,
+            1 => Level::Warn,
+            2 => Level::Info,
+            _ => Level::Debug,
+        }
+    }
+
+    pub fn store(&self, level: Level) {
+        self.0.store(level as u8, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub trait Platform {
     /// Exit code the calling vCPU's VMSA shows when it entered the SVSM through the call
     /// gate (VMGEXIT on SNP, VMMCALL on `svm`).

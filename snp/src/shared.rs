@@ -14,9 +14,9 @@ use crate::vmsa::SvsmEntry;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::log_ring::{LogLost, LogRing};
-use kernel::platform::Level;
+use kernel::platform::{AtomicLevel, Level};
 use spin::{Mutex, Once};
 
 /// Bytes of log the SVSM keeps for the Observability protocol.
@@ -67,7 +67,7 @@ pub struct SnpShared {
     /// Where a new CPU enters the SVSM, if the SVSM runs its own VMSA per vCPU. Set once
     /// (by the boot CPU before the guest runs), read without a lock.
     svsm_entry: Once<SvsmEntry>,
-    log_level: AtomicU8,
+    log_level: AtomicLevel,
     /// The log ring: held for one line's copy in or one read out.
     log: Mutex<Box<LogRing<LOG_BYTES>>>,
     /// vCPUs made runnable, by guest VMSA gpa: held for one lookup or update. AP_CREATION
@@ -84,24 +84,6 @@ pub struct SnpShared {
     pub(crate) console: Option<SerialConsole>,
 }
 
-fn level_code(level: Level) -> u8 {
-    match level {
-        Level::Error => 0,
-        Level::Warn => 1,
-        Level::Info => 2,
-        Level::Debug => 3,
-    }
-}
-
-fn level_from(code: u8) -> Level {
-    match code {
-        0 => Level::Error,
-        1 => Level::Warn,
-        2 => Level::Info,
-        _ => Level::Debug,
-    }
-}
-
 impl SnpShared {
     pub(crate) fn new(config: SnpConfig, c_bit: u8, hv_features: u64, log: Box<LogRing<LOG_BYTES>>) -> Self {
         Self {
@@ -109,7 +91,7 @@ impl SnpShared {
             c_bit,
             hv_features,
             svsm_entry: Once::new(),
-            log_level: AtomicU8::new(level_code(config.log_level)),
+            log_level: AtomicLevel::new(config.log_level),
             log: Mutex::new(log),
             vcpus: Mutex::new(BTreeMap::new()),
             certificates: Mutex::new(Vec::new()),
@@ -134,11 +116,11 @@ impl SnpShared {
     }
 
     pub fn log_level(&self) -> Level {
-        level_from(self.log_level.load(Ordering::Relaxed))
+        self.log_level.load()
     }
 
     pub(crate) fn set_log_level(&self, level: Level) {
-        self.log_level.store(level_code(level), Ordering::Relaxed);
+        self.log_level.store(level);
     }
 
     pub(crate) fn log_push(&self, line: &[u8]) {

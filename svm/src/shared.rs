@@ -23,8 +23,8 @@ use crate::npt;
 use crate::slots::Slots;
 use crate::vcpu::{Controls, GUEST_VMPL, SvmVcpu};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use kernel::platform::{HwError, Level};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use kernel::platform::{AtomicLevel, HwError, Level};
 use rmp::Rmp;
 use spin::{Mutex, MutexGuard};
 
@@ -64,7 +64,7 @@ pub struct SvmState<P> {
     pub maps: PermissionMaps<P>,
     /// The certificate table for the PSP's reports (empty without an issuing kit).
     pub certificates: Vec<u8>,
-    log_level: AtomicU8,
+    log_level: AtomicLevel,
     /// Guest accesses refused so far (their log lines are rate-limited by it).
     refused: AtomicU32,
     /// MSR accesses refused so far (likewise).
@@ -81,7 +81,7 @@ impl<P> SvmState<P> {
             slots,
             maps,
             certificates,
-            log_level: AtomicU8::new(level_code(Level::Info)),
+            log_level: AtomicLevel::new(Level::Info),
             refused: AtomicU32::new(0),
             refused_msrs: AtomicU32::new(0),
         })
@@ -106,16 +106,11 @@ impl<P> SvmState<P> {
     }
 
     pub fn log_level(&self) -> Level {
-        match self.log_level.load(Ordering::Relaxed) {
-            0 => Level::Error,
-            1 => Level::Warn,
-            2 => Level::Info,
-            _ => Level::Debug,
-        }
+        self.log_level.load()
     }
 
     pub fn set_log_level(&self, level: Level) {
-        self.log_level.store(level_code(level), Ordering::Relaxed);
+        self.log_level.store(level);
     }
 
     /// Count a refused guest access; `Some(count)` if it is worth a log line.
@@ -128,15 +123,6 @@ impl<P> SvmState<P> {
     pub(crate) fn count_msr_refusal(&self) -> Option<u32> {
         let n = self.refused_msrs.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         worth_logging(n).then_some(n)
-    }
-}
-
-fn level_code(level: Level) -> u8 {
-    match level {
-        Level::Error => 0,
-        Level::Warn => 1,
-        Level::Info => 2,
-        Level::Debug => 3,
     }
 }
 
