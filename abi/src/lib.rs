@@ -27,6 +27,7 @@ pub mod ocp;
 pub mod protocol;
 pub mod result;
 pub mod secrets;
+pub mod syscall;
 pub mod vmcb;
 pub mod vmsa;
 pub mod vtpm;

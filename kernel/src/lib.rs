@@ -41,6 +41,7 @@ pub mod request;
 pub mod rollback;
 pub mod stats;
 pub mod svsm;
+pub mod user;
 pub mod vcpu;
 
 pub use svsm::{Svsm, SvsmConfig};

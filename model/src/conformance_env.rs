@@ -43,7 +43,16 @@ impl ModelEnv {
 
     /// A fresh world served through `platform`.
     pub fn on(platform: PlatformKind) -> Self {
-        let config = WorldConfig { pages_per_call: CONFORMANCE_PAGES_PER_CALL, platform, ..WorldConfig::default() };
+        Self::with(WorldConfig { platform, ..Self::config() })
+    }
+
+    /// The world configuration the suite runs with.
+    pub fn config() -> WorldConfig {
+        WorldConfig { pages_per_call: CONFORMANCE_PAGES_PER_CALL, ..WorldConfig::default() }
+    }
+
+    /// A fresh world made with `config` (start from [`Self::config`]).
+    pub fn with(config: WorldConfig) -> Self {
         Self {
             world: World::new(config),
             vcpu: VcpuIndex::STARTUP,
@@ -222,7 +231,12 @@ pub fn run_case(case: &Case) -> (Verdict, Stats) {
 
 /// `run_case` with the kernel served through `platform`.
 pub fn run_case_on(case: &Case, platform: PlatformKind) -> (Verdict, Stats) {
-    let mut env = ModelEnv::on(platform);
+    run_case_with(case, WorldConfig { platform, ..ModelEnv::config() })
+}
+
+/// `run_case` in a world made with `config` (start from [`ModelEnv::config`]).
+pub fn run_case_with(case: &Case, config: WorldConfig) -> (Verdict, Stats) {
+    let mut env = ModelEnv::with(config);
     let verdict = case.run(&mut env);
     let violations = env.world.machine.violations();
     let verdict = match (verdict, env.unsupported) {

@@ -28,6 +28,7 @@ pub mod psp_model;
 pub mod snp_cpus;
 pub mod snp_host;
 pub mod svm_host;
+pub mod user_host;
 pub mod vtpm_model;
 /// The RMP (shared with the svm platform).
 pub use rmp;

@@ -39,6 +39,14 @@ pub fn vtpm() -> Result<Vtpm, String> {
     Ok(Vtpm::with_ek(Box::new(engine.clone()), ek.clone()))
 }
 
+/// A vTPM whose engine is a service process (`user_host`): the kernel hands each command
+/// over a channel to the process, which runs the process's libtpms.
+pub fn vtpm_in_process() -> Result<Vtpm, String> {
+    let (engine, ek) = shared()?;
+    let service = crate::user_host::ChannelTpm::start(engine.clone());
+    Ok(Vtpm::with_ek(Box::new(service), ek.clone()))
+}
+
 /// The process's engine, for host tools that talk to the TPM directly (benchmarks).
 pub fn engine() -> Result<SharedTpm, String> {
     shared().map(|(engine, _)| engine.clone())

@@ -54,6 +54,9 @@ pub struct WorldConfig {
     pub log_level: Level,
     /// Install the vTPM (libtpms) so protocol 2 is served.
     pub vtpm: bool,
+    /// Run the vTPM as a service process behind a channel (`user_host`), as the SVSM runs
+    /// it at CPL 3, instead of calling libtpms from the kernel.
+    pub vtpm_in_process: bool,
     /// Which platform serves the kernel.
     pub platform: PlatformKind,
 }
@@ -92,6 +95,7 @@ impl Default for WorldConfig {
             vtom: Some(kernel::platform::VtomLimits { align_log2: 21, min: 2 * MIB, max: 1 << 46 }),
             log_level: Level::Info,
             vtpm: true,
+            vtpm_in_process: false,
             platform: PlatformKind::Model,
         }
     }
@@ -216,7 +220,9 @@ impl World {
             Err(e) => unreachable!("the model's launch layout is valid: {e:?}"),
         };
         if config.vtpm {
-            match crate::vtpm_model::vtpm() {
+            let vtpm =
+                if config.vtpm_in_process { crate::vtpm_model::vtpm_in_process() } else { crate::vtpm_model::vtpm() };
+            match vtpm {
                 Ok(v) => crate::heap::in_svsm(|| svsm.install_vtpm(v)),
                 Err(e) => panic!("the model's vTPM did not start: {e}"),
             }

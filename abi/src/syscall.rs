@@ -1,0 +1,189 @@
+//! The user-mode system call ABI (docs/syscalls.md): numbers, error codes, flags and the
+//! BATCH records.
+//!
+//! Numbers are `class << 32 | n` as COCONUT-SVSM numbers them (its `syscall/src/def.rs`):
+//! class 0 core, class 1 file system, class 3 VM management. Where COCONUT has a number
+//! we use it; the calls its design names but never numbered take the free numbers of
+//! their class, and Bulwark's own calls live in class [`CLASS_BULWARK`], far from
+//! COCONUT's classes so that theirs can grow.
+//!
+//! Registers: RAX holds the number and returns the result; arguments in RDI, RSI, R8,
+//! R9, R10 (COCONUT's order; RDX is not used). A result in the top 64 Ki values of the
+//! u64 range is an error: the negated [`SysError`] code, sign-extended.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+pub const CLASS_CORE: u64 = 0;
+pub const CLASS_FS: u64 = 1;
+pub const CLASS_VM: u64 = 3;
+/// Bulwark's own calls (service runtime and IPC).
+pub const CLASS_BULWARK: u64 = 0x80;
+
+const fn nr(class: u64, n: u64) -> u64 {
+    class << 32 | n
+}
+
+/// The class of a call number.
+pub const fn class_of(number: u64) -> u64 {
+    number >> 32
+}
+
+// Class 0, COCONUT's numbers.
+/// EXIT(code): ends the process; never returns.
+pub const EXIT: u64 = nr(CLASS_CORE, 0);
+/// MMAP(handle, addr, offset, length, flags) -> address (COCONUT PR #927's numbers).
+pub const MMAP: u64 = nr(CLASS_CORE, 1);
+/// MUNMAP(addr, length).
+pub const MUNMAP: u64 = nr(CLASS_CORE, 2);
+/// EXEC(name, name_len) -> process id of a new process from a module in the image.
+pub const EXEC: u64 = nr(CLASS_CORE, 4);
+/// CLOSE(handle).
+pub const CLOSE: u64 = nr(CLASS_CORE, 10);
+// Class 0, named in COCONUT's design, numbered here (5..=9 are free in COCONUT's code).
+/// THREAD_CREATE(entry, stack_top, arg) -> thread id.
+pub const THREAD_CREATE: u64 = nr(CLASS_CORE, 5);
+/// WAIT_FOR_EVENT(handle) -> the event's value; blocks.
+pub const WAIT_FOR_EVENT: u64 = nr(CLASS_CORE, 6);
+/// BATCH(in, out, count) -> records run.
+pub const BATCH: u64 = nr(CLASS_CORE, 7);
+/// OPEN_PHYSMEM(index) -> handle of the index-th range of guest memory.
+pub const OPEN_PHYSMEM: u64 = nr(CLASS_CORE, 8);
+// Class 3.
+/// CAPABILITIES(index) -> value (index 0: how many indices follow).
+pub const CAPABILITIES: u64 = nr(CLASS_VM, 0);
+// Class 0x80.
+/// LOG(buf, len): one line into the SVSM log, tagged with the process.
+pub const LOG: u64 = nr(CLASS_BULWARK, 0);
+/// CLOCK() -> nanoseconds since the SVSM started (monotonic).
+pub const CLOCK: u64 = nr(CLASS_BULWARK, 1);
+/// GETRANDOM(buf, len) -> len: bytes from the SVSM's entropy source.
+pub const GETRANDOM: u64 = nr(CLASS_BULWARK, 2);
+/// CHANNEL_RECEIVE(handle, buf, len) -> request length; blocks until a request waits.
+pub const CHANNEL_RECEIVE: u64 = nr(CLASS_BULWARK, 3);
+/// CHANNEL_REPLY(handle, buf, len): answers the request last received.
+pub const CHANNEL_REPLY: u64 = nr(CLASS_BULWARK, 4);
+
+/// Error codes (COCONUT's `SysCallError` values); returned negated in RAX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i64)]
+pub enum SysError {
+    /// A malformed argument.
+    Inval = -1,
+    /// No such call.
+    NoSys = -2,
+    /// Out of memory, address space or handles.
+    NoMem = -3,
+    /// Not allowed for this process.
+    Perm = -4,
+    /// A user address that is not mapped as the call needs.
+    Fault = -5,
+    /// The object is in use (a second open of a VM, a channel with a request in flight).
+    Busy = -6,
+    /// No such handle or object.
+    NotFound = -7,
+    /// The object does not support the call.
+    NotSupp = -8,
+    /// Already exists.
+    Exist = -9,
+}
+
+impl SysError {
+    /// The value of RAX that reports this error.
+    pub const fn to_rax(self) -> u64 {
+        self as i64 as u64
+    }
+
+    /// The error a RAX value reports, if it is one.
+    pub fn from_rax(rax: u64) -> Option<Result<Self, u64>> {
+        if rax <= u64::MAX - 0xffff {
+            return None;
+        }
+        Some(match rax as i64 {
+            -1 => Ok(Self::Inval),
+            -2 => Ok(Self::NoSys),
+            -3 => Ok(Self::NoMem),
+            -4 => Ok(Self::Perm),
+            -5 => Ok(Self::Fault),
+            -6 => Ok(Self::Busy),
+            -7 => Ok(Self::NotFound),
+            -8 => Ok(Self::NotSupp),
+            -9 => Ok(Self::Exist),
+            _ => Err(rax),
+        })
+    }
+}
+
+/// MMAP flags (COCONUT PR #927's bits).
+pub mod map {
+    pub const READ: u64 = 1;
+    pub const WRITE: u64 = 2;
+    pub const EXEC: u64 = 4;
+    pub const PRIVATE: u64 = 8;
+    pub const ANONYMOUS: u64 = 0x10;
+    pub const FIXED: u64 = 0x20;
+    pub const ALL: u64 = READ | WRITE | EXEC | PRIVATE | ANONYMOUS | FIXED;
+}
+
+/// "No object": MMAP of anonymous memory. Not 0, which COCONUT binds to the log.
+pub const NO_HANDLE: u64 = u32::MAX as u64;
+
+/// CAPABILITIES indices.
+pub mod caps {
+    /// How many indices follow index 0.
+    pub const COUNT: u64 = 0;
+    /// Bit n: VM index n exists and may be opened (SEV: VMPL n; TDX: VM id n).
+    pub const VM_BITMAP: u64 = 1;
+    /// Bits 0..=2: the platform (0 native, 1 SNP, 2 TDX partitioning), as COCONUT.
+    pub const FEATURES: u64 = 2;
+    /// How many guest memory ranges OPEN_PHYSMEM offers.
+    pub const PHYSMEM_RANGES: u64 = 3;
+    pub const LAST: u64 = PHYSMEM_RANGES;
+}
+
+/// Most records one BATCH runs.
+pub const BATCH_MAX: u64 = 64;
+
+/// One call of a BATCH.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct BatchIn {
+    pub number: u64,
+    pub args: [u64; 5],
+    /// Copied to the matching [`BatchOut`] untouched.
+    pub user_data: u64,
+}
+crate::assert_size!(BatchIn, 56);
+
+/// The result of one call of a BATCH.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct BatchOut {
+    /// RAX as the call alone would have returned it.
+    pub result: u64,
+    pub user_data: u64,
+}
+crate::assert_size!(BatchOut, 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coconut_numbers_are_kept() {
+        // coconut-svsm/svsm syscall/src/def.rs: EXIT class0+0, EXEC +4, CLOSE +10,
+        // CAPABILITIES class3+0.
+        assert_eq!((EXIT, EXEC, CLOSE, CAPABILITIES), (0, 4, 10, 3 << 32));
+        assert_eq!(class_of(LOG), CLASS_BULWARK);
+    }
+
+    #[test]
+    fn errors_round_trip_through_rax() {
+        for e in [SysError::Inval, SysError::NoSys, SysError::Fault, SysError::Exist] {
+            assert_eq!(SysError::from_rax(e.to_rax()), Some(Ok(e)));
+        }
+        assert_eq!(SysError::Inval.to_rax(), u64::MAX);
+        assert_eq!(SysError::from_rax(0x1000), None);
+        assert_eq!(SysError::from_rax(u64::MAX - 0xffff), None);
+        assert_eq!(SysError::from_rax(u64::MAX - 100), Some(Err(u64::MAX - 100)));
+    }
+}

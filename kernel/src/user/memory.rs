@@ -1,0 +1,205 @@
+//! A process's address space: which user pages are mapped with which access (the
+//! kernel's record, and the one place a user pointer is checked), over the seam that
+//! makes page-table entries and frames ([`AddressSpace`]: the bare-metal page tables, or
+//! the model's hosted process).
+//!
+//! Layout (docs/syscalls.md "Address space"): user addresses are the lower half below
+//! [`USER_TOP`]; the first 64 KiB are never mapped (a null pointer faults); MMAP without
+//! FIXED places a mapping in [`MMAP_BASE`, `USER_TOP`) and leaves at least one unmapped
+//! page on each side, so a stack or buffer that overruns faults instead of reaching its
+//! neighbour. A mapping is never both writable and executable.
+
+use abi::PAGE_SIZE;
+use abi::syscall::{SysError, map};
+use alloc::vec::Vec;
+
+/// First address above the user half (COCONUT's USER_MEM_END).
+pub const USER_TOP: u64 = 0x0000_8000_0000_0000;
+/// Lowest address a process may map.
+pub const USER_BOTTOM: u64 = 0x1_0000;
+/// Where MMAP looks for room when the process names no address.
+pub const MMAP_BASE: u64 = 0x1000_0000_0000;
+
+/// Page permissions of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prot {
+    pub write: bool,
+    pub exec: bool,
+}
+
+/// The hardware side of a process's address space.
+pub trait AddressSpace {
+    /// Map `pages` zeroed pages at `va` (page aligned, unmapped, in the user half) with
+    /// `prot`; all or nothing.
+    fn map_zeroed(&mut self, va: u64, pages: u64, prot: Prot) -> Result<(), SysError>;
+    /// Unmap pages mapped before (freeing their frames).
+    fn unmap(&mut self, va: u64, pages: u64);
+    /// Copy out of user memory the kernel checked as mapped.
+    fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), SysError>;
+    /// Copy into user memory the kernel checked as mapped writable.
+    fn write(&mut self, va: u64, data: &[u8]) -> Result<(), SysError>;
+}
+
+/// Most mappings one process may have (each MMAP is one; an MUNMAP in the middle of
+/// one makes two): the record is bounded and never grows the heap past it.
+pub const MAX_MAPPINGS: usize = 128;
+
+/// The mappings of one process, sorted by first address, never overlapping.
+#[derive(Debug, Default)]
+pub struct Mappings {
+    sorted: Vec<(u64, Mapping)>,
+    pages: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub pages: u64,
+    pub prot: Prot,
+}
+
+impl Mapping {
+    fn end(&self, start: u64) -> u64 {
+        start.saturating_add(self.pages.saturating_mul(PAGE_SIZE))
+    }
+}
+
+/// Pages in `len` bytes, rounded up; `None` for 0 or a length past the user half.
+pub fn pages_in(len: u64) -> Option<u64> {
+    (len != 0 && len <= USER_TOP).then(|| len.div_ceil(PAGE_SIZE))
+}
+
+/// `[va, va + pages)` as a byte range inside the user half, page aligned.
+fn user_range(va: u64, pages: u64) -> Result<u64, SysError> {
+    let end = pages.checked_mul(PAGE_SIZE).and_then(|b| va.checked_add(b)).ok_or(SysError::Inval)?;
+    if !va.is_multiple_of(PAGE_SIZE) || va < USER_BOTTOM || end > USER_TOP || pages == 0 {
+        return Err(SysError::Inval);
+    }
+    Ok(end)
+}
+
+impl Mappings {
+    /// Pages mapped in all.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Mapping)> + '_ {
+        self.sorted.iter().copied()
+    }
+
+    /// The mapping holding `va`, with its start.
+    fn at(&self, va: u64) -> Option<(u64, Mapping)> {
+        let i = self.sorted.partition_point(|(s, _)| *s <= va).checked_sub(1)?;
+        self.sorted.get(i).copied().filter(|(s, m)| m.end(*s) > va)
+    }
+
+    /// Is `[va, va + len)` all mapped (and writable, if `write`)? Zero bytes are always.
+    pub fn check(&self, va: u64, len: u64, write: bool) -> Result<(), SysError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = va.checked_add(len).filter(|e| *e <= USER_TOP).ok_or(SysError::Fault)?;
+        let mut at = va;
+        while at < end {
+            let (start, m) = self.at(at).ok_or(SysError::Fault)?;
+            if write && !m.prot.write {
+                return Err(SysError::Fault);
+            }
+            at = m.end(start);
+        }
+        Ok(())
+    }
+
+    /// Is `va` in an executable mapping?
+    pub fn is_executable(&self, va: u64) -> bool {
+        self.at(va).is_some_and(|(_, m)| m.prot.exec)
+    }
+
+    /// Unmap everything (a process that ends).
+    pub fn clear(&mut self, space: &mut dyn AddressSpace) {
+        for (start, m) in self.sorted.drain(..) {
+            space.unmap(start, m.pages);
+        }
+        self.pages = 0;
+    }
+
+    /// The first mapping that shares a page with `[va, end)`.
+    fn first_overlap(&self, va: u64, end: u64) -> Option<usize> {
+        let i = self.sorted.partition_point(|(s, m)| m.end(*s) <= va);
+        self.sorted.get(i).filter(|(s, _)| *s < end).map(|_| i)
+    }
+
+    /// The lowest address at or above [`MMAP_BASE`] where `pages` fit with a free guard
+    /// page on each side.
+    pub fn find_room(&self, pages: u64) -> Option<u64> {
+        let bytes = pages.checked_mul(PAGE_SIZE)?;
+        let mut candidate = MMAP_BASE.checked_add(PAGE_SIZE)?;
+        for (start, m) in self.sorted.iter().filter(|(s, m)| m.end(*s) > MMAP_BASE) {
+            if candidate.checked_add(bytes)?.checked_add(PAGE_SIZE)? <= *start {
+                return Some(candidate);
+            }
+            candidate = candidate.max(m.end(*start).checked_add(PAGE_SIZE)?);
+        }
+        let end = candidate.checked_add(bytes)?;
+        (end.checked_add(PAGE_SIZE)? <= USER_TOP).then_some(candidate)
+    }
+
+    /// Record and map a new mapping of `pages` at `va`.
+    pub fn map(&mut self, space: &mut dyn AddressSpace, va: u64, pages: u64, prot: Prot) -> Result<(), SysError> {
+        let end = user_range(va, pages)?;
+        if self.first_overlap(va, end).is_some() {
+            return Err(SysError::Exist);
+        }
+        if self.sorted.len() >= MAX_MAPPINGS || self.sorted.try_reserve(1).is_err() {
+            return Err(SysError::NoMem);
+        }
+        space.map_zeroed(va, pages, prot)?;
+        let at = self.sorted.partition_point(|(s, _)| *s < va);
+        self.sorted.insert(at, (va, Mapping { pages, prot }));
+        self.pages += pages;
+        Ok(())
+    }
+
+    /// Unmap every page of `[va, va + pages)` that is mapped, splitting mappings that
+    /// reach outside it.
+    pub fn unmap(&mut self, space: &mut dyn AddressSpace, va: u64, pages: u64) -> Result<(), SysError> {
+        let end = user_range(va, pages)?;
+        // A cut inside one mapping leaves two: make room first, so nothing is half done.
+        if self.sorted.try_reserve(1).is_err() {
+            return Err(SysError::NoMem);
+        }
+        if self.sorted.len() >= MAX_MAPPINGS && self.at(va).is_some_and(|(s, m)| s < va && m.end(s) > end) {
+            return Err(SysError::NoMem);
+        }
+        while let Some(i) = self.first_overlap(va, end) {
+            let (start, m) = self.sorted.remove(i);
+            let m_end = m.end(start);
+            let (cut_from, cut_to) = (start.max(va), m_end.min(end));
+            let cut = (cut_to - cut_from) / PAGE_SIZE;
+            space.unmap(cut_from, cut);
+            self.pages -= cut;
+            let mut at = i;
+            if start < cut_from {
+                self.sorted.insert(at, (start, Mapping { pages: (cut_from - start) / PAGE_SIZE, prot: m.prot }));
+                at += 1;
+            }
+            if cut_to < m_end {
+                self.sorted.insert(at, (cut_to, Mapping { pages: (m_end - cut_to) / PAGE_SIZE, prot: m.prot }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The permissions MMAP flags ask for: unknown bits are refused, and writable plus
+/// executable is refused (W^X).
+pub fn prot_of(flags: u64) -> Result<Prot, SysError> {
+    if flags & !map::ALL != 0 {
+        return Err(SysError::Inval);
+    }
+    let prot = Prot { write: flags & map::WRITE != 0, exec: flags & map::EXEC != 0 };
+    if prot.write && prot.exec {
+        return Err(SysError::Perm);
+    }
+    Ok(prot)
+}

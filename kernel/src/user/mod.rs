@@ -1,0 +1,371 @@
+//! User mode: service processes and the system calls they make (docs/syscalls.md).
+//!
+//! This is the part of user mode that decides: a process's object handles, its address
+//! space record, channels to the kernel, and the dispatcher that checks and runs every
+//! system call. It touches no hardware: page tables and frames are behind
+//! [`memory::AddressSpace`], clocks, entropy and the log behind [`Services`]; the
+//! bare-metal SVSM implements them with per-process page tables, the model with a hosted
+//! process (model/src/user_host.rs), so every decision here is host-tested and fuzzed.
+//!
+//! Trust boundary: a process is as hostile as the guest. Every register it passes is
+//! checked, every pointer against its own mappings before a byte moves, every resource
+//! (handles, mappings, pages, threads, message sizes) has a limit, and no call it makes
+//! can panic the SVSM.
+
+pub mod channel;
+pub mod handles;
+pub mod memory;
+
+use crate::heap;
+use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use channel::{Channel, Receive};
+use handles::HandleTable;
+use memory::{AddressSpace, Mappings};
+use zerocopy::{FromZeros, IntoBytes};
+
+/// Most bytes one LOG line or GETRANDOM call moves.
+pub const MAX_SMALL_COPY: usize = 256;
+/// Most bytes of one channel message (a TPM command or response fits with room).
+pub const MAX_MESSAGE: u64 = 8192;
+/// Most threads of one process.
+pub const MAX_THREADS: u32 = 8;
+
+/// An object a handle names.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// The service end of a channel.
+    Channel(Arc<Channel>),
+}
+
+/// What the kernel offers a process besides memory and objects.
+pub trait Services {
+    /// Nanoseconds since the SVSM started, never going back.
+    fn clock_ns(&mut self) -> u64;
+    /// Fill `buf` from the entropy source; `false` if it has none to give.
+    fn random(&mut self, buf: &mut [u8]) -> bool;
+    /// One line of the process's log.
+    fn log(&mut self, process: u32, line: &[u8]);
+    /// CAPABILITIES: bit n set when VM index n may be opened.
+    fn vm_bitmap(&self) -> u64;
+    /// CAPABILITIES: the platform bits (0 native, 1 SNP).
+    fn features(&self) -> u64;
+}
+
+/// A system call as a thread made it: RAX and RDI, RSI, R8, R9, R10.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Call {
+    pub number: u64,
+    pub args: [u64; 5],
+}
+
+/// What the thread that called does next.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Back to user mode with RAX = the value (a result or [`SysError::to_rax`]).
+    Return(u64),
+    /// The process ends with this code.
+    Exit(u64),
+    /// The thread sleeps until the object has an event, then makes the same call again.
+    Block(Wait),
+    /// A new thread of this process starts at `entry` with RSP = `stack`, RDI = `arg`;
+    /// the caller gets the new thread's id.
+    ThreadStart { entry: u64, stack: u64, arg: u64 },
+}
+
+/// What a blocked thread waits for.
+#[derive(Debug, Clone)]
+pub enum Wait {
+    Request(Arc<Channel>),
+}
+
+/// One service process: its handles, its mappings and its limits.
+#[derive(Debug)]
+pub struct Process {
+    pub id: u32,
+    handles: HandleTable<Object>,
+    mappings: Mappings,
+    /// Most pages MMAP may give it.
+    page_quota: u64,
+    threads: u32,
+}
+
+fn err(e: SysError) -> Outcome {
+    Outcome::Return(e.to_rax())
+}
+
+/// Calls a BATCH may hold: the ones that finish at once and leave the thread running.
+fn batchable(number: u64) -> bool {
+    matches!(
+        number,
+        sys::MMAP
+            | sys::MUNMAP
+            | sys::CLOSE
+            | sys::CAPABILITIES
+            | sys::LOG
+            | sys::CLOCK
+            | sys::GETRANDOM
+            | sys::CHANNEL_REPLY
+    )
+}
+
+impl Process {
+    pub fn new(id: u32, page_quota: u64) -> Self {
+        Self { id, handles: HandleTable::default(), mappings: Mappings::default(), page_quota, threads: 1 }
+    }
+
+    /// Give the process an object (its channel at start: handle 0).
+    pub fn grant(&mut self, object: Object) -> Option<handles::Handle> {
+        self.handles.insert(object).ok()
+    }
+
+    pub fn mappings(&self) -> &Mappings {
+        &self.mappings
+    }
+
+    pub fn handle_count(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn threads(&self) -> u32 {
+        self.threads
+    }
+
+    /// Map memory for the process the kernel fills itself (an ELF segment, a stack).
+    pub fn map_for(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        va: u64,
+        pages: u64,
+        prot: memory::Prot,
+    ) -> Result<(), SysError> {
+        self.mappings.map(space, va, pages, prot)
+    }
+
+    /// The process is gone (EXIT, a fault, killed): its channels close, so the kernel
+    /// stops waiting on them, and its memory is freed.
+    pub fn end(&mut self, space: &mut dyn AddressSpace) {
+        for object in self.handles.drain() {
+            match object {
+                Object::Channel(c) => c.close(),
+            }
+        }
+        self.mappings.clear(space);
+        self.threads = 0;
+    }
+
+    /// A thread the scheduler started after [`Outcome::ThreadStart`] ended.
+    pub fn thread_ended(&mut self) {
+        self.threads = self.threads.saturating_sub(1);
+    }
+
+    /// Run one system call.
+    pub fn syscall(&mut self, space: &mut dyn AddressSpace, services: &mut dyn Services, call: Call) -> Outcome {
+        let [a0, a1, a2, a3, a4] = call.args;
+        match call.number {
+            sys::EXIT => Outcome::Exit(a0),
+            sys::MMAP => self.mmap(space, a0, a1, a2, a3, a4).map_or_else(err, Outcome::Return),
+            sys::MUNMAP => self.munmap(space, a0, a1).map_or_else(err, |()| Outcome::Return(0)),
+            sys::CLOSE => match self.handles.remove(a0) {
+                Some(Object::Channel(c)) => {
+                    c.close();
+                    Outcome::Return(0)
+                }
+                None => err(SysError::NotFound),
+            },
+            sys::THREAD_CREATE => self.thread_create(a0, a1, a2),
+            sys::WAIT_FOR_EVENT => match self.handles.get(a0) {
+                Some(Object::Channel(c)) if c.has_request() => Outcome::Return(1),
+                Some(Object::Channel(c)) => Outcome::Block(Wait::Request(c.clone())),
+                None => err(SysError::NotFound),
+            },
+            sys::BATCH => self.batch(space, services, a0, a1, a2).map_or_else(err, Outcome::Return),
+            sys::CAPABILITIES => match a0 {
+                sys::caps::COUNT => Outcome::Return(sys::caps::LAST),
+                sys::caps::VM_BITMAP => Outcome::Return(services.vm_bitmap()),
+                sys::caps::FEATURES => Outcome::Return(services.features()),
+                sys::caps::PHYSMEM_RANGES => Outcome::Return(0),
+                _ => err(SysError::NotFound),
+            },
+            sys::LOG => self.log(space, services, a0, a1).map_or_else(err, |()| Outcome::Return(0)),
+            sys::CLOCK => Outcome::Return(services.clock_ns()),
+            sys::GETRANDOM => self.getrandom(space, services, a0, a1).map_or_else(err, Outcome::Return),
+            sys::CHANNEL_RECEIVE => self.receive(space, a0, a1, a2),
+            sys::CHANNEL_REPLY => self.reply(space, a0, a1, a2).map_or_else(err, |()| Outcome::Return(0)),
+            // EXEC, OPEN_PHYSMEM and the VM objects are not served yet (docs/syscalls.md).
+            _ => err(SysError::NoSys),
+        }
+    }
+
+    fn channel(&self, handle: u64) -> Result<&Arc<Channel>, SysError> {
+        match self.handles.get(handle) {
+            Some(Object::Channel(c)) => Ok(c),
+            None => Err(SysError::NotFound),
+        }
+    }
+
+    fn mmap(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        handle: u64,
+        addr: u64,
+        offset: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<u64, SysError> {
+        let prot = memory::prot_of(flags)?;
+        if handle != sys::NO_HANDLE {
+            // Only memory objects can be mapped; none other is mappable.
+            self.channel(handle)?;
+            return Err(SysError::NotSupp);
+        }
+        if flags & sys::map::ANONYMOUS == 0 || offset != 0 {
+            return Err(SysError::Inval);
+        }
+        let pages = memory::pages_in(len).ok_or(SysError::Inval)?;
+        if self.mappings.pages().saturating_add(pages) > self.page_quota {
+            return Err(SysError::NoMem);
+        }
+        let va =
+            if flags & sys::map::FIXED != 0 { addr } else { self.mappings.find_room(pages).ok_or(SysError::NoMem)? };
+        self.mappings.map(space, va, pages, prot)?;
+        Ok(va)
+    }
+
+    fn munmap(&mut self, space: &mut dyn AddressSpace, addr: u64, len: u64) -> Result<(), SysError> {
+        let pages = memory::pages_in(len).ok_or(SysError::Inval)?;
+        self.mappings.unmap(space, addr, pages)
+    }
+
+    fn thread_create(&mut self, entry: u64, stack: u64, arg: u64) -> Outcome {
+        if !self.mappings.is_executable(entry) {
+            return err(SysError::Fault);
+        }
+        // The stack grows down from `stack`: its first push must land in writable memory.
+        let first_push = stack.checked_sub(8).ok_or(SysError::Fault);
+        if first_push.and_then(|at| self.mappings.check(at, 8, true)).is_err() {
+            return err(SysError::Fault);
+        }
+        if self.threads >= MAX_THREADS {
+            return err(SysError::NoMem);
+        }
+        self.threads += 1;
+        Outcome::ThreadStart { entry, stack, arg }
+    }
+
+    /// Copy `len` bytes from user `va` into a new buffer (checked against the mappings).
+    fn copy_in(&self, space: &dyn AddressSpace, va: u64, len: u64) -> Result<Vec<u8>, SysError> {
+        self.mappings.check(va, len, false)?;
+        let n = usize::try_from(len).map_err(|_| SysError::Inval)?;
+        let mut buf = heap::zeroed(n).map_err(|_| SysError::NoMem)?;
+        space.read(va, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn copy_out(&self, space: &mut dyn AddressSpace, va: u64, data: &[u8]) -> Result<(), SysError> {
+        self.mappings.check(va, data.len() as u64, true)?;
+        space.write(va, data)
+    }
+
+    fn log(&self, space: &dyn AddressSpace, services: &mut dyn Services, va: u64, len: u64) -> Result<(), SysError> {
+        if len > MAX_SMALL_COPY as u64 {
+            return Err(SysError::Inval);
+        }
+        let line = self.copy_in(space, va, len)?;
+        services.log(self.id, &line);
+        Ok(())
+    }
+
+    fn getrandom(
+        &self,
+        space: &mut dyn AddressSpace,
+        services: &mut dyn Services,
+        va: u64,
+        len: u64,
+    ) -> Result<u64, SysError> {
+        if len > MAX_SMALL_COPY as u64 {
+            return Err(SysError::Inval);
+        }
+        self.mappings.check(va, len, true)?;
+        let mut bytes = [0u8; MAX_SMALL_COPY];
+        let bytes = bytes.get_mut(..usize::try_from(len).map_err(|_| SysError::Inval)?).ok_or(SysError::Inval)?;
+        if !services.random(bytes) {
+            return Err(SysError::Busy);
+        }
+        self.copy_out(space, va, bytes)?;
+        Ok(len)
+    }
+
+    fn receive(&mut self, space: &mut dyn AddressSpace, handle: u64, va: u64, len: u64) -> Outcome {
+        let channel = match self.channel(handle) {
+            Ok(c) => c.clone(),
+            Err(e) => return err(e),
+        };
+        // The buffer is checked before the request is taken, so a bad buffer loses nothing.
+        if let Err(e) = self.mappings.check(va, len, true) {
+            return err(e);
+        }
+        match channel.receive(usize::try_from(len).unwrap_or(usize::MAX)) {
+            Receive::Request(request) => match space.write(va, &request) {
+                Ok(()) => Outcome::Return(request.len() as u64),
+                Err(e) => {
+                    // Checked as mapped, yet the copy failed: the request cannot be served.
+                    channel.close();
+                    err(e)
+                }
+            },
+            Receive::Empty => Outcome::Block(Wait::Request(channel)),
+            Receive::Unanswered => err(SysError::Busy),
+            Receive::TooLong(_) => err(SysError::Inval),
+        }
+    }
+
+    fn reply(&mut self, space: &dyn AddressSpace, handle: u64, va: u64, len: u64) -> Result<(), SysError> {
+        let channel = self.channel(handle)?.clone();
+        if len > MAX_MESSAGE {
+            return Err(SysError::Inval);
+        }
+        let reply = self.copy_in(space, va, len)?;
+        if channel.reply(reply) { Ok(()) } else { Err(SysError::Inval) }
+    }
+
+    /// BATCH: every record runs, in order, as a call of its own would; the results are
+    /// written back together when all have run ("nothing complete before BATCH returns").
+    fn batch(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        services: &mut dyn Services,
+        in_va: u64,
+        out_va: u64,
+        count: u64,
+    ) -> Result<u64, SysError> {
+        if count > sys::BATCH_MAX {
+            return Err(SysError::Inval);
+        }
+        let n = usize::try_from(count).map_err(|_| SysError::Inval)?;
+        let in_bytes = count * core::mem::size_of::<BatchIn>() as u64;
+        let out_bytes = count * core::mem::size_of::<BatchOut>() as u64;
+        self.mappings.check(out_va, out_bytes, true)?;
+        let mut records: Vec<BatchIn> = heap::with_capacity(n).map_err(|_| SysError::NoMem)?;
+        records.resize(n, BatchIn::new_zeroed());
+        self.mappings.check(in_va, in_bytes, false)?;
+        space.read(in_va, records.as_mut_bytes())?;
+        let mut results: Vec<BatchOut> = heap::with_capacity(n).map_err(|_| SysError::NoMem)?;
+        for r in &records {
+            let result = if batchable(r.number) {
+                match self.syscall(space, services, Call { number: r.number, args: r.args }) {
+                    Outcome::Return(v) => v,
+                    // Not reachable for a batchable call; refused rather than trusted.
+                    _ => SysError::Inval.to_rax(),
+                }
+            } else {
+                SysError::Inval.to_rax()
+            };
+            results.push(BatchOut { result, user_data: r.user_data });
+        }
+        // An MUNMAP in the batch may have taken the output away.
+        self.copy_out(space, out_va, results.as_bytes())?;
+        Ok(count)
+    }
+}

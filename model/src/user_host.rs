@@ -1,0 +1,399 @@
+//! Hosted user processes: the kernel's system call layer (`kernel::user`) driving a
+//! program that runs on a host thread and reaches the kernel only through system calls,
+//! as a CPL-3 process reaches the SVSM.
+//!
+//! The program's memory is a [`HostSpace`]: pages that exist only while mapped, with the
+//! permissions the kernel gave them; the program reads and writes it through
+//! [`UserCalls::load`] / [`UserCalls::store`], which fault (end the program, as a page
+//! fault ends a process) outside its mappings. A program that panics is a process that
+//! faulted: the driver ends it, its channels close, and the kernel's side learns it.
+//!
+//! [`ChannelTpm`] is the vTPM's engine as the kernel sees it when the vTPM is a process:
+//! the command goes over a channel to the service, the answer comes back the same way.
+
+use abi::syscall::{self as sys, SysError};
+use kernel::user::channel::{Channel, ChannelError};
+use kernel::user::memory::{AddressSpace, Prot};
+use kernel::user::{Call, Object, Outcome, Process, Services, Wait};
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use vtpm::TpmEngine;
+
+const PAGE: u64 = 4096;
+
+/// A process's pages, shared by the driver (the kernel's copies) and the program (its
+/// own loads and stores).
+#[derive(Clone, Debug, Default)]
+pub struct HostSpace(Arc<Mutex<PageMap>>);
+
+/// Mapped pages by address, with the permissions they were mapped with.
+type PageMap = BTreeMap<u64, (Box<[u8; 4096]>, Prot)>;
+
+impl HostSpace {
+    fn pages(&self) -> std::sync::MutexGuard<'_, PageMap> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pages mapped now.
+    pub fn page_count(&self) -> usize {
+        self.pages().len()
+    }
+
+    /// Copy across pages; every page must exist (and be writable, for a write).
+    fn access(&self, va: u64, len: usize, write: bool, mut f: impl FnMut(&mut [u8], usize)) -> Result<(), SysError> {
+        let mut pages = self.pages();
+        let mut done = 0usize;
+        while done < len {
+            let at = va.checked_add(done as u64).ok_or(SysError::Fault)?;
+            let (page, prot) = pages.get_mut(&(at & !(PAGE - 1))).ok_or(SysError::Fault)?;
+            if write && !prot.write {
+                return Err(SysError::Fault);
+            }
+            let off = (at % PAGE) as usize;
+            let n = (PAGE as usize - off).min(len - done);
+            f(&mut page[off..off + n], done);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl AddressSpace for HostSpace {
+    fn map_zeroed(&mut self, va: u64, pages: u64, prot: Prot) -> Result<(), SysError> {
+        let mut map = self.pages();
+        for i in 0..pages {
+            let old = map.insert(va + i * PAGE, (Box::new([0; 4096]), prot));
+            assert!(old.is_none(), "the kernel mapped {:#x} twice", va + i * PAGE);
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, va: u64, pages: u64) {
+        let mut map = self.pages();
+        for i in 0..pages {
+            assert!(map.remove(&(va + i * PAGE)).is_some(), "the kernel unmapped {:#x}, never mapped", va + i * PAGE);
+        }
+    }
+
+    fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), SysError> {
+        self.access(va, buf.len(), false, |page, at| buf[at..at + page.len()].copy_from_slice(page))
+    }
+
+    fn write(&mut self, va: u64, data: &[u8]) -> Result<(), SysError> {
+        self.access(va, data.len(), true, |page, at| page.copy_from_slice(&data[at..at + page.len()]))
+    }
+}
+
+/// The kernel's services for hosted processes: a monotonic clock, a seeded generator,
+/// and the log lines kept for tests.
+#[derive(Debug)]
+pub struct HostServices {
+    start: Instant,
+    state: u64,
+    pub lines: Vec<(u32, String)>,
+}
+
+impl Default for HostServices {
+    fn default() -> Self {
+        Self { start: Instant::now(), state: 0x9e37_79b9_7f4a_7c15, lines: Vec::new() }
+    }
+}
+
+impl Services for HostServices {
+    fn clock_ns(&mut self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn random(&mut self, buf: &mut [u8]) -> bool {
+        for b in buf {
+            // xorshift64*: the model's entropy only has to differ, not to be secret.
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            *b = (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
+        }
+        true
+    }
+
+    fn log(&mut self, process: u32, line: &[u8]) {
+        self.lines.push((process, String::from_utf8_lossy(line).into_owned()));
+    }
+
+    fn vm_bitmap(&self) -> u64 {
+        0b10
+    }
+
+    fn features(&self) -> u64 {
+        1
+    }
+}
+
+/// The program's side: system calls, loads and stores.
+#[derive(Debug)]
+pub struct UserCalls {
+    calls: Sender<Call>,
+    results: Receiver<u64>,
+    space: HostSpace,
+}
+
+/// The program faulted (the driver sees the thread end without EXIT).
+fn fault(what: &str) -> ! {
+    panic!("user fault: {what}")
+}
+
+impl UserCalls {
+    /// Make a system call; RAX comes back.
+    pub fn call(&self, number: u64, args: [u64; 5]) -> u64 {
+        if self.calls.send(Call { number, args }).is_err() {
+            fault("the kernel is gone");
+        }
+        self.results.recv().unwrap_or_else(|_| fault("killed"))
+    }
+
+    /// A call's result as a Result.
+    pub fn checked(&self, number: u64, args: [u64; 5]) -> Result<u64, SysError> {
+        let rax = self.call(number, args);
+        match SysError::from_rax(rax) {
+            Some(Ok(e)) => Err(e),
+            Some(Err(_)) => fault("unknown error code"),
+            None => Ok(rax),
+        }
+    }
+
+    /// Anonymous memory, read-write.
+    pub fn mmap(&self, len: u64) -> Result<u64, SysError> {
+        self.checked(sys::MMAP, [sys::NO_HANDLE, 0, 0, len, sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS])
+    }
+
+    /// A load from the program's memory: a fault if not mapped.
+    pub fn load(&self, va: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        self.space.read(va, &mut buf).unwrap_or_else(|_| fault("load from unmapped memory"));
+        buf
+    }
+
+    /// A store to the program's memory: a fault if not mapped writable.
+    pub fn store(&self, va: u64, data: &[u8]) {
+        self.space.clone().write(va, data).unwrap_or_else(|_| fault("store to memory not mapped writable"));
+    }
+
+    pub fn exit(&self, code: u64) -> ! {
+        self.call(sys::EXIT, [code, 0, 0, 0, 0]);
+        fault("EXIT returned")
+    }
+}
+
+/// Where a hosted process is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Waiting for an event (a request on its channel).
+    Blocked,
+    Exited(u64),
+    /// The program faulted (its thread ended without EXIT): the message.
+    Faulted(String),
+}
+
+/// A process and the driver that serves its system calls.
+#[derive(Debug)]
+pub struct HostedProcess {
+    pub process: Process,
+    pub space: HostSpace,
+    pub services: HostServices,
+    calls: Receiver<Call>,
+    results: Sender<u64>,
+    blocked: Option<(Call, Wait)>,
+    state: Option<RunState>,
+    thread: Option<JoinHandle<()>>,
+    /// Threads the program asked for (entry, stack, arg): a hosted program has no code at
+    /// those addresses to run, so they are only recorded.
+    pub threads_started: Vec<(u64, u64, u64)>,
+}
+
+impl HostedProcess {
+    /// Start `program` as process `id` with `objects` as its first handles (0, 1, ...).
+    pub fn start(
+        id: u32,
+        page_quota: u64,
+        objects: Vec<Object>,
+        program: impl FnOnce(UserCalls) + Send + 'static,
+    ) -> Self {
+        let mut process = Process::new(id, page_quota);
+        for o in objects {
+            process.grant(o).expect("a new process has room for its first handles");
+        }
+        let (call_tx, call_rx) = channel();
+        let (result_tx, result_rx) = channel();
+        let space = HostSpace::default();
+        let user = UserCalls { calls: call_tx, results: result_rx, space: space.clone() };
+        let thread = std::thread::Builder::new()
+            .name(format!("user process {id}"))
+            .spawn(move || program(user))
+            .expect("a host thread for the program");
+        Self {
+            process,
+            space,
+            services: HostServices::default(),
+            calls: call_rx,
+            results: result_tx,
+            blocked: None,
+            state: None,
+            thread: Some(thread),
+            threads_started: Vec::new(),
+        }
+    }
+
+    /// Serve the program's calls until it blocks, exits or faults.
+    pub fn run(&mut self) -> RunState {
+        if let Some(done) = &self.state {
+            return done.clone();
+        }
+        loop {
+            let call = match self.blocked.take() {
+                Some((call, Wait::Request(c))) if !c.has_request() && !c.is_closed() => {
+                    self.blocked = Some((call, Wait::Request(c)));
+                    return RunState::Blocked;
+                }
+                Some((call, _)) => call,
+                None => match self.calls.recv() {
+                    Ok(call) => call,
+                    Err(_) => return self.faulted(),
+                },
+            };
+            let mut space = self.space.clone();
+            match self.process.syscall(&mut space, &mut self.services, call) {
+                Outcome::Return(rax) => {
+                    if self.results.send(rax).is_err() {
+                        return self.faulted();
+                    }
+                }
+                Outcome::Block(wait) => {
+                    self.blocked = Some((call, wait));
+                    return RunState::Blocked;
+                }
+                Outcome::Exit(code) => return self.finish(RunState::Exited(code)),
+                Outcome::ThreadStart { entry, stack, arg } => {
+                    self.threads_started.push((entry, stack, arg));
+                    let tid = self.threads_started.len() as u64;
+                    if self.results.send(tid).is_err() {
+                        return self.faulted();
+                    }
+                }
+            }
+        }
+    }
+
+    fn faulted(&mut self) -> RunState {
+        let why = match self.thread.take().map(JoinHandle::join) {
+            Some(Err(panic)) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "fault".into()),
+            _ => "the program ended without EXIT".into(),
+        };
+        self.finish(RunState::Faulted(why))
+    }
+
+    fn finish(&mut self, state: RunState) -> RunState {
+        let mut space = self.space.clone();
+        self.process.end(&mut space);
+        self.state = Some(state.clone());
+        state
+    }
+
+    pub fn state(&self) -> Option<&RunState> {
+        self.state.as_ref()
+    }
+}
+
+impl Drop for HostedProcess {
+    fn drop(&mut self) {
+        // The program's next call finds the kernel gone and its thread ends.
+        let (tx, _) = channel();
+        self.results = tx;
+        let (_, rx) = channel();
+        self.calls = rx;
+        self.blocked = None;
+    }
+}
+
+/// The vTPM engine as the kernel sees it with the vTPM in a process: commands over a
+/// channel. A closed channel (the service ended or faulted) answers nothing, which the
+/// protocol layer turns into TPM_RC_FAILURE.
+#[derive(Debug)]
+pub struct ChannelTpm {
+    channel: Arc<Channel>,
+    service: HostedProcess,
+}
+
+impl ChannelTpm {
+    /// Start the vTPM service process around `engine` (the process's one libtpms).
+    pub fn start(engine: impl TpmEngine + 'static) -> Self {
+        let channel = Arc::new(Channel::default());
+        let service =
+            HostedProcess::start(1, 64, vec![Object::Channel(channel.clone())], move |user| vtpm_service(user, engine));
+        Self { channel, service }
+    }
+
+    /// The service process (tests read its state).
+    pub fn service(&self) -> &HostedProcess {
+        &self.service
+    }
+}
+
+impl TpmEngine for ChannelTpm {
+    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        if self.channel.post(command.to_vec()).is_err() {
+            return 0;
+        }
+        loop {
+            match self.channel.take_reply() {
+                Ok(Some(reply)) if reply.len() <= response.len() => {
+                    response[..reply.len()].copy_from_slice(&reply);
+                    return reply.len();
+                }
+                Ok(Some(_)) | Err(ChannelError::Closed | ChannelError::Busy) => return 0,
+                Ok(None) => {
+                    // The service runs as a process, not as SVSM code: its driver's memory
+                    // is not the SVSM heap's.
+                    if crate::heap::as_host(|| self.service.run()) != RunState::Blocked {
+                        // Gone (faulted or exited) without an answer.
+                        return 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A TPM command the service treats as "fault now" (tests of crash isolation): the
+/// vendor-specific bit of the ordinal with a code no TPM uses.
+pub const FAULT_COMMAND_CODE: u32 = 0x2000_0bad;
+
+/// The vTPM service program: receive a command into its own buffer, run it, reply.
+fn vtpm_service(user: UserCalls, mut engine: impl TpmEngine) {
+    const CHANNEL: u64 = 0;
+    const SIZE: u64 = 8192;
+    let request = user.mmap(SIZE).unwrap_or_else(|e| fault(&format!("no buffer: {e:?}")));
+    let answer = user.mmap(SIZE).unwrap_or_else(|e| fault(&format!("no buffer: {e:?}")));
+    let mut response = vec![0u8; SIZE as usize];
+    loop {
+        let len = match user.checked(sys::CHANNEL_RECEIVE, [CHANNEL, request, SIZE, 0, 0]) {
+            Ok(len) => len as usize,
+            Err(e) => fault(&format!("receive: {e:?}")),
+        };
+        let command = user.load(request, len);
+        if command.get(6..10) == Some(&FAULT_COMMAND_CODE.to_be_bytes()) {
+            // A wild write, as a memory bug in the engine would make one.
+            user.store(0x10, &[0xff]);
+        }
+        let n = engine.execute(&command, &mut response);
+        user.store(answer, &response[..n]);
+        if let Err(e) = user.checked(sys::CHANNEL_REPLY, [CHANNEL, answer, n as u64, 0, 0]) {
+            fault(&format!("reply: {e:?}"));
+        }
+    }
+}
