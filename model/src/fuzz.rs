@@ -19,12 +19,12 @@ use kernel::request::EntryOutcome;
 use kernel::vcpu::VcpuIndex;
 
 /// Reads fuzz input; exhausted input reads as zeros.
-struct Input<'a> {
-    data: &'a [u8],
+pub(crate) struct Input<'a> {
+    pub(crate) data: &'a [u8],
 }
 
 impl Input<'_> {
-    fn u8(&mut self) -> u8 {
+    pub(crate) fn u8(&mut self) -> u8 {
         match self.data.split_first() {
             Some((b, rest)) => {
                 self.data = rest;
@@ -33,16 +33,16 @@ impl Input<'_> {
             None => 0,
         }
     }
-    fn u64(&mut self) -> u64 {
+    pub(crate) fn u64(&mut self) -> u64 {
         (0..8).fold(0, |v, i| v | u64::from(self.u8()) << (8 * i))
     }
-    fn bytes(&mut self, n: usize) -> &[u8] {
+    pub(crate) fn bytes(&mut self, n: usize) -> &[u8] {
         let n = n.min(self.data.len());
         let (head, rest) = self.data.split_at(n);
         self.data = rest;
         head
     }
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.data.is_empty()
     }
 }

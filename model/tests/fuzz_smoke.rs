@@ -41,3 +41,13 @@ fn past_fuzzer_findings_stay_fixed() {
     }
     assert!(ran > 0, "no regression inputs in {}", dir.display());
 }
+
+#[test]
+fn random_system_call_sequences_keep_the_kernel_consistent() {
+    let mut state = 0x0123_4567_89AB_CDEFu64;
+    for _ in 0..2000 {
+        let len = (next(&mut state) % 2048) as usize;
+        let data: Vec<u8> = (0..len).map(|_| next(&mut state) as u8).collect();
+        bulwark_model::fuzz_syscalls::run_syscalls(&data);
+    }
+}

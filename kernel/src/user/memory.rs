@@ -203,3 +203,87 @@ pub fn prot_of(flags: u64) -> Result<Prot, SysError> {
     }
     Ok(prot)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BTreeSet;
+
+    /// Page tables as a set of mapped pages; refuses double maps and stray unmaps.
+    #[derive(Default)]
+    struct Pages(BTreeSet<u64>);
+
+    impl AddressSpace for Pages {
+        fn map_zeroed(&mut self, va: u64, pages: u64, _: Prot) -> Result<(), SysError> {
+            for p in 0..pages {
+                assert!(self.0.insert(va + p * PAGE_SIZE));
+            }
+            Ok(())
+        }
+        fn unmap(&mut self, va: u64, pages: u64) {
+            for p in 0..pages {
+                assert!(self.0.remove(&(va + p * PAGE_SIZE)));
+            }
+        }
+        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), SysError> {
+            Ok(())
+        }
+        fn write(&mut self, _: u64, _: &[u8]) -> Result<(), SysError> {
+            Ok(())
+        }
+    }
+
+    const RW: Prot = Prot { write: true, exec: false };
+    const RO: Prot = Prot { write: false, exec: false };
+
+    #[test]
+    fn room_is_found_between_mappings_with_a_guard_page_each_side() {
+        let (mut m, mut s) = (Mappings::default(), Pages::default());
+        let a = m.find_room(2).unwrap();
+        assert_eq!(a, MMAP_BASE + PAGE_SIZE);
+        m.map(&mut s, a, 2, RW).unwrap();
+        // A mapping 3 pages above `a`'s end leaves a 3-page hole: 1 page fits with guards.
+        m.map(&mut s, a + 5 * PAGE_SIZE, 1, RW).unwrap();
+        assert_eq!(m.find_room(1), Some(a + 3 * PAGE_SIZE));
+        assert_eq!(m.find_room(2), Some(a + 7 * PAGE_SIZE));
+        assert_eq!(m.find_room(USER_TOP / PAGE_SIZE), None);
+        assert_eq!(m.find_room(u64::MAX), None);
+    }
+
+    #[test]
+    fn a_check_may_span_adjacent_mappings_but_not_a_hole_or_a_read_only_page() {
+        let (mut m, mut s) = (Mappings::default(), Pages::default());
+        let a = MMAP_BASE;
+        m.map(&mut s, a, 1, RW).unwrap();
+        m.map(&mut s, a + PAGE_SIZE, 1, RO).unwrap();
+        m.map(&mut s, a + 3 * PAGE_SIZE, 1, RW).unwrap();
+        assert_eq!(m.check(a + 10, 2 * PAGE_SIZE - 20, false), Ok(()));
+        assert_eq!(m.check(a + 10, 2 * PAGE_SIZE - 20, true), Err(SysError::Fault));
+        assert_eq!(m.check(a, 4 * PAGE_SIZE, false), Err(SysError::Fault));
+        assert_eq!(m.check(a - 1, 2, false), Err(SysError::Fault));
+        assert_eq!(m.check(u64::MAX, 2, false), Err(SysError::Fault));
+        assert_eq!(m.check(0, 0, true), Ok(()));
+    }
+
+    #[test]
+    fn an_unmap_that_would_split_past_the_limit_changes_nothing() {
+        let (mut m, mut s) = (Mappings::default(), Pages::default());
+        for i in 0..MAX_MAPPINGS as u64 {
+            m.map(&mut s, MMAP_BASE + i * 8 * PAGE_SIZE, 4, RW).unwrap();
+        }
+        assert_eq!(m.map(&mut s, USER_BOTTOM, 1, RW), Err(SysError::NoMem));
+        let before = m.pages();
+        assert_eq!(m.unmap(&mut s, MMAP_BASE + PAGE_SIZE, 1), Err(SysError::NoMem));
+        assert_eq!((m.pages(), s.0.len() as u64), (before, before));
+        // Cutting an end does not add a mapping, so it is allowed.
+        m.unmap(&mut s, MMAP_BASE, 1).unwrap();
+        assert_eq!((m.pages(), s.0.len() as u64), (before - 1, before - 1));
+        // One range across many mappings, cutting into the first and the last.
+        m.unmap(&mut s, MMAP_BASE + 2 * PAGE_SIZE, 24).unwrap();
+        let left: alloc::vec::Vec<_> = m.iter().take(4).map(|(s, mp)| (s - MMAP_BASE, mp.pages)).collect();
+        assert_eq!(left, [(PAGE_SIZE, 1), (26 * PAGE_SIZE, 2), (32 * PAGE_SIZE, 4), (40 * PAGE_SIZE, 4)]);
+        assert_eq!(m.pages(), s.0.len() as u64);
+        m.clear(&mut s);
+        assert!(s.0.is_empty() && m.pages() == 0);
+    }
+}
