@@ -138,10 +138,8 @@ impl Keys {
         let tag: &mut [u8; TAG_LEN] = tag.try_into().map_err(|_| StoreError::Internal)?;
         body.copy_from_slice(payload);
         let ad = associated_data(store_id, role, index, generation);
-        let computed = self
-            .cipher
-            .encrypt_in_place_detached(&Nonce::from(*nonce), &ad, body)
-            .map_err(|_| StoreError::Internal)?;
+        let computed =
+            self.cipher.encrypt_in_place_detached(&Nonce::from(*nonce), &ad, body).map_err(|_| StoreError::Internal)?;
         tag.copy_from_slice(&computed);
         Ok(block)
     }

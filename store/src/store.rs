@@ -7,8 +7,8 @@ use alloc::vec::Vec;
 
 use crate::crypto::{Keys, Role, block_hash};
 use crate::format::{
-    self, BLOCK_PAYLOAD, HEADER_SLOTS, Header, MAX_BLOB_LEN, MAX_INDEX_LEN, MAX_NAME_LEN, MIN_BLOCKS,
-    REFS_PER_NODE, Ref, Slot,
+    self, BLOCK_PAYLOAD, HEADER_SLOTS, Header, MAX_BLOB_LEN, MAX_INDEX_LEN, MAX_NAME_LEN, MIN_BLOCKS, REFS_PER_NODE,
+    Ref, Slot,
 };
 use crate::{BLOCK_SIZE, Block, BlockDevice, Entropy, StoreError, StoreKey, StoreState, Tamper};
 
@@ -19,6 +19,9 @@ struct Blob {
     /// commit (so the next commit writes it).
     stored: Option<Vec<Ref>>,
 }
+
+/// The blobs by name.
+type Blobs = BTreeMap<Vec<u8>, Blob>;
 
 /// What the committed state is, and what of the device it occupies.
 struct Committed {
@@ -42,7 +45,7 @@ pub struct Store<D: BlockDevice, E: Entropy> {
     /// The device's size as it said at open/format; a larger answer later is not used.
     block_count: u64,
     /// The current contents: committed blobs plus staged changes.
-    blobs: BTreeMap<Vec<u8>, Blob>,
+    blobs: Blobs,
     /// Whether anything was put or removed since the last commit.
     staged: bool,
     committed: Committed,
@@ -120,7 +123,7 @@ impl<D: BlockDevice> Loader<'_, D> {
     }
 
     /// Loads and verifies the whole state: every index and data block.
-    fn load(mut self) -> Result<(BTreeMap<Vec<u8>, Blob>, BTreeSet<u64>), StoreError> {
+    fn load(mut self) -> Result<(Blobs, BTreeSet<u64>), StoreError> {
         let index_len = self.header.index_len;
         if !(8..=MAX_INDEX_LEN).contains(&index_len) {
             return Err(Self::structure());

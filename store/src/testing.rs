@@ -301,16 +301,26 @@ impl BlockDevice for MemDisk {
 /// The key the fuzz harness formats and opens with.
 pub const FUZZ_KEY: [u8; 32] = [0x42; 32];
 
+/// What [`fuzz_store`] got to do with its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FuzzOutcome {
+    /// Whether the disk opened.
+    pub opened: bool,
+    /// How many script operations ran against the open store.
+    pub ops: usize,
+}
+
 /// Feeds fuzz input to the store: never a panic, and a state that opens after a
-/// successful commit holds what was committed.
+/// successful commit holds what was committed (an `Err` names the broken promise).
 ///
 /// The first byte picks the mode. Even: the rest is a script (its first 64 bytes) and a
-/// raw disk image. Odd: a genuine store is formatted and filled, then the input (4-byte
-/// records: block, byte offset, xor value) damages it. Either way the store is opened and,
-/// if that succeeds, the script runs get/put/remove/commit and power cuts against it.
-pub fn fuzz_store(data: &[u8]) -> Result<(), &'static str> {
+/// raw disk image. Odd: a genuine store is formatted and filled, then damaged by the
+/// number of 4-byte records (block, byte offset, xor value) the next byte says (mod 16);
+/// the rest is the script (its first 64 bytes). Either way the store is opened and, if that succeeds, the
+/// script runs get/put/remove/commit and power cuts against it.
+pub fn fuzz_store(data: &[u8]) -> Result<FuzzOutcome, &'static str> {
     let Some((&mode, rest)) = data.split_first() else {
-        return Ok(());
+        return Ok(FuzzOutcome { opened: false, ops: 0 });
     };
     let key = StoreKey::new(FUZZ_KEY);
     let (script, disk) = if mode & 1 == 0 {
@@ -326,8 +336,9 @@ pub fn fuzz_store(data: &[u8]) -> Result<(), &'static str> {
             store.commit().map_err(|_| "commit failed")?;
         }
         let mut disk = store.into_device();
-        let mut records = rest.chunks_exact(4);
-        for record in records.by_ref().take(64) {
+        let (count, rest) = rest.split_first().map_or((0, rest), |(count, rest)| (usize::from(count % 16), rest));
+        let (damage, script) = rest.split_at(rest.len().min(count * 4));
+        for record in damage.chunks_exact(4) {
             if let [block, offset_low, offset_high, xor] = record {
                 let offset = usize::from(u16::from_le_bytes([*offset_low, *offset_high])) % BLOCK_SIZE;
                 if let Some(byte) = disk.block_mut(u64::from(*block % 24)).and_then(|b| b.get_mut(offset)) {
@@ -335,12 +346,14 @@ pub fn fuzz_store(data: &[u8]) -> Result<(), &'static str> {
                 }
             }
         }
-        (records.remainder(), disk)
+        (script.get(..64).unwrap_or(script), disk)
     };
     let Ok(mut store) = Store::open(disk, &key, TestRng::new(2)) else {
-        return Ok(());
+        return Ok(FuzzOutcome { opened: false, ops: 0 });
     };
-    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = store.names().map(|n| (n.to_vec(), store.get(n).map(<[u8]>::to_vec).unwrap_or_default())).collect();
+    let mut ops = 0;
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> =
+        store.names().map(|n| (n.to_vec(), store.get(n).map(<[u8]>::to_vec).unwrap_or_default())).collect();
     let mut committed = model.clone();
     for op in script.chunks(2) {
         let (code, arg) = match op {
@@ -348,6 +361,7 @@ pub fn fuzz_store(data: &[u8]) -> Result<(), &'static str> {
             [code] => (*code, 0),
             _ => break,
         };
+        ops += 1;
         let name = alloc::vec![b'n'; usize::from(arg % 4)];
         match code % 5 {
             0 => {
@@ -379,7 +393,8 @@ pub fn fuzz_store(data: &[u8]) -> Result<(), &'static str> {
                 let mut disk = store.into_device();
                 disk.power_cycle(CutPolicy::Scramble(u64::from(arg)));
                 store = Store::open(disk, &key, TestRng::new(u64::from(arg))).map_err(|_| "no open after a cut")?;
-                let reopened: BTreeMap<Vec<u8>, Vec<u8>> = store.names().map(|n| (n.to_vec(), store.get(n).map(<[u8]>::to_vec).unwrap_or_default())).collect();
+                let reopened: BTreeMap<Vec<u8>, Vec<u8>> =
+                    store.names().map(|n| (n.to_vec(), store.get(n).map(<[u8]>::to_vec).unwrap_or_default())).collect();
                 if reopened == attempted && store.state().generation > before.generation {
                     committed = attempted;
                 } else if reopened != committed || store.state() != before {
@@ -389,5 +404,5 @@ pub fn fuzz_store(data: &[u8]) -> Result<(), &'static str> {
             }
         }
     }
-    Ok(())
+    Ok(FuzzOutcome { opened: true, ops })
 }

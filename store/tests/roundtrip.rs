@@ -118,7 +118,8 @@ fn empty_blob_and_empty_name_round_trip() {
 #[test]
 fn names_of_odd_lengths_and_bytes_round_trip() {
     let mut store = format(64);
-    let names: Vec<Vec<u8>> = [1, 3, 7, 255, 256, 1023, MAX_NAME_LEN].iter().map(|len| bytes(*len as u64, *len)).collect();
+    let names: Vec<Vec<u8>> =
+        [1, 3, 7, 255, 256, 1023, MAX_NAME_LEN].iter().map(|len| bytes(*len as u64, *len)).collect();
     for (i, name) in names.iter().enumerate() {
         store.put(name, &[i as u8; 3]).unwrap();
     }

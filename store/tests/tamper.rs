@@ -219,7 +219,10 @@ fn random_bytes_are_refused_without_a_panic() {
         }
         let error = open(MemDisk::from_image(image)).err();
         assert!(
-            matches!(error, Some(StoreError::NotFormatted | StoreError::WrongKey | StoreError::UnsupportedVersion { .. })),
+            matches!(
+                error,
+                Some(StoreError::NotFormatted | StoreError::WrongKey | StoreError::UnsupportedVersion { .. })
+            ),
             "seed {seed}: {error:?}"
         );
     }
