@@ -12,8 +12,8 @@
 //!   closed with a named [`StoreError`];
 //! - **atomic**: [`Store::commit`] makes all staged changes durable at once; a power cut at
 //!   any point leaves either the previous or the new state, never a mix;
-//! - **versioned**: [`Store::state`] gives the generation (one more per commit) and the
-//!   root hash, which the SVSM publishes in its attestation manifest. The store alone cannot
+//! - **versioned**: [`Store::state`] gives the generation (one more per commit), the root
+//!   hash and the store id, which the SVSM publishes in its attestation manifest. The store alone cannot
 //!   tell an authentic older state from the newest (the host can present an old disk
 //!   image); a verifier that remembers the last generation it accepted can.
 //!
@@ -162,6 +162,10 @@ pub struct StoreState {
     /// The Merkle root: SHA-256 of the stored bytes of the index's top block, which binds
     /// every block of the state.
     pub root: [u8; 32],
+    /// The random id chosen at format. Two stores under one key (two VMs launched from
+    /// one image get one PSP-derived key) differ here, so a verifier that tracks
+    /// generations per store id notices a host swapping one VM's disk for another's.
+    pub store_id: [u8; 16],
 }
 
 /// What [`StoreError::Tampered`] found wrong.

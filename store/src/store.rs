@@ -259,7 +259,7 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
 
     /// The committed state: what a verifier should be told.
     pub fn state(&self) -> StoreState {
-        StoreState { generation: self.committed.generation, root: self.committed.root.hash }
+        StoreState { generation: self.committed.generation, root: self.committed.root.hash, store_id: self.store_id }
     }
 
     /// The random id chosen at format; part of every block's associated data.

@@ -194,8 +194,10 @@ fn root_changes_with_every_commit_and_binds_the_state() {
     store.commit().unwrap();
     let one = store.state();
     assert_ne!(one.root, empty.root);
+    assert_eq!(one.store_id, empty.store_id, "a commit keeps the store id");
     let store = reopen(store);
     assert_eq!(store.state(), one, "open reports the state commit reported");
+    assert_eq!(store.state().store_id, store.store_id());
 }
 
 #[test]
