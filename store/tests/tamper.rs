@@ -257,3 +257,38 @@ fn a_block_of_another_store_under_the_same_key_is_refused() {
     mixed.set_block(index, other.block(index).unwrap());
     assert_eq!(open(mixed).err(), tampered(Tamper::Block { index }));
 }
+
+#[test]
+fn nonces_come_from_entropy_so_a_rolled_back_disk_does_not_repeat_them() {
+    // Two branches from one image, as a host that rolls the disk back and watches the
+    // next commit would see them: same content, same generation, same blocks. The nonces
+    // differ because they are drawn fresh, not derived from anything on the disk.
+    let (store, _) = populated();
+    let image = store.into_device().image();
+    let branch = |seed: u64| {
+        let mut store = Store::open(MemDisk::from_image(image.clone()), &key(), TestRng::new(seed)).unwrap();
+        store.put(b"permall", &bytes(9, 2 * BLOCK_PAYLOAD)).unwrap();
+        store.commit().unwrap();
+        let used: Vec<u64> = store.blocks_in_use().collect();
+        let disk = store.into_device();
+        used.into_iter().map(|index| (index, disk.block(index).unwrap()[..12].to_vec())).collect::<Vec<_>>()
+    };
+    let (a, b) = (branch(100), branch(200));
+    assert_eq!(
+        a.iter().map(|(index, _)| *index).collect::<Vec<_>>(),
+        b.iter().map(|(index, _)| *index).collect::<Vec<_>>()
+    );
+    let before: Vec<(u64, Vec<u8>)> = {
+        let disk = MemDisk::from_image(image.clone());
+        (2..BLOCKS).map(|index| (index, disk.block(index).unwrap()[..12].to_vec())).collect()
+    };
+    let mut rewritten = 0;
+    for ((index, nonce_a), (_, nonce_b)) in a.iter().zip(&b) {
+        let old = &before.iter().find(|(i, _)| i == index).unwrap().1;
+        if nonce_a != old {
+            rewritten += 1;
+            assert_ne!(nonce_a, nonce_b, "block {index} was written in both branches with one nonce");
+        }
+    }
+    assert!(rewritten >= 3, "two data blocks and the index were rewritten");
+}
