@@ -111,6 +111,10 @@ impl<D: BlockDevice> Loader<'_, D> {
     /// Reads `refs` in order and returns the first `len` bytes they carry.
     fn read_bytes(&mut self, refs: &[Ref], len: u64, role: Role) -> Result<Vec<u8>, StoreError> {
         let len = usize::try_from(len).map_err(|_| Self::structure())?;
+        // The length is the disk's claim: allocate no more than the blocks can carry.
+        if len > refs.len().saturating_mul(BLOCK_PAYLOAD) {
+            return Err(Self::structure());
+        }
         let mut bytes = Vec::with_capacity(len);
         for r in refs {
             bytes.extend_from_slice(self.read(r, role)?.as_slice());
