@@ -1,0 +1,460 @@
+//! The store: open and verify a committed state, stage changes in memory, commit them
+//! copy-on-write.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use crate::crypto::{Keys, Role, block_hash};
+use crate::format::{
+    self, BLOCK_PAYLOAD, HEADER_SLOTS, Header, MAX_BLOB_LEN, MAX_INDEX_LEN, MAX_NAME_LEN, MIN_BLOCKS, REFS_PER_NODE,
+    Ref, Slot,
+};
+use crate::{BLOCK_SIZE, Block, BlockDevice, Entropy, StoreError, StoreKey, StoreState, Tamper};
+
+/// One blob in memory.
+struct Blob {
+    data: Vec<u8>,
+    /// Its data blocks in the committed state, or `None` if it was put since the last
+    /// commit (so the next commit writes it).
+    stored: Option<Vec<Ref>>,
+}
+
+/// The blobs by name.
+type Blobs = BTreeMap<Vec<u8>, Blob>;
+
+/// What the committed state is, and what of the device it occupies.
+struct Committed {
+    generation: u64,
+    root: Ref,
+    /// The header slot holding it; the next commit writes the other one.
+    slot: u64,
+    /// Every pool block it references (index and data). A commit never writes these.
+    blocks: BTreeSet<u64>,
+}
+
+/// An open store: the whole verified committed state in memory, plus staged changes.
+///
+/// Reads ([`get`](Store::get)) never touch the device; [`commit`](Store::commit) is the only
+/// operation after [`open`](Store::open) that writes.
+pub struct Store<D: BlockDevice, E: Entropy> {
+    device: D,
+    entropy: E,
+    keys: Keys,
+    store_id: [u8; 16],
+    /// The device's size as it said at open/format; a larger answer later is not used.
+    block_count: u64,
+    /// The current contents: committed blobs plus staged changes.
+    blobs: Blobs,
+    /// Whether anything was put or removed since the last commit.
+    staged: bool,
+    committed: Committed,
+    /// Pool blocks referenced by a header whose write was attempted but whose outcome is
+    /// unknown (its write or the flush after it failed): it may be on disk and be the
+    /// newest header there, so its blocks must survive until a later header replaces it.
+    in_doubt: BTreeSet<u64>,
+    /// The highest generation ever written into a header slot. A retried commit takes a
+    /// higher one, so no generation number ever names two different roots.
+    highest_written: u64,
+}
+
+impl<D: BlockDevice, E: Entropy> core::fmt::Debug for Store<D, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Store")
+            .field("generation", &self.committed.generation)
+            .field("blobs", &self.blobs.len())
+            .field("staged", &self.staged)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads one block into a fresh heap buffer (the SVSM's stacks are small).
+fn read_block(device: &mut impl BlockDevice, index: u64) -> Result<Box<Block>, StoreError> {
+    let mut block = Box::new([0u8; BLOCK_SIZE]);
+    device.read(index, &mut block)?;
+    Ok(block)
+}
+
+/// Walks a committed state's tree, checking every block before decrypting it.
+struct Loader<'a, D: BlockDevice> {
+    device: &'a mut D,
+    keys: &'a Keys,
+    header: &'a Header,
+    block_count: u64,
+    seen: BTreeSet<u64>,
+}
+
+impl<D: BlockDevice> Loader<'_, D> {
+    fn structure() -> StoreError {
+        StoreError::Tampered { what: Tamper::Structure }
+    }
+
+    /// Reads the block `r` names, checks its hash, then authenticates and decrypts it.
+    fn read(&mut self, r: &Ref, role: Role) -> Result<Box<[u8; BLOCK_PAYLOAD]>, StoreError> {
+        if r.index < HEADER_SLOTS || r.generation > self.header.generation {
+            return Err(Self::structure());
+        }
+        if r.index >= self.block_count {
+            return Err(StoreError::Tampered { what: Tamper::BeyondDevice { index: r.index } });
+        }
+        if !self.seen.insert(r.index) {
+            return Err(Self::structure());
+        }
+        let block = read_block(self.device, r.index)?;
+        let tampered = StoreError::Tampered { what: Tamper::Block { index: r.index } };
+        if block_hash(&block) != r.hash {
+            return Err(tampered);
+        }
+        self.keys.open(&self.header.store_id, role, r.index, r.generation, &block).ok_or(tampered)
+    }
+
+    /// Reads `refs` in order and returns the first `len` bytes they carry.
+    fn read_bytes(&mut self, refs: &[Ref], len: u64, role: Role) -> Result<Vec<u8>, StoreError> {
+        let len = usize::try_from(len).map_err(|_| Self::structure())?;
+        // The length is the disk's claim: allocate no more than the blocks can carry.
+        if len > refs.len().saturating_mul(BLOCK_PAYLOAD) {
+            return Err(Self::structure());
+        }
+        let mut bytes = Vec::with_capacity(len);
+        for r in refs {
+            bytes.extend_from_slice(self.read(r, role)?.as_slice());
+        }
+        if bytes.len() < len {
+            return Err(Self::structure());
+        }
+        bytes.truncate(len);
+        Ok(bytes)
+    }
+
+    /// Loads and verifies the whole state: every index and data block.
+    fn load(mut self) -> Result<(Blobs, BTreeSet<u64>), StoreError> {
+        let index_len = self.header.index_len;
+        if !(8..=MAX_INDEX_LEN).contains(&index_len) {
+            return Err(Self::structure());
+        }
+        let sizes = format::level_sizes(index_len);
+        // From the root down: each level's refs come from the nodes above it.
+        let mut level = alloc::vec![self.header.root];
+        for below in sizes.iter().rev().skip(1) {
+            let below = usize::try_from(*below).map_err(|_| Self::structure())?;
+            let mut next = Vec::with_capacity(below);
+            for node in &level {
+                let count = below.saturating_sub(next.len()).min(REFS_PER_NODE);
+                let payload = self.read(node, Role::IndexNode)?;
+                next.extend(format::decode_node(payload.as_slice(), count).ok_or_else(Self::structure)?);
+            }
+            if next.len() != below {
+                return Err(Self::structure());
+            }
+            level = next;
+        }
+        let index = self.read_bytes(&level, index_len, Role::IndexLeaf)?;
+        let entries = format::decode_index(&index).ok_or_else(Self::structure)?;
+        let mut blobs = BTreeMap::new();
+        for entry in entries {
+            let data = self.read_bytes(&entry.refs, entry.len, Role::Data)?;
+            blobs.insert(entry.name, Blob { data, stored: Some(entry.refs) });
+        }
+        Ok((blobs, self.seen))
+    }
+}
+
+/// Pool blocks a commit may write, lowest first: neither committed nor in doubt.
+fn free_blocks<'a>(
+    committed: &'a BTreeSet<u64>,
+    in_doubt: &'a BTreeSet<u64>,
+    block_count: u64,
+) -> impl Iterator<Item = u64> + 'a {
+    (HEADER_SLOTS..block_count).filter(|index| !committed.contains(index) && !in_doubt.contains(index))
+}
+
+/// What one commit writes, gathered before anything is applied to the store.
+struct Written {
+    /// New data refs of the blobs put since the last commit.
+    data: BTreeMap<Vec<u8>, Vec<Ref>>,
+    /// Every pool block this commit wrote.
+    blocks: BTreeSet<u64>,
+    root: Ref,
+    index_len: u64,
+}
+
+impl<D: BlockDevice, E: Entropy> Store<D, E> {
+    /// Writes an empty store (generation 1) over whatever `device` holds.
+    ///
+    /// Both header slots are zeroed first, so no header of an earlier store on the device
+    /// survives to compete with the new one.
+    pub fn format(mut device: D, key: &StoreKey, mut entropy: E) -> Result<Self, StoreError> {
+        let keys = Keys::derive(key)?;
+        let block_count = device.block_count();
+        if block_count < MIN_BLOCKS {
+            return Err(StoreError::DeviceTooSmall);
+        }
+        let mut store_id = [0u8; 16];
+        entropy.fill(&mut store_id)?;
+        let zero = Box::new([0u8; BLOCK_SIZE]);
+        for slot in 0..HEADER_SLOTS {
+            device.write(slot, &zero)?;
+        }
+        device.flush()?;
+        let mut store = Store {
+            device,
+            entropy,
+            keys,
+            store_id,
+            block_count,
+            blobs: BTreeMap::new(),
+            staged: true,
+            // Generation 0 "in slot 1": the first commit writes generation 1 into slot 0.
+            committed: Committed {
+                generation: 0,
+                root: Ref { index: 0, generation: 0, hash: [0; 32] },
+                slot: 1,
+                blocks: BTreeSet::new(),
+            },
+            in_doubt: BTreeSet::new(),
+            highest_written: 0,
+        };
+        store.commit()?;
+        Ok(store)
+    }
+
+    /// Opens the newest committed state on `device` and verifies all of it.
+    ///
+    /// Takes the authentic header with the highest generation. If that header's blocks do
+    /// not verify, fails with [`StoreError::Tampered`] rather than falling back to the
+    /// older header: an older state is only ever returned when the newer header itself is
+    /// not authentic (a torn write, or a host destroying it).
+    pub fn open(mut device: D, key: &StoreKey, entropy: E) -> Result<Self, StoreError> {
+        let keys = Keys::derive(key)?;
+        let block_count = device.block_count();
+        if block_count < HEADER_SLOTS {
+            return Err(StoreError::NotFormatted);
+        }
+        let slot0 = format::decode_header(&keys, 0, &*read_block(&mut device, 0)?);
+        let slot1 = format::decode_header(&keys, 1, &*read_block(&mut device, 1)?);
+        let (slot, header) = match (slot0, slot1) {
+            (Slot::Valid(a), Slot::Valid(b)) if a.generation == b.generation => {
+                // We never write one generation twice: a host-made situation.
+                return Err(StoreError::Tampered { what: Tamper::Header });
+            }
+            (Slot::Valid(a), Slot::Valid(b)) if b.generation > a.generation => (1, b),
+            (Slot::Valid(a), _) => (0, a),
+            (_, Slot::Valid(b)) => (1, b),
+            (a, b) => return Err(no_valid_header(a, b)),
+        };
+        if header.generation == 0 {
+            return Err(StoreError::Tampered { what: Tamper::Structure });
+        }
+        let loader = Loader { device: &mut device, keys: &keys, header: &header, block_count, seen: BTreeSet::new() };
+        let (blobs, blocks) = loader.load()?;
+        Ok(Store {
+            device,
+            entropy,
+            keys,
+            store_id: header.store_id,
+            block_count,
+            blobs,
+            staged: false,
+            committed: Committed { generation: header.generation, root: header.root, slot, blocks },
+            in_doubt: BTreeSet::new(),
+            highest_written: header.generation,
+        })
+    }
+
+    /// The committed state: what a verifier should be told.
+    pub fn state(&self) -> StoreState {
+        StoreState { generation: self.committed.generation, root: self.committed.root.hash, store_id: self.store_id }
+    }
+
+    /// The random id chosen at format; part of every block's associated data.
+    pub fn store_id(&self) -> [u8; 16] {
+        self.store_id
+    }
+
+    /// A blob's bytes, including staged changes.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.blobs.get(name).map(|blob| blob.data.as_slice())
+    }
+
+    /// The names of all blobs (including staged changes), in increasing byte order.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.blobs.keys().map(Vec::as_slice)
+    }
+
+    /// How many blobs there are (including staged changes).
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Whether there are no blobs (including staged changes).
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Whether anything was put or removed since the last successful commit.
+    pub fn has_staged_changes(&self) -> bool {
+        self.staged
+    }
+
+    /// Stages `data` as the whole content of `name`.
+    pub fn put(&mut self, name: &[u8], data: &[u8]) -> Result<(), StoreError> {
+        if name.len() > MAX_NAME_LEN || data.len() > MAX_BLOB_LEN {
+            return Err(StoreError::TooLarge);
+        }
+        self.blobs.insert(name.to_vec(), Blob { data: data.to_vec(), stored: None });
+        self.staged = true;
+        Ok(())
+    }
+
+    /// Stages the removal of `name`; says whether it was there.
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        let removed = self.blobs.remove(name).is_some();
+        self.staged |= removed;
+        removed
+    }
+
+    /// The pool blocks the committed state references, in increasing order.
+    pub fn blocks_in_use(&self) -> impl Iterator<Item = u64> + '_ {
+        self.committed.blocks.iter().copied()
+    }
+
+    /// The device, for inspection.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device. Writing to it behind the store's back breaks the committed state.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// Closes the store and gives the device back.
+    pub fn into_device(self) -> D {
+        self.device
+    }
+
+    /// Makes every staged change durable at once, as generation + 1.
+    ///
+    /// Does nothing (and keeps the generation) if nothing is staged. On any error the
+    /// committed state in memory is unchanged and the staged changes stay staged, so the
+    /// caller may retry. On disk the previous state stays openable; if the error came
+    /// while writing the header, the new state may also have reached the disk, and a
+    /// later open may find it (a retry then takes a higher generation).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.staged {
+            return Ok(());
+        }
+        let generation = self
+            .committed
+            .generation
+            .max(self.highest_written)
+            .checked_add(1)
+            .ok_or(StoreError::GenerationExhausted)?;
+        let needed = self.blocks_needed();
+        let busy = self.committed.blocks.union(&self.in_doubt).count() as u64;
+        let free = self.block_count.saturating_sub(HEADER_SLOTS).saturating_sub(busy);
+        if needed > free {
+            return Err(StoreError::Full { needed, free });
+        }
+        let written = self.write_tree(generation)?;
+        self.device.flush()?;
+
+        let slot = HEADER_SLOTS - 1 - self.committed.slot;
+        let header = Header { store_id: self.store_id, generation, index_len: written.index_len, root: written.root };
+        let block = format::encode_header(&self.keys, slot, &header);
+        // From here the new header may reach the disk whatever we are told.
+        self.highest_written = generation;
+        self.in_doubt.extend(written.blocks.iter().copied());
+        self.device.write(slot, &block)?;
+        self.device.flush()?;
+
+        let mut blocks = written.blocks;
+        for (name, blob) in &mut self.blobs {
+            if let Some(refs) = written.data.get(name) {
+                blob.stored = Some(refs.clone());
+            }
+            blocks.extend(blob.stored.iter().flatten().map(|r| r.index));
+        }
+        self.committed = Committed { generation, root: written.root, slot, blocks };
+        self.in_doubt.clear();
+        self.staged = false;
+        Ok(())
+    }
+
+    /// The pool blocks a commit of the current contents writes.
+    fn blocks_needed(&self) -> u64 {
+        let data: u64 = self
+            .blobs
+            .values()
+            .filter(|blob| blob.stored.is_none())
+            .map(|blob| format::blocks_for(blob.data.len() as u64))
+            .sum();
+        let index_len = format::index_len(self.blobs.iter().map(|(name, blob)| (name.len(), blob.data.len() as u64)));
+        data.saturating_add(format::level_sizes(index_len).iter().sum())
+    }
+
+    /// Writes the new data blocks and the index tree into free pool blocks (no flush).
+    fn write_tree(&mut self, generation: u64) -> Result<Written, StoreError> {
+        let Store { device, entropy, keys, store_id, blobs, committed, in_doubt, block_count, .. } = self;
+        let mut free = free_blocks(&committed.blocks, in_doubt, *block_count);
+        let mut written_blocks = BTreeSet::new();
+        let mut write = |bytes: &[u8], role: Role| -> Result<Vec<Ref>, StoreError> {
+            let mut refs = Vec::new();
+            for chunk in bytes.chunks(BLOCK_PAYLOAD) {
+                let mut payload = Box::new([0u8; BLOCK_PAYLOAD]);
+                payload.iter_mut().zip(chunk).for_each(|(to, from)| *to = *from);
+                // `commit` counted the free blocks first; running out here means a bug.
+                let index = free.next().ok_or(StoreError::Full { needed: 1, free: 0 })?;
+                let block = keys.seal(entropy, store_id, role, index, generation, &payload)?;
+                device.write(index, &block)?;
+                written_blocks.insert(index);
+                refs.push(Ref { index, generation, hash: block_hash(&block) });
+            }
+            Ok(refs)
+        };
+
+        let mut data = BTreeMap::new();
+        for (name, blob) in blobs.iter().filter(|(_, blob)| blob.stored.is_none()) {
+            data.insert(name.clone(), write(&blob.data, Role::Data)?);
+        }
+        let entries = blobs.iter().map(|(name, blob)| {
+            let refs = blob.stored.as_deref().or_else(|| data.get(name).map(Vec::as_slice)).unwrap_or_default();
+            (name.as_slice(), blob.data.len() as u64, refs)
+        });
+        let index = format::encode_index(blobs.len(), entries).ok_or(StoreError::TooLarge)?;
+        let index_len = index.len() as u64;
+        if index_len > MAX_INDEX_LEN {
+            return Err(StoreError::TooLarge);
+        }
+        // Never empty: the index starts with its entry count, so there is at least one leaf.
+        let mut level = write(&index, Role::IndexLeaf)?;
+        while level.len() > 1 {
+            let mut next = Vec::new();
+            for children in level.chunks(REFS_PER_NODE) {
+                let mut node = Vec::with_capacity(BLOCK_PAYLOAD);
+                children.iter().for_each(|r| r.encode_into(&mut node));
+                next.extend(write(&node, Role::IndexNode)?);
+            }
+            level = next;
+        }
+        let root = level.first().copied().ok_or(StoreError::Internal)?;
+        Ok(Written { data, blocks: written_blocks, root, index_len })
+    }
+}
+
+/// The error for two header slots of which neither is authentic, most telling first.
+fn no_valid_header(a: Slot, b: Slot) -> StoreError {
+    let slots = [a, b];
+    if slots.contains(&Slot::Corrupt) {
+        StoreError::Tampered { what: Tamper::Header }
+    } else if let Some(version) = slots.iter().find_map(|s| match s {
+        Slot::Unsupported(version) => Some(*version),
+        _ => None,
+    }) {
+        StoreError::UnsupportedVersion { version }
+    } else if slots.contains(&Slot::OtherKey) {
+        StoreError::WrongKey
+    } else {
+        StoreError::NotFormatted
+    }
+}

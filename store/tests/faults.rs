@@ -1,0 +1,145 @@
+//! Device and entropy failures, and a full device: a named error, and the committed state
+//! stays usable.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bulwark_store::testing::{MemDisk, TestRng};
+use bulwark_store::{BLOCK_PAYLOAD, EntropyError, IoError, Store, StoreError};
+use common::{bytes, contents, format, key, open};
+
+#[test]
+fn a_read_error_during_open_is_an_io_error() {
+    let mut store = format(16);
+    store.put(b"a", &bytes(1, 100)).unwrap();
+    store.commit().unwrap();
+    let data_block = store.blocks_in_use().next().unwrap();
+    let image = store.into_device().image();
+    for index in [0, 1, data_block] {
+        let mut disk = MemDisk::from_image(image.clone());
+        disk.fail_reads_of(index);
+        assert_eq!(open(disk).err(), Some(StoreError::Io(IoError)), "block {index}");
+    }
+}
+
+#[test]
+fn a_write_error_during_commit_keeps_the_committed_state_and_the_staged_changes() {
+    let mut store = format(16);
+    store.put(b"a", b"1").unwrap();
+    store.commit().unwrap();
+    let state = store.state();
+    // The next commit's first data block goes to the lowest free pool block.
+    let free = (2..16).find(|b| !store.blocks_in_use().any(|u| u == *b)).unwrap();
+    store.device_mut().fail_writes_of(free);
+    store.put(b"a", b"2").unwrap();
+    assert_eq!(store.commit(), Err(StoreError::Io(IoError)));
+    assert_eq!(store.state(), state);
+    assert!(store.has_staged_changes());
+    assert_eq!(store.get(b"a"), Some(&b"2"[..]));
+    store.device_mut().heal();
+    store.commit().unwrap();
+    assert_eq!(store.state().generation, state.generation + 1, "no header was attempted: no generation skipped");
+    assert_eq!(open(store.into_device()).unwrap().get(b"a"), Some(&b"2"[..]));
+}
+
+#[test]
+fn a_flush_error_fails_the_commit_and_the_old_state_still_opens() {
+    let mut store = format(16);
+    store.put(b"a", b"1").unwrap();
+    store.commit().unwrap();
+    let state = store.state();
+    store.device_mut().fail_flushes(true);
+    store.put(b"a", b"2").unwrap();
+    assert_eq!(store.commit(), Err(StoreError::Io(IoError)));
+    assert_eq!(store.state(), state);
+    let mut disk = store.into_device();
+    disk.power_cycle(bulwark_store::testing::CutPolicy::LoseUnflushed);
+    disk.heal();
+    let reopened = open(disk).unwrap();
+    assert_eq!(reopened.state(), state);
+    assert_eq!(reopened.get(b"a"), Some(&b"1"[..]));
+}
+
+#[test]
+fn an_entropy_failure_fails_the_commit_before_anything_is_written() {
+    let failing = Rc::new(Cell::new(false));
+    let switch = failing.clone();
+    let mut rng = TestRng::new(5);
+    let entropy = move |buf: &mut [u8]| {
+        if switch.get() {
+            return Err(EntropyError);
+        }
+        rng.fill_bytes(buf);
+        Ok(())
+    };
+    let mut store = Store::format(MemDisk::new(16), &key(), entropy).unwrap();
+    failing.set(true);
+    store.put(b"a", b"1").unwrap();
+    let before = store.device().mutations();
+    assert_eq!(store.commit(), Err(StoreError::Entropy(EntropyError)));
+    assert_eq!(store.device().mutations(), before, "no block is written without a fresh nonce");
+    assert_eq!(store.state().generation, 1);
+    failing.set(false);
+    store.commit().unwrap();
+    assert_eq!(store.state().generation, 2);
+}
+
+#[test]
+fn format_fails_when_entropy_fails() {
+    let result = Store::format(MemDisk::new(16), &key(), |_: &mut [u8]| Err(EntropyError));
+    assert_eq!(result.err(), Some(StoreError::Entropy(EntropyError)));
+}
+
+#[test]
+fn a_full_device_fails_the_commit_and_the_committed_state_stays_usable() {
+    // 8 blocks: 2 header slots and a pool of 6, one of which holds the committed index.
+    let mut store = format(8);
+    store.put(b"small", b"kept").unwrap();
+    store.commit().unwrap();
+    let state = store.state();
+    // Committed: 1 data + 1 index = 2 blocks, so 4 are free. A 4-block blob needs 4 data
+    // blocks and a new index block (the small blob keeps its block): 5.
+    store.put(b"big", &bytes(1, 4 * BLOCK_PAYLOAD)).unwrap();
+    assert_eq!(store.commit(), Err(StoreError::Full { needed: 5, free: 4 }));
+    assert_eq!(store.state(), state);
+    assert_eq!(store.get(b"small"), Some(&b"kept"[..]));
+    // Make room and go on.
+    store.put(b"big", &bytes(1, 3 * BLOCK_PAYLOAD)).unwrap();
+    store.commit().unwrap();
+    let reopened = open(store.into_device()).unwrap();
+    assert_eq!(reopened.state().generation, state.generation + 1);
+    assert_eq!(reopened.get(b"big").unwrap(), bytes(1, 3 * BLOCK_PAYLOAD));
+    assert_eq!(reopened.get(b"small"), Some(&b"kept"[..]));
+}
+
+#[test]
+fn a_blob_that_can_never_fit_is_full_even_on_an_empty_store() {
+    let mut store = format(8);
+    store.put(b"big", &bytes(1, 6 * BLOCK_PAYLOAD)).unwrap();
+    assert_eq!(store.commit(), Err(StoreError::Full { needed: 7, free: 5 }));
+    store.remove(b"big");
+    store.commit().unwrap();
+    assert!(open(store.into_device()).unwrap().is_empty());
+}
+
+#[test]
+fn a_device_that_fails_everything_cannot_be_formatted() {
+    let mut disk = MemDisk::new(16);
+    disk.cut_power_after(0);
+    assert_eq!(Store::format(disk, &key(), TestRng::new(1)).err(), Some(StoreError::Io(IoError)));
+}
+
+#[test]
+fn reads_after_open_never_touch_the_device() {
+    let mut store = format(16);
+    store.put(b"a", &bytes(1, 2 * BLOCK_PAYLOAD)).unwrap();
+    store.commit().unwrap();
+    let mut store = open(store.into_device()).unwrap();
+    let expected = contents(&store);
+    for index in 0..16 {
+        store.device_mut().fail_reads_of(index);
+    }
+    assert_eq!(contents(&store), expected);
+}
