@@ -18,12 +18,12 @@ commands:
                                      bulwark), the bare-metal kernel build and lints, five QEMU
                                      boots of the SVSM image (`boot` plain, with --crash ud,
                                      --crash panic --console log, --gdb-check and --agent-check),
-                                     a fuzz smoke run (60 s of dispatcher, 20 s each of evidence
-                                     and syscalls; set BULWARK_SKIP_FUZZ=1 to skip it), and all
-                                     tests
+                                     a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
+                                     syscalls and store; set BULWARK_SKIP_FUZZ=1 to skip it), and
+                                     all tests
   fuzz [--seconds N] [--target NAME]
-                                     fuzz NAME (dispatcher, the default, evidence or syscalls) for
-                                     N seconds (default: 600); needs the nightly toolchain, installs
+                                     fuzz NAME (dispatcher, the default, evidence, syscalls or
+                                     store) for N seconds (default: 600); needs the nightly toolchain, installs
                                      cargo-fuzz if missing
   bench [--only model|svm]           the pvalidate, OCP log-read and vTPM benchmarks of the model, the
                                      tpm-bridge behind tpm2-abrmd beside swtpm (the `model` part),
