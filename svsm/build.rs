@@ -41,6 +41,23 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=linker.ld");
     println!("cargo:rerun-if-changed=csupport/libc.c");
+    package_probe();
+}
+
+/// The probe service module (services/probe), built first by `cargo xtask`, which names
+/// it in BULWARK_PROBE_ELF; without it (a plain `cargo build` or clippy) the image
+/// carries an empty module and says so at boot.
+fn package_probe() {
+    println!("cargo:rerun-if-env-changed=BULWARK_PROBE_ELF");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("probe.elf");
+    let bytes = match std::env::var("BULWARK_PROBE_ELF") {
+        Ok(path) if !path.is_empty() => {
+            println!("cargo:rerun-if-changed={path}");
+            std::fs::read(&path).unwrap_or_else(|e| panic!("BULWARK_PROBE_ELF={path}: {e}"))
+        }
+        _ => Vec::new(),
+    };
+    std::fs::write(&out, bytes).expect("OUT_DIR is writable");
 }
 
 fn c_build() -> cc::Build {

@@ -78,6 +78,16 @@ impl AddressSpace for HostSpace {
         }
     }
 
+    fn fill(&mut self, va: u64, data: &[u8]) -> Result<(), SysError> {
+        let mut pages = self.pages();
+        for (i, byte) in data.iter().enumerate() {
+            let at = va + i as u64;
+            let (page, _) = pages.get_mut(&(at & !(PAGE - 1))).ok_or(SysError::Fault)?;
+            page[(at % PAGE) as usize] = *byte;
+        }
+        Ok(())
+    }
+
     fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), SysError> {
         self.access(va, buf.len(), false, |page, at| buf[at..at + page.len()].copy_from_slice(page))
     }

@@ -335,3 +335,92 @@ fn every_vtpm_conformance_case_passes_with_the_vtpm_in_a_process() {
         assert_eq!(verdict, conformance::Verdict::Pass, "{}", case.name);
     }
 }
+
+/// An ELF64 x86-64 executable with the given (flags, vaddr, file bytes, memsz)
+/// segments, laid out one page apart in the file.
+fn elf(entry: u64, segments: &[(u32, u64, &[u8], u64)]) -> Vec<u8> {
+    let mut out = vec![0u8; 4096 * (segments.len() + 1)];
+    out[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    out[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    out[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    out[20..24].copy_from_slice(&1u32.to_le_bytes());
+    out[24..32].copy_from_slice(&entry.to_le_bytes());
+    out[32..40].copy_from_slice(&64u64.to_le_bytes());
+    out[52..54].copy_from_slice(&64u16.to_le_bytes());
+    out[54..56].copy_from_slice(&56u16.to_le_bytes());
+    out[56..58].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+    for (i, (flags, vaddr, bytes, memsz)) in segments.iter().enumerate() {
+        let offset = 4096 * (i as u64 + 1) + (vaddr % 4096);
+        let ph = &mut out[64 + i * 56..64 + (i + 1) * 56];
+        ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&flags.to_le_bytes());
+        ph[8..16].copy_from_slice(&offset.to_le_bytes());
+        ph[16..24].copy_from_slice(&vaddr.to_le_bytes());
+        ph[32..40].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+        out[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
+    }
+    out
+}
+
+const R: u32 = 4;
+const W: u32 = 2;
+const X: u32 = 1;
+
+#[test]
+fn a_module_is_loaded_with_its_segments_permissions_and_a_guarded_stack() {
+    use kernel::user::loader::{STACK_PAGES, STACK_TOP, Start, load};
+    use kernel::user::memory::AddressSpace;
+    let base = USER_BOTTOM + 0x1000_0000;
+    let image = elf(base + 0x10, &[(R | X, base, b"\x90\x90code", 0x1000), (R | W, base + 0x2008, b"data", 0x3000)]);
+    let mut process = kernel::user::Process::new(1, 64);
+    let mut space = bulwark_model::user_host::HostSpace::default();
+    assert_eq!(load(&mut process, &mut space, &image), Ok(Start { entry: base + 0x10, stack_top: STACK_TOP }));
+    let m: Vec<_> = process.mappings().iter().map(|(s, m)| (s, m.pages, m.prot.write, m.prot.exec)).collect();
+    assert_eq!(
+        m,
+        [
+            (base, 1, false, true),
+            (base + 0x2000, 4, true, false),
+            (STACK_TOP - STACK_PAGES * 4096, STACK_PAGES, true, false)
+        ]
+    );
+    let mut buf = [0u8; 6];
+    space.read(base, &mut buf).unwrap();
+    assert_eq!(&buf, b"\x90\x90code");
+    let mut buf = [0u8; 8];
+    space.read(base + 0x2004, &mut buf).unwrap();
+    assert_eq!(&buf, b"\0\0\0\0data", "bytes before the segment's start in its page are zero");
+    // The page below the stack is a guard: nothing is mapped there.
+    assert!(process.mappings().check(STACK_TOP - (STACK_PAGES + 1) * 4096, 1, false).is_err());
+}
+
+#[test]
+fn modules_that_break_the_rules_are_refused_whole() {
+    use kernel::user::loader::{LoadError, load};
+    let base = USER_BOTTOM + 0x1000_0000;
+    let cases: [(Vec<u8>, LoadError); 7] = [
+        (elf(base, &[(R | W | X, base, b"x", 0x1000)]), LoadError::BadSegment),
+        (elf(base, &[(R | X, 0x40_0000, b"x", 0x1000)]), LoadError::BadSegment),
+        (elf(base, &[(R | X, USER_TOP - 0x1000, b"x", 0x1000)]), LoadError::BadSegment),
+        (elf(base, &[(R | X, base, b"xyz", 2)]), LoadError::BadSegment),
+        (elf(base, &[(R | X, base, b"x", 0x1000), (R, base + 0x800, b"y", 0x10)]), LoadError::BadSegment),
+        (elf(base + 0x5000, &[(R | X, base, b"x", 0x1000)]), LoadError::BadEntry),
+        (b"\x7fELF not really".to_vec(), LoadError::NotAnExecutable),
+    ];
+    for (i, (image, expected)) in cases.iter().enumerate() {
+        let mut process = kernel::user::Process::new(1, 64);
+        let mut space = bulwark_model::user_host::HostSpace::default();
+        assert_eq!(kernel::user::loader::load(&mut process, &mut space, image), Err(*expected), "case {i}");
+        process.end(&mut space);
+        assert_eq!(space.page_count(), 0, "case {i}: a refused module leaves nothing mapped once the process ends");
+    }
+    // A segment whose file bytes lie beyond the file.
+    let mut image = elf(base, &[(R | X, base, b"x", 0x1000)]);
+    image.truncate(4096);
+    let mut process = kernel::user::Process::new(1, 64);
+    assert_eq!(
+        load(&mut process, &mut bulwark_model::user_host::HostSpace::default(), &image),
+        Err(LoadError::BadSegment)
+    );
+}

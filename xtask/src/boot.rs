@@ -187,7 +187,27 @@ fn judge_success(boot: &qemu::Boot, image: &Path) -> Result {
     if passed == 0 || failed > 0 {
         return Err("the guest reported success without passing checks".into());
     }
+    judge_user_mode(&boot.lines)?;
     verify_guest_evidence(&boot.guest_lines)
+}
+
+/// The probe module at CPL 3 (svsm/src/bare/user/): it said hello through system calls,
+/// and every isolation probe ended as it must (a fault, or a refused pointer).
+fn judge_user_mode(lines: &[String]) -> Result {
+    let summary = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("user: ")?.strip_suffix(" probes ended as expected"))
+        .ok_or("the SVSM ran no user-mode probes (no `user: N of M probes ended as expected`)")?;
+    let counts: Vec<&str> = summary.split(" of ").collect();
+    match counts.as_slice() {
+        [ok, all] if ok == all && *ok != "0" => {
+            step(&format!(
+                "user mode: {ok} of {all} probes at CPL 3 ended as expected (hello, and every isolation probe faulted)"
+            ));
+            Ok(())
+        }
+        _ => Err(format!("user mode: only {summary} probes ended as expected")),
+    }
 }
 
 /// A boot asked to crash: the SVSM named the fault and at least one function of the

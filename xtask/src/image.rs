@@ -3,17 +3,19 @@
 //! certifies its VCEK with.
 
 use crate::Result;
-use crate::shell::{exec_cargo, step, target_dir};
+use crate::shell::{cargo, exec, exec_cargo, step, target_dir};
 use crate::{prereqs, symbols};
 use std::path::PathBuf;
 
 /// Build the SVSM image (with its own GDB stub if `gdb_stub`) and embed its symbols.
+/// The service modules it carries are built first and packaged into it.
 pub fn build_svsm(gdb_stub: bool) -> Result<PathBuf> {
     prereqs::ensure()?;
+    let probe = build_service("bulwark-probe")?;
     let features: &[&str] = if gdb_stub { &["--features", "gdb"] } else { &[] };
     let mut args = vec!["build", "--release", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none"];
     args.extend(features);
-    exec_cargo(&args)?;
+    exec(&format!("cargo {}", args.join(" ")), cargo()?.args(&args).env("BULWARK_PROBE_ELF", &probe))?;
     let image = target_dir()?.join("x86_64-unknown-none/release/bulwark-svsm");
     let named = symbols::embed(&image)?;
     step(&format!("embedded {named} function names for backtraces"));
@@ -28,6 +30,24 @@ pub fn build_svsm(gdb_stub: bool) -> Result<PathBuf> {
         );
     }
     Ok(image)
+}
+
+/// Build a service module. Modules live in the user half, far from the kernel's
+/// addresses, which no static non-PIC code can reach (it needs addresses within 2 GiB of
+/// zero or of the top): they are compiled position-independent and linked statically at
+/// their fixed address, in a target directory of their own so the kernel's static
+/// build keeps its artifacts.
+fn build_service(package: &str) -> Result<PathBuf> {
+    let dir = target_dir()?.join("services");
+    let args = ["build", "--release", "-p", package, "--target", "x86_64-unknown-none"];
+    exec(
+        &format!("cargo {}", args.join(" ")),
+        cargo()?
+            .args(args)
+            .env("CARGO_TARGET_DIR", &dir)
+            .env("RUSTFLAGS", "-C relocation-model=pic -C force-frame-pointers=yes"),
+    )?;
+    Ok(dir.join("x86_64-unknown-none/release").join(package))
 }
 
 /// Build the test guest (an L2 kernel the SVSM loads as a PVH boot module).

@@ -4,7 +4,8 @@
 //! the model's hosted process).
 //!
 //! Layout (docs/syscalls.md "Address space"): user addresses are the lower half below
-//! [`USER_TOP`]; the first 64 KiB are never mapped (a null pointer faults); MMAP without
+//! [`USER_TOP`] from [`USER_BOTTOM`] (below it, the kernel's identity map: a null or
+//! small pointer faults); MMAP without
 //! FIXED places a mapping in [`MMAP_BASE`, `USER_TOP`) and leaves at least one unmapped
 //! page on each side, so a stack or buffer that overruns faults instead of reaching its
 //! neighbour. A mapping is never both writable and executable.
@@ -15,8 +16,9 @@ use alloc::vec::Vec;
 
 /// First address above the user half (COCONUT's USER_MEM_END).
 pub const USER_TOP: u64 = 0x0000_8000_0000_0000;
-/// Lowest address a process may map.
-pub const USER_BOTTOM: u64 = 0x1_0000;
+/// Lowest address a process may map: the first 512 GiB (PML4 slot 0) are the kernel's
+/// identity map, supervisor-only, in every address space.
+pub const USER_BOTTOM: u64 = 0x80_0000_0000;
 /// Where MMAP looks for room when the process names no address.
 pub const MMAP_BASE: u64 = 0x1000_0000_0000;
 
@@ -34,6 +36,9 @@ pub trait AddressSpace {
     fn map_zeroed(&mut self, va: u64, pages: u64, prot: Prot) -> Result<(), SysError>;
     /// Unmap pages mapped before (freeing their frames).
     fn unmap(&mut self, va: u64, pages: u64);
+    /// Fill pages the kernel has just mapped for the process (a module's segments),
+    /// whatever their protection.
+    fn fill(&mut self, va: u64, data: &[u8]) -> Result<(), SysError>;
     /// Copy out of user memory the kernel checked as mapped.
     fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), SysError>;
     /// Copy into user memory the kernel checked as mapped writable.
@@ -226,6 +231,9 @@ mod tests {
             }
         }
         fn read(&self, _: u64, _: &mut [u8]) -> Result<(), SysError> {
+            Ok(())
+        }
+        fn fill(&mut self, _: u64, _: &[u8]) -> Result<(), SysError> {
             Ok(())
         }
         fn write(&mut self, _: u64, _: &[u8]) -> Result<(), SysError> {

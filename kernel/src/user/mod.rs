@@ -14,6 +14,7 @@
 
 pub mod channel;
 pub mod handles;
+pub mod loader;
 pub mod memory;
 
 use crate::heap;

@@ -139,6 +139,29 @@ pub fn enable_sse() {
     };
 }
 
+/// Turn on SMEP and SMAP where the CPU has them (CPUID 7.0:EBX bits 7 and 20): the SVSM
+/// then cannot execute, or touch by accident, a page a process can reach. Safe for the
+/// SVSM's own mappings: none of them is a user page. Which ones are on.
+pub fn enable_smep_smap() -> (bool, bool) {
+    let (_, ebx, _, _) = cpuid(7, 0);
+    let (smep, smap) = (ebx & (1 << 7) != 0, ebx & (1 << 20) != 0);
+    let bits = u64::from(smep) << 20 | u64::from(smap) << 21;
+    // SAFETY: only bits the CPU supports are set; the SVSM maps no page with U/S set
+    // except a process's, which it neither executes nor accesses through their user
+    // addresses (it copies through the frames' own identity addresses).
+    unsafe {
+        asm!(
+            "mov {t}, cr4",
+            "or {t}, {bits}",
+            "mov cr4, {t}",
+            t = out(reg) _,
+            bits = in(reg) bits,
+            options(nostack)
+        )
+    };
+    (smep, smap)
+}
+
 /// An FXSAVE area: the x87, MMX and SSE registers.
 #[repr(C, align(16))]
 pub struct FxArea([u8; 512]);

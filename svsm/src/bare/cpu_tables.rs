@@ -13,6 +13,14 @@ use alloc::vec;
 const IST_STACK: usize = 16 * 1024;
 const CODE_SELECTOR: u16 = 0x08;
 const TSS_SELECTOR: u16 = 0x18;
+/// SYSCALL/SYSRET's selector bases (STAR): the kernel's code at 0x08 (data 0x10); the
+/// user's data at 0x30 and 64-bit code at 0x38 (SYSRET's base + 8 and + 16; 0x28, the
+/// 32-bit user code it never uses, stays null).
+pub const STAR_KERNEL_BASE: u16 = 0x08;
+pub const STAR_USER_BASE: u16 = 0x28;
+/// The user-mode selectors, with RPL 3.
+pub const USER_DATA_SELECTOR: u16 = 0x30 | 3;
+pub const USER_CODE_SELECTOR: u16 = 0x38 | 3;
 
 /// IST slots: 1 double fault, 2 NMI, 3 machine check.
 pub const IST_DOUBLE_FAULT: u8 = 1;
@@ -40,13 +48,17 @@ fn leak_stack() -> u64 {
 
 /// One CPU's GDT (with its TSS and IST stacks) and IDT, in leaked memory.
 pub struct Tables {
-    gdt: &'static mut [u64; 5],
+    gdt: &'static mut [u64; 8],
     idt: &'static [u64; 512],
+    /// The address of the TSS's RSP0 field: the stack a fault in user mode enters on.
+    rsp0: u64,
 }
 
-/// Build and load GDT, TSS and IDT on this CPU.
-pub fn load() {
-    activate(&mut build());
+/// Build and load GDT, TSS and IDT on this CPU; the address of its TSS.RSP0.
+pub fn load() -> u64 {
+    let mut tables = build();
+    activate(&mut tables);
+    tables.rsp0
 }
 
 /// Build a CPU's tables (leaked: they must live forever). A CPU that comes back under
@@ -66,7 +78,18 @@ pub fn build() -> Tables {
     let limit = 103u64;
     let tss_low = limit | (base & 0xFF_FFFF) << 16 | 0x89 << 40 | ((base >> 24) & 0xFF) << 56;
     let tss_high = base >> 32;
-    let gdt = Box::leak(Box::new([0u64, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, tss_low, tss_high]));
+    // Kernel code and data, the TSS, then the user segments (DPL 3) where SYSRET and
+    // `user::entry` expect them (STAR_USER_BASE).
+    let gdt = Box::leak(Box::new([
+        0u64,
+        0x00AF_9A00_0000_FFFF,
+        0x00CF_9200_0000_FFFF,
+        tss_low,
+        tss_high,
+        0,
+        0x00CF_F200_0000_FFFF,
+        0x00AF_FA00_0000_FFFF,
+    ]));
 
     // 256 gates of two quadwords each.
     let mut idt = Box::new([0u64; 512]);
@@ -91,7 +114,7 @@ pub fn build() -> Tables {
             gate.copy_from_slice(&x86::idt::interrupt_gate(handler as u64, CODE_SELECTOR, 0));
         }
     }
-    Tables { gdt, idt: Box::leak(idt) }
+    Tables { gdt, idt: Box::leak(idt), rsp0: base + 4 }
 }
 
 /// TSS descriptor type "available 64-bit TSS" (LTR marks it busy, 0xB).

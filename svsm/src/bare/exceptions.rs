@@ -144,9 +144,13 @@ const NAMES: [&str; 32] = [
     "reserved",
 ];
 
-/// An exception: the GDB stub's, if it is attached (then the CPU goes on where the
+/// An exception: a process's (it ends); the GDB stub's, if it is attached (then the CPU goes on where the
 /// debugger says); otherwise a bug, reported before the SVSM stops.
 extern "C" fn handle(frame: &mut Frame) {
+    // A fault of a process at CPL 3 ends the process, not the SVSM.
+    if frame.cs & 3 == 3 {
+        super::user::fault(frame)
+    }
     if super::snp::exception(frame) {
         return;
     }

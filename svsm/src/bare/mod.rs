@@ -34,6 +34,7 @@ mod smp;
 mod snp;
 mod svm;
 mod symbols;
+mod user;
 mod vtpm;
 
 use core::panic::PanicInfo;
@@ -70,7 +71,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         println!("FAILED: no memory for the boot CPU's page tables");
         exit::failure()
     }
-    cpu_tables::load();
+    percpu::set_tss_rsp0(cpu_tables::load());
     fpu::enable_sse();
     lapic::mask_legacy_pic();
     lapic::enable();
@@ -108,6 +109,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         layout.secrets
     );
     clock::calibrate();
+    user::boot_check();
     let started = clock::monotonic_ns();
     match vtpm::manufacture() {
         Ok(v) => {

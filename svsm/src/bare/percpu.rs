@@ -7,8 +7,13 @@
 use super::pages::Page;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// Where each CPU sees its own data page.
-pub const PER_CPU_VA: u64 = 0xFFFF_FF80_0000_0000;
+/// Where each CPU sees its own data page: in the top 2 GiB, so the system call entry
+/// can reach its fields with 32-bit absolute addresses before it has a register to spare.
+pub const PER_CPU_VA: u64 = 0xFFFF_FFFF_FFE0_0000;
+/// Offsets of [`PerCpu`]'s fields, for the user-mode entry code (`user/entry.rs`).
+pub const KERNEL_RSP_OFFSET: u64 = 8;
+pub const USER_RSP_OFFSET: u64 = 16;
+pub const TSS_RSP0_OFFSET: u64 = 24;
 const PRESENT_WRITABLE: u64 = 0b11;
 const NO_EXECUTE: u64 = 1 << 63;
 
@@ -16,7 +21,20 @@ const NO_EXECUTE: u64 = 1 << 63;
 #[repr(C)]
 struct PerCpu {
     index: AtomicU32,
+    /// Where a process's system call or fault returns to: the kernel stack `run_user`
+    /// left (set by `user/entry.rs`).
+    kernel_rsp: u64,
+    /// The process's RSP while its system call is taken (`user/entry.rs`).
+    user_rsp: u64,
+    /// The address of this CPU's TSS.RSP0 (`cpu_tables`), which `run_user` points at the
+    /// kernel stack so a fault in user mode lands there.
+    tss_rsp0: u64,
+    /// This CPU's page-table root (physical = virtual).
+    root: u64,
 }
+const _: () = assert!(core::mem::offset_of!(PerCpu, kernel_rsp) as u64 == KERNEL_RSP_OFFSET);
+const _: () = assert!(core::mem::offset_of!(PerCpu, user_rsp) as u64 == USER_RSP_OFFSET);
+const _: () = assert!(core::mem::offset_of!(PerCpu, tss_rsp0) as u64 == TSS_RSP0_OFFSET);
 
 /// The tables and page one CPU owns; they live as long as the CPU (leaked).
 struct Tables {
@@ -47,8 +65,13 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
     *t.pd.words_mut().get_mut(slot(21)?)? = t.pt.phys() | PRESENT_WRITABLE;
     *t.pt.words_mut().get_mut(slot(12)?)? = t.data.phys() | PRESENT_WRITABLE | NO_EXECUTE;
     let root = t.root.phys();
-    // SAFETY: the data page is zeroed, owned by these tables and large enough for PerCpu.
-    unsafe { (*(t.data.phys() as *const PerCpu)).index.store(cpu, Ordering::Relaxed) };
+    // SAFETY: the data page is zeroed, owned by these tables and large enough for PerCpu;
+    // nothing else refers to it yet.
+    unsafe {
+        let data = t.data.phys() as *mut PerCpu;
+        (*data).index.store(cpu, Ordering::Relaxed);
+        (*data).root = root;
+    }
     core::mem::forget(t);
     // SAFETY: the new root maps everything the boot root mapped (same lower half), plus
     // the per-CPU page; its tables are leaked, so they outlive their use as CR3.
@@ -61,4 +84,28 @@ pub fn this_cpu() -> u32 {
     // SAFETY: every CPU installs its tables before anything calls this; PER_CPU_VA then
     // maps that CPU's own PerCpu.
     unsafe { (*(PER_CPU_VA as *const PerCpu)).index.load(Ordering::Relaxed) }
+}
+
+/// Note where this CPU's TSS.RSP0 is (`cpu_tables::load` tells).
+pub fn set_tss_rsp0(address: u64) {
+    // SAFETY: PER_CPU_VA maps this CPU's own PerCpu (installed before its tables are
+    // loaded); only this CPU writes its page, with interrupts off.
+    unsafe { (*(PER_CPU_VA as *mut PerCpu)).tss_rsp0 = address };
+}
+
+/// Put a process's user-half PML4 entries (slots 1..=255) into this CPU's root and
+/// flush its TLB (CR3 reload: the SVSM uses no global pages), or clear them (`None`).
+pub fn set_user_half(entries: Option<&[u64; 255]>) {
+    // SAFETY: PER_CPU_VA maps this CPU's PerCpu, whose `root` is this CPU's PML4 (an
+    // identity-mapped page owned by the leaked tables). Slots 1..=255 map nothing the
+    // kernel uses (its identity map is slot 0, the per-CPU page slot 511), so changing
+    // them cannot unmap running code; the CR3 reload flushes the old user translations.
+    unsafe {
+        let root = (*(PER_CPU_VA as *const PerCpu)).root;
+        let slots = (root as *mut u64).add(1);
+        for i in 0..255 {
+            slots.add(i).write_volatile(entries.and_then(|e| e.get(i)).copied().unwrap_or(0));
+        }
+        super::cpu::load_cr3(root);
+    }
 }

@@ -164,7 +164,10 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // `start_aps` wrote a u32 index there; anything else stays out of service.
     let Ok(cpu) = u32::try_from(cpu) else { super::cpu::halt_forever() };
     let tables = super::percpu::install(cpu, super::entry::boot_page_tables());
-    cpu_tables::load();
+    let rsp0 = cpu_tables::load();
+    if tables.is_some() {
+        super::percpu::set_tss_rsp0(rsp0);
+    }
     super::fpu::enable_sse();
     lapic::enable();
     let svm = svm::enable();

@@ -1,0 +1,170 @@
+//! A process's page tables on bare metal: the user half (PML4 slots 1..=255) of the
+//! CPU's root while the process runs, built from pages of the SVSM's heap. Leaf entries
+//! carry U/S, W only for writable mappings and NX for everything not executable; the
+//! kernel's identity map (slot 0) and per-CPU page (slot 511) stay supervisor-only, so
+//! with SMEP and SMAP on the process reaches nothing but its own pages.
+//!
+//! The kernel copies to and from a process's memory through the frames' own identity
+//! addresses, never through the process's virtual addresses: no SMAP window, and no way
+//! for another thread of the process to change a mapping under the copy.
+
+use super::super::pages::Page;
+use abi::PAGE_SIZE;
+use abi::syscall::SysError;
+use alloc::collections::BTreeMap;
+use kernel::user::memory::{AddressSpace, Prot};
+
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+const NO_EXECUTE: u64 = 1 << 63;
+/// Intermediate tables allow everything; the leaf decides.
+const TABLE: u64 = PRESENT | WRITABLE | USER;
+
+/// Index of `va` in the table of the level whose entries map `1 << shift` bytes.
+fn index(va: u64, shift: u32) -> usize {
+    usize::try_from((va >> shift) & 0x1FF).unwrap_or(0)
+}
+
+pub struct UserSpace {
+    /// PML4 entries 1..=255 (index 0 here is slot 1).
+    pml4: [u64; 255],
+    /// The tables below, by the address range they map: PDPTs by 512 GiB, PDs by 1 GiB,
+    /// PTs by 2 MiB.
+    pdpts: BTreeMap<u64, Page>,
+    pds: BTreeMap<u64, Page>,
+    pts: BTreeMap<u64, Page>,
+    /// The frames, by page address.
+    frames: BTreeMap<u64, Page>,
+}
+
+impl Default for UserSpace {
+    fn default() -> Self {
+        Self {
+            pml4: [0; 255],
+            pdpts: BTreeMap::new(),
+            pds: BTreeMap::new(),
+            pts: BTreeMap::new(),
+            frames: BTreeMap::new(),
+        }
+    }
+}
+
+impl core::fmt::Debug for UserSpace {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("UserSpace").field("pages", &self.frames.len()).finish_non_exhaustive()
+    }
+}
+
+impl UserSpace {
+    /// The PML4 entries to install while the process runs.
+    pub fn user_half(&self) -> &[u64; 255] {
+        &self.pml4
+    }
+
+    /// The table at `key` in `tables`, made (zeroed) and linked into `parent` if new.
+    fn table(tables: &mut BTreeMap<u64, Page>, key: u64, parent: &mut u64) -> Result<(), SysError> {
+        if tables.contains_key(&key) {
+            return Ok(());
+        }
+        let page = Page::zeroed().ok_or(SysError::NoMem)?;
+        *parent = page.phys() | TABLE;
+        tables.insert(key, page);
+        Ok(())
+    }
+
+    fn map_one(&mut self, va: u64, prot: Prot) -> Result<(), SysError> {
+        let slot = index(va, 39).checked_sub(1).ok_or(SysError::Inval)?;
+        let pml4e = self.pml4.get_mut(slot).ok_or(SysError::Inval)?;
+        Self::table(&mut self.pdpts, va >> 39, pml4e)?;
+        let pdpt = self.pdpts.get_mut(&(va >> 39)).ok_or(SysError::NoMem)?;
+        let pdpte = pdpt.words_mut().get_mut(index(va, 30)).ok_or(SysError::Inval)?;
+        Self::table(&mut self.pds, va >> 30, pdpte)?;
+        let pd = self.pds.get_mut(&(va >> 30)).ok_or(SysError::NoMem)?;
+        let pde = pd.words_mut().get_mut(index(va, 21)).ok_or(SysError::Inval)?;
+        Self::table(&mut self.pts, va >> 21, pde)?;
+        let frame = Page::zeroed().ok_or(SysError::NoMem)?;
+        let mut leaf = frame.phys() | PRESENT | USER;
+        if prot.write {
+            leaf |= WRITABLE;
+        }
+        if !prot.exec {
+            leaf |= NO_EXECUTE;
+        }
+        let pt = self.pts.get_mut(&(va >> 21)).ok_or(SysError::NoMem)?;
+        *pt.words_mut().get_mut(index(va, 12)).ok_or(SysError::Inval)? = leaf;
+        self.frames.insert(va >> 12, frame);
+        Ok(())
+    }
+
+    fn unmap_one(&mut self, va: u64) {
+        if let Some(pt) = self.pts.get_mut(&(va >> 21))
+            && let Some(pte) = pt.words_mut().get_mut(index(va, 12))
+        {
+            *pte = 0;
+        }
+        // The frame goes only after the translation is gone from every TLB: the process
+        // runs on this CPU alone and its user half is reinstalled (CR3 reload) before it
+        // runs again.
+        self.frames.remove(&(va >> 12));
+    }
+
+    /// Copy between `data` and the frames of `[va, va + len)`.
+    fn copy(&mut self, va: u64, len: usize, mut f: impl FnMut(&mut [u8], usize)) -> Result<(), SysError> {
+        let mut done = 0usize;
+        while done < len {
+            let at = va.checked_add(done as u64).ok_or(SysError::Fault)?;
+            let frame = self.frames.get_mut(&(at >> 12)).ok_or(SysError::Fault)?;
+            let offset = usize::try_from(at % PAGE_SIZE).map_err(|_| SysError::Fault)?;
+            let n = (4096 - offset).min(len - done);
+            let bytes = frame.run_bytes_mut().get_mut(offset..offset + n).ok_or(SysError::Fault)?;
+            f(bytes, done);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl AddressSpace for UserSpace {
+    fn map_zeroed(&mut self, va: u64, pages: u64, prot: Prot) -> Result<(), SysError> {
+        for i in 0..pages {
+            if let Err(e) = self.map_one(va + i * PAGE_SIZE, prot) {
+                self.unmap(va, i);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, va: u64, pages: u64) {
+        for i in 0..pages {
+            self.unmap_one(va + i * PAGE_SIZE);
+        }
+    }
+
+    fn fill(&mut self, va: u64, data: &[u8]) -> Result<(), SysError> {
+        self.copy(va, data.len(), |page, at| {
+            if let Some(src) = data.get(at..at + page.len()) {
+                page.copy_from_slice(src);
+            }
+        })
+    }
+
+    fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), SysError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = va.checked_add(done as u64).ok_or(SysError::Fault)?;
+            let frame = self.frames.get(&(at >> 12)).ok_or(SysError::Fault)?;
+            let offset = usize::try_from(at % PAGE_SIZE).map_err(|_| SysError::Fault)?;
+            let n = (4096 - offset).min(buf.len() - done);
+            let src = frame.run_bytes().get(offset..offset + n).ok_or(SysError::Fault)?;
+            buf.get_mut(done..done + n).ok_or(SysError::Fault)?.copy_from_slice(src);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, va: u64, data: &[u8]) -> Result<(), SysError> {
+        self.fill(va, data)
+    }
+}
