@@ -140,7 +140,7 @@ fn svm_benches() -> Result {
         notify: Vec::new(),
         limit: std::time::Duration::from_secs(120),
     };
-    let (mut runs, mut isolation, mut region) = (Vec::new(), Vec::new(), None);
+    let (mut runs, mut isolation, mut region, mut user) = (Vec::new(), Vec::new(), None, Vec::new());
     for i in 1..=SVM_BENCH_BOOTS {
         let boot = qemu::boot(&run)?;
         let figures = bench_line(&boot)?;
@@ -152,6 +152,18 @@ fn svm_benches() -> Result {
         ));
         let iso = isolation_line(&boot.guest_lines)?;
         step(&format!("svm vCPU isolation {i}/{SVM_BENCH_BOOTS}: {}", iso.describe()));
+        let u = user_line(&boot.lines)?;
+        step(&format!(
+            "user mode {i}/{SVM_BENCH_BOOTS}: system call {:.0} cycles vs function call {:.0} ({:.0}x); BATCH of 32 CAPABILITIES {:.0} cycles vs 32 single calls {:.0} ({:.2}x faster); of 32 CLOCK {:.2}x faster",
+            u.syscall,
+            u.function,
+            u.syscall / u.function.max(1.0),
+            u.batch32,
+            u.single32,
+            u.batch_speedup(),
+            u.clock_batch_speedup()
+        ));
+        user.push(u);
         runs.push(figures);
         isolation.push(iso);
         region = region.or_else(|| svsm_region_bytes(&boot.lines));
@@ -162,6 +174,17 @@ fn svm_benches() -> Result {
         "svm call round trip: median ratio {call_median:.2} over {SVM_BENCH_BOOTS} boots (goal <= {SVM_BENCH_GOAL}: {verdict})"
     ));
     let (iso_median, iso_mean) = isolation_summary(&isolation);
+    let speedup = median(user.iter().map(UserRun::batch_speedup).collect());
+    let clock_speedup = median(user.iter().map(UserRun::clock_batch_speedup).collect());
+    let syscall = median(user.iter().map(|u| u.syscall).collect());
+    let function = median(user.iter().map(|u| u.function).collect());
+    let verdict = if speedup >= BATCH_GOAL { "goal met" } else { "goal missed" };
+    step(&format!(
+        "user mode: a system call round trip costs {syscall:.0} cycles, a function call {function:.0} (median over {SVM_BENCH_BOOTS} boots, TCG); \
+         BATCH of 32 is {speedup:.2}x faster than 32 single calls (goal >= {BATCH_GOAL}: {verdict}; \
+         {clock_speedup:.2}x with CLOCK, whose own work BATCH cannot save)"
+    ));
+    write_result("user_mode.json", &user_json(&user, speedup))?;
     write_result("svm_call.json", &svm_json(&runs, call_median, region))?;
     write_result("svm_isolation.json", &isolation_json(&isolation, iso_median, iso_mean))
 }
@@ -196,6 +219,66 @@ fn write_result(name: &str, json: &str) -> Result {
 fn field(line: &str, name: &str) -> Result<f64> {
     let value = line.split(' ').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
     value.and_then(|v| v.parse().ok()).ok_or_else(|| format!("no {name} in `{line}`"))
+}
+
+/// A BATCH of 32 calls must be at least this much faster than 32 single calls.
+const BATCH_GOAL: f64 = 3.0;
+
+/// The probe module's measurements at CPL 3 in one boot (cycles, medians of its rounds).
+#[derive(Debug)]
+struct UserRun {
+    /// A CAPABILITIES round trip (the dispatch alone).
+    syscall: f64,
+    function: f64,
+    /// BATCH of 32 CAPABILITIES, and the same 32 as single calls.
+    batch32: f64,
+    single32: f64,
+    /// The same with CLOCK, a call with work of its own (reading the TSC).
+    batch32_clock: f64,
+    single32_clock: f64,
+}
+
+impl UserRun {
+    fn batch_speedup(&self) -> f64 {
+        self.single32 / self.batch32.max(1.0)
+    }
+
+    fn clock_batch_speedup(&self) -> f64 {
+        self.single32_clock / self.batch32_clock.max(1.0)
+    }
+}
+
+/// The probe's `BENCH_USER` line, as the SVSM printed its LOG call.
+fn user_line(lines: &[String]) -> Result<UserRun> {
+    let line = lines
+        .iter()
+        .find_map(|l| l.split_once("BENCH_USER ").map(|(_, rest)| rest))
+        .ok_or("the SVSM printed no BENCH_USER line (the probe module's benchmark)")?;
+    Ok(UserRun {
+        syscall: field(line, "syscall_cycles")?,
+        function: field(line, "function_cycles")?,
+        batch32: field(line, "batch32_cycles")?,
+        single32: field(line, "single32_cycles")?,
+        batch32_clock: field(line, "batch32_clock_cycles")?,
+        single32_clock: field(line, "single32_clock_cycles")?,
+    })
+}
+
+/// `target/bench/user_mode.json`.
+fn user_json(runs: &[UserRun], speedup: f64) -> String {
+    let rows: Vec<String> = runs
+        .iter()
+        .map(|u| {
+            format!(
+                "{{\"syscall_cycles\": {}, \"function_cycles\": {}, \"batch32_cycles\": {}, \"single32_cycles\": {}, \"batch32_clock_cycles\": {}, \"single32_clock_cycles\": {}}}",
+                u.syscall, u.function, u.batch32, u.single32, u.batch32_clock, u.single32_clock
+            )
+        })
+        .collect();
+    format!(
+        "{{\n  \"bench\": \"user_mode\",\n  \"batch_goal_speedup\": {BATCH_GOAL},\n  \"median_batch_speedup\": {speedup:.4},\n  \"runs\": [\n    {}\n  ]\n}}\n",
+        rows.join(",\n    ")
+    )
 }
 
 /// The figures of the guest's `BENCH` line in one boot.
@@ -312,6 +395,23 @@ mod tests {
     const ISOLATION: &str = "BENCH_ISOLATION idle_calls=2000 idle_median_cycles=32512 idle_worst_cycles=192498 \
         idle_span_cycles=66000000 idle_failed=0 busy_calls=15556 busy_median_cycles=30464 \
         busy_worst_cycles=256216 busy_span_cycles=496430460 busy_failed=0 vtpm_cycles=496430460 vtpm_rc=0x0";
+
+    #[test]
+    fn the_user_bench_line_is_read_from_the_svsm_log() {
+        let lines = [
+            "svsm says".to_string(),
+            "user: process 8: BENCH_USER rounds=64 syscall_cycles=900 function_cycles=30 batch32_cycles=4000 \
+             single32_cycles=28800 batch32_clock_cycles=9000 single32_clock_cycles=18000"
+                .to_string(),
+        ];
+        let u = user_line(&lines).unwrap();
+        assert_eq!((u.syscall, u.function, u.batch32, u.single32), (900.0, 30.0, 4000.0, 28800.0));
+        assert!((u.batch_speedup() - 7.2).abs() < 1e-9);
+        assert!((u.clock_batch_speedup() - 2.0).abs() < 1e-9);
+        assert!(user_line(&lines[..1]).is_err());
+        let json: serde_json::Value = serde_json::from_str(&user_json(&[u], 7.2)).unwrap();
+        assert_eq!(json["runs"][0]["batch32_cycles"], 4000.0);
+    }
 
     #[test]
     fn the_isolation_line_is_read_and_checked() {

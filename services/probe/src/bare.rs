@@ -4,6 +4,9 @@
 use abi::syscall::{self as sys, BatchIn, BatchOut};
 use core::arch::asm;
 
+/// The mode that measures system calls instead of probing.
+const BENCH_MODE: u64 = 100;
+
 /// Exit code of a probe whose forbidden access did not fault.
 const PROBE_SURVIVED: u64 = 0xbad;
 
@@ -68,6 +71,96 @@ fn hello() -> ! {
     exit(0)
 }
 
+/// A line built on the stack (the module has no heap).
+struct Line {
+    buf: [u8; 200],
+    len: usize,
+}
+
+impl core::fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads the time-stamp counter (allowed at CPL 3: CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+#[inline(never)]
+extern "C" fn plain_call(x: u64) -> u64 {
+    core::hint::black_box(x) + 1
+}
+
+/// Cycles of one system call round trip (CAPABILITIES index 0: the dispatch alone)
+/// beside a plain function call, and a BATCH of 32 calls beside 32 single calls, once
+/// with CAPABILITIES (what BATCH saves: the entries) and once with CLOCK (a call with
+/// work of its own); the medians of `ROUNDS` rounds, as one LOG line the SVSM prints
+/// and `cargo xtask bench` reads.
+fn bench() -> ! {
+    const ROUNDS: usize = 64;
+    let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS;
+    let buf = syscall(sys::MMAP, [sys::NO_HANDLE, 0, 0, 3 * 4096, flags]);
+    if sys::SysError::from_rax(buf).is_some() {
+        exit(1);
+    }
+    let (caps, clocks, out) = (buf, buf + 4096, buf + 8192);
+    for i in 0..32 {
+        let capability = BatchIn { number: sys::CAPABILITIES, args: [0; 5], user_data: i as u64 };
+        let clock = BatchIn { number: sys::CLOCK, args: [0; 5], user_data: i as u64 };
+        // SAFETY: 32 records of 56 bytes fit each of the first two fresh pages.
+        unsafe {
+            (caps as *mut BatchIn).add(i).write(capability);
+            (clocks as *mut BatchIn).add(i).write(clock);
+        }
+    }
+    let single = |number: u64| {
+        let t = rdtsc();
+        for _ in 0..32 {
+            syscall(number, [0; 5]);
+        }
+        rdtsc() - t
+    };
+    let batch = |records: u64| {
+        let t = rdtsc();
+        syscall(sys::BATCH, [records, out, 32, 0, 0]);
+        rdtsc() - t
+    };
+    let mut samples = [[0u64; 6]; ROUNDS];
+    for (round, row) in samples.iter_mut().enumerate() {
+        let t = rdtsc();
+        syscall(sys::CAPABILITIES, [0; 5]);
+        row[0] = rdtsc() - t;
+        let t = rdtsc();
+        core::hint::black_box(plain_call(round as u64));
+        row[1] = rdtsc() - t;
+        row[2] = batch(caps);
+        row[3] = single(sys::CAPABILITIES);
+        row[4] = batch(clocks);
+        row[5] = single(sys::CLOCK);
+    }
+    let mut m = [0u64; 6];
+    for (column, median) in m.iter_mut().enumerate() {
+        let mut values = samples.map(|row| row[column]);
+        values.sort_unstable();
+        *median = values[ROUNDS / 2];
+    }
+    let mut line = Line { buf: [0; 200], len: 0 };
+    let _ = core::fmt::Write::write_fmt(
+        &mut line,
+        format_args!(
+            "BENCH_USER rounds={ROUNDS} syscall_cycles={} function_cycles={} batch32_cycles={} single32_cycles={} batch32_clock_cycles={} single32_clock_cycles={}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        ),
+    );
+    syscall(sys::LOG, [line.buf.as_ptr() as u64, line.len as u64, 0, 0, 0]);
+    exit(0)
+}
+
 /// Where the SVSM's own image lives (identity-mapped, supervisor-only).
 const SVSM_IMAGE: u64 = 0x100_0000;
 /// Guest RAM, also in the kernel's identity map, never mapped for a process.
@@ -103,6 +196,10 @@ fn probe(mode: u64) -> ! {
             let rax = syscall(sys::LOG, [SVSM_IMAGE, 16, 0, 0, 0]);
             exit(if rax == sys::SysError::Fault.to_rax() { 6 } else { PROBE_SURVIVED })
         }
+        // A process that never makes a system call: only the timer takes the CPU back.
+        7 => loop {
+            core::hint::spin_loop();
+        },
         _ => exit(PROBE_SURVIVED),
     };
     exit(PROBE_SURVIVED)
@@ -111,7 +208,11 @@ fn probe(mode: u64) -> ! {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text._start")]
 extern "C" fn _start(mode: u64) -> ! {
-    if mode == 0 { hello() } else { probe(mode) }
+    match mode {
+        0 => hello(),
+        BENCH_MODE => bench(),
+        _ => probe(mode),
+    }
 }
 
 /// The module has no heap (it would take one with MMAP); `alloc` is linked through

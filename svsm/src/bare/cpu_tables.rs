@@ -38,6 +38,8 @@ unsafe extern "C" {
     static wake_return: u8;
     /// The spurious-interrupt handler (`exceptions.rs`): return.
     static spurious_return: u8;
+    /// The time-slice timer's handler (`user/entry.rs`).
+    static user_timer: u8;
 }
 use x86::idt::STUB_SIZE;
 
@@ -104,10 +106,12 @@ pub fn build() -> Tables {
         };
         gate.copy_from_slice(&x86::idt::interrupt_gate(handler, CODE_SELECTOR, ist));
     }
-    // The only interrupts the SVSM takes: they end an idle CPU's HLT (`svm/kick.rs`).
+    // The only interrupts the SVSM takes: the first two end an idle CPU's HLT
+    // (`svm/kick.rs`), the timer ends a process's time slice (`user/entry.rs`).
     for (vector, handler) in [
         (super::lapic::WAKE_VECTOR, core::ptr::addr_of!(wake_return)),
         (super::lapic::SPURIOUS_VECTOR, core::ptr::addr_of!(spurious_return)),
+        (super::lapic::TIMER_VECTOR, core::ptr::addr_of!(user_timer)),
     ] {
         // A u8 vector always names one of the 256 gates.
         if let Some(gate) = idt.chunks_exact_mut(2).nth(usize::from(vector)) {

@@ -40,6 +40,7 @@ spurious_return:
 core::arch::global_asm!(
     r#"
     .section .text.exception_common, "ax"
+    .global exception_common
 exception_common:
     push rax
     push rbx

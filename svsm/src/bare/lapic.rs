@@ -9,6 +9,15 @@ const SPURIOUS: u64 = 0xF0;
 const ICR_INIT: u32 = 0x0000_4500;
 const ICR_STARTUP: u32 = 0x0000_4600;
 const ICR_NMI: u32 = 0x0000_4400;
+const EOI: u64 = 0xB0;
+const LVT_TIMER: u64 = 0x320;
+const TIMER_INITIAL: u64 = 0x380;
+const TIMER_CURRENT: u64 = 0x390;
+const TIMER_DIVIDE: u64 = 0x3E0;
+/// LVT mask bit.
+const MASKED: u32 = 1 << 16;
+/// Divide configuration "divide by 1".
+const DIVIDE_BY_1: u32 = 0b1011;
 /// The ICR's delivery-status bit: the previous IPI is still being sent.
 const ICR_PENDING: u32 = 1 << 12;
 
@@ -25,6 +34,8 @@ fn read(reg: u64) -> u32 {
 
 /// The vector of the IPI that wakes an idle CPU (`svm/kick.rs`).
 pub const WAKE_VECTOR: u8 = 0xF0;
+/// The vector of the timer that ends a process's time slice (`user/entry.rs`).
+pub const TIMER_VECTOR: u8 = 0xEF;
 /// The vector of spurious local-APIC interrupts.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
@@ -64,4 +75,37 @@ pub fn send_fixed(apic_id: u32, vector: u8) {
 
 pub fn send_nmi(apic_id: u32) {
     send(apic_id, ICR_NMI);
+}
+
+/// Acknowledge the interrupt in service.
+pub fn eoi() {
+    write(EOI, 0);
+}
+
+/// Start this CPU's timer: one interrupt at [`TIMER_VECTOR`] after `ticks` (one-shot).
+pub fn arm_timer(ticks: u32) {
+    write(TIMER_DIVIDE, DIVIDE_BY_1);
+    write(LVT_TIMER, u32::from(TIMER_VECTOR));
+    write(TIMER_INITIAL, ticks.max(1));
+}
+
+/// Stop this CPU's timer (masked, count zero): no interrupt follows.
+pub fn disarm_timer() {
+    write(LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
+    write(TIMER_INITIAL, 0);
+}
+
+/// Timer ticks per millisecond, measured against the calibrated TSC clock (masked, so
+/// the measurement raises no interrupt).
+pub fn timer_ticks_per_ms() -> u32 {
+    write(TIMER_DIVIDE, DIVIDE_BY_1);
+    write(LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
+    write(TIMER_INITIAL, u32::MAX);
+    let start = super::clock::monotonic_ns();
+    while super::clock::monotonic_ns().saturating_sub(start) < 1_000_000 {
+        core::hint::spin_loop();
+    }
+    let elapsed = u32::MAX - read(TIMER_CURRENT);
+    write(TIMER_INITIAL, 0);
+    elapsed.max(1)
 }

@@ -116,6 +116,25 @@ syscall_entry:
 user_abort:
     mov rsp, [{percpu} + {kernel_rsp}]
     mov rax, rdi
+    jmp back_to_kernel
+
+    /* The time-slice timer (`lapic::TIMER_VECTOR`). Taken in a process: like a fault
+       (vector, no error code) through `exceptions.rs`, which saves the process's
+       registers and comes back to the run loop (which acknowledges it). Taken in the
+       SVSM (a slice that ended as the process came back): acknowledged and ignored. */
+    .global user_timer
+user_timer:
+    test qword ptr [rsp + 8], 3
+    jz 1f
+    push 0
+    push {timer_vector}
+    jmp exception_common
+1:
+    push rax
+    mov eax, 0xFEE000B0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
 
 back_to_kernel:
     push 0
@@ -136,6 +155,7 @@ back_to_kernel:
     user_ss = const USER_DATA_SELECTOR,
     user_cs = const USER_CODE_SELECTOR,
     syscall = const SYSCALL,
+    timer_vector = const super::super::lapic::TIMER_VECTOR,
 );
 
 unsafe extern "C" {

@@ -13,8 +13,9 @@
 mod entry;
 mod space;
 
-use super::percpu;
-use abi::syscall::{self as sys, SysError};
+use super::{lapic, percpu};
+use abi::syscall::SysError;
+use core::sync::atomic::{AtomicU32, Ordering};
 use entry::UserRegs;
 use kernel::user::loader;
 use kernel::user::{Call, Outcome, Process, Services};
@@ -38,15 +39,22 @@ pub enum Ended {
     },
     /// It waits for an event; without a scheduler it cannot be resumed yet.
     Blocked,
+    /// It used up its time budget without exiting or blocking; without a scheduler to
+    /// give it more later, it is ended.
+    Preempted {
+        slices: u64,
+    },
 }
 
-/// A fault taken at CPL 3, noted by [`fault`] for the run loop of the same CPU.
+/// A fault (or the end of a time slice) taken at CPL 3, noted by [`fault`] for the run
+/// loop of the same CPU, with the process's registers at that point.
 #[derive(Clone, Copy)]
 struct Fault {
     vector: u64,
     error: u64,
     address: u64,
     rip: u64,
+    regs: UserRegs,
 }
 
 const MAX_CPUS: usize = 64;
@@ -60,8 +68,29 @@ fn fault_slot() -> Option<&'static Mutex<Option<Fault>>> {
 /// loop that entered it.
 pub fn fault(frame: &super::exceptions::Frame) -> ! {
     let address = if frame.vector == 14 { super::cpu::read_cr2() } else { 0 };
+    let f = frame;
+    let regs = UserRegs {
+        rax: f.rax,
+        rbx: f.rbx,
+        rcx: f.rcx,
+        rdx: f.rdx,
+        rsi: f.rsi,
+        rdi: f.rdi,
+        rbp: f.rbp,
+        r8: f.r8,
+        r9: f.r9,
+        r10: f.r10,
+        r11: f.r11,
+        r12: f.r12,
+        r13: f.r13,
+        r14: f.r14,
+        r15: f.r15,
+        rip: f.rip,
+        rsp: f.rsp,
+        rflags: f.rflags,
+    };
     if let Some(slot) = fault_slot() {
-        *slot.lock() = Some(Fault { vector: frame.vector, error: frame.error, address, rip: frame.rip });
+        *slot.lock() = Some(Fault { vector: f.vector, error: f.error, address, rip: f.rip, regs });
     }
     entry::abort_to_kernel()
 }
@@ -98,13 +127,44 @@ impl Services for BareServices {
     }
 }
 
-/// Run `process` from `regs` until it exits, faults or blocks.
-fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs) -> Ended {
+/// Local-APIC timer ticks per millisecond (0 until [`boot_check`] measured them).
+static TIMER_TICKS_PER_MS: AtomicU32 = AtomicU32::new(0);
+/// A process runs at most this long before the SVSM takes the CPU back.
+const SLICE_MS: u32 = 10;
+
+/// Run `process` from `regs` until it exits, faults, blocks or has run `budget_ms`.
+/// It runs in slices: the local APIC's timer takes the CPU back after each, so a process
+/// that never makes a system call still returns it (between slices a scheduler would
+/// serve other work; this loop only checks the budget and goes on).
+fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs, budget_ms: u64) -> Ended {
     percpu::set_user_half(Some(space.user_half()));
+    let slice = TIMER_TICKS_PER_MS.load(Ordering::Relaxed).saturating_mul(SLICE_MS);
+    let started = super::clock::monotonic_ns();
+    let mut slices = 0u64;
+    // The timer runs on across system calls (the SVSM serves them with interrupts off;
+    // a slice that ends meanwhile is delivered as the process resumes): programming the
+    // local APIC on every call would cost more than the call.
+    let arm = || {
+        if slice > 0 {
+            lapic::arm_timer(slice);
+        }
+    };
+    arm();
     let ended = loop {
-        if entry::enter(regs) == entry::FAULT {
+        let kind = entry::enter(regs);
+        if kind == entry::FAULT {
             let f = fault_slot().and_then(|s| s.lock().take());
-            let f = f.unwrap_or(Fault { vector: u64::MAX, error: 0, address: 0, rip: regs.rip });
+            let f = f.unwrap_or(Fault { vector: u64::MAX, error: 0, address: 0, rip: regs.rip, regs: *regs });
+            if f.vector == u64::from(lapic::TIMER_VECTOR) {
+                lapic::eoi();
+                *regs = f.regs;
+                slices += 1;
+                if super::clock::monotonic_ns().saturating_sub(started) / 1_000_000 >= budget_ms {
+                    break Ended::Preempted { slices };
+                }
+                arm();
+                continue;
+            }
             break Ended::Faulted { vector: f.vector, error: f.error, address: f.address, rip: f.rip };
         }
         let call = Call { number: regs.rax, args: [regs.rdi, regs.rsi, regs.r8, regs.r9, regs.r10] };
@@ -122,12 +182,13 @@ fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs) -> End
                 regs.rax = SysError::NoSys.to_rax();
             }
         }
-        // New page tables, or translations to drop: reinstall the user half (a CR3
+        // A new top-level table, or translations to drop: reinstall the user half (a CR3
         // reload, which flushes this CPU's TLB).
-        if matches!(call.number, sys::MMAP | sys::MUNMAP | sys::BATCH) {
+        if space.take_changed() {
             percpu::set_user_half(Some(space.user_half()));
         }
     };
+    lapic::disarm_timer();
     if ended != Ended::Blocked {
         process.end(space);
     }
@@ -141,8 +202,11 @@ fn run_probe(id: u32, mode: u64) -> Result<Ended, loader::LoadError> {
     let mut space = UserSpace::default();
     let start = loader::load(&mut process, &mut space, PROBE)?;
     let mut regs = UserRegs { rip: start.entry, rsp: start.stack_top, rdi: mode, ..UserRegs::default() };
-    Ok(run(&mut process, &mut space, &mut regs))
+    Ok(run(&mut process, &mut space, &mut regs, PROBE_BUDGET_MS))
 }
+
+/// How long a probe may run.
+const PROBE_BUDGET_MS: u64 = 200;
 
 /// What each probe must come to.
 #[derive(Clone, Copy)]
@@ -150,6 +214,7 @@ enum Expect {
     Exit(u64),
     PageFault,
     AnyFault,
+    Preempted,
 }
 
 /// Turn on user mode on this CPU and run the probe module's checks; prints a verdict
@@ -157,12 +222,18 @@ enum Expect {
 pub fn boot_check() {
     entry::enable_syscall();
     let (smep, smap) = super::cpu::enable_smep_smap();
-    println!("user: SYSCALL entry on; SMEP {}, SMAP {}", on(smep), on(smap));
+    let ticks = lapic::timer_ticks_per_ms();
+    TIMER_TICKS_PER_MS.store(ticks, Ordering::Relaxed);
+    println!(
+        "user: SYSCALL entry on; SMEP {}, SMAP {}; time slices of {SLICE_MS} ms ({ticks} local-APIC timer ticks per ms)",
+        on(smep),
+        on(smap)
+    );
     if PROBE.is_empty() {
         println!("user: no service module in this image (built without `cargo xtask`)");
         return;
     }
-    const PROBES: [(u64, &str, Expect); 7] = [
+    const PROBES: [(u64, &str, Expect); 8] = [
         (0, "hello", Expect::Exit(0)),
         (1, "reads SVSM memory", Expect::PageFault),
         (2, "writes its own code", Expect::PageFault),
@@ -170,6 +241,7 @@ pub fn boot_check() {
         (4, "reads guest memory not mapped for it", Expect::PageFault),
         (5, "executes int 0x80", Expect::AnyFault),
         (6, "passes an SVSM address to LOG", Expect::Exit(6)),
+        (7, "spins forever without a system call", Expect::Preempted),
     ];
     let mut as_expected = 0;
     for (id, (mode, what, expect)) in (1u32..).zip(PROBES) {
@@ -178,6 +250,7 @@ pub fn boot_check() {
             (Expect::Exit(want), Ok(Ended::Exited(code))) => code == want,
             (Expect::PageFault, Ok(Ended::Faulted { vector: 14, .. })) => true,
             (Expect::AnyFault, Ok(Ended::Faulted { .. })) => true,
+            (Expect::Preempted, Ok(Ended::Preempted { slices })) => slices > 1,
             _ => false,
         };
         as_expected += usize::from(good);
@@ -187,12 +260,25 @@ pub fn boot_check() {
                 alloc::format!("ended by exception {vector} (error {error:#x}, address {address:#x}, rip {rip:#x})")
             }
             Ok(Ended::Blocked) => "blocked".into(),
+            Ok(Ended::Preempted { slices }) => {
+                alloc::format!(
+                    "taken off the CPU by the timer {slices} times, then ended after its {PROBE_BUDGET_MS} ms"
+                )
+            }
             Err(e) => alloc::format!("not loaded: {e:?}"),
         };
         println!("user: probe {what}: {how}{}", if good { "" } else { " -- NOT AS EXPECTED" });
     }
     println!("user: {as_expected} of {} probes ended as expected", PROBES.len());
+    // The probe's measurements (system call and BATCH costs): one LOG line.
+    match run_probe(u32::try_from(PROBES.len() + 1).unwrap_or(u32::MAX), BENCH_MODE) {
+        Ok(Ended::Exited(0)) => {}
+        other => println!("user: the probe's benchmark did not finish: {other:?}"),
+    }
 }
+
+/// The probe's benchmark mode (services/probe).
+const BENCH_MODE: u64 = 100;
 
 fn on(b: bool) -> &'static str {
     if b { "on" } else { "unavailable" }

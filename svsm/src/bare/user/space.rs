@@ -36,6 +36,9 @@ pub struct UserSpace {
     pts: BTreeMap<u64, Page>,
     /// The frames, by page address.
     frames: BTreeMap<u64, Page>,
+    /// A PML4 entry was added or a page unmapped since the CPU's root was last given the
+    /// user half: it must be given again (and the TLB flushed) before the process runs.
+    changed: bool,
 }
 
 impl Default for UserSpace {
@@ -46,6 +49,7 @@ impl Default for UserSpace {
             pds: BTreeMap::new(),
             pts: BTreeMap::new(),
             frames: BTreeMap::new(),
+            changed: false,
         }
     }
 }
@@ -57,6 +61,13 @@ impl core::fmt::Debug for UserSpace {
 }
 
 impl UserSpace {
+    /// Whether the user half must be installed again before the process runs on (new
+    /// PML4 entries, or translations a TLB may still hold); clears the flag. Tables and
+    /// pages added below present entries need nothing: no TLB caches a missing entry.
+    pub fn take_changed(&mut self) -> bool {
+        core::mem::take(&mut self.changed)
+    }
+
     /// The PML4 entries to install while the process runs.
     pub fn user_half(&self) -> &[u64; 255] {
         &self.pml4
@@ -76,6 +87,7 @@ impl UserSpace {
     fn map_one(&mut self, va: u64, prot: Prot) -> Result<(), SysError> {
         let slot = index(va, 39).checked_sub(1).ok_or(SysError::Inval)?;
         let pml4e = self.pml4.get_mut(slot).ok_or(SysError::Inval)?;
+        self.changed |= *pml4e == 0;
         Self::table(&mut self.pdpts, va >> 39, pml4e)?;
         let pdpt = self.pdpts.get_mut(&(va >> 39)).ok_or(SysError::NoMem)?;
         let pdpte = pdpt.words_mut().get_mut(index(va, 30)).ok_or(SysError::Inval)?;
@@ -102,6 +114,7 @@ impl UserSpace {
             && let Some(pte) = pt.words_mut().get_mut(index(va, 12))
         {
             *pte = 0;
+            self.changed = true;
         }
         // The frame goes only after the translation is gone from every TLB: the process
         // runs on this CPU alone and its user half is reinstalled (CR3 reload) before it
