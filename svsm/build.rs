@@ -1,140 +1,34 @@
 //! Link the bare-metal image with its own linker script (load address, PVH note), and
-//! build the C half of the runtime libtpms and libcrypto need (csupport/libc.c).
+//! package the service modules `cargo xtask` built first into it.
 //!
 //! The image's lint wall (no unwrap/expect/panic, indexing or truncating casts, in
 //! src/main.rs) does not cover this script on purpose: it runs on the build machine,
-//! reads only the toolchain's environment and Debian's archives, never guest or host
-//! input, and `expect` with a message is how a build script should stop a build that
-//! cannot go on (cargo prints the message).
-use std::collections::BTreeSet;
-use std::fmt::Write as _;
-use std::path::Path;
-use std::process::Command;
-
-/// Where vtpm/build.rs takes the static archives from (Debian's libtpms-dev, libssl-dev).
-const ARCHIVE_DIR: &str = "/usr/lib/x86_64-linux-gnu";
-const ARCHIVES: [&str; 2] = ["libtpms.a", "libcrypto.a"];
-
-/// C symbols the Rust side defines: svsm/src/bare/libc.rs and compiler_builtins' mem
-/// functions.
-const RUST_PROVIDED: [&str; 9] =
-    ["malloc", "free", "realloc", "memcpy", "memmove", "memset", "memcmp", "bcmp", "strlen"];
-
-/// Symbols the linker itself defines.
-const LINKER_DEFINED: [&str; 1] = ["_GLOBAL_OFFSET_TABLE_"];
+//! reads only files `cargo xtask` names, never guest or host input, and `expect` with a
+//! message is how a build script should stop a build that cannot go on (cargo prints it).
 
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
     if std::env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-none") {
         println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
         println!("cargo:rustc-link-arg-bins=--no-pie");
-        // Freestanding, position-dependent (the image is linked at 16 MiB), and free of
-        // SSE so the shim itself never touches the guest's vector registers.
-        c_build()
-            .file("csupport/libc.c")
-            .warnings(true)
-            .extra_warnings(true)
-            .flag("-Werror")
-            .flag("-Wno-unused-parameter")
-            .compile("bulwark_libc");
-        stub_unlisted_symbols();
     }
     println!("cargo:rerun-if-changed=linker.ld");
-    println!("cargo:rerun-if-changed=csupport/libc.c");
-    package_probe();
+    package("BULWARK_PROBE_ELF", "probe.elf");
+    package("BULWARK_VTPM_ELF", "vtpm.elf");
 }
 
-/// The probe service module (services/probe), built first by `cargo xtask`, which names
-/// it in BULWARK_PROBE_ELF; without it (a plain `cargo build` or clippy) the image
-/// carries an empty module and says so at boot.
-fn package_probe() {
-    println!("cargo:rerun-if-env-changed=BULWARK_PROBE_ELF");
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("probe.elf");
-    let bytes = match std::env::var("BULWARK_PROBE_ELF") {
+/// A service module (services/), built first by `cargo xtask`, which names it in `var`;
+/// without it (a plain `cargo build`, or clippy) the image carries an empty module and
+/// says so at boot.
+fn package(var: &str, name: &str) {
+    println!("cargo:rerun-if-env-changed={var}");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join(name);
+    let bytes = match std::env::var(var) {
         Ok(path) if !path.is_empty() => {
             println!("cargo:rerun-if-changed={path}");
-            std::fs::read(&path).unwrap_or_else(|e| panic!("BULWARK_PROBE_ELF={path}: {e}"))
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{var}={path}: {e}"))
         }
         _ => Vec::new(),
     };
     std::fs::write(&out, bytes).expect("OUT_DIR is writable");
-}
-
-fn c_build() -> cc::Build {
-    let mut build = cc::Build::new();
-    build
-        .compiler("gcc")
-        .flag("-ffreestanding")
-        .flag("-fno-stack-protector")
-        .flag("-fno-pic")
-        .flag("-mgeneral-regs-only")
-        .flag("-mno-red-zone")
-        .flag("-std=c11");
-    build
-}
-
-/// A Debian security update can make libcrypto.a reference a libc function the shim
-/// does not define yet (3.0.20 added strpbrk). Rather than fail the link, every such
-/// symbol gets a stub that stops the SVSM with its name. The linker drops the stubs
-/// nothing calls; `cargo xtask` lists the ones left in the image, so a maintainer can
-/// give a called function a real body.
-fn stub_unlisted_symbols() {
-    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    let archives: Vec<_> = ARCHIVES.iter().map(|a| Path::new(ARCHIVE_DIR).join(a)).collect();
-    for archive in &archives {
-        println!("cargo:rerun-if-changed={}", archive.display());
-    }
-    let shim = Path::new(&out).join("libbulwark_libc.a");
-    let (Some(wanted), Some(defined), Some(shim_defined)) =
-        (nm(&archives, "--undefined-only"), nm(&archives, "--defined-only"), nm(&[shim], "--defined-only"))
-    else {
-        println!("cargo:warning=nm could not read the C archives; no stubs generated");
-        return;
-    };
-    let missing: Vec<&String> = wanted
-        .iter()
-        .filter(|s| !defined.contains(*s) && !shim_defined.contains(*s))
-        .filter(|s| !RUST_PROVIDED.contains(&s.as_str()))
-        .collect();
-    let mut source = String::from(
-        "/* Generated by svsm/build.rs: libc symbols csupport/libc.c does not define. */\n\
-         _Noreturn void bulwark_c_fatal(const char *what);\n",
-    );
-    for name in &missing {
-        // The asm label gives the stub its C name without declaring a prototype that
-        // could clash with the compiler's builtin of that name. The stub's own name
-        // survives in the linked image only if something calls it, which is how
-        // `cargo xtask` reports the stubs that are really linked.
-        let _ = writeln!(
-            source,
-            "_Noreturn void bulwark_stub_{name}(void);\n\
-             void bulwark_stub_{name}(void) {{ bulwark_c_fatal(\"{name}: not in the SVSM's C runtime\"); }}\n\
-             __asm__(\".globl {name}\\n.set {name}, bulwark_stub_{name}\");"
-        );
-    }
-    let path = Path::new(&out).join("unlisted_symbols.c");
-    std::fs::write(&path, source).expect("write generated stubs");
-    c_build().file(&path).compile("bulwark_libc_stubs");
-}
-
-/// Global symbol names `nm` lists for `files` with `filter`, or None if nm fails.
-fn nm(files: &[std::path::PathBuf], filter: &str) -> Option<BTreeSet<String>> {
-    let output = Command::new("nm").arg(filter).arg("--extern-only").args(files).output().ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    Some(
-        text.lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace().rev();
-                let name = fields.next()?;
-                let kind = fields.next()?;
-                // Member headers ("foo.o:") have one field. Weak references ("w") stay
-                // out: the linker resolves them to null and the C code checks for that.
-                (kind.len() == 1 && kind != "w" && kind != "v" && !LINKER_DEFINED.contains(&name))
-                    .then(|| name.to_string())
-            })
-            .collect(),
-    )
 }

@@ -363,28 +363,42 @@ fn elf(entry: u64, segments: &[(u32, u64, &[u8], u64)]) -> Vec<u8> {
     out
 }
 
+/// A module image lives as long as the SVSM (it is part of its image).
+fn leak(image: Vec<u8>) -> &'static [u8] {
+    Box::leak(image.into_boxed_slice())
+}
+
 const R: u32 = 4;
 const W: u32 = 2;
 const X: u32 = 1;
 
 #[test]
 fn a_module_is_loaded_with_its_segments_permissions_and_a_guarded_stack() {
-    use kernel::user::loader::{STACK_PAGES, STACK_TOP, Start, load};
+    use kernel::user::loader::{STACK_PAGES, STACK_TOP, Start, THREAD_PAGE, load};
     use kernel::user::memory::AddressSpace;
     let base = USER_BOTTOM + 0x1000_0000;
-    let image = elf(base + 0x10, &[(R | X, base, b"\x90\x90code", 0x1000), (R | W, base + 0x2008, b"data", 0x3000)]);
+    let image =
+        leak(elf(base + 0x10, &[(R | X, base, b"\x90\x90code", 0x1000), (R | W, base + 0x2008, b"data", 0x3000)]));
     let mut process = kernel::user::Process::new(1, 64);
     let mut space = bulwark_model::user_host::HostSpace::default();
-    assert_eq!(load(&mut process, &mut space, &image), Ok(Start { entry: base + 0x10, stack_top: STACK_TOP }));
+    let start = Start { entry: base + 0x10, rsp: STACK_TOP - 8, thread: THREAD_PAGE };
+    assert_eq!(load(&mut process, &mut space, image, 0x5eed), Ok(start));
     let m: Vec<_> = process.mappings().iter().map(|(s, m)| (s, m.pages, m.prot.write, m.prot.exec)).collect();
     assert_eq!(
         m,
         [
             (base, 1, false, true),
             (base + 0x2000, 4, true, false),
-            (STACK_TOP - STACK_PAGES * 4096, STACK_PAGES, true, false)
+            (STACK_TOP - STACK_PAGES * 4096, STACK_PAGES, true, false),
+            (THREAD_PAGE, 1, true, false)
         ]
     );
+    // The thread page: its own address at FS:0, the C canary at FS:0x28.
+    let mut word = [0u8; 8];
+    space.read(THREAD_PAGE, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), THREAD_PAGE);
+    space.read(THREAD_PAGE + 0x28, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0x5eed);
     let mut buf = [0u8; 6];
     space.read(base, &mut buf).unwrap();
     assert_eq!(&buf, b"\x90\x90code");
@@ -399,19 +413,19 @@ fn a_module_is_loaded_with_its_segments_permissions_and_a_guarded_stack() {
 fn modules_that_break_the_rules_are_refused_whole() {
     use kernel::user::loader::{LoadError, load};
     let base = USER_BOTTOM + 0x1000_0000;
-    let cases: [(Vec<u8>, LoadError); 7] = [
-        (elf(base, &[(R | W | X, base, b"x", 0x1000)]), LoadError::BadSegment),
-        (elf(base, &[(R | X, 0x40_0000, b"x", 0x1000)]), LoadError::BadSegment),
-        (elf(base, &[(R | X, USER_TOP - 0x1000, b"x", 0x1000)]), LoadError::BadSegment),
-        (elf(base, &[(R | X, base, b"xyz", 2)]), LoadError::BadSegment),
-        (elf(base, &[(R | X, base, b"x", 0x1000), (R, base + 0x800, b"y", 0x10)]), LoadError::BadSegment),
-        (elf(base + 0x5000, &[(R | X, base, b"x", 0x1000)]), LoadError::BadEntry),
-        (b"\x7fELF not really".to_vec(), LoadError::NotAnExecutable),
+    let cases: [(&'static [u8], LoadError); 7] = [
+        (leak(elf(base, &[(R | W | X, base, b"x", 0x1000)])), LoadError::BadSegment),
+        (leak(elf(base, &[(R | X, 0x40_0000, b"x", 0x1000)])), LoadError::BadSegment),
+        (leak(elf(base, &[(R | X, USER_TOP - 0x1000, b"x", 0x1000)])), LoadError::BadSegment),
+        (leak(elf(base, &[(R | X, base, b"xyz", 2)])), LoadError::BadSegment),
+        (leak(elf(base, &[(R | X, base, b"x", 0x1000), (R, base + 0x800, b"y", 0x10)])), LoadError::BadSegment),
+        (leak(elf(base + 0x5000, &[(R | X, base, b"x", 0x1000)])), LoadError::BadEntry),
+        (b"\x7fELF not really", LoadError::NotAnExecutable),
     ];
     for (i, (image, expected)) in cases.iter().enumerate() {
         let mut process = kernel::user::Process::new(1, 64);
         let mut space = bulwark_model::user_host::HostSpace::default();
-        assert_eq!(kernel::user::loader::load(&mut process, &mut space, image), Err(*expected), "case {i}");
+        assert_eq!(kernel::user::loader::load(&mut process, &mut space, image, 0), Err(*expected), "case {i}");
         process.end(&mut space);
         assert_eq!(space.page_count(), 0, "case {i}: a refused module leaves nothing mapped once the process ends");
     }
@@ -420,7 +434,7 @@ fn modules_that_break_the_rules_are_refused_whole() {
     image.truncate(4096);
     let mut process = kernel::user::Process::new(1, 64);
     assert_eq!(
-        load(&mut process, &mut bulwark_model::user_host::HostSpace::default(), &image),
+        load(&mut process, &mut bulwark_model::user_host::HostSpace::default(), leak(image), 0),
         Err(LoadError::BadSegment)
     );
 }

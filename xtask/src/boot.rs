@@ -188,6 +188,15 @@ fn judge_success(boot: &qemu::Boot, image: &Path) -> Result {
         return Err("the guest reported success without passing checks".into());
     }
     judge_user_mode(&boot.lines)?;
+    if !boot.lines.iter().any(|l| l.starts_with("vtpm: crash check passed")) {
+        return Err("the vTPM service process's crash check did not pass".into());
+    }
+    if !boot.lines.iter().any(|l| l.contains("in its service process at CPL 3")) {
+        return Err("the vTPM was not manufactured in its service process".into());
+    }
+    step(
+        "vTPM at CPL 3: manufactured in its service process; a service that faults is ended and answers TPM_RC_FAILURE",
+    );
     verify_guest_evidence(&boot.guest_lines)
 }
 

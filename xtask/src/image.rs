@@ -12,19 +12,23 @@ use std::path::PathBuf;
 pub fn build_svsm(gdb_stub: bool) -> Result<PathBuf> {
     prereqs::ensure()?;
     let probe = build_service("bulwark-probe")?;
+    let vtpm = build_service("bulwark-vtpm-service")?;
     let features: &[&str] = if gdb_stub { &["--features", "gdb"] } else { &[] };
     let mut args = vec!["build", "--release", "-p", "bulwark-svsm", "--target", "x86_64-unknown-none"];
     args.extend(features);
-    exec(&format!("cargo {}", args.join(" ")), cargo()?.args(&args).env("BULWARK_PROBE_ELF", &probe))?;
+    exec(
+        &format!("cargo {}", args.join(" ")),
+        cargo()?.args(&args).env("BULWARK_PROBE_ELF", &probe).env("BULWARK_VTPM_ELF", &vtpm),
+    )?;
     let image = target_dir()?.join("x86_64-unknown-none/release/bulwark-svsm");
     let named = symbols::embed(&image)?;
     step(&format!("embedded {named} function names for backtraces"));
     symbols::check_hot_path(&image)?;
-    let stubs = symbols::c_runtime_stubs(&image)?;
+    let stubs = symbols::c_runtime_stubs(&vtpm)?;
     if !stubs.is_empty() {
         eprintln!(
-            "warning: the C archives call {} libc function(s) csupport/libc.c does not implement; \
-             they are linked as stubs that stop the SVSM: {}",
+            "warning: the C archives call {} libc function(s) services/vtpm/csupport/libc.c does not \
+             implement; they are linked as stubs that end the vTPM process: {}",
             stubs.len(),
             stubs.join(", ")
         );
@@ -45,7 +49,8 @@ fn build_service(package: &str) -> Result<PathBuf> {
         cargo()?
             .args(args)
             .env("CARGO_TARGET_DIR", &dir)
-            .env("RUSTFLAGS", "-C relocation-model=pic -C force-frame-pointers=yes"),
+            // Without debug info: the module is carried inside the image.
+            .env("RUSTFLAGS", "-C relocation-model=pic -C force-frame-pointers=yes -C strip=debuginfo"),
     )?;
     Ok(dir.join("x86_64-unknown-none/release").join(package))
 }

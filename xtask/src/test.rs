@@ -50,6 +50,8 @@ fn lints() -> Result {
         "-p",
         "bulwark-probe",
         "-p",
+        "bulwark-vtpm-service",
+        "-p",
         "bulwark-store",
         "--target",
         "x86_64-unknown-none",

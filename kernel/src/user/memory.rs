@@ -34,6 +34,15 @@ pub trait AddressSpace {
     /// Map `pages` zeroed pages at `va` (page aligned, unmapped, in the user half) with
     /// `prot`; all or nothing.
     fn map_zeroed(&mut self, va: u64, pages: u64, prot: Prot) -> Result<(), SysError>;
+    /// Map `bytes` (whole pages of the SVSM's own image: page aligned, a multiple of the
+    /// page size, never written) at `va`, not writable; without a copy where the
+    /// platform can (the bare-metal page tables point at the image's own pages). The
+    /// default copies.
+    fn share(&mut self, va: u64, bytes: &'static [u8], prot: Prot) -> Result<(), SysError> {
+        let pages = (bytes.len() as u64).div_ceil(PAGE_SIZE);
+        self.map_zeroed(va, pages, prot)?;
+        self.fill(va, bytes)
+    }
     /// Unmap pages mapped before (freeing their frames).
     fn unmap(&mut self, va: u64, pages: u64);
     /// Fill pages the kernel has just mapped for the process (a module's segments),
@@ -159,6 +168,32 @@ impl Mappings {
             return Err(SysError::NoMem);
         }
         space.map_zeroed(va, pages, prot)?;
+        let at = self.sorted.partition_point(|(s, _)| *s < va);
+        self.sorted.insert(at, (va, Mapping { pages, prot }));
+        self.pages += pages;
+        Ok(())
+    }
+
+    /// Record and map `bytes` of the SVSM's image at `va`, read-only ([`AddressSpace::share`]).
+    pub fn share(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        va: u64,
+        bytes: &'static [u8],
+        prot: Prot,
+    ) -> Result<(), SysError> {
+        let pages = (bytes.len() as u64).div_ceil(PAGE_SIZE);
+        let end = user_range(va, pages)?;
+        if prot.write || !(bytes.len() as u64).is_multiple_of(PAGE_SIZE) {
+            return Err(SysError::Inval);
+        }
+        if self.first_overlap(va, end).is_some() {
+            return Err(SysError::Exist);
+        }
+        if self.sorted.len() >= MAX_MAPPINGS || self.sorted.try_reserve(1).is_err() {
+            return Err(SysError::NoMem);
+        }
+        space.share(va, bytes, prot)?;
         let at = self.sorted.partition_point(|(s, _)| *s < va);
         self.sorted.insert(at, (va, Mapping { pages, prot }));
         self.pages += pages;

@@ -144,6 +144,17 @@ impl Process {
         self.mappings.map(space, va, pages, prot)
     }
 
+    /// Map pages of the SVSM's own image for the process, read-only (a module's code).
+    pub fn share_for(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        va: u64,
+        bytes: &'static [u8],
+        prot: memory::Prot,
+    ) -> Result<(), SysError> {
+        self.mappings.share(space, va, bytes, prot)
+    }
+
     /// The process is gone (EXIT, a fault, killed): its channels close, so the kernel
     /// stops waiting on them, and its memory is freed.
     pub fn end(&mut self, space: &mut dyn AddressSpace) {

@@ -170,6 +170,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     }
     super::fpu::enable_sse();
     lapic::enable();
+    super::user::init_cpu();
     let svm = svm::enable();
     let own = tables.is_some() && super::percpu::this_cpu() == cpu;
     match &svm {

@@ -1,39 +1,123 @@
-//! The vTPM on bare metal: libtpms and its libcrypto (Debian's static archives) linked
-//! into the image, running on the C runtime of `libc.rs` and csupport/libc.c, each entry
-//! inside [`fpu::with_c_state`] so the guest's SSE registers survive it.
-#![expect(unsafe_code, reason = "OpenSSL's CPU probe, a C function")]
+//! The vTPM on bare metal: libtpms and libcrypto run in a service process at CPL 3
+//! (services/vtpm), packaged into the image. The kernel keeps the protocol checks and
+//! copies (kernel/src/protocols/vtpm.rs); its engine hands each command to the process
+//! over a channel and runs the process on the calling CPU until it has replied and waits
+//! again. A process that faults, exits or overruns its budget is ended: every later vTPM
+//! call gets TPM_RC_FAILURE (docs/syscalls.md says why there is no restart), and every
+//! other protocol goes on.
 
 use super::fpu;
+use super::user::{Ended, Loaded, PageAligned};
 use alloc::boxed::Box;
-use vtpm::libtpms::LibTpms;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use kernel::user::Object;
+use kernel::user::channel::Channel;
 use vtpm::{TpmEngine, Vtpm};
 
-unsafe extern "C" {
-    /// libcrypto's CPU feature probe, normally run from the `.init` section.
-    fn OPENSSL_cpuid_setup();
+/// The vTPM service module, packaged into the image by `cargo xtask` (empty when the
+/// SVSM is built without it).
+static VTPM: &PageAligned<[u8]> = &PageAligned(*include_bytes!(concat!(env!("OUT_DIR"), "/vtpm.elf")));
+
+/// The service's process id, and the pages it may have mapped: its code shared with
+/// the image (about 830 pages), data (about 150), stack and thread page, and what it
+/// MMAPs (a 1.5 MiB heap, two buffers).
+const PROCESS_ID: u32 = 100;
+const PAGE_QUOTA: u64 = 1600;
+/// How long one command (or the start) may run: RSA key generation under TCG takes
+/// seconds; a process still running after this is treated as hung.
+const BUDGET_MS: u64 = 120_000;
+
+/// The engine the kernel's vTPM protocol calls: the service process behind a channel.
+struct ProcessTpm {
+    service: Loaded,
+    channel: Arc<Channel>,
+    alive: bool,
 }
 
-/// libtpms with the C state set up around every command.
-struct BareTpm(LibTpms);
-
-impl TpmEngine for BareTpm {
-    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
-        fpu::with_c_state(|| self.0.execute(command, response))
+impl ProcessTpm {
+    /// Run the service until it waits for the next command; `false` (and never again)
+    /// if it ended instead.
+    fn run(&mut self) -> bool {
+        if !self.alive {
+            return false;
+        }
+        let service = &mut self.service;
+        match fpu::with_c_state(|| service.run(BUDGET_MS)) {
+            Ended::Blocked => true,
+            ended => {
+                println!("vtpm: the service process ended ({ended:?}); vTPM calls now get TPM_RC_FAILURE");
+                self.alive = false;
+                self.channel.close();
+                false
+            }
+        }
     }
 }
 
-/// Start libtpms and manufacture the vTPM (Startup, EK). Called once, at boot.
+impl TpmEngine for ProcessTpm {
+    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        let mut request = Vec::new();
+        if !self.alive || request.try_reserve_exact(command.len()).is_err() {
+            return 0;
+        }
+        request.extend_from_slice(command);
+        if self.channel.post(request).is_err() || !self.run() {
+            return 0;
+        }
+        match self.channel.take_reply() {
+            Ok(Some(reply)) => match response.get_mut(..reply.len()) {
+                Some(out) => {
+                    out.copy_from_slice(&reply);
+                    reply.len()
+                }
+                None => 0,
+            },
+            _ => 0,
+        }
+    }
+}
+
+/// Start a vTPM service process; it starts libtpms, then waits for its first command.
+fn start(id: u32) -> Result<ProcessTpm, &'static str> {
+    if VTPM.0.is_empty() {
+        return Err("no vTPM service module in this image (built without `cargo xtask`)");
+    }
+    let channel = Arc::new(Channel::default());
+    let service = Loaded::new(id, PAGE_QUOTA, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
+        .map_err(|_| "the vTPM service module did not load")?;
+    let mut engine = ProcessTpm { service, channel, alive: true };
+    if !engine.run() {
+        return Err("the vTPM service process did not start");
+    }
+    Ok(engine)
+}
+
+/// Start the vTPM service process and manufacture the vTPM through it (Startup, EK).
 pub fn manufacture() -> Result<Vtpm, &'static str> {
-    let canary = super::cpu::rdrand().ok_or("no RDRAND for the C code's stack canary")?;
-    fpu::set_canary(canary);
-    let max_command =
-        u32::try_from(abi::vtpm::MAX_COMMAND_SIZE).map_err(|_| "the vTPM's command size is above 4 GiB")?;
-    let tpm = fpu::with_c_state(|| {
-        // SAFETY: the probe only reads CPUID (and XCR0 when XSAVE is on, which it is not)
-        // and fills libcrypto's capability vector; it runs once, before any libcrypto use.
-        unsafe { OPENSSL_cpuid_setup() };
-        LibTpms::open(max_command)
-    })
-    .map_err(|_| "libtpms did not start")?;
-    Vtpm::manufacture(Box::new(BareTpm(tpm))).map_err(|_| "manufacturing the vTPM failed")
+    Vtpm::manufacture(Box::new(start(PROCESS_ID)?)).map_err(|_| "manufacturing the vTPM failed")
+}
+
+/// A command code the service treats as "fault now" (services/vtpm: a wild store).
+const FAULT_COMMAND_CODE: u32 = 0x2000_0bad;
+/// TPM_RC_FAILURE, the answer to every call once the service is gone.
+const TPM_RC_FAILURE: u32 = 0x101;
+
+/// Crash isolation, checked at every boot on a throwaway instance (before the real one
+/// starts, so its memory is back first): a service that faults is ended, its vTPM
+/// answers TPM_RC_FAILURE from then on, and the SVSM goes on. True if all of that held.
+pub fn crash_check() -> bool {
+    let Ok(engine) = start(PROCESS_ID + 1) else { return false };
+    let mut vtpm = Vtpm::with_ek(Box::new(engine), Vec::new());
+    let mut command = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0, 0];
+    if let Some(code) = command.get_mut(6..10) {
+        code.copy_from_slice(&FAULT_COMMAND_CODE.to_be_bytes());
+    }
+    let get_random = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
+    let mut response = [0u8; 64];
+    let failure = |vtpm: &mut Vtpm, command: &[u8], response: &mut [u8; 64]| {
+        let n = vtpm.execute(command, response);
+        n == 10 && response.get(6..10) == Some(&TPM_RC_FAILURE.to_be_bytes())
+    };
+    failure(&mut vtpm, &command, &mut response) && failure(&mut vtpm, &get_random, &mut response)
 }

@@ -188,6 +188,15 @@ pub fn abort_to_kernel() -> ! {
     unsafe { user_abort(FAULT) }
 }
 
+/// Point FS at a process's thread page (`loader::THREAD_PAGE`): its C code reads its
+/// stack-protector canary at FS:0x28. The SVSM's own code never uses FS.
+pub fn set_fs_base(address: u64) {
+    const FS_BASE: u32 = 0xC000_0100;
+    // SAFETY: FS_BASE exists on every x86-64 CPU; the SVSM's Rust code does not use FS,
+    // and `fpu::with_c_state` restores the value it found around the process's run.
+    unsafe { super::super::cpu::wrmsr(FS_BASE, address) };
+}
+
 /// Turn on SYSCALL on this CPU: EFER.SCE, the selectors (STAR), the entry (LSTAR) and
 /// the flags cleared on entry (FMASK: IF, TF, DF, AC, NT).
 pub fn enable_syscall() {

@@ -22,9 +22,14 @@ use kernel::user::{Call, Outcome, Process, Services};
 use space::UserSpace;
 use spin::Mutex;
 
+/// Bytes that start on a page: a module whose read-only segments are mapped into its
+/// process straight from the image (`loader`), never copied.
+#[repr(C, align(4096))]
+pub struct PageAligned<T: ?Sized>(pub T);
+
 /// The probe module, packaged into the image by `cargo xtask` (empty when the SVSM is
 /// built without it, e.g. by clippy).
-static PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe.elf"));
+static PROBE: &PageAligned<[u8]> = &PageAligned(*include_bytes!(concat!(env!("OUT_DIR"), "/probe.elf")));
 
 /// How a process's run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,13 +201,53 @@ fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs, budget
     ended
 }
 
+/// A module loaded as a process, ready to run or to resume.
+pub struct Loaded {
+    process: Process,
+    space: UserSpace,
+    regs: UserRegs,
+    thread: u64,
+}
+
+impl core::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Loaded").field("process", &self.process.id).finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// Load `image` as process `id` (at most `page_quota` pages of MMAP), with `objects`
+    /// as its first handles and `arg` in RDI.
+    pub fn new(
+        id: u32,
+        page_quota: u64,
+        image: &'static [u8],
+        objects: alloc::vec::Vec<kernel::user::Object>,
+        arg: u64,
+    ) -> Result<Self, loader::LoadError> {
+        let mut process = Process::new(id, page_quota);
+        for object in objects {
+            process.grant(object).ok_or(loader::LoadError::NoMemory)?;
+        }
+        let mut space = UserSpace::default();
+        let canary = super::cpu::rdrand().ok_or(loader::LoadError::NoMemory)?;
+        let start = loader::load(&mut process, &mut space, image, canary)?;
+        let regs = UserRegs { rip: start.entry, rsp: start.rsp, rdi: arg, ..UserRegs::default() };
+        Ok(Self { process, space, regs, thread: start.thread })
+    }
+
+    /// Run (or resume) the process until it exits, faults, blocks or has run
+    /// `budget_ms`. Call with the guest's FPU state set aside (`fpu::with_c_state`) if
+    /// the process uses the FPU.
+    pub fn run(&mut self, budget_ms: u64) -> Ended {
+        entry::set_fs_base(self.thread);
+        run(&mut self.process, &mut self.space, &mut self.regs, budget_ms)
+    }
+}
+
 /// Start the probe module as process `id` in `mode` and run it to its end.
 fn run_probe(id: u32, mode: u64) -> Result<Ended, loader::LoadError> {
-    let mut process = Process::new(id, 64);
-    let mut space = UserSpace::default();
-    let start = loader::load(&mut process, &mut space, PROBE)?;
-    let mut regs = UserRegs { rip: start.entry, rsp: start.stack_top, rdi: mode, ..UserRegs::default() };
-    Ok(run(&mut process, &mut space, &mut regs, PROBE_BUDGET_MS))
+    Ok(Loaded::new(id, 64, &PROBE.0, alloc::vec::Vec::new(), mode)?.run(PROBE_BUDGET_MS))
 }
 
 /// How long a probe may run.
@@ -217,6 +262,12 @@ enum Expect {
     Preempted,
 }
 
+/// Turn on user mode on this CPU (an AP; the boot CPU's is in [`boot_check`]).
+pub fn init_cpu() {
+    entry::enable_syscall();
+    super::cpu::enable_smep_smap();
+}
+
 /// Turn on user mode on this CPU and run the probe module's checks; prints a verdict
 /// per probe and a summary `cargo xtask boot` looks for.
 pub fn boot_check() {
@@ -229,7 +280,7 @@ pub fn boot_check() {
         on(smep),
         on(smap)
     );
-    if PROBE.is_empty() {
+    if PROBE.0.is_empty() {
         println!("user: no service module in this image (built without `cargo xtask`)");
         return;
     }

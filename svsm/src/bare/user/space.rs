@@ -36,6 +36,8 @@ pub struct UserSpace {
     pts: BTreeMap<u64, Page>,
     /// The frames, by page address.
     frames: BTreeMap<u64, Page>,
+    /// Pages of the SVSM's own image mapped read-only (a module's code), by page address.
+    shared: BTreeMap<u64, &'static [u8]>,
     /// A PML4 entry was added or a page unmapped since the CPU's root was last given the
     /// user half: it must be given again (and the TLB flushed) before the process runs.
     changed: bool,
@@ -49,6 +51,7 @@ impl Default for UserSpace {
             pds: BTreeMap::new(),
             pts: BTreeMap::new(),
             frames: BTreeMap::new(),
+            shared: BTreeMap::new(),
             changed: false,
         }
     }
@@ -85,6 +88,14 @@ impl UserSpace {
     }
 
     fn map_one(&mut self, va: u64, prot: Prot) -> Result<(), SysError> {
+        let frame = Page::zeroed().ok_or(SysError::NoMem)?;
+        self.map_page(va, frame.phys(), prot)?;
+        self.frames.insert(va >> 12, frame);
+        Ok(())
+    }
+
+    /// Point the leaf entry of `va` at `phys` with `prot`, making tables on the way.
+    fn map_page(&mut self, va: u64, phys: u64, prot: Prot) -> Result<(), SysError> {
         let slot = index(va, 39).checked_sub(1).ok_or(SysError::Inval)?;
         let pml4e = self.pml4.get_mut(slot).ok_or(SysError::Inval)?;
         self.changed |= *pml4e == 0;
@@ -95,8 +106,7 @@ impl UserSpace {
         let pd = self.pds.get_mut(&(va >> 30)).ok_or(SysError::NoMem)?;
         let pde = pd.words_mut().get_mut(index(va, 21)).ok_or(SysError::Inval)?;
         Self::table(&mut self.pts, va >> 21, pde)?;
-        let frame = Page::zeroed().ok_or(SysError::NoMem)?;
-        let mut leaf = frame.phys() | PRESENT | USER;
+        let mut leaf = phys | PRESENT | USER;
         if prot.write {
             leaf |= WRITABLE;
         }
@@ -105,7 +115,6 @@ impl UserSpace {
         }
         let pt = self.pts.get_mut(&(va >> 21)).ok_or(SysError::NoMem)?;
         *pt.words_mut().get_mut(index(va, 12)).ok_or(SysError::Inval)? = leaf;
-        self.frames.insert(va >> 12, frame);
         Ok(())
     }
 
@@ -118,8 +127,9 @@ impl UserSpace {
         }
         // The frame goes only after the translation is gone from every TLB: the process
         // runs on this CPU alone and its user half is reinstalled (CR3 reload) before it
-        // runs again.
+        // runs again. A shared page is the image's and is only forgotten.
         self.frames.remove(&(va >> 12));
+        self.shared.remove(&(va >> 12));
     }
 
     /// Copy between `data` and the frames of `[va, va + len)`.
@@ -139,6 +149,28 @@ impl UserSpace {
 }
 
 impl AddressSpace for UserSpace {
+    fn share(&mut self, va: u64, bytes: &'static [u8], prot: Prot) -> Result<(), SysError> {
+        if prot.write || !(bytes.as_ptr() as u64).is_multiple_of(PAGE_SIZE) {
+            return Err(SysError::Inval);
+        }
+        for (i, page) in (0u64..).zip(bytes.chunks(4096)) {
+            // Only whole pages of the image: a partial one would show the process
+            // whatever of the SVSM follows it.
+            if page.len() != 4096 {
+                self.unmap(va, i);
+                return Err(SysError::Inval);
+            }
+            let at = va + i * PAGE_SIZE;
+            // The SVSM runs identity-mapped: the image's address is its physical one.
+            if let Err(e) = self.map_page(at, page.as_ptr() as u64, prot) {
+                self.unmap(va, i);
+                return Err(e);
+            }
+            self.shared.insert(at >> 12, page);
+        }
+        Ok(())
+    }
+
     fn map_zeroed(&mut self, va: u64, pages: u64, prot: Prot) -> Result<(), SysError> {
         for i in 0..pages {
             if let Err(e) = self.map_one(va + i * PAGE_SIZE, prot) {
@@ -167,10 +199,13 @@ impl AddressSpace for UserSpace {
         let mut done = 0usize;
         while done < buf.len() {
             let at = va.checked_add(done as u64).ok_or(SysError::Fault)?;
-            let frame = self.frames.get(&(at >> 12)).ok_or(SysError::Fault)?;
+            let page = match self.frames.get(&(at >> 12)) {
+                Some(frame) => frame.run_bytes(),
+                None => self.shared.get(&(at >> 12)).copied().ok_or(SysError::Fault)?,
+            };
             let offset = usize::try_from(at % PAGE_SIZE).map_err(|_| SysError::Fault)?;
             let n = (4096 - offset).min(buf.len() - done);
-            let src = frame.run_bytes().get(offset..offset + n).ok_or(SysError::Fault)?;
+            let src = page.get(offset..offset + n).ok_or(SysError::Fault)?;
             buf.get_mut(done..done + n).ok_or(SysError::Fault)?.copy_from_slice(src);
             done += n;
         }

@@ -1,8 +1,10 @@
 //! The Rust half of the C runtime for libtpms and libcrypto (the C half is
-//! svsm/csupport/libc.c): memory from the SVSM heap, entropy from RDRAND, time from the
-//! calibrated TSC, text to the SVSM log, and the fatal paths.
+//! csupport/libc.c): memory from the process's heap, and through system calls entropy
+//! (GETRANDOM), time (CLOCK), text (LOG), and the fatal path (EXIT: the process ends, the
+//! SVSM answers vTPM calls with TPM_RC_FAILURE and serves everything else).
 #![expect(unsafe_code, reason = "the C library functions libtpms and libcrypto call")]
 
+use abi::syscall as sys;
 use alloc::alloc::{Layout, alloc, dealloc};
 use core::ffi::{c_char, c_int, c_void};
 
@@ -72,22 +74,25 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
 pub unsafe extern "C" fn bulwark_c_log(text: *const c_char, len: usize) {
     // SAFETY: the caller's contract.
     let bytes = unsafe { core::slice::from_raw_parts(text.cast::<u8>(), len) };
-    let text = core::str::from_utf8(bytes).unwrap_or("(C text that is not UTF-8)");
-    crate::println!("vtpm(C): {}", text.trim_end());
+    crate::bare::log(bytes);
 }
 
 /// # Safety
 /// `what` is a NUL-terminated string.
 #[unsafe(no_mangle)]
-#[expect(clippy::panic, reason = "the C code's fatal error: stops the SVSM through the panic handler's report")]
 pub unsafe extern "C" fn bulwark_c_fatal(what: *const c_char) -> ! {
     // SAFETY: the caller's contract.
-    let what = unsafe { core::ffi::CStr::from_ptr(what) }.to_str().unwrap_or("?");
-    panic!("C runtime: {what}");
+    let what = unsafe { core::ffi::CStr::from_ptr(what) };
+    crate::bare::log(b"vtpm service: fatal error in C code:");
+    crate::bare::log(what.to_bytes());
+    crate::bare::exit(EXIT_C_FATAL)
 }
 
-/// Fill `buf` with `len` bytes from RDRAND; 1 on success, 0 if RDRAND fails. There is no
-/// weaker fallback: a TPM without entropy must fail, not invent keys.
+/// The exit code of a C fatal error (abort, a failed assertion, a stack smash).
+const EXIT_C_FATAL: u64 = 4;
+
+/// Fill `buf` with `len` bytes of the SVSM's entropy; 1 on success, 0 if it has none.
+/// There is no weaker fallback: a TPM without entropy must fail, not invent keys.
 ///
 /// # Safety
 /// `buf` holds `len` writable bytes.
@@ -95,10 +100,10 @@ pub unsafe extern "C" fn bulwark_c_fatal(what: *const c_char) -> ! {
 pub unsafe extern "C" fn bulwark_c_entropy(buf: *mut c_void, len: usize) -> c_int {
     // SAFETY: the caller's contract.
     let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
-    for chunk in out.chunks_mut(8) {
-        let Some(v) = super::cpu::rdrand() else { return 0 };
-        for (byte, random) in chunk.iter_mut().zip(v.to_le_bytes()) {
-            *byte = random;
+    for chunk in out.chunks_mut(256) {
+        let rax = crate::bare::syscall(sys::GETRANDOM, [chunk.as_mut_ptr() as u64, chunk.len() as u64, 0, 0, 0]);
+        if rax != chunk.len() as u64 {
+            return 0;
         }
     }
     1
@@ -106,10 +111,12 @@ pub unsafe extern "C" fn bulwark_c_entropy(buf: *mut c_void, len: usize) -> c_in
 
 #[unsafe(no_mangle)]
 pub extern "C" fn bulwark_c_random_u64() -> u64 {
-    super::cpu::rdrand().unwrap_or(0)
+    let mut v = [0u8; 8];
+    let rax = crate::bare::syscall(sys::GETRANDOM, [v.as_mut_ptr() as u64, 8, 0, 0, 0]);
+    if rax == 8 { u64::from_le_bytes(v) } else { 0 }
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn bulwark_c_monotonic_ns() -> u64 {
-    super::clock::monotonic_ns()
+    crate::bare::syscall(sys::CLOCK, [0; 5])
 }
