@@ -110,6 +110,10 @@ impl<H: SvmHw> SvmShared<H> {
     /// Handle what ended a run of the vCPU `t` on `cpu` (`None`: a kick called it back)
     /// and say whether it runs on at once. Nothing shared is locked on the way unless the
     /// exit needs it: a call is served with the vCPU in this CPU's hands.
+    // Out of line in every build: the image's linker script places it on the call path's
+    // pages, and `cargo xtask` checks it is there (inlined, it would vanish from the check
+    // in some builds, the GDB stub's among them).
+    #[inline(never)]
     pub fn after_run(&self, svsm: &Svsm, t: &mut Taken<H::Page>, exit: Option<Exit>, cpu: u32) -> Result<Handled, End> {
         let put_back = Handled { then: Then::PutBack, served: None };
         // A kick called it back: what was recorded for it applies as it goes back.
