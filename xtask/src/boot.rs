@@ -30,7 +30,7 @@ const AGENT_SERVES: &str = "agent: serving host requests";
 /// A scripted client running beside QEMU; it returns what it saw.
 type Checker = JoinHandle<Result<String>>;
 
-/// `cargo xtask boot [--crash ud|panic] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb]
+/// `cargo xtask boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb]
 /// [--agent PORT|--agent-check]`.
 pub fn run(options: &BootOptions) -> Result {
     let with_stub = matches!(options.gdb, Gdb::Svsm | Gdb::SvsmCheck);
@@ -228,6 +228,17 @@ fn judge_crash(boot: &qemu::Boot, kind: Crash, log_only: bool) -> Result {
     let symbolized = boot.lines.iter().any(|l| l.trim_start().starts_with('#') && l.contains("+0x"));
     if !(reported && symbolized) {
         return Err(format!("crash {kind}: fault reported: {reported}, symbolized backtrace: {symbolized}"));
+    }
+    if kind == Crash::Nx.word() {
+        // An instruction fetch (error code bit 4) refused on a present page (bit 0).
+        let fetch = boot.lines.iter().any(|l| {
+            l.strip_prefix("EXCEPTION 14 (page fault) error code 0x")
+                .and_then(|code| u64::from_str_radix(code.trim(), 16).ok())
+                .is_some_and(|code| code & 0x11 == 0x11)
+        });
+        if !fetch {
+            return Err("crash nx: no instruction-fetch page fault: the SVSM's heap was executable".into());
+        }
     }
     step(&format!("the SVSM reported the requested crash ({kind}) with a symbolized backtrace and stopped"));
     if log_only {

@@ -16,7 +16,7 @@ commands:
                                      under QEMU serving the test guest (`boot`)
   test                               everything CI runs: fmt, clippy (also of the verifier-only
                                      bulwark), the bare-metal kernel build and lints, five QEMU
-                                     boots of the SVSM image (`boot` plain, with --crash ud,
+                                     boots of the SVSM image (`boot` plain, with --crash nx,
                                      --crash panic --console log, --gdb-check and --agent-check),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls and store; set BULWARK_SKIP_FUZZ=1 to skip it), and
@@ -32,7 +32,7 @@ commands:
   igvm [--firmware FILE] [--out FILE]
                                      build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
                                      (default target/bulwark.igvm); prints its expected measurement
-  boot [--crash ud|panic] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]
+  boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
                                      --crash checks that a fault is reported and stops the SVSM cleanly;
@@ -113,6 +113,8 @@ pub struct IgvmOptions {
 pub enum Crash {
     Ud,
     Panic,
+    /// Call into heap data: the identity map must make it a no-execute page fault.
+    Nx,
 }
 
 impl Crash {
@@ -121,6 +123,7 @@ impl Crash {
         match self {
             Crash::Ud => "ud",
             Crash::Panic => "panic",
+            Crash::Nx => "nx",
         }
     }
 }
@@ -273,7 +276,9 @@ impl<'a> Options<'a> {
                 }
                 "--agent-check" => o.agent = AgentMode::Check,
                 "--console" => o.log_only = self.word(arg, &[("log", true), ("serial", false)])?,
-                "--crash" => o.crash = Some(self.word(arg, &[("ud", Crash::Ud), ("panic", Crash::Panic)])?),
+                "--crash" => {
+                    o.crash = Some(self.word(arg, &[("ud", Crash::Ud), ("panic", Crash::Panic), ("nx", Crash::Nx)])?)
+                }
                 _ => return Err(self.unknown(arg)),
             }
         }

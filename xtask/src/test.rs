@@ -78,7 +78,7 @@ fn lints() -> Result {
 fn boots() -> Result {
     let plain = BootOptions::default();
     boot::run(&plain)?;
-    boot::run(&BootOptions { crash: Some(Crash::Ud), ..plain })?;
+    boot::run(&BootOptions { crash: Some(Crash::Nx), ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Panic), log_only: true, ..plain })?;
     boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
     boot::run(&BootOptions { agent: AgentMode::Check, ..plain })

@@ -21,10 +21,34 @@ fn line(n: usize, addr: u64) {
 }
 
 /// Print the backtrace of the code at `rip` whose frame pointer is `rbp`.
-pub fn print(rip: u64, mut rbp: u64) {
+pub fn print(rip: u64, rbp: u64) {
     println!("backtrace:");
     line(0, rip);
-    for n in 1..MAX_FRAMES {
+    walk(1, rbp);
+}
+
+/// The backtrace of a fault at `rip` with stack pointer `rsp`. When `rip` is no function
+/// of the image (a call into data, a corrupt pointer), the word on top of the stack is
+/// most likely the return address the bad call pushed: it is printed as the caller.
+pub fn print_fault(rip: u64, rsp: u64, rbp: u64) {
+    println!("backtrace:");
+    line(0, rip);
+    let mut n = 1;
+    if symbols::lookup(rip).is_none() && readable(rsp) {
+        // SAFETY: `readable` checked the word lies in identity-mapped memory below 4 GiB;
+        // it is read by value.
+        let ret = unsafe { (rsp as *const u64).read_volatile() };
+        if symbols::lookup(ret).is_some() {
+            line(n, ret);
+            n += 1;
+        }
+    }
+    walk(n, rbp);
+}
+
+/// Print the return addresses of the frame chain from `rbp`, numbered from `first`.
+fn walk(first: usize, mut rbp: u64) {
+    for n in first..MAX_FRAMES {
         if !readable(rbp) {
             break;
         }

@@ -109,6 +109,26 @@ pub fn read_cr2() -> u64 {
     cr2
 }
 
+/// Call into `bytes` as if they were code (`crash=nx`: shows the SVSM's data is not
+/// executable; the call faults with an instruction-fetch #PF before the first byte runs).
+pub fn call_data(bytes: &[u8]) {
+    // SAFETY: not sound on purpose, and only on request: the identity map makes these
+    // bytes no-execute, so the CPU raises #PF, whose handler reports it and stops the
+    // SVSM. (Were the page executable, the bytes, a RET, would return at once.)
+    unsafe {
+        let f: extern "C" fn() = core::mem::transmute(bytes.as_ptr());
+        f();
+    }
+}
+
+/// The page-table root this CPU runs on.
+pub fn read_cr3() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags)) };
+    cr3
+}
+
 /// Switch to the page tables rooted at physical address `root`.
 ///
 /// # Safety

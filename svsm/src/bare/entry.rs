@@ -172,6 +172,12 @@ const BOOT_STACK_SIZE: usize = 64 * 1024;
 unsafe extern "C" {
     static __image_start: u8;
     static __image_end: u8;
+    static __text_end: u8;
+}
+
+/// Physical bounds of the image's code (identity-mapped).
+pub fn text_bounds() -> (u64, u64) {
+    (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__text_end) as u64)
 }
 
 unsafe extern "C" {

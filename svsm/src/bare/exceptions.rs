@@ -172,6 +172,6 @@ fn report(frame: &Frame) -> ! {
     if frame.vector == 14 {
         println!("  faulting address (cr2) {:#x}", super::cpu::read_cr2());
     }
-    backtrace::print(frame.rip, frame.rbp);
+    backtrace::print_fault(frame.rip, frame.rsp, frame.rbp);
     super::exit::failure()
 }

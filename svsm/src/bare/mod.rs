@@ -80,6 +80,12 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     if cmdline_has(&info, "gdb") {
         gdb::start();
     }
+    match percpu::harden_identity_map(entry::boot_page_tables(), entry::text_bounds()) {
+        Some(split) => println!(
+            "memory: the identity map is no-execute outside the image's code and the AP trampoline's 2 MiB ({split} 2 MiB page split)"
+        ),
+        None => println!("memory: no page to split the identity map; it stays executable"),
+    }
     crash_if_asked(&info);
     let svm = match svm::enable() {
         Ok(svm) => svm,
@@ -159,6 +165,12 @@ fn crash_if_asked(info: &pvh::StartInfo) {
     if cmdline_has(info, "crash=ud") {
         println!("crashing on request (crash=ud)");
         cpu::invalid_opcode();
+    }
+    if cmdline_has(info, "crash=nx") {
+        println!("crashing on request (crash=nx): calling into heap data");
+        let ret = alloc::vec![0xC3u8; 64];
+        cpu::call_data(&ret);
+        println!("FAILED: the heap was executable");
     }
     if cmdline_has(info, "crash=panic") {
         panic!("crashing on request (crash=panic)");

@@ -109,3 +109,55 @@ pub fn set_user_half(entries: Option<&[u64; 255]>) {
         super::cpu::load_cr3(root);
     }
 }
+
+/// Flags of an identity-map entry, and the address bits of a table entry.
+const PAGE_SIZE_BIT: u64 = 1 << 7;
+const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+/// The low 2 MiB stay executable: the AP trampoline runs there in long mode
+/// (`smp.rs`); nothing else is executed below the image.
+const LOW_EXECUTABLE: u64 = 2 << 20;
+
+/// Make the boot identity map (4 GiB of 2 MiB pages, shared by every CPU's root)
+/// no-execute everywhere but the image's code: the 2 MiB page holding `text` is split into
+/// 4 KiB pages, executable only where they hold code. Done before the APs start, so each
+/// loads it with its first CR3; the boot CPU reloads its own here. `None` without memory
+/// for the split's page table (the map then stays as it was).
+pub fn harden_identity_map(boot_root: u64, text: (u64, u64)) -> Option<usize> {
+    let (text_start, text_end) = text;
+    let mut split = 0;
+    // SAFETY: `boot_root` is the boot PML4 (identity-mapped, never freed): its slot 0
+    // names the PDPT whose first four entries name the four PDs of the identity map, all
+    // in the image's .bss. Entries are changed one 8-byte store at a time: each store
+    // leaves a valid entry (the same frame, fewer rights), and the split's page table is
+    // complete before the PD entry points at it. Code keeps running: the pages holding it
+    // stay executable.
+    unsafe {
+        let pdpt = core::ptr::read_volatile(boot_root as *const u64) & ADDRESS;
+        for gib in 0..4u64 {
+            let pd = core::ptr::read_volatile((pdpt + 8 * gib) as *const u64) & ADDRESS;
+            for i in 0..512u64 {
+                let entry = (pd + 8 * i) as *mut u64;
+                let value = core::ptr::read_volatile(entry);
+                let base = (gib << 30) | (i << 21);
+                if value & PAGE_SIZE_BIT == 0 || base < LOW_EXECUTABLE {
+                    continue;
+                }
+                if base + (2 << 20) <= text_start || base >= text_end {
+                    core::ptr::write_volatile(entry, value | NO_EXECUTE);
+                    continue;
+                }
+                let mut pt = Page::zeroed()?;
+                for (j, pte) in (0u64..).zip(pt.words_mut().iter_mut()) {
+                    let page = base + (j << 12);
+                    let code = page < text_end && page + 4096 > text_start;
+                    *pte = page | PRESENT_WRITABLE | if code { 0 } else { NO_EXECUTE };
+                }
+                core::ptr::write_volatile(entry, pt.phys() | PRESENT_WRITABLE);
+                core::mem::forget(pt);
+                split += 1;
+            }
+        }
+        super::cpu::load_cr3(super::cpu::read_cr3());
+    }
+    Some(split)
+}
