@@ -48,6 +48,8 @@ fn lints() -> Result {
         "-p",
         "bulwark-x86",
         "-p",
+        "bulwark-user-rt",
+        "-p",
         "bulwark-probe",
         "-p",
         "bulwark-vtpm-service",

@@ -1,8 +1,8 @@
-//! The probe on bare metal: its system calls, its probes, its runtime.
-#![expect(unsafe_code, reason = "SYSCALL, and the probes' deliberate bad accesses")]
+//! The probe on bare metal: hello, its isolation probes, its benchmark, its runtime.
+#![expect(unsafe_code, reason = "the probes' deliberate bad accesses, RDTSC, and its fresh memory")]
 
-use abi::syscall::{self as sys, BatchIn, BatchOut};
-use core::arch::asm;
+use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
+use user_rt as rt;
 
 /// The mode that measures system calls instead of probing.
 const BENCH_MODE: u64 = 100;
@@ -10,65 +10,31 @@ const BENCH_MODE: u64 = 100;
 /// Exit code of a probe whose forbidden access did not fault.
 const PROBE_SURVIVED: u64 = 0xbad;
 
-fn syscall(number: u64, args: [u64; 5]) -> u64 {
-    let rax: u64;
-    // SAFETY: SYSCALL enters the SVSM, which preserves every register but RAX (the
-    // result), RCX and R11 (clobbered by the instruction); it touches no memory of ours
-    // except through the pointers we pass, which are valid for the lengths we pass.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") number => rax,
-            in("rdi") args[0],
-            in("rsi") args[1],
-            in("r8") args[2],
-            in("r9") args[3],
-            in("r10") args[4],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    rax
-}
-
-fn log(line: &str) {
-    syscall(sys::LOG, [line.as_ptr() as u64, line.len() as u64, 0, 0, 0]);
-}
-
-fn exit(code: u64) -> ! {
-    syscall(sys::EXIT, [code, 0, 0, 0, 0]);
-    // EXIT does not return; if it did, stop here rather than run on.
-    loop {
-        core::hint::spin_loop();
-    }
-}
-
 fn hello() -> ! {
-    log("probe: hello from CPL 3");
-    let t0 = syscall(sys::CLOCK, [0; 5]);
-    let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS;
-    let buf = syscall(sys::MMAP, [sys::NO_HANDLE, 0, 0, 8192, flags]);
-    if sys::SysError::from_rax(buf).is_some() {
-        log("probe: MMAP failed");
-        exit(1);
+    rt::log(b"probe: hello from CPL 3");
+    let t0 = rt::clock();
+    let Ok(buf) = rt::mmap(8192) else {
+        rt::log(b"probe: MMAP failed");
+        rt::exit(1)
+    };
+    // SAFETY: MMAP gave us 8 KiB of fresh read-write memory, used only through this slice.
+    let fresh = unsafe { core::slice::from_raw_parts_mut(buf as *mut u8, 8192) };
+    if fresh.iter().any(|b| *b != 0) {
+        rt::log(b"probe: fresh memory was not zeroed");
+        rt::exit(2);
     }
-    let records = buf as *mut BatchIn;
-    let results = (buf + 4096) as *mut BatchOut;
-    for i in 0..32 {
-        // SAFETY: `buf` is 8 KiB of fresh read-write memory: 32 records of 56 bytes fit
-        // in its first page.
-        unsafe { records.add(i).write(BatchIn { number: sys::CLOCK, args: [0; 5], user_data: i as u64 }) };
+    fresh.fill(0x5a);
+    let calls: [BatchIn; 32] =
+        core::array::from_fn(|i| BatchIn { number: sys::CLOCK, args: [0; 5], user_data: i as u64 });
+    let mut results = [BatchOut::default(); 32];
+    let ran = rt::batch(&calls, &mut results);
+    let last = results[31];
+    if ran != Ok(32) || last.user_data != 31 || last.result < t0 {
+        rt::log(b"probe: BATCH answered wrongly");
+        rt::exit(3);
     }
-    let ran = syscall(sys::BATCH, [buf, buf + 4096, 32, 0, 0]);
-    // SAFETY: the second page holds the 32 results of 16 bytes the BATCH wrote.
-    let last = unsafe { results.add(31).read() };
-    if ran != 32 || last.user_data != 31 || last.result < t0 {
-        log("probe: BATCH answered wrongly");
-        exit(2);
-    }
-    log("probe: MMAP and a BATCH of 32 CLOCK calls worked");
-    exit(0)
+    rt::log(b"probe: MMAP and a BATCH of 32 CLOCK calls worked");
+    rt::exit(0)
 }
 
 /// A line built on the stack (the module has no heap).
@@ -103,45 +69,34 @@ extern "C" fn plain_call(x: u64) -> u64 {
 /// and `cargo xtask bench` reads.
 fn bench() -> ! {
     const ROUNDS: usize = 64;
-    let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS;
-    let buf = syscall(sys::MMAP, [sys::NO_HANDLE, 0, 0, 3 * 4096, flags]);
-    if sys::SysError::from_rax(buf).is_some() {
-        exit(1);
-    }
-    let (caps, clocks, out) = (buf, buf + 4096, buf + 8192);
-    for i in 0..32 {
-        let capability = BatchIn { number: sys::CAPABILITIES, args: [0; 5], user_data: i as u64 };
-        let clock = BatchIn { number: sys::CLOCK, args: [0; 5], user_data: i as u64 };
-        // SAFETY: 32 records of 56 bytes fit each of the first two fresh pages.
-        unsafe {
-            (caps as *mut BatchIn).add(i).write(capability);
-            (clocks as *mut BatchIn).add(i).write(clock);
-        }
-    }
-    let single = |number: u64| {
-        let t = rdtsc();
-        for _ in 0..32 {
-            syscall(number, [0; 5]);
-        }
-        rdtsc() - t
-    };
-    let batch = |records: u64| {
-        let t = rdtsc();
-        syscall(sys::BATCH, [records, out, 32, 0, 0]);
-        rdtsc() - t
-    };
+    let call = |number| BatchIn { number, args: [0; 5], user_data: 0 };
+    let caps = [call(sys::CAPABILITIES); 32];
+    let clocks = [call(sys::CLOCK); 32];
+    let mut out = [BatchOut::default(); 32];
     let mut samples = [[0u64; 6]; ROUNDS];
     for (round, row) in samples.iter_mut().enumerate() {
         let t = rdtsc();
-        syscall(sys::CAPABILITIES, [0; 5]);
+        let _ = rt::capabilities(0);
         row[0] = rdtsc() - t;
         let t = rdtsc();
         core::hint::black_box(plain_call(round as u64));
         row[1] = rdtsc() - t;
-        row[2] = batch(caps);
-        row[3] = single(sys::CAPABILITIES);
-        row[4] = batch(clocks);
-        row[5] = single(sys::CLOCK);
+        let t = rdtsc();
+        let _ = rt::batch(&caps, &mut out);
+        row[2] = rdtsc() - t;
+        let t = rdtsc();
+        for _ in 0..32 {
+            let _ = rt::capabilities(0);
+        }
+        row[3] = rdtsc() - t;
+        let t = rdtsc();
+        let _ = rt::batch(&clocks, &mut out);
+        row[4] = rdtsc() - t;
+        let t = rdtsc();
+        for _ in 0..32 {
+            rt::clock();
+        }
+        row[5] = rdtsc() - t;
     }
     let mut m = [0u64; 6];
     for (column, median) in m.iter_mut().enumerate() {
@@ -157,8 +112,8 @@ fn bench() -> ! {
             m[0], m[1], m[2], m[3], m[4], m[5]
         ),
     );
-    syscall(sys::LOG, [line.buf.as_ptr() as u64, line.len as u64, 0, 0, 0]);
-    exit(0)
+    rt::log(line.buf.get(..line.len).unwrap_or(&[]));
+    rt::exit(0)
 }
 
 /// Where the SVSM's own image lives (identity-mapped, supervisor-only).
@@ -170,7 +125,8 @@ static mut DATA: [u8; 16] = [0xc3; 16];
 
 fn probe(mode: u64) -> ! {
     // Each probe is a deliberately invalid access: the SVSM must end this process with a
-    // fault before the access completes. Reaching the EXIT below means it did not.
+    // fault before the access completes (or refuse the call). Reaching the EXIT below
+    // means it did not.
     match mode {
         1 => {
             // SAFETY: not sound on purpose (see above): the SVSM's image is not ours.
@@ -190,19 +146,20 @@ fn probe(mode: u64) -> ! {
             unsafe { core::ptr::read_volatile(GUEST_RAM as *const u64) };
         }
         // SAFETY: not sound on purpose: there is no gate for vector 0x80.
-        5 => unsafe { asm!("int 0x80") },
+        5 => unsafe { core::arch::asm!("int 0x80") },
         6 => {
             // A pointer into the SVSM: the kernel must refuse it, not copy from it.
-            let rax = syscall(sys::LOG, [SVSM_IMAGE, 16, 0, 0, 0]);
-            exit(if rax == sys::SysError::Fault.to_rax() { 6 } else { PROBE_SURVIVED })
+            // SAFETY: LOG only reads, and the SVSM must refuse the pointer.
+            let rax = unsafe { rt::syscall(sys::LOG, [SVSM_IMAGE, 16, 0, 0, 0]) };
+            rt::exit(if rt::result(rax) == Err(SysError::Fault) { 6 } else { PROBE_SURVIVED })
         }
         // A process that never makes a system call: only the timer takes the CPU back.
         7 => loop {
             core::hint::spin_loop();
         },
-        _ => exit(PROBE_SURVIVED),
+        _ => rt::exit(PROBE_SURVIVED),
     };
-    exit(PROBE_SURVIVED)
+    rt::exit(PROBE_SURVIVED)
 }
 
 #[unsafe(no_mangle)]
@@ -232,5 +189,5 @@ static HEAP: NoHeap = NoHeap;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    exit(PROBE_SURVIVED)
+    rt::exit(PROBE_SURVIVED)
 }

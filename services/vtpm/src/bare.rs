@@ -1,8 +1,6 @@
 //! The service: its system calls, its heap, and the command loop.
-#![expect(unsafe_code, reason = "SYSCALL, the heap's memory, the C library's CPU probe")]
+#![expect(unsafe_code, reason = "the heap's memory, the buffers, the C library's CPU probe")]
 
-use abi::syscall::{self as sys, SysError};
-use core::arch::asm;
 use vtpm::TpmEngine;
 use vtpm::libtpms::LibTpms;
 
@@ -22,47 +20,7 @@ const EXIT_CHANNEL: u64 = 3;
 /// crash isolation send it. Same value as the model's (`model/src/user_host.rs`).
 const FAULT_COMMAND_CODE: u32 = 0x2000_0bad;
 
-pub fn syscall(number: u64, args: [u64; 5]) -> u64 {
-    let rax: u64;
-    // SAFETY: SYSCALL enters the SVSM, which preserves every register but RAX (the
-    // result), RCX and R11; it reads or writes our memory only through the pointers and
-    // lengths we pass, which are valid.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") number => rax,
-            in("rdi") args[0],
-            in("rsi") args[1],
-            in("r8") args[2],
-            in("r9") args[3],
-            in("r10") args[4],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    rax
-}
-
-pub fn log(text: &[u8]) {
-    syscall(sys::LOG, [text.as_ptr() as u64, text.len().min(256) as u64, 0, 0, 0]);
-}
-
-pub fn exit(code: u64) -> ! {
-    syscall(sys::EXIT, [code, 0, 0, 0, 0]);
-    loop {
-        core::hint::spin_loop();
-    }
-}
-
-fn mmap(bytes: usize) -> Option<usize> {
-    let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS;
-    let va = syscall(sys::MMAP, [sys::NO_HANDLE, 0, 0, bytes as u64, flags]);
-    if SysError::from_rax(va).is_some() {
-        return None;
-    }
-    usize::try_from(va).ok()
-}
+pub use user_rt::{exit, log};
 
 #[global_allocator]
 static HEAP: buddy_system_allocator::LockedHeap<32> = buddy_system_allocator::LockedHeap::empty();
@@ -75,11 +33,11 @@ unsafe extern "C" {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text._start")]
 extern "C" fn _start() -> ! {
-    let Some(heap) = mmap(HEAP_BYTES) else { exit(EXIT_NO_MEMORY) };
+    let Ok(heap) = user_rt::mmap(HEAP_BYTES) else { exit(EXIT_NO_MEMORY) };
     // SAFETY: the region is fresh anonymous memory of HEAP_BYTES, ours alone, and is
     // handed to the allocator once.
     unsafe { HEAP.lock().init(heap, HEAP_BYTES) };
-    let (Some(request), Some(response)) = (mmap(BUFFER), mmap(BUFFER)) else { exit(EXIT_NO_MEMORY) };
+    let (Ok(request), Ok(response)) = (user_rt::mmap(BUFFER), user_rt::mmap(BUFFER)) else { exit(EXIT_NO_MEMORY) };
     // SAFETY: the probe only reads CPUID and fills libcrypto's capability vector; it runs
     // once, before any libcrypto use.
     unsafe { OPENSSL_cpuid_setup() };
@@ -98,19 +56,15 @@ extern "C" fn _start() -> ! {
         )
     };
     loop {
-        let len = syscall(sys::CHANNEL_RECEIVE, [CHANNEL, request.as_ptr() as u64, BUFFER as u64, 0, 0]);
-        if SysError::from_rax(len).is_some() {
-            exit(EXIT_CHANNEL);
-        }
-        let command = usize::try_from(len).ok().and_then(|len| request.get(..len)).unwrap_or(&[]);
+        let Ok(len) = user_rt::channel_receive(CHANNEL, request) else { exit(EXIT_CHANNEL) };
+        let command = request.get(..len).unwrap_or(&[]);
         if command.get(6..10) == Some(&FAULT_COMMAND_CODE.to_be_bytes()) {
             // SAFETY: not sound on purpose (see FAULT_COMMAND_CODE): the SVSM must end
             // this process before the store completes.
             unsafe { core::ptr::write_volatile(0x10 as *mut u8, 0xff) };
         }
         let n = tpm.execute(command, response);
-        let rax = syscall(sys::CHANNEL_REPLY, [CHANNEL, response.as_ptr() as u64, n as u64, 0, 0]);
-        if SysError::from_rax(rax).is_some() {
+        if user_rt::channel_reply(CHANNEL, response.get(..n).unwrap_or(&[])).is_err() {
             exit(EXIT_CHANNEL);
         }
     }

@@ -4,7 +4,6 @@
 //! SVSM answers vTPM calls with TPM_RC_FAILURE and serves everything else).
 #![expect(unsafe_code, reason = "the C library functions libtpms and libcrypto call")]
 
-use abi::syscall as sys;
 use alloc::alloc::{Layout, alloc, dealloc};
 use core::ffi::{c_char, c_int, c_void};
 
@@ -101,8 +100,7 @@ pub unsafe extern "C" fn bulwark_c_entropy(buf: *mut c_void, len: usize) -> c_in
     // SAFETY: the caller's contract.
     let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
     for chunk in out.chunks_mut(256) {
-        let rax = crate::bare::syscall(sys::GETRANDOM, [chunk.as_mut_ptr() as u64, chunk.len() as u64, 0, 0, 0]);
-        if rax != chunk.len() as u64 {
+        if user_rt::getrandom(chunk).is_err() {
             return 0;
         }
     }
@@ -112,11 +110,10 @@ pub unsafe extern "C" fn bulwark_c_entropy(buf: *mut c_void, len: usize) -> c_in
 #[unsafe(no_mangle)]
 pub extern "C" fn bulwark_c_random_u64() -> u64 {
     let mut v = [0u8; 8];
-    let rax = crate::bare::syscall(sys::GETRANDOM, [v.as_mut_ptr() as u64, 8, 0, 0, 0]);
-    if rax == 8 { u64::from_le_bytes(v) } else { 0 }
+    if user_rt::getrandom(&mut v).is_ok() { u64::from_le_bytes(v) } else { 0 }
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn bulwark_c_monotonic_ns() -> u64 {
-    crate::bare::syscall(sys::CLOCK, [0; 5])
+    user_rt::clock()
 }

@@ -1,0 +1,119 @@
+//! The user side of the SVSM's system call ABI (docs/syscalls.md) for service modules
+//! (services/): the SYSCALL instruction, and safe wrappers for the calls that take
+//! buffers, so a module names its memory as slices and never as raw addresses.
+#![no_std]
+#![expect(unsafe_code, reason = "SYSCALL, whose calls read and write the memory they are given")]
+
+use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
+use zerocopy::IntoBytes;
+
+/// Make system call `number` with `args` (RDI, RSI, R8, R9, R10); RAX comes back.
+///
+/// # Safety
+/// Every address in `args` that the call reads or writes must be valid for the length
+/// the call is given, and nothing else may use that memory during the call (the SVSM
+/// reads or writes it as the call says).
+pub unsafe fn syscall(number: u64, args: [u64; 5]) -> u64 {
+    let rax: u64;
+    // SAFETY: SYSCALL enters the SVSM, which preserves every register but RAX (the
+    // result), RCX and R11 (clobbered by the instruction); memory it touches is the
+    // caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") number => rax,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("r8") args[2],
+            in("r9") args[3],
+            in("r10") args[4],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    rax
+}
+
+/// RAX as a result.
+pub fn result(rax: u64) -> Result<u64, SysError> {
+    match SysError::from_rax(rax) {
+        Some(Ok(e)) => Err(e),
+        Some(Err(_)) => Err(SysError::Inval),
+        None => Ok(rax),
+    }
+}
+
+/// A call that touches no memory of ours.
+fn plain(number: u64, args: [u64; 5]) -> u64 {
+    // SAFETY: `number` is one of the calls below, which read or write no memory.
+    unsafe { syscall(number, args) }
+}
+
+/// One line of the SVSM's log (at most 256 bytes of it).
+pub fn log(text: &[u8]) {
+    let text = text.get(..text.len().min(256)).unwrap_or(text);
+    // SAFETY: LOG reads `text.len()` bytes of `text`.
+    unsafe { syscall(sys::LOG, [text.as_ptr() as u64, text.len() as u64, 0, 0, 0]) };
+}
+
+/// End the process.
+pub fn exit(code: u64) -> ! {
+    plain(sys::EXIT, [code, 0, 0, 0, 0]);
+    // EXIT does not return; if it did, stop here rather than run on.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Nanoseconds since the SVSM started.
+pub fn clock() -> u64 {
+    plain(sys::CLOCK, [0; 5])
+}
+
+/// CAPABILITIES(index).
+pub fn capabilities(index: u64) -> Result<u64, SysError> {
+    result(plain(sys::CAPABILITIES, [index, 0, 0, 0, 0]))
+}
+
+/// Fresh zeroed read-write memory of `bytes` bytes: its address.
+pub fn mmap(bytes: usize) -> Result<usize, SysError> {
+    let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS;
+    let va = result(plain(sys::MMAP, [sys::NO_HANDLE, 0, 0, bytes as u64, flags]))?;
+    usize::try_from(va).map_err(|_| SysError::Inval)
+}
+
+/// Fill `buf` (at most 256 bytes) from the SVSM's entropy source.
+pub fn getrandom(buf: &mut [u8]) -> Result<(), SysError> {
+    // SAFETY: GETRANDOM writes `buf.len()` bytes of `buf`, which we hold exclusively.
+    let rax = unsafe { syscall(sys::GETRANDOM, [buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0]) };
+    result(rax).and_then(|n| if n == buf.len() as u64 { Ok(()) } else { Err(SysError::Inval) })
+}
+
+/// Wait for the next request on channel `handle`, received into `buf`: its length.
+pub fn channel_receive(handle: u64, buf: &mut [u8]) -> Result<usize, SysError> {
+    // SAFETY: CHANNEL_RECEIVE writes at most `buf.len()` bytes of `buf`, which we hold
+    // exclusively.
+    let rax = unsafe { syscall(sys::CHANNEL_RECEIVE, [handle, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0]) };
+    usize::try_from(result(rax)?).map_err(|_| SysError::Inval)
+}
+
+/// Answer the request last received on channel `handle`.
+pub fn channel_reply(handle: u64, reply: &[u8]) -> Result<(), SysError> {
+    // SAFETY: CHANNEL_REPLY reads `reply.len()` bytes of `reply`.
+    let rax = unsafe { syscall(sys::CHANNEL_REPLY, [handle, reply.as_ptr() as u64, reply.len() as u64, 0, 0]) };
+    result(rax).map(|_| ())
+}
+
+/// Run `calls` as one BATCH; their results land in `results` (as long as `calls`).
+pub fn batch(calls: &[BatchIn], results: &mut [BatchOut]) -> Result<u64, SysError> {
+    if results.len() < calls.len() {
+        return Err(SysError::Inval);
+    }
+    let (input, output) = (calls.as_bytes(), results.as_mut_bytes());
+    // SAFETY: BATCH reads the records of `calls` and writes as many results into
+    // `results`, which we hold exclusively.
+    let rax =
+        unsafe { syscall(sys::BATCH, [input.as_ptr() as u64, output.as_mut_ptr() as u64, calls.len() as u64, 0, 0]) };
+    result(rax)
+}
