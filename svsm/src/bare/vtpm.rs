@@ -6,7 +6,6 @@
 //! call gets TPM_RC_FAILURE (docs/syscalls.md says why there is no restart), and every
 //! other protocol goes on.
 
-use super::fpu;
 use super::user::{Ended, Loaded, PageAligned};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -42,8 +41,7 @@ impl ProcessTpm {
         if !self.alive {
             return false;
         }
-        let service = &mut self.service;
-        match fpu::with_c_state(|| service.run(BUDGET_MS)) {
+        match self.service.run(BUDGET_MS) {
             Ended::Blocked => true,
             ended => {
                 println!("vtpm: the service process ended ({ended:?}); vTPM calls now get TPM_RC_FAILURE");

@@ -237,11 +237,14 @@ impl Loaded {
     }
 
     /// Run (or resume) the process until it exits, faults, blocks or has run
-    /// `budget_ms`. Call with the guest's FPU state set aside (`fpu::with_c_state`) if
-    /// the process uses the FPU.
+    /// `budget_ms`. Whatever the process does to the x87/SSE registers and FS stays its
+    /// own: the guest's are set aside around the run (`fpu::with_c_state`).
     pub fn run(&mut self, budget_ms: u64) -> Ended {
-        entry::set_fs_base(self.thread);
-        run(&mut self.process, &mut self.space, &mut self.regs, budget_ms)
+        let (process, space, regs, thread) = (&mut self.process, &mut self.space, &mut self.regs, self.thread);
+        super::fpu::with_c_state(|| {
+            entry::set_fs_base(thread);
+            run(process, space, regs, budget_ms)
+        })
     }
 }
 
