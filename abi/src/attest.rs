@@ -178,6 +178,30 @@ pub mod guest_message {
     pub const REPORT_RSP_LEN: usize = 0x20 + super::REPORT_SIZE;
     /// REPORT_RSP status: the request had an invalid parameter.
     pub const STATUS_INVALID_PARAM: u32 = 0x16;
+
+    pub const MSG_KEY_REQ: u8 = 3;
+    pub const MSG_KEY_RSP: u8 = 4;
+    /// MSG_KEY_REQ payload (Linux's `struct snp_derived_key_req`): ROOT_KEY_SELECT u32
+    /// (bit 0: VMRK instead of VCEK; bits 2:1 KEY_SEL), reserved u32, GUEST_FIELD_SELECT
+    /// u64, VMPL u32, GUEST_SVN u32, TCB_VERSION u64.
+    pub const KEY_REQ_LEN: usize = 0x20;
+    pub const KEY_REQ_ROOT_KEY_SELECT: usize = 0x00;
+    pub const KEY_REQ_FIELD_SELECT: usize = 0x08;
+    pub const KEY_REQ_VMPL: usize = 0x10;
+    pub const KEY_REQ_GUEST_SVN: usize = 0x14;
+    pub const KEY_REQ_TCB_VERSION: usize = 0x18;
+    /// GUEST_FIELD_SELECT bits: what of the guest's launch is mixed into the key.
+    pub const FIELD_GUEST_POLICY: u64 = 1 << 0;
+    pub const FIELD_IMAGE_ID: u64 = 1 << 1;
+    pub const FIELD_FAMILY_ID: u64 = 1 << 2;
+    pub const FIELD_MEASUREMENT: u64 = 1 << 3;
+    pub const FIELD_GUEST_SVN: u64 = 1 << 4;
+    pub const FIELD_TCB_VERSION: u64 = 1 << 5;
+    pub const FIELD_ALL: u64 = (1 << 6) - 1;
+    /// MSG_KEY_RSP payload: STATUS u32, reserved[28], DERIVED_KEY[32].
+    pub const KEY_RSP_LEN: usize = 0x40;
+    pub const KEY_RSP_STATUS: usize = 0x00;
+    pub const KEY_RSP_KEY: usize = 0x20;
 }
 
 /// The certificate table of an extended guest request (GHCB spec, "SNP Extended Guest

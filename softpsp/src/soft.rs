@@ -1,9 +1,18 @@
-//! A software PSP: the firmware side of MSG_REPORT_REQ.
+//! A software PSP: the firmware side of MSG_REPORT_REQ and MSG_KEY_REQ.
+//!
+//! Key derivation: the real firmware derives MSG_KEY_REQ keys from the chip's VCEK (or
+//! VMRK) root with an internal KDF over the selected launch fields; AMD does not publish
+//! it. This PSP does the same with HKDF-SHA384: the chip secret as input key, and as
+//! info the VMPL, the field selection and every selected field (policy, image ID, family
+//! ID, measurement, the requested guest SVN and TCB version), so the same request from
+//! the same launch gets the same key and a change in any selected field a different one.
 
 use crate::report::{self, Identity};
 use abi::attest::guest_message as gm;
+use hkdf::Hkdf;
 use p384::ecdsa::{SigningKey, VerifyingKey};
 use psp::message::{self, Header, MessageError, Page};
+use sha2::Sha384;
 
 /// Why the firmware did not answer (the real PSP then returns an error to the host and
 /// writes no response).
@@ -34,6 +43,9 @@ pub struct SoftPsp {
     /// Answer the next request with this error status instead of a report (fault
     /// injection for models).
     refuse_next: Option<u32>,
+    /// The root MSG_KEY_REQ keys come from (the real chip's is fused in; see
+    /// [`SoftPsp::set_chip_secret`]).
+    chip_secret: [u8; 32],
 }
 
 impl core::fmt::Debug for SoftPsp {
@@ -44,8 +56,20 @@ impl core::fmt::Debug for SoftPsp {
 }
 
 impl SoftPsp {
+    /// A PSP whose chip secret comes from its VCEK (replace it with
+    /// [`Self::set_chip_secret`] where keys must outlive a per-boot VCEK).
     pub fn new(vmpck0: [u8; 32], vcek: SigningKey, identity: Identity) -> Self {
-        Self { vmpck0, next_seqno: 1, vcek, identity, refuse_next: None }
+        let mut chip_secret = [0u8; 32];
+        let kdf = Hkdf::<Sha384>::new(Some(b"bulwark soft PSP chip secret"), &vcek.to_bytes());
+        // 32 bytes are far below HKDF-SHA384's output limit.
+        let _ = kdf.expand(b"", &mut chip_secret);
+        Self { vmpck0, next_seqno: 1, vcek, identity, refuse_next: None, chip_secret }
+    }
+
+    /// The secret MSG_KEY_REQ keys are derived from: what the real chip keeps fused. The
+    /// same secret and the same launch give the same keys across boots.
+    pub fn set_chip_secret(&mut self, secret: [u8; 32]) {
+        self.chip_secret = secret;
     }
 
     /// The VCEK's public key, SEC1 uncompressed (0x04 || x || y, 97 bytes), for its
@@ -79,6 +103,17 @@ impl SoftPsp {
         if h.seqno != self.next_seqno {
             return Err(FirmwareError::Sequence { expected: self.next_seqno, got: h.seqno });
         }
+        if h.msg_type == gm::MSG_KEY_REQ && h.msg_version == 1 {
+            if h.size != gm::KEY_REQ_LEN {
+                return Err(FirmwareError::PayloadSize(h.size));
+            }
+            let answer = self.derive_key(&payload[..gm::KEY_REQ_LEN]);
+            let reply =
+                Header { seqno: h.seqno + 1, msg_type: gm::MSG_KEY_RSP, msg_version: 1, vmpck: 0, size: answer.len() };
+            message::seal(&self.vmpck0, reply, &answer, response).map_err(FirmwareError::Message)?;
+            self.next_seqno = h.seqno + 2;
+            return Ok(());
+        }
         if h.msg_type != gm::MSG_REPORT_REQ || h.msg_version != 1 {
             return Err(FirmwareError::UnsupportedType(h.msg_type));
         }
@@ -109,6 +144,88 @@ impl SoftPsp {
         message::seal(&self.vmpck0, reply, &answer, response).map_err(FirmwareError::Message)?;
         self.next_seqno = h.seqno + 2;
         Ok(())
+    }
+}
+
+impl SoftPsp {
+    /// The MSG_KEY_RSP payload for a MSG_KEY_REQ payload. Refused with INVALID_PARAM, as
+    /// the firmware does: another root than the VCEK (this PSP has no VMRK or VLEK),
+    /// unknown field bits, a VMPL above 3 (the requester's, 0, is the most privileged), a
+    /// guest SVN above the guest's or a TCB above the committed one (a key for the future
+    /// would let old software unseal what newer software sealed; one for the past is how
+    /// a key survives an update).
+    fn derive_key(&self, req: &[u8]) -> [u8; gm::KEY_RSP_LEN] {
+        let u32_at = |at: usize| u32::from_le_bytes([req[at], req[at + 1], req[at + 2], req[at + 3]]);
+        let u64_at = |at: usize| u64::from(u32_at(at)) | u64::from(u32_at(at + 4)) << 32;
+        let (root, fields, vmpl) =
+            (u32_at(gm::KEY_REQ_ROOT_KEY_SELECT), u64_at(gm::KEY_REQ_FIELD_SELECT), u32_at(gm::KEY_REQ_VMPL));
+        let (svn, tcb) = (u32_at(gm::KEY_REQ_GUEST_SVN), u64_at(gm::KEY_REQ_TCB_VERSION));
+        let mut answer = [0u8; gm::KEY_RSP_LEN];
+        let id = &self.identity;
+        if root != 0 || fields & !gm::FIELD_ALL != 0 || vmpl > 3 || svn > id.guest_svn || !tcb_at_most(tcb, id.tcb) {
+            answer[gm::KEY_RSP_STATUS..gm::KEY_RSP_STATUS + 4].copy_from_slice(&gm::STATUS_INVALID_PARAM.to_le_bytes());
+            return answer;
+        }
+        let mut info = alloc_free_info::Info::default();
+        info.put(&vmpl.to_le_bytes());
+        info.put(&fields.to_le_bytes());
+        let selected = |bit: u64| fields & bit != 0;
+        if selected(gm::FIELD_GUEST_POLICY) {
+            info.put(&id.policy.to_le_bytes());
+        }
+        if selected(gm::FIELD_IMAGE_ID) {
+            info.put(&id.image_id);
+        }
+        if selected(gm::FIELD_FAMILY_ID) {
+            info.put(&id.family_id);
+        }
+        if selected(gm::FIELD_MEASUREMENT) {
+            info.put(&id.measurement);
+        }
+        if selected(gm::FIELD_GUEST_SVN) {
+            info.put(&svn.to_le_bytes());
+        }
+        if selected(gm::FIELD_TCB_VERSION) {
+            info.put(&tcb.to_le_bytes());
+        }
+        let kdf = Hkdf::<Sha384>::new(Some(b"bulwark soft PSP MSG_KEY_REQ v1"), &self.chip_secret);
+        // 32 bytes are far below HKDF-SHA384's output limit.
+        let _ = kdf.expand(info.bytes(), &mut answer[gm::KEY_RSP_KEY..]);
+        answer
+    }
+}
+
+/// Is every component (byte) of TCB_VERSION `asked` at most the one of `committed`?
+fn tcb_at_most(asked: u64, committed: u64) -> bool {
+    asked.to_le_bytes().iter().zip(committed.to_le_bytes()).all(|(a, c)| *a <= c)
+}
+
+/// The HKDF info of one request, on the stack (its longest form is 4 + 8 + 8 + 16 + 16 +
+/// 48 + 4 + 8 bytes).
+mod alloc_free_info {
+    /// The info bytes, appended in order.
+    pub struct Info {
+        buf: [u8; 128],
+        len: usize,
+    }
+
+    impl Default for Info {
+        fn default() -> Self {
+            Self { buf: [0; 128], len: 0 }
+        }
+    }
+
+    impl Info {
+        pub fn put(&mut self, bytes: &[u8]) {
+            if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+        }
+
+        pub fn bytes(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
     }
 }
 
@@ -172,5 +289,84 @@ mod tests {
         let mut out = [0u8; gm::REPORT_RSP_LEN];
         open(&VMPCK, &resp, &mut out).unwrap();
         assert_eq!(&out[..8], &[0x16, 0, 0, 0, 0, 0, 0, 0], "INVALID_PARAM, no report");
+    }
+
+    fn key_request(seqno: u64, r: psp::key::KeyRequest) -> Page {
+        let mut page = [0u8; 4096];
+        let h = Header { seqno, msg_type: gm::MSG_KEY_REQ, msg_version: 1, vmpck: 0, size: 0 };
+        seal(&VMPCK, h, &r.payload(), &mut page).unwrap();
+        page
+    }
+
+    fn derive(p: &mut SoftPsp, r: psp::key::KeyRequest) -> Result<[u8; 32], u32> {
+        let mut resp = [0u8; 4096];
+        let seqno = p.next_seqno;
+        p.guest_request(&key_request(seqno, r), &mut resp).unwrap();
+        let mut out = [0u8; gm::KEY_RSP_LEN];
+        let h = open(&VMPCK, &resp, &mut out).unwrap();
+        assert_eq!((h.msg_type, h.size), (gm::MSG_KEY_RSP, gm::KEY_RSP_LEN));
+        psp::key::key_from_response(&out)
+    }
+
+    #[test]
+    fn a_derived_key_is_bound_to_exactly_the_fields_it_selects() {
+        use psp::key::KeyRequest;
+        let sealed = KeyRequest {
+            fields: gm::FIELD_MEASUREMENT | gm::FIELD_GUEST_POLICY,
+            vmpl: 0,
+            guest_svn: 0,
+            tcb_version: 0,
+        };
+        let mut a = psp();
+        let key = derive(&mut a, sealed).unwrap();
+        // The same launch on the same chip: the same key, again and on a new PSP instance.
+        assert_eq!(derive(&mut a, sealed), Ok(key));
+        assert_eq!(derive(&mut psp(), sealed), Ok(key));
+        // Another measurement: another key, when the measurement is selected.
+        let mut other =
+            SoftPsp::new(VMPCK, SigningKey::from_slice(&[0x11; 48]).unwrap(), Identity::emulated([2; 48], [7; 64]));
+        assert_ne!(derive(&mut other, sealed), Ok(key));
+        let unbound = KeyRequest { fields: gm::FIELD_GUEST_POLICY, ..sealed };
+        assert_eq!(derive(&mut other, unbound), derive(&mut psp(), unbound));
+        // Another chip secret, another VMPL, another selection: other keys.
+        let mut chip = psp();
+        chip.set_chip_secret([5; 32]);
+        assert_ne!(derive(&mut chip, sealed), Ok(key));
+        assert_ne!(derive(&mut psp(), KeyRequest { vmpl: 1, ..sealed }), Ok(key));
+        assert_ne!(derive(&mut psp(), KeyRequest { fields: gm::FIELD_ALL, ..sealed }), Ok(key));
+    }
+
+    #[test]
+    fn key_requests_beyond_the_guest_or_the_chip_are_refused() {
+        use psp::key::KeyRequest;
+        let base = KeyRequest { fields: gm::FIELD_MEASUREMENT, vmpl: 0, guest_svn: 0, tcb_version: 0 };
+        let committed = psp().identity.tcb;
+        let refused = Err(gm::STATUS_INVALID_PARAM);
+        assert_eq!(derive(&mut psp(), KeyRequest { vmpl: 4, ..base }), refused);
+        assert_eq!(derive(&mut psp(), KeyRequest { guest_svn: 1, ..base }), refused, "an SVN above the guest's");
+        assert_eq!(
+            derive(&mut psp(), KeyRequest { tcb_version: committed + 1, ..base }),
+            refused,
+            "a TCB from the future"
+        );
+        assert_eq!(derive(&mut psp(), KeyRequest { fields: 1 << 6, ..base }), refused);
+        assert!(derive(&mut psp(), KeyRequest { tcb_version: committed, ..base }).is_ok());
+        // A VMRK root (bit 0 of ROOT_KEY_SELECT): this PSP has none.
+        let mut p = psp();
+        let mut page = [0u8; 4096];
+        let mut payload = base.payload();
+        payload[0] = 1;
+        seal(
+            &VMPCK,
+            Header { seqno: 1, msg_type: gm::MSG_KEY_REQ, msg_version: 1, vmpck: 0, size: 0 },
+            &payload,
+            &mut page,
+        )
+        .unwrap();
+        let mut resp = [0u8; 4096];
+        p.guest_request(&page, &mut resp).unwrap();
+        let mut out = [0u8; gm::KEY_RSP_LEN];
+        open(&VMPCK, &resp, &mut out).unwrap();
+        assert_eq!(psp::key::key_from_response(&out), refused);
     }
 }
