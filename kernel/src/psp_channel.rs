@@ -71,25 +71,26 @@ impl PspChannel {
         self.retired = true;
     }
 
-    /// A VMPL0 report with `report_data`, signed by the VCEK. A host that answers BUSY
-    /// gets the same message again, up to `BUSY_RETRIES` times.
-    pub fn request_report<P: Platform + ?Sized>(
+    /// Send `payload` as a `msg_type` message and open the answer, which must be of type
+    /// `answer_type` and exactly `answer.len()` bytes, into `answer`. A host that answers
+    /// BUSY gets the same message again, up to `BUSY_RETRIES` times.
+    fn exchange<P: Platform + ?Sized>(
         &mut self,
         p: &mut P,
-        report_data: &[u8; 64],
-    ) -> Result<Box<[u8; REPORT_SIZE]>, ChannelError> {
+        msg_type: u8,
+        payload: &[u8],
+        answer_type: u8,
+        answer: &mut [u8],
+    ) -> Result<(), ChannelError> {
         // GHCB keeps sequence numbers in 32 bits; stop before they would wrap.
         if self.retired || self.last_seqno >= u64::from(u32::MAX) - 2 {
             return Err(ChannelError::Unavailable);
         }
         let seqno = self.last_seqno + 1;
-        let mut payload = [0u8; gm::REPORT_REQ_LEN];
-        payload[..64].copy_from_slice(report_data);
-        // VMPL 0, KEY_SEL 0 (the VLEK if the host installed one, else the VCEK).
         let mut request = page()?;
         let mut response = page()?;
-        let header = Header { seqno, msg_type: gm::MSG_REPORT_REQ, msg_version: 1, vmpck: 0, size: 0 };
-        message::seal(&self.vmpck0, header, &payload, &mut request)
+        let header = Header { seqno, msg_type, msg_version: 1, vmpck: 0, size: 0 };
+        message::seal(&self.vmpck0, header, payload, &mut request)
             .map_err(|_| ChannelError::BadAnswer("request does not fit"))?;
         let mut busy = 0;
         loop {
@@ -106,20 +107,49 @@ impl PspChannel {
                 }
             }
         }
-        let mut answer = [0u8; gm::REPORT_RSP_LEN];
-        let opened = message::open(&self.vmpck0, &response, &mut answer);
+        let opened = message::open(&self.vmpck0, &response, answer);
         let why = match opened {
             Err(_) => Some("answer fails authentication"),
             Ok(h) if h.seqno != seqno + 1 => Some("answer has the wrong sequence number"),
-            Ok(h) if h.msg_type != gm::MSG_REPORT_RSP || h.msg_version != 1 => Some("answer has the wrong type"),
-            Ok(h) if h.size != gm::REPORT_RSP_LEN => Some("answer has the wrong size"),
+            Ok(h) if h.msg_type != answer_type || h.msg_version != 1 => Some("answer has the wrong type"),
+            Ok(h) if h.size != answer.len() => Some("answer has the wrong size"),
             Ok(_) => None,
         };
         if let Some(why) = why {
+            answer.fill(0);
             self.retire();
             return Err(ChannelError::BadAnswer(why));
         }
         self.last_seqno = seqno + 1;
+        Ok(())
+    }
+
+    /// A key the PSP derives for this launch (MSG_KEY_REQ): bound to what `request`
+    /// selects of the launch (docs/persistence.md: the sealed store's key).
+    pub fn derive_key<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        request: &psp::key::KeyRequest,
+    ) -> Result<[u8; 32], ChannelError> {
+        let mut answer = [0u8; gm::KEY_RSP_LEN];
+        self.exchange(p, gm::MSG_KEY_REQ, &request.payload(), gm::MSG_KEY_RSP, &mut answer)?;
+        let key = psp::key::key_from_response(&answer).map_err(ChannelError::Status);
+        answer.fill(0);
+        key
+    }
+
+    /// A VMPL0 report with `report_data`, signed by the VCEK. A host that answers BUSY
+    /// gets the same message again, up to `BUSY_RETRIES` times.
+    pub fn request_report<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        report_data: &[u8; 64],
+    ) -> Result<Box<[u8; REPORT_SIZE]>, ChannelError> {
+        let mut payload = [0u8; gm::REPORT_REQ_LEN];
+        payload[..64].copy_from_slice(report_data);
+        // VMPL 0, KEY_SEL 0 (the VLEK if the host installed one, else the VCEK).
+        let mut answer = [0u8; gm::REPORT_RSP_LEN];
+        self.exchange(p, gm::MSG_REPORT_REQ, &payload, gm::MSG_REPORT_RSP, &mut answer)?;
         let word = |at: usize| {
             let bytes = answer.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
             bytes.map_or(u32::MAX, u32::from_le_bytes)

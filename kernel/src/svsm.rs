@@ -250,6 +250,25 @@ impl Svsm {
         }
     }
 
+    /// The sealed store's key (docs/persistence.md): derived by the PSP, bound to this
+    /// launch's measurement and policy at VMPL 0, with the guest SVN and TCB the launch
+    /// reports. Only the same measured SVSM on the same chip gets it.
+    pub fn sealing_key<P: Platform + ?Sized>(
+        &self,
+        p: &mut P,
+        svn: u32,
+        tcb: u64,
+    ) -> Result<[u8; 32], crate::psp_channel::ChannelError> {
+        use abi::attest::guest_message as gm;
+        let request = psp::key::KeyRequest {
+            fields: gm::FIELD_MEASUREMENT | gm::FIELD_GUEST_POLICY | gm::FIELD_GUEST_SVN | gm::FIELD_TCB_VERSION,
+            vmpl: 0,
+            guest_svn: svn,
+            tcb_version: tcb,
+        };
+        self.psp.lock().derive_key(p, &request)
+    }
+
     /// Serve protocol 2 with `vtpm` from now on: QUERY_PROTOCOL announces it, its EK
     /// public area becomes the vTPM entry of the attestation manifest, and its call
     /// counters become OCP sources.

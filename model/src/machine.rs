@@ -469,7 +469,8 @@ impl Machine {
             // The PSP answered; the host lost the answer (no code a host would send).
             Some(PspFault::DropAnswer) => Err(GuestRequestError::Host(u32::MAX)),
             Some(PspFault::CorruptAnswer) => {
-                response[abi::attest::guest_message::HEADER_LEN + 0x40] ^= 1;
+                // Inside every answer's payload (the shortest, MSG_KEY_RSP, has 0x40 bytes).
+                response[abi::attest::guest_message::HEADER_LEN + 1] ^= 1;
                 Ok(())
             }
             _ => Ok(()),
