@@ -33,6 +33,12 @@ type Checker = JoinHandle<Result<String>>;
 /// `cargo xtask boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb]
 /// [--agent PORT|--agent-check]`.
 pub fn run(options: &BootOptions) -> Result {
+    run_seen(options).map(|_| ())
+}
+
+/// [`run`], giving back the fingerprint of the sealed store's key a successful boot
+/// printed (two boots of one image must print the same).
+pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
     let with_stub = matches!(options.gdb, Gdb::Svsm | Gdb::SvsmCheck);
     let image = image::build_svsm(with_stub)?;
     let guest = image::build_testguest()?;
@@ -71,11 +77,22 @@ pub fn run(options: &BootOptions) -> Result {
         step(&format!("host tools reached the SVSM in QEMU through the guest: {seen}"));
     }
     match (&boot.outcome, options.crash) {
-        (qemu::Outcome::Success, None) => judge_success(&boot, &image),
+        (qemu::Outcome::Success, None) => {
+            judge_success(&boot, &image).and_then(|()| sealing_fingerprint(&boot.lines).map(Some))
+        }
         (qemu::Outcome::FailureReported, None) => Err("the SVSM or the guest reported a failure".into()),
-        (qemu::Outcome::FailureReported, Some(kind)) => judge_crash(&boot, kind, options.log_only),
+        (qemu::Outcome::FailureReported, Some(kind)) => judge_crash(&boot, kind, options.log_only).map(|()| None),
         (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
     }
+}
+
+/// The fingerprint of the sealed store's key the SVSM printed (`sealing: ...`).
+fn sealing_fingerprint(lines: &[String]) -> Result<String> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("sealing: ")?.split("fingerprint ").nth(1)?.strip_suffix(')'))
+        .map(str::to_string)
+        .ok_or_else(|| "the SVSM got no sealing key from its PSP (no `sealing: ... fingerprint` line)".into())
 }
 
 /// The SVSM's command line (`-append`): what to crash on, where its log goes, whether its
@@ -278,6 +295,15 @@ fn verify_guest_evidence(guest_lines: &[String]) -> Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sealing_fingerprint_is_read_from_its_line() {
+        let lines =
+            ["x".to_string(), "sealing: the PSP derives ... (SHA-256 fingerprint 0123456789abcdef)".to_string()];
+        assert_eq!(sealing_fingerprint(&lines).unwrap(), "0123456789abcdef");
+        assert!(sealing_fingerprint(&lines[..1]).is_err());
+        assert!(sealing_fingerprint(&["sealing: no key from the PSP: Unavailable".to_string()]).is_err());
+    }
 
     #[test]
     fn the_svsm_is_told_what_the_options_ask() {

@@ -77,13 +77,23 @@ fn lints() -> Result {
 
 /// The five QEMU boots: plain (with the guest's evidence verified), two crashes (the
 /// second with the log kept in memory), the SVSM's GDB stub and the host agent.
+/// The first and the last boot must derive the same sealed-store key: the same image on
+/// the same (software) chip.
 fn boots() -> Result {
     let plain = BootOptions::default();
-    boot::run(&plain)?;
+    let first = boot::run_seen(&plain)?;
     boot::run(&BootOptions { crash: Some(Crash::Nx), ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Panic), log_only: true, ..plain })?;
     boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
-    boot::run(&BootOptions { agent: AgentMode::Check, ..plain })
+    let last = boot::run_seen(&BootOptions { agent: AgentMode::Check, ..plain })?;
+    if first != last {
+        return Err(format!("the sealed store's key changed between two boots of one image: {first:?}, then {last:?}"));
+    }
+    step(&format!(
+        "the sealed store's key is the same in two boots of one image (fingerprint {})",
+        first.as_deref().unwrap_or("?")
+    ));
+    Ok(())
 }
 
 /// A short run of each fuzz target, unless `BULWARK_SKIP_FUZZ` is set; missing tooling

@@ -115,8 +115,11 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmShared<
             word.copy_from_slice(&super::cpu::rdrand().ok_or("no RDRAND for the VMPCKs")?.to_le_bytes());
         }
     }
-    let psp = super::svm::psp::launch(vmpcks[0], measurement)?;
-    let certificates = certify(&psp);
+    let mut psp = super::svm::psp::launch(vmpcks[0], measurement)?;
+    let (certificates, chip_secret) = certify(&psp);
+    if let Some(secret) = chip_secret {
+        psp.set_chip_secret(secret);
+    }
     let npt = NestedPageTable::new().ok_or("out of memory for nested page tables")?;
     let hw = BareSvm { npt: Mutex::new(npt), psp: Mutex::new(Some(psp)) };
     let launched = SvmShared::launch(hw, plan, entry, cpus, &vmpcks, certificates);
@@ -131,29 +134,31 @@ pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmShared<
 }
 
 /// The certificate table for the PSP's reports, from the launcher's issuing kit (fw_cfg
-/// `opt/bulwark/issuing-kit`); empty, with a log line, without a usable kit: reports are
-/// then signed but no tool can check them.
-fn certify(psp: &softpsp::SoftPsp) -> Vec<u8> {
+/// `opt/bulwark/issuing-kit`), and the PSP's chip secret from the same kit; empty and
+/// none, with a log line, without a usable kit: reports are then signed but no tool can
+/// check them, and derived keys change with every boot's VCEK.
+fn certify(psp: &softpsp::SoftPsp) -> (Vec<u8>, Option<[u8; 32]>) {
     use abi::attest::issuing_kit;
     let Some(bytes) = super::fw_cfg::read_file(issuing_kit::FW_CFG_NAME, 64 * 1024) else {
         println!("attestation: no issuing kit from the launcher; reports come without certificates");
-        return Vec::new();
+        return (Vec::new(), None);
     };
     let Some(kit) = issuing_kit::parse(&bytes) else {
         println!("attestation: the issuing kit is malformed; reports come without certificates");
-        return Vec::new();
+        return (Vec::new(), None);
     };
+    let secret = Some(super::svm::psp::chip_secret(kit.ask_key_pkcs8));
     match super::svm::vcek_cert::issue(&kit, &psp.vcek_public()).map(|vcek| super::svm::vcek_cert::table(&kit, &vcek)) {
         Ok(Some(table)) => {
             println!(
                 "attestation: per-boot VCEK certified by the launcher's ASK (NOT AMD hardware); {} bytes of certificates",
                 table.len()
             );
-            table
+            (table, secret)
         }
         Ok(None) | Err(_) => {
             println!("attestation: could not certify the VCEK; reports come without certificates");
-            Vec::new()
+            (Vec::new(), secret)
         }
     }
 }

@@ -114,6 +114,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         layout.secrets
     );
     clock::calibrate();
+    announce_sealing_key(&svsm, &platform);
     user::boot_check();
     if vtpm::crash_check() {
         println!(
@@ -137,6 +138,25 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     let native::End::Broken(why) = native::serve(0, svm.host_state_phys());
     println!("FAILED: {why}");
     exit::failure()
+}
+
+/// Ask the PSP for the sealed store's key (bound to this launch) and print a fingerprint
+/// of it: `cargo xtask test` checks that two boots of one image get the same key.
+fn announce_sealing_key(svsm: &kernel::svsm::Svsm, platform: &::svm::shared::SvmShared<svm::hw::BareSvm>) {
+    use sha2::{Digest, Sha256};
+    match svsm.sealing_key(&mut platform.platform(0), 0, svm::psp::committed_tcb()) {
+        Ok(mut key) => {
+            let digest = Sha256::digest(key);
+            key.fill(0);
+            let mut fingerprint = [0u8; 8];
+            fingerprint.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+            println!(
+                "sealing: the PSP derives the sealed store's key, bound to the launch's measurement and policy (SHA-256 fingerprint {:016x})",
+                u64::from_be_bytes(fingerprint)
+            );
+        }
+        Err(e) => println!("sealing: no key from the PSP: {e:?}"),
+    }
 }
 
 /// `-append console=log`: the log goes to the in-memory buffer only (replayed on the

@@ -22,6 +22,23 @@ fn fresh_vcek() -> Result<SigningKey, &'static str> {
     Err("RDRAND gave no usable VCEK")
 }
 
+/// The TCB_VERSION this firmware commits to (the one its reports carry).
+pub fn committed_tcb() -> u64 {
+    Identity::emulated([0; 48], abi::attest::SVM_CHIP_ID).tcb
+}
+
+/// The chip secret MSG_KEY_REQ keys come from, for a PSP whose "chip" is the launcher:
+/// drawn from the issuing kit's ASK key, so every boot with the same kit (the same
+/// "machine") derives the same keys. The host holds that kit: on svm it can derive every
+/// key, which is why svm is a development platform, not a confidential one.
+pub fn chip_secret(ask_key_pkcs8: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha384};
+    let digest = Sha384::new().chain_update(b"bulwark svm chip secret").chain_update(ask_key_pkcs8).finalize();
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(digest.get(..32).unwrap_or(&[0; 32]));
+    secret
+}
+
 /// The firmware for this boot's guest: VMPCK0 as the launch put it in the secrets page,
 /// and `measurement` (SHA-384 of what was launched) in every report.
 pub fn launch(vmpck0: [u8; 32], measurement: [u8; 48]) -> Result<SoftPsp, &'static str> {
