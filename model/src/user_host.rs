@@ -313,10 +313,6 @@ impl HostedProcess {
         self.state = Some(state.clone());
         state
     }
-
-    pub fn state(&self) -> Option<&RunState> {
-        self.state.as_ref()
-    }
 }
 
 impl Drop for HostedProcess {
@@ -346,11 +342,6 @@ impl ChannelTpm {
         let service =
             HostedProcess::start(1, 64, vec![Object::Channel(channel.clone())], move |user| vtpm_service(user, engine));
         Self { channel, service }
-    }
-
-    /// The service process (tests read its state).
-    pub fn service(&self) -> &HostedProcess {
-        &self.service
     }
 }
 

@@ -36,6 +36,19 @@ impl KeyRequest {
     }
 }
 
+/// A MSG_KEY_REQ payload read back (the PSP's side): ROOT_KEY_SELECT and the request.
+pub fn parse_request(payload: &[u8]) -> Option<(u32, KeyRequest)> {
+    let u32_at = |at: usize| Some(u32::from_le_bytes(payload.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(payload.get(at..at + 8)?.try_into().ok()?));
+    let request = KeyRequest {
+        fields: u64_at(gm::KEY_REQ_FIELD_SELECT)?,
+        vmpl: u32_at(gm::KEY_REQ_VMPL)?,
+        guest_svn: u32_at(gm::KEY_REQ_GUEST_SVN)?,
+        tcb_version: u64_at(gm::KEY_REQ_TCB_VERSION)?,
+    };
+    Some((u32_at(gm::KEY_REQ_ROOT_KEY_SELECT)?, request))
+}
+
 /// The key of a MSG_KEY_RSP payload, or the firmware's status if it refused.
 pub fn key_from_response(payload: &[u8]) -> Result<[u8; 32], u32> {
     let status = payload
@@ -52,6 +65,10 @@ pub fn key_from_response(payload: &[u8]) -> Result<[u8; 32], u32> {
 mod tests {
     use super::*;
 
+    /// Linux's include/uapi/linux/sev-guest.h `struct snp_derived_key_req`: root_key_select
+    /// u32, rsvd u32, guest_field_select u64, vmpl u32, guest_svn u32, tcb_version u64; the
+    /// field bits as AMD's sev-guest tools (snp-derive-key.h) name them: policy 0, image
+    /// ID 1, family ID 2, measurement 3, SVN 4, TCB 5.
     #[test]
     fn the_request_is_laid_out_as_linuxs_snp_derived_key_req() {
         let r = KeyRequest {
@@ -66,6 +83,8 @@ mod tests {
         assert_eq!(&p[16..20], &1u32.to_le_bytes());
         assert_eq!(&p[20..24], &2u32.to_le_bytes());
         assert_eq!(&p[24..32], &0x0807u64.to_le_bytes());
+        assert_eq!(parse_request(&p), Some((0, r)));
+        assert_eq!(parse_request(&p[..31]), None);
     }
 
     #[test]

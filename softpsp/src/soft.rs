@@ -155,17 +155,20 @@ impl SoftPsp {
     /// would let old software unseal what newer software sealed; one for the past is how
     /// a key survives an update).
     fn derive_key(&self, req: &[u8]) -> [u8; gm::KEY_RSP_LEN] {
-        let u32_at = |at: usize| u32::from_le_bytes([req[at], req[at + 1], req[at + 2], req[at + 3]]);
-        let u64_at = |at: usize| u64::from(u32_at(at)) | u64::from(u32_at(at + 4)) << 32;
-        let (root, fields, vmpl) =
-            (u32_at(gm::KEY_REQ_ROOT_KEY_SELECT), u64_at(gm::KEY_REQ_FIELD_SELECT), u32_at(gm::KEY_REQ_VMPL));
-        let (svn, tcb) = (u32_at(gm::KEY_REQ_GUEST_SVN), u64_at(gm::KEY_REQ_TCB_VERSION));
         let mut answer = [0u8; gm::KEY_RSP_LEN];
         let id = &self.identity;
-        if root != 0 || fields & !gm::FIELD_ALL != 0 || vmpl > 3 || svn > id.guest_svn || !tcb_at_most(tcb, id.tcb) {
+        let allowed = |(root, r): &(u32, psp::key::KeyRequest)| {
+            *root == 0
+                && r.fields & !gm::FIELD_ALL == 0
+                && r.vmpl <= 3
+                && r.guest_svn <= id.guest_svn
+                && tcb_at_most(r.tcb_version, id.tcb)
+        };
+        let Some((_, r)) = psp::key::parse_request(req).filter(allowed) else {
             answer[gm::KEY_RSP_STATUS..gm::KEY_RSP_STATUS + 4].copy_from_slice(&gm::STATUS_INVALID_PARAM.to_le_bytes());
             return answer;
-        }
+        };
+        let (fields, vmpl, svn, tcb) = (r.fields, r.vmpl, r.guest_svn, r.tcb_version);
         let mut info = alloc_free_info::Info::default();
         info.put(&vmpl.to_le_bytes());
         info.put(&fields.to_le_bytes());
