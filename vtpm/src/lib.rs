@@ -6,18 +6,27 @@
 //! key from the TCG default template (EK Credential Profile, template L-1: RSA 2048). The
 //! EK public area (TPMT_PUBLIC) is the vTPM's entry in the attestation services manifest,
 //! so a verifier can bind the EK to the hardware report.
+//!
+//! A vTPM [started](Vtpm::start) with an [`NvStorage`] keeps its NV state there: after
+//! every command the engine's changed blobs are made durable before the response is
+//! released ([`nv`]). The same NV blobs start an engine again, on the next boot or on a
+//! migration destination, and cross the process boundary to the service ([`service`]).
 
 #![no_std]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 extern crate alloc;
 
+pub mod commands;
 #[cfg(feature = "libtpms")]
 pub mod libtpms;
+pub mod nv;
+pub mod service;
 pub mod wire;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+pub use nv::{NvBlobs, NvChange, NvError, NvStorage};
 use wire::{Command, Reader, ResponseHeader};
 
 /// A TPM 2.0 engine: one command in, one response out. The engine answers a malformed
@@ -30,6 +39,13 @@ pub trait TpmEngine: Send {
     /// response larger than `response` is not cut: the engine answers TPM_RC_FAILURE
     /// (see [`wire::write_error_response`]) instead.
     fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize;
+
+    /// The NV blobs written or deleted since the last call (since the engine started, at
+    /// the first call), each once with its current bytes. An engine without NV state has
+    /// none.
+    fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, NvError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Why manufacturing failed: the command that failed and the TPM response code (or
@@ -40,10 +56,16 @@ pub struct ManufactureError {
     pub code: u32,
 }
 
-/// A manufactured vTPM: its engine and its EK public area.
+/// TPM_RC_NV_UNAVAILABLE: the answer to a command whose NV changes could not be kept.
+pub const TPM_RC_NV_UNAVAILABLE: u32 = 0x923;
+
+/// A manufactured vTPM: its engine, its EK public area, and where its NV state is kept.
 pub struct Vtpm {
     engine: Box<dyn TpmEngine>,
     ek_public: Vec<u8>,
+    storage: Option<Box<dyn NvStorage>>,
+    /// The NV state in the engine is not the kept one: every command fails from now on.
+    stopped: bool,
 }
 
 impl core::fmt::Debug for Vtpm {
@@ -56,7 +78,25 @@ impl Vtpm {
     /// Start `engine` (TPM2_Startup(CLEAR); a TPM already started is fine) and derive its
     /// EK. The EK is a primary key: the same endorsement seed gives the same key, so the
     /// handle is flushed again and a guest's `tpm2_createek` recreates the same public area.
-    pub fn manufacture(mut engine: Box<dyn TpmEngine>) -> Result<Self, ManufactureError> {
+    pub fn manufacture(engine: Box<dyn TpmEngine>) -> Result<Self, ManufactureError> {
+        let (engine, ek_public) = Self::start_engine(engine)?;
+        Ok(Self { engine, ek_public, storage: None, stopped: false })
+    }
+
+    /// As [`manufacture`](Self::manufacture), for an engine started from the NV state
+    /// `storage` keeps (or from none: a new TPM): Startup, the EK, and then every blob the
+    /// engine wrote so far is persisted in one step, so a power cut before it leaves the
+    /// store as it was (a new TPM is manufactured again at the next start). From then on
+    /// each command's changes are persisted before its response is released.
+    pub fn start(engine: Box<dyn TpmEngine>, mut storage: Box<dyn NvStorage>) -> Result<Self, ManufactureError> {
+        let (mut engine, ek_public) = Self::start_engine(engine)?;
+        let unkept = ManufactureError { step: "persisting the NV state", code: TPM_RC_NV_UNAVAILABLE };
+        let changes = engine.take_nv_changes().map_err(|_| unkept)?;
+        storage.persist(&changes).map_err(|_| unkept)?;
+        Ok(Self { engine, ek_public, storage: Some(storage), stopped: false })
+    }
+
+    fn start_engine(mut engine: Box<dyn TpmEngine>) -> Result<(Box<dyn TpmEngine>, Vec<u8>), ManufactureError> {
         let mut startup = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_STARTUP);
         startup.u16(wire::TPM_SU_CLEAR);
         match run(engine.as_mut(), "TPM2_Startup", &startup.finish()) {
@@ -70,12 +110,17 @@ impl Vtpm {
         let mut flush = Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_FLUSH_CONTEXT);
         flush.u32(handle);
         run(engine.as_mut(), "TPM2_FlushContext(EK)", &flush.finish())?;
-        Ok(Self { engine, ek_public })
+        Ok((engine, ek_public))
     }
 
     /// A vTPM whose EK is already known (an engine shared by several model machines).
     pub fn with_ek(engine: Box<dyn TpmEngine>, ek_public: Vec<u8>) -> Self {
-        Self { engine, ek_public }
+        Self { engine, ek_public, storage: None, stopped: false }
+    }
+
+    /// Whether the vTPM stopped because its NV state could not be kept.
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     /// The EK public area (TPMT_PUBLIC, as TPM2_CreatePrimary returns it inside its
@@ -88,8 +133,27 @@ impl Vtpm {
     /// holds at most `response.len()` bytes), its length is returned. An answer the
     /// engine gets wrong (longer than the buffer, or without a header) is replaced by
     /// TPM_RC_FAILURE: the guest gets an answer it can parse rather than a cut one.
+    ///
+    /// With storage, the command's NV changes are made durable before the response is
+    /// returned. If that fails the response becomes TPM_RC_NV_UNAVAILABLE and the vTPM
+    /// stops: the engine now holds state the store does not, and answering from it would
+    /// let the guest rely on something the next boot will not have. Every later command
+    /// gets TPM_RC_FAILURE (docs/persistence.md "Failing closed").
     pub fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        if self.stopped {
+            return wire::write_error_response(wire::TPM_RC_FAILURE, response);
+        }
         let len = self.engine.execute(command, response);
+        if let Some(storage) = self.storage.as_mut() {
+            let kept = self.engine.take_nv_changes().and_then(|changes| match changes.is_empty() {
+                true => Ok(()),
+                false => storage.persist(&changes),
+            });
+            if kept.is_err() {
+                self.stopped = true;
+                return wire::write_error_response(TPM_RC_NV_UNAVAILABLE, response);
+            }
+        }
         match response.get(..len) {
             Some(r) if ResponseHeader::parse(r).is_some() => len,
             _ => wire::write_error_response(wire::TPM_RC_FAILURE, response),
@@ -188,6 +252,94 @@ mod tests {
         r.extend_from_slice(&[0; 4]);
         r.extend_from_slice(body);
         r
+    }
+
+    /// An engine whose every command writes the blob "permall" (the command's length) and
+    /// answers as a create-primary would, so it can be started.
+    struct Writing {
+        pending: Vec<NvChange>,
+        executed: alloc::sync::Arc<spin::Mutex<usize>>,
+    }
+
+    impl TpmEngine for Writing {
+        fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+            *self.executed.lock() += 1;
+            self.pending.push(NvChange { name: b"permall".to_vec(), data: Some(vec![command.len() as u8]) });
+            let mut body = Vec::new();
+            body.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+            body.extend_from_slice(&5u32.to_be_bytes());
+            body.extend_from_slice(&[0, 1, 0xEE]);
+            let answer = ok(&body);
+            response[..answer.len()].copy_from_slice(&answer);
+            answer.len()
+        }
+        fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, NvError> {
+            Ok(core::mem::take(&mut self.pending))
+        }
+    }
+
+    /// Storage that records what it was asked to keep and fails when told to.
+    #[derive(Clone, Default)]
+    struct Recording {
+        kept: alloc::sync::Arc<spin::Mutex<Vec<Vec<NvChange>>>>,
+        failing: alloc::sync::Arc<spin::Mutex<bool>>,
+    }
+
+    impl NvStorage for Recording {
+        fn persist(&mut self, changes: &[NvChange]) -> Result<(), NvError> {
+            if *self.failing.lock() {
+                return Err(NvError::Storage);
+            }
+            self.kept.lock().push(changes.to_vec());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn start_keeps_what_starting_wrote_in_one_step_and_each_command_before_its_response() {
+        let storage = Recording::default();
+        let executed = alloc::sync::Arc::new(spin::Mutex::new(0));
+        let engine = Writing { pending: Vec::new(), executed: executed.clone() };
+        let mut v = Vtpm::start(Box::new(engine), Box::new(storage.clone())).unwrap();
+        // Startup, CreatePrimary and FlushContext each wrote; one persist holds them.
+        assert_eq!(storage.kept.lock().len(), 1);
+        assert_eq!(storage.kept.lock()[0].len(), 3);
+        let mut out = [0u8; 64];
+        let n = v.execute(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], &mut out);
+        assert_eq!(ResponseHeader::parse(&out[..n]).unwrap().code, wire::TPM_RC_SUCCESS);
+        assert_eq!(
+            storage.kept.lock().last().unwrap(),
+            &vec![NvChange { name: b"permall".to_vec(), data: Some(vec![11]) }]
+        );
+    }
+
+    #[test]
+    fn a_change_the_storage_cannot_keep_stops_the_vtpm_for_good() {
+        let storage = Recording::default();
+        let executed = alloc::sync::Arc::new(spin::Mutex::new(0));
+        let engine = Writing { pending: Vec::new(), executed: executed.clone() };
+        let mut v = Vtpm::start(Box::new(engine), Box::new(storage.clone())).unwrap();
+        *storage.failing.lock() = true;
+        let mut out = [0u8; 64];
+        let n = v.execute(&[0; 12], &mut out);
+        assert_eq!(ResponseHeader::parse(&out[..n]).unwrap().code, TPM_RC_NV_UNAVAILABLE);
+        assert!(v.stopped());
+        // Even with the storage healed, the engine's state is not the kept one: no command
+        // reaches it again.
+        *storage.failing.lock() = false;
+        let before = *executed.lock();
+        let n = v.execute(&[0; 12], &mut out);
+        assert_eq!(ResponseHeader::parse(&out[..n]).unwrap().code, wire::TPM_RC_FAILURE);
+        assert_eq!(*executed.lock(), before);
+    }
+
+    #[test]
+    fn a_start_whose_state_cannot_be_kept_fails() {
+        let storage = Recording::default();
+        *storage.failing.lock() = true;
+        let engine = Writing { pending: Vec::new(), executed: Default::default() };
+        let e = Vtpm::start(Box::new(engine), Box::new(storage)).unwrap_err();
+        assert_eq!(e, ManufactureError { step: "persisting the NV state", code: TPM_RC_NV_UNAVAILABLE });
     }
 
     #[test]

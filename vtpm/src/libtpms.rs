@@ -1,13 +1,15 @@
 //! libtpms (TPM 2.0 mode) behind [`TpmEngine`].
 //!
 //! libtpms keeps one TPM in global state, so there is one [`LibTpms`] at a time; opening it
-//! again after it is dropped starts a new, freshly manufactured TPM. Its non-volatile state
-//! lives in memory ([`NV`]) through libtpms' storage callbacks: each SVSM start is a new
-//! TPM until persistent encrypted state exists.
+//! again after it is dropped starts a new TPM from the NV state it is given (or a freshly
+//! manufactured one when that is empty). Its non-volatile state lives in memory ([`NV`])
+//! through libtpms' storage callbacks, which also note every blob libtpms writes or
+//! deletes, so [`TpmEngine::take_nv_changes`] can hand them to the sealed store.
 #![expect(unsafe_code, reason = "the FFI to libtpms, a C library")]
 
 use crate::TpmEngine;
-use alloc::collections::BTreeMap;
+use crate::nv::{NvBlobs, NvChange, NvError};
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::ffi::{CStr, c_char, c_int};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +53,14 @@ unsafe extern "C" {
 /// Set while a [`LibTpms`] exists.
 static OPEN: AtomicBool = AtomicBool::new(false);
 
-/// The TPM's non-volatile blobs by name ("tpm2-00.permall", ...).
-static NV: spin::Mutex<BTreeMap<Vec<u8>, Vec<u8>>> = spin::Mutex::new(BTreeMap::new());
+/// The TPM's non-volatile blobs by name ("permall", ...), and the names written or deleted
+/// since the last [`TpmEngine::take_nv_changes`].
+static NV: spin::Mutex<Nv> = spin::Mutex::new(Nv { blobs: BTreeMap::new(), changed: BTreeSet::new() });
+
+struct Nv {
+    blobs: NvBlobs,
+    changed: BTreeSet<Vec<u8>>,
+}
 
 /// Why libtpms could not be started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,14 +88,21 @@ pub struct LibTpms {
 unsafe impl Send for LibTpms {}
 
 impl LibTpms {
-    /// Start libtpms as a TPM 2.0 with in-memory NV, commands and responses of at most
-    /// `buffer_size` bytes (libtpms may round it into its own limits; see
-    /// [`Self::buffer_size`]). A TPM opened after an earlier one was dropped is new.
+    /// Start libtpms as a new TPM 2.0 (manufactured now) with in-memory NV, commands and
+    /// responses of at most `buffer_size` bytes (libtpms may round it into its own limits;
+    /// see [`Self::buffer_size`]).
     pub fn open(buffer_size: u32) -> Result<Self, OpenError> {
+        Self::open_with_nv(buffer_size, NvBlobs::new())
+    }
+
+    /// Start libtpms from the NV state `nv` (as an earlier TPM left it; empty:
+    /// manufacture a new TPM). The blobs libtpms writes while starting are reported by the
+    /// first [`TpmEngine::take_nv_changes`].
+    pub fn open_with_nv(buffer_size: u32, nv: NvBlobs) -> Result<Self, OpenError> {
         if OPEN.swap(true, Ordering::AcqRel) {
             return Err(OpenError::AlreadyOpen);
         }
-        NV.lock().clear();
+        *NV.lock() = Nv { blobs: nv, changed: BTreeSet::new() };
         let callbacks = Callbacks {
             size_of_struct: core::mem::size_of::<Callbacks>() as c_int,
             nvram_init: Some(nvram_init),
@@ -161,6 +176,21 @@ impl TpmEngine for LibTpms {
             None => fail(response),
         }
     }
+
+    fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, NvError> {
+        let mut nv = NV.lock();
+        let mut changes = Vec::new();
+        changes.try_reserve_exact(nv.changed.len()).map_err(|_| NvError::Engine)?;
+        for name in &nv.changed {
+            let data = match nv.blobs.get(name) {
+                Some(blob) => Some(copy(blob).ok_or(NvError::Engine)?),
+                None => None,
+            };
+            changes.push(NvChange { name: copy(name).ok_or(NvError::Engine)?, data });
+        }
+        nv.changed.clear();
+        Ok(changes)
+    }
 }
 
 impl Drop for LibTpms {
@@ -171,9 +201,17 @@ impl Drop for LibTpms {
             TPMLIB_Terminate();
             TPM_Free(self.response);
         }
-        NV.lock().clear();
+        *NV.lock() = Nv { blobs: BTreeMap::new(), changed: BTreeSet::new() };
         OPEN.store(false, Ordering::Release);
     }
+}
+
+/// A copy the heap may refuse (a guest's NV writes lead here).
+fn copy(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len()).ok()?;
+    v.extend_from_slice(bytes);
+    Some(v)
 }
 
 extern "C" fn nvram_init() -> TpmResult {
@@ -202,7 +240,7 @@ unsafe extern "C" fn nvram_loaddata(data: *mut *mut u8, length: *mut u32, _tpm: 
     // SAFETY: libtpms' contract.
     let Some(name) = (unsafe { blob_name(name) }) else { return TPM_FAIL };
     let nv = NV.lock();
-    let Some(blob) = nv.get(name) else { return TPM_RETRY };
+    let Some(blob) = nv.blobs.get(name) else { return TPM_RETRY };
     let Ok(len) = u32::try_from(blob.len()) else { return TPM_FAIL };
     let mut buffer = core::ptr::null_mut();
     // SAFETY: libtpms frees the blob with its own allocator, so it is allocated there;
@@ -234,18 +272,16 @@ unsafe extern "C" fn nvram_storedata(data: *const u8, length: u32, _tpm: u32, na
         // SAFETY: libtpms' contract: `data` holds `length` bytes.
         blob.extend_from_slice(unsafe { core::slice::from_raw_parts(data, length as usize) });
     }
+    let Some(key) = copy(name) else { return TPM_FAIL };
     let mut nv = NV.lock();
-    if let Some(slot) = nv.get_mut(name) {
+    if let Some(slot) = nv.blobs.get_mut(name) {
         *slot = blob;
-        return TPM_SUCCESS;
+    } else {
+        // A new name (libtpms uses a handful, first at start-up).
+        let Some(second) = copy(name) else { return TPM_FAIL };
+        nv.blobs.insert(second, blob);
     }
-    // A new name (libtpms uses a handful, first at start-up).
-    let mut key = Vec::new();
-    if key.try_reserve_exact(name.len()).is_err() {
-        return TPM_FAIL;
-    }
-    key.extend_from_slice(name);
-    nv.insert(key, blob);
+    nv.changed.insert(key);
     TPM_SUCCESS
 }
 
@@ -254,9 +290,17 @@ unsafe extern "C" fn nvram_storedata(data: *const u8, length: u32, _tpm: u32, na
 unsafe extern "C" fn nvram_deletename(_tpm: u32, name: *const c_char, must_exist: u8) -> TpmResult {
     // SAFETY: libtpms' contract.
     let Some(name) = (unsafe { blob_name(name) }) else { return TPM_FAIL };
-    match NV.lock().remove(name) {
+    let mut nv = NV.lock();
+    match nv.blobs.remove(name) {
         None if must_exist != 0 => TPM_FAIL,
-        _ => TPM_SUCCESS,
+        None => TPM_SUCCESS,
+        Some(_) => match copy(name) {
+            Some(key) => {
+                nv.changed.insert(key);
+                TPM_SUCCESS
+            }
+            None => TPM_FAIL,
+        },
     }
 }
 

@@ -138,6 +138,10 @@ impl<'a> Reader<'a> {
     pub fn u32(&mut self) -> Option<u32> {
         self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+    /// Whether every byte was read.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
     /// A TPM2B's contents.
     pub fn sized(&mut self) -> Option<&'a [u8]> {
         let n = self.u16()?;

@@ -76,3 +76,57 @@ fn vtpm_run(vtpm: &mut Vtpm, command: &[u8]) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// NV storage that keeps blobs in a map shared with the test, as the sealed store would.
+#[derive(Clone, Default)]
+struct MapStorage(std::sync::Arc<Mutex<bulwark_vtpm::NvBlobs>>);
+
+impl bulwark_vtpm::NvStorage for MapStorage {
+    fn persist(&mut self, changes: &[bulwark_vtpm::NvChange]) -> Result<(), bulwark_vtpm::NvError> {
+        let mut map = self.0.lock().unwrap();
+        for c in changes {
+            match &c.data {
+                Some(d) => map.insert(c.name.clone(), d.clone()),
+                None => map.remove(&c.name),
+            };
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_tpm_started_again_from_its_kept_nv_state_has_its_seeds_indices_and_persistent_keys() {
+    use bulwark_vtpm::commands::{evict_control, nv_define_space, nv_read, nv_read_result, nv_write};
+    let _turn = ONE_TPM.lock().unwrap_or_else(|e| e.into_inner());
+    let storage = MapStorage::default();
+    let (ek, kept_after_start) = {
+        let tpm = LibTpms::open_with_nv(4087, Default::default()).expect("libtpms starts");
+        let mut vtpm = Vtpm::start(Box::new(tpm), Box::new(storage.clone())).expect("manufactured");
+        let permall = storage.0.lock().unwrap().get(&b"permall"[..]).cloned().expect("permall kept at start");
+        println!("a new TPM's permall: {} bytes", permall.len());
+        assert_eq!(code(&vtpm_run(&mut vtpm, &nv_define_space(0x0150_0001, 32))), 0);
+        assert_eq!(code(&vtpm_run(&mut vtpm, &nv_write(0x0150_0001, 0, b"kept across a restart"))), 0);
+        let r = vtpm_run(&mut vtpm, &bulwark_vtpm::create_ek_command());
+        let (handle, _) = bulwark_vtpm::create_primary_result(&r).expect("EK created");
+        assert_eq!(code(&vtpm_run(&mut vtpm, &evict_control(handle, 0x8101_0001))), 0);
+        (vtpm.ek_public().to_vec(), storage.0.lock().unwrap().clone())
+    };
+    assert_ne!(kept_after_start.get(&b"permall"[..]).map(Vec::len), None);
+
+    // The next start, from what the storage kept.
+    let tpm = LibTpms::open_with_nv(4087, kept_after_start).expect("libtpms starts again");
+    let mut vtpm = Vtpm::start(Box::new(tpm), Box::new(storage.clone())).expect("started again");
+    assert_eq!(vtpm.ek_public(), &ek[..], "the endorsement seed survived: same EK");
+    let r = vtpm_run(&mut vtpm, &nv_read(0x0150_0001, 0, 21));
+    assert_eq!(code(&r), 0);
+    assert_eq!(nv_read_result(&r), Some(&b"kept across a restart"[..]));
+    let r = vtpm_run(&mut vtpm, &bulwark_vtpm::commands::read_public(0x8101_0001));
+    assert_eq!(code(&r), 0);
+    assert_eq!(bulwark_vtpm::commands::read_public_result(&r), Some(&ek[..]), "the persistent EK is there");
+
+    // A TPM started from nothing is another TPM: another EK.
+    drop(vtpm);
+    let tpm = LibTpms::open_with_nv(4087, Default::default()).expect("libtpms starts");
+    let fresh = Vtpm::start(Box::new(tpm), Box::new(MapStorage::default())).expect("manufactured");
+    assert_ne!(fresh.ek_public(), &ek[..]);
+}

@@ -1,0 +1,55 @@
+//! The vTPM's non-volatile state, and the one interface through which it is kept.
+//!
+//! libtpms keeps its NV state as a few named blobs ("permall" holds the seeds, hierarchy
+//! auth values, NV indices, persistent objects and the dictionary-attack counters). An
+//! engine reports the blobs a command changed ([`TpmEngine::take_nv_changes`]); the
+//! [`Vtpm`](crate::Vtpm) hands them to its [`NvStorage`] before the guest sees the
+//! response, so a response never reports a state change that a power cut could lose. The
+//! same blobs are what a new engine starts from ([`NvBlobs`]), whether they come from the
+//! sealed store at boot or, later, from a migration source: one shape for all three.
+//!
+//! [`TpmEngine::take_nv_changes`]: crate::TpmEngine::take_nv_changes
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+/// The whole NV state: blob name to bytes.
+pub type NvBlobs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The longest blob name an engine may report (libtpms' names are a few bytes).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The largest blob an engine may report. libtpms' "permall" of a fresh TPM is about
+/// 10 KiB and grows with NV indices and persistent objects; libtpms bounds its NV memory
+/// at 128 KiB, plus headers.
+pub const MAX_BLOB_LEN: usize = 192 * 1024;
+
+/// One blob a command changed: its new bytes, or `None` if the engine deleted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NvChange {
+    pub name: Vec<u8>,
+    pub data: Option<Vec<u8>>,
+}
+
+/// The NV state could not be read out of the engine or kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NvError {
+    /// The engine could not report its changes (no memory, or a service that answered
+    /// something that does not parse).
+    Engine,
+    /// The storage refused or failed to make the changes durable.
+    Storage,
+}
+
+/// Where a vTPM keeps its NV state: the SVSM's sealed store.
+pub trait NvStorage: Send {
+    /// Make `changes` durable all together, or none of them. After an error the storage
+    /// holds the state of its last success, and the vTPM stops (it cannot keep the state
+    /// it now has in memory).
+    fn persist(&mut self, changes: &[NvChange]) -> Result<(), NvError>;
+}
+
+/// Is `name` a blob name an engine may report?
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN
+}

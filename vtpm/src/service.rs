@@ -1,0 +1,291 @@
+//! The messages between the SVSM and its vTPM service process (docs/syscalls.md "The vTPM
+//! service's messages").
+//!
+//! The SVSM starts the service with the NV state it read from the sealed store
+//! ([`Request::Start`]), then sends each guest command ([`Request::Command`]). Every answer
+//! carries the NV blobs the engine changed since the last one, so the SVSM can make them
+//! durable before the guest sees the response. The SVSM treats the service's answers as
+//! hostile input (a compromised engine is the threat the process boundary is for): every
+//! length is checked, nothing panics, and an answer that does not parse stops the vTPM.
+//!
+//! Layout, all integers big-endian like the TPM's own:
+//!
+//! ```text
+//! request  START   : 01 | u32 count | count * (u16 name_len | name | u32 len | bytes)
+//!          COMMAND : 02 | the TPM command
+//! answer   STARTED : 01 | changes
+//!          RESPONSE: 02 | u32 len | the TPM response | changes
+//!          FAILED  : 03 | u32 libtpms' TPM_RESULT (the engine did not start)
+//! changes          : u32 count | count * (u16 name_len | name | 00 (deleted)
+//!                                                              | 01 u32 len | bytes)
+//! ```
+
+use crate::nv::{MAX_BLOB_LEN, NvBlobs, NvChange, valid_name};
+use crate::wire::Reader;
+use alloc::vec::Vec;
+
+/// The longest message either side sends: the whole NV state plus headers.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+
+const START: u8 = 1;
+const COMMAND: u8 = 2;
+const STARTED: u8 = 1;
+const RESPONSE: u8 = 2;
+const FAILED: u8 = 3;
+
+/// What the SVSM asks of the service.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Start the engine from this NV state (empty: manufacture a new TPM).
+    Start(NvBlobs),
+    /// Run one TPM command.
+    Command(&'a [u8]),
+}
+
+/// What the service answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// The engine runs; these are the blobs it wrote while starting.
+    Started(Vec<NvChange>),
+    /// A command's response and the blobs it changed.
+    Response(&'a [u8], Vec<NvChange>),
+    /// The engine did not start (libtpms' code).
+    Failed(u32),
+}
+
+/// A message being built, refusing to grow past [`MAX_MESSAGE`] or past what the heap
+/// can give.
+struct Message(Vec<u8>);
+
+impl Message {
+    fn new(tag: u8) -> Option<Self> {
+        let mut m = Message(Vec::new());
+        m.bytes(&[tag])?;
+        Some(m)
+    }
+    fn bytes(&mut self, b: &[u8]) -> Option<&mut Self> {
+        if self.0.len().checked_add(b.len())? > MAX_MESSAGE {
+            return None;
+        }
+        self.0.try_reserve(b.len()).ok()?;
+        self.0.extend_from_slice(b);
+        Some(self)
+    }
+    fn u32(&mut self, v: usize) -> Option<&mut Self> {
+        self.bytes(&u32::try_from(v).ok()?.to_be_bytes())
+    }
+    fn name(&mut self, name: &[u8]) -> Option<&mut Self> {
+        if !valid_name(name) {
+            return None;
+        }
+        self.bytes(&u16::try_from(name.len()).ok()?.to_be_bytes())?.bytes(name)
+    }
+    fn changes(&mut self, changes: &[NvChange]) -> Option<&mut Self> {
+        self.u32(changes.len())?;
+        for change in changes {
+            self.name(&change.name)?;
+            match &change.data {
+                None => self.bytes(&[0])?,
+                Some(data) if data.len() <= MAX_BLOB_LEN => self.bytes(&[1])?.u32(data.len())?.bytes(data)?,
+                Some(_) => return None,
+            };
+        }
+        Some(self)
+    }
+}
+
+/// START with `nv`; `None` if it does not fit a message.
+pub fn start(nv: &NvBlobs) -> Option<Vec<u8>> {
+    let mut m = Message::new(START)?;
+    m.u32(nv.len())?;
+    for (name, data) in nv {
+        if data.len() > MAX_BLOB_LEN {
+            return None;
+        }
+        m.name(name)?.u32(data.len())?.bytes(data)?;
+    }
+    Some(m.0)
+}
+
+/// COMMAND with `command`.
+pub fn command(command: &[u8]) -> Option<Vec<u8>> {
+    let mut m = Message::new(COMMAND)?;
+    m.bytes(command)?;
+    Some(m.0)
+}
+
+/// STARTED with the blobs written while starting.
+pub fn started(changes: &[NvChange]) -> Option<Vec<u8>> {
+    let mut m = Message::new(STARTED)?;
+    m.changes(changes)?;
+    Some(m.0)
+}
+
+/// RESPONSE with `response` and the blobs the command changed.
+pub fn response(response: &[u8], changes: &[NvChange]) -> Option<Vec<u8>> {
+    let mut m = Message::new(RESPONSE)?;
+    m.u32(response.len())?.bytes(response)?.changes(changes)?;
+    Some(m.0)
+}
+
+/// FAILED with libtpms' code.
+pub fn failed(code: u32) -> Option<Vec<u8>> {
+    let mut m = Message::new(FAILED)?;
+    m.bytes(&code.to_be_bytes())?;
+    Some(m.0)
+}
+
+/// A copy the heap may refuse.
+fn copy(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len()).ok()?;
+    v.extend_from_slice(bytes);
+    Some(v)
+}
+
+fn name<'a>(r: &mut Reader<'a>) -> Option<&'a [u8]> {
+    let len = r.u16()?;
+    r.take(usize::from(len)).filter(|n| valid_name(n))
+}
+
+fn blob<'a>(r: &mut Reader<'a>) -> Option<&'a [u8]> {
+    let len = usize::try_from(r.u32()?).ok().filter(|l| *l <= MAX_BLOB_LEN)?;
+    r.take(len)
+}
+
+fn changes(r: &mut Reader<'_>) -> Option<Vec<NvChange>> {
+    let count = usize::try_from(r.u32()?).ok()?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let name = copy(name(r)?)?;
+        let data = match r.take(1)? {
+            [0] => None,
+            [1] => Some(copy(blob(r)?)?),
+            _ => return None,
+        };
+        out.try_reserve(1).ok()?;
+        out.push(NvChange { name, data });
+    }
+    Some(out)
+}
+
+/// Parse a request (the service's side); `None` if it is malformed.
+pub fn parse_request(message: &[u8]) -> Option<Request<'_>> {
+    let (&tag, rest) = message.split_first()?;
+    match tag {
+        START => {
+            let mut r = Reader::new(rest);
+            let count = r.u32()?;
+            let mut nv = NvBlobs::new();
+            for _ in 0..count {
+                let name = copy(name(&mut r)?)?;
+                let data = copy(blob(&mut r)?)?;
+                if nv.insert(name, data).is_some() {
+                    return None;
+                }
+            }
+            r.is_empty().then_some(Request::Start(nv))
+        }
+        COMMAND => Some(Request::Command(rest)),
+        _ => None,
+    }
+}
+
+/// Parse an answer (the SVSM's side); `None` if it is malformed: a duplicate or invalid
+/// name, a length past the end, trailing bytes.
+pub fn parse_answer(message: &[u8]) -> Option<Answer<'_>> {
+    let (&tag, rest) = message.split_first()?;
+    let mut r = Reader::new(rest);
+    let answer = match tag {
+        STARTED => Answer::Started(changes(&mut r)?),
+        RESPONSE => {
+            let len = usize::try_from(r.u32()?).ok()?;
+            let response = r.take(len)?;
+            Answer::Response(response, changes(&mut r)?)
+        }
+        FAILED => Answer::Failed(r.u32()?),
+        _ => return None,
+    };
+    let unique = match &answer {
+        Answer::Started(c) | Answer::Response(_, c) => {
+            c.iter().enumerate().all(|(i, a)| c.iter().skip(i + 1).all(|b| b.name != a.name))
+        }
+        Answer::Failed(_) => true,
+    };
+    (unique && r.is_empty()).then_some(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn change(name: &[u8], data: Option<&[u8]>) -> NvChange {
+        NvChange { name: name.to_vec(), data: data.map(<[u8]>::to_vec) }
+    }
+
+    #[test]
+    fn every_message_parses_back_to_what_was_sent() {
+        let mut nv = NvBlobs::new();
+        nv.insert(b"permall".to_vec(), vec![7; 3000]);
+        nv.insert(b"x".to_vec(), vec![]);
+        assert_eq!(parse_request(&start(&nv).unwrap()), Some(Request::Start(nv)));
+        assert_eq!(parse_request(&command(&[0x80, 1, 2]).unwrap()), Some(Request::Command(&[0x80, 1, 2])));
+        let changes = vec![change(b"permall", Some(&[1, 2, 3])), change(b"volatilestate", None)];
+        assert_eq!(parse_answer(&started(&changes).unwrap()), Some(Answer::Started(changes.clone())));
+        let r = response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], &changes).unwrap();
+        assert_eq!(parse_answer(&r), Some(Answer::Response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], changes)));
+        assert_eq!(parse_answer(&failed(0x800).unwrap()), Some(Answer::Failed(0x800)));
+    }
+
+    #[test]
+    fn a_malformed_answer_is_refused_at_every_cut_and_with_trailing_bytes() {
+        let changes = vec![change(b"permall", Some(&[9; 40]))];
+        let good = response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], &changes).unwrap();
+        for cut in 0..good.len() {
+            assert_eq!(parse_answer(&good[..cut]), None, "cut at {cut}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(parse_answer(&long), None);
+        assert_eq!(parse_answer(&[9]), None, "unknown tag");
+    }
+
+    #[test]
+    fn duplicate_empty_or_overlong_names_and_oversized_blobs_are_refused() {
+        let twice = vec![change(b"a", None), change(b"a", Some(&[1]))];
+        let mut m = Message::new(STARTED).unwrap();
+        m.u32(2).unwrap();
+        for c in &twice {
+            m.bytes(&[0, 1]).unwrap().bytes(&c.name).unwrap();
+            match &c.data {
+                None => m.bytes(&[0]).unwrap(),
+                Some(d) => m.bytes(&[1]).unwrap().u32(d.len()).unwrap().bytes(d).unwrap(),
+            };
+        }
+        assert_eq!(parse_answer(&m.0), None, "one name twice");
+        assert_eq!(started(&[change(b"", None)]), None, "an empty name is not encoded");
+        assert_eq!(started(&[change(&[b'n'; 65], None)]), None, "a long name is not encoded");
+        // A hostile length field: 0xFFFFFFFF bytes claimed, 0 present.
+        assert_eq!(parse_answer(&[STARTED, 0, 0, 0, 1, 0, 1, b'a', 1, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+        assert_eq!(parse_answer(&[STARTED, 0, 0, 0, 1, 0, 1, b'a', 2]), None, "kind neither 0 nor 1");
+        assert_eq!(started(&[change(b"a", Some(&vec![0; MAX_BLOB_LEN + 1]))]), None);
+    }
+
+    #[test]
+    fn a_message_past_the_limit_is_not_built() {
+        let mut nv = NvBlobs::new();
+        nv.insert(b"a".to_vec(), vec![0; MAX_BLOB_LEN]);
+        nv.insert(b"b".to_vec(), vec![0; MAX_BLOB_LEN]);
+        assert_eq!(start(&nv), None);
+        assert!(command(&vec![0; MAX_MESSAGE]).is_none());
+    }
+
+    #[test]
+    fn a_hostile_count_claims_no_memory_it_cannot_back() {
+        // A count of 4 billion changes with no bytes behind it ends at the first missing
+        // one instead of reserving room for all of them.
+        assert_eq!(parse_answer(&[STARTED, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+        assert_eq!(parse_request(&[START, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+    }
+}
