@@ -39,6 +39,7 @@ pub mod protocols;
 pub mod psp_channel;
 pub mod request;
 pub mod rollback;
+pub mod sealed;
 pub mod stats;
 pub mod svsm;
 pub mod user;

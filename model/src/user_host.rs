@@ -12,15 +12,16 @@
 //! the command goes over a channel to the service, the answer comes back the same way.
 
 use abi::syscall::{self as sys, SysError};
-use kernel::user::channel::{Channel, ChannelError};
+use kernel::user::channel::Channel;
 use kernel::user::memory::{AddressSpace, Prot};
+use kernel::user::service_tpm::{ServiceTpm, StartError};
 use kernel::user::{Call, Object, Outcome, Process, Services, Wait};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
-use vtpm::TpmEngine;
+use vtpm::{NvBlobs, TpmEngine, service};
 
 const PAGE: u64 = 4096;
 
@@ -326,75 +327,69 @@ impl Drop for HostedProcess {
     }
 }
 
-/// The vTPM engine as the kernel sees it with the vTPM in a process: commands over a
-/// channel. A closed channel (the service ended or faulted) answers nothing, which the
-/// protocol layer turns into TPM_RC_FAILURE.
-#[derive(Debug)]
-pub struct ChannelTpm {
-    channel: Arc<Channel>,
-    service: HostedProcess,
-}
+/// The vTPM engine as the kernel sees it with the vTPM in a process: the kernel's
+/// [`ServiceTpm`] over a channel to a hosted service process. A service that ended or
+/// faulted answers nothing, which the protocol layer turns into TPM_RC_FAILURE.
+pub type ChannelTpm = ServiceTpm<Box<dyn FnMut() -> bool + Send>>;
 
-impl ChannelTpm {
-    /// Start the vTPM service process around `engine` (the process's one libtpms).
-    pub fn start(engine: impl TpmEngine + 'static) -> Self {
-        let channel = Arc::new(Channel::default());
-        let service =
-            HostedProcess::start(1, 64, vec![Object::Channel(channel.clone())], move |user| vtpm_service(user, engine));
-        Self { channel, service }
-    }
-}
-
-impl TpmEngine for ChannelTpm {
-    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
-        if self.channel.post(command.to_vec()).is_err() {
-            return 0;
-        }
-        loop {
-            match self.channel.take_reply() {
-                Ok(Some(reply)) if reply.len() <= response.len() => {
-                    response[..reply.len()].copy_from_slice(&reply);
-                    return reply.len();
-                }
-                Ok(Some(_)) | Err(ChannelError::Closed | ChannelError::Busy) => return 0,
-                Ok(None) => {
-                    // The service runs as a process, not as SVSM code: its driver's memory
-                    // is not the SVSM heap's.
-                    if crate::heap::as_host(|| self.service.run()) != RunState::Blocked {
-                        // Gone (faulted or exited) without an answer.
-                        return 0;
-                    }
-                }
-            }
-        }
-    }
+/// Start a vTPM service process whose engine `open` makes from the NV state the kernel
+/// sends (`Err(code)`: the engine refused it), and start it from `nv`.
+pub fn channel_tpm<E: TpmEngine + 'static>(
+    open: impl FnOnce(NvBlobs) -> Result<E, u32> + Send + 'static,
+    nv: &NvBlobs,
+) -> Result<ChannelTpm, StartError> {
+    let channel = Arc::new(Channel::default());
+    let mut service =
+        HostedProcess::start(1, 160, vec![Object::Channel(channel.clone())], move |user| vtpm_service(user, open));
+    // The service runs as a process, not as SVSM code: its driver's memory is not the
+    // SVSM heap's.
+    let run: Box<dyn FnMut() -> bool + Send> =
+        Box::new(move || crate::heap::as_host(|| service.run()) == RunState::Blocked);
+    ServiceTpm::start(channel, run, nv)
 }
 
 /// A TPM command the service treats as "fault now" (tests of crash isolation): the
 /// vendor-specific bit of the ordinal with a code no TPM uses.
 pub const FAULT_COMMAND_CODE: u32 = 0x2000_0bad;
 
-/// The vTPM service program: receive a command into its own buffer, run it, reply.
-fn vtpm_service(user: UserCalls, mut engine: impl TpmEngine) {
+/// The vTPM service program, as services/vtpm runs it: the first message starts the
+/// engine from the kept NV state; then receive a command into its own buffer, run it,
+/// and reply with the response and the NV blobs it changed.
+fn vtpm_service<E: TpmEngine>(user: UserCalls, open: impl FnOnce(NvBlobs) -> Result<E, u32>) {
     const CHANNEL: u64 = 0;
-    const SIZE: u64 = 8192;
+    const SIZE: u64 = vtpm::service::MAX_MESSAGE as u64;
     let request = user.mmap(SIZE).unwrap_or_else(|e| fault(&format!("no buffer: {e:?}")));
     let answer = user.mmap(SIZE).unwrap_or_else(|e| fault(&format!("no buffer: {e:?}")));
-    let mut response = vec![0u8; SIZE as usize];
+    let receive = || match user.checked(sys::CHANNEL_RECEIVE, [CHANNEL, request, SIZE, 0, 0]) {
+        Ok(len) => user.load(request, len as usize),
+        Err(e) => fault(&format!("receive: {e:?}")),
+    };
+    let reply = |message: Option<Vec<u8>>| {
+        let message = message.unwrap_or_else(|| fault("an answer too large"));
+        user.store(answer, &message);
+        if let Err(e) = user.checked(sys::CHANNEL_REPLY, [CHANNEL, answer, message.len() as u64, 0, 0]) {
+            fault(&format!("reply: {e:?}"));
+        }
+    };
+    let Some(service::Request::Start(nv)) = service::parse_request(&receive()) else { fault("no start message") };
+    let mut engine = match open(nv) {
+        Ok(engine) => engine,
+        Err(code) => {
+            reply(service::failed(code));
+            fault("the engine did not start")
+        }
+    };
+    let changes = |engine: &mut E| engine.take_nv_changes().unwrap_or_else(|e| fault(&format!("NV changes: {e:?}")));
+    reply(service::started(&changes(&mut engine)));
+    let mut response = vec![0u8; 8192];
     loop {
-        let len = match user.checked(sys::CHANNEL_RECEIVE, [CHANNEL, request, SIZE, 0, 0]) {
-            Ok(len) => len as usize,
-            Err(e) => fault(&format!("receive: {e:?}")),
-        };
-        let command = user.load(request, len);
+        let message = receive();
+        let Some(service::Request::Command(command)) = service::parse_request(&message) else { fault("not a command") };
         if command.get(6..10) == Some(&FAULT_COMMAND_CODE.to_be_bytes()) {
             // A wild write, as a memory bug in the engine would make one.
             user.store(0x10, &[0xff]);
         }
-        let n = engine.execute(&command, &mut response);
-        user.store(answer, &response[..n]);
-        if let Err(e) = user.checked(sys::CHANNEL_REPLY, [CHANNEL, answer, n as u64, 0, 0]) {
-            fault(&format!("reply: {e:?}"));
-        }
+        let n = engine.execute(command, &mut response);
+        reply(service::response(&response[..n], &changes(&mut engine)));
     }
 }

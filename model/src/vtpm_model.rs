@@ -43,7 +43,9 @@ pub fn vtpm() -> Result<Vtpm, String> {
 /// over a channel to the process, which runs the process's libtpms.
 pub fn vtpm_in_process() -> Result<Vtpm, String> {
     let (engine, ek) = shared()?;
-    let service = crate::user_host::ChannelTpm::start(engine.clone());
+    let engine = engine.clone();
+    let service = crate::user_host::channel_tpm(move |_| Ok(engine), &vtpm::NvBlobs::new())
+        .map_err(|e| format!("the vTPM service did not start: {e:?}"))?;
     Ok(Vtpm::with_ek(Box::new(service), ek.clone()))
 }
 

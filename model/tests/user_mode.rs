@@ -6,7 +6,7 @@
 //! would: results, error codes, and faults that end it.
 
 use abi::syscall::{self as sys, BatchIn, BatchOut, SysError, map};
-use bulwark_model::user_host::{ChannelTpm, FAULT_COMMAND_CODE, HostedProcess, RunState, UserCalls};
+use bulwark_model::user_host::{FAULT_COMMAND_CODE, HostedProcess, RunState, UserCalls, channel_tpm};
 use kernel::user::channel::Channel;
 use kernel::user::memory::{MMAP_BASE, USER_BOTTOM, USER_TOP};
 use kernel::user::{MAX_THREADS, Object};
@@ -309,7 +309,8 @@ fn rc(response: &[u8]) -> u32 {
 #[test]
 fn the_vtpm_served_by_a_process_answers_and_its_fault_is_contained() {
     let engine = bulwark_model::vtpm_model::engine().expect("libtpms");
-    let mut vtpm = vtpm::Vtpm::with_ek(Box::new(ChannelTpm::start(engine)), Vec::new());
+    let service = channel_tpm(move |_| Ok(engine), &Default::default()).expect("the service starts");
+    let mut vtpm = vtpm::Vtpm::with_ek(Box::new(service), Vec::new());
     let mut response = vec![0u8; 4096];
     let n = vtpm.execute(&tpm_get_random(16), &mut response);
     assert_eq!((n, rc(&response)), (12 + 16, 0), "TPM2_GetRandom through the service");

@@ -178,6 +178,15 @@ struct Written {
     index_len: u64,
 }
 
+/// What [`Store::open_or_format`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// A store, opened and verified.
+    Existing,
+    /// A blank device, now an empty store.
+    Formatted,
+}
+
 impl<D: BlockDevice, E: Entropy> Store<D, E> {
     /// Writes an empty store (generation 1) over whatever `device` holds.
     ///
@@ -216,6 +225,22 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         };
         store.commit()?;
         Ok(store)
+    }
+
+    /// Opens the store on `device`, or formats one if the device is blank: both header
+    /// slots all zeros, as a new disk image is. Anything else that is not this key's store
+    /// is an error, never a reason to format: a host that scribbles over the headers
+    /// must not get an empty state accepted in place of the kept one.
+    pub fn open_or_format(mut device: D, key: &StoreKey, entropy: E) -> Result<(Self, Opened), StoreError> {
+        let blank = device.block_count() >= HEADER_SLOTS
+            && (0..HEADER_SLOTS).try_fold(true, |blank, slot| {
+                Ok::<_, StoreError>(blank && read_block(&mut device, slot)?.iter().all(|b| *b == 0))
+            })?;
+        if blank {
+            Ok((Self::format(device, key, entropy)?, Opened::Formatted))
+        } else {
+            Ok((Self::open(device, key, entropy)?, Opened::Existing))
+        }
     }
 
     /// Opens the newest committed state on `device` and verifies all of it.

@@ -65,7 +65,7 @@ impl Entropy for TestRng {
 }
 
 /// A hook every read passes through: it may change the block or fail the read.
-pub type ReadHook = Box<dyn FnMut(u64, &mut Block) -> Result<(), IoError>>;
+pub type ReadHook = Box<dyn FnMut(u64, &mut Block) -> Result<(), IoError> + Send>;
 
 /// An in-memory block device with a volatile write cache and fault injection.
 ///

@@ -143,3 +143,25 @@ fn reads_after_open_never_touch_the_device() {
     }
     assert_eq!(contents(&store), expected);
 }
+
+#[test]
+fn only_a_blank_device_is_formatted_at_open() {
+    // A new disk image: formatted, then found again.
+    let (mut store, how) = Store::open_or_format(MemDisk::new(16), &key(), TestRng::new(1)).unwrap();
+    assert_eq!(how, bulwark_store::Opened::Formatted);
+    store.put(b"a", b"kept").unwrap();
+    store.commit().unwrap();
+    let image = store.into_device().image();
+    let (store, how) = Store::open_or_format(MemDisk::from_image(image.clone()), &key(), TestRng::new(2)).unwrap();
+    assert_eq!((how, store.get(b"a")), (bulwark_store::Opened::Existing, Some(&b"kept"[..])));
+    // Headers the host scribbled over are not a blank disk: the store is refused, not
+    // replaced by an empty one.
+    let mut disk = MemDisk::from_image(image);
+    disk.set_block(0, &[0x55; 4096]);
+    disk.set_block(1, &[0x55; 4096]);
+    assert_eq!(Store::open_or_format(disk, &key(), TestRng::new(3)).err(), Some(StoreError::NotFormatted));
+    // Nor is a device that fails to say what its headers hold.
+    let mut disk = MemDisk::new(16);
+    disk.fail_reads_of(1);
+    assert_eq!(Store::open_or_format(disk, &key(), TestRng::new(4)).err(), Some(StoreError::Io(IoError)));
+}

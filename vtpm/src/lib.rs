@@ -92,7 +92,7 @@ impl Vtpm {
         let (mut engine, ek_public) = Self::start_engine(engine)?;
         let unkept = ManufactureError { step: "persisting the NV state", code: TPM_RC_NV_UNAVAILABLE };
         let changes = engine.take_nv_changes().map_err(|_| unkept)?;
-        storage.persist(&changes).map_err(|_| unkept)?;
+        storage.started(&ek_public, &changes).map_err(|_| unkept)?;
         Ok(Self { engine, ek_public, storage: Some(storage), stopped: false })
     }
 

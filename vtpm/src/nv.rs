@@ -47,6 +47,13 @@ pub trait NvStorage: Send {
     /// holds the state of its last success, and the vTPM stops (it cannot keep the state
     /// it now has in memory).
     fn persist(&mut self, changes: &[NvChange]) -> Result<(), NvError>;
+
+    /// The engine started and has the EK `ek_public`; keep what starting wrote. A store
+    /// that records which TPM it holds checks or records the EK here.
+    fn started(&mut self, ek_public: &[u8], changes: &[NvChange]) -> Result<(), NvError> {
+        let _ = ek_public;
+        self.persist(changes)
+    }
 }
 
 /// Is `name` a blob name an engine may report?

@@ -16,6 +16,7 @@ pub mod channel;
 pub mod handles;
 pub mod loader;
 pub mod memory;
+pub mod service_tpm;
 
 use crate::heap;
 use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
@@ -28,8 +29,9 @@ use zerocopy::{FromZeros, IntoBytes};
 
 /// Most bytes one LOG line or GETRANDOM call moves.
 pub const MAX_SMALL_COPY: usize = 256;
-/// Most bytes of one channel message (a TPM command or response fits with room).
-pub const MAX_MESSAGE: u64 = 8192;
+/// Most bytes of one channel message: the vTPM service's start message carries the whole
+/// NV state (vtpm::service::MAX_MESSAGE).
+pub const MAX_MESSAGE: u64 = vtpm::service::MAX_MESSAGE as u64;
 /// Most threads of one process.
 pub const MAX_THREADS: u32 = 8;
 

@@ -2,14 +2,18 @@
 #![expect(unsafe_code, reason = "the heap's memory, the buffers, the C library's CPU probe")]
 
 use vtpm::TpmEngine;
-use vtpm::libtpms::LibTpms;
+use vtpm::libtpms::{LibTpms, OpenError};
+use vtpm::service::{self, Request};
 
 /// The channel the SVSM gives the service at start.
 const CHANNEL: u64 = 0;
-/// The heap libtpms and libcrypto allocate from (their peak is about 0.6 MiB).
-const HEAP_BYTES: usize = 1536 * 1024;
-/// Request and response buffers (a TPM command fits one page; room to spare).
-const BUFFER: usize = 8192;
+/// The heap libtpms and libcrypto allocate from (their peak is about 0.6 MiB), with room
+/// for two copies of the largest NV state (the start message's and libtpms' own).
+const HEAP_BYTES: usize = 2048 * 1024;
+/// The request buffer holds the largest message (the start message with the NV state).
+const REQUEST: usize = vtpm::service::MAX_MESSAGE;
+/// The TPM's response buffer (a response fits one page; room to spare).
+const RESPONSE: usize = 8192;
 /// Exit codes.
 const EXIT_NO_MEMORY: u64 = 1;
 const EXIT_NO_TPM: u64 = 2;
@@ -37,36 +41,72 @@ extern "C" fn _start() -> ! {
     // SAFETY: the region is fresh anonymous memory of HEAP_BYTES, ours alone, and is
     // handed to the allocator once.
     unsafe { HEAP.lock().init(heap, HEAP_BYTES) };
-    let (Ok(request), Ok(response)) = (user_rt::mmap(BUFFER), user_rt::mmap(BUFFER)) else { exit(EXIT_NO_MEMORY) };
+    let (Ok(request), Ok(response)) = (user_rt::mmap(REQUEST), user_rt::mmap(RESPONSE)) else { exit(EXIT_NO_MEMORY) };
     // SAFETY: the probe only reads CPUID and fills libcrypto's capability vector; it runs
     // once, before any libcrypto use.
     unsafe { OPENSSL_cpuid_setup() };
-    let max_command = u32::try_from(abi::vtpm::MAX_COMMAND_SIZE).unwrap_or(u32::MAX);
-    let Ok(mut tpm) = LibTpms::open(max_command) else {
-        log(b"vtpm service: libtpms did not start");
-        exit(EXIT_NO_TPM)
-    };
-    log(b"vtpm service: libtpms started at CPL 3; waiting for commands");
-    // SAFETY: two distinct fresh mappings of BUFFER bytes each, ours alone; the kernel
-    // writes the request only while this thread is inside CHANNEL_RECEIVE.
+    // SAFETY: two distinct fresh mappings of REQUEST and RESPONSE bytes, ours alone; the
+    // kernel writes the request only while this thread is inside CHANNEL_RECEIVE.
     let (request, response) = unsafe {
         (
-            core::slice::from_raw_parts_mut(request as *mut u8, BUFFER),
-            core::slice::from_raw_parts_mut(response as *mut u8, BUFFER),
+            core::slice::from_raw_parts_mut(request as *mut u8, REQUEST),
+            core::slice::from_raw_parts_mut(response as *mut u8, RESPONSE),
         )
     };
+    // The first message starts the engine from the NV state the SVSM kept.
+    let Ok(len) = user_rt::channel_receive(CHANNEL, request) else { exit(EXIT_CHANNEL) };
+    let Some(Request::Start(nv)) = request.get(..len).and_then(service::parse_request) else { exit(EXIT_CHANNEL) };
+    let new = nv.is_empty();
+    let max_command = u32::try_from(abi::vtpm::MAX_COMMAND_SIZE).unwrap_or(u32::MAX);
+    let mut tpm = match LibTpms::open_with_nv(max_command, nv) {
+        Ok(tpm) => tpm,
+        Err(e) => {
+            log(b"vtpm service: libtpms did not start");
+            let code = match e {
+                OpenError::Library { code, .. } => code,
+                OpenError::AlreadyOpen => u32::MAX,
+            };
+            let _ = service::failed(code).map(|m| user_rt::channel_reply(CHANNEL, &m));
+            exit(EXIT_NO_TPM)
+        }
+    };
+    let started: &[u8] = if new {
+        b"vtpm service: libtpms manufactured a new TPM at CPL 3; waiting for commands"
+    } else {
+        b"vtpm service: libtpms started at CPL 3 from its kept NV state; waiting for commands"
+    };
+    log(started);
+    reply(service::started(&changes(&mut tpm)));
     loop {
         let Ok(len) = user_rt::channel_receive(CHANNEL, request) else { exit(EXIT_CHANNEL) };
-        let command = request.get(..len).unwrap_or(&[]);
+        let Some(Request::Command(command)) = request.get(..len).and_then(service::parse_request) else {
+            exit(EXIT_CHANNEL)
+        };
         if command.get(6..10) == Some(&FAULT_COMMAND_CODE.to_be_bytes()) {
             // SAFETY: not sound on purpose (see FAULT_COMMAND_CODE): the SVSM must end
             // this process before the store completes.
             unsafe { core::ptr::write_volatile(0x10 as *mut u8, 0xff) };
         }
         let n = tpm.execute(command, response);
-        if user_rt::channel_reply(CHANNEL, response.get(..n).unwrap_or(&[])).is_err() {
-            exit(EXIT_CHANNEL);
-        }
+        let changes = changes(&mut tpm);
+        reply(service::response(response.get(..n).unwrap_or(&[]), &changes));
+    }
+}
+
+/// The NV blobs the last step changed; a service that cannot report them ends (the SVSM
+/// then stops the vTPM rather than lose them).
+fn changes(tpm: &mut LibTpms) -> alloc::vec::Vec<vtpm::NvChange> {
+    tpm.take_nv_changes().unwrap_or_else(|_| {
+        log(b"vtpm service: out of memory reporting NV changes");
+        exit(EXIT_NO_MEMORY)
+    })
+}
+
+/// Answer the SVSM; a message that could not be built or sent ends the service.
+fn reply(message: Option<alloc::vec::Vec<u8>>) {
+    match message {
+        Some(m) if user_rt::channel_reply(CHANNEL, &m).is_ok() => {}
+        _ => exit(EXIT_CHANNEL),
     }
 }
 

@@ -10,9 +10,11 @@ use super::user::{Ended, Loaded, PageAligned};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use kernel::sealed::{SharedSealed, VtpmNv};
 use kernel::user::Object;
 use kernel::user::channel::Channel;
-use vtpm::{TpmEngine, Vtpm};
+use kernel::user::service_tpm::{ServiceTpm, StartError};
+use vtpm::{NvBlobs, Vtpm};
 
 /// The vTPM service module, packaged into the image by `cargo xtask` (empty when the
 /// SVSM is built without it).
@@ -20,80 +22,58 @@ static VTPM: &PageAligned<[u8]> = &PageAligned(*include_bytes!(concat!(env!("OUT
 
 /// The service's process id, and the pages it may have mapped: its code shared with
 /// the image (about 830 pages), data (about 150), stack and thread page, and what it
-/// MMAPs (a 1.5 MiB heap, two buffers).
+/// MMAPs (a 2 MiB heap, the 256 KiB request buffer, the response buffer).
 const PROCESS_ID: u32 = 100;
-const PAGE_QUOTA: u64 = 1600;
+const PAGE_QUOTA: u64 = 1800;
 /// How long one command (or the start) may run: RSA key generation under TCG takes
 /// seconds; a process still running after this is treated as hung.
 const BUDGET_MS: u64 = 120_000;
 
-/// The engine the kernel's vTPM protocol calls: the service process behind a channel.
-struct ProcessTpm {
-    service: Loaded,
-    channel: Arc<Channel>,
-    alive: bool,
-}
+/// The engine the kernel's vTPM protocol calls: the service process behind a channel,
+/// run on the calling CPU until it answers.
+type ProcessTpm = ServiceTpm<Box<dyn FnMut() -> bool + Send>>;
 
-impl ProcessTpm {
-    /// Run the service until it waits for the next command; `false` (and never again)
-    /// if it ended instead.
-    fn run(&mut self) -> bool {
-        if !self.alive {
-            return false;
-        }
-        match self.service.run(BUDGET_MS) {
-            Ended::Blocked => true,
-            ended => {
-                println!("vtpm: the service process ended ({ended:?}); vTPM calls now get TPM_RC_FAILURE");
-                self.alive = false;
-                self.channel.close();
-                false
-            }
-        }
-    }
-}
-
-impl TpmEngine for ProcessTpm {
-    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
-        let mut request = Vec::new();
-        if !self.alive || request.try_reserve_exact(command.len()).is_err() {
-            return 0;
-        }
-        request.extend_from_slice(command);
-        if self.channel.post(request).is_err() || !self.run() {
-            return 0;
-        }
-        match self.channel.take_reply() {
-            Ok(Some(reply)) => match response.get_mut(..reply.len()) {
-                Some(out) => {
-                    out.copy_from_slice(&reply);
-                    reply.len()
-                }
-                None => 0,
-            },
-            _ => 0,
-        }
-    }
-}
-
-/// Start a vTPM service process; it starts libtpms, then waits for its first command.
-fn start(id: u32) -> Result<ProcessTpm, &'static str> {
+/// Load a vTPM service process and start its engine from `nv` (empty: a new TPM).
+fn start(id: u32, nv: &NvBlobs) -> Result<ProcessTpm, &'static str> {
     if VTPM.0.is_empty() {
         return Err("no vTPM service module in this image (built without `cargo xtask`)");
     }
     let channel = Arc::new(Channel::default());
-    let service = Loaded::new(id, PAGE_QUOTA, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
+    let mut service = Loaded::new(id, PAGE_QUOTA, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
         .map_err(|_| "the vTPM service module did not load")?;
-    let mut engine = ProcessTpm { service, channel, alive: true };
-    if !engine.run() {
-        return Err("the vTPM service process did not start");
-    }
-    Ok(engine)
+    let run: Box<dyn FnMut() -> bool + Send> = Box::new(move || match service.run(BUDGET_MS) {
+        Ended::Blocked => true,
+        ended => {
+            println!("vtpm: the service process ended ({ended:?}); vTPM calls now get TPM_RC_FAILURE");
+            false
+        }
+    });
+    ServiceTpm::start(channel, run, nv).map_err(|e| match e {
+        StartError::StateTooLarge => "the kept NV state does not fit the start message",
+        StartError::Service => "the vTPM service process did not start",
+        StartError::Engine(_) => "libtpms refused the kept NV state",
+    })
 }
 
-/// Start the vTPM service process and manufacture the vTPM through it (Startup, EK).
+/// Start the vTPM service process and manufacture a vTPM through it (Startup, EK), with
+/// no NV storage: each boot is a new TPM.
 pub fn manufacture() -> Result<Vtpm, &'static str> {
-    Vtpm::manufacture(Box::new(start(PROCESS_ID)?)).map_err(|_| "manufacturing the vTPM failed")
+    Vtpm::manufacture(Box::new(start(PROCESS_ID, &NvBlobs::new())?)).map_err(|_| "manufacturing the vTPM failed")
+}
+
+/// Start the vTPM from what the sealed state keeps for it (or manufacture a new one
+/// there): the EK, NV indices, persistent objects and dictionary-attack state survive a
+/// reboot. Says whether the TPM was new.
+pub fn start_sealed(sealed: SharedSealed) -> Result<(Vtpm, bool), &'static str> {
+    let (kept, storage) = VtpmNv::open(sealed);
+    let new = kept.ek_public.is_none();
+    let engine = start(PROCESS_ID, &kept.nv)?;
+    let vtpm = Vtpm::start(Box::new(engine), Box::new(storage)).map_err(|e| match e.step {
+        "persisting the NV state" if new => "the new vTPM's state could not be written to the sealed store",
+        "persisting the NV state" => "the kept vTPM's EK is not the one its sealed state records, or the store failed",
+        _ => "starting the vTPM failed",
+    })?;
+    Ok((vtpm, new))
 }
 
 /// A command code the service treats as "fault now" (services/vtpm: a wild store).
@@ -105,7 +85,7 @@ const TPM_RC_FAILURE: u32 = 0x101;
 /// starts, so its memory is back first): a service that faults is ended, its vTPM
 /// answers TPM_RC_FAILURE from then on, and the SVSM goes on. True if all of that held.
 pub fn crash_check() -> bool {
-    let Ok(engine) = start(PROCESS_ID + 1) else { return false };
+    let Ok(engine) = start(PROCESS_ID + 1, &NvBlobs::new()) else { return false };
     let mut vtpm = Vtpm::with_ek(Box::new(engine), Vec::new());
     let mut command = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0, 0];
     if let Some(code) = command.get_mut(6..10) {

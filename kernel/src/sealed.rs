@@ -1,0 +1,312 @@
+//! The SVSM's sealed state: one [`store::Store`] on the host's disk, opened at boot with
+//! the PSP-derived key, shared by everything that must outlive the VM (the vTPM's NV
+//! blobs today; docs/persistence.md).
+//!
+//! Every change is staged and committed at once. A commit that fails (the host refused or
+//! lost a write, the disk is full) closes the sealed state for good: staged changes that
+//! did not reach the disk would otherwise ride along with the next, unrelated commit, and
+//! what is on disk would no longer be what the SVSM answered from. The status says why.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use spin::Mutex;
+use store::{BlockDevice, Entropy, Store, StoreError, StoreState};
+use vtpm::nv::{NvBlobs, NvChange, NvError, NvStorage};
+
+/// A store, as the kernel uses it (any device, any entropy source).
+pub trait SealedStore: Send {
+    fn get(&self, name: &[u8]) -> Option<&[u8]>;
+    /// Every name starting with `prefix` (a copy: the caller may change the store next).
+    fn names_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>>;
+    fn put(&mut self, name: &[u8], data: &[u8]) -> Result<(), StoreError>;
+    fn remove(&mut self, name: &[u8]) -> bool;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    fn state(&self) -> StoreState;
+}
+
+impl<D: BlockDevice + Send, E: Entropy + Send> SealedStore for Store<D, E> {
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        Store::get(self, name)
+    }
+    fn names_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.names().filter(|n| n.starts_with(prefix)).map(<[u8]>::to_vec).collect()
+    }
+    fn put(&mut self, name: &[u8], data: &[u8]) -> Result<(), StoreError> {
+        Store::put(self, name, data)
+    }
+    fn remove(&mut self, name: &[u8]) -> bool {
+        Store::remove(self, name)
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Store::commit(self)
+    }
+    fn state(&self) -> StoreState {
+        Store::state(self)
+    }
+}
+
+/// The open sealed state, or why it closed.
+pub struct Sealed {
+    store: Box<dyn SealedStore>,
+    failed: Option<StoreError>,
+}
+
+impl core::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Sealed").field("state", &self.store.state()).field("failed", &self.failed).finish()
+    }
+}
+
+/// The sealed state as the vTPM, the OCP and the manifest share it.
+pub type SharedSealed = Arc<Mutex<Sealed>>;
+
+impl Sealed {
+    pub fn new(store: Box<dyn SealedStore>) -> SharedSealed {
+        Arc::new(Mutex::new(Self { store, failed: None }))
+    }
+
+    /// The committed state (what a verifier should be shown).
+    pub fn state(&self) -> StoreState {
+        self.store.state()
+    }
+
+    /// Why the sealed state closed, if it did.
+    pub fn failed(&self) -> Option<StoreError> {
+        self.failed
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.store.get(name)
+    }
+
+    /// Stage changes with `stage` and commit them as one step. A failure of either closes
+    /// the sealed state: every later update is refused with the first error.
+    pub fn update(
+        &mut self,
+        stage: impl FnOnce(&mut dyn SealedStore) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let result = stage(self.store.as_mut()).and_then(|()| self.store.commit());
+        if let Err(e) = result {
+            self.failed = Some(e);
+        }
+        result
+    }
+}
+
+/// Where the vTPM's blobs and its marker are kept.
+const NV_PREFIX: &[u8] = b"vtpm/nv/";
+const MARKER: &[u8] = b"vtpm/manufactured";
+
+/// The vTPM's NV blobs in the sealed state: `vtpm/nv/<name>` per blob, and the marker
+/// `vtpm/manufactured` (the EK public area), written in the same commit as the first
+/// blobs. A store without the marker has no vTPM yet, whatever else it holds: a power
+/// cut before that commit leaves no half-made TPM to start from.
+#[derive(Debug)]
+pub struct VtpmNv {
+    sealed: SharedSealed,
+    manufactured: bool,
+}
+
+/// What the sealed state holds for the vTPM.
+#[derive(Debug)]
+pub struct KeptTpm {
+    /// The NV blobs to start the engine from (empty: manufacture a new TPM).
+    pub nv: NvBlobs,
+    /// The EK public area recorded when it was manufactured (`None` for a new TPM).
+    pub ek_public: Option<Vec<u8>>,
+}
+
+impl VtpmNv {
+    /// What `sealed` keeps for the vTPM, and the storage that keeps its changes there.
+    pub fn open(sealed: SharedSealed) -> (KeptTpm, Self) {
+        let (kept, manufactured) = {
+            let s = sealed.lock();
+            match s.get(MARKER) {
+                Some(ek) => {
+                    let mut nv = NvBlobs::new();
+                    for name in s.store.names_with_prefix(NV_PREFIX) {
+                        if let (Some(short), Some(data)) = (name.get(NV_PREFIX.len()..), s.get(&name)) {
+                            nv.insert(short.to_vec(), data.to_vec());
+                        }
+                    }
+                    (KeptTpm { nv, ek_public: Some(ek.to_vec()) }, true)
+                }
+                None => (KeptTpm { nv: NvBlobs::new(), ek_public: None }, false),
+            }
+        };
+        (kept, Self { sealed, manufactured })
+    }
+
+    /// Stage `changes` under the vTPM's prefix.
+    fn stage(store: &mut dyn SealedStore, changes: &[NvChange]) -> Result<(), StoreError> {
+        for change in changes {
+            let mut name = Vec::new();
+            name.try_reserve_exact(NV_PREFIX.len() + change.name.len()).map_err(|_| StoreError::TooLarge)?;
+            name.extend_from_slice(NV_PREFIX);
+            name.extend_from_slice(&change.name);
+            match &change.data {
+                Some(data) => store.put(&name, data)?,
+                None => {
+                    store.remove(&name);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NvStorage for VtpmNv {
+    fn persist(&mut self, changes: &[NvChange]) -> Result<(), NvError> {
+        if !self.manufactured {
+            // Only `started` may write the first state (with the marker).
+            return Err(NvError::Storage);
+        }
+        self.sealed.lock().update(|store| Self::stage(store, changes)).map_err(|_| NvError::Storage)
+    }
+
+    /// A new TPM's first blobs go in one commit with the marker (after removing blobs of
+    /// a manufacture that never completed); a kept TPM must have the EK its marker
+    /// records, or the state is not the one it claims to be.
+    fn started(&mut self, ek_public: &[u8], changes: &[NvChange]) -> Result<(), NvError> {
+        if self.manufactured {
+            if self.sealed.lock().get(MARKER) != Some(ek_public) {
+                return Err(NvError::Storage);
+            }
+            return self.persist(changes);
+        }
+        self.sealed
+            .lock()
+            .update(|store| {
+                for stale in store.names_with_prefix(NV_PREFIX) {
+                    store.remove(&stale);
+                }
+                store.put(MARKER, ek_public)?;
+                Self::stage(store, changes)
+            })
+            .map_err(|_| NvError::Storage)?;
+        self.manufactured = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use store::StoreKey;
+    use store::testing::{MemDisk, TestRng};
+
+    fn key() -> StoreKey {
+        StoreKey::new([7; 32])
+    }
+
+    fn fresh() -> SharedSealed {
+        Sealed::new(Box::new(Store::format(MemDisk::new(64), &key(), TestRng::new(1)).unwrap()))
+    }
+
+    /// The disk image of `sealed`'s store, reopened as the next boot would.
+    fn reboot(image: Vec<u8>) -> SharedSealed {
+        Sealed::new(Box::new(Store::open(MemDisk::from_image(image), &key(), TestRng::new(2)).unwrap()))
+    }
+
+    fn change(name: &[u8], data: Option<&[u8]>) -> NvChange {
+        NvChange { name: name.to_vec(), data: data.map(<[u8]>::to_vec) }
+    }
+
+    #[test]
+    fn a_new_tpm_is_kept_with_its_marker_in_one_commit_and_found_again() {
+        let disk = Store::format(MemDisk::new(64), &key(), TestRng::new(1)).unwrap();
+        let generation = disk.state().generation;
+        let sealed = Sealed::new(Box::new(disk));
+        let (kept, mut nv) = VtpmNv::open(sealed.clone());
+        assert!(kept.nv.is_empty() && kept.ek_public.is_none(), "nothing kept yet: manufacture");
+        assert_eq!(nv.persist(&[change(b"permall", Some(b"x"))]), Err(NvError::Storage), "no state before the start");
+        nv.started(b"EK", &[change(b"permall", Some(b"seeds"))]).unwrap();
+        assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
+        nv.persist(&[change(b"permall", Some(b"seeds+index"))]).unwrap();
+        assert_eq!(sealed.lock().state().generation, generation + 2);
+
+        let (kept, _) = VtpmNv::open(sealed.clone());
+        assert_eq!(kept.ek_public.as_deref(), Some(&b"EK"[..]));
+        assert_eq!(kept.nv.get(&b"permall"[..]).map(Vec::as_slice), Some(&b"seeds+index"[..]));
+        assert_eq!(kept.nv.len(), 1);
+    }
+
+    #[test]
+    fn a_kept_tpm_that_starts_with_another_ek_is_refused() {
+        let sealed = fresh();
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"seeds"))]).unwrap();
+        let (_, mut again) = VtpmNv::open(sealed.clone());
+        let before = sealed.lock().state();
+        assert_eq!(again.started(b"another EK", &[]), Err(NvError::Storage));
+        assert_eq!(sealed.lock().state(), before, "nothing written");
+        let (_, mut again) = VtpmNv::open(sealed);
+        assert_eq!(again.started(b"EK", &[]), Ok(()));
+    }
+
+    #[test]
+    fn blobs_of_a_manufacture_that_never_completed_are_dropped_at_the_next_one() {
+        let sealed = fresh();
+        sealed.lock().update(|s| s.put(b"vtpm/nv/permall", b"half-made")).unwrap();
+        let (kept, mut nv) = VtpmNv::open(sealed.clone());
+        assert!(kept.nv.is_empty(), "no marker: the blobs are not a TPM");
+        nv.started(b"EK", &[change(b"other", Some(b"new"))]).unwrap();
+        let (kept, _) = VtpmNv::open(sealed);
+        assert_eq!(kept.nv.keys().cloned().collect::<Vec<_>>(), vec![b"other".to_vec()]);
+    }
+
+    #[test]
+    fn a_deleted_blob_is_deleted_from_the_store() {
+        let sealed = fresh();
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"p")), change(b"volatilestate", Some(b"v"))]).unwrap();
+        nv.persist(&[change(b"volatilestate", None)]).unwrap();
+        let (kept, _) = VtpmNv::open(sealed);
+        assert_eq!(kept.nv.keys().cloned().collect::<Vec<_>>(), vec![b"permall".to_vec()]);
+    }
+
+    #[test]
+    fn a_failed_commit_closes_the_sealed_state_and_nothing_staged_rides_along_later() {
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        let committed = sealed.lock().state();
+        disk.0.lock().fail_flushes(true);
+        assert_eq!(nv.persist(&[change(b"permall", Some(b"two"))]), Err(NvError::Storage));
+        let failed = sealed.lock().failed();
+        assert!(matches!(failed, Some(StoreError::Io(_))), "{failed:?}");
+        disk.0.lock().heal();
+        // The disk works again, but the sealed state stays closed: "two" never lands.
+        assert!(nv.persist(&[change(b"permall", Some(b"three"))]).is_err());
+        assert!(sealed.lock().update(|s| s.put(b"ocp/level", b"debug")).is_err());
+        assert_eq!(sealed.lock().state(), committed);
+        let image = disk.0.lock().image();
+        let (kept, _) = VtpmNv::open(reboot(image));
+        assert_eq!(kept.nv.get(&b"permall"[..]).map(Vec::as_slice), Some(&b"one"[..]));
+    }
+
+    /// A MemDisk the test keeps a handle on while the store drives it.
+    #[derive(Clone)]
+    struct SharedDisk(Arc<Mutex<MemDisk>>);
+
+    impl BlockDevice for SharedDisk {
+        fn block_count(&self) -> u64 {
+            self.0.lock().block_count()
+        }
+        fn read(&mut self, index: u64, buf: &mut store::Block) -> Result<(), store::IoError> {
+            self.0.lock().read(index, buf)
+        }
+        fn write(&mut self, index: u64, buf: &store::Block) -> Result<(), store::IoError> {
+            self.0.lock().write(index, buf)
+        }
+        fn flush(&mut self) -> Result<(), store::IoError> {
+            self.0.lock().flush()
+        }
+    }
+}
