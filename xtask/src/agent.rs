@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::Command;
 
 fn bulwark(args: &[&str]) -> Result<String, String> {
@@ -17,10 +18,37 @@ fn bulwark(args: &[&str]) -> Result<String, String> {
     Ok(text)
 }
 
+/// What the agent check runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `bulwark ocp` and the full tpm2-tools session.
+    pub session: bool,
+    /// With a state disk: where the record of what the vTPM was left with is kept. An
+    /// existing record is verified first; a full check then records anew.
+    pub state: Option<PathBuf>,
+}
+
+/// `bulwark tpm-bridge --persist MODE --state FILE`: its last line, or why it failed.
+fn persist(at: &str, mode: &str, state: &std::path::Path) -> Result<String, String> {
+    let state = state.to_string_lossy();
+    let report = bulwark(&["tpm-bridge", "--qemu", at, "--persist", mode, "--state", &state])?;
+    println!("{}", report.trim_end());
+    Ok(report.lines().rev().find(|l| l.starts_with("pass")).unwrap_or("").to_string())
+}
+
 /// Run the commands a user would, check what they print, then release the guest.
-pub fn check(port: u16) -> Result<String, String> {
+pub fn check(port: u16, plan: &Plan) -> Result<String, String> {
     let at = format!("127.0.0.1:{port}");
     let result = (|| {
+        let mut seen = Vec::new();
+        if let Some(state) = plan.state.as_ref().filter(|s| s.exists()) {
+            seen.push(format!("kept from an earlier boot: {}", persist(&at, "verify", state)?));
+        } else if !plan.session {
+            return Err("nothing to verify: no earlier boot recorded what it left in the vTPM".into());
+        }
+        if !plan.session {
+            return Ok(seen.join("; "));
+        }
         let listing = bulwark(&["ocp", "list", "--qemu", &at])?;
         if !listing.contains("config.log_level") || !listing.contains("log") {
             return Err(format!("bulwark ocp list printed:\n{listing}"));
@@ -44,7 +72,11 @@ pub fn check(port: u16) -> Result<String, String> {
             format!("list, read (build.platform = svm, {} bytes of log), write (log level), refused write", log.len());
         let session = bulwark(&["tpm-bridge", "--qemu", &at, "--check"])?;
         println!("{}", session.trim_end());
-        Ok(format!("bulwark ocp: {ocp}; bulwark tpm-bridge --check: {}", session.lines().last().unwrap_or("")))
+        seen.push(format!("bulwark ocp: {ocp}; bulwark tpm-bridge --check: {}", session.lines().last().unwrap_or("")));
+        if let Some(state) = &plan.state {
+            seen.push(format!("left for the next boot: {}", persist(&at, "record", state)?));
+        }
+        Ok(seen.join("; "))
     })();
     // Whatever happened, let the guest finish its run.
     let quit = TcpStream::connect(&at).and_then(|mut s| {

@@ -139,6 +139,7 @@ fn svm_benches() -> Result {
         fw_cfg: image::issuing_kit()?,
         notify: Vec::new(),
         limit: std::time::Duration::from_secs(120),
+        disk: None,
     };
     let (mut runs, mut isolation, mut region, mut user) = (Vec::new(), Vec::new(), None, Vec::new());
     for i in 1..=SVM_BENCH_BOOTS {

@@ -5,7 +5,7 @@
 //! and the host agent can be checked by scripted clients that run beside QEMU.
 
 use crate::Result;
-use crate::cli::{AgentMode, BootOptions, Crash, Gdb};
+use crate::cli::{AgentMode, BootOptions, Crash, Gdb, StateDisk};
 use crate::shell::{exec_cargo, step, target_dir};
 use crate::{agent, evidence, image, qemu, rsp};
 use std::path::Path;
@@ -50,6 +50,7 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
     ));
     let debug = debug_stub(options.gdb, &image)?;
     let agent = agent_port(options.agent)?;
+    let disk = prepare_disk(options.disk)?;
     let (stub_ready, stub_waits) = channel();
     let (agent_ready, agent_serves) = channel();
     let run = qemu::Run {
@@ -63,8 +64,13 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         // COM3's set-up clears its receive FIFO: the stub's client must wait for it.
         notify: vec![(STUB_WAITS, stub_ready), (AGENT_SERVES, agent_ready)],
         limit: time_limit(options),
+        disk: disk.as_ref().map(|d| d.image.as_path()),
     };
-    let agent_checker = agent.filter(|_| options.agent == AgentMode::Check).map(|port| check_agent(port, agent_serves));
+    let plan =
+        agent::Plan { session: options.agent == AgentMode::Check, state: disk.as_ref().map(|d| d.tpm_record.clone()) };
+    let agent_checker = agent
+        .filter(|_| matches!(options.agent, AgentMode::Check | AgentMode::Verify))
+        .map(|port| check_agent(port, agent_serves, plan));
     let stub_checker = match debug {
         qemu::Debug::Svsm { port } if options.gdb == Gdb::SvsmCheck => Some(check_stub(port, stub_waits)),
         _ => None,
@@ -77,13 +83,73 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         step(&format!("host tools reached the SVSM in QEMU through the guest: {seen}"));
     }
     match (&boot.outcome, options.crash) {
-        (qemu::Outcome::Success, None) => {
-            judge_success(&boot, &image).and_then(|()| sealing_fingerprint(&boot.lines).map(Some))
-        }
+        (qemu::Outcome::Success, None) => judge_success(&boot, &image)
+            .and_then(|()| judge_disk(&boot.lines, disk.as_ref()))
+            .and_then(|()| sealing_fingerprint(&boot.lines).map(Some)),
         (qemu::Outcome::FailureReported, None) => Err("the SVSM or the guest reported a failure".into()),
         (qemu::Outcome::FailureReported, Some(kind)) => judge_crash(&boot, kind, options.log_only).map(|()| None),
         (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
     }
+}
+
+/// A state disk for one boot: the raw image, whether it held a store before the boot,
+/// and where the agent check records what it left in the vTPM.
+struct Disk {
+    image: std::path::PathBuf,
+    held_state: bool,
+    tpm_record: std::path::PathBuf,
+}
+
+/// The state disk's size: ample for the vTPM's NV state (a few KiB) and its copies.
+const DISK_BYTES: u64 = 16 << 20;
+
+/// Make the boot's state disk ready: created blank if missing (or made blank for
+/// `--fresh-disk`).
+fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
+    let name = match choice {
+        StateDisk::None => return Ok(None),
+        StateDisk::Kept | StateDisk::Fresh => "bulwark-state.img",
+        StateDisk::Test => "qemu-test-state.img",
+    };
+    let image = target_dir()?.join(name);
+    let tpm_record = image.with_extension("tpm.json");
+    if choice == StateDisk::Fresh {
+        let _ = std::fs::remove_file(&image);
+        let _ = std::fs::remove_file(&tpm_record);
+    }
+    let held_state = std::fs::read(&image).is_ok_and(|bytes| bytes.iter().take(8192).any(|b| *b != 0));
+    if !image.exists() {
+        let file = std::fs::File::create(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+        file.set_len(DISK_BYTES).map_err(|e| format!("{}: {e}", image.display()))?;
+    }
+    step(&format!(
+        "state disk {} ({}): the SVSM keeps its sealed state there",
+        image.display(),
+        if held_state { "holds a store from an earlier boot" } else { "blank" }
+    ));
+    Ok(Some(Disk { image, held_state, tpm_record }))
+}
+
+/// With a state disk, the SVSM must have opened its store, and started the vTPM from it
+/// when it held one (manufactured a new one when it was blank).
+fn judge_disk(lines: &[String], disk: Option<&Disk>) -> Result {
+    let Some(disk) = disk else { return Ok(()) };
+    let sealed = lines
+        .iter()
+        .find(|l| l.starts_with("sealed: state disk"))
+        .ok_or("the SVSM did not open its state disk (no `sealed: state disk ...` line)")?;
+    let (expected, vtpm_says) = match disk.held_state {
+        true => ("opened and verified", "started from its sealed NV state"),
+        false => ("formatted", "manufactured"),
+    };
+    if !sealed.contains(expected) {
+        return Err(format!("the state disk should have been {expected}: {sealed}"));
+    }
+    if !lines.iter().any(|l| l.starts_with("vtpm: libtpms") && l.contains(vtpm_says)) {
+        return Err(format!("the vTPM should have {vtpm_says}"));
+    }
+    step(&format!("{sealed}; the vTPM {vtpm_says}"));
+    Ok(())
 }
 
 /// The fingerprint of the sealed store's key the SVSM printed (`sealing: ...`).
@@ -135,7 +201,7 @@ fn agent_port(mode: AgentMode) -> Result<Option<u16>> {
             ));
             Ok(Some(port))
         }
-        AgentMode::Check => {
+        AgentMode::Check | AgentMode::Verify => {
             // The scripted check runs the real CLI: build it first.
             exec_cargo(&["build", "-p", "bulwark"])?;
             Ok(Some(free_port()?))
@@ -156,11 +222,11 @@ fn free_port() -> Result<u16> {
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
-/// `bulwark ocp` and the tpm2-tools session through the guest's agent, once it serves.
-fn check_agent(port: u16, serves: Receiver<()>) -> Checker {
+/// `bulwark ocp` and the tpm2-tools sessions through the guest's agent, once it serves.
+fn check_agent(port: u16, serves: Receiver<()>, plan: agent::Plan) -> Checker {
     std::thread::spawn(move || {
         serves.recv_timeout(Duration::from_secs(120)).map_err(|_| "the guest never served its agent")?;
-        agent::check(port)
+        agent::check(port, &plan)
     })
 }
 

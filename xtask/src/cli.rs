@@ -32,7 +32,7 @@ commands:
   igvm [--firmware FILE] [--out FILE]
                                      build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
                                      (default target/bulwark.igvm); prints its expected measurement
-  boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check]
+  boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check|--agent-verify] [--no-disk|--fresh-disk]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
                                      --crash checks that a fault is reported and stops the SVSM cleanly;
@@ -45,7 +45,14 @@ commands:
                                      --qemu-gdb uses QEMU's stub instead (paused before the SVSM runs);
                                      --agent PORT: after its checks the guest serves host tools
                                      (bulwark ocp ... --qemu 127.0.0.1:PORT) until they send quit;
-                                     --agent-check runs bulwark ocp through that path
+                                     --agent-check runs bulwark ocp and the tpm2-tools sessions
+                                     through that path;
+                                     the SVSM keeps its sealed state (the vTPM's NV) on the state
+                                     disk target/bulwark-state.img (made blank if missing): a later
+                                     boot finds the same TPM; --agent-check also checks what the
+                                     previous --agent-check left there (an NV index, the EK made
+                                     persistent) and leaves it anew; --agent-verify only checks it;
+                                     --fresh-disk blanks the disk first, --no-disk boots without one
   help                               show this text
 ";
 
@@ -148,8 +155,26 @@ pub enum AgentMode {
     None,
     /// For a person's host tools, on this port.
     Serve(u16),
-    /// A scripted run of `bulwark ocp` against the guest.
+    /// A scripted run of `bulwark ocp` and the tpm2-tools sessions against the guest; with
+    /// a state disk, it also checks what an earlier boot recorded, and records anew.
     Check,
+    /// Only the check of what an earlier boot recorded on the state disk.
+    Verify,
+}
+
+/// The sealed store's disk a boot gives the SVSM (a virtio-blk drive the guest cannot
+/// reach).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateDisk {
+    /// None: the vTPM's state lasts one boot.
+    #[default]
+    None,
+    /// `target/bulwark-state.img`, kept across `cargo xtask boot` runs.
+    Kept,
+    /// `target/bulwark-state.img` made blank first (`--fresh-disk`).
+    Fresh,
+    /// `target/qemu-test-state.img`, the one `cargo xtask test`'s boots share.
+    Test,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -159,6 +184,7 @@ pub struct BootOptions {
     pub log_only: bool,
     pub gdb: Gdb,
     pub agent: AgentMode,
+    pub disk: StateDisk,
 }
 
 /// The task named by `args` (the command line after `cargo xtask`); no command is `help`.
@@ -263,9 +289,12 @@ impl<'a> Options<'a> {
     }
 
     fn boot(&mut self) -> Result<BootOptions> {
-        let mut o = BootOptions::default();
+        let mut o = BootOptions { disk: StateDisk::Kept, ..BootOptions::default() };
         while let Some(arg) = self.rest.next() {
             match arg.as_str() {
+                "--no-disk" => o.disk = StateDisk::None,
+                "--fresh-disk" => o.disk = StateDisk::Fresh,
+                "--agent-verify" => o.agent = AgentMode::Verify,
                 "--gdb" => o.gdb = Gdb::Svsm,
                 "--gdb-check" => o.gdb = Gdb::SvsmCheck,
                 "--qemu-gdb" => o.gdb = Gdb::Qemu,

@@ -80,6 +80,7 @@ fn run(options: &RunOptions) -> Result<ExitCode> {
             return Ok(ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8)));
         }
     }
-    boot::run(&cli::BootOptions::default())?;
+    // The state disk is kept between runs: a second run finds the same vTPM.
+    boot::run(&cli::BootOptions { disk: cli::StateDisk::Kept, ..cli::BootOptions::default() })?;
     Ok(ExitCode::SUCCESS)
 }

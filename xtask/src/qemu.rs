@@ -50,6 +50,9 @@ pub struct Run<'a> {
     /// Each told when the SVSM or the guest prints a line starting with its text.
     pub notify: Vec<(&'a str, mpsc::Sender<()>)>,
     pub limit: Duration,
+    /// The sealed store's disk image (raw), as a virtio-blk drive with the serial the SVSM
+    /// looks for.
+    pub disk: Option<&'a Path>,
 }
 
 /// Which GDB stub the run offers.
@@ -141,6 +144,10 @@ fn command(run: &Run<'_>, guest_log: &Path) -> Command {
     }
     if run.debug == Debug::Qemu {
         command.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
+    }
+    if let Some(disk) = run.disk {
+        command.arg("-drive").arg(format!("file={},if=none,id=state,format=raw", disk.display()));
+        command.args(["-device", "virtio-blk-pci,drive=state,serial=bulwark-state"]);
     }
     let tcp = |port: u16| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")];
     command

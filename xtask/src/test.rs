@@ -2,7 +2,7 @@
 //! and lints, the bare-metal builds, the QEMU boots, a fuzz smoke run, then every test.
 
 use crate::Result;
-use crate::cli::{AgentMode, BootOptions, Crash, DEFAULT_FUZZ_TARGET, Gdb};
+use crate::cli::{AgentMode, BootOptions, Crash, DEFAULT_FUZZ_TARGET, Gdb, StateDisk};
 use crate::fuzz::{self, FuzzError};
 use crate::shell::{cargo, exec_cargo, step, succeeds};
 use crate::{boot, prereqs};
@@ -75,17 +75,25 @@ fn lints() -> Result {
     ])
 }
 
-/// The five QEMU boots: plain (with the guest's evidence verified), two crashes (the
-/// second with the log kept in memory), the SVSM's GDB stub and the host agent.
-/// The first and the last boot must derive the same sealed-store key: the same image on
-/// the same (software) chip.
+/// The six QEMU boots: plain (with the guest's evidence verified), two crashes (the
+/// second with the log kept in memory), the SVSM's GDB stub, the host agent, and a boot
+/// that finds the vTPM state the agent boot left on the state disk. The first and the
+/// last boot must derive the same sealed-store key: the same image on the same
+/// (software) chip.
 fn boots() -> Result {
     let plain = BootOptions::default();
-    let first = boot::run_seen(&plain)?;
+    // The state disk starts blank: the first boot formats it and manufactures the vTPM
+    // there; the agent boot starts the vTPM from it, runs the sessions and leaves an NV
+    // index and a persistent EK; the last boot finds them.
+    let disk = crate::shell::target_dir()?.join("qemu-test-state.img");
+    let _ = std::fs::remove_file(&disk);
+    let _ = std::fs::remove_file(disk.with_extension("tpm.json"));
+    let first = boot::run_seen(&BootOptions { disk: StateDisk::Test, ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Nx), ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Panic), log_only: true, ..plain })?;
     boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
-    let last = boot::run_seen(&BootOptions { agent: AgentMode::Check, ..plain })?;
+    boot::run(&BootOptions { agent: AgentMode::Check, disk: StateDisk::Test, ..plain })?;
+    let last = boot::run_seen(&BootOptions { agent: AgentMode::Verify, disk: StateDisk::Test, ..plain })?;
     if first != last {
         return Err(format!("the sealed store's key changed between two boots of one image: {first:?}, then {last:?}"));
     }

@@ -14,6 +14,7 @@ mod backtrace;
 mod clock;
 mod cpu;
 mod cpu_tables;
+mod dma;
 mod elf;
 mod entry;
 mod exceptions;
@@ -114,7 +115,8 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         layout.secrets
     );
     clock::calibrate();
-    announce_sealing_key(&svsm, &platform);
+    let key = sealing_key(&svsm, &platform);
+    let sealed = open_sealed_state(key);
     user::boot_check();
     if vtpm::crash_check() {
         println!(
@@ -124,11 +126,19 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         println!("vtpm: crash check FAILED");
     }
     let started = clock::monotonic_ns();
-    match vtpm::manufacture() {
-        Ok(v) => {
+    let vtpm = match sealed {
+        Sealed::Open(sealed) => vtpm::start_sealed(sealed),
+        Sealed::NoDisk => vtpm::manufacture().map(|v| (v, true)),
+        Sealed::Refused => {
+            Err("its sealed state could not be opened; the vTPM does not start on state it cannot trust")
+        }
+    };
+    match vtpm {
+        Ok((v, new)) => {
             let ms = (clock::monotonic_ns() - started) / 1_000_000;
+            let how = if new { "manufactured" } else { "started from its sealed NV state" };
             println!(
-                "vtpm: libtpms manufactured in {ms} ms in its service process at CPL 3; its EK (RSA-2048, TCG template L-1) is in the attestation manifest"
+                "vtpm: libtpms {how} in {ms} ms in its service process at CPL 3; its EK (RSA-2048, TCG template L-1) is in the attestation manifest"
             );
             svsm.install_vtpm(v);
         }
@@ -142,11 +152,15 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
 
 /// Ask the PSP for the sealed store's key (bound to this launch) and print a fingerprint
 /// of it: `cargo xtask test` checks that two boots of one image get the same key.
-fn announce_sealing_key(svsm: &kernel::svsm::Svsm, platform: &::svm::shared::SvmShared<svm::hw::BareSvm>) {
+fn sealing_key(
+    svsm: &kernel::svsm::Svsm,
+    platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
+) -> Option<store::StoreKey> {
     use sha2::{Digest, Sha256};
     match svsm.sealing_key(&mut platform.platform(0), 0, svm::psp::committed_tcb()) {
         Ok(mut key) => {
             let digest = Sha256::digest(key);
+            let store_key = store::StoreKey::new(key);
             key.fill(0);
             let mut fingerprint = [0u8; 8];
             fingerprint.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
@@ -154,8 +168,74 @@ fn announce_sealing_key(svsm: &kernel::svsm::Svsm, platform: &::svm::shared::Svm
                 "sealing: the PSP derives the sealed store's key, bound to the launch's measurement and policy (SHA-256 fingerprint {:016x})",
                 u64::from_be_bytes(fingerprint)
             );
+            Some(store_key)
         }
-        Err(e) => println!("sealing: no key from the PSP: {e:?}"),
+        Err(e) => {
+            println!("sealing: no key from the PSP: {e:?}");
+            None
+        }
+    }
+}
+
+/// What became of the sealed state at boot.
+enum Sealed {
+    Open(kernel::sealed::SharedSealed),
+    /// No state disk: each boot is a new vTPM.
+    NoDisk,
+    /// A disk whose store this SVSM cannot open (another key, tampered, unreadable): the
+    /// services that keep state there do not start (fail closed).
+    Refused,
+}
+
+/// Find the state disk and open the sealed store on it with `key` (formatting a blank
+/// disk), printing what a relying party would want to know of it.
+fn open_sealed_state(key: Option<store::StoreKey>) -> Sealed {
+    let started = clock::monotonic_ns();
+    let disk = match svm::disk::find() {
+        Ok(disk) => disk,
+        Err(svm::disk::DiskError::Absent) => {
+            println!("sealed: no state disk (virtio-blk, serial bulwark-state); the vTPM's state lasts one boot");
+            return Sealed::NoDisk;
+        }
+        Err(e) => {
+            println!("sealed: the state disk could not be started ({e:?})");
+            return Sealed::Refused;
+        }
+    };
+    let Some(key) = key else {
+        println!("sealed: no key for the state disk");
+        return Sealed::Refused;
+    };
+    let mib = disk.bytes() >> 20;
+    let entropy = |buf: &mut [u8]| -> Result<(), store::EntropyError> {
+        for chunk in buf.chunks_mut(8) {
+            let word = cpu::rdrand().ok_or(store::EntropyError)?.to_le_bytes();
+            chunk.copy_from_slice(word.get(..chunk.len()).ok_or(store::EntropyError)?);
+        }
+        Ok(())
+    };
+    match store::Store::open_or_format(disk, &key, entropy) {
+        Ok((store, how)) => {
+            let state = store.state();
+            let ms = (clock::monotonic_ns() - started) / 1_000_000;
+            let how = match how {
+                store::Opened::Existing => "opened and verified",
+                store::Opened::Formatted => "formatted (the disk was blank)",
+            };
+            let mut root = [0u8; 8];
+            root.copy_from_slice(state.root.get(..8).unwrap_or(&[0; 8]));
+            println!(
+                "sealed: state disk of {mib} MiB {how} in {ms} ms: generation {}, {} blobs, root {:016x}",
+                state.generation,
+                store.len(),
+                u64::from_be_bytes(root)
+            );
+            Sealed::Open(kernel::sealed::Sealed::new(alloc::boxed::Box::new(store)))
+        }
+        Err(e) => {
+            println!("sealed: the state disk's store is refused: {e:?}");
+            Sealed::Refused
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 use crate::agent::Agent;
 use crate::quickack::QuickAckStream;
+use crate::tpm_session::Persist;
 use conformance::Env;
 use guest::Client;
 use guest::vtpm::VtpmError;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use tpm2_protocol::data::TpmCc;
 
 const USAGE: &str = "usage: bulwark tpm-bridge [--port P] [--qemu HOST:PORT] [--check [--manifest FILE] [--json]]
+                            [--persist record|verify --state FILE]
 
 Serves the MS TPM simulator protocol on 127.0.0.1:P (commands) and P+1 (platform) and
 forwards every TPM command to the SVSM's vTPM as SVSM_VTPM_CMD. Point tpm2-tools at it
@@ -35,7 +37,11 @@ with --tcti mssim:host=127.0.0.1,port=P (or TPM2TOOLS_TCTI).
                     step and exit with its verdict
   --manifest FILE   with --check: the attestation services manifest to hold the EK
                     against (without it, the SVSM is asked for one over protocol 1)
-  --json            with --check: the verdict as JSON";
+  --json            with --check or --persist: the verdict as JSON
+  --persist MODE    a persistence session instead: `record` defines an NV index with
+                    random bytes and makes the EK persistent, and writes what it left into
+                    --state FILE; `verify` (a later boot, same state disk) checks the bytes,
+                    the persistent EK (a salted session) and the manifest's EK against it";
 
 /// Simulator command words.
 const TPM_SEND_COMMAND: u32 = 8;
@@ -261,6 +267,7 @@ fn bind_pair(port: u16) -> Result<(TcpListener, TcpListener), String> {
 
 pub fn main(args: &[String]) -> ExitCode {
     let (mut port, mut qemu, mut check, mut manifest, mut json) = (None, None, false, None, false);
+    let (mut persist, mut state) = (None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.clone().next()) {
@@ -277,6 +284,15 @@ pub fn main(args: &[String]) -> ExitCode {
                 it.next();
             }
             ("--check", _) => check = true,
+            ("--persist", Some(m)) if m == "record" || m == "verify" => {
+                persist = Some(if m == "record" { Persist::Record } else { Persist::Verify });
+                check = true;
+                it.next();
+            }
+            ("--state", Some(f)) => {
+                state = Some(std::path::PathBuf::from(f));
+                it.next();
+            }
             ("--json", _) => json = true,
             ("help" | "--help" | "-h", _) => {
                 println!("{USAGE}");
@@ -333,7 +349,14 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = crate::tpm_session::run(bridge.port, &manifest);
+    let report = match (persist, &state) {
+        (None, _) => crate::tpm_session::run(bridge.port, &manifest),
+        (Some(mode), Some(state)) => crate::tpm_session::run_persist(bridge.port, &manifest, mode, state),
+        (Some(_), None) => {
+            eprintln!("bulwark tpm-bridge: --persist needs --state FILE\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     if json {
         println!("{}", report.json());
     } else {

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// One tool invocation may take this long (RSA key generation under TCG is the slowest).
 const TOOL_LIMIT: Duration = Duration::from_secs(120);
 const NV_INDEX: &str = "0x1500016";
+/// Where `--persist record` leaves state for a later boot: an NV index and the EK as a
+/// persistent key (the TCG's recommended EK handle).
+const KEPT_INDEX: &str = "0x1500017";
+const KEPT_EK: &str = "0x81010001";
 
 /// What one step showed.
 #[derive(Debug)]
@@ -146,9 +150,8 @@ fn manifest_ek(manifest: &[u8]) -> Result<Vec<u8>, String> {
         .ok_or_else(|| "the manifest has no vTPM entry".to_string())
 }
 
-/// Run the session against the bridge on `port`; `manifest` is the SVSM's attestation
-/// services manifest, whose vTPM entry must be the EK.
-pub fn run(port: u16, manifest: &[u8]) -> Report {
+/// Run `steps` in a private directory against the bridge on `port`.
+fn run_steps(port: u16, steps: &[(&'static str, &StepFn)]) -> Report {
     let dir = std::env::temp_dir().join(format!("bulwark-tpm2-{}-{port}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -156,6 +159,93 @@ pub fn run(port: u16, manifest: &[u8]) -> Report {
         return Report { steps: vec![step] };
     }
     let t = Tools { tcti: format!("mssim:host=127.0.0.1,port={port}"), dir: dir.clone() };
+    let mut report = Report { steps: Vec::new() };
+    for (name, step) in steps {
+        let started = Instant::now();
+        let result = step(&t).and_then(|detail| t.flush().map(|()| detail));
+        report.steps.push(Step { name, result, elapsed: started.elapsed() });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+/// What a persistence session does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Leave an NV index with fresh random bytes and the EK as a persistent key, and
+    /// write what a later boot must find into the state file.
+    Record,
+    /// Find what the state file says an earlier boot left: the same bytes at the index,
+    /// the same EK at the persistent handle (used for a salted session, so its private
+    /// part is there too) and in this boot's manifest.
+    Verify,
+}
+
+/// The persistence session against the bridge on `port`; `state` is the file `Record`
+/// writes and `Verify` reads.
+pub fn run_persist(port: u16, manifest: &[u8], mode: Persist, state: &std::path::Path) -> Report {
+    let record = |t: &Tools| record_state(t, manifest, state);
+    let verify = |t: &Tools| verify_state(t, manifest, state);
+    match mode {
+        Persist::Record => run_steps(port, &[("startup", &startup), ("record NV + persistent EK", &record)]),
+        Persist::Verify => run_steps(port, &[("startup", &startup), ("kept NV + persistent EK", &verify)]),
+    }
+}
+
+fn record_state(t: &Tools, manifest: &[u8], state: &std::path::Path) -> Result<String, String> {
+    // A state of an earlier record is replaced (the index and handle may be taken).
+    let _ = t.run("tpm2_nvundefine", &[KEPT_INDEX, "-C", "o"]);
+    let _ = t.run("tpm2_evictcontrol", &["-C", "o", "-c", KEPT_EK]);
+    let mut data = [0u8; 32];
+    getrandom_host(&mut data)?;
+    t.put("kept.dat", &data)?;
+    t.run("tpm2_nvdefine", &[KEPT_INDEX, "-C", "o", "-s", "32", "-a", "ownerread|ownerwrite"])?;
+    t.run("tpm2_nvwrite", &[KEPT_INDEX, "-C", "o", "-i", "kept.dat"])?;
+    createek(t, manifest)?;
+    t.run_one("tpm2_evictcontrol", &["-C", "o", "-c", "ek.ctx", KEPT_EK])?;
+    let ek = t.file("ek.pub")?;
+    let record = json!({ "nv_index": KEPT_INDEX, "nv_data": hex(&data), "ek_handle": KEPT_EK, "ek_public": hex(ek.get(2..).unwrap_or(&[])) });
+    std::fs::write(state, record.to_string()).map_err(|e| format!("{}: {e}", state.display()))?;
+    Ok(format!("32 random bytes at {KEPT_INDEX}, the EK persistent at {KEPT_EK}; recorded in {}", state.display()))
+}
+
+fn verify_state(t: &Tools, manifest: &[u8], state: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(state).map_err(|e| format!("{}: {e}", state.display()))?;
+    let record: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", state.display()))?;
+    let field =
+        |name: &str| record[name].as_str().map(str::to_string).ok_or(format!("{} has no {name}", state.display()));
+    let (nv_data, ek_public) = (field("nv_data")?, field("ek_public")?);
+    t.run("tpm2_nvread", &[KEPT_INDEX, "-C", "o", "-s", "32", "-o", "kept.out"])?;
+    let back = hex(&t.file("kept.out")?);
+    if back != nv_data {
+        return Err(format!("{KEPT_INDEX} holds {back}, an earlier boot wrote {nv_data}"));
+    }
+    t.run("tpm2_readpublic", &["-c", KEPT_EK, "-o", "kept_ek.pub"])?;
+    let public = t.file("kept_ek.pub")?;
+    let public = hex(public.get(2..).ok_or("kept_ek.pub is shorter than its size field")?);
+    if public != ek_public {
+        return Err(format!("{KEPT_EK} holds another key than the EK an earlier boot made persistent"));
+    }
+    if hex(&manifest_ek(manifest)?) != ek_public {
+        return Err("this boot's manifest names another EK than the earlier boot's".into());
+    }
+    // A salted session: the TPM decrypts the salt with the persistent key's private part.
+    t.run_one("tpm2_startauthsession", &["--hmac-session", "-S", "salted.ctx", "-c", KEPT_EK])?;
+    t.run_one("tpm2_flushcontext", &["salted.ctx"])?;
+    Ok(format!(
+        "{KEPT_INDEX} holds the earlier boot's 32 bytes; {KEPT_EK} is the same EK (and the manifest's), and salts a session"
+    ))
+}
+
+/// Random bytes from the host (the recorded value must not be predictable from the run).
+fn getrandom_host(buf: &mut [u8]) -> Result<(), String> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).map_err(|e| format!("/dev/urandom: {e}"))
+}
+
+/// Run the session against the bridge on `port`; `manifest` is the SVSM's attestation
+/// services manifest, whose vTPM entry must be the EK.
+pub fn run(port: u16, manifest: &[u8]) -> Report {
     let steps: [(&'static str, &StepFn); 11] = [
         ("startup", &startup),
         ("getrandom", &getrandom),
@@ -171,14 +261,7 @@ pub fn run(port: u16, manifest: &[u8]) -> Report {
         ("clear", &clear),
         ("createek after clear", &|t| createek(t, manifest)),
     ];
-    let mut report = Report { steps: Vec::new() };
-    for (name, step) in steps {
-        let started = Instant::now();
-        let result = step(&t).and_then(|detail| t.flush().map(|()| detail));
-        report.steps.push(Step { name, result, elapsed: started.elapsed() });
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    report
+    run_steps(port, &steps)
 }
 
 fn startup(t: &Tools) -> Result<String, String> {

@@ -137,10 +137,22 @@ fn every_option_the_parser_accepts_is_on_a_usage_line() {
 #[test]
 fn options_are_read_into_what_they_say() {
     let boot = parse(&args(&["boot", "--crash", "panic", "--console", "log", "--agent", "4000", "--qemu-gdb"]));
-    let expected =
-        BootOptions { crash: Some(Crash::Panic), log_only: true, gdb: Gdb::Qemu, agent: AgentMode::Serve(4000) };
+    let expected = BootOptions {
+        crash: Some(Crash::Panic),
+        log_only: true,
+        gdb: Gdb::Qemu,
+        agent: AgentMode::Serve(4000),
+        disk: StateDisk::Kept,
+    };
     assert_eq!(boot, Ok(Task::Boot(expected)));
-    assert_eq!(parse(&args(&["boot"])), Ok(Task::Boot(BootOptions::default())));
+    // A person's boot keeps its state disk; the disk options choose another.
+    let kept = BootOptions { disk: StateDisk::Kept, ..BootOptions::default() };
+    assert_eq!(parse(&args(&["boot"])), Ok(Task::Boot(kept)));
+    assert_eq!(parse(&args(&["boot", "--no-disk"])), Ok(Task::Boot(BootOptions::default())));
+    assert_eq!(
+        parse(&args(&["boot", "--fresh-disk", "--agent-verify"])),
+        Ok(Task::Boot(BootOptions { disk: StateDisk::Fresh, agent: AgentMode::Verify, ..BootOptions::default() }))
+    );
     assert_eq!(
         parse(&args(&["fuzz", "--target", "evidence", "--seconds", "20"])),
         Ok(Task::Fuzz(FuzzOptions { seconds: 20, target: "evidence".into() }))

@@ -5,6 +5,7 @@
 //! is its seam on the chip.
 //!
 //! - [`enable`]: check SVM and nested paging, set EFER.SVME and the host save area;
+//! - [`disk`]: the sealed store's virtio-blk disk;
 //! - [`hw`]: `SvmHw` and `SvmCpu` on the chip;
 //! - [`npt`]: the nested page tables' memory;
 //! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back;
@@ -13,6 +14,7 @@
 //! - [`vcek_cert`]: its VCEK certificate, issued from the launcher's kit.
 #![expect(unsafe_code, reason = "EFER.SVME and the host save area")]
 
+pub mod disk;
 pub mod hw;
 pub mod kick;
 pub mod npt;
