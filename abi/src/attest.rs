@@ -72,6 +72,32 @@ pub const SERVICES_MANIFEST_GUID: Guid =
 pub const VTPM_SERVICE_GUID: Guid =
     Guid::from_fields(0xc476f1eb, 0x0123, 0x45a5, [0x96, 0x41, 0xb4, 0xe7, 0xdd, 0xe5, 0xbf, 0xe3]);
 
+/// `ac321fae-e2c1-4570-a3a4-03f5122c3a12`: Bulwark's sealed state (data =
+/// [`SealedStateEntry`]): which committed state of its store the SVSM runs on, so a
+/// verifier can refuse an older one (docs/persistence.md "Rollback").
+pub const SEALED_STATE_GUID: Guid =
+    Guid::from_fields(0xac321fae, 0xe2c1, 0x4570, [0xa3, 0xa4, 0x03, 0xf5, 0x12, 0x2c, 0x3a, 0x12]);
+
+/// The sealed state's manifest entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SealedStateEntry {
+    /// The committed state's generation: one at format, one more per commit.
+    pub generation: u64,
+    /// The random id chosen when the store was formatted.
+    pub store_id: [u8; 16],
+    /// The Merkle root of the committed state.
+    pub root: [u8; 32],
+    /// [`SEALED_STATE_FAILED`], or zero.
+    pub flags: u32,
+    pub reserved: u32,
+}
+crate::assert_size!(SealedStateEntry, 0x40);
+
+/// Flag: a commit failed since boot; the sealed state is closed and the services that keep
+/// state there have stopped.
+pub const SEALED_STATE_FAILED: u32 = 1;
+
 /// CHIP_ID of the reports the `svm` platform's software PSP signs: non-zero (verifiers
 /// need that) and saying in ASCII what it is. The launcher puts the same value in the
 /// VCEK certificate's hwID extension.

@@ -148,6 +148,9 @@ pub struct Svsm {
     pub(crate) vtpm: Option<Mutex<vtpm::Vtpm>>,
     /// Its EK public area (fixed at manufacture), for the manifest without the vTPM's lock.
     pub(crate) vtpm_ek: alloc::vec::Vec<u8>,
+    /// The sealed state, once the platform opened it: its committed state is an entry of
+    /// the attestation manifest.
+    pub(crate) sealed: Option<crate::sealed::SharedSealed>,
 }
 
 // Every CPU serves calls through one shared `Svsm` (a `&'static` on bare metal): the
@@ -228,6 +231,7 @@ impl Svsm {
             ocp: Sources::builtin(P::NAME),
             vtpm: None,
             vtpm_ek: Vec::new(),
+            sealed: None,
         })
     }
 
@@ -280,6 +284,26 @@ impl Svsm {
         // install finds them registered already.
         let _ = self.ocp.register("calls.vtpm", SourceKind::Counter(|s| s.stats.calls(2)), VTPM);
         let _ = self.ocp.register("errors.vtpm", SourceKind::Counter(|s| s.stats.errors(2)), VTPM);
+    }
+
+    /// Report `sealed` from now on: its committed state is the sealed-state entry of the
+    /// attestation manifest.
+    pub fn install_sealed(&mut self, sealed: crate::sealed::SharedSealed) {
+        self.sealed = Some(sealed);
+    }
+
+    /// The sealed state's manifest entry: the committed state the SVSM runs on, and
+    /// whether the sealed state closed since boot.
+    pub fn sealed_state_entry(&self) -> Option<abi::attest::SealedStateEntry> {
+        let sealed = self.sealed.as_ref()?.lock();
+        let state = sealed.state();
+        Some(abi::attest::SealedStateEntry {
+            generation: state.generation,
+            store_id: state.store_id,
+            root: state.root,
+            flags: if sealed.failed().is_some() { abi::attest::SEALED_STATE_FAILED } else { 0 },
+            reserved: 0,
+        })
     }
 
     /// The installed vTPM's EK public area.

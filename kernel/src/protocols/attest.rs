@@ -20,7 +20,7 @@ use crate::svsm::Svsm;
 use abi::PAGE_SIZE;
 use abi::attest::{
     AttestServicesOp, AttestSingleServiceOp, BufferRecord, ManifestEntry, ManifestHeader, REPORT_SIZE,
-    SERVICES_MANIFEST_GUID, VTPM_SERVICE_GUID,
+    SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_SERVICE_GUID,
 };
 use abi::guid::Guid;
 use abi::protocol::attest_call;
@@ -37,10 +37,12 @@ pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
 }
 
 /// The services that contribute to the manifest: (GUID, the service's attestation data).
-/// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC).
-fn services(svsm: &Svsm) -> CallResult<Vec<(Guid, &[u8])>> {
-    let mut all = heap::with_capacity(1)?;
+/// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC); the sealed
+/// state, when there is one, the committed state it runs on (`SealedStateEntry`).
+fn services<'a>(svsm: &'a Svsm, sealed: &'a Option<SealedStateEntry>) -> CallResult<Vec<(Guid, &'a [u8])>> {
+    let mut all = heap::with_capacity(2)?;
     all.extend(svsm.vtpm_ek().map(|ek| (VTPM_SERVICE_GUID, ek)));
+    all.extend(sealed.as_ref().map(|entry| (SEALED_STATE_GUID, entry.as_bytes())));
     Ok(all)
 }
 
@@ -163,7 +165,8 @@ fn attest_inner<P: Platform + ?Sized>(
     }
 
     // 3. What the SVSM will return, and whether it fits.
-    let all = services(svsm)?;
+    let sealed = svsm.sealed_state_entry();
+    let all = services(svsm, &sealed)?;
     let manifest = match service {
         None => manifest(&all)?,
         Some((guid, version)) => {

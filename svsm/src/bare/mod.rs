@@ -127,7 +127,10 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     }
     let started = clock::monotonic_ns();
     let vtpm = match sealed {
-        Sealed::Open(sealed) => vtpm::start_sealed(sealed),
+        Sealed::Open(sealed) => {
+            svsm.install_sealed(sealed.clone());
+            vtpm::start_sealed(sealed)
+        }
         Sealed::NoDisk => vtpm::manufacture().map(|v| (v, true)),
         Sealed::Refused => {
             Err("its sealed state could not be opened; the vTPM does not start on state it cannot trust")
