@@ -318,10 +318,18 @@ impl Svsm {
         }
     }
 
-    /// Keep `value` under `key` in the sealed state, if there is one (one commit).
+    /// Keep `value` under `key` in the sealed state, if there is one: one commit, none if
+    /// the kept value is `value` already (a setting written again to the same value
+    /// changes no state, so it makes no new generation and no change event).
     pub fn keep_setting(&self, key: &[u8], value: &[u8]) -> Result<(), store::StoreError> {
         match &self.sealed {
-            Some(sealed) => sealed.lock().update(|s| s.put(key, value)),
+            Some(sealed) => {
+                let mut sealed = sealed.lock();
+                if sealed.get(key) == Some(value) && sealed.failed().is_none() {
+                    return Ok(());
+                }
+                sealed.update(|s| s.put(key, value))
+            }
             None => Ok(()),
         }
     }
