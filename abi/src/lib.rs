@@ -10,7 +10,8 @@
 //! Sources: AMD 58019 "Secure VM Service Module for SEV-SNP Guests" rev 0.60, with the
 //! rev 1.00 facts recorded in `docs/facts.md` (attestation with SHA-512, the
 //! single-service call, `SVSM_ERR_BUSY`, the Linux vTPM buffer layout), the SNP firmware
-//! ABI (secrets page) and the AMD APM (VMSA layout, PVALIDATE/RMPADJUST codes).
+//! ABI (secrets page), the AMD APM (VMSA layout, PVALIDATE/RMPADJUST codes) and the
+//! COCONUT migration-page proposal (`migration`).
 #![no_std]
 
 #[cfg(not(target_endian = "little"))]
@@ -23,6 +24,7 @@ pub mod ghcb;
 pub mod guid;
 pub mod hw;
 pub mod igvm;
+pub mod migration;
 pub mod ocp;
 pub mod protocol;
 pub mod result;
