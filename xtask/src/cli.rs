@@ -52,7 +52,10 @@ commands:
                                      boot finds the same TPM; --agent-check also checks what the
                                      previous --agent-check left there (an NV index, the EK made
                                      persistent) and leaves it anew; --agent-verify only checks it;
-                                     --fresh-disk blanks the disk first, --no-disk boots without one
+                                     the evidence's sealed state must be no older than the last one
+                                     seen (ledger target/bulwark-state.ledger.json);
+                                     --fresh-disk blanks the disk (and its ledger) first, --no-disk
+                                     boots without one
   help                               show this text
 ";
 
@@ -171,7 +174,7 @@ pub enum StateDisk {
     None,
     /// `target/bulwark-state.img`, kept across `cargo xtask boot` runs.
     Kept,
-    /// `target/bulwark-state.img` made blank first (`--fresh-disk`).
+    /// `target/bulwark-state.img` made blank first, its ledger forgotten (`--fresh-disk`).
     Fresh,
     /// `target/qemu-test-state.img`, the one `cargo xtask test`'s boots share.
     Test,

@@ -84,10 +84,12 @@ fn boots() -> Result {
     let plain = BootOptions::default();
     // The state disk starts blank: the first boot formats it and manufactures the vTPM
     // there; the agent boot starts the vTPM from it, runs the sessions and leaves an NV
-    // index and a persistent EK; the last boot finds them.
+    // index and a persistent EK; the last boot finds them. Its ledger starts empty with
+    // it: each boot's evidence must show a sealed state no older than the last one.
     let disk = crate::shell::target_dir()?.join("qemu-test-state.img");
     let _ = std::fs::remove_file(&disk);
     let _ = std::fs::remove_file(disk.with_extension("tpm.json"));
+    let _ = std::fs::remove_file(disk.with_extension("ledger.json"));
     let first = boot::run_seen(&BootOptions { disk: StateDisk::Test, ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Nx), ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Panic), log_only: true, ..plain })?;
