@@ -9,7 +9,7 @@ use crate::addr::{Gpa, PageAddr, PageRange};
 use crate::pages::{LayoutError, PageRole, PageTracker};
 use crate::platform::{MemoryFault, Platform};
 use crate::pool::PagePool;
-use crate::protocols::ocp::sources::{SourceKind, Sources};
+use crate::protocols::ocp::sources::{self, SourceKind, Sources};
 use crate::psp_channel::PspChannel;
 use crate::stats::{Counters, Stats};
 use crate::vcpu::{Vcpu, VcpuIndex, VcpuRegistry};
@@ -287,9 +287,51 @@ impl Svsm {
     }
 
     /// Report `sealed` from now on: its committed state is the sealed-state entry of the
-    /// attestation manifest.
-    pub fn install_sealed(&mut self, sealed: crate::sealed::SharedSealed) {
+    /// attestation manifest and two OCP sources (`sealed.root`, a digest whose change
+    /// events mark each commit, and `sealed.generation`), and the settings it keeps (the
+    /// log level) apply again.
+    pub fn install_sealed<P: Platform + ?Sized>(&mut self, p: &mut P, sealed: crate::sealed::SharedSealed) {
+        if let Some(level) = sealed.lock().get(sources::LOG_LEVEL_KEY).and_then(sources::parse_level) {
+            p.set_log_level(level);
+        }
         self.sealed = Some(sealed);
+        const NONE: u32 = abi::ocp::typed::PROTOCOL_NONE;
+        // Distinct, short, constant names: registering them cannot fail, and a second
+        // install finds them registered already.
+        let root = |s: &Svsm| s.sealed_state_entry().map_or([0; 32], |e| e.root);
+        if let Ok(index) = self.ocp.register("sealed.root", SourceKind::Sha256(root), NONE) {
+            self.ocp.sealed_root = Some(index);
+        }
+        let _ = self.ocp.register("sealed.generation", SourceKind::Counter(Svsm::sealed_generation), NONE);
+    }
+
+    /// The sealed state's committed generation (0 without one).
+    pub fn sealed_generation(&self) -> u64 {
+        self.sealed.as_ref().map_or(0, |s| s.lock().state().generation)
+    }
+
+    /// The sealed state's committed generation, unless its lock is held right now.
+    pub fn try_sealed_generation(&self) -> Option<u64> {
+        match &self.sealed {
+            Some(sealed) => sealed.try_lock().map(|s| s.state().generation),
+            None => Some(0),
+        }
+    }
+
+    /// Keep `value` under `key` in the sealed state, if there is one: one commit, none if
+    /// the kept value is `value` already (a setting written again to the same value
+    /// changes no state, so it makes no new generation and no change event).
+    pub fn keep_setting(&self, key: &[u8], value: &[u8]) -> Result<(), store::StoreError> {
+        match &self.sealed {
+            Some(sealed) => {
+                let mut sealed = sealed.lock();
+                if sealed.get(key) == Some(value) && sealed.failed().is_none() {
+                    return Ok(());
+                }
+                sealed.update(|s| s.put(key, value))
+            }
+            None => Ok(()),
+        }
     }
 
     /// The sealed state's manifest entry: the committed state the SVSM runs on, and

@@ -12,11 +12,11 @@
 //! primes). So CreatePrimary runs 120 times on each, the two interleaved (a change in the
 //! machine's load hits both alike), and the table gives quartiles beside the median.
 
+mod support;
+
 use bulwark_model::world::{MIB, World, WorldConfig};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use support::{Swtpm, Tpm};
 use vtpm::wire::{self, ResponseHeader};
 
 const PCR_EXTENDS: usize = 2000;
@@ -45,11 +45,6 @@ fn flush(handle: u32) -> Vec<u8> {
     c.finish()
 }
 
-/// Something that runs TPM commands.
-trait Tpm {
-    fn run(&mut self, command: &[u8]) -> Vec<u8>;
-}
-
 /// The model SVSM's vTPM, through the guest calling convention.
 struct ThroughSvsm(World);
 
@@ -58,69 +53,6 @@ impl Tpm for ThroughSvsm {
         let mut response = vec![0u8; 4096];
         let n = self.0.client().vtpm_command(2 * MIB, command, &mut response).expect("SVSM_VTPM_CMD");
         response.truncate(n);
-        response
-    }
-}
-
-/// swtpm with its TCP server (raw TPM commands on the socket).
-struct Swtpm {
-    child: Child,
-    stream: TcpStream,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Swtpm {
-    fn start() -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("bulwark-swtpm-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let dir = TempDir(dir);
-        let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
-        let (port, ctrl) = (free().map_err(|e| e.to_string())?, free().map_err(|e| e.to_string())?);
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.0.display()))
-            .args(["--server", &format!("type=tcp,port={port}"), "--ctrl", &format!("type=tcp,port={ctrl}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("swtpm: {e} (install the swtpm package)"))?;
-        let started = Instant::now();
-        let stream = loop {
-            match TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => break s,
-                Err(_) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("swtpm did not listen: {e}")),
-            }
-        };
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(Self { child, stream, _dir: dir })
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Tpm for Swtpm {
-    fn run(&mut self, command: &[u8]) -> Vec<u8> {
-        self.stream.write_all(command).expect("send to swtpm");
-        let mut response = vec![0u8; wire::HEADER_SIZE];
-        self.stream.read_exact(&mut response).expect("swtpm response header");
-        let size = ResponseHeader::parse(&response).expect("header").size as usize;
-        response.resize(size, 0);
-        self.stream.read_exact(&mut response[wire::HEADER_SIZE..]).expect("swtpm response");
         response
     }
 }

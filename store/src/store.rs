@@ -159,6 +159,22 @@ impl<D: BlockDevice> Loader<'_, D> {
     }
 }
 
+/// Whether the header slots show that no state was ever committed on `device` (see
+/// [`Store::open_or_format`]).
+fn never_committed(device: &mut impl BlockDevice, keys: &Keys) -> Result<bool, StoreError> {
+    if device.block_count() < HEADER_SLOTS {
+        return Ok(false);
+    }
+    let first = read_block(device, 0)?;
+    if read_block(device, 1)?.iter().any(|b| *b != 0) {
+        return Ok(false);
+    }
+    // Zeros: a new disk, or the first header write lost. This key's key check without a MAC
+    // that matches: the first sectors of that write without the rest. Anything else (other
+    // data, a disk that is not a store) is not formatted over.
+    Ok(first.iter().all(|b| *b == 0) || format::decode_header(keys, 0, &first) == Slot::Corrupt)
+}
+
 /// Pool blocks a commit may write, lowest first: neither committed nor in doubt.
 fn free_blocks<'a>(
     committed: &'a BTreeSet<u64>,
@@ -227,16 +243,17 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         Ok(store)
     }
 
-    /// Opens the store on `device`, or formats one if the device is blank: both header
-    /// slots all zeros, as a new disk image is. Anything else that is not this key's store
-    /// is an error, never a reason to format: a host that scribbles over the headers
-    /// must not get an empty state accepted in place of the kept one.
+    /// Opens the store on `device`, or formats one if no state was ever committed there:
+    /// both header slots all zeros, as a new disk image is, or slot 1 all zeros and slot 0
+    /// holding this key's header that does not authenticate: a format whose first header
+    /// write (always to slot 0) a power cut tore. Every store past its first, empty
+    /// generation has headers in both slots and only format zeroes a slot, so such a
+    /// device holds nothing to keep; a host that zeroes slot 1 could as well zero both.
+    /// Anything else that is not this key's store is an error, never a reason to format:
+    /// a host that scribbles over the headers must not get an empty state accepted in
+    /// place of the kept one.
     pub fn open_or_format(mut device: D, key: &StoreKey, entropy: E) -> Result<(Self, Opened), StoreError> {
-        let blank = device.block_count() >= HEADER_SLOTS
-            && (0..HEADER_SLOTS).try_fold(true, |blank, slot| {
-                Ok::<_, StoreError>(blank && read_block(&mut device, slot)?.iter().all(|b| *b == 0))
-            })?;
-        if blank {
+        if never_committed(&mut device, &Keys::derive(key)?)? {
             Ok((Self::format(device, key, entropy)?, Opened::Formatted))
         } else {
             Ok((Self::open(device, key, entropy)?, Opened::Existing))

@@ -160,6 +160,11 @@ fn only_a_blank_device_is_formatted_at_open() {
     disk.set_block(0, &[0x55; 4096]);
     disk.set_block(1, &[0x55; 4096]);
     assert_eq!(Store::open_or_format(disk, &key(), TestRng::new(3)).err(), Some(StoreError::NotFormatted));
+    // Nor is other data beside a zeroed slot 1 (only this key's torn first header is:
+    // tests/crash.rs).
+    let mut disk = MemDisk::new(16);
+    disk.set_block(0, &[0x55; 4096]);
+    assert_eq!(Store::open_or_format(disk, &key(), TestRng::new(3)).err(), Some(StoreError::NotFormatted));
     // Nor is a device that fails to say what its headers hold.
     let mut disk = MemDisk::new(16);
     disk.fail_reads_of(1);

@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 pub const TPM_RH_OWNER: u32 = 0x4000_0001;
 const TPM_CC_NV_DEFINE_SPACE: u32 = 0x0000_012A;
 const TPM_CC_NV_WRITE: u32 = 0x0000_0137;
+const TPM_CC_NV_UNDEFINE_SPACE: u32 = 0x0000_0122;
 const TPM_CC_NV_READ: u32 = 0x0000_014E;
 const TPM_CC_EVICT_CONTROL: u32 = 0x0000_0120;
 const TPM_CC_READ_PUBLIC: u32 = 0x0000_0173;
@@ -23,6 +24,13 @@ pub fn nv_define_space(index: u32, size: u16) -> Vec<u8> {
     c.u16(0); // auth: empty
     // TPM2B_NV_PUBLIC: nvIndex, nameAlg, attributes, authPolicy (empty), dataSize.
     c.u16(14).u32(index).u16(TPM_ALG_SHA256).u32(NV_ATTRIBUTES).u16(0).u16(size);
+    c.finish()
+}
+
+/// TPM2_NV_UndefineSpace of `index`.
+pub fn nv_undefine_space(index: u32) -> Vec<u8> {
+    let mut c = Command::new(wire::TPM_ST_SESSIONS, TPM_CC_NV_UNDEFINE_SPACE);
+    c.u32(TPM_RH_OWNER).u32(index).password_auth();
     c.finish()
 }
 

@@ -19,9 +19,9 @@ pub type NvBlobs = BTreeMap<Vec<u8>, Vec<u8>>;
 /// The longest blob name an engine may report (libtpms' names are a few bytes).
 pub const MAX_NAME_LEN: usize = 64;
 
-/// The largest blob an engine may report. libtpms' "permall" of a fresh TPM is about
-/// 10 KiB and grows with NV indices and persistent objects; libtpms bounds its NV memory
-/// at 128 KiB, plus headers.
+/// The largest blob an engine may report. libtpms' "permall" is 1.3 KiB for a new TPM
+/// (2.5 KiB with an NV index and a persistent key) and grows with NV indices and
+/// persistent objects; libtpms bounds its NV memory at 128 KiB, plus headers.
 pub const MAX_BLOB_LEN: usize = 192 * 1024;
 
 /// One blob a command changed: its new bytes, or `None` if the engine deleted it.

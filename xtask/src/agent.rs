@@ -65,6 +65,8 @@ pub fn check(port: u16, plan: &Plan) -> Result<String, String> {
         if !log.starts_with("bulwark-svsm") {
             return Err(format!("the log does not start with the SVSM's banner: {}", log.lines().next().unwrap_or("")));
         }
+        // The level is kept on the state disk: leave the default for the next boot.
+        bulwark(&["ocp", "write", "config.log_level", "info", "--qemu", &at])?;
         if bulwark(&["ocp", "write", "build.version", "9", "--qemu", &at]).is_ok() {
             return Err("writing build.version was accepted".into());
         }

@@ -34,7 +34,7 @@ pub fn run(parts: BenchParts) -> Result {
 fn model_benches() -> Result {
     // swtpm, tpm2-tools, tpm2-abrmd and D-Bus for the vTPM and bridge benchmarks.
     prereqs::ensure_bench()?;
-    for bench in ["pvalidate", "ocp_log", "vtpm"] {
+    for bench in ["pvalidate", "ocp_log", "vtpm", "sealed_vtpm"] {
         exec_cargo(&["bench", "-p", "bulwark-model", "--bench", bench])?;
     }
     exec_cargo(&["bench", "-p", "bulwark", "--bench", "tpm_bridge"])?;

@@ -100,7 +100,10 @@ struct Disk {
     image: std::path::PathBuf,
     held_state: bool,
     tpm_record: std::path::PathBuf,
-    ledger: std::path::PathBuf,
+    /// None for a tampered disk: the SVSM refuses it and reports no sealed state.
+    ledger: Option<std::path::PathBuf>,
+    /// The SVSM must refuse the store and serve on without a vTPM.
+    tampered: bool,
 }
 
 /// The state disk's size: ample for the vTPM's NV state (a few KiB) and its copies.
@@ -113,10 +116,15 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         StateDisk::None => return Ok(None),
         StateDisk::Kept | StateDisk::Fresh => "bulwark-state.img",
         StateDisk::Test => "qemu-test-state.img",
+        StateDisk::TestTampered => "qemu-test-tampered.img",
     };
     let image = target_dir()?.join(name);
     let tpm_record = image.with_extension("tpm.json");
     let ledger = image.with_extension("ledger.json");
+    if choice == StateDisk::TestTampered {
+        tamper(&target_dir()?.join("qemu-test-state.img"), &image)?;
+        return Ok(Some(Disk { image, held_state: true, tpm_record, ledger: None, tampered: true }));
+    }
     if choice == StateDisk::Fresh {
         let _ = std::fs::remove_file(&image);
         let _ = std::fs::remove_file(&tpm_record);
@@ -132,13 +140,47 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         image.display(),
         if held_state { "holds a store from an earlier boot" } else { "blank" }
     ));
-    Ok(Some(Disk { image, held_state, tpm_record, ledger }))
+    Ok(Some(Disk { image, held_state, tpm_record, ledger: Some(ledger), tampered: false }))
+}
+
+/// Copy the disk image `from` to `to` with one bit flipped in every non-blank block past
+/// the two header slots: what a host that changes the stored state looks like.
+fn tamper(from: &Path, to: &Path) -> Result {
+    let mut bytes = std::fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mut flipped = 0;
+    for block in bytes.chunks_mut(4096).skip(2) {
+        if block.iter().any(|b| *b != 0) {
+            block[100] ^= 0x01;
+            flipped += 1;
+        }
+    }
+    if flipped == 0 {
+        return Err(format!("{} holds no state to tamper with", from.display()));
+    }
+    std::fs::write(to, &bytes).map_err(|e| format!("{}: {e}", to.display()))?;
+    step(&format!(
+        "state disk {}: a copy of {} with one bit flipped in each of its {flipped} used blocks",
+        to.display(),
+        from.display()
+    ));
+    Ok(())
 }
 
 /// With a state disk, the SVSM must have opened its store, and started the vTPM from it
 /// when it held one (manufactured a new one when it was blank).
 fn judge_disk(lines: &[String], disk: Option<&Disk>) -> Result {
     let Some(disk) = disk else { return Ok(()) };
+    if disk.tampered {
+        let refused = lines
+            .iter()
+            .find(|l| l.starts_with("sealed: the state disk's store is refused: Tampered"))
+            .ok_or("the SVSM did not refuse the tampered state disk")?;
+        if !lines.iter().any(|l| l.starts_with("vtpm: ") && l.ends_with("protocol 2 is not served")) {
+            return Err("the vTPM started on a tampered state disk".into());
+        }
+        step(&format!("{refused}; the vTPM did not start, and the guest's other checks passed"));
+        return Ok(());
+    }
     let sealed = lines
         .iter()
         .find(|l| l.starts_with("sealed: state disk"))
@@ -252,9 +294,11 @@ fn finish(checker: Option<Checker>, what: &str) -> Result<Option<String>> {
 }
 
 /// A boot that ended with success: the guest passed checks and none failed, every CPU came
-/// online and a guest vCPU ran on the second, and the guest's evidence verifies (with a
-/// state disk, also against the disk's ledger).
+/// online and a guest vCPU ran on the second, the vTPM runs at CPL 3 (unless its state
+/// disk was tampered with), and the guest's evidence verifies (with a state disk, also
+/// against the disk's ledger).
 fn judge_success(boot: &qemu::Boot, image: &Path, disk: Option<&Disk>) -> Result {
+    let vtpm_expected = !disk.is_some_and(|d| d.tampered);
     let verdict = |v: &str| {
         boot.guest_lines.iter().filter(|l| l.starts_with("RESULT ") && l.split(' ').nth(2) == Some(v)).count()
     };
@@ -280,13 +324,15 @@ fn judge_success(boot: &qemu::Boot, image: &Path, disk: Option<&Disk>) -> Result
     if !boot.lines.iter().any(|l| l.starts_with("vtpm: crash check passed")) {
         return Err("the vTPM service process's crash check did not pass".into());
     }
-    if !boot.lines.iter().any(|l| l.contains("in its service process at CPL 3")) {
-        return Err("the vTPM was not manufactured in its service process".into());
+    if vtpm_expected {
+        if !boot.lines.iter().any(|l| l.contains("in its service process at CPL 3")) {
+            return Err("the vTPM was not manufactured in its service process".into());
+        }
+        step(
+            "vTPM at CPL 3: manufactured in its service process; a service that faults is ended and answers TPM_RC_FAILURE",
+        );
     }
-    step(
-        "vTPM at CPL 3: manufactured in its service process; a service that faults is ended and answers TPM_RC_FAILURE",
-    );
-    verify_guest_evidence(&boot.guest_lines, disk.map(|d| d.ledger.as_path()))
+    verify_guest_evidence(&boot.guest_lines, disk.and_then(|d| d.ledger.as_deref()))
 }
 
 /// The probe module at CPL 3 (svsm/src/bare/user/): it said hello through system calls,

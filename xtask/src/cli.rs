@@ -178,6 +178,9 @@ pub enum StateDisk {
     Fresh,
     /// `target/qemu-test-state.img`, the one `cargo xtask test`'s boots share.
     Test,
+    /// A copy of the test disk with a bit flipped in every block it uses past the headers:
+    /// the SVSM must refuse it and serve on without the vTPM.
+    TestTampered,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -75,9 +75,10 @@ fn lints() -> Result {
     ])
 }
 
-/// The six QEMU boots: plain (with the guest's evidence verified), two crashes (the
-/// second with the log kept in memory), the SVSM's GDB stub, the host agent, and a boot
-/// that finds the vTPM state the agent boot left on the state disk. The first and the
+/// The seven QEMU boots: plain (with the guest's evidence verified), two crashes (the
+/// second with the log kept in memory), the SVSM's GDB stub, the host agent, a boot that
+/// finds the vTPM state the agent boot left on the state disk, and one on a tampered copy
+/// of that disk. The first and the
 /// last boot must derive the same sealed-store key: the same image on the same
 /// (software) chip.
 fn boots() -> Result {
@@ -96,6 +97,9 @@ fn boots() -> Result {
     boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
     boot::run(&BootOptions { agent: AgentMode::Check, disk: StateDisk::Test, ..plain })?;
     let last = boot::run_seen(&BootOptions { agent: AgentMode::Verify, disk: StateDisk::Test, ..plain })?;
+    // A host that changed the stored state: refused, the vTPM does not start, the rest
+    // of the SVSM serves the guest's checks.
+    boot::run(&BootOptions { disk: StateDisk::TestTampered, ..plain })?;
     if first != last {
         return Err(format!("the sealed store's key changed between two boots of one image: {first:?}, then {last:?}"));
     }

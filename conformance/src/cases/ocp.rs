@@ -157,6 +157,8 @@ pub fn read_errors(env: &mut dyn Env) -> CaseResult {
 
 pub fn write_setting(env: &mut dyn Env) -> CaseResult {
     let level = index_of(env, "config.log_level")?;
+    // The SVSM may keep the level across boots (its sealed state): put it back after.
+    let (_, before, _) = read(env, level, 16, 0)?;
     let (got, n) = write(env, level, b"debug", 0)?;
     ensure!(got == ResultCode::SUCCESS && n == 5, "write `debug`: {got}, {n} bytes");
     let (_, now, _) = read(env, level, 16, 0)?;
@@ -182,6 +184,8 @@ pub fn write_setting(env: &mut dyn Env) -> CaseResult {
     let svsm = discovery(env)?.svsm_base;
     let (got, _) = raw(env, OCP, WRITE, [level, svsm, 4, 0])?;
     ensure!(got == ResultCode::ERR_INVALID_ADDRESS, "value in SVSM memory: {got}");
+    let (got, _) = write(env, level, &before, 0)?;
+    ensure!(got == ResultCode::SUCCESS, "the level it had, `{before:?}`, written back: {got}");
     Ok(())
 }
 

@@ -128,7 +128,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     let started = clock::monotonic_ns();
     let vtpm = match sealed {
         Sealed::Open(sealed) => {
-            svsm.install_sealed(sealed.clone());
+            svsm.install_sealed(&mut platform.platform(0), sealed.clone());
             vtpm::start_sealed(sealed)
         }
         Sealed::NoDisk => vtpm::manufacture().map(|v| (v, true)),

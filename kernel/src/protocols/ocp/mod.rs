@@ -171,6 +171,11 @@ fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Cal
             let level = sources::parse_level(data)
                 .ok_or(CallError::InvalidParameter("not a log level (error, warn, info, debug)"))?;
             p.set_log_level(level);
+            // Kept for the next boot when there is a sealed state. A failure closes it
+            // (the manifest says so); the level still applies to this boot.
+            if let Err(e) = svsm.keep_setting(sources::LOG_LEVEL_KEY, sources::level_name(level).as_bytes()) {
+                crate::log!(p, Warn, "ocp: the log level could not be kept in the sealed state: {:?}", e);
+            }
         }
     }
     let mut ring = svsm.ocp.notify.lock();
@@ -251,6 +256,7 @@ fn notify<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Ca
         dropped: 0,
         log_seen: p.log_written(),
         written: Vec::new(),
+        sealed_seen: svsm.sealed_generation(),
     });
     svsm.ocp.notify_active.store(true, Ordering::Release);
     Ok(())
@@ -273,6 +279,14 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) {
         r.log_seen = written;
         // The log is source 0 (`Sources::builtin`).
         events.insert(0, 0);
+    }
+    // Without waiting: a commit in progress on another vCPU is announced at a later call.
+    if let (Some(index), Some(generation)) = (svsm.ocp.sealed_root, svsm.try_sealed_generation())
+        && generation != r.sealed_seen
+        && events.try_reserve(1).is_ok()
+    {
+        r.sealed_seen = generation;
+        events.push(index);
     }
     if events.is_empty() {
         *slot = Some(r);

@@ -20,6 +20,8 @@ pub enum SourceKind {
     Text(&'static str),
     /// A setting the guest may read and write.
     Setting(Setting),
+    /// A SHA-256 digest (32 bytes), from the SVSM's state.
+    Sha256(fn(&Svsm) -> [u8; 32]),
 }
 
 /// Settings a guest may change.
@@ -50,6 +52,7 @@ impl Source {
             SourceKind::Value(_) => t::VALUE,
             SourceKind::Counter(_) => t::COUNTER,
             SourceKind::Text(_) | SourceKind::Setting(_) => t::STRING,
+            SourceKind::Sha256(_) => t::SHA256,
         }
     }
 
@@ -57,6 +60,7 @@ impl Source {
     pub fn fixed_size(&self) -> Option<u32> {
         match self.kind {
             SourceKind::Value(_) | SourceKind::Counter(_) => Some(8),
+            SourceKind::Sha256(_) => Some(32),
             SourceKind::Log | SourceKind::Text(_) | SourceKind::Setting(_) => None,
         }
     }
@@ -80,6 +84,9 @@ pub struct Sources {
     pub(crate) notify: spin::Mutex<Option<NotifyRing>>,
     /// A ring is set up: read at the end of every call without the lock.
     pub(crate) notify_active: core::sync::atomic::AtomicBool,
+    /// The index of `sealed.root`, once the sealed state is installed: a commit is a
+    /// change event of it.
+    pub(crate) sealed_root: Option<u32>,
 }
 
 /// The SVSM's side of a change-event ring.
@@ -95,6 +102,8 @@ pub(crate) struct NotifyRing {
     pub log_seen: u64,
     /// Sources written during the call being served, to announce at its end.
     pub written: Vec<u32>,
+    /// The sealed state's generation already announced.
+    pub sealed_seen: u64,
 }
 
 impl Sources {
@@ -171,8 +180,8 @@ pub fn level_name(level: Level) -> &'static str {
 /// reads are guest-triggered, and the heap may be exhausted (docs/architecture.md).
 #[derive(Clone, Copy, Debug)]
 pub enum Snapshot {
-    /// A value or a short text built now (at most 16 bytes).
-    Inline([u8; 16], usize),
+    /// A value, a digest or a short text built now (at most 32 bytes).
+    Inline([u8; 32], usize),
     /// A constant text.
     Static(&'static [u8]),
 }
@@ -186,7 +195,7 @@ impl Snapshot {
     }
 
     fn inline(parts: &[&[u8]]) -> Self {
-        let mut b = [0u8; 16];
+        let mut b = [0u8; 32];
         let mut n = 0;
         for part in parts {
             for byte in part.iter() {
@@ -206,8 +215,12 @@ pub fn snapshot<P: Platform + ?Sized>(svsm: &Svsm, p: &P, kind: SourceKind) -> S
         SourceKind::Value(f) | SourceKind::Counter(f) => Snapshot::inline(&[&f(svsm).to_le_bytes()]),
         SourceKind::Text(t) => Snapshot::Static(t.as_bytes()),
         SourceKind::Setting(Setting::LogLevel) => Snapshot::inline(&[level_name(p.log_level()).as_bytes(), b"\n"]),
+        SourceKind::Sha256(f) => Snapshot::inline(&[&f(svsm)]),
     }
 }
+
+/// Where the sealed state keeps the log level.
+pub const LOG_LEVEL_KEY: &[u8] = b"ocp/config.log_level";
 
 /// Parse what a guest wrote to the log-level setting.
 pub fn parse_level(data: &[u8]) -> Option<Level> {

@@ -1,0 +1,183 @@
+//! The sealed state as a guest and a verifier see it (issue 15): its committed state is an
+//! entry of the attestation manifest, bound to the report like the rest; the OCP has it as
+//! a SHA-256 source (`sealed.root`) whose every commit is a change event, and a counter
+//! (`sealed.generation`); the log level a guest sets is kept for the next boot; a disk that
+//! fails closes the sealed state and the manifest says so.
+
+use abi::attest::{SEALED_STATE_FAILED, SEALED_STATE_GUID, SealedStateEntry};
+use abi::protocol::{CallId, ProtocolId, ocp_call};
+use abi::result::ResultCode;
+use bulwark_model::conformance_env::ModelEnv;
+use bulwark_model::world::WorldConfig;
+use guest::{Regs, Transport};
+use kernel::sealed::{Sealed, SharedSealed};
+use kernel::vcpu::VcpuIndex;
+use std::sync::{Arc, Mutex};
+use store::testing::{MemDisk, TestRng};
+use store::{Block, BlockDevice, IoError, Store, StoreKey};
+use zerocopy::FromBytes;
+
+/// A MemDisk the test keeps a handle on while the SVSM's store drives it.
+#[derive(Clone)]
+struct SharedDisk(Arc<Mutex<MemDisk>>);
+
+impl BlockDevice for SharedDisk {
+    fn block_count(&self) -> u64 {
+        self.0.lock().unwrap().block_count()
+    }
+    fn read(&mut self, index: u64, buf: &mut Block) -> Result<(), IoError> {
+        self.0.lock().unwrap().read(index, buf)
+    }
+    fn write(&mut self, index: u64, buf: &Block) -> Result<(), IoError> {
+        self.0.lock().unwrap().write(index, buf)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.0.lock().unwrap().flush()
+    }
+}
+
+const SCRATCH: u64 = 2 << 20;
+const RING: u64 = SCRATCH + 0x6000;
+
+/// A model guest whose SVSM opened its sealed state on `disk` (no vTPM: the process's
+/// libtpms is not needed here).
+fn boot(disk: &SharedDisk) -> (ModelEnv, SharedSealed) {
+    let mut env = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let (store, _) = Store::open_or_format(disk.clone(), &StoreKey::new([3; 32]), TestRng::new(9)).unwrap();
+    let sealed = Sealed::new(Box::new(store));
+    let w = &mut env.world;
+    w.svsm.install_sealed(&mut w.machine, sealed.clone());
+    (env, sealed)
+}
+
+fn ocp(env: &mut ModelEnv, call: u32, args: [u64; 4]) -> (ResultCode, Regs) {
+    let regs =
+        Regs { rax: CallId::new(ProtocolId::OCP, call).to_rax(), rcx: args[0], rdx: args[1], r8: args[2], r9: args[3] };
+    let out = env.world.client().issue(regs).expect("the call completes");
+    (ResultCode::from_rax(out.rax), out)
+}
+
+fn index_of(env: &mut ModelEnv, name: &str) -> u32 {
+    let sources = env.world.svsm.ocp_sources();
+    (0..sources.len() as u32)
+        .find(|i| sources.get(*i).is_some_and(|s| s.name == name))
+        .unwrap_or_else(|| panic!("no source {name}"))
+}
+
+fn read(env: &mut ModelEnv, index: u32) -> Vec<u8> {
+    let (rc, out) = ocp(env, ocp_call::READ, [u64::from(index), SCRATCH, 64, 0]);
+    assert_eq!(rc, ResultCode::SUCCESS);
+    let mut bytes = vec![0u8; out.r8 as usize];
+    env.world.vcpu(VcpuIndex::STARTUP).read(SCRATCH, &mut bytes).unwrap();
+    bytes
+}
+
+fn write_level(env: &mut ModelEnv, level: &[u8]) {
+    let index = index_of(env, "config.log_level");
+    env.world.vcpu(VcpuIndex::STARTUP).write(SCRATCH + 0x1000, level).unwrap();
+    let (rc, _) = ocp(env, ocp_call::WRITE, [u64::from(index), SCRATCH + 0x1000, level.len() as u64, 0]);
+    assert_eq!(rc, ResultCode::SUCCESS);
+}
+
+/// The ring's head and its first slots.
+fn ring(env: &mut ModelEnv) -> (u32, Vec<u32>) {
+    let mut b = [0u8; 64];
+    env.world.vcpu(VcpuIndex::STARTUP).read(RING, &mut b).unwrap();
+    let w = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
+    let head = w(0);
+    (head, (0..head.min(8) as usize).map(|i| w(4 + i)).collect())
+}
+
+/// The sealed-state entry of a fresh attestation's manifest, after checking the evidence
+/// verifies (the manifest is bound to the report).
+fn manifest_entry(env: &mut ModelEnv) -> SealedStateEntry {
+    let e = bulwark_model::attest_demo::obtain_from(env, &[7; 64]).expect("attestation");
+    let evidence = attest::verify::Evidence {
+        report: e.report,
+        certificates: attest::verify::Certificates::Table(e.certificates),
+        nonce: e.nonce,
+        manifest: e.manifest.clone(),
+        service: None,
+    };
+    assert!(attest::verify::verify(&evidence).is_ok(), "the evidence verifies");
+    let services = attest::manifest::parse(&e.manifest).unwrap();
+    let entry = services.iter().find(|s| s.guid == SEALED_STATE_GUID).expect("a sealed-state entry");
+    SealedStateEntry::read_from_bytes(&entry.data).expect("64 bytes")
+}
+
+#[test]
+fn the_manifest_names_the_committed_state_the_svsm_runs_on() {
+    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let (mut env, sealed) = boot(&disk);
+    let state = sealed.lock().state();
+    let entry = manifest_entry(&mut env);
+    assert_eq!((entry.generation, entry.root, entry.store_id, entry.flags), (1, state.root, state.store_id, 0));
+    // A commit (a setting kept) moves the entry on.
+    write_level(&mut env, b"debug");
+    let entry = manifest_entry(&mut env);
+    assert_eq!((entry.generation, entry.root), (2, sealed.lock().state().root));
+}
+
+#[test]
+fn every_commit_is_a_change_event_of_the_sealed_root_source() {
+    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let (mut env, sealed) = boot(&disk);
+    let root = index_of(&mut env, "sealed.root");
+    let generation = index_of(&mut env, "sealed.generation");
+    assert_eq!(read(&mut env, root), sealed.lock().state().root.to_vec(), "32 bytes: the Merkle root");
+    assert_eq!(read(&mut env, generation), 1u64.to_le_bytes());
+    env.world.vcpu(VcpuIndex::STARTUP).write(RING, &[0; 64]).unwrap();
+    assert_eq!(ocp(&mut env, ocp_call::NOTIFY, [RING, 0, 0, 0]).0, ResultCode::SUCCESS);
+    let before = sealed.lock().state().root;
+    write_level(&mut env, b"warn");
+    let after = sealed.lock().state().root;
+    assert_ne!(before, after);
+    let (head, slots) = ring(&mut env);
+    assert!(slots.contains(&root), "the commit is announced: head {head}, events {slots:?}");
+    assert_eq!(read(&mut env, root), after.to_vec());
+    assert_eq!(read(&mut env, generation), 2u64.to_le_bytes());
+    // A call that commits nothing announces no new root; nor does writing the level it
+    // has again (the setting's own event only).
+    let (rc, _) = ocp(&mut env, ocp_call::READ, [u64::from(generation), SCRATCH, 8, 0]);
+    assert_eq!(rc, ResultCode::SUCCESS);
+    write_level(&mut env, b"warn");
+    let (_, again) = ring(&mut env);
+    assert_eq!(again.iter().filter(|i| **i == root).count(), 1, "events {again:?}");
+    assert_eq!(read(&mut env, generation), 2u64.to_le_bytes());
+}
+
+#[test]
+fn the_log_level_a_guest_sets_is_there_after_a_reboot() {
+    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let (mut env, _) = boot(&disk);
+    let level = index_of(&mut env, "config.log_level");
+    let default = read(&mut env, level);
+    assert_ne!(default, b"debug\n");
+    write_level(&mut env, b"debug");
+    drop(env);
+    let image = disk.0.lock().unwrap().image();
+    let (mut env, _) = boot(&SharedDisk(Arc::new(Mutex::new(MemDisk::from_image(image)))));
+    assert_eq!(read(&mut env, level), b"debug\n");
+    // Without a sealed state, the default.
+    let mut plain = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    assert_eq!(read(&mut plain, level), default);
+}
+
+#[test]
+fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
+    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let (mut env, sealed) = boot(&disk);
+    let committed = sealed.lock().state();
+    disk.0.lock().unwrap().fail_flushes(true);
+    // The setting still applies to this boot; it is not kept.
+    write_level(&mut env, b"debug");
+    let level = index_of(&mut env, "config.log_level");
+    assert_eq!(read(&mut env, level), b"debug\n");
+    let entry = manifest_entry(&mut env);
+    assert_eq!(entry.flags, SEALED_STATE_FAILED);
+    assert_eq!((entry.generation, entry.root), (committed.generation, committed.root), "the last committed state");
+    // Healed, it stays closed: nothing staged before rides along.
+    disk.0.lock().unwrap().heal();
+    write_level(&mut env, b"info");
+    assert_eq!(sealed.lock().state(), committed);
+}
