@@ -104,6 +104,8 @@ struct Disk {
     ledger: Option<std::path::PathBuf>,
     /// The SVSM must refuse the store and serve on without a vTPM.
     tampered: bool,
+    /// An authentic older state: the SVSM opens it, the ledger must refuse the evidence.
+    rollback: bool,
 }
 
 /// The state disk's size: ample for the vTPM's NV state (a few KiB) and its copies.
@@ -117,13 +119,26 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         StateDisk::Kept | StateDisk::Fresh => "bulwark-state.img",
         StateDisk::Test => "qemu-test-state.img",
         StateDisk::TestTampered => "qemu-test-tampered.img",
+        StateDisk::TestOlder => "qemu-test-older.img",
     };
     let image = target_dir()?.join(name);
     let tpm_record = image.with_extension("tpm.json");
     let ledger = image.with_extension("ledger.json");
     if choice == StateDisk::TestTampered {
         tamper(&target_dir()?.join("qemu-test-state.img"), &image)?;
-        return Ok(Some(Disk { image, held_state: true, tpm_record, ledger: None, tampered: true }));
+        return Ok(Some(Disk { image, held_state: true, tpm_record, ledger: None, tampered: true, rollback: false }));
+    }
+    if choice == StateDisk::TestOlder {
+        let ledger = target_dir()?.join("qemu-test-state.ledger.json");
+        step(&format!("state disk {}: the test disk as its first boot left it (an older state)", image.display()));
+        return Ok(Some(Disk {
+            image,
+            held_state: true,
+            tpm_record,
+            ledger: Some(ledger),
+            tampered: false,
+            rollback: true,
+        }));
     }
     if choice == StateDisk::Fresh {
         let _ = std::fs::remove_file(&image);
@@ -140,7 +155,7 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         image.display(),
         if held_state { "holds a store from an earlier boot" } else { "blank" }
     ));
-    Ok(Some(Disk { image, held_state, tpm_record, ledger: Some(ledger), tampered: false }))
+    Ok(Some(Disk { image, held_state, tpm_record, ledger: Some(ledger), tampered: false, rollback: false }))
 }
 
 /// Copy the disk image `from` to `to` with one bit flipped in every non-blank block past
@@ -332,7 +347,18 @@ fn judge_success(boot: &qemu::Boot, image: &Path, disk: Option<&Disk>) -> Result
             "vTPM at CPL 3: manufactured in its service process; a service that faults is ended and answers TPM_RC_FAILURE",
         );
     }
-    verify_guest_evidence(&boot.guest_lines, disk.and_then(|d| d.ledger.as_deref()))
+    let ledger = disk.and_then(|d| d.ledger.as_deref());
+    if !disk.is_some_and(|d| d.rollback) {
+        return verify_guest_evidence(&boot.guest_lines, ledger);
+    }
+    match verify_guest_evidence(&boot.guest_lines, ledger) {
+        Err(e) if e.contains("REFUSED (rollback") => {
+            step(&format!("the verifier's ledger refused the older state: {e}"));
+            Ok(())
+        }
+        Err(e) => Err(format!("the older state's evidence failed otherwise than by the ledger: {e}")),
+        Ok(()) => Err("the verifier's ledger accepted an older state of the disk".into()),
+    }
 }
 
 /// The probe module at CPL 3 (svsm/src/bare/user/): it said hello through system calls,

@@ -181,6 +181,10 @@ pub enum StateDisk {
     /// A copy of the test disk with a bit flipped in every block it uses past the headers:
     /// the SVSM must refuse it and serve on without the vTPM.
     TestTampered,
+    /// `target/qemu-test-older.img`, the test disk as the first boot left it: an
+    /// authentic older state the SVSM opens, whose evidence the test disk's ledger must
+    /// refuse.
+    TestOlder,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
