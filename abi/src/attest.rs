@@ -74,7 +74,8 @@ pub const VTPM_SERVICE_GUID: Guid =
 
 /// `ac321fae-e2c1-4570-a3a4-03f5122c3a12`: Bulwark's sealed state (data =
 /// [`SealedStateEntry`]): which committed state of its store the SVSM runs on, so a
-/// verifier can refuse an older one (docs/persistence.md "Rollback").
+/// verifier can refuse an older one (docs/persistence.md, "Rollback and the verifier's
+/// ledger").
 pub const SEALED_STATE_GUID: Guid =
     Guid::from_fields(0xac321fae, 0xe2c1, 0x4570, [0xa3, 0xa4, 0x03, 0xf5, 0x12, 0x2c, 0x3a, 0x12]);
 

@@ -25,7 +25,14 @@
 //!   extension, when present, names the report's CHIP_ID;
 //! - the VCEK signs the report (through `sev`, the verifier most SNP users run);
 //! - REPORT_DATA = SHA-512(nonce || manifest), and the manifest parses (GUID table with
-//!   in-bounds, non-overlapping entries).
+//!   in-bounds, non-overlapping entries);
+//! - the manifest's sealed-state entry, when there is one, is 64 well-formed bytes and
+//!   does not say that the sealed state closed since boot (a failed commit stops the
+//!   SVSM's persistent services: what they would keep is no longer kept).
+//!
+//! With a ledger ([`ledger`], `bulwark attest verify --state-ledger`), one more check
+//! compares the sealed state with the newest one accepted before for its store and
+//! refuses an older generation (rollback) or another root under one generation (fork).
 //!
 //! `sev` 8 alone accepts evidence that has been changed in ways nobody signed: it
 //! hashes a *re-encoding* of the parsed report, so non-zero reserved TCB bytes come back
@@ -43,6 +50,7 @@
 pub mod cert_table;
 pub mod chain;
 pub mod launch_digest;
+pub mod ledger;
 pub mod manifest;
 pub mod testing;
 pub mod verify;

@@ -8,8 +8,12 @@
 //! buffer, inside the table, overlapping each other, or naming a service twice.
 //! Hostile input yields an error, never a panic.
 
-use abi::attest::{ManifestEntry, ManifestHeader, SERVICES_MANIFEST_GUID, VTPM_SERVICE_GUID};
+use abi::attest::{
+    ManifestEntry, ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry,
+    VTPM_SERVICE_GUID,
+};
 use abi::guid::Guid;
+use serde::Serialize;
 use std::fmt;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -140,9 +144,103 @@ pub fn encode(services: &[(Guid, &[u8])]) -> Result<Vec<u8>, ManifestError> {
     Ok(out)
 }
 
+/// The committed state of the SVSM's sealed store, from the manifest's sealed-state entry
+/// ([`SEALED_STATE_GUID`], data [`SealedStateEntry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SealedState {
+    /// One at format, one more per commit.
+    pub generation: u64,
+    /// Chosen at random when the store was formatted.
+    #[serde(serialize_with = "as_hex")]
+    pub store_id: [u8; 16],
+    /// The Merkle root of the committed state.
+    #[serde(serialize_with = "as_hex")]
+    pub root: [u8; 32],
+    /// [`SEALED_STATE_FAILED`]: a commit failed since boot, the sealed state is closed and
+    /// the services that keep state there have stopped.
+    pub failed: bool,
+}
+
+fn as_hex<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::hex(bytes))
+}
+
+impl fmt::Display for SealedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "generation {} of store {}, root {}",
+            self.generation,
+            crate::hex(&self.store_id),
+            crate::hex(&self.root)
+        )
+    }
+}
+
+/// Why a sealed-state entry was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SealedStateError {
+    /// The entry is not the 64 bytes of a `SealedStateEntry`.
+    Length { len: usize },
+    /// Flags this verifier does not know: it cannot tell what they say about the state.
+    UnknownFlags { flags: u32 },
+    /// The reserved field is not zero.
+    Reserved { value: u32 },
+}
+
+impl fmt::Display for SealedStateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Length { len } => write!(f, "{len} bytes, expected {}", size_of::<SealedStateEntry>()),
+            Self::UnknownFlags { flags } => write!(f, "unknown flags {flags:#x}"),
+            Self::Reserved { value } => write!(f, "reserved field {value:#x}, must be 0"),
+        }
+    }
+}
+
+impl std::error::Error for SealedStateError {}
+
+/// The sealed state among a manifest's services: `None` if no service is the sealed
+/// state (an SVSM without a state disk), an error if its entry is malformed.
+pub fn sealed_state(services: &[Service]) -> Result<Option<SealedState>, SealedStateError> {
+    match services.iter().find(|s| s.guid == SEALED_STATE_GUID) {
+        Some(service) => parse_sealed_state(&service.data).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One sealed-state entry's data.
+pub fn parse_sealed_state(data: &[u8]) -> Result<SealedState, SealedStateError> {
+    let entry = SealedStateEntry::read_from_bytes(data).map_err(|_| SealedStateError::Length { len: data.len() })?;
+    if entry.flags & !SEALED_STATE_FAILED != 0 {
+        return Err(SealedStateError::UnknownFlags { flags: entry.flags });
+    }
+    if entry.reserved != 0 {
+        return Err(SealedStateError::Reserved { value: entry.reserved });
+    }
+    Ok(SealedState {
+        generation: entry.generation,
+        store_id: entry.store_id,
+        root: entry.root,
+        failed: entry.flags & SEALED_STATE_FAILED != 0,
+    })
+}
+
+/// A sealed-state entry's data, as the SVSM writes it (for tests and tools).
+pub fn encode_sealed_state(state: &SealedState) -> Vec<u8> {
+    let flags = if state.failed { SEALED_STATE_FAILED } else { 0 };
+    SealedStateEntry { generation: state.generation, store_id: state.store_id, root: state.root, flags, reserved: 0 }
+        .as_bytes()
+        .to_vec()
+}
+
 /// The name of a known service.
 pub fn service_name(guid: &Guid) -> Option<&'static str> {
-    if *guid == VTPM_SERVICE_GUID { Some("vTPM") } else { None }
+    match *guid {
+        VTPM_SERVICE_GUID => Some("vTPM"),
+        SEALED_STATE_GUID => Some("sealed state"),
+        _ => None,
+    }
 }
 
 /// A one-line description of a service's data for the verdict.
@@ -158,6 +256,12 @@ pub fn describe(service: &Service) -> String {
             _ => "",
         };
         format!("{kind}EK public area, {} bytes: {prefix}{more}", service.data.len())
+    } else if service.guid == SEALED_STATE_GUID {
+        match parse_sealed_state(&service.data) {
+            Ok(state) if state.failed => format!("{state}, CLOSED (a commit failed since boot)"),
+            Ok(state) => state.to_string(),
+            Err(e) => format!("malformed ({e}): {prefix}{more}"),
+        }
     } else {
         format!("{} bytes: {prefix}{more}", service.data.len())
     }
@@ -216,5 +320,45 @@ mod tests {
         // Duplicate service.
         let x = encode(&[(OTHER, b"a"), (OTHER, b"b")]).unwrap();
         assert!(matches!(parse(&x), Err(ManifestError::DuplicateGuid { index: 1, .. })));
+    }
+
+    fn state(generation: u64) -> SealedState {
+        SealedState { generation, store_id: [0x5a; 16], root: [0xc3; 32], failed: false }
+    }
+
+    #[test]
+    fn sealed_state_round_trips_and_is_absent_without_its_entry() {
+        let data = encode_sealed_state(&state(7));
+        assert_eq!(data.len(), 64);
+        assert_eq!(&data[..8], &7u64.to_le_bytes());
+        let m = encode(&[(VTPM_SERVICE_GUID, b"ek"), (SEALED_STATE_GUID, &data)]).unwrap();
+        let services = parse(&m).unwrap();
+        assert_eq!(sealed_state(&services), Ok(Some(state(7))));
+        assert_eq!(service_name(&services[1].guid), Some("sealed state"));
+        assert!(describe(&services[1]).starts_with("generation 7 of store 5a5a"), "{}", describe(&services[1]));
+        assert_eq!(sealed_state(&services[..1]), Ok(None));
+        let closed = SealedState { failed: true, ..state(7) };
+        let data = encode_sealed_state(&closed);
+        assert_eq!(&data[56..60], &1u32.to_le_bytes());
+        assert_eq!(parse_sealed_state(&data), Ok(closed));
+    }
+
+    #[test]
+    fn malformed_sealed_state_is_an_error() {
+        let good = encode_sealed_state(&state(1));
+        for len in [0, 1, 63, 65, 128] {
+            let mut data = good.clone();
+            data.resize(len, 0);
+            assert_eq!(parse_sealed_state(&data), Err(SealedStateError::Length { len }));
+            let services = [Service { guid: SEALED_STATE_GUID, data }];
+            assert_eq!(sealed_state(&services), Err(SealedStateError::Length { len }));
+            assert!(describe(&services[0]).starts_with("malformed"));
+        }
+        let mut data = good.clone();
+        data[56] = 3;
+        assert_eq!(parse_sealed_state(&data), Err(SealedStateError::UnknownFlags { flags: 3 }));
+        let mut data = good;
+        data[63] = 0x80;
+        assert_eq!(parse_sealed_state(&data), Err(SealedStateError::Reserved { value: 0x8000_0000 }));
     }
 }

@@ -6,10 +6,11 @@
 //! freely on misuse: it is test infrastructure.
 
 use crate::chain::TestAuthority;
+use crate::manifest::SealedState;
 use crate::verify::{Certificates, Evidence, expected_report_data};
 use crate::{cert_table, manifest};
 use abi::attest::report as off;
-use abi::attest::{REPORT_SIZE, VTPM_SERVICE_GUID};
+use abi::attest::{REPORT_SIZE, SEALED_STATE_GUID, VTPM_SERVICE_GUID};
 use p384::ecdsa::SigningKey;
 use std::sync::OnceLock;
 
@@ -175,6 +176,23 @@ impl Sample {
     pub fn with_fields(&self, fields: &ReportFields) -> Evidence {
         let rd = expected_report_data(&self.evidence.nonce, &self.evidence.manifest);
         Evidence { report: sign_report(fields, &rd, &self.vcek_key).to_vec(), ..self.evidence.clone() }
+    }
+
+    /// The same nonce with `manifest` in place of the sample's, under a report whose
+    /// REPORT_DATA covers it (signed by the sample VCEK): evidence an SVSM with other
+    /// services would give.
+    pub fn with_manifest(&self, manifest: Vec<u8>) -> Evidence {
+        let rd = expected_report_data(&self.evidence.nonce, &manifest);
+        Evidence { report: sign_report(&self.fields, &rd, &self.vcek_key).to_vec(), manifest, ..self.evidence.clone() }
+    }
+
+    /// [`Sample::with_manifest`] for a manifest naming the vTPM and `state`, the sealed
+    /// state as the SVSM publishes it.
+    pub fn with_sealed_state(&self, state: &SealedState) -> Evidence {
+        let entry = manifest::encode_sealed_state(state);
+        let m = manifest::encode(&[(VTPM_SERVICE_GUID, &test_ek_public()), (SEALED_STATE_GUID, &entry)])
+            .expect("encode manifest");
+        self.with_manifest(m)
     }
 
     /// The sample's certificates as three DER blobs.

@@ -5,7 +5,9 @@
 //! ([`examine_with_chain`]). [`examine`] runs both. Every check always appears in the
 //! verdict, in a fixed order and under a stable name (JSON consumers key on it); a
 //! check that cannot run because an earlier one failed is recorded as failed with the
-//! reason. The crate doc lists the checks and why `sev` alone is not enough.
+//! reason. The crate doc lists the checks and why `sev` alone is not enough. A ledger of
+//! sealed states, when one is consulted, adds its `state_ledger` check last
+//! ([`crate::ledger::judge`]).
 
 use crate::cert_table;
 use crate::chain::HWID_OID;
@@ -133,6 +135,12 @@ pub struct Verdict {
     pub report: Option<ReportSummary>,
     /// The manifest's services, when it parsed.
     pub services: Vec<ServiceSummary>,
+    /// The committed state of the SVSM's sealed store, when the manifest has a
+    /// well-formed sealed-state entry.
+    pub sealed_state: Option<manifest::SealedState>,
+    /// What the relying party's ledger said about the sealed state (`bulwark attest
+    /// verify --state-ledger`; [`crate::ledger`]); `None` when no ledger was consulted.
+    pub ledger: Option<crate::ledger::LedgerVerdict>,
 }
 
 /// Evidence that failed at least one check.
@@ -362,7 +370,7 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
         Some(guid) => Ok(vec![manifest::Service { guid, data: evidence.manifest.clone() }]),
         None => manifest::parse(&evidence.manifest),
     };
-    let services = match parsed {
+    let services = match &parsed {
         Ok(services) => {
             let summaries: Vec<ServiceSummary> = services
                 .iter()
@@ -389,6 +397,13 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
             Vec::new()
         }
     };
+    let sealed_state = match &parsed {
+        Ok(services) => check_sealed_state(&mut checks, services),
+        Err(_) => {
+            checks.not_run("sealed_state", "the manifest does not parse");
+            None
+        }
+    };
     let passed = checks.0.iter().all(|c| c.passed);
     Verdict {
         passed,
@@ -397,6 +412,38 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
         checks: checks.0,
         report,
         services,
+        sealed_state,
+        ledger: None,
+    }
+}
+
+/// The `sealed_state` check: absent is fine (an SVSM without a state disk keeps no
+/// sealed state), malformed is not, and neither is a sealed state that closed since boot
+/// (`SEALED_STATE_FAILED`): the SVSM's persistent services have stopped, and whatever a
+/// relying party would trust them to keep from now on is no longer kept.
+fn check_sealed_state(checks: &mut Checks, services: &[manifest::Service]) -> Option<manifest::SealedState> {
+    match manifest::sealed_state(services) {
+        Ok(None) => {
+            checks.record("sealed_state", Ok("none in the manifest: the SVSM keeps no sealed state".into()));
+            None
+        }
+        Ok(Some(state)) if state.failed => {
+            checks.record(
+                "sealed_state",
+                Err(format!(
+                    "CLOSED: {state}; a commit failed since boot, the services that keep state there have stopped"
+                )),
+            );
+            Some(state)
+        }
+        Ok(Some(state)) => {
+            checks.record("sealed_state", Ok(state.to_string()));
+            Some(state)
+        }
+        Err(e) => {
+            checks.record("sealed_state", Err(format!("malformed entry: {e}")));
+            None
+        }
     }
 }
 

@@ -61,6 +61,26 @@ proptest! {
     }
 
     #[test]
+    fn sealed_state_parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..130)) {
+        let parsed = manifest::parse_sealed_state(&data);
+        prop_assert!(parsed.is_err() || data.len() == 64);
+    }
+
+    /// A valid ledger file with a few bytes overwritten: a ledger or an error.
+    #[test]
+    fn mutated_ledger_file_never_panics(edits in proptest::collection::vec((0usize..200, any::<u8>()), 1..6)) {
+        let mut ledger = bulwark_attest::ledger::Ledger::default();
+        let state = manifest::SealedState { generation: 7, store_id: [1; 16], root: [2; 32], failed: false };
+        ledger.apply(&state);
+        let mut text = ledger.to_json().into_bytes();
+        for (at, v) in edits {
+            let at = at % text.len();
+            text[at] = v;
+        }
+        let _ = bulwark_attest::ledger::Ledger::from_json(&String::from_utf8_lossy(&text));
+    }
+
+    #[test]
     fn examine_never_panics(
         report in proptest::collection::vec(any::<u8>(), 0x49E..0x4A2),
         certs in proptest::collection::vec(any::<u8>(), 0..200),

@@ -1,6 +1,6 @@
 //! Fuzz the host-side verifier: evidence from an SVSM and a host that may both lie
-//! (report, certificate table or DER chain, nonce, manifest). `examine` and the parsers
-//! must answer with a verdict or an error, never panic.
+//! (report, certificate table or DER chain, nonce, manifest, a sealed-state entry).
+//! `examine` and the parsers must answer with a verdict or an error, never panic.
 #![no_main]
 
 use bulwark_attest::verify::{Certificates, Evidence, examine};
@@ -35,6 +35,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let nonce = piece(&mut data).to_vec();
     let manifest = data.to_vec();
     let _ = manifest::parse(&manifest);
-    let service = (manifest.len() % 3 == 0).then_some(bulwark_abi::attest::VTPM_SERVICE_GUID);
+    let _ = manifest::parse_sealed_state(&manifest);
+    let service = match manifest.len() % 6 {
+        0 | 3 => Some(bulwark_abi::attest::VTPM_SERVICE_GUID),
+        1 => Some(bulwark_abi::attest::SEALED_STATE_GUID),
+        _ => None,
+    };
     let _ = examine(&Evidence { report, certificates, nonce, manifest, service });
 });

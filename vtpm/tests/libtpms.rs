@@ -130,3 +130,69 @@ fn a_tpm_started_again_from_its_kept_nv_state_has_its_seeds_indices_and_persiste
     let fresh = Vtpm::start(Box::new(tpm), Box::new(MapStorage::default())).expect("manufactured");
     assert_ne!(fresh.ek_public(), &ek[..]);
 }
+
+/// A password authorization area for `password`.
+fn password(c: &mut Command, password: &[u8]) {
+    c.u32(9 + password.len() as u32).u32(wire::TPM_RS_PW).u16(0).u8(0).sized(password);
+}
+
+/// TPM2_GetCapability of TPM_PT_LOCKOUT_COUNTER: the dictionary-attack failure count.
+fn lockout_counter(vtpm: &mut Vtpm) -> u32 {
+    let mut c = Command::new(wire::TPM_ST_NO_SESSIONS, 0x0000_017A);
+    c.u32(6).u32(0x20E).u32(1); // TPM_CAP_TPM_PROPERTIES, TPM_PT_LOCKOUT_COUNTER, one
+    let r = vtpm_run(vtpm, &c.finish());
+    assert_eq!(code(&r), 0);
+    // header, moreData, capability, count, property, value
+    assert_eq!(u32::from_be_bytes(r[19..23].try_into().unwrap()), 0x20E);
+    u32::from_be_bytes(r[23..27].try_into().unwrap())
+}
+
+#[test]
+fn hierarchy_auth_values_and_the_dictionary_attack_state_survive_a_restart() {
+    let _turn = ONE_TPM.lock().unwrap_or_else(|e| e.into_inner());
+    let storage = MapStorage::default();
+    let index = 0x0150_0002u32;
+    let kept = {
+        let tpm = LibTpms::open_with_nv(4087, Default::default()).expect("libtpms starts");
+        let mut vtpm = Vtpm::start(Box::new(tpm), Box::new(storage.clone())).expect("manufactured");
+        // The owner's auth value becomes "owner-secret".
+        let mut c = Command::new(wire::TPM_ST_SESSIONS, 0x0000_0129); // HierarchyChangeAuth
+        c.u32(bulwark_vtpm::commands::TPM_RH_OWNER).password_auth().sized(b"owner-secret");
+        assert_eq!(code(&vtpm_run(&mut vtpm, &c.finish())), 0);
+        // An index under dictionary-attack protection (AUTHREAD | AUTHWRITE, no NO_DA),
+        // its auth value "pw", defined with the new owner auth.
+        let mut c = Command::new(wire::TPM_ST_SESSIONS, 0x0000_012A);
+        c.u32(bulwark_vtpm::commands::TPM_RH_OWNER);
+        password(&mut c, b"owner-secret");
+        c.sized(b"pw").u16(14).u32(index).u16(0x000B).u32((1 << 2) | (1 << 18)).u16(0).u16(8);
+        assert_eq!(code(&vtpm_run(&mut vtpm, &c.finish())), 0);
+        // Reads with a wrong password: failures counted (libtpms' default allows few).
+        for _ in 0..2 {
+            let mut c = Command::new(wire::TPM_ST_SESSIONS, 0x0000_014E);
+            c.u32(index).u32(index);
+            password(&mut c, b"wrong");
+            c.u16(8).u16(0);
+            let rc = code(&vtpm_run(&mut vtpm, &c.finish()));
+            assert_ne!(rc, 0, "a wrong password was accepted");
+        }
+        let failures = lockout_counter(&mut vtpm);
+        assert!(failures >= 1, "no failure was counted");
+        (storage.0.lock().unwrap().clone(), failures)
+    };
+    let (kept, failures) = kept;
+    let tpm = LibTpms::open_with_nv(4087, kept).expect("libtpms starts again");
+    let mut vtpm = Vtpm::start(Box::new(tpm), Box::new(storage)).expect("started again");
+    // The failures are still counted (a restart without an orderly shutdown may add one).
+    let after = lockout_counter(&mut vtpm);
+    assert!(after >= failures, "the dictionary-attack count went from {failures} to {after}");
+    // The owner's auth value is still "owner-secret": the empty one is refused.
+    let define = |auth: &[u8], at: u32| {
+        let mut c = Command::new(wire::TPM_ST_SESSIONS, 0x0000_012A);
+        c.u32(bulwark_vtpm::commands::TPM_RH_OWNER);
+        password(&mut c, auth);
+        c.u16(0).u16(14).u32(at).u16(0x000B).u32((1 << 1) | (1 << 17) | (1 << 25)).u16(0).u16(8);
+        c.finish()
+    };
+    assert_ne!(code(&vtpm_run(&mut vtpm, &define(b"", 0x0150_0003))), 0, "the empty owner auth was accepted");
+    assert_eq!(code(&vtpm_run(&mut vtpm, &define(b"owner-secret", 0x0150_0003))), 0);
+}

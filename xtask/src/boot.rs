@@ -83,7 +83,7 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         step(&format!("host tools reached the SVSM in QEMU through the guest: {seen}"));
     }
     match (&boot.outcome, options.crash) {
-        (qemu::Outcome::Success, None) => judge_success(&boot, &image, !disk.as_ref().is_some_and(|d| d.tampered))
+        (qemu::Outcome::Success, None) => judge_success(&boot, &image, disk.as_ref())
             .and_then(|()| judge_disk(&boot.lines, disk.as_ref()))
             .and_then(|()| sealing_fingerprint(&boot.lines).map(Some)),
         (qemu::Outcome::FailureReported, None) => Err("the SVSM or the guest reported a failure".into()),
@@ -93,13 +93,19 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
 }
 
 /// A state disk for one boot: the raw image, whether it held a store before the boot,
-/// and where the agent check records what it left in the vTPM.
+/// where the agent check records what it left in the vTPM, and the ledger of the sealed
+/// states the boots' evidence showed (the newest per store id: an older one fails the
+/// boot, as it would fail a relying party's `bulwark attest verify --state-ledger`).
 struct Disk {
     image: std::path::PathBuf,
     held_state: bool,
     tpm_record: std::path::PathBuf,
+    /// None for a tampered disk: the SVSM refuses it and reports no sealed state.
+    ledger: Option<std::path::PathBuf>,
     /// The SVSM must refuse the store and serve on without a vTPM.
     tampered: bool,
+    /// An authentic older state: the SVSM opens it, the ledger must refuse the evidence.
+    rollback: bool,
 }
 
 /// The state disk's size: ample for the vTPM's NV state (a few KiB) and its copies.
@@ -113,16 +119,31 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         StateDisk::Kept | StateDisk::Fresh => "bulwark-state.img",
         StateDisk::Test => "qemu-test-state.img",
         StateDisk::TestTampered => "qemu-test-tampered.img",
+        StateDisk::TestOlder => "qemu-test-older.img",
     };
     let image = target_dir()?.join(name);
     let tpm_record = image.with_extension("tpm.json");
+    let ledger = image.with_extension("ledger.json");
     if choice == StateDisk::TestTampered {
         tamper(&target_dir()?.join("qemu-test-state.img"), &image)?;
-        return Ok(Some(Disk { image, held_state: true, tpm_record, tampered: true }));
+        return Ok(Some(Disk { image, held_state: true, tpm_record, ledger: None, tampered: true, rollback: false }));
+    }
+    if choice == StateDisk::TestOlder {
+        let ledger = target_dir()?.join("qemu-test-state.ledger.json");
+        step(&format!("state disk {}: the test disk as its first boot left it (an older state)", image.display()));
+        return Ok(Some(Disk {
+            image,
+            held_state: true,
+            tpm_record,
+            ledger: Some(ledger),
+            tampered: false,
+            rollback: true,
+        }));
     }
     if choice == StateDisk::Fresh {
         let _ = std::fs::remove_file(&image);
         let _ = std::fs::remove_file(&tpm_record);
+        let _ = std::fs::remove_file(&ledger);
     }
     let held_state = std::fs::read(&image).is_ok_and(|bytes| bytes.iter().take(8192).any(|b| *b != 0));
     if !image.exists() {
@@ -134,7 +155,7 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         image.display(),
         if held_state { "holds a store from an earlier boot" } else { "blank" }
     ));
-    Ok(Some(Disk { image, held_state, tpm_record, tampered: false }))
+    Ok(Some(Disk { image, held_state, tpm_record, ledger: Some(ledger), tampered: false, rollback: false }))
 }
 
 /// Copy the disk image `from` to `to` with one bit flipped in every non-blank block past
@@ -288,8 +309,11 @@ fn finish(checker: Option<Checker>, what: &str) -> Result<Option<String>> {
 }
 
 /// A boot that ended with success: the guest passed checks and none failed, every CPU came
-/// online and a guest vCPU ran on the second, and the guest's evidence verifies.
-fn judge_success(boot: &qemu::Boot, image: &Path, vtpm_expected: bool) -> Result {
+/// online and a guest vCPU ran on the second, the vTPM runs at CPL 3 (unless its state
+/// disk was tampered with), and the guest's evidence verifies (with a state disk, also
+/// against the disk's ledger).
+fn judge_success(boot: &qemu::Boot, image: &Path, disk: Option<&Disk>) -> Result {
+    let vtpm_expected = !disk.is_some_and(|d| d.tampered);
     let verdict = |v: &str| {
         boot.guest_lines.iter().filter(|l| l.starts_with("RESULT ") && l.split(' ').nth(2) == Some(v)).count()
     };
@@ -323,7 +347,18 @@ fn judge_success(boot: &qemu::Boot, image: &Path, vtpm_expected: bool) -> Result
             "vTPM at CPL 3: manufactured in its service process; a service that faults is ended and answers TPM_RC_FAILURE",
         );
     }
-    verify_guest_evidence(&boot.guest_lines)
+    let ledger = disk.and_then(|d| d.ledger.as_deref());
+    if !disk.is_some_and(|d| d.rollback) {
+        return verify_guest_evidence(&boot.guest_lines, ledger);
+    }
+    match verify_guest_evidence(&boot.guest_lines, ledger) {
+        Err(e) if e.contains("REFUSED (rollback") => {
+            step(&format!("the verifier's ledger refused the older state: {e}"));
+            Ok(())
+        }
+        Err(e) => Err(format!("the older state's evidence failed otherwise than by the ledger: {e}")),
+        Ok(()) => Err("the verifier's ledger accepted an older state of the disk".into()),
+    }
 }
 
 /// The probe module at CPL 3 (svsm/src/bare/user/): it said hello through system calls,
@@ -382,20 +417,27 @@ fn judge_crash(boot: &qemu::Boot, kind: Crash, log_only: bool) -> Result {
 }
 
 /// The test guest's attestation evidence: saved under target/attest/qemu and verified
-/// as a relying party would (`bulwark attest verify` reads the same files).
-fn verify_guest_evidence(guest_lines: &[String]) -> Result {
+/// as a relying party would (`bulwark attest verify` reads the same files; with a state
+/// disk, `--state-ledger` with the disk's ledger).
+fn verify_guest_evidence(guest_lines: &[String], ledger: Option<&Path>) -> Result {
     let evidence = evidence::collect(guest_lines)?.ok_or("the guest printed no attestation evidence")?;
     let dir = target_dir()?.join("attest/qemu");
     evidence::save(&evidence, &dir)?;
-    let (verdict, passed) = evidence::check(&evidence);
+    let verdict = evidence::check(&evidence, ledger)?;
     for line in verdict.to_string().lines() {
         println!("verify | {line}");
     }
-    if !passed {
-        return Err("the guest's attestation evidence did not verify".into());
+    let said = ledger.and_then(|path| evidence::ledger_outcome(&verdict, path));
+    if !verdict.passed {
+        return Err(format!(
+            "the guest's attestation evidence did not verify (failed: {}){}",
+            evidence::failed_checks(&verdict),
+            said.map(|s| format!("; {s}")).unwrap_or_default()
+        ));
     }
     step(&format!(
-        "the QEMU guest's attestation report verified (sev crate and Bulwark's checks; not rooted in AMD hardware); files in {}",
+        "the QEMU guest's attestation report verified (sev crate and Bulwark's checks; not rooted in AMD hardware){}; files in {}",
+        said.map(|s| format!("; {s}")).unwrap_or_default(),
         dir.display()
     ));
     Ok(())

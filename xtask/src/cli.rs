@@ -52,7 +52,10 @@ commands:
                                      boot finds the same TPM; --agent-check also checks what the
                                      previous --agent-check left there (an NV index, the EK made
                                      persistent) and leaves it anew; --agent-verify only checks it;
-                                     --fresh-disk blanks the disk first, --no-disk boots without one
+                                     the evidence's sealed state must be no older than the last one
+                                     seen (ledger target/bulwark-state.ledger.json);
+                                     --fresh-disk blanks the disk (and its ledger) first, --no-disk
+                                     boots without one
   help                               show this text
 ";
 
@@ -171,13 +174,17 @@ pub enum StateDisk {
     None,
     /// `target/bulwark-state.img`, kept across `cargo xtask boot` runs.
     Kept,
-    /// `target/bulwark-state.img` made blank first (`--fresh-disk`).
+    /// `target/bulwark-state.img` made blank first, its ledger forgotten (`--fresh-disk`).
     Fresh,
     /// `target/qemu-test-state.img`, the one `cargo xtask test`'s boots share.
     Test,
     /// A copy of the test disk with a bit flipped in every block it uses past the headers:
     /// the SVSM must refuse it and serve on without the vTPM.
     TestTampered,
+    /// `target/qemu-test-older.img`, the test disk as the first boot left it: an
+    /// authentic older state the SVSM opens, whose evidence the test disk's ledger must
+    /// refuse.
+    TestOlder,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

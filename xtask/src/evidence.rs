@@ -1,8 +1,10 @@
 //! The test guest's attestation evidence (`EVIDENCE <what> <hex>` lines): collected from
 //! the run, saved as the files a verifier reads, and verified with `bulwark-attest` (the
-//! `sev` crate's checks and Bulwark's own).
+//! `sev` crate's checks and Bulwark's own), with a boot's state disk also against the
+//! ledger of sealed states beside it (`bulwark attest verify --state-ledger`).
 
-use attest::verify::{Certificates, Evidence, Verdict, verify};
+use attest::ledger::{self, LedgerVerdict};
+use attest::verify::{Certificates, Evidence, Verdict, examine};
 use std::path::Path;
 
 fn unhex(s: &str) -> Result<Vec<u8>, String> {
@@ -51,10 +53,87 @@ pub fn save(evidence: &Evidence, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Verify; the verdict either way, and whether it passed.
-pub fn check(evidence: &Evidence) -> (Verdict, bool) {
-    match verify(evidence) {
-        Ok(v) => (v, true),
-        Err(rejected) => (rejected.verdict, false),
+/// Verify, with `ledger` (a ledger file) also the sealed state against it: the verdict
+/// either way. The ledger file learns a new state only when every check passed; an
+/// unreadable or unwritable ledger is an error.
+pub fn check(evidence: &Evidence, ledger: Option<&Path>) -> Result<Verdict, String> {
+    let mut verdict = examine(evidence);
+    if let Some(path) = ledger {
+        ledger::apply_file(path, &mut verdict, true)?;
+    }
+    Ok(verdict)
+}
+
+/// The ledger's outcome in words, for the boot's step line (`None` without a ledger).
+pub fn ledger_outcome(verdict: &Verdict, path: &Path) -> Option<String> {
+    let LedgerVerdict { outcome, recorded, previous_generation, .. } = verdict.ledger.as_ref()?;
+    let Some(state) = verdict.sealed_state else {
+        return Some(format!("no sealed state in the evidence to check against {}", path.display()));
+    };
+    let what = format!("sealed state generation {} of store {}", state.generation, attest::hex(&state.store_id));
+    let said = match (*outcome, previous_generation) {
+        (Some("first_seen"), _) => "first seen".to_string(),
+        (Some("same"), _) => "the state the ledger holds".to_string(),
+        (Some("newer"), Some(p)) => format!("newer than generation {p}"),
+        (Some(other), Some(p)) => format!("REFUSED ({other}; the ledger holds generation {p})"),
+        (Some(other), None) => format!("REFUSED ({other})"),
+        (None, _) => "REFUSED".to_string(),
+    };
+    let kept = if *recorded { "recorded in" } else { "ledger unchanged:" };
+    Some(format!("{what}: {said}, {kept} {}", path.display()))
+}
+
+/// The names of the checks that failed, for an error message.
+pub fn failed_checks(verdict: &Verdict) -> String {
+    verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attest::manifest::SealedState;
+    use attest::testing::sample;
+
+    fn state(generation: u64, root: u8) -> SealedState {
+        SealedState { generation, store_id: [0x42; 16], root: [root; 32], failed: false }
+    }
+
+    #[test]
+    fn boots_with_a_state_disk_are_checked_against_its_ledger() {
+        let s = sample();
+        let dir = std::env::temp_dir().join(format!("xtask-ledger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.ledger.json");
+        let _ = std::fs::remove_file(&path);
+        let store = "42".repeat(16);
+
+        let v = check(&s.with_sealed_state(&state(2, 2)), Some(&path)).unwrap();
+        assert!(v.passed, "{v}");
+        let said = ledger_outcome(&v, &path).unwrap();
+        assert!(
+            said.starts_with(&format!("sealed state generation 2 of store {store}: first seen, recorded in")),
+            "{said}"
+        );
+
+        let v = check(&s.with_sealed_state(&state(3, 3)), Some(&path)).unwrap();
+        assert!(v.passed);
+        assert!(ledger_outcome(&v, &path).unwrap().contains("newer than generation 2, recorded in"));
+
+        let v = check(&s.with_sealed_state(&state(2, 2)), Some(&path)).unwrap();
+        assert!(!v.passed);
+        assert_eq!(failed_checks(&v), "state_ledger");
+        let said = ledger_outcome(&v, &path).unwrap();
+        assert!(said.contains("REFUSED (rollback; the ledger holds generation 3), ledger unchanged"), "{said}");
+
+        // A boot without a state disk has no ledger; with one, the evidence must carry its state.
+        let v = check(&s.evidence, None).unwrap();
+        assert!(v.passed && ledger_outcome(&v, &path).is_none());
+        let v = check(&s.evidence, Some(&path)).unwrap();
+        assert!(!v.passed);
+        assert!(ledger_outcome(&v, &path).unwrap().starts_with("no sealed state"));
+
+        std::fs::write(&path, "[").unwrap();
+        assert!(check(&s.with_sealed_state(&state(4, 4)), Some(&path)).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

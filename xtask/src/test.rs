@@ -77,19 +77,26 @@ fn lints() -> Result {
 
 /// The seven QEMU boots: plain (with the guest's evidence verified), two crashes (the
 /// second with the log kept in memory), the SVSM's GDB stub, the host agent, a boot that
-/// finds the vTPM state the agent boot left on the state disk, and one on a tampered copy
-/// of that disk. The first and the
+/// finds the vTPM state the agent boot left on the state disk, one on a tampered copy of
+/// that disk, and one on the disk as the first boot left it (refused by the ledger). The
+/// first and the
 /// last boot must derive the same sealed-store key: the same image on the same
 /// (software) chip.
 fn boots() -> Result {
     let plain = BootOptions::default();
     // The state disk starts blank: the first boot formats it and manufactures the vTPM
     // there; the agent boot starts the vTPM from it, runs the sessions and leaves an NV
-    // index and a persistent EK; the last boot finds them.
+    // index and a persistent EK; the last boot finds them. Its ledger starts empty with
+    // it: each boot's evidence must show a sealed state no older than the last one.
     let disk = crate::shell::target_dir()?.join("qemu-test-state.img");
     let _ = std::fs::remove_file(&disk);
     let _ = std::fs::remove_file(disk.with_extension("tpm.json"));
+    let _ = std::fs::remove_file(disk.with_extension("ledger.json"));
     let first = boot::run_seen(&BootOptions { disk: StateDisk::Test, ..plain })?;
+    // The disk as the first boot left it: an authentic state older than what later boots
+    // leave, for the rollback boot at the end.
+    let older = disk.with_file_name("qemu-test-older.img");
+    std::fs::copy(&disk, &older).map_err(|e| format!("{}: {e}", older.display()))?;
     boot::run(&BootOptions { crash: Some(Crash::Nx), ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Panic), log_only: true, ..plain })?;
     boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
@@ -98,6 +105,9 @@ fn boots() -> Result {
     // A host that changed the stored state: refused, the vTPM does not start, the rest
     // of the SVSM serves the guest's checks.
     boot::run(&BootOptions { disk: StateDisk::TestTampered, ..plain })?;
+    // A host that presents the whole older image: the SVSM opens it (it is authentic),
+    // and the verifier's ledger refuses the evidence.
+    boot::run(&BootOptions { disk: StateDisk::TestOlder, ..plain })?;
     if first != last {
         return Err(format!("the sealed store's key changed between two boots of one image: {first:?}, then {last:?}"));
     }

@@ -4,17 +4,25 @@
 //! (`--no-default-features`); `bulwark attest demo`, which runs the model, is
 //! `attest_demo.rs`.
 //!
+//! With `--state-ledger FILE` the verifier also detects what the SVSM cannot: an older
+//! state of its sealed store (`attest::ledger`; docs/persistence.md, "Rollback and the
+//! verifier's ledger"). The ledger file learns a state only from evidence that is
+//! accepted as a whole.
+//!
 //! Exit status: 0 when every check passes (and, with `--require-amd-root`, the chain
-//! is AMD's), 1 when the evidence is rejected, 2 on a usage or file error.
+//! is AMD's), 1 when the evidence is rejected, 2 on a usage or file error (a ledger
+//! file that does not parse, or cannot be written, included).
 
-use attest::verify::{Certificates, Evidence, examine};
+use attest::ledger;
+use attest::verify::{Certificates, Evidence, Verdict, examine};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --manifest FILE
                              (--certs FILE | --ark FILE --ask FILE --vcek FILE)
-                             [--service vtpm|GUID] [--json] [--require-amd-root]
+                             [--service vtpm|sealed-state|GUID] [--json] [--require-amd-root]
+                             [--state-ledger FILE]
        bulwark attest demo --out DIR      (builds with the `model` feature only)
 
   demo                writes DIR/report.bin, certificates.bin (GHCB table), nonce.bin
@@ -27,11 +35,20 @@ pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE
   --manifest FILE     the services manifest the SVSM returned (Linux: manifestblob)
   --certs FILE        the GHCB certificate table (Linux: auxblob)
   --ark/--ask/--vcek  the three certificates as separate files, DER or PEM
-  --service vtpm|GUID the evidence came from SVSM_ATTEST_SINGLE_SERVICE for this service:
+  --service vtpm|sealed-state|GUID
+                      the evidence came from SVSM_ATTEST_SINGLE_SERVICE for this service:
                       --manifest holds that service's data (for the vTPM, its EK public
                       area), not a services manifest
-  --json              print the verdict as JSON
-  --require-amd-root  also fail unless the chain is rooted in one of AMD's ARKs";
+  --json              print the verdict as JSON (with the ledger's outcome)
+  --require-amd-root  also fail unless the chain is rooted in one of AMD's ARKs
+  --state-ledger FILE rollback detection: FILE (JSON; missing = empty) holds, per sealed
+                      store id, the newest generation and root accepted before. Fail
+                      (check state_ledger) on an older generation (rollback), on the same
+                      generation with another root (fork), and on evidence without a
+                      sealed state (nothing to check). A new or newer state is written to
+                      FILE (atomically) only when the evidence is accepted as a whole. A
+                      store id never seen is accepted: refusing a new store for a VM you
+                      know (a blank disk) is left to you";
 
 #[derive(Default)]
 struct Options {
@@ -45,18 +62,16 @@ struct Options {
     service: Option<abi::guid::Guid>,
     json: bool,
     require_amd_root: bool,
+    state_ledger: Option<PathBuf>,
 }
 
-/// `vtpm`, or a GUID in its text form.
+/// `vtpm`, `sealed-state`, or a GUID in its text form.
 fn parse_service(text: &str) -> Result<abi::guid::Guid, String> {
-    if text == "vtpm" {
-        return Ok(abi::attest::VTPM_SERVICE_GUID);
-    }
-    let known = [abi::attest::VTPM_SERVICE_GUID];
-    known
-        .into_iter()
-        .find(|g| g.to_string().eq_ignore_ascii_case(text))
-        .ok_or_else(|| format!("unknown service `{text}` (the SVSM has: vtpm = {})", abi::attest::VTPM_SERVICE_GUID))
+    use abi::attest::{SEALED_STATE_GUID, VTPM_SERVICE_GUID};
+    let known = [("vtpm", VTPM_SERVICE_GUID), ("sealed-state", SEALED_STATE_GUID)];
+    known.into_iter().find(|(name, g)| *name == text || g.to_string().eq_ignore_ascii_case(text)).map(|(_, g)| g).ok_or_else(
+        || format!("unknown service `{text}` (the SVSM has: vtpm = {VTPM_SERVICE_GUID}, sealed-state = {SEALED_STATE_GUID})"),
+    )
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -83,6 +98,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--ark" => &mut o.ark,
             "--ask" => &mut o.ask,
             "--vcek" => &mut o.vcek,
+            "--state-ledger" => &mut o.state_ledger,
             other => return Err(format!("unknown option `{other}`")),
         };
         *slot = Some(it.next().ok_or_else(|| format!("{a} needs a file"))?.into());
@@ -147,22 +163,42 @@ pub fn verify(args: &[String]) -> ExitCode {
         }
     };
     let (opts, evidence) = evidence;
-    let verdict = examine(&evidence);
+    let mut verdict = examine(&evidence);
+    let policy_accepts = verdict.hardware_rooted || !opts.require_amd_root;
+    if let Some(path) = &opts.state_ledger
+        && let Err(e) = ledger::apply_file(path, &mut verdict, policy_accepts)
+    {
+        eprintln!("bulwark attest verify: {e}");
+        return ExitCode::from(2);
+    }
     let text = if opts.json {
         serde_json::to_string_pretty(&verdict).unwrap_or_default()
     } else {
         let mut t = verdict.to_string();
-        if opts.require_amd_root && !verdict.hardware_rooted {
+        if !policy_accepts {
             t.push_str("--require-amd-root: rejected, the chain is not rooted in an AMD ARK.\n");
+        }
+        if let Some(path) = &opts.state_ledger {
+            t.push_str(&ledger_note(&verdict, path));
         }
         t
     };
     // A closed pipe (`| head`) is not an error worth reporting.
     let _ = writeln!(std::io::stdout().lock(), "{}", text.trim_end());
-    if verdict.passed && (verdict.hardware_rooted || !opts.require_amd_root) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    if verdict.passed && policy_accepts { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// What happened to the ledger file, for the text verdict.
+fn ledger_note(verdict: &Verdict, path: &std::path::Path) -> String {
+    let recorded = verdict.ledger.as_ref().is_some_and(|l| l.recorded);
+    match verdict.sealed_state {
+        Some(s) if recorded => format!(
+            "--state-ledger: {} now holds generation {} of store {}.\n",
+            path.display(),
+            s.generation,
+            attest::hex(&s.store_id)
+        ),
+        _ => format!("--state-ledger: {} unchanged.\n", path.display()),
     }
 }
 
@@ -173,7 +209,11 @@ mod tests {
 
     /// Write the sample evidence as the files Linux's configfs-tsm would give.
     fn write_sample(dir: &std::path::Path) -> Vec<String> {
-        let e = &sample().evidence;
+        write_evidence(dir, &sample().evidence)
+    }
+
+    /// Write `e` as the files Linux's configfs-tsm would give; the arguments naming them.
+    fn write_evidence(dir: &std::path::Path, e: &Evidence) -> Vec<String> {
         let Certificates::Table(table) = &e.certificates else { unreachable!() };
         std::fs::create_dir_all(dir).unwrap();
         let mut args = Vec::new();
@@ -244,5 +284,86 @@ mod tests {
         args.extend(["--ark".into(), "x".into()]);
         assert_eq!(verify(&args), ExitCode::from(2), "--certs and --ark together");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    const STORE: [u8; 16] = [0x5e; 16];
+
+    fn sealed(generation: u64, root: u8) -> attest::manifest::SealedState {
+        attest::manifest::SealedState { generation, store_id: STORE, root: [root; 32], failed: false }
+    }
+
+    /// `verify` on evidence whose manifest carries `state`, with `--state-ledger` and `extra`.
+    fn verify_state(dir: &std::path::Path, state: &attest::manifest::SealedState, extra: &[&str]) -> ExitCode {
+        let mut args = write_evidence(dir, &sample().with_sealed_state(state));
+        args.extend(["--state-ledger".into(), dir.join("ledger.json").display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        verify(&args)
+    }
+
+    fn generation_in(ledger: &std::path::Path) -> Option<u64> {
+        attest::ledger::Ledger::load(ledger).unwrap().get(&STORE).map(|s| s.generation)
+    }
+
+    #[test]
+    fn state_ledger_accepts_newer_states_and_refuses_rollback_and_forks() {
+        let dir = temp("ledger");
+        let ledger = dir.join("ledger.json");
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(&ledger);
+        assert_eq!(verify_state(&dir, &sealed(5, 5), &[]), ExitCode::SUCCESS, "first seen");
+        assert_eq!(generation_in(&ledger), Some(5));
+        let kept = std::fs::read(&ledger).unwrap();
+        assert_eq!(verify_state(&dir, &sealed(4, 4), &[]), ExitCode::FAILURE, "an older whole image");
+        assert_eq!(std::fs::read(&ledger).unwrap(), kept);
+        assert_eq!(verify_state(&dir, &sealed(6, 6), &[]), ExitCode::SUCCESS, "newer");
+        assert_eq!(generation_in(&ledger), Some(6));
+        let kept = std::fs::read(&ledger).unwrap();
+        assert_eq!(verify_state(&dir, &sealed(6, 0x66), &[]), ExitCode::FAILURE, "another root under generation 6");
+        assert_eq!(verify_state(&dir, &sealed(6, 6), &["--json"]), ExitCode::SUCCESS, "the same state again");
+        // A newer state the caller's policy refuses is not recorded.
+        assert_eq!(verify_state(&dir, &sealed(7, 7), &["--require-amd-root"]), ExitCode::FAILURE);
+        assert_eq!(std::fs::read(&ledger).unwrap(), kept);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn state_ledger_refuses_evidence_without_a_sealed_state_and_unreadable_ledgers() {
+        let dir = temp("ledger-none");
+        let ledger = dir.join("ledger.json");
+        let mut args = write_sample(&dir);
+        args.extend(["--state-ledger".into(), ledger.display().to_string()]);
+        assert_eq!(verify(&args), ExitCode::FAILURE, "nothing to check");
+        assert!(!ledger.exists(), "nothing was recorded");
+        std::fs::write(&ledger, "not json").unwrap();
+        assert_eq!(verify_state(&dir, &sealed(1, 1), &[]), ExitCode::from(2));
+        assert_eq!(std::fs::read(&ledger).unwrap(), b"not json");
+        let closed = attest::manifest::SealedState { failed: true, ..sealed(1, 1) };
+        std::fs::remove_file(&ledger).unwrap();
+        assert_eq!(verify_state(&dir, &closed, &[]), ExitCode::FAILURE, "the sealed state closed");
+        assert!(!ledger.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn json_verdicts_carry_the_sealed_state_and_the_ledger_outcome() {
+        let s = sample();
+        let mut verdict = examine(&s.with_sealed_state(&sealed(5, 5)));
+        let mut memory = attest::ledger::Ledger::default();
+        attest::ledger::judge(&mut memory, &mut verdict);
+        let json = serde_json::to_value(&verdict).unwrap();
+        assert_eq!(json["sealed_state"]["generation"], 5);
+        assert_eq!(json["ledger"]["outcome"], "first_seen");
+        assert_eq!(json["ledger"]["accepted"], true);
+        let names: Vec<&str> = json["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names[names.len() - 2..], ["sealed_state", "state_ledger"]);
+        let note = ledger_note(&verdict, std::path::Path::new("l.json"));
+        assert_eq!(note, "--state-ledger: l.json unchanged.\n");
+    }
+
+    #[test]
+    fn services_by_name_or_guid() {
+        assert_eq!(parse_service("sealed-state"), Ok(abi::attest::SEALED_STATE_GUID));
+        assert_eq!(parse_service(&abi::attest::VTPM_SERVICE_GUID.to_string()), Ok(abi::attest::VTPM_SERVICE_GUID));
+        assert!(parse_service("tpm").is_err());
     }
 }

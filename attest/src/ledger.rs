@@ -1,0 +1,405 @@
+//! The relying party's ledger of sealed states: for each store id it has accepted, the
+//! newest generation and its root. With it the verifier detects what the SVSM alone
+//! cannot (docs/persistence.md, "Rollback and the verifier's ledger"): a host that
+//! presents an authentic but older state of the store (an older disk image, or the newest
+//! header destroyed), and two different states under one generation (a fork or a clone).
+//!
+//! [`Ledger::outcome`] is the decision, a pure function of the ledger and the state;
+//! [`Ledger::apply`] also records an accepted new state in the ledger in memory; [`judge`]
+//! adds the outcome to a verdict as the `state_ledger` check; [`apply_file`] is the whole
+//! round trip on a ledger file, as `bulwark attest verify --state-ledger` and the QEMU
+//! boots run it.
+//!
+//! What the ledger does not decide: a store id it never saw is accepted and recorded
+//! (first seen). A blank disk gives the SVSM a new store, so a host can always trade the
+//! state for an empty one; a relying party that expects continuity for a VM it knows must
+//! refuse an unknown store id for it itself, because the ledger keys on store ids alone
+//! and knows nothing of VM instances.
+//!
+//! The file is JSON, an object mapping each store id (32 lower-case hex digits) to
+//! `{"generation": N, "root": "<64 hex digits>"}`. A missing file is an empty ledger; a
+//! file that does not parse is an error, never an empty ledger, since forgetting is
+//! exactly what a rollback needs.
+
+use crate::hex;
+use crate::manifest::SealedState;
+use crate::verify::{Check, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// The newest state the ledger accepted for one store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub generation: u64,
+    pub root: [u8; 32],
+}
+
+/// Store id → the newest state accepted for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    stores: BTreeMap<[u8; 16], Seen>,
+}
+
+/// What the ledger says about a sealed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A store the ledger never saw: accepted, and recorded.
+    FirstSeen,
+    /// The generation and root the ledger holds: accepted.
+    Same,
+    /// A later generation than the ledger holds: accepted, and recorded.
+    Newer { previous: Seen },
+    /// An older generation than the ledger holds: refused (rollback).
+    Rollback { newest: Seen },
+    /// The generation the ledger holds with another root: refused. One generation names
+    /// one state (the store never reuses a generation), so two roots mean two branches
+    /// from one image: a fork, or a clone of the disk.
+    Fork { accepted: Seen },
+}
+
+impl Outcome {
+    pub fn accepted(self) -> bool {
+        matches!(self, Self::FirstSeen | Self::Same | Self::Newer { .. })
+    }
+
+    /// Its name in JSON verdicts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FirstSeen => "first_seen",
+            Self::Same => "same",
+            Self::Newer { .. } => "newer",
+            Self::Rollback { .. } => "rollback",
+            Self::Fork { .. } => "fork",
+        }
+    }
+}
+
+impl Ledger {
+    /// The newest state accepted for `store_id`.
+    pub fn get(&self, store_id: &[u8; 16]) -> Option<Seen> {
+        self.stores.get(store_id).copied()
+    }
+
+    /// The stores the ledger knows.
+    pub fn len(&self) -> usize {
+        self.stores.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    /// What the ledger says about `state`, without changing it.
+    pub fn outcome(&self, state: &SealedState) -> Outcome {
+        match self.get(&state.store_id) {
+            None => Outcome::FirstSeen,
+            Some(seen) if state.generation > seen.generation => Outcome::Newer { previous: seen },
+            Some(seen) if state.generation < seen.generation => Outcome::Rollback { newest: seen },
+            Some(seen) if state.root == seen.root => Outcome::Same,
+            Some(seen) => Outcome::Fork { accepted: seen },
+        }
+    }
+
+    /// [`Ledger::outcome`], and an accepted state becomes the newest of its store.
+    pub fn apply(&mut self, state: &SealedState) -> Outcome {
+        let outcome = self.outcome(state);
+        if matches!(outcome, Outcome::FirstSeen | Outcome::Newer { .. }) {
+            self.stores.insert(state.store_id, Seen { generation: state.generation, root: state.root });
+        }
+        outcome
+    }
+
+    /// The ledger from its JSON text (see the module doc); anything else is an error.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let file: BTreeMap<String, SeenFile> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut stores = BTreeMap::new();
+        for (id, seen) in file {
+            let store_id = unhex(&id).ok_or_else(|| format!("store id `{id}` is not 32 lower-case hex digits"))?;
+            let root = unhex(&seen.root)
+                .ok_or_else(|| format!("store {id}: root `{}` is not 64 lower-case hex digits", seen.root))?;
+            stores.insert(store_id, Seen { generation: seen.generation, root });
+        }
+        Ok(Self { stores })
+    }
+
+    /// The ledger as JSON text, one store per entry, in store id order.
+    pub fn to_json(&self) -> String {
+        let file: BTreeMap<String, SeenFile> = self
+            .stores
+            .iter()
+            .map(|(id, seen)| (hex(id), SeenFile { generation: seen.generation, root: hex(&seen.root) }))
+            .collect();
+        let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// The ledger in the file at `path`; a missing file is an empty ledger.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_json(&text).map_err(|e| format!("ledger {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(format!("ledger {}: {e}", path.display())),
+        }
+    }
+
+    /// Replace the file at `path` with this ledger, atomically: a temporary file beside
+    /// it, written and synced, then renamed over it. A crash leaves the old ledger or the
+    /// new one, never a torn one (which would not parse, and so not verify anything).
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let temp = beside(path, &format!("{}.tmp", std::process::id()))?;
+        let written = std::fs::File::create(&temp).and_then(|mut f| {
+            f.write_all(self.to_json().as_bytes())?;
+            f.sync_all()
+        });
+        let renamed = written.and_then(|()| std::fs::rename(&temp, path));
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&temp);
+            return Err(format!("ledger {}: {e}", path.display()));
+        }
+        Ok(())
+    }
+}
+
+/// A hidden file beside `path`: `.NAME.suffix`.
+fn beside(path: &Path, suffix: &str) -> Result<std::path::PathBuf, String> {
+    let name = path.file_name().ok_or_else(|| format!("ledger {}: not a file name", path.display()))?;
+    let mut hidden = std::ffi::OsString::from(".");
+    hidden.push(name);
+    hidden.push(".");
+    hidden.push(suffix);
+    Ok(path.with_file_name(hidden))
+}
+
+/// One store as the file holds it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeenFile {
+    generation: u64,
+    root: String,
+}
+
+/// Exactly `N` bytes of lower-case hex (the form [`hex`] writes; one spelling per value).
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let digits = text.as_bytes();
+    if digits.len() != 2 * N || !digits.iter().all(|d| matches!(d, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The ledger's part of a verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LedgerVerdict {
+    /// `first_seen`, `same`, `newer` (accepted), `rollback`, `fork` (refused); `None` when
+    /// the evidence carries no well-formed sealed state (refused: rollback protection was
+    /// asked for and there was nothing to check).
+    pub outcome: Option<&'static str>,
+    pub accepted: bool,
+    /// What the ledger held for this store before, if anything.
+    pub previous_generation: Option<u64>,
+    pub previous_root: Option<String>,
+    /// The ledger file now holds this state: it was accepted, it was newer than or new
+    /// to the ledger, and every other check passed.
+    pub recorded: bool,
+}
+
+/// Apply `ledger` to `verdict`'s sealed state: the `state_ledger` check (after every
+/// other check) and [`Verdict::ledger`]. An accepted new state is recorded in `ledger`
+/// (in memory; the caller decides whether to keep it). Returns whether `ledger` changed.
+pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
+    let Some(state) = verdict.sealed_state else {
+        verdict.ledger = Some(LedgerVerdict {
+            outcome: None,
+            accepted: false,
+            previous_generation: None,
+            previous_root: None,
+            recorded: false,
+        });
+        let why = if verdict.checks.iter().any(|c| c.name == "sealed_state" && !c.passed) {
+            "the sealed-state entry is malformed: nothing to check against the ledger"
+        } else {
+            "the evidence has no sealed state: rollback protection was asked for and the SVSM gave nothing to check"
+        };
+        push(verdict, Err(why.to_string()));
+        return false;
+    };
+    let previous = ledger.get(&state.store_id);
+    let outcome = ledger.apply(&state);
+    let (store, generation) = (hex(&state.store_id), state.generation);
+    let detail = match outcome {
+        Outcome::FirstSeen => Ok(format!("store {store} first seen, at generation {generation}")),
+        Outcome::Same => Ok(format!("generation {generation} of store {store}, as accepted before")),
+        Outcome::Newer { previous } => Ok(format!(
+            "generation {generation} of store {store}, newer than generation {} accepted before",
+            previous.generation
+        )),
+        Outcome::Rollback { newest } => Err(format!(
+            "ROLLBACK: generation {generation} of store {store} is older than generation {} accepted before",
+            newest.generation
+        )),
+        Outcome::Fork { accepted } => Err(format!(
+            "FORK: generation {generation} of store {store} has root {}, the one accepted before has root {}: \
+             two states under one generation",
+            hex(&state.root),
+            hex(&accepted.root)
+        )),
+    };
+    verdict.ledger = Some(LedgerVerdict {
+        outcome: Some(outcome.name()),
+        accepted: outcome.accepted(),
+        previous_generation: previous.map(|p| p.generation),
+        previous_root: previous.map(|p| hex(&p.root)),
+        recorded: false,
+    });
+    push(verdict, detail);
+    matches!(outcome, Outcome::FirstSeen | Outcome::Newer { .. })
+}
+
+fn push(verdict: &mut Verdict, outcome: Result<String, String>) {
+    let passed = outcome.is_ok();
+    verdict.checks.push(Check { name: "state_ledger", passed, detail: outcome.unwrap_or_else(|e| e) });
+    verdict.passed &= passed;
+}
+
+/// [`judge`] against the ledger file at `path`, which is rewritten (atomically) only when
+/// the ledger learned a state and the evidence is accepted: every check passed and
+/// `policy_accepts` (what the caller requires beyond the checks, such as an AMD root).
+/// A lock file beside it (`.NAME.lock`) keeps verifiers that share the ledger from
+/// losing each other's updates.
+pub fn apply_file(path: &Path, verdict: &mut Verdict, policy_accepts: bool) -> Result<(), String> {
+    let lock_path = beside(path, "lock")?;
+    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("ledger lock {}: {e}", lock_path.display()))?;
+    lock.lock().map_err(|e| format!("ledger lock {}: {e}", lock_path.display()))?;
+    let mut ledger = Ledger::load(path)?;
+    let learned = judge(&mut ledger, verdict);
+    if learned && verdict.passed && policy_accepts {
+        ledger.save(path)?;
+        if let Some(l) = &mut verdict.ledger {
+            l.recorded = true;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STORE: [u8; 16] = [0x51; 16];
+
+    fn state(generation: u64, root: u8) -> SealedState {
+        SealedState { generation, store_id: STORE, root: [root; 32], failed: false }
+    }
+
+    #[test]
+    fn a_store_never_seen_is_accepted_and_recorded() {
+        let mut ledger = Ledger::default();
+        assert_eq!(ledger.apply(&state(5, 0xa)), Outcome::FirstSeen);
+        assert_eq!(ledger.get(&STORE), Some(Seen { generation: 5, root: [0xa; 32] }));
+    }
+
+    #[test]
+    fn the_same_generation_and_root_is_accepted_and_changes_nothing() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(5, 0xa));
+        let before = ledger.clone();
+        assert_eq!(ledger.apply(&state(5, 0xa)), Outcome::Same);
+        assert_eq!(ledger, before);
+    }
+
+    #[test]
+    fn the_same_generation_with_another_root_is_a_fork() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(5, 0xa));
+        let before = ledger.clone();
+        let outcome = ledger.apply(&state(5, 0xb));
+        assert_eq!(outcome, Outcome::Fork { accepted: Seen { generation: 5, root: [0xa; 32] } });
+        assert!(!outcome.accepted());
+        assert_eq!(ledger, before);
+    }
+
+    #[test]
+    fn a_newer_generation_is_accepted_and_recorded() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(5, 0xa));
+        assert_eq!(ledger.apply(&state(9, 0xb)), Outcome::Newer { previous: Seen { generation: 5, root: [0xa; 32] } });
+        assert_eq!(ledger.get(&STORE), Some(Seen { generation: 9, root: [0xb; 32] }));
+    }
+
+    #[test]
+    fn an_older_generation_is_a_rollback() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(5, 0xa));
+        let before = ledger.clone();
+        for generation in [4, 1, 0] {
+            let outcome = ledger.apply(&state(generation, 0xa));
+            assert_eq!(outcome, Outcome::Rollback { newest: Seen { generation: 5, root: [0xa; 32] } });
+            assert!(!outcome.accepted());
+        }
+        assert_eq!(ledger, before);
+    }
+
+    #[test]
+    fn stores_are_kept_apart() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(5, 0xa));
+        let other = SealedState { store_id: [0x52; 16], ..state(1, 0xc) };
+        assert_eq!(ledger.apply(&other), Outcome::FirstSeen);
+        assert_eq!(ledger.len(), 2);
+        assert!(matches!(ledger.apply(&state(4, 0xa)), Outcome::Rollback { .. }));
+    }
+
+    #[test]
+    fn json_round_trips_and_refuses_what_is_not_a_ledger() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(u64::MAX, 0xa));
+        ledger.apply(&SealedState { store_id: [0; 16], ..state(3, 0xb) });
+        let text = ledger.to_json();
+        assert!(text.contains(&format!("\"{}\"", hex(&STORE))), "{text}");
+        assert_eq!(Ledger::from_json(&text), Ok(ledger));
+        assert_eq!(Ledger::from_json("{}"), Ok(Ledger::default()));
+        let root = "ab".repeat(32);
+        let id = "0f".repeat(16);
+        for bad in [
+            String::new(),
+            "[]".into(),
+            "{\"x\": 1}".into(),
+            format!("{{\"{}\": {{\"generation\": 1, \"root\": \"{root}\"}}}}", "0F".repeat(16)),
+            format!("{{\"{}\": {{\"generation\": 1, \"root\": \"{root}\"}}}}", "0f".repeat(15)),
+            format!("{{\"{id}\": {{\"generation\": 1, \"root\": \"{}\"}}}}", "ab".repeat(31)),
+            format!("{{\"{id}\": {{\"generation\": -1, \"root\": \"{root}\"}}}}"),
+            format!("{{\"{id}\": {{\"generation\": 1}}}}"),
+            format!("{{\"{id}\": {{\"generation\": 1, \"root\": \"{root}\", \"extra\": 0}}}}"),
+        ] {
+            assert!(Ledger::from_json(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_file_is_replaced_whole_and_a_missing_one_is_empty() {
+        let dir = std::env::temp_dir().join(format!("bulwark-ledger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ledger.json");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(Ledger::load(&path), Ok(Ledger::default()));
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(5, 0xa));
+        ledger.save(&path).unwrap();
+        assert_eq!(Ledger::load(&path), Ok(ledger.clone()));
+        ledger.apply(&state(6, 0xb));
+        ledger.save(&path).unwrap();
+        assert_eq!(Ledger::load(&path), Ok(ledger));
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["ledger.json"], "no temporary file is left behind");
+        std::fs::write(&path, "").unwrap();
+        assert!(Ledger::load(&path).is_err(), "an empty file is not an empty ledger");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,167 @@
+//! The sealed state in signed evidence, and the verifier's ledger over it: rollback and
+//! forks are refused, and the ledger file learns only from evidence that passed.
+
+use bulwark_attest::ledger::{self, Ledger};
+use bulwark_attest::manifest::{self, SealedState};
+use bulwark_attest::testing::{sample, test_ek_public};
+use bulwark_attest::verify::{Evidence, Verdict, examine};
+
+const STORE: [u8; 16] = *b"store-of-one-svm";
+
+fn state(generation: u64, root: u8) -> SealedState {
+    SealedState { generation, store_id: STORE, root: [root; 32], failed: false }
+}
+
+fn check<'a>(v: &'a Verdict, name: &str) -> &'a bulwark_attest::Check {
+    v.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no {name} check in {v}"))
+}
+
+/// Examine `evidence` and judge it against `ledger`: whether it passed.
+fn judged(ledger: &mut Ledger, evidence: &Evidence) -> Verdict {
+    let mut v = examine(evidence);
+    ledger::judge(ledger, &mut v);
+    v
+}
+
+#[test]
+fn the_sealed_state_is_a_check_of_its_own() {
+    let s = sample();
+    let v = examine(&s.with_sealed_state(&state(5, 0xab)));
+    assert!(v.passed, "{v}");
+    assert_eq!(v.sealed_state, Some(state(5, 0xab)));
+    let c = check(&v, "sealed_state");
+    assert!(c.detail.starts_with("generation 5 of store 73746f72"), "{}", c.detail);
+    assert_eq!(v.checks.last().map(|c| c.name), Some("sealed_state"));
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["sealed_state"]["generation"], 5);
+    assert_eq!(json["sealed_state"]["store_id"], bulwark_attest::hex(&STORE));
+    assert_eq!(json["sealed_state"]["failed"], false);
+    assert_eq!(json["ledger"], serde_json::Value::Null);
+    assert_eq!(v.services[1].name, Some("sealed state"));
+
+    // Without the entry (the sample's manifest names the vTPM alone) the check passes.
+    let v = examine(&s.evidence);
+    assert!(v.passed);
+    assert!(check(&v, "sealed_state").detail.contains("keeps no sealed state"));
+}
+
+#[test]
+fn a_closed_or_malformed_sealed_state_fails() {
+    let s = sample();
+    let v = examine(&s.with_sealed_state(&SealedState { failed: true, ..state(5, 0xab) }));
+    let failed: Vec<&str> = v.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
+    assert_eq!(failed, ["sealed_state"]);
+    assert!(check(&v, "sealed_state").detail.starts_with("CLOSED"), "{v}");
+    assert_eq!(v.sealed_state.map(|s| s.failed), Some(true));
+
+    let mut entry = manifest::encode_sealed_state(&state(5, 0xab));
+    entry.pop();
+    let m = manifest::encode(&[(abi::attest::SEALED_STATE_GUID, &entry)]).unwrap();
+    let v = examine(&s.with_manifest(m));
+    let failed: Vec<&str> = v.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
+    assert_eq!(failed, ["sealed_state"]);
+    assert_eq!(v.sealed_state, None);
+    let mut ledger = Ledger::default();
+    assert!(!ledger::judge(&mut ledger, &mut v.clone()));
+}
+
+#[test]
+fn single_service_evidence_for_the_sealed_state_carries_it() {
+    let s = sample();
+    let data = manifest::encode_sealed_state(&state(3, 1));
+    let mut e = s.with_manifest(data);
+    e.service = Some(abi::attest::SEALED_STATE_GUID);
+    let v = examine(&e);
+    assert!(v.passed, "{v}");
+    assert_eq!(v.sealed_state, Some(state(3, 1)));
+    // The vTPM's single-service evidence has none.
+    let mut e = s.with_manifest(test_ek_public());
+    e.service = Some(abi::attest::VTPM_SERVICE_GUID);
+    assert_eq!(examine(&e).sealed_state, None);
+}
+
+#[test]
+fn the_ledger_refuses_an_older_image_and_a_fork() {
+    let s = sample();
+    let mut ledger = Ledger::default();
+    let outcome = |v: &Verdict| v.ledger.as_ref().and_then(|l| l.outcome);
+
+    let v = judged(&mut ledger, &s.with_sealed_state(&state(5, 0x05)));
+    assert!(v.passed, "{v}");
+    assert_eq!(outcome(&v), Some("first_seen"));
+    assert_eq!(v.checks.last().map(|c| c.name), Some("state_ledger"));
+
+    // The host presents an older whole image: an authentic state of generation 4.
+    let v = judged(&mut ledger, &s.with_sealed_state(&state(4, 0x04)));
+    assert!(!v.passed);
+    assert_eq!(outcome(&v), Some("rollback"));
+    assert!(check(&v, "state_ledger").detail.starts_with("ROLLBACK: generation 4"), "{v}");
+    assert_eq!(v.ledger.as_ref().and_then(|l| l.previous_generation), Some(5));
+
+    let v = judged(&mut ledger, &s.with_sealed_state(&state(6, 0x06)));
+    assert!(v.passed, "{v}");
+    assert_eq!(outcome(&v), Some("newer"));
+
+    // A second branch from the generation-5 image also reaches generation 6.
+    let v = judged(&mut ledger, &s.with_sealed_state(&state(6, 0x66)));
+    assert!(!v.passed);
+    assert_eq!(outcome(&v), Some("fork"));
+    assert!(check(&v, "state_ledger").detail.starts_with("FORK"), "{v}");
+
+    let v = judged(&mut ledger, &s.with_sealed_state(&state(6, 0x06)));
+    assert!(v.passed);
+    assert_eq!(outcome(&v), Some("same"));
+
+    // Nothing to check is a refusal when a ledger was asked for.
+    let v = judged(&mut ledger, &s.evidence);
+    assert!(!v.passed);
+    assert_eq!(outcome(&v), None);
+    assert!(check(&v, "state_ledger").detail.contains("no sealed state"), "{v}");
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["ledger"]["accepted"], false);
+    assert_eq!(json["ledger"]["outcome"], serde_json::Value::Null);
+}
+
+#[test]
+fn the_ledger_file_learns_only_from_evidence_that_passed() {
+    let s = sample();
+    let dir = std::env::temp_dir().join(format!("bulwark-attest-ledger-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ledger.json");
+    let _ = std::fs::remove_file(&path);
+    let run = |evidence: &Evidence, policy: bool| {
+        let mut v = examine(evidence);
+        ledger::apply_file(&path, &mut v, policy).unwrap();
+        v
+    };
+
+    let v = run(&s.with_sealed_state(&state(5, 0x05)), true);
+    assert!(v.ledger.as_ref().is_some_and(|l| l.recorded), "{v}");
+    assert_eq!(Ledger::load(&path).unwrap().get(&STORE).map(|s| s.generation), Some(5));
+
+    // A newer state in evidence that fails another check, or that the caller's policy
+    // refuses, or that says the sealed state closed: the file keeps generation 5.
+    let mut bad = s.with_sealed_state(&state(7, 0x07));
+    bad.nonce[0] ^= 1;
+    for (evidence, policy) in [
+        (bad, true),
+        (s.with_sealed_state(&state(7, 0x07)), false),
+        (s.with_sealed_state(&SealedState { failed: true, ..state(7, 0x07) }), true),
+    ] {
+        let v = run(&evidence, policy);
+        assert!(v.ledger.as_ref().is_some_and(|l| l.accepted && !l.recorded), "{v}");
+        assert_eq!(Ledger::load(&path).unwrap().get(&STORE).map(|s| s.generation), Some(5));
+    }
+
+    let v = run(&s.with_sealed_state(&state(4, 0x04)), true);
+    assert!(!v.passed);
+    let v = run(&s.with_sealed_state(&state(6, 0x06)), true);
+    assert!(v.passed && v.ledger.as_ref().is_some_and(|l| l.recorded), "{v}");
+    assert_eq!(Ledger::load(&path).unwrap().get(&STORE).map(|s| s.generation), Some(6));
+
+    // A damaged ledger is an error, never a fresh start.
+    std::fs::write(&path, "{").unwrap();
+    let mut v = examine(&s.with_sealed_state(&state(1, 1)));
+    assert!(ledger::apply_file(&path, &mut v, true).is_err());
+    std::fs::remove_dir_all(dir).unwrap();
+}
