@@ -16,17 +16,16 @@
 
 mod support;
 
-use bulwark_model::world::{MIB, World, WorldConfig};
+use bulwark_model::world::{World, WorldConfig};
 use kernel::sealed::{Sealed, VtpmNv};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use store::{Block, BlockDevice, IoError, Store, StoreKey};
-use support::{Swtpm, Tpm};
+use support::{Swtpm, ThroughSvsm, Tpm, ok};
 use vtpm::commands::{nv_define_space, nv_write};
 use vtpm::libtpms::{LibTpms, OpenError};
-use vtpm::wire::ResponseHeader;
 
 const NV_WRITES: usize = 300;
 const STARTS: usize = 5;
@@ -98,22 +97,6 @@ fn start(disk: &Path, durable: bool) -> (World, Duration, Duration) {
 fn blank(path: &Path) {
     let file = File::create(path).expect("disk image");
     file.set_len(DISK_BLOCKS * 4096).expect("disk size");
-}
-
-struct ThroughSvsm(World);
-
-impl Tpm for ThroughSvsm {
-    fn run(&mut self, command: &[u8]) -> Vec<u8> {
-        let mut response = vec![0u8; 4096];
-        let n = self.0.client().vtpm_command(2 * MIB, command, &mut response).expect("SVSM_VTPM_CMD");
-        response.truncate(n);
-        response
-    }
-}
-
-fn ok(response: &[u8], what: &str) {
-    let code = ResponseHeader::parse(response).map_or(u32::MAX, |h| h.code);
-    assert_eq!(code, 0, "{what}: TPM rc {code:#x}");
 }
 
 fn timed(tpm: &mut dyn Tpm, command: &[u8], what: &str) -> f64 {

@@ -14,10 +14,10 @@
 
 mod support;
 
-use bulwark_model::world::{MIB, World, WorldConfig};
+use bulwark_model::world::{World, WorldConfig};
 use std::time::Instant;
-use support::{Swtpm, Tpm};
-use vtpm::wire::{self, ResponseHeader};
+use support::{Swtpm, ThroughSvsm, Tpm, ok};
+use vtpm::wire;
 
 const PCR_EXTENDS: usize = 2000;
 const CREATE_PRIMARIES: usize = 120;
@@ -43,23 +43,6 @@ fn flush(handle: u32) -> Vec<u8> {
     let mut c = wire::Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_FLUSH_CONTEXT);
     c.u32(handle);
     c.finish()
-}
-
-/// The model SVSM's vTPM, through the guest calling convention.
-struct ThroughSvsm(World);
-
-impl Tpm for ThroughSvsm {
-    fn run(&mut self, command: &[u8]) -> Vec<u8> {
-        let mut response = vec![0u8; 4096];
-        let n = self.0.client().vtpm_command(2 * MIB, command, &mut response).expect("SVSM_VTPM_CMD");
-        response.truncate(n);
-        response
-    }
-}
-
-fn ok(response: &[u8], what: &str) {
-    let code = ResponseHeader::parse(response).map_or(u32::MAX, |h| h.code);
-    assert_eq!(code, 0, "{what}: TPM rc {code:#x}");
 }
 
 /// Latencies of `n` runs of `command(i)`, in microseconds, sorted.

@@ -89,7 +89,8 @@ fn ring(env: &mut ModelEnv) -> (u32, Vec<u32>) {
 }
 
 /// The sealed-state entry of a fresh attestation's manifest, after checking the evidence
-/// verifies (the manifest is bound to the report).
+/// verifies (the manifest is bound to the report): wholly, or, for a closed sealed state,
+/// with only the verifier's `sealed_state` check failing.
 fn manifest_entry(env: &mut ModelEnv) -> SealedStateEntry {
     let e = bulwark_model::attest_demo::obtain_from(env, &[7; 64]).expect("attestation");
     let evidence = attest::verify::Evidence {
@@ -99,10 +100,17 @@ fn manifest_entry(env: &mut ModelEnv) -> SealedStateEntry {
         manifest: e.manifest.clone(),
         service: None,
     };
-    assert!(attest::verify::verify(&evidence).is_ok(), "the evidence verifies");
     let services = attest::manifest::parse(&e.manifest).unwrap();
     let entry = services.iter().find(|s| s.guid == SEALED_STATE_GUID).expect("a sealed-state entry");
-    SealedStateEntry::read_from_bytes(&entry.data).expect("64 bytes")
+    let entry = SealedStateEntry::read_from_bytes(&entry.data).expect("64 bytes");
+    match attest::verify::verify(&evidence) {
+        Ok(_) => assert_eq!(entry.flags, 0, "a closed sealed state passed the verifier"),
+        Err(rejected) => {
+            let failed: Vec<_> = rejected.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
+            assert_eq!((entry.flags, failed), (SEALED_STATE_FAILED, vec!["sealed_state"]));
+        }
+    }
+    entry
 }
 
 #[test]

@@ -1,6 +1,8 @@
-//! What the vTPM benchmarks share: the TPM they compare against (swtpm, with its state
+//! What the vTPM benchmarks share: the SVSM's vTPM as a model guest reaches it, the TPM
+//! they compare against (swtpm, with its state
 //! directory, behind its TCP socket) and the trait both sides run commands through.
 
+use bulwark_model::world::{MIB, World};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +12,24 @@ use vtpm::wire::{self, ResponseHeader};
 /// Something that runs TPM commands.
 pub trait Tpm {
     fn run(&mut self, command: &[u8]) -> Vec<u8>;
+}
+
+/// The model SVSM's vTPM, through the guest calling convention.
+pub struct ThroughSvsm(pub World);
+
+impl Tpm for ThroughSvsm {
+    fn run(&mut self, command: &[u8]) -> Vec<u8> {
+        let mut response = vec![0u8; 4096];
+        let n = self.0.client().vtpm_command(2 * MIB, command, &mut response).expect("SVSM_VTPM_CMD");
+        response.truncate(n);
+        response
+    }
+}
+
+/// Fail the bench unless `response` is a success.
+pub fn ok(response: &[u8], what: &str) {
+    let code = ResponseHeader::parse(response).map_or(u32::MAX, |h| h.code);
+    assert_eq!(code, 0, "{what}: TPM rc {code:#x}");
 }
 
 /// swtpm with its TCP server (raw TPM commands on the socket).
