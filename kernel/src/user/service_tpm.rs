@@ -8,7 +8,7 @@
 //! into it) and reports an NV error, so a vTPM with storage stops instead of keeping a
 //! state nobody can vouch for.
 
-use super::channel::{Channel, ChannelError};
+use super::channel::Channel;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use vtpm::TpmEngine;
@@ -59,20 +59,18 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
         }
     }
 
-    /// Post `message` and run the service until it answers; `None` (and the engine is
-    /// dead) if it ends first.
+    /// Post `message` and run the service until it waits again; its answer, or `None`
+    /// (and the engine is dead) if it ended, or waits again without having answered: a
+    /// service that does that would keep the calling vCPU forever if it were run again.
     fn exchange(&mut self, message: Vec<u8>) -> Option<Vec<u8>> {
         if !self.alive {
             return None;
         }
-        if self.channel.post(message).is_ok() {
-            loop {
-                match self.channel.take_reply() {
-                    Ok(Some(answer)) => return Some(answer),
-                    Ok(None) if (self.run)() => {}
-                    Ok(None) | Err(ChannelError::Closed | ChannelError::Busy) => break,
-                }
-            }
+        if self.channel.post(message).is_ok()
+            && (self.run)()
+            && let Ok(Some(answer)) = self.channel.take_reply()
+        {
+            return Some(answer);
         }
         self.die();
         None
