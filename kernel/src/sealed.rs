@@ -145,7 +145,7 @@ impl VtpmNv {
     fn stage(store: &mut dyn SealedStore, changes: &[NvChange]) -> Result<(), StoreError> {
         for change in changes {
             let mut name = Vec::new();
-            name.try_reserve_exact(NV_PREFIX.len() + change.name.len()).map_err(|_| StoreError::TooLarge)?;
+            name.try_reserve_exact(NV_PREFIX.len() + change.name.len()).map_err(|_| StoreError::OutOfMemory)?;
             name.extend_from_slice(NV_PREFIX);
             name.extend_from_slice(&change.name);
             match &change.data {

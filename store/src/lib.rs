@@ -224,6 +224,8 @@ pub enum StoreError {
     DeviceTooSmall,
     /// The generation counter would overflow.
     GenerationExhausted,
+    /// No memory for a staged blob: the SVSM's heap is full, the state is unchanged.
+    OutOfMemory,
     /// A condition the code rules out happened (a cipher refusing a well-sized block, an
     /// index without a root): a bug in this crate, reported rather than panicking.
     Internal,

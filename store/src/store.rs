@@ -343,7 +343,15 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         if name.len() > MAX_NAME_LEN || data.len() > MAX_BLOB_LEN {
             return Err(StoreError::TooLarge);
         }
-        self.blobs.insert(name.to_vec(), Blob { data: data.to_vec(), stored: None });
+        // The copies are what a guest's TPM commands size (up to MAX_BLOB_LEN): a full heap
+        // is an error, not an abort. (The map's own node is small and stays infallible.)
+        let copy = |bytes: &[u8]| -> Result<Vec<u8>, StoreError> {
+            let mut owned = Vec::new();
+            owned.try_reserve_exact(bytes.len()).map_err(|_| StoreError::OutOfMemory)?;
+            owned.extend_from_slice(bytes);
+            Ok(owned)
+        };
+        self.blobs.insert(copy(name)?, Blob { data: copy(data)?, stored: None });
         self.staged = true;
         Ok(())
     }

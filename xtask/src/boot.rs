@@ -50,7 +50,7 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
     ));
     let debug = debug_stub(options.gdb, &image)?;
     let agent = agent_port(options.agent)?;
-    let disk = prepare_disk(options.disk)?;
+    let disk = prepare_disk(options.disk, &guest)?;
     let (stub_ready, stub_waits) = channel();
     let (agent_ready, agent_serves) = channel();
     let run = qemu::Run {
@@ -64,7 +64,7 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         // COM3's set-up clears its receive FIFO: the stub's client must wait for it.
         notify: vec![(STUB_WAITS, stub_ready), (AGENT_SERVES, agent_ready)],
         limit: time_limit(options),
-        disk: disk.as_ref().map(|d| d.image.as_path()),
+        disk: disk.as_ref().map(Disk::drive),
     };
     let plan =
         agent::Plan { session: options.agent == AgentMode::Check, state: disk.as_ref().map(|d| d.tpm_record.clone()) };
@@ -100,25 +100,45 @@ struct Disk {
     image: std::path::PathBuf,
     held_state: bool,
     tpm_record: std::path::PathBuf,
-    /// None for a tampered disk: the SVSM refuses it and reports no sealed state.
+    /// None for a refused disk: the SVSM reports no sealed state.
     ledger: Option<std::path::PathBuf>,
-    /// The SVSM must refuse the store and serve on without a vTPM.
-    tampered: bool,
+    /// The SVSM must refuse the store, for this reason, and serve on without a vTPM.
+    refused: Option<Refusal>,
     /// An authentic older state: the SVSM opens it, the ledger must refuse the evidence.
     rollback: bool,
+}
+
+/// Why a test disk must be refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Its stored state was changed.
+    Tampered,
+    /// Its host never completes a request.
+    LostIo,
+}
+
+impl Disk {
+    fn drive(&self) -> qemu::Drive<'_> {
+        match self.refused {
+            Some(Refusal::LostIo) => qemu::Drive::NeverAnswers { bytes: DISK_BYTES },
+            _ => qemu::Drive::Image(&self.image),
+        }
+    }
 }
 
 /// The state disk's size: ample for the vTPM's NV state (a few KiB) and its copies.
 const DISK_BYTES: u64 = 16 << 20;
 
 /// Make the boot's state disk ready: created blank if missing (or made blank for
-/// `--fresh-disk`).
-fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
+/// `--fresh-disk`). The kept disk is set aside and replaced by a blank one when the
+/// launch it was sealed to changed (see [`set_aside_if_resealed`]).
+fn prepare_disk(choice: StateDisk, guest: &Path) -> Result<Option<Disk>> {
     let name = match choice {
         StateDisk::None => return Ok(None),
         StateDisk::Kept | StateDisk::Fresh => "bulwark-state.img",
         StateDisk::Test => "qemu-test-state.img",
         StateDisk::TestTampered => "qemu-test-tampered.img",
+        StateDisk::TestLosesIo => "qemu-test-lost.img",
         StateDisk::TestOlder => "qemu-test-older.img",
     };
     let image = target_dir()?.join(name);
@@ -126,7 +146,13 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
     let ledger = image.with_extension("ledger.json");
     if choice == StateDisk::TestTampered {
         tamper(&target_dir()?.join("qemu-test-state.img"), &image)?;
-        return Ok(Some(Disk { image, held_state: true, tpm_record, ledger: None, tampered: true, rollback: false }));
+        let refused = Some(Refusal::Tampered);
+        return Ok(Some(Disk { image, held_state: true, tpm_record, ledger: None, refused, rollback: false }));
+    }
+    if choice == StateDisk::TestLosesIo {
+        step("state disk: a host that never completes a request (QEMU's null-co driver, a minute per request)");
+        let refused = Some(Refusal::LostIo);
+        return Ok(Some(Disk { image, held_state: false, tpm_record, ledger: None, refused, rollback: false }));
     }
     if choice == StateDisk::TestOlder {
         let ledger = target_dir()?.join("qemu-test-state.ledger.json");
@@ -136,7 +162,7 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
             held_state: true,
             tpm_record,
             ledger: Some(ledger),
-            tampered: false,
+            refused: None,
             rollback: true,
         }));
     }
@@ -144,6 +170,9 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         let _ = std::fs::remove_file(&image);
         let _ = std::fs::remove_file(&tpm_record);
         let _ = std::fs::remove_file(&ledger);
+    }
+    if matches!(choice, StateDisk::Kept | StateDisk::Fresh) {
+        set_aside_if_resealed(&image, &[&tpm_record, &ledger], guest)?;
     }
     let held_state = std::fs::read(&image).is_ok_and(|bytes| bytes.iter().take(8192).any(|b| *b != 0));
     if !image.exists() {
@@ -155,7 +184,46 @@ fn prepare_disk(choice: StateDisk) -> Result<Option<Disk>> {
         image.display(),
         if held_state { "holds a store from an earlier boot" } else { "blank" }
     ));
-    Ok(Some(Disk { image, held_state, tpm_record, ledger: Some(ledger), tampered: false, rollback: false }))
+    Ok(Some(Disk { image, held_state, tpm_record, ledger: Some(ledger), refused: None, rollback: false }))
+}
+
+/// The store's key is sealed to the launch measurement, which on the svm platform is the
+/// SHA-384 of the guest image QEMU hands over (`svsm/src/bare/launch.rs`): after the test
+/// guest changes, the kept disk can never open again (the SVSM refuses it: `WrongKey`).
+/// So the digest of the launch a kept disk was made for is stamped beside it, and a disk
+/// stamped for another launch is renamed `*.previous-launch.*` (with what the agent check
+/// recorded and the ledger) and a blank one takes its place: nothing is deleted, and
+/// `cargo xtask run` keeps working across rebuilds. A disk without a stamp is used as it is.
+fn set_aside_if_resealed(image: &Path, companions: &[&Path], guest: &Path) -> Result {
+    use sha2::Digest;
+    let launched = std::fs::read(guest).map_err(|e| format!("{}: {e}", guest.display()))?;
+    let digest = attest::hex(&sha2::Sha384::digest(&launched));
+    let stamp = image.with_extension("launch.sha384");
+    let stamped = std::fs::read_to_string(&stamp).ok();
+    if stamped.as_deref().is_some_and(|s| s.trim() != digest) && image.exists() {
+        for path in std::iter::once(image).chain(companions.iter().copied()) {
+            let aside = previous_launch_name(path);
+            if path.exists() {
+                std::fs::rename(path, &aside).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        step(&format!(
+            "state disk {}: sealed to another launch (the test guest changed since it was written), so it can never open again; set aside as {} and replaced by a blank disk",
+            image.display(),
+            previous_launch_name(image).display()
+        ));
+    }
+    if stamped.is_none() && image.exists() {
+        return Ok(());
+    }
+    std::fs::write(&stamp, format!("{digest}\n")).map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+/// `bulwark-state.img` -> `bulwark-state.previous-launch.img`.
+fn previous_launch_name(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
+    path.with_file_name(format!("{stem}.previous-launch.{ext}"))
 }
 
 /// Copy the disk image `from` to `to` with one bit flipped in every non-blank block past
@@ -185,16 +253,31 @@ fn tamper(from: &Path, to: &Path) -> Result {
 /// when it held one (manufactured a new one when it was blank).
 fn judge_disk(lines: &[String], disk: Option<&Disk>) -> Result {
     let Some(disk) = disk else { return Ok(()) };
-    if disk.tampered {
+    if let Some(reason) = disk.refused {
+        let (refusal, what) = match reason {
+            Refusal::Tampered => ("sealed: the state disk's store is refused: Tampered", "tampered"),
+            Refusal::LostIo => ("sealed: the state disk's store is refused: Io", "unanswering"),
+        };
         let refused = lines
             .iter()
-            .find(|l| l.starts_with("sealed: the state disk's store is refused: Tampered"))
-            .ok_or("the SVSM did not refuse the tampered state disk")?;
+            .find(|l| l.starts_with(refusal))
+            .ok_or_else(|| format!("the SVSM did not refuse the {what} state disk (no `{refusal}...`)"))?;
+        if reason == Refusal::LostIo && !lines.iter().any(|l| l.starts_with("sealed: the state disk lost a request")) {
+            return Err("the SVSM did not say the state disk lost a request".into());
+        }
         if !lines.iter().any(|l| l.starts_with("vtpm: ") && l.ends_with("protocol 2 is not served")) {
-            return Err("the vTPM started on a tampered state disk".into());
+            return Err(format!("the vTPM started on a {what} state disk"));
         }
         step(&format!("{refused}; the vTPM did not start, and the guest's other checks passed"));
         return Ok(());
+    }
+    if let Some(refused) = lines.iter().find(|l| l.starts_with("sealed: the state disk's store is refused")) {
+        let hint = if refused.contains("WrongKey") {
+            " (it was sealed by another launch; `--fresh-disk` starts a blank one)"
+        } else {
+            ""
+        };
+        return Err(format!("{refused}{hint}"));
     }
     let sealed = lines
         .iter()
@@ -313,7 +396,7 @@ fn finish(checker: Option<Checker>, what: &str) -> Result<Option<String>> {
 /// disk was tampered with), and the guest's evidence verifies (with a state disk, also
 /// against the disk's ledger).
 fn judge_success(boot: &qemu::Boot, image: &Path, disk: Option<&Disk>) -> Result {
-    let vtpm_expected = !disk.is_some_and(|d| d.tampered);
+    let vtpm_expected = disk.is_none_or(|d| d.refused.is_none());
     let verdict = |v: &str| {
         boot.guest_lines.iter().filter(|l| l.starts_with("RESULT ") && l.split(' ').nth(2) == Some(v)).count()
     };
@@ -507,5 +590,48 @@ mod tests {
         let leaked = ["image: x", "PANIC at x", "  #0 0x1000 f+0x1", "--- console log buffer ---", "image: x"];
         assert!(judge_crash(&boot(&leaked), Crash::Panic, true).is_err());
         assert!(judge_crash(&boot(&held[..2]), Crash::Panic, true).is_err(), "never replayed");
+    }
+
+    /// A scratch directory with a kept disk, its companions and a guest image.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("bulwark-xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("guest"), b"launch one").unwrap();
+        std::fs::write(dir.join("bulwark-state.img"), b"sealed to launch one").unwrap();
+        std::fs::write(dir.join("bulwark-state.ledger.json"), b"{}").unwrap();
+        dir
+    }
+
+    fn set_aside(dir: &Path) {
+        let image = dir.join("bulwark-state.img");
+        let ledger = dir.join("bulwark-state.ledger.json");
+        let record = dir.join("bulwark-state.tpm.json");
+        set_aside_if_resealed(&image, &[&record, &ledger], &dir.join("guest")).unwrap();
+    }
+
+    #[test]
+    fn a_disk_sealed_to_another_launch_is_set_aside_not_deleted() {
+        let dir = scratch("resealed");
+        // A disk made before stamps existed is used as it is, and gets no stamp.
+        set_aside(&dir);
+        assert!(!dir.join("bulwark-state.launch.sha384").exists());
+        // A new disk is stamped with its launch; the same launch keeps it.
+        std::fs::remove_file(dir.join("bulwark-state.img")).unwrap();
+        set_aside(&dir);
+        std::fs::write(dir.join("bulwark-state.img"), b"sealed to launch one").unwrap();
+        set_aside(&dir);
+        assert_eq!(std::fs::read(dir.join("bulwark-state.img")).unwrap(), b"sealed to launch one");
+        // Another launch: the disk and its ledger move aside, the stamp follows the launch.
+        std::fs::write(dir.join("guest"), b"launch two").unwrap();
+        set_aside(&dir);
+        assert!(!dir.join("bulwark-state.img").exists());
+        assert!(!dir.join("bulwark-state.ledger.json").exists());
+        assert_eq!(std::fs::read(dir.join("bulwark-state.previous-launch.img")).unwrap(), b"sealed to launch one");
+        assert_eq!(std::fs::read(dir.join("bulwark-state.previous-launch.ledger.json")).unwrap(), b"{}");
+        use sha2::Digest;
+        let stamp = std::fs::read_to_string(dir.join("bulwark-state.launch.sha384")).unwrap();
+        assert_eq!(stamp.trim(), attest::hex(&sha2::Sha384::digest(b"launch two")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -15,9 +15,10 @@ commands:
                                      --filter go to `bulwark conformance`), then the SVSM booted
                                      under QEMU serving the test guest (`boot`)
   test                               everything CI runs: fmt, clippy (also of the verifier-only
-                                     bulwark), the bare-metal kernel build and lints, five QEMU
+                                     bulwark), the bare-metal kernel build and lints, nine QEMU
                                      boots of the SVSM image (`boot` plain, with --crash nx,
-                                     --crash panic --console log, --gdb-check and --agent-check),
+                                     --crash panic --console log, --gdb-check, --agent-check, and
+                                     on a test state disk: verify, tampered, lost, older),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls and store; set BULWARK_SKIP_FUZZ=1 to skip it), and
                                      all tests
@@ -32,7 +33,7 @@ commands:
   igvm [--firmware FILE] [--out FILE]
                                      build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
                                      (default target/bulwark.igvm); prints its expected measurement
-  boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check|--agent-verify] [--no-disk|--fresh-disk]
+  boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check|--agent-verify] [--no-disk|--fresh-disk|--lost-disk]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
                                      --crash checks that a fault is reported and stops the SVSM cleanly;
@@ -55,7 +56,10 @@ commands:
                                      the evidence's sealed state must be no older than the last one
                                      seen (ledger target/bulwark-state.ledger.json);
                                      --fresh-disk blanks the disk (and its ledger) first, --no-disk
-                                     boots without one
+                                     boots without one; --lost-disk gives a disk whose host never
+                                     answers (the SVSM gives up after 10 s and serves on without
+                                     the vTPM); a kept disk sealed to an earlier launch is set aside
+                                     (*.previous-launch.img) for a blank one
   help                               show this text
 ";
 
@@ -181,6 +185,9 @@ pub enum StateDisk {
     /// A copy of the test disk with a bit flipped in every block it uses past the headers:
     /// the SVSM must refuse it and serve on without the vTPM.
     TestTampered,
+    /// A disk whose host never completes a request: the SVSM must give up on it at its
+    /// deadline and serve on without the vTPM.
+    TestLosesIo,
     /// `target/qemu-test-older.img`, the test disk as the first boot left it: an
     /// authentic older state the SVSM opens, whose evidence the test disk's ledger must
     /// refuse.
@@ -304,6 +311,7 @@ impl<'a> Options<'a> {
             match arg.as_str() {
                 "--no-disk" => o.disk = StateDisk::None,
                 "--fresh-disk" => o.disk = StateDisk::Fresh,
+                "--lost-disk" => o.disk = StateDisk::TestLosesIo,
                 "--agent-verify" => o.agent = AgentMode::Verify,
                 "--gdb" => o.gdb = Gdb::Svsm,
                 "--gdb-check" => o.gdb = Gdb::SvsmCheck,

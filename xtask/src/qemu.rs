@@ -50,9 +50,18 @@ pub struct Run<'a> {
     /// Each told when the SVSM or the guest prints a line starting with its text.
     pub notify: Vec<(&'a str, mpsc::Sender<()>)>,
     pub limit: Duration,
-    /// The sealed store's disk image (raw), as a virtio-blk drive with the serial the SVSM
-    /// looks for.
-    pub disk: Option<&'a Path>,
+    /// The sealed store's disk, as a virtio-blk drive with the serial the SVSM looks for.
+    pub disk: Option<Drive<'a>>,
+}
+
+/// What backs the state disk's drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drive<'a> {
+    /// A raw image file.
+    Image(&'a Path),
+    /// A host that loses I/O: QEMU's `null-co` driver, whose requests complete only after
+    /// a minute, far past the SVSM's deadline.
+    NeverAnswers { bytes: u64 },
 }
 
 /// Which GDB stub the run offers.
@@ -145,8 +154,16 @@ fn command(run: &Run<'_>, guest_log: &Path) -> Command {
     if run.debug == Debug::Qemu {
         command.args(["-gdb", "tcp:127.0.0.1:1234", "-S"]);
     }
-    if let Some(disk) = run.disk {
-        command.arg("-drive").arg(format!("file={},if=none,id=state,format=raw", disk.display()));
+    match run.disk {
+        None => {}
+        Some(Drive::Image(image)) => {
+            command.arg("-drive").arg(format!("file={},if=none,id=state,format=raw", image.display()));
+        }
+        Some(Drive::NeverAnswers { bytes }) => {
+            command.arg("-blockdev").arg(format!("driver=null-co,node-name=state,size={bytes},latency-ns=60000000000"));
+        }
+    }
+    if run.disk.is_some() {
         command.args(["-device", "virtio-blk-pci,drive=state,serial=bulwark-state"]);
     }
     let tcp = |port: u16| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")];

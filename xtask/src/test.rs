@@ -75,13 +75,12 @@ fn lints() -> Result {
     ])
 }
 
-/// The seven QEMU boots: plain (with the guest's evidence verified), two crashes (the
+/// The nine QEMU boots: plain (with the guest's evidence verified), two crashes (the
 /// second with the log kept in memory), the SVSM's GDB stub, the host agent, a boot that
 /// finds the vTPM state the agent boot left on the state disk, one on a tampered copy of
-/// that disk, and one on the disk as the first boot left it (refused by the ledger). The
-/// first and the
-/// last boot must derive the same sealed-store key: the same image on the same
-/// (software) chip.
+/// that disk, one on a disk whose host never answers, and one on the disk as the first
+/// boot left it (refused by the ledger). The first and the last boot must derive the
+/// same sealed-store key: the same image on the same (software) chip.
 fn boots() -> Result {
     let plain = BootOptions::default();
     // The state disk starts blank: the first boot formats it and manufactures the vTPM
@@ -105,6 +104,9 @@ fn boots() -> Result {
     // A host that changed the stored state: refused, the vTPM does not start, the rest
     // of the SVSM serves the guest's checks.
     boot::run(&BootOptions { disk: StateDisk::TestTampered, ..plain })?;
+    // A host that never completes a request: the SVSM gives up at its deadline, refuses
+    // the store and serves on without the vTPM.
+    boot::run(&BootOptions { disk: StateDisk::TestLosesIo, ..plain })?;
     // A host that presents the whole older image: the SVSM opens it (it is authentic),
     // and the verifier's ledger refuses the evidence.
     boot::run(&BootOptions { disk: StateDisk::TestOlder, ..plain })?;

@@ -154,6 +154,10 @@ fn options_are_read_into_what_they_say() {
         Ok(Task::Boot(BootOptions { disk: StateDisk::Fresh, agent: AgentMode::Verify, ..BootOptions::default() }))
     );
     assert_eq!(
+        parse(&args(&["boot", "--lost-disk"])),
+        Ok(Task::Boot(BootOptions { disk: StateDisk::TestLosesIo, ..BootOptions::default() }))
+    );
+    assert_eq!(
         parse(&args(&["fuzz", "--target", "evidence", "--seconds", "20"])),
         Ok(Task::Fuzz(FuzzOptions { seconds: 20, target: "evidence".into() }))
     );

@@ -1,24 +1,64 @@
 //! The sealed store's disk on the svm platform: a virtio-blk PCI device QEMU provides
 //! (`-device virtio-blk-pci,serial=bulwark-state`), driven with the `virtio-drivers`
-//! crate (docs/persistence.md "The disk").
+//! crate's PCI transport and virtqueue (docs/persistence.md "The disk").
 //!
 //! The guest cannot reach it: PCI configuration ports are not in its I/O permission map
 //! (`svm::iopm`), and the device's BARs are not guest RAM, so its nested page tables do not
 //! map them. Every byte the device returns is host input; the store authenticates all of
 //! it before use.
+//!
+//! The block requests themselves are built here, over the crate's `VirtQueue`, instead of
+//! with its `VirtIOBlk`: that driver waits for a flush without end, and a host that never
+//! completes a request would hold the calling vCPU, and the sealed state's lock, forever.
+//! Here every request has a deadline; a device that misses it is wedged for good and the
+//! store fails closed on an I/O error (docs/persistence.md "A host that loses I/O").
 
+use super::super::clock;
 use super::super::dma::{self, BounceHal};
+use core::mem::ManuallyDrop;
 use spin::Mutex;
 use store::{Block, BlockDevice, IoError};
-use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
+use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::{BarInfo, Command, ConfigurationAccess, DeviceFunction, PciRoot};
-use virtio_drivers::transport::{DeviceType, pci::virtio_device_type};
+use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport, pci::virtio_device_type};
 
 /// The serial number that marks the state disk among the host's block devices.
 pub const SERIAL: &[u8] = b"bulwark-state";
+/// virtio-blk addresses 512-byte sectors whatever the device's block size.
+const SECTOR_SIZE: usize = 512;
 /// Sectors per store block.
 const SECTORS_PER_BLOCK: u64 = (store::BLOCK_SIZE / SECTOR_SIZE) as u64;
+/// How long a request may take before the device counts as lost. An honest host completes
+/// a 4 KiB write or a flush in milliseconds, even emulated on a loaded machine; the TSC
+/// behind the clock is the host's to skew on this platform, so this bounds an honest but
+/// failing host, not a hostile one (which can stop the vCPU anyway).
+const REQUEST_DEADLINE_NS: u64 = 10_000_000_000;
+/// The one request queue, and its size: a request is at most three descriptors (header,
+/// one block, status) and only one is ever in flight.
+const REQUEST_QUEUE: u16 = 0;
+const QUEUE_SIZE: usize = 4;
+
+bitflags::bitflags! {
+    /// The device features the driver accepts (virtio 1.2, block device and reserved
+    /// feature bits): a flush request,
+    /// a read-only flag to notice, and the modern interface. No indirect descriptors and no
+    /// event index: one small request at a time needs neither.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Features: u64 {
+        const RO = 1 << 5;
+        const FLUSH = 1 << 9;
+        const VERSION_1 = 1 << 32;
+    }
+}
+
+/// virtio-blk request types (virtio 1.2, "Device Operation" of the block device).
+const REQ_IN: u32 = 0;
+const REQ_OUT: u32 = 1;
+const REQ_FLUSH: u32 = 4;
+const REQ_GET_ID: u32 = 8;
+/// The status byte of a completed request: 0 is success (`VIRTIO_BLK_S_OK`).
+const STATUS_OK: u8 = 0;
 
 /// PCI configuration mechanism #1: address at port 0xCF8, data at 0xCFC. The pair is one
 /// register set, so accesses take a lock.
@@ -54,8 +94,16 @@ impl ConfigurationAccess for PortCam {
 
 /// The state disk.
 pub struct VirtioDisk {
-    blk: VirtIOBlk<BounceHal, PciTransport>,
+    /// Never dropped: the crate's `Drop` waits without end for the device to acknowledge a
+    /// reset, which a host can withhold ([`VirtioDisk`]'s `Drop` asks for the reset only).
+    transport: ManuallyDrop<PciTransport>,
+    /// Its pages are never freed (`dma::BounceHal::dma_dealloc` keeps them), so a device
+    /// that still writes them after a lost request writes only them.
+    queue: VirtQueue<BounceHal, QUEUE_SIZE>,
     blocks: u64,
+    flush: bool,
+    /// A request missed its deadline or came back malformed: no more requests.
+    wedged: bool,
 }
 
 /// Why there is no state disk.
@@ -66,7 +114,7 @@ pub enum DiskError {
     /// The device's memory BARs are not where the SVSM can reach them (it maps the first
     /// 4 GiB), or the bounce pool could not be made.
     Unreachable,
-    /// The device refused to start.
+    /// The device refused to start, or is read-only.
     Device,
 }
 
@@ -101,28 +149,108 @@ fn start(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> Result<VirtioDisk, 
         return Err(DiskError::Unreachable);
     }
     root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
-    let transport = PciTransport::new::<BounceHal, _>(root, df).map_err(|_| DiskError::Device)?;
-    let mut blk = VirtIOBlk::<BounceHal, _>::new(transport).map_err(|_| DiskError::Device)?;
+    let mut transport = ManuallyDrop::new(PciTransport::new::<BounceHal, _>(root, df).map_err(|_| DiskError::Device)?);
+    let features = transport.begin_init(Features::all());
+    let sectors = transport
+        .read_consistent(|| {
+            let low: u32 = transport.read_config_space(0)?;
+            let high: u32 = transport.read_config_space(4)?;
+            Ok(u64::from(high) << 32 | u64::from(low))
+        })
+        .map_err(|_| DiskError::Device)?;
+    let queue = VirtQueue::new(&mut *transport, REQUEST_QUEUE, false, false).map_err(|_| DiskError::Device)?;
+    transport.finish_init();
+    let mut disk = VirtioDisk {
+        transport,
+        queue,
+        blocks: sectors / SECTORS_PER_BLOCK,
+        flush: features.contains(Features::FLUSH),
+        wedged: false,
+    };
+    if features.contains(Features::RO) {
+        return Err(DiskError::Device);
+    }
     let mut serial = [0u8; 20];
-    let len = blk.device_id(&mut serial).map_err(|_| DiskError::Device)?;
+    disk.request(REQ_GET_ID, 0, &[], &mut serial).map_err(|_| DiskError::Device)?;
+    let len = serial.iter().position(|b| *b == 0).unwrap_or(serial.len());
     if serial.get(..len) != Some(SERIAL) {
         return Err(DiskError::Absent);
     }
-    let blocks = blk.capacity() / SECTORS_PER_BLOCK;
-    Ok(VirtioDisk { blk, blocks })
+    Ok(disk)
 }
 
 impl VirtioDisk {
-    fn sector(&self, index: u64) -> Result<usize, IoError> {
+    fn sector(&self, index: u64) -> Result<u64, IoError> {
         if index >= self.blocks {
             return Err(IoError);
         }
-        index.checked_mul(SECTORS_PER_BLOCK).and_then(|s| usize::try_from(s).ok()).ok_or(IoError)
+        index.checked_mul(SECTORS_PER_BLOCK).ok_or(IoError)
     }
 
     /// The disk's size in bytes, as the host says.
     pub fn bytes(&self) -> u64 {
         self.blocks.saturating_mul(store::BLOCK_SIZE as u64)
+    }
+
+    /// One request: the header, `out` for the device to read, `into` for it to fill, and
+    /// the status byte it writes last; waits for it until the deadline.
+    fn request(&mut self, kind: u32, sector: u64, out: &[u8], into: &mut [u8]) -> Result<(), IoError> {
+        if self.wedged {
+            return Err(IoError);
+        }
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        let mut status = [0xFFu8];
+        let done = match (out.is_empty(), into.is_empty()) {
+            (true, true) => self.exchange(&[&header], &mut [&mut status]),
+            (false, true) => self.exchange(&[&header, out], &mut [&mut status]),
+            (true, false) => self.exchange(&[&header], &mut [into, &mut status]),
+            (false, false) => return Err(IoError),
+        };
+        match done {
+            Ok(()) if status == [STATUS_OK] => Ok(()),
+            Ok(()) => Err(IoError),
+            Err(e) => {
+                self.wedged = true;
+                println!("sealed: the state disk lost a request ({e}); it is not used again");
+                Err(IoError)
+            }
+        }
+    }
+
+    /// Hand buffers to the device, tell it, and take them back when it is done with them.
+    fn exchange<'b>(&mut self, inputs: &'b [&'b [u8]], outputs: &'b mut [&'b mut [u8]]) -> Result<(), &'static str> {
+        // SAFETY: `add` wants the buffers left alone until `pop_used` returns them, because
+        // a device may write them. Here the device never sees them: `BounceHal` copies each
+        // into a bounce page of its pool, and the descriptors name only those pages. On
+        // success `pop_used` below copies the device's writes back and frees the pages; if
+        // the device misses the deadline, the queue is never used again and its pages and
+        // bounce pages stay allocated for good (`wedged`; `dma_dealloc` never frees), so nothing the device
+        // can still write refers to these buffers.
+        let token = unsafe { self.queue.add(inputs, outputs) }.map_err(|_| "the queue refused it")?;
+        if self.queue.should_notify() {
+            self.transport.notify(REQUEST_QUEUE);
+        }
+        let deadline = clock::monotonic_ns().saturating_add(REQUEST_DEADLINE_NS);
+        while !self.queue.can_pop() {
+            if clock::monotonic_ns() > deadline {
+                return Err("no answer within 10 s");
+            }
+            core::hint::spin_loop();
+        }
+        // SAFETY: the same buffers `add` took for this token.
+        unsafe { self.queue.pop_used(token, inputs, outputs) }.map(|_| ()).map_err(|_| "a malformed answer")
+    }
+}
+
+impl Drop for VirtioDisk {
+    fn drop(&mut self) {
+        // A device that lost a request is left as it is: an honest QEMU finishes (drains)
+        // the lost request before it resets, and would hold this vCPU until then.
+        if !self.wedged {
+            self.transport.set_status(DeviceStatus::empty());
+        }
     }
 }
 
@@ -133,15 +261,21 @@ impl BlockDevice for VirtioDisk {
 
     fn read(&mut self, index: u64, buf: &mut Block) -> Result<(), IoError> {
         let sector = self.sector(index)?;
-        self.blk.read_blocks(sector, buf).map_err(|_| IoError)
+        self.request(REQ_IN, sector, &[], buf)
     }
 
     fn write(&mut self, index: u64, buf: &Block) -> Result<(), IoError> {
         let sector = self.sector(index)?;
-        self.blk.write_blocks(sector, buf).map_err(|_| IoError)
+        self.request(REQ_OUT, sector, buf, &mut [])
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
-        self.blk.flush().map_err(|_| IoError)
+        // Without the flush feature the device has no write cache to flush: it completes a
+        // write once it is durable (and QEMU turns its write cache off for a driver that
+        // does not accept the feature).
+        if !self.flush {
+            return Ok(());
+        }
+        self.request(REQ_FLUSH, 0, &[], &mut [])
     }
 }
