@@ -7,6 +7,7 @@
 //! did not reach the disk would otherwise ride along with the next, unrelated commit, and
 //! what is on disk would no longer be what the SVSM answered from. The status says why.
 
+use abi::attest::SealedStateEntry;
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -50,6 +51,22 @@ impl<D: BlockDevice + Send, E: Entropy + Send> SealedStore for Store<D, E> {
 pub struct Sealed {
     store: Box<dyn SealedStore>,
     failed: Option<StoreError>,
+    summary: SealedSummary,
+}
+
+/// What a verifier and the OCP are shown of the sealed state (its manifest entry), kept
+/// under a lock of its own that is never held across disk I/O: attestation and OCP reads
+/// never wait for a commit in progress, however long the host takes with it.
+pub type SealedSummary = Arc<Mutex<SealedStateEntry>>;
+
+fn summarize(state: StoreState, failed: bool) -> SealedStateEntry {
+    SealedStateEntry {
+        generation: state.generation,
+        store_id: state.store_id,
+        root: state.root,
+        flags: if failed { abi::attest::SEALED_STATE_FAILED } else { 0 },
+        reserved: 0,
+    }
 }
 
 impl core::fmt::Debug for Sealed {
@@ -63,7 +80,13 @@ pub type SharedSealed = Arc<Mutex<Sealed>>;
 
 impl Sealed {
     pub fn new(store: Box<dyn SealedStore>) -> SharedSealed {
-        Arc::new(Mutex::new(Self { store, failed: None }))
+        let summary = Arc::new(Mutex::new(summarize(store.state(), false)));
+        Arc::new(Mutex::new(Self { store, failed: None, summary }))
+    }
+
+    /// The summary, updated after every commit (see [`SealedSummary`]).
+    pub fn summary(&self) -> SealedSummary {
+        self.summary.clone()
     }
 
     /// The committed state (what a verifier should be shown).
@@ -93,6 +116,7 @@ impl Sealed {
         if let Err(e) = result {
             self.failed = Some(e);
         }
+        *self.summary.lock() = summarize(self.store.state(), self.failed.is_some());
         result
     }
 }

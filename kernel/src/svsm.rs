@@ -151,6 +151,8 @@ pub struct Svsm {
     /// The sealed state, once the platform opened it: its committed state is an entry of
     /// the attestation manifest.
     pub(crate) sealed: Option<crate::sealed::SharedSealed>,
+    /// The sealed state's committed state, readable without waiting on a commit.
+    sealed_summary: Option<crate::sealed::SealedSummary>,
 }
 
 // Every CPU serves calls through one shared `Svsm` (a `&'static` on bare metal): the
@@ -232,6 +234,7 @@ impl Svsm {
             vtpm: None,
             vtpm_ek: Vec::new(),
             sealed: None,
+            sealed_summary: None,
         })
     }
 
@@ -294,6 +297,7 @@ impl Svsm {
         if let Some(level) = sealed.lock().get(sources::LOG_LEVEL_KEY).and_then(sources::parse_level) {
             p.set_log_level(level);
         }
+        self.sealed_summary = Some(sealed.lock().summary());
         self.sealed = Some(sealed);
         const NONE: u32 = abi::ocp::typed::PROTOCOL_NONE;
         // Distinct, short, constant names: registering them cannot fail, and a second
@@ -305,17 +309,9 @@ impl Svsm {
         let _ = self.ocp.register("sealed.generation", SourceKind::Counter(Svsm::sealed_generation), NONE);
     }
 
-    /// The sealed state's committed generation (0 without one).
+    /// The sealed state's committed generation (0 without one); never waits on a commit.
     pub fn sealed_generation(&self) -> u64 {
-        self.sealed.as_ref().map_or(0, |s| s.lock().state().generation)
-    }
-
-    /// The sealed state's committed generation, unless its lock is held right now.
-    pub fn try_sealed_generation(&self) -> Option<u64> {
-        match &self.sealed {
-            Some(sealed) => sealed.try_lock().map(|s| s.state().generation),
-            None => Some(0),
-        }
+        self.sealed_state_entry().map_or(0, |e| e.generation)
     }
 
     /// Keep `value` under `key` in the sealed state, if there is one: one commit, none if
@@ -335,17 +331,9 @@ impl Svsm {
     }
 
     /// The sealed state's manifest entry: the committed state the SVSM runs on, and
-    /// whether the sealed state closed since boot.
+    /// whether the sealed state closed since boot. Never waits on a commit in progress.
     pub fn sealed_state_entry(&self) -> Option<abi::attest::SealedStateEntry> {
-        let sealed = self.sealed.as_ref()?.lock();
-        let state = sealed.state();
-        Some(abi::attest::SealedStateEntry {
-            generation: state.generation,
-            store_id: state.store_id,
-            root: state.root,
-            flags: if sealed.failed().is_some() { abi::attest::SEALED_STATE_FAILED } else { 0 },
-            reserved: 0,
-        })
+        self.sealed_summary.as_ref().map(|summary| *summary.lock())
     }
 
     /// The installed vTPM's EK public area.

@@ -189,3 +189,37 @@ fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
     write_level(&mut env, b"info");
     assert_eq!(sealed.lock().state(), committed);
 }
+
+/// A commit holds the sealed state's lock for as long as the host takes with its disk
+/// writes. Attestation and the OCP's sealed sources read a summary instead, so a slow (or
+/// lost, until the driver's deadline) disk on one vCPU does not stall them on another.
+#[test]
+fn attestation_and_ocp_do_not_wait_for_a_commit_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let (mut env, sealed) = boot(&disk);
+    let committed = sealed.lock().state();
+    let root = index_of(&mut env, "sealed.root");
+    // Another vCPU is in a commit: it holds the lock until told to go on, or for 30 s.
+    let (go_on, told) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(AtomicBool::new(false));
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let holder = {
+        let (sealed, released) = (sealed.clone(), released.clone());
+        std::thread::spawn(move || {
+            let guard = sealed.lock();
+            held_tx.send(()).unwrap();
+            let _ = told.recv_timeout(std::time::Duration::from_secs(30));
+            released.store(true, Ordering::SeqCst);
+            drop(guard);
+        })
+    };
+    held.recv().unwrap();
+    let entry = manifest_entry(&mut env);
+    let ocp_root = read(&mut env, root);
+    assert!(!released.load(Ordering::SeqCst), "attestation or the OCP waited for the commit to end");
+    go_on.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!((entry.generation, entry.root), (committed.generation, committed.root));
+    assert_eq!(ocp_root, committed.root.to_vec());
+}

@@ -280,8 +280,10 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) {
         // The log is source 0 (`Sources::builtin`).
         events.insert(0, 0);
     }
-    // Without waiting: a commit in progress on another vCPU is announced at a later call.
-    if let (Some(index), Some(generation)) = (svsm.ocp.sealed_root, svsm.try_sealed_generation())
+    // The summary, not the sealed state: a commit in progress on another vCPU is
+    // announced at the first call after it.
+    if let Some(index) = svsm.ocp.sealed_root
+        && let generation = svsm.sealed_generation()
         && generation != r.sealed_seen
         && events.try_reserve(1).is_ok()
     {
