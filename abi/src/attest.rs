@@ -89,7 +89,7 @@ pub struct SealedStateEntry {
     pub store_id: [u8; 16],
     /// The Merkle root of the committed state.
     pub root: [u8; 32],
-    /// [`SEALED_STATE_FAILED`], or zero.
+    /// [`SEALED_STATE_FAILED`], [`SEALED_STATE_REWRAPPED`], or zero.
     pub flags: u32,
     pub reserved: u32,
 }
@@ -98,6 +98,11 @@ crate::assert_size!(SealedStateEntry, 0x40);
 /// Flag: a commit failed since boot; the sealed state is closed and the services that keep
 /// state there have stopped.
 pub const SEALED_STATE_FAILED: u32 = 1;
+
+/// Flag: at this boot the SVSM found the state under the key of an older TCB or guest SVN
+/// (a firmware or image update since it was last committed) and re-wrapped it under its
+/// current key. The state is only as trustworthy as that older TCB was.
+pub const SEALED_STATE_REWRAPPED: u32 = 2;
 
 /// CHIP_ID of the reports the `svm` platform's software PSP signs: non-zero (verifiers
 /// need that) and saying in ASCII what it is. The launcher puts the same value in the

@@ -295,7 +295,7 @@ mod tests {
     const STORE: [u8; 16] = [0x51; 16];
 
     fn state(generation: u64, root: u8) -> SealedState {
-        SealedState { generation, store_id: STORE, root: [root; 32], failed: false }
+        SealedState { generation, store_id: STORE, root: [root; 32], failed: false, rewrapped: false }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! Hostile input yields an error, never a panic.
 
 use abi::attest::{
-    ManifestEntry, ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry,
-    VTPM_SERVICE_GUID,
+    ManifestEntry, ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SEALED_STATE_REWRAPPED,
+    SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_SERVICE_GUID,
 };
 use abi::guid::Guid;
 use serde::Serialize;
@@ -159,6 +159,9 @@ pub struct SealedState {
     /// [`SEALED_STATE_FAILED`]: a commit failed since boot, the sealed state is closed and
     /// the services that keep state there have stopped.
     pub failed: bool,
+    /// [`SEALED_STATE_REWRAPPED`]: at this boot the state was found under the key of an
+    /// older TCB or guest SVN and re-wrapped under the current one.
+    pub rewrapped: bool,
 }
 
 fn as_hex<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -173,7 +176,11 @@ impl fmt::Display for SealedState {
             self.generation,
             crate::hex(&self.store_id),
             crate::hex(&self.root)
-        )
+        )?;
+        if self.rewrapped {
+            write!(f, " (re-wrapped at this boot from an older TCB's or SVN's key)")?;
+        }
+        Ok(())
     }
 }
 
@@ -212,7 +219,7 @@ pub fn sealed_state(services: &[Service]) -> Result<Option<SealedState>, SealedS
 /// One sealed-state entry's data.
 pub fn parse_sealed_state(data: &[u8]) -> Result<SealedState, SealedStateError> {
     let entry = SealedStateEntry::read_from_bytes(data).map_err(|_| SealedStateError::Length { len: data.len() })?;
-    if entry.flags & !SEALED_STATE_FAILED != 0 {
+    if entry.flags & !(SEALED_STATE_FAILED | SEALED_STATE_REWRAPPED) != 0 {
         return Err(SealedStateError::UnknownFlags { flags: entry.flags });
     }
     if entry.reserved != 0 {
@@ -223,12 +230,14 @@ pub fn parse_sealed_state(data: &[u8]) -> Result<SealedState, SealedStateError> 
         store_id: entry.store_id,
         root: entry.root,
         failed: entry.flags & SEALED_STATE_FAILED != 0,
+        rewrapped: entry.flags & SEALED_STATE_REWRAPPED != 0,
     })
 }
 
 /// A sealed-state entry's data, as the SVSM writes it (for tests and tools).
 pub fn encode_sealed_state(state: &SealedState) -> Vec<u8> {
-    let flags = if state.failed { SEALED_STATE_FAILED } else { 0 };
+    let flags =
+        if state.failed { SEALED_STATE_FAILED } else { 0 } | if state.rewrapped { SEALED_STATE_REWRAPPED } else { 0 };
     SealedStateEntry { generation: state.generation, store_id: state.store_id, root: state.root, flags, reserved: 0 }
         .as_bytes()
         .to_vec()
@@ -323,7 +332,7 @@ mod tests {
     }
 
     fn state(generation: u64) -> SealedState {
-        SealedState { generation, store_id: [0x5a; 16], root: [0xc3; 32], failed: false }
+        SealedState { generation, store_id: [0x5a; 16], root: [0xc3; 32], failed: false, rewrapped: false }
     }
 
     #[test]
@@ -341,6 +350,11 @@ mod tests {
         let data = encode_sealed_state(&closed);
         assert_eq!(&data[56..60], &1u32.to_le_bytes());
         assert_eq!(parse_sealed_state(&data), Ok(closed));
+        let rewrapped = SealedState { rewrapped: true, ..state(8) };
+        let data = encode_sealed_state(&rewrapped);
+        assert_eq!(&data[56..60], &2u32.to_le_bytes());
+        assert_eq!(parse_sealed_state(&data), Ok(rewrapped));
+        assert!(rewrapped.to_string().ends_with("(re-wrapped at this boot from an older TCB's or SVN's key)"));
     }
 
     #[test]
@@ -355,8 +369,8 @@ mod tests {
             assert!(describe(&services[0]).starts_with("malformed"));
         }
         let mut data = good.clone();
-        data[56] = 3;
-        assert_eq!(parse_sealed_state(&data), Err(SealedStateError::UnknownFlags { flags: 3 }));
+        data[56] = 4;
+        assert_eq!(parse_sealed_state(&data), Err(SealedStateError::UnknownFlags { flags: 4 }));
         let mut data = good;
         data[63] = 0x80;
         assert_eq!(parse_sealed_state(&data), Err(SealedStateError::Reserved { value: 0x8000_0000 }));

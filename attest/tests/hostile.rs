@@ -70,7 +70,7 @@ proptest! {
     #[test]
     fn mutated_ledger_file_never_panics(edits in proptest::collection::vec((0usize..200, any::<u8>()), 1..6)) {
         let mut ledger = bulwark_attest::ledger::Ledger::default();
-        let state = manifest::SealedState { generation: 7, store_id: [1; 16], root: [2; 32], failed: false };
+        let state = manifest::SealedState { generation: 7, store_id: [1; 16], root: [2; 32], failed: false, rewrapped: false };
         ledger.apply(&state);
         let mut text = ledger.to_json().into_bytes();
         for (at, v) in edits {

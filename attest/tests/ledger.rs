@@ -9,7 +9,7 @@ use bulwark_attest::verify::{Evidence, Verdict, examine};
 const STORE: [u8; 16] = *b"store-of-one-svm";
 
 fn state(generation: u64, root: u8) -> SealedState {
-    SealedState { generation, store_id: STORE, root: [root; 32], failed: false }
+    SealedState { generation, store_id: STORE, root: [root; 32], failed: false, rewrapped: false }
 }
 
 fn check<'a>(v: &'a Verdict, name: &str) -> &'a bulwark_attest::Check {

@@ -12,7 +12,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use spin::Mutex;
-use store::{BlockDevice, Entropy, Store, StoreError, StoreState};
+use store::{BlockDevice, Entropy, Store, StoreError, StoreKey, StoreState};
 use vtpm::nv::{NvBlobs, NvChange, NvError, NvStorage};
 
 /// A store, as the kernel uses it (any device, any entropy source).
@@ -51,6 +51,8 @@ impl<D: BlockDevice + Send, E: Entropy + Send> SealedStore for Store<D, E> {
 pub struct Sealed {
     store: Box<dyn SealedStore>,
     failed: Option<StoreError>,
+    /// The state was re-wrapped from an older key at this boot.
+    rewrapped: bool,
     summary: SealedSummary,
 }
 
@@ -59,14 +61,10 @@ pub struct Sealed {
 /// never wait for a commit in progress, however long the host takes with it.
 pub type SealedSummary = Arc<Mutex<SealedStateEntry>>;
 
-fn summarize(state: StoreState, failed: bool) -> SealedStateEntry {
-    SealedStateEntry {
-        generation: state.generation,
-        store_id: state.store_id,
-        root: state.root,
-        flags: if failed { abi::attest::SEALED_STATE_FAILED } else { 0 },
-        reserved: 0,
-    }
+fn summarize(state: StoreState, failed: bool, rewrapped: bool) -> SealedStateEntry {
+    let flags = if failed { abi::attest::SEALED_STATE_FAILED } else { 0 }
+        | if rewrapped { abi::attest::SEALED_STATE_REWRAPPED } else { 0 };
+    SealedStateEntry { generation: state.generation, store_id: state.store_id, root: state.root, flags, reserved: 0 }
 }
 
 impl core::fmt::Debug for Sealed {
@@ -80,8 +78,14 @@ pub type SharedSealed = Arc<Mutex<Sealed>>;
 
 impl Sealed {
     pub fn new(store: Box<dyn SealedStore>) -> SharedSealed {
-        let summary = Arc::new(Mutex::new(summarize(store.state(), false)));
-        Arc::new(Mutex::new(Self { store, failed: None, summary }))
+        Self::opened(store, false)
+    }
+
+    /// A store [`open_sealed`] opened; `rewrapped` if it re-wrapped it from an older key
+    /// (the manifest entry says so).
+    pub fn opened(store: Box<dyn SealedStore>, rewrapped: bool) -> SharedSealed {
+        let summary = Arc::new(Mutex::new(summarize(store.state(), false, rewrapped)));
+        Arc::new(Mutex::new(Self { store, failed: None, rewrapped, summary }))
     }
 
     /// The summary, updated after every commit (see [`SealedSummary`]).
@@ -116,8 +120,114 @@ impl Sealed {
         if let Err(e) = result {
             self.failed = Some(e);
         }
-        *self.summary.lock() = summarize(self.store.state(), self.failed.is_some());
+        *self.summary.lock() = summarize(self.store.state(), self.failed.is_some(), self.rewrapped);
         result
+    }
+}
+
+/// What the SVSM's key request for the sealed store names besides the launch it always
+/// binds (measurement and policy): the guest SVN and the TCB version. The PSP derives a
+/// key for any values up to the current ones, never above: that is how a store survives
+/// an update (docs/persistence.md "The key and updates"). Kept as the key's label in every
+/// header the key writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyParams {
+    pub guest_svn: u32,
+    pub tcb_version: u64,
+}
+
+/// Marks a label as [`KeyParams`] (a store written without labels has zeros).
+const LABEL_TAG: [u8; 4] = *b"KRQ1";
+
+impl KeyParams {
+    /// The label a key for these parameters carries.
+    pub fn label(&self) -> [u8; 16] {
+        let mut label = [0u8; 16];
+        let (tag, rest) = label.split_at_mut(4);
+        tag.copy_from_slice(&LABEL_TAG);
+        let (svn, tcb) = rest.split_at_mut(4);
+        svn.copy_from_slice(&self.guest_svn.to_le_bytes());
+        tcb.copy_from_slice(&self.tcb_version.to_le_bytes());
+        label
+    }
+
+    /// The parameters a label names (`None` for zeros or anything else).
+    pub fn from_label(label: &[u8; 16]) -> Option<Self> {
+        let (tag, rest) = label.split_at(4);
+        let (svn, tcb) = rest.split_at(4);
+        (tag == LABEL_TAG).then_some(())?;
+        Some(Self {
+            guest_svn: u32::from_le_bytes(svn.try_into().ok()?),
+            tcb_version: u64::from_le_bytes(tcb.try_into().ok()?),
+        })
+    }
+
+    /// Whether a key for `self` is one the PSP gives a guest at `current`: the SVN and every
+    /// component (byte) of the TCB version at most the current one's.
+    pub fn at_most(&self, current: &KeyParams) -> bool {
+        self.guest_svn <= current.guest_svn
+            && self.tcb_version.to_le_bytes().iter().zip(current.tcb_version.to_le_bytes()).all(|(a, c)| *a <= c)
+    }
+}
+
+/// A store [`open_sealed`] opened.
+#[derive(Debug)]
+pub struct OpenedSealed<D: BlockDevice, E: Entropy> {
+    pub store: Store<D, E>,
+    pub how: store::Opened,
+    /// The older key's parameters, if the state was under one and is now re-wrapped under
+    /// the current key.
+    pub rewrapped_from: Option<KeyParams>,
+}
+
+/// Opens the sealed store on `device` with `current_key` (for `current`), formatting a
+/// blank disk; or, when its newest authentic header is under the key of an older TCB or
+/// SVN (an update since the last commit), opens it with that key from `older_key` and
+/// re-wraps the whole state under `current_key` in one commit.
+///
+/// The headers' labels say which keys to try; they are not authenticated, so each named
+/// key is checked against the headers' MACs and the one whose authentic header is newest
+/// wins. Only keys at or below `current` are asked for: a label naming a newer TCB is a
+/// host's invention (or a downgrade, which must not open newer state) and is ignored.
+pub fn open_sealed<D: BlockDevice, E: Entropy>(
+    mut device: D,
+    current: KeyParams,
+    current_key: &StoreKey,
+    mut older_key: impl FnMut(KeyParams) -> Option<StoreKey>,
+    entropy: E,
+) -> Result<OpenedSealed<D, E>, StoreError> {
+    let mut older: Vec<KeyParams> = Vec::new();
+    for claim in store::header_claims(&mut device)?.into_iter().flatten() {
+        if let Some(params) = KeyParams::from_label(&claim.label)
+            && params != current
+            && params.at_most(&current)
+            && !older.contains(&params)
+        {
+            older.push(params);
+        }
+    }
+    let mut best: Option<(u64, KeyParams, StoreKey)> = None;
+    if !older.is_empty() {
+        let newest_current = store::newest_header_under(&mut device, current_key)?;
+        for params in older {
+            let Some(key) = older_key(params) else { continue };
+            if let Some(generation) = store::newest_header_under(&mut device, &key)?
+                && Some(generation) > newest_current
+                && best.as_ref().is_none_or(|(g, _, _)| generation > *g)
+            {
+                best = Some((generation, params, key));
+            }
+        }
+    }
+    match best {
+        None => {
+            let (store, how) = Store::open_or_format(device, current_key, entropy)?;
+            Ok(OpenedSealed { store, how, rewrapped_from: None })
+        }
+        Some((_, params, key)) => {
+            let store = Store::open(device, &key, entropy)?.rekey(current_key)?;
+            Ok(OpenedSealed { store, how: store::Opened::Existing, rewrapped_from: Some(params) })
+        }
     }
 }
 

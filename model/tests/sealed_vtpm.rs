@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulwark_model::user_host::channel_tpm;
-use kernel::sealed::{Sealed, SharedSealed, VtpmNv};
+use kernel::sealed::{KeyParams, Sealed, SharedSealed, VtpmNv, open_sealed};
 use kernel::user::service_tpm::StartError;
 use store::testing::{CutPolicy, MemDisk, TestRng};
 use store::{Block, BlockDevice, IoError, Opened, Store, StoreError, StoreKey, Tamper};
@@ -164,6 +164,8 @@ struct Booted {
     /// The generation the store opened with, before the vTPM's start committed anything
     /// (starting a kept TPM changes its permall too: TPM2_Startup counts resets).
     opened_generation: u64,
+    /// The older key's parameters, if the boot re-wrapped the state under its own.
+    rewrapped_from: Option<KeyParams>,
 }
 
 impl Booted {
@@ -176,6 +178,18 @@ impl Booted {
 /// What the SVSM does at boot: open the sealed store on the disk (formatting a blank
 /// one), start the vTPM service process from the NV state it keeps, start the vTPM.
 fn boot(disk: &SharedDisk) -> Result<Booted, BootError> {
+    boot_from(disk, |disk, rng| Store::open_or_format(disk, &key(), rng).map(|(store, how)| (store, how, None)))
+}
+
+/// What a store opener gives: the store, how it opened, and the older key's parameters if
+/// it re-wrapped the state.
+type OpenedStore = (Store<SharedDisk, TestRng>, Opened, Option<KeyParams>);
+
+/// [`boot`], with the store opened by `open`.
+fn boot_from(
+    disk: &SharedDisk,
+    open: impl FnOnce(SharedDisk, TestRng) -> Result<OpenedStore, StoreError>,
+) -> Result<Booted, BootError> {
     static BOOTS: Mutex<u64> = Mutex::new(0);
     wait_for_the_previous_engine();
     // Each boot's nonces are fresh, as RDRAND's would be.
@@ -184,9 +198,9 @@ fn boot(disk: &SharedDisk) -> Result<Booted, BootError> {
         *boots += 1;
         *boots
     };
-    let (store, opened) = Store::open_or_format(disk.clone(), &key(), TestRng::new(seed)).map_err(BootError::Store)?;
+    let (store, opened, rewrapped_from) = open(disk.clone(), TestRng::new(seed)).map_err(BootError::Store)?;
     let opened_generation = store.state().generation;
-    let sealed = Sealed::new(Box::new(store));
+    let sealed = Sealed::opened(Box::new(store), rewrapped_from.is_some());
     let (kept, storage) = VtpmNv::open(sealed.clone());
     let open = |nv| {
         LibTpms::open_with_nv(abi::vtpm::MAX_COMMAND_SIZE as u32, nv)
@@ -195,7 +209,7 @@ fn boot(disk: &SharedDisk) -> Result<Booted, BootError> {
     };
     let engine = channel_tpm(open, &kept.nv).map_err(BootError::Service)?;
     let vtpm = Vtpm::start(Box::new(engine), Box::new(storage)).map_err(BootError::Start)?;
-    Ok(Booted { vtpm, sealed, opened, opened_generation })
+    Ok(Booted { vtpm, sealed, opened, opened_generation, rewrapped_from })
 }
 
 /// A boot that must succeed.
@@ -684,4 +698,156 @@ fn a_disk_that_stops_flushing_stops_the_vtpm_and_the_next_boot_has_the_state_bef
     let mut again = boot_ok(&disk, "the boot after the disk healed");
     assert_eq!(again.vtpm.ek_public(), &ek[..]);
     assert_eq!(read_index(&mut again.vtpm), Ok(DATA_A.to_vec()), "the state before the failed write");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. A firmware update: the PSP's key changes, the state is re-wrapped, nothing is lost.
+
+/// The model's PSP with TCB version `tcb`, answering the SVSM's MSG_KEY_REQ over the guest
+/// message channel as on a real boot (`Svsm::sealing_key`).
+struct Psp {
+    env: bulwark_model::conformance_env::ModelEnv,
+    tcb: u64,
+    /// Every key request's parameters, in order.
+    asked: Vec<KeyParams>,
+}
+
+impl Psp {
+    fn at(tcb: u64) -> Self {
+        use bulwark_model::psp_model;
+        let mut env = bulwark_model::conformance_env::ModelEnv::with(bulwark_model::world::WorldConfig {
+            vtpm: false,
+            ..bulwark_model::conformance_env::ModelEnv::config()
+        });
+        let identity = softpsp::report::Identity { tcb, ..psp_model::identity() };
+        env.world.machine.psp = Some(softpsp::SoftPsp::new([0xA0; 32], psp_model::vcek(), identity));
+        Psp { env, tcb, asked: Vec::new() }
+    }
+
+    fn current(&self) -> KeyParams {
+        KeyParams { guest_svn: 0, tcb_version: self.tcb }
+    }
+
+    /// The store key for `params`, as the SVSM labels it; `None` if the PSP refuses.
+    fn key(&mut self, params: KeyParams) -> Option<StoreKey> {
+        self.asked.push(params);
+        let w = &mut self.env.world;
+        let key = w.svsm.sealing_key(&mut w.machine, params.guest_svn, params.tcb_version).ok()?;
+        Some(StoreKey::labelled(key, params.label()))
+    }
+
+    /// Open the store as the SVSM does at boot (`open_sealed`).
+    fn open(&mut self, disk: SharedDisk, rng: TestRng) -> Result<OpenedStore, StoreError> {
+        let current = self.current();
+        let key = self.key(current).expect("the PSP gives the current key");
+        let opened = open_sealed(disk, current, &key, |params| self.key(params), rng)?;
+        Ok((opened.store, opened.how, opened.rewrapped_from))
+    }
+}
+
+/// The TCB version of the model's PSP, and one a firmware update raised (its lowest
+/// component by one).
+fn tcbs() -> (u64, u64) {
+    let old = bulwark_model::psp_model::identity().tcb;
+    let mut bytes = old.to_le_bytes();
+    let lowest = bytes.iter().position(|b| *b < 0xFF).expect("a component below 0xFF");
+    bytes[lowest] += 1;
+    (old, u64::from_le_bytes(bytes))
+}
+
+/// A vTPM that made an NV index and a persistent EK under the PSP at `tcb`; the EK.
+fn populated_at(disk: &SharedDisk, tcb: u64) -> Vec<u8> {
+    let mut psp = Psp::at(tcb);
+    let mut booted = boot_from(disk, |disk, rng| psp.open(disk, rng)).expect("a boot on a blank disk");
+    let vtpm = &mut booted.vtpm;
+    run_ok(vtpm, &nv_define_space(INDEX, INDEX_SIZE), "NV_DefineSpace");
+    run_ok(vtpm, &nv_write(INDEX, 0, &DATA_A), "NV_Write");
+    let created = create_ek(vtpm);
+    run_ok(vtpm, &evict_control(ek_handle(&created), PERSISTENT_EK), "EvictControl");
+    vtpm.ek_public().to_vec()
+}
+
+/// Issue 15: "Document how a TCB update ... re-wraps the key without losing the state."
+/// A firmware update changes the PSP's key; the SVSM asks for the key of the TCB the
+/// headers name (allowed: it is below the current one), opens the state, re-wraps it under
+/// the new key, and the TPM keeps its EK, its NV index and its persistent key. A firmware
+/// rolled back to the old TCB cannot open the re-wrapped state.
+#[test]
+fn a_firmware_update_rewraps_the_state_and_the_tpm_keeps_everything() {
+    let _turn = turn();
+    let (old, new) = tcbs();
+    let disk = SharedDisk::blank();
+    let ek = populated_at(&disk, old);
+
+    let mut psp = Psp::at(new);
+    let mut booted = boot_from(&disk, |disk, rng| psp.open(disk, rng)).expect("the boot after the update");
+    let old_params = KeyParams { guest_svn: 0, tcb_version: old };
+    assert_eq!(booted.rewrapped_from, Some(old_params));
+    assert_eq!(psp.asked, [psp.current(), old_params], "the current key, then the one the headers name");
+    assert_eq!(booted.vtpm.ek_public(), &ek[..], "the same EK");
+    assert_eq!(read_index(&mut booted.vtpm), Ok(DATA_A.to_vec()));
+    assert_eq!(read_persistent_ek(&mut booted.vtpm).map(|public| public == ek), Ok(true));
+    let flags = booted.sealed.lock().summary().lock().flags;
+    assert_eq!(flags, abi::attest::SEALED_STATE_REWRAPPED, "the manifest entry says so");
+    run_ok(&mut booted.vtpm, &nv_write(INDEX, 0, &DATA_B), "NV_Write after the update");
+    drop(booted);
+
+    // The next boot on the new firmware opens it directly.
+    let mut psp = Psp::at(new);
+    let mut booted = boot_from(&disk, |disk, rng| psp.open(disk, rng)).expect("the second boot after the update");
+    assert_eq!((booted.rewrapped_from, psp.asked.len()), (None, 1));
+    assert_eq!(read_index(&mut booted.vtpm), Ok(DATA_B.to_vec()));
+    assert_eq!(booted.sealed.lock().summary().lock().flags, 0);
+    drop(booted);
+
+    // Firmware rolled back: the headers name the newer TCB, whose key it must not ask
+    // for (the PSP would refuse it too), and its own key opens nothing.
+    let mut psp = Psp::at(old);
+    match boot_from(&disk, |disk, rng| psp.open(disk, rng)) {
+        Err(BootError::Store(StoreError::WrongKey)) => {}
+        Err(e) => panic!("the rolled-back firmware failed otherwise: {e:?}"),
+        Ok(_) => panic!("the rolled-back firmware opened state sealed after the update"),
+    }
+    assert_eq!(psp.asked, [psp.current()], "no key above the current TCB was asked for");
+}
+
+/// A power cut at any write of the re-wrapping commit: the next boot (on the new
+/// firmware) finds the whole state, under the old key (and re-wraps it then) or the new.
+#[test]
+fn a_power_cut_while_rewrapping_leaves_a_state_the_next_boot_opens_whole() {
+    let _turn = turn();
+    let (old, new) = tcbs();
+    let disk = SharedDisk::blank();
+    let ek = populated_at(&disk, old);
+    let image = disk.image();
+    // How many writes and flushes the boot after the update makes until its re-wrap is
+    // durable: the cut points.
+    let writes = {
+        let disk = SharedDisk::from_image(image.clone());
+        let before = disk.lock().mutations();
+        let mut psp = Psp::at(new);
+        let opened = psp.open(disk.clone(), TestRng::new(77)).expect("the re-wrap");
+        assert!(opened.2.is_some());
+        disk.lock().mutations() - before
+    };
+    let (mut saw_old, mut saw_new) = (false, false);
+    for cut in 0..writes {
+        for policy in [CutPolicy::LoseUnflushed, CutPolicy::KeepUnflushed, CutPolicy::Scramble(cut)] {
+            let disk = SharedDisk::from_image(image.clone());
+            disk.lock().cut_power_after(cut);
+            let mut psp = Psp::at(new);
+            assert!(psp.open(disk.clone(), TestRng::new(78)).is_err(), "cut {cut}: the cut re-wrap reported success");
+            disk.lock().power_cycle(policy);
+            let mut psp = Psp::at(new);
+            let mut booted = boot_from(&disk, |disk, rng| psp.open(disk, rng))
+                .unwrap_or_else(|e| panic!("cut {cut} {policy:?}: the next boot failed: {e:?}"));
+            match booted.rewrapped_from {
+                Some(_) => saw_old = true,
+                None => saw_new = true,
+            }
+            assert_eq!(booted.vtpm.ek_public(), &ek[..], "cut {cut} {policy:?}");
+            assert_eq!(read_index(&mut booted.vtpm), Ok(DATA_A.to_vec()), "cut {cut} {policy:?}");
+        }
+    }
+    assert!(saw_old && saw_new, "the cuts reached both outcomes: old key {saw_old}, new key {saw_new}");
 }

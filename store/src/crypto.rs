@@ -12,18 +12,40 @@ use crate::{BLOCK_SIZE, Block, Entropy, StoreError};
 
 /// The 32-byte key a store is opened with. The SVSM derives it from the PSP (bound to the
 /// launch measurement); the store derives its sub-keys from it with HKDF-SHA256.
-pub struct StoreKey([u8; 32]);
+///
+/// A key may carry a label: 16 bytes that say how to derive it again (for the SVSM, the
+/// guest SVN and TCB version of its key request). Every header a key writes carries its
+/// label in the clear, so that after an update the caller can find out which older key
+/// the store is under ([`crate::header_key_labels`]) and re-wrap it ([`Store::rekey`]).
+/// The label is no secret and grants nothing: the header MAC covers it, and a wrong label
+/// only leads to a key that does not open the store.
+///
+/// [`Store::rekey`]: crate::Store::rekey
+pub struct StoreKey {
+    bytes: [u8; 32],
+    label: [u8; 16],
+}
 
 impl StoreKey {
-    /// Wraps a caller-supplied key.
+    /// Wraps a caller-supplied key, without a label (all zeros).
     pub fn new(bytes: [u8; 32]) -> Self {
-        StoreKey(bytes)
+        Self::labelled(bytes, [0; 16])
+    }
+
+    /// Wraps a caller-supplied key and the label that says how it was derived.
+    pub fn labelled(bytes: [u8; 32], label: [u8; 16]) -> Self {
+        StoreKey { bytes, label }
+    }
+
+    /// The key's label.
+    pub fn label(&self) -> [u8; 16] {
+        self.label
     }
 }
 
 impl Drop for StoreKey {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.bytes.zeroize();
     }
 }
 
@@ -54,6 +76,8 @@ pub(crate) struct Keys {
     /// Stored in every header so that `open` with another key says `WrongKey` rather than
     /// `Tampered`. A one-way function of the key, useless to the host.
     key_check: [u8; 32],
+    /// The key's label, written into every header.
+    label: [u8; 16],
 }
 
 impl core::fmt::Debug for Keys {
@@ -89,7 +113,7 @@ pub(crate) fn block_hash(block: &Block) -> [u8; 32] {
 
 impl Keys {
     pub(crate) fn derive(key: &StoreKey) -> Result<Self, StoreError> {
-        let kdf = Hkdf::<Sha256>::new(Some(KDF_SALT), &key.0);
+        let kdf = Hkdf::<Sha256>::new(Some(KDF_SALT), &key.bytes);
         let mut block_key = expand(&kdf, b"block encryption")?;
         let cipher = Aes256GcmSiv::new(&block_key.into());
         block_key.zeroize();
@@ -97,7 +121,11 @@ impl Keys {
         // HMAC takes keys of any length: this cannot fail.
         let header_mac = <Hmac<Sha256> as Mac>::new_from_slice(&header_key).map_err(|_| StoreError::Internal)?;
         header_key.zeroize();
-        Ok(Keys { cipher, header_mac, key_check: expand(&kdf, b"key check")? })
+        Ok(Keys { cipher, header_mac, key_check: expand(&kdf, b"key check")?, label: key.label })
+    }
+
+    pub(crate) fn label(&self) -> &[u8; 16] {
+        &self.label
     }
 
     pub(crate) fn key_check(&self) -> &[u8; 32] {

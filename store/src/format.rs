@@ -154,6 +154,7 @@ pub(crate) fn encode_header(keys: &Keys, slot: u64, header: &Header) -> Box<Bloc
     body.extend_from_slice(&header.generation.to_le_bytes());
     body.extend_from_slice(&header.index_len.to_le_bytes());
     header.root.encode_into(&mut body);
+    body.extend_from_slice(keys.label());
     body.resize(MAC_OFFSET, 0);
     let mac = keys.header_mac(slot, &body);
     body.extend_from_slice(&mac);
@@ -163,6 +164,21 @@ pub(crate) fn encode_header(keys: &Keys, slot: u64, header: &Header) -> Box<Bloc
         *to = *from;
     }
     block
+}
+
+/// Where a header carries its key's label (after the root ref), and the generation.
+const LABEL_OFFSET: usize = 128;
+const GENERATION_OFFSET: usize = 64;
+
+/// What a header slot claims, read without any key: its generation and its key's label.
+/// Nothing here is authenticated (see [`crate::header_key_labels`]).
+pub(crate) fn header_claims(block: &Block) -> Option<(u64, [u8; 16])> {
+    if block.get(..8) != Some(&MAGIC[..]) {
+        return None;
+    }
+    let generation = u64::from_le_bytes(block.get(GENERATION_OFFSET..GENERATION_OFFSET + 8)?.try_into().ok()?);
+    let label = block.get(LABEL_OFFSET..LABEL_OFFSET + 16)?.try_into().ok()?;
+    Some((generation, label))
 }
 
 pub(crate) fn decode_header(keys: &Keys, slot: u64, block: &Block) -> Slot {

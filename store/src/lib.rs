@@ -105,7 +105,7 @@ mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use crate::store::{Opened, Store};
+pub use crate::store::{HeaderClaim, Opened, Store, header_claims, newest_header_under};
 pub use crypto::StoreKey;
 pub use format::{BLOCK_PAYLOAD, MAX_BLOB_LEN, MAX_NAME_LEN, MIN_BLOCKS};
 

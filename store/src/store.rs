@@ -431,6 +431,26 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         Ok(())
     }
 
+    /// Re-wraps the whole committed state under `key`: every blob is written again,
+    /// encrypted and authenticated under the new key, in one commit (generation + 1) into
+    /// the other header slot. For a store opened with the key of an older TCB or SVN after
+    /// an update (docs/persistence.md "The key and updates").
+    ///
+    /// The old header stays in its slot under the old key until the next commit replaces
+    /// it, and a power cut before the new header is durable leaves the old state whole, to
+    /// be opened with the old key and re-wrapped again. Staged changes are committed with
+    /// it. On any error the store is gone: it must not commit on under either key, or the
+    /// two keys would each see a different newest state.
+    pub fn rekey(mut self, key: &StoreKey) -> Result<Self, StoreError> {
+        self.keys = Keys::derive(key)?;
+        for blob in self.blobs.values_mut() {
+            blob.stored = None;
+        }
+        self.staged = true;
+        self.commit()?;
+        Ok(self)
+    }
+
     /// The pool blocks a commit of the current contents writes.
     fn blocks_needed(&self) -> u64 {
         let data: u64 = self
@@ -490,6 +510,46 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         let root = level.first().copied().ok_or(StoreError::Internal)?;
         Ok(Written { data, blocks: written_blocks, root, index_len })
     }
+}
+
+/// What one header slot claims, read without the key: nothing here is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderClaim {
+    /// The generation the header says it commits.
+    pub generation: u64,
+    /// The label of the key that wrote it ([`StoreKey::labelled`]; zeros without one).
+    pub label: [u8; 16],
+}
+
+/// What the two header slots on `device` claim, for a caller that must pick which of its
+/// keys to open the store with (after an update, the key of the older TCB or SVN the store
+/// is still under). A host can write anything here: a false claim only leads to a key that
+/// does not open the store, which the host could cause anyway by destroying the headers.
+pub fn header_claims(device: &mut impl BlockDevice) -> Result<[Option<HeaderClaim>; 2], StoreError> {
+    if device.block_count() < HEADER_SLOTS {
+        return Ok([None, None]);
+    }
+    let claim =
+        |block: &Block| format::header_claims(block).map(|(generation, label)| HeaderClaim { generation, label });
+    Ok([claim(&*read_block(device, 0)?), claim(&*read_block(device, 1)?)])
+}
+
+/// The generation of the newest header on `device` that `key` authenticates, if any: how a
+/// caller with several candidate keys (see [`header_claims`]) finds the one the newest
+/// committed state is under, whatever the unauthenticated claims say. Checks only the
+/// headers; [`Store::open`] then verifies the state.
+pub fn newest_header_under(device: &mut impl BlockDevice, key: &StoreKey) -> Result<Option<u64>, StoreError> {
+    if device.block_count() < HEADER_SLOTS {
+        return Ok(None);
+    }
+    let keys = Keys::derive(key)?;
+    let mut newest = None;
+    for slot in 0..HEADER_SLOTS {
+        if let Slot::Valid(header) = format::decode_header(&keys, slot, &*read_block(device, slot)?) {
+            newest = newest.max(Some(header.generation));
+        }
+    }
+    Ok(newest)
 }
 
 /// The error for two header slots of which neither is authentic, most telling first.

@@ -95,7 +95,7 @@ mod tests {
     use attest::testing::sample;
 
     fn state(generation: u64, root: u8) -> SealedState {
-        SealedState { generation, store_id: [0x42; 16], root: [root; 32], failed: false }
+        SealedState { generation, store_id: [0x42; 16], root: [root; 32], failed: false, rewrapped: false }
     }
 
     #[test]

@@ -115,8 +115,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         layout.secrets
     );
     clock::calibrate();
-    let key = sealing_key(&svsm, &platform);
-    let sealed = open_sealed_state(key);
+    let sealed = open_sealed_state(&svsm, &platform);
     user::boot_check();
     if vtpm::crash_check() {
         println!(
@@ -153,28 +152,31 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     exit::failure()
 }
 
-/// Ask the PSP for the sealed store's key (bound to this launch) and print a fingerprint
-/// of it: `cargo xtask test` checks that two boots of one image get the same key.
+/// The key request parameters of this launch: guest SVN 0 (the svm platform has no ID
+/// block) and the TCB version the firmware commits to.
+fn current_key_params() -> kernel::sealed::KeyParams {
+    kernel::sealed::KeyParams { guest_svn: 0, tcb_version: svm::psp::committed_tcb() }
+}
+
+/// Ask the PSP for the sealed store's key for `params` (bound to this launch), labelled
+/// with them; with the first 8 bytes of the key's SHA-256 (a fingerprint to compare).
 fn sealing_key(
     svsm: &kernel::svsm::Svsm,
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
-) -> Option<store::StoreKey> {
+    params: kernel::sealed::KeyParams,
+) -> Option<(store::StoreKey, u64)> {
     use sha2::{Digest, Sha256};
-    match svsm.sealing_key(&mut platform.platform(0), 0, svm::psp::committed_tcb()) {
+    match svsm.sealing_key(&mut platform.platform(0), params.guest_svn, params.tcb_version) {
         Ok(mut key) => {
             let digest = Sha256::digest(key);
-            let store_key = store::StoreKey::new(key);
-            key.fill(0);
             let mut fingerprint = [0u8; 8];
             fingerprint.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
-            println!(
-                "sealing: the PSP derives the sealed store's key, bound to the launch's measurement and policy (SHA-256 fingerprint {:016x})",
-                u64::from_be_bytes(fingerprint)
-            );
-            Some(store_key)
+            let store_key = store::StoreKey::labelled(key, params.label());
+            key.fill(0);
+            Some((store_key, u64::from_be_bytes(fingerprint)))
         }
         Err(e) => {
-            println!("sealing: no key from the PSP: {e:?}");
+            println!("sealing: no key from the PSP for {params:?}: {e:?}");
             None
         }
     }
@@ -190,9 +192,18 @@ enum Sealed {
     Refused,
 }
 
-/// Find the state disk and open the sealed store on it with `key` (formatting a blank
-/// disk), printing what a relying party would want to know of it.
-fn open_sealed_state(key: Option<store::StoreKey>) -> Sealed {
+/// Find the state disk and open the sealed store on it with the key of this launch
+/// (formatting a blank disk, re-wrapping a store an older TCB's key sealed), printing
+/// what a relying party would want to know of it. The key's fingerprint is printed too:
+/// `cargo xtask test` checks that two boots of one image get the same key.
+fn open_sealed_state(svsm: &kernel::svsm::Svsm, platform: &::svm::shared::SvmShared<svm::hw::BareSvm>) -> Sealed {
+    let current = current_key_params();
+    let key = sealing_key(svsm, platform, current).map(|(key, fingerprint)| {
+        println!(
+            "sealing: the PSP derives the sealed store's key, bound to the launch's measurement and policy (SHA-256 fingerprint {fingerprint:016x})"
+        );
+        key
+    });
     let started = clock::monotonic_ns();
     let disk = match svm::disk::find() {
         Ok(disk) => disk,
@@ -217,14 +228,22 @@ fn open_sealed_state(key: Option<store::StoreKey>) -> Sealed {
         }
         Ok(())
     };
-    match store::Store::open_or_format(disk, &key, entropy) {
-        Ok((store, how)) => {
+    let older_key = |params| sealing_key(svsm, platform, params).map(|(key, _)| key);
+    match kernel::sealed::open_sealed(disk, current, &key, older_key, entropy) {
+        Ok(opened) => {
+            let store = opened.store;
             let state = store.state();
             let ms = (clock::monotonic_ns() - started) / 1_000_000;
-            let how = match how {
-                store::Opened::Existing => "opened and verified",
-                store::Opened::Formatted => "formatted (the disk was blank)",
+            let how = match (opened.how, opened.rewrapped_from) {
+                (_, Some(_)) => "opened, verified and re-wrapped under this launch's key",
+                (store::Opened::Existing, None) => "opened and verified",
+                (store::Opened::Formatted, None) => "formatted (the disk was blank)",
             };
+            if let Some(from) = opened.rewrapped_from {
+                println!(
+                    "sealed: the state was under the key of an older TCB or SVN ({from:?}, now {current:?}): re-wrapped"
+                );
+            }
             let mut root = [0u8; 8];
             root.copy_from_slice(state.root.get(..8).unwrap_or(&[0; 8]));
             println!(
@@ -233,7 +252,7 @@ fn open_sealed_state(key: Option<store::StoreKey>) -> Sealed {
                 store.len(),
                 u64::from_be_bytes(root)
             );
-            Sealed::Open(kernel::sealed::Sealed::new(alloc::boxed::Box::new(store)))
+            Sealed::Open(kernel::sealed::Sealed::opened(alloc::boxed::Box::new(store), opened.rewrapped_from.is_some()))
         }
         Err(e) => {
             println!("sealed: the state disk's store is refused: {e:?}");

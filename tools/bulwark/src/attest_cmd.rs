@@ -289,7 +289,7 @@ mod tests {
     const STORE: [u8; 16] = [0x5e; 16];
 
     fn sealed(generation: u64, root: u8) -> attest::manifest::SealedState {
-        attest::manifest::SealedState { generation, store_id: STORE, root: [root; 32], failed: false }
+        attest::manifest::SealedState { generation, store_id: STORE, root: [root; 32], failed: false, rewrapped: false }
     }
 
     /// `verify` on evidence whose manifest carries `state`, with `--state-ledger` and `extra`.
