@@ -364,7 +364,9 @@ fn amd_root(ark: &Certificate) -> Option<&'static str> {
 /// before (its certificates are not looked at again).
 pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict {
     let mut checks = Checks(chain.checks.clone());
-    let report = check_report(&mut checks, chain.vcek.as_ref(), evidence);
+    let expected = expected_report_data(&evidence.nonce, &evidence.manifest);
+    let what = format!("SHA-512(nonce || manifest) over {} + {} bytes", evidence.nonce.len(), evidence.manifest.len());
+    let report = check_report(&mut checks, chain.vcek.as_ref(), &evidence.report, &expected, &what);
     let parsed = match evidence.service {
         // Single-service evidence: REPORT_DATA covers the service's raw data.
         Some(guid) => Ok(vec![manifest::Service { guid, data: evidence.manifest.clone() }]),
@@ -461,9 +463,15 @@ const REPORT_CHECKS: [&str; 11] = [
     "report_data",
 ];
 
-fn check_report(checks: &mut Checks, vcek: Option<&Certificate>, e: &Evidence) -> Option<ReportSummary> {
-    let Ok(r) = <&[u8; REPORT_SIZE]>::try_from(e.report.as_slice()) else {
-        checks.record("report.size", Err(format!("{} bytes, expected {REPORT_SIZE}", e.report.len())));
+fn check_report(
+    checks: &mut Checks,
+    vcek: Option<&Certificate>,
+    report: &[u8],
+    expected: &[u8; 64],
+    what: &str,
+) -> Option<ReportSummary> {
+    let Ok(r) = <&[u8; REPORT_SIZE]>::try_from(report) else {
+        checks.record("report.size", Err(format!("{} bytes, expected {REPORT_SIZE}", report.len())));
         for name in REPORT_CHECKS {
             checks.not_run(name, "the report has the wrong size");
         }
@@ -531,16 +539,49 @@ fn check_report(checks: &mut Checks, vcek: Option<&Certificate>, e: &Evidence) -
             }
         }
     }
-    let expected = expected_report_data(&e.nonce, &e.manifest);
     checks.record(
         "report_data",
-        if r[off::REPORT_DATA..off::REPORT_DATA + 64] == expected {
-            Ok(format!("SHA-512(nonce || manifest) over {} + {} bytes", e.nonce.len(), e.manifest.len()))
+        if r[off::REPORT_DATA..off::REPORT_DATA + 64] == expected[..] {
+            Ok(what.to_string())
         } else {
-            Err(format!("REPORT_DATA is not SHA-512(nonce || manifest), which is {}", hex(&expected)))
+            Err(format!("REPORT_DATA is not {what}, which is {}", hex(expected)))
         },
     );
     Some(summary)
+}
+
+/// A report whose REPORT_DATA the verifier fixes itself, with what it says of the launch:
+/// the evidence of a live migration peer, which binds its session there rather than a
+/// nonce and a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundReport {
+    pub measurement: [u8; 48],
+    pub policy: u64,
+    pub summary: ReportSummary,
+}
+
+/// Check `report` and its `certificates` as [`examine`] does (chain, signature, version,
+/// VMPL 0, VCEK, reserved bytes, chip id, TCB), with REPORT_DATA required to be
+/// `expected_report_data`. The failed checks if any failed.
+pub fn check_bound_report(
+    certificates: &Certificates,
+    report: &[u8],
+    expected_report_data: &[u8; 64],
+) -> Result<BoundReport, Vec<Check>> {
+    let chain = check_chain(certificates);
+    let mut checks = Checks(chain.checks.clone());
+    let summary = check_report(&mut checks, chain.vcek.as_ref(), report, expected_report_data, "the session's");
+    let failed: Vec<Check> = checks.0.into_iter().filter(|c| !c.passed).collect();
+    match (summary, <&[u8; REPORT_SIZE]>::try_from(report)) {
+        (Some(summary), Ok(r)) if failed.is_empty() => {
+            let mut measurement = [0u8; 48];
+            measurement.copy_from_slice(&r[off::MEASUREMENT..off::MEASUREMENT + 48]);
+            let mut policy = [0u8; 8];
+            policy.copy_from_slice(&r[off::POLICY..off::POLICY + 8]);
+            Ok(BoundReport { measurement, policy: u64::from_le_bytes(policy), summary })
+        }
+        _ => Err(failed),
+    }
 }
 
 /// Reserved bytes of each layout, outside the signature (SNP ABI ATTESTATION_REPORT).

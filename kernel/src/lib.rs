@@ -32,6 +32,7 @@ pub mod error;
 pub mod guest_memory;
 pub mod heap;
 pub mod log_ring;
+pub mod migration;
 pub mod pages;
 pub mod platform;
 pub mod pool;

@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
-use vtpm::{NvBlobs, TpmEngine, service};
+use vtpm::{NvBlobs, TpmEngine, TpmState, service};
 
 const PAGE: u64 = 4096;
 
@@ -338,6 +338,35 @@ pub fn channel_tpm<E: TpmEngine + 'static>(
     open: impl FnOnce(NvBlobs) -> Result<E, u32> + Send + 'static,
     nv: &NvBlobs,
 ) -> Result<ChannelTpm, StartError> {
+    let (channel, run) = vtpm_process(move |begin| match begin {
+        Begin::Start(nv) => open(nv),
+        Begin::Resume(_) => Err(u32::MAX),
+    });
+    ServiceTpm::start(channel, run, nv)
+}
+
+/// [`channel_tpm`] on a migration destination: the service resumes `state` with `resume`.
+pub fn channel_tpm_resumed<E: TpmEngine + 'static>(
+    resume: impl FnOnce(TpmState) -> Result<E, u32> + Send + 'static,
+    state: &TpmState,
+) -> Result<ChannelTpm, StartError> {
+    let (channel, run) = vtpm_process(move |begin| match begin {
+        Begin::Resume(state) => resume(state),
+        Begin::Start(_) => Err(u32::MAX),
+    });
+    ServiceTpm::resume(channel, run, state)
+}
+
+/// How the service's first message asks it to begin.
+enum Begin {
+    Start(NvBlobs),
+    Resume(TpmState),
+}
+
+/// The vTPM service as a hosted process, and how the kernel runs it.
+fn vtpm_process<E: TpmEngine + 'static>(
+    open: impl FnOnce(Begin) -> Result<E, u32> + Send + 'static,
+) -> (Arc<Channel>, Box<dyn FnMut() -> bool + Send>) {
     let channel = Arc::new(Channel::default());
     let mut service =
         HostedProcess::start(1, 160, vec![Object::Channel(channel.clone())], move |user| vtpm_service(user, open));
@@ -345,7 +374,7 @@ pub fn channel_tpm<E: TpmEngine + 'static>(
     // SVSM heap's.
     let run: Box<dyn FnMut() -> bool + Send> =
         Box::new(move || crate::heap::as_host(|| service.run()) == RunState::Blocked);
-    ServiceTpm::start(channel, run, nv)
+    (channel, run)
 }
 
 /// A TPM command the service treats as "fault now" (tests of crash isolation): the
@@ -355,7 +384,7 @@ pub const FAULT_COMMAND_CODE: u32 = 0x2000_0bad;
 /// The vTPM service program, as services/vtpm runs it: the first message starts the
 /// engine from the kept NV state; then receive a command into its own buffer, run it,
 /// and reply with the response and the NV blobs it changed.
-fn vtpm_service<E: TpmEngine>(user: UserCalls, open: impl FnOnce(NvBlobs) -> Result<E, u32>) {
+fn vtpm_service<E: TpmEngine>(user: UserCalls, open: impl FnOnce(Begin) -> Result<E, u32>) {
     const CHANNEL: u64 = 0;
     const SIZE: u64 = vtpm::service::MAX_MESSAGE as u64;
     let request = user.mmap(SIZE).unwrap_or_else(|e| fault(&format!("no buffer: {e:?}")));
@@ -371,8 +400,12 @@ fn vtpm_service<E: TpmEngine>(user: UserCalls, open: impl FnOnce(NvBlobs) -> Res
             fault(&format!("reply: {e:?}"));
         }
     };
-    let Some(service::Request::Start(nv)) = service::parse_request(&receive()) else { fault("no start message") };
-    let mut engine = match open(nv) {
+    let begin = match service::parse_request(&receive()) {
+        Some(service::Request::Start(nv)) => Begin::Start(nv),
+        Some(service::Request::Resume(state)) => Begin::Resume(state),
+        _ => fault("no start message"),
+    };
+    let mut engine = match open(begin) {
         Ok(engine) => engine,
         Err(code) => {
             reply(service::failed(code));
@@ -384,7 +417,15 @@ fn vtpm_service<E: TpmEngine>(user: UserCalls, open: impl FnOnce(NvBlobs) -> Res
     let mut response = vec![0u8; 8192];
     loop {
         let message = receive();
-        let Some(service::Request::Command(command)) = service::parse_request(&message) else { fault("not a command") };
+        let command = match service::parse_request(&message) {
+            Some(service::Request::Command(command)) => command,
+            Some(service::Request::Save) => {
+                let saved = engine.save_state().ok().and_then(|state| service::saved(&state));
+                reply(saved.or_else(|| service::failed(9)));
+                continue;
+            }
+            _ => fault("not a command"),
+        };
         if command.get(6..10) == Some(&FAULT_COMMAND_CODE.to_be_bytes()) {
             // A wild write, as a memory bug in the engine would make one.
             user.store(0x10, &[0xff]);

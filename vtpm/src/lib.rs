@@ -26,7 +26,7 @@ pub mod wire;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-pub use nv::{NvBlobs, NvChange, NvError, NvStorage};
+pub use nv::{NvBlobs, NvChange, NvError, NvStorage, TpmState};
 use wire::{Command, Reader, ResponseHeader};
 
 /// A TPM 2.0 engine: one command in, one response out. The engine answers a malformed
@@ -45,6 +45,12 @@ pub trait TpmEngine: Send {
     /// none.
     fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, NvError> {
         Ok(Vec::new())
+    }
+
+    /// The running TPM's whole state, for a migration (see [`TpmState`]). An engine that
+    /// cannot give it refuses.
+    fn save_state(&mut self) -> Result<TpmState, NvError> {
+        Err(NvError::Engine)
     }
 }
 
@@ -111,6 +117,42 @@ impl Vtpm {
         flush.u32(handle);
         run(engine.as_mut(), "TPM2_FlushContext(EK)", &flush.finish())?;
         Ok((engine, ek_public))
+    }
+
+    /// The whole state of the running TPM, for a migration's last round: the guest is
+    /// stopped, so nothing changes after it. A stopped vTPM has no state to give.
+    pub fn save(&mut self) -> Result<TpmState, NvError> {
+        if self.stopped {
+            return Err(NvError::Engine);
+        }
+        self.engine.save_state()
+    }
+
+    /// A vTPM that continues on a migration destination: `engine` was resumed from the
+    /// source's [`TpmState`], whose NV blobs are `nv`, and it runs already (no Startup, no
+    /// EK derivation: the source vouched for `ek_public` over the attested channel). With
+    /// storage, the whole NV state is kept there before the first command, as a first
+    /// start's would be (`NvStorage::started`).
+    pub fn resume(
+        mut engine: Box<dyn TpmEngine>,
+        ek_public: Vec<u8>,
+        nv: &NvBlobs,
+        storage: Option<Box<dyn NvStorage>>,
+    ) -> Result<Self, ManufactureError> {
+        let unkept = ManufactureError { step: "persisting the migrated NV state", code: TPM_RC_NV_UNAVAILABLE };
+        let mut storage = storage;
+        // What resuming wrote, then every blob as the source had it.
+        let mut changes = engine.take_nv_changes().map_err(|_| unkept)?;
+        for (name, data) in nv {
+            if !changes.iter().any(|c| &c.name == name) {
+                changes.try_reserve(1).map_err(|_| unkept)?;
+                changes.push(NvChange { name: name.clone(), data: Some(data.clone()) });
+            }
+        }
+        if let Some(storage) = storage.as_mut() {
+            storage.started(&ek_public, &changes).map_err(|_| unkept)?;
+        }
+        Ok(Self { engine, ek_public, storage, stopped: false })
     }
 
     /// A vTPM whose EK is already known (an engine shared by several model machines).

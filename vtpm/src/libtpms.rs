@@ -8,7 +8,7 @@
 #![expect(unsafe_code, reason = "the FFI to libtpms, a C library")]
 
 use crate::TpmEngine;
-use crate::nv::{NvBlobs, NvChange, NvError};
+use crate::nv::{MAX_VOLATILE_LEN, NvBlobs, NvChange, NvError, TpmState};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::ffi::{CStr, c_char, c_int};
@@ -20,6 +20,8 @@ const TPM_SUCCESS: TpmResult = 0;
 const TPM_RETRY: TpmResult = 0x800;
 const TPM_FAIL: TpmResult = 9;
 const TPMLIB_TPM_VERSION_2: c_int = 1;
+/// `TPMLIB_STATE_VOLATILE` of `enum TPMLIB_StateType` (libtpms/tpm_library.h).
+const TPMLIB_STATE_VOLATILE: c_int = 1 << 1;
 
 #[repr(C)]
 struct Callbacks {
@@ -46,6 +48,8 @@ unsafe extern "C" {
         command: *mut u8,
         command_size: u32,
     ) -> TpmResult;
+    fn TPMLIB_GetState(state: c_int, buffer: *mut *mut u8, length: *mut u32) -> TpmResult;
+    fn TPMLIB_SetState(state: c_int, buffer: *const u8, length: u32) -> TpmResult;
     fn TPM_Malloc(buffer: *mut *mut u8, size: u32) -> TpmResult;
     fn TPM_Free(buffer: *mut u8);
 }
@@ -99,6 +103,39 @@ impl LibTpms {
     /// manufacture a new TPM). The blobs libtpms writes while starting are reported by the
     /// first [`TpmEngine::take_nv_changes`].
     pub fn open_with_nv(buffer_size: u32, nv: NvBlobs) -> Result<Self, OpenError> {
+        Self::start(buffer_size, nv, None)
+    }
+
+    /// Resume a running TPM elsewhere (a migration destination): the NV state `nv` and the
+    /// volatile state `volatile` one [`Self::volatile_state`] took. The TPM continues where
+    /// it was (PCRs, loaded objects, sessions, the clock): no TPM2_Startup.
+    pub fn resume(buffer_size: u32, nv: NvBlobs, volatile: &[u8]) -> Result<Self, OpenError> {
+        Self::start(buffer_size, nv, Some(volatile))
+    }
+
+    /// The running TPM's volatile state (libtpms' TPMLIB_GetState, the form swtpm migrates):
+    /// with the NV blobs, what [`Self::resume`] continues from.
+    pub fn volatile_state(&mut self) -> Result<Vec<u8>, OpenError> {
+        let (mut buffer, mut length) = (core::ptr::null_mut(), 0u32);
+        // SAFETY: the one open handle drives libtpms (`OPEN`); `buffer` and `length` are
+        // writable, and libtpms allocates the buffer with its own allocator.
+        let rc = unsafe { TPMLIB_GetState(TPMLIB_STATE_VOLATILE, &raw mut buffer, &raw mut length) };
+        if rc != TPM_SUCCESS || buffer.is_null() {
+            return Err(OpenError::Library { step: "TPMLIB_GetState", code: rc });
+        }
+        // SAFETY: libtpms wrote `length` bytes into the buffer it allocated.
+        let state = copy(unsafe { core::slice::from_raw_parts(buffer, length as usize) });
+        // SAFETY: the buffer came from libtpms' allocator and is not used after this.
+        unsafe { TPM_Free(buffer) };
+        state.ok_or(OpenError::Library { step: "copying the volatile state", code: TPM_FAIL })
+    }
+
+    fn start(buffer_size: u32, nv: NvBlobs, volatile: Option<&[u8]>) -> Result<Self, OpenError> {
+        let volatile_length = match volatile.map(|v| u32::try_from(v.len())) {
+            Some(Err(_)) => return Err(OpenError::Library { step: "TPMLIB_SetState", code: TPM_FAIL }),
+            Some(Ok(length)) => length,
+            None => 0,
+        };
         if OPEN.swap(true, Ordering::AcqRel) {
             return Err(OpenError::AlreadyOpen);
         }
@@ -128,6 +165,12 @@ impl LibTpms {
         // SAFETY: as above; `min` and `max` are writable. Before MainInit, which sizes the
         // TPM's buffers from it.
         let actual = unsafe { TPMLIB_SetBufferSize(buffer_size, &raw mut min, &raw mut max) };
+        if let Some(volatile) = volatile {
+            // SAFETY: as above; `volatile` holds `volatile_length` bytes, which libtpms
+            // copies for the MainInit below.
+            let rc = unsafe { TPMLIB_SetState(TPMLIB_STATE_VOLATILE, volatile.as_ptr(), volatile_length) };
+            check("TPMLIB_SetState", rc)?;
+        }
         // SAFETY: as above.
         check("TPMLIB_MainInit", unsafe { TPMLIB_MainInit() })?;
         Ok(Self { response: core::ptr::null_mut(), response_capacity: 0, buffer_size: actual, command: Vec::new() })
@@ -190,6 +233,19 @@ impl TpmEngine for LibTpms {
         }
         nv.changed.clear();
         Ok(changes)
+    }
+
+    fn save_state(&mut self) -> Result<TpmState, NvError> {
+        let volatile = self.volatile_state().map_err(|_| NvError::Engine)?;
+        if volatile.len() > MAX_VOLATILE_LEN {
+            return Err(NvError::Engine);
+        }
+        let nv = NV.lock();
+        let mut blobs = NvBlobs::new();
+        for (name, data) in &nv.blobs {
+            blobs.insert(copy(name).ok_or(NvError::Engine)?, copy(data).ok_or(NvError::Engine)?);
+        }
+        Ok(TpmState { nv: blobs, volatile })
     }
 }
 

@@ -56,6 +56,18 @@ pub trait NvStorage: Send {
     }
 }
 
+/// A running TPM's whole state, as a migration carries it: every NV blob, and the volatile
+/// state (PCRs, loaded objects, sessions, the clock) in the engine's own serialization
+/// (libtpms' `TPMLIB_GetState`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TpmState {
+    pub nv: NvBlobs,
+    pub volatile: Vec<u8>,
+}
+
+/// The largest volatile state an engine may report (libtpms' is some tens of KiB).
+pub const MAX_VOLATILE_LEN: usize = 128 * 1024;
+
 /// Is `name` a blob name an engine may report?
 pub fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME_LEN

@@ -11,16 +11,20 @@
 //! Layout, all integers big-endian like the TPM's own:
 //!
 //! ```text
-//! request  START   : 01 | u32 count | count * (u16 name_len | name | u32 len | bytes)
+//! request  START   : 01 | blobs
 //!          COMMAND : 02 | the TPM command
-//! answer   STARTED : 01 | changes
+//!          RESUME  : 03 | u32 len | volatile state | blobs   (a migration destination)
+//!          SAVE    : 04                                      (a migration source)
+//! answer   STARTED : 01 | changes                            (to START and RESUME)
 //!          RESPONSE: 02 | u32 len | the TPM response | changes
-//!          FAILED  : 03 | u32 libtpms' TPM_RESULT (the engine did not start)
+//!          FAILED  : 03 | u32 libtpms' TPM_RESULT (the engine did not start or save)
+//!          SAVED   : 04 | u32 len | volatile state | blobs   (to SAVE; the engine runs on)
+//! blobs            : u32 count | count * (u16 name_len | name | u32 len | bytes)
 //! changes          : u32 count | count * (u16 name_len | name | 00 (deleted)
 //!                                                              | 01 u32 len | bytes)
 //! ```
 
-use crate::nv::{MAX_BLOB_LEN, NvBlobs, NvChange, valid_name};
+use crate::nv::{MAX_BLOB_LEN, MAX_VOLATILE_LEN, NvBlobs, NvChange, TpmState, valid_name};
 use crate::wire::Reader;
 use alloc::vec::Vec;
 
@@ -29,9 +33,12 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 
 const START: u8 = 1;
 const COMMAND: u8 = 2;
+const RESUME: u8 = 3;
+const SAVE: u8 = 4;
 const STARTED: u8 = 1;
 const RESPONSE: u8 = 2;
 const FAILED: u8 = 3;
+const SAVED: u8 = 4;
 
 /// What the SVSM asks of the service.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +47,10 @@ pub enum Request<'a> {
     Start(NvBlobs),
     /// Run one TPM command.
     Command(&'a [u8]),
+    /// Continue a TPM a migration source saved.
+    Resume(TpmState),
+    /// Give the whole state of the running TPM.
+    Save,
 }
 
 /// What the service answers.
@@ -51,6 +62,8 @@ pub enum Answer<'a> {
     Response(&'a [u8], Vec<NvChange>),
     /// The engine did not start (libtpms' code).
     Failed(u32),
+    /// The running TPM's whole state.
+    Saved(TpmState),
 }
 
 /// A message being built, refusing to grow past [`MAX_MESSAGE`] or past what the heap
@@ -94,16 +107,49 @@ impl Message {
     }
 }
 
+impl Message {
+    fn blobs(&mut self, nv: &NvBlobs) -> Option<&mut Self> {
+        self.u32(nv.len())?;
+        for (name, data) in nv {
+            if data.len() > MAX_BLOB_LEN {
+                return None;
+            }
+            self.name(name)?.u32(data.len())?.bytes(data)?;
+        }
+        Some(self)
+    }
+
+    fn state(&mut self, state: &TpmState) -> Option<&mut Self> {
+        if state.volatile.len() > MAX_VOLATILE_LEN {
+            return None;
+        }
+        self.u32(state.volatile.len())?.bytes(&state.volatile)?.blobs(&state.nv)
+    }
+}
+
 /// START with `nv`; `None` if it does not fit a message.
 pub fn start(nv: &NvBlobs) -> Option<Vec<u8>> {
     let mut m = Message::new(START)?;
-    m.u32(nv.len())?;
-    for (name, data) in nv {
-        if data.len() > MAX_BLOB_LEN {
-            return None;
-        }
-        m.name(name)?.u32(data.len())?.bytes(data)?;
-    }
+    m.blobs(nv)?;
+    Some(m.0)
+}
+
+/// RESUME with a saved state; `None` if it does not fit a message.
+pub fn resume(state: &TpmState) -> Option<Vec<u8>> {
+    let mut m = Message::new(RESUME)?;
+    m.state(state)?;
+    Some(m.0)
+}
+
+/// SAVE.
+pub fn save() -> Option<Vec<u8>> {
+    Message::new(SAVE).map(|m| m.0)
+}
+
+/// SAVED with the running TPM's state; `None` if it does not fit a message.
+pub fn saved(state: &TpmState) -> Option<Vec<u8>> {
+    let mut m = Message::new(SAVED)?;
+    m.state(state)?;
     Some(m.0)
 }
 
@@ -169,26 +215,38 @@ fn changes(r: &mut Reader<'_>) -> Option<Vec<NvChange>> {
     Some(out)
 }
 
+/// A blob list: no duplicate or invalid name, no blob too large.
+fn blobs(r: &mut Reader<'_>) -> Option<NvBlobs> {
+    let count = r.u32()?;
+    let mut nv = NvBlobs::new();
+    for _ in 0..count {
+        let name = copy(name(r)?)?;
+        let data = copy(blob(r)?)?;
+        if nv.insert(name, data).is_some() {
+            return None;
+        }
+    }
+    Some(nv)
+}
+
+fn state(r: &mut Reader<'_>) -> Option<TpmState> {
+    let len = usize::try_from(r.u32()?).ok().filter(|l| *l <= MAX_VOLATILE_LEN)?;
+    let volatile = copy(r.take(len)?)?;
+    Some(TpmState { nv: blobs(r)?, volatile })
+}
+
 /// Parse a request (the service's side); `None` if it is malformed.
 pub fn parse_request(message: &[u8]) -> Option<Request<'_>> {
     let (&tag, rest) = message.split_first()?;
-    match tag {
-        START => {
-            let mut r = Reader::new(rest);
-            let count = r.u32()?;
-            let mut nv = NvBlobs::new();
-            for _ in 0..count {
-                let name = copy(name(&mut r)?)?;
-                let data = copy(blob(&mut r)?)?;
-                if nv.insert(name, data).is_some() {
-                    return None;
-                }
-            }
-            r.is_empty().then_some(Request::Start(nv))
-        }
-        COMMAND => Some(Request::Command(rest)),
-        _ => None,
-    }
+    let mut r = Reader::new(rest);
+    let request = match tag {
+        START => Request::Start(blobs(&mut r)?),
+        COMMAND => return Some(Request::Command(rest)),
+        RESUME => Request::Resume(state(&mut r)?),
+        SAVE => Request::Save,
+        _ => return None,
+    };
+    r.is_empty().then_some(request)
 }
 
 /// Parse an answer (the SVSM's side); `None` if it is malformed: a duplicate or invalid
@@ -204,13 +262,15 @@ pub fn parse_answer(message: &[u8]) -> Option<Answer<'_>> {
             Answer::Response(response, changes(&mut r)?)
         }
         FAILED => Answer::Failed(r.u32()?),
+        SAVED => Answer::Saved(state(&mut r)?),
         _ => return None,
     };
     let unique = match &answer {
         Answer::Started(c) | Answer::Response(_, c) => {
             c.iter().enumerate().all(|(i, a)| c.iter().skip(i + 1).all(|b| b.name != a.name))
         }
-        Answer::Failed(_) => true,
+        // A blob list refuses duplicates as it parses.
+        Answer::Failed(_) | Answer::Saved(_) => true,
     };
     (unique && r.is_empty()).then_some(answer)
 }
@@ -287,5 +347,47 @@ mod tests {
         // one instead of reserving room for all of them.
         assert_eq!(parse_answer(&[STARTED, 0xFF, 0xFF, 0xFF, 0xFF]), None);
         assert_eq!(parse_request(&[START, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+    }
+
+    fn saved_state() -> TpmState {
+        let mut nv = NvBlobs::new();
+        nv.insert(b"permall".to_vec(), vec![7; 2500]);
+        TpmState { nv, volatile: vec![0x5a; 9000] }
+    }
+
+    #[test]
+    fn the_migration_messages_parse_back_to_what_was_sent() {
+        let state = saved_state();
+        assert_eq!(parse_request(&resume(&state).unwrap()), Some(Request::Resume(state.clone())));
+        assert_eq!(parse_request(&save().unwrap()), Some(Request::Save));
+        assert_eq!(parse_answer(&saved(&state).unwrap()), Some(Answer::Saved(state)));
+        let empty = TpmState::default();
+        assert_eq!(parse_answer(&saved(&empty).unwrap()), Some(Answer::Saved(empty)));
+    }
+
+    #[test]
+    fn a_malformed_saved_state_is_refused() {
+        let good = saved(&saved_state()).unwrap();
+        for cut in 0..good.len() {
+            assert_eq!(parse_answer(&good[..cut]), None, "cut at {cut}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(parse_answer(&long), None, "trailing bytes");
+        assert_eq!(parse_request(&[SAVE, 0]), None, "SAVE carries nothing");
+        // A volatile state past the limit is neither built nor accepted.
+        let big = TpmState { volatile: vec![0; MAX_VOLATILE_LEN + 1], ..TpmState::default() };
+        assert_eq!(saved(&big), None);
+        let mut claimed = vec![SAVED];
+        claimed.extend_from_slice(&((MAX_VOLATILE_LEN + 1) as u32).to_be_bytes());
+        claimed.extend(vec![0; MAX_VOLATILE_LEN + 1]);
+        claimed.extend_from_slice(&0u32.to_be_bytes());
+        assert_eq!(parse_answer(&claimed), None);
+        // One blob name twice.
+        let mut twice = vec![SAVED, 0, 0, 0, 0, 0, 0, 0, 2];
+        for _ in 0..2 {
+            twice.extend_from_slice(&[0, 1, b'a', 0, 0, 0, 1, 9]);
+        }
+        assert_eq!(parse_answer(&twice), None);
     }
 }

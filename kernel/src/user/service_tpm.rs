@@ -12,7 +12,7 @@ use super::channel::Channel;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use vtpm::TpmEngine;
-use vtpm::nv::{NvBlobs, NvChange, NvError};
+use vtpm::nv::{NvBlobs, NvChange, NvError, TpmState};
 use vtpm::service::{self, Answer};
 
 /// Why the service did not start.
@@ -46,8 +46,16 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
     /// Start the engine in the process behind `channel` from the NV state `nv` (empty: a
     /// new TPM). The process has been loaded and waits for its first message.
     pub fn start(channel: Arc<Channel>, run: R, nv: &NvBlobs) -> Result<Self, StartError> {
+        Self::begin(channel, run, service::start(nv).ok_or(StartError::StateTooLarge)?)
+    }
+
+    /// Continue, in the process behind `channel`, the TPM a migration source saved.
+    pub fn resume(channel: Arc<Channel>, run: R, state: &TpmState) -> Result<Self, StartError> {
+        Self::begin(channel, run, service::resume(state).ok_or(StartError::StateTooLarge)?)
+    }
+
+    fn begin(channel: Arc<Channel>, run: R, message: Vec<u8>) -> Result<Self, StartError> {
         let mut engine = Self { channel, run, pending: Vec::new(), alive: true };
-        let message = service::start(nv).ok_or(StartError::StateTooLarge)?;
         let answer = engine.exchange(message).ok_or(StartError::Service)?;
         match service::parse_answer(&answer) {
             Some(Answer::Started(changes)) => {
@@ -113,5 +121,22 @@ impl<R: FnMut() -> bool + Send> TpmEngine for ServiceTpm<R> {
             return Err(NvError::Engine);
         }
         Ok(core::mem::take(&mut self.pending))
+    }
+
+    /// The state the service saves: its answer is hostile input like any other, and one
+    /// that does not parse ends the engine (the migration then fails, and the source's
+    /// vTPM is gone with it: the SVSM cannot vouch for a state it cannot read).
+    fn save_state(&mut self) -> Result<TpmState, NvError> {
+        let message = service::save().ok_or(NvError::Engine)?;
+        let answer = self.exchange(message).ok_or(NvError::Engine)?;
+        match service::parse_answer(&answer) {
+            Some(Answer::Saved(state)) => Ok(state),
+            // The engine could not save, and runs on.
+            Some(Answer::Failed(_)) => Err(NvError::Engine),
+            _ => {
+                self.die();
+                Err(NvError::Engine)
+            }
+        }
     }
 }

@@ -14,6 +14,8 @@ const HEAP_BYTES: usize = 2048 * 1024;
 const REQUEST: usize = vtpm::service::MAX_MESSAGE;
 /// The TPM's response buffer (a response fits one page; room to spare).
 const RESPONSE: usize = 8192;
+/// The code a SAVE that could not be answered gets (libtpms' TPM_FAIL).
+const SAVE_FAILED: u32 = 9;
 /// Exit codes.
 const EXIT_NO_MEMORY: u64 = 1;
 const EXIT_NO_TPM: u64 = 2;
@@ -53,12 +55,26 @@ extern "C" fn _start() -> ! {
             core::slice::from_raw_parts_mut(response as *mut u8, RESPONSE),
         )
     };
-    // The first message starts the engine from the NV state the SVSM kept.
+    // The first message starts the engine from the NV state the SVSM kept, or resumes the
+    // TPM a migration source saved.
     let Ok(len) = user_rt::channel_receive(CHANNEL, request) else { exit(EXIT_CHANNEL) };
-    let Some(Request::Start(nv)) = request.get(..len).and_then(service::parse_request) else { exit(EXIT_CHANNEL) };
-    let new = nv.is_empty();
     let max_command = u32::try_from(abi::vtpm::MAX_COMMAND_SIZE).unwrap_or(u32::MAX);
-    let mut tpm = match LibTpms::open_with_nv(max_command, nv) {
+    let (opened, started): (_, &[u8]) = match request.get(..len).and_then(service::parse_request) {
+        Some(Request::Start(nv)) if nv.is_empty() => (
+            LibTpms::open_with_nv(max_command, nv),
+            b"vtpm service: libtpms manufactured a new TPM at CPL 3; waiting for commands",
+        ),
+        Some(Request::Start(nv)) => (
+            LibTpms::open_with_nv(max_command, nv),
+            b"vtpm service: libtpms started at CPL 3 from its kept NV state; waiting for commands",
+        ),
+        Some(Request::Resume(state)) => (
+            LibTpms::resume(max_command, state.nv, &state.volatile),
+            b"vtpm service: libtpms resumed a migrated TPM at CPL 3; waiting for commands",
+        ),
+        _ => exit(EXIT_CHANNEL),
+    };
+    let mut tpm = match opened {
         Ok(tpm) => tpm,
         Err(e) => {
             log(b"vtpm service: libtpms did not start");
@@ -70,17 +86,20 @@ extern "C" fn _start() -> ! {
             exit(EXIT_NO_TPM)
         }
     };
-    let started: &[u8] = if new {
-        b"vtpm service: libtpms manufactured a new TPM at CPL 3; waiting for commands"
-    } else {
-        b"vtpm service: libtpms started at CPL 3 from its kept NV state; waiting for commands"
-    };
     log(started);
     reply(service::started(&changes(&mut tpm)));
     loop {
         let Ok(len) = user_rt::channel_receive(CHANNEL, request) else { exit(EXIT_CHANNEL) };
-        let Some(Request::Command(command)) = request.get(..len).and_then(service::parse_request) else {
-            exit(EXIT_CHANNEL)
+        let command = match request.get(..len).and_then(service::parse_request) {
+            Some(Request::Command(command)) => command,
+            Some(Request::Save) => {
+                // A migration's last round: the whole state; the engine runs on (the
+                // source keeps serving if the migration fails).
+                let saved = tpm.save_state().ok().and_then(|state| service::saved(&state));
+                reply(saved.or_else(|| service::failed(SAVE_FAILED)));
+                continue;
+            }
+            _ => exit(EXIT_CHANNEL),
         };
         if command.get(6..10) == Some(&FAULT_COMMAND_CODE.to_be_bytes()) {
             // SAFETY: not sound on purpose (see FAULT_COMMAND_CODE): the SVSM must end

@@ -1,0 +1,313 @@
+//! The vTPM's state as live migration carries it (issue 16): a running libtpms TPM's NV
+//! blobs and volatile state, taken on the source and resumed on the destination.
+
+use std::sync::{Mutex, MutexGuard};
+
+use vtpm::commands::{read_public, read_public_result};
+use vtpm::libtpms::LibTpms;
+use vtpm::wire::{self, ResponseHeader, TPM_RC_SUCCESS};
+use vtpm::{NvBlobs, TpmEngine};
+
+/// libtpms is one global TPM: one test at a time.
+fn turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run(tpm: &mut dyn TpmEngine, command: &[u8]) -> Vec<u8> {
+    let mut response = vec![0u8; abi::vtpm::MAX_RESPONSE_SIZE];
+    let n = tpm.execute(command, &mut response);
+    response.truncate(n);
+    response
+}
+
+fn code(response: &[u8]) -> u32 {
+    ResponseHeader::parse(response).expect("a response header").code
+}
+
+fn startup(tpm: &mut dyn TpmEngine) -> u32 {
+    let mut c = wire::Command::new(wire::TPM_ST_NO_SESSIONS, wire::TPM_CC_STARTUP);
+    c.u16(wire::TPM_SU_CLEAR);
+    code(&run(tpm, &c.finish()))
+}
+
+/// Everything the engine keeps in NV now.
+fn nv_of(tpm: &mut LibTpms) -> NvBlobs {
+    let mut nv = NvBlobs::new();
+    for change in tpm.take_nv_changes().unwrap() {
+        if let Some(data) = change.data {
+            nv.insert(change.name, data);
+        }
+    }
+    nv
+}
+
+#[test]
+fn a_resumed_tpm_has_the_objects_the_running_one_had_loaded() {
+    let _turn = turn();
+    let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
+    let mut source = LibTpms::open(size).unwrap();
+    assert_eq!(startup(&mut source), TPM_RC_SUCCESS);
+    let created = run(&mut source, &vtpm::create_ek_command());
+    assert_eq!(code(&created), TPM_RC_SUCCESS);
+    let (handle, public) = vtpm::create_primary_result(&created).unwrap();
+    let public = public.to_vec();
+    let nv = nv_of(&mut source);
+    let volatile = source.volatile_state().unwrap();
+    drop(source);
+
+    let mut destination = LibTpms::resume(size, nv.clone(), &volatile).unwrap();
+    // Still the EK loaded at the same transient handle: the volatile state came along.
+    let read = run(&mut destination, &read_public(handle));
+    assert_eq!(code(&read), TPM_RC_SUCCESS, "the transient EK is loaded on the destination");
+    assert_eq!(read_public_result(&read), Some(&public[..]));
+    // And it is started already: a second Startup is refused.
+    assert_eq!(startup(&mut destination), wire::TPM_RC_INITIALIZE);
+    drop(destination);
+
+    // Without the volatile state, a TPM from the same NV has no such object.
+    let mut fresh = LibTpms::open_with_nv(size, nv).unwrap();
+    assert_eq!(startup(&mut fresh), TPM_RC_SUCCESS);
+    assert_ne!(code(&run(&mut fresh, &read_public(handle))), TPM_RC_SUCCESS);
+}
+
+// ---------------------------------------------------------------------------------------
+// The SVSM's services moved by a migration session between two model SVSMs.
+
+use bulwark_model::conformance_env::ModelEnv;
+use bulwark_model::user_host::{ChannelTpm, channel_tpm, channel_tpm_resumed};
+use bulwark_model::world::WorldConfig;
+use kernel::migration::{ServiceState, decode_evidence};
+use migrate::session::{
+    self, Config, Destination, DestinationOutcome, EvidenceError, EvidenceProvider, MigrationError, PeerIdentity,
+    PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome, VerifyError,
+};
+use migrate::session::{FrameKind, RecordType};
+use migrate::testing::{Fault, Relay, Relayed};
+use vtpm::Vtpm;
+use vtpm::commands::{nv_define_space, nv_read, nv_read_result, nv_write};
+
+const INDEX: u32 = 0x0150_0002;
+const DATA: [u8; 16] = [0xC5; 16];
+/// A guest page for the vTPM protocol's request buffer.
+const TPM_PAGE: u64 = 3 << 20;
+
+/// A model SVSM with its vTPM in a service process (no vTPM from the model's shared one:
+/// this one's libtpms is its own, started fresh).
+fn svsm_with_vtpm() -> ModelEnv {
+    let mut env = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
+    let engine: ChannelTpm =
+        channel_tpm(move |nv| open_when_free(|| LibTpms::open_with_nv(size, nv.clone())), &NvBlobs::new()).unwrap();
+    let vtpm = Vtpm::manufacture(Box::new(engine)).unwrap();
+    let svsm = &mut env.world.svsm;
+    bulwark_model::heap::in_svsm(|| svsm.install_vtpm(vtpm));
+    env
+}
+
+/// libtpms is one global TPM: a source whose engine is still shutting down holds it for a
+/// moment after its SVSM is gone.
+fn open_when_free(mut open: impl FnMut() -> Result<LibTpms, vtpm::libtpms::OpenError>) -> Result<LibTpms, u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match open() {
+            Err(vtpm::libtpms::OpenError::AlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(tpm) => return Ok(tpm),
+            Err(vtpm::libtpms::OpenError::Library { code, .. }) => return Err(code),
+            Err(vtpm::libtpms::OpenError::AlreadyOpen) => return Err(u32::MAX),
+        }
+    }
+}
+
+/// One TPM command from the guest, through the SVSM's vTPM protocol (as Linux's
+/// tpm_svsm driver sends it).
+fn guest_tpm(env: &mut ModelEnv, command: &[u8]) -> Vec<u8> {
+    let mut response = vec![0u8; abi::vtpm::MAX_RESPONSE_SIZE];
+    let n = env.world.client().vtpm_command(TPM_PAGE, command, &mut response).expect("the vTPM call completes");
+    response.truncate(n);
+    response
+}
+
+/// The model SVSM's own evidence: a report from its PSP with the session's REPORT_DATA,
+/// and the host's certificate table.
+struct SvsmEvidence<'a>(&'a mut ModelEnv);
+
+impl EvidenceProvider for SvsmEvidence<'_> {
+    fn evidence(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, EvidenceError> {
+        let w = &mut self.0.world;
+        bulwark_model::heap::in_svsm(|| w.svsm.migration_evidence(&mut w.machine, report_data))
+            .map_err(|_| EvidenceError)
+    }
+}
+
+/// The peer's evidence checked as a relying party checks a report (`bulwark-attest`):
+/// chain, signature and fields, with REPORT_DATA the session's.
+struct ReportVerifier;
+
+impl PeerVerifier for ReportVerifier {
+    fn verify(&self, evidence: &[u8], expected: &[u8; REPORT_DATA_LEN]) -> Result<PeerIdentity, VerifyError> {
+        let (report, table) = decode_evidence(evidence).map_err(|_| VerifyError::Malformed)?;
+        let certificates = attest::verify::Certificates::Table(table.to_vec());
+        match attest::verify::check_bound_report(&certificates, report, expected) {
+            Ok(bound) => Ok(PeerIdentity { measurement: bound.measurement, policy: bound.policy }),
+            Err(failed) if failed.iter().all(|c| c.name == "report_data") => Err(VerifyError::ReportDataMismatch),
+            Err(_) => Err(VerifyError::Untrusted),
+        }
+    }
+}
+
+/// What the model's launches are.
+fn identity() -> PeerIdentity {
+    let id = bulwark_model::psp_model::identity();
+    PeerIdentity { measurement: id.measurement, policy: id.policy }
+}
+
+struct Moved {
+    source: SourceOutcome,
+    destination: DestinationOutcome,
+    received: Vec<u8>,
+    /// Every buffer the relay carried, as sent.
+    log: Vec<Relayed>,
+}
+
+/// A migration session carrying `state` from `source` to `destination` over the relay,
+/// with `fault` done to what it relays.
+fn migrate_state(source: &mut ModelEnv, destination: &mut ModelEnv, state: &[u8], fault: Option<Fault>) -> Moved {
+    let config = Config { identity: identity(), ring_pages: None };
+    let entropy = |seed: u8| {
+        move |buf: &mut [u8]| -> Result<(), migrate::EntropyError> {
+            buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8).wrapping_mul(31).wrapping_add(seed));
+            Ok(())
+        }
+    };
+    let (mut relay, mut source_channel, mut destination_channel) = Relay::connect(fault);
+    let mut src = Source::start(config, ReportVerifier, SvsmEvidence(source), &mut entropy(1)).unwrap();
+    let mut dst = Destination::start(config, ReportVerifier, SvsmEvidence(destination), &mut entropy(2)).unwrap();
+    let mut chunks = state.chunks(8192);
+    let (mut committed, mut received, mut idle) = (false, Vec::new(), 0);
+    while idle < 2 {
+        if src.can_send_state() {
+            match chunks.next() {
+                Some(chunk) => src.send_state(chunk).unwrap(),
+                None if !committed => {
+                    src.commit().unwrap();
+                    committed = true;
+                }
+                None => {}
+            }
+        }
+        let mut progress = session::pump(&mut src, &mut source_channel).unwrap_or(true);
+        progress |= relay.pump();
+        progress |= session::pump(&mut dst, &mut destination_channel).unwrap_or(true);
+        while let Some(chunk) = dst.take_state() {
+            received.extend_from_slice(&chunk);
+        }
+        progress |= relay.pump();
+        idle = if progress { 0 } else { idle + 1 };
+        if idle == 1 {
+            relay.hang_up();
+        }
+    }
+    Moved { source: src.outcome(), destination: dst.outcome(), received, log: relay.log().to_vec() }
+}
+
+/// Issue 16, "what moves": the vTPM's whole state and the settings, between two SVSMs that
+/// attested each other with their PSPs' reports. On the destination the guest finds the
+/// same TPM: the EK, the NV index with its data, and the object it had loaded (volatile
+/// state), and the log level it had set.
+#[test]
+fn the_vtpm_and_the_settings_continue_on_the_destination() {
+    let _turn = turn();
+    let mut source = svsm_with_vtpm();
+    let ek = source.world.svsm.vtpm_ek().unwrap().to_vec();
+    let created = guest_tpm(&mut source, &vtpm::create_ek_command());
+    assert_eq!(code(&created), TPM_RC_SUCCESS);
+    let (handle, _) = vtpm::create_primary_result(&created).unwrap();
+    assert_eq!(code(&guest_tpm(&mut source, &nv_define_space(INDEX, DATA.len() as u16))), TPM_RC_SUCCESS);
+    assert_eq!(code(&guest_tpm(&mut source, &nv_write(INDEX, 0, &DATA))), TPM_RC_SUCCESS);
+    kernel::platform::Platform::set_log_level(&mut source.world.machine, kernel::platform::Level::Debug);
+
+    // The guest is stopped for the last round: the services' state is taken.
+    let w = &mut source.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let moved = migrate_state(&mut source, &mut destination, &state, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+    assert_eq!(moved.received, state);
+    // The source has stopped: its vTPM (and libtpms) go with it.
+    drop(source);
+
+    let services = ServiceState::decode(&moved.received).unwrap();
+    let snapshot = services.vtpm.clone().unwrap();
+    let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
+    let engine = channel_tpm_resumed(
+        move |state| open_when_free(|| LibTpms::resume(size, state.nv.clone(), &state.volatile)),
+        &snapshot.state,
+    )
+    .unwrap();
+    let vtpm = Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, None).unwrap();
+    let w = &mut destination.world;
+    bulwark_model::heap::in_svsm(|| w.svsm.install_vtpm(vtpm));
+    bulwark_model::heap::in_svsm(|| services.apply_settings(&w.svsm, &mut w.machine)).unwrap();
+
+    assert_eq!(destination.world.svsm.vtpm_ek(), Some(&ek[..]), "the same EK in the manifest");
+    let read = guest_tpm(&mut destination, &read_public(handle));
+    assert_eq!(code(&read), TPM_RC_SUCCESS, "the object the guest had loaded is still loaded");
+    let read = guest_tpm(&mut destination, &nv_read(INDEX, 0, DATA.len() as u16));
+    assert_eq!(nv_read_result(&read), Some(&DATA[..]), "the NV index holds what the guest wrote");
+    assert_eq!(kernel::platform::Platform::log_level(&destination.world.machine), kernel::platform::Level::Debug);
+}
+
+/// A relay that flips a bit of the state stream: the destination refuses the record, the
+/// source keeps running, and its vTPM still answers (taking the state stopped nothing).
+#[test]
+fn a_tampered_state_record_leaves_the_source_serving() {
+    let _turn = turn();
+    let mut source = svsm_with_vtpm();
+    let w = &mut source.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    // Where the first state record travels (what the host can see of the frames).
+    let clean = migrate_state(
+        &mut source,
+        &mut ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() }),
+        &state,
+        None,
+    );
+    let first_state = clean
+        .log
+        .iter()
+        .find(|r| r.frame_kind() == Some(FrameKind::Record(RecordType::State)))
+        .expect("a state record")
+        .index;
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let fault = Fault::FlipBit { buffer: first_state, bit: 8 * 100 };
+    let moved = migrate_state(&mut source, &mut destination, &state, Some(fault));
+    assert!(matches!(moved.source, SourceOutcome::KeepRunning(_)), "{:?}", moved.source);
+    assert!(matches!(moved.destination, DestinationOutcome::Failed(_)), "{:?}", moved.destination);
+    assert!(moved.received.is_empty(), "nothing of the tampered stream reached the destination's services");
+    let created = guest_tpm(&mut source, &vtpm::create_ek_command());
+    assert_eq!(code(&created), TPM_RC_SUCCESS, "the source's vTPM serves on");
+}
+
+/// A destination whose PSP reports another launch measurement (another image) is refused
+/// by the source's check of its report, before any state record is sent.
+#[test]
+fn a_destination_running_another_image_gets_no_state() {
+    let _turn = turn();
+    let mut source = svsm_with_vtpm();
+    let w = &mut source.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let mut other = bulwark_model::psp_model::identity();
+    other.measurement[47] ^= 1;
+    destination.world.machine.psp = Some(softpsp::SoftPsp::new([0xA0; 32], bulwark_model::psp_model::vcek(), other));
+    let moved = migrate_state(&mut source, &mut destination, &state, None);
+    assert_eq!(moved.source, SourceOutcome::KeepRunning(MigrationError::PeerMeasurement));
+    assert!(
+        !moved.log.iter().any(|r| r.frame_kind() == Some(FrameKind::Record(RecordType::State))),
+        "a state record left the source"
+    );
+    assert!(moved.received.is_empty());
+}
