@@ -5,7 +5,7 @@
 //! and the host agent can be checked by scripted clients that run beside QEMU.
 
 use crate::Result;
-use crate::cli::{AgentMode, BootOptions, Crash, Gdb, StateDisk};
+use crate::cli::{AgentMode, BootOptions, Crash, Gdb, StateDisk, Tamper};
 use crate::shell::{exec_cargo, step, target_dir};
 use crate::{agent, evidence, image, qemu, rsp};
 use std::path::Path;
@@ -137,15 +137,16 @@ fn prepare_disk(choice: StateDisk, guest: &Path) -> Result<Option<Disk>> {
         StateDisk::None => return Ok(None),
         StateDisk::Kept | StateDisk::Fresh => "bulwark-state.img",
         StateDisk::Test => "qemu-test-state.img",
-        StateDisk::TestTampered => "qemu-test-tampered.img",
+        StateDisk::TestTampered(_) => "qemu-test-tampered.img",
         StateDisk::TestLosesIo => "qemu-test-lost.img",
         StateDisk::TestOlder => "qemu-test-older.img",
     };
     let image = target_dir()?.join(name);
     let tpm_record = image.with_extension("tpm.json");
     let ledger = image.with_extension("ledger.json");
-    if choice == StateDisk::TestTampered {
-        tamper(&target_dir()?.join("qemu-test-state.img"), &image)?;
+    if let StateDisk::TestTampered(how) = choice {
+        let dir = target_dir()?;
+        tamper(how, &dir.join("qemu-test-state.img"), &dir.join("qemu-test-older.img"), &image)?;
         let refused = Some(Refusal::Tampered);
         return Ok(Some(Disk { image, held_state: true, tpm_record, ledger: None, refused, rollback: false }));
     }
@@ -226,26 +227,50 @@ fn previous_launch_name(path: &Path) -> std::path::PathBuf {
     path.with_file_name(format!("{stem}.previous-launch.{ext}"))
 }
 
-/// Copy the disk image `from` to `to` with one bit flipped in every non-blank block past
-/// the two header slots: what a host that changes the stored state looks like.
-fn tamper(from: &Path, to: &Path) -> Result {
-    let mut bytes = std::fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
-    let mut flipped = 0;
-    for block in bytes.chunks_mut(4096).skip(2) {
-        if block.iter().any(|b| *b != 0) {
-            block[100] ^= 0x01;
-            flipped += 1;
-        }
-    }
-    if flipped == 0 {
+/// Copy the disk image `from` to `to`, changed as a host would (`how`); `older` is the
+/// same disk as an earlier boot left it.
+fn tamper(how: Tamper, from: &Path, older: &Path, to: &Path) -> Result {
+    const BLOCK: usize = 4096;
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let mut bytes = read(from)?;
+    let used: Vec<usize> =
+        (2..bytes.len() / BLOCK).filter(|b| bytes[b * BLOCK..(b + 1) * BLOCK].iter().any(|x| *x != 0)).collect();
+    if used.len() < 2 {
         return Err(format!("{} holds no state to tamper with", from.display()));
     }
+    let what = match how {
+        Tamper::FlipBits => {
+            for b in &used {
+                bytes[b * BLOCK + 100] ^= 0x01;
+            }
+            format!("one bit flipped in each of its {} used blocks", used.len())
+        }
+        Tamper::ReplayOlder => {
+            let old = read(older)?;
+            let mut replayed = 0;
+            for b in 2..bytes.len().min(old.len()) / BLOCK {
+                let range = b * BLOCK..(b + 1) * BLOCK;
+                if bytes[range.clone()] != old[range.clone()] {
+                    bytes[range.clone()].copy_from_slice(&old[range]);
+                    replayed += 1;
+                }
+            }
+            format!("its {replayed} blocks the later boots changed replayed from {}", older.display())
+        }
+        Tamper::Permute => {
+            let blocks: Vec<Vec<u8>> = used.iter().map(|b| bytes[b * BLOCK..(b + 1) * BLOCK].to_vec()).collect();
+            for (b, block) in used.iter().zip(blocks.iter().rev()) {
+                bytes[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(block);
+            }
+            format!("its {} used blocks in reverse order", used.len())
+        }
+        Tamper::Truncate => {
+            bytes.truncate(4 * BLOCK);
+            "cut to its two header slots and two blocks".to_string()
+        }
+    };
     std::fs::write(to, &bytes).map_err(|e| format!("{}: {e}", to.display()))?;
-    step(&format!(
-        "state disk {}: a copy of {} with one bit flipped in each of its {flipped} used blocks",
-        to.display(),
-        from.display()
-    ));
+    step(&format!("state disk {}: a copy of {} with {what}", to.display(), from.display()));
     Ok(())
 }
 

@@ -182,9 +182,9 @@ pub enum StateDisk {
     Fresh,
     /// `target/qemu-test-state.img`, the one `cargo xtask test`'s boots share.
     Test,
-    /// A copy of the test disk with a bit flipped in every block it uses past the headers:
-    /// the SVSM must refuse it and serve on without the vTPM.
-    TestTampered,
+    /// A copy of the test disk changed by the host as `Tamper` says: the SVSM must refuse
+    /// it and serve on without the vTPM.
+    TestTampered(Tamper),
     /// A disk whose host never completes a request: the SVSM must give up on it at its
     /// deadline and serve on without the vTPM.
     TestLosesIo,
@@ -192,6 +192,24 @@ pub enum StateDisk {
     /// authentic older state the SVSM opens, whose evidence the test disk's ledger must
     /// refuse.
     TestOlder,
+}
+
+/// How a host changes the test state disk (`cargo xtask test`'s tamper boots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// One bit flipped in every block past the headers that holds anything.
+    FlipBits,
+    /// Every block the later boots changed put back as the first boot left it, under the
+    /// newest headers (blocks replayed from an older image).
+    ReplayOlder,
+    /// The used blocks past the headers in reverse order (blocks swapped).
+    Permute,
+    /// Cut to its two header slots and two blocks (a truncated image).
+    Truncate,
+}
+
+impl Tamper {
+    pub const ALL: [Tamper; 4] = [Tamper::FlipBits, Tamper::ReplayOlder, Tamper::Permute, Tamper::Truncate];
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! and lints, the bare-metal builds, the QEMU boots, a fuzz smoke run, then every test.
 
 use crate::Result;
-use crate::cli::{AgentMode, BootOptions, Crash, DEFAULT_FUZZ_TARGET, Gdb, StateDisk};
+use crate::cli::{AgentMode, BootOptions, Crash, DEFAULT_FUZZ_TARGET, Gdb, StateDisk, Tamper};
 use crate::fuzz::{self, FuzzError};
 use crate::shell::{cargo, exec_cargo, step, succeeds};
 use crate::{boot, prereqs};
@@ -75,11 +75,12 @@ fn lints() -> Result {
     ])
 }
 
-/// The nine QEMU boots: plain (with the guest's evidence verified), two crashes (the
+/// The twelve QEMU boots: plain (with the guest's evidence verified), two crashes (the
 /// second with the log kept in memory), the SVSM's GDB stub, the host agent, a boot that
-/// finds the vTPM state the agent boot left on the state disk, one on a tampered copy of
-/// that disk, one on a disk whose host never answers, and one on the disk as the first
-/// boot left it (refused by the ledger). The first and the last boot must derive the
+/// finds the vTPM state the agent boot left on the state disk, four on copies of that
+/// disk a host changed (bits flipped, blocks replayed from the older image, blocks
+/// swapped, truncated), one on a disk whose host never answers, and one on the disk as
+/// the first boot left it (refused by the ledger). The first and the last boot must derive the
 /// same sealed-store key: the same image on the same (software) chip.
 fn boots() -> Result {
     let plain = BootOptions::default();
@@ -101,9 +102,11 @@ fn boots() -> Result {
     boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
     boot::run(&BootOptions { agent: AgentMode::Check, disk: StateDisk::Test, ..plain })?;
     let last = boot::run_seen(&BootOptions { agent: AgentMode::Verify, disk: StateDisk::Test, ..plain })?;
-    // A host that changed the stored state: refused, the vTPM does not start, the rest
-    // of the SVSM serves the guest's checks.
-    boot::run(&BootOptions { disk: StateDisk::TestTampered, ..plain })?;
+    // A host that changed the stored state, four ways: refused, the vTPM does not start,
+    // the rest of the SVSM serves the guest's checks.
+    for tamper in Tamper::ALL {
+        boot::run(&BootOptions { disk: StateDisk::TestTampered(tamper), ..plain })?;
+    }
     // A host that never completes a request: the SVSM gives up at its deadline, refuses
     // the store and serves on without the vTPM.
     boot::run(&BootOptions { disk: StateDisk::TestLosesIo, ..plain })?;
