@@ -15,10 +15,10 @@ commands:
                                      --filter go to `bulwark conformance`), then the SVSM booted
                                      under QEMU serving the test guest (`boot`)
   test                               everything CI runs: fmt, clippy (also of the verifier-only
-                                     bulwark), the bare-metal kernel build and lints, nine QEMU
+                                     bulwark), the bare-metal kernel build and lints, twelve QEMU
                                      boots of the SVSM image (`boot` plain, with --crash nx,
                                      --crash panic --console log, --gdb-check, --agent-check, and
-                                     on a test state disk: verify, tampered, lost, older),
+                                     on a test state disk: verify, four tampered, lost, older),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls and store; set BULWARK_SKIP_FUZZ=1 to skip it), and
                                      all tests
