@@ -254,38 +254,16 @@ impl ServiceState {
     }
 }
 
-/// The evidence a migration session sends the peer (`migrate::session::EvidenceProvider`):
-/// a VMPL0 attestation report with the session's REPORT_DATA, and the certificate table
-/// the host provides for it (ARK, ASK, VCEK), as
-/// `u32 report_len | report | u32 table_len | table` (big-endian lengths).
-pub fn encode_evidence(report: &[u8], certificates: &[u8]) -> Result<Vec<u8>, ServiceStateError> {
-    let mut out = Out(Vec::new());
-    out.u32(report.len())?.bytes(report)?.u32(certificates.len())?.bytes(certificates)?;
-    Ok(out.0)
-}
-
-/// The report and the certificate table of [`encode_evidence`]'s bytes.
-pub fn decode_evidence(bytes: &[u8]) -> Result<(&[u8], &[u8]), ServiceStateError> {
-    let mut r = In(bytes);
-    let report_len = r.u32()?;
-    let report = r.take(report_len)?;
-    let table_len = r.u32()?;
-    let table = r.take(table_len)?;
-    if !r.0.is_empty() {
-        return Err(ServiceStateError::Malformed);
-    }
-    Ok((report, table))
-}
-
 impl Svsm {
-    /// This SVSM's migration evidence for `report_data` (see [`encode_evidence`]).
+    /// What this SVSM's migration evidence is made of (`migrate::evidence`): a VMPL0
+    /// report with `report_data` from its PSP, and the host's certificate table for it.
     pub fn migration_evidence<P: Platform + ?Sized>(
         &self,
         p: &mut P,
         report_data: &[u8; 64],
-    ) -> Result<Vec<u8>, ServiceStateError> {
+    ) -> Result<(Vec<u8>, Vec<u8>), ServiceStateError> {
         let report = self.psp.lock().request_report(p, report_data).map_err(|_| ServiceStateError::Unattested)?;
-        encode_evidence(report.as_slice(), p.report_certificates())
+        Ok((copy(report.as_slice())?, copy(p.report_certificates())?))
     }
 
     /// The service state a migration's last round carries: the vTPM's whole state (it

@@ -50,6 +50,7 @@
 extern crate alloc;
 
 pub mod channel;
+pub mod evidence;
 pub mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -77,7 +77,8 @@ fn a_resumed_tpm_has_the_objects_the_running_one_had_loaded() {
 use bulwark_model::conformance_env::ModelEnv;
 use bulwark_model::user_host::{ChannelTpm, channel_tpm, channel_tpm_resumed};
 use bulwark_model::world::WorldConfig;
-use kernel::migration::{ServiceState, decode_evidence};
+use kernel::migration::ServiceState;
+use migrate::evidence::ReportVerifier;
 use migrate::session::{
     self, Config, Destination, DestinationOutcome, EvidenceError, EvidenceProvider, MigrationError, PeerIdentity,
     PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome, VerifyError,
@@ -137,25 +138,16 @@ struct SvsmEvidence<'a>(&'a mut ModelEnv);
 impl EvidenceProvider for SvsmEvidence<'_> {
     fn evidence(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, EvidenceError> {
         let w = &mut self.0.world;
-        bulwark_model::heap::in_svsm(|| w.svsm.migration_evidence(&mut w.machine, report_data))
-            .map_err(|_| EvidenceError)
+        let (report, table) = bulwark_model::heap::in_svsm(|| w.svsm.migration_evidence(&mut w.machine, report_data))
+            .map_err(|_| EvidenceError)?;
+        migrate::evidence::encode(&report, &table).ok_or(EvidenceError)
     }
 }
 
-/// The peer's evidence checked as a relying party checks a report (`bulwark-attest`):
-/// chain, signature and fields, with REPORT_DATA the session's.
-struct ReportVerifier;
-
-impl PeerVerifier for ReportVerifier {
-    fn verify(&self, evidence: &[u8], expected: &[u8; REPORT_DATA_LEN]) -> Result<PeerIdentity, VerifyError> {
-        let (report, table) = decode_evidence(evidence).map_err(|_| VerifyError::Malformed)?;
-        let certificates = attest::verify::Certificates::Table(table.to_vec());
-        match attest::verify::check_bound_report(&certificates, report, expected) {
-            Ok(bound) => Ok(PeerIdentity { measurement: bound.measurement, policy: bound.policy }),
-            Err(failed) if failed.iter().all(|c| c.name == "report_data") => Err(VerifyError::ReportDataMismatch),
-            Err(_) => Err(VerifyError::Untrusted),
-        }
-    }
+/// The verifier the SVSM runs (no_std), trusting the model's certificate authority.
+fn verifier() -> ReportVerifier {
+    let ark = attest::chain::TestAuthority::shared().ark_der();
+    ReportVerifier::new(vec![ReportVerifier::root_of(ark).expect("the authority's ARK")])
 }
 
 /// What the model's launches are.
@@ -183,8 +175,8 @@ fn migrate_state(source: &mut ModelEnv, destination: &mut ModelEnv, state: &[u8]
         }
     };
     let (mut relay, mut source_channel, mut destination_channel) = Relay::connect(fault);
-    let mut src = Source::start(config, ReportVerifier, SvsmEvidence(source), &mut entropy(1)).unwrap();
-    let mut dst = Destination::start(config, ReportVerifier, SvsmEvidence(destination), &mut entropy(2)).unwrap();
+    let mut src = Source::start(config, verifier(), SvsmEvidence(source), &mut entropy(1)).unwrap();
+    let mut dst = Destination::start(config, verifier(), SvsmEvidence(destination), &mut entropy(2)).unwrap();
     let mut chunks = state.chunks(8192);
     let (mut committed, mut received, mut idle) = (false, Vec::new(), 0);
     while idle < 2 {
@@ -310,4 +302,121 @@ fn a_destination_running_another_image_gets_no_state() {
         "a state record left the source"
     );
     assert!(moved.received.is_empty());
+}
+
+/// The host's disk for the destination's sealed store, shared with the test.
+#[derive(Clone)]
+struct SharedDisk(std::sync::Arc<Mutex<store::testing::MemDisk>>);
+
+impl store::BlockDevice for SharedDisk {
+    fn block_count(&self) -> u64 {
+        self.0.lock().unwrap().block_count()
+    }
+    fn read(&mut self, index: u64, buf: &mut store::Block) -> Result<(), store::IoError> {
+        self.0.lock().unwrap().read(index, buf)
+    }
+    fn write(&mut self, index: u64, buf: &store::Block) -> Result<(), store::IoError> {
+        self.0.lock().unwrap().write(index, buf)
+    }
+    fn flush(&mut self) -> Result<(), store::IoError> {
+        self.0.lock().unwrap().flush()
+    }
+}
+
+/// The destination's own sealed store on `disk` (its PSP's key, not the source's).
+fn destination_store(disk: &SharedDisk, boot: u64) -> kernel::sealed::SharedSealed {
+    let key = store::StoreKey::new([0xD5; 32]);
+    let (store, _) = store::Store::open_or_format(disk.clone(), &key, store::testing::TestRng::new(boot)).unwrap();
+    kernel::sealed::Sealed::new(Box::new(store))
+}
+
+/// Issue 16: "the sealed store's key re-wrapped for the destination". The destination
+/// keeps the migrated TPM in its own sealed store, under its own key, before the first
+/// command; a reboot of the destination from that disk starts the same TPM, with what the
+/// guest wrote after the migration.
+#[test]
+fn the_destination_keeps_the_migrated_tpm_in_its_own_sealed_store() {
+    let _turn = turn();
+    let mut source = svsm_with_vtpm();
+    let ek = source.world.svsm.vtpm_ek().unwrap().to_vec();
+    assert_eq!(code(&guest_tpm(&mut source, &nv_define_space(INDEX, DATA.len() as u16))), TPM_RC_SUCCESS);
+    assert_eq!(code(&guest_tpm(&mut source, &nv_write(INDEX, 0, &DATA))), TPM_RC_SUCCESS);
+    let w = &mut source.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let moved = migrate_state(&mut source, &mut destination, &state, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+    drop(source);
+
+    let disk = SharedDisk(std::sync::Arc::new(Mutex::new(store::testing::MemDisk::new(64))));
+    let sealed = destination_store(&disk, 1);
+    let (kept, storage) = kernel::sealed::VtpmNv::open(sealed.clone());
+    assert_eq!(kept.ek_public, None, "the destination's store is new");
+    let snapshot = ServiceState::decode(&moved.received).unwrap().vtpm.unwrap();
+    let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
+    let engine = channel_tpm_resumed(
+        move |state| open_when_free(|| LibTpms::resume(size, state.nv.clone(), &state.volatile)),
+        &snapshot.state,
+    )
+    .unwrap();
+    let vtpm = Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, Some(Box::new(storage)))
+        .unwrap();
+    assert!(sealed.lock().get(b"vtpm/manufactured").is_some(), "kept before the first command");
+    let w = &mut destination.world;
+    bulwark_model::heap::in_svsm(|| w.svsm.install_vtpm(vtpm));
+    const AFTER: [u8; 16] = [0x3C; 16];
+    assert_eq!(code(&guest_tpm(&mut destination, &nv_write(INDEX, 0, &AFTER))), TPM_RC_SUCCESS);
+    drop(destination);
+
+    // The destination reboots from its disk.
+    let sealed = destination_store(&disk, 2);
+    let (kept, storage) = kernel::sealed::VtpmNv::open(sealed);
+    assert_eq!(kept.ek_public.as_deref(), Some(&ek[..]), "the store records the migrated EK");
+    let engine = channel_tpm(move |nv| open_when_free(|| LibTpms::open_with_nv(size, nv.clone())), &kept.nv).unwrap();
+    let mut vtpm = Vtpm::start(Box::new(engine), Box::new(storage)).unwrap();
+    assert_eq!(vtpm.ek_public(), &ek[..]);
+    let mut response = vec![0u8; abi::vtpm::MAX_RESPONSE_SIZE];
+    let n = vtpm.execute(&nv_read(INDEX, 0, DATA.len() as u16), &mut response);
+    assert_eq!(nv_read_result(&response[..n]), Some(&AFTER[..]), "what the guest wrote after the migration");
+}
+
+/// The SVSM's own check of a peer's evidence (`migrate::evidence`, no_std) agrees with the
+/// relying party's (`bulwark-attest`) on the model's real reports: both accept one, both
+/// refuse it with a byte changed anywhere in what the VCEK signed, with other REPORT_DATA,
+/// or under a root they do not trust.
+#[test]
+fn the_svsm_checks_a_peers_report_as_a_relying_party_does() {
+    let mut env = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let expected = [0x42u8; 64];
+    let (report, table) = {
+        let w = &mut env.world;
+        bulwark_model::heap::in_svsm(|| w.svsm.migration_evidence(&mut w.machine, &expected)).unwrap()
+    };
+    let certificates = attest::verify::Certificates::Table(table.clone());
+    let relying_party =
+        |report: &[u8], data: &[u8; 64]| attest::verify::check_bound_report(&certificates, report, data).is_ok();
+    let evidence = |report: &[u8]| migrate::evidence::encode(report, &table).unwrap();
+
+    let peer = verifier().verify(&evidence(&report), &expected).expect("the SVSM accepts the report");
+    assert_eq!(peer, identity());
+    assert!(relying_party(&report, &expected));
+
+    assert_eq!(verifier().verify(&evidence(&report), &[0x43; 64]), Err(VerifyError::ReportDataMismatch));
+    assert!(!relying_party(&report, &[0x43; 64]));
+    // Every byte of the signed part and of the signature, flipped: refused by both.
+    for at in (0..0x2A0 + 144).step_by(7) {
+        let mut changed = report.clone();
+        changed[at] ^= 0x01;
+        assert!(verifier().verify(&evidence(&changed), &expected).is_err(), "byte {at:#x} flipped: accepted");
+        assert!(!relying_party(&changed, &expected), "byte {at:#x} flipped: the relying party accepted");
+    }
+    // Another authority's chain (a host that made its own ARK) is not trusted.
+    let stranger = ReportVerifier::new(vec![vec![0x30, 0x00]]);
+    assert_eq!(stranger.verify(&evidence(&report), &expected), Err(VerifyError::Untrusted));
+    // Cut or padded evidence does not parse.
+    let good = evidence(&report);
+    assert_eq!(verifier().verify(&good[..good.len() - 1], &expected), Err(VerifyError::Malformed));
+    let mut long = good.clone();
+    long.push(0);
+    assert_eq!(verifier().verify(&long, &expected), Err(VerifyError::Malformed));
 }

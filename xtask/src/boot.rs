@@ -243,7 +243,7 @@ fn tamper(how: Tamper, from: &Path, older: &Path, to: &Path) -> Result {
             for b in &used {
                 bytes[b * BLOCK + 100] ^= 0x01;
             }
-            format!("one bit flipped in each of its {} used blocks", used.len())
+            format!("with one bit flipped in each of its {} used blocks", used.len())
         }
         Tamper::ReplayOlder => {
             let old = read(older)?;
@@ -255,14 +255,14 @@ fn tamper(how: Tamper, from: &Path, older: &Path, to: &Path) -> Result {
                     replayed += 1;
                 }
             }
-            format!("its {replayed} blocks the later boots changed replayed from {}", older.display())
+            format!("with its {replayed} blocks the later boots changed replayed from {}", older.display())
         }
         Tamper::Permute => {
             let blocks: Vec<Vec<u8>> = used.iter().map(|b| bytes[b * BLOCK..(b + 1) * BLOCK].to_vec()).collect();
             for (b, block) in used.iter().zip(blocks.iter().rev()) {
                 bytes[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(block);
             }
-            format!("its {} used blocks in reverse order", used.len())
+            format!("with its {} used blocks in reverse order", used.len())
         }
         Tamper::Truncate => {
             bytes.truncate(4 * BLOCK);
@@ -270,7 +270,7 @@ fn tamper(how: Tamper, from: &Path, older: &Path, to: &Path) -> Result {
         }
     };
     std::fs::write(to, &bytes).map_err(|e| format!("{}: {e}", to.display()))?;
-    step(&format!("state disk {}: a copy of {} with {what}", to.display(), from.display()));
+    step(&format!("state disk {}: a copy of {} {what}", to.display(), from.display()));
     Ok(())
 }
 

@@ -1,0 +1,218 @@
+//! The evidence two SVSMs exchange, and its check inside the SVSM (`no_std`).
+//!
+//! Evidence is a VMPL0 SNP attestation report whose REPORT_DATA is the session's value,
+//! and the certificate table the host hands out with reports (ARK, ASK, VCEK; the GHCB
+//! extended guest request's format), as
+//! `u32 report_len | report | u32 table_len | table` (big-endian lengths).
+//!
+//! [`ReportVerifier`] checks it the way a relying party checks a report, without `std`:
+//! - the ARK's public key is one the verifier trusts (it is given the roots: AMD's for a
+//!   chip, the test authority's on the emulated platforms);
+//! - the ASK is signed by the ARK and the VCEK by the ASK (RSA-PSS with SHA-384, as AMD
+//!   signs them);
+//! - the report is signed by the VCEK (ECDSA P-384 with SHA-384 over its first 0x2A0
+//!   bytes; r and s little-endian in 72-byte fields);
+//! - the report is for VMPL 0, signed with the VCEK (not a VLEK), with the algorithm
+//!   ECDSA P-384; its CHIP_ID is the VCEK's hwID, and its REPORTED_TCB matches the VCEK's
+//!   TCB extensions where the certificate has them;
+//! - REPORT_DATA is the session's.
+//!
+//! Certificate validity periods are not checked: the SVSM has no trusted time.
+
+use crate::session::{PeerIdentity, PeerVerifier, REPORT_DATA_LEN, VerifyError};
+use alloc::vec::Vec;
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, Encode};
+
+/// The SNP report's size and the offsets the check reads (SNP firmware ABI,
+/// ATTESTATION_REPORT).
+const REPORT_SIZE: usize = 0x4A0;
+const POLICY: usize = 0x008;
+const VMPL: usize = 0x030;
+const SIGNATURE_ALGO: usize = 0x034;
+const KEY_INFO: usize = 0x048;
+const REPORT_DATA: usize = 0x050;
+const MEASUREMENT: usize = 0x090;
+const REPORTED_TCB: usize = 0x180;
+const CHIP_ID: usize = 0x1A0;
+const SIGNED_LEN: usize = 0x2A0;
+const SIGNATURE: usize = 0x2A0;
+/// ECDSA P-384 with SHA-384.
+const ALGO_ECDSA_P384_SHA384: u32 = 1;
+
+/// The certificate table's entry GUIDs (RFC byte order) and entry size.
+const ENTRY_LEN: usize = 24;
+const ARK: [u8; 16] = [0xc0, 0xb4, 0x06, 0xa4, 0xa8, 0x03, 0x49, 0x52, 0x97, 0x43, 0x3f, 0xb6, 0x01, 0x4c, 0xd0, 0xae];
+const ASK: [u8; 16] = [0x4a, 0xb7, 0xb3, 0x79, 0xbb, 0xac, 0x4f, 0xe4, 0xa0, 0x2f, 0x05, 0xae, 0xf3, 0x27, 0xc7, 0x82];
+const VCEK: [u8; 16] = [0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd];
+
+/// The VCEK's extensions (AMD's VCEK certificate specification): the chip's hwID, and
+/// the TCB components as small INTEGERs with the byte of TCB_VERSION each is, in the
+/// Milan and Genoa layout (Turin's differs and adds an FMC component: not yet read here).
+const HWID_OID: &str = "1.3.6.1.4.1.3704.1.4";
+const TCB_OIDS: [(&str, usize); 4] = [
+    ("1.3.6.1.4.1.3704.1.3.1", 0), // bootloader
+    ("1.3.6.1.4.1.3704.1.3.2", 1), // tee
+    ("1.3.6.1.4.1.3704.1.3.3", 6), // snp
+    ("1.3.6.1.4.1.3704.1.3.8", 7), // microcode
+];
+
+/// `u32 report_len | report | u32 table_len | table`.
+pub fn encode(report: &[u8], table: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(report.len().checked_add(table.len())?.checked_add(8)?).ok()?;
+    out.extend_from_slice(&u32::try_from(report.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(report);
+    out.extend_from_slice(&u32::try_from(table.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(table);
+    Some(out)
+}
+
+/// The report and the certificate table of [`encode`]'s bytes.
+pub fn decode(evidence: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (report, rest) = field(evidence)?;
+    let (table, rest) = field(rest)?;
+    rest.is_empty().then_some((report, table))
+}
+
+fn field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = bytes.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    rest.split_at_checked(len)
+}
+
+/// The certificate with `guid` in a certificate table: entries `{GUID, u32 offset, u32
+/// length}` (little-endian) ended by an all-zero entry, offsets from the table's start.
+fn certificate<'a>(table: &'a [u8], guid: &[u8; 16]) -> Option<&'a [u8]> {
+    for entry in table.chunks_exact(ENTRY_LEN) {
+        let (id, rest) = entry.split_first_chunk::<16>()?;
+        if id == &[0; 16] {
+            return None;
+        }
+        if id == guid {
+            let (offset, rest) = rest.split_first_chunk::<4>()?;
+            let (length, _) = rest.split_first_chunk::<4>()?;
+            let start = usize::try_from(u32::from_le_bytes(*offset)).ok()?;
+            let len = usize::try_from(u32::from_le_bytes(*length)).ok()?;
+            return table.get(start..start.checked_add(len)?);
+        }
+    }
+    None
+}
+
+/// Checks migration evidence against trusted ARKs (see the module comment).
+#[derive(Clone, Debug)]
+pub struct ReportVerifier {
+    /// The trusted ARKs' SubjectPublicKeyInfo, DER.
+    roots: Vec<Vec<u8>>,
+}
+
+impl ReportVerifier {
+    /// A verifier that trusts the ARKs whose SubjectPublicKeyInfo (DER) is in `roots`.
+    pub fn new(roots: Vec<Vec<u8>>) -> Self {
+        Self { roots }
+    }
+
+    /// A root from an ARK certificate (DER): its SubjectPublicKeyInfo.
+    pub fn root_of(ark_certificate: &[u8]) -> Option<Vec<u8>> {
+        Certificate::from_der(ark_certificate).ok()?.tbs_certificate.subject_public_key_info.to_der().ok()
+    }
+}
+
+/// `cert` is signed by the RSA key in `issuer`'s SubjectPublicKeyInfo, with RSA-PSS and
+/// SHA-384.
+fn signed_by(cert: &Certificate, issuer: &Certificate) -> Result<(), VerifyError> {
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+    let spki = issuer.tbs_certificate.subject_public_key_info.to_der().map_err(|_| VerifyError::Malformed)?;
+    let key = rsa::RsaPublicKey::from_public_key_der(&spki).map_err(|_| VerifyError::Untrusted)?;
+    let tbs = cert.tbs_certificate.to_der().map_err(|_| VerifyError::Malformed)?;
+    let signature = cert.signature.as_bytes().ok_or(VerifyError::Malformed)?;
+    let signature = rsa::pss::Signature::try_from(signature).map_err(|_| VerifyError::Malformed)?;
+    rsa::pss::VerifyingKey::<sha2::Sha384>::new(key).verify(&tbs, &signature).map_err(|_| VerifyError::Untrusted)
+}
+
+/// The value of `cert`'s extension `oid`, if it has one.
+fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
+    let oid = x509_cert::der::oid::ObjectIdentifier::new(oid).ok()?;
+    let extensions = cert.tbs_certificate.extensions.as_ref()?;
+    extensions.iter().find(|e| e.extn_id == oid).map(|e| e.extn_value.as_bytes())
+}
+
+/// A 72-byte little-endian ECDSA scalar field as the 48 big-endian bytes P-384 takes;
+/// `None` if the bytes past the first 48 are not zero.
+fn scalar(field: &[u8]) -> Option<[u8; 48]> {
+    let (value, rest) = field.split_at_checked(48)?;
+    if rest.iter().any(|b| *b != 0) {
+        return None;
+    }
+    let mut be = [0u8; 48];
+    be.iter_mut().zip(value.iter().rev()).for_each(|(to, from)| *to = *from);
+    Some(be)
+}
+
+fn le_u32(report: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*report.get(at..)?.first_chunk::<4>()?))
+}
+
+impl PeerVerifier for ReportVerifier {
+    fn verify(&self, evidence: &[u8], expected: &[u8; REPORT_DATA_LEN]) -> Result<PeerIdentity, VerifyError> {
+        let (report, table) = decode(evidence).ok_or(VerifyError::Malformed)?;
+        if report.len() != REPORT_SIZE {
+            return Err(VerifyError::Malformed);
+        }
+        let parse = |guid| {
+            certificate(table, guid).and_then(|der| Certificate::from_der(der).ok()).ok_or(VerifyError::Malformed)
+        };
+        let (ark, ask, vcek) = (parse(&ARK)?, parse(&ASK)?, parse(&VCEK)?);
+        // The chain: a trusted root, the ASK under it, the VCEK under the ASK.
+        let ark_key = ark.tbs_certificate.subject_public_key_info.to_der().map_err(|_| VerifyError::Malformed)?;
+        if !self.roots.contains(&ark_key) {
+            return Err(VerifyError::Untrusted);
+        }
+        signed_by(&ask, &ark)?;
+        signed_by(&vcek, &ask)?;
+        // The report, signed by the VCEK.
+        let point = vcek.tbs_certificate.subject_public_key_info.subject_public_key.as_bytes();
+        let key =
+            point.and_then(|p| p384::ecdsa::VerifyingKey::from_sec1_bytes(p).ok()).ok_or(VerifyError::Untrusted)?;
+        let signature = report.get(SIGNATURE..SIGNATURE + 144).ok_or(VerifyError::Malformed)?;
+        let (r, s) = signature.split_at(72);
+        let (r, s) = (scalar(r).ok_or(VerifyError::Malformed)?, scalar(s).ok_or(VerifyError::Malformed)?);
+        let signature = p384::ecdsa::Signature::from_scalars(r, s).map_err(|_| VerifyError::Malformed)?;
+        let signed = report.get(..SIGNED_LEN).ok_or(VerifyError::Malformed)?;
+        p384::ecdsa::signature::Verifier::verify(&key, signed, &signature).map_err(|_| VerifyError::Untrusted)?;
+        // What the report says, now that it is authentic.
+        let vmpl = le_u32(report, VMPL).ok_or(VerifyError::Malformed)?;
+        let algo = le_u32(report, SIGNATURE_ALGO).ok_or(VerifyError::Malformed)?;
+        let signing_key = le_u32(report, KEY_INFO).ok_or(VerifyError::Malformed)? >> 2 & 0x7;
+        if vmpl != 0 || algo != ALGO_ECDSA_P384_SHA384 || signing_key != 0 {
+            return Err(VerifyError::Refused);
+        }
+        let chip_id = report.get(CHIP_ID..CHIP_ID + 64).ok_or(VerifyError::Malformed)?;
+        if extension(&vcek, HWID_OID) != Some(chip_id) {
+            return Err(VerifyError::Untrusted);
+        }
+        let tcb = report.get(REPORTED_TCB..REPORTED_TCB + 8).ok_or(VerifyError::Malformed)?;
+        for (oid, byte) in TCB_OIDS {
+            let Some(value) = extension(&vcek, oid) else { continue };
+            let value = x509_cert::der::asn1::Uint::from_der(value).map_err(|_| VerifyError::Malformed)?;
+            let value = match value.as_bytes() {
+                [] => 0,
+                [v] => *v,
+                _ => return Err(VerifyError::Malformed),
+            };
+            if tcb.get(byte) != Some(&value) {
+                return Err(VerifyError::Untrusted);
+            }
+        }
+        if report.get(REPORT_DATA..REPORT_DATA + REPORT_DATA_LEN) != Some(&expected[..]) {
+            return Err(VerifyError::ReportDataMismatch);
+        }
+        let mut measurement = [0u8; 48];
+        measurement.copy_from_slice(report.get(MEASUREMENT..MEASUREMENT + 48).ok_or(VerifyError::Malformed)?);
+        let policy =
+            u64::from_le_bytes(*report.get(POLICY..).and_then(<[u8]>::first_chunk::<8>).ok_or(VerifyError::Malformed)?);
+        Ok(PeerIdentity { measurement, policy })
+    }
+}
