@@ -160,6 +160,11 @@ impl PageTracker {
         self.svsm
     }
 
+    /// The guest's RAM ranges, sorted.
+    pub fn ram(&self) -> &[PageRange] {
+        &self.ram
+    }
+
     /// Every page of `range` is guest RAM.
     pub fn is_ram(&self, range: PageRange) -> bool {
         // RAM ranges are disjoint and sorted, but may touch; walk them in order.

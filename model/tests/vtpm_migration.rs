@@ -420,3 +420,113 @@ fn the_svsm_checks_a_peers_report_as_a_relying_party_does() {
     long.push(0);
     assert_eq!(verifier().verify(&long, &expected), Err(VerifyError::Malformed));
 }
+
+// ---------------------------------------------------------------------------------------
+// Guest memory, as the last round moves it.
+
+/// The guest's pages for the memory tests, and where it puts its PVALIDATE list.
+const PAGES_AT: u64 = 4 << 20;
+const PAGE_COUNT: u64 = 8;
+const LIST_AT: u64 = 2 << 20;
+
+/// The guest validates `PAGE_COUNT` pages (SVSM_CORE_PVALIDATE, as Linux does) and fills
+/// each with its own pattern.
+fn guest_fills_pages(env: &mut ModelEnv) {
+    use guest::Transport;
+    let mut list = Vec::new();
+    list.extend_from_slice(&(PAGE_COUNT as u16).to_le_bytes());
+    list.extend_from_slice(&[0; 6]);
+    for i in 0..PAGE_COUNT {
+        let entry = abi::core_protocol::PvalidateEntry::new(PAGES_AT + i * 4096, false, true, false).0;
+        list.extend_from_slice(&entry.to_le_bytes());
+    }
+    let mut client = env.world.client();
+    client.transport.write(LIST_AT, &list).unwrap();
+    client.pvalidate_list(LIST_AT).expect("the guest validates its pages");
+    for i in 0..PAGE_COUNT {
+        let pattern: Vec<u8> = (0..4096).map(|b| (b as u8) ^ (i as u8).wrapping_mul(37)).collect();
+        env.world.client().transport.write(PAGES_AT + i * 4096, &pattern).unwrap();
+    }
+}
+
+/// Every chunk of the source's guest memory, in order.
+fn export_memory(env: &mut ModelEnv) -> Vec<Vec<u8>> {
+    let (mut chunks, mut from) = (Vec::new(), 0);
+    loop {
+        let w = &mut env.world;
+        let (chunk, next) = bulwark_model::heap::in_svsm(|| w.svsm.export_memory(&w.machine, from)).unwrap();
+        chunks.push(chunk);
+        match next {
+            Some(next) => from = next,
+            None => return chunks,
+        }
+    }
+}
+
+/// Issue 16, "what moves": guest memory with the validation bitmap and VMPL permissions.
+/// The guest finds on the destination every page it wrote, validated, with the same
+/// permissions for its VMPLs; a chunk naming a page the destination's SVSM holds is
+/// refused before any page changes.
+#[test]
+fn the_guests_validated_pages_arrive_with_their_bytes_and_permissions() {
+    use guest::Transport;
+    let mut source = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    guest_fills_pages(&mut source);
+    let chunks = export_memory(&mut source);
+    let mut stream = Vec::new();
+    for chunk in &chunks {
+        stream.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+        stream.extend_from_slice(chunk);
+    }
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    // Before: the destination's guest has not validated these pages (a guest access
+    // faults), and its SVSM's record agrees.
+    let mut before = vec![0u8; 4096];
+    assert!(destination.world.client().transport.read(PAGES_AT, &mut before).is_err());
+    assert!(!destination.world.svsm.pages().is_validated(kernel::addr::PageAddr::new(PAGES_AT).unwrap()));
+    let moved = migrate_state(&mut source, &mut destination, &stream, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+
+    let mut rest = &moved.received[..];
+    let mut applied = 0;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let (chunk, tail) = tail.split_at(u32::from_be_bytes(*len) as usize);
+        let w = &mut destination.world;
+        applied += bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, chunk)).unwrap();
+        rest = tail;
+    }
+    let validated = source.world.svsm.pages().validated_pages() - source.world.svsm.pages().svsm_region().pages();
+    println!("{} chunks, {applied} pages applied; the source guest had {validated} validated", chunks.len());
+    assert!(applied >= PAGE_COUNT, "{applied} pages applied");
+    for i in 0..PAGE_COUNT {
+        let gpa = PAGES_AT + i * 4096;
+        let expected: Vec<u8> = (0..4096).map(|b| (b as u8) ^ (i as u8).wrapping_mul(37)).collect();
+        let mut got = vec![0u8; 4096];
+        destination.world.client().transport.read(gpa, &mut got).expect("the guest reads its page");
+        assert_eq!(got, expected, "page {gpa:#x}");
+        let page = kernel::addr::PageAddr::new(gpa).unwrap();
+        for vmpl in 1..=3 {
+            assert_eq!(
+                kernel::platform::Platform::vmpl_permissions(&destination.world.machine, page, vmpl),
+                kernel::platform::Platform::vmpl_permissions(&source.world.machine, page, vmpl),
+                "page {gpa:#x} VMPL{vmpl}"
+            );
+        }
+    }
+
+    // A chunk naming the destination SVSM's own region is refused, and changes nothing.
+    let svsm_page = destination.world.svsm.pages().svsm_region().start().raw();
+    let mut hostile = chunks[0].clone();
+    hostile[8..16].copy_from_slice(&svsm_page.to_be_bytes());
+    let w = &mut destination.world;
+    assert_eq!(
+        bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &hostile)),
+        Err(kernel::migration::MemoryImportError::NotGuestMemory { gpa: svsm_page })
+    );
+    // Cut and padded chunks do not parse.
+    let w = &mut destination.world;
+    assert_eq!(
+        w.svsm.import_memory(&mut w.machine, &chunks[0][..chunks[0].len() - 1]),
+        Err(kernel::migration::MemoryImportError::Malformed)
+    );
+}
