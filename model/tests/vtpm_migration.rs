@@ -444,8 +444,7 @@ fn guest_fills_pages(env: &mut ModelEnv) {
     client.transport.write(LIST_AT, &list).unwrap();
     client.pvalidate_list(LIST_AT).expect("the guest validates its pages");
     for i in 0..PAGE_COUNT {
-        let pattern: Vec<u8> = (0..4096).map(|b| (b as u8) ^ (i as u8).wrapping_mul(37)).collect();
-        env.world.client().transport.write(PAGES_AT + i * 4096, &pattern).unwrap();
+        env.world.client().transport.write(PAGES_AT + i * 4096, &pattern(i, 0)).unwrap();
     }
 }
 
@@ -500,7 +499,7 @@ fn the_guests_validated_pages_arrive_with_their_bytes_and_permissions() {
     assert!(applied >= PAGE_COUNT, "{applied} pages applied");
     for i in 0..PAGE_COUNT {
         let gpa = PAGES_AT + i * 4096;
-        let expected: Vec<u8> = (0..4096).map(|b| (b as u8) ^ (i as u8).wrapping_mul(37)).collect();
+        let expected = pattern(i, 0);
         let mut got = vec![0u8; 4096];
         destination.world.client().transport.read(gpa, &mut got).expect("the guest reads its page");
         assert_eq!(got, expected, "page {gpa:#x}");
@@ -529,4 +528,84 @@ fn the_guests_validated_pages_arrive_with_their_bytes_and_permissions() {
         w.svsm.import_memory(&mut w.machine, &chunks[0][..chunks[0].len() - 1]),
         Err(kernel::migration::MemoryImportError::Malformed)
     );
+}
+
+/// The pattern of page `i` in round `round`.
+fn pattern(i: u64, round: u8) -> Vec<u8> {
+    (0..4096).map(|b| (b as u8) ^ (i as u8).wrapping_mul(37) ^ round.wrapping_mul(101)).collect()
+}
+
+/// Issue 16, "pre-copy with trusted dirty tracking": the SVSM write-protects the guest's
+/// pages itself. A guest write faults until the host hands the fault to the SVSM, which
+/// records the page and lets the write through; each round sends only what was written
+/// since the last, protected again first. The destination ends with every page as the
+/// guest last wrote it. A fault the host keeps to itself only stalls the guest: the write
+/// does not happen, so none is missed.
+#[test]
+fn pre_copy_rounds_send_what_the_guest_wrote_and_miss_no_write() {
+    use guest::Transport;
+    use kernel::migration::DirtyLog;
+    let mut source = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    guest_fills_pages(&mut source);
+    // The guest's translations of its pages are cached writable now: tracking must flush
+    // them, or the next writes would go unseen.
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let apply = |destination: &mut ModelEnv, chunk: &[u8]| {
+        let w = &mut destination.world;
+        bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, chunk)).unwrap()
+    };
+    let w = &mut source.world;
+    let mut log = bulwark_model::heap::in_svsm(|| DirtyLog::start(&w.svsm, &mut w.machine)).unwrap();
+
+    // Round 1, the guest running: everything.
+    for chunk in export_memory(&mut source) {
+        apply(&mut destination, &chunk);
+    }
+    // The guest writes pages 2 and 5: each write faults, the host hands the fault on,
+    // the write goes through on the retry.
+    let guest_writes = |source: &mut ModelEnv, log: &mut DirtyLog, i: u64, round: u8, forward: bool| {
+        let gpa = PAGES_AT + i * 4096;
+        assert!(source.world.client().transport.write(gpa, &pattern(i, round)).is_err(), "page {i} is protected");
+        if forward {
+            let w = &mut source.world;
+            assert_eq!(log.write_fault(&mut w.machine, gpa), Ok(true));
+            source.world.client().transport.write(gpa, &pattern(i, round)).expect("the retried write");
+        }
+    };
+    guest_writes(&mut source, &mut log, 2, 1, true);
+    guest_writes(&mut source, &mut log, 5, 1, true);
+    // A second write to a page already dirty in this round does not fault.
+    source.world.client().transport.write(PAGES_AT + 5 * 4096, &pattern(5, 2)).expect("no fault the second time");
+
+    // Round 2: the dirty pages only.
+    let dirty = log.take_dirty(&mut source.world.machine, 128).unwrap();
+    let (first, second) = (PAGES_AT / 4096 + 2, PAGES_AT / 4096 + 5);
+    assert_eq!(dirty, [first, second]);
+    apply(&mut destination, &source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap());
+    // Protected again: the next write to page 5 faults and is seen in the next round.
+    guest_writes(&mut source, &mut log, 5, 3, true);
+    // The host keeps page 6's fault to itself: the write never happens.
+    guest_writes(&mut source, &mut log, 6, 3, false);
+
+    // The last round, the guest stopped.
+    let dirty = log.take_dirty(&mut source.world.machine, 128).unwrap();
+    assert_eq!(dirty, [second]);
+    apply(&mut destination, &source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap());
+    for i in 0..PAGE_COUNT {
+        let expected = match i {
+            2 => pattern(2, 1),
+            5 => pattern(5, 3),
+            // Page 6 holds what the guest wrote before its stalled write, as on the source.
+            _ => pattern(i, 0),
+        };
+        let mut got = vec![0u8; 4096];
+        destination.world.client().transport.read(PAGES_AT + i * 4096, &mut got).unwrap();
+        assert_eq!(got, expected, "page {i} on the destination");
+        let mut on_source = vec![0u8; 4096];
+        source.world.client().transport.read(PAGES_AT + i * 4096, &mut on_source).unwrap();
+        assert_eq!(on_source, expected, "page {i} on the source");
+    }
+    // Tracking ends (a migration that failed): the guest writes freely again.
+    log.stop(&mut source.world.machine).unwrap();
+    source.world.client().transport.write(PAGES_AT + 6 * 4096, &pattern(6, 4)).expect("write after tracking");
 }
