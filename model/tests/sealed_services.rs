@@ -12,29 +12,10 @@ use bulwark_model::world::WorldConfig;
 use guest::{Regs, Transport};
 use kernel::sealed::{Sealed, SharedSealed};
 use kernel::vcpu::VcpuIndex;
-use std::sync::{Arc, Mutex};
-use store::testing::{MemDisk, TestRng};
-use store::{Block, BlockDevice, IoError, Store, StoreKey};
+use std::sync::Arc;
+use store::testing::{MemDisk, SharedDisk, TestRng};
+use store::{Store, StoreKey};
 use zerocopy::FromBytes;
-
-/// A MemDisk the test keeps a handle on while the SVSM's store drives it.
-#[derive(Clone)]
-struct SharedDisk(Arc<Mutex<MemDisk>>);
-
-impl BlockDevice for SharedDisk {
-    fn block_count(&self) -> u64 {
-        self.0.lock().unwrap().block_count()
-    }
-    fn read(&mut self, index: u64, buf: &mut Block) -> Result<(), IoError> {
-        self.0.lock().unwrap().read(index, buf)
-    }
-    fn write(&mut self, index: u64, buf: &Block) -> Result<(), IoError> {
-        self.0.lock().unwrap().write(index, buf)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.0.lock().unwrap().flush()
-    }
-}
 
 const SCRATCH: u64 = 2 << 20;
 const RING: u64 = SCRATCH + 0x6000;
@@ -115,7 +96,7 @@ fn manifest_entry(env: &mut ModelEnv) -> SealedStateEntry {
 
 #[test]
 fn the_manifest_names_the_committed_state_the_svsm_runs_on() {
-    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, sealed) = boot(&disk);
     let state = sealed.lock().state();
     let entry = manifest_entry(&mut env);
@@ -128,7 +109,7 @@ fn the_manifest_names_the_committed_state_the_svsm_runs_on() {
 
 #[test]
 fn every_commit_is_a_change_event_of_the_sealed_root_source() {
-    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, sealed) = boot(&disk);
     let root = index_of(&mut env, "sealed.root");
     let generation = index_of(&mut env, "sealed.generation");
@@ -156,15 +137,15 @@ fn every_commit_is_a_change_event_of_the_sealed_root_source() {
 
 #[test]
 fn the_log_level_a_guest_sets_is_there_after_a_reboot() {
-    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, _) = boot(&disk);
     let level = index_of(&mut env, "config.log_level");
     let default = read(&mut env, level);
     assert_ne!(default, b"debug\n");
     write_level(&mut env, b"debug");
     drop(env);
-    let image = disk.0.lock().unwrap().image();
-    let (mut env, _) = boot(&SharedDisk(Arc::new(Mutex::new(MemDisk::from_image(image)))));
+    let image = disk.lock().image();
+    let (mut env, _) = boot(&SharedDisk::new(MemDisk::from_image(image)));
     assert_eq!(read(&mut env, level), b"debug\n");
     // Without a sealed state, the default.
     let mut plain = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
@@ -173,10 +154,10 @@ fn the_log_level_a_guest_sets_is_there_after_a_reboot() {
 
 #[test]
 fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
-    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, sealed) = boot(&disk);
     let committed = sealed.lock().state();
-    disk.0.lock().unwrap().fail_flushes(true);
+    disk.lock().fail_flushes(true);
     // The setting still applies to this boot; it is not kept.
     write_level(&mut env, b"debug");
     let level = index_of(&mut env, "config.log_level");
@@ -185,7 +166,7 @@ fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
     assert_eq!(entry.flags, SEALED_STATE_FAILED);
     assert_eq!((entry.generation, entry.root), (committed.generation, committed.root), "the last committed state");
     // Healed, it stays closed: nothing staged before rides along.
-    disk.0.lock().unwrap().heal();
+    disk.lock().heal();
     write_level(&mut env, b"info");
     assert_eq!(sealed.lock().state(), committed);
 }
@@ -196,7 +177,7 @@ fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
 #[test]
 fn attestation_and_ocp_do_not_wait_for_a_commit_in_progress() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+    let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, sealed) = boot(&disk);
     let committed = sealed.lock().state();
     let root = index_of(&mut env, "sealed.root");

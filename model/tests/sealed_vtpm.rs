@@ -6,14 +6,14 @@
 //! the TPM went through, never losing one it answered for; a disk that fails after boot
 //! stops the TPM without losing what it had answered.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulwark_model::user_host::channel_tpm;
 use kernel::sealed::{KeyParams, Sealed, SharedSealed, VtpmNv, open_sealed};
 use kernel::user::service_tpm::StartError;
-use store::testing::{CutPolicy, MemDisk, TestRng};
-use store::{Block, BlockDevice, IoError, Opened, Store, StoreError, StoreKey, Tamper};
+use store::testing::{CutPolicy, MemDisk, SharedDisk, TestRng};
+use store::{Opened, Store, StoreError, StoreKey, Tamper};
 use vtpm::commands::{
     evict_control, nv_define_space, nv_read, nv_read_result, nv_write, read_public, read_public_result,
 };
@@ -42,47 +42,14 @@ fn key() -> StoreKey {
 // ---------------------------------------------------------------------------------------
 // The disk, the engine and the boot.
 
-/// The host's disk: the store drives one handle, the test keeps another to cut the power,
-/// fail flushes or take an image.
-#[derive(Clone)]
-struct SharedDisk(Arc<Mutex<MemDisk>>);
-
-impl SharedDisk {
-    fn new(disk: MemDisk) -> Self {
-        Self(Arc::new(Mutex::new(disk)))
-    }
-
-    fn blank() -> Self {
-        Self::new(MemDisk::new(DISK_BLOCKS))
-    }
-
-    fn from_image(image: Vec<u8>) -> Self {
-        Self::new(MemDisk::from_image(image))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, MemDisk> {
-        lock(&self.0)
-    }
-
-    /// The durable contents (what a power cut that loses the cache leaves).
-    fn image(&self) -> Vec<u8> {
-        self.lock().image()
-    }
+/// The host's disk ([`SharedDisk`]): the store drives one handle, the test keeps another to
+/// cut the power, fail flushes or take an image.
+fn blank_disk() -> SharedDisk {
+    SharedDisk::new(MemDisk::new(DISK_BLOCKS))
 }
 
-impl BlockDevice for SharedDisk {
-    fn block_count(&self) -> u64 {
-        self.lock().block_count()
-    }
-    fn read(&mut self, index: u64, buf: &mut Block) -> Result<(), IoError> {
-        self.lock().read(index, buf)
-    }
-    fn write(&mut self, index: u64, buf: &Block) -> Result<(), IoError> {
-        self.lock().write(index, buf)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.lock().flush()
-    }
+fn disk_from(image: Vec<u8>) -> SharedDisk {
+    SharedDisk::new(MemDisk::from_image(image))
 }
 
 /// A lock that a test which panicked while holding it leaves usable.
@@ -304,7 +271,7 @@ struct KeptImages {
 
 /// First boot on a blank disk: define the index, write A, make the EK persistent.
 fn first_boot() -> KeptImages {
-    let disk = SharedDisk::blank();
+    let disk = blank_disk();
     let mut booted = boot_ok(&disk, "first boot");
     assert_eq!(booted.opened, Opened::Formatted, "a blank disk is formatted");
     let after_start = disk.image();
@@ -343,7 +310,7 @@ fn a_second_boot_of_the_disk_image_has_the_nv_index_the_persistent_ek_and_the_sa
     let _turn = turn();
     let kept = kept_images();
 
-    let mut again = boot_ok(&SharedDisk::from_image(kept.last.clone()), "second boot");
+    let mut again = boot_ok(&disk_from(kept.last.clone()), "second boot");
     assert_eq!(again.opened, Opened::Existing);
     assert_eq!(again.opened_generation, kept.generation, "the newest state");
     assert_eq!(read_index(&mut again.vtpm), Ok(DATA_A.to_vec()), "the NV index kept its bytes");
@@ -351,7 +318,7 @@ fn a_second_boot_of_the_disk_image_has_the_nv_index_the_persistent_ek_and_the_sa
     assert_eq!(again.vtpm.ek_public(), &kept.ek[..], "the same endorsement seed: the same EK");
     drop(again);
 
-    let fresh = boot_ok(&SharedDisk::blank(), "boot from a blank disk");
+    let fresh = boot_ok(&blank_disk(), "boot from a blank disk");
     assert_eq!(fresh.opened, Opened::Formatted);
     assert_ne!(fresh.vtpm.ek_public(), &kept.ek[..], "a blank disk is another TPM");
 }
@@ -495,7 +462,7 @@ fn a_truncated_image_stops_the_boot() {
 fn a_whole_older_image_opens_with_a_lower_generation() {
     let _turn = turn();
     let kept = kept_images();
-    let mut booted = boot_ok(&SharedDisk::from_image(kept.after_start.clone()), "an older image");
+    let mut booted = boot_ok(&disk_from(kept.after_start.clone()), "an older image");
     assert!(booted.opened_generation < kept.generation, "{} < {}", booted.opened_generation, kept.generation);
     assert_eq!(booted.vtpm.ek_public(), &kept.ek[..], "the same TPM, as it was");
     let absent = read_index(&mut booted.vtpm).expect_err("no index yet in the older state");
@@ -600,14 +567,14 @@ fn session(disk: &SharedDisk) -> Session {
 /// disk without the session learning it).
 fn every_power_cut(policies: &[fn(u64) -> CutPolicy]) -> Vec<Found> {
     let started = Instant::now();
-    let clean = SharedDisk::blank();
+    let clean = blank_disk();
     let whole = session(&clean);
     assert_eq!((whole.acknowledged, whole.attempted), (5, 5), "the clean session");
     let total = clean.lock().mutations();
     let mut seen = Vec::new();
     for k in 0..=total {
         for policy in policies {
-            let disk = SharedDisk::blank();
+            let disk = blank_disk();
             disk.lock().cut_power_after(k);
             let cut = session(&disk);
             let policy = policy(k);
@@ -659,7 +626,7 @@ fn a_power_cut_while_the_first_boot_formats_the_disk_leaves_a_disk_that_boots() 
     let total = format.into_device().mutations();
     for k in 0..total {
         for seed in 0..8 {
-            let disk = SharedDisk::blank();
+            let disk = blank_disk();
             disk.lock().cut_power_after(k);
             assert!(matches!(boot(&disk), Err(BootError::Store(StoreError::Io(_)))), "cut after {k}");
             disk.lock().power_cycle(CutPolicy::Scramble(seed));
@@ -678,7 +645,7 @@ fn a_power_cut_while_the_first_boot_formats_the_disk_leaves_a_disk_that_boots() 
 #[test]
 fn a_disk_that_stops_flushing_stops_the_vtpm_and_the_next_boot_has_the_state_before() {
     let _turn = turn();
-    let disk = SharedDisk::blank();
+    let disk = blank_disk();
     let mut booted = boot_ok(&disk, "first boot");
     let ek = booted.vtpm.ek_public().to_vec();
     run_ok(&mut booted.vtpm, &nv_define_space(INDEX, INDEX_SIZE), "NV_DefineSpace");
@@ -776,7 +743,7 @@ fn populated_at(disk: &SharedDisk, tcb: u64) -> Vec<u8> {
 fn a_firmware_update_rewraps_the_state_and_the_tpm_keeps_everything() {
     let _turn = turn();
     let (old, new) = tcbs();
-    let disk = SharedDisk::blank();
+    let disk = blank_disk();
     let ek = populated_at(&disk, old);
 
     let mut psp = Psp::at(new);
@@ -817,13 +784,13 @@ fn a_firmware_update_rewraps_the_state_and_the_tpm_keeps_everything() {
 fn a_power_cut_while_rewrapping_leaves_a_state_the_next_boot_opens_whole() {
     let _turn = turn();
     let (old, new) = tcbs();
-    let disk = SharedDisk::blank();
+    let disk = blank_disk();
     let ek = populated_at(&disk, old);
     let image = disk.image();
     // How many writes and flushes the boot after the update makes until its re-wrap is
     // durable: the cut points.
     let writes = {
-        let disk = SharedDisk::from_image(image.clone());
+        let disk = disk_from(image.clone());
         let before = disk.lock().mutations();
         let mut psp = Psp::at(new);
         let opened = psp.open(disk.clone(), TestRng::new(77)).expect("the re-wrap");
@@ -833,7 +800,7 @@ fn a_power_cut_while_rewrapping_leaves_a_state_the_next_boot_opens_whole() {
     let (mut saw_old, mut saw_new) = (false, false);
     for cut in 0..writes {
         for policy in [CutPolicy::LoseUnflushed, CutPolicy::KeepUnflushed, CutPolicy::Scramble(cut)] {
-            let disk = SharedDisk::from_image(image.clone());
+            let disk = disk_from(image.clone());
             disk.lock().cut_power_after(cut);
             let mut psp = Psp::at(new);
             assert!(psp.open(disk.clone(), TestRng::new(78)).is_err(), "cut {cut}: the cut re-wrap reported success");

@@ -304,27 +304,8 @@ fn a_destination_running_another_image_gets_no_state() {
     assert!(moved.received.is_empty());
 }
 
-/// The host's disk for the destination's sealed store, shared with the test.
-#[derive(Clone)]
-struct SharedDisk(std::sync::Arc<Mutex<store::testing::MemDisk>>);
-
-impl store::BlockDevice for SharedDisk {
-    fn block_count(&self) -> u64 {
-        self.0.lock().unwrap().block_count()
-    }
-    fn read(&mut self, index: u64, buf: &mut store::Block) -> Result<(), store::IoError> {
-        self.0.lock().unwrap().read(index, buf)
-    }
-    fn write(&mut self, index: u64, buf: &store::Block) -> Result<(), store::IoError> {
-        self.0.lock().unwrap().write(index, buf)
-    }
-    fn flush(&mut self) -> Result<(), store::IoError> {
-        self.0.lock().unwrap().flush()
-    }
-}
-
 /// The destination's own sealed store on `disk` (its PSP's key, not the source's).
-fn destination_store(disk: &SharedDisk, boot: u64) -> kernel::sealed::SharedSealed {
+fn destination_store(disk: &store::testing::SharedDisk, boot: u64) -> kernel::sealed::SharedSealed {
     let key = store::StoreKey::new([0xD5; 32]);
     let (store, _) = store::Store::open_or_format(disk.clone(), &key, store::testing::TestRng::new(boot)).unwrap();
     kernel::sealed::Sealed::new(Box::new(store))
@@ -348,7 +329,7 @@ fn the_destination_keeps_the_migrated_tpm_in_its_own_sealed_store() {
     assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
     drop(source);
 
-    let disk = SharedDisk(std::sync::Arc::new(Mutex::new(store::testing::MemDisk::new(64))));
+    let disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
     let sealed = destination_store(&disk, 1);
     let (kept, storage) = kernel::sealed::VtpmNv::open(sealed.clone());
     assert_eq!(kept.ek_public, None, "the destination's store is new");

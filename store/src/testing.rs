@@ -310,6 +310,43 @@ pub struct FuzzOutcome {
     pub ops: usize,
 }
 
+/// A [`MemDisk`] a store drives while the test keeps a handle on it: to cut the power,
+/// fail flushes or take an image while the store runs, and to keep the disk when the
+/// store (and with it its device) is dropped or consumed by a failure.
+#[derive(Clone, Debug)]
+pub struct SharedDisk(alloc::sync::Arc<spin::Mutex<MemDisk>>);
+
+impl SharedDisk {
+    pub fn new(disk: MemDisk) -> Self {
+        Self(alloc::sync::Arc::new(spin::Mutex::new(disk)))
+    }
+
+    /// The disk itself.
+    pub fn lock(&self) -> spin::MutexGuard<'_, MemDisk> {
+        self.0.lock()
+    }
+
+    /// The durable contents (what a power cut that loses the cache leaves).
+    pub fn image(&self) -> Vec<u8> {
+        self.lock().image()
+    }
+}
+
+impl BlockDevice for SharedDisk {
+    fn block_count(&self) -> u64 {
+        self.lock().block_count()
+    }
+    fn read(&mut self, index: u64, buf: &mut Block) -> Result<(), IoError> {
+        self.lock().read(index, buf)
+    }
+    fn write(&mut self, index: u64, buf: &Block) -> Result<(), IoError> {
+        self.lock().write(index, buf)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.lock().flush()
+    }
+}
+
 /// Feeds fuzz input to the store: never a panic, and a state that opens after a
 /// successful commit holds what was committed (an `Err` names the broken promise).
 ///

@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use bulwark_store::testing::{CutPolicy, MemDisk, TestRng};
-use bulwark_store::{BLOCK_PAYLOAD, Block, BlockDevice, IoError, Opened, Store, StoreState};
+use bulwark_store::testing::{CutPolicy, MemDisk, SharedDisk, TestRng};
+use bulwark_store::{BLOCK_PAYLOAD, Opened, Store, StoreState};
 use common::{TestStore, bytes, contents, format, key, open};
 
 /// One commit's changes: `Some(data)` puts, `None` removes.
@@ -189,26 +189,6 @@ fn a_successful_commit_survives_a_cut_right_after_it() {
     assert_eq!(store.get(b"a"), Some(&b"1"[..]));
 }
 
-/// A device the test keeps a handle on while `Store::format` consumes the other, so the
-/// disk is still there when the format fails.
-#[derive(Clone)]
-struct SharedDisk(std::rc::Rc<std::cell::RefCell<MemDisk>>);
-
-impl BlockDevice for SharedDisk {
-    fn block_count(&self) -> u64 {
-        self.0.borrow().block_count()
-    }
-    fn read(&mut self, index: u64, buf: &mut Block) -> Result<(), IoError> {
-        self.0.borrow_mut().read(index, buf)
-    }
-    fn write(&mut self, index: u64, buf: &Block) -> Result<(), IoError> {
-        self.0.borrow_mut().write(index, buf)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.0.borrow_mut().flush()
-    }
-}
-
 #[test]
 fn a_power_cut_while_a_blank_disk_is_formatted_leaves_a_disk_that_opens_or_formats_again() {
     // The first boot on a new disk formats it; a cut that tears the first header write
@@ -219,11 +199,11 @@ fn a_power_cut_while_a_blank_disk_is_formatted_leaves_a_disk_that_opens_or_forma
     let mut formatted_again = 0;
     for policy in policies {
         for cut in 0..=total {
-            let disk = SharedDisk(std::rc::Rc::new(std::cell::RefCell::new(MemDisk::new(16))));
-            disk.0.borrow_mut().cut_power_after(cut);
+            let disk = SharedDisk::new(MemDisk::new(16));
+            disk.lock().cut_power_after(cut);
             let formatted = Store::format(disk.clone(), &key(), TestRng::new(1)).is_ok();
             assert_eq!(formatted, cut == total, "cut {cut}");
-            disk.0.borrow_mut().power_cycle(policy);
+            disk.lock().power_cycle(policy);
             let (store, how) = Store::open_or_format(disk, &key(), TestRng::new(2))
                 .unwrap_or_else(|e| panic!("cut {cut} {policy:?}: {e:?}"));
             assert!(store.is_empty(), "cut {cut} {policy:?}");

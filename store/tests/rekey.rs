@@ -5,14 +5,8 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use bulwark_store::testing::{CutPolicy, MemDisk, TestRng};
-use bulwark_store::{
-    BLOCK_PAYLOAD, Block, BlockDevice, HeaderClaim, IoError, Store, StoreError, StoreKey, header_claims,
-    newest_header_under,
-};
+use bulwark_store::testing::{CutPolicy, MemDisk, SharedDisk, TestRng};
+use bulwark_store::{BLOCK_PAYLOAD, HeaderClaim, Store, StoreError, StoreKey, header_claims, newest_header_under};
 use common::{TestStore, bytes, contents};
 
 const OLD_LABEL: [u8; 16] = [1; 16];
@@ -93,26 +87,6 @@ fn right_after_the_rekey_the_old_slot_still_names_the_old_key_and_the_new_one_wi
     assert_eq!(open_with(&image, &old_key()).unwrap().state().generation, generation - 1);
 }
 
-/// A disk the test keeps a handle on while a store drives it (`rekey` consumes the store,
-/// and its device, when it fails).
-#[derive(Clone)]
-struct Shared(Rc<RefCell<MemDisk>>);
-
-impl BlockDevice for Shared {
-    fn block_count(&self) -> u64 {
-        self.0.borrow().block_count()
-    }
-    fn read(&mut self, index: u64, buf: &mut Block) -> Result<(), IoError> {
-        self.0.borrow_mut().read(index, buf)
-    }
-    fn write(&mut self, index: u64, buf: &Block) -> Result<(), IoError> {
-        self.0.borrow_mut().write(index, buf)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        self.0.borrow_mut().flush()
-    }
-}
-
 #[test]
 fn a_power_cut_anywhere_in_a_rekey_leaves_the_whole_state_under_one_of_the_keys() {
     let store = populated();
@@ -127,13 +101,13 @@ fn a_power_cut_anywhere_in_a_rekey_leaves_the_whole_state_under_one_of_the_keys(
     let (mut saw_old, mut saw_new) = (false, false);
     for cut in 0..=total {
         for policy in [CutPolicy::LoseUnflushed, CutPolicy::KeepUnflushed, CutPolicy::Scramble(cut)] {
-            let disk = Shared(Rc::new(RefCell::new(MemDisk::from_image(image.clone()))));
+            let disk = SharedDisk::new(MemDisk::from_image(image.clone()));
             let store = Store::open(disk.clone(), &old_key(), TestRng::new(3)).unwrap();
-            disk.0.borrow_mut().cut_power_after(cut);
+            disk.lock().cut_power_after(cut);
             let rekeyed = store.rekey(&new_key()).map(drop);
             assert_eq!(rekeyed.is_ok(), cut == total, "cut {cut}: the rekey reports the cut");
-            disk.0.borrow_mut().power_cycle(policy);
-            let after = disk.0.borrow().image();
+            disk.lock().power_cycle(policy);
+            let after = disk.image();
             // The caller tries the keys the headers name and takes the one whose authentic
             // header is newest, as the SVSM does (a torn header may name a key it is not
             // authentic under).
