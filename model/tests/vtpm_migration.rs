@@ -46,7 +46,8 @@ fn nv_of(tpm: &mut LibTpms) -> NvBlobs {
 fn a_resumed_tpm_has_the_objects_the_running_one_had_loaded() {
     let _turn = turn();
     let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
-    let mut source = LibTpms::open(size).unwrap();
+    // The previous test's engine may still be shutting down: wait for libtpms.
+    let mut source = open_when_free(|| LibTpms::open(size)).unwrap();
     assert_eq!(startup(&mut source), TPM_RC_SUCCESS);
     let created = run(&mut source, &vtpm::create_ek_command());
     assert_eq!(code(&created), TPM_RC_SUCCESS);

@@ -21,13 +21,19 @@
 //! At most one vTPM section; settings in increasing key order, each key once. Unknown tags
 //! are refused: a destination that cannot take all of the state must not run the guest
 //! with part of it.
+//!
+//! Guest memory moves in [`memory`] chunks, and [`dirty`] tracks the guest's writes
+//! between pre-copy rounds.
 
-use crate::addr::{PageAddr, PageRange, PageSize};
-use crate::bitmap::OwnedBitmap;
+pub mod dirty;
+pub mod memory;
+
+pub use dirty::{DirtyLog, DirtyLogError};
+pub use memory::{MAX_CHUNK_PAGES, MemoryImportError};
+
 use crate::platform::Platform;
 use crate::protocols::ocp::sources;
 use crate::svsm::Svsm;
-use abi::hw::rmpadjust::PERM_WRITE;
 use alloc::vec::Vec;
 use vtpm::TpmState;
 use vtpm::nv::{MAX_BLOB_LEN, MAX_VOLATILE_LEN, NvBlobs, valid_name};
@@ -78,10 +84,10 @@ pub enum ServiceStateError {
 }
 
 /// Bytes being built, bounded by [`MAX_SERVICE_STATE`] and the heap.
-struct Out(Vec<u8>);
+pub(super) struct Out(pub(super) Vec<u8>);
 
 impl Out {
-    fn bytes(&mut self, b: &[u8]) -> Result<&mut Self, ServiceStateError> {
+    pub(super) fn bytes(&mut self, b: &[u8]) -> Result<&mut Self, ServiceStateError> {
         if self.0.len().checked_add(b.len()).is_none_or(|n| n > MAX_SERVICE_STATE) {
             return Err(ServiceStateError::TooLarge);
         }
@@ -92,7 +98,7 @@ impl Out {
     fn u16(&mut self, v: usize) -> Result<&mut Self, ServiceStateError> {
         self.bytes(&u16::try_from(v).map_err(|_| ServiceStateError::TooLarge)?.to_be_bytes())
     }
-    fn u32(&mut self, v: usize) -> Result<&mut Self, ServiceStateError> {
+    pub(super) fn u32(&mut self, v: usize) -> Result<&mut Self, ServiceStateError> {
         self.bytes(&u32::try_from(v).map_err(|_| ServiceStateError::TooLarge)?.to_be_bytes())
     }
     /// A section: its tag, then its body's length (written once the body is).
@@ -109,30 +115,6 @@ impl Out {
         field.copy_from_slice(&len.to_be_bytes());
         Ok(())
     }
-}
-
-/// One page's record: its address, its lower VMPLs' permissions and its bytes.
-fn page_record<P: Platform + ?Sized>(
-    p: &P,
-    out: &mut Out,
-    addr: PageAddr,
-    page: &mut [u8; PAGE_BYTES],
-) -> Result<(), ServiceStateError> {
-    let mut perms = [0u8; 3];
-    for (vmpl, perm) in (1u8..=3).zip(perms.iter_mut()) {
-        *perm = p.vmpl_permissions(addr, vmpl).ok_or(ServiceStateError::Unattested)?;
-    }
-    p.read(addr.gpa(), page).map_err(|_| ServiceStateError::Malformed)?;
-    out.bytes(&addr.raw().to_be_bytes())?.bytes(&perms)?.bytes(page)?;
-    Ok(())
-}
-
-/// A chunk's page count, written into its header.
-fn finish_chunk(mut out: Out, count: usize, next: Option<u64>) -> Result<(Vec<u8>, Option<u64>), ServiceStateError> {
-    let count = u32::try_from(count).map_err(|_| ServiceStateError::TooLarge)?;
-    let field = out.0.get_mut(4..8).ok_or(ServiceStateError::Malformed)?;
-    field.copy_from_slice(&count.to_be_bytes());
-    Ok((out.0, next))
 }
 
 /// A cursor that answers `Malformed` instead of reading past the end.
@@ -162,7 +144,7 @@ impl<'a> In<'a> {
     }
 }
 
-fn copy(bytes: &[u8]) -> Result<Vec<u8>, ServiceStateError> {
+pub(super) fn copy(bytes: &[u8]) -> Result<Vec<u8>, ServiceStateError> {
     let mut v = Vec::new();
     v.try_reserve_exact(bytes.len()).map_err(|_| ServiceStateError::OutOfMemory)?;
     v.extend_from_slice(bytes);
@@ -281,135 +263,7 @@ impl ServiceState {
     }
 }
 
-/// Guest memory moves in chunks: `"BWMM" | u32 count | count * (u64 gpa | u8 perms of
-/// VMPL1, VMPL2, VMPL3 | 4096 bytes)`, every page one the guest validated (4 KiB
-/// entries only, for now), with the RMP permissions its lower VMPLs hold and its bytes.
-/// Pages the SVSM gave a role (VMSAs, calling areas, deposited pages) are not in it:
-/// they are the SVSM's, and move with the vCPUs.
-const MEMORY_MAGIC: &[u8; 4] = b"BWMM";
-const PAGE_BYTES: usize = 4096;
-const PAGE_RECORD: usize = 8 + 3 + PAGE_BYTES;
-/// The largest chunk [`Svsm::export_memory`] makes and [`Svsm::import_memory`] takes.
-pub const MAX_CHUNK_PAGES: usize = 128;
-
-/// What importing guest memory refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemoryImportError {
-    /// Not a memory chunk: bad magic, a cut record, trailing bytes, too many pages.
-    Malformed,
-    /// A page that is not the guest's RAM, or that the SVSM holds (its own region, a VMSA,
-    /// a calling area): the source named it, the destination does not give it to the guest.
-    NotGuestMemory { gpa: u64 },
-    /// A permission value RMPADJUST does not take.
-    BadPermissions { gpa: u64 },
-    /// The platform refused to validate or set up the page (a 2 MiB RMP entry, say).
-    Platform { gpa: u64 },
-    /// No room to record the page as validated.
-    NoRoom,
-}
-
 impl Svsm {
-    /// The next chunk of guest memory: validated guest pages from `from_pfn` on, at most
-    /// [`MAX_CHUNK_PAGES`] of them; with the pfn to go on from (`None`: all sent). The
-    /// guest must be stopped (a migration's last round), or the bytes may tear.
-    pub fn export_memory<P: Platform + ?Sized>(
-        &self,
-        p: &P,
-        from_pfn: u64,
-    ) -> Result<(Vec<u8>, Option<u64>), ServiceStateError> {
-        let mut out = Out(Vec::new());
-        out.bytes(MEMORY_MAGIC)?.u32(0)?;
-        let mut count = 0usize;
-        let mut page = [0u8; PAGE_BYTES];
-        for range in self.pages.ram() {
-            for pfn in range.start_pfn().max(from_pfn)..range.end_pfn() {
-                if count == MAX_CHUNK_PAGES {
-                    return finish_chunk(out, count, Some(pfn));
-                }
-                let addr = PageAddr::from_pfn(pfn);
-                let Some(one) = PageRange::new(addr, 1) else { continue };
-                if !self.pages.is_validated(addr) || self.pages.check_target(one).is_err() {
-                    continue;
-                }
-                page_record(p, &mut out, addr, &mut page)?;
-                count += 1;
-            }
-        }
-        finish_chunk(out, count, None)
-    }
-
-    /// A chunk of the pages `pfns` (at most [`MAX_CHUNK_PAGES`]; a pre-copy round's dirty
-    /// pages, see [`DirtyLog`]). Each must still be a validated guest page the SVSM holds
-    /// nothing on; one that no longer is (the guest gave it back) is left out.
-    pub fn export_pages<P: Platform + ?Sized>(&self, p: &P, pfns: &[u64]) -> Result<Vec<u8>, ServiceStateError> {
-        if pfns.len() > MAX_CHUNK_PAGES {
-            return Err(ServiceStateError::TooLarge);
-        }
-        let mut out = Out(Vec::new());
-        out.bytes(MEMORY_MAGIC)?.u32(0)?;
-        let mut page = [0u8; PAGE_BYTES];
-        let mut count = 0;
-        for &pfn in pfns {
-            let addr = PageAddr::from_pfn(pfn);
-            let Some(one) = PageRange::new(addr, 1) else { continue };
-            if self.pages.is_validated(addr) && self.pages.check_target(one).is_ok() {
-                page_record(p, &mut out, addr, &mut page)?;
-                count += 1;
-            }
-        }
-        finish_chunk(out, count, None).map(|(chunk, _)| chunk)
-    }
-
-    /// Apply a chunk of guest memory on the destination: each page validated for the
-    /// guest (PVALIDATE, then recorded), its lower VMPLs given the permissions the source's
-    /// had (RMPADJUST), and its bytes written. Every record is checked before any page
-    /// changes; the number of pages applied.
-    pub fn import_memory<P: Platform + ?Sized>(&self, p: &mut P, chunk: &[u8]) -> Result<u64, MemoryImportError> {
-        let body = chunk.strip_prefix(&MEMORY_MAGIC[..]).ok_or(MemoryImportError::Malformed)?;
-        let (count, records) = body.split_first_chunk::<4>().ok_or(MemoryImportError::Malformed)?;
-        let count = usize::try_from(u32::from_be_bytes(*count)).map_err(|_| MemoryImportError::Malformed)?;
-        if count > MAX_CHUNK_PAGES
-            || records.len() != count.checked_mul(PAGE_RECORD).ok_or(MemoryImportError::Malformed)?
-        {
-            return Err(MemoryImportError::Malformed);
-        }
-        let parse = |record: &[u8]| -> Result<(PageAddr, [u8; 3]), MemoryImportError> {
-            let (gpa, rest) = record.split_first_chunk::<8>().ok_or(MemoryImportError::Malformed)?;
-            let gpa = u64::from_be_bytes(*gpa);
-            let (perms, _) = rest.split_first_chunk::<3>().ok_or(MemoryImportError::Malformed)?;
-            let addr = PageAddr::new(gpa).ok_or(MemoryImportError::Malformed)?;
-            let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
-            if !self.pages.is_ram(one) || self.pages.check_target(one).is_err() {
-                return Err(MemoryImportError::NotGuestMemory { gpa });
-            }
-            if perms.iter().any(|perm| *perm & !abi::hw::rmpadjust::PERM_ALL != 0) {
-                return Err(MemoryImportError::BadPermissions { gpa });
-            }
-            Ok((addr, *perms))
-        };
-        for record in records.chunks_exact(PAGE_RECORD) {
-            parse(record)?;
-        }
-        for record in records.chunks_exact(PAGE_RECORD) {
-            let (addr, perms) = parse(record)?;
-            let gpa = addr.raw();
-            let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
-            let content = record.get(11..).ok_or(MemoryImportError::Malformed)?;
-            if !self.pages.is_validated(addr) {
-                let mut held = self.pages.unlocked();
-                held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
-                p.pvalidate(addr, PageSize::Size4K, true).map_err(|_| MemoryImportError::Platform { gpa })?;
-                held.set_validated(one, true);
-            }
-            for (vmpl, perm) in (1u8..=3).zip(perms) {
-                p.rmpadjust(addr, PageSize::Size4K, vmpl, perm, false)
-                    .map_err(|_| MemoryImportError::Platform { gpa })?;
-            }
-            p.write(addr.gpa(), content).map_err(|_| MemoryImportError::Platform { gpa })?;
-        }
-        Ok(count as u64)
-    }
-
     /// What this SVSM's migration evidence is made of (`migrate::evidence`): a VMPL0
     /// report with `report_data` from its PSP, and the host's certificate table for it.
     pub fn migration_evidence<P: Platform + ?Sized>(
@@ -512,129 +366,5 @@ mod tests {
             settings: vec![],
         };
         assert_eq!(huge.encode(), Err(ServiceStateError::TooLarge));
-    }
-}
-
-/// Trusted dirty tracking for a live migration's pre-copy rounds: the SVSM itself
-/// write-protects the guest's pages, never trusting the host's dirty log.
-///
-/// Every validated guest page loses WRITE for VMPL1..3 (RMPADJUST), and every CPU's
-/// cached translations are flushed. A guest write then faults; the host, which sees the
-/// fault, must hand it to the SVSM ([`Self::write_fault`]), which records the page dirty
-/// and gives WRITE back, and the guest retries. A host that does not forward the fault
-/// only stalls the guest: its write cannot happen without the SVSM, so no write goes
-/// untracked. [`Self::take_dirty`] protects the dirty pages again (and flushes) before it
-/// returns them, so a write after that faults again and is seen in the next round. A
-/// lower VMPL cannot grant a write it lacks (RMPADJUST's rule), and every round removes
-/// WRITE from all three VMPLs, so a grant made between rounds is caught too.
-#[derive(Debug)]
-pub struct DirtyLog {
-    /// Per VMPL 1..=3: the pages that VMPL had WRITE on when they were last protected.
-    writable: [OwnedBitmap; 3],
-    /// Pages written since the last round.
-    dirty: OwnedBitmap,
-    /// Pages in the bitmaps (the top of guest RAM).
-    pages: u64,
-}
-
-/// Why dirty tracking failed; tracking is then over (the caller stops it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DirtyLogError {
-    /// No room for the bitmaps.
-    NoRoom,
-    /// The platform could not read or change a page's permissions.
-    Platform { gpa: u64 },
-}
-
-impl DirtyLog {
-    /// Start tracking every validated guest page the SVSM holds nothing on.
-    pub fn start<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) -> Result<Self, DirtyLogError> {
-        let pages = svsm.pages.ram().iter().map(|r| r.end_pfn()).max().unwrap_or(0);
-        let bitmap = || OwnedBitmap::new(pages).map_err(|_| DirtyLogError::NoRoom);
-        let mut log = Self { writable: [bitmap()?, bitmap()?, bitmap()?], dirty: bitmap()?, pages };
-        for range in svsm.pages.ram() {
-            for addr in range.iter() {
-                let Some(one) = PageRange::new(addr, 1) else { continue };
-                if svsm.pages.is_validated(addr) && svsm.pages.check_target(one).is_ok() {
-                    log.protect(p, addr)?;
-                }
-            }
-        }
-        p.flush_guest_tlb();
-        Ok(log)
-    }
-
-    /// Take WRITE from every lower VMPL on `addr`, noting which had it.
-    fn protect<P: Platform + ?Sized>(&mut self, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
-        let gpa = addr.raw();
-        let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
-        for (vmpl, writable) in (1u8..=3).zip(self.writable.iter_mut()) {
-            let perms = p.vmpl_permissions(addr, vmpl).ok_or(DirtyLogError::Platform { gpa })?;
-            let had = perms & PERM_WRITE != 0;
-            writable.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
-            writable.set(one, had);
-            if had {
-                p.rmpadjust(addr, PageSize::Size4K, vmpl, perms & !PERM_WRITE, false)
-                    .map_err(|_| DirtyLogError::Platform { gpa })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Give WRITE back on `addr` to the VMPLs that had it.
-    fn unprotect<P: Platform + ?Sized>(&self, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
-        let gpa = addr.raw();
-        for (vmpl, writable) in (1u8..=3).zip(self.writable.iter()) {
-            if writable.get(addr.pfn()) {
-                let perms = p.vmpl_permissions(addr, vmpl).ok_or(DirtyLogError::Platform { gpa })?;
-                p.rmpadjust(addr, PageSize::Size4K, vmpl, perms | PERM_WRITE, false)
-                    .map_err(|_| DirtyLogError::Platform { gpa })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A guest write faulted on `gpa` (the host hands the fault on): record the page
-    /// dirty and give WRITE back. `false` for a page not tracked (nothing changes).
-    pub fn write_fault<P: Platform + ?Sized>(&mut self, p: &mut P, gpa: u64) -> Result<bool, DirtyLogError> {
-        let addr = PageAddr::from_pfn(gpa >> 12);
-        if !self.writable.iter().any(|w| w.get(addr.pfn())) {
-            return Ok(false);
-        }
-        let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
-        self.dirty.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
-        self.dirty.set(one, true);
-        self.unprotect(p, addr)?;
-        Ok(true)
-    }
-
-    /// The pages written since the last call (at most `max`; call again for more),
-    /// protected again, with every CPU's translations flushed, before they are returned.
-    pub fn take_dirty<P: Platform + ?Sized>(&mut self, p: &mut P, max: usize) -> Result<Vec<u64>, DirtyLogError> {
-        let mut taken = Vec::new();
-        let mut from = 0;
-        while taken.len() < max
-            && let Some(pfn) = self.dirty.next_set(from)
-        {
-            let addr = PageAddr::from_pfn(pfn);
-            self.protect(p, addr)?;
-            let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
-            self.dirty.set(one, false);
-            taken.try_reserve(1).map_err(|_| DirtyLogError::NoRoom)?;
-            taken.push(pfn);
-            from = pfn + 1;
-        }
-        p.flush_guest_tlb();
-        Ok(taken)
-    }
-
-    /// End tracking: every page gets WRITE back where a VMPL had it.
-    pub fn stop<P: Platform + ?Sized>(self, p: &mut P) -> Result<(), DirtyLogError> {
-        for pfn in 0..self.pages {
-            if self.writable.iter().any(|w| w.get(pfn)) {
-                self.unprotect(p, PageAddr::from_pfn(pfn))?;
-            }
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,161 @@
+//! Guest memory as a migration moves it (docs/migration.md "Guest memory").
+
+use super::{Out, ServiceStateError};
+use crate::addr::{PageAddr, PageRange, PageSize};
+use crate::platform::Platform;
+use crate::svsm::Svsm;
+use alloc::vec::Vec;
+
+/// Guest memory moves in chunks: `"BWMM" | u32 count | count * (u64 gpa | u8 perms of
+/// VMPL1, VMPL2, VMPL3 | 4096 bytes)`, every page one the guest validated (4 KiB
+/// entries only, for now), with the RMP permissions its lower VMPLs hold and its bytes.
+/// Pages the SVSM gave a role (VMSAs, calling areas, deposited pages) are not in it:
+/// they are the SVSM's, and move with the vCPUs.
+const MEMORY_MAGIC: &[u8; 4] = b"BWMM";
+const PAGE_BYTES: usize = 4096;
+const PAGE_RECORD: usize = 8 + 3 + PAGE_BYTES;
+/// The largest chunk [`Svsm::export_memory`] makes and [`Svsm::import_memory`] takes.
+pub const MAX_CHUNK_PAGES: usize = 128;
+
+/// What importing guest memory refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryImportError {
+    /// Not a memory chunk: bad magic, a cut record, trailing bytes, too many pages.
+    Malformed,
+    /// A page that is not the guest's RAM, or that the SVSM holds (its own region, a VMSA,
+    /// a calling area): the source named it, the destination does not give it to the guest.
+    NotGuestMemory { gpa: u64 },
+    /// A permission value RMPADJUST does not take.
+    BadPermissions { gpa: u64 },
+    /// The platform refused to validate or set up the page (a 2 MiB RMP entry, say).
+    Platform { gpa: u64 },
+    /// No room to record the page as validated.
+    NoRoom,
+}
+
+/// One page's record: its address, its lower VMPLs' permissions and its bytes.
+fn page_record<P: Platform + ?Sized>(
+    p: &P,
+    out: &mut Out,
+    addr: PageAddr,
+    page: &mut [u8; PAGE_BYTES],
+) -> Result<(), ServiceStateError> {
+    let mut perms = [0u8; 3];
+    for (vmpl, perm) in (1u8..=3).zip(perms.iter_mut()) {
+        *perm = p.vmpl_permissions(addr, vmpl).ok_or(ServiceStateError::Unattested)?;
+    }
+    p.read(addr.gpa(), page).map_err(|_| ServiceStateError::Malformed)?;
+    out.bytes(&addr.raw().to_be_bytes())?.bytes(&perms)?.bytes(page)?;
+    Ok(())
+}
+
+/// A chunk's page count, written into its header.
+fn finish_chunk(mut out: Out, count: usize, next: Option<u64>) -> Result<(Vec<u8>, Option<u64>), ServiceStateError> {
+    let count = u32::try_from(count).map_err(|_| ServiceStateError::TooLarge)?;
+    let field = out.0.get_mut(4..8).ok_or(ServiceStateError::Malformed)?;
+    field.copy_from_slice(&count.to_be_bytes());
+    Ok((out.0, next))
+}
+
+impl Svsm {
+    /// The next chunk of guest memory: validated guest pages from `from_pfn` on, at most
+    /// [`MAX_CHUNK_PAGES`] of them; with the pfn to go on from (`None`: all sent). The
+    /// guest must be stopped (a migration's last round), or the bytes may tear.
+    pub fn export_memory<P: Platform + ?Sized>(
+        &self,
+        p: &P,
+        from_pfn: u64,
+    ) -> Result<(Vec<u8>, Option<u64>), ServiceStateError> {
+        let mut out = Out(Vec::new());
+        out.bytes(MEMORY_MAGIC)?.u32(0)?;
+        let mut count = 0usize;
+        let mut page = [0u8; PAGE_BYTES];
+        for range in self.pages.ram() {
+            for pfn in range.start_pfn().max(from_pfn)..range.end_pfn() {
+                if count == MAX_CHUNK_PAGES {
+                    return finish_chunk(out, count, Some(pfn));
+                }
+                let addr = PageAddr::from_pfn(pfn);
+                let Some(one) = PageRange::new(addr, 1) else { continue };
+                if !self.pages.is_validated(addr) || self.pages.check_target(one).is_err() {
+                    continue;
+                }
+                page_record(p, &mut out, addr, &mut page)?;
+                count += 1;
+            }
+        }
+        finish_chunk(out, count, None)
+    }
+
+    /// A chunk of the pages `pfns` (at most [`MAX_CHUNK_PAGES`]; a pre-copy round's dirty
+    /// pages, see [`DirtyLog`]). Each must still be a validated guest page the SVSM holds
+    /// nothing on; one that no longer is (the guest gave it back) is left out.
+    pub fn export_pages<P: Platform + ?Sized>(&self, p: &P, pfns: &[u64]) -> Result<Vec<u8>, ServiceStateError> {
+        if pfns.len() > MAX_CHUNK_PAGES {
+            return Err(ServiceStateError::TooLarge);
+        }
+        let mut out = Out(Vec::new());
+        out.bytes(MEMORY_MAGIC)?.u32(0)?;
+        let mut page = [0u8; PAGE_BYTES];
+        let mut count = 0;
+        for &pfn in pfns {
+            let addr = PageAddr::from_pfn(pfn);
+            let Some(one) = PageRange::new(addr, 1) else { continue };
+            if self.pages.is_validated(addr) && self.pages.check_target(one).is_ok() {
+                page_record(p, &mut out, addr, &mut page)?;
+                count += 1;
+            }
+        }
+        finish_chunk(out, count, None).map(|(chunk, _)| chunk)
+    }
+
+    /// Apply a chunk of guest memory on the destination: each page validated for the
+    /// guest (PVALIDATE, then recorded), its lower VMPLs given the permissions the source's
+    /// had (RMPADJUST), and its bytes written. Every record is checked before any page
+    /// changes; the number of pages applied.
+    pub fn import_memory<P: Platform + ?Sized>(&self, p: &mut P, chunk: &[u8]) -> Result<u64, MemoryImportError> {
+        let body = chunk.strip_prefix(&MEMORY_MAGIC[..]).ok_or(MemoryImportError::Malformed)?;
+        let (count, records) = body.split_first_chunk::<4>().ok_or(MemoryImportError::Malformed)?;
+        let count = usize::try_from(u32::from_be_bytes(*count)).map_err(|_| MemoryImportError::Malformed)?;
+        if count > MAX_CHUNK_PAGES
+            || records.len() != count.checked_mul(PAGE_RECORD).ok_or(MemoryImportError::Malformed)?
+        {
+            return Err(MemoryImportError::Malformed);
+        }
+        let parse = |record: &[u8]| -> Result<(PageAddr, [u8; 3]), MemoryImportError> {
+            let (gpa, rest) = record.split_first_chunk::<8>().ok_or(MemoryImportError::Malformed)?;
+            let gpa = u64::from_be_bytes(*gpa);
+            let (perms, _) = rest.split_first_chunk::<3>().ok_or(MemoryImportError::Malformed)?;
+            let addr = PageAddr::new(gpa).ok_or(MemoryImportError::Malformed)?;
+            let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
+            if !self.pages.is_ram(one) || self.pages.check_target(one).is_err() {
+                return Err(MemoryImportError::NotGuestMemory { gpa });
+            }
+            if perms.iter().any(|perm| *perm & !abi::hw::rmpadjust::PERM_ALL != 0) {
+                return Err(MemoryImportError::BadPermissions { gpa });
+            }
+            Ok((addr, *perms))
+        };
+        for record in records.chunks_exact(PAGE_RECORD) {
+            parse(record)?;
+        }
+        for record in records.chunks_exact(PAGE_RECORD) {
+            let (addr, perms) = parse(record)?;
+            let gpa = addr.raw();
+            let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
+            let content = record.get(11..).ok_or(MemoryImportError::Malformed)?;
+            if !self.pages.is_validated(addr) {
+                let mut held = self.pages.unlocked();
+                held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
+                p.pvalidate(addr, PageSize::Size4K, true).map_err(|_| MemoryImportError::Platform { gpa })?;
+                held.set_validated(one, true);
+            }
+            for (vmpl, perm) in (1u8..=3).zip(perms) {
+                p.rmpadjust(addr, PageSize::Size4K, vmpl, perm, false)
+                    .map_err(|_| MemoryImportError::Platform { gpa })?;
+            }
+            p.write(addr.gpa(), content).map_err(|_| MemoryImportError::Platform { gpa })?;
+        }
+        Ok(count as u64)
+    }
+}
