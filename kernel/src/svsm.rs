@@ -153,6 +153,10 @@ pub struct Svsm {
     pub(crate) sealed: Option<crate::sealed::SharedSealed>,
     /// The sealed state's committed state, readable without waiting on a commit.
     sealed_summary: Option<crate::sealed::SealedSummary>,
+    /// A live migration's dirty tracking, while it runs (`migration::dirty`).
+    pub(crate) dirty: Mutex<Option<crate::migration::DirtyLog>>,
+    /// Set while `dirty` holds a log: a nested fault checks it without the lock.
+    pub(crate) tracking: AtomicBool,
 }
 
 // Every CPU serves calls through one shared `Svsm` (a `&'static` on bare metal): the
@@ -235,6 +239,8 @@ impl Svsm {
             vtpm_ek: Vec::new(),
             sealed: None,
             sealed_summary: None,
+            dirty: Mutex::new(None),
+            tracking: AtomicBool::new(false),
         })
     }
 

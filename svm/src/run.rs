@@ -16,6 +16,10 @@ use abi::vmcb::offset;
 use abi::vmsa::VmsaField;
 use core::cell::Cell;
 use kernel::Svsm;
+
+/// EXITINFO1 of a nested page fault: bit 1 set for a write access (AMD APM vol. 2,
+/// "Nested versus Guest Page Faults, Fault Ordering").
+const NPF_WRITE: u64 = 1 << 1;
 use kernel::platform::Level;
 use kernel::request::EntryOutcome;
 use kernel::vcpu::VcpuIndex;
@@ -147,6 +151,14 @@ impl<H: SvmHw> SvmShared<H> {
             t.vcpu.skip(exit::VMMCALL_LEN);
             let index = VcpuIndex(t.index);
             return Ok((true, Some(svsm.handle_entry(&mut self.serving(cpu, t), index))));
+        }
+        // A write a live migration's dirty tracking held back: recorded, the write given
+        // back; the guest retries the instruction.
+        if let Action::NestedFault { gpa, error } = action
+            && error & NPF_WRITE != 0
+            && svsm.dirty_write_fault(&mut self.serving(cpu, t), gpa)
+        {
+            return Ok((true, None));
         }
         let (index, v) = (t.index, &mut t.vcpu);
         let rip = v.field(VmsaField::Rip);

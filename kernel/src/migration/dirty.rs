@@ -6,6 +6,7 @@ use crate::platform::Platform;
 use crate::svsm::Svsm;
 use abi::hw::rmpadjust::PERM_WRITE;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 /// Trusted dirty tracking for a live migration's pre-copy rounds: the SVSM itself
 /// write-protects the guest's pages, never trusting the host's dirty log.
@@ -128,5 +129,46 @@ impl DirtyLog {
             }
         }
         Ok(())
+    }
+}
+
+impl Svsm {
+    /// Start tracking the guest's writes for a live migration's pre-copy ([`DirtyLog`]).
+    pub fn start_dirty_tracking<P: Platform + ?Sized>(&self, p: &mut P) -> Result<(), DirtyLogError> {
+        let mut slot = self.dirty.lock();
+        if slot.is_some() {
+            return Ok(());
+        }
+        *slot = Some(DirtyLog::start(self, p)?);
+        self.tracking.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A guest write faulted on `gpa` (a nested page fault the platform took, or one the
+    /// host handed on): `true` if dirty tracking held it back and has now recorded it and
+    /// given the write back, so the guest only retries; `false` if it is not tracking's.
+    pub fn dirty_write_fault<P: Platform + ?Sized>(&self, p: &mut P, gpa: u64) -> bool {
+        if !self.tracking.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.dirty.lock().as_mut() {
+            Some(log) => log.write_fault(p, gpa) == Ok(true),
+            None => false,
+        }
+    }
+
+    /// The pages written since the last round, protected again (see [`DirtyLog::take_dirty`]).
+    pub fn take_dirty<P: Platform + ?Sized>(&self, p: &mut P, max: usize) -> Result<Vec<u64>, DirtyLogError> {
+        match self.dirty.lock().as_mut() {
+            Some(log) => log.take_dirty(p, max),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Stop tracking (the migration ended, or failed and the guest runs on here).
+    pub fn stop_dirty_tracking<P: Platform + ?Sized>(&self, p: &mut P) -> Result<(), DirtyLogError> {
+        let log = self.dirty.lock().take();
+        self.tracking.store(false, Ordering::Release);
+        log.map_or(Ok(()), |log| log.stop(p))
     }
 }

@@ -362,3 +362,43 @@ fn a_page_state_change_on_another_cpu_reaches_a_vcpu_out() {
     let t = w.p.take_next(1, None, w.p.hw.generation()).unwrap();
     assert_eq!(t.vcpu.vmcb.u8(offset::TLB_CONTROL), 1, "to flush on its next entry");
 }
+
+/// A live migration's dirty tracking on svm: the SVSM's own nested page fault handler is
+/// where a write to a write-protected page lands. A write fault on a tracked page is
+/// recorded and given back (no #GP: the guest retries); any other nested fault is refused
+/// as before.
+#[test]
+fn a_write_fault_on_a_tracked_page_is_recorded_and_retried() {
+    let mut w = world();
+    let tracked = {
+        let pages = w.svsm.pages();
+        pages
+            .ram()
+            .iter()
+            .flat_map(|r| r.iter())
+            .find(|a| {
+                pages.is_validated(*a)
+                    && kernel::addr::PageRange::new(*a, 1).is_some_and(|one| pages.check_target(one).is_ok())
+            })
+            .expect("a validated guest page")
+    };
+    w.svsm.start_dirty_tracking(&mut w.p.platform(0)).unwrap();
+    let guest_vmpl = w.field(VmsaField::Vmpl) as u8;
+    assert_eq!(w.p.platform(0).vmpl_permissions(tracked, guest_vmpl).map(|p| p & 2), Some(0), "write-protected");
+
+    let write = Step { code: code::NPF, info1: 0b111, info2: tracked.raw() + 0x10, ..Step::default() };
+    assert_eq!(w.run(&[write]), Ok(true));
+    assert_eq!(w.event() & event::VALID, 0, "nothing injected: the guest retries the write");
+    assert_eq!(w.p.platform(0).vmpl_permissions(tracked, guest_vmpl).map(|p| p & 2), Some(2), "WRITE given back");
+    assert_eq!(w.svsm.take_dirty(&mut w.p.platform(0), 16), Ok(vec![tracked.pfn()]));
+
+    // A read fault on it, and a write fault on SVSM memory, are refused as before.
+    let read = Step { code: code::NPF, info1: 0b101, info2: tracked.raw(), ..Step::default() };
+    assert_eq!(w.run(&[read]), Ok(true));
+    assert_eq!(w.event(), GP);
+    let svsm_write = Step { code: code::NPF, info1: 0b111, info2: 0x100_0000, ..Step::default() };
+    assert_eq!(w.run(&[svsm_write]), Ok(true));
+    assert_eq!(w.event(), GP);
+    w.svsm.stop_dirty_tracking(&mut w.p.platform(0)).unwrap();
+    assert_eq!(w.p.platform(0).vmpl_permissions(tracked, guest_vmpl).map(|p| p & 2), Some(2));
+}
