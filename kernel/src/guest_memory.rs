@@ -130,6 +130,9 @@ pub fn write_with<P: Platform + ?Sized>(
     for (at, from, n) in pieces(gpa, len) {
         let _held = view.lock_piece(p, at, n, true)?;
         let wrote = fill(p, at, from, n)?;
+        if let Some(range) = PageRange::covering(at, n as u64) {
+            view.pages.note_changed(range);
+        }
         done += wrote;
         if wrote < n {
             break;

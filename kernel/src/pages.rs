@@ -36,7 +36,7 @@ use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use spin::{Mutex, MutexGuard, RwLock};
 
 /// The role of a page the SVSM has taken from the guest.
@@ -94,6 +94,19 @@ pub struct PageTracker {
     /// Roles per bucket of regions (`region % ROLE_HINTS`), changed with `roles`: a range
     /// whose buckets are all empty has no role, and its check need not read `roles`.
     role_hints: Box<[AtomicU32; ROLE_HINTS]>,
+    /// While a live migration records them: the guest pages the SVSM changed (wrote for
+    /// a call, validated or invalidated, handed back), which the guest's own write faults
+    /// do not show (`migration::dirty`). Checked with one atomic load otherwise.
+    recording: AtomicBool,
+    changed: Mutex<Option<ChangedPages>>,
+}
+
+/// The pages recorded as changed, and whether some did not fit (the migration then
+/// cannot know what changed, and fails).
+#[derive(Debug, Default)]
+struct ChangedPages {
+    pfns: Vec<u64>,
+    overflowed: bool,
 }
 
 /// The stripes a change holds (at most two), and the records of their pages. Records of
@@ -147,6 +160,8 @@ impl PageTracker {
             stripes: crate::heap::boxed_array(|| Mutex::new(Stripe::default())).ok_or(LayoutError::NoMemory)?,
             roles: RwLock::new(roles),
             role_hints: crate::heap::boxed_array(|| AtomicU32::new(0)).ok_or(LayoutError::NoMemory)?,
+            recording: AtomicBool::new(false),
+            changed: Mutex::new(None),
         };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
@@ -158,6 +173,44 @@ impl PageTracker {
 
     pub fn svsm_region(&self) -> PageRange {
         self.svsm
+    }
+
+    /// Record from now on the guest pages the SVSM changes (see `recording`).
+    pub fn start_recording(&self) {
+        *self.changed.lock() = Some(ChangedPages::default());
+        self.recording.store(true, Ordering::Release);
+    }
+
+    /// Stop recording.
+    pub fn stop_recording(&self) {
+        self.recording.store(false, Ordering::Release);
+        *self.changed.lock() = None;
+    }
+
+    /// The SVSM changed the guest's pages `range` (a no-op unless recording).
+    pub fn note_changed(&self, range: PageRange) {
+        if !self.recording.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(changed) = self.changed.lock().as_mut() {
+            for pfn in range.start_pfn()..range.end_pfn() {
+                if changed.pfns.try_reserve(1).is_err() {
+                    changed.overflowed = true;
+                    return;
+                }
+                changed.pfns.push(pfn);
+            }
+        }
+    }
+
+    /// The pages recorded as changed since the last call (unsorted, maybe repeated);
+    /// `Err` if some did not fit.
+    pub fn take_changed(&self) -> Result<Vec<u64>, NoRoom> {
+        match self.changed.lock().as_mut() {
+            Some(changed) if changed.overflowed => Err(NoRoom),
+            Some(changed) => Ok(core::mem::take(&mut changed.pfns)),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The guest's RAM ranges, sorted.
@@ -434,6 +487,11 @@ impl Held<'_> {
 
     /// Record the validation state of `range` ([prepared](Self::prepare_validation)
     /// first). Pages beyond RAM are ignored. `false` if a region was not prepared.
+    /// See [`PageTracker::note_changed`].
+    pub fn note_changed(&self, range: PageRange) {
+        self.pages.note_changed(range);
+    }
+
     pub fn set_validated(&mut self, range: PageRange, valid: bool) -> bool {
         self.set(range, Which::Validated, valid)
     }

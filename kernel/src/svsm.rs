@@ -315,6 +315,11 @@ impl Svsm {
         let _ = self.ocp.register("sealed.generation", SourceKind::Counter(Svsm::sealed_generation), NONE);
     }
 
+    /// The most privileged VMPL the guest runs at (the startup vCPU's).
+    pub fn guest_vmpl(&self) -> u8 {
+        self.guest_vmpl
+    }
+
     /// The sealed state's committed generation (0 without one); never waits on a commit.
     pub fn sealed_generation(&self) -> u64 {
         self.sealed_state_entry().map_or(0, |e| e.generation)

@@ -518,15 +518,16 @@ fn pattern(i: u64, round: u8) -> Vec<u8> {
 }
 
 /// Issue 16, "pre-copy with trusted dirty tracking": the SVSM write-protects the guest's
-/// pages itself. A guest write faults until the host hands the fault to the SVSM, which
-/// records the page and lets the write through; each round sends only what was written
-/// since the last, protected again first. The destination ends with every page as the
-/// guest last wrote it. A fault the host keeps to itself only stalls the guest: the write
-/// does not happen, so none is missed.
+/// pages itself. A guest write faults until the fault reaches the SVSM, which records the
+/// page and lets the write through; each round sends only what changed since the last,
+/// protected again first: what the guest wrote, and what the SVSM changed for it (an
+/// answer written into its memory, a page validated or given up). The destination ends
+/// with every page as the source has it. A fault the host keeps to itself only stalls the
+/// guest: the write does not happen, so none is missed.
 #[test]
-fn pre_copy_rounds_send_what_the_guest_wrote_and_miss_no_write() {
+fn pre_copy_rounds_send_what_changed_and_miss_no_write() {
+    use abi::protocol::{CallId, ProtocolId, ocp_call};
     use guest::Transport;
-    use kernel::migration::DirtyLog;
     let mut source = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
     guest_fills_pages(&mut source);
     // The guest's translations of its pages are cached writable now: tracking must flush
@@ -536,45 +537,87 @@ fn pre_copy_rounds_send_what_the_guest_wrote_and_miss_no_write() {
         let w = &mut destination.world;
         bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, chunk)).unwrap()
     };
+    let vmpl = source.world.svsm.guest_vmpl();
     let w = &mut source.world;
-    let mut log = bulwark_model::heap::in_svsm(|| DirtyLog::start(&w.svsm, &mut w.machine)).unwrap();
+    bulwark_model::heap::in_svsm(|| w.svsm.start_dirty_tracking(&mut w.machine)).unwrap();
 
-    // Round 1, the guest running: everything.
+    // Round 1, the guest running: everything, with the guest's WRITE in what is sent.
     for chunk in export_memory(&mut source) {
         apply(&mut destination, &chunk);
     }
-    // The guest writes pages 2 and 5: each write faults, the host hands the fault on,
+    let page = |i: u64| kernel::addr::PageAddr::new(PAGES_AT + i * 4096).unwrap();
+    let perms =
+        |env: &ModelEnv, i: u64| kernel::platform::Platform::vmpl_permissions(&env.world.machine, page(i), vmpl);
+    assert_eq!(perms(&destination, 0), Some(abi::hw::rmpadjust::PERM_ALL), "the destination's guest may write");
+    assert_eq!(perms(&source, 0).map(|p| p & abi::hw::rmpadjust::PERM_WRITE), Some(0), "the source's may not");
+
+    // The guest writes pages 2 and 5: each write faults, the fault reaches the SVSM,
     // the write goes through on the retry.
-    let guest_writes = |source: &mut ModelEnv, log: &mut DirtyLog, i: u64, round: u8, forward: bool| {
+    let guest_writes = |source: &mut ModelEnv, i: u64, round: u8, forward: bool| {
         let gpa = PAGES_AT + i * 4096;
         assert!(source.world.client().transport.write(gpa, &pattern(i, round)).is_err(), "page {i} is protected");
         if forward {
             let w = &mut source.world;
-            assert_eq!(log.write_fault(&mut w.machine, gpa), Ok(true));
+            assert!(w.svsm.dirty_write_fault(&mut w.machine, gpa, vmpl));
             source.world.client().transport.write(gpa, &pattern(i, round)).expect("the retried write");
         }
     };
-    guest_writes(&mut source, &mut log, 2, 1, true);
-    guest_writes(&mut source, &mut log, 5, 1, true);
+    guest_writes(&mut source, 2, 1, true);
+    guest_writes(&mut source, 5, 1, true);
     // A second write to a page already dirty in this round does not fault.
     source.world.client().transport.write(PAGES_AT + 5 * 4096, &pattern(5, 2)).expect("no fault the second time");
+    // The SVSM writes into page 1 for the guest (an OCP read of its core call counter):
+    // no fault, but the page changed.
+    let sources = source.world.svsm.ocp_sources();
+    let counter = (0..sources.len() as u32).find(|i| sources.get(*i).is_some_and(|s| s.name == "calls.core")).unwrap();
+    let read = CallId::new(ProtocolId::OCP, ocp_call::READ).to_rax();
+    let regs = guest::Regs { rax: read, rcx: u64::from(counter), rdx: PAGES_AT + 4096, r8: 8, r9: 0 };
+    let out = source.world.client().issue(regs);
+    assert_eq!(abi::result::ResultCode::from_rax(out.unwrap().rax), abi::result::ResultCode::SUCCESS);
+    let mut written_by_svsm = vec![0u8; 4096];
+    source.world.client().transport.read(PAGES_AT + 4096, &mut written_by_svsm).unwrap();
+    assert!(written_by_svsm != pattern(1, 0), "the counter landed in page 1");
 
-    // Round 2: the dirty pages only.
-    let dirty = log.take_dirty(&mut source.world.machine, 128).unwrap();
-    let (first, second) = (PAGES_AT / 4096 + 2, PAGES_AT / 4096 + 5);
-    assert_eq!(dirty, [first, second]);
+    // Round 2: what changed only.
+    let first = PAGES_AT / 4096;
+    let w = &mut source.world;
+    let dirty = w.svsm.take_dirty(&mut w.machine, 128).unwrap();
+    assert_eq!(dirty, [first + 1, first + 2, first + 5]);
     apply(&mut destination, &source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap());
     // Protected again: the next write to page 5 faults and is seen in the next round.
-    guest_writes(&mut source, &mut log, 5, 3, true);
+    guest_writes(&mut source, 5, 3, true);
     // The host keeps page 6's fault to itself: the write never happens.
-    guest_writes(&mut source, &mut log, 6, 3, false);
+    guest_writes(&mut source, 6, 3, false);
+    // The guest gives page 3 up (PVALIDATE rescind) and deposits page 7 with the SVSM:
+    // page 7 is the SVSM's now, and no forwarded fault gives the guest WRITE on it. (The
+    // guest writes its call lists to a page it tracks too: that write faults, is handed
+    // on, and makes the list page dirty.)
+    let w = &mut source.world;
+    assert!(w.svsm.dirty_write_fault(&mut w.machine, LIST_AT, vmpl));
+    let mut client = source.world.client();
+    client
+        .pvalidate(&[abi::core_protocol::PvalidateEntry::new(PAGES_AT + 3 * 4096, false, false, false)], LIST_AT)
+        .unwrap();
+    client.deposit(&[abi::core_protocol::DepositEntry::new(PAGES_AT + 7 * 4096, false)], LIST_AT).unwrap();
+    let w = &mut source.world;
+    assert!(
+        !w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 7 * 4096, vmpl),
+        "a deposited page is not the guest's"
+    );
+    assert_eq!(perms(&source, 7), Some(0), "the SVSM's page stays out of the guest's reach");
 
     // The last round, the guest stopped.
-    let dirty = log.take_dirty(&mut source.world.machine, 128).unwrap();
-    assert_eq!(dirty, [second]);
+    let w = &mut source.world;
+    let dirty = w.svsm.take_dirty(&mut w.machine, 128).unwrap();
+    assert_eq!(
+        dirty,
+        [LIST_AT / 4096, first + 3, first + 5],
+        "the list page and page 5 written, page 3 given up (page 7 is the SVSM's now: not sent)"
+    );
     apply(&mut destination, &source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap());
-    for i in 0..PAGE_COUNT {
+    for i in [0, 1, 2, 4, 5, 6] {
         let expected = match i {
+            1 => written_by_svsm.clone(),
             2 => pattern(2, 1),
             5 => pattern(5, 3),
             // Page 6 holds what the guest wrote before its stalled write, as on the source.
@@ -582,12 +625,13 @@ fn pre_copy_rounds_send_what_the_guest_wrote_and_miss_no_write() {
         };
         let mut got = vec![0u8; 4096];
         destination.world.client().transport.read(PAGES_AT + i * 4096, &mut got).unwrap();
-        assert_eq!(got, expected, "page {i} on the destination");
-        let mut on_source = vec![0u8; 4096];
-        source.world.client().transport.read(PAGES_AT + i * 4096, &mut on_source).unwrap();
-        assert_eq!(on_source, expected, "page {i} on the source");
+        assert!(got == expected, "page {i} on the destination");
     }
-    // Tracking ends (a migration that failed): the guest writes freely again.
-    log.stop(&mut source.world.machine).unwrap();
+    assert!(!destination.world.svsm.pages().is_validated(page(3)), "page 3 was given up");
+    // Tracking ends (a migration that failed): the guest writes freely again, and the
+    // deposited page stays the SVSM's.
+    let w = &mut source.world;
+    w.svsm.stop_dirty_tracking(&mut w.machine).unwrap();
     source.world.client().transport.write(PAGES_AT + 6 * 4096, &pattern(6, 4)).expect("write after tracking");
+    assert_eq!(perms(&source, 7), Some(0));
 }

@@ -16,7 +16,7 @@ use crate::{BLOCK_SIZE, Block, Entropy, StoreError};
 /// A key may carry a label: 16 bytes that say how to derive it again (for the SVSM, the
 /// guest SVN and TCB version of its key request). Every header a key writes carries its
 /// label in the clear, so that after an update the caller can find out which older key
-/// the store is under ([`crate::header_key_labels`]) and re-wrap it ([`Store::rekey`]).
+/// the store is under ([`crate::header_claims`]) and re-wrap it ([`Store::rekey`]).
 /// The label is no secret and grants nothing: the header MAC covers it, and a wrong label
 /// only leads to a key that does not open the store.
 ///

@@ -171,7 +171,7 @@ const LABEL_OFFSET: usize = 128;
 const GENERATION_OFFSET: usize = 64;
 
 /// What a header slot claims, read without any key: its generation and its key's label.
-/// Nothing here is authenticated (see [`crate::header_key_labels`]).
+/// Nothing here is authenticated (see [`crate::header_claims`]).
 pub(crate) fn header_claims(block: &Block) -> Option<(u64, [u8; 16])> {
     if block.get(..8) != Some(&MAGIC[..]) {
         return None;

@@ -436,9 +436,11 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
     /// the other header slot. For a store opened with the key of an older TCB or SVN after
     /// an update (docs/persistence.md "The key and updates").
     ///
-    /// The old header stays in its slot under the old key until the next commit replaces
-    /// it, and a power cut before the new header is durable leaves the old state whole, to
-    /// be opened with the old key and re-wrapped again. Staged changes are committed with
+    /// A power cut before the first new header is durable leaves the old state whole, to
+    /// be opened with the old key and re-wrapped again; one between the two commits leaves
+    /// the old key's header in the other slot until the next commit. The re-wrap writes
+    /// every blob again while the old blocks stay in use: it needs free blocks for a whole
+    /// copy of the state (`StoreError::Full` otherwise, and the old key still opens it). Staged changes are committed with
     /// it. On any error the store is gone: it must not commit on under either key, or the
     /// two keys would each see a different newest state.
     pub fn rekey(mut self, key: &StoreKey) -> Result<Self, StoreError> {
@@ -446,6 +448,11 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         for blob in self.blobs.values_mut() {
             blob.stored = None;
         }
+        self.staged = true;
+        self.commit()?;
+        // A second commit (the index only: the blobs stay where the first put them) puts
+        // the other header slot under the new key too, so the old key no longer opens
+        // anything here: firmware rolled back to the old TCB finds no state to open.
         self.staged = true;
         self.commit()?;
         Ok(self)

@@ -202,6 +202,7 @@ fn set_aside_if_resealed(image: &Path, companions: &[&Path], guest: &Path) -> Re
     let stamp = image.with_extension("launch.sha384");
     let stamped = std::fs::read_to_string(&stamp).ok();
     if stamped.as_deref().is_some_and(|s| s.trim() != digest) && image.exists() {
+        let image_aside = previous_launch_name(image);
         for path in std::iter::once(image).chain(companions.iter().copied()) {
             let aside = previous_launch_name(path);
             if path.exists() {
@@ -211,7 +212,7 @@ fn set_aside_if_resealed(image: &Path, companions: &[&Path], guest: &Path) -> Re
         step(&format!(
             "state disk {}: sealed to another launch (the test guest changed since it was written), so it can never open again; set aside as {} and replaced by a blank disk",
             image.display(),
-            previous_launch_name(image).display()
+            image_aside.display()
         ));
     }
     if stamped.is_none() && image.exists() {
@@ -220,11 +221,18 @@ fn set_aside_if_resealed(image: &Path, companions: &[&Path], guest: &Path) -> Re
     std::fs::write(&stamp, format!("{digest}\n")).map_err(|e| format!("{}: {e}", stamp.display()))
 }
 
-/// `bulwark-state.img` -> `bulwark-state.previous-launch.img`.
+/// `bulwark-state.img` -> `bulwark-state.previous-launch.img` (the first name not taken:
+/// `.previous-launch-2.img`, ... after that), so an earlier set-aside disk stays too.
 fn previous_launch_name(path: &Path) -> std::path::PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
-    path.with_file_name(format!("{stem}.previous-launch.{ext}"))
+    (1..)
+        .map(|n| match n {
+            1 => path.with_file_name(format!("{stem}.previous-launch.{ext}")),
+            n => path.with_file_name(format!("{stem}.previous-launch-{n}.{ext}")),
+        })
+        .find(|candidate| !candidate.exists())
+        .unwrap_or_else(|| path.with_extension("previous-launch"))
 }
 
 /// Copy the disk image `from` to `to`, changed as a host would (`how`); `older` is the
@@ -254,6 +262,9 @@ fn tamper(how: Tamper, from: &Path, older: &Path, to: &Path) -> Result {
                     bytes[range.clone()].copy_from_slice(&old[range]);
                     replayed += 1;
                 }
+            }
+            if replayed == 0 {
+                return Err(format!("{} and {} are the same: nothing to replay", from.display(), older.display()));
             }
             format!("with its {replayed} blocks the later boots changed replayed from {}", older.display())
         }
@@ -657,6 +668,12 @@ mod tests {
         use sha2::Digest;
         let stamp = std::fs::read_to_string(dir.join("bulwark-state.launch.sha384")).unwrap();
         assert_eq!(stamp.trim(), attest::hex(&sha2::Sha384::digest(b"launch two")));
+        // A third launch: the second disk goes aside too, beside the first, not over it.
+        std::fs::write(dir.join("bulwark-state.img"), b"sealed to launch two").unwrap();
+        std::fs::write(dir.join("guest"), b"launch three").unwrap();
+        set_aside(&dir);
+        assert_eq!(std::fs::read(dir.join("bulwark-state.previous-launch.img")).unwrap(), b"sealed to launch one");
+        assert_eq!(std::fs::read(dir.join("bulwark-state.previous-launch-2.img")).unwrap(), b"sealed to launch two");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,148 +11,237 @@ use core::sync::atomic::Ordering;
 /// Trusted dirty tracking for a live migration's pre-copy rounds: the SVSM itself
 /// write-protects the guest's pages, never trusting the host's dirty log.
 ///
-/// Every validated guest page loses WRITE for VMPL1..3 (RMPADJUST), and every CPU's
-/// cached translations are flushed. A guest write then faults; the host, which sees the
-/// fault, must hand it to the SVSM ([`Self::write_fault`]), which records the page dirty
-/// and gives WRITE back, and the guest retries. A host that does not forward the fault
-/// only stalls the guest: its write cannot happen without the SVSM, so no write goes
-/// untracked. [`Self::take_dirty`] protects the dirty pages again (and flushes) before it
-/// returns them, so a write after that faults again and is seen in the next round. A
-/// lower VMPL cannot grant a write it lacks (RMPADJUST's rule), and every round removes
-/// WRITE from all three VMPLs, so a grant made between rounds is caught too.
+/// Every validated guest page loses WRITE for the guest's VMPL (RMPADJUST), and every
+/// CPU's cached translations are flushed. A guest write then faults; the fault reaches
+/// the SVSM ([`Self::write_fault`]: its own nested page fault handler on svm, the host
+/// handing it on on snp), which records the page dirty and gives WRITE back, and the
+/// guest retries. A host that does not hand a fault on only stalls the guest: its write
+/// cannot happen without the SVSM, so no write goes unrecorded. [`Self::take_dirty`]
+/// protects the dirty pages again (and flushes) before they are read, so a write after
+/// that faults again and lands in the next round.
+///
+/// Only the guest's own VMPL (its most privileged, the startup vCPU's) is tracked: its
+/// permissions change only by the SVSM, so giving WRITE back restores exactly what the
+/// SVSM took. A guest that gave a less privileged VMPL write access could change that
+/// VMPL's permissions itself, behind the SVSM's back, so tracking refuses to start then
+/// ([`DirtyLogError::LowerVmplWrites`]). WRITE goes back only to a page that is still a
+/// validated guest page (a page the guest deposited or made a VMSA while tracked stays as
+/// the SVSM set it). What the SVSM itself changes for the guest (answers it writes,
+/// pages validated, invalidated or handed back) is recorded by the page tracker and joins
+/// each round's dirty pages.
 #[derive(Debug)]
 pub struct DirtyLog {
-    /// Per VMPL 1..=3: the pages that VMPL had WRITE on when they were last protected.
-    writable: [OwnedBitmap; 3],
+    /// The guest's VMPL.
+    vmpl: u8,
+    /// The pages whose WRITE the log took (and gives back).
+    protected: OwnedBitmap,
     /// Pages written since the last round.
     dirty: OwnedBitmap,
     /// Pages in the bitmaps (the top of guest RAM).
     pages: u64,
 }
 
-/// Why dirty tracking failed; tracking is then over (the caller stops it).
+/// Why dirty tracking failed; tracking is then over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DirtyLogError {
     /// No room for the bitmaps.
     NoRoom,
     /// The platform could not read or change a page's permissions.
     Platform { gpa: u64 },
+    /// A VMPL below the guest's may write this page; its permissions are the guest's to
+    /// change, so its writes cannot be tracked soundly.
+    LowerVmplWrites { gpa: u64 },
+}
+
+/// Is `addr` a validated guest page the SVSM holds nothing on? (A calling area is the
+/// guest's to write, but it moves with its vCPU, not as memory: it is not tracked.)
+fn guest_page(svsm: &Svsm, addr: PageAddr) -> bool {
+    PageRange::new(addr, 1).is_some_and(|one| svsm.pages.is_validated(addr) && svsm.pages.check_target(one).is_ok())
 }
 
 impl DirtyLog {
-    /// Start tracking every validated guest page the SVSM holds nothing on.
+    /// Start tracking every validated guest page the SVSM holds nothing on. On an error,
+    /// every page protected so far gets WRITE back.
     pub fn start<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) -> Result<Self, DirtyLogError> {
         let pages = svsm.pages.ram().iter().map(|r| r.end_pfn()).max().unwrap_or(0);
         let bitmap = || OwnedBitmap::new(pages).map_err(|_| DirtyLogError::NoRoom);
-        let mut log = Self { writable: [bitmap()?, bitmap()?, bitmap()?], dirty: bitmap()?, pages };
-        for range in svsm.pages.ram() {
-            for addr in range.iter() {
-                let Some(one) = PageRange::new(addr, 1) else { continue };
-                if svsm.pages.is_validated(addr) && svsm.pages.check_target(one).is_ok() {
+        let mut log = Self { vmpl: svsm.guest_vmpl, protected: bitmap()?, dirty: bitmap()?, pages };
+        let mut protect_all = || -> Result<(), DirtyLogError> {
+            for range in svsm.pages.ram() {
+                for addr in range.iter().filter(|a| guest_page(svsm, *a)) {
+                    for lower in log.vmpl + 1..=3 {
+                        let perms =
+                            p.vmpl_permissions(addr, lower).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
+                        if perms & PERM_WRITE != 0 {
+                            return Err(DirtyLogError::LowerVmplWrites { gpa: addr.raw() });
+                        }
+                    }
                     log.protect(p, addr)?;
                 }
             }
+            Ok(())
+        };
+        if let Err(e) = protect_all() {
+            // Best effort: a page the platform refuses to give back stays as it is (the
+            // error that matters is the one that stopped the start).
+            let _ = log.give_back(svsm, p);
+            return Err(e);
         }
         p.flush_guest_tlb();
         Ok(log)
     }
 
-    /// Take WRITE from every lower VMPL on `addr`, noting which had it.
+    /// Whether the log took WRITE from `pfn` (an export gives it back in what it sends).
+    pub fn protected(&self, pfn: u64) -> bool {
+        self.protected.get(pfn)
+    }
+
+    /// Take WRITE from the guest's VMPL on `addr`, if it has it.
     fn protect<P: Platform + ?Sized>(&mut self, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
-        for (vmpl, writable) in (1u8..=3).zip(self.writable.iter_mut()) {
-            let perms = p.vmpl_permissions(addr, vmpl).ok_or(DirtyLogError::Platform { gpa })?;
-            let had = perms & PERM_WRITE != 0;
-            writable.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
-            writable.set(one, had);
-            if had {
-                p.rmpadjust(addr, PageSize::Size4K, vmpl, perms & !PERM_WRITE, false)
-                    .map_err(|_| DirtyLogError::Platform { gpa })?;
-            }
+        let perms = p.vmpl_permissions(addr, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
+        if perms & PERM_WRITE == 0 {
+            return Ok(());
         }
+        self.protected.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
+        p.rmpadjust(addr, PageSize::Size4K, self.vmpl, perms & !PERM_WRITE, false)
+            .map_err(|_| DirtyLogError::Platform { gpa })?;
+        self.protected.set(one, true);
         Ok(())
     }
 
-    /// Give WRITE back on `addr` to the VMPLs that had it.
-    fn unprotect<P: Platform + ?Sized>(&self, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
+    /// Give WRITE back on `addr`, if the log took it and the page is still the guest's.
+    fn unprotect<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
-        for (vmpl, writable) in (1u8..=3).zip(self.writable.iter()) {
-            if writable.get(addr.pfn()) {
-                let perms = p.vmpl_permissions(addr, vmpl).ok_or(DirtyLogError::Platform { gpa })?;
-                p.rmpadjust(addr, PageSize::Size4K, vmpl, perms | PERM_WRITE, false)
-                    .map_err(|_| DirtyLogError::Platform { gpa })?;
-            }
+        let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
+        if !self.protected.get(addr.pfn()) {
+            return Ok(());
         }
-        Ok(())
+        // Taken by the log, and no longer the guest's: the SVSM's own permissions stand.
+        self.protected.set(one, false);
+        if !guest_page(svsm, addr) {
+            return Ok(());
+        }
+        let perms = p.vmpl_permissions(addr, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
+        p.rmpadjust(addr, PageSize::Size4K, self.vmpl, perms | PERM_WRITE, false)
+            .map_err(|_| DirtyLogError::Platform { gpa })
     }
 
-    /// A guest write faulted on `gpa` (the host hands the fault on): record the page
-    /// dirty and give WRITE back. `false` for a page not tracked (nothing changes).
-    pub fn write_fault<P: Platform + ?Sized>(&mut self, p: &mut P, gpa: u64) -> Result<bool, DirtyLogError> {
+    /// A write by `vmpl` faulted on `gpa`: if the log took WRITE there and the page is
+    /// still the guest's, record it dirty and give WRITE back (`true`: the guest retries);
+    /// otherwise nothing changes (`false`: the fault is not the log's).
+    pub fn write_fault<P: Platform + ?Sized>(
+        &mut self,
+        svsm: &Svsm,
+        p: &mut P,
+        gpa: u64,
+        vmpl: u8,
+    ) -> Result<bool, DirtyLogError> {
         let addr = PageAddr::from_pfn(gpa >> 12);
-        if !self.writable.iter().any(|w| w.get(addr.pfn())) {
+        if vmpl != self.vmpl || !self.protected.get(addr.pfn()) || !guest_page(svsm, addr) {
             return Ok(false);
         }
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         self.dirty.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
         self.dirty.set(one, true);
-        self.unprotect(p, addr)?;
+        self.unprotect(svsm, p, addr)?;
         Ok(true)
     }
 
-    /// The pages written since the last call (at most `max`; call again for more),
+    /// The pages written since the last call (at most `max`; call again for more), each
     /// protected again, with every CPU's translations flushed, before they are returned.
-    pub fn take_dirty<P: Platform + ?Sized>(&mut self, p: &mut P, max: usize) -> Result<Vec<u64>, DirtyLogError> {
-        let mut taken = Vec::new();
-        let mut from = 0;
-        while taken.len() < max
-            && let Some(pfn) = self.dirty.next_set(from)
-        {
-            let addr = PageAddr::from_pfn(pfn);
-            self.protect(p, addr)?;
-            let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
-            self.dirty.set(one, false);
-            taken.try_reserve(1).map_err(|_| DirtyLogError::NoRoom)?;
-            taken.push(pfn);
-            from = pfn + 1;
+    /// A page that is no longer the guest's is returned too (the export leaves it out).
+    pub fn take_dirty<P: Platform + ?Sized>(
+        &mut self,
+        svsm: &Svsm,
+        p: &mut P,
+        max: usize,
+    ) -> Result<Vec<u64>, DirtyLogError> {
+        // What the SVSM itself changed for the guest since the last round (a call's answer
+        // written, pages validated, invalidated or handed back) joins what the guest wrote.
+        for pfn in svsm.pages.take_changed().map_err(|_| DirtyLogError::NoRoom)? {
+            let one = PageRange::new(PageAddr::from_pfn(pfn), 1).ok_or(DirtyLogError::NoRoom)?;
+            self.dirty.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
+            self.dirty.set(one, true);
         }
+        let mut taken = Vec::new();
+        taken.try_reserve(max.min(4096)).map_err(|_| DirtyLogError::NoRoom)?;
+        let mut from = 0;
+        let result = (|| {
+            while taken.len() < max
+                && let Some(pfn) = self.dirty.next_set(from)
+            {
+                let addr = PageAddr::from_pfn(pfn);
+                if guest_page(svsm, addr) {
+                    self.protect(p, addr)?;
+                }
+                let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
+                taken.try_reserve(1).map_err(|_| DirtyLogError::NoRoom)?;
+                self.dirty.set(one, false);
+                taken.push(pfn);
+                from = pfn + 1;
+            }
+            Ok(())
+        })();
+        // What was protected must be flushed, whether or not every page was.
         p.flush_guest_tlb();
-        Ok(taken)
+        result.map(|()| taken)
     }
 
-    /// End tracking: every page gets WRITE back where a VMPL had it.
-    pub fn stop<P: Platform + ?Sized>(self, p: &mut P) -> Result<(), DirtyLogError> {
-        for pfn in 0..self.pages {
-            if self.writable.iter().any(|w| w.get(pfn)) {
-                self.unprotect(p, PageAddr::from_pfn(pfn))?;
+    /// Give WRITE back everywhere the log took it (pages still the guest's), going on past
+    /// a page the platform refuses; the first error is returned.
+    fn give_back<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P) -> Result<(), DirtyLogError> {
+        let mut first = Ok(());
+        let mut from = 0;
+        while let Some(pfn) = self.protected.next_set(from) {
+            let done = self.unprotect(svsm, p, PageAddr::from_pfn(pfn));
+            if first.is_ok() {
+                first = done;
+            }
+            from = pfn + 1;
+            if from >= self.pages {
+                break;
             }
         }
-        Ok(())
+        first
     }
 }
 
 impl Svsm {
     /// Start tracking the guest's writes for a live migration's pre-copy ([`DirtyLog`]).
+    /// The flag that sends write faults to the log is set first, under the log's lock:
+    /// a fault on another CPU while pages are being protected waits for the log.
     pub fn start_dirty_tracking<P: Platform + ?Sized>(&self, p: &mut P) -> Result<(), DirtyLogError> {
         let mut slot = self.dirty.lock();
         if slot.is_some() {
             return Ok(());
         }
-        *slot = Some(DirtyLog::start(self, p)?);
         self.tracking.store(true, Ordering::Release);
-        Ok(())
+        self.pages.start_recording();
+        match DirtyLog::start(self, p) {
+            Ok(log) => {
+                *slot = Some(log);
+                Ok(())
+            }
+            Err(e) => {
+                self.pages.stop_recording();
+                self.tracking.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 
-    /// A guest write faulted on `gpa` (a nested page fault the platform took, or one the
-    /// host handed on): `true` if dirty tracking held it back and has now recorded it and
-    /// given the write back, so the guest only retries; `false` if it is not tracking's.
-    pub fn dirty_write_fault<P: Platform + ?Sized>(&self, p: &mut P, gpa: u64) -> bool {
+    /// A write by `vmpl` faulted on `gpa` (a nested page fault the platform took, or one
+    /// the host handed on): `true` if dirty tracking held it back and has now recorded it
+    /// and given the write back, so the guest only retries; `false` if it is not
+    /// tracking's.
+    pub fn dirty_write_fault<P: Platform + ?Sized>(&self, p: &mut P, gpa: u64, vmpl: u8) -> bool {
         if !self.tracking.load(Ordering::Acquire) {
             return false;
         }
         match self.dirty.lock().as_mut() {
-            Some(log) => log.write_fault(p, gpa) == Ok(true),
+            Some(log) => log.write_fault(self, p, gpa, vmpl) == Ok(true),
             None => false,
         }
     }
@@ -160,15 +249,24 @@ impl Svsm {
     /// The pages written since the last round, protected again (see [`DirtyLog::take_dirty`]).
     pub fn take_dirty<P: Platform + ?Sized>(&self, p: &mut P, max: usize) -> Result<Vec<u64>, DirtyLogError> {
         match self.dirty.lock().as_mut() {
-            Some(log) => log.take_dirty(p, max),
+            Some(log) => log.take_dirty(self, p, max),
             None => Ok(Vec::new()),
         }
     }
 
-    /// Stop tracking (the migration ended, or failed and the guest runs on here).
+    /// Whether dirty tracking took WRITE from `pfn` (what an export gives back).
+    pub(crate) fn write_withheld(&self, pfn: u64) -> bool {
+        self.tracking.load(Ordering::Acquire) && self.dirty.lock().as_ref().is_some_and(|log| log.protected(pfn))
+    }
+
+    /// Stop tracking (the migration ended, or failed and the guest runs on here): WRITE
+    /// goes back first, then the flag drops, so no fault in between finds no log.
     pub fn stop_dirty_tracking<P: Platform + ?Sized>(&self, p: &mut P) -> Result<(), DirtyLogError> {
-        let log = self.dirty.lock().take();
+        let mut slot = self.dirty.lock();
+        let result = slot.as_mut().map_or(Ok(()), |log| log.give_back(self, p));
+        *slot = None;
+        self.pages.stop_recording();
         self.tracking.store(false, Ordering::Release);
-        log.map_or(Ok(()), |log| log.stop(p))
+        result
     }
 }

@@ -8,12 +8,16 @@ use alloc::vec::Vec;
 
 /// Guest memory moves in chunks: `"BWMM" | u32 count | count * (u64 gpa | u8 perms of
 /// VMPL1, VMPL2, VMPL3 | 4096 bytes)`, every page one the guest validated (4 KiB
-/// entries only, for now), with the RMP permissions its lower VMPLs hold and its bytes.
+/// entries only, for now), with the RMP permissions its lower VMPLs hold and its bytes;
+/// a page the guest gave up since an earlier round has the permissions `FF FF FF`.
 /// Pages the SVSM gave a role (VMSAs, calling areas, deposited pages) are not in it:
 /// they are the SVSM's, and move with the vCPUs.
 const MEMORY_MAGIC: &[u8; 4] = b"BWMM";
 const PAGE_BYTES: usize = 4096;
 const PAGE_RECORD: usize = 8 + 3 + PAGE_BYTES;
+/// The permissions field of a page the guest no longer has validated (no RMPADJUST value
+/// has bits above `PERM_ALL`): the destination invalidates it.
+const INVALIDATED: [u8; 3] = [0xFF; 3];
 /// The largest chunk [`Svsm::export_memory`] makes and [`Svsm::import_memory`] takes.
 pub const MAX_CHUNK_PAGES: usize = 128;
 
@@ -35,14 +39,20 @@ pub enum MemoryImportError {
 
 /// One page's record: its address, its lower VMPLs' permissions and its bytes.
 fn page_record<P: Platform + ?Sized>(
+    svsm: &Svsm,
     p: &P,
     out: &mut Out,
     addr: PageAddr,
     page: &mut [u8; PAGE_BYTES],
 ) -> Result<(), ServiceStateError> {
     let mut perms = [0u8; 3];
+    // While dirty tracking holds the guest's WRITE back, the destination gets it anyway.
+    let withheld = svsm.write_withheld(addr.pfn()).then_some(svsm.guest_vmpl);
     for (vmpl, perm) in (1u8..=3).zip(perms.iter_mut()) {
         *perm = p.vmpl_permissions(addr, vmpl).ok_or(ServiceStateError::Unattested)?;
+        if withheld == Some(vmpl) {
+            *perm |= abi::hw::rmpadjust::PERM_WRITE;
+        }
     }
     p.read(addr.gpa(), page).map_err(|_| ServiceStateError::Malformed)?;
     out.bytes(&addr.raw().to_be_bytes())?.bytes(&perms)?.bytes(page)?;
@@ -80,7 +90,7 @@ impl Svsm {
                 if !self.pages.is_validated(addr) || self.pages.check_target(one).is_err() {
                     continue;
                 }
-                page_record(p, &mut out, addr, &mut page)?;
+                page_record(self, p, &mut out, addr, &mut page)?;
                 count += 1;
             }
         }
@@ -101,10 +111,17 @@ impl Svsm {
         for &pfn in pfns {
             let addr = PageAddr::from_pfn(pfn);
             let Some(one) = PageRange::new(addr, 1) else { continue };
-            if self.pages.is_validated(addr) && self.pages.check_target(one).is_ok() {
-                page_record(p, &mut out, addr, &mut page)?;
-                count += 1;
+            if self.pages.check_target(one).is_err() {
+                // The SVSM's now (deposited, a VMSA) or a calling area: not sent here.
+                continue;
             }
+            if self.pages.is_validated(addr) {
+                page_record(self, p, &mut out, addr, &mut page)?;
+            } else {
+                // The guest gave it up since an earlier round sent it.
+                out.bytes(&addr.raw().to_be_bytes())?.bytes(&INVALIDATED)?.bytes(&[0; PAGE_BYTES])?;
+            }
+            count += 1;
         }
         finish_chunk(out, count, None).map(|(chunk, _)| chunk)
     }
@@ -131,7 +148,7 @@ impl Svsm {
             if !self.pages.is_ram(one) || self.pages.check_target(one).is_err() {
                 return Err(MemoryImportError::NotGuestMemory { gpa });
             }
-            if perms.iter().any(|perm| *perm & !abi::hw::rmpadjust::PERM_ALL != 0) {
+            if *perms != INVALIDATED && perms.iter().any(|perm| *perm & !abi::hw::rmpadjust::PERM_ALL != 0) {
                 return Err(MemoryImportError::BadPermissions { gpa });
             }
             Ok((addr, *perms))
@@ -144,6 +161,19 @@ impl Svsm {
             let gpa = addr.raw();
             let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
             let content = record.get(11..).ok_or(MemoryImportError::Malformed)?;
+            if perms == INVALIDATED {
+                if self.pages.is_validated(addr) {
+                    let mut held = self.pages.unlocked();
+                    held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
+                    for vmpl in 1..=3 {
+                        p.rmpadjust(addr, PageSize::Size4K, vmpl, abi::hw::rmpadjust::PERM_NONE, false)
+                            .map_err(|_| MemoryImportError::Platform { gpa })?;
+                    }
+                    p.pvalidate(addr, PageSize::Size4K, false).map_err(|_| MemoryImportError::Platform { gpa })?;
+                    held.set_validated(one, false);
+                }
+                continue;
+            }
             if !self.pages.is_validated(addr) {
                 let mut held = self.pages.unlocked();
                 held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;

@@ -167,6 +167,8 @@ fn withdraw_inner<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContex
         }
         if let Some(r) = one {
             held.set_deposited(r, false);
+            // The guest's again, zeroed: a live migration sends it.
+            held.note_changed(r);
         }
         returned += 1;
     }

@@ -105,16 +105,19 @@ pub fn apply<P: Platform + ?Sized>(held: &mut Held<'_>, p: &mut P, caller: Calle
         EntryError::NotHeld => CallError::InvalidRequest("PVALIDATE entry outside its page lock"),
     })?;
     let record = &mut record;
-    if entry.validate {
+    let done = if entry.validate {
         // A page that is not validated belongs to no VMPL yet, so any caller may validate
         // it (and gets access with every more privileged VMPL). A validated one only
         // answers "no change" and is not touched.
         validate(record, p, caller.vmpl, entry, recorded_valid)
     } else {
         // Invalidating destroys the contents: only for a caller that could write them.
-        caller.check(p, entry.range, Access::Write)?;
-        invalidate(record, p, caller.vmpl, entry)
-    }
+        caller.check(p, entry.range, Access::Write).and_then(|()| invalidate(record, p, caller.vmpl, entry))
+    };
+    // A live migration sends the pages again (validated, zeroed, or gone): whatever the
+    // outcome, the hardware may have changed.
+    held.note_changed(entry.range);
+    done
 }
 
 fn validate<P: Platform + ?Sized>(

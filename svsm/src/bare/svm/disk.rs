@@ -116,6 +116,9 @@ pub enum DiskError {
     Unreachable,
     /// The device refused to start, or is read-only.
     Device,
+    /// The device lost a request while being set up: its bounce pages stay with it, so
+    /// no other device is tried.
+    Lost,
 }
 
 /// Find the state disk on PCI bus 0 and start it.
@@ -131,6 +134,7 @@ pub fn find() -> Result<VirtioDisk, DiskError> {
         match start(&mut root, df) {
             Ok(disk) => return Ok(disk),
             Err(DiskError::Absent) => {}
+            Err(DiskError::Lost) => return Err(DiskError::Lost),
             Err(e) => found = Err(e),
         }
     }
@@ -171,7 +175,9 @@ fn start(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> Result<VirtioDisk, 
         return Err(DiskError::Device);
     }
     let mut serial = [0u8; 20];
-    disk.request(REQ_GET_ID, 0, &[], &mut serial).map_err(|_| DiskError::Device)?;
+    if disk.request(REQ_GET_ID, 0, &[], &mut serial).is_err() {
+        return Err(if disk.wedged { DiskError::Lost } else { DiskError::Device });
+    }
     let len = serial.iter().position(|b| *b == 0).unwrap_or(serial.len());
     if serial.get(..len) != Some(SERIAL) {
         return Err(DiskError::Absent);
@@ -222,7 +228,9 @@ impl VirtioDisk {
     /// Hand buffers to the device, tell it, and take them back when it is done with them.
     fn exchange<'b>(&mut self, inputs: &'b [&'b [u8]], outputs: &'b mut [&'b mut [u8]]) -> Result<(), &'static str> {
         // SAFETY: `add` wants the buffers left alone until `pop_used` returns them, because
-        // a device may write them. Here the device never sees them: `BounceHal` copies each
+        // a device may write them. A lost request breaks the letter of that contract (its
+        // buffers go back to the caller without `pop_used`), not its reason: the device
+        // never sees them: `BounceHal` copies each
         // into a bounce page of its pool, and the descriptors name only those pages. On
         // success `pop_used` below copies the device's writes back and frees the pages; if
         // the device misses the deadline, the queue is never used again and its pages and
