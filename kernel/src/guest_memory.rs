@@ -129,10 +129,11 @@ pub fn write_with<P: Platform + ?Sized>(
     let mut done = 0;
     for (at, from, n) in pieces(gpa, len) {
         let _held = view.lock_piece(p, at, n, true)?;
-        let wrote = fill(p, at, from, n)?;
+        // Noted before the fill: one that fails part-way may have written some of it.
         if let Some(range) = PageRange::covering(at, n as u64) {
             view.pages.note_changed(range);
         }
+        let wrote = fill(p, at, from, n)?;
         done += wrote;
         if wrote < n {
             break;

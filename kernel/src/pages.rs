@@ -31,7 +31,7 @@
 //! check skip it where no role can be.
 
 use crate::addr::{PageAddr, PageRange};
-use crate::bitmap::{NoRoom, PageBitmap, REGION_PAGES, RegionState, STRIPES, StripePart, stripe_of};
+use crate::bitmap::{NoRoom, OwnedBitmap, PageBitmap, REGION_PAGES, RegionState, STRIPES, StripePart, stripe_of};
 use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
 use alloc::boxed::Box;
@@ -101,11 +101,12 @@ pub struct PageTracker {
     changed: Mutex<Option<ChangedPages>>,
 }
 
-/// The pages recorded as changed, and whether some did not fit (the migration then
-/// cannot know what changed, and fails).
-#[derive(Debug, Default)]
+/// The pages recorded as changed (one bit each, so a guest that makes the SVSM change
+/// the same pages again and again costs nothing more), and whether some could not be
+/// recorded (the migration then cannot know what changed, and fails).
+#[derive(Debug)]
 struct ChangedPages {
-    pfns: Vec<u64>,
+    pfns: OwnedBitmap,
     overflowed: bool,
 }
 
@@ -176,9 +177,11 @@ impl PageTracker {
     }
 
     /// Record from now on the guest pages the SVSM changes (see `recording`).
-    pub fn start_recording(&self) {
-        *self.changed.lock() = Some(ChangedPages::default());
+    pub fn start_recording(&self) -> Result<(), NoRoom> {
+        let top = self.ram.last().map_or(0, |r| r.end_pfn());
+        *self.changed.lock() = Some(ChangedPages { pfns: OwnedBitmap::new(top)?, overflowed: false });
         self.recording.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Stop recording.
@@ -193,24 +196,35 @@ impl PageTracker {
             return;
         }
         if let Some(changed) = self.changed.lock().as_mut() {
-            for pfn in range.start_pfn()..range.end_pfn() {
-                if changed.pfns.try_reserve(1).is_err() {
-                    changed.overflowed = true;
-                    return;
-                }
-                changed.pfns.push(pfn);
+            if changed.pfns.reserve(range).is_err() {
+                changed.overflowed = true;
+                return;
             }
+            changed.pfns.set(range, true);
         }
     }
 
-    /// The pages recorded as changed since the last call (unsorted, maybe repeated);
-    /// `Err` if some did not fit.
+    /// The pages recorded as changed since the last call, in increasing order; `Err` if
+    /// some could not be recorded (it stays an error until recording stops).
     pub fn take_changed(&self) -> Result<Vec<u64>, NoRoom> {
-        match self.changed.lock().as_mut() {
-            Some(changed) if changed.overflowed => Err(NoRoom),
-            Some(changed) => Ok(core::mem::take(&mut changed.pfns)),
-            None => Ok(Vec::new()),
+        let mut slot = self.changed.lock();
+        let Some(changed) = slot.as_mut() else { return Ok(Vec::new()) };
+        if changed.overflowed {
+            return Err(NoRoom);
         }
+        let mut pfns = Vec::new();
+        let mut from = 0;
+        while let Some(pfn) = changed.pfns.next_set(from) {
+            pfns.try_reserve(1).map_err(|_| NoRoom)?;
+            pfns.push(pfn);
+            from = pfn + 1;
+        }
+        for &pfn in &pfns {
+            if let Some(one) = PageRange::new(PageAddr::from_pfn(pfn), 1) {
+                changed.pfns.set(one, false);
+            }
+        }
+        Ok(pfns)
     }
 
     /// The guest's RAM ranges, sorted.
@@ -327,6 +341,12 @@ impl PageTracker {
             if let Some(h) = self.hint(page.pfn()) {
                 h.fetch_sub(1, Ordering::AcqRel);
             }
+        }
+        drop(roles);
+        // The guest's again (an old calling area, a released VMSA): a live migration
+        // sends it.
+        if let Some(one) = PageRange::new(page, 1) {
+            self.note_changed(one);
         }
     }
 
@@ -485,13 +505,13 @@ impl Held<'_> {
         self.reserve(range, Which::Validated)
     }
 
-    /// Record the validation state of `range` ([prepared](Self::prepare_validation)
-    /// first). Pages beyond RAM are ignored. `false` if a region was not prepared.
     /// See [`PageTracker::note_changed`].
     pub fn note_changed(&self, range: PageRange) {
         self.pages.note_changed(range);
     }
 
+    /// Record the validation state of `range` ([prepared](Self::prepare_validation)
+    /// first). Pages beyond RAM are ignored. `false` if a region was not prepared.
     pub fn set_validated(&mut self, range: PageRange, valid: bool) -> bool {
         self.set(range, Which::Validated, valid)
     }

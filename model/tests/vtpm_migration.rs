@@ -564,6 +564,9 @@ fn pre_copy_rounds_send_what_changed_and_miss_no_write() {
     };
     guest_writes(&mut source, 2, 1, true);
     guest_writes(&mut source, 5, 1, true);
+    // Another vCPU's fault on page 2, handled after the first gave WRITE back: a retry.
+    let w = &mut source.world;
+    assert!(w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 2 * 4096, vmpl), "a stale fault is retried");
     // A second write to a page already dirty in this round does not fault.
     source.world.client().transport.write(PAGES_AT + 5 * 4096, &pattern(5, 2)).expect("no fault the second time");
     // The SVSM writes into page 1 for the guest (an OCP read of its core call counter):
@@ -611,10 +614,12 @@ fn pre_copy_rounds_send_what_changed_and_miss_no_write() {
     let dirty = w.svsm.take_dirty(&mut w.machine, 128).unwrap();
     assert_eq!(
         dirty,
-        [LIST_AT / 4096, first + 3, first + 5],
-        "the list page and page 5 written, page 3 given up (page 7 is the SVSM's now: not sent)"
+        [LIST_AT / 4096, first + 3, first + 5, first + 7],
+        "the list page and page 5 written, page 3 given up, page 7 deposited"
     );
-    apply(&mut destination, &source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap());
+    let chunk = source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap();
+    assert_eq!(u32::from_be_bytes(chunk[4..8].try_into().unwrap()), 3, "page 7 is the SVSM's now: not sent");
+    apply(&mut destination, &chunk);
     for i in [0, 1, 2, 4, 5, 6] {
         let expected = match i {
             1 => written_by_svsm.clone(),
@@ -634,4 +639,32 @@ fn pre_copy_rounds_send_what_changed_and_miss_no_write() {
     w.svsm.stop_dirty_tracking(&mut w.machine).unwrap();
     source.world.client().transport.write(PAGES_AT + 6 * 4096, &pattern(6, 4)).expect("write after tracking");
     assert_eq!(perms(&source, 7), Some(0));
+    // A fault handled after tracking stopped: retried on a guest page, refused on the SVSM's.
+    let w = &mut source.world;
+    assert!(w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 6 * 4096, vmpl));
+    assert!(!w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 7 * 4096, vmpl));
+}
+
+/// A guest that gave a less privileged VMPL write access to a page could change that
+/// VMPL's permissions behind the SVSM's back: tracking refuses to start, and takes
+/// nothing away.
+#[test]
+fn tracking_refuses_a_guest_whose_lower_vmpl_may_write() {
+    use kernel::platform::Platform;
+    let mut source = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    guest_fills_pages(&mut source);
+    let vmpl = source.world.svsm.guest_vmpl();
+    let page = kernel::addr::PageAddr::new(PAGES_AT).unwrap();
+    let all = abi::hw::rmpadjust::PERM_ALL;
+    // The guest grants the VMPL below its own (RMPADJUST, as its kernel could).
+    source.world.machine.rmpadjust(page, kernel::addr::PageSize::Size4K, vmpl + 1, all, false).unwrap();
+    let w = &mut source.world;
+    assert_eq!(
+        w.svsm.start_dirty_tracking(&mut w.machine),
+        Err(kernel::migration::DirtyLogError::LowerVmplWrites { gpa: PAGES_AT })
+    );
+    for i in 0..PAGE_COUNT {
+        let p = kernel::addr::PageAddr::new(PAGES_AT + i * 4096).unwrap();
+        assert_eq!(source.world.machine.vmpl_permissions(p, vmpl), Some(all), "page {i} keeps its WRITE");
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::addr::{PageAddr, PageRange, PageSize};
 use crate::bitmap::OwnedBitmap;
+use crate::pages::{Held, PageRole};
 use crate::platform::Platform;
 use crate::svsm::Svsm;
 use abi::hw::rmpadjust::PERM_WRITE;
@@ -39,6 +40,9 @@ pub struct DirtyLog {
     dirty: OwnedBitmap,
     /// Pages in the bitmaps (the top of guest RAM).
     pages: u64,
+    /// Tracking broke (no memory, a platform error): WRITE was given back everywhere, and
+    /// the migration must fail (every later round says so).
+    failed: Option<DirtyLogError>,
 }
 
 /// Why dirty tracking failed; tracking is then over.
@@ -51,12 +55,20 @@ pub enum DirtyLogError {
     /// A VMPL below the guest's may write this page; its permissions are the guest's to
     /// change, so its writes cannot be tracked soundly.
     LowerVmplWrites { gpa: u64 },
+    /// Tracking broke earlier (this error's cause was returned then).
+    Broken,
 }
 
 /// Is `addr` a validated guest page the SVSM holds nothing on? (A calling area is the
 /// guest's to write, but it moves with its vCPU, not as memory: it is not tracked.)
-fn guest_page(svsm: &Svsm, addr: PageAddr) -> bool {
-    PageRange::new(addr, 1).is_some_and(|one| svsm.pages.is_validated(addr) && svsm.pages.check_target(one).is_ok())
+/// With the page's stripe held, so the answer stands while the caller acts on it.
+fn guest_page(held: &mut Held<'_>, addr: PageAddr) -> bool {
+    PageRange::new(addr, 1).is_some_and(|one| held.is_validated(addr) && held.check_target(one).is_ok())
+}
+
+/// May the guest write `addr` (stripe held): a guest page, or a vCPU's calling area?
+fn guest_writable(held: &mut Held<'_>, addr: PageAddr) -> bool {
+    guest_page(held, addr) || held.is_validated(addr) && matches!(held.role(addr), Some(PageRole::CallingArea(_)))
 }
 
 impl DirtyLog {
@@ -65,18 +77,11 @@ impl DirtyLog {
     pub fn start<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) -> Result<Self, DirtyLogError> {
         let pages = svsm.pages.ram().iter().map(|r| r.end_pfn()).max().unwrap_or(0);
         let bitmap = || OwnedBitmap::new(pages).map_err(|_| DirtyLogError::NoRoom);
-        let mut log = Self { vmpl: svsm.guest_vmpl, protected: bitmap()?, dirty: bitmap()?, pages };
+        let mut log = Self { vmpl: svsm.guest_vmpl, protected: bitmap()?, dirty: bitmap()?, pages, failed: None };
         let mut protect_all = || -> Result<(), DirtyLogError> {
             for range in svsm.pages.ram() {
-                for addr in range.iter().filter(|a| guest_page(svsm, *a)) {
-                    for lower in log.vmpl + 1..=3 {
-                        let perms =
-                            p.vmpl_permissions(addr, lower).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
-                        if perms & PERM_WRITE != 0 {
-                            return Err(DirtyLogError::LowerVmplWrites { gpa: addr.raw() });
-                        }
-                    }
-                    log.protect(p, addr)?;
+                for addr in range.iter() {
+                    log.protect(svsm, p, addr)?;
                 }
             }
             Ok(())
@@ -96,10 +101,23 @@ impl DirtyLog {
         self.protected.get(pfn)
     }
 
-    /// Take WRITE from the guest's VMPL on `addr`, if it has it.
-    fn protect<P: Platform + ?Sized>(&mut self, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
+    /// Take WRITE from the guest's VMPL on `addr`, if it is a guest page and has it. Under
+    /// the page's stripe lock: a deposit or CREATE_VCPU on another vCPU cannot change the
+    /// page between the check and the RMPADJUST. A lower VMPL that may write it (given
+    /// WRITE since tracking started) fails the round: its writes cannot be tracked.
+    fn protect<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
+        let mut held = svsm.pages.lock(addr, addr);
+        if !guest_page(&mut held, addr) {
+            return Ok(());
+        }
+        for lower in self.vmpl + 1..=3 {
+            let perms = p.vmpl_permissions(addr, lower).ok_or(DirtyLogError::Platform { gpa })?;
+            if perms & PERM_WRITE != 0 {
+                return Err(DirtyLogError::LowerVmplWrites { gpa });
+            }
+        }
         let perms = p.vmpl_permissions(addr, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
         if perms & PERM_WRITE == 0 {
             return Ok(());
@@ -111,16 +129,18 @@ impl DirtyLog {
         Ok(())
     }
 
-    /// Give WRITE back on `addr`, if the log took it and the page is still the guest's.
+    /// Give WRITE back on `addr`, if the log took it and the guest may still write the
+    /// page (under its stripe lock, as [`Self::protect`]).
     fn unprotect<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         if !self.protected.get(addr.pfn()) {
             return Ok(());
         }
-        // Taken by the log, and no longer the guest's: the SVSM's own permissions stand.
+        let mut held = svsm.pages.lock(addr, addr);
+        // Taken by the log; if the page is the SVSM's now, the SVSM's permissions stand.
         self.protected.set(one, false);
-        if !guest_page(svsm, addr) {
+        if !guest_writable(&mut held, addr) {
             return Ok(());
         }
         let perms = p.vmpl_permissions(addr, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
@@ -128,9 +148,10 @@ impl DirtyLog {
             .map_err(|_| DirtyLogError::Platform { gpa })
     }
 
-    /// A write by `vmpl` faulted on `gpa`: if the log took WRITE there and the page is
-    /// still the guest's, record it dirty and give WRITE back (`true`: the guest retries);
-    /// otherwise nothing changes (`false`: the fault is not the log's).
+    /// A write by `vmpl` faulted on `gpa`: if the log took WRITE there and the guest may
+    /// still write the page, record it dirty and give WRITE back (`true`: the guest
+    /// retries). A page whose WRITE is back already (another vCPU's fault came first) is
+    /// also `true`. Otherwise nothing changes (`false`: the fault is not the log's).
     pub fn write_fault<P: Platform + ?Sized>(
         &mut self,
         svsm: &Svsm,
@@ -139,14 +160,17 @@ impl DirtyLog {
         vmpl: u8,
     ) -> Result<bool, DirtyLogError> {
         let addr = PageAddr::from_pfn(gpa >> 12);
-        if vmpl != self.vmpl || !self.protected.get(addr.pfn()) || !guest_page(svsm, addr) {
+        if vmpl != self.vmpl {
             return Ok(false);
+        }
+        if !self.protected.get(addr.pfn()) {
+            return Ok(writable_now(svsm, p, addr, vmpl));
         }
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         self.dirty.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
         self.dirty.set(one, true);
         self.unprotect(svsm, p, addr)?;
-        Ok(true)
+        Ok(writable_now(svsm, p, addr, vmpl))
     }
 
     /// The pages written since the last call (at most `max`; call again for more), each
@@ -160,6 +184,9 @@ impl DirtyLog {
     ) -> Result<Vec<u64>, DirtyLogError> {
         // What the SVSM itself changed for the guest since the last round (a call's answer
         // written, pages validated, invalidated or handed back) joins what the guest wrote.
+        if self.failed.is_some() {
+            return Err(DirtyLogError::Broken);
+        }
         for pfn in svsm.pages.take_changed().map_err(|_| DirtyLogError::NoRoom)? {
             let one = PageRange::new(PageAddr::from_pfn(pfn), 1).ok_or(DirtyLogError::NoRoom)?;
             self.dirty.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
@@ -173,9 +200,7 @@ impl DirtyLog {
                 && let Some(pfn) = self.dirty.next_set(from)
             {
                 let addr = PageAddr::from_pfn(pfn);
-                if guest_page(svsm, addr) {
-                    self.protect(p, addr)?;
-                }
+                self.protect(svsm, p, addr)?;
                 let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
                 taken.try_reserve(1).map_err(|_| DirtyLogError::NoRoom)?;
                 self.dirty.set(one, false);
@@ -187,6 +212,14 @@ impl DirtyLog {
         // What was protected must be flushed, whether or not every page was.
         p.flush_guest_tlb();
         result.map(|()| taken)
+    }
+
+    /// Tracking broke with `why`: WRITE goes back everywhere, and every later round fails.
+    fn fail<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, why: DirtyLogError) {
+        if self.failed.is_none() {
+            self.failed = Some(why);
+        }
+        let _ = self.give_back(svsm, p);
     }
 
     /// Give WRITE back everywhere the log took it (pages still the guest's), going on past
@@ -208,6 +241,13 @@ impl DirtyLog {
     }
 }
 
+/// Whether `vmpl` may write `addr` now and the page is the guest's to write: a fault
+/// there is stale (another CPU's fault gave WRITE back first), and the guest retries.
+fn writable_now<P: Platform + ?Sized>(svsm: &Svsm, p: &P, addr: PageAddr, vmpl: u8) -> bool {
+    let mut held = svsm.pages.lock(addr, addr);
+    guest_writable(&mut held, addr) && p.vmpl_permissions(addr, vmpl).is_some_and(|perms| perms & PERM_WRITE != 0)
+}
+
 impl Svsm {
     /// Start tracking the guest's writes for a live migration's pre-copy ([`DirtyLog`]).
     /// The flag that sends write faults to the log is set first, under the log's lock:
@@ -218,7 +258,10 @@ impl Svsm {
             return Ok(());
         }
         self.tracking.store(true, Ordering::Release);
-        self.pages.start_recording();
+        if self.pages.start_recording().is_err() {
+            self.tracking.store(false, Ordering::Release);
+            return Err(DirtyLogError::NoRoom);
+        }
         match DirtyLog::start(self, p) {
             Ok(log) => {
                 *slot = Some(log);
@@ -237,19 +280,28 @@ impl Svsm {
     /// and given the write back, so the guest only retries; `false` if it is not
     /// tracking's.
     pub fn dirty_write_fault<P: Platform + ?Sized>(&self, p: &mut P, gpa: u64, vmpl: u8) -> bool {
+        let addr = PageAddr::from_pfn(gpa >> 12);
         if !self.tracking.load(Ordering::Acquire) {
-            return false;
+            // A fault taken while tracking ran and handled after it stopped: WRITE is back.
+            return writable_now(self, p, addr, vmpl);
         }
-        match self.dirty.lock().as_mut() {
-            Some(log) => log.write_fault(self, p, gpa, vmpl) == Ok(true),
-            None => false,
+        let mut slot = self.dirty.lock();
+        let Some(log) = slot.as_mut() else { return writable_now(self, p, addr, vmpl) };
+        match log.write_fault(self, p, gpa, vmpl) {
+            Ok(retry) => retry,
+            Err(e) => {
+                // Tracking cannot go on: give every page its WRITE back so the guest is not
+                // stuck, and make the migration fail at its next round.
+                log.fail(self, p, e);
+                true
+            }
         }
     }
 
     /// The pages written since the last round, protected again (see [`DirtyLog::take_dirty`]).
     pub fn take_dirty<P: Platform + ?Sized>(&self, p: &mut P, max: usize) -> Result<Vec<u64>, DirtyLogError> {
         match self.dirty.lock().as_mut() {
-            Some(log) => log.take_dirty(self, p, max),
+            Some(log) => log.take_dirty(self, p, max).inspect_err(|e| log.fail(self, p, *e)),
             None => Ok(Vec::new()),
         }
     }
