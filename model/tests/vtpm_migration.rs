@@ -77,7 +77,7 @@ fn a_resumed_tpm_has_the_objects_the_running_one_had_loaded() {
 
 use bulwark_model::conformance_env::ModelEnv;
 use bulwark_model::user_host::{ChannelTpm, channel_tpm, channel_tpm_resumed};
-use bulwark_model::world::WorldConfig;
+use bulwark_model::world::{PlatformKind, WorldConfig};
 use kernel::migration::ServiceState;
 use migrate::evidence::ReportVerifier;
 use migrate::session::{
@@ -526,13 +526,24 @@ fn pattern(i: u64, round: u8) -> Vec<u8> {
 /// guest: the write does not happen, so none is missed.
 #[test]
 fn pre_copy_rounds_send_what_changed_and_miss_no_write() {
+    pre_copy_on(PlatformKind::Model);
+}
+
+/// The same rounds with the snp platform's kernel side (`bulwark-snp` over a software
+/// host) on both ends.
+#[test]
+fn pre_copy_rounds_on_the_snp_platform() {
+    pre_copy_on(PlatformKind::Snp);
+}
+
+fn pre_copy_on(platform: PlatformKind) {
     use abi::protocol::{CallId, ProtocolId, ocp_call};
     use guest::Transport;
-    let mut source = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let mut source = ModelEnv::with(WorldConfig { vtpm: false, platform, ..ModelEnv::config() });
     guest_fills_pages(&mut source);
     // The guest's translations of its pages are cached writable now: tracking must flush
     // them, or the next writes would go unseen.
-    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, platform, ..ModelEnv::config() });
     let apply = |destination: &mut ModelEnv, chunk: &[u8]| {
         let w = &mut destination.world;
         bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, chunk)).unwrap()
