@@ -529,10 +529,13 @@ fn pre_copy_rounds_send_what_changed_and_miss_no_write() {
     pre_copy_on(PlatformKind::Model);
 }
 
-/// The same rounds with the snp platform's kernel side (`bulwark-snp` over a software
-/// host) on both ends.
+/// The same rounds with the guest's calls (PVALIDATE, deposit, OCP) served by the snp
+/// platform's kernel side (`bulwark-snp` over a software host) on both ends. The
+/// migration's own calls (export, import, dirty tracking) still use the machine's
+/// reference platform on the same RMP: the model does not hand out an `SnpPlatform` for
+/// them yet.
 #[test]
-fn pre_copy_rounds_on_the_snp_platform() {
+fn pre_copy_rounds_with_guest_calls_on_the_snp_platform() {
     pre_copy_on(PlatformKind::Snp);
 }
 
