@@ -403,6 +403,25 @@ fn the_svsm_checks_a_peers_report_as_a_relying_party_does() {
     assert_eq!(verifier().verify(&long, &expected), Err(VerifyError::Malformed));
 }
 
+/// Run `$body` with the SVSM of `$env` and the platform that serves it: the snp
+/// platform's kernel side in an snp world (its handle for CPU 0), the machine otherwise.
+macro_rules! on_platform {
+    ($env:expr, |$svsm:ident, $p:ident| $body:expr) => {{
+        let w = &mut $env.world;
+        match w.snp.as_mut() {
+            Some(snp) => {
+                let mut handle = snp.cpus.handle(&mut w.machine, &mut snp.host, 0).expect("CPU 0 serves");
+                let ($svsm, $p) = (&w.svsm, &mut handle);
+                bulwark_model::heap::in_svsm(|| $body)
+            }
+            None => {
+                let ($svsm, $p) = (&w.svsm, &mut w.machine);
+                bulwark_model::heap::in_svsm(|| $body)
+            }
+        }
+    }};
+}
+
 // ---------------------------------------------------------------------------------------
 // Guest memory, as the last round moves it.
 
@@ -434,8 +453,7 @@ fn guest_fills_pages(env: &mut ModelEnv) {
 fn export_memory(env: &mut ModelEnv) -> Vec<Vec<u8>> {
     let (mut chunks, mut from) = (Vec::new(), 0);
     loop {
-        let w = &mut env.world;
-        let (chunk, next) = bulwark_model::heap::in_svsm(|| w.svsm.export_memory(&w.machine, from)).unwrap();
+        let (chunk, next) = on_platform!(env, |svsm, p| svsm.export_memory(p, from)).unwrap();
         chunks.push(chunk);
         match next {
             Some(next) => from = next,
@@ -529,13 +547,11 @@ fn pre_copy_rounds_send_what_changed_and_miss_no_write() {
     pre_copy_on(PlatformKind::Model);
 }
 
-/// The same rounds with the guest's calls (PVALIDATE, deposit, OCP) served by the snp
-/// platform's kernel side (`bulwark-snp` over a software host) on both ends. The
-/// migration's own calls (export, import, dirty tracking) still use the machine's
-/// reference platform on the same RMP: the model does not hand out an `SnpPlatform` for
-/// them yet.
+/// The same rounds on the snp platform's kernel side (`bulwark-snp` over a software host)
+/// on both ends: the guest's calls and the migration's own (export, import, dirty
+/// tracking's RMPADJUSTs and TLB flushes) go through `SnpPlatform`.
 #[test]
-fn pre_copy_rounds_with_guest_calls_on_the_snp_platform() {
+fn pre_copy_rounds_on_the_snp_platform() {
     pre_copy_on(PlatformKind::Snp);
 }
 
@@ -548,12 +564,10 @@ fn pre_copy_on(platform: PlatformKind) {
     // them, or the next writes would go unseen.
     let mut destination = ModelEnv::with(WorldConfig { vtpm: false, platform, ..ModelEnv::config() });
     let apply = |destination: &mut ModelEnv, chunk: &[u8]| {
-        let w = &mut destination.world;
-        bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, chunk)).unwrap()
+        on_platform!(destination, |svsm, p| svsm.import_memory(p, chunk)).unwrap()
     };
     let vmpl = source.world.svsm.guest_vmpl();
-    let w = &mut source.world;
-    bulwark_model::heap::in_svsm(|| w.svsm.start_dirty_tracking(&mut w.machine)).unwrap();
+    on_platform!(source, |svsm, p| svsm.start_dirty_tracking(p)).unwrap();
 
     // Round 1, the guest running: everything, with the guest's WRITE in what is sent.
     for chunk in export_memory(&mut source) {
@@ -571,16 +585,15 @@ fn pre_copy_on(platform: PlatformKind) {
         let gpa = PAGES_AT + i * 4096;
         assert!(source.world.client().transport.write(gpa, &pattern(i, round)).is_err(), "page {i} is protected");
         if forward {
-            let w = &mut source.world;
-            assert!(w.svsm.dirty_write_fault(&mut w.machine, gpa, vmpl));
+            assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, gpa, vmpl)));
             source.world.client().transport.write(gpa, &pattern(i, round)).expect("the retried write");
         }
     };
     guest_writes(&mut source, 2, 1, true);
     guest_writes(&mut source, 5, 1, true);
     // Another vCPU's fault on page 2, handled after the first gave WRITE back: a retry.
-    let w = &mut source.world;
-    assert!(w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 2 * 4096, vmpl), "a stale fault is retried");
+    let stale = on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 2 * 4096, vmpl));
+    assert!(stale, "a stale fault is retried");
     // A second write to a page already dirty in this round does not fault.
     source.world.client().transport.write(PAGES_AT + 5 * 4096, &pattern(5, 2)).expect("no fault the second time");
     // The SVSM writes into page 1 for the guest (an OCP read of its core call counter):
@@ -597,10 +610,9 @@ fn pre_copy_on(platform: PlatformKind) {
 
     // Round 2: what changed only.
     let first = PAGES_AT / 4096;
-    let w = &mut source.world;
-    let dirty = w.svsm.take_dirty(&mut w.machine, 128).unwrap();
+    let dirty = on_platform!(source, |svsm, p| svsm.take_dirty(p, 128)).unwrap();
     assert_eq!(dirty, [first + 1, first + 2, first + 5]);
-    apply(&mut destination, &source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap());
+    apply(&mut destination, &on_platform!(source, |svsm, p| svsm.export_pages(p, &dirty)).unwrap());
     // Protected again: the next write to page 5 faults and is seen in the next round.
     guest_writes(&mut source, 5, 3, true);
     // The host keeps page 6's fault to itself: the write never happens.
@@ -609,29 +621,26 @@ fn pre_copy_on(platform: PlatformKind) {
     // page 7 is the SVSM's now, and no forwarded fault gives the guest WRITE on it. (The
     // guest writes its call lists to a page it tracks too: that write faults, is handed
     // on, and makes the list page dirty.)
-    let w = &mut source.world;
-    assert!(w.svsm.dirty_write_fault(&mut w.machine, LIST_AT, vmpl));
+    assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, LIST_AT, vmpl)));
     let mut client = source.world.client();
     client
         .pvalidate(&[abi::core_protocol::PvalidateEntry::new(PAGES_AT + 3 * 4096, false, false, false)], LIST_AT)
         .unwrap();
     client.deposit(&[abi::core_protocol::DepositEntry::new(PAGES_AT + 7 * 4096, false)], LIST_AT).unwrap();
-    let w = &mut source.world;
     assert!(
-        !w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 7 * 4096, vmpl),
+        !on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 7 * 4096, vmpl)),
         "a deposited page is not the guest's"
     );
     assert_eq!(perms(&source, 7), Some(0), "the SVSM's page stays out of the guest's reach");
 
     // The last round, the guest stopped.
-    let w = &mut source.world;
-    let dirty = w.svsm.take_dirty(&mut w.machine, 128).unwrap();
+    let dirty = on_platform!(source, |svsm, p| svsm.take_dirty(p, 128)).unwrap();
     assert_eq!(
         dirty,
         [LIST_AT / 4096, first + 3, first + 5, first + 7],
         "the list page and page 5 written, page 3 given up, page 7 deposited"
     );
-    let chunk = source.world.svsm.export_pages(&source.world.machine, &dirty).unwrap();
+    let chunk = on_platform!(source, |svsm, p| svsm.export_pages(p, &dirty)).unwrap();
     assert_eq!(u32::from_be_bytes(chunk[4..8].try_into().unwrap()), 3, "page 7 is the SVSM's now: not sent");
     apply(&mut destination, &chunk);
     for i in [0, 1, 2, 4, 5, 6] {
@@ -649,14 +658,12 @@ fn pre_copy_on(platform: PlatformKind) {
     assert!(!destination.world.svsm.pages().is_validated(page(3)), "page 3 was given up");
     // Tracking ends (a migration that failed): the guest writes freely again, and the
     // deposited page stays the SVSM's.
-    let w = &mut source.world;
-    w.svsm.stop_dirty_tracking(&mut w.machine).unwrap();
+    on_platform!(source, |svsm, p| svsm.stop_dirty_tracking(p)).unwrap();
     source.world.client().transport.write(PAGES_AT + 6 * 4096, &pattern(6, 4)).expect("write after tracking");
     assert_eq!(perms(&source, 7), Some(0));
     // A fault handled after tracking stopped: retried on a guest page, refused on the SVSM's.
-    let w = &mut source.world;
-    assert!(w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 6 * 4096, vmpl));
-    assert!(!w.svsm.dirty_write_fault(&mut w.machine, PAGES_AT + 7 * 4096, vmpl));
+    assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 6 * 4096, vmpl)));
+    assert!(!on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 7 * 4096, vmpl)));
 }
 
 /// A guest that gave a less privileged VMPL write access to a page could change that
