@@ -535,7 +535,7 @@ fn launch<'a>(
 }
 
 /// The platform's shared part, from its state and the world's machine, for `f`.
-fn with_shared<R>(w: &mut World, f: impl FnOnce(&SvmShared<ModelSvmHw<'_>>, &Svsm) -> R) -> R {
+pub fn with_shared<R>(w: &mut World, f: impl FnOnce(&SvmShared<ModelSvmHw<'_>>, &Svsm) -> R) -> R {
     let Some(svm) = w.svm.as_mut() else { unreachable!("an svm world") };
     let Some(state) = svm.state.take() else { unreachable!("the svm state is put back after every step") };
     let shared = SvmShared { hw: ModelSvmHw::new(&mut w.machine, &mut svm.host), state };

@@ -404,20 +404,27 @@ fn the_svsm_checks_a_peers_report_as_a_relying_party_does() {
 }
 
 /// Run `$body` with the SVSM of `$env` and the platform that serves it: the snp
-/// platform's kernel side in an snp world (its handle for CPU 0), the machine otherwise.
+/// platform's kernel side in an snp world (its handle for CPU 0), the svm platform's in
+/// an svm world (then the CPUs it kicked take their turns, as on bare metal), the
+/// machine otherwise.
 macro_rules! on_platform {
     ($env:expr, |$svsm:ident, $p:ident| $body:expr) => {{
         let w = &mut $env.world;
-        match w.snp.as_mut() {
-            Some(snp) => {
-                let mut handle = snp.cpus.handle(&mut w.machine, &mut snp.host, 0).expect("CPU 0 serves");
-                let ($svsm, $p) = (&w.svsm, &mut handle);
+        if w.svm.is_some() {
+            let r = bulwark_model::svm_host::with_shared(w, |shared, svsm| {
+                let mut platform = shared.platform(0);
+                let ($svsm, $p) = (svsm, &mut platform);
                 bulwark_model::heap::in_svsm(|| $body)
-            }
-            None => {
-                let ($svsm, $p) = (&w.svsm, &mut w.machine);
-                bulwark_model::heap::in_svsm(|| $body)
-            }
+            });
+            bulwark_model::svm_host::settle(w);
+            r
+        } else if let Some(snp) = w.snp.as_mut() {
+            let mut handle = snp.cpus.handle(&mut w.machine, &mut snp.host, 0).expect("CPU 0 serves");
+            let ($svsm, $p) = (&w.svsm, &mut handle);
+            bulwark_model::heap::in_svsm(|| $body)
+        } else {
+            let ($svsm, $p) = (&w.svsm, &mut w.machine);
+            bulwark_model::heap::in_svsm(|| $body)
         }
     }};
 }
@@ -555,6 +562,13 @@ fn pre_copy_rounds_on_the_snp_platform() {
     pre_copy_on(PlatformKind::Snp);
 }
 
+/// The same rounds on the svm platform (`bulwark-svm`): RMPADJUST is the SVSM's nested
+/// page tables, and the guest's accesses are checked against them.
+#[test]
+fn pre_copy_rounds_on_the_svm_platform() {
+    pre_copy_on(PlatformKind::Svm);
+}
+
 fn pre_copy_on(platform: PlatformKind) {
     use abi::protocol::{CallId, ProtocolId, ocp_call};
     use guest::Transport;
@@ -574,10 +588,12 @@ fn pre_copy_on(platform: PlatformKind) {
         apply(&mut destination, &chunk);
     }
     let page = |i: u64| kernel::addr::PageAddr::new(PAGES_AT + i * 4096).unwrap();
-    let perms =
-        |env: &ModelEnv, i: u64| kernel::platform::Platform::vmpl_permissions(&env.world.machine, page(i), vmpl);
-    assert_eq!(perms(&destination, 0), Some(abi::hw::rmpadjust::PERM_ALL), "the destination's guest may write");
-    assert_eq!(perms(&source, 0).map(|p| p & abi::hw::rmpadjust::PERM_WRITE), Some(0), "the source's may not");
+    // The permissions as the platform serving each side has them (svm keeps its own RMP).
+    let perms = |env: &mut ModelEnv, i: u64| {
+        on_platform!(env, |_svsm, p| kernel::platform::Platform::vmpl_permissions(&*p, page(i), vmpl))
+    };
+    assert_eq!(perms(&mut destination, 0), Some(abi::hw::rmpadjust::PERM_ALL), "the destination's guest may write");
+    assert_eq!(perms(&mut source, 0).map(|p| p & abi::hw::rmpadjust::PERM_WRITE), Some(0), "the source's may not");
 
     // The guest writes pages 2 and 5: each write faults, the fault reaches the SVSM,
     // the write goes through on the retry.
@@ -631,7 +647,7 @@ fn pre_copy_on(platform: PlatformKind) {
         !on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 7 * 4096, vmpl)),
         "a deposited page is not the guest's"
     );
-    assert_eq!(perms(&source, 7), Some(0), "the SVSM's page stays out of the guest's reach");
+    assert_eq!(perms(&mut source, 7), Some(0), "the SVSM's page stays out of the guest's reach");
 
     // The last round, the guest stopped.
     let dirty = on_platform!(source, |svsm, p| svsm.take_dirty(p, 128)).unwrap();
@@ -660,7 +676,7 @@ fn pre_copy_on(platform: PlatformKind) {
     // deposited page stays the SVSM's.
     on_platform!(source, |svsm, p| svsm.stop_dirty_tracking(p)).unwrap();
     source.world.client().transport.write(PAGES_AT + 6 * 4096, &pattern(6, 4)).expect("write after tracking");
-    assert_eq!(perms(&source, 7), Some(0));
+    assert_eq!(perms(&mut source, 7), Some(0));
     // A fault handled after tracking stopped: retried on a guest page, refused on the SVSM's.
     assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 6 * 4096, vmpl)));
     assert!(!on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 7 * 4096, vmpl)));
