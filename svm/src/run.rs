@@ -154,9 +154,9 @@ impl<H: SvmHw> SvmShared<H> {
         }
         // A write a live migration's dirty tracking held back: recorded, the write given
         // back; the guest retries the instruction.
-        let vmpl = u8::try_from(t.vcpu.field(VmsaField::Vmpl)).unwrap_or(u8::MAX);
         if let Action::NestedFault { gpa, error } = action
             && error & NPF_WRITE != 0
+            && let vmpl = u8::try_from(t.vcpu.field(VmsaField::Vmpl)).unwrap_or(u8::MAX)
             && svsm.dirty_write_fault(&mut self.serving(cpu, t), gpa, vmpl)
         {
             return Ok((true, None));

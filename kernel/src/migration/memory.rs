@@ -49,12 +49,12 @@ fn page_record<P: Platform + ?Sized>(
     // While dirty tracking holds the guest's WRITE back, the destination gets it anyway.
     let withheld = svsm.write_withheld(addr.pfn()).then_some(svsm.guest_vmpl);
     for (vmpl, perm) in (1u8..=3).zip(perms.iter_mut()) {
-        *perm = p.vmpl_permissions(addr, vmpl).ok_or(ServiceStateError::Unattested)?;
+        *perm = p.vmpl_permissions(addr, vmpl).ok_or(ServiceStateError::Platform)?;
         if withheld == Some(vmpl) {
             *perm |= abi::hw::rmpadjust::PERM_WRITE;
         }
     }
-    p.read(addr.gpa(), page).map_err(|_| ServiceStateError::Malformed)?;
+    p.read(addr.gpa(), page).map_err(|_| ServiceStateError::Platform)?;
     out.bytes(&addr.raw().to_be_bytes())?.bytes(&perms)?.bytes(page)?;
     Ok(())
 }

@@ -78,6 +78,8 @@ pub enum ServiceStateError {
     NotKept,
     /// The PSP gave no report.
     Unattested,
+    /// The platform could not read a guest page or its permissions.
+    Platform,
     /// Not service state this SVSM reads: bad magic or version, a cut or overlong field,
     /// an unknown section, a duplicate.
     Malformed,
