@@ -125,6 +125,28 @@ pub trait Platform {
     /// Write a field of a lower-VMPL vCPU's VMSA.
     fn vmsa_write(&mut self, vmsa: PageAddr, field: VmsaField, value: u64) -> Result<(), MemoryFault>;
 
+    /// The whole VMSA of a vCPU that is not running (a migration's last round, with the
+    /// guest stopped). Where the VMSA page holds the state (SNP, the model), the page.
+    fn vmsa_image(&self, vmsa: PageAddr, image: &mut [u8; 4096]) -> Result<(), MemoryFault> {
+        self.read(vmsa.gpa(), image)
+    }
+    /// Replace the whole state of the vCPU on VMSA `vmsa` with `image` (a migration's
+    /// destination, before the vCPU runs again). Where the page holds the state, the page.
+    /// The page changes while the VMSA cannot run (EFER.SVME = 0, as DELETE_VCPU leaves
+    /// one), and becomes runnable with the image's EFER last.
+    fn vmsa_restore(&mut self, vmsa: PageAddr, image: &[u8; 4096]) -> Result<(), MemoryFault> {
+        let fault = MemoryFault { gpa: vmsa.gpa() };
+        let at = VmsaField::Efer.offset();
+        let mut stopped = *image;
+        let field = stopped.get_mut(at..at + 8).ok_or(fault)?;
+        let efer = u64::from_le_bytes(field.try_into().map_err(|_| fault)?);
+        field.copy_from_slice(&(efer & !abi::hw::EFER_SVME).to_le_bytes());
+        let now = self.vmsa_read(vmsa, VmsaField::Efer)?;
+        self.vmsa_write(vmsa, VmsaField::Efer, now & !abi::hw::EFER_SVME)?;
+        self.write(vmsa.gpa(), &stopped)?;
+        self.vmsa_write(vmsa, VmsaField::Efer, efer)
+    }
+
     /// A vCPU was created: its VMSA page is a VMSA now, `svsm_pages` are SVSM-owned pages
     /// for its SVSM-side context. The platform makes it runnable (on SNP: tells the host).
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]);

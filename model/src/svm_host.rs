@@ -426,6 +426,8 @@ pub struct SvmWorld {
     pub cpus: u32,
     /// Why the run ended, if a CPU's loop would have stopped.
     pub ended: Option<End>,
+    /// The guest is paused ([`pause`]): no CPU takes a vCPU.
+    paused: bool,
 }
 
 impl SvmWorld {
@@ -510,6 +512,7 @@ pub fn new_world(config: WorldConfig) -> World {
         last: BTreeMap::new(),
         cpus,
         ended: None,
+        paused: false,
     };
     let mut w = World { machine: m, svsm, config, host: Default::default(), snp: None, svm: Some(svm) };
     settle(&mut w);
@@ -604,7 +607,7 @@ pub fn settle(w: &mut World) {
     }
     for cpu in 0..cpus {
         let Some(svm) = w.svm.as_ref() else { return };
-        if svm.running.contains_key(&cpu) {
+        if svm.running.contains_key(&cpu) || svm.paused {
             continue;
         }
         let (last, generation) = (svm.last.get(&cpu).copied(), svm.host.generation);
@@ -620,6 +623,28 @@ pub fn settle(w: &mut World) {
         }
     }
     mirror(w);
+}
+
+/// Pause the guest, as a migration's last round does (and a destination before its
+/// guest runs): every CPU gives its vCPU back to its slot, where the SVSM holds its whole
+/// state, and takes none until [`resume`]. Nothing in a world of another platform.
+pub fn pause(w: &mut World) {
+    let Some(svm) = w.svm.as_mut() else { return };
+    svm.paused = true;
+    let running = core::mem::take(&mut svm.running);
+    with_shared(w, |s, _| {
+        for t in running.into_values() {
+            s.put_back(t);
+        }
+    });
+    mirror(w);
+}
+
+/// Let the paused guest run again.
+pub fn resume(w: &mut World) {
+    let Some(svm) = w.svm.as_mut() else { return };
+    svm.paused = false;
+    settle(w);
 }
 
 /// The machine's vCPU list from the platform's slots (the guest side looks vCPUs up

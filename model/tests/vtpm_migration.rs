@@ -705,3 +705,164 @@ fn tracking_refuses_a_guest_whose_lower_vmpl_may_write() {
         assert_eq!(source.world.machine.vmpl_permissions(p, vmpl), Some(all), "page {i} keeps its WRITE");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// vCPUs and deposited pages, as the last round moves them.
+
+/// Guest pages for the vCPU test: the new vCPU's VMSA and calling area, the page the
+/// startup vCPU moves its calling area to, and the pages it deposits.
+const VMSA_AT: u64 = 6 << 20;
+const CA_AT: u64 = VMSA_AT + 0x1000;
+const MOVED_CA_AT: u64 = VMSA_AT + 0x2000 + 0x100;
+const DEPOSIT_AT: u64 = VMSA_AT + 0x10_000;
+const DEPOSITED: u64 = 5;
+const APIC_ID: u32 = 7;
+const RIP: u64 = 0x1234_5678_9000;
+const RBX: u64 = 0xB0B0_B0B0;
+
+/// The guest validates `gpas` (SVSM_CORE_PVALIDATE from the startup vCPU at `ca`).
+fn guest_validates(env: &mut ModelEnv, ca: u64, gpas: &[u64]) {
+    let entries: Vec<_> =
+        gpas.iter().map(|g| abi::core_protocol::PvalidateEntry::new(*g, false, true, false)).collect();
+    env.world.client_at(kernel::vcpu::VcpuIndex::STARTUP, ca).pvalidate(&entries, LIST_AT).expect("validated");
+}
+
+/// A core call from vCPU `vcpu` through its calling area `ca`.
+fn core_call(
+    env: &mut ModelEnv,
+    vcpu: kernel::vcpu::VcpuIndex,
+    ca: u64,
+    call: u32,
+    args: [u64; 2],
+) -> abi::result::ResultCode {
+    let id = abi::protocol::CallId::new(abi::protocol::ProtocolId::CORE, call);
+    let regs = guest::Regs { rax: id.to_rax(), rcx: args[0], rdx: args[1], r8: u64::from(APIC_ID), r9: 0 };
+    abi::result::ResultCode::from_rax(env.world.client_at(vcpu, ca).issue(regs).expect("the call completes").rax)
+}
+
+/// The source's guest: deposits pages, makes a vCPU (its context from the deposits), and
+/// moves its own calling area inside another page.
+fn guest_with_a_second_vcpu(platform: PlatformKind) -> ModelEnv {
+    use abi::core_protocol::DepositEntry;
+    use abi::protocol::core_call as call;
+    use guest::Transport;
+    use kernel::vcpu::VcpuIndex;
+    let mut env = ModelEnv::with(WorldConfig { vtpm: false, platform, pool_reserve_pages: 0, ..ModelEnv::config() });
+    let ca0 = bulwark_model::world::STARTUP_CA_GPA;
+    let deposits: Vec<u64> = (0..DEPOSITED).map(|i| DEPOSIT_AT + i * 4096).collect();
+    let mut pages = vec![VMSA_AT, CA_AT, MOVED_CA_AT & !0xFFF];
+    pages.extend(&deposits);
+    guest_validates(&mut env, ca0, &pages);
+    let entries: Vec<_> = deposits.iter().map(|g| DepositEntry::new(*g, false)).collect();
+    env.world.client().deposit(&entries, LIST_AT).expect("the SVSM takes the deposit");
+    let mut vmsa = abi::vmsa::Vmsa::zeroed();
+    (vmsa.vmpl, vmsa.efer, vmsa.sev_features) = (1, 0x500, abi::hw::sev_features::SNP_ACTIVE);
+    (vmsa.rip, vmsa.rbx) = (RIP, RBX);
+    env.world.client().transport.write(VMSA_AT, zerocopy::IntoBytes::as_bytes(&vmsa)).unwrap();
+    env.world.client().transport.write(CA_AT + 0x800, b"the guest's own bytes").unwrap();
+    assert_eq!(
+        core_call(&mut env, VcpuIndex::STARTUP, ca0, call::CREATE_VCPU, [VMSA_AT, CA_AT]),
+        abi::result::ResultCode::SUCCESS
+    );
+    assert_eq!(
+        core_call(&mut env, VcpuIndex::STARTUP, ca0, call::REMAP_CA, [MOVED_CA_AT, 0]),
+        abi::result::ResultCode::SUCCESS
+    );
+    env
+}
+
+/// Everything the last round moves for the guest: memory, deposits, vCPUs (in order).
+fn last_round(source: &mut ModelEnv) -> (Vec<Vec<u8>>, Vec<u8>, Vec<Vec<u8>>) {
+    bulwark_model::svm_host::pause(&mut source.world);
+    let memory = export_memory(source);
+    let deposits = on_platform!(source, |svsm, _p| svsm.export_deposits()).unwrap();
+    let vcpus = on_platform!(source, |svsm, p| svsm.export_vcpus(p)).unwrap();
+    (memory, deposits, vcpus)
+}
+
+/// Issue 16, "every vCPU's state": the guest's second vCPU arrives with its registers,
+/// its calling area and the bytes around it; the startup vCPU's moved calling area moves
+/// with it; the deposited pages stay the SVSM's and the guest can withdraw the ones the
+/// SVSM does not use, as on the source; the new vCPU's calls are served.
+fn vcpus_and_deposits_on(platform: PlatformKind) {
+    use abi::protocol::core_call as call;
+    use guest::Transport;
+    use kernel::vcpu::VcpuIndex;
+    let mut source = guest_with_a_second_vcpu(platform);
+    let on_source = source.world.vcpu_by_apic_id(APIC_ID).expect("the source runs the vCPU");
+    assert_eq!(
+        core_call(&mut source, on_source, CA_AT, call::QUERY_PROTOCOL, [1 << 32 | 1, 0]),
+        abi::result::ResultCode::SUCCESS
+    );
+    let (memory, deposits, vcpus) = last_round(&mut source);
+    assert_eq!(vcpus.len(), 2, "the startup vCPU and the new one");
+    bulwark_model::svm_host::resume(&mut source.world);
+
+    // The destination's guest waits until everything has arrived.
+    let mut destination =
+        ModelEnv::with(WorldConfig { vtpm: false, platform, pool_reserve_pages: 0, ..ModelEnv::config() });
+    bulwark_model::svm_host::pause(&mut destination.world);
+    for chunk in &memory {
+        on_platform!(destination, |svsm, p| svsm.import_memory(p, chunk)).unwrap();
+    }
+    assert_eq!(on_platform!(destination, |svsm, p| svsm.import_deposits(p, &deposits)), Ok(DEPOSITED));
+    for record in &vcpus {
+        on_platform!(destination, |svsm, p| svsm.import_vcpu(p, record)).unwrap();
+    }
+
+    let index = destination.world.svsm.vcpus().find_by_apic_id(APIC_ID).expect("the destination has the vCPU");
+    let vcpu = destination.world.svsm.vcpus().get(index).unwrap();
+    assert_eq!((vcpu.vmsa.raw(), vcpu.calling_area.0, vcpu.creator_vmpl), (VMSA_AT, CA_AT, 1));
+    let registers = on_platform!(destination, |_svsm, p| {
+        let mut image = [0u8; 4096];
+        kernel::platform::Platform::vmsa_image(&*p, vcpu.vmsa, &mut image).map(|()| image)
+    })
+    .expect("the VMSA's state");
+    let state = <abi::vmsa::Vmsa as zerocopy::FromBytes>::read_from_bytes(&registers).unwrap();
+    // As the source had them: on svm its call moved RIP past the VMMCALL.
+    let sent = <abi::vmsa::Vmsa as zerocopy::FromBytes>::read_from_bytes(&vcpus[1][vcpus[1].len() - 4096..]).unwrap();
+    assert!(sent.rip == RIP || sent.rip == RIP + 3, "the source's RIP {:#x}", sent.rip);
+    assert_eq!((state.rip, state.rbx, state.vmpl), (sent.rip, RBX, 1), "the registers arrived");
+    bulwark_model::svm_host::resume(&mut destination.world);
+    assert_eq!(destination.world.vcpu_by_apic_id(APIC_ID), Some(index), "the destination runs the vCPU");
+    assert!(destination.world.client().transport.write(VMSA_AT, &[0]).is_err(), "the VMSA is out of the guest's reach");
+    let mut area = vec![0u8; 32];
+    destination.world.client().transport.read(CA_AT + 0x800, &mut area).unwrap();
+    assert_eq!(&area[..21], b"the guest's own bytes");
+    assert_eq!(
+        core_call(&mut destination, index, CA_AT, call::QUERY_PROTOCOL, [1 << 32 | 1, 0]),
+        abi::result::ResultCode::SUCCESS
+    );
+    let startup = destination.world.svsm.vcpus().startup().unwrap();
+    assert_eq!(startup.calling_area.0, MOVED_CA_AT, "the startup vCPU's calling area moved with it");
+
+    // The deposits: the SVSM's, and what the guest can withdraw is what it could withdraw
+    // on the source.
+    let (theirs, ours) = (source.world.svsm.pool_stats(), destination.world.svsm.pool_stats());
+    assert_eq!((ours.deposited_total, ours.deposited_free), (theirs.deposited_total, theirs.deposited_free));
+    assert!(destination.world.client_at(VcpuIndex::STARTUP, MOVED_CA_AT).transport.write(DEPOSIT_AT, &[0]).is_err());
+    let withdraw = |env: &mut ModelEnv| {
+        let mut out = [0u64; 8];
+        let n = env.world.client_at(VcpuIndex::STARTUP, MOVED_CA_AT).withdraw(LIST_AT, &mut out).expect("withdrawn");
+        out[..n].to_vec()
+    };
+    let from_source = withdraw(&mut source);
+    assert_eq!(from_source.len(), (DEPOSITED - kernel::svsm::VCPU_CONTEXT_PAGES as u64) as usize);
+    assert_eq!(withdraw(&mut destination), from_source, "the same pages come back");
+    assert!(destination.world.machine.violations().is_empty(), "{:?}", destination.world.machine.violations());
+}
+
+#[test]
+fn vcpus_and_deposits_arrive_with_their_state() {
+    vcpus_and_deposits_on(PlatformKind::Model);
+}
+
+#[test]
+fn vcpus_and_deposits_arrive_with_their_state_on_snp() {
+    vcpus_and_deposits_on(PlatformKind::Snp);
+}
+
+#[test]
+fn vcpus_and_deposits_arrive_with_their_state_on_svm() {
+    vcpus_and_deposits_on(PlatformKind::Svm);
+}

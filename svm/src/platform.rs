@@ -223,6 +223,45 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
         self.shared.hw.write_guest(gpa, bytes).map_err(|_| fault)
     }
 
+    fn vmsa_image(&self, vmsa: PageAddr, image: &mut [u8; 4096]) -> Result<(), MemoryFault> {
+        if let Some(v) = self.own(vmsa) {
+            *image = v.to_vmsa();
+            return Ok(());
+        }
+        let fault = MemoryFault { gpa: vmsa.gpa() };
+        let found = self.shared.state.slots.with_vmsa(vmsa.raw(), |slot| match slot {
+            Slot::Here(v) => Ok(v.to_vmsa()),
+            // Running on another CPU: its state is in that CPU's hands.
+            Slot::Out(_) => Err(fault),
+        });
+        match found {
+            Some(answer) => answer.map(|made| *image = made),
+            // A VMSA no vCPU runs: the page itself.
+            None => self.shared.hw.read_guest(vmsa.raw(), image).map_err(|_| fault),
+        }
+    }
+
+    fn vmsa_restore(&mut self, vmsa: PageAddr, image: &[u8; 4096]) -> Result<(), MemoryFault> {
+        let fault = MemoryFault { gpa: vmsa.gpa() };
+        if let Some(v) = self.own_mut(vmsa) {
+            return if v.restore(image) { Ok(()) } else { Err(fault) };
+        }
+        let found = self.shared.state.slots.with_vmsa(vmsa.raw(), |slot| match slot {
+            Slot::Here(v) => {
+                if v.restore(image) {
+                    Ok(())
+                } else {
+                    Err(fault)
+                }
+            }
+            Slot::Out(_) => Err(fault),
+        });
+        match found {
+            Some(answer) => answer,
+            None => self.shared.hw.write_guest(vmsa.raw(), image).map_err(|_| fault),
+        }
+    }
+
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, _svsm_pages: &[PageAddr]) {
         let mut image = [0u8; 4096];
         // The VMSA page is guest RAM the SVSM owns now (the guest lost access).

@@ -8,7 +8,7 @@ use crate::vmcb::{Segment, Vmcb};
 use abi::hw::EFER_SVME;
 use abi::vmcb::{event, misc1, misc2, offset};
 use abi::vmsa::VmsaField;
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// The guest's general-purpose registers that the VMCB does not hold, in the order the
 /// VMRUN trampoline loads and stores them (`svsm/src/bare/svm/vmrun.rs` checks the
@@ -169,6 +169,51 @@ impl<P: PageMem> SvmVcpu<P> {
             stopped: false,
             serial: 0,
         })
+    }
+
+    /// Its whole state as a VMSA page (the inverse of [`Self::from_vmsa`]): the save
+    /// area, the general-purpose registers in their VMSA slots, and the fields SVM keeps
+    /// outside the VMCB. A live migration carries a vCPU in this form.
+    pub fn to_vmsa(&self) -> [u8; 4096] {
+        let mut state = abi::vmsa::Vmsa::new_zeroed();
+        if let Some(save) = state.as_mut_bytes().get_mut(..SAVE_AREA) {
+            self.vmcb.copy_from_save(save);
+        }
+        let r = &self.regs;
+        (state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rbp) = (r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp);
+        (state.r8, state.r9, state.r10, state.r11) = (r.r8, r.r9, r.r10, r.r11);
+        (state.r12, state.r13, state.r14, state.r15) = (r.r12, r.r13, r.r14, r.r15);
+        (state.vmpl, state.sev_features, state.virtual_tom) = (self.vmpl, self.sev_features, self.virtual_tom);
+        const _: () = assert!(core::mem::size_of::<abi::vmsa::Vmsa>() == 4096);
+        let mut page = [0u8; 4096];
+        page.copy_from_slice(state.as_bytes());
+        page
+    }
+
+    /// Take the whole state of VMSA page `vmsa` (a migration's destination), keeping this
+    /// vCPU's controls (intercepts, ASID, nested paging) and its place among the slots.
+    pub fn restore(&mut self, vmsa: &[u8; 4096]) -> bool {
+        let Ok(state) = abi::vmsa::Vmsa::read_from_bytes(vmsa) else { return false };
+        let Some(save) = vmsa.get(..SAVE_AREA) else { return false };
+        self.vmcb.copy_into_save(save);
+        self.regs = GuestRegs {
+            rbx: state.rbx,
+            rcx: state.rcx,
+            rdx: state.rdx,
+            rsi: state.rsi,
+            rdi: state.rdi,
+            rbp: state.rbp,
+            r8: state.r8,
+            r9: state.r9,
+            r10: state.r10,
+            r11: state.r11,
+            r12: state.r12,
+            r13: state.r13,
+            r14: state.r14,
+            r15: state.r15,
+        };
+        (self.vmpl, self.sev_features, self.virtual_tom) = (state.vmpl, state.sev_features, state.virtual_tom);
+        true
     }
 
     /// The exit VMRUN left in the VMCB.

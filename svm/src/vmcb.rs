@@ -104,6 +104,13 @@ impl<P: PageMem> Vmcb<P> {
         self.set_field(offset::SAVE, bytes);
     }
 
+    /// The start of the state-save area, as the first bytes of a VMSA.
+    pub fn copy_from_save(&self, out: &mut [u8]) {
+        if let Some(src) = self.page.bytes().get(offset::SAVE..offset::SAVE + out.len()) {
+            out.copy_from_slice(src);
+        }
+    }
+
     pub fn exit_code(&self) -> u64 {
         self.u64(offset::EXIT_CODE)
     }

@@ -2,6 +2,7 @@
 
 use super::{Out, ServiceStateError};
 use crate::addr::{PageAddr, PageRange, PageSize};
+use crate::pages::{Held, PageRole, PageTracker};
 use crate::platform::Platform;
 use crate::svsm::Svsm;
 use alloc::vec::Vec;
@@ -145,7 +146,11 @@ impl Svsm {
             let (perms, _) = rest.split_first_chunk::<3>().ok_or(MemoryImportError::Malformed)?;
             let addr = PageAddr::new(gpa).ok_or(MemoryImportError::Malformed)?;
             let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
-            if !self.pages.is_ram(one) || self.pages.check_target(one).is_err() {
+            // A calling area stays the guest's memory: the destination's startup vCPU has
+            // one from its launch, where the source's guest may have other data.
+            let importable =
+                if *perms == INVALIDATED { self.pages.check_target(one).is_ok() } else { self.importable(one) };
+            if !importable {
                 return Err(MemoryImportError::NotGuestMemory { gpa });
             }
             if *perms != INVALIDATED && perms.iter().any(|perm| *perm & !abi::hw::rmpadjust::PERM_ALL != 0) {
@@ -174,18 +179,47 @@ impl Svsm {
                 }
                 continue;
             }
-            if !self.pages.is_validated(addr) {
-                let mut held = self.pages.unlocked();
-                held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
-                p.pvalidate(addr, PageSize::Size4K, true).map_err(|_| MemoryImportError::Platform { gpa })?;
-                held.set_validated(one, true);
-            }
-            for (vmpl, perm) in (1u8..=3).zip(perms) {
-                p.rmpadjust(addr, PageSize::Size4K, vmpl, perm, false)
-                    .map_err(|_| MemoryImportError::Platform { gpa })?;
-            }
-            p.write(addr.gpa(), content).map_err(|_| MemoryImportError::Platform { gpa })?;
+            self.give_page(p, addr, perms, content)?;
         }
         Ok(count as u64)
     }
+
+    /// May an imported page be given to the guest here: RAM the SVSM holds nothing on but
+    /// perhaps a calling area (which stays guest memory)?
+    pub(super) fn importable(&self, one: PageRange) -> bool {
+        importable(&self.pages, &mut self.pages.unlocked(), one)
+    }
+
+    /// Give `page` to the guest as the source had it: validated (recorded as such), its
+    /// lower VMPLs' permissions, its bytes. Under the page's lock, checked again there.
+    pub(super) fn give_page<P: Platform + ?Sized>(
+        &self,
+        p: &mut P,
+        page: PageAddr,
+        perms: [u8; 3],
+        content: &[u8],
+    ) -> Result<(), MemoryImportError> {
+        let gpa = page.raw();
+        let one = PageRange::new(page, 1).ok_or(MemoryImportError::NotGuestMemory { gpa })?;
+        let mut held = self.pages.lock(page, page);
+        if !importable(&self.pages, &mut held, one) {
+            return Err(MemoryImportError::NotGuestMemory { gpa });
+        }
+        if !held.is_validated(page) {
+            held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
+            p.pvalidate(page, PageSize::Size4K, true).map_err(|_| MemoryImportError::Platform { gpa })?;
+            held.set_validated(one, true);
+        }
+        for (vmpl, perm) in (1u8..=3).zip(perms) {
+            p.rmpadjust(page, PageSize::Size4K, vmpl, perm, false).map_err(|_| MemoryImportError::Platform { gpa })?;
+        }
+        p.write(page.gpa(), content).map_err(|_| MemoryImportError::Platform { gpa })?;
+        Ok(())
+    }
+}
+
+/// [`Svsm::importable`] with the page's stripe as `held` has it.
+fn importable(pages: &PageTracker, held: &mut Held<'_>, one: PageRange) -> bool {
+    pages.is_ram(one)
+        && (held.check_target(one).is_ok() || matches!(held.role(one.start()), Some(PageRole::CallingArea(_))))
 }

@@ -27,9 +27,11 @@
 
 pub mod dirty;
 pub mod memory;
+pub mod vcpus;
 
 pub use dirty::{DirtyLog, DirtyLogError};
 pub use memory::{MAX_CHUNK_PAGES, MemoryImportError};
+pub use vcpus::VcpuImportError;
 
 use crate::platform::Platform;
 use crate::protocols::ocp::sources;
@@ -80,6 +82,8 @@ pub enum ServiceStateError {
     Unattested,
     /// The platform could not read a guest page or its permissions.
     Platform,
+    /// A vCPU is halfway through a replacement (its retired VMSA not yet deleted).
+    VcpuChanging,
     /// Not service state this SVSM reads: bad magic or version, a cut or overlong field,
     /// an unknown section, a duplicate.
     Malformed,
@@ -120,10 +124,10 @@ impl Out {
 }
 
 /// A cursor that answers `Malformed` instead of reading past the end.
-struct In<'a>(&'a [u8]);
+pub(super) struct In<'a>(pub(super) &'a [u8]);
 
 impl<'a> In<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ServiceStateError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], ServiceStateError> {
         let (head, rest) = self.0.split_at_checked(n).ok_or(ServiceStateError::Malformed)?;
         self.0 = rest;
         Ok(head)
@@ -132,7 +136,7 @@ impl<'a> In<'a> {
         let b: [u8; 2] = self.take(2)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
         Ok(usize::from(u16::from_be_bytes(b)))
     }
-    fn u32(&mut self) -> Result<usize, ServiceStateError> {
+    pub(super) fn u32(&mut self) -> Result<usize, ServiceStateError> {
         let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
         usize::try_from(u32::from_be_bytes(b)).map_err(|_| ServiceStateError::Malformed)
     }

@@ -7,7 +7,7 @@
 mod list;
 mod memory;
 mod pvalidate;
-mod vcpu;
+pub(crate) mod vcpu;
 mod vtom;
 
 use super::{CallContext, Reply, SERVED, serves};

@@ -61,10 +61,10 @@ fn check_page<P: Platform + ?Sized>(
 }
 
 /// What CREATE_VCPU asks for, checked.
-struct Request {
-    vmsa: PageAddr,
-    ca: PageAddr,
-    apic_id: u32,
+pub(crate) struct Request {
+    pub vmsa: PageAddr,
+    pub ca: PageAddr,
+    pub apic_id: u32,
 }
 
 pub fn create_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
@@ -83,7 +83,7 @@ pub fn create_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     let mut held = svsm.pages.lock(vmsa, ca);
     match svsm.vcpus.find_by_apic_id(apic_id) {
         None => {
-            let (index, pages) = create_new(svsm, &mut held, p, ctx, request)?;
+            let (index, pages) = create_new(svsm, &mut held, p, ctx.caller, request)?;
             // The pages and their roles are recorded: their stripes go before the host
             // hears of the vCPU (a host exit on SNP), so PVALIDATEs nearby need not wait
             // for the host. The change lock stays: creations and deletions reach the host
@@ -105,17 +105,19 @@ fn startup_features<P: Platform + ?Sized>(svsm: &Svsm, p: &P) -> CallResult<u64>
     Ok(p.vmsa_read(startup_vmsa, VmsaField::SevFeatures)?)
 }
 
-/// Make and record a new vCPU; the caller tells the platform (`vcpu_created`) once it has
-/// let go of the pages' locks. Returns its index and SVSM pages.
-fn create_new<P: Platform + ?Sized>(
+/// Make and record a new vCPU for `caller`; the caller tells the platform
+/// (`vcpu_created`) once it has let go of the pages' locks. Returns its index and SVSM
+/// pages. A live migration's destination makes the source's vCPUs here too
+/// (`crate::migration::vcpus`), with every check CREATE_VCPU makes.
+pub(crate) fn create_new<P: Platform + ?Sized>(
     svsm: &Svsm,
     held: &mut Held<'_>,
     p: &mut P,
-    ctx: &CallContext,
+    caller: Caller,
     r: Request,
 ) -> CallResult<(VcpuIndex, [PageAddr; VCPU_CONTEXT_PAGES])> {
-    check_page(held, p, ctx.caller, r.vmsa, None)?;
-    check_page(held, p, ctx.caller, r.ca, None)?;
+    check_page(held, p, caller, r.vmsa, None)?;
+    check_page(held, p, caller, r.ca, None)?;
     if svsm.vcpus.count() >= svsm.max_vcpus {
         return Err(CallError::InvalidRequest("the SVSM serves no more vCPUs"));
     }
@@ -137,7 +139,7 @@ fn create_new<P: Platform + ?Sized>(
 
     // Act. Every failure from here on gives back the page (the guard) and the reserved
     // pages.
-    let (vmpl, made) = match make_vmsa(p, r.vmsa, ctx.caller.vmpl, features) {
+    let (vmpl, made) = match make_vmsa(p, r.vmsa, caller.vmpl, features) {
         Ok(made) => made,
         Err(e) => {
             free_pages(svsm, &svsm_pages);
@@ -148,7 +150,7 @@ fn create_new<P: Platform + ?Sized>(
         apic_id: r.apic_id,
         vmsa: r.vmsa,
         vmpl,
-        creator_vmpl: ctx.caller.vmpl,
+        creator_vmpl: caller.vmpl,
         retired: None,
         calling_area: r.ca.gpa(),
         svsm_pages: Some(svsm_pages),
