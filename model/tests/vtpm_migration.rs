@@ -866,3 +866,95 @@ fn vcpus_and_deposits_arrive_with_their_state_on_snp() {
 fn vcpus_and_deposits_arrive_with_their_state_on_svm() {
     vcpus_and_deposits_on(PlatformKind::Svm);
 }
+
+/// A destination made as for the vCPU test, with the source's memory in it.
+fn destination_with_memory(memory: &[Vec<u8>]) -> ModelEnv {
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, pool_reserve_pages: 0, ..ModelEnv::config() });
+    for chunk in memory {
+        let w = &mut destination.world;
+        bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, chunk)).unwrap();
+    }
+    destination
+}
+
+/// The records come from an attested SVSM over an authenticated channel, and are parsed
+/// as hostile input all the same: a cut or padded record, a startup vCPU of another
+/// launch, a VMSA in the SVSM's own memory or more privileged than its creator, a second
+/// vCPU for one APIC ID, deposits naming the guest's own memory. Each is refused with
+/// its reason, and a refused deposit changes nothing.
+#[test]
+fn hostile_vcpu_and_deposit_records_are_refused() {
+    use kernel::migration::VcpuImportError as E;
+    let mut source = guest_with_a_second_vcpu(PlatformKind::Model);
+    let (memory, deposits, vcpus) = last_round(&mut source);
+    let mut d = destination_with_memory(&memory);
+    let import = |env: &mut ModelEnv, record: &[u8]| {
+        let w = &mut env.world;
+        bulwark_model::heap::in_svsm(|| w.svsm.import_vcpu(&mut w.machine, record))
+    };
+    let with = |record: &[u8], at: usize, bytes: &[u8]| {
+        let mut r = record.to_vec();
+        r[at..at + bytes.len()].copy_from_slice(bytes);
+        r
+    };
+    let second = &vcpus[1];
+    let image = second.len() - 4096;
+
+    // Deposits naming a page the guest has (validated by the memory import) are refused
+    // before any page changes.
+    let guest_page = u64::from_be_bytes(memory[0][8..16].try_into().unwrap());
+    let before = d.world.svsm.pool_stats();
+    let w = &mut d.world;
+    assert_eq!(
+        bulwark_model::heap::in_svsm(|| w
+            .svsm
+            .import_deposits(&mut w.machine, &with(&deposits, 8, &guest_page.to_be_bytes()))),
+        Err(E::NotGuestMemory { gpa: guest_page })
+    );
+    assert_eq!(d.world.svsm.pool_stats(), before, "nothing was deposited");
+    let w = &mut d.world;
+    assert_eq!(
+        bulwark_model::heap::in_svsm(|| w.svsm.import_deposits(&mut w.machine, &deposits[..deposits.len() - 1])),
+        Err(E::Malformed)
+    );
+
+    // The real records go in; the same vCPU twice does not.
+    let w = &mut d.world;
+    assert_eq!(bulwark_model::heap::in_svsm(|| w.svsm.import_deposits(&mut w.machine, &deposits)), Ok(DEPOSITED));
+    let w = &mut d.world;
+    assert!(
+        matches!(
+            bulwark_model::heap::in_svsm(|| w.svsm.import_deposits(&mut w.machine, &deposits)),
+            Err(E::NotGuestMemory { .. })
+        ),
+        "deposits taken twice"
+    );
+    assert_eq!(import(&mut d, &second[..second.len() - 1]), Err(E::Malformed), "cut");
+    assert_eq!(import(&mut d, &[second.as_slice(), &[0]].concat()), Err(E::Malformed), "padded");
+    assert_eq!(import(&mut d, &with(&vcpus[0], 4, &99u32.to_be_bytes())), Err(E::StartupMismatch), "another APIC ID");
+    let svsm_page = d.world.svsm.pages().svsm_region().start().raw();
+    assert_eq!(
+        import(&mut d, &with(second, 9, &svsm_page.to_be_bytes())),
+        Err(E::NotGuestMemory { gpa: svsm_page }),
+        "a VMSA in the SVSM's region"
+    );
+    let vmpl_at = image + abi::vmsa::VmsaField::Vmpl.offset();
+    assert_eq!(
+        import(&mut d, &with(second, vmpl_at, &[0])),
+        Err(E::Refused(kernel::error::CallError::InvalidParameter("VMSA.VMPL is 0"))),
+        "a VMSA at VMPL0"
+    );
+    assert!(d.world.svsm.vcpus().find_by_apic_id(APIC_ID).is_none(), "no vCPU from a refused record");
+
+    import(&mut d, &vcpus[0]).unwrap();
+    import(&mut d, second).unwrap();
+    assert_eq!(import(&mut d, second), Err(E::NotGuestMemory { gpa: CA_AT }), "its calling area is one already");
+    // Another VMSA and calling area, the same APIC ID.
+    let (other_vmsa, other_ca) = (VMSA_AT + 0x20_000, VMSA_AT + 0x21_000);
+    let twin = with(&with(second, 9, &other_vmsa.to_be_bytes()), 17, &other_ca.to_be_bytes());
+    assert_eq!(
+        import(&mut d, &twin),
+        Err(E::Refused(kernel::error::CallError::InvalidParameter("APIC ID has a vCPU already")))
+    );
+    assert!(d.world.machine.violations().is_empty(), "{:?}", d.world.machine.violations());
+}

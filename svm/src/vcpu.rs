@@ -418,6 +418,31 @@ mod tests {
         assert_eq!(asid0.vmcb.u32(offset::GUEST_ASID), 1, "ASID 0 is the host's: never given to a guest");
     }
 
+    /// A migration carries a vCPU as a VMSA page and makes it again on the other side:
+    /// every register comes back, and the vCPU there keeps its own controls.
+    #[test]
+    fn a_vcpu_round_trips_through_a_vmsa_page() {
+        let mut vmsa = abi::vmsa::Vmsa::zeroed();
+        (vmsa.rip, vmsa.rsp, vmsa.rax, vmsa.cr3, vmsa.efer) = (0x1000, 0x9000, 1, 0xB000, 0x1D00);
+        (vmsa.rbx, vmsa.rcx, vmsa.rdx, vmsa.rsi, vmsa.rdi, vmsa.rbp) = (2, 3, 4, 5, 6, 7);
+        (vmsa.r8, vmsa.r9, vmsa.r10, vmsa.r11, vmsa.r12, vmsa.r13, vmsa.r14, vmsa.r15) = (8, 9, 10, 11, 12, 13, 14, 15);
+        (vmsa.vmpl, vmsa.sev_features, vmsa.virtual_tom, vmsa.g_pat) = (2, 1, 1 << 30, 0x0007_0406_0007_0406);
+        let bytes: [u8; 4096] = zerocopy::IntoBytes::as_bytes(&vmsa).try_into().unwrap();
+        let mut source = SvmVcpu::from_vmsa(TestPage::new(1), C, 7, 0x5000, &bytes).unwrap();
+        source.skip(3);
+        source.regs.r12 = 0x1212;
+        let page = source.to_vmsa();
+        let mut sent = vmsa;
+        (sent.rip, sent.r12) = (0x1003, 0x1212);
+        assert!(page[..] == *zerocopy::IntoBytes::as_bytes(&sent), "the VMSA page is the vCPU's state");
+
+        let mut destination = startup();
+        assert!(destination.restore(&page));
+        assert_eq!(destination.to_vmsa(), page, "every field arrived");
+        assert_eq!(destination.vmcb.u32(offset::GUEST_ASID), 1, "the destination's own ASID");
+        assert_eq!(destination.vmcb.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1, "and its own intercepts");
+    }
+
     #[test]
     fn fields_round_trip() {
         let mut v = startup();
