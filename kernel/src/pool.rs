@@ -157,12 +157,12 @@ impl PagePool {
         self.deposited_total = self.deposited_total.saturating_sub(pages as u64);
     }
 
-    /// Free deposited memory exists (SVSM_MEM_AVAILABLE).
     /// The first free deposited page at or after `from_pfn`.
     pub fn next_free_deposited(&self, from_pfn: u64) -> Option<PageAddr> {
         self.free.next_set(from_pfn).map(PageAddr::from_pfn)
     }
 
+    /// Free deposited memory exists (SVSM_MEM_AVAILABLE).
     pub fn mem_available(&self) -> bool {
         self.free.count() > 0
     }

@@ -789,6 +789,13 @@ fn vcpus_and_deposits_on(platform: PlatformKind) {
     use guest::Transport;
     use kernel::vcpu::VcpuIndex;
     let mut source = guest_with_a_second_vcpu(platform);
+    // A pre-copy round sends a page the guest deposits afterwards: the destination takes
+    // it from its guest again.
+    let late = DEPOSIT_AT + DEPOSITED * 4096;
+    guest_validates(&mut source, MOVED_CA_AT, &[late]);
+    let early = export_memory(&mut source);
+    let entry = abi::core_protocol::DepositEntry::new(late, false);
+    source.world.client_at(VcpuIndex::STARTUP, MOVED_CA_AT).deposit(&[entry], LIST_AT).expect("deposited");
     let on_source = source.world.vcpu_by_apic_id(APIC_ID).expect("the source runs the vCPU");
     assert_eq!(
         core_call(&mut source, on_source, CA_AT, call::QUERY_PROTOCOL, [1 << 32 | 1, 0]),
@@ -802,13 +809,14 @@ fn vcpus_and_deposits_on(platform: PlatformKind) {
     let mut destination =
         ModelEnv::with(WorldConfig { vtpm: false, platform, pool_reserve_pages: 0, ..ModelEnv::config() });
     bulwark_model::svm_host::pause(&mut destination.world);
-    for chunk in &memory {
+    for chunk in early.iter().chain(&memory) {
         on_platform!(destination, |svsm, p| svsm.import_memory(p, chunk)).unwrap();
     }
-    assert_eq!(on_platform!(destination, |svsm, p| svsm.import_deposits(p, &deposits)), Ok(DEPOSITED));
-    for record in &vcpus {
-        on_platform!(destination, |svsm, p| svsm.import_vcpu(p, record)).unwrap();
-    }
+    // The startup vCPU, the deposits, then the other vCPUs (their SVSM pages come from
+    // the pool).
+    on_platform!(destination, |svsm, p| svsm.import_vcpu(p, &vcpus[0])).unwrap();
+    assert_eq!(on_platform!(destination, |svsm, p| svsm.import_deposits(p, &deposits)), Ok(DEPOSITED + 1));
+    on_platform!(destination, |svsm, p| svsm.import_vcpu(p, &vcpus[1])).unwrap();
 
     let index = destination.world.svsm.vcpus().find_by_apic_id(APIC_ID).expect("the destination has the vCPU");
     let vcpu = destination.world.svsm.vcpus().get(index).unwrap();
@@ -847,7 +855,8 @@ fn vcpus_and_deposits_on(platform: PlatformKind) {
         out[..n].to_vec()
     };
     let from_source = withdraw(&mut source);
-    assert_eq!(from_source.len(), (DEPOSITED - kernel::svsm::VCPU_CONTEXT_PAGES as u64) as usize);
+    assert_eq!(from_source.len(), (DEPOSITED + 1 - kernel::svsm::VCPU_CONTEXT_PAGES as u64) as usize);
+    assert!(from_source.contains(&late));
     assert_eq!(withdraw(&mut destination), from_source, "the same pages come back");
     assert!(destination.world.machine.violations().is_empty(), "{:?}", destination.world.machine.violations());
 }
@@ -884,6 +893,7 @@ fn destination_with_memory(memory: &[Vec<u8>]) -> ModelEnv {
 /// its reason, and a refused deposit changes nothing.
 #[test]
 fn hostile_vcpu_and_deposit_records_are_refused() {
+    use guest::Transport;
     use kernel::migration::VcpuImportError as E;
     let mut source = guest_with_a_second_vcpu(PlatformKind::Model);
     let (memory, deposits, vcpus) = last_round(&mut source);
@@ -900,9 +910,10 @@ fn hostile_vcpu_and_deposit_records_are_refused() {
     let second = &vcpus[1];
     let image = second.len() - 4096;
 
-    // Deposits naming a page the guest has (validated by the memory import) are refused
-    // before any page changes.
-    let guest_page = u64::from_be_bytes(memory[0][8..16].try_into().unwrap());
+    // Deposits naming a page the SVSM holds (its own region) are refused before any page
+    // changes. (A guest page already validated is taken: a pre-copy round sent it before
+    // the guest deposited it.)
+    let guest_page = d.world.svsm.pages().svsm_region().start().raw();
     let before = d.world.svsm.pool_stats();
     let w = &mut d.world;
     assert_eq!(
@@ -918,6 +929,10 @@ fn hostile_vcpu_and_deposit_records_are_refused() {
         Err(E::Malformed)
     );
 
+    // Overlapping runs: the same pages twice.
+    let doubled = [&deposits[..4], &2u32.to_be_bytes(), &deposits[8..20], &deposits[8..20]].concat();
+    let w = &mut d.world;
+    assert_eq!(bulwark_model::heap::in_svsm(|| w.svsm.import_deposits(&mut w.machine, &doubled)), Err(E::Malformed));
     // The real records go in; the same vCPU twice does not.
     let w = &mut d.world;
     assert_eq!(bulwark_model::heap::in_svsm(|| w.svsm.import_deposits(&mut w.machine, &deposits)), Ok(DEPOSITED));
@@ -947,8 +962,26 @@ fn hostile_vcpu_and_deposit_records_are_refused() {
     assert!(d.world.svsm.vcpus().find_by_apic_id(APIC_ID).is_none(), "no vCPU from a refused record");
 
     import(&mut d, &vcpus[0]).unwrap();
+    // A creator more privileged than the guest.
+    assert_eq!(import(&mut d, &with(second, 8, &[0])), Err(E::Malformed), "creator VMPL0");
+    // A VMSA on the startup vCPU's calling area: refused before that page changes.
+    let mut area = vec![0u8; 4096];
+    d.world
+        .client_at(kernel::vcpu::VcpuIndex::STARTUP, MOVED_CA_AT)
+        .transport
+        .read(MOVED_CA_AT & !0xFFF, &mut area)
+        .unwrap();
+    let on_area = with(second, 9, &(MOVED_CA_AT & !0xFFF).to_be_bytes());
+    assert_eq!(import(&mut d, &on_area), Err(E::NotGuestMemory { gpa: MOVED_CA_AT & !0xFFF }));
+    let mut after = vec![0u8; 4096];
+    d.world
+        .client_at(kernel::vcpu::VcpuIndex::STARTUP, MOVED_CA_AT)
+        .transport
+        .read(MOVED_CA_AT & !0xFFF, &mut after)
+        .unwrap();
+    assert!(after == area, "the calling area is untouched");
     import(&mut d, second).unwrap();
-    assert_eq!(import(&mut d, second), Err(E::NotGuestMemory { gpa: CA_AT }), "its calling area is one already");
+    assert_eq!(import(&mut d, second), Err(E::NotGuestMemory { gpa: VMSA_AT }), "its VMSA is one already");
     // Another VMSA and calling area, the same APIC ID.
     let (other_vmsa, other_ca) = (VMSA_AT + 0x20_000, VMSA_AT + 0x21_000);
     let twin = with(&with(second, 9, &other_vmsa.to_be_bytes()), 17, &other_ca.to_be_bytes());

@@ -148,9 +148,7 @@ impl Svsm {
             let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
             // A calling area stays the guest's memory: the destination's startup vCPU has
             // one from its launch, where the source's guest may have other data.
-            let importable =
-                if *perms == INVALIDATED { self.pages.check_target(one).is_ok() } else { self.importable(one) };
-            if !importable {
+            if !self.importable(one) {
                 return Err(MemoryImportError::NotGuestMemory { gpa });
             }
             if *perms != INVALIDATED && perms.iter().any(|perm| *perm & !abi::hw::rmpadjust::PERM_ALL != 0) {

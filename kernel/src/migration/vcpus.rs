@@ -26,7 +26,7 @@ use crate::addr::{Gpa, PageAddr, PageRange, PageSize};
 use crate::caller::Caller;
 use crate::error::CallError;
 use crate::pages::PageRole;
-use crate::platform::Platform;
+use crate::platform::{Platform, PvalidateEffect};
 use crate::protocols::core::vcpu::{Request, create_new};
 use crate::svsm::{MEM_FLAG_UNKNOWN, Svsm};
 use crate::vcpu::VcpuIndex;
@@ -201,10 +201,12 @@ impl Svsm {
         Ok(records)
     }
 
-    /// Take the source's deposits on the destination: each page validated for the SVSM,
-    /// zeroed, recorded as deposited and put in the pool (the guest can withdraw it as it
-    /// could on the source). Every run is checked before any page changes; the pages
-    /// taken.
+    /// Take the source's deposits on the destination: each page taken from the guest's
+    /// VMPLs (a page a pre-copy round sent before the guest deposited it is validated
+    /// here, with the guest's permissions), validated for the SVSM, zeroed, recorded as
+    /// deposited and put in the pool. The guest can withdraw it as it could on the
+    /// source. Every run is checked before any page changes (guest RAM, no role, no two
+    /// runs overlapping). Returns the number of pages taken.
     pub fn import_deposits<P: Platform + ?Sized>(&self, p: &mut P, bytes: &[u8]) -> Result<u64, VcpuImportError> {
         let bad = |_| VcpuImportError::Malformed;
         let mut input = In(bytes);
@@ -219,18 +221,17 @@ impl Svsm {
             let pages = u32::from_be_bytes(array(input.take(4).map_err(bad)?)?);
             let start = PageAddr::new(gpa).ok_or(VcpuImportError::Malformed)?;
             let range = PageRange::new(start, u64::from(pages)).ok_or(VcpuImportError::Malformed)?;
-            // Not memory the guest has (deposited pages never travel as guest memory), and
-            // nothing the SVSM holds.
             if !self.pages.is_ram(range) || self.pages.check_target(range).is_err() {
                 return Err(VcpuImportError::NotGuestMemory { gpa });
-            }
-            if let Some(pfn) = range.iter().find(|page| self.pages.is_validated(*page)).map(|page| page.raw()) {
-                return Err(VcpuImportError::NotGuestMemory { gpa: pfn });
             }
             runs.try_reserve(1).map_err(|_| VcpuImportError::NoRoom)?;
             runs.push(range);
         }
         if !input.0.is_empty() {
+            return Err(VcpuImportError::Malformed);
+        }
+        runs.sort_unstable_by_key(|r| r.start_pfn());
+        if runs.windows(2).any(|w| w.first().zip(w.get(1)).is_some_and(|(a, b)| a.end_pfn() > b.start_pfn())) {
             return Err(VcpuImportError::Malformed);
         }
         let mut taken = 0;
@@ -240,24 +241,36 @@ impl Svsm {
                 taken += 1;
             }
         }
+        // No CPU may keep a translation that lets the guest write a page the SVSM took.
+        p.flush_guest_tlb();
         Ok(taken)
     }
 
-    /// One deposited page, under its stripe's lock (checked again there: two runs may name
-    /// one page).
+    /// One deposited page, as DEPOSIT_MEM takes one, under its stripe's lock.
     fn take_deposit<P: Platform + ?Sized>(&self, p: &mut P, page: PageAddr) -> Result<(), VcpuImportError> {
         let gpa = page.raw();
+        let hw = |_| VcpuImportError::Platform { gpa };
         let one = PageRange::new(page, 1).ok_or(VcpuImportError::Malformed)?;
         let mut held = self.pages.lock(page, page);
-        if held.check_target(one).is_err() || held.is_validated(page) {
+        if held.check_target(one).is_err() {
             return Err(VcpuImportError::NotGuestMemory { gpa });
         }
         held.reserve_deposited(one).map_err(|_| VcpuImportError::NoRoom)?;
         self.pool.lock().reserve_deposit(one).map_err(|_| VcpuImportError::NoRoom)?;
-        held.prepare_validation(one).map_err(|_| VcpuImportError::NoRoom)?;
-        p.pvalidate(page, PageSize::Size4K, true).map_err(|_| VcpuImportError::Platform { gpa })?;
-        held.set_validated(one, true);
-        // What the host left there must not reach the guest through a later withdrawal.
+        if held.is_validated(page) {
+            for vmpl in 1..=3 {
+                p.rmpadjust(page, PageSize::Size4K, vmpl, PERM_NONE, false).map_err(hw)?;
+            }
+        } else {
+            held.prepare_validation(one).map_err(|_| VcpuImportError::NoRoom)?;
+            // Validated behind the SVSM's back (at launch): some VMPL may still reach it,
+            // so it is no page for the SVSM's own state.
+            if p.pvalidate(page, PageSize::Size4K, true).map_err(hw)? != PvalidateEffect::Changed {
+                return Err(VcpuImportError::Platform { gpa });
+            }
+            held.set_validated(one, true);
+        }
+        // What the host or the guest left there must not reach a later withdrawal.
         p.zero_pages(one).map_err(|_| VcpuImportError::Platform { gpa })?;
         let recorded = held.set_deposited(one, true) && {
             let mut pool = self.pool.lock();
@@ -268,8 +281,10 @@ impl Svsm {
         if recorded { Ok(()) } else { Err(VcpuImportError::NoRoom) }
     }
 
-    /// Make one vCPU of the source here (records in the order [`Self::export_vcpus`] made
-    /// them, after the guest's memory and the deposits). The startup vCPU exists already:
+    /// Make one vCPU of the source here. The order: the guest's memory, the startup
+    /// vCPU's record (the first [`Self::export_vcpus`] makes; it may free the launch's
+    /// calling area, which the guest may have deposited), the deposits, the other vCPUs
+    /// (their SVSM pages come from the pool). The startup vCPU exists already:
     /// it takes the source's state and calling area. Any other is made as CREATE_VCPU from
     /// its creator would make it, then runs (the platform is told).
     pub fn import_vcpu<P: Platform + ?Sized>(&self, p: &mut P, bytes: &[u8]) -> Result<(), VcpuImportError> {
@@ -279,14 +294,22 @@ impl Svsm {
             return self.import_startup(p, &record, startup.apic_id, startup.creator_vmpl, startup.calling_area);
         }
         let (vmsa, ca) = (record.vmsa, record.calling_area);
+        // CREATE_VCPU only ever hears from the guest's own VMPLs: a creator more privileged
+        // than the guest's top VMPL would pass checks that trust the top VMPL.
+        if record.creator_vmpl < self.guest_vmpl {
+            return Err(VcpuImportError::Malformed);
+        }
+        // Both pages are plain guest memory here before either changes.
+        for page in [vmsa, ca.page()] {
+            let one = PageRange::new(page, 1).ok_or(VcpuImportError::Malformed)?;
+            if !self.pages.is_ram(one) || self.pages.check_target(one).is_err() {
+                return Err(VcpuImportError::NotGuestMemory { gpa: page.raw() });
+            }
+        }
         // The VMSA page as the creator had it before CREATE_VCPU: its memory, holding the
         // state; the calling area's page as the source had it.
         let creator_perms =
             core::array::from_fn(|i| if i < usize::from(record.creator_vmpl) { PERM_ALL } else { PERM_NONE });
-        let one = PageRange::new(ca.page(), 1).ok_or(VcpuImportError::Malformed)?;
-        if self.pages.role(ca.page()).is_some() || !self.importable(one) {
-            return Err(VcpuImportError::NotGuestMemory { gpa: ca.page().raw() });
-        }
         self.give_page(p, vmsa, creator_perms, record.image)?;
         self.give_page(p, ca.page(), record.ca_perms, record.ca_page)?;
         let caller = Caller { vmpl: record.creator_vmpl, top_vmpl: self.guest_vmpl };
