@@ -32,6 +32,28 @@ pub struct GuestRegs {
     pub r15: u64,
 }
 
+impl GuestRegs {
+    /// The registers a VMSA holds in its own slots.
+    fn of(state: &abi::vmsa::Vmsa) -> Self {
+        Self {
+            rbx: state.rbx,
+            rcx: state.rcx,
+            rdx: state.rdx,
+            rsi: state.rsi,
+            rdi: state.rdi,
+            rbp: state.rbp,
+            r8: state.r8,
+            r9: state.r9,
+            r10: state.r10,
+            r11: state.r11,
+            r12: state.r12,
+            r13: state.r13,
+            r14: state.r14,
+            r15: state.r15,
+        }
+    }
+}
+
 /// Why the guest stopped running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
@@ -143,22 +165,7 @@ impl<P: PageMem> SvmVcpu<P> {
         let mut vmcb = Vmcb::new(page);
         controls(&mut vmcb, c, asid);
         vmcb.copy_into_save(vmsa.get(..SAVE_AREA)?);
-        let regs = GuestRegs {
-            rbx: state.rbx,
-            rcx: state.rcx,
-            rdx: state.rdx,
-            rsi: state.rsi,
-            rdi: state.rdi,
-            rbp: state.rbp,
-            r8: state.r8,
-            r9: state.r9,
-            r10: state.r10,
-            r11: state.r11,
-            r12: state.r12,
-            r13: state.r13,
-            r14: state.r14,
-            r15: state.r15,
-        };
+        let regs = GuestRegs::of(&state);
         Some(Self {
             vmcb,
             regs,
@@ -196,22 +203,7 @@ impl<P: PageMem> SvmVcpu<P> {
         let Ok(state) = abi::vmsa::Vmsa::read_from_bytes(vmsa) else { return false };
         let Some(save) = vmsa.get(..SAVE_AREA) else { return false };
         self.vmcb.copy_into_save(save);
-        self.regs = GuestRegs {
-            rbx: state.rbx,
-            rcx: state.rcx,
-            rdx: state.rdx,
-            rsi: state.rsi,
-            rdi: state.rdi,
-            rbp: state.rbp,
-            r8: state.r8,
-            r9: state.r9,
-            r10: state.r10,
-            r11: state.r11,
-            r12: state.r12,
-            r13: state.r13,
-            r14: state.r14,
-            r15: state.r15,
-        };
+        self.regs = GuestRegs::of(&state);
         (self.vmpl, self.sev_features, self.virtual_tom) = (state.vmpl, state.sev_features, state.virtual_tom);
         true
     }
