@@ -132,10 +132,9 @@ pub trait Platform {
     }
     /// Replace the whole state of the vCPU on VMSA `vmsa` with `image` (a migration's
     /// destination, before the vCPU runs again). Where the page holds the state, the page.
-    /// The page is written with EFER.SVME clear (as DELETE_VCPU leaves a VMSA), and the
-    /// image's EFER goes in last. On SNP this relies on the host not running the vCPU
-    /// meanwhile: a host that does only spoils this guest's state, which it can always
-    /// do by not running it.
+    /// By default the page is written with EFER.SVME clear (as DELETE_VCPU leaves a
+    /// VMSA), and the image's EFER goes in last. The snp platform also takes the page's
+    /// VMSA flag away meanwhile, so a host cannot run it half written.
     fn vmsa_restore(&mut self, vmsa: PageAddr, image: &[u8; 4096]) -> Result<(), MemoryFault> {
         let fault = MemoryFault { gpa: vmsa.gpa() };
         let at = VmsaField::Efer.offset();

@@ -843,6 +843,17 @@ fn vcpus_and_deposits_on(platform: PlatformKind) {
     );
     let startup = destination.world.svsm.vcpus().startup().unwrap();
     assert_eq!(startup.calling_area.0, MOVED_CA_AT, "the startup vCPU's calling area moved with it");
+    bulwark_model::svm_host::pause(&mut destination.world);
+    let restored = on_platform!(destination, |_svsm, p| {
+        let mut image = [0u8; 4096];
+        kernel::platform::Platform::vmsa_image(&*p, startup.vmsa, &mut image).map(|()| image)
+    })
+    .unwrap();
+    bulwark_model::svm_host::resume(&mut destination.world);
+    let sent = &vcpus[0][vcpus[0].len() - 4096..];
+    let launched = <abi::vmsa::Vmsa as zerocopy::FromBytes>::read_from_bytes(sent).unwrap();
+    assert_ne!(launched.rcx, 0, "the source's startup vCPU holds its last call's registers");
+    assert!(restored[..] == *sent, "the startup vCPU runs on with the source's state");
 
     // The deposits: the SVSM's, and what the guest can withdraw is what it could withdraw
     // on the source.

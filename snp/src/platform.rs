@@ -342,6 +342,20 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         self.shared.set_vcpu(vmsa.raw(), record);
     }
 
+    /// A migration's destination replaces the startup vCPU's state. The page is no VMSA
+    /// while it is written: clearing the RMP flag fails with FAIL_INUSE while the vCPU
+    /// runs, so a host cannot run it half written. Flagged again whatever the write did.
+    fn vmsa_restore(&mut self, vmsa: PageAddr, image: &[u8; 4096]) -> Result<(), MemoryFault> {
+        let fault = MemoryFault { gpa: vmsa.gpa() };
+        self.retire_vmsa(vmsa.raw()).map_err(|_| fault)?;
+        let written = self.hw.write(vmsa.raw(), image);
+        let flagged = self.hw.rmpadjust(vmsa.raw(), false, attrs(self.config().guest_vmpl, PERM_NONE, true));
+        match (written, flagged) {
+            (Ok(()), Ok(rc::SUCCESS)) => Ok(()),
+            _ => Err(fault),
+        }
+    }
+
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
         // The SVSM's own VMSA of this vCPU first: its page goes back to the pool once this
         // returns Ok, so it must not be a VMSA then. Each step either completes or leaves
