@@ -743,16 +743,23 @@ fn core_call(
 /// The source's guest: deposits pages, makes a vCPU (its context from the deposits), and
 /// moves its own calling area inside another page.
 fn guest_with_a_second_vcpu(platform: PlatformKind) -> ModelEnv {
+    let mut env = ModelEnv::with(WorldConfig { vtpm: false, platform, pool_reserve_pages: 0, ..ModelEnv::config() });
+    add_a_second_vcpu(&mut env, true);
+    env
+}
+
+/// The guest deposits `DEPOSITED` pages, makes a vCPU with APIC ID `APIC_ID`, and (with
+/// `remap`) moves its own calling area to `MOVED_CA_AT`.
+fn add_a_second_vcpu(env: &mut ModelEnv, remap: bool) {
     use abi::core_protocol::DepositEntry;
     use abi::protocol::core_call as call;
     use guest::Transport;
     use kernel::vcpu::VcpuIndex;
-    let mut env = ModelEnv::with(WorldConfig { vtpm: false, platform, pool_reserve_pages: 0, ..ModelEnv::config() });
     let ca0 = bulwark_model::world::STARTUP_CA_GPA;
     let deposits: Vec<u64> = (0..DEPOSITED).map(|i| DEPOSIT_AT + i * 4096).collect();
     let mut pages = vec![VMSA_AT, CA_AT, MOVED_CA_AT & !0xFFF];
     pages.extend(&deposits);
-    guest_validates(&mut env, ca0, &pages);
+    guest_validates(env, ca0, &pages);
     let entries: Vec<_> = deposits.iter().map(|g| DepositEntry::new(*g, false)).collect();
     env.world.client().deposit(&entries, LIST_AT).expect("the SVSM takes the deposit");
     let mut vmsa = abi::vmsa::Vmsa::zeroed();
@@ -761,14 +768,15 @@ fn guest_with_a_second_vcpu(platform: PlatformKind) -> ModelEnv {
     env.world.client().transport.write(VMSA_AT, zerocopy::IntoBytes::as_bytes(&vmsa)).unwrap();
     env.world.client().transport.write(CA_AT + 0x800, b"the guest's own bytes").unwrap();
     assert_eq!(
-        core_call(&mut env, VcpuIndex::STARTUP, ca0, call::CREATE_VCPU, [VMSA_AT, CA_AT]),
+        core_call(env, VcpuIndex::STARTUP, ca0, call::CREATE_VCPU, [VMSA_AT, CA_AT]),
         abi::result::ResultCode::SUCCESS
     );
-    assert_eq!(
-        core_call(&mut env, VcpuIndex::STARTUP, ca0, call::REMAP_CA, [MOVED_CA_AT, 0]),
-        abi::result::ResultCode::SUCCESS
-    );
-    env
+    if remap {
+        assert_eq!(
+            core_call(env, VcpuIndex::STARTUP, ca0, call::REMAP_CA, [MOVED_CA_AT, 0]),
+            abi::result::ResultCode::SUCCESS
+        );
+    }
 }
 
 /// Everything the last round moves for the guest: memory, deposits, vCPUs (in order).
@@ -1001,4 +1009,125 @@ fn hostile_vcpu_and_deposit_records_are_refused() {
         Err(E::Refused(kernel::error::CallError::InvalidParameter("APIC ID has a vCPU already")))
     );
     assert!(d.world.machine.violations().is_empty(), "{:?}", d.world.machine.violations());
+}
+
+/// Issue 16 on the model, end to end: a running guest with a vTPM, its pages, a second
+/// vCPU and deposits moves through an attested session as one state stream. A pre-copy
+/// round goes while the guest runs and writes a page (the SVSM tracks the write itself),
+/// the last round with the guest stopped; the destination applies the stream as it
+/// arrives, in pieces of any size, and the guest finds everything there: its pages with
+/// the late write, its vCPU serving calls, its TPM with the same EK and NV data.
+#[test]
+fn a_running_guest_moves_whole_as_one_stream() {
+    use guest::Transport;
+    use kernel::migration::stream::{self, Incoming, Item};
+    let _turn = turn();
+    let mut source = svsm_with_vtpm();
+    let ek = source.world.svsm.vtpm_ek().unwrap().to_vec();
+    assert_eq!(code(&guest_tpm(&mut source, &nv_define_space(INDEX, DATA.len() as u16))), TPM_RC_SUCCESS);
+    assert_eq!(code(&guest_tpm(&mut source, &nv_write(INDEX, 0, &DATA))), TPM_RC_SUCCESS);
+    guest_fills_pages(&mut source);
+    add_a_second_vcpu(&mut source, false);
+
+    // Round 1, the guest running.
+    let vmpl = source.world.svsm.guest_vmpl();
+    on_platform!(source, |svsm, p| svsm.start_dirty_tracking(p)).unwrap();
+    let mut items = Vec::new();
+    for chunk in export_memory(&mut source) {
+        stream::frame(&mut items, Item::Memory, &chunk).unwrap();
+    }
+    let late = PAGES_AT + 2 * 4096;
+    assert!(source.world.client().transport.write(late, &pattern(2, 9)).is_err(), "tracked");
+    assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, late, vmpl)));
+    source.world.client().transport.write(late, &pattern(2, 9)).expect("the write, retried");
+    // The last round, the guest stopped.
+    let dirty = on_platform!(source, |svsm, p| svsm.take_dirty(p, 4096)).unwrap();
+    assert!(dirty.contains(&(late / 4096)));
+    items.extend(on_platform!(source, |svsm, p| svsm.export_last_round(p, &dirty)).unwrap());
+
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let moved = migrate_state(&mut source, &mut destination, &items, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+    // The source has stopped: its vTPM (and libtpms) go with it.
+    drop(source);
+
+    let mut incoming = Incoming::new();
+    for piece in moved.received.chunks(1000) {
+        let w = &mut destination.world;
+        bulwark_model::heap::in_svsm(|| incoming.take(&w.svsm, &mut w.machine, piece)).unwrap();
+    }
+    let services = incoming.finish().expect("the whole last round arrived");
+    let snapshot = services.vtpm.clone().unwrap();
+    let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
+    let engine = channel_tpm_resumed(
+        move |state| open_when_free(|| LibTpms::resume(size, state.nv.clone(), &state.volatile)),
+        &snapshot.state,
+    )
+    .unwrap();
+    let vtpm = Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, None).unwrap();
+    let w = &mut destination.world;
+    bulwark_model::heap::in_svsm(|| w.svsm.install_vtpm(vtpm));
+    bulwark_model::heap::in_svsm(|| services.apply_settings(&w.svsm, &mut w.machine)).unwrap();
+
+    for i in 0..PAGE_COUNT {
+        let mut got = vec![0u8; 4096];
+        destination.world.client().transport.read(PAGES_AT + i * 4096, &mut got).unwrap();
+        assert!(got == pattern(i, if i == 2 { 9 } else { 0 }), "page {i}");
+    }
+    let index = destination.world.vcpu_by_apic_id(APIC_ID).expect("the second vCPU runs");
+    let query = abi::protocol::core_call::QUERY_PROTOCOL;
+    assert_eq!(core_call(&mut destination, index, CA_AT, query, [1 << 32 | 1, 0]), abi::result::ResultCode::SUCCESS);
+    assert_eq!(destination.world.svsm.vtpm_ek(), Some(&ek[..]), "the same EK");
+    let read = guest_tpm(&mut destination, &nv_read(INDEX, 0, DATA.len() as u16));
+    assert_eq!(nv_read_result(&read), Some(&DATA[..]), "the NV index holds what the guest wrote");
+    assert!(destination.world.machine.violations().is_empty(), "{:?}", destination.world.machine.violations());
+}
+
+/// A stream cut anywhere before its last item, or with an item out of order, never
+/// completes on the destination.
+#[test]
+fn a_cut_or_reordered_stream_does_not_finish() {
+    use kernel::migration::stream::{self, Incoming, Item, StreamError};
+    let mut source = guest_with_a_second_vcpu(PlatformKind::Model);
+    let (memory, deposits, vcpus) = last_round(&mut source);
+    let services = on_platform!(source, |svsm, p| svsm.export_services(p)).unwrap().encode().unwrap();
+    let mut items = Vec::new();
+    let mut ends = Vec::new();
+    for chunk in &memory {
+        stream::frame(&mut items, Item::Memory, chunk).unwrap();
+    }
+    ends.push(items.len());
+    stream::frame(&mut items, Item::Services, &services).unwrap();
+    stream::frame(&mut items, Item::Vcpu, &vcpus[0]).unwrap();
+    stream::frame(&mut items, Item::Deposits, &deposits).unwrap();
+    ends.push(items.len());
+    stream::frame(&mut items, Item::Vcpu, &vcpus[1]).unwrap();
+    ends.push(items.len());
+    stream::frame(&mut items, Item::End, &2u32.to_be_bytes()).unwrap();
+    let feed = |bytes: &[u8]| {
+        let mut d = ModelEnv::with(WorldConfig { vtpm: false, pool_reserve_pages: 0, ..ModelEnv::config() });
+        let mut incoming = Incoming::new();
+        let w = &mut d.world;
+        let taken = bulwark_model::heap::in_svsm(|| incoming.take(&w.svsm, &mut w.machine, bytes));
+        taken.and_then(|()| incoming.finish().map(|_| ()))
+    };
+    assert_eq!(feed(&items), Ok(()), "the whole stream");
+    for cut in ends.iter().copied().chain([items.len() - 1, 3]) {
+        assert_eq!(feed(&items[..cut]), Err(StreamError::Malformed), "cut at {cut}");
+    }
+    // An end that counts another number of vCPUs.
+    let mut miscounted = items[..items.len() - 4].to_vec();
+    miscounted.extend_from_slice(&1u32.to_be_bytes());
+    assert_eq!(feed(&miscounted), Err(StreamError::Malformed));
+    // The deposits before the startup vCPU.
+    let mut reordered = Vec::new();
+    for chunk in &memory {
+        stream::frame(&mut reordered, Item::Memory, chunk).unwrap();
+    }
+    stream::frame(&mut reordered, Item::Services, &services).unwrap();
+    stream::frame(&mut reordered, Item::Deposits, &deposits).unwrap();
+    assert_eq!(feed(&reordered), Err(StreamError::Malformed));
+    // An item longer than any can be is refused at its header.
+    assert_eq!(feed(&[1, 0xFF, 0xFF, 0xFF, 0xFF]), Err(StreamError::Malformed));
+    assert_eq!(feed(&[9, 0, 0, 0, 0]), Err(StreamError::Malformed), "an unknown kind");
 }

@@ -27,6 +27,7 @@
 
 pub mod dirty;
 pub mod memory;
+pub mod stream;
 pub mod vcpus;
 
 pub use dirty::{DirtyLog, DirtyLogError};
