@@ -202,7 +202,7 @@ fn step(w: &mut World, input: &mut Input<'_>) {
     }
 }
 
-fn check(w: &mut World) {
+pub(crate) fn check(w: &mut World) {
     let violations = w.machine.violations();
     assert!(violations.is_empty(), "calling-convention violations: {violations:?}");
     for pfn in [world::SVSM_BASE >> 12, (world::SVSM_BASE >> 12) + 1023] {

@@ -21,6 +21,7 @@
 pub mod attest_demo;
 pub mod conformance_env;
 pub mod fuzz;
+pub mod fuzz_stream;
 pub mod fuzz_syscalls;
 pub mod heap;
 pub mod machine;

@@ -51,3 +51,14 @@ fn random_system_call_sequences_keep_the_kernel_consistent() {
         bulwark_model::fuzz_syscalls::run_syscalls(&data);
     }
 }
+
+#[test]
+fn random_migration_streams_leave_the_destination_consistent() {
+    let mut state = 0x5EED_0F57_E4A3_u64;
+    bulwark_model::fuzz_stream::run_stream(&[]);
+    for _ in 0..300 {
+        let len = (next(&mut state) % 4096) as usize;
+        let data: Vec<u8> = (0..len).map(|_| next(&mut state) as u8).collect();
+        bulwark_model::fuzz_stream::run_stream(&data);
+    }
+}
