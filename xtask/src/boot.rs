@@ -481,7 +481,8 @@ fn judge_success(boot: &qemu::Boot, image: &Path, disk: Option<&Disk>) -> Result
 }
 
 /// The probe module at CPL 3 (svsm/src/bare/user/): it said hello through system calls,
-/// and every isolation probe ended as it must (a fault, or a refused pointer).
+/// every isolation probe ended as it must (a fault, or a refused pointer), and its
+/// threads took turns.
 fn judge_user_mode(lines: &[String]) -> Result {
     let summary = lines
         .iter()
@@ -491,7 +492,7 @@ fn judge_user_mode(lines: &[String]) -> Result {
     match counts.as_slice() {
         [ok, all] if ok == all && *ok != "0" => {
             step(&format!(
-                "user mode: {ok} of {all} probes at CPL 3 ended as expected (hello, and every isolation probe faulted)"
+                "user mode: {ok} of {all} probes at CPL 3 ended as expected (hello, every isolation probe, threads)"
             ));
             Ok(())
         }

@@ -1,4 +1,5 @@
-//! The probe on bare metal: hello, its isolation probes, its benchmark, its runtime.
+//! The probe on bare metal: hello, its isolation probes, threads, its benchmark, its
+//! runtime.
 #![expect(unsafe_code, reason = "the probes' deliberate bad accesses, RDTSC, and its fresh memory")]
 
 use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
@@ -116,6 +117,43 @@ fn bench() -> ! {
     rt::exit(0)
 }
 
+/// Stacks for the probe's threads (the module has no heap).
+static mut STACKS: [[u8; 16384]; 2] = [[0; 16384]; 2];
+
+/// Thread stack `i`, for one thread only.
+fn stack(i: usize) -> &'static mut [u8] {
+    let stacks = &raw mut STACKS;
+    // SAFETY: each probe run is a new process; it takes each stack once, for one thread.
+    unsafe { &mut (*stacks)[i] }
+}
+
+/// What the threads of mode 8 added.
+static DONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn worker(n: u64) -> ! {
+    rt::log(b"probe: a second thread runs");
+    DONE.fetch_add(n, core::sync::atomic::Ordering::SeqCst);
+    rt::exit(0)
+}
+
+/// Two more threads each add to DONE and exit; the first thread waits for both (the
+/// timer gives them their turns: it makes no call that would give up the CPU) and exits
+/// with 8, ending the process.
+fn threads() -> ! {
+    if (rt::thread_create(worker, stack(0), 1), rt::thread_create(worker, stack(1), 2)) != (Ok(1), Ok(2)) {
+        rt::exit(1);
+    }
+    let t0 = rt::clock();
+    while DONE.load(core::sync::atomic::Ordering::SeqCst) != 3 {
+        if rt::clock().saturating_sub(t0) > 150_000_000 {
+            rt::exit(2);
+        }
+        core::hint::spin_loop();
+    }
+    rt::log(b"probe: both threads ran and ended");
+    rt::exit(8)
+}
+
 /// Where the SVSM's own image lives (identity-mapped, supervisor-only).
 const SVSM_IMAGE: u64 = 0x100_0000;
 /// Guest RAM, also in the kernel's identity map, never mapped for a process.
@@ -157,6 +195,22 @@ fn probe(mode: u64) -> ! {
         7 => loop {
             core::hint::spin_loop();
         },
+        8 => threads(),
+        // A second thread reads the SVSM's memory while the first spins: the fault ends
+        // the whole process.
+        9 => {
+            extern "C" fn bad(_: u64) -> ! {
+                // SAFETY: not sound on purpose: the SVSM's image is not ours.
+                unsafe { core::ptr::read_volatile(SVSM_IMAGE as *const u64) };
+                rt::exit(PROBE_SURVIVED)
+            }
+            if rt::thread_create(bad, stack(0), 0).is_err() {
+                rt::exit(PROBE_SURVIVED);
+            }
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         _ => rt::exit(PROBE_SURVIVED),
     };
     rt::exit(PROBE_SURVIVED)

@@ -7,14 +7,16 @@
 //! served by `kernel::user::Process::syscall` in between. At boot the SVSM runs the probe
 //! module (services/probe), once to say hello through system calls and once per
 //! isolation probe, each of which must be ended by a fault; `cargo xtask boot` checks the
-//! verdicts. Not here yet: a scheduler (threads, blocking, preemption by the local APIC
-//! timer) and the vTPM as a process on bare metal.
+//! verdicts. A process's threads take turns on the CPU that runs it (time slices of the
+//! local APIC timer); not here yet: running a process on several CPUs at once, and
+//! waking a blocked process from another CPU.
 
 mod entry;
 mod space;
 
 use super::{lapic, percpu};
 use abi::syscall::SysError;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use entry::UserRegs;
 use kernel::user::loader;
@@ -42,7 +44,7 @@ pub enum Ended {
         address: u64,
         rip: u64,
     },
-    /// It waits for an event; without a scheduler it cannot be resumed yet.
+    /// Every thread waits for an event; run it again once one came.
     Blocked,
     /// It used up its time budget without exiting or blocking; without a scheduler to
     /// give it more later, it is ended.
@@ -137,11 +139,25 @@ static TIMER_TICKS_PER_MS: AtomicU32 = AtomicU32::new(0);
 /// A process runs at most this long before the SVSM takes the CPU back.
 const SLICE_MS: u32 = 10;
 
-/// Run `process` from `regs` until it exits, faults, blocks or has run `budget_ms`.
-/// It runs in slices: the local APIC's timer takes the CPU back after each, so a process
-/// that never makes a system call still returns it (between slices a scheduler would
-/// serve other work; this loop only checks the budget and goes on).
-fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs, budget_ms: u64) -> Ended {
+/// A thread of a process: its registers at CPL 3 while another thread runs or it waits.
+#[derive(Clone, Copy, Debug)]
+struct Thread {
+    regs: UserRegs,
+}
+
+/// Run `process`'s threads until the last one exits, one faults, all wait for an event,
+/// or the process has run `budget_ms`. They take turns on this CPU: the running thread
+/// keeps it until it blocks or its time slice ends (the local APIC's timer takes the CPU
+/// back even from a thread that never makes a system call), then the next one in line
+/// runs. A blocked thread's call is made again when its turn comes, so a process whose
+/// threads all wait returns [`Ended::Blocked`] and resumes where each one was.
+fn run(
+    process: &mut Process,
+    space: &mut UserSpace,
+    threads: &mut Vec<Thread>,
+    next_id: &mut u64,
+    budget_ms: u64,
+) -> Ended {
     percpu::set_user_half(Some(space.user_half()));
     let slice = TIMER_TICKS_PER_MS.load(Ordering::Relaxed).saturating_mul(SLICE_MS);
     let started = super::clock::monotonic_ns();
@@ -155,7 +171,10 @@ fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs, budget
         }
     };
     arm();
+    let (mut current, mut waiting) = (0usize, 0usize);
     let ended = loop {
+        let Some(thread) = threads.get_mut(current) else { break Ended::Exited(0) };
+        let regs = &mut thread.regs;
         let kind = entry::enter(regs);
         if kind == entry::FAULT {
             let f = fault_slot().and_then(|s| s.lock().take());
@@ -168,23 +187,55 @@ fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs, budget
                     break Ended::Preempted { slices };
                 }
                 arm();
+                // The next thread's turn.
+                (current, waiting) = ((current + 1) % threads.len().max(1), 0);
                 continue;
             }
+            // A fault in any thread ends the process: its memory may be in any state.
             break Ended::Faulted { vector: f.vector, error: f.error, address: f.address, rip: f.rip };
         }
         let call = Call { number: regs.rax, args: [regs.rdi, regs.rsi, regs.r8, regs.r9, regs.r10] };
         match process.syscall(space, &mut BareServices, call) {
-            Outcome::Return(rax) => regs.rax = rax,
-            Outcome::Exit(code) => break Ended::Exited(code),
-            Outcome::Block(_) => {
-                // Made again when it resumes: back to the SYSCALL instruction (2 bytes).
-                regs.rip = regs.rip.wrapping_sub(2);
-                break Ended::Blocked;
+            Outcome::Return(rax) => {
+                regs.rax = rax;
+                waiting = 0;
             }
-            // No scheduler yet: the thread is refused, and the count given back.
-            Outcome::ThreadStart { .. } => {
+            // EXIT ends the thread; the process ends with its last one.
+            Outcome::Exit(code) => {
+                threads.remove(current);
+                if threads.is_empty() {
+                    break Ended::Exited(code);
+                }
                 process.thread_ended();
-                regs.rax = SysError::NoSys.to_rax();
+                (current, waiting) = (current % threads.len(), 0);
+            }
+            Outcome::Block(_) => {
+                // Made again on its next turn: back to the SYSCALL instruction (2 bytes).
+                regs.rip = regs.rip.wrapping_sub(2);
+                waiting += 1;
+                if waiting >= threads.len() {
+                    break Ended::Blocked;
+                }
+                current = (current + 1) % threads.len();
+            }
+            Outcome::ThreadStart { entry, stack, arg } => {
+                // The kernel checked the entry and stack and counted the thread; here it
+                // gets its registers (and FS, shared with the process's first thread).
+                let id = *next_id;
+                let new = Thread { regs: UserRegs { rip: entry, rsp: stack, rdi: arg, ..UserRegs::default() } };
+                if threads.try_reserve(1).is_ok() {
+                    threads.push(new);
+                    *next_id += 1;
+                    if let Some(t) = threads.get_mut(current) {
+                        t.regs.rax = id;
+                    }
+                } else {
+                    process.thread_ended();
+                    if let Some(t) = threads.get_mut(current) {
+                        t.regs.rax = SysError::NoMem.to_rax();
+                    }
+                }
+                waiting = 0;
             }
         }
         // A new top-level table, or translations to drop: reinstall the user half (a CR3
@@ -196,6 +247,7 @@ fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs, budget
     lapic::disarm_timer();
     if ended != Ended::Blocked {
         process.end(space);
+        threads.clear();
     }
     percpu::set_user_half(None);
     ended
@@ -205,8 +257,11 @@ fn run(process: &mut Process, space: &mut UserSpace, regs: &mut UserRegs, budget
 pub struct Loaded {
     process: Process,
     space: UserSpace,
-    regs: UserRegs,
-    thread: u64,
+    threads: Vec<Thread>,
+    /// The id the next thread gets (the first thread is 0).
+    next_id: u64,
+    /// The first thread's FS page (its C stack canary), which later threads share.
+    thread_page: u64,
 }
 
 impl core::fmt::Debug for Loaded {
@@ -233,17 +288,20 @@ impl Loaded {
         let canary = super::cpu::rdrand().ok_or(loader::LoadError::NoMemory)?;
         let start = loader::load(&mut process, &mut space, image, canary)?;
         let regs = UserRegs { rip: start.entry, rsp: start.rsp, rdi: arg, ..UserRegs::default() };
-        Ok(Self { process, space, regs, thread: start.thread })
+        let mut threads = Vec::new();
+        threads.try_reserve(1).map_err(|_| loader::LoadError::NoMemory)?;
+        threads.push(Thread { regs });
+        Ok(Self { process, space, threads, next_id: 1, thread_page: start.thread })
     }
 
     /// Run (or resume) the process until it exits, faults, blocks or has run
     /// `budget_ms`. Whatever the process does to the x87/SSE registers and FS stays its
     /// own: the guest's are set aside around the run (`fpu::with_c_state`).
     pub fn run(&mut self, budget_ms: u64) -> Ended {
-        let (process, space, regs, thread) = (&mut self.process, &mut self.space, &mut self.regs, self.thread);
+        let Self { process, space, threads, next_id, thread_page } = self;
         super::fpu::with_c_state(|| {
-            entry::set_fs_base(thread);
-            run(process, space, regs, budget_ms)
+            entry::set_fs_base(*thread_page);
+            run(process, space, threads, next_id, budget_ms)
         })
     }
 }
@@ -287,7 +345,7 @@ pub fn boot_check() {
         println!("user: no service module in this image (built without `cargo xtask`)");
         return;
     }
-    const PROBES: [(u64, &str, Expect); 8] = [
+    const PROBES: [(u64, &str, Expect); 10] = [
         (0, "hello", Expect::Exit(0)),
         (1, "reads SVSM memory", Expect::PageFault),
         (2, "writes its own code", Expect::PageFault),
@@ -296,6 +354,8 @@ pub fn boot_check() {
         (5, "executes int 0x80", Expect::AnyFault),
         (6, "passes an SVSM address to LOG", Expect::Exit(6)),
         (7, "spins forever without a system call", Expect::Preempted),
+        (8, "runs three threads that take turns", Expect::Exit(8)),
+        (9, "has a thread read SVSM memory", Expect::PageFault),
     ];
     let mut as_expected = 0;
     for (id, (mode, what, expect)) in (1u32..).zip(PROBES) {
