@@ -30,7 +30,7 @@ const AGENT_SERVES: &str = "agent: serving host requests";
 /// A scripted client running beside QEMU; it returns what it saw.
 type Checker = JoinHandle<Result<String>>;
 
-/// `cargo xtask boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb]
+/// `cargo xtask boot [--crash ud|panic|nx|low] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb]
 /// [--agent PORT|--agent-check]`.
 pub fn run(options: &BootOptions) -> Result {
     run_seen(options).map(|_| ())
@@ -510,7 +510,7 @@ fn judge_crash(boot: &qemu::Boot, kind: Crash, log_only: bool) -> Result {
     if !(reported && symbolized) {
         return Err(format!("crash {kind}: fault reported: {reported}, symbolized backtrace: {symbolized}"));
     }
-    if kind == Crash::Nx.word() {
+    if kind == Crash::Nx.word() || kind == Crash::Low.word() {
         // An instruction fetch (error code bit 4) refused on a present page (bit 0).
         let fetch = boot.lines.iter().any(|l| {
             l.strip_prefix("EXCEPTION 14 (page fault) error code 0x")
@@ -518,7 +518,8 @@ fn judge_crash(boot: &qemu::Boot, kind: Crash, log_only: bool) -> Result {
                 .is_some_and(|code| code & 0x11 == 0x11)
         });
         if !fetch {
-            return Err("crash nx: no instruction-fetch page fault: the SVSM's heap was executable".into());
+            let what = if kind == Crash::Nx.word() { "the SVSM's heap" } else { "the low 2 MiB" };
+            return Err(format!("crash {kind}: no instruction-fetch page fault: {what} was executable"));
         }
     }
     step(&format!("the SVSM reported the requested crash ({kind}) with a symbolized backtrace and stopped"));

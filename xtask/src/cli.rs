@@ -15,9 +15,9 @@ commands:
                                      --filter go to `bulwark conformance`), then the SVSM booted
                                      under QEMU serving the test guest (`boot`)
   test                               everything CI runs: fmt, clippy (also of the verifier-only
-                                     bulwark), the bare-metal kernel build and lints, twelve QEMU
-                                     boots of the SVSM image (`boot` plain, with --crash nx,
-                                     --crash panic --console log, --gdb-check, --agent-check, and
+                                     bulwark), the bare-metal kernel build and lints, thirteen
+                                     QEMU boots of the SVSM image (`boot` plain, with --crash nx,
+                                     --crash low, --crash panic --console log, --gdb-check, --agent-check, and
                                      on a test state disk: verify, four tampered, lost, older),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls, store and stream; set BULWARK_SKIP_FUZZ=1 to skip
@@ -34,7 +34,7 @@ commands:
   igvm [--firmware FILE] [--out FILE]
                                      build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
                                      (default target/bulwark.igvm); prints its expected measurement
-  boot [--crash ud|panic|nx] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check|--agent-verify] [--no-disk|--fresh-disk|--lost-disk]
+  boot [--crash ud|panic|nx|low] [--console log|serial] [--gdb|--gdb-check|--qemu-gdb] [--agent PORT|--agent-check|--agent-verify] [--no-disk|--fresh-disk|--lost-disk]
                                      build the bare-metal SVSM and boot it under QEMU (installs QEMU
                                      if missing); fails on a hang, a triple fault or a failure report;
                                      --crash checks that a fault is reported and stops the SVSM cleanly;
@@ -130,6 +130,8 @@ pub enum Crash {
     Panic,
     /// Call into heap data: the identity map must make it a no-execute page fault.
     Nx,
+    /// Call into the low 2 MiB once the APs are up: no-execute on every CPU's own tables.
+    Low,
 }
 
 impl Crash {
@@ -139,6 +141,7 @@ impl Crash {
             Crash::Ud => "ud",
             Crash::Panic => "panic",
             Crash::Nx => "nx",
+            Crash::Low => "low",
         }
     }
 }
@@ -343,7 +346,10 @@ impl<'a> Options<'a> {
                 "--agent-check" => o.agent = AgentMode::Check,
                 "--console" => o.log_only = self.word(arg, &[("log", true), ("serial", false)])?,
                 "--crash" => {
-                    o.crash = Some(self.word(arg, &[("ud", Crash::Ud), ("panic", Crash::Panic), ("nx", Crash::Nx)])?)
+                    o.crash = Some(self.word(
+                        arg,
+                        &[("ud", Crash::Ud), ("panic", Crash::Panic), ("nx", Crash::Nx), ("low", Crash::Low)],
+                    )?)
                 }
                 _ => return Err(self.unknown(arg)),
             }

@@ -76,8 +76,8 @@ fn lints() -> Result {
     ])
 }
 
-/// The twelve QEMU boots: plain (with the guest's evidence verified), two crashes (the
-/// second with the log kept in memory), the SVSM's GDB stub, the host agent, a boot that
+/// The thirteen QEMU boots: plain (with the guest's evidence verified), three crashes
+/// (a call into heap data, one into the low 2 MiB, a panic with the log kept in memory), the SVSM's GDB stub, the host agent, a boot that
 /// finds the vTPM state the agent boot left on the state disk, four on copies of that
 /// disk a host changed (bits flipped, blocks replayed from the older image, blocks
 /// swapped, truncated), one on a disk whose host never answers, and one on the disk as
@@ -99,6 +99,7 @@ fn boots() -> Result {
     let older = disk.with_file_name("qemu-test-older.img");
     std::fs::copy(&disk, &older).map_err(|e| format!("{}: {e}", older.display()))?;
     boot::run(&BootOptions { crash: Some(Crash::Nx), ..plain })?;
+    boot::run(&BootOptions { crash: Some(Crash::Low), ..plain })?;
     boot::run(&BootOptions { crash: Some(Crash::Panic), log_only: true, ..plain })?;
     boot::run(&BootOptions { gdb: Gdb::SvsmCheck, ..plain })?;
     boot::run(&BootOptions { agent: AgentMode::Check, disk: StateDisk::Test, ..plain })?;

@@ -87,6 +87,12 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         ),
         None => println!("memory: no page to split the identity map; it stays executable"),
     }
+    match percpu::close_low_memory(entry::boot_page_tables()) {
+        Some(()) => println!(
+            "memory: the low 2 MiB are no-execute on every CPU's own page tables (only the boot tables, which the AP trampoline runs on, keep them executable)"
+        ),
+        None => println!("memory: no page for the closed lower half; the low 2 MiB stay executable"),
+    }
     crash_if_asked(&info);
     let svm = match svm::enable() {
         Ok(svm) => svm,
@@ -98,6 +104,11 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     println!("svm: enabled, nested paging available; cpu {} runs on its own page tables", percpu::this_cpu());
     let online = smp::start_aps(entry::boot_page_tables());
     println!("smp: {online} CPU(s) online");
+    if cmdline_has(&info, "crash=low") {
+        println!("crashing on request (crash=low): calling into the AP trampoline's page");
+        cpu::call_data(smp::trampoline_as_ret());
+        println!("FAILED: the low 2 MiB were executable");
+    }
     let (platform, mut svsm) = match launch::launch(&info, image_end, online) {
         Ok(launched) => launched,
         Err(why) => {

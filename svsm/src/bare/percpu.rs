@@ -5,7 +5,7 @@
 #![expect(unsafe_code, reason = "each CPU's page tables and private page")]
 
 use super::pages::Page;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Where each CPU sees its own data page: in the top 2 GiB, so the system call entry
 /// can reach its fields with 32-bit absolute addresses before it has a register to spare.
@@ -45,6 +45,11 @@ struct Tables {
     data: Page,
 }
 
+/// The PML4 entry for the lower half that every CPU's root takes: 0 until
+/// [`close_low_memory`] made one whose low 2 MiB are no-execute (the boot map's own slot
+/// 0 until then).
+static LOWER_HALF: AtomicU64 = AtomicU64::new(0);
+
 /// Build this CPU's root (sharing the boot map's lower half) and switch to it.
 pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
     let mut t = Tables {
@@ -56,7 +61,11 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
     };
     // SAFETY: `boot_root` is the boot PML4, identity-mapped and never freed; slot 0 is
     // read by value.
-    let low = unsafe { core::ptr::read_volatile(boot_root as *const u64) };
+    let boot_low = unsafe { core::ptr::read_volatile(boot_root as *const u64) };
+    let low = match LOWER_HALF.load(Ordering::Acquire) {
+        0 => boot_low,
+        closed => closed,
+    };
     // PER_CPU_VA's index (its 9 bits from bit `shift`) in the table of one level.
     let slot = |shift: u32| usize::try_from((PER_CPU_VA >> shift) & 0x1FF).ok();
     t.root.words_mut()[0] = low;
@@ -110,11 +119,55 @@ pub fn set_user_half(entries: Option<&[u64; 255]>) {
     }
 }
 
+/// Make the low 2 MiB no-execute for every CPU from now on, without a TLB shootdown: the
+/// CPUs' roots take a copy of the identity map's first-GiB tables whose low 2 MiB entry
+/// is no-execute, and the boot map keeps its own, executable, for the AP trampoline
+/// (`smp.rs`), which runs on the boot map and nowhere else. This CPU switches at once;
+/// each AP takes the copy when it installs its root ([`install`]), a CR3 load that
+/// forgets what the trampoline cached. The low 2 MiB are guest RAM the guest can write:
+/// no SVSM code may ever run from them. Call after [`harden_identity_map`] (the copy
+/// shares its tables below the first level) and before the APs start. `None` without
+/// memory for the copy.
+pub fn close_low_memory(boot_root: u64) -> Option<()> {
+    let mut pdpt = Page::zeroed()?;
+    let mut pd = Page::zeroed()?;
+    // SAFETY: `boot_root` is the boot PML4: its slot 0 names the identity map's PDPT, whose
+    // slot 0 names the first GiB's PD, all identity-mapped and never freed; they are only
+    // read here. The copies are this function's own pages until they are leaked below.
+    let (boot_low, boot_pdpt0) = unsafe {
+        let boot_low = core::ptr::read_volatile(boot_root as *const u64);
+        let boot_pdpt = boot_low & ADDRESS;
+        for (i, word) in (0u64..).zip(pdpt.words_mut().iter_mut()) {
+            *word = core::ptr::read_volatile((boot_pdpt + 8 * i) as *const u64);
+        }
+        let boot_pd = core::ptr::read_volatile(boot_pdpt as *const u64);
+        for (i, word) in (0u64..).zip(pd.words_mut().iter_mut()) {
+            *word = core::ptr::read_volatile(((boot_pd & ADDRESS) + 8 * i) as *const u64);
+        }
+        (boot_low, boot_pd)
+    };
+    *pd.words_mut().first_mut()? |= NO_EXECUTE;
+    *pdpt.words_mut().first_mut()? = pd.phys() | (boot_pdpt0 & !ADDRESS);
+    let low = pdpt.phys() | (boot_low & !ADDRESS);
+    core::mem::forget(pd);
+    core::mem::forget(pdpt);
+    LOWER_HALF.store(low, Ordering::Release);
+    // SAFETY: PER_CPU_VA maps this CPU's PerCpu, whose `root` is its PML4; slot 0 gets an
+    // entry for the same memory with fewer rights (no code runs below the image), and the
+    // CR3 reload drops this CPU's cached translations of it.
+    unsafe {
+        let root = (*(PER_CPU_VA as *const PerCpu)).root;
+        core::ptr::write_volatile(root as *mut u64, low);
+        super::cpu::load_cr3(root);
+    }
+    Some(())
+}
+
 /// Flags of an identity-map entry, and the address bits of a table entry.
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
-/// The low 2 MiB stay executable: the AP trampoline runs there in long mode
-/// (`smp.rs`); nothing else is executed below the image.
+/// The boot map's low 2 MiB stay executable: the AP trampoline runs there in long mode
+/// (`smp.rs`) on the boot map; the CPUs' own roots close them ([`close_low_memory`]).
 const LOW_EXECUTABLE: u64 = 2 << 20;
 
 /// Make the boot identity map (4 GiB of 2 MiB pages, shared by every CPU's root)

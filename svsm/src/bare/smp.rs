@@ -159,6 +159,18 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
     1 + ONLINE.load(Ordering::Acquire)
 }
 
+/// The AP trampoline's first byte turned into `ret`, as code to call for the boot's
+/// `crash=low` check: the APs are past the trampoline by then, and on their own roots
+/// the low 2 MiB are no-execute, so the call must fault on the fetch.
+pub fn trampoline_as_ret() -> &'static [u8] {
+    // SAFETY: TRAMPOLINE is the low RAM `start_aps` copied the trampoline to; every AP
+    // that came online has left it, and the byte is only read (or fetched) afterwards.
+    unsafe {
+        core::ptr::write_volatile(TRAMPOLINE as *mut u8, 0xC3);
+        core::slice::from_raw_parts(TRAMPOLINE as *const u8, 1)
+    }
+}
+
 /// First Rust code on an AP, on its own stack, with the boot page tables.
 extern "C" fn ap_entry(cpu: u64) -> ! {
     // `start_aps` wrote a u32 index there; anything else stays out of service.
