@@ -10,14 +10,18 @@
 //! round trip on a ledger file, as `bulwark attest verify --state-ledger` and the QEMU
 //! boots run it.
 //!
-//! What the ledger does not decide: a store id it never saw is accepted and recorded
-//! (first seen). A blank disk gives the SVSM a new store, so a host can always trade the
-//! state for an empty one; a relying party that expects continuity for a VM it knows must
-//! refuse an unknown store id for it itself, because the ledger keys on store ids alone
-//! and knows nothing of VM instances.
+//! A store id it never saw is accepted and recorded (first seen): a blank disk gives the
+//! SVSM a new store, so on store ids alone a host could trade the state for an empty one,
+//! or present another VM's disk. A relying party that names the VM instance the evidence
+//! comes from ([`Instance`], `--instance NAME`) closes that: the ledger binds each
+//! instance to the first store it accepts for it and refuses any other store for it
+//! (`state_instance`), unless the relying party accepts a reset (`--accept-new-store`:
+//! the VM was provisioned again), which binds the new store.
 //!
-//! The file is JSON, an object mapping each store id (32 lower-case hex digits) to
-//! `{"generation": N, "root": "<64 hex digits>"}`. A missing file is an empty ledger; a
+//! The file is JSON: `{"stores": {...}, "instances": {...}}`. `stores` maps each store id
+//! (32 lower-case hex digits) to `{"generation": N, "root": "<64 hex digits>"}`,
+//! `instances` each instance name to its store id. A file that is only the `stores`
+//! object (the form before instances) is read too. A missing file is an empty ledger; a
 //! file that does not parse is an error, never an empty ledger, since forgetting is
 //! exactly what a rollback needs.
 
@@ -36,10 +40,63 @@ pub struct Seen {
     pub root: [u8; 32],
 }
 
-/// Store id → the newest state accepted for it.
+/// Store id → the newest state accepted for it; instance → the store bound to it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     stores: BTreeMap<[u8; 16], Seen>,
+    instances: BTreeMap<String, [u8; 16]>,
+}
+
+/// The VM instance a relying party says the evidence comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    /// Accept a store other than the one bound to the instance, and bind it: the relying
+    /// party knows the VM was provisioned again (its state reset).
+    pub accept_new_store: bool,
+}
+
+impl Instance {
+    /// Longest instance name.
+    pub const MAX_NAME: usize = 128;
+
+    /// An instance name: 1 to [`Self::MAX_NAME`] bytes, no control characters.
+    pub fn new(name: &str, accept_new_store: bool) -> Result<Self, String> {
+        if name.is_empty() || name.len() > Self::MAX_NAME || name.chars().any(char::is_control) {
+            return Err(format!("instance name `{name}`: 1 to {} bytes without control characters", Self::MAX_NAME));
+        }
+        Ok(Self { name: name.to_string(), accept_new_store })
+    }
+}
+
+/// What the ledger says about the store an instance's evidence shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// An instance the ledger never saw: bound to this store.
+    FirstSeen,
+    /// The store bound to the instance.
+    Same,
+    /// Another store than the one bound to the instance: refused (a blank disk, or
+    /// another VM's disk).
+    AnotherStore { bound: [u8; 16] },
+    /// Another store, accepted as a reset the relying party asked for: bound from now on.
+    Reset { previous: [u8; 16] },
+}
+
+impl Binding {
+    pub fn accepted(self) -> bool {
+        !matches!(self, Self::AnotherStore { .. })
+    }
+
+    /// Its name in JSON verdicts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FirstSeen => "first_seen",
+            Self::Same => "same",
+            Self::AnotherStore { .. } => "another_store",
+            Self::Reset { .. } => "reset",
+        }
+    }
 }
 
 /// What the ledger says about a sealed state.
@@ -102,6 +159,30 @@ impl Ledger {
         }
     }
 
+    /// The store bound to `instance`.
+    pub fn bound(&self, instance: &str) -> Option<[u8; 16]> {
+        self.instances.get(instance).copied()
+    }
+
+    /// What the ledger says about `instance` showing store `store_id`, without changing it.
+    pub fn binding(&self, instance: &Instance, store_id: &[u8; 16]) -> Binding {
+        match self.bound(&instance.name) {
+            None => Binding::FirstSeen,
+            Some(bound) if bound == *store_id => Binding::Same,
+            Some(previous) if instance.accept_new_store => Binding::Reset { previous },
+            Some(bound) => Binding::AnotherStore { bound },
+        }
+    }
+
+    /// [`Ledger::binding`], and an accepted new store becomes the instance's.
+    pub fn bind(&mut self, instance: &Instance, store_id: &[u8; 16]) -> Binding {
+        let binding = self.binding(instance, store_id);
+        if matches!(binding, Binding::FirstSeen | Binding::Reset { .. }) {
+            self.instances.insert(instance.name.clone(), *store_id);
+        }
+        binding
+    }
+
     /// [`Ledger::outcome`], and an accepted state becomes the newest of its store.
     pub fn apply(&mut self, state: &SealedState) -> Outcome {
         let outcome = self.outcome(state);
@@ -113,24 +194,41 @@ impl Ledger {
 
     /// The ledger from its JSON text (see the module doc); anything else is an error.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let file: BTreeMap<String, SeenFile> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let file: LedgerFile = match serde_json::from_str(text) {
+            Ok(file) => file,
+            // The form before instances: the stores alone.
+            Err(e) => match serde_json::from_str::<BTreeMap<String, SeenFile>>(text) {
+                Ok(stores) => LedgerFile { stores, instances: BTreeMap::new() },
+                Err(_) => return Err(e.to_string()),
+            },
+        };
         let mut stores = BTreeMap::new();
-        for (id, seen) in file {
+        for (id, seen) in file.stores {
             let store_id = unhex(&id).ok_or_else(|| format!("store id `{id}` is not 32 lower-case hex digits"))?;
             let root = unhex(&seen.root)
                 .ok_or_else(|| format!("store {id}: root `{}` is not 64 lower-case hex digits", seen.root))?;
             stores.insert(store_id, Seen { generation: seen.generation, root });
         }
-        Ok(Self { stores })
+        let mut instances = BTreeMap::new();
+        for (name, id) in file.instances {
+            let instance = Instance::new(&name, false)?;
+            let store_id = unhex(&id)
+                .ok_or_else(|| format!("instance {name}: store id `{id}` is not 32 lower-case hex digits"))?;
+            instances.insert(instance.name, store_id);
+        }
+        Ok(Self { stores, instances })
     }
 
-    /// The ledger as JSON text, one store per entry, in store id order.
+    /// The ledger as JSON text, stores in store id order, instances in name order.
     pub fn to_json(&self) -> String {
-        let file: BTreeMap<String, SeenFile> = self
-            .stores
-            .iter()
-            .map(|(id, seen)| (hex(id), SeenFile { generation: seen.generation, root: hex(&seen.root) }))
-            .collect();
+        let file = LedgerFile {
+            stores: self
+                .stores
+                .iter()
+                .map(|(id, seen)| (hex(id), SeenFile { generation: seen.generation, root: hex(&seen.root) }))
+                .collect(),
+            instances: self.instances.iter().map(|(name, id)| (name.clone(), hex(id))).collect(),
+        };
         let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
         text.push('\n');
         text
@@ -173,6 +271,15 @@ fn beside(path: &Path, suffix: &str) -> Result<std::path::PathBuf, String> {
     Ok(path.with_file_name(hidden))
 }
 
+/// The file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerFile {
+    stores: BTreeMap<String, SeenFile>,
+    #[serde(default)]
+    instances: BTreeMap<String, String>,
+}
+
 /// One store as the file holds it.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +315,10 @@ pub struct LedgerVerdict {
     /// The ledger file now holds this state: it was accepted, it was newer than or new
     /// to the ledger, and every other check passed.
     pub recorded: bool,
+    /// The instance the relying party named (`--instance`), and what the ledger said of
+    /// the store it showed: `first_seen`, `same`, `reset` (accepted), `another_store`.
+    pub instance: Option<String>,
+    pub instance_outcome: Option<&'static str>,
 }
 
 /// Apply `ledger` to `verdict`'s sealed state: the `state_ledger` check (after every
@@ -221,6 +332,8 @@ pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
             previous_generation: None,
             previous_root: None,
             recorded: false,
+            instance: None,
+            instance_outcome: None,
         });
         let why = if verdict.checks.iter().any(|c| c.name == "sealed_state" && !c.passed) {
             "the sealed-state entry is malformed: nothing to check against the ledger"
@@ -257,9 +370,45 @@ pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
         previous_generation: previous.map(|p| p.generation),
         previous_root: previous.map(|p| hex(&p.root)),
         recorded: false,
+        instance: None,
+        instance_outcome: None,
     });
     push(verdict, detail);
     matches!(outcome, Outcome::FirstSeen | Outcome::Newer { .. })
+}
+
+/// [`judge`], then the `state_instance` check: the store the evidence shows must be the
+/// one bound to `instance` (or become it: first seen, or a reset the relying party
+/// accepts). Returns whether `ledger` changed.
+pub fn judge_instance(ledger: &mut Ledger, verdict: &mut Verdict, instance: &Instance) -> bool {
+    let learned = judge(ledger, verdict);
+    let Some(state) = verdict.sealed_state else {
+        // `judge` refused already: nothing to bind.
+        return learned;
+    };
+    let binding = ledger.bind(instance, &state.store_id);
+    let (name, store) = (&instance.name, hex(&state.store_id));
+    let detail = match binding {
+        Binding::FirstSeen => Ok(format!("instance {name} first seen, bound to store {store}")),
+        Binding::Same => Ok(format!("instance {name} shows store {store}, the one bound to it")),
+        Binding::Reset { previous } => Ok(format!(
+            "instance {name} shows store {store}; the reset was accepted (it was bound to store {})",
+            hex(&previous)
+        )),
+        Binding::AnotherStore { bound } => Err(format!(
+            "ANOTHER STORE: instance {name} shows store {store}, but store {} is bound to it \
+             (a blank disk or another VM's; --accept-new-store accepts a reset)",
+            hex(&bound)
+        )),
+    };
+    if let Some(l) = &mut verdict.ledger {
+        l.instance = Some(name.clone());
+        l.instance_outcome = Some(binding.name());
+    }
+    let passed = detail.is_ok();
+    verdict.checks.push(Check { name: "state_instance", passed, detail: detail.unwrap_or_else(|e| e) });
+    verdict.passed &= passed;
+    learned || matches!(binding, Binding::FirstSeen | Binding::Reset { .. })
 }
 
 fn push(verdict: &mut Verdict, outcome: Result<String, String>) {
@@ -274,11 +423,24 @@ fn push(verdict: &mut Verdict, outcome: Result<String, String>) {
 /// A lock file beside it (`.NAME.lock`) keeps verifiers that share the ledger from
 /// losing each other's updates.
 pub fn apply_file(path: &Path, verdict: &mut Verdict, policy_accepts: bool) -> Result<(), String> {
+    apply_file_for(path, verdict, policy_accepts, None)
+}
+
+/// [`apply_file`], with [`judge_instance`] when the relying party names the instance.
+pub fn apply_file_for(
+    path: &Path,
+    verdict: &mut Verdict,
+    policy_accepts: bool,
+    instance: Option<&Instance>,
+) -> Result<(), String> {
     let lock_path = beside(path, "lock")?;
     let lock = std::fs::File::create(&lock_path).map_err(|e| format!("ledger lock {}: {e}", lock_path.display()))?;
     lock.lock().map_err(|e| format!("ledger lock {}: {e}", lock_path.display()))?;
     let mut ledger = Ledger::load(path)?;
-    let learned = judge(&mut ledger, verdict);
+    let learned = match instance {
+        Some(instance) => judge_instance(&mut ledger, verdict, instance),
+        None => judge(&mut ledger, verdict),
+    };
     if learned && verdict.passed && policy_accepts {
         ledger.save(path)?;
         if let Some(l) = &mut verdict.ledger {
@@ -354,6 +516,51 @@ mod tests {
         assert_eq!(ledger.apply(&other), Outcome::FirstSeen);
         assert_eq!(ledger.len(), 2);
         assert!(matches!(ledger.apply(&state(4, 0xa)), Outcome::Rollback { .. }));
+    }
+
+    #[test]
+    fn an_instance_keeps_its_store_unless_a_reset_is_accepted() {
+        let mut ledger = Ledger::default();
+        let vm = Instance::new("vm-a", false).unwrap();
+        let other = [0x77; 16];
+        assert_eq!(ledger.bind(&vm, &STORE), Binding::FirstSeen);
+        assert_eq!(ledger.bind(&vm, &STORE), Binding::Same);
+        // A blank disk (a new store) or another VM's disk, for an instance already bound.
+        assert_eq!(ledger.bind(&vm, &other), Binding::AnotherStore { bound: STORE });
+        assert_eq!(ledger.bound("vm-a"), Some(STORE), "a refused store is not bound");
+        let reset = Instance::new("vm-a", true).unwrap();
+        assert_eq!(ledger.bind(&reset, &other), Binding::Reset { previous: STORE });
+        assert_eq!(ledger.bound("vm-a"), Some(other));
+        assert_eq!(ledger.bind(&vm, &STORE), Binding::AnotherStore { bound: other }, "the old store is refused now");
+        // Accepting a reset accepts the bound store as it is.
+        assert_eq!(ledger.bind(&reset, &other), Binding::Same);
+        assert_eq!(ledger.bind(&Instance::new("vm-b", false).unwrap(), &STORE), Binding::FirstSeen);
+        for bad in ["", "a\nb", "tab\there", &"x".repeat(Instance::MAX_NAME + 1)] {
+            assert!(Instance::new(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(Instance::new(&"x".repeat(Instance::MAX_NAME), false).is_ok());
+    }
+
+    #[test]
+    fn the_file_keeps_instances_and_reads_the_form_before_them() {
+        let mut ledger = Ledger::default();
+        ledger.apply(&state(7, 0xa));
+        ledger.bind(&Instance::new("vm/a:1", false).unwrap(), &STORE);
+        let text = ledger.to_json();
+        assert_eq!(Ledger::from_json(&text), Ok(ledger.clone()));
+        // A ledger written before instances: the stores alone.
+        let old = format!("{{\"{}\": {{\"generation\": 7, \"root\": \"{}\"}}}}", hex(&STORE), "0a".repeat(32));
+        let read = Ledger::from_json(&old).unwrap();
+        assert_eq!((read.get(&STORE), read.bound("vm/a:1")), (ledger.get(&STORE), None));
+        let stores =
+            format!("\"stores\": {{\"{}\": {{\"generation\": 7, \"root\": \"{}\"}}}}", hex(&STORE), "0a".repeat(32));
+        for bad in [
+            format!("{{{stores}, \"instances\": {{\"vm\": \"{}\"}}}}", "0f".repeat(15)),
+            format!("{{{stores}, \"instances\": {{\"\": \"{}\"}}}}", "0f".repeat(16)),
+            format!("{{{stores}, \"instances\": {{}}, \"extra\": 1}}"),
+        ] {
+            assert!(Ledger::from_json(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

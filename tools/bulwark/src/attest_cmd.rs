@@ -22,7 +22,7 @@ use std::process::ExitCode;
 pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --manifest FILE
                              (--certs FILE | --ark FILE --ask FILE --vcek FILE)
                              [--service vtpm|sealed-state|GUID] [--json] [--require-amd-root]
-                             [--state-ledger FILE]
+                             [--state-ledger FILE [--instance NAME [--accept-new-store]]]
        bulwark attest demo --out DIR      (builds with the `model` feature only)
 
   demo                writes DIR/report.bin, certificates.bin (GHCB table), nonce.bin
@@ -47,8 +47,11 @@ pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE
                       generation with another root (fork), and on evidence without a
                       sealed state (nothing to check). A new or newer state is written to
                       FILE (atomically) only when the evidence is accepted as a whole. A
-                      store id never seen is accepted: refusing a new store for a VM you
-                      know (a blank disk) is left to you";
+                      store id never seen is accepted, unless --instance says whose it is
+  --instance NAME     the VM instance the evidence comes from (1-128 bytes): FILE binds it
+                      to the first store accepted for it, and fails (check state_instance)
+                      on any other store for it: a blank disk, or another VM's
+  --accept-new-store  the instance was provisioned again: accept its new store and bind it";
 
 #[derive(Default)]
 struct Options {
@@ -63,6 +66,8 @@ struct Options {
     json: bool,
     require_amd_root: bool,
     state_ledger: Option<PathBuf>,
+    instance: Option<String>,
+    accept_new_store: bool,
 }
 
 /// `vtpm`, `sealed-state`, or a GUID in its text form.
@@ -87,6 +92,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.require_amd_root = true;
                 continue;
             }
+            "--accept-new-store" => {
+                o.accept_new_store = true;
+                continue;
+            }
+            "--instance" => {
+                o.instance = Some(it.next().ok_or("--instance needs a name")?.clone());
+                continue;
+            }
             "--service" => {
                 o.service = Some(parse_service(it.next().ok_or("--service needs vtpm or a GUID")?)?);
                 continue;
@@ -102,6 +115,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown option `{other}`")),
         };
         *slot = Some(it.next().ok_or_else(|| format!("{a} needs a file"))?.into());
+    }
+    if o.instance.is_some() && o.state_ledger.is_none() {
+        return Err("--instance needs --state-ledger (the ledger binds instances to stores)".into());
+    }
+    if o.accept_new_store && o.instance.is_none() {
+        return Err("--accept-new-store needs --instance".into());
     }
     Ok(o)
 }
@@ -163,10 +182,18 @@ pub fn verify(args: &[String]) -> ExitCode {
         }
     };
     let (opts, evidence) = evidence;
+    let instance = match opts.instance.as_deref().map(|name| ledger::Instance::new(name, opts.accept_new_store)) {
+        Some(Err(e)) => {
+            eprintln!("bulwark attest verify: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(instance)) => Some(instance),
+        None => None,
+    };
     let mut verdict = examine(&evidence);
     let policy_accepts = verdict.hardware_rooted || !opts.require_amd_root;
     if let Some(path) = &opts.state_ledger
-        && let Err(e) = ledger::apply_file(path, &mut verdict, policy_accepts)
+        && let Err(e) = ledger::apply_file_for(path, &mut verdict, policy_accepts, instance.as_ref())
     {
         eprintln!("bulwark attest verify: {e}");
         return ExitCode::from(2);
@@ -341,6 +368,43 @@ mod tests {
         std::fs::remove_file(&ledger).unwrap();
         assert_eq!(verify_state(&dir, &closed, &[]), ExitCode::FAILURE, "the sealed state closed");
         assert!(!ledger.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn bound_in(ledger: &std::path::Path, instance: &str) -> Option<[u8; 16]> {
+        attest::ledger::Ledger::load(ledger).unwrap().bound(instance)
+    }
+
+    /// A verifier that names the VM instance refuses another store for it (a blank disk
+    /// or another VM's), unless told the VM was provisioned again.
+    #[test]
+    fn an_instance_is_bound_to_its_store() {
+        let dir = temp("instance");
+        let ledger = dir.join("ledger.json");
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(&ledger);
+        let vm = ["--instance", "vm-7"];
+        assert_eq!(verify_state(&dir, &sealed(5, 5), &vm), ExitCode::SUCCESS, "first seen");
+        assert_eq!(bound_in(&ledger, "vm-7"), Some(STORE));
+        assert_eq!(verify_state(&dir, &sealed(6, 6), &vm), ExitCode::SUCCESS, "its store, newer");
+        // A blank disk: a new store at generation 1. Without --instance the ledger would
+        // take it as first seen.
+        let blank = attest::manifest::SealedState { store_id: [0xb1; 16], ..sealed(1, 1) };
+        let kept = std::fs::read(&ledger).unwrap();
+        assert_eq!(verify_state(&dir, &blank, &vm), ExitCode::FAILURE, "another store for vm-7");
+        assert_eq!(std::fs::read(&ledger).unwrap(), kept, "nothing recorded");
+        assert_eq!(verify_state(&dir, &blank, &["--json", "--instance", "vm-7"]), ExitCode::FAILURE);
+        // The relying party knows the VM was provisioned again.
+        assert_eq!(verify_state(&dir, &blank, &["--instance", "vm-7", "--accept-new-store"]), ExitCode::SUCCESS);
+        assert_eq!(bound_in(&ledger, "vm-7"), Some([0xb1; 16]));
+        assert_eq!(verify_state(&dir, &sealed(7, 7), &vm), ExitCode::FAILURE, "the old store is refused now");
+        // Usage: --instance needs a ledger, --accept-new-store an instance, a name its form.
+        let args = write_sample(&dir);
+        let with = |extra: &[&str]| [args.clone(), extra.iter().map(|a| a.to_string()).collect()].concat();
+        assert_eq!(verify(&with(&["--instance", "vm-7"])), ExitCode::from(2));
+        let ledger_arg = ledger.display().to_string();
+        assert_eq!(verify(&with(&["--state-ledger", &ledger_arg, "--accept-new-store"])), ExitCode::from(2));
+        assert_eq!(verify(&with(&["--state-ledger", &ledger_arg, "--instance", ""])), ExitCode::from(2));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -2,9 +2,10 @@
 //!
 //! Commands (`USAGE` below):
 //! - `bulwark attest verify --report F --nonce F --manifest F (--certs F | --ark F --ask F
-//!   --vcek F) [--json] [--require-amd-root] [--state-ledger F]`: verify attestation
-//!   evidence and print the verdict; with a ledger, refuse an older sealed state than one
-//!   accepted before. Exit status 1 if any check fails.
+//!   --vcek F) [--json] [--require-amd-root] [--state-ledger F [--instance NAME
+//!   [--accept-new-store]]]`: verify attestation evidence and print the verdict; with a
+//!   ledger, refuse an older sealed state than one accepted before, and with an instance,
+//!   another store than the one bound to it. Exit status 1 if any check fails.
 //! - `bulwark igvm build --svsm ELF --out FILE ...`: the SVSM as an IGVM file (SEV-SNP and
 //!   native); `bulwark igvm measure FILE`: the launch digest it gives on SEV-SNP.
 //!
