@@ -161,20 +161,9 @@ impl Svsm {
         }
         for record in records.chunks_exact(PAGE_RECORD) {
             let (addr, perms) = parse(record)?;
-            let gpa = addr.raw();
-            let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
             let content = record.get(11..).ok_or(MemoryImportError::Malformed)?;
             if perms == INVALIDATED {
-                if self.pages.is_validated(addr) {
-                    let mut held = self.pages.unlocked();
-                    held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
-                    for vmpl in 1..=3 {
-                        p.rmpadjust(addr, PageSize::Size4K, vmpl, abi::hw::rmpadjust::PERM_NONE, false)
-                            .map_err(|_| MemoryImportError::Platform { gpa })?;
-                    }
-                    p.pvalidate(addr, PageSize::Size4K, false).map_err(|_| MemoryImportError::Platform { gpa })?;
-                    held.set_validated(one, false);
-                }
+                self.take_page_back(p, addr)?;
                 continue;
             }
             self.give_page(p, addr, perms, content)?;
@@ -186,6 +175,28 @@ impl Svsm {
     /// perhaps a calling area (which stays guest memory)?
     pub(super) fn importable(&self, one: PageRange) -> bool {
         importable(&self.pages, &mut self.pages.unlocked(), one)
+    }
+
+    /// The guest gave `page` up on the source: here too, its lower VMPLs lose it and it
+    /// is invalidated (if it is validated). Under the page's lock, checked again there.
+    fn take_page_back<P: Platform + ?Sized>(&self, p: &mut P, page: PageAddr) -> Result<(), MemoryImportError> {
+        let gpa = page.raw();
+        let one = PageRange::new(page, 1).ok_or(MemoryImportError::NotGuestMemory { gpa })?;
+        let mut held = self.pages.lock(page, page);
+        if !importable(&self.pages, &mut held, one) {
+            return Err(MemoryImportError::NotGuestMemory { gpa });
+        }
+        if !held.is_validated(page) {
+            return Ok(());
+        }
+        held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
+        for vmpl in 1..=3 {
+            p.rmpadjust(page, PageSize::Size4K, vmpl, abi::hw::rmpadjust::PERM_NONE, false)
+                .map_err(|_| MemoryImportError::Platform { gpa })?;
+        }
+        p.pvalidate(page, PageSize::Size4K, false).map_err(|_| MemoryImportError::Platform { gpa })?;
+        held.set_validated(one, false);
+        Ok(())
     }
 
     /// Give `page` to the guest as the source had it: validated (recorded as such), its
