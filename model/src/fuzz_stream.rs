@@ -6,9 +6,10 @@
 //!
 //! The bytes come from an attested peer over an authenticated channel, so a finding here
 //! is a bug a faulty source could trigger, not the host. After the stream, the harness
-//! checks what the dispatcher harness checks (the SVSM's pages and every VMSA out of the
-//! guest's reach, the SVSM still serving) and that the SVSM's validation record agrees
-//! with the RMP on every page the stream could name. A panic anywhere is a finding. Used
+//! checks what the dispatcher harness checks (every VMSA out of the guest's reach, the
+//! SVSM still serving), that no page of the SVSM's region is within any guest VMPL's
+//! reach, that the SVSM's validation record agrees with the RMP on every page of guest
+//! RAM, and that a stream that finished made every vCPU it carried. A panic anywhere is a finding. Used
 //! by the cargo-fuzz target `stream` and by a hosted smoke test on random inputs.
 
 use crate::fuzz::Input;
@@ -193,22 +194,32 @@ pub fn run_stream(data: &[u8]) {
         let w = &mut w;
         failed = crate::heap::in_svsm(|| incoming.take(&w.svsm, &mut w.machine, piece)).is_err();
     }
-    let _ = incoming.finish();
+    let applied = incoming.vcpus();
+    let finished = incoming.finish().is_ok();
     crate::heap::reset_limit();
+    if finished {
+        // A stream that finished made every vCPU it carried: the startup vCPU (restored,
+        // not made) and the others.
+        assert_eq!(w.svsm.vcpus().count(), applied as usize, "vCPUs after a finished stream");
+    }
     check_records(&mut w);
     crate::fuzz::check(&mut w);
 }
 
-/// The SVSM's validation record and the RMP agree on every page a stream could name.
+/// The SVSM's validation record and the RMP agree on every page of guest RAM, and no
+/// page of the SVSM's region is within reach of any guest VMPL.
 fn check_records(w: &mut World) {
-    let pages = (0..RAM >> 12).filter(|pfn| {
-        let gpa = pfn << 12;
-        gpa < 8 * MIB || gpa == RAM - 4096
-    });
-    for pfn in pages {
+    for pfn in 0..RAM >> 12 {
         let Some(page) = kernel::addr::PageAddr::new(pfn << 12) else { continue };
         let recorded = w.svsm.pages().is_validated(page);
         let hardware = w.machine.rmp.entry(pfn).is_some_and(|e| e.validated);
         assert_eq!(recorded, hardware, "page {:#x}: recorded {recorded}, RMP {hardware}", pfn << 12);
+    }
+    let svsm = w.svsm.pages().svsm_region();
+    for pfn in svsm.start_pfn()..svsm.end_pfn() {
+        for vmpl in 1..=3 {
+            let reach = w.machine.rmp.allows(pfn, vmpl, abi::hw::rmpadjust::PERM_READ);
+            assert!(!reach, "SVSM page {:#x} readable at VMPL{vmpl}", pfn << 12);
+        }
     }
 }

@@ -822,7 +822,7 @@ fn vcpus_and_deposits_on(platform: PlatformKind) {
     }
     // The startup vCPU, the deposits, then the other vCPUs (their SVSM pages come from
     // the pool).
-    on_platform!(destination, |svsm, p| svsm.import_vcpu(p, &vcpus[0])).unwrap();
+    on_platform!(destination, |svsm, p| svsm.import_startup_vcpu(p, &vcpus[0])).unwrap();
     assert_eq!(on_platform!(destination, |svsm, p| svsm.import_deposits(p, &deposits)), Ok(DEPOSITED + 1));
     on_platform!(destination, |svsm, p| svsm.import_vcpu(p, &vcpus[1])).unwrap();
 
@@ -921,6 +921,10 @@ fn hostile_vcpu_and_deposit_records_are_refused() {
         let w = &mut env.world;
         bulwark_model::heap::in_svsm(|| w.svsm.import_vcpu(&mut w.machine, record))
     };
+    let import_startup = |env: &mut ModelEnv, record: &[u8]| {
+        let w = &mut env.world;
+        bulwark_model::heap::in_svsm(|| w.svsm.import_startup_vcpu(&mut w.machine, record))
+    };
     let with = |record: &[u8], at: usize, bytes: &[u8]| {
         let mut r = record.to_vec();
         r[at..at + bytes.len()].copy_from_slice(bytes);
@@ -965,7 +969,15 @@ fn hostile_vcpu_and_deposit_records_are_refused() {
     );
     assert_eq!(import(&mut d, &second[..second.len() - 1]), Err(E::Malformed), "cut");
     assert_eq!(import(&mut d, &[second.as_slice(), &[0]].concat()), Err(E::Malformed), "padded");
-    assert_eq!(import(&mut d, &with(&vcpus[0], 4, &99u32.to_be_bytes())), Err(E::StartupMismatch), "another APIC ID");
+    assert_eq!(
+        import_startup(&mut d, &with(&vcpus[0], 4, &99u32.to_be_bytes())),
+        Err(E::StartupMismatch),
+        "another APIC ID"
+    );
+    // The startup vCPU's place holds the startup vCPU, and any other place refuses it.
+    assert_eq!(import_startup(&mut d, second), Err(E::StartupMismatch), "another vCPU first");
+    let startup_vmsa = bulwark_model::world::STARTUP_VMSA_GPA;
+    assert_eq!(import(&mut d, &vcpus[0]), Err(E::NotGuestMemory { gpa: startup_vmsa }), "the startup vCPU later");
     let svsm_page = d.world.svsm.pages().svsm_region().start().raw();
     assert_eq!(
         import(&mut d, &with(second, 9, &svsm_page.to_be_bytes())),
@@ -980,7 +992,7 @@ fn hostile_vcpu_and_deposit_records_are_refused() {
     );
     assert!(d.world.svsm.vcpus().find_by_apic_id(APIC_ID).is_none(), "no vCPU from a refused record");
 
-    import(&mut d, &vcpus[0]).unwrap();
+    import_startup(&mut d, &vcpus[0]).unwrap();
     // A creator more privileged than the guest.
     assert_eq!(import(&mut d, &with(second, 8, &[0])), Err(E::Malformed), "creator VMPL0");
     // A VMSA on the startup vCPU's calling area: refused before that page changes.
@@ -1119,6 +1131,23 @@ fn a_cut_or_reordered_stream_does_not_finish() {
     let mut miscounted = items[..items.len() - 4].to_vec();
     miscounted.extend_from_slice(&1u32.to_be_bytes());
     assert_eq!(feed(&miscounted), Err(StreamError::Malformed));
+    // Another vCPU where the startup vCPU belongs (its pages come from the reserve, so
+    // the stream needs no deposits to make it), and the startup vCPU twice.
+    let mut misplaced = Vec::new();
+    for chunk in &memory {
+        stream::frame(&mut misplaced, Item::Memory, chunk).unwrap();
+    }
+    stream::frame(&mut misplaced, Item::Services, &services).unwrap();
+    let mut twice = misplaced.clone();
+    stream::frame(&mut misplaced, Item::Vcpu, &vcpus[1]).unwrap();
+    stream::frame(&mut misplaced, Item::Deposits, &deposits).unwrap();
+    stream::frame(&mut misplaced, Item::End, &1u32.to_be_bytes()).unwrap();
+    assert!(matches!(feed(&misplaced), Err(StreamError::Vcpu(_))), "another vCPU in the startup vCPU's place");
+    stream::frame(&mut twice, Item::Vcpu, &vcpus[0]).unwrap();
+    stream::frame(&mut twice, Item::Deposits, &deposits).unwrap();
+    stream::frame(&mut twice, Item::Vcpu, &vcpus[0]).unwrap();
+    stream::frame(&mut twice, Item::End, &2u32.to_be_bytes()).unwrap();
+    assert!(matches!(feed(&twice), Err(StreamError::Vcpu(_))), "the startup vCPU twice");
     // The deposits before the startup vCPU.
     let mut reordered = Vec::new();
     for chunk in &memory {

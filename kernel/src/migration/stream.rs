@@ -134,6 +134,11 @@ impl Incoming {
         self.stage
     }
 
+    /// vCPUs applied so far, the startup vCPU included.
+    pub fn vcpus(&self) -> u32 {
+        self.vcpus
+    }
+
     /// Take the next bytes of the stream and apply each item they complete.
     pub fn take<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, mut bytes: &[u8]) -> Result<(), StreamError> {
         if self.failed {
@@ -200,6 +205,11 @@ impl Incoming {
             Item::Services => self.services = Some(ServiceState::decode(body).map_err(StreamError::Services)?),
             Item::Deposits => {
                 svsm.import_deposits(p, body).map_err(StreamError::Vcpu)?;
+            }
+            // The first vCPU is the startup vCPU, and only the first.
+            Item::Vcpu if self.stage == Stage::Services => {
+                svsm.import_startup_vcpu(p, body).map_err(StreamError::Vcpu)?;
+                self.vcpus = self.vcpus.saturating_add(1);
             }
             Item::Vcpu => {
                 svsm.import_vcpu(p, body).map_err(StreamError::Vcpu)?;

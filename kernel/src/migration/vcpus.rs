@@ -281,18 +281,25 @@ impl Svsm {
         if recorded { Ok(()) } else { Err(VcpuImportError::NoRoom) }
     }
 
-    /// Make one vCPU of the source here. The order: the guest's memory, the startup
-    /// vCPU's record (the first [`Self::export_vcpus`] makes; it may free the launch's
-    /// calling area, which the guest may have deposited), the deposits, the other vCPUs
-    /// (their SVSM pages come from the pool). The startup vCPU exists already:
-    /// it takes the source's state and calling area. Any other is made as CREATE_VCPU from
-    /// its creator would make it, then runs (the platform is told).
-    pub fn import_vcpu<P: Platform + ?Sized>(&self, p: &mut P, bytes: &[u8]) -> Result<(), VcpuImportError> {
+    /// The startup vCPU's record, the first vCPU a stream carries (after the guest's
+    /// memory and the services, before the deposits: it may free the launch's calling
+    /// area, which the guest may have deposited since). The startup vCPU exists already
+    /// on this side: it takes the source's state and calling area. A record for any
+    /// other VMSA is refused (`StartupMismatch`).
+    pub fn import_startup_vcpu<P: Platform + ?Sized>(&self, p: &mut P, bytes: &[u8]) -> Result<(), VcpuImportError> {
         let record = VcpuRecord::parse(bytes)?;
         let startup = self.vcpus.startup().ok_or(VcpuImportError::StartupMismatch)?;
-        if record.vmsa == startup.vmsa {
-            return self.import_startup(p, &record, startup.apic_id, startup.creator_vmpl, startup.calling_area);
+        if record.vmsa != startup.vmsa {
+            return Err(VcpuImportError::StartupMismatch);
         }
+        self.import_startup(p, &record, startup.apic_id, startup.creator_vmpl, startup.calling_area)
+    }
+
+    /// One of the other vCPUs (after the deposits: their SVSM pages come from the pool),
+    /// made as CREATE_VCPU from its creator would make it, then run (the platform is
+    /// told). The startup vCPU's VMSA is refused here like any page the SVSM holds.
+    pub fn import_vcpu<P: Platform + ?Sized>(&self, p: &mut P, bytes: &[u8]) -> Result<(), VcpuImportError> {
+        let record = VcpuRecord::parse(bytes)?;
         let (vmsa, ca) = (record.vmsa, record.calling_area);
         // CREATE_VCPU only ever hears from the guest's own VMPLs: a creator more privileged
         // than the guest's top VMPL would pass checks that trust the top VMPL.
