@@ -91,7 +91,10 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         Some(()) => println!(
             "memory: the low 2 MiB are no-execute on every CPU's own page tables (only the boot tables, which the AP trampoline runs on, keep them executable)"
         ),
-        None => println!("memory: no page for the closed lower half; the low 2 MiB stay executable"),
+        None => {
+            println!("FAILED: no memory to close the low 2 MiB (guest RAM) to execution");
+            exit::failure()
+        }
     }
     crash_if_asked(&info);
     let svm = match svm::enable() {

@@ -156,8 +156,17 @@ pub fn start_aps(boot_pml4: u64) -> u32 {
             break;
         }
     }
+    // The page becomes guest RAM the guest may write: an AP that starts late (its STARTUP
+    // IPI outlived the wait) must find `cli; hlt` there, not the trampoline, and never
+    // run what the guest put there on the boot tables.
+    // SAFETY: TRAMPOLINE.. is the low RAM the trampoline was copied to above; every AP
+    // that came online is past it, and these four bytes are all a late AP executes.
+    unsafe { core::ptr::copy_nonoverlapping(PARKED.as_ptr(), TRAMPOLINE as *mut u8, PARKED.len()) };
     1 + ONLINE.load(Ordering::Acquire)
 }
+
+/// `cli; hlt; jmp $-1` (back to the `hlt`): what a late AP finds at the trampoline.
+const PARKED: [u8; 4] = [0xFA, 0xF4, 0xEB, 0xFD];
 
 /// The AP trampoline's first byte turned into `ret`, as code to call for the boot's
 /// `crash=low` check: the APs are past the trampoline by then, and on their own roots
@@ -176,15 +185,18 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // `start_aps` wrote a u32 index there; anything else stays out of service.
     let Ok(cpu) = u32::try_from(cpu) else { super::cpu::halt_forever() };
     let tables = super::percpu::install(cpu, super::entry::boot_page_tables());
-    let rsp0 = cpu_tables::load();
-    if tables.is_some() {
-        super::percpu::set_tss_rsp0(rsp0);
+    // Without its own root it would run on the boot tables, where the low 2 MiB (guest
+    // RAM) are executable: it stays out of service.
+    if tables.is_none() {
+        crate::println!("smp: cpu {cpu} has no memory for its page tables; it stays halted");
+        super::cpu::halt_forever()
     }
+    super::percpu::set_tss_rsp0(cpu_tables::load());
     super::fpu::enable_sse();
     lapic::enable();
     super::user::init_cpu();
     let svm = svm::enable();
-    let own = tables.is_some() && super::percpu::this_cpu() == cpu;
+    let own = super::percpu::this_cpu() == cpu;
     match &svm {
         Ok(_) => crate::println!("smp: cpu {cpu} online (SVM on, own page tables: {own})"),
         Err(e) => crate::println!("smp: cpu {cpu} online, SVM unavailable ({e:?}), own page tables: {own}"),
