@@ -79,13 +79,16 @@ pub enum Binding {
     /// Another store than the one bound to the instance: refused (a blank disk, or
     /// another VM's disk).
     AnotherStore { bound: [u8; 16] },
+    /// A store bound to another instance: refused, whether the instance is new or asks
+    /// for a reset (one store, one VM: a copy of another VM's disk).
+    OtherInstance,
     /// Another store, accepted as a reset the relying party asked for: bound from now on.
     Reset { previous: [u8; 16] },
 }
 
 impl Binding {
     pub fn accepted(self) -> bool {
-        !matches!(self, Self::AnotherStore { .. })
+        !matches!(self, Self::AnotherStore { .. } | Self::OtherInstance)
     }
 
     /// Its name in JSON verdicts.
@@ -94,6 +97,7 @@ impl Binding {
             Self::FirstSeen => "first_seen",
             Self::Same => "same",
             Self::AnotherStore { .. } => "another_store",
+            Self::OtherInstance => "other_instance",
             Self::Reset { .. } => "reset",
         }
     }
@@ -164,8 +168,16 @@ impl Ledger {
         self.instances.get(instance).copied()
     }
 
+    /// The instance `store_id` is bound to, if any.
+    pub fn owner(&self, store_id: &[u8; 16]) -> Option<&str> {
+        self.instances.iter().find(|(_, id)| *id == store_id).map(|(name, _)| name.as_str())
+    }
+
     /// What the ledger says about `instance` showing store `store_id`, without changing it.
     pub fn binding(&self, instance: &Instance, store_id: &[u8; 16]) -> Binding {
+        if self.owner(store_id).is_some_and(|owner| owner != instance.name) {
+            return Binding::OtherInstance;
+        }
         match self.bound(&instance.name) {
             None => Binding::FirstSeen,
             Some(bound) if bound == *store_id => Binding::Same,
@@ -219,8 +231,20 @@ impl Ledger {
         Ok(Self { stores, instances })
     }
 
-    /// The ledger as JSON text, stores in store id order, instances in name order.
+    /// The ledger as JSON text, stores in store id order, instances in name order. A
+    /// ledger without instances is written in the form before them, which verifiers
+    /// that do not know instances still read.
     pub fn to_json(&self) -> String {
+        if self.instances.is_empty() {
+            let stores: BTreeMap<String, SeenFile> = self
+                .stores
+                .iter()
+                .map(|(id, seen)| (hex(id), SeenFile { generation: seen.generation, root: hex(&seen.root) }))
+                .collect();
+            let mut text = serde_json::to_string_pretty(&stores).unwrap_or_default();
+            text.push('\n');
+            return text;
+        }
         let file = LedgerFile {
             stores: self
                 .stores
@@ -312,8 +336,8 @@ pub struct LedgerVerdict {
     /// What the ledger held for this store before, if anything.
     pub previous_generation: Option<u64>,
     pub previous_root: Option<String>,
-    /// The ledger file now holds this state: it was accepted, it was newer than or new
-    /// to the ledger, and every other check passed.
+    /// The ledger file was rewritten with what this evidence taught it (a new or newer
+    /// state of its store, or with `--instance` a new binding), and every check passed.
     pub recorded: bool,
     /// The instance the relying party named (`--instance`), and what the ledger said of
     /// the store it showed: `first_seen`, `same`, `reset` (accepted), `another_store`.
@@ -394,6 +418,10 @@ pub fn judge_instance(ledger: &mut Ledger, verdict: &mut Verdict, instance: &Ins
         Binding::Reset { previous } => Ok(format!(
             "instance {name} shows store {store}; the reset was accepted (it was bound to store {})",
             hex(&previous)
+        )),
+        Binding::OtherInstance => Err(format!(
+            "ANOTHER INSTANCE'S STORE: instance {name} shows store {store}, which is bound to instance {}",
+            ledger.owner(&state.store_id).unwrap_or("?")
         )),
         Binding::AnotherStore { bound } => Err(format!(
             "ANOTHER STORE: instance {name} shows store {store}, but store {} is bound to it \
@@ -534,7 +562,12 @@ mod tests {
         assert_eq!(ledger.bind(&vm, &STORE), Binding::AnotherStore { bound: other }, "the old store is refused now");
         // Accepting a reset accepts the bound store as it is.
         assert_eq!(ledger.bind(&reset, &other), Binding::Same);
+        // vm-a's old store is nobody's now: another instance may take it. vm-a's current
+        // one is not to be taken by another instance, new or resetting.
         assert_eq!(ledger.bind(&Instance::new("vm-b", false).unwrap(), &STORE), Binding::FirstSeen);
+        assert_eq!(ledger.bind(&Instance::new("vm-c", false).unwrap(), &other), Binding::OtherInstance);
+        assert_eq!(ledger.bind(&Instance::new("vm-b", true).unwrap(), &other), Binding::OtherInstance);
+        assert_eq!((ledger.bound("vm-c"), ledger.owner(&other)), (None, Some("vm-a")));
         for bad in ["", "a\nb", "tab\there", &"x".repeat(Instance::MAX_NAME + 1)] {
             assert!(Instance::new(bad, false).is_err(), "{bad:?}");
         }
@@ -547,7 +580,12 @@ mod tests {
         ledger.apply(&state(7, 0xa));
         ledger.bind(&Instance::new("vm/a:1", false).unwrap(), &STORE);
         let text = ledger.to_json();
+        assert!(text.contains("\"instances\""), "{text}");
         assert_eq!(Ledger::from_json(&text), Ok(ledger.clone()));
+        // Without instances, the form verifiers before them read.
+        let mut plain = Ledger::default();
+        plain.apply(&state(7, 0xa));
+        assert!(!plain.to_json().contains("\"stores\""));
         // A ledger written before instances: the stores alone.
         let old = format!("{{\"{}\": {{\"generation\": 7, \"root\": \"{}\"}}}}", hex(&STORE), "0a".repeat(32));
         let read = Ledger::from_json(&old).unwrap();

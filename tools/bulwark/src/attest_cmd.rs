@@ -50,7 +50,8 @@ pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE
                       store id never seen is accepted, unless --instance says whose it is
   --instance NAME     the VM instance the evidence comes from (1-128 bytes): FILE binds it
                       to the first store accepted for it, and fails (check state_instance)
-                      on any other store for it: a blank disk, or another VM's
+                      on any other store for it (a blank disk, or another VM's) and on a
+                      store bound to another instance (a copy of another VM's disk)
   --accept-new-store  the instance was provisioned again: accept its new store and bind it";
 
 #[derive(Default)]
@@ -398,6 +399,9 @@ mod tests {
         assert_eq!(verify_state(&dir, &blank, &["--instance", "vm-7", "--accept-new-store"]), ExitCode::SUCCESS);
         assert_eq!(bound_in(&ledger, "vm-7"), Some([0xb1; 16]));
         assert_eq!(verify_state(&dir, &sealed(7, 7), &vm), ExitCode::FAILURE, "the old store is refused now");
+        // vm-7's store shown for another VM: a copy of its disk.
+        assert_eq!(verify_state(&dir, &blank, &["--instance", "vm-8"]), ExitCode::FAILURE, "another VM's store");
+        assert_eq!(bound_in(&ledger, "vm-8"), None);
         // Usage: --instance needs a ledger, --accept-new-store an instance, a name its form.
         let args = write_sample(&dir);
         let with = |extra: &[&str]| [args.clone(), extra.iter().map(|a| a.to_string()).collect()].concat();
