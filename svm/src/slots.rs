@@ -27,6 +27,10 @@ pub const MAX_CPUS: u32 = 64;
 
 /// Where a vCPU is.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a slot holds its vCPU in place (its FPU image included): boxing it would make taking and putting back allocate, which a guest-driven path must not"
+)]
 pub enum Slot<P> {
     Here(SvmVcpu<P>),
     Out(Running),

@@ -91,10 +91,50 @@ pub const SAVE_AREA: usize = 0x298;
 /// The VMPL a vCPU runs at unless its VMSA says otherwise (one guest level).
 pub const GUEST_VMPL: u8 = 1;
 
+/// A vCPU's x87, MMX and SSE registers in FXSAVE form. VMRUN does not switch them, so
+/// they stay in the CPU while the vCPU runs and come here when another vCPU takes the
+/// CPU: without it two vCPUs sharing a CPU (two VMPLs of one CPU, say) would see each
+/// other's registers. Only FXSAVE (through [`Self::as_mut_ptr`]) and [`Self::reset`]
+/// fill it, so FXRSTOR never meets reserved MXCSR bits.
+#[repr(C, align(16))]
+#[derive(Clone, Debug)]
+pub struct FpuImage([u8; 512]);
+
+impl FpuImage {
+    /// The state after reset: FCW 0x037F, MXCSR 0x1F80 (every exception masked), the
+    /// rest zero.
+    pub fn reset() -> Self {
+        let mut bytes = [0u8; 512];
+        if let Some(fcw) = bytes.get_mut(0..2) {
+            fcw.copy_from_slice(&0x037Fu16.to_le_bytes());
+        }
+        if let Some(mxcsr) = bytes.get_mut(24..28) {
+            mxcsr.copy_from_slice(&0x1F80u32.to_le_bytes());
+        }
+        Self(bytes)
+    }
+
+    /// Where FXSAVE writes the image (512 bytes, 16-byte aligned).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0.as_mut_ptr()
+    }
+
+    /// Where FXRSTOR reads it.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+
+    pub fn bytes(&self) -> &[u8; 512] {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
 pub struct SvmVcpu<P> {
     pub vmcb: Vmcb<P>,
     pub regs: GuestRegs,
+    /// Its x87/SSE registers while another vCPU has its CPU.
+    pub fpu: FpuImage,
     /// The guest page that stands for this vCPU's VMSA.
     pub vmsa_gpa: u64,
     pub vmpl: u8,
@@ -148,6 +188,7 @@ impl<P: PageMem> SvmVcpu<P> {
         Self {
             vmcb,
             regs: GuestRegs::default(),
+            fpu: FpuImage::reset(),
             vmsa_gpa,
             vmpl: GUEST_VMPL,
             sev_features: abi::hw::sev_features::SNP_ACTIVE,
@@ -169,6 +210,7 @@ impl<P: PageMem> SvmVcpu<P> {
         Some(Self {
             vmcb,
             regs,
+            fpu: FpuImage::reset(),
             vmsa_gpa,
             vmpl: state.vmpl,
             sev_features: state.sev_features,
@@ -433,6 +475,17 @@ mod tests {
         assert_eq!(destination.to_vmsa(), page, "every field arrived");
         assert_eq!(destination.vmcb.u32(offset::GUEST_ASID), 1, "the destination's own ASID");
         assert_eq!(destination.vmcb.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1, "and its own intercepts");
+    }
+
+    /// A new vCPU's x87/SSE registers are the reset state, whichever vCPU had its CPU.
+    #[test]
+    fn a_new_vcpu_starts_with_the_reset_fpu_state() {
+        for v in [startup(), SvmVcpu::from_vmsa(TestPage::new(1), C, 2, 0x5000, &[0; 4096]).unwrap()] {
+            let image = v.fpu.bytes();
+            assert_eq!(u16::from_le_bytes([image[0], image[1]]), 0x037F, "FCW");
+            assert_eq!(u32::from_le_bytes(image[24..28].try_into().unwrap()), 0x1F80, "MXCSR");
+            assert!(image[32..].iter().all(|b| *b == 0), "the registers are zero");
+        }
     }
 
     #[test]

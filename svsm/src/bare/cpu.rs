@@ -212,6 +212,19 @@ pub fn fxrstor(area: &FxArea) {
     unsafe { asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, preserves_flags)) };
 }
 
+/// Save this CPU's x87/SSE registers into a guest vCPU's image (FXSAVE).
+pub fn fxsave_vcpu(image: &mut ::svm::vcpu::FpuImage) {
+    // SAFETY: FXSAVE writes exactly the 512-byte, 16-byte aligned image it is given.
+    unsafe { asm!("fxsave64 [{}]", in(reg) image.as_mut_ptr(), options(nostack, preserves_flags)) };
+}
+
+/// Load a guest vCPU's x87/SSE registers from its image (FXRSTOR).
+pub fn fxrstor_vcpu(image: &::svm::vcpu::FpuImage) {
+    // SAFETY: FXRSTOR reads the 512-byte aligned image; only FXSAVE and the reset state
+    // fill one (`FpuImage`), so it holds no reserved MXCSR bits and cannot fault.
+    unsafe { asm!("fxrstor64 [{}]", in(reg) image.as_ptr(), options(nostack, preserves_flags)) };
+}
+
 /// Give the x87/SSE unit the state the C ABI promises: FNINIT, and MXCSR at its default
 /// (0x1F80: every exception masked, round to nearest).
 pub fn reset_fpu() {

@@ -56,6 +56,12 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
         };
         if current.is_none() {
             current = shared.platform.take_next(cpu, last, generation);
+            // VMRUN does not switch the x87/SSE registers: they go back with a vCPU into
+            // its slot and come out with it, so vCPUs sharing this CPU (two VMPLs of one
+            // guest CPU) never see each other's.
+            if let Some(t) = &current {
+                super::cpu::fxrstor_vcpu(&t.vcpu.fpu);
+            }
         }
         let Some(t) = current.as_mut() else {
             // Nothing to run here until a vCPU is created.
@@ -67,7 +73,8 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
         match shared.platform.after_run(&shared.svsm, t, exit, cpu) {
             Ok(handled) if handled.then == Then::RunOn => {}
             Ok(_) => {
-                if let Some(t) = current.take() {
+                if let Some(mut t) = current.take() {
+                    super::cpu::fxsave_vcpu(&mut t.vcpu.fpu);
                     shared.platform.put_back(t);
                 }
             }
