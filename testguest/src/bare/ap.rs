@@ -20,6 +20,10 @@ const PING: u32 = 1;
 const CALL: u32 = 2;
 const DONE: u32 = 3;
 const TIME_CALLS: u32 = 4;
+const FPU_CHECK: u32 = 5;
+
+/// Yields each side makes while it watches its own XMM0 (`fpu_kept`).
+const FPU_ROUNDS: u32 = 200;
 
 struct Mailbox {
     state: AtomicU32,
@@ -62,9 +66,60 @@ extern "C" fn ap_main(apic: u64) -> ! {
                 Vmmcall.request_svsm(regs);
                 mb.state.store(DONE, Ordering::Release);
             }
+            FPU_CHECK => {
+                // SAFETY: FPU_CHECK hands `regs` to this vCPU until it stores DONE.
+                let regs = unsafe { &mut *mb.regs.get() };
+                regs.rax = u64::from(fpu_kept(0xA5A5_0000_0000_0000 | apic, FPU_ROUNDS));
+                mb.state.store(DONE, Ordering::Release);
+            }
             _ => yield_cpu(),
         }
     }
+}
+
+fn set_xmm0(value: u64) {
+    // SAFETY: writes XMM0 only (SSE is on in the test guest's CR4).
+    unsafe { core::arch::asm!("movq xmm0, {}", in(reg) value, options(nomem, nostack)) }
+}
+
+fn xmm0() -> u64 {
+    let value: u64;
+    // SAFETY: reads XMM0 only.
+    unsafe { core::arch::asm!("movq {}, xmm0", out(reg) value, options(nomem, nostack)) }
+    value
+}
+
+/// Put `pattern` in XMM0 and check, after each of `rounds` yields to the SVSM (which may
+/// run another vCPU on this CPU meanwhile), that it is still there.
+fn fpu_kept(pattern: u64, rounds: u32) -> bool {
+    set_xmm0(pattern);
+    (0..rounds).all(|_| {
+        yield_cpu();
+        xmm0() == pattern
+    })
+}
+
+/// The boot vCPU and the vCPU with `apic` (which the SVSM must run on the boot vCPU's
+/// CPU) each watch their own XMM0 while they take turns: `Some((boot kept, other kept))`,
+/// `None` if the other did not answer.
+pub fn fpu_isolation(apic: u32) -> Option<(bool, bool)> {
+    let mb = MAILBOXES.get(apic as usize)?;
+    set_xmm0(0x5A5A_5A5A_0000_0000);
+    mb.state.store(FPU_CHECK, Ordering::Release);
+    let mut boot_kept = true;
+    let mut answered = false;
+    for _ in 0..100_000 {
+        yield_cpu();
+        boot_kept &= xmm0() == 0x5A5A_5A5A_0000_0000;
+        if mb.state.load(Ordering::Acquire) == DONE {
+            answered = true;
+            break;
+        }
+    }
+    mb.state.store(IDLE, Ordering::Release);
+    // SAFETY: DONE (then IDLE): `regs` is the boot vCPU's again.
+    let other_kept = unsafe { (*mb.regs.get()).rax } == 1;
+    answered.then_some((boot_kept, other_kept))
 }
 
 /// QUERY_PROTOCOL round trips timed by the secondary vCPU that runs [`time_calls`]: a

@@ -156,6 +156,23 @@ pub fn run_all() -> (bool, u64) {
     );
     let on_second = Client::new(super::ap::OnVcpu(1), vcpu_ca).query_protocol(ProtocolId::CORE, 1);
     r.check("6.3/second-vcpu-calls", on_second == Ok(Some((1, 1))), format_args!("{on_second:?}"));
+    // A third vCPU shares the boot vCPU's CPU (the SVSM serves vCPU index i on CPU i
+    // modulo the CPU count, and QEMU gives it two): while they take turns, each keeps its
+    // own x87/SSE registers (VMRUN does not switch them; the SVSM must).
+    let (vmsa3, ca3) = (SMALL + 0xC000, SMALL + 0xD000);
+    if let Some(image) = super::ap::vmsa(2) {
+        let _ = c.transport.write(vmsa3, zerocopy::IntoBytes::as_bytes(&image));
+    }
+    let third = c.create_vcpu(vmsa3, ca3, 2);
+    let kept = third.as_ref().ok().and_then(|()| super::ap::fpu_isolation(2));
+    r.check(
+        "svm/fpu-per-vcpu",
+        kept == Some((true, true)),
+        format_args!("{third:?}, (boot vCPU kept its XMM0, the third kept its): {kept:?}"),
+    );
+    if third.is_ok() {
+        let _ = c.delete_vcpu(vmsa3);
+    }
     let deleted = c.delete_vcpu(vmsa);
     let gone = !super::ap::alive(1);
     r.check(
