@@ -102,7 +102,20 @@ pub fn run_dispatcher_on(data: &[u8], platform: PlatformKind) {
         step(&mut w, &mut input);
         check(&mut w);
     }
+    check_whole(&w);
     crate::heap::reset_limit();
+}
+
+/// At the end of an input, what `check` samples after each step, on every page: no page
+/// of the SVSM's region and no VMSA is within reach of any guest VMPL.
+fn check_whole(w: &World) {
+    let svsm = w.svsm.pages().svsm_region();
+    let vmsas = w.svsm.vcpus().iter().map(|(_, v)| v.vmsa.pfn());
+    for pfn in (svsm.start_pfn()..svsm.end_pfn()).chain(vmsas) {
+        for vmpl in 1..=3 {
+            assert!(!w.machine.rmp.allows(pfn, vmpl, PERM_READ), "SVSM page {:#x} readable at VMPL{vmpl}", pfn << 12);
+        }
+    }
 }
 
 fn step(w: &mut World, input: &mut Input<'_>) {

@@ -177,15 +177,22 @@ impl Svsm {
         importable(&self.pages, &mut self.pages.unlocked(), one)
     }
 
-    /// The guest gave `page` up on the source: here too, its lower VMPLs lose it and it
-    /// is invalidated (if it is validated). Under the page's lock, checked again there.
-    fn take_page_back<P: Platform + ?Sized>(&self, p: &mut P, page: PageAddr) -> Result<(), MemoryImportError> {
+    /// `page`'s stripe held, and the page checked importable under it.
+    fn hold_importable(&self, page: PageAddr) -> Result<(PageRange, Held<'_>), MemoryImportError> {
         let gpa = page.raw();
         let one = PageRange::new(page, 1).ok_or(MemoryImportError::NotGuestMemory { gpa })?;
         let mut held = self.pages.lock(page, page);
         if !importable(&self.pages, &mut held, one) {
             return Err(MemoryImportError::NotGuestMemory { gpa });
         }
+        Ok((one, held))
+    }
+
+    /// The guest gave `page` up on the source: here too, its lower VMPLs lose it and it
+    /// is invalidated (if it is validated). Under the page's lock, checked again there.
+    fn take_page_back<P: Platform + ?Sized>(&self, p: &mut P, page: PageAddr) -> Result<(), MemoryImportError> {
+        let gpa = page.raw();
+        let (one, mut held) = self.hold_importable(page)?;
         if !held.is_validated(page) {
             return Ok(());
         }
@@ -209,11 +216,7 @@ impl Svsm {
         content: &[u8],
     ) -> Result<(), MemoryImportError> {
         let gpa = page.raw();
-        let one = PageRange::new(page, 1).ok_or(MemoryImportError::NotGuestMemory { gpa })?;
-        let mut held = self.pages.lock(page, page);
-        if !importable(&self.pages, &mut held, one) {
-            return Err(MemoryImportError::NotGuestMemory { gpa });
-        }
+        let (one, mut held) = self.hold_importable(page)?;
         if !held.is_validated(page) {
             held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
             p.pvalidate(page, PageSize::Size4K, true).map_err(|_| MemoryImportError::Platform { gpa })?;
