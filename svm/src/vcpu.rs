@@ -127,6 +127,99 @@ impl FpuImage {
     pub fn bytes(&self) -> &[u8; 512] {
         &self.0
     }
+
+    /// The image as a VMSA's x87/SSE fields, in `page`: the SEV-ES save area's layout,
+    /// filled as KVM's `sev_es_sync_vmsa` fills it from an FXSAVE image (the tag word as
+    /// FXSAVE abridges it; each x87 register's bytes 0-7 in one 64-byte run, bytes 8-9 in
+    /// another; no YMM upper halves, which FXSAVE does not hold).
+    pub fn write_vmsa(&self, page: &mut [u8; 4096]) {
+        let fx = &self.0;
+        for (to, from, len) in [
+            (vmsa_fpu::FCW, fx::FCW, 2),
+            (vmsa_fpu::FSW, fx::FSW, 2),
+            (vmsa_fpu::FTW, fx::FTW, 2),
+            (vmsa_fpu::FOP, fx::FOP, 2),
+            (vmsa_fpu::RIP, fx::RIP, 8),
+            (vmsa_fpu::DP, fx::DP, 8),
+            (vmsa_fpu::MXCSR, fx::MXCSR, 4),
+            (vmsa_fpu::XMM, fx::XMM, 256),
+        ] {
+            copy(page, to, fx, from, len);
+        }
+        for i in 0..8 {
+            copy(page, vmsa_fpu::ST + 8 * i, fx, fx::ST + 16 * i, 8);
+            copy(page, vmsa_fpu::ST + 64 + 2 * i, fx, fx::ST + 16 * i + 8, 2);
+        }
+    }
+
+    /// An image from a VMSA's x87/SSE fields ([`Self::write_vmsa`] backwards), with what
+    /// FXRSTOR would refuse cleared: MXCSR keeps [`MXCSR_LOADABLE`], the tag word its
+    /// abridged byte, the opcode its 11 bits.
+    pub fn from_vmsa(page: &[u8; 4096]) -> Self {
+        let mut fx = [0u8; 512];
+        for (to, from, len) in [
+            (fx::FCW, vmsa_fpu::FCW, 2),
+            (fx::FSW, vmsa_fpu::FSW, 2),
+            (fx::FTW, vmsa_fpu::FTW, 1),
+            (fx::FOP, vmsa_fpu::FOP, 2),
+            (fx::RIP, vmsa_fpu::RIP, 8),
+            (fx::DP, vmsa_fpu::DP, 8),
+            (fx::MXCSR, vmsa_fpu::MXCSR, 4),
+            (fx::XMM, vmsa_fpu::XMM, 256),
+        ] {
+            copy(&mut fx, to, page, from, len);
+        }
+        for i in 0..8 {
+            copy(&mut fx, fx::ST + 16 * i, page, vmsa_fpu::ST + 8 * i, 8);
+            copy(&mut fx, fx::ST + 16 * i + 8, page, vmsa_fpu::ST + 64 + 2 * i, 2);
+        }
+        if let Some(fop) = fx.get_mut(fx::FOP + 1) {
+            *fop &= 0x07;
+        }
+        if let Some(mxcsr) = fx.get_mut(fx::MXCSR..fx::MXCSR + 4).and_then(|m| <&mut [u8; 4]>::try_from(m).ok()) {
+            *mxcsr = (u32::from_le_bytes(*mxcsr) & MXCSR_LOADABLE).to_le_bytes();
+        }
+        Self(fx)
+    }
+}
+
+/// The MXCSR bits FXRSTOR loads on every x86-64 CPU: all but DAZ (bit 6, which older
+/// CPUs lack) and the reserved bits above 15. A VMSA from elsewhere is masked to them
+/// rather than make the SVSM fault; DAZ does not travel yet.
+pub const MXCSR_LOADABLE: u32 = 0xFFBF;
+
+/// Offsets in an FXSAVE64 image.
+mod fx {
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    pub const FTW: usize = 4;
+    pub const FOP: usize = 6;
+    pub const RIP: usize = 8;
+    pub const DP: usize = 16;
+    pub const MXCSR: usize = 24;
+    pub const ST: usize = 32;
+    pub const XMM: usize = 160;
+}
+
+/// Offsets of the x87/SSE fields in a VMSA (the SEV-ES save area; `abi::vmsa::Vmsa`
+/// names the first ones: `x87_dp` at 0x400).
+mod vmsa_fpu {
+    pub const DP: usize = 0x400;
+    pub const MXCSR: usize = 0x408;
+    pub const FTW: usize = 0x40C;
+    pub const FSW: usize = 0x40E;
+    pub const FCW: usize = 0x410;
+    pub const FOP: usize = 0x412;
+    pub const RIP: usize = 0x418;
+    pub const ST: usize = 0x420;
+    pub const XMM: usize = 0x470;
+}
+
+/// `len` bytes from `src[from..]` to `dst[to..]`; nothing if either is out of range.
+fn copy(dst: &mut [u8], to: usize, src: &[u8], from: usize, len: usize) {
+    if let (Some(d), Some(s)) = (dst.get_mut(to..to + len), src.get(from..from + len)) {
+        d.copy_from_slice(s);
+    }
 }
 
 #[derive(Debug)]
@@ -234,8 +327,10 @@ impl<P: PageMem> SvmVcpu<P> {
         (state.r12, state.r13, state.r14, state.r15) = (r.r12, r.r13, r.r14, r.r15);
         (state.vmpl, state.sev_features, state.virtual_tom) = (self.vmpl, self.sev_features, self.virtual_tom);
         const _: () = assert!(core::mem::size_of::<abi::vmsa::Vmsa>() == 4096);
+        const _: () = assert!(core::mem::offset_of!(abi::vmsa::Vmsa, x87_dp) == vmsa_fpu::DP);
         let mut page = [0u8; 4096];
         page.copy_from_slice(state.as_bytes());
+        self.fpu.write_vmsa(&mut page);
         page
     }
 
@@ -247,6 +342,7 @@ impl<P: PageMem> SvmVcpu<P> {
         self.vmcb.copy_into_save(save);
         self.regs = GuestRegs::of(&state);
         (self.vmpl, self.sev_features, self.virtual_tom) = (state.vmpl, state.sev_features, state.virtual_tom);
+        self.fpu = FpuImage::from_vmsa(vmsa);
         true
     }
 
@@ -468,6 +564,8 @@ mod tests {
         let page = source.to_vmsa();
         let mut sent = vmsa;
         (sent.rip, sent.r12) = (0x1003, 0x1212);
+        // A new vCPU's x87/SSE state is the reset state, and it travels in the VMSA.
+        (sent.x87_fcw, sent.mxcsr) = (0x037F, 0x1F80);
         assert!(page[..] == *zerocopy::IntoBytes::as_bytes(&sent), "the VMSA page is the vCPU's state");
 
         let mut destination = startup();
@@ -475,6 +573,42 @@ mod tests {
         assert_eq!(destination.to_vmsa(), page, "every field arrived");
         assert_eq!(destination.vmcb.u32(offset::GUEST_ASID), 1, "the destination's own ASID");
         assert_eq!(destination.vmcb.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1, "and its own intercepts");
+    }
+
+    /// The x87/SSE state goes into a VMSA as KVM lays it out and comes back the same, with
+    /// what FXRSTOR would refuse cleared.
+    #[test]
+    fn the_fpu_state_travels_in_the_vmsa_fields() {
+        let mut page = [0u8; 4096];
+        let mut set = |at: usize, bytes: &[u8]| page[at..at + bytes.len()].copy_from_slice(bytes);
+        set(0x410, &0x027Fu16.to_le_bytes());
+        set(0x40E, &0x3800u16.to_le_bytes());
+        set(0x40C, &0x00C3u16.to_le_bytes());
+        set(0x412, &0x0123u16.to_le_bytes());
+        set(0x418, &0x1111_2222_3333_4444u64.to_le_bytes());
+        set(0x400, &0x5555_6666_7777_8888u64.to_le_bytes());
+        set(0x408, &0x0001_9FC0u32.to_le_bytes());
+        for i in 0..80 {
+            set(0x420 + i, &[i as u8 + 1]);
+        }
+        for i in 0..256 {
+            set(0x470 + i, &[(i as u8) ^ 0x5A]);
+        }
+        let image = FpuImage::from_vmsa(&page);
+        let fx = image.bytes();
+        assert_eq!(&fx[0..8], &[0x7F, 0x02, 0x00, 0x38, 0xC3, 0x00, 0x23, 0x01]);
+        assert_eq!(u32::from_le_bytes(fx[24..28].try_into().unwrap()), 0x9F80, "a reserved bit and DAZ cleared");
+        assert_eq!(
+            &fx[32..42],
+            &[1, 2, 3, 4, 5, 6, 7, 8, 65, 66],
+            "ST0: bytes 0-7, then bytes 8-9 from the second run"
+        );
+        assert_eq!(&fx[42..48], &[0; 6]);
+        assert_eq!(&fx[160..176], &page[0x470..0x480]);
+        let mut back = [0u8; 4096];
+        image.write_vmsa(&mut back);
+        page[0x408..0x40C].copy_from_slice(&0x9F80u32.to_le_bytes());
+        assert!(back[0x400..0x570] == page[0x400..0x570], "every field back where it was");
     }
 
     /// A new vCPU's x87/SSE registers are the reset state, whichever vCPU had its CPU.
