@@ -133,7 +133,7 @@ impl FpuImage {
     /// FXSAVE abridges it; each x87 register's bytes 0-7 in one 64-byte run, bytes 8-9 in
     /// another; no YMM upper halves, which FXSAVE does not hold).
     pub fn write_vmsa(&self, page: &mut [u8; 4096]) {
-        let fx = &self.0;
+        let image = &self.0;
         for (to, from, len) in [
             (vmsa_fpu::FCW, fx::FCW, 2),
             (vmsa_fpu::FSW, fx::FSW, 2),
@@ -144,11 +144,11 @@ impl FpuImage {
             (vmsa_fpu::MXCSR, fx::MXCSR, 4),
             (vmsa_fpu::XMM, fx::XMM, 256),
         ] {
-            copy(page, to, fx, from, len);
+            copy(page, to, image, from, len);
         }
         for i in 0..8 {
-            copy(page, vmsa_fpu::ST + 8 * i, fx, fx::ST + 16 * i, 8);
-            copy(page, vmsa_fpu::ST + 64 + 2 * i, fx, fx::ST + 16 * i + 8, 2);
+            copy(page, vmsa_fpu::ST + 8 * i, image, fx::ST + 16 * i, 8);
+            copy(page, vmsa_fpu::ST + 64 + 2 * i, image, fx::ST + 16 * i + 8, 2);
         }
     }
 
@@ -156,7 +156,7 @@ impl FpuImage {
     /// FXRSTOR would refuse cleared: MXCSR keeps [`MXCSR_LOADABLE`], the tag word its
     /// abridged byte, the opcode its 11 bits.
     pub fn from_vmsa(page: &[u8; 4096]) -> Self {
-        let mut fx = [0u8; 512];
+        let mut image = [0u8; 512];
         for (to, from, len) in [
             (fx::FCW, vmsa_fpu::FCW, 2),
             (fx::FSW, vmsa_fpu::FSW, 2),
@@ -167,19 +167,19 @@ impl FpuImage {
             (fx::MXCSR, vmsa_fpu::MXCSR, 4),
             (fx::XMM, vmsa_fpu::XMM, 256),
         ] {
-            copy(&mut fx, to, page, from, len);
+            copy(&mut image, to, page, from, len);
         }
         for i in 0..8 {
-            copy(&mut fx, fx::ST + 16 * i, page, vmsa_fpu::ST + 8 * i, 8);
-            copy(&mut fx, fx::ST + 16 * i + 8, page, vmsa_fpu::ST + 64 + 2 * i, 2);
+            copy(&mut image, fx::ST + 16 * i, page, vmsa_fpu::ST + 8 * i, 8);
+            copy(&mut image, fx::ST + 16 * i + 8, page, vmsa_fpu::ST + 64 + 2 * i, 2);
         }
-        if let Some(fop) = fx.get_mut(fx::FOP + 1) {
+        if let Some(fop) = image.get_mut(fx::FOP + 1) {
             *fop &= 0x07;
         }
-        if let Some(mxcsr) = fx.get_mut(fx::MXCSR..fx::MXCSR + 4).and_then(|m| <&mut [u8; 4]>::try_from(m).ok()) {
+        if let Some(mxcsr) = image.get_mut(fx::MXCSR..fx::MXCSR + 4).and_then(|m| <&mut [u8; 4]>::try_from(m).ok()) {
             *mxcsr = (u32::from_le_bytes(*mxcsr) & MXCSR_LOADABLE).to_le_bytes();
         }
-        Self(fx)
+        Self(image)
     }
 }
 
