@@ -134,17 +134,8 @@ impl FpuImage {
     /// another; no YMM upper halves, which FXSAVE does not hold).
     pub fn write_vmsa(&self, page: &mut [u8; 4096]) {
         let image = &self.0;
-        for (to, from, len) in [
-            (vmsa_fpu::FCW, fx::FCW, 2),
-            (vmsa_fpu::FSW, fx::FSW, 2),
-            (vmsa_fpu::FTW, fx::FTW, 2),
-            (vmsa_fpu::FOP, fx::FOP, 2),
-            (vmsa_fpu::RIP, fx::RIP, 8),
-            (vmsa_fpu::DP, fx::DP, 8),
-            (vmsa_fpu::MXCSR, fx::MXCSR, 4),
-            (vmsa_fpu::XMM, fx::XMM, 256),
-        ] {
-            copy(page, to, image, from, len);
+        for (at_vmsa, at_image, len) in FPU_FIELDS {
+            copy(page, at_vmsa, image, at_image, len);
         }
         for i in 0..8 {
             copy(page, vmsa_fpu::ST + 8 * i, image, fx::ST + 16 * i, 8);
@@ -157,21 +148,16 @@ impl FpuImage {
     /// abridged byte, the opcode its 11 bits.
     pub fn from_vmsa(page: &[u8; 4096]) -> Self {
         let mut image = [0u8; 512];
-        for (to, from, len) in [
-            (fx::FCW, vmsa_fpu::FCW, 2),
-            (fx::FSW, vmsa_fpu::FSW, 2),
-            (fx::FTW, vmsa_fpu::FTW, 1),
-            (fx::FOP, vmsa_fpu::FOP, 2),
-            (fx::RIP, vmsa_fpu::RIP, 8),
-            (fx::DP, vmsa_fpu::DP, 8),
-            (fx::MXCSR, vmsa_fpu::MXCSR, 4),
-            (fx::XMM, vmsa_fpu::XMM, 256),
-        ] {
-            copy(&mut image, to, page, from, len);
+        for (at_vmsa, at_image, len) in FPU_FIELDS {
+            copy(&mut image, at_image, page, at_vmsa, len);
         }
         for i in 0..8 {
             copy(&mut image, fx::ST + 16 * i, page, vmsa_fpu::ST + 8 * i, 8);
             copy(&mut image, fx::ST + 16 * i + 8, page, vmsa_fpu::ST + 64 + 2 * i, 2);
+        }
+        // FXSAVE's tag word is one abridged byte; the byte after it is reserved.
+        if let Some(reserved) = image.get_mut(fx::FTW + 1) {
+            *reserved = 0;
         }
         if let Some(fop) = image.get_mut(fx::FOP + 1) {
             *fop &= 0x07;
@@ -182,6 +168,19 @@ impl FpuImage {
         Self(image)
     }
 }
+
+/// The x87/SSE fields a VMSA and an FXSAVE image share: (VMSA offset, image offset,
+/// bytes). The x87 registers themselves are laid out differently (`write_vmsa`).
+const FPU_FIELDS: [(usize, usize, usize); 8] = [
+    (vmsa_fpu::FCW, fx::FCW, 2),
+    (vmsa_fpu::FSW, fx::FSW, 2),
+    (vmsa_fpu::FTW, fx::FTW, 2),
+    (vmsa_fpu::FOP, fx::FOP, 2),
+    (vmsa_fpu::RIP, fx::RIP, 8),
+    (vmsa_fpu::DP, fx::DP, 8),
+    (vmsa_fpu::MXCSR, fx::MXCSR, 4),
+    (vmsa_fpu::XMM, fx::XMM, 256),
+];
 
 /// The MXCSR bits FXRSTOR loads on every x86-64 CPU: all but DAZ (bit 6, which older
 /// CPUs lack) and the reserved bits above 15. A VMSA from elsewhere is masked to them
