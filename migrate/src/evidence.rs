@@ -113,6 +113,16 @@ impl ReportVerifier {
         Self { roots }
     }
 
+    /// A verifier that trusts the ARK of a certificate table (the one an SVSM's own
+    /// reports come with: a peer must be under the same root).
+    pub fn trusting_ark_of(table: &[u8]) -> Option<Self> {
+        let ark = Self::root_of(certificate(table, &ARK)?)?;
+        let mut roots = Vec::new();
+        roots.try_reserve(1).ok()?;
+        roots.push(ark);
+        Some(Self::new(roots))
+    }
+
     /// A root from an ARK certificate (DER): its SubjectPublicKeyInfo.
     pub fn root_of(ark_certificate: &[u8]) -> Option<Vec<u8>> {
         Certificate::from_der(ark_certificate).ok()?.tbs_certificate.subject_public_key_info.to_der().ok()

@@ -51,6 +51,7 @@ extern crate alloc;
 
 pub mod channel;
 pub mod evidence;
+pub mod relay;
 pub mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

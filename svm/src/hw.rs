@@ -87,4 +87,10 @@ pub trait SvmCpu<P: PageMem> {
     fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4];
     /// How often the set of runnable vCPUs changed so far (as [`SvmHw::generation`]).
     fn generation(&self) -> u64;
+    /// Whether the CPU's own loop wants to look at something between the guest's exits
+    /// (a migration to drive): a HLT then goes back to the loop instead of being skipped
+    /// on the spot.
+    fn attention(&self) -> bool {
+        false
+    }
 }

@@ -91,7 +91,7 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
             }
             // A kick: the next VMRUN sees it and calls the vCPU back.
             Action::Kicked => {}
-            Action::Halt if t.alone && cpu.generation() == t.generation => v.skip(exit::HLT_LEN),
+            Action::Halt if t.alone && cpu.generation() == t.generation && !cpu.attention() => v.skip(exit::HLT_LEN),
             Action::Undefined => v.inject_ud(),
             _ => return Some(e),
         }

@@ -178,6 +178,31 @@ impl<H: SvmHw> SvmShared<H> {
         }
     }
 
+    /// Pause the guest (a migration's last round) from `cpu`, which holds no vCPU: no
+    /// vCPU is taken out from now on, and those out on other CPUs are called back.
+    /// Returns once every vCPU is in the SVSM's hands.
+    pub fn pause(&self, cpu: u32) {
+        let out = self.state.slots.pause();
+        for other in out.iter().filter(|other| *other != cpu) {
+            self.hw.kick(other);
+        }
+        // A kicked CPU puts its vCPU back right after it leaves the guest.
+        while !self.state.slots.all_here() {
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Let the paused guest run again.
+    pub fn resume(&self) {
+        self.state.slots.resume();
+        self.hw.vcpus_changed();
+    }
+
+    /// Is the guest paused?
+    pub fn paused(&self) -> bool {
+        self.state.slots.paused()
+    }
+
     /// `f` on vCPU `index`, if it is in the SVSM's hands (not out on a CPU).
     pub fn with_vcpu<R>(&self, index: u32, f: impl FnOnce(&SvmVcpu<H::Page>) -> R) -> Option<R> {
         self.state.slots.with(index, |v| f(v))

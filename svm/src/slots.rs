@@ -18,7 +18,7 @@
 use crate::hw::PageMem;
 use crate::vcpu::SvmVcpu;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// CPUs a platform can kick (the bit width of [`CpuSet`]); more CPUs than this serve as
@@ -116,6 +116,8 @@ pub struct Slots<P> {
     cpus: u32,
     /// The serial the next inserted vCPU gets.
     next_serial: AtomicU64,
+    /// The guest is paused ([`Slots::pause`]): no vCPU is taken out.
+    paused: AtomicBool,
 }
 
 impl<P: PageMem> Slots<P> {
@@ -124,7 +126,7 @@ impl<P: PageMem> Slots<P> {
         let mut slots = Vec::new();
         slots.try_reserve_exact(capacity).ok()?;
         slots.resize_with(capacity, || Mutex::new(None));
-        Some(Self { slots, cpus: cpus.clamp(1, MAX_CPUS), next_serial: AtomicU64::new(1) })
+        Some(Self { slots, cpus: cpus.clamp(1, MAX_CPUS), next_serial: AtomicU64::new(1), paused: AtomicBool::new(false) })
     }
 
     pub fn cpus(&self) -> u32 {
@@ -208,7 +210,9 @@ impl<P: PageMem> Slots<P> {
     pub fn take(&self, index: u32, cpu: u32) -> Option<SvmVcpu<P>> {
         let mut slot = self.slot(index)?.lock();
         let Some(Slot::Here(v)) = slot.as_ref() else { return None };
-        if v.stopped {
+        // Read under the slot's lock: a pause that looked at this slot before this take
+        // finds the vCPU out and waits for it; one that looks after it is seen here.
+        if v.stopped || self.paused.load(Ordering::SeqCst) {
             return None;
         }
         let r = Running {
@@ -297,6 +301,35 @@ impl<P: PageMem> Slots<P> {
             }
         });
         stopped.ok_or(NoSuchVcpu)
+    }
+
+    /// Pause the guest (a migration's last round): no vCPU is taken out from now on.
+    /// Returns the CPUs that have one out, to be kicked; the pause is complete once
+    /// [`Slots::all_here`] says so.
+    pub fn pause(&self) -> CpuSet {
+        self.paused.store(true, Ordering::SeqCst);
+        let mut kick = CpuSet::default();
+        for slot in &self.slots {
+            if let Some(Slot::Out(r)) = slot.lock().as_ref() {
+                kick.insert(r.cpu);
+            }
+        }
+        kick
+    }
+
+    /// Let the paused guest run again.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Is the guest paused?
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Is every vCPU in the SVSM's hands (none out on a CPU)?
+    pub fn all_here(&self) -> bool {
+        self.slots.iter().all(|slot| !matches!(slot.lock().as_ref(), Some(Slot::Out(_))))
     }
 
     /// Nested paging changed: every vCPU in the SVSM's hands flushes on its next VMRUN;

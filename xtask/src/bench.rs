@@ -140,6 +140,9 @@ fn svm_benches() -> Result {
         notify: Vec::new(),
         limit: std::time::Duration::from_secs(120),
         disk: None,
+        label: "",
+        stop: None,
+        migration: None,
     };
     let (mut runs, mut isolation, mut region, mut user) = (Vec::new(), Vec::new(), None, Vec::new());
     for i in 1..=SVM_BENCH_BOOTS {

@@ -65,6 +65,9 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         notify: vec![(STUB_WAITS, stub_ready), (AGENT_SERVES, agent_ready)],
         limit: time_limit(options),
         disk: disk.as_ref().map(Disk::drive),
+        label: "",
+        stop: None,
+        migration: None,
     };
     let plan =
         agent::Plan { session: options.agent == AgentMode::Check, state: disk.as_ref().map(|d| d.tpm_record.clone()) };
@@ -89,6 +92,7 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         (qemu::Outcome::FailureReported, None) => Err("the SVSM or the guest reported a failure".into()),
         (qemu::Outcome::FailureReported, Some(kind)) => judge_crash(&boot, kind, options.log_only).map(|()| None),
         (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
+        (qemu::Outcome::Migrated, _) => Err("the SVSM said it migrated its guest away, in a boot without a migration".into()),
     }
 }
 

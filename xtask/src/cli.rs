@@ -61,6 +61,11 @@ commands:
                                      answers (the SVSM gives up after 10 s and serves on without
                                      the vTPM); a kept disk sealed to an earlier launch is set aside
                                      (*.previous-launch.img) for a blank one
+  migrate [--fault KIND@N]           a live migration between two QEMU instances through
+                                     bulwark migrate relay, the guest running: the guest must find
+                                     its memory, vTPM and OCP on the destination; with --fault
+                                     (flip, drop, replay, reorder, truncate at relayed buffer N) the
+                                     migration must fail and the source's guest run on
   help                               show this text
 ";
 
@@ -73,6 +78,7 @@ pub enum Task {
     Bench(BenchParts),
     Igvm(IgvmOptions),
     Boot(BootOptions),
+    Migrate(crate::migrate::MigrateOptions),
     Help,
 }
 
@@ -237,6 +243,7 @@ pub fn parse(args: &[String]) -> Result<Task> {
         "bench" => Task::Bench(options.bench()?),
         "igvm" => Task::Igvm(options.igvm()?),
         "boot" => Task::Boot(options.boot()?),
+        "migrate" => Task::Migrate(options.migrate()?),
         // Anything after `help` is ignored, as before.
         "help" | "-h" | "--help" => return Ok(Task::Help),
         other => return Err(format!("unknown command `{other}`\n\n{USAGE}")),
@@ -309,6 +316,17 @@ impl<'a> Options<'a> {
                     let only_svm = self.word(arg, &[("model", false), ("svm", true)])?;
                     o = BenchParts { model: !only_svm, svm: only_svm };
                 }
+                _ => return Err(self.unknown(arg)),
+            }
+        }
+        Ok(o)
+    }
+
+    fn migrate(&mut self) -> Result<crate::migrate::MigrateOptions> {
+        let mut o = crate::migrate::MigrateOptions::default();
+        while let Some(arg) = self.rest.next() {
+            match arg.as_str() {
+                "--fault" => o.fault = Some(self.value(arg)?.clone()),
                 _ => return Err(self.unknown(arg)),
             }
         }

@@ -11,7 +11,8 @@
 //! - `bench` — the model's benchmarks, the tpm-bridge benchmark and the svm call round
 //!   trip (`bench.rs`);
 //! - `boot`  — the bare-metal SVSM booted under QEMU with the test guest (`boot.rs`);
-//! - `igvm`  — the SVSM as an IGVM file for SEV-SNP hosts (`igvm.rs`).
+//! - `igvm`  — the SVSM as an IGVM file for SEV-SNP hosts (`igvm.rs`);
+//! - `migrate` — a live migration between two QEMU instances (`migrate.rs`).
 //!
 //! Around them: the command line (`cli.rs`), running cargo and other programs
 //! (`shell.rs`), building the bare-metal images (`image.rs`), QEMU (`qemu.rs`), the
@@ -27,6 +28,7 @@ mod evidence;
 mod fuzz;
 mod igvm;
 mod image;
+mod migrate;
 mod prereqs;
 mod qemu;
 mod rsp;
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Task::Bench(parts) => bench::run(parts).map(|()| ExitCode::SUCCESS),
         Task::Boot(options) => boot::run(&options).map(|()| ExitCode::SUCCESS),
         Task::Igvm(options) => igvm::run(&options).map(|()| ExitCode::SUCCESS),
+        Task::Migrate(options) => migrate::run(&options).map(|()| ExitCode::SUCCESS),
         Task::Help => {
             print!("{}", cli::USAGE);
             Ok(ExitCode::SUCCESS)

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const EXIT_SUCCESS: i32 = 3;
 /// ... and 2 (failure).
 const EXIT_FAILURE: i32 = 5;
+/// ... and 3 (a live migration's source after its commit).
+const EXIT_MIGRATED: i32 = 7;
 
 /// How the SVSM ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub enum Outcome {
     Success,
     /// ... wrote "failure".
     FailureReported,
+    /// The SVSM, a live migration's source, committed: the guest went to the destination.
+    Migrated,
 }
 
 /// What a boot printed, how it ended and how long it took.
@@ -52,6 +56,14 @@ pub struct Run<'a> {
     pub limit: Duration,
     /// The sealed store's disk, as a virtio-blk drive with the serial the SVSM looks for.
     pub disk: Option<Drive<'a>>,
+    /// A word that marks this instance's lines and files when two run at once ("" for
+    /// none): `source svsm | ...`, `source-guest-serial.log`.
+    pub label: &'a str,
+    /// Set by whoever drives the run beside QEMU when it gave up: QEMU is stopped.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// The live-migration device: an `ivshmem-plain` PCI device whose memory is this
+    /// file (two pages, shared with `bulwark migrate relay`).
+    pub migration: Option<&'a Path>,
 }
 
 /// What backs the state disk's drive.
@@ -82,6 +94,8 @@ struct GuestConsole {
     path: std::path::PathBuf,
     seen: usize,
     partial: String,
+    /// Marks the lines of one of two instances.
+    prefix: String,
 }
 
 impl GuestConsole {
@@ -95,7 +109,7 @@ impl GuestConsole {
         while let Some(end) = self.partial.find('\n') {
             let line: String = self.partial[..end].trim_end().to_string();
             self.partial.drain(..=end);
-            println!("guest | {line}");
+            println!("{}guest | {line}", self.prefix);
             boot.guest_lines.push(line);
         }
     }
@@ -104,7 +118,12 @@ impl GuestConsole {
 /// Boot `run` under QEMU; returns what it printed and how it ended, or why it failed.
 pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let started = Instant::now();
-    let guest_log = run.svsm.with_file_name("guest-serial.log");
+    let guest_log = run.svsm.with_file_name(if run.label.is_empty() {
+        "guest-serial.log".to_string()
+    } else {
+        format!("{}-guest-serial.log", run.label)
+    });
+    let prefix = if run.label.is_empty() { String::new() } else { format!("{} ", run.label) };
     let _ = std::fs::remove_file(&guest_log);
     let mut child = command(run, &guest_log)
         .stdin(Stdio::null())
@@ -114,7 +133,7 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
         .map_err(|e| format!("could not start qemu-system-x86_64: {e}"))?;
     let lines = stdout_lines(child.stdout.take().ok_or("no QEMU stdout")?);
     let errors = stderr_messages(child.stderr.take().ok_or("no QEMU stderr")?);
-    let mut console = GuestConsole { path: guest_log, seen: 0, partial: String::new() };
+    let mut console = GuestConsole { path: guest_log, seen: 0, partial: String::new(), prefix: prefix.clone() };
     let mut boot = Boot {
         lines: Vec::new(),
         guest_lines: Vec::new(),
@@ -125,16 +144,17 @@ pub fn boot(run: &Run<'_>) -> Result<Boot, String> {
     let status = watch(run, &mut child, &lines, &mut console, &mut boot, started)?;
     // The reader thread ends when QEMU's stdout closes; drain what is left.
     for line in lines.iter() {
-        record(&mut boot, line, started);
+        record(&mut boot, line, started, &console.prefix);
     }
     console.poll(&mut boot);
     boot.total = started.elapsed();
     for line in errors.join().unwrap_or_default() {
-        eprintln!("qemu | {line}");
+        eprintln!("{prefix}qemu | {line}");
     }
     match status.code() {
         Some(EXIT_SUCCESS) => Ok(boot),
         Some(EXIT_FAILURE) => Ok(Boot { outcome: Outcome::FailureReported, ..boot }),
+        Some(EXIT_MIGRATED) => Ok(Boot { outcome: Outcome::Migrated, ..boot }),
         Some(0) => Err("QEMU exited with 0: the SVSM triple-faulted or reset".into()),
         other => Err(format!("QEMU exited with {other:?}")),
     }
@@ -165,6 +185,12 @@ fn command(run: &Run<'_>, guest_log: &Path) -> Command {
     }
     if run.disk.is_some() {
         command.args(["-device", "virtio-blk-pci,drive=state,serial=bulwark-state"]);
+    }
+    if let Some(file) = run.migration {
+        command
+            .arg("-object")
+            .arg(format!("memory-backend-file,id=migration,share=on,mem-path={},size=8K", file.display()))
+            .args(["-device", "ivshmem-plain,memdev=migration"]);
     }
     let tcp = |port: u16| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")];
     command
@@ -224,7 +250,7 @@ fn watch(
 ) -> Result<ExitStatus, String> {
     loop {
         while let Ok(line) = lines.try_recv() {
-            record(boot, line, started);
+            record(boot, line, started, &console.prefix);
             if let Some(last) = boot.lines.last() {
                 for (_, tell) in run.notify.iter().filter(|(p, _)| last.starts_with(p)) {
                     let _ = tell.send(());
@@ -241,6 +267,12 @@ fn watch(
         if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
             return Ok(status);
         }
+        if run.stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            console.poll(boot);
+            return Err("stopped: the run beside QEMU failed".into());
+        }
         if started.elapsed() > run.limit {
             let _ = child.kill();
             let _ = child.wait();
@@ -251,7 +283,7 @@ fn watch(
     }
 }
 
-fn record(boot: &mut Boot, line: String, started: Instant) {
+fn record(boot: &mut Boot, line: String, started: Instant, prefix: &str) {
     // SeaBIOS clears the screen with escape sequences before the SVSM runs.
     let clean: String = line.chars().filter(|c| !c.is_control() || *c == '\t').collect();
     let text = clean.rsplit("Booting from ROM..").next().unwrap_or(&clean).trim_end().to_string();
@@ -259,7 +291,7 @@ fn record(boot: &mut Boot, line: String, started: Instant) {
         boot.first_line_after = Some(started.elapsed());
     }
     if boot.first_line_after.is_some() {
-        println!("svsm | {text}");
+        println!("{prefix}svsm | {text}");
         boot.lines.push(text);
     }
 }

@@ -77,13 +77,25 @@ impl Svsm {
         p: &P,
         from_pfn: u64,
     ) -> Result<(Vec<u8>, Option<u64>), ServiceStateError> {
+        self.export_memory_up_to(p, from_pfn, MAX_CHUNK_PAGES)
+    }
+
+    /// [`Svsm::export_memory`] with at most `max_pages` pages in the chunk (a small heap
+    /// sends smaller chunks; at least one page, at most [`MAX_CHUNK_PAGES`]).
+    pub fn export_memory_up_to<P: Platform + ?Sized>(
+        &self,
+        p: &P,
+        from_pfn: u64,
+        max_pages: usize,
+    ) -> Result<(Vec<u8>, Option<u64>), ServiceStateError> {
+        let max_pages = max_pages.clamp(1, MAX_CHUNK_PAGES);
         let mut out = Out(Vec::new());
         out.bytes(MEMORY_MAGIC)?.u32(0)?;
         let mut count = 0usize;
         let mut page = [0u8; PAGE_BYTES];
         for range in self.pages.ram() {
             for pfn in range.start_pfn().max(from_pfn)..range.end_pfn() {
-                if count == MAX_CHUNK_PAGES {
+                if count == max_pages {
                     return finish_chunk(out, count, Some(pfn));
                 }
                 let addr = PageAddr::from_pfn(pfn);

@@ -7,6 +7,8 @@ use x86::port::outl;
 
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
 const FAILURE: u32 = 2;
+/// A migration source that committed: status 7.
+const MIGRATED: u32 = 3;
 
 pub fn failure() -> ! {
     super::console::replay_for_failure();
@@ -14,5 +16,12 @@ pub fn failure() -> ! {
     super::snp::fail();
     outl(DEBUG_EXIT_PORT, FAILURE);
     // Without the device (another VMM): stop here.
+    super::cpu::halt_forever()
+}
+
+/// A migration's source after its commit: the guest runs on at the destination, and
+/// never again here.
+pub fn migrated() -> ! {
+    outl(DEBUG_EXIT_PORT, MIGRATED);
     super::cpu::halt_forever()
 }

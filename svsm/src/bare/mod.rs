@@ -26,6 +26,7 @@ mod guest_phys;
 mod heap;
 mod lapic;
 mod launch;
+mod migration;
 mod native;
 mod pages;
 mod percpu;
@@ -138,32 +139,94 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     } else {
         println!("vtpm: crash check FAILED");
     }
-    let started = clock::monotonic_ns();
-    let vtpm = match sealed {
-        Sealed::Open(sealed) => {
-            svsm.install_sealed(&mut platform.platform(0), sealed.clone());
-            vtpm::start_sealed(sealed)
+    let device = migration_device(&info);
+    let incoming = cmdline_has(&info, "migrate=incoming");
+    if incoming {
+        let Some(pages) = device else {
+            println!("FAILED: migrate=incoming, but there is no usable migration device (ivshmem)");
+            exit::failure()
+        };
+        arrive(&mut svsm, &platform, pages);
+    } else {
+        let started = clock::monotonic_ns();
+        let vtpm = match sealed {
+            Sealed::Open(sealed) => {
+                svsm.install_sealed(&mut platform.platform(0), sealed.clone());
+                vtpm::start_sealed(sealed)
+            }
+            Sealed::NoDisk => vtpm::manufacture().map(|v| (v, true)),
+            Sealed::Refused => {
+                Err("its sealed state could not be opened; the vTPM does not start on state it cannot trust")
+            }
+        };
+        match vtpm {
+            Ok((v, new)) => {
+                let ms = (clock::monotonic_ns() - started) / 1_000_000;
+                let how = if new { "manufactured" } else { "started from its sealed NV state" };
+                println!(
+                    "vtpm: libtpms {how} in {ms} ms in its service process at CPL 3; its EK (RSA-2048, TCG template L-1) is in the attestation manifest"
+                );
+                svsm.install_vtpm(v);
+            }
+            Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
         }
-        Sealed::NoDisk => vtpm::manufacture().map(|v| (v, true)),
-        Sealed::Refused => {
-            Err("its sealed state could not be opened; the vTPM does not start on state it cannot trust")
+        if let Some(pages) = device {
+            println!("migration: a migration device is present: this SVSM can be a live migration's source");
+            migration::arm(pages);
         }
-    };
-    match vtpm {
-        Ok((v, new)) => {
-            let ms = (clock::monotonic_ns() - started) / 1_000_000;
-            let how = if new { "manufactured" } else { "started from its sealed NV state" };
-            println!(
-                "vtpm: libtpms {how} in {ms} ms in its service process at CPL 3; its EK (RSA-2048, TCG template L-1) is in the attestation manifest"
-            );
-            svsm.install_vtpm(v);
-        }
-        Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
     }
     native::publish(native::Shared { platform, svsm });
     let native::End::Broken(why) = native::serve(0, svm.host_state_phys());
     println!("FAILED: {why}");
     exit::failure()
+}
+
+/// The migration device, if QEMU has one (`-device ivshmem-plain`); its memory must not
+/// be RAM of the launch's memory map.
+fn migration_device(info: &pvh::StartInfo) -> Option<[svm::migration_device::BarPage; 2]> {
+    let is_ram = |start: u64, end: u64| {
+        (0..info.memmap_entries.min(128))
+            .filter_map(|i| info.memory(i))
+            .filter(|r| r.kind == 1)
+            .any(|r| r.addr < end && start < r.addr.saturating_add(r.size))
+    };
+    match svm::migration_device::find(is_ram) {
+        Ok(pages) => Some(pages),
+        Err(svm::migration_device::DeviceError::Absent) => None,
+        Err(e) => {
+            println!("migration: the migration device is unusable ({e:?}); no migration");
+            None
+        }
+    }
+}
+
+/// A migration's destination: take the guest's state from the source before the guest's
+/// first instruction here, then its vTPM and settings. A failed migration stops this
+/// SVSM: the guest runs on at the source and never ran here.
+fn arrive(
+    svsm: &mut kernel::svsm::Svsm,
+    platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
+    pages: [svm::migration_device::BarPage; 2],
+) {
+    let services = match migration::receive(svsm, platform, pages) {
+        Ok(services) => services,
+        Err(e) => {
+            println!("FAILED: migration: {e}; the guest never ran here");
+            exit::failure()
+        }
+    };
+    if let Some(snapshot) = &services.vtpm {
+        match vtpm::resume(snapshot) {
+            Ok(v) => {
+                println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3");
+                svsm.install_vtpm(v);
+            }
+            Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
+        }
+    }
+    if let Err(e) = services.apply_settings(svsm, &mut platform.platform(0)) {
+        println!("migration: the source's settings were not applied ({e:?})");
+    }
 }
 
 /// The key request parameters of this launch: guest SVN 0 (the svm platform has no ID

@@ -54,6 +54,16 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
             kick::idle_until(cpu, || kick::generation() != generation);
             continue;
         };
+        // CPU 0 drives a live migration's source between its guest's exits
+        // (`migration`); its last round needs every vCPU back, this CPU's own first.
+        if cpu == 0 && super::migration::armed() && super::migration::poll(shared) == super::migration::Poll::Pause {
+            if let Some(mut t) = current.take() {
+                super::cpu::fxsave_vcpu(&mut t.vcpu.fpu);
+                shared.platform.put_back(t);
+            }
+            super::migration::last_round(shared);
+            continue;
+        }
         if current.is_none() {
             current = shared.platform.take_next(cpu, last, generation);
             // VMRUN does not switch the x87/SSE registers: they go back with a vCPU into

@@ -31,28 +31,50 @@ const BUDGET_MS: u64 = 120_000;
 
 /// The engine the kernel's vTPM protocol calls: the service process behind a channel,
 /// run on the calling CPU until it answers.
-type ProcessTpm = ServiceTpm<Box<dyn FnMut() -> bool + Send>>;
+type ProcessTpm = ServiceTpm<RunService>;
+/// Runs the service process until it waits again; false once it has ended.
+type RunService = Box<dyn FnMut() -> bool + Send>;
 
 /// Load a vTPM service process and start its engine from `nv` (empty: a new TPM).
 fn start(id: u32, nv: &NvBlobs) -> Result<ProcessTpm, &'static str> {
+    let (channel, run) = load(id)?;
+    ServiceTpm::start(channel, run, nv).map_err(start_error)
+}
+
+/// Load a vTPM service process: the channel to it and the closure that runs it.
+fn load(id: u32) -> Result<(Arc<Channel>, RunService), &'static str> {
     if VTPM.0.is_empty() {
         return Err("no vTPM service module in this image (built without `cargo xtask`)");
     }
     let channel = Arc::new(Channel::default());
     let mut service = Loaded::new(id, PAGE_QUOTA, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
         .map_err(|_| "the vTPM service module did not load")?;
-    let run: Box<dyn FnMut() -> bool + Send> = Box::new(move || match service.run(BUDGET_MS) {
+    let run: RunService = Box::new(move || match service.run(BUDGET_MS) {
         Ended::Blocked => true,
         ended => {
             println!("vtpm: the service process ended ({ended:?}); vTPM calls now get TPM_RC_FAILURE");
             false
         }
     });
-    ServiceTpm::start(channel, run, nv).map_err(|e| match e {
-        StartError::StateTooLarge => "the kept NV state does not fit the start message",
+    Ok((channel, run))
+}
+
+fn start_error(e: StartError) -> &'static str {
+    match e {
+        StartError::StateTooLarge => "the kept state does not fit the start message",
         StartError::Service => "the vTPM service process did not start",
-        StartError::Engine(_) => "libtpms refused the kept NV state",
-    })
+        StartError::Engine(_) => "libtpms refused the kept state",
+    }
+}
+
+/// Continue, in a new service process, the vTPM a migration's source saved: the same EK,
+/// NV indices, persistent and loaded objects. No NV storage (the destination of a
+/// migration keeps no sealed state yet).
+pub fn resume(snapshot: &kernel::migration::VtpmSnapshot) -> Result<Vtpm, &'static str> {
+    let (channel, run) = load(PROCESS_ID)?;
+    let engine = ServiceTpm::resume(channel, run, &snapshot.state).map_err(start_error)?;
+    Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, None)
+        .map_err(|_| "resuming the migrated vTPM failed")
 }
 
 /// Start the vTPM service process and manufacture a vTPM through it (Startup, EK), with

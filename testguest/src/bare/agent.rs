@@ -5,10 +5,19 @@
 //! real protocol path (host tool -> guest serial port -> VMMCALL -> SVSM), and how
 //! `bulwark tpm-bridge --qemu HOST:PORT` reaches the vTPM.
 //!
-//! Requests: `list`, `read <index>`, `write <index> <hex>`, `tpm <hex>`, `manifest`, `quit`.
+//! Requests: `list`, `read <index>`, `write <index> <hex>`, `tpm <hex>`, `manifest`,
+//! `fill <seed>`, `churn <seed> <rounds>`, `check <seed>`, `query`, `quit`.
 //! Answers: `OK <hex>` (list: the raw 128-byte entries; read: the source's bytes; write:
 //! the byte count as a u32 LE; tpm: the TPM response; manifest: the attestation services
-//! manifest of a fresh SVSM_ATTEST_SERVICES) or `ERR <why>`.
+//! manifest of a fresh SVSM_ATTEST_SERVICES; fill, churn: the seed the pattern pages now
+//! hold, u32 LE; check: nothing; query: the core and vTPM protocols' QUERY_PROTOCOL
+//! answers, two u64 LE) or `ERR <why>`.
+//!
+//! `fill`, `churn` and `check` are the live-migration test's workload (`cargo xtask
+//! migrate`): the guest writes a pattern that names the seed, the page and the word into
+//! [`PATTERN_PAGES`] pages of its scratch memory (`churn`: again and again, one seed after
+//! another, with a call to the SVSM between pages, while the source's pre-copy rounds run),
+//! and checks after the migration that every page holds what it wrote last.
 #![expect(unsafe_code, reason = "HLT while it waits for the host")]
 
 use abi::ocp::ENTRY_SIZE;
@@ -25,6 +34,10 @@ const PORT: Uart16550 = Uart16550::COM4;
 /// rather than grown without bound.
 const LINE_MAX: usize = 2 * 4096 + 64;
 const CHUNK: u32 = 4096;
+/// The workload's pages: the upper half of the validated scratch region (the lower half
+/// holds the agent's own buffers).
+const PATTERN_AT: u64 = super::suite::SCRATCH + 0x8_0000;
+pub const PATTERN_PAGES: u64 = 128;
 
 fn read_line() -> Option<String> {
     let mut line = Vec::new();
@@ -86,6 +99,12 @@ pub fn serve<T: Transport>(c: &mut Client<T>, buffer: u64) {
                 _ => Err("bad index or data".into()),
             },
             (Some("manifest"), None, None) => manifest(c, buffer),
+            (Some("fill"), Some(seed), None) => number(seed).and_then(|seed| churn(c, seed, 1)),
+            (Some("churn"), Some(seed), Some(rounds)) => {
+                number(seed).and_then(|seed| number(rounds).and_then(|rounds| churn(c, seed, rounds)))
+            }
+            (Some("check"), Some(seed), None) => number(seed).and_then(|seed| check(c, seed)),
+            (Some("query"), None, None) => query(c),
             (Some("tpm"), Some(command), None) => match unhex(command) {
                 Some(command) => tpm(c, buffer, &command),
                 None => Err("bad TPM command hex".into()),
@@ -144,4 +163,53 @@ fn tpm<T: Transport>(c: &mut Client<T>, buffer: u64, command: &[u8]) -> Result<V
 /// the services manifest it returns.
 fn manifest<T: Transport>(c: &mut Client<T>, buffer: u64) -> Result<Vec<u8>, String> {
     super::evidence::attest(c, buffer + 0x1000, &[0x6E; 64]).map(|e| e.manifest)
+}
+
+fn number(word: &str) -> Result<u32, String> {
+    word.parse().map_err(|_| alloc::format!("`{word}` is not a number"))
+}
+
+/// The pattern page `page` holds for `seed`: each u64 word names the seed, the page and
+/// itself.
+fn pattern(seed: u32, page: u64) -> Vec<u8> {
+    (0..512u64).flat_map(|word| (u64::from(seed) << 40 | page << 20 | word).to_le_bytes()).collect()
+}
+
+/// Write the pattern of `seed`, `seed + 1`, ... (`rounds` of them) over every pattern page,
+/// with a core call between pages (the SVSM's CPU 0 drives a migration between its
+/// guest's exits). Answers the seed the pages hold at the end.
+fn churn<T: Transport>(c: &mut Client<T>, seed: u32, rounds: u32) -> Result<Vec<u8>, String> {
+    let mut last = seed;
+    for round in 0..rounds.max(1) {
+        last = seed.wrapping_add(round);
+        for page in 0..PATTERN_PAGES {
+            c.transport.write(PATTERN_AT + page * 4096, &pattern(last, page)).map_err(|e| alloc::format!("{e:?}"))?;
+            c.query_protocol(abi::protocol::ProtocolId::CORE, 1).map_err(|e| alloc::format!("{e:?}"))?;
+        }
+    }
+    Ok(last.to_le_bytes().to_vec())
+}
+
+/// Does every pattern page hold the pattern of `seed`?
+fn check<T: Transport>(c: &mut Client<T>, seed: u32) -> Result<Vec<u8>, String> {
+    let mut got = vec![0u8; 4096];
+    for page in 0..PATTERN_PAGES {
+        c.transport.read(PATTERN_AT + page * 4096, &mut got).map_err(|e| alloc::format!("{e:?}"))?;
+        if got != pattern(seed, page) {
+            return Err(alloc::format!("pattern page {page} does not hold seed {seed}'s pattern"));
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// QUERY_PROTOCOL for the core protocol and the vTPM (0 where not served).
+fn query<T: Transport>(c: &mut Client<T>) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for protocol in [abi::protocol::ProtocolId::CORE, abi::protocol::ProtocolId::VTPM] {
+        let answer = c.query_protocol(protocol, 1).map_err(|e| alloc::format!("{e:?}"))?;
+        // As RCX carries it: the highest version in the upper half, the lowest below.
+        let (highest, lowest) = answer.unwrap_or((0, 0));
+        out.extend_from_slice(&(u64::from(highest) << 32 | u64::from(lowest)).to_le_bytes());
+    }
+    Ok(out)
 }

@@ -8,6 +8,8 @@
 //!   another store than the one bound to it. Exit status 1 if any check fails.
 //! - `bulwark igvm build --svsm ELF --out FILE ...`: the SVSM as an IGVM file (SEV-SNP and
 //!   native); `bulwark igvm measure FILE`: the launch digest it gives on SEV-SNP.
+//! - `bulwark migrate relay --source F --destination F [--fault KIND@N]`: the host's part
+//!   of a live migration between two QEMU instances, hostile on request.
 //!
 //! and, with the `model` feature (a default one), the commands that run the SVSM on the
 //! SEV-SNP model, which links libtpms as the vTPM's engine:
@@ -27,6 +29,7 @@
 
 mod attest_cmd;
 mod igvm_cmd;
+mod migrate_cmd;
 // The model's commands and what only they use.
 #[cfg(feature = "model")]
 mod agent;
@@ -50,7 +53,10 @@ const USAGE_HEAD: &str = "usage: bulwark <command> [options]
 commands:
   attest verify ...                      verify attestation evidence (`bulwark attest help`)
   igvm build --svsm ELF --out FILE ...   the SVSM as an IGVM file (`bulwark igvm help`)
-  igvm measure FILE [--json]             the SEV-SNP launch digest (MEASUREMENT) of an IGVM file";
+  igvm measure FILE [--json]             the SEV-SNP launch digest (MEASUREMENT) of an IGVM file
+  migrate relay --source F --destination F [--fault KIND@N]
+                                         relay a live migration between two QEMU instances'
+                                         migration devices (`bulwark migrate help`)";
 
 /// The commands that need the model (feature `model`).
 const USAGE_MODEL: &str = "
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
     match command {
         "attest" => attest_cmd::main(rest),
         "igvm" => igvm_cmd::main(rest),
+        "migrate" => migrate_cmd::main(rest),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             ExitCode::SUCCESS

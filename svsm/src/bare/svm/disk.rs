@@ -16,11 +16,11 @@
 use super::super::clock;
 use super::super::dma::{self, BounceHal};
 use core::mem::ManuallyDrop;
-use spin::Mutex;
+use super::pci::PortCam;
 use store::{Block, BlockDevice, IoError};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::{BarInfo, Command, ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::bus::{BarInfo, Command, DeviceFunction, PciRoot};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport, pci::virtio_device_type};
 
 /// The serial number that marks the state disk among the host's block devices.
@@ -59,38 +59,6 @@ const REQ_FLUSH: u32 = 4;
 const REQ_GET_ID: u32 = 8;
 /// The status byte of a completed request: 0 is success (`VIRTIO_BLK_S_OK`).
 const STATUS_OK: u8 = 0;
-
-/// PCI configuration mechanism #1: address at port 0xCF8, data at 0xCFC. The pair is one
-/// register set, so accesses take a lock.
-struct PortCam;
-
-static CAM_LOCK: Mutex<()> = Mutex::new(());
-
-fn cam_address(df: DeviceFunction, offset: u8) -> u32 {
-    0x8000_0000
-        | u32::from(df.bus) << 16
-        | u32::from(df.device & 0x1F) << 11
-        | u32::from(df.function & 0x7) << 8
-        | u32::from(offset & 0xFC)
-}
-
-impl ConfigurationAccess for PortCam {
-    fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
-        let _held = CAM_LOCK.lock();
-        x86::port::outl(0xCF8, cam_address(df, offset));
-        x86::port::inl(0xCFC)
-    }
-
-    fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
-        let _held = CAM_LOCK.lock();
-        x86::port::outl(0xCF8, cam_address(df, offset));
-        x86::port::outl(0xCFC, data);
-    }
-
-    unsafe fn unsafe_clone(&self) -> Self {
-        PortCam
-    }
-}
 
 /// The state disk.
 pub struct VirtioDisk {

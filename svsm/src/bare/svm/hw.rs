@@ -172,4 +172,8 @@ impl SvmCpu<Page> for BareCpu {
     fn generation(&self) -> u64 {
         kick::generation()
     }
+
+    fn attention(&self) -> bool {
+        self.cpu == 0 && super::super::migration::armed()
+    }
 }

@@ -6,6 +6,8 @@
 //!
 //! - [`enable`]: check SVM and nested paging, set EFER.SVME and the host save area;
 //! - [`disk`]: the sealed store's virtio-blk disk;
+//! - [`migration_device`]: the migration pages, on QEMU's ivshmem device;
+//! - [`pci`]: PCI configuration space;
 //! - [`hw`]: `SvmHw` and `SvmCpu` on the chip;
 //! - [`npt`]: the nested page tables' memory;
 //! - [`vmrun`]: the one unsafe trampoline that enters the guest and comes back;
@@ -17,7 +19,9 @@
 pub mod disk;
 pub mod hw;
 pub mod kick;
+pub mod migration_device;
 pub mod npt;
+pub mod pci;
 pub mod psp;
 pub mod vcek_cert;
 pub mod vmrun;

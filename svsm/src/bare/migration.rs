@@ -1,0 +1,415 @@
+//! Live migration on the bare svm SVSM: the two ends of a session over the migration
+//! device (`svm::migration_device`), driven by CPU 0 (docs/migration.md, "The QEMU end to
+//! end").
+//!
+//! - **Destination** (`migrate=incoming` on the command line): before the guest's first
+//!   instruction, [`receive`] waits for the host to start the pages, runs the session to
+//!   its end and applies the state stream as it arrives (`kernel::migration::stream`). The
+//!   guest runs only if the stream completed under a FINISH; otherwise the SVSM stops and
+//!   the guest never ran here.
+//! - **Source**: [`arm`] keeps the device; CPU 0 calls [`poll`] between its guest's exits.
+//!   When the host writes `RUNNING` into the outbound page, a session starts; once the
+//!   peer is attested, the rounds run while the guest does: dirty tracking on, every
+//!   validated page, then the pages written meanwhile, round after round. When a round is
+//!   small enough (or enough rounds have passed), [`poll`] asks for the pause and
+//!   [`last_round`] stops every vCPU, sends what is left, commits, and ends this SVSM (the
+//!   guest runs on at the destination). Any failure before the commit gives the guest
+//!   back its pages' write access and lets it run on here.
+
+use super::clock;
+use super::cpu;
+use super::native::Shared;
+use super::svm::hw::BareSvm;
+use super::svm::migration_device::BarPage;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use kernel::Svsm;
+use kernel::migration::stream::{self, Incoming, Item};
+use kernel::migration::{MAX_CHUNK_PAGES, ServiceState};
+use migrate::channel::{MigrationChannel, MigrationPage, PageChannel};
+use migrate::evidence::ReportVerifier;
+use migrate::session::{
+    self, Config, Destination, DestinationOutcome, EvidenceError, EvidenceProvider, MAX_STATE_CHUNK, PeerVerifier,
+    REPORT_DATA_LEN, Source, SourceOutcome,
+};
+use spin::Mutex;
+use svm::SvmShared;
+
+type Channel = PageChannel<BarPage, BarPage>;
+
+/// A dirty round this small (pages) is sent with the guest stopped: the last one.
+const LAST_ROUND_PAGES: usize = 32;
+/// Pages per memory item: the SVSM's heap is a few MiB, shared with the vTPM and the
+/// page tables, so the stream is made in small pieces.
+const CHUNK_PAGES: usize = 16;
+/// Rounds before the last one whatever their size (a guest that writes faster than
+/// the channel moves would never get below [`LAST_ROUND_PAGES`]).
+const MAX_DIRTY_ROUNDS: u32 = 8;
+/// How long [`poll`] may keep CPU 0 from its guest at a time.
+const SLICE_NS: u64 = 2_000_000;
+/// How long the last round may take before the source gives up and runs on.
+const LAST_ROUND_DEADLINE_NS: u64 = 120_000_000_000;
+
+/// RDRAND as the session's entropy (the ephemeral key, the HELLO nonce).
+fn rdrand(buf: &mut [u8]) -> Result<(), migrate::EntropyError> {
+    for chunk in buf.chunks_mut(8) {
+        let word = cpu::rdrand().ok_or(migrate::EntropyError)?.to_le_bytes();
+        chunk.copy_from_slice(word.get(..chunk.len()).ok_or(migrate::EntropyError)?);
+    }
+    Ok(())
+}
+
+/// This SVSM's evidence: a report from its PSP and the certificate table.
+struct Evidence<'a> {
+    svsm: &'a Svsm,
+    platform: &'a SvmShared<BareSvm>,
+}
+
+impl EvidenceProvider for Evidence<'_> {
+    fn evidence(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, EvidenceError> {
+        let (report, table) =
+            self.svsm.migration_evidence(&mut self.platform.platform(0), report_data).map_err(|_| EvidenceError)?;
+        migrate::evidence::encode(&report, &table).ok_or(EvidenceError)
+    }
+}
+
+/// Who this SVSM is, and whom it trusts: its own report, checked under the ARK of its own
+/// certificate table (on svm, the launcher's kit), gives the measurement and policy a
+/// peer must have; the peer's chain must end at the same ARK.
+fn config(svsm: &Svsm, platform: &SvmShared<BareSvm>) -> Result<(Config, ReportVerifier), &'static str> {
+    let mut nonce = [0u8; REPORT_DATA_LEN];
+    rdrand(&mut nonce).map_err(|_| "no entropy")?;
+    let (report, table) =
+        svsm.migration_evidence(&mut platform.platform(0), &nonce).map_err(|_| "no report from the PSP")?;
+    let verifier = ReportVerifier::trusting_ark_of(&table).ok_or("no ARK in the certificate table")?;
+    let evidence = migrate::evidence::encode(&report, &table).ok_or("the evidence does not encode")?;
+    let identity = verifier.verify(&evidence, &nonce).map_err(|_| "its own report does not verify")?;
+    Ok((Config { identity, ring_pages: None }, verifier))
+}
+
+/// Move the session's frames as far as the channel allows now; `Ok(true)` if anything moved.
+fn pump<E: session::Endpoint>(endpoint: &mut E, channel: &mut Channel) -> Result<bool, String> {
+    session::pump(endpoint, channel).map_err(|e| format!("{e:?}"))
+}
+
+/// The destination's side: wait for the host, take the whole state, and say what the
+/// services were (the vTPM to resume, the settings to apply).
+pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) -> Result<ServiceState, String> {
+    let [outbound, mut inbound] = pages;
+    println!("migration: incoming; waiting for the host to start the migration pages");
+    while inbound.read_status() != abi::migration::MigrationStatus::INCOMING {
+        core::hint::spin_loop();
+    }
+    let (config, verifier) = config(svsm, platform)?;
+    let mut channel = PageChannel::new(outbound, inbound);
+    let evidence = Evidence { svsm, platform };
+    let mut session = Destination::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
+    let mut incoming = Incoming::new();
+    let started = clock::monotonic_ns();
+    let (mut received, mut reported) = (0usize, 0usize);
+    let mut attested = false;
+    loop {
+        pump(&mut session, &mut channel)?;
+        if !attested && session.peer().is_some() {
+            attested = true;
+            println!("migration: the source is attested (same measurement and policy); receiving");
+        }
+        while let Some(chunk) = session.take_state() {
+            received += chunk.len();
+            incoming.take(svsm, &mut platform.platform(0), &chunk).map_err(|e| format!("the state stream: {e:?}"))?;
+        }
+        if received >= reported + (1 << 20) {
+            reported = received;
+            println!("migration: {} KiB received", received / 1024);
+        }
+        match session.outcome() {
+            DestinationOutcome::InProgress => core::hint::spin_loop(),
+            DestinationOutcome::Completed => break,
+            DestinationOutcome::Failed(e) => return Err(format!("the session failed: {e:?}")),
+        }
+    }
+    let _ = pump(&mut session, &mut channel);
+    let vcpus = incoming.vcpus();
+    let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
+    let ms = (clock::monotonic_ns() - started) / 1_000_000;
+    println!("migration: completed: {} KiB of state in {ms} ms, {vcpus} vCPU(s); the guest runs here", received / 1024);
+    Ok(services)
+}
+
+/// Where the source's session is.
+enum Round {
+    /// The handshake: nothing sent yet.
+    Handshake,
+    /// The first round, every validated page, from this pfn on.
+    Full(u64),
+    /// Dirty round `n`, with the pages it sent so far.
+    Dirty(u32, usize),
+    /// The guest must stop for the last round.
+    Last,
+}
+
+struct Outgoing {
+    session: Source<ReportVerifier, Evidence<'static>>,
+    channel: Channel,
+    round: Round,
+    /// Stream bytes framed and not yet handed to the session.
+    pending: Vec<u8>,
+    sent: usize,
+    tracking: bool,
+    started: u64,
+}
+
+enum Armed {
+    /// Waiting for the host's `RUNNING`.
+    Waiting([BarPage; 2]),
+    Running(alloc::boxed::Box<Outgoing>),
+    /// Over (failed: the guest runs on here).
+    Over,
+}
+
+static SOURCE: Mutex<Option<Armed>> = Mutex::new(None);
+static ARMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Keep the device: this SVSM may become a migration's source.
+pub fn arm(pages: [BarPage; 2]) {
+    *SOURCE.lock() = Some(Armed::Waiting(pages));
+    ARMED.store(true, core::sync::atomic::Ordering::Release);
+}
+
+/// Whether CPU 0 should look at the migration between its guest's exits.
+pub fn armed() -> bool {
+    ARMED.load(core::sync::atomic::Ordering::Acquire)
+}
+
+/// What CPU 0 must do after [`poll`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Run the guest on.
+    RunOn,
+    /// Put its vCPU back and call [`last_round`].
+    Pause,
+}
+
+/// Drive the source for a moment (CPU 0, between its guest's exits).
+pub fn poll(shared: &'static Shared) -> Poll {
+    let mut slot = SOURCE.lock();
+    if let Some(Armed::Waiting(pages)) = slot.as_mut() {
+        if pages[0].read_status() != abi::migration::MigrationStatus::RUNNING {
+            return Poll::RunOn;
+        }
+        let Some(Armed::Waiting(pages)) = slot.take() else { return Poll::RunOn };
+        *slot = Some(match start(shared, pages) {
+            Ok(out) => Armed::Running(alloc::boxed::Box::new(out)),
+            Err(e) => {
+                println!("migration: could not start: {e}; the guest runs on here");
+                ARMED.store(false, core::sync::atomic::Ordering::Release);
+                Armed::Over
+            }
+        });
+    }
+    let Some(Armed::Running(out)) = slot.as_mut() else { return Poll::RunOn };
+    let deadline = clock::monotonic_ns() + SLICE_NS;
+    loop {
+        match step(shared, out) {
+            Ok(Step::Again) if clock::monotonic_ns() < deadline => {}
+            Ok(Step::Again | Step::Idle) => return Poll::RunOn,
+            Ok(Step::Pause) => return Poll::Pause,
+            Err(e) => {
+                give_up(shared, out, &e);
+                *slot = Some(Armed::Over);
+                return Poll::RunOn;
+            }
+        }
+    }
+}
+
+fn start(shared: &'static Shared, pages: [BarPage; 2]) -> Result<Outgoing, String> {
+    println!("migration: the host started a migration; attesting the destination");
+    let (config, verifier) = config(&shared.svsm, &shared.platform)?;
+    let [outbound, inbound] = pages;
+    let evidence = Evidence { svsm: &shared.svsm, platform: &shared.platform };
+    let session = Source::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
+    Ok(Outgoing {
+        session,
+        channel: PageChannel::new(outbound, inbound),
+        round: Round::Handshake,
+        pending: Vec::new(),
+        sent: 0,
+        tracking: false,
+        started: clock::monotonic_ns(),
+    })
+}
+
+enum Step {
+    /// Something moved: go on.
+    Again,
+    /// Waiting for the host or the peer.
+    Idle,
+    /// The last round is due.
+    Pause,
+}
+
+/// One step of the source while the guest runs.
+fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
+    let moved = pump(&mut out.session, &mut out.channel)?;
+    if let SourceOutcome::KeepRunning(e) = out.session.outcome() {
+        return Err(format!("the session failed: {e:?}"));
+    }
+    if !out.session.can_send_state() {
+        return Ok(if moved { Step::Again } else { Step::Idle });
+    }
+    if !out.pending.is_empty() {
+        send_pending(out)?;
+        return Ok(Step::Again);
+    }
+    let p = &mut shared.platform.platform(0);
+    let svsm = &shared.svsm;
+    match out.round {
+        Round::Handshake => {
+            println!("migration: the destination is attested (same measurement and policy); pre-copy starts");
+            svsm.start_dirty_tracking(p).map_err(|e| format!("dirty tracking: {e:?}"))?;
+            out.tracking = true;
+            out.round = Round::Full(0);
+        }
+        Round::Full(from) => {
+            let (chunk, next) = svsm.export_memory_up_to(p, from, CHUNK_PAGES).map_err(|e| format!("memory: {e:?}"))?;
+            stream::frame(&mut out.pending, Item::Memory, &chunk).map_err(|e| format!("{e:?}"))?;
+            out.round = match next {
+                Some(next) => Round::Full(next),
+                None => {
+                    println!("migration: round 1 (every validated page): {} KiB", (out.sent + out.pending.len()) / 1024);
+                    Round::Dirty(2, 0)
+                }
+            };
+        }
+        Round::Dirty(n, so_far) => {
+            // A round is every page written since the last one, taken a chunk at a time.
+            let dirty = svsm.take_dirty(p, CHUNK_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
+            if !dirty.is_empty() {
+                let chunk = svsm.export_pages(p, &dirty).map_err(|e| format!("memory: {e:?}"))?;
+                stream::frame(&mut out.pending, Item::Memory, &chunk).map_err(|e| format!("{e:?}"))?;
+            }
+            let pages = so_far + dirty.len();
+            if dirty.len() == CHUNK_PAGES {
+                out.round = Round::Dirty(n, pages);
+                return Ok(Step::Again);
+            }
+            println!("migration: round {n}: {pages} page(s) written during the round before");
+            if pages < LAST_ROUND_PAGES || n >= MAX_DIRTY_ROUNDS {
+                println!("migration: the guest stops for the last round");
+                out.round = Round::Last;
+                return Ok(Step::Pause);
+            }
+            out.round = Round::Dirty(n + 1, 0);
+        }
+        Round::Last => return Ok(Step::Pause),
+    }
+    Ok(Step::Again)
+}
+
+/// Hand the session as much of the pending stream as one record carries.
+fn send_pending(out: &mut Outgoing) -> Result<(), String> {
+    let n = out.pending.len().min(MAX_STATE_CHUNK);
+    let chunk = out.pending.get(..n).ok_or("the pending stream")?;
+    out.session.send_state(chunk).map_err(|e| format!("{e:?}"))?;
+    out.pending.drain(..n);
+    out.sent += n;
+    Ok(())
+}
+
+/// The session failed before the commit: the guest gets its write access back and runs
+/// on here.
+fn give_up(shared: &Shared, out: &mut Outgoing, why: &str) {
+    let _ = out.session.abort(session::AbortReason::INTERNAL);
+    let _ = pump(&mut out.session, &mut out.channel);
+    if out.tracking && shared.svsm.stop_dirty_tracking(&mut shared.platform.platform(0)).is_err() {
+        println!("migration: dirty tracking did not stop cleanly");
+    }
+    if shared.platform.paused() {
+        shared.platform.resume();
+    }
+    println!("migration: failed ({why}); the guest runs on here");
+    ARMED.store(false, core::sync::atomic::Ordering::Release);
+}
+
+/// The last round, on CPU 0 holding no vCPU: stop the guest, send the rest, commit. On a
+/// commit this SVSM ends (the guest runs on at the destination); on a failure before it
+/// the guest runs on here.
+pub fn last_round(shared: &'static Shared) {
+    let mut slot = SOURCE.lock();
+    let Some(Armed::Running(out)) = slot.as_mut() else { return };
+    let paused_at = clock::monotonic_ns();
+    shared.platform.pause(0);
+    if let Err(e) = commit(shared, out, paused_at) {
+        give_up(shared, out, &e);
+        *slot = Some(Armed::Over);
+        return;
+    }
+    // Committed: the guest is the destination's now. It never runs here again, whatever
+    // becomes of the FINISH.
+    let finished = hand_over_finish(out, paused_at + LAST_ROUND_DEADLINE_NS);
+    let downtime = (clock::monotonic_ns() - paused_at) / 1_000_000;
+    let total = (clock::monotonic_ns() - out.started) / 1_000_000;
+    println!(
+        "migration: committed: {} KiB of state in {total} ms, the guest stopped for {downtime} ms; it runs on at the destination, this SVSM stops",
+        out.sent / 1024
+    );
+    if let Err(e) = finished {
+        println!("migration: {e}: the destination may not run the guest (it is lost, never run twice)");
+    }
+    super::exit::migrated()
+}
+
+/// Everything the guest still has, then the COMMIT, until the destination confirms it.
+fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), String> {
+    let p = &mut shared.platform.platform(0);
+    let svsm = &shared.svsm;
+    let mut dirty = Vec::new();
+    loop {
+        let more = svsm.take_dirty(p, MAX_CHUNK_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
+        if more.is_empty() {
+            break;
+        }
+        dirty.extend(more);
+    }
+    dirty.sort_unstable();
+    dirty.dedup();
+    let last = svsm.export_last_round(p, &dirty).map_err(|e| format!("the last round: {e:?}"))?;
+    out.pending.extend_from_slice(&last);
+    let deadline = paused_at + LAST_ROUND_DEADLINE_NS;
+    let mut committed = false;
+    loop {
+        if clock::monotonic_ns() > deadline {
+            return Err("the last round timed out".into());
+        }
+        pump(&mut out.session, &mut out.channel)?;
+        match out.session.outcome() {
+            SourceOutcome::KeepRunning(e) => return Err(format!("the session failed: {e:?}")),
+            SourceOutcome::Committed => return Ok(()),
+            SourceOutcome::InProgress => {}
+        }
+        if out.session.can_send_state() {
+            if !out.pending.is_empty() {
+                send_pending(out)?;
+            } else if !committed {
+                out.session.commit().map_err(|e| format!("{e:?}"))?;
+                committed = true;
+            }
+        }
+    }
+}
+
+/// The FINISH and the page's `COMPLETED` must be in the page before this SVSM stops (the
+/// host reads the page's file, which outlives QEMU): pump until the channel is closed.
+fn hand_over_finish(out: &mut Outgoing, deadline: u64) -> Result<(), String> {
+    loop {
+        pump(&mut out.session, &mut out.channel)?;
+        if session::Endpoint::is_done(&out.session) && out.channel.close().map_err(|e| format!("{e:?}"))? {
+            return Ok(());
+        }
+        if clock::monotonic_ns() > deadline {
+            return Err("the host did not take the FINISH".into());
+        }
+    }
+}

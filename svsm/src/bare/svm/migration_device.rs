@@ -1,0 +1,116 @@
+//! The migration pages on the svm platform: QEMU's `ivshmem-plain` PCI device, whose
+//! BAR 2 is memory QEMU shares with a file on the host (`-object
+//! memory-backend-file,share=on,...`). Its first page is this SVSM's outbound migration
+//! page, its second the inbound one; `bulwark migrate relay` reads and writes the same
+//! file (docs/migration.md, "The QEMU end to end").
+//!
+//! The guest cannot reach the device: PCI configuration ports are not in its I/O
+//! permission map, and the BAR is not guest RAM, so its nested page tables do not map it.
+//! Every byte in it is the host's to change at any time: [`BarPage`] copies with volatile
+//! accesses, and `migrate::channel` parses only its copies.
+
+use super::pci::PortCam;
+use abi::migration::{BUFFER_OFFSET, BUFFER_SIZE, DATA_REGISTER_OFFSET, DataRegister, MigrationStatus, STATUS_OFFSET};
+use core::sync::atomic::{Ordering, fence};
+use migrate::channel::MigrationPage;
+use virtio_drivers::transport::pci::bus::{BarInfo, Command, PciRoot};
+
+/// The ivshmem device's PCI IDs (QEMU's `docs/specs/ivshmem-spec.rst`).
+const VENDOR: u16 = 0x1AF4;
+const DEVICE: u16 = 0x1110;
+/// The BAR that holds the shared memory.
+const SHARED_BAR: usize = 2;
+/// Two pages: outbound, inbound.
+const PAGES: u64 = 2;
+const PAGE: u64 = abi::migration::PAGE_SIZE as u64;
+
+/// Why there is no migration device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceError {
+    /// No ivshmem device on bus 0.
+    Absent,
+    /// Its shared memory is smaller than two pages, not page-aligned, above the 4 GiB the
+    /// SVSM maps, or overlaps RAM.
+    Unusable,
+}
+
+/// One migration page in the device's BAR.
+#[derive(Debug)]
+pub struct BarPage {
+    /// Its address (identity-mapped, checked by [`find`]).
+    base: u64,
+}
+
+impl BarPage {
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `base..base + PAGE` is the device's shared memory, identity-mapped
+            // and not RAM (checked by `find`), so no Rust object lives there; offsets stay
+            // inside the page (the callers use the page's fixed layout). Volatile byte
+            // reads: the host may change any byte at any time.
+            *b = unsafe { core::ptr::read_volatile((self.base as *const u8).add(offset + i)) };
+        }
+    }
+
+    fn write(&self, offset: usize, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: as for `read`.
+            unsafe { core::ptr::write_volatile((self.base as *mut u8).add(offset + i), *b) };
+        }
+    }
+
+    fn byte(&self, offset: usize) -> u8 {
+        let mut b = [0u8];
+        self.read(offset, &mut b);
+        b[0]
+    }
+}
+
+impl MigrationPage for BarPage {
+    fn read_status(&mut self) -> MigrationStatus {
+        MigrationStatus(self.byte(STATUS_OFFSET))
+    }
+    fn write_status(&mut self, status: MigrationStatus) {
+        fence(Ordering::SeqCst);
+        self.write(STATUS_OFFSET, &[status.0]);
+    }
+    fn read_data_register(&mut self) -> DataRegister {
+        let value = DataRegister(self.byte(DATA_REGISTER_OFFSET));
+        // The register before the buffer it announces.
+        fence(Ordering::SeqCst);
+        value
+    }
+    fn write_data_register(&mut self, value: DataRegister) {
+        // The buffer before the register that announces it.
+        fence(Ordering::SeqCst);
+        self.write(DATA_REGISTER_OFFSET, &[value.0]);
+    }
+    fn read_buffer(&mut self, buf: &mut [u8; BUFFER_SIZE]) {
+        self.read(BUFFER_OFFSET, buf);
+    }
+    fn write_buffer(&mut self, buf: &[u8; BUFFER_SIZE]) {
+        self.write(BUFFER_OFFSET, buf);
+    }
+}
+
+/// Find the migration device on PCI bus 0: its `[outbound, inbound]` pages. `is_ram`
+/// says whether a range overlaps RAM (the launch's memory map): the BAR must not.
+pub fn find(is_ram: impl Fn(u64, u64) -> bool) -> Result<[BarPage; 2], DeviceError> {
+    let mut root = PciRoot::new(PortCam);
+    let found = root.enumerate_bus(0).find(|(_, info)| info.vendor_id == VENDOR && info.device_id == DEVICE);
+    let Some((df, _)) = found else { return Err(DeviceError::Absent) };
+    let bars = root.bars(df).map_err(|_| DeviceError::Unusable)?;
+    let Some(Some(BarInfo::Memory { address, size, .. })) = bars.get(SHARED_BAR) else {
+        return Err(DeviceError::Unusable);
+    };
+    let (base, size) = (*address, *size);
+    let end = base.checked_add(PAGES * PAGE).ok_or(DeviceError::Unusable)?;
+    if base == 0 || !base.is_multiple_of(PAGE) || size < PAGES * PAGE || end > super::super::guest_phys::MAPPED_TOP {
+        return Err(DeviceError::Unusable);
+    }
+    if is_ram(base, end) {
+        return Err(DeviceError::Unusable);
+    }
+    root.set_command(df, Command::MEMORY_SPACE);
+    Ok([BarPage { base }, BarPage { base: base + PAGE }])
+}
