@@ -20,6 +20,11 @@ use zerocopy::FromBytes;
 /// One buffer's worth of bytes.
 pub type Buffer = Box<[u8; BUFFER_SIZE]>;
 
+/// Buffers a pipe holds for a consumer that has not taken them yet; beyond this the
+/// relay takes no more from the producer (a socket's back-pressure): a consumer that
+/// stopped stops its producer instead of growing the relay's memory.
+pub const MAX_QUEUED: usize = 256;
+
 /// Which way a buffer went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -211,7 +216,7 @@ impl<P: MigrationPage> Relay<P> {
 
     fn take(&mut self, p: usize) -> bool {
         let Some(pipe) = self.pipes.get_mut(p) else { return false };
-        if pipe.from.read_data_register() == DataRegister::DATA_READY {
+        if pipe.queue.len() < MAX_QUEUED && pipe.from.read_data_register() == DataRegister::DATA_READY {
             let mut bytes = Box::new([0u8; BUFFER_SIZE]);
             pipe.from.read_buffer(&mut bytes);
             pipe.from.write_data_register(DataRegister::DATA_READ);

@@ -102,7 +102,6 @@ impl MigrationPage for MemPage {
 /// A side's channel over in-memory pages.
 pub type MemChannel = PageChannel<MemPage, MemPage>;
 
-
 impl crate::relay::Relay<MemPage> {
     /// Four started pages, the relay between them, and the source's and the
     /// destination's channels.

@@ -126,7 +126,12 @@ impl<P: PageMem> Slots<P> {
         let mut slots = Vec::new();
         slots.try_reserve_exact(capacity).ok()?;
         slots.resize_with(capacity, || Mutex::new(None));
-        Some(Self { slots, cpus: cpus.clamp(1, MAX_CPUS), next_serial: AtomicU64::new(1), paused: AtomicBool::new(false) })
+        Some(Self {
+            slots,
+            cpus: cpus.clamp(1, MAX_CPUS),
+            next_serial: AtomicU64::new(1),
+            paused: AtomicBool::new(false),
+        })
     }
 
     pub fn cpus(&self) -> u32 {

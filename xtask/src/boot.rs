@@ -92,7 +92,9 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         (qemu::Outcome::FailureReported, None) => Err("the SVSM or the guest reported a failure".into()),
         (qemu::Outcome::FailureReported, Some(kind)) => judge_crash(&boot, kind, options.log_only).map(|()| None),
         (qemu::Outcome::Success, Some(_)) => Err("the SVSM was asked to crash but reported success".into()),
-        (qemu::Outcome::Migrated, _) => Err("the SVSM said it migrated its guest away, in a boot without a migration".into()),
+        (qemu::Outcome::Migrated, _) => {
+            Err("the SVSM said it migrated its guest away, in a boot without a migration".into())
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,8 +34,10 @@ const LIMIT: Duration = Duration::from_secs(600);
 /// What the guest prints when it serves its agent, and the destination SVSM when it waits.
 const AGENT_SERVES: &str = "agent: serving host requests";
 const DESTINATION_WAITS: &str = "migration: incoming";
+/// What the source SVSM prints when a migration failed and its guest runs on.
+const SOURCE_FAILED: &str = "migration: failed";
 /// How many times the guest rewrites its pattern while the rounds run.
-const CHURN_ROUNDS: u32 = 400;
+const CHURN_ROUNDS: u32 = 1500;
 
 /// `cargo xtask migrate` options.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,158 +155,296 @@ pub fn run(options: &MigrateOptions) -> Result {
     exec_cargo(&["build", "-p", "bulwark"])?;
     let dir = target_dir()?.join("migrate");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let source_file = keep(device_file(&dir, "source.shm")?);
-    let destination_file = keep(device_file(&dir, "destination.shm")?);
     let tpm_record = dir.join("tpm-record.json");
     let _ = std::fs::remove_file(&tpm_record);
-    let kit = image::issuing_kit()?;
-    let (source_port, destination_port) = (free_port()?, free_port()?);
-    let stop: &'static std::sync::atomic::AtomicBool = keep(std::sync::atomic::AtomicBool::new(false));
+    let stop: &'static AtomicBool = keep(AtomicBool::new(false));
+    let context = Context { svsm, guest, kit: image::issuing_kit()?, dir, stop };
 
     step("the source: the SVSM and the test guest, with a migration device");
+    let source_port = free_port()?;
     let (serves, source_serves) = channel();
+    let (failed, source_failed) = channel();
     let source = start(
         "source",
-        qemu::Run {
-            svsm,
-            guest: Some(guest),
-            append: None,
-            smp: CPUS,
-            debug: qemu::Debug::None,
-            agent: Some(source_port),
-            fw_cfg: kit.clone(),
-            notify: vec![(AGENT_SERVES, serves)],
-            limit: LIMIT,
-            disk: None,
-            label: "source",
-            stop: Some(stop),
-            migration: Some(source_file),
-        },
+        context.run("source", None, source_port, vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)])?,
     );
-    let result = drive(options, source_port, destination_port, source_serves, &tpm_record, |waits| {
-        step("the destination: the same image, `migrate=incoming`");
-        start(
-            "destination",
-            qemu::Run {
-                svsm,
-                guest: Some(guest),
-                append: Some("migrate=incoming"),
-                smp: CPUS,
-                debug: qemu::Debug::None,
-                agent: Some(destination_port),
-                fw_cfg: kit,
-                notify: vec![(DESTINATION_WAITS, waits)],
-                limit: LIMIT,
-                disk: None,
-                label: "destination",
-                stop: Some(stop),
-                migration: Some(destination_file),
-            },
-        )
-    });
-    let (destination, relay, seen) = match result {
-        Ok(parts) => parts,
-        Err((e, others)) => {
-            step(&format!("FAILED: {e}; stopping both QEMU instances"));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            for other in others {
-                let _ = other.finish();
+    let attempts: Vec<Option<&str>> = match &options.fault {
+        Some(fault) => vec![Some(fault.as_str()), None],
+        None => vec![None],
+    };
+    let result = (|| {
+        source_serves.recv_timeout(LIMIT).map_err(|_| "the source's guest never served its agent")?;
+        let before = prepare(source_port, &tpm_record)?;
+        let mut a = Agent::connect(source_port)?;
+        let mut seed = 1;
+        let mut seen = Vec::new();
+        for (i, fault) in attempts.iter().enumerate() {
+            let label = if attempts.len() == 1 { "destination".to_string() } else { format!("destination-{}", i + 1) };
+            let attempt = Attempt { label: keep(label), fault: fault.map(str::to_string), first_seed: seed + 1 };
+            let outcome = migrate_once(&context, &attempt, &mut a, &source_failed, &tpm_record, &before)?;
+            seed = outcome.seed;
+            seen.extend(outcome.notes);
+            if fault.is_none() {
+                return Ok(seen);
             }
+        }
+        Err("no attempt was meant to succeed".to_string())
+    })();
+    let seen = match result {
+        Ok(seen) => seen,
+        Err(e) => {
+            step(&format!("FAILED: {e}; stopping the QEMU instances"));
+            stop.store(true, Ordering::Relaxed);
             let _ = source.finish();
             return Err(e);
         }
     };
-    let relay = relay.wait_with_output().map_err(|e| format!("the relay: {e}"))?;
-    let relay_summary = String::from_utf8_lossy(&relay.stdout).trim().to_string();
     let source = source.finish()?;
-    let destination = destination.finish()?;
-    judge(options, &source, &destination, &relay_summary, &seen)
+    if source.outcome != qemu::Outcome::Migrated {
+        return Err(format!("the source ended {:?}, not with a committed migration", source.outcome));
+    }
+    for note in &seen {
+        step(note);
+    }
+    let committed = source.lines.iter().find(|l| l.contains("migration: committed")).cloned().unwrap_or_default();
+    step(&format!("source: {committed}"));
+    Ok(())
 }
 
-/// What the run saw through the agents.
-struct Seen {
-    ek_before: Vec<u8>,
-    ek_after: Option<Vec<u8>>,
-    pattern: u32,
+/// What every QEMU instance of the run shares.
+struct Context {
+    svsm: &'static Path,
+    guest: &'static Path,
+    kit: Vec<(&'static str, PathBuf)>,
+    dir: PathBuf,
+    stop: &'static AtomicBool,
+}
+
+impl Context {
+    /// An instance named `label`, with a fresh migration device file and its agent on `port`.
+    fn run(
+        &self,
+        label: &'static str,
+        append: Option<&'static str>,
+        port: u16,
+        notify: Vec<(&'static str, std::sync::mpsc::Sender<()>)>,
+    ) -> Result<qemu::Run<'static>> {
+        let file = keep(device_file(&self.dir, &format!("{label}.shm"))?);
+        Ok(qemu::Run {
+            svsm: self.svsm,
+            guest: Some(self.guest),
+            append,
+            smp: CPUS,
+            debug: qemu::Debug::None,
+            agent: Some(port),
+            fw_cfg: self.kit.clone(),
+            notify,
+            limit: LIMIT,
+            disk: None,
+            label,
+            stop: Some(self.stop),
+            migration: Some(file),
+        })
+    }
+}
+
+/// What the guest had before any migration: its manifest (with the vTPM's EK).
+struct Before {
+    manifest: Vec<u8>,
+}
+
+/// The vTPM gets an NV index and a persistent key; the guest writes its first pattern.
+fn prepare(source_port: u16, tpm_record: &Path) -> Result<Before> {
+    let at = format!("127.0.0.1:{source_port}");
+    step("before: the vTPM gets an NV index and a persistent key (bulwark tpm-bridge --persist record)");
+    let record = tpm_record.to_string_lossy();
+    let recorded = bulwark(&["tpm-bridge", "--qemu", &at, "--persist", "record", "--state", &record])?;
+    println!("{}", recorded.trim_end());
+    let mut a = Agent::connect(source_port)?;
+    let manifest = a.ask("manifest", Duration::from_secs(120))?;
+    a.ask("fill 1", Duration::from_secs(60))?;
+    a.ask("check 1", Duration::from_secs(60))?;
+    Ok(Before { manifest })
+}
+
+/// One migration attempt, to a destination of its own.
+struct Attempt {
+    label: &'static str,
+    /// The relay's fault: the attempt must fail and the source's guest run on.
+    fault: Option<String>,
+    /// The churn's first seed.
+    first_seed: u32,
+}
+
+struct Outcome {
+    /// The seed the guest's pattern pages hold.
+    seed: u32,
     notes: Vec<String>,
 }
 
-type Failed = (String, Vec<Instance>);
-
-/// The run, from the source's agent serving to the guest's `quit` (on the destination,
-/// or on the source when the migration was meant to fail).
-fn drive(
-    options: &MigrateOptions,
-    source_port: u16,
-    destination_port: u16,
-    source_serves: Receiver<()>,
+fn migrate_once(
+    context: &Context,
+    attempt: &Attempt,
+    a: &mut Agent,
+    source_failed: &Receiver<()>,
     tpm_record: &Path,
-    start_destination: impl FnOnce(std::sync::mpsc::Sender<()>) -> Instance,
-) -> std::result::Result<(Instance, Child, Seen), Failed> {
-    let fail = |e: String| (e, Vec::new());
-    source_serves.recv_timeout(LIMIT).map_err(|_| fail("the source's guest never served its agent".into()))?;
-    let record = tpm_record.to_string_lossy().into_owned();
-    let at = format!("127.0.0.1:{source_port}");
-    step("before: the vTPM gets an NV index and a persistent key (bulwark tpm-bridge --persist record)");
-    let recorded = bulwark(&["tpm-bridge", "--qemu", &at, "--persist", "record", "--state", &record]).map_err(fail)?;
-    println!("{}", recorded.trim_end());
-    let mut a = Agent::connect(source_port).map_err(fail)?;
-    let ek_before = a.ask("manifest", Duration::from_secs(120)).map_err(fail)?;
-    a.ask("fill 1", Duration::from_secs(60)).map_err(fail)?;
-    a.ask("check 1", Duration::from_secs(60)).map_err(fail)?;
-
+    before: &Before,
+) -> Result<Outcome> {
+    step(&format!("{}: the same image, `migrate=incoming`", attempt.label));
+    let port = free_port()?;
     let (waits, destination_waits) = channel();
-    let destination = start_destination(waits);
-    let with = |e: String, destination: Instance| (e, vec![destination]);
-    if destination_waits.recv_timeout(Duration::from_secs(300)).is_err() {
-        return Err(with("the destination SVSM never waited for the migration".into(), destination));
+    let destination = start(
+        attempt.label,
+        context.run(attempt.label, Some("migrate=incoming"), port, vec![(DESTINATION_WAITS, waits)])?,
+    );
+    let result = (|| {
+        destination_waits
+            .recv_timeout(Duration::from_secs(300))
+            .map_err(|_| format!("the {} SVSM never waited for the migration", attempt.label))?;
+        let mut b = Agent::connect(port)?;
+        let mut relay = relay(&context.dir, attempt)?;
+        let churned = churn(a, &mut b, attempt.first_seed);
+        let result = churned.and_then(|(seed, there)| match &attempt.fault {
+            Some(_) => after_failure(a, b, &mut relay, source_failed, seed, there),
+            None => after_success(b, port, tpm_record, before, seed, there, &mut relay),
+        });
+        if result.is_err() {
+            let _ = relay.kill();
+        }
+        let _ = relay.wait();
+        result
+    })();
+    if result.is_err() {
+        context.stop.store(true, Ordering::Relaxed);
     }
-    let mut b = match Agent::connect(destination_port) {
-        Ok(b) => b,
-        Err(e) => return Err(with(e, destination)),
-    };
+    let boot = destination.finish();
+    let mut outcome = result?;
+    let boot = boot?;
+    let has = |text: &str| boot.lines.iter().any(|l| l.contains(text));
+    match attempt.fault {
+        Some(_) if boot.outcome != qemu::Outcome::FailureReported || !has("the guest never ran here") => {
+            Err(format!("the {} ended {:?}: it must stop without running the guest", attempt.label, boot.outcome))
+        }
+        None if boot.outcome != qemu::Outcome::Success => {
+            Err(format!("the {} ended {:?}", attempt.label, boot.outcome))
+        }
+        _ => {
+            if let Some(line) = boot.lines.iter().find(|l| l.contains("migration: completed")) {
+                outcome.notes.push(format!("{}: {line}", attempt.label));
+            }
+            Ok(outcome)
+        }
+    }
+}
+
+/// `bulwark migrate relay` between the source's device and the attempt's destination's.
+fn relay(dir: &Path, attempt: &Attempt) -> Result<Child> {
     step(&format!(
         "bulwark migrate relay{}; the guest rewrites its pattern {CHURN_ROUNDS} times meanwhile",
-        options.fault.as_deref().map(|f| format!(" --fault {f}")).unwrap_or_default()
+        attempt.fault.as_deref().map(|f| format!(" --fault {f}")).unwrap_or_default()
     ));
-    let exe = match target_dir() {
-        Ok(dir) => dir.join("debug/bulwark"),
-        Err(e) => return Err(with(e, destination)),
-    };
-    let dir = tpm_record.with_file_name("");
+    let exe = target_dir()?.join("debug/bulwark");
     let mut relay = Command::new(&exe);
     relay
         .args(["migrate", "relay", "--json", "--timeout", "500", "--source"])
         .arg(dir.join("source.shm"))
         .arg("--destination")
-        .arg(dir.join("destination.shm"))
+        .arg(dir.join(format!("{}.shm", attempt.label)))
         .stdout(Stdio::piped());
-    if let Some(fault) = &options.fault {
+    if let Some(fault) = &attempt.fault {
         relay.args(["--fault", fault]);
     }
-    let relay = match relay.spawn() {
-        Ok(relay) => relay,
-        Err(e) => return Err(with(format!("{}: {e}", exe.display()), destination)),
-    };
-    let churned = churn(&mut a, &mut b);
-    let after = churned.and_then(|(pattern, on_destination)| {
-        check_after(options, a, b, destination_port, source_port, &record, pattern, on_destination)
-            .map(|(ek_after, notes)| Seen { ek_before: ek_before.clone(), ek_after, pattern, notes })
-    });
-    match after {
-        Ok(seen) => Ok((destination, relay, seen)),
-        Err(e) => {
-            let mut relay = relay;
-            let _ = relay.kill();
-            Err(with(e, destination))
-        }
+    relay.spawn().map_err(|e| format!("{}: {e}", exe.display()))
+}
+
+/// The relay's summary line.
+fn relay_summary(relay: &mut Child) -> String {
+    let mut out = String::new();
+    if let Some(stdout) = relay.stdout.as_mut() {
+        let _ = std::io::Read::read_to_string(stdout, &mut out);
     }
+    out.trim().to_string()
+}
+
+/// A failed attempt: the source says so, and its guest runs on with its pattern.
+fn after_failure(
+    a: &mut Agent,
+    b: Agent,
+    relay: &mut Child,
+    source_failed: &Receiver<()>,
+    seed: u32,
+    there: bool,
+) -> Result<Outcome> {
+    drop(b);
+    if there {
+        return Err("the guest answered from the destination of a migration meant to fail".into());
+    }
+    source_failed.recv_timeout(Duration::from_secs(120)).map_err(|_| "the source never said the migration failed")?;
+    // The relay waits for a destination that has stopped: it is done.
+    let _ = relay.kill();
+    a.ask(&format!("check {seed}"), Duration::from_secs(60))?;
+    let query = a.ask("query", Duration::from_secs(60))?;
+    if query.len() != 16 || query.iter().all(|b| *b == 0) {
+        return Err(format!("QUERY_PROTOCOL on the source after the failure answered {query:02x?}"));
+    }
+    Ok(Outcome {
+        seed,
+        notes: vec![format!(
+            "the hostile relay's migration failed: the destination stopped without running the guest, the source's guest ran on and found its pattern (seed {seed})"
+        )],
+    })
+}
+
+/// A migration that committed: the guest, on the destination, finds its memory, vTPM and
+/// OCP, and ends there.
+fn after_success(
+    b: Agent,
+    port: u16,
+    tpm_record: &Path,
+    before: &Before,
+    seed: u32,
+    there: bool,
+    relay: &mut Child,
+) -> Result<Outcome> {
+    let mut notes =
+        vec![format!("the churn ended on the {} (pattern seed {seed})", if there { "destination" } else { "source" })];
+    let mut b = b;
+    // The guest answers on the destination once it runs there.
+    b.ask(&format!("check {seed}"), LIMIT)?;
+    notes.push("on the destination the guest finds every pattern page as it last wrote it".into());
+    let query = b.ask("query", Duration::from_secs(60))?;
+    if query.len() != 16 || query.iter().all(|b| *b == 0) {
+        return Err(format!("QUERY_PROTOCOL on the destination answered {query:02x?}"));
+    }
+    if b.ask("manifest", Duration::from_secs(120))? != before.manifest {
+        return Err("the attestation manifest (with the vTPM's EK) differs on the destination".into());
+    }
+    notes.push("its attestation manifest, with the vTPM's EK, is the one it had".into());
+    drop(b);
+    let at = format!("127.0.0.1:{port}");
+    let record = tpm_record.to_string_lossy();
+    let verified = bulwark(&["tpm-bridge", "--qemu", &at, "--persist", "verify", "--state", &record])?;
+    println!("{}", verified.trim_end());
+    notes.push(format!(
+        "its vTPM kept the NV index and the persistent key: {}",
+        verified.lines().last().unwrap_or("").trim()
+    ));
+    let log = bulwark(&["ocp", "read", "log", "--qemu", &at])?;
+    if !log.contains("migration: completed") {
+        return Err("the destination's OCP log does not say the migration completed".into());
+    }
+    notes.push("OCP on the destination: its log says the migration completed".into());
+    let mut b = Agent::connect(port)?;
+    b.ask("quit", Duration::from_secs(30))?;
+    let _ = relay.wait();
+    notes.push(format!("relay: {}", relay_summary(relay)));
+    Ok(Outcome { seed, notes })
 }
 
 /// `churn` on the source; its answer comes from wherever the guest is when it finishes.
 /// The seed its pages hold, and whether the answer came from the destination.
-fn churn(a: &mut Agent, b: &mut Agent) -> Result<(u32, bool)> {
-    let request = format!("churn 2 {CHURN_ROUNDS}");
+fn churn(a: &mut Agent, b: &mut Agent, first_seed: u32) -> Result<(u32, bool)> {
+    let request = format!("churn {first_seed} {CHURN_ROUNDS}");
     a.send(&request)?;
     let deadline = Instant::now() + LIMIT;
     let (mut pa, mut pb) = (String::new(), String::new());
@@ -332,111 +473,13 @@ fn churn(a: &mut Agent, b: &mut Agent) -> Result<(u32, bool)> {
         if open == [false, false] {
             return Err("both agents' connections closed before the churn ended".into());
         }
+        if open == [false, false] {
+            return Err("both agents' connections closed before the churn ended".into());
+        }
         if Instant::now() > deadline {
             return Err("the guest never finished its churn".into());
         }
     }
-}
-
-/// After the churn: wait for the migration to end, then check the guest where it runs.
-#[expect(clippy::too_many_arguments, reason = "the two agents, their ports and what the churn left, handed over once")]
-fn check_after(
-    options: &MigrateOptions,
-    a: Agent,
-    b: Agent,
-    destination_port: u16,
-    source_port: u16,
-    record: &str,
-    pattern: u32,
-    on_destination: bool,
-) -> Result<(Option<Vec<u8>>, Vec<String>)> {
-    let mut notes = vec![format!(
-        "the churn ended on the {} (pattern seed {pattern})",
-        if on_destination { "destination" } else { "source" }
-    )];
-    if options.fault.is_some() {
-        // The migration must fail and the source run on: its guest still answers there.
-        drop(b);
-        let mut a = a;
-        a.ask(&format!("check {pattern}"), Duration::from_secs(60))?;
-        notes.push("the source's guest runs on and finds its pattern".into());
-        let at = format!("127.0.0.1:{source_port}");
-        drop(a);
-        let verified = bulwark(&["tpm-bridge", "--qemu", &at, "--persist", "verify", "--state", record])?;
-        notes.push(format!("its vTPM: {}", verified.lines().last().unwrap_or("").trim()));
-        let mut a = Agent::connect(source_port)?;
-        a.ask("quit", Duration::from_secs(30))?;
-        return Ok((None, notes));
-    }
-    drop(a);
-    let mut b = b;
-    // The guest answers on the destination once it runs there.
-    b.ask(&format!("check {pattern}"), LIMIT)?;
-    notes.push("on the destination the guest finds every pattern page as it last wrote it".into());
-    let query = b.ask("query", Duration::from_secs(60))?;
-    if query.len() != 16 || query.iter().all(|b| *b == 0) {
-        return Err(format!("QUERY_PROTOCOL on the destination answered {query:02x?}"));
-    }
-    let ek_after = b.ask("manifest", Duration::from_secs(120))?;
-    drop(b);
-    let at = format!("127.0.0.1:{destination_port}");
-    let verified = bulwark(&["tpm-bridge", "--qemu", &at, "--persist", "verify", "--state", record])?;
-    println!("{}", verified.trim_end());
-    notes.push(format!("its vTPM: {}", verified.lines().last().unwrap_or("").trim()));
-    let log = bulwark(&["ocp", "read", "log", "--qemu", &at])?;
-    if !log.contains("migration: completed") {
-        return Err("the destination's OCP log does not say the migration completed".into());
-    }
-    notes.push("OCP on the destination: its log says the migration completed".into());
-    let mut b = Agent::connect(destination_port)?;
-    b.ask("quit", Duration::from_secs(30))?;
-    Ok((Some(ek_after), notes))
-}
-
-fn judge(
-    options: &MigrateOptions,
-    source: &qemu::Boot,
-    destination: &qemu::Boot,
-    relay: &str,
-    seen: &Seen,
-) -> Result {
-    let has = |boot: &qemu::Boot, text: &str| boot.lines.iter().any(|l| l.contains(text));
-    println!("relay: {relay}");
-    if options.fault.is_some() {
-        if source.outcome != qemu::Outcome::Success {
-            return Err(format!("the source ended {:?}: it must run on after a failed migration", source.outcome));
-        }
-        if !has(source, "migration: failed") {
-            return Err("the source never said its migration failed".into());
-        }
-        if destination.outcome != qemu::Outcome::FailureReported || !has(destination, "the guest never ran here") {
-            return Err(format!("the destination ended {:?}: it must stop without running the guest", destination.outcome));
-        }
-        for note in &seen.notes {
-            step(note);
-        }
-        step("the migration failed as it must: the destination stopped, the source's guest ran on");
-        return Ok(());
-    }
-    if source.outcome != qemu::Outcome::Migrated {
-        return Err(format!("the source ended {:?}, not with a committed migration", source.outcome));
-    }
-    if destination.outcome != qemu::Outcome::Success {
-        return Err(format!("the destination ended {:?}", destination.outcome));
-    }
-    if seen.ek_after.as_deref() != Some(&seen.ek_before[..]) {
-        return Err("the attestation manifest (with the vTPM's EK) differs on the destination".into());
-    }
-    for note in &seen.notes {
-        step(note);
-    }
-    let committed = source.lines.iter().find(|l| l.contains("migration: committed")).cloned().unwrap_or_default();
-    step(&format!("source: {}", committed.trim_start_matches("svsm | ")));
-    step(&format!(
-        "the guest moved live (pattern {}), with the same vTPM (EK, NV index, persistent key) and manifest",
-        seen.pattern
-    ));
-    Ok(())
 }
 
 /// A TCP port nobody listens on right now.

@@ -25,8 +25,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use kernel::Svsm;
+use kernel::migration::ServiceState;
 use kernel::migration::stream::{self, Incoming, Item};
-use kernel::migration::{MAX_CHUNK_PAGES, ServiceState};
 use migrate::channel::{MigrationChannel, MigrationPage, PageChannel};
 use migrate::evidence::ReportVerifier;
 use migrate::session::{
@@ -48,8 +48,12 @@ const CHUNK_PAGES: usize = 16;
 const MAX_DIRTY_ROUNDS: u32 = 8;
 /// How long [`poll`] may keep CPU 0 from its guest at a time.
 const SLICE_NS: u64 = 2_000_000;
-/// How long the last round may take before the source gives up and runs on.
-const LAST_ROUND_DEADLINE_NS: u64 = 120_000_000_000;
+/// How long the last round may take before the source gives up and its guest runs on
+/// (it is stopped meanwhile).
+const LAST_ROUND_DEADLINE_NS: u64 = 20_000_000_000;
+/// How long the session may stand still (no frame moved either way) while the guest runs
+/// before the source gives up on it.
+const STALL_NS: u64 = 30_000_000_000;
 
 /// RDRAND as the session's entropy (the ephemeral key, the HELLO nonce).
 fn rdrand(buf: &mut [u8]) -> Result<(), migrate::EntropyError> {
@@ -109,15 +113,25 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) 
     let started = clock::monotonic_ns();
     let (mut received, mut reported) = (0usize, 0usize);
     let mut attested = false;
-    loop {
-        pump(&mut session, &mut channel)?;
+    let taken = loop {
+        if let Err(e) = pump(&mut session, &mut channel) {
+            break Err(e);
+        }
         if !attested && session.peer().is_some() {
             attested = true;
             println!("migration: the source is attested (same measurement and policy); receiving");
         }
+        let mut refused = None;
         while let Some(chunk) = session.take_state() {
             received += chunk.len();
-            incoming.take(svsm, &mut platform.platform(0), &chunk).map_err(|e| format!("the state stream: {e:?}"))?;
+            if let Err(e) = incoming.take(svsm, &mut platform.platform(0), &chunk) {
+                refused = Some(format!("the state stream: {e:?}"));
+                break;
+            }
+        }
+        if let Some(why) = refused {
+            let _ = session.abort(session::AbortReason::INTERNAL);
+            break Err(why);
         }
         if received >= reported + (1 << 20) {
             reported = received;
@@ -125,9 +139,19 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) 
         }
         match session.outcome() {
             DestinationOutcome::InProgress => core::hint::spin_loop(),
-            DestinationOutcome::Completed => break,
-            DestinationOutcome::Failed(e) => return Err(format!("the session failed: {e:?}")),
+            DestinationOutcome::Completed => break Ok(()),
+            DestinationOutcome::Failed(e) => break Err(format!("the session failed: {e:?}")),
         }
+    };
+    if let Err(why) = taken {
+        // The ABORT, if the host takes it soon: the source then runs on at once.
+        let deadline = clock::monotonic_ns() + 1_000_000_000;
+        while !session::Endpoint::is_done(&session) && clock::monotonic_ns() < deadline {
+            if pump(&mut session, &mut channel).is_err() {
+                break;
+            }
+        }
+        return Err(why);
     }
     let _ = pump(&mut session, &mut channel);
     let vcpus = incoming.vcpus();
@@ -143,8 +167,10 @@ enum Round {
     Handshake,
     /// The first round, every validated page, from this pfn on.
     Full(u64),
-    /// Dirty round `n`, with the pages it sent so far.
-    Dirty(u32, usize),
+    /// Dirty round `n`: the pages written during the round before (taken at once when
+    /// the round began, so a guest that keeps writing cannot stretch a round), those
+    /// still to send first.
+    Dirty { n: u32, pages: Vec<u64>, sent: usize },
     /// The guest must stop for the last round.
     Last,
 }
@@ -152,9 +178,15 @@ enum Round {
 struct Outgoing {
     session: Source<ReportVerifier, Evidence<'static>>,
     channel: Channel,
+    /// The device's pages again, for the next session if this one fails.
+    pages: [BarPage; 2],
     round: Round,
     /// Stream bytes framed and not yet handed to the session.
     pending: Vec<u8>,
+    /// The pages of the round that turned out small enough to be sent with the last one.
+    carried: Vec<u64>,
+    /// When the channel last moved a frame (a peer or host that stops is given up on).
+    last_progress: u64,
     sent: usize,
     tracking: bool,
     started: u64,
@@ -164,7 +196,7 @@ enum Armed {
     /// Waiting for the host's `RUNNING`.
     Waiting([BarPage; 2]),
     Running(alloc::boxed::Box<Outgoing>),
-    /// Over (failed: the guest runs on here).
+    /// Over: the device could not be used.
     Over,
 }
 
@@ -216,8 +248,8 @@ pub fn poll(shared: &'static Shared) -> Poll {
             Ok(Step::Again | Step::Idle) => return Poll::RunOn,
             Ok(Step::Pause) => return Poll::Pause,
             Err(e) => {
-                give_up(shared, out, &e);
-                *slot = Some(Armed::Over);
+                let next = give_up(shared, out, &e);
+                *slot = Some(next);
                 return Poll::RunOn;
             }
         }
@@ -227,14 +259,17 @@ pub fn poll(shared: &'static Shared) -> Poll {
 fn start(shared: &'static Shared, pages: [BarPage; 2]) -> Result<Outgoing, String> {
     println!("migration: the host started a migration; attesting the destination");
     let (config, verifier) = config(&shared.svsm, &shared.platform)?;
-    let [outbound, inbound] = pages;
+    let [outbound, inbound] = pages.clone();
     let evidence = Evidence { svsm: &shared.svsm, platform: &shared.platform };
     let session = Source::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
     Ok(Outgoing {
         session,
         channel: PageChannel::new(outbound, inbound),
+        pages,
         round: Round::Handshake,
         pending: Vec::new(),
+        carried: Vec::new(),
+        last_progress: clock::monotonic_ns(),
         sent: 0,
         tracking: false,
         started: clock::monotonic_ns(),
@@ -255,6 +290,12 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
     let moved = pump(&mut out.session, &mut out.channel)?;
     if let SourceOutcome::KeepRunning(e) = out.session.outcome() {
         return Err(format!("the session failed: {e:?}"));
+    }
+    let now = clock::monotonic_ns();
+    if moved {
+        out.last_progress = now;
+    } else if now.saturating_sub(out.last_progress) > STALL_NS {
+        return Err("neither the host nor the destination moved for 30 s".into());
     }
     if !out.session.can_send_state() {
         return Ok(if moved { Step::Again } else { Step::Idle });
@@ -278,30 +319,35 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
             out.round = match next {
                 Some(next) => Round::Full(next),
                 None => {
-                    println!("migration: round 1 (every validated page): {} KiB", (out.sent + out.pending.len()) / 1024);
-                    Round::Dirty(2, 0)
+                    println!(
+                        "migration: round 1 (every validated page): {} KiB",
+                        (out.sent + out.pending.len()) / 1024
+                    );
+                    Round::Dirty { n: 2, pages: Vec::new(), sent: 0 }
                 }
             };
         }
-        Round::Dirty(n, so_far) => {
-            // A round is every page written since the last one, taken a chunk at a time.
-            let dirty = svsm.take_dirty(p, CHUNK_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
-            if !dirty.is_empty() {
-                let chunk = svsm.export_pages(p, &dirty).map_err(|e| format!("memory: {e:?}"))?;
-                stream::frame(&mut out.pending, Item::Memory, &chunk).map_err(|e| format!("{e:?}"))?;
+        Round::Dirty { n, ref mut pages, ref mut sent } => {
+            if *sent == 0 && pages.is_empty() {
+                *pages = svsm.take_dirty(p, usize::MAX).map_err(|e| format!("dirty tracking: {e:?}"))?;
+                pages.reverse();
+                println!("migration: round {n}: {} page(s) written during the round before", pages.len());
+                if pages.len() < LAST_ROUND_PAGES || n >= MAX_DIRTY_ROUNDS {
+                    // Those pages go with the last round, the guest stopped.
+                    out.carried = core::mem::take(pages);
+                    out.round = Round::Last;
+                    println!("migration: the guest stops for the last round");
+                    return Ok(Step::Pause);
+                }
             }
-            let pages = so_far + dirty.len();
-            if dirty.len() == CHUNK_PAGES {
-                out.round = Round::Dirty(n, pages);
-                return Ok(Step::Again);
+            let at = pages.len().saturating_sub(CHUNK_PAGES);
+            let chunk: Vec<u64> = pages.drain(at..).collect();
+            *sent += chunk.len();
+            let records = svsm.export_pages(p, &chunk).map_err(|e| format!("memory: {e:?}"))?;
+            stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| format!("{e:?}"))?;
+            if pages.is_empty() {
+                out.round = Round::Dirty { n: n + 1, pages: Vec::new(), sent: 0 };
             }
-            println!("migration: round {n}: {pages} page(s) written during the round before");
-            if pages < LAST_ROUND_PAGES || n >= MAX_DIRTY_ROUNDS {
-                println!("migration: the guest stops for the last round");
-                out.round = Round::Last;
-                return Ok(Step::Pause);
-            }
-            out.round = Round::Dirty(n + 1, 0);
         }
         Round::Last => return Ok(Step::Pause),
     }
@@ -320,17 +366,28 @@ fn send_pending(out: &mut Outgoing) -> Result<(), String> {
 
 /// The session failed before the commit: the guest gets its write access back and runs
 /// on here.
-fn give_up(shared: &Shared, out: &mut Outgoing, why: &str) {
+/// The device is kept for the next migration the host starts: this SVSM writes
+/// `COMPLETED` into its outbound page (its stream has ended), and a new session begins
+/// when the host writes `RUNNING` there again.
+fn give_up(shared: &Shared, out: &mut Outgoing, why: &str) -> Armed {
     let _ = out.session.abort(session::AbortReason::INTERNAL);
-    let _ = pump(&mut out.session, &mut out.channel);
+    // The ABORT, if the host takes it soon: the destination then stops at once.
+    let deadline = clock::monotonic_ns() + 1_000_000_000;
+    while !session::Endpoint::is_done(&out.session) && clock::monotonic_ns() < deadline {
+        if pump(&mut out.session, &mut out.channel).is_err() {
+            break;
+        }
+    }
     if out.tracking && shared.svsm.stop_dirty_tracking(&mut shared.platform.platform(0)).is_err() {
         println!("migration: dirty tracking did not stop cleanly");
     }
     if shared.platform.paused() {
         shared.platform.resume();
     }
-    println!("migration: failed ({why}); the guest runs on here");
-    ARMED.store(false, core::sync::atomic::Ordering::Release);
+    println!("migration: failed ({why}); the guest runs on here, and a new migration may start");
+    let [mut outbound, inbound] = out.pages.clone();
+    outbound.write_status(abi::migration::MigrationStatus::COMPLETED);
+    Armed::Waiting([outbound, inbound])
 }
 
 /// The last round, on CPU 0 holding no vCPU: stop the guest, send the rest, commit. On a
@@ -342,8 +399,8 @@ pub fn last_round(shared: &'static Shared) {
     let paused_at = clock::monotonic_ns();
     shared.platform.pause(0);
     if let Err(e) = commit(shared, out, paused_at) {
-        give_up(shared, out, &e);
-        *slot = Some(Armed::Over);
+        let next = give_up(shared, out, &e);
+        *slot = Some(next);
         return;
     }
     // Committed: the guest is the destination's now. It never runs here again, whatever
@@ -365,18 +422,14 @@ pub fn last_round(shared: &'static Shared) {
 fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), String> {
     let p = &mut shared.platform.platform(0);
     let svsm = &shared.svsm;
-    let mut dirty = Vec::new();
-    loop {
-        let more = svsm.take_dirty(p, MAX_CHUNK_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
-        if more.is_empty() {
-            break;
-        }
-        dirty.extend(more);
-    }
+    let mut dirty = core::mem::take(&mut out.carried);
+    dirty.extend(svsm.take_dirty(p, usize::MAX).map_err(|e| format!("dirty tracking: {e:?}"))?);
     dirty.sort_unstable();
     dirty.dedup();
-    let last = svsm.export_last_round(p, &dirty).map_err(|e| format!("the last round: {e:?}"))?;
-    out.pending.extend_from_slice(&last);
+    dirty.reverse();
+    // The dirty pages a chunk at a time, then the rest of the last round (the services,
+    // the vCPUs, the deposits, the end): the heap holds one piece at a time.
+    let mut rest_made = false;
     let deadline = paused_at + LAST_ROUND_DEADLINE_NS;
     let mut committed = false;
     loop {
@@ -389,13 +442,22 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
             SourceOutcome::Committed => return Ok(()),
             SourceOutcome::InProgress => {}
         }
-        if out.session.can_send_state() {
-            if !out.pending.is_empty() {
-                send_pending(out)?;
-            } else if !committed {
-                out.session.commit().map_err(|e| format!("{e:?}"))?;
-                committed = true;
-            }
+        if !out.session.can_send_state() {
+            continue;
+        }
+        if !out.pending.is_empty() {
+            send_pending(out)?;
+        } else if !dirty.is_empty() {
+            let at = dirty.len().saturating_sub(CHUNK_PAGES);
+            let chunk: Vec<u64> = dirty.drain(at..).collect();
+            let records = svsm.export_pages(p, &chunk).map_err(|e| format!("memory: {e:?}"))?;
+            stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| format!("{e:?}"))?;
+        } else if !rest_made {
+            out.pending = svsm.export_last_round(p, &[]).map_err(|e| format!("the last round: {e:?}"))?;
+            rest_made = true;
+        } else if !committed {
+            out.session.commit().map_err(|e| format!("{e:?}"))?;
+            committed = true;
         }
     }
 }

@@ -20,7 +20,8 @@ use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: bulwark migrate relay --source FILE --destination FILE [--fault KIND@N] [--timeout SECS] [--json]
+const USAGE: &str =
+    "usage: bulwark migrate relay --source FILE --destination FILE [--fault KIND@N] [--timeout SECS] [--json]
 
   FILE     the file behind a QEMU instance's ivshmem-plain migration device (8 KiB:
            the SVSM's outbound page, then its inbound page)
@@ -158,7 +159,8 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 fn relay_main(o: &Options) -> ExitCode {
-    let pages = |path: &str| -> Result<[FilePage; 2], String> { Ok([FilePage::open(path, 0)?, FilePage::open(path, 1)?]) };
+    let pages =
+        |path: &str| -> Result<[FilePage; 2], String> { Ok([FilePage::open(path, 0)?, FilePage::open(path, 1)?]) };
     let (source, destination) = match (pages(&o.source), pages(&o.destination)) {
         (Ok(s), Ok(d)) => (s, d),
         (Err(e), _) | (_, Err(e)) => {

@@ -15,8 +15,8 @@
 
 use super::super::clock;
 use super::super::dma::{self, BounceHal};
-use core::mem::ManuallyDrop;
 use super::pci::PortCam;
+use core::mem::ManuallyDrop;
 use store::{Block, BlockDevice, IoError};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::PciTransport;

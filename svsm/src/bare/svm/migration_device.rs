@@ -34,8 +34,9 @@ pub enum DeviceError {
     Unusable,
 }
 
-/// One migration page in the device's BAR.
-#[derive(Debug)]
+/// One migration page in the device's BAR (a clone is the same page: the migration
+/// driver keeps one to start the next session after a failed one).
+#[derive(Clone, Debug)]
 pub struct BarPage {
     /// Its address (identity-mapped, checked by [`find`]).
     base: u64,

@@ -36,4 +36,3 @@ impl ConfigurationAccess for PortCam {
         PortCam
     }
 }
-
