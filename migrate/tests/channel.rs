@@ -239,3 +239,23 @@ fn a_buffer_ready_when_the_stream_ends_is_still_taken() {
     assert_eq!(receiver.poll(), Ok(Some(vec![9; 4])));
     assert_eq!(receiver.poll(), Err(ChannelError::Closed));
 }
+
+/// A relay whose consumer stopped taking buffers stops taking them from the producer once
+/// it holds `MAX_QUEUED` (a socket's back-pressure): its memory does not grow without end,
+/// and the producer sees the host stop.
+#[test]
+fn a_relay_holds_back_when_the_consumer_stops() {
+    use bulwark_migrate::relay::MAX_QUEUED;
+    let (mut relay, mut tx, _rx) = Relay::connect(None);
+    let mut sent = 0;
+    for _ in 0..100_000 {
+        if tx.poll_send().unwrap() && sent < 8 {
+            tx.send(&frame(MAX_FRAME_LEN)).unwrap();
+            sent += 1;
+        }
+        relay.pump();
+    }
+    // One buffer sits in the consumer's page, the rest in the relay's queue.
+    assert_eq!(relay.taken(), [MAX_QUEUED + 1, 0]);
+    assert!(!tx.poll_send().unwrap(), "the producer waits for the host");
+}

@@ -400,6 +400,24 @@ mod tests {
         s.with(index, |_| ()).is_some()
     }
 
+    /// A pause names the CPUs that run a vCPU, takes nothing out while it lasts, and is
+    /// complete only once those vCPUs are back; after the resume they run again.
+    #[test]
+    fn a_pause_calls_every_vcpu_back() {
+        let s = slots();
+        let out = s.take(1, 1).unwrap();
+        let kick = s.pause();
+        assert_eq!(kick.iter().collect::<Vec<_>>(), [1], "CPU 1 runs vCPU 1: it is kicked");
+        assert!(s.take(0, 0).is_none(), "nothing is taken while paused");
+        assert!(s.take_next(0, None).is_none());
+        assert!(!s.all_here(), "vCPU 1 is still out");
+        assert_eq!(s.put_back(1, out), PutBack::Back);
+        assert!(s.all_here());
+        assert!(here(&s, 1));
+        s.resume();
+        assert!(s.take(0, 0).is_some(), "resumed");
+    }
+
     fn running(s: &Slots<TestPage>, index: u32) -> Option<Running> {
         s.with_slot(index, |slot| match slot {
             Some(Slot::Out(r)) => Some(*r),

@@ -202,6 +202,8 @@ pub struct TestCpu {
     pub generation: u64,
     /// Each entry: the VMCB's EVENT_INJ and TLB_CONTROL when it was entered.
     pub entries: Vec<(u64, u8)>,
+    /// What `attention` answers (the CPU's loop wants to look between exits).
+    pub attention: bool,
 }
 
 impl SvmCpu<TestPage> for TestCpu {
@@ -231,5 +233,9 @@ impl SvmCpu<TestPage> for TestCpu {
 
     fn generation(&self) -> u64 {
         self.generation
+    }
+
+    fn attention(&self) -> bool {
+        self.attention
     }
 }

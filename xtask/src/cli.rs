@@ -19,6 +19,7 @@ commands:
                                      QEMU boots of the SVSM image (`boot` plain, with --crash nx,
                                      --crash low, --crash panic --console log, --gdb-check, --agent-check, and
                                      on a test state disk: verify, four tampered, lost, older),
+                                     a live migration (`migrate --fault flip@300`),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls, store and stream; set BULWARK_SKIP_FUZZ=1 to skip
                                      it), and
@@ -326,7 +327,7 @@ impl<'a> Options<'a> {
         let mut o = crate::migrate::MigrateOptions::default();
         while let Some(arg) = self.rest.next() {
             match arg.as_str() {
-                "--fault" => o.fault = Some(self.value(arg)?.clone()),
+                "--fault" => o.fault = Some(crate::migrate::fault(self.value(arg)?)?),
                 _ => return Err(self.unknown(arg)),
             }
         }

@@ -46,6 +46,15 @@ pub struct MigrateOptions {
     pub fault: Option<String>,
 }
 
+/// A relay fault as `bulwark migrate relay --fault` takes it (`KIND@N`), checked.
+pub fn fault(spec: &str) -> Result<String> {
+    let kinds = ["flip", "drop", "replay", "reorder", "truncate"];
+    match spec.split_once('@') {
+        Some((kind, n)) if kinds.contains(&kind) && n.parse::<u32>().is_ok() => Ok(spec.to_string()),
+        _ => Err(format!("a relay fault is KIND@N, KIND one of {}; not `{spec}`", kinds.join(", "))),
+    }
+}
+
 /// One QEMU instance running in its own thread.
 struct Instance {
     name: &'static str,

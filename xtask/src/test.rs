@@ -82,7 +82,8 @@ fn lints() -> Result {
 /// disk a host changed (bits flipped, blocks replayed from the older image, blocks
 /// swapped, truncated), one on a disk whose host never answers, and one on the disk as
 /// the first boot left it (refused by the ledger). The first and the last boot must derive the
-/// same sealed-store key: the same image on the same (software) chip.
+/// same sealed-store key: the same image on the same (software) chip. Then a live
+/// migration between two more instances (`cargo xtask migrate --fault flip@300`).
 fn boots() -> Result {
     let plain = BootOptions::default();
     // The state disk starts blank: the first boot formats it and manufactures the vTPM
@@ -122,7 +123,9 @@ fn boots() -> Result {
         "the sealed store's key is the same in two boots of one image (fingerprint {})",
         first.as_deref().unwrap_or("?")
     ));
-    Ok(())
+    // A live migration between two QEMU instances: first through a relay that flips a
+    // bit (refused; the source's guest runs on), then through an honest one.
+    crate::migrate::run(&crate::migrate::MigrateOptions { fault: Some("flip@300".into()) })
 }
 
 /// A short run of each fuzz target, unless `BULWARK_SKIP_FUZZ` is set; missing tooling

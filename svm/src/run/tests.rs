@@ -199,6 +199,39 @@ fn hlt_is_a_yield() {
     assert_eq!(w.field(VmsaField::Rip), START_RIP + 3);
 }
 
+/// A CPU that drives a migration between its guest's exits wants every HLT back: the
+/// guest's idle loop must not keep the CPU from its work.
+#[test]
+fn a_hlt_goes_back_to_a_cpu_that_wants_attention() {
+    let mut w = world();
+    let hlt = Step { code: code::HLT, ..Step::default() };
+    w.cpu.script = [hlt, hlt].into();
+    w.cpu.attention = true;
+    let mut t = w.take();
+    assert!(t.alone);
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    assert!(e.is_some(), "the first HLT leaves the CPU's run step");
+    let r = w.p.after_run(&w.svsm, &mut t, e, 0).unwrap();
+    assert_eq!(r.then, Then::PutBack, "the CPU's loop looks, then picks anew");
+    w.p.put_back(t);
+    assert_eq!(w.field(VmsaField::Rip), START_RIP + 1, "stepped over once");
+}
+
+/// A paused guest (a migration's last round): no vCPU is taken out until it resumes,
+/// and the pause is complete once every vCPU is back.
+#[test]
+fn a_paused_guest_is_not_taken_until_it_resumes() {
+    let w = world();
+    let g = w.p.hw.generation();
+    w.p.pause(0);
+    assert!(w.p.paused());
+    assert!(w.p.take_next(0, None, g).is_none(), "paused: nothing is taken");
+    assert!(w.p.state.slots.all_here());
+    w.p.resume();
+    assert!(!w.p.paused());
+    assert!(w.p.take_next(0, None, g).is_some(), "resumed: vCPU 0 runs again");
+}
+
 /// A kick calls the vCPU back without an exit: it goes back to its slot (where what was
 /// recorded for it applies) and the CPU picks anew, nothing served.
 #[test]

@@ -58,6 +58,7 @@ fn sample(placeholder: &str) -> String {
         "NAME" => "evidence".into(),
         "FILE" => "/tmp/x".into(),
         "TEXT" => "6.2".into(),
+        "KIND@N" => "flip@300".into(),
         word => {
             assert!(word.chars().all(|c| c.is_ascii_lowercase()), "placeholder `{word}` has no sample value");
             word.into()
@@ -81,7 +82,7 @@ fn literals(code: &str, keep: impl Fn(&str) -> bool) -> Vec<&str> {
 #[test]
 fn usage_names_every_command_the_parser_takes_and_no_other() {
     let named: Vec<&str> = synopses().iter().map(|(c, _)| *c).collect();
-    assert_eq!(named, ["run", "test", "fuzz", "bench", "igvm", "boot", "help"]);
+    assert_eq!(named, ["run", "test", "fuzz", "bench", "igvm", "boot", "migrate", "help"]);
     let code = &SOURCE[SOURCE.find("pub fn parse").unwrap()..SOURCE.find("/// The options after").unwrap()];
     let dispatched = literals(code, |l| !l.starts_with('-') && l.chars().all(|c| c.is_ascii_lowercase()));
     assert_eq!(dispatched, named, "the commands `parse` dispatches on, in USAGE's order");
