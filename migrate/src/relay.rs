@@ -142,13 +142,16 @@ impl<P: MigrationPage> Relay<P> {
     pub fn between(source: [P; 2], destination: [P; 2], fault: Option<Fault>) -> Self {
         let [mut source_out, mut source_in] = source;
         let [mut destination_out, mut destination_in] = destination;
-        for page in [&mut source_out, &mut destination_out] {
-            page.write_data_register(DataRegister::DATA_READ);
-            page.write_status(MigrationStatus::RUNNING);
-        }
+        // The inbound pages first: an SVSM starts when its outbound page says RUNNING,
+        // and must then find its inbound page empty and INCOMING, not what an earlier
+        // session left there.
         for page in [&mut source_in, &mut destination_in] {
             page.write_data_register(DataRegister::DATA_READ);
             page.write_status(MigrationStatus::INCOMING);
+        }
+        for page in [&mut source_out, &mut destination_out] {
+            page.write_data_register(DataRegister::DATA_READ);
+            page.write_status(MigrationStatus::RUNNING);
         }
         Self {
             pipes: [

@@ -31,7 +31,8 @@ commands:
   bench [--only model|svm]           the pvalidate, OCP log-read and vTPM benchmarks of the model, the
                                      tpm-bridge behind tpm2-abrmd beside swtpm (the `model` part),
                                      then the svm call round trip and vCPU isolation over 5 QEMU
-                                     boots (the `svm` part); --only runs one part (target/bench/*.json)
+                                     boots and a live migration (`migrate`) (the `svm` part); --only
+                                     runs one part (target/bench/*.json)
   igvm [--firmware FILE] [--out FILE]
                                      build the SVSM and wrap it in an IGVM file for SEV-SNP hosts
                                      (default target/bulwark.igvm); prints its expected measurement

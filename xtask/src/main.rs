@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Task::Bench(parts) => bench::run(parts).map(|()| ExitCode::SUCCESS),
         Task::Boot(options) => boot::run(&options).map(|()| ExitCode::SUCCESS),
         Task::Igvm(options) => igvm::run(&options).map(|()| ExitCode::SUCCESS),
-        Task::Migrate(options) => migrate::run(&options).map(|()| ExitCode::SUCCESS),
+        Task::Migrate(options) => migrate::run(&options).map(|_| ExitCode::SUCCESS),
         Task::Help => {
             print!("{}", cli::USAGE);
             Ok(ExitCode::SUCCESS)

@@ -158,7 +158,46 @@ fn keep<T>(value: T) -> &'static T {
     Box::leak(Box::new(value))
 }
 
-pub fn run(options: &MigrateOptions) -> Result {
+/// What the source said of a committed migration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    /// The state stream's size.
+    pub state_kib: u64,
+    /// From the host's start to the commit.
+    pub total_ms: u64,
+    /// From the guest's stop to the commit.
+    pub downtime_ms: u64,
+    /// The state stream's size over the time from the first round to the commit.
+    pub throughput_kib_s: u64,
+    /// What the source's CPU seals alone with the record layer's AES-256-GCM.
+    pub cipher_kib_s: u64,
+}
+
+impl Summary {
+    /// From the source SVSM's `migration: committed` and `migration: throughput` lines.
+    fn of(lines: &[String]) -> Result<Self> {
+        let line = |start: &str| {
+            lines.iter().find_map(|l| l.strip_prefix(start)).ok_or_else(|| format!("no `{start}` line from the source"))
+        };
+        // The number right after `before` in `text`.
+        let figure = |text: &str, before: &str| -> Result<u64> {
+            let at = text.find(before).ok_or_else(|| format!("no `{before}` in `{text}`"))? + before.len();
+            let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().map_err(|_| format!("no number after `{before}` in `{text}`"))
+        };
+        let committed = line("migration: committed: ")?;
+        let throughput = line("migration: throughput ")?;
+        Ok(Self {
+            state_kib: figure(committed, "")?,
+            total_ms: figure(committed, "KiB of state in ")?,
+            downtime_ms: figure(committed, "the guest stopped for ")?,
+            throughput_kib_s: figure(throughput, "")?,
+            cipher_kib_s: figure(throughput, "the cipher alone ")?,
+        })
+    }
+}
+
+pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let svsm = keep(image::build_svsm(false)?);
     let guest = keep(image::build_testguest()?);
     exec_cargo(&["build", "-p", "bulwark"])?;
@@ -215,9 +254,12 @@ pub fn run(options: &MigrateOptions) -> Result {
     for note in &seen {
         step(note);
     }
-    let committed = source.lines.iter().find(|l| l.contains("migration: committed")).cloned().unwrap_or_default();
-    step(&format!("source: {committed}"));
-    Ok(())
+    let summary = Summary::of(&source.lines)?;
+    step(&format!(
+        "source: {} KiB of state in {} ms ({} KiB/s; the cipher alone {} KiB/s), the guest stopped for {} ms",
+        summary.state_kib, summary.total_ms, summary.throughput_kib_s, summary.cipher_kib_s, summary.downtime_ms
+    ));
+    Ok(summary)
 }
 
 /// What every QEMU instance of the run shares.
@@ -306,27 +348,29 @@ fn migrate_once(
         attempt.label,
         context.run(attempt.label, Some("migrate=incoming"), port, vec![(DESTINATION_WAITS, waits)])?,
     );
+    let mut relay_process = None;
     let result = (|| {
         destination_waits
             .recv_timeout(Duration::from_secs(300))
             .map_err(|_| format!("the {} SVSM never waited for the migration", attempt.label))?;
         let mut b = Agent::connect(port)?;
-        let mut relay = relay(&context.dir, attempt)?;
-        let churned = churn(a, &mut b, attempt.first_seed);
-        let result = churned.and_then(|(seed, there)| match &attempt.fault {
-            Some(_) => after_failure(a, b, &mut relay, source_failed, seed, there),
-            None => after_success(b, port, tpm_record, before, seed, there, &mut relay),
-        });
-        if result.is_err() {
-            let _ = relay.kill();
+        let relay = relay_process.insert(relay(&context.dir, attempt)?);
+        let (seed, there) = churn(a, &mut b, attempt.first_seed)?;
+        match &attempt.fault {
+            Some(_) => after_failure(a, b, source_failed, seed, there),
+            None => after_success(b, port, tpm_record, before, seed, there, relay),
         }
-        let _ = relay.wait();
-        result
     })();
     if result.is_err() {
         context.stop.store(true, Ordering::Relaxed);
     }
+    // A failed migration's destination stops once the ABORT reaches it (or after its own
+    // stall limit): the relay carries it until then.
     let boot = destination.finish();
+    if let Some(mut relay) = relay_process {
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
     let mut outcome = result?;
     let boot = boot?;
     let has = |text: &str| boot.lines.iter().any(|l| l.contains(text));
@@ -375,27 +419,25 @@ fn relay_summary(relay: &mut Child) -> String {
     out.trim().to_string()
 }
 
+/// The SVSM where the guest runs answers QUERY_PROTOCOL for the core protocol and the
+/// vTPM.
+fn served(agent: &mut Agent, where_: &str) -> Result {
+    let query = agent.ask("query", Duration::from_secs(60))?;
+    if query.len() != 16 || query.chunks(8).any(|q| q.iter().all(|b| *b == 0)) {
+        return Err(format!("QUERY_PROTOCOL on {where_} answered {query:02x?}"));
+    }
+    Ok(())
+}
+
 /// A failed attempt: the source says so, and its guest runs on with its pattern.
-fn after_failure(
-    a: &mut Agent,
-    b: Agent,
-    relay: &mut Child,
-    source_failed: &Receiver<()>,
-    seed: u32,
-    there: bool,
-) -> Result<Outcome> {
+fn after_failure(a: &mut Agent, b: Agent, source_failed: &Receiver<()>, seed: u32, there: bool) -> Result<Outcome> {
     drop(b);
     if there {
         return Err("the guest answered from the destination of a migration meant to fail".into());
     }
     source_failed.recv_timeout(Duration::from_secs(120)).map_err(|_| "the source never said the migration failed")?;
-    // The relay waits for a destination that has stopped: it is done.
-    let _ = relay.kill();
     a.ask(&format!("check {seed}"), Duration::from_secs(60))?;
-    let query = a.ask("query", Duration::from_secs(60))?;
-    if query.len() != 16 || query.iter().all(|b| *b == 0) {
-        return Err(format!("QUERY_PROTOCOL on the source after the failure answered {query:02x?}"));
-    }
+    served(a, "the source after the failure")?;
     Ok(Outcome {
         seed,
         notes: vec![format!(
@@ -421,10 +463,7 @@ fn after_success(
     // The guest answers on the destination once it runs there.
     b.ask(&format!("check {seed}"), LIMIT)?;
     notes.push("on the destination the guest finds every pattern page as it last wrote it".into());
-    let query = b.ask("query", Duration::from_secs(60))?;
-    if query.len() != 16 || query.iter().all(|b| *b == 0) {
-        return Err(format!("QUERY_PROTOCOL on the destination answered {query:02x?}"));
-    }
+    served(&mut b, "the destination")?;
     if b.ask("manifest", Duration::from_secs(120))? != before.manifest {
         return Err("the attestation manifest (with the vTPM's EK) differs on the destination".into());
     }
@@ -445,8 +484,20 @@ fn after_success(
     notes.push("OCP on the destination: its log says the migration completed".into());
     let mut b = Agent::connect(port)?;
     b.ask("quit", Duration::from_secs(30))?;
-    let _ = relay.wait();
-    notes.push(format!("relay: {}", relay_summary(relay)));
+    // Both streams have ended: the relay ends by itself, and says so.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match relay.try_wait().map_err(|e| format!("the relay: {e}"))? {
+            Some(status) => break status,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => return Err("the relay did not end after the migration".into()),
+        }
+    };
+    let summary = relay_summary(relay);
+    if !status.success() || !summary.contains("\"finished\":true") {
+        return Err(format!("the relay ended {status}: {summary}"));
+    }
+    notes.push(format!("relay: {summary}"));
     Ok(Outcome { seed, notes })
 }
 
@@ -495,4 +546,25 @@ fn churn(a: &mut Agent, b: &mut Agent, first_seed: u32) -> Result<(u32, bool)> {
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free TCP port: {e}"))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_is_read_from_the_sources_lines() {
+        let lines = [
+            "migration: round 2: 134 page(s) written during the round before".to_string(),
+            "migration: committed: 8409 KiB of state in 13220 ms, the guest stopped for 1062 ms; it runs on at the destination, this SVSM stops".to_string(),
+            "migration: throughput 655 KiB/s over 12830 ms of state transfer; the cipher alone 9120 KiB/s".to_string(),
+        ];
+        let s = Summary::of(&lines).unwrap();
+        assert_eq!(
+            s,
+            Summary { state_kib: 8409, total_ms: 13220, downtime_ms: 1062, throughput_kib_s: 655, cipher_kib_s: 9120 }
+        );
+        assert!(Summary::of(&lines[..2]).is_err(), "no throughput line");
+        assert!(fault("flip@3").is_ok() && fault("flip").is_err() && fault("melt@3").is_err());
+    }
 }

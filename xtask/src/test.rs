@@ -125,7 +125,7 @@ fn boots() -> Result {
     ));
     // A live migration between two QEMU instances: first through a relay that flips a
     // bit (refused; the source's guest runs on), then through an honest one.
-    crate::migrate::run(&crate::migrate::MigrateOptions { fault: Some("flip@300".into()) })
+    crate::migrate::run(&crate::migrate::MigrateOptions { fault: Some("flip@300".into()) }).map(|_| ())
 }
 
 /// A short run of each fuzz target, unless `BULWARK_SKIP_FUZZ` is set; missing tooling

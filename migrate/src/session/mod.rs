@@ -32,7 +32,7 @@
 mod keys;
 mod wire;
 
-pub use keys::{HASH_LEN, REPORT_DATA_LEN, report_data};
+pub use keys::{HASH_LEN, REPORT_DATA_LEN, report_data, seal_for_benchmark};
 pub use wire::{
     FrameKind, MAX_EVIDENCE_LEN, MAX_RING_PAGES, MIN_RING_PAGES, PROTOCOL_VERSION, PUBLIC_KEY_LEN, RecordType,
 };

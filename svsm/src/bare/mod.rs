@@ -208,6 +208,7 @@ fn arrive(
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
     pages: [svm::migration_device::BarPage; 2],
 ) {
+    let again = pages.clone();
     let services = match migration::receive(svsm, platform, pages) {
         Ok(services) => services,
         Err(e) => {
@@ -227,6 +228,11 @@ fn arrive(
     if let Err(e) = services.apply_settings(svsm, &mut platform.platform(0)) {
         println!("migration: the source's settings were not applied ({e:?})");
     }
+    // This SVSM's stream has ended; the guest may move on again when the host starts the
+    // next migration.
+    let [mut outbound, inbound] = again;
+    ::migrate::channel::MigrationPage::write_status(&mut outbound, abi::migration::MigrationStatus::COMPLETED);
+    migration::arm([outbound, inbound]);
 }
 
 /// The key request parameters of this launch: guest SVN 0 (the svm platform has no ID
