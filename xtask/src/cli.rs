@@ -19,7 +19,7 @@ commands:
                                      QEMU boots of the SVSM image (`boot` plain, with --crash nx,
                                      --crash low, --crash panic --console log, --gdb-check, --agent-check, and
                                      on a test state disk: verify, four tampered, lost, older),
-                                     a live migration (`migrate --fault flip@300`),
+                                     a live migration (`migrate --other-image --fault flip@300`),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls, store and stream; set BULWARK_SKIP_FUZZ=1 to skip
                                      it), and
@@ -63,11 +63,15 @@ commands:
                                      answers (the SVSM gives up after 10 s and serves on without
                                      the vTPM); a kept disk sealed to an earlier launch is set aside
                                      (*.previous-launch.img) for a blank one
-  migrate [--fault KIND@N]           a live migration between two QEMU instances through
+  migrate [--other-image] [--fault KIND@N]
+                                     a live migration between two QEMU instances through
                                      bulwark migrate relay, the guest running: the guest must find
-                                     its memory, vTPM and OCP on the destination; with --fault
-                                     (flip, drop, replay, reorder, truncate at relayed buffer N) the
-                                     migration must fail and the source's guest run on
+                                     its memory, vTPM and OCP on the destination; first, with
+                                     --other-image, to a destination launched under another
+                                     measurement (refused before any state leaves), with --fault
+                                     (flip, drop, replay, reorder, truncate at relayed buffer N)
+                                     through a hostile relay: each must fail and the source's guest
+                                     run on
   help                               show this text
 ";
 
@@ -329,6 +333,7 @@ impl<'a> Options<'a> {
         while let Some(arg) = self.rest.next() {
             match arg.as_str() {
                 "--fault" => o.fault = Some(crate::migrate::fault(self.value(arg)?)?),
+                "--other-image" => o.other_image = true,
                 _ => return Err(self.unknown(arg)),
             }
         }

@@ -1,4 +1,5 @@
-//! `cargo xtask migrate [--fault KIND@N]`: a live migration between two QEMU instances
+//! `cargo xtask migrate [--other-image] [--fault KIND@N]`: a live migration between QEMU
+//! instances
 //! (docs/migration.md, "The QEMU end to end").
 //!
 //! The source boots the SVSM and the test guest with a migration device; its guest runs
@@ -11,9 +12,11 @@
 //! one, and the source ends. On the destination the guest finds its pattern, the same
 //! vTPM (the same EK, the NV index, the persistent key), the OCP, and calls served.
 //!
-//! With `--fault`, the relay does one thing wrong: the migration must fail, the
-//! destination must stop without having run the guest, and the source must keep running
-//! its guest, which still finds its pattern there.
+//! Failed attempts first, each to a destination of its own: with `--other-image` one
+//! launched under another measurement (refused before pre-copy starts), with `--fault` one
+//! behind a relay that does one thing wrong. Each must fail, the destination must stop
+//! without having run the guest, and the source must keep running its guest, which still
+//! finds its pattern there. Then the honest attempt.
 
 use crate::Result;
 use crate::shell::{exec_cargo, step, target_dir};
@@ -44,6 +47,8 @@ const CHURN_ROUNDS: u32 = 1500;
 pub struct MigrateOptions {
     /// `KIND@N` for `bulwark migrate relay --fault`.
     pub fault: Option<String>,
+    /// A first attempt to a destination launched with another measurement.
+    pub other_image: bool,
 }
 
 /// A relay fault as `bulwark migrate relay --fault` takes it (`KIND@N`), checked.
@@ -206,7 +211,15 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let tpm_record = dir.join("tpm-record.json");
     let _ = std::fs::remove_file(&tpm_record);
     let stop: &'static AtomicBool = keep(AtomicBool::new(false));
-    let context = Context { svsm, guest, kit: image::issuing_kit()?, dir, stop };
+    // The svm platform measures the guest image it launches: a copy with a page of zeros
+    // after its end (which its ELF headers do not cover) launches the same guest under
+    // another measurement.
+    let other_guest = dir.join("testguest-other.elf");
+    let mut bytes = std::fs::read(guest).map_err(|e| format!("{}: {e}", guest.display()))?;
+    bytes.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&other_guest, bytes).map_err(|e| format!("{}: {e}", other_guest.display()))?;
+    let other_guest = keep(other_guest);
+    let context = Context { svsm, guest, other_guest, kit: image::issuing_kit()?, dir, stop };
 
     step("the source: the SVSM and the test guest, with a migration device");
     let source_port = free_port()?;
@@ -214,29 +227,30 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let (failed, source_failed) = channel();
     let source = start(
         "source",
-        context.run("source", None, source_port, vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)])?,
+        context.run("source", guest, None, source_port, vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)])?,
     );
-    let attempts: Vec<Option<&str>> = match &options.fault {
-        Some(fault) => vec![Some(fault.as_str()), None],
-        None => vec![None],
-    };
+    let mut attempts = Vec::new();
+    if options.other_image {
+        attempts.push(Try::OtherImage);
+    }
+    if let Some(fault) = &options.fault {
+        attempts.push(Try::Fault(fault.clone()));
+    }
+    attempts.push(Try::Honest);
     let result = (|| {
         source_serves.recv_timeout(LIMIT).map_err(|_| "the source's guest never served its agent")?;
         let before = prepare(source_port, &tpm_record)?;
         let mut a = Agent::connect(source_port)?;
         let mut seed = 1;
         let mut seen = Vec::new();
-        for (i, fault) in attempts.iter().enumerate() {
+        for (i, kind) in attempts.iter().enumerate() {
             let label = if attempts.len() == 1 { "destination".to_string() } else { format!("destination-{}", i + 1) };
-            let attempt = Attempt { label: keep(label), fault: fault.map(str::to_string), first_seed: seed + 1 };
+            let attempt = Attempt { label: keep(label), kind: kind.clone(), first_seed: seed + 1 };
             let outcome = migrate_once(&context, &attempt, &mut a, &source_failed, &tpm_record, &before)?;
             seed = outcome.seed;
             seen.extend(outcome.notes);
-            if fault.is_none() {
-                return Ok(seen);
-            }
         }
-        Err("no attempt was meant to succeed".to_string())
+        Ok(seen)
     })();
     let seen = match result {
         Ok(seen) => seen,
@@ -250,6 +264,12 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let source = source.finish()?;
     if source.outcome != qemu::Outcome::Migrated {
         return Err(format!("the source ended {:?}, not with a committed migration", source.outcome));
+    }
+    // State left the source only in the attempts past the attestation.
+    let precopies = source.lines.iter().filter(|l| l.contains("pre-copy starts")).count();
+    let attested = attempts.iter().filter(|t| **t != Try::OtherImage).count();
+    if precopies != attested {
+        return Err(format!("the source began pre-copy {precopies} times, for {attested} attested destinations"));
     }
     for note in &seen {
         step(note);
@@ -266,6 +286,8 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
 struct Context {
     svsm: &'static Path,
     guest: &'static Path,
+    /// The guest under another measurement.
+    other_guest: &'static Path,
     kit: Vec<(&'static str, PathBuf)>,
     dir: PathBuf,
     stop: &'static AtomicBool,
@@ -276,6 +298,7 @@ impl Context {
     fn run(
         &self,
         label: &'static str,
+        guest: &'static Path,
         append: Option<&'static str>,
         port: u16,
         notify: Vec<(&'static str, std::sync::mpsc::Sender<()>)>,
@@ -283,7 +306,7 @@ impl Context {
         let file = keep(device_file(&self.dir, &format!("{label}.shm"))?);
         Ok(qemu::Run {
             svsm: self.svsm,
-            guest: Some(self.guest),
+            guest: Some(guest),
             append,
             smp: CPUS,
             debug: qemu::Debug::None,
@@ -318,11 +341,22 @@ fn prepare(source_port: u16, tpm_record: &Path) -> Result<Before> {
     Ok(Before { manifest })
 }
 
+/// What an attempt tries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Try {
+    /// A destination launched with another measurement: the two SVSMs must refuse each
+    /// other before any state leaves the source.
+    OtherImage,
+    /// A relay with this fault (`KIND@N`): the migration must fail.
+    Fault(String),
+    /// An honest relay and destination: the migration must succeed.
+    Honest,
+}
+
 /// One migration attempt, to a destination of its own.
 struct Attempt {
     label: &'static str,
-    /// The relay's fault: the attempt must fail and the source's guest run on.
-    fault: Option<String>,
+    kind: Try,
     /// The churn's first seed.
     first_seed: u32,
 }
@@ -344,9 +378,10 @@ fn migrate_once(
     step(&format!("{}: the same image, `migrate=incoming`", attempt.label));
     let port = free_port()?;
     let (waits, destination_waits) = channel();
+    let guest = if attempt.kind == Try::OtherImage { context.other_guest } else { context.guest };
     let destination = start(
         attempt.label,
-        context.run(attempt.label, Some("migrate=incoming"), port, vec![(DESTINATION_WAITS, waits)])?,
+        context.run(attempt.label, guest, Some("migrate=incoming"), port, vec![(DESTINATION_WAITS, waits)])?,
     );
     let mut relay_process = None;
     let result = (|| {
@@ -356,9 +391,9 @@ fn migrate_once(
         let mut b = Agent::connect(port)?;
         let relay = relay_process.insert(relay(&context.dir, attempt)?);
         let (seed, there) = churn(a, &mut b, attempt.first_seed)?;
-        match &attempt.fault {
-            Some(_) => after_failure(a, b, source_failed, seed, there),
-            None => after_success(b, port, tpm_record, before, seed, there, relay),
+        match attempt.kind {
+            Try::OtherImage | Try::Fault(_) => after_failure(a, b, source_failed, seed, there, &attempt.kind),
+            Try::Honest => after_success(b, port, tpm_record, before, seed, there, relay),
         }
     })();
     if result.is_err() {
@@ -374,11 +409,15 @@ fn migrate_once(
     let mut outcome = result?;
     let boot = boot?;
     let has = |text: &str| boot.lines.iter().any(|l| l.contains(text));
-    match attempt.fault {
-        Some(_) if boot.outcome != qemu::Outcome::FailureReported || !has("the guest never ran here") => {
+    let failed = boot.outcome == qemu::Outcome::FailureReported && has("the guest never ran here");
+    match attempt.kind {
+        Try::OtherImage | Try::Fault(_) if !failed => {
             Err(format!("the {} ended {:?}: it must stop without running the guest", attempt.label, boot.outcome))
         }
-        None if boot.outcome != qemu::Outcome::Success => {
+        Try::OtherImage if has("the source is attested") || has("KiB received") => {
+            Err(format!("the {} (another measurement) accepted the source or received state", attempt.label))
+        }
+        Try::Honest if boot.outcome != qemu::Outcome::Success => {
             Err(format!("the {} ended {:?}", attempt.label, boot.outcome))
         }
         _ => {
@@ -392,9 +431,13 @@ fn migrate_once(
 
 /// `bulwark migrate relay` between the source's device and the attempt's destination's.
 fn relay(dir: &Path, attempt: &Attempt) -> Result<Child> {
+    let fault = match &attempt.kind {
+        Try::Fault(fault) => Some(fault.as_str()),
+        Try::OtherImage | Try::Honest => None,
+    };
     step(&format!(
         "bulwark migrate relay{}; the guest rewrites its pattern {CHURN_ROUNDS} times meanwhile",
-        attempt.fault.as_deref().map(|f| format!(" --fault {f}")).unwrap_or_default()
+        fault.map(|f| format!(" --fault {f}")).unwrap_or_default()
     ));
     let exe = target_dir()?.join("debug/bulwark");
     let mut relay = Command::new(&exe);
@@ -404,7 +447,7 @@ fn relay(dir: &Path, attempt: &Attempt) -> Result<Child> {
         .arg("--destination")
         .arg(dir.join(format!("{}.shm", attempt.label)))
         .stdout(Stdio::piped());
-    if let Some(fault) = &attempt.fault {
+    if let Some(fault) = fault {
         relay.args(["--fault", fault]);
     }
     relay.spawn().map_err(|e| format!("{}: {e}", exe.display()))
@@ -430,7 +473,14 @@ fn served(agent: &mut Agent, where_: &str) -> Result {
 }
 
 /// A failed attempt: the source says so, and its guest runs on with its pattern.
-fn after_failure(a: &mut Agent, b: Agent, source_failed: &Receiver<()>, seed: u32, there: bool) -> Result<Outcome> {
+fn after_failure(
+    a: &mut Agent,
+    b: Agent,
+    source_failed: &Receiver<()>,
+    seed: u32,
+    there: bool,
+    kind: &Try,
+) -> Result<Outcome> {
     drop(b);
     if there {
         return Err("the guest answered from the destination of a migration meant to fail".into());
@@ -441,7 +491,13 @@ fn after_failure(a: &mut Agent, b: Agent, source_failed: &Receiver<()>, seed: u3
     Ok(Outcome {
         seed,
         notes: vec![format!(
-            "the hostile relay's migration failed: the destination stopped without running the guest, the source's guest ran on and found its pattern (seed {seed})"
+            "{}: the destination stopped without running the guest, the source's guest ran on and found its pattern (seed {seed})",
+            match kind {
+                Try::OtherImage =>
+                    "a destination under another measurement was refused before any state left".to_string(),
+                Try::Fault(fault) => format!("the relay's fault {fault} made the migration fail"),
+                Try::Honest => "an honest migration failed".to_string(),
+            }
         )],
     })
 }

@@ -83,7 +83,7 @@ fn lints() -> Result {
 /// swapped, truncated), one on a disk whose host never answers, and one on the disk as
 /// the first boot left it (refused by the ledger). The first and the last boot must derive the
 /// same sealed-store key: the same image on the same (software) chip. Then a live
-/// migration between two more instances (`cargo xtask migrate --fault flip@300`).
+/// migration between more instances (`cargo xtask migrate --other-image --fault flip@300`).
 fn boots() -> Result {
     let plain = BootOptions::default();
     // The state disk starts blank: the first boot formats it and manufactures the vTPM
@@ -123,9 +123,11 @@ fn boots() -> Result {
         "the sealed store's key is the same in two boots of one image (fingerprint {})",
         first.as_deref().unwrap_or("?")
     ));
-    // A live migration between two QEMU instances: first through a relay that flips a
-    // bit (refused; the source's guest runs on), then through an honest one.
-    crate::migrate::run(&crate::migrate::MigrateOptions { fault: Some("flip@300".into()) }).map(|_| ())
+    // A live migration between QEMU instances: first to a destination launched with
+    // another measurement (refused before any state leaves), then through a relay that
+    // flips a bit (refused; the source's guest runs on), then through an honest one.
+    let options = crate::migrate::MigrateOptions { fault: Some("flip@300".into()), other_image: true };
+    crate::migrate::run(&options).map(|_| ())
 }
 
 /// A short run of each fuzz target, unless `BULWARK_SKIP_FUZZ` is set; missing tooling
