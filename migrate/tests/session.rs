@@ -417,3 +417,37 @@ fn an_empty_finish_and_ready_only() {
     assert_eq!(source.peer(), Some(IDENTITY));
     assert_eq!(destination.peer(), Some(IDENTITY));
 }
+
+/// A destination that must check the whole state before it can run the guest holds the
+/// COMMIT_ACK: the source stays uncommitted (its guest could run on) until the
+/// destination approves, and an abort instead of the approval leaves the source running.
+#[test]
+fn a_held_commit_ack_waits_for_the_destinations_approval() {
+    for approve in [true, false] {
+        let state = state_bytes(100_000, 9);
+        let mut held_seen = false;
+        let mut hook = |src: &mut Source<TestVerifier, Attester>, dst: &mut Destination<TestVerifier, Attester>| {
+            if dst.phase() == DestinationPhase::AwaitHello {
+                dst.hold_commit_ack();
+            }
+            if dst.phase() == DestinationPhase::CommitVerified {
+                held_seen = true;
+                assert_eq!(src.outcome(), SourceOutcome::InProgress, "no ACK yet: the source has not committed");
+                if approve {
+                    dst.approve_commit().unwrap();
+                } else {
+                    dst.abort(AbortReason::INTERNAL).unwrap();
+                }
+            }
+        };
+        let run = migrate_with(&state, 8192, None, Side::new(), Side::new(), &mut hook);
+        assert!(held_seen, "the destination stopped at the verified COMMIT");
+        if approve {
+            assert!(run.succeeded());
+            assert_eq!(run.received, state);
+        } else {
+            assert_eq!(run.source_error(), Some(MigrationError::PeerAborted { reason: AbortReason::INTERNAL }));
+            assert_eq!(run.destination_error(), Some(MigrationError::Aborted { reason: AbortReason::INTERNAL }));
+        }
+    }
+}

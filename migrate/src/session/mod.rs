@@ -343,6 +343,9 @@ pub enum DestinationPhase {
     AwaitEvidence,
     /// READY sent, receiving state.
     Transfer,
+    /// The COMMIT matched everything received; the COMMIT_ACK waits for
+    /// [`Destination::approve_commit`] (only with [`Destination::hold_commit_ack`]).
+    CommitVerified,
     /// COMMIT_ACK sent, waiting for FINISH.
     AwaitFinish,
     /// FINISH arrived.
@@ -792,6 +795,8 @@ pub struct Destination<V, P> {
     core: Core<V, P>,
     phase: DestinationPhase,
     received: VecDeque<Vec<u8>>,
+    /// The COMMIT_ACK waits for the driver's approval.
+    hold_ack: bool,
 }
 
 impl<V, P> core::fmt::Debug for Destination<V, P> {
@@ -808,7 +813,27 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
     /// source's HELLO.
     pub fn start(config: Config, verifier: V, evidence: P, entropy: &mut dyn Entropy) -> Result<Self, MigrationError> {
         let core = Core::new(Role::Destination, config, verifier, evidence, entropy)?;
-        Ok(Self { core, phase: DestinationPhase::AwaitHello, received: VecDeque::new() })
+        Ok(Self { core, phase: DestinationPhase::AwaitHello, received: VecDeque::new(), hold_ack: false })
+    }
+
+    /// From now on a verified COMMIT is not acknowledged at once: the session stops in
+    /// [`DestinationPhase::CommitVerified`] until [`approve_commit`](Self::approve_commit)
+    /// (or [`abort`](Self::abort)). A destination that must check the whole state (or
+    /// start what it carries) before it can run the guest holds the ACK: once the source
+    /// has it, the source never runs the guest again.
+    pub fn hold_commit_ack(&mut self) {
+        self.hold_ack = true;
+    }
+
+    /// Sends the held COMMIT_ACK: the destination can run the guest.
+    pub fn approve_commit(&mut self) -> Result<(), MigrationError> {
+        if self.phase != DestinationPhase::CommitVerified {
+            return Err(MigrationError::WrongPhase);
+        }
+        let commit = self.core.commit.ok_or(MigrationError::Internal)?;
+        self.core.queue_record(RecordType::CommitAck, commit.as_bytes()).map_err(|e| self.fail(e))?;
+        self.phase = DestinationPhase::AwaitFinish;
+        Ok(())
     }
 
     /// The phase.
@@ -889,7 +914,10 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
                 self.phase = DestinationPhase::Transfer;
                 Ok(())
             }
-            (DestinationPhase::Transfer | DestinationPhase::AwaitFinish, kind::RECORD) => {
+            (
+                DestinationPhase::Transfer | DestinationPhase::CommitVerified | DestinationPhase::AwaitFinish,
+                kind::RECORD,
+            ) => {
                 let (record_type, payload) = self.core.open(frame)?;
                 self.record(record_type, payload, frame)
             }
@@ -914,8 +942,12 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
                 if commit != self.core.tally.as_ref().ok_or(MigrationError::Internal)?.body() {
                     return Err(MigrationError::CommitMismatch);
                 }
-                self.core.queue_record(RecordType::CommitAck, commit.as_bytes())?;
                 self.core.commit = Some(commit);
+                if self.hold_ack {
+                    self.phase = DestinationPhase::CommitVerified;
+                    return Ok(());
+                }
+                self.core.queue_record(RecordType::CommitAck, commit.as_bytes())?;
                 self.phase = DestinationPhase::AwaitFinish;
                 Ok(())
             }
@@ -924,7 +956,9 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
                 Ok(())
             }
             (DestinationPhase::AwaitFinish, RecordType::Finish) => Err(MigrationError::MalformedRecord),
-            (DestinationPhase::AwaitFinish, RecordType::State) => Err(MigrationError::RecordAfterCommit),
+            (DestinationPhase::AwaitFinish | DestinationPhase::CommitVerified, RecordType::State) => {
+                Err(MigrationError::RecordAfterCommit)
+            }
             (_, record_type) => Err(MigrationError::UnexpectedRecord { record_type }),
         }
     }

@@ -26,12 +26,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use kernel::Svsm;
 use kernel::migration::ServiceState;
-use kernel::migration::stream::{self, Incoming, Item};
+use kernel::migration::stream::{self, Incoming, Item, StreamError};
 use migrate::channel::{MigrationChannel, MigrationPage, PageChannel};
 use migrate::evidence::ReportVerifier;
 use migrate::session::{
-    self, Config, Destination, DestinationOutcome, EvidenceError, EvidenceProvider, MAX_STATE_CHUNK, PeerVerifier,
-    REPORT_DATA_LEN, Source, SourceOutcome,
+    self, Config, Destination, DestinationOutcome, DestinationPhase, EvidenceError, EvidenceProvider, MAX_STATE_CHUNK,
+    PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
 };
 use spin::Mutex;
 use svm::SvmShared;
@@ -105,7 +105,7 @@ fn pump<E: session::Endpoint>(endpoint: &mut E, channel: &mut Channel) -> Result
 
 /// The destination's side: wait for the host, take the whole state, and say what the
 /// services were (the vTPM to resume, the settings to apply).
-pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) -> Result<ServiceState, String> {
+pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) -> Result<Arrived, String> {
     let [outbound, mut inbound] = pages;
     println!("migration: incoming; waiting for the host to start the migration pages");
     while inbound.read_status() != abi::migration::MigrationStatus::INCOMING {
@@ -115,7 +115,11 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) 
     let mut channel = PageChannel::new(outbound, inbound);
     let evidence = Evidence { svsm, platform };
     let mut session = Destination::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
-    let mut incoming = Incoming::new();
+    // The COMMIT_ACK only once the stream is whole and the vTPM runs again here: after
+    // the ACK the source never runs the guest again, so nothing may fail here after it.
+    session.hold_commit_ack();
+    let mut incoming = Some(Incoming::new());
+    let mut arrived = None;
     let started = clock::monotonic_ns();
     let (mut received, mut reported) = (0usize, 0usize);
     let mut attested = false;
@@ -139,9 +143,21 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) 
         let mut refused = None;
         while let Some(chunk) = session.take_state() {
             received += chunk.len();
-            if let Err(e) = incoming.take(svsm, &mut platform.platform(0), &chunk) {
+            let taken = incoming.as_mut().ok_or(StreamError::Malformed);
+            if let Err(e) = taken.and_then(|i| i.take(svsm, &mut platform.platform(0), &chunk)) {
                 refused = Some(format!("the state stream: {e:?}"));
                 break;
+            }
+        }
+        if refused.is_none() && session.phase() == DestinationPhase::CommitVerified && arrived.is_none() {
+            match ready_to_run(incoming.take()) {
+                Ok(ready) => {
+                    arrived = Some(ready);
+                    if let Err(e) = session.approve_commit() {
+                        break Err(format!("{e:?}"));
+                    }
+                }
+                Err(why) => refused = Some(why),
             }
         }
         if let Some(why) = refused {
@@ -169,11 +185,35 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) 
         return Err(why);
     }
     let _ = pump(&mut session, &mut channel);
+    let arrived = arrived.ok_or("a FINISH before the approved commit")?;
+    let ms = clock::monotonic_ns().saturating_sub(started) / 1_000_000;
+    println!(
+        "migration: completed: {} KiB of state in {ms} ms, {} vCPU(s); the guest runs here",
+        received / 1024,
+        arrived.vcpus
+    );
+    Ok(arrived)
+}
+
+/// What a completed migration brought: the services' state and, if the source had one,
+/// its vTPM running again here.
+pub struct Arrived {
+    pub services: ServiceState,
+    pub vtpm: Option<vtpm::Vtpm>,
+    pub vcpus: u32,
+}
+
+/// At the verified COMMIT: the stream must be whole (every vCPU, the end) and the vTPM
+/// must run again here, or the destination refuses the commit and the source runs on.
+fn ready_to_run(incoming: Option<Incoming>) -> Result<Arrived, String> {
+    let incoming = incoming.ok_or("the state stream")?;
     let vcpus = incoming.vcpus();
     let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
-    let ms = clock::monotonic_ns().saturating_sub(started) / 1_000_000;
-    println!("migration: completed: {} KiB of state in {ms} ms, {vcpus} vCPU(s); the guest runs here", received / 1024);
-    Ok(services)
+    let vtpm = match &services.vtpm {
+        Some(snapshot) => Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?),
+        None => None,
+    };
+    Ok(Arrived { services, vtpm, vcpus })
 }
 
 /// Where the source's session is.

@@ -209,22 +209,18 @@ fn arrive(
     pages: [svm::migration_device::BarPage; 2],
 ) {
     let again = pages.clone();
-    let services = match migration::receive(svsm, platform, pages) {
-        Ok(services) => services,
+    let arrived = match migration::receive(svsm, platform, pages) {
+        Ok(arrived) => arrived,
         Err(e) => {
             println!("FAILED: migration: {e}; the guest never ran here");
             exit::failure()
         }
     };
-    if let Some(snapshot) = &services.vtpm {
-        match vtpm::resume(snapshot) {
-            Ok(v) => {
-                println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3");
-                svsm.install_vtpm(v);
-            }
-            Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
-        }
+    if let Some(v) = arrived.vtpm {
+        println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3");
+        svsm.install_vtpm(v);
     }
+    let services = arrived.services;
     if let Err(e) = services.apply_settings(svsm, &mut platform.platform(0)) {
         println!("migration: the source's settings were not applied ({e:?})");
     }
