@@ -227,7 +227,15 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let (failed, source_failed) = channel();
     let source = start(
         "source",
-        context.run("source", guest, None, source_port, vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)])?,
+        context.run(
+            "source",
+            guest,
+            None,
+            source_port,
+            vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)],
+            None,
+            true,
+        )?,
     );
     let mut attempts = Vec::new();
     if options.other_image {
@@ -295,6 +303,7 @@ struct Context {
 
 impl Context {
     /// An instance named `label`, with a fresh migration device file and its agent on `port`.
+    #[expect(clippy::too_many_arguments, reason = "what differs between the instances of one run")]
     fn run(
         &self,
         label: &'static str,
@@ -302,8 +311,13 @@ impl Context {
         append: Option<&'static str>,
         port: u16,
         notify: Vec<(&'static str, std::sync::mpsc::Sender<()>)>,
+        disk: Option<&'static Path>,
+        with_device: bool,
     ) -> Result<qemu::Run<'static>> {
-        let file = keep(device_file(&self.dir, &format!("{label}.shm"))?);
+        let file = match with_device {
+            true => Some(&**keep(device_file(&self.dir, &format!("{label}.shm"))?)),
+            false => None,
+        };
         Ok(qemu::Run {
             svsm: self.svsm,
             guest: Some(guest),
@@ -314,10 +328,10 @@ impl Context {
             fw_cfg: self.kit.clone(),
             notify,
             limit: LIMIT,
-            disk: None,
+            disk: disk.map(qemu::Drive::Image),
             label,
             stop: Some(self.stop),
-            migration: Some(file),
+            migration: file,
         })
     }
 }
@@ -379,9 +393,23 @@ fn migrate_once(
     let port = free_port()?;
     let (waits, destination_waits) = channel();
     let guest = if attempt.kind == Try::OtherImage { context.other_guest } else { context.guest };
+    // The honest destination keeps the vTPM that arrives in its own sealed store, on a
+    // blank state disk of its own.
+    let disk = match attempt.kind {
+        Try::Honest => Some(&**keep(blank_disk(&context.dir, attempt.label)?)),
+        Try::OtherImage | Try::Fault(_) => None,
+    };
     let destination = start(
         attempt.label,
-        context.run(attempt.label, guest, Some("migrate=incoming"), port, vec![(DESTINATION_WAITS, waits)])?,
+        context.run(
+            attempt.label,
+            guest,
+            Some("migrate=incoming"),
+            port,
+            vec![(DESTINATION_WAITS, waits)],
+            disk,
+            true,
+        )?,
     );
     let mut relay_process = None;
     let result = (|| {
@@ -424,9 +452,60 @@ fn migrate_once(
             if let Some(line) = boot.lines.iter().find(|l| l.contains("migration: completed")) {
                 outcome.notes.push(format!("{}: {line}", attempt.label));
             }
+            if let Some(disk) = disk {
+                if !has("its NV state is kept in this SVSM's sealed store") {
+                    return Err(format!("the {} did not keep the vTPM in its sealed store", attempt.label));
+                }
+                outcome.notes.push(reboot(context, attempt.label, disk, tpm_record)?);
+            }
             Ok(outcome)
         }
     }
+}
+
+/// A blank state disk for `label`.
+fn blank_disk(dir: &Path, label: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{label}.img"));
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.set_len(16 << 20).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The destination, booted again on its state disk (no migration): its vTPM starts from
+/// the sealed store with the EK, NV index and persistent key that arrived.
+fn reboot(context: &Context, label: &'static str, disk: &'static Path, tpm_record: &Path) -> Result<String> {
+    step(&format!("{label} again, on its state disk: the vTPM that arrived must start from it"));
+    let port = free_port()?;
+    let (serves, agent_serves) = channel();
+    let name: &'static str = keep(format!("{label}-rebooted"));
+    let instance =
+        start(name, context.run(name, context.guest, None, port, vec![(AGENT_SERVES, serves)], Some(disk), false)?);
+    let checked = (|| {
+        agent_serves.recv_timeout(LIMIT).map_err(|_| "the rebooted destination's guest never served its agent")?;
+        let at = format!("127.0.0.1:{port}");
+        let record = tpm_record.to_string_lossy();
+        let verified = bulwark(&["tpm-bridge", "--qemu", &at, "--persist", "verify", "--state", &record])?;
+        println!("{}", verified.trim_end());
+        Agent::connect(port)?.ask("quit", Duration::from_secs(30))?;
+        Ok::<_, String>(verified.lines().last().unwrap_or("").trim().to_string())
+    })();
+    if checked.is_err() {
+        context.stop.store(true, Ordering::Relaxed);
+    }
+    let boot = instance.finish();
+    let verified = checked?;
+    let boot = boot?;
+    if boot.outcome != qemu::Outcome::Success
+        || !boot.lines.iter().any(|l| l.contains("started from its sealed NV state"))
+    {
+        return Err(format!(
+            "the rebooted {label} ended {:?}, or its vTPM did not start from the sealed store",
+            boot.outcome
+        ));
+    }
+    Ok(format!(
+        "{label} rebooted on its own state disk: the vTPM that arrived started from its sealed store ({verified})"
+    ))
 }
 
 /// `bulwark migrate relay` between the source's device and the attempt's destination's.
@@ -460,6 +539,16 @@ fn relay_summary(relay: &mut Child) -> String {
         let _ = std::io::Read::read_to_string(stdout, &mut out);
     }
     out.trim().to_string()
+}
+
+/// The vTPM's entry (the EK public area) of an attestation services manifest.
+fn vtpm_entry(manifest: &[u8]) -> Result<Vec<u8>> {
+    let services = attest::manifest::parse(manifest).map_err(|e| format!("the manifest: {e:?}"))?;
+    services
+        .into_iter()
+        .find(|s| s.guid == abi::attest::VTPM_SERVICE_GUID)
+        .map(|s| s.data)
+        .ok_or_else(|| "the manifest has no vTPM entry".to_string())
 }
 
 /// The SVSM where the guest runs answers QUERY_PROTOCOL for the core protocol and the
@@ -520,10 +609,12 @@ fn after_success(
     b.ask(&format!("check {seed}"), LIMIT)?;
     notes.push("on the destination the guest finds every pattern page as it last wrote it".into());
     served(&mut b, "the destination")?;
-    if b.ask("manifest", Duration::from_secs(120))? != before.manifest {
-        return Err("the attestation manifest (with the vTPM's EK) differs on the destination".into());
+    // The destination's manifest also names its own sealed state; the vTPM's entry (its
+    // EK) must be the one the guest had.
+    if vtpm_entry(&b.ask("manifest", Duration::from_secs(120))?)? != vtpm_entry(&before.manifest)? {
+        return Err("the vTPM's EK in the attestation manifest differs on the destination".into());
     }
-    notes.push("its attestation manifest, with the vTPM's EK, is the one it had".into());
+    notes.push("its attestation manifest names the vTPM's EK it had".into());
     drop(b);
     let at = format!("127.0.0.1:{port}");
     let record = tpm_record.to_string_lossy();

@@ -105,7 +105,13 @@ fn pump<E: session::Endpoint>(endpoint: &mut E, channel: &mut Channel) -> Result
 
 /// The destination's side: wait for the host, take the whole state, and say what the
 /// services were (the vTPM to resume, the settings to apply).
-pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) -> Result<Arrived, String> {
+pub fn receive(
+    svsm: &Svsm,
+    platform: &SvmShared<BareSvm>,
+    pages: [BarPage; 2],
+    storage: Option<alloc::boxed::Box<dyn vtpm::NvStorage>>,
+) -> Result<Arrived, String> {
+    let mut storage = storage;
     let [outbound, mut inbound] = pages;
     println!("migration: incoming; waiting for the host to start the migration pages");
     while inbound.read_status() != abi::migration::MigrationStatus::INCOMING {
@@ -150,7 +156,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) 
             }
         }
         if refused.is_none() && session.phase() == DestinationPhase::CommitVerified && arrived.is_none() {
-            match ready_to_run(incoming.take()) {
+            match ready_to_run(incoming.take(), storage.take()) {
                 Ok(ready) => {
                     arrived = Some(ready);
                     if let Err(e) = session.approve_commit() {
@@ -204,13 +210,17 @@ pub struct Arrived {
 }
 
 /// At the verified COMMIT: the stream must be whole (every vCPU, the end) and the vTPM
-/// must run again here, or the destination refuses the commit and the source runs on.
-fn ready_to_run(incoming: Option<Incoming>) -> Result<Arrived, String> {
+/// must run again here (its NV state written to this SVSM's sealed store, if it has
+/// one), or the destination refuses the commit and the source runs on.
+fn ready_to_run(
+    incoming: Option<Incoming>,
+    storage: Option<alloc::boxed::Box<dyn vtpm::NvStorage>>,
+) -> Result<Arrived, String> {
     let incoming = incoming.ok_or("the state stream")?;
     let vcpus = incoming.vcpus();
     let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
     let vtpm = match &services.vtpm {
-        Some(snapshot) => Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?),
+        Some(snapshot) => Some(super::vtpm::resume(snapshot, storage).map_err(|e| format!("the vTPM: {e}"))?),
         None => None,
     };
     Ok(Arrived { services, vtpm, vcpus })

@@ -146,7 +146,21 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
             println!("FAILED: migrate=incoming, but there is no usable migration device (ivshmem)");
             exit::failure()
         };
-        arrive(&mut svsm, &platform, pages);
+        // The vTPM that arrives is kept in this SVSM's own sealed store, if it has one.
+        let storage: Option<alloc::boxed::Box<dyn ::vtpm::NvStorage>> = match sealed {
+            Sealed::Open(sealed) => {
+                svsm.install_sealed(&mut platform.platform(0), sealed.clone());
+                Some(alloc::boxed::Box::new(kernel::sealed::VtpmNv::open(sealed).1))
+            }
+            Sealed::NoDisk => None,
+            Sealed::Refused => {
+                println!(
+                    "FAILED: migration: the state disk is refused; the vTPM that arrives would have nowhere to be kept"
+                );
+                exit::failure()
+            }
+        };
+        arrive(&mut svsm, &platform, pages, storage);
     } else {
         let started = clock::monotonic_ns();
         let vtpm = match sealed {
@@ -207,9 +221,11 @@ fn arrive(
     svsm: &mut kernel::svsm::Svsm,
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
     pages: [svm::migration_device::BarPage; 2],
+    storage: Option<alloc::boxed::Box<dyn ::vtpm::NvStorage>>,
 ) {
     let again = pages.clone();
-    let arrived = match migration::receive(svsm, platform, pages) {
+    let kept = storage.is_some();
+    let arrived = match migration::receive(svsm, platform, pages, storage) {
         Ok(arrived) => arrived,
         Err(e) => {
             println!("FAILED: migration: {e}; the guest never ran here");
@@ -217,7 +233,8 @@ fn arrive(
         }
     };
     if let Some(v) = arrived.vtpm {
-        println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3");
+        let kept = if kept { "; its NV state is kept in this SVSM's sealed store" } else { "" };
+        println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3{kept}");
         svsm.install_vtpm(v);
     }
     let services = arrived.services;
