@@ -130,8 +130,9 @@ pub fn receive(
     let (mut received, mut reported) = (0usize, 0usize);
     let mut attested = false;
     let mut last_progress = started;
+    let mut spent = Spent::default();
     let taken = loop {
-        let moved = match pump(&mut session, &mut channel) {
+        let moved = match Spent::timed(&mut spent.channel, || pump(&mut session, &mut channel)) {
             Ok(moved) => moved,
             Err(e) => break Err(e),
         };
@@ -150,7 +151,10 @@ pub fn receive(
         while let Some(chunk) = session.take_state() {
             received += chunk.len();
             let taken = incoming.as_mut().ok_or(StreamError::Malformed);
-            if let Err(e) = taken.and_then(|i| i.take(svsm, &mut platform.platform(0), &chunk)) {
+            let applied = Spent::timed(&mut spent.records, || {
+                taken.and_then(|i| i.take(svsm, &mut platform.platform(0), &chunk))
+            });
+            if let Err(e) = applied {
                 refused = Some(format!("the state stream: {e:?}"));
                 break;
             }
@@ -198,6 +202,11 @@ pub fn receive(
         received / 1024,
         arrived.vcpus
     );
+    println!(
+        "migration: the destination's time: {} ms in the channel (taking fragments, opening records, polling the host), {} ms applying the stream",
+        spent.channel / 1_000_000,
+        spent.records / 1_000_000
+    );
     Ok(arrived)
 }
 
@@ -224,6 +233,29 @@ fn ready_to_run(
         None => None,
     };
     Ok(Arrived { services, vtpm, vcpus })
+}
+
+/// Where a side's time went (ns), printed when its session ends: a profile of the
+/// migration on this machine.
+#[derive(Default)]
+struct Spent {
+    /// In the session and the channel: sealing or opening records, moving fragments
+    /// through the pages, and polling the host's registers while it has not answered.
+    channel: u64,
+    /// Applying the stream (destination).
+    records: u64,
+    /// Reading guest memory into stream items (source).
+    export: u64,
+}
+
+impl Spent {
+    /// `f`, its time added to `slot`.
+    fn timed<R>(slot: &mut u64, f: impl FnOnce() -> R) -> R {
+        let started = clock::monotonic_ns();
+        let r = f();
+        *slot = slot.saturating_add(clock::monotonic_ns().saturating_sub(started));
+        r
+    }
 }
 
 /// Where the source's session is.
@@ -255,6 +287,7 @@ struct Outgoing {
     /// When the first round began, and what the cipher alone does (KiB/s).
     precopy_started: u64,
     cipher_kib_s: u64,
+    spent: Spent,
     sent: usize,
     tracking: bool,
     started: u64,
@@ -351,6 +384,7 @@ fn start(shared: &'static Shared, pages: [BarPage; 2]) -> Result<Outgoing, Strin
         last_progress: clock::monotonic_ns(),
         precopy_started: 0,
         cipher_kib_s: cipher,
+        spent: Spent::default(),
         sent: 0,
         tracking: false,
         started: clock::monotonic_ns(),
@@ -368,7 +402,7 @@ enum Step {
 
 /// One step of the source while the guest runs.
 fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
-    let moved = pump(&mut out.session, &mut out.channel)?;
+    let moved = Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel))?;
     if let SourceOutcome::KeepRunning(e) = out.session.outcome() {
         return Err(format!("the session failed: {e:?}"));
     }
@@ -396,7 +430,8 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
             out.round = Round::Full(0);
         }
         Round::Full(from) => {
-            let (chunk, next) = svsm.export_memory_up_to(p, from, CHUNK_PAGES).map_err(|e| format!("memory: {e:?}"))?;
+            let (chunk, next) = Spent::timed(&mut out.spent.export, || svsm.export_memory_up_to(p, from, CHUNK_PAGES))
+                .map_err(|e| format!("memory: {e:?}"))?;
             stream::frame(&mut out.pending, Item::Memory, &chunk).map_err(|e| format!("{e:?}"))?;
             out.round = match next {
                 Some(next) => Round::Full(next),
@@ -425,7 +460,8 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
             let at = pages.len().saturating_sub(CHUNK_PAGES);
             let chunk: Vec<u64> = pages.drain(at..).collect();
             *sent += chunk.len();
-            let records = svsm.export_pages(p, &chunk).map_err(|e| format!("memory: {e:?}"))?;
+            let records = Spent::timed(&mut out.spent.export, || svsm.export_pages(p, &chunk))
+                .map_err(|e| format!("memory: {e:?}"))?;
             stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| format!("{e:?}"))?;
             if pages.is_empty() {
                 out.round = Round::Dirty { n: n + 1, pages: Vec::new(), sent: 0 };
@@ -440,7 +476,8 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
 fn send_pending(out: &mut Outgoing) -> Result<(), String> {
     let n = out.pending.len().min(MAX_STATE_CHUNK);
     let chunk = out.pending.get(..n).ok_or("the pending stream")?;
-    out.session.send_state(chunk).map_err(|e| format!("{e:?}"))?;
+    let session = &mut out.session;
+    Spent::timed(&mut out.spent.channel, || session.send_state(chunk)).map_err(|e| format!("{e:?}"))?;
     out.pending.drain(..n);
     out.sent += n;
     Ok(())
@@ -503,6 +540,11 @@ pub fn last_round(shared: &'static Shared) {
         "migration: throughput {rate} KiB/s over {moving_ms} ms of state transfer; the cipher alone {} KiB/s",
         out.cipher_kib_s
     );
+    println!(
+        "migration: the source's time: {} ms reading guest memory, {} ms in the channel (sealing records, moving fragments, polling the host); the rest ran the guest",
+        out.spent.export / 1_000_000,
+        out.spent.channel / 1_000_000
+    );
     if let Err(e) = finished {
         println!("migration: {e}: the destination may not run the guest (it is lost, never run twice)");
     }
@@ -525,7 +567,7 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
         if clock::monotonic_ns() > deadline {
             return Err("the last round timed out".into());
         }
-        pump(&mut out.session, &mut out.channel)?;
+        Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel))?;
         match out.session.outcome() {
             SourceOutcome::KeepRunning(e) => return Err(format!("the session failed: {e:?}")),
             SourceOutcome::Committed => return Ok(()),
@@ -542,10 +584,12 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
         } else if !dirty.is_empty() {
             let at = dirty.len().saturating_sub(CHUNK_PAGES);
             let chunk: Vec<u64> = dirty.drain(at..).collect();
-            let records = svsm.export_pages(p, &chunk).map_err(|e| format!("memory: {e:?}"))?;
+            let records = Spent::timed(&mut out.spent.export, || svsm.export_pages(p, &chunk))
+                .map_err(|e| format!("memory: {e:?}"))?;
             stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| format!("{e:?}"))?;
         } else if !rest_made {
-            out.pending = svsm.export_last_round(p, &[]).map_err(|e| format!("the last round: {e:?}"))?;
+            out.pending = Spent::timed(&mut out.spent.export, || svsm.export_last_round(p, &[]))
+                .map_err(|e| format!("the last round: {e:?}"))?;
             rest_made = true;
         } else if !committed {
             out.session.commit().map_err(|e| format!("{e:?}"))?;
