@@ -325,6 +325,28 @@ impl NvStorage for VtpmNv {
         self.manufactured = true;
         Ok(())
     }
+
+    /// A migrated TPM: the store keeps exactly its blobs under its EK, in one commit.
+    /// A store that keeps another TPM refuses; one that kept this TPM before loses every
+    /// blob the arriving state does not have.
+    fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
+        let mut sealed = self.sealed.lock();
+        if sealed.get(MARKER).is_some_and(|kept| kept != ek_public) {
+            return Err(NvError::Storage);
+        }
+        sealed
+            .update(|store| {
+                for stale in store.names_with_prefix(NV_PREFIX) {
+                    store.remove(&stale);
+                }
+                store.put(MARKER, ek_public)?;
+                Self::stage(store, blobs)
+            })
+            .map_err(|_| NvError::Storage)?;
+        drop(sealed);
+        self.manufactured = true;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -392,6 +414,32 @@ mod tests {
         nv.started(b"EK", &[change(b"other", Some(b"new"))]).unwrap();
         let (kept, _) = VtpmNv::open(sealed);
         assert_eq!(kept.nv.keys().cloned().collect::<Vec<_>>(), vec![b"other".to_vec()]);
+    }
+
+    /// A migrated TPM replaces what the store kept for it, blobs the arriving state lacks
+    /// included, in one commit; a store keeping another TPM refuses and keeps it.
+    #[test]
+    fn a_migrated_tpm_replaces_its_older_copy_and_not_another_tpm() {
+        let sealed = fresh();
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"old")), change(b"volatilestate", Some(b"old"))]).unwrap();
+        let (_, mut arriving) = VtpmNv::open(sealed.clone());
+        let generation = sealed.lock().state().generation;
+        arriving.replaced(b"EK", &[change(b"permall", Some(b"new"))]).unwrap();
+        assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
+        let (kept, _) = VtpmNv::open(sealed.clone());
+        assert_eq!(kept.nv.keys().cloned().collect::<Vec<_>>(), vec![b"permall".to_vec()], "the stale blob is gone");
+        assert_eq!(kept.nv.get(&b"permall"[..]).map(Vec::as_slice), Some(&b"new"[..]));
+
+        let before = sealed.lock().state();
+        let (_, mut other) = VtpmNv::open(sealed.clone());
+        assert_eq!(other.replaced(b"another EK", &[change(b"permall", Some(b"x"))]), Err(NvError::Storage));
+        assert_eq!(sealed.lock().state(), before, "nothing written");
+        // A blank store takes it as a first start would, marker and all.
+        let blank = fresh();
+        let (_, mut first) = VtpmNv::open(blank.clone());
+        first.replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
+        assert_eq!(VtpmNv::open(blank).0.ek_public.as_deref(), Some(&b"EK"[..]));
     }
 
     #[test]

@@ -155,6 +155,23 @@ impl Vtpm {
         Ok(Self { engine, ek_public, storage, stopped: false })
     }
 
+    /// Keep this vTPM's NV state in `storage` from now on, starting with its whole NV
+    /// state as it is now (`NvStorage::replaced`: nothing the storage held for this TPM
+    /// before stays). A migration's destination calls this once the guest is its own, so
+    /// its store never holds a TPM that may still run at the source.
+    pub fn keep_in(&mut self, mut storage: Box<dyn NvStorage>) -> Result<(), ManufactureError> {
+        let unkept = ManufactureError { step: "keeping the NV state", code: TPM_RC_NV_UNAVAILABLE };
+        let state = self.save().map_err(|_| unkept)?;
+        let mut blobs = Vec::new();
+        blobs.try_reserve(state.nv.len()).map_err(|_| unkept)?;
+        for (name, data) in &state.nv {
+            blobs.push(NvChange { name: name.clone(), data: Some(data.clone()) });
+        }
+        storage.replaced(&self.ek_public, &blobs).map_err(|_| unkept)?;
+        self.storage = Some(storage);
+        Ok(())
+    }
+
     /// A vTPM whose EK is already known (an engine shared by several model machines).
     pub fn with_ek(engine: Box<dyn TpmEngine>, ek_public: Vec<u8>) -> Self {
         Self { engine, ek_public, storage: None, stopped: false }

@@ -54,6 +54,13 @@ pub trait NvStorage: Send {
         let _ = ek_public;
         self.persist(changes)
     }
+
+    /// A migrated TPM with the EK `ek_public` arrived: from now on the storage holds
+    /// exactly `blobs` (its whole NV state), nothing it held before for this TPM. A store
+    /// that keeps another TPM (another EK) refuses.
+    fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
+        self.started(ek_public, blobs)
+    }
 }
 
 /// A running TPM's whole state, as a migration carries it: every NV blob, and the volatile

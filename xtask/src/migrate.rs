@@ -225,18 +225,6 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let source_port = free_port()?;
     let (serves, source_serves) = channel();
     let (failed, source_failed) = channel();
-    let source = start(
-        "source",
-        context.run(
-            "source",
-            guest,
-            None,
-            source_port,
-            vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)],
-            None,
-            true,
-        )?,
-    );
     let mut attempts = Vec::new();
     if options.other_image {
         attempts.push(Try::OtherImage);
@@ -245,6 +233,18 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
         attempts.push(Try::Fault(fault.clone()));
     }
     attempts.push(Try::Honest);
+    let mut source_run = context.run(
+        "source",
+        guest,
+        None,
+        source_port,
+        vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)],
+        None,
+        true,
+    )?;
+    // The source lives through every attempt.
+    source_run.limit = LIMIT * u32::try_from(attempts.len()).unwrap_or(1);
+    let source = start("source", source_run);
     let result = (|| {
         source_serves.recv_timeout(LIMIT).map_err(|_| "the source's guest never served its agent")?;
         let before = prepare(source_port, &tpm_record)?;
@@ -273,11 +273,17 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     if source.outcome != qemu::Outcome::Migrated {
         return Err(format!("the source ended {:?}, not with a committed migration", source.outcome));
     }
-    // State left the source only in the attempts past the attestation.
+    // State left the source only after an attestation: never for the destination under
+    // another measurement, which the source itself refused for its measurement; once for
+    // the honest attempt; at most once for a fault (one in the handshake comes before).
     let precopies = source.lines.iter().filter(|l| l.contains("pre-copy starts")).count();
-    let attested = attempts.iter().filter(|t| **t != Try::OtherImage).count();
-    if precopies != attested {
-        return Err(format!("the source began pre-copy {precopies} times, for {attested} attested destinations"));
+    let faults = attempts.iter().filter(|t| matches!(t, Try::Fault(_))).count();
+    if !(1..=1 + faults).contains(&precopies) {
+        return Err(format!("the source began pre-copy {precopies} times, for 1 honest and {faults} faulty attempts"));
+    }
+    let refused_measurement = |l: &String| l.starts_with("migration: failed") && l.contains("PeerMeasurement");
+    if options.other_image && !source.lines.iter().any(refused_measurement) {
+        return Err("the source did not refuse the other image's destination for its measurement".into());
     }
     for note in &seen {
         step(note);
@@ -444,6 +450,10 @@ fn migrate_once(
         }
         Try::OtherImage if has("the source is attested") || has("KiB received") => {
             Err(format!("the {} (another measurement) accepted the source or received state", attempt.label))
+        }
+        // The source refuses it (PEER_REFUSED), or it refuses the source, for the measurement.
+        Try::OtherImage if !has("AbortReason(2)") && !has("PeerMeasurement") => {
+            Err(format!("the {} was not refused for its measurement", attempt.label))
         }
         Try::Honest if boot.outcome != qemu::Outcome::Success => {
             Err(format!("the {} ended {:?}", attempt.label, boot.outcome))

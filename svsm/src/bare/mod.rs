@@ -224,18 +224,34 @@ fn arrive(
     storage: Option<alloc::boxed::Box<dyn ::vtpm::NvStorage>>,
 ) {
     let again = pages.clone();
-    let kept = storage.is_some();
-    let arrived = match migration::receive(svsm, platform, pages, storage) {
+    let arrived = match migration::receive(svsm, platform, pages) {
         Ok(arrived) => arrived,
         Err(e) => {
             println!("FAILED: migration: {e}; the guest never ran here");
             exit::failure()
         }
     };
-    if let Some(v) = arrived.vtpm {
-        let kept = if kept { "; its NV state is kept in this SVSM's sealed store" } else { "" };
-        println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3{kept}");
-        svsm.install_vtpm(v);
+    // The guest is this SVSM's now: its vTPM's whole NV state goes into this SVSM's sealed
+    // store (under this SVSM's key), replacing whatever the store kept for that TPM. If
+    // that fails the vTPM does not start here: a TPM whose NV changes would not survive a
+    // reboot is not the one the guest had.
+    match (arrived.vtpm, storage) {
+        (Some(mut v), Some(storage)) => match v.keep_in(storage) {
+            Ok(()) => {
+                println!(
+                    "vtpm: resumed from the source's state (the same EK) in its service process at CPL 3; its NV state is kept in this SVSM's sealed store"
+                );
+                svsm.install_vtpm(v);
+            }
+            Err(e) => println!(
+                "vtpm: the state that arrived could not be kept in the sealed store ({e:?}); the vTPM does not start"
+            ),
+        },
+        (Some(v), None) => {
+            println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3");
+            svsm.install_vtpm(v);
+        }
+        (None, _) => {}
     }
     let services = arrived.services;
     if let Err(e) = services.apply_settings(svsm, &mut platform.platform(0)) {

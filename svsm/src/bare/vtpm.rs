@@ -68,17 +68,13 @@ fn start_error(e: StartError) -> &'static str {
 }
 
 /// Continue, in a new service process, the vTPM a migration's source saved: the same EK,
-/// NV indices, persistent and loaded objects. With `storage` (this SVSM's sealed store),
-/// its whole NV state is written there first, under this SVSM's key: it survives this
-/// SVSM's reboot. A store that already keeps another vTPM (another EK) is refused.
-pub fn resume(
-    snapshot: &kernel::migration::VtpmSnapshot,
-    storage: Option<Box<dyn vtpm::NvStorage>>,
-) -> Result<Vtpm, &'static str> {
+/// NV indices, persistent and loaded objects. No NV storage yet: the destination gives it
+/// its sealed store (`Vtpm::keep_in`) only once the guest is its own.
+pub fn resume(snapshot: &kernel::migration::VtpmSnapshot) -> Result<Vtpm, &'static str> {
     let (channel, run) = load(PROCESS_ID)?;
     let engine = ServiceTpm::resume(channel, run, &snapshot.state).map_err(start_error)?;
-    Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, storage)
-        .map_err(|_| "resuming the migrated vTPM failed (or its sealed store keeps another vTPM)")
+    Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, None)
+        .map_err(|_| "resuming the migrated vTPM failed")
 }
 
 /// Start the vTPM service process and manufacture a vTPM through it (Startup, EK), with
