@@ -275,6 +275,23 @@ impl VtpmNv {
         (kept, Self { sealed, manufactured })
     }
 
+    /// In one commit: no blob but `blobs` under the vTPM's prefix, and the marker with
+    /// `ek_public`.
+    fn keep_only(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
+        self.sealed
+            .lock()
+            .update(|store| {
+                for stale in store.names_with_prefix(NV_PREFIX) {
+                    store.remove(&stale);
+                }
+                store.put(MARKER, ek_public)?;
+                Self::stage(store, blobs)
+            })
+            .map_err(|_| NvError::Storage)?;
+        self.manufactured = true;
+        Ok(())
+    }
+
     /// Stage `changes` under the vTPM's prefix.
     fn stage(store: &mut dyn SealedStore, changes: &[NvChange]) -> Result<(), StoreError> {
         for change in changes {
@@ -312,40 +329,17 @@ impl NvStorage for VtpmNv {
             }
             return self.persist(changes);
         }
-        self.sealed
-            .lock()
-            .update(|store| {
-                for stale in store.names_with_prefix(NV_PREFIX) {
-                    store.remove(&stale);
-                }
-                store.put(MARKER, ek_public)?;
-                Self::stage(store, changes)
-            })
-            .map_err(|_| NvError::Storage)?;
-        self.manufactured = true;
-        Ok(())
+        self.keep_only(ek_public, changes)
     }
 
     /// A migrated TPM: the store keeps exactly its blobs under its EK, in one commit.
     /// A store that keeps another TPM refuses; one that kept this TPM before loses every
     /// blob the arriving state does not have.
     fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
-        let mut sealed = self.sealed.lock();
-        if sealed.get(MARKER).is_some_and(|kept| kept != ek_public) {
+        if self.sealed.lock().get(MARKER).is_some_and(|kept| kept != ek_public) {
             return Err(NvError::Storage);
         }
-        sealed
-            .update(|store| {
-                for stale in store.names_with_prefix(NV_PREFIX) {
-                    store.remove(&stale);
-                }
-                store.put(MARKER, ek_public)?;
-                Self::stage(store, blobs)
-            })
-            .map_err(|_| NvError::Storage)?;
-        drop(sealed);
-        self.manufactured = true;
-        Ok(())
+        self.keep_only(ek_public, blobs)
     }
 }
 
