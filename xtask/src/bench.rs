@@ -42,7 +42,7 @@ fn migration_bench() -> Result {
     let s = crate::migrate::run(&crate::migrate::MigrateOptions::default())?;
     let ratio = s.throughput_kib_s as f64 / s.cipher_kib_s.max(1) as f64;
     step(&format!(
-        "live migration (svm, proposal's 2 KiB page mode): {} KiB of state at {} KiB/s = {ratio:.2} of the cipher alone          ({} KiB/s; goal >= 0.5); the guest stopped for {} ms while it wrote (QEMU's default target {QEMU_DOWNTIME_MS} ms)",
+        "live migration (svm, proposal's 2 KiB page mode): {} KiB of state at {} KiB/s = {ratio:.2} of the cipher alone ({} KiB/s; goal >= 0.5); the guest stopped for {} ms while it wrote (QEMU's default target {QEMU_DOWNTIME_MS} ms)",
         s.state_kib, s.throughput_kib_s, s.cipher_kib_s, s.downtime_ms
     ));
     let json = format!(
