@@ -430,11 +430,16 @@ fn a_held_commit_ack_waits_for_the_destinations_approval() {
             if dst.phase() == DestinationPhase::AwaitHello {
                 dst.hold_commit_ack();
             }
+            if dst.phase() == DestinationPhase::Transfer {
+                assert_eq!(dst.approve_commit(), Err(MigrationError::WrongPhase), "nothing to approve yet");
+            }
             if dst.phase() == DestinationPhase::CommitVerified {
                 held_seen = true;
                 assert_eq!(src.outcome(), SourceOutcome::InProgress, "no ACK yet: the source has not committed");
                 if approve {
                     dst.approve_commit().unwrap();
+                    assert_eq!(dst.approve_commit(), Err(MigrationError::WrongPhase), "one ACK only");
+                    assert_eq!(dst.phase(), DestinationPhase::AwaitFinish);
                 } else {
                     dst.abort(AbortReason::INTERNAL).unwrap();
                 }
