@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn bulwark(args: &[&str]) -> Result<String, String> {
+pub(crate) fn bulwark(args: &[&str]) -> Result<String, String> {
     let exe = crate::shell::target_dir()?.join("debug/bulwark");
     let out = Command::new(&exe).args(args).output().map_err(|e| format!("{}: {e}", exe.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

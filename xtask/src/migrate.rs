@@ -19,6 +19,8 @@
 //! finds its pattern there. Then the honest attempt.
 
 use crate::Result;
+use crate::agent::bulwark;
+use crate::boot::free_port;
 use crate::shell::{exec_cargo, step, target_dir};
 use crate::{image, qemu};
 use std::io::{BufRead, BufReader, Write};
@@ -139,16 +141,6 @@ fn ok_bytes(request: &str, line: &str) -> Result<Vec<u8>> {
     (0..hex.len() / 2)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| format!("`{request}`: bad hex `{line}`")))
         .collect()
-}
-
-fn bulwark(args: &[&str]) -> Result<String> {
-    let exe = target_dir()?.join("debug/bulwark");
-    let out = Command::new(&exe).args(args).output().map_err(|e| format!("{}: {e}", exe.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!("bulwark {}: {}{}", args.join(" "), text, String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(text)
 }
 
 /// A fresh, zeroed file for one instance's migration device.
@@ -697,12 +689,6 @@ fn churn(a: &mut Agent, b: &mut Agent, first_seed: u32) -> Result<(u32, bool)> {
             return Err("the guest never finished its churn".into());
         }
     }
-}
-
-/// A TCP port nobody listens on right now.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free TCP port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -136,11 +136,13 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) 
         let limit = if arrived.is_some() { FINISH_DEADLINE_NS } else { STALL_NS };
         if moved {
             last_progress = now;
-        } else if now.saturating_sub(last_progress) > limit && arrived.is_some() {
-            break Err(
-                "the FINISH never came after this SVSM approved the commit (the guest is lost, never run twice)".into(),
-            );
         } else if now.saturating_sub(last_progress) > limit {
+            if arrived.is_some() {
+                break Err(
+                    "the FINISH never came after this SVSM approved the commit (the guest is lost, never run twice)"
+                        .into(),
+                );
+            }
             let _ = session.abort(session::AbortReason::INTERNAL);
             break Err("neither the host nor the source moved for 30 s".into());
         }
@@ -264,10 +266,10 @@ enum Round {
     Handshake,
     /// The first round, every validated page, from this pfn on.
     Full(u64),
-    /// Dirty round `n`: the pages written during the round before (taken at once when
-    /// the round began, so a guest that keeps writing cannot stretch a round), those
-    /// still to send first.
-    Dirty { n: u32, pages: Vec<u64>, sent: usize },
+    /// Dirty round `n`: the pages written during the round before, still to send (`None`
+    /// until the round begins; taken at once then, so a guest that keeps writing cannot
+    /// stretch a round).
+    Dirty { n: u32, todo: Option<Vec<u64>> },
     /// The guest must stop for the last round.
     Last,
 }
@@ -447,32 +449,35 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
                         "migration: round 1 (every validated page): {} KiB",
                         (out.sent + out.pending.len()) / 1024
                     );
-                    Round::Dirty { n: 2, pages: Vec::new(), sent: 0 }
+                    Round::Dirty { n: 2, todo: None }
                 }
             };
         }
-        Round::Dirty { n, ref mut pages, ref mut sent } => {
-            if *sent == 0 && pages.is_empty() {
-                *pages = svsm.take_dirty(p, TAKE_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
-                pages.reverse();
-                println!("migration: round {n}: {} page(s) written during the round before", pages.len());
-                if pages.len() < LAST_ROUND_PAGES || n >= MAX_DIRTY_ROUNDS {
-                    // Those pages go with the last round, the guest stopped.
-                    out.carried = core::mem::take(pages);
-                    out.round = Round::Last;
-                    println!("migration: the guest stops for the last round");
-                    return Ok(Step::Pause);
+        Round::Dirty { n, ref mut todo } => {
+            let pages = match todo {
+                Some(pages) => pages,
+                None => {
+                    let mut pages = svsm.take_dirty(p, TAKE_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
+                    println!("migration: round {n}: {} page(s) written during the round before", pages.len());
+                    if pages.len() < LAST_ROUND_PAGES || n >= MAX_DIRTY_ROUNDS {
+                        // Those pages go with the last round, the guest stopped.
+                        out.carried = pages;
+                        out.round = Round::Last;
+                        println!("migration: the guest stops for the last round");
+                        return Ok(Step::Pause);
+                    }
+                    pages.reverse();
+                    todo.insert(pages)
                 }
-            }
+            };
             let at = pages.len().saturating_sub(CHUNK_PAGES);
             let chunk: Vec<u64> = pages.drain(at..).collect();
-            *sent += chunk.len();
+            if pages.is_empty() {
+                out.round = Round::Dirty { n: n + 1, todo: None };
+            }
             let records = Spent::timed(&mut out.spent.export, || svsm.export_pages(p, &chunk))
                 .map_err(|e| format!("memory: {e:?}"))?;
             stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| format!("{e:?}"))?;
-            if pages.is_empty() {
-                out.round = Round::Dirty { n: n + 1, pages: Vec::new(), sent: 0 };
-            }
         }
         Round::Last => return Ok(Step::Pause),
     }
