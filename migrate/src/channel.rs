@@ -112,6 +112,13 @@ pub enum ChannelError {
     BadFragment(FragmentFault),
     /// No memory for a frame being reassembled.
     OutOfMemory,
+    /// A ring of more pages than the channel has was asked for.
+    RingTooLarge {
+        /// The pages asked for.
+        asked: usize,
+        /// The pages the channel has.
+        has: usize,
+    },
 }
 
 /// One migration page as the SVSM sees it: memory the host can write at any time.
@@ -150,37 +157,92 @@ pub trait MigrationChannel {
     /// Says that nothing more will be sent, once everything sent has been taken; true
     /// when that has been said.
     fn close(&mut self) -> Result<bool, ChannelError>;
+    /// From the next fragment on, uses this many pages of each direction's ring (the
+    /// session calls it when the ring mode starts; 1 is the page mode). A ring never
+    /// narrows: a smaller count changes nothing.
+    fn use_ring(&mut self, outbound: usize, inbound: usize) -> Result<(), ChannelError>;
+}
+
+/// The slots of one direction: the proposal's page (slot 0, which alone carries the
+/// status register) and, for the ring mode, more pages driven exactly like it. Fragments
+/// go to the slots in turn, `0, 1, .., active - 1, 0, ..`; in the page mode `active` is 1.
+#[derive(Debug)]
+struct Slots<P> {
+    pages: Vec<P>,
+    active: usize,
+    next: usize,
+}
+
+impl<P: MigrationPage> Slots<P> {
+    fn new(pages: Vec<P>) -> Self {
+        Self { pages, active: 1, next: 0 }
+    }
+
+    fn widen(&mut self, pages: usize) -> Result<(), ChannelError> {
+        if pages > self.pages.len() {
+            return Err(ChannelError::RingTooLarge { asked: pages, has: self.pages.len() });
+        }
+        // The turn continues where it is: both ends widen between the same two fragments,
+        // so they agree on the slot of every fragment after it.
+        self.active = self.active.max(pages);
+        Ok(())
+    }
+
+    fn first(&mut self) -> Option<&mut P> {
+        self.pages.first_mut()
+    }
+
+    fn current(&mut self) -> Option<&mut P> {
+        self.pages.get_mut(self.next)
+    }
+
+    fn advance(&mut self) {
+        self.next = (self.next + 1) % self.active.max(1);
+    }
 }
 
 /// The producer's side of the proposal's page protocol: frames out, one fragment per
-/// `DATA_READY`.
+/// `DATA_READY`, on one page or on a ring of them.
 #[derive(Debug)]
 pub struct PageSender<P> {
-    page: P,
+    slots: Slots<P>,
+    /// Per slot: a fragment was written and the host's `DATA_READ` not yet seen.
+    unread: Vec<bool>,
     /// The frame going out, and the offset of its next fragment.
     frame: Vec<u8>,
     next_offset: usize,
-    /// A fragment is in the buffer and the host has not yet answered `DATA_READ`.
-    awaiting_read: bool,
     closed: bool,
     failed: Option<ChannelError>,
 }
 
 impl<P: MigrationPage> PageSender<P> {
-    /// A sender on `page`. It writes nothing until the host has started the page
-    /// (status `RUNNING`).
+    /// A sender on `page` (the page mode). It writes nothing until the host has started
+    /// the page (status `RUNNING`).
     pub fn new(page: P) -> Self {
-        Self { page, frame: Vec::new(), next_offset: 0, awaiting_read: false, closed: false, failed: None }
+        Self::with_ring(alloc::vec![page])
     }
 
-    /// The page.
-    pub fn page(&self) -> &P {
-        &self.page
+    /// A sender on a ring of `pages` (at least one; the first is the proposal's page). It
+    /// uses only the first until [`Self::widen`].
+    pub fn with_ring(pages: Vec<P>) -> Self {
+        let unread = alloc::vec![false; pages.len()];
+        Self { slots: Slots::new(pages), unread, frame: Vec::new(), next_offset: 0, closed: false, failed: None }
     }
 
-    /// Whether every fragment handed over has been taken by the host.
-    pub fn is_idle(&self) -> bool {
-        !self.awaiting_read && self.next_offset >= self.frame.len()
+    /// The proposal's page (the ring's first).
+    pub fn page(&self) -> Option<&P> {
+        self.slots.pages.first()
+    }
+
+    /// From the next fragment on, takes turns over this many pages.
+    pub fn widen(&mut self, pages: usize) -> Result<(), ChannelError> {
+        self.slots.widen(pages)
+    }
+
+    /// Whether the frame handed over has gone into the pages whole and the page for the
+    /// next fragment is free: then [`Self::start`] takes the next frame.
+    fn can_start(&self) -> bool {
+        self.next_offset >= self.frame.len() && !self.unread.get(self.slots.next).copied().unwrap_or(false)
     }
 
     /// Starts sending `frame`.
@@ -189,7 +251,7 @@ impl<P: MigrationPage> PageSender<P> {
         if self.closed {
             return Err(ChannelError::Closed);
         }
-        if !self.is_idle() {
+        if !self.can_start() {
             return Err(ChannelError::Busy);
         }
         if frame.is_empty() || frame.len() > MAX_FRAME_LEN {
@@ -202,13 +264,10 @@ impl<P: MigrationPage> PageSender<P> {
         Ok(())
     }
 
-    /// Does what the registers allow now: notices that the host took the last fragment,
-    /// writes the next one. True when idle.
+    /// Does what the registers allow now: notices the pages the host has taken, writes
+    /// the next fragments into free ones. True when the next frame can start.
     pub fn poll(&mut self) -> Result<bool, ChannelError> {
         self.check_failed()?;
-        if self.is_idle() {
-            return Ok(true);
-        }
         let result = self.step();
         if let Err(e) = result {
             self.failed = Some(e);
@@ -216,15 +275,18 @@ impl<P: MigrationPage> PageSender<P> {
         result
     }
 
-    /// Writes `COMPLETED` once idle (the proposal's end of the stream); true when written.
+    /// Writes `COMPLETED` once the host has taken every fragment (the proposal's end of
+    /// the stream); true when written.
     pub fn close(&mut self) -> Result<bool, ChannelError> {
         if self.closed {
             return Ok(true);
         }
-        if !self.poll()? {
+        if !self.poll()? || !self.all_taken()? {
             return Ok(false);
         }
-        self.page.write_status(MigrationStatus::COMPLETED);
+        if let Some(page) = self.slots.first() {
+            page.write_status(MigrationStatus::COMPLETED);
+        }
         self.closed = true;
         Ok(true)
     }
@@ -236,31 +298,50 @@ impl<P: MigrationPage> PageSender<P> {
         }
     }
 
+    /// Whether the host took every fragment written (looks at each page still unread).
+    fn all_taken(&mut self) -> Result<bool, ChannelError> {
+        for (page, unread) in self.slots.pages.iter_mut().zip(self.unread.iter_mut()) {
+            if *unread {
+                match page.read_data_register() {
+                    DataRegister::DATA_READY => return Ok(false),
+                    DataRegister::DATA_READ => *unread = false,
+                    DataRegister(other) => return Err(ChannelError::BadRegister(other)),
+                }
+            }
+        }
+        Ok(true)
+    }
+
     fn step(&mut self) -> Result<bool, ChannelError> {
-        match self.page.read_status() {
+        let first = self.slots.first().ok_or(ChannelError::Closed)?;
+        match first.read_status() {
             MigrationStatus::NOT_STARTED => return Ok(false),
             MigrationStatus::RUNNING => {}
             MigrationStatus::COMPLETED => return Err(ChannelError::Closed),
             MigrationStatus(other) => return Err(ChannelError::BadStatus(other)),
         }
-        match self.page.read_data_register() {
-            // The host has not taken the buffer yet (or wrote READY itself: either way the
-            // buffer is not ours to overwrite).
-            DataRegister::DATA_READY => Ok(false),
-            DataRegister::DATA_READ => {
-                if self.awaiting_read {
-                    self.awaiting_read = false;
-                    if self.next_offset >= self.frame.len() {
-                        return Ok(true);
+        loop {
+            let slot = self.slots.next;
+            let page = self.slots.current().ok_or(ChannelError::Closed)?;
+            match page.read_data_register() {
+                // The host has not taken the buffer yet (or wrote READY itself: either way
+                // the buffer is not ours to overwrite).
+                DataRegister::DATA_READY => return Ok(false),
+                DataRegister::DATA_READ => {
+                    if let Some(unread) = self.unread.get_mut(slot) {
+                        *unread = false;
                     }
                 }
-                self.write_fragment()?;
-                Ok(false)
+                DataRegister(other) => return Err(ChannelError::BadRegister(other)),
             }
-            DataRegister(other) => Err(ChannelError::BadRegister(other)),
+            if self.next_offset >= self.frame.len() {
+                return Ok(true);
+            }
+            self.write_fragment()?;
         }
     }
 
+    /// Writes the next fragment into the current page (which is free) and moves on.
     fn write_fragment(&mut self) -> Result<(), ChannelError> {
         let rest = self.frame.get(self.next_offset..).unwrap_or_default();
         let len = rest.len().min(FRAGMENT_PAYLOAD);
@@ -275,10 +356,15 @@ impl<P: MigrationPage> PageSender<P> {
         head.copy_from_slice(header.as_bytes());
         let bytes = rest.get(..len).ok_or(ChannelError::FrameLength { len })?;
         body.get_mut(..len).ok_or(ChannelError::FrameLength { len })?.copy_from_slice(bytes);
-        self.page.write_buffer(&buffer);
-        self.page.write_data_register(DataRegister::DATA_READY);
+        let slot = self.slots.next;
+        let page = self.slots.current().ok_or(ChannelError::Closed)?;
+        page.write_buffer(&buffer);
+        page.write_data_register(DataRegister::DATA_READY);
+        if let Some(unread) = self.unread.get_mut(slot) {
+            *unread = true;
+        }
         self.next_offset += len;
-        self.awaiting_read = true;
+        self.slots.advance();
         Ok(())
     }
 }
@@ -287,10 +373,11 @@ fn to_u32(n: usize) -> Result<u32, ChannelError> {
     u32::try_from(n).map_err(|_| ChannelError::FrameLength { len: n })
 }
 
-/// The consumer's side of the proposal's page protocol: fragments in, whole frames out.
+/// The consumer's side of the proposal's page protocol: fragments in, whole frames out,
+/// from one page or a ring of them.
 #[derive(Debug)]
 pub struct PageReceiver<P> {
-    page: P,
+    slots: Slots<P>,
     /// The frame being reassembled and its announced length (0: none in progress).
     frame: Vec<u8>,
     frame_len: usize,
@@ -298,19 +385,30 @@ pub struct PageReceiver<P> {
 }
 
 impl<P: MigrationPage> PageReceiver<P> {
-    /// A receiver on `page`. It reads nothing until the host has started the page
-    /// (status `INCOMING`).
+    /// A receiver on `page` (the page mode). It reads nothing until the host has started
+    /// the page (status `INCOMING`).
     pub fn new(page: P) -> Self {
-        Self { page, frame: Vec::new(), frame_len: 0, failed: None }
+        Self::with_ring(alloc::vec![page])
     }
 
-    /// The page.
-    pub fn page(&self) -> &P {
-        &self.page
+    /// A receiver on a ring of `pages` (at least one; the first is the proposal's page).
+    /// It reads only the first until [`Self::widen`].
+    pub fn with_ring(pages: Vec<P>) -> Self {
+        Self { slots: Slots::new(pages), frame: Vec::new(), frame_len: 0, failed: None }
     }
 
-    /// Takes one fragment if the host has put one in the buffer; a whole frame when that
-    /// fragment completed one.
+    /// The proposal's page (the ring's first).
+    pub fn page(&self) -> Option<&P> {
+        self.slots.pages.first()
+    }
+
+    /// From the next fragment on, takes turns over this many pages.
+    pub fn widen(&mut self, pages: usize) -> Result<(), ChannelError> {
+        self.slots.widen(pages)
+    }
+
+    /// Takes the fragments the host has put in the pages, in turn, until a frame is
+    /// whole (then returns it) or the next page is empty.
     pub fn poll(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
         if let Some(e) = self.failed {
             return Err(e);
@@ -326,22 +424,29 @@ impl<P: MigrationPage> PageReceiver<P> {
     fn step(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
         // Status first: the host writes DATA_READY before COMPLETED, so a buffer that was
         // ready when the stream ended is still taken.
-        let ended = match self.page.read_status() {
+        let first = self.slots.first().ok_or(ChannelError::Closed)?;
+        let ended = match first.read_status() {
             MigrationStatus::NOT_STARTED => return Ok(None),
             MigrationStatus::INCOMING => false,
             MigrationStatus::COMPLETED => true,
             MigrationStatus(other) => return Err(ChannelError::BadStatus(other)),
         };
-        match self.page.read_data_register() {
-            DataRegister::DATA_READY => {}
-            DataRegister::DATA_READ if ended => return Err(ChannelError::Closed),
-            DataRegister::DATA_READ => return Ok(None),
-            DataRegister(other) => return Err(ChannelError::BadRegister(other)),
+        loop {
+            let page = self.slots.current().ok_or(ChannelError::Closed)?;
+            match page.read_data_register() {
+                DataRegister::DATA_READY => {}
+                DataRegister::DATA_READ if ended => return Err(ChannelError::Closed),
+                DataRegister::DATA_READ => return Ok(None),
+                DataRegister(other) => return Err(ChannelError::BadRegister(other)),
+            }
+            let mut buffer = [0u8; BUFFER_SIZE];
+            page.read_buffer(&mut buffer);
+            page.write_data_register(DataRegister::DATA_READ);
+            self.slots.advance();
+            if let Some(frame) = self.accept(&buffer)? {
+                return Ok(Some(frame));
+            }
         }
-        let mut buffer = [0u8; BUFFER_SIZE];
-        self.page.read_buffer(&mut buffer);
-        self.page.write_data_register(DataRegister::DATA_READ);
-        self.accept(&buffer)
     }
 
     fn accept(&mut self, buffer: &[u8; BUFFER_SIZE]) -> Result<Option<Vec<u8>>, ChannelError> {
@@ -383,7 +488,8 @@ impl<P: MigrationPage> PageReceiver<P> {
     }
 }
 
-/// The proposal's mode: a [`MigrationChannel`] over two migration pages, one per direction.
+/// A [`MigrationChannel`] over migration pages, one direction each: the proposal's page
+/// mode, and the ring mode once the session widens it.
 #[derive(Debug)]
 pub struct PageChannel<O, I> {
     sender: PageSender<O>,
@@ -392,9 +498,15 @@ pub struct PageChannel<O, I> {
 
 impl<O: MigrationPage, I: MigrationPage> PageChannel<O, I> {
     /// A channel that sends on `outbound` (this SVSM produces) and receives on `inbound`
-    /// (this SVSM consumes).
+    /// (this SVSM consumes): the page mode only.
     pub fn new(outbound: O, inbound: I) -> Self {
         Self { sender: PageSender::new(outbound), receiver: PageReceiver::new(inbound) }
+    }
+
+    /// A channel over two rings (each at least one page; the first of each is the
+    /// proposal's page), which starts in the page mode.
+    pub fn with_rings(outbound: Vec<O>, inbound: Vec<I>) -> Self {
+        Self { sender: PageSender::with_ring(outbound), receiver: PageReceiver::with_ring(inbound) }
     }
 
     /// The outbound direction.
@@ -419,7 +531,7 @@ impl<O: MigrationPage, I: MigrationPage> MigrationChannel for PageChannel<O, I> 
 
     fn send(&mut self, frame: &[u8]) -> Result<(), ChannelError> {
         self.sender.start(frame)?;
-        // Out at once if the page allows it.
+        // Out at once if the pages allow it.
         self.sender.poll().map(|_| ())
     }
 
@@ -429,5 +541,10 @@ impl<O: MigrationPage, I: MigrationPage> MigrationChannel for PageChannel<O, I> 
 
     fn close(&mut self) -> Result<bool, ChannelError> {
         self.sender.close()
+    }
+
+    fn use_ring(&mut self, outbound: usize, inbound: usize) -> Result<(), ChannelError> {
+        self.sender.widen(outbound)?;
+        self.receiver.widen(inbound)
     }
 }

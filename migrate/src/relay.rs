@@ -8,6 +8,8 @@
 //! pages an SVSM produces on, `INCOMING` on those it consumes from). [`Relay::pump`] then
 //! takes every buffer an SVSM marks `DATA_READY`, logs it, and delivers it to the other
 //! SVSM's inbound page, one buffer per `DATA_READ`, with at most one [`Fault`] applied.
+//! [`Relay::between_rings`] does the same over rings of pages (the ring mode,
+//! docs/migration.md "Channel modes"), each page to the page of the same place.
 
 use crate::channel::{FRAGMENT_HEADER_LEN, FragmentHeader, MigrationPage};
 use crate::session::FrameKind;
@@ -76,6 +78,8 @@ pub struct Relayed {
     pub index: usize,
     /// Which way it went.
     pub direction: Direction,
+    /// The slot it was taken from: 0 is the proposal's page, the others a ring's.
+    pub slot: usize,
     /// Its bytes.
     pub bytes: Buffer,
 }
@@ -101,22 +105,58 @@ impl Relayed {
     }
 }
 
+/// One direction: the producer's pages and the consumer's, slot for slot (the proposal's
+/// page is slot 0; a ring adds more). Each slot is relayed to the same slot on the other
+/// side, in the order taken: the relay need not know whether the SVSMs use the ring, and
+/// the consumer reads the slots in the same turn as the producer wrote them.
 #[derive(Debug)]
 struct Pipe<P> {
     direction: Direction,
-    /// The page the sending SVSM produces on.
-    from: P,
-    /// The page the receiving SVSM consumes from.
-    to: P,
-    queue: VecDeque<Buffer>,
-    held: Option<Buffer>,
+    /// The pages the sending SVSM produces on.
+    from: Vec<P>,
+    /// The pages the receiving SVSM consumes from.
+    to: Vec<P>,
+    /// Per slot, the buffers waiting for the consumer to take the slot's last one.
+    queues: Vec<VecDeque<Buffer>>,
+    /// The slot the next take starts looking at: the producer writes the slots in turn,
+    /// but only slot 0 until its ring mode starts, which the relay learns when another
+    /// slot is first ready (the ring's turn starts at slot 0).
+    cursor: usize,
+    ring_started: bool,
+    /// A buffer held back for a swap, and the slot it was taken from.
+    held: Option<(Buffer, usize)>,
     producer_ended: bool,
     consumer_closed: bool,
 }
 
 impl<P> Pipe<P> {
-    fn new(direction: Direction, from: P, to: P) -> Self {
-        Self { direction, from, to, queue: VecDeque::new(), held: None, producer_ended: false, consumer_closed: false }
+    fn new(direction: Direction, from: Vec<P>, to: Vec<P>) -> Self {
+        let slots = from.len().min(to.len());
+        Self {
+            direction,
+            from,
+            to,
+            queues: (0..slots).map(|_| VecDeque::new()).collect(),
+            cursor: 0,
+            ring_started: false,
+            held: None,
+            producer_ended: false,
+            consumer_closed: false,
+        }
+    }
+
+    fn slots(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn queued(&self) -> usize {
+        self.queues.iter().map(VecDeque::len).sum()
+    }
+
+    fn push(&mut self, slot: usize, bytes: Buffer) {
+        if let Some(queue) = self.queues.get_mut(slot) {
+            queue.push_back(bytes);
+        }
     }
 }
 
@@ -140,18 +180,35 @@ impl<P: MigrationPage> Relay<P> {
     /// The relay between the source's `[outbound, inbound]` pages and the destination's,
     /// with the pages started as the host starts them.
     pub fn between(source: [P; 2], destination: [P; 2], fault: Option<Fault>) -> Self {
+        let [source_out, source_in] = source;
+        let [destination_out, destination_in] = destination;
+        Self::between_rings(
+            [alloc::vec![source_out], alloc::vec![source_in]],
+            [alloc::vec![destination_out], alloc::vec![destination_in]],
+            fault,
+        )
+    }
+
+    /// The relay between the source's `[outbound, inbound]` rings of pages and the
+    /// destination's (the first page of each is the proposal's page), started as the host
+    /// starts them. A ring longer than the one it is relayed to has its extra pages left
+    /// alone (the SVSMs agree on the smaller ring).
+    pub fn between_rings(source: [Vec<P>; 2], destination: [Vec<P>; 2], fault: Option<Fault>) -> Self {
         let [mut source_out, mut source_in] = source;
         let [mut destination_out, mut destination_in] = destination;
         // The inbound pages first: an SVSM starts when its outbound page says RUNNING,
-        // and must then find its inbound page empty and INCOMING, not what an earlier
+        // and must then find its inbound pages empty and INCOMING, not what an earlier
         // session left there.
-        for page in [&mut source_in, &mut destination_in] {
+        for page in source_in.iter_mut().chain(destination_in.iter_mut()) {
             page.write_data_register(DataRegister::DATA_READ);
             page.write_status(MigrationStatus::INCOMING);
         }
-        for page in [&mut source_out, &mut destination_out] {
-            page.write_data_register(DataRegister::DATA_READ);
-            page.write_status(MigrationStatus::RUNNING);
+        // The proposal's page last, so an SVSM that sees RUNNING finds its ring started.
+        for ring in [&mut source_out, &mut destination_out] {
+            for page in ring.iter_mut().rev() {
+                page.write_data_register(DataRegister::DATA_READ);
+                page.write_status(MigrationStatus::RUNNING);
+            }
         }
         Self {
             pipes: [
@@ -201,7 +258,10 @@ impl<P: MigrationPage> Relay<P> {
     pub fn pump(&mut self) -> bool {
         let mut progress = false;
         for pipe in 0..self.pipes.len() {
-            progress |= self.take(pipe);
+            // Everything the producer has ready (a ring fills many pages at once).
+            while self.take(pipe) {
+                progress = true;
+            }
             progress |= self.deliver(pipe);
         }
         progress
@@ -212,40 +272,55 @@ impl<P: MigrationPage> Relay<P> {
     pub fn hang_up(&mut self) {
         self.hung_up = true;
         for pipe in &mut self.pipes {
-            pipe.queue.clear();
+            pipe.queues.iter_mut().for_each(VecDeque::clear);
             pipe.held = None;
         }
     }
 
+    /// Takes the next buffer an SVSM marked ready, looking at its slots in turn from the
+    /// one after the last taken; else notices the end of its stream.
     fn take(&mut self, p: usize) -> bool {
         let Some(pipe) = self.pipes.get_mut(p) else { return false };
-        if pipe.queue.len() < MAX_QUEUED && pipe.from.read_data_register() == DataRegister::DATA_READY {
-            let mut bytes = Box::new([0u8; BUFFER_SIZE]);
-            pipe.from.read_buffer(&mut bytes);
-            pipe.from.write_data_register(DataRegister::DATA_READ);
-            let direction = pipe.direction;
-            let index = self.next_index;
-            self.next_index += 1;
-            if let Some(count) = self.counts.get_mut(p) {
-                *count += 1;
+        let slots = pipe.slots();
+        if pipe.queued() < MAX_QUEUED {
+            for turn in 0..slots {
+                let slot = (pipe.cursor + turn) % slots;
+                let Some(page) = pipe.from.get_mut(slot) else { continue };
+                if page.read_data_register() != DataRegister::DATA_READY {
+                    continue;
+                }
+                let mut bytes = Box::new([0u8; BUFFER_SIZE]);
+                page.read_buffer(&mut bytes);
+                page.write_data_register(DataRegister::DATA_READ);
+                pipe.ring_started |= slot != 0;
+                pipe.cursor = if pipe.ring_started { (slot + 1) % slots } else { 0 };
+                let direction = pipe.direction;
+                let index = self.next_index;
+                self.next_index += 1;
+                if let Some(count) = self.counts.get_mut(p) {
+                    *count += 1;
+                }
+                if self.logging {
+                    self.log.push(Relayed { index, direction, slot, bytes: bytes.clone() });
+                }
+                self.route(p, index, slot, bytes);
+                return true;
             }
-            if self.logging {
-                self.log.push(Relayed { index, direction, bytes: bytes.clone() });
-            }
-            self.route(p, index, bytes);
-            return true;
         }
-        if !pipe.producer_ended && pipe.from.read_status() == MigrationStatus::COMPLETED {
+        let producer_done = pipe.from.first_mut().is_some_and(|page| page.read_status() == MigrationStatus::COMPLETED);
+        if !pipe.producer_ended && producer_done {
             pipe.producer_ended = true;
-            if let Some(held) = pipe.held.take() {
-                pipe.queue.push_back(held);
+            if let Some((held, slot)) = pipe.held.take() {
+                pipe.push(slot, held);
             }
             return true;
         }
         false
     }
 
-    fn route(&mut self, p: usize, index: usize, mut bytes: Buffer) {
+    /// Queues a buffer taken from `slot` for the same slot on the other side, with the
+    /// fault if it is this buffer's.
+    fn route(&mut self, p: usize, index: usize, slot: usize, mut bytes: Buffer) {
         if self.truncated || self.hung_up {
             return;
         }
@@ -257,48 +332,58 @@ impl<P: MigrationPage> Relay<P> {
                     *b ^= 1 << (bit % 8);
                 }
                 self.fault_applied = true;
-                pipe.queue.push_back(bytes);
+                pipe.push(slot, bytes);
             }
             Some(Fault::Drop { buffer }) if buffer == index => self.fault_applied = true,
             Some(Fault::Duplicate { buffer }) if buffer == index => {
                 self.fault_applied = true;
-                pipe.queue.push_back(bytes.clone());
-                pipe.queue.push_back(bytes);
+                pipe.push(slot, bytes.clone());
+                pipe.push(slot, bytes);
             }
-            Some(Fault::SwapWithNext { buffer }) if buffer == index => pipe.held = Some(bytes),
+            Some(Fault::SwapWithNext { buffer }) if buffer == index => pipe.held = Some((bytes, slot)),
             Some(Fault::TruncateAt { buffer }) if buffer == index => {
                 self.fault_applied = true;
                 self.truncated = true;
             }
-            _ => {
-                pipe.queue.push_back(bytes);
-                if let Some(held) = pipe.held.take() {
+            _ => match pipe.held.take() {
+                // The two change places: on one page the held one comes after this one,
+                // on a ring each takes the other's slot.
+                Some((held, held_slot)) => {
                     self.fault_applied = true;
-                    pipe.queue.push_back(held);
+                    pipe.push(held_slot, bytes);
+                    pipe.push(slot, held);
                 }
-            }
+                None => pipe.push(slot, bytes),
+            },
         }
     }
 
+    /// Delivers a queued buffer into every slot the consumer has emptied; ends the
+    /// consumer's stream once the producer's has ended and nothing is left.
     fn deliver(&mut self, p: usize) -> bool {
         let ended = self.truncated || self.hung_up;
         let Some(pipe) = self.pipes.get_mut(p) else { return false };
         if pipe.consumer_closed {
             return false;
         }
-        if !pipe.queue.is_empty()
-            && pipe.to.read_data_register() == DataRegister::DATA_READ
-            && let Some(bytes) = pipe.queue.pop_front()
-        {
-            pipe.to.write_buffer(&bytes);
-            pipe.to.write_data_register(DataRegister::DATA_READY);
-            return true;
+        let mut progress = false;
+        for (queue, page) in pipe.queues.iter_mut().zip(pipe.to.iter_mut()) {
+            if !queue.is_empty()
+                && page.read_data_register() == DataRegister::DATA_READ
+                && let Some(bytes) = queue.pop_front()
+            {
+                page.write_buffer(&bytes);
+                page.write_data_register(DataRegister::DATA_READY);
+                progress = true;
+            }
         }
-        if (ended || pipe.producer_ended) && pipe.queue.is_empty() {
-            pipe.to.write_status(MigrationStatus::COMPLETED);
+        if !progress && (ended || pipe.producer_ended) && pipe.queued() == 0 {
+            if let Some(page) = pipe.to.first_mut() {
+                page.write_status(MigrationStatus::COMPLETED);
+            }
             pipe.consumer_closed = true;
             return true;
         }
-        false
+        progress
     }
 }

@@ -115,4 +115,21 @@ impl crate::relay::Relay<MemPage> {
         );
         (relay, PageChannel::new(source_out, source_in), PageChannel::new(destination_out, destination_in))
     }
+
+    /// As [`Self::connect`], with rings of `pages` pages per direction on each side: the
+    /// channels start in the page mode and widen when their sessions agree on the ring.
+    pub fn connect_rings(fault: Option<Fault>, pages: usize) -> (Self, MemChannel, MemChannel) {
+        let ring = || -> alloc::vec::Vec<MemPage> { (0..pages.max(1)).map(|_| MemPage::new()).collect() };
+        let (source_out, source_in, destination_out, destination_in) = (ring(), ring(), ring(), ring());
+        let relay = Self::between_rings(
+            [source_out.clone(), source_in.clone()],
+            [destination_out.clone(), destination_in.clone()],
+            fault,
+        );
+        (
+            relay,
+            PageChannel::with_rings(source_out, source_in),
+            PageChannel::with_rings(destination_out, destination_in),
+        )
+    }
 }

@@ -259,3 +259,58 @@ fn a_relay_holds_back_when_the_consumer_stops() {
     assert_eq!(relay.taken(), [MAX_QUEUED + 1, 0]);
     assert!(!tx.poll_send().unwrap(), "the producer waits for the host");
 }
+
+/// The ring mode: the sender fills the ring's pages in turn without waiting for the host
+/// and takes the next frame while they are still unread; the receiver reads them in the
+/// same turn and never out of it; a ring does not grow past its pages.
+#[test]
+fn a_ring_fills_its_pages_in_turn_and_is_read_in_turn() {
+    let ring = |status: MigrationStatus| -> Vec<MemPage> {
+        let pages: Vec<MemPage> = (0..4).map(|_| MemPage::new()).collect();
+        for page in &pages {
+            page.set_data_register(DataRegister::DATA_READ);
+            page.set_status(status);
+        }
+        pages
+    };
+    let out = ring(MigrationStatus::RUNNING);
+    let mut sender = PageSender::with_ring(out.clone());
+    assert_eq!(sender.widen(5), Err(ChannelError::RingTooLarge { asked: 5, has: 4 }));
+    sender.widen(4).unwrap();
+    let first = frame(3 * FRAGMENT_PAYLOAD);
+    sender.start(&first).unwrap();
+    assert_eq!(sender.poll(), Ok(true), "three pages written, the fourth free: the next frame may start");
+    let ready =
+        |pages: &[MemPage]| pages.iter().map(|p| p.data_register() == DataRegister::DATA_READY).collect::<Vec<_>>();
+    assert_eq!(ready(&out), [true, true, true, false]);
+    let second = frame(2 * FRAGMENT_PAYLOAD);
+    sender.start(&second).unwrap();
+    assert_eq!(sender.poll(), Ok(false), "the ring is full: page 0 still holds the first fragment");
+    assert_eq!(ready(&out), [true, true, true, true]);
+    assert_eq!(sender.close(), Ok(false), "nothing taken yet");
+
+    // The host carries page by page, in an order of its own.
+    let inbound = ring(MigrationStatus::INCOMING);
+    let mut receiver = PageReceiver::with_ring(inbound.clone());
+    receiver.widen(4).unwrap();
+    let carry = |slot: usize| {
+        inbound[slot].set_buffer(&out[slot].buffer());
+        inbound[slot].set_data_register(DataRegister::DATA_READY);
+        out[slot].set_data_register(DataRegister::DATA_READ);
+    };
+    carry(1);
+    assert_eq!(receiver.poll(), Ok(None), "page 1 before page 0 is not read");
+    assert_eq!(inbound[1].data_register(), DataRegister::DATA_READY);
+    carry(0);
+    carry(3);
+    assert_eq!(receiver.poll(), Ok(None), "pages 0 and 1 read; page 2 is next");
+    assert_eq!(ready(&inbound), [false, false, false, true]);
+    carry(2);
+    assert_eq!(receiver.poll(), Ok(Some(first)));
+    assert_eq!(sender.poll(), Ok(true), "page 0 is free again and takes the second frame's last fragment");
+    assert_eq!(ready(&out), [true, false, false, false]);
+    carry(0);
+    assert_eq!(receiver.poll(), Ok(Some(second)), "pages 3 and 0");
+    assert_eq!(sender.close(), Ok(true));
+    assert_eq!(out[0].status(), MigrationStatus::COMPLETED);
+}

@@ -50,6 +50,34 @@ fn a_mebibyte_of_state_arrives_byte_for_byte() {
     assert_eq!(s2d[s2d.len() - 2..], [FrameKind::Record(RecordType::Commit), FrameKind::Record(RecordType::Finish)]);
 }
 
+/// The ring mode: after READY the source's buffers take the ring's pages in turn while the
+/// destination's stay on the proposal's page; the state arrives byte for byte in as many
+/// buffers as in the page mode, in far fewer host round trips (many buffers per wait).
+#[test]
+fn a_mebibyte_moves_over_the_ring_in_turn() {
+    const PAGES: usize = 16;
+    let state = state_bytes(1 << 20, 42);
+    let page = migrate(&state, MAX_STATE_CHUNK, None, Side::new(), Side::new());
+    let ring = migrate(&state, MAX_STATE_CHUNK, None, Side::with_ring(PAGES as u16), Side::with_ring(PAGES as u16));
+    assert!(page.succeeded() && ring.succeeded(), "{:?} {:?}", ring.source, ring.destination);
+    assert!(ring.received == state, "the state differs");
+    assert!(ring.source_errors.is_empty() && ring.destination_errors.is_empty() && !ring.stalled);
+    assert_eq!(ring.source_mode, Some(Mode::Ring { pages: PAGES as u16 }));
+    assert_eq!(ring.log.len(), page.log.len());
+    let outbound: Vec<_> = ring.frames(Direction::SourceToDestination).collect();
+    let first_record = outbound
+        .iter()
+        .position(|r| r.frame_kind() == Some(FrameKind::Record(RecordType::State)))
+        .expect("a STATE record");
+    assert!(outbound[..first_record].iter().all(|r| r.slot == 0), "the handshake stays on the page");
+    for (turn, r) in outbound[first_record..].iter().enumerate() {
+        assert_eq!(r.slot, turn % PAGES, "buffer {} out of turn", r.index);
+    }
+    assert!(ring.frames(Direction::DestinationToSource).all(|r| r.slot == 0));
+    eprintln!("1 MiB: {} rounds on the page, {} on a ring of {PAGES}", page.rounds, ring.rounds);
+    assert!(ring.rounds * 4 < page.rounds, "{} rounds on the ring, {} on the page", ring.rounds, page.rounds);
+}
+
 #[test]
 fn chunks_around_the_fragment_sizes() {
     // Records that just fit one buffer, just do not, fill two exactly, and the largest.

@@ -29,9 +29,9 @@ enum Result {
 }
 
 /// The buffers of an untouched migration, and the index of the COMMIT's first buffer.
-fn clean_run() -> (Vec<Relayed>, usize) {
+fn clean_run(side: fn() -> Side) -> (Vec<Relayed>, usize) {
     let state = state_bytes(STATE_LEN, 7);
-    let run = migrate(&state, CHUNK, None, Side::new(), Side::new());
+    let run = migrate(&state, CHUNK, None, side(), side());
     assert!(run.succeeded());
     assert_eq!(run.received, state);
     let commit =
@@ -44,21 +44,41 @@ fn last_of_its_direction(log: &[Relayed], index: usize) -> bool {
     !log[index + 1..].iter().any(|r| r.direction == direction)
 }
 
+/// Where in the stream a fault shows. A replayed buffer is delivered into the same page
+/// again, so the receiver meets it in the place of the next buffer of that page: the next
+/// buffer on the page mode, the next lap of the ring on a ring (or never, after the end).
+fn where_it_shows(fault: Fault, index: usize, log: &[Relayed]) -> usize {
+    match fault {
+        Fault::Duplicate { .. } => {
+            let (direction, slot) = (log[index].direction, log[index].slot);
+            log[index + 1..]
+                .iter()
+                .position(|r| r.direction == direction && r.slot == slot)
+                .map_or(usize::MAX, |later| index + 1 + later)
+        }
+        _ => index,
+    }
+}
+
 /// Checks a tampered run against the rules and says which case it was.
 fn judge(run: &Run, fault: Fault, index: usize, log: &[Relayed], commit: usize, state: &[u8]) -> Result {
     let what = format!("{fault:?} of buffer {index} ({:?}, {:?})", log[index].direction, log[index].frame_kind());
     let result = match (run.source, run.destination) {
         (SourceOutcome::KeepRunning(_), DestinationOutcome::Failed(_)) => Result::Failed,
         (SourceOutcome::Committed, DestinationOutcome::Failed(_)) => {
-            assert!(index >= commit, "{what}: the source committed on a session tampered before the COMMIT");
+            assert!(
+                where_it_shows(fault, index, log) >= commit,
+                "{what}: the source committed on a session tampered before the COMMIT"
+            );
             Result::Lost
         }
         (SourceOutcome::Committed, DestinationOutcome::Completed) => {
-            assert!(
-                matches!(fault, Fault::Duplicate { .. } | Fault::SwapWithNext { .. })
-                    && last_of_its_direction(log, index),
-                "{what}: not detected"
-            );
+            let after_the_end = match fault {
+                Fault::Duplicate { .. } => where_it_shows(fault, index, log) == usize::MAX,
+                Fault::SwapWithNext { .. } => last_of_its_direction(log, index),
+                _ => false,
+            };
+            assert!(after_the_end, "{what}: not detected");
             assert_eq!(run.received, state, "{what}");
             Result::Unharmed
         }
@@ -69,7 +89,7 @@ fn judge(run: &Run, fault: Fault, index: usize, log: &[Relayed], commit: usize, 
     }
     if run.commit_accepted {
         // The driver already checked the state was exact when the COMMIT was accepted.
-        assert!(index >= commit || result == Result::Unharmed, "{what}: COMMIT accepted");
+        assert!(where_it_shows(fault, index, log) >= commit || result == Result::Unharmed, "{what}: COMMIT accepted");
     }
     if result != Result::Unharmed {
         assert!(run.fault_applied || matches!(fault, Fault::SwapWithNext { .. }), "{what}");
@@ -90,8 +110,20 @@ fn bits(r: &Relayed) -> Vec<usize> {
 
 #[test]
 fn every_tampered_buffer_is_caught() {
+    every_tampered_buffer_is_caught_with(Side::new);
+}
+
+/// The same over a ring of 4 pages: the source's records after READY take the ring's
+/// pages in turn, and a buffer dropped, replayed or put into another page is caught the
+/// same way (a buffer swapped with the next one lands in the next page).
+#[test]
+fn every_tampered_buffer_on_a_ring_is_caught() {
+    every_tampered_buffer_is_caught_with(|| Side::with_ring(4));
+}
+
+fn every_tampered_buffer_is_caught_with(side: fn() -> Side) {
     let state = state_bytes(STATE_LEN, 7);
-    let (log, commit) = clean_run();
+    let (log, commit) = clean_run(side);
     // Hello, Hello, 2 x evidence, 2 x evidence, READY, 2 + 1 x STATE, COMMIT, ACK, FINISH.
     assert_eq!(log.len(), 13);
     let mut summary: BTreeMap<(&str, Result), usize> = BTreeMap::new();
@@ -107,9 +139,9 @@ fn every_tampered_buffer_is_caught() {
             ("truncate", Fault::TruncateAt { buffer: index }),
         ]);
         for (name, fault) in faults {
-            let run = migrate(&state, CHUNK, Some(fault), Side::new(), Side::new());
+            let run = migrate(&state, CHUNK, Some(fault), side(), side());
             let result = judge(&run, fault, index, &log, commit, &state);
-            if index < commit {
+            if where_it_shows(fault, index, &log) < commit {
                 assert_eq!(result, Result::Failed, "{fault:?}: before the COMMIT the source must keep running");
             }
             *summary.entry((name, result)).or_default() += 1;
@@ -125,10 +157,21 @@ fn every_tampered_buffer_is_caught() {
     let (ack, finish) = (log.len() - 2, log.len() - 1);
     assert_eq!(log[ack].frame_kind(), Some(FrameKind::Record(RecordType::CommitAck)));
     assert_eq!(log[finish].frame_kind(), Some(FrameKind::Record(RecordType::Finish)));
-    let expected = [
-        // A replayed COMMIT reaches the destination after its ACK left: it fails, the
-        // source has committed. Lost, like any change to the FINISH.
-        ("duplicate", commit, Result::Lost),
+    let mut expected = Vec::new();
+    if log[finish].slot == 0 && log[commit].slot == 0 {
+        // The page mode. A replayed COMMIT reaches the destination after its ACK left: it
+        // fails, the source has committed. Lost, like any change to the FINISH.
+        expected.push(("duplicate", commit, Result::Lost));
+    } else {
+        // A ring of 4: STATE, STATE, STATE and COMMIT take the four pages, the FINISH the
+        // first again. A buffer replayed into a page is met a lap later: the first page's
+        // in the FINISH's place (lost, as any change to the FINISH), the other three's
+        // never, since nothing follows them there.
+        assert_eq!([log[commit - 3].slot, log[commit].slot, log[finish].slot], [0, 3, 0]);
+        expected.push(("duplicate", commit - 3, Result::Lost));
+        expected.extend((commit - 2..=commit).map(|i| ("duplicate", i, Result::Unharmed)));
+    }
+    expected.extend([
         // A replayed ACK or FINISH arrives after its receiver finished; a FINISH held
         // back is delivered when the source's stream ends.
         ("duplicate", ack, Result::Unharmed),
@@ -137,7 +180,7 @@ fn every_tampered_buffer_is_caught() {
         ("duplicate", finish, Result::Unharmed),
         ("swap", finish, Result::Unharmed),
         ("truncate", finish, Result::Lost),
-    ];
+    ]);
     assert_eq!(not_failed, expected);
 }
 
@@ -174,7 +217,7 @@ fn every_byte_of_the_hellos() {
 #[test]
 fn replayed_records_are_named() {
     let state = state_bytes(STATE_LEN, 7);
-    let (log, _) = clean_run();
+    let (log, _) = clean_run(Side::new);
     let mut seen = 0;
     for r in log.iter().filter(|r| r.direction == Direction::SourceToDestination) {
         let header = r.fragment().unwrap();

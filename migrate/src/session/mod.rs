@@ -414,6 +414,9 @@ struct Core<V, P> {
     transcript: Sha384,
     hello_transcript: [u8; HASH_LEN],
     mode: Option<Mode>,
+    /// The ring pages in use `[outbound, inbound]`: 1 (the page mode) until the ring
+    /// mode starts.
+    ring: [usize; 2],
     peer: Option<PeerIdentity>,
     keys: Option<Keys>,
     tally: Option<Tally>,
@@ -448,6 +451,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
             transcript,
             hello_transcript: [0; HASH_LEN],
             mode: None,
+            ring: [1, 1],
             peer: None,
             keys: None,
             tally: None,
@@ -455,6 +459,14 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
             commit: None,
             error: None,
         })
+    }
+
+    /// The agreed ring's size, if the ring mode was agreed.
+    fn ring_size(&self) -> Option<usize> {
+        match self.mode {
+            Some(Mode::Ring { pages }) => Some(usize::from(pages)),
+            _ => None,
+        }
     }
 
     fn own_hello(&self) -> Result<wire::Hello, MigrationError> {
@@ -771,6 +783,12 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
         match (self.phase, record_type) {
             (_, RecordType::Abort) => Err(parse_abort_record(payload)),
             (SourcePhase::AwaitReady, RecordType::Ready) if payload.is_empty() => {
+                // The ring carries the source's records from the first one after READY:
+                // the destination read the last fragment before it (its EVIDENCE's)
+                // before it sent READY.
+                if let Some(pages) = self.core.ring_size() {
+                    self.core.ring = [pages, 1];
+                }
                 self.phase = SourcePhase::Transfer;
                 Ok(())
             }
@@ -911,6 +929,11 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
                 self.core.check_peer_evidence(frame)?;
                 self.core.derive_keys()?;
                 self.core.queue_record(RecordType::Ready, &[])?;
+                // Every frame of the source's from here comes over the ring (its own
+                // widens on READY). The destination's few frames stay on the page.
+                if let Some(pages) = self.core.ring_size() {
+                    self.core.ring = [1, pages];
+                }
                 self.phase = DestinationPhase::Transfer;
                 Ok(())
             }
@@ -976,6 +999,8 @@ pub trait Endpoint {
     fn wants_frames(&self) -> bool;
     /// Whether the side is finished and has handed out every frame.
     fn is_done(&self) -> bool;
+    /// The ring pages `[outbound, inbound]` the channel is to use now (1: the page mode).
+    fn ring_pages(&self) -> [usize; 2];
 }
 
 fn channel_error(error: ChannelError) -> MigrationError {
@@ -1008,6 +1033,10 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Source<V, P> {
     fn is_done(&self) -> bool {
         !self.wants_frames() && self.core.outbound.is_empty()
     }
+
+    fn ring_pages(&self) -> [usize; 2] {
+        self.core.ring
+    }
 }
 
 impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Destination<V, P> {
@@ -1032,6 +1061,10 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Destination<V, P> {
 
     fn is_done(&self) -> bool {
         !self.wants_frames() && self.core.outbound.is_empty()
+    }
+
+    fn ring_pages(&self) -> [usize; 2] {
+        self.core.ring
     }
 }
 
@@ -1065,6 +1098,10 @@ pub fn pump<E: Endpoint + ?Sized, C: MigrationChannel + ?Sized>(
             Ok(Some(frame)) => {
                 progress = true;
                 endpoint.handle_frame(&frame)?;
+                let [outbound, inbound] = endpoint.ring_pages();
+                if let Err(e) = channel.use_ring(outbound, inbound) {
+                    endpoint.channel_failed(e)?;
+                }
             }
             Ok(None) => {}
             Err(e) => {

@@ -6,7 +6,8 @@
 use bulwark_migrate::EntropyError;
 use bulwark_migrate::session::{
     self, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, EvidenceError, EvidenceProvider,
-    MigrationError, Mode, PeerIdentity, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome, VerifyError,
+    MAX_RING_PAGES, MigrationError, Mode, PeerIdentity, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
+    VerifyError,
 };
 use bulwark_migrate::testing::{Direction, Fault, Relay, Relayed};
 use p384::ecdsa::signature::{Signer, Verifier};
@@ -130,6 +131,13 @@ impl Side {
         Self { config: Config { identity: IDENTITY, ring_pages: None }, attester: Attester::new(IDENTITY) }
     }
 
+    /// This SVSM offering a ring of `pages` pages (its channel has that many per direction).
+    pub fn with_ring(pages: u16) -> Self {
+        let mut side = Self::new();
+        side.config.ring_pages = Some(pages);
+        side
+    }
+
     /// Another SVSM: both its belief and its reports change.
     pub fn running(identity: PeerIdentity) -> Self {
         Self { config: Config { identity, ring_pages: None }, attester: Attester::new(identity) }
@@ -150,6 +158,9 @@ pub struct Run {
     pub fault_applied: bool,
     /// The relay had to hang up on a stalled session.
     pub stalled: bool,
+    /// Rounds of the driver's loop (each pumps both sides and the relay): what a
+    /// migration costs in host round trips.
+    pub rounds: u64,
     /// Errors `pump` returned, per side.
     pub source_errors: Vec<MigrationError>,
     pub destination_errors: Vec<MigrationError>,
@@ -198,7 +209,16 @@ pub fn migrate_with(
     destination: Side,
     hook: Hook<'_>,
 ) -> Run {
-    let (mut relay, mut source_channel, mut destination_channel) = Relay::connect(fault);
+    // Both channels with as many ring pages as the larger offer (the smaller offer's side
+    // uses no more than it offered).
+    let pages = [source.config.ring_pages, destination.config.ring_pages]
+        .into_iter()
+        .flatten()
+        .map(usize::from)
+        .filter(|&p| p <= usize::from(MAX_RING_PAGES))
+        .max()
+        .unwrap_or(1);
+    let (mut relay, mut source_channel, mut destination_channel) = Relay::connect_rings(fault, pages);
     let mut src = Source::start(source.config, TestVerifier::new(), source.attester, &mut entropy(1)).unwrap();
     let mut dst =
         Destination::start(destination.config, TestVerifier::new(), destination.attester, &mut entropy(2)).unwrap();
@@ -267,6 +287,7 @@ pub fn migrate_with(
         log: relay.log().to_vec(),
         fault_applied: relay.fault_applied(),
         stalled,
+        rounds,
         source_errors,
         destination_errors,
     }
