@@ -268,6 +268,11 @@ impl<P: MigrationPage> PageSender<P> {
     /// the next fragments into free ones. True when the next frame can start.
     pub fn poll(&mut self) -> Result<bool, ChannelError> {
         self.check_failed()?;
+        // Nothing left to write or to see taken: no need to look at the pages (which this
+        // side may itself have closed).
+        if self.closed || (self.next_offset >= self.frame.len() && !self.unread.contains(&true)) {
+            return Ok(true);
+        }
         let result = self.step();
         if let Err(e) = result {
             self.failed = Some(e);

@@ -63,7 +63,7 @@ commands:
                                      answers (the SVSM gives up after 10 s and serves on without
                                      the vTPM); a kept disk sealed to an earlier launch is set aside
                                      (*.previous-launch.img) for a blank one
-  migrate [--other-image] [--fault KIND@N]
+  migrate [--other-image] [--fault KIND@N] [--page-mode]
                                      a live migration between two QEMU instances through
                                      bulwark migrate relay, the guest running: the guest must find
                                      its memory, vTPM and OCP on the destination; first, with
@@ -71,7 +71,8 @@ commands:
                                      measurement (refused before any state leaves), with --fault
                                      (flip, drop, replay, reorder, truncate at relayed buffer N)
                                      through a hostile relay: each must fail and the source's guest
-                                     run on
+                                     run on; the state goes over a ring of 64 pages, or with
+                                     --page-mode over the proposal's single page
   help                               show this text
 ";
 
@@ -334,6 +335,7 @@ impl<'a> Options<'a> {
             match arg.as_str() {
                 "--fault" => o.fault = Some(crate::migrate::fault(self.value(arg)?)?),
                 "--other-image" => o.other_image = true,
+                "--page-mode" => o.page_mode = true,
                 _ => return Err(self.unknown(arg)),
             }
         }

@@ -1,6 +1,5 @@
-//! `cargo xtask migrate [--other-image] [--fault KIND@N]`: a live migration between QEMU
-//! instances
-//! (docs/migration.md, "The QEMU end to end").
+//! `cargo xtask migrate [--other-image] [--fault KIND@N] [--page-mode]`: a live migration
+//! between QEMU instances (docs/migration.md, "The QEMU end to end").
 //!
 //! The source boots the SVSM and the test guest with a migration device; its guest runs
 //! its checks and conformance suite, then serves its host agent. Through the agent the
@@ -51,7 +50,14 @@ pub struct MigrateOptions {
     pub fault: Option<String>,
     /// A first attempt to a destination launched with another measurement.
     pub other_image: bool,
+    /// Migration devices of the proposal's two pages only, so the SVSMs keep to the page
+    /// mode (else each direction has a ring of [`RING_PAGES`]).
+    pub page_mode: bool,
 }
+
+/// The pages of each direction's ring in a migration device (its file is twice this many
+/// 4 KiB pages, 512 KiB: ivshmem's BAR is a power of two).
+pub const RING_PAGES: usize = 64;
 
 /// A relay fault as `bulwark migrate relay --fault` takes it (`KIND@N`), checked.
 pub fn fault(spec: &str) -> Result<String> {
@@ -143,10 +149,10 @@ fn ok_bytes(request: &str, line: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
-/// A fresh, zeroed file for one instance's migration device.
-fn device_file(dir: &Path, name: &str) -> Result<PathBuf> {
+/// A fresh, zeroed file for one instance's migration device: `ring` pages per direction.
+fn device_file(dir: &Path, name: &str, ring: usize) -> Result<PathBuf> {
     let path = dir.join(name);
-    std::fs::write(&path, [0u8; 8192]).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, vec![0u8; 2 * ring * 4096]).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -211,7 +217,8 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     bytes.extend_from_slice(&[0u8; 4096]);
     std::fs::write(&other_guest, bytes).map_err(|e| format!("{}: {e}", other_guest.display()))?;
     let other_guest = keep(other_guest);
-    let context = Context { svsm, guest, other_guest, kit: image::issuing_kit()?, dir, stop };
+    let ring = if options.page_mode { 1 } else { RING_PAGES };
+    let context = Context { svsm, guest, other_guest, kit: image::issuing_kit()?, dir, stop, ring };
 
     step("the source: the SVSM and the test guest, with a migration device");
     let source_port = free_port()?;
@@ -297,6 +304,8 @@ struct Context {
     kit: Vec<(&'static str, PathBuf)>,
     dir: PathBuf,
     stop: &'static AtomicBool,
+    /// Pages per direction in each migration device.
+    ring: usize,
 }
 
 impl Context {
@@ -313,7 +322,7 @@ impl Context {
         with_device: bool,
     ) -> Result<qemu::Run<'static>> {
         let file = match with_device {
-            true => Some(&**keep(device_file(&self.dir, &format!("{label}.shm"))?)),
+            true => Some(&**keep(device_file(&self.dir, &format!("{label}.shm"), self.ring)?)),
             false => None,
         };
         Ok(qemu::Run {

@@ -62,7 +62,8 @@ pub struct Run<'a> {
     /// Set by whoever drives the run beside QEMU when it gave up: QEMU is stopped.
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
     /// The live-migration device: an `ivshmem-plain` PCI device whose memory is this
-    /// file (two pages, shared with `bulwark migrate relay`).
+    /// file (its size a power of two, at least two pages; shared with `bulwark migrate
+    /// relay`).
     pub migration: Option<&'a Path>,
 }
 
@@ -187,9 +188,11 @@ fn command(run: &Run<'_>, guest_log: &Path) -> Command {
         command.args(["-device", "virtio-blk-pci,drive=state,serial=bulwark-state"]);
     }
     if let Some(file) = run.migration {
+        // A file that is not there fails QEMU itself, which says so.
+        let size = std::fs::metadata(file).map_or(8192, |m| m.len());
         command
             .arg("-object")
-            .arg(format!("memory-backend-file,id=migration,share=on,mem-path={},size=8K", file.display()))
+            .arg(format!("memory-backend-file,id=migration,share=on,mem-path={},size={size}", file.display()))
             .args(["-device", "ivshmem-plain,memdev=migration"]);
     }
     let tcp = |port: u16| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")];

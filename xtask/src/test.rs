@@ -126,7 +126,8 @@ fn boots() -> Result {
     // A live migration between QEMU instances: first to a destination launched with
     // another measurement (refused before any state leaves), then through a relay that
     // flips a bit (refused; the source's guest runs on), then through an honest one.
-    let options = crate::migrate::MigrateOptions { fault: Some("flip@300".into()), other_image: true };
+    let options =
+        crate::migrate::MigrateOptions { fault: Some("flip@300".into()), other_image: true, page_mode: false };
     crate::migrate::run(&options).map(|_| ())
 }
 

@@ -20,7 +20,7 @@ use super::clock;
 use super::cpu;
 use super::native::Shared;
 use super::svm::hw::BareSvm;
-use super::svm::migration_device::BarPage;
+use super::svm::migration_device::{BarPage, Rings};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -87,7 +87,7 @@ impl EvidenceProvider for Evidence<'_> {
 /// Who this SVSM is, and whom it trusts: its own report, checked under the ARK of its own
 /// certificate table (on svm, the launcher's kit), gives the measurement and policy a
 /// peer must have; the peer's chain must end at the same ARK.
-fn config(svsm: &Svsm, platform: &SvmShared<BareSvm>) -> Result<(Config, ReportVerifier), &'static str> {
+fn config(svsm: &Svsm, platform: &SvmShared<BareSvm>, rings: &Rings) -> Result<(Config, ReportVerifier), &'static str> {
     let mut nonce = [0u8; REPORT_DATA_LEN];
     rdrand(&mut nonce).map_err(|_| "no entropy")?;
     let (report, table) =
@@ -95,7 +95,10 @@ fn config(svsm: &Svsm, platform: &SvmShared<BareSvm>) -> Result<(Config, ReportV
     let verifier = ReportVerifier::trusting_ark_of(&table).ok_or("no ARK in the certificate table")?;
     let evidence = migrate::evidence::encode(&report, &table).ok_or("the evidence does not encode")?;
     let identity = verifier.verify(&evidence, &nonce).map_err(|_| "its own report does not verify")?;
-    Ok((Config { identity, ring_pages: None }, verifier))
+    // The ring mode when the device has a ring: both directions are the same size.
+    let ring = rings.iter().map(Vec::len).min().unwrap_or(0);
+    let ring_pages = u16::try_from(ring).ok().filter(|&n| n >= migrate::session::MIN_RING_PAGES);
+    Ok((Config { identity, ring_pages }, verifier))
 }
 
 /// Move the session's frames as far as the channel allows now; `Ok(true)` if anything moved.
@@ -105,14 +108,15 @@ fn pump<E: session::Endpoint>(endpoint: &mut E, channel: &mut Channel) -> Result
 
 /// The destination's side: wait for the host, take the whole state, and say what the
 /// services were (the vTPM to resume, the settings to apply).
-pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: [BarPage; 2]) -> Result<Arrived, String> {
-    let [outbound, mut inbound] = pages;
+pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Result<Arrived, String> {
     println!("migration: incoming; waiting for the host to start the migration pages");
-    while inbound.read_status() != abi::migration::MigrationStatus::INCOMING {
+    let (config, verifier) = config(svsm, platform, &pages)?;
+    let [outbound, mut inbound] = pages;
+    let first_inbound = inbound.first_mut().ok_or("no inbound page")?;
+    while first_inbound.read_status() != abi::migration::MigrationStatus::INCOMING {
         core::hint::spin_loop();
     }
-    let (config, verifier) = config(svsm, platform)?;
-    let mut channel = PageChannel::new(outbound, inbound);
+    let mut channel = PageChannel::with_rings(outbound, inbound);
     let evidence = Evidence { svsm, platform };
     let mut session = Destination::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
     // The COMMIT_ACK only once the stream is whole and the vTPM runs again here: after
@@ -278,7 +282,7 @@ struct Outgoing {
     session: Source<ReportVerifier, Evidence<'static>>,
     channel: Channel,
     /// The device's pages again, for the next session if this one fails.
-    pages: [BarPage; 2],
+    pages: Rings,
     round: Round,
     /// Stream bytes framed and not yet handed to the session.
     pending: Vec<u8>,
@@ -297,7 +301,7 @@ struct Outgoing {
 
 enum Armed {
     /// Waiting for the host's `RUNNING`.
-    Waiting([BarPage; 2]),
+    Waiting(Rings),
     Running(alloc::boxed::Box<Outgoing>),
 }
 
@@ -305,7 +309,7 @@ static SOURCE: Mutex<Option<Armed>> = Mutex::new(None);
 static ARMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Keep the device: this SVSM may become a migration's source.
-pub fn arm(pages: [BarPage; 2]) {
+pub fn arm(pages: Rings) {
     *SOURCE.lock() = Some(Armed::Waiting(pages));
     ARMED.store(true, core::sync::atomic::Ordering::Release);
 }
@@ -328,7 +332,8 @@ pub enum Poll {
 pub fn poll(shared: &'static Shared) -> Poll {
     let mut slot = SOURCE.lock();
     if let Some(Armed::Waiting(pages)) = slot.as_mut() {
-        if pages[0].read_status() != abi::migration::MigrationStatus::RUNNING {
+        let started = pages[0].first_mut().map(|page| page.read_status());
+        if started != Some(abi::migration::MigrationStatus::RUNNING) {
             return Poll::RunOn;
         }
         let Some(Armed::Waiting(pages)) = slot.take() else { return Poll::RunOn };
@@ -336,9 +341,7 @@ pub fn poll(shared: &'static Shared) -> Poll {
             Ok(out) => Armed::Running(alloc::boxed::Box::new(out)),
             Err(e) => {
                 println!("migration: could not start: {e}; the guest runs on here, and a new migration may start");
-                let [mut outbound, inbound] = pages;
-                outbound.write_status(abi::migration::MigrationStatus::COMPLETED);
-                Armed::Waiting([outbound, inbound])
+                Armed::Waiting(stream_ended(pages))
             }
         });
     }
@@ -374,18 +377,18 @@ fn measure_cipher() -> u64 {
     u64::try_from(bytes).unwrap_or(u64::MAX).saturating_mul(1_000_000_000 / 1024) / ns
 }
 
-fn start(shared: &'static Shared, pages: [BarPage; 2]) -> Result<Outgoing, String> {
+fn start(shared: &'static Shared, pages: Rings) -> Result<Outgoing, String> {
     let cipher = cipher_rate();
     println!(
         "migration: the host started a migration; attesting the destination (this CPU seals the stream at {cipher} KiB/s with AES-256-GCM)"
     );
-    let (config, verifier) = config(&shared.svsm, &shared.platform)?;
+    let (config, verifier) = config(&shared.svsm, &shared.platform, &pages)?;
     let [outbound, inbound] = pages.clone();
     let evidence = Evidence { svsm: &shared.svsm, platform: &shared.platform };
     let session = Source::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
     Ok(Outgoing {
         session,
-        channel: PageChannel::new(outbound, inbound),
+        channel: PageChannel::with_rings(outbound, inbound),
         pages,
         round: Round::Handshake,
         pending: Vec::new(),
@@ -516,9 +519,16 @@ fn give_up(shared: &Shared, out: &mut Outgoing, why: &str) -> Armed {
         shared.platform.resume();
     }
     println!("migration: failed ({why}); the guest runs on here, and a new migration may start");
-    let [mut outbound, inbound] = out.pages.clone();
-    outbound.write_status(abi::migration::MigrationStatus::COMPLETED);
-    Armed::Waiting([outbound, inbound])
+    Armed::Waiting(stream_ended(out.pages.clone()))
+}
+
+/// Says on the outbound page that this SVSM's stream has ended (`COMPLETED`): the host
+/// starts the pages again for the next migration.
+pub fn stream_ended(mut pages: Rings) -> Rings {
+    if let Some(page) = pages[0].first_mut() {
+        page.write_status(abi::migration::MigrationStatus::COMPLETED);
+    }
+    pages
 }
 
 /// The last round, on CPU 0 holding no vCPU: stop the guest, send the rest, commit. On a

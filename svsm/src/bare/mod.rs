@@ -197,7 +197,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
 
 /// The migration device, if QEMU has one (`-device ivshmem-plain`); its memory must not
 /// be RAM of the launch's memory map.
-fn migration_device(info: &pvh::StartInfo) -> Option<[svm::migration_device::BarPage; 2]> {
+fn migration_device(info: &pvh::StartInfo) -> Option<svm::migration_device::Rings> {
     let is_ram = |start: u64, end: u64| {
         (0..info.memmap_entries.min(128))
             .filter_map(|i| info.memory(i))
@@ -220,7 +220,7 @@ fn migration_device(info: &pvh::StartInfo) -> Option<[svm::migration_device::Bar
 fn arrive(
     svsm: &mut kernel::svsm::Svsm,
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
-    pages: [svm::migration_device::BarPage; 2],
+    pages: svm::migration_device::Rings,
     storage: Option<alloc::boxed::Box<dyn ::vtpm::NvStorage>>,
 ) {
     let again = pages.clone();
@@ -259,9 +259,7 @@ fn arrive(
     }
     // This SVSM's stream has ended; the guest may move on again when the host starts the
     // next migration.
-    let [mut outbound, inbound] = again;
-    ::migrate::channel::MigrationPage::write_status(&mut outbound, abi::migration::MigrationStatus::COMPLETED);
-    migration::arm([outbound, inbound]);
+    migration::arm(migration::stream_ended(again));
 }
 
 /// The key request parameters of this launch: guest SVN 0 (the svm platform has no ID

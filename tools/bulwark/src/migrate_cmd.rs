@@ -2,10 +2,12 @@
 //! instances (docs/migration.md, "The QEMU end to end").
 //!
 //! Each QEMU gives its SVSM an `ivshmem-plain` device backed by a shared file: its first
-//! page is the SVSM's outbound migration page, its second the inbound one. This command
-//! opens both files and plays both hosts of the proposal and the socket between them
-//! (`migrate::relay::Relay`): it starts the pages, then moves every 2 KiB buffer one SVSM
-//! marks ready to the other's inbound page, until both streams have ended. It reads and
+//! half is the SVSM's outbound ring of migration pages, its second half the inbound ring
+//! (one page each in an 8 KiB file; the first page of each ring is the proposal's page).
+//! This command opens both files and plays both hosts of the proposal and the socket
+//! between them (`migrate::relay::Relay`): it starts the pages, then moves every 2 KiB
+//! buffer one SVSM marks ready to the same place in the other's inbound ring, until both
+//! streams have ended. It reads and
 //! writes the files with `pread`/`pwrite`: the kernel's page cache is the memory QEMU maps
 //! shared, so no mapping (and no `unsafe`) is needed here.
 //!
@@ -23,8 +25,9 @@ use std::time::{Duration, Instant};
 const USAGE: &str =
     "usage: bulwark migrate relay --source FILE --destination FILE [--fault KIND@N] [--timeout SECS] [--json]
 
-  FILE     the file behind a QEMU instance's ivshmem-plain migration device (8 KiB:
-           the SVSM's outbound page, then its inbound page)
+  FILE     the file behind a QEMU instance's ivshmem-plain migration device: the SVSM's
+           outbound ring of N 4 KiB pages, then its inbound ring of N (N = 1 in an 8 KiB
+           file: the proposal's two pages; the SVSMs use a ring when both files have one)
   --fault  do one thing wrong to the N-th buffer relayed (counting both directions from 0):
            flip (one bit of its fragment), drop, replay (deliver it twice),
            reorder (swap it with the next one the same way), truncate (end both streams there)
@@ -39,13 +42,24 @@ struct FilePage {
 }
 
 impl FilePage {
-    fn open(path: &str, page: u64) -> Result<Self, String> {
+    /// The file's `[outbound, inbound]` rings, as the SVSM finds them in its BAR.
+    fn rings(path: &str) -> Result<[Vec<Self>; 2], String> {
+        const PAGE: u64 = abi::migration::PAGE_SIZE as u64;
         let file = File::options().read(true).write(true).open(path).map_err(|e| format!("{path}: {e}"))?;
         let len = file.metadata().map_err(|e| format!("{path}: {e}"))?.len();
-        if len < 2 * abi::migration::PAGE_SIZE as u64 {
-            return Err(format!("{path}: {len} bytes; a migration device's file has two 4 KiB pages"));
+        let ring = (len / (2 * PAGE)).min(u64::from(migrate::session::MAX_RING_PAGES));
+        if ring == 0 {
+            return Err(format!("{path}: {len} bytes; a migration device's file has at least two 4 KiB pages"));
         }
-        Ok(Self { file, base: page * abi::migration::PAGE_SIZE as u64 })
+        let pages = |first: u64| -> Result<Vec<Self>, String> {
+            (first..first + ring)
+                .map(|page| {
+                    let file = file.try_clone().map_err(|e| format!("{path}: {e}"))?;
+                    Ok(Self { file, base: page * PAGE })
+                })
+                .collect()
+        };
+        Ok([pages(0)?, pages(ring)?])
     }
 
     // The relay's page interface cannot fail: an I/O error on a local file is said, and
@@ -159,16 +173,16 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 fn relay_main(o: &Options) -> ExitCode {
-    let pages =
-        |path: &str| -> Result<[FilePage; 2], String> { Ok([FilePage::open(path, 0)?, FilePage::open(path, 1)?]) };
-    let (source, destination) = match (pages(&o.source), pages(&o.destination)) {
+    let (source, destination) = match (FilePage::rings(&o.source), FilePage::rings(&o.destination)) {
         (Ok(s), Ok(d)) => (s, d),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("bulwark migrate relay: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut relay = Relay::between(source, destination, o.fault).without_log();
+    let ring = source[0].len().min(destination[1].len());
+    eprintln!("relay: rings of {ring} page(s) per direction");
+    let mut relay = Relay::between_rings(source, destination, o.fault).without_log();
     let started = Instant::now();
     let mut last_report = started;
     let mut idle = 0u32;
@@ -212,6 +226,7 @@ fn relay_main(o: &Options) -> ExitCode {
                 "buffers_source_to_destination": out,
                 "buffers_destination_to_source": back,
                 "buffer_bytes": BUFFER_SIZE,
+                "ring_pages": ring,
                 "fault_applied": o.fault.is_some() && relay.fault_applied(),
             })
         );

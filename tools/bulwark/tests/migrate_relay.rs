@@ -53,11 +53,17 @@ mod bulwark_migrate_pages {
     }
 }
 
-fn device(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, PageChannel<FilePage, FilePage>) {
+/// A device file of `ring` pages per direction, and a channel on it that uses the whole
+/// ring from the start.
+fn device(dir: &std::path::Path, name: &str, ring: usize) -> (std::path::PathBuf, PageChannel<FilePage, FilePage>) {
     let path = dir.join(name);
-    std::fs::write(&path, [0u8; 8192]).unwrap();
-    let page = |base| FilePage { file: std::fs::File::options().read(true).write(true).open(&path).unwrap(), base };
-    let channel = PageChannel::new(page(0), page(4096));
+    std::fs::write(&path, vec![0u8; 2 * ring * 4096]).unwrap();
+    let page = |n: usize| FilePage {
+        file: std::fs::File::options().read(true).write(true).open(&path).unwrap(),
+        base: (n * 4096) as u64,
+    };
+    let mut channel = PageChannel::with_rings((0..ring).map(page).collect(), (ring..2 * ring).map(page).collect());
+    channel.use_ring(ring, ring).unwrap();
     (path, channel)
 }
 
@@ -68,15 +74,19 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 /// Runs the relay between two fresh device files and sends `to_destination` one way and
 /// `to_source` the other; what each side received, and the relay's JSON summary.
 fn relay(
+    ring: usize,
     fault: Option<&str>,
     to_destination: &[Vec<u8>],
     to_source: &[Vec<u8>],
 ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, String) {
-    let dir =
-        std::env::temp_dir().join(format!("bulwark-relay-test-{}-{}", std::process::id(), fault.unwrap_or("none")));
+    let dir = std::env::temp_dir().join(format!(
+        "bulwark-relay-test-{}-{ring}-{}",
+        std::process::id(),
+        fault.unwrap_or("none")
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let (source_file, mut source) = device(&dir, "source.shm");
-    let (destination_file, mut destination) = device(&dir, "destination.shm");
+    let (source_file, mut source) = device(&dir, "source.shm", ring);
+    let (destination_file, mut destination) = device(&dir, "destination.shm", ring);
     let mut command = Command::new(env!("CARGO_BIN_EXE_bulwark"));
     command
         .args(["migrate", "relay", "--json", "--timeout", "60", "--source"])
@@ -129,7 +139,7 @@ fn relay(
 fn the_relay_carries_frames_both_ways_between_two_device_files() {
     let there = [frame(10, 1), frame(5000, 2)];
     let back = [frame(3000, 3)];
-    let (got_there, got_back, summary) = relay(None, &there, &back);
+    let (got_there, got_back, summary) = relay(1, None, &there, &back);
     assert_eq!(got_there, there);
     assert_eq!(got_back, back);
     // 1 + 3 buffers one way (5000 bytes are three fragments), 2 the other.
@@ -141,9 +151,25 @@ fn the_relay_carries_frames_both_ways_between_two_device_files() {
 #[test]
 fn a_fault_changes_what_the_relay_delivers() {
     let there = [frame(100, 7)];
-    let (got_there, _, summary) = relay(Some("flip@0"), &there, &[]);
+    let (got_there, _, summary) = relay(1, Some("flip@0"), &there, &[]);
     assert_eq!(got_there.len(), 1);
     let differing: u32 = got_there[0].iter().zip(&there[0]).map(|(a, b)| (a ^ b).count_ones()).sum();
     assert_eq!(differing, 1, "one bit of the fragment flipped (the session's AEAD would refuse it)");
     assert!(summary.contains("\"fault_applied\":true"), "{summary}");
+}
+
+/// Files with rings of 8 pages: the relay finds the rings in the files and carries each
+/// page to the same place on the other side, so frames written into the pages in turn
+/// arrive whole, both ways.
+#[test]
+fn the_relay_carries_rings_page_by_page() {
+    let there = [frame(40_000, 4), frame(1, 5), frame(20_000, 6)];
+    let back = [frame(9000, 8)];
+    let (got_there, got_back, summary) = relay(8, None, &there, &back);
+    assert_eq!(got_there, there);
+    assert_eq!(got_back, back);
+    // 20 + 1 + 10 fragments one way, 5 the other.
+    assert!(summary.contains("\"buffers_source_to_destination\":31"), "{summary}");
+    assert!(summary.contains("\"buffers_destination_to_source\":5"), "{summary}");
+    assert!(summary.contains("\"ring_pages\":8"), "{summary}");
 }

@@ -1,8 +1,9 @@
 //! The migration pages on the svm platform: QEMU's `ivshmem-plain` PCI device, whose
 //! BAR 2 is memory QEMU shares with a file on the host (`-object
-//! memory-backend-file,share=on,...`). Its first page is this SVSM's outbound migration
-//! page, its second the inbound one; `bulwark migrate relay` reads and writes the same
-//! file (docs/migration.md, "The QEMU end to end").
+//! memory-backend-file,share=on,...`). Its first half is this SVSM's outbound ring of
+//! migration pages, its second half the inbound ring; the first page of each ring is the
+//! proposal's page, and an 8 KiB BAR is just those two (no ring). `bulwark migrate
+//! relay` reads and writes the same file (docs/migration.md, "The QEMU end to end").
 //!
 //! The guest cannot reach the device: PCI configuration ports are not in its I/O
 //! permission map, and the BAR is not guest RAM, so its nested page tables do not map it.
@@ -11,6 +12,7 @@
 
 use super::pci::PortCam;
 use abi::migration::{BUFFER_OFFSET, BUFFER_SIZE, DATA_REGISTER_OFFSET, DataRegister, MigrationStatus, STATUS_OFFSET};
+use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 use migrate::channel::MigrationPage;
 use virtio_drivers::transport::pci::bus::{BarInfo, Command, PciRoot};
@@ -20,9 +22,10 @@ const VENDOR: u16 = 0x1AF4;
 const DEVICE: u16 = 0x1110;
 /// The BAR that holds the shared memory.
 const SHARED_BAR: usize = 2;
-/// Two pages: outbound, inbound.
-const PAGES: u64 = 2;
 const PAGE: u64 = abi::migration::PAGE_SIZE as u64;
+
+/// The device's `[outbound, inbound]` rings (one page each without a ring).
+pub type Rings = [Vec<BarPage>; 2];
 
 /// Why there is no migration device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +33,7 @@ pub enum DeviceError {
     /// No ivshmem device on bus 0.
     Absent,
     /// Its shared memory is smaller than two pages, not page-aligned, above the 4 GiB the
-    /// SVSM maps, or overlaps RAM.
+    /// SVSM maps, or overlaps RAM (the part the rings use).
     Unusable,
 }
 
@@ -94,9 +97,10 @@ impl MigrationPage for BarPage {
     }
 }
 
-/// Find the migration device on PCI bus 0: its `[outbound, inbound]` pages. `is_ram`
-/// says whether a range overlaps RAM (the launch's memory map): the BAR must not.
-pub fn find(is_ram: impl Fn(u64, u64) -> bool) -> Result<[BarPage; 2], DeviceError> {
+/// Find the migration device on PCI bus 0: its `[outbound, inbound]` rings, each of half
+/// the BAR's pages (at most `MAX_RING_PAGES`). `is_ram` says whether a range overlaps RAM
+/// (the launch's memory map): the rings must not.
+pub fn find(is_ram: impl Fn(u64, u64) -> bool) -> Result<Rings, DeviceError> {
     let mut root = PciRoot::new(PortCam);
     let found = root.enumerate_bus(0).find(|(_, info)| info.vendor_id == VENDOR && info.device_id == DEVICE);
     let Some((df, _)) = found else { return Err(DeviceError::Absent) };
@@ -105,13 +109,15 @@ pub fn find(is_ram: impl Fn(u64, u64) -> bool) -> Result<[BarPage; 2], DeviceErr
         return Err(DeviceError::Unusable);
     };
     let (base, size) = (*address, *size);
-    let end = base.checked_add(PAGES * PAGE).ok_or(DeviceError::Unusable)?;
-    if base == 0 || !base.is_multiple_of(PAGE) || size < PAGES * PAGE || end > super::super::guest_phys::MAPPED_TOP {
+    let ring = (size / (2 * PAGE)).min(u64::from(migrate::session::MAX_RING_PAGES));
+    let end = base.checked_add(2 * ring * PAGE).ok_or(DeviceError::Unusable)?;
+    if base == 0 || !base.is_multiple_of(PAGE) || ring == 0 || end > super::super::guest_phys::MAPPED_TOP {
         return Err(DeviceError::Unusable);
     }
     if is_ram(base, end) {
         return Err(DeviceError::Unusable);
     }
     root.set_command(df, Command::MEMORY_SPACE);
-    Ok([BarPage { base }, BarPage { base: base + PAGE }])
+    let pages = |first: u64| (first..first + ring).map(|i| BarPage { base: base + i * PAGE }).collect();
+    Ok([pages(0), pages(ring)])
 }
