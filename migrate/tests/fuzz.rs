@@ -7,7 +7,7 @@ mod common;
 use abi::migration::{BUFFER_SIZE, DataRegister, MigrationStatus};
 use bulwark_migrate::channel::PageReceiver;
 use bulwark_migrate::session::{
-    Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, Source, SourceOutcome, SourcePhase,
+    Aes, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, Source, SourceOutcome, SourcePhase,
 };
 use bulwark_migrate::testing::MemPage;
 use common::{Attester, IDENTITY, TestVerifier, entropy};
@@ -17,7 +17,7 @@ type Src = Source<TestVerifier, Attester>;
 type Dst = Destination<TestVerifier, Attester>;
 
 fn pair(seed: u64) -> (Src, Dst) {
-    let config = Config { identity: IDENTITY, ring_pages: Some(4) };
+    let config = Config { identity: IDENTITY, ring_pages: Some(4), aes: Aes::Portable };
     let source = Source::start(config, TestVerifier::new(), Attester::new(IDENTITY), &mut entropy(seed)).unwrap();
     let destination =
         Destination::start(config, TestVerifier::new(), Attester::new(IDENTITY), &mut entropy(seed + 1)).unwrap();

@@ -81,7 +81,7 @@ use bulwark_model::world::{PlatformKind, WorldConfig};
 use kernel::migration::ServiceState;
 use migrate::evidence::ReportVerifier;
 use migrate::session::{
-    self, Config, Destination, DestinationOutcome, EvidenceError, EvidenceProvider, MigrationError, PeerIdentity,
+    self, Aes, Config, Destination, DestinationOutcome, EvidenceError, EvidenceProvider, MigrationError, PeerIdentity,
     PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome, VerifyError,
 };
 use migrate::session::{FrameKind, RecordType};
@@ -168,7 +168,7 @@ struct Moved {
 /// A migration session carrying `state` from `source` to `destination` over the relay,
 /// with `fault` done to what it relays.
 fn migrate_state(source: &mut ModelEnv, destination: &mut ModelEnv, state: &[u8], fault: Option<Fault>) -> Moved {
-    let config = Config { identity: identity(), ring_pages: None };
+    let config = Config { identity: identity(), ring_pages: None, aes: Aes::Portable };
     let entropy = |seed: u8| {
         move |buf: &mut [u8]| -> Result<(), migrate::EntropyError> {
             buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8).wrapping_mul(31).wrapping_add(seed));

@@ -63,7 +63,7 @@ commands:
                                      answers (the SVSM gives up after 10 s and serves on without
                                      the vTPM); a kept disk sealed to an earlier launch is set aside
                                      (*.previous-launch.img) for a blank one
-  migrate [--other-image] [--fault KIND@N] [--page-mode]
+  migrate [--other-image] [--fault KIND@N] [--page-mode] [--guest-mib N]
                                      a live migration between two QEMU instances through
                                      bulwark migrate relay, the guest running: the guest must find
                                      its memory, vTPM and OCP on the destination; first, with
@@ -72,7 +72,8 @@ commands:
                                      (flip, drop, replay, reorder, truncate at relayed buffer N)
                                      through a hostile relay: each must fail and the source's guest
                                      run on; the state goes over a ring of 64 pages, or with
-                                     --page-mode over the proposal's single page
+                                     --page-mode over the proposal's single page; --guest-mib
+                                     makes the guest validate and fill N MiB more first
   help                               show this text
 ";
 
@@ -336,6 +337,14 @@ impl<'a> Options<'a> {
                 "--fault" => o.fault = Some(crate::migrate::fault(self.value(arg)?)?),
                 "--other-image" => o.other_image = true,
                 "--page-mode" => o.page_mode = true,
+                "--guest-mib" => {
+                    o.guest_mib = self
+                        .value(arg)?
+                        .parse()
+                        .ok()
+                        .filter(|mib| (1..=128).contains(mib))
+                        .ok_or("--guest-mib takes 1..=128 (the guest's 4 KiB-page RAM below 256 MiB)")?
+                }
                 _ => return Err(self.unknown(arg)),
             }
         }

@@ -53,6 +53,9 @@ pub struct MigrateOptions {
     /// Migration devices of the proposal's two pages only, so the SVSMs keep to the page
     /// mode (else each direction has a ring of [`RING_PAGES`]).
     pub page_mode: bool,
+    /// MiB of memory the guest validates and fills besides its own (the agent's `grow`),
+    /// so the migration moves a guest of about that size.
+    pub guest_mib: u32,
 }
 
 /// The pages of each direction's ring in a migration device (its file is twice this many
@@ -246,7 +249,7 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let source = start("source", source_run);
     let result = (|| {
         source_serves.recv_timeout(LIMIT).map_err(|_| "the source's guest never served its agent")?;
-        let before = prepare(source_port, &tpm_record)?;
+        let before = prepare(source_port, &tpm_record, options.guest_mib)?;
         let mut a = Agent::connect(source_port)?;
         let mut seed = 1;
         let mut seen = Vec::new();
@@ -346,10 +349,13 @@ impl Context {
 /// What the guest had before any migration: its manifest (with the vTPM's EK).
 struct Before {
     manifest: Vec<u8>,
+    /// The MiB the guest grew by (0: none).
+    grown_mib: u32,
 }
 
-/// The vTPM gets an NV index and a persistent key; the guest writes its first pattern.
-fn prepare(source_port: u16, tpm_record: &Path) -> Result<Before> {
+/// The vTPM gets an NV index and a persistent key; the guest writes its first pattern, and
+/// grows by `grow_mib` MiB.
+fn prepare(source_port: u16, tpm_record: &Path, grow_mib: u32) -> Result<Before> {
     let at = format!("127.0.0.1:{source_port}");
     step("before: the vTPM gets an NV index and a persistent key (bulwark tpm-bridge --persist record)");
     let record = tpm_record.to_string_lossy();
@@ -359,8 +365,17 @@ fn prepare(source_port: u16, tpm_record: &Path) -> Result<Before> {
     let manifest = a.ask("manifest", Duration::from_secs(120))?;
     a.ask("fill 1", Duration::from_secs(60))?;
     a.ask("check 1", Duration::from_secs(60))?;
-    Ok(Before { manifest })
+    if grow_mib > 0 {
+        step(&format!("the guest validates {grow_mib} MiB more and writes a pattern into every page"));
+        let started = Instant::now();
+        a.ask(&format!("grow {grow_mib} {GROWN_SEED}"), LIMIT)?;
+        step(&format!("grown in {:.1} s", started.elapsed().as_secs_f64()));
+    }
+    Ok(Before { manifest, grown_mib: grow_mib })
 }
+
+/// The pattern seed of the grown memory (written once, before the migrations).
+const GROWN_SEED: u32 = 7;
 
 /// What an attempt tries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -619,6 +634,10 @@ fn after_success(
     // The guest answers on the destination once it runs there.
     b.ask(&format!("check {seed}"), LIMIT)?;
     notes.push("on the destination the guest finds every pattern page as it last wrote it".into());
+    if before.grown_mib > 0 {
+        b.ask(&format!("checkgrown {} {GROWN_SEED}", before.grown_mib), LIMIT)?;
+        notes.push(format!("and every page of the {} MiB it grew by", before.grown_mib));
+    }
     served(&mut b, "the destination")?;
     // The destination's manifest also names its own sealed state; the vTPM's entry (its
     // EK) must be the one the guest had.

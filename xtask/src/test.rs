@@ -127,7 +127,7 @@ fn boots() -> Result {
     // another measurement (refused before any state leaves), then through a relay that
     // flips a bit (refused; the source's guest runs on), then through an honest one.
     let options =
-        crate::migrate::MigrateOptions { fault: Some("flip@300".into()), other_image: true, page_mode: false };
+        crate::migrate::MigrateOptions { fault: Some("flip@300".into()), other_image: true, ..Default::default() };
     crate::migrate::run(&options).map(|_| ())
 }
 

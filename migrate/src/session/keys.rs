@@ -1,10 +1,12 @@
 //! The key schedule and the record layer's AEAD (docs/migration.md "Keys" and "Records").
 
+use super::Aes;
 use super::wire::{self, PUBLIC_KEY_LEN, RECORD_HEADER_LEN, RecordHeader, RecordType, TAG_LEN};
 use super::{MigrationError, Role};
 use crate::Entropy;
 use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use aes_gcm::aead::consts::U12;
+use aes_gcm::{Aes256Gcm, AesGcm, KeyInit, Nonce, Tag};
 use alloc::vec::Vec;
 use hkdf::Hkdf;
 use p384::elliptic_curve::sec1::ToEncodedPoint;
@@ -122,11 +124,12 @@ pub(crate) fn derive(
     own: &Ephemeral,
     peer: &PublicKey,
     transcript: &[u8; HASH_LEN],
+    aes: Aes,
 ) -> Result<Keys, MigrationError> {
     let shared = p384::ecdh::diffie_hellman(own.secret.to_nonzero_scalar(), peer.as_affine());
     let hkdf = Hkdf::<Sha384>::new(Some(&transcript[..]), shared.raw_secret_bytes());
-    let s2d = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D)?;
-    let d2s = RecordProtection::derive(&hkdf, KEY_D2S, NONCE_D2S)?;
+    let s2d = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, aes)?;
+    let d2s = RecordProtection::derive(&hkdf, KEY_D2S, NONCE_D2S, aes)?;
     Ok(match role {
         Role::Source => Keys { send: s2d, receive: d2s },
         Role::Destination => Keys { send: d2s, receive: s2d },
@@ -136,10 +139,11 @@ pub(crate) fn derive(
 /// Seals `records` STATE records of `len` bytes each with a throwaway key, exactly as the
 /// record layer seals a session's state stream (a frame allocated per record, AES-256-GCM
 /// over its header and payload): what a benchmark times to set a migration's throughput
-/// beside its cipher's. No session's key or nonce is involved. The bytes sealed.
-pub fn seal_for_benchmark(records: usize, len: usize) -> Result<usize, MigrationError> {
+/// beside its cipher's, on the AES a session would use. No session's key or nonce is
+/// involved. The bytes sealed.
+pub fn seal_for_benchmark(records: usize, len: usize, aes: Aes) -> Result<usize, MigrationError> {
     let hkdf = Hkdf::<Sha384>::new(None, b"bulwark migration cipher benchmark");
-    let mut protection = RecordProtection::derive(&hkdf, b"key", b"nonce")?;
+    let mut protection = RecordProtection::derive(&hkdf, b"key", b"nonce", aes)?;
     let mut payload = Vec::new();
     payload.try_reserve_exact(len).map_err(|_| MigrationError::OutOfMemory)?;
     payload.resize(len, 0x5A);
@@ -150,10 +154,43 @@ pub fn seal_for_benchmark(records: usize, len: usize) -> Result<usize, Migration
     Ok(sealed)
 }
 
+/// AES-256-GCM on the AES the session was configured with (the same bytes either way).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "two per session, inside the session's own allocation; a Box could not fail gracefully"
+)]
+enum RecordCipher {
+    Portable(Aes256Gcm),
+    Hardware(AesGcm<x86::aesni::Aes256, U12>),
+}
+
+impl RecordCipher {
+    fn new(key: &[u8], aes: Aes) -> Result<Self, MigrationError> {
+        Ok(match aes {
+            Aes::Portable => Self::Portable(Aes256Gcm::new_from_slice(key).map_err(|_| MigrationError::Internal)?),
+            Aes::Hardware => Self::Hardware(AesGcm::new_from_slice(key).map_err(|_| MigrationError::Internal)?),
+        })
+    }
+
+    fn seal(&self, nonce: &Nonce<U12>, ad: &[u8], body: &mut [u8]) -> Result<Tag, aes_gcm::Error> {
+        match self {
+            Self::Portable(c) => c.encrypt_in_place_detached(nonce, ad, body),
+            Self::Hardware(c) => c.encrypt_in_place_detached(nonce, ad, body),
+        }
+    }
+
+    fn open(&self, nonce: &Nonce<U12>, ad: &[u8], body: &mut [u8], tag: &Tag) -> Result<(), aes_gcm::Error> {
+        match self {
+            Self::Portable(c) => c.decrypt_in_place_detached(nonce, ad, body, tag),
+            Self::Hardware(c) => c.decrypt_in_place_detached(nonce, ad, body, tag),
+        }
+    }
+}
+
 /// One direction of the record layer: AES-256-GCM, nonce = base XOR the 64-bit sequence
 /// number (big-endian, in the nonce's last 8 bytes), associated data = the record header.
 pub(crate) struct RecordProtection {
-    cipher: Aes256Gcm,
+    cipher: RecordCipher,
     nonce_base: [u8; 12],
     /// The next record's sequence number; `None` once `u64::MAX` has been used (the
     /// sequence never wraps).
@@ -167,12 +204,12 @@ impl Drop for RecordProtection {
 }
 
 impl RecordProtection {
-    fn derive(hkdf: &Hkdf<Sha384>, key_label: &[u8], nonce_label: &[u8]) -> Result<Self, MigrationError> {
+    fn derive(hkdf: &Hkdf<Sha384>, key_label: &[u8], nonce_label: &[u8], aes: Aes) -> Result<Self, MigrationError> {
         let mut key = Zeroizing::new([0u8; 32]);
         hkdf.expand(key_label, &mut key[..]).map_err(|_| MigrationError::Internal)?;
         let mut nonce_base = [0u8; 12];
         hkdf.expand(nonce_label, &mut nonce_base).map_err(|_| MigrationError::Internal)?;
-        let cipher = Aes256Gcm::new_from_slice(&key[..]).map_err(|_| MigrationError::Internal)?;
+        let cipher = RecordCipher::new(&key[..], aes)?;
         Ok(Self { cipher, nonce_base, next: Some(0) })
     }
 
@@ -187,7 +224,7 @@ impl RecordProtection {
         self.next = Some(next);
     }
 
-    fn nonce(&self, sequence: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+    fn nonce(&self, sequence: u64) -> Nonce<U12> {
         let mut n = self.nonce_base;
         for (b, s) in n.iter_mut().skip(4).zip(sequence.to_be_bytes()) {
             *b ^= s;
@@ -209,10 +246,7 @@ impl RecordProtection {
         frame.extend_from_slice(header.as_bytes());
         frame.extend_from_slice(payload);
         let (ad, body) = frame.split_at_mut(RECORD_HEADER_LEN);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&self.nonce(sequence), ad, body)
-            .map_err(|_| MigrationError::Internal)?;
+        let tag = self.cipher.seal(&self.nonce(sequence), ad, body).map_err(|_| MigrationError::Internal)?;
         frame.extend_from_slice(&tag);
         self.next = sequence.checked_add(1);
         Ok(frame)
@@ -235,7 +269,7 @@ impl RecordProtection {
         plaintext.try_reserve(ciphertext.len()).map_err(|_| MigrationError::OutOfMemory)?;
         plaintext.extend_from_slice(ciphertext);
         self.cipher
-            .decrypt_in_place_detached(&self.nonce(expected), ad, &mut plaintext, &tag)
+            .open(&self.nonce(expected), ad, &mut plaintext, &tag)
             .map_err(|_| MigrationError::Authentication { sequence: expected })?;
         let record_type = RecordType::from_byte(header.record_type).ok_or(MigrationError::MalformedRecord)?;
         self.next = expected.checked_add(1);
@@ -250,9 +284,29 @@ mod tests {
     fn pair() -> (RecordProtection, RecordProtection) {
         let hkdf = Hkdf::<Sha384>::new(Some(b"salt"), b"input");
         (
-            RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D).unwrap(),
-            RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D).unwrap(),
+            RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, Aes::Portable).unwrap(),
+            RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, Aes::Portable).unwrap(),
         )
+    }
+
+    /// Either AES seals the same record, and each opens what the other sealed: the
+    /// choice is local to each SVSM.
+    #[test]
+    fn both_aes_give_the_same_records() {
+        if !x86::aesni::supported() {
+            return;
+        }
+        let hkdf = Hkdf::<Sha384>::new(Some(b"salt"), b"input");
+        let mut portable = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, Aes::Portable).unwrap();
+        let mut hardware = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, Aes::Hardware).unwrap();
+        let mut hardware_in = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, Aes::Hardware).unwrap();
+        for len in [0, 1, 200, 4096, 65_536] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            let a = portable.seal(RecordType::State, &payload).unwrap();
+            let b = hardware.seal(RecordType::State, &payload).unwrap();
+            assert_eq!(a, b, "{len} bytes");
+            assert_eq!(hardware_in.open(&a).unwrap(), (RecordType::State, payload));
+        }
     }
 
     #[test]
@@ -272,8 +326,8 @@ mod tests {
     #[test]
     fn nonce_differs_per_sequence_and_direction() {
         let hkdf = Hkdf::<Sha384>::new(Some(b"salt"), b"input");
-        let s2d = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D).unwrap();
-        let d2s = RecordProtection::derive(&hkdf, KEY_D2S, NONCE_D2S).unwrap();
+        let s2d = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, Aes::Portable).unwrap();
+        let d2s = RecordProtection::derive(&hkdf, KEY_D2S, NONCE_D2S, Aes::Hardware).unwrap();
         assert_ne!(s2d.nonce(0), s2d.nonce(1));
         assert_ne!(s2d.nonce(0), d2s.nonce(0));
         assert_ne!(s2d.nonce(1), s2d.nonce(1 << 56));
@@ -282,8 +336,8 @@ mod tests {
     #[test]
     fn a_record_under_the_other_direction_fails() {
         let hkdf = Hkdf::<Sha384>::new(Some(b"salt"), b"input");
-        let mut s2d = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D).unwrap();
-        let mut d2s = RecordProtection::derive(&hkdf, KEY_D2S, NONCE_D2S).unwrap();
+        let mut s2d = RecordProtection::derive(&hkdf, KEY_S2D, NONCE_S2D, Aes::Portable).unwrap();
+        let mut d2s = RecordProtection::derive(&hkdf, KEY_D2S, NONCE_D2S, Aes::Hardware).unwrap();
         let frame = s2d.seal(RecordType::Ready, b"").unwrap();
         assert_eq!(d2s.open(&frame), Err(MigrationError::Authentication { sequence: 0 }));
     }

@@ -174,6 +174,20 @@ pub struct Config {
     pub identity: PeerIdentity,
     /// Offer a ring of this many pages besides the page mode.
     pub ring_pages: Option<u16>,
+    /// The AES the record layer runs on (a local choice: the bytes are the same).
+    pub aes: Aes,
+}
+
+/// Which AES the record layer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Aes {
+    /// RustCrypto's `aes`: its portable code on the bare-metal target (which cannot build
+    /// its SIMD code), AES-NI where it finds it on a hosted one.
+    #[default]
+    Portable,
+    /// AES-NI through `x86::aesni`, on any target. Only where CPUID says AES and SSE is
+    /// enabled (CR4.OSFXSR): the caller checks.
+    Hardware,
 }
 
 /// Why a session failed. Every one ends the session.
@@ -586,7 +600,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
         let transcript = keys::snapshot(&self.transcript);
         let ephemeral = self.ephemeral.take().ok_or(MigrationError::Internal)?;
         let peer = self.peer_key.as_ref().ok_or(MigrationError::Internal)?;
-        self.keys = Some(keys::derive(self.role, &ephemeral, peer, &transcript)?);
+        self.keys = Some(keys::derive(self.role, &ephemeral, peer, &transcript, self.config.aes)?);
         self.tally = Some(Tally::new(&transcript));
         Ok(())
     }

@@ -5,7 +5,7 @@
 
 use bulwark_migrate::EntropyError;
 use bulwark_migrate::session::{
-    self, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, EvidenceError, EvidenceProvider,
+    self, Aes, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, EvidenceError, EvidenceProvider,
     MAX_RING_PAGES, MigrationError, Mode, PeerIdentity, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
     VerifyError,
 };
@@ -128,7 +128,10 @@ pub struct Side {
 
 impl Side {
     pub fn new() -> Self {
-        Self { config: Config { identity: IDENTITY, ring_pages: None }, attester: Attester::new(IDENTITY) }
+        Self {
+            config: Config { identity: IDENTITY, ring_pages: None, aes: Aes::Portable },
+            attester: Attester::new(IDENTITY),
+        }
     }
 
     /// This SVSM offering a ring of `pages` pages (its channel has that many per direction).
@@ -140,7 +143,7 @@ impl Side {
 
     /// Another SVSM: both its belief and its reports change.
     pub fn running(identity: PeerIdentity) -> Self {
-        Self { config: Config { identity, ring_pages: None }, attester: Attester::new(identity) }
+        Self { config: Config { identity, ring_pages: None, aes: Aes::Portable }, attester: Attester::new(identity) }
     }
 }
 

@@ -6,18 +6,23 @@
 //! `bulwark tpm-bridge --qemu HOST:PORT` reaches the vTPM.
 //!
 //! Requests: `list`, `read <index>`, `write <index> <hex>`, `tpm <hex>`, `manifest`,
-//! `fill <seed>`, `churn <seed> <rounds>`, `check <seed>`, `query`, `quit`.
+//! `fill <seed>`, `churn <seed> <rounds>`, `check <seed>`, `grow <MiB> <seed>`,
+//! `checkgrown <MiB> <seed>`, `query`, `quit`.
 //! Answers: `OK <hex>` (list: the raw 128-byte entries; read: the source's bytes; write:
 //! the byte count as a u32 LE; tpm: the TPM response; manifest: the attestation services
 //! manifest of a fresh SVSM_ATTEST_SERVICES; fill, churn: the seed the pattern pages now
-//! hold, u32 LE; check: nothing; query: the core and vTPM protocols' QUERY_PROTOCOL
+//! hold, u32 LE; check, checkgrown: nothing; grow: the pages validated, u32 LE; query:
+//! the core and vTPM protocols' QUERY_PROTOCOL
 //! answers, two u64 LE) or `ERR <why>`.
 //!
 //! `fill`, `churn` and `check` are the live-migration test's workload (`cargo xtask
 //! migrate`): the guest writes a pattern that names the seed, the page and the word into
 //! [`PATTERN_PAGES`] pages of its scratch memory (`churn`: again and again, one seed after
 //! another, with a call to the SVSM between pages, while the source's pre-copy rounds run),
-//! and checks after the migration that every page holds what it wrote last.
+//! and checks after the migration that every page holds what it wrote last. `grow` makes
+//! the guest larger for the migration benchmarks: it validates that many MiB more of
+//! its RAM through SVSM_CORE_PVALIDATE and writes a pattern into every page, which
+//! `checkgrown` checks after the migration.
 #![expect(unsafe_code, reason = "HLT while it waits for the host")]
 
 use abi::ocp::ENTRY_SIZE;
@@ -38,6 +43,15 @@ const CHUNK: u32 = 4096;
 /// holds the agent's own buffers).
 const PATTERN_AT: u64 = super::suite::SCRATCH + 0x8_0000;
 pub const PATTERN_PAGES: u64 = 128;
+/// Where `grow` validates more memory: between the conformance suite's small and huge
+/// regions, where the svm launch assigns RAM as 4 KiB RMP pages (from 256 MiB on it
+/// assigns 2 MiB ones, and dirty tracking does not yet take 2 MiB pages).
+const GROW_AT: u64 = 0x0800_0000;
+const GROW_MAX_MIB: u32 = 128;
+/// The page numbers the grown pages' pattern names (apart from the pattern pages').
+const GROW_PATTERN_PAGE: u64 = 0x4_0000;
+/// The list page of `grow`'s PVALIDATE calls, in the agent's half of the scratch region.
+const GROW_LIST_OFFSET: u64 = 0x4_0000;
 
 fn read_line() -> Option<String> {
     let mut line = Vec::new();
@@ -104,6 +118,12 @@ pub fn serve<T: Transport>(c: &mut Client<T>, buffer: u64) {
                 number(seed).and_then(|seed| number(rounds).and_then(|rounds| churn(c, seed, rounds)))
             }
             (Some("check"), Some(seed), None) => number(seed).and_then(|seed| check(c, seed)),
+            (Some("grow"), Some(mib), Some(seed)) => {
+                number(mib).and_then(|mib| number(seed).and_then(|seed| grow(c, buffer + GROW_LIST_OFFSET, mib, seed)))
+            }
+            (Some("checkgrown"), Some(mib), Some(seed)) => {
+                number(mib).and_then(|mib| number(seed).and_then(|seed| check_grown(c, mib, seed)))
+            }
             (Some("query"), None, None) => query(c),
             (Some("tpm"), Some(command), None) => match unhex(command) {
                 Some(command) => tpm(c, buffer, &command),
@@ -197,6 +217,41 @@ fn check<T: Transport>(c: &mut Client<T>, seed: u32) -> Result<Vec<u8>, String> 
         c.transport.read(PATTERN_AT + page * 4096, &mut got).map_err(|e| alloc::format!("{e:?}"))?;
         if got != pattern(seed, page) {
             return Err(alloc::format!("pattern page {page} does not hold seed {seed}'s pattern"));
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Validate `mib` MiB more (4 KiB pages from [`GROW_AT`], 510 per call with its list at
+/// `list`), and write the pattern of `seed` into every page. Answers the page count.
+fn grow<T: Transport>(c: &mut Client<T>, list: u64, mib: u32, seed: u32) -> Result<Vec<u8>, String> {
+    if mib == 0 || mib > GROW_MAX_MIB {
+        return Err(alloc::format!("grow takes 1..={GROW_MAX_MIB} MiB"));
+    }
+    let pages = u64::from(mib) * 256;
+    let mut done = 0;
+    while done < pages {
+        let entries: Vec<abi::core_protocol::PvalidateEntry> = (done..pages.min(done + 510))
+            .map(|page| abi::core_protocol::PvalidateEntry::new(GROW_AT + page * 4096, false, true, false))
+            .collect();
+        c.pvalidate(&entries, list).map_err(|e| alloc::format!("PVALIDATE at page {done}: {e:?}"))?;
+        done += entries.len() as u64;
+    }
+    for page in 0..pages {
+        c.transport
+            .write(GROW_AT + page * 4096, &pattern(seed, GROW_PATTERN_PAGE + page))
+            .map_err(|e| alloc::format!("{e:?}"))?;
+    }
+    Ok((pages as u32).to_le_bytes().to_vec())
+}
+
+/// Does every page `grow` validated hold the pattern of `seed`?
+fn check_grown<T: Transport>(c: &mut Client<T>, mib: u32, seed: u32) -> Result<Vec<u8>, String> {
+    let mut got = vec![0u8; 4096];
+    for page in 0..u64::from(mib.min(GROW_MAX_MIB)) * 256 {
+        c.transport.read(GROW_AT + page * 4096, &mut got).map_err(|e| alloc::format!("{e:?}"))?;
+        if got != pattern(seed, GROW_PATTERN_PAGE + page) {
+            return Err(alloc::format!("grown page {page} does not hold seed {seed}'s pattern"));
         }
     }
     Ok(Vec::new())

@@ -46,20 +46,43 @@ pub struct BarPage {
 }
 
 impl BarPage {
+    /// Copies `out.len()` bytes from `offset`: eight at a time when both are multiples of
+    /// eight (the 2 KiB buffer), else byte by byte (the registers).
     fn read(&self, offset: usize, out: &mut [u8]) {
-        for (i, b) in out.iter_mut().enumerate() {
-            // SAFETY: `base..base + PAGE` is the device's shared memory, identity-mapped
-            // and not RAM (checked by `find`), so no Rust object lives there; offsets stay
-            // inside the page (the callers use the page's fixed layout). Volatile byte
-            // reads: the host may change any byte at any time.
-            *b = unsafe { core::ptr::read_volatile((self.base as *const u8).add(offset + i)) };
+        let at = (self.base as *const u8).wrapping_add(offset);
+        if offset.is_multiple_of(8) && out.len().is_multiple_of(8) {
+            for (i, word) in out.chunks_exact_mut(8).enumerate() {
+                // SAFETY: `base..base + PAGE` is the device's shared memory, identity-mapped
+                // and not RAM (checked by `find`), so no Rust object lives there; offsets
+                // stay inside the page (the callers use the page's fixed layout), and the
+                // page-aligned base plus a multiple of eight is 8-aligned. Volatile: the
+                // host may change any byte at any time.
+                let value = unsafe { core::ptr::read_volatile(at.cast::<u64>().add(i)) };
+                word.copy_from_slice(&value.to_le_bytes());
+            }
+        } else {
+            for (i, b) in out.iter_mut().enumerate() {
+                // SAFETY: as above, one byte at a time.
+                *b = unsafe { core::ptr::read_volatile(at.add(i)) };
+            }
         }
     }
 
+    /// Writes `bytes` at `offset`, eight at a time when it can, as [`Self::read`].
     fn write(&self, offset: usize, bytes: &[u8]) {
-        for (i, b) in bytes.iter().enumerate() {
-            // SAFETY: as for `read`.
-            unsafe { core::ptr::write_volatile((self.base as *mut u8).add(offset + i), *b) };
+        let at = (self.base as *mut u8).wrapping_add(offset);
+        if offset.is_multiple_of(8) && bytes.len().is_multiple_of(8) {
+            for (i, word) in bytes.chunks_exact(8).enumerate() {
+                let mut value = [0u8; 8];
+                value.copy_from_slice(word);
+                // SAFETY: as for `read`.
+                unsafe { core::ptr::write_volatile(at.cast::<u64>().add(i), u64::from_le_bytes(value)) };
+            }
+        } else {
+            for (i, b) in bytes.iter().enumerate() {
+                // SAFETY: as for `read`, one byte at a time.
+                unsafe { core::ptr::write_volatile(at.add(i), *b) };
+            }
         }
     }
 
