@@ -199,7 +199,9 @@ impl<P: MigrationPage> Relay<P> {
         // The inbound pages first: an SVSM starts when its outbound page says RUNNING,
         // and must then find its inbound pages empty and INCOMING, not what an earlier
         // session left there.
-        for page in source_in.iter_mut().chain(destination_in.iter_mut()) {
+        // The proposal's page last here too, so an SVSM that sees INCOMING finds its
+        // whole ring emptied.
+        for page in source_in.iter_mut().rev().chain(destination_in.iter_mut().rev()) {
             page.write_data_register(DataRegister::DATA_READ);
             page.write_status(MigrationStatus::INCOMING);
         }
@@ -258,8 +260,14 @@ impl<P: MigrationPage> Relay<P> {
     pub fn pump(&mut self) -> bool {
         let mut progress = false;
         for pipe in 0..self.pipes.len() {
-            // Everything the producer has ready (a ring fills many pages at once).
-            while self.take(pipe) {
+            // Everything the producer has ready (a ring fills many pages at once), but at
+            // most a lap of its ring: a truncated or hung-up relay queues nothing, and a
+            // producer that never stops must not keep the relay from the other pipe.
+            let lap = self.pipes.get(pipe).map_or(0, Pipe::slots);
+            for _ in 0..lap.max(1) {
+                if !self.take(pipe) {
+                    break;
+                }
                 progress = true;
             }
             progress |= self.deliver(pipe);

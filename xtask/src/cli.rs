@@ -338,12 +338,10 @@ impl<'a> Options<'a> {
                 "--other-image" => o.other_image = true,
                 "--page-mode" => o.page_mode = true,
                 "--guest-mib" => {
-                    o.guest_mib = self
-                        .value(arg)?
-                        .parse()
-                        .ok()
-                        .filter(|mib| (1..=128).contains(mib))
-                        .ok_or("--guest-mib takes 1..=128 (the guest's 4 KiB-page RAM below 256 MiB)")?
+                    o.guest_mib =
+                        self.value(arg)?.parse().ok().filter(|mib| (1..=128).contains(mib)).ok_or(
+                            "the guest grows by 1..=128 MiB with --guest-mib (its 4 KiB-page RAM below 256 MiB)",
+                        )?
                 }
                 _ => return Err(self.unknown(arg)),
             }

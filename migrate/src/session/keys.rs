@@ -6,7 +6,7 @@ use super::{MigrationError, Role};
 use crate::Entropy;
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::aead::consts::U12;
-use aes_gcm::{Aes256Gcm, AesGcm, KeyInit, Nonce, Tag};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use alloc::vec::Vec;
 use hkdf::Hkdf;
 use p384::elliptic_curve::sec1::ToEncodedPoint;
@@ -161,28 +161,31 @@ pub fn seal_for_benchmark(records: usize, len: usize, aes: Aes) -> Result<usize,
 )]
 enum RecordCipher {
     Portable(Aes256Gcm),
-    Hardware(AesGcm<x86::aesni::Aes256, U12>),
+    Hardware(x86::aesni::Aes256Gcm),
 }
 
+/// The record layer's AEAD failed (a tag that does not verify, when opening).
+struct AeadFailed;
+
 impl RecordCipher {
-    fn new(key: &[u8], aes: Aes) -> Result<Self, MigrationError> {
+    fn new(key: &[u8; 32], aes: Aes) -> Result<Self, MigrationError> {
         Ok(match aes {
             Aes::Portable => Self::Portable(Aes256Gcm::new_from_slice(key).map_err(|_| MigrationError::Internal)?),
-            Aes::Hardware => Self::Hardware(AesGcm::new_from_slice(key).map_err(|_| MigrationError::Internal)?),
+            Aes::Hardware => Self::Hardware(x86::aesni::Aes256Gcm::new(key)),
         })
     }
 
-    fn seal(&self, nonce: &Nonce<U12>, ad: &[u8], body: &mut [u8]) -> Result<Tag, aes_gcm::Error> {
+    fn seal(&self, nonce: &Nonce<U12>, ad: &[u8], body: &mut [u8]) -> Result<Tag, AeadFailed> {
         match self {
-            Self::Portable(c) => c.encrypt_in_place_detached(nonce, ad, body),
-            Self::Hardware(c) => c.encrypt_in_place_detached(nonce, ad, body),
+            Self::Portable(c) => c.encrypt_in_place_detached(nonce, ad, body).map_err(|_| AeadFailed),
+            Self::Hardware(c) => c.seal(nonce.as_ref(), ad, body).map(Tag::from).map_err(|_| AeadFailed),
         }
     }
 
-    fn open(&self, nonce: &Nonce<U12>, ad: &[u8], body: &mut [u8], tag: &Tag) -> Result<(), aes_gcm::Error> {
+    fn open(&self, nonce: &Nonce<U12>, ad: &[u8], body: &mut [u8], tag: &Tag) -> Result<(), AeadFailed> {
         match self {
-            Self::Portable(c) => c.decrypt_in_place_detached(nonce, ad, body, tag),
-            Self::Hardware(c) => c.decrypt_in_place_detached(nonce, ad, body, tag),
+            Self::Portable(c) => c.decrypt_in_place_detached(nonce, ad, body, tag).map_err(|_| AeadFailed),
+            Self::Hardware(c) => c.open(nonce.as_ref(), ad, body, tag.as_ref()).map_err(|_| AeadFailed),
         }
     }
 }
@@ -209,7 +212,7 @@ impl RecordProtection {
         hkdf.expand(key_label, &mut key[..]).map_err(|_| MigrationError::Internal)?;
         let mut nonce_base = [0u8; 12];
         hkdf.expand(nonce_label, &mut nonce_base).map_err(|_| MigrationError::Internal)?;
-        let cipher = RecordCipher::new(&key[..], aes)?;
+        let cipher = RecordCipher::new(&key, aes)?;
         Ok(Self { cipher, nonce_base, next: Some(0) })
     }
 

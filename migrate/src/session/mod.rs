@@ -185,8 +185,8 @@ pub enum Aes {
     /// its SIMD code), AES-NI where it finds it on a hosted one.
     #[default]
     Portable,
-    /// AES-NI through `x86::aesni`, on any target. Only where CPUID says AES and SSE is
-    /// enabled (CR4.OSFXSR): the caller checks.
+    /// AES-NI and PCLMULQDQ through `x86::aesni`, on any target. Only where CPUID says
+    /// AES, PCLMULQDQ and SSSE3 and SSE is enabled (CR4.OSFXSR): the caller checks.
     Hardware,
 }
 

@@ -363,8 +363,9 @@ pub fn poll(shared: &'static Shared) -> Poll {
 
 /// How fast this CPU seals the state stream's records (KiB/s): 512 KiB in 64 KiB
 /// records, the size the stream uses, through the record layer's own code.
-/// AES-NI where CPUID announces it (the svm platform runs on the CPU QEMU gives it, and
-/// has enabled SSE on every CPU: `fpu::enable_sse`), else the portable AES.
+/// AES-NI and PCLMULQDQ where CPUID announces them (the svm platform runs on the CPU QEMU
+/// gives it, and has enabled SSE on every CPU: `fpu::enable_sse`), else the portable
+/// AES-GCM.
 fn aes() -> session::Aes {
     if x86::aesni::supported() { session::Aes::Hardware } else { session::Aes::Portable }
 }
