@@ -58,6 +58,12 @@ fn body(input: &mut Input<'_>, kind: Item) -> Vec<u8> {
             b.extend_from_slice(&count.to_be_bytes());
             for _ in 0..count {
                 b.extend_from_slice(&address(input).to_be_bytes());
+                // Flags: mostly none, sometimes "in a 2 MiB entry", rarely anything.
+                b.push(match input.u8() % 16 {
+                    0..=9 => 0,
+                    10..=14 => 1,
+                    _ => input.u8(),
+                });
                 for _ in 0..3 {
                     let perm = match input.u8() % 16 {
                         0 | 1 => 0xFF,

@@ -529,6 +529,21 @@ fn the_guests_validated_pages_arrive_with_their_bytes_and_permissions() {
         bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &hostile)),
         Err(kernel::migration::MemoryImportError::NotGuestMemory { gpa: svsm_page })
     );
+    // Nor when it claims a 2 MiB entry around that page, and a flag that means nothing
+    // does not parse.
+    hostile[16] = 1;
+    let w = &mut destination.world;
+    assert_eq!(
+        bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &hostile)),
+        Err(kernel::migration::MemoryImportError::NotGuestMemory { gpa: svsm_page })
+    );
+    let mut unknown_flag = chunks[0].clone();
+    unknown_flag[16] = 2;
+    let w = &mut destination.world;
+    assert_eq!(
+        w.svsm.import_memory(&mut w.machine, &unknown_flag),
+        Err(kernel::migration::MemoryImportError::Malformed)
+    );
     // Cut and padded chunks do not parse.
     let w = &mut destination.world;
     assert_eq!(
@@ -680,6 +695,97 @@ fn pre_copy_on(platform: PlatformKind) {
     // A fault handled after tracking stopped: retried on a guest page, refused on the SVSM's.
     assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 6 * 4096, vmpl)));
     assert!(!on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 7 * 4096, vmpl)));
+}
+
+/// A guest that validated a 2 MiB page (as Linux accepts memory where it can) moves
+/// too. Dirty tracking protects the 2 MiB RMP entry as one (the RMP refuses a 4 KiB
+/// RMPADJUST there); the first write to any of its pages gives all of it back and marks
+/// its 512 pages dirty, so a later write to another of its pages, which no longer
+/// faults, is not missed. The export says the pages are in a 2 MiB entry, and the
+/// destination validates the entry whole. Given up during the rounds, the entry is given
+/// up whole on the destination.
+#[test]
+fn a_2mib_page_is_tracked_and_moved_whole() {
+    two_mib_page_on(PlatformKind::Model);
+}
+
+/// The same on the snp platform's kernel side.
+#[test]
+fn a_2mib_page_is_tracked_and_moved_whole_on_the_snp_platform() {
+    two_mib_page_on(PlatformKind::Snp);
+}
+
+/// The same on the svm platform, whose nested page tables enforce the RMP's answer.
+#[test]
+fn a_2mib_page_is_tracked_and_moved_whole_on_the_svm_platform() {
+    two_mib_page_on(PlatformKind::Svm);
+}
+
+fn two_mib_page_on(platform: PlatformKind) {
+    use abi::core_protocol::PvalidateEntry;
+    use guest::Transport;
+    // The world's RAM is 2 MiB RMP entries from 64 MiB on.
+    const HUGE_AT: u64 = 64 << 20;
+    let page = |i: u64| HUGE_AT + i * 4096;
+    let mut source = ModelEnv::with(WorldConfig { vtpm: false, platform, ..ModelEnv::config() });
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, platform, ..ModelEnv::config() });
+    let vmpl = source.world.svsm.guest_vmpl();
+    source.world.client().pvalidate(&[PvalidateEntry::new(HUGE_AT, true, true, false)], LIST_AT).unwrap();
+    let written = [0u64, 1, 7, 300, 511];
+    for i in written {
+        source.world.client().transport.write(page(i), &pattern(i, 0)).unwrap();
+    }
+    on_platform!(source, |svsm, p| svsm.start_dirty_tracking(p)).expect("tracking takes a 2 MiB entry");
+    let apply = |destination: &mut ModelEnv, chunk: &[u8]| {
+        on_platform!(destination, |svsm, p| svsm.import_memory(p, chunk)).unwrap()
+    };
+    let read = |env: &mut ModelEnv, i: u64| {
+        let mut got = vec![0u8; 4096];
+        env.world.client().transport.read(page(i), &mut got).map(|()| got)
+    };
+    let validated = |env: &ModelEnv| {
+        (0..512).filter(|i| env.world.svsm.pages().is_validated(kernel::addr::PageAddr::new(page(*i)).unwrap())).count()
+    };
+
+    // Round 1: the destination validates the entry whole and gets its bytes.
+    for chunk in export_memory(&mut source) {
+        apply(&mut destination, &chunk);
+    }
+    assert_eq!(validated(&destination), 512);
+    for i in written {
+        assert!(read(&mut destination, i).unwrap() == pattern(i, 0), "page {i} on the destination");
+    }
+    assert!(read(&mut destination, 2).unwrap().iter().all(|b| *b == 0), "a page never written is zero");
+
+    // A write to page 7 faults; handed on, the whole entry is writable again.
+    assert!(source.world.client().transport.write(page(7), &pattern(7, 1)).is_err(), "the entry is protected");
+    assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, page(7), vmpl)));
+    source.world.client().transport.write(page(7), &pattern(7, 1)).expect("the retried write");
+    source.world.client().transport.write(page(300), &pattern(300, 1)).expect("no fault on the entry's other pages");
+
+    // Round 2: all 512 pages (page 300's write is in them), protected again.
+    let first = HUGE_AT / 4096;
+    let dirty = on_platform!(source, |svsm, p| svsm.take_dirty(p, 2048)).unwrap();
+    assert_eq!(dirty, (first..first + 512).collect::<Vec<_>>());
+    assert!(source.world.client().transport.write(page(9), &pattern(9, 2)).is_err(), "protected again");
+    for chunk in dirty.chunks(128) {
+        apply(&mut destination, &on_platform!(source, |svsm, p| svsm.export_pages(p, chunk)).unwrap());
+    }
+    for (i, round) in [(0, 0), (7, 1), (300, 1), (511, 0)] {
+        assert!(read(&mut destination, i).unwrap() == pattern(i, round), "page {i} after round 2");
+    }
+
+    // The guest gives the entry up (its list page's write handed on first).
+    assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, LIST_AT, vmpl)));
+    source.world.client().pvalidate(&[PvalidateEntry::new(HUGE_AT, true, false, false)], LIST_AT).unwrap();
+    let dirty = on_platform!(source, |svsm, p| svsm.take_dirty(p, 2048)).unwrap();
+    assert!((first..first + 512).all(|pfn| dirty.contains(&pfn)), "the given-up entry is in the round");
+    for chunk in dirty.chunks(128) {
+        apply(&mut destination, &on_platform!(source, |svsm, p| svsm.export_pages(p, chunk)).unwrap());
+    }
+    assert_eq!(validated(&destination), 0, "given up whole on the destination");
+    assert!(read(&mut destination, 0).is_err(), "the destination's guest no longer reaches it");
+    on_platform!(source, |svsm, p| svsm.stop_dirty_tracking(p)).unwrap();
 }
 
 /// A guest that gave a less privileged VMPL write access to a page could change that

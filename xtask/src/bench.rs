@@ -36,13 +36,13 @@ const QEMU_DOWNTIME_MS: u64 = 300;
 
 /// Live migrations between QEMU instances (`cargo xtask migrate`), the guest rewriting
 /// 128 pages throughout, with 64 MiB more memory over the proposal's single page
-/// (`--page-mode`) and over rings of 64 pages, and with 128 MiB more over the ring. For
+/// (`--page-mode`) and over rings of 64 pages, and with 256 MiB more over the ring. For
 /// each, the state stream's throughput beside what the source's CPU seals with the
 /// record layer's AES-256-GCM alone, and the downtime beside QEMU's default target; then
 /// the ring over the page.
 fn migration_bench() -> Result {
     let mut runs = Vec::new();
-    for (mode, page_mode, guest_mib) in [("page", true, 64), ("ring", false, 64), ("ring", false, 128)] {
+    for (mode, page_mode, guest_mib) in [("page", true, 64), ("ring", false, 64), ("ring", false, 256)] {
         let options = crate::migrate::MigrateOptions { page_mode, guest_mib, ..Default::default() };
         let s = crate::migrate::run(&options)?;
         let ratio = s.throughput_kib_s as f64 / s.cipher_kib_s.max(1) as f64;
@@ -186,6 +186,7 @@ fn svm_benches() -> Result {
         label: "",
         stop: None,
         migration: None,
+        memory_mib: 512,
     };
     let (mut runs, mut isolation, mut region, mut user) = (Vec::new(), Vec::new(), None, Vec::new());
     for i in 1..=SVM_BENCH_BOOTS {

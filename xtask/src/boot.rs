@@ -68,6 +68,7 @@ pub fn run_seen(options: &BootOptions) -> Result<Option<String>> {
         label: "",
         stop: None,
         migration: None,
+        memory_mib: 512,
     };
     let plan =
         agent::Plan { session: options.agent == AgentMode::Check, state: disk.as_ref().map(|d| d.tpm_record.clone()) };

@@ -73,7 +73,8 @@ commands:
                                      through a hostile relay: each must fail and the source's guest
                                      run on; the state goes over a ring of 64 pages, or with
                                      --page-mode over the proposal's single page; --guest-mib
-                                     makes the guest validate and fill N MiB more first
+                                     makes the guest validate (2 MiB pages) and fill N MiB more
+                                     first
   help                               show this text
 ";
 
@@ -338,10 +339,12 @@ impl<'a> Options<'a> {
                 "--other-image" => o.other_image = true,
                 "--page-mode" => o.page_mode = true,
                 "--guest-mib" => {
-                    o.guest_mib =
-                        self.value(arg)?.parse().ok().filter(|mib| (1..=128).contains(mib)).ok_or(
-                            "the guest grows by 1..=128 MiB with --guest-mib (its 4 KiB-page RAM below 256 MiB)",
-                        )?
+                    o.guest_mib = self
+                        .value(arg)?
+                        .parse()
+                        .ok()
+                        .filter(|mib| (2..=1024).contains(mib) && mib % 2 == 0)
+                        .ok_or("the guest grows by an even 2..=1024 MiB with --guest-mib (2 MiB pages)")?
                 }
                 _ => return Err(self.unknown(arg)),
             }

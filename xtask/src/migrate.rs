@@ -53,8 +53,8 @@ pub struct MigrateOptions {
     /// Migration devices of the proposal's two pages only, so the SVSMs keep to the page
     /// mode (else each direction has a ring of [`RING_PAGES`]).
     pub page_mode: bool,
-    /// MiB of memory the guest validates and fills besides its own (the agent's `grow`),
-    /// so the migration moves a guest of about that size.
+    /// MiB of memory the guest validates (as 2 MiB pages) and fills besides its own (the
+    /// agent's `grow`), so the migration moves a guest of about that size.
     pub guest_mib: u32,
 }
 
@@ -221,7 +221,9 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     std::fs::write(&other_guest, bytes).map_err(|e| format!("{}: {e}", other_guest.display()))?;
     let other_guest = keep(other_guest);
     let ring = if options.page_mode { 1 } else { RING_PAGES };
-    let context = Context { svsm, guest, other_guest, kit: image::issuing_kit()?, dir, stop, ring };
+    // The grown memory starts at 272 MiB; QEMU puts the guest image at the top of RAM.
+    let memory_mib = (272 + options.guest_mib + 128).max(512).next_multiple_of(64);
+    let context = Context { svsm, guest, other_guest, kit: image::issuing_kit()?, dir, stop, ring, memory_mib };
 
     step("the source: the SVSM and the test guest, with a migration device");
     let source_port = free_port()?;
@@ -309,6 +311,8 @@ struct Context {
     stop: &'static AtomicBool,
     /// Pages per direction in each migration device.
     ring: usize,
+    /// Each instance's RAM.
+    memory_mib: u32,
 }
 
 impl Context {
@@ -342,6 +346,7 @@ impl Context {
             label,
             stop: Some(self.stop),
             migration: file,
+            memory_mib: self.memory_mib,
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct Run<'a> {
     /// file (its size a power of two, at least two pages; shared with `bulwark migrate
     /// relay`).
     pub migration: Option<&'a Path>,
+    /// The guest's RAM in MiB (512 unless a run needs more).
+    pub memory_mib: u32,
 }
 
 /// What backs the state disk's drive.
@@ -197,7 +199,8 @@ fn command(run: &Run<'_>, guest_log: &Path) -> Command {
     }
     let tcp = |port: u16| ["-serial".to_string(), format!("tcp:127.0.0.1:{port},server=on,wait=off")];
     command
-        .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", "512M", "-smp", &run.smp.to_string()])
+        .args(["-machine", "q35", "-cpu", "EPYC,+svm", "-m", &format!("{}M", run.memory_mib)])
+        .args(["-smp", &run.smp.to_string()])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", guest_log.display()))

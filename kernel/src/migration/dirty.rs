@@ -3,8 +3,9 @@
 use crate::addr::{PageAddr, PageRange, PageSize};
 use crate::bitmap::OwnedBitmap;
 use crate::pages::{Held, PageRole};
-use crate::platform::Platform;
+use crate::platform::{HwError, Platform};
 use crate::svsm::Svsm;
+use abi::hw::rc::FAIL_SIZEMISMATCH;
 use abi::hw::rmpadjust::PERM_WRITE;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
@@ -30,12 +31,20 @@ use core::sync::atomic::Ordering;
 /// the SVSM set it). What the SVSM itself changes for the guest (answers it writes,
 /// pages validated, invalidated or handed back) is recorded by the page tracker and joins
 /// each round's dirty pages.
+///
+/// A page inside a 2 MiB RMP entry (the guest validated the whole entry at once) has one
+/// set of permissions for its 512 pages: the RMP refuses a 4 KiB RMPADJUST there
+/// (FAIL_SIZEMISMATCH), which is how the log learns of it. Such an entry is protected as
+/// one (a 2 MiB RMPADJUST), and its first write fault gives WRITE back to all of it and
+/// records all 512 pages dirty: a later write to another of its pages cannot fault.
 #[derive(Debug)]
 pub struct DirtyLog {
     /// The guest's VMPL.
     vmpl: u8,
     /// The pages whose WRITE the log took (and gives back).
     protected: OwnedBitmap,
+    /// The 2 MiB entries found (one bit per 2 MiB, by `pfn / 512`).
+    huge: OwnedBitmap,
     /// Pages written since the last round.
     dirty: OwnedBitmap,
     /// Pages in the bitmaps (the top of guest RAM).
@@ -77,7 +86,8 @@ impl DirtyLog {
     pub fn start<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) -> Result<Self, DirtyLogError> {
         let pages = svsm.pages.ram().iter().map(|r| r.end_pfn()).max().unwrap_or(0);
         let bitmap = || OwnedBitmap::new(pages).map_err(|_| DirtyLogError::NoRoom);
-        let mut log = Self { vmpl: svsm.guest_vmpl, protected: bitmap()?, dirty: bitmap()?, pages, failed: None };
+        let huge = OwnedBitmap::new(pages.div_ceil(HUGE_PAGES)).map_err(|_| DirtyLogError::NoRoom)?;
+        let mut log = Self { vmpl: svsm.guest_vmpl, protected: bitmap()?, dirty: bitmap()?, huge, pages, failed: None };
         let mut protect_all = || -> Result<(), DirtyLogError> {
             for range in svsm.pages.ram() {
                 for addr in range.iter() {
@@ -101,12 +111,24 @@ impl DirtyLog {
         self.protected.get(pfn)
     }
 
+    /// Whether `pfn` lies in a 2 MiB RMP entry the log found (the export says so, so the
+    /// destination validates the entry whole).
+    pub fn in_huge_entry(&self, pfn: u64) -> bool {
+        self.huge.get(pfn / HUGE_PAGES)
+    }
+
     /// Take WRITE from the guest's VMPL on `addr`, if it is a guest page and has it. Under
-    /// the page's stripe lock: a deposit or CREATE_VCPU on another vCPU cannot change the
-    /// page between the check and the RMPADJUST. A lower VMPL that may write it (given
-    /// WRITE since tracking started) fails the round: its writes cannot be tracked.
+    /// the page's stripe lock (which covers its whole 2 MiB region): a deposit or
+    /// CREATE_VCPU on another vCPU cannot change the page between the check and the
+    /// RMPADJUST. A lower VMPL that may write it (given WRITE since tracking started)
+    /// fails the round: its writes cannot be tracked. A page of a 2 MiB entry protects the
+    /// entry.
     fn protect<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
+        if self.protected.get(addr.pfn()) {
+            // Already (a page of a 2 MiB entry protected whole).
+            return Ok(());
+        }
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         let mut held = svsm.pages.lock(addr, addr);
         if !guest_page(&mut held, addr) {
@@ -119,25 +141,65 @@ impl DirtyLog {
             }
         }
         let perms = p.vmpl_permissions(addr, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
+        // Also without WRITE to take: the same permissions again change nothing, and a
+        // 2 MiB entry says so here.
+        match p.rmpadjust(addr, PageSize::Size4K, self.vmpl, perms & !PERM_WRITE, false) {
+            Ok(()) if perms & PERM_WRITE == 0 => Ok(()),
+            Ok(()) => {
+                self.protected.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
+                self.protected.set(one, true);
+                Ok(())
+            }
+            Err(HwError::Rc(FAIL_SIZEMISMATCH)) => self.protect_entry(p, addr, perms),
+            Err(_) => Err(DirtyLogError::Platform { gpa }),
+        }
+    }
+
+    /// Protect the 2 MiB entry `addr` lies in (its region's stripe held by the caller;
+    /// `perms` the guest VMPL's, the same for every page of the entry).
+    fn protect_entry<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        addr: PageAddr,
+        perms: u8,
+    ) -> Result<(), DirtyLogError> {
+        let (base, entry) = huge_entry(addr).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
+        let region = PageRange::new(PageAddr::from_pfn(base.pfn() / HUGE_PAGES), 1);
+        let region = region.ok_or(DirtyLogError::Platform { gpa: base.raw() })?;
+        self.huge.reserve(region).map_err(|_| DirtyLogError::NoRoom)?;
+        self.huge.set(region, true);
         if perms & PERM_WRITE == 0 {
             return Ok(());
         }
-        self.protected.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
-        p.rmpadjust(addr, PageSize::Size4K, self.vmpl, perms & !PERM_WRITE, false)
-            .map_err(|_| DirtyLogError::Platform { gpa })?;
-        self.protected.set(one, true);
+        self.protected.reserve(entry).map_err(|_| DirtyLogError::NoRoom)?;
+        p.rmpadjust(base, PageSize::Size2M, self.vmpl, perms & !PERM_WRITE, false)
+            .map_err(|_| DirtyLogError::Platform { gpa: base.raw() })?;
+        self.protected.set(entry, true);
         Ok(())
     }
 
     /// Give WRITE back on `addr`, if the log took it and the guest may still write the
-    /// page (under its stripe lock, as [`Self::protect`]).
+    /// page (under its stripe lock, as [`Self::protect`]); on a 2 MiB entry, to all of it.
     fn unprotect<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
-        let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         if !self.protected.get(addr.pfn()) {
             return Ok(());
         }
         let mut held = svsm.pages.lock(addr, addr);
+        if self.in_huge_entry(addr.pfn()) {
+            let (base, entry) = huge_entry(addr).ok_or(DirtyLogError::Platform { gpa })?;
+            self.protected.set(entry, false);
+            // The entry is the guest's as long as it is validated: nothing inside a 2 MiB
+            // entry can be the SVSM's (that takes a 4 KiB RMPADJUST).
+            if !held.is_validated(base) {
+                return Ok(());
+            }
+            let perms = p.vmpl_permissions(base, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
+            return p
+                .rmpadjust(base, PageSize::Size2M, self.vmpl, perms | PERM_WRITE, false)
+                .map_err(|_| DirtyLogError::Platform { gpa: base.raw() });
+        }
+        let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         // Taken by the log; if the page is the SVSM's now, the SVSM's permissions stand.
         self.protected.set(one, false);
         if !guest_writable(&mut held, addr) {
@@ -166,9 +228,15 @@ impl DirtyLog {
         if !self.protected.get(addr.pfn()) {
             return Ok(writable_now(svsm, p, addr, vmpl));
         }
-        let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
-        self.dirty.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
-        self.dirty.set(one, true);
+        // Every page of a 2 MiB entry: once WRITE is back, its other pages' writes are
+        // not seen.
+        let written = match self.in_huge_entry(addr.pfn()) {
+            true => huge_entry(addr).map(|(_, entry)| entry),
+            false => PageRange::new(addr, 1),
+        };
+        let written = written.ok_or(DirtyLogError::Platform { gpa })?;
+        self.dirty.reserve(written).map_err(|_| DirtyLogError::NoRoom)?;
+        self.dirty.set(written, true);
         self.unprotect(svsm, p, addr)?;
         Ok(writable_now(svsm, p, addr, vmpl))
     }
@@ -241,6 +309,15 @@ impl DirtyLog {
     }
 }
 
+/// Pages in a 2 MiB entry.
+const HUGE_PAGES: u64 = 512;
+
+/// The 2 MiB entry `addr` lies in: its first page and its 512 pages.
+fn huge_entry(addr: PageAddr) -> Option<(PageAddr, PageRange)> {
+    let base = PageAddr::from_pfn(addr.pfn() / HUGE_PAGES * HUGE_PAGES);
+    Some((base, PageRange::new(base, HUGE_PAGES)?))
+}
+
 /// Whether `vmpl` may write `addr` now and the page is the guest's to write: a fault
 /// there is stale (another CPU's fault gave WRITE back first), and the guest retries.
 fn writable_now<P: Platform + ?Sized>(svsm: &Svsm, p: &P, addr: PageAddr, vmpl: u8) -> bool {
@@ -304,6 +381,11 @@ impl Svsm {
             Some(log) => log.take_dirty(self, p, max).inspect_err(|e| log.fail(self, p, *e)),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Whether dirty tracking found `pfn` inside a 2 MiB RMP entry (what an export says).
+    pub(crate) fn in_huge_entry(&self, pfn: u64) -> bool {
+        self.tracking.load(Ordering::Acquire) && self.dirty.lock().as_ref().is_some_and(|log| log.in_huge_entry(pfn))
     }
 
     /// Whether dirty tracking took WRITE from `pfn` (what an export gives back).

@@ -3,19 +3,25 @@
 use super::{Out, ServiceStateError};
 use crate::addr::{PageAddr, PageRange, PageSize};
 use crate::pages::{Held, PageRole, PageTracker};
-use crate::platform::Platform;
+use crate::platform::{HwError, Platform};
 use crate::svsm::Svsm;
+use abi::hw::rc::FAIL_SIZEMISMATCH;
 use alloc::vec::Vec;
 
-/// Guest memory moves in chunks: `"BWMM" | u32 count | count * (u64 gpa | u8 perms of
-/// VMPL1, VMPL2, VMPL3 | 4096 bytes)`, every page one the guest validated (4 KiB
-/// entries only, for now), with the RMP permissions its lower VMPLs hold and its bytes;
-/// a page the guest gave up since an earlier round has the permissions `FF FF FF`.
+/// Guest memory moves in chunks: `"BWMM" | u32 count | count * (u64 gpa | u8 flags |
+/// u8 perms of VMPL1, VMPL2, VMPL3 | 4096 bytes)`, every page one the guest validated,
+/// with the RMP permissions its lower VMPLs hold and its bytes; a page the guest gave up
+/// since an earlier round has the permissions `FF FF FF`. Flag bit 0 ([`IN_HUGE_ENTRY`]):
+/// the page lies in a 2 MiB RMP entry the guest validated whole; other bits are zero.
 /// Pages the SVSM gave a role (VMSAs, calling areas, deposited pages) are not in it:
 /// they are the SVSM's, and move with the vCPUs.
 const MEMORY_MAGIC: &[u8; 4] = b"BWMM";
 const PAGE_BYTES: usize = 4096;
-const PAGE_RECORD: usize = 8 + 3 + PAGE_BYTES;
+const PAGE_RECORD: usize = 8 + 1 + 3 + PAGE_BYTES;
+/// The flag of a page in a 2 MiB entry.
+const IN_HUGE_ENTRY: u8 = 1;
+/// Pages in a 2 MiB entry.
+const HUGE_PAGES: u64 = 512;
 /// The permissions field of a page the guest no longer has validated (no RMPADJUST value
 /// has bits above `PERM_ALL`): the destination invalidates it.
 const INVALIDATED: [u8; 3] = [0xFF; 3];
@@ -56,7 +62,8 @@ fn page_record<P: Platform + ?Sized>(
         }
     }
     p.read(addr.gpa(), page).map_err(|_| ServiceStateError::Platform)?;
-    out.bytes(&addr.raw().to_be_bytes())?.bytes(&perms)?.bytes(page)?;
+    let flags = if svsm.in_huge_entry(addr.pfn()) { IN_HUGE_ENTRY } else { 0 };
+    out.bytes(&addr.raw().to_be_bytes())?.bytes(&[flags])?.bytes(&perms)?.bytes(page)?;
     Ok(())
 }
 
@@ -131,8 +138,9 @@ impl Svsm {
             if self.pages.is_validated(addr) {
                 page_record(self, p, &mut out, addr, &mut page)?;
             } else {
-                // The guest gave it up since an earlier round sent it.
-                out.bytes(&addr.raw().to_be_bytes())?.bytes(&INVALIDATED)?.bytes(&[0; PAGE_BYTES])?;
+                // The guest gave it up since an earlier round sent it (the destination knows
+                // whether its entry was 2 MiB).
+                out.bytes(&addr.raw().to_be_bytes())?.bytes(&[0])?.bytes(&INVALIDATED)?.bytes(&[0; PAGE_BYTES])?;
             }
             count += 1;
         }
@@ -152,12 +160,20 @@ impl Svsm {
         {
             return Err(MemoryImportError::Malformed);
         }
-        let parse = |record: &[u8]| -> Result<(PageAddr, [u8; 3]), MemoryImportError> {
+        let parse = |record: &[u8]| -> Result<(PageAddr, bool, [u8; 3]), MemoryImportError> {
             let (gpa, rest) = record.split_first_chunk::<8>().ok_or(MemoryImportError::Malformed)?;
             let gpa = u64::from_be_bytes(*gpa);
+            let (flags, rest) = rest.split_first().ok_or(MemoryImportError::Malformed)?;
+            if flags & !IN_HUGE_ENTRY != 0 {
+                return Err(MemoryImportError::Malformed);
+            }
             let (perms, _) = rest.split_first_chunk::<3>().ok_or(MemoryImportError::Malformed)?;
             let addr = PageAddr::new(gpa).ok_or(MemoryImportError::Malformed)?;
-            let one = PageRange::new(addr, 1).ok_or(MemoryImportError::Malformed)?;
+            let one = match flags & IN_HUGE_ENTRY != 0 {
+                true => PageRange::new(huge_base(addr), HUGE_PAGES),
+                false => PageRange::new(addr, 1),
+            };
+            let one = one.ok_or(MemoryImportError::Malformed)?;
             // A calling area stays the guest's memory: the destination's startup vCPU has
             // one from its launch, where the source's guest may have other data.
             if !self.importable(one) {
@@ -166,21 +182,30 @@ impl Svsm {
             if *perms != INVALIDATED && perms.iter().any(|perm| *perm & !abi::hw::rmpadjust::PERM_ALL != 0) {
                 return Err(MemoryImportError::BadPermissions { gpa });
             }
-            Ok((addr, *perms))
+            Ok((addr, flags & IN_HUGE_ENTRY != 0, *perms))
         };
         for record in records.chunks_exact(PAGE_RECORD) {
             parse(record)?;
         }
-        for record in records.chunks_exact(PAGE_RECORD) {
-            let (addr, perms) = parse(record)?;
-            let content = record.get(11..).ok_or(MemoryImportError::Malformed)?;
+        let mut took_back = false;
+        let applied = records.chunks_exact(PAGE_RECORD).try_for_each(|record| {
+            let (addr, huge, perms) = parse(record)?;
+            let content = record.get(12..).ok_or(MemoryImportError::Malformed)?;
             if perms == INVALIDATED {
-                self.take_page_back(p, addr)?;
-                continue;
+                took_back = true;
+                return self.take_page_back(p, addr);
             }
-            self.give_page(p, addr, perms, content)?;
+            if huge {
+                self.give_huge_entry_page(p, addr, perms, content)
+            } else {
+                self.give_page(p, addr, perms, content)
+            }
+        });
+        // A page taken back must be out of reach of translations a guest CPU cached.
+        if took_back {
+            p.flush_guest_tlb();
         }
-        Ok(count as u64)
+        applied.map(|()| count as u64)
     }
 
     /// May an imported page be given to the guest here: RAM the SVSM holds nothing on but
@@ -202,19 +227,71 @@ impl Svsm {
 
     /// The guest gave `page` up on the source: here too, its lower VMPLs lose it and it
     /// is invalidated (if it is validated). Under the page's lock, checked again there.
+    /// A page this side holds in a 2 MiB entry (the RMP refuses the 4 KiB RMPADJUST) takes
+    /// its whole entry back: the guest can only have given the entry up whole.
     fn take_page_back<P: Platform + ?Sized>(&self, p: &mut P, page: PageAddr) -> Result<(), MemoryImportError> {
         let gpa = page.raw();
         let (one, mut held) = self.hold_importable(page)?;
         if !held.is_validated(page) {
             return Ok(());
         }
-        held.prepare_validation(one).map_err(|_| MemoryImportError::NoRoom)?;
+        let none = abi::hw::rmpadjust::PERM_NONE;
+        let (at, size, range) = match p.rmpadjust(page, PageSize::Size4K, 1, none, false) {
+            Err(HwError::Rc(FAIL_SIZEMISMATCH)) => {
+                let base = huge_base(page);
+                let entry = PageRange::new(base, HUGE_PAGES).ok_or(MemoryImportError::Platform { gpa })?;
+                if !importable(&self.pages, &mut held, entry) {
+                    return Err(MemoryImportError::NotGuestMemory { gpa });
+                }
+                (base, PageSize::Size2M, entry)
+            }
+            Err(_) => return Err(MemoryImportError::Platform { gpa }),
+            Ok(()) => (page, PageSize::Size4K, one),
+        };
+        held.prepare_validation(range).map_err(|_| MemoryImportError::NoRoom)?;
         for vmpl in 1..=3 {
-            p.rmpadjust(page, PageSize::Size4K, vmpl, abi::hw::rmpadjust::PERM_NONE, false)
-                .map_err(|_| MemoryImportError::Platform { gpa })?;
+            p.rmpadjust(at, size, vmpl, none, false).map_err(|_| MemoryImportError::Platform { gpa })?;
         }
-        p.pvalidate(page, PageSize::Size4K, false).map_err(|_| MemoryImportError::Platform { gpa })?;
-        held.set_validated(one, false);
+        p.pvalidate(at, size, false).map_err(|_| MemoryImportError::Platform { gpa })?;
+        held.set_validated(range, false);
+        Ok(())
+    }
+
+    /// Give `page`, of a 2 MiB entry the source's guest validated whole, to the guest: the
+    /// entry is validated whole here too (PVALIDATE 2 MiB, zeroed, recorded) when its
+    /// first page arrives, its lower VMPLs get the source's permissions (one RMPADJUST
+    /// for the entry), and the page gets its bytes. The whole entry must be guest RAM the
+    /// SVSM holds nothing on; a destination whose RMP has 4 KiB pages there refuses.
+    fn give_huge_entry_page<P: Platform + ?Sized>(
+        &self,
+        p: &mut P,
+        page: PageAddr,
+        perms: [u8; 3],
+        content: &[u8],
+    ) -> Result<(), MemoryImportError> {
+        let gpa = page.raw();
+        let base = huge_base(page);
+        let entry = PageRange::new(base, HUGE_PAGES).ok_or(MemoryImportError::Platform { gpa })?;
+        let mut held = self.pages.lock(base, base);
+        if !importable(&self.pages, &mut held, entry) || held.check_target(entry).is_err() {
+            return Err(MemoryImportError::NotGuestMemory { gpa });
+        }
+        if !held.is_validated(base) {
+            held.prepare_validation(entry).map_err(|_| MemoryImportError::NoRoom)?;
+            p.pvalidate(base, PageSize::Size2M, true).map_err(|_| MemoryImportError::Platform { gpa })?;
+            held.set_validated(entry, true);
+            // The host's bytes in the pages that have not arrived yet never reach the guest.
+            p.zero_pages(entry).map_err(|_| MemoryImportError::Platform { gpa })?;
+        }
+        // The entry's permissions are one set: changed once, not again for each of its
+        // pages (a 2 MiB RMPADJUST is 512 nested page table entries on svm).
+        for (vmpl, perm) in (1u8..=3).zip(perms) {
+            if p.vmpl_permissions(base, vmpl) != Some(perm) {
+                p.rmpadjust(base, PageSize::Size2M, vmpl, perm, false)
+                    .map_err(|_| MemoryImportError::Platform { gpa })?;
+            }
+        }
+        p.write(page.gpa(), content).map_err(|_| MemoryImportError::Platform { gpa })?;
         Ok(())
     }
 
@@ -240,6 +317,11 @@ impl Svsm {
         p.write(page.gpa(), content).map_err(|_| MemoryImportError::Platform { gpa })?;
         Ok(())
     }
+}
+
+/// The first page of the 2 MiB entry `page` lies in.
+fn huge_base(page: PageAddr) -> PageAddr {
+    PageAddr::from_pfn(page.pfn() / HUGE_PAGES * HUGE_PAGES)
 }
 
 /// [`Svsm::importable`] with the page's stripe as `held` has it.

@@ -53,7 +53,7 @@ const HEADER: usize = 5;
 /// The longest item: services and deposits are bounded by [`MAX_SERVICE_STATE`], a
 /// memory chunk by [`MAX_CHUNK_PAGES`] records, a vCPU by two pages and its fields.
 pub const MAX_ITEM: usize = MAX_SERVICE_STATE + 4096;
-const _: () = assert!(8 + MAX_CHUNK_PAGES * (8 + 3 + 4096) <= MAX_ITEM);
+const _: () = assert!(8 + MAX_CHUNK_PAGES * (8 + 1 + 3 + 4096) <= MAX_ITEM);
 
 /// Append an item to `out`.
 pub fn frame(out: &mut Vec<u8>, item: Item, bytes: &[u8]) -> Result<(), ServiceStateError> {

@@ -21,7 +21,7 @@
 //! another, with a call to the SVSM between pages, while the source's pre-copy rounds run),
 //! and checks after the migration that every page holds what it wrote last. `grow` makes
 //! the guest larger for the migration benchmarks: it validates that many MiB more of
-//! its RAM through SVSM_CORE_PVALIDATE and writes a pattern into every page, which
+//! its RAM through SVSM_CORE_PVALIDATE (2 MiB pages) and writes a pattern into every page, which
 //! `checkgrown` checks after the migration.
 #![expect(unsafe_code, reason = "HLT while it waits for the host")]
 
@@ -43,11 +43,12 @@ const CHUNK: u32 = 4096;
 /// holds the agent's own buffers).
 const PATTERN_AT: u64 = super::suite::SCRATCH + 0x8_0000;
 pub const PATTERN_PAGES: u64 = 128;
-/// Where `grow` validates more memory: between the conformance suite's small and huge
-/// regions, where the svm launch assigns RAM as 4 KiB RMP pages (from 256 MiB on it
-/// assigns 2 MiB ones, and dirty tracking does not yet take 2 MiB pages).
-const GROW_AT: u64 = 0x0800_0000;
-const GROW_MAX_MIB: u32 = 128;
+/// Where `grow` validates more memory: above the conformance suite's regions (the last
+/// ends at 264 MiB), where the svm launch assigns RAM as 2 MiB RMP pages, below the guest
+/// image QEMU puts at the top of RAM (`cargo xtask migrate --guest-mib` gives the guest
+/// enough RAM).
+const GROW_AT: u64 = 0x1100_0000;
+const GROW_MAX_MIB: u32 = 1024;
 /// The page numbers the grown pages' pattern names (apart from the pattern pages').
 const GROW_PATTERN_PAGE: u64 = 0x4_0000;
 /// The list page of `grow`'s PVALIDATE calls, in the agent's half of the scratch region.
@@ -222,21 +223,23 @@ fn check<T: Transport>(c: &mut Client<T>, seed: u32) -> Result<Vec<u8>, String> 
     Ok(Vec::new())
 }
 
-/// Validate `mib` MiB more (4 KiB pages from [`GROW_AT`], 510 per call with its list at
-/// `list`), and write the pattern of `seed` into every page. Answers the page count.
+/// Validate `mib` MiB more as 2 MiB pages from [`GROW_AT`] (as Linux accepts memory
+/// where it can), with the calls' list at `list`, and write the pattern of `seed` into
+/// every 4 KiB page. Answers the 4 KiB page count.
 fn grow<T: Transport>(c: &mut Client<T>, list: u64, mib: u32, seed: u32) -> Result<Vec<u8>, String> {
-    if mib == 0 || mib > GROW_MAX_MIB {
-        return Err(alloc::format!("grow takes 1..={GROW_MAX_MIB} MiB"));
+    if mib == 0 || mib > GROW_MAX_MIB || mib % 2 != 0 {
+        return Err(alloc::format!("grow takes an even 2..={GROW_MAX_MIB} MiB"));
     }
-    let pages = u64::from(mib) * 256;
+    let huge_pages = u64::from(mib / 2);
     let mut done = 0;
-    while done < pages {
-        let entries: Vec<abi::core_protocol::PvalidateEntry> = (done..pages.min(done + 510))
-            .map(|page| abi::core_protocol::PvalidateEntry::new(GROW_AT + page * 4096, false, true, false))
+    while done < huge_pages {
+        let entries: Vec<abi::core_protocol::PvalidateEntry> = (done..huge_pages.min(done + 510))
+            .map(|huge| abi::core_protocol::PvalidateEntry::new(GROW_AT + huge * 0x20_0000, true, true, false))
             .collect();
-        c.pvalidate(&entries, list).map_err(|e| alloc::format!("PVALIDATE at page {done}: {e:?}"))?;
+        c.pvalidate(&entries, list).map_err(|e| alloc::format!("PVALIDATE at 2 MiB page {done}: {e:?}"))?;
         done += entries.len() as u64;
     }
+    let pages = huge_pages * 512;
     for page in 0..pages {
         c.transport
             .write(GROW_AT + page * 4096, &pattern(seed, GROW_PATTERN_PAGE + page))
