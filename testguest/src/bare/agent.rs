@@ -227,7 +227,7 @@ fn check<T: Transport>(c: &mut Client<T>, seed: u32) -> Result<Vec<u8>, String> 
 /// where it can), with the calls' list at `list`, and write the pattern of `seed` into
 /// every 4 KiB page. Answers the 4 KiB page count.
 fn grow<T: Transport>(c: &mut Client<T>, list: u64, mib: u32, seed: u32) -> Result<Vec<u8>, String> {
-    if mib == 0 || mib > GROW_MAX_MIB || mib % 2 != 0 {
+    if mib == 0 || mib > GROW_MAX_MIB || !mib.is_multiple_of(2) {
         return Err(alloc::format!("grow takes an even 2..={GROW_MAX_MIB} MiB"));
     }
     let huge_pages = u64::from(mib / 2);
