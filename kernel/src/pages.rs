@@ -383,6 +383,11 @@ impl PageTracker {
         self.first_unvalidated(range).is_none()
     }
 
+    /// Some page of `range` is validated.
+    pub fn any_validated(&self, range: PageRange) -> bool {
+        self.unlocked().find(range, Which::Validated, true).is_some()
+    }
+
     /// Reserve and record in one step (start-up, where failing is refusing to start).
     pub fn record_validated(&self, range: PageRange, valid: bool) -> Result<(), NoRoom> {
         let mut h = self.unlocked();

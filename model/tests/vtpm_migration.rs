@@ -697,6 +697,40 @@ fn pre_copy_on(platform: PlatformKind) {
     assert!(!on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, PAGES_AT + 7 * 4096, vmpl)));
 }
 
+/// A page the guest gives up and validates again while tracked (as Linux does with a
+/// buffer it shares with the host and takes back) gets WRITE back from the validation:
+/// the next round must protect it again, whatever the log recorded of it before. (A review
+/// found a version that trusted its old record and left the page writable unseen.)
+#[test]
+fn a_page_given_up_and_validated_again_is_protected_again() {
+    use abi::core_protocol::PvalidateEntry;
+    use guest::Transport;
+    let mut source = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    guest_fills_pages(&mut source);
+    let vmpl = source.world.svsm.guest_vmpl();
+    let w = &mut source.world;
+    w.svsm.start_dirty_tracking(&mut w.machine).unwrap();
+    let gpa = PAGES_AT + 2 * 4096;
+    assert!(source.world.client().transport.write(gpa, &pattern(2, 1)).is_err(), "protected");
+    let w = &mut source.world;
+    assert!(w.svsm.dirty_write_fault(&mut w.machine, gpa, vmpl));
+    assert!(w.svsm.dirty_write_fault(&mut w.machine, LIST_AT, vmpl));
+    let first = w.svsm.take_dirty(&mut w.machine, 128).unwrap();
+    assert!(first.contains(&(gpa / 4096)));
+    // Given up and validated again (its list page's write handed on first).
+    let w = &mut source.world;
+    assert!(w.svsm.dirty_write_fault(&mut w.machine, LIST_AT, vmpl));
+    let mut client = source.world.client();
+    client.pvalidate(&[PvalidateEntry::new(gpa, false, false, false)], LIST_AT).unwrap();
+    client.pvalidate(&[PvalidateEntry::new(gpa, false, true, false)], LIST_AT).unwrap();
+    let w = &mut source.world;
+    let second = w.svsm.take_dirty(&mut w.machine, 128).unwrap();
+    assert!(second.contains(&(gpa / 4096)), "the page the SVSM validated again is in the round");
+    assert!(source.world.client().transport.write(gpa, &pattern(2, 2)).is_err(), "and protected again");
+    let w = &mut source.world;
+    w.svsm.stop_dirty_tracking(&mut w.machine).unwrap();
+}
+
 /// A guest that validated a 2 MiB page (as Linux accepts memory where it can) moves
 /// too. Dirty tracking protects the 2 MiB RMP entry as one (the RMP refuses a 4 KiB
 /// RMPADJUST there); the first write to any of its pages gives all of it back and marks
@@ -774,6 +808,17 @@ fn two_mib_page_on(platform: PlatformKind) {
     for (i, round) in [(0, 0), (7, 1), (300, 1), (511, 0)] {
         assert!(read(&mut destination, i).unwrap() == pattern(i, round), "page {i} after round 2");
     }
+
+    // A "given up" record for one page of the entry, without the whole-entry flag, is
+    // refused and changes nothing: what moved as one entry is not given up in part.
+    let mut partial = on_platform!(source, |svsm, p| svsm.export_pages(p, &[first])).unwrap();
+    partial[16] = 0;
+    partial[17..20].copy_from_slice(&[0xFF; 3]);
+    assert_eq!(
+        on_platform!(destination, |svsm, p| svsm.import_memory(p, &partial)),
+        Err(kernel::migration::MemoryImportError::Platform { gpa: page(0) })
+    );
+    assert_eq!(validated(&destination), 512);
 
     // The guest gives the entry up (its list page's write handed on first).
     assert!(on_platform!(source, |svsm, p| svsm.dirty_write_fault(p, LIST_AT, vmpl)));

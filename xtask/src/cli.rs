@@ -73,8 +73,8 @@ commands:
                                      through a hostile relay: each must fail and the source's guest
                                      run on; the state goes over a ring of 64 pages, or with
                                      --page-mode over the proposal's single page; --guest-mib
-                                     makes the guest validate (2 MiB pages) and fill N MiB more
-                                     first
+                                     makes the guest validate (2 MiB pages, N rounded up to
+                                     even) and fill N MiB more first
   help                               show this text
 ";
 
@@ -339,12 +339,14 @@ impl<'a> Options<'a> {
                 "--other-image" => o.other_image = true,
                 "--page-mode" => o.page_mode = true,
                 "--guest-mib" => {
+                    // Whole 2 MiB pages: an odd N grows by one MiB more.
                     o.guest_mib = self
                         .value(arg)?
-                        .parse()
+                        .parse::<u32>()
                         .ok()
-                        .filter(|mib| (2..=1024).contains(mib) && mib % 2 == 0)
-                        .ok_or("the guest grows by an even 2..=1024 MiB with --guest-mib (2 MiB pages)")?
+                        .filter(|mib| (1..=1024).contains(mib))
+                        .ok_or("the guest grows by 1..=1024 MiB with --guest-mib")?
+                        .next_multiple_of(2)
                 }
                 _ => return Err(self.unknown(arg)),
             }

@@ -122,13 +122,10 @@ impl DirtyLog {
     /// CREATE_VCPU on another vCPU cannot change the page between the check and the
     /// RMPADJUST. A lower VMPL that may write it (given WRITE since tracking started)
     /// fails the round: its writes cannot be tracked. A page of a 2 MiB entry protects the
-    /// entry.
+    /// entry; a 4 KiB page in a region found to be a 2 MiB entry before means the entry
+    /// was split behind the SVSM (a host's PSMASH), and tracking ends.
     fn protect<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
-        if self.protected.get(addr.pfn()) {
-            // Already (a page of a 2 MiB entry protected whole).
-            return Ok(());
-        }
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         let mut held = svsm.pages.lock(addr, addr);
         if !guest_page(&mut held, addr) {
@@ -141,13 +138,19 @@ impl DirtyLog {
             }
         }
         let perms = p.vmpl_permissions(addr, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
-        // Also without WRITE to take: the same permissions again change nothing, and a
-        // 2 MiB entry says so here.
+        if perms & PERM_WRITE == 0 {
+            // Protected already (a page of an entry protected whole, too), or never
+            // writable: either way no write can happen unseen.
+            return Ok(());
+        }
+        // Room first: WRITE must never be gone without a record to give it back by.
+        self.protected.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
         match p.rmpadjust(addr, PageSize::Size4K, self.vmpl, perms & !PERM_WRITE, false) {
-            Ok(()) if perms & PERM_WRITE == 0 => Ok(()),
             Ok(()) => {
-                self.protected.reserve(one).map_err(|_| DirtyLogError::NoRoom)?;
                 self.protected.set(one, true);
+                if self.in_huge_entry(addr.pfn()) {
+                    return Err(DirtyLogError::Platform { gpa });
+                }
                 Ok(())
             }
             Err(HwError::Rc(FAIL_SIZEMISMATCH)) => self.protect_entry(p, addr, perms),
@@ -156,7 +159,7 @@ impl DirtyLog {
     }
 
     /// Protect the 2 MiB entry `addr` lies in (its region's stripe held by the caller;
-    /// `perms` the guest VMPL's, the same for every page of the entry).
+    /// `perms` the guest VMPL's, with WRITE, the same for every page of the entry).
     fn protect_entry<P: Platform + ?Sized>(
         &mut self,
         p: &mut P,
@@ -167,11 +170,8 @@ impl DirtyLog {
         let region = PageRange::new(PageAddr::from_pfn(base.pfn() / HUGE_PAGES), 1);
         let region = region.ok_or(DirtyLogError::Platform { gpa: base.raw() })?;
         self.huge.reserve(region).map_err(|_| DirtyLogError::NoRoom)?;
-        self.huge.set(region, true);
-        if perms & PERM_WRITE == 0 {
-            return Ok(());
-        }
         self.protected.reserve(entry).map_err(|_| DirtyLogError::NoRoom)?;
+        self.huge.set(region, true);
         p.rmpadjust(base, PageSize::Size2M, self.vmpl, perms & !PERM_WRITE, false)
             .map_err(|_| DirtyLogError::Platform { gpa: base.raw() })?;
         self.protected.set(entry, true);
@@ -187,17 +187,7 @@ impl DirtyLog {
         }
         let mut held = svsm.pages.lock(addr, addr);
         if self.in_huge_entry(addr.pfn()) {
-            let (base, entry) = huge_entry(addr).ok_or(DirtyLogError::Platform { gpa })?;
-            self.protected.set(entry, false);
-            // The entry is the guest's as long as it is validated: nothing inside a 2 MiB
-            // entry can be the SVSM's (that takes a 4 KiB RMPADJUST).
-            if !held.is_validated(base) {
-                return Ok(());
-            }
-            let perms = p.vmpl_permissions(base, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
-            return p
-                .rmpadjust(base, PageSize::Size2M, self.vmpl, perms | PERM_WRITE, false)
-                .map_err(|_| DirtyLogError::Platform { gpa: base.raw() });
+            return self.unprotect_entry(p, &mut held, addr);
         }
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
         // Taken by the log; if the page is the SVSM's now, the SVSM's permissions stand.
@@ -208,6 +198,41 @@ impl DirtyLog {
         let perms = p.vmpl_permissions(addr, self.vmpl).ok_or(DirtyLogError::Platform { gpa })?;
         p.rmpadjust(addr, PageSize::Size4K, self.vmpl, perms | PERM_WRITE, false)
             .map_err(|_| DirtyLogError::Platform { gpa })
+    }
+
+    /// [`Self::unprotect`] of a 2 MiB entry (its stripe held). If the entry is no longer
+    /// one (the host split it), every page of it the guest may write gets WRITE back on
+    /// its own, and tracking ends: the entry's writes can no longer be seen whole.
+    fn unprotect_entry<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        held: &mut Held<'_>,
+        addr: PageAddr,
+    ) -> Result<(), DirtyLogError> {
+        let (base, entry) = huge_entry(addr).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
+        self.protected.set(entry, false);
+        if !held.is_validated(base) {
+            // Given up whole: nothing to give back.
+            return Ok(());
+        }
+        let whole = p
+            .vmpl_permissions(base, self.vmpl)
+            .ok_or(HwError::Fault)
+            .and_then(|perms| p.rmpadjust(base, PageSize::Size2M, self.vmpl, perms | PERM_WRITE, false));
+        if whole.is_ok() {
+            return Ok(());
+        }
+        for page in entry.iter() {
+            if guest_writable(held, page)
+                && let Some(perms) = p.vmpl_permissions(page, self.vmpl)
+            {
+                let _ = p.rmpadjust(page, PageSize::Size4K, self.vmpl, perms | PERM_WRITE, false);
+            }
+        }
+        if let Some(region) = PageRange::new(PageAddr::from_pfn(base.pfn() / HUGE_PAGES), 1) {
+            self.huge.set(region, false);
+        }
+        Err(DirtyLogError::Platform { gpa: base.raw() })
     }
 
     /// A write by `vmpl` faulted on `gpa`: if the log took WRITE there and the guest may

@@ -138,9 +138,16 @@ impl Svsm {
             if self.pages.is_validated(addr) {
                 page_record(self, p, &mut out, addr, &mut page)?;
             } else {
-                // The guest gave it up since an earlier round sent it (the destination knows
-                // whether its entry was 2 MiB).
-                out.bytes(&addr.raw().to_be_bytes())?.bytes(&[0])?.bytes(&INVALIDATED)?.bytes(&[0; PAGE_BYTES])?;
+                // The guest gave it up since an earlier round sent it. A page of a 2 MiB
+                // entry says so only when none of the entry is left (the guest gave it up
+                // whole); one left means the host split the entry, and what moved as one
+                // entry cannot be given up in part.
+                let flags = match svsm_entry(self, addr) {
+                    Some(entry) if self.pages.any_validated(entry) => return Err(ServiceStateError::Platform),
+                    Some(_) => IN_HUGE_ENTRY,
+                    None => 0,
+                };
+                out.bytes(&addr.raw().to_be_bytes())?.bytes(&[flags])?.bytes(&INVALIDATED)?.bytes(&[0; PAGE_BYTES])?;
             }
             count += 1;
         }
@@ -193,7 +200,7 @@ impl Svsm {
             let content = record.get(12..).ok_or(MemoryImportError::Malformed)?;
             if perms == INVALIDATED {
                 took_back = true;
-                return self.take_page_back(p, addr);
+                return self.take_page_back(p, addr, huge);
             }
             if huge {
                 self.give_huge_entry_page(p, addr, perms, content)
@@ -227,9 +234,15 @@ impl Svsm {
 
     /// The guest gave `page` up on the source: here too, its lower VMPLs lose it and it
     /// is invalidated (if it is validated). Under the page's lock, checked again there.
-    /// A page this side holds in a 2 MiB entry (the RMP refuses the 4 KiB RMPADJUST) takes
-    /// its whole entry back: the guest can only have given the entry up whole.
-    fn take_page_back<P: Platform + ?Sized>(&self, p: &mut P, page: PageAddr) -> Result<(), MemoryImportError> {
+    /// A page this side holds in a 2 MiB entry (the 4 KiB RMPADJUST answers
+    /// FAIL_SIZEMISMATCH) takes its whole entry back, but only when the source said the
+    /// whole entry was given up (`whole`); else the stream is refused.
+    fn take_page_back<P: Platform + ?Sized>(
+        &self,
+        p: &mut P,
+        page: PageAddr,
+        whole: bool,
+    ) -> Result<(), MemoryImportError> {
         let gpa = page.raw();
         let (one, mut held) = self.hold_importable(page)?;
         if !held.is_validated(page) {
@@ -237,10 +250,10 @@ impl Svsm {
         }
         let none = abi::hw::rmpadjust::PERM_NONE;
         let (at, size, range) = match p.rmpadjust(page, PageSize::Size4K, 1, none, false) {
-            Err(HwError::Rc(FAIL_SIZEMISMATCH)) => {
+            Err(HwError::Rc(FAIL_SIZEMISMATCH)) if whole => {
                 let base = huge_base(page);
                 let entry = PageRange::new(base, HUGE_PAGES).ok_or(MemoryImportError::Platform { gpa })?;
-                if !importable(&self.pages, &mut held, entry) {
+                if !self.pages.is_ram(entry) || held.check_target(entry).is_err() {
                     return Err(MemoryImportError::NotGuestMemory { gpa });
                 }
                 (base, PageSize::Size2M, entry)
@@ -273,7 +286,9 @@ impl Svsm {
         let base = huge_base(page);
         let entry = PageRange::new(base, HUGE_PAGES).ok_or(MemoryImportError::Platform { gpa })?;
         let mut held = self.pages.lock(base, base);
-        if !importable(&self.pages, &mut held, entry) || held.check_target(entry).is_err() {
+        // Strictly the guest's, every page: no calling area either (a 4 KiB page's
+        // exemption, which a 2 MiB entry cannot have apart from its other pages).
+        if !self.pages.is_ram(entry) || held.check_target(entry).is_err() {
             return Err(MemoryImportError::NotGuestMemory { gpa });
         }
         if !held.is_validated(base) {
@@ -317,6 +332,11 @@ impl Svsm {
         p.write(page.gpa(), content).map_err(|_| MemoryImportError::Platform { gpa })?;
         Ok(())
     }
+}
+
+/// The 2 MiB entry `page` lies in, if dirty tracking found one there.
+fn svsm_entry(svsm: &Svsm, page: PageAddr) -> Option<PageRange> {
+    svsm.in_huge_entry(page.pfn()).then(|| PageRange::new(huge_base(page), HUGE_PAGES)).flatten()
 }
 
 /// The first page of the 2 MiB entry `page` lies in.
