@@ -504,6 +504,11 @@ impl Held<'_> {
             .or_else(|| (range.end_pfn() > top).then_some(range.start_pfn().max(top)))
     }
 
+    /// Some page of `range` is validated.
+    pub fn any_validated(&mut self, range: PageRange) -> bool {
+        self.find(range, Which::Validated, true).is_some()
+    }
+
     /// Before a PVALIDATE of `range`: whether some page of it is recorded validated, with
     /// room made so the record of the outcome cannot fail.
     pub fn prepare_validation(&mut self, range: PageRange) -> Result<bool, NoRoom> {

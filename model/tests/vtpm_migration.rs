@@ -537,6 +537,17 @@ fn the_guests_validated_pages_arrive_with_their_bytes_and_permissions() {
         bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &hostile)),
         Err(kernel::migration::MemoryImportError::NotGuestMemory { gpa: svsm_page })
     );
+    // A page the destination holds as a 4 KiB page, claimed to be in a 2 MiB entry, is
+    // refused: the region is not one entry here.
+    let w = &source.world;
+    let mut claimed = bulwark_model::heap::in_svsm(|| w.svsm.export_pages(&w.machine, &[PAGES_AT / 4096])).unwrap();
+    claimed[16] = 1;
+    let gpa = PAGES_AT;
+    let w = &mut destination.world;
+    assert_eq!(
+        bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &claimed)),
+        Err(kernel::migration::MemoryImportError::Platform { gpa })
+    );
     let mut unknown_flag = chunks[0].clone();
     unknown_flag[16] = 2;
     let w = &mut destination.world;

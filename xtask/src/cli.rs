@@ -19,7 +19,7 @@ commands:
                                      QEMU boots of the SVSM image (`boot` plain, with --crash nx,
                                      --crash low, --crash panic --console log, --gdb-check, --agent-check, and
                                      on a test state disk: verify, four tampered, lost, older),
-                                     a live migration (`migrate --other-image --fault flip@300`),
+                                     a live migration (`migrate --other-image --fault flip@300 --guest-mib 16`),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls, store and stream; set BULWARK_SKIP_FUZZ=1 to skip
                                      it), and

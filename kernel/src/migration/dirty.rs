@@ -122,8 +122,7 @@ impl DirtyLog {
     /// CREATE_VCPU on another vCPU cannot change the page between the check and the
     /// RMPADJUST. A lower VMPL that may write it (given WRITE since tracking started)
     /// fails the round: its writes cannot be tracked. A page of a 2 MiB entry protects the
-    /// entry; a 4 KiB page in a region found to be a 2 MiB entry before means the entry
-    /// was split behind the SVSM (a host's PSMASH), and tracking ends.
+    /// entry.
     fn protect<P: Platform + ?Sized>(&mut self, svsm: &Svsm, p: &mut P, addr: PageAddr) -> Result<(), DirtyLogError> {
         let gpa = addr.raw();
         let one = PageRange::new(addr, 1).ok_or(DirtyLogError::Platform { gpa })?;
@@ -148,9 +147,12 @@ impl DirtyLog {
         match p.rmpadjust(addr, PageSize::Size4K, self.vmpl, perms & !PERM_WRITE, false) {
             Ok(()) => {
                 self.protected.set(one, true);
-                if self.in_huge_entry(addr.pfn()) {
-                    return Err(DirtyLogError::Platform { gpa });
-                }
+                // A region found to be one 2 MiB entry takes 4 KiB RMPADJUSTs now: the
+                // entry was split (by the host) or given up and its pages validated one by
+                // one. Its pages are tracked one by one from here (each still validated
+                // one kept the entry's permissions, and its record), and the export no
+                // longer says they are in an entry.
+                self.forget_entry(addr);
                 Ok(())
             }
             Err(HwError::Rc(FAIL_SIZEMISMATCH)) => self.protect_entry(p, addr, perms),
@@ -200,9 +202,11 @@ impl DirtyLog {
             .map_err(|_| DirtyLogError::Platform { gpa })
     }
 
-    /// [`Self::unprotect`] of a 2 MiB entry (its stripe held). If the entry is no longer
-    /// one (the host split it), every page of it the guest may write gets WRITE back on
-    /// its own, and tracking ends: the entry's writes can no longer be seen whole.
+    /// [`Self::unprotect`] of a 2 MiB entry (its stripe held): one 2 MiB RMPADJUST while
+    /// every page of it is validated and the RMP still holds it as one entry. Otherwise
+    /// (the guest gave it up, or validated pages of it one by one after the host split
+    /// it) every page of it the guest may write gets WRITE back on its own, and its pages
+    /// are tracked one by one from here.
     fn unprotect_entry<P: Platform + ?Sized>(
         &mut self,
         p: &mut P,
@@ -211,28 +215,37 @@ impl DirtyLog {
     ) -> Result<(), DirtyLogError> {
         let (base, entry) = huge_entry(addr).ok_or(DirtyLogError::Platform { gpa: addr.raw() })?;
         self.protected.set(entry, false);
-        if !held.is_validated(base) {
-            // Given up whole: nothing to give back.
-            return Ok(());
-        }
-        let whole = p
-            .vmpl_permissions(base, self.vmpl)
-            .ok_or(HwError::Fault)
-            .and_then(|perms| p.rmpadjust(base, PageSize::Size2M, self.vmpl, perms | PERM_WRITE, false));
-        if whole.is_ok() {
-            return Ok(());
-        }
-        for page in entry.iter() {
-            if guest_writable(held, page)
-                && let Some(perms) = p.vmpl_permissions(page, self.vmpl)
-            {
-                let _ = p.rmpadjust(page, PageSize::Size4K, self.vmpl, perms | PERM_WRITE, false);
+        if held.first_unvalidated(entry).is_none() {
+            let whole = p
+                .vmpl_permissions(base, self.vmpl)
+                .ok_or(HwError::Fault)
+                .and_then(|perms| p.rmpadjust(base, PageSize::Size2M, self.vmpl, perms | PERM_WRITE, false));
+            if whole.is_ok() {
+                return Ok(());
             }
         }
-        if let Some(region) = PageRange::new(PageAddr::from_pfn(base.pfn() / HUGE_PAGES), 1) {
+        let mut first = Ok(());
+        for page in entry.iter() {
+            if !guest_writable(held, page) {
+                continue;
+            }
+            let done = p
+                .vmpl_permissions(page, self.vmpl)
+                .ok_or(HwError::Fault)
+                .and_then(|perms| p.rmpadjust(page, PageSize::Size4K, self.vmpl, perms | PERM_WRITE, false));
+            if done.is_err() && first.is_ok() {
+                first = Err(DirtyLogError::Platform { gpa: page.raw() });
+            }
+        }
+        self.forget_entry(base);
+        first
+    }
+
+    /// The region of `addr` is no 2 MiB entry (any more).
+    fn forget_entry(&mut self, addr: PageAddr) {
+        if let Some(region) = PageRange::new(PageAddr::from_pfn(addr.pfn() / HUGE_PAGES), 1) {
             self.huge.set(region, false);
         }
-        Err(DirtyLogError::Platform { gpa: base.raw() })
     }
 
     /// A write by `vmpl` faulted on `gpa`: if the log took WRITE there and the guest may

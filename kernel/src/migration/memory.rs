@@ -291,12 +291,22 @@ impl Svsm {
         if !self.pages.is_ram(entry) || held.check_target(entry).is_err() {
             return Err(MemoryImportError::NotGuestMemory { gpa });
         }
-        if !held.is_validated(base) {
+        if !held.any_validated(entry) {
             held.prepare_validation(entry).map_err(|_| MemoryImportError::NoRoom)?;
             p.pvalidate(base, PageSize::Size2M, true).map_err(|_| MemoryImportError::Platform { gpa })?;
             held.set_validated(entry, true);
             // The host's bytes in the pages that have not arrived yet never reach the guest.
             p.zero_pages(entry).map_err(|_| MemoryImportError::Platform { gpa })?;
+        } else {
+            // Validated here already: it must be this entry, whole, as one 2 MiB RMP entry
+            // (a 4 KiB RMPADJUST to the permissions it has changes nothing and is refused
+            // there); pages validated one by one are not it.
+            let same = p.vmpl_permissions(page, 1).ok_or(MemoryImportError::Platform { gpa })?;
+            let one_entry = held.first_unvalidated(entry).is_none()
+                && p.rmpadjust(page, PageSize::Size4K, 1, same, false) == Err(HwError::Rc(FAIL_SIZEMISMATCH));
+            if !one_entry {
+                return Err(MemoryImportError::Platform { gpa });
+            }
         }
         // The entry's permissions are one set: changed once, not again for each of its
         // pages (a 2 MiB RMPADJUST is 512 nested page table entries on svm).
