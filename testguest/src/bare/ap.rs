@@ -285,12 +285,9 @@ fn post(apic: u32, kind: u32, rounds: u32) -> bool {
     false
 }
 
-/// Is the vCPU with `apic` running (does it answer)? A vCPU just created (or made again
-/// on a new VMSA) must first be scheduled by the SVSM and reach its mailbox: 500 yields
-/// proved too few once on this 2-core machine under TCG (`6.3/create-vcpu-replaces`), so
-/// it gets 5000. Only a vCPU that is gone uses them all.
+/// Is the vCPU with `apic` running (does it answer)?
 pub fn alive(apic: u32) -> bool {
-    post(apic, PING, 5000)
+    post(apic, PING, 500)
 }
 
 /// Have the vCPU with `apic` issue VMMCALL with `regs`; `false` if it did not answer (the
