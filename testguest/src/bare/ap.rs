@@ -270,14 +270,29 @@ pub fn stop_timing(apic: u32, at_limit: bool) -> Option<Latency> {
     None
 }
 
-/// Post `kind` to the vCPU with `apic` and wait (yielding) up to `rounds` times for it.
-fn post(apic: u32, kind: u32, rounds: u32) -> bool {
+/// How long the boot vCPU waits for another vCPU's answer, in TSC cycles: half a second
+/// at 2 GHz. Under QEMU's TCG the guest's TSC counts at the host's rate, and the other
+/// vCPU's QEMU thread may be off the host CPU for many time slices when the machine is
+/// busy. A count of yields is no measure of that: a yield of the boot vCPU, alone on its
+/// CPU, takes microseconds, and 500 of them once ran out under load before a freshly
+/// started vCPU answered (the `6.3/create-vcpu-replaces` case).
+const ANSWER_CYCLES: u64 = 1_000_000_000;
+/// A CALL may be a long service call (a vTPM key generation under emulation).
+const CALL_CYCLES: u64 = 20_000_000_000;
+
+/// Post `kind` to the vCPU with `apic` and wait (yielding) for its answer, up to
+/// `patience` TSC cycles.
+fn post(apic: u32, kind: u32, patience: u64) -> bool {
     let Some(mb) = MAILBOXES.get(apic as usize) else { return false };
     mb.state.store(kind, Ordering::Release);
-    for _ in 0..rounds {
+    let start = rdtsc();
+    loop {
         if mb.state.load(Ordering::Acquire) == DONE {
             mb.state.store(IDLE, Ordering::Release);
             return true;
+        }
+        if rdtsc().saturating_sub(start) > patience {
+            break;
         }
         yield_cpu();
     }
@@ -287,7 +302,7 @@ fn post(apic: u32, kind: u32, rounds: u32) -> bool {
 
 /// Is the vCPU with `apic` running (does it answer)?
 pub fn alive(apic: u32) -> bool {
-    post(apic, PING, 500)
+    post(apic, PING, ANSWER_CYCLES)
 }
 
 /// Have the vCPU with `apic` issue VMMCALL with `regs`; `false` if it did not answer (the
@@ -296,7 +311,7 @@ pub fn call(apic: u32, regs: &mut Regs) -> bool {
     let Some(mb) = MAILBOXES.get(apic as usize) else { return false };
     // SAFETY: IDLE: the boot vCPU owns `regs` until it posts CALL.
     unsafe { *mb.regs.get() = *regs };
-    if !post(apic, CALL, 100_000) {
+    if !post(apic, CALL, CALL_CYCLES) {
         return false;
     }
     // SAFETY: DONE (then IDLE): `regs` is the boot vCPU's again.
