@@ -92,6 +92,11 @@ impl PageRange {
         }
         Self::new(start, size.pages())
     }
+    /// The 2 MiB page `page` lies in.
+    pub fn huge_page_around(page: PageAddr) -> Option<Self> {
+        let pages = PageSize::Size2M.pages();
+        Self::new(PageAddr::from_pfn(page.pfn() / pages * pages), pages)
+    }
     /// Pages touched by the byte range `[gpa, gpa + len)`, `len > 0`.
     pub fn covering(gpa: Gpa, len: u64) -> Option<Self> {
         let last = gpa.0.checked_add(len.checked_sub(1)?)?;
@@ -125,6 +130,14 @@ impl PageRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_huge_page_around_a_page_is_its_aligned_2mib() {
+        let r = PageRange::huge_page_around(PageAddr::new(0x20_1000).unwrap()).unwrap();
+        assert_eq!((r.start().raw(), r.pages()), (0x20_0000, 512));
+        let r = PageRange::huge_page_around(PageAddr::new(0x3F_F000).unwrap()).unwrap();
+        assert_eq!(r.start().raw(), 0x20_0000);
+    }
 
     #[test]
     fn page_addr_rejects_misaligned() {

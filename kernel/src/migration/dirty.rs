@@ -347,13 +347,12 @@ impl DirtyLog {
     }
 }
 
-/// Pages in a 2 MiB entry.
-const HUGE_PAGES: u64 = 512;
+/// Pages in a 2 MiB entry (the `huge` bitmap has one bit per entry).
+const HUGE_PAGES: u64 = PageSize::Size2M.pages();
 
 /// The 2 MiB entry `addr` lies in: its first page and its 512 pages.
 fn huge_entry(addr: PageAddr) -> Option<(PageAddr, PageRange)> {
-    let base = PageAddr::from_pfn(addr.pfn() / HUGE_PAGES * HUGE_PAGES);
-    Some((base, PageRange::new(base, HUGE_PAGES)?))
+    PageRange::huge_page_around(addr).map(|entry| (entry.start(), entry))
 }
 
 /// Whether `vmpl` may write `addr` now and the page is the guest's to write: a fault

@@ -20,8 +20,6 @@ const PAGE_BYTES: usize = 4096;
 const PAGE_RECORD: usize = 8 + 1 + 3 + PAGE_BYTES;
 /// The flag of a page in a 2 MiB entry.
 const IN_HUGE_ENTRY: u8 = 1;
-/// Pages in a 2 MiB entry.
-const HUGE_PAGES: u64 = 512;
 /// The permissions field of a page the guest no longer has validated (no RMPADJUST value
 /// has bits above `PERM_ALL`): the destination invalidates it.
 const INVALIDATED: [u8; 3] = [0xFF; 3];
@@ -177,7 +175,7 @@ impl Svsm {
             let (perms, _) = rest.split_first_chunk::<3>().ok_or(MemoryImportError::Malformed)?;
             let addr = PageAddr::new(gpa).ok_or(MemoryImportError::Malformed)?;
             let one = match flags & IN_HUGE_ENTRY != 0 {
-                true => PageRange::new(huge_base(addr), HUGE_PAGES),
+                true => PageRange::huge_page_around(addr),
                 false => PageRange::new(addr, 1),
             };
             let one = one.ok_or(MemoryImportError::Malformed)?;
@@ -251,8 +249,8 @@ impl Svsm {
         let none = abi::hw::rmpadjust::PERM_NONE;
         let (at, size, range) = match p.rmpadjust(page, PageSize::Size4K, 1, none, false) {
             Err(HwError::Rc(FAIL_SIZEMISMATCH)) if whole => {
-                let base = huge_base(page);
-                let entry = PageRange::new(base, HUGE_PAGES).ok_or(MemoryImportError::Platform { gpa })?;
+                let entry = PageRange::huge_page_around(page).ok_or(MemoryImportError::Platform { gpa })?;
+                let base = entry.start();
                 if !self.pages.is_ram(entry) || held.check_target(entry).is_err() {
                     return Err(MemoryImportError::NotGuestMemory { gpa });
                 }
@@ -283,8 +281,8 @@ impl Svsm {
         content: &[u8],
     ) -> Result<(), MemoryImportError> {
         let gpa = page.raw();
-        let base = huge_base(page);
-        let entry = PageRange::new(base, HUGE_PAGES).ok_or(MemoryImportError::Platform { gpa })?;
+        let entry = PageRange::huge_page_around(page).ok_or(MemoryImportError::Platform { gpa })?;
+        let base = entry.start();
         let mut held = self.pages.lock(base, base);
         // Strictly the guest's, every page: no calling area either (a 4 KiB page's
         // exemption, which a 2 MiB entry cannot have apart from its other pages).
@@ -346,12 +344,7 @@ impl Svsm {
 
 /// The 2 MiB entry `page` lies in, if dirty tracking found one there.
 fn svsm_entry(svsm: &Svsm, page: PageAddr) -> Option<PageRange> {
-    svsm.in_huge_entry(page.pfn()).then(|| PageRange::new(huge_base(page), HUGE_PAGES)).flatten()
-}
-
-/// The first page of the 2 MiB entry `page` lies in.
-fn huge_base(page: PageAddr) -> PageAddr {
-    PageAddr::from_pfn(page.pfn() / HUGE_PAGES * HUGE_PAGES)
+    svsm.in_huge_entry(page.pfn()).then(|| PageRange::huge_page_around(page)).flatten()
 }
 
 /// [`Svsm::importable`] with the page's stripe as `held` has it.
