@@ -16,13 +16,18 @@
 //!          RESUME  : 03 | u32 len | volatile state | blobs   (a migration destination)
 //!          SAVE    : 04                                      (a migration source)
 //! answer   STARTED : 01 | changes                            (to START and RESUME)
-//!          RESPONSE: 02 | u32 len | the TPM response | changes
+//!          RESPONSE: 02 | u32 len | the TPM response | changes | u64 engine cycles
 //!          FAILED  : 03 | u32 libtpms' TPM_RESULT (the engine did not start or save)
 //!          SAVED   : 04 | u32 len | volatile state | blobs   (to SAVE; the engine runs on)
 //! blobs            : u32 count | count * (u16 name_len | name | u32 len | bytes)
 //! changes          : u32 count | count * (u16 name_len | name | 00 (deleted)
 //!                                                              | 01 u32 len | bytes)
 //! ```
+//!
+//! The engine cycles are the TSC cycles the service's engine took for the command, as the
+//! service measured them (0: not measured). The SVSM only reports them (what running the
+//! engine at CPL 3 costs, `cargo xtask bench`); a lying service can distort that report
+//! and nothing else.
 
 use crate::nv::{MAX_BLOB_LEN, MAX_VOLATILE_LEN, NvBlobs, NvChange, TpmState, valid_name};
 use crate::wire::Reader;
@@ -58,8 +63,8 @@ pub enum Request<'a> {
 pub enum Answer<'a> {
     /// The engine runs; these are the blobs it wrote while starting.
     Started(Vec<NvChange>),
-    /// A command's response and the blobs it changed.
-    Response(&'a [u8], Vec<NvChange>),
+    /// A command's response, the blobs it changed, and the engine's TSC cycles for it.
+    Response { response: &'a [u8], changes: Vec<NvChange>, engine_cycles: u64 },
     /// The engine did not start (libtpms' code).
     Failed(u32),
     /// The running TPM's whole state.
@@ -167,10 +172,10 @@ pub fn started(changes: &[NvChange]) -> Option<Vec<u8>> {
     Some(m.0)
 }
 
-/// RESPONSE with `response` and the blobs the command changed.
-pub fn response(response: &[u8], changes: &[NvChange]) -> Option<Vec<u8>> {
+/// RESPONSE with `response`, the blobs the command changed and the engine's cycles.
+pub fn response(response: &[u8], changes: &[NvChange], engine_cycles: u64) -> Option<Vec<u8>> {
     let mut m = Message::new(RESPONSE)?;
-    m.u32(response.len())?.bytes(response)?.changes(changes)?;
+    m.u32(response.len())?.bytes(response)?.changes(changes)?.bytes(&engine_cycles.to_be_bytes())?;
     Some(m.0)
 }
 
@@ -259,14 +264,16 @@ pub fn parse_answer(message: &[u8]) -> Option<Answer<'_>> {
         RESPONSE => {
             let len = usize::try_from(r.u32()?).ok()?;
             let response = r.take(len)?;
-            Answer::Response(response, changes(&mut r)?)
+            let changes = changes(&mut r)?;
+            let cycles = r.take(8)?.try_into().ok().map(u64::from_be_bytes)?;
+            Answer::Response { response, changes, engine_cycles: cycles }
         }
         FAILED => Answer::Failed(r.u32()?),
         SAVED => Answer::Saved(state(&mut r)?),
         _ => return None,
     };
     let unique = match &answer {
-        Answer::Started(c) | Answer::Response(_, c) => {
+        Answer::Started(c) | Answer::Response { changes: c, .. } => {
             c.iter().enumerate().all(|(i, a)| c.iter().skip(i + 1).all(|b| b.name != a.name))
         }
         // A blob list refuses duplicates as it parses.
@@ -293,15 +300,20 @@ mod tests {
         assert_eq!(parse_request(&command(&[0x80, 1, 2]).unwrap()), Some(Request::Command(&[0x80, 1, 2])));
         let changes = vec![change(b"permall", Some(&[1, 2, 3])), change(b"volatilestate", None)];
         assert_eq!(parse_answer(&started(&changes).unwrap()), Some(Answer::Started(changes.clone())));
-        let r = response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], &changes).unwrap();
-        assert_eq!(parse_answer(&r), Some(Answer::Response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], changes)));
+        let r = response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], &changes, 0x0102_0304_0506).unwrap();
+        let parsed = Answer::Response {
+            response: &[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0],
+            changes,
+            engine_cycles: 0x0102_0304_0506,
+        };
+        assert_eq!(parse_answer(&r), Some(parsed));
         assert_eq!(parse_answer(&failed(0x800).unwrap()), Some(Answer::Failed(0x800)));
     }
 
     #[test]
     fn a_malformed_answer_is_refused_at_every_cut_and_with_trailing_bytes() {
         let changes = vec![change(b"permall", Some(&[9; 40]))];
-        let good = response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], &changes).unwrap();
+        let good = response(&[0x80, 1, 0, 0, 0, 10, 0, 0, 0, 0], &changes, 77).unwrap();
         for cut in 0..good.len() {
             assert_eq!(parse_answer(&good[..cut]), None, "cut at {cut}");
         }

@@ -34,6 +34,8 @@ pub struct ServiceTpm<R: FnMut() -> bool + Send> {
     /// NV changes answered and not yet taken.
     pending: Vec<NvChange>,
     alive: bool,
+    /// The engine's cycles for the last command, as the service reported them.
+    last_engine_cycles: u64,
 }
 
 impl<R: FnMut() -> bool + Send> core::fmt::Debug for ServiceTpm<R> {
@@ -55,7 +57,7 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
     }
 
     fn begin(channel: Arc<Channel>, run: R, message: Vec<u8>) -> Result<Self, StartError> {
-        let mut engine = Self { channel, run, pending: Vec::new(), alive: true };
+        let mut engine = Self { channel, run, pending: Vec::new(), alive: true, last_engine_cycles: 0 };
         let answer = engine.exchange(message).ok_or(StartError::Service)?;
         match service::parse_answer(&answer) {
             Some(Answer::Started(changes)) => {
@@ -93,16 +95,24 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
     pub fn alive(&self) -> bool {
         self.alive
     }
+
+    /// The TSC cycles the service says its engine took for the last command (0: not
+    /// measured). The service's word: good for a report, never for a decision.
+    pub fn last_engine_cycles(&self) -> u64 {
+        self.last_engine_cycles
+    }
 }
 
 impl<R: FnMut() -> bool + Send> TpmEngine for ServiceTpm<R> {
     fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        self.last_engine_cycles = 0;
         let Some(message) = service::command(command) else { return 0 };
         let Some(answer) = self.exchange(message) else { return 0 };
-        let Some(Answer::Response(bytes, changes)) = service::parse_answer(&answer) else {
+        let Some(Answer::Response { response: bytes, changes, engine_cycles }) = service::parse_answer(&answer) else {
             self.die();
             return 0;
         };
+        self.last_engine_cycles = engine_cycles;
         let Some(out) = response.get_mut(..bytes.len()) else {
             self.die();
             return 0;
@@ -138,5 +148,109 @@ impl<R: FnMut() -> bool + Send> TpmEngine for ServiceTpm<R> {
                 Err(NvError::Engine)
             }
         }
+    }
+}
+
+/// What running the engine at CPL 3 costs, per TPM command code: the round trip the
+/// kernel sees (post the command, run the process, take the answer) beside the engine's
+/// own cycles as the service measured them. Commands of one code add up in a window; a
+/// window closes, and is handed back for the log, after [`CplCost::WINDOW`] commands or
+/// once its engine cycles pass [`CplCost::SLOW`], so a key generation gets a line of its
+/// own and a run of PCR extends one line per sixteen.
+#[derive(Clone, Debug, Default)]
+pub struct CplCost {
+    open: [Option<CostWindow>; CplCost::CODES],
+}
+
+/// A closed window: `commands` of the TPM command code `code`, their round trips and
+/// their engine time added up (TSC cycles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CostWindow {
+    pub code: u32,
+    pub commands: u32,
+    pub round_trip: u64,
+    pub engine: u64,
+}
+
+impl CplCost {
+    /// Commands a window holds at most.
+    pub const WINDOW: u32 = 16;
+    /// Engine cycles that close a window (50 ms at 2 GHz).
+    pub const SLOW: u64 = 100_000_000;
+    /// Command codes with a window open at once; a command of another code is reported
+    /// alone.
+    const CODES: usize = 8;
+
+    /// Record one command of `code` that took `round_trip` cycles, `engine` of them in the
+    /// engine; the window it closed, if any. An engine that reports no time (0) or more
+    /// than the round trip (a service that lies) counts as nothing measured: no window.
+    pub fn record(&mut self, code: u32, round_trip: u64, engine: u64) -> Option<CostWindow> {
+        if engine == 0 || engine > round_trip {
+            return None;
+        }
+        let one = CostWindow { code, commands: 1, round_trip, engine };
+        let open = self.open.iter().position(|w| w.is_some_and(|w| w.code == code));
+        let at = open.or_else(|| self.open.iter().position(Option::is_none));
+        let Some(slot) = at.and_then(|i| self.open.get_mut(i)) else {
+            // No room for another code: this command alone.
+            return Some(one);
+        };
+        let window = match slot {
+            Some(w) => {
+                w.commands += 1;
+                w.round_trip = w.round_trip.saturating_add(round_trip);
+                w.engine = w.engine.saturating_add(engine);
+                *w
+            }
+            None => one,
+        };
+        if window.commands >= Self::WINDOW || window.engine >= Self::SLOW {
+            *slot = None;
+            return Some(window);
+        }
+        *slot = Some(window);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cheap_commands_close_a_window_per_sixteen_and_a_slow_one_closes_its_own() {
+        let mut cost = CplCost::default();
+        for i in 1..CplCost::WINDOW {
+            assert_eq!(cost.record(0x182, 1200, 1000), None, "command {i} of the window");
+        }
+        let closed = cost.record(0x182, 1200, 1000);
+        assert_eq!(closed, Some(CostWindow { code: 0x182, commands: 16, round_trip: 16 * 1200, engine: 16_000 }));
+        assert_eq!(cost.record(0x182, 1300, 1000), None, "a new window opened");
+        let slow = cost.record(0x131, CplCost::SLOW + 5000, CplCost::SLOW);
+        assert_eq!(
+            slow,
+            Some(CostWindow { code: 0x131, commands: 1, round_trip: CplCost::SLOW + 5000, engine: CplCost::SLOW })
+        );
+        let rest = (1..CplCost::WINDOW).map(|_| cost.record(0x182, 1300, 1000)).last().flatten();
+        assert_eq!(rest.map(|w| (w.commands, w.round_trip)), Some((16, 16 * 1300)), "the PCR window kept its count");
+    }
+
+    #[test]
+    fn unmeasured_or_impossible_engine_times_are_not_counted() {
+        let mut cost = CplCost::default();
+        assert_eq!(cost.record(0x182, 1000, 0), None);
+        assert_eq!(cost.record(0x182, 1000, 1001), None, "an engine slower than the round trip is a lie");
+        let closed = (0..CplCost::WINDOW).map(|_| cost.record(0x182, 10, 5)).last().flatten();
+        assert_eq!(closed.map(|w| w.commands), Some(16), "the refused ones did not count");
+    }
+
+    #[test]
+    fn a_ninth_command_code_is_reported_alone() {
+        let mut cost = CplCost::default();
+        for code in 0..8 {
+            assert_eq!(cost.record(code, 10, 5), None);
+        }
+        assert_eq!(cost.record(99, 10, 5), Some(CostWindow { code: 99, commands: 1, round_trip: 10, engine: 5 }));
+        assert_eq!(cost.record(99, 10, 5).map(|w| w.commands), Some(1), "still no room for it");
     }
 }

@@ -40,7 +40,7 @@ fn hello() -> ! {
 
 /// A line built on the stack (the module has no heap).
 struct Line {
-    buf: [u8; 200],
+    buf: [u8; 256],
     len: usize,
 }
 
@@ -66,7 +66,8 @@ extern "C" fn plain_call(x: u64) -> u64 {
 /// Cycles of one system call round trip (CAPABILITIES index 0: the dispatch alone)
 /// beside a plain function call, and a BATCH of 32 calls beside 32 single calls, once
 /// with CAPABILITIES (what BATCH saves: the entries) and once with CLOCK (a call with
-/// work of its own); the medians of `ROUNDS` rounds, as one LOG line the SVSM prints
+/// work of its own), and a BATCH of one (with the BATCH of 32: its fixed cost and its
+/// cost per record); the medians of `ROUNDS` rounds, as one LOG line the SVSM prints
 /// and `cargo xtask bench` reads.
 fn bench() -> ! {
     const ROUNDS: usize = 64;
@@ -74,7 +75,7 @@ fn bench() -> ! {
     let caps = [call(sys::CAPABILITIES); 32];
     let clocks = [call(sys::CLOCK); 32];
     let mut out = [BatchOut::default(); 32];
-    let mut samples = [[0u64; 6]; ROUNDS];
+    let mut samples = [[0u64; 7]; ROUNDS];
     for (round, row) in samples.iter_mut().enumerate() {
         let t = rdtsc();
         let _ = rt::capabilities(0);
@@ -98,19 +99,22 @@ fn bench() -> ! {
             rt::clock();
         }
         row[5] = rdtsc() - t;
+        let t = rdtsc();
+        let _ = rt::batch(&caps[..1], &mut out);
+        row[6] = rdtsc() - t;
     }
-    let mut m = [0u64; 6];
+    let mut m = [0u64; 7];
     for (column, median) in m.iter_mut().enumerate() {
         let mut values = samples.map(|row| row[column]);
         values.sort_unstable();
         *median = values[ROUNDS / 2];
     }
-    let mut line = Line { buf: [0; 200], len: 0 };
+    let mut line = Line { buf: [0; 256], len: 0 };
     let _ = core::fmt::Write::write_fmt(
         &mut line,
         format_args!(
-            "BENCH_USER rounds={ROUNDS} syscall_cycles={} function_cycles={} batch32_cycles={} single32_cycles={} batch32_clock_cycles={} single32_clock_cycles={}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
+            "BENCH_USER rounds={ROUNDS} syscall_cycles={} function_cycles={} batch32_cycles={} single32_cycles={} batch32_clock_cycles={} single32_clock_cycles={} batch1_cycles={}",
+            m[0], m[1], m[2], m[3], m[4], m[5], m[6]
         ),
     );
     rt::log(line.buf.get(..line.len).unwrap_or(&[]));

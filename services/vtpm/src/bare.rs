@@ -1,5 +1,5 @@
 //! The service: its system calls, its heap, and the command loop.
-#![expect(unsafe_code, reason = "the heap's memory, the buffers, the C library's CPU probe")]
+#![expect(unsafe_code, reason = "the heap's memory, the buffers, the C library's CPU probe, RDTSC")]
 
 use vtpm::TpmEngine;
 use vtpm::libtpms::{LibTpms, OpenError};
@@ -106,10 +106,19 @@ extern "C" fn _start() -> ! {
             // this process before the store completes.
             unsafe { core::ptr::write_volatile(0x10 as *mut u8, 0xff) };
         }
+        let start = rdtsc();
         let n = tpm.execute(command, response);
+        let engine_cycles = rdtsc().saturating_sub(start);
         let changes = changes(&mut tpm);
-        reply(service::response(response.get(..n).unwrap_or(&[]), &changes));
+        reply(service::response(response.get(..n).unwrap_or(&[]), &changes, engine_cycles));
     }
+}
+
+/// The time-stamp counter: the engine's cycles per command go back with its answer, for
+/// the SVSM's report of what CPL 3 costs.
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter (allowed at CPL 3: CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// The NV blobs the last step changed; a service that cannot report them ends (the SVSM

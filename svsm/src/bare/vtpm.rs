@@ -13,8 +13,9 @@ use alloc::vec::Vec;
 use kernel::sealed::{SharedSealed, VtpmNv};
 use kernel::user::Object;
 use kernel::user::channel::Channel;
-use kernel::user::service_tpm::{ServiceTpm, StartError};
-use vtpm::{NvBlobs, Vtpm};
+use kernel::user::service_tpm::{CplCost, ServiceTpm, StartError};
+use vtpm::nv::{NvChange, NvError, TpmState};
+use vtpm::{NvBlobs, TpmEngine, Vtpm};
 
 /// The vTPM service module, packaged into the image by `cargo xtask` (empty when the
 /// SVSM is built without it).
@@ -39,6 +40,52 @@ type RunService = Box<dyn FnMut() -> bool + Send>;
 fn start(id: u32, nv: &NvBlobs) -> Result<ProcessTpm, &'static str> {
     let (channel, run) = load(id)?;
     ServiceTpm::start(channel, run, nv).map_err(start_error)
+}
+
+/// The service's engine, with what CPL 3 costs it logged: each command's round trip
+/// (post it, run the process until it answers, take the answer) beside the engine's own
+/// cycles as the service timed them, per command code in windows ([`CplCost`]). The
+/// difference is what the process boundary adds: what libtpms linked into the SVSM at
+/// ring 0 would not pay. `cargo xtask bench` reads these lines.
+struct Timed {
+    engine: ProcessTpm,
+    cost: CplCost,
+}
+
+impl Timed {
+    fn new(engine: ProcessTpm) -> Box<Self> {
+        Box::new(Self { engine, cost: CplCost::default() })
+    }
+}
+
+impl TpmEngine for Timed {
+    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
+        let start = super::cpu::rdtsc();
+        let n = self.engine.execute(command, response);
+        let round_trip = super::cpu::rdtsc().saturating_sub(start);
+        let code = command.get(6..10).and_then(|c| <[u8; 4]>::try_from(c).ok()).map_or(0, u32::from_be_bytes);
+        if let Some(w) = self.cost.record(code, round_trip, self.engine.last_engine_cycles()) {
+            let permille = w.round_trip.saturating_mul(1000) / w.engine.max(1);
+            println!(
+                "vtpm: CPL 3 cost: code={:#x} commands={} round_trip_cycles={} engine_cycles={} (round trip / engine = {}.{:03})",
+                w.code,
+                w.commands,
+                w.round_trip,
+                w.engine,
+                permille / 1000,
+                permille % 1000
+            );
+        }
+        n
+    }
+
+    fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, NvError> {
+        self.engine.take_nv_changes()
+    }
+
+    fn save_state(&mut self) -> Result<TpmState, NvError> {
+        self.engine.save_state()
+    }
 }
 
 /// Load a vTPM service process: the channel to it and the closure that runs it.
@@ -73,14 +120,14 @@ fn start_error(e: StartError) -> &'static str {
 pub fn resume(snapshot: &kernel::migration::VtpmSnapshot) -> Result<Vtpm, &'static str> {
     let (channel, run) = load(PROCESS_ID)?;
     let engine = ServiceTpm::resume(channel, run, &snapshot.state).map_err(start_error)?;
-    Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, None)
+    Vtpm::resume(Timed::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, None)
         .map_err(|_| "resuming the migrated vTPM failed")
 }
 
 /// Start the vTPM service process and manufacture a vTPM through it (Startup, EK), with
 /// no NV storage: each boot is a new TPM.
 pub fn manufacture() -> Result<Vtpm, &'static str> {
-    Vtpm::manufacture(Box::new(start(PROCESS_ID, &NvBlobs::new())?)).map_err(|_| "manufacturing the vTPM failed")
+    Vtpm::manufacture(Timed::new(start(PROCESS_ID, &NvBlobs::new())?)).map_err(|_| "manufacturing the vTPM failed")
 }
 
 /// Start the vTPM from what the sealed state keeps for it (or manufacture a new one
@@ -90,7 +137,7 @@ pub fn start_sealed(sealed: SharedSealed) -> Result<(Vtpm, bool), &'static str> 
     let (kept, storage) = VtpmNv::open(sealed);
     let new = kept.ek_public.is_none();
     let engine = start(PROCESS_ID, &kept.nv)?;
-    let vtpm = Vtpm::start(Box::new(engine), Box::new(storage)).map_err(|e| match e.step {
+    let vtpm = Vtpm::start(Timed::new(engine), Box::new(storage)).map_err(|e| match e.step {
         "persisting the NV state" if new => "the new vTPM's state could not be written to the sealed store",
         "persisting the NV state" => "the kept vTPM's EK is not the one its sealed state records, or the store failed",
         _ => "starting the vTPM failed",
