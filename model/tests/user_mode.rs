@@ -238,6 +238,43 @@ fn batch_runs_every_record_copies_user_data_and_refuses_what_cannot_be_batched()
     assert_eq!(*refused, [Err(SysError::Inval), Err(SysError::Fault), Err(SysError::Fault), Ok(0)]);
 }
 
+/// A process keeps its BATCH buffers from one BATCH to the next: a shorter BATCH after a
+/// longer one writes exactly its own results, a BATCH whose MUNMAP takes its own output
+/// away gets EFAULT (its records ran), and the next BATCH works as the first did.
+#[test]
+fn a_batch_after_a_batch_answers_only_its_own_records() {
+    let (state, seen, _) = run(|u, out| {
+        let buf = u.mmap(2 * 4096).unwrap();
+        let (ins, outs) = (buf, buf + 4096);
+        let clock = |user_data| BatchIn { number: sys::CLOCK, args: [0; 5], user_data };
+        let long: Vec<BatchIn> = (0..20).map(clock).collect();
+        u.store(ins, long.as_bytes());
+        let first = u.checked(sys::BATCH, [ins, outs, 20, 0, 0]);
+        u.store(outs, &[0xEE; 20 * 16]);
+        u.store(ins, [clock(100), clock(101)].as_bytes());
+        let second = u.checked(sys::BATCH, [ins, outs, 2, 0, 0]);
+        let answered = u.load(outs, 20 * 16);
+        // Output on a page of its own, which the BATCH's second record unmaps.
+        let lone = u.mmap(4096).unwrap();
+        let unmap = BatchIn { number: sys::MUNMAP, args: [lone, 4096, 0, 0, 0], user_data: 7 };
+        u.store(ins, [clock(6), unmap].as_bytes());
+        let gone = u.checked(sys::BATCH, [ins, lone, 2, 0, 0]);
+        u.store(ins, [clock(200)].as_bytes());
+        let again = u.checked(sys::BATCH, [ins, outs, 1, 0, 0]);
+        let last = u.load(outs, 16);
+        out.send((first, second, answered, gone, again, last)).unwrap();
+        u.exit(0)
+    });
+    assert_eq!(state, RunState::Exited(0));
+    let (first, second, answered, gone, again, last) = &seen[0];
+    assert_eq!((*first, *second, *again), (Ok(20), Ok(2), Ok(1)));
+    let user_data = |i: usize| u64::from_le_bytes(answered[i * 16 + 8..i * 16 + 16].try_into().unwrap());
+    assert_eq!((user_data(0), user_data(1)), (100, 101), "the second BATCH's own records");
+    assert!(answered[32..].iter().all(|b| *b == 0xEE), "nothing past its two results was written");
+    assert_eq!(*gone, Err(SysError::Fault), "its output went with its own MUNMAP");
+    assert_eq!(u64::from_le_bytes(last[8..].try_into().unwrap()), 200);
+}
+
 #[test]
 fn thread_create_checks_its_entry_and_stack_and_has_a_limit() {
     let (state, seen, p) = run(|u, out| {

@@ -92,6 +92,29 @@ pub struct Process {
     /// Most pages MMAP may give it.
     page_quota: u64,
     threads: u32,
+    /// Made at its first BATCH and kept.
+    batch: Option<BatchBuffers>,
+}
+
+/// The buffers a BATCH copies its records into and gathers its results in, room for
+/// [`sys::BATCH_MAX`] each. A process gets them at its first BATCH and keeps them
+/// (4.5 KiB), so a BATCH allocates nothing: two allocations and a zeroing per BATCH cost
+/// more than its records do under emulation (`cargo xtask bench`, BATCH's fixed cost).
+#[derive(Debug)]
+struct BatchBuffers {
+    records: Vec<BatchIn>,
+    results: Vec<BatchOut>,
+}
+
+impl BatchBuffers {
+    fn new() -> Result<Self, SysError> {
+        let n = usize::try_from(sys::BATCH_MAX).map_err(|_| SysError::NoMem)?;
+        let mut records = heap::with_capacity(n).map_err(|_| SysError::NoMem)?;
+        records.resize(n, BatchIn::new_zeroed());
+        let mut results = heap::with_capacity(n).map_err(|_| SysError::NoMem)?;
+        results.resize(n, BatchOut::default());
+        Ok(Self { records, results })
+    }
 }
 
 fn err(e: SysError) -> Outcome {
@@ -115,7 +138,7 @@ fn batchable(number: u64) -> bool {
 
 impl Process {
     pub fn new(id: u32, page_quota: u64) -> Self {
-        Self { id, handles: HandleTable::default(), mappings: Mappings::default(), page_quota, threads: 1 }
+        Self { id, handles: HandleTable::default(), mappings: Mappings::default(), page_quota, threads: 1, batch: None }
     }
 
     /// Give the process an object (its channel at start: handle 0).
@@ -361,12 +384,33 @@ impl Process {
         let in_bytes = count * core::mem::size_of::<BatchIn>() as u64;
         let out_bytes = count * core::mem::size_of::<BatchOut>() as u64;
         self.mappings.check(out_va, out_bytes, true)?;
-        let mut records: Vec<BatchIn> = heap::with_capacity(n).map_err(|_| SysError::NoMem)?;
-        records.resize(n, BatchIn::new_zeroed());
         self.mappings.check(in_va, in_bytes, false)?;
+        // Out of the process while its records run (none of them is a BATCH), and back
+        // whatever they came to.
+        let mut buffers = match self.batch.take() {
+            Some(b) => b,
+            None => BatchBuffers::new()?,
+        };
+        let ran = self.run_batch(space, services, &mut buffers, in_va, out_va, n);
+        self.batch = Some(buffers);
+        ran.map(|()| count)
+    }
+
+    fn run_batch(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        services: &mut dyn Services,
+        buffers: &mut BatchBuffers,
+        in_va: u64,
+        out_va: u64,
+        n: usize,
+    ) -> Result<(), SysError> {
+        let (Some(records), Some(results)) = (buffers.records.get_mut(..n), buffers.results.get_mut(..n)) else {
+            return Err(SysError::Inval);
+        };
+        // Every byte of the records is read anew: nothing of an earlier BATCH is left.
         space.read(in_va, records.as_mut_bytes())?;
-        let mut results: Vec<BatchOut> = heap::with_capacity(n).map_err(|_| SysError::NoMem)?;
-        for r in &records {
+        for (r, out) in records.iter().zip(results.iter_mut()) {
             let result = if batchable(r.number) {
                 match self.syscall(space, services, Call { number: r.number, args: r.args }) {
                     Outcome::Return(v) => v,
@@ -376,10 +420,9 @@ impl Process {
             } else {
                 SysError::Inval.to_rax()
             };
-            results.push(BatchOut { result, user_data: r.user_data });
+            *out = BatchOut { result, user_data: r.user_data };
         }
         // An MUNMAP in the batch may have taken the output away.
-        self.copy_out(space, out_va, results.as_bytes())?;
-        Ok(count)
+        self.copy_out(space, out_va, results.as_bytes())
     }
 }
