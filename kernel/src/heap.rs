@@ -16,7 +16,6 @@ pub fn zeroed(len: usize) -> CallResult<Vec<u8>> {
     Ok(v)
 }
 
-/// An empty vector with room for `capacity` elements.
 /// An array of `N` values made by `f`, on the heap (so a structure holding it stays small
 /// enough to move on a small stack); `None` without memory.
 pub fn boxed_array<T, const N: usize>(f: impl FnMut() -> T) -> Option<alloc::boxed::Box<[T; N]>> {
@@ -26,6 +25,7 @@ pub fn boxed_array<T, const N: usize>(f: impl FnMut() -> T) -> Option<alloc::box
     v.into_boxed_slice().try_into().ok()
 }
 
+/// An empty vector with room for `capacity` elements.
 pub fn with_capacity<T>(capacity: usize) -> CallResult<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(capacity).map_err(|_| CallError::OutOfMemory)?;
