@@ -48,8 +48,10 @@ impl Svsm {
     /// read from its own slot, so a call that touches nothing else takes no lock another
     /// CPU's call needs.
     pub fn handle_entry<P: Platform + ?Sized>(&self, p: &mut P, vcpu: VcpuIndex) -> EntryOutcome {
-        let Some(v) = self.vcpus.get(vcpu) else {
-            log!(p, Warn, "entry for unknown vCPU {}", vcpu.0);
+        // Pinned until answered: DELETE_VCPU cannot hand the VMSA or the calling area
+        // back to the guest while the answer is still to be written into them.
+        let Some((v, _in_call)) = self.vcpus.begin_call(vcpu) else {
+            log!(p, Warn, "entry for unknown vCPU {} (or one being deleted, or in a call already)", vcpu.0);
             return EntryOutcome::UnknownVcpu;
         };
         let (vmsa, ca) = (v.vmsa, v.calling_area);

@@ -14,10 +14,16 @@
 //! delete, replace) hold [`VcpuRegistry::change`], so two of them cannot both give out an
 //! APIC ID or a slot. The room for `max` vCPUs is reserved at start: creating a vCPU never
 //! allocates.
+//!
+//! A call in service pins the VMSA it is served on ([`VcpuRegistry::begin_call`]): the
+//! SVSM writes the answer into that VMSA and the calling area at the end, so neither may
+//! go back to the guest meanwhile. DELETE_VCPU of that VMSA, current or retired, is
+//! refused with CORE_VCPU_IN_USE until the call is answered (the guest retries), and a
+//! vCPU being deleted starts no call.
 
 use crate::addr::{Gpa, PageAddr};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::{Mutex, MutexGuard};
 
 /// SVSM pages each created vCPU needs for its SVSM-side context: the SVSM's own VMSA for
@@ -69,9 +75,45 @@ impl Vcpu {
 #[derive(Debug, Default)]
 pub struct VcpuRegistry {
     slots: Vec<Mutex<Option<Vcpu>>>,
+    /// Per slot, what is being done with its vCPU: [`NO_CALL`], [`LEAVING`] (DELETE_VCPU
+    /// is taking it), or a call served on the VMSA `tag & !3` ([`served_on`]).
+    calls: Vec<AtomicU64>,
     /// Held by whoever changes the set of vCPUs.
     changes: Mutex<()>,
     live: AtomicUsize,
+}
+
+/// No call of the vCPU is in service and no DELETE_VCPU is taking it.
+const NO_CALL: u64 = 0;
+/// DELETE_VCPU is taking the vCPU: no call of it starts.
+const LEAVING: u64 = 1;
+
+/// The call state of a call served on `vmsa` (page aligned: bit 1 tells it from the two
+/// states above, also for a VMSA at gpa 0).
+fn served_on(vmsa: PageAddr) -> u64 {
+    vmsa.raw() | 2
+}
+
+/// A call of a vCPU in service on one VMSA ([`VcpuRegistry::begin_call`]); ends when
+/// dropped.
+#[derive(Debug)]
+pub struct InCall<'a>(&'a AtomicU64);
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        self.0.store(NO_CALL, Ordering::Release);
+    }
+}
+
+/// DELETE_VCPU taking a vCPU ([`VcpuRegistry::begin_removal`]): no call of its slot
+/// starts until dropped.
+#[derive(Debug)]
+pub struct Leaving<'a>(&'a AtomicU64);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.store(NO_CALL, Ordering::Release);
+    }
 }
 
 /// Not enough heap for the registry's room at start-up.
@@ -85,7 +127,39 @@ impl VcpuRegistry {
         slots.try_reserve_exact(max.max(1)).map_err(|_| NoRoom)?;
         slots.push(Mutex::new(Some(startup)));
         slots.resize_with(max.max(1), || Mutex::new(None));
-        Ok(Self { slots, changes: Mutex::new(()), live: AtomicUsize::new(1) })
+        let mut calls = Vec::new();
+        calls.try_reserve_exact(max.max(1)).map_err(|_| NoRoom)?;
+        calls.resize_with(max.max(1), || AtomicU64::new(NO_CALL));
+        Ok(Self { slots, calls, changes: Mutex::new(()), live: AtomicUsize::new(1) })
+    }
+
+    /// Start serving a call of vCPU `index`: the vCPU as it is now, its VMSA pinned until
+    /// the guard drops. `None` if there is no such vCPU, DELETE_VCPU is taking it, or a
+    /// call of it is in service already (an entry the platform should never make).
+    pub fn begin_call(&self, index: VcpuIndex) -> Option<(Vcpu, InCall<'_>)> {
+        let state = self.calls.get(index.0 as usize)?;
+        let seen = self.get(index)?;
+        state.compare_exchange(NO_CALL, served_on(seen.vmsa), Ordering::AcqRel, Ordering::Acquire).ok()?;
+        let pinned = InCall(state);
+        // Read again with the pin in place: a deletion (and a new vCPU in the slot) or a
+        // replacement between the first read and the pin shows here, and the entry is for
+        // a vCPU that is no longer what was pinned.
+        let now = self.get(index)?;
+        (now.vmsa == seen.vmsa).then_some((now, pinned))
+    }
+
+    /// Start taking vCPU `index` away (DELETE_VCPU, with [`Self::change`] held): no call
+    /// of it starts until the guard drops. `None` while one is in service.
+    pub fn begin_removal(&self, index: VcpuIndex) -> Option<Leaving<'_>> {
+        let state = self.calls.get(index.0 as usize)?;
+        state.compare_exchange(NO_CALL, LEAVING, Ordering::AcqRel, Ordering::Acquire).ok()?;
+        Some(Leaving(state))
+    }
+
+    /// Is a call of vCPU `index` in service on `vmsa` now? (A retired VMSA starts no
+    /// call, so once this says no for one, it stays no.)
+    pub fn in_call_on(&self, index: VcpuIndex, vmsa: PageAddr) -> bool {
+        self.calls.get(index.0 as usize).is_some_and(|s| s.load(Ordering::Acquire) == served_on(vmsa))
     }
 
     /// Exclusive right to change the set of vCPUs (create, delete, replace), held for the
@@ -160,5 +234,53 @@ impl VcpuRegistry {
             self.live.fetch_sub(1, Ordering::AcqRel);
         }
         gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vcpu(vmsa: u64) -> Vcpu {
+        Vcpu {
+            apic_id: 0,
+            vmsa: PageAddr::new(vmsa).unwrap(),
+            vmpl: 1,
+            creator_vmpl: 1,
+            retired: None,
+            calling_area: Gpa(vmsa + 0x1000),
+            svsm_pages: None,
+        }
+    }
+
+    #[test]
+    fn a_call_in_service_holds_off_a_removal_and_a_removal_holds_off_calls() {
+        let r = VcpuRegistry::new(vcpu(0x10_000), 4).unwrap();
+        let one = r.insert(vcpu(0x20_000)).unwrap();
+        let (seen, call) = r.begin_call(one).unwrap();
+        assert_eq!(seen.vmsa.raw(), 0x20_000);
+        assert!(r.in_call_on(one, seen.vmsa) && !r.in_call_on(one, PageAddr::new(0x30_000).unwrap()));
+        assert!(r.begin_removal(one).is_none(), "its call is in service");
+        assert!(r.begin_call(one).is_none(), "one call of a vCPU at a time");
+        assert!(r.begin_call(VcpuIndex::STARTUP).is_some(), "another vCPU's call is its own business");
+        drop(call);
+        let leaving = r.begin_removal(one).unwrap();
+        assert!(r.begin_call(one).is_none(), "a vCPU being deleted starts no call");
+        assert!(r.remove(one).is_some());
+        drop(leaving);
+        assert!(r.begin_call(one).is_none(), "gone");
+        assert!(r.begin_call(VcpuIndex(9)).is_none() && r.begin_removal(VcpuIndex(9)).is_none(), "beyond the slots");
+    }
+
+    /// A call is pinned on the VMSA its slot has when it starts; a VMSA the slot had
+    /// before (retired by a replacement) is not pinned by it.
+    #[test]
+    fn a_call_is_pinned_on_the_vmsa_its_slot_has_now() {
+        let r = VcpuRegistry::new(vcpu(0x10_000), 4).unwrap();
+        let one = r.insert(vcpu(0x20_000)).unwrap();
+        r.update(one, |v| v.vmsa = PageAddr::new(0x40_000).unwrap());
+        let (seen, _call) = r.begin_call(one).unwrap();
+        assert_eq!(seen.vmsa.raw(), 0x40_000, "read after the change: served on the new VMSA");
+        assert!(!r.in_call_on(one, PageAddr::new(0x20_000).unwrap()), "the old VMSA is free to go");
     }
 }

@@ -329,3 +329,45 @@ fn a_second_guest_request_meanwhile_is_refused_without_waiting() {
         assert!(parts.svsm.check_psp_channel(&mut p), "the next report arrives");
     });
 }
+
+/// DELETE_VCPU of a vCPU whose call is in service (here vCPU 1's attestation, waiting for
+/// the PSP) is refused with CORE_VCPU_IN_USE: the SVSM still has to write the answer into
+/// that vCPU's VMSA and calling area, which a deletion would have handed back to the guest
+/// (with the answer then written into guest memory the guest may have reused). The call is
+/// answered, and the deletion goes through once it is.
+#[test]
+fn a_vcpu_whose_call_is_in_service_is_not_deleted_under_it() {
+    within_20_seconds(|| {
+        let mut parts = TwoCpus::new();
+        let deleted: Arc<Mutex<Vec<Result<(), guest::CallError>>>> = Arc::default();
+        let (shared, svsm, seen) = (parts.shared.clone(), parts.svsm, deleted.clone());
+        let run = move |m: &mut Machine, h: &mut SnpHost| {
+            let guest =
+                SnpGuest { machine: &mut *m, host: &mut *h, shared: shared.clone(), svsm, vcpu: VcpuIndex::STARTUP };
+            seen.lock().unwrap().push(Client::new(guest, STARTUP_CA_GPA).delete_vcpu(VCPU1_VMSA));
+        };
+        parts.host.meanwhile = Some(Meanwhile { exit_code: exit::EXT_GUEST_REQUEST, run: Box::new(run) });
+        let (op, report, nonce, manifest, certs) =
+            (SCRATCH + 0x30_000, SCRATCH + 0x31_000, SCRATCH + 0x32_000, SCRATCH + 0x33_000, SCRATCH + 0x34_000);
+        let record = |gpa, len| abi::attest::BufferRecord { gpa, len, reserved: 0 };
+        let request = abi::attest::AttestServicesOp {
+            report: record(report, 0x1000),
+            nonce: record(nonce, 64),
+            manifest: record(manifest, 0x1000),
+            certificates: record(certs, 0x4000),
+        };
+        let mut c = parts.client(VCPU1, VCPU1_CA);
+        c.transport.write(op, zerocopy::IntoBytes::as_bytes(&request)).unwrap();
+        let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
+        let out = c.issue(Regs { rax, rcx: op, rdx: u64::MAX, r8: u64::MAX, r9: 0 }).expect("the call completes");
+        assert_eq!(ResultCode::from_rax(out.rax), ResultCode::SUCCESS, "vCPU 1's call was answered");
+        assert_eq!(
+            *deleted.lock().unwrap(),
+            [Err(guest::CallError::Failed(ResultCode::CORE_VCPU_IN_USE))],
+            "the deletion meanwhile was refused"
+        );
+        assert_eq!(parts.svsm.vcpus().get(VCPU1).map(|v| v.vmsa.raw()), Some(VCPU1_VMSA), "vCPU 1 is still there");
+        parts.client(VcpuIndex::STARTUP, STARTUP_CA_GPA).delete_vcpu(VCPU1_VMSA).expect("deleted once answered");
+        assert!(parts.svsm.vcpus().get(VCPU1).is_none());
+    });
+}

@@ -348,6 +348,10 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
     let _change = svsm.vcpus.change();
     if let Some(index) = svsm.vcpus.find_by_retired(vmsa) {
+        // A call begun on it before the replacement is still to be answered there.
+        if svsm.vcpus.in_call_on(index, vmsa) {
+            return Err(CallError::VcpuInUse);
+        }
         let _held = svsm.pages.lock(vmsa, vmsa);
         return delete_retired(svsm, p, ctx, index, vmsa);
     }
@@ -360,6 +364,9 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     }
     let vcpu = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
     may_remove(ctx.caller, &vcpu)?;
+    // A call of it in service is answered into its VMSA and calling area: they stay
+    // until then (the guest retries), and no call of it starts from here on.
+    let _leaving = svsm.vcpus.begin_removal(index).ok_or(CallError::VcpuInUse)?;
     // Stopping is a host exit on SNP: no page lock is held across it. The page keeps its
     // VMSA role until the roles are cleared below, so no other call can act on it.
     stop(p, vmsa)?;
