@@ -17,9 +17,9 @@
 //!
 //! A call in service pins the VMSA it is served on ([`VcpuRegistry::begin_call`]): the
 //! SVSM writes the answer into that VMSA and the calling area at the end, so neither may
-//! go back to the guest meanwhile. DELETE_VCPU of that VMSA, current or retired, is
-//! refused with CORE_VCPU_IN_USE until the call is answered (the guest retries), and a
-//! vCPU being deleted starts no call.
+//! go back to the guest meanwhile. DELETE_VCPU of that VMSA, current or retired, and a
+//! replacement of the vCPU are refused with CORE_VCPU_IN_USE until the call is answered
+//! (the guest may retry), and a vCPU being deleted or replaced starts no call.
 
 use crate::addr::{Gpa, PageAddr};
 use alloc::vec::Vec;
@@ -148,16 +148,18 @@ impl VcpuRegistry {
         (now.vmsa == seen.vmsa).then_some((now, pinned))
     }
 
-    /// Start taking vCPU `index` away (DELETE_VCPU, with [`Self::change`] held): no call
-    /// of it starts until the guard drops. `None` while one is in service.
+    /// Start taking vCPU `index` away or replacing its VMSA (DELETE_VCPU, CREATE_VCPU of
+    /// its APIC ID; with [`Self::change`] held): no call of it starts until the guard
+    /// drops. `None` while one is in service.
     pub fn begin_removal(&self, index: VcpuIndex) -> Option<Leaving<'_>> {
         let state = self.calls.get(index.0 as usize)?;
         state.compare_exchange(NO_CALL, LEAVING, Ordering::AcqRel, Ordering::Acquire).ok()?;
         Some(Leaving(state))
     }
 
-    /// Is a call of vCPU `index` in service on `vmsa` now? (A retired VMSA starts no
-    /// call, so once this says no for one, it stays no.)
+    /// Is a call of vCPU `index` in service on `vmsa` now? (A retired VMSA starts no call
+    /// that gets served; an entry that read the slot before the replacement may pin it
+    /// for a moment, until its second read turns it away.)
     pub fn in_call_on(&self, index: VcpuIndex, vmsa: PageAddr) -> bool {
         self.calls.get(index.0 as usize).is_some_and(|s| s.load(Ordering::Acquire) == served_on(vmsa))
     }

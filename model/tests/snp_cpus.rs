@@ -347,19 +347,7 @@ fn a_vcpu_whose_call_is_in_service_is_not_deleted_under_it() {
             seen.lock().unwrap().push(Client::new(guest, STARTUP_CA_GPA).delete_vcpu(VCPU1_VMSA));
         };
         parts.host.meanwhile = Some(Meanwhile { exit_code: exit::EXT_GUEST_REQUEST, run: Box::new(run) });
-        let (op, report, nonce, manifest, certs) =
-            (SCRATCH + 0x30_000, SCRATCH + 0x31_000, SCRATCH + 0x32_000, SCRATCH + 0x33_000, SCRATCH + 0x34_000);
-        let record = |gpa, len| abi::attest::BufferRecord { gpa, len, reserved: 0 };
-        let request = abi::attest::AttestServicesOp {
-            report: record(report, 0x1000),
-            nonce: record(nonce, 64),
-            manifest: record(manifest, 0x1000),
-            certificates: record(certs, 0x4000),
-        };
-        let mut c = parts.client(VCPU1, VCPU1_CA);
-        c.transport.write(op, zerocopy::IntoBytes::as_bytes(&request)).unwrap();
-        let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
-        let out = c.issue(Regs { rax, rcx: op, rdx: u64::MAX, r8: u64::MAX, r9: 0 }).expect("the call completes");
+        let out = attest_from(&mut parts, VCPU1, VCPU1_CA);
         assert_eq!(ResultCode::from_rax(out.rax), ResultCode::SUCCESS, "vCPU 1's call was answered");
         assert_eq!(
             *deleted.lock().unwrap(),
@@ -370,4 +358,54 @@ fn a_vcpu_whose_call_is_in_service_is_not_deleted_under_it() {
         parts.client(VcpuIndex::STARTUP, STARTUP_CA_GPA).delete_vcpu(VCPU1_VMSA).expect("deleted once answered");
         assert!(parts.svsm.vcpus().get(VCPU1).is_none());
     });
+}
+
+/// A replacement (CREATE_VCPU of vCPU 1's APIC ID, as Linux brings a CPU back online)
+/// while vCPU 1's call waits for the PSP is refused with CORE_VCPU_IN_USE: it would retire
+/// the VMSA the answer is due in, and on SNP stopping vCPU 1 destroys the SVSM context that
+/// serves the call, which would then never be answered, leaving the vCPU pinned for good.
+/// Once the call is answered the replacement goes through.
+#[test]
+fn a_vcpu_whose_call_is_in_service_is_not_replaced_under_it() {
+    within_20_seconds(|| {
+        let mut parts = TwoCpus::new();
+        let replaced: Arc<Mutex<Vec<Result<(), guest::CallError>>>> = Arc::default();
+        let (shared, svsm, seen) = (parts.shared.clone(), parts.svsm, replaced.clone());
+        let run = move |m: &mut Machine, h: &mut SnpHost| {
+            let guest =
+                SnpGuest { machine: &mut *m, host: &mut *h, shared: shared.clone(), svsm, vcpu: VcpuIndex::STARTUP };
+            seen.lock().unwrap().push(Client::new(guest, STARTUP_CA_GPA).create_vcpu(VCPU2_VMSA, VCPU2_CA, 1));
+        };
+        parts.host.meanwhile = Some(Meanwhile { exit_code: exit::EXT_GUEST_REQUEST, run: Box::new(run) });
+        let out = attest_from(&mut parts, VCPU1, VCPU1_CA);
+        assert_eq!(ResultCode::from_rax(out.rax), ResultCode::SUCCESS, "vCPU 1's call was answered");
+        assert_eq!(
+            *replaced.lock().unwrap(),
+            [Err(guest::CallError::Failed(ResultCode::CORE_VCPU_IN_USE))],
+            "the replacement meanwhile was refused"
+        );
+        assert_eq!(parts.svsm.vcpus().get(VCPU1).map(|v| v.vmsa.raw()), Some(VCPU1_VMSA), "still on its VMSA");
+        parts.client(VcpuIndex::STARTUP, STARTUP_CA_GPA).create_vcpu(VCPU2_VMSA, VCPU2_CA, 1).expect("replaced");
+        assert_eq!(parts.svsm.vcpus().get(VCPU1).map(|v| v.vmsa.raw()), Some(VCPU2_VMSA));
+        let served = parts.client(VCPU1, VCPU2_CA).query_protocol(ProtocolId::CORE, 1);
+        assert_eq!(served.unwrap(), Some((1, 1)), "the vCPU serves on its new VMSA");
+    });
+}
+
+/// SVSM_ATTEST_SERVICES from `vcpu` through calling area `ca` (its guest request reaches
+/// the host's EXT_GUEST_REQUEST exit, where a test's `Meanwhile` runs).
+fn attest_from(parts: &mut TwoCpus, vcpu: VcpuIndex, ca: u64) -> Regs {
+    let (op, report, nonce, manifest, certs) =
+        (SCRATCH + 0x30_000, SCRATCH + 0x31_000, SCRATCH + 0x32_000, SCRATCH + 0x33_000, SCRATCH + 0x34_000);
+    let record = |gpa, len| abi::attest::BufferRecord { gpa, len, reserved: 0 };
+    let request = abi::attest::AttestServicesOp {
+        report: record(report, 0x1000),
+        nonce: record(nonce, 64),
+        manifest: record(manifest, 0x1000),
+        certificates: record(certs, 0x4000),
+    };
+    let mut c = parts.client(vcpu, ca);
+    c.transport.write(op, zerocopy::IntoBytes::as_bytes(&request)).unwrap();
+    let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
+    c.issue(Regs { rax, rcx: op, rdx: u64::MAX, r8: u64::MAX, r9: 0 }).expect("the call completes")
 }

@@ -191,6 +191,10 @@ fn replace<P: Platform + ?Sized>(
     }
     let old = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
     may_remove(ctx.caller, &old)?;
+    // As for DELETE_VCPU: a call of the vCPU in service is answered into its VMSA and
+    // calling area, which the replacement retires (on SNP, stopping the vCPU would also
+    // destroy the context serving that call); none starts until the replacement is done.
+    let _leaving = svsm.vcpus.begin_removal(index).ok_or(CallError::VcpuInUse)?;
     // What the replacement needs of the old vCPU (copied: no allocation).
     let (old_vmsa, old_ca, old_creator) = (old.vmsa, old.calling_area, old.creator_vmpl);
     if old.retired.is_some() {
@@ -348,7 +352,8 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
     let _change = svsm.vcpus.change();
     if let Some(index) = svsm.vcpus.find_by_retired(vmsa) {
-        // A call begun on it before the replacement is still to be answered there.
+        // A call begun on it before the replacement would still be answered there (the
+        // replacement waits for none, so this only guards the rule).
         if svsm.vcpus.in_call_on(index, vmsa) {
             return Err(CallError::VcpuInUse);
         }
@@ -365,7 +370,7 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     let vcpu = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
     may_remove(ctx.caller, &vcpu)?;
     // A call of it in service is answered into its VMSA and calling area: they stay
-    // until then (the guest retries), and no call of it starts from here on.
+    // until then (the guest may retry), and no call of it starts from here on.
     let _leaving = svsm.vcpus.begin_removal(index).ok_or(CallError::VcpuInUse)?;
     // Stopping is a host exit on SNP: no page lock is held across it. The page keeps its
     // VMSA role until the roles are cleared below, so no other call can act on it.
