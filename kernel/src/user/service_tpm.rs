@@ -157,19 +157,26 @@ impl<R: FnMut() -> bool + Send> TpmEngine for ServiceTpm<R> {
 /// window closes, and is handed back for the log, after [`CplCost::WINDOW`] commands or
 /// once its engine cycles pass [`CplCost::SLOW`], so a key generation gets a line of its
 /// own and a run of PCR extends one line per sixteen.
+///
+/// The command code is the guest's to choose, so what this hands back is bounded: windows
+/// for at most [`CplCost::CODES`] codes are open at once (a command of another code is not
+/// counted), and at most [`CplCost::REPORTS`] windows are handed back per boot. A guest
+/// cannot make the SVSM log a line per command.
 #[derive(Clone, Debug, Default)]
 pub struct CplCost {
     open: [Option<CostWindow>; CplCost::CODES],
+    reported: u32,
 }
 
 /// A closed window: `commands` of the TPM command code `code`, their round trips and
-/// their engine time added up (TSC cycles).
+/// their engine time added up (TSC cycles); `report` counts from 1 to [`CplCost::REPORTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CostWindow {
     pub code: u32,
     pub commands: u32,
     pub round_trip: u64,
     pub engine: u64,
+    pub report: u32,
 }
 
 impl CplCost {
@@ -177,24 +184,21 @@ impl CplCost {
     pub const WINDOW: u32 = 16;
     /// Engine cycles that close a window (50 ms at 2 GHz).
     pub const SLOW: u64 = 100_000_000;
-    /// Command codes with a window open at once; a command of another code is reported
-    /// alone.
-    const CODES: usize = 8;
+    /// Command codes with a window open at once.
+    pub const CODES: usize = 8;
+    /// Windows handed back per boot.
+    pub const REPORTS: u32 = 32;
 
     /// Record one command of `code` that took `round_trip` cycles, `engine` of them in the
     /// engine; the window it closed, if any. An engine that reports no time (0) or more
-    /// than the round trip (a service that lies) counts as nothing measured: no window.
+    /// than the round trip (a service that lies) counts as nothing measured.
     pub fn record(&mut self, code: u32, round_trip: u64, engine: u64) -> Option<CostWindow> {
-        if engine == 0 || engine > round_trip {
+        if engine == 0 || engine > round_trip || self.reported >= Self::REPORTS {
             return None;
         }
-        let one = CostWindow { code, commands: 1, round_trip, engine };
         let open = self.open.iter().position(|w| w.is_some_and(|w| w.code == code));
-        let at = open.or_else(|| self.open.iter().position(Option::is_none));
-        let Some(slot) = at.and_then(|i| self.open.get_mut(i)) else {
-            // No room for another code: this command alone.
-            return Some(one);
-        };
+        let at = open.or_else(|| self.open.iter().position(Option::is_none))?;
+        let slot = self.open.get_mut(at)?;
         let window = match slot {
             Some(w) => {
                 w.commands += 1;
@@ -202,11 +206,12 @@ impl CplCost {
                 w.engine = w.engine.saturating_add(engine);
                 *w
             }
-            None => one,
+            None => CostWindow { code, commands: 1, round_trip, engine, report: 0 },
         };
         if window.commands >= Self::WINDOW || window.engine >= Self::SLOW {
             *slot = None;
-            return Some(window);
+            self.reported += 1;
+            return Some(CostWindow { report: self.reported, ..window });
         }
         *slot = Some(window);
         None
@@ -217,20 +222,20 @@ impl CplCost {
 mod tests {
     use super::*;
 
+    fn window(code: u32, commands: u32, round_trip: u64, engine: u64, report: u32) -> Option<CostWindow> {
+        Some(CostWindow { code, commands, round_trip, engine, report })
+    }
+
     #[test]
     fn cheap_commands_close_a_window_per_sixteen_and_a_slow_one_closes_its_own() {
         let mut cost = CplCost::default();
         for i in 1..CplCost::WINDOW {
             assert_eq!(cost.record(0x182, 1200, 1000), None, "command {i} of the window");
         }
-        let closed = cost.record(0x182, 1200, 1000);
-        assert_eq!(closed, Some(CostWindow { code: 0x182, commands: 16, round_trip: 16 * 1200, engine: 16_000 }));
+        assert_eq!(cost.record(0x182, 1200, 1000), window(0x182, 16, 16 * 1200, 16_000, 1));
         assert_eq!(cost.record(0x182, 1300, 1000), None, "a new window opened");
         let slow = cost.record(0x131, CplCost::SLOW + 5000, CplCost::SLOW);
-        assert_eq!(
-            slow,
-            Some(CostWindow { code: 0x131, commands: 1, round_trip: CplCost::SLOW + 5000, engine: CplCost::SLOW })
-        );
+        assert_eq!(slow, window(0x131, 1, CplCost::SLOW + 5000, CplCost::SLOW, 2));
         let rest = (1..CplCost::WINDOW).map(|_| cost.record(0x182, 1300, 1000)).last().flatten();
         assert_eq!(rest.map(|w| (w.commands, w.round_trip)), Some((16, 16 * 1300)), "the PCR window kept its count");
     }
@@ -244,13 +249,19 @@ mod tests {
         assert_eq!(closed.map(|w| w.commands), Some(16), "the refused ones did not count");
     }
 
+    /// A guest that sends commands of many codes (or many slow ones) gets no more than
+    /// [`CplCost::REPORTS`] lines in all, and a ninth code is not counted.
     #[test]
-    fn a_ninth_command_code_is_reported_alone() {
+    fn what_a_guest_can_make_it_report_is_bounded() {
         let mut cost = CplCost::default();
         for code in 0..8 {
             assert_eq!(cost.record(code, 10, 5), None);
         }
-        assert_eq!(cost.record(99, 10, 5), Some(CostWindow { code: 99, commands: 1, round_trip: 10, engine: 5 }));
-        assert_eq!(cost.record(99, 10, 5).map(|w| w.commands), Some(1), "still no room for it");
+        for _ in 0..100 {
+            assert_eq!(cost.record(99, 10, 5), None, "no window for a ninth code");
+        }
+        let slow = (0..1000).filter_map(|_| cost.record(0, CplCost::SLOW, CplCost::SLOW)).count();
+        assert_eq!(slow, CplCost::REPORTS as usize);
+        assert_eq!(cost.record(1, CplCost::SLOW, CplCost::SLOW), None, "none after the last report");
     }
 }

@@ -67,13 +67,15 @@ impl TpmEngine for Timed {
         if let Some(w) = self.cost.record(code, round_trip, self.engine.last_engine_cycles()) {
             let permille = w.round_trip.saturating_mul(1000) / w.engine.max(1);
             println!(
-                "vtpm: CPL 3 cost: code={:#x} commands={} round_trip_cycles={} engine_cycles={} (round trip / engine = {}.{:03})",
+                "vtpm: CPL 3 cost: code={:#x} commands={} round_trip_cycles={} engine_cycles={} (round trip / engine = {}.{:03}; report {} of at most {})",
                 w.code,
                 w.commands,
                 w.round_trip,
                 w.engine,
                 permille / 1000,
-                permille % 1000
+                permille % 1000,
+                w.report,
+                CplCost::REPORTS
             );
         }
         n
