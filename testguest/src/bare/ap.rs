@@ -21,6 +21,9 @@ const CALL: u32 = 2;
 const DONE: u32 = 3;
 const TIME_CALLS: u32 = 4;
 const FPU_CHECK: u32 = 5;
+/// The secondary vCPU took the request (from PING, CALL, TIME_CALLS or FPU_CHECK) and
+/// works on it: the boot vCPU can no longer take it back, only wait for DONE.
+const BUSY: u32 = 6;
 
 /// Yields each side makes while it watches its own XMM0 (`fpu_kept`).
 const FPU_ROUNDS: u32 = 200;
@@ -30,8 +33,11 @@ struct Mailbox {
     regs: UnsafeCell<Regs>,
 }
 
-// SAFETY: `regs` is written by one side only while `state` says it owns it (the boot
-// vCPU before posting CALL, the secondary vCPU between CALL and DONE); `state` is atomic.
+// SAFETY: `regs` is used by one side at a time, as `state` says: the boot vCPU until it
+// posts a request and again once it reads DONE, or takes the request back (a
+// compare-exchange from the request to IDLE, which fails once the secondary vCPU took it);
+// the secondary vCPU from taking the request (a compare-exchange to BUSY) until it stores
+// DONE. `state` is atomic.
 unsafe impl Sync for Mailbox {}
 
 static MAILBOXES: [Mailbox; MAX_APIC] = [const {
@@ -52,29 +58,48 @@ extern "C" fn ap_main(apic: u64) -> ! {
         }
     };
     loop {
-        match mb.state.load(Ordering::Acquire) {
-            PING => mb.state.store(DONE, Ordering::Release),
+        let kind = mb.state.load(Ordering::Acquire);
+        if !matches!(kind, PING | TIME_CALLS | CALL | FPU_CHECK)
+            || mb.state.compare_exchange(kind, BUSY, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            yield_cpu();
+            continue;
+        }
+        match kind {
             TIME_CALLS => {
-                // SAFETY: TIME_CALLS hands `regs` to this vCPU until it stores DONE.
+                // SAFETY: BUSY: `regs` is this vCPU's until it stores DONE.
                 let regs = unsafe { *mb.regs.get() };
                 time_calls(regs.rcx, regs.rdx);
-                mb.state.store(DONE, Ordering::Release);
             }
             CALL => {
-                // SAFETY: CALL hands `regs` to this vCPU until it stores DONE.
+                // SAFETY: BUSY: `regs` is this vCPU's until it stores DONE.
                 let regs = unsafe { &mut *mb.regs.get() };
                 Vmmcall.request_svsm(regs);
-                mb.state.store(DONE, Ordering::Release);
             }
             FPU_CHECK => {
-                // SAFETY: FPU_CHECK hands `regs` to this vCPU until it stores DONE.
+                // SAFETY: BUSY: `regs` is this vCPU's until it stores DONE.
                 let regs = unsafe { &mut *mb.regs.get() };
                 regs.rax = u64::from(fpu_kept(0xA5A5_0000_0000_0000 | apic, FPU_ROUNDS));
-                mb.state.store(DONE, Ordering::Release);
             }
-            _ => yield_cpu(),
+            // PING: taking it is the answer.
+            _ => {}
         }
+        mb.state.store(DONE, Ordering::Release);
     }
+}
+
+/// The boot vCPU gives up waiting for request `kind`: taken back if the secondary vCPU has
+/// not taken it (`false`); otherwise it waits, however long, for DONE (`true`), since the
+/// secondary vCPU holds `regs` until then.
+fn give_up(mb: &Mailbox, kind: u32) -> bool {
+    if mb.state.compare_exchange(kind, IDLE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        return false;
+    }
+    while mb.state.load(Ordering::Acquire) != DONE {
+        yield_cpu();
+    }
+    mb.state.store(IDLE, Ordering::Release);
+    true
 }
 
 fn set_xmm0(value: u64) {
@@ -116,8 +141,12 @@ pub fn fpu_isolation(apic: u32) -> Option<(bool, bool)> {
             break;
         }
     }
-    mb.state.store(IDLE, Ordering::Release);
-    // SAFETY: DONE (then IDLE): `regs` is the boot vCPU's again.
+    if answered {
+        mb.state.store(IDLE, Ordering::Release);
+    } else {
+        answered = give_up(mb, FPU_CHECK);
+    }
+    // SAFETY: DONE (then IDLE), or never taken: `regs` is the boot vCPU's again.
     let other_kept = unsafe { (*mb.regs.get()).rax } == 1;
     answered.then_some((boot_kept, other_kept))
 }
@@ -270,18 +299,18 @@ pub fn stop_timing(apic: u32, at_limit: bool) -> Option<Latency> {
     None
 }
 
-/// How long the boot vCPU waits for another vCPU's answer, in TSC cycles: half a second
-/// at 2 GHz. Under QEMU's TCG the guest's TSC counts at the host's rate, and the other
-/// vCPU's QEMU thread may be off the host CPU for many time slices when the machine is
-/// busy. A count of yields is no measure of that: a yield of the boot vCPU, alone on its
-/// CPU, takes microseconds, and 500 of them once ran out under load before a freshly
-/// started vCPU answered (the `6.3/create-vcpu-replaces` case).
+/// How long the boot vCPU waits for another vCPU to take a request, in TSC cycles: half
+/// a second at 2 GHz (a request it took is waited for to the end). Under QEMU's TCG the
+/// guest's TSC counts at the host's rate, and the other vCPU's QEMU thread may be off the
+/// host CPU for many time slices when the machine is busy. A count of yields is no
+/// measure of that: a yield of the boot vCPU, alone on its CPU, takes microseconds, and
+/// 500 of them once ran out under load before a freshly started vCPU answered (the
+/// `6.3/create-vcpu-replaces` case).
 const ANSWER_CYCLES: u64 = 1_000_000_000;
-/// A CALL may be a long service call (a vTPM key generation under emulation).
-const CALL_CYCLES: u64 = 20_000_000_000;
 
-/// Post `kind` to the vCPU with `apic` and wait (yielding) for its answer, up to
-/// `patience` TSC cycles.
+/// Post `kind` to the vCPU with `apic` and wait (yielding) for its answer: `false` if it
+/// did not take the request within `patience` TSC cycles (a request it took is waited
+/// for to the end, see [`give_up`]).
 fn post(apic: u32, kind: u32, patience: u64) -> bool {
     let Some(mb) = MAILBOXES.get(apic as usize) else { return false };
     mb.state.store(kind, Ordering::Release);
@@ -292,12 +321,10 @@ fn post(apic: u32, kind: u32, patience: u64) -> bool {
             return true;
         }
         if rdtsc().saturating_sub(start) > patience {
-            break;
+            return give_up(mb, kind);
         }
         yield_cpu();
     }
-    mb.state.store(IDLE, Ordering::Release);
-    false
 }
 
 /// Is the vCPU with `apic` running (does it answer)?
@@ -311,7 +338,7 @@ pub fn call(apic: u32, regs: &mut Regs) -> bool {
     let Some(mb) = MAILBOXES.get(apic as usize) else { return false };
     // SAFETY: IDLE: the boot vCPU owns `regs` until it posts CALL.
     unsafe { *mb.regs.get() = *regs };
-    if !post(apic, CALL, CALL_CYCLES) {
+    if !post(apic, CALL, ANSWER_CYCLES) {
         return false;
     }
     // SAFETY: DONE (then IDLE): `regs` is the boot vCPU's again.
