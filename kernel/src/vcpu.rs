@@ -74,13 +74,27 @@ impl Vcpu {
 
 #[derive(Debug, Default)]
 pub struct VcpuRegistry {
-    slots: Vec<Mutex<Option<Vcpu>>>,
-    /// Per slot, what is being done with its vCPU: [`NO_CALL`], [`LEAVING`] (DELETE_VCPU
-    /// is taking it), or a call served on the VMSA `tag & !3` ([`served_on`]).
-    calls: Vec<AtomicU64>,
+    slots: Vec<VcpuSlot>,
     /// Held by whoever changes the set of vCPUs.
     changes: Mutex<()>,
     live: AtomicUsize,
+}
+
+/// A vCPU's place in the registry.
+#[derive(Debug)]
+struct VcpuSlot {
+    vcpu: Mutex<Option<Vcpu>>,
+    /// What is being done with the vCPU: [`NO_CALL`], [`LEAVING`] (a deletion or a
+    /// replacement is taking it), or a call served on a VMSA ([`served_on`]). Beside the
+    /// vCPU, not in an array of its own: every call reads both, and under QEMU's TCG each
+    /// data page a call touches costs a page walk after the world switch.
+    call: AtomicU64,
+}
+
+impl VcpuSlot {
+    fn new(vcpu: Option<Vcpu>) -> Self {
+        Self { vcpu: Mutex::new(vcpu), call: AtomicU64::new(NO_CALL) }
+    }
 }
 
 /// No call of the vCPU is in service and no DELETE_VCPU is taking it.
@@ -125,43 +139,48 @@ impl VcpuRegistry {
     pub fn new(startup: Vcpu, max: usize) -> Result<Self, NoRoom> {
         let mut slots = Vec::new();
         slots.try_reserve_exact(max.max(1)).map_err(|_| NoRoom)?;
-        slots.push(Mutex::new(Some(startup)));
-        slots.resize_with(max.max(1), || Mutex::new(None));
-        let mut calls = Vec::new();
-        calls.try_reserve_exact(max.max(1)).map_err(|_| NoRoom)?;
-        calls.resize_with(max.max(1), || AtomicU64::new(NO_CALL));
-        Ok(Self { slots, calls, changes: Mutex::new(()), live: AtomicUsize::new(1) })
+        slots.push(VcpuSlot::new(Some(startup)));
+        slots.resize_with(max.max(1), || VcpuSlot::new(None));
+        Ok(Self { slots, changes: Mutex::new(()), live: AtomicUsize::new(1) })
     }
 
     /// Start serving a call of vCPU `index`: the vCPU as it is now, its VMSA pinned until
-    /// the guard drops. `None` if there is no such vCPU, DELETE_VCPU is taking it, or a
-    /// call of it is in service already (an entry the platform should never make).
+    /// the guard drops. `None` if there is no such vCPU, DELETE_VCPU or a replacement is
+    /// taking it, or a call of it is in service already (an entry the platform should
+    /// never make).
     pub fn begin_call(&self, index: VcpuIndex) -> Option<(Vcpu, InCall<'_>)> {
-        let state = self.calls.get(index.0 as usize)?;
-        let seen = self.get(index)?;
-        state.compare_exchange(NO_CALL, served_on(seen.vmsa), Ordering::AcqRel, Ordering::Acquire).ok()?;
-        let pinned = InCall(state);
-        // Read again with the pin in place: a deletion (and a new vCPU in the slot) or a
-        // replacement between the first read and the pin shows here, and the entry is for
-        // a vCPU that is no longer what was pinned.
-        let now = self.get(index)?;
-        (now.vmsa == seen.vmsa).then_some((now, pinned))
+        let slot = self.slots.get(index.0 as usize)?;
+        let state = &slot.call;
+        // Under the slot's lock, as `begin_removal` sets its state (a guard's reset to
+        // NO_CALL is the only change made without it): no compare-exchange is needed,
+        // and the vCPU read here is the one pinned.
+        let vcpu = slot.vcpu.lock();
+        let now = (*vcpu)?;
+        if state.load(Ordering::Acquire) != NO_CALL {
+            return None;
+        }
+        state.store(served_on(now.vmsa), Ordering::Release);
+        Some((now, InCall(state)))
     }
 
     /// Start taking vCPU `index` away or replacing its VMSA (DELETE_VCPU, CREATE_VCPU of
     /// its APIC ID; with [`Self::change`] held): no call of it starts until the guard
     /// drops. `None` while one is in service.
     pub fn begin_removal(&self, index: VcpuIndex) -> Option<Leaving<'_>> {
-        let state = self.calls.get(index.0 as usize)?;
-        state.compare_exchange(NO_CALL, LEAVING, Ordering::AcqRel, Ordering::Acquire).ok()?;
+        let slot = self.slots.get(index.0 as usize)?;
+        let state = &slot.call;
+        let _vcpu = slot.vcpu.lock();
+        if state.load(Ordering::Acquire) != NO_CALL {
+            return None;
+        }
+        state.store(LEAVING, Ordering::Release);
         Some(Leaving(state))
     }
 
-    /// Is a call of vCPU `index` in service on `vmsa` now? (A retired VMSA starts no call
-    /// that gets served; an entry that read the slot before the replacement may pin it
-    /// for a moment, until its second read turns it away.)
+    /// Is a call of vCPU `index` in service on `vmsa` now? (A retired VMSA starts no
+    /// call: a call pins the VMSA its slot has.)
     pub fn in_call_on(&self, index: VcpuIndex, vmsa: PageAddr) -> bool {
-        self.calls.get(index.0 as usize).is_some_and(|s| s.load(Ordering::Acquire) == served_on(vmsa))
+        self.slots.get(index.0 as usize).is_some_and(|s| s.call.load(Ordering::Acquire) == served_on(vmsa))
     }
 
     /// Exclusive right to change the set of vCPUs (create, delete, replace), held for the
@@ -171,7 +190,7 @@ impl VcpuRegistry {
     }
 
     fn slot(&self, index: VcpuIndex) -> Option<&Mutex<Option<Vcpu>>> {
-        self.slots.get(index.0 as usize)
+        self.slots.get(index.0 as usize).map(|s| &s.vcpu)
     }
 
     /// A copy of vCPU `index`, as it is now.
@@ -190,7 +209,7 @@ impl VcpuRegistry {
 
     /// Live vCPUs, each as it was when the iteration reached it.
     pub fn iter(&self) -> impl Iterator<Item = (VcpuIndex, Vcpu)> + '_ {
-        self.slots.iter().enumerate().filter_map(|(i, s)| Some((VcpuIndex(u32::try_from(i).ok()?), (*s.lock())?)))
+        self.slots.iter().enumerate().filter_map(|(i, s)| Some((VcpuIndex(u32::try_from(i).ok()?), (*s.vcpu.lock())?)))
     }
 
     pub fn count(&self) -> usize {
@@ -214,7 +233,7 @@ impl VcpuRegistry {
     /// [`Self::change`]); the vCPU comes back when every slot is taken.
     pub fn insert(&self, vcpu: Vcpu) -> Result<VcpuIndex, Vcpu> {
         for (i, slot) in self.slots.iter().enumerate().skip(1) {
-            let mut s = slot.lock();
+            let mut s = slot.vcpu.lock();
             if s.is_none()
                 && let Ok(id) = u32::try_from(i)
             {

@@ -77,12 +77,14 @@ pub fn c_runtime_stubs(image: &Path) -> Result<Vec<String>, String> {
 /// `svsm/linker.ld` places at the front of `.text`: QEMU's TCG empties its TLB and jump
 /// cache on every world switch, so the call costs a page walk per code page it touches
 /// (docs/platforms/svm.md, "Measured").
-pub const HOT_PATH: [&str; 11] = [
+pub const HOT_PATH: [&str; 13] = [
     "bulwark_svsm::bare::native::serve",
     "bulwark_svm::run::run_until_shared",
     "SvmShared<H>>::after_run",
     "bulwark_kernel::svsm::Svsm>::handle_entry",
     "bulwark_kernel::vcpu::VcpuRegistry::get",
+    "bulwark_kernel::vcpu::VcpuRegistry::begin_call",
+    "<bulwark_kernel::vcpu::InCall as core::ops::drop::Drop>::drop",
     "SvmPlatform<H> as bulwark_kernel::platform::Platform>::vmsa_read",
     "SvmPlatform<H> as bulwark_kernel::platform::Platform>::vmsa_write",
     "bulwark_kernel::protocols::dispatch",
