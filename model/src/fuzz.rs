@@ -77,11 +77,16 @@ fn address(input: &mut Input<'_>) -> u64 {
     base.wrapping_add(offset)
 }
 
-/// Run one fuzz input. Panics (a finding) if an invariant breaks. Inputs of odd length
-/// run on the snp platform (`bulwark-snp` over the model's host), even ones on the model's
-/// own platform, so one corpus covers both.
+/// Run one fuzz input. Panics (a finding) if an invariant breaks. The input's length picks
+/// the platform (modulo 3): the model's own, the snp platform (`bulwark-snp` over the
+/// model's host), or the svm platform (`bulwark-svm` over the model's VMRUN and nested
+/// paging), so one corpus covers all three.
 pub fn run_dispatcher(data: &[u8]) {
-    let platform = if data.len() % 2 == 1 { PlatformKind::Snp } else { PlatformKind::Model };
+    let platform = match data.len() % 3 {
+        0 => PlatformKind::Model,
+        1 => PlatformKind::Snp,
+        _ => PlatformKind::Svm,
+    };
     run_dispatcher_on(data, platform);
 }
 
@@ -100,6 +105,11 @@ pub fn run_dispatcher_on(data: &[u8], platform: PlatformKind) {
     while !input.done() && steps < 64 {
         steps += 1;
         step(&mut w, &mut input);
+        // On svm an exit the startup vCPU cannot go on from (a shutdown, an exit code no
+        // guest can make) ends the run, as it stops the SVSM's loop under QEMU.
+        if w.svm.as_ref().is_some_and(|svm| svm.ended.is_some()) {
+            break;
+        }
         check(&mut w);
     }
     check_whole(&w);
@@ -112,8 +122,30 @@ fn check_whole(w: &World) {
     let svsm = w.svsm.pages().svsm_region();
     let vmsas = w.svsm.vcpus().iter().map(|(_, v)| v.vmsa.pfn());
     for pfn in (svsm.start_pfn()..svsm.end_pfn()).chain(vmsas) {
-        for vmpl in 1..=3 {
-            assert!(!w.machine.rmp.allows(pfn, vmpl, PERM_READ), "SVSM page {:#x} readable at VMPL{vmpl}", pfn << 12);
+        assert_out_of_reach(w, pfn);
+    }
+}
+
+/// No guest VMPL can read `pfn`: by the RMP on the model and snp platforms; on svm by
+/// nested paging, through the TLB of every vCPU in the guest (the svm platform's own RMP
+/// is what it builds nested paging from).
+fn assert_out_of_reach(w: &World, pfn: u64) {
+    match &w.svm {
+        Some(svm) => {
+            for t in svm.running.values() {
+                let asid = t.vcpu.vmcb.u32(abi::vmcb::offset::GUEST_ASID);
+                assert!(
+                    svm.host.guest_access(asid, pfn << 12, 1, PERM_READ).is_err(),
+                    "page {:#x} readable by vCPU {} through nested paging",
+                    pfn << 12,
+                    t.index
+                );
+            }
+        }
+        None => {
+            for vmpl in 1..=3 {
+                assert!(!w.machine.rmp.allows(pfn, vmpl, PERM_READ), "page {:#x} readable at VMPL{vmpl}", pfn << 12);
+            }
         }
     }
 }
@@ -218,14 +250,10 @@ fn step(w: &mut World, input: &mut Input<'_>) {
 pub(crate) fn check(w: &mut World) {
     let violations = w.machine.violations();
     assert!(violations.is_empty(), "calling-convention violations: {violations:?}");
-    for pfn in [world::SVSM_BASE >> 12, (world::SVSM_BASE >> 12) + 1023] {
-        for vmpl in 1..=3 {
-            assert!(!w.machine.rmp.allows(pfn, vmpl, PERM_READ), "SVSM page {pfn:#x} readable at VMPL{vmpl}");
-        }
-    }
-    let vmsas: Vec<u64> = w.svsm.vcpus().iter().map(|(_, v)| v.vmsa.raw()).collect();
-    for vmsa in vmsas {
-        assert!(!w.machine.rmp.allows(vmsa >> 12, 1, PERM_READ), "VMSA {vmsa:#x} readable by the guest");
+    let svsm = w.svsm.pages().svsm_region();
+    let vmsas: Vec<u64> = w.svsm.vcpus().iter().map(|(_, v)| v.vmsa.pfn()).collect();
+    for pfn in [svsm.start_pfn(), svsm.end_pfn() - 1].into_iter().chain(vmsas) {
+        assert_out_of_reach(w, pfn);
     }
     // The SVSM still serves the startup vCPU (unless the host broke its calling area or
     // VMSA, in which case the SVSM must have refused cleanly).

@@ -33,10 +33,11 @@ fn past_fuzzer_findings_stay_fixed() {
     let mut ran = 0;
     for entry in std::fs::read_dir(&dir).expect("regression inputs directory") {
         let path = entry.expect("directory entry").path();
-        // Found on one platform, they must stay fixed on both.
+        // Found on one platform, they must stay fixed on every one.
         let data = std::fs::read(&path).expect("readable input");
-        run_dispatcher_on(&data, PlatformKind::Model);
-        run_dispatcher_on(&data, PlatformKind::Snp);
+        for platform in [PlatformKind::Model, PlatformKind::Snp, PlatformKind::Svm] {
+            run_dispatcher_on(&data, platform);
+        }
         ran += 1;
     }
     assert!(ran > 0, "no regression inputs in {}", dir.display());
