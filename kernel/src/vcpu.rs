@@ -97,9 +97,9 @@ impl VcpuSlot {
     }
 }
 
-/// No call of the vCPU is in service and no DELETE_VCPU is taking it.
+/// No call of the vCPU is in service, and no deletion or replacement is taking it.
 const NO_CALL: u64 = 0;
-/// DELETE_VCPU is taking the vCPU: no call of it starts.
+/// DELETE_VCPU or a replacement is taking the vCPU: no call of it starts.
 const LEAVING: u64 = 1;
 
 /// The call state of a call served on `vmsa` (page aligned: bit 1 tells it from the two

@@ -106,8 +106,12 @@ pub fn run_dispatcher_on(data: &[u8], platform: PlatformKind) {
         steps += 1;
         step(&mut w, &mut input);
         // On svm an exit the startup vCPU cannot go on from (a shutdown, an exit code no
-        // guest can make) ends the run, as it stops the SVSM's loop under QEMU.
+        // guest can make) ends the run, as it stops the SVSM's loop under QEMU. Nothing
+        // else may have gone wrong on the way.
         if w.svm.as_ref().is_some_and(|svm| svm.ended.is_some()) {
+            let violations: Vec<String> =
+                w.machine.violations().into_iter().filter(|v| !v.contains("loop ended")).collect();
+            assert!(violations.is_empty(), "calling-convention violations: {violations:?}");
             break;
         }
         check(&mut w);
@@ -132,6 +136,7 @@ fn check_whole(w: &World) {
 fn assert_out_of_reach(w: &World, pfn: u64) {
     match &w.svm {
         Some(svm) => {
+            assert!(svm.host.npt.get(&pfn).is_none(), "nested paging maps page {:#x} for the guest", pfn << 12);
             for t in svm.running.values() {
                 let asid = t.vcpu.vmcb.u32(abi::vmcb::offset::GUEST_ASID);
                 assert!(
@@ -190,7 +195,8 @@ fn step(w: &mut World, input: &mut Input<'_>) {
         }
         5 => {
             let vcpu = VcpuIndex(u32::from(input.u8() % 3));
-            w.host.exit_code = Some(input.u64());
+            let code = input.u64();
+            w.host.exit_code = Some(if w.svm.is_some() { svm_exit(code) } else { code });
             if let Some(ca) = w.svsm.vcpus().get(vcpu).map(|v| v.calling_area.0) {
                 let _ = w.client_at(vcpu, ca).issue(Regs { rax: 6, rcx: 1, ..Regs::default() });
             }
@@ -244,6 +250,35 @@ fn step(w: &mut World, input: &mut Input<'_>) {
                 w.machine.rmp.host_assign(pfn, 1);
             }
         }
+    }
+}
+
+/// On svm the host's exit code is the exit the guest takes: mostly exits a guest can
+/// make (the call gate, CPUID, MSRs, ports, HLT, a nested fault, a kick, the SVM
+/// instructions it may not use), now and then a shutdown or any code at all (which
+/// stops the vCPU, and ends the input if it is the startup vCPU).
+fn svm_exit(pick: u64) -> u64 {
+    use abi::vmcb::exit;
+    const GUEST_MADE: [u64; 14] = [
+        exit::VMMCALL,
+        exit::VMMCALL,
+        exit::CPUID,
+        exit::MSR,
+        exit::IOIO,
+        exit::HLT,
+        exit::NPF,
+        exit::NMI,
+        exit::VMRUN,
+        exit::VMLOAD,
+        exit::VMSAVE,
+        exit::STGI,
+        exit::CLGI,
+        exit::INVD,
+    ];
+    match GUEST_MADE.get(usize::try_from(pick % 16).unwrap_or(0)) {
+        Some(code) => *code,
+        None if pick % 16 == 14 => exit::SHUTDOWN,
+        None => pick >> 4,
     }
 }
 

@@ -352,8 +352,9 @@ pub fn delete_vcpu<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallConte
     let vmsa = page_param(ctx.regs.rcx, "VMSA gpa is not 4 KiB aligned")?;
     let _change = svsm.vcpus.change();
     if let Some(index) = svsm.vcpus.find_by_retired(vmsa) {
-        // A call begun on it before the replacement would still be answered there (the
-        // replacement waits for none, so this only guards the rule).
+        // A call is never served on a retired VMSA (the replacement took the vCPU only
+        // with no call in service, and a call pins the VMSA its slot has): this guards
+        // that rule rather than meeting a case that happens.
         if svsm.vcpus.in_call_on(index, vmsa) {
             return Err(CallError::VcpuInUse);
         }
