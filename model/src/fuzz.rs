@@ -136,7 +136,7 @@ fn check_whole(w: &World) {
 fn assert_out_of_reach(w: &World, pfn: u64) {
     match &w.svm {
         Some(svm) => {
-            assert!(svm.host.npt.get(&pfn).is_none(), "nested paging maps page {:#x} for the guest", pfn << 12);
+            assert!(!svm.host.npt.contains_key(&pfn), "nested paging maps page {:#x} for the guest", pfn << 12);
             for t in svm.running.values() {
                 let asid = t.vcpu.vmcb.u32(abi::vmcb::offset::GUEST_ASID);
                 assert!(
