@@ -7,7 +7,8 @@
 //! - RDMSR/WRMSR: the MSR policy (`msr`): emulated or refused with #GP(0).
 //! - I/O: every port the map intercepts is the SVSM's (`iopm`): refused with #GP(0).
 //! - Nested page fault: the guest touched memory it has not validated, or SVSM memory:
-//!   logged, refused with #GP(0); the SVSM keeps serving.
+//!   logged, refused with #GP(0); the SVSM keeps serving. The same access refused
+//!   endlessly breaks the vCPU (`run::SAME_REFUSAL_LIMIT`).
 //! - VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, INVD: #UD.
 //! - HLT: a yield to the next vCPU of the same CPU (the guest has no interrupts to wait
 //!   for); with no other vCPU there, the guest goes on at once.

@@ -236,6 +236,10 @@ pub struct SvmVcpu<P> {
     pub stopped: bool,
     /// Which vCPU it is among those that had its index (set by `Slots::insert`).
     pub serial: u64,
+    /// The last access refused to it (RIP, gpa) and how often in a row
+    /// ([`SvmVcpu::refused_again`]).
+    pub last_refusal: (u64, u64),
+    pub refusals_in_a_row: u32,
 }
 
 fn controls<P: PageMem>(vmcb: &mut Vmcb<P>, c: Controls, asid: u32) {
@@ -287,6 +291,8 @@ impl<P: PageMem> SvmVcpu<P> {
             virtual_tom: 0,
             stopped: false,
             serial: 0,
+            last_refusal: (0, 0),
+            refusals_in_a_row: 0,
         }
     }
 
@@ -309,6 +315,8 @@ impl<P: PageMem> SvmVcpu<P> {
             virtual_tom: state.virtual_tom,
             stopped: false,
             serial: 0,
+            last_refusal: (0, 0),
+            refusals_in_a_row: 0,
         })
     }
 
@@ -372,6 +380,18 @@ impl<P: PageMem> SvmVcpu<P> {
     pub fn inject_gp(&mut self) {
         self.vmcb
             .set_u64(offset::EVENT_INJ, event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID);
+    }
+
+    /// Count a refused access at `rip` to `gpa`: how many times in a row this vCPU has
+    /// been refused that same access (1 for a new one).
+    pub fn refused_again(&mut self, rip: u64, gpa: u64) -> u32 {
+        if self.last_refusal == (rip, gpa) {
+            self.refusals_in_a_row = self.refusals_in_a_row.saturating_add(1);
+        } else {
+            self.last_refusal = (rip, gpa);
+            self.refusals_in_a_row = 1;
+        }
+        self.refusals_in_a_row
     }
 
     /// #UD on the next VMRUN: the instruction does not exist for the guest.

@@ -160,6 +160,26 @@ fn refusals_cannot_flood_the_log() {
     assert_eq!(lines, 32 + 2, "1..=32, 100, 200");
 }
 
+/// A vCPU refused the same access at the same RIP SAME_REFUSAL_LIMIT times in a row
+/// makes no progress (seen once under QEMU: a vCPU running on the SVSM's own state, whose
+/// #GP could never be delivered, looped for two minutes): it is broken, and for the
+/// startup vCPU that ends the run with a clear reason. Refusals of different accesses, or
+/// fewer in a row, keep it running.
+#[test]
+fn a_vcpu_refused_the_same_access_endlessly_is_broken() {
+    let mut w = world();
+    let at = |gpa| Step { code: code::NPF, info2: gpa, ..Step::default() };
+    for i in 0..SAME_REFUSAL_LIMIT * 2 {
+        // Two accesses taking turns: never the same one twice in a row.
+        assert_eq!(w.run(&[at(0x100_0000 + u64::from(i % 2) * 0x1000)]), Ok(true));
+    }
+    for _ in 1..SAME_REFUSAL_LIMIT {
+        assert_eq!(w.run(&[at(0x100_0000)]), Ok(true));
+    }
+    assert!(w.run(&[at(0x100_0000)]).is_err(), "the startup vCPU is broken: the run ends");
+    assert!(w.p.hw.logged("times in a row"));
+}
+
 /// RDMSR of the calling-area MSR reads the vCPU's calling area from the kernel; a
 /// refused WRMSR injects #GP(0).
 #[test]
