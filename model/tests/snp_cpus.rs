@@ -162,20 +162,7 @@ fn a_core_call_on_another_cpu_completes_while_one_waits_for_the_psp() {
         let mut parts = TwoCpus::new();
         let log = Arc::new(Mutex::new(Cpu1Log::default()));
         parts.host.meanwhile = Some(cpu1_meanwhile(&parts, exit::EXT_GUEST_REQUEST, log.clone()));
-        let (op, report, nonce, manifest, certs) =
-            (SCRATCH + 0x30_000, SCRATCH + 0x31_000, SCRATCH + 0x32_000, SCRATCH + 0x33_000, SCRATCH + 0x34_000);
-        let record = |gpa, len| abi::attest::BufferRecord { gpa, len, reserved: 0 };
-        let request = abi::attest::AttestServicesOp {
-            report: record(report, 0x1000),
-            nonce: record(nonce, 64),
-            manifest: record(manifest, 0x1000),
-            certificates: record(certs, 0x4000),
-        };
-        let mut c = parts.client(VcpuIndex::STARTUP, STARTUP_CA_GPA);
-        c.transport.write(nonce, &[0x5A; 64]).unwrap();
-        c.transport.write(op, zerocopy::IntoBytes::as_bytes(&request)).unwrap();
-        let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
-        let out = c.issue(Regs { rax, rcx: op, rdx: u64::MAX, r8: u64::MAX, r9: 0 }).expect("the call completes");
+        let out = attest_from(&mut parts, VcpuIndex::STARTUP, STARTUP_CA_GPA);
         assert_eq!(ResultCode::from_rax(out.rax), ResultCode::SUCCESS, "vCPU 0 got its report");
         assert!(out.rdx > 0, "with the host's certificates");
         check_cpu1(&parts, &log, 1);
@@ -330,6 +317,26 @@ fn a_second_guest_request_meanwhile_is_refused_without_waiting() {
     });
 }
 
+/// vCPU 1 asks for an attestation report; while its call waits for the PSP (the host's
+/// EXT_GUEST_REQUEST exit), vCPU 0 makes its own call (`meanwhile`). vCPU 1's call must be
+/// answered; returns what vCPU 0's call got.
+fn while_vcpu1_waits_for_the_psp(
+    parts: &mut TwoCpus,
+    meanwhile: impl Fn(&mut Client<SnpGuest<'_>>) -> Result<(), guest::CallError> + Send + 'static,
+) -> Vec<Result<(), guest::CallError>> {
+    let got: Arc<Mutex<Vec<Result<(), guest::CallError>>>> = Arc::default();
+    let (shared, svsm, seen) = (parts.shared.clone(), parts.svsm, got.clone());
+    let run = move |m: &mut Machine, h: &mut SnpHost| {
+        let guest =
+            SnpGuest { machine: &mut *m, host: &mut *h, shared: shared.clone(), svsm, vcpu: VcpuIndex::STARTUP };
+        seen.lock().unwrap().push(meanwhile(&mut Client::new(guest, STARTUP_CA_GPA)));
+    };
+    parts.host.meanwhile = Some(Meanwhile { exit_code: exit::EXT_GUEST_REQUEST, run: Box::new(run) });
+    let out = attest_from(parts, VCPU1, VCPU1_CA);
+    assert_eq!(ResultCode::from_rax(out.rax), ResultCode::SUCCESS, "vCPU 1's call was answered");
+    got.lock().unwrap().clone()
+}
+
 /// DELETE_VCPU of a vCPU whose call is in service (here vCPU 1's attestation, waiting for
 /// the PSP) is refused with CORE_VCPU_IN_USE: the SVSM still has to write the answer into
 /// that vCPU's VMSA and calling area, which a deletion would have handed back to the guest
@@ -339,21 +346,9 @@ fn a_second_guest_request_meanwhile_is_refused_without_waiting() {
 fn a_vcpu_whose_call_is_in_service_is_not_deleted_under_it() {
     within_20_seconds(|| {
         let mut parts = TwoCpus::new();
-        let deleted: Arc<Mutex<Vec<Result<(), guest::CallError>>>> = Arc::default();
-        let (shared, svsm, seen) = (parts.shared.clone(), parts.svsm, deleted.clone());
-        let run = move |m: &mut Machine, h: &mut SnpHost| {
-            let guest =
-                SnpGuest { machine: &mut *m, host: &mut *h, shared: shared.clone(), svsm, vcpu: VcpuIndex::STARTUP };
-            seen.lock().unwrap().push(Client::new(guest, STARTUP_CA_GPA).delete_vcpu(VCPU1_VMSA));
-        };
-        parts.host.meanwhile = Some(Meanwhile { exit_code: exit::EXT_GUEST_REQUEST, run: Box::new(run) });
-        let out = attest_from(&mut parts, VCPU1, VCPU1_CA);
-        assert_eq!(ResultCode::from_rax(out.rax), ResultCode::SUCCESS, "vCPU 1's call was answered");
-        assert_eq!(
-            *deleted.lock().unwrap(),
-            [Err(guest::CallError::Failed(ResultCode::CORE_VCPU_IN_USE))],
-            "the deletion meanwhile was refused"
-        );
+        let deleted = while_vcpu1_waits_for_the_psp(&mut parts, |c| c.delete_vcpu(VCPU1_VMSA));
+        let in_use = Err(guest::CallError::Failed(ResultCode::CORE_VCPU_IN_USE));
+        assert_eq!(deleted, [in_use], "the deletion meanwhile was refused");
         assert_eq!(parts.svsm.vcpus().get(VCPU1).map(|v| v.vmsa.raw()), Some(VCPU1_VMSA), "vCPU 1 is still there");
         parts.client(VcpuIndex::STARTUP, STARTUP_CA_GPA).delete_vcpu(VCPU1_VMSA).expect("deleted once answered");
         assert!(parts.svsm.vcpus().get(VCPU1).is_none());
@@ -369,21 +364,9 @@ fn a_vcpu_whose_call_is_in_service_is_not_deleted_under_it() {
 fn a_vcpu_whose_call_is_in_service_is_not_replaced_under_it() {
     within_20_seconds(|| {
         let mut parts = TwoCpus::new();
-        let replaced: Arc<Mutex<Vec<Result<(), guest::CallError>>>> = Arc::default();
-        let (shared, svsm, seen) = (parts.shared.clone(), parts.svsm, replaced.clone());
-        let run = move |m: &mut Machine, h: &mut SnpHost| {
-            let guest =
-                SnpGuest { machine: &mut *m, host: &mut *h, shared: shared.clone(), svsm, vcpu: VcpuIndex::STARTUP };
-            seen.lock().unwrap().push(Client::new(guest, STARTUP_CA_GPA).create_vcpu(VCPU2_VMSA, VCPU2_CA, 1));
-        };
-        parts.host.meanwhile = Some(Meanwhile { exit_code: exit::EXT_GUEST_REQUEST, run: Box::new(run) });
-        let out = attest_from(&mut parts, VCPU1, VCPU1_CA);
-        assert_eq!(ResultCode::from_rax(out.rax), ResultCode::SUCCESS, "vCPU 1's call was answered");
-        assert_eq!(
-            *replaced.lock().unwrap(),
-            [Err(guest::CallError::Failed(ResultCode::CORE_VCPU_IN_USE))],
-            "the replacement meanwhile was refused"
-        );
+        let replaced = while_vcpu1_waits_for_the_psp(&mut parts, |c| c.create_vcpu(VCPU2_VMSA, VCPU2_CA, 1));
+        let in_use = Err(guest::CallError::Failed(ResultCode::CORE_VCPU_IN_USE));
+        assert_eq!(replaced, [in_use], "the replacement meanwhile was refused");
         assert_eq!(parts.svsm.vcpus().get(VCPU1).map(|v| v.vmsa.raw()), Some(VCPU1_VMSA), "still on its VMSA");
         parts.client(VcpuIndex::STARTUP, STARTUP_CA_GPA).create_vcpu(VCPU2_VMSA, VCPU2_CA, 1).expect("replaced");
         assert_eq!(parts.svsm.vcpus().get(VCPU1).map(|v| v.vmsa.raw()), Some(VCPU2_VMSA));
@@ -405,6 +388,7 @@ fn attest_from(parts: &mut TwoCpus, vcpu: VcpuIndex, ca: u64) -> Regs {
         certificates: record(certs, 0x4000),
     };
     let mut c = parts.client(vcpu, ca);
+    c.transport.write(nonce, &[0x5A; 64]).unwrap();
     c.transport.write(op, zerocopy::IntoBytes::as_bytes(&request)).unwrap();
     let rax = CallId::new(ProtocolId::ATTEST, attest_call::ATTEST_SERVICES).to_rax();
     c.issue(Regs { rax, rcx: op, rdx: u64::MAX, r8: u64::MAX, r9: 0 }).expect("the call completes")
