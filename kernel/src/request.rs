@@ -48,10 +48,10 @@ impl Svsm {
     /// read from its own slot, so a call that touches nothing else takes no lock another
     /// CPU's call needs.
     pub fn handle_entry<P: Platform + ?Sized>(&self, p: &mut P, vcpu: VcpuIndex) -> EntryOutcome {
-        // Pinned until answered: DELETE_VCPU cannot hand the VMSA or the calling area
-        // back to the guest while the answer is still to be written into them.
+        // Pinned until answered: neither DELETE_VCPU nor a replacement can hand the VMSA
+        // or the calling area back to the guest while the answer is still due in them.
         let Some((v, _in_call)) = self.vcpus.begin_call(vcpu) else {
-            log!(p, Warn, "entry for unknown vCPU {} (or one being deleted, or in a call already)", vcpu.0);
+            log!(p, Warn, "entry for unknown vCPU {} (or one being deleted or replaced, or in a call already)", vcpu.0);
             return EntryOutcome::UnknownVcpu;
         };
         let (vmsa, ca) = (v.vmsa, v.calling_area);

@@ -119,8 +119,8 @@ impl Drop for InCall<'_> {
     }
 }
 
-/// DELETE_VCPU taking a vCPU ([`VcpuRegistry::begin_removal`]): no call of its slot
-/// starts until dropped.
+/// DELETE_VCPU or a replacement taking a vCPU ([`VcpuRegistry::begin_removal`]): no
+/// call of its slot starts until dropped.
 #[derive(Debug)]
 pub struct Leaving<'a>(&'a AtomicU64);
 
