@@ -121,21 +121,6 @@ fn err(e: SysError) -> Outcome {
     Outcome::Return(e.to_rax())
 }
 
-/// Calls a BATCH may hold: the ones that finish at once and leave the thread running.
-fn batchable(number: u64) -> bool {
-    matches!(
-        number,
-        sys::MMAP
-            | sys::MUNMAP
-            | sys::CLOSE
-            | sys::CAPABILITIES
-            | sys::LOG
-            | sys::CLOCK
-            | sys::GETRANDOM
-            | sys::CHANNEL_REPLY
-    )
-}
-
 impl Process {
     pub fn new(id: u32, page_quota: u64) -> Self {
         Self { id, handles: HandleTable::default(), mappings: Mappings::default(), page_quota, threads: 1, batch: None }
@@ -210,14 +195,15 @@ impl Process {
             },
             sys::BATCH => self.batch(space, services, a0, a1, a2).map_or_else(err, Outcome::Return),
             sys::CHANNEL_RECEIVE => self.receive(space, a0, a1, a2),
-            _ => Outcome::Return(self.immediate(space, services, call)),
+            // EXEC, OPEN_PHYSMEM and the VM objects are not served yet (docs/syscalls.md).
+            _ => Outcome::Return(self.immediate(space, services, call).unwrap_or(SysError::NoSys.to_rax())),
         }
     }
 
-    /// A call that finishes at once and leaves the thread running (the [`batchable`]
-    /// ones; anything else here is ENOSYS): its RAX. BATCH runs its records through this
-    /// directly, without [`Outcome`].
-    fn immediate(&mut self, space: &mut dyn AddressSpace, services: &mut dyn Services, call: Call) -> u64 {
+    /// A call that finishes at once and leaves the thread running: its RAX, or `None` for
+    /// any other number. These, and only these, are the calls a BATCH may hold; it runs
+    /// its records through here directly, without [`Outcome`].
+    fn immediate(&mut self, space: &mut dyn AddressSpace, services: &mut dyn Services, call: Call) -> Option<u64> {
         let [a0, a1, a2, a3, a4] = call.args;
         let result = match call.number {
             sys::MMAP => self.mmap(space, a0, a1, a2, a3, a4),
@@ -240,10 +226,9 @@ impl Process {
             sys::CLOCK => Ok(services.clock_ns()),
             sys::GETRANDOM => self.getrandom(space, services, a0, a1),
             sys::CHANNEL_REPLY => self.reply(space, a0, a1, a2).map(|()| 0),
-            // EXEC, OPEN_PHYSMEM and the VM objects are not served yet (docs/syscalls.md).
-            _ => Err(SysError::NoSys),
+            _ => return None,
         };
-        result.unwrap_or_else(SysError::to_rax)
+        Some(result.unwrap_or_else(SysError::to_rax))
     }
 
     fn channel(&self, handle: u64) -> Result<&Arc<Channel>, SysError> {
@@ -422,11 +407,9 @@ impl Process {
         // Every byte of the records is read anew: nothing of an earlier BATCH is left.
         space.read(in_va, records.as_mut_bytes())?;
         for (r, out) in records.iter().zip(results.iter_mut()) {
-            let result = if batchable(r.number) {
-                self.immediate(space, services, Call { number: r.number, args: r.args })
-            } else {
-                SysError::Inval.to_rax()
-            };
+            // A call that blocks, ends or starts a thread, or is unknown: refused here.
+            let call = Call { number: r.number, args: r.args };
+            let result = self.immediate(space, services, call).unwrap_or(SysError::Inval.to_rax());
             *out = BatchOut { result, user_data: r.user_data };
         }
         // An MUNMAP in the batch may have taken the output away.
