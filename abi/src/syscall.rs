@@ -46,7 +46,9 @@ pub const THREAD_CREATE: u64 = nr(CLASS_CORE, 5);
 pub const WAIT_FOR_EVENT: u64 = nr(CLASS_CORE, 6);
 /// BATCH(in, out, count) -> records run.
 pub const BATCH: u64 = nr(CLASS_CORE, 7);
-/// OPEN_PHYSMEM(index) -> handle of the index-th range of guest memory.
+/// OPEN_PHYSMEM(index, info) -> handle of the index-th range of guest memory; writes the
+/// range as a [`PhysmemRange`] at `info`. MMAP of the handle maps pages of the range
+/// (`offset` from its base).
 pub const OPEN_PHYSMEM: u64 = nr(CLASS_CORE, 8);
 // Class 3.
 /// CAPABILITIES(index) -> value (index 0: how many indices follow).
@@ -139,6 +141,15 @@ pub mod caps {
     pub const PHYSMEM_RANGES: u64 = 3;
     pub const LAST: u64 = PHYSMEM_RANGES;
 }
+
+/// What OPEN_PHYSMEM writes: the guest-physical range the handle maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct PhysmemRange {
+    pub base: u64,
+    pub length: u64,
+}
+crate::assert_size!(PhysmemRange, 16);
 
 /// Most records one BATCH runs.
 pub const BATCH_MAX: u64 = 64;

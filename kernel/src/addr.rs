@@ -84,6 +84,10 @@ impl PageRange {
         start.checked_add_pages(pages)?;
         Some(Self { start, pages })
     }
+    /// The pages `[start, end)`; `None` if empty.
+    pub fn from_pfns(start: u64, end: u64) -> Option<Self> {
+        Self::new(PageAddr::from_pfn(start), end.checked_sub(start)?)
+    }
     /// The page range of a huge or small page starting at `start`; `None` if `start` is
     /// not aligned to the size.
     pub fn of_page(start: PageAddr, size: PageSize) -> Option<Self> {

@@ -31,6 +31,9 @@ pub enum AddressConflict {
     ParameterList,
     /// The secrets page, which the SVSM does not write for the guest.
     Secrets,
+    /// A service process maps the page (OPEN_PHYSMEM): it cannot be invalidated, taken by
+    /// the SVSM or become a VMSA or calling area until the mapping is gone.
+    MappedByService,
     /// The caller's VMPL may not access the page as the call needs (a less privileged
     /// VMPL naming memory of a more privileged one).
     NotCallers,

@@ -36,7 +36,7 @@ use crate::error::AddressConflict;
 use crate::vcpu::VcpuIndex;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::{Mutex, MutexGuard, RwLock};
 
 /// The role of a page the SVSM has taken from the guest.
@@ -64,11 +64,14 @@ pub enum LayoutError {
     NoMemory,
 }
 
-/// One stripe's records: the leaves of its mixed regions in both bitmaps.
+/// One stripe's records: the leaves of its mixed regions in both bitmaps, and the pages
+/// of its regions that service processes map (OPEN_PHYSMEM), by pfn, with how many
+/// mappings hold each.
 #[derive(Debug, Default)]
 struct Stripe {
     validated: StripePart,
     deposited: StripePart,
+    mapped: Vec<(u64, u32)>,
 }
 
 /// Buckets of the role hints (by region number).
@@ -99,6 +102,9 @@ pub struct PageTracker {
     /// do not show (`migration::dirty`). Checked with one atomic load otherwise.
     recording: AtomicBool,
     changed: Mutex<Option<ChangedPages>>,
+    /// Pages service processes map, in all stripes: while 0, no check of a change needs
+    /// to look at the stripes' `mapped` lists.
+    mapped_pages: AtomicU64,
 }
 
 /// The pages recorded as changed (one bit each, so a guest that makes the SVSM change
@@ -163,6 +169,7 @@ impl PageTracker {
             role_hints: crate::heap::boxed_array(|| AtomicU32::new(0)).ok_or(LayoutError::NoMemory)?,
             recording: AtomicBool::new(false),
             changed: Mutex::new(None),
+            mapped_pages: AtomicU64::new(0),
         };
         if !t.is_ram(svsm) {
             return Err(LayoutError::SvsmOutsideRam);
@@ -407,6 +414,98 @@ impl PageTracker {
             self.stripes.iter().map(|s| s.lock()).map(|s| s.validated.heap_bytes() + s.deposited.heap_bytes()).sum();
         self.validated.heap_bytes() + self.deposited.heap_bytes() + leaves + (self.roles.read().capacity() * 16) as u64
     }
+
+    /// The guest memory a service process may map (OPEN_PHYSMEM's ranges): guest RAM
+    /// without the SVSM's region, in address order; the `index`-th range.
+    pub fn guest_range(&self, index: usize) -> Option<PageRange> {
+        let svsm = self.svsm;
+        self.ram
+            .iter()
+            .flat_map(|r| {
+                let below = PageRange::from_pfns(r.start_pfn(), r.end_pfn().min(svsm.start_pfn()));
+                let above = PageRange::from_pfns(r.start_pfn().max(svsm.end_pfn()), r.end_pfn());
+                [below, above]
+            })
+            .flatten()
+            .nth(index)
+    }
+
+    /// How many ranges [`Self::guest_range`] has.
+    pub fn guest_range_count(&self) -> usize {
+        (0..).take_while(|i| self.guest_range(*i).is_some()).count()
+    }
+
+    /// A service process maps `page` (OPEN_PHYSMEM): it must be validated guest RAM the
+    /// SVSM has no claim on (not its region, not deposited, no VMSA, calling area or
+    /// secrets page), and while any mapping holds it, nothing may invalidate it, deposit
+    /// it or make it a VMSA or calling area ([`Held::check_unmapped`]): the process could
+    /// otherwise reach a page that became the SVSM's, or whose contents the guest gave up.
+    pub fn map_for_service(&self, page: PageAddr) -> Result<(), MapError> {
+        let one = PageRange::new(page, 1).ok_or(MapError::Refused(AddressConflict::NotRam))?;
+        let mut held = self.lock(page, page);
+        held.check_target(one).map_err(|(_, why)| MapError::Refused(why))?;
+        if !held.is_validated(page) {
+            return Err(MapError::Refused(AddressConflict::NotValidated));
+        }
+        held.with(region_of(page.pfn()), |pages, stripe| {
+            let mapped = &mut stripe.mapped;
+            match mapped.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn) {
+                Ok(i) => {
+                    let count = mapped.get_mut(i).map(|(_, n)| n).ok_or(MapError::NoRoom)?;
+                    *count = count.checked_add(1).ok_or(MapError::NoRoom)?;
+                }
+                Err(i) => {
+                    mapped.try_reserve(1).map_err(|_| MapError::NoRoom)?;
+                    mapped.insert(i, (page.pfn(), 1));
+                    pages.mapped_pages.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A mapping made with [`Self::map_for_service`] is gone.
+    pub fn unmap_for_service(&self, page: PageAddr) {
+        let mut held = self.lock(page, page);
+        held.with(region_of(page.pfn()), |pages, stripe| {
+            let mapped = &mut stripe.mapped;
+            if let Ok(i) = mapped.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn)
+                && let Some((_, count)) = mapped.get_mut(i)
+            {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    mapped.remove(i);
+                    pages.mapped_pages.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        });
+    }
+
+    /// Service mappings of all pages together (each page counted once per mapping).
+    pub fn service_mappings_total(&self) -> u64 {
+        self.stripes.iter().map(|s| s.lock().mapped.iter().map(|(_, n)| u64::from(*n)).sum::<u64>()).sum()
+    }
+
+    /// How many service mappings hold `page`.
+    pub fn service_mappings(&self, page: PageAddr) -> u32 {
+        let mut held = self.unlocked();
+        held.with(region_of(page.pfn()), |_, stripe| {
+            stripe
+                .mapped
+                .binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn)
+                .ok()
+                .and_then(|i| stripe.mapped.get(i))
+                .map_or(0, |(_, n)| *n)
+        })
+    }
+}
+
+/// Why [`PageTracker::map_for_service`] refused a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    Refused(AddressConflict),
+    /// The heap cannot hold the record (or one page is mapped 4 billion times).
+    NoRoom,
 }
 
 impl Held<'_> {
@@ -487,6 +586,27 @@ impl Held<'_> {
             Some((pfn, role)) => Err((PageAddr::from_pfn(pfn), conflict(role))),
             None => Ok(()),
         }
+    }
+
+    /// Check that no service process maps a page of `range` (see
+    /// [`PageTracker::map_for_service`]): for a call that would invalidate the pages,
+    /// take them for the SVSM, or make one a VMSA or calling area.
+    pub fn check_unmapped(&mut self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
+        if self.pages.mapped_pages.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let first_region = region_of(range.start_pfn());
+        let last_region = region_of(range.end_pfn() - 1);
+        for region in first_region..=last_region {
+            let found = self.with(region, |_, stripe| {
+                let at = stripe.mapped.partition_point(|(pfn, _)| *pfn < range.start_pfn());
+                stripe.mapped.get(at).map(|(pfn, _)| *pfn).filter(|pfn| *pfn < range.end_pfn())
+            });
+            if let Some(pfn) = found {
+                return Err((PageAddr::from_pfn(pfn), AddressConflict::MappedByService));
+            }
+        }
+        Ok(())
     }
 
     pub fn is_validated(&mut self, page: PageAddr) -> bool {

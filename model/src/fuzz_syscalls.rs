@@ -4,23 +4,41 @@
 //! channel (posting requests, taking replies) and with BATCH records built from the same
 //! vocabulary.
 //!
+//! The process may open guest memory (OPEN_PHYSMEM) over a page tracker with validated
+//! and unvalidated pages, an SVSM region and a VMSA in it.
+//!
 //! After every call it checks what must always hold: the kernel's record of the process's
 //! mappings and the pages actually mapped agree (the hosted space also panics on a double
-//! map or an unmap of nothing), the quota and handle limits hold, and a process that
-//! exited holds nothing. A panic anywhere is a finding. Used by the cargo-fuzz target
+//! map or an unmap of nothing), the quota and handle limits hold, the tracker holds
+//! exactly the guest pages the process maps and never a page the SVSM has a claim on,
+//! and a process that exited holds nothing. A panic anywhere is a finding. Used by the cargo-fuzz target
 //! `syscalls` and by a hosted smoke test on random inputs.
 
 use crate::fuzz::Input;
 use crate::user_host::{HostServices, HostSpace};
 use abi::syscall::{self as sys, BatchIn};
+use kernel::addr::{PageAddr, PageRange};
+use kernel::pages::{PageRole, PageTracker};
 use kernel::user::channel::Channel;
 use kernel::user::handles::MAX_HANDLES;
 use kernel::user::memory::{MMAP_BASE, USER_BOTTOM, USER_TOP};
 use kernel::user::{Call, Object, Outcome, Process};
+use kernel::vcpu::VcpuIndex;
 use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 const QUOTA: u64 = 48;
+
+/// Guest RAM of the fuzzed tracker: 0..16 MiB and 32..34 MiB, the SVSM at 8..9 MiB.
+fn tracker() -> PageTracker {
+    let range = |pfn: u64, pages: u64| PageRange::new(PageAddr::from_pfn(pfn), pages).expect("a range");
+    let t = PageTracker::new(&[range(0, 4096), range(8192, 512)], range(2048, 256), 8).expect("the layout");
+    // Validated: the first 4 MiB and the second range; a VMSA at 1 MiB.
+    t.record_validated(range(0, 1024), true).expect("room");
+    t.record_validated(range(8192, 512), true).expect("room");
+    t.set_role(PageAddr::from_pfn(256), PageRole::Vmsa(VcpuIndex(1))).expect("room");
+    t
+}
 
 const NUMBERS: [u64; 16] = [
     sys::WAIT_FOR_EVENT,
@@ -69,8 +87,10 @@ pub fn run_syscalls(data: &[u8]) {
     let channel = Arc::new(Channel::default());
     let mut process = Process::new(1, QUOTA);
     process.grant(Object::Channel(channel.clone()));
+    process.allow_physmem();
     let mut space = HostSpace::default();
     let mut services = HostServices::default();
+    services.guest = Some(tracker());
     let mut mapped: Vec<u64> = Vec::new();
     let mut exited = false;
     while !input.done() && !exited {
@@ -115,6 +135,25 @@ pub fn run_syscalls(data: &[u8]) {
                     mapped.push(va);
                 }
             }
+            // A well-formed OPEN_PHYSMEM with its info in the process's memory, then an
+            // MMAP of it (some pages of it validated, some not, one a VMSA).
+            5 if !mapped.is_empty() => {
+                let info = mapped[usize::from(input.u8()) % mapped.len()];
+                let open = Call { number: sys::OPEN_PHYSMEM, args: [u64::from(input.u8() % 3), info, 0, 0, 0] };
+                if let Outcome::Return(handle) = process.syscall(&mut space, &mut services, open)
+                    && sys::SysError::from_rax(handle).is_none()
+                {
+                    let flags = [sys::map::READ, sys::map::READ | sys::map::WRITE][usize::from(input.u8() % 2)];
+                    let offset = u64::from(input.u8()) * 5 * 4096;
+                    let len = u64::from(input.u8() % 8 + 1) * 4096;
+                    let call = Call { number: sys::MMAP, args: [handle, 0, offset, len, flags] };
+                    if let Outcome::Return(va) = process.syscall(&mut space, &mut services, call)
+                        && sys::SysError::from_rax(va).is_none()
+                    {
+                        mapped.push(va);
+                    }
+                }
+            }
             4 if !mapped.is_empty() => {
                 let at = mapped[usize::from(input.u8()) % mapped.len()] + u64::from(input.u8() % 8) * 4096;
                 let len = u64::from(input.u8() % 8 + 1) * 4096;
@@ -137,18 +176,33 @@ pub fn run_syscalls(data: &[u8]) {
                 }
             }
         }
-        check(&process, &space);
+        check(&process, &space, &services);
     }
-    process.end(&mut space);
+    process.end(&mut space, &services);
     assert_eq!(space.page_count(), 0, "an ended process left pages mapped");
+    let guest = services.guest.as_ref().map_or(0, PageTracker::service_mappings_total);
+    assert_eq!(guest, 0, "an ended process left guest pages held");
     assert_eq!(process.handle_count(), 0, "an ended process left handles open");
     assert!(channel.is_closed(), "an ended process left its channel open");
 }
 
-fn check(process: &Process, space: &HostSpace) {
+fn check(process: &Process, space: &HostSpace, services: &HostServices) {
     let recorded = process.mappings().pages();
     assert_eq!(recorded, space.page_count() as u64, "the kernel's mapping record and the page tables disagree");
-    assert!(recorded <= QUOTA, "the process holds {recorded} pages, over its quota");
+    let guest = process.guest_pages();
+    assert!(recorded - guest <= QUOTA, "the process holds {} pages of its own, over its quota", recorded - guest);
+    assert!(guest <= kernel::user::MAX_GUEST_PAGES);
+    let guest_mapped: u64 = process.mappings().iter().filter_map(|(_, m)| m.guest.map(|_| m.pages)).sum();
+    assert_eq!(guest, guest_mapped, "the process's count of guest pages is wrong");
+    if let Some(t) = &services.guest {
+        assert_eq!(t.service_mappings_total(), guest, "the tracker holds other guest pages than the process maps");
+        for (_, m) in process.mappings().iter() {
+            let Some(gpa) = m.guest else { continue };
+            let pages = PageRange::new(PageAddr::from_pfn(gpa >> 12), m.pages).expect("a mapped range");
+            assert!(t.check_target(pages).is_ok(), "a process maps a page the SVSM has a claim on");
+            assert!(t.all_validated(pages), "a process maps a page the guest has not validated");
+        }
+    }
     assert!(process.handle_count() <= MAX_HANDLES);
     let mut last_end = 0;
     for (start, m) in process.mappings().iter() {

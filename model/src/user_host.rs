@@ -12,6 +12,7 @@
 //! the command goes over a channel to the service, the answer comes back the same way.
 
 use abi::syscall::{self as sys, SysError};
+use kernel::pages::PageTracker;
 use kernel::user::channel::Channel;
 use kernel::user::memory::{AddressSpace, Prot};
 use kernel::user::service_tpm::{ServiceTpm, StartError};
@@ -72,6 +73,13 @@ impl AddressSpace for HostSpace {
         Ok(())
     }
 
+    /// A hosted program cannot reach the model's guest memory: it gets zeroed stand-in
+    /// pages with the permissions asked for. What the model checks is the kernel's side
+    /// (which pages may be mapped, and that the guest cannot take them while mapped).
+    fn map_guest(&mut self, va: u64, _gpa: u64, pages: u64, prot: Prot) -> Result<(), SysError> {
+        self.map_zeroed(va, pages, prot)
+    }
+
     fn unmap(&mut self, va: u64, pages: u64) {
         let mut map = self.pages();
         for i in 0..pages {
@@ -99,17 +107,18 @@ impl AddressSpace for HostSpace {
 }
 
 /// The kernel's services for hosted processes: a monotonic clock, a seeded generator,
-/// and the log lines kept for tests.
+/// the log lines kept for tests, and guest memory to map if a test gives some.
 #[derive(Debug)]
 pub struct HostServices {
     start: Instant,
     state: u64,
     pub lines: Vec<(u32, String)>,
+    pub guest: Option<PageTracker>,
 }
 
 impl Default for HostServices {
     fn default() -> Self {
-        Self { start: Instant::now(), state: 0x9e37_79b9_7f4a_7c15, lines: Vec::new() }
+        Self { start: Instant::now(), state: 0x9e37_79b9_7f4a_7c15, lines: Vec::new(), guest: None }
     }
 }
 
@@ -139,6 +148,10 @@ impl Services for HostServices {
 
     fn features(&self) -> u64 {
         1
+    }
+
+    fn guest_pages(&self) -> Option<&PageTracker> {
+        self.guest.as_ref()
     }
 }
 
@@ -310,7 +323,7 @@ impl HostedProcess {
 
     fn finish(&mut self, state: RunState) -> RunState {
         let mut space = self.space.clone();
-        self.process.end(&mut space);
+        self.process.end(&mut space, &self.services);
         self.state = Some(state.clone());
         state
     }

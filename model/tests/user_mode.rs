@@ -464,7 +464,7 @@ fn modules_that_break_the_rules_are_refused_whole() {
         let mut process = kernel::user::Process::new(1, 64);
         let mut space = bulwark_model::user_host::HostSpace::default();
         assert_eq!(kernel::user::loader::load(&mut process, &mut space, image, 0), Err(*expected), "case {i}");
-        process.end(&mut space);
+        process.end(&mut space, &bulwark_model::user_host::HostServices::default());
         assert_eq!(space.page_count(), 0, "case {i}: a refused module leaves nothing mapped once the process ends");
     }
     // A segment whose file bytes lie beyond the file.

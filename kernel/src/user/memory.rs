@@ -43,7 +43,12 @@ pub trait AddressSpace {
         self.map_zeroed(va, pages, prot)?;
         self.fill(va, bytes)
     }
-    /// Unmap pages mapped before (freeing their frames).
+    /// Map the guest's pages `[gpa, gpa + pages * 4 KiB)` at `va` (page aligned,
+    /// unmapped, in the user half) with `prot`, never executable; all or nothing. The
+    /// kernel has checked the pages and holds them for the mapping
+    /// (`PageTracker::map_for_service`).
+    fn map_guest(&mut self, va: u64, gpa: u64, pages: u64, prot: Prot) -> Result<(), SysError>;
+    /// Unmap pages mapped before (freeing their frames; guest pages are only unmapped).
     fn unmap(&mut self, va: u64, pages: u64);
     /// Fill pages the kernel has just mapped for the process (a module's segments),
     /// whatever their protection.
@@ -69,13 +74,25 @@ pub struct Mappings {
 pub struct Mapping {
     pub pages: u64,
     pub prot: Prot,
+    /// The guest-physical address of the first page, for guest memory (OPEN_PHYSMEM).
+    pub guest: Option<u64>,
 }
 
 impl Mapping {
     fn end(&self, start: u64) -> u64 {
         start.saturating_add(self.pages.saturating_mul(PAGE_SIZE))
     }
+
+    /// The part of the mapping from `start` that begins `skip` pages later (the guest
+    /// address moves along with it).
+    fn tail(&self, skip: u64, pages: u64) -> Self {
+        let guest = self.guest.map(|gpa| gpa.saturating_add(skip.saturating_mul(PAGE_SIZE)));
+        Self { pages, prot: self.prot, guest }
+    }
 }
+
+/// Guest pages `[gpa, gpa + pages * 4 KiB)` an unmap took out of a process.
+pub type Released<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// Pages in `len` bytes, rounded up; `None` for 0 or a length past the user half.
 pub fn pages_in(len: u64) -> Option<u64> {
@@ -107,7 +124,10 @@ impl Mappings {
         self.sorted.get(i).copied().filter(|(s, m)| m.end(*s) > va)
     }
 
-    /// Is `[va, va + len)` all mapped (and writable, if `write`)? Zero bytes are always.
+    /// Is `[va, va + len)` all mapped (and writable, if `write`) memory the kernel may
+    /// copy to or from for the process? Guest memory is not: the kernel never copies
+    /// through a process's view of the guest (the guest changes it under the copy, and
+    /// the SVSM's own calls have their own checks). Zero bytes are always.
     pub fn check(&self, va: u64, len: u64, write: bool) -> Result<(), SysError> {
         if len == 0 {
             return Ok(());
@@ -116,7 +136,7 @@ impl Mappings {
         let mut at = va;
         while at < end {
             let (start, m) = self.at(at).ok_or(SysError::Fault)?;
-            if write && !m.prot.write {
+            if (write && !m.prot.write) || m.guest.is_some() {
                 return Err(SysError::Fault);
             }
             at = m.end(start);
@@ -130,9 +150,12 @@ impl Mappings {
     }
 
     /// Unmap everything (a process that ends).
-    pub fn clear(&mut self, space: &mut dyn AddressSpace) {
+    pub fn clear(&mut self, space: &mut dyn AddressSpace, released: Released<'_>) {
         for (start, m) in self.sorted.drain(..) {
             space.unmap(start, m.pages);
+            if let Some(gpa) = m.guest {
+                released(gpa, m.pages);
+            }
         }
         self.pages = 0;
     }
@@ -168,10 +191,39 @@ impl Mappings {
             return Err(SysError::NoMem);
         }
         space.map_zeroed(va, pages, prot)?;
-        let at = self.sorted.partition_point(|(s, _)| *s < va);
-        self.sorted.insert(at, (va, Mapping { pages, prot }));
-        self.pages += pages;
+        self.insert(va, Mapping { pages, prot, guest: None });
         Ok(())
+    }
+
+    /// Record and map the guest's pages from `gpa` at `va` ([`AddressSpace::map_guest`]).
+    pub fn map_guest(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        va: u64,
+        gpa: u64,
+        pages: u64,
+        prot: Prot,
+    ) -> Result<(), SysError> {
+        let end = user_range(va, pages)?;
+        if prot.exec {
+            return Err(SysError::Perm);
+        }
+        if self.first_overlap(va, end).is_some() {
+            return Err(SysError::Exist);
+        }
+        if self.sorted.len() >= MAX_MAPPINGS || self.sorted.try_reserve(1).is_err() {
+            return Err(SysError::NoMem);
+        }
+        space.map_guest(va, gpa, pages, prot)?;
+        self.insert(va, Mapping { pages, prot, guest: Some(gpa) });
+        Ok(())
+    }
+
+    /// Add a mapping the checks above made room for.
+    fn insert(&mut self, va: u64, mapping: Mapping) {
+        let at = self.sorted.partition_point(|(s, _)| *s < va);
+        self.sorted.insert(at, (va, mapping));
+        self.pages += mapping.pages;
     }
 
     /// Record and map `bytes` of the SVSM's image at `va`, read-only ([`AddressSpace::share`]).
@@ -194,15 +246,19 @@ impl Mappings {
             return Err(SysError::NoMem);
         }
         space.share(va, bytes, prot)?;
-        let at = self.sorted.partition_point(|(s, _)| *s < va);
-        self.sorted.insert(at, (va, Mapping { pages, prot }));
-        self.pages += pages;
+        self.insert(va, Mapping { pages, prot, guest: None });
         Ok(())
     }
 
     /// Unmap every page of `[va, va + pages)` that is mapped, splitting mappings that
-    /// reach outside it.
-    pub fn unmap(&mut self, space: &mut dyn AddressSpace, va: u64, pages: u64) -> Result<(), SysError> {
+    /// reach outside it; the guest pages unmapped go to `released`.
+    pub fn unmap(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        va: u64,
+        pages: u64,
+        released: Released<'_>,
+    ) -> Result<(), SysError> {
         let end = user_range(va, pages)?;
         // A cut inside one mapping leaves two: make room first, so nothing is half done.
         if self.sorted.try_reserve(1).is_err() {
@@ -216,15 +272,19 @@ impl Mappings {
             let m_end = m.end(start);
             let (cut_from, cut_to) = (start.max(va), m_end.min(end));
             let cut = (cut_to - cut_from) / PAGE_SIZE;
+            let before = (cut_from - start) / PAGE_SIZE;
             space.unmap(cut_from, cut);
+            if let Some(gpa) = m.tail(before, cut).guest {
+                released(gpa, cut);
+            }
             self.pages -= cut;
             let mut at = i;
             if start < cut_from {
-                self.sorted.insert(at, (start, Mapping { pages: (cut_from - start) / PAGE_SIZE, prot: m.prot }));
+                self.sorted.insert(at, (start, m.tail(0, before)));
                 at += 1;
             }
             if cut_to < m_end {
-                self.sorted.insert(at, (cut_to, Mapping { pages: (m_end - cut_to) / PAGE_SIZE, prot: m.prot }));
+                self.sorted.insert(at, (cut_to, m.tail((cut_to - start) / PAGE_SIZE, (m_end - cut_to) / PAGE_SIZE)));
             }
         }
         Ok(())
@@ -259,6 +319,9 @@ mod tests {
                 assert!(self.0.insert(va + p * PAGE_SIZE));
             }
             Ok(())
+        }
+        fn map_guest(&mut self, va: u64, _: u64, pages: u64, prot: Prot) -> Result<(), SysError> {
+            self.map_zeroed(va, pages, prot)
         }
         fn unmap(&mut self, va: u64, pages: u64) {
             for p in 0..pages {
@@ -308,25 +371,51 @@ mod tests {
         assert_eq!(m.check(0, 0, true), Ok(()));
     }
 
+    /// For mappings without guest pages: nothing is ever released.
+    fn none(_: u64, _: u64) {
+        panic!("no guest page was mapped");
+    }
+
     #[test]
     fn an_unmap_that_would_split_past_the_limit_changes_nothing() {
         let (mut m, mut s) = (Mappings::default(), Pages::default());
+        let mut none = none;
         for i in 0..MAX_MAPPINGS as u64 {
             m.map(&mut s, MMAP_BASE + i * 8 * PAGE_SIZE, 4, RW).unwrap();
         }
         assert_eq!(m.map(&mut s, USER_BOTTOM, 1, RW), Err(SysError::NoMem));
         let before = m.pages();
-        assert_eq!(m.unmap(&mut s, MMAP_BASE + PAGE_SIZE, 1), Err(SysError::NoMem));
+        assert_eq!(m.unmap(&mut s, MMAP_BASE + PAGE_SIZE, 1, &mut none), Err(SysError::NoMem));
         assert_eq!((m.pages(), s.0.len() as u64), (before, before));
         // Cutting an end does not add a mapping, so it is allowed.
-        m.unmap(&mut s, MMAP_BASE, 1).unwrap();
+        m.unmap(&mut s, MMAP_BASE, 1, &mut none).unwrap();
         assert_eq!((m.pages(), s.0.len() as u64), (before - 1, before - 1));
         // One range across many mappings, cutting into the first and the last.
-        m.unmap(&mut s, MMAP_BASE + 2 * PAGE_SIZE, 24).unwrap();
+        m.unmap(&mut s, MMAP_BASE + 2 * PAGE_SIZE, 24, &mut none).unwrap();
         let left: alloc::vec::Vec<_> = m.iter().take(4).map(|(s, mp)| (s - MMAP_BASE, mp.pages)).collect();
         assert_eq!(left, [(PAGE_SIZE, 1), (26 * PAGE_SIZE, 2), (32 * PAGE_SIZE, 4), (40 * PAGE_SIZE, 4)]);
         assert_eq!(m.pages(), s.0.len() as u64);
-        m.clear(&mut s);
+        m.clear(&mut s, &mut none);
         assert!(s.0.is_empty() && m.pages() == 0);
+    }
+
+    #[test]
+    fn guest_memory_is_never_a_copy_buffer_and_its_pieces_keep_their_guest_addresses() {
+        let (mut m, mut s) = (Mappings::default(), Pages::default());
+        let gpa = 0x20_0000;
+        assert_eq!(m.map_guest(&mut s, MMAP_BASE, gpa, 4, Prot { write: false, exec: true }), Err(SysError::Perm));
+        m.map_guest(&mut s, MMAP_BASE, gpa, 4, RW).unwrap();
+        // Mapped and writable, yet no system call may use it as a buffer.
+        assert_eq!(m.check(MMAP_BASE, 8, false), Err(SysError::Fault));
+        assert!(!m.is_executable(MMAP_BASE));
+        let mut released = alloc::vec::Vec::new();
+        // The middle two pages: the pieces left are the first and the last page.
+        m.unmap(&mut s, MMAP_BASE + PAGE_SIZE, 2, &mut |g, n| released.push((g, n))).unwrap();
+        assert_eq!(released, [(gpa + PAGE_SIZE, 2)]);
+        let left: alloc::vec::Vec<_> = m.iter().map(|(v, mp)| (v - MMAP_BASE, mp.guest)).collect();
+        assert_eq!(left, [(0, Some(gpa)), (3 * PAGE_SIZE, Some(gpa + 3 * PAGE_SIZE))]);
+        m.clear(&mut s, &mut |g, n| released.push((g, n)));
+        assert_eq!(released, [(gpa + PAGE_SIZE, 2), (gpa, 1), (gpa + 3 * PAGE_SIZE, 1)]);
+        assert!(s.0.is_empty());
     }
 }

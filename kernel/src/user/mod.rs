@@ -18,8 +18,11 @@ pub mod loader;
 pub mod memory;
 pub mod service_tpm;
 
+use crate::addr::{Gpa, PageAddr, PageRange};
+use crate::error::AddressConflict;
 use crate::heap;
-use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
+use crate::pages::{MapError, PageTracker};
+use abi::syscall::{self as sys, BatchIn, BatchOut, PhysmemRange, SysError};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use channel::{Channel, Receive};
@@ -34,12 +37,17 @@ pub const MAX_SMALL_COPY: usize = 256;
 pub const MAX_MESSAGE: u64 = vtpm::service::MAX_MESSAGE as u64;
 /// Most threads of one process.
 pub const MAX_THREADS: u32 = 8;
+/// Most guest pages one process may map at once (OPEN_PHYSMEM): 4 MiB. Each is a record
+/// in the SVSM's page tracker, so the number is bounded.
+pub const MAX_GUEST_PAGES: u64 = 1024;
 
 /// An object a handle names.
 #[derive(Debug, Clone)]
 pub enum Object {
     /// The service end of a channel.
     Channel(Arc<Channel>),
+    /// A range of guest memory (OPEN_PHYSMEM).
+    PhysMem(PageRange),
 }
 
 /// What the kernel offers a process besides memory and objects.
@@ -54,6 +62,11 @@ pub trait Services {
     fn vm_bitmap(&self) -> u64;
     /// CAPABILITIES: the platform bits (0 native, 1 SNP).
     fn features(&self) -> u64;
+    /// The guest memory processes with the right may map (OPEN_PHYSMEM); `None` where the
+    /// platform offers none.
+    fn guest_pages(&self) -> Option<&PageTracker> {
+        None
+    }
 }
 
 /// A system call as a thread made it: RAX and RDI, RSI, R8, R9, R10.
@@ -94,6 +107,11 @@ pub struct Process {
     threads: u32,
     /// Made at its first BATCH and kept.
     batch: Option<BatchBuffers>,
+    /// May open guest memory (OPEN_PHYSMEM): given by the kernel at start, never by a
+    /// call.
+    physmem: bool,
+    /// Guest pages it maps now.
+    guest_pages: u64,
 }
 
 /// The buffers a BATCH copies its records into and gathers its results in, room for
@@ -121,9 +139,33 @@ fn err(e: SysError) -> Outcome {
     Outcome::Return(e.to_rax())
 }
 
+/// Guest pages a process no longer maps: the guest's alone again.
+fn release(tracker: Option<&PageTracker>, gpa: u64, pages: u64) {
+    if let Some(tracker) = tracker {
+        for page in PageRange::new(Gpa(gpa).page(), pages).into_iter().flat_map(PageRange::iter) {
+            tracker.unmap_for_service(page);
+        }
+    }
+}
+
 impl Process {
     pub fn new(id: u32, page_quota: u64) -> Self {
-        Self { id, handles: HandleTable::default(), mappings: Mappings::default(), page_quota, threads: 1, batch: None }
+        Self {
+            id,
+            handles: HandleTable::default(),
+            mappings: Mappings::default(),
+            page_quota,
+            threads: 1,
+            batch: None,
+            physmem: false,
+            guest_pages: 0,
+        }
+    }
+
+    /// Let the process open guest memory (OPEN_PHYSMEM). No service the SVSM ships has
+    /// this right; the boot's probe does, to show what it may and may not reach.
+    pub fn allow_physmem(&mut self) {
+        self.physmem = true;
     }
 
     /// Give the process an object (its channel at start: handle 0).
@@ -141,6 +183,11 @@ impl Process {
 
     pub fn threads(&self) -> u32 {
         self.threads
+    }
+
+    /// Guest pages it maps now (OPEN_PHYSMEM).
+    pub fn guest_pages(&self) -> u64 {
+        self.guest_pages
     }
 
     /// Map memory for the process the kernel fills itself (an ELF segment, a stack).
@@ -166,14 +213,18 @@ impl Process {
     }
 
     /// The process is gone (EXIT, a fault, killed): its channels close, so the kernel
-    /// stops waiting on them, and its memory is freed.
-    pub fn end(&mut self, space: &mut dyn AddressSpace) {
+    /// stops waiting on them, its memory is freed, and the guest pages it mapped are the
+    /// guest's alone again.
+    pub fn end(&mut self, space: &mut dyn AddressSpace, services: &dyn Services) {
         for object in self.handles.drain() {
             match object {
                 Object::Channel(c) => c.close(),
+                Object::PhysMem(_) => {}
             }
         }
-        self.mappings.clear(space);
+        let tracker = services.guest_pages();
+        self.mappings.clear(space, &mut |gpa, pages| release(tracker, gpa, pages));
+        self.guest_pages = 0;
         self.threads = 0;
     }
 
@@ -191,11 +242,12 @@ impl Process {
             sys::WAIT_FOR_EVENT => match self.handles.get(a0) {
                 Some(Object::Channel(c)) if c.has_request() => Outcome::Return(1),
                 Some(Object::Channel(c)) => Outcome::Block(Wait::Request(c.clone())),
+                Some(Object::PhysMem(_)) => err(SysError::NotSupp),
                 None => err(SysError::NotFound),
             },
             sys::BATCH => self.batch(space, services, a0, a1, a2).map_or_else(err, Outcome::Return),
             sys::CHANNEL_RECEIVE => self.receive(space, a0, a1, a2),
-            // EXEC, OPEN_PHYSMEM and the VM objects are not served yet (docs/syscalls.md).
+            // EXEC and the VM objects are not served yet (docs/syscalls.md).
             _ => Outcome::Return(self.immediate(space, services, call).unwrap_or(SysError::NoSys.to_rax())),
         }
     }
@@ -206,20 +258,25 @@ impl Process {
     fn immediate(&mut self, space: &mut dyn AddressSpace, services: &mut dyn Services, call: Call) -> Option<u64> {
         let [a0, a1, a2, a3, a4] = call.args;
         let result = match call.number {
-            sys::MMAP => self.mmap(space, a0, a1, a2, a3, a4),
-            sys::MUNMAP => self.munmap(space, a0, a1).map(|()| 0),
+            sys::MMAP => self.mmap(space, services, a0, a1, a2, a3, a4),
+            sys::MUNMAP => self.munmap(space, services, a0, a1).map(|()| 0),
             sys::CLOSE => match self.handles.remove(a0) {
                 Some(Object::Channel(c)) => {
                     c.close();
                     Ok(0)
                 }
+                // Its mappings stay until unmapped, as a file's do after close.
+                Some(Object::PhysMem(_)) => Ok(0),
                 None => Err(SysError::NotFound),
             },
+            sys::OPEN_PHYSMEM => self.open_physmem(space, services, a0, a1),
             sys::CAPABILITIES => match a0 {
                 sys::caps::COUNT => Ok(sys::caps::LAST),
                 sys::caps::VM_BITMAP => Ok(services.vm_bitmap()),
                 sys::caps::FEATURES => Ok(services.features()),
-                sys::caps::PHYSMEM_RANGES => Ok(0),
+                sys::caps::PHYSMEM_RANGES => {
+                    Ok(self.guest_memory(services).map_or(0, |t| t.guest_range_count() as u64))
+                }
                 _ => Err(SysError::NotFound),
             },
             sys::LOG => self.log(space, services, a0, a1).map(|()| 0),
@@ -234,13 +291,100 @@ impl Process {
     fn channel(&self, handle: u64) -> Result<&Arc<Channel>, SysError> {
         match self.handles.get(handle) {
             Some(Object::Channel(c)) => Ok(c),
+            Some(Object::PhysMem(_)) => Err(SysError::NotSupp),
             None => Err(SysError::NotFound),
         }
     }
 
+    /// The guest memory this process may map: `None` without the right, or where the
+    /// platform offers none.
+    fn guest_memory<'s>(&self, services: &'s dyn Services) -> Option<&'s PageTracker> {
+        services.guest_pages().filter(|_| self.physmem)
+    }
+
+    /// OPEN_PHYSMEM(index, info): a handle to the `index`-th range of guest memory, whose
+    /// extent is written at `info` (the review's "valid ranges discoverable").
+    fn open_physmem(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        services: &dyn Services,
+        index: u64,
+        info: u64,
+    ) -> Result<u64, SysError> {
+        let tracker = self.guest_memory(services).ok_or(SysError::Perm)?;
+        let range = usize::try_from(index).ok().and_then(|i| tracker.guest_range(i)).ok_or(SysError::NotFound)?;
+        let extent = PhysmemRange { base: range.start().raw(), length: range.pages() * abi::PAGE_SIZE };
+        // Checked before the handle exists, so a bad buffer leaves nothing behind.
+        self.mappings.check(info, core::mem::size_of::<PhysmemRange>() as u64, true)?;
+        let handle = self.handles.insert(Object::PhysMem(range)).map_err(|_| SysError::NoMem)?;
+        match self.copy_out(space, info, extent.as_bytes()) {
+            Ok(()) => Ok(handle.into()),
+            Err(e) => {
+                self.handles.remove(handle.into());
+                Err(e)
+            }
+        }
+    }
+
+    /// MMAP of guest memory: pages `[offset, offset + len)` of `range`, readable or
+    /// writable, never executable. Each page is held for the mapping in the SVSM's page
+    /// tracker, which refuses pages the SVSM has a claim on or the guest has not
+    /// validated, and keeps the guest from invalidating the page or handing it to the
+    /// SVSM until the mapping is gone.
+    #[expect(clippy::too_many_arguments, reason = "MMAP's five registers and where they go")]
+    fn mmap_guest(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        services: &dyn Services,
+        range: PageRange,
+        addr: u64,
+        offset: u64,
+        len: u64,
+        flags: u64,
+        prot: memory::Prot,
+    ) -> Result<u64, SysError> {
+        if flags & sys::map::ANONYMOUS != 0 || !offset.is_multiple_of(abi::PAGE_SIZE) {
+            return Err(SysError::Inval);
+        }
+        if prot.exec {
+            return Err(SysError::Perm);
+        }
+        let pages = memory::pages_in(len).ok_or(SysError::Inval)?;
+        let first = offset / abi::PAGE_SIZE;
+        if first.checked_add(pages).is_none_or(|end| end > range.pages()) {
+            return Err(SysError::Inval);
+        }
+        if self.guest_pages.saturating_add(pages) > MAX_GUEST_PAGES {
+            return Err(SysError::NoMem);
+        }
+        let tracker = self.guest_memory(services).ok_or(SysError::Perm)?;
+        let va =
+            if flags & sys::map::FIXED != 0 { addr } else { self.mappings.find_room(pages).ok_or(SysError::NoMem)? };
+        let start = PageAddr::from_pfn(range.start_pfn() + first);
+        // All or nothing: the pages held so far go back if one is refused.
+        for i in 0..pages {
+            if let Err(e) = tracker.map_for_service(PageAddr::from_pfn(start.pfn() + i)) {
+                release(Some(tracker), start.raw(), i);
+                return Err(match e {
+                    MapError::Refused(AddressConflict::NotValidated) => SysError::Fault,
+                    MapError::Refused(_) => SysError::Perm,
+                    MapError::NoRoom => SysError::NoMem,
+                });
+            }
+        }
+        if let Err(e) = self.mappings.map_guest(space, va, start.raw(), pages, prot) {
+            release(Some(tracker), start.raw(), pages);
+            return Err(e);
+        }
+        self.guest_pages += pages;
+        Ok(va)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "MMAP's five registers")]
     fn mmap(
         &mut self,
         space: &mut dyn AddressSpace,
+        services: &dyn Services,
         handle: u64,
         addr: u64,
         offset: u64,
@@ -249,15 +393,22 @@ impl Process {
     ) -> Result<u64, SysError> {
         let prot = memory::prot_of(flags)?;
         if handle != sys::NO_HANDLE {
-            // Only memory objects can be mapped; none other is mappable.
-            self.channel(handle)?;
-            return Err(SysError::NotSupp);
+            return match self.handles.get(handle) {
+                Some(Object::PhysMem(range)) => {
+                    let range = *range;
+                    self.mmap_guest(space, services, range, addr, offset, len, flags, prot)
+                }
+                Some(Object::Channel(_)) => Err(SysError::NotSupp),
+                None => Err(SysError::NotFound),
+            };
         }
         if flags & sys::map::ANONYMOUS == 0 || offset != 0 {
             return Err(SysError::Inval);
         }
         let pages = memory::pages_in(len).ok_or(SysError::Inval)?;
-        if self.mappings.pages().saturating_add(pages) > self.page_quota {
+        // Guest pages have their own limit: they take no frames of the SVSM.
+        let own = self.mappings.pages().saturating_sub(self.guest_pages);
+        if own.saturating_add(pages) > self.page_quota {
             return Err(SysError::NoMem);
         }
         let va =
@@ -266,9 +417,22 @@ impl Process {
         Ok(va)
     }
 
-    fn munmap(&mut self, space: &mut dyn AddressSpace, addr: u64, len: u64) -> Result<(), SysError> {
+    fn munmap(
+        &mut self,
+        space: &mut dyn AddressSpace,
+        services: &dyn Services,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), SysError> {
         let pages = memory::pages_in(len).ok_or(SysError::Inval)?;
-        self.mappings.unmap(space, addr, pages)
+        let tracker = services.guest_pages();
+        let mut unmapped = 0;
+        let done = self.mappings.unmap(space, addr, pages, &mut |gpa, n| {
+            release(tracker, gpa, n);
+            unmapped += n;
+        });
+        self.guest_pages = self.guest_pages.saturating_sub(unmapped);
+        done
     }
 
     fn thread_create(&mut self, entry: u64, stack: u64, arg: u64) -> Outcome {

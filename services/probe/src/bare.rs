@@ -2,7 +2,7 @@
 //! runtime.
 #![expect(unsafe_code, reason = "the probes' deliberate bad accesses, RDTSC, and its fresh memory")]
 
-use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
+use abi::syscall::{self as sys, BatchIn, BatchOut, PhysmemRange, SysError};
 use user_rt as rt;
 
 /// The mode that measures system calls instead of probing.
@@ -165,6 +165,79 @@ const GUEST_RAM: u64 = 0x4000_0000;
 
 static mut DATA: [u8; 16] = [0xc3; 16];
 
+/// The svm platform's launch pages under QEMU (`svm::launch::QEMU`): the VMSA and the
+/// calling area of the startup vCPU, pages the SVSM has a claim on.
+const LAUNCH_VMSA: u64 = 0xA000;
+const LAUNCH_CALLING_AREA: u64 = 0x9000;
+
+/// A page of validated guest memory in range 0, mapped read-only (and writable if
+/// `write`): its handle, the range, the page's gpa and address. The probe cannot know
+/// which pages the guest has validated, so it tries them in turn; the SVSM refuses the
+/// others (EFAULT for a page not validated, EPERM for one the SVSM claims).
+fn map_a_guest_page(write: bool) -> Option<(u64, PhysmemRange, u64, usize)> {
+    let (handle, range) = rt::open_physmem(0).ok()?;
+    let pages = range.length / 4096;
+    (0..pages.min(4096)).find_map(|i| {
+        let va = rt::mmap_guest(handle, i * 4096, 4096, write).ok()?;
+        Some((handle, range, range.base + i * 4096, va))
+    })
+}
+
+/// Mode 10: what OPEN_PHYSMEM gives and refuses. Exits 10 if all is as it must be, or
+/// with the number of the first check that failed.
+fn physmem() -> ! {
+    let fail = |check: u64| -> ! { rt::exit(check) };
+    let Ok(count) = rt::capabilities(sys::caps::PHYSMEM_RANGES) else { fail(1) };
+    if count == 0 {
+        fail(1);
+    }
+    // No range reaches the SVSM's region.
+    for index in 0..count {
+        let Ok((_, r)) = rt::open_physmem(index) else { fail(2) };
+        if r.base < SVSM_IMAGE + 0x100_0000 && SVSM_IMAGE < r.base + r.length {
+            fail(2);
+        }
+    }
+    if rt::open_physmem(count) != Err(SysError::NotFound) {
+        fail(3);
+    }
+    let Some((handle, range, gpa, va)) = map_a_guest_page(false) else { fail(4) };
+    // The guest's bytes, through our own mapping.
+    // SAFETY: `va` maps a readable guest page; the guest may change it, so one volatile
+    // load, kept in a register.
+    let first = unsafe { core::ptr::read_volatile(va as *const u64) };
+    // Never a system call's buffer.
+    // SAFETY: LOG reads 8 bytes at `va`, which are mapped; the SVSM must refuse them.
+    if rt::result(unsafe { rt::syscall(sys::LOG, [va as u64, 8, 0, 0, 0]) }) != Err(SysError::Fault) {
+        fail(5);
+    }
+    // Never executable; never the startup vCPU's VMSA or calling area.
+    let exec = sys::map::READ | sys::map::EXEC;
+    // SAFETY: MMAP touches no memory of ours.
+    let rax = unsafe { rt::syscall(sys::MMAP, [handle, 0, gpa - range.base, 4096, exec]) };
+    if rt::result(rax) != Err(SysError::Perm) {
+        fail(6);
+    }
+    for claimed in [LAUNCH_VMSA, LAUNCH_CALLING_AREA] {
+        if range.base <= claimed && rt::mmap_guest(handle, claimed - range.base, 4096, false) != Err(SysError::Perm) {
+            fail(7);
+        }
+    }
+    // SAFETY: nothing refers to the page any more (`first` is a copy).
+    if unsafe { rt::munmap(va, 4096) }.is_err() {
+        fail(8);
+    }
+    let mut line = Line { buf: [0; 256], len: 0 };
+    let _ = core::fmt::Write::write_fmt(
+        &mut line,
+        format_args!(
+            "probe: {count} guest memory ranges; mapped the guest's page {gpa:#x} (its first bytes {first:#018x}); exec, the VMSA and the calling area refused"
+        ),
+    );
+    rt::log(line.buf.get(..line.len).unwrap_or(&[]));
+    rt::exit(10)
+}
+
 fn probe(mode: u64) -> ! {
     // Each probe is a deliberately invalid access: the SVSM must end this process with a
     // fault before the access completes (or refuse the call). Reaching the EXIT below
@@ -214,6 +287,13 @@ fn probe(mode: u64) -> ! {
             loop {
                 core::hint::spin_loop();
             }
+        }
+        10 => physmem(),
+        // A guest page mapped read-only, written.
+        11 => {
+            let Some((_, _, _, va)) = map_a_guest_page(false) else { rt::exit(1) };
+            // SAFETY: not sound on purpose: the page is mapped read-only.
+            unsafe { core::ptr::write_volatile(va as *mut u8, 0) };
         }
         _ => rt::exit(PROBE_SURVIVED),
     };

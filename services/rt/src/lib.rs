@@ -4,7 +4,7 @@
 #![no_std]
 #![expect(unsafe_code, reason = "SYSCALL, whose calls read and write the memory they are given")]
 
-use abi::syscall::{self as sys, BatchIn, BatchOut, SysError};
+use abi::syscall::{self as sys, BatchIn, BatchOut, PhysmemRange, SysError};
 use zerocopy::IntoBytes;
 
 /// Make system call `number` with `args` (RDI, RSI, R8, R9, R10); RAX comes back.
@@ -44,7 +44,7 @@ pub fn result(rax: u64) -> Result<u64, SysError> {
     }
 }
 
-/// A call that touches no memory of ours.
+/// A call that touches no memory of ours (MMAP included: it adds to our address space).
 fn plain(number: u64, args: [u64; 5]) -> u64 {
     // SAFETY: `number` is one of the calls below, which read or write no memory.
     unsafe { syscall(number, args) }
@@ -93,6 +93,33 @@ pub fn mmap(bytes: usize) -> Result<usize, SysError> {
     let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS;
     let va = result(plain(sys::MMAP, [sys::NO_HANDLE, 0, 0, bytes as u64, flags]))?;
     usize::try_from(va).map_err(|_| SysError::Inval)
+}
+
+/// A handle to the `index`-th range of guest memory (OPEN_PHYSMEM), and the range.
+pub fn open_physmem(index: u64) -> Result<(u64, PhysmemRange), SysError> {
+    let mut range = PhysmemRange::default();
+    // SAFETY: OPEN_PHYSMEM writes one PhysmemRange into `range`, which we hold exclusively.
+    let rax = unsafe { syscall(sys::OPEN_PHYSMEM, [index, range.as_mut_bytes().as_mut_ptr() as u64, 0, 0, 0]) };
+    result(rax).map(|handle| (handle, range))
+}
+
+/// Map `bytes` of the guest memory of `handle` from `offset` (readable, and writable if
+/// `write`): the address. The pages are the guest's: it may change them at any time, so
+/// read them with volatile loads, copy before checking, never trust them twice.
+pub fn mmap_guest(handle: u64, offset: u64, bytes: u64, write: bool) -> Result<usize, SysError> {
+    let flags = sys::map::READ | if write { sys::map::WRITE } else { 0 };
+    let va = result(plain(sys::MMAP, [handle, 0, offset, bytes, flags]))?;
+    usize::try_from(va).map_err(|_| SysError::Inval)
+}
+
+/// Unmap `bytes` at `va`.
+///
+/// # Safety
+/// Nothing may use `[va, va + bytes)` once the call is made (no reference into it lives).
+pub unsafe fn munmap(va: usize, bytes: u64) -> Result<(), SysError> {
+    // SAFETY: MUNMAP reads and writes no memory; that the range is no longer used is the
+    // caller's contract.
+    result(unsafe { syscall(sys::MUNMAP, [va as u64, bytes, 0, 0, 0]) }).map(|_| ())
 }
 
 /// Fill `buf` (at most 256 bytes) from the SVSM's entropy source.

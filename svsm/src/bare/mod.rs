@@ -131,7 +131,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     );
     clock::calibrate();
     let sealed = open_sealed_state(&svsm, &platform);
-    user::boot_check();
+    user::boot_check(svsm.pages());
     if vtpm::crash_check() {
         println!(
             "vtpm: crash check passed: a vTPM service process that faults is ended, its calls get TPM_RC_FAILURE, the SVSM serves on"

@@ -98,7 +98,7 @@ fn load(id: u32) -> Result<(Arc<Channel>, RunService), &'static str> {
     let channel = Arc::new(Channel::default());
     let mut service = Loaded::new(id, PAGE_QUOTA, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
         .map_err(|_| "the vTPM service module did not load")?;
-    let run: RunService = Box::new(move || match service.run(BUDGET_MS) {
+    let run: RunService = Box::new(move || match service.run(BUDGET_MS, None) {
         Ended::Blocked => true,
         ended => {
             println!("vtpm: the service process ended ({ended:?}); vTPM calls now get TPM_RC_FAILURE");

@@ -55,6 +55,7 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, r
     // and record one step against every other vCPU.
     let mut held = svsm.pages.lock(range.start(), range.start());
     held.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    held.check_unmapped(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     if let Some(pfn) = held.first_unvalidated(range) {
         return Err(CallError::address(Gpa(pfn << 12), AddressConflict::NotValidated));
     }

@@ -60,6 +60,7 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> 
     // in between and have the SVSM use a pool page as a calling area.
     let mut held = svsm.pages.lock(page, page);
     held.check_param(range, true).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    held.check_unmapped(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     // The SVSM writes the area for the caller from now on: it must be the caller's to write.
     ctx.caller.check(p, range, crate::caller::Access::Write)?;
     // One calling area per page: another vCPU's area here would let two vCPUs' calls

@@ -96,6 +96,11 @@ fn hw(entry: &Entry) -> impl Fn(crate::platform::HwError) -> CallError {
 /// makes check, hardware and record one step against every other vCPU (two vCPUs
 /// validating and invalidating one page cannot interleave).
 pub fn apply<P: Platform + ?Sized>(held: &mut Held<'_>, p: &mut P, caller: Caller, entry: &Entry) -> CallResult<()> {
+    // A page a service process maps stays validated until the mapping is gone
+    // (docs/syscalls.md "OPEN_PHYSMEM"); validating it again changes nothing.
+    if !entry.validate {
+        held.check_unmapped(entry.range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
+    }
     // Checked as a target, and the validation record makes room before the hardware
     // changes, so the two cannot disagree afterwards (a 4 KiB entry in a 2 MiB run the
     // record held whole needs a leaf).

@@ -54,6 +54,7 @@ fn check_page<P: Platform + ?Sized>(
     if !own_role {
         held.check_target(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     }
+    held.check_unmapped(range).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
     if !held.is_validated(page) {
         return Err(CallError::address(page.gpa(), AddressConflict::NotValidated));
     }

@@ -102,10 +102,13 @@ pub fn fault(frame: &super::exceptions::Frame) -> ! {
     entry::abort_to_kernel()
 }
 
-/// Clocks, entropy and the log, as the bare-metal SVSM has them.
-struct BareServices;
+/// Clocks, entropy and the log, as the bare-metal SVSM has them, and the guest memory a
+/// process with the right may map.
+struct BareServices<'a> {
+    guest: Option<&'a kernel::pages::PageTracker>,
+}
 
-impl Services for BareServices {
+impl Services for BareServices<'_> {
     fn clock_ns(&mut self) -> u64 {
         super::clock::monotonic_ns()
     }
@@ -132,6 +135,10 @@ impl Services for BareServices {
     fn features(&self) -> u64 {
         0
     }
+
+    fn guest_pages(&self) -> Option<&kernel::pages::PageTracker> {
+        self.guest
+    }
 }
 
 /// Local-APIC timer ticks per millisecond (0 until [`boot_check`] measured them).
@@ -157,6 +164,7 @@ fn run(
     threads: &mut Vec<Thread>,
     next_id: &mut u64,
     budget_ms: u64,
+    services: &mut BareServices<'_>,
 ) -> Ended {
     percpu::set_user_half(Some(space.user_half()));
     let slice = TIMER_TICKS_PER_MS.load(Ordering::Relaxed).saturating_mul(SLICE_MS);
@@ -195,7 +203,7 @@ fn run(
             break Ended::Faulted { vector: f.vector, error: f.error, address: f.address, rip: f.rip };
         }
         let call = Call { number: regs.rax, args: [regs.rdi, regs.rsi, regs.r8, regs.r9, regs.r10] };
-        match process.syscall(space, &mut BareServices, call) {
+        match process.syscall(space, services, call) {
             Outcome::Return(rax) => {
                 regs.rax = rax;
                 waiting = 0;
@@ -246,7 +254,7 @@ fn run(
     };
     lapic::disarm_timer();
     if ended != Ended::Blocked {
-        process.end(space);
+        process.end(space, services);
         threads.clear();
     }
     percpu::set_user_half(None);
@@ -295,21 +303,31 @@ impl Loaded {
     }
 
     /// Run (or resume) the process until it exits, faults, blocks or has run
-    /// `budget_ms`. Whatever the process does to the x87/SSE registers and FS stays its
-    /// own: the guest's are set aside around the run (`fpu::with_c_state`).
-    pub fn run(&mut self, budget_ms: u64) -> Ended {
+    /// `budget_ms`; `guest` is the guest memory a process with the right may map.
+    /// Whatever the process does to the x87/SSE registers and FS stays its own: the
+    /// guest's are set aside around the run (`fpu::with_c_state`).
+    pub fn run(&mut self, budget_ms: u64, guest: Option<&kernel::pages::PageTracker>) -> Ended {
         let Self { process, space, threads, next_id, thread_page } = self;
+        let mut services = BareServices { guest };
         super::fpu::with_c_state(|| {
             entry::set_fs_base(*thread_page);
-            run(process, space, threads, next_id, budget_ms)
+            run(process, space, threads, next_id, budget_ms, &mut services)
         })
     }
 }
 
-/// Start the probe module as process `id` in `mode` and run it to its end.
-fn run_probe(id: u32, mode: u64) -> Result<Ended, loader::LoadError> {
-    Ok(Loaded::new(id, 64, &PROBE.0, alloc::vec::Vec::new(), mode)?.run(PROBE_BUDGET_MS))
+/// Start the probe module as process `id` in `mode` and run it to its end; in the
+/// modes that probe guest memory it may open `guest` (OPEN_PHYSMEM).
+fn run_probe(id: u32, mode: u64, guest: &kernel::pages::PageTracker) -> Result<Ended, loader::LoadError> {
+    let mut loaded = Loaded::new(id, 64, &PROBE.0, alloc::vec::Vec::new(), mode)?;
+    if PHYSMEM_MODES.contains(&mode) {
+        loaded.process.allow_physmem();
+    }
+    Ok(loaded.run(PROBE_BUDGET_MS, Some(guest)))
 }
+
+/// The probe's modes that map guest memory.
+const PHYSMEM_MODES: [u64; 2] = [10, 11];
 
 /// How long a probe may run.
 const PROBE_BUDGET_MS: u64 = 200;
@@ -330,8 +348,9 @@ pub fn init_cpu() {
 }
 
 /// Turn on user mode on this CPU and run the probe module's checks; prints a verdict
-/// per probe and a summary `cargo xtask boot` looks for.
-pub fn boot_check() {
+/// per probe and a summary `cargo xtask boot` looks for. `guest` is the guest memory
+/// the probes of OPEN_PHYSMEM may map.
+pub fn boot_check(guest: &kernel::pages::PageTracker) {
     entry::enable_syscall();
     let (smep, smap) = super::cpu::enable_smep_smap();
     let ticks = lapic::timer_ticks_per_ms();
@@ -345,7 +364,7 @@ pub fn boot_check() {
         println!("user: no service module in this image (built without `cargo xtask`)");
         return;
     }
-    const PROBES: [(u64, &str, Expect); 10] = [
+    const PROBES: [(u64, &str, Expect); 12] = [
         (0, "hello", Expect::Exit(0)),
         (1, "reads SVSM memory", Expect::PageFault),
         (2, "writes its own code", Expect::PageFault),
@@ -356,10 +375,12 @@ pub fn boot_check() {
         (7, "spins forever without a system call", Expect::Preempted),
         (8, "runs three threads that take turns", Expect::Exit(8)),
         (9, "has a thread read SVSM memory", Expect::PageFault),
+        (10, "maps guest memory with OPEN_PHYSMEM, never the SVSM's", Expect::Exit(10)),
+        (11, "writes guest memory it mapped read-only", Expect::PageFault),
     ];
     let mut as_expected = 0;
     for (id, (mode, what, expect)) in (1u32..).zip(PROBES) {
-        let ended = run_probe(id, mode);
+        let ended = run_probe(id, mode, guest);
         let good = match (expect, ended) {
             (Expect::Exit(want), Ok(Ended::Exited(code))) => code == want,
             (Expect::PageFault, Ok(Ended::Faulted { vector: 14, .. })) => true,
@@ -385,7 +406,7 @@ pub fn boot_check() {
     }
     println!("user: {as_expected} of {} probes ended as expected", PROBES.len());
     // The probe's measurements (system call and BATCH costs): one LOG line.
-    match run_probe(u32::try_from(PROBES.len() + 1).unwrap_or(u32::MAX), BENCH_MODE) {
+    match run_probe(u32::try_from(PROBES.len() + 1).unwrap_or(u32::MAX), BENCH_MODE, guest) {
         Ok(Ended::Exited(0)) => {}
         other => println!("user: the probe's benchmark did not finish: {other:?}"),
     }

@@ -181,6 +181,22 @@ impl AddressSpace for UserSpace {
         Ok(())
     }
 
+    fn map_guest(&mut self, va: u64, gpa: u64, pages: u64, prot: Prot) -> Result<(), SysError> {
+        // The guest's pages are the same physical pages the SVSM sees (svm: identity nested
+        // paging). Never executable, whatever the kernel asked; neither a frame to free
+        // nor a page the kernel copies through (`copy` and `read` find no frame there).
+        let prot = Prot { exec: false, ..prot };
+        for i in 0..pages {
+            let at = i.checked_mul(PAGE_SIZE).and_then(|off| Some((va.checked_add(off)?, gpa.checked_add(off)?)));
+            let mapped = at.ok_or(SysError::Inval).and_then(|(v, g)| self.map_page(v, g, prot));
+            if let Err(e) = mapped {
+                self.unmap(va, i);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     fn unmap(&mut self, va: u64, pages: u64) {
         for i in 0..pages {
             self.unmap_one(va + i * PAGE_SIZE);
