@@ -12,6 +12,7 @@ use kernel::user::memory::{MMAP_BASE, USER_BOTTOM, USER_TOP};
 use kernel::user::{MAX_THREADS, Object};
 use std::sync::Arc;
 use std::sync::mpsc;
+use vtpm::nv::NvChange;
 use zerocopy::IntoBytes;
 
 const RW: u64 = map::READ | map::WRITE | map::ANONYMOUS;
@@ -359,6 +360,66 @@ fn the_vtpm_served_by_a_process_answers_and_its_fault_is_contained() {
         let n = vtpm.execute(&command, &mut response);
         assert_eq!((n, rc(&response)), (10, 0x101));
     }
+}
+
+/// An engine in the service that answers every command with success and the NV changes
+/// `changes(n)` makes of the n-th command: what a compromised service can send.
+struct Scripted<F: FnMut(usize) -> Vec<NvChange>> {
+    commands: usize,
+    changes: F,
+    pending: Vec<NvChange>,
+}
+
+impl<F: FnMut(usize) -> Vec<NvChange> + Send> vtpm::TpmEngine for Scripted<F> {
+    fn execute(&mut self, _: &[u8], response: &mut [u8]) -> usize {
+        self.commands += 1;
+        self.pending = (self.changes)(self.commands);
+        let ok = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0, 0];
+        response[..10].copy_from_slice(&ok);
+        10
+    }
+    fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, vtpm::nv::NvError> {
+        Ok(std::mem::take(&mut self.pending))
+    }
+}
+
+fn scripted(changes: impl FnMut(usize) -> Vec<NvChange> + Send + 'static) -> bulwark_model::user_host::ChannelTpm {
+    channel_tpm(move |_| Ok(Scripted { commands: 0, changes, pending: Vec::new() }), &Default::default())
+        .expect("the service starts")
+}
+
+/// Found by review: the kernel kept every NV change a service answered until a storage
+/// took it, and took every new blob name it was given. A compromised service could grow
+/// the NV state (and the SVSM's heap) by a name per command; a vTPM without storage kept
+/// every change of every command.
+#[test]
+fn a_service_cannot_grow_the_nv_state_or_the_kernels_pending_changes_without_bound() {
+    use vtpm::TpmEngine;
+    let blob = |name: String, len: usize| NvChange { name: name.into_bytes(), data: Some(vec![7; len]) };
+    let mut response = vec![0u8; 64];
+    // A new name with every command: the state may hold MAX_BLOBS blobs, and the
+    // command that would add one more ends the engine.
+    let mut tpm = scripted(move |n| vec![blob(format!("blob{n}"), 16)]);
+    for n in 1..=vtpm::nv::MAX_BLOBS {
+        assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 10, "command {n}");
+    }
+    assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 0, "one blob too many ends the engine");
+    assert!(!tpm.alive());
+    assert_eq!(tpm.take_nv_changes(), Err(vtpm::nv::NvError::Engine));
+    // More bytes than the next boot could hand back in a START message.
+    let mut tpm = scripted(move |n| vec![blob(format!("big{}", n % 2), vtpm::service::MAX_MESSAGE / 2)]);
+    assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 10);
+    assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 0, "two halves and their names do not fit");
+    // More changes in one answer than a state may hold blobs: the answer does not parse.
+    let mut tpm = scripted(move |_| (0..=vtpm::nv::MAX_BLOBS).map(|i| blob(format!("b{i}"), 1)).collect());
+    assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 0);
+    // A vTPM without storage never takes the changes: a blob written again replaces its
+    // pending change, so a thousand commands leave one.
+    let mut tpm = scripted(move |n| vec![blob("permall".into(), n % 200)]);
+    for _ in 0..1000 {
+        assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 10);
+    }
+    assert_eq!(tpm.take_nv_changes(), Ok(vec![blob("permall".into(), 1000 % 200)]));
 }
 
 #[test]

@@ -19,6 +19,11 @@ pub type NvBlobs = BTreeMap<Vec<u8>, Vec<u8>>;
 /// The longest blob name an engine may report (libtpms' names are a few bytes).
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The most blobs an NV state holds. libtpms' TPM 2.0 writes at most three ("permall",
+/// "volatilestate", "savestate"); the bound keeps a hostile engine (a compromised service
+/// process) from growing the state, and the SVSM's heap with it, name by name.
+pub const MAX_BLOBS: usize = 8;
+
 /// The largest blob an engine may report. libtpms' "permall" is 1.3 KiB for a new TPM
 /// (2.5 KiB with an NV index and a persistent key) and grows with NV indices and
 /// persistent objects; libtpms bounds its NV memory at 128 KiB, plus headers.

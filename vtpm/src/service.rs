@@ -29,7 +29,7 @@
 //! engine at CPL 3 costs, `cargo xtask bench`); a lying service can distort that report
 //! and nothing else.
 
-use crate::nv::{MAX_BLOB_LEN, MAX_VOLATILE_LEN, NvBlobs, NvChange, TpmState, valid_name};
+use crate::nv::{MAX_BLOB_LEN, MAX_BLOBS, MAX_VOLATILE_LEN, NvBlobs, NvChange, TpmState, valid_name};
 use crate::wire::Reader;
 use alloc::vec::Vec;
 
@@ -205,7 +205,7 @@ fn blob<'a>(r: &mut Reader<'a>) -> Option<&'a [u8]> {
 }
 
 fn changes(r: &mut Reader<'_>) -> Option<Vec<NvChange>> {
-    let count = usize::try_from(r.u32()?).ok()?;
+    let count = usize::try_from(r.u32()?).ok().filter(|n| *n <= MAX_BLOBS)?;
     let mut out = Vec::new();
     for _ in 0..count {
         let name = copy(name(r)?)?;
@@ -222,7 +222,7 @@ fn changes(r: &mut Reader<'_>) -> Option<Vec<NvChange>> {
 
 /// A blob list: no duplicate or invalid name, no blob too large.
 fn blobs(r: &mut Reader<'_>) -> Option<NvBlobs> {
-    let count = r.u32()?;
+    let count = r.u32().filter(|n| usize::try_from(*n).is_ok_and(|n| n <= MAX_BLOBS))?;
     let mut nv = NvBlobs::new();
     for _ in 0..count {
         let name = copy(name(r)?)?;
@@ -255,7 +255,7 @@ pub fn parse_request(message: &[u8]) -> Option<Request<'_>> {
 }
 
 /// Parse an answer (the SVSM's side); `None` if it is malformed: a duplicate or invalid
-/// name, a length past the end, trailing bytes.
+/// name, more than [`MAX_BLOBS`] changes or blobs, a length past the end, trailing bytes.
 pub fn parse_answer(message: &[u8]) -> Option<Answer<'_>> {
     let (&tag, rest) = message.split_first()?;
     let mut r = Reader::new(rest);

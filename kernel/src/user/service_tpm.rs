@@ -3,7 +3,9 @@
 //! changes each answer carries until the vTPM takes them.
 //!
 //! The process is isolated because it might be compromised, so its answers are hostile
-//! input: one that does not parse, or a process that ends, stops the engine for good.
+//! input: one that does not parse, one whose NV changes would grow the NV state past what
+//! a START message can carry back ([`NvLedger`]), or a process that ends, stops the engine
+//! for good.
 //! From then on the TPM answers TPM_RC_FAILURE (the `Vtpm` wrapper turns an empty answer
 //! into it) and reports an NV error, so a vTPM with storage stops instead of keeping a
 //! state nobody can vouch for.
@@ -12,7 +14,7 @@ use super::channel::Channel;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use vtpm::TpmEngine;
-use vtpm::nv::{NvBlobs, NvChange, NvError, TpmState};
+use vtpm::nv::{MAX_BLOBS, NvBlobs, NvChange, NvError, TpmState};
 use vtpm::service::{self, Answer};
 
 /// Why the service did not start.
@@ -26,6 +28,84 @@ pub enum StartError {
     Engine(u32),
 }
 
+/// The shape of the NV state as the service's answers have made it: each blob's name and
+/// length. What the service may change is bounded by it: at most [`MAX_BLOBS`] blobs, in
+/// all no more than a START message carries ([`service::MAX_MESSAGE`]), since a state
+/// the next boot cannot hand back to the service is lost anyway. Without it a compromised
+/// service could grow the state (kept in the sealed store, in the SVSM's heap) by a new
+/// name per command until the heap ran out.
+#[derive(Debug, Default)]
+struct NvLedger {
+    blobs: Vec<(Vec<u8>, usize)>,
+}
+
+impl NvLedger {
+    fn of(nv: &NvBlobs) -> Option<Self> {
+        let mut ledger = Self::default();
+        ledger.blobs.try_reserve(nv.len()).ok()?;
+        for (name, data) in nv {
+            ledger.blobs.push((copy(name)?, data.len()));
+        }
+        ledger.within_bounds().then_some(ledger)
+    }
+
+    /// Apply `changes`; `false` if the state would leave its bounds (or no memory).
+    fn apply(&mut self, changes: &[NvChange]) -> bool {
+        for change in changes {
+            let at = self.blobs.iter().position(|(name, _)| *name == change.name);
+            match (at, &change.data) {
+                (Some(i), None) => {
+                    self.blobs.swap_remove(i);
+                }
+                (None, None) => {}
+                (Some(i), Some(data)) => {
+                    if let Some(entry) = self.blobs.get_mut(i) {
+                        entry.1 = data.len();
+                    }
+                }
+                (None, Some(data)) => {
+                    let Some(name) = copy(&change.name) else { return false };
+                    if self.blobs.len() >= MAX_BLOBS || self.blobs.try_reserve(1).is_err() {
+                        return false;
+                    }
+                    self.blobs.push((name, data.len()));
+                }
+            }
+        }
+        self.within_bounds()
+    }
+
+    fn within_bounds(&self) -> bool {
+        let bytes = self.blobs.iter().map(|(name, len)| name.len().saturating_add(*len)).fold(0, usize::saturating_add);
+        self.blobs.len() <= MAX_BLOBS && bytes <= service::MAX_MESSAGE
+    }
+}
+
+/// Add `changes` to the `pending` ones, a later change of a blob replacing the earlier:
+/// a vTPM without storage never takes them, and they must not pile up command after
+/// command (at most one per blob the ledger allows). `false` if there is no memory.
+fn merge(pending: &mut Vec<NvChange>, changes: Vec<NvChange>) -> bool {
+    for change in changes {
+        match pending.iter_mut().find(|p| p.name == change.name) {
+            Some(earlier) => *earlier = change,
+            None => {
+                if pending.try_reserve(1).is_err() {
+                    return false;
+                }
+                pending.push(change);
+            }
+        }
+    }
+    true
+}
+
+fn copy(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len()).ok()?;
+    v.extend_from_slice(bytes);
+    Some(v)
+}
+
 /// The vTPM engine behind a channel. `R` runs the service process until it waits on its
 /// channel again, and says whether it still lives.
 pub struct ServiceTpm<R: FnMut() -> bool + Send> {
@@ -33,6 +113,8 @@ pub struct ServiceTpm<R: FnMut() -> bool + Send> {
     run: R,
     /// NV changes answered and not yet taken.
     pending: Vec<NvChange>,
+    /// The NV state they make.
+    ledger: NvLedger,
     alive: bool,
     /// The engine's cycles for the last command, as the service reported them.
     last_engine_cycles: u64,
@@ -48,19 +130,25 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
     /// Start the engine in the process behind `channel` from the NV state `nv` (empty: a
     /// new TPM). The process has been loaded and waits for its first message.
     pub fn start(channel: Arc<Channel>, run: R, nv: &NvBlobs) -> Result<Self, StartError> {
-        Self::begin(channel, run, service::start(nv).ok_or(StartError::StateTooLarge)?)
+        let message = service::start(nv).ok_or(StartError::StateTooLarge)?;
+        Self::begin(channel, run, message, NvLedger::of(nv).ok_or(StartError::StateTooLarge)?)
     }
 
     /// Continue, in the process behind `channel`, the TPM a migration source saved.
     pub fn resume(channel: Arc<Channel>, run: R, state: &TpmState) -> Result<Self, StartError> {
-        Self::begin(channel, run, service::resume(state).ok_or(StartError::StateTooLarge)?)
+        let message = service::resume(state).ok_or(StartError::StateTooLarge)?;
+        Self::begin(channel, run, message, NvLedger::of(&state.nv).ok_or(StartError::StateTooLarge)?)
     }
 
-    fn begin(channel: Arc<Channel>, run: R, message: Vec<u8>) -> Result<Self, StartError> {
-        let mut engine = Self { channel, run, pending: Vec::new(), alive: true, last_engine_cycles: 0 };
+    fn begin(channel: Arc<Channel>, run: R, message: Vec<u8>, ledger: NvLedger) -> Result<Self, StartError> {
+        let mut engine = Self { channel, run, pending: Vec::new(), ledger, alive: true, last_engine_cycles: 0 };
         let answer = engine.exchange(message).ok_or(StartError::Service)?;
         match service::parse_answer(&answer) {
             Some(Answer::Started(changes)) => {
+                if !engine.ledger.apply(&changes) {
+                    engine.die();
+                    return Err(StartError::Service);
+                }
                 engine.pending = changes;
                 Ok(engine)
             }
@@ -118,11 +206,10 @@ impl<R: FnMut() -> bool + Send> TpmEngine for ServiceTpm<R> {
             return 0;
         };
         out.copy_from_slice(bytes);
-        if self.pending.try_reserve(changes.len()).is_err() {
+        if !self.ledger.apply(&changes) || !merge(&mut self.pending, changes) {
             self.die();
             return 0;
         }
-        self.pending.extend(changes);
         bytes.len()
     }
 
