@@ -12,7 +12,7 @@
 //! lock for the one change; other vCPUs are reached through their slots' locks and a
 //! kick (`slots`, `shared`).
 
-use crate::hw::SvmHw;
+use crate::hw::{LogToGuestError, SvmHw};
 use crate::run::Taken;
 use crate::shared::SvmShared;
 use crate::slots::Slot;
@@ -20,7 +20,9 @@ use crate::vcpu::SvmVcpu;
 use abi::vmsa::VmsaField;
 use kernel::addr::{Gpa, PageAddr, PageRange, PageSize};
 use kernel::log_ring::LogLost;
-use kernel::platform::{GuestRequestError, HwError, Level, MemoryFault, Platform, PvalidateEffect, VtomLimits};
+use kernel::platform::{
+    GuestRequestError, HwError, Level, LogCopyError, MemoryFault, Platform, PvalidateEffect, VtomLimits,
+};
 use kernel::vcpu::VcpuIndex;
 use rmp::Size;
 
@@ -331,6 +333,14 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
 
     fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
         self.shared.hw.log_read(offset, out)
+    }
+
+    fn log_to_guest(&mut self, offset: u64, gpa: Gpa, len: usize) -> Result<usize, LogCopyError> {
+        self.check(gpa.0, len).map_err(LogCopyError::Fault)?;
+        self.shared.hw.log_to_guest(offset, gpa.0, len).map_err(|e| match e {
+            LogToGuestError::Lost(lost) => LogCopyError::Lost(lost),
+            LogToGuestError::Fault => LogCopyError::Fault(MemoryFault { gpa }),
+        })
     }
 
     fn log_written(&self) -> u64 {

@@ -104,6 +104,65 @@ impl SvmRun {
     }
 }
 
+/// One boot's OCP log read (the guest's `BENCH_OCP` line): the same bytes of the SVSM's
+/// log read through SVSM_OCP_READ in chunks of 4 KiB and in one 32 KiB call, and copied by
+/// the guest itself in the same chunks (TSC cycles, the fastest of the guest's rounds).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct OcpRun {
+    bytes: f64,
+    ocp4k: f64,
+    memcpy4k: f64,
+    ocp32k: f64,
+    memcpy32k: f64,
+}
+
+impl OcpRun {
+    /// Throughput through the protocol / throughput of the guest's own copy.
+    fn ratio4k(&self) -> f64 {
+        self.memcpy4k / self.ocp4k.max(1.0)
+    }
+
+    fn ratio32k(&self) -> f64 {
+        self.memcpy32k / self.ocp32k.max(1.0)
+    }
+}
+
+/// The guest's `BENCH_OCP` line.
+fn ocp_line(lines: &[String]) -> Result<OcpRun> {
+    let line = lines.iter().find(|l| l.starts_with("BENCH_OCP")).ok_or("the guest printed no BENCH_OCP line")?;
+    let run = OcpRun {
+        bytes: field(line, "bytes32k")?,
+        ocp4k: field(line, "ocp4k_cycles")?,
+        memcpy4k: field(line, "memcpy4k_cycles")?,
+        ocp32k: field(line, "ocp32k_cycles")?,
+        memcpy32k: field(line, "memcpy32k_cycles")?,
+    };
+    if field(line, "bytes4k")? != run.bytes || run.bytes == 0.0 {
+        return Err(format!("the two OCP reads moved different bytes: `{line}`"));
+    }
+    Ok(run)
+}
+
+/// `target/bench/ocp_svm.json`.
+fn ocp_json(runs: &[OcpRun], median4k: f64, median32k: f64) -> String {
+    let rows: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"bytes\": {}, \"ocp4k_cycles\": {}, \"memcpy4k_cycles\": {}, \"ocp32k_cycles\": {}, \"memcpy32k_cycles\": {}}}",
+                r.bytes, r.ocp4k, r.memcpy4k, r.ocp32k, r.memcpy32k
+            )
+        })
+        .collect();
+    format!(
+        "{{\n  \"bench\": \"ocp_log_read_svm\",\n  \"goal_ratio\": {OCP_GOAL},\n  \"median_ratio_4k\": {median4k:.4},\n  \"median_ratio_32k\": {median32k:.4},\n  \"runs\": [\n    {}\n  ]\n}}\n",
+        rows.join(",\n    ")
+    )
+}
+
+/// Issue 13's goal for the OCP log read: at least half the guest's own copy's throughput.
+const OCP_GOAL: f64 = 0.5;
+
 /// vCPU 1's QUERY_PROTOCOL round trips (TSC cycles) in one phase of the isolation run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Latency {
@@ -189,7 +248,7 @@ fn svm_benches() -> Result {
         memory_mib: 512,
     };
     let (mut runs, mut isolation, mut region, mut user) = (Vec::new(), Vec::new(), None, Vec::new());
-    let mut costs = Vec::new();
+    let (mut costs, mut ocp) = (Vec::new(), Vec::new());
     for i in 1..=SVM_BENCH_BOOTS {
         let boot = qemu::boot(&run)?;
         let figures = bench_line(&boot)?;
@@ -199,6 +258,14 @@ fn svm_benches() -> Result {
             figures.bare,
             figures.ratio()
         ));
+        let o = ocp_line(&boot.guest_lines)?;
+        step(&format!(
+            "OCP log read {i}/{SVM_BENCH_BOOTS}: {:.0} bytes in 4 KiB calls {:.2}x, in one call {:.2}x the guest's own copy",
+            o.bytes,
+            o.ratio4k(),
+            o.ratio32k()
+        ));
+        ocp.push(o);
         let iso = isolation_line(&boot.guest_lines)?;
         step(&format!("svm vCPU isolation {i}/{SVM_BENCH_BOOTS}: {}", iso.describe()));
         let u = user_line(&boot.lines)?;
@@ -225,6 +292,14 @@ fn svm_benches() -> Result {
     step(&format!(
         "svm call round trip: median ratio {call_median:.2} over {SVM_BENCH_BOOTS} boots (goal <= {SVM_BENCH_GOAL}: {verdict})"
     ));
+    let (ocp4k, ocp32k) =
+        (median(ocp.iter().map(OcpRun::ratio4k).collect()), median(ocp.iter().map(OcpRun::ratio32k).collect()));
+    let verdict = if ocp4k >= OCP_GOAL && ocp32k >= OCP_GOAL { "goal met" } else { "goal missed" };
+    step(&format!(
+        "OCP log read on svm (the guest reads the SVSM's log through SVSM_OCP_READ / copies the same bytes itself, \
+         median over {SVM_BENCH_BOOTS} boots): {ocp4k:.2} in 4 KiB calls, {ocp32k:.2} in one call of up to 32 KiB (goal >= {OCP_GOAL}: {verdict})"
+    ));
+    write_result("ocp_svm.json", &ocp_json(&ocp, ocp4k, ocp32k))?;
     let (iso_median, iso_mean) = isolation_summary(&isolation);
     let speedup = median(user.iter().map(UserRun::batch_speedup).collect());
     let clock_speedup = median(user.iter().map(UserRun::clock_batch_speedup).collect());
@@ -570,6 +645,17 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&cpl3_json(&windows, &create, &extend)).unwrap();
         assert_eq!(json["windows"][1]["engine_cycles"], 32000.0);
         assert_eq!(json["pcr_extend_ratio"], 1.5);
+    }
+
+    #[test]
+    fn the_ocp_line_gives_throughput_ratios_and_refuses_reads_that_differ() {
+        let line = "BENCH_OCP bytes4k=32768 ocp4k_cycles=400000 memcpy4k_cycles=100000 bytes32k=32768 ocp32k_cycles=200000 memcpy32k_cycles=150000";
+        let run = ocp_line(&["BENCH x=1".to_string(), line.to_string()]).unwrap();
+        assert_eq!((run.ratio4k(), run.ratio32k()), (0.25, 0.75));
+        let differ = line.replace("bytes4k=32768", "bytes4k=4096");
+        assert!(ocp_line(&[differ]).is_err());
+        assert!(ocp_line(&["BENCH_OCP failed: the log held nothing to read".to_string()]).is_err());
+        assert!(ocp_line(&[]).is_err());
     }
 
     #[test]

@@ -185,6 +185,18 @@ pub fn log_read(offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
     lock().map_or(Ok(0), |console| console.log.read(offset, out))
 }
 
+/// `f` with the log stream from `offset`, at most `max` bytes of it, as the ring holds it
+/// (two pieces where it wraps), under the console's lock; 0 bytes if the console is busy.
+pub fn with_log<T>(offset: u64, max: usize, f: impl FnOnce(&[u8], &[u8]) -> T) -> Result<T, LogLost> {
+    match lock() {
+        Some(console) => {
+            let [a, b] = console.log.segments(offset, max)?;
+            Ok(f(a, b))
+        }
+        None => Ok(f(&[], &[])),
+    }
+}
+
 /// Bytes logged since boot.
 pub fn log_written() -> u64 {
     lock().map_or(0, |console| console.log.written())

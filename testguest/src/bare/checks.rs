@@ -214,6 +214,12 @@ pub fn run_all() -> (bool, u64) {
         (call * 100 / bare.max(1)) % 100
     );
 
+    // The OCP log read beside a plain copy of the same bytes.
+    match super::ocp::bench_log_read(&mut c, rdtsc) {
+        Ok(line) => println!("{line}"),
+        Err(why) => println!("BENCH_OCP failed: {why}"),
+    }
+
     // The vCPU isolation benchmark: vCPU 1's core calls while vCPU 0's vTPM command runs.
     match super::isolation::measure(&mut c, vmsa, vcpu_ca, lists) {
         Ok(figures) => println!("{figures}"),

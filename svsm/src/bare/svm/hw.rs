@@ -15,7 +15,7 @@ use super::{kick, vmrun};
 use kernel::log_ring::LogLost;
 use kernel::platform::{GuestRequestError, Level};
 use spin::Mutex;
-use svm::hw::{Fault, PageMem, SvmCpu, SvmHw};
+use svm::hw::{Fault, LogToGuestError, PageMem, SvmCpu, SvmHw};
 use svm::npt::Access;
 
 /// The SVSM's own memory (the image and everything it allocates): no guest-physical
@@ -137,6 +137,21 @@ impl SvmHw for BareSvm {
 
     fn log_written(&self) -> u64 {
         console::log_written()
+    }
+
+    fn log_to_guest(&self, offset: u64, gpa: u64, len: usize) -> Result<usize, LogToGuestError> {
+        // Straight from the ring into the guest's page, under the console's lock (a copy
+        // of at most a page; nothing in it can fault: the range is guest RAM, checked).
+        console::with_log(offset, len, |a, b| {
+            let second = gpa.checked_add(a.len() as u64).ok_or(LogToGuestError::Fault)?;
+            for (at, piece) in [(gpa, a), (second, b)] {
+                if !piece.is_empty() {
+                    self.write_guest(at, piece).map_err(|_| LogToGuestError::Fault)?;
+                }
+            }
+            Ok(a.len() + b.len())
+        })
+        .map_err(LogToGuestError::Lost)?
     }
 }
 
