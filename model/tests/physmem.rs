@@ -160,7 +160,7 @@ fn pages_the_svsm_claims_or_the_guest_has_not_validated_are_never_mapped() {
         // anonymous flags on an object.
         ([handle, 0, at(SHARED), 4096, r | map::EXEC], SysError::Perm),
         ([handle, 0, range.length - 4096, 2 * 4096, r], SysError::Inval),
-        ([handle, 0, u64::MAX & !0xfff, 4096, r], SysError::Inval),
+        ([handle, 0, !0xfff, 4096, r], SysError::Inval),
         ([handle, 0, at(SHARED) + 8, 4096, r], SysError::Inval),
         ([handle, 0, at(SHARED), 4096, rw | map::ANONYMOUS], SysError::Inval),
         // More than a process may hold.
