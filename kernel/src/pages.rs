@@ -464,12 +464,15 @@ impl PageTracker {
         })
     }
 
-    /// A mapping made with [`Self::map_for_service`] is gone.
+    /// A mapping made with [`Self::map_for_service`] is gone. (A release of a page no
+    /// mapping holds is an SVSM bug: the tests and the fuzzer run with it asserted.)
     pub fn unmap_for_service(&self, page: PageAddr) {
         let mut held = self.lock(page, page);
         held.with(region_of(page.pfn()), |pages, stripe| {
             let mapped = &mut stripe.mapped;
-            if let Ok(i) = mapped.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn)
+            let at = mapped.binary_search_by_key(&page.pfn(), |(pfn, _)| *pfn).ok();
+            debug_assert!(at.is_some(), "a release of {page:?}, which no mapping holds");
+            if let Some(i) = at
                 && let Some((_, count)) = mapped.get_mut(i)
             {
                 *count = count.saturating_sub(1);

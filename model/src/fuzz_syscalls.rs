@@ -196,11 +196,19 @@ fn check(process: &Process, space: &HostSpace, services: &HostServices) {
     assert_eq!(guest, guest_mapped, "the process's count of guest pages is wrong");
     if let Some(t) = &services.guest {
         assert_eq!(t.service_mappings_total(), guest, "the tracker holds other guest pages than the process maps");
+        // Page by page: the tracker holds each page as often as the process maps it.
+        let mut expected = std::collections::BTreeMap::new();
         for (_, m) in process.mappings().iter() {
             let Some(gpa) = m.guest else { continue };
             let pages = PageRange::new(PageAddr::from_pfn(gpa >> 12), m.pages).expect("a mapped range");
             assert!(t.check_target(pages).is_ok(), "a process maps a page the SVSM has a claim on");
             assert!(t.all_validated(pages), "a process maps a page the guest has not validated");
+            for page in pages.iter() {
+                *expected.entry(page).or_insert(0u32) += 1;
+            }
+        }
+        for (page, count) in expected {
+            assert_eq!(t.service_mappings(page), count, "the tracker holds {page:?} as often as it is mapped");
         }
     }
     assert!(process.handle_count() <= MAX_HANDLES);

@@ -420,6 +420,32 @@ fn a_service_cannot_grow_the_nv_state_or_the_kernels_pending_changes_without_bou
         assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 10);
     }
     assert_eq!(tpm.take_nv_changes(), Ok(vec![blob("permall".into(), 1000 % 200)]));
+    // Deletions of blobs the state never held change nothing and are not kept (found by
+    // the second review: each had been kept, a new name per deletion).
+    let gone = |name: String| NvChange { name: name.into_bytes(), data: None };
+    let mut tpm = scripted(move |n| (0..8).map(|i| gone(format!("never{n}.{i}"))).collect());
+    for _ in 0..1000 {
+        assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 10);
+    }
+    assert_eq!(tpm.take_nv_changes(), Ok(vec![]));
+    // A new name with every command and the last one deleted leaves a deletion each
+    // time: past twice the blobs a state may hold, the engine ends.
+    let mut tpm = scripted(move |n| vec![blob(format!("brief{n}"), 1), gone(format!("brief{}", n - 1))]);
+    let served = (0..100).take_while(|_| tpm.execute(&tpm_get_random(1), &mut response) == 10).count();
+    assert_eq!(served, 2 * vtpm::nv::MAX_BLOBS);
+    // An NV state exactly as large as a START message allows is kept; a byte more is not
+    // (the bound counts the message's headers, not only the bytes).
+    // (Two blobs over three commands: one answer cannot carry a whole state.)
+    let first = 160 * 1024;
+    let fits = vtpm::service::MAX_MESSAGE - vtpm::service::start_len([(1, first), (1, 0)]);
+    let mut tpm = scripted(move |n| match n {
+        1 => vec![blob("a".into(), first)],
+        2 => vec![blob("b".into(), fits)],
+        _ => vec![blob("b".into(), fits + 1)],
+    });
+    assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 10);
+    assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 10, "exactly a START message");
+    assert_eq!(tpm.execute(&tpm_get_random(1), &mut response), 0, "one byte more");
 }
 
 #[test]

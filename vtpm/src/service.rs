@@ -139,6 +139,12 @@ pub fn start(nv: &NvBlobs) -> Option<Vec<u8>> {
     Some(m.0)
 }
 
+/// The length of the START message of an NV state whose blobs have names and data of
+/// these lengths (tag, count, then per blob: u16 name length, name, u32 length, bytes).
+pub fn start_len(blobs: impl IntoIterator<Item = (usize, usize)>) -> usize {
+    blobs.into_iter().fold(1 + 4, |len, (name, data)| len.saturating_add(6).saturating_add(name).saturating_add(data))
+}
+
 /// RESUME with a saved state; `None` if it does not fit a message.
 pub fn resume(state: &TpmState) -> Option<Vec<u8>> {
     let mut m = Message::new(RESUME)?;

@@ -137,8 +137,10 @@ fn ocp_line(lines: &[String]) -> Result<OcpRun> {
         ocp32k: field(line, "ocp32k_cycles")?,
         memcpy32k: field(line, "memcpy32k_cycles")?,
     };
-    if field(line, "bytes4k")? != run.bytes || run.bytes == 0.0 {
-        return Err(format!("the two OCP reads moved different bytes: `{line}`"));
+    // Each phase's copy moves the bytes its reads moved, so each ratio stands alone (the
+    // log may grow between the phases).
+    if field(line, "bytes4k")? == 0.0 || run.bytes == 0.0 {
+        return Err(format!("an OCP read moved no bytes: `{line}`"));
     }
     Ok(run)
 }
@@ -648,12 +650,12 @@ mod tests {
     }
 
     #[test]
-    fn the_ocp_line_gives_throughput_ratios_and_refuses_reads_that_differ() {
+    fn the_ocp_line_gives_throughput_ratios_and_refuses_empty_reads() {
         let line = "BENCH_OCP bytes4k=32768 ocp4k_cycles=400000 memcpy4k_cycles=100000 bytes32k=32768 ocp32k_cycles=200000 memcpy32k_cycles=150000";
         let run = ocp_line(&["BENCH x=1".to_string(), line.to_string()]).unwrap();
         assert_eq!((run.ratio4k(), run.ratio32k()), (0.25, 0.75));
-        let differ = line.replace("bytes4k=32768", "bytes4k=4096");
-        assert!(ocp_line(&[differ]).is_err());
+        let empty = line.replace("bytes4k=32768", "bytes4k=0");
+        assert!(ocp_line(&[empty]).is_err());
         assert!(ocp_line(&["BENCH_OCP failed: the log held nothing to read".to_string()]).is_err());
         assert!(ocp_line(&[]).is_err());
     }

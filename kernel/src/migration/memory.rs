@@ -251,7 +251,8 @@ impl Svsm {
             Err(HwError::Rc(FAIL_SIZEMISMATCH)) if whole => {
                 let entry = PageRange::huge_page_around(page).ok_or(MemoryImportError::Platform { gpa })?;
                 let base = entry.start();
-                if !self.pages.is_ram(entry) || held.check_target(entry).is_err() {
+                if !self.pages.is_ram(entry) || held.check_target(entry).is_err() || held.check_unmapped(entry).is_err()
+                {
                     return Err(MemoryImportError::NotGuestMemory { gpa });
                 }
                 (base, PageSize::Size2M, entry)
@@ -286,7 +287,7 @@ impl Svsm {
         let mut held = self.pages.lock(base, base);
         // Strictly the guest's, every page: no calling area either (a 4 KiB page's
         // exemption, which a 2 MiB entry cannot have apart from its other pages).
-        if !self.pages.is_ram(entry) || held.check_target(entry).is_err() {
+        if !self.pages.is_ram(entry) || held.check_target(entry).is_err() || held.check_unmapped(entry).is_err() {
             return Err(MemoryImportError::NotGuestMemory { gpa });
         }
         if !held.any_validated(entry) {
@@ -347,8 +348,11 @@ fn svsm_entry(svsm: &Svsm, page: PageAddr) -> Option<PageRange> {
     svsm.in_huge_entry(page.pfn()).then(|| PageRange::huge_page_around(page)).flatten()
 }
 
-/// [`Svsm::importable`] with the page's stripe as `held` has it.
+/// [`Svsm::importable`] with the page's stripe as `held` has it. A page a service process
+/// maps here is not (docs/syscalls.md "OPEN_PHYSMEM": nothing changes its state while
+/// mapped; no process maps guest memory while a migration arrives).
 fn importable(pages: &PageTracker, held: &mut Held<'_>, one: PageRange) -> bool {
     pages.is_ram(one)
         && (held.check_target(one).is_ok() || matches!(held.role(one.start()), Some(PageRole::CallingArea(_))))
+        && held.check_unmapped(one).is_ok()
 }

@@ -252,7 +252,7 @@ impl Svsm {
         let hw = |_| VcpuImportError::Platform { gpa };
         let one = PageRange::new(page, 1).ok_or(VcpuImportError::Malformed)?;
         let mut held = self.pages.lock(page, page);
-        if held.check_target(one).is_err() {
+        if held.check_target(one).is_err() || held.check_unmapped(one).is_err() {
             return Err(VcpuImportError::NotGuestMemory { gpa });
         }
         held.reserve_deposited(one).map_err(|_| VcpuImportError::NoRoom)?;

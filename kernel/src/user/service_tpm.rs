@@ -29,9 +29,10 @@ pub enum StartError {
 }
 
 /// The shape of the NV state as the service's answers have made it: each blob's name and
-/// length. What the service may change is bounded by it: at most [`MAX_BLOBS`] blobs, in
-/// all no more than a START message carries ([`service::MAX_MESSAGE`]), since a state
-/// the next boot cannot hand back to the service is lost anyway. Without it a compromised
+/// length. What the service may change is bounded by it: at most [`MAX_BLOBS`] blobs
+/// whose START message fits [`service::MAX_MESSAGE`], since a state the next boot cannot
+/// hand back to the service is lost anyway. A deletion of a blob the state does not hold
+/// changes nothing and is dropped. Without it a compromised
 /// service could grow the state (kept in the sealed store, in the SVSM's heap) by a new
 /// name per command until the heap ran out.
 #[derive(Debug, Default)]
@@ -49,47 +50,54 @@ impl NvLedger {
         ledger.within_bounds().then_some(ledger)
     }
 
-    /// Apply `changes`; `false` if the state would leave its bounds (or no memory).
-    fn apply(&mut self, changes: &[NvChange]) -> bool {
-        for change in changes {
+    /// Apply `changes`, dropping the deletions of blobs the state does not hold; `false`
+    /// if the state would leave its bounds (or no memory).
+    fn apply(&mut self, changes: &mut Vec<NvChange>) -> bool {
+        let mut bounded = true;
+        changes.retain(|change| {
             let at = self.blobs.iter().position(|(name, _)| *name == change.name);
             match (at, &change.data) {
                 (Some(i), None) => {
                     self.blobs.swap_remove(i);
                 }
-                (None, None) => {}
+                (None, None) => return false,
                 (Some(i), Some(data)) => {
                     if let Some(entry) = self.blobs.get_mut(i) {
                         entry.1 = data.len();
                     }
                 }
-                (None, Some(data)) => {
-                    let Some(name) = copy(&change.name) else { return false };
-                    if self.blobs.len() >= MAX_BLOBS || self.blobs.try_reserve(1).is_err() {
-                        return false;
+                (None, Some(data)) => match copy(&change.name) {
+                    Some(name) if self.blobs.len() < MAX_BLOBS && self.blobs.try_reserve(1).is_ok() => {
+                        self.blobs.push((name, data.len()));
                     }
-                    self.blobs.push((name, data.len()));
-                }
+                    _ => bounded = false,
+                },
             }
-        }
-        self.within_bounds()
+            true
+        });
+        bounded && self.within_bounds()
     }
 
     fn within_bounds(&self) -> bool {
-        let bytes = self.blobs.iter().map(|(name, len)| name.len().saturating_add(*len)).fold(0, usize::saturating_add);
-        self.blobs.len() <= MAX_BLOBS && bytes <= service::MAX_MESSAGE
+        let start = service::start_len(self.blobs.iter().map(|(name, len)| (name.len(), *len)));
+        self.blobs.len() <= MAX_BLOBS && start <= service::MAX_MESSAGE
     }
 }
 
+/// Most changes kept for the vTPM to take: one per blob the state may hold and one per
+/// blob it may have deleted. libtpms uses three names, so its changes never come near.
+const MAX_PENDING: usize = 2 * MAX_BLOBS;
+
 /// Add `changes` to the `pending` ones, a later change of a blob replacing the earlier:
 /// a vTPM without storage never takes them, and they must not pile up command after
-/// command (at most one per blob the ledger allows). `false` if there is no memory.
+/// command. `false` past [`MAX_PENDING`] (a service that creates and deletes a new name
+/// with every command) or without memory.
 fn merge(pending: &mut Vec<NvChange>, changes: Vec<NvChange>) -> bool {
     for change in changes {
         match pending.iter_mut().find(|p| p.name == change.name) {
             Some(earlier) => *earlier = change,
             None => {
-                if pending.try_reserve(1).is_err() {
+                if pending.len() >= MAX_PENDING || pending.try_reserve(1).is_err() {
                     return false;
                 }
                 pending.push(change);
@@ -144,8 +152,8 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
         let mut engine = Self { channel, run, pending: Vec::new(), ledger, alive: true, last_engine_cycles: 0 };
         let answer = engine.exchange(message).ok_or(StartError::Service)?;
         match service::parse_answer(&answer) {
-            Some(Answer::Started(changes)) => {
-                if !engine.ledger.apply(&changes) {
+            Some(Answer::Started(mut changes)) => {
+                if !engine.ledger.apply(&mut changes) {
                     engine.die();
                     return Err(StartError::Service);
                 }
@@ -196,7 +204,8 @@ impl<R: FnMut() -> bool + Send> TpmEngine for ServiceTpm<R> {
         self.last_engine_cycles = 0;
         let Some(message) = service::command(command) else { return 0 };
         let Some(answer) = self.exchange(message) else { return 0 };
-        let Some(Answer::Response { response: bytes, changes, engine_cycles }) = service::parse_answer(&answer) else {
+        let Some(Answer::Response { response: bytes, mut changes, engine_cycles }) = service::parse_answer(&answer)
+        else {
             self.die();
             return 0;
         };
@@ -206,7 +215,7 @@ impl<R: FnMut() -> bool + Send> TpmEngine for ServiceTpm<R> {
             return 0;
         };
         out.copy_from_slice(bytes);
-        if !self.ledger.apply(&changes) || !merge(&mut self.pending, changes) {
+        if !self.ledger.apply(&mut changes) || !merge(&mut self.pending, changes) {
             self.die();
             return 0;
         }

@@ -219,7 +219,8 @@ fn physmem() -> ! {
         fail(6);
     }
     for claimed in [LAUNCH_VMSA, LAUNCH_CALLING_AREA] {
-        if range.base <= claimed && rt::mmap_guest(handle, claimed - range.base, 4096, false) != Err(SysError::Perm) {
+        let Some(offset) = claimed.checked_sub(range.base) else { fail(7) };
+        if rt::mmap_guest(handle, offset, 4096, false) != Err(SysError::Perm) {
             fail(7);
         }
     }
@@ -269,9 +270,10 @@ fn probe(mode: u64) -> ! {
             rt::exit(if rt::result(rax) == Err(SysError::Fault) { 6 } else { PROBE_SURVIVED })
         }
         // A process that never makes a system call: only the timer takes the CPU back.
-        7 => loop {
-            core::hint::spin_loop();
-        },
+        // It spins with the direction flag set, which the SVSM's interrupt path must
+        // clear for itself (its copies may be `rep movs`).
+        // SAFETY: the loop never returns to Rust code, so DF set breaks no Rust rule.
+        7 => unsafe { core::arch::asm!("std", "2:", "pause", "jmp 2b", options(noreturn, nomem, nostack)) },
         8 => threads(),
         // A second thread reads the SVSM's memory while the first spins: the fault ends
         // the whole process.

@@ -42,6 +42,9 @@ core::arch::global_asm!(
     .section .text.exception_common, "ax"
     .global exception_common
 exception_common:
+    /* A process at CPL 3 may have set DF; an interrupt does not clear it, and Rust code
+       (its copies may be `rep movs`) needs it clear. The IRETQ restores the process's. */
+    cld
     push rax
     push rbx
     push rcx
