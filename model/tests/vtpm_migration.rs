@@ -548,6 +548,20 @@ fn the_guests_validated_pages_arrive_with_their_bytes_and_permissions() {
         bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &claimed)),
         Err(kernel::migration::MemoryImportError::Platform { gpa })
     );
+    // A page a service process maps on the destination is refused too: no page changes
+    // state while a process maps it (docs/syscalls.md "OPEN_PHYSMEM"). Once unmapped, the
+    // same record applies.
+    let w = &source.world;
+    let page_record = bulwark_model::heap::in_svsm(|| w.svsm.export_pages(&w.machine, &[PAGES_AT / 4096])).unwrap();
+    let page = kernel::addr::PageAddr::new(PAGES_AT).unwrap();
+    let w = &mut destination.world;
+    w.svsm.pages().map_for_service(page).expect("a validated guest page may be mapped");
+    assert_eq!(
+        bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &page_record)),
+        Err(kernel::migration::MemoryImportError::NotGuestMemory { gpa: PAGES_AT })
+    );
+    w.svsm.pages().unmap_for_service(page);
+    assert_eq!(bulwark_model::heap::in_svsm(|| w.svsm.import_memory(&mut w.machine, &page_record)), Ok(1));
     let mut unknown_flag = chunks[0].clone();
     unknown_flag[16] = 2;
     let w = &mut destination.world;
