@@ -186,20 +186,7 @@ pub trait Platform {
     /// copied (0 at the end of the log). This default goes through a buffer on the stack,
     /// for platforms whose log is not at hand.
     fn log_to_guest(&mut self, offset: u64, gpa: Gpa, len: usize) -> Result<usize, LogCopyError> {
-        let mut chunk = [0u8; 512];
-        let mut done = 0;
-        while done < len {
-            let step = (len - done).min(chunk.len());
-            let buf = chunk.get_mut(..step).unwrap_or_default();
-            let got = self.log_read(offset + done as u64, buf).map_err(LogCopyError::Lost)?;
-            let at = Gpa(gpa.0 + done as u64);
-            match buf.get(..got) {
-                Some(bytes) if got > 0 => self.write(at, bytes).map_err(LogCopyError::Fault)?,
-                _ => break,
-            }
-            done += got;
-        }
-        Ok(done)
+        log_through_buffer(self, offset, gpa, len)
     }
 
     /// Hand one SNP guest message (already encrypted under VMPCK0) to the PSP and wait for
@@ -215,6 +202,30 @@ pub trait Platform {
     fn report_certificates(&mut self) -> &[u8] {
         &[]
     }
+}
+
+/// [`Platform::log_to_guest`] through a buffer on the stack: [`Platform::log_read`], then
+/// [`Platform::write`], 512 bytes at a time.
+pub fn log_through_buffer<P: Platform + ?Sized>(
+    p: &mut P,
+    offset: u64,
+    gpa: Gpa,
+    len: usize,
+) -> Result<usize, LogCopyError> {
+    let mut chunk = [0u8; 512];
+    let mut done = 0;
+    while done < len {
+        let step = (len - done).min(chunk.len());
+        let buf = chunk.get_mut(..step).unwrap_or_default();
+        let got = p.log_read(offset + done as u64, buf).map_err(LogCopyError::Lost)?;
+        let at = Gpa(gpa.0 + done as u64);
+        match buf.get(..got) {
+            Some(bytes) if got > 0 => p.write(at, bytes).map_err(LogCopyError::Fault)?,
+            _ => break,
+        }
+        done += got;
+    }
+    Ok(done)
 }
 
 /// Why a guest request got no answer.

@@ -76,26 +76,12 @@ pub trait SvmHw {
     /// The console's log stream (the Observability protocol reads it).
     fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost>;
     fn log_written(&self) -> u64;
-    /// Copy up to `len` bytes of the log stream from `offset` into guest memory at `gpa`
-    /// (checked by the platform); the bytes copied, 0 at the end of the stream. The
-    /// default goes through a buffer; a machine that keeps its log at hand copies straight
-    /// from it (at most two copies, for a ring that wraps).
-    fn log_to_guest(&self, offset: u64, gpa: u64, len: usize) -> Result<usize, LogToGuestError> {
-        let mut chunk = [0u8; 512];
-        let mut done = 0;
-        while done < len {
-            let step = (len - done).min(chunk.len());
-            let buf = chunk.get_mut(..step).unwrap_or_default();
-            let got = self.log_read(offset + done as u64, buf).map_err(LogToGuestError::Lost)?;
-            match buf.get(..got) {
-                Some(bytes) if got > 0 => {
-                    self.write_guest(gpa + done as u64, bytes).map_err(|_| LogToGuestError::Fault)?
-                }
-                _ => break,
-            }
-            done += got;
-        }
-        Ok(done)
+    /// Copy up to `len` bytes of the log stream from `offset` straight into guest memory
+    /// at `gpa` (checked by the platform; at most two copies, for a ring that wraps): the
+    /// bytes copied, 0 at the end of the stream. `None` (the default) where the log is not
+    /// at hand; the platform then goes through a buffer.
+    fn log_to_guest(&self, _offset: u64, _gpa: u64, _len: usize) -> Option<Result<usize, LogToGuestError>> {
+        None
     }
 }
 

@@ -337,10 +337,13 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
 
     fn log_to_guest(&mut self, offset: u64, gpa: Gpa, len: usize) -> Result<usize, LogCopyError> {
         self.check(gpa.0, len).map_err(LogCopyError::Fault)?;
-        self.shared.hw.log_to_guest(offset, gpa.0, len).map_err(|e| match e {
-            LogToGuestError::Lost(lost) => LogCopyError::Lost(lost),
-            LogToGuestError::Fault => LogCopyError::Fault(MemoryFault { gpa }),
-        })
+        match self.shared.hw.log_to_guest(offset, gpa.0, len) {
+            Some(copied) => copied.map_err(|e| match e {
+                LogToGuestError::Lost(lost) => LogCopyError::Lost(lost),
+                LogToGuestError::Fault => LogCopyError::Fault(MemoryFault { gpa }),
+            }),
+            None => kernel::platform::log_through_buffer(self, offset, gpa, len),
+        }
     }
 
     fn log_written(&self) -> u64 {

@@ -139,10 +139,10 @@ impl SvmHw for BareSvm {
         console::log_written()
     }
 
-    fn log_to_guest(&self, offset: u64, gpa: u64, len: usize) -> Result<usize, LogToGuestError> {
+    fn log_to_guest(&self, offset: u64, gpa: u64, len: usize) -> Option<Result<usize, LogToGuestError>> {
         // Straight from the ring into the guest's page, under the console's lock (a copy
         // of at most a page; nothing in it can fault: the range is guest RAM, checked).
-        console::with_log(offset, len, |a, b| {
+        let copied = console::with_log(offset, len, |a, b| {
             let second = gpa.checked_add(a.len() as u64).ok_or(LogToGuestError::Fault)?;
             for (at, piece) in [(gpa, a), (second, b)] {
                 if !piece.is_empty() {
@@ -150,8 +150,8 @@ impl SvmHw for BareSvm {
                 }
             }
             Ok(a.len() + b.len())
-        })
-        .map_err(LogToGuestError::Lost)?
+        });
+        Some(copied.unwrap_or_else(|lost| Err(LogToGuestError::Lost(lost))))
     }
 }
 
