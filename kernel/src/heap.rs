@@ -32,6 +32,13 @@ pub fn with_capacity<T>(capacity: usize) -> CallResult<Vec<T>> {
     Ok(v)
 }
 
+/// A copy of `items` on the heap, or `OutOfMemory`.
+pub fn copy_of<T: Clone>(items: &[T]) -> CallResult<Vec<T>> {
+    let mut v = with_capacity(items.len())?;
+    v.extend_from_slice(items);
+    Ok(v)
+}
+
 /// Append `items` to `v`, growing it fallibly.
 pub fn extend<T: Clone>(v: &mut Vec<T>, items: &[T]) -> CallResult<()> {
     v.try_reserve(items.len()).map_err(|_| CallError::OutOfMemory)?;

@@ -416,23 +416,24 @@ impl PageTracker {
     }
 
     /// The guest memory a service process may map (OPEN_PHYSMEM's ranges): guest RAM
-    /// without the SVSM's region, in address order; the `index`-th range.
-    pub fn guest_range(&self, index: usize) -> Option<PageRange> {
+    /// without the SVSM's region, in address order.
+    fn guest_ranges(&self) -> impl Iterator<Item = PageRange> + '_ {
         let svsm = self.svsm;
-        self.ram
-            .iter()
-            .flat_map(|r| {
-                let below = PageRange::from_pfns(r.start_pfn(), r.end_pfn().min(svsm.start_pfn()));
-                let above = PageRange::from_pfns(r.start_pfn().max(svsm.end_pfn()), r.end_pfn());
-                [below, above]
-            })
-            .flatten()
-            .nth(index)
+        self.ram.iter().flat_map(move |r| {
+            let below = PageRange::from_pfns(r.start_pfn(), r.end_pfn().min(svsm.start_pfn()));
+            let above = PageRange::from_pfns(r.start_pfn().max(svsm.end_pfn()), r.end_pfn());
+            [below, above].into_iter().flatten()
+        })
     }
 
-    /// How many ranges [`Self::guest_range`] has.
+    /// The `index`-th of [`Self::guest_ranges`].
+    pub fn guest_range(&self, index: usize) -> Option<PageRange> {
+        self.guest_ranges().nth(index)
+    }
+
+    /// How many guest ranges there are.
     pub fn guest_range_count(&self) -> usize {
-        (0..).take_while(|i| self.guest_range(*i).is_some()).count()
+        self.guest_ranges().count()
     }
 
     /// A service process maps `page` (OPEN_PHYSMEM): it must be validated guest RAM the

@@ -46,13 +46,6 @@ fn services<'a>(svsm: &'a Svsm, sealed: &'a Option<SealedStateEntry>) -> CallRes
     Ok(all)
 }
 
-/// A copy of `data` on the heap, or `OutOfMemory`.
-fn copy(data: &[u8]) -> CallResult<Vec<u8>> {
-    let mut v = heap::with_capacity(data.len())?;
-    v.extend_from_slice(data);
-    Ok(v)
-}
-
 /// The services manifest (spec table 12): header, entries, then each service's data.
 fn manifest(services: &[(Guid, &[u8])]) -> CallResult<Vec<u8>> {
     let too_big = || CallError::InvalidRequest("services manifest too large");
@@ -175,13 +168,13 @@ fn attest_inner<P: Platform + ?Sized>(
                 return Err(CallError::InvalidParameter("unknown service manifest version"));
             }
             match all.iter().find(|(g, _)| *g == guid) {
-                Some((_, data)) => copy(data)?,
+                Some((_, data)) => heap::copy_of(data)?,
                 None => return Err(CallError::InvalidParameter("no such service")),
             }
         }
     };
     drop(all);
-    let certificates = if certs_buf.is_some() { copy(p.report_certificates())? } else { Vec::new() };
+    let certificates = if certs_buf.is_some() { heap::copy_of(p.report_certificates())? } else { Vec::new() };
     *sizes = Some((manifest.len() as u64, certificates.len() as u64));
     let fits = |buf: Option<Gpa>, record: &BufferRecord, need: usize| {
         need == 0 || (buf.is_some() && record.len as usize >= need)

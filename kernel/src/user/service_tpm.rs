@@ -45,7 +45,7 @@ impl NvLedger {
         let mut ledger = Self::default();
         ledger.blobs.try_reserve(nv.len()).ok()?;
         for (name, data) in nv {
-            ledger.blobs.push((copy(name)?, data.len()));
+            ledger.blobs.push((crate::heap::copy_of(name).ok()?, data.len()));
         }
         ledger.within_bounds().then_some(ledger)
     }
@@ -66,8 +66,8 @@ impl NvLedger {
                         entry.1 = data.len();
                     }
                 }
-                (None, Some(data)) => match copy(&change.name) {
-                    Some(name) if self.blobs.len() < MAX_BLOBS && self.blobs.try_reserve(1).is_ok() => {
+                (None, Some(data)) => match crate::heap::copy_of(&change.name) {
+                    Ok(name) if self.blobs.len() < MAX_BLOBS && self.blobs.try_reserve(1).is_ok() => {
                         self.blobs.push((name, data.len()));
                     }
                     _ => bounded = false,
@@ -105,13 +105,6 @@ fn merge(pending: &mut Vec<NvChange>, changes: Vec<NvChange>) -> bool {
         }
     }
     true
-}
-
-fn copy(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(bytes.len()).ok()?;
-    v.extend_from_slice(bytes);
-    Some(v)
 }
 
 /// The vTPM engine behind a channel. `R` runs the service process until it waits on its
