@@ -254,4 +254,7 @@ pub enum LogCopyError {
     Lost(crate::log_ring::LogLost),
     /// The guest page refused the write.
     Fault(MemoryFault),
+    /// The platform could not reach its log now (another CPU held it too long). Never
+    /// reported as 0 bytes: a reader would take that for the end of the log.
+    Busy,
 }

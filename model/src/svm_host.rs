@@ -32,7 +32,7 @@ use kernel::request::EntryOutcome;
 use kernel::vcpu::VcpuIndex;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use svm::hw::{Fault, PageMem, SvmCpu, SvmHw};
+use svm::hw::{Fault, LogToGuestError, PageMem, SvmCpu, SvmHw};
 use svm::launch::{Layout, Plan};
 use svm::npt::Access;
 use svm::run::{End, Taken, Then, run_until_shared};
@@ -133,6 +133,8 @@ pub struct SvmHost {
     pub generation: u64,
     pub log: Vec<(Level, String)>,
     log_ring: Box<LogRing<LOG_BYTES>>,
+    /// The console's lock stays taken (another CPU holds it): log copies find it busy.
+    pub log_busy: bool,
     tsc: std::cell::Cell<u64>,
     next_phys: u64,
     staged: Option<Staged>,
@@ -152,6 +154,7 @@ impl SvmHost {
             generation: 0,
             log: Vec::new(),
             log_ring: Box::new(LogRing::new()),
+            log_busy: false,
             tsc: std::cell::Cell::new(1_000_000),
             next_phys: SVSM_MEMORY,
             staged: None,
@@ -368,6 +371,26 @@ impl SvmHw for ModelSvmHw<'_> {
 
     fn log_written(&self) -> u64 {
         self.host.borrow().log_ring.written()
+    }
+
+    /// Straight from the ring, as the bare console copies (`svsm/src/bare/svm/hw.rs`).
+    fn log_to_guest(&self, offset: u64, gpa: u64, len: usize) -> Option<Result<usize, LogToGuestError>> {
+        let host = self.host.borrow();
+        if host.log_busy {
+            return Some(Err(LogToGuestError::Busy));
+        }
+        let segments = match host.log_ring.segments(offset, len) {
+            Ok(segments) => segments,
+            Err(lost) => return Some(Err(LogToGuestError::Lost(lost))),
+        };
+        let mut at = gpa;
+        for s in segments.iter().filter(|s| !s.is_empty()) {
+            if self.write_guest(at, s).is_err() {
+                return Some(Err(LogToGuestError::Fault));
+            }
+            at += s.len() as u64;
+        }
+        Some(Ok(segments.iter().map(|s| s.len()).sum()))
     }
 }
 

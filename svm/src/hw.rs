@@ -90,6 +90,8 @@ pub trait SvmHw {
 pub enum LogToGuestError {
     Lost(LogLost),
     Fault,
+    /// The log could not be had now (its lock stayed taken): not the end of the log.
+    Busy,
 }
 
 /// What one CPU does alone with a vCPU it took out of the platform.

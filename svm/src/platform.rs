@@ -341,6 +341,7 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
             Some(copied) => copied.map_err(|e| match e {
                 LogToGuestError::Lost(lost) => LogCopyError::Lost(lost),
                 LogToGuestError::Fault => LogCopyError::Fault(MemoryFault { gpa }),
+                LogToGuestError::Busy => LogCopyError::Busy,
             }),
             None => kernel::platform::log_through_buffer(self, offset, gpa, len),
         }

@@ -186,15 +186,11 @@ pub fn log_read(offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
 }
 
 /// `f` with the log stream from `offset`, at most `max` bytes of it, as the ring holds it
-/// (two pieces where it wraps), under the console's lock; 0 bytes if the console is busy.
-pub fn with_log<T>(offset: u64, max: usize, f: impl FnOnce(&[u8], &[u8]) -> T) -> Result<T, LogLost> {
-    match lock() {
-        Some(console) => {
-            let [a, b] = console.log.segments(offset, max)?;
-            Ok(f(a, b))
-        }
-        None => Ok(f(&[], &[])),
-    }
+/// (two pieces where it wraps), under the console's lock; `None` if the console stayed
+/// busy (not an empty log: the caller says so rather than answer 0 bytes).
+pub fn with_log<T>(offset: u64, max: usize, f: impl FnOnce(&[u8], &[u8]) -> T) -> Option<Result<T, LogLost>> {
+    let console = lock()?;
+    Some(console.log.segments(offset, max).map(|[a, b]| f(a, b)))
 }
 
 /// Bytes logged since boot.

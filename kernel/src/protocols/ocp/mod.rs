@@ -140,6 +140,7 @@ fn read_log<P: Platform + ?Sized>(
         p.log_to_guest(offset + from as u64, at, len).map_err(|e| match e {
             LogCopyError::Lost(l) => CallError::LogLost { oldest: l.oldest },
             LogCopyError::Fault(f) => CallError::from(f),
+            LogCopyError::Busy => CallError::InvalidRequest("the log is busy now; read it again"),
         })
     })?;
     Ok(copied as u64)

@@ -151,7 +151,11 @@ impl SvmHw for BareSvm {
             }
             Ok(a.len() + b.len())
         });
-        Some(copied.unwrap_or_else(|lost| Err(LogToGuestError::Lost(lost))))
+        Some(match copied {
+            Some(Ok(copied)) => copied,
+            Some(Err(lost)) => Err(LogToGuestError::Lost(lost)),
+            None => Err(LogToGuestError::Busy),
+        })
     }
 }
 
