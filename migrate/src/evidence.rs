@@ -100,6 +100,16 @@ fn certificate<'a>(table: &'a [u8], guid: &[u8; 16]) -> Option<&'a [u8]> {
     None
 }
 
+/// AMD's ARKs, as SubjectPublicKeyInfo (DER), built into the image: the roots a chip's
+/// evidence must end at (`migrate/roots/README.md` says where they come from and how the
+/// tests check them). A host hands the certificate table out, so an ARK taken from it is
+/// only a claim: a host that minted its own ARK and ASK could certify a VCEK of its own.
+pub const AMD_ARKS: [(&str, &[u8]); 3] = [
+    ("Milan", include_bytes!("../roots/ark-milan.spki.der")),
+    ("Genoa", include_bytes!("../roots/ark-genoa.spki.der")),
+    ("Turin", include_bytes!("../roots/ark-turin.spki.der")),
+];
+
 /// Checks migration evidence against trusted ARKs (see the module comment).
 #[derive(Clone, Debug)]
 pub struct ReportVerifier {
@@ -113,8 +123,29 @@ impl ReportVerifier {
         Self { roots }
     }
 
+    /// A verifier for a chip: it trusts AMD's ARKs ([`AMD_ARKS`]) and nothing the host
+    /// hands out. `None` if the heap cannot hold them.
+    pub fn amd() -> Option<Self> {
+        let mut roots = Vec::new();
+        roots.try_reserve_exact(AMD_ARKS.len()).ok()?;
+        for (_, spki) in AMD_ARKS {
+            let mut key = Vec::new();
+            key.try_reserve_exact(spki.len()).ok()?;
+            key.extend_from_slice(spki);
+            roots.push(key);
+        }
+        Some(Self::new(roots))
+    }
+
+    /// Whether the ARK certificate (DER) has the public key of a root this verifier trusts.
+    pub fn trusts_ark(&self, ark_certificate: &[u8]) -> bool {
+        Self::root_of(ark_certificate).is_some_and(|key| self.roots.contains(&key))
+    }
+
     /// A verifier that trusts the ARK of a certificate table (the one an SVSM's own
-    /// reports come with: a peer must be under the same root).
+    /// reports come with: a peer must be under the same root). Only for a platform whose
+    /// root is the launcher's anyway (svm: the test authority of the launcher's kit); on
+    /// a chip the table is the host's word, and [`Self::amd`] is the verifier.
     pub fn trusting_ark_of(table: &[u8]) -> Option<Self> {
         let ark = Self::root_of(certificate(table, &ARK)?)?;
         let mut roots = Vec::new();
@@ -224,5 +255,39 @@ impl PeerVerifier for ReportVerifier {
         let policy =
             u64::from_le_bytes(*report.get(POLICY..).and_then(<[u8]>::first_chunk::<8>).ok_or(VerifyError::Malformed)?);
         Ok(PeerIdentity { measurement, policy })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use sev::certs::snp::builtin::{genoa, milan, turin};
+
+    fn der(cert: std::io::Result<sev::certs::snp::Certificate>) -> Vec<u8> {
+        cert.unwrap().to_der().unwrap()
+    }
+
+    /// The built-in roots are AMD's: the public keys of the ARK certificates of AMD's
+    /// KDS chains (as the `sev` crate ships them), each generation's own, in order.
+    #[test]
+    fn the_built_in_roots_are_amds_arks() {
+        let verifier = ReportVerifier::amd().unwrap();
+        for ((name, spki), ark) in AMD_ARKS.iter().zip([milan::ark(), genoa::ark(), turin::ark()]) {
+            let ark = der(ark);
+            assert_eq!(ReportVerifier::root_of(&ark).as_deref(), Some(*spki), "{name}");
+            assert!(verifier.trusts_ark(&ark), "{name}");
+        }
+    }
+
+    /// AMD's ASKs sign VCEKs but are no roots; bytes that are no certificate trust nothing.
+    #[test]
+    fn only_the_arks_are_roots() {
+        let verifier = ReportVerifier::amd().unwrap();
+        for ask in [milan::ask(), genoa::ask(), turin::ask()] {
+            assert!(!verifier.trusts_ark(&der(ask)));
+        }
+        assert!(!verifier.trusts_ark(&[]));
+        assert!(!verifier.trusts_ark(&[0x30, 0x00]));
     }
 }

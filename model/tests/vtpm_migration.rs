@@ -395,6 +395,12 @@ fn the_svsm_checks_a_peers_report_as_a_relying_party_does() {
     // Another authority's chain (a host that made its own ARK) is not trusted.
     let stranger = ReportVerifier::new(vec![vec![0x30, 0x00]]);
     assert_eq!(stranger.verify(&evidence(&report), &expected), Err(VerifyError::Untrusted));
+    // A chip's verifier trusts AMD's ARKs only: the model's authority, which the table
+    // names as its ARK, is refused, as a host's own ARK would be on snp.
+    let amd = ReportVerifier::amd().expect("the heap holds three keys");
+    let model_ark = attest::chain::TestAuthority::shared().ark_der();
+    assert!(verifier().trusts_ark(model_ark) && !amd.trusts_ark(model_ark));
+    assert_eq!(amd.verify(&evidence(&report), &expected), Err(VerifyError::Untrusted));
     // Cut or padded evidence does not parse.
     let good = evidence(&report);
     assert_eq!(verifier().verify(&good[..good.len() - 1], &expected), Err(VerifyError::Malformed));
