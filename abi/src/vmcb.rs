@@ -56,6 +56,7 @@ pub mod event {
 
 /// Intercept bits of INTERCEPT_MISC1.
 pub mod misc1 {
+    pub const INTR: u32 = 1 << 0;
     pub const NMI: u32 = 1 << 1;
     pub const CPUID: u32 = 1 << 18;
     pub const INVD: u32 = 1 << 22;
@@ -79,6 +80,7 @@ pub mod misc2 {
 
 /// Exit codes the SVSM handles.
 pub mod exit {
+    pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
     pub const CPUID: u64 = 0x72;
     pub const INVD: u64 = 0x76;

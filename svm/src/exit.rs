@@ -13,6 +13,10 @@
 //! - HLT: a yield to the next vCPU of the same CPU (the guest has no interrupts to wait
 //!   for); with no other vCPU there, the guest goes on at once.
 //! - NMI: a kick from another CPU (`hw::SvmHw::kick`): the vCPU comes back to the SVSM.
+//! - INTR: a physical interrupt, the SVSM's own (its local-APIC timer, a wake-up IPI); it
+//!   is taken once the guest is out. The guest runs on at once, unless the CPU has
+//!   something to look at between its guest's exits (a live migration on CPU 0): the
+//!   timer is how a guest that never exits on its own still lets it.
 //! - SHUTDOWN or a state VMRUN refuses: the vCPU is broken. The startup vCPU ends the
 //!   run; any other is stopped and the SVSM serves the rest.
 //! - Anything else is an exit the SVSM never asked for: treated as broken too.
@@ -54,6 +58,8 @@ pub enum Action {
     Halt,
     /// An NMI: another CPU kicked this one.
     Kicked,
+    /// A physical interrupt (the SVSM's timer or a wake-up IPI).
+    Interrupted,
     /// An instruction that does not exist for the guest: #UD.
     Undefined,
     /// The vCPU cannot go on (`why` says how it broke).
@@ -74,6 +80,7 @@ pub fn classify(code: u64, info1: u64, info2: u64, rax: u64) -> Action {
         exit::NPF => Action::NestedFault { gpa: info2, error: info1 },
         exit::HLT => Action::Halt,
         exit::NMI => Action::Kicked,
+        exit::INTR => Action::Interrupted,
         exit::SHUTDOWN => Action::Broken("shut down (triple fault)"),
         exit::INVALID => Action::Broken("has a state VMRUN refuses"),
         c if UNDEFINED.contains(&c) => Action::Undefined,
@@ -98,6 +105,7 @@ mod tests {
         assert_eq!(c(exit::NPF, 0b110, 0x100_0000), Action::NestedFault { gpa: 0x100_0000, error: 0b110 });
         assert_eq!(c(exit::HLT, 0, 0), Action::Halt);
         assert_eq!(c(exit::NMI, 0, 0), Action::Kicked);
+        assert_eq!(c(exit::INTR, 0, 0), Action::Interrupted);
         assert!(matches!(c(exit::SHUTDOWN, 0, 0), Action::Broken(_)));
         assert!(matches!(c(exit::INVALID, 0, 0), Action::Broken(_)));
         for code in UNDEFINED {
@@ -114,13 +122,12 @@ mod tests {
         assert_eq!(classify(exit::VMMCALL, 0, 0, BARE_GATE_RAX + 1), Action::Call);
     }
 
-    /// Exits the SVSM never intercepts (interrupts, exceptions, CR and DR accesses,
+    /// Exits the SVSM never intercepts (SMI, INIT, exceptions, CR and DR accesses,
     /// VMGEXIT, codes past the APM's list, negative codes other than INVALID) stop the
     /// vCPU instead of being served.
     #[test]
     fn unknown_and_forged_exits_break_the_vcpu() {
-        for code in
-            [0x00, 0x0E, 0x40, 0x5E, 0x60, 0x62, 0x73, 0x7D, 0x7E, 0x8F, 0x401, 0x403, 0x1000, u64::MAX - 1, 1 << 63]
+        for code in [0x00, 0x0E, 0x40, 0x5E, 0x62, 0x73, 0x7D, 0x7E, 0x8F, 0x401, 0x403, 0x1000, u64::MAX - 1, 1 << 63]
         {
             assert!(matches!(classify(code, u64::MAX, u64::MAX, 0), Action::Broken(_)), "{code:#x}");
         }

@@ -104,8 +104,8 @@ pub trait SvmCpu<P: PageMem> {
     /// How often the set of runnable vCPUs changed so far (as [`SvmHw::generation`]).
     fn generation(&self) -> u64;
     /// Whether the CPU's own loop wants to look at something between the guest's exits
-    /// (a migration to drive): a HLT then goes back to the loop instead of being skipped
-    /// on the spot.
+    /// (a migration to drive): a HLT or the SVSM's own interrupt then goes back to the loop
+    /// instead of being handled on the spot.
     fn attention(&self) -> bool {
         false
     }

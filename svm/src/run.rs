@@ -96,6 +96,9 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
             }
             // A kick: the next VMRUN sees it and calls the vCPU back.
             Action::Kicked => {}
+            // The SVSM's own interrupt, taken as the guest came out: the guest goes on,
+            // unless the CPU has something to look at between its guest's exits.
+            Action::Interrupted if !cpu.attention() => {}
             Action::Halt if t.alone && cpu.generation() == t.generation && !cpu.attention() => v.skip(exit::HLT_LEN),
             Action::Undefined => v.inject_ud(),
             _ => return Some(e),
@@ -209,7 +212,7 @@ impl<H: SvmHw> SvmShared<H> {
             // What the CPU handles alone never comes here; if it does, the same answer.
             Action::BareGate => v.skip(exit::VMMCALL_LEN),
             Action::Undefined => v.inject_ud(),
-            Action::Cpuid | Action::Kicked => {}
+            Action::Cpuid | Action::Kicked | Action::Interrupted => {}
         }
         Ok((true, None))
     }

@@ -74,7 +74,8 @@ pub struct Controls {
 /// through their maps, INVD, and every SVM instruction (the guest runs no VMs of its own
 /// and must not clear GIF, which would hold the NMI that makes its CPU leave the guest
 /// for a kick). VMMCALL is the call gate.
-pub const INTERCEPT_MISC1: u32 = misc1::NMI
+pub const INTERCEPT_MISC1: u32 = misc1::INTR
+    | misc1::NMI
     | misc1::CPUID
     | misc1::INVD
     | misc1::HLT
@@ -247,8 +248,10 @@ fn controls<P: PageMem>(vmcb: &mut Vmcb<P>, c: Controls, asid: u32) {
     vmcb.set_u32(offset::INTERCEPT_MISC2, INTERCEPT_MISC2);
     // Its own ASID, so its TLB entries never mix with another vCPU's.
     vmcb.set_u32(offset::GUEST_ASID, asid.max(1));
-    // Physical interrupts (an SVSM wake-up IPI) stay with the SVSM: the SVSM enters the
-    // guest with IF clear, so they wait until it sleeps again.
+    // Physical interrupts are the SVSM's (its timer, a wake-up IPI): with V_INTR_MASKING
+    // the guest's IF masks only its virtual ones, and the INTR intercept makes a physical
+    // one end the guest's run (`exit::Action::Interrupted`); the SVSM takes it once the
+    // guest is out.
     vmcb.set_u64(offset::V_INTR, abi::vmcb::V_INTR_MASKING);
     vmcb.set_u64(offset::NP_ENABLE, 1);
     vmcb.set_u64(offset::N_CR3, c.npt_root);

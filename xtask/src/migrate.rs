@@ -6,14 +6,17 @@
 //! guest writes a memory pattern and the vTPM gets an NV index and a persistent key
 //! (`bulwark tpm-bridge --persist record`). The destination boots the same image with
 //! `migrate=incoming` and waits; `bulwark migrate relay` then relays between the two
-//! devices while the guest rewrites its pattern again and again (`churn`). The two SVSMs
+//! devices while the guest rewrites its pattern again and again without calling the SVSM
+//! (`quiet`: the source's CPU 0 gets its guest back only through its own timer and the
+//! dirty tracking's write faults, and drives the migration all the same). The two SVSMs
 //! attest each other, the rounds run with the guest running, the guest stops for the last
 //! one, and the source ends. On the destination the guest finds its pattern, the same
 //! vTPM (the same EK, the NV index, the persistent key), the OCP, and calls served.
 //!
 //! Failed attempts first, each to a destination of its own: with `--other-image` one
 //! launched under another measurement (refused before pre-copy starts), with `--fault` one
-//! behind a relay that does one thing wrong. Each must fail, the destination must stop
+//! behind a relay that does one thing wrong; there the guest calls the SVSM between pages
+//! (`churn`). Each must fail, the destination must stop
 //! without having run the guest, and the source must keep running its guest, which still
 //! finds its pattern there. Then the honest attempt.
 
@@ -38,10 +41,14 @@ const LIMIT: Duration = Duration::from_secs(600);
 /// What the guest prints when it serves its agent, and the destination SVSM when it waits.
 const AGENT_SERVES: &str = "agent: serving host requests";
 const DESTINATION_WAITS: &str = "migration: incoming";
+/// What the destination SVSM prints once the guest runs there.
+const DESTINATION_RUNS: &str = "migration: completed";
 /// What the source SVSM prints when a migration failed and its guest runs on.
 const SOURCE_FAILED: &str = "migration: failed";
 /// How many times the guest rewrites its pattern while the rounds run.
 const CHURN_ROUNDS: u32 = 1500;
+/// How long a migration may take while the guest rewrites its pattern without calls.
+const QUIET_LIMIT: Duration = Duration::from_secs(300);
 
 /// `cargo xtask migrate` options.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -419,6 +426,7 @@ fn migrate_once(
     step(&format!("{}: the same image, `migrate=incoming`", attempt.label));
     let port = free_port()?;
     let (waits, destination_waits) = channel();
+    let (runs, destination_runs) = channel();
     let guest = if attempt.kind == Try::OtherImage { context.other_guest } else { context.guest };
     // The honest destination keeps the vTPM that arrives in its own sealed store, on a
     // blank state disk of its own.
@@ -433,7 +441,7 @@ fn migrate_once(
             guest,
             Some("migrate=incoming"),
             port,
-            vec![(DESTINATION_WAITS, waits)],
+            vec![(DESTINATION_WAITS, waits), (DESTINATION_RUNS, runs)],
             disk,
             true,
         )?,
@@ -445,7 +453,10 @@ fn migrate_once(
             .map_err(|_| format!("the {} SVSM never waited for the migration", attempt.label))?;
         let mut b = Agent::connect(port)?;
         let relay = relay_process.insert(relay(&context.dir, attempt)?);
-        let (seed, there) = churn(a, &mut b, attempt.first_seed)?;
+        let (seed, there) = match attempt.kind {
+            Try::Honest => quiet(a, &mut b, attempt.first_seed, &destination_runs)?,
+            Try::OtherImage | Try::Fault(_) => churn(a, &mut b, attempt.first_seed)?,
+        };
         match attempt.kind {
             Try::OtherImage | Try::Fault(_) => after_failure(a, b, source_failed, seed, there, &attempt.kind),
             Try::Honest => after_success(b, port, tpm_record, before, seed, there, relay),
@@ -545,8 +556,14 @@ fn relay(dir: &Path, attempt: &Attempt) -> Result<Child> {
         Try::Fault(fault) => Some(fault.as_str()),
         Try::OtherImage | Try::Honest => None,
     };
+    let meanwhile = match attempt.kind {
+        Try::Honest => "rewrites its pattern without calling the SVSM until it runs on the destination".to_string(),
+        Try::OtherImage | Try::Fault(_) => {
+            format!("rewrites its pattern {CHURN_ROUNDS} times, calling the SVSM between pages")
+        }
+    };
     step(&format!(
-        "bulwark migrate relay{}; the guest rewrites its pattern {CHURN_ROUNDS} times meanwhile",
+        "bulwark migrate relay{}; the guest {meanwhile} meanwhile",
         fault.map(|f| format!(" --fault {f}")).unwrap_or_default()
     ));
     let exe = target_dir()?.join("debug/bulwark");
@@ -683,6 +700,24 @@ fn after_success(
     Ok(Outcome { seed, notes })
 }
 
+/// `quiet` on the source: the guest rewrites its pattern without a call to the SVSM, so
+/// the source's CPU 0 sees its guest exit only when the SVSM makes it (its local-APIC
+/// timer, then the dirty tracking's write faults). The migration must complete all the
+/// same; then a byte on the destination's agent port stops the rewriting there, and the
+/// guest answers from the destination. The seed its pages hold.
+fn quiet(a: &mut Agent, b: &mut Agent, first_seed: u32, destination_runs: &Receiver<()>) -> Result<(u32, bool)> {
+    a.send(&format!("quiet {first_seed}"))?;
+    destination_runs.recv_timeout(QUIET_LIMIT).map_err(|_| {
+        format!(
+            "the migration did not complete within {} s while the guest ran without calling the SVSM",
+            QUIET_LIMIT.as_secs()
+        )
+    })?;
+    let bytes = b.ask("", LIMIT).map_err(|e| format!("the guest, told on the destination to stop rewriting: {e}"))?;
+    let seed = u32::from_le_bytes(bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or("a short answer")?);
+    Ok((seed, true))
+}
+
 /// `churn` on the source; its answer comes from wherever the guest is when it finishes.
 /// The seed its pages hold, and whether the answer came from the destination.
 fn churn(a: &mut Agent, b: &mut Agent, first_seed: u32) -> Result<(u32, bool)> {
@@ -711,9 +746,6 @@ fn churn(a: &mut Agent, b: &mut Agent, first_seed: u32) -> Result<(u32, bool)> {
                 let seed = u32::from_le_bytes(bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or("a short answer")?);
                 return Ok((seed, there));
             }
-        }
-        if open == [false, false] {
-            return Err("both agents' connections closed before the churn ended".into());
         }
         if open == [false, false] {
             return Err("both agents' connections closed before the churn ended".into());

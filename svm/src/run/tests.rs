@@ -237,6 +237,30 @@ fn a_hlt_goes_back_to_a_cpu_that_wants_attention() {
     assert_eq!(w.field(VmsaField::Rip), START_RIP + 1, "stepped over once");
 }
 
+/// The SVSM's own interrupt (its timer, a wake-up IPI) ends a guest's run without
+/// changing it: the guest goes on at once on a CPU that wants nothing, and comes back to
+/// the loop of one that drives a migration (the timer is how a guest that never exits
+/// on its own still lets it), to run on from where it was.
+#[test]
+fn the_svsms_interrupt_returns_the_guest_to_a_cpu_that_wants_attention() {
+    let mut w = world();
+    let intr = Step { code: abi::vmcb::exit::INTR, ..Step::default() };
+    w.cpu.script = [intr, intr].into();
+    let mut t = w.take();
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None, "both answered on the CPU; then the script ends");
+    assert_eq!(t.vcpu.field(VmsaField::Rip), START_RIP, "nothing stepped over");
+    assert_eq!(t.vcpu.vmcb.u64(abi::vmcb::offset::EVENT_INJ), 0, "nothing injected");
+
+    w.cpu.script = [intr].into();
+    w.cpu.attention = true;
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    assert!(e.is_some(), "the interrupt leaves the CPU's run step");
+    let r = w.p.after_run(&w.svsm, &mut t, e, 0).unwrap();
+    assert_eq!(r, Handled { then: Then::RunOn, served: None }, "the loop looks, and the guest runs on");
+    assert_eq!(t.vcpu.field(VmsaField::Rip), START_RIP);
+    assert_eq!(t.vcpu.vmcb.u64(abi::vmcb::offset::EVENT_INJ), 0);
+}
+
 /// A paused guest (a migration's last round): no vCPU is taken out until it resumes,
 /// and the pause is complete once every vCPU is back.
 #[test]

@@ -89,6 +89,13 @@ pub fn arm_timer(ticks: u32) {
     write(TIMER_INITIAL, ticks.max(1));
 }
 
+/// Start this CPU's timer as [`arm_timer`] does unless it is counting down already.
+pub fn keep_timer_running(ticks: u32) {
+    if read(TIMER_CURRENT) == 0 {
+        arm_timer(ticks);
+    }
+}
+
 /// Stop this CPU's timer (masked, count zero): no interrupt follows.
 pub fn disarm_timer() {
     write(LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));

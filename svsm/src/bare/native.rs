@@ -31,6 +31,10 @@ const _: () = {
     shared_by_every_cpu::<Shared>();
 };
 
+/// How often CPU 0's guest comes back to the loop while a migration may come, at the
+/// latest: the migration's source is driven from there (`migration::poll`).
+const MIGRATION_POLL_MS: u32 = 10;
+
 /// Set once by the boot CPU after the launch.
 static SHARED: Once<Shared> = Once::new();
 
@@ -78,6 +82,15 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
             kick::idle_until(cpu, || kick::generation() != generation);
             continue;
         };
+        // While a migration may come, a guest that never exits on its own (no call, no
+        // fault, no HLT) still comes back to this loop: the local-APIC timer ends its run
+        // (the INTR intercept) every few milliseconds.
+        if cpu == 0 && super::migration::armed() {
+            let ticks = super::user::timer_ticks_per_ms().saturating_mul(MIGRATION_POLL_MS);
+            if ticks > 0 {
+                super::lapic::keep_timer_running(ticks);
+            }
+        }
         let exit = run_until_shared(&mut hw, t);
         last = Some(t.index);
         match shared.platform.after_run(&shared.svsm, t, exit, cpu) {

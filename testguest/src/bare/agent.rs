@@ -6,11 +6,11 @@
 //! `bulwark tpm-bridge --qemu HOST:PORT` reaches the vTPM.
 //!
 //! Requests: `list`, `read <index>`, `write <index> <hex>`, `tpm <hex>`, `manifest`,
-//! `fill <seed>`, `churn <seed> <rounds>`, `check <seed>`, `grow <MiB> <seed>`,
+//! `fill <seed>`, `churn <seed> <rounds>`, `quiet <seed>`, `check <seed>`, `grow <MiB> <seed>`,
 //! `checkgrown <MiB> <seed>`, `query`, `quit`.
 //! Answers: `OK <hex>` (list: the raw 128-byte entries; read: the source's bytes; write:
 //! the byte count as a u32 LE; tpm: the TPM response; manifest: the attestation services
-//! manifest of a fresh SVSM_ATTEST_SERVICES; fill, churn: the seed the pattern pages now
+//! manifest of a fresh SVSM_ATTEST_SERVICES; fill, churn, quiet: the seed the pattern pages now
 //! hold, u32 LE; check, checkgrown: nothing; grow: the pages validated, u32 LE; query:
 //! the core and vTPM protocols' QUERY_PROTOCOL
 //! answers, two u64 LE) or `ERR <why>`.
@@ -18,7 +18,8 @@
 //! `fill`, `churn` and `check` are the live-migration test's workload (`cargo xtask
 //! migrate`): the guest writes a pattern that names the seed, the page and the word into
 //! [`PATTERN_PAGES`] pages of its scratch memory (`churn`: again and again, one seed after
-//! another, with a call to the SVSM between pages, while the source's pre-copy rounds run),
+//! another, with a call to the SVSM between pages, while the source's pre-copy rounds run;
+//! `quiet`: the same without the calls, until a byte arrives on the agent's port),
 //! and checks after the migration that every page holds what it wrote last. `grow` makes
 //! the guest larger for the migration benchmarks: it validates that many MiB more of
 //! its RAM through SVSM_CORE_PVALIDATE (2 MiB pages) and writes a pattern into every page, which
@@ -114,9 +115,12 @@ pub fn serve<T: Transport>(c: &mut Client<T>, buffer: u64) {
                 _ => Err("bad index or data".into()),
             },
             (Some("manifest"), None, None) => manifest(c, buffer),
-            (Some("fill"), Some(seed), None) => number(seed).and_then(|seed| churn(c, seed, 1)),
+            (Some("fill"), Some(seed), None) => number(seed).and_then(|seed| churn(c, seed, 1, Calls::Between)),
             (Some("churn"), Some(seed), Some(rounds)) => {
-                number(seed).and_then(|seed| number(rounds).and_then(|rounds| churn(c, seed, rounds)))
+                number(seed).and_then(|seed| number(rounds).and_then(|rounds| churn(c, seed, rounds, Calls::Between)))
+            }
+            (Some("quiet"), Some(seed), None) => {
+                number(seed).and_then(|seed| churn(c, seed, QUIET_ROUNDS, Calls::None))
             }
             (Some("check"), Some(seed), None) => number(seed).and_then(|seed| check(c, seed)),
             (Some("grow"), Some(mib), Some(seed)) => {
@@ -196,16 +200,36 @@ fn pattern(seed: u32, page: u64) -> Vec<u8> {
     (0..512u64).flat_map(|word| (u64::from(seed) << 40 | page << 20 | word).to_le_bytes()).collect()
 }
 
+/// The most rounds of `quiet`: it ends earlier as soon as a byte arrives on the port.
+const QUIET_ROUNDS: u32 = 1_000_000;
+
+/// Whether [`churn`] calls the SVSM between pages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Calls {
+    /// A core call after every page: the guest exits all the time.
+    Between,
+    /// None: the guest exits only when the SVSM makes it (its timer, a write a live
+    /// migration's dirty tracking holds back), as a guest that computes does. A byte on
+    /// the agent's port (its own: no exit either) ends the rewriting after the round.
+    None,
+}
+
 /// Write the pattern of `seed`, `seed + 1`, ... (`rounds` of them) over every pattern page,
-/// with a core call between pages (the SVSM's CPU 0 drives a migration between its
-/// guest's exits). Answers the seed the pages hold at the end.
-fn churn<T: Transport>(c: &mut Client<T>, seed: u32, rounds: u32) -> Result<Vec<u8>, String> {
+/// with or without a core call between pages (the SVSM's CPU 0 drives a migration
+/// between its guest's exits: without calls, its timer makes them). Answers the seed the
+/// pages hold at the end.
+fn churn<T: Transport>(c: &mut Client<T>, seed: u32, rounds: u32, calls: Calls) -> Result<Vec<u8>, String> {
     let mut last = seed;
     for round in 0..rounds.max(1) {
         last = seed.wrapping_add(round);
         for page in 0..PATTERN_PAGES {
             c.transport.write(PATTERN_AT + page * 4096, &pattern(last, page)).map_err(|e| alloc::format!("{e:?}"))?;
-            c.query_protocol(abi::protocol::ProtocolId::CORE, 1).map_err(|e| alloc::format!("{e:?}"))?;
+            if calls == Calls::Between {
+                c.query_protocol(abi::protocol::ProtocolId::CORE, 1).map_err(|e| alloc::format!("{e:?}"))?;
+            }
+        }
+        if calls == Calls::None && PORT.try_get().is_some() {
+            break;
         }
     }
     Ok(last.to_le_bytes().to_vec())

@@ -8,7 +8,10 @@
 //! syscall MSRs are switched with VMSAVE/VMLOAD (host state in a page of the CPU's), so a
 //! guest that loads its own TSS cannot leave it to the SVSM's exception handling. The
 //! caller clears GIF ([`clgi`]) before its last check that it may enter the guest (see
-//! `kick.rs`); the trampoline sets it again (STGI) after the #VMEXIT.
+//! `kick.rs`); the trampoline sets it again (STGI) after the #VMEXIT. IF is on only
+//! for the guest's run, so that the SVSM's own interrupts (its timer, a wake-up IPI)
+//! end it (the INTR intercept) and are taken right after the #VMEXIT; the SVSM itself
+//! runs with IF off.
 #![expect(unsafe_code, reason = "VMRUN, VMLOAD and VMSAVE")]
 
 pub use svm::vcpu::GuestRegs;
@@ -56,6 +59,10 @@ svm_vmrun:
     mov r14, [rsi + 96]
     mov r15, [rsi + 104]
     mov rsi, [rsi + 24]
+    /* IF on for the guest's run: with V_INTR_MASKING it is the host's IF that lets a
+       physical interrupt end the run (the INTR intercept); GIF is clear, so none is taken
+       here. */
+    sti
     vmrun rax
     vmsave rax
     push rsi
@@ -77,7 +84,11 @@ svm_vmrun:
     mov [rsi + 24], rax
     mov rax, [rsp + 8]
     vmload rax
+    /* The SVSM's interrupts that ended the run (or came with it) are taken here, with
+       GIF set (timer and wake-up: acknowledged and done); then IF is off again, as the
+       SVSM runs. */
     stgi
+    cli
     add rsp, 16
     pop r15
     pop r14

@@ -143,6 +143,11 @@ impl Services for BareServices<'_> {
 
 /// Local-APIC timer ticks per millisecond (0 until [`boot_check`] measured them).
 static TIMER_TICKS_PER_MS: AtomicU32 = AtomicU32::new(0);
+
+/// The local-APIC timer's ticks per millisecond, as measured at boot (0 before).
+pub fn timer_ticks_per_ms() -> u32 {
+    TIMER_TICKS_PER_MS.load(Ordering::Relaxed)
+}
 /// A process runs at most this long before the SVSM takes the CPU back.
 const SLICE_MS: u32 = 10;
 
