@@ -13,6 +13,7 @@
 
 use crate::addr::Gpa;
 use crate::caller::Caller;
+use crate::pages::PageRole;
 use crate::platform::{MemoryFault, Platform};
 use crate::protocols::{self, CallContext, CallRegs, Reply};
 use crate::stats::Counters;
@@ -149,7 +150,12 @@ impl Svsm {
         }
         self.sync_mem_available(p);
         protocols::ocp::post_events(self, p);
-        p.write(ca, &[CALL_PENDING_NONE])?;
+        // In the calling area the vCPU has now. A REMAP_CA that moved it cleared the old
+        // one itself, before the old page stopped being a calling area: writing `ca` here
+        // could land in a page another vCPU deposited meanwhile.
+        if self.vcpus.get(vcpu).is_some_and(|v| v.calling_area == ca) {
+            p.write(ca, &[CALL_PENDING_NONE])?;
+        }
         Ok(EntryOutcome::Served(result))
     }
 
@@ -161,11 +167,23 @@ impl Svsm {
         if self.mem_flag_written.load(Ordering::Acquire) == want {
             return;
         }
-        let Some(startup) = self.vcpus.startup() else { return };
-        let Some(flag_gpa) = startup.calling_area.checked_add(MEM_AVAILABLE_OFFSET) else { return };
+        let Some(ca) = self.vcpus.startup().map(|v| v.calling_area) else { return };
+        let Some(flag_gpa) = ca.checked_add(MEM_AVAILABLE_OFFSET) else { return };
+        // Under the page's lock, and only while the page is still the startup vCPU's
+        // calling area: a REMAP_CA on another CPU may have moved it away (clearing the
+        // role takes this lock), after which the page may be deposited and is never the
+        // SVSM's to write for the guest. Skipped, the flag is written after a later call.
+        let page = ca.page();
+        let mut held = self.pages.lock(page, page);
+        let still = held.role(page) == Some(PageRole::CallingArea(VcpuIndex::STARTUP))
+            && self.vcpus.startup().is_some_and(|v| v.calling_area == ca);
+        if !still {
+            return;
+        }
         match p.write(flag_gpa, &[want]) {
             Ok(()) => self.mem_flag_written.store(want, Ordering::Release),
             Err(f) => log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0),
         }
+        drop(held);
     }
 }

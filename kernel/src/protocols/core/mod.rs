@@ -46,9 +46,13 @@ fn query_protocol(svsm: &Svsm, ctx: &CallContext) -> Reply {
     Reply::ok().with_rcx(answer)
 }
 
-/// Section 6.1: move the calling vCPU's calling area. The request loop clears
-/// CALL_PENDING in the old area; here the new one gets CALL_PENDING = 0 so a spurious
-/// host entry cannot look like a call.
+/// Section 6.1: move the calling vCPU's calling area. The new one gets CALL_PENDING = 0
+/// so a spurious host entry cannot look like a call. The old one's CALL_PENDING is cleared
+/// here too (where Linux looks for the answer: it switches areas only once the call
+/// returned), while the page is still the caller's calling area: once its role is gone,
+/// another vCPU may deposit it or make it a VMSA, and the SVSM must never write it again.
+/// The request loop answers in the area the vCPU has when the call ends, so it does not
+/// write the old one.
 fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Result<(), CallError> {
     let new = Gpa(ctx.regs.rcx);
     if !new.is_aligned(8) {
@@ -71,12 +75,18 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> 
         }
         _ => {}
     }
-    p.write(new, &[CALL_PENDING_NONE])?;
-    let moved = svsm.vcpus.update(ctx.vcpu, |v| core::mem::replace(&mut v.calling_area, new));
-    let Some(old) = moved else {
+    // Only the caller moves its own calling area, and it is in this call: this stays its
+    // area until the update below.
+    let Some(old) = svsm.vcpus.get(ctx.vcpu).map(|v| v.calling_area) else {
         // The caller is registered: the request loop found it. Only an SVSM bug gets here.
         return Err(CallError::InvalidRequest("caller vanished"));
     };
+    p.write(new, &[CALL_PENDING_NONE])?;
+    if old != new {
+        // The old page is still this vCPU's calling area: no other call can have it yet.
+        p.write(old, &[CALL_PENDING_NONE])?;
+    }
+    svsm.vcpus.update(ctx.vcpu, |v| v.calling_area = new);
     let old_page = old.page();
     if old_page != page {
         svsm.pages.clear_role(old_page);
