@@ -104,7 +104,7 @@ fn read<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Repl
         let offset = u32_reg(ctx.regs.r9, "offset has bits above 31")? as u64;
         let gpa = buffer(svsm, p, ctx, want as u64)?;
         if let SourceKind::Log = source.kind {
-            return read_log(svsm, p, ctx, gpa, want, offset);
+            return read_log(svsm, p, ctx, gpa, want, log_offset(offset, p.log_written()));
         }
         let snapshot = sources::snapshot(svsm, p, source.kind);
         let bytes = snapshot.bytes();
@@ -119,9 +119,19 @@ fn read<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Repl
     };
     match run() {
         Ok(n) => Reply::ok().with_r8(n),
-        Err(CallError::LogLost { oldest }) => Reply::err(CallError::LogLost { oldest }).with_r9(oldest),
+        // R9 is the stream offset's low 32 bits (`log_offset`).
+        Err(CallError::LogLost { oldest }) => Reply::err(CallError::LogLost { oldest }).with_r9(oldest & 0xFFFF_FFFF),
         Err(e) => Reply::err(e),
     }
+}
+
+/// The log's absolute offset that a 32-bit R9 names: the one with those low 32 bits at or
+/// below the end of the stream (`written`), the nearest to it. R9 cannot hold an offset
+/// past 4 GiB; a reader that passes back what it was given reads on across every 4 GiB
+/// boundary. An offset ahead of the end names itself (nothing there yet).
+fn log_offset(r9: u64, written: u64) -> u64 {
+    let behind = (written & 0xFFFF_FFFF).wrapping_sub(r9) & 0xFFFF_FFFF;
+    if behind <= written { written - behind } else { r9 }
 }
 
 /// The log from `offset`: checked whole, then copied from the platform's ring into the
@@ -323,5 +333,27 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) {
     } else {
         svsm.ocp.notify_active.store(false, Ordering::Release);
         crate::log!(p, Warn, "ocp: the change-event ring at {:#x} is no longer usable; events stopped", r.gpa.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_offset;
+
+    const GIB4: u64 = 1 << 32;
+
+    #[test]
+    fn a_32_bit_offset_names_the_nearest_stream_offset_at_or_below_the_end() {
+        // Within the first 4 GiB, R9 is the offset itself, ahead of the end included.
+        assert_eq!(log_offset(0, 0), 0);
+        assert_eq!(log_offset(100, 5000), 100);
+        assert_eq!(log_offset(5000, 5000), 5000);
+        assert_eq!(log_offset(6000, 5000), 6000, "ahead of the end: nothing there yet");
+        // Past 4 GiB, the low 32 bits of an offset that exists.
+        let written = 3 * GIB4 + 5000;
+        assert_eq!(log_offset(4000, written), 3 * GIB4 + 4000);
+        assert_eq!(log_offset(5000, written), written, "the end");
+        assert_eq!(log_offset(GIB4 - 10, written), 3 * GIB4 - 10, "just before the last boundary");
+        assert_eq!(log_offset(6000, written), 2 * GIB4 + 6000, "past the end's low bits: one lap back");
     }
 }
