@@ -12,6 +12,7 @@
 use crate::addr::{PageAddr, PageSize};
 use crate::platform::{HwError, Platform};
 use abi::hw::rmpadjust::PERM_ALL;
+use alloc::vec::Vec;
 
 /// How to take back one step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,9 +22,6 @@ pub enum Step {
     /// `vmpl`'s permissions were changed: set them to `perms` again, VMSA flag clear
     /// (RMPADJUST). Also undoes making the page a VMSA.
     SetPerms { vmpl: u8, perms: u8, size: PageSize },
-    /// Access was taken from the guest: give VMPL 1..=`vmpl` full access again, with the
-    /// VMSA flag clear (RMPADJUST, 4 KiB).
-    GiveBack { vmpl: u8 },
 }
 
 impl Step {
@@ -31,12 +29,6 @@ impl Step {
         match self {
             Step::Unvalidate(size) => p.pvalidate(page, size, false).map(|_| ()),
             Step::SetPerms { vmpl, perms, size } => p.rmpadjust(page, size, vmpl, perms, false),
-            Step::GiveBack { vmpl } => {
-                for v in 1..=vmpl.min(3) {
-                    p.rmpadjust(page, PageSize::Size4K, v, PERM_ALL, false)?;
-                }
-                Ok(())
-            }
         }
     }
 }
@@ -108,33 +100,43 @@ impl<P: Platform + ?Sized> Drop for Undo<'_, P> {
 }
 
 /// A range taken from the guest page by page (DEPOSIT_MEM): on drop, every page taken so
-/// far gets VMPL 1..=`vmpl` full access again, unless the change commits.
+/// far gets back the permissions VMPL 1..=3 had on it, unless the change commits.
 pub struct RangeUndo<'p, P: Platform + ?Sized> {
     p: &'p mut P,
     first: PageAddr,
-    taken: u64,
-    vmpl: u8,
+    /// What VMPL 1, 2 and 3 could do with each page taken so far, in order.
+    taken: Vec<[u8; 3]>,
     committed: bool,
 }
 
 impl<P: Platform + ?Sized> core::fmt::Debug for RangeUndo<'_, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("RangeUndo").field("first", &self.first).field("taken", &self.taken).finish_non_exhaustive()
+        f.debug_struct("RangeUndo")
+            .field("first", &self.first)
+            .field("taken", &self.taken.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl<'p, P: Platform + ?Sized> RangeUndo<'p, P> {
-    pub fn new(p: &'p mut P, first: PageAddr, vmpl: u8) -> Self {
-        Self { p, first, taken: 0, vmpl, committed: false }
+    /// A change of up to `pages` pages from `first`; `None` if the heap cannot hold
+    /// their record (before anything changed).
+    pub fn new(p: &'p mut P, first: PageAddr, pages: u64) -> Option<Self> {
+        let taken = crate::heap::with_capacity(usize::try_from(pages).ok()?).ok()?;
+        Some(Self { p, first, taken, committed: false })
     }
 
     pub fn platform(&mut self) -> &mut P {
         self.p
     }
 
-    /// One more page (the next after those taken) is the SVSM's.
-    pub fn took_one(&mut self) {
-        self.taken += 1;
+    /// One more page (the next after those taken) is the SVSM's; VMPL 1, 2 and 3 had
+    /// `before` on it. (Room for it was made in [`Self::new`]; past that, the page is
+    /// not recorded and an undo would leave it the SVSM's: a caller bug, logged there.)
+    pub fn took_one(&mut self, before: [u8; 3]) {
+        if self.taken.len() < self.taken.capacity() {
+            self.taken.push(before);
+        }
     }
 
     pub fn commit(mut self) {
@@ -147,11 +149,13 @@ impl<P: Platform + ?Sized> Drop for RangeUndo<'_, P> {
         if self.committed {
             return;
         }
-        for i in 0..self.taken {
-            let page = PageAddr::from_pfn(self.first.pfn() + i);
-            if let Err(e) = (Step::GiveBack { vmpl: self.vmpl }).undo(self.p, page) {
-                let at = page.raw();
-                self.p.fatal(format_args!("giving back page {at:#x} of a failed deposit failed ({e:?})"));
+        for (page, before) in (self.first.pfn()..).map(PageAddr::from_pfn).zip(self.taken.iter()) {
+            for (vmpl, perms) in (1u8..=3).zip(before.iter().copied()) {
+                let step = Step::SetPerms { vmpl, perms, size: PageSize::Size4K };
+                if let Err(e) = step.undo(self.p, page) {
+                    let at = page.raw();
+                    self.p.fatal(format_args!("giving back page {at:#x} of a failed deposit failed ({e:?})"));
+                }
             }
         }
     }

@@ -55,6 +55,35 @@ fn a_deposit_that_fails_midway_gives_every_vmpl_back_what_it_had() {
     assert_eq!(w.svsm.pool_stats().deposited_total, 0);
 }
 
+/// A 2 MiB deposit whose third page cannot be taken: the two pages taken before it get
+/// back exactly what every VMPL had (VMPL1 had shared them read-only with VMPL2 and
+/// VMPL3), not full access for the caller and nothing below it (the old undo's guess,
+/// which took VMPL2's and VMPL3's access away for good).
+#[test]
+fn a_2_mib_deposit_that_fails_part_way_gives_each_page_back_its_own_permissions() {
+    let mut w = world();
+    let (list, region) = (0x1F_F000, 2 * MIB);
+    let pages: Vec<u64> = (0..3).map(|i| region + i * 0x1000).collect();
+    for (i, gpa) in pages.iter().enumerate() {
+        let entry = w.machine.rmp.entry_mut(gpa >> 12).expect("RAM");
+        entry.perms[2] = PERM_READ;
+        entry.perms[3] = if i == 0 { PERM_READ } else { 0 };
+    }
+    let before: Vec<[u8; 4]> = pages.iter().map(|gpa| perms(&w, *gpa)).collect();
+    fail(&mut w, pages[2], Some(3));
+    let mut bytes = vec![1u8, 0, 0, 0, 0, 0, 0, 0];
+    bytes.extend_from_slice(&DepositEntry::new(region, true).0.to_le_bytes());
+    w.vcpu(VcpuIndex::STARTUP).write(list, &bytes).expect("list");
+    let id = CallId::new(ProtocolId::CORE, core_call::DEPOSIT_MEM);
+    let regs = Regs { rax: id.to_rax(), rcx: list, ..Regs::default() };
+    let r = ResultCode::from_rax(w.client().issue(regs).expect("call completes").rax);
+    assert_eq!(r.0, 0x8000_1000 + FAIL_INPUT);
+    let after: Vec<[u8; 4]> = pages.iter().map(|gpa| perms(&w, *gpa)).collect();
+    assert_eq!(after, before, "every page as it was, each its own way");
+    assert!(!w.svsm.pages().is_deposited(kernel::addr::PageAddr::from_pfn(region >> 12)));
+    assert_eq!(w.svsm.pool_stats().deposited_total, 0);
+}
+
 /// PVALIDATE fails after the revocations: the page stays valid and keeps its permissions.
 #[test]
 fn an_invalidation_the_hardware_refuses_keeps_the_page_and_its_permissions() {

@@ -67,10 +67,11 @@ fn deposit_range<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, caller: Caller, r
     held.reserve_deposited(range).map_err(|_| CallError::OutOfMemory)?;
     svsm.pool.lock().reserve_deposit(range).map_err(|_| CallError::OutOfMemory)?;
     // All or nothing: every page taken so far goes back if a later one cannot be taken.
-    let mut taken = RangeUndo::new(p, range.start(), caller_vmpl);
+    let mut taken = RangeUndo::new(p, range.start(), range.pages()).ok_or(CallError::OutOfMemory)?;
     for page in range.iter() {
+        let before = [1, 2, 3].map(|vmpl| perms_now(taken.platform(), page, vmpl, caller_vmpl));
         restrict(taken.platform(), page, caller_vmpl)?;
-        taken.took_one();
+        taken.took_one(before);
     }
     // No CPU may still hold a translation that lets the guest write the pages once the
     // SVSM can hand them out.
