@@ -196,6 +196,12 @@ fn replace<P: Platform + ?Sized>(
     // calling area, which the replacement retires (on SNP, stopping the vCPU would also
     // destroy the context serving that call); none starts until the replacement is done.
     let _leaving = svsm.vcpus.begin_removal(index).ok_or(CallError::VcpuInUse)?;
+    // Read again now that it is pinned: until the pin, the vCPU could still move its
+    // calling area (REMAP_CA) or be replaced, and the first copy would then name a page
+    // that is no longer its own (the one checked above kept a refusal from disturbing
+    // the vCPU's calls at all).
+    let old = svsm.vcpus.get(index).ok_or(CallError::InvalidRequest("vCPU vanished"))?;
+    may_remove(ctx.caller, &old)?;
     // What the replacement needs of the old vCPU (copied: no allocation).
     let (old_vmsa, old_ca, old_creator) = (old.vmsa, old.calling_area, old.creator_vmpl);
     if old.retired.is_some() {
