@@ -289,6 +289,38 @@ fn a_vcpu_without_an_svsm_stack_gets_no_svsm_vmsa() {
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
 }
 
+/// The guest's own VMSA runs (the vCPU is in the guest): the delete is refused and the
+/// vCPU keeps everything, its SVSM context included, so its next call is served. Before,
+/// the SVSM's VMSA was destroyed first, and the vCPU ran on without the context that
+/// serves its calls.
+#[test]
+fn deleting_a_running_vcpu_fails_whole_and_keeps_its_svsm_context() {
+    let mut w = snp_world();
+    w.set_snp_entry(svsm_entry(8));
+    let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
+    write_guest_vmsa(&mut w, vmsa);
+    w.client().create_vcpu(vmsa, ca, 9).expect("created");
+    let host = &w.snp.as_ref().expect("snp").host;
+    let svsm_vmsa = host.ap_events.iter().find(|e| e.3 == 0 && e.1 == 9).expect("SVSM VMSA").2;
+    let events = host.ap_events.len();
+
+    w.snp.as_mut().expect("snp").host.busy_vmsas.insert(vmsa);
+    let refused = w.client().delete_vcpu(vmsa).expect_err("in use");
+    assert_eq!(refused.result(), Some(abi::result::ResultCode::CORE_VCPU_IN_USE), "{refused:?}");
+    for page in [vmsa, svsm_vmsa] {
+        assert!(w.machine.rmp.entry(page >> 12).expect("RAM").vmsa, "{page:#x} is still a VMSA");
+        assert_ne!(w.machine.vmsa_field(page, VmsaField::Efer) & EFER_SVME, 0, "{page:#x} still runnable");
+    }
+    assert_eq!(w.snp.as_ref().expect("snp").host.ap_events.len(), events, "nothing destroyed");
+
+    w.snp.as_mut().expect("snp").host.busy_vmsas.clear();
+    w.client().delete_vcpu(vmsa).expect("deleted once it stopped");
+    for page in [vmsa, svsm_vmsa] {
+        assert!(!w.machine.rmp.entry(page >> 12).expect("RAM").vmsa, "{page:#x} is no VMSA");
+    }
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
 #[test]
 fn deleting_a_vcpu_whose_svsm_vmsa_runs_fails_whole_and_a_retry_finishes() {
     let mut w = snp_world();

@@ -208,6 +208,18 @@ impl<H: SnpHw> SnpPlatform<H> {
         Ok(())
     }
 
+    /// Undo [`Self::retire_vmsa`]: the page a VMSA again, its EFER as it was (`efer`).
+    /// Only after a retire that succeeded, so the same RMPADJUST succeeds again unless
+    /// the host changed the page meanwhile; then the vCPU cannot run, and the log says so.
+    fn unretire_vmsa(&mut self, vmsa: u64, efer: u64) {
+        let efer_at = vmsa + VmsaField::Efer.offset() as u64;
+        let written = self.hw.write(efer_at, &efer.to_le_bytes());
+        let flagged = self.hw.rmpadjust(vmsa, false, attrs(self.config().guest_vmpl, PERM_NONE, true));
+        if !matches!((written, flagged), (Ok(()), Ok(rc::SUCCESS))) {
+            kernel::log!(self, Error, "VMSA {vmsa:#x} could not be made a VMSA again; its vCPU cannot run");
+        }
+    }
+
     fn read_u64(&self, gpa: u64, width: usize) -> Result<u64, MemoryFault> {
         let mut b = [0u8; 8];
         let bytes = b.get_mut(..width).ok_or(MemoryFault { gpa: Gpa(gpa) })?;
@@ -357,17 +369,23 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
     }
 
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError> {
-        // The SVSM's own VMSA of this vCPU first: its page goes back to the pool once this
-        // returns Ok, so it must not be a VMSA then. Each step either completes or leaves
-        // its VMSA as it was, and the record keeps what is still live, so a retry after
-        // FAIL_INUSE finishes the job and never answers Ok early. The record is read and
-        // changed in short holds of its lock, never across AP_DESTROY.
+        // Both VMSAs stop, or neither: a stop refused with FAIL_INUSE (one of them runs)
+        // changes nothing, so the vCPU runs on with the SVSM context its calls need. The
+        // guest's VMSA first (the one that runs while the guest does); if the SVSM's then
+        // cannot stop, the guest's is made a runnable VMSA again. Its page goes back to
+        // the pool once this returns Ok, so it must not be a VMSA then. The record keeps
+        // what is still live, so a retry finishes the job and never answers Ok early. The
+        // record is read and changed in short holds of its lock, never across AP_DESTROY.
+        let guest_efer = self.read_u64(vmsa.raw() + VmsaField::Efer.offset() as u64, 8).map_err(|_| HwError::Fault)?;
+        self.retire_vmsa(vmsa.raw())?;
         if let Some(VcpuRecord { apic_id, svsm_vmsa: Some(svsm_vmsa), .. }) = self.shared.vcpu(vmsa.raw()) {
-            self.retire_vmsa(svsm_vmsa)?;
+            if let Err(e) = self.retire_vmsa(svsm_vmsa) {
+                self.unretire_vmsa(vmsa.raw(), guest_efer);
+                return Err(e);
+            }
             let _ = self.ap_event(exit::AP_DESTROY, svsm_vmsa, 0, apic_id, 0);
             self.shared.forget_svsm_vmsa(vmsa.raw(), svsm_vmsa);
         }
-        self.retire_vmsa(vmsa.raw())?;
         if let Some(record) = self.shared.remove_vcpu(vmsa.raw()) {
             let _ = self.ap_event(exit::AP_DESTROY, vmsa.raw(), record.vmpl, record.apic_id, 0);
         }
