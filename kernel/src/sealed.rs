@@ -234,6 +234,29 @@ pub fn open_sealed<D: BlockDevice, E: Entropy>(
 /// Where the vTPM's blobs and its marker are kept.
 const NV_PREFIX: &[u8] = b"vtpm/nv/";
 const MARKER: &[u8] = b"vtpm/manufactured";
+/// The tombstone of a vTPM that left by live migration: its EK public area.
+const MOVED: &[u8] = b"vtpm/moved";
+
+/// After a live migration committed: the vTPM this sealed state keeps is the
+/// destination's now. In one commit its marker and blobs go, and a tombstone stays
+/// (`vtpm/moved`, the EK public area), so this state never starts that TPM again: a host
+/// that booted the source again on its disk would otherwise have two of one TPM (the same
+/// EK and seeds, the same NV indices and counters), one of them under its control. A
+/// state that keeps no vTPM has nothing to do (`Ok(false)`). A failure closes the sealed
+/// state; the caller must then not let the destination run the guest (lost, never
+/// forked).
+pub fn mark_vtpm_moved(sealed: &SharedSealed) -> Result<bool, StoreError> {
+    let mut sealed = sealed.lock();
+    let Some(ek) = sealed.get(MARKER).map(<[u8]>::to_vec) else { return Ok(false) };
+    sealed.update(|store| {
+        for blob in store.names_with_prefix(NV_PREFIX) {
+            store.remove(&blob);
+        }
+        store.remove(MARKER);
+        store.put(MOVED, &ek)
+    })?;
+    Ok(true)
+}
 
 /// The vTPM's NV blobs in the sealed state: `vtpm/nv/<name>` per blob, and the marker
 /// `vtpm/manufactured` (the EK public area), written in the same commit as the first
@@ -252,6 +275,9 @@ pub struct KeptTpm {
     pub nv: NvBlobs,
     /// The EK public area recorded when it was manufactured (`None` for a new TPM).
     pub ek_public: Option<Vec<u8>>,
+    /// The vTPM this state kept left by live migration ([`mark_vtpm_moved`]): no TPM may
+    /// start here, neither it nor a new one in its place.
+    pub moved: bool,
 }
 
 impl VtpmNv {
@@ -259,6 +285,7 @@ impl VtpmNv {
     pub fn open(sealed: SharedSealed) -> (KeptTpm, Self) {
         let (kept, manufactured) = {
             let s = sealed.lock();
+            let moved = s.get(MOVED).is_some();
             match s.get(MARKER) {
                 Some(ek) => {
                     let mut nv = NvBlobs::new();
@@ -267,9 +294,9 @@ impl VtpmNv {
                             nv.insert(short.to_vec(), data.to_vec());
                         }
                     }
-                    (KeptTpm { nv, ek_public: Some(ek.to_vec()) }, true)
+                    (KeptTpm { nv, ek_public: Some(ek.to_vec()), moved }, true)
                 }
-                None => (KeptTpm { nv: NvBlobs::new(), ek_public: None }, false),
+                None => (KeptTpm { nv: NvBlobs::new(), ek_public: None, moved }, false),
             }
         };
         (kept, Self { sealed, manufactured })
@@ -284,6 +311,8 @@ impl VtpmNv {
                 for stale in store.names_with_prefix(NV_PREFIX) {
                     store.remove(&stale);
                 }
+                // A TPM that left and arrives back is kept here again.
+                store.remove(MOVED);
                 store.put(MARKER, ek_public)?;
                 Self::stage(store, blobs)
             })
@@ -323,6 +352,10 @@ impl NvStorage for VtpmNv {
     /// a manufacture that never completed); a kept TPM must have the EK its marker
     /// records, or the state is not the one it claims to be.
     fn started(&mut self, ek_public: &[u8], changes: &[NvChange]) -> Result<(), NvError> {
+        if !self.manufactured && self.sealed.lock().get(MOVED).is_some() {
+            // The TPM kept here left by live migration: neither it nor a new one starts.
+            return Err(NvError::Storage);
+        }
         if self.manufactured {
             if self.sealed.lock().get(MARKER) != Some(ek_public) {
                 return Err(NvError::Storage);
@@ -434,6 +467,40 @@ mod tests {
         let (_, mut first) = VtpmNv::open(blank.clone());
         first.replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
         assert_eq!(VtpmNv::open(blank).0.ek_public.as_deref(), Some(&b"EK"[..]));
+    }
+
+    /// After a migration committed, the source's state keeps a tombstone instead of the
+    /// TPM: nothing starts there again (not the TPM, not a new one), in one commit; the
+    /// TPM arriving back (a later migration to this state) clears it.
+    #[test]
+    fn a_tpm_that_left_never_starts_again_from_the_state_it_left() {
+        let sealed = fresh();
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"seeds")), change(b"volatilestate", Some(b"v"))]).unwrap();
+        let generation = sealed.lock().state().generation;
+        assert_eq!(mark_vtpm_moved(&sealed), Ok(true));
+        assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
+        assert!(sealed.lock().store.names_with_prefix(b"vtpm/nv/").is_empty(), "no blob left");
+
+        let (kept, mut again) = VtpmNv::open(sealed.clone());
+        assert!(kept.moved && kept.ek_public.is_none() && kept.nv.is_empty());
+        let before = sealed.lock().state();
+        assert_eq!(again.started(b"EK", &[change(b"permall", Some(b"x"))]), Err(NvError::Storage), "not the TPM");
+        assert_eq!(again.started(b"new EK", &[change(b"permall", Some(b"y"))]), Err(NvError::Storage), "not a new one");
+        assert_eq!(sealed.lock().state(), before, "nothing written");
+
+        let (_, mut arriving) = VtpmNv::open(sealed.clone());
+        arriving.replaced(b"EK", &[change(b"permall", Some(b"back"))]).unwrap();
+        let (kept, _) = VtpmNv::open(sealed.clone());
+        assert!(!kept.moved, "the tombstone goes when the TPM is kept here again");
+        assert_eq!(kept.ek_public.as_deref(), Some(&b"EK"[..]));
+
+        // A state that keeps no vTPM: nothing to mark, no commit.
+        let empty = fresh();
+        let generation = empty.lock().state().generation;
+        assert_eq!(mark_vtpm_moved(&empty), Ok(false));
+        assert_eq!(empty.lock().state().generation, generation);
+        assert!(!VtpmNv::open(empty).0.moved);
     }
 
     #[test]

@@ -341,6 +341,16 @@ impl Svsm {
         }
     }
 
+    /// A live migration committed: the vTPM is the destination's now, and the sealed
+    /// state must never start it again ([`crate::sealed::mark_vtpm_moved`]). Nothing to
+    /// do without a sealed state. `Ok(true)` if a vTPM was kept and is marked now.
+    pub fn vtpm_moved_away(&self) -> Result<bool, store::StoreError> {
+        match &self.sealed {
+            Some(sealed) => crate::sealed::mark_vtpm_moved(sealed),
+            None => Ok(false),
+        }
+    }
+
     /// The sealed state's manifest entry: the committed state the SVSM runs on, and
     /// whether the sealed state closed since boot. Never waits on a commit in progress.
     pub fn sealed_state_entry(&self) -> Option<abi::attest::SealedStateEntry> {

@@ -244,13 +244,16 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
         attempts.push(Try::Fault(fault.clone()));
     }
     attempts.push(Try::Honest);
+    // The source keeps its vTPM on a state disk of its own: after the migration that
+    // state must never start the vTPM again.
+    let source_disk: &'static Path = keep(blank_disk(&context.dir, "source")?);
     let mut source_run = context.run(
         "source",
         guest,
         None,
         source_port,
         vec![(AGENT_SERVES, serves), (SOURCE_FAILED, failed)],
-        None,
+        Some(source_disk),
         true,
     )?;
     // The source lives through every attempt.
@@ -296,6 +299,10 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     if options.other_image && !source.lines.iter().any(refused_measurement) {
         return Err("the source did not refuse the other image's destination for its measurement".into());
     }
+    if !source.lines.iter().any(|l| l.contains("the vTPM is marked as moved")) {
+        return Err("the source did not mark its vTPM as moved in its sealed state".into());
+    }
+    let seen = [seen, vec![source_again(&context, source_disk)?]].concat();
     for note in &seen {
         step(note);
     }
@@ -548,6 +555,36 @@ fn reboot(context: &Context, label: &'static str, disk: &'static Path, tpm_recor
     Ok(format!(
         "{label} rebooted on its own state disk: the vTPM that arrived started from its sealed store ({verified})"
     ))
+}
+
+/// The source's image booted again on the source's state disk after the migration (as a
+/// host that wanted a second copy of the guest's TPM would): the vTPM that left must not
+/// start there, and the SVSM serves the guest all the same.
+fn source_again(context: &Context, disk: &'static Path) -> Result<String> {
+    step("the source again, on its state disk: the vTPM that left must not start there");
+    let port = free_port()?;
+    let (serves, agent_serves) = channel();
+    let name = "source-again";
+    let instance =
+        start(name, context.run(name, context.guest, None, port, vec![(AGENT_SERVES, serves)], Some(disk), false)?);
+    let checked = (|| {
+        agent_serves.recv_timeout(LIMIT).map_err(|_| "the source's guest, booted again, never served its agent")?;
+        let mut agent = Agent::connect(port)?;
+        agent.ask("query", Duration::from_secs(60))?;
+        agent.ask("quit", Duration::from_secs(30))?;
+        Ok::<_, String>(())
+    })();
+    if checked.is_err() {
+        context.stop.store(true, Ordering::Relaxed);
+    }
+    let boot = instance.finish();
+    checked?;
+    let boot = boot?;
+    let has = |text: &str| boot.lines.iter().any(|l| l.contains(text));
+    if !has("left by live migration; it never starts here again") || has("started from its sealed NV state") {
+        return Err(format!("the source booted again ({:?}) started the vTPM that left", boot.outcome));
+    }
+    Ok("the source booted again on its state disk: the vTPM that left did not start, and the guest was served".into())
 }
 
 /// `bulwark migrate relay` between the source's device and the attempt's destination's.

@@ -556,9 +556,23 @@ pub fn last_round(shared: &'static Shared) {
     // becomes of the FINISH.
     // The figures end at the commit, not at the host's taking of the FINISH.
     let now = clock::monotonic_ns();
-    // Its own deadline: after the commit the guest never runs here again, so waiting for a
-    // slow host costs nothing, and giving up early could lose the guest.
-    let finished = hand_over_finish(out, now.saturating_add(FINISH_DEADLINE_NS));
+    // The vTPM is the destination's too: this SVSM's sealed state must never start it
+    // again (a host booting this image on this disk would have two of one TPM). Marked
+    // before the FINISH lets the destination run; if the mark cannot be made, no FINISH
+    // goes: the guest is lost, never forked.
+    let finished = match shared.svsm.vtpm_moved_away() {
+        // Its own deadline: after the commit the guest never runs here again, so waiting
+        // for a slow host costs nothing, and giving up early could lose the guest.
+        Ok(marked) => {
+            if marked {
+                println!(
+                    "migration: the vTPM is marked as moved in this SVSM's sealed state: it never starts here again"
+                );
+            }
+            hand_over_finish(out, now.saturating_add(FINISH_DEADLINE_NS))
+        }
+        Err(e) => Err(format!("the vTPM could not be marked as moved in the sealed state ({e:?}); no FINISH")),
+    };
     let downtime = now.saturating_sub(paused_at) / 1_000_000;
     let total = now.saturating_sub(out.started) / 1_000_000;
     let moving_ms = now.saturating_sub(out.precopy_started) / 1_000_000;

@@ -137,6 +137,9 @@ pub fn manufacture() -> Result<Vtpm, &'static str> {
 /// reboot. Says whether the TPM was new.
 pub fn start_sealed(sealed: SharedSealed) -> Result<(Vtpm, bool), &'static str> {
     let (kept, storage) = VtpmNv::open(sealed);
+    if kept.moved {
+        return Err("the vTPM this sealed state kept left by live migration; it never starts here again");
+    }
     let new = kept.ek_public.is_none();
     let engine = start(PROCESS_ID, &kept.nv)?;
     let vtpm = Vtpm::start(Timed::new(engine), Box::new(storage)).map_err(|e| match e.step {
