@@ -16,11 +16,6 @@ use spin::Mutex;
 use svm::SvmShared;
 use svm::launch::{LaunchError, Plan, QEMU};
 
-/// Memory-map entries the launch reads at most.
-const MAX_RANGES: u32 = 128;
-/// PVH memory-map type of usable RAM.
-const PVH_RAM: u32 = 1;
-
 /// Copy `data` to guest RAM the plan accepted for the guest image.
 fn write(gpa: u64, data: &[u8]) -> Result<(), &'static str> {
     if SVSM_REGION.start < gpa.saturating_add(data.len() as u64) && gpa < SVSM_REGION.end {
@@ -98,13 +93,14 @@ fn load_guest(info: &StartInfo, plan: &mut Plan) -> Result<(u64, [u8; 48]), &'st
 }
 
 /// Build the guest's world; returns the platform and the SVSM serving it.
-pub fn launch(info: &StartInfo, image_end: u64, cpus: u32) -> Result<(SvmShared<BareSvm>, Svsm), &'static str> {
-    let ram: Vec<(u64, u64)> = (0..info.memmap_entries.min(MAX_RANGES))
-        .filter_map(|i| info.memory(i))
-        .filter(|r| r.kind == PVH_RAM)
-        .map(|r| (r.addr, r.size))
-        .collect();
-    let mut plan = Plan::new(QEMU, &ram, info.ram_top_below_4g(), image_end).map_err(why)?;
+/// `ram` is the memory map's RAM, as read once at boot (`StartInfo::ram_ranges`).
+pub fn launch(
+    info: &StartInfo,
+    ram: &[(u64, u64)],
+    image_end: u64,
+    cpus: u32,
+) -> Result<(SvmShared<BareSvm>, Svsm), &'static str> {
+    let mut plan = Plan::new(QEMU, ram, super::pvh::ram_top_below_4g(ram), image_end).map_err(why)?;
     let (entry, measurement) = load_guest(info, &mut plan)?;
 
     // No PSP here: the four VMPCKs are per-boot random keys (VMPCK0 is then taken out of

@@ -113,7 +113,9 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         cpu::call_data(smp::trampoline_as_ret());
         println!("FAILED: the low 2 MiB were executable");
     }
-    let (platform, mut svsm) = match launch::launch(&info, image_end, online) {
+    // The memory map, read once (`pvh::StartInfo::ram_ranges`).
+    let ram = info.ram_ranges();
+    let (platform, mut svsm) = match launch::launch(&info, &ram, image_end, online) {
         Ok(launched) => launched,
         Err(why) => {
             println!("FAILED: launch: {why}");
@@ -130,7 +132,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         layout.secrets
     );
     clock::calibrate();
-    let sealed = open_sealed_state(&svsm, &platform);
+    let sealed = open_sealed_state(&svsm, &platform, &ram);
     user::boot_check(svsm.pages());
     if vtpm::crash_check() {
         println!(
@@ -139,7 +141,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     } else {
         println!("vtpm: crash check FAILED");
     }
-    let device = migration_device(&info);
+    let device = migration_device(&ram);
     let incoming = cmdline_has(&info, "migrate=incoming");
     if incoming {
         let Some(pages) = device else {
@@ -196,15 +198,9 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
 }
 
 /// The migration device, if QEMU has one (`-device ivshmem-plain`); its memory must not
-/// be RAM of the launch's memory map.
-fn migration_device(info: &pvh::StartInfo) -> Option<svm::migration_device::Rings> {
-    let is_ram = |start: u64, end: u64| {
-        (0..info.memmap_entries.min(128))
-            .filter_map(|i| info.memory(i))
-            .filter(|r| r.kind == 1)
-            .any(|r| r.addr < end && start < r.addr.saturating_add(r.size))
-    };
-    match svm::migration_device::find(is_ram) {
+/// be RAM of the launch's memory map (`ram`, the copy the launch used).
+fn migration_device(ram: &[(u64, u64)]) -> Option<svm::migration_device::Rings> {
+    match svm::migration_device::find(|start, end| pvh::overlaps_ram(ram, start, end)) {
         Ok(pages) => Some(pages),
         Err(svm::migration_device::DeviceError::Absent) => None,
         Err(e) => {
@@ -306,7 +302,11 @@ enum Sealed {
 /// (formatting a blank disk, re-wrapping a store an older TCB's key sealed), printing
 /// what a relying party would want to know of it. The key's fingerprint is printed too:
 /// `cargo xtask test` checks that two boots of one image get the same key.
-fn open_sealed_state(svsm: &kernel::svsm::Svsm, platform: &::svm::shared::SvmShared<svm::hw::BareSvm>) -> Sealed {
+fn open_sealed_state(
+    svsm: &kernel::svsm::Svsm,
+    platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
+    ram: &[(u64, u64)],
+) -> Sealed {
     let current = current_key_params();
     let key = sealing_key(svsm, platform, current).map(|(key, fingerprint)| {
         println!(
@@ -315,7 +315,7 @@ fn open_sealed_state(svsm: &kernel::svsm::Svsm, platform: &::svm::shared::SvmSha
         key
     });
     let started = clock::monotonic_ns();
-    let disk = match svm::disk::find() {
+    let disk = match svm::disk::find(|start, end| pvh::overlaps_ram(ram, start, end)) {
         Ok(disk) => disk,
         Err(svm::disk::DiskError::Absent) => {
             println!("sealed: no state disk (virtio-blk, serial bulwark-state); the vTPM's state lasts one boot");

@@ -4,6 +4,21 @@
 #![expect(unsafe_code, reason = "reads the PVH start info from physical memory")]
 
 const MAGIC: u32 = 0x336e_c578;
+/// Memory-map entries read at most.
+pub const MAX_RANGES: u32 = 128;
+/// The memory-map type of RAM.
+const PVH_RAM: u32 = 1;
+
+/// The end of the highest RAM range below 4 GiB (0 if none).
+pub fn ram_top_below_4g(ram: &[(u64, u64)]) -> u64 {
+    ram.iter().map(|&(addr, size)| addr.saturating_add(size)).filter(|end| *end <= 1 << 32).max().unwrap_or(0)
+}
+
+/// Whether `[start, end)` overlaps one of the `ram` ranges (`(start, size)`, as
+/// [`StartInfo::ram_ranges`] gives them).
+pub fn overlaps_ram(ram: &[(u64, u64)], start: u64, end: u64) -> bool {
+    ram.iter().any(|&(addr, size)| addr < end && start < addr.saturating_add(size))
+}
 
 /// Copy `N` bytes of physical memory (identity-mapped below 4 GiB).
 fn read_phys<const N: usize>(pa: u64) -> Option<[u8; N]> {
@@ -86,22 +101,23 @@ impl StartInfo {
         core::str::from_utf8(copy).unwrap_or("")
     }
 
-    /// End of the highest RAM range that ends below 4 GiB.
-    pub fn ram_top_below_4g(&self) -> u64 {
-        (0..self.memmap_entries.min(128))
+    /// The memory map's RAM ranges `(start, size)`, at most [`MAX_RANGES`]. Read once at
+    /// boot, and that copy is what every later check uses: the map lies in guest RAM,
+    /// where the host can change it at any time, and two reads could then disagree (the
+    /// launch building the guest from one map, a device check trusting another).
+    pub fn ram_ranges(&self) -> alloc::vec::Vec<(u64, u64)> {
+        (0..self.memmap_entries.min(MAX_RANGES))
             .filter_map(|i| self.memory(i))
-            .filter(|r| r.kind == 1)
-            .map(|r| r.addr.saturating_add(r.size))
-            .filter(|end| *end <= 1 << 32)
-            .max()
-            .unwrap_or(0)
+            .filter(|r| r.kind == PVH_RAM)
+            .map(|r| (r.addr, r.size))
+            .collect()
     }
 
     pub fn report(&self) {
         println!("PVH start info: {} memory ranges, {} modules", self.memmap_entries, self.nr_modules);
         for i in 0..self.memmap_entries.min(32) {
             if let Some(r) = self.memory(i) {
-                let kind = if r.kind == 1 { "RAM" } else { "reserved" };
+                let kind = if r.kind == PVH_RAM { "RAM" } else { "reserved" };
                 println!("  {:#012x}..{:#012x} {kind}", r.addr, r.addr.saturating_add(r.size));
             }
         }

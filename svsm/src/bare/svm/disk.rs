@@ -3,9 +3,9 @@
 //! crate's PCI transport and virtqueue (docs/persistence.md "The disk").
 //!
 //! The guest cannot reach it: PCI configuration ports are not in its I/O permission map
-//! (`svm::iopm`), and the device's BARs are not guest RAM, so its nested page tables do not
-//! map them. Every byte the device returns is host input; the store authenticates all of
-//! it before use.
+//! (`svm::iopm`), and the device's BARs are not guest RAM (checked against the launch's
+//! memory map in [`find`]), so its nested page tables do not map them. Every byte the
+//! device returns is host input; the store authenticates all of it before use.
 //!
 //! The block requests themselves are built here, over the crate's `VirtQueue`, instead of
 //! with its `VirtIOBlk`: that driver waits for a flush without end, and a host that never
@@ -89,8 +89,10 @@ pub enum DiskError {
     Lost,
 }
 
-/// Find the state disk on PCI bus 0 and start it.
-pub fn find() -> Result<VirtioDisk, DiskError> {
+/// Find the state disk on PCI bus 0 and start it. `is_ram` says whether a physical range
+/// overlaps RAM of the launch's memory map (the guest's and the SVSM's): no register BAR
+/// may.
+pub fn find(is_ram: impl Fn(u64, u64) -> bool) -> Result<VirtioDisk, DiskError> {
     let mut root = PciRoot::new(PortCam);
     let candidates: alloc::vec::Vec<_> = root
         .enumerate_bus(0)
@@ -99,7 +101,7 @@ pub fn find() -> Result<VirtioDisk, DiskError> {
         .collect();
     let mut found = Err(DiskError::Absent);
     for df in candidates {
-        match start(&mut root, df) {
+        match start(&mut root, df, &is_ram) {
             Ok(disk) => return Ok(disk),
             Err(DiskError::Absent) => {}
             Err(DiskError::Lost) => return Err(DiskError::Lost),
@@ -109,11 +111,18 @@ pub fn find() -> Result<VirtioDisk, DiskError> {
     found
 }
 
-fn start(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> Result<VirtioDisk, DiskError> {
+fn start(
+    root: &mut PciRoot<PortCam>,
+    df: DeviceFunction,
+    is_ram: &impl Fn(u64, u64) -> bool,
+) -> Result<VirtioDisk, DiskError> {
     let bars = root.bars(df).map_err(|_| DiskError::Device)?;
+    // The driver writes the device's registers through its memory BARs: one that lay in
+    // RAM would have the SVSM write into its own memory (its heap, its page tables) or
+    // into the guest's, where the guest could play the device.
     let reachable = bars.iter().flatten().all(|bar| match bar {
         BarInfo::Memory { address, size, .. } => {
-            *address != 0 && address.checked_add(*size).is_some_and(|end| end <= 1 << 32)
+            address.checked_add(*size).is_some_and(|end| *address != 0 && end <= 1 << 32 && !is_ram(*address, end))
         }
         BarInfo::IO { .. } => true,
     });
