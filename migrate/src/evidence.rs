@@ -47,8 +47,9 @@ const ASK: [u8; 16] = [0x4a, 0xb7, 0xb3, 0x79, 0xbb, 0xac, 0x4f, 0xe4, 0xa0, 0x2
 const VCEK: [u8; 16] = [0x63, 0xda, 0x75, 0x8d, 0xe6, 0x64, 0x45, 0x64, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd];
 
 /// The VCEK's extensions (AMD's VCEK certificate specification): the chip's hwID, and
-/// the TCB components as small INTEGERs with the byte of TCB_VERSION each is, in the
-/// Milan and Genoa layout (Turin's differs and adds an FMC component: not yet read here).
+/// the TCB components as small INTEGERs with the byte of TCB_VERSION each is. Milan and
+/// Genoa lay TCB_VERSION out one way; Turin (family 0x1A) another, with an FMC component
+/// first ([`tcb_layout`]).
 const HWID_OID: &str = "1.3.6.1.4.1.3704.1.4";
 const TCB_OIDS: [(&str, usize); 4] = [
     ("1.3.6.1.4.1.3704.1.3.1", 0), // bootloader
@@ -56,6 +57,29 @@ const TCB_OIDS: [(&str, usize); 4] = [
     ("1.3.6.1.4.1.3704.1.3.3", 6), // snp
     ("1.3.6.1.4.1.3704.1.3.8", 7), // microcode
 ];
+const TURIN_TCB_OIDS: [(&str, usize); 5] = [
+    ("1.3.6.1.4.1.3704.1.3.9", 0), // fmc
+    ("1.3.6.1.4.1.3704.1.3.1", 1), // bootloader
+    ("1.3.6.1.4.1.3704.1.3.2", 2), // tee
+    ("1.3.6.1.4.1.3704.1.3.3", 3), // snp
+    ("1.3.6.1.4.1.3704.1.3.8", 7), // microcode
+];
+const VERSION: usize = 0x000;
+const CPUID_FAMILY: usize = 0x188;
+
+/// The TCB_VERSION layout of the chip that signed `report` (read once the signature is
+/// checked): a version 3 report names its CPU family, and family 0x1A (Turin) and later
+/// put FMC first. An older report names none: there a CHIP_ID whose bytes past the
+/// eighth are zero is Turin's (8-byte chip ids), as the `sev` crate reads it.
+fn tcb_layout(report: &[u8]) -> &'static [(&'static str, usize)] {
+    let version = le_u32(report, VERSION).unwrap_or(0);
+    let turin = if version >= 3 {
+        report.get(CPUID_FAMILY).is_some_and(|family| *family >= 0x1A)
+    } else {
+        report.get(CHIP_ID + 8..CHIP_ID + 64).is_some_and(|rest| rest.iter().all(|b| *b == 0))
+    };
+    if turin { &TURIN_TCB_OIDS } else { &TCB_OIDS }
+}
 
 /// `u32 report_len | report | u32 table_len | table`.
 pub fn encode(report: &[u8], table: &[u8]) -> Option<Vec<u8>> {
@@ -235,7 +259,7 @@ impl PeerVerifier for ReportVerifier {
             return Err(VerifyError::Untrusted);
         }
         let tcb = report.get(REPORTED_TCB..REPORTED_TCB + 8).ok_or(VerifyError::Malformed)?;
-        for (oid, byte) in TCB_OIDS {
+        for &(oid, byte) in tcb_layout(report) {
             let Some(value) = extension(&vcek, oid) else { continue };
             let value = x509_cert::der::asn1::Uint::from_der(value).map_err(|_| VerifyError::Malformed)?;
             let value = match value.as_bytes() {
@@ -278,6 +302,36 @@ mod tests {
             assert_eq!(ReportVerifier::root_of(&ark).as_deref(), Some(*spki), "{name}");
             assert!(verifier.trusts_ark(&ark), "{name}");
         }
+    }
+
+    /// Which byte of REPORTED_TCB each VCEK extension is compared with: Turin's layout for
+    /// a version 3 report of family 0x1A or later (and, for older reports, an 8-byte chip
+    /// id), Milan's and Genoa's otherwise.
+    #[test]
+    fn the_tcb_layout_follows_the_chip_that_signed() {
+        let report = |version: u32, family: u8, chip_id_tail: u8| {
+            let mut r = alloc::vec![0u8; REPORT_SIZE];
+            r[VERSION..VERSION + 4].copy_from_slice(&version.to_le_bytes());
+            r[CPUID_FAMILY] = family;
+            r[CHIP_ID..CHIP_ID + 8].fill(0xAB);
+            r[CHIP_ID + 8..CHIP_ID + 64].fill(chip_id_tail);
+            r
+        };
+        let fmc = |layout: &[(&str, usize)]| layout.iter().find(|(oid, _)| oid.ends_with(".3.9")).map(|(_, at)| *at);
+        let snp = |layout: &[(&str, usize)]| layout.iter().find(|(oid, _)| oid.ends_with(".3.3")).map(|(_, at)| *at);
+        for (r, turin) in [
+            (report(3, 0x19, 0xCD), false), // Milan, Genoa
+            (report(3, 0x1A, 0xCD), true),  // Turin
+            (report(3, 0x1A, 0x00), true),
+            (report(2, 0x00, 0xCD), false), // no CPUID fields: a 64-byte chip id
+            (report(2, 0x00, 0x00), true),  // an 8-byte chip id
+        ] {
+            let layout = tcb_layout(&r);
+            assert_eq!(fmc(layout), turin.then_some(0));
+            assert_eq!(snp(layout), Some(if turin { 3 } else { 6 }));
+        }
+        // Cut short: the older layout, never a panic.
+        assert_eq!(snp(tcb_layout(&[][..])), Some(6));
     }
 
     /// AMD's ASKs sign VCEKs but are no roots; bytes that are no certificate trust nothing.
