@@ -20,6 +20,7 @@
 //! the lock: the SVSM stops right after it.)
 
 use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::log_ring::{LogLost, LogRing};
 use spin::Mutex;
 use spin::once::Once;
@@ -43,9 +44,22 @@ struct Console {
     log: LogRing<LOG_BYTES>,
 }
 
+impl Console {
+    /// Into the log buffer, and the count of bytes logged published for readers that
+    /// must not wait on the lock ([`log_written`]).
+    fn log(&mut self, bytes: &[u8]) {
+        self.log.push(bytes);
+        WRITTEN.store(self.log.written(), Ordering::Release);
+    }
+}
+
+/// Bytes logged since boot, as of the last push: read without the console's lock, so an
+/// OCP log read never takes a busy console for an empty log (it only ever lags).
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.log.push(s.as_bytes());
+        self.log(s.as_bytes());
         if self.backends == Backends::Both {
             // Serial writes cannot fail.
             let mut serial = Uart16550::COM1;
@@ -123,7 +137,7 @@ impl LineBuffer {
         let Some(bytes) = self.bytes.get(..self.len).filter(|b| !b.is_empty()) else { return };
         let serial = match lock() {
             Some(mut console) => {
-                console.log.push(bytes);
+                console.log(bytes);
                 console.backends == Backends::Both
             }
             None => true,
@@ -193,9 +207,9 @@ pub fn with_log<T>(offset: u64, max: usize, f: impl FnOnce(&[u8], &[u8]) -> T) -
     Some(console.log.segments(offset, max).map(|[a, b]| f(a, b)))
 }
 
-/// Bytes logged since boot.
+/// Bytes logged since boot (never waits on the console's lock).
 pub fn log_written() -> u64 {
-    lock().map_or(0, |console| console.log.written())
+    WRITTEN.load(Ordering::Acquire)
 }
 
 #[macro_export]
