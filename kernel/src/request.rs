@@ -164,15 +164,17 @@ impl Svsm {
     /// changed the pool.
     fn sync_mem_available<P: Platform + ?Sized>(&self, p: &mut P) {
         let want = u8::from(self.mem_available.load(Ordering::Acquire));
-        if self.mem_flag_written.load(Ordering::Acquire) == want {
+        let written = self.mem_flag_written.load(Ordering::Acquire);
+        if written == want {
             return;
         }
         let Some(ca) = self.vcpus.startup().map(|v| v.calling_area) else { return };
         let Some(flag_gpa) = ca.checked_add(MEM_AVAILABLE_OFFSET) else { return };
-        // Under the page's lock, and only while the page is still the startup vCPU's
-        // calling area: a REMAP_CA on another CPU may have moved it away (clearing the
-        // role takes this lock), after which the page may be deposited and is never the
-        // SVSM's to write for the guest. Skipped, the flag is written after a later call.
+        // Under the page's lock, which a DEPOSIT_MEM or CREATE_VCPU of the page takes too,
+        // and only while the page is still the startup vCPU's calling area: a REMAP_CA on
+        // another CPU may have moved it away, after which the page may be deposited and
+        // is never the SVSM's to write for the guest. Skipped, the flag is written after
+        // a later call.
         let page = ca.page();
         let mut held = self.pages.lock(page, page);
         let still = held.role(page) == Some(PageRole::CallingArea(VcpuIndex::STARTUP))
@@ -181,7 +183,12 @@ impl Svsm {
             return;
         }
         match p.write(flag_gpa, &[want]) {
-            Ok(()) => self.mem_flag_written.store(want, Ordering::Release),
+            // Recorded only if nothing changed the record meanwhile: a REMAP_CA of the
+            // startup vCPU marks it unknown, and this write then went to the old area, so
+            // the new one must still be written.
+            Ok(()) => {
+                let _ = self.mem_flag_written.compare_exchange(written, want, Ordering::AcqRel, Ordering::Acquire);
+            }
             Err(f) => log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0),
         }
         drop(held);
