@@ -109,6 +109,19 @@ pub const SEALED_STATE_REWRAPPED: u32 = 2;
 /// VCEK certificate's hwID extension.
 pub const SVM_CHIP_ID: [u8; 64] = chip_id_tag(b"BULWARK-SVM-QEMU (NOT AMD HARDWARE)");
 
+/// Whether a VCEK's hwID extension value (extnValue's contents, OID
+/// 1.3.6.1.4.1.3704.1.4) names the 64-byte `chip_id`. AMD's VCEKs carry it as a DER
+/// OCTET STRING (`04 40` and the 64 bytes); older ones carried the 64 bytes bare. Both
+/// are read, as the `sev` crate reads them; anything else names no chip.
+pub fn hwid_names(extension: &[u8], chip_id: &[u8]) -> bool {
+    let bytes = match extension {
+        [0x04, 0x40, rest @ ..] if rest.len() == 64 => rest,
+        bare if bare.len() == 64 => bare,
+        _ => return false,
+    };
+    chip_id.len() == 64 && bytes == chip_id
+}
+
 /// A CHIP_ID made of an ASCII tag, zero-padded.
 pub const fn chip_id_tag(tag: &[u8]) -> [u8; 64] {
     let mut id = [0u8; 64];
@@ -395,5 +408,28 @@ pub mod issuing_kit {
             buf[0] ^= 1;
             assert_eq!(parse(&buf[..n]), None, "bad magic");
         }
+    }
+}
+
+#[cfg(test)]
+mod hwid_tests {
+    use super::hwid_names;
+
+    #[test]
+    fn the_hwid_names_its_chip_in_either_encoding() {
+        let chip = [0xA5u8; 64];
+        let mut der = [0u8; 66];
+        der[0] = 0x04;
+        der[1] = 0x40;
+        der[2..].copy_from_slice(&chip);
+        assert!(hwid_names(&der, &chip), "AMD's VCEKs: a DER OCTET STRING");
+        assert!(hwid_names(&chip, &chip), "older VCEKs: the bare bytes");
+        let mut other = chip;
+        other[63] ^= 1;
+        assert!(!hwid_names(&der, &other) && !hwid_names(&chip, &other), "another chip");
+        assert!(!hwid_names(&der[..65], &chip[..]), "cut short");
+        assert!(!hwid_names(&[0x04, 0x41, 0, 0], &chip), "another length");
+        assert!(!hwid_names(&der, &chip[..32]), "a chip id of the wrong size");
+        assert!(!hwid_names(&[], &[]));
     }
 }

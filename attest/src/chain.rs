@@ -235,8 +235,9 @@ fn build(
     cert.to_der().map_err(build_err)
 }
 
-/// The hwID extension. AMD puts the 64 CHIP_ID bytes straight into extnValue, not a
-/// nested DER value, so `Encode` here writes the raw bytes.
+/// The hwID extension, as AMD's VCEKs carry it: extnValue holds a DER OCTET STRING of
+/// the 64 CHIP_ID bytes (older VCEKs held the bytes bare; verifiers read both,
+/// `abi::attest::hwid_names`).
 struct HwId([u8; 64]);
 
 impl AssociatedOid for HwId {
@@ -245,11 +246,11 @@ impl AssociatedOid for HwId {
 
 impl Encode for HwId {
     fn encoded_len(&self) -> x509_cert::der::Result<Length> {
-        Length::try_from(self.0.len())
+        OctetString::new(self.0.to_vec())?.encoded_len()
     }
 
     fn encode(&self, writer: &mut impl Writer) -> x509_cert::der::Result<()> {
-        writer.write(&self.0)
+        OctetString::new(self.0.to_vec())?.encode(writer)
     }
 }
 
@@ -259,7 +260,7 @@ impl AsExtension for HwId {
     }
 
     fn to_extension(&self, _subject: &Name, _extensions: &[Extension]) -> x509_cert::der::Result<Extension> {
-        Ok(Extension { extn_id: HWID_OID, critical: false, extn_value: OctetString::new(self.0.to_vec())? })
+        Ok(Extension { extn_id: HWID_OID, critical: false, extn_value: OctetString::new(self.to_der()?)? })
     }
 }
 

@@ -644,7 +644,8 @@ fn chip_id(vcek: &Certificate, r: &[u8; REPORT_SIZE]) -> Result<String, String> 
     let report_chip = &r[off::CHIP_ID..off::CHIP_ID + 64];
     match extension(vcek, HWID_OID) {
         None => Ok("the VCEK has no hwID extension to compare".into()),
-        Some(hwid) if hwid == report_chip => Ok("matches the VCEK's hwID extension".into()),
+        // AMD's VCEKs wrap the bytes in a DER OCTET STRING; older ones had them bare.
+        Some(hwid) if abi::attest::hwid_names(hwid, report_chip) => Ok("matches the VCEK's hwID extension".into()),
         Some(hwid) => Err(format!("CHIP_ID differs from the VCEK's hwID {}", hex(hwid))),
     }
 }

@@ -255,7 +255,8 @@ impl PeerVerifier for ReportVerifier {
             return Err(VerifyError::Refused);
         }
         let chip_id = report.get(CHIP_ID..CHIP_ID + 64).ok_or(VerifyError::Malformed)?;
-        if extension(&vcek, HWID_OID) != Some(chip_id) {
+        // AMD's VCEKs wrap the bytes in a DER OCTET STRING; older ones had them bare.
+        if !extension(&vcek, HWID_OID).is_some_and(|hwid| abi::attest::hwid_names(hwid, chip_id)) {
             return Err(VerifyError::Untrusted);
         }
         let tcb = report.get(REPORTED_TCB..REPORTED_TCB + 8).ok_or(VerifyError::Malformed)?;
