@@ -237,6 +237,23 @@ const MARKER: &[u8] = b"vtpm/manufactured";
 /// The tombstone of a vTPM that left by live migration: its EK public area.
 const MOVED: &[u8] = b"vtpm/moved";
 
+/// Whether [`mark_vtpm_moved`] can succeed: the state keeps no vTPM, or it is still open.
+/// A migration's source asks before its COMMIT: once the destination confirmed it, a
+/// tombstone that cannot be written loses the guest.
+pub fn vtpm_can_move(sealed: &SharedSealed) -> bool {
+    let s = sealed.lock();
+    s.get(MARKER).is_none() || s.failed().is_none()
+}
+
+/// Whether this sealed state can keep the vTPM with `ek_public` that a migration brings:
+/// it is open, and it keeps no other vTPM. A migration's destination asks before it
+/// confirms the commit: after that the source never runs the guest again, and the vTPM
+/// would have nowhere to be kept.
+pub fn can_keep_vtpm(sealed: &SharedSealed, ek_public: &[u8]) -> bool {
+    let s = sealed.lock();
+    s.failed().is_none() && s.get(MARKER).is_none_or(|kept| kept == ek_public)
+}
+
 /// After a live migration committed: the vTPM this sealed state keeps is the
 /// destination's now. In one commit its marker and blobs go, and a tombstone stays
 /// (`vtpm/moved`, the EK public area), so this state never starts that TPM again: a host
@@ -495,6 +512,10 @@ mod tests {
         assert!(!kept.moved, "the tombstone goes when the TPM is kept here again");
         assert_eq!(kept.ek_public.as_deref(), Some(&b"EK"[..]));
 
+        // Whether a migration's destination may take a TPM here: not another EK's.
+        assert!(can_keep_vtpm(&sealed, b"EK") && !can_keep_vtpm(&sealed, b"another EK"));
+        assert!(vtpm_can_move(&sealed));
+
         // A state that keeps no vTPM: nothing to mark, no commit.
         let empty = fresh();
         let generation = empty.lock().state().generation;
@@ -511,6 +532,23 @@ mod tests {
         nv.persist(&[change(b"volatilestate", None)]).unwrap();
         let (kept, _) = VtpmNv::open(sealed);
         assert_eq!(kept.nv.keys().cloned().collect::<Vec<_>>(), vec![b"permall".to_vec()]);
+    }
+
+    /// A closed sealed state cannot write the tombstone: a source must not commit a
+    /// migration then (the guest would be lost), and a destination must not take a TPM.
+    #[test]
+    fn a_closed_state_neither_lets_its_tpm_move_nor_takes_one() {
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        assert!(vtpm_can_move(&sealed), "nothing kept: nothing to mark");
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        assert!(vtpm_can_move(&sealed) && can_keep_vtpm(&sealed, b"EK"));
+        disk.0.lock().fail_flushes(true);
+        assert!(nv.persist(&[change(b"permall", Some(b"two"))]).is_err());
+        assert!(!vtpm_can_move(&sealed), "closed with a TPM in it");
+        assert!(mark_vtpm_moved(&sealed).is_err(), "as the check said");
+        assert!(!can_keep_vtpm(&sealed, b"EK"));
     }
 
     #[test]

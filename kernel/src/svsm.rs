@@ -341,6 +341,18 @@ impl Svsm {
         }
     }
 
+    /// Whether a live migration's source may commit: the sealed state (if any) can take
+    /// the vTPM's tombstone after it ([`crate::sealed::vtpm_can_move`]).
+    pub fn vtpm_can_move_away(&self) -> bool {
+        self.sealed.as_ref().is_none_or(crate::sealed::vtpm_can_move)
+    }
+
+    /// Whether a live migration's destination can keep the vTPM with `ek_public` in its
+    /// sealed state, if it has one ([`crate::sealed::can_keep_vtpm`]).
+    pub fn can_keep_arriving_vtpm(&self, ek_public: &[u8]) -> bool {
+        self.sealed.as_ref().is_none_or(|sealed| crate::sealed::can_keep_vtpm(sealed, ek_public))
+    }
+
     /// A live migration committed: the vTPM is the destination's now, and the sealed
     /// state must never start it again ([`crate::sealed::mark_vtpm_moved`]). Nothing to
     /// do without a sealed state. `Ok(true)` if a vTPM was kept and is marked now.

@@ -167,7 +167,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
             }
         }
         if refused.is_none() && session.phase() == DestinationPhase::CommitVerified && arrived.is_none() {
-            match ready_to_run(incoming.take()) {
+            match ready_to_run(svsm, incoming.take()) {
                 Ok(ready) => {
                     arrived = Some(ready);
                     if let Err(e) = session.approve_commit() {
@@ -225,12 +225,14 @@ pub struct Arrived {
     pub vcpus: u32,
 }
 
-/// At the verified COMMIT: the stream must be whole (every vCPU, the end) and the vTPM
-/// must run again here, or the destination refuses the commit and the source runs on.
+/// At the verified COMMIT: the stream must be whole (every vCPU, the end), the vTPM must
+/// run again here, and this SVSM's sealed state (if it has one) must be able to keep it,
+/// or the destination refuses the commit and the source runs on: after the commit the
+/// source marks its own copy as moved, and a vTPM this side cannot keep would be lost.
 /// Nothing is written to this SVSM's sealed store yet: until FINISH the source may still
 /// run the guest, and a store holding a copy of its TPM would be a fork waiting for a
 /// reboot.
-fn ready_to_run(incoming: Option<Incoming>) -> Result<Arrived, String> {
+fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, String> {
     let incoming = incoming.ok_or("the state stream")?;
     let vcpus = incoming.vcpus();
     let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
@@ -238,6 +240,11 @@ fn ready_to_run(incoming: Option<Incoming>) -> Result<Arrived, String> {
         Some(snapshot) => Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?),
         None => None,
     };
+    if let Some(v) = &vtpm
+        && !svsm.can_keep_arriving_vtpm(v.ek_public())
+    {
+        return Err("this SVSM's sealed state keeps another vTPM, or is closed: the vTPM could not be kept here".into());
+    }
     Ok(Arrived { services, vtpm, vcpus })
 }
 
@@ -319,6 +326,18 @@ pub fn armed() -> bool {
     ARMED.load(core::sync::atomic::Ordering::Acquire)
 }
 
+/// A session is under way (from the host's `RUNNING` to its end).
+static SESSION: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// How long CPU 0's guest may run at most before CPU 0 looks at the migration again
+/// (`native.rs` keeps the local-APIC timer at that): 10 ms while it waits for the host
+/// to start one, 1 ms while a session runs. A guest that never exits on its own then
+/// gives CPU 0 a thousand looks a second: in the proposal's 2 KiB page mode each look
+/// moves about one page, so 10 ms would cap that mode at 200 KiB/s.
+pub fn poll_period_ms() -> u32 {
+    if SESSION.load(core::sync::atomic::Ordering::Acquire) { 1 } else { 10 }
+}
+
 /// What CPU 0 must do after [`poll`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Poll {
@@ -338,7 +357,10 @@ pub fn poll(shared: &'static Shared) -> Poll {
         }
         let Some(Armed::Waiting(pages)) = slot.take() else { return Poll::RunOn };
         *slot = Some(match start(shared, pages.clone()) {
-            Ok(out) => Armed::Running(alloc::boxed::Box::new(out)),
+            Ok(out) => {
+                SESSION.store(true, core::sync::atomic::Ordering::Release);
+                Armed::Running(alloc::boxed::Box::new(out))
+            }
             Err(e) => {
                 println!("migration: could not start: {e}; the guest runs on here, and a new migration may start");
                 Armed::Waiting(stream_ended(pages))
@@ -527,6 +549,7 @@ fn give_up(shared: &Shared, out: &mut Outgoing, why: &str) -> Armed {
         shared.platform.resume();
     }
     println!("migration: failed ({why}); the guest runs on here, and a new migration may start");
+    SESSION.store(false, core::sync::atomic::Ordering::Release);
     Armed::Waiting(stream_ended(out.pages.clone()))
 }
 
@@ -545,6 +568,14 @@ pub fn stream_ended(mut pages: Rings) -> Rings {
 pub fn last_round(shared: &'static Shared) {
     let mut slot = SOURCE.lock();
     let Some(Armed::Running(out)) = slot.as_mut() else { return };
+    // After the COMMIT_ACK the vTPM must be marked as moved in this SVSM's sealed state;
+    // a state that cannot take the mark (closed by a write the host failed) keeps the
+    // guest here instead of losing it.
+    if !shared.svsm.vtpm_can_move_away() {
+        let next = give_up(shared, out, "this SVSM's sealed state is closed: its vTPM could not be marked as moved");
+        *slot = Some(next);
+        return;
+    }
     let paused_at = clock::monotonic_ns();
     shared.platform.pause(0);
     if let Err(e) = commit(shared, out, paused_at) {

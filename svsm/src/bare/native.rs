@@ -31,10 +31,6 @@ const _: () = {
     shared_by_every_cpu::<Shared>();
 };
 
-/// How often CPU 0's guest comes back to the loop while a migration may come, at the
-/// latest: the migration's source is driven from there (`migration::poll`).
-const MIGRATION_POLL_MS: u32 = 10;
-
 /// Set once by the boot CPU after the launch.
 static SHARED: Once<Shared> = Once::new();
 
@@ -83,10 +79,11 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
             continue;
         };
         // While a migration may come, a guest that never exits on its own (no call, no
-        // fault, no HLT) still comes back to this loop: the local-APIC timer ends its run
-        // (the INTR intercept) every few milliseconds.
+        // fault, no HLT) still comes back to this loop, which drives the migration's
+        // source: the local-APIC timer ends its run (the INTR intercept) at the latest
+        // after `poll_period_ms`.
         if cpu == 0 && super::migration::armed() {
-            let ticks = super::user::timer_ticks_per_ms().saturating_mul(MIGRATION_POLL_MS);
+            let ticks = super::user::timer_ticks_per_ms().saturating_mul(super::migration::poll_period_ms());
             if ticks > 0 {
                 super::lapic::keep_timer_running(ticks);
             }
