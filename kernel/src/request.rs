@@ -150,10 +150,11 @@ impl Svsm {
         }
         self.sync_mem_available(p);
         protocols::ocp::post_events(self, p);
-        // In the calling area the vCPU has now. A REMAP_CA that moved it cleared the old
-        // one itself, before the old page stopped being a calling area: writing `ca` here
-        // could land in a page another vCPU deposited meanwhile.
-        if self.vcpus.get(vcpu).is_some_and(|v| v.calling_area == ca) {
+        // A REMAP_CA that moved the calling area answered in the old one itself, before
+        // the old page stopped being a calling area: writing `ca` here could land in a
+        // page another vCPU deposited meanwhile. (Only the caller moves its own area, so
+        // otherwise `ca` is still its area.)
+        if !reply.calling_area_moved {
             p.write(ca, &[CALL_PENDING_NONE])?;
         }
         Ok(EntryOutcome::Served(result))

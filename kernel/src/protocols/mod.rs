@@ -52,14 +52,17 @@ pub struct Reply {
     pub rdx: Option<u64>,
     pub r8: Option<u64>,
     pub r9: Option<u64>,
+    /// The call moved the caller's calling area and answered in the old one itself
+    /// (REMAP_CA): the request loop must not write there.
+    pub calling_area_moved: bool,
 }
 
 impl Reply {
     pub const fn ok() -> Self {
-        Self { status: Ok(()), rcx: None, rdx: None, r8: None, r9: None }
+        Self { status: Ok(()), rcx: None, rdx: None, r8: None, r9: None, calling_area_moved: false }
     }
     pub const fn err(e: CallError) -> Self {
-        Self { status: Err(e), rcx: None, rdx: None, r8: None, r9: None }
+        Self { status: Err(e), rcx: None, rdx: None, r8: None, r9: None, calling_area_moved: false }
     }
     pub const fn with_rcx(mut self, v: u64) -> Self {
         self.rcx = Some(v);

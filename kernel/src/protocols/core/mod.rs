@@ -21,7 +21,10 @@ use abi::protocol::{ProtocolId, core_call, query_protocol_result};
 
 pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Reply {
     match ctx.id.call {
-        core_call::REMAP_CA => remap_ca(svsm, p, ctx).into(),
+        core_call::REMAP_CA => match remap_ca(svsm, p, ctx) {
+            Ok(moved) => Reply { calling_area_moved: moved, ..Reply::ok() },
+            Err(e) => Reply::err(e),
+        },
         core_call::PVALIDATE => pvalidate::pvalidate(svsm, p, ctx),
         core_call::CREATE_VCPU => vcpu::create_vcpu(svsm, p, ctx).into(),
         core_call::DELETE_VCPU => vcpu::delete_vcpu(svsm, p, ctx).into(),
@@ -51,9 +54,9 @@ fn query_protocol(svsm: &Svsm, ctx: &CallContext) -> Reply {
 /// here too (where Linux looks for the answer: it switches areas only once the call
 /// returned), while the page is still the caller's calling area: once its role is gone,
 /// another vCPU may deposit it or make it a VMSA, and the SVSM must never write it again.
-/// The request loop answers in the area the vCPU has when the call ends, so it does not
-/// write the old one.
-fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Result<(), CallError> {
+/// The reply says so (`calling_area_moved`), and the request loop does not write the old
+/// one. `Ok(true)` if the area moved.
+fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Result<bool, CallError> {
     let new = Gpa(ctx.regs.rcx);
     if !new.is_aligned(8) {
         return Err(CallError::InvalidParameter("calling area gpa is not 8-byte aligned"));
@@ -98,5 +101,5 @@ fn remap_ca<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> 
     if ctx.vcpu == crate::vcpu::VcpuIndex::STARTUP {
         svsm.mem_flag_written.store(crate::svsm::MEM_FLAG_UNKNOWN, core::sync::atomic::Ordering::Release);
     }
-    Ok(())
+    Ok(old != new)
 }
