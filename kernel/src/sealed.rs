@@ -237,6 +237,11 @@ const MARKER: &[u8] = b"vtpm/manufactured";
 /// The tombstone of a vTPM that left by live migration: its EK public area.
 const MOVED: &[u8] = b"vtpm/moved";
 
+/// Whether this sealed state keeps a vTPM (its marker is there).
+pub fn keeps_vtpm(sealed: &SharedSealed) -> bool {
+    sealed.lock().get(MARKER).is_some()
+}
+
 /// Whether [`mark_vtpm_moved`] can succeed: the state keeps no vTPM, or it is still open.
 /// A migration's source asks before its COMMIT: once the destination confirmed it, a
 /// tombstone that cannot be written loses the guest.

@@ -347,10 +347,15 @@ impl Svsm {
         self.sealed.as_ref().is_none_or(crate::sealed::vtpm_can_move)
     }
 
-    /// Whether a live migration's destination can keep the vTPM with `ek_public` in its
-    /// sealed state, if it has one ([`crate::sealed::can_keep_vtpm`]).
-    pub fn can_keep_arriving_vtpm(&self, ek_public: &[u8]) -> bool {
-        self.sealed.as_ref().is_none_or(|sealed| crate::sealed::can_keep_vtpm(sealed, ek_public))
+    /// Whether a live migration's destination can keep the arriving vTPM with
+    /// `ek_public`: in its sealed state ([`crate::sealed::can_keep_vtpm`]), or, without
+    /// one, only a vTPM the source did not keep across reboots either (`kept`): the
+    /// source gives its copy up, and this SVSM could not keep it past its next boot.
+    pub fn can_keep_arriving_vtpm(&self, ek_public: &[u8], kept: bool) -> bool {
+        match &self.sealed {
+            Some(sealed) => crate::sealed::can_keep_vtpm(sealed, ek_public),
+            None => !kept,
+        }
     }
 
     /// A live migration committed: the vTPM is the destination's now, and the sealed

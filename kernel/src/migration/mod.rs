@@ -58,7 +58,14 @@ pub const MAX_SERVICE_STATE: usize = 1024 * 1024;
 pub struct VtpmSnapshot {
     pub ek_public: Vec<u8>,
     pub state: TpmState,
+    /// The source kept its NV state in a sealed state (it outlived the source's reboots):
+    /// a destination with nowhere to keep it refuses the commit, since the source gives
+    /// its own copy up (`sealed::mark_vtpm_moved`).
+    pub kept: bool,
 }
+
+/// The vTPM section's flags byte: bit 0 is [`VtpmSnapshot::kept`].
+const VTPM_KEPT: u8 = 1;
 
 /// Everything of the SVSM's services a migration moves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -177,6 +184,7 @@ impl ServiceState {
                     }
                     o.u16(name.len())?.bytes(name)?.u32(data.len())?.bytes(data)?;
                 }
+                o.bytes(&[if vtpm.kept { VTPM_KEPT } else { 0 }])?;
                 Ok(())
             })?;
         }
@@ -223,7 +231,12 @@ impl ServiceState {
                             return Err(ServiceStateError::Malformed);
                         }
                     }
-                    state.vtpm = Some(VtpmSnapshot { ek_public, state: TpmState { nv, volatile } });
+                    let kept = match body.take(1)? {
+                        [0] => false,
+                        [VTPM_KEPT] => true,
+                        _ => return Err(ServiceStateError::Malformed),
+                    };
+                    state.vtpm = Some(VtpmSnapshot { ek_public, state: TpmState { nv, volatile }, kept });
                 }
                 TAG_SETTING => {
                     let key_len = body.u16()?;
@@ -289,7 +302,8 @@ impl Svsm {
             Some(vtpm) => {
                 let mut vtpm = vtpm.lock();
                 let state = vtpm.save().map_err(|_| ServiceStateError::VtpmUnavailable)?;
-                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state })
+                let kept = self.sealed.as_ref().is_some_and(crate::sealed::keeps_vtpm);
+                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept })
             }
             None => None,
         };
@@ -311,7 +325,11 @@ mod tests {
         nv.insert(b"permall".to_vec(), vec![7; 2500]);
         nv.insert(b"x".to_vec(), vec![]);
         ServiceState {
-            vtpm: Some(VtpmSnapshot { ek_public: vec![1; 314], state: TpmState { nv, volatile: vec![9; 7000] } }),
+            vtpm: Some(VtpmSnapshot {
+                ek_public: vec![1; 314],
+                state: TpmState { nv, volatile: vec![9; 7000] },
+                kept: true,
+            }),
             settings: vec![(sources::LOG_LEVEL_KEY.to_vec(), b"debug".to_vec())],
         }
     }
@@ -369,9 +387,31 @@ mod tests {
             vtpm: Some(VtpmSnapshot {
                 ek_public: vec![],
                 state: TpmState { nv: NvBlobs::new(), volatile: vec![0; MAX_VOLATILE_LEN + 1] },
+                kept: false,
             }),
             settings: vec![],
         };
         assert_eq!(huge.encode(), Err(ServiceStateError::TooLarge));
+    }
+
+    /// The vTPM section ends with its flags byte: whether the source kept the vTPM
+    /// across reboots. Both values travel; any other is refused.
+    #[test]
+    fn whether_the_source_kept_its_vtpm_travels_with_it() {
+        let kept = sample();
+        let mut not_kept = sample();
+        if let Some(v) = not_kept.vtpm.as_mut() {
+            v.kept = false;
+        }
+        for state in [kept, not_kept] {
+            assert_eq!(ServiceState::decode(&state.encode().unwrap()), Ok(state));
+        }
+        let mut bytes = sample().encode().unwrap();
+        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 1;
+        assert_eq!(bytes[flags_at], VTPM_KEPT);
+        for other in [2u8, 3, 0x80, 0xFF] {
+            bytes[flags_at] = other;
+            assert_eq!(ServiceState::decode(&bytes), Err(ServiceStateError::Malformed), "flags {other:#x}");
+        }
     }
 }

@@ -236,15 +236,18 @@ fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, Stri
     let incoming = incoming.ok_or("the state stream")?;
     let vcpus = incoming.vcpus();
     let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
+    if let Some(snapshot) = &services.vtpm
+        && !svsm.can_keep_arriving_vtpm(&snapshot.ek_public, snapshot.kept)
+    {
+        return Err(
+            "the vTPM could not be kept here (this SVSM's sealed state keeps another vTPM or is closed, or it has none and the source kept its vTPM across reboots)"
+                .into(),
+        );
+    }
     let vtpm = match &services.vtpm {
         Some(snapshot) => Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?),
         None => None,
     };
-    if let Some(v) = &vtpm
-        && !svsm.can_keep_arriving_vtpm(v.ek_public())
-    {
-        return Err("this SVSM's sealed state keeps another vTPM, or is closed: the vTPM could not be kept here".into());
-    }
     Ok(Arrived { services, vtpm, vcpus })
 }
 
