@@ -236,6 +236,22 @@ const NV_PREFIX: &[u8] = b"vtpm/nv/";
 const MARKER: &[u8] = b"vtpm/manufactured";
 /// The tombstone of a vTPM that left by live migration: its EK public area.
 const MOVED: &[u8] = b"vtpm/moved";
+/// The version of the vTPM's NV state (u64, little-endian): one more with every commit
+/// of a change, carried by a migration and kept by the destination, so a state older
+/// than one a store has kept for the same TPM is recognised ([`can_keep_vtpm`]). Not
+/// under the blobs' prefix: it stays with the tombstone.
+const VERSION: &[u8] = b"vtpm/version";
+
+/// The version of the vTPM's NV state a store keeps (0 if none).
+fn version_in(store: &dyn SealedStore) -> u64 {
+    store.get(VERSION).and_then(|v| v.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
+/// The version of the NV state of the vTPM this sealed state keeps, or kept until it
+/// left (0 if none): what a migration carries with the vTPM.
+pub fn vtpm_version(sealed: &SharedSealed) -> u64 {
+    version_in(sealed.lock().store.as_ref())
+}
 
 /// Whether this sealed state keeps a vTPM (its marker is there).
 pub fn keeps_vtpm(sealed: &SharedSealed) -> bool {
@@ -250,13 +266,20 @@ pub fn vtpm_can_move(sealed: &SharedSealed) -> bool {
     s.get(MARKER).is_none() || s.failed().is_none()
 }
 
-/// Whether this sealed state can keep the vTPM with `ek_public` that a migration brings:
-/// it is open, and it keeps no other vTPM. A migration's destination asks before it
-/// confirms the commit: after that the source never runs the guest again, and the vTPM
-/// would have nowhere to be kept.
-pub fn can_keep_vtpm(sealed: &SharedSealed, ek_public: &[u8]) -> bool {
+/// Whether this sealed state can keep the vTPM with `ek_public` at NV state `version`
+/// that a migration brings: it is open, it keeps no other vTPM, and if it keeps this one
+/// (or kept it until it left), the arriving state is not older than what it kept. A
+/// migration's destination asks before it confirms the commit: after that the source
+/// never runs the guest again, and the vTPM would have nowhere to be kept. The version
+/// refuses a host that migrates an old copy of the TPM's state (from an old disk image)
+/// onto a store that has seen a newer one: old dictionary-attack and monotonic counters
+/// would come back.
+pub fn can_keep_vtpm(sealed: &SharedSealed, ek_public: &[u8], version: u64) -> bool {
     let s = sealed.lock();
-    s.failed().is_none() && s.get(MARKER).is_none_or(|kept| kept == ek_public)
+    let this_tpm = s.get(MARKER).or_else(|| s.get(MOVED)) == Some(ek_public);
+    s.failed().is_none()
+        && s.get(MARKER).is_none_or(|kept| kept == ek_public)
+        && (!this_tpm || version >= version_in(s.store.as_ref()))
 }
 
 /// After a live migration committed: the vTPM this sealed state keeps is the
@@ -288,6 +311,8 @@ pub fn mark_vtpm_moved(sealed: &SharedSealed) -> Result<bool, StoreError> {
 pub struct VtpmNv {
     sealed: SharedSealed,
     manufactured: bool,
+    /// The version a migrated state comes with ([`Self::arriving_at`]).
+    arriving: Option<u64>,
 }
 
 /// What the sealed state holds for the vTPM.
@@ -321,12 +346,19 @@ impl VtpmNv {
                 None => (KeptTpm { nv: NvBlobs::new(), ek_public: None, moved }, false),
             }
         };
-        (kept, Self { sealed, manufactured })
+        (kept, Self { sealed, manufactured, arriving: None })
     }
 
-    /// In one commit: no blob but `blobs` under the vTPM's prefix, and the marker with
-    /// `ek_public`.
-    fn keep_only(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
+    /// The storage for a vTPM a migration brings at NV state `version`: kept under that
+    /// version ([`NvStorage::replaced`]), so its lineage goes on here.
+    pub fn arriving_at(mut self, version: u64) -> Self {
+        self.arriving = Some(version);
+        self
+    }
+
+    /// In one commit: no blob but `blobs` under the vTPM's prefix, the marker with
+    /// `ek_public`, and the version: `version`, or one more than the store's.
+    fn keep_only(&mut self, ek_public: &[u8], blobs: &[NvChange], version: Option<u64>) -> Result<(), NvError> {
         self.sealed
             .lock()
             .update(|store| {
@@ -336,6 +368,8 @@ impl VtpmNv {
                 // A TPM that left and arrives back is kept here again.
                 store.remove(MOVED);
                 store.put(MARKER, ek_public)?;
+                let version = version.unwrap_or_else(|| version_in(store).saturating_add(1));
+                store.put(VERSION, &version.to_le_bytes())?;
                 Self::stage(store, blobs)
             })
             .map_err(|_| NvError::Storage)?;
@@ -367,7 +401,14 @@ impl NvStorage for VtpmNv {
             // Only `started` may write the first state (with the marker).
             return Err(NvError::Storage);
         }
-        self.sealed.lock().update(|store| Self::stage(store, changes)).map_err(|_| NvError::Storage)
+        self.sealed
+            .lock()
+            .update(|store| {
+                let version = version_in(store).saturating_add(1);
+                store.put(VERSION, &version.to_le_bytes())?;
+                Self::stage(store, changes)
+            })
+            .map_err(|_| NvError::Storage)
     }
 
     /// A new TPM's first blobs go in one commit with the marker (after removing blobs of
@@ -384,17 +425,18 @@ impl NvStorage for VtpmNv {
             }
             return self.persist(changes);
         }
-        self.keep_only(ek_public, changes)
+        self.keep_only(ek_public, changes, None)
     }
 
     /// A migrated TPM: the store keeps exactly its blobs under its EK, in one commit.
     /// A store that keeps another TPM refuses; one that kept this TPM before loses every
     /// blob the arriving state does not have.
     fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
-        if self.sealed.lock().get(MARKER).is_some_and(|kept| kept != ek_public) {
+        let version = self.arriving.unwrap_or(0);
+        if !can_keep_vtpm(&self.sealed, ek_public, version) {
             return Err(NvError::Storage);
         }
-        self.keep_only(ek_public, blobs)
+        self.keep_only(ek_public, blobs, Some(version))
     }
 }
 
@@ -472,7 +514,8 @@ mod tests {
         let sealed = fresh();
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"old")), change(b"volatilestate", Some(b"old"))]).unwrap();
-        let (_, mut arriving) = VtpmNv::open(sealed.clone());
+        let (_, arriving) = VtpmNv::open(sealed.clone());
+        let mut arriving = arriving.arriving_at(5);
         let generation = sealed.lock().state().generation;
         arriving.replaced(b"EK", &[change(b"permall", Some(b"new"))]).unwrap();
         assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
@@ -511,14 +554,14 @@ mod tests {
         assert_eq!(again.started(b"new EK", &[change(b"permall", Some(b"y"))]), Err(NvError::Storage), "not a new one");
         assert_eq!(sealed.lock().state(), before, "nothing written");
 
-        let (_, mut arriving) = VtpmNv::open(sealed.clone());
-        arriving.replaced(b"EK", &[change(b"permall", Some(b"back"))]).unwrap();
+        let (_, arriving) = VtpmNv::open(sealed.clone());
+        arriving.arriving_at(vtpm_version(&sealed)).replaced(b"EK", &[change(b"permall", Some(b"back"))]).unwrap();
         let (kept, _) = VtpmNv::open(sealed.clone());
         assert!(!kept.moved, "the tombstone goes when the TPM is kept here again");
         assert_eq!(kept.ek_public.as_deref(), Some(&b"EK"[..]));
 
         // Whether a migration's destination may take a TPM here: not another EK's.
-        assert!(can_keep_vtpm(&sealed, b"EK") && !can_keep_vtpm(&sealed, b"another EK"));
+        assert!(can_keep_vtpm(&sealed, b"EK", 9) && !can_keep_vtpm(&sealed, b"another EK", 9));
         assert!(vtpm_can_move(&sealed));
 
         // A state that keeps no vTPM: nothing to mark, no commit.
@@ -527,6 +570,48 @@ mod tests {
         assert_eq!(mark_vtpm_moved(&empty), Ok(false));
         assert_eq!(empty.lock().state().generation, generation);
         assert!(!VtpmNv::open(empty).0.moved);
+    }
+
+    /// The NV state's version: one more with every commit of a change, set by a
+    /// migration to what arrives, kept with the tombstone; a store refuses an arriving
+    /// state of a TPM it keeps (or kept) that is older than its own.
+    #[test]
+    fn an_older_state_of_a_tpm_a_store_knows_is_refused() {
+        let sealed = fresh();
+        assert_eq!(vtpm_version(&sealed), 0);
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        assert_eq!(vtpm_version(&sealed), 1);
+        nv.persist(&[change(b"permall", Some(b"two"))]).unwrap();
+        nv.persist(&[change(b"permall", Some(b"three"))]).unwrap();
+        assert_eq!(vtpm_version(&sealed), 3);
+
+        // The same TPM arriving: not older than 3; another TPM: never; a fresh store:
+        // any version.
+        assert!(!can_keep_vtpm(&sealed, b"EK", 2), "an older state");
+        assert!(can_keep_vtpm(&sealed, b"EK", 3) && can_keep_vtpm(&sealed, b"EK", 40));
+        assert!(!can_keep_vtpm(&sealed, b"another EK", 40));
+        assert!(can_keep_vtpm(&fresh(), b"EK", 0));
+        let (_, older) = VtpmNv::open(sealed.clone());
+        let before = sealed.lock().state();
+        assert_eq!(older.arriving_at(2).replaced(b"EK", &[change(b"permall", Some(b"old"))]), Err(NvError::Storage));
+        assert_eq!(sealed.lock().state(), before, "nothing written");
+        let (_, mut unknown) = VtpmNv::open(sealed.clone());
+        assert!(unknown.replaced(b"EK", &[]).is_err(), "a migrated state of unknown version is not taken");
+
+        // A newer state is kept under its own version, and the lineage goes on from it.
+        let (_, newer) = VtpmNv::open(sealed.clone());
+        let mut newer = newer.arriving_at(40);
+        newer.replaced(b"EK", &[change(b"permall", Some(b"forty"))]).unwrap();
+        assert_eq!(vtpm_version(&sealed), 40);
+        newer.persist(&[change(b"permall", Some(b"forty-one"))]).unwrap();
+        assert_eq!(vtpm_version(&sealed), 41);
+
+        // The tombstone keeps it: the TPM coming back older is refused there too.
+        mark_vtpm_moved(&sealed).unwrap();
+        assert_eq!(vtpm_version(&sealed), 41);
+        assert!(!can_keep_vtpm(&sealed, b"EK", 40) && can_keep_vtpm(&sealed, b"EK", 41));
+        assert!(can_keep_vtpm(&sealed, b"another EK", 0), "a tombstone of another TPM holds nothing back");
     }
 
     #[test]
@@ -548,12 +633,12 @@ mod tests {
         assert!(vtpm_can_move(&sealed), "nothing kept: nothing to mark");
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
-        assert!(vtpm_can_move(&sealed) && can_keep_vtpm(&sealed, b"EK"));
+        assert!(vtpm_can_move(&sealed) && can_keep_vtpm(&sealed, b"EK", 1));
         disk.0.lock().fail_flushes(true);
         assert!(nv.persist(&[change(b"permall", Some(b"two"))]).is_err());
         assert!(!vtpm_can_move(&sealed), "closed with a TPM in it");
         assert!(mark_vtpm_moved(&sealed).is_err(), "as the check said");
-        assert!(!can_keep_vtpm(&sealed, b"EK"));
+        assert!(!can_keep_vtpm(&sealed, b"EK", 1));
     }
 
     #[test]

@@ -348,12 +348,13 @@ impl Svsm {
     }
 
     /// Whether a live migration's destination can keep the arriving vTPM with
-    /// `ek_public`: in its sealed state ([`crate::sealed::can_keep_vtpm`]), or, without
-    /// one, only a vTPM the source did not keep across reboots either (`kept`): the
-    /// source gives its copy up, and this SVSM could not keep it past its next boot.
-    pub fn can_keep_arriving_vtpm(&self, ek_public: &[u8], kept: bool) -> bool {
+    /// `ek_public` at NV state `version`: in its sealed state
+    /// ([`crate::sealed::can_keep_vtpm`]), or, without one, only a vTPM the source did not
+    /// keep across reboots either (`kept`): the source gives its copy up, and this SVSM
+    /// could not keep it past its next boot.
+    pub fn can_keep_arriving_vtpm(&self, ek_public: &[u8], kept: bool, version: u64) -> bool {
         match &self.sealed {
-            Some(sealed) => crate::sealed::can_keep_vtpm(sealed, ek_public),
+            Some(sealed) => crate::sealed::can_keep_vtpm(sealed, ek_public, version),
             None => !kept,
         }
     }

@@ -62,6 +62,10 @@ pub struct VtpmSnapshot {
     /// a destination with nowhere to keep it refuses the commit, since the source gives
     /// its own copy up (`sealed::mark_vtpm_moved`).
     pub kept: bool,
+    /// The version of its NV state in the source's sealed state (0 if not kept): a
+    /// destination that kept a newer state of the same TPM refuses it
+    /// (`sealed::can_keep_vtpm`).
+    pub version: u64,
 }
 
 /// The vTPM section's flags byte: bit 0 is [`VtpmSnapshot::kept`].
@@ -184,7 +188,7 @@ impl ServiceState {
                     }
                     o.u16(name.len())?.bytes(name)?.u32(data.len())?.bytes(data)?;
                 }
-                o.bytes(&[if vtpm.kept { VTPM_KEPT } else { 0 }])?;
+                o.bytes(&[if vtpm.kept { VTPM_KEPT } else { 0 }])?.bytes(&vtpm.version.to_be_bytes())?;
                 Ok(())
             })?;
         }
@@ -236,7 +240,9 @@ impl ServiceState {
                         [VTPM_KEPT] => true,
                         _ => return Err(ServiceStateError::Malformed),
                     };
-                    state.vtpm = Some(VtpmSnapshot { ek_public, state: TpmState { nv, volatile }, kept });
+                    let version: [u8; 8] = body.take(8)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
+                    let version = u64::from_be_bytes(version);
+                    state.vtpm = Some(VtpmSnapshot { ek_public, state: TpmState { nv, volatile }, kept, version });
                 }
                 TAG_SETTING => {
                     let key_len = body.u16()?;
@@ -303,7 +309,8 @@ impl Svsm {
                 let mut vtpm = vtpm.lock();
                 let state = vtpm.save().map_err(|_| ServiceStateError::VtpmUnavailable)?;
                 let kept = self.sealed.as_ref().is_some_and(crate::sealed::keeps_vtpm);
-                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept })
+                let version = if kept { self.sealed.as_ref().map_or(0, crate::sealed::vtpm_version) } else { 0 };
+                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, version })
             }
             None => None,
         };
@@ -329,6 +336,7 @@ mod tests {
                 ek_public: vec![1; 314],
                 state: TpmState { nv, volatile: vec![9; 7000] },
                 kept: true,
+                version: 0x0102_0304_0506_0708,
             }),
             settings: vec![(sources::LOG_LEVEL_KEY.to_vec(), b"debug".to_vec())],
         }
@@ -388,6 +396,7 @@ mod tests {
                 ek_public: vec![],
                 state: TpmState { nv: NvBlobs::new(), volatile: vec![0; MAX_VOLATILE_LEN + 1] },
                 kept: false,
+                version: 0,
             }),
             settings: vec![],
         };
@@ -407,7 +416,7 @@ mod tests {
             assert_eq!(ServiceState::decode(&state.encode().unwrap()), Ok(state));
         }
         let mut bytes = sample().encode().unwrap();
-        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 1;
+        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 9;
         assert_eq!(bytes[flags_at], VTPM_KEPT);
         for other in [2u8, 3, 0x80, 0xFF] {
             bytes[flags_at] = other;

@@ -237,10 +237,10 @@ fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, Stri
     let vcpus = incoming.vcpus();
     let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
     if let Some(snapshot) = &services.vtpm
-        && !svsm.can_keep_arriving_vtpm(&snapshot.ek_public, snapshot.kept)
+        && !svsm.can_keep_arriving_vtpm(&snapshot.ek_public, snapshot.kept, snapshot.version)
     {
         return Err(
-            "the vTPM could not be kept here (this SVSM's sealed state keeps another vTPM or is closed, or it has none and the source kept its vTPM across reboots)"
+            "the vTPM could not be kept here (this SVSM's sealed state keeps another vTPM, a newer state of this one, or is closed; or it has none and the source kept its vTPM across reboots)"
                 .into(),
         );
     }

@@ -149,10 +149,10 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
             exit::failure()
         };
         // The vTPM that arrives is kept in this SVSM's own sealed store, if it has one.
-        let storage: Option<alloc::boxed::Box<dyn ::vtpm::NvStorage>> = match sealed {
+        let keep = match sealed {
             Sealed::Open(sealed) => {
                 svsm.install_sealed(&mut platform.platform(0), sealed.clone());
-                Some(alloc::boxed::Box::new(kernel::sealed::VtpmNv::open(sealed).1))
+                Some(sealed)
             }
             Sealed::NoDisk => None,
             Sealed::Refused => {
@@ -162,7 +162,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
                 exit::failure()
             }
         };
-        arrive(&mut svsm, &platform, pages, storage);
+        arrive(&mut svsm, &platform, pages, keep);
     } else {
         let started = clock::monotonic_ns();
         let vtpm = match sealed {
@@ -217,7 +217,7 @@ fn arrive(
     svsm: &mut kernel::svsm::Svsm,
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
     pages: svm::migration_device::Rings,
-    storage: Option<alloc::boxed::Box<dyn ::vtpm::NvStorage>>,
+    keep: Option<kernel::sealed::SharedSealed>,
 ) {
     let again = pages.clone();
     let arrived = match migration::receive(svsm, platform, pages) {
@@ -230,7 +230,13 @@ fn arrive(
     // The guest is this SVSM's now: its vTPM's whole NV state goes into this SVSM's sealed
     // store (under this SVSM's key), replacing whatever the store kept for that TPM. If
     // that fails the vTPM does not start here: a TPM whose NV changes would not survive a
-    // reboot is not the one the guest had.
+    // reboot is not the one the guest had. It is kept under the version of the NV state
+    // it arrived with, so its lineage goes on here.
+    let version = arrived.services.vtpm.as_ref().map_or(0, |snapshot| snapshot.version);
+    let storage = keep.map(|sealed| {
+        alloc::boxed::Box::new(kernel::sealed::VtpmNv::open(sealed).1.arriving_at(version))
+            as alloc::boxed::Box<dyn ::vtpm::NvStorage>
+    });
     match (arrived.vtpm, storage) {
         (Some(mut v), Some(storage)) => match v.keep_in(storage) {
             Ok(()) => {
