@@ -131,12 +131,13 @@ impl<'p, P: Platform + ?Sized> RangeUndo<'p, P> {
     }
 
     /// One more page (the next after those taken) is the SVSM's; VMPL 1, 2 and 3 had
-    /// `before` on it. (Room for it was made in [`Self::new`]; past that, the page is
-    /// not recorded and an undo would leave it the SVSM's: a caller bug, logged there.)
+    /// `before` on it. Room was made in [`Self::new`]; a page past it would be an SVSM
+    /// bug that an undo could not give back, so it is fatal (as [`Undo::did`] is).
     pub fn took_one(&mut self, before: [u8; 3]) {
-        if self.taken.len() < self.taken.capacity() {
-            self.taken.push(before);
+        if self.taken.len() == self.taken.capacity() {
+            self.p.fatal(format_args!("a deposit took more pages than it made room for"));
         }
+        self.taken.push(before);
     }
 
     pub fn commit(mut self) {

@@ -47,7 +47,7 @@ struct Console {
 impl Console {
     /// Into the log buffer, and the count of bytes logged published for readers that
     /// must not wait on the lock ([`log_written`]).
-    fn log(&mut self, bytes: &[u8]) {
+    fn push_log(&mut self, bytes: &[u8]) {
         self.log.push(bytes);
         WRITTEN.store(self.log.written(), Ordering::Release);
     }
@@ -59,7 +59,7 @@ static WRITTEN: AtomicU64 = AtomicU64::new(0);
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.log(s.as_bytes());
+        self.push_log(s.as_bytes());
         if self.backends == Backends::Both {
             // Serial writes cannot fail.
             let mut serial = Uart16550::COM1;
@@ -137,7 +137,7 @@ impl LineBuffer {
         let Some(bytes) = self.bytes.get(..self.len).filter(|b| !b.is_empty()) else { return };
         let serial = match lock() {
             Some(mut console) => {
-                console.log(bytes);
+                console.push_log(bytes);
                 console.backends == Backends::Both
             }
             None => true,
