@@ -104,6 +104,39 @@ pub const SEALED_STATE_FAILED: u32 = 1;
 /// current key. The state is only as trustworthy as that older TCB was.
 pub const SEALED_STATE_REWRAPPED: u32 = 2;
 
+/// `bc7c7748-6b98-488c-b596-938f757b1d93`: Bulwark's vTPM lineage (data =
+/// [`VtpmLineageEntry`]): which state of which copy of the vTPM the SVSM runs, so a
+/// verifier can refuse an older state of the TPM, or a second copy made by migrating an
+/// old one (docs/migration.md, "The vTPM's lineage").
+pub const VTPM_LINEAGE_GUID: Guid =
+    Guid::from_fields(0xbc7c7748, 0x6b98, 0x488c, [0xb5, 0x96, 0x93, 0x8f, 0x75, 0x7b, 0x1d, 0x93]);
+
+/// The vTPM lineage's manifest entry. A vTPM's *incarnation* is one place it lives: made
+/// when it is manufactured, and again each time a live migration's destination takes it.
+/// Within an incarnation the version grows with every NV commit (when the sealed state
+/// keeps it); a new incarnation names the incarnation and version it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VtpmLineageEntry {
+    /// The version of the vTPM's NV state.
+    pub version: u64,
+    /// This incarnation's id.
+    pub incarnation: [u8; 16],
+    /// The incarnation it came from by live migration; all zero if manufactured here.
+    pub parent: [u8; 16],
+    /// The parent's version when it left (this incarnation started at one more); zero if
+    /// manufactured here.
+    pub parent_version: u64,
+    /// [`VTPM_LINEAGE_KEPT`] or zero.
+    pub flags: u32,
+    pub reserved: u32,
+}
+crate::assert_size!(VtpmLineageEntry, 0x38);
+
+/// Flag: the sealed state keeps this vTPM across reboots (its NV commits count versions).
+/// Without it the vTPM lives in memory only, and its version changes only when it moves.
+pub const VTPM_LINEAGE_KEPT: u32 = 1;
+
 /// CHIP_ID of the reports the `svm` platform's software PSP signs: non-zero (verifiers
 /// need that) and saying in ASCII what it is. The launcher puts the same value in the
 /// VCEK certificate's hwID extension.

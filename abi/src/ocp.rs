@@ -34,7 +34,9 @@ pub mod ring {
     pub const TAIL: usize = 0x04;
     pub const DROPPED: usize = 0x08;
     pub const SLOTS_OFFSET: usize = 0x10;
-    pub const SLOTS: u32 = ((4096 - SLOTS_OFFSET) / 4) as u32;
+    /// The ring is one page.
+    pub const LEN: usize = 4096;
+    pub const SLOTS: u32 = ((LEN - SLOTS_OFFSET) / 4) as u32;
 }
 
 /// The most sources one READ_BATCH reads (one page of values).

@@ -76,7 +76,8 @@ pub mod ocp_call {
     /// Version 2: RCX index in; RDX = the value (zero-extended), R8 = its size out.
     pub const READ_REGISTER: u32 = 4;
     /// Version 2: RCX gpa of u32 indexes, R8 their count (at most `ocp::BATCH_MAX`), RDX
-    /// gpa of the u64 values out: one snapshot of several register-sized sources.
+    /// gpa of the u64 values out: several register-sized sources read in one call (not
+    /// atomically).
     pub const READ_BATCH: u32 = 5;
     /// Version 2: RCX = gpa of a page to receive change events (`ocp::ring`), or 0 to stop.
     pub const NOTIFY: u32 = 6;

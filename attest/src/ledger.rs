@@ -18,14 +18,20 @@
 //! (`state_instance`), unless the relying party accepts a reset (`--accept-new-store`:
 //! the VM was provisioned again), which binds the new store.
 //!
-//! The file is JSON: `{"stores": {...}, "instances": {...}}`. `stores` maps each store id
+//! Beside the stores it follows each vTPM's lineage ([`crate::lineage_ledger`]): a TPM's
+//! state that arrives on a store the ledger never saw (a live migration's destination)
+//! is judged against what the ledger saw of the same TPM elsewhere (`vtpm_ledger`).
+//!
+//! The file is JSON: `{"stores": {...}, "instances": {...}, "vtpms": {...}}`. `stores` maps each store id
 //! (32 lower-case hex digits) to `{"generation": N, "root": "<64 hex digits>"}`,
-//! `instances` each instance name to its store id. A file that is only the `stores`
+//! `instances` each instance name to its store id, `vtpms` each EK's SHA-256 to its
+//! incarnations (see [`crate::lineage_ledger`]). A file that is only the `stores`
 //! object (the form before instances) is read too. A missing file is an empty ledger; a
 //! file that does not parse is an error, never an empty ledger, since forgetting is
 //! exactly what a rollback needs.
 
 use crate::hex;
+use crate::lineage_ledger::{IncarnationFile, TpmLineages, TpmOutcome};
 use crate::manifest::SealedState;
 use crate::verify::{Check, Verdict};
 use serde::{Deserialize, Serialize};
@@ -45,6 +51,7 @@ pub struct Seen {
 pub struct Ledger {
     stores: BTreeMap<[u8; 16], Seen>,
     instances: BTreeMap<String, [u8; 16]>,
+    vtpms: TpmLineages,
 }
 
 /// The VM instance a relying party says the evidence comes from.
@@ -204,13 +211,24 @@ impl Ledger {
         outcome
     }
 
+    /// The vTPM lineages the ledger follows.
+    pub fn vtpms(&self) -> &TpmLineages {
+        &self.vtpms
+    }
+
+    /// What the ledger says about the vTPM with EK digest `ek` at `lineage`, and an
+    /// accepted one is recorded ([`TpmLineages::apply`]).
+    pub fn apply_vtpm(&mut self, ek: &[u8; 32], lineage: &crate::manifest::VtpmLineage) -> TpmOutcome {
+        self.vtpms.apply(ek, lineage)
+    }
+
     /// The ledger from its JSON text (see the module doc); anything else is an error.
     pub fn from_json(text: &str) -> Result<Self, String> {
         let file: LedgerFile = match serde_json::from_str(text) {
             Ok(file) => file,
             // The form before instances: the stores alone.
             Err(e) => match serde_json::from_str::<BTreeMap<String, SeenFile>>(text) {
-                Ok(stores) => LedgerFile { stores, instances: BTreeMap::new() },
+                Ok(stores) => LedgerFile { stores, instances: BTreeMap::new(), vtpms: BTreeMap::new() },
                 Err(_) => return Err(e.to_string()),
             },
         };
@@ -228,14 +246,15 @@ impl Ledger {
                 .ok_or_else(|| format!("instance {name}: store id `{id}` is not 32 lower-case hex digits"))?;
             instances.insert(instance.name, store_id);
         }
-        Ok(Self { stores, instances })
+        let vtpms = TpmLineages::from_file(file.vtpms, unhex, unhex)?;
+        Ok(Self { stores, instances, vtpms })
     }
 
     /// The ledger as JSON text, stores in store id order, instances in name order. A
-    /// ledger without instances is written in the form before them, which verifiers
-    /// that do not know instances still read.
+    /// ledger without instances and vTPMs is written in the form before them, which
+    /// verifiers that do not know them still read.
     pub fn to_json(&self) -> String {
-        if self.instances.is_empty() {
+        if self.instances.is_empty() && self.vtpms.is_empty() {
             let stores: BTreeMap<String, SeenFile> = self
                 .stores
                 .iter()
@@ -252,6 +271,7 @@ impl Ledger {
                 .map(|(id, seen)| (hex(id), SeenFile { generation: seen.generation, root: hex(&seen.root) }))
                 .collect(),
             instances: self.instances.iter().map(|(name, id)| (name.clone(), hex(id))).collect(),
+            vtpms: self.vtpms.to_file(),
         };
         let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
         text.push('\n');
@@ -302,6 +322,8 @@ struct LedgerFile {
     stores: BTreeMap<String, SeenFile>,
     #[serde(default)]
     instances: BTreeMap<String, String>,
+    #[serde(default)]
+    vtpms: BTreeMap<String, BTreeMap<String, IncarnationFile>>,
 }
 
 /// One store as the file holds it.
@@ -343,12 +365,78 @@ pub struct LedgerVerdict {
     /// the store it showed: `first_seen`, `same`, `reset` (accepted), `another_store`.
     pub instance: Option<String>,
     pub instance_outcome: Option<&'static str>,
+    /// What the ledger said of the vTPM's lineage (`vtpm_ledger`): `first_seen`, `same`,
+    /// `newer`, `moved` (accepted), `rollback`, `moved_away`, `fork` (refused); `None`
+    /// without a vTPM.
+    pub vtpm_outcome: Option<&'static str>,
 }
 
 /// Apply `ledger` to `verdict`'s sealed state: the `state_ledger` check (after every
 /// other check) and [`Verdict::ledger`]. An accepted new state is recorded in `ledger`
 /// (in memory; the caller decides whether to keep it). Returns whether `ledger` changed.
 pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
+    let learned = judge_store(ledger, verdict);
+    let tpm = judge_vtpm(ledger, verdict);
+    if let Some(l) = &mut verdict.ledger {
+        l.vtpm_outcome = tpm.map(TpmOutcome::name);
+    }
+    learned || tpm.is_some_and(TpmOutcome::learns)
+}
+
+/// The `vtpm_ledger` check, when the evidence shows a vTPM: its lineage against what the
+/// ledger saw of the same TPM ([`TpmLineages::outcome`]). A vTPM without a lineage entry
+/// is refused: rollback protection was asked for and there is nothing to check. The
+/// outcome, `None` when there is no vTPM or no lineage.
+fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> {
+    let ek = verdict.vtpm_ek_sha256.as_deref()?;
+    let (Some(lineage), Some(digest)) = (verdict.vtpm_lineage, unhex::<32>(ek)) else {
+        push_named(
+            verdict,
+            "vtpm_ledger",
+            Err("the vTPM has no lineage in the manifest: nothing to check its state against".into()),
+        );
+        return None;
+    };
+    let outcome = ledger.apply_vtpm(&digest, &lineage);
+    let (id, version) = (hex(&lineage.incarnation), lineage.version);
+    let parent = lineage.parent.map(|p| hex(&p)).unwrap_or_default();
+    let detail = match outcome {
+        TpmOutcome::FirstSeen => Ok(format!("vTPM {ek} first seen: version {version} of incarnation {id}")),
+        TpmOutcome::Same => Ok(format!("version {version} of incarnation {id}, as accepted before")),
+        TpmOutcome::Newer { previous } => {
+            Ok(format!("version {version} of incarnation {id}, newer than version {previous} accepted before"))
+        }
+        TpmOutcome::Moved { parent_seen } => Ok(format!(
+            "incarnation {id} moved from {parent}{} at version {}",
+            if parent_seen { "" } else { " (not seen before)" },
+            lineage.parent_version
+        )),
+        TpmOutcome::Rollback { newest } => Err(format!(
+            "ROLLBACK: version {version} of incarnation {id} is older than version {newest} accepted before"
+        )),
+        TpmOutcome::MovedAway { to } => Err(format!(
+            "MOVED AWAY: incarnation {id} moved on to {} by live migration; this is a copy of it",
+            hex(&to)
+        )),
+        TpmOutcome::Fork { sibling: Some(sibling) } => Err(format!(
+            "FORK: incarnation {id} claims to come from {parent}, which moved to {} before: a second copy",
+            hex(&sibling)
+        )),
+        TpmOutcome::Fork { sibling: None } => Err(match lineage.parent {
+            Some(_) => format!(
+                "FORK: incarnation {id} left {parent} at version {}, older than the version {} accepted for it",
+                lineage.parent_version,
+                ledger.vtpms.get(&digest, &lineage.parent.unwrap_or_default()).map_or(0, |p| p.newest)
+            ),
+            None => format!("FORK: incarnation {id} claims to be a new manufacture of a TPM the ledger knows"),
+        }),
+    };
+    push_named(verdict, "vtpm_ledger", detail);
+    Some(outcome)
+}
+
+/// The `state_ledger` check. Returns whether `ledger` changed.
+fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
     let Some(state) = verdict.sealed_state else {
         verdict.ledger = Some(LedgerVerdict {
             outcome: None,
@@ -358,6 +446,7 @@ pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
             recorded: false,
             instance: None,
             instance_outcome: None,
+            vtpm_outcome: None,
         });
         let why = if verdict.checks.iter().any(|c| c.name == "sealed_state" && !c.passed) {
             "the sealed-state entry is malformed: nothing to check against the ledger"
@@ -396,6 +485,7 @@ pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
         recorded: false,
         instance: None,
         instance_outcome: None,
+        vtpm_outcome: None,
     });
     push(verdict, detail);
     matches!(outcome, Outcome::FirstSeen | Outcome::Newer { .. })
@@ -440,8 +530,12 @@ pub fn judge_instance(ledger: &mut Ledger, verdict: &mut Verdict, instance: &Ins
 }
 
 fn push(verdict: &mut Verdict, outcome: Result<String, String>) {
+    push_named(verdict, "state_ledger", outcome);
+}
+
+fn push_named(verdict: &mut Verdict, name: &'static str, outcome: Result<String, String>) {
     let passed = outcome.is_ok();
-    verdict.checks.push(Check { name: "state_ledger", passed, detail: outcome.unwrap_or_else(|e| e) });
+    verdict.checks.push(Check { name, passed, detail: outcome.unwrap_or_else(|e| e) });
     verdict.passed &= passed;
 }
 

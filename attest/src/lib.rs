@@ -51,6 +51,7 @@ pub mod cert_table;
 pub mod chain;
 pub mod launch_digest;
 pub mod ledger;
+pub mod lineage_ledger;
 pub mod manifest;
 pub mod testing;
 pub mod verify;

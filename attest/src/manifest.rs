@@ -10,7 +10,8 @@
 
 use abi::attest::{
     ManifestEntry, ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SEALED_STATE_REWRAPPED,
-    SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_SERVICE_GUID,
+    SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_LINEAGE_KEPT, VTPM_SERVICE_GUID,
+    VtpmLineageEntry,
 };
 use abi::guid::Guid;
 use serde::Serialize;
@@ -243,10 +244,129 @@ pub fn encode_sealed_state(state: &SealedState) -> Vec<u8> {
         .to_vec()
 }
 
+/// Where the SVSM's vTPM stands in its lineage, from the manifest's lineage entry
+/// ([`VTPM_LINEAGE_GUID`], data [`VtpmLineageEntry`]; docs/migration.md, "The vTPM's
+/// lineage").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VtpmLineage {
+    /// The version of the vTPM's NV state.
+    pub version: u64,
+    /// The incarnation (one place the TPM lives: where it was manufactured, or a
+    /// migration's destination).
+    #[serde(serialize_with = "as_hex")]
+    pub incarnation: [u8; 16],
+    /// The incarnation it came from by migration, `None` if manufactured there.
+    #[serde(serialize_with = "as_hex_or_none")]
+    pub parent: Option<[u8; 16]>,
+    /// The parent's version when it left.
+    pub parent_version: u64,
+    /// A sealed state keeps the vTPM across reboots ([`VTPM_LINEAGE_KEPT`]).
+    pub kept: bool,
+}
+
+fn as_hex_or_none<S: serde::Serializer>(bytes: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(bytes) => s.serialize_str(&crate::hex(bytes)),
+        None => s.serialize_none(),
+    }
+}
+
+impl fmt::Display for VtpmLineage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "version {} of incarnation {}", self.version, crate::hex(&self.incarnation))?;
+        match self.parent {
+            Some(parent) => write!(f, ", moved from {} at version {}", crate::hex(&parent), self.parent_version)?,
+            None => write!(f, ", manufactured there")?,
+        }
+        if !self.kept {
+            write!(f, " (not kept across reboots)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a vTPM lineage entry was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VtpmLineageError {
+    /// The entry is not the 56 bytes of a `VtpmLineageEntry`.
+    Length { len: usize },
+    /// Flags this verifier does not know.
+    UnknownFlags { flags: u32 },
+    /// The reserved field is not zero.
+    Reserved { value: u32 },
+    /// The fields contradict each other: a parent with a version that does not follow
+    /// from it, or no parent with a parent version.
+    Inconsistent,
+}
+
+impl fmt::Display for VtpmLineageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Length { len } => write!(f, "{len} bytes, expected {}", size_of::<VtpmLineageEntry>()),
+            Self::UnknownFlags { flags } => write!(f, "unknown flags {flags:#x}"),
+            Self::Reserved { value } => write!(f, "reserved field {value:#x}, must be 0"),
+            Self::Inconsistent => write!(f, "its version does not follow from its parent's"),
+        }
+    }
+}
+
+impl std::error::Error for VtpmLineageError {}
+
+/// The vTPM lineage among a manifest's services: `None` without its entry.
+pub fn vtpm_lineage(services: &[Service]) -> Result<Option<VtpmLineage>, VtpmLineageError> {
+    match services.iter().find(|s| s.guid == VTPM_LINEAGE_GUID) {
+        Some(service) => parse_vtpm_lineage(&service.data).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One vTPM lineage entry's data. An incarnation that came from a parent starts one
+/// version above where the parent left and grows from there; one manufactured there names
+/// no parent and no parent version.
+pub fn parse_vtpm_lineage(data: &[u8]) -> Result<VtpmLineage, VtpmLineageError> {
+    let entry = VtpmLineageEntry::read_from_bytes(data).map_err(|_| VtpmLineageError::Length { len: data.len() })?;
+    if entry.flags & !VTPM_LINEAGE_KEPT != 0 {
+        return Err(VtpmLineageError::UnknownFlags { flags: entry.flags });
+    }
+    if entry.reserved != 0 {
+        return Err(VtpmLineageError::Reserved { value: entry.reserved });
+    }
+    let parent = (entry.parent != [0; 16]).then_some(entry.parent);
+    let consistent = match parent {
+        Some(_) => entry.parent_version < entry.version,
+        None => entry.parent_version == 0,
+    };
+    if !consistent {
+        return Err(VtpmLineageError::Inconsistent);
+    }
+    Ok(VtpmLineage {
+        version: entry.version,
+        incarnation: entry.incarnation,
+        parent,
+        parent_version: entry.parent_version,
+        kept: entry.flags & VTPM_LINEAGE_KEPT != 0,
+    })
+}
+
+/// A vTPM lineage entry's data, as the SVSM writes it (for tests and tools).
+pub fn encode_vtpm_lineage(lineage: &VtpmLineage) -> Vec<u8> {
+    VtpmLineageEntry {
+        version: lineage.version,
+        incarnation: lineage.incarnation,
+        parent: lineage.parent.unwrap_or([0; 16]),
+        parent_version: lineage.parent_version,
+        flags: if lineage.kept { VTPM_LINEAGE_KEPT } else { 0 },
+        reserved: 0,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
 /// The name of a known service.
 pub fn service_name(guid: &Guid) -> Option<&'static str> {
     match *guid {
         VTPM_SERVICE_GUID => Some("vTPM"),
+        VTPM_LINEAGE_GUID => Some("vTPM lineage"),
         SEALED_STATE_GUID => Some("sealed state"),
         _ => None,
     }
@@ -265,6 +385,11 @@ pub fn describe(service: &Service) -> String {
             _ => "",
         };
         format!("{kind}EK public area, {} bytes: {prefix}{more}", service.data.len())
+    } else if service.guid == VTPM_LINEAGE_GUID {
+        match parse_vtpm_lineage(&service.data) {
+            Ok(lineage) => lineage.to_string(),
+            Err(e) => format!("malformed ({e}): {prefix}{more}"),
+        }
     } else if service.guid == SEALED_STATE_GUID {
         match parse_sealed_state(&service.data) {
             Ok(state) if state.failed => format!("{state}, CLOSED (a commit failed since boot)"),
@@ -355,6 +480,55 @@ mod tests {
         assert_eq!(&data[56..60], &2u32.to_le_bytes());
         assert_eq!(parse_sealed_state(&data), Ok(rewrapped));
         assert!(rewrapped.to_string().ends_with("(re-wrapped at this boot from an older TCB's or SVN's key)"));
+    }
+
+    fn lineage(version: u64, parent: Option<([u8; 16], u64)>) -> VtpmLineage {
+        let (parent, parent_version) = match parent {
+            Some((p, v)) => (Some(p), v),
+            None => (None, 0),
+        };
+        VtpmLineage { version, incarnation: [0x1c; 16], parent, parent_version, kept: true }
+    }
+
+    #[test]
+    fn vtpm_lineage_round_trips_and_is_absent_without_its_entry() {
+        for l in [lineage(3, None), lineage(8, Some(([0xaa; 16], 7))), VtpmLineage { kept: false, ..lineage(0, None) }]
+        {
+            let data = encode_vtpm_lineage(&l);
+            assert_eq!(data.len(), 56);
+            let m = encode(&[(VTPM_SERVICE_GUID, b"ek"), (VTPM_LINEAGE_GUID, &data)]).unwrap();
+            let services = parse(&m).unwrap();
+            assert_eq!(vtpm_lineage(&services), Ok(Some(l)));
+            assert_eq!(service_name(&services[1].guid), Some("vTPM lineage"));
+            assert_eq!(vtpm_lineage(&services[..1]), Ok(None));
+        }
+        let moved = describe(&Service {
+            guid: VTPM_LINEAGE_GUID,
+            data: encode_vtpm_lineage(&lineage(8, Some(([0xaa; 16], 7)))),
+        });
+        assert!(moved.starts_with("version 8 of incarnation 1c1c") && moved.contains("moved from aaaa"), "{moved}");
+    }
+
+    #[test]
+    fn malformed_vtpm_lineage_is_an_error() {
+        let good = encode_vtpm_lineage(&lineage(8, Some(([0xaa; 16], 7))));
+        for len in [0, 55, 57] {
+            let mut data = good.clone();
+            data.resize(len, 0);
+            assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::Length { len }));
+        }
+        let mut data = good.clone();
+        data[48] = 3;
+        assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::UnknownFlags { flags: 3 }));
+        let mut data = good.clone();
+        data[55] = 1;
+        assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::Reserved { value: 0x0100_0000 }));
+        // A child at or below where its parent left; no parent but a parent version.
+        let child_at_parent = encode_vtpm_lineage(&lineage(7, Some(([0xaa; 16], 7))));
+        assert_eq!(parse_vtpm_lineage(&child_at_parent), Err(VtpmLineageError::Inconsistent));
+        let mut orphan = encode_vtpm_lineage(&lineage(7, None));
+        orphan[40] = 1;
+        assert_eq!(parse_vtpm_lineage(&orphan), Err(VtpmLineageError::Inconsistent));
     }
 
     #[test]

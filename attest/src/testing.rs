@@ -6,11 +6,11 @@
 //! freely on misuse: it is test infrastructure.
 
 use crate::chain::TestAuthority;
-use crate::manifest::SealedState;
+use crate::manifest::{SealedState, VtpmLineage};
 use crate::verify::{Certificates, Evidence, expected_report_data};
 use crate::{cert_table, manifest};
 use abi::attest::report as off;
-use abi::attest::{REPORT_SIZE, SEALED_STATE_GUID, VTPM_SERVICE_GUID};
+use abi::attest::{REPORT_SIZE, SEALED_STATE_GUID, VTPM_LINEAGE_GUID, VTPM_SERVICE_GUID};
 use p384::ecdsa::SigningKey;
 use std::sync::OnceLock;
 
@@ -186,13 +186,23 @@ impl Sample {
         Evidence { report: sign_report(&self.fields, &rd, &self.vcek_key).to_vec(), manifest, ..self.evidence.clone() }
     }
 
-    /// [`Sample::with_manifest`] for a manifest naming the vTPM and `state`, the sealed
-    /// state as the SVSM publishes it.
+    /// [`Sample::with_manifest`] for a manifest naming the vTPM (with the lineage of a
+    /// TPM manufactured there, [`test_lineage`]) and `state`, the sealed state as the
+    /// SVSM publishes it.
     pub fn with_sealed_state(&self, state: &SealedState) -> Evidence {
-        let entry = manifest::encode_sealed_state(state);
-        let m = manifest::encode(&[(VTPM_SERVICE_GUID, &test_ek_public()), (SEALED_STATE_GUID, &entry)])
-            .expect("encode manifest");
-        self.with_manifest(m)
+        self.with_vtpm_and_state(Some(&test_lineage()), Some(state))
+    }
+
+    /// [`Sample::with_manifest`] for a manifest naming the vTPM, its lineage entry if
+    /// `lineage` is given, and the sealed state if `state` is.
+    pub fn with_vtpm_and_state(&self, lineage: Option<&VtpmLineage>, state: Option<&SealedState>) -> Evidence {
+        let ek = test_ek_public();
+        let lineage = lineage.map(manifest::encode_vtpm_lineage);
+        let state = state.map(manifest::encode_sealed_state);
+        let mut services = vec![(VTPM_SERVICE_GUID, &ek[..])];
+        services.extend(lineage.as_deref().map(|entry| (VTPM_LINEAGE_GUID, entry)));
+        services.extend(state.as_deref().map(|entry| (SEALED_STATE_GUID, entry)));
+        self.with_manifest(manifest::encode(&services).expect("encode manifest"))
     }
 
     /// The sample's certificates as three DER blobs.
@@ -203,6 +213,11 @@ impl Sample {
             vcek: self.vcek_der.clone(),
         }
     }
+}
+
+/// The lineage of the sample's TPM: manufactured where it runs, at version 1, kept.
+pub fn test_lineage() -> VtpmLineage {
+    VtpmLineage { version: 1, incarnation: [0x7e; 16], parent: None, parent_version: 0, kept: true }
 }
 
 /// The sample evidence, built once per process (one RSA-4096 signature for the VCEK

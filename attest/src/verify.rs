@@ -19,7 +19,7 @@ use serde::Serialize;
 use sev::certs::snp::{Certificate as SevCertificate, Chain as SevChain, Verifiable, ca};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 use std::fmt;
 use std::time::SystemTime;
 use x509_cert::Certificate;
@@ -138,6 +138,12 @@ pub struct Verdict {
     /// The committed state of the SVSM's sealed store, when the manifest has a
     /// well-formed sealed-state entry.
     pub sealed_state: Option<manifest::SealedState>,
+    /// The vTPM's lineage, when the manifest has a well-formed lineage entry beside the
+    /// vTPM's.
+    pub vtpm_lineage: Option<manifest::VtpmLineage>,
+    /// SHA-256 of the vTPM's EK public area (hex): the name the ledger keeps the TPM's
+    /// lineage under.
+    pub vtpm_ek_sha256: Option<String>,
     /// What the relying party's ledger said about the sealed state (`bulwark attest
     /// verify --state-ledger`; [`crate::ledger`]); `None` when no ledger was consulted.
     pub ledger: Option<crate::ledger::LedgerVerdict>,
@@ -399,6 +405,13 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
             Vec::new()
         }
     };
+    let (vtpm_lineage, vtpm_ek_sha256) = match &parsed {
+        Ok(services) => check_vtpm_lineage(&mut checks, services),
+        Err(_) => {
+            checks.not_run("vtpm_lineage", "the manifest does not parse");
+            (None, None)
+        }
+    };
     let sealed_state = match &parsed {
         Ok(services) => check_sealed_state(&mut checks, services),
         Err(_) => {
@@ -415,7 +428,38 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
         report,
         services,
         sealed_state,
+        vtpm_lineage,
+        vtpm_ek_sha256,
         ledger: None,
+    }
+}
+
+/// The `vtpm_lineage` check: absent is fine (no vTPM, or an SVSM that does not say), a
+/// malformed entry is not, and neither is a lineage without the vTPM it belongs to.
+/// Returns the lineage and the EK digest it is kept under.
+fn check_vtpm_lineage(
+    checks: &mut Checks,
+    services: &[manifest::Service],
+) -> (Option<manifest::VtpmLineage>, Option<String>) {
+    let ek = services.iter().find(|s| s.guid == abi::attest::VTPM_SERVICE_GUID);
+    let digest = ek.map(|ek| crate::hex(&Sha256::digest(&ek.data)));
+    match (manifest::vtpm_lineage(services), &digest) {
+        (Ok(None), _) => {
+            checks.record("vtpm_lineage", Ok("none in the manifest".into()));
+            (None, digest)
+        }
+        (Ok(Some(_)), None) => {
+            checks.record("vtpm_lineage", Err("a vTPM lineage without a vTPM entry".into()));
+            (None, None)
+        }
+        (Ok(Some(lineage)), Some(ek)) => {
+            checks.record("vtpm_lineage", Ok(format!("{lineage}; the TPM with EK SHA-256 {ek}")));
+            (Some(lineage), digest)
+        }
+        (Err(e), _) => {
+            checks.record("vtpm_lineage", Err(format!("malformed entry: {e}")));
+            (None, digest)
+        }
     }
 }
 

@@ -37,7 +37,8 @@ fn the_sealed_state_is_a_check_of_its_own() {
     assert_eq!(json["sealed_state"]["store_id"], bulwark_attest::hex(&STORE));
     assert_eq!(json["sealed_state"]["failed"], false);
     assert_eq!(json["ledger"], serde_json::Value::Null);
-    assert_eq!(v.services[1].name, Some("sealed state"));
+    assert_eq!(v.services[1].name, Some("vTPM lineage"));
+    assert_eq!(v.services[2].name, Some("sealed state"));
 
     // Without the entry (the sample's manifest names the vTPM alone) the check passes.
     let v = examine(&s.evidence);
@@ -89,7 +90,8 @@ fn the_ledger_refuses_an_older_image_and_a_fork() {
     let v = judged(&mut ledger, &s.with_sealed_state(&state(5, 0x05)));
     assert!(v.passed, "{v}");
     assert_eq!(outcome(&v), Some("first_seen"));
-    assert_eq!(v.checks.last().map(|c| c.name), Some("state_ledger"));
+    let last: Vec<&str> = v.checks.iter().rev().take(2).map(|c| c.name).collect();
+    assert_eq!(last, ["vtpm_ledger", "state_ledger"], "the store's check, then the vTPM's");
 
     // The host presents an older whole image: an authentic state of generation 4.
     let v = judged(&mut ledger, &s.with_sealed_state(&state(4, 0x04)));

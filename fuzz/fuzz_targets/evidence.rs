@@ -36,10 +36,17 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let manifest = data.to_vec();
     let _ = manifest::parse(&manifest);
     let _ = manifest::parse_sealed_state(&manifest);
+    let _ = manifest::parse_vtpm_lineage(&manifest);
     let service = match manifest.len() % 6 {
         0 | 3 => Some(bulwark_abi::attest::VTPM_SERVICE_GUID),
         1 => Some(bulwark_abi::attest::SEALED_STATE_GUID),
+        2 => Some(bulwark_abi::attest::VTPM_LINEAGE_GUID),
         _ => None,
     };
-    let _ = examine(&Evidence { report, certificates, nonce, manifest, service });
+    let mut verdict = examine(&Evidence { report, certificates, nonce, manifest, service });
+    // The ledger's judgement of whatever parsed, against an empty ledger and against one
+    // that has seen it: never a panic.
+    let mut ledger = bulwark_attest::ledger::Ledger::default();
+    bulwark_attest::ledger::judge(&mut ledger, &mut verdict.clone());
+    bulwark_attest::ledger::judge(&mut ledger, &mut verdict);
 });

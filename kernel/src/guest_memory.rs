@@ -25,11 +25,28 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 pub struct GuestView<'a> {
     pub pages: &'a PageTracker,
     pub caller: Caller,
+    /// Only pages the guest owns outright: no calling area either (see
+    /// [`GuestView::owned_outright`]).
+    outright: bool,
 }
 
 impl<'a> GuestView<'a> {
+    /// A call's parameters: the guest's pages, its calling areas among them (a buffer in
+    /// the calling area is how Linux passes operations).
     pub fn new(pages: &'a PageTracker, caller: Caller) -> Self {
-        Self { pages, caller }
+        Self { pages, caller, outright: false }
+    }
+
+    /// Pages the guest owns outright: what the SVSM writes on its own account, outside a
+    /// call's answer (the OCP's change-event ring). A calling area is refused too: a
+    /// write there could set CALL_PENDING for a vCPU that is in no call.
+    pub fn owned_outright(pages: &'a PageTracker, caller: Caller) -> Self {
+        Self { pages, caller, outright: true }
+    }
+
+    fn check_under(&self, held: &mut Held<'_>, range: PageRange, write: bool) -> CallResult<()> {
+        let checked = if self.outright { held.check_owned(range) } else { held.check_param(range, write) };
+        checked.map_err(|(page, why)| CallError::address(page.gpa(), why))
     }
 
     fn check<P: Platform + ?Sized>(&self, p: &P, gpa: Gpa, len: usize, write: bool) -> CallResult<()> {
@@ -37,7 +54,7 @@ impl<'a> GuestView<'a> {
             return Ok(());
         }
         let range = PageRange::covering(gpa, len as u64).ok_or(CallError::address(gpa, AddressConflict::NotRam))?;
-        self.pages.check_param(range, write).map_err(|(page, why)| CallError::address(page.gpa(), why))?;
+        self.check_under(&mut self.pages.unlocked(), range, write)?;
         self.caller.check(p, range, if write { Access::Write } else { Access::Read })
     }
 
@@ -46,7 +63,7 @@ impl<'a> GuestView<'a> {
     fn lock_piece<P: Platform + ?Sized>(&self, p: &P, gpa: Gpa, len: usize, write: bool) -> CallResult<Held<'a>> {
         let range = PageRange::covering(gpa, len as u64).ok_or(CallError::address(gpa, AddressConflict::NotRam))?;
         let mut held = self.pages.lock(range.start(), range.start());
-        held.check_param(range, write).map_err(|(page, why)| CallError::address(page.gpa(), why))?;
+        self.check_under(&mut held, range, write)?;
         self.caller.check(p, range, if write { Access::Write } else { Access::Read })?;
         Ok(held)
     }

@@ -45,5 +45,6 @@ pub mod stats;
 pub mod svsm;
 pub mod user;
 pub mod vcpu;
+pub mod vtpm_lineage;
 
 pub use svsm::{Svsm, SvsmConfig};

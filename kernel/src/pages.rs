@@ -592,6 +592,17 @@ impl Held<'_> {
         }
     }
 
+    /// Check a range the SVSM writes on its own account (not a call's answer): validated
+    /// guest pages with no role at all, a calling area included
+    /// (`GuestView::owned_outright`).
+    pub fn check_owned(&mut self, range: PageRange) -> Result<(), (PageAddr, AddressConflict)> {
+        self.check_target(range)?;
+        match self.first_unvalidated(range) {
+            Some(pfn) => Err((PageAddr::from_pfn(pfn), AddressConflict::NotValidated)),
+            None => Ok(()),
+        }
+    }
+
     /// Check that no service process maps a page of `range` (see
     /// [`PageTracker::map_for_service`]): for a call that would invalidate the pages,
     /// take them for the SVSM, or make one a VMSA or calling area.

@@ -167,11 +167,13 @@ impl PspChannel {
             v.extend_from_slice(&answer[gm::REPORT_RSP_REPORT..]);
             v.into_boxed_slice().try_into().map_err(|_| ChannelError::NoMemory)?
         };
-        // The report must be for the data asked (a PSP answering another request's data
-        // would pass the checks above only if it held the key).
+        // The report must be for the data asked. An answer for other data passed the
+        // checks above, so whoever made it holds the key: retire it, as for every
+        // `BadAnswer`.
         let data_at = abi::attest::REPORT_DATA_OFFSET;
         if report.get(data_at..data_at + 64) != Some(&report_data[..]) {
             report.fill(0);
+            self.retire();
             return Err(ChannelError::BadAnswer("report is for other data"));
         }
         Ok(report)

@@ -7,6 +7,7 @@
 //! did not reach the disk would otherwise ride along with the next, unrelated commit, and
 //! what is on disk would no longer be what the SVSM answered from. The status says why.
 
+use crate::vtpm_lineage::Lineage;
 use abi::attest::SealedStateEntry;
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -56,15 +57,32 @@ pub struct Sealed {
     summary: SealedSummary,
 }
 
-/// What a verifier and the OCP are shown of the sealed state (its manifest entry), kept
+/// What a verifier and the OCP are shown of the sealed state (its manifest entries), kept
 /// under a lock of its own that is never held across disk I/O: attestation and OCP reads
 /// never wait for a commit in progress, however long the host takes with it.
-pub type SealedSummary = Arc<Mutex<SealedStateEntry>>;
+pub type SealedSummary = Arc<Mutex<Summary>>;
 
-fn summarize(state: StoreState, failed: bool, rewrapped: bool) -> SealedStateEntry {
+/// The committed state in short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The sealed state's manifest entry.
+    pub entry: SealedStateEntry,
+    /// The lineage of the vTPM the state keeps, if it keeps one.
+    pub vtpm: Option<Lineage>,
+}
+
+fn summarize(store: &dyn SealedStore, failed: bool, rewrapped: bool) -> Summary {
+    let state = store.state();
     let flags = if failed { abi::attest::SEALED_STATE_FAILED } else { 0 }
         | if rewrapped { abi::attest::SEALED_STATE_REWRAPPED } else { 0 };
-    SealedStateEntry { generation: state.generation, store_id: state.store_id, root: state.root, flags, reserved: 0 }
+    let entry = SealedStateEntry {
+        generation: state.generation,
+        store_id: state.store_id,
+        root: state.root,
+        flags,
+        reserved: 0,
+    };
+    Summary { entry, vtpm: lineage_in(store) }
 }
 
 impl core::fmt::Debug for Sealed {
@@ -84,7 +102,7 @@ impl Sealed {
     /// A store [`open_sealed`] opened; `rewrapped` if it re-wrapped it from an older key
     /// (the manifest entry says so).
     pub fn opened(store: Box<dyn SealedStore>, rewrapped: bool) -> SharedSealed {
-        let summary = Arc::new(Mutex::new(summarize(store.state(), false, rewrapped)));
+        let summary = Arc::new(Mutex::new(summarize(store.as_ref(), false, rewrapped)));
         Arc::new(Mutex::new(Self { store, failed: None, rewrapped, summary }))
     }
 
@@ -120,7 +138,7 @@ impl Sealed {
         if let Err(e) = result {
             self.failed = Some(e);
         }
-        *self.summary.lock() = summarize(self.store.state(), self.failed.is_some(), self.rewrapped);
+        *self.summary.lock() = summarize(self.store.as_ref(), self.failed.is_some(), self.rewrapped);
         result
     }
 }
@@ -241,6 +259,19 @@ const MOVED: &[u8] = b"vtpm/moved";
 /// than one a store has kept for the same TPM is recognised ([`can_keep_vtpm`]). Not
 /// under the blobs' prefix: it stays with the tombstone.
 const VERSION: &[u8] = b"vtpm/version";
+/// Where the kept vTPM's incarnation came from ([`Lineage::origin_bytes`]), written when
+/// a migration brings it. A TPM manufactured here has none: its lineage follows from its
+/// EK ([`Lineage::manufactured`]).
+const LINEAGE: &[u8] = b"vtpm/lineage";
+
+/// The lineage of the vTPM a store keeps (`None` if it keeps none).
+fn lineage_in(store: &dyn SealedStore) -> Option<Lineage> {
+    let ek = store.get(MARKER)?;
+    let version = version_in(store);
+    Some(
+        store.get(LINEAGE).and_then(|b| Lineage::from_origin(b, version)).unwrap_or(Lineage::manufactured(ek, version)),
+    )
+}
 
 /// The version of the vTPM's NV state a store keeps (0 if none).
 fn version_in(store: &dyn SealedStore) -> u64 {
@@ -248,9 +279,15 @@ fn version_in(store: &dyn SealedStore) -> u64 {
 }
 
 /// The version of the NV state of the vTPM this sealed state keeps, or kept until it
-/// left (0 if none): what a migration carries with the vTPM.
+/// left (0 if none).
 pub fn vtpm_version(sealed: &SharedSealed) -> u64 {
     version_in(sealed.lock().store.as_ref())
+}
+
+/// The lineage of the vTPM this sealed state keeps (`None` if it keeps none): what a
+/// migration carries with the vTPM.
+pub fn vtpm_lineage(sealed: &SharedSealed) -> Option<Lineage> {
+    lineage_in(sealed.lock().store.as_ref())
 }
 
 /// Whether this sealed state keeps a vTPM (its marker is there).
@@ -311,8 +348,8 @@ pub fn mark_vtpm_moved(sealed: &SharedSealed) -> Result<bool, StoreError> {
 pub struct VtpmNv {
     sealed: SharedSealed,
     manufactured: bool,
-    /// The version a migrated state comes with ([`Self::arriving_at`]).
-    arriving: Option<u64>,
+    /// The lineage a migrated state takes here ([`Self::arriving_at`]).
+    arriving: Option<Lineage>,
 }
 
 /// What the sealed state holds for the vTPM.
@@ -349,16 +386,18 @@ impl VtpmNv {
         (kept, Self { sealed, manufactured, arriving: None })
     }
 
-    /// The storage for a vTPM a migration brings at NV state `version`: kept under that
-    /// version ([`NvStorage::replaced`]), so its lineage goes on here.
-    pub fn arriving_at(mut self, version: u64) -> Self {
-        self.arriving = Some(version);
+    /// The storage for a vTPM a migration brings, as the incarnation `lineage` (from
+    /// [`Lineage::arrived`]): kept under its version and origin ([`NvStorage::replaced`]),
+    /// so its lineage goes on here.
+    pub fn arriving_at(mut self, lineage: Lineage) -> Self {
+        self.arriving = Some(lineage);
         self
     }
 
     /// In one commit: no blob but `blobs` under the vTPM's prefix, the marker with
-    /// `ek_public`, and the version: `version`, or one more than the store's.
-    fn keep_only(&mut self, ek_public: &[u8], blobs: &[NvChange], version: Option<u64>) -> Result<(), NvError> {
+    /// `ek_public`, and its lineage: `arrived`, or (manufactured here) one version more
+    /// than the store's.
+    fn keep_only(&mut self, ek_public: &[u8], blobs: &[NvChange], arrived: Option<Lineage>) -> Result<(), NvError> {
         self.sealed
             .lock()
             .update(|store| {
@@ -368,8 +407,16 @@ impl VtpmNv {
                 // A TPM that left and arrives back is kept here again.
                 store.remove(MOVED);
                 store.put(MARKER, ek_public)?;
-                let version = version.unwrap_or_else(|| version_in(store).saturating_add(1));
-                store.put(VERSION, &version.to_le_bytes())?;
+                match arrived {
+                    Some(lineage) => {
+                        store.put(VERSION, &lineage.version.to_le_bytes())?;
+                        store.put(LINEAGE, &lineage.origin_bytes())?;
+                    }
+                    None => {
+                        store.put(VERSION, &version_in(store).saturating_add(1).to_le_bytes())?;
+                        store.remove(LINEAGE);
+                    }
+                }
                 Self::stage(store, blobs)
             })
             .map_err(|_| NvError::Storage)?;
@@ -414,7 +461,12 @@ impl NvStorage for VtpmNv {
     /// A new TPM's first blobs go in one commit with the marker (after removing blobs of
     /// a manufacture that never completed); a kept TPM must have the EK its marker
     /// records, or the state is not the one it claims to be.
+    /// A migrated TPM given storage as it resumes ([`VtpmNv::arriving_at`]) is kept as
+    /// [`NvStorage::replaced`] keeps it, with its lineage.
     fn started(&mut self, ek_public: &[u8], changes: &[NvChange]) -> Result<(), NvError> {
+        if self.arriving.is_some() {
+            return self.replaced(ek_public, changes);
+        }
         if !self.manufactured && self.sealed.lock().get(MOVED).is_some() {
             // The TPM kept here left by live migration: neither it nor a new one starts.
             return Err(NvError::Storage);
@@ -431,12 +483,13 @@ impl NvStorage for VtpmNv {
     /// A migrated TPM: the store keeps exactly its blobs under its EK, in one commit.
     /// A store that keeps another TPM refuses; one that kept this TPM before loses every
     /// blob the arriving state does not have.
+    /// A state whose lineage was not given ([`VtpmNv::arriving_at`]) is refused.
     fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
-        let version = self.arriving.unwrap_or(0);
-        if !can_keep_vtpm(&self.sealed, ek_public, version) {
+        let Some(lineage) = self.arriving else { return Err(NvError::Storage) };
+        if !can_keep_vtpm(&self.sealed, ek_public, lineage.parent_version) {
             return Err(NvError::Storage);
         }
-        self.keep_only(ek_public, blobs, Some(version))
+        self.keep_only(ek_public, blobs, Some(lineage))
     }
 }
 
@@ -446,6 +499,11 @@ mod tests {
     use alloc::vec;
     use store::StoreKey;
     use store::testing::{MemDisk, TestRng};
+
+    /// A migration's new incarnation of the TPM that left `parent_version`.
+    fn arrival(parent_version: u64) -> Lineage {
+        Lineage::arrived([0xA1; 16], parent_version, [0xB2; 16]).unwrap()
+    }
 
     fn key() -> StoreKey {
         StoreKey::new([7; 32])
@@ -515,7 +573,7 @@ mod tests {
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"old")), change(b"volatilestate", Some(b"old"))]).unwrap();
         let (_, arriving) = VtpmNv::open(sealed.clone());
-        let mut arriving = arriving.arriving_at(5);
+        let mut arriving = arriving.arriving_at(arrival(5));
         let generation = sealed.lock().state().generation;
         arriving.replaced(b"EK", &[change(b"permall", Some(b"new"))]).unwrap();
         assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
@@ -529,8 +587,8 @@ mod tests {
         assert_eq!(sealed.lock().state(), before, "nothing written");
         // A blank store takes it as a first start would, marker and all.
         let blank = fresh();
-        let (_, mut first) = VtpmNv::open(blank.clone());
-        first.replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
+        let (_, first) = VtpmNv::open(blank.clone());
+        first.arriving_at(arrival(0)).replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
         assert_eq!(VtpmNv::open(blank).0.ek_public.as_deref(), Some(&b"EK"[..]));
     }
 
@@ -555,7 +613,10 @@ mod tests {
         assert_eq!(sealed.lock().state(), before, "nothing written");
 
         let (_, arriving) = VtpmNv::open(sealed.clone());
-        arriving.arriving_at(vtpm_version(&sealed)).replaced(b"EK", &[change(b"permall", Some(b"back"))]).unwrap();
+        arriving
+            .arriving_at(arrival(vtpm_version(&sealed)))
+            .replaced(b"EK", &[change(b"permall", Some(b"back"))])
+            .unwrap();
         let (kept, _) = VtpmNv::open(sealed.clone());
         assert!(!kept.moved, "the tombstone goes when the TPM is kept here again");
         assert_eq!(kept.ek_public.as_deref(), Some(&b"EK"[..]));
@@ -594,23 +655,32 @@ mod tests {
         assert!(can_keep_vtpm(&fresh(), b"EK", 0));
         let (_, older) = VtpmNv::open(sealed.clone());
         let before = sealed.lock().state();
-        assert_eq!(older.arriving_at(2).replaced(b"EK", &[change(b"permall", Some(b"old"))]), Err(NvError::Storage));
+        assert_eq!(
+            older.arriving_at(arrival(2)).replaced(b"EK", &[change(b"permall", Some(b"old"))]),
+            Err(NvError::Storage)
+        );
         assert_eq!(sealed.lock().state(), before, "nothing written");
         let (_, mut unknown) = VtpmNv::open(sealed.clone());
-        assert!(unknown.replaced(b"EK", &[]).is_err(), "a migrated state of unknown version is not taken");
+        assert!(unknown.replaced(b"EK", &[]).is_err(), "a migrated state of unknown lineage is not taken");
 
-        // A newer state is kept under its own version, and the lineage goes on from it.
+        // A newer state is kept as a new incarnation one version above where it left its
+        // parent, and the lineage goes on from it.
         let (_, newer) = VtpmNv::open(sealed.clone());
-        let mut newer = newer.arriving_at(40);
+        let mut newer = newer.arriving_at(arrival(40));
         newer.replaced(b"EK", &[change(b"permall", Some(b"forty"))]).unwrap();
-        assert_eq!(vtpm_version(&sealed), 40);
+        assert_eq!(vtpm_version(&sealed), 41);
+        assert_eq!(vtpm_lineage(&sealed), Some(arrival(40)));
         newer.persist(&[change(b"permall", Some(b"forty-one"))]).unwrap();
-        assert_eq!(vtpm_version(&sealed), 41);
+        assert_eq!(vtpm_version(&sealed), 42);
+        let lineage = vtpm_lineage(&sealed).unwrap();
+        assert_eq!((lineage.version, lineage.incarnation, lineage.parent), (42, [0xB2; 16], [0xA1; 16]));
+        assert_eq!(sealed.lock().summary().lock().vtpm, Some(lineage), "the summary follows each commit");
 
-        // The tombstone keeps it: the TPM coming back older is refused there too.
+        // The tombstone keeps the version: the TPM coming back older is refused there too.
         mark_vtpm_moved(&sealed).unwrap();
-        assert_eq!(vtpm_version(&sealed), 41);
-        assert!(!can_keep_vtpm(&sealed, b"EK", 40) && can_keep_vtpm(&sealed, b"EK", 41));
+        assert_eq!(vtpm_version(&sealed), 42);
+        assert_eq!(vtpm_lineage(&sealed), None, "no TPM kept");
+        assert!(!can_keep_vtpm(&sealed, b"EK", 41) && can_keep_vtpm(&sealed, b"EK", 42));
         assert!(can_keep_vtpm(&sealed, b"another EK", 0), "a tombstone of another TPM holds nothing back");
     }
 

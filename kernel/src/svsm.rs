@@ -148,6 +148,9 @@ pub struct Svsm {
     pub(crate) vtpm: Option<Mutex<vtpm::Vtpm>>,
     /// Its EK public area (fixed at manufacture), for the manifest without the vTPM's lock.
     pub(crate) vtpm_ek: alloc::vec::Vec<u8>,
+    /// Its lineage while no sealed state keeps it (then the sealed state's summary has
+    /// it): manufactured here, or the incarnation a migration made.
+    vtpm_lineage: Option<crate::vtpm_lineage::Lineage>,
     /// The sealed state, once the platform opened it: its committed state is an entry of
     /// the attestation manifest.
     pub(crate) sealed: Option<crate::sealed::SharedSealed>,
@@ -237,6 +240,7 @@ impl Svsm {
             ocp: Sources::builtin(P::NAME),
             vtpm: None,
             vtpm_ek: Vec::new(),
+            vtpm_lineage: None,
             sealed: None,
             sealed_summary: None,
             dirty: Mutex::new(None),
@@ -285,7 +289,10 @@ impl Svsm {
     /// Serve protocol 2 with `vtpm` from now on: QUERY_PROTOCOL announces it, its EK
     /// public area becomes the vTPM entry of the attestation manifest, and its call
     /// counters become OCP sources.
+    /// Without a sealed state that keeps it, its lineage is that of a TPM manufactured
+    /// here ([`Svsm::install_arrived_vtpm`] for one a migration brought).
     pub fn install_vtpm(&mut self, vtpm: vtpm::Vtpm) {
+        self.vtpm_lineage = Some(crate::vtpm_lineage::Lineage::manufactured(vtpm.ek_public(), 0));
         self.vtpm_ek = vtpm.ek_public().to_vec();
         self.vtpm = Some(Mutex::new(vtpm));
         const VTPM: u32 = abi::protocol::ProtocolId::VTPM.0;
@@ -293,6 +300,25 @@ impl Svsm {
         // install finds them registered already.
         let _ = self.ocp.register("calls.vtpm", SourceKind::Counter(|s| s.stats.calls(2)), VTPM);
         let _ = self.ocp.register("errors.vtpm", SourceKind::Counter(|s| s.stats.errors(2)), VTPM);
+    }
+
+    /// [`Svsm::install_vtpm`] for the vTPM a live migration brought, as the incarnation
+    /// `lineage` ([`crate::vtpm_lineage::Lineage::arrived`]); a sealed state that keeps it
+    /// has recorded the same.
+    pub fn install_arrived_vtpm(&mut self, vtpm: vtpm::Vtpm, lineage: crate::vtpm_lineage::Lineage) {
+        self.install_vtpm(vtpm);
+        self.vtpm_lineage = Some(lineage);
+    }
+
+    /// The installed vTPM's lineage, and whether a sealed state keeps it (its commits then
+    /// count the versions). Never waits on a commit in progress.
+    pub fn vtpm_lineage(&self) -> Option<(crate::vtpm_lineage::Lineage, bool)> {
+        self.vtpm.as_ref()?;
+        let kept = self.sealed_summary.as_ref().and_then(|summary| summary.lock().vtpm);
+        match kept {
+            Some(lineage) => Some((lineage, true)),
+            None => self.vtpm_lineage.map(|lineage| (lineage, false)),
+        }
     }
 
     /// Report `sealed` from now on: its committed state is the sealed-state entry of the
@@ -372,7 +398,7 @@ impl Svsm {
     /// The sealed state's manifest entry: the committed state the SVSM runs on, and
     /// whether the sealed state closed since boot. Never waits on a commit in progress.
     pub fn sealed_state_entry(&self) -> Option<abi::attest::SealedStateEntry> {
-        self.sealed_summary.as_ref().map(|summary| *summary.lock())
+        self.sealed_summary.as_ref().map(|summary| summary.lock().entry)
     }
 
     /// The installed vTPM's EK public area.

@@ -70,8 +70,12 @@ fn single_service_evidence_of_the_vtpm_verifies_as_its_ek_and_only_as_that() {
         .expect("the model serves SVSM_ATTEST_SINGLE_SERVICE for the vTPM");
     // The data is the EK public area: the same bytes as the full manifest's vTPM entry.
     let full = attest::manifest::parse(&obtain(&NONCE).unwrap().manifest).unwrap();
-    assert_eq!(full.len(), 1);
+    let guids: Vec<_> = full.iter().map(|s| s.guid).collect();
+    assert_eq!(guids, [abi::attest::VTPM_SERVICE_GUID, abi::attest::VTPM_LINEAGE_GUID], "the EK and its lineage");
     assert_eq!(full[0].data, e.manifest);
+    // The model's vTPM was manufactured there and no store keeps it: version 0, no parent.
+    let lineage = attest::manifest::vtpm_lineage(&full).unwrap().unwrap();
+    assert_eq!((lineage.version, lineage.parent, lineage.kept), (0, None, false));
     let single = Evidence {
         report: e.report,
         certificates: Certificates::Table(e.certificates),

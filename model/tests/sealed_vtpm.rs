@@ -754,7 +754,7 @@ fn a_firmware_update_rewraps_the_state_and_the_tpm_keeps_everything() {
     assert_eq!(booted.vtpm.ek_public(), &ek[..], "the same EK");
     assert_eq!(read_index(&mut booted.vtpm), Ok(DATA_A.to_vec()));
     assert_eq!(read_persistent_ek(&mut booted.vtpm).map(|public| public == ek), Ok(true));
-    let flags = booted.sealed.lock().summary().lock().flags;
+    let flags = booted.sealed.lock().summary().lock().entry.flags;
     assert_eq!(flags, abi::attest::SEALED_STATE_REWRAPPED, "the manifest entry says so");
     run_ok(&mut booted.vtpm, &nv_write(INDEX, 0, &DATA_B), "NV_Write after the update");
     drop(booted);
@@ -764,7 +764,7 @@ fn a_firmware_update_rewraps_the_state_and_the_tpm_keeps_everything() {
     let mut booted = boot_from(&disk, |disk, rng| psp.open(disk, rng)).expect("the second boot after the update");
     assert_eq!((booted.rewrapped_from, psp.asked.len()), (None, 1));
     assert_eq!(read_index(&mut booted.vtpm), Ok(DATA_B.to_vec()));
-    assert_eq!(booted.sealed.lock().summary().lock().flags, 0);
+    assert_eq!(booted.sealed.lock().summary().lock().entry.flags, 0);
     drop(booted);
 
     // Firmware rolled back: the headers name the newer TCB, whose key it must not ask

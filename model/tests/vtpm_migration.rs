@@ -1342,3 +1342,130 @@ fn a_cut_or_reordered_stream_does_not_finish() {
     assert_eq!(feed(&[1, 0xFF, 0xFF, 0xFF, 0xFF]), Err(StreamError::Malformed));
     assert_eq!(feed(&[9, 0, 0, 0, 0]), Err(StreamError::Malformed), "an unknown kind");
 }
+
+/// A model SVSM whose sealed store on `disk` keeps its vTPM: manufactured there on a blank
+/// disk, started from what the disk holds otherwise (as the SVSM's boot does).
+fn svsm_with_kept_vtpm(disk: &store::testing::SharedDisk, boot: u64) -> ModelEnv {
+    let mut env = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let sealed = destination_store(disk, boot);
+    let (kept, storage) = kernel::sealed::VtpmNv::open(sealed.clone());
+    assert!(!kept.moved, "this disk's TPM left");
+    let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
+    let engine = channel_tpm(move |nv| open_when_free(|| LibTpms::open_with_nv(size, nv.clone())), &kept.nv).unwrap();
+    let vtpm = Vtpm::start(Box::new(engine), Box::new(storage)).unwrap();
+    let w = &mut env.world;
+    bulwark_model::heap::in_svsm(|| {
+        w.svsm.install_sealed(&mut w.machine, sealed);
+        w.svsm.install_vtpm(vtpm);
+    });
+    env
+}
+
+/// A migration's destination takes `snapshot` into its own sealed store on a blank disk,
+/// as the new incarnation `incarnation`, as the SVSM's arrival does.
+fn arrive_kept(destination: &mut ModelEnv, snapshot: &kernel::migration::VtpmSnapshot, incarnation: [u8; 16]) {
+    let disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
+    let sealed = destination_store(&disk, 1);
+    let lineage = kernel::vtpm_lineage::Lineage::arrived(snapshot.incarnation, snapshot.version, incarnation).unwrap();
+    let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage);
+    let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
+    let engine = channel_tpm_resumed(
+        move |state| open_when_free(|| LibTpms::resume(size, state.nv.clone(), &state.volatile)),
+        &snapshot.state,
+    )
+    .unwrap();
+    let vtpm = Vtpm::resume(Box::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, Some(Box::new(storage)))
+        .unwrap();
+    let w = &mut destination.world;
+    bulwark_model::heap::in_svsm(|| {
+        w.svsm.install_sealed(&mut w.machine, sealed);
+        w.svsm.install_arrived_vtpm(vtpm, lineage);
+    });
+}
+
+/// The guest's attestation evidence, judged by the relying party's `ledger`: what it said
+/// of the vTPM's lineage, and the lineage.
+fn judged(
+    ledger: &mut attest::ledger::Ledger,
+    env: &mut ModelEnv,
+) -> (Option<&'static str>, Option<attest::manifest::VtpmLineage>) {
+    let e = bulwark_model::attest_demo::obtain_from(env, &[0x4E; 64]).unwrap();
+    let evidence = attest::verify::Evidence {
+        report: e.report,
+        certificates: attest::verify::Certificates::Table(e.certificates),
+        nonce: e.nonce,
+        manifest: e.manifest,
+        service: None,
+    };
+    let mut verdict = attest::verify::examine(&evidence);
+    assert!(verdict.checks.iter().any(|c| c.name == "vtpm_lineage" && c.passed), "{:?}", verdict.checks);
+    attest::ledger::judge(ledger, &mut verdict);
+    (verdict.ledger.and_then(|l| l.vtpm_outcome), verdict.vtpm_lineage)
+}
+
+/// Issue 16, the gap a store alone leaves: a host keeps an old disk image of a migration's
+/// source, boots it, and migrates that old TPM to a fresh destination, whose store never
+/// saw the TPM and so takes it. The vTPM's lineage in the manifest lets the relying party's
+/// ledger see it: the destination that took the TPM honestly is a move, the old image's
+/// TPM running again is refused (it moved away), and its copy on a second destination is
+/// refused (a second child of one state).
+#[test]
+fn a_copy_of_a_migrated_tpm_is_refused_by_the_verifiers_ledger() {
+    let _turn = turn();
+    let mut ledger = attest::ledger::Ledger::default();
+    let source_disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
+    let mut source = svsm_with_kept_vtpm(&source_disk, 1);
+    assert_eq!(code(&guest_tpm(&mut source, &nv_define_space(INDEX, DATA.len() as u16))), TPM_RC_SUCCESS);
+    let old_image = source_disk.image();
+    assert_eq!(code(&guest_tpm(&mut source, &nv_write(INDEX, 0, &DATA))), TPM_RC_SUCCESS);
+    let (outcome, lineage) = judged(&mut ledger, &mut source);
+    let home = lineage.unwrap();
+    assert_eq!(outcome, Some("first_seen"));
+    assert!(home.kept && home.parent.is_none(), "{home:?}");
+
+    // The honest migration: the source gives its TPM up, the destination takes it as a
+    // new incarnation one version above where it left.
+    let w = &mut source.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    let mut first = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let moved = migrate_state(&mut source, &mut first, &state, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+    assert_eq!(source.world.svsm.vtpm_moved_away(), Ok(true));
+    drop(source);
+    let snapshot = ServiceState::decode(&moved.received).unwrap().vtpm.unwrap();
+    assert_eq!((snapshot.version, snapshot.incarnation, snapshot.kept), (home.version, home.incarnation, true));
+    arrive_kept(&mut first, &snapshot, [0xD1; 16]);
+    let (outcome, lineage) = judged(&mut ledger, &mut first);
+    assert_eq!(outcome, Some("moved"));
+    let there = lineage.unwrap();
+    assert_eq!(
+        (there.incarnation, there.parent, there.parent_version),
+        ([0xD1; 16], Some(home.incarnation), home.version)
+    );
+    assert_eq!(there.version, home.version + 1);
+    assert_eq!(code(&guest_tpm(&mut first, &nv_write(INDEX, 0, &[0x77; 16]))), TPM_RC_SUCCESS);
+    let (outcome, lineage) = judged(&mut ledger, &mut first);
+    assert_eq!((outcome, lineage.map(|l| l.version)), (Some("newer"), Some(there.version + 1)), "its commits count on");
+    drop(first);
+
+    // The host boots the source's old disk image: no tombstone there, so its TPM starts.
+    let restored_disk = store::testing::SharedDisk::new(store::testing::MemDisk::from_image(old_image));
+    let mut restored = svsm_with_kept_vtpm(&restored_disk, 2);
+    let (outcome, lineage) = judged(&mut ledger, &mut restored);
+    assert_eq!(lineage.map(|l| l.incarnation), Some(home.incarnation));
+    assert_eq!(outcome, Some("moved_away"), "the incarnation that moved on runs again: a copy");
+
+    // ... and migrates it to a fresh destination, which cannot know and takes it.
+    let w = &mut restored.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    let mut second = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let moved = migrate_state(&mut restored, &mut second, &state, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+    drop(restored);
+    let snapshot = ServiceState::decode(&moved.received).unwrap().vtpm.unwrap();
+    arrive_kept(&mut second, &snapshot, [0xD2; 16]);
+    let before = ledger.clone();
+    let (outcome, _) = judged(&mut ledger, &mut second);
+    assert_eq!(outcome, Some("fork"), "a second incarnation taken from the same parent");
+    assert_eq!(ledger.vtpms(), before.vtpms(), "a refused lineage teaches the ledger nothing");
+}

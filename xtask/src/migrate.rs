@@ -636,6 +636,29 @@ fn vtpm_entry(manifest: &[u8]) -> Result<Vec<u8>> {
         .ok_or_else(|| "the manifest has no vTPM entry".to_string())
 }
 
+/// The vTPM's lineage entries before and after the migration, judged as a relying party's
+/// ledger would (`attest::lineage_ledger`): the source's kept TPM first seen, the
+/// destination's a move from it, one version above where it left.
+fn lineage_moved(before: &[u8], after: &[u8]) -> Result<String> {
+    use attest::lineage_ledger::{TpmLineages, TpmOutcome};
+    use sha2::Digest;
+    let lineage = |manifest: &[u8]| {
+        let services = attest::manifest::parse(manifest).map_err(|e| format!("the manifest: {e:?}"))?;
+        attest::manifest::vtpm_lineage(&services)
+            .map_err(|e| format!("the vTPM lineage entry: {e}"))?
+            .ok_or_else(|| "the manifest has no vTPM lineage entry".to_string())
+    };
+    let (source, destination) = (lineage(before)?, lineage(after)?);
+    let ek: [u8; 32] = sha2::Sha256::digest(vtpm_entry(before)?).into();
+    let mut ledger = TpmLineages::default();
+    let first = ledger.apply(&ek, &source);
+    let moved = ledger.apply(&ek, &destination);
+    if first != TpmOutcome::FirstSeen || !source.kept || moved != (TpmOutcome::Moved { parent_seen: true }) {
+        return Err(format!("the vTPM's lineage: source {source} ({first:?}), destination {destination} ({moved:?})"));
+    }
+    Ok(format!("its vTPM's lineage is a move: {destination}"))
+}
+
 /// The SVSM where the guest runs answers QUERY_PROTOCOL for the core protocol and the
 /// vTPM.
 fn served(agent: &mut Agent, where_: &str) -> Result {
@@ -700,10 +723,12 @@ fn after_success(
     served(&mut b, "the destination")?;
     // The destination's manifest also names its own sealed state; the vTPM's entry (its
     // EK) must be the one the guest had.
-    if vtpm_entry(&b.ask("manifest", Duration::from_secs(120))?)? != vtpm_entry(&before.manifest)? {
+    let after = b.ask("manifest", Duration::from_secs(120))?;
+    if vtpm_entry(&after)? != vtpm_entry(&before.manifest)? {
         return Err("the vTPM's EK in the attestation manifest differs on the destination".into());
     }
     notes.push("its attestation manifest names the vTPM's EK it had".into());
+    notes.push(lineage_moved(&before.manifest, &after)?);
     drop(b);
     let at = format!("127.0.0.1:{port}");
     let record = tpm_record.to_string_lossy();

@@ -174,6 +174,17 @@ pub fn services(env: &mut dyn Env) -> CaseResult {
             let (got, _) = raw(env, 5, abi::protocol::ocp_call::WRITE, [index, l.private, 4, 0])?;
             ensure!(got != ResultCode::SUCCESS, "OCP WRITE of source {index} took its value from VMPL1's page");
         }
+        // Settings and the change-event ring are VMPL1's alone (docs/protocols/ocp.md,
+        // "Who may"): a good value from VMPL2's own page, and a ring there, are refused.
+        env.write(l.work, b"info")?;
+        for index in 0..64u64 {
+            let (got, _) = raw(env, 5, abi::protocol::ocp_call::WRITE, [index, l.work, 4, 0])?;
+            ensure!(got != ResultCode::SUCCESS, "OCP WRITE of source {index} from VMPL2");
+        }
+        for ring in [l.work, 0] {
+            let (got, _) = raw(env, 5, abi::protocol::ocp_call::NOTIFY, [ring, 0, 0, 0])?;
+            ensure!(got == ResultCode::ERR_INVALID_REQUEST, "OCP NOTIFY {ring:#x} from VMPL2: {got}");
+        }
         // vTPM: the request buffer.
         let (got, regs) = raw(env, 0, abi::protocol::core_call::QUERY_PROTOCOL, [2 << 32 | 1, 0, 0, 0])?;
         if got == ResultCode::SUCCESS && regs.rcx != 0 {

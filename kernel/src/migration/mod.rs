@@ -14,6 +14,7 @@
 //! ```text
 //! "BWSS" | u16 version = 1 | sections, each: u8 tag | u32 len | body
 //! tag 1, the vTPM  : u32 ek_len | EK public area | u32 len | volatile state | blobs
+//!                    | u8 flags | u64 version | incarnation (16)
 //! tag 2, a setting : u16 key_len | key | u32 len | value
 //! blobs            : u32 count | count * (u16 name_len | name | u32 len | bytes)
 //! ```
@@ -62,10 +63,12 @@ pub struct VtpmSnapshot {
     /// a destination with nowhere to keep it refuses the commit, since the source gives
     /// its own copy up (`sealed::mark_vtpm_moved`).
     pub kept: bool,
-    /// The version of its NV state in the source's sealed state (0 if not kept): a
+    /// The version of its NV state where it leaves (its lineage's, `vtpm_lineage`): a
     /// destination that kept a newer state of the same TPM refuses it
-    /// (`sealed::can_keep_vtpm`).
+    /// (`sealed::can_keep_vtpm`); the destination's incarnation starts one above.
     pub version: u64,
+    /// The incarnation it leaves: the destination's names it as its parent.
+    pub incarnation: [u8; 16],
 }
 
 /// The vTPM section's flags byte: bit 0 is [`VtpmSnapshot::kept`].
@@ -189,6 +192,7 @@ impl ServiceState {
                     o.u16(name.len())?.bytes(name)?.u32(data.len())?.bytes(data)?;
                 }
                 o.bytes(&[if vtpm.kept { VTPM_KEPT } else { 0 }])?.bytes(&vtpm.version.to_be_bytes())?;
+                o.bytes(&vtpm.incarnation)?;
                 Ok(())
             })?;
         }
@@ -242,7 +246,9 @@ impl ServiceState {
                     };
                     let version: [u8; 8] = body.take(8)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
                     let version = u64::from_be_bytes(version);
-                    state.vtpm = Some(VtpmSnapshot { ek_public, state: TpmState { nv, volatile }, kept, version });
+                    let incarnation = body.take(16)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
+                    let tpm = TpmState { nv, volatile };
+                    state.vtpm = Some(VtpmSnapshot { ek_public, state: tpm, kept, version, incarnation });
                 }
                 TAG_SETTING => {
                     let key_len = body.u16()?;
@@ -308,9 +314,9 @@ impl Svsm {
             Some(vtpm) => {
                 let mut vtpm = vtpm.lock();
                 let state = vtpm.save().map_err(|_| ServiceStateError::VtpmUnavailable)?;
-                let kept = self.sealed.as_ref().is_some_and(crate::sealed::keeps_vtpm);
-                let version = if kept { self.sealed.as_ref().map_or(0, crate::sealed::vtpm_version) } else { 0 };
-                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, version })
+                let (lineage, kept) = self.vtpm_lineage().ok_or(ServiceStateError::VtpmUnavailable)?;
+                let (version, incarnation) = (lineage.version, lineage.incarnation);
+                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, version, incarnation })
             }
             None => None,
         };
@@ -337,6 +343,7 @@ mod tests {
                 state: TpmState { nv, volatile: vec![9; 7000] },
                 kept: true,
                 version: 0x0102_0304_0506_0708,
+                incarnation: [0x5A; 16],
             }),
             settings: vec![(sources::LOG_LEVEL_KEY.to_vec(), b"debug".to_vec())],
         }
@@ -397,6 +404,7 @@ mod tests {
                 state: TpmState { nv: NvBlobs::new(), volatile: vec![0; MAX_VOLATILE_LEN + 1] },
                 kept: false,
                 version: 0,
+                incarnation: [0; 16],
             }),
             settings: vec![],
         };
@@ -416,7 +424,7 @@ mod tests {
             assert_eq!(ServiceState::decode(&state.encode().unwrap()), Ok(state));
         }
         let mut bytes = sample().encode().unwrap();
-        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 9;
+        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 9 - 16;
         assert_eq!(bytes[flags_at], VTPM_KEPT);
         for other in [2u8, 3, 0x80, 0xFF] {
             bytes[flags_at] = other;

@@ -20,7 +20,8 @@ use crate::svsm::Svsm;
 use abi::PAGE_SIZE;
 use abi::attest::{
     AttestServicesOp, AttestSingleServiceOp, BufferRecord, ManifestEntry, ManifestHeader, REPORT_SIZE,
-    SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_SERVICE_GUID,
+    SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_SERVICE_GUID,
+    VtpmLineageEntry,
 };
 use abi::guid::Guid;
 use abi::protocol::attest_call;
@@ -37,11 +38,17 @@ pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
 }
 
 /// The services that contribute to the manifest: (GUID, the service's attestation data).
-/// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC); the sealed
-/// state, when there is one, the committed state it runs on (`SealedStateEntry`).
-fn services<'a>(svsm: &'a Svsm, sealed: &'a Option<SealedStateEntry>) -> CallResult<Vec<(Guid, &'a [u8])>> {
-    let mut all = heap::with_capacity(2)?;
+/// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC) and its
+/// lineage (`VtpmLineageEntry`); the sealed state, when there is one, the committed state
+/// it runs on (`SealedStateEntry`).
+fn services<'a>(
+    svsm: &'a Svsm,
+    sealed: &'a Option<SealedStateEntry>,
+    lineage: &'a Option<VtpmLineageEntry>,
+) -> CallResult<Vec<(Guid, &'a [u8])>> {
+    let mut all = heap::with_capacity(3)?;
     all.extend(svsm.vtpm_ek().map(|ek| (VTPM_SERVICE_GUID, ek)));
+    all.extend(lineage.as_ref().map(|entry| (VTPM_LINEAGE_GUID, entry.as_bytes())));
     all.extend(sealed.as_ref().map(|entry| (SEALED_STATE_GUID, entry.as_bytes())));
     Ok(all)
 }
@@ -159,7 +166,8 @@ fn attest_inner<P: Platform + ?Sized>(
 
     // 3. What the SVSM will return, and whether it fits.
     let sealed = svsm.sealed_state_entry();
-    let all = services(svsm, &sealed)?;
+    let lineage = svsm.vtpm_lineage().map(|(lineage, kept)| lineage.entry(kept));
+    let all = services(svsm, &sealed, &lineage)?;
     let manifest = match service {
         None => manifest(&all)?,
         Some((guid, version)) => {
@@ -206,15 +214,17 @@ fn attest_inner<P: Platform + ?Sized>(
         }
     })?;
 
-    // 5. Out: report, manifest, certificates (each checked again as the copy goes).
-    if let Some(gpa) = report {
-        guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &signed[..])?;
-    }
+    // 5. Out: manifest, certificates, then the report (each checked again as the copy
+    // goes): another vCPU may have taken one of the pages since step 2, and then the call
+    // fails without a signed report left behind.
     if let Some(gpa) = manifest_buf.filter(|_| !manifest.is_empty()) {
         guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &manifest)?;
     }
     if let Some(gpa) = certs_buf.filter(|_| !certificates.is_empty()) {
         guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &certificates)?;
+    }
+    if let Some(gpa) = report {
+        guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &signed[..])?;
     }
     Ok(())
 }

@@ -222,6 +222,8 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
 pub struct Arrived {
     pub services: ServiceState,
     pub vtpm: Option<vtpm::Vtpm>,
+    /// The vTPM's new incarnation here (docs/migration.md, "The vTPM's lineage").
+    pub lineage: Option<kernel::vtpm_lineage::Lineage>,
     pub vcpus: u32,
 }
 
@@ -244,11 +246,17 @@ fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, Stri
                 .into(),
         );
     }
-    let vtpm = match &services.vtpm {
-        Some(snapshot) => Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?),
-        None => None,
+    let (vtpm, lineage) = match &services.vtpm {
+        Some(snapshot) => {
+            let mut incarnation = [0u8; 16];
+            rdrand(&mut incarnation).map_err(|_| "no entropy for the vTPM's new incarnation")?;
+            let lineage = kernel::vtpm_lineage::Lineage::arrived(snapshot.incarnation, snapshot.version, incarnation)
+                .ok_or("the vTPM's version cannot grow")?;
+            (Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?), Some(lineage))
+        }
+        None => (None, None),
     };
-    Ok(Arrived { services, vtpm, vcpus })
+    Ok(Arrived { services, vtpm, lineage, vcpus })
 }
 
 /// Where a side's time went (ns), printed when its session ends: a profile of the

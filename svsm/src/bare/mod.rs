@@ -230,30 +230,29 @@ fn arrive(
     // The guest is this SVSM's now: its vTPM's whole NV state goes into this SVSM's sealed
     // store (under this SVSM's key), replacing whatever the store kept for that TPM. If
     // that fails the vTPM does not start here: a TPM whose NV changes would not survive a
-    // reboot is not the one the guest had. It is kept under the version of the NV state
-    // it arrived with, so its lineage goes on here.
-    let version = arrived.services.vtpm.as_ref().map_or(0, |snapshot| snapshot.version);
-    let storage = keep.map(|sealed| {
-        alloc::boxed::Box::new(kernel::sealed::VtpmNv::open(sealed).1.arriving_at(version))
-            as alloc::boxed::Box<dyn ::vtpm::NvStorage>
-    });
-    match (arrived.vtpm, storage) {
-        (Some(mut v), Some(storage)) => match v.keep_in(storage) {
-            Ok(()) => {
-                println!(
-                    "vtpm: resumed from the source's state (the same EK) in its service process at CPL 3; its NV state is kept in this SVSM's sealed store"
-                );
-                svsm.install_vtpm(v);
+    // reboot is not the one the guest had. It is kept as the new incarnation the commit
+    // made (one version above where it left the source), so its lineage goes on here.
+    if let Some((mut v, lineage)) = arrived.vtpm.zip(arrived.lineage) {
+        match keep {
+            Some(sealed) => {
+                let storage = kernel::sealed::VtpmNv::open(sealed).1.arriving_at(lineage);
+                match v.keep_in(alloc::boxed::Box::new(storage)) {
+                    Ok(()) => {
+                        println!(
+                            "vtpm: resumed from the source's state (the same EK) in its service process at CPL 3; its NV state is kept in this SVSM's sealed store"
+                        );
+                        svsm.install_arrived_vtpm(v, lineage);
+                    }
+                    Err(e) => println!(
+                        "vtpm: the state that arrived could not be kept in the sealed store ({e:?}); the vTPM does not start"
+                    ),
+                }
             }
-            Err(e) => println!(
-                "vtpm: the state that arrived could not be kept in the sealed store ({e:?}); the vTPM does not start"
-            ),
-        },
-        (Some(v), None) => {
-            println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3");
-            svsm.install_vtpm(v);
+            None => {
+                println!("vtpm: resumed from the source's state (the same EK) in its service process at CPL 3");
+                svsm.install_arrived_vtpm(v, lineage);
+            }
         }
-        (None, _) => {}
     }
     let services = arrived.services;
     if let Err(e) = services.apply_settings(svsm, &mut platform.platform(0)) {

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --manifest FILE
                              (--certs FILE | --ark FILE --ask FILE --vcek FILE)
-                             [--service vtpm|sealed-state|GUID] [--json] [--require-amd-root]
+                             [--service vtpm|vtpm-lineage|sealed-state|GUID] [--json] [--require-amd-root]
                              [--state-ledger FILE [--instance NAME [--accept-new-store]]]
        bulwark attest demo --out DIR      (builds with the `model` feature only)
 
@@ -35,7 +35,7 @@ pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE
   --manifest FILE     the services manifest the SVSM returned (Linux: manifestblob)
   --certs FILE        the GHCB certificate table (Linux: auxblob)
   --ark/--ask/--vcek  the three certificates as separate files, DER or PEM
-  --service vtpm|sealed-state|GUID
+  --service vtpm|vtpm-lineage|sealed-state|GUID
                       the evidence came from SVSM_ATTEST_SINGLE_SERVICE for this service:
                       --manifest holds that service's data (for the vTPM, its EK public
                       area), not a services manifest
@@ -47,7 +47,11 @@ pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE
                       generation with another root (fork), and on evidence without a
                       sealed state (nothing to check). A new or newer state is written to
                       FILE (atomically) only when the evidence is accepted as a whole. A
-                      store id never seen is accepted, unless --instance says whose it is
+                      store id never seen is accepted, unless --instance says whose it is.
+                      FILE also follows each vTPM (by its EK) through its lineage: fail
+                      (check vtpm_ledger) on an older version of the TPM's state, on a
+                      copy that ran on after it moved by live migration, on a second copy
+                      moved from one state, and on a vTPM without a lineage entry
   --instance NAME     the VM instance the evidence comes from (1-128 bytes): FILE binds it
                       to the first store accepted for it, and fails (check state_instance)
                       on any other store for it (a blank disk, or another VM's) and on a
@@ -71,12 +75,16 @@ struct Options {
     accept_new_store: bool,
 }
 
-/// `vtpm`, `sealed-state`, or a GUID in its text form.
+/// `vtpm`, `vtpm-lineage`, `sealed-state`, or a GUID in its text form.
 fn parse_service(text: &str) -> Result<abi::guid::Guid, String> {
-    use abi::attest::{SEALED_STATE_GUID, VTPM_SERVICE_GUID};
-    let known = [("vtpm", VTPM_SERVICE_GUID), ("sealed-state", SEALED_STATE_GUID)];
+    use abi::attest::{SEALED_STATE_GUID, VTPM_LINEAGE_GUID, VTPM_SERVICE_GUID};
+    let known = [("vtpm", VTPM_SERVICE_GUID), ("vtpm-lineage", VTPM_LINEAGE_GUID), ("sealed-state", SEALED_STATE_GUID)];
     known.into_iter().find(|(name, g)| *name == text || g.to_string().eq_ignore_ascii_case(text)).map(|(_, g)| g).ok_or_else(
-        || format!("unknown service `{text}` (the SVSM has: vtpm = {VTPM_SERVICE_GUID}, sealed-state = {SEALED_STATE_GUID})"),
+        || {
+            format!(
+                "unknown service `{text}` (the SVSM has: vtpm = {VTPM_SERVICE_GUID}, vtpm-lineage = {VTPM_LINEAGE_GUID}, sealed-state = {SEALED_STATE_GUID})"
+            )
+        },
     )
 }
 
@@ -219,9 +227,13 @@ pub fn verify(args: &[String]) -> ExitCode {
 /// What happened to the ledger file, for the text verdict.
 fn ledger_note(verdict: &Verdict, path: &std::path::Path) -> String {
     let recorded = verdict.ledger.as_ref().is_some_and(|l| l.recorded);
+    let tpm = match verdict.vtpm_lineage {
+        Some(l) => format!(" and version {} of the vTPM's incarnation {}", l.version, attest::hex(&l.incarnation)),
+        None => String::new(),
+    };
     match verdict.sealed_state {
         Some(s) if recorded => format!(
-            "--state-ledger: {} now holds generation {} of store {}.\n",
+            "--state-ledger: {} now holds generation {} of store {}{tpm}.\n",
             path.display(),
             s.generation,
             attest::hex(&s.store_id)
@@ -422,8 +434,10 @@ mod tests {
         assert_eq!(json["sealed_state"]["generation"], 5);
         assert_eq!(json["ledger"]["outcome"], "first_seen");
         assert_eq!(json["ledger"]["accepted"], true);
+        assert_eq!(json["ledger"]["vtpm_outcome"], "first_seen");
+        assert_eq!(json["vtpm_lineage"]["version"], 1);
         let names: Vec<&str> = json["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names[names.len() - 2..], ["sealed_state", "state_ledger"]);
+        assert_eq!(names[names.len() - 4..], ["vtpm_lineage", "sealed_state", "state_ledger", "vtpm_ledger"]);
         let note = ledger_note(&verdict, std::path::Path::new("l.json"));
         assert_eq!(note, "--state-ledger: l.json unchanged.\n");
     }

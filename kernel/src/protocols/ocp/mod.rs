@@ -156,7 +156,20 @@ fn read_log<P: Platform + ?Sized>(
     Ok(copied as u64)
 }
 
+/// Settings and the change-event ring are the SVSM's, one for the whole guest: only the
+/// most privileged guest VMPL may change them. A less privileged one (VMPL2/3, hostile to
+/// VMPL1 by the threat model) could otherwise silence the log for every later boot (the
+/// level is kept in the sealed state) or take VMPL1's ring away.
+fn top_only(ctx: &CallContext) -> CallResult<()> {
+    if ctx.caller.is_top() {
+        Ok(())
+    } else {
+        Err(CallError::InvalidRequest("settings and change events are the most privileged guest VMPL's"))
+    }
+}
+
 fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<u64> {
+    top_only(ctx)?;
     let index = u32_reg(ctx.regs.rcx, "source index has bits above 31")?;
     let source = *svsm.ocp.get(index).ok_or(CallError::InvalidParameter("no source with this index"))?;
     let SourceKind::Setting(setting) = source.kind else {
@@ -217,8 +230,8 @@ fn read_register<P: Platform + ?Sized>(svsm: &Svsm, p: &P, ctx: &CallContext) ->
     register_value(svsm, p, u32_reg(ctx.regs.rcx, "source index has bits above 31")?)
 }
 
-/// Several register-sized sources in one snapshot: all are read before any is written,
-/// and nothing is written if one of them cannot be read.
+/// Several register-sized sources in one call (one after the other, not atomically): all
+/// are read before any is written, and nothing is written if one of them cannot be read.
 fn read_batch<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
     let count = u32_reg(ctx.regs.r8, "count has bits above 31")? as usize;
     if count == 0 || count > BATCH_MAX {
@@ -241,8 +254,12 @@ fn read_batch<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
 
 /// NOTIFY: start (RCX = a page of the guest's) or stop (RCX = 0) change events.
 fn notify<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> CallResult<()> {
+    top_only(ctx)?;
     if ctx.regs.rcx == 0 {
-        *svsm.ocp.notify.lock() = None;
+        // The flag changes under the ring's lock, so it always says whether a ring is
+        // set, whatever order two vCPUs' NOTIFYs run in.
+        let mut slot = svsm.ocp.notify.lock();
+        *slot = None;
         svsm.ocp.notify_active.store(false, Ordering::Release);
         return Ok(());
     }
@@ -251,16 +268,13 @@ fn notify<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Ca
         return Err(CallError::InvalidParameter("the ring must be a whole page"));
     }
     // The ring is written at the end of later calls: a page the guest owns outright, not
-    // one the SVSM holds for something else (a calling area, a VMSA, the secrets page).
-    let page = crate::addr::PageRange::covering(gpa, abi::PAGE_SIZE)
-        .ok_or(CallError::address(gpa, crate::error::AddressConflict::NotRam))?;
-    svsm.pages.check_target(page).map_err(|(pg, why)| CallError::address(pg.gpa(), why))?;
-    if let Some(pfn) = svsm.pages.first_unvalidated(page) {
-        return Err(CallError::address(Gpa(pfn << 12), crate::error::AddressConflict::NotValidated));
-    }
-    ctx.caller.check(p, page, crate::caller::Access::Write)?;
-    guest_memory::write_bytes(p, ctx.view(&svsm.pages), gpa, &[0u8; abi::ocp::ring::SLOTS_OFFSET])?;
-    *svsm.ocp.notify.lock() = Some(sources::NotifyRing {
+    // one the SVSM holds for something else (a calling area, a VMSA, the secrets page),
+    // checked under the page's lock as it is cleared.
+    let outright = guest_memory::GuestView::owned_outright(&svsm.pages, ctx.caller);
+    guest_memory::check_writable(p, outright, gpa, abi::ocp::ring::LEN)?;
+    guest_memory::write_bytes(p, outright, gpa, &[0u8; abi::ocp::ring::SLOTS_OFFSET])?;
+    let mut slot = svsm.ocp.notify.lock();
+    *slot = Some(sources::NotifyRing {
         gpa,
         caller: ctx.caller,
         head: 0,
@@ -306,13 +320,11 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) {
         return;
     }
     // Still a page the guest owns outright: it may have made it a calling area or a
-    // VMSA since, and the SVSM does not write events over those.
-    let still_the_guests =
-        crate::addr::PageRange::covering(r.gpa, abi::PAGE_SIZE).is_some_and(|pg| svsm.pages.check_target(pg).is_ok());
-    let view = guest_memory::GuestView::new(&svsm.pages, r.caller);
+    // VMSA since, and the SVSM does not write events over those. Each access checks that
+    // under the page's lock.
+    let view = guest_memory::GuestView::owned_outright(&svsm.pages, r.caller);
     let mut tail = [0u8; 4];
-    let ok = still_the_guests
-        && guest_memory::read_bytes(p, view, Gpa(r.gpa.0 + ring::TAIL as u64), &mut tail).is_ok()
+    let ok = guest_memory::read_bytes(p, view, Gpa(r.gpa.0 + ring::TAIL as u64), &mut tail).is_ok()
         && events.iter().all(|index| {
             if r.head.wrapping_sub(u32::from_le_bytes(tail)) >= ring::SLOTS {
                 r.dropped = r.dropped.wrapping_add(1);
@@ -331,7 +343,9 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) {
         r.written = events;
         *slot = Some(r);
     } else {
+        // Still under the ring's lock: a NOTIFY on another vCPU waits for it.
         svsm.ocp.notify_active.store(false, Ordering::Release);
+        drop(slot);
         crate::log!(p, Warn, "ocp: the change-event ring at {:#x} is no longer usable; events stopped", r.gpa.0);
     }
 }
