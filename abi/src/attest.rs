@@ -111,10 +111,13 @@ pub const SEALED_STATE_REWRAPPED: u32 = 2;
 pub const VTPM_LINEAGE_GUID: Guid =
     Guid::from_fields(0xbc7c7748, 0x6b98, 0x488c, [0xb5, 0x96, 0x93, 0x8f, 0x75, 0x7b, 0x1d, 0x93]);
 
-/// The vTPM lineage's manifest entry. A vTPM's *incarnation* is one place it lives: made
-/// when it is manufactured, and again each time a live migration's destination takes it.
-/// Within an incarnation the version grows with every NV commit (when the sealed state
-/// keeps it); a new incarnation names the incarnation and version it came from.
+/// The vTPM lineage's manifest entry: this header, then `ancestors` ×
+/// [`VtpmAncestor`], newest first (the parent first). A vTPM's *incarnation* is one place
+/// it lives: made when it is manufactured, and again each time a live migration's
+/// destination takes it. Within an incarnation the version grows with every NV commit
+/// (when the sealed state keeps it); a new incarnation starts one version above where it
+/// left its parent, and names its ancestors (at most [`VTPM_LINEAGE_MAX_ANCESTORS`], the
+/// oldest dropped first) so that a verifier that missed some moves can still place it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct VtpmLineageEntry {
@@ -122,16 +125,25 @@ pub struct VtpmLineageEntry {
     pub version: u64,
     /// This incarnation's id.
     pub incarnation: [u8; 16],
-    /// The incarnation it came from by live migration; all zero if manufactured here.
-    pub parent: [u8; 16],
-    /// The parent's version when it left (this incarnation started at one more); zero if
-    /// manufactured here.
-    pub parent_version: u64,
     /// [`VTPM_LINEAGE_KEPT`] or zero.
     pub flags: u32,
-    pub reserved: u32,
+    /// How many [`VtpmAncestor`]s follow; zero if manufactured here.
+    pub ancestors: u32,
 }
-crate::assert_size!(VtpmLineageEntry, 0x38);
+crate::assert_size!(VtpmLineageEntry, 0x20);
+
+/// One ancestor in a lineage entry: an incarnation and the version at which the TPM left
+/// it (its child started at one more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VtpmAncestor {
+    pub incarnation: [u8; 16],
+    pub left_at: u64,
+}
+crate::assert_size!(VtpmAncestor, 0x18);
+
+/// Most ancestors a lineage entry names.
+pub const VTPM_LINEAGE_MAX_ANCESTORS: usize = 32;
 
 /// Flag: the sealed state keeps this vTPM across reboots (its NV commits count versions).
 /// Without it the vTPM lives in memory only, and its version changes only when it moves.

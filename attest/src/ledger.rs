@@ -388,8 +388,8 @@ pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
 /// is refused: rollback protection was asked for and there is nothing to check. The
 /// outcome, `None` when there is no vTPM or no lineage.
 fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> {
-    let ek = verdict.vtpm_ek_sha256.as_deref()?;
-    let (Some(lineage), Some(digest)) = (verdict.vtpm_lineage, unhex::<32>(ek)) else {
+    let ek = verdict.vtpm_ek_sha256.clone()?;
+    let (Some(lineage), Some(digest)) = (verdict.vtpm_lineage.clone(), unhex::<32>(&ek)) else {
         push_named(
             verdict,
             "vtpm_ledger",
@@ -399,7 +399,7 @@ fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> 
     };
     let outcome = ledger.apply_vtpm(&digest, &lineage);
     let (id, version) = (hex(&lineage.incarnation), lineage.version);
-    let parent = lineage.parent.map(|p| hex(&p)).unwrap_or_default();
+    let parent = lineage.parent().map(|p| hex(&p.incarnation)).unwrap_or_default();
     let detail = match outcome {
         TpmOutcome::FirstSeen => Ok(format!("vTPM {ek} first seen: version {version} of incarnation {id}")),
         TpmOutcome::Same => Ok(format!("version {version} of incarnation {id}, as accepted before")),
@@ -407,9 +407,9 @@ fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> 
             Ok(format!("version {version} of incarnation {id}, newer than version {previous} accepted before"))
         }
         TpmOutcome::Moved { parent_seen } => Ok(format!(
-            "incarnation {id} moved from {parent}{} at version {}",
-            if parent_seen { "" } else { " (not seen before)" },
-            lineage.parent_version
+            "incarnation {id} moved from {parent} at version {}{}",
+            lineage.parent().map_or(0, |p| p.left_at),
+            if parent_seen { "" } else { " (placed by an earlier ancestor: the moves between were not seen)" }
         )),
         TpmOutcome::Rollback { newest } => Err(format!(
             "ROLLBACK: version {version} of incarnation {id} is older than version {newest} accepted before"
@@ -419,17 +419,13 @@ fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> 
             hex(&to)
         )),
         TpmOutcome::Fork { sibling: Some(sibling) } => Err(format!(
-            "FORK: incarnation {id} claims to come from {parent}, which moved to {} before: a second copy",
+            "FORK: incarnation {id} comes from a line that moved on to {} before: a second copy",
             hex(&sibling)
         )),
-        TpmOutcome::Fork { sibling: None } => Err(match lineage.parent {
-            Some(_) => format!(
-                "FORK: incarnation {id} left {parent} at version {}, older than the version {} accepted for it",
-                lineage.parent_version,
-                ledger.vtpms.get(&digest, &lineage.parent.unwrap_or_default()).map_or(0, |p| p.newest)
-            ),
-            None => format!("FORK: incarnation {id} claims to be a new manufacture of a TPM the ledger knows"),
-        }),
+        TpmOutcome::Fork { sibling: None } => Err(format!(
+            "FORK: incarnation {id} left its line at an older version than accepted, names another origin, \
+             or names no incarnation of this TPM the ledger knows"
+        )),
     };
     push_named(verdict, "vtpm_ledger", detail);
     Some(outcome)

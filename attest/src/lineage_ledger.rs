@@ -9,15 +9,20 @@
 //!   image booted);
 //! - an incarnation that moved on (`moved_away`: after a live migration the source never
 //!   runs its TPM again, so its evidence now comes from an old disk image of it);
-//! - a second incarnation taken from one parent, or one taken from an older state of its
-//!   parent than the newest accepted, or a second TPM manufactured with one EK (`fork`).
+//! - a new incarnation whose line of ancestors leaves the line the ledger knows: the
+//!   nearest ancestor it knows moved on to another incarnation, or the TPM left it at an
+//!   older version than accepted, or no ancestor it names is known for a TPM the ledger
+//!   knows (`fork`).
 //!
-//! An incarnation whose parent the ledger never saw is accepted (`moved`): the ledger
-//! records the parent as having moved on to it, so a second child of that parent is a
-//! fork even then. What it cannot see, it cannot refuse: a copy whose every ancestor the
-//! relying party never attested looks like an honest TPM.
+//! The ancestors an incarnation names (up to 32, the parent first) let the ledger place it
+//! even when it missed the moves in between: it records them as having moved on, each to
+//! the next, so a second line from any of them is a fork. What it cannot see, it cannot
+//! refuse: a copy whose every ancestor the relying party never attested looks like an
+//! honest TPM, and the first of two lines the ledger sees is the one it follows.
 
 use crate::hex;
+#[cfg(test)]
+use crate::manifest::Ancestor;
 use crate::manifest::VtpmLineage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -96,39 +101,63 @@ impl TpmLineages {
     /// What the ledger says about `lineage` of the TPM with EK digest `ek`, unchanged.
     pub fn outcome(&self, ek: &[u8; 32], lineage: &VtpmLineage) -> TpmOutcome {
         let Some(known) = self.0.get(ek) else { return TpmOutcome::FirstSeen };
+        let parent = lineage.parent().map(|p| (p.incarnation, p.left_at));
         if let Some(seen) = known.get(&lineage.incarnation) {
             return match seen.moved_to {
                 Some(to) => TpmOutcome::MovedAway { to },
+                // An incarnation has one origin: another one is not this incarnation.
+                None if seen.parent.is_some() && seen.parent != parent => TpmOutcome::Fork { sibling: None },
                 None if lineage.version < seen.newest => TpmOutcome::Rollback { newest: seen.newest },
                 None if lineage.version == seen.newest => TpmOutcome::Same,
                 None => TpmOutcome::Newer { previous: seen.newest },
             };
         }
-        // A new incarnation of a known TPM: it must have come from a parent, and be that
-        // parent's only child, taken at or after its newest accepted version.
-        let Some(parent) = lineage.parent else { return TpmOutcome::Fork { sibling: None } };
-        match known.get(&parent) {
-            None => TpmOutcome::Moved { parent_seen: false },
-            Some(Incarnation { moved_to: Some(sibling), .. }) => TpmOutcome::Fork { sibling: Some(*sibling) },
-            Some(seen) if lineage.parent_version < seen.newest => TpmOutcome::Fork { sibling: None },
-            Some(_) => TpmOutcome::Moved { parent_seen: true },
+        // A new incarnation of a known TPM: its nearest ancestor the ledger knows must have
+        // moved on to the next one in its line (or not yet moved), at or after its newest
+        // accepted version.
+        let mut child = lineage.incarnation;
+        for (i, ancestor) in lineage.ancestors.iter().enumerate() {
+            if let Some(seen) = known.get(&ancestor.incarnation) {
+                return match seen.moved_to {
+                    Some(to) if to != child => TpmOutcome::Fork { sibling: Some(to) },
+                    _ if ancestor.left_at < seen.newest => TpmOutcome::Fork { sibling: None },
+                    _ => TpmOutcome::Moved { parent_seen: i == 0 },
+                };
+            }
+            child = ancestor.incarnation;
         }
+        // None of its line is known, though the TPM is: another manufacture of one EK, or
+        // a line that left the known one more than 32 moves ago.
+        TpmOutcome::Fork { sibling: None }
     }
 
-    /// [`Self::outcome`], and what an accepted lineage teaches is recorded.
+    /// [`Self::outcome`], and what an accepted lineage teaches is recorded: the
+    /// incarnation, and each of its ancestors up to the nearest one known, as having moved
+    /// on to the next.
     pub fn apply(&mut self, ek: &[u8; 32], lineage: &VtpmLineage) -> TpmOutcome {
         let outcome = self.outcome(ek, lineage);
         if !outcome.learns() {
             return outcome;
         }
         let known = self.0.entry(*ek).or_default();
-        let parent = lineage.parent.map(|p| (p, lineage.parent_version));
-        if let Some((parent, left_at)) = parent
-            && matches!(outcome, TpmOutcome::Moved { .. } | TpmOutcome::FirstSeen)
-        {
-            let entry = known.entry(parent).or_insert(Incarnation { parent: None, newest: left_at, moved_to: None });
-            entry.newest = entry.newest.max(left_at);
-            entry.moved_to = Some(lineage.incarnation);
+        let parent = lineage.parent().map(|p| (p.incarnation, p.left_at));
+        if matches!(outcome, TpmOutcome::Moved { .. } | TpmOutcome::FirstSeen) {
+            let mut child = lineage.incarnation;
+            for (i, ancestor) in lineage.ancestors.iter().enumerate() {
+                let origin = lineage.ancestors.get(i + 1).map(|a| (a.incarnation, a.left_at));
+                let was_known = known.contains_key(&ancestor.incarnation);
+                let entry = known.entry(ancestor.incarnation).or_insert(Incarnation {
+                    parent: origin,
+                    newest: ancestor.left_at,
+                    moved_to: None,
+                });
+                entry.newest = entry.newest.max(ancestor.left_at);
+                entry.moved_to = Some(child);
+                if was_known {
+                    break;
+                }
+                child = ancestor.incarnation;
+            }
         }
         known.entry(lineage.incarnation).and_modify(|seen| seen.newest = lineage.version).or_insert(Incarnation {
             parent,
@@ -208,11 +237,15 @@ mod tests {
     const HOME: [u8; 16] = [0x01; 16];
 
     fn manufactured(version: u64) -> VtpmLineage {
-        VtpmLineage { version, incarnation: HOME, parent: None, parent_version: 0, kept: true }
+        VtpmLineage { version, incarnation: HOME, ancestors: vec![], kept: true }
     }
 
-    fn moved(id: u8, parent: [u8; 16], parent_version: u64, version: u64) -> VtpmLineage {
-        VtpmLineage { version, incarnation: [id; 16], parent: Some(parent), parent_version, kept: true }
+    /// Incarnation `[id; 16]` at `version`, its ancestors (incarnation, left at) the parent
+    /// first.
+    fn moved(id: u8, ancestors: &[([u8; 16], u64)], version: u64) -> VtpmLineage {
+        let ancestors =
+            ancestors.iter().map(|(incarnation, left_at)| Ancestor { incarnation: *incarnation, left_at: *left_at });
+        VtpmLineage { version, incarnation: [id; 16], ancestors: ancestors.collect(), kept: true }
     }
 
     #[test]
@@ -222,11 +255,50 @@ mod tests {
         assert_eq!(l.apply(&EK, &manufactured(3)), TpmOutcome::Same);
         assert_eq!(l.apply(&EK, &manufactured(5)), TpmOutcome::Newer { previous: 3 });
         // It moves at version 6 (a write the ledger did not see), then writes on.
-        assert_eq!(l.apply(&EK, &moved(2, HOME, 6, 7)), TpmOutcome::Moved { parent_seen: true });
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 6)], 7)), TpmOutcome::Moved { parent_seen: true });
         assert_eq!(l.get(&EK, &HOME).map(|s| (s.newest, s.moved_to)), Some((6, Some([2; 16]))));
-        assert_eq!(l.apply(&EK, &moved(2, HOME, 6, 9)), TpmOutcome::Newer { previous: 7 });
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 6)], 9)), TpmOutcome::Newer { previous: 7 });
         // And on again, seen only at its next home.
-        assert_eq!(l.apply(&EK, &moved(3, [2; 16], 9, 10)), TpmOutcome::Moved { parent_seen: true });
+        assert_eq!(l.apply(&EK, &moved(3, &[([2; 16], 9), (HOME, 6)], 10)), TpmOutcome::Moved { parent_seen: true });
+        // Two moves the ledger did not see: placed by the ancestors it names.
+        let far = moved(5, &[([4; 16], 12), ([3; 16], 11), ([2; 16], 9), (HOME, 6)], 13);
+        assert_eq!(l.apply(&EK, &far), TpmOutcome::Moved { parent_seen: false });
+        assert_eq!(l.get(&EK, &[3; 16]).and_then(|i| i.moved_to), Some([4; 16]));
+        assert_eq!(l.get(&EK, &[4; 16]).and_then(|i| i.moved_to), Some([5; 16]));
+    }
+
+    /// The reviewer's laundering: an old image of the TPM booted and moved twice before
+    /// the relying party looks (X, then Y). Y names X and HOME; whichever line the ledger
+    /// saw first, the other is a fork.
+    #[test]
+    fn a_copy_moved_on_unseen_is_still_placed_by_its_ancestors() {
+        let copy = moved(0x0b, &[([0x0a; 16], 6), (HOME, 5)], 7);
+        let honest = moved(2, &[(HOME, 5)], 6);
+        // The honest move seen first: the copy's line leaves HOME for another child.
+        let mut l = TpmLineages::default();
+        l.apply(&EK, &manufactured(5));
+        l.apply(&EK, &honest);
+        assert_eq!(l.apply(&EK, &copy), TpmOutcome::Fork { sibling: Some([2; 16]) });
+        // The copy seen first: it is followed, and the honest one is the fork.
+        let mut l = TpmLineages::default();
+        l.apply(&EK, &manufactured(5));
+        assert_eq!(l.apply(&EK, &copy), TpmOutcome::Moved { parent_seen: false });
+        assert_eq!(l.apply(&EK, &honest), TpmOutcome::Fork { sibling: Some([0x0a; 16]) });
+    }
+
+    #[test]
+    fn a_line_that_names_no_known_ancestor_of_a_known_tpm_is_a_fork() {
+        let mut l = TpmLineages::default();
+        l.apply(&EK, &manufactured(5));
+        assert_eq!(l.apply(&EK, &moved(7, &[([6; 16], 3)], 4)), TpmOutcome::Fork { sibling: None });
+    }
+
+    #[test]
+    fn a_known_incarnation_with_another_origin_is_a_fork() {
+        let mut l = TpmLineages::default();
+        l.apply(&EK, &manufactured(5));
+        l.apply(&EK, &moved(2, &[(HOME, 5)], 6));
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 4)], 6)), TpmOutcome::Fork { sibling: None });
     }
 
     #[test]
@@ -244,7 +316,7 @@ mod tests {
     fn an_incarnation_that_moved_on_is_refused() {
         let mut l = TpmLineages::default();
         l.apply(&EK, &manufactured(5));
-        l.apply(&EK, &moved(2, HOME, 5, 6));
+        l.apply(&EK, &moved(2, &[(HOME, 5)], 6));
         for version in [4, 5, 6, 50] {
             assert_eq!(l.apply(&EK, &manufactured(version)), TpmOutcome::MovedAway { to: [2; 16] });
         }
@@ -259,13 +331,13 @@ mod tests {
             if parent_seen {
                 l.apply(&EK, &manufactured(5));
             }
-            let first = l.apply(&EK, &moved(2, HOME, 5, 6));
+            let first = l.apply(&EK, &moved(2, &[(HOME, 5)], 6));
             assert!(first.accepted(), "{first:?}");
             let before = l.clone();
-            assert_eq!(l.apply(&EK, &moved(3, HOME, 5, 6)), TpmOutcome::Fork { sibling: Some([2; 16]) });
-            assert_eq!(l.apply(&EK, &moved(3, HOME, 4, 9)), TpmOutcome::Fork { sibling: Some([2; 16]) });
+            assert_eq!(l.apply(&EK, &moved(3, &[(HOME, 5)], 6)), TpmOutcome::Fork { sibling: Some([2; 16]) });
+            assert_eq!(l.apply(&EK, &moved(3, &[(HOME, 4)], 9)), TpmOutcome::Fork { sibling: Some([2; 16]) });
             assert_eq!(l, before);
-            assert_eq!(l.apply(&EK, &moved(2, HOME, 5, 6)), TpmOutcome::Same, "the first child goes on");
+            assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 5)], 6)), TpmOutcome::Same, "the first child goes on");
         }
     }
 
@@ -273,8 +345,8 @@ mod tests {
     fn a_child_of_an_older_state_than_accepted_is_a_fork() {
         let mut l = TpmLineages::default();
         l.apply(&EK, &manufactured(8));
-        assert_eq!(l.apply(&EK, &moved(2, HOME, 7, 8)), TpmOutcome::Fork { sibling: None });
-        assert_eq!(l.apply(&EK, &moved(2, HOME, 8, 9)), TpmOutcome::Moved { parent_seen: true });
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 7)], 8)), TpmOutcome::Fork { sibling: None });
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 8)], 9)), TpmOutcome::Moved { parent_seen: true });
     }
 
     #[test]

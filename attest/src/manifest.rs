@@ -10,8 +10,8 @@
 
 use abi::attest::{
     ManifestEntry, ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SEALED_STATE_REWRAPPED,
-    SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_LINEAGE_KEPT, VTPM_SERVICE_GUID,
-    VtpmLineageEntry,
+    SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_LINEAGE_KEPT, VTPM_LINEAGE_MAX_ANCESTORS,
+    VTPM_SERVICE_GUID, VtpmAncestor, VtpmLineageEntry,
 };
 use abi::guid::Guid;
 use serde::Serialize;
@@ -245,9 +245,9 @@ pub fn encode_sealed_state(state: &SealedState) -> Vec<u8> {
 }
 
 /// Where the SVSM's vTPM stands in its lineage, from the manifest's lineage entry
-/// ([`VTPM_LINEAGE_GUID`], data [`VtpmLineageEntry`]; docs/migration.md, "The vTPM's
-/// lineage").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// ([`VTPM_LINEAGE_GUID`], data [`VtpmLineageEntry`] and its ancestors; docs/migration.md,
+/// "The vTPM's lineage").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VtpmLineage {
     /// The version of the vTPM's NV state.
     pub version: u64,
@@ -255,27 +255,39 @@ pub struct VtpmLineage {
     /// migration's destination).
     #[serde(serialize_with = "as_hex")]
     pub incarnation: [u8; 16],
-    /// The incarnation it came from by migration, `None` if manufactured there.
-    #[serde(serialize_with = "as_hex_or_none")]
-    pub parent: Option<[u8; 16]>,
-    /// The parent's version when it left.
-    pub parent_version: u64,
+    /// The incarnations it came from, the parent first, each with the version at which
+    /// the TPM left it; empty if manufactured there.
+    pub ancestors: Vec<Ancestor>,
     /// A sealed state keeps the vTPM across reboots ([`VTPM_LINEAGE_KEPT`]).
     pub kept: bool,
 }
 
-fn as_hex_or_none<S: serde::Serializer>(bytes: &Option<[u8; 16]>, s: S) -> Result<S::Ok, S::Error> {
-    match bytes {
-        Some(bytes) => s.serialize_str(&crate::hex(bytes)),
-        None => s.serialize_none(),
+/// One ancestor of an incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Ancestor {
+    #[serde(serialize_with = "as_hex")]
+    pub incarnation: [u8; 16],
+    pub left_at: u64,
+}
+
+impl VtpmLineage {
+    /// The incarnation it came from, if it came by migration.
+    pub fn parent(&self) -> Option<Ancestor> {
+        self.ancestors.first().copied()
     }
 }
 
 impl fmt::Display for VtpmLineage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "version {} of incarnation {}", self.version, crate::hex(&self.incarnation))?;
-        match self.parent {
-            Some(parent) => write!(f, ", moved from {} at version {}", crate::hex(&parent), self.parent_version)?,
+        match self.parent() {
+            Some(p) => write!(
+                f,
+                ", moved from {} at version {} ({} ancestor(s) named)",
+                crate::hex(&p.incarnation),
+                p.left_at,
+                self.ancestors.len()
+            )?,
             None => write!(f, ", manufactured there")?,
         }
         if !self.kept {
@@ -288,24 +300,22 @@ impl fmt::Display for VtpmLineage {
 /// Why a vTPM lineage entry was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VtpmLineageError {
-    /// The entry is not the 56 bytes of a `VtpmLineageEntry`.
+    /// Not a 32-byte header followed by exactly the ancestors it counts (at most
+    /// [`VTPM_LINEAGE_MAX_ANCESTORS`]).
     Length { len: usize },
     /// Flags this verifier does not know.
     UnknownFlags { flags: u32 },
-    /// The reserved field is not zero.
-    Reserved { value: u32 },
-    /// The fields contradict each other: a parent with a version that does not follow
-    /// from it, or no parent with a parent version.
+    /// The versions do not follow along the ancestors (each incarnation starts one above
+    /// where it left its parent and only grows), or an incarnation is named twice.
     Inconsistent,
 }
 
 impl fmt::Display for VtpmLineageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Length { len } => write!(f, "{len} bytes, expected {}", size_of::<VtpmLineageEntry>()),
+            Self::Length { len } => write!(f, "{len} bytes is not a lineage header and its ancestors"),
             Self::UnknownFlags { flags } => write!(f, "unknown flags {flags:#x}"),
-            Self::Reserved { value } => write!(f, "reserved field {value:#x}, must be 0"),
-            Self::Inconsistent => write!(f, "its version does not follow from its parent's"),
+            Self::Inconsistent => write!(f, "its versions do not follow along its ancestors"),
         }
     }
 }
@@ -320,46 +330,54 @@ pub fn vtpm_lineage(services: &[Service]) -> Result<Option<VtpmLineage>, VtpmLin
     }
 }
 
-/// One vTPM lineage entry's data. An incarnation that came from a parent starts one
-/// version above where the parent left and grows from there; one manufactured there names
-/// no parent and no parent version.
+/// One vTPM lineage entry's data. Along the ancestors, each left its parent at a lower
+/// version than it was itself left at (a child starts one above and only grows), the
+/// incarnation runs past where it left its parent, and no incarnation is named twice.
 pub fn parse_vtpm_lineage(data: &[u8]) -> Result<VtpmLineage, VtpmLineageError> {
-    let entry = VtpmLineageEntry::read_from_bytes(data).map_err(|_| VtpmLineageError::Length { len: data.len() })?;
+    let length = || VtpmLineageError::Length { len: data.len() };
+    let (entry, rest) = VtpmLineageEntry::read_from_prefix(data).map_err(|_| length())?;
+    let count = entry.ancestors as usize;
+    if count > VTPM_LINEAGE_MAX_ANCESTORS || rest.len() != count * size_of::<VtpmAncestor>() {
+        return Err(length());
+    }
     if entry.flags & !VTPM_LINEAGE_KEPT != 0 {
         return Err(VtpmLineageError::UnknownFlags { flags: entry.flags });
     }
-    if entry.reserved != 0 {
-        return Err(VtpmLineageError::Reserved { value: entry.reserved });
-    }
-    let parent = (entry.parent != [0; 16]).then_some(entry.parent);
-    let consistent = match parent {
-        Some(_) => entry.parent_version < entry.version,
-        None => entry.parent_version == 0,
-    };
-    if !consistent {
-        return Err(VtpmLineageError::Inconsistent);
+    let ancestors: Vec<Ancestor> = rest
+        .chunks_exact(size_of::<VtpmAncestor>())
+        .filter_map(|raw| VtpmAncestor::read_from_bytes(raw).ok())
+        .map(|a| Ancestor { incarnation: a.incarnation, left_at: a.left_at })
+        .collect();
+    let mut newer = entry.version;
+    let mut seen = vec![entry.incarnation];
+    for a in &ancestors {
+        if a.left_at >= newer || seen.contains(&a.incarnation) {
+            return Err(VtpmLineageError::Inconsistent);
+        }
+        newer = a.left_at;
+        seen.push(a.incarnation);
     }
     Ok(VtpmLineage {
         version: entry.version,
         incarnation: entry.incarnation,
-        parent,
-        parent_version: entry.parent_version,
+        ancestors,
         kept: entry.flags & VTPM_LINEAGE_KEPT != 0,
     })
 }
 
 /// A vTPM lineage entry's data, as the SVSM writes it (for tests and tools).
 pub fn encode_vtpm_lineage(lineage: &VtpmLineage) -> Vec<u8> {
-    VtpmLineageEntry {
+    let header = VtpmLineageEntry {
         version: lineage.version,
         incarnation: lineage.incarnation,
-        parent: lineage.parent.unwrap_or([0; 16]),
-        parent_version: lineage.parent_version,
         flags: if lineage.kept { VTPM_LINEAGE_KEPT } else { 0 },
-        reserved: 0,
+        ancestors: lineage.ancestors.len() as u32,
+    };
+    let mut out = header.as_bytes().to_vec();
+    for a in &lineage.ancestors {
+        out.extend_from_slice(VtpmAncestor { incarnation: a.incarnation, left_at: a.left_at }.as_bytes());
     }
-    .as_bytes()
-    .to_vec()
+    out
 }
 
 /// The name of a known service.
@@ -482,53 +500,56 @@ mod tests {
         assert!(rewrapped.to_string().ends_with("(re-wrapped at this boot from an older TCB's or SVN's key)"));
     }
 
-    fn lineage(version: u64, parent: Option<([u8; 16], u64)>) -> VtpmLineage {
-        let (parent, parent_version) = match parent {
-            Some((p, v)) => (Some(p), v),
-            None => (None, 0),
-        };
-        VtpmLineage { version, incarnation: [0x1c; 16], parent, parent_version, kept: true }
+    fn lineage(version: u64, ancestors: &[(u8, u64)]) -> VtpmLineage {
+        let ancestors = ancestors.iter().map(|(id, left_at)| Ancestor { incarnation: [*id; 16], left_at: *left_at });
+        VtpmLineage { version, incarnation: [0x1c; 16], ancestors: ancestors.collect(), kept: true }
     }
 
     #[test]
     fn vtpm_lineage_round_trips_and_is_absent_without_its_entry() {
-        for l in [lineage(3, None), lineage(8, Some(([0xaa; 16], 7))), VtpmLineage { kept: false, ..lineage(0, None) }]
-        {
+        let not_kept = VtpmLineage { kept: false, ..lineage(0, &[]) };
+        for l in [lineage(3, &[]), lineage(8, &[(0xaa, 7)]), lineage(9, &[(0xaa, 7), (0xbb, 2)]), not_kept] {
             let data = encode_vtpm_lineage(&l);
-            assert_eq!(data.len(), 56);
+            assert_eq!(data.len(), 32 + 24 * l.ancestors.len());
             let m = encode(&[(VTPM_SERVICE_GUID, b"ek"), (VTPM_LINEAGE_GUID, &data)]).unwrap();
             let services = parse(&m).unwrap();
             assert_eq!(vtpm_lineage(&services), Ok(Some(l)));
             assert_eq!(service_name(&services[1].guid), Some("vTPM lineage"));
             assert_eq!(vtpm_lineage(&services[..1]), Ok(None));
         }
-        let moved = describe(&Service {
-            guid: VTPM_LINEAGE_GUID,
-            data: encode_vtpm_lineage(&lineage(8, Some(([0xaa; 16], 7)))),
-        });
+        let data = encode_vtpm_lineage(&lineage(8, &[(0xaa, 7)]));
+        let moved = describe(&Service { guid: VTPM_LINEAGE_GUID, data });
         assert!(moved.starts_with("version 8 of incarnation 1c1c") && moved.contains("moved from aaaa"), "{moved}");
     }
 
     #[test]
     fn malformed_vtpm_lineage_is_an_error() {
-        let good = encode_vtpm_lineage(&lineage(8, Some(([0xaa; 16], 7))));
-        for len in [0, 55, 57] {
+        let good = encode_vtpm_lineage(&lineage(8, &[(0xaa, 7)]));
+        for len in [0, 31, 55, 57] {
             let mut data = good.clone();
             data.resize(len, 0);
             assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::Length { len }));
         }
         let mut data = good.clone();
-        data[48] = 3;
-        assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::UnknownFlags { flags: 3 }));
+        data[28] = 2;
+        assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::Length { len: 56 }), "counts two, has one");
+        let mut data = encode_vtpm_lineage(&lineage(0, &[]));
+        data[28..32].copy_from_slice(&33u32.to_le_bytes());
+        data.resize(32 + 33 * 24, 0);
+        assert!(matches!(parse_vtpm_lineage(&data), Err(VtpmLineageError::Length { .. })), "too many ancestors");
         let mut data = good.clone();
-        data[55] = 1;
-        assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::Reserved { value: 0x0100_0000 }));
-        // A child at or below where its parent left; no parent but a parent version.
-        let child_at_parent = encode_vtpm_lineage(&lineage(7, Some(([0xaa; 16], 7))));
-        assert_eq!(parse_vtpm_lineage(&child_at_parent), Err(VtpmLineageError::Inconsistent));
-        let mut orphan = encode_vtpm_lineage(&lineage(7, None));
-        orphan[40] = 1;
-        assert_eq!(parse_vtpm_lineage(&orphan), Err(VtpmLineageError::Inconsistent));
+        data[24] = 3;
+        assert_eq!(parse_vtpm_lineage(&data), Err(VtpmLineageError::UnknownFlags { flags: 3 }));
+        // A child at or below where its parent left; versions that do not fall along the
+        // ancestors; an incarnation named twice.
+        for bad in [
+            lineage(7, &[(0xaa, 7)]),
+            lineage(9, &[(0xaa, 7), (0xbb, 7)]),
+            lineage(9, &[(0xaa, 7), (0xaa, 2)]),
+            lineage(9, &[(0x1c, 7)]),
+        ] {
+            assert_eq!(parse_vtpm_lineage(&encode_vtpm_lineage(&bad)), Err(VtpmLineageError::Inconsistent), "{bad:?}");
+        }
     }
 
     #[test]

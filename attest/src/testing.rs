@@ -217,7 +217,7 @@ impl Sample {
 
 /// The lineage of the sample's TPM: manufactured where it runs, at version 1, kept.
 pub fn test_lineage() -> VtpmLineage {
-    VtpmLineage { version: 1, incarnation: [0x7e; 16], parent: None, parent_version: 0, kept: true }
+    VtpmLineage { version: 1, incarnation: [0x7e; 16], ancestors: vec![], kept: true }
 }
 
 /// The sample evidence, built once per process (one RSA-4096 signature for the VCEK

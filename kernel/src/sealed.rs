@@ -305,7 +305,9 @@ pub fn vtpm_can_move(sealed: &SharedSealed) -> bool {
 
 /// Whether this sealed state can keep the vTPM with `ek_public` at NV state `version`
 /// that a migration brings: it is open, it keeps no other vTPM, and if it keeps this one
-/// (or kept it until it left), the arriving state is not older than what it kept. A
+/// (or kept it until it left), the arriving state is newer than what it kept: a TPM that
+/// left and comes back honestly has taken at least one new incarnation since (each one
+/// version up), so the same version is a copy of what this store holds. A
 /// migration's destination asks before it confirms the commit: after that the source
 /// never runs the guest again, and the vTPM would have nowhere to be kept. The version
 /// refuses a host that migrates an old copy of the TPM's state (from an old disk image)
@@ -316,7 +318,7 @@ pub fn can_keep_vtpm(sealed: &SharedSealed, ek_public: &[u8], version: u64) -> b
     let this_tpm = s.get(MARKER).or_else(|| s.get(MOVED)) == Some(ek_public);
     s.failed().is_none()
         && s.get(MARKER).is_none_or(|kept| kept == ek_public)
-        && (!this_tpm || version >= version_in(s.store.as_ref()))
+        && (!this_tpm || version > version_in(s.store.as_ref()))
 }
 
 /// After a live migration committed: the vTPM this sealed state keeps is the
@@ -410,7 +412,7 @@ impl VtpmNv {
                 match arrived {
                     Some(lineage) => {
                         store.put(VERSION, &lineage.version.to_le_bytes())?;
-                        store.put(LINEAGE, &lineage.origin_bytes())?;
+                        store.put(LINEAGE, &lineage.origin_bytes().ok_or(StoreError::OutOfMemory)?)?;
                     }
                     None => {
                         store.put(VERSION, &version_in(store).saturating_add(1).to_le_bytes())?;
@@ -486,7 +488,8 @@ impl NvStorage for VtpmNv {
     /// A state whose lineage was not given ([`VtpmNv::arriving_at`]) is refused.
     fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
         let Some(lineage) = self.arriving else { return Err(NvError::Storage) };
-        if !can_keep_vtpm(&self.sealed, ek_public, lineage.parent_version) {
+        let left_at = lineage.ancestors().first().map_or(0, |parent| parent.left_at);
+        if !can_keep_vtpm(&self.sealed, ek_public, left_at) {
             return Err(NvError::Storage);
         }
         self.keep_only(ek_public, blobs, Some(lineage))
@@ -500,9 +503,9 @@ mod tests {
     use store::StoreKey;
     use store::testing::{MemDisk, TestRng};
 
-    /// A migration's new incarnation of the TPM that left `parent_version`.
+    /// A migration's new incarnation of the TPM that left its parent at `parent_version`.
     fn arrival(parent_version: u64) -> Lineage {
-        Lineage::arrived([0xA1; 16], parent_version, [0xB2; 16]).unwrap()
+        Lineage::arrived(&Lineage::manufactured(b"parent", parent_version), [0xB2; 16]).unwrap()
     }
 
     fn key() -> StoreKey {
@@ -614,7 +617,7 @@ mod tests {
 
         let (_, arriving) = VtpmNv::open(sealed.clone());
         arriving
-            .arriving_at(arrival(vtpm_version(&sealed)))
+            .arriving_at(arrival(vtpm_version(&sealed) + 1))
             .replaced(b"EK", &[change(b"permall", Some(b"back"))])
             .unwrap();
         let (kept, _) = VtpmNv::open(sealed.clone());
@@ -647,10 +650,11 @@ mod tests {
         nv.persist(&[change(b"permall", Some(b"three"))]).unwrap();
         assert_eq!(vtpm_version(&sealed), 3);
 
-        // The same TPM arriving: not older than 3; another TPM: never; a fresh store:
-        // any version.
+        // The same TPM arriving: newer than 3; another TPM: never; a fresh store: any
+        // version.
         assert!(!can_keep_vtpm(&sealed, b"EK", 2), "an older state");
-        assert!(can_keep_vtpm(&sealed, b"EK", 3) && can_keep_vtpm(&sealed, b"EK", 40));
+        assert!(!can_keep_vtpm(&sealed, b"EK", 3), "a copy of the state kept here");
+        assert!(can_keep_vtpm(&sealed, b"EK", 4) && can_keep_vtpm(&sealed, b"EK", 40));
         assert!(!can_keep_vtpm(&sealed, b"another EK", 40));
         assert!(can_keep_vtpm(&fresh(), b"EK", 0));
         let (_, older) = VtpmNv::open(sealed.clone());
@@ -673,14 +677,15 @@ mod tests {
         newer.persist(&[change(b"permall", Some(b"forty-one"))]).unwrap();
         assert_eq!(vtpm_version(&sealed), 42);
         let lineage = vtpm_lineage(&sealed).unwrap();
-        assert_eq!((lineage.version, lineage.incarnation, lineage.parent), (42, [0xB2; 16], [0xA1; 16]));
+        assert_eq!((lineage.version, lineage.incarnation), (42, [0xB2; 16]));
+        assert_eq!(lineage.ancestors(), arrival(40).ancestors(), "its origin is kept");
         assert_eq!(sealed.lock().summary().lock().vtpm, Some(lineage), "the summary follows each commit");
 
         // The tombstone keeps the version: the TPM coming back older is refused there too.
         mark_vtpm_moved(&sealed).unwrap();
         assert_eq!(vtpm_version(&sealed), 42);
         assert_eq!(vtpm_lineage(&sealed), None, "no TPM kept");
-        assert!(!can_keep_vtpm(&sealed, b"EK", 41) && can_keep_vtpm(&sealed, b"EK", 42));
+        assert!(!can_keep_vtpm(&sealed, b"EK", 42) && can_keep_vtpm(&sealed, b"EK", 43));
         assert!(can_keep_vtpm(&sealed, b"another EK", 0), "a tombstone of another TPM holds nothing back");
     }
 
@@ -703,12 +708,12 @@ mod tests {
         assert!(vtpm_can_move(&sealed), "nothing kept: nothing to mark");
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
-        assert!(vtpm_can_move(&sealed) && can_keep_vtpm(&sealed, b"EK", 1));
+        assert!(vtpm_can_move(&sealed) && can_keep_vtpm(&sealed, b"EK", 2));
         disk.0.lock().fail_flushes(true);
         assert!(nv.persist(&[change(b"permall", Some(b"two"))]).is_err());
         assert!(!vtpm_can_move(&sealed), "closed with a TPM in it");
         assert!(mark_vtpm_moved(&sealed).is_err(), "as the check said");
-        assert!(!can_keep_vtpm(&sealed, b"EK", 1));
+        assert!(!can_keep_vtpm(&sealed, b"EK", 2));
     }
 
     #[test]

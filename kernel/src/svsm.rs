@@ -150,7 +150,9 @@ pub struct Svsm {
     pub(crate) vtpm_ek: alloc::vec::Vec<u8>,
     /// Its lineage while no sealed state keeps it (then the sealed state's summary has
     /// it): manufactured here, or the incarnation a migration made.
-    vtpm_lineage: Option<crate::vtpm_lineage::Lineage>,
+    /// (Boxed: a lineage names up to 32 ancestors, and `Svsm` must stay small enough to
+    /// move on the boot stack. Set at boot, where infallible allocation is the rule.)
+    vtpm_lineage: Option<alloc::boxed::Box<crate::vtpm_lineage::Lineage>>,
     /// The sealed state, once the platform opened it: its committed state is an entry of
     /// the attestation manifest.
     pub(crate) sealed: Option<crate::sealed::SharedSealed>,
@@ -292,7 +294,8 @@ impl Svsm {
     /// Without a sealed state that keeps it, its lineage is that of a TPM manufactured
     /// here ([`Svsm::install_arrived_vtpm`] for one a migration brought).
     pub fn install_vtpm(&mut self, vtpm: vtpm::Vtpm) {
-        self.vtpm_lineage = Some(crate::vtpm_lineage::Lineage::manufactured(vtpm.ek_public(), 0));
+        self.vtpm_lineage =
+            Some(alloc::boxed::Box::new(crate::vtpm_lineage::Lineage::manufactured(vtpm.ek_public(), 0)));
         self.vtpm_ek = vtpm.ek_public().to_vec();
         self.vtpm = Some(Mutex::new(vtpm));
         const VTPM: u32 = abi::protocol::ProtocolId::VTPM.0;
@@ -307,7 +310,7 @@ impl Svsm {
     /// has recorded the same.
     pub fn install_arrived_vtpm(&mut self, vtpm: vtpm::Vtpm, lineage: crate::vtpm_lineage::Lineage) {
         self.install_vtpm(vtpm);
-        self.vtpm_lineage = Some(lineage);
+        self.vtpm_lineage = Some(alloc::boxed::Box::new(lineage));
     }
 
     /// The installed vTPM's lineage, and whether a sealed state keeps it (its commits then
@@ -317,7 +320,7 @@ impl Svsm {
         let kept = self.sealed_summary.as_ref().and_then(|summary| summary.lock().vtpm);
         match kept {
             Some(lineage) => Some((lineage, true)),
-            None => self.vtpm_lineage.map(|lineage| (lineage, false)),
+            None => self.vtpm_lineage.as_deref().map(|lineage| (*lineage, false)),
         }
     }
 

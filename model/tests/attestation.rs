@@ -75,7 +75,7 @@ fn single_service_evidence_of_the_vtpm_verifies_as_its_ek_and_only_as_that() {
     assert_eq!(full[0].data, e.manifest);
     // The model's vTPM was manufactured there and no store keeps it: version 0, no parent.
     let lineage = attest::manifest::vtpm_lineage(&full).unwrap().unwrap();
-    assert_eq!((lineage.version, lineage.parent, lineage.kept), (0, None, false));
+    assert_eq!((lineage.version, lineage.parent(), lineage.kept), (0, None, false));
     let single = Evidence {
         report: e.report,
         certificates: Certificates::Table(e.certificates),

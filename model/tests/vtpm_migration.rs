@@ -1366,7 +1366,7 @@ fn svsm_with_kept_vtpm(disk: &store::testing::SharedDisk, boot: u64) -> ModelEnv
 fn arrive_kept(destination: &mut ModelEnv, snapshot: &kernel::migration::VtpmSnapshot, incarnation: [u8; 16]) {
     let disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
     let sealed = destination_store(&disk, 1);
-    let lineage = kernel::vtpm_lineage::Lineage::arrived(snapshot.incarnation, snapshot.version, incarnation).unwrap();
+    let lineage = kernel::vtpm_lineage::Lineage::arrived(&snapshot.lineage, incarnation).unwrap();
     let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage);
     let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
     let engine = channel_tpm_resumed(
@@ -1421,7 +1421,7 @@ fn a_copy_of_a_migrated_tpm_is_refused_by_the_verifiers_ledger() {
     let (outcome, lineage) = judged(&mut ledger, &mut source);
     let home = lineage.unwrap();
     assert_eq!(outcome, Some("first_seen"));
-    assert!(home.kept && home.parent.is_none(), "{home:?}");
+    assert!(home.kept && home.parent().is_none(), "{home:?}");
 
     // The honest migration: the source gives its TPM up, the destination takes it as a
     // new incarnation one version above where it left.
@@ -1433,15 +1433,16 @@ fn a_copy_of_a_migrated_tpm_is_refused_by_the_verifiers_ledger() {
     assert_eq!(source.world.svsm.vtpm_moved_away(), Ok(true));
     drop(source);
     let snapshot = ServiceState::decode(&moved.received).unwrap().vtpm.unwrap();
-    assert_eq!((snapshot.version, snapshot.incarnation, snapshot.kept), (home.version, home.incarnation, true));
+    assert_eq!(
+        (snapshot.lineage.version, snapshot.lineage.incarnation, snapshot.kept),
+        (home.version, home.incarnation, true)
+    );
     arrive_kept(&mut first, &snapshot, [0xD1; 16]);
     let (outcome, lineage) = judged(&mut ledger, &mut first);
     assert_eq!(outcome, Some("moved"));
     let there = lineage.unwrap();
-    assert_eq!(
-        (there.incarnation, there.parent, there.parent_version),
-        ([0xD1; 16], Some(home.incarnation), home.version)
-    );
+    let parent = there.parent().map(|p| (p.incarnation, p.left_at));
+    assert_eq!((there.incarnation, parent), ([0xD1; 16], Some((home.incarnation, home.version))));
     assert_eq!(there.version, home.version + 1);
     assert_eq!(code(&guest_tpm(&mut first, &nv_write(INDEX, 0, &[0x77; 16]))), TPM_RC_SUCCESS);
     let (outcome, lineage) = judged(&mut ledger, &mut first);

@@ -166,6 +166,8 @@ pub fn services(env: &mut dyn Env) -> CaseResult {
     as_vmpl2(env, &l, |env| {
         // OCP: READ would write into VMPL1's page, WRITE would read from it (source 0,
         // the log, is readable; the log level is the writable source the suite knows).
+        // An SVSM that lets VMPL2 write settings at all must still refuse the page; this
+        // one refuses the WRITE itself (below).
         let (got, _) = raw(env, 5, abi::protocol::ocp_call::READ, [0, l.private, 64, 0])?;
         ensure!(got == ResultCode::ERR_INVALID_ADDRESS, "OCP READ into VMPL1's page: {got}");
         let (got, _) = raw(env, 5, abi::protocol::ocp_call::READ, [0, l.work, 64, 0])?;

@@ -14,7 +14,8 @@
 //! ```text
 //! "BWSS" | u16 version = 1 | sections, each: u8 tag | u32 len | body
 //! tag 1, the vTPM  : u32 ek_len | EK public area | u32 len | volatile state | blobs
-//!                    | u8 flags | u64 version | incarnation (16)
+//!                    | u8 flags | u64 version | incarnation (16) | u8 count
+//!                    | count * (ancestor incarnation (16) | u64 LE left at)
 //! tag 2, a setting : u16 key_len | key | u32 len | value
 //! blobs            : u32 count | count * (u16 name_len | name | u32 len | bytes)
 //! ```
@@ -63,12 +64,11 @@ pub struct VtpmSnapshot {
     /// a destination with nowhere to keep it refuses the commit, since the source gives
     /// its own copy up (`sealed::mark_vtpm_moved`).
     pub kept: bool,
-    /// The version of its NV state where it leaves (its lineage's, `vtpm_lineage`): a
-    /// destination that kept a newer state of the same TPM refuses it
-    /// (`sealed::can_keep_vtpm`); the destination's incarnation starts one above.
-    pub version: u64,
-    /// The incarnation it leaves: the destination's names it as its parent.
-    pub incarnation: [u8; 16],
+    /// Where it leaves in its lineage (`crate::vtpm_lineage`): the version of its NV
+    /// state (a destination that kept a newer state of the same TPM refuses it,
+    /// `sealed::can_keep_vtpm`), the incarnation and its ancestors. The destination's
+    /// incarnation names it as its parent and starts one version above.
+    pub lineage: crate::vtpm_lineage::Lineage,
 }
 
 /// The vTPM section's flags byte: bit 0 is [`VtpmSnapshot::kept`].
@@ -191,8 +191,13 @@ impl ServiceState {
                     }
                     o.u16(name.len())?.bytes(name)?.u32(data.len())?.bytes(data)?;
                 }
-                o.bytes(&[if vtpm.kept { VTPM_KEPT } else { 0 }])?.bytes(&vtpm.version.to_be_bytes())?;
-                o.bytes(&vtpm.incarnation)?;
+                let lineage = &vtpm.lineage;
+                o.bytes(&[if vtpm.kept { VTPM_KEPT } else { 0 }])?.bytes(&lineage.version.to_be_bytes())?;
+                let count = u8::try_from(lineage.ancestors().len()).map_err(|_| ServiceStateError::TooLarge)?;
+                o.bytes(&lineage.incarnation)?.bytes(&[count])?;
+                for ancestor in lineage.ancestors() {
+                    o.bytes(&ancestor.incarnation)?.bytes(&ancestor.left_at.to_le_bytes())?;
+                }
                 Ok(())
             })?;
         }
@@ -247,8 +252,12 @@ impl ServiceState {
                     let version: [u8; 8] = body.take(8)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
                     let version = u64::from_be_bytes(version);
                     let incarnation = body.take(16)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
+                    let count = usize::from(body.take(1)?.first().copied().ok_or(ServiceStateError::Malformed)?);
+                    let ancestors = body.take(count.checked_mul(24).ok_or(ServiceStateError::Malformed)?)?;
+                    let lineage = crate::vtpm_lineage::Lineage::with_ancestors(version, incarnation, ancestors)
+                        .ok_or(ServiceStateError::Malformed)?;
                     let tpm = TpmState { nv, volatile };
-                    state.vtpm = Some(VtpmSnapshot { ek_public, state: tpm, kept, version, incarnation });
+                    state.vtpm = Some(VtpmSnapshot { ek_public, state: tpm, kept, lineage });
                 }
                 TAG_SETTING => {
                     let key_len = body.u16()?;
@@ -315,8 +324,7 @@ impl Svsm {
                 let mut vtpm = vtpm.lock();
                 let state = vtpm.save().map_err(|_| ServiceStateError::VtpmUnavailable)?;
                 let (lineage, kept) = self.vtpm_lineage().ok_or(ServiceStateError::VtpmUnavailable)?;
-                let (version, incarnation) = (lineage.version, lineage.incarnation);
-                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, version, incarnation })
+                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, lineage })
             }
             None => None,
         };
@@ -342,8 +350,11 @@ mod tests {
                 ek_public: vec![1; 314],
                 state: TpmState { nv, volatile: vec![9; 7000] },
                 kept: true,
-                version: 0x0102_0304_0506_0708,
-                incarnation: [0x5A; 16],
+                lineage: crate::vtpm_lineage::Lineage::arrived(
+                    &crate::vtpm_lineage::Lineage::manufactured(b"ek", 0x0102_0304_0506_0707),
+                    [0x5A; 16],
+                )
+                .unwrap(),
             }),
             settings: vec![(sources::LOG_LEVEL_KEY.to_vec(), b"debug".to_vec())],
         }
@@ -403,8 +414,7 @@ mod tests {
                 ek_public: vec![],
                 state: TpmState { nv: NvBlobs::new(), volatile: vec![0; MAX_VOLATILE_LEN + 1] },
                 kept: false,
-                version: 0,
-                incarnation: [0; 16],
+                lineage: crate::vtpm_lineage::Lineage::manufactured(b"", 0),
             }),
             settings: vec![],
         };
@@ -424,7 +434,7 @@ mod tests {
             assert_eq!(ServiceState::decode(&state.encode().unwrap()), Ok(state));
         }
         let mut bytes = sample().encode().unwrap();
-        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 9 - 16;
+        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 9 - 16 - 1 - 24;
         assert_eq!(bytes[flags_at], VTPM_KEPT);
         for other in [2u8, 3, 0x80, 0xFF] {
             bytes[flags_at] = other;

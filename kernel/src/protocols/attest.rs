@@ -21,7 +21,6 @@ use abi::PAGE_SIZE;
 use abi::attest::{
     AttestServicesOp, AttestSingleServiceOp, BufferRecord, ManifestEntry, ManifestHeader, REPORT_SIZE,
     SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_SERVICE_GUID,
-    VtpmLineageEntry,
 };
 use abi::guid::Guid;
 use abi::protocol::attest_call;
@@ -39,16 +38,16 @@ pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
 
 /// The services that contribute to the manifest: (GUID, the service's attestation data).
 /// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC) and its
-/// lineage (`VtpmLineageEntry`); the sealed state, when there is one, the committed state
+/// lineage (`VtpmLineageEntry` and its ancestors); the sealed state, when there is one, the committed state
 /// it runs on (`SealedStateEntry`).
 fn services<'a>(
     svsm: &'a Svsm,
     sealed: &'a Option<SealedStateEntry>,
-    lineage: &'a Option<VtpmLineageEntry>,
+    lineage: &'a Option<Vec<u8>>,
 ) -> CallResult<Vec<(Guid, &'a [u8])>> {
     let mut all = heap::with_capacity(3)?;
     all.extend(svsm.vtpm_ek().map(|ek| (VTPM_SERVICE_GUID, ek)));
-    all.extend(lineage.as_ref().map(|entry| (VTPM_LINEAGE_GUID, entry.as_bytes())));
+    all.extend(lineage.as_deref().map(|entry| (VTPM_LINEAGE_GUID, entry)));
     all.extend(sealed.as_ref().map(|entry| (SEALED_STATE_GUID, entry.as_bytes())));
     Ok(all)
 }
@@ -166,7 +165,10 @@ fn attest_inner<P: Platform + ?Sized>(
 
     // 3. What the SVSM will return, and whether it fits.
     let sealed = svsm.sealed_state_entry();
-    let lineage = svsm.vtpm_lineage().map(|(lineage, kept)| lineage.entry(kept));
+    let lineage = match svsm.vtpm_lineage() {
+        Some((lineage, kept)) => Some(lineage.entry(kept).ok_or(CallError::OutOfMemory)?),
+        None => None,
+    };
     let all = services(svsm, &sealed, &lineage)?;
     let manifest = match service {
         None => manifest(&all)?,

@@ -239,7 +239,7 @@ fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, Stri
     let vcpus = incoming.vcpus();
     let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
     if let Some(snapshot) = &services.vtpm
-        && !svsm.can_keep_arriving_vtpm(&snapshot.ek_public, snapshot.kept, snapshot.version)
+        && !svsm.can_keep_arriving_vtpm(&snapshot.ek_public, snapshot.kept, snapshot.lineage.version)
     {
         return Err(
             "the vTPM could not be kept here (this SVSM's sealed state keeps another vTPM, a newer state of this one, or is closed; or it has none and the source kept its vTPM across reboots)"
@@ -250,7 +250,7 @@ fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, Stri
         Some(snapshot) => {
             let mut incarnation = [0u8; 16];
             rdrand(&mut incarnation).map_err(|_| "no entropy for the vTPM's new incarnation")?;
-            let lineage = kernel::vtpm_lineage::Lineage::arrived(snapshot.incarnation, snapshot.version, incarnation)
+            let lineage = kernel::vtpm_lineage::Lineage::arrived(&snapshot.lineage, incarnation)
                 .ok_or("the vTPM's version cannot grow")?;
             (Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?), Some(lineage))
         }

@@ -227,7 +227,7 @@ pub fn verify(args: &[String]) -> ExitCode {
 /// What happened to the ledger file, for the text verdict.
 fn ledger_note(verdict: &Verdict, path: &std::path::Path) -> String {
     let recorded = verdict.ledger.as_ref().is_some_and(|l| l.recorded);
-    let tpm = match verdict.vtpm_lineage {
+    let tpm = match &verdict.vtpm_lineage {
         Some(l) => format!(" and version {} of the vTPM's incarnation {}", l.version, attest::hex(&l.incarnation)),
         None => String::new(),
     };
