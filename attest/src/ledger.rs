@@ -91,6 +91,10 @@ pub enum Binding {
     OtherInstance,
     /// Another store, accepted as a reset the relying party asked for: bound from now on.
     Reset { previous: [u8; 16] },
+    /// A new store that the instance's vTPM moved to by live migration from the store
+    /// bound to it (its lineage says so, and the ledger accepted the move): bound from
+    /// now on.
+    Migrated { previous: [u8; 16] },
 }
 
 impl Binding {
@@ -106,6 +110,7 @@ impl Binding {
             Self::AnotherStore { .. } => "another_store",
             Self::OtherInstance => "other_instance",
             Self::Reset { .. } => "reset",
+            Self::Migrated { .. } => "migrated",
         }
     }
 }
@@ -218,8 +223,13 @@ impl Ledger {
 
     /// What the ledger says about the vTPM with EK digest `ek` at `lineage`, and an
     /// accepted one is recorded ([`TpmLineages::apply`]).
-    pub fn apply_vtpm(&mut self, ek: &[u8; 32], lineage: &crate::manifest::VtpmLineage) -> TpmOutcome {
-        self.vtpms.apply(ek, lineage)
+    pub fn apply_vtpm(
+        &mut self,
+        ek: &[u8; 32],
+        lineage: &crate::manifest::VtpmLineage,
+        store: Option<[u8; 16]>,
+    ) -> TpmOutcome {
+        self.vtpms.apply(ek, lineage, store)
     }
 
     /// The ledger from its JSON text (see the module doc); anything else is an error.
@@ -375,12 +385,17 @@ pub struct LedgerVerdict {
 /// other check) and [`Verdict::ledger`]. An accepted new state is recorded in `ledger`
 /// (in memory; the caller decides whether to keep it). Returns whether `ledger` changed.
 pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
+    judge_both(ledger, verdict).0
+}
+
+/// [`judge`], with the vTPM's outcome.
+fn judge_both(ledger: &mut Ledger, verdict: &mut Verdict) -> (bool, Option<TpmOutcome>) {
     let learned = judge_store(ledger, verdict);
     let tpm = judge_vtpm(ledger, verdict);
     if let Some(l) = &mut verdict.ledger {
         l.vtpm_outcome = tpm.map(TpmOutcome::name);
     }
-    learned || tpm.is_some_and(TpmOutcome::learns)
+    (learned || tpm.is_some_and(TpmOutcome::learns), tpm)
 }
 
 /// The `vtpm_ledger` check, when the evidence shows a vTPM: its lineage against what the
@@ -397,7 +412,9 @@ fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> 
         );
         return None;
     };
-    let outcome = ledger.apply_vtpm(&digest, &lineage);
+    // A kept incarnation lives on the sealed store the evidence shows.
+    let store = verdict.sealed_state.filter(|_| lineage.kept).map(|s| s.store_id);
+    let outcome = ledger.apply_vtpm(&digest, &lineage, store);
     let (id, version) = (hex(&lineage.incarnation), lineage.version);
     let parent = lineage.parent().map(|p| hex(&p.incarnation)).unwrap_or_default();
     let detail = match outcome {
@@ -406,7 +423,7 @@ fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> 
         TpmOutcome::Newer { previous } => {
             Ok(format!("version {version} of incarnation {id}, newer than version {previous} accepted before"))
         }
-        TpmOutcome::Moved { parent_seen } => Ok(format!(
+        TpmOutcome::Moved { parent_seen, .. } => Ok(format!(
             "incarnation {id} moved from {parent} at version {}{}",
             lineage.parent().map_or(0, |p| p.left_at),
             if parent_seen { "" } else { " (placed by an earlier ancestor: the moves between were not seen)" }
@@ -491,18 +508,35 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
 /// one bound to `instance` (or become it: first seen, or a reset the relying party
 /// accepts). Returns whether `ledger` changed.
 pub fn judge_instance(ledger: &mut Ledger, verdict: &mut Verdict, instance: &Instance) -> bool {
-    let learned = judge(ledger, verdict);
+    let (learned, tpm) = judge_both(ledger, verdict);
     let Some(state) = verdict.sealed_state else {
         // `judge` refused already: nothing to bind.
         return learned;
     };
-    let binding = ledger.bind(instance, &state.store_id);
+    // The store the vTPM moved from, when the ledger accepted a move of it onto this
+    // (new) store: the instance follows its TPM.
+    let moved_from = match (tpm, verdict.vtpm_ek_sha256.as_deref().and_then(unhex::<32>)) {
+        (Some(TpmOutcome::Moved { from, .. }), Some(ek)) => ledger.vtpms.get(&ek, &from).and_then(|i| i.store),
+        _ => None,
+    };
+    let new_store = verdict.ledger.as_ref().and_then(|l| l.outcome) == Some("first_seen");
+    let binding = match ledger.binding(instance, &state.store_id) {
+        Binding::AnotherStore { bound } if new_store && moved_from == Some(bound) => {
+            ledger.instances.insert(instance.name.clone(), state.store_id);
+            Binding::Migrated { previous: bound }
+        }
+        _ => ledger.bind(instance, &state.store_id),
+    };
     let (name, store) = (&instance.name, hex(&state.store_id));
     let detail = match binding {
         Binding::FirstSeen => Ok(format!("instance {name} first seen, bound to store {store}")),
         Binding::Same => Ok(format!("instance {name} shows store {store}, the one bound to it")),
         Binding::Reset { previous } => Ok(format!(
             "instance {name} shows store {store}; the reset was accepted (it was bound to store {})",
+            hex(&previous)
+        )),
+        Binding::Migrated { previous } => Ok(format!(
+            "instance {name} shows store {store}, where its vTPM moved from store {} by live migration",
             hex(&previous)
         )),
         Binding::OtherInstance => Err(format!(
@@ -522,7 +556,7 @@ pub fn judge_instance(ledger: &mut Ledger, verdict: &mut Verdict, instance: &Ins
     let passed = detail.is_ok();
     verdict.checks.push(Check { name: "state_instance", passed, detail: detail.unwrap_or_else(|e| e) });
     verdict.passed &= passed;
-    learned || matches!(binding, Binding::FirstSeen | Binding::Reset { .. })
+    learned || matches!(binding, Binding::FirstSeen | Binding::Reset { .. } | Binding::Migrated { .. })
 }
 
 fn push(verdict: &mut Verdict, outcome: Result<String, String>) {

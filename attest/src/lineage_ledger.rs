@@ -37,6 +37,9 @@ pub struct Incarnation {
     pub newest: u64,
     /// The incarnation it moved on to, once one was seen.
     pub moved_to: Option<[u8; 16]>,
+    /// The sealed store it was seen on (kept incarnations), so a relying party that
+    /// binds a VM instance to its store can follow the VM to the store it moved to.
+    pub store: Option<[u8; 16]>,
 }
 
 /// Each TPM's incarnations: EK digest → incarnation id → what is known of it.
@@ -52,9 +55,9 @@ pub enum TpmOutcome {
     Same,
     /// A later version of a known incarnation: accepted, and recorded.
     Newer { previous: u64 },
-    /// A new incarnation from a parent that had not moved on: accepted, and recorded
-    /// (`parent_seen`: the ledger knew the parent).
-    Moved { parent_seen: bool },
+    /// A new incarnation from a line that had not moved on: accepted, and recorded
+    /// (`from`: the nearest ancestor the ledger knew; `parent_seen`: that is the parent).
+    Moved { parent_seen: bool, from: [u8; 16] },
     /// An older version than accepted before: refused.
     Rollback { newest: u64 },
     /// An incarnation that moved on to another: refused.
@@ -121,7 +124,7 @@ impl TpmLineages {
                 return match seen.moved_to {
                     Some(to) if to != child => TpmOutcome::Fork { sibling: Some(to) },
                     _ if ancestor.left_at < seen.newest => TpmOutcome::Fork { sibling: None },
-                    _ => TpmOutcome::Moved { parent_seen: i == 0 },
+                    _ => TpmOutcome::Moved { parent_seen: i == 0, from: ancestor.incarnation },
                 };
             }
             child = ancestor.incarnation;
@@ -132,9 +135,9 @@ impl TpmLineages {
     }
 
     /// [`Self::outcome`], and what an accepted lineage teaches is recorded: the
-    /// incarnation, and each of its ancestors up to the nearest one known, as having moved
-    /// on to the next.
-    pub fn apply(&mut self, ek: &[u8; 32], lineage: &VtpmLineage) -> TpmOutcome {
+    /// incarnation (seen on sealed store `store`, if one keeps it), and each of its
+    /// ancestors up to the nearest one known, as having moved on to the next.
+    pub fn apply(&mut self, ek: &[u8; 32], lineage: &VtpmLineage, store: Option<[u8; 16]>) -> TpmOutcome {
         let outcome = self.outcome(ek, lineage);
         if !outcome.learns() {
             return outcome;
@@ -150,6 +153,7 @@ impl TpmLineages {
                     parent: origin,
                     newest: ancestor.left_at,
                     moved_to: None,
+                    store: None,
                 });
                 entry.newest = entry.newest.max(ancestor.left_at);
                 entry.moved_to = Some(child);
@@ -159,11 +163,14 @@ impl TpmLineages {
                 child = ancestor.incarnation;
             }
         }
-        known.entry(lineage.incarnation).and_modify(|seen| seen.newest = lineage.version).or_insert(Incarnation {
+        let seen = known.entry(lineage.incarnation).or_insert(Incarnation {
             parent,
             newest: lineage.version,
             moved_to: None,
+            store: None,
         });
+        seen.newest = lineage.version;
+        seen.store = seen.store.or(store);
         outcome
     }
 
@@ -180,6 +187,7 @@ impl TpmLineages {
                             parent_version: seen.parent.map_or(0, |(_, v)| v),
                             newest: seen.newest,
                             moved_to: seen.moved_to.map(|t| hex(&t)),
+                            store: seen.store.map(|t| hex(&t)),
                         };
                         (hex(id), file)
                     })
@@ -210,7 +218,11 @@ impl TpmLineages {
                     Some(t) => Some(unhex16(t).ok_or_else(|| bad("moved_to"))?),
                     None => None,
                 };
-                inner.insert(id, Incarnation { parent, newest: seen.newest, moved_to });
+                let store = match &seen.store {
+                    Some(t) => Some(unhex16(t).ok_or_else(|| bad("store"))?),
+                    None => None,
+                };
+                inner.insert(id, Incarnation { parent, newest: seen.newest, moved_to, store });
             }
             out.insert(ek, inner);
         }
@@ -227,6 +239,8 @@ pub(crate) struct IncarnationFile {
     parent_version: u64,
     newest: u64,
     moved_to: Option<String>,
+    #[serde(default)]
+    store: Option<String>,
 }
 
 #[cfg(test)]
@@ -251,18 +265,19 @@ mod tests {
     #[test]
     fn a_tpm_is_followed_through_reboots_writes_and_moves() {
         let mut l = TpmLineages::default();
-        assert_eq!(l.apply(&EK, &manufactured(3)), TpmOutcome::FirstSeen);
-        assert_eq!(l.apply(&EK, &manufactured(3)), TpmOutcome::Same);
-        assert_eq!(l.apply(&EK, &manufactured(5)), TpmOutcome::Newer { previous: 3 });
+        assert_eq!(l.apply(&EK, &manufactured(3), None), TpmOutcome::FirstSeen);
+        assert_eq!(l.apply(&EK, &manufactured(3), None), TpmOutcome::Same);
+        assert_eq!(l.apply(&EK, &manufactured(5), None), TpmOutcome::Newer { previous: 3 });
         // It moves at version 6 (a write the ledger did not see), then writes on.
-        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 6)], 7)), TpmOutcome::Moved { parent_seen: true });
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 6)], 7), None), TpmOutcome::Moved { parent_seen: true, from: HOME });
         assert_eq!(l.get(&EK, &HOME).map(|s| (s.newest, s.moved_to)), Some((6, Some([2; 16]))));
-        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 6)], 9)), TpmOutcome::Newer { previous: 7 });
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 6)], 9), None), TpmOutcome::Newer { previous: 7 });
         // And on again, seen only at its next home.
-        assert_eq!(l.apply(&EK, &moved(3, &[([2; 16], 9), (HOME, 6)], 10)), TpmOutcome::Moved { parent_seen: true });
+        let next = moved(3, &[([2; 16], 9), (HOME, 6)], 10);
+        assert_eq!(l.apply(&EK, &next, None), TpmOutcome::Moved { parent_seen: true, from: [2; 16] });
         // Two moves the ledger did not see: placed by the ancestors it names.
         let far = moved(5, &[([4; 16], 12), ([3; 16], 11), ([2; 16], 9), (HOME, 6)], 13);
-        assert_eq!(l.apply(&EK, &far), TpmOutcome::Moved { parent_seen: false });
+        assert_eq!(l.apply(&EK, &far, None), TpmOutcome::Moved { parent_seen: false, from: [3; 16] });
         assert_eq!(l.get(&EK, &[3; 16]).and_then(|i| i.moved_to), Some([4; 16]));
         assert_eq!(l.get(&EK, &[4; 16]).and_then(|i| i.moved_to), Some([5; 16]));
     }
@@ -276,37 +291,37 @@ mod tests {
         let honest = moved(2, &[(HOME, 5)], 6);
         // The honest move seen first: the copy's line leaves HOME for another child.
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(5));
-        l.apply(&EK, &honest);
-        assert_eq!(l.apply(&EK, &copy), TpmOutcome::Fork { sibling: Some([2; 16]) });
+        l.apply(&EK, &manufactured(5), None);
+        l.apply(&EK, &honest, None);
+        assert_eq!(l.apply(&EK, &copy, None), TpmOutcome::Fork { sibling: Some([2; 16]) });
         // The copy seen first: it is followed, and the honest one is the fork.
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(5));
-        assert_eq!(l.apply(&EK, &copy), TpmOutcome::Moved { parent_seen: false });
-        assert_eq!(l.apply(&EK, &honest), TpmOutcome::Fork { sibling: Some([0x0a; 16]) });
+        l.apply(&EK, &manufactured(5), None);
+        assert_eq!(l.apply(&EK, &copy, None), TpmOutcome::Moved { parent_seen: false, from: HOME });
+        assert_eq!(l.apply(&EK, &honest, None), TpmOutcome::Fork { sibling: Some([0x0a; 16]) });
     }
 
     #[test]
     fn a_line_that_names_no_known_ancestor_of_a_known_tpm_is_a_fork() {
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(5));
-        assert_eq!(l.apply(&EK, &moved(7, &[([6; 16], 3)], 4)), TpmOutcome::Fork { sibling: None });
+        l.apply(&EK, &manufactured(5), None);
+        assert_eq!(l.apply(&EK, &moved(7, &[([6; 16], 3)], 4), None), TpmOutcome::Fork { sibling: None });
     }
 
     #[test]
     fn a_known_incarnation_with_another_origin_is_a_fork() {
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(5));
-        l.apply(&EK, &moved(2, &[(HOME, 5)], 6));
-        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 4)], 6)), TpmOutcome::Fork { sibling: None });
+        l.apply(&EK, &manufactured(5), None);
+        l.apply(&EK, &moved(2, &[(HOME, 5)], 6), None);
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 4)], 6), None), TpmOutcome::Fork { sibling: None });
     }
 
     #[test]
     fn an_older_version_of_an_incarnation_is_a_rollback() {
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(5));
+        l.apply(&EK, &manufactured(5), None);
         let before = l.clone();
-        assert_eq!(l.apply(&EK, &manufactured(4)), TpmOutcome::Rollback { newest: 5 });
+        assert_eq!(l.apply(&EK, &manufactured(4), None), TpmOutcome::Rollback { newest: 5 });
         assert_eq!(l, before, "nothing recorded");
     }
 
@@ -315,10 +330,10 @@ mod tests {
     #[test]
     fn an_incarnation_that_moved_on_is_refused() {
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(5));
-        l.apply(&EK, &moved(2, &[(HOME, 5)], 6));
+        l.apply(&EK, &manufactured(5), None);
+        l.apply(&EK, &moved(2, &[(HOME, 5)], 6), None);
         for version in [4, 5, 6, 50] {
-            assert_eq!(l.apply(&EK, &manufactured(version)), TpmOutcome::MovedAway { to: [2; 16] });
+            assert_eq!(l.apply(&EK, &manufactured(version), None), TpmOutcome::MovedAway { to: [2; 16] });
         }
     }
 
@@ -329,32 +344,32 @@ mod tests {
         for parent_seen in [true, false] {
             let mut l = TpmLineages::default();
             if parent_seen {
-                l.apply(&EK, &manufactured(5));
+                l.apply(&EK, &manufactured(5), None);
             }
-            let first = l.apply(&EK, &moved(2, &[(HOME, 5)], 6));
+            let first = l.apply(&EK, &moved(2, &[(HOME, 5)], 6), None);
             assert!(first.accepted(), "{first:?}");
             let before = l.clone();
-            assert_eq!(l.apply(&EK, &moved(3, &[(HOME, 5)], 6)), TpmOutcome::Fork { sibling: Some([2; 16]) });
-            assert_eq!(l.apply(&EK, &moved(3, &[(HOME, 4)], 9)), TpmOutcome::Fork { sibling: Some([2; 16]) });
+            assert_eq!(l.apply(&EK, &moved(3, &[(HOME, 5)], 6), None), TpmOutcome::Fork { sibling: Some([2; 16]) });
+            assert_eq!(l.apply(&EK, &moved(3, &[(HOME, 4)], 9), None), TpmOutcome::Fork { sibling: Some([2; 16]) });
             assert_eq!(l, before);
-            assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 5)], 6)), TpmOutcome::Same, "the first child goes on");
+            assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 5)], 6), None), TpmOutcome::Same, "the first child goes on");
         }
     }
 
     #[test]
     fn a_child_of_an_older_state_than_accepted_is_a_fork() {
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(8));
-        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 7)], 8)), TpmOutcome::Fork { sibling: None });
-        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 8)], 9)), TpmOutcome::Moved { parent_seen: true });
+        l.apply(&EK, &manufactured(8), None);
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 7)], 8), None), TpmOutcome::Fork { sibling: None });
+        assert_eq!(l.apply(&EK, &moved(2, &[(HOME, 8)], 9), None), TpmOutcome::Moved { parent_seen: true, from: HOME });
     }
 
     #[test]
     fn a_second_manufacture_of_a_known_tpm_is_a_fork() {
         let mut l = TpmLineages::default();
-        l.apply(&EK, &manufactured(1));
+        l.apply(&EK, &manufactured(1), None);
         let other = VtpmLineage { incarnation: [0x0f; 16], ..manufactured(1) };
-        assert_eq!(l.apply(&EK, &other), TpmOutcome::Fork { sibling: None });
-        assert_eq!(l.apply(&[0x99; 32], &other), TpmOutcome::FirstSeen, "another TPM is not this one");
+        assert_eq!(l.apply(&EK, &other, None), TpmOutcome::Fork { sibling: None });
+        assert_eq!(l.apply(&[0x99; 32], &other, None), TpmOutcome::FirstSeen, "another TPM is not this one");
     }
 }

@@ -167,3 +167,42 @@ fn the_ledger_file_learns_only_from_evidence_that_passed() {
     assert!(ledger::apply_file(&path, &mut v, true).is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A VM instance bound to its store follows its vTPM to the store a live migration moved
+/// it to (`migrated`), and only there: a blank store without such a move, or a copy of the
+/// TPM moved from an older state, is still refused.
+#[test]
+fn an_instance_follows_its_vtpm_to_the_store_it_moved_to() {
+    use bulwark_attest::ledger::Instance;
+    use bulwark_attest::manifest::{Ancestor, VtpmLineage};
+    let s = sample();
+    let vm = Instance::new("vm-1", false).unwrap();
+    let mut ledger = Ledger::default();
+    let on = |store: u8, generation| SealedState { store_id: [store; 16], ..state(generation, store) };
+    let home = VtpmLineage { version: 5, incarnation: [0x0a; 16], ancestors: vec![], kept: true };
+    let judge = |ledger: &mut Ledger, lineage: &VtpmLineage, store: &SealedState| {
+        let mut v = examine(&s.with_vtpm_and_state(Some(lineage), Some(store)));
+        ledger::judge_instance(ledger, &mut v, &vm);
+        let l = v.ledger.clone().unwrap();
+        (v.passed, l.instance_outcome, l.vtpm_outcome)
+    };
+    assert_eq!(judge(&mut ledger, &home, &on(0xa1, 9)), (true, Some("first_seen"), Some("first_seen")));
+
+    // Moved to a fresh store B at version 5.
+    let there = VtpmLineage {
+        version: 6,
+        incarnation: [0x0b; 16],
+        ancestors: vec![Ancestor { incarnation: [0x0a; 16], left_at: 5 }],
+        kept: true,
+    };
+    assert_eq!(judge(&mut ledger, &there, &on(0xb2, 1)), (true, Some("migrated"), Some("moved")));
+    assert_eq!(ledger.bound("vm-1"), Some([0xb2; 16]));
+    assert_eq!(judge(&mut ledger, &there, &on(0xb2, 1)), (true, Some("same"), Some("same")));
+
+    // A blank store C showing the TPM manufactured there again, or a second move from
+    // store A's TPM: refused, the binding stays on B.
+    let copy = VtpmLineage { incarnation: [0x0c; 16], ..there.clone() };
+    assert_eq!(judge(&mut ledger, &copy, &on(0xc3, 1)), (false, Some("another_store"), Some("fork")));
+    assert_eq!(judge(&mut ledger, &home, &on(0xc3, 1)), (false, Some("another_store"), Some("moved_away")));
+    assert_eq!(ledger.bound("vm-1"), Some([0xb2; 16]));
+}

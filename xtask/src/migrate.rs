@@ -651,9 +651,10 @@ fn lineage_moved(before: &[u8], after: &[u8]) -> Result<String> {
     let (source, destination) = (lineage(before)?, lineage(after)?);
     let ek: [u8; 32] = sha2::Sha256::digest(vtpm_entry(before)?).into();
     let mut ledger = TpmLineages::default();
-    let first = ledger.apply(&ek, &source);
-    let moved = ledger.apply(&ek, &destination);
-    if first != TpmOutcome::FirstSeen || !source.kept || moved != (TpmOutcome::Moved { parent_seen: true }) {
+    let first = ledger.apply(&ek, &source, None);
+    let moved = ledger.apply(&ek, &destination, None);
+    let from_source = TpmOutcome::Moved { parent_seen: true, from: source.incarnation };
+    if first != TpmOutcome::FirstSeen || !source.kept || moved != from_source {
         return Err(format!("the vTPM's lineage: source {source} ({first:?}), destination {destination} ({moved:?})"));
     }
     Ok(format!("its vTPM's lineage is a move: {destination}"))
