@@ -66,6 +66,9 @@ pub struct SnpHost {
     pub psc_error: Option<u64>,
     /// Refuse AP_CREATION events.
     pub refuse_ap_creation: bool,
+    /// Run the SVSM's own VMSA a vCPU's creation hands over (it becomes busy) and answer
+    /// that AP_CREATE with "refused".
+    pub run_refused_svsm_vmsas: bool,
     /// Refuse string port I/O (as a host that only does single ports would).
     pub refuse_string_io: bool,
     /// Bytes the SVSM wrote to the serial port (0x3F8) through IOIO events.
@@ -113,6 +116,7 @@ impl Default for SnpHost {
             features: msr::HV_FEATURE_SNP | msr::HV_FEATURE_SNP_AP_CREATION,
             psc_error: None,
             refuse_ap_creation: false,
+            run_refused_svsm_vmsas: false,
             refuse_string_io: false,
             console: Vec::new(),
             console_exits: 0,
@@ -308,6 +312,11 @@ impl ModelSnpHw<'_> {
         }
         self.host.ap_events.push((request, apic_id, vmsa, vmpl));
         if self.host.refuse_ap_creation {
+            return 1;
+        }
+        if self.host.run_refused_svsm_vmsas && request == exit::AP_CREATE && vmpl == 0 {
+            // A hostile host runs the SVSM's VMSA and answers "refused" all the same.
+            self.host.busy_vmsas.insert(vmsa);
             return 1;
         }
         let is_vmsa = self.machine.rmp.entry(vmsa >> 12).is_some_and(|e| e.vmsa);

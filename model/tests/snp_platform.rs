@@ -360,6 +360,34 @@ fn deleting_a_vcpu_whose_svsm_vmsa_runs_fails_whole_and_a_retry_finishes() {
     assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
 }
 
+/// A host that runs the SVSM's own VMSA of a new vCPU and answers its AP_CREATE with
+/// "refused": the VMSA cannot be unflagged while it runs, so the SVSM keeps it on record,
+/// a DELETE_VCPU meanwhile is refused (VCPU_IN_USE) and a retry once it stopped retires
+/// it. Before the fix the SVSM forgot it, and the delete put a live VMPL0 VMSA back in
+/// the pool (found by review).
+#[test]
+fn an_svsm_vmsa_the_host_runs_but_refuses_is_not_forgotten() {
+    let mut w = snp_world();
+    w.set_snp_entry(svsm_entry(8));
+    w.snp.as_mut().expect("snp").host.run_refused_svsm_vmsas = true;
+    let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
+    write_guest_vmsa(&mut w, vmsa);
+    w.client().create_vcpu(vmsa, ca, 9).expect("the guest's vCPU is created");
+    w.snp.as_mut().expect("snp").host.run_refused_svsm_vmsas = false;
+    let svsm_vmsa =
+        w.snp.as_ref().expect("snp").host.ap_events.iter().find(|e| e.3 == 0 && e.1 == 9).expect("SVSM VMSA").2;
+    assert!(w.machine.rmp.entry(svsm_vmsa >> 12).expect("RAM").vmsa, "still a VMSA: the host runs it");
+
+    let refused = w.client().delete_vcpu(vmsa).expect_err("its SVSM VMSA runs");
+    assert_eq!(refused.result(), Some(abi::result::ResultCode::CORE_VCPU_IN_USE), "{refused:?}");
+    w.snp.as_mut().expect("snp").host.busy_vmsas.clear();
+    w.client().delete_vcpu(vmsa).expect("deleted once it stopped");
+    for page in [vmsa, svsm_vmsa] {
+        assert!(!w.machine.rmp.entry(page >> 12).expect("RAM").vmsa, "{page:#x} is no VMSA");
+    }
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+}
+
 /// An AP's CPU joins the platform (bare metal: `ap_main`): its own GHCB page made shared,
 /// unless an earlier vCPU of the same index did that already, and registered. A host that
 /// refuses the page-state change gets the reason the AP then terminates with, and nothing

@@ -341,7 +341,14 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
                     Ok(()) => record.svsm_vmsa = Some(page.raw()),
                     Err(e) => {
                         kernel::log!(self, Error, "vCPU {}: host refused the SVSM's VMSA: {e:?}", index.0);
-                        let _ = self.unflag_vmsa(page.raw());
+                        // A refusal does not prove the VMSA never ran: a host may run it
+                        // and answer "refused" (the page is a VMSA, so it can). Then it
+                        // cannot be unflagged (FAIL_INUSE), and it stays in the record, so
+                        // stopping the vCPU retires it before its page goes back to the
+                        // pool, never a live VMPL0 VMSA handed out again.
+                        if self.unflag_vmsa(page.raw()).is_err() {
+                            record.svsm_vmsa = Some(page.raw());
+                        }
                     }
                 },
                 Err(e) => kernel::log!(self, Error, "vCPU {}: SVSM VMSA not made (no stack, or {e:?})", index.0),

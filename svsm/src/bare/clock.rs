@@ -31,7 +31,9 @@ pub fn calibrate() {
     while inb(0x61) & 0x20 == 0 && spins < 100_000_000 {
         spins += 1;
     }
-    let ticks = rdtsc() - start;
+    // Saturating: under SEV-SNP the TSC is the host's to offset, and one that goes back
+    // must not wrap into a huge rate (the clock would stand still).
+    let ticks = rdtsc().saturating_sub(start);
     let per_us = (ticks / 10_000).max(1);
     TICKS_PER_US.store(per_us, Ordering::Relaxed);
     START.store(rdtsc(), Ordering::Relaxed);

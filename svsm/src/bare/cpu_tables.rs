@@ -56,17 +56,22 @@ pub struct Tables {
     rsp0: u64,
 }
 
-/// Build and load GDT, TSS and IDT on this CPU; the address of its TSS.RSP0.
-pub fn load() -> u64 {
-    let mut tables = build();
+/// Build and load GDT, TSS and IDT on this CPU; the address of its TSS.RSP0. See
+/// [`build`] for `local_apic`.
+pub fn load(local_apic: bool) -> u64 {
+    let mut tables = build(local_apic);
     activate(&mut tables);
     tables.rsp0
 }
 
 /// Build a CPU's tables (leaked: they must live forever). A CPU that comes back under
 /// the same index (the snp platform's re-created vCPUs) reuses its tables with
-/// [`activate`] instead of building new ones.
-pub fn build() -> Tables {
+/// [`activate`] instead of building new ones. `local_apic`: the SVSM drives the local
+/// APIC (the svm platform: wake-up IPIs, the time-slice timer). Without it (SEV-SNP, where
+/// the host injects whatever vector it likes) those vectors only return: their handlers
+/// acknowledge the interrupt by writing the xAPIC's EOI register through the identity
+/// map, which under SNP is a write into private guest memory at that address.
+pub fn build(local_apic: bool) -> Tables {
     // TSS: IST1..IST7 pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
     let mut tss = [0u8; 104];
     for (ist, pointer) in (1u8..).zip(tss[36..92].chunks_exact_mut(8)) {
@@ -113,6 +118,7 @@ pub fn build() -> Tables {
         (super::lapic::SPURIOUS_VECTOR, core::ptr::addr_of!(spurious_return)),
         (super::lapic::TIMER_VECTOR, core::ptr::addr_of!(user_timer)),
     ] {
+        let handler = if local_apic { handler } else { core::ptr::addr_of!(spurious_return) };
         // A u8 vector always names one of the 256 gates.
         if let Some(gate) = idt.chunks_exact_mut(2).nth(usize::from(vector)) {
             gate.copy_from_slice(&x86::idt::interrupt_gate(handler as u64, CODE_SELECTOR, 0));

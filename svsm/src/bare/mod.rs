@@ -45,7 +45,8 @@ use core::panic::PanicInfo;
 /// has no guest to run yet: this build's native platform (`svm`) boots through PVH.
 extern "C" fn svsm_igvm_main(boot_info: u64) -> ! {
     heap::init();
-    cpu_tables::load();
+    // No local-APIC handlers: this launch is SEV-SNP's (or ends at once).
+    cpu_tables::load(false);
     fpu::enable_sse();
     if snp::detected() {
         snp::boot(boot_info)
@@ -72,7 +73,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         println!("FAILED: no memory for the boot CPU's page tables");
         exit::failure()
     }
-    percpu::set_tss_rsp0(cpu_tables::load());
+    percpu::set_tss_rsp0(cpu_tables::load(true));
     fpu::enable_sse();
     lapic::mask_legacy_pic();
     lapic::enable();

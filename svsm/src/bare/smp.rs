@@ -191,7 +191,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
         crate::println!("smp: cpu {cpu} has no memory for its page tables; it stays halted");
         super::cpu::halt_forever()
     }
-    super::percpu::set_tss_rsp0(cpu_tables::load());
+    super::percpu::set_tss_rsp0(cpu_tables::load(true));
     super::fpu::enable_sse();
     lapic::enable();
     super::user::init_cpu();
