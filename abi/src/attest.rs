@@ -95,6 +95,34 @@ pub struct SealedStateEntry {
 }
 crate::assert_size!(SealedStateEntry, 0x40);
 
+/// `45802996-1944-4e7a-a1f8-8e7d6b729feb`: Bulwark's attestation chain (data =
+/// [`AttestChainEntry`] and its links): the sealed state's record of the attestations it
+/// served, so a verifier can check that the state descends from the one it accepted last
+/// (docs/persistence.md, "The attestation chain").
+pub const ATTEST_CHAIN_GUID: Guid =
+    Guid::from_fields(0x45802996, 0x1944, 0x4e7a, [0xa1, 0xf8, 0x8e, 0x7d, 0x6b, 0x72, 0x9f, 0xeb]);
+
+/// The attestation chain's manifest entry: this header, then `links` SHA-256 links, oldest
+/// first. The chain value after link i is SHA-256(value before || link i), starting from
+/// `before`; the last link is this attestation's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct AttestChainEntry {
+    /// The chain value before the first link shown.
+    pub before: [u8; 32],
+    /// How many links follow (1..=[`ATTEST_CHAIN_MAX_LINKS`]).
+    pub links: u32,
+    pub reserved: u32,
+}
+crate::assert_size!(AttestChainEntry, 0x28);
+
+/// Most links an attestation chain entry shows (the most recent ones).
+pub const ATTEST_CHAIN_MAX_LINKS: usize = 16;
+
+/// One link of the attestation chain: SHA-256 of this label and the nonce the guest
+/// passed for the attestation.
+pub const ATTEST_CHAIN_LINK_LABEL: &[u8] = b"bulwark attestation link v1";
+
 /// Flag: a commit failed since boot; the sealed state is closed and the services that keep
 /// state there have stopped.
 pub const SEALED_STATE_FAILED: u32 = 1;

@@ -50,6 +50,8 @@ pub struct Seen {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     stores: BTreeMap<[u8; 16], Seen>,
+    /// Store id → the attestation chain's value after the state accepted last.
+    chains: BTreeMap<[u8; 16], [u8; 32]>,
     instances: BTreeMap<String, [u8; 16]>,
     vtpms: TpmLineages,
 }
@@ -126,6 +128,11 @@ pub enum Outcome {
     Newer { previous: Seen },
     /// An older generation than the ledger holds: refused (rollback).
     Rollback { newest: Seen },
+    /// A newer (or the same) generation whose attestation chain does not pass through the
+    /// chain value of the state accepted last: refused. It does not descend from that
+    /// state (an older image booted until its generation passed), or more attestations
+    /// than the chain shows were served since.
+    Diverged,
     /// The generation the ledger holds with another root: refused. One generation names
     /// one state (the store never reuses a generation), so two roots mean two branches
     /// from one image: a fork, or a clone of the disk.
@@ -144,6 +151,7 @@ impl Outcome {
             Self::Same => "same",
             Self::Newer { .. } => "newer",
             Self::Rollback { .. } => "rollback",
+            Self::Diverged => "diverged",
             Self::Fork { .. } => "fork",
         }
     }
@@ -243,11 +251,17 @@ impl Ledger {
             },
         };
         let mut stores = BTreeMap::new();
+        let mut chains = BTreeMap::new();
         for (id, seen) in file.stores {
             let store_id = unhex(&id).ok_or_else(|| format!("store id `{id}` is not 32 lower-case hex digits"))?;
             let root = unhex(&seen.root)
                 .ok_or_else(|| format!("store {id}: root `{}` is not 64 lower-case hex digits", seen.root))?;
             stores.insert(store_id, Seen { generation: seen.generation, root });
+            if let Some(chain) = &seen.chain {
+                let value = unhex(chain)
+                    .ok_or_else(|| format!("store {id}: chain `{chain}` is not 64 lower-case hex digits"))?;
+                chains.insert(store_id, value);
+            }
         }
         let mut instances = BTreeMap::new();
         for (name, id) in file.instances {
@@ -257,7 +271,7 @@ impl Ledger {
             instances.insert(instance.name, store_id);
         }
         let vtpms = TpmLineages::from_file(file.vtpms, unhex, unhex)?;
-        Ok(Self { stores, instances, vtpms })
+        Ok(Self { stores, chains, instances, vtpms })
     }
 
     /// The ledger as JSON text, stores in store id order, instances in name order. A
@@ -265,27 +279,29 @@ impl Ledger {
     /// verifiers that do not know them still read.
     pub fn to_json(&self) -> String {
         if self.instances.is_empty() && self.vtpms.is_empty() {
-            let stores: BTreeMap<String, SeenFile> = self
-                .stores
-                .iter()
-                .map(|(id, seen)| (hex(id), SeenFile { generation: seen.generation, root: hex(&seen.root) }))
-                .collect();
+            let stores: BTreeMap<String, SeenFile> =
+                self.stores.iter().map(|(id, seen)| (hex(id), self.seen_file(id, seen))).collect();
             let mut text = serde_json::to_string_pretty(&stores).unwrap_or_default();
             text.push('\n');
             return text;
         }
         let file = LedgerFile {
-            stores: self
-                .stores
-                .iter()
-                .map(|(id, seen)| (hex(id), SeenFile { generation: seen.generation, root: hex(&seen.root) }))
-                .collect(),
+            stores: self.stores.iter().map(|(id, seen)| (hex(id), self.seen_file(id, seen))).collect(),
             instances: self.instances.iter().map(|(name, id)| (name.clone(), hex(id))).collect(),
             vtpms: self.vtpms.to_file(),
         };
         let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
         text.push('\n');
         text
+    }
+
+    fn seen_file(&self, id: &[u8; 16], seen: &Seen) -> SeenFile {
+        SeenFile { generation: seen.generation, root: hex(&seen.root), chain: self.chains.get(id).map(|c| hex(c)) }
+    }
+
+    /// The attestation chain's value after the state of `store_id` accepted last.
+    pub fn chain(&self, store_id: &[u8; 16]) -> Option<[u8; 32]> {
+        self.chains.get(store_id).copied()
     }
 
     /// The ledger in the file at `path`; a missing file is an empty ledger.
@@ -342,6 +358,8 @@ struct LedgerFile {
 struct SeenFile {
     generation: u64,
     root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
 }
 
 /// Exactly `N` bytes of lower-case hex (the form [`hex`] writes; one spelling per value).
@@ -470,7 +488,18 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
         return false;
     };
     let previous = ledger.get(&state.store_id);
-    let outcome = ledger.apply(&state);
+    let chain = check_chain(ledger.chain(&state.store_id), verdict.attest_chain.as_ref(), &verdict.nonce_link);
+    let outcome = match ledger.outcome(&state) {
+        accepted if accepted.accepted() && chain.is_err() => Outcome::Diverged,
+        outcome => outcome,
+    };
+    let mut learned = false;
+    if outcome.accepted() {
+        learned = matches!(ledger.apply(&state), Outcome::FirstSeen | Outcome::Newer { .. });
+        if let Ok(Some(value)) = chain {
+            learned |= ledger.chains.insert(state.store_id, value) != Some(value);
+        }
+    }
     let (store, generation) = (hex(&state.store_id), state.generation);
     let detail = match outcome {
         Outcome::FirstSeen => Ok(format!("store {store} first seen, at generation {generation}")),
@@ -482,6 +511,10 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
         Outcome::Rollback { newest } => Err(format!(
             "ROLLBACK: generation {generation} of store {store} is older than generation {} accepted before",
             newest.generation
+        )),
+        Outcome::Diverged => Err(format!(
+            "DIVERGED: generation {generation} of store {store} does not descend from the state accepted last: {}",
+            chain.as_ref().err().map_or("", String::as_str)
         )),
         Outcome::Fork { accepted } => Err(format!(
             "FORK: generation {generation} of store {store} has root {}, the one accepted before has root {}: \
@@ -501,7 +534,40 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
         vtpm_outcome: None,
     });
     push(verdict, detail);
-    matches!(outcome, Outcome::FirstSeen | Outcome::Newer { .. })
+    learned
+}
+
+/// Whether the evidence's attestation chain (`chain`) passes through the value the
+/// ledger holds for its store (`known`), with this attestation's own link after it: the
+/// state descends from the one accepted last. The chain's value now, to keep. A store
+/// the ledger holds no value for takes any chain (and a store without a chain, before its
+/// first); one it holds a value for must show a chain.
+fn check_chain(
+    known: Option<[u8; 32]>,
+    chain: Option<&crate::manifest::AttestChain>,
+    nonce_link: &[u8; 32],
+) -> Result<Option<[u8; 32]>, String> {
+    let Some(chain) = chain else {
+        return match known {
+            Some(_) => Err("the evidence shows no attestation chain, and the ledger holds one for this store".into()),
+            None => Ok(None),
+        };
+    };
+    let values = chain.values();
+    let now = values.last().copied().unwrap_or(chain.before);
+    let Some(known) = known else { return Ok(Some(now)) };
+    let Some(at) = values.iter().position(|v| *v == known) else {
+        return Err(format!(
+            "its attestation chain does not pass through {} (an older image, or more than {} attestations since)",
+            hex(&known),
+            chain.links.len()
+        ));
+    };
+    // This attestation's link must come after the state accepted last.
+    if !chain.links.iter().skip(at).any(|link| link == nonce_link) {
+        return Err("this attestation's link comes before the state accepted last".into());
+    }
+    Ok(Some(now))
 }
 
 /// [`judge`], then the `state_instance` check: the store the evidence shows must be the

@@ -9,12 +9,14 @@
 //! Hostile input yields an error, never a panic.
 
 use abi::attest::{
-    ManifestEntry, ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SEALED_STATE_REWRAPPED,
-    SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_LINEAGE_KEPT, VTPM_LINEAGE_MAX_ANCESTORS,
-    VTPM_SERVICE_GUID, VtpmAncestor, VtpmLineageEntry,
+    ATTEST_CHAIN_GUID, ATTEST_CHAIN_LINK_LABEL, ATTEST_CHAIN_MAX_LINKS, AttestChainEntry, ManifestEntry,
+    ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SEALED_STATE_REWRAPPED, SERVICES_MANIFEST_GUID,
+    SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_LINEAGE_KEPT, VTPM_LINEAGE_MAX_ANCESTORS, VTPM_SERVICE_GUID,
+    VtpmAncestor, VtpmLineageEntry,
 };
 use abi::guid::Guid;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::fmt;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -380,11 +382,108 @@ pub fn encode_vtpm_lineage(lineage: &VtpmLineage) -> Vec<u8> {
     out
 }
 
+/// The sealed state's attestation chain, from the manifest's chain entry
+/// ([`ATTEST_CHAIN_GUID`], data [`AttestChainEntry`] and its links; docs/persistence.md,
+/// "The attestation chain").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttestChain {
+    /// The chain value before the first link.
+    #[serde(serialize_with = "as_hex")]
+    pub before: [u8; 32],
+    /// The links shown, oldest first; the last is this attestation's.
+    #[serde(serialize_with = "links_as_hex")]
+    pub links: Vec<[u8; 32]>,
+}
+
+fn links_as_hex<S: serde::Serializer>(links: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(links.iter().map(|l| crate::hex(l)))
+}
+
+impl AttestChain {
+    /// The chain values: before the first link, then after each (SHA-256(previous || link)).
+    pub fn values(&self) -> Vec<[u8; 32]> {
+        let mut values = vec![self.before];
+        for link in &self.links {
+            let previous = values.last().copied().unwrap_or(self.before);
+            values.push(Sha256::new().chain_update(previous).chain_update(link).finalize().into());
+        }
+        values
+    }
+
+    /// The chain value now (after the last link).
+    pub fn value(&self) -> [u8; 32] {
+        self.values().last().copied().unwrap_or(self.before)
+    }
+}
+
+/// The link an attestation with `nonce` adds (SHA-256 of the label and the nonce).
+pub fn attestation_link(nonce: &[u8]) -> [u8; 32] {
+    Sha256::new().chain_update(ATTEST_CHAIN_LINK_LABEL).chain_update(nonce).finalize().into()
+}
+
+/// Why an attestation chain entry was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttestChainError {
+    /// Not the header and its 16 link slots.
+    Length { len: usize },
+    /// No link, more than the slots, a reserved field or an unused slot not zero.
+    Malformed,
+}
+
+impl fmt::Display for AttestChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Length { len } => write!(f, "{len} bytes is not a chain header and its link slots"),
+            Self::Malformed => write!(f, "a link count out of range, or reserved bytes set"),
+        }
+    }
+}
+
+impl std::error::Error for AttestChainError {}
+
+/// The attestation chain among a manifest's services: `None` without its entry.
+pub fn attest_chain(services: &[Service]) -> Result<Option<AttestChain>, AttestChainError> {
+    match services.iter().find(|s| s.guid == ATTEST_CHAIN_GUID) {
+        Some(service) => parse_attest_chain(&service.data).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One attestation chain entry's data.
+pub fn parse_attest_chain(data: &[u8]) -> Result<AttestChain, AttestChainError> {
+    let (entry, slots) =
+        AttestChainEntry::read_from_prefix(data).map_err(|_| AttestChainError::Length { len: data.len() })?;
+    if slots.len() != 32 * ATTEST_CHAIN_MAX_LINKS {
+        return Err(AttestChainError::Length { len: data.len() });
+    }
+    let count = entry.links as usize;
+    if count == 0 || count > ATTEST_CHAIN_MAX_LINKS || entry.reserved != 0 {
+        return Err(AttestChainError::Malformed);
+    }
+    let (used, unused) = slots.split_at(32 * count);
+    if unused.iter().any(|b| *b != 0) {
+        return Err(AttestChainError::Malformed);
+    }
+    let links = used.chunks_exact(32).filter_map(|l| <[u8; 32]>::try_from(l).ok()).collect();
+    Ok(AttestChain { before: entry.before, links })
+}
+
+/// An attestation chain entry's data, as the SVSM writes it (for tests and tools).
+pub fn encode_attest_chain(chain: &AttestChain) -> Vec<u8> {
+    let header = AttestChainEntry { before: chain.before, links: chain.links.len() as u32, reserved: 0 };
+    let mut out = header.as_bytes().to_vec();
+    for i in 0..ATTEST_CHAIN_MAX_LINKS {
+        out.extend_from_slice(chain.links.get(i).map_or(&[0u8; 32], |l| l));
+    }
+    out
+}
+
 /// The name of a known service.
 pub fn service_name(guid: &Guid) -> Option<&'static str> {
     match *guid {
         VTPM_SERVICE_GUID => Some("vTPM"),
         VTPM_LINEAGE_GUID => Some("vTPM lineage"),
+        ATTEST_CHAIN_GUID => Some("attestation chain"),
         SEALED_STATE_GUID => Some("sealed state"),
         _ => None,
     }
@@ -406,6 +505,11 @@ pub fn describe(service: &Service) -> String {
     } else if service.guid == VTPM_LINEAGE_GUID {
         match parse_vtpm_lineage(&service.data) {
             Ok(lineage) => lineage.to_string(),
+            Err(e) => format!("malformed ({e}): {prefix}{more}"),
+        }
+    } else if service.guid == ATTEST_CHAIN_GUID {
+        match parse_attest_chain(&service.data) {
+            Ok(chain) => format!("{} link(s), chain value {}", chain.links.len(), crate::hex(&chain.value())),
             Err(e) => format!("malformed ({e}): {prefix}{more}"),
         }
     } else if service.guid == SEALED_STATE_GUID {
@@ -550,6 +654,33 @@ mod tests {
         ] {
             assert_eq!(parse_vtpm_lineage(&encode_vtpm_lineage(&bad)), Err(VtpmLineageError::Inconsistent), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_attestation_chain_round_trips_and_refuses_what_it_cannot_be() {
+        let chain = AttestChain { before: [3; 32], links: vec![[1; 32], [2; 32]] };
+        let data = encode_attest_chain(&chain);
+        assert_eq!(data.len(), 40 + 32 * ATTEST_CHAIN_MAX_LINKS, "always every slot");
+        assert_eq!(parse_attest_chain(&data), Ok(chain.clone()));
+        let values = chain.values();
+        assert_eq!(values.len(), 3);
+        assert_eq!(values[0], [3; 32]);
+        let after_one: [u8; 32] = Sha256::new().chain_update([3; 32]).chain_update([1; 32]).finalize().into();
+        assert_eq!(values[1], after_one);
+        assert_eq!(chain.value(), values[2]);
+        assert_eq!(parse_attest_chain(&data[..data.len() - 1]), Err(AttestChainError::Length { len: data.len() - 1 }));
+        let mut no_link = data.clone();
+        no_link[32..36].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(parse_attest_chain(&no_link), Err(AttestChainError::Malformed));
+        let mut too_many = data.clone();
+        too_many[32..36].copy_from_slice(&17u32.to_le_bytes());
+        assert_eq!(parse_attest_chain(&too_many), Err(AttestChainError::Malformed));
+        let mut stray = data.clone();
+        *stray.last_mut().unwrap() = 1;
+        assert_eq!(parse_attest_chain(&stray), Err(AttestChainError::Malformed), "an unused slot not zero");
+        let mut reserved = data;
+        reserved[36] = 1;
+        assert_eq!(parse_attest_chain(&reserved), Err(AttestChainError::Malformed));
     }
 
     #[test]

@@ -144,6 +144,11 @@ pub struct Verdict {
     /// SHA-256 of the vTPM's EK public area (hex): the name the ledger keeps the TPM's
     /// lineage under.
     pub vtpm_ek_sha256: Option<String>,
+    /// The sealed state's attestation chain, when the manifest has a well-formed one.
+    pub attest_chain: Option<manifest::AttestChain>,
+    /// The link this attestation's nonce makes in the chain.
+    #[serde(skip)]
+    pub nonce_link: [u8; 32],
     /// What the relying party's ledger said about the sealed state (`bulwark attest
     /// verify --state-ledger`; [`crate::ledger`]); `None` when no ledger was consulted.
     pub ledger: Option<crate::ledger::LedgerVerdict>,
@@ -412,6 +417,14 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
             (None, None)
         }
     };
+    let nonce_link = manifest::attestation_link(&evidence.nonce);
+    let attest_chain = match &parsed {
+        Ok(services) => check_attest_chain(&mut checks, services, &nonce_link),
+        Err(_) => {
+            checks.not_run("attest_chain", "the manifest does not parse");
+            None
+        }
+    };
     let sealed_state = match &parsed {
         Ok(services) => check_sealed_state(&mut checks, services),
         Err(_) => {
@@ -430,7 +443,37 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
         sealed_state,
         vtpm_lineage,
         vtpm_ek_sha256,
+        attest_chain,
+        nonce_link,
         ledger: None,
+    }
+}
+
+/// The `attest_chain` check: absent is fine (no sealed state), a malformed entry is not,
+/// and neither is a chain without this attestation's own link (the nonce's).
+fn check_attest_chain(
+    checks: &mut Checks,
+    services: &[manifest::Service],
+    nonce_link: &[u8; 32],
+) -> Option<manifest::AttestChain> {
+    match manifest::attest_chain(services) {
+        Ok(None) => {
+            checks.record("attest_chain", Ok("none in the manifest".into()));
+            None
+        }
+        Ok(Some(chain)) if !chain.links.contains(nonce_link) => {
+            checks.record("attest_chain", Err("this attestation's link (its nonce's) is not in the chain".into()));
+            None
+        }
+        Ok(Some(chain)) => {
+            let detail = format!("{} link(s), chain value {}", chain.links.len(), crate::hex(&chain.value()));
+            checks.record("attest_chain", Ok(detail));
+            Some(chain)
+        }
+        Err(e) => {
+            checks.record("attest_chain", Err(format!("malformed entry: {e}")));
+            None
+        }
     }
 }
 

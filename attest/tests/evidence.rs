@@ -166,7 +166,7 @@ fn stale_nonce_and_other_manifest_are_rejected() {
     let e = Evidence { manifest: manifest::encode(&[]).unwrap(), ..s.evidence.clone() };
     assert_eq!(failures(&e), vec!["report_data"]);
     let e = Evidence { manifest: vec![1, 2, 3], ..s.evidence.clone() };
-    assert_eq!(failures(&e), vec!["report_data", "manifest", "vtpm_lineage", "sealed_state"]);
+    assert_eq!(failures(&e), vec!["report_data", "manifest", "vtpm_lineage", "attest_chain", "sealed_state"]);
 }
 
 #[test]
@@ -257,7 +257,7 @@ fn verdict_says_not_hardware_rooted_in_text_and_json() {
     assert_eq!(json["report"]["version"], 3);
     assert_eq!(json["services"][0]["name"], "vTPM");
     let names: Vec<&str> = json["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 20);
+    assert_eq!(names.len(), 21);
     assert!(names.contains(&"report.signature") && names.contains(&"certificates.chain"));
 }
 

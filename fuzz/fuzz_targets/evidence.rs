@@ -37,6 +37,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = manifest::parse(&manifest);
     let _ = manifest::parse_sealed_state(&manifest);
     let _ = manifest::parse_vtpm_lineage(&manifest);
+    let _ = manifest::parse_attest_chain(&manifest);
     let service = match manifest.len() % 6 {
         0 | 3 => Some(bulwark_abi::attest::VTPM_SERVICE_GUID),
         1 => Some(bulwark_abi::attest::SEALED_STATE_GUID),

@@ -8,13 +8,15 @@
 //! what is on disk would no longer be what the SVSM answered from. The status says why.
 
 use crate::vtpm_lineage::Lineage;
-use abi::attest::SealedStateEntry;
+use abi::attest::{ATTEST_CHAIN_LINK_LABEL, ATTEST_CHAIN_MAX_LINKS, AttestChainEntry, SealedStateEntry};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use sha2::{Digest, Sha256};
 use spin::Mutex;
 use store::{BlockDevice, Entropy, Store, StoreError, StoreKey, StoreState};
 use vtpm::nv::{NvBlobs, NvChange, NvError, NvStorage};
+use zerocopy::IntoBytes;
 
 /// A store, as the kernel uses it (any device, any entropy source).
 pub trait SealedStore: Send {
@@ -69,6 +71,101 @@ pub struct Summary {
     pub entry: SealedStateEntry,
     /// The lineage of the vTPM the state keeps, if it keeps one.
     pub vtpm: Option<Lineage>,
+    /// The attestations served on this state so far (empty before the first).
+    pub chain: AttestChain,
+}
+
+/// The attestation chain (docs/persistence.md, "The attestation chain"): each attestation
+/// the SVSM serves on this sealed state commits a link (SHA-256 of a label and the
+/// guest's nonce), and the manifest shows the most recent links and the chain value
+/// before them. A verifier that kept the chain value of the state it accepted last finds
+/// it in the history of a state that descends from it, and in no other: an older disk
+/// image, however many boots raised its generation, never saw that attestation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttestChain {
+    /// The chain value before `links[0]`.
+    before: [u8; 32],
+    links: [[u8; 32]; ATTEST_CHAIN_MAX_LINKS],
+    count: usize,
+}
+
+impl AttestChain {
+    const EMPTY: Self = Self { before: [0; 32], links: [[0; 32]; ATTEST_CHAIN_MAX_LINKS], count: 0 };
+
+    /// The chain a store keeps (`None` for a malformed blob; empty without one).
+    fn read(store: &dyn SealedStore) -> Option<Self> {
+        let Some(bytes) = store.get(CHAIN) else { return Some(Self::EMPTY) };
+        let (before, rest) = bytes.split_first_chunk::<32>()?;
+        if !rest.len().is_multiple_of(32) || rest.len() / 32 > ATTEST_CHAIN_MAX_LINKS {
+            return None;
+        }
+        let mut chain = Self { before: *before, ..Self::EMPTY };
+        for (slot, link) in chain.links.iter_mut().zip(rest.chunks_exact(32)) {
+            slot.copy_from_slice(link);
+            chain.count += 1;
+        }
+        Some(chain)
+    }
+
+    /// The links shown, oldest first.
+    pub fn links(&self) -> &[[u8; 32]] {
+        self.links.get(..self.count).unwrap_or(&[])
+    }
+
+    /// Append `link`; the oldest is folded into `before` when the window is full.
+    fn push(&mut self, link: [u8; 32]) {
+        if self.count == ATTEST_CHAIN_MAX_LINKS {
+            let oldest = self.links.first().copied().unwrap_or_default();
+            self.before = Sha256::new().chain_update(self.before).chain_update(oldest).finalize().into();
+            self.links.copy_within(1.., 0);
+            self.count -= 1;
+        }
+        if let Some(slot) = self.links.get_mut(self.count) {
+            *slot = link;
+            self.count += 1;
+        }
+    }
+
+    /// What the store keeps: `before`, then the links.
+    fn bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(32 * (1 + self.count)).map_err(|_| StoreError::OutOfMemory)?;
+        out.extend_from_slice(&self.before);
+        for link in self.links() {
+            out.extend_from_slice(link);
+        }
+        Ok(out)
+    }
+
+    /// The manifest entry: header, then always [`ATTEST_CHAIN_MAX_LINKS`] link slots
+    /// (unused ones zero), so the manifest's size does not change from one attestation to
+    /// the next (Linux sizes its buffers with one call and fills them with the next).
+    pub fn entry(&self) -> Option<Vec<u8>> {
+        let header = AttestChainEntry { before: self.before, links: u32::try_from(self.count).ok()?, reserved: 0 };
+        let mut out = Vec::new();
+        out.try_reserve_exact(size_of::<AttestChainEntry>() + 32 * ATTEST_CHAIN_MAX_LINKS).ok()?;
+        out.extend_from_slice(header.as_bytes());
+        for link in &self.links {
+            out.extend_from_slice(link);
+        }
+        Some(out)
+    }
+}
+
+/// The link an attestation with `nonce` adds to the chain.
+pub fn attestation_link(nonce: &[u8]) -> [u8; 32] {
+    Sha256::new().chain_update(ATTEST_CHAIN_LINK_LABEL).chain_update(nonce).finalize().into()
+}
+
+/// Commit the link of an attestation with `nonce` to the chain, before its manifest is
+/// built (the manifest shows the state with it). One commit per attestation.
+pub fn note_attestation(sealed: &SharedSealed, nonce: &[u8]) -> Result<(), StoreError> {
+    let link = attestation_link(nonce);
+    sealed.lock().update(|store| {
+        let mut chain = AttestChain::read(store).unwrap_or(AttestChain::EMPTY);
+        chain.push(link);
+        store.put(CHAIN, &chain.bytes()?)
+    })
 }
 
 fn summarize(store: &dyn SealedStore, failed: bool, rewrapped: bool) -> Summary {
@@ -82,7 +179,9 @@ fn summarize(store: &dyn SealedStore, failed: bool, rewrapped: bool) -> Summary 
         flags,
         reserved: 0,
     };
-    Summary { entry, vtpm: lineage_in(store) }
+    // A malformed chain blob cannot come from this SVSM (the store authenticates what it
+    // holds): shown empty, and the next attestation starts it again.
+    Summary { entry, vtpm: lineage_in(store), chain: AttestChain::read(store).unwrap_or(AttestChain::EMPTY) }
 }
 
 impl core::fmt::Debug for Sealed {
@@ -248,6 +347,9 @@ pub fn open_sealed<D: BlockDevice, E: Entropy>(
         }
     }
 }
+
+/// The attestation chain ([`AttestChain`]).
+const CHAIN: &[u8] = b"attest/chain";
 
 /// Where the vTPM's blobs and its marker are kept.
 const NV_PREFIX: &[u8] = b"vtpm/nv/";
@@ -687,6 +789,37 @@ mod tests {
         assert_eq!(vtpm_lineage(&sealed), None, "no TPM kept");
         assert!(!can_keep_vtpm(&sealed, b"EK", 42) && can_keep_vtpm(&sealed, b"EK", 43));
         assert!(can_keep_vtpm(&sealed, b"another EK", 0), "a tombstone of another TPM holds nothing back");
+    }
+
+    /// Each attestation commits its link; the chain keeps the 16 newest and folds older
+    /// ones into the value before them, so the chain's value always covers every link.
+    #[test]
+    fn each_attestation_commits_a_link_and_the_chain_keeps_the_newest() {
+        let sealed = fresh();
+        let generation = sealed.lock().state().generation;
+        assert_eq!(sealed.lock().summary().lock().chain.links(), &[] as &[[u8; 32]]);
+        let fold = |value: [u8; 32], link: &[u8; 32]| -> [u8; 32] {
+            Sha256::new().chain_update(value).chain_update(link).finalize().into()
+        };
+        let mut expected = [0u8; 32];
+        for i in 0..20u8 {
+            note_attestation(&sealed, &[i; 8]).unwrap();
+            expected = fold(expected, &attestation_link(&[i; 8]));
+        }
+        assert_eq!(sealed.lock().state().generation, generation + 20, "one commit each");
+        let chain = sealed.lock().summary().lock().chain;
+        assert_eq!(chain.links().len(), ATTEST_CHAIN_MAX_LINKS);
+        assert_eq!(chain.links()[15], attestation_link(&[19; 8]), "the newest last");
+        let value = chain.links().iter().fold(chain.before, fold);
+        assert_eq!(value, expected, "the value covers the links folded away");
+        let entry = chain.entry().unwrap();
+        assert_eq!(entry.len(), 40 + 32 * ATTEST_CHAIN_MAX_LINKS, "always the same size");
+        // One link: the unused slots are zero, so the entry's size does not change.
+        let one = fresh();
+        note_attestation(&one, b"nonce").unwrap();
+        let entry = one.lock().summary().lock().chain.entry().unwrap();
+        assert_eq!(entry.len(), 40 + 32 * ATTEST_CHAIN_MAX_LINKS);
+        assert!(entry[40 + 32..].iter().all(|b| *b == 0));
     }
 
     #[test]

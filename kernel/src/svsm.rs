@@ -398,6 +398,22 @@ impl Svsm {
         }
     }
 
+    /// An attestation with `nonce` is about to be served: its link goes into the sealed
+    /// state's attestation chain (`sealed::note_attestation`), one commit. Nothing to do
+    /// without a sealed state.
+    pub fn note_attestation(&self, nonce: &[u8]) -> Result<(), store::StoreError> {
+        match &self.sealed {
+            Some(sealed) => crate::sealed::note_attestation(sealed, nonce),
+            None => Ok(()),
+        }
+    }
+
+    /// The sealed state's attestation chain, as its summary has it (`None` without a
+    /// sealed state). Never waits on a commit in progress.
+    pub fn attest_chain(&self) -> Option<crate::sealed::AttestChain> {
+        self.sealed_summary.as_ref().map(|summary| summary.lock().chain)
+    }
+
     /// The sealed state's manifest entry: the committed state the SVSM runs on, and
     /// whether the sealed state closed since boot. Never waits on a commit in progress.
     pub fn sealed_state_entry(&self) -> Option<abi::attest::SealedStateEntry> {

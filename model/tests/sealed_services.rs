@@ -88,7 +88,8 @@ fn manifest_entry(env: &mut ModelEnv) -> SealedStateEntry {
         Ok(_) => assert_eq!(entry.flags, 0, "a closed sealed state passed the verifier"),
         Err(rejected) => {
             let failed: Vec<_> = rejected.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
-            assert_eq!((entry.flags, failed), (SEALED_STATE_FAILED, vec!["sealed_state"]));
+            // Closed: the attestation's link could not be committed either.
+            assert_eq!((entry.flags, failed), (SEALED_STATE_FAILED, vec!["attest_chain", "sealed_state"]));
         }
     }
     entry
@@ -98,13 +99,15 @@ fn manifest_entry(env: &mut ModelEnv) -> SealedStateEntry {
 fn the_manifest_names_the_committed_state_the_svsm_runs_on() {
     let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, sealed) = boot(&disk);
-    let state = sealed.lock().state();
+    // The attestation commits its own link to the chain first (one generation), and the
+    // manifest shows the state with it.
     let entry = manifest_entry(&mut env);
-    assert_eq!((entry.generation, entry.root, entry.store_id, entry.flags), (1, state.root, state.store_id, 0));
-    // A commit (a setting kept) moves the entry on.
+    let state = sealed.lock().state();
+    assert_eq!((entry.generation, entry.root, entry.store_id, entry.flags), (2, state.root, state.store_id, 0));
+    // A commit (a setting kept) moves the entry on, and so does the next attestation.
     write_level(&mut env, b"debug");
     let entry = manifest_entry(&mut env);
-    assert_eq!((entry.generation, entry.root), (2, sealed.lock().state().root));
+    assert_eq!((entry.generation, entry.root), (4, sealed.lock().state().root));
 }
 
 #[test]
@@ -172,10 +175,12 @@ fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
 }
 
 /// A commit holds the sealed state's lock for as long as the host takes with its disk
-/// writes. Attestation and the OCP's sealed sources read a summary instead, so a slow (or
-/// lost, until the driver's deadline) disk on one vCPU does not stall them on another.
+/// writes. The OCP's sealed sources read a summary instead, so a slow (or lost, until the
+/// driver's deadline) disk on one vCPU does not stall them on another. (An attestation
+/// commits its own link to the attestation chain, so it does wait: docs/persistence.md,
+/// "The attestation chain".)
 #[test]
-fn attestation_and_ocp_do_not_wait_for_a_commit_in_progress() {
+fn the_ocp_does_not_wait_for_a_commit_in_progress() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, sealed) = boot(&disk);
@@ -196,11 +201,54 @@ fn attestation_and_ocp_do_not_wait_for_a_commit_in_progress() {
         })
     };
     held.recv().unwrap();
-    let entry = manifest_entry(&mut env);
     let ocp_root = read(&mut env, root);
-    assert!(!released.load(Ordering::SeqCst), "attestation or the OCP waited for the commit to end");
+    assert!(!released.load(Ordering::SeqCst), "the OCP waited for the commit to end");
     go_on.send(()).unwrap();
     holder.join().unwrap();
-    assert_eq!((entry.generation, entry.root), (committed.generation, committed.root));
     assert_eq!(ocp_root, committed.root.to_vec());
+}
+
+/// The attack the generation alone cannot see (found by review): the host keeps an old
+/// disk image, boots it again and again (every boot commits, so its generation passes the
+/// newest the relying party accepted), then lets it attest. The attestation chain refuses
+/// it: the image never saw the attestations accepted since it was copied. The honest VM,
+/// attesting on, is accepted all along.
+#[test]
+fn an_old_image_booted_until_its_generation_passes_is_refused_by_the_chain() {
+    let evidence = |env: &mut ModelEnv, nonce: u8| {
+        let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).expect("attestation");
+        let evidence = attest::verify::Evidence {
+            report: e.report,
+            certificates: attest::verify::Certificates::Table(e.certificates),
+            nonce: e.nonce,
+            manifest: e.manifest,
+            service: None,
+        };
+        attest::verify::examine(&evidence)
+    };
+    let judge = |ledger: &mut attest::ledger::Ledger, mut v: attest::verify::Verdict| {
+        attest::ledger::judge(ledger, &mut v);
+        (v.passed, v.ledger.and_then(|l| l.outcome), v.sealed_state.map(|s| s.generation))
+    };
+    let mut ledger = attest::ledger::Ledger::default();
+    let disk = SharedDisk::new(MemDisk::new(64));
+    let (mut honest, _) = boot(&disk);
+    assert_eq!(judge(&mut ledger, evidence(&mut honest, 1)), (true, Some("first_seen"), Some(2)));
+    let old_image = disk.image();
+    assert_eq!(judge(&mut ledger, evidence(&mut honest, 2)), (true, Some("newer"), Some(3)));
+    write_level(&mut honest, b"debug");
+    assert_eq!(judge(&mut ledger, evidence(&mut honest, 3)), (true, Some("newer"), Some(5)));
+
+    // The old image, its generation raised past 5 by commits the relying party never saw.
+    let copy = SharedDisk::new(MemDisk::from_image(old_image));
+    let (mut old, _) = boot(&copy);
+    for level in [b"debug".as_slice(), b"info", b"debug", b"info"] {
+        write_level(&mut old, level);
+    }
+    let (passed, outcome, generation) = judge(&mut ledger, evidence(&mut old, 4));
+    assert!(generation > Some(5), "{generation:?}: newer by its generation alone");
+    assert_eq!((passed, outcome), (false, Some("diverged")));
+
+    // The honest VM goes on.
+    assert_eq!(judge(&mut ledger, evidence(&mut honest, 5)), (true, Some("newer"), Some(6)));
 }

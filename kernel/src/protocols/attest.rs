@@ -19,8 +19,8 @@ use crate::psp_channel::ChannelError;
 use crate::svsm::Svsm;
 use abi::PAGE_SIZE;
 use abi::attest::{
-    AttestServicesOp, AttestSingleServiceOp, BufferRecord, ManifestEntry, ManifestHeader, REPORT_SIZE,
-    SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_SERVICE_GUID,
+    ATTEST_CHAIN_GUID, AttestServicesOp, AttestSingleServiceOp, BufferRecord, ManifestEntry, ManifestHeader,
+    REPORT_SIZE, SEALED_STATE_GUID, SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_SERVICE_GUID,
 };
 use abi::guid::Guid;
 use abi::protocol::attest_call;
@@ -38,17 +38,19 @@ pub fn handle<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -
 
 /// The services that contribute to the manifest: (GUID, the service's attestation data).
 /// The vTPM, when there is one, contributes its EK public area (TPMT_PUBLIC) and its
-/// lineage (`VtpmLineageEntry` and its ancestors); the sealed state, when there is one, the committed state
-/// it runs on (`SealedStateEntry`).
+/// lineage (`VtpmLineageEntry` and its ancestors); the sealed state, when there is one, the
+/// committed state it runs on (`SealedStateEntry`) and its attestation chain.
 fn services<'a>(
     svsm: &'a Svsm,
     sealed: &'a Option<SealedStateEntry>,
     lineage: &'a Option<Vec<u8>>,
+    chain: &'a Option<Vec<u8>>,
 ) -> CallResult<Vec<(Guid, &'a [u8])>> {
-    let mut all = heap::with_capacity(3)?;
+    let mut all = heap::with_capacity(4)?;
     all.extend(svsm.vtpm_ek().map(|ek| (VTPM_SERVICE_GUID, ek)));
     all.extend(lineage.as_deref().map(|entry| (VTPM_LINEAGE_GUID, entry)));
     all.extend(sealed.as_ref().map(|entry| (SEALED_STATE_GUID, entry.as_bytes())));
+    all.extend(chain.as_deref().map(|entry| (ATTEST_CHAIN_GUID, entry)));
     Ok(all)
 }
 
@@ -77,6 +79,34 @@ fn manifest(services: &[(Guid, &[u8])]) -> CallResult<Vec<u8>> {
         out.extend_from_slice(data);
     }
     Ok(out)
+}
+
+/// The manifest a call returns: every service's, or (SINGLE_SERVICE) the named service's
+/// data alone.
+fn build_manifest(svsm: &Svsm, service: Option<(Guid, u32)>) -> CallResult<Vec<u8>> {
+    let sealed = svsm.sealed_state_entry();
+    let lineage = match svsm.vtpm_lineage() {
+        Some((lineage, kept)) => Some(lineage.entry(kept).ok_or(CallError::OutOfMemory)?),
+        None => None,
+    };
+    let chain = match svsm.attest_chain() {
+        Some(chain) => Some(chain.entry().ok_or(CallError::OutOfMemory)?),
+        None => None,
+    };
+    let all = services(svsm, &sealed, &lineage, &chain)?;
+    match service {
+        None => manifest(&all),
+        Some((guid, version)) => {
+            // Each service has one manifest version so far: 0 (its default) or 1.
+            if version > 1 {
+                return Err(CallError::InvalidParameter("unknown service manifest version"));
+            }
+            match all.iter().find(|(g, _)| *g == guid) {
+                Some((_, data)) => heap::copy_of(data),
+                None => Err(CallError::InvalidParameter("no such service")),
+            }
+        }
+    }
 }
 
 /// A buffer the guest named: page-aligned when `aligned` is asked, inside one page when
@@ -164,26 +194,7 @@ fn attest_inner<P: Platform + ?Sized>(
     }
 
     // 3. What the SVSM will return, and whether it fits.
-    let sealed = svsm.sealed_state_entry();
-    let lineage = match svsm.vtpm_lineage() {
-        Some((lineage, kept)) => Some(lineage.entry(kept).ok_or(CallError::OutOfMemory)?),
-        None => None,
-    };
-    let all = services(svsm, &sealed, &lineage)?;
-    let manifest = match service {
-        None => manifest(&all)?,
-        Some((guid, version)) => {
-            // Each service has one manifest version so far: 0 (its default) or 1.
-            if version > 1 {
-                return Err(CallError::InvalidParameter("unknown service manifest version"));
-            }
-            match all.iter().find(|(g, _)| *g == guid) {
-                Some((_, data)) => heap::copy_of(data)?,
-                None => return Err(CallError::InvalidParameter("no such service")),
-            }
-        }
-    };
-    drop(all);
+    let mut manifest = build_manifest(svsm, service)?;
     let certificates = if certs_buf.is_some() { heap::copy_of(p.report_certificates())? } else { Vec::new() };
     *sizes = Some((manifest.len() as u64, certificates.len() as u64));
     let fits = |buf: Option<Gpa>, record: &BufferRecord, need: usize| {
@@ -194,6 +205,20 @@ fn attest_inner<P: Platform + ?Sized>(
         || !fits(certs_buf, &op.certificates, certificates.len())
     {
         return Err(CallError::InvalidParameter("a buffer is too small (sizes in RCX, RDX, R8)"));
+    }
+    // The call will be served: with a sealed state, its link goes into the attestation
+    // chain first, and the manifest shows the state with it (docs/persistence.md, "The
+    // attestation chain"). Only for a whole manifest, the evidence that shows the chain.
+    // A failed commit closes the sealed state, which the manifest then says.
+    if service.is_none() && svsm.sealed_state_entry().is_some() {
+        if let Err(e) = svsm.note_attestation(&nonce_bytes) {
+            crate::log!(p, Warn, "attestation: the chain's link was not committed: {:?}", e);
+        }
+        manifest = build_manifest(svsm, service)?;
+        *sizes = Some((manifest.len() as u64, certificates.len() as u64));
+        if !fits(manifest_buf, &op.manifest, manifest.len()) {
+            return Err(CallError::InvalidParameter("the manifest grew (sizes in RCX, RDX, R8)"));
+        }
     }
 
     // 4. The report, bound to nonce and manifest.

@@ -437,7 +437,8 @@ mod tests {
         assert_eq!(json["ledger"]["vtpm_outcome"], "first_seen");
         assert_eq!(json["vtpm_lineage"]["version"], 1);
         let names: Vec<&str> = json["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names[names.len() - 4..], ["vtpm_lineage", "sealed_state", "state_ledger", "vtpm_ledger"]);
+        let last = &names[names.len() - 5..];
+        assert_eq!(last, ["vtpm_lineage", "attest_chain", "sealed_state", "state_ledger", "vtpm_ledger"]);
         let note = ledger_note(&verdict, std::path::Path::new("l.json"));
         assert_eq!(note, "--state-ledger: l.json unchanged.\n");
     }
