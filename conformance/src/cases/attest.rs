@@ -271,9 +271,12 @@ pub fn nonce_layouts(env: &mut dyn Env) -> CaseResult {
     // No nonce at all: REPORT_DATA binds the manifest alone.
     let no_nonce = AttestServicesOp { nonce: record(0, 0), ..full };
     env.write(l.op, no_nonce.as_bytes())?;
-    let (got, _) = raw(env, ATTEST, ATTEST_SERVICES, [l.op, u64::MAX, u64::MAX, 0])?;
+    let (got, regs) = raw(env, ATTEST, ATTEST_SERVICES, [l.op, u64::MAX, u64::MAX, 0])?;
     let report = read(env, l.report, REPORT_SIZE)?;
     ensure!(got == ResultCode::SUCCESS, "empty nonce: {got}");
+    // This call's manifest: with a sealed state each attestation moves it on (its link in
+    // the attestation chain, docs/persistence.md).
+    let manifest = read(env, l.manifest, regs.rcx as usize)?;
     ensure!(report[r::REPORT_DATA..r::REPORT_DATA + 64] == Sha512::digest(&manifest)[..], "empty nonce: REPORT_DATA");
     Ok(())
 }
