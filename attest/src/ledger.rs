@@ -50,8 +50,12 @@ pub struct Seen {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     stores: BTreeMap<[u8; 16], Seen>,
-    /// Store id → the attestation chain's value after the state accepted last.
+    /// Store id → the attestation chain's value after the state accepted last (a store
+    /// that keeps no vTPM).
     chains: BTreeMap<[u8; 16], [u8; 32]>,
+    /// EK digest → the same, for a vTPM a store keeps: its chain goes with it when it
+    /// moves (docs/persistence.md, "The attestation chain").
+    tpm_chains: BTreeMap<[u8; 32], [u8; 32]>,
     instances: BTreeMap<String, [u8; 16]>,
     vtpms: TpmLineages,
 }
@@ -246,7 +250,12 @@ impl Ledger {
             Ok(file) => file,
             // The form before instances: the stores alone.
             Err(e) => match serde_json::from_str::<BTreeMap<String, SeenFile>>(text) {
-                Ok(stores) => LedgerFile { stores, instances: BTreeMap::new(), vtpms: BTreeMap::new() },
+                Ok(stores) => LedgerFile {
+                    stores,
+                    instances: BTreeMap::new(),
+                    vtpms: BTreeMap::new(),
+                    vtpm_chains: BTreeMap::new(),
+                },
                 Err(_) => return Err(e.to_string()),
             },
         };
@@ -271,14 +280,20 @@ impl Ledger {
             instances.insert(instance.name, store_id);
         }
         let vtpms = TpmLineages::from_file(file.vtpms, unhex, unhex)?;
-        Ok(Self { stores, chains, instances, vtpms })
+        let mut tpm_chains = BTreeMap::new();
+        for (ek, chain) in file.vtpm_chains {
+            let ek = unhex(&ek).ok_or_else(|| format!("vTPM `{ek}` is not 64 lower-case hex digits"))?;
+            let chain = unhex(&chain).ok_or_else(|| format!("vTPM chain `{chain}` is not 64 lower-case hex digits"))?;
+            tpm_chains.insert(ek, chain);
+        }
+        Ok(Self { stores, chains, tpm_chains, instances, vtpms })
     }
 
     /// The ledger as JSON text, stores in store id order, instances in name order. A
     /// ledger without instances and vTPMs is written in the form before them, which
     /// verifiers that do not know them still read.
     pub fn to_json(&self) -> String {
-        if self.instances.is_empty() && self.vtpms.is_empty() {
+        if self.instances.is_empty() && self.vtpms.is_empty() && self.tpm_chains.is_empty() {
             let stores: BTreeMap<String, SeenFile> =
                 self.stores.iter().map(|(id, seen)| (hex(id), self.seen_file(id, seen))).collect();
             let mut text = serde_json::to_string_pretty(&stores).unwrap_or_default();
@@ -289,6 +304,7 @@ impl Ledger {
             stores: self.stores.iter().map(|(id, seen)| (hex(id), self.seen_file(id, seen))).collect(),
             instances: self.instances.iter().map(|(name, id)| (name.clone(), hex(id))).collect(),
             vtpms: self.vtpms.to_file(),
+            vtpm_chains: self.tpm_chains.iter().map(|(ek, c)| (hex(ek), hex(c))).collect(),
         };
         let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
         text.push('\n');
@@ -350,6 +366,8 @@ struct LedgerFile {
     instances: BTreeMap<String, String>,
     #[serde(default)]
     vtpms: BTreeMap<String, BTreeMap<String, IncarnationFile>>,
+    #[serde(default)]
+    vtpm_chains: BTreeMap<String, String>,
 }
 
 /// One store as the file holds it.
@@ -488,7 +506,14 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
         return false;
     };
     let previous = ledger.get(&state.store_id);
-    let chain = check_chain(ledger.chain(&state.store_id), verdict.attest_chain.as_ref(), &verdict.nonce_link);
+    // The chain of a kept vTPM is the TPM's (it moves with it); otherwise the store's.
+    let tpm =
+        verdict.vtpm_lineage.as_ref().filter(|l| l.kept).and(verdict.vtpm_ek_sha256.as_deref()).and_then(unhex::<32>);
+    let known = match tpm {
+        Some(ek) => ledger.tpm_chains.get(&ek).copied(),
+        None => ledger.chain(&state.store_id),
+    };
+    let chain = check_chain(known, verdict.attest_chain.as_ref(), &verdict.nonce_link);
     let outcome = match ledger.outcome(&state) {
         accepted if accepted.accepted() && chain.is_err() => Outcome::Diverged,
         outcome => outcome,
@@ -497,7 +522,11 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
     if outcome.accepted() {
         learned = matches!(ledger.apply(&state), Outcome::FirstSeen | Outcome::Newer { .. });
         if let Ok(Some(value)) = chain {
-            learned |= ledger.chains.insert(state.store_id, value) != Some(value);
+            let before = match tpm {
+                Some(ek) => ledger.tpm_chains.insert(ek, value),
+                None => ledger.chains.insert(state.store_id, value),
+            };
+            learned |= before != Some(value);
         }
     }
     let (store, generation) = (hex(&state.store_id), state.generation);

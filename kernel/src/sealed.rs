@@ -107,6 +107,25 @@ impl AttestChain {
         Some(chain)
     }
 
+    /// A chain from its parts (as a migration carries it): at most
+    /// [`ATTEST_CHAIN_MAX_LINKS`] links.
+    pub fn from_parts(before: [u8; 32], links: &[[u8; 32]]) -> Option<Self> {
+        if links.len() > ATTEST_CHAIN_MAX_LINKS {
+            return None;
+        }
+        let mut chain = Self { before, ..Self::EMPTY };
+        for (slot, link) in chain.links.iter_mut().zip(links) {
+            *slot = *link;
+            chain.count += 1;
+        }
+        Some(chain)
+    }
+
+    /// The chain value before the first link shown.
+    pub fn before(&self) -> [u8; 32] {
+        self.before
+    }
+
     /// The links shown, oldest first.
     pub fn links(&self) -> &[[u8; 32]] {
         self.links.get(..self.count).unwrap_or(&[])
@@ -150,6 +169,13 @@ impl AttestChain {
         }
         Some(out)
     }
+}
+
+/// The link a vTPM's arrival by live migration adds to the chain it brings (its new
+/// incarnation's): the chain goes on with the TPM, so a verifier follows the TPM's
+/// attestations from store to store.
+pub fn arrival_link(incarnation: &[u8; 16]) -> [u8; 32] {
+    Sha256::new().chain_update(b"bulwark arrival link v1").chain_update(incarnation).finalize().into()
 }
 
 /// The link an attestation with `nonce` adds to the chain.
@@ -452,8 +478,9 @@ pub fn mark_vtpm_moved(sealed: &SharedSealed) -> Result<bool, StoreError> {
 pub struct VtpmNv {
     sealed: SharedSealed,
     manufactured: bool,
-    /// The lineage a migrated state takes here ([`Self::arriving_at`]).
-    arriving: Option<Lineage>,
+    /// The lineage a migrated state takes here, and the attestation chain it brings
+    /// ([`Self::arriving_at`]).
+    arriving: Option<(Lineage, Option<AttestChain>)>,
 }
 
 /// What the sealed state holds for the vTPM.
@@ -493,15 +520,22 @@ impl VtpmNv {
     /// The storage for a vTPM a migration brings, as the incarnation `lineage` (from
     /// [`Lineage::arrived`]): kept under its version and origin ([`NvStorage::replaced`]),
     /// so its lineage goes on here.
-    pub fn arriving_at(mut self, lineage: Lineage) -> Self {
-        self.arriving = Some(lineage);
+    /// `chain`: the attestation chain of the state it left (none if no store kept it
+    /// there); kept here with the arrival's link, in place of this store's own.
+    pub fn arriving_at(mut self, lineage: Lineage, chain: Option<AttestChain>) -> Self {
+        self.arriving = Some((lineage, chain));
         self
     }
 
     /// In one commit: no blob but `blobs` under the vTPM's prefix, the marker with
     /// `ek_public`, and its lineage: `arrived`, or (manufactured here) one version more
     /// than the store's.
-    fn keep_only(&mut self, ek_public: &[u8], blobs: &[NvChange], arrived: Option<Lineage>) -> Result<(), NvError> {
+    fn keep_only(
+        &mut self,
+        ek_public: &[u8],
+        blobs: &[NvChange],
+        arrived: Option<(Lineage, Option<AttestChain>)>,
+    ) -> Result<(), NvError> {
         self.sealed
             .lock()
             .update(|store| {
@@ -512,9 +546,12 @@ impl VtpmNv {
                 store.remove(MOVED);
                 store.put(MARKER, ek_public)?;
                 match arrived {
-                    Some(lineage) => {
+                    Some((lineage, chain)) => {
                         store.put(VERSION, &lineage.version.to_le_bytes())?;
                         store.put(LINEAGE, &lineage.origin_bytes().ok_or(StoreError::OutOfMemory)?)?;
+                        let mut chain = chain.unwrap_or(AttestChain::EMPTY);
+                        chain.push(arrival_link(&lineage.incarnation));
+                        store.put(CHAIN, &chain.bytes()?)?;
                     }
                     None => {
                         store.put(VERSION, &version_in(store).saturating_add(1).to_le_bytes())?;
@@ -589,12 +626,12 @@ impl NvStorage for VtpmNv {
     /// blob the arriving state does not have.
     /// A state whose lineage was not given ([`VtpmNv::arriving_at`]) is refused.
     fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
-        let Some(lineage) = self.arriving else { return Err(NvError::Storage) };
+        let Some((lineage, chain)) = self.arriving else { return Err(NvError::Storage) };
         let left_at = lineage.ancestors().first().map_or(0, |parent| parent.left_at);
         if !can_keep_vtpm(&self.sealed, ek_public, left_at) {
             return Err(NvError::Storage);
         }
-        self.keep_only(ek_public, blobs, Some(lineage))
+        self.keep_only(ek_public, blobs, Some((lineage, chain)))
     }
 }
 
@@ -678,7 +715,7 @@ mod tests {
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"old")), change(b"volatilestate", Some(b"old"))]).unwrap();
         let (_, arriving) = VtpmNv::open(sealed.clone());
-        let mut arriving = arriving.arriving_at(arrival(5));
+        let mut arriving = arriving.arriving_at(arrival(5), None);
         let generation = sealed.lock().state().generation;
         arriving.replaced(b"EK", &[change(b"permall", Some(b"new"))]).unwrap();
         assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
@@ -693,7 +730,7 @@ mod tests {
         // A blank store takes it as a first start would, marker and all.
         let blank = fresh();
         let (_, first) = VtpmNv::open(blank.clone());
-        first.arriving_at(arrival(0)).replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
+        first.arriving_at(arrival(0), None).replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
         assert_eq!(VtpmNv::open(blank).0.ek_public.as_deref(), Some(&b"EK"[..]));
     }
 
@@ -719,7 +756,7 @@ mod tests {
 
         let (_, arriving) = VtpmNv::open(sealed.clone());
         arriving
-            .arriving_at(arrival(vtpm_version(&sealed) + 1))
+            .arriving_at(arrival(vtpm_version(&sealed) + 1), None)
             .replaced(b"EK", &[change(b"permall", Some(b"back"))])
             .unwrap();
         let (kept, _) = VtpmNv::open(sealed.clone());
@@ -762,7 +799,7 @@ mod tests {
         let (_, older) = VtpmNv::open(sealed.clone());
         let before = sealed.lock().state();
         assert_eq!(
-            older.arriving_at(arrival(2)).replaced(b"EK", &[change(b"permall", Some(b"old"))]),
+            older.arriving_at(arrival(2), None).replaced(b"EK", &[change(b"permall", Some(b"old"))]),
             Err(NvError::Storage)
         );
         assert_eq!(sealed.lock().state(), before, "nothing written");
@@ -772,7 +809,7 @@ mod tests {
         // A newer state is kept as a new incarnation one version above where it left its
         // parent, and the lineage goes on from it.
         let (_, newer) = VtpmNv::open(sealed.clone());
-        let mut newer = newer.arriving_at(arrival(40));
+        let mut newer = newer.arriving_at(arrival(40), None);
         newer.replaced(b"EK", &[change(b"permall", Some(b"forty"))]).unwrap();
         assert_eq!(vtpm_version(&sealed), 41);
         assert_eq!(vtpm_lineage(&sealed), Some(arrival(40)));

@@ -1365,9 +1365,10 @@ fn svsm_with_kept_vtpm(disk: &store::testing::SharedDisk, boot: u64) -> ModelEnv
 /// as the new incarnation `incarnation`, as the SVSM's arrival does.
 fn arrive_kept(destination: &mut ModelEnv, snapshot: &kernel::migration::VtpmSnapshot, incarnation: [u8; 16]) {
     let disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
-    let sealed = destination_store(&disk, 1);
+    // Its own entropy, so its store id is not a source's (formatted with seed 1 or 2).
+    let sealed = destination_store(&disk, 0x100 + u64::from(incarnation[0]));
     let lineage = kernel::vtpm_lineage::Lineage::arrived(&snapshot.lineage, incarnation).unwrap();
-    let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage);
+    let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage, snapshot.chain);
     let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
     let engine = channel_tpm_resumed(
         move |state| open_when_free(|| LibTpms::resume(size, state.nv.clone(), &state.volatile)),
@@ -1469,4 +1470,55 @@ fn a_copy_of_a_migrated_tpm_is_refused_by_the_verifiers_ledger() {
     let (outcome, _) = judged(&mut ledger, &mut second);
     assert_eq!(outcome, Some("fork"), "a second incarnation taken from the same parent");
     assert_eq!(ledger.vtpms(), before.vtpms(), "a refused lineage teaches the ledger nothing");
+}
+
+/// The attack the lineage's versions alone cannot see: an old disk image of the source,
+/// its vTPM's version raised by writes the relying party never saw, migrated to a fresh
+/// destination before anyone attests it, while the source itself never moved. The
+/// lineage takes the move (the version passed the newest accepted); the attestation chain,
+/// which moves with the vTPM, refuses it: the image never saw the attestation accepted
+/// after it was copied.
+#[test]
+fn an_old_image_raised_and_migrated_is_refused_by_the_chain_it_carries() {
+    let _turn = turn();
+    let judged = |ledger: &mut attest::ledger::Ledger, env: &mut ModelEnv, nonce: u8| {
+        let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).unwrap();
+        let evidence = attest::verify::Evidence {
+            report: e.report,
+            certificates: attest::verify::Certificates::Table(e.certificates),
+            nonce: e.nonce,
+            manifest: e.manifest,
+            service: None,
+        };
+        let mut verdict = attest::verify::examine(&evidence);
+        attest::ledger::judge(ledger, &mut verdict);
+        let l = verdict.ledger.unwrap();
+        (verdict.passed, l.outcome, l.vtpm_outcome)
+    };
+    let mut ledger = attest::ledger::Ledger::default();
+    let disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
+    let mut source = svsm_with_kept_vtpm(&disk, 1);
+    assert_eq!(code(&guest_tpm(&mut source, &nv_define_space(INDEX, DATA.len() as u16))), TPM_RC_SUCCESS);
+    assert_eq!(judged(&mut ledger, &mut source, 1), (true, Some("first_seen"), Some("first_seen")));
+    let old_image = disk.image();
+    assert_eq!(code(&guest_tpm(&mut source, &nv_write(INDEX, 0, &DATA))), TPM_RC_SUCCESS);
+    assert_eq!(judged(&mut ledger, &mut source, 2), (true, Some("newer"), Some("newer")));
+    drop(source);
+
+    // The old image: booted, written to until its version passes, migrated unseen.
+    let copy = store::testing::SharedDisk::new(store::testing::MemDisk::from_image(old_image));
+    let mut old = svsm_with_kept_vtpm(&copy, 2);
+    for byte in 0..6u8 {
+        assert_eq!(code(&guest_tpm(&mut old, &nv_write(INDEX, 0, &[byte; 16]))), TPM_RC_SUCCESS);
+    }
+    let w = &mut old.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    let mut fresh = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let moved = migrate_state(&mut old, &mut fresh, &state, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+    drop(old);
+    let snapshot = ServiceState::decode(&moved.received).unwrap().vtpm.unwrap();
+    assert!(snapshot.chain.is_some(), "the source's chain travels with its vTPM");
+    arrive_kept(&mut fresh, &snapshot, [0xD3; 16]);
+    assert_eq!(judged(&mut ledger, &mut fresh, 3), (false, Some("diverged"), Some("moved")));
 }

@@ -16,6 +16,7 @@
 //! tag 1, the vTPM  : u32 ek_len | EK public area | u32 len | volatile state | blobs
 //!                    | u8 flags | u64 version | incarnation (16) | u8 count
 //!                    | count * (ancestor incarnation (16) | u64 LE left at)
+//!                    | u8 has chain | (chain before (32) | u8 links | links * 32)
 //! tag 2, a setting : u16 key_len | key | u32 len | value
 //! blobs            : u32 count | count * (u16 name_len | name | u32 len | bytes)
 //! ```
@@ -69,6 +70,10 @@ pub struct VtpmSnapshot {
     /// `sealed::can_keep_vtpm`), the incarnation and its ancestors. The destination's
     /// incarnation names it as its parent and starts one version above.
     pub lineage: crate::vtpm_lineage::Lineage,
+    /// The attestation chain of the source's sealed state (none if no store kept the
+    /// vTPM there): the destination's store goes on from it, so a verifier follows the
+    /// TPM's attestations across the move (docs/persistence.md, "The attestation chain").
+    pub chain: Option<crate::sealed::AttestChain>,
 }
 
 /// The vTPM section's flags byte: bit 0 is [`VtpmSnapshot::kept`].
@@ -198,6 +203,18 @@ impl ServiceState {
                 for ancestor in lineage.ancestors() {
                     o.bytes(&ancestor.incarnation)?.bytes(&ancestor.left_at.to_le_bytes())?;
                 }
+                match &vtpm.chain {
+                    Some(chain) => {
+                        let count = u8::try_from(chain.links().len()).map_err(|_| ServiceStateError::TooLarge)?;
+                        o.bytes(&[1])?.bytes(&chain.before())?.bytes(&[count])?;
+                        for link in chain.links() {
+                            o.bytes(link)?;
+                        }
+                    }
+                    None => {
+                        o.bytes(&[0])?;
+                    }
+                }
                 Ok(())
             })?;
         }
@@ -256,8 +273,25 @@ impl ServiceState {
                     let ancestors = body.take(count.checked_mul(24).ok_or(ServiceStateError::Malformed)?)?;
                     let lineage = crate::vtpm_lineage::Lineage::with_ancestors(version, incarnation, ancestors)
                         .ok_or(ServiceStateError::Malformed)?;
+                    let chain = match body.take(1)? {
+                        [0] => None,
+                        [1] => {
+                            let before: [u8; 32] =
+                                body.take(32)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
+                            let count =
+                                usize::from(body.take(1)?.first().copied().ok_or(ServiceStateError::Malformed)?);
+                            let raw = body.take(count.checked_mul(32).ok_or(ServiceStateError::Malformed)?)?;
+                            let links: Vec<[u8; 32]> =
+                                raw.chunks_exact(32).filter_map(|l| <[u8; 32]>::try_from(l).ok()).collect();
+                            Some(
+                                crate::sealed::AttestChain::from_parts(before, &links)
+                                    .ok_or(ServiceStateError::Malformed)?,
+                            )
+                        }
+                        _ => return Err(ServiceStateError::Malformed),
+                    };
                     let tpm = TpmState { nv, volatile };
-                    state.vtpm = Some(VtpmSnapshot { ek_public, state: tpm, kept, lineage });
+                    state.vtpm = Some(VtpmSnapshot { ek_public, state: tpm, kept, lineage, chain });
                 }
                 TAG_SETTING => {
                     let key_len = body.u16()?;
@@ -324,7 +358,8 @@ impl Svsm {
                 let mut vtpm = vtpm.lock();
                 let state = vtpm.save().map_err(|_| ServiceStateError::VtpmUnavailable)?;
                 let (lineage, kept) = self.vtpm_lineage().ok_or(ServiceStateError::VtpmUnavailable)?;
-                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, lineage })
+                let chain = if kept { self.attest_chain() } else { None };
+                Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, lineage, chain })
             }
             None => None,
         };
@@ -355,6 +390,7 @@ mod tests {
                     [0x5A; 16],
                 )
                 .unwrap(),
+                chain: crate::sealed::AttestChain::from_parts([4; 32], &[[5; 32], [6; 32]]),
             }),
             settings: vec![(sources::LOG_LEVEL_KEY.to_vec(), b"debug".to_vec())],
         }
@@ -415,6 +451,7 @@ mod tests {
                 state: TpmState { nv: NvBlobs::new(), volatile: vec![0; MAX_VOLATILE_LEN + 1] },
                 kept: false,
                 lineage: crate::vtpm_lineage::Lineage::manufactured(b"", 0),
+                chain: None,
             }),
             settings: vec![],
         };
@@ -434,7 +471,8 @@ mod tests {
             assert_eq!(ServiceState::decode(&state.encode().unwrap()), Ok(state));
         }
         let mut bytes = sample().encode().unwrap();
-        let flags_at = bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 9 - 16 - 1 - 24;
+        let flags_at =
+            bytes.len() - (1 + 4 + 2 + sources::LOG_LEVEL_KEY.len() + 4 + 5) - 9 - 16 - 1 - 24 - (1 + 32 + 1 + 64);
         assert_eq!(bytes[flags_at], VTPM_KEPT);
         for other in [2u8, 3, 0x80, 0xFF] {
             bytes[flags_at] = other;

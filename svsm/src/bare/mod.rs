@@ -233,10 +233,12 @@ fn arrive(
     // that fails the vTPM does not start here: a TPM whose NV changes would not survive a
     // reboot is not the one the guest had. It is kept as the new incarnation the commit
     // made (one version above where it left the source), so its lineage goes on here.
+    // The attestation chain of the source's store goes on here, with the arrival's link.
+    let chain = arrived.services.vtpm.as_ref().and_then(|snapshot| snapshot.chain);
     if let Some((mut v, lineage)) = arrived.vtpm.zip(arrived.lineage) {
         match keep {
             Some(sealed) => {
-                let storage = kernel::sealed::VtpmNv::open(sealed).1.arriving_at(lineage);
+                let storage = kernel::sealed::VtpmNv::open(sealed).1.arriving_at(lineage, chain);
                 match v.keep_in(alloc::boxed::Box::new(storage)) {
                     Ok(()) => {
                         println!(
