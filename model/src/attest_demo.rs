@@ -19,6 +19,19 @@ pub struct ModelEvidence {
     pub manifest: Vec<u8>,
 }
 
+impl ModelEvidence {
+    /// The evidence as a verifier takes it (a whole manifest).
+    pub fn into_evidence(self) -> attest::verify::Evidence {
+        attest::verify::Evidence {
+            report: self.report,
+            certificates: attest::verify::Certificates::Table(self.certificates),
+            nonce: self.nonce,
+            manifest: self.manifest,
+            service: None,
+        }
+    }
+}
+
 /// Launch a model guest and have it call SVSM_ATTEST_SERVICES with `nonce`.
 pub fn obtain(nonce: &[u8]) -> Result<ModelEvidence, String> {
     obtain_from(&mut ModelEnv::new(), nonce)

@@ -217,14 +217,7 @@ fn the_ocp_does_not_wait_for_a_commit_in_progress() {
 fn an_old_image_booted_until_its_generation_passes_is_refused_by_the_chain() {
     let evidence = |env: &mut ModelEnv, nonce: u8| {
         let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).expect("attestation");
-        let evidence = attest::verify::Evidence {
-            report: e.report,
-            certificates: attest::verify::Certificates::Table(e.certificates),
-            nonce: e.nonce,
-            manifest: e.manifest,
-            service: None,
-        };
-        attest::verify::examine(&evidence)
+        attest::verify::examine(&e.into_evidence())
     };
     let judge = |ledger: &mut attest::ledger::Ledger, mut v: attest::verify::Verdict| {
         attest::ledger::judge(ledger, &mut v);

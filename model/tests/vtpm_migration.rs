@@ -1391,14 +1391,7 @@ fn judged(
     env: &mut ModelEnv,
 ) -> (Option<&'static str>, Option<attest::manifest::VtpmLineage>) {
     let e = bulwark_model::attest_demo::obtain_from(env, &[0x4E; 64]).unwrap();
-    let evidence = attest::verify::Evidence {
-        report: e.report,
-        certificates: attest::verify::Certificates::Table(e.certificates),
-        nonce: e.nonce,
-        manifest: e.manifest,
-        service: None,
-    };
-    let mut verdict = attest::verify::examine(&evidence);
+    let mut verdict = attest::verify::examine(&e.into_evidence());
     assert!(verdict.checks.iter().any(|c| c.name == "vtpm_lineage" && c.passed), "{:?}", verdict.checks);
     attest::ledger::judge(ledger, &mut verdict);
     (verdict.ledger.and_then(|l| l.vtpm_outcome), verdict.vtpm_lineage)
@@ -1483,14 +1476,7 @@ fn an_old_image_raised_and_migrated_is_refused_by_the_chain_it_carries() {
     let _turn = turn();
     let judged = |ledger: &mut attest::ledger::Ledger, env: &mut ModelEnv, nonce: u8| {
         let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).unwrap();
-        let evidence = attest::verify::Evidence {
-            report: e.report,
-            certificates: attest::verify::Certificates::Table(e.certificates),
-            nonce: e.nonce,
-            manifest: e.manifest,
-            service: None,
-        };
-        let mut verdict = attest::verify::examine(&evidence);
+        let mut verdict = attest::verify::examine(&e.into_evidence());
         attest::ledger::judge(ledger, &mut verdict);
         let l = verdict.ledger.unwrap();
         (verdict.passed, l.outcome, l.vtpm_outcome)
