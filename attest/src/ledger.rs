@@ -522,9 +522,12 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
     if outcome.accepted() {
         learned = matches!(ledger.apply(&state), Outcome::FirstSeen | Outcome::Newer { .. });
         if let Ok(Some(value)) = chain {
+            // The store's value too: once its vTPM moves away, the store's own chain (the
+            // same one, going on) is checked against it.
+            let before = ledger.chains.insert(state.store_id, value);
             let before = match tpm {
                 Some(ek) => ledger.tpm_chains.insert(ek, value),
-                None => ledger.chains.insert(state.store_id, value),
+                None => before,
             };
             learned |= before != Some(value);
         }

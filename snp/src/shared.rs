@@ -14,13 +14,16 @@ use crate::vmsa::SvsmEntry;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::log_ring::{LogLost, LogRing};
 use kernel::platform::{AtomicLevel, Level};
 use spin::{Mutex, Once};
 
 /// Bytes of log the SVSM keeps for the Observability protocol.
 pub const LOG_BYTES: usize = 64 * 1024;
+/// How often [`SnpShared::log_push`] tries the log's lock before it drops the line: some
+/// milliseconds, far longer than any holder copies one line.
+const LOG_LOCK_SPINS: u32 = 1 << 22;
 
 /// What the launch decides for the platform before it starts, fixed from then on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +73,11 @@ pub struct SnpShared {
     log_level: AtomicLevel,
     /// The log ring: held for one line's copy in or one read out.
     log: Mutex<Box<LogRing<LOG_BYTES>>>,
+    /// Bytes ever pushed into the log, readable without its lock (the OCP's change events
+    /// ask after every call).
+    log_written: AtomicU64,
+    /// Lines dropped because the log's lock stayed taken ([`Self::log_push`]).
+    log_dropped: AtomicU64,
     /// vCPUs made runnable, by guest VMSA gpa: held for one lookup or update. AP_CREATION
     /// and AP_DESTROY happen between two holds, never inside one.
     vcpus: Mutex<BTreeMap<u64, VcpuRecord>>,
@@ -93,6 +101,8 @@ impl SnpShared {
             svsm_entry: Once::new(),
             log_level: AtomicLevel::new(config.log_level),
             log: Mutex::new(log),
+            log_written: AtomicU64::new(0),
+            log_dropped: AtomicU64::new(0),
             vcpus: Mutex::new(BTreeMap::new()),
             certificates: Mutex::new(Vec::new()),
             request_pages: AtomicBool::new(false),
@@ -123,8 +133,25 @@ impl SnpShared {
         self.log_level.store(level);
     }
 
+    /// Push one line. The lock is waited for only so long: a CPU that holds it can be
+    /// stopped by the host for good (a vCPU deleted while its SVSM context logs), and every
+    /// other CPU that logs would then spin forever. After that the line is dropped and
+    /// counted instead.
     pub(crate) fn log_push(&self, line: &[u8]) {
-        self.log.lock().push(line);
+        for _ in 0..LOG_LOCK_SPINS {
+            if let Some(mut log) = self.log.try_lock() {
+                log.push(line);
+                self.log_written.store(log.written(), Ordering::Release);
+                return;
+            }
+            core::hint::spin_loop();
+        }
+        self.log_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lines [`Self::log_push`] dropped because the log's lock stayed taken.
+    pub fn log_dropped(&self) -> u64 {
+        self.log_dropped.load(Ordering::Relaxed)
     }
 
     pub fn log_read(&self, offset: u64, out: &mut [u8]) -> Result<usize, LogLost> {
@@ -132,7 +159,7 @@ impl SnpShared {
     }
 
     pub fn log_written(&self) -> u64 {
-        self.log.lock().written()
+        self.log_written.load(Ordering::Acquire)
     }
 
     /// Hand `copy` the log's bytes from `offset` on (at most `max`), as the ring holds
@@ -219,5 +246,26 @@ pub(crate) struct RequestPages<'a>(&'a AtomicBool);
 impl Drop for RequestPages<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CPU that holds the log's lock and never lets go (the host stopped it for good)
+    /// costs the others a dropped line, not a hang; the count says so, and lines pushed
+    /// once the lock is free again land.
+    #[test]
+    fn a_log_lock_held_for_good_drops_lines_instead_of_hanging() {
+        let shared = SnpShared::new(SnpConfig::new(1, 0), 51, 0, Box::new(LogRing::new()));
+        shared.log_push(b"first\n");
+        assert_eq!((shared.log_written(), shared.log_dropped()), (6, 0));
+        let held = shared.log.lock();
+        shared.log_push(b"lost\n");
+        assert_eq!((shared.log_written(), shared.log_dropped()), (6, 1));
+        drop(held);
+        shared.log_push(b"after\n");
+        assert_eq!((shared.log_written(), shared.log_dropped()), (12, 1));
     }
 }
