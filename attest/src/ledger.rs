@@ -506,14 +506,21 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
         return false;
     };
     let previous = ledger.get(&state.store_id);
-    // The chain of a kept vTPM is the TPM's (it moves with it); otherwise the store's.
+    // The chain of a kept vTPM moves with it: its value is checked (and kept) under the
+    // TPM's EK as well as under the store. A store's own value is not required when its
+    // vTPM arrived by a move the lineage ledger accepts (the chain is the TPM's then);
+    // otherwise both are, so a store image from before its vTPM existed (a new EK, unknown
+    // to the ledger) still has to pass through the store's value.
     let tpm =
         verdict.vtpm_lineage.as_ref().filter(|l| l.kept).and(verdict.vtpm_ek_sha256.as_deref()).and_then(unhex::<32>);
-    let known = match tpm {
-        Some(ek) => ledger.tpm_chains.get(&ek).copied(),
-        None => ledger.chain(&state.store_id),
+    let arrived = match (tpm, verdict.vtpm_lineage.as_ref()) {
+        (Some(ek), Some(lineage)) => matches!(ledger.vtpms.outcome(&ek, lineage), TpmOutcome::Moved { .. }),
+        _ => false,
     };
-    let chain = check_chain(known, verdict.attest_chain.as_ref(), &verdict.nonce_link);
+    let store_value = if arrived { None } else { ledger.chain(&state.store_id) };
+    let tpm_value = tpm.and_then(|ek| ledger.tpm_chains.get(&ek).copied());
+    let chain = check_chain(store_value, verdict.attest_chain.as_ref())
+        .and_then(|now| check_chain(tpm_value, verdict.attest_chain.as_ref()).map(|_| now));
     let outcome = match ledger.outcome(&state) {
         accepted if accepted.accepted() && chain.is_err() => Outcome::Diverged,
         outcome => outcome,
@@ -522,14 +529,10 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
     if outcome.accepted() {
         learned = matches!(ledger.apply(&state), Outcome::FirstSeen | Outcome::Newer { .. });
         if let Ok(Some(value)) = chain {
-            // The store's value too: once its vTPM moves away, the store's own chain (the
-            // same one, going on) is checked against it.
-            let before = ledger.chains.insert(state.store_id, value);
-            let before = match tpm {
-                Some(ek) => ledger.tpm_chains.insert(ek, value),
-                None => before,
-            };
-            learned |= before != Some(value);
+            learned |= ledger.chains.insert(state.store_id, value) != Some(value);
+            if let Some(ek) = tpm {
+                learned |= ledger.tpm_chains.insert(ek, value) != Some(value);
+            }
         }
     }
     let (store, generation) = (hex(&state.store_id), state.generation);
@@ -570,36 +573,29 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
 }
 
 /// Whether the evidence's attestation chain (`chain`) passes through the value the
-/// ledger holds for its store (`known`), with this attestation's own link after it: the
-/// state descends from the one accepted last. The chain's value now, to keep. A store
-/// the ledger holds no value for takes any chain (and a store without a chain, before its
-/// first); one it holds a value for must show a chain.
+/// ledger holds (`known`): the state descends from the one accepted then. The chain's
+/// value now, to keep. Without a held value any chain is taken (and no chain, before the
+/// first); with one, the evidence must show a chain.
 fn check_chain(
     known: Option<[u8; 32]>,
     chain: Option<&crate::manifest::AttestChain>,
-    nonce_link: &[u8; 32],
 ) -> Result<Option<[u8; 32]>, String> {
     let Some(chain) = chain else {
         return match known {
-            Some(_) => Err("the evidence shows no attestation chain, and the ledger holds one for this store".into()),
+            Some(_) => Err("the evidence shows no attestation chain, and the ledger holds one".into()),
             None => Ok(None),
         };
     };
     let values = chain.values();
     let now = values.last().copied().unwrap_or(chain.before);
-    let Some(known) = known else { return Ok(Some(now)) };
-    let Some(at) = values.iter().position(|v| *v == known) else {
-        return Err(format!(
+    match known {
+        Some(known) if !values.contains(&known) => Err(format!(
             "its attestation chain does not pass through {} (an older image, or more than {} attestations since)",
             hex(&known),
             chain.links.len()
-        ));
-    };
-    // This attestation's link must come after the state accepted last.
-    if !chain.links.iter().skip(at).any(|link| link == nonce_link) {
-        return Err("this attestation's link comes before the state accepted last".into());
+        )),
+        _ => Ok(Some(now)),
     }
-    Ok(Some(now))
 }
 
 /// [`judge`], then the `state_instance` check: the store the evidence shows must be the

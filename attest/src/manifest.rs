@@ -9,10 +9,9 @@
 //! Hostile input yields an error, never a panic.
 
 use abi::attest::{
-    ATTEST_CHAIN_GUID, ATTEST_CHAIN_LINK_LABEL, ATTEST_CHAIN_MAX_LINKS, AttestChainEntry, ManifestEntry,
-    ManifestHeader, SEALED_STATE_FAILED, SEALED_STATE_GUID, SEALED_STATE_REWRAPPED, SERVICES_MANIFEST_GUID,
-    SealedStateEntry, VTPM_LINEAGE_GUID, VTPM_LINEAGE_KEPT, VTPM_LINEAGE_MAX_ANCESTORS, VTPM_SERVICE_GUID,
-    VtpmAncestor, VtpmLineageEntry,
+    ATTEST_CHAIN_GUID, ATTEST_CHAIN_MAX_LINKS, AttestChainEntry, ManifestEntry, ManifestHeader, SEALED_STATE_FAILED,
+    SEALED_STATE_GUID, SEALED_STATE_REWRAPPED, SERVICES_MANIFEST_GUID, SealedStateEntry, VTPM_LINEAGE_GUID,
+    VTPM_LINEAGE_KEPT, VTPM_LINEAGE_MAX_ANCESTORS, VTPM_SERVICE_GUID, VtpmAncestor, VtpmLineageEntry,
 };
 use abi::guid::Guid;
 use serde::Serialize;
@@ -390,7 +389,8 @@ pub struct AttestChain {
     /// The chain value before the first link.
     #[serde(serialize_with = "as_hex")]
     pub before: [u8; 32],
-    /// The links shown, oldest first; the last is this attestation's.
+    /// The links shown, oldest first (each covers an attestation's nonce and fresh salt
+    /// from the SVSM, so they cannot be rebuilt by replaying nonces).
     #[serde(serialize_with = "links_as_hex")]
     pub links: Vec<[u8; 32]>,
 }
@@ -414,11 +414,6 @@ impl AttestChain {
     pub fn value(&self) -> [u8; 32] {
         self.values().last().copied().unwrap_or(self.before)
     }
-}
-
-/// The link an attestation with `nonce` adds (SHA-256 of the label and the nonce).
-pub fn attestation_link(nonce: &[u8]) -> [u8; 32] {
-    Sha256::new().chain_update(ATTEST_CHAIN_LINK_LABEL).chain_update(nonce).finalize().into()
 }
 
 /// Why an attestation chain entry was refused.

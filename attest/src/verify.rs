@@ -146,9 +146,6 @@ pub struct Verdict {
     pub vtpm_ek_sha256: Option<String>,
     /// The sealed state's attestation chain, when the manifest has a well-formed one.
     pub attest_chain: Option<manifest::AttestChain>,
-    /// The link this attestation's nonce makes in the chain.
-    #[serde(skip)]
-    pub nonce_link: [u8; 32],
     /// What the relying party's ledger said about the sealed state (`bulwark attest
     /// verify --state-ledger`; [`crate::ledger`]); `None` when no ledger was consulted.
     pub ledger: Option<crate::ledger::LedgerVerdict>,
@@ -417,9 +414,8 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
             (None, None)
         }
     };
-    let nonce_link = manifest::attestation_link(&evidence.nonce);
     let attest_chain = match &parsed {
-        Ok(services) => check_attest_chain(&mut checks, services, &nonce_link),
+        Ok(services) => check_attest_chain(&mut checks, services),
         Err(_) => {
             checks.not_run("attest_chain", "the manifest does not parse");
             None
@@ -444,25 +440,17 @@ pub fn examine_with_chain(chain: &CheckedChain, evidence: &Evidence) -> Verdict 
         vtpm_lineage,
         vtpm_ek_sha256,
         attest_chain,
-        nonce_link,
         ledger: None,
     }
 }
 
-/// The `attest_chain` check: absent is fine (no sealed state), a malformed entry is not,
-/// and neither is a chain without this attestation's own link (the nonce's).
-fn check_attest_chain(
-    checks: &mut Checks,
-    services: &[manifest::Service],
-    nonce_link: &[u8; 32],
-) -> Option<manifest::AttestChain> {
+/// The `attest_chain` check: absent is fine (no sealed state, or an SVSM that keeps no
+/// chain), a malformed entry is not. (Whether the chain descends from the state accepted
+/// last is the ledger's part.)
+fn check_attest_chain(checks: &mut Checks, services: &[manifest::Service]) -> Option<manifest::AttestChain> {
     match manifest::attest_chain(services) {
         Ok(None) => {
             checks.record("attest_chain", Ok("none in the manifest".into()));
-            None
-        }
-        Ok(Some(chain)) if !chain.links.contains(nonce_link) => {
-            checks.record("attest_chain", Err("this attestation's link (its nonce's) is not in the chain".into()));
             None
         }
         Ok(Some(chain)) => {

@@ -27,6 +27,8 @@ pub trait SealedStore: Send {
     fn remove(&mut self, name: &[u8]) -> bool;
     fn commit(&mut self) -> Result<(), StoreError>;
     fn state(&self) -> StoreState;
+    /// Fresh bytes from the store's entropy source.
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), StoreError>;
 }
 
 impl<D: BlockDevice + Send, E: Entropy + Send> SealedStore for Store<D, E> {
@@ -47,6 +49,9 @@ impl<D: BlockDevice + Send, E: Entropy + Send> SealedStore for Store<D, E> {
     }
     fn state(&self) -> StoreState {
         Store::state(self)
+    }
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
+        Store::random(self, buf)
     }
 }
 
@@ -178,18 +183,21 @@ pub fn arrival_link(incarnation: &[u8; 16]) -> [u8; 32] {
     Sha256::new().chain_update(b"bulwark arrival link v1").chain_update(incarnation).finalize().into()
 }
 
-/// The link an attestation with `nonce` adds to the chain.
-pub fn attestation_link(nonce: &[u8]) -> [u8; 32] {
-    Sha256::new().chain_update(ATTEST_CHAIN_LINK_LABEL).chain_update(nonce).finalize().into()
+/// The link an attestation with `nonce` adds to the chain, with `salt` fresh from the
+/// store's entropy: a host that learned the nonces cannot replay them on an old image
+/// (its own guest asking again) and rebuild the chain a verifier holds.
+pub fn attestation_link(nonce: &[u8], salt: &[u8; 32]) -> [u8; 32] {
+    Sha256::new().chain_update(ATTEST_CHAIN_LINK_LABEL).chain_update(salt).chain_update(nonce).finalize().into()
 }
 
 /// Commit the link of an attestation with `nonce` to the chain, before its manifest is
 /// built (the manifest shows the state with it). One commit per attestation.
 pub fn note_attestation(sealed: &SharedSealed, nonce: &[u8]) -> Result<(), StoreError> {
-    let link = attestation_link(nonce);
     sealed.lock().update(|store| {
+        let mut salt = [0u8; 32];
+        store.random(&mut salt)?;
         let mut chain = AttestChain::read(store).unwrap_or(AttestChain::EMPTY);
-        chain.push(link);
+        chain.push(attestation_link(nonce, &salt));
         store.put(CHAIN, &chain.bytes()?)
     })
 }
@@ -838,17 +846,23 @@ mod tests {
         let fold = |value: [u8; 32], link: &[u8; 32]| -> [u8; 32] {
             Sha256::new().chain_update(value).chain_update(link).finalize().into()
         };
-        let mut expected = [0u8; 32];
+        let (mut expected, mut seen) = ([0u8; 32], Vec::new());
         for i in 0..20u8 {
             note_attestation(&sealed, &[i; 8]).unwrap();
-            expected = fold(expected, &attestation_link(&[i; 8]));
+            let newest = *sealed.lock().summary().lock().chain.links().last().unwrap();
+            assert!(!seen.contains(&newest), "every link is new");
+            seen.push(newest);
+            expected = fold(expected, &newest);
         }
         assert_eq!(sealed.lock().state().generation, generation + 20, "one commit each");
         let chain = sealed.lock().summary().lock().chain;
         assert_eq!(chain.links().len(), ATTEST_CHAIN_MAX_LINKS);
-        assert_eq!(chain.links()[15], attestation_link(&[19; 8]), "the newest last");
+        assert_eq!(chain.links(), &seen[4..], "the newest, oldest first");
         let value = chain.links().iter().fold(chain.before, fold);
         assert_eq!(value, expected, "the value covers the links folded away");
+        // The same nonce again makes another link: the salt is fresh.
+        note_attestation(&sealed, &[19; 8]).unwrap();
+        assert_ne!(sealed.lock().summary().lock().chain.links().last(), seen.last());
         let entry = chain.entry().unwrap();
         assert_eq!(entry.len(), 40 + 32 * ATTEST_CHAIN_MAX_LINKS, "always the same size");
         // One link: the unused slots are zero, so the entry's size does not change.

@@ -316,12 +316,26 @@ impl Svsm {
     /// The installed vTPM's lineage, and whether a sealed state keeps it (its commits then
     /// count the versions). Never waits on a commit in progress.
     pub fn vtpm_lineage(&self) -> Option<(crate::vtpm_lineage::Lineage, bool)> {
+        self.vtpm_lineage_in(self.sealed_summary_now().as_ref())
+    }
+
+    /// [`Svsm::vtpm_lineage`] as of `summary` (one snapshot of the sealed state, so the
+    /// manifest's entries come from one commit).
+    pub fn vtpm_lineage_in(
+        &self,
+        summary: Option<&crate::sealed::Summary>,
+    ) -> Option<(crate::vtpm_lineage::Lineage, bool)> {
         self.vtpm.as_ref()?;
-        let kept = self.sealed_summary.as_ref().and_then(|summary| summary.lock().vtpm);
-        match kept {
+        match summary.and_then(|summary| summary.vtpm) {
             Some(lineage) => Some((lineage, true)),
             None => self.vtpm_lineage.as_deref().map(|lineage| (*lineage, false)),
         }
+    }
+
+    /// The sealed state's summary as it is now, in one hold of its lock (`None` without a
+    /// sealed state). Never waits on a commit in progress.
+    pub fn sealed_summary_now(&self) -> Option<crate::sealed::Summary> {
+        self.sealed_summary.as_ref().map(|summary| *summary.lock())
     }
 
     /// Report `sealed` from now on: its committed state is the sealed-state entry of the

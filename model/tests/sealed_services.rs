@@ -210,9 +210,9 @@ fn the_ocp_does_not_wait_for_a_commit_in_progress() {
 
 /// The attack the generation alone cannot see (found by review): the host keeps an old
 /// disk image, boots it again and again (every boot commits, so its generation passes the
-/// newest the relying party accepted), then lets it attest. The attestation chain refuses
-/// it: the image never saw the attestations accepted since it was copied. The honest VM,
-/// attesting on, is accepted all along.
+/// newest the relying party accepted), replays the nonces it saw, then lets it attest.
+/// The attestation chain refuses it: the image never saw the attestations accepted since
+/// it was copied. The honest VM, attesting on, is accepted all along.
 #[test]
 fn an_old_image_booted_until_its_generation_passes_is_refused_by_the_chain() {
     let evidence = |env: &mut ModelEnv, nonce: u8| {
@@ -232,11 +232,16 @@ fn an_old_image_booted_until_its_generation_passes_is_refused_by_the_chain() {
     write_level(&mut honest, b"debug");
     assert_eq!(judge(&mut ledger, evidence(&mut honest, 3)), (true, Some("newer"), Some(5)));
 
-    // The old image, its generation raised past 5 by commits the relying party never saw.
+    // The old image, its generation raised past 5 by commits the relying party never saw,
+    // and the nonces the relying party used since replayed by the host's own guest: the
+    // links carry fresh salt from the SVSM, so the replay rebuilds nothing.
     let copy = SharedDisk::new(MemDisk::from_image(old_image));
     let (mut old, _) = boot(&copy);
     for level in [b"debug".as_slice(), b"info", b"debug", b"info"] {
         write_level(&mut old, level);
+    }
+    for nonce in [2, 3] {
+        bulwark_model::attest_demo::obtain_from(&mut old, &[nonce; 64]).expect("a replayed attestation");
     }
     let (passed, outcome, generation) = judge(&mut ledger, evidence(&mut old, 4));
     assert!(generation > Some(5), "{generation:?}: newer by its generation alone");

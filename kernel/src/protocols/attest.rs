@@ -84,12 +84,15 @@ fn manifest(services: &[(Guid, &[u8])]) -> CallResult<Vec<u8>> {
 /// The manifest a call returns: every service's, or (SINGLE_SERVICE) the named service's
 /// data alone.
 fn build_manifest(svsm: &Svsm, service: Option<(Guid, u32)>) -> CallResult<Vec<u8>> {
-    let sealed = svsm.sealed_state_entry();
-    let lineage = match svsm.vtpm_lineage() {
+    // One snapshot of the sealed state: its entry, the vTPM's lineage and the chain from
+    // one commit.
+    let summary = svsm.sealed_summary_now();
+    let sealed = summary.as_ref().map(|s| s.entry);
+    let lineage = match svsm.vtpm_lineage_in(summary.as_ref()) {
         Some((lineage, kept)) => Some(lineage.entry(kept).ok_or(CallError::OutOfMemory)?),
         None => None,
     };
-    let chain = match svsm.attest_chain() {
+    let chain = match summary.as_ref().map(|s| s.chain) {
         Some(chain) => Some(chain.entry().ok_or(CallError::OutOfMemory)?),
         None => None,
     };
