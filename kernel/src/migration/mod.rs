@@ -280,6 +280,9 @@ impl ServiceState {
                                 body.take(32)?.try_into().map_err(|_| ServiceStateError::Malformed)?;
                             let count =
                                 usize::from(body.take(1)?.first().copied().ok_or(ServiceStateError::Malformed)?);
+                            if count > abi::attest::ATTEST_CHAIN_MAX_LINKS {
+                                return Err(ServiceStateError::Malformed);
+                            }
                             let raw = body.take(count.checked_mul(32).ok_or(ServiceStateError::Malformed)?)?;
                             let links: Vec<[u8; 32]> =
                                 raw.chunks_exact(32).filter_map(|l| <[u8; 32]>::try_from(l).ok()).collect();
