@@ -507,17 +507,13 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
     };
     let previous = ledger.get(&state.store_id);
     // The chain of a kept vTPM moves with it: its value is checked (and kept) under the
-    // TPM's EK as well as under the store. A store's own value is not required when its
-    // vTPM arrived by a move the lineage ledger accepts (the chain is the TPM's then);
-    // otherwise both are, so a store image from before its vTPM existed (a new EK, unknown
-    // to the ledger) still has to pass through the store's value.
+    // TPM's EK as well as under the store, and both are required. A store image from
+    // before its vTPM existed (a new EK, unknown to the ledger), or one another VM's TPM
+    // was migrated onto, does not pass through the store's value. A TPM that comes back
+    // to a store it left carries that store's chain on, so it does.
     let tpm =
         verdict.vtpm_lineage.as_ref().filter(|l| l.kept).and(verdict.vtpm_ek_sha256.as_deref()).and_then(unhex::<32>);
-    let arrived = match (tpm, verdict.vtpm_lineage.as_ref()) {
-        (Some(ek), Some(lineage)) => matches!(ledger.vtpms.outcome(&ek, lineage), TpmOutcome::Moved { .. }),
-        _ => false,
-    };
-    let store_value = if arrived { None } else { ledger.chain(&state.store_id) };
+    let store_value = ledger.chain(&state.store_id);
     let tpm_value = tpm.and_then(|ek| ledger.tpm_chains.get(&ek).copied());
     let chain = check_chain(store_value, verdict.attest_chain.as_ref())
         .and_then(|now| check_chain(tpm_value, verdict.attest_chain.as_ref()).map(|_| now));

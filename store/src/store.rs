@@ -303,13 +303,13 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         })
     }
 
-    /// The committed state: what a verifier should be told.
     /// Fresh bytes from the store's entropy source (for callers that bind their records
     /// to something a replay cannot reproduce, such as the attestation chain's links).
     pub fn random(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
         self.entropy.fill(buf).map_err(StoreError::Entropy)
     }
 
+    /// The committed state: what a verifier should be told.
     pub fn state(&self) -> StoreState {
         StoreState { generation: self.committed.generation, root: self.committed.root.hash, store_id: self.store_id }
     }
