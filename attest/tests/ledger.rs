@@ -206,3 +206,38 @@ fn an_instance_follows_its_vtpm_to_the_store_it_moved_to() {
     assert_eq!(judge(&mut ledger, &home, &on(0xc3, 1)), (false, Some("another_store"), Some("moved_away")));
     assert_eq!(ledger.bound("vm-1"), Some([0xb2; 16]));
 }
+
+/// The attestation chain against an old image of a store that makes a TPM anew (a blank
+/// first-boot image, booted until its generation passes): the TPM's EK is new to the
+/// ledger, so only the store's own chain value can refuse it, and does (`diverged`). The
+/// honest store's next attestation, its chain going on, is taken.
+#[test]
+fn a_store_image_that_makes_a_new_tpm_is_refused_by_the_stores_chain() {
+    use abi::attest::{ATTEST_CHAIN_GUID, SEALED_STATE_GUID, VTPM_LINEAGE_GUID, VTPM_SERVICE_GUID};
+    use bulwark_attest::manifest::{AttestChain, VtpmLineage, encode_attest_chain, encode_vtpm_lineage};
+    let s = sample();
+    let evidence = |ek: &[u8], incarnation: u8, generation: u64, links: Vec<[u8; 32]>| {
+        let lineage = VtpmLineage { version: 1, incarnation: [incarnation; 16], ancestors: vec![], kept: true };
+        let (lineage, state) = (encode_vtpm_lineage(&lineage), manifest::encode_sealed_state(&state(generation, 9)));
+        let chain = encode_attest_chain(&AttestChain { before: [0; 32], links });
+        let m = manifest::encode(&[
+            (VTPM_SERVICE_GUID, ek),
+            (VTPM_LINEAGE_GUID, &lineage),
+            (SEALED_STATE_GUID, &state),
+            (ATTEST_CHAIN_GUID, &chain),
+        ])
+        .unwrap();
+        s.with_manifest(m)
+    };
+    let outcome = |v: &Verdict| v.ledger.as_ref().and_then(|l| l.outcome);
+    let mut ledger = Ledger::default();
+    let honest = test_ek_public();
+    let v = judged(&mut ledger, &evidence(&honest, 1, 5, vec![[1; 32]]));
+    assert!(v.passed, "{v}");
+    // The blank image's TPM: another EK, its own first link, a generation far ahead.
+    let v = judged(&mut ledger, &evidence(b"another EK", 2, 50, vec![[7; 32]]));
+    assert_eq!((v.passed, outcome(&v)), (false, Some("diverged")), "{v}");
+    // The honest store goes on: its chain passes through the value accepted.
+    let v = judged(&mut ledger, &evidence(&honest, 1, 6, vec![[1; 32], [2; 32]]));
+    assert_eq!((v.passed, outcome(&v)), (true, Some("newer")), "{v}");
+}
