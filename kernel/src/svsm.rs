@@ -422,12 +422,6 @@ impl Svsm {
         }
     }
 
-    /// The sealed state's attestation chain, as its summary has it (`None` without a
-    /// sealed state). Never waits on a commit in progress.
-    pub fn attest_chain(&self) -> Option<crate::sealed::AttestChain> {
-        self.sealed_summary.as_ref().map(|summary| summary.lock().chain)
-    }
-
     /// The sealed state's manifest entry: the committed state the SVSM runs on, and
     /// whether the sealed state closed since boot. Never waits on a commit in progress.
     pub fn sealed_state_entry(&self) -> Option<abi::attest::SealedStateEntry> {

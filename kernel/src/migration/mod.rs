@@ -360,8 +360,11 @@ impl Svsm {
             Some(vtpm) => {
                 let mut vtpm = vtpm.lock();
                 let state = vtpm.save().map_err(|_| ServiceStateError::VtpmUnavailable)?;
-                let (lineage, kept) = self.vtpm_lineage().ok_or(ServiceStateError::VtpmUnavailable)?;
-                let chain = if kept { self.attest_chain() } else { None };
+                // One snapshot of the sealed state: the lineage and the chain of one commit.
+                let summary = self.sealed_summary_now();
+                let (lineage, kept) =
+                    self.vtpm_lineage_in(summary.as_ref()).ok_or(ServiceStateError::VtpmUnavailable)?;
+                let chain = summary.filter(|_| kept).map(|s| s.chain);
                 Some(VtpmSnapshot { ek_public: copy(vtpm.ek_public())?, state, kept, lineage, chain })
             }
             None => None,
