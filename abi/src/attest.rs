@@ -102,15 +102,15 @@ crate::assert_size!(SealedStateEntry, 0x40);
 pub const ATTEST_CHAIN_GUID: Guid =
     Guid::from_fields(0x45802996, 0x1944, 0x4e7a, [0xa1, 0xf8, 0x8e, 0x7d, 0x6b, 0x72, 0x9f, 0xeb]);
 
-/// The attestation chain's manifest entry: this header, then `links` SHA-256 links, oldest
-/// first. The chain value after link i is SHA-256(value before || link i), starting from
-/// `before`; the last link is this attestation's.
+/// The attestation chain's manifest entry: this header, then [`ATTEST_CHAIN_MAX_LINKS`]
+/// slots of which the first `links` hold SHA-256 links, oldest first (the rest zero). The
+/// chain value after link i is SHA-256(value before || link i), starting from `before`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct AttestChainEntry {
     /// The chain value before the first link shown.
     pub before: [u8; 32],
-    /// How many links follow (1..=[`ATTEST_CHAIN_MAX_LINKS`]).
+    /// How many links follow (0..=[`ATTEST_CHAIN_MAX_LINKS`]; 0 before the first attestation).
     pub links: u32,
     pub reserved: u32,
 }

@@ -421,7 +421,7 @@ impl AttestChain {
 pub enum AttestChainError {
     /// Not the header and its 16 link slots.
     Length { len: usize },
-    /// No link, more than the slots, a reserved field or an unused slot not zero.
+    /// More links than the slots, a reserved field or an unused slot not zero.
     Malformed,
 }
 
@@ -452,7 +452,8 @@ pub fn parse_attest_chain(data: &[u8]) -> Result<AttestChain, AttestChainError> 
         return Err(AttestChainError::Length { len: data.len() });
     }
     let count = entry.links as usize;
-    if count == 0 || count > ATTEST_CHAIN_MAX_LINKS || entry.reserved != 0 {
+    // No link yet is a chain too: a store that closed before its first attestation.
+    if count > ATTEST_CHAIN_MAX_LINKS || entry.reserved != 0 {
         return Err(AttestChainError::Malformed);
     }
     let (used, unused) = slots.split_at(32 * count);
@@ -664,9 +665,8 @@ mod tests {
         assert_eq!(values[1], after_one);
         assert_eq!(chain.value(), values[2]);
         assert_eq!(parse_attest_chain(&data[..data.len() - 1]), Err(AttestChainError::Length { len: data.len() - 1 }));
-        let mut no_link = data.clone();
-        no_link[32..36].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(parse_attest_chain(&no_link), Err(AttestChainError::Malformed));
+        let none = encode_attest_chain(&AttestChain { before: [0; 32], links: vec![] });
+        assert_eq!(parse_attest_chain(&none).map(|c| c.value()), Ok([0; 32]), "no attestation yet");
         let mut too_many = data.clone();
         too_many[32..36].copy_from_slice(&17u32.to_le_bytes());
         assert_eq!(parse_attest_chain(&too_many), Err(AttestChainError::Malformed));

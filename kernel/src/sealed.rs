@@ -65,8 +65,9 @@ pub struct Sealed {
 }
 
 /// What a verifier and the OCP are shown of the sealed state (its manifest entries), kept
-/// under a lock of its own that is never held across disk I/O: attestation and OCP reads
-/// never wait for a commit in progress, however long the host takes with it.
+/// under a lock of its own that is never held across disk I/O: OCP reads, and the
+/// manifest of an attestation once its own link is committed, never wait for another
+/// commit in progress, however long the host takes with it.
 pub type SealedSummary = Arc<Mutex<Summary>>;
 
 /// The committed state in short.
