@@ -283,6 +283,7 @@ impl PageTracker {
     }
 
     /// Some page of `range` may have a role other than deposited (`false`: none has).
+    #[inline(always)]
     fn roles_maybe_in(&self, range: PageRange) -> bool {
         let (first, last) = (region_of(range.start_pfn()), region_of(range.end_pfn() - 1));
         if last - first >= ROLE_HINTS as u64 {
@@ -293,10 +294,18 @@ impl PageTracker {
 
     /// The first page of `range` with a role other than deposited that `skip` does not
     /// accept, and its role.
+    /// (Inlined for the hint test that answers almost every call; the list is
+    /// searched out of line.)
+    #[inline(always)]
     fn other_role_in(&self, range: PageRange, skip: impl Fn(PageRole) -> bool) -> Option<(u64, PageRole)> {
         if !self.roles_maybe_in(range) {
             return None;
         }
+        self.other_role_listed(range, skip)
+    }
+
+    #[inline(never)]
+    fn other_role_listed(&self, range: PageRange, skip: impl Fn(PageRole) -> bool) -> Option<(u64, PageRole)> {
         let roles = self.roles.read();
         let at = roles.partition_point(|(pfn, _)| *pfn < range.start_pfn());
         roles
@@ -675,6 +684,7 @@ impl Held<'_> {
     /// pass: the entry lies in one 2 MiB region, whose stripe this holds, so its region,
     /// states and leaves are found once, and the record it returns changes them without a
     /// search. Also answers whether a page of it is recorded validated.
+    #[inline(always)]
     pub fn prepare_entry(&mut self, range: PageRange) -> Result<(EntryRecord<'_>, bool), EntryError> {
         let pages = self.pages;
         pages.check_common(range).map_err(|(pg, why)| EntryError::Conflict(pg, why))?;
