@@ -269,10 +269,17 @@ impl Sealed {
             return Err(e);
         }
         let result = stage(self.store.as_mut()).and_then(|()| self.store.commit());
-        if let Err(e) = result {
-            self.failed = Some(e);
+        let mut summary = self.summary.lock();
+        match result {
+            Ok(()) => *summary = summarize(self.store.as_ref(), false, self.rewrapped),
+            Err(e) => {
+                self.failed = Some(e);
+                // The store in memory may hold what was staged and never committed (a
+                // chain link, a vTPM version): the summary keeps the last committed
+                // state and only says the sealed state closed.
+                summary.entry.flags |= abi::attest::SEALED_STATE_FAILED;
+            }
         }
-        *self.summary.lock() = summarize(self.store.as_ref(), self.failed.is_some(), self.rewrapped);
         result
     }
 }
@@ -920,6 +927,30 @@ mod tests {
         let image = disk.0.lock().image();
         let (kept, _) = VtpmNv::open(reboot(image));
         assert_eq!(kept.nv.get(&b"permall"[..]).map(Vec::as_slice), Some(&b"one"[..]));
+    }
+
+    /// A commit that fails leaves the summary (what the manifest and OCP show) on the last
+    /// committed state, flagged: the staged link and version never reached the disk.
+    #[test]
+    fn a_failed_commit_shows_the_committed_state_flagged_never_what_was_staged() {
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        note_attestation(&sealed, b"first").unwrap();
+        let before = *sealed.lock().summary().lock();
+        assert_eq!(before.chain.links().len(), 1);
+        assert_eq!(before.entry.flags & abi::attest::SEALED_STATE_FAILED, 0);
+
+        disk.0.lock().fail_flushes(true);
+        assert!(note_attestation(&sealed, b"second").is_err());
+        let after = *sealed.lock().summary().lock();
+        assert_eq!(after.chain, before.chain, "the link that never committed is not shown");
+        assert_eq!(after.vtpm, before.vtpm);
+        assert_eq!((after.entry.generation, after.entry.root), (before.entry.generation, before.entry.root));
+        assert_ne!(after.entry.flags & abi::attest::SEALED_STATE_FAILED, 0, "but the state is shown closed");
+        assert_eq!(nv.persist(&[change(b"permall", Some(b"two"))]), Err(NvError::Storage));
+        assert_eq!(sealed.lock().summary().lock().vtpm, before.vtpm, "nor a version that never committed");
     }
 
     /// A MemDisk the test keeps a handle on while the store drives it.

@@ -166,6 +166,13 @@ pub(crate) fn encode_header(keys: &Keys, slot: u64, header: &Header) -> Box<Bloc
     block
 }
 
+/// Whether a header slot holds nothing before its MAC: what a first header write leaves
+/// when a power cut lost the sector with its fields (a drive may persist a 4 KiB
+/// write's 512-byte sectors in any order) and kept the one with the MAC.
+pub(crate) fn only_a_mac(block: &Block) -> bool {
+    block.get(..MAC_OFFSET).is_some_and(|body| body.iter().all(|b| *b == 0))
+}
+
 /// Where a header carries its key's label (after the root ref), and the generation.
 const LABEL_OFFSET: usize = 128;
 const GENERATION_OFFSET: usize = 64;

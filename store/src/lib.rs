@@ -60,8 +60,9 @@
 //! The associated data binds each block to its store (a random id chosen at format), its
 //! role (data, index leaf, index node), its physical block number and the generation that
 //! wrote it. The Merkle hash already pins every block, so this is defence in depth: a block
-//! moved, replayed or taken from another store fails authentication even if a hash check
-//! were ever skipped.
+//! moved, replayed into another generation or role, or taken from another store fails
+//! authentication even if a hash check were ever skipped (two writes of one block in one
+//! generation, as a retried commit makes, only the hash tells apart).
 //!
 //! # Commit protocol
 //!

@@ -170,9 +170,10 @@ fn never_committed(device: &mut impl BlockDevice, keys: &Keys) -> Result<bool, S
         return Ok(false);
     }
     // Zeros: a new disk, or the first header write lost. This key's key check without a MAC
-    // that matches: the first sectors of that write without the rest. Anything else (other
-    // data, a disk that is not a store) is not formatted over.
-    Ok(first.iter().all(|b| *b == 0) || format::decode_header(keys, 0, &first) == Slot::Corrupt)
+    // that matches: the first sectors of that write without the rest. Zeros up to a MAC:
+    // its last sector without the first. Anything else (other data, a disk that is not a
+    // store) is not formatted over.
+    Ok(format::only_a_mac(&first) || format::decode_header(keys, 0, &first) == Slot::Corrupt)
 }
 
 /// Pool blocks a commit may write, lowest first: neither committed nor in doubt.

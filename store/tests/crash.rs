@@ -213,3 +213,16 @@ fn a_power_cut_while_a_blank_disk_is_formatted_leaves_a_disk_that_opens_or_forma
     }
     assert!(formatted_again > 0);
 }
+
+#[test]
+fn a_first_header_write_that_lost_its_first_sector_formats_again() {
+    // A drive that persists a 4 KiB write's sectors out of order can keep the MAC's
+    // sector of the first header and lose the one with its fields: that disk held no
+    // state and must format again, not be refused at every boot.
+    let mut disk = format(16).into_device();
+    let torn: Vec<u8> = disk.block(0).unwrap().iter().enumerate().map(|(i, b)| if i < 512 { 0 } else { *b }).collect();
+    assert!(torn.iter().any(|b| *b != 0), "the MAC's sector is kept");
+    disk.set_block(0, &torn);
+    let (store, how) = Store::open_or_format(disk, &key(), TestRng::new(2)).unwrap();
+    assert_eq!((how, store.state().generation), (Opened::Formatted, 1));
+}
