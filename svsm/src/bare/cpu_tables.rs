@@ -59,9 +59,7 @@ pub struct Tables {
 /// Build and load GDT, TSS and IDT on this CPU; the address of its TSS.RSP0. See
 /// [`build`] for `local_apic`.
 pub fn load(local_apic: bool) -> u64 {
-    let mut tables = build(local_apic);
-    activate(&mut tables);
-    tables.rsp0
+    activate(&mut build(local_apic))
 }
 
 /// Build a CPU's tables (leaked: they must live forever). A CPU that comes back under
@@ -137,9 +135,10 @@ fn limit(table: &[u64]) -> u16 {
     u16::try_from(core::mem::size_of_val(table).saturating_sub(1)).unwrap_or(u16::MAX)
 }
 
-/// Load `tables` on this CPU. Their TSS descriptor is made available again first: LTR
-/// refuses a busy one, which it is if a CPU used these tables before.
-pub fn activate(tables: &mut Tables) {
+/// Load `tables` on this CPU; the address of its TSS.RSP0. Their TSS descriptor is made
+/// available again first: LTR refuses a busy one, which it is if a CPU used these tables
+/// before.
+pub fn activate(tables: &mut Tables) -> u64 {
     tables.gdt[3] = tables.gdt[3] & !TSS_TYPE_MASK | TSS_AVAILABLE;
     let (gdt, idt) = (&*tables.gdt, tables.idt);
     let gdt_ptr = DescriptorPtr { limit: limit(gdt), base: gdt.as_ptr() as u64 };
@@ -149,4 +148,5 @@ pub fn activate(tables: &mut Tables) {
     // not disturb CS/SS; the TSS descriptor is available (type 9) until LTR marks it
     // busy; every IDT gate points at an exception stub in this image.
     unsafe { super::cpu::load_tables(&gdt_ptr, &idt_ptr, TSS_SELECTOR) };
+    tables.rsp0
 }

@@ -46,10 +46,10 @@ use core::panic::PanicInfo;
 extern "C" fn svsm_igvm_main(boot_info: u64) -> ! {
     heap::init();
     // No local-APIC handlers: this launch is SEV-SNP's (or ends at once).
-    cpu_tables::load(false);
+    let tss_rsp0 = cpu_tables::load(false);
     fpu::enable_sse();
     if snp::detected() {
-        snp::boot(boot_info)
+        snp::boot(boot_info, tss_rsp0)
     }
     console::init();
     println!(
@@ -134,7 +134,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     );
     clock::calibrate();
     let sealed = open_sealed_state(&svsm, &platform, &ram);
-    user::boot_check(svsm.pages());
+    user::boot_check(svsm.pages(), user::Checks::Svm);
     if vtpm::crash_check() {
         println!(
             "vtpm: crash check passed: a vTPM service process that faults is ended, its calls get TPM_RC_FAILURE, the SVSM serves on"

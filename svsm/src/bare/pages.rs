@@ -5,8 +5,26 @@
 
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const PAGE: usize = 4096;
+
+/// The bit a page-table entry (or CR3) sets to name private memory: the C-bit under
+/// SEV-SNP, none on the svm platform. Every page the SVSM maps for itself or its
+/// processes is private; only the snp platform's alias map is not.
+static PRIVATE_BIT: AtomicU64 = AtomicU64::new(0);
+
+/// Page-table entries and CR3 values made from now on name private memory with the
+/// C-bit at `c_bit` (the snp boot, once, before any CPU builds its own tables).
+pub fn set_c_bit(c_bit: u8) {
+    PRIVATE_BIT.store(1u64.checked_shl(u32::from(c_bit)).unwrap_or(0), Ordering::Release);
+}
+
+/// `phys` as a page-table entry's or CR3's address of private memory (with the C-bit
+/// where there is one).
+pub fn private(phys: u64) -> u64 {
+    phys | PRIVATE_BIT.load(Ordering::Acquire)
+}
 
 /// An owned, zeroed, page-aligned 4 KiB page (or a physically contiguous run of them).
 pub struct Page {

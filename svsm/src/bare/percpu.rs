@@ -1,11 +1,14 @@
-//! Per-CPU page tables: each CPU runs on a page-table root of its own. The lower half
-//! (the identity map of the first 4 GiB the boot code built) is shared; the top PML4 slot
-//! maps this CPU's private data page at [`PER_CPU_VA`], so code finds "its" CPU's state at
-//! one fixed address and no CPU can reach another's through it.
+//! Per-CPU page tables: each CPU runs on a page-table root of its own. The kernel's
+//! mappings of the boot tables are shared (slot 0: the identity map, of the first 4 GiB
+//! on svm and 512 GiB on snp; slots 256..=510: the snp platform's alias map); slots
+//! 1..=255 are a process's while one runs ([`set_user_half`]); the top slot maps this
+//! CPU's private data page at [`PER_CPU_VA`], so code finds "its" CPU's state at one fixed
+//! address and no CPU can reach another's through it. Every entry made here names
+//! private memory (`pages::private`: the C-bit on SNP).
 #![expect(unsafe_code, reason = "each CPU's page tables and private page")]
 
-use super::pages::Page;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use super::pages::{Page, private};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Where each CPU sees its own data page: in the top 2 GiB, so the system call entry
 /// can reach its fields with 32-bit absolute addresses before it has a register to spare.
@@ -50,8 +53,13 @@ struct Tables {
 /// 0 until then).
 static LOWER_HALF: AtomicU64 = AtomicU64::new(0);
 
-/// Build this CPU's root (sharing the boot map's lower half) and switch to it.
-pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
+/// The PML4 slots of the kernel's upper half that every CPU's root shares with the boot
+/// tables (the top slot is each CPU's own).
+const KERNEL_UPPER: core::ops::Range<usize> = 256..511;
+
+/// Build this CPU's root (sharing the boot map's kernel slots) and switch to it. Returns
+/// the root, which a CPU that comes back under the same index enters again ([`enter`]).
+pub fn install(cpu: u32, boot_root: u64) -> Option<u64> {
     let mut t = Tables {
         root: Page::zeroed()?,
         pdpt: Page::zeroed()?,
@@ -59,9 +67,14 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
         pt: Page::zeroed()?,
         data: Page::zeroed()?,
     };
-    // SAFETY: `boot_root` is the boot PML4, identity-mapped and never freed; slot 0 is
-    // read by value.
+    // SAFETY: `boot_root` is the boot PML4, identity-mapped and never freed; slot 0 and
+    // the kernel's upper slots are read by value.
     let boot_low = unsafe { core::ptr::read_volatile(boot_root as *const u64) };
+    for i in KERNEL_UPPER {
+        // SAFETY: as above; `i` is below 512.
+        let entry = unsafe { core::ptr::read_volatile((boot_root as *const u64).add(i)) };
+        *t.root.words_mut().get_mut(i)? = entry;
+    }
     let low = match LOWER_HALF.load(Ordering::Acquire) {
         0 => boot_low,
         closed => closed,
@@ -69,10 +82,10 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
     // PER_CPU_VA's index (its 9 bits from bit `shift`) in the table of one level.
     let slot = |shift: u32| usize::try_from((PER_CPU_VA >> shift) & 0x1FF).ok();
     t.root.words_mut()[0] = low;
-    t.root.words_mut()[511] = t.pdpt.phys() | PRESENT_WRITABLE;
-    *t.pdpt.words_mut().get_mut(slot(30)?)? = t.pd.phys() | PRESENT_WRITABLE;
-    *t.pd.words_mut().get_mut(slot(21)?)? = t.pt.phys() | PRESENT_WRITABLE;
-    *t.pt.words_mut().get_mut(slot(12)?)? = t.data.phys() | PRESENT_WRITABLE | NO_EXECUTE;
+    t.root.words_mut()[511] = private(t.pdpt.phys()) | PRESENT_WRITABLE;
+    *t.pdpt.words_mut().get_mut(slot(30)?)? = private(t.pd.phys()) | PRESENT_WRITABLE;
+    *t.pd.words_mut().get_mut(slot(21)?)? = private(t.pt.phys()) | PRESENT_WRITABLE;
+    *t.pt.words_mut().get_mut(slot(12)?)? = private(t.data.phys()) | PRESENT_WRITABLE | NO_EXECUTE;
     let root = t.root.phys();
     // SAFETY: the data page is zeroed, owned by these tables and large enough for PerCpu;
     // nothing else refers to it yet.
@@ -82,10 +95,39 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<()> {
         (*data).root = root;
     }
     core::mem::forget(t);
-    // SAFETY: the new root maps everything the boot root mapped (same lower half), plus
-    // the per-CPU page; its tables are leaked, so they outlive their use as CR3.
-    unsafe { super::cpu::load_cr3(root) };
-    Some(())
+    enter(root);
+    Some(root)
+}
+
+/// Switch to a root [`install`] made (for this CPU's index: a re-created vCPU on snp).
+pub fn enter(root: u64) {
+    // SAFETY: `install` made `root`: it maps everything the boot root maps for the kernel
+    // (slot 0 and the upper slots), plus the index's per-CPU page; its tables are leaked,
+    // so they outlive their use as CR3. A process's user half is cleared whenever a run
+    // ends, so the root maps no process.
+    unsafe { super::cpu::load_cr3(private(root)) };
+}
+
+/// Whether GS base holds the CPU's index (the snp platform finds each CPU's GHCB by it).
+static GS_BASE_IS_INDEX: AtomicBool = AtomicBool::new(false);
+
+/// From now on [`restore_gs_base`] puts each CPU's index back into GS base.
+pub fn keep_index_in_gs_base() {
+    GS_BASE_IS_INDEX.store(true, Ordering::Release);
+}
+
+/// After a process ran: put the CPU's index back into GS base where the platform keeps
+/// it there. A process can change GS base at CPL 3 (a MOV to GS loads the base of the
+/// descriptor it names), and the kernel must not then take another CPU's GHCB for its
+/// own. Until this runs nothing in the kernel reads GS: the way back from CPL 3 (SYSCALL,
+/// an exception, `user/entry.rs`) does not.
+pub fn restore_gs_base() {
+    const GS_BASE: u32 = 0xC000_0101;
+    if GS_BASE_IS_INDEX.load(Ordering::Acquire) {
+        // SAFETY: GS_BASE exists on every x86-64 CPU, and on the platform that keeps the
+        // index there nothing else is kept in it.
+        unsafe { super::cpu::wrmsr(GS_BASE, u64::from(this_cpu())) };
+    }
 }
 
 /// The running CPU's index (0 = boot CPU), from its private page.
@@ -107,7 +149,8 @@ pub fn set_tss_rsp0(address: u64) {
 pub fn set_user_half(entries: Option<&[u64; 255]>) {
     // SAFETY: PER_CPU_VA maps this CPU's PerCpu, whose `root` is this CPU's PML4 (an
     // identity-mapped page owned by the leaked tables). Slots 1..=255 map nothing the
-    // kernel uses (its identity map is slot 0, the per-CPU page slot 511), so changing
+    // kernel uses (its identity map is slot 0, the snp alias map slot 256, the per-CPU
+    // page slot 511), so changing
     // them cannot unmap running code; the CR3 reload flushes the old user translations.
     unsafe {
         let root = (*(PER_CPU_VA as *const PerCpu)).root;
@@ -115,7 +158,7 @@ pub fn set_user_half(entries: Option<&[u64; 255]>) {
         for i in 0..255 {
             slots.add(i).write_volatile(entries.and_then(|e| e.get(i)).copied().unwrap_or(0));
         }
-        super::cpu::load_cr3(root);
+        super::cpu::load_cr3(private(root));
     }
 }
 
@@ -158,7 +201,7 @@ pub fn close_low_memory(boot_root: u64) -> Option<()> {
     unsafe {
         let root = (*(PER_CPU_VA as *const PerCpu)).root;
         core::ptr::write_volatile(root as *mut u64, low);
-        super::cpu::load_cr3(root);
+        super::cpu::load_cr3(private(root));
     }
     Some(())
 }

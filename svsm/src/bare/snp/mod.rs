@@ -17,7 +17,7 @@ mod paging;
 use super::exceptions::Frame;
 use abi::ghcb::{VC_PAGE_NOT_VALIDATED, exit, term};
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use hw::BareSnp;
 use kernel::Svsm;
 use kernel::vcpu::VcpuIndex;
@@ -33,6 +33,8 @@ use spin::once::Once;
 static SNP_BOOT: AtomicBool = AtomicBool::new(false);
 /// Set once the snp platform is up; the exception path then handles #VC.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The guest's VMPL (its VM index for CAPABILITIES), once the platform is up.
+static GUEST_VMPL: AtomicU8 = AtomicU8::new(0);
 /// The launch's CPUID page, copied once.
 static CPUID: Once<CpuidTable> = Once::new();
 /// The platform's state all CPUs' handles share, once the boot CPU started it.
@@ -41,6 +43,9 @@ static SNP: Once<Arc<SnpShared>> = Once::new();
 static SVSM: Once<Svsm> = Once::new();
 /// The serial port for `println!`, a line per GHCB exit (`console::set_line_writer`).
 static SERIAL: SerialConsole = SerialConsole::new(0x3F8);
+/// The image's boot PML4 (identity and alias maps), whose kernel slots each CPU's own
+/// root shares (`percpu::install`), and the CR3 an AP enters with.
+static BOOT_ROOT: AtomicU64 = AtomicU64::new(0);
 
 // The kernel is shared by reference between CPUs: it must be Sync (its state has its own
 // fine-grained locks) and Send.
@@ -64,9 +69,9 @@ fn terminate(code: u8) -> ! {
     instr::halt_forever()
 }
 
-/// Boot on SNP from the IGVM image's boot information. Does not return: the boot CPU
-/// ends in its request loop.
-pub fn boot(info_gpa: u64) -> ! {
+/// Boot on SNP from the IGVM image's boot information; `tss_rsp0` is where the boot
+/// CPU's TSS keeps RSP0. Does not return: the boot CPU ends in its request loop.
+pub fn boot(info_gpa: u64, tss_rsp0: u64) -> ! {
     SNP_BOOT.store(true, Ordering::Release);
     // SAFETY: GS base is this CPU's index on the snp platform and nothing else.
     unsafe { instr::set_gs_base(0) };
@@ -83,6 +88,16 @@ pub fn boot(info_gpa: u64) -> ! {
         terminate(term::BOOT_INFO);
     }
     paging::install(launch.c_bit);
+    // Every table and CR3 made from here on names private memory with the C-bit; then
+    // the boot CPU moves to a root of its own (the per-CPU page, room for a process).
+    super::pages::set_c_bit(launch.c_bit);
+    BOOT_ROOT.store(paging::boot_root(), Ordering::Release);
+    let boot_cr3 = instr::read_cr3();
+    if super::percpu::install(0, paging::boot_root()).is_none() {
+        terminate(term::BOOT_INFO);
+    }
+    super::percpu::set_tss_rsp0(tss_rsp0);
+    super::percpu::keep_index_in_gs_base();
     // SEV_FEATURES as the VMSAs of this guest carry them: SEV_STATUS bits 2.. map to
     // SEV_FEATURES bits 0..
     let sev_features = instr::sev_status() >> 2;
@@ -104,6 +119,7 @@ pub fn boot(info_gpa: u64) -> ! {
         }
     };
     GHCB_SHARED[0].store(true, Ordering::Release);
+    GUEST_VMPL.store(guest_vmpl, Ordering::Release);
     ACTIVE.store(true, Ordering::Release);
     // From here port I/O works (#VC), so the console does; a line goes out in one exit.
     super::console::init();
@@ -120,7 +136,8 @@ pub fn boot(info_gpa: u64) -> ! {
         cpu: snp::vmsa::SvsmCpuState {
             rip: super::entry::igvm_ap_entry(),
             rsp: 0,
-            cr3: instr::read_cr3(),
+            // The boot tables, not the boot CPU's own root: an AP takes its own at once.
+            cr3: boot_cr3,
             gdtr_base: abi::igvm::GDT_GPA,
             gdtr_limit: 23,
             code_selector: abi::igvm::CODE_SELECTOR,
@@ -139,7 +156,7 @@ pub fn boot(info_gpa: u64) -> ! {
             terminate(term::BOOT_INFO)
         }
     };
-    let svsm = match Svsm::new(config, &mut platform) {
+    let mut svsm = match Svsm::new(config, &mut platform) {
         Ok(s) => s,
         Err(e) => {
             println!("FAILED: kernel refused the launch: {e:?}");
@@ -151,17 +168,39 @@ pub fn boot(info_gpa: u64) -> ! {
         println!("snp: {e:?}");
     }
     super::clock::calibrate();
-    // The vTPM runs as a CPL-3 process, and user mode is not ported to this platform yet:
-    // the per-CPU page and SYSCALL setup are only made on the svm path, and process page
-    // tables carry no C-bit (a process's memory would be read as shared, in the clear to
-    // the host once it converts the pages). Until then no process starts here
-    // (docs/platforms/snp.md, "User mode").
-    println!("vtpm: not started: user mode (CPL 3) is not ported to the snp platform yet; protocol 2 is not served");
+    // User mode: SYSCALL, SMEP and SMAP (CPUID raises #VC, served from the CPUID page
+    // now that the platform is up); no time slices (docs/platforms/snp.md "User mode").
+    super::user::boot_check(svsm.pages(), super::user::Checks::Snp);
+    start_vtpm(&mut svsm);
     // Shared from here on: APs find both once the guest creates them.
     let svsm = SVSM.call_once(|| svsm);
     SNP.call_once(|| platform.shared().clone());
     println!("snp: serving the guest at VMPL{guest_vmpl}");
     serve(platform, svsm, VcpuIndex::STARTUP, false)
+}
+
+/// The vTPM in its service process at CPL 3, after the crash-isolation check. No state
+/// disk on this platform yet: each boot manufactures a new TPM (docs/persistence.md).
+fn start_vtpm(svsm: &mut Svsm) {
+    if super::vtpm::crash_check() {
+        println!(
+            "vtpm: crash check passed: a vTPM service process that faults is ended, its calls get TPM_RC_FAILURE, the SVSM serves on"
+        );
+    } else {
+        println!("vtpm: crash check FAILED; protocol 2 is not served");
+        return;
+    }
+    let started = super::clock::monotonic_ns();
+    match super::vtpm::manufacture() {
+        Ok(vtpm) => {
+            let ms = (super::clock::monotonic_ns() - started) / 1_000_000;
+            println!(
+                "vtpm: libtpms manufactured in {ms} ms in its service process at CPL 3 (no state disk on snp yet: a new TPM each boot); its EK is in the attestation manifest"
+            );
+            svsm.install_vtpm(vtpm);
+        }
+        Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
+    }
 }
 
 /// `println!`'s serial output on SNP: the buffer in one GHCB string-I/O exit (a host that
@@ -192,6 +231,8 @@ fn serve(mut platform: SnpPlatform<BareSnp>, svsm: &'static Svsm, vcpu: VcpuInde
 /// SVSM pages, not these, so create/delete cycles do not drain the heap.
 struct ApSlot {
     tables: super::cpu_tables::Tables,
+    /// Its page-table root (`percpu::install`).
+    root: u64,
     stack_top: u64,
 }
 
@@ -210,15 +251,23 @@ pub extern "C" fn ap_main(index: u64) -> ! {
     let (Some(ap_slot), Some(ghcb_shared)) = (AP_SLOTS.get(cpu), GHCB_SHARED.get(cpu)) else {
         terminate(term::GHCB_SETUP)
     };
+    let Ok(cpu_index) = u32::try_from(cpu) else { terminate(term::GHCB_SETUP) };
     let stack_top = {
         let mut slot = ap_slot.lock();
-        let slot = slot.get_or_insert_with(|| {
+        if slot.is_none() {
             let stack = alloc::boxed::Box::leak(alloc::vec![0u8; AP_STACK].into_boxed_slice());
             let stack_top = (stack.as_ptr() as u64 + AP_STACK as u64) & !0xF;
-            ApSlot { tables: super::cpu_tables::build(false), stack_top }
-        });
+            // Its own root: the per-CPU page user mode needs. Without one this CPU could
+            // not run the vTPM's process when its vCPU calls it.
+            let Some(root) = super::percpu::install(cpu_index, BOOT_ROOT.load(Ordering::Acquire)) else {
+                terminate(term::GHCB_SETUP)
+            };
+            *slot = Some(ApSlot { tables: super::cpu_tables::build(false), root, stack_top });
+        }
+        let Some(slot) = slot.as_mut() else { terminate(term::GHCB_SETUP) };
+        super::percpu::enter(slot.root);
         // Its own GDT/IDT/TSS before anything can raise #VC.
-        super::cpu_tables::activate(&mut slot.tables);
+        super::percpu::set_tss_rsp0(super::cpu_tables::activate(&mut slot.tables));
         slot.stack_top
     };
     super::fpu::enable_sse();
@@ -231,6 +280,7 @@ pub extern "C" fn ap_main(index: u64) -> ! {
         terminate(term::GHCB_SETUP);
     }
     ghcb_shared.store(true, Ordering::Release);
+    super::user::init_cpu();
     // SAFETY: the stack is leaked (it lives forever), its top 16-byte aligned, and no
     // other CPU uses this index's stack: the vCPU that had it was deleted only once its
     // SVSM VMSA had stopped running.
@@ -244,6 +294,20 @@ extern "C" fn ap_serve(index: u64) -> ! {
     // The CPU joined in `ap_main`; its handle is made here, on its own stack.
     let platform = SnpPlatform::handle(BareSnp, shared.clone());
     serve(platform, svsm, VcpuIndex(index), true)
+}
+
+/// The guest's VMPL when the SVSM runs on SEV-SNP (`None` elsewhere).
+pub fn guest_vmpl() -> Option<u8> {
+    ACTIVE.load(Ordering::Acquire).then(|| GUEST_VMPL.load(Ordering::Acquire))
+}
+
+/// CPUID for a process at CPL 3 whose CPUID raised #VC: the launch's CPUID page answers,
+/// as it does the SVSM's own (`None` when not on SNP).
+pub fn process_cpuid(leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
+    if !ACTIVE.load(Ordering::Acquire) {
+        return None;
+    }
+    Some(CPUID.get()?.lookup(leaf, subleaf, instr::xcr0(), 0))
 }
 
 /// The exception path's hook: `true` if the exception was the snp platform's to handle

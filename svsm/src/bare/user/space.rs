@@ -2,13 +2,16 @@
 //! CPU's root while the process runs, built from pages of the SVSM's heap. Leaf entries
 //! carry U/S, W only for writable mappings and NX for everything not executable; the
 //! kernel's identity map (slot 0) and per-CPU page (slot 511) stay supervisor-only, so
-//! with SMEP and SMAP on the process reaches nothing but its own pages.
+//! with SMEP and SMAP on the process reaches nothing but its own pages. Every entry names
+//! private memory (`pages::private`: the C-bit on SEV-SNP): the process's frames and
+//! tables come from the SVSM's heap, its code from the image, and the guest pages it may
+//! map are the guest's private ones.
 //!
 //! The kernel copies to and from a process's memory through the frames' own identity
 //! addresses, never through the process's virtual addresses: no SMAP window, and no way
 //! for another thread of the process to change a mapping under the copy.
 
-use super::super::pages::Page;
+use super::super::pages::{Page, private};
 use abi::PAGE_SIZE;
 use abi::syscall::SysError;
 use alloc::collections::BTreeMap;
@@ -82,7 +85,7 @@ impl UserSpace {
             return Ok(());
         }
         let page = Page::zeroed().ok_or(SysError::NoMem)?;
-        *parent = page.phys() | TABLE;
+        *parent = private(page.phys()) | TABLE;
         tables.insert(key, page);
         Ok(())
     }
@@ -106,7 +109,7 @@ impl UserSpace {
         let pd = self.pds.get_mut(&(va >> 30)).ok_or(SysError::NoMem)?;
         let pde = pd.words_mut().get_mut(index(va, 21)).ok_or(SysError::Inval)?;
         Self::table(&mut self.pts, va >> 21, pde)?;
-        let mut leaf = phys | PRESENT | USER;
+        let mut leaf = private(phys) | PRESENT | USER;
         if prot.write {
             leaf |= WRITABLE;
         }
