@@ -137,6 +137,9 @@ pub enum Outcome {
     /// state (an older image booted until its generation passed), or more attestations
     /// than the chain shows were served since.
     Diverged,
+    /// What would be [`Outcome::Diverged`], accepted anew because the relying party asked
+    /// ([`Acceptance::new_chain`]): the chain the evidence shows is kept from now on.
+    Rebased,
     /// The generation the ledger holds with another root: refused. One generation names
     /// one state (the store never reuses a generation), so two roots mean two branches
     /// from one image: a fork, or a clone of the disk.
@@ -145,7 +148,7 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn accepted(self) -> bool {
-        matches!(self, Self::FirstSeen | Self::Same | Self::Newer { .. })
+        matches!(self, Self::FirstSeen | Self::Same | Self::Newer { .. } | Self::Rebased)
     }
 
     /// Its name in JSON verdicts.
@@ -156,6 +159,7 @@ impl Outcome {
             Self::Newer { .. } => "newer",
             Self::Rollback { .. } => "rollback",
             Self::Diverged => "diverged",
+            Self::Rebased => "rebased",
             Self::Fork { .. } => "fork",
         }
     }
@@ -396,7 +400,8 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
 /// The ledger's part of a verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LedgerVerdict {
-    /// `first_seen`, `same`, `newer` (accepted), `rollback`, `fork` (refused); `None` when
+    /// `first_seen`, `same`, `newer`, `rebased` (accepted), `rollback`, `diverged`, `fork`
+    /// (refused); `None` when
     /// the evidence carries no well-formed sealed state (refused: rollback protection was
     /// asked for and there was nothing to check).
     pub outcome: Option<&'static str>,
@@ -417,16 +422,33 @@ pub struct LedgerVerdict {
     pub vtpm_outcome: Option<&'static str>,
 }
 
+/// What a relying party accepts on its own word, beyond what the ledger can show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Acceptance {
+    /// Accept a state whose attestation chain does not pass through the value the ledger
+    /// keeps (`rebased` instead of `diverged`), and keep its chain from then on; the
+    /// generation must still not be older, and the evidence must show a chain. For a
+    /// relying party that missed more attestations than the chain shows (`bulwark attest
+    /// verify --accept-new-chain`): an older image of the store would pass the same way,
+    /// so only when it knows why the chain moved on without it.
+    pub new_chain: bool,
+}
+
 /// Apply `ledger` to `verdict`'s sealed state: the `state_ledger` check (after every
 /// other check) and [`Verdict::ledger`]. An accepted new state is recorded in `ledger`
 /// (in memory; the caller decides whether to keep it). Returns whether `ledger` changed.
 pub fn judge(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
-    judge_both(ledger, verdict).0
+    judge_accepting(ledger, verdict, Acceptance::default())
+}
+
+/// [`judge`], accepting what `acceptance` says.
+pub fn judge_accepting(ledger: &mut Ledger, verdict: &mut Verdict, acceptance: Acceptance) -> bool {
+    judge_both(ledger, verdict, acceptance).0
 }
 
 /// [`judge`], with the vTPM's outcome.
-fn judge_both(ledger: &mut Ledger, verdict: &mut Verdict) -> (bool, Option<TpmOutcome>) {
-    let learned = judge_store(ledger, verdict);
+fn judge_both(ledger: &mut Ledger, verdict: &mut Verdict, acceptance: Acceptance) -> (bool, Option<TpmOutcome>) {
+    let learned = judge_store(ledger, verdict, acceptance);
     let tpm = judge_vtpm(ledger, verdict);
     if let Some(l) = &mut verdict.ledger {
         l.vtpm_outcome = tpm.map(TpmOutcome::name);
@@ -485,7 +507,7 @@ fn judge_vtpm(ledger: &mut Ledger, verdict: &mut Verdict) -> Option<TpmOutcome> 
 }
 
 /// The `state_ledger` check. Returns whether `ledger` changed.
-fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
+fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict, acceptance: Acceptance) -> bool {
     let Some(state) = verdict.sealed_state else {
         verdict.ledger = Some(LedgerVerdict {
             outcome: None,
@@ -517,14 +539,24 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
     let tpm_value = tpm.and_then(|ek| ledger.tpm_chains.get(&ek).copied());
     let chain = check_chain(store_value, verdict.attest_chain.as_ref())
         .and_then(|now| check_chain(tpm_value, verdict.attest_chain.as_ref()).map(|_| now));
+    // The chain's value as the evidence shows it (what a rebase keeps).
+    let shown = verdict.attest_chain.as_ref().map(|c| c.values().last().copied().unwrap_or(c.before));
     let outcome = match ledger.outcome(&state) {
+        accepted if accepted.accepted() && chain.is_err() && acceptance.new_chain && shown.is_some() => {
+            Outcome::Rebased
+        }
         accepted if accepted.accepted() && chain.is_err() => Outcome::Diverged,
         outcome => outcome,
+    };
+    let kept = match (&chain, outcome) {
+        (Ok(value), _) => *value,
+        (Err(_), Outcome::Rebased) => shown,
+        (Err(_), _) => None,
     };
     let mut learned = false;
     if outcome.accepted() {
         learned = matches!(ledger.apply(&state), Outcome::FirstSeen | Outcome::Newer { .. });
-        if let Ok(Some(value)) = chain {
+        if let Some(value) = kept {
             learned |= ledger.chains.insert(state.store_id, value) != Some(value);
             if let Some(ek) = tpm {
                 learned |= ledger.tpm_chains.insert(ek, value) != Some(value);
@@ -544,7 +576,13 @@ fn judge_store(ledger: &mut Ledger, verdict: &mut Verdict) -> bool {
             newest.generation
         )),
         Outcome::Diverged => Err(format!(
-            "DIVERGED: generation {generation} of store {store} does not descend from the state accepted last: {}",
+            "DIVERGED: generation {generation} of store {store} does not descend from the state accepted last: {} \
+             (--accept-new-chain accepts it anew)",
+            chain.as_ref().err().map_or("", String::as_str)
+        )),
+        Outcome::Rebased => Ok(format!(
+            "REBASED: generation {generation} of store {store} does not show descent from the state accepted last \
+             ({}); accepted anew as asked (--accept-new-chain), its chain kept from now on",
             chain.as_ref().err().map_or("", String::as_str)
         )),
         Outcome::Fork { accepted } => Err(format!(
@@ -598,7 +636,17 @@ fn check_chain(
 /// one bound to `instance` (or become it: first seen, or a reset the relying party
 /// accepts). Returns whether `ledger` changed.
 pub fn judge_instance(ledger: &mut Ledger, verdict: &mut Verdict, instance: &Instance) -> bool {
-    let (learned, tpm) = judge_both(ledger, verdict);
+    judge_instance_accepting(ledger, verdict, instance, Acceptance::default())
+}
+
+/// [`judge_instance`], accepting what `acceptance` says.
+pub fn judge_instance_accepting(
+    ledger: &mut Ledger,
+    verdict: &mut Verdict,
+    instance: &Instance,
+    acceptance: Acceptance,
+) -> bool {
+    let (learned, tpm) = judge_both(ledger, verdict, acceptance);
     let Some(state) = verdict.sealed_state else {
         // `judge` refused already: nothing to bind.
         return learned;
@@ -665,23 +713,25 @@ fn push_named(verdict: &mut Verdict, name: &'static str, outcome: Result<String,
 /// A lock file beside it (`.NAME.lock`) keeps verifiers that share the ledger from
 /// losing each other's updates.
 pub fn apply_file(path: &Path, verdict: &mut Verdict, policy_accepts: bool) -> Result<(), String> {
-    apply_file_for(path, verdict, policy_accepts, None)
+    apply_file_for(path, verdict, policy_accepts, None, Acceptance::default())
 }
 
-/// [`apply_file`], with [`judge_instance`] when the relying party names the instance.
+/// [`apply_file`], with [`judge_instance`] when the relying party names the instance, and
+/// accepting what `acceptance` says.
 pub fn apply_file_for(
     path: &Path,
     verdict: &mut Verdict,
     policy_accepts: bool,
     instance: Option<&Instance>,
+    acceptance: Acceptance,
 ) -> Result<(), String> {
     let lock_path = beside(path, "lock")?;
     let lock = std::fs::File::create(&lock_path).map_err(|e| format!("ledger lock {}: {e}", lock_path.display()))?;
     lock.lock().map_err(|e| format!("ledger lock {}: {e}", lock_path.display()))?;
     let mut ledger = Ledger::load(path)?;
     let learned = match instance {
-        Some(instance) => judge_instance(&mut ledger, verdict, instance),
-        None => judge(&mut ledger, verdict),
+        Some(instance) => judge_instance_accepting(&mut ledger, verdict, instance, acceptance),
+        None => judge_accepting(&mut ledger, verdict, acceptance),
     };
     if learned && verdict.passed && policy_accepts {
         ledger.save(path)?;

@@ -241,3 +241,55 @@ fn a_store_image_that_makes_a_new_tpm_is_refused_by_the_stores_chain() {
     let v = judged(&mut ledger, &evidence(&honest, 1, 6, vec![[1; 32], [2; 32]]));
     assert_eq!((v.passed, outcome(&v)), (true, Some("newer")), "{v}");
 }
+
+/// A verifier that missed more attestations than the chain shows finds its value folded
+/// away: `diverged`, until the relying party accepts the chain anew
+/// (`Acceptance::new_chain`, `--accept-new-chain`). Then the shown chain is kept and the
+/// store's next attestations pass as before; an older generation stays a rollback, and
+/// evidence without a chain is not taken in place of one.
+#[test]
+fn a_chain_the_verifier_lost_sight_of_is_taken_anew_only_when_asked() {
+    use abi::attest::{ATTEST_CHAIN_GUID, SEALED_STATE_GUID};
+    use bulwark_attest::manifest::{AttestChain, encode_attest_chain};
+    let s = sample();
+    let evidence = |generation: u64, before: [u8; 32], links: Vec<[u8; 32]>| {
+        let state = manifest::encode_sealed_state(&state(generation, 9));
+        let chain = encode_attest_chain(&AttestChain { before, links });
+        s.with_manifest(manifest::encode(&[(SEALED_STATE_GUID, &state), (ATTEST_CHAIN_GUID, &chain)]).unwrap())
+    };
+    let outcome = |v: &Verdict| v.ledger.as_ref().and_then(|l| l.outcome);
+    let again = ledger::Acceptance { new_chain: true };
+    let judged_with = |ledger: &mut Ledger, evidence: &Evidence, acceptance| {
+        let mut v = examine(evidence);
+        ledger::judge_accepting(ledger, &mut v, acceptance);
+        v
+    };
+    let mut ledger = Ledger::default();
+    assert!(judged(&mut ledger, &evidence(5, [0; 32], vec![[1; 32]])).passed);
+    // Sixteen attestations later (to other relying parties), the value it kept is folded
+    // into `before`: the chain cannot show it.
+    let moved_on = evidence(30, [0xEE; 32], (2..18u8).map(|i| [i; 32]).collect());
+    let v = judged(&mut ledger, &moved_on);
+    assert_eq!((v.passed, outcome(&v)), (false, Some("diverged")), "{v}");
+    assert!(format!("{v}").contains("--accept-new-chain"), "the refusal names the way out: {v}");
+    // Asked to, it takes the chain anew; an older generation is still a rollback, and a
+    // state that shows no chain is not taken.
+    let v = judged_with(&mut ledger, &evidence(4, [0xEE; 32], vec![[3; 32]]), again);
+    assert_eq!((v.passed, outcome(&v)), (false, Some("rollback")), "{v}");
+    let no_chain = s.with_manifest(
+        manifest::encode(&[(SEALED_STATE_GUID, &manifest::encode_sealed_state(&state(31, 9)))]).unwrap(),
+    );
+    let v = judged_with(&mut ledger, &no_chain, again);
+    assert_eq!((v.passed, outcome(&v)), (false, Some("diverged")), "{v}");
+    let v = judged_with(&mut ledger, &moved_on, again);
+    assert_eq!((v.passed, outcome(&v)), (true, Some("rebased")), "{v}");
+    // From now on the shown chain is the one it follows: the store's next attestation
+    // passes without asking, an image from before the rebase does not.
+    let mut next: Vec<[u8; 32]> = (3..18u8).map(|i| [i; 32]).collect();
+    next.push([18; 32]);
+    let before = AttestChain { before: [0xEE; 32], links: vec![[2; 32]] }.value();
+    let v = judged(&mut ledger, &evidence(31, before, next));
+    assert_eq!((v.passed, outcome(&v)), (true, Some("newer")), "{v}");
+    let v = judged(&mut ledger, &evidence(32, [0; 32], vec![[1; 32], [0x42; 32]]));
+    assert_eq!((v.passed, outcome(&v)), (false, Some("diverged")), "{v}");
+}

@@ -1365,8 +1365,18 @@ fn svsm_with_kept_vtpm(disk: &store::testing::SharedDisk, boot: u64) -> ModelEnv
 /// as the new incarnation `incarnation`, as the SVSM's arrival does.
 fn arrive_kept(destination: &mut ModelEnv, snapshot: &kernel::migration::VtpmSnapshot, incarnation: [u8; 16]) {
     let disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
-    // Its own entropy, so its store id is not a source's (formatted with seed 1 or 2).
-    let sealed = destination_store(&disk, 0x100 + u64::from(incarnation[0]));
+    arrive_kept_on(destination, snapshot, incarnation, &disk);
+}
+
+/// [`arrive_kept`] onto the store on `disk`.
+fn arrive_kept_on(
+    destination: &mut ModelEnv,
+    snapshot: &kernel::migration::VtpmSnapshot,
+    incarnation: [u8; 16],
+    disk: &store::testing::SharedDisk,
+) {
+    // Its own entropy, so a store it formats has not a source's id (seed 1 or 2).
+    let sealed = destination_store(disk, 0x100 + u64::from(incarnation[0]));
     let lineage = kernel::vtpm_lineage::Lineage::arrived(&snapshot.lineage, incarnation).unwrap();
     let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage, snapshot.chain);
     let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
@@ -1507,4 +1517,65 @@ fn an_old_image_raised_and_migrated_is_refused_by_the_chain_it_carries() {
     assert!(snapshot.chain.is_some(), "the source's chain travels with its vTPM");
     arrive_kept(&mut fresh, &snapshot, [0xD3; 16]);
     assert_eq!(judged(&mut ledger, &mut fresh, 3), (false, Some("diverged"), Some("moved")));
+}
+
+/// Another VM's TPM migrated onto an old image of a store the verifier knows: the image
+/// from before the store's own vTPM existed (its id, an early generation), raised past
+/// the generation accepted. The TPM's lineage is a genuine move and its chain genuine,
+/// but not this store's: the store's chain value refuses it (`diverged`), as
+/// docs/persistence.md "The chain moves with the vTPM" argues.
+#[test]
+fn another_vms_tpm_moved_onto_an_old_image_of_a_known_store_is_refused_by_the_stores_chain() {
+    let _turn = turn();
+    let judged = |ledger: &mut attest::ledger::Ledger, env: &mut ModelEnv, nonce: u8| {
+        let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).unwrap();
+        let mut verdict = attest::verify::examine(&e.into_evidence());
+        attest::ledger::judge(ledger, &mut verdict);
+        let l = verdict.ledger.unwrap();
+        (verdict.passed, l.outcome, l.vtpm_outcome, verdict.sealed_state.map(|s| (s.store_id, s.generation)))
+    };
+    let mut ledger = attest::ledger::Ledger::default();
+    // VM A's store, imaged after its format and before its vTPM was made; then A runs
+    // and is attested twice.
+    let disk_a = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
+    drop(destination_store(&disk_a, 1));
+    let before_its_tpm = disk_a.image();
+    let mut a = svsm_with_kept_vtpm(&disk_a, 1);
+    let (passed, outcome, tpm, shown) = judged(&mut ledger, &mut a, 1);
+    assert_eq!((passed, outcome, tpm), (true, Some("first_seen"), Some("first_seen")));
+    let (passed, _, _, shown_a) = judged(&mut ledger, &mut a, 2);
+    assert!(passed);
+    let (store_a, accepted) = shown_a.unwrap();
+    assert_eq!(shown.map(|s| s.0), Some(store_a));
+    drop(a);
+
+    // VM B, on a store of its own, attested once: its TPM and chain are genuine.
+    let disk_b = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
+    let mut b = svsm_with_kept_vtpm(&disk_b, 2);
+    assert_eq!(code(&guest_tpm(&mut b, &nv_define_space(INDEX, DATA.len() as u16))), TPM_RC_SUCCESS);
+    let (passed, _, tpm, _) = judged(&mut ledger, &mut b, 3);
+    assert_eq!((passed, tpm), (true, Some("first_seen")));
+    let w = &mut b.world;
+    let state = bulwark_model::heap::in_svsm(|| w.svsm.export_services(&w.machine)).unwrap().encode().unwrap();
+    let mut destination = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
+    let moved = migrate_state(&mut b, &mut destination, &state, None);
+    assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
+    drop(b);
+    let snapshot = ServiceState::decode(&moved.received).unwrap().vtpm.unwrap();
+
+    // The destination's disk is A's old image; writes raise its generation past A's.
+    let image = store::testing::SharedDisk::new(store::testing::MemDisk::from_image(before_its_tpm));
+    arrive_kept_on(&mut destination, &snapshot, [0xB7; 16], &image);
+    for byte in 0..(accepted as u8 + 2) {
+        assert_eq!(code(&guest_tpm(&mut destination, &nv_write(INDEX, 0, &[byte; 16]))), TPM_RC_SUCCESS);
+    }
+    let (passed, outcome, tpm, shown) = judged(&mut ledger, &mut destination, 4);
+    let (store, generation) = shown.unwrap();
+    assert_eq!(store, store_a, "the evidence shows A's store");
+    assert!(generation > accepted, "raised past the generation accepted ({generation} > {accepted})");
+    assert_eq!(
+        (passed, outcome, tpm),
+        (false, Some("diverged"), Some("moved")),
+        "B's TPM moved genuinely, onto the wrong store"
+    );
 }

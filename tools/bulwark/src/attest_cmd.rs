@@ -22,7 +22,8 @@ use std::process::ExitCode;
 pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE --manifest FILE
                              (--certs FILE | --ark FILE --ask FILE --vcek FILE)
                              [--service vtpm|vtpm-lineage|sealed-state|GUID] [--json] [--require-amd-root]
-                             [--state-ledger FILE [--instance NAME [--accept-new-store]]]
+                             [--state-ledger FILE [--instance NAME [--accept-new-store]]
+                                                  [--accept-new-chain]]
        bulwark attest demo --out DIR      (builds with the `model` feature only)
 
   demo                writes DIR/report.bin, certificates.bin (GHCB table), nonce.bin
@@ -56,7 +57,12 @@ pub const USAGE: &str = "usage: bulwark attest verify --report FILE --nonce FILE
                       to the first store accepted for it, and fails (check state_instance)
                       on any other store for it (a blank disk, or another VM's) and on a
                       store bound to another instance (a copy of another VM's disk)
-  --accept-new-store  the instance was provisioned again: accept its new store and bind it";
+  --accept-new-store  the instance was provisioned again: accept its new store and bind it
+  --accept-new-chain  accept a state whose attestation chain does not pass through the
+                      value FILE keeps (check state_ledger: `rebased`, not `diverged`),
+                      and keep its chain from now on: for a verifier that missed more
+                      attestations than the chain shows (16). An older image of the store
+                      passes the same way: use it only knowing why the chain moved on";
 
 #[derive(Default)]
 struct Options {
@@ -73,6 +79,7 @@ struct Options {
     state_ledger: Option<PathBuf>,
     instance: Option<String>,
     accept_new_store: bool,
+    accept_new_chain: bool,
 }
 
 /// `vtpm`, `vtpm-lineage`, `sealed-state`, or a GUID in its text form.
@@ -105,6 +112,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.accept_new_store = true;
                 continue;
             }
+            "--accept-new-chain" => {
+                o.accept_new_chain = true;
+                continue;
+            }
             "--instance" => {
                 o.instance = Some(it.next().ok_or("--instance needs a name")?.clone());
                 continue;
@@ -130,6 +141,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
     }
     if o.accept_new_store && o.instance.is_none() {
         return Err("--accept-new-store needs --instance".into());
+    }
+    if o.accept_new_chain && o.state_ledger.is_none() {
+        return Err("--accept-new-chain needs --state-ledger (it changes what the ledger keeps)".into());
     }
     Ok(o)
 }
@@ -202,7 +216,13 @@ pub fn verify(args: &[String]) -> ExitCode {
     let mut verdict = examine(&evidence);
     let policy_accepts = verdict.hardware_rooted || !opts.require_amd_root;
     if let Some(path) = &opts.state_ledger
-        && let Err(e) = ledger::apply_file_for(path, &mut verdict, policy_accepts, instance.as_ref())
+        && let Err(e) = ledger::apply_file_for(
+            path,
+            &mut verdict,
+            policy_accepts,
+            instance.as_ref(),
+            ledger::Acceptance { new_chain: opts.accept_new_chain },
+        )
     {
         eprintln!("bulwark attest verify: {e}");
         return ExitCode::from(2);
@@ -421,6 +441,7 @@ mod tests {
         let ledger_arg = ledger.display().to_string();
         assert_eq!(verify(&with(&["--state-ledger", &ledger_arg, "--accept-new-store"])), ExitCode::from(2));
         assert_eq!(verify(&with(&["--state-ledger", &ledger_arg, "--instance", ""])), ExitCode::from(2));
+        assert_eq!(verify(&with(&["--accept-new-chain"])), ExitCode::from(2), "--accept-new-chain needs a ledger");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
