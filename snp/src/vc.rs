@@ -8,7 +8,8 @@
 //! has no other use for them.
 //!
 //! RDMSR/WRMSR in particular: the SVSM touches only MSRs SNP never intercepts (the GHCB
-//! MSR, SEV_STATUS, EFER, FS/GS base), so a #VC for one can only be a host injecting an
+//! MSR, SEV_STATUS, EFER, FS/GS base, and for user mode STAR, LSTAR and FMASK, which KVM
+//! passes through as it keeps them in the VMSA), so a #VC for one can only be a host injecting an
 //! exception where the SVSM runs with unrestricted injection. Forwarding it would let the
 //! host choose those registers (which GHCB a CPU uses, where the C code's stack canary
 //! lives); refusing it stops the SVSM instead.

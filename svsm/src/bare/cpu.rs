@@ -131,6 +131,14 @@ pub fn read_cr3() -> u64 {
 
 /// Switch to the page tables rooted at physical address `root`.
 ///
+/// Load the null selector into FS and GS (their bases are set by MSR where they are
+/// used: a process's FS, the snp platform's GS). On some CPUs this clears the bases.
+pub fn null_fs_gs() {
+    // SAFETY: in 64-bit mode the SVSM addresses nothing through FS or GS selectors; the
+    // null selector is always loadable into them.
+    unsafe { asm!("mov fs, {0:x}", "mov gs, {0:x}", in(reg) 0u32, options(nostack, preserves_flags)) };
+}
+
 /// # Safety
 /// The new tables must map everything the running code uses (code, stack, statics, the
 /// heap) where it is mapped now, and must live as long as they are in use.
@@ -159,14 +167,16 @@ pub fn enable_sse() {
     };
 }
 
-/// Turn on SMEP and SMAP where the CPU has them (CPUID 7.0:EBX bits 7 and 20): the SVSM
-/// then cannot execute, or touch by accident, a page a process can reach. Safe for the
-/// SVSM's own mappings: none of them is a user page. Which ones are on.
-pub fn enable_smep_smap() -> (bool, bool) {
+/// Turn on SMEP and SMAP where the CPU has them (CPUID 7.0:EBX bits 7 and 20), or both
+/// whatever CPUID says (`always`: on SEV-SNP CPUID answers from the host's CPUID page,
+/// which may hide them, and every CPU that runs SNP, Zen 3 and later, has both): the
+/// SVSM then cannot execute, or touch by accident, a page a process can reach. Safe for
+/// the SVSM's own mappings: none of them is a user page. Which ones are on.
+pub fn enable_smep_smap(always: bool) -> (bool, bool) {
     let (_, ebx, _, _) = cpuid(7, 0);
-    let (smep, smap) = (ebx & (1 << 7) != 0, ebx & (1 << 20) != 0);
+    let (smep, smap) = (always || ebx & (1 << 7) != 0, always || ebx & (1 << 20) != 0);
     let bits = u64::from(smep) << 20 | u64::from(smap) << 21;
-    // SAFETY: only bits the CPU supports are set; the SVSM maps no page with U/S set
+    // SAFETY: only bits the CPU supports are set (SEV-SNP CPUs have both); the SVSM maps no page with U/S set
     // except a process's, which it neither executes nor accesses through their user
     // addresses (it copies through the frames' own identity addresses).
     unsafe {

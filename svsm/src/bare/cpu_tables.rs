@@ -22,10 +22,15 @@ pub const STAR_USER_BASE: u16 = 0x28;
 pub const USER_DATA_SELECTOR: u16 = 0x30 | 3;
 pub const USER_CODE_SELECTOR: u16 = 0x38 | 3;
 
-/// IST slots: 1 double fault, 2 NMI, 3 machine check.
+/// IST slots: 1 double fault, 2 NMI, 3 machine check; without the local APIC (SEV-SNP)
+/// also 4 #VC and 5 every other vector.
 pub const IST_DOUBLE_FAULT: u8 = 1;
 pub const IST_NMI: u8 = 2;
 pub const IST_MACHINE_CHECK: u8 = 3;
+const IST_VC: u8 = 4;
+const IST_OTHER: u8 = 5;
+/// The #VC exception's vector.
+const VC_VECTOR: u64 = 29;
 
 use super::cpu::DescriptorPtr;
 
@@ -66,14 +71,17 @@ pub fn load(local_apic: bool) -> u64 {
 /// the same index (the snp platform's re-created vCPUs) reuses its tables with
 /// [`activate`] instead of building new ones. `local_apic`: the SVSM drives the local
 /// APIC (the svm platform: wake-up IPIs, the time-slice timer). Without it (SEV-SNP, where
-/// the host injects whatever vector it likes) those vectors only return: their handlers
-/// acknowledge the interrupt by writing the xAPIC's EOI register through the identity
-/// map, which under SNP is a write into private guest memory at that address.
+/// the host injects whatever vector it likes) every vector past the exceptions only
+/// returns (the local-APIC handlers acknowledge by writing the xAPIC's EOI register
+/// through the identity map, which under SNP is a write into private guest memory at that
+/// address), and every gate runs on an IST stack (below).
 pub fn build(local_apic: bool) -> Tables {
     // TSS: IST1..IST7 pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
     let mut tss = [0u8; 104];
     for (ist, pointer) in (1u8..).zip(tss[36..92].chunks_exact_mut(8)) {
-        if matches!(ist, IST_DOUBLE_FAULT | IST_NMI | IST_MACHINE_CHECK) {
+        if matches!(ist, IST_DOUBLE_FAULT | IST_NMI | IST_MACHINE_CHECK)
+            || (!local_apic && matches!(ist, IST_VC | IST_OTHER))
+        {
             pointer.copy_from_slice(&leak_stack().to_le_bytes());
         }
     }
@@ -105,18 +113,34 @@ pub fn build(local_apic: bool) -> Tables {
             8 => IST_DOUBLE_FAULT,
             2 => IST_NMI,
             18 => IST_MACHINE_CHECK,
+            VC_VECTOR if !local_apic => IST_VC,
+            _ if !local_apic => IST_OTHER,
             _ => 0,
         };
         gate.copy_from_slice(&x86::idt::interrupt_gate(handler, CODE_SELECTOR, ist));
     }
+    // On SEV-SNP the host may inject any vector at any instruction boundary, CPL 3 or 0.
+    // Each one gets a gate that only returns (a missing gate would be a #GP that ends a
+    // process), and every gate has its own stack (IST): a vector taken at CPL 0 right
+    // after SYSCALL, before the entry code switched stacks, would otherwise push its frame
+    // and the process's registers wherever the process had pointed RSP (into SVSM memory,
+    // if it chose to). #VC has a stack of its own, as it nests inside other exceptions'
+    // handling (their console lines); nothing taken on one of these stacks takes another
+    // exception there and returns.
+    if !local_apic {
+        for gate in idt.chunks_exact_mut(2).skip(32) {
+            let handler = core::ptr::addr_of!(spurious_return) as u64;
+            gate.copy_from_slice(&x86::idt::interrupt_gate(handler, CODE_SELECTOR, IST_OTHER));
+        }
+    }
     // The only interrupts the SVSM takes: the first two end an idle CPU's HLT
     // (`svm/kick.rs`), the timer ends a process's time slice (`user/entry.rs`).
-    for (vector, handler) in [
+    let local_apic_vectors = [
         (super::lapic::WAKE_VECTOR, core::ptr::addr_of!(wake_return)),
         (super::lapic::SPURIOUS_VECTOR, core::ptr::addr_of!(spurious_return)),
         (super::lapic::TIMER_VECTOR, core::ptr::addr_of!(user_timer)),
-    ] {
-        let handler = if local_apic { handler } else { core::ptr::addr_of!(spurious_return) };
+    ];
+    for (vector, handler) in local_apic_vectors.into_iter().filter(|_| local_apic) {
         // A u8 vector always names one of the 256 gates.
         if let Some(gate) = idt.chunks_exact_mut(2).nth(usize::from(vector)) {
             gate.copy_from_slice(&x86::idt::interrupt_gate(handler as u64, CODE_SELECTOR, 0));

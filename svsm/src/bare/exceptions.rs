@@ -5,6 +5,7 @@
 //! and returns to where the debugger says.
 
 use super::backtrace;
+use super::cpu_tables::{USER_CODE_SELECTOR, USER_DATA_SELECTOR};
 
 x86::exception_stubs!("exception_stubs", "exception_common");
 
@@ -42,9 +43,13 @@ core::arch::global_asm!(
     .section .text.exception_common, "ax"
     .global exception_common
 exception_common:
-    /* A process at CPL 3 may have set DF; an interrupt does not clear it, and Rust code
-       (its copies may be `rep movs`) needs it clear. The IRETQ restores the process's. */
+    /* A process at CPL 3 may have set DF and AC; an exception clears neither. Rust code
+       (its copies may be `rep movs`) needs DF clear, and AC set would turn SMAP off for
+       the kernel code that handles the exception. The IRETQ restores the process's. */
     cld
+    pushfq
+    and qword ptr [rsp], ~(1 << 18)
+    popfq
     push rax
     push rbx
     push rcx
@@ -151,8 +156,13 @@ const NAMES: [&str; 32] = [
 /// An exception: a process's (it ends); the GDB stub's, if it is attached (then the CPU goes on where the
 /// debugger says); otherwise a bug, reported before the SVSM stops.
 extern "C" fn handle(frame: &mut Frame) {
-    // A fault of a process at CPL 3 ends the process, not the SVSM.
-    if frame.cs & 3 == 3 {
+    // A fault of a process at CPL 3 ends the process, not the SVSM. Only a frame with
+    // both user selectors, taken while this CPU runs a process: a vector the host injects
+    // with an error code its stub does not expect (or the reverse) shifts the frame by a
+    // word, and `cs` then holds RFLAGS or a kernel RIP, which never equal the user code
+    // selector (RFLAGS bit 3 is always 0).
+    let user = (frame.cs, frame.ss) == (u64::from(USER_CODE_SELECTOR), u64::from(USER_DATA_SELECTOR));
+    if user && super::percpu::in_user() {
         super::user::fault(frame)
     }
     if super::snp::exception(frame) {

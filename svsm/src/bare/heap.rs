@@ -35,6 +35,12 @@ pub struct SlabHeap {
 #[global_allocator]
 static HEAP: SlabHeap = SlabHeap { state: Mutex::new(State { buddy: Heap::empty(), free: [0; CLASSES.len()] }) };
 
+/// Bytes of the heap in use (slab pages counted whole) and its size.
+pub fn usage() -> (usize, usize) {
+    let s = HEAP.state.lock();
+    (s.buddy.stats_alloc_actual(), s.buddy.stats_total_bytes())
+}
+
 fn class_of(layout: Layout) -> Option<usize> {
     let size = layout.size().max(layout.align());
     CLASSES.iter().position(|c| *c >= size)

@@ -17,6 +17,7 @@ pub const PER_CPU_VA: u64 = 0xFFFF_FFFF_FFE0_0000;
 pub const KERNEL_RSP_OFFSET: u64 = 8;
 pub const USER_RSP_OFFSET: u64 = 16;
 pub const TSS_RSP0_OFFSET: u64 = 24;
+pub const IN_USER_OFFSET: u64 = 40;
 const PRESENT_WRITABLE: u64 = 0b11;
 const NO_EXECUTE: u64 = 1 << 63;
 
@@ -34,10 +35,15 @@ struct PerCpu {
     tss_rsp0: u64,
     /// This CPU's page-table root (physical = virtual).
     root: u64,
+    /// 1 from just before `run_user` enters CPL 3 until the way back to the kernel
+    /// (`user/entry.rs`): an exception frame that names CPL 3 outside that window was
+    /// shaped by the host, not taken in a process.
+    in_user: u64,
 }
 const _: () = assert!(core::mem::offset_of!(PerCpu, kernel_rsp) as u64 == KERNEL_RSP_OFFSET);
 const _: () = assert!(core::mem::offset_of!(PerCpu, user_rsp) as u64 == USER_RSP_OFFSET);
 const _: () = assert!(core::mem::offset_of!(PerCpu, tss_rsp0) as u64 == TSS_RSP0_OFFSET);
+const _: () = assert!(core::mem::offset_of!(PerCpu, in_user) as u64 == IN_USER_OFFSET);
 
 /// The tables and page one CPU owns; they live as long as the CPU (leaked).
 struct Tables {
@@ -135,6 +141,12 @@ pub fn this_cpu() -> u32 {
     // SAFETY: every CPU installs its tables before anything calls this; PER_CPU_VA then
     // maps that CPU's own PerCpu.
     unsafe { (*(PER_CPU_VA as *const PerCpu)).index.load(Ordering::Relaxed) }
+}
+
+/// Whether this CPU runs a process: between `run_user`'s way into CPL 3 and the way back.
+pub fn in_user() -> bool {
+    // SAFETY: as in `this_cpu`; the field is written only by this CPU (`user/entry.rs`).
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*(PER_CPU_VA as *const PerCpu)).in_user)) != 0 }
 }
 
 /// Note where this CPU's TSS.RSP0 is (`cpu_tables::load` tells).

@@ -172,6 +172,10 @@ pub fn boot(info_gpa: u64, tss_rsp0: u64) -> ! {
     // now that the platform is up); no time slices (docs/platforms/snp.md "User mode").
     super::user::boot_check(svsm.pages(), super::user::Checks::Snp);
     start_vtpm(&mut svsm);
+    // Each vCPU the guest creates takes about 140 KiB more (its stacks and tables); the
+    // vTPM's process holds about 3 MiB.
+    let (used, size) = super::heap::usage();
+    println!("heap: {} KiB of {} KiB in use", used / 1024, size / 1024);
     // Shared from here on: APs find both once the guest creates them.
     let svsm = SVSM.call_once(|| svsm);
     SNP.call_once(|| platform.shared().clone());
@@ -301,13 +305,19 @@ pub fn guest_vmpl() -> Option<u8> {
     ACTIVE.load(Ordering::Acquire).then(|| GUEST_VMPL.load(Ordering::Acquire))
 }
 
-/// CPUID for a process at CPL 3 whose CPUID raised #VC: the launch's CPUID page answers,
-/// as it does the SVSM's own (`None` when not on SNP).
-pub fn process_cpuid(leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
-    if !ACTIVE.load(Ordering::Acquire) {
+/// A #VC a process raised at CPL 3 with CPUID, RDTSC or RDTSCP (exit code `code`, the
+/// instruction's bytes `insn`), answered into `regs` as for the SVSM's own code; the
+/// instruction's length. `None` for every other exit (port I/O, MSRs, MMIO: nothing a
+/// process may have served for it) and when not on SNP.
+pub fn process_vc(code: u64, insn: &[u8], regs: &mut super::user::UserRegs) -> Option<u64> {
+    if !ACTIVE.load(Ordering::Acquire) || ![exit::CPUID, exit::RDTSC, exit::RDTSCP].contains(&code) {
         return None;
     }
-    Some(CPUID.get()?.lookup(leaf, subleaf, instr::xcr0(), 0))
+    let table = CPUID.get()?;
+    let mut vc = VcRegs { rax: regs.rax, rbx: regs.rbx, rcx: regs.rcx, rdx: regs.rdx };
+    let len = snp::vc::handle(&mut BareSnp, table, code, insn, &mut vc, instr::xcr0(), 0).ok()?;
+    (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (vc.rax, vc.rbx, vc.rcx, vc.rdx);
+    u64::try_from(len).ok()
 }
 
 /// The exception path's hook: `true` if the exception was the snp platform's to handle

@@ -16,7 +16,7 @@
 #![expect(unsafe_code, reason = "the CPL 0 / CPL 3 transitions")]
 
 use super::super::cpu_tables::{STAR_KERNEL_BASE, STAR_USER_BASE, USER_CODE_SELECTOR, USER_DATA_SELECTOR};
-use super::super::percpu::{KERNEL_RSP_OFFSET, PER_CPU_VA, TSS_RSP0_OFFSET, USER_RSP_OFFSET};
+use super::super::percpu::{IN_USER_OFFSET, KERNEL_RSP_OFFSET, PER_CPU_VA, TSS_RSP0_OFFSET, USER_RSP_OFFSET};
 
 /// `run_user` returned because the process made a system call.
 pub const SYSCALL: u64 = 1;
@@ -62,6 +62,7 @@ run_user:
     mov [{percpu} + {kernel_rsp}], rsp
     mov rax, [{percpu} + {tss_rsp0}]
     mov [rax], rsp
+    mov qword ptr [{percpu} + {in_user}], 1
     push {user_ss}
     push qword ptr [rdi + 8 * 16]
     push qword ptr [rdi + 8 * 17]
@@ -137,6 +138,7 @@ user_timer:
     iretq
 
 back_to_kernel:
+    mov qword ptr [{percpu} + {in_user}], 0
     push 0
     popfq
     add rsp, 8
@@ -152,6 +154,7 @@ back_to_kernel:
     kernel_rsp = const KERNEL_RSP_OFFSET,
     user_rsp = const USER_RSP_OFFSET,
     tss_rsp0 = const TSS_RSP0_OFFSET,
+    in_user = const IN_USER_OFFSET,
     user_ss = const USER_DATA_SELECTOR,
     user_cs = const USER_CODE_SELECTOR,
     syscall = const SYSCALL,
@@ -165,10 +168,13 @@ unsafe extern "C" {
 }
 
 /// Run the process whose registers are `regs` until its next system call or fault
-/// ([`SYSCALL`] or [`FAULT`]); `regs` then holds its registers at that point.
-pub fn enter(regs: &mut UserRegs) -> u64 {
-    // The process runs with interrupts on, never with a privileged flag it chose.
-    regs.rflags = (regs.rflags & USER_FLAGS) | 0x202;
+/// ([`SYSCALL`] or [`FAULT`]); `regs` then holds its registers at that point. With
+/// `interrupts` it runs with IF set (time slices: the local-APIC timer takes the CPU
+/// back); without, with IF clear, so no interrupt reaches it (SEV-SNP, where the host's
+/// interrupts are nothing the process should see, and CPL 3 cannot set IF itself).
+pub fn enter(regs: &mut UserRegs, interrupts: bool) -> u64 {
+    // Never with a privileged flag the process chose.
+    regs.rflags = (regs.rflags & USER_FLAGS) | 0x2 | if interrupts { 1 << 9 } else { 0 };
     // SAFETY: `regs` is valid for the whole call; `run_user` restores the kernel's
     // callee-saved registers and stack on every way back, and the process it enters has
     // only user-half mappings (`space.rs`) besides the kernel's supervisor-only ones.
@@ -204,6 +210,12 @@ pub fn enable_syscall() {
     const STAR: u32 = 0xC000_0081;
     const LSTAR: u32 = 0xC000_0082;
     const FMASK: u32 = 0xC000_0084;
+    // FS and GS hold the null selector, which IRETQ to CPL 3 leaves alone: a kernel data
+    // selector there would be nulled by it, and on CPUs where a null selector clears the
+    // base (AMD's NullSelectorClearsBase) the process would lose its FS base (its C
+    // code's stack canary) and the snp platform GS's CPU index.
+    super::super::cpu::null_fs_gs();
+    super::super::percpu::restore_gs_base();
     let star = u64::from(STAR_USER_BASE) << 48 | u64::from(STAR_KERNEL_BASE) << 32;
     let fmask = (1 << 9) | (1 << 8) | (1 << 10) | (1 << 18) | (1 << 14);
     // SAFETY: these MSRs exist on every x86-64 CPU; the GDT holds the selectors STAR

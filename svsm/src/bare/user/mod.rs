@@ -18,7 +18,7 @@ use super::{lapic, percpu};
 use abi::syscall::SysError;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
-use entry::UserRegs;
+pub use entry::UserRegs;
 use kernel::user::loader;
 use kernel::user::{Call, Outcome, Process, Services};
 use space::UserSpace;
@@ -190,12 +190,12 @@ fn run(
     let ended = loop {
         let Some(thread) = threads.get_mut(current) else { break Ended::Exited(0) };
         let regs = &mut thread.regs;
-        let kind = entry::enter(regs);
+        let kind = entry::enter(regs, slice > 0);
         percpu::restore_gs_base();
         if kind == entry::FAULT {
             let f = fault_slot().and_then(|s| s.lock().take());
             let f = f.unwrap_or(Fault { vector: u64::MAX, error: 0, address: 0, rip: regs.rip, regs: *regs });
-            if let Some(answered) = cpuid_for(space, &f) {
+            if let Some(answered) = vc_for(space, &f) {
                 *regs = answered;
                 continue;
             }
@@ -275,26 +275,33 @@ fn run(
     ended
 }
 
-/// The registers after CPUID, for a CPUID that raised #VC at CPL 3 (on SEV-SNP, where
-/// libcrypto's feature probe would otherwise end the vTPM's process): the launch's CPUID
-/// page answers as it does for the SVSM. `None` for any other fault. The instruction is
-/// read from the process's own pages, so an exception the host injected with CPUID's
-/// exit code at another instruction ends the process as a fault.
-fn cpuid_for(space: &UserSpace, f: &Fault) -> Option<UserRegs> {
+/// The registers after the instruction, for a CPUID, RDTSC or RDTSCP that raised #VC at
+/// CPL 3 (on SEV-SNP: libcrypto's feature probe runs CPUID when the vTPM's process starts,
+/// and its time stamps read the TSC if the host intercepts that). They are answered as for
+/// the SVSM's own code (`snp::process_vc`: CPUID from the CPUID page, the TSC from the
+/// host); any other #VC at CPL 3 ends the process, as a fault. The instruction is read
+/// from the process's own pages, so an exception the host injected with one of these exit
+/// codes at another instruction ends the process too.
+fn vc_for(space: &UserSpace, f: &Fault) -> Option<UserRegs> {
     const VC: u64 = 29;
-    if f.vector != VC || f.error != abi::ghcb::exit::CPUID {
+    /// The end of the user half: an instruction that ends past it has no next one.
+    const USER_END: u64 = 1 << 47;
+    if f.vector != VC {
         return None;
     }
-    let mut insn = [0u8; 2];
-    kernel::user::memory::AddressSpace::read(space, f.rip, &mut insn).ok()?;
-    if insn != [0x0F, 0xA2] {
-        return None;
+    // The longest of the three (RDTSCP, 3 bytes); fewer where the process's code ends.
+    let mut insn = [0u8; 3];
+    let mut have = 0;
+    for (i, byte) in (0u64..).zip(insn.iter_mut()) {
+        if kernel::user::memory::AddressSpace::read(space, f.rip.wrapping_add(i), core::slice::from_mut(byte)).is_err()
+        {
+            break;
+        }
+        have += 1;
     }
-    let low32 = |v: u64| u32::try_from(v & 0xFFFF_FFFF).unwrap_or(0);
-    let [eax, ebx, ecx, edx] = super::snp::process_cpuid(low32(f.regs.rax), low32(f.regs.rcx))?;
     let mut regs = f.regs;
-    (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (eax.into(), ebx.into(), ecx.into(), edx.into());
-    regs.rip = f.rip.wrapping_add(2);
+    let len = super::snp::process_vc(f.error, insn.get(..have)?, &mut regs)?;
+    regs.rip = f.rip.checked_add(len).filter(|next| *next < USER_END)?;
     Some(regs)
 }
 
@@ -363,6 +370,11 @@ fn run_probe(id: u32, mode: u64, guest: &kernel::pages::PageTracker) -> Result<E
     Ok(loaded.run(PROBE_BUDGET_MS, Some(guest)))
 }
 
+/// The probe's modes that need time slices: one spins, and in two a thread spins while
+/// the others must get their turn (without a timer none would come, and the boot would
+/// never go on).
+const SLICED_MODES: [u64; 3] = [7, 8, 9];
+
 /// The probe's modes that map guest memory.
 const PHYSMEM_MODES: [u64; 2] = [10, 11];
 
@@ -381,7 +393,7 @@ enum Expect {
 /// Turn on user mode on this CPU (an AP; the boot CPU's is in [`boot_check`]).
 pub fn init_cpu() {
     entry::enable_syscall();
-    super::cpu::enable_smep_smap();
+    super::cpu::enable_smep_smap(super::snp::guest_vmpl().is_some());
 }
 
 /// Which probes a platform can run.
@@ -391,7 +403,7 @@ pub enum Checks {
     /// OPEN_PHYSMEM know the QEMU launch's layout.
     Svm,
     /// SEV-SNP: no time slices (the local APIC is the host's), and the layout differs:
-    /// the spinning probe and the OPEN_PHYSMEM probes are skipped.
+    /// the probes that need time slices and the OPEN_PHYSMEM probes are skipped.
     Snp,
 }
 
@@ -400,7 +412,7 @@ pub enum Checks {
 /// the probes of OPEN_PHYSMEM may map.
 pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
     entry::enable_syscall();
-    let (smep, smap) = super::cpu::enable_smep_smap();
+    let (smep, smap) = super::cpu::enable_smep_smap(checks == Checks::Snp);
     if checks == Checks::Svm {
         let ticks = lapic::timer_ticks_per_ms();
         TIMER_TICKS_PER_MS.store(ticks, Ordering::Relaxed);
@@ -437,7 +449,7 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
     let mut as_expected = 0;
     let mut skipped = 0;
     for (id, (mode, what, expect)) in (1u32..).zip(PROBES) {
-        if checks == Checks::Snp && (matches!(expect, Expect::Preempted) || PHYSMEM_MODES.contains(&mode)) {
+        if checks == Checks::Snp && (SLICED_MODES.contains(&mode) || PHYSMEM_MODES.contains(&mode)) {
             println!("user: probe {what}: skipped on this platform");
             skipped += 1;
             continue;
