@@ -139,12 +139,19 @@ pub unsafe fn write_cr3(value: u64) {
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
-/// XCR0 if the OS enabled XSAVE (CR4.OSXSAVE), else 1 (x87 only).
-pub fn xcr0() -> u64 {
+pub const CR4_OSXSAVE: u64 = 1 << 18;
+pub const CR4_PKE: u64 = 1 << 22;
+
+pub fn read_cr4() -> u64 {
     let cr4: u64;
     // SAFETY: reading CR4 has no side effects.
     unsafe { core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags)) };
-    if cr4 & (1 << 18) == 0 {
+    cr4
+}
+
+/// XCR0 if the OS enabled XSAVE (CR4.OSXSAVE), else 1 (x87 only).
+pub fn xcr0() -> u64 {
+    if read_cr4() & CR4_OSXSAVE == 0 {
         return 1;
     }
     let (lo, hi): (u32, u32);

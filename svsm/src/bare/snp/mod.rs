@@ -314,8 +314,21 @@ pub fn process_vc(code: u64, insn: &[u8], regs: &mut super::user::UserRegs) -> O
         return None;
     }
     let table = CPUID.get()?;
+    let leaf = (regs.rax & 0xFFFF_FFFF, regs.rcx & 0xFFFF_FFFF);
     let mut vc = VcRegs { rax: regs.rax, rbx: regs.rbx, rcx: regs.rcx, rdx: regs.rdx };
     let len = snp::vc::handle(&mut BareSnp, table, code, insn, &mut vc, instr::xcr0(), 0).ok()?;
+    if code == exit::CPUID {
+        // The bits that follow CR4, as the CPU itself reports them (Linux fixes them up
+        // the same way): a CPUID page that claimed OSXSAVE would have libcrypto's probe
+        // run XGETBV, a #UD with CR4.OSXSAVE clear, and the vTPM's process would end.
+        let cr4 = instr::read_cr4();
+        let set = |reg: &mut u64, bit: u64, on: bool| *reg = if on { *reg | bit } else { *reg & !bit };
+        match leaf {
+            (1, _) => set(&mut vc.rcx, 1 << 27, cr4 & instr::CR4_OSXSAVE != 0),
+            (7, 0) => set(&mut vc.rcx, 1 << 4, cr4 & instr::CR4_PKE != 0),
+            _ => {}
+        }
+    }
     (regs.rax, regs.rbx, regs.rcx, regs.rdx) = (vc.rax, vc.rbx, vc.rcx, vc.rdx);
     u64::try_from(len).ok()
 }
