@@ -112,6 +112,14 @@ pub trait Platform {
     /// lets callers below the most privileged guest VMPL name no page (see `caller`).
     fn vmpl_permissions(&self, page: PageAddr, vmpl: u8) -> Option<u8>;
 
+    /// Whether a guest vCPU at `vmpl` (1..=3) runs with that VMPL's permissions here.
+    /// A platform that enforces only one VMPL's (svm: one nested page table, the
+    /// guest's) refuses CREATE_VCPU for the others: their code would run with the more
+    /// privileged VMPL's memory. SEV-SNP enforces every VMPL in the RMP.
+    fn runs_vcpus_at(&self, vmpl: u8) -> bool {
+        (1..=3).contains(&vmpl)
+    }
+
     /// Make every CPU forget the translations the guest's VMPLs cached, and wait until
     /// they have (INVLPGB + TLBSYNC on SNP). Called after RMPADJUST took access away and
     /// before the SVSM relies on the page being out of the guest's reach: a stale TLB

@@ -121,3 +121,30 @@ fn a_deposit_flushes_the_tlbs_of_other_vcpus_on_snp() {
 fn a_deposit_flushes_the_tlbs_of_other_vcpus_on_svm() {
     revocation_reaches_every_vcpu(PlatformKind::Svm);
 }
+
+/// A vCPU at a less privileged VMPL than the guest's: the svm platform runs every vCPU on
+/// one nested page table built from the guest's VMPL's permissions, so a VMPL2 vCPU
+/// would reach VMPL1's private pages and the secrets page (found by review). There
+/// CREATE_VCPU refuses it (INVALID_PARAMETER) and the page stays the guest's; the
+/// platforms that enforce every VMPL take it.
+fn a_vmpl2_vcpu(platform: PlatformKind) -> ResultCode {
+    let mut w = World::new(WorldConfig { platform, vtpm: false, ..WorldConfig::default() });
+    let ca0 = bulwark_model::world::STARTUP_CA_GPA;
+    let (page, ca) = (SCRATCH + 0x10_000, SCRATCH + 0x11_000);
+    vmsa(&mut w, page);
+    w.vcpu(VcpuIndex::STARTUP).write(page + VmsaField::Vmpl.offset() as u64, &[2]).expect("guest page");
+    let result = core(&mut w, VcpuIndex::STARTUP, ca0, core_call::CREATE_VCPU, [page, ca, 5, 0]);
+    if result != ResultCode::SUCCESS {
+        assert!(w.vcpu(VcpuIndex::STARTUP).write(page, &[1]).is_ok(), "a refused VMSA page stays the guest's");
+        assert!(w.vcpu_by_apic_id(5).is_none());
+    }
+    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+    result
+}
+
+#[test]
+fn a_vmpl2_vcpu_is_refused_where_one_nested_page_table_serves_every_vcpu() {
+    assert_eq!(a_vmpl2_vcpu(PlatformKind::Svm), ResultCode::ERR_INVALID_PARAMETER);
+    assert_eq!(a_vmpl2_vcpu(PlatformKind::Snp), ResultCode::SUCCESS);
+    assert_eq!(a_vmpl2_vcpu(PlatformKind::Model), ResultCode::SUCCESS);
+}

@@ -121,6 +121,13 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
     const CALL_EXIT_CODE: u64 = abi::hw::SVM_EXIT_VMMCALL;
     const NAME: &'static str = "svm";
 
+    /// Only the guest's own VMPL: every vCPU runs on the one nested page table, built
+    /// from that VMPL's permissions (a VMPL2 vCPU would reach VMPL1's pages; found by
+    /// review). One table per VMPL would lift this.
+    fn runs_vcpus_at(&self, vmpl: u8) -> bool {
+        vmpl == crate::vcpu::GUEST_VMPL
+    }
+
     fn read(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), MemoryFault> {
         self.check(gpa.0, buf.len())?;
         self.shared.hw.read_guest(gpa.0, buf).map_err(|_| MemoryFault { gpa })

@@ -387,7 +387,10 @@ mod tests {
     fn slots() -> Slots<TestPage> {
         let s = Slots::new(2, 8).unwrap();
         for i in 0..3 {
-            s.insert(i, vcpu(0xA000 + u64::from(i) * 0x1000)).unwrap();
+            let mut v = vcpu(0xA000 + u64::from(i) * 0x1000);
+            // As after its first entry, which takes the new VMCB's flush.
+            v.vmcb.set_u8(offset::TLB_CONTROL, 0);
+            s.insert(i, v).unwrap();
         }
         s
     }

@@ -257,6 +257,10 @@ fn controls<P: PageMem>(vmcb: &mut Vmcb<P>, c: Controls, asid: u32) {
     vmcb.set_u64(offset::N_CR3, c.npt_root);
     vmcb.set_u64(offset::MSRPM_BASE, c.msrpm);
     vmcb.set_u64(offset::IOPM_BASE, c.iopm);
+    // A new VMCB flushes its ASID on its first entry: the ASID comes from the vCPU's
+    // index, which a replaced or re-created vCPU reuses, and a flush recorded in the
+    // old VMCB (after a page left the guest) went with it (found by review).
+    vmcb.set_u8(offset::TLB_CONTROL, 1);
 }
 
 impl<P: PageMem> SvmVcpu<P> {
@@ -522,6 +526,7 @@ mod tests {
         );
         assert_eq!(m.u64(offset::NP_ENABLE), 1);
         assert_eq!(m.u32(offset::GUEST_ASID), 1);
+        assert_eq!(m.u8(offset::TLB_CONTROL), 1, "a new VMCB flushes its ASID on its first entry");
         assert_eq!(m.u64(offset::V_INTR) & V_INTR_MASKING, V_INTR_MASKING);
         assert_eq!(v.field(VmsaField::Efer), 0x500 | EFER_SVME, "LME, LMA and SVME");
         assert_eq!((v.field(VmsaField::Rip), v.field(VmsaField::Cr3)), (0x20_0000, 0xB000));
@@ -565,6 +570,7 @@ mod tests {
         assert_eq!(v.field(VmsaField::Efer), 0x1D00);
         assert_eq!((v.vmpl, v.sev_features, v.virtual_tom), (2, 1, 1 << 30));
         assert_eq!(v.vmcb.u32(offset::GUEST_ASID), 7);
+        assert_eq!(v.vmcb.u8(offset::TLB_CONTROL), 1, "its ASID may have been another vCPU's: flushed first");
         assert_eq!(v.vmcb.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1, "the guest cannot choose intercepts");
         let asid0 = SvmVcpu::from_vmsa(TestPage::new(1), C, 0, 0x5000, &bytes).unwrap();
         assert_eq!(asid0.vmcb.u32(offset::GUEST_ASID), 1, "ASID 0 is the host's: never given to a guest");

@@ -24,7 +24,9 @@ fn page(gpa: u64) -> PageAddr {
 
 /// A second vCPU, out on CPU 1.
 fn with_vcpu_out(s: &SvmShared<TestHw>) -> SvmVcpu<TestPage> {
-    let v = SvmVcpu::long_mode(TestPage::new(1), s.controls(), 0x50_0000, 0, 0);
+    let mut v = SvmVcpu::long_mode(TestPage::new(1), s.controls(), 0x50_0000, 0, 0);
+    // As after its first entry, which takes the new VMCB's flush.
+    v.vmcb.set_u8(offset::TLB_CONTROL, 0);
     s.state.slots.insert(1, v).unwrap();
     s.state.slots.take(1, 1).unwrap()
 }

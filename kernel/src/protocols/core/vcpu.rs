@@ -295,6 +295,9 @@ fn check_vmsa<P: Platform + ?Sized>(p: &P, vmsa: PageAddr, caller_vmpl: u8, star
     if vmpl < caller_vmpl {
         return Err(CallError::InvalidParameter("VMSA.VMPL is more privileged than the caller"));
     }
+    if !p.runs_vcpus_at(vmpl) {
+        return Err(CallError::InvalidParameter("this platform runs no vCPU at VMSA.VMPL"));
+    }
     // EFER.SVME is not checked: rev 0.60 asks for SVME = 0, but Linux
     // (`wakeup_cpu_via_vmgexit`), OVMF (`SevSnpCreateSaveArea`) and COCONUT (`check_vmsa`)
     // all hand over SVME = 1, and the real callers win. It is harmless: nobody can run the
