@@ -1,6 +1,6 @@
 //! The probe on bare metal: hello, its isolation probes, threads, its benchmark, its
 //! runtime.
-#![expect(unsafe_code, reason = "the probes' deliberate bad accesses, RDTSC, and its fresh memory")]
+#![expect(unsafe_code, reason = "the probes' deliberate bad accesses, RDTSC, FXSAVE, and its fresh memory")]
 
 use abi::syscall::{self as sys, BatchIn, BatchOut, PhysmemRange, SysError};
 use user_rt as rt;
@@ -297,9 +297,23 @@ fn probe(mode: u64) -> ! {
             // SAFETY: not sound on purpose: the page is mapped read-only.
             unsafe { core::ptr::write_volatile(va as *mut u8, 0) };
         }
+        12 => fpu_clean(),
         _ => rt::exit(PROBE_SURVIVED),
     };
     rt::exit(PROBE_SURVIVED)
+}
+
+/// Exit 12 if every x87 and XMM register is zero, as the SVSM must start a process (on
+/// svm the guest's are live in the CPU; the boot fills them before this probe). The
+/// module is soft-float, so nothing of its own touched them first.
+fn fpu_clean() -> ! {
+    #[repr(C, align(16))]
+    struct Area([u8; 512]);
+    let mut area = Area([0; 512]);
+    // SAFETY: FXSAVE writes exactly the 512-byte, 16-byte aligned area.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack, preserves_flags)) };
+    let clean = area.0.get(32..416).is_some_and(|registers| registers.iter().all(|b| *b == 0));
+    rt::exit(if clean { 12 } else { 1 })
 }
 
 #[unsafe(no_mangle)]

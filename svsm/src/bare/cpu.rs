@@ -200,6 +200,16 @@ impl FxArea {
     pub const fn new() -> Self {
         Self([0; 512])
     }
+
+    /// The clean control words with every x87 and XMM register's bytes set to `byte`:
+    /// state a guest might leave, for the boot's check that no process sees it.
+    pub fn with_registers(byte: u8) -> Self {
+        let mut a = CLEAN_FPU.0;
+        if let Some(registers) = a.get_mut(32..416) {
+            registers.fill(byte);
+        }
+        Self(a)
+    }
 }
 
 impl Default for FxArea {
@@ -235,13 +245,24 @@ pub fn fxrstor_vcpu(image: &::svm::vcpu::FpuImage) {
     unsafe { asm!("fxrstor64 [{}]", in(reg) image.as_ptr(), options(nostack, preserves_flags)) };
 }
 
-/// Give the x87/SSE unit the state the C ABI promises: FNINIT, and MXCSR at its default
-/// (0x1F80: every exception masked, round to nearest).
+/// The x87/SSE state the C ABI promises, every register zero: FCW 0x37F (FNINIT's),
+/// MXCSR 0x1F80 (every exception masked, round to nearest).
+static CLEAN_FPU: FxArea = {
+    let mut a = [0u8; 512];
+    a[0] = 0x7F;
+    a[1] = 0x03;
+    a[24] = 0x80;
+    a[25] = 0x1F;
+    FxArea(a)
+};
+
+/// Give the x87/SSE unit that clean state. Every register is zeroed, not only the
+/// control words (FNINIT and LDMXCSR left ST0-7 and XMM0-15 as they were): on svm the
+/// guest's registers are live in the CPU while the SVSM runs, and a process must not
+/// read them (found by review). AVX's upper halves are out of a process's reach (CR4.
+/// OSXSAVE is off, so AVX instructions #UD).
 pub fn reset_fpu() {
-    let mxcsr: u32 = 0x1F80;
-    // SAFETY: FNINIT resets the x87 unit; LDMXCSR reads the 4-byte value above, which sets
-    // no reserved bit.
-    unsafe { asm!("fninit", "ldmxcsr [{}]", in(reg) &mxcsr, options(nostack)) };
+    fxrstor(&CLEAN_FPU);
 }
 
 /// A descriptor-table pointer (LGDT/LIDT operand).

@@ -375,6 +375,9 @@ fn run_probe(id: u32, mode: u64, guest: &kernel::pages::PageTracker) -> Result<E
 /// never go on).
 const SLICED_MODES: [u64; 3] = [7, 8, 9];
 
+/// The probe's mode that checks its x87/SSE registers start clean.
+const FPU_MODE: u64 = 12;
+
 /// The probe's modes that map guest memory.
 const PHYSMEM_MODES: [u64; 2] = [10, 11];
 
@@ -432,7 +435,7 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
         println!("user: no service module in this image (built without `cargo xtask`)");
         return;
     }
-    const PROBES: [(u64, &str, Expect); 12] = [
+    const PROBES: [(u64, &str, Expect); 13] = [
         (0, "hello", Expect::Exit(0)),
         (1, "reads SVSM memory", Expect::PageFault),
         (2, "writes its own code", Expect::PageFault),
@@ -445,6 +448,7 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
         (9, "has a thread read SVSM memory", Expect::PageFault),
         (10, "maps guest memory with OPEN_PHYSMEM, never the SVSM's", Expect::Exit(10)),
         (11, "writes guest memory it mapped read-only", Expect::PageFault),
+        (12, "starts with none of the x87/SSE registers the CPU held", Expect::Exit(12)),
     ];
     let mut as_expected = 0;
     let mut skipped = 0;
@@ -453,6 +457,11 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
             println!("user: probe {what}: skipped on this platform");
             skipped += 1;
             continue;
+        }
+        if mode == FPU_MODE {
+            // What a guest's registers would be on svm, live in the CPU while the SVSM
+            // runs (the SVSM's own code never touches them: it is soft-float).
+            super::cpu::fxrstor(&super::cpu::FxArea::with_registers(0xA5));
         }
         let ended = run_probe(id, mode, guest);
         let good = match (expect, ended) {
