@@ -57,6 +57,12 @@ pub trait AddressSpace {
     fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), SysError>;
     /// Copy into user memory the kernel checked as mapped writable.
     fn write(&mut self, va: u64, data: &[u8]) -> Result<(), SysError>;
+    /// Pages of the SVSM's memory the mappings' own structures take (page tables): the
+    /// process's page quota counts them, or mappings scattered over the address space
+    /// would take the SVSM's heap for tables no quota charged. 0 where there are none.
+    fn table_pages(&self) -> u64 {
+        0
+    }
 }
 
 /// Most mappings one process may have (each MMAP is one; an MUNMAP in the middle of

@@ -407,7 +407,7 @@ impl Process {
         }
         let pages = memory::pages_in(len).ok_or(SysError::Inval)?;
         // Guest pages have their own limit: they take no frames of the SVSM.
-        let own = self.mappings.pages().saturating_sub(self.guest_pages);
+        let own = self.mappings.pages().saturating_sub(self.guest_pages).saturating_add(space.table_pages());
         if own.saturating_add(pages) > self.page_quota {
             return Err(SysError::NoMem);
         }

@@ -111,7 +111,9 @@ fn merge(pending: &mut Vec<NvChange>, changes: Vec<NvChange>) -> bool {
 /// channel again, and says whether it still lives.
 pub struct ServiceTpm<R: FnMut() -> bool + Send> {
     channel: Arc<Channel>,
-    run: R,
+    /// Runs the process; dropped with it when the service dies, so a dead vTPM holds
+    /// none of the SVSM's memory (its pages, its page tables).
+    run: Option<R>,
     /// NV changes answered and not yet taken.
     pending: Vec<NvChange>,
     /// The NV state they make.
@@ -142,7 +144,8 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
     }
 
     fn begin(channel: Arc<Channel>, run: R, message: Vec<u8>, ledger: NvLedger) -> Result<Self, StartError> {
-        let mut engine = Self { channel, run, pending: Vec::new(), ledger, alive: true, last_engine_cycles: 0 };
+        let mut engine =
+            Self { channel, run: Some(run), pending: Vec::new(), ledger, alive: true, last_engine_cycles: 0 };
         let answer = engine.exchange(message).ok_or(StartError::Service)?;
         match service::parse_answer(&answer) {
             Some(Answer::Started(mut changes)) => {
@@ -166,7 +169,7 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
             return None;
         }
         if self.channel.post(message).is_ok()
-            && (self.run)()
+            && self.run.as_mut().is_some_and(|run| run())
             && let Ok(Some(answer)) = self.channel.take_reply()
         {
             return Some(answer);
@@ -179,6 +182,7 @@ impl<R: FnMut() -> bool + Send> ServiceTpm<R> {
         self.alive = false;
         self.channel.close();
         self.pending.clear();
+        self.run = None;
     }
 
     pub fn alive(&self) -> bool {

@@ -298,9 +298,29 @@ fn probe(mode: u64) -> ! {
             unsafe { core::ptr::write_volatile(va as *mut u8, 0) };
         }
         12 => fpu_clean(),
+        13 => scattered_mappings(),
         _ => rt::exit(PROBE_SURVIVED),
     };
     rt::exit(PROBE_SURVIVED)
+}
+
+/// One page mapped and unmapped again at 200 addresses 1 GiB apart, each needing page
+/// tables of its own: exit 13 if every MMAP succeeded within the probe's quota of 64
+/// pages. The SVSM must free a table once it maps nothing (and counts tables against the
+/// quota), or the tables of pages long gone would fill the quota (and, uncounted, the
+/// SVSM's heap).
+fn scattered_mappings() -> ! {
+    let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS | sys::map::FIXED;
+    for i in 0..200u64 {
+        let va = 0x200_0000_0000 + (i << 30);
+        // SAFETY: MMAP of fresh anonymous memory at an address nothing of ours uses.
+        let mapped = rt::result(unsafe { rt::syscall(sys::MMAP, [sys::NO_HANDLE, va, 0, 4096, flags]) });
+        // SAFETY: nothing refers to the page just mapped.
+        if mapped != Ok(va) || unsafe { rt::munmap(va as usize, 4096) }.is_err() {
+            rt::exit(1);
+        }
+    }
+    rt::exit(13)
 }
 
 /// Exit 12 if every x87 and XMM register is zero, as the SVSM must start a process (on

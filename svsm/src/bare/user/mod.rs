@@ -435,7 +435,7 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
         println!("user: no service module in this image (built without `cargo xtask`)");
         return;
     }
-    const PROBES: [(u64, &str, Expect); 13] = [
+    const PROBES: [(u64, &str, Expect); 14] = [
         (0, "hello", Expect::Exit(0)),
         (1, "reads SVSM memory", Expect::PageFault),
         (2, "writes its own code", Expect::PageFault),
@@ -449,6 +449,7 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
         (10, "maps guest memory with OPEN_PHYSMEM, never the SVSM's", Expect::Exit(10)),
         (11, "writes guest memory it mapped read-only", Expect::PageFault),
         (12, "starts with none of the x87/SSE registers the CPU held", Expect::Exit(12)),
+        (13, "maps and unmaps a page at 200 places, within its quota of 64", Expect::Exit(13)),
     ];
     let mut as_expected = 0;
     let mut skipped = 0;

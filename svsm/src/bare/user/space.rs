@@ -29,6 +29,14 @@ fn index(va: u64, shift: u32) -> usize {
     usize::try_from((va >> shift) & 0x1FF).unwrap_or(0)
 }
 
+/// A level of a process's tables below the PML4.
+#[derive(Clone, Copy)]
+enum Level {
+    Pt,
+    Pd,
+    Pdpt,
+}
+
 pub struct UserSpace {
     /// PML4 entries 1..=255 (index 0 here is slot 1).
     pml4: [u64; 255],
@@ -135,6 +143,49 @@ impl UserSpace {
         self.shared.remove(&(va >> 12));
     }
 
+    /// Free the tables of `[va, va + pages)` that map nothing any more, from the leaves
+    /// up, and clear the entries that named them (the user half is reinstalled, a CR3
+    /// reload, before the process runs again). Without this, mapping and unmapping one
+    /// page at ever new addresses took the SVSM's heap a table at a time (found by
+    /// review).
+    fn prune(&mut self, va: u64, pages: u64) {
+        let Some(last) = pages.checked_sub(1).and_then(|n| va.checked_add(n * PAGE_SIZE)) else { return };
+        for (shift, level) in [(21u32, Level::Pt), (30, Level::Pd), (39, Level::Pdpt)] {
+            for key in (va >> shift)..=(last >> shift) {
+                self.free_if_empty(level, key);
+            }
+        }
+    }
+
+    /// Free the table at `key` of `level` if all its entries are clear, clearing the
+    /// parent's entry for it.
+    fn free_if_empty(&mut self, level: Level, key: u64) {
+        let tables = match level {
+            Level::Pt => &mut self.pts,
+            Level::Pd => &mut self.pds,
+            Level::Pdpt => &mut self.pdpts,
+        };
+        if !tables.get_mut(&key).is_some_and(|t| t.words_mut().iter().all(|e| *e == 0)) {
+            return;
+        }
+        tables.remove(&key);
+        // The entry naming it: in the table above, at the index of `key`'s address.
+        let parent = match level {
+            Level::Pt => self.pds.get_mut(&(key >> 9)).and_then(|t| t.words_mut().get_mut(index(key << 21, 21))),
+            Level::Pd => self.pdpts.get_mut(&(key >> 9)).and_then(|t| t.words_mut().get_mut(index(key << 30, 30))),
+            Level::Pdpt => index(key << 39, 39).checked_sub(1).and_then(|slot| self.pml4.get_mut(slot)),
+        };
+        if let Some(entry) = parent {
+            *entry = 0;
+        }
+        self.changed = true;
+    }
+
+    /// The SVSM's pages the tables take.
+    fn tables(&self) -> u64 {
+        (self.pdpts.len() + self.pds.len() + self.pts.len()) as u64
+    }
+
     /// Copy between `data` and the frames of `[va, va + len)`.
     fn copy(&mut self, va: u64, len: usize, mut f: impl FnMut(&mut [u8], usize)) -> Result<(), SysError> {
         let mut done = 0usize;
@@ -204,6 +255,11 @@ impl AddressSpace for UserSpace {
         for i in 0..pages {
             self.unmap_one(va + i * PAGE_SIZE);
         }
+        self.prune(va, pages);
+    }
+
+    fn table_pages(&self) -> u64 {
+        self.tables()
     }
 
     fn fill(&mut self, va: u64, data: &[u8]) -> Result<(), SysError> {
