@@ -26,6 +26,13 @@ static VTPM: &PageAligned<[u8]> = &PageAligned(*include_bytes!(concat!(env!("OUT
 /// MMAPs (a 2 MiB heap, the 256 KiB request buffer, the response buffer).
 const PROCESS_ID: u32 = 100;
 const PAGE_QUOTA: u64 = 1800;
+/// Most pages of the SVSM's heap the process may hold: its data and bss (about 150), the
+/// 2 MiB heap (512), the request and response buffers (about 66), stack and thread page
+/// (17) and its page tables, about 750 in all, with room to spare. The quota above
+/// counts its code too (shared with the image, no heap), which a compromised service
+/// could unmap to map that much heap memory instead: this bounds what it can take from
+/// the rest of the SVSM (3.5 MiB of the 6 MiB heap).
+const MEMORY_LIMIT: u64 = 900;
 /// How long one command (or the start) may run: RSA key generation under TCG takes
 /// seconds; a process still running after this is treated as hung.
 const BUDGET_MS: u64 = 120_000;
@@ -96,10 +103,20 @@ fn load(id: u32) -> Result<(Arc<Channel>, RunService), &'static str> {
         return Err("no vTPM service module in this image (built without `cargo xtask`)");
     }
     let channel = Arc::new(Channel::default());
-    let mut service = Loaded::new(id, PAGE_QUOTA, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
-        .map_err(|_| "the vTPM service module did not load")?;
+    let mut service =
+        Loaded::new(id, PAGE_QUOTA, MEMORY_LIMIT, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
+            .map_err(|_| "the vTPM service module did not load")?;
+    let mut reported = false;
     let run: RunService = Box::new(move || match service.run(BUDGET_MS, None) {
-        Ended::Blocked => true,
+        Ended::Blocked => {
+            if !core::mem::replace(&mut reported, true) {
+                println!(
+                    "vtpm: its service process holds {} pages of the SVSM's heap (at most {MEMORY_LIMIT})",
+                    service.svsm_pages()
+                );
+            }
+            true
+        }
         ended => {
             println!("vtpm: the service process ended ({ended:?}); vTPM calls now get TPM_RC_FAILURE");
             false

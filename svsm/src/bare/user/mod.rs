@@ -323,11 +323,13 @@ impl core::fmt::Debug for Loaded {
 }
 
 impl Loaded {
-    /// Load `image` as process `id` (at most `page_quota` pages of MMAP), with `objects`
+    /// Load `image` as process `id` (at most `page_quota` pages of mappings, and at most
+    /// `memory_limit` pages of the SVSM's heap for its frames and tables), with `objects`
     /// as its first handles and `arg` in RDI.
     pub fn new(
         id: u32,
         page_quota: u64,
+        memory_limit: u64,
         image: &'static [u8],
         objects: alloc::vec::Vec<kernel::user::Object>,
         arg: u64,
@@ -336,7 +338,7 @@ impl Loaded {
         for object in objects {
             process.grant(object).ok_or(loader::LoadError::NoMemory)?;
         }
-        let mut space = UserSpace::default();
+        let mut space = UserSpace::with_limit(memory_limit);
         let canary = super::cpu::rdrand().ok_or(loader::LoadError::NoMemory)?;
         let start = loader::load(&mut process, &mut space, image, canary)?;
         let regs = UserRegs { rip: start.entry, rsp: start.rsp, rdi: arg, ..UserRegs::default() };
@@ -348,6 +350,11 @@ impl Loaded {
 
     /// Run (or resume) the process until it exits, faults, blocks or has run
     /// `budget_ms`; `guest` is the guest memory a process with the right may map.
+    /// Pages of the SVSM's heap the process holds (frames and tables).
+    pub fn svsm_pages(&self) -> u64 {
+        self.space.svsm_pages()
+    }
+
     /// Whatever the process does to the x87/SSE registers and FS stays its own: the
     /// guest's are set aside around the run (`fpu::with_c_state`).
     pub fn run(&mut self, budget_ms: u64, guest: Option<&kernel::pages::PageTracker>) -> Ended {
@@ -363,7 +370,7 @@ impl Loaded {
 /// Start the probe module as process `id` in `mode` and run it to its end; in the
 /// modes that probe guest memory it may open `guest` (OPEN_PHYSMEM).
 fn run_probe(id: u32, mode: u64, guest: &kernel::pages::PageTracker) -> Result<Ended, loader::LoadError> {
-    let mut loaded = Loaded::new(id, 64, &PROBE.0, alloc::vec::Vec::new(), mode)?;
+    let mut loaded = Loaded::new(id, PROBE_QUOTA, PROBE_QUOTA + 32, &PROBE.0, alloc::vec::Vec::new(), mode)?;
     if PHYSMEM_MODES.contains(&mode) {
         loaded.process.allow_physmem();
     }
@@ -374,6 +381,9 @@ fn run_probe(id: u32, mode: u64, guest: &kernel::pages::PageTracker) -> Result<E
 /// the others must get their turn (without a timer none would come, and the boot would
 /// never go on).
 const SLICED_MODES: [u64; 3] = [7, 8, 9];
+
+/// A probe's page quota (its mappings, the image's code included).
+const PROBE_QUOTA: u64 = 64;
 
 /// The probe's mode that checks its x87/SSE registers start clean.
 const FPU_MODE: u64 = 12;

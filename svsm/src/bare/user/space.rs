@@ -52,10 +52,16 @@ pub struct UserSpace {
     /// A PML4 entry was added or a page unmapped since the CPU's root was last given the
     /// user half: it must be given again (and the TLB flushed) before the process runs.
     changed: bool,
+    /// Most pages of the SVSM's heap the space may take (frames and tables). The kernel's
+    /// page quota counts mappings, and a process can unmap its code (shared with the
+    /// image, free) and map as much anonymous memory in its place: this bounds what a
+    /// compromised process can take from everything else the SVSM serves.
+    limit: u64,
 }
 
-impl Default for UserSpace {
-    fn default() -> Self {
+impl UserSpace {
+    /// An empty space that may take at most `limit` pages of the SVSM's heap.
+    pub fn with_limit(limit: u64) -> Self {
         Self {
             pml4: [0; 255],
             pdpts: BTreeMap::new(),
@@ -64,7 +70,21 @@ impl Default for UserSpace {
             frames: BTreeMap::new(),
             shared: BTreeMap::new(),
             changed: false,
+            limit,
         }
+    }
+
+    /// Pages of the SVSM's heap the space holds (frames and tables).
+    pub fn svsm_pages(&self) -> u64 {
+        self.frames.len() as u64 + self.tables()
+    }
+
+    /// One more page of the SVSM's heap, if the limit allows it.
+    fn page(&self) -> Result<Page, SysError> {
+        if self.svsm_pages() >= self.limit {
+            return Err(SysError::NoMem);
+        }
+        Page::zeroed().ok_or(SysError::NoMem)
     }
 }
 
@@ -99,7 +119,7 @@ impl UserSpace {
     }
 
     fn map_one(&mut self, va: u64, prot: Prot) -> Result<(), SysError> {
-        let frame = Page::zeroed().ok_or(SysError::NoMem)?;
+        let frame = self.page()?;
         self.map_page(va, frame.phys(), prot)?;
         self.frames.insert(va >> 12, frame);
         Ok(())
@@ -107,6 +127,13 @@ impl UserSpace {
 
     /// Point the leaf entry of `va` at `phys` with `prot`, making tables on the way.
     fn map_page(&mut self, va: u64, phys: u64, prot: Prot) -> Result<(), SysError> {
+        let missing = [(&self.pdpts, 39), (&self.pds, 30), (&self.pts, 21)]
+            .iter()
+            .filter(|(tables, shift)| !tables.contains_key(&(va >> shift)))
+            .count() as u64;
+        if self.svsm_pages().saturating_add(missing) > self.limit {
+            return Err(SysError::NoMem);
+        }
         let slot = index(va, 39).checked_sub(1).ok_or(SysError::Inval)?;
         let pml4e = self.pml4.get_mut(slot).ok_or(SysError::Inval)?;
         self.changed |= *pml4e == 0;
