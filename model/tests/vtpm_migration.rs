@@ -1485,11 +1485,8 @@ fn a_copy_of_a_migrated_tpm_is_refused_by_the_verifiers_ledger() {
 fn an_old_image_raised_and_migrated_is_refused_by_the_chain_it_carries() {
     let _turn = turn();
     let judged = |ledger: &mut attest::ledger::Ledger, env: &mut ModelEnv, nonce: u8| {
-        let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).unwrap();
-        let mut verdict = attest::verify::examine(&e.into_evidence());
-        attest::ledger::judge(ledger, &mut verdict);
-        let l = verdict.ledger.unwrap();
-        (verdict.passed, l.outcome, l.vtpm_outcome)
+        let (passed, outcome, tpm, _) = ledger_outcomes(ledger, env, nonce);
+        (passed, outcome, tpm)
     };
     let mut ledger = attest::ledger::Ledger::default();
     let disk = store::testing::SharedDisk::new(store::testing::MemDisk::new(64));
@@ -1527,13 +1524,7 @@ fn an_old_image_raised_and_migrated_is_refused_by_the_chain_it_carries() {
 #[test]
 fn another_vms_tpm_moved_onto_an_old_image_of_a_known_store_is_refused_by_the_stores_chain() {
     let _turn = turn();
-    let judged = |ledger: &mut attest::ledger::Ledger, env: &mut ModelEnv, nonce: u8| {
-        let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).unwrap();
-        let mut verdict = attest::verify::examine(&e.into_evidence());
-        attest::ledger::judge(ledger, &mut verdict);
-        let l = verdict.ledger.unwrap();
-        (verdict.passed, l.outcome, l.vtpm_outcome, verdict.sealed_state.map(|s| (s.store_id, s.generation)))
-    };
+    let judged = ledger_outcomes;
     let mut ledger = attest::ledger::Ledger::default();
     // VM A's store, imaged after its format and before its vTPM was made; then A runs
     // and is attested twice.
@@ -1578,4 +1569,23 @@ fn another_vms_tpm_moved_onto_an_old_image_of_a_known_store_is_refused_by_the_st
         (false, Some("diverged"), Some("moved")),
         "B's TPM moved genuinely, onto the wrong store"
     );
+}
+
+/// Whether evidence passed, the store's and the vTPM's ledger outcomes, and the sealed
+/// state it showed (store id, generation).
+type Outcomes = (bool, Option<&'static str>, Option<&'static str>, Option<([u8; 16], u64)>);
+
+/// The guest's attestation evidence (nonce bytes `nonce`) judged by the relying party's
+/// `ledger`: whether it passed, the store's and the vTPM's outcomes, and the sealed state
+/// it showed (store id, generation).
+fn ledger_outcomes(
+    ledger: &mut attest::ledger::Ledger,
+    env: &mut ModelEnv,
+    nonce: u8,
+) -> Outcomes {
+    let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).unwrap();
+    let mut verdict = attest::verify::examine(&e.into_evidence());
+    attest::ledger::judge(ledger, &mut verdict);
+    let l = verdict.ledger.unwrap();
+    (verdict.passed, l.outcome, l.vtpm_outcome, verdict.sealed_state.map(|s| (s.store_id, s.generation)))
 }
