@@ -1578,11 +1578,7 @@ type Outcomes = (bool, Option<&'static str>, Option<&'static str>, Option<([u8; 
 /// The guest's attestation evidence (nonce bytes `nonce`) judged by the relying party's
 /// `ledger`: whether it passed, the store's and the vTPM's outcomes, and the sealed state
 /// it showed (store id, generation).
-fn ledger_outcomes(
-    ledger: &mut attest::ledger::Ledger,
-    env: &mut ModelEnv,
-    nonce: u8,
-) -> Outcomes {
+fn ledger_outcomes(ledger: &mut attest::ledger::Ledger, env: &mut ModelEnv, nonce: u8) -> Outcomes {
     let e = bulwark_model::attest_demo::obtain_from(env, &[nonce; 64]).unwrap();
     let mut verdict = attest::verify::examine(&e.into_evidence());
     attest::ledger::judge(ledger, &mut verdict);

@@ -150,7 +150,14 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
         let (effect, followed) = {
             let mut rmp = self.shared.state.lock_rmp();
             let effect = rmp.pvalidate(page.raw(), size(size4k), validate)?;
-            (effect, self.shared.follow(&rmp, pfns))
+            let followed = self.shared.follow(&rmp, pfns.clone());
+            if followed.is_err() && validate && effect == PvalidateEffect::Changed {
+                // No memory for a nested page table: the validation is taken back, so the
+                // RMP and nested paging agree (unmapping needs no memory); the call fails.
+                let _ = rmp.pvalidate(page.raw(), size(size4k), false);
+                let _ = self.shared.follow(&rmp, pfns);
+            }
+            (effect, followed)
         };
         self.flush_everywhere();
         followed.map(|()| effect)
@@ -169,8 +176,18 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
             let mut rmp = self.shared.state.lock_rmp();
             // A VMSA is in use while a CPU has its vCPU out (unless it is stopped for good).
             let slots = &self.shared.state.slots;
+            let before = rmp.entry(page.pfn()).map(|e| (e.perms.get(usize::from(target_vmpl)).copied(), e.vmsa));
             rmp.rmpadjust(page.raw(), size(size4k), target_vmpl, perms, vmsa, |pfn| slots.vmsa_in_use(pfn))?;
-            self.shared.follow(&rmp, pfns)
+            let followed = self.shared.follow(&rmp, pfns.clone());
+            if followed.is_err()
+                && let Some((Some(perms), vmsa)) = before
+            {
+                // As in `pvalidate`: no memory for a table, so the change is taken back
+                // (what it had mapped before is mapped still, no table is needed).
+                let _ = rmp.rmpadjust(page.raw(), size(size4k), target_vmpl, perms, vmsa, |_| false);
+                let _ = self.shared.follow(&rmp, pfns);
+            }
+            followed
         };
         self.flush_everywhere();
         followed

@@ -118,6 +118,9 @@ fn a_mapping_without_memory_fails_closed() {
     p.pvalidate(page(FREE), PageSize::Size4K, true).unwrap();
     assert_eq!(p.rmpadjust(page(FREE), PageSize::Size4K, 1, PERM_ALL, false), Err(HwError::Fault));
     assert_eq!(s.hw.mapped(FREE), None);
+    // And the RMP agrees: the grant was taken back, so no later step (a migration's
+    // dirty tracking, say) finds VMPL1 allowed where nested paging maps nothing.
+    assert_eq!(p.vmpl_permissions(page(FREE), 1), Some(0));
 }
 
 /// The SVSM's own copies go by the RMP: unvalidated pages and the SVSM region fault at

@@ -3,18 +3,21 @@
 //! page maps to. Tables are allocated on demand and never freed.
 
 use super::super::pages::Page;
-use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use svm::npt::{self, Access};
 
 pub struct NestedPageTable {
     root: Page,
-    /// Every lower-level table, by physical address.
-    tables: BTreeMap<u64, Page>,
+    /// Every lower-level table, sorted by physical address. A vector grown with
+    /// `try_reserve`, not a map: the guest decides how many tables there are (one per
+    /// 2 MiB it validates page by page), and a map's node allocation that fails on a
+    /// full heap would panic the SVSM (found by review).
+    tables: Vec<Page>,
 }
 
 impl NestedPageTable {
     pub fn new() -> Option<Self> {
-        Some(Self { root: Page::zeroed()?, tables: BTreeMap::new() })
+        Some(Self { root: Page::zeroed()?, tables: Vec::new() })
     }
 
     /// Value for the VMCB's N_CR3.
@@ -39,9 +42,11 @@ impl NestedPageTable {
                 if access.is_none() {
                     return Some(()); // nothing mapped below: already absent
                 }
+                self.tables.try_reserve(1).ok()?;
                 let page = Page::zeroed()?;
                 let phys = page.phys();
-                self.tables.insert(phys, page);
+                let at = self.tables.partition_point(|t| t.phys() < phys);
+                self.tables.insert(at, page);
                 self.set_entry(table, index, npt::table(phys));
                 phys
             };
@@ -54,7 +59,8 @@ impl NestedPageTable {
         if self.root.phys() == phys {
             return Some(&mut self.root);
         }
-        self.tables.get_mut(&phys)
+        let at = self.tables.binary_search_by_key(&phys, Page::phys).ok()?;
+        self.tables.get_mut(at)
     }
 
     fn entry(&mut self, table: u64, index: usize) -> u64 {
