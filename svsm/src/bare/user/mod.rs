@@ -280,6 +280,12 @@ fn run(
         if space.take_changed() {
             percpu::set_user_half(Some(space.user_half()));
         }
+        // Without time slices (SEV-SNP) the budget is checked at every system call: a
+        // process that calls in a loop (CLOCK, say) without ever answering is ended as
+        // one the timer took back would be. One that never calls keeps the CPU there.
+        if slice == 0 && super::clock::monotonic_ns().saturating_sub(started) / 1_000_000 >= budget_ms {
+            break Ended::Preempted { slices };
+        }
     };
     if slice > 0 {
         lapic::disarm_timer();
