@@ -135,13 +135,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     clock::calibrate();
     let sealed = open_sealed_state(&svsm, &platform, &ram);
     user::boot_check(svsm.pages(), user::Checks::Svm);
-    if vtpm::crash_check() {
-        println!(
-            "vtpm: crash check passed: a vTPM service process that faults is ended, its calls get TPM_RC_FAILURE, the SVSM serves on"
-        );
-    } else {
-        println!("vtpm: crash check FAILED");
-    }
+    vtpm::crash_check();
     let device = migration_device(&ram);
     let incoming = cmdline_has(&info, "migrate=incoming");
     if incoming {

@@ -186,12 +186,8 @@ pub fn boot(info_gpa: u64, tss_rsp0: u64) -> ! {
 /// The vTPM in its service process at CPL 3, after the crash-isolation check. No state
 /// disk on this platform yet: each boot manufactures a new TPM (docs/persistence.md).
 fn start_vtpm(svsm: &mut Svsm) {
-    if super::vtpm::crash_check() {
-        println!(
-            "vtpm: crash check passed: a vTPM service process that faults is ended, its calls get TPM_RC_FAILURE, the SVSM serves on"
-        );
-    } else {
-        println!("vtpm: crash check FAILED; protocol 2 is not served");
+    if !super::vtpm::crash_check() {
+        println!("vtpm: protocol 2 is not served");
         return;
     }
     let started = super::clock::monotonic_ns();
