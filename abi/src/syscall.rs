@@ -53,6 +53,14 @@ pub const OPEN_PHYSMEM: u64 = nr(CLASS_CORE, 8);
 // Class 3.
 /// CAPABILITIES(index) -> value (index 0: how many indices follow).
 pub const CAPABILITIES: u64 = nr(CLASS_VM, 0);
+// Class 3, named in COCONUT's design, numbered here (COCONUT's code has only 3.0).
+/// VM_OPEN(index) -> handle of VM `index` (a bit of [`caps::VM_BITMAP`]); one process at
+/// a time may hold a VM open.
+pub const VM_OPEN: u64 = nr(CLASS_VM, 1);
+/// IOIO_EVENT(vm, first_port, count) -> handle of an event source: the VM's accesses to
+/// ports `first_port..first_port + count` come to this process as [`IoAccess`] requests
+/// (CHANNEL_RECEIVE), each answered with CHANNEL_REPLY (an IN's value, 4 bytes).
+pub const IOIO_EVENT: u64 = nr(CLASS_VM, 2);
 // Class 0x80.
 /// LOG(buf, len): one line into the SVSM log, tagged with the process.
 pub const LOG: u64 = nr(CLASS_BULWARK, 0);
@@ -142,6 +150,13 @@ pub mod caps {
     pub const LAST: u64 = PHYSMEM_RANGES;
 }
 
+/// Platform bits of [`caps::FEATURES`] beyond the platform number.
+pub mod features {
+    /// IOIO_EVENT is served: the SVSM sees the guest's port accesses (the svm platform;
+    /// under SEV-SNP the guest's port I/O goes to the host, never through the SVSM).
+    pub const IOIO_EVENTS: u64 = 1 << 8;
+}
+
 /// What OPEN_PHYSMEM writes: the guest-physical range the handle maps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -150,6 +165,43 @@ pub struct PhysmemRange {
     pub length: u64,
 }
 crate::assert_size!(PhysmemRange, 16);
+
+/// Most ports one IOIO_EVENT claims.
+pub const IOIO_MAX_PORTS: u64 = 64;
+
+/// One port access of a guest vCPU, as an IOIO event's request carries it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct IoAccess {
+    /// The port the access starts at (all `size` bytes lie in the event's ports).
+    pub port: u16,
+    /// 1, 2 or 4 bytes.
+    pub size: u8,
+    /// 1 for OUT (the guest writes `data`), 0 for IN (the reply's 4 bytes are the value).
+    pub write: u8,
+    /// The vCPU that made it.
+    pub vcpu: u32,
+    /// OUT: the value written, `size` bytes; IN: 0.
+    pub data: u32,
+    pub reserved: u32,
+}
+crate::assert_size!(IoAccess, 16);
+
+/// The test device a device model at CPL 3 serves on the svm platform (the probe
+/// module's mode 14, docs/syscalls.md "VM objects and device models"); the test guest
+/// checks it.
+pub mod test_device {
+    /// Its ports: `FIRST..FIRST + COUNT`.
+    pub const FIRST: u16 = 0xB10;
+    pub const COUNT: u16 = 8;
+    /// Ports `FIRST..FIRST + 4`: a 4-byte register, each byte its own port.
+    pub const REGISTER: u16 = FIRST;
+    /// Ports `FIRST + 4..FIRST + 8`: reads count the accesses served (this one
+    /// included); the dword [`CRASH`] written here makes the device model fault.
+    pub const COUNTER: u16 = FIRST + 4;
+    /// The test-only command that makes the device model fault (crash isolation).
+    pub const CRASH: u32 = 0xDEAD_DEAD;
+}
 
 /// Most records one BATCH runs.
 pub const BATCH_MAX: u64 = 64;

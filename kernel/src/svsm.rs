@@ -162,6 +162,9 @@ pub struct Svsm {
     pub(crate) dirty: Mutex<Option<crate::migration::DirtyLog>>,
     /// Set while `dirty` holds a log: a nested fault checks it without the lock.
     pub(crate) tracking: AtomicBool,
+    /// VMs open in service processes and the ports device models claimed
+    /// (`user::vm`): shared with the processes' system calls.
+    vms: alloc::sync::Arc<crate::user::vm::VmObjects>,
 }
 
 // Every CPU serves calls through one shared `Svsm` (a `&'static` on bare metal): the
@@ -247,6 +250,7 @@ impl Svsm {
             sealed_summary: None,
             dirty: Mutex::new(None),
             tracking: AtomicBool::new(false),
+            vms: alloc::sync::Arc::default(),
         })
     }
 
@@ -463,6 +467,12 @@ impl Svsm {
 
     pub fn pages(&self) -> &PageTracker {
         &self.pages
+    }
+
+    /// The VM objects and port claims of service processes: the platform's exit handler
+    /// hands a claimed port access to its device model (`user::vm::VmObjects::serve`).
+    pub fn vm_objects(&self) -> &alloc::sync::Arc<crate::user::vm::VmObjects> {
+        &self.vms
     }
 }
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! vocabulary.
 //!
 //! The process may open guest memory (OPEN_PHYSMEM) over a page tracker with validated
-//! and unvalidated pages, an SVSM region and a VMSA in it.
+//! and unvalidated pages, an SVSM region and a VMSA in it, and open VM 1 and claim its
+//! ports (VM_OPEN, IOIO_EVENT), whose accesses the harness makes as the platform would.
 //!
 //! After every call it checks what must always hold: the kernel's record of the process's
 //! mappings and the pages actually mapped agree (the hosted space also panics on a double
@@ -16,12 +17,13 @@
 
 use crate::fuzz::Input;
 use crate::user_host::{HostServices, HostSpace};
-use abi::syscall::{self as sys, BatchIn};
+use abi::syscall::{self as sys, BatchIn, IoAccess};
 use kernel::addr::{PageAddr, PageRange};
 use kernel::pages::{PageRole, PageTracker};
 use kernel::user::channel::Channel;
 use kernel::user::handles::MAX_HANDLES;
 use kernel::user::memory::{MMAP_BASE, USER_BOTTOM, USER_TOP};
+use kernel::user::vm::VmObjects;
 use kernel::user::{Call, Object, Outcome, Process};
 use kernel::vcpu::VcpuIndex;
 use std::sync::Arc;
@@ -40,7 +42,9 @@ fn tracker() -> PageTracker {
     t
 }
 
-const NUMBERS: [u64; 16] = [
+const NUMBERS: [u64; 18] = [
+    sys::VM_OPEN,
+    sys::IOIO_EVENT,
     sys::WAIT_FOR_EVENT,
     sys::MMAP,
     sys::MUNMAP,
@@ -88,9 +92,14 @@ pub fn run_syscalls(data: &[u8]) {
     let mut process = Process::new(1, QUOTA);
     process.grant(Object::Channel(channel.clone()));
     process.allow_physmem();
+    process.allow_vms();
     let mut space = HostSpace::default();
     let mut services = HostServices::default();
     services.guest = Some(tracker());
+    let vms = Arc::new(VmObjects::default());
+    // A device model that never answers: each access served takes its claim away.
+    vms.host(1, Box::new(|| true)).expect("room");
+    services.vms = Some(vms.clone());
     let mut mapped: Vec<u64> = Vec::new();
     let mut exited = false;
     while !input.done() && !exited {
@@ -102,6 +111,16 @@ pub fn run_syscalls(data: &[u8]) {
             }
             1 => {
                 let _ = channel.take_reply();
+                // A guest's port access, as the platform's exit handler makes it.
+                let access = IoAccess {
+                    port: u16::from(input.u8()) << 4,
+                    size: [1, 2, 4, 0, 3][usize::from(input.u8() % 5)],
+                    write: input.u8() & 1,
+                    vcpu: 0,
+                    data: 0,
+                    reserved: 0,
+                };
+                let _ = vms.serve(input.u8() % 3, access);
             }
             // A BATCH built in the process's own memory.
             2 if !mapped.is_empty() => {
@@ -184,6 +203,8 @@ pub fn run_syscalls(data: &[u8]) {
     assert_eq!(guest, 0, "an ended process left guest pages held");
     assert_eq!(process.handle_count(), 0, "an ended process left handles open");
     assert!(channel.is_closed(), "an ended process left its channel open");
+    assert_eq!(vms.claimed_ports(), 0, "an ended process left ports claimed");
+    assert!(!vms.is_open(1), "an ended process left its VM open");
 }
 
 fn check(process: &Process, space: &HostSpace, services: &HostServices) {
@@ -212,6 +233,10 @@ fn check(process: &Process, space: &HostSpace, services: &HostServices) {
         }
     }
     assert!(process.handle_count() <= MAX_HANDLES);
+    if let Some(vms) = &services.vms {
+        // Each claim is a handle of the process's.
+        assert!(vms.claimed_ports() <= sys::IOIO_MAX_PORTS * MAX_HANDLES as u64);
+    }
     let mut last_end = 0;
     for (start, m) in process.mappings().iter() {
         assert!(start >= last_end && start >= USER_BOTTOM, "mappings overlap or sit below the user bottom");

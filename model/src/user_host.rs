@@ -114,11 +114,14 @@ pub struct HostServices {
     state: u64,
     pub lines: Vec<(u32, String)>,
     pub guest: Option<PageTracker>,
+    /// VM objects a device model may open (VM 1, every port but the guest's COM2, as
+    /// on the svm platform); `None`: none offered.
+    pub vms: Option<Arc<kernel::user::vm::VmObjects>>,
 }
 
 impl Default for HostServices {
     fn default() -> Self {
-        Self { start: Instant::now(), state: 0x9e37_79b9_7f4a_7c15, lines: Vec::new(), guest: None }
+        Self { start: Instant::now(), state: 0x9e37_79b9_7f4a_7c15, lines: Vec::new(), guest: None, vms: None }
     }
 }
 
@@ -152,6 +155,14 @@ impl Services for HostServices {
 
     fn guest_pages(&self) -> Option<&PageTracker> {
         self.guest.as_ref()
+    }
+
+    fn vm_objects(&self) -> Option<&kernel::user::vm::VmObjects> {
+        self.vms.as_deref()
+    }
+
+    fn ports_claimable(&self, first: u16, count: u16) -> bool {
+        self.vms.is_some() && (0..count).all(|i| first.checked_add(i).is_some_and(|p| !(0x2F8..=0x2FF).contains(&p)))
     }
 }
 

@@ -8,14 +8,16 @@
 
 use crate::exit::{self, Action};
 use crate::hw::{PageMem, SvmCpu, SvmHw};
-use crate::iopm::{self, IoRefusal};
+use crate::iopm::{self, IoExit, IoRefusal};
 use crate::shared::SvmShared;
 use crate::slots::{PutBack, WhileOut};
 use crate::vcpu::{Exit, SvmVcpu};
+use abi::syscall::IoAccess;
 use abi::vmcb::offset;
 use abi::vmsa::VmsaField;
 use core::cell::Cell;
 use kernel::Svsm;
+use kernel::user::vm::{Served, size_mask};
 
 /// EXITINFO1 of a nested page fault: bit 1 set for a write access (AMD APM vol. 2,
 /// "Nested versus Guest Page Faults, Fault Ordering").
@@ -174,6 +176,7 @@ impl<H: SvmHw> SvmShared<H> {
         match action {
             Action::Call => {}
             Action::Msr { write } => self.answer_msr(svsm, index, v, write),
+            Action::Io(io) if self.device_io(svsm, index, v, &io, e.info2) => {}
             Action::Io(io) => {
                 v.inject_gp();
                 let why = match iopm::on_exit(&io) {
@@ -234,6 +237,46 @@ impl<H: SvmHw> SvmShared<H> {
             format_args!("svm: vCPU {index} (cpu {cpu}) {why} (exit {code:#x}, info1 {i1:#x}, info2 {i2:#x}); stopped"),
         );
         Ok(false)
+    }
+
+    /// An IN or OUT of vCPU `index` to a port a device model claimed (docs/syscalls.md
+    /// "VM objects and device models"): served by that process, the answer in RAX and
+    /// RIP at `next_rip` (EXITINFO2, which the CPU saves for I/O exits with or without
+    /// nRIP-save). `false` leaves the access to the refusal: no claim covers every byte,
+    /// a string or REP form (device models serve single accesses), or a next RIP that is
+    /// not 1..=15 bytes on.
+    fn device_io(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>, io: &IoExit, next_rip: u64) -> bool {
+        let len = next_rip.wrapping_sub(v.field(VmsaField::Rip));
+        if io.string || io.rep || io.size == 0 || !(1..=15).contains(&len) {
+            return false;
+        }
+        let Ok(vm) = u8::try_from(v.field(VmsaField::Vmpl)) else { return false };
+        let mask = u64::from(size_mask(io.size));
+        let rax = v.field(VmsaField::Rax);
+        let data = if io.input { 0 } else { (rax & mask) as u32 };
+        let access =
+            IoAccess { port: io.port, size: io.size, write: u8::from(!io.input), vcpu: index, data, reserved: 0 };
+        let value = match svsm.vm_objects().serve(vm, access) {
+            Served::NoDevice => return false,
+            Served::Read(value) => value,
+            Served::Written => 0,
+            Served::Failed => {
+                let port = io.port;
+                self.log(
+                    Level::Warn,
+                    format_args!("svm: the device model of port {port:#x} failed on vCPU {index}'s access; its ports are refused from now on"),
+                );
+                // What a vanished device gives: all ones.
+                u32::MAX
+            }
+        };
+        if io.input {
+            // IN EAX zero-extends into RAX (64-bit mode); IN AL and IN AX keep the rest.
+            let rax = if io.size == 4 { u64::from(value) } else { rax & !mask | u64::from(value) & mask };
+            v.set_field(VmsaField::Rax, rax);
+        }
+        v.skip(len);
+        true
     }
 
     /// Log a refused guest access (#GP injected), rate-limited.

@@ -17,6 +17,7 @@ pub mod handles;
 pub mod loader;
 pub mod memory;
 pub mod service_tpm;
+pub mod vm;
 
 use crate::addr::{Gpa, PageAddr, PageRange};
 use crate::error::AddressConflict;
@@ -48,6 +49,11 @@ pub enum Object {
     Channel(Arc<Channel>),
     /// A range of guest memory (OPEN_PHYSMEM).
     PhysMem(PageRange),
+    /// A VM, open in this process alone (VM_OPEN).
+    Vm(u8),
+    /// Ports of a VM whose accesses come to this process (IOIO_EVENT): a channel whose
+    /// requests are [`sys::IoAccess`] records.
+    IoEvent(Arc<Channel>),
 }
 
 /// What the kernel offers a process besides memory and objects.
@@ -66,6 +72,16 @@ pub trait Services {
     /// platform offers none.
     fn guest_pages(&self) -> Option<&PageTracker> {
         None
+    }
+    /// The VM objects and port claims processes with the right may make (VM_OPEN,
+    /// IOIO_EVENT); `None` where the platform offers none.
+    fn vm_objects(&self) -> Option<&vm::VmObjects> {
+        None
+    }
+    /// May a device model claim ports `first..first + count` (IOIO_EVENT)? Only ports
+    /// whose accesses the SVSM intercepts: never one the guest reaches directly.
+    fn ports_claimable(&self, _first: u16, _count: u16) -> bool {
+        false
     }
 }
 
@@ -112,6 +128,9 @@ pub struct Process {
     physmem: bool,
     /// Guest pages it maps now.
     guest_pages: u64,
+    /// May open VMs and claim their ports (a device model): given at start, like
+    /// `physmem`.
+    vms: bool,
 }
 
 /// The buffers a BATCH copies its records into and gathers its results in, room for
@@ -159,7 +178,13 @@ impl Process {
             batch: None,
             physmem: false,
             guest_pages: 0,
+            vms: false,
         }
+    }
+
+    /// Let the process open VMs and serve their ports (VM_OPEN, IOIO_EVENT).
+    pub fn allow_vms(&mut self) {
+        self.vms = true;
     }
 
     /// Let the process open guest memory (OPEN_PHYSMEM). No service the SVSM ships has
@@ -216,11 +241,17 @@ impl Process {
     /// stops waiting on them, its memory is freed, and the guest pages it mapped are the
     /// guest's alone again.
     pub fn end(&mut self, space: &mut dyn AddressSpace, services: &dyn Services) {
+        let vms = services.vm_objects();
         for object in self.handles.drain() {
             match object {
                 Object::Channel(c) => c.close(),
                 Object::PhysMem(_) => {}
+                Object::Vm(_) | Object::IoEvent(_) => {}
             }
+        }
+        // Its VMs close and its ports are the SVSM's again.
+        if let Some(vms) = vms {
+            vms.end_process(self.id);
         }
         let tracker = services.guest_pages();
         self.mappings.clear(space, &mut |gpa, pages| release(tracker, gpa, pages));
@@ -239,15 +270,14 @@ impl Process {
         match call.number {
             sys::EXIT => Outcome::Exit(a0),
             sys::THREAD_CREATE => self.thread_create(a0, a1, a2),
-            sys::WAIT_FOR_EVENT => match self.handles.get(a0) {
-                Some(Object::Channel(c)) if c.has_request() => Outcome::Return(1),
-                Some(Object::Channel(c)) => Outcome::Block(Wait::Request(c.clone())),
-                Some(Object::PhysMem(_)) => err(SysError::NotSupp),
-                None => err(SysError::NotFound),
+            sys::WAIT_FOR_EVENT => match self.channel(a0) {
+                Ok(c) if c.has_request() => Outcome::Return(1),
+                Ok(c) => Outcome::Block(Wait::Request(c.clone())),
+                Err(e) => err(e),
             },
             sys::BATCH => self.batch(space, services, a0, a1, a2).map_or_else(err, Outcome::Return),
             sys::CHANNEL_RECEIVE => self.receive(space, a0, a1, a2),
-            // EXEC and the VM objects are not served yet (docs/syscalls.md).
+            // EXEC is not served yet (docs/syscalls.md).
             _ => Outcome::Return(self.immediate(space, services, call).unwrap_or(SysError::NoSys.to_rax())),
         }
     }
@@ -267,9 +297,24 @@ impl Process {
                 }
                 // Its mappings stay until unmapped, as a file's do after close.
                 Some(Object::PhysMem(_)) => Ok(0),
+                Some(Object::Vm(vm)) => {
+                    if let Some(vms) = services.vm_objects() {
+                        vms.close(vm, self.id);
+                    }
+                    Ok(0)
+                }
+                Some(Object::IoEvent(c)) => {
+                    match services.vm_objects() {
+                        Some(vms) => vms.unclaim(&c),
+                        None => c.close(),
+                    }
+                    Ok(0)
+                }
                 None => Err(SysError::NotFound),
             },
             sys::OPEN_PHYSMEM => self.open_physmem(space, services, a0, a1),
+            sys::VM_OPEN => self.vm_open(services, a0),
+            sys::IOIO_EVENT => self.ioio_event(services, a0, a1, a2),
             sys::CAPABILITIES => match a0 {
                 sys::caps::COUNT => Ok(sys::caps::LAST),
                 sys::caps::VM_BITMAP => Ok(services.vm_bitmap()),
@@ -288,11 +333,54 @@ impl Process {
         Some(result.unwrap_or_else(SysError::to_rax))
     }
 
+    /// A handle that receives requests: a channel, or a port event.
     fn channel(&self, handle: u64) -> Result<&Arc<Channel>, SysError> {
         match self.handles.get(handle) {
-            Some(Object::Channel(c)) => Ok(c),
-            Some(Object::PhysMem(_)) => Err(SysError::NotSupp),
+            Some(Object::Channel(c) | Object::IoEvent(c)) => Ok(c),
+            Some(Object::PhysMem(_) | Object::Vm(_)) => Err(SysError::NotSupp),
             None => Err(SysError::NotFound),
+        }
+    }
+
+    /// VM_OPEN(index): the VM is this process's alone until it closes the handle or
+    /// ends.
+    fn vm_open(&mut self, services: &dyn Services, index: u64) -> Result<u64, SysError> {
+        let vms = services.vm_objects().filter(|_| self.vms).ok_or(SysError::Perm)?;
+        let vm = u8::try_from(index).ok().filter(|i| *i < 64 && services.vm_bitmap() & (1 << i) != 0);
+        let vm = vm.ok_or(SysError::NotFound)?;
+        vms.open(vm, self.id)?;
+        match self.handles.insert(Object::Vm(vm)) {
+            Ok(handle) => Ok(handle.into()),
+            Err(_) => {
+                vms.close(vm, self.id);
+                Err(SysError::NoMem)
+            }
+        }
+    }
+
+    /// IOIO_EVENT(vm, first, count): the VM's accesses to these ports come to this
+    /// process.
+    fn ioio_event(&mut self, services: &dyn Services, vm: u64, first: u64, count: u64) -> Result<u64, SysError> {
+        let vm = match self.handles.get(vm) {
+            Some(Object::Vm(vm)) => *vm,
+            Some(_) => return Err(SysError::NotSupp),
+            None => return Err(SysError::NotFound),
+        };
+        let vms = services.vm_objects().ok_or(SysError::NotSupp)?;
+        if services.features() & sys::features::IOIO_EVENTS == 0 {
+            return Err(SysError::NotSupp);
+        }
+        let ports = vm::port_range(first, count)?;
+        if !services.ports_claimable(ports.0, ports.1) {
+            return Err(SysError::Perm);
+        }
+        let channel = vms.claim(vm, ports, self.id)?;
+        match self.handles.insert(Object::IoEvent(channel.clone())) {
+            Ok(handle) => Ok(handle.into()),
+            Err(_) => {
+                vms.unclaim(&channel);
+                Err(SysError::NoMem)
+            }
         }
     }
 
@@ -398,7 +486,7 @@ impl Process {
                     let range = *range;
                     self.mmap_guest(space, services, range, addr, offset, len, flags, prot)
                 }
-                Some(Object::Channel(_)) => Err(SysError::NotSupp),
+                Some(Object::Channel(_) | Object::Vm(_) | Object::IoEvent(_)) => Err(SysError::NotSupp),
                 None => Err(SysError::NotFound),
             };
         }

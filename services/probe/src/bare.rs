@@ -7,6 +7,8 @@ use user_rt as rt;
 
 /// The mode that measures system calls instead of probing.
 const BENCH_MODE: u64 = 100;
+/// The mode that serves the test device's ports for the guest (on the svm platform).
+const DEVICE_MODE: u64 = 14;
 
 /// Exit code of a probe whose forbidden access did not fault.
 const PROBE_SURVIVED: u64 = 0xbad;
@@ -336,12 +338,72 @@ fn fpu_clean() -> ! {
     rt::exit(if clean { 12 } else { 1 })
 }
 
+/// Serve the test device (`abi::syscall::test_device`) for VM 1, the guest on the svm
+/// platform. First the refusals of the ABI, each of which must hold or the process exits
+/// with the number of the one that did not (the SVSM reports the exit): a second open of
+/// the VM, a VM that does not exist, ports the guest reaches directly (its COM2), ports
+/// another event holds. Then, for ever: wait for an access, answer it.
+fn test_device() -> ! {
+    use sys::test_device::{COUNT, COUNTER, CRASH, FIRST, REGISTER};
+    let Ok(vm) = rt::vm_open(1) else { rt::exit(1) };
+    if rt::vm_open(1) != Err(SysError::Busy) {
+        rt::exit(2);
+    }
+    if rt::vm_open(0) != Err(SysError::NotFound) {
+        rt::exit(3);
+    }
+    if rt::ioio_event(vm, 0x2F8, 8) != Err(SysError::Perm) {
+        rt::exit(4);
+    }
+    let Ok(event) = rt::ioio_event(vm, FIRST.into(), COUNT.into()) else { rt::exit(5) };
+    if rt::ioio_event(vm, u64::from(FIRST) + 4, 1) != Err(SysError::Busy) {
+        rt::exit(6);
+    }
+    // The VM handle is not needed to serve: closing it lets nobody else claim these
+    // ports (they are this event's until it closes).
+    if rt::close(vm).is_err() {
+        rt::exit(7);
+    }
+    rt::log(b"probe: test device on ports 0xb10..0xb17 of VM 1, served at CPL 3");
+    let (mut register, mut served) = ([0u8; 4], 0u32);
+    let mut request = [0u8; 16];
+    loop {
+        if rt::wait_for_event(event) != Ok(1) || rt::channel_receive(event, &mut request) != Ok(16) {
+            rt::exit(8);
+        }
+        let Ok(access) = <sys::IoAccess as zerocopy::FromBytes>::read_from_bytes(&request) else { rt::exit(9) };
+        served = served.wrapping_add(1);
+        if access.write != 0 && access.port == COUNTER && access.size == 4 && access.data == CRASH {
+            // SAFETY: not sound on purpose: the guest asked the test device to fault,
+            // and the SVSM's image is not ours.
+            unsafe { core::ptr::read_volatile(SVSM_IMAGE as *const u64) };
+        }
+        // Byte by byte: an access may span the register and the counter.
+        let (data, count) = (access.data.to_le_bytes(), served.to_le_bytes());
+        let mut answer = [0u8; 4];
+        for i in 0..usize::from(access.size).min(4) {
+            let offset = usize::from(access.port.wrapping_sub(REGISTER)) + i;
+            match (offset < 4, access.write != 0) {
+                (true, true) => register[offset % 4] = data[i],
+                (true, false) => answer[i] = register[offset % 4],
+                (false, false) => answer[i] = count[offset % 4],
+                // The counter is read-only.
+                (false, true) => {}
+            }
+        }
+        if rt::channel_reply(event, &answer).is_err() {
+            rt::exit(10);
+        }
+    }
+}
+
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text._start")]
 extern "C" fn _start(mode: u64) -> ! {
     match mode {
         0 => hello(),
         BENCH_MODE => bench(),
+        DEVICE_MODE => test_device(),
         _ => probe(mode),
     }
 }

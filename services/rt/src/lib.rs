@@ -156,3 +156,28 @@ pub fn batch(calls: &[BatchIn], results: &mut [BatchOut]) -> Result<u64, SysErro
         unsafe { syscall(sys::BATCH, [input.as_ptr() as u64, output.as_mut_ptr() as u64, calls.len() as u64, 0, 0]) };
     result(rax)
 }
+
+/// Wait until `handle` (a channel or a port event) has a request: 1.
+pub fn wait_for_event(handle: u64) -> Result<u64, SysError> {
+    // SAFETY: WAIT_FOR_EVENT reads and writes no memory of ours.
+    result(unsafe { syscall(sys::WAIT_FOR_EVENT, [handle, 0, 0, 0, 0]) })
+}
+
+/// Open VM `index` (CAPABILITIES' VM bitmap): its handle.
+pub fn vm_open(index: u64) -> Result<u64, SysError> {
+    // SAFETY: VM_OPEN reads and writes no memory of ours.
+    result(unsafe { syscall(sys::VM_OPEN, [index, 0, 0, 0, 0]) })
+}
+
+/// Claim ports `first..first + count` of the open VM `vm`: the handle their accesses
+/// arrive on (as `IoAccess` requests).
+pub fn ioio_event(vm: u64, first: u64, count: u64) -> Result<u64, SysError> {
+    // SAFETY: IOIO_EVENT reads and writes no memory of ours.
+    result(unsafe { syscall(sys::IOIO_EVENT, [vm, first, count, 0, 0]) })
+}
+
+/// Close `handle`.
+pub fn close(handle: u64) -> Result<(), SysError> {
+    // SAFETY: CLOSE reads and writes no memory of ours.
+    result(unsafe { syscall(sys::CLOSE, [handle, 0, 0, 0, 0]) }).map(|_| ())
+}

@@ -479,3 +479,91 @@ fn a_write_fault_on_a_tracked_page_is_recorded_and_retried() {
     w.svsm.stop_dirty_tracking(&mut w.p.platform(0)).unwrap();
     assert_eq!(w.p.platform(0).vmpl_permissions(tracked, guest_vmpl).map(|p| p & 2), Some(2));
 }
+
+/// A port a device model claimed (docs/syscalls.md "VM objects and device models"): the
+/// access goes to the process, the vCPU gets the answer in RAX as IN defines it (AL and
+/// AX keep the rest of RAX, EAX clears the upper half) and RIP lands at EXITINFO2. The
+/// forms a device model does not serve, and accesses that leave the claim, are refused.
+#[test]
+fn a_claimed_port_is_served_by_its_device_model() {
+    use kernel::user::channel::Receive;
+    use std::sync::{Arc, Mutex};
+    let mut w = world();
+    let vms = w.svsm.vm_objects().clone();
+    vms.open(crate::vcpu::GUEST_VMPL, 7).unwrap();
+    let channel = vms.claim(crate::vcpu::GUEST_VMPL, (0xB10, 8), 7).unwrap();
+    let seen = Arc::new(Mutex::new(std::vec::Vec::new()));
+    let log = seen.clone();
+    vms.host(
+        7,
+        std::boxed::Box::new(move || {
+            if let Receive::Request(r) = channel.receive(16) {
+                log.lock().unwrap().push(<abi::syscall::IoAccess as zerocopy::FromBytes>::read_from_bytes(&r).unwrap());
+                assert!(channel.reply(0x1122_3344u32.to_le_bytes().to_vec()));
+            }
+            true
+        }),
+    )
+    .unwrap();
+    let io = |port: u64, size: u64, input: bool, rax: u64, len: u64, w: &World| Step {
+        code: code::IOIO,
+        info1: port << 16 | size << 4 | u64::from(input),
+        info2: w.field(VmsaField::Rip) + len,
+        rax,
+        ..Step::default()
+    };
+    // IN AL, DX (EC): one byte, the rest of RAX kept.
+    let rip = w.field(VmsaField::Rip);
+    assert_eq!(w.run(&[io(0xB11, 1, true, 0xFFFF_FFFF_FFFF_FF00, 1, &w)]), Ok(true));
+    assert_eq!((w.field(VmsaField::Rax), w.field(VmsaField::Rip)), (0xFFFF_FFFF_FFFF_FF44, rip + 1));
+    assert_eq!(w.event(), 0, "nothing injected");
+    // IN EAX, DX: the upper half cleared.
+    assert_eq!(w.run(&[io(0xB10, 4, true, u64::MAX, 1, &w)]), Ok(true));
+    assert_eq!(w.field(VmsaField::Rax), 0x1122_3344);
+    // OUT DX, AX (66 EF): two bytes of RAX reach the process; RAX stays.
+    assert_eq!(w.run(&[io(0xB12, 2, false, 0xDEAD_BEEF, 2, &w)]), Ok(true));
+    assert_eq!(w.field(VmsaField::Rax), 0xDEAD_BEEF);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert_eq!((seen[0].port, seen[0].size, seen[0].write, seen[0].data), (0xB11, 1, 0, 0));
+    assert_eq!((seen[2].port, seen[2].size, seen[2].write, seen[2].data), (0xB12, 2, 1, 0xBEEF));
+
+    // Refused with #GP, RIP on the instruction, the process never asked: a dword that
+    // runs past the claim, REP INSB, and an exit whose next RIP is not just after it.
+    for step in [
+        io(0xB16, 4, true, 0, 1, &w),
+        Step { info1: 0xB10 << 16 | 1 << 4 | 1 << 3 | 1 << 2 | 1, ..io(0xB10, 1, true, 0, 2, &w) },
+        io(0xB10, 1, true, 0, 0, &w),
+        io(0xB10, 1, true, 0, 16, &w),
+    ] {
+        let rip = w.field(VmsaField::Rip);
+        assert_eq!(w.run(&[step]), Ok(true));
+        assert_eq!((w.event(), w.field(VmsaField::Rip)), (GP, rip), "{step:?}");
+    }
+    assert_eq!(w.svsm.vm_objects().claimed_ports(), 8);
+}
+
+/// A device model that ends on an access: an IN gets all ones (a vanished device), the
+/// failure is logged, and its ports are refused from then on.
+#[test]
+fn a_failed_device_model_reads_all_ones_then_its_ports_are_refused() {
+    let mut w = world();
+    let vms = w.svsm.vm_objects().clone();
+    vms.open(crate::vcpu::GUEST_VMPL, 7).unwrap();
+    let _channel = vms.claim(crate::vcpu::GUEST_VMPL, (0xB10, 8), 7).unwrap();
+    vms.host(7, std::boxed::Box::new(|| false)).unwrap();
+    let step = |w: &World| Step {
+        code: code::IOIO,
+        info1: 0xB10 << 16 | 1 << 5 | 1,
+        info2: w.field(VmsaField::Rip) + 2,
+        rax: 0x5555_0000,
+        ..Step::default()
+    };
+    assert_eq!(w.run(&[step(&w)]), Ok(true));
+    assert_eq!(w.field(VmsaField::Rax), 0x5555_FFFF);
+    assert!(w.p.hw.logged("the device model of port 0xb10 failed"));
+    let rip = w.field(VmsaField::Rip);
+    assert_eq!(w.run(&[step(&w)]), Ok(true));
+    assert_eq!((w.event(), w.field(VmsaField::Rip)), (GP, rip));
+    assert!(!w.svsm.vm_objects().is_open(crate::vcpu::GUEST_VMPL));
+}

@@ -135,6 +135,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     clock::calibrate();
     let sealed = open_sealed_state(&svsm, &platform, &ram);
     user::boot_check(svsm.pages(), user::Checks::Svm);
+    user::start_test_device(svsm.vm_objects());
     vtpm::crash_check();
     let device = migration_device(&ram);
     let incoming = cmdline_has(&info, "migrate=incoming");

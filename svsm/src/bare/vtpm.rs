@@ -107,7 +107,7 @@ fn load(id: u32) -> Result<(Arc<Channel>, RunService), &'static str> {
         Loaded::new(id, PAGE_QUOTA, MEMORY_LIMIT, &VTPM.0, alloc::vec![Object::Channel(channel.clone())], 0)
             .map_err(|_| "the vTPM service module did not load")?;
     let mut reported = false;
-    let run: RunService = Box::new(move || match service.run(BUDGET_MS, None) {
+    let run: RunService = Box::new(move || match service.run(BUDGET_MS, None, None) {
         Ended::Blocked => {
             if !core::mem::replace(&mut reported, true) {
                 println!(

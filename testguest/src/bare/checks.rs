@@ -129,6 +129,9 @@ pub fn run_all() -> (bool, u64) {
     r.check("3/guest-msrs-pass-through", ok, format_args!("{detail}"));
     let (ok, detail) = super::msrs::emulated_msrs(&mut c);
     r.check("3/emulated-msrs-as-hardware", ok, format_args!("{detail}"));
+    // A device model at CPL 3 serves the test device's ports.
+    let (ok, detail) = super::device::served_at_cpl3();
+    r.check("user/device-model-serves-ports", ok, format_args!("{detail}"));
     let still = c.query_protocol(ProtocolId::CORE, 1);
     r.check("5/serving-after-refusals", still == Ok(Some((1, 1))), format_args!("{still:?}"));
 
@@ -248,6 +251,10 @@ pub fn run_all() -> (bool, u64) {
     // The SVSM's observability sources, as a guest OS would show them.
     let sources = super::ocp::print_sources(&mut c, SMALL + 0x8000);
     r.check("ocp/print-sources", sources.is_ok(), format_args!("{sources:?}"));
+
+    // Last, since it takes the test device away: a device model that faults.
+    let (ok, detail) = super::device::crash_is_contained(&mut c);
+    r.check("user/device-model-crash-contained", ok, format_args!("{detail}"));
 
     println!("testguest: {} checks failed", r.failed);
     (r.failed == 0, c.calling_area)

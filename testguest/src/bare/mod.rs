@@ -7,6 +7,7 @@ mod console;
 mod agent;
 mod ap;
 mod checks;
+mod device;
 mod entry;
 mod evidence;
 mod gate;

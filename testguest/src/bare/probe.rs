@@ -99,6 +99,74 @@ pub fn port_readable(port: u16) -> bool {
     !FAULTED.load(Ordering::SeqCst)
 }
 
+/// IN of `size` bytes (1, 2 or 4) from `port`: the value, or `None` if refused.
+pub fn port_in(port: u16, size: u8) -> Option<u32> {
+    let value: u32;
+    // SAFETY: one port read whose fault, if any, the armed handler absorbs (EAX is then
+    // whatever it held, and ignored). EAX starts at all ones so the bits IN AL and IN AX
+    // leave alone are known and cut off below.
+    unsafe {
+        match size {
+            1 => {
+                arm(1); // in al, dx = EC
+                core::arch::asm!("in al, dx", in("dx") port, inout("eax") u32::MAX => value, options(nomem, nostack));
+            }
+            2 => {
+                arm(2); // in ax, dx = 66 ED
+                core::arch::asm!("in ax, dx", in("dx") port, inout("eax") u32::MAX => value, options(nomem, nostack));
+            }
+            _ => {
+                arm(1); // in eax, dx = ED
+                core::arch::asm!("in eax, dx", in("dx") port, inout("eax") u32::MAX => value, options(nomem, nostack));
+            }
+        }
+    }
+    ARMED.store(false, Ordering::SeqCst);
+    let mask = match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => u32::MAX,
+    };
+    (!FAULTED.load(Ordering::SeqCst)).then_some(value & mask)
+}
+
+/// OUT of the low `size` bytes (1, 2 or 4) of `value` to `port`: `false` if refused.
+pub fn port_out(port: u16, size: u8, value: u32) -> bool {
+    // SAFETY: one port write whose fault, if any, the armed handler absorbs; the caller
+    // only writes ports of devices the SVSM emulates or refuses.
+    unsafe {
+        match size {
+            1 => {
+                arm(1); // out dx, al = EE
+                core::arch::asm!("out dx, al", in("dx") port, in("al") value as u8, options(nomem, nostack));
+            }
+            2 => {
+                arm(2); // out dx, ax = 66 EF
+                core::arch::asm!("out dx, ax", in("dx") port, in("ax") value as u16, options(nomem, nostack));
+            }
+            _ => {
+                arm(1); // out dx, eax = EF
+                core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack));
+            }
+        }
+    }
+    ARMED.store(false, Ordering::SeqCst);
+    !FAULTED.load(Ordering::SeqCst)
+}
+
+/// REP INSB of one byte from `port`: `false` if refused.
+pub fn port_rep_insb(port: u16) -> bool {
+    let mut byte = 0u8;
+    arm(2); // rep insb = F3 6C
+    // SAFETY: reads at most one byte into `byte` (RCX = 1, RDI at it, DF clear as the
+    // ABI keeps it); a fault, if any, the armed handler absorbs.
+    unsafe {
+        core::arch::asm!("rep insb", in("dx") port, inout("rcx") 1u64 => _, inout("rdi") &raw mut byte => _, options(nostack))
+    };
+    ARMED.store(false, Ordering::SeqCst);
+    !FAULTED.load(Ordering::SeqCst)
+}
+
 /// The error code of the last fault a probe absorbed.
 pub fn last_error_code() -> u64 {
     ERROR_CODE.load(Ordering::SeqCst)

@@ -20,6 +20,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 pub use entry::UserRegs;
 use kernel::user::loader;
+use kernel::user::vm::{Runner, VmObjects};
 use kernel::user::{Call, Outcome, Process, Services};
 use space::UserSpace;
 use spin::Mutex;
@@ -102,10 +103,11 @@ pub fn fault(frame: &super::exceptions::Frame) -> ! {
     entry::abort_to_kernel()
 }
 
-/// Clocks, entropy and the log, as the bare-metal SVSM has them, and the guest memory a
-/// process with the right may map.
+/// Clocks, entropy and the log, as the bare-metal SVSM has them, the guest memory a
+/// process with the right may map, and the VM objects a device model may open.
 struct BareServices<'a> {
     guest: Option<&'a kernel::pages::PageTracker>,
+    vms: Option<&'a VmObjects>,
 }
 
 impl Services for BareServices<'_> {
@@ -134,12 +136,26 @@ impl Services for BareServices<'_> {
     }
 
     fn features(&self) -> u64 {
-        // Platform bits 0..=2 (docs/syscalls.md "CAPABILITIES"): 1 SNP, 0 native.
-        u64::from(super::snp::guest_vmpl().is_some())
+        // Platform bits 0..=2 (docs/syscalls.md "CAPABILITIES"): 1 SNP, 0 native. Only
+        // the svm platform sees the guest's port I/O (under SEV-SNP it goes to the host).
+        match super::snp::guest_vmpl() {
+            Some(_) => 1,
+            None => abi::syscall::features::IOIO_EVENTS,
+        }
     }
 
     fn guest_pages(&self) -> Option<&kernel::pages::PageTracker> {
         self.guest
+    }
+
+    fn vm_objects(&self) -> Option<&VmObjects> {
+        self.vms
+    }
+
+    fn ports_claimable(&self, first: u16, count: u16) -> bool {
+        // Every port the SVSM intercepts: all but the guest's own (svm's I/O policy).
+        super::snp::guest_vmpl().is_none()
+            && (0..count).all(|i| first.checked_add(i).is_some_and(|p| !::svm::iopm::is_guest_port(p)))
     }
 }
 
@@ -371,18 +387,30 @@ impl Loaded {
         Ok(Self { process, space, threads, next_id: 1, thread_page: start.thread })
     }
 
-    /// Run (or resume) the process until it exits, faults, blocks or has run
-    /// `budget_ms`; `guest` is the guest memory a process with the right may map.
     /// Pages of the SVSM's heap the process holds (frames and tables).
     pub fn svsm_pages(&self) -> u64 {
         self.space.svsm_pages()
     }
 
+    /// Let the process open VMs and serve their ports (a device model).
+    pub fn allow_vms(&mut self) {
+        self.process.allow_vms();
+    }
+
+    /// Run (or resume) the process until it exits, faults, blocks or has run
+    /// `budget_ms`; `guest` is the guest memory a process with the right may map, `vms`
+    /// the VM objects one with that right may open.
+    ///
     /// Whatever the process does to the x87/SSE registers and FS stays its own: the
     /// guest's are set aside around the run (`fpu::with_c_state`).
-    pub fn run(&mut self, budget_ms: u64, guest: Option<&kernel::pages::PageTracker>) -> Ended {
+    pub fn run(
+        &mut self,
+        budget_ms: u64,
+        guest: Option<&kernel::pages::PageTracker>,
+        vms: Option<&VmObjects>,
+    ) -> Ended {
         let Self { process, space, threads, next_id, thread_page } = self;
-        let mut services = BareServices { guest };
+        let mut services = BareServices { guest, vms };
         super::fpu::with_c_state(|| {
             entry::set_fs_base(*thread_page);
             run(process, space, threads, next_id, budget_ms, &mut services)
@@ -397,7 +425,7 @@ fn run_probe(id: u32, mode: u64, guest: &kernel::pages::PageTracker) -> Result<E
     if PHYSMEM_MODES.contains(&mode) {
         loaded.process.allow_physmem();
     }
-    Ok(loaded.run(PROBE_BUDGET_MS, Some(guest)))
+    Ok(loaded.run(PROBE_BUDGET_MS, Some(guest), None))
 }
 
 /// The probe's modes that need time slices: one spins, and in two a thread spins while
@@ -537,6 +565,61 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
 
 /// The probe's benchmark mode (services/probe).
 const BENCH_MODE: u64 = 100;
+
+/// The probe's mode that serves the test device (`abi::syscall::test_device`).
+const DEVICE_MODE: u64 = 14;
+/// The test device's process id.
+const DEVICE_PROCESS_ID: u32 = 50;
+/// How long the test device may take over one access (or its start) before it is
+/// treated as hung and ended: the guest's vCPU waits that long at most.
+const DEVICE_BUDGET_MS: u64 = 100;
+
+/// Start the test device (docs/syscalls.md "VM objects and device models"): the probe
+/// module in its device mode, a device model at CPL 3 with the right to open VMs. It runs
+/// until it has opened VM 1, claimed the device's ports and waits; from then on an IN or
+/// OUT of the guest to those ports runs it on the CPU of the vCPU that made it
+/// (`VmObjects::serve`). If it ends (the guest can make it fault on purpose), its ports
+/// are refused again like every other port of the SVSM.
+pub fn start_test_device(vms: &alloc::sync::Arc<VmObjects>) {
+    if PROBE.0.is_empty() {
+        return;
+    }
+    let id = DEVICE_PROCESS_ID;
+    let mut device = match Loaded::new(id, PROBE_QUOTA, PROBE_QUOTA + 32, &PROBE.0, Vec::new(), DEVICE_MODE) {
+        Ok(device) => device,
+        Err(e) => {
+            println!("devices: the test device's module did not load ({e:?}) -- NOT AS EXPECTED");
+            return;
+        }
+    };
+    device.allow_vms();
+    match device.run(DEVICE_BUDGET_MS, None, Some(vms)) {
+        Ended::Blocked => {}
+        other => {
+            println!("devices: the test device did not start serving ({other:?}) -- NOT AS EXPECTED");
+            return;
+        }
+    }
+    let shared = vms.clone();
+    let run: Runner = alloc::boxed::Box::new(move || match device.run(DEVICE_BUDGET_MS, None, Some(&shared)) {
+        Ended::Blocked => true,
+        ended => {
+            println!("devices: the test device's process ended ({ended:?}); its ports are refused from now on");
+            false
+        }
+    });
+    if vms.host(id, run).is_err() {
+        println!("devices: no memory to host the test device -- NOT AS EXPECTED");
+        vms.end_process(id);
+        return;
+    }
+    println!(
+        "devices: test device on ports {:#x}..{:#x} of VM 1, served by process {id} at CPL 3 ({} ports claimed)",
+        abi::syscall::test_device::FIRST,
+        abi::syscall::test_device::FIRST + abi::syscall::test_device::COUNT - 1,
+        vms.claimed_ports()
+    );
+}
 
 fn on(b: bool) -> &'static str {
     if b { "on" } else { "unavailable" }

@@ -1,0 +1,204 @@
+//! VM objects and port events through the kernel's system call layer
+//! (docs/syscalls.md "VM objects and device models"): who may open a VM, how often, which
+//! ports a device model may claim, and a guest port access served end to end by a
+//! process that answers with CHANNEL_RECEIVE and CHANNEL_REPLY, as the bare-metal run
+//! loop drives it. The svm platform's side (the exit, RAX and RIP) is tested in the
+//! `svm` crate (`run::tests`); the boot's test guest checks the whole path at CPL 3.
+
+use abi::syscall::{self as sys, IoAccess, SysError, map};
+use bulwark_model::user_host::HostSpace;
+use kernel::user::memory::AddressSpace;
+use kernel::user::vm::{Served, VmObjects};
+use kernel::user::{Call, Outcome, Process, Services};
+use std::sync::Arc;
+use zerocopy::IntoBytes;
+
+/// The kernel's services with VM 1 (bit 1 of the bitmap), its VM objects, and the svm
+/// platform's rule for ports: every port but the guest's COM2 (0x2F8..0x2FF).
+struct Svm(Arc<VmObjects>);
+
+impl Services for Svm {
+    fn clock_ns(&mut self) -> u64 {
+        0
+    }
+    fn random(&mut self, _: &mut [u8]) -> bool {
+        false
+    }
+    fn log(&mut self, _: u32, _: &[u8]) {}
+    fn vm_bitmap(&self) -> u64 {
+        0b10
+    }
+    fn features(&self) -> u64 {
+        sys::features::IOIO_EVENTS
+    }
+    fn vm_objects(&self) -> Option<&VmObjects> {
+        Some(&self.0)
+    }
+    fn ports_claimable(&self, first: u16, count: u16) -> bool {
+        (first..first + count).all(|p| !(0x2F8..=0x2FF).contains(&p))
+    }
+}
+
+fn call(p: &mut Process, space: &mut HostSpace, s: &mut Svm, number: u64, args: [u64; 5]) -> Result<u64, SysError> {
+    match p.syscall(space, s, Call { number, args }) {
+        Outcome::Return(rax) => match SysError::from_rax(rax) {
+            Some(e) => Err(e.expect("a known error code")),
+            None => Ok(rax),
+        },
+        other => panic!("the call did not return: {other:?}"),
+    }
+}
+
+fn device_process(id: u32) -> Process {
+    let mut p = Process::new(id, 16);
+    p.allow_vms();
+    p
+}
+
+#[test]
+fn a_vm_opens_once_for_a_process_with_the_right() {
+    let vms = Arc::new(VmObjects::default());
+    let mut s = Svm(vms.clone());
+    let mut space = HostSpace::default();
+    // The vTPM's process has no right to VMs.
+    let mut plain = Process::new(1, 16);
+    assert_eq!(call(&mut plain, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]), Err(SysError::Perm));
+
+    let mut a = device_process(2);
+    for missing in [0, 2, 63, 64, 1 << 32, u64::MAX] {
+        assert_eq!(call(&mut a, &mut space, &mut s, sys::VM_OPEN, [missing, 0, 0, 0, 0]), Err(SysError::NotFound));
+    }
+    let vm = call(&mut a, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    assert_eq!(call(&mut a, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]), Err(SysError::Busy));
+    let mut b = device_process(3);
+    let mut b_space = HostSpace::default();
+    assert_eq!(call(&mut b, &mut b_space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]), Err(SysError::Busy));
+    // Passing a VM on: close here, open there.
+    call(&mut a, &mut space, &mut s, sys::CLOSE, [vm, 0, 0, 0, 0]).unwrap();
+    assert_eq!(call(&mut a, &mut space, &mut s, sys::CLOSE, [vm, 0, 0, 0, 0]), Err(SysError::NotFound));
+    let vm_b = call(&mut b, &mut b_space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    // A process that ends gives its VM back.
+    b.end(&mut b_space, &s);
+    assert!(!vms.is_open(1));
+    let _ = vm_b;
+    call(&mut a, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+}
+
+#[test]
+fn a_full_handle_table_leaves_no_vm_open_and_no_port_claimed() {
+    let vms = Arc::new(VmObjects::default());
+    let mut s = Svm(vms.clone());
+    let mut space = HostSpace::default();
+    let mut p = device_process(2);
+    let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    let mut events = 0;
+    while call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x1000 + events, 1, 0, 0]).is_ok() {
+        events += 1;
+    }
+    assert_eq!(call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x3000, 1, 0, 0]), Err(SysError::NoMem));
+    assert_eq!(vms.claimed_ports(), events, "the refused claim is not kept");
+    call(&mut p, &mut space, &mut s, sys::CLOSE, [vm, 0, 0, 0, 0]).unwrap();
+    // One handle free again, the VM closed: an open that fills the table again works,
+    // and with no free handle the open is undone.
+    let again = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    assert_eq!(call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [again, 0x3000, 1, 0, 0]), Err(SysError::NoMem));
+    call(&mut p, &mut space, &mut s, sys::CLOSE, [again, 0, 0, 0, 0]).unwrap();
+    let ev = call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [again, 0x3000, 1, 0, 0]);
+    assert_eq!(ev, Err(SysError::NotFound), "the VM handle is closed");
+    p.end(&mut space, &s);
+    assert_eq!(vms.claimed_ports(), 0);
+}
+
+#[test]
+fn a_device_model_claims_only_ports_the_svsm_intercepts_and_no_one_elses() {
+    let vms = Arc::new(VmObjects::default());
+    let mut s = Svm(vms.clone());
+    let mut space = HostSpace::default();
+    let mut p = device_process(2);
+    let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    let ev = |p: &mut Process, space: &mut HostSpace, s: &mut Svm, handle, first, count| {
+        call(p, space, s, sys::IOIO_EVENT, [handle, first, count, 0, 0])
+    };
+    assert_eq!(ev(&mut p, &mut space, &mut s, vm, 0x2F0, 16), Err(SysError::Perm), "reaches the guest's COM2");
+    for (first, count) in [(0xB10, 0), (0xB10, sys::IOIO_MAX_PORTS + 1), (0xFFFF, 2), (1 << 16, 1)] {
+        assert_eq!(ev(&mut p, &mut space, &mut s, vm, first, count), Err(SysError::Inval), "{first:#x}+{count}");
+    }
+    assert_eq!(ev(&mut p, &mut space, &mut s, vm + 1, 0xB10, 8), Err(SysError::NotFound));
+    let mem = call(&mut p, &mut space, &mut s, sys::MMAP, [sys::NO_HANDLE, 0, 0, 4096, map::READ | map::ANONYMOUS]);
+    assert!(mem.is_ok());
+    let event = ev(&mut p, &mut space, &mut s, vm, 0xB10, 8).unwrap();
+    assert_eq!(ev(&mut p, &mut space, &mut s, event, 0xB20, 8), Err(SysError::NotSupp), "an event is not a VM");
+    assert_eq!(ev(&mut p, &mut space, &mut s, vm, 0xB17, 2), Err(SysError::Busy));
+    // A VM handle and an event are not memory.
+    for handle in [vm, event] {
+        let m = call(&mut p, &mut space, &mut s, sys::MMAP, [handle, 0, 0, 4096, map::READ]);
+        assert_eq!(m, Err(SysError::NotSupp));
+    }
+    // Another process that opens the VM after this one closed it cannot take the ports.
+    call(&mut p, &mut space, &mut s, sys::CLOSE, [vm, 0, 0, 0, 0]).unwrap();
+    let mut q = device_process(3);
+    let mut q_space = HostSpace::default();
+    let vm_q = call(&mut q, &mut q_space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    assert_eq!(ev(&mut q, &mut q_space, &mut s, vm_q, 0xB14, 1), Err(SysError::Busy));
+    // Closing the event gives them up.
+    call(&mut p, &mut space, &mut s, sys::CLOSE, [event, 0, 0, 0, 0]).unwrap();
+    ev(&mut q, &mut q_space, &mut s, vm_q, 0xB14, 1).unwrap();
+}
+
+/// The whole kernel path: the platform's exit handler calls `serve`, which runs the
+/// device model (here: the process's system calls made in the order its loop makes
+/// them); the process receives the access as an `IoAccess` and answers an IN with
+/// CHANNEL_REPLY.
+#[test]
+fn a_port_access_is_served_by_the_process_through_its_event() {
+    let vms = Arc::new(VmObjects::default());
+    let mut s = Svm(vms.clone());
+    let mut space = HostSpace::default();
+    let mut p = device_process(2);
+    let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    let event = call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0xB10, 8, 0, 0]).unwrap();
+    let buf = call(
+        &mut p,
+        &mut space,
+        &mut s,
+        sys::MMAP,
+        [sys::NO_HANDLE, 0, 0, 4096, map::READ | map::WRITE | map::ANONYMOUS],
+    )
+    .unwrap();
+    // Nothing yet: WAIT_FOR_EVENT blocks.
+    assert!(matches!(
+        p.syscall(&mut space, &mut s, Call { number: sys::WAIT_FOR_EVENT, args: [event, 0, 0, 0, 0] }),
+        Outcome::Block(_)
+    ));
+
+    // The device: a register that answers an IN with the last OUT plus one.
+    let run_vms = vms.clone();
+    let mut register = 0u32;
+    let run = Box::new(move || {
+        let mut s = Svm(run_vms.clone());
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::WAIT_FOR_EVENT, [event, 0, 0, 0, 0]), Ok(1));
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_RECEIVE, [event, buf, 16, 0, 0]), Ok(16));
+        let mut bytes = [0u8; 16];
+        space.read(buf, &mut bytes).unwrap();
+        let a = <IoAccess as zerocopy::FromBytes>::read_from_bytes(&bytes).unwrap();
+        if a.write != 0 {
+            register = a.data;
+        }
+        space.write(buf, (register + 1).as_bytes()).unwrap();
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_REPLY, [event, buf, 4, 0, 0]), Ok(0));
+        // Back to waiting: nothing more is posted.
+        !matches!(
+            p.syscall(&mut space, &mut s, Call { number: sys::CHANNEL_RECEIVE, args: [event, buf, 16, 0, 0] }),
+            Outcome::Return(_)
+        )
+    });
+    vms.host(2, run).unwrap();
+    let access = |port, size, write, data| IoAccess { port, size, write, vcpu: 0, data, reserved: 0 };
+    assert_eq!(vms.serve(1, access(0xB10, 4, 1, 41)), Served::Written);
+    assert_eq!(vms.serve(1, access(0xB10, 4, 0, 0)), Served::Read(42));
+    assert_eq!(vms.serve(1, access(0xB10, 1, 0, 0)), Served::Read(42));
+    assert_eq!(vms.serve(1, access(0xB10, 4, 1, 0x1FF)), Served::Written);
+    assert_eq!(vms.serve(1, access(0xB10, 1, 0, 0)), Served::Read(0x00), "0x200 cut to a byte");
+    assert_eq!(vms.serve(1, access(0xB18, 1, 0, 0)), Served::NoDevice);
+    assert_eq!(vms.claimed_ports(), 8);
+}
