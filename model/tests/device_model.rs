@@ -35,7 +35,7 @@ impl Services for Svm {
         Some(&self.0)
     }
     fn ports_claimable(&self, first: u16, count: u16) -> bool {
-        (first..first + count).all(|p| !(0x2F8..=0x2FF).contains(&p))
+        (u32::from(first)..u32::from(first) + u32::from(count)).all(|p| !(0x2F8..=0x2FF).contains(&p))
     }
 }
 
@@ -47,6 +47,16 @@ fn call(p: &mut Process, space: &mut HostSpace, s: &mut Svm, number: u64, args: 
         },
         other => panic!("the call did not return: {other:?}"),
     }
+}
+
+/// A device model's process as this test drives it: the closure is its run.
+struct Model<F>(F);
+
+impl<F: FnMut() -> bool + Send> kernel::user::vm::DeviceModel for Model<F> {
+    fn run(&mut self) -> bool {
+        (self.0)()
+    }
+    fn end(&mut self) {}
 }
 
 fn device_process(id: u32) -> Process {
@@ -174,7 +184,7 @@ fn a_port_access_is_served_by_the_process_through_its_event() {
     // The device: a register that answers an IN with the last OUT plus one.
     let run_vms = vms.clone();
     let mut register = 0u32;
-    let run = Box::new(move || {
+    let run = Model(move || {
         let mut s = Svm(run_vms.clone());
         assert_eq!(call(&mut p, &mut space, &mut s, sys::WAIT_FOR_EVENT, [event, 0, 0, 0, 0]), Ok(1));
         assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_RECEIVE, [event, buf, 16, 0, 0]), Ok(16));
@@ -192,7 +202,7 @@ fn a_port_access_is_served_by_the_process_through_its_event() {
             Outcome::Return(_)
         )
     });
-    vms.host(2, run).unwrap();
+    vms.host(2, Box::new(run)).unwrap();
     let access = |port, size, write, data| IoAccess { port, size, write, vcpu: 0, data, reserved: 0 };
     assert_eq!(vms.serve(1, access(0xB10, 4, 1, 41)), Served::Written);
     assert_eq!(vms.serve(1, access(0xB10, 4, 0, 0)), Served::Read(42));

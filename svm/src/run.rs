@@ -242,7 +242,8 @@ impl<H: SvmHw> SvmShared<H> {
     /// An IN or OUT of vCPU `index` to a port a device model claimed (docs/syscalls.md
     /// "VM objects and device models"): served by that process, the answer in RAX and
     /// RIP at `next_rip` (EXITINFO2, which the CPU saves for I/O exits with or without
-    /// nRIP-save). `false` leaves the access to the refusal: no claim covers every byte,
+    /// nRIP-save), or left for the guest to make again while the process serves another
+    /// CPU's access. `false` leaves the access to the refusal: no claim covers every byte,
     /// a string or REP form (device models serve single accesses), or a next RIP that is
     /// not 1..=15 bytes on.
     fn device_io(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>, io: &IoExit, next_rip: u64) -> bool {
@@ -258,14 +259,20 @@ impl<H: SvmHw> SvmShared<H> {
             IoAccess { port: io.port, size: io.size, write: u8::from(!io.input), vcpu: index, data, reserved: 0 };
         let value = match svsm.vm_objects().serve(vm, access) {
             Served::NoDevice => return false,
+            // Another CPU's access is in the device model: the guest makes this one again.
+            Served::Retry => return true,
             Served::Read(value) => value,
             Served::Written => 0,
             Served::Failed => {
-                let port = io.port;
-                self.log(
-                    Level::Warn,
-                    format_args!("svm: the device model of port {port:#x} failed on vCPU {index}'s access; its ports are refused from now on"),
-                );
+                if let Some(n) = self.state.count_refusal() {
+                    let port = io.port;
+                    self.log(
+                        Level::Warn,
+                        format_args!(
+                            "svm: the device model of port {port:#x} failed vCPU {index}'s access and was ended; its ports are refused from now on ({n} refusals so far)"
+                        ),
+                    );
+                }
                 // What a vanished device gives: all ones.
                 u32::MAX
             }

@@ -244,9 +244,8 @@ impl Process {
         let vms = services.vm_objects();
         for object in self.handles.drain() {
             match object {
-                Object::Channel(c) => c.close(),
-                Object::PhysMem(_) => {}
-                Object::Vm(_) | Object::IoEvent(_) => {}
+                Object::Channel(c) | Object::IoEvent(c) => c.close(),
+                Object::PhysMem(_) | Object::Vm(_) => {}
             }
         }
         // Its VMs close and its ports are the SVSM's again.

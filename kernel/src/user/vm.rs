@@ -12,7 +12,8 @@
 //! The process is hostile input like the guest: an answer that is not one, a process
 //! that waits again without answering, ends or overruns its budget, all complete the
 //! access as a device that vanished would (an IN reads all ones, an OUT is dropped) and
-//! take the claim away, so later accesses are refused as for any other port of the SVSM.
+//! end the process, so its VM is free again and later accesses to its ports are refused
+//! as for any other port of the SVSM.
 
 use super::channel::Channel;
 use abi::syscall::{IOIO_MAX_PORTS, IoAccess, SysError};
@@ -22,13 +23,19 @@ use alloc::vec::Vec;
 use spin::Mutex;
 use zerocopy::IntoBytes;
 
-/// Runs a device model's process on the calling CPU until it waits again; `false` once
-/// the process has ended.
-pub type Runner = Box<dyn FnMut() -> bool + Send>;
+/// A device model's process as the kernel drives it (on bare metal: a loaded process and
+/// what it may reach).
+pub trait DeviceModel: Send {
+    /// Run it on this CPU until it waits again; `false` once it has ended.
+    fn run(&mut self) -> bool;
+    /// End it: it failed an access. Its handles close (its VM, its claims), its memory
+    /// and the guest pages it mapped are given back.
+    fn end(&mut self);
+}
 
-/// A process that serves claims: its runner, taken (locked) for the whole of one access,
-/// so the process runs on one CPU at a time; `None` once it has ended.
-type Host = Arc<Mutex<Option<Runner>>>;
+/// A process that serves claims, taken (locked) for the whole of one access, so the
+/// process runs on one CPU at a time; `None` once it has ended.
+type Host = Arc<Mutex<Option<Box<dyn DeviceModel>>>>;
 
 /// Ports of one VM claimed by one process.
 #[derive(Debug)]
@@ -79,18 +86,23 @@ impl core::fmt::Debug for VmObjects {
 pub enum Served {
     /// No claim covers it: the platform refuses it as before.
     NoDevice,
+    /// The device model is running an access for another vCPU: the vCPU makes the access
+    /// again (its RIP stays on the instruction). A CPU never spins here for another's
+    /// access, which may take up to the process's budget.
+    Retry,
     /// An IN's value (already cut to the access's size).
     Read(u32),
     /// An OUT the device model took.
     Written,
-    /// The device model failed on it (it ended, or did not answer): the access completes
-    /// as for a vanished device and the claim is gone.
+    /// The device model failed on it (it ended, or did not answer as it must): the access
+    /// completes as for a vanished device, and the process has been ended.
     Failed,
 }
 
-/// Most VMs open at once and claims held at once, over all processes (a process is also
-/// bounded by its handles): the SVSM's records stay small whatever processes do.
+/// Most claims held at once, over all processes, and by one process: the SVSM's records
+/// stay small whatever processes do, and one device model cannot take every claim.
 const MAX_CLAIMS: usize = 64;
+pub const MAX_CLAIMS_PER_PROCESS: usize = 16;
 
 impl VmObjects {
     /// VM_OPEN: VM `vm` is `owner`'s until it closes it or ends.
@@ -120,7 +132,9 @@ impl VmObjects {
         if s.claims.iter().any(|c| c.overlaps(vm, first, count)) {
             return Err(SysError::Busy);
         }
-        if s.claims.len() >= MAX_CLAIMS {
+        if s.claims.len() >= MAX_CLAIMS
+            || s.claims.iter().filter(|c| c.owner == owner).count() >= MAX_CLAIMS_PER_PROCESS
+        {
             return Err(SysError::NoMem);
         }
         s.claims.try_reserve(1).map_err(|_| SysError::NoMem)?;
@@ -135,11 +149,16 @@ impl VmObjects {
         self.state.lock().claims.retain(|c| !Arc::ptr_eq(&c.channel, channel));
     }
 
-    /// The kernel runs `owner` with `run` when an access to one of its ports arrives.
-    pub fn host(&self, owner: u32, run: Runner) -> Result<(), SysError> {
+    /// The kernel runs process `owner` as `model` when an access to one of its ports
+    /// arrives. Process ids name the process here: a second host of one id is refused
+    /// (EEXIST), since ending it would end the other too.
+    pub fn host(&self, owner: u32, model: Box<dyn DeviceModel>) -> Result<(), SysError> {
         let mut s = self.state.lock();
+        if s.hosts.iter().any(|(o, _)| *o == owner) {
+            return Err(SysError::Exist);
+        }
         s.hosts.try_reserve(1).map_err(|_| SysError::NoMem)?;
-        s.hosts.push((owner, Arc::new(Mutex::new(Some(run)))));
+        s.hosts.push((owner, Arc::new(Mutex::new(Some(model)))));
         Ok(())
     }
 
@@ -161,6 +180,11 @@ impl VmObjects {
         self.state.lock().claims.iter().map(|c| u64::from(c.count)).sum()
     }
 
+    /// Claims `owner` holds now.
+    pub fn claims_of(&self, owner: u32) -> usize {
+        self.state.lock().claims.iter().filter(|c| c.owner == owner).count()
+    }
+
     /// Whether VM `vm` is open in some process.
     pub fn is_open(&self, vm: u8) -> bool {
         self.state.lock().open.iter().any(|(v, _)| *v == vm)
@@ -169,6 +193,9 @@ impl VmObjects {
     /// A vCPU of `vm` made `access`: hand it to the process whose claim covers it and
     /// run that process on this CPU until it answers.
     pub fn serve(&self, vm: u8, access: IoAccess) -> Served {
+        if !matches!(access.size, 1 | 2 | 4) {
+            return Served::NoDevice;
+        }
         let found = {
             let s = self.state.lock();
             s.claims.iter().find(|c| c.covers(vm, access.port, access.size)).and_then(|c| {
@@ -177,38 +204,40 @@ impl VmObjects {
             })
         };
         let Some((channel, owner, host)) = found else { return Served::NoDevice };
-        // One access at a time per process: another CPU's access to it waits here.
-        let mut runner = host.lock();
-        let Some(run) = runner.as_mut() else { return Served::NoDevice };
-        if channel.post(access.as_bytes().to_vec()).is_err() {
-            // Closed by the process, or a request it never answered: no device here now.
+        // One access at a time per process; another CPU's access to it is made again
+        // rather than waited for here (with interrupts off, for up to the budget).
+        let Some(mut model) = host.try_lock() else { return Served::Retry };
+        let Some(process) = model.as_mut() else { return Served::NoDevice };
+        let Ok(request) = crate::heap::copy_of(access.as_bytes()) else { return Served::NoDevice };
+        if channel.post(request).is_err() {
+            // Closed (the process closed the event, or its copy of a request failed):
+            // those ports are the SVSM's again.
             self.unclaim(&channel);
             return Served::NoDevice;
         }
-        let alive = run();
-        let reply = channel.take_reply();
-        if !alive {
-            *runner = None;
-            drop(runner);
+        let alive = process.run();
+        let answer = match channel.take_reply() {
+            Ok(Some(_)) if access.write != 0 => Some(Served::Written),
+            // An IN's value: 4 bytes, cut to the access's size.
+            Ok(Some(reply)) => reply
+                .get(..4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(|bytes| Served::Read(u32::from_le_bytes(bytes) & size_mask(access.size))),
+            // It waits again without having answered, or it ended.
+            Ok(None) | Err(_) => None,
+        };
+        // A process that failed an access is not trusted with the next: it is ended.
+        if answer.is_none() && alive {
+            process.end();
+        }
+        // Gone, by its own doing or by ours: its VM is free again and its ports are the
+        // SVSM's. (An answer it gave before it ended still completes the access.)
+        if answer.is_none() || !alive {
+            *model = None;
+            drop(model);
             self.end_process(owner);
         }
-        match reply {
-            Ok(Some(_)) if access.write != 0 => Served::Written,
-            Ok(Some(reply)) => match reply.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-                Some(bytes) => Served::Read(u32::from_le_bytes(bytes) & size_mask(access.size)),
-                // An IN answered with less than its value: the device model is broken.
-                None => {
-                    self.unclaim(&channel);
-                    Served::Failed
-                }
-            },
-            // It waits again without having answered: the claim cannot be trusted to.
-            Ok(None) => {
-                self.unclaim(&channel);
-                Served::Failed
-            }
-            Err(_) => Served::Failed,
-        }
+        answer.unwrap_or(Served::Failed)
     }
 }
 
@@ -276,10 +305,42 @@ mod tests {
         assert!(!vms.is_open(1));
     }
 
-    /// A stand-in for a device model's process: each run takes the request and answers
-    /// as `answer` says.
-    fn device(vms: &VmObjects, owner: u32, channel: Arc<Channel>, answer: fn(IoAccess) -> Option<Vec<u8>>) {
-        let run: Runner = Box::new(move || {
+    /// A stand-in for a device model's process: `run` is its run; `ended` says whether
+    /// the kernel ended it.
+    struct Model<F> {
+        run: F,
+        ended: Arc<core::sync::atomic::AtomicBool>,
+    }
+
+    impl<F: FnMut() -> bool + Send> DeviceModel for Model<F> {
+        fn run(&mut self) -> bool {
+            (self.run)()
+        }
+        fn end(&mut self) {
+            self.ended.store(true, core::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Host `run` as process `owner`: whether the kernel ended it comes back.
+    fn host(
+        vms: &VmObjects,
+        owner: u32,
+        run: impl FnMut() -> bool + Send + 'static,
+    ) -> Arc<core::sync::atomic::AtomicBool> {
+        let ended = Arc::new(core::sync::atomic::AtomicBool::new(false));
+        vms.host(owner, Box::new(Model { run, ended: ended.clone() })).unwrap();
+        ended
+    }
+
+    /// A device model whose process takes each request and answers as `answer` says
+    /// (`None`: it ends instead).
+    fn device(
+        vms: &VmObjects,
+        owner: u32,
+        channel: Arc<Channel>,
+        answer: fn(IoAccess) -> Option<Vec<u8>>,
+    ) -> Arc<core::sync::atomic::AtomicBool> {
+        host(vms, owner, move || {
             if let Receive::Request(r) = channel.receive(16) {
                 let a = <IoAccess as zerocopy::FromBytes>::read_from_bytes(&r).unwrap();
                 match answer(a) {
@@ -288,8 +349,7 @@ mod tests {
                 }
             }
             true
-        });
-        vms.host(owner, run).unwrap();
+        })
     }
 
     #[test]
@@ -307,32 +367,90 @@ mod tests {
     }
 
     #[test]
-    fn a_device_model_that_fails_loses_its_ports() {
+    fn a_device_model_that_fails_an_access_is_ended_and_loses_its_vm_and_ports() {
         let vms = VmObjects::default();
         vms.open(1, 7).unwrap();
-        // Answers an IN with two bytes.
+        // Answers an IN with two bytes; it holds a second claim, and its VM stays open.
         let c = vms.claim(1, (0x10, 4), 7).unwrap();
-        device(&vms, 7, c, |_| Some(vec![1, 2]));
+        let _second = vms.claim(1, (0x18, 4), 7).unwrap();
+        let ended = device(&vms, 7, c, |_| Some(vec![1, 2]));
         assert_eq!(vms.serve(1, access(0x10, 1, false, 0)), Served::Failed);
-        assert_eq!(vms.serve(1, access(0x10, 1, false, 0)), Served::NoDevice, "the claim is gone");
+        assert!(ended.load(core::sync::atomic::Ordering::SeqCst), "the kernel ended it");
+        assert_eq!(vms.serve(1, access(0x18, 1, false, 0)), Served::NoDevice, "its other claim went too");
+        assert!(!vms.is_open(1), "its VM is free for another process");
+        assert_eq!(vms.open(1, 8), Ok(()));
+        vms.close(1, 8);
 
         // Ends on its first access: its VM closes and every claim goes.
         vms.open(2, 8).unwrap();
         let c = vms.claim(2, (0x20, 4), 8).unwrap();
         let _other = vms.claim(2, (0x30, 4), 8).unwrap();
-        device(&vms, 8, c, |_| None);
+        let ended = device(&vms, 8, c, |_| None);
         assert_eq!(vms.serve(2, access(0x20, 4, true, 9)), Served::Failed);
         assert_eq!(vms.serve(2, access(0x30, 1, false, 0)), Served::NoDevice);
         assert!(!vms.is_open(2));
         assert_eq!(vms.claimed_ports(), 0);
+        assert!(!ended.load(core::sync::atomic::Ordering::SeqCst), "it ended by itself");
 
         // Waits again without answering.
         vms.open(3, 9).unwrap();
         let c = vms.claim(3, (0x40, 1), 9).unwrap();
-        vms.host(9, Box::new(|| true)).unwrap();
+        let ended = host(&vms, 9, || true);
         assert_eq!(vms.serve(3, access(0x40, 1, true, 1)), Served::Failed);
-        assert!(c.is_closed());
+        assert!(c.is_closed() && ended.load(core::sync::atomic::Ordering::SeqCst));
         assert_eq!(vms.serve(3, access(0x40, 1, true, 1)), Served::NoDevice);
+    }
+
+    /// An answer given before the process ended still completes the access.
+    #[test]
+    fn an_answer_before_the_end_counts() {
+        let vms = VmObjects::default();
+        vms.open(1, 7).unwrap();
+        let c = vms.claim(1, (0x10, 4), 7).unwrap();
+        let ended = host(&vms, 7, move || {
+            let _ = c.receive(16);
+            assert!(c.reply(vec![9, 0, 0, 0]));
+            false
+        });
+        assert_eq!(vms.serve(1, access(0x10, 1, false, 0)), Served::Read(9));
+        assert!(!ended.load(core::sync::atomic::Ordering::SeqCst));
+        assert_eq!(vms.claimed_ports(), 0);
+        assert_eq!(vms.serve(1, access(0x10, 1, false, 0)), Served::NoDevice);
+    }
+
+    /// A second access to a device model while it runs one (another CPU's) is made again
+    /// by its vCPU, never waited for: here the process itself makes one as it runs,
+    /// which would deadlock a waiting lock.
+    #[test]
+    fn an_access_to_a_busy_device_model_is_retried() {
+        let vms = Arc::new(VmObjects::default());
+        vms.open(1, 7).unwrap();
+        let c = vms.claim(1, (0x10, 4), 7).unwrap();
+        let inner = vms.clone();
+        host(&vms, 7, move || {
+            assert_eq!(inner.serve(1, access(0x10, 1, false, 0)), Served::Retry);
+            let _ = c.receive(16);
+            c.reply(vec![1, 0, 0, 0])
+        });
+        assert_eq!(vms.serve(1, access(0x10, 1, false, 0)), Served::Read(1));
+    }
+
+    #[test]
+    fn claims_per_process_and_sizes_are_bounded() {
+        let vms = VmObjects::default();
+        vms.open(1, 7).unwrap();
+        vms.open(2, 8).unwrap();
+        for i in 0..MAX_CLAIMS_PER_PROCESS as u16 {
+            vms.claim(1, (0x100 + i, 1), 7).unwrap();
+        }
+        assert_eq!(vms.claim(1, (0x200, 1), 7).err(), Some(SysError::NoMem));
+        assert!(vms.claim(2, (0x200, 1), 8).is_ok(), "another process still claims");
+        assert_eq!(vms.claims_of(7), MAX_CLAIMS_PER_PROCESS);
+        host(&vms, 7, || panic!("never run for an access it cannot make"));
+        for size in [0, 3, 8] {
+            assert_eq!(vms.serve(1, access(0x100, size, false, 0)), Served::NoDevice, "size {size}");
+        }
+        assert_eq!(vms.host(7, Box::new(Model { run: || true, ended: Arc::default() })), Err(SysError::Exist));
     }
 
     #[test]

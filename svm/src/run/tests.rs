@@ -480,6 +480,16 @@ fn a_write_fault_on_a_tracked_page_is_recorded_and_retried() {
     assert_eq!(w.p.platform(0).vmpl_permissions(tracked, guest_vmpl).map(|p| p & 2), Some(2));
 }
 
+/// A device model's process as the tests run it: the closure is its run.
+struct Model<F>(F);
+
+impl<F: FnMut() -> bool + Send> kernel::user::vm::DeviceModel for Model<F> {
+    fn run(&mut self) -> bool {
+        (self.0)()
+    }
+    fn end(&mut self) {}
+}
+
 /// A port a device model claimed (docs/syscalls.md "VM objects and device models"): the
 /// access goes to the process, the vCPU gets the answer in RAX as IN defines it (AL and
 /// AX keep the rest of RAX, EAX clears the upper half) and RIP lands at EXITINFO2. The
@@ -494,17 +504,14 @@ fn a_claimed_port_is_served_by_its_device_model() {
     let channel = vms.claim(crate::vcpu::GUEST_VMPL, (0xB10, 8), 7).unwrap();
     let seen = Arc::new(Mutex::new(std::vec::Vec::new()));
     let log = seen.clone();
-    vms.host(
-        7,
-        std::boxed::Box::new(move || {
-            if let Receive::Request(r) = channel.receive(16) {
-                log.lock().unwrap().push(<abi::syscall::IoAccess as zerocopy::FromBytes>::read_from_bytes(&r).unwrap());
-                assert!(channel.reply(0x1122_3344u32.to_le_bytes().to_vec()));
-            }
-            true
-        }),
-    )
-    .unwrap();
+    let model = Model(move || {
+        if let Receive::Request(r) = channel.receive(16) {
+            log.lock().unwrap().push(<abi::syscall::IoAccess as zerocopy::FromBytes>::read_from_bytes(&r).unwrap());
+            assert!(channel.reply(0x1122_3344u32.to_le_bytes().to_vec()));
+        }
+        true
+    });
+    vms.host(7, std::boxed::Box::new(model)).unwrap();
     let io = |port: u64, size: u64, input: bool, rax: u64, len: u64, w: &World| Step {
         code: code::IOIO,
         info1: port << 16 | size << 4 | u64::from(input),
@@ -551,7 +558,7 @@ fn a_failed_device_model_reads_all_ones_then_its_ports_are_refused() {
     let vms = w.svsm.vm_objects().clone();
     vms.open(crate::vcpu::GUEST_VMPL, 7).unwrap();
     let _channel = vms.claim(crate::vcpu::GUEST_VMPL, (0xB10, 8), 7).unwrap();
-    vms.host(7, std::boxed::Box::new(|| false)).unwrap();
+    vms.host(7, std::boxed::Box::new(Model(|| false))).unwrap();
     let step = |w: &World| Step {
         code: code::IOIO,
         info1: 0xB10 << 16 | 1 << 5 | 1,
@@ -561,7 +568,7 @@ fn a_failed_device_model_reads_all_ones_then_its_ports_are_refused() {
     };
     assert_eq!(w.run(&[step(&w)]), Ok(true));
     assert_eq!(w.field(VmsaField::Rax), 0x5555_FFFF);
-    assert!(w.p.hw.logged("the device model of port 0xb10 failed"));
+    assert!(w.p.hw.logged("the device model of port 0xb10 failed vCPU 0's access and was ended"));
     let rip = w.field(VmsaField::Rip);
     assert_eq!(w.run(&[step(&w)]), Ok(true));
     assert_eq!((w.event(), w.field(VmsaField::Rip)), (GP, rip));

@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 pub use entry::UserRegs;
 use kernel::user::loader;
-use kernel::user::vm::{Runner, VmObjects};
+use kernel::user::vm::{DeviceModel, VmObjects};
 use kernel::user::{Call, Outcome, Process, Services};
 use space::UserSpace;
 use spin::Mutex;
@@ -397,6 +397,15 @@ impl Loaded {
         self.process.allow_vms();
     }
 
+    /// End the process without running it again: its handles close (its VMs and port
+    /// claims with them), its memory is freed, and the guest pages it mapped go back to
+    /// `guest` (the tracker it was run with).
+    pub fn end(&mut self, guest: Option<&kernel::pages::PageTracker>, vms: Option<&VmObjects>) {
+        let services = BareServices { guest, vms };
+        self.process.end(&mut self.space, &services);
+        self.threads.clear();
+    }
+
     /// Run (or resume) the process until it exits, faults, blocks or has run
     /// `budget_ms`; `guest` is the guest memory a process with the right may map, `vms`
     /// the VM objects one with that right may open.
@@ -574,6 +583,30 @@ const DEVICE_PROCESS_ID: u32 = 50;
 /// treated as hung and ended: the guest's vCPU waits that long at most.
 const DEVICE_BUDGET_MS: u64 = 100;
 
+/// The test device's process, run for each access to its ports.
+struct TestDevice {
+    process: Loaded,
+    vms: alloc::sync::Arc<VmObjects>,
+}
+
+impl DeviceModel for TestDevice {
+    fn run(&mut self) -> bool {
+        match self.process.run(DEVICE_BUDGET_MS, None, Some(&self.vms)) {
+            Ended::Blocked => true,
+            ended => {
+                println!("devices: the test device's process ended ({ended:?}); its ports are refused from now on");
+                false
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        println!("devices: the test device failed an access and is ended; its ports are refused from now on");
+        // It runs without guest memory (no OPEN_PHYSMEM right): none to give back.
+        self.process.end(None, Some(&self.vms));
+    }
+}
+
 /// Start the test device (docs/syscalls.md "VM objects and device models"): the probe
 /// module in its device mode, a device model at CPL 3 with the right to open VMs. It runs
 /// until it has opened VM 1, claimed the device's ports and waits; from then on an IN or
@@ -600,15 +633,8 @@ pub fn start_test_device(vms: &alloc::sync::Arc<VmObjects>) {
             return;
         }
     }
-    let shared = vms.clone();
-    let run: Runner = alloc::boxed::Box::new(move || match device.run(DEVICE_BUDGET_MS, None, Some(&shared)) {
-        Ended::Blocked => true,
-        ended => {
-            println!("devices: the test device's process ended ({ended:?}); its ports are refused from now on");
-            false
-        }
-    });
-    if vms.host(id, run).is_err() {
+    let model = TestDevice { process: device, vms: vms.clone() };
+    if vms.host(id, alloc::boxed::Box::new(model)).is_err() {
         println!("devices: no memory to host the test device -- NOT AS EXPECTED");
         vms.end_process(id);
         return;
