@@ -270,9 +270,10 @@ fn svm_benches() -> Result {
         ocp.push(o);
         let iso = isolation_line(&boot.guest_lines)?;
         step(&format!("svm vCPU isolation {i}/{SVM_BENCH_BOOTS}: {}", iso.describe()));
-        let u = user_line(&boot.lines)?;
+        let mut u = user_line(&boot.lines)?;
+        u.device_in = device_line(&boot.guest_lines)?;
         step(&format!(
-            "user mode {i}/{SVM_BENCH_BOOTS}: system call {:.0} cycles vs function call {:.0} ({:.0}x); BATCH of 32 CAPABILITIES {:.0} cycles vs 32 single calls {:.0} ({:.2}x faster; the BATCH costs {:.0} fixed and {:.0} per record); of 32 CLOCK {:.2}x faster",
+            "user mode {i}/{SVM_BENCH_BOOTS}: system call {:.0} cycles vs function call {:.0} ({:.0}x); BATCH of 32 CAPABILITIES {:.0} cycles vs 32 single calls {:.0} ({:.2}x faster; the BATCH costs {:.0} fixed and {:.0} per record); of 32 CLOCK {:.2}x faster; a guest IN served by the device model at CPL 3 {:.0} cycles ({:.1}x a QUERY_PROTOCOL call)",
             u.syscall,
             u.function,
             u.syscall / u.function.max(1.0),
@@ -281,7 +282,9 @@ fn svm_benches() -> Result {
             u.batch_speedup(),
             u.batch_fixed(),
             u.batch_per_record(),
-            u.clock_batch_speedup()
+            u.clock_batch_speedup(),
+            u.device_in,
+            u.device_in / figures.query.max(1.0)
         ));
         user.push(u);
         costs.extend(cost_windows(&boot.lines));
@@ -454,6 +457,9 @@ struct UserRun {
     single32_clock: f64,
     /// BATCH of one CAPABILITIES: with `batch32`, what a BATCH costs fixed and per record.
     batch1: f64,
+    /// One guest IN served by the test device's process at CPL 3 (the guest's
+    /// `BENCH_DEVICE` line): exit, process run, answer.
+    device_in: f64,
 }
 
 impl UserRun {
@@ -490,7 +496,17 @@ fn user_line(lines: &[String]) -> Result<UserRun> {
         batch32_clock: field(line, "batch32_clock_cycles")?,
         single32_clock: field(line, "single32_clock_cycles")?,
         batch1: field(line, "batch1_cycles")?,
+        device_in: 0.0,
     })
+}
+
+/// The guest's `BENCH_DEVICE` line: the cycles of one IN the test device served at CPL 3.
+fn device_line(lines: &[String]) -> Result<f64> {
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("BENCH_DEVICE "))
+        .ok_or("the guest printed no BENCH_DEVICE line (the device model at CPL 3)")?;
+    field(line, "in_cycles")
 }
 
 /// `target/bench/user_mode.json`.
@@ -499,8 +515,8 @@ fn user_json(runs: &[UserRun], speedup: f64) -> String {
         .iter()
         .map(|u| {
             format!(
-                "{{\"syscall_cycles\": {}, \"function_cycles\": {}, \"batch32_cycles\": {}, \"single32_cycles\": {}, \"batch32_clock_cycles\": {}, \"single32_clock_cycles\": {}, \"batch1_cycles\": {}}}",
-                u.syscall, u.function, u.batch32, u.single32, u.batch32_clock, u.single32_clock, u.batch1
+                "{{\"syscall_cycles\": {}, \"function_cycles\": {}, \"batch32_cycles\": {}, \"single32_cycles\": {}, \"batch32_clock_cycles\": {}, \"single32_clock_cycles\": {}, \"batch1_cycles\": {}, \"device_in_cycles\": {}}}",
+                u.syscall, u.function, u.batch32, u.single32, u.batch32_clock, u.single32_clock, u.batch1, u.device_in
             )
         })
         .collect();
@@ -668,8 +684,10 @@ mod tests {
              single32_cycles=28800 batch32_clock_cycles=9000 single32_clock_cycles=18000 batch1_cycles=1000"
                 .to_string(),
         ];
-        let u = user_line(&lines).unwrap();
+        let mut u = user_line(&lines).unwrap();
         assert_eq!((u.syscall, u.function, u.batch32, u.single32), (900.0, 30.0, 4000.0, 28800.0));
+        assert!(device_line(&lines).is_err(), "the device's line is the guest's");
+        u.device_in = device_line(&["BENCH_DEVICE in_cycles=52000".to_string()]).unwrap();
         assert!((u.batch_speedup() - 7.2).abs() < 1e-9);
         assert!((u.clock_batch_speedup() - 2.0).abs() < 1e-9);
         assert!((u.batch_per_record() - 3000.0 / 31.0).abs() < 1e-9);
@@ -677,6 +695,7 @@ mod tests {
         assert!(user_line(&lines[..1]).is_err());
         let json: serde_json::Value = serde_json::from_str(&user_json(&[u], 7.2)).unwrap();
         assert_eq!(json["runs"][0]["batch32_cycles"], 4000.0);
+        assert_eq!(json["runs"][0]["device_in_cycles"], 52000.0);
     }
 
     #[test]
