@@ -61,6 +61,11 @@ pub const VM_OPEN: u64 = nr(CLASS_VM, 1);
 /// ports `first_port..first_port + count` come to this process as [`IoAccess`] requests
 /// (CHANNEL_RECEIVE), each answered with CHANNEL_REPLY (an IN's value, 4 bytes).
 pub const IOIO_EVENT: u64 = nr(CLASS_VM, 2);
+/// MMIO_EVENT(vm, gpa, length) -> handle of an event source: the VM's loads and stores
+/// to the pages `gpa..gpa + length` (page-aligned, at most [`MMIO_MAX_PAGES`], never its
+/// RAM or the SVSM's) come to this process as [`MmioAccess`] requests, each answered with
+/// CHANNEL_REPLY (a load's value, 8 bytes).
+pub const MMIO_EVENT: u64 = nr(CLASS_VM, 3);
 // Class 0x80.
 /// LOG(buf, len): one line into the SVSM log, tagged with the process.
 pub const LOG: u64 = nr(CLASS_BULWARK, 0);
@@ -155,6 +160,8 @@ pub mod features {
     /// IOIO_EVENT is served: the SVSM sees the guest's port accesses (the svm platform;
     /// under SEV-SNP the guest's port I/O goes to the host, never through the SVSM).
     pub const IOIO_EVENTS: u64 = 1 << 8;
+    /// MMIO_EVENT is served: the SVSM runs the guest's nested paging (the svm platform).
+    pub const MMIO_EVENTS: u64 = 1 << 9;
 }
 
 /// What OPEN_PHYSMEM writes: the guest-physical range the handle maps.
@@ -165,6 +172,28 @@ pub struct PhysmemRange {
     pub length: u64,
 }
 crate::assert_size!(PhysmemRange, 16);
+
+/// Most pages one MMIO_EVENT claims.
+pub const MMIO_MAX_PAGES: u64 = 16;
+
+/// One load or store of a guest vCPU to a claimed MMIO page, as an MMIO event's request
+/// carries it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct MmioAccess {
+    /// Where (all `size` bytes lie in the event's pages).
+    pub gpa: u64,
+    /// A store's value, `size` bytes; a load: 0.
+    pub data: u64,
+    /// The vCPU that made it.
+    pub vcpu: u32,
+    /// 1, 2, 4 or 8 bytes.
+    pub size: u8,
+    /// 1 for a store, 0 for a load (the reply's 8 bytes are the value).
+    pub write: u8,
+    pub reserved: [u8; 2],
+}
+crate::assert_size!(MmioAccess, 24);
 
 /// Most ports one IOIO_EVENT claims.
 pub const IOIO_MAX_PORTS: u64 = 64;
@@ -201,6 +230,10 @@ pub mod test_device {
     pub const COUNTER: u16 = FIRST + 4;
     /// The test-only command that makes the device model fault (crash isolation).
     pub const CRASH: u32 = 0xDEAD_DEAD;
+    /// Its MMIO page (not RAM on any x86 machine QEMU builds: below the I/O APIC): an
+    /// 8-byte register at offset 0, and at offset 8 a read-only count of the accesses
+    /// served, ports and MMIO together.
+    pub const MMIO: u64 = 0xFEB0_0000;
 }
 
 /// Most records one BATCH runs.

@@ -180,6 +180,12 @@ pub(crate) const MEM_FLAG_UNKNOWN: u8 = 2;
 impl Svsm {
     pub fn new<P: Platform + ?Sized>(config: SvsmConfig, p: &mut P) -> Result<Self, InitError> {
         let max_vcpus = config.max_vcpus.max(1);
+        // Guest memory no device model may claim for MMIO: RAM and the SVSM's region.
+        let mut forbidden = Vec::new();
+        forbidden.try_reserve_exact(config.ram.len() + 1).map_err(|_| InitError::NoMemory)?;
+        for r in config.ram.iter().chain(core::iter::once(&config.svsm_region)) {
+            forbidden.push((r.start().raw(), r.start().raw().saturating_add(r.pages().saturating_mul(4096))));
+        }
         let pages =
             PageTracker::new(&config.ram, config.svsm_region, max_roles(max_vcpus)).map_err(InitError::Layout)?;
         if let Some(bad) = config.pool_reserve.iter().find(|pg| !config.svsm_region.contains_pfn(pg.pfn())) {
@@ -250,7 +256,7 @@ impl Svsm {
             sealed_summary: None,
             dirty: Mutex::new(None),
             tracking: AtomicBool::new(false),
-            vms: alloc::sync::Arc::default(),
+            vms: alloc::sync::Arc::new(crate::user::vm::VmObjects::new(forbidden)),
         })
     }
 

@@ -10,6 +10,7 @@
 //! - `exit`: what each #VMEXIT does (the call gate, CPUID, refusals, yields, kicks);
 //! - `msr`, `msrpm`: the MSR policy and the MSR permission map built from it;
 //! - `iopm`: the I/O policy (the guest's own ports) and its permission map;
+//! - `mmio`: the guest instruction behind an MMIO exit (a page walk and a MOV decoder);
 //! - `npt`: nested paging from the RMP, and the format of nested page table entries;
 //! - `vmcb`, `vcpu`: a vCPU's VMCB and registers, its launch state and VMSA fields;
 //! - `slots`: where each vCPU is (in the SVSM's hands or out on a CPU) and what changes
@@ -38,6 +39,7 @@ pub mod exit;
 pub mod hw;
 pub mod iopm;
 pub mod launch;
+pub mod mmio;
 pub mod msr;
 pub mod msrpm;
 pub mod npt;

@@ -9,10 +9,11 @@
 use crate::exit::{self, Action};
 use crate::hw::{PageMem, SvmCpu, SvmHw};
 use crate::iopm::{self, IoExit, IoRefusal};
+use crate::mmio;
 use crate::shared::SvmShared;
 use crate::slots::{PutBack, WhileOut};
 use crate::vcpu::{Exit, SvmVcpu};
-use abi::syscall::IoAccess;
+use abi::syscall::{IoAccess, MmioAccess};
 use abi::vmcb::offset;
 use abi::vmsa::VmsaField;
 use core::cell::Cell;
@@ -177,6 +178,7 @@ impl<H: SvmHw> SvmShared<H> {
             Action::Call => {}
             Action::Msr { write } => self.answer_msr(svsm, index, v, write),
             Action::Io(io) if self.device_io(svsm, index, v, &io, e.info2) => {}
+            Action::NestedFault { gpa, .. } if self.device_mmio(svsm, index, v, gpa) => {}
             Action::Io(io) => {
                 v.inject_gp();
                 let why = match iopm::on_exit(&io) {
@@ -252,7 +254,7 @@ impl<H: SvmHw> SvmShared<H> {
             return false;
         }
         let Ok(vm) = u8::try_from(v.field(VmsaField::Vmpl)) else { return false };
-        let mask = u64::from(size_mask(io.size));
+        let mask = size_mask(io.size);
         let rax = v.field(VmsaField::Rax);
         let data = if io.input { 0 } else { (rax & mask) as u32 };
         let access =
@@ -261,7 +263,7 @@ impl<H: SvmHw> SvmShared<H> {
             Served::NoDevice => return false,
             // Another CPU's access is in the device model: the guest makes this one again.
             Served::Retry => return true,
-            Served::Read(value) => value,
+            Served::Read(value) => value as u32,
             Served::Written => 0,
             Served::Failed => {
                 if let Some(n) = self.state.count_refusal() {
@@ -284,6 +286,68 @@ impl<H: SvmHw> SvmShared<H> {
         }
         v.skip(len);
         true
+    }
+
+    /// A load or store of vCPU `index` to a page a device model claimed (MMIO_EVENT):
+    /// the instruction is read through the guest's page tables and decoded (`mmio`), the
+    /// access served by that process, a load's value written to its register, and RIP
+    /// moved past it; or left for the guest to make again while the process serves
+    /// another CPU's access. `false` leaves the access to the refusal: no claim covers
+    /// it, the vCPU is not in 64-bit code, the instruction cannot be read or is not one
+    /// of the MOVs `mmio::decode` knows.
+    fn device_mmio(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>, gpa: u64) -> bool {
+        let Ok(vm) = u8::try_from(v.field(VmsaField::Vmpl)) else { return false };
+        let vms = svsm.vm_objects();
+        // Cheap first: most nested faults are no device's.
+        if !vms.mmio_claimed(vm, gpa) || !v.in_64bit_code() {
+            return false;
+        }
+        let read = |at: u64, buf: &mut [u8]| self.read_guest(at, buf);
+        let read_entry = |at: u64| {
+            let mut entry = [0u8; 8];
+            self.read_guest(at, &mut entry).map(|()| u64::from_le_bytes(entry))
+        };
+        let Some((bytes, n)) = mmio::fetch(v.paging(), v.field(VmsaField::Rip), read_entry, read) else {
+            return false;
+        };
+        let Some(insn) = bytes.get(..n).and_then(mmio::decode) else { return false };
+        let data = match insn.kind {
+            mmio::Kind::Store(reg) => mmio::store_value(v.gpr(reg.index), reg, insn.size),
+            mmio::Kind::StoreImm(value) => value & mmio::mask(insn.size),
+            mmio::Kind::Load { .. } => 0,
+        };
+        let access =
+            MmioAccess { gpa, data, vcpu: index, size: insn.size, write: u8::from(insn.is_write()), reserved: [0; 2] };
+        let value = match vms.serve_mmio(vm, access) {
+            Served::NoDevice => return false,
+            Served::Retry => return true,
+            Served::Read(value) => value,
+            Served::Written => 0,
+            Served::Failed => {
+                if let Some(n) = self.state.count_refusal() {
+                    self.log(
+                        Level::Warn,
+                        format_args!(
+                            "svm: the device model of {gpa:#x} failed vCPU {index}'s access and was ended; its pages are refused from now on ({n} refusals so far)"
+                        ),
+                    );
+                }
+                u64::MAX
+            }
+        };
+        if let mmio::Kind::Load { reg, dest_size } = insn.kind {
+            let loaded = value & mmio::mask(insn.size);
+            v.set_gpr(reg.index, mmio::load_into(v.gpr(reg.index), reg, dest_size, loaded));
+        }
+        v.skip(u64::from(insn.len));
+        true
+    }
+
+    /// Copy guest memory the SVSM may read (the access map's check, as for a call's
+    /// copies): the guest's own validated pages, never the SVSM's.
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
+        self.state.access().check(gpa, buf.len()).ok()?;
+        self.hw.read_guest(gpa, buf).ok()
     }
 
     /// Log a refused guest access (#GP injected), rate-limited.

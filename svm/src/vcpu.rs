@@ -493,6 +493,71 @@ impl<P: PageMem> SvmVcpu<P> {
         }
     }
 
+    /// General register `index` (0 RAX .. 15 R15, the ModRM order).
+    pub fn gpr(&self, index: u8) -> u64 {
+        let r = &self.regs;
+        match index {
+            0 => self.vmcb.save(VmsaField::Rax),
+            1 => r.rcx,
+            2 => r.rdx,
+            3 => r.rbx,
+            4 => self.vmcb.save(VmsaField::Rsp),
+            5 => r.rbp,
+            6 => r.rsi,
+            7 => r.rdi,
+            8 => r.r8,
+            9 => r.r9,
+            10 => r.r10,
+            11 => r.r11,
+            12 => r.r12,
+            13 => r.r13,
+            14 => r.r14,
+            _ => r.r15,
+        }
+    }
+
+    /// Set general register `index` (0 RAX .. 15 R15).
+    pub fn set_gpr(&mut self, index: u8, v: u64) {
+        let r = &mut self.regs;
+        match index {
+            0 => self.vmcb.set_save(VmsaField::Rax, v),
+            1 => r.rcx = v,
+            2 => r.rdx = v,
+            3 => r.rbx = v,
+            4 => self.vmcb.set_save(VmsaField::Rsp, v),
+            5 => r.rbp = v,
+            6 => r.rsi = v,
+            7 => r.rdi = v,
+            8 => r.r8 = v,
+            9 => r.r9 = v,
+            10 => r.r10 = v,
+            11 => r.r11 = v,
+            12 => r.r12 = v,
+            13 => r.r13 = v,
+            14 => r.r14 = v,
+            _ => r.r15 = v,
+        }
+    }
+
+    /// What walking the guest's page tables needs: CR0, CR3, CR4, EFER.
+    pub fn paging(&self) -> crate::mmio::Paging {
+        let at = |off: usize| self.vmcb.u64(offset::SAVE + off);
+        crate::mmio::Paging {
+            cr0: at(core::mem::offset_of!(abi::vmsa::Vmsa, cr0)),
+            cr3: self.vmcb.save(VmsaField::Cr3),
+            cr4: at(core::mem::offset_of!(abi::vmsa::Vmsa, cr4)),
+            efer: self.vmcb.save(VmsaField::Efer),
+        }
+    }
+
+    /// Does the vCPU run 64-bit code (long mode, CS.L set)?
+    pub fn in_64bit_code(&self) -> bool {
+        const EFER_LMA: u64 = 1 << 10;
+        const CS_L: u16 = 1 << 9;
+        let cs = self.vmcb.segment(offset::SAVE + core::mem::offset_of!(abi::vmsa::Vmsa, cs));
+        self.vmcb.save(VmsaField::Efer) & EFER_LMA != 0 && cs.attrib & CS_L != 0
+    }
+
     /// Stop it for good: it never runs again, and VMRUN would refuse it (EFER.SVME = 0,
     /// the state DELETE_VCPU leaves a VMSA in).
     pub fn stop(&mut self) {

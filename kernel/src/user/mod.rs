@@ -51,8 +51,9 @@ pub enum Object {
     PhysMem(PageRange),
     /// A VM, open in this process alone (VM_OPEN).
     Vm(u8),
-    /// Ports of a VM whose accesses come to this process (IOIO_EVENT): a channel whose
-    /// requests are [`sys::IoAccess`] records.
+    /// Ports or MMIO pages of a VM whose accesses come to this process (IOIO_EVENT,
+    /// MMIO_EVENT): a channel whose requests are [`sys::IoAccess`] or
+    /// [`sys::MmioAccess`] records.
     IoEvent(Arc<Channel>),
 }
 
@@ -314,6 +315,7 @@ impl Process {
             sys::OPEN_PHYSMEM => self.open_physmem(space, services, a0, a1),
             sys::VM_OPEN => self.vm_open(services, a0),
             sys::IOIO_EVENT => self.ioio_event(services, a0, a1, a2),
+            sys::MMIO_EVENT => self.mmio_event(services, a0, a1, a2),
             sys::CAPABILITIES => match a0 {
                 sys::caps::COUNT => Ok(sys::caps::LAST),
                 sys::caps::VM_BITMAP => Ok(services.vm_bitmap()),
@@ -360,20 +362,35 @@ impl Process {
     /// IOIO_EVENT(vm, first, count): the VM's accesses to these ports come to this
     /// process.
     fn ioio_event(&mut self, services: &dyn Services, vm: u64, first: u64, count: u64) -> Result<u64, SysError> {
+        let range = vm::port_range(first, count)?;
+        if let vm::Range::Ports { first, count } = range
+            && !services.ports_claimable(first, count)
+        {
+            return Err(SysError::Perm);
+        }
+        self.event(services, vm, range, sys::features::IOIO_EVENTS)
+    }
+
+    /// MMIO_EVENT(vm, gpa, length): the VM's loads and stores to these pages come to
+    /// this process.
+    fn mmio_event(&mut self, services: &dyn Services, vm: u64, gpa: u64, length: u64) -> Result<u64, SysError> {
+        let range = vm::mmio_range(gpa, length)?;
+        self.event(services, vm, range, sys::features::MMIO_EVENTS)
+    }
+
+    /// A claim of `range` of the VM behind handle `vm`, where the platform serves
+    /// `feature`: its event's handle.
+    fn event(&mut self, services: &dyn Services, vm: u64, range: vm::Range, feature: u64) -> Result<u64, SysError> {
         let vm = match self.handles.get(vm) {
             Some(Object::Vm(vm)) => *vm,
             Some(_) => return Err(SysError::NotSupp),
             None => return Err(SysError::NotFound),
         };
         let vms = services.vm_objects().ok_or(SysError::NotSupp)?;
-        if services.features() & sys::features::IOIO_EVENTS == 0 {
+        if services.features() & feature == 0 {
             return Err(SysError::NotSupp);
         }
-        let ports = vm::port_range(first, count)?;
-        if !services.ports_claimable(ports.0, ports.1) {
-            return Err(SysError::Perm);
-        }
-        let channel = vms.claim(vm, ports, self.id)?;
+        let channel = vms.claim(vm, range, self.id)?;
         match self.handles.insert(Object::IoEvent(channel.clone())) {
             Ok(handle) => Ok(handle.into()),
             Err(_) => {

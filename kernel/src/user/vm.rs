@@ -16,7 +16,7 @@
 //! as for any other port of the SVSM.
 
 use super::channel::Channel;
-use abi::syscall::{IOIO_MAX_PORTS, IoAccess, SysError};
+use abi::syscall::{IOIO_MAX_PORTS, IoAccess, MMIO_MAX_PAGES, MmioAccess, SysError};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -37,26 +37,48 @@ pub trait DeviceModel: Send {
 /// process runs on one CPU at a time; `None` once it has ended.
 type Host = Arc<Mutex<Option<Box<dyn DeviceModel>>>>;
 
-/// Ports of one VM claimed by one process.
+/// What a claim covers: ports, or guest-physical pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// Ports `first..first + count` (checked with [`port_range`]).
+    Ports { first: u16, count: u16 },
+    /// Bytes `start..end` of guest-physical space, whole pages (checked with
+    /// [`mmio_range`]).
+    Mmio { start: u64, end: u64 },
+}
+
+impl Range {
+    /// `[start, end)` in the range's own space.
+    fn bounds(&self) -> (u64, u64) {
+        match *self {
+            Self::Ports { first, count } => (u64::from(first), u64::from(first) + u64::from(count)),
+            Self::Mmio { start, end } => (start, end),
+        }
+    }
+
+    fn same_space(&self, other: &Self) -> bool {
+        matches!((self, other), (Self::Ports { .. }, Self::Ports { .. }) | (Self::Mmio { .. }, Self::Mmio { .. }))
+    }
+
+    fn overlaps(&self, other: &Self) -> bool {
+        let ((a, b), (c, d)) = (self.bounds(), other.bounds());
+        self.same_space(other) && a < d && c < b
+    }
+
+    /// Does the range hold every byte of `access` (a range of size `size` at `at`)?
+    fn covers(&self, access: &Self) -> bool {
+        let ((a, b), (c, d)) = (self.bounds(), access.bounds());
+        self.same_space(access) && a <= c && d <= b
+    }
+}
+
+/// A range of one VM claimed by one process.
 #[derive(Debug)]
 struct Claim {
     vm: u8,
-    first: u16,
-    count: u16,
+    range: Range,
     owner: u32,
     channel: Arc<Channel>,
-}
-
-impl Claim {
-    fn overlaps(&self, vm: u8, first: u16, count: u16) -> bool {
-        let (a, b) = (u32::from(self.first), u32::from(first));
-        self.vm == vm && a < b + u32::from(count) && b < a + u32::from(self.count)
-    }
-
-    fn covers(&self, vm: u8, port: u16, size: u8) -> bool {
-        let (start, end) = (u32::from(port), u32::from(port) + u32::from(size));
-        self.vm == vm && start >= u32::from(self.first) && end <= u32::from(self.first) + u32::from(self.count)
-    }
 }
 
 #[derive(Default)]
@@ -67,11 +89,14 @@ struct State {
     hosts: Vec<(u32, Host)>,
 }
 
-/// Every VM object and port claim of the SVSM, shared by the system calls that make them
-/// and the exit handlers that use them.
+/// Every VM object and claim of the SVSM, shared by the system calls that make them and
+/// the exit handlers that use them.
 #[derive(Default)]
 pub struct VmObjects {
     state: Mutex<State>,
+    /// Guest-physical ranges `[start, end)` no MMIO claim may touch: the guest's RAM and
+    /// the SVSM's region (fixed at start).
+    forbidden: Vec<(u64, u64)>,
 }
 
 impl core::fmt::Debug for VmObjects {
@@ -90,8 +115,8 @@ pub enum Served {
     /// again (its RIP stays on the instruction). A CPU never spins here for another's
     /// access, which may take up to the process's budget.
     Retry,
-    /// An IN's value (already cut to the access's size).
-    Read(u32),
+    /// A load's or an IN's value (already cut to the access's size).
+    Read(u64),
     /// An OUT the device model took.
     Written,
     /// The device model failed on it (it ended, or did not answer as it must): the access
@@ -105,6 +130,11 @@ const MAX_CLAIMS: usize = 64;
 pub const MAX_CLAIMS_PER_PROCESS: usize = 16;
 
 impl VmObjects {
+    /// VM objects over a guest whose RAM and SVSM region are `forbidden` to MMIO claims.
+    pub fn new(forbidden: Vec<(u64, u64)>) -> Self {
+        Self { state: Mutex::default(), forbidden }
+    }
+
     /// VM_OPEN: VM `vm` is `owner`'s until it closes it or ends.
     pub fn open(&self, vm: u8, owner: u32) -> Result<(), SysError> {
         let mut s = self.state.lock();
@@ -121,15 +151,20 @@ impl VmObjects {
         self.state.lock().open.retain(|entry| *entry != (vm, owner));
     }
 
-    /// IOIO_EVENT: ports `first..first + count` of `vm` for `owner` (checked with
-    /// [`port_range`]); the channel their accesses arrive on. `vm` must be open in
-    /// `owner` (the caller's handle says so).
-    pub fn claim(&self, vm: u8, (first, count): (u16, u16), owner: u32) -> Result<Arc<Channel>, SysError> {
+    /// IOIO_EVENT or MMIO_EVENT: `range` of `vm` for `owner`; the channel its accesses
+    /// arrive on. `vm` must be open in `owner` (the caller's handle says so); guest
+    /// memory is never claimed (`forbidden`: its RAM and the SVSM's region).
+    pub fn claim(&self, vm: u8, range: Range, owner: u32) -> Result<Arc<Channel>, SysError> {
+        if let Range::Mmio { start, end } = range
+            && self.forbidden.iter().any(|(a, b)| *a < end && start < *b)
+        {
+            return Err(SysError::Perm);
+        }
         let mut s = self.state.lock();
         if !s.open.contains(&(vm, owner)) {
             return Err(SysError::Perm);
         }
-        if s.claims.iter().any(|c| c.overlaps(vm, first, count)) {
+        if s.claims.iter().any(|c| c.vm == vm && c.range.overlaps(&range)) {
             return Err(SysError::Busy);
         }
         if s.claims.len() >= MAX_CLAIMS
@@ -139,7 +174,7 @@ impl VmObjects {
         }
         s.claims.try_reserve(1).map_err(|_| SysError::NoMem)?;
         let channel = Arc::new(Channel::default());
-        s.claims.push(Claim { vm, first, count, owner, channel: channel.clone() });
+        s.claims.push(Claim { vm, range, owner, channel: channel.clone() });
         Ok(channel)
     }
 
@@ -177,7 +212,27 @@ impl VmObjects {
 
     /// Ports claimed now (all VMs): for tests and the boot's report.
     pub fn claimed_ports(&self) -> u64 {
-        self.state.lock().claims.iter().map(|c| u64::from(c.count)).sum()
+        let s = self.state.lock();
+        s.claims
+            .iter()
+            .filter_map(|c| if let Range::Ports { count, .. } = c.range { Some(u64::from(count)) } else { None })
+            .sum()
+    }
+
+    /// Pages claimed for MMIO now (all VMs).
+    pub fn claimed_mmio_pages(&self) -> u64 {
+        let s = self.state.lock();
+        s.claims
+            .iter()
+            .filter_map(|c| if let Range::Mmio { start, end } = c.range { Some((end - start) / 4096) } else { None })
+            .sum()
+    }
+
+    /// Is `gpa` in a page of `vm` claimed for MMIO? (The exit handler's test before it
+    /// reads and decodes the guest's instruction.)
+    pub fn mmio_claimed(&self, vm: u8, gpa: u64) -> bool {
+        let access = Range::Mmio { start: gpa, end: gpa.saturating_add(1) };
+        self.state.lock().claims.iter().any(|c| c.vm == vm && c.range.covers(&access))
     }
 
     /// Claims `owner` holds now.
@@ -190,15 +245,39 @@ impl VmObjects {
         self.state.lock().open.iter().any(|(v, _)| *v == vm)
     }
 
-    /// A vCPU of `vm` made `access`: hand it to the process whose claim covers it and
-    /// run that process on this CPU until it answers.
+    /// A vCPU of `vm` made port access `access`: hand it to the process whose claim
+    /// covers it and run that process on this CPU until it answers (an IN's value: 4
+    /// bytes).
     pub fn serve(&self, vm: u8, access: IoAccess) -> Served {
         if !matches!(access.size, 1 | 2 | 4) {
             return Served::NoDevice;
         }
+        let (first, count) = (access.port, u16::from(access.size));
+        let range = Range::Ports { first, count };
+        // A port access wraps at 0xFFFF in hardware; none that does is covered here.
+        if u32::from(first) + u32::from(count) > 0x1_0000 {
+            return Served::NoDevice;
+        }
+        self.serve_access(vm, range, access.as_bytes(), access.write != 0, access.size, 4)
+    }
+
+    /// A vCPU of `vm` made MMIO access `access`: as [`Self::serve`], a load's value in 8
+    /// bytes.
+    pub fn serve_mmio(&self, vm: u8, access: MmioAccess) -> Served {
+        if !matches!(access.size, 1 | 2 | 4 | 8) {
+            return Served::NoDevice;
+        }
+        let Some(end) = access.gpa.checked_add(u64::from(access.size)) else { return Served::NoDevice };
+        let range = Range::Mmio { start: access.gpa, end };
+        self.serve_access(vm, range, access.as_bytes(), access.write != 0, access.size, 8)
+    }
+
+    /// Post `request` to the claim of `vm` that covers `range`, run its process until it
+    /// answers; a load's answer has `value_len` bytes, cut to `size`.
+    fn serve_access(&self, vm: u8, range: Range, request: &[u8], write: bool, size: u8, value_len: usize) -> Served {
         let found = {
             let s = self.state.lock();
-            s.claims.iter().find(|c| c.covers(vm, access.port, access.size)).and_then(|c| {
+            s.claims.iter().find(|c| c.vm == vm && c.range.covers(&range)).and_then(|c| {
                 let host = s.hosts.iter().find(|(o, _)| *o == c.owner).map(|(_, h)| h.clone());
                 Some((c.channel.clone(), c.owner, host?))
             })
@@ -208,7 +287,7 @@ impl VmObjects {
         // rather than waited for here (with interrupts off, for up to the budget).
         let Some(mut model) = host.try_lock() else { return Served::Retry };
         let Some(process) = model.as_mut() else { return Served::NoDevice };
-        let Ok(request) = crate::heap::copy_of(access.as_bytes()) else { return Served::NoDevice };
+        let Ok(request) = crate::heap::copy_of(request) else { return Served::NoDevice };
         if channel.post(request).is_err() {
             // Closed (the process closed the event, or its copy of a request failed):
             // those ports are the SVSM's again.
@@ -217,12 +296,15 @@ impl VmObjects {
         }
         let alive = process.run();
         let answer = match channel.take_reply() {
-            Ok(Some(_)) if access.write != 0 => Some(Served::Written),
-            // An IN's value: 4 bytes, cut to the access's size.
-            Ok(Some(reply)) => reply
-                .get(..4)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(|bytes| Served::Read(u32::from_le_bytes(bytes) & size_mask(access.size))),
+            Ok(Some(_)) if write => Some(Served::Written),
+            // A load's value: `value_len` bytes, cut to the access's size.
+            Ok(Some(reply)) => reply.get(..value_len).map(|bytes| {
+                let mut le = [0u8; 8];
+                if let Some(low) = le.get_mut(..bytes.len()) {
+                    low.copy_from_slice(bytes);
+                }
+                Served::Read(u64::from_le_bytes(le) & size_mask(size))
+            }),
             // It waits again without having answered, or it ended.
             Ok(None) | Err(_) => None,
         };
@@ -243,20 +325,32 @@ impl VmObjects {
 
 /// IOIO_EVENT's ports argument checked: at least one port, at most
 /// [`IOIO_MAX_PORTS`], none past 0xFFFF.
-pub fn port_range(first: u64, count: u64) -> Result<(u16, u16), SysError> {
+pub fn port_range(first: u64, count: u64) -> Result<Range, SysError> {
     let end = first.checked_add(count).ok_or(SysError::Inval)?;
     if count == 0 || count > IOIO_MAX_PORTS || end > 0x1_0000 {
         return Err(SysError::Inval);
     }
-    Ok((u16::try_from(first).map_err(|_| SysError::Inval)?, u16::try_from(count).map_err(|_| SysError::Inval)?))
+    let first = u16::try_from(first).map_err(|_| SysError::Inval)?;
+    Ok(Range::Ports { first, count: u16::try_from(count).map_err(|_| SysError::Inval)? })
+}
+
+/// MMIO_EVENT's range checked: page-aligned, at least one page, at most
+/// [`MMIO_MAX_PAGES`], not past the top of the address space.
+pub fn mmio_range(gpa: u64, length: u64) -> Result<Range, SysError> {
+    let end = gpa.checked_add(length).ok_or(SysError::Inval)?;
+    if !gpa.is_multiple_of(4096) || !length.is_multiple_of(4096) || length == 0 || length / 4096 > MMIO_MAX_PAGES {
+        return Err(SysError::Inval);
+    }
+    Ok(Range::Mmio { start: gpa, end })
 }
 
 /// The bits of an access of `size` bytes.
-pub fn size_mask(size: u8) -> u32 {
+pub fn size_mask(size: u8) -> u64 {
     match size {
         1 => 0xFF,
         2 => 0xFFFF,
-        _ => u32::MAX,
+        4 => 0xFFFF_FFFF,
+        _ => u64::MAX,
     }
 }
 
@@ -265,6 +359,14 @@ mod tests {
     use super::super::channel::Receive;
     use super::*;
     use alloc::vec;
+
+    fn ports(first: u16, count: u16) -> Range {
+        Range::Ports { first, count }
+    }
+
+    fn mmio(start: u64, pages: u64) -> Range {
+        Range::Mmio { start, end: start + pages * 4096 }
+    }
 
     fn access(port: u16, size: u8, write: bool, data: u32) -> IoAccess {
         IoAccess { port, size, write: u8::from(write), vcpu: 0, data, reserved: 0 }
@@ -285,17 +387,17 @@ mod tests {
     #[test]
     fn claims_are_bounded_disjoint_and_need_the_vm_open() {
         let vms = VmObjects::default();
-        assert_eq!(vms.claim(1, (0xB10, 8), 7).err(), Some(SysError::Perm));
+        assert_eq!(vms.claim(1, ports(0xB10, 8), 7).err(), Some(SysError::Perm));
         vms.open(1, 7).unwrap();
         for (first, count) in [(0xB10, 0), (0xB10, IOIO_MAX_PORTS + 1), (0xFFFF, 2), (0x1_0000, 1), (u64::MAX, 2)] {
             assert_eq!(port_range(first, count), Err(SysError::Inval), "{first:#x}+{count}");
         }
-        assert_eq!(port_range(0xFFFF, 1), Ok((0xFFFF, 1)));
-        let c = vms.claim(1, (0xB10, 8), 7).unwrap();
-        assert_eq!(vms.claim(1, (0xB17, 1), 7).err(), Some(SysError::Busy));
-        assert_eq!(vms.claim(1, (0xB00, 0x11), 7).err(), Some(SysError::Busy));
-        assert!(vms.claim(1, (0xB18, 1), 7).is_ok(), "the next port is free");
-        assert!(vms.claim(1, (0xFFFF, 1), 7).is_ok(), "the last port");
+        assert_eq!(port_range(0xFFFF, 1), Ok(ports(0xFFFF, 1)));
+        let c = vms.claim(1, ports(0xB10, 8), 7).unwrap();
+        assert_eq!(vms.claim(1, ports(0xB17, 1), 7).err(), Some(SysError::Busy));
+        assert_eq!(vms.claim(1, ports(0xB00, 0x11), 7).err(), Some(SysError::Busy));
+        assert!(vms.claim(1, ports(0xB18, 1), 7).is_ok(), "the next port is free");
+        assert!(vms.claim(1, ports(0xFFFF, 1), 7).is_ok(), "the last port");
         assert_eq!(vms.claimed_ports(), 10);
         vms.unclaim(&c);
         assert!(c.is_closed());
@@ -332,18 +434,22 @@ mod tests {
         ended
     }
 
-    /// A device model whose process takes each request and answers as `answer` says
-    /// (`None`: it ends instead).
+    /// A device model whose process takes each request and answers as `answer` says for
+    /// a store or a load (`None`: it ends instead).
     fn device(
         vms: &VmObjects,
         owner: u32,
         channel: Arc<Channel>,
-        answer: fn(IoAccess) -> Option<Vec<u8>>,
+        answer: fn(bool) -> Option<Vec<u8>>,
     ) -> Arc<core::sync::atomic::AtomicBool> {
         host(vms, owner, move || {
-            if let Receive::Request(r) = channel.receive(16) {
-                let a = <IoAccess as zerocopy::FromBytes>::read_from_bytes(&r).unwrap();
-                match answer(a) {
+            if let Receive::Request(r) = channel.receive(64) {
+                // Port and MMIO requests differ in length; `write` is where each keeps it.
+                let write = match r.len() {
+                    16 => <IoAccess as zerocopy::FromBytes>::read_from_bytes(&r).unwrap().write,
+                    _ => <MmioAccess as zerocopy::FromBytes>::read_from_bytes(&r).unwrap().write,
+                } != 0;
+                match answer(write) {
                     Some(reply) => assert!(channel.reply(reply)),
                     None => return false,
                 }
@@ -356,8 +462,8 @@ mod tests {
     fn an_access_reaches_the_claim_that_covers_every_byte() {
         let vms = VmObjects::default();
         vms.open(1, 7).unwrap();
-        let c = vms.claim(1, (0xB10, 8), 7).unwrap();
-        device(&vms, 7, c, |a| Some(if a.write != 0 { vec![] } else { 0xA1B2_C3D4u32.to_le_bytes().to_vec() }));
+        let c = vms.claim(1, ports(0xB10, 8), 7).unwrap();
+        device(&vms, 7, c, |write| Some(if write { vec![] } else { 0xA1B2_C3D4u32.to_le_bytes().to_vec() }));
         assert_eq!(vms.serve(1, access(0xB10, 4, false, 0)), Served::Read(0xA1B2_C3D4));
         assert_eq!(vms.serve(1, access(0xB11, 1, false, 0)), Served::Read(0xD4), "cut to the size");
         assert_eq!(vms.serve(1, access(0xB16, 2, true, 5)), Served::Written);
@@ -371,8 +477,8 @@ mod tests {
         let vms = VmObjects::default();
         vms.open(1, 7).unwrap();
         // Answers an IN with two bytes; it holds a second claim, and its VM stays open.
-        let c = vms.claim(1, (0x10, 4), 7).unwrap();
-        let _second = vms.claim(1, (0x18, 4), 7).unwrap();
+        let c = vms.claim(1, ports(0x10, 4), 7).unwrap();
+        let _second = vms.claim(1, ports(0x18, 4), 7).unwrap();
         let ended = device(&vms, 7, c, |_| Some(vec![1, 2]));
         assert_eq!(vms.serve(1, access(0x10, 1, false, 0)), Served::Failed);
         assert!(ended.load(core::sync::atomic::Ordering::SeqCst), "the kernel ended it");
@@ -383,8 +489,8 @@ mod tests {
 
         // Ends on its first access: its VM closes and every claim goes.
         vms.open(2, 8).unwrap();
-        let c = vms.claim(2, (0x20, 4), 8).unwrap();
-        let _other = vms.claim(2, (0x30, 4), 8).unwrap();
+        let c = vms.claim(2, ports(0x20, 4), 8).unwrap();
+        let _other = vms.claim(2, ports(0x30, 4), 8).unwrap();
         let ended = device(&vms, 8, c, |_| None);
         assert_eq!(vms.serve(2, access(0x20, 4, true, 9)), Served::Failed);
         assert_eq!(vms.serve(2, access(0x30, 1, false, 0)), Served::NoDevice);
@@ -394,7 +500,7 @@ mod tests {
 
         // Waits again without answering.
         vms.open(3, 9).unwrap();
-        let c = vms.claim(3, (0x40, 1), 9).unwrap();
+        let c = vms.claim(3, ports(0x40, 1), 9).unwrap();
         let ended = host(&vms, 9, || true);
         assert_eq!(vms.serve(3, access(0x40, 1, true, 1)), Served::Failed);
         assert!(c.is_closed() && ended.load(core::sync::atomic::Ordering::SeqCst));
@@ -406,7 +512,7 @@ mod tests {
     fn an_answer_before_the_end_counts() {
         let vms = VmObjects::default();
         vms.open(1, 7).unwrap();
-        let c = vms.claim(1, (0x10, 4), 7).unwrap();
+        let c = vms.claim(1, ports(0x10, 4), 7).unwrap();
         let ended = host(&vms, 7, move || {
             let _ = c.receive(16);
             assert!(c.reply(vec![9, 0, 0, 0]));
@@ -425,7 +531,7 @@ mod tests {
     fn an_access_to_a_busy_device_model_is_retried() {
         let vms = Arc::new(VmObjects::default());
         vms.open(1, 7).unwrap();
-        let c = vms.claim(1, (0x10, 4), 7).unwrap();
+        let c = vms.claim(1, ports(0x10, 4), 7).unwrap();
         let inner = vms.clone();
         host(&vms, 7, move || {
             assert_eq!(inner.serve(1, access(0x10, 1, false, 0)), Served::Retry);
@@ -441,10 +547,10 @@ mod tests {
         vms.open(1, 7).unwrap();
         vms.open(2, 8).unwrap();
         for i in 0..MAX_CLAIMS_PER_PROCESS as u16 {
-            vms.claim(1, (0x100 + i, 1), 7).unwrap();
+            vms.claim(1, ports(0x100 + i, 1), 7).unwrap();
         }
-        assert_eq!(vms.claim(1, (0x200, 1), 7).err(), Some(SysError::NoMem));
-        assert!(vms.claim(2, (0x200, 1), 8).is_ok(), "another process still claims");
+        assert_eq!(vms.claim(1, ports(0x200, 1), 7).err(), Some(SysError::NoMem));
+        assert!(vms.claim(2, ports(0x200, 1), 8).is_ok(), "another process still claims");
         assert_eq!(vms.claims_of(7), MAX_CLAIMS_PER_PROCESS);
         host(&vms, 7, || panic!("never run for an access it cannot make"));
         for size in [0, 3, 8] {
@@ -457,7 +563,42 @@ mod tests {
     fn ports_nobody_runs_are_no_device() {
         let vms = VmObjects::default();
         vms.open(1, 7).unwrap();
-        let _c = vms.claim(1, (0x50, 1), 7).unwrap();
+        let _c = vms.claim(1, ports(0x50, 1), 7).unwrap();
         assert_eq!(vms.serve(1, access(0x50, 1, false, 0)), Served::NoDevice, "no runner for the process");
+    }
+
+    /// MMIO claims: whole pages, never the guest's RAM or the SVSM's region, disjoint
+    /// from each other (ports are another space: a port number and a gpa never clash);
+    /// an access is served when every byte lies in one claim, its value 8 bytes.
+    #[test]
+    fn mmio_claims_keep_off_guest_memory_and_serve_loads_and_stores() {
+        let vms = VmObjects::new(vec![(0, 0x8000_0000), (0x1_0000_0000, 0x1_4000_0000)]);
+        vms.open(1, 7).unwrap();
+        for (gpa, len) in [
+            (0xFEB0_0001, 4096),
+            (0xFEB0_0000, 0),
+            (0xFEB0_0000, 100),
+            (0xFEB0_0000, (MMIO_MAX_PAGES + 1) * 4096),
+            (u64::MAX - 4095, 8192),
+        ] {
+            assert_eq!(mmio_range(gpa, len).err(), Some(SysError::Inval), "{gpa:#x}+{len:#x}");
+        }
+        assert_eq!(vms.claim(1, mmio(0x7FFF_F000, 1), 7).err(), Some(SysError::Perm), "RAM");
+        assert_eq!(vms.claim(1, mmio(0xFFFF_F000, 2), 7).err(), Some(SysError::Perm), "runs into RAM above 4 GiB");
+        let c = vms.claim(1, mmio(0xFEB0_0000, 2), 7).unwrap();
+        assert_eq!(vms.claim(1, mmio(0xFEB0_1000, 1), 7).err(), Some(SysError::Busy));
+        assert!(vms.claim(1, ports(0xB10, 8), 7).is_ok(), "ports do not clash with pages");
+        assert_eq!(vms.claimed_mmio_pages(), 2);
+        assert!(
+            vms.mmio_claimed(1, 0xFEB0_1FFF) && !vms.mmio_claimed(1, 0xFEB0_2000) && !vms.mmio_claimed(2, 0xFEB0_0000)
+        );
+        device(&vms, 7, c, |write| Some(if write { vec![] } else { 0x1122_3344_5566_7788u64.to_le_bytes().to_vec() }));
+        let at = |gpa, size, write| MmioAccess { gpa, data: 0, vcpu: 0, size, write, reserved: [0; 2] };
+        assert_eq!(vms.serve_mmio(1, at(0xFEB0_0000, 8, 0)), Served::Read(0x1122_3344_5566_7788));
+        assert_eq!(vms.serve_mmio(1, at(0xFEB0_0008, 2, 0)), Served::Read(0x7788));
+        assert_eq!(vms.serve_mmio(1, at(0xFEB0_1FFC, 4, 1)), Served::Written);
+        assert_eq!(vms.serve_mmio(1, at(0xFEB0_1FFC, 8, 0)), Served::NoDevice, "runs past the claim");
+        assert_eq!(vms.serve_mmio(1, at(0xFEB0_0000, 3, 0)), Served::NoDevice);
+        assert_eq!(vms.serve_mmio(1, at(u64::MAX - 3, 8, 0)), Served::NoDevice);
     }
 }
