@@ -338,13 +338,23 @@ fn fpu_clean() -> ! {
     rt::exit(if clean { 12 } else { 1 })
 }
 
+/// Accesses the test device served, ports and MMIO together (its two threads count).
+static SERVED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// The count after one more access.
+fn served_one() -> u32 {
+    SERVED.fetch_add(1, core::sync::atomic::Ordering::Relaxed).wrapping_add(1)
+}
+
 /// Serve the test device (`abi::syscall::test_device`) for VM 1, the guest on the svm
 /// platform. First the refusals of the ABI, each of which must hold or the process exits
 /// with the number of the one that did not (the SVSM reports the exit): a second open of
 /// the VM, a VM that does not exist, ports the guest reaches directly (its COM2), ports
-/// another event holds. Then, for ever: wait for an access, answer it.
+/// another event holds, MMIO over the guest's RAM or not page-aligned. Then its ports on
+/// this thread and its MMIO page on a second one, each waiting on its own event: a
+/// thread that waits lets the other run, and the process waits when both do.
 fn test_device() -> ! {
-    use sys::test_device::{COUNT, COUNTER, CRASH, FIRST, REGISTER};
+    use sys::test_device::{COUNT, FIRST, MMIO};
     let Ok(vm) = rt::vm_open(1) else { rt::exit(1) };
     if rt::vm_open(1) != Err(SysError::Busy) {
         rt::exit(2);
@@ -355,24 +365,41 @@ fn test_device() -> ! {
     if rt::ioio_event(vm, 0x2F8, 8) != Err(SysError::Perm) {
         rt::exit(4);
     }
-    let Ok(event) = rt::ioio_event(vm, FIRST.into(), COUNT.into()) else { rt::exit(5) };
+    let Ok(ports) = rt::ioio_event(vm, FIRST.into(), COUNT.into()) else { rt::exit(5) };
     if rt::ioio_event(vm, u64::from(FIRST) + 4, 1) != Err(SysError::Busy) {
         rt::exit(6);
     }
-    // The VM handle is not needed to serve: closing it lets nobody else claim these
-    // ports (they are this event's until it closes).
-    if rt::close(vm).is_err() {
+    if rt::mmio_event(vm, 0x10_0000, 4096) != Err(SysError::Perm)
+        || rt::mmio_event(vm, MMIO + 8, 4096) != Err(SysError::Inval)
+    {
         rt::exit(7);
     }
-    rt::log(b"probe: test device on ports 0xb10..0xb17 of VM 1, served at CPL 3");
-    let (mut register, mut served) = ([0u8; 4], 0u32);
+    let Ok(page) = rt::mmio_event(vm, MMIO, 4096) else { rt::exit(8) };
+    // The VM handle is not needed to serve: closing it lets nobody else claim what the
+    // events hold (theirs until they close).
+    if rt::close(vm).is_err() {
+        rt::exit(9);
+    }
+    if rt::thread_create(mmio_device, stack(0), page).is_err() {
+        rt::exit(10);
+    }
+    rt::log(b"probe: test device on ports 0xb10..0xb17 and MMIO page 0xfeb00000 of VM 1, served at CPL 3");
+    port_device(ports)
+}
+
+/// The test device's ports: a 4-byte register, each byte its own port, then a read-only
+/// count of the accesses served; the dword CRASH written to the count makes the process
+/// fault.
+fn port_device(event: u64) -> ! {
+    use sys::test_device::{COUNTER, CRASH, REGISTER};
+    let mut register = [0u8; 4];
     let mut request = [0u8; 16];
     loop {
         if rt::wait_for_event(event) != Ok(1) || rt::channel_receive(event, &mut request) != Ok(16) {
-            rt::exit(8);
+            rt::exit(11);
         }
-        let Ok(access) = <sys::IoAccess as zerocopy::FromBytes>::read_from_bytes(&request) else { rt::exit(9) };
-        served = served.wrapping_add(1);
+        let Ok(access) = <sys::IoAccess as zerocopy::FromBytes>::read_from_bytes(&request) else { rt::exit(12) };
+        let served = served_one();
         if access.write != 0 && access.port == COUNTER && access.size == 4 && access.data == CRASH {
             // SAFETY: not sound on purpose: the guest asked the test device to fault,
             // and the SVSM's image is not ours.
@@ -392,7 +419,36 @@ fn test_device() -> ! {
             }
         }
         if rt::channel_reply(event, &answer).is_err() {
-            rt::exit(10);
+            rt::exit(13);
+        }
+    }
+}
+
+/// The test device's MMIO page: an 8-byte register at offset 0, the count of accesses
+/// served at offset 8 (read-only); the rest reads zero and ignores writes.
+extern "C" fn mmio_device(event: u64) -> ! {
+    let mut register = [0u8; 8];
+    let mut request = [0u8; 24];
+    loop {
+        if rt::wait_for_event(event) != Ok(1) || rt::channel_receive(event, &mut request) != Ok(24) {
+            rt::exit(14);
+        }
+        let Ok(access) = <sys::MmioAccess as zerocopy::FromBytes>::read_from_bytes(&request) else { rt::exit(15) };
+        let count = u64::from(served_one()).to_le_bytes();
+        let data = access.data.to_le_bytes();
+        let mut answer = [0u8; 8];
+        let at = access.gpa.wrapping_sub(sys::test_device::MMIO);
+        for i in 0..usize::from(access.size).min(8) {
+            let offset = at.wrapping_add(i as u64);
+            match (offset, access.write != 0) {
+                (0..8, true) => register[offset as usize] = data[i],
+                (0..8, false) => answer[i] = register[offset as usize],
+                (8..16, false) => answer[i] = count[offset as usize - 8],
+                _ => {}
+            }
+        }
+        if rt::channel_reply(event, &answer).is_err() {
+            rt::exit(16);
         }
     }
 }

@@ -176,6 +176,13 @@ pub fn ioio_event(vm: u64, first: u64, count: u64) -> Result<u64, SysError> {
     result(unsafe { syscall(sys::IOIO_EVENT, [vm, first, count, 0, 0]) })
 }
 
+/// Claim the pages `gpa..gpa + length` of the open VM `vm`: the handle their loads and
+/// stores arrive on (as `MmioAccess` requests).
+pub fn mmio_event(vm: u64, gpa: u64, length: u64) -> Result<u64, SysError> {
+    // SAFETY: MMIO_EVENT reads and writes no memory of ours.
+    result(unsafe { syscall(sys::MMIO_EVENT, [vm, gpa, length, 0, 0]) })
+}
+
 /// Close `handle`.
 pub fn close(handle: u64) -> Result<(), SysError> {
     // SAFETY: CLOSE reads and writes no memory of ours.

@@ -5,9 +5,9 @@
 //! it.
 
 use super::gate::Vmmcall;
-use super::probe::{port_in, port_out, port_rep_insb};
+use super::probe::{mmio_read, mmio_write, mmio_write_immediate, port_in, port_out, port_rep_insb};
 use abi::protocol::ProtocolId;
-use abi::syscall::test_device::{COUNTER, CRASH, FIRST, REGISTER};
+use abi::syscall::test_device::{COUNTER, CRASH, FIRST, MMIO, REGISTER};
 use alloc::string::String;
 use alloc::vec::Vec;
 use guest::Client;
@@ -45,16 +45,48 @@ pub fn served_at_cpl3() -> (bool, String) {
     (wrong.is_empty(), if wrong.is_empty() { "8 accesses as defined, 3 refused".into() } else { wrong.join("; ") })
 }
 
+/// The test device's MMIO page, through each MOV form the SVSM decodes: the 8-byte
+/// register by qword, dword, word and byte, an immediate store, the counter (one count
+/// for ports and MMIO), a load that spans both, and the refusals: a load that runs off
+/// the page, an address of the page past the device's registers reading zero.
+pub fn mmio_served() -> (bool, String) {
+    let mut wrong = Vec::new();
+    let mut expect = |what: &str, got: Option<u64>, want: u64| {
+        if got != Some(want) {
+            wrong.push(alloc::format!("{what}: {got:x?}, not {want:#x}"));
+        }
+    };
+    let Some(before) = mmio_read(MMIO + 8, 4) else {
+        return (false, "the counter's load was refused: no device model serves the page".into());
+    };
+    expect("store qword", mmio_write(MMIO, 8, 0x0123_4567_89AB_CDEF).then_some(0), 0);
+    expect("load qword", mmio_read(MMIO, 8), 0x0123_4567_89AB_CDEF);
+    expect("load byte at +1 (MOVZX)", mmio_read(MMIO + 1, 1), 0xCD);
+    expect("store word at +2", mmio_write(MMIO + 2, 2, 0xBEEF).then_some(0), 0);
+    expect("load dword", mmio_read(MMIO, 4), 0xBEEF_CDEF);
+    expect("store immediate at +4", mmio_write_immediate(MMIO + 4).then_some(0), 0);
+    expect("load word at +6 (MOVZX)", mmio_read(MMIO + 6, 2), 0x5A5A);
+    expect("store byte at +7", mmio_write(MMIO + 7, 1, 0x77).then_some(0), 0);
+    // The register's top dword and the counter's low dword: the 9th access after `before`.
+    let count = before + 9;
+    expect("load qword across", mmio_read(MMIO + 4, 8), (count & 0xFFFF_FFFF) << 32 | 0x775A_5A5A);
+    expect("load past the registers", mmio_read(MMIO + 0x800, 4), 0);
+    expect("load off the page refused", Some(u64::from(mmio_read(MMIO + 0xFFC, 8).is_none())), 1);
+    (wrong.is_empty(), if wrong.is_empty() { "11 accesses as defined, 1 refused".into() } else { wrong.join("; ") })
+}
+
 /// The test-only command that makes the device model fault: the OUT completes (a device
-/// that vanishes drops it), the device's ports are refused from then on, and the SVSM
-/// serves on.
+/// that vanishes drops it), the device's ports and MMIO page are refused from then on,
+/// and the SVSM serves on.
 pub fn crash_is_contained(c: &mut Client<Vmmcall>) -> (bool, String) {
     let out = port_out(COUNTER, 4, CRASH);
-    let gone = port_in(REGISTER, 4).is_none();
+    let gone = port_in(REGISTER, 4).is_none() && mmio_read(MMIO, 4).is_none();
     let serving = c.query_protocol(ProtocolId::CORE, 1);
     (
         out && gone && serving == Ok(Some((1, 1))),
-        alloc::format!("the OUT completed: {out}, ports refused after: {gone}, QUERY_PROTOCOL: {serving:?}"),
+        alloc::format!(
+            "the OUT completed: {out}, ports and MMIO page refused after: {gone}, QUERY_PROTOCOL: {serving:?}"
+        ),
     )
 }
 

@@ -167,6 +167,75 @@ pub fn port_rep_insb(port: u16) -> bool {
     !FAULTED.load(Ordering::SeqCst)
 }
 
+/// A load of `size` bytes (1, 2, 4 or 8) from `addr` with the MOV forms a driver's MMIO
+/// accessors use (MOVZX for a byte or a word): the value, or `None` if refused.
+pub fn mmio_read(addr: u64, size: u8) -> Option<u64> {
+    let value: u64;
+    // SAFETY: one load whose fault, if any, the armed handler absorbs (RAX is then
+    // whatever it held, and ignored); the caller names an address of a device.
+    unsafe {
+        match size {
+            1 => {
+                arm(3); // movzx eax, byte ptr [rdi] = 0F B6 07
+                core::arch::asm!("movzx eax, byte ptr [rdi]", in("rdi") addr, out("rax") value, options(nostack, readonly));
+            }
+            2 => {
+                arm(3); // movzx eax, word ptr [rdi] = 0F B7 07
+                core::arch::asm!("movzx eax, word ptr [rdi]", in("rdi") addr, out("rax") value, options(nostack, readonly));
+            }
+            4 => {
+                arm(2); // mov eax, dword ptr [rdi] = 8B 07
+                core::arch::asm!("mov eax, dword ptr [rdi]", in("rdi") addr, out("rax") value, options(nostack, readonly));
+            }
+            _ => {
+                arm(3); // mov rax, qword ptr [rdi] = 48 8B 07
+                core::arch::asm!("mov rax, qword ptr [rdi]", in("rdi") addr, out("rax") value, options(nostack, readonly));
+            }
+        }
+    }
+    ARMED.store(false, Ordering::SeqCst);
+    (!FAULTED.load(Ordering::SeqCst)).then_some(value)
+}
+
+/// A store of the low `size` bytes (1, 2, 4 or 8) of `value` to `addr`: `false` if
+/// refused.
+pub fn mmio_write(addr: u64, size: u8, value: u64) -> bool {
+    // SAFETY: one store whose fault, if any, the armed handler absorbs; the caller names
+    // an address of a device, never memory Rust uses.
+    unsafe {
+        match size {
+            1 => {
+                arm(2); // mov byte ptr [rdi], al = 88 07
+                core::arch::asm!("mov byte ptr [rdi], al", in("rdi") addr, in("rax") value, options(nostack));
+            }
+            2 => {
+                arm(3); // mov word ptr [rdi], ax = 66 89 07
+                core::arch::asm!("mov word ptr [rdi], ax", in("rdi") addr, in("rax") value, options(nostack));
+            }
+            4 => {
+                arm(2); // mov dword ptr [rdi], eax = 89 07
+                core::arch::asm!("mov dword ptr [rdi], eax", in("rdi") addr, in("rax") value, options(nostack));
+            }
+            _ => {
+                arm(3); // mov qword ptr [rdi], rax = 48 89 07
+                core::arch::asm!("mov qword ptr [rdi], rax", in("rdi") addr, in("rax") value, options(nostack));
+            }
+        }
+    }
+    ARMED.store(false, Ordering::SeqCst);
+    !FAULTED.load(Ordering::SeqCst)
+}
+
+/// A store of the immediate 0x5A5A_5A5A to the dword at `addr` (C7 /0): `false` if
+/// refused.
+pub fn mmio_write_immediate(addr: u64) -> bool {
+    arm(6); // mov dword ptr [rdi], 0x5A5A5A5A = C7 07 5A 5A 5A 5A
+    // SAFETY: as `mmio_write`.
+    unsafe { core::arch::asm!("mov dword ptr [rdi], 0x5A5A5A5A", in("rdi") addr, options(nostack)) };
+    ARMED.store(false, Ordering::SeqCst);
+    !FAULTED.load(Ordering::SeqCst)
+}
+
 /// The error code of the last fault a probe absorbed.
 pub fn last_error_code() -> u64 {
     ERROR_CODE.load(Ordering::SeqCst)

@@ -137,10 +137,11 @@ impl Services for BareServices<'_> {
 
     fn features(&self) -> u64 {
         // Platform bits 0..=2 (docs/syscalls.md "CAPABILITIES"): 1 SNP, 0 native. Only
-        // the svm platform sees the guest's port I/O (under SEV-SNP it goes to the host).
+        // the svm platform sees the guest's port I/O and runs its nested paging (under
+        // SEV-SNP both are the host's).
         match super::snp::guest_vmpl() {
             Some(_) => 1,
-            None => abi::syscall::features::IOIO_EVENTS,
+            None => abi::syscall::features::IOIO_EVENTS | abi::syscall::features::MMIO_EVENTS,
         }
     }
 
@@ -640,10 +641,12 @@ pub fn start_test_device(vms: &alloc::sync::Arc<VmObjects>) {
         return;
     }
     println!(
-        "devices: test device on ports {:#x}..{:#x} of VM 1, served by process {id} at CPL 3 ({} ports claimed)",
+        "devices: test device on ports {:#x}..{:#x} and MMIO page {:#x} of VM 1, served by process {id} at CPL 3 ({} ports, {} page claimed)",
         abi::syscall::test_device::FIRST,
         abi::syscall::test_device::FIRST + abi::syscall::test_device::COUNT - 1,
-        vms.claimed_ports()
+        abi::syscall::test_device::MMIO,
+        vms.claimed_ports(),
+        vms.claimed_mmio_pages()
     );
 }
 
