@@ -17,7 +17,7 @@
 
 use crate::fuzz::Input;
 use crate::user_host::{HostServices, HostSpace};
-use abi::syscall::{self as sys, BatchIn, IoAccess};
+use abi::syscall::{self as sys, BatchIn, IoAccess, MmioAccess};
 use kernel::addr::{PageAddr, PageRange};
 use kernel::pages::{PageRole, PageTracker};
 use kernel::user::channel::Channel;
@@ -42,9 +42,10 @@ fn tracker() -> PageTracker {
     t
 }
 
-const NUMBERS: [u64; 18] = [
+const NUMBERS: [u64; 19] = [
     sys::VM_OPEN,
     sys::IOIO_EVENT,
+    sys::MMIO_EVENT,
     sys::WAIT_FOR_EVENT,
     sys::MMAP,
     sys::MUNMAP,
@@ -106,7 +107,8 @@ pub fn run_syscalls(data: &[u8]) {
     let mut space = HostSpace::default();
     let mut services = HostServices::default();
     services.guest = Some(tracker());
-    let vms = Arc::new(VmObjects::default());
+    // MMIO may not be claimed over the fuzzed tracker's RAM (below 34 MiB).
+    let vms = Arc::new(VmObjects::new(vec![(0, 34 << 20)]));
     // A device model that never answers: an access to its ports ends it.
     vms.host(1, Box::new(Silent)).expect("room");
     services.vms = Some(vms.clone());
@@ -131,6 +133,16 @@ pub fn run_syscalls(data: &[u8]) {
                     reserved: 0,
                 };
                 let _ = vms.serve(input.u8() % 3, access);
+                // And an MMIO access somewhere in the low 4 GiB.
+                let mmio = MmioAccess {
+                    gpa: input.u64() & 0xFFFF_FFFC,
+                    data: input.u64(),
+                    vcpu: 0,
+                    size: [1, 2, 4, 8, 0][usize::from(input.u8() % 5)],
+                    write: input.u8() & 1,
+                    reserved: [0; 2],
+                };
+                let _ = vms.serve_mmio(input.u8() % 3, mmio);
             }
             // A BATCH built in the process's own memory.
             2 if !mapped.is_empty() => {

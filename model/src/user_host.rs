@@ -114,8 +114,8 @@ pub struct HostServices {
     state: u64,
     pub lines: Vec<(u32, String)>,
     pub guest: Option<PageTracker>,
-    /// VM objects a device model may open (VM 1, every port but the guest's COM2, as
-    /// on the svm platform); `None`: none offered.
+    /// VM objects a device model may open (VM 1, every port but the guest's COM2, and
+    /// MMIO, as on the svm platform); `None`: none offered.
     pub vms: Option<Arc<kernel::user::vm::VmObjects>>,
 }
 
@@ -150,7 +150,10 @@ impl Services for HostServices {
     }
 
     fn features(&self) -> u64 {
-        1
+        // SNP's platform bit; with VM objects, the svm platform's events too (for the
+        // fuzz harness, which needs both kinds of claim to reach them).
+        let events = abi::syscall::features::IOIO_EVENTS | abi::syscall::features::MMIO_EVENTS;
+        1 | if self.vms.is_some() { events } else { 0 }
     }
 
     fn guest_pages(&self) -> Option<&PageTracker> {

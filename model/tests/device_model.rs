@@ -5,7 +5,7 @@
 //! loop drives it. The svm platform's side (the exit, RAX and RIP) is tested in the
 //! `svm` crate (`run::tests`); the boot's test guest checks the whole path at CPL 3.
 
-use abi::syscall::{self as sys, IoAccess, SysError, map};
+use abi::syscall::{self as sys, IoAccess, MmioAccess, SysError, map};
 use bulwark_model::user_host::HostSpace;
 use kernel::user::memory::AddressSpace;
 use kernel::user::vm::{Served, VmObjects};
@@ -29,7 +29,7 @@ impl Services for Svm {
         0b10
     }
     fn features(&self) -> u64 {
-        sys::features::IOIO_EVENTS
+        sys::features::IOIO_EVENTS | sys::features::MMIO_EVENTS
     }
     fn vm_objects(&self) -> Option<&VmObjects> {
         Some(&self.0)
@@ -211,4 +211,78 @@ fn a_port_access_is_served_by_the_process_through_its_event() {
     assert_eq!(vms.serve(1, access(0xB10, 1, 0, 0)), Served::Read(0x00), "0x200 cut to a byte");
     assert_eq!(vms.serve(1, access(0xB18, 1, 0, 0)), Served::NoDevice);
     assert_eq!(vms.claimed_ports(), 8);
+}
+
+/// MMIO_EVENT through the system call layer: whole pages only, never the guest's RAM or
+/// the SVSM's region, never where the platform serves no MMIO, never a page another
+/// claim holds; a load served end to end by the process that claimed the page.
+#[test]
+fn an_mmio_page_is_claimed_only_off_guest_memory_and_served_by_its_process() {
+    // RAM 0..2 GiB, the SVSM at 16..32 MiB (inside it, as on svm).
+    let vms = Arc::new(VmObjects::new(vec![(0, 0x8000_0000), (0x100_0000, 0x200_0000)]));
+    let mut s = Svm(vms.clone());
+    let mut space = HostSpace::default();
+    let mut p = device_process(2);
+    let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    let ev = |p: &mut Process, space: &mut HostSpace, s: &mut Svm, gpa: u64, len: u64| {
+        call(p, space, s, sys::MMIO_EVENT, [vm, gpa, len, 0, 0])
+    };
+    for (gpa, len) in [(0xFEB0_0000, 0), (0xFEB0_0800, 4096), (0xFEB0_0000, 17 * 4096), (!0xFFF, 8192)] {
+        assert_eq!(ev(&mut p, &mut space, &mut s, gpa, len), Err(SysError::Inval), "{gpa:#x}+{len:#x}");
+    }
+    assert_eq!(ev(&mut p, &mut space, &mut s, 0x100_0000, 4096), Err(SysError::Perm), "the SVSM's region");
+    assert_eq!(ev(&mut p, &mut space, &mut s, 0x7FFF_F000, 8192), Err(SysError::Perm), "ends in RAM");
+    let event = ev(&mut p, &mut space, &mut s, 0xFEB0_0000, 4096).unwrap();
+    assert_eq!(ev(&mut p, &mut space, &mut s, 0xFEB0_0000, 4096), Err(SysError::Busy));
+    // Where the platform does not serve MMIO (SEV-SNP: the host runs nested paging).
+    struct Snp(Svm);
+    impl Services for Snp {
+        fn clock_ns(&mut self) -> u64 {
+            0
+        }
+        fn random(&mut self, _: &mut [u8]) -> bool {
+            false
+        }
+        fn log(&mut self, _: u32, _: &[u8]) {}
+        fn vm_bitmap(&self) -> u64 {
+            0b10
+        }
+        fn features(&self) -> u64 {
+            1
+        }
+        fn vm_objects(&self) -> Option<&VmObjects> {
+            self.0.vm_objects()
+        }
+    }
+    let mut snp = Snp(Svm(vms.clone()));
+    let refused =
+        p.syscall(&mut space, &mut snp, Call { number: sys::MMIO_EVENT, args: [vm, 0xFEC0_0000, 4096, 0, 0] });
+    assert!(matches!(refused, Outcome::Return(rax) if SysError::from_rax(rax) == Some(Ok(SysError::NotSupp))));
+
+    let buf = call(
+        &mut p,
+        &mut space,
+        &mut s,
+        sys::MMAP,
+        [sys::NO_HANDLE, 0, 0, 4096, map::READ | map::WRITE | map::ANONYMOUS],
+    )
+    .unwrap();
+    let run_vms = vms.clone();
+    let run = Model(move || {
+        let mut s = Svm(run_vms.clone());
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::WAIT_FOR_EVENT, [event, 0, 0, 0, 0]), Ok(1));
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_RECEIVE, [event, buf, 64, 0, 0]), Ok(24));
+        let mut bytes = [0u8; 24];
+        space.read(buf, &mut bytes).unwrap();
+        let a = <MmioAccess as zerocopy::FromBytes>::read_from_bytes(&bytes).unwrap();
+        // Answers with the address it was asked about.
+        space.write(buf, a.gpa.as_bytes()).unwrap();
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_REPLY, [event, buf, 8, 0, 0]), Ok(0));
+        true
+    });
+    vms.host(2, Box::new(run)).unwrap();
+    let load = |gpa, size| MmioAccess { gpa, data: 0, vcpu: 0, size, write: 0, reserved: [0; 2] };
+    assert_eq!(vms.serve_mmio(1, load(0xFEB0_0010, 8)), Served::Read(0xFEB0_0010));
+    assert_eq!(vms.serve_mmio(1, load(0xFEB0_0010, 1)), Served::Read(0x10));
+    assert_eq!(vms.serve_mmio(1, load(0xFEB0_1000, 1)), Served::NoDevice);
 }
