@@ -19,6 +19,8 @@ pub mod offset {
     pub const EXIT_CODE: usize = 0x070;
     pub const EXIT_INFO1: usize = 0x078;
     pub const EXIT_INFO2: usize = 0x080;
+    /// An event the exit cut short (bit 31: valid).
+    pub const EXIT_INT_INFO: usize = 0x088;
     pub const NP_ENABLE: usize = 0x090;
     pub const EVENT_INJ: usize = 0x0A8;
     pub const N_CR3: usize = 0x0B0;

@@ -15,8 +15,10 @@
 //! - NMI: a kick from another CPU (`hw::SvmHw::kick`): the vCPU comes back to the SVSM.
 //! - INTR: a physical interrupt, the SVSM's own (its local-APIC timer, a wake-up IPI); it
 //!   is taken once the guest is out. The guest runs on at once, unless the CPU has
-//!   something to look at between its guest's exits (a live migration on CPU 0): the
-//!   timer is how a guest that never exits on its own still lets it.
+//!   something to look at between its guest's exits (a live migration on CPU 0), or
+//!   other vCPUs share the CPU: then the vCPU yields, and the timer, kept running while
+//!   they do, gives each a turn of at most 10 ms, so a vCPU that spins without exits
+//!   (on a lock its neighbour holds, say) cannot keep its neighbour off the CPU.
 //! - SHUTDOWN or a state VMRUN refuses: the vCPU is broken. The startup vCPU ends the
 //!   run; any other is stopped and the SVSM serves the rest.
 //! - Anything else is an exit the SVSM never asked for: treated as broken too.

@@ -37,6 +37,27 @@ pub enum Kind {
     Load { reg: Reg, dest_size: u8 },
 }
 
+/// A segment override that changes the address in 64-bit code (the others' bases are 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Flat,
+    Fs,
+    Gs,
+}
+
+/// Where the memory operand is: `segment + base + index * scale + disp` (or `next RIP +
+/// disp`), cut to 32 bits with the address-size prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Operand {
+    pub base: Option<u8>,
+    pub index: Option<u8>,
+    pub scale: u8,
+    pub disp: i64,
+    pub rip_relative: bool,
+    pub addr32: bool,
+    pub segment: Segment,
+}
+
 /// A decoded MOV to or from memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemAccess {
@@ -45,11 +66,32 @@ pub struct MemAccess {
     /// Bytes of memory it reads or writes: 1, 2, 4 or 8.
     pub size: u8,
     pub kind: Kind,
+    pub operand: Operand,
 }
 
 impl MemAccess {
     pub fn is_write(&self) -> bool {
         !matches!(self.kind, Kind::Load { .. })
+    }
+
+    /// The linear address of the memory operand, with `gpr` the general registers (0
+    /// RAX .. 15 R15), `next_rip` the address after the instruction and the FS and GS
+    /// bases.
+    pub fn linear(&self, gpr: impl Fn(u8) -> u64, next_rip: u64, fs_base: u64, gs_base: u64) -> u64 {
+        let o = &self.operand;
+        let mut ea = if o.rip_relative { next_rip } else { o.base.map_or(0, &gpr) };
+        if let Some(index) = o.index {
+            ea = ea.wrapping_add(gpr(index).wrapping_mul(u64::from(o.scale)));
+        }
+        ea = ea.wrapping_add(o.disp as u64);
+        if o.addr32 {
+            ea &= 0xFFFF_FFFF;
+        }
+        match o.segment {
+            Segment::Flat => ea,
+            Segment::Fs => ea.wrapping_add(fs_base),
+            Segment::Gs => ea.wrapping_add(gs_base),
+        }
     }
 }
 
@@ -57,12 +99,15 @@ impl MemAccess {
 pub fn decode(bytes: &[u8]) -> Option<MemAccess> {
     let byte = |i: usize| bytes.get(i).copied();
     let (mut i, mut operand16, mut rex) = (0usize, false, 0u8);
+    let (mut addr32, mut segment) = (false, Segment::Flat);
     loop {
         match byte(i)? {
             0x66 => operand16 = true,
-            // Address size and segment overrides change the address, which the exit
-            // already gives; FS and GS too.
-            0x67 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 => {}
+            0x67 => addr32 = true,
+            // In 64-bit code only FS and GS have a base; the last override counts.
+            0x64 => segment = Segment::Fs,
+            0x65 => segment = Segment::Gs,
+            0x26 | 0x2E | 0x36 | 0x3E => segment = Segment::Flat,
             // REX counts only right before the opcode: a legacy prefix after it drops it.
             r @ 0x40..=0x4F => {
                 rex = r;
@@ -82,7 +127,7 @@ pub fn decode(bytes: &[u8]) -> Option<MemAccess> {
             return None;
         }
     }
-    let (w, r) = (rex & 0b1000 != 0, rex & 0b0100 != 0);
+    let (w, r, x, b) = (rex & 0b1000 != 0, rex & 0b0100 != 0, rex & 0b0010 != 0, rex & 0b0001 != 0);
     let wide = if w {
         8
     } else if operand16 {
@@ -124,19 +169,38 @@ pub fn decode(bytes: &[u8]) -> Option<MemAccess> {
     if mode == 3 {
         return None;
     }
+    let extend = |field: u8, bit: bool| field | if bit { 8 } else { 0 };
+    let mut operand = Operand { base: None, index: None, scale: 1, disp: 0, rip_relative: false, addr32, segment };
+    let mut disp_len = match mode {
+        1 => 1,
+        2 => 4,
+        _ => 0,
+    };
     if rm == 4 {
         let sib = byte(i)?;
         i += 1;
-        if mode == 0 && sib & 7 == 5 {
-            i += 4;
+        let (index, base) = ((sib >> 3) & 7, sib & 7);
+        operand.scale = 1 << (sib >> 6);
+        // Index 100 without REX.X is "no index" (RSP cannot be one).
+        operand.index = (index != 4 || x).then_some(extend(index, x));
+        if mode == 0 && base == 5 {
+            disp_len = 4;
+        } else {
+            operand.base = Some(extend(base, b));
         }
+    } else if mode == 0 && rm == 5 {
+        operand.rip_relative = true;
+        disp_len = 4;
+    } else {
+        operand.base = Some(extend(rm, b));
     }
-    i += match (mode, rm) {
-        (0, 5) => 4, // RIP-relative disp32
-        (1, _) => 1,
-        (2, _) => 4,
+    let disp = bytes.get(i..i + disp_len)?;
+    operand.disp = match *disp {
+        [d] => i64::from(d as i8),
+        [a, b, c, d] => i64::from(i32::from_le_bytes([a, b, c, d])),
         _ => 0,
     };
+    i += disp_len;
     let reg_index = reg_field | if r { 8 } else { 0 };
     // Byte registers without REX: 4..=7 are AH, CH, DH, BH.
     let byte_reg = Reg {
@@ -165,7 +229,7 @@ pub fn decode(bytes: &[u8]) -> Option<MemAccess> {
     if i > MAX_LEN || i > bytes.len() {
         return None;
     }
-    Some(MemAccess { len: i as u8, size, kind })
+    Some(MemAccess { len: i as u8, size, kind, operand })
 }
 
 /// The value a load of `value` leaves in a register that held `old`: x86's rules for a
@@ -269,8 +333,9 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn d(bytes: &[u8]) -> Option<MemAccess> {
-        decode(bytes)
+    /// Length, size and kind (the operand is checked on its own below).
+    fn d(bytes: &[u8]) -> Option<(u8, u8, Kind)> {
+        decode(bytes).map(|a| (a.len, a.size, a.kind))
     }
 
     const RAX: Reg = Reg { index: 0, high_byte: false };
@@ -280,51 +345,39 @@ mod tests {
     #[test]
     fn the_movs_of_mmio_accessors_decode() {
         // mov dword ptr [rdx], eax
-        assert_eq!(d(&[0x89, 0x02]), Some(MemAccess { len: 2, size: 4, kind: Kind::Store(RAX) }));
+        assert_eq!(d(&[0x89, 0x02]), Some((2, 4, Kind::Store(RAX))));
         // mov eax, dword ptr [rdi]
-        assert_eq!(d(&[0x8B, 0x07]), Some(MemAccess { len: 2, size: 4, kind: Kind::Load { reg: RAX, dest_size: 4 } }));
+        assert_eq!(d(&[0x8B, 0x07]), Some((2, 4, Kind::Load { reg: RAX, dest_size: 4 })));
         // mov qword ptr [rdi + 8], r9
         let r9 = Reg { index: 9, high_byte: false };
-        assert_eq!(d(&[0x4C, 0x89, 0x4F, 0x08]), Some(MemAccess { len: 4, size: 8, kind: Kind::Store(r9) }));
+        assert_eq!(d(&[0x4C, 0x89, 0x4F, 0x08]), Some((4, 8, Kind::Store(r9))));
         // mov word ptr [rsi], cx
         let rcx = Reg { index: 1, high_byte: false };
-        assert_eq!(d(&[0x66, 0x89, 0x0E]), Some(MemAccess { len: 3, size: 2, kind: Kind::Store(rcx) }));
+        assert_eq!(d(&[0x66, 0x89, 0x0E]), Some((3, 2, Kind::Store(rcx))));
         // mov byte ptr [rdi], ah (no REX: 4 is AH)
         let ah = Reg { index: 0, high_byte: true };
-        assert_eq!(d(&[0x88, 0x27]), Some(MemAccess { len: 2, size: 1, kind: Kind::Store(ah) }));
+        assert_eq!(d(&[0x88, 0x27]), Some((2, 1, Kind::Store(ah))));
         // mov byte ptr [rdi], spl (with REX: 4 is SPL)
         let spl = Reg { index: 4, high_byte: false };
-        assert_eq!(d(&[0x40, 0x88, 0x27]), Some(MemAccess { len: 3, size: 1, kind: Kind::Store(spl) }));
+        assert_eq!(d(&[0x40, 0x88, 0x27]), Some((3, 1, Kind::Store(spl))));
         // movzx eax, byte ptr [rdi]; movzx r10, word ptr [rax + rbx*4 + 0x12345678]
-        assert_eq!(
-            d(&[0x0F, 0xB6, 0x07]),
-            Some(MemAccess { len: 3, size: 1, kind: Kind::Load { reg: RAX, dest_size: 4 } })
-        );
+        assert_eq!(d(&[0x0F, 0xB6, 0x07]), Some((3, 1, Kind::Load { reg: RAX, dest_size: 4 })));
         let r10 = Reg { index: 10, high_byte: false };
         assert_eq!(
             d(&[0x4C, 0x0F, 0xB7, 0x94, 0x98, 0x78, 0x56, 0x34, 0x12]),
-            Some(MemAccess { len: 9, size: 2, kind: Kind::Load { reg: r10, dest_size: 8 } })
+            Some((9, 2, Kind::Load { reg: r10, dest_size: 8 }))
         );
         // mov dword ptr [rip + 0x100], 0x12345678
-        assert_eq!(
-            d(&[0xC7, 0x05, 0, 1, 0, 0, 0x78, 0x56, 0x34, 0x12]),
-            Some(MemAccess { len: 10, size: 4, kind: Kind::StoreImm(0x1234_5678) })
-        );
+        assert_eq!(d(&[0xC7, 0x05, 0, 1, 0, 0, 0x78, 0x56, 0x34, 0x12]), Some((10, 4, Kind::StoreImm(0x1234_5678))));
         // mov qword ptr [rax], -1 (imm32 sign-extended)
-        assert_eq!(
-            d(&[0x48, 0xC7, 0x00, 0xFF, 0xFF, 0xFF, 0xFF]),
-            Some(MemAccess { len: 7, size: 8, kind: Kind::StoreImm(u64::MAX) })
-        );
+        assert_eq!(d(&[0x48, 0xC7, 0x00, 0xFF, 0xFF, 0xFF, 0xFF]), Some((7, 8, Kind::StoreImm(u64::MAX))));
         // mov word ptr [rax], 0xBEEF; mov byte ptr [rsp + 1], 7 (SIB)
-        assert_eq!(
-            d(&[0x66, 0xC7, 0x00, 0xEF, 0xBE]),
-            Some(MemAccess { len: 5, size: 2, kind: Kind::StoreImm(0xBEEF) })
-        );
-        assert_eq!(d(&[0xC6, 0x44, 0x24, 0x01, 7]), Some(MemAccess { len: 5, size: 1, kind: Kind::StoreImm(7) }));
+        assert_eq!(d(&[0x66, 0xC7, 0x00, 0xEF, 0xBE]), Some((5, 2, Kind::StoreImm(0xBEEF))));
+        assert_eq!(d(&[0xC6, 0x44, 0x24, 0x01, 7]), Some((5, 1, Kind::StoreImm(7))));
         // A segment prefix and an address-size prefix: mov eax, dword ptr fs:[ebx]
-        assert_eq!(d(&[0x64, 0x67, 0x8B, 0x03]).map(|a| (a.len, a.size)), Some((4, 4)));
+        assert_eq!(d(&[0x64, 0x67, 0x8B, 0x03]).map(|a| (a.0, a.1)), Some((4, 4)));
         // mov rax, [0x1000] through SIB with no base (mod 00, base 101: disp32)
-        assert_eq!(d(&[0x48, 0x8B, 0x04, 0x25, 0, 0x10, 0, 0]).map(|a| a.len), Some(8));
+        assert_eq!(d(&[0x48, 0x8B, 0x04, 0x25, 0, 0x10, 0, 0]).map(|a| a.0), Some(8));
     }
 
     #[test]
@@ -346,7 +399,7 @@ mod tests {
         // Fifteen prefixes leave no room for the opcode.
         assert_eq!(d(&[0x66; 16]), None);
         // A REX that a legacy prefix follows is dropped: 40 66 88 27 is mov [rdi], ah.
-        assert_eq!(d(&[0x40, 0x66, 0x88, 0x27]).map(|a| a.kind), Some(Kind::Store(Reg { index: 0, high_byte: true })));
+        assert_eq!(d(&[0x40, 0x66, 0x88, 0x27]).map(|a| a.2), Some(Kind::Store(Reg { index: 0, high_byte: true })));
     }
 
     /// Every byte string decodes without panicking, never longer than it is or than 15.
@@ -368,6 +421,35 @@ mod tests {
                 assert!(usize::from(a.len) <= n.min(MAX_LEN) && [1, 2, 4, 8].contains(&a.size), "{bytes:x?}");
             }
         }
+    }
+
+    /// The operand's address from registers, displacement, scale, RIP, FS/GS and the
+    /// address-size prefix: what the SVSM compares with the faulting gpa.
+    #[test]
+    fn the_operand_address_is_computed_as_the_cpu_does() {
+        let regs = |i: u8| match i {
+            0 => 0x1000,                // RAX
+            3 => 0x10,                  // RBX
+            4 => 0xDEAD,                // RSP (never an index)
+            5 => 0x5000,                // RBP
+            7 => 0xFFFF_FFFF_0000_0100, // RDI
+            9 => 0x20,                  // R9
+            13 => 0x7000,               // R13
+            _ => 0,
+        };
+        let at = |bytes: &[u8]| decode(bytes).unwrap().linear(regs, 0x40_0000, 0xF000_0000, 0xA000_0000);
+        assert_eq!(at(&[0x8B, 0x07]), 0xFFFF_FFFF_0000_0100, "[rdi]");
+        assert_eq!(at(&[0x8B, 0x44, 0x98, 0xF0]), 0x1000 + 0x10 * 4 - 0x10, "[rax + rbx*4 - 16]");
+        assert_eq!(at(&[0x8B, 0x05, 0x10, 0, 0, 0]), 0x40_0010, "[rip + 16], from the next RIP");
+        assert_eq!(at(&[0x8B, 0x04, 0x25, 0, 0x20, 0, 0]), 0x2000, "[disp32]: no base, no index");
+        assert_eq!(at(&[0x8B, 0x04, 0x24]), 0xDEAD, "[rsp]: SIB with no index");
+        assert_eq!(at(&[0x42, 0x8B, 0x04, 0x20]), 0x1000, "REX.X: index 100 is R12 (0 here)");
+        assert_eq!(at(&[0x43, 0x8B, 0x44, 0x0D, 0x08]), 0x7000 + 0x20 + 8, "[r13 + r9 + 8] (REX.B, REX.X)");
+        assert_eq!(at(&[0x8B, 0x45, 0x00]), 0x5000, "[rbp + 0]: mod 01 with base 101");
+        assert_eq!(at(&[0x67, 0x8B, 0x07]), 0x100, "address size: EDI");
+        assert_eq!(at(&[0x65, 0x8B, 0x07]), 0xA000_0100u64.wrapping_add(0xFFFF_FFFF_0000_0000), "GS base");
+        assert_eq!(at(&[0x64, 0x2E, 0x8B, 0x03]), 0x10, "the last segment override counts");
+        assert_eq!(at(&[0x64, 0x8B, 0x03]), 0xF000_0010, "FS base");
     }
 
     #[test]

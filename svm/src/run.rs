@@ -9,13 +9,13 @@
 use crate::exit::{self, Action};
 use crate::hw::{PageMem, SvmCpu, SvmHw};
 use crate::iopm::{self, IoExit, IoRefusal};
-use crate::mmio;
 use crate::shared::SvmShared;
 use crate::slots::{PutBack, WhileOut};
 use crate::vcpu::{Exit, SvmVcpu};
+use crate::{mmio, npt};
 use abi::syscall::{IoAccess, MmioAccess};
 use abi::vmcb::offset;
-use abi::vmsa::VmsaField;
+use abi::vmsa::{Vmsa, VmsaField};
 use core::cell::Cell;
 use kernel::Svsm;
 use kernel::user::vm::{Served, size_mask};
@@ -23,6 +23,12 @@ use kernel::user::vm::{Served, size_mask};
 /// EXITINFO1 of a nested page fault: bit 1 set for a write access (AMD APM vol. 2,
 /// "Nested versus Guest Page Faults, Fault Ordering").
 const NPF_WRITE: u64 = 1 << 1;
+/// EXITINFO1 of a nested page fault: an instruction fetch (bit 4), and a fault of the
+/// guest's own page-table walk rather than of the final access (bit 33).
+const NPF_FETCH: u64 = 1 << 4;
+const NPF_IN_WALK: u64 = 1 << 33;
+/// EXITINTINFO's valid bit: the exit cut an event's delivery short.
+const EXIT_INT_INFO_VALID: u64 = 1 << 31;
 
 /// Refusals of one access at one RIP in a row after which a vCPU counts as broken
 /// (`SvmShared::handle_exit`). A guest whose #GP handler runs moves on after one; under
@@ -100,8 +106,9 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
             // A kick: the next VMRUN sees it and calls the vCPU back.
             Action::Kicked => {}
             // The SVSM's own interrupt, taken as the guest came out: the guest goes on,
-            // unless the CPU has something to look at between its guest's exits.
-            Action::Interrupted if !cpu.attention() => {}
+            // unless the CPU has something to look at between its guest's exits, or
+            // another vCPU of this CPU waits for its turn (the timer ends a turn).
+            Action::Interrupted if t.alone && !cpu.attention() => {}
             Action::Halt if t.alone && cpu.generation() == t.generation && !cpu.attention() => v.skip(exit::HLT_LEN),
             Action::Undefined => v.inject_ud(),
             _ => return Some(e),
@@ -172,13 +179,14 @@ impl<H: SvmHw> SvmShared<H> {
         {
             return Ok((true, None));
         }
+        let alone = t.alone;
         let (index, v) = (t.index, &mut t.vcpu);
         let rip = v.field(VmsaField::Rip);
         match action {
             Action::Call => {}
             Action::Msr { write } => self.answer_msr(svsm, index, v, write),
             Action::Io(io) if self.device_io(svsm, index, v, &io, e.info2) => {}
-            Action::NestedFault { gpa, .. } if self.device_mmio(svsm, index, v, gpa) => {}
+            Action::NestedFault { gpa, error } if self.device_mmio(svsm, index, v, gpa, error) => {}
             Action::Io(io) => {
                 v.inject_gp();
                 let why = match iopm::on_exit(&io) {
@@ -205,7 +213,7 @@ impl<H: SvmHw> SvmShared<H> {
                 }
                 v.inject_gp();
                 self.log_refusal(format_args!(
-                    "vCPU {index}'s access to {gpa:#x} (not validated, or SVSM memory) at rip {rip:#x}"
+                    "vCPU {index}'s access to {gpa:#x} (not validated, SVSM memory, or a device's page it could not serve) at rip {rip:#x}"
                 ));
             }
             // A yield: the caller moves on to this CPU's next vCPU.
@@ -217,6 +225,8 @@ impl<H: SvmHw> SvmShared<H> {
             // What the CPU handles alone never comes here; if it does, the same answer.
             Action::BareGate => v.skip(exit::VMMCALL_LEN),
             Action::Undefined => v.inject_ud(),
+            // Another vCPU shares this CPU: the timer ended this one's turn.
+            Action::Interrupted if !alone => return Ok((false, None)),
             Action::Cpuid | Action::Kicked | Action::Interrupted => {}
         }
         Ok((true, None))
@@ -293,24 +303,47 @@ impl<H: SvmHw> SvmShared<H> {
     /// access served by that process, a load's value written to its register, and RIP
     /// moved past it; or left for the guest to make again while the process serves
     /// another CPU's access. `false` leaves the access to the refusal: no claim covers
-    /// it, the vCPU is not in 64-bit code, the instruction cannot be read or is not one
-    /// of the MOVs `mmio::decode` knows.
-    fn device_mmio(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>, gpa: u64) -> bool {
+    /// it, the vCPU is not in 64-bit code, the fault is not the data access of the
+    /// instruction at RIP (an instruction fetch, a fault of the guest's own page-table
+    /// walk, an event being delivered), the instruction cannot be read or is not one of
+    /// the MOVs `mmio::decode` knows, its direction or its operand's address (through
+    /// the guest's tables) is not the fault's.
+    fn device_mmio(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>, gpa: u64, error: u64) -> bool {
         let Ok(vm) = u8::try_from(v.field(VmsaField::Vmpl)) else { return false };
         let vms = svsm.vm_objects();
         // Cheap first: most nested faults are no device's.
         if !vms.mmio_claimed(vm, gpa) || !v.in_64bit_code() {
             return false;
         }
-        let read = |at: u64, buf: &mut [u8]| self.read_guest(at, buf);
+        if error & (NPF_FETCH | NPF_IN_WALK) != 0 || v.vmcb.u64(offset::EXIT_INT_INFO) & EXIT_INT_INFO_VALID != 0 {
+            return false;
+        }
+        // Every byte the SVSM reads for it is one the guest itself may read (its VMPL's
+        // RMP permission, under the page-state lock so it cannot change meanwhile), and
+        // one the SVSM may copy: never the SVSM's, never a VMSA.
+        let read = |at: u64, buf: &mut [u8]| self.read_as_guest(vm, at, buf);
         let read_entry = |at: u64| {
             let mut entry = [0u8; 8];
-            self.read_guest(at, &mut entry).map(|()| u64::from_le_bytes(entry))
+            self.read_as_guest(vm, at, &mut entry).map(|()| u64::from_le_bytes(entry))
         };
-        let Some((bytes, n)) = mmio::fetch(v.paging(), v.field(VmsaField::Rip), read_entry, read) else {
+        let (paging, rip) = (v.paging(), v.field(VmsaField::Rip));
+        let Some((bytes, n)) = mmio::fetch(paging, rip, read_entry, read) else {
             return false;
         };
         let Some(insn) = bytes.get(..n).and_then(mmio::decode) else { return false };
+        if insn.is_write() != (error & NPF_WRITE != 0) {
+            return false;
+        }
+        // The instruction's own operand must be where the fault was: a guest that
+        // changed its tables or its code since the fault, or whose access only ran into
+        // the claimed page, is refused.
+        let next_rip = rip.wrapping_add(u64::from(insn.len));
+        let segment = |off: usize| v.vmcb.segment(offset::SAVE + off).base;
+        let (fs, gs) = (segment(core::mem::offset_of!(Vmsa, fs)), segment(core::mem::offset_of!(Vmsa, gs)));
+        let linear = insn.linear(|i| v.gpr(i), next_rip, fs, gs);
+        if mmio::translate(paging, linear, read_entry) != Some(gpa) {
+            return false;
+        }
         let data = match insn.kind {
             mmio::Kind::Store(reg) => mmio::store_value(v.gpr(reg.index), reg, insn.size),
             mmio::Kind::StoreImm(value) => value & mmio::mask(insn.size),
@@ -343,9 +376,15 @@ impl<H: SvmHw> SvmShared<H> {
         true
     }
 
-    /// Copy guest memory the SVSM may read (the access map's check, as for a call's
-    /// copies): the guest's own validated pages, never the SVSM's.
-    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Option<()> {
+    /// Copy guest memory for VMPL `vmpl`'s instruction: only pages that VMPL may read
+    /// (its RMP permission) and the SVSM may copy (the access map, as for a call's
+    /// copies), checked and copied under the page-state lock.
+    fn read_as_guest(&self, vmpl: u8, gpa: u64, buf: &mut [u8]) -> Option<()> {
+        let last = gpa.checked_add(u64::try_from(buf.len().checked_sub(1)?).ok()?)?;
+        let rmp = self.state.lock_rmp();
+        if !(gpa >> 12..=last >> 12).all(|pfn| npt::access_for(&rmp, pfn, vmpl).is_some()) {
+            return None;
+        }
         self.state.access().check(gpa, buf.len()).ok()?;
         self.hw.read_guest(gpa, buf).ok()
     }

@@ -155,6 +155,12 @@ impl VmObjects {
     /// arrive on. `vm` must be open in `owner` (the caller's handle says so); guest
     /// memory is never claimed (`forbidden`: its RAM and the SVSM's region).
     pub fn claim(&self, vm: u8, range: Range, owner: u32) -> Result<Arc<Channel>, SysError> {
+        let (start, end) = range.bounds();
+        let pages = matches!(range, Range::Mmio { .. }).then_some(4096).unwrap_or(1);
+        if start >= end || !start.is_multiple_of(pages) || !end.is_multiple_of(pages) || (pages == 1 && end > 0x1_0000)
+        {
+            return Err(SysError::Inval);
+        }
         if let Range::Mmio { start, end } = range
             && self.forbidden.iter().any(|(a, b)| *a < end && start < *b)
         {
@@ -224,7 +230,9 @@ impl VmObjects {
         let s = self.state.lock();
         s.claims
             .iter()
-            .filter_map(|c| if let Range::Mmio { start, end } = c.range { Some((end - start) / 4096) } else { None })
+            .filter_map(|c| {
+                if let Range::Mmio { start, end } = c.range { Some(end.saturating_sub(start) / 4096) } else { None }
+            })
             .sum()
     }
 

@@ -261,6 +261,31 @@ fn the_svsms_interrupt_returns_the_guest_to_a_cpu_that_wants_attention() {
     assert_eq!(t.vcpu.vmcb.u64(abi::vmcb::offset::EVENT_INJ), 0);
 }
 
+/// vCPUs that share a CPU take turns: the SVSM's timer interrupt ends the turn of one
+/// that has a neighbour (it goes back to its slot, RIP where it was, nothing injected),
+/// so one that spins without ever exiting cannot keep the other off the CPU; a vCPU
+/// alone on its CPU runs on.
+#[test]
+fn the_timer_ends_the_turn_of_a_vcpu_that_shares_its_cpu() {
+    let mut w = world();
+    let intr = Step { code: abi::vmcb::exit::INTR, ..Step::default() };
+    w.cpu.script = [intr].into();
+    let mut t = w.take();
+    t.alone = false;
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    assert!(e.is_some(), "the interrupt leaves the CPU's run step");
+    let r = w.p.after_run(&w.svsm, &mut t, e, 0).unwrap();
+    assert_eq!(r, Handled { then: Then::PutBack, served: None }, "its turn is over");
+    assert_eq!((t.vcpu.field(VmsaField::Rip), t.vcpu.vmcb.u64(abi::vmcb::offset::EVENT_INJ)), (START_RIP, 0));
+    w.p.put_back(t);
+
+    w.cpu.script = [intr].into();
+    let mut t = w.take();
+    assert!(t.alone);
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None, "alone: answered on the CPU, the guest runs on");
+    w.p.put_back(t);
+}
+
 /// A paused guest (a migration's last round): no vCPU is taken out until it resumes,
 /// and the pause is complete once every vCPU is back.
 #[test]
@@ -583,13 +608,15 @@ fn a_failed_device_model_reads_all_ones_then_its_ports_are_refused() {
 /// models"): the nested page fault's instruction is read through the guest's own page
 /// tables (the launch's identity map) and decoded; a load's value lands in its register
 /// by x86's rules, a store's register or immediate reaches the process, RIP moves past
-/// the instruction. An instruction the decoder does not know is refused as before.
+/// the instruction. What is not the data access of that instruction is refused.
 #[test]
 fn a_claimed_mmio_page_is_served_through_the_decoded_instruction() {
     use kernel::user::channel::Receive;
     use kernel::user::vm::Range;
     use std::sync::{Arc, Mutex};
     const PAGE: u64 = 0xFEB0_0000;
+    const READ: u64 = 0b100;
+    const WRITE: u64 = 0b110;
     let mut w = world();
     let vms = w.svsm.vm_objects().clone();
     vms.open(crate::vcpu::GUEST_VMPL, 7).unwrap();
@@ -608,42 +635,80 @@ fn a_claimed_mmio_page_is_served_through_the_decoded_instruction() {
         true
     });
     vms.host(7, std::boxed::Box::new(model)).unwrap();
+    // Registers that are not in a step's script are set on the vCPU in its slot.
+    let set = |w: &mut World, f: &dyn Fn(&mut SvmVcpu<TestPage>)| {
+        let mut t = w.take();
+        f(&mut t.vcpu);
+        w.p.put_back(t);
+    };
     let npf =
-        |gpa: u64, rax: u64, rcx: u64| Step { code: code::NPF, info1: 0b100, info2: gpa, rax, rcx, ..Step::default() };
+        |gpa: u64, info1: u64, rax: u64, rcx: u64, rdx: u64| Step { code: code::NPF, info1, info2: gpa, rax, rcx, rdx };
     let at = |w: &mut World, insn: &[u8], step: Step| {
         let rip = w.field(VmsaField::Rip);
         w.p.hw.write_guest(rip, insn).unwrap();
         assert_eq!(w.run(&[step]), Ok(true));
         (rip, w.field(VmsaField::Rip))
     };
-    // mov eax, dword ptr [rdi]: the upper half cleared.
-    let (rip, next) = at(&mut w, &[0x8B, 0x07], npf(PAGE + 0x10, u64::MAX, 0));
+    // mov eax, dword ptr [rdx]: the upper half cleared.
+    let (rip, next) = at(&mut w, &[0x8B, 0x02], npf(PAGE + 0x10, READ, u64::MAX, 0, PAGE + 0x10));
     assert_eq!((w.field(VmsaField::Rax), next), (0x5566_7788, rip + 2));
     assert_eq!(w.event(), 0, "nothing injected");
-    // mov dword ptr [rdi + 8], ecx: the low 4 bytes of RCX go out.
-    let (rip, next) = at(&mut w, &[0x89, 0x4F, 0x08], npf(PAGE + 0x18, 0, 0xAAAA_BBBB_CCCC_DDDD));
+    // mov dword ptr [rdx + 8], ecx: the low 4 bytes of RCX go out.
+    let (rip, next) = at(&mut w, &[0x89, 0x4A, 0x08], npf(PAGE + 0x18, WRITE, 0, 0xAAAA_BBBB_CCCC_DDDD, PAGE + 0x10));
     assert_eq!(next, rip + 3);
     // mov byte ptr [rax], 0x5A; mov ax, word ptr [rax] (AX merges).
-    let (rip, next) = at(&mut w, &[0xC6, 0x00, 0x5A], npf(PAGE, PAGE, 0));
+    let (rip, next) = at(&mut w, &[0xC6, 0x00, 0x5A], npf(PAGE, WRITE, PAGE, 0, 0));
     assert_eq!(next, rip + 3);
-    at(&mut w, &[0x66, 0x8B, 0x00], npf(PAGE, 0xFFFF_0000_0000_0000 | PAGE, 0));
+    at(&mut w, &[0x66, 0x8B, 0x00], npf(PAGE, READ, 0xFFFF_0000_0000_0000 | PAGE, 0, 0));
     assert_eq!(w.field(VmsaField::Rax), 0xFFFF_0000_0000_7788 | (PAGE & !0xFFFF));
+    // mov r10, qword ptr [r9 + 0x20]; mov byte ptr [rdi], ah; movzx esp... is no MMIO
+    // accessor: loads into RSP go through the VMCB like any other register.
+    set(&mut w, &|v| v.set_gpr(9, PAGE));
+    at(&mut w, &[0x4D, 0x8B, 0x51, 0x20], npf(PAGE + 0x20, READ, 0, 0, 0));
+    assert_eq!(w.vcpu0(|v| v.gpr(10)), 0x1122_3344_5566_7788);
+    set(&mut w, &|v| v.set_gpr(7, PAGE + 0x30));
+    at(&mut w, &[0x88, 0x27], npf(PAGE + 0x30, WRITE, 0xAB00, 0, 0));
+    set(&mut w, &|v| v.set_gpr(3, PAGE + 0x40));
+    at(&mut w, &[0x8B, 0x23], npf(PAGE + 0x40, READ, 0, 0, 0));
+    assert_eq!(w.field(VmsaField::Rsp), 0x5566_7788, "mov esp, [rbx]");
     let seen = seen.lock().unwrap().clone();
     let summary: std::vec::Vec<_> = seen.iter().map(|a| (a.gpa, a.size, a.write, a.data)).collect();
     assert_eq!(
         summary,
-        [(PAGE + 0x10, 4, 0, 0), (PAGE + 0x18, 4, 1, 0xCCCC_DDDD), (PAGE, 1, 1, 0x5A), (PAGE, 2, 0, 0)]
+        [
+            (PAGE + 0x10, 4, 0, 0),
+            (PAGE + 0x18, 4, 1, 0xCCCC_DDDD),
+            (PAGE, 1, 1, 0x5A),
+            (PAGE, 2, 0, 0),
+            (PAGE + 0x20, 8, 0, 0),
+            (PAGE + 0x30, 1, 1, 0xAB),
+            (PAGE + 0x40, 4, 0, 0)
+        ]
     );
 
-    // Refused: REP MOVSD (not a MOV the decoder knows), a MOV that runs off the page,
-    // and a fault outside the claim.
-    for (insn, gpa) in
-        [(&[0xF3, 0xA5][..], PAGE), (&[0x48, 0x8B, 0x07][..], PAGE + 0xFFC), (&[0x8B, 0x07][..], PAGE + 0x1000)]
-    {
+    // Refused (#GP, RIP on the instruction, the process never asked): REP MOVSD; a MOV
+    // that runs off the page; a fault outside the claim; a store the fault calls a read
+    // and a load it calls a write; an operand elsewhere than the fault (the guest
+    // changed its code or tables since); a fetch; a fault of the guest's own table walk.
+    set(&mut w, &|v| v.set_gpr(7, 0));
+    for (insn, step) in [
+        (&[0xF3, 0xA5][..], npf(PAGE, READ, 0, 0, PAGE)),
+        (&[0x48, 0x8B, 0x02][..], npf(PAGE + 0xFFC, READ, 0, 0, PAGE + 0xFFC)),
+        (&[0x8B, 0x02][..], npf(PAGE + 0x1000, READ, 0, 0, PAGE + 0x1000)),
+        (&[0x89, 0x02][..], npf(PAGE, READ, 0, 0, PAGE)),
+        (&[0x8B, 0x02][..], npf(PAGE, WRITE, 0, 0, PAGE)),
+        (&[0x8B, 0x07][..], npf(PAGE + 0x10, READ, 0, 0, 0)),
+        (&[0x8B, 0x02][..], npf(PAGE, READ | 1 << 4, 0, 0, PAGE)),
+        (&[0x8B, 0x02][..], npf(PAGE, READ | 1 << 33, 0, 0, PAGE)),
+    ] {
         let rip = w.field(VmsaField::Rip);
         w.p.hw.write_guest(rip, insn).unwrap();
-        assert_eq!(w.run(&[npf(gpa, 0, 0)]), Ok(true));
-        assert_eq!((w.event(), w.field(VmsaField::Rip)), (GP, rip), "{insn:x?} at {gpa:#x}");
+        assert_eq!(w.run(&[step]), Ok(true));
+        assert_eq!((w.event(), w.field(VmsaField::Rip)), (GP, rip), "{insn:x?}: {step:x?}");
     }
+    // Instruction bytes the guest may not read (the startup VMSA's page): refused too.
+    set(&mut w, &|v| v.set_field(VmsaField::Rip, 0xA000));
+    assert_eq!(w.run(&[npf(PAGE, READ, 0, 0, PAGE)]), Ok(true));
+    assert_eq!((w.event(), w.field(VmsaField::Rip)), (GP, 0xA000));
     assert_eq!(w.svsm.vm_objects().claimed_mmio_pages(), 1);
 }

@@ -31,6 +31,9 @@ const _: () = {
     shared_by_every_cpu::<Shared>();
 };
 
+/// The longest turn of a vCPU whose CPU other vCPUs share.
+const VCPU_SLICE_MS: u32 = 10;
+
 /// Set once by the boot CPU after the launch.
 static SHARED: Once<Shared> = Once::new();
 
@@ -84,6 +87,15 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
         // after `poll_period_ms`.
         if cpu == 0 && super::migration::armed() {
             let ticks = super::user::timer_ticks_per_ms().saturating_mul(super::migration::poll_period_ms());
+            if ticks > 0 {
+                super::lapic::keep_timer_running(ticks);
+            }
+        }
+        // vCPUs that share this CPU take turns: the timer ends a turn after at most
+        // `VCPU_SLICE_MS`, even for a vCPU that never exits on its own (the INTR exit
+        // then puts it back, `svm::run`).
+        if !t.alone {
+            let ticks = super::user::timer_ticks_per_ms().saturating_mul(VCPU_SLICE_MS);
             if ticks > 0 {
                 super::lapic::keep_timer_running(ticks);
             }

@@ -21,9 +21,14 @@ const CALL: u32 = 2;
 const DONE: u32 = 3;
 const TIME_CALLS: u32 = 4;
 const FPU_CHECK: u32 = 5;
-/// The secondary vCPU took the request (from PING, CALL, TIME_CALLS or FPU_CHECK) and
-/// works on it: the boot vCPU can no longer take it back, only wait for DONE.
+/// The secondary vCPU took the request (from PING, CALL, TIME_CALLS, FPU_CHECK or SPIN)
+/// and works on it: the boot vCPU can no longer take it back, only wait for DONE.
 const BUSY: u32 = 6;
+/// Spin without a single exit until [`STOP_SPIN`] is set.
+const SPIN: u32 = 7;
+
+/// Ends a SPIN.
+static STOP_SPIN: AtomicBool = AtomicBool::new(false);
 
 /// Yields each side makes while it watches its own XMM0 (`fpu_kept`).
 const FPU_ROUNDS: u32 = 200;
@@ -59,7 +64,7 @@ extern "C" fn ap_main(apic: u64) -> ! {
     };
     loop {
         let kind = mb.state.load(Ordering::Acquire);
-        if !matches!(kind, PING | TIME_CALLS | CALL | FPU_CHECK)
+        if !matches!(kind, PING | TIME_CALLS | CALL | FPU_CHECK | SPIN)
             || mb.state.compare_exchange(kind, BUSY, Ordering::AcqRel, Ordering::Acquire).is_err()
         {
             yield_cpu();
@@ -80,6 +85,13 @@ extern "C" fn ap_main(apic: u64) -> ! {
                 // SAFETY: BUSY: `regs` is this vCPU's until it stores DONE.
                 let regs = unsafe { &mut *mb.regs.get() };
                 regs.rax = u64::from(fpu_kept(0xA5A5_0000_0000_0000 | apic, FPU_ROUNDS));
+            }
+            // No HLT, no call, no fault: nothing makes this vCPU leave the guest on its
+            // own. PAUSE is not intercepted.
+            SPIN => {
+                while !STOP_SPIN.load(Ordering::Acquire) {
+                    core::hint::spin_loop();
+                }
             }
             // PING: taking it is the answer.
             _ => {}
@@ -149,6 +161,38 @@ pub fn fpu_isolation(apic: u32) -> Option<(bool, bool)> {
     // SAFETY: DONE (then IDLE), or never taken: `regs` is the boot vCPU's again.
     let other_kept = unsafe { (*mb.regs.get()).rax } == 1;
     answered.then_some((boot_kept, other_kept))
+}
+
+/// The vCPU with `apic`, which the SVSM runs on the boot vCPU's CPU, spins without a
+/// single exit; the boot vCPU must still get its turns. `Some(cycles)`: how long after
+/// it yielded to its neighbour the boot vCPU ran again (the neighbour had taken the
+/// request and was spinning by then); `None` if the neighbour never took it. Without
+/// time slices between the vCPUs of a CPU this never returns: the guest hangs.
+pub fn spinning_neighbour(apic: u32) -> Option<u64> {
+    let mb = MAILBOXES.get(apic as usize)?;
+    STOP_SPIN.store(false, Ordering::Release);
+    mb.state.store(SPIN, Ordering::Release);
+    let mut back = None;
+    for _ in 0..100_000 {
+        let t0 = rdtsc();
+        yield_cpu();
+        if mb.state.load(Ordering::Acquire) == BUSY {
+            back = Some(rdtsc() - t0);
+            break;
+        }
+    }
+    STOP_SPIN.store(true, Ordering::Release);
+    if back.is_none() && !give_up(mb, SPIN) {
+        return None;
+    }
+    if back.is_some() {
+        // The neighbour sees the stop on its next turn.
+        while mb.state.load(Ordering::Acquire) != DONE {
+            yield_cpu();
+        }
+        mb.state.store(IDLE, Ordering::Release);
+    }
+    back
 }
 
 /// QUERY_PROTOCOL round trips timed by the secondary vCPU that runs [`time_calls`]: a

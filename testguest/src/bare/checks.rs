@@ -180,6 +180,15 @@ pub fn run_all() -> (bool, u64) {
         kept == Some((true, true)),
         format_args!("{third:?}, (boot vCPU kept its XMM0, the third kept its): {kept:?}"),
     );
+    // The third vCPU spins without a single exit: the boot vCPU, on the same CPU, must
+    // still get its turns (the SVSM's timer ends the spinner's).
+    let back = third.as_ref().ok().and_then(|()| super::ap::spinning_neighbour(2));
+    let still = c.query_protocol(ProtocolId::CORE, 1);
+    r.check(
+        "svm/vcpus-sharing-a-cpu-take-turns",
+        back.is_some() && still == Ok(Some((1, 1))),
+        format_args!("the boot vCPU ran again {back:?} cycles after it yielded to a neighbour that never exits; QUERY_PROTOCOL: {still:?}"),
+    );
     if third.is_ok() {
         let _ = c.delete_vcpu(vmsa3);
     }
