@@ -14,8 +14,12 @@ use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 /// The kernel's services with VM 1 (bit 1 of the bitmap), its VM objects, and the svm
-/// platform's rule for ports: every port but the guest's COM2 (0x2F8..0x2FF).
-struct Svm(Arc<VmObjects>);
+/// platform's rule for ports: every port but the guest's COM2 (0x2F8..0x2FF). `.1` is
+/// CAPABILITIES' platform bits ([`SVM`] but in one test).
+struct Svm(Arc<VmObjects>, u64);
+
+/// The svm platform's bits: both kinds of event served.
+const SVM: u64 = sys::features::IOIO_EVENTS | sys::features::MMIO_EVENTS;
 
 impl Services for Svm {
     fn clock_ns(&mut self) -> u64 {
@@ -29,7 +33,7 @@ impl Services for Svm {
         0b10
     }
     fn features(&self) -> u64 {
-        sys::features::IOIO_EVENTS | sys::features::MMIO_EVENTS
+        self.1
     }
     fn vm_objects(&self) -> Option<&VmObjects> {
         Some(&self.0)
@@ -68,7 +72,7 @@ fn device_process(id: u32) -> Process {
 #[test]
 fn a_vm_opens_once_for_a_process_with_the_right() {
     let vms = Arc::new(VmObjects::default());
-    let mut s = Svm(vms.clone());
+    let mut s = Svm(vms.clone(), SVM);
     let mut space = HostSpace::default();
     // The vTPM's process has no right to VMs.
     let mut plain = Process::new(1, 16);
@@ -97,7 +101,7 @@ fn a_vm_opens_once_for_a_process_with_the_right() {
 #[test]
 fn a_full_handle_table_leaves_no_vm_open_and_no_port_claimed() {
     let vms = Arc::new(VmObjects::default());
-    let mut s = Svm(vms.clone());
+    let mut s = Svm(vms.clone(), SVM);
     let mut space = HostSpace::default();
     let mut p = device_process(2);
     let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
@@ -122,7 +126,7 @@ fn a_full_handle_table_leaves_no_vm_open_and_no_port_claimed() {
 #[test]
 fn a_device_model_claims_only_ports_the_svsm_intercepts_and_no_one_elses() {
     let vms = Arc::new(VmObjects::default());
-    let mut s = Svm(vms.clone());
+    let mut s = Svm(vms.clone(), SVM);
     let mut space = HostSpace::default();
     let mut p = device_process(2);
     let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
@@ -162,7 +166,7 @@ fn a_device_model_claims_only_ports_the_svsm_intercepts_and_no_one_elses() {
 #[test]
 fn a_port_access_is_served_by_the_process_through_its_event() {
     let vms = Arc::new(VmObjects::default());
-    let mut s = Svm(vms.clone());
+    let mut s = Svm(vms.clone(), SVM);
     let mut space = HostSpace::default();
     let mut p = device_process(2);
     let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
@@ -185,7 +189,7 @@ fn a_port_access_is_served_by_the_process_through_its_event() {
     let run_vms = vms.clone();
     let mut register = 0u32;
     let run = Model(move || {
-        let mut s = Svm(run_vms.clone());
+        let mut s = Svm(run_vms.clone(), SVM);
         assert_eq!(call(&mut p, &mut space, &mut s, sys::WAIT_FOR_EVENT, [event, 0, 0, 0, 0]), Ok(1));
         assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_RECEIVE, [event, buf, 16, 0, 0]), Ok(16));
         let mut bytes = [0u8; 16];
@@ -220,7 +224,7 @@ fn a_port_access_is_served_by_the_process_through_its_event() {
 fn an_mmio_page_is_claimed_only_off_guest_memory_and_served_by_its_process() {
     // RAM 0..2 GiB, the SVSM at 16..32 MiB (inside it, as on svm).
     let vms = Arc::new(VmObjects::new(vec![(0, 0x8000_0000), (0x100_0000, 0x200_0000)]));
-    let mut s = Svm(vms.clone());
+    let mut s = Svm(vms.clone(), SVM);
     let mut space = HostSpace::default();
     let mut p = device_process(2);
     let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
@@ -235,26 +239,7 @@ fn an_mmio_page_is_claimed_only_off_guest_memory_and_served_by_its_process() {
     let event = ev(&mut p, &mut space, &mut s, 0xFEB0_0000, 4096).unwrap();
     assert_eq!(ev(&mut p, &mut space, &mut s, 0xFEB0_0000, 4096), Err(SysError::Busy));
     // Where the platform does not serve MMIO (SEV-SNP: the host runs nested paging).
-    struct Snp(Svm);
-    impl Services for Snp {
-        fn clock_ns(&mut self) -> u64 {
-            0
-        }
-        fn random(&mut self, _: &mut [u8]) -> bool {
-            false
-        }
-        fn log(&mut self, _: u32, _: &[u8]) {}
-        fn vm_bitmap(&self) -> u64 {
-            0b10
-        }
-        fn features(&self) -> u64 {
-            1
-        }
-        fn vm_objects(&self) -> Option<&VmObjects> {
-            self.0.vm_objects()
-        }
-    }
-    let mut snp = Snp(Svm(vms.clone()));
+    let mut snp = Svm(vms.clone(), 1);
     let refused =
         p.syscall(&mut space, &mut snp, Call { number: sys::MMIO_EVENT, args: [vm, 0xFEC0_0000, 4096, 0, 0] });
     assert!(matches!(refused, Outcome::Return(rax) if SysError::from_rax(rax) == Some(Ok(SysError::NotSupp))));
@@ -269,7 +254,7 @@ fn an_mmio_page_is_claimed_only_off_guest_memory_and_served_by_its_process() {
     .unwrap();
     let run_vms = vms.clone();
     let run = Model(move || {
-        let mut s = Svm(run_vms.clone());
+        let mut s = Svm(run_vms.clone(), SVM);
         assert_eq!(call(&mut p, &mut space, &mut s, sys::WAIT_FOR_EVENT, [event, 0, 0, 0, 0]), Ok(1));
         assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_RECEIVE, [event, buf, 64, 0, 0]), Ok(24));
         let mut bytes = [0u8; 24];

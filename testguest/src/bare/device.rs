@@ -12,37 +12,53 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use guest::Client;
 
+/// What a check found wrong, one line each.
+#[derive(Default)]
+struct Wrong(Vec<String>);
+
+impl Wrong {
+    fn expect<T: Copy + PartialEq + core::fmt::LowerHex + core::fmt::Debug>(
+        &mut self,
+        what: &str,
+        got: Option<T>,
+        want: T,
+    ) {
+        if got != Some(want) {
+            self.0.push(alloc::format!("{what}: {got:x?}, not {want:#x}"));
+        }
+    }
+
+    fn verdict(self, fine: &str) -> (bool, String) {
+        (self.0.is_empty(), if self.0.is_empty() { fine.into() } else { self.0.join("; ") })
+    }
+}
+
 /// Every access as the device defines it: the register by byte, word and dword, the
 /// counter (which counts the accesses served, refused ones not), and the refusals: an
 /// access that runs past the device's ports, REP INSB, a port just past them.
 pub fn served_at_cpl3() -> (bool, String) {
-    let mut wrong = Vec::new();
-    let mut expect = |what: &str, got: Option<u32>, want: u32| {
-        if got != Some(want) {
-            wrong.push(alloc::format!("{what}: {got:x?}, not {want:#x}"));
-        }
-    };
+    let mut wrong = Wrong::default();
     let Some(before) = port_in(COUNTER, 4) else {
         return (false, "the counter's IN was refused: no device model serves the port".into());
     };
-    expect("OUT dword", port_out(REGISTER, 4, 0x1234_5678).then_some(0), 0);
-    expect("IN dword", port_in(REGISTER, 4), 0x1234_5678);
-    expect("IN byte at +1", port_in(REGISTER + 1, 1), 0x56);
-    expect("OUT word at +2", port_out(REGISTER + 2, 2, 0xBEEF).then_some(0), 0);
-    expect("IN dword after", port_in(REGISTER, 4), 0xBEEF_5678);
+    wrong.expect("OUT dword", port_out(REGISTER, 4, 0x1234_5678).then_some(0), 0);
+    wrong.expect("IN dword", port_in(REGISTER, 4), 0x1234_5678);
+    wrong.expect("IN byte at +1", port_in(REGISTER + 1, 1), 0x56);
+    wrong.expect("OUT word at +2", port_out(REGISTER + 2, 2, 0xBEEF).then_some(0), 0);
+    wrong.expect("IN dword after", port_in(REGISTER, 4), 0xBEEF_5678);
     // Two bytes of the register and two of the counter: the 6th access after `before`.
     let count = before.wrapping_add(6);
-    expect("IN dword across", port_in(REGISTER + 2, 4), (count & 0xFFFF) << 16 | 0xBEEF);
+    wrong.expect("IN dword across", port_in(REGISTER + 2, 4), (count & 0xFFFF) << 16 | 0xBEEF);
     let refused = [
         ("IN dword past the last port", port_in(FIRST + 6, 4).is_none()),
         ("IN byte of the next port", port_in(FIRST + 8, 1).is_none()),
         ("REP INSB", !port_rep_insb(FIRST)),
     ];
     for (what, was) in refused {
-        expect(what, Some(u32::from(was)), 1);
+        wrong.expect(what, Some(u32::from(was)), 1);
     }
-    expect("counter after the refusals", port_in(COUNTER, 4), before.wrapping_add(7));
-    (wrong.is_empty(), if wrong.is_empty() { "8 accesses as defined, 3 refused".into() } else { wrong.join("; ") })
+    wrong.expect("counter after the refusals", port_in(COUNTER, 4), before.wrapping_add(7));
+    wrong.verdict("8 accesses as defined, 3 refused")
 }
 
 /// The test device's MMIO page, through each MOV form the SVSM decodes: the 8-byte
@@ -50,29 +66,24 @@ pub fn served_at_cpl3() -> (bool, String) {
 /// for ports and MMIO), a load that spans both, and the refusals: a load that runs off
 /// the page, an address of the page past the device's registers reading zero.
 pub fn mmio_served() -> (bool, String) {
-    let mut wrong = Vec::new();
-    let mut expect = |what: &str, got: Option<u64>, want: u64| {
-        if got != Some(want) {
-            wrong.push(alloc::format!("{what}: {got:x?}, not {want:#x}"));
-        }
-    };
+    let mut wrong = Wrong::default();
     let Some(before) = mmio_read(MMIO + 8, 4) else {
         return (false, "the counter's load was refused: no device model serves the page".into());
     };
-    expect("store qword", mmio_write(MMIO, 8, 0x0123_4567_89AB_CDEF).then_some(0), 0);
-    expect("load qword", mmio_read(MMIO, 8), 0x0123_4567_89AB_CDEF);
-    expect("load byte at +1 (MOVZX)", mmio_read(MMIO + 1, 1), 0xCD);
-    expect("store word at +2", mmio_write(MMIO + 2, 2, 0xBEEF).then_some(0), 0);
-    expect("load dword", mmio_read(MMIO, 4), 0xBEEF_CDEF);
-    expect("store immediate at +4", mmio_write_immediate(MMIO + 4).then_some(0), 0);
-    expect("load word at +6 (MOVZX)", mmio_read(MMIO + 6, 2), 0x5A5A);
-    expect("store byte at +7", mmio_write(MMIO + 7, 1, 0x77).then_some(0), 0);
+    wrong.expect("store qword", mmio_write(MMIO, 8, 0x0123_4567_89AB_CDEF).then_some(0), 0);
+    wrong.expect("load qword", mmio_read(MMIO, 8), 0x0123_4567_89AB_CDEF);
+    wrong.expect("load byte at +1 (MOVZX)", mmio_read(MMIO + 1, 1), 0xCD);
+    wrong.expect("store word at +2", mmio_write(MMIO + 2, 2, 0xBEEF).then_some(0), 0);
+    wrong.expect("load dword", mmio_read(MMIO, 4), 0xBEEF_CDEF);
+    wrong.expect("store immediate at +4", mmio_write_immediate(MMIO + 4).then_some(0), 0);
+    wrong.expect("load word at +6 (MOVZX)", mmio_read(MMIO + 6, 2), 0x5A5A);
+    wrong.expect("store byte at +7", mmio_write(MMIO + 7, 1, 0x77).then_some(0), 0);
     // The register's top dword and the counter's low dword: the 9th access after `before`.
     let count = before + 9;
-    expect("load qword across", mmio_read(MMIO + 4, 8), (count & 0xFFFF_FFFF) << 32 | 0x775A_5A5A);
-    expect("load past the registers", mmio_read(MMIO + 0x800, 4), 0);
-    expect("load off the page refused", Some(u64::from(mmio_read(MMIO + 0xFFC, 8).is_none())), 1);
-    (wrong.is_empty(), if wrong.is_empty() { "11 accesses as defined, 1 refused".into() } else { wrong.join("; ") })
+    wrong.expect("load qword across", mmio_read(MMIO + 4, 8), (count & 0xFFFF_FFFF) << 32 | 0x775A_5A5A);
+    wrong.expect("load past the registers", mmio_read(MMIO + 0x800, 4), 0);
+    wrong.expect("load off the page refused", Some(u64::from(mmio_read(MMIO + 0xFFC, 8).is_none())), 1);
+    wrong.verdict("11 accesses as defined, 1 refused")
 }
 
 /// The test-only command that makes the device model fault: the OUT completes (a device
