@@ -278,7 +278,8 @@ fn assign(rmp: &mut Rmp, layout: &Layout, start: u64, end: u64) {
 /// The guest's initial page tables at `pml4`: an identity map of 4 GiB with 2 MiB pages
 /// (PML4, PDPT, then one page directory per GiB).
 pub fn page_tables(pml4: u64) -> Result<Vec<u8>, LaunchError> {
-    let len = (PAGE_TABLE_PAGES * PAGE) as usize;
+    let len =
+        usize::try_from(PAGE_TABLE_PAGES * PAGE).map_err(|_| LaunchError::OutOfMemory("the guest's page tables"))?;
     let mut pt = Vec::new();
     pt.try_reserve_exact(len).map_err(|_| LaunchError::OutOfMemory("the guest's page tables"))?;
     pt.resize(len, 0);
@@ -289,12 +290,13 @@ pub fn page_tables(pml4: u64) -> Result<Vec<u8>, LaunchError> {
     };
     let pdpt = pml4 + PAGE;
     put(0, pdpt | 3);
-    for g in 0..4u64 {
-        let pd = pdpt + PAGE * (g + 1);
-        put(0x1000 + 8 * g as usize, pd | 3);
-        for i in 0..512u64 {
+    for g in 0..4usize {
+        let gib = g as u64;
+        let pd = pdpt + PAGE * (gib + 1);
+        put(0x1000 + 8 * g, pd | 3);
+        for i in 0..512usize {
             // Present, writable, 2 MiB page.
-            put(0x2000 + ((g * 512 + i) * 8) as usize, (g << 30) | (i << 21) | 0x83);
+            put(0x2000 + (g * 512 + i) * 8, (gib << 30) | ((i as u64) << 21) | 0x83);
         }
     }
     Ok(pt)
@@ -332,7 +334,8 @@ impl<H: SvmHw> SvmShared<H> {
         let written = hw.write_guest(l.secrets, secrets.as_bytes());
         secrets.as_mut_bytes().fill(0);
         written.map_err(|_| LaunchError::Memory(l.secrets))?;
-        hw.zero_guest(l.calling_area, PAGE as usize).map_err(|_| LaunchError::Memory(l.calling_area))?;
+        let page = usize::try_from(PAGE).map_err(|_| LaunchError::Memory(l.calling_area))?;
+        hw.zero_guest(l.calling_area, page).map_err(|_| LaunchError::Memory(l.calling_area))?;
 
         // Page state as the launch leaves it.
         for range in &validated {

@@ -223,13 +223,19 @@ pub fn decode(bytes: &[u8]) -> Option<MemAccess> {
             le.get_mut(..n)?.copy_from_slice(raw);
             let value = u64::from_le_bytes(le);
             // imm32 of C7 with REX.W is sign-extended to 64 bits.
-            Kind::StoreImm(if size == 8 { value as u32 as i32 as i64 as u64 } else { value })
+            Kind::StoreImm(if size == 8 { sign_extend_32(value) } else { value })
         }
     };
     if i > MAX_LEN || i > bytes.len() {
         return None;
     }
-    Some(MemAccess { len: i as u8, size, kind, operand })
+    Some(MemAccess { len: u8::try_from(i).ok()?, size, kind, operand })
+}
+
+/// The low 32 bits of `value` sign-extended to 64 (an imm32 with REX.W).
+fn sign_extend_32(value: u64) -> u64 {
+    let low = u32::try_from(value & 0xFFFF_FFFF).unwrap_or(0);
+    i64::from(i32::from_ne_bytes(low.to_ne_bytes())) as u64
 }
 
 /// The value a load of `value` leaves in a register that held `old`: x86's rules for a
@@ -317,7 +323,7 @@ pub fn fetch(
     read: impl Fn(u64, &mut [u8]) -> Option<()>,
 ) -> Option<([u8; MAX_LEN], usize)> {
     let mut bytes = [0u8; MAX_LEN];
-    let first = (4096 - (rip & 0xFFF)).min(MAX_LEN as u64) as usize;
+    let first = usize::try_from(4096 - (rip & 0xFFF)).ok()?.min(MAX_LEN);
     let gpa = translate(paging, rip, &read_entry)?;
     read(gpa, bytes.get_mut(..first)?)?;
     if first == MAX_LEN {

@@ -23,7 +23,7 @@ pub fn position(msr: u32, write: bool) -> Option<(usize, u8)> {
     RANGES.iter().find_map(|&(first, offset)| {
         let n = msr.checked_sub(first).filter(|n| *n < RANGE_LEN)?;
         let bit = n as usize * 2 + usize::from(write);
-        Some((offset + bit / 8, (bit % 8) as u8))
+        Some((offset + bit / 8, u8::try_from(bit % 8).ok()?))
     })
 }
 

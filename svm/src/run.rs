@@ -266,14 +266,14 @@ impl<H: SvmHw> SvmShared<H> {
         let Ok(vm) = u8::try_from(v.field(VmsaField::Vmpl)) else { return false };
         let mask = size_mask(io.size);
         let rax = v.field(VmsaField::Rax);
-        let data = if io.input { 0 } else { (rax & mask) as u32 };
+        let data = if io.input { 0 } else { crate::vcpu::low32(rax & mask) };
         let access =
             IoAccess { port: io.port, size: io.size, write: u8::from(!io.input), vcpu: index, data, reserved: 0 };
         let value = match svsm.vm_objects().serve(vm, access) {
             Served::NoDevice => return false,
             // Another CPU's access is in the device model: the guest makes this one again.
             Served::Retry => return true,
-            Served::Read(value) => value as u32,
+            Served::Read(value) => crate::vcpu::low32(value),
             Served::Written => 0,
             Served::Failed => {
                 if let Some(n) = self.state.count_refusal() {

@@ -89,6 +89,12 @@ pub const INTERCEPT_MISC2: u32 =
 /// Size of the VMCB state-save area that mirrors the VMSA's first bytes.
 pub const SAVE_AREA: usize = 0x298;
 
+/// The low 32 bits of a register (EAX of RAX, ECX of RCX: what CPUID, RDMSR and a
+/// dword IN or OUT use).
+pub(crate) fn low32(value: u64) -> u32 {
+    u32::try_from(value & 0xFFFF_FFFF).unwrap_or(u32::MAX)
+}
+
 /// The VMPL a vCPU runs at unless its VMSA says otherwise (one guest level).
 pub const GUEST_VMPL: u8 = 1;
 
@@ -424,7 +430,7 @@ impl<P: PageMem> SvmVcpu<P> {
 
     /// The CPUID leaf (EAX) and subleaf (ECX) the guest asked for.
     pub fn cpuid_leaf(&self) -> (u32, u32) {
-        (self.vmcb.save(VmsaField::Rax) as u32, self.regs.rcx as u32)
+        (low32(self.vmcb.save(VmsaField::Rax)), low32(self.regs.rcx))
     }
 
     /// Answer an intercepted RDMSR (or, if `write`, WRMSR) as the MSR policy says
@@ -433,7 +439,7 @@ impl<P: PageMem> SvmVcpu<P> {
     /// #GP(0); RIP stays on the instruction. `calling_area` is this vCPU's (the discovery
     /// MSR's value), `tsc` what RDTSC gives the SVSM now.
     pub fn answer_msr(&mut self, write: bool, calling_area: u64, tsc: u64) -> (u32, Access, Result<Answer, Refusal>) {
-        let msr = self.regs.rcx as u32;
+        let msr = low32(self.regs.rcx);
         let access = match write {
             true => Access::Write(self.vmcb.save(VmsaField::Rax) & 0xFFFF_FFFF | self.regs.rdx << 32),
             false => Access::Read,
