@@ -113,6 +113,16 @@ pub enum Wait {
     Request(Arc<Channel>),
 }
 
+impl Wait {
+    /// Would the blocked call get further if made again now: a request waits, or the
+    /// channel closed (the call then fails)?
+    pub fn ready(&self) -> bool {
+        match self {
+            Self::Request(c) => c.has_request() || c.is_closed(),
+        }
+    }
+}
+
 /// One service process: its handles, its mappings and its limits.
 #[derive(Debug)]
 pub struct Process {

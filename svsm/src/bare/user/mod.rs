@@ -188,16 +188,19 @@ pub fn timer_ticks_per_ms() -> u32 {
 const SLICE_MS: u32 = 10;
 
 /// A thread of a process: its registers at CPL 3 while another thread runs or it waits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct Thread {
     regs: UserRegs,
+    /// What its blocked call waits for: it is not run again until that is ready.
+    blocked: Option<kernel::user::Wait>,
 }
 
 /// Run `process`'s threads until the last one exits, one faults, all wait for an event,
 /// or the process has run `budget_ms`. They take turns on this CPU: the running thread
 /// keeps it until it blocks or its time slice ends (the local APIC's timer takes the CPU
 /// back even from a thread that never makes a system call), then the next one in line
-/// runs. A blocked thread's call is made again when its turn comes, so a process whose
+/// runs. A blocked thread's call is made again when its turn comes and what it waits for
+/// is there (until then its turn passes without running it), so a process whose
 /// threads all wait returns [`Ended::Blocked`] and resumes where each one was.
 fn run(
     process: &mut Process,
@@ -223,6 +226,18 @@ fn run(
     let (mut current, mut waiting) = (0usize, 0usize);
     let ended = loop {
         let Some(thread) = threads.get_mut(current) else { break Ended::Exited(0) };
+        // A thread whose blocked call would block again is not run: it keeps its turn
+        // for when its event comes (a device model's thread that waits on another event
+        // than the access the process was run for, say).
+        if thread.blocked.as_ref().is_some_and(|w| !w.ready()) {
+            waiting += 1;
+            if waiting >= threads.len() {
+                break Ended::Blocked;
+            }
+            current = (current + 1) % threads.len();
+            continue;
+        }
+        thread.blocked = None;
         let regs = &mut thread.regs;
         let kind = entry::enter(regs, slice > 0);
         percpu::restore_gs_base();
@@ -263,9 +278,13 @@ fn run(
                 process.thread_ended();
                 (current, waiting) = (current % threads.len(), 0);
             }
-            Outcome::Block(_) => {
-                // Made again on its next turn: back to the SYSCALL instruction (2 bytes).
+            Outcome::Block(wait) => {
+                // Made again once what it waits for is there: back to the SYSCALL
+                // instruction (2 bytes).
                 regs.rip = regs.rip.wrapping_sub(2);
+                if let Some(t) = threads.get_mut(current) {
+                    t.blocked = Some(wait);
+                }
                 waiting += 1;
                 if waiting >= threads.len() {
                     break Ended::Blocked;
@@ -276,7 +295,8 @@ fn run(
                 // The kernel checked the entry and stack and counted the thread; here it
                 // gets its registers (and FS, shared with the process's first thread).
                 let id = *next_id;
-                let new = Thread { regs: UserRegs { rip: entry, rsp: stack, rdi: arg, ..UserRegs::default() } };
+                let regs = UserRegs { rip: entry, rsp: stack, rdi: arg, ..UserRegs::default() };
+                let new = Thread { regs, blocked: None };
                 if threads.try_reserve(1).is_ok() {
                     threads.push(new);
                     *next_id += 1;
@@ -384,7 +404,7 @@ impl Loaded {
         let regs = UserRegs { rip: start.entry, rsp: start.rsp, rdi: arg, ..UserRegs::default() };
         let mut threads = Vec::new();
         threads.try_reserve(1).map_err(|_| loader::LoadError::NoMemory)?;
-        threads.push(Thread { regs });
+        threads.push(Thread { regs, blocked: None });
         Ok(Self { process, space, threads, next_id: 1, thread_page: start.thread })
     }
 
