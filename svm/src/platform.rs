@@ -306,6 +306,11 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
                 let cpu = self.shared.state.slots.home(index.0);
                 kernel::log!(self, Info, "svm: vCPU {} runs on cpu {cpu}", index.0);
                 self.shared.hw.vcpus_changed();
+                // A busy home CPU runs a vCPU it took as alone, with no turns: it must
+                // look again (the wake-up reaches only idle CPUs).
+                if cpu != self.cpu {
+                    self.shared.hw.kick(cpu);
+                }
             }
             Some(false) => kernel::log!(self, Error, "svm: no slot for vCPU {} (APIC ID {apic_id})", index.0),
             None => kernel::log!(self, Error, "svm: no memory for vCPU {} (APIC ID {apic_id})", index.0),

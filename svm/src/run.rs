@@ -107,8 +107,9 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
             Action::Kicked => {}
             // The SVSM's own interrupt, taken as the guest came out: the guest goes on,
             // unless the CPU has something to look at between its guest's exits, or
-            // another vCPU of this CPU waits for its turn (the timer ends a turn).
-            Action::Interrupted if t.alone && !cpu.attention() => {}
+            // another vCPU of this CPU waits for its turn (the timer ends a turn), or
+            // the set of vCPUs changed (a neighbour may have come).
+            Action::Interrupted if t.alone && cpu.generation() == t.generation && !cpu.attention() => {}
             Action::Halt if t.alone && cpu.generation() == t.generation && !cpu.attention() => v.skip(exit::HLT_LEN),
             Action::Undefined => v.inject_ud(),
             _ => return Some(e),

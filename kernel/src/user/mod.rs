@@ -114,11 +114,12 @@ pub enum Wait {
 }
 
 impl Wait {
-    /// Would the blocked call get further if made again now: a request waits, or the
-    /// channel closed (the call then fails)?
+    /// Would the blocked call get further if made again now: a request waits? (A
+    /// channel closed under a handle the process still holds blocks its calls as an
+    /// empty one does; a thread waiting there waits for good, as it would if run.)
     pub fn ready(&self) -> bool {
         match self {
-            Self::Request(c) => c.has_request() || c.is_closed(),
+            Self::Request(c) => c.has_request(),
         }
     }
 }

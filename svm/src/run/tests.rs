@@ -284,6 +284,18 @@ fn the_timer_ends_the_turn_of_a_vcpu_that_shares_its_cpu() {
     assert!(t.alone);
     assert_eq!(run_until_shared(&mut w.cpu, &mut t), None, "alone: answered on the CPU, the guest runs on");
     w.p.put_back(t);
+
+    // Taken alone, then the set of vCPUs changed (a neighbour may have come to this
+    // CPU): the next interrupt brings it back to its slot, to be taken anew.
+    let mut t = w.take();
+    assert!(t.alone);
+    crate::hw::SvmHw::vcpus_changed(&w.p.hw);
+    w.cpu.generation = w.p.hw.generation();
+    w.cpu.script = [intr].into();
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    assert!(e.is_some(), "the interrupt leaves the CPU's run step");
+    assert_eq!(w.p.after_run(&w.svsm, &mut t, e, 0).unwrap().then, Then::PutBack);
+    w.p.put_back(t);
 }
 
 /// A paused guest (a migration's last round): no vCPU is taken out until it resumes,

@@ -50,6 +50,10 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
     // The vCPU this CPU runs: out of its slot from the moment it is taken until it goes
     // back (a yield, a kick, a stop), across all the exits and calls in between.
     let mut current: Option<Taken<Page>> = None;
+    // When the vCPU in `current` was taken: its turn, if it shares this CPU, ends
+    // `VCPU_SLICE_MS` later whatever it was doing meanwhile (exits the SVSM served,
+    // device or vTPM processes run on its behalf, which use the same timer).
+    let mut turn_started = 0u64;
     loop {
         let generation = kick::generation();
         let Some(shared) = SHARED.get() else {
@@ -74,6 +78,7 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
             // guest CPU) never see each other's.
             if let Some(t) = &current {
                 super::cpu::fxrstor_vcpu(&t.vcpu.fpu);
+                turn_started = super::clock::monotonic_ns();
             }
         }
         let Some(t) = current.as_mut() else {
@@ -91,13 +96,27 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
                 super::lapic::keep_timer_running(ticks);
             }
         }
-        // vCPUs that share this CPU take turns: the timer ends a turn after at most
-        // `VCPU_SLICE_MS`, even for a vCPU that never exits on its own (the INTR exit
-        // then puts it back, `svm::run`).
+        // vCPUs that share this CPU take turns: the timer ends a turn `VCPU_SLICE_MS`
+        // after it began, even for a vCPU that never exits on its own (the INTR exit
+        // then puts it back, `svm::run`), and a turn used up is over before the next
+        // VMRUN (the time the SVSM spent on its exits counts).
         if !t.alone {
-            let ticks = super::user::timer_ticks_per_ms().saturating_mul(VCPU_SLICE_MS);
+            let slice_ns = u64::from(VCPU_SLICE_MS) * 1_000_000;
+            let used = super::clock::monotonic_ns().saturating_sub(turn_started);
+            if used >= slice_ns {
+                if let Some(mut t) = current.take() {
+                    super::cpu::fxsave_vcpu(&mut t.vcpu.fpu);
+                    shared.platform.put_back(t);
+                }
+                continue;
+            }
+            let per_ms = u64::from(super::user::timer_ticks_per_ms());
+            let mut ticks = u32::try_from((slice_ns - used).saturating_mul(per_ms) / 1_000_000).unwrap_or(u32::MAX);
+            if cpu == 0 && super::migration::armed() {
+                ticks = ticks.min(super::user::timer_ticks_per_ms().saturating_mul(super::migration::poll_period_ms()));
+            }
             if ticks > 0 {
-                super::lapic::keep_timer_running(ticks);
+                super::lapic::arm_timer(ticks);
             }
         }
         let exit = run_until_shared(&mut hw, t);
