@@ -34,6 +34,29 @@ const _: () = {
 /// The longest turn of a vCPU whose CPU other vCPUs share.
 const VCPU_SLICE_MS: u32 = 10;
 
+/// The turn of a vCPU that shares `cpu`, begun at `started` (ns): `true` if it is used
+/// up; otherwise the timer is armed for what is left of it (or CPU 0's migration poll,
+/// if sooner). Out of line and cold: the call path of a vCPU alone on its CPU (the
+/// bench's) must not grow by it (under TCG every page it touches costs).
+#[cold]
+#[inline(never)]
+fn turn_over(cpu: u32, started: u64) -> bool {
+    let slice_ns = u64::from(VCPU_SLICE_MS) * 1_000_000;
+    let used = super::clock::monotonic_ns().saturating_sub(started);
+    if used >= slice_ns {
+        return true;
+    }
+    let per_ms = super::user::timer_ticks_per_ms();
+    let mut ticks = u32::try_from((slice_ns - used).saturating_mul(u64::from(per_ms)) / 1_000_000).unwrap_or(u32::MAX);
+    if cpu == 0 && super::migration::armed() {
+        ticks = ticks.min(per_ms.saturating_mul(super::migration::poll_period_ms()));
+    }
+    if ticks > 0 {
+        super::lapic::arm_timer(ticks);
+    }
+    false
+}
+
 /// Set once by the boot CPU after the launch.
 static SHARED: Once<Shared> = Once::new();
 
@@ -100,24 +123,12 @@ pub fn serve(cpu: u32, host_state_pa: u64) -> End {
         // after it began, even for a vCPU that never exits on its own (the INTR exit
         // then puts it back, `svm::run`), and a turn used up is over before the next
         // VMRUN (the time the SVSM spent on its exits counts).
-        if !t.alone {
-            let slice_ns = u64::from(VCPU_SLICE_MS) * 1_000_000;
-            let used = super::clock::monotonic_ns().saturating_sub(turn_started);
-            if used >= slice_ns {
-                if let Some(mut t) = current.take() {
-                    super::cpu::fxsave_vcpu(&mut t.vcpu.fpu);
-                    shared.platform.put_back(t);
-                }
-                continue;
+        if !t.alone && turn_over(cpu, turn_started) {
+            if let Some(mut t) = current.take() {
+                super::cpu::fxsave_vcpu(&mut t.vcpu.fpu);
+                shared.platform.put_back(t);
             }
-            let per_ms = u64::from(super::user::timer_ticks_per_ms());
-            let mut ticks = u32::try_from((slice_ns - used).saturating_mul(per_ms) / 1_000_000).unwrap_or(u32::MAX);
-            if cpu == 0 && super::migration::armed() {
-                ticks = ticks.min(super::user::timer_ticks_per_ms().saturating_mul(super::migration::poll_period_ms()));
-            }
-            if ticks > 0 {
-                super::lapic::arm_timer(ticks);
-            }
+            continue;
         }
         let exit = run_until_shared(&mut hw, t);
         last = Some(t.index);
