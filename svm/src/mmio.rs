@@ -13,6 +13,8 @@
 //! without panicking, and a decoded instruction is never longer than 15 bytes or than
 //! the bytes given.
 
+use kernel::user::vm::size_mask;
+
 /// The longest x86 instruction.
 pub const MAX_LEN: usize = 15;
 
@@ -255,17 +257,7 @@ pub fn load_into(old: u64, reg: Reg, dest_size: u8, value: u64) -> u64 {
 /// 8..15 for AH..BH.
 pub fn store_value(reg_value: u64, reg: Reg, size: u8) -> u64 {
     let value = if reg.high_byte { reg_value >> 8 } else { reg_value };
-    value & mask(size)
-}
-
-/// The bits of a `size`-byte value.
-pub fn mask(size: u8) -> u64 {
-    match size {
-        1 => 0xFF,
-        2 => 0xFFFF,
-        4 => 0xFFFF_FFFF,
-        _ => u64::MAX,
-    }
+    value & size_mask(size)
 }
 
 /// The paging state `translate` needs from the vCPU.

@@ -347,7 +347,7 @@ impl<H: SvmHw> SvmShared<H> {
         }
         let data = match insn.kind {
             mmio::Kind::Store(reg) => mmio::store_value(v.gpr(reg.index), reg, insn.size),
-            mmio::Kind::StoreImm(value) => value & mmio::mask(insn.size),
+            mmio::Kind::StoreImm(value) => value & size_mask(insn.size),
             mmio::Kind::Load { .. } => 0,
         };
         let access =
@@ -370,7 +370,7 @@ impl<H: SvmHw> SvmShared<H> {
             }
         };
         if let mmio::Kind::Load { reg, dest_size } = insn.kind {
-            let loaded = value & mmio::mask(insn.size);
+            let loaded = value & size_mask(insn.size);
             v.set_gpr(reg.index, mmio::load_into(v.gpr(reg.index), reg, dest_size, loaded));
         }
         v.skip(u64::from(insn.len));

@@ -65,7 +65,7 @@ impl Range {
         self.same_space(other) && a < d && c < b
     }
 
-    /// Does the range hold every byte of `access` (a range of size `size` at `at`)?
+    /// Does the range hold every byte of `access` (the bytes one access touches)?
     fn covers(&self, access: &Self) -> bool {
         let ((a, b), (c, d)) = (self.bounds(), access.bounds());
         self.same_space(access) && a <= c && d <= b
@@ -156,9 +156,12 @@ impl VmObjects {
     /// memory is never claimed (`forbidden`: its RAM and the SVSM's region).
     pub fn claim(&self, vm: u8, range: Range, owner: u32) -> Result<Arc<Channel>, SysError> {
         let (start, end) = range.bounds();
-        let pages = matches!(range, Range::Mmio { .. }).then_some(4096).unwrap_or(1);
-        if start >= end || !start.is_multiple_of(pages) || !end.is_multiple_of(pages) || (pages == 1 && end > 0x1_0000)
-        {
+        // Ports end at 0x10000; MMIO claims are whole pages.
+        let (unit, top) = match range {
+            Range::Ports { .. } => (1, 0x1_0000),
+            Range::Mmio { .. } => (4096, u64::MAX),
+        };
+        if start >= end || end > top || !start.is_multiple_of(unit) || !end.is_multiple_of(unit) {
             return Err(SysError::Inval);
         }
         if let Range::Mmio { start, end } = range
