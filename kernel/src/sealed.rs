@@ -2,10 +2,13 @@
 //! the PSP-derived key, shared by everything that must outlive the VM (the vTPM's NV
 //! blobs today; docs/persistence.md).
 //!
-//! Every change is staged and committed at once. A commit that fails (the host refused or
-//! lost a write, the disk is full) closes the sealed state for good: staged changes that
-//! did not reach the disk would otherwise ride along with the next, unrelated commit, and
-//! what is on disk would no longer be what the SVSM answered from. The status says why.
+//! Every change is staged and committed at once. An update that fails before a header
+//! write was attempted (no heap for a staged copy, a data block the host refused, a full
+//! disk) drops what it staged: the state is the committed one and stays open, and only
+//! the caller fails (the vTPM stops, its engine holds what the disk does not). A failed
+//! header write closes the sealed state for good: that header may be on disk or not, so
+//! what the disk holds is no longer known, and staged changes must not ride along with a
+//! later, unrelated commit. The status says why.
 
 use crate::vtpm_lineage::Lineage;
 use abi::attest::{ATTEST_CHAIN_LINK_LABEL, ATTEST_CHAIN_MAX_LINKS, AttestChainEntry, SealedStateEntry};
@@ -26,6 +29,8 @@ pub trait SealedStore: Send {
     fn put(&mut self, name: &[u8], data: &[u8]) -> Result<(), StoreError>;
     fn remove(&mut self, name: &[u8]) -> bool;
     fn commit(&mut self) -> Result<(), StoreError>;
+    /// Drop what is staged; `false` when a failed header write may have committed it.
+    fn discard(&mut self) -> bool;
     fn state(&self) -> StoreState;
     /// Fresh bytes from the store's entropy source.
     fn random(&mut self, buf: &mut [u8]) -> Result<(), StoreError>;
@@ -46,6 +51,9 @@ impl<D: BlockDevice + Send, E: Entropy + Send> SealedStore for Store<D, E> {
     }
     fn commit(&mut self) -> Result<(), StoreError> {
         Store::commit(self)
+    }
+    fn discard(&mut self) -> bool {
+        Store::discard(self)
     }
     fn state(&self) -> StoreState {
         Store::state(self)
@@ -259,8 +267,10 @@ impl Sealed {
         self.store.get(name)
     }
 
-    /// Stage changes with `stage` and commit them as one step. A failure of either closes
-    /// the sealed state: every later update is refused with the first error.
+    /// Stage changes with `stage` and commit them as one step, or none of them. A failure
+    /// drops what was staged and leaves the state open, unless a header write was
+    /// attempted: that closes the sealed state and every later update is refused with
+    /// the first error.
     pub fn update(
         &mut self,
         stage: impl FnOnce(&mut dyn SealedStore) -> Result<(), StoreError>,
@@ -272,6 +282,8 @@ impl Sealed {
         let mut summary = self.summary.lock();
         match result {
             Ok(()) => *summary = summarize(self.store.as_ref(), false, self.rewrapped),
+            // Nothing of it can be on disk: the committed state, unchanged, stays open.
+            Err(_) if self.store.discard() => {}
             Err(e) => {
                 self.failed = Some(e);
                 // The store in memory may hold what was staged and never committed (a
@@ -470,9 +482,9 @@ pub fn can_keep_vtpm(sealed: &SharedSealed, ek_public: &[u8], version: u64) -> b
 /// (`vtpm/moved`, the EK public area), so this state never starts that TPM again: a host
 /// that booted the source again on its disk would otherwise have two of one TPM (the same
 /// EK and seeds, the same NV indices and counters), one of them under its control. A
-/// state that keeps no vTPM has nothing to do (`Ok(false)`). A failure closes the sealed
-/// state; the caller must then not let the destination run the guest (lost, never
-/// forked).
+/// state that keeps no vTPM has nothing to do (`Ok(false)`). On a failure (which closes
+/// the sealed state, or drops the tombstone and leaves the vTPM kept) the caller must not
+/// let the destination run the guest (lost, never forked).
 pub fn mark_vtpm_moved(sealed: &SharedSealed) -> Result<bool, StoreError> {
     let mut sealed = sealed.lock();
     let Some(ek) = sealed.get(MARKER).map(<[u8]>::to_vec) else { return Ok(false) };
@@ -484,6 +496,23 @@ pub fn mark_vtpm_moved(sealed: &SharedSealed) -> Result<bool, StoreError> {
         store.put(MOVED, &ek)
     })?;
     Ok(true)
+}
+
+/// [`mark_vtpm_moved`], tried again while a failure left the sealed state open (nothing
+/// of the tombstone reached the disk: a host that failed one write may take the next) and
+/// `keep_trying` (which waits between tries) says to. After a migration's commit the guest
+/// is lost without the tombstone, so a transient refusal is worth waiting out; a failed
+/// header write closes the state and ends the tries.
+pub fn mark_vtpm_moved_retrying(
+    sealed: &SharedSealed,
+    mut keep_trying: impl FnMut() -> bool,
+) -> Result<bool, StoreError> {
+    loop {
+        match mark_vtpm_moved(sealed) {
+            Err(_) if sealed.lock().failed().is_none() && keep_trying() => {}
+            done => return done,
+        }
+    }
 }
 
 /// The vTPM's NV blobs in the sealed state: `vtpm/nv/<name>` per blob, and the marker
@@ -901,21 +930,29 @@ mod tests {
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
         assert!(vtpm_can_move(&sealed) && can_keep_vtpm(&sealed, b"EK", 2));
-        disk.0.lock().fail_flushes(true);
+        fail_header_writes(&disk);
         assert!(nv.persist(&[change(b"permall", Some(b"two"))]).is_err());
         assert!(!vtpm_can_move(&sealed), "closed with a TPM in it");
         assert!(mark_vtpm_moved(&sealed).is_err(), "as the check said");
         assert!(!can_keep_vtpm(&sealed, b"EK", 2));
     }
 
+    /// Both header slots refuse writes: the next commit's header write fails (and may
+    /// have landed, for all the SVSM knows).
+    fn fail_header_writes(disk: &SharedDisk) {
+        let mut disk = disk.0.lock();
+        disk.fail_writes_of(0);
+        disk.fail_writes_of(1);
+    }
+
     #[test]
-    fn a_failed_commit_closes_the_sealed_state_and_nothing_staged_rides_along_later() {
+    fn a_failed_header_write_closes_the_sealed_state_and_nothing_staged_rides_along_later() {
         let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
         let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
         let committed = sealed.lock().state();
-        disk.0.lock().fail_flushes(true);
+        fail_header_writes(&disk);
         assert_eq!(nv.persist(&[change(b"permall", Some(b"two"))]), Err(NvError::Storage));
         let failed = sealed.lock().failed();
         assert!(matches!(failed, Some(StoreError::Io(_))), "{failed:?}");
@@ -927,6 +964,92 @@ mod tests {
         let image = disk.0.lock().image();
         let (kept, _) = VtpmNv::open(reboot(image));
         assert_eq!(kept.nv.get(&b"permall"[..]).map(Vec::as_slice), Some(&b"one"[..]));
+    }
+
+    /// After a migration's commit a refused tombstone is tried again while the sealed state
+    /// is open; a failed header write (closed) ends the tries at once.
+    #[test]
+    fn the_tombstone_is_tried_again_until_the_host_takes_it_but_not_after_a_header_failed() {
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        disk.0.lock().fail_flushes(true);
+        let mut tries = 0;
+        let marked = mark_vtpm_moved_retrying(&sealed, || {
+            tries += 1;
+            if tries == 3 {
+                disk.0.lock().heal();
+            }
+            true
+        });
+        assert_eq!((marked, tries), (Ok(true), 3));
+        let (kept, _) = VtpmNv::open(reboot(disk.0.lock().image()));
+        assert!(kept.moved && kept.nv.is_empty() && kept.ek_public.is_none(), "the tombstone is on disk: {kept:?}");
+
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        fail_header_writes(&disk);
+        let mut tries = 0;
+        assert!(
+            mark_vtpm_moved_retrying(&sealed, || {
+                tries += 1;
+                true
+            })
+            .is_err()
+        );
+        assert_eq!(tries, 0, "closed: no second try");
+    }
+
+    /// A failure before any header write (here: the flush of the new data blocks) leaves
+    /// nothing on disk that names the staged changes: they are dropped, the caller fails
+    /// (the vTPM stops), and the sealed state goes on keeping everything else.
+    #[test]
+    fn a_commit_that_fails_before_its_header_drops_what_it_staged_and_the_state_stays_open() {
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        let before = *sealed.lock().summary().lock();
+        disk.0.lock().fail_flushes(true);
+        assert_eq!(nv.persist(&[change(b"permall", Some(b"two"))]), Err(NvError::Storage));
+        assert_eq!(sealed.lock().failed(), None);
+        assert_eq!(sealed.lock().get(b"vtpm/nv/permall"), Some(&b"one"[..]), "the staged blob is gone");
+        let after = *sealed.lock().summary().lock();
+        assert_eq!(after, before, "neither flagged nor changed");
+        disk.0.lock().heal();
+        sealed.lock().update(|s| s.put(b"ocp/level", b"debug")).unwrap();
+        let image = disk.0.lock().image();
+        let (kept, _) = VtpmNv::open(reboot(image.clone()));
+        assert_eq!(kept.nv.get(&b"permall"[..]).map(Vec::as_slice), Some(&b"one"[..]));
+        let reopened = reboot(image);
+        assert_eq!(reopened.lock().get(b"ocp/level"), Some(&b"debug"[..]));
+        assert_eq!(
+            version_in(reopened.lock().store.as_ref()),
+            before.vtpm.map_or(0, |v| v.version),
+            "no version of a drop"
+        );
+    }
+
+    /// A staging step that fails half-way (the heap ran out between two puts) commits
+    /// nothing of what it had staged.
+    #[test]
+    fn a_staging_failure_commits_none_of_the_update() {
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        sealed.lock().update(|s| s.put(b"a", b"1")).unwrap();
+        let state = sealed.lock().state();
+        let result = sealed.lock().update(|s| {
+            s.put(b"a", b"2")?;
+            s.put(b"b", b"3")?;
+            Err(StoreError::OutOfMemory)
+        });
+        assert_eq!(result, Err(StoreError::OutOfMemory));
+        let sealed = sealed.lock();
+        assert_eq!((sealed.get(b"a"), sealed.get(b"b")), (Some(&b"1"[..]), None));
+        assert_eq!((sealed.state(), sealed.failed()), (state, None));
     }
 
     /// A commit that fails leaves the summary (what the manifest and OCP show) on the last
@@ -942,7 +1065,7 @@ mod tests {
         assert_eq!(before.chain.links().len(), 1);
         assert_eq!(before.entry.flags & abi::attest::SEALED_STATE_FAILED, 0);
 
-        disk.0.lock().fail_flushes(true);
+        fail_header_writes(&disk);
         assert!(note_attestation(&sealed, b"second").is_err());
         let after = *sealed.lock().summary().lock();
         assert_eq!(after.chain, before.chain, "the link that never committed is not shown");

@@ -413,11 +413,12 @@ impl Svsm {
     }
 
     /// A live migration committed: the vTPM is the destination's now, and the sealed
-    /// state must never start it again ([`crate::sealed::mark_vtpm_moved`]). Nothing to
-    /// do without a sealed state. `Ok(true)` if a vTPM was kept and is marked now.
-    pub fn vtpm_moved_away(&self) -> Result<bool, store::StoreError> {
+    /// state must never start it again ([`crate::sealed::mark_vtpm_moved_retrying`]: tried
+    /// again while `keep_trying`, which waits, says so). Nothing to do without a sealed
+    /// state. `Ok(true)` if a vTPM was kept and is marked now.
+    pub fn vtpm_moved_away(&self, keep_trying: impl FnMut() -> bool) -> Result<bool, store::StoreError> {
         match &self.sealed {
-            Some(sealed) => crate::sealed::mark_vtpm_moved(sealed),
+            Some(sealed) => crate::sealed::mark_vtpm_moved_retrying(sealed, keep_trying),
             None => Ok(false),
         }
     }

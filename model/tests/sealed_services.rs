@@ -2,7 +2,8 @@
 //! entry of the attestation manifest, bound to the report like the rest; the OCP has it as
 //! a SHA-256 source (`sealed.root`) whose every commit is a change event, and a counter
 //! (`sealed.generation`); the log level a guest sets is kept for the next boot; a disk that
-//! fails closes the sealed state and the manifest says so.
+//! fails a header write closes the sealed state and the manifest says so; one that fails
+//! before the header loses that commit only.
 
 use abi::attest::{SEALED_STATE_FAILED, SEALED_STATE_GUID, SealedStateEntry};
 use abi::protocol::{CallId, ProtocolId, ocp_call};
@@ -154,12 +155,15 @@ fn the_log_level_a_guest_sets_is_there_after_a_reboot() {
     assert_eq!(read(&mut plain, level), default);
 }
 
+/// A header write the host refuses may still have landed: the sealed state closes, and
+/// the manifest says so while showing the last state the SVSM knows committed.
 #[test]
-fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
+fn a_failed_header_write_closes_the_sealed_state_and_the_manifest_says_so() {
     let disk = SharedDisk::new(MemDisk::new(64));
     let (mut env, sealed) = boot(&disk);
     let committed = sealed.lock().state();
-    disk.lock().fail_flushes(true);
+    disk.lock().fail_writes_of(0);
+    disk.lock().fail_writes_of(1);
     // The setting still applies to this boot; it is not kept.
     write_level(&mut env, b"debug");
     let level = index_of(&mut env, "config.log_level");
@@ -171,6 +175,34 @@ fn a_disk_that_fails_closes_the_sealed_state_and_the_manifest_says_so() {
     disk.lock().heal();
     write_level(&mut env, b"info");
     assert_eq!(sealed.lock().state(), committed);
+}
+
+/// A commit that fails before its header (the host fails the flush of its data blocks)
+/// leaves nothing on disk that names it: the setting is not kept, the state stays open and
+/// unflagged, and the next setting commits once the disk works again.
+#[test]
+fn a_commit_the_disk_fails_before_its_header_keeps_the_sealed_state_open() {
+    let disk = SharedDisk::new(MemDisk::new(64));
+    let (mut env, sealed) = boot(&disk);
+    let committed = sealed.lock().state();
+    disk.lock().fail_flushes(true);
+    write_level(&mut env, b"debug");
+    let level = index_of(&mut env, "config.log_level");
+    assert_eq!(read(&mut env, level), b"debug\n", "applies to this boot");
+    // An attestation whose chain link cannot be committed is refused: evidence without
+    // its link would hide it from the verifier's ledger.
+    let refused = bulwark_model::attest_demo::obtain_from(&mut env, &[7; 64]).map(|_| ()).expect_err("refused");
+    assert!(refused.ends_with(&ResultCode::ATTEST_REPORT_FAILED.to_string()), "{refused}");
+    assert_eq!(sealed.lock().state(), committed);
+    disk.lock().heal();
+    write_level(&mut env, b"info");
+    assert_eq!(sealed.lock().state().generation, committed.generation + 1);
+    let entry = manifest_entry(&mut env);
+    assert_eq!(entry.flags, 0, "open, not closed");
+    assert_eq!(entry.generation, committed.generation + 2, "the setting, then this attestation's link");
+    let image = disk.lock().image();
+    let (mut env, _) = boot(&SharedDisk::new(MemDisk::from_image(image)));
+    assert_eq!(read(&mut env, level), b"info\n", "the setting after the failure is the one kept");
 }
 
 /// A commit holds the sealed state's lock for as long as the host takes with its disk

@@ -659,6 +659,9 @@ fn a_disk_that_stops_flushing_stops_the_vtpm_and_the_next_boot_has_the_state_bef
         assert_eq!(code(&run(&mut booted.vtpm, &command)), TPM_RC_FAILURE);
     }
     assert_eq!(booted.generation(), generation, "nothing committed");
+    // The flush failed before any header write: the change is dropped, the sealed state
+    // stays open for everything else (docs/persistence.md "Failing closed").
+    assert_eq!(booted.sealed.lock().failed(), None);
     drop(booted);
 
     disk.lock().heal();

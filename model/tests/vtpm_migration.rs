@@ -1434,7 +1434,7 @@ fn a_copy_of_a_migrated_tpm_is_refused_by_the_verifiers_ledger() {
     let mut first = ModelEnv::with(WorldConfig { vtpm: false, ..ModelEnv::config() });
     let moved = migrate_state(&mut source, &mut first, &state, None);
     assert_eq!((moved.source, moved.destination), (SourceOutcome::Committed, DestinationOutcome::Completed));
-    assert_eq!(source.world.svsm.vtpm_moved_away(), Ok(true));
+    assert_eq!(source.world.svsm.vtpm_moved_away(|| false), Ok(true));
     drop(source);
     let snapshot = ServiceState::decode(&moved.received).unwrap().vtpm.unwrap();
     assert_eq!(

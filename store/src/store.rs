@@ -48,6 +48,10 @@ pub struct Store<D: BlockDevice, E: Entropy> {
     blobs: Blobs,
     /// Whether anything was put or removed since the last commit.
     staged: bool,
+    /// For each name changed since the last commit, what the committed state holds under
+    /// it (`None`: nothing), recorded at its first change: what [`Store::discard`] puts
+    /// back.
+    undo: BTreeMap<Vec<u8>, Option<Blob>>,
     committed: Committed,
     /// Pool blocks referenced by a header whose write was attempted but whose outcome is
     /// unknown (its write or the flush after it failed): it may be on disk and be the
@@ -230,6 +234,7 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
             block_count,
             blobs: BTreeMap::new(),
             staged: true,
+            undo: BTreeMap::new(),
             // Generation 0 "in slot 1": the first commit writes generation 1 into slot 0.
             committed: Committed {
                 generation: 0,
@@ -298,6 +303,7 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
             block_count,
             blobs,
             staged: false,
+            undo: BTreeMap::new(),
             committed: Committed { generation: header.generation, root: header.root, slot, blocks },
             in_doubt: BTreeSet::new(),
             highest_written: header.generation,
@@ -358,16 +364,52 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
             owned.extend_from_slice(bytes);
             Ok(owned)
         };
-        self.blobs.insert(copy(name)?, Blob { data: copy(data)?, stored: None });
+        // Every copy is made before anything changes: a full heap leaves the store as it was.
+        let key = copy(name)?;
+        let blob = Blob { data: copy(data)?, stored: None };
+        let undo_key = match self.undo.contains_key(name) {
+            true => None,
+            false => Some(copy(name)?),
+        };
+        let before = self.blobs.insert(key, blob);
+        if let Some(undo_key) = undo_key {
+            self.undo.insert(undo_key, before);
+        }
         self.staged = true;
         Ok(())
     }
 
     /// Stages the removal of `name`; says whether it was there.
     pub fn remove(&mut self, name: &[u8]) -> bool {
-        let removed = self.blobs.remove(name).is_some();
-        self.staged |= removed;
-        removed
+        let Some((key, before)) = self.blobs.remove_entry(name) else { return false };
+        if !self.undo.contains_key(name) {
+            self.undo.insert(key, Some(before));
+        }
+        self.staged = true;
+        true
+    }
+
+    /// Drops every staged change: the contents are the committed state again. Refused
+    /// (`false`, nothing changes) after a commit whose header write was attempted and
+    /// failed: that header may be on disk with the staged changes as its state, so the
+    /// store in memory must keep them (a retried commit writes them again, under a higher
+    /// generation).
+    pub fn discard(&mut self) -> bool {
+        if !self.in_doubt.is_empty() {
+            return false;
+        }
+        for (name, before) in core::mem::take(&mut self.undo) {
+            match before {
+                Some(blob) => {
+                    self.blobs.insert(name, blob);
+                }
+                None => {
+                    self.blobs.remove(&name);
+                }
+            }
+        }
+        self.staged = false;
+        true
     }
 
     /// The pool blocks the committed state references, in increasing order.
@@ -434,6 +476,7 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         }
         self.committed = Committed { generation, root: written.root, slot, blocks };
         self.in_doubt.clear();
+        self.undo.clear();
         self.staged = false;
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use bulwark_store::testing::{MemDisk, TestRng};
 use bulwark_store::{BLOCK_PAYLOAD, EntropyError, IoError, Store, StoreError};
-use common::{bytes, contents, format, key, open};
+use common::{bytes, contents, format, key, open, reopen};
 
 #[test]
 fn a_read_error_during_open_is_an_io_error() {
@@ -169,4 +169,74 @@ fn only_a_blank_device_is_formatted_at_open() {
     let mut disk = MemDisk::new(16);
     disk.fail_reads_of(1);
     assert_eq!(Store::open_or_format(disk, &key(), TestRng::new(4)).err(), Some(StoreError::Io(IoError)));
+}
+
+/// A caller whose staging failed half-way (the SVSM's heap ran out between two puts)
+/// drops what it staged instead of committing half a change, and the store goes on.
+#[test]
+fn discard_puts_the_committed_contents_back_and_the_next_commit_holds_none_of_it() {
+    let mut store = format(32);
+    store.put(b"kept", b"1").unwrap();
+    store.put(b"gone", b"2").unwrap();
+    store.commit().unwrap();
+    let committed = contents(&store);
+    let state = store.state();
+
+    store.put(b"kept", b"changed").unwrap();
+    store.put(b"kept", b"changed twice").unwrap();
+    assert!(store.remove(b"gone"));
+    store.put(b"new", b"3").unwrap();
+    assert!(store.remove(b"new"));
+    store.put(b"new too", b"4").unwrap();
+    assert!(store.discard());
+    assert_eq!(contents(&store), committed);
+    assert!(!store.has_staged_changes());
+    store.commit().unwrap();
+    assert_eq!(store.state(), state, "nothing staged: no new generation");
+
+    store.put(b"other", b"5").unwrap();
+    store.commit().unwrap();
+    let mut expected = committed;
+    expected.insert(b"other".to_vec(), b"5".to_vec());
+    assert_eq!(contents(&reopen(store)), expected, "only what was staged after the discard");
+}
+
+/// After a failed commit that wrote no header, the staged changes can be dropped; the
+/// discarded blobs' blocks are the committed ones and still read back.
+#[test]
+fn a_commit_that_failed_before_its_header_can_be_discarded() {
+    let mut store = format(32);
+    store.put(b"a", &bytes(1, 3 * BLOCK_PAYLOAD)).unwrap();
+    store.commit().unwrap();
+    let committed = contents(&store);
+    store.device_mut().fail_flushes(true);
+    store.put(b"a", &bytes(2, 100)).unwrap();
+    assert_eq!(store.commit(), Err(StoreError::Io(IoError)));
+    assert!(store.discard());
+    store.device_mut().heal();
+    store.put(b"b", b"x").unwrap();
+    store.commit().unwrap();
+    let mut expected = committed;
+    expected.insert(b"b".to_vec(), b"x".to_vec());
+    assert_eq!(contents(&reopen(store)), expected);
+}
+
+/// A header write that failed may still have landed: its state may be the newest on
+/// disk, so the store refuses to forget what it holds.
+#[test]
+fn a_commit_whose_header_write_failed_cannot_be_discarded() {
+    let mut store = format(32);
+    store.put(b"a", b"1").unwrap();
+    store.commit().unwrap();
+    // Generation 2 went to slot 1; the next header goes to slot 0.
+    store.device_mut().fail_writes_of(0);
+    store.put(b"a", b"2").unwrap();
+    assert_eq!(store.commit(), Err(StoreError::Io(IoError)));
+    assert!(!store.discard());
+    assert_eq!(store.get(b"a"), Some(&b"2"[..]), "kept staged");
+    assert!(store.has_staged_changes());
+    store.device_mut().heal();
+    store.commit().unwrap();
+    assert!(store.discard(), "nothing in doubt once a later header landed");
+    assert_eq!(open(store.into_device()).unwrap().get(b"a"), Some(&b"2"[..]));
 }

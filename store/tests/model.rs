@@ -1,4 +1,4 @@
-//! Random put/remove/commit/power-cut sequences against a BTreeMap model.
+//! Random put/remove/commit/discard/power-cut sequences against a BTreeMap model.
 
 mod common;
 
@@ -20,6 +20,8 @@ enum Op {
         name: u8,
     },
     Commit,
+    /// Drop what is staged.
+    Discard,
     /// Cut the power after `after` writes/flushes of the next commit, then reopen.
     CutCommit {
         after: u64,
@@ -34,6 +36,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u8..6, 0usize..3 * BLOCK_PAYLOAD, any::<u64>()).prop_map(|(name, len, seed)| Op::Put { name, len, seed }),
         2 => (0u8..6).prop_map(|name| Op::Remove { name }),
         2 => Just(Op::Commit),
+        1 => Just(Op::Discard),
         2 => (0u64..12, 0u8..3, any::<u64>()).prop_map(|(after, policy, seed)| Op::CutCommit { after, policy, seed }),
         1 => Just(Op::Reopen),
     ]
@@ -80,6 +83,11 @@ proptest! {
                     store.commit().unwrap();
                     generation += u64::from(changed);
                     committed = staged.clone();
+                }
+                Op::Discard => {
+                    prop_assert!(store.discard(), "only a failed header write is in doubt");
+                    prop_assert!(!store.has_staged_changes());
+                    staged = committed.clone();
                 }
                 Op::CutCommit { after, policy: code, seed } => {
                     let changed = store.has_staged_changes();

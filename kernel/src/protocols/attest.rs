@@ -212,12 +212,14 @@ fn attest_inner<P: Platform + ?Sized>(
     // The call will be served: with a sealed state, its link goes into the attestation
     // chain first, and the manifest shows the state with it (docs/persistence.md, "The
     // attestation chain"). Only for a whole manifest, the evidence that shows the chain.
-    // A failed commit closes the sealed state, which the manifest then says; a closed one
-    // takes no more links.
+    // A link that did not commit fails the call: evidence of a state whose chain lacks
+    // this attestation would let a fork pass the verifier's ledger. A closed sealed state
+    // takes no more links; its manifest says it closed, which no verifier accepts.
     let open = |e: SealedStateEntry| e.flags & abi::attest::SEALED_STATE_FAILED == 0;
     if service.is_none() && svsm.sealed_state_entry().is_some_and(open) {
         if let Err(e) = svsm.note_attestation(&nonce_bytes) {
             crate::log!(p, Warn, "attestation: the chain's link was not committed: {:?}", e);
+            return Err(CallError::AttestationFailed("the attestation chain's link could not be committed"));
         }
         manifest = build_manifest(svsm, service)?;
         *sizes = Some((manifest.len() as u64, certificates.len() as u64));

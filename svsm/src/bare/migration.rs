@@ -601,17 +601,31 @@ pub fn last_round(shared: &'static Shared) {
     // The vTPM is the destination's too: this SVSM's sealed state must never start it
     // again (a host booting this image on this disk would have two of one TPM). Marked
     // before the FINISH lets the destination run; if the mark cannot be made, no FINISH
-    // goes: the guest is lost, never forked.
-    let finished = match shared.svsm.vtpm_moved_away() {
-        // Its own deadline: after the commit the guest never runs here again, so waiting
-        // for a slow host costs nothing, and giving up early could lose the guest.
+    // goes: the guest is lost, never forked. A refusal that left the sealed state open is
+    // tried again every 50 ms until the FINISH's deadline: after the commit the guest
+    // never runs here again, so waiting for a slow host costs nothing, and giving up
+    // early could lose the guest.
+    let deadline = now.saturating_add(FINISH_DEADLINE_NS);
+    let mut tries = 0u32;
+    let keep_trying = || {
+        tries = tries.saturating_add(1);
+        if tries == 1 {
+            println!("migration: the host refused the vTPM's tombstone; trying again until the FINISH's deadline");
+        }
+        let until = clock::monotonic_ns().saturating_add(50_000_000);
+        while clock::monotonic_ns() < until.min(deadline) {
+            core::hint::spin_loop();
+        }
+        clock::monotonic_ns() < deadline
+    };
+    let finished = match shared.svsm.vtpm_moved_away(keep_trying) {
         Ok(marked) => {
             if marked {
                 println!(
                     "migration: the vTPM is marked as moved in this SVSM's sealed state: it never starts here again"
                 );
             }
-            hand_over_finish(out, now.saturating_add(FINISH_DEADLINE_NS))
+            hand_over_finish(out, deadline)
         }
         Err(e) => Err(format!("the vTPM could not be marked as moved in the sealed state ({e:?}); no FINISH")),
     };

@@ -195,8 +195,9 @@ fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Cal
             let level = sources::parse_level(data)
                 .ok_or(CallError::InvalidParameter("not a log level (error, warn, info, debug)"))?;
             p.set_log_level(level);
-            // Kept for the next boot when there is a sealed state. A failure closes it
-            // (the manifest says so); the level still applies to this boot.
+            // Kept for the next boot when there is a sealed state. A failure is logged (a
+            // failed header write also closes the state, which the manifest says); the
+            // level still applies to this boot.
             if let Err(e) = svsm.keep_setting(sources::LOG_LEVEL_KEY, sources::level_name(level).as_bytes()) {
                 crate::log!(p, Warn, "ocp: the log level could not be kept in the sealed state: {:?}", e);
             }
