@@ -49,11 +49,20 @@ pub const V_INTR_MASKING: u64 = 1 << 24;
 /// EVENTINJ encoding: vector in 7:0, type in 10:8, error-code-valid 11, valid 31, error
 /// code in 63:32.
 pub mod event {
+    /// Bits 7:0: the vector.
+    pub const VECTOR: u64 = 0xFF;
+    /// Bits 10:8: the type.
+    pub const TYPE: u64 = 7 << 8;
     pub const TYPE_EXCEPTION: u64 = 3 << 8;
+    /// A software interrupt (INTn; QEMU's TCG also reports INT3 and INTO so).
+    pub const TYPE_SOFT_INT: u64 = 4 << 8;
     pub const ERROR_CODE_VALID: u64 = 1 << 11;
     pub const VALID: u64 = 1 << 31;
     pub const GP: u64 = 13;
     pub const UD: u64 = 6;
+    /// The breakpoint and overflow exceptions, which INT3 and INTO raise.
+    pub const BP: u64 = 3;
+    pub const OF: u64 = 4;
 }
 
 /// Intercept bits of INTERCEPT_MISC1.

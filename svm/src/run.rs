@@ -95,6 +95,7 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
         }
         // The flush asked for (if any) happened on this entry.
         v.vmcb.set_u8(offset::TLB_CONTROL, 0);
+        v.requeue_cut_event();
         let e = v.exit();
         match exit::classify(e.code, e.info1, e.info2, v.field(VmsaField::Rax)) {
             Action::BareGate => v.skip(exit::VMMCALL_LEN),

@@ -183,13 +183,14 @@ impl SvmHw for TestHw {
     }
 }
 
-/// One scripted exit: code, EXITINFO1, EXITINFO2, and what the guest put in RAX, RCX
-/// and RDX before it.
+/// One scripted exit: code, EXITINFO1, EXITINFO2, EXITINTINFO (an event whose delivery
+/// the exit cut short), and what the guest put in RAX, RCX and RDX before it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Step {
     pub code: u64,
     pub info1: u64,
     pub info2: u64,
+    pub exit_int_info: u64,
     pub rax: u64,
     pub rcx: u64,
     pub rdx: u64,
@@ -219,9 +220,12 @@ impl SvmCpu<TestPage> for TestCpu {
         b[rax..rax + 8].copy_from_slice(&step.rax.to_le_bytes());
         regs.rcx = step.rcx;
         regs.rdx = step.rdx;
-        for (off, v) in
-            [(offset::EXIT_CODE, step.code), (offset::EXIT_INFO1, step.info1), (offset::EXIT_INFO2, step.info2)]
-        {
+        for (off, v) in [
+            (offset::EXIT_CODE, step.code),
+            (offset::EXIT_INFO1, step.info1),
+            (offset::EXIT_INFO2, step.info2),
+            (offset::EXIT_INT_INFO, step.exit_int_info),
+        ] {
             b[off..off + 8].copy_from_slice(&v.to_le_bytes());
         }
         true

@@ -375,6 +375,34 @@ impl<P: PageMem> SvmVcpu<P> {
         }
     }
 
+    /// An event whose delivery the exit cut short (EXITINTINFO valid: a nested page fault
+    /// on the guest's stack or IDT, an interrupt that came mid-delivery) is delivered again
+    /// on the next VMRUN, as AMD APM vol. 2 ("Event Injection", EXITINTINFO) asks of the
+    /// hypervisor: dropped, the guest's #PF or single-step #DB would vanish. A handler that
+    /// injects an event of its own after this replaces it. Kept out of line: it is on
+    /// every exit's path and almost never taken.
+    pub fn requeue_cut_event(&mut self) {
+        let info = self.vmcb.u64(offset::EXIT_INT_INFO);
+        if info & event::VALID != 0 {
+            self.requeue(info);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn requeue(&mut self, info: u64) {
+        let (kind, vector) = (info & event::TYPE, info & event::VECTOR);
+        // A software interrupt (INTn, and INT3/INTO as exceptions 3 and 4) is not: RIP is
+        // still on its instruction, which raises it again when the guest goes on (KVM
+        // re-executes them likewise where it has no next-RIP to inject with).
+        let soft = kind == event::TYPE_SOFT_INT
+            || (kind == event::TYPE_EXCEPTION && (vector == event::BP || vector == event::OF));
+        if !soft {
+            // EVENTINJ has EXITINTINFO's layout, error code in bits 63:32.
+            self.vmcb.set_u64(offset::EVENT_INJ, info);
+        }
+    }
+
     /// Flush the guest's TLB on the next VMRUN (after a nested-paging change).
     pub fn flush_tlb(&mut self) {
         // TLB_CONTROL is one byte: a wider write would clear V_INTR_MASKING next to it.

@@ -261,6 +261,46 @@ fn the_svsms_interrupt_returns_the_guest_to_a_cpu_that_wants_attention() {
     assert_eq!(t.vcpu.vmcb.u64(abi::vmcb::offset::EVENT_INJ), 0);
 }
 
+/// An event whose delivery an exit cut short is delivered on the next entry: here a #PF
+/// (error code 2) that the SVSM's interrupt came in the middle of, then a single-step #DB
+/// cut by a nested page fault the SVSM refuses (its #GP replaces it). Software interrupts
+/// (INTn; INT3 as QEMU and as hardware report it) are not: RIP is still on their
+/// instruction, which raises them again.
+#[test]
+fn an_event_an_exit_cut_short_is_delivered_again() {
+    let pf = 14 | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID | 2 << 32;
+    let intr = |exit_int_info| Step { code: abi::vmcb::exit::INTR, exit_int_info, ..Step::default() };
+    let mut w = world();
+    w.cpu.script = [intr(pf), intr(0), intr(0)].into();
+    let mut t = w.take();
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None);
+    // (The CPU clears only EVENTINJ's valid bit when it delivers.)
+    let injected: std::vec::Vec<u64> = w.cpu.entries.iter().map(|e| e.0).filter(|e| e & event::VALID != 0).collect();
+    assert_eq!(injected, [pf], "once, on the entry after the cut");
+
+    for soft in [0x80 | event::TYPE_SOFT_INT | event::VALID, event::BP | event::TYPE_EXCEPTION | event::VALID] {
+        let mut w = world();
+        w.cpu.script = [intr(soft), intr(0)].into();
+        let mut t = w.take();
+        run_until_shared(&mut w.cpu, &mut t);
+        assert_eq!(w.cpu.entries[1].0 & event::VALID, 0, "{soft:#x}: the instruction raises it again");
+    }
+
+    let db = 1 | event::TYPE_EXCEPTION | event::VALID;
+    let mut w = world();
+    w.cpu.script = [intr(db)].into();
+    w.cpu.attention = true;
+    let mut t = w.take();
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    w.p.after_run(&w.svsm, &mut t, e, 0).unwrap();
+    assert_eq!(t.vcpu.vmcb.u64(abi::vmcb::offset::EVENT_INJ), db, "kept across the CPU's look");
+    let npf = Step { code: code::NPF, info1: 0b111, info2: 0x100_0000, exit_int_info: db, ..Step::default() };
+    w.cpu.script = [npf].into();
+    let e = run_until_shared(&mut w.cpu, &mut t);
+    let _ = w.p.after_run(&w.svsm, &mut t, e, 0);
+    assert_eq!(t.vcpu.vmcb.u64(abi::vmcb::offset::EVENT_INJ), GP, "the refusal's #GP takes its place");
+}
+
 /// vCPUs that share a CPU take turns: the SVSM's timer interrupt ends the turn of one
 /// that has a neighbour (it goes back to its slot, RIP where it was, nothing injected),
 /// so one that spins without ever exiting cannot keep the other off the CPU; a vCPU
@@ -653,8 +693,15 @@ fn a_claimed_mmio_page_is_served_through_the_decoded_instruction() {
         f(&mut t.vcpu);
         w.p.put_back(t);
     };
-    let npf =
-        |gpa: u64, info1: u64, rax: u64, rcx: u64, rdx: u64| Step { code: code::NPF, info1, info2: gpa, rax, rcx, rdx };
+    let npf = |gpa: u64, info1: u64, rax: u64, rcx: u64, rdx: u64| Step {
+        code: code::NPF,
+        info1,
+        info2: gpa,
+        exit_int_info: 0,
+        rax,
+        rcx,
+        rdx,
+    };
     let at = |w: &mut World, insn: &[u8], step: Step| {
         let rip = w.field(VmsaField::Rip);
         w.p.hw.write_guest(rip, insn).unwrap();
