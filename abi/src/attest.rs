@@ -123,8 +123,10 @@ pub const ATTEST_CHAIN_MAX_LINKS: usize = 16;
 /// passed for the attestation.
 pub const ATTEST_CHAIN_LINK_LABEL: &[u8] = b"bulwark attestation link v1";
 
-/// Flag: a commit failed since boot; the sealed state is closed and the services that keep
-/// state there have stopped.
+/// Flag: a commit's header write failed since boot; the sealed state is closed and the
+/// services that keep state there have stopped. (A commit that fails before its header
+/// leaves the state open and stops only the service whose commit it was: the vTPM then
+/// answers TPM_RC_FAILURE.)
 pub const SEALED_STATE_FAILED: u32 = 1;
 
 /// Flag: at this boot the SVSM found the state under the key of an older TCB or guest SVN

@@ -27,8 +27,8 @@
 //! - REPORT_DATA = SHA-512(nonce || manifest), and the manifest parses (GUID table with
 //!   in-bounds, non-overlapping entries);
 //! - the manifest's sealed-state entry, when there is one, is 64 well-formed bytes and
-//!   does not say that the sealed state closed since boot (a failed commit stops the
-//!   SVSM's persistent services: what they would keep is no longer kept).
+//!   does not say that the sealed state closed since boot (a failed header write stops
+//!   the SVSM's persistent services: what they would keep is no longer kept).
 //!
 //! With a ledger ([`ledger`], `bulwark attest verify --state-ledger`), one more check
 //! compares the sealed state with the newest one accepted before for its store and

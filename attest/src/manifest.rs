@@ -158,8 +158,8 @@ pub struct SealedState {
     /// The Merkle root of the committed state.
     #[serde(serialize_with = "as_hex")]
     pub root: [u8; 32],
-    /// [`SEALED_STATE_FAILED`]: a commit failed since boot, the sealed state is closed and
-    /// the services that keep state there have stopped.
+    /// [`SEALED_STATE_FAILED`]: a commit's header write failed since boot, the sealed state
+    /// is closed and the services that keep state there have stopped.
     pub failed: bool,
     /// [`SEALED_STATE_REWRAPPED`]: at this boot the state was found under the key of an
     /// older TCB or guest SVN and re-wrapped under the current one.
@@ -510,7 +510,7 @@ pub fn describe(service: &Service) -> String {
         }
     } else if service.guid == SEALED_STATE_GUID {
         match parse_sealed_state(&service.data) {
-            Ok(state) if state.failed => format!("{state}, CLOSED (a commit failed since boot)"),
+            Ok(state) if state.failed => format!("{state}, CLOSED (a header write failed since boot)"),
             Ok(state) => state.to_string(),
             Err(e) => format!("malformed ({e}): {prefix}{more}"),
         }

@@ -508,7 +508,7 @@ fn check_sealed_state(checks: &mut Checks, services: &[manifest::Service]) -> Op
             checks.record(
                 "sealed_state",
                 Err(format!(
-                    "CLOSED: {state}; a commit failed since boot, the services that keep state there have stopped"
+                    "CLOSED: {state}; a header write failed since boot, the services that keep state there have stopped"
                 )),
             );
             Some(state)

@@ -451,12 +451,13 @@ pub fn keeps_vtpm(sealed: &SharedSealed) -> bool {
     sealed.lock().get(MARKER).is_some()
 }
 
-/// Whether [`mark_vtpm_moved`] can succeed: the state keeps no vTPM, or it is still open.
-/// A migration's source asks before its COMMIT: once the destination confirmed it, a
-/// tombstone that cannot be written loses the guest.
-pub fn vtpm_can_move(sealed: &SharedSealed) -> bool {
+/// Whether [`mark_vtpm_moved`] for the vTPM with `moving` (the EK public area of the vTPM
+/// a migration takes, `None` without one) can succeed: the state does not keep that vTPM,
+/// or it is still open. A migration's source asks before its COMMIT: once the
+/// destination confirmed it, a tombstone that cannot be written loses the guest.
+pub fn vtpm_can_move(sealed: &SharedSealed, moving: Option<&[u8]>) -> bool {
     let s = sealed.lock();
-    s.get(MARKER).is_none() || s.failed().is_none()
+    s.failed().is_none() || moving.is_none_or(|ek| s.get(MARKER) != Some(ek))
 }
 
 /// Whether this sealed state can keep the vTPM with `ek_public` at NV state `version`
@@ -481,35 +482,47 @@ pub fn can_keep_vtpm(sealed: &SharedSealed, ek_public: &[u8], version: u64) -> b
 /// destination's now. In one commit its marker and blobs go, and a tombstone stays
 /// (`vtpm/moved`, the EK public area), so this state never starts that TPM again: a host
 /// that booted the source again on its disk would otherwise have two of one TPM (the same
-/// EK and seeds, the same NV indices and counters), one of them under its control. A
-/// state that keeps no vTPM has nothing to do (`Ok(false)`). On a failure (which closes
+/// EK and seeds, the same NV indices and counters), one of them under its control.
+/// `moving` is the EK public area of the vTPM the migration took (`None`: none ran): a
+/// state that keeps no vTPM, or another one (a kept vTPM that did not start this boot
+/// did not move, and stays), has nothing to do (`Ok(false)`). On a failure (which closes
 /// the sealed state, or drops the tombstone and leaves the vTPM kept) the caller must not
 /// let the destination run the guest (lost, never forked).
-pub fn mark_vtpm_moved(sealed: &SharedSealed) -> Result<bool, StoreError> {
+pub fn mark_vtpm_moved(sealed: &SharedSealed, moving: Option<&[u8]>) -> Result<bool, StoreError> {
     let mut sealed = sealed.lock();
-    let Some(ek) = sealed.get(MARKER).map(<[u8]>::to_vec) else { return Ok(false) };
+    let Some(ek) = moving else { return Ok(false) };
+    if sealed.get(MARKER) != Some(ek) {
+        return Ok(false);
+    }
     sealed.update(|store| {
         for blob in store.names_with_prefix(NV_PREFIX) {
             store.remove(&blob);
         }
         store.remove(MARKER);
-        store.put(MOVED, &ek)
+        store.put(MOVED, ek)
     })?;
     Ok(true)
 }
 
-/// [`mark_vtpm_moved`], tried again while a failure left the sealed state open (nothing
-/// of the tombstone reached the disk: a host that failed one write may take the next) and
-/// `keep_trying` (which waits between tries) says to. After a migration's commit the guest
-/// is lost without the tombstone, so a transient refusal is worth waiting out; a failed
-/// header write closes the state and ends the tries.
+/// [`mark_vtpm_moved`], tried again while the disk refused an I/O and the sealed state
+/// stayed open (nothing of the tombstone reached the disk: a host that failed one write
+/// may take the next) and `keep_trying` (which waits between tries, without the sealed
+/// state's lock) says to. After a migration's commit the guest is lost without the
+/// tombstone, so a transient refusal is worth waiting out; a failed header write closes
+/// the state and ends the tries, and so does an error no retry changes (a full disk).
 pub fn mark_vtpm_moved_retrying(
     sealed: &SharedSealed,
+    moving: Option<&[u8]>,
     mut keep_trying: impl FnMut() -> bool,
 ) -> Result<bool, StoreError> {
     loop {
-        match mark_vtpm_moved(sealed) {
-            Err(_) if sealed.lock().failed().is_none() && keep_trying() => {}
+        match mark_vtpm_moved(sealed, moving) {
+            Err(StoreError::Io(e)) => {
+                let open = sealed.lock().failed().is_none();
+                if !(open && keep_trying()) {
+                    return Err(StoreError::Io(e));
+                }
+            }
             done => return done,
         }
     }
@@ -788,7 +801,11 @@ mod tests {
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"seeds")), change(b"volatilestate", Some(b"v"))]).unwrap();
         let generation = sealed.lock().state().generation;
-        assert_eq!(mark_vtpm_moved(&sealed), Ok(true));
+        // A kept vTPM that did not start this boot (no vTPM, or another, moved) stays.
+        assert_eq!(mark_vtpm_moved(&sealed, None), Ok(false));
+        assert_eq!(mark_vtpm_moved(&sealed, Some(b"another EK")), Ok(false));
+        assert_eq!(sealed.lock().state().generation, generation, "nothing written");
+        assert_eq!(mark_vtpm_moved(&sealed, Some(b"EK")), Ok(true));
         assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
         assert!(sealed.lock().store.names_with_prefix(b"vtpm/nv/").is_empty(), "no blob left");
 
@@ -810,12 +827,12 @@ mod tests {
 
         // Whether a migration's destination may take a TPM here: not another EK's.
         assert!(can_keep_vtpm(&sealed, b"EK", 9) && !can_keep_vtpm(&sealed, b"another EK", 9));
-        assert!(vtpm_can_move(&sealed));
+        assert!(vtpm_can_move(&sealed, Some(b"EK")));
 
         // A state that keeps no vTPM: nothing to mark, no commit.
         let empty = fresh();
         let generation = empty.lock().state().generation;
-        assert_eq!(mark_vtpm_moved(&empty), Ok(false));
+        assert_eq!(mark_vtpm_moved(&empty, Some(b"EK")), Ok(false));
         assert_eq!(empty.lock().state().generation, generation);
         assert!(!VtpmNv::open(empty).0.moved);
     }
@@ -866,7 +883,7 @@ mod tests {
         assert_eq!(sealed.lock().summary().lock().vtpm, Some(lineage), "the summary follows each commit");
 
         // The tombstone keeps the version: the TPM coming back older is refused there too.
-        mark_vtpm_moved(&sealed).unwrap();
+        mark_vtpm_moved(&sealed, Some(b"EK")).unwrap();
         assert_eq!(vtpm_version(&sealed), 42);
         assert_eq!(vtpm_lineage(&sealed), None, "no TPM kept");
         assert!(!can_keep_vtpm(&sealed, b"EK", 42) && can_keep_vtpm(&sealed, b"EK", 43));
@@ -926,14 +943,16 @@ mod tests {
     fn a_closed_state_neither_lets_its_tpm_move_nor_takes_one() {
         let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
         let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
-        assert!(vtpm_can_move(&sealed), "nothing kept: nothing to mark");
+        assert!(vtpm_can_move(&sealed, Some(b"EK")), "nothing kept: nothing to mark");
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
-        assert!(vtpm_can_move(&sealed) && can_keep_vtpm(&sealed, b"EK", 2));
+        assert!(vtpm_can_move(&sealed, Some(b"EK")) && can_keep_vtpm(&sealed, b"EK", 2));
         fail_header_writes(&disk);
         assert!(nv.persist(&[change(b"permall", Some(b"two"))]).is_err());
-        assert!(!vtpm_can_move(&sealed), "closed with a TPM in it");
-        assert!(mark_vtpm_moved(&sealed).is_err(), "as the check said");
+        assert!(!vtpm_can_move(&sealed, Some(b"EK")), "closed with a TPM in it");
+        assert!(mark_vtpm_moved(&sealed, Some(b"EK")).is_err(), "as the check said");
+        assert!(vtpm_can_move(&sealed, None), "no vTPM moves (it did not start): nothing to mark");
+        assert_eq!(mark_vtpm_moved(&sealed, None), Ok(false));
         assert!(!can_keep_vtpm(&sealed, b"EK", 2));
     }
 
@@ -976,7 +995,7 @@ mod tests {
         nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
         disk.0.lock().fail_flushes(true);
         let mut tries = 0;
-        let marked = mark_vtpm_moved_retrying(&sealed, || {
+        let marked = mark_vtpm_moved_retrying(&sealed, Some(b"EK"), || {
             tries += 1;
             if tries == 3 {
                 disk.0.lock().heal();
@@ -994,7 +1013,7 @@ mod tests {
         fail_header_writes(&disk);
         let mut tries = 0;
         assert!(
-            mark_vtpm_moved_retrying(&sealed, || {
+            mark_vtpm_moved_retrying(&sealed, Some(b"EK"), || {
                 tries += 1;
                 true
             })

@@ -395,9 +395,15 @@ impl Svsm {
     }
 
     /// Whether a live migration's source may commit: the sealed state (if any) can take
-    /// the vTPM's tombstone after it ([`crate::sealed::vtpm_can_move`]).
+    /// the tombstone of the vTPM that moves after it ([`crate::sealed::vtpm_can_move`]).
     pub fn vtpm_can_move_away(&self) -> bool {
-        self.sealed.as_ref().is_none_or(crate::sealed::vtpm_can_move)
+        self.sealed.as_ref().is_none_or(|sealed| crate::sealed::vtpm_can_move(sealed, self.moving_vtpm()))
+    }
+
+    /// The EK public area of the vTPM a migration takes: the one serving here, if any (a
+    /// kept vTPM that did not start this boot does not move, and its state stays kept).
+    fn moving_vtpm(&self) -> Option<&[u8]> {
+        self.vtpm.as_ref().map(|_| self.vtpm_ek.as_slice())
     }
 
     /// Whether a live migration's destination can keep the arriving vTPM with
@@ -418,7 +424,7 @@ impl Svsm {
     /// state. `Ok(true)` if a vTPM was kept and is marked now.
     pub fn vtpm_moved_away(&self, keep_trying: impl FnMut() -> bool) -> Result<bool, store::StoreError> {
         match &self.sealed {
-            Some(sealed) => crate::sealed::mark_vtpm_moved_retrying(sealed, keep_trying),
+            Some(sealed) => crate::sealed::mark_vtpm_moved_retrying(sealed, self.moving_vtpm(), keep_trying),
             None => Ok(false),
         }
     }

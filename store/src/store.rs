@@ -398,14 +398,14 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         if !self.in_doubt.is_empty() {
             return false;
         }
+        // The staged blobs go first: a discard often follows a full heap, and the
+        // committed ones going back may need a node of the map.
+        for name in self.undo.keys() {
+            self.blobs.remove(name);
+        }
         for (name, before) in core::mem::take(&mut self.undo) {
-            match before {
-                Some(blob) => {
-                    self.blobs.insert(name, blob);
-                }
-                None => {
-                    self.blobs.remove(&name);
-                }
+            if let Some(blob) = before {
+                self.blobs.insert(name, blob);
             }
         }
         self.staged = false;

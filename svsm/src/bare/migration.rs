@@ -601,22 +601,23 @@ pub fn last_round(shared: &'static Shared) {
     // The vTPM is the destination's too: this SVSM's sealed state must never start it
     // again (a host booting this image on this disk would have two of one TPM). Marked
     // before the FINISH lets the destination run; if the mark cannot be made, no FINISH
-    // goes: the guest is lost, never forked. A refusal that left the sealed state open is
-    // tried again every 50 ms until the FINISH's deadline: after the commit the guest
+    // goes: the guest is lost, never forked. A disk refusal that left the sealed state
+    // open is tried again every 50 ms for up to 4 minutes: after the commit the guest
     // never runs here again, so waiting for a slow host costs nothing, and giving up
-    // early could lose the guest.
+    // early could lose the guest. The last minute of the destination's 5 is the FINISH's.
     let deadline = now.saturating_add(FINISH_DEADLINE_NS);
+    let retry_until = deadline.saturating_sub(FINISH_DEADLINE_NS / 5);
     let mut tries = 0u32;
     let keep_trying = || {
         tries = tries.saturating_add(1);
         if tries == 1 {
-            println!("migration: the host refused the vTPM's tombstone; trying again until the FINISH's deadline");
+            println!("migration: the host refused the vTPM's tombstone; trying again for up to 4 minutes");
         }
-        let until = clock::monotonic_ns().saturating_add(50_000_000);
-        while clock::monotonic_ns() < until.min(deadline) {
+        let until = clock::monotonic_ns().saturating_add(50_000_000).min(retry_until);
+        while clock::monotonic_ns() < until {
             core::hint::spin_loop();
         }
-        clock::monotonic_ns() < deadline
+        clock::monotonic_ns() < retry_until
     };
     let finished = match shared.svsm.vtpm_moved_away(keep_trying) {
         Ok(marked) => {

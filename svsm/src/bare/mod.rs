@@ -233,8 +233,23 @@ fn arrive(
     if let Some((mut v, lineage)) = arrived.vtpm.zip(arrived.lineage) {
         match keep {
             Some(sealed) => {
-                let storage = kernel::sealed::VtpmNv::open(sealed).1.arriving_at(lineage, chain);
-                match v.keep_in(alloc::boxed::Box::new(storage)) {
+                let keep = |v: &mut ::vtpm::Vtpm| {
+                    let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage, chain);
+                    v.keep_in(alloc::boxed::Box::new(storage))
+                };
+                // A commit the disk refused before its header left the sealed state open
+                // with nothing of it on disk: tried again every 50 ms for up to 10 s (the
+                // source has given its copy up; a transient refusal must not lose the TPM).
+                let mut kept = keep(&mut v);
+                let give_up_at = clock::monotonic_ns().saturating_add(10_000_000_000);
+                while kept.is_err() && sealed.lock().failed().is_none() && clock::monotonic_ns() < give_up_at {
+                    let until = clock::monotonic_ns().saturating_add(50_000_000);
+                    while clock::monotonic_ns() < until {
+                        core::hint::spin_loop();
+                    }
+                    kept = keep(&mut v);
+                }
+                match kept {
                     Ok(()) => {
                         println!(
                             "vtpm: resumed from the source's state (the same EK) in its service process at CPL 3; its NV state is kept in this SVSM's sealed store"
