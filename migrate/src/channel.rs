@@ -158,9 +158,17 @@ pub trait MigrationChannel {
     /// when that has been said.
     fn close(&mut self) -> Result<bool, ChannelError>;
     /// From the next fragment on, uses this many pages of each direction's ring (the
-    /// session calls it when the ring mode starts; 1 is the page mode). A ring never
-    /// narrows: a smaller count changes nothing.
+    /// session calls it when the ring mode starts; 1 is the page mode). A ring narrows
+    /// only back to the page: 1 after more makes the next fragment the proposal's page's
+    /// (both ends do it between the same two frames: after the COMMIT); any other smaller
+    /// count changes nothing.
     fn use_ring(&mut self, outbound: usize, inbound: usize) -> Result<(), ChannelError>;
+    /// From now on a fragment that breaks the rules ([`ChannelError::BadFragment`]) is
+    /// reported, dropped with the frame it belonged to, and the receiver goes on with the
+    /// next buffer, instead of failing for good. Only after a migration's commit, where
+    /// the peer offers its last frame again and a receiver that stopped would lose the
+    /// guest; nothing but the one frame it waits for is accepted there.
+    fn pass_over_bad_fragments(&mut self);
 }
 
 /// The slots of one direction: the proposal's page (slot 0, which alone carries the
@@ -181,6 +189,12 @@ impl<P: MigrationPage> Slots<P> {
     fn widen(&mut self, pages: usize) -> Result<(), ChannelError> {
         if pages > self.pages.len() {
             return Err(ChannelError::RingTooLarge { asked: pages, has: self.pages.len() });
+        }
+        if pages == 1 && self.active > 1 {
+            // Back to the page: the next fragment is slot 0's at both ends.
+            self.active = 1;
+            self.next = 0;
+            return Ok(());
         }
         // The turn continues where it is: both ends widen between the same two fragments,
         // so they agree on the slot of every fragment after it.
@@ -387,6 +401,8 @@ pub struct PageReceiver<P> {
     frame: Vec<u8>,
     frame_len: usize,
     failed: Option<ChannelError>,
+    /// See [`MigrationChannel::pass_over_bad_fragments`].
+    lenient: bool,
 }
 
 impl<P: MigrationPage> PageReceiver<P> {
@@ -399,7 +415,7 @@ impl<P: MigrationPage> PageReceiver<P> {
     /// A receiver on a ring of `pages` (at least one; the first is the proposal's page).
     /// It reads only the first until [`Self::widen`].
     pub fn with_ring(pages: Vec<P>) -> Self {
-        Self { slots: Slots::new(pages), frame: Vec::new(), frame_len: 0, failed: None }
+        Self { slots: Slots::new(pages), frame: Vec::new(), frame_len: 0, failed: None, lenient: false }
     }
 
     /// The proposal's page (the ring's first).
@@ -420,10 +436,18 @@ impl<P: MigrationPage> PageReceiver<P> {
         }
         let result = self.step();
         if let Err(e) = result {
-            self.failed = Some(e);
+            if !(self.lenient && matches!(e, ChannelError::BadFragment(_))) {
+                self.failed = Some(e);
+            }
             self.frame = Vec::new();
+            self.frame_len = 0;
         }
         result
+    }
+
+    /// See [`MigrationChannel::pass_over_bad_fragments`].
+    pub fn pass_over_bad_fragments(&mut self) {
+        self.lenient = true;
     }
 
     fn step(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
@@ -551,5 +575,9 @@ impl<O: MigrationPage, I: MigrationPage> MigrationChannel for PageChannel<O, I> 
     fn use_ring(&mut self, outbound: usize, inbound: usize) -> Result<(), ChannelError> {
         self.sender.widen(outbound)?;
         self.receiver.widen(inbound)
+    }
+
+    fn pass_over_bad_fragments(&mut self) {
+        self.receiver.pass_over_bad_fragments();
     }
 }

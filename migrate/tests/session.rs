@@ -6,9 +6,9 @@ mod common;
 
 use bulwark_migrate::channel::FRAGMENT_PAYLOAD;
 use bulwark_migrate::session::{
-    AbortReason, Aes, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, FrameKind, MAX_STATE_CHUNK,
-    MigrationError, Mode, PeerIdentity, PeerVerifier, RecordType, Role, Source, SourceOutcome, SourcePhase,
-    VerifyError, report_data,
+    AbortReason, Aes, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, FrameKind,
+    MAX_IGNORED_AFTER_ACK, MAX_STATE_CHUNK, MigrationError, Mode, PeerIdentity, PeerVerifier, RecordType, Role, Source,
+    SourceOutcome, SourcePhase, VerifyError, report_data,
 };
 use bulwark_migrate::testing::Direction;
 use common::{Attester, IDENTITY, Run, Side, TestVerifier, authority, entropy, migrate, migrate_with, state_bytes};
@@ -42,17 +42,20 @@ fn a_mebibyte_of_state_arrives_byte_for_byte() {
             FrameKind::Hello,
             FrameKind::Evidence,
             FrameKind::Record(RecordType::Ready),
-            FrameKind::Record(RecordType::CommitAck)
+            FrameKind::Record(RecordType::CommitAck),
+            FrameKind::Record(RecordType::FinishAck)
         ]
     );
+    assert!(run.finish_acknowledged && run.finish_offers == 0, "one FINISH, acknowledged");
     let s2d = kinds(&run, Direction::SourceToDestination);
     assert_eq!(s2d[..2], [FrameKind::Hello, FrameKind::Evidence]);
     assert_eq!(s2d[s2d.len() - 2..], [FrameKind::Record(RecordType::Commit), FrameKind::Record(RecordType::Finish)]);
 }
 
 /// The ring mode: after READY the source's buffers take the ring's pages in turn while the
-/// destination's stay on the proposal's page; the state arrives byte for byte in as many
-/// buffers as in the page mode, in far fewer host round trips (many buffers per wait).
+/// destination's stay on the proposal's page (and the FINISH goes back to it); the state
+/// arrives byte for byte in as many buffers as in the page mode, in far fewer host round
+/// trips (many buffers per wait).
 #[test]
 fn a_mebibyte_moves_over_the_ring_in_turn() {
     const PAGES: usize = 16;
@@ -76,9 +79,12 @@ fn a_mebibyte_moves_over_the_ring_in_turn() {
         .position(|r| r.frame_kind() == Some(FrameKind::Record(RecordType::State)))
         .expect("a STATE record");
     assert!(outbound[..first_record].iter().all(|r| r.slot == 0), "the handshake stays on the page");
-    for (turn, r) in outbound[first_record..].iter().enumerate() {
+    let (finish, records) = outbound[first_record..].split_last().expect("a FINISH");
+    for (turn, r) in records.iter().enumerate() {
         assert_eq!(r.slot, turn % PAGES, "buffer {} out of turn", r.index);
     }
+    assert_eq!(finish.frame_kind(), Some(FrameKind::Record(RecordType::Finish)));
+    assert_eq!(finish.slot, 0, "after the COMMIT, back on the page");
     assert!(ring.frames(Direction::DestinationToSource).all(|r| r.slot == 0));
     eprintln!("1 MiB: {} rounds on the page, {} on a ring of {PAGES}", page.rounds, ring.rounds);
     assert!(ring.rounds * 4 < page.rounds, "{} rounds on the ring, {} on the page", ring.rounds, page.rounds);
@@ -379,6 +385,63 @@ fn a_committed_source_cannot_abort_and_a_completed_destination_cannot_either() {
     });
     assert_eq!(checked, (true, true));
     assert!(run.succeeded());
+}
+
+/// After the commit: the FINISH is offered again as the same sealed record until the
+/// FINISH_ACK comes (not before the commit, not while a copy waits to go out); the
+/// destination passes over records that do not open as the next one, at most
+/// MAX_IGNORED_AFTER_ACK of them, and runs only on the authentic FINISH.
+#[test]
+fn a_lost_finish_is_offered_again_and_garbage_before_it_is_passed_over() {
+    let (mut source, mut destination) = pair();
+    assert_eq!(source.offer_finish_again(), Err(MigrationError::WrongPhase), "not before the commit");
+    exchange(&mut source, &mut destination);
+    source.send_state(b"state").unwrap();
+    source.commit().unwrap();
+    // Source to destination: the STATE and the COMMIT; back: the COMMIT_ACK.
+    while let Some(frame) = source.next_frame() {
+        destination.handle_frame(&frame).unwrap();
+    }
+    let ack = destination.next_frame().expect("the COMMIT_ACK");
+    source.handle_frame(&ack).unwrap();
+    assert_eq!(source.outcome(), SourceOutcome::Committed);
+    let finish = source.next_frame().expect("the FINISH");
+    // The host loses it; nothing comes back, so the source offers it again: the same bytes.
+    assert_eq!(source.offer_finish_again(), Ok(true));
+    assert_eq!(source.offer_finish_again(), Ok(false), "one copy at a time");
+    assert_eq!(source.next_frame().as_deref(), Some(&finish[..]));
+
+    // Garbage in the FINISH's place: a flipped FINISH, a frame of another version. Each
+    // is named, none ends the wait.
+    let mut flipped = finish.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    assert!(matches!(destination.handle_frame(&flipped), Err(MigrationError::Authentication { .. })));
+    assert!(matches!(destination.handle_frame(&[9, 4, 0]), Err(MigrationError::UnsupportedVersion { version: 9 })));
+    assert_eq!(destination.phase(), DestinationPhase::AwaitFinish);
+    destination.handle_frame(&finish).unwrap();
+    assert_eq!(destination.outcome(), DestinationOutcome::Completed);
+    assert_eq!(destination.handle_frame(&finish), Err(MigrationError::AfterEnd), "a later copy changes nothing");
+    let finish_ack = destination.next_frame().expect("the FINISH_ACK");
+    assert!(!source.finish_acknowledged());
+    assert!(source.handle_frame(&flipped).is_err(), "garbage to the source is named too");
+    assert_eq!(source.outcome(), SourceOutcome::Committed, "and changes nothing");
+    source.handle_frame(&finish_ack).unwrap();
+    assert!(source.finish_acknowledged());
+    assert_eq!(source.offer_finish_again(), Err(MigrationError::WrongPhase), "acknowledged: no more offers");
+
+    // A destination that meets only garbage gives up after the bound.
+    let (mut source, mut destination) = pair();
+    exchange(&mut source, &mut destination);
+    source.commit().unwrap();
+    while let Some(frame) = source.next_frame() {
+        destination.handle_frame(&frame).unwrap();
+    }
+    for _ in 0..MAX_IGNORED_AFTER_ACK {
+        assert!(destination.handle_frame(&[9, 4, 0]).is_err());
+        assert_eq!(destination.phase(), DestinationPhase::AwaitFinish);
+    }
+    assert!(destination.handle_frame(&[9, 4, 0]).is_err());
+    assert!(matches!(destination.outcome(), DestinationOutcome::Failed(MigrationError::UnsupportedVersion { .. })));
 }
 
 #[test]

@@ -15,6 +15,8 @@
 //!                                                <-     COMMIT_ACK(the same)
 //!  committed: the source stops for good
 //!  FINISH                                        ->     completed: the destination runs
+//!                                                <-     FINISH_ACK
+//!  (no FINISH_ACK in time: the same FINISH again)
 //! ```
 //!
 //! Both sides are sans-I/O state machines: [`Source::handle_frame`] /
@@ -22,7 +24,13 @@
 //! frame to send, and [`pump`] moves frames between a side and a [`MigrationChannel`].
 //!
 //! Every failure is a named [`MigrationError`] and ends the session for good: there are
-//! no retries on a tampered stream. The failing side queues an ABORT for its peer
+//! no retries on a tampered stream, with one exception after the commit point. There the
+//! source can no longer run the guest, so a lost FINISH would lose it: the source offers
+//! the same sealed FINISH again ([`Source::offer_finish_again`]) until the destination's
+//! FINISH_ACK arrives, and the destination, waiting for it, passes over records that do
+//! not open as the next one (a flipped or replayed record; at most
+//! [`MAX_IGNORED_AFTER_ACK`]) instead of failing. It still runs only on an authentic
+//! FINISH. The failing side queues an ABORT for its peer
 //! (authenticated once keys exist). The source commits only when the destination's
 //! authenticated COMMIT_ACK arrives, and the destination runs only on the source's FINISH,
 //! which the source sends only after it committed: so the guest never runs on both sides.
@@ -50,6 +58,10 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// The largest chunk of state one STATE record carries.
 pub const MAX_STATE_CHUNK: usize = 64 * 1024;
+
+/// Records a destination waiting for the FINISH passes over (they did not open as the next
+/// record) before it gives up: the source offers the FINISH a bounded number of times.
+pub const MAX_IGNORED_AFTER_ACK: u32 = 64;
 
 /// Which end of the migration a side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,8 +354,10 @@ pub enum SourcePhase {
     Transfer,
     /// COMMIT sent, waiting for COMMIT_ACK.
     CommitSent,
-    /// Committed (FINISH queued or sent).
+    /// Committed (FINISH queued or sent), waiting for the FINISH_ACK.
     Committed,
+    /// The FINISH_ACK arrived: the destination runs the guest.
+    Finished,
     /// Failed.
     Failed,
 }
@@ -362,7 +376,7 @@ pub enum DestinationPhase {
     CommitVerified,
     /// COMMIT_ACK sent, waiting for FINISH.
     AwaitFinish,
-    /// FINISH arrived.
+    /// FINISH arrived (FINISH_ACK queued).
     Completed,
     /// Failed.
     Failed,
@@ -437,6 +451,8 @@ struct Core<V, P> {
     outbound: VecDeque<Outgoing>,
     /// The COMMIT body sent (source) or accepted (destination).
     commit: Option<CommitBody>,
+    /// The source's FINISH as sealed, to offer again while no FINISH_ACK came.
+    finish: Option<Vec<u8>>,
     error: Option<MigrationError>,
 }
 
@@ -471,6 +487,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
             tally: None,
             outbound: VecDeque::new(),
             commit: None,
+            finish: None,
             error: None,
         })
     }
@@ -525,8 +542,17 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
             Outgoing::Handshake(frame) => Ok(frame),
             Outgoing::Record(record_type, payload) => {
                 let frame = self.seal(record_type, &payload)?;
-                if record_type == RecordType::State {
-                    self.tally.as_mut().ok_or(MigrationError::Internal)?.add(&frame, payload.len())?;
+                match record_type {
+                    RecordType::State => {
+                        self.tally.as_mut().ok_or(MigrationError::Internal)?.add(&frame, payload.len())?;
+                    }
+                    RecordType::Finish => {
+                        let mut copy = Vec::new();
+                        copy.try_reserve(frame.len()).map_err(|_| MigrationError::OutOfMemory)?;
+                        copy.extend_from_slice(&frame);
+                        self.finish = Some(copy);
+                    }
+                    _ => {}
                 }
                 Ok(frame)
             }
@@ -669,6 +695,8 @@ pub struct Source<V, P> {
     core: Core<V, P>,
     phase: SourcePhase,
     own_hello: Vec<u8>,
+    /// The channel failed after the commit: no FINISH_ACK can come through it.
+    channel_lost: bool,
 }
 
 impl<V, P> core::fmt::Debug for Source<V, P> {
@@ -683,7 +711,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
         let mut core = Core::new(Role::Source, config, verifier, evidence, entropy)?;
         let own_hello = core.own_hello()?.as_bytes().to_vec();
         core.queue(own_hello.clone())?;
-        Ok(Self { core, phase: SourcePhase::AwaitHello, own_hello })
+        Ok(Self { core, phase: SourcePhase::AwaitHello, own_hello, channel_lost: false })
     }
 
     /// The phase.
@@ -694,7 +722,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
     /// What to do with the guest.
     pub fn outcome(&self) -> SourceOutcome {
         match (self.phase, self.core.error) {
-            (SourcePhase::Committed, _) => SourceOutcome::Committed,
+            (SourcePhase::Committed | SourcePhase::Finished, _) => SourceOutcome::Committed,
             (_, Some(error)) => SourceOutcome::KeepRunning(error),
             _ => SourceOutcome::InProgress,
         }
@@ -737,10 +765,34 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
         Ok(())
     }
 
+    /// Whether the destination confirmed the FINISH (FINISH_ACK): it runs the guest.
+    pub fn finish_acknowledged(&self) -> bool {
+        self.phase == SourcePhase::Finished
+    }
+
+    /// Offers the FINISH again, the same sealed record (the destination expects that
+    /// sequence number and takes the first copy that arrives whole), when no FINISH_ACK
+    /// came: the host may have lost it. Only while committed, and only once the last copy
+    /// was handed to the channel (`false` otherwise: nothing queued).
+    pub fn offer_finish_again(&mut self) -> Result<bool, MigrationError> {
+        if self.phase != SourcePhase::Committed {
+            return Err(MigrationError::WrongPhase);
+        }
+        if !self.core.outbound.is_empty() {
+            return Ok(false);
+        }
+        let frame = self.core.finish.as_ref().ok_or(MigrationError::Internal)?;
+        let mut copy = Vec::new();
+        copy.try_reserve(frame.len()).map_err(|_| MigrationError::OutOfMemory)?;
+        copy.extend_from_slice(frame);
+        self.core.push(Outgoing::Handshake(copy))?;
+        Ok(true)
+    }
+
     /// Gives up: the source keeps running. Refused once committed.
     pub fn abort(&mut self, reason: AbortReason) -> Result<(), MigrationError> {
         match self.phase {
-            SourcePhase::Committed => Err(MigrationError::WrongPhase),
+            SourcePhase::Committed | SourcePhase::Finished => Err(MigrationError::WrongPhase),
             SourcePhase::Failed => Ok(()),
             _ => {
                 self.fail(MigrationError::Aborted { reason });
@@ -757,11 +809,29 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
     /// Takes a frame from the destination.
     pub fn handle_frame(&mut self, frame: &[u8]) -> Result<(), MigrationError> {
         match self.phase {
-            SourcePhase::Committed => return Err(MigrationError::AfterEnd),
+            // Committed for good: a frame that is not the FINISH_ACK is reported and
+            // changes nothing (the FINISH is offered again).
+            SourcePhase::Committed => return self.finish_ack(frame),
+            SourcePhase::Finished => return Err(MigrationError::AfterEnd),
             SourcePhase::Failed => return Err(self.core.error.unwrap_or(MigrationError::Internal)),
             _ => {}
         }
         self.step(frame).map_err(|e| self.fail(e))
+    }
+
+    fn finish_ack(&mut self, frame: &[u8]) -> Result<(), MigrationError> {
+        let kind = frame_kind(frame)?;
+        if kind != kind::RECORD {
+            return Err(MigrationError::UnexpectedFrame { kind });
+        }
+        match self.core.open(frame)? {
+            (RecordType::FinishAck, payload) if payload.is_empty() => {
+                self.phase = SourcePhase::Finished;
+                Ok(())
+            }
+            (RecordType::FinishAck, _) => Err(MigrationError::MalformedRecord),
+            (record_type, _) => Err(MigrationError::UnexpectedRecord { record_type }),
+        }
     }
 
     fn step(&mut self, frame: &[u8]) -> Result<(), MigrationError> {
@@ -813,6 +883,9 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
                 }
                 // The point of no return: from here the guest must not run on this side.
                 self.core.queue_record(RecordType::Finish, &[])?;
+                // The FINISH, and any offer of it again, go on the proposal's page: a
+                // FINISH the host drops would leave a ring's turns out of step.
+                self.core.ring = [1, 1];
                 self.phase = SourcePhase::Committed;
                 Ok(())
             }
@@ -829,6 +902,8 @@ pub struct Destination<V, P> {
     received: VecDeque<Vec<u8>>,
     /// The COMMIT_ACK waits for the driver's approval.
     hold_ack: bool,
+    /// Records passed over while waiting for the FINISH.
+    ignored: u32,
 }
 
 impl<V, P> core::fmt::Debug for Destination<V, P> {
@@ -845,7 +920,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
     /// source's HELLO.
     pub fn start(config: Config, verifier: V, evidence: P, entropy: &mut dyn Entropy) -> Result<Self, MigrationError> {
         let core = Core::new(Role::Destination, config, verifier, evidence, entropy)?;
-        Ok(Self { core, phase: DestinationPhase::AwaitHello, received: VecDeque::new(), hold_ack: false })
+        Ok(Self { core, phase: DestinationPhase::AwaitHello, received: VecDeque::new(), hold_ack: false, ignored: 0 })
     }
 
     /// From now on a verified COMMIT is not acknowledged at once: the session stops in
@@ -923,7 +998,23 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
             DestinationPhase::Failed => return Err(self.core.error.unwrap_or(MigrationError::Internal)),
             _ => {}
         }
-        self.step(frame).map_err(|e| self.fail(e))
+        match self.step(frame) {
+            Ok(()) => Ok(()),
+            // Waiting for the FINISH: the source has stopped for good and offers it again,
+            // so a record that does not open as the next one (a flipped or replayed one)
+            // is reported and passed over; only an authentic FINISH runs the guest.
+            Err(
+                e @ (MigrationError::Authentication { .. }
+                | MigrationError::UnexpectedSequence { .. }
+                | MigrationError::MalformedRecord
+                | MigrationError::UnexpectedFrame { .. }
+                | MigrationError::UnsupportedVersion { .. }),
+            ) if self.phase == DestinationPhase::AwaitFinish && self.ignored < MAX_IGNORED_AFTER_ACK => {
+                self.ignored += 1;
+                Err(e)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     fn step(&mut self, frame: &[u8]) -> Result<(), MigrationError> {
@@ -980,6 +1071,9 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
                     return Err(MigrationError::CommitMismatch);
                 }
                 self.core.commit = Some(commit);
+                // Nothing but the FINISH follows, on the proposal's page (as the source
+                // sends it once it has the COMMIT_ACK).
+                self.core.ring = [1, 1];
                 if self.hold_ack {
                     self.phase = DestinationPhase::CommitVerified;
                     return Ok(());
@@ -989,6 +1083,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
                 Ok(())
             }
             (DestinationPhase::AwaitFinish, RecordType::Finish) if payload.is_empty() => {
+                self.core.queue_record(RecordType::FinishAck, &[])?;
                 self.phase = DestinationPhase::Completed;
                 Ok(())
             }
@@ -1015,6 +1110,10 @@ pub trait Endpoint {
     fn is_done(&self) -> bool;
     /// The ring pages `[outbound, inbound]` the channel is to use now (1: the page mode).
     fn ring_pages(&self) -> [usize; 2];
+    /// Whether the side waits for the one frame that ends a committed migration, and
+    /// passes over what breaks the rules meanwhile
+    /// ([`MigrationChannel::pass_over_bad_fragments`]).
+    fn past_commit(&self) -> bool;
 }
 
 fn channel_error(error: ChannelError) -> MigrationError {
@@ -1035,13 +1134,23 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Source<V, P> {
 
     fn channel_failed(&mut self, error: ChannelError) -> Result<(), MigrationError> {
         match self.phase {
-            SourcePhase::Committed | SourcePhase::Failed => Ok(()),
+            // The receiver passes over bad fragments from here: only another error ends
+            // what the channel can bring (the FINISH is still offered, unacknowledged).
+            SourcePhase::Committed => {
+                self.channel_lost |= !matches!(error, ChannelError::BadFragment(_));
+                Ok(())
+            }
+            SourcePhase::Finished | SourcePhase::Failed => Ok(()),
             _ => Err(self.fail(channel_error(error))),
         }
     }
 
     fn wants_frames(&self) -> bool {
-        !matches!(self.phase, SourcePhase::Committed | SourcePhase::Failed)
+        match self.phase {
+            SourcePhase::Committed => !self.channel_lost,
+            SourcePhase::Finished | SourcePhase::Failed => false,
+            _ => true,
+        }
     }
 
     fn is_done(&self) -> bool {
@@ -1050,6 +1159,10 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Source<V, P> {
 
     fn ring_pages(&self) -> [usize; 2] {
         self.core.ring
+    }
+
+    fn past_commit(&self) -> bool {
+        self.phase == SourcePhase::Committed
     }
 }
 
@@ -1065,6 +1178,14 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Destination<V, P> {
     fn channel_failed(&mut self, error: ChannelError) -> Result<(), MigrationError> {
         match self.phase {
             DestinationPhase::Completed | DestinationPhase::Failed => Ok(()),
+            // Waiting for the FINISH: a bad fragment was dropped by the receiver, which
+            // goes on; reported, and counted with the records passed over.
+            DestinationPhase::AwaitFinish
+                if matches!(error, ChannelError::BadFragment(_)) && self.ignored < MAX_IGNORED_AFTER_ACK =>
+            {
+                self.ignored += 1;
+                Err(MigrationError::Channel(error))
+            }
             _ => Err(self.fail(channel_error(error))),
         }
     }
@@ -1079,6 +1200,10 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Destination<V, P> {
 
     fn ring_pages(&self) -> [usize; 2] {
         self.core.ring
+    }
+
+    fn past_commit(&self) -> bool {
+        self.phase == DestinationPhase::AwaitFinish
     }
 }
 
@@ -1108,14 +1233,20 @@ pub fn pump<E: Endpoint + ?Sized, C: MigrationChannel + ?Sized>(
         }
     }
     if endpoint.wants_frames() {
+        if endpoint.past_commit() {
+            channel.pass_over_bad_fragments();
+        }
         match channel.receive() {
             Ok(Some(frame)) => {
                 progress = true;
-                endpoint.handle_frame(&frame)?;
+                // The frame's outcome (an error the side passed over, after the commit) is
+                // reported after the channel has followed the side's phase.
+                let handled = endpoint.handle_frame(&frame);
                 let [outbound, inbound] = endpoint.ring_pages();
                 if let Err(e) = channel.use_ring(outbound, inbound) {
                     endpoint.channel_failed(e)?;
                 }
+                handled?;
             }
             Ok(None) => {}
             Err(e) => {

@@ -124,6 +124,9 @@ pub enum RecordType {
     Finish,
     /// Either way: the sender gives up (a reason u16).
     Abort,
+    /// Destination to source: the FINISH arrived, the guest runs here; the source may
+    /// stop offering it again. Empty.
+    FinishAck,
 }
 
 impl RecordType {
@@ -135,6 +138,7 @@ impl RecordType {
             Self::CommitAck => 4,
             Self::Finish => 5,
             Self::Abort => 6,
+            Self::FinishAck => 7,
         }
     }
 
@@ -146,6 +150,7 @@ impl RecordType {
             4 => Self::CommitAck,
             5 => Self::Finish,
             6 => Self::Abort,
+            7 => Self::FinishAck,
             _ => return None,
         })
     }

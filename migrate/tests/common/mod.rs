@@ -7,7 +7,7 @@ use bulwark_migrate::EntropyError;
 use bulwark_migrate::session::{
     self, Aes, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, EvidenceError, EvidenceProvider,
     MAX_RING_PAGES, MigrationError, Mode, PeerIdentity, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
-    VerifyError,
+    SourcePhase, VerifyError,
 };
 use bulwark_migrate::testing::{Direction, Fault, Relay, Relayed};
 use p384::ecdsa::signature::{Signer, Verifier};
@@ -167,6 +167,10 @@ pub struct Run {
     /// Errors `pump` returned, per side.
     pub source_errors: Vec<MigrationError>,
     pub destination_errors: Vec<MigrationError>,
+    /// Times the source offered its FINISH again (no FINISH_ACK when the session stalled).
+    pub finish_offers: u32,
+    /// The source had the destination's FINISH_ACK.
+    pub finish_acknowledged: bool,
 }
 
 impl Run {
@@ -233,6 +237,7 @@ pub fn migrate_with(
     let mut hung_up = false;
     let mut stalled = false;
     let mut rounds = 0u64;
+    let mut finish_offers = 0;
     loop {
         rounds += 1;
         assert!(rounds < 10_000_000, "the session does not end");
@@ -271,6 +276,12 @@ pub fn migrate_with(
             assert!(received == state, "a COMMIT was accepted over state that differs");
         }
         progress |= relay.pump();
+        // What the bare source does on a timer: no FINISH_ACK yet, the FINISH again (the
+        // relay stalling stands in for the time passing), a bounded number of times.
+        if !progress && !hung_up && src.phase() == SourcePhase::Committed && finish_offers < FINISH_OFFERS {
+            progress = src.offer_finish_again().unwrap();
+            finish_offers += u32::from(progress);
+        }
         if !progress {
             if hung_up {
                 break;
@@ -293,5 +304,10 @@ pub fn migrate_with(
         rounds,
         source_errors,
         destination_errors,
+        finish_offers,
+        finish_acknowledged: src.finish_acknowledged(),
     }
 }
+
+/// How often the test driver offers the FINISH again before it hangs up.
+pub const FINISH_OFFERS: u32 = 3;

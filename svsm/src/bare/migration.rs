@@ -51,8 +51,12 @@ const SLICE_NS: u64 = 2_000_000;
 /// How long the last round may take before the source gives up and its guest runs on
 /// (it is stopped meanwhile).
 const LAST_ROUND_DEADLINE_NS: u64 = 20_000_000_000;
-/// How long the source waits, after its commit, for the host to take the FINISH.
+/// How long the source offers its FINISH, after its commit, until the destination's
+/// FINISH_ACK comes (and how long a destination that approved a commit waits for it).
 const FINISH_DEADLINE_NS: u64 = 300_000_000_000;
+/// How long the source waits for the FINISH_ACK after a copy of its FINISH left before it
+/// offers the FINISH again (the host may have lost it).
+const FINISH_OFFER_NS: u64 = 2_000_000_000;
 /// Dirty pages taken from the log at a time (8 bytes each in the list): a round of a guest
 /// that wrote more is taken over several (the last round, with the guest stopped, until
 /// none is left).
@@ -132,6 +136,12 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
     let taken = loop {
         let moved = match Spent::timed(&mut spent.channel, || pump(&mut session, &mut channel)) {
             Ok(moved) => moved,
+            // Waiting for the FINISH, the session passes over what does not open as it
+            // (the source offers the FINISH again): named here, and the wait goes on.
+            Err(e) if session.phase() == DestinationPhase::AwaitFinish => {
+                println!("migration: passed over while waiting for the FINISH: {e}");
+                true
+            }
             Err(e) => break Err(e),
         };
         let now = clock::monotonic_ns();
@@ -201,7 +211,14 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
         }
         return Err(why);
     }
-    let _ = pump(&mut session, &mut channel);
+    // The FINISH_ACK, so the source stops offering its FINISH; the host gets a second.
+    let deadline = clock::monotonic_ns().saturating_add(1_000_000_000);
+    while clock::monotonic_ns() < deadline {
+        let _ = pump(&mut session, &mut channel);
+        if session::Endpoint::is_done(&session) && channel.close().unwrap_or(true) {
+            break;
+        }
+    }
     let arrived = arrived.ok_or("a FINISH before the approved commit")?;
     let ms = clock::monotonic_ns().saturating_sub(started) / 1_000_000;
     println!(
@@ -648,7 +665,7 @@ pub fn last_round(shared: &'static Shared) {
         out.spent.channel / 1_000_000
     );
     if let Err(e) = finished {
-        println!("migration: {e}: the destination may not run the guest (it is lost, never run twice)");
+        println!("migration: {e}; this SVSM never runs it again (lost rather than run twice)");
     }
     super::exit::migrated()
 }
@@ -669,12 +686,14 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
         if clock::monotonic_ns() > deadline {
             return Err("the last round timed out".into());
         }
-        Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel))?;
+        let pumped = Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel));
+        // The outcome first: once committed the guest never runs here again, whatever else
+        // the call said.
         match out.session.outcome() {
             SourceOutcome::KeepRunning(e) => return Err(format!("the session failed: {e:?}")),
             SourceOutcome::Committed => return Ok(()),
-            SourceOutcome::InProgress => {}
-        }
+            SourceOutcome::InProgress => pumped?,
+        };
         if !out.session.can_send_state() {
             continue;
         }
@@ -700,16 +719,42 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
     }
 }
 
-/// The FINISH and the page's `COMPLETED` must be in the page before this SVSM stops (the
-/// host reads the page's file, which outlives QEMU): pump until the channel is closed.
+/// The FINISH until the destination's FINISH_ACK says it runs the guest, then the page's
+/// `COMPLETED` (the host reads the page's file, which outlives QEMU): pump until the
+/// channel is closed. No FINISH_ACK [`FINISH_OFFER_NS`] after the last copy was offered:
+/// the same FINISH again (the host may have lost or changed it). What comes back that is
+/// not the FINISH_ACK is named by `pump` and changes nothing: the guest never runs here
+/// again.
 fn hand_over_finish(out: &mut Outgoing, deadline: u64) -> Result<(), String> {
+    let mut offers = 0u32;
+    let mut offered_at = clock::monotonic_ns();
+    let mut passed_over = None;
     loop {
-        pump(&mut out.session, &mut out.channel)?;
-        if session::Endpoint::is_done(&out.session) && out.channel.close().map_err(|e| format!("{e:?}"))? {
-            return Ok(());
+        if let Err(e) = pump(&mut out.session, &mut out.channel) {
+            passed_over = Some(e);
         }
-        if clock::monotonic_ns() > deadline {
-            return Err("the host did not take the FINISH".into());
+        let now = clock::monotonic_ns();
+        if out.session.finish_acknowledged() {
+            if out.channel.close().map_err(|e| format!("{e:?}"))? {
+                if offers > 0 {
+                    println!("migration: the FINISH was offered {} time(s) before its FINISH_ACK came", offers + 1);
+                }
+                return Ok(());
+            }
+        } else if now.saturating_sub(offered_at) > FINISH_OFFER_NS && out.session.offer_finish_again() == Ok(true) {
+            offers = offers.saturating_add(1);
+            offered_at = now;
+            println!(
+                "migration: no FINISH_ACK from the destination yet; the FINISH again (copy {}){}",
+                offers + 1,
+                passed_over.take().map_or(alloc::string::String::new(), |e| format!(", after {e}"))
+            );
+        }
+        if now > deadline {
+            return Err(format!(
+                "no FINISH_ACK after {} cop(ies) of the FINISH: the destination runs the guest if one reached it",
+                offers + 1
+            ));
         }
     }
 }
