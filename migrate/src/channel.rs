@@ -90,7 +90,8 @@ pub enum FragmentFault {
     Padding,
 }
 
-/// Why the channel failed. A failed channel stays failed.
+/// Why the channel failed. A failed channel stays failed (but a receiver told to
+/// [`MigrationChannel::pass_over_bad_fragments`] goes on after a `BadFragment`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelError {
     /// `send` while an earlier frame is still going out (not an error of the peer or the

@@ -71,6 +71,29 @@ pub enum Fault {
     },
 }
 
+impl Fault {
+    /// The same fault, on buffer `buffer`.
+    pub fn at(self, buffer: usize) -> Self {
+        match self {
+            Self::FlipBit { bit, .. } => Self::FlipBit { buffer, bit },
+            Self::Drop { .. } => Self::Drop { buffer },
+            Self::Duplicate { .. } => Self::Duplicate { buffer },
+            Self::SwapWithNext { .. } => Self::SwapWithNext { buffer },
+            Self::TruncateAt { .. } => Self::TruncateAt { buffer },
+        }
+    }
+}
+
+/// What frame a buffer starts, if it is a frame's first fragment: what the host can tell.
+fn frame_kind_of(bytes: &[u8]) -> Option<FrameKind> {
+    let (header, _) = FragmentHeader::read_from_prefix(bytes).ok()?;
+    if header.offset.get() != 0 {
+        return None;
+    }
+    let payload = bytes.get(FRAGMENT_HEADER_LEN..FRAGMENT_HEADER_LEN + usize::from(header.len.get()))?;
+    FrameKind::of(payload)
+}
+
 /// A buffer the relay took, as the SVSM wrote it (before any fault).
 #[derive(Debug, Clone)]
 pub struct Relayed {
@@ -98,10 +121,7 @@ impl Relayed {
 
     /// What frame it starts, if it is a frame's first fragment: what the host can tell.
     pub fn frame_kind(&self) -> Option<FrameKind> {
-        match self.fragment() {
-            Some(h) if h.offset.get() == 0 => FrameKind::of(self.payload()),
-            _ => None,
-        }
+        frame_kind_of(&self.bytes[..])
     }
 }
 
@@ -165,6 +185,9 @@ impl<P> Pipe<P> {
 pub struct Relay<P> {
     pipes: [Pipe<P>; 2],
     fault: Option<Fault>,
+    /// The fault goes to the first buffer that starts a frame of this kind (its buffer
+    /// index is set then).
+    fault_on_first: Option<FrameKind>,
     fault_applied: bool,
     next_index: usize,
     log: Vec<Relayed>,
@@ -218,6 +241,7 @@ impl<P: MigrationPage> Relay<P> {
                 Pipe::new(Direction::DestinationToSource, destination_out, source_in),
             ],
             fault,
+            fault_on_first: None,
             fault_applied: false,
             next_index: 0,
             log: Vec::new(),
@@ -226,6 +250,13 @@ impl<P: MigrationPage> Relay<P> {
             truncated: false,
             hung_up: false,
         }
+    }
+
+    /// Applies the fault to the first buffer that starts a frame of `kind` (what a host
+    /// can see in clear: a record's type), whatever its index.
+    pub fn fault_on_first(mut self, kind: FrameKind) -> Self {
+        self.fault_on_first = Some(kind);
+        self
     }
 
     /// Keeps no log of the buffers (only counts them).
@@ -310,6 +341,12 @@ impl<P: MigrationPage> Relay<P> {
                 }
                 if self.logging {
                     self.log.push(Relayed { index, direction, slot, bytes: bytes.clone() });
+                }
+                if let Some(kind) = self.fault_on_first
+                    && frame_kind_of(&bytes[..]) == Some(kind)
+                {
+                    self.fault = self.fault.map(|f| f.at(index));
+                    self.fault_on_first = None;
                 }
                 self.route(p, index, slot, bytes);
                 return true;

@@ -390,7 +390,8 @@ fn a_committed_source_cannot_abort_and_a_completed_destination_cannot_either() {
 /// After the commit: the FINISH is offered again as the same sealed record until the
 /// FINISH_ACK comes (not before the commit, not while a copy waits to go out); the
 /// destination passes over records that do not open as the next one, at most
-/// MAX_IGNORED_AFTER_ACK of them, and runs only on the authentic FINISH.
+/// MAX_IGNORED_AFTER_ACK of them, and runs only on the authentic FINISH; its authentic
+/// ABORT after the ACK ends the offers.
 #[test]
 fn a_lost_finish_is_offered_again_and_garbage_before_it_is_passed_over() {
     let (mut source, mut destination) = pair();
@@ -428,6 +429,23 @@ fn a_lost_finish_is_offered_again_and_garbage_before_it_is_passed_over() {
     source.handle_frame(&finish_ack).unwrap();
     assert!(source.finish_acknowledged());
     assert_eq!(source.offer_finish_again(), Err(MigrationError::WrongPhase), "acknowledged: no more offers");
+
+    // A destination that gives up after its ACK says so: the source stops offering (the
+    // guest is lost, never run twice).
+    let (mut source, mut destination) = pair();
+    exchange(&mut source, &mut destination);
+    source.commit().unwrap();
+    while let Some(frame) = source.next_frame() {
+        destination.handle_frame(&frame).unwrap();
+    }
+    source.handle_frame(&destination.next_frame().expect("the COMMIT_ACK")).unwrap();
+    destination.abort(AbortReason::REQUESTED).unwrap();
+    let abort = destination.next_frame().expect("the ABORT");
+    let gave_up = MigrationError::PeerAborted { reason: AbortReason::REQUESTED };
+    assert_eq!(source.handle_frame(&abort), Err(gave_up));
+    assert_eq!(source.outcome(), SourceOutcome::Committed, "never runs the guest again");
+    assert_eq!(source.offer_finish_again(), Err(gave_up));
+    assert!(!source.wants_frames());
 
     // A destination that meets only garbage gives up after the bound.
     let (mut source, mut destination) = pair();

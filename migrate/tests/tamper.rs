@@ -268,3 +268,19 @@ fn replayed_records_are_named() {
     }
     assert_eq!(seen, 3); // two STATE records, the COMMIT
 }
+
+/// What `bulwark migrate relay --fault drop@finish` does in the QEMU run: the first FINISH
+/// is dropped wherever it comes; the source offers it again, and the guest arrives.
+#[test]
+fn a_dropped_finish_found_by_its_kind_is_offered_again() {
+    let state = state_bytes(STATE_LEN, 7);
+    for side in [Side::new as fn() -> Side, || Side::with_ring(4)] {
+        let fault = Fault::Drop { buffer: usize::MAX };
+        let finish = Some(FrameKind::Record(RecordType::Finish));
+        let run = common::migrate_faulting(&state, CHUNK, Some(fault), finish, side(), side(), &mut |_, _| {});
+        assert!(run.fault_applied && run.succeeded() && run.received == state);
+        assert_eq!((run.finish_offers, run.finish_acknowledged), (1, true));
+        let finishes = run.log.iter().filter(|r| r.frame_kind() == finish).count();
+        assert_eq!(finishes, 2, "the dropped one and the one offered again");
+    }
+}

@@ -19,7 +19,7 @@ commands:
                                      QEMU boots of the SVSM image (`boot` plain, with --crash nx,
                                      --crash low, --crash panic --console log, --gdb-check, --agent-check, and
                                      on a test state disk: verify, four tampered, lost, older),
-                                     a live migration (`migrate --other-image --fault flip@300 --guest-mib 16`),
+                                     a live migration (`migrate --other-image --fault flip@300 --guest-mib 16 --drop-finish`),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
                                      syscalls, store and stream; set BULWARK_SKIP_FUZZ=1 to skip
                                      it), and
@@ -63,7 +63,7 @@ commands:
                                      answers (the SVSM gives up after 10 s and serves on without
                                      the vTPM); a kept disk sealed to an earlier launch is set aside
                                      (*.previous-launch.img) for a blank one
-  migrate [--other-image] [--fault KIND@N] [--page-mode] [--guest-mib N]
+  migrate [--other-image] [--fault KIND@N] [--page-mode] [--guest-mib N] [--drop-finish]
                                      a live migration between two QEMU instances through
                                      bulwark migrate relay, the guest running: the guest must find
                                      its memory, vTPM and OCP on the destination; first, with
@@ -74,7 +74,9 @@ commands:
                                      run on; the state goes over a ring of 64 pages, or with
                                      --page-mode over the proposal's single page; --guest-mib
                                      makes the guest validate (2 MiB pages, N rounded up to
-                                     even) and fill N MiB more first
+                                     even) and fill N MiB more first; --drop-finish has the last
+                                     relay drop the source's first FINISH (it must be offered
+                                     again, and the guest arrive)
   help                               show this text
 ";
 
@@ -338,6 +340,7 @@ impl<'a> Options<'a> {
                 "--fault" => o.fault = Some(crate::migrate::fault(self.value(arg)?)?),
                 "--other-image" => o.other_image = true,
                 "--page-mode" => o.page_mode = true,
+                "--drop-finish" => o.drop_finish = true,
                 "--guest-mib" => {
                     // Whole 2 MiB pages: an odd N grows by one MiB more.
                     o.guest_mib = self

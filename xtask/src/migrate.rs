@@ -63,6 +63,9 @@ pub struct MigrateOptions {
     /// MiB of memory the guest validates (as 2 MiB pages) and fills besides its own (the
     /// agent's `grow`), so the migration moves a guest of about that size.
     pub guest_mib: u32,
+    /// The honest attempt's relay drops the source's first FINISH (`--fault drop@finish`):
+    /// the source must offer it again and the guest arrive all the same.
+    pub drop_finish: bool,
 }
 
 /// The pages of each direction's ring in a migration device (its file is twice this many
@@ -230,7 +233,17 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     let ring = if options.page_mode { 1 } else { RING_PAGES };
     // The grown memory starts at 272 MiB; QEMU puts the guest image at the top of RAM.
     let memory_mib = (272 + options.guest_mib + 128).max(512).next_multiple_of(64);
-    let context = Context { svsm, guest, other_guest, kit: image::issuing_kit()?, dir, stop, ring, memory_mib };
+    let context = Context {
+        svsm,
+        guest,
+        other_guest,
+        kit: image::issuing_kit()?,
+        dir,
+        stop,
+        ring,
+        memory_mib,
+        drop_finish: options.drop_finish,
+    };
 
     step("the source: the SVSM and the test guest, with a migration device");
     let source_port = free_port()?;
@@ -302,6 +315,12 @@ pub fn run(options: &MigrateOptions) -> Result<Summary> {
     if !source.lines.iter().any(|l| l.contains("the vTPM is marked as moved")) {
         return Err("the source did not mark its vTPM as moved in its sealed state".into());
     }
+    if options.drop_finish {
+        if !source.lines.iter().any(|l| l.contains("the FINISH again (copy 2)")) {
+            return Err("the relay dropped the FINISH, and the source never offered it again".into());
+        }
+        step("the relay dropped the source's first FINISH: the source offered it again, and the guest arrived");
+    }
     let seen = [seen, vec![source_again(&context, source_disk)?]].concat();
     for note in &seen {
         step(note);
@@ -327,6 +346,8 @@ struct Context {
     ring: usize,
     /// Each instance's RAM.
     memory_mib: u32,
+    /// The honest attempt's relay drops the first FINISH.
+    drop_finish: bool,
 }
 
 impl Context {
@@ -459,7 +480,7 @@ fn migrate_once(
             .recv_timeout(Duration::from_secs(300))
             .map_err(|_| format!("the {} SVSM never waited for the migration", attempt.label))?;
         let mut b = Agent::connect(port)?;
-        let relay = relay_process.insert(relay(&context.dir, attempt)?);
+        let relay = relay_process.insert(relay(&context.dir, attempt, context.drop_finish)?);
         let (seed, there) = match attempt.kind {
             Try::Honest => quiet(a, &mut b, attempt.first_seed, &destination_runs)?,
             Try::OtherImage | Try::Fault(_) => churn(a, &mut b, attempt.first_seed)?,
@@ -588,9 +609,10 @@ fn source_again(context: &Context, disk: &'static Path) -> Result<String> {
 }
 
 /// `bulwark migrate relay` between the source's device and the attempt's destination's.
-fn relay(dir: &Path, attempt: &Attempt) -> Result<Child> {
+fn relay(dir: &Path, attempt: &Attempt, drop_finish: bool) -> Result<Child> {
     let fault = match &attempt.kind {
         Try::Fault(fault) => Some(fault.as_str()),
+        Try::Honest if drop_finish => Some("drop@finish"),
         Try::OtherImage | Try::Honest => None,
     };
     let meanwhile = match attempt.kind {

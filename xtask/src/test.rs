@@ -83,7 +83,7 @@ fn lints() -> Result {
 /// swapped, truncated), one on a disk whose host never answers, and one on the disk as
 /// the first boot left it (refused by the ledger). The first and the last boot must derive the
 /// same sealed-store key: the same image on the same (software) chip. Then a live
-/// migration between more instances (`cargo xtask migrate --other-image --fault flip@300 --guest-mib 16`).
+/// migration between more instances (`cargo xtask migrate --other-image --fault flip@300 --guest-mib 16 --drop-finish`).
 fn boots() -> Result {
     let plain = BootOptions::default();
     // The state disk starts blank: the first boot formats it and manufactures the vTPM
@@ -125,12 +125,14 @@ fn boots() -> Result {
     ));
     // A live migration between QEMU instances: first to a destination launched with
     // another measurement (refused before any state leaves), then through a relay that
-    // flips a bit (refused; the source's guest runs on), then through an honest one.
-    // The guest grows by 16 MiB of 2 MiB pages first, so 2 MiB RMP entries move too.
+    // flips a bit (refused; the source's guest runs on), then through one that only drops
+    // the FINISH (offered again: the guest arrives). The guest grows by 16 MiB of 2 MiB
+    // pages first, so 2 MiB RMP entries move too.
     let options = crate::migrate::MigrateOptions {
         fault: Some("flip@300".into()),
         other_image: true,
         guest_mib: 16,
+        drop_finish: true,
         ..Default::default()
     };
     crate::migrate::run(&options).map(|_| ())

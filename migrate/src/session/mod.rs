@@ -202,7 +202,8 @@ pub enum Aes {
     Hardware,
 }
 
-/// Why a session failed. Every one ends the session.
+/// Why a session failed, or (after the commit, see the module's docs) what a side passed
+/// over while it waits for the FINISH or the FINISH_ACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MigrationError {
     /// The channel failed.
@@ -697,6 +698,9 @@ pub struct Source<V, P> {
     own_hello: Vec<u8>,
     /// The channel failed after the commit: no FINISH_ACK can come through it.
     channel_lost: bool,
+    /// The destination gave up after the commit (its authentic ABORT): no FINISH is taken
+    /// there any more.
+    peer_gave_up: Option<AbortReason>,
 }
 
 impl<V, P> core::fmt::Debug for Source<V, P> {
@@ -711,7 +715,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
         let mut core = Core::new(Role::Source, config, verifier, evidence, entropy)?;
         let own_hello = core.own_hello()?.as_bytes().to_vec();
         core.queue(own_hello.clone())?;
-        Ok(Self { core, phase: SourcePhase::AwaitHello, own_hello, channel_lost: false })
+        Ok(Self { core, phase: SourcePhase::AwaitHello, own_hello, channel_lost: false, peer_gave_up: None })
     }
 
     /// The phase.
@@ -778,6 +782,9 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
         if self.phase != SourcePhase::Committed {
             return Err(MigrationError::WrongPhase);
         }
+        if let Some(reason) = self.peer_gave_up {
+            return Err(MigrationError::PeerAborted { reason });
+        }
         if !self.core.outbound.is_empty() {
             return Ok(false);
         }
@@ -830,6 +837,15 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
                 Ok(())
             }
             (RecordType::FinishAck, _) => Err(MigrationError::MalformedRecord),
+            (RecordType::Abort, payload) => {
+                // The destination failed after its ACK: the guest is lost (never run
+                // twice); offering the FINISH again is pointless.
+                let error = parse_abort_record(&payload);
+                if let MigrationError::PeerAborted { reason } = error {
+                    self.peer_gave_up = Some(reason);
+                }
+                Err(error)
+            }
             (record_type, _) => Err(MigrationError::UnexpectedRecord { record_type }),
         }
     }
@@ -939,8 +955,16 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
         }
         let commit = self.core.commit.ok_or(MigrationError::Internal)?;
         self.core.queue_record(RecordType::CommitAck, commit.as_bytes()).map_err(|e| self.fail(e))?;
-        self.phase = DestinationPhase::AwaitFinish;
+        self.await_finish();
         Ok(())
+    }
+
+    /// The COMMIT_ACK is queued: only the FINISH may follow, on the proposal's page (the
+    /// source sends it there once it has the ACK; until the ACK left, an ABORT of the
+    /// source's still comes over the ring, where this side still reads).
+    fn await_finish(&mut self) {
+        self.core.ring = [1, 1];
+        self.phase = DestinationPhase::AwaitFinish;
     }
 
     /// The phase.
@@ -1071,15 +1095,12 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
                     return Err(MigrationError::CommitMismatch);
                 }
                 self.core.commit = Some(commit);
-                // Nothing but the FINISH follows, on the proposal's page (as the source
-                // sends it once it has the COMMIT_ACK).
-                self.core.ring = [1, 1];
                 if self.hold_ack {
                     self.phase = DestinationPhase::CommitVerified;
                     return Ok(());
                 }
                 self.core.queue_record(RecordType::CommitAck, commit.as_bytes())?;
-                self.phase = DestinationPhase::AwaitFinish;
+                self.await_finish();
                 Ok(())
             }
             (DestinationPhase::AwaitFinish, RecordType::Finish) if payload.is_empty() => {
@@ -1102,7 +1123,8 @@ pub trait Endpoint {
     fn handle_frame(&mut self, frame: &[u8]) -> Result<(), MigrationError>;
     /// The next frame to send.
     fn next_frame(&mut self) -> Option<Vec<u8>>;
-    /// The channel failed: ends the session unless its outcome is already decided.
+    /// The channel failed: ends the session unless its outcome is already decided (or,
+    /// after the commit, the receiver dropped a bad fragment and goes on: reported only).
     fn channel_failed(&mut self, error: ChannelError) -> Result<(), MigrationError>;
     /// Whether the side still reads frames (not failed, not finished).
     fn wants_frames(&self) -> bool;
@@ -1147,7 +1169,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Source<V, P> {
 
     fn wants_frames(&self) -> bool {
         match self.phase {
-            SourcePhase::Committed => !self.channel_lost,
+            SourcePhase::Committed => !self.channel_lost && self.peer_gave_up.is_none(),
             SourcePhase::Finished | SourcePhase::Failed => false,
             _ => true,
         }
@@ -1210,7 +1232,8 @@ impl<V: PeerVerifier, P: EvidenceProvider> Endpoint for Destination<V, P> {
 /// Moves frames between `endpoint` and `channel` as far as the channel allows now: hands
 /// out queued frames, takes in at most one received frame, and closes the channel's
 /// outbound direction once the side is done. Ok(true) if something moved; the error
-/// that ended the session, if it ended in this call.
+/// that ended the session, if it ended in this call, or that the side passed over (after
+/// the commit: the session goes on, see the module's docs).
 pub fn pump<E: Endpoint + ?Sized, C: MigrationChannel + ?Sized>(
     endpoint: &mut E,
     channel: &mut C,
@@ -1233,6 +1256,11 @@ pub fn pump<E: Endpoint + ?Sized, C: MigrationChannel + ?Sized>(
         }
     }
     if endpoint.wants_frames() {
+        // The side's phase may have changed outside `pump` (a held COMMIT_ACK approved).
+        let [outbound, inbound] = endpoint.ring_pages();
+        if let Err(e) = channel.use_ring(outbound, inbound) {
+            endpoint.channel_failed(e)?;
+        }
         if endpoint.past_commit() {
             channel.pass_over_bad_fragments();
         }

@@ -6,8 +6,8 @@
 use bulwark_migrate::EntropyError;
 use bulwark_migrate::session::{
     self, Aes, Config, Destination, DestinationOutcome, DestinationPhase, Endpoint, EvidenceError, EvidenceProvider,
-    MAX_RING_PAGES, MigrationError, Mode, PeerIdentity, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
-    SourcePhase, VerifyError,
+    FrameKind, MAX_RING_PAGES, MigrationError, Mode, PeerIdentity, PeerVerifier, REPORT_DATA_LEN, Source,
+    SourceOutcome, SourcePhase, VerifyError,
 };
 use bulwark_migrate::testing::{Direction, Fault, Relay, Relayed};
 use p384::ecdsa::signature::{Signer, Verifier};
@@ -216,6 +216,20 @@ pub fn migrate_with(
     destination: Side,
     hook: Hook<'_>,
 ) -> Run {
+    migrate_faulting(state, chunk, fault, None, source, destination, hook)
+}
+
+/// As [`migrate_with`], the fault applied to the first buffer starting a frame of `on`
+/// (if given) rather than at its index, as `bulwark migrate relay --fault KIND@finish`.
+pub fn migrate_faulting(
+    state: &[u8],
+    chunk: usize,
+    fault: Option<Fault>,
+    on: Option<FrameKind>,
+    source: Side,
+    destination: Side,
+    hook: Hook<'_>,
+) -> Run {
     // Both channels with as many ring pages as the larger offer (the smaller offer's side
     // uses no more than it offered).
     let pages = [source.config.ring_pages, destination.config.ring_pages]
@@ -226,6 +240,9 @@ pub fn migrate_with(
         .max()
         .unwrap_or(1);
     let (mut relay, mut source_channel, mut destination_channel) = Relay::connect_rings(fault, pages);
+    if let Some(kind) = on {
+        relay = relay.fault_on_first(kind);
+    }
     let mut src = Source::start(source.config, TestVerifier::new(), source.attester, &mut entropy(1)).unwrap();
     let mut dst =
         Destination::start(destination.config, TestVerifier::new(), destination.attester, &mut entropy(2)).unwrap();

@@ -54,8 +54,8 @@ const LAST_ROUND_DEADLINE_NS: u64 = 20_000_000_000;
 /// How long the source offers its FINISH, after its commit, until the destination's
 /// FINISH_ACK comes (and how long a destination that approved a commit waits for it).
 const FINISH_DEADLINE_NS: u64 = 300_000_000_000;
-/// How long the source waits for the FINISH_ACK after a copy of its FINISH left before it
-/// offers the FINISH again (the host may have lost it).
+/// How long the source waits for the FINISH_ACK after it offered its FINISH before it
+/// offers it again (the host may have lost or changed it).
 const FINISH_OFFER_NS: u64 = 2_000_000_000;
 /// Dirty pages taken from the log at a time (8 bytes each in the list): a round of a guest
 /// that wrote more is taken over several (the last round, with the guest stopped, until
@@ -735,20 +735,30 @@ fn hand_over_finish(out: &mut Outgoing, deadline: u64) -> Result<(), String> {
         }
         let now = clock::monotonic_ns();
         if out.session.finish_acknowledged() {
-            if out.channel.close().map_err(|e| format!("{e:?}"))? {
+            // The destination runs the guest: the page's COMPLETED is the host's, as long
+            // as the deadline lets it take the last fragments.
+            if out.channel.close() != Ok(false) || now > deadline {
                 if offers > 0 {
                     println!("migration: the FINISH was offered {} time(s) before its FINISH_ACK came", offers + 1);
                 }
                 return Ok(());
             }
-        } else if now.saturating_sub(offered_at) > FINISH_OFFER_NS && out.session.offer_finish_again() == Ok(true) {
-            offers = offers.saturating_add(1);
-            offered_at = now;
-            println!(
-                "migration: no FINISH_ACK from the destination yet; the FINISH again (copy {}){}",
-                offers + 1,
-                passed_over.take().map_or(alloc::string::String::new(), |e| format!(", after {e}"))
-            );
+            continue;
+        }
+        if now.saturating_sub(offered_at) > FINISH_OFFER_NS {
+            match out.session.offer_finish_again() {
+                Ok(true) => {
+                    offers = offers.saturating_add(1);
+                    offered_at = now;
+                    println!(
+                        "migration: no FINISH_ACK from the destination yet; the FINISH again (copy {}){}",
+                        offers + 1,
+                        passed_over.take().map_or(alloc::string::String::new(), |e| format!(", after {e}"))
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => return Err(format!("the destination gave up after the commit ({e:?})")),
+            }
         }
         if now > deadline {
             return Err(format!(

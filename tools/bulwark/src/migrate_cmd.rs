@@ -17,6 +17,7 @@
 use abi::migration::{BUFFER_OFFSET, BUFFER_SIZE, DATA_REGISTER_OFFSET, DataRegister, MigrationStatus, STATUS_OFFSET};
 use migrate::channel::{FRAGMENT_HEADER_LEN, MigrationPage};
 use migrate::relay::{Fault, Relay};
+use migrate::session::{FrameKind, RecordType};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
@@ -28,8 +29,9 @@ const USAGE: &str =
   FILE     the file behind a QEMU instance's ivshmem-plain migration device: the SVSM's
            outbound ring of N 4 KiB pages, then its inbound ring of N (N = 1 in an 8 KiB
            file: the proposal's two pages; the SVSMs use a ring when both files have one)
-  --fault  do one thing wrong to the N-th buffer relayed (counting both directions from 0):
-           flip (one bit of its fragment), drop, replay (deliver it twice),
+  --fault  do one thing wrong to the N-th buffer relayed (counting both directions from 0),
+           or with N = finish to the first buffer of the source's FINISH record (its type
+           is in clear): flip (one bit of its fragment), drop, replay (deliver it twice),
            reorder (swap it with the next one the same way), truncate (end both streams there)
   --timeout  give up after SECS seconds (default 600)
   --json   print the summary as JSON";
@@ -105,11 +107,15 @@ impl MigrationPage for FilePage {
     }
 }
 
-/// `KIND@N`, as `--fault` takes it.
-fn parse_fault(spec: &str) -> Result<Fault, String> {
+/// `KIND@N` (or `KIND@finish`: the first FINISH record, wherever it comes), as `--fault`
+/// takes it.
+fn parse_fault(spec: &str) -> Result<(Fault, Option<FrameKind>), String> {
     let (kind, index) = spec.split_once('@').ok_or_else(|| format!("--fault {spec}: expected KIND@N"))?;
-    let buffer: usize = index.parse().map_err(|_| format!("--fault {spec}: N is not a number"))?;
-    Ok(match kind {
+    let (buffer, on) = match index {
+        "finish" => (usize::MAX, Some(FrameKind::Record(RecordType::Finish))),
+        n => (n.parse().map_err(|_| format!("--fault {spec}: N is a number or `finish`"))?, None),
+    };
+    let fault = match kind {
         // A bit of the fragment's bytes (past its header), so the framing stays valid and
         // only the session's authentication can notice.
         "flip" => Fault::FlipBit { buffer, bit: FRAGMENT_HEADER_LEN * 8 + 5 },
@@ -118,26 +124,33 @@ fn parse_fault(spec: &str) -> Result<Fault, String> {
         "reorder" => Fault::SwapWithNext { buffer },
         "truncate" => Fault::TruncateAt { buffer },
         other => return Err(format!("--fault {spec}: unknown kind `{other}` (flip, drop, replay, reorder, truncate)")),
-    })
+    };
+    Ok((fault, on))
 }
 
 struct Options {
     source: String,
     destination: String,
     fault: Option<Fault>,
+    /// The fault goes to the first frame of this kind (`KIND@finish`).
+    fault_on: Option<FrameKind>,
     timeout: Duration,
     json: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let (mut source, mut destination, mut fault, mut timeout, mut json) = (None, None, None, 600, false);
+    let mut fault_on = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--source" => source = Some(value()?),
             "--destination" => destination = Some(value()?),
-            "--fault" => fault = Some(parse_fault(&value()?)?),
+            "--fault" => {
+                let (parsed, on) = parse_fault(&value()?)?;
+                (fault, fault_on) = (Some(parsed), on);
+            }
             "--timeout" => timeout = value()?.parse().map_err(|_| "--timeout takes seconds".to_string())?,
             "--json" => json = true,
             other => return Err(format!("unknown option `{other}`")),
@@ -147,6 +160,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         source: source.ok_or("--source is required")?,
         destination: destination.ok_or("--destination is required")?,
         fault,
+        fault_on,
         timeout: Duration::from_secs(timeout),
         json,
     })
@@ -183,6 +197,9 @@ fn relay_main(o: &Options) -> ExitCode {
     let ring = source[0].len().min(destination[1].len());
     eprintln!("relay: rings of {ring} page(s) per direction");
     let mut relay = Relay::between_rings(source, destination, o.fault).without_log();
+    if let Some(kind) = o.fault_on {
+        relay = relay.fault_on_first(kind);
+    }
     let started = Instant::now();
     let mut last_report = started;
     let mut idle = 0u32;
