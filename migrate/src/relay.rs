@@ -407,6 +407,10 @@ impl<P: MigrationPage> Relay<P> {
     /// consumer's stream once the producer's has ended and nothing is left.
     fn deliver(&mut self, p: usize) -> bool {
         let ended = self.truncated || self.hung_up;
+        // The consumer is the other pipe's producer: once its own stream has ended, its
+        // session is over and it reads nothing more (a FINISH offered again after it
+        // already ran the guest), so what is still queued for it is dropped.
+        let consumer_ended = self.pipes.get(1 - p.min(1)).is_some_and(|other| other.producer_ended);
         let Some(pipe) = self.pipes.get_mut(p) else { return false };
         if pipe.consumer_closed {
             return false;
@@ -422,7 +426,8 @@ impl<P: MigrationPage> Relay<P> {
                 progress = true;
             }
         }
-        if !progress && (ended || pipe.producer_ended) && pipe.queued() == 0 {
+        if !progress && (ended || pipe.producer_ended) && (pipe.queued() == 0 || consumer_ended) {
+            pipe.queues.iter_mut().for_each(VecDeque::clear);
             if let Some(page) = pipe.to.first_mut() {
                 page.write_status(MigrationStatus::COMPLETED);
             }

@@ -260,6 +260,39 @@ fn a_relay_holds_back_when_the_consumer_stops() {
     assert!(!tx.poll_send().unwrap(), "the producer waits for the host");
 }
 
+/// Both streams end even when one side sent a frame the other never reads: once the
+/// reader has ended its own stream (its session is over: a FINISH offered again after the
+/// destination already ran the guest), what is queued for it is dropped and the relay
+/// finishes. Before, the relay waited for it until its timeout.
+#[test]
+fn a_relay_finishes_when_the_reader_has_ended_its_own_stream() {
+    let (mut relay, mut tx, mut rx) = Relay::connect(None);
+    // Two frames towards a reader that takes neither: one lands in its page, one waits.
+    for _ in 0..2 {
+        while !tx.poll_send().unwrap() {
+            relay.pump();
+        }
+        tx.send(&frame(100)).unwrap();
+        relay.pump();
+    }
+    let closed = |tx: &mut bulwark_migrate::testing::MemChannel, relay: &mut Relay| {
+        (0..1000).any(|_| {
+            relay.pump();
+            tx.close().unwrap()
+        })
+    };
+    assert!(closed(&mut tx, &mut relay), "the writer ends its stream");
+    for _ in 0..100 {
+        relay.pump();
+    }
+    assert!(!relay.finished(), "the reader may still read");
+    assert!(closed(&mut rx, &mut relay), "the reader ends its own stream without reading");
+    for _ in 0..100 {
+        relay.pump();
+    }
+    assert!(relay.finished(), "what it would never read is dropped");
+}
+
 /// The ring mode: the sender fills the ring's pages in turn without waiting for the host
 /// and takes the next frame while they are still unread; the receiver reads them in the
 /// same turn and never out of it; a ring does not grow past its pages.
