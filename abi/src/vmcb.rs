@@ -53,6 +53,9 @@ pub mod event {
     pub const VECTOR: u64 = 0xFF;
     /// Bits 10:8: the type.
     pub const TYPE: u64 = 7 << 8;
+    /// An external (maskable) interrupt.
+    pub const TYPE_INTR: u64 = 0;
+    pub const TYPE_NMI: u64 = 2 << 8;
     pub const TYPE_EXCEPTION: u64 = 3 << 8;
     /// A software interrupt (INTn; QEMU's TCG also reports INT3 and INTO so).
     pub const TYPE_SOFT_INT: u64 = 4 << 8;

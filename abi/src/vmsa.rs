@@ -69,7 +69,11 @@ pub struct Vmsa {
     pub vintr_ctrl: u64,
     pub guest_exit_code: u64,
     pub virtual_tom: u64,
-    pub reserved_3d0: [u8; 24],
+    pub tlb_id: u64,
+    pub pcpu_id: u64,
+    /// EVENTINJ's layout: an event to deliver on the next entry (the svm platform carries
+    /// a pending one here across a live migration).
+    pub event_inj: u64,
     pub xcr0: u64,
     pub reserved_3f0: [u8; 16],
     pub x87_dp: u64,
@@ -98,6 +102,7 @@ crate::assert_offset!(Vmsa, r9, 0x348);
 crate::assert_offset!(Vmsa, sev_features, 0x3B0);
 crate::assert_offset!(Vmsa, guest_exit_code, 0x3C0);
 crate::assert_offset!(Vmsa, virtual_tom, 0x3C8);
+crate::assert_offset!(Vmsa, event_inj, 0x3E0);
 crate::assert_offset!(Vmsa, xcr0, 0x3E8);
 crate::assert_offset!(Vmsa, mxcsr, 0x408);
 crate::assert_offset!(Vmsa, x87_ftw, 0x40C);

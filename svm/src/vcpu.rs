@@ -228,6 +228,25 @@ fn copy(dst: &mut [u8], to: usize, src: &[u8], from: usize, len: usize) {
     }
 }
 
+/// What of an event (EXITINTINFO's layout, which EVENTINJ shares) may be delivered on
+/// the next entry: a valid external interrupt, NMI or exception (vector 0..=31 but 2, an
+/// error code only with an exception), as it is; anything else 0. A software interrupt
+/// (INTn, and INT3/INTO as exceptions 3 and 4) is not: RIP is still on its instruction,
+/// which raises it again when the guest goes on (KVM re-executes them likewise where it
+/// has no next-RIP to inject with). Also the check on an event a migration brings, so a
+/// VMSA can never make VMRUN refuse the vCPU.
+fn deliverable(info: u64) -> u64 {
+    const RESERVED: u64 = 0x7FFF_F000;
+    let (kind, vector) = (info & event::TYPE, info & event::VECTOR);
+    let error_code = info & event::ERROR_CODE_VALID != 0;
+    let ok = match kind {
+        event::TYPE_INTR | event::TYPE_NMI => !error_code,
+        event::TYPE_EXCEPTION => vector <= 31 && vector != 2 && vector != event::BP && vector != event::OF,
+        _ => false,
+    };
+    if info & event::VALID != 0 && info & RESERVED == 0 && ok { info } else { 0 }
+}
+
 #[derive(Debug)]
 pub struct SvmVcpu<P> {
     pub vmcb: Vmcb<P>,
@@ -346,6 +365,10 @@ impl<P: PageMem> SvmVcpu<P> {
         (state.r8, state.r9, state.r10, state.r11) = (r.r8, r.r9, r.r10, r.r11);
         (state.r12, state.r13, state.r14, state.r15) = (r.r12, r.r13, r.r14, r.r15);
         (state.vmpl, state.sev_features, state.virtual_tom) = (self.vmpl, self.sev_features, self.virtual_tom);
+        // An event due on the next entry (one an exit cut short, `requeue_cut_event`, or a
+        // #GP/#UD for an intercepted instruction) travels in the VMSA's EVENTINJ field.
+        let pending = self.vmcb.u64(offset::EVENT_INJ);
+        state.event_inj = if pending & event::VALID != 0 { pending } else { 0 };
         const _: () = assert!(core::mem::size_of::<abi::vmsa::Vmsa>() == 4096);
         const _: () = assert!(core::mem::offset_of!(abi::vmsa::Vmsa, x87_dp) == vmsa_fpu::DP);
         let mut page = [0u8; 4096];
@@ -363,6 +386,7 @@ impl<P: PageMem> SvmVcpu<P> {
         self.regs = GuestRegs::of(&state);
         (self.vmpl, self.sev_features, self.virtual_tom) = (state.vmpl, state.sev_features, state.virtual_tom);
         self.fpu = FpuImage::from_vmsa(vmsa);
+        self.vmcb.set_u64(offset::EVENT_INJ, deliverable(state.event_inj));
         true
     }
 
@@ -391,16 +415,7 @@ impl<P: PageMem> SvmVcpu<P> {
     #[cold]
     #[inline(never)]
     fn requeue(&mut self, info: u64) {
-        let (kind, vector) = (info & event::TYPE, info & event::VECTOR);
-        // A software interrupt (INTn, and INT3/INTO as exceptions 3 and 4) is not: RIP is
-        // still on its instruction, which raises it again when the guest goes on (KVM
-        // re-executes them likewise where it has no next-RIP to inject with).
-        let soft = kind == event::TYPE_SOFT_INT
-            || (kind == event::TYPE_EXCEPTION && (vector == event::BP || vector == event::OF));
-        if !soft {
-            // EVENTINJ has EXITINTINFO's layout, error code in bits 63:32.
-            self.vmcb.set_u64(offset::EVENT_INJ, info);
-        }
+        self.vmcb.set_u64(offset::EVENT_INJ, deliverable(info));
     }
 
     /// Flush the guest's TLB on the next VMRUN (after a nested-paging change).
@@ -700,6 +715,50 @@ mod tests {
         assert_eq!(destination.to_vmsa(), page, "every field arrived");
         assert_eq!(destination.vmcb.u32(offset::GUEST_ASID), 1, "the destination's own ASID");
         assert_eq!(destination.vmcb.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1, "and its own intercepts");
+    }
+
+    /// An event due on the next entry travels in the VMSA's EVENTINJ field (0x3E0): a
+    /// single-step #DB an exit cut short on the source is delivered on the destination.
+    /// One the CPU would refuse, or a software interrupt, does not come back.
+    #[test]
+    fn a_pending_event_travels_in_the_vmsa() {
+        let db = 1 | event::TYPE_EXCEPTION | event::VALID;
+        let mut source = startup();
+        source.vmcb.set_u64(offset::EXIT_INT_INFO, db);
+        source.requeue_cut_event();
+        let page = source.to_vmsa();
+        let state = abi::vmsa::Vmsa::read_from_bytes(&page[..]).unwrap();
+        assert_eq!(state.event_inj, db);
+        let mut destination = startup();
+        assert!(destination.restore(&page));
+        assert_eq!(destination.vmcb.u64(offset::EVENT_INJ), db, "delivered on the destination's first entry");
+
+        let gp = event::GP | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | event::VALID | 0x18 << 32;
+        let nmi = event::TYPE_NMI | event::VALID | 2;
+        let intr = 0x30 | event::TYPE_INTR | event::VALID;
+        for ok in [db, gp, nmi, intr] {
+            assert_eq!(deliverable(ok), ok, "{ok:#x}");
+        }
+        let refused = [
+            db & !event::VALID,
+            0x80 | event::TYPE_SOFT_INT | event::VALID,
+            event::BP | event::TYPE_EXCEPTION | event::VALID,
+            event::OF | event::TYPE_EXCEPTION | event::VALID,
+            2 | event::TYPE_EXCEPTION | event::VALID,
+            32 | event::TYPE_EXCEPTION | event::VALID,
+            nmi | event::ERROR_CODE_VALID,
+            db | 1 << 12,
+            1 << 8 | event::VALID,
+            7 << 8 | event::VALID,
+        ];
+        for bad in refused {
+            assert_eq!(deliverable(bad), 0, "{bad:#x}");
+            let mut state = abi::vmsa::Vmsa::read_from_bytes(&page[..]).unwrap();
+            state.event_inj = bad;
+            let bytes: [u8; 4096] = zerocopy::IntoBytes::as_bytes(&state).try_into().unwrap();
+            assert!(destination.restore(&bytes));
+            assert_eq!(destination.vmcb.u64(offset::EVENT_INJ), 0, "{bad:#x}");
+        }
     }
 
     /// The x87/SSE state goes into a VMSA as KVM lays it out and comes back the same, with
