@@ -159,6 +159,12 @@ pub trait Platform {
     /// A vCPU was created: its VMSA page is a VMSA now, `svsm_pages` are SVSM-owned pages
     /// for its SVSM-side context. The platform makes it runnable (on SNP: tells the host).
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]);
+    /// A vCPU a live migration brought was just created ([`Platform::vcpu_created`] from
+    /// its VMSA page): the platform takes what CREATE_VCPU leaves at reset from the
+    /// source's `image` (on svm: the x87/SSE registers and an event due on the next
+    /// entry, which live outside the VMSA page there). Default: nothing, the VMSA page
+    /// holds it all.
+    fn vcpu_arrived(&mut self, _vmsa: PageAddr, _image: &[u8; 4096]) {}
     /// Stop a vCPU for deletion (DELETE_VCPU's "set VMSA.EFER.SVME = 0").
     /// `Err(HwError::Rc(FAIL_INUSE))` if the VMSA is executing.
     fn vcpu_stop(&mut self, vmsa: PageAddr) -> Result<(), HwError>;

@@ -991,9 +991,18 @@ fn vcpus_and_deposits_on(platform: PlatformKind) {
         core_call(&mut source, on_source, CA_AT, call::QUERY_PROTOCOL, [1 << 32 | 1, 0]),
         abi::result::ResultCode::SUCCESS
     );
-    let (memory, deposits, vcpus) = last_round(&mut source);
+    let (memory, deposits, mut vcpus) = last_round(&mut source);
     assert_eq!(vcpus.len(), 2, "the startup vCPU and the new one");
     bulwark_model::svm_host::resume(&mut source.world);
+    // A single-step #DB an exit cut short was due on its next entry, and its SSE control
+    // was not the reset one: both travel in the VMSA image (on svm they live outside the
+    // VMSA page, and CREATE_VCPU alone would leave them at reset).
+    const DB: u64 = 1 | 3 << 8 | 1 << 31;
+    const MXCSR: u32 = 0x1FA0;
+    let image_at = vcpus[1].len() - 4096;
+    let mut sent = <abi::vmsa::Vmsa as zerocopy::FromBytes>::read_from_bytes(&vcpus[1][image_at..]).unwrap();
+    (sent.event_inj, sent.mxcsr) = (DB, MXCSR);
+    vcpus[1][image_at..].copy_from_slice(zerocopy::IntoBytes::as_bytes(&sent));
 
     // The destination's guest waits until everything has arrived.
     let mut destination =
@@ -1021,6 +1030,7 @@ fn vcpus_and_deposits_on(platform: PlatformKind) {
     let sent = <abi::vmsa::Vmsa as zerocopy::FromBytes>::read_from_bytes(&vcpus[1][vcpus[1].len() - 4096..]).unwrap();
     assert!(sent.rip == RIP || sent.rip == RIP + 3, "the source's RIP {:#x}", sent.rip);
     assert_eq!((state.rip, state.rbx, state.vmpl), (sent.rip, RBX, 1), "the registers arrived");
+    assert_eq!((state.event_inj, state.mxcsr), (DB, MXCSR), "with the event due and the SSE state");
     bulwark_model::svm_host::resume(&mut destination.world);
     assert_eq!(destination.world.vcpu_by_apic_id(APIC_ID), Some(index), "the destination runs the vCPU");
     assert!(destination.world.client().transport.write(VMSA_AT, &[0]).is_err(), "the VMSA is out of the guest's reach");

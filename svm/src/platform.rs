@@ -288,6 +288,18 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
         }
     }
 
+    fn vcpu_arrived(&mut self, vmsa: PageAddr, image: &[u8; 4096]) {
+        // Just created, in its slot (nothing runs a vCPU before the migration has
+        // arrived): the rest of the source's state, as for the startup vCPU.
+        let restored = self.shared.state.slots.with_vmsa(vmsa.raw(), |slot| match slot {
+            Slot::Here(v) => v.restore(image),
+            Slot::Out(_) => false,
+        });
+        if restored != Some(true) {
+            kernel::log!(self, Error, "svm: the vCPU at {:#x} arrived without its x87/SSE state", vmsa.raw());
+        }
+    }
+
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, _svsm_pages: &[PageAddr]) {
         let mut image = [0u8; 4096];
         // The VMSA page is guest RAM the SVSM owns now (the guest lost access).

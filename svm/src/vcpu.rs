@@ -229,8 +229,9 @@ fn copy(dst: &mut [u8], to: usize, src: &[u8], from: usize, len: usize) {
 }
 
 /// What of an event (EXITINTINFO's layout, which EVENTINJ shares) may be delivered on
-/// the next entry: a valid external interrupt, NMI or exception (vector 0..=31 but 2, an
-/// error code only with an exception), as it is; anything else 0. A software interrupt
+/// the next entry: a valid external interrupt, NMI or exception (vector 0..=30 but 2:
+/// QEMU's VMRUN refuses 2 and 31 and up; an error code exactly for the vectors that push
+/// one), as it is; anything else 0. A software interrupt
 /// (INTn, and INT3/INTO as exceptions 3 and 4) is not: RIP is still on its instruction,
 /// which raises it again when the guest goes on (KVM re-executes them likewise where it
 /// has no next-RIP to inject with). Also the check on an event a migration brings, so a
@@ -241,7 +242,11 @@ fn deliverable(info: u64) -> u64 {
     let error_code = info & event::ERROR_CODE_VALID != 0;
     let ok = match kind {
         event::TYPE_INTR | event::TYPE_NMI => !error_code,
-        event::TYPE_EXCEPTION => vector <= 31 && vector != 2 && vector != event::BP && vector != event::OF,
+        event::TYPE_EXCEPTION => {
+            // #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX push an error code.
+            let pushes = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
+            vector <= 30 && vector != 2 && vector != event::BP && vector != event::OF && error_code == pushes
+        }
         _ => false,
     };
     if info & event::VALID != 0 && info & RESERVED == 0 && ok { info } else { 0 }
@@ -745,7 +750,10 @@ mod tests {
             event::BP | event::TYPE_EXCEPTION | event::VALID,
             event::OF | event::TYPE_EXCEPTION | event::VALID,
             2 | event::TYPE_EXCEPTION | event::VALID,
+            31 | event::TYPE_EXCEPTION | event::VALID,
             32 | event::TYPE_EXCEPTION | event::VALID,
+            gp & !event::ERROR_CODE_VALID,
+            db | event::ERROR_CODE_VALID,
             nmi | event::ERROR_CODE_VALID,
             db | 1 << 12,
             1 << 8 | event::VALID,

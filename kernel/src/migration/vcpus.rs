@@ -333,6 +333,7 @@ impl Svsm {
         p.write(ca.page().gpa(), record.ca_page).map_err(|_| VcpuImportError::Platform { gpa: ca.0 })?;
         self.vcpus.update(index, |v| v.calling_area = ca);
         p.vcpu_created(index, vmsa, record.apic_id, &pages);
+        p.vcpu_arrived(vmsa, record.image);
         crate::log!(p, Info, "vCPU {} arrived: APIC ID {}, VMSA {:#x}", index.0, record.apic_id, vmsa.raw());
         Ok(())
     }
