@@ -956,6 +956,15 @@ mod tests {
         assert!(!can_keep_vtpm(&sealed, b"EK", 2));
     }
 
+    /// A sealed state on a fresh 64-block disk keeping the vTPM "EK" (permall "one").
+    fn a_kept_tpm() -> (SharedDisk, SharedSealed, VtpmNv) {
+        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
+        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
+        let (_, mut nv) = VtpmNv::open(sealed.clone());
+        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        (disk, sealed, nv)
+    }
+
     /// Both header slots refuse writes: the next commit's header write fails (and may
     /// have landed, for all the SVSM knows).
     fn fail_header_writes(disk: &SharedDisk) {
@@ -966,10 +975,7 @@ mod tests {
 
     #[test]
     fn a_failed_header_write_closes_the_sealed_state_and_nothing_staged_rides_along_later() {
-        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
-        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
-        let (_, mut nv) = VtpmNv::open(sealed.clone());
-        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        let (disk, sealed, mut nv) = a_kept_tpm();
         let committed = sealed.lock().state();
         fail_header_writes(&disk);
         assert_eq!(nv.persist(&[change(b"permall", Some(b"two"))]), Err(NvError::Storage));
@@ -989,10 +995,7 @@ mod tests {
     /// is open; a failed header write (closed) ends the tries at once.
     #[test]
     fn the_tombstone_is_tried_again_until_the_host_takes_it_but_not_after_a_header_failed() {
-        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
-        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
-        let (_, mut nv) = VtpmNv::open(sealed.clone());
-        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        let (disk, sealed, _nv) = a_kept_tpm();
         disk.0.lock().fail_flushes(true);
         let mut tries = 0;
         let marked = mark_vtpm_moved_retrying(&sealed, Some(b"EK"), || {
@@ -1006,10 +1009,7 @@ mod tests {
         let (kept, _) = VtpmNv::open(reboot(disk.0.lock().image()));
         assert!(kept.moved && kept.nv.is_empty() && kept.ek_public.is_none(), "the tombstone is on disk: {kept:?}");
 
-        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
-        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
-        let (_, mut nv) = VtpmNv::open(sealed.clone());
-        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        let (disk, sealed, _nv) = a_kept_tpm();
         fail_header_writes(&disk);
         let mut tries = 0;
         assert!(
@@ -1027,10 +1027,7 @@ mod tests {
     /// (the vTPM stops), and the sealed state goes on keeping everything else.
     #[test]
     fn a_commit_that_fails_before_its_header_drops_what_it_staged_and_the_state_stays_open() {
-        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
-        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
-        let (_, mut nv) = VtpmNv::open(sealed.clone());
-        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        let (disk, sealed, mut nv) = a_kept_tpm();
         let before = *sealed.lock().summary().lock();
         disk.0.lock().fail_flushes(true);
         assert_eq!(nv.persist(&[change(b"permall", Some(b"two"))]), Err(NvError::Storage));
@@ -1075,10 +1072,7 @@ mod tests {
     /// committed state, flagged: the staged link and version never reached the disk.
     #[test]
     fn a_failed_commit_shows_the_committed_state_flagged_never_what_was_staged() {
-        let disk = SharedDisk(Arc::new(Mutex::new(MemDisk::new(64))));
-        let sealed = Sealed::new(Box::new(Store::format(disk.clone(), &key(), TestRng::new(1)).unwrap()));
-        let (_, mut nv) = VtpmNv::open(sealed.clone());
-        nv.started(b"EK", &[change(b"permall", Some(b"one"))]).unwrap();
+        let (disk, sealed, mut nv) = a_kept_tpm();
         note_attestation(&sealed, b"first").unwrap();
         let before = *sealed.lock().summary().lock();
         assert_eq!(before.chain.links().len(), 1);
