@@ -289,6 +289,12 @@ pub fn translate(paging: Paging, linear: u64, read_entry: impl Fn(u64) -> Option
     if paging.efer & EFER_LMA == 0 || paging.cr4 & CR4_PAE == 0 || paging.cr4 & CR4_LA57 != 0 {
         return None;
     }
+    // A non-canonical address faults (#GP) before any walk; it must not alias a
+    // canonical one here.
+    let upper = linear >> 47;
+    if upper != 0 && upper != 0x1_FFFF {
+        return None;
+    }
     let mut table = paging.cr3 & ADDRESS;
     for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
         let entry = read_entry(table + ((linear >> shift) & 0x1FF) * 8)?;
@@ -484,6 +490,8 @@ mod tests {
         assert_eq!(translate(Paging { cr4: CR4_PAE | CR4_LA57, ..paging }, 0x5000, read), None);
         assert_eq!(translate(Paging { efer: 0, ..paging }, 0x5000, read), None);
         assert_eq!(translate(paging, 0x5000, |_| None), None, "unreadable tables");
+        assert_eq!(translate(paging, 0x0001_0000_0000_5123, read), None, "not canonical: no alias of 0x5123");
+        assert_eq!(translate(paging, 0xFFFF_8000_0000_5123, read), None, "canonical, unmapped in these tables");
     }
 
     /// An instruction that crosses into a page that is not mapped is fetched in part.

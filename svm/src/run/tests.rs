@@ -715,11 +715,15 @@ fn a_claimed_mmio_page_is_served_through_the_decoded_instruction() {
     // mov dword ptr [rdx + 8], ecx: the low 4 bytes of RCX go out.
     let (rip, next) = at(&mut w, &[0x89, 0x4A, 0x08], npf(PAGE + 0x18, WRITE, 0, 0xAAAA_BBBB_CCCC_DDDD, PAGE + 0x10));
     assert_eq!(next, rip + 3);
-    // mov byte ptr [rax], 0x5A; mov ax, word ptr [rax] (AX merges).
+    // mov byte ptr [rax], 0x5A; mov ax, word ptr [rdx] (AX merges into RAX's other bits).
     let (rip, next) = at(&mut w, &[0xC6, 0x00, 0x5A], npf(PAGE, WRITE, PAGE, 0, 0));
     assert_eq!(next, rip + 3);
+    at(&mut w, &[0x66, 0x8B, 0x02], npf(PAGE, READ, 0xFFFF_0000_0000_0000, 0, PAGE));
+    assert_eq!(w.field(VmsaField::Rax), 0xFFFF_0000_0000_7788);
+    // A non-canonical operand address never aliases the claimed page (the CPU raises #GP
+    // for it before any nested fault; an exit that says otherwise is refused).
     at(&mut w, &[0x66, 0x8B, 0x00], npf(PAGE, READ, 0xFFFF_0000_0000_0000 | PAGE, 0, 0));
-    assert_eq!(w.field(VmsaField::Rax), 0xFFFF_0000_0000_7788 | (PAGE & !0xFFFF));
+    assert_eq!(w.event(), GP);
     // mov r10, qword ptr [r9 + 0x20]; mov byte ptr [rdi], ah; movzx esp... is no MMIO
     // accessor: loads into RSP go through the VMCB like any other register.
     set(&mut w, &|v| v.set_gpr(9, PAGE));
