@@ -90,6 +90,7 @@ pub mod misc2 {
     pub const STGI: u32 = 1 << 4;
     pub const CLGI: u32 = 1 << 5;
     pub const SKINIT: u32 = 1 << 6;
+    pub const XSETBV: u32 = 1 << 13;
 }
 
 /// Exit codes the SVSM handles.
@@ -110,6 +111,7 @@ pub mod exit {
     pub const STGI: u64 = 0x84;
     pub const CLGI: u64 = 0x85;
     pub const SKINIT: u64 = 0x86;
+    pub const XSETBV: u64 = 0x8D;
     pub const NPF: u64 = 0x400;
     pub const INVALID: u64 = u64::MAX;
 }

@@ -9,7 +9,8 @@
 //! - Nested page fault: the guest touched memory it has not validated, or SVSM memory:
 //!   logged, refused with #GP(0); the SVSM keeps serving. The same access refused
 //!   endlessly breaks the vCPU (`run::SAME_REFUSAL_LIMIT`).
-//! - VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, INVD: #UD.
+//! - VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, INVD, XSETBV: #UD (CPUID hides
+//!   XSAVE: XCR0 is not switched between the vCPUs of a CPU).
 //! - HLT: a yield to the next vCPU of the same CPU (the guest has no interrupts to wait
 //!   for); with no other vCPU there, the guest goes on at once.
 //! - NMI: a kick from another CPU (`hw::SvmHw::kick`): the vCPU comes back to the SVSM.
@@ -37,9 +38,19 @@ pub const VMMCALL_LEN: u64 = 3;
 pub const HLT_LEN: u64 = 1;
 
 /// Instructions the guest may not execute: all of SVM's (VMMCALL is the call gate), and
-/// INVD (it would throw away dirty cache lines of memory that is not the guest's).
-pub const UNDEFINED: [u64; 8] =
-    [exit::VMRUN, exit::VMLOAD, exit::VMSAVE, exit::STGI, exit::CLGI, exit::SKINIT, exit::INVLPGA, exit::INVD];
+/// INVD (it would throw away dirty cache lines of memory that is not the guest's), and
+/// XSETBV (XCR0 is shared by the vCPUs of a CPU; CPUID does not offer XSAVE).
+pub const UNDEFINED: [u64; 9] = [
+    exit::VMRUN,
+    exit::VMLOAD,
+    exit::VMSAVE,
+    exit::STGI,
+    exit::CLGI,
+    exit::SKINIT,
+    exit::INVLPGA,
+    exit::INVD,
+    exit::XSETBV,
+];
 
 /// What an exit asks of the SVSM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

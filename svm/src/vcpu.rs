@@ -83,8 +83,14 @@ pub const INTERCEPT_MISC1: u32 = misc1::INTR
     | misc1::SHUTDOWN
     | misc1::MSR_PROT
     | misc1::IOIO_PROT;
-pub const INTERCEPT_MISC2: u32 =
-    misc2::VMRUN | misc2::VMMCALL | misc2::VMLOAD | misc2::VMSAVE | misc2::STGI | misc2::CLGI | misc2::SKINIT;
+pub const INTERCEPT_MISC2: u32 = misc2::VMRUN
+    | misc2::VMMCALL
+    | misc2::VMLOAD
+    | misc2::VMSAVE
+    | misc2::STGI
+    | misc2::CLGI
+    | misc2::SKINIT
+    | misc2::XSETBV;
 
 /// Size of the VMCB state-save area that mirrors the VMSA's first bytes.
 pub const SAVE_AREA: usize = 0x298;
@@ -228,6 +234,11 @@ fn copy(dst: &mut [u8], to: usize, src: &[u8], from: usize, len: usize) {
     }
 }
 
+/// CPUID leaf 1 ECX: XSAVE, OSXSAVE (CR4.OSXSAVE as the guest set it), AVX.
+const CPUID1_ECX_XSAVE: u32 = 1 << 26;
+const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
+const CPUID1_ECX_AVX: u32 = 1 << 28;
+
 /// What of an event (EXITINTINFO's layout, which EVENTINJ shares) may be delivered on
 /// the next entry: a valid external interrupt, NMI or exception (vector 0..=30 but 2:
 /// QEMU's VMRUN refuses 2 and 31 and up; an error code exactly for the vectors that push
@@ -258,6 +269,9 @@ pub struct SvmVcpu<P> {
     pub regs: GuestRegs,
     /// Its x87/SSE registers while another vCPU has its CPU.
     pub fpu: FpuImage,
+    /// Its debug address registers DR0-DR3 while another vCPU has its CPU (VMRUN switches
+    /// DR6 and DR7, not these).
+    pub debug_addresses: [u64; 4],
     /// The guest page that stands for this vCPU's VMSA.
     pub vmsa_gpa: u64,
     pub vmpl: u8,
@@ -322,6 +336,7 @@ impl<P: PageMem> SvmVcpu<P> {
             vmcb,
             regs: GuestRegs::default(),
             fpu: FpuImage::reset(),
+            debug_addresses: [0; 4],
             vmsa_gpa,
             vmpl: GUEST_VMPL,
             sev_features: abi::hw::sev_features::SNP_ACTIVE,
@@ -346,6 +361,7 @@ impl<P: PageMem> SvmVcpu<P> {
             vmcb,
             regs,
             fpu: FpuImage::reset(),
+            debug_addresses: [0; 4],
             vmsa_gpa,
             vmpl: state.vmpl,
             sev_features: state.sev_features,
@@ -465,9 +481,18 @@ impl<P: PageMem> SvmVcpu<P> {
     /// (spec 58019 section 4.2), and step over the 2-byte instruction.
     pub fn answer_cpuid(&mut self, answer: [u32; 4]) {
         let leaf = self.cpuid_leaf().0;
-        let [mut eax, ebx, ecx, edx] = answer;
+        let [mut eax, mut ebx, mut ecx, mut edx] = answer;
         if leaf == abi::hw::discovery::CPUID_LEAF {
             eax |= abi::hw::discovery::CPUID_EAX_SVSM_PRESENT;
+        }
+        // No XSAVE: XCR0 and the state beyond FXSAVE's (AVX's upper halves) are not
+        // switched between the vCPUs of one CPU, so a guest must not use them (and
+        // XSETBV is #UD, `exit::UNDEFINED`).
+        if leaf == 1 {
+            ecx &= !(CPUID1_ECX_XSAVE | CPUID1_ECX_OSXSAVE | CPUID1_ECX_AVX);
+        }
+        if leaf == 0xD {
+            [eax, ebx, ecx, edx] = [0; 4];
         }
         self.vmcb.set_save(VmsaField::Rax, u64::from(eax));
         self.regs.rbx = u64::from(ebx);
@@ -856,6 +881,24 @@ mod tests {
         w.set_field(VmsaField::Rax, 0x8000_0001 | 0xFFFF_FFFF_0000_0000);
         w.answer_cpuid([0xA, 0xB, 0xC, 0xD]);
         assert_eq!(w.field(VmsaField::Rax), 0xA, "other leaves as the CPU answers; RAX's upper half ignored");
+    }
+
+    /// XSAVE is not offered (XCR0 and AVX state are not switched between vCPUs): leaf 1
+    /// without XSAVE, OSXSAVE and AVX, leaf 0xD empty; every other feature bit as the CPU
+    /// says.
+    #[test]
+    fn cpuid_hides_xsave() {
+        let answer = |leaf: u32, cpu: [u32; 4]| {
+            let mut v = startup();
+            v.set_field(VmsaField::Rax, u64::from(leaf));
+            v.answer_cpuid(cpu);
+            (v.field(VmsaField::Rax), v.regs.rbx, v.regs.rcx, v.regs.rdx)
+        };
+        let all = u32::MAX;
+        let without = u64::from(all & !(7 << 26));
+        assert_eq!(answer(1, [1, 2, all, 4]), (1, 2, without, 4));
+        assert_eq!(answer(0xD, [7, 0x240, 0x340, 0]), (0, 0, 0, 0));
+        assert_eq!(answer(7, [0, all, all, all]).1, u64::from(all), "other leaves untouched");
     }
 
     /// RDMSR of the calling-area MSR: EDX:EAX, RIP past the 2-byte instruction. A refused

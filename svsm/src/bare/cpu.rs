@@ -232,6 +232,30 @@ pub fn fxrstor(area: &FxArea) {
     unsafe { asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, preserves_flags)) };
 }
 
+/// This CPU's debug address registers DR0-DR3 (a guest vCPU's: VMRUN leaves them as the
+/// guest set them, and the SVSM sets no breakpoints of its own).
+pub fn debug_addresses() -> [u64; 4] {
+    let (a, b, c, d): (u64, u64, u64, u64);
+    // SAFETY: reading DR0-DR3 at CPL 0 has no effect.
+    unsafe {
+        asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3", out(reg) a, out(reg) b, out(reg) c, out(reg) d,
+            options(nomem, nostack, preserves_flags));
+    }
+    [a, b, c, d]
+}
+
+/// Load DR0-DR3 for the guest vCPU about to run here.
+pub fn set_debug_addresses(addresses: &[u64; 4]) {
+    let [a, b, c, d] = *addresses;
+    // SAFETY: DR0-DR3 hold addresses only; DR7, which enables them, is the guest's in
+    // its VMCB and the host's is loaded at every #VMEXIT, so no breakpoint fires in the
+    // SVSM.
+    unsafe {
+        asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}", in(reg) a, in(reg) b, in(reg) c, in(reg) d,
+            options(nomem, nostack, preserves_flags));
+    }
+}
+
 /// Save this CPU's x87/SSE registers into a guest vCPU's image (FXSAVE).
 pub fn fxsave_vcpu(image: &mut ::svm::vcpu::FpuImage) {
     // SAFETY: FXSAVE writes exactly the 512-byte, 16-byte aligned image it is given.

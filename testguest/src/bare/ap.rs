@@ -126,28 +126,43 @@ fn xmm0() -> u64 {
     value
 }
 
-/// Put `pattern` in XMM0 and check, after each of `rounds` yields to the SVSM (which may
-/// run another vCPU on this CPU meanwhile), that it is still there.
+fn set_dr0(value: u64) {
+    // SAFETY: DR0 holds an address only; DR7 (which would enable it) stays clear.
+    unsafe { core::arch::asm!("mov dr0, {}", in(reg) value, options(nomem, nostack)) }
+}
+
+fn dr0() -> u64 {
+    let value: u64;
+    // SAFETY: reads DR0 only.
+    unsafe { core::arch::asm!("mov {}, dr0", out(reg) value, options(nomem, nostack)) }
+    value
+}
+
+/// Put `pattern` in XMM0 and DR0 and check, after each of `rounds` yields to the SVSM
+/// (which may run another vCPU on this CPU meanwhile), that both are still there.
 fn fpu_kept(pattern: u64, rounds: u32) -> bool {
     set_xmm0(pattern);
+    set_dr0(pattern);
     (0..rounds).all(|_| {
         yield_cpu();
-        xmm0() == pattern
+        xmm0() == pattern && dr0() == pattern
     })
 }
 
 /// The boot vCPU and the vCPU with `apic` (which the SVSM must run on the boot vCPU's
-/// CPU) each watch their own XMM0 while they take turns: `Some((boot kept, other kept))`,
-/// `None` if the other did not answer.
+/// CPU) each watch their own XMM0 and DR0 while they take turns: `Some((boot kept, other
+/// kept))`, `None` if the other did not answer.
 pub fn fpu_isolation(apic: u32) -> Option<(bool, bool)> {
     let mb = MAILBOXES.get(apic as usize)?;
-    set_xmm0(0x5A5A_5A5A_0000_0000);
+    const BOOT: u64 = 0x5A5A_5A5A_0000_0000;
+    set_xmm0(BOOT);
+    set_dr0(BOOT);
     mb.state.store(FPU_CHECK, Ordering::Release);
     let mut boot_kept = true;
     let mut answered = false;
     for _ in 0..100_000 {
         yield_cpu();
-        boot_kept &= xmm0() == 0x5A5A_5A5A_0000_0000;
+        boot_kept &= xmm0() == BOOT && dr0() == BOOT;
         if mb.state.load(Ordering::Acquire) == DONE {
             answered = true;
             break;

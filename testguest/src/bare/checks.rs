@@ -168,7 +168,7 @@ pub fn run_all() -> (bool, u64) {
     r.check("6.3/second-vcpu-calls", on_second == Ok(Some((1, 1))), format_args!("{on_second:?}"));
     // A third vCPU shares the boot vCPU's CPU (the SVSM serves vCPU index i on CPU i
     // modulo the CPU count, and QEMU gives it two): while they take turns, each keeps its
-    // own x87/SSE registers (VMRUN does not switch them; the SVSM must).
+    // own x87/SSE registers and DR0-DR3 (VMRUN does not switch them; the SVSM must).
     let (vmsa3, ca3) = (SMALL + 0xC000, SMALL + 0xD000);
     if let Some(image) = super::ap::vmsa(2) {
         let _ = c.transport.write(vmsa3, zerocopy::IntoBytes::as_bytes(&image));
@@ -178,7 +178,7 @@ pub fn run_all() -> (bool, u64) {
     r.check(
         "svm/fpu-per-vcpu",
         kept == Some((true, true)),
-        format_args!("{third:?}, (boot vCPU kept its XMM0, the third kept its): {kept:?}"),
+        format_args!("{third:?}, (boot vCPU kept its XMM0 and DR0, the third kept its): {kept:?}"),
     );
     // The third vCPU spins without a single exit: the boot vCPU, on the same CPU, must
     // still get its turns (the SVSM's timer ends the spinner's).
