@@ -410,7 +410,7 @@ impl<P: MigrationPage> Relay<P> {
         // The consumer is the other pipe's producer: once its own stream has ended, its
         // session is over and it reads nothing more (a FINISH offered again after it
         // already ran the guest), so what is still queued for it is dropped.
-        let consumer_ended = self.pipes.get(1 - p.min(1)).is_some_and(|other| other.producer_ended);
+        let consumer_ended = self.pipes.get(p ^ 1).is_some_and(|other| other.producer_ended);
         let Some(pipe) = self.pipes.get_mut(p) else { return false };
         if pipe.consumer_closed {
             return false;

@@ -511,10 +511,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
     }
 
     fn queue_record(&mut self, record_type: RecordType, payload: &[u8]) -> Result<(), MigrationError> {
-        let mut plaintext = Vec::new();
-        plaintext.try_reserve(payload.len()).map_err(|_| MigrationError::OutOfMemory)?;
-        plaintext.extend_from_slice(payload);
-        self.push(Outgoing::Record(record_type, plaintext))
+        self.push(Outgoing::Record(record_type, owned(payload)?))
     }
 
     fn push(&mut self, item: Outgoing) -> Result<(), MigrationError> {
@@ -547,12 +544,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
                     RecordType::State => {
                         self.tally.as_mut().ok_or(MigrationError::Internal)?.add(&frame, payload.len())?;
                     }
-                    RecordType::Finish => {
-                        let mut copy = Vec::new();
-                        copy.try_reserve(frame.len()).map_err(|_| MigrationError::OutOfMemory)?;
-                        copy.extend_from_slice(&frame);
-                        self.finish = Some(copy);
-                    }
+                    RecordType::Finish => self.finish = Some(owned(&frame)?),
                     _ => {}
                 }
                 Ok(frame)
@@ -664,6 +656,14 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
         self.outbound.push_back(abort);
         error
     }
+}
+
+/// A copy of `bytes` on the heap; a full heap is an error, not an abort.
+fn owned(bytes: &[u8]) -> Result<Vec<u8>, MigrationError> {
+    let mut copy = Vec::new();
+    copy.try_reserve(bytes.len()).map_err(|_| MigrationError::OutOfMemory)?;
+    copy.extend_from_slice(bytes);
+    Ok(copy)
 }
 
 /// The first two bytes of every frame: the version must be this protocol's.
@@ -788,10 +788,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
         if !self.core.outbound.is_empty() {
             return Ok(false);
         }
-        let frame = self.core.finish.as_ref().ok_or(MigrationError::Internal)?;
-        let mut copy = Vec::new();
-        copy.try_reserve(frame.len()).map_err(|_| MigrationError::OutOfMemory)?;
-        copy.extend_from_slice(frame);
+        let copy = owned(self.core.finish.as_deref().ok_or(MigrationError::Internal)?)?;
         self.core.push(Outgoing::Handshake(copy))?;
         Ok(true)
     }
@@ -1239,6 +1236,13 @@ pub fn pump<E: Endpoint + ?Sized, C: MigrationChannel + ?Sized>(
     channel: &mut C,
 ) -> Result<bool, MigrationError> {
     let mut progress = false;
+    // The channel follows the side's phase before anything moves: the ring widens after
+    // READY, and goes back to the page once the COMMIT_ACK is queued or has arrived (the
+    // phase changes in `handle_frame` and in `Destination::approve_commit`).
+    let [outbound, inbound] = endpoint.ring_pages();
+    if let Err(e) = channel.use_ring(outbound, inbound) {
+        endpoint.channel_failed(e)?;
+    }
     loop {
         match channel.poll_send() {
             Ok(true) => {}
@@ -1256,25 +1260,13 @@ pub fn pump<E: Endpoint + ?Sized, C: MigrationChannel + ?Sized>(
         }
     }
     if endpoint.wants_frames() {
-        // The side's phase may have changed outside `pump` (a held COMMIT_ACK approved).
-        let [outbound, inbound] = endpoint.ring_pages();
-        if let Err(e) = channel.use_ring(outbound, inbound) {
-            endpoint.channel_failed(e)?;
-        }
         if endpoint.past_commit() {
             channel.pass_over_bad_fragments();
         }
         match channel.receive() {
             Ok(Some(frame)) => {
                 progress = true;
-                // The frame's outcome (an error the side passed over, after the commit) is
-                // reported after the channel has followed the side's phase.
-                let handled = endpoint.handle_frame(&frame);
-                let [outbound, inbound] = endpoint.ring_pages();
-                if let Err(e) = channel.use_ring(outbound, inbound) {
-                    endpoint.channel_failed(e)?;
-                }
-                handled?;
+                endpoint.handle_frame(&frame)?;
             }
             Ok(None) => {}
             Err(e) => {

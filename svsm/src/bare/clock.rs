@@ -40,6 +40,14 @@ pub fn calibrate() {
     crate::println!("clock: TSC at {} MHz (measured against the PIT)", per_us);
 }
 
+/// Spin until [`monotonic_ns`] reaches `ns` (the waits between retries of a host that
+/// refused something; nothing else runs on this CPU meanwhile).
+pub fn spin_until(ns: u64) {
+    while monotonic_ns() < ns {
+        core::hint::spin_loop();
+    }
+}
+
 /// Nanoseconds since [`calibrate`].
 pub fn monotonic_ns() -> u64 {
     let per_us = TICKS_PER_US.load(Ordering::Relaxed).max(1);

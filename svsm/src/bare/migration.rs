@@ -630,10 +630,7 @@ pub fn last_round(shared: &'static Shared) {
         if tries == 1 {
             println!("migration: the host refused the vTPM's tombstone; trying again for up to 4 minutes");
         }
-        let until = clock::monotonic_ns().saturating_add(50_000_000).min(retry_until);
-        while clock::monotonic_ns() < until {
-            core::hint::spin_loop();
-        }
+        clock::spin_until(clock::monotonic_ns().saturating_add(50_000_000).min(retry_until));
         clock::monotonic_ns() < retry_until
     };
     let finished = match shared.svsm.vtpm_moved_away(keep_trying) {

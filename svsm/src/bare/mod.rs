@@ -243,10 +243,7 @@ fn arrive(
                 let mut kept = keep(&mut v);
                 let give_up_at = clock::monotonic_ns().saturating_add(10_000_000_000);
                 while kept.is_err() && sealed.lock().failed().is_none() && clock::monotonic_ns() < give_up_at {
-                    let until = clock::monotonic_ns().saturating_add(50_000_000);
-                    while clock::monotonic_ns() < until {
-                        core::hint::spin_loop();
-                    }
+                    clock::spin_until(clock::monotonic_ns().saturating_add(50_000_000));
                     kept = keep(&mut v);
                 }
                 match kept {
