@@ -315,6 +315,15 @@ impl SvmHw for ModelSvmHw<'_> {
         Ok(())
     }
 
+    /// The model keeps what the guest can reach by page, whatever the leaf size.
+    fn npt_set_region(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+        if gpa & 0x1F_FFFF != 0 {
+            self.machine.borrow().record_violation(format!("a 2 MiB nested leaf at unaligned {gpa:#x}"));
+            return Err(Fault);
+        }
+        (0..svm::npt::REGION_PAGES).try_for_each(|i| self.npt_set(gpa + (i << 12), access))
+    }
+
     fn npt_root(&self) -> u64 {
         NPT_ROOT
     }

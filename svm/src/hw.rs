@@ -42,10 +42,17 @@ pub trait SvmHw {
     fn zero_guest(&self, gpa: u64, len: usize) -> Result<(), Fault>;
 
     /// Map the guest's 4 KiB page at `gpa` (identity, with `access`) in the nested page
-    /// tables, or unmap it (`None`). `Err` when a table cannot be had or `gpa` is beyond
-    /// what nested paging maps. The platform calls it only under its page-state lock, so
-    /// two calls never race.
+    /// tables, or unmap it (`None`). A 2 MiB leaf over the page that maps it otherwise is
+    /// split into a table first. `Err` when a table cannot be had or `gpa` is beyond what
+    /// nested paging maps; then nothing changed. The platform calls it only under its
+    /// page-state lock, so two calls never race.
     fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
+    /// Map the 2 MiB region at `gpa` (2 MiB aligned) with one 2 MiB leaf, or unmap it
+    /// (`None`), in place of whatever mapped its pages. A table of 4 KiB leaves this
+    /// replaces is kept for a later split, never handed back to the heap: a CPU still
+    /// running the guest may walk it until the platform's flush reaches it. `Err` as for
+    /// [`Self::npt_set`]; unmapping never fails.
+    fn npt_set_region(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
     /// Root of the nested page tables (the VMCB's N_CR3).
     fn npt_root(&self) -> u64;
 

@@ -4,9 +4,14 @@
 //! memory, VMSA pages and unvalidated pages are absent: a guest access there is a nested
 //! page fault the SVSM refuses.
 //!
-//! [`access_for`] is that decision; [`leaf`], [`table`] and [`index`] are the entry
-//! format (4-level, 4 KiB leaves, identity gpa = hpa) the bare-metal tables are written
-//! in (`svsm/src/bare/svm/npt.rs` owns their memory).
+//! [`access_for`] is that decision; [`leaf`], [`large_leaf`], [`table`] and [`index`] are
+//! the entry format (4-level, identity gpa = hpa) the bare-metal tables are written in
+//! (`svsm/src/bare/svm/npt.rs` owns their memory).
+//!
+//! A 2 MiB region whose 512 pages the guest may all use alike is one 2 MiB leaf
+//! ([`uniform_access`]), not a table of 512 entries: the tables come from the SVSM's heap,
+//! and at 4 KiB per 2 MiB a guest of a few GiB would use it up. A change to one page of
+//! such a region splits the leaf into a table again ([`split`]).
 
 use abi::hw::rmpadjust::{PERM_EXEC_SUPERVISOR, PERM_EXEC_USER, PERM_READ, PERM_WRITE};
 use rmp::Rmp;
@@ -31,10 +36,22 @@ pub fn access_for(rmp: &Rmp, pfn: u64, vmpl: u8) -> Option<Access> {
     })
 }
 
+/// The 2 MiB pages of `[first_pfn, first_pfn + 512)` as one mapping: `Some(access)` if
+/// every page of the region gets the same nested mapping, `None` if they differ.
+pub fn uniform_access(rmp: &Rmp, first_pfn: u64, vmpl: u8) -> Option<Option<Access>> {
+    let first = access_for(rmp, first_pfn, vmpl);
+    (first_pfn + 1..first_pfn + REGION_PAGES).all(|pfn| access_for(rmp, pfn, vmpl) == first).then_some(first)
+}
+
+/// Pages in the region one 2 MiB leaf maps.
+pub const REGION_PAGES: u64 = 512;
+
 pub const PRESENT: u64 = 1;
 pub const WRITABLE: u64 = 1 << 1;
 /// Nested walks are user accesses: every level needs U/S.
 pub const USER: u64 = 1 << 2;
+/// In a directory (level-2) entry: the entry maps a 2 MiB page instead of a table.
+pub const LARGE: u64 = 1 << 7;
 pub const NO_EXECUTE: u64 = 1 << 63;
 /// Bits of an entry that hold the next table's or the page's address.
 pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
@@ -60,6 +77,30 @@ pub fn leaf(gpa: u64, access: Option<Access>) -> u64 {
                 | if a.execute { 0 } else { NO_EXECUTE }
         }
     }
+}
+
+/// Directory entry mapping the 2 MiB region at `gpa` (identity; the low 21 bits of `gpa`
+/// are ignored) as one page; 0 (absent) for `None`.
+pub fn large_leaf(gpa: u64, access: Option<Access>) -> u64 {
+    match access {
+        None => 0,
+        Some(_) => leaf(gpa & !LARGE_OFFSET_MASK, access) | LARGE,
+    }
+}
+
+/// Bits of an address inside its 2 MiB page.
+const LARGE_OFFSET_MASK: u64 = (REGION_PAGES << 12) - 1;
+
+/// What a present leaf entry (of either size) lets the guest do; `None` if absent.
+pub fn access_of(entry: u64) -> Option<Access> {
+    (entry & PRESENT != 0).then_some(Access { write: entry & WRITABLE != 0, execute: entry & NO_EXECUTE == 0 })
+}
+
+/// Entry `index` of the table a 2 MiB leaf becomes when one of its pages changes: that
+/// page mapped as the leaf mapped it.
+pub fn split(large: u64, index: usize) -> u64 {
+    let base = large & ADDR_MASK & !LARGE_OFFSET_MASK;
+    leaf(base + ((index as u64) << 12), access_of(large))
 }
 
 /// Index of `gpa` in a table of the level that shifts by `shift`.
@@ -145,6 +186,40 @@ mod tests {
         assert_eq!(table(0xABC_D000), 0xABC_D000 | 0b111);
         assert_eq!(leaf(u64::MAX, None), 0);
         assert_eq!(leaf(u64::MAX, Some(Access { write: false, execute: true })) & !ADDR_MASK, 0b101);
+    }
+
+    /// A 2 MiB leaf: the directory entry with PS (bit 7) and the address in 51:21 (APM
+    /// vol. 2 section 5.3.4), and the table it splits into maps each page as it did.
+    #[test]
+    fn a_large_leaf_and_its_split() {
+        let rw = Some(Access { write: true, execute: false });
+        let large = large_leaf(0x4020_1000, rw);
+        assert_eq!(large, 0x4020_0000 | 0b111 | LARGE | NO_EXECUTE, "the offset inside the 2 MiB page is dropped");
+        assert_eq!(large_leaf(0x4020_0000, None), 0);
+        assert_eq!(access_of(large), rw);
+        assert_eq!(access_of(0), None);
+        assert_eq!(split(large, 0), leaf(0x4020_0000, rw));
+        assert_eq!(split(large, 511), leaf(0x403F_F000, rw));
+        assert!((0..512).all(|i| split(large, i) & LARGE == 0 && access_of(split(large, i)) == rw));
+        let rx = large_leaf(0x20_0000, Some(Access { write: false, execute: true }));
+        assert_eq!(split(rx, 3), 0x20_3000 | 0b101);
+    }
+
+    /// 1024 pages: the first region validated whole with every permission, the second too
+    /// but for one page left read-only.
+    #[test]
+    fn a_region_is_one_mapping_only_when_every_page_agrees() {
+        let mut r = Rmp::new(1024);
+        r.host_assign(0, 1024);
+        for pfn in 0..1024 {
+            r.pvalidate(pfn << 12, Size::Small, true).unwrap();
+            r.rmpadjust(pfn << 12, Size::Small, 1, PERM_ALL, false, |_| false).unwrap();
+        }
+        r.rmpadjust(700 << 12, Size::Small, 1, PERM_READ, false, |_| false).unwrap();
+        assert_eq!(uniform_access(&r, 0, 1), Some(Some(Access { write: true, execute: true })));
+        assert_eq!(uniform_access(&r, 512, 1), None, "page 700 differs");
+        assert_eq!(uniform_access(&r, 0, 2), Some(None), "VMPL2 may use none of it");
+        assert_eq!(uniform_access(&r, 1024, 1), Some(None), "beyond memory: absent alike");
     }
 
     #[test]

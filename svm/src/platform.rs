@@ -151,10 +151,12 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
             let mut rmp = self.shared.state.lock_rmp();
             let effect = rmp.pvalidate(page.raw(), size(size4k), validate)?;
             let followed = self.shared.follow(&rmp, pfns.clone());
-            if followed.is_err() && validate && effect == PvalidateEffect::Changed {
-                // No memory for a nested page table: the validation is taken back, so the
-                // RMP and nested paging agree (unmapping needs no memory); the call fails.
-                let _ = rmp.pvalidate(page.raw(), size(size4k), false);
+            if followed.is_err() && effect == PvalidateEffect::Changed {
+                // No memory for a nested page table (to map the page, or to split the
+                // 2 MiB leaf it lies in): the change is taken back, so the RMP and nested
+                // paging agree (what was mapped before still is: no table is needed); the
+                // call fails.
+                let _ = rmp.pvalidate(page.raw(), size(size4k), !validate);
                 let _ = self.shared.follow(&rmp, pfns);
             }
             (effect, followed)

@@ -147,15 +147,30 @@ impl<H: SvmHw> SvmShared<H> {
     /// Make nested paging and the access map follow `rmp` for `pfns`. The caller holds
     /// the page-state lock (`rmp` is its guard) and makes every vCPU forget the old
     /// translations afterwards.
+    ///
+    /// A whole 2 MiB region whose pages all map alike becomes one 2 MiB leaf (what a
+    /// 2 MiB PVALIDATE or RMPADJUST and the launch's ranges give); anything else is mapped
+    /// page by page.
     pub(crate) fn follow(&self, rmp: &Rmp, pfns: core::ops::Range<u64>) -> Result<(), HwError> {
         let mut followed = Ok(());
-        for pfn in pfns {
-            self.state.access.set(pfn, rmp.allows(pfn, 0, 0));
-            let access = npt::access_for(rmp, pfn, GUEST_VMPL);
-            if self.hw.npt_set(pfn << 12, access).is_err() {
+        let mut pfn = pfns.start;
+        while pfn < pfns.end {
+            let whole = pfn.is_multiple_of(npt::REGION_PAGES) && pfns.end - pfn >= npt::REGION_PAGES;
+            let step = if whole { npt::REGION_PAGES } else { 1 };
+            for p in pfn..pfn + step {
+                self.state.access.set(p, rmp.allows(p, 0, 0));
+            }
+            let set = match whole.then(|| npt::uniform_access(rmp, pfn, GUEST_VMPL)).flatten() {
+                Some(access) => self.hw.npt_set_region(pfn << 12, access),
+                None => {
+                    (pfn..pfn + step).try_for_each(|p| self.hw.npt_set(p << 12, npt::access_for(rmp, p, GUEST_VMPL)))
+                }
+            };
+            if set.is_err() {
                 followed = Err(HwError::Fault);
                 break;
             }
+            pfn += step;
         }
         self.state.page_epoch.fetch_add(1, Ordering::Release);
         followed

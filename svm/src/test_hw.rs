@@ -24,9 +24,12 @@ pub struct TestHw {
     pub memory: Mutex<BTreeMap<u64, Box<[u8; 4096]>>>,
     /// Where guest-physical memory ends.
     pub memory_end: u64,
-    /// What nested paging maps, by pfn.
+    /// What nested paging maps with 4 KiB leaves, by pfn.
     pub npt: Mutex<BTreeMap<u64, Access>>,
-    /// Refuse nested mappings from this pfn up (no memory for tables).
+    /// What nested paging maps with 2 MiB leaves, by region (pfn / 512).
+    pub npt_large: Mutex<BTreeMap<u64, Access>>,
+    /// Refuse 4 KiB mappings and splits of 2 MiB leaves from this pfn up (no memory for a
+    /// table of 4 KiB leaves; the directories a 2 MiB leaf needs are always had).
     pub npt_full_from: Option<u64>,
     /// Every kick so far, in order.
     pub kicks: Mutex<Vec<u32>>,
@@ -71,7 +74,22 @@ impl TestHw {
 
     /// What nested paging maps at `gpa`.
     pub fn mapped(&self, gpa: u64) -> Option<Access> {
-        self.npt.lock().unwrap().get(&(gpa >> 12)).copied()
+        let large = self.npt_large.lock().unwrap().get(&(gpa >> 21)).copied();
+        large.or_else(|| self.npt.lock().unwrap().get(&(gpa >> 12)).copied())
+    }
+
+    /// Is `gpa` mapped by a 2 MiB leaf?
+    pub fn mapped_large(&self, gpa: u64) -> bool {
+        self.npt_large.lock().unwrap().contains_key(&(gpa >> 21))
+    }
+
+    /// How many 4 KiB leaves nested paging holds.
+    pub fn small_leaves(&self) -> usize {
+        self.npt.lock().unwrap().len()
+    }
+
+    fn npt_full(&self, pfn: u64) -> bool {
+        self.npt_full_from.is_some_and(|from| pfn >= from)
     }
 
     /// The CPUs kicked so far, and forget them.
@@ -126,13 +144,41 @@ impl SvmHw for TestHw {
     }
 
     fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
-        if access.is_some() && self.npt_full_from.is_some_and(|from| gpa >> 12 >= from) {
+        let (pfn, region) = (gpa >> 12, gpa >> 21);
+        let mut large = self.npt_large.lock().unwrap();
+        if let Some(&whole) = large.get(&region) {
+            if access == Some(whole) {
+                return Ok(());
+            }
+            if self.npt_full(pfn) {
+                return Err(Fault);
+            }
+            large.remove(&region);
+            let mut npt = self.npt.lock().unwrap();
+            for p in region * 512..region * 512 + 512 {
+                npt.insert(p, whole);
+            }
+        }
+        drop(large);
+        if access.is_some() && self.npt_full(pfn) {
             return Err(Fault);
         }
         let mut npt = self.npt.lock().unwrap();
         match access {
             Some(a) => npt.insert(gpa >> 12, a),
             None => npt.remove(&(gpa >> 12)),
+        };
+        Ok(())
+    }
+
+    fn npt_set_region(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+        let region = gpa >> 21;
+        assert_eq!(gpa & 0x1F_FFFF, 0, "a 2 MiB leaf maps an aligned region");
+        self.npt.lock().unwrap().retain(|p, _| p >> 9 != region);
+        let mut large = self.npt_large.lock().unwrap();
+        match access {
+            Some(a) => large.insert(region, a),
+            None => large.remove(&region),
         };
         Ok(())
     }

@@ -10,6 +10,7 @@ use abi::hw::rc;
 use abi::hw::rmpadjust::{PERM_ALL, PERM_EXEC_SUPERVISOR, PERM_READ, PERM_WRITE};
 use abi::vmcb::offset;
 use kernel::platform::{HwError, MemoryFault, PvalidateEffect};
+use rmp::Size;
 
 /// Unvalidated 4 KiB RAM in the launch layout.
 const FREE: u64 = 0x40_0000;
@@ -74,7 +75,75 @@ fn a_2m_change_maps_all_its_pages() {
     p.rmpadjust(g, PageSize::Size2M, 1, PERM_ALL, false).unwrap();
     assert!((0x1000_0000..0x1020_0000).step_by(4096).all(|a| s.hw.mapped(a).is_some()));
     assert_eq!(s.hw.mapped(0x1020_0000), None);
+    let small = s.hw.small_leaves();
+    assert!(s.hw.mapped_large(0x1000_0000), "one 2 MiB leaf, no table of 512");
+    p.pvalidate(page(0x1020_0000), PageSize::Size2M, true).unwrap();
+    assert!(!s.hw.mapped_large(0x1020_0000), "validated, but VMPL1 may use none of it: nothing mapped");
+    assert_eq!(s.hw.small_leaves(), small, "and no 4 KiB leaves for it either");
     assert_eq!(p.pvalidate(page(0x1000_1000), PageSize::Size4K, false), Err(HwError::Rc(rc::FAIL_SIZEMISMATCH)));
+}
+
+/// Low RAM the launch assigns as 4 KiB RMP pages: one whole 2 MiB region of it.
+const REGION_4K: u64 = 0x80_0000;
+
+/// Validate every page of `REGION_4K` with every permission for VMPL1, as 4 KiB pages,
+/// then make nested paging follow the whole region at once (as the launch does for the
+/// ranges it validates): one 2 MiB leaf.
+fn region_of_4k_pages_mapped_whole(s: &SvmShared<TestHw>) {
+    let mut rmp = s.state.lock_rmp();
+    for pfn in REGION_4K >> 12..(REGION_4K >> 12) + 512 {
+        rmp.pvalidate(pfn << 12, Size::Small, true).unwrap();
+        rmp.rmpadjust(pfn << 12, Size::Small, 1, PERM_ALL, false, |_| false).unwrap();
+    }
+    drop(rmp);
+    s.sync(REGION_4K >> 12..(REGION_4K >> 12) + 512).unwrap();
+    assert!(s.hw.mapped_large(REGION_4K));
+}
+
+/// A change to one page of a 2 MiB leaf splits it: that page changes, the other 511 keep
+/// their mapping; a later change of the whole region makes it one leaf again.
+#[test]
+fn a_change_inside_a_2m_leaf_splits_it() {
+    let s = shared();
+    region_of_4k_pages_mapped_whole(&s);
+    let small = s.hw.small_leaves();
+    let mut p = s.platform(0);
+    let rwx = Some(Access { write: true, execute: true });
+    p.rmpadjust(page(REGION_4K + 0x3000), PageSize::Size4K, 1, PERM_READ, false).unwrap();
+    assert!(!s.hw.mapped_large(REGION_4K));
+    assert_eq!(s.hw.mapped(REGION_4K + 0x3000), Some(Access { write: false, execute: false }));
+    assert_eq!(s.hw.mapped(REGION_4K + 0x2000), rwx);
+    assert_eq!(s.hw.mapped(REGION_4K + 0x1F_F000), rwx);
+    assert_eq!(s.hw.small_leaves(), small + 512);
+    // Page by page it stays a table; the whole region followed at once is one leaf again.
+    p.rmpadjust(page(REGION_4K + 0x3000), PageSize::Size4K, 1, PERM_ALL, false).unwrap();
+    assert!(!s.hw.mapped_large(REGION_4K));
+    s.sync(REGION_4K >> 12..(REGION_4K >> 12) + 512).unwrap();
+    assert!(s.hw.mapped_large(REGION_4K));
+    assert_eq!(s.hw.small_leaves(), small);
+    // A page the guest loses altogether splits it too.
+    p.rmpadjust(page(REGION_4K), PageSize::Size4K, 1, 0, false).unwrap();
+    assert_eq!((s.hw.mapped(REGION_4K), s.hw.mapped(REGION_4K + 0x1000)), (None, rwx));
+}
+
+/// A split that finds no memory for its table fails the change, which the RMP takes
+/// back: the 2 MiB leaf stays whole and says what the RMP says, for a grant changed and
+/// for an invalidation.
+#[test]
+fn a_split_without_memory_is_taken_back() {
+    let (s, _) =
+        crate::launch::tests::launched_on(TestHw { npt_full_from: Some(REGION_4K >> 12), ..TestHw::new(0x2000_0000) });
+    region_of_4k_pages_mapped_whole(&s);
+    let mut p = s.platform(0);
+    let (g, rwx) = (page(REGION_4K + 0x5000), Some(Access { write: true, execute: true }));
+    assert_eq!(p.rmpadjust(g, PageSize::Size4K, 1, PERM_READ, false), Err(HwError::Fault));
+    assert_eq!(p.vmpl_permissions(g, 1), Some(PERM_ALL));
+    assert_eq!(p.pvalidate(g, PageSize::Size4K, false), Err(HwError::Fault));
+    assert!(s.state.rmp().entry(g.pfn()).is_some_and(|e| e.validated), "the invalidation was taken back");
+    assert!(s.hw.mapped_large(REGION_4K));
+    assert_eq!(s.hw.mapped(g.raw()), rwx);
+    // What changes nothing needs no table.
+    assert_eq!(p.rmpadjust(g, PageSize::Size4K, 1, PERM_ALL, false), Ok(()));
 }
 
 /// Every change reaches every vCPU: those in the SVSM's hands flush on their next VMRUN,

@@ -14,7 +14,8 @@ use core::ptr::{NonNull, null_mut};
 use spin::Mutex;
 
 /// Heap size: the kernel's bitmaps and registries, the software RMP and the nested page
-/// tables for a guest of 512 MiB (about 1.5 MiB), and the pages of the service processes:
+/// tables (a 4 KiB table per 2 MiB region the guest validated page by page, none for one
+/// mapped whole; about 1.5 MiB for a guest of 512 MiB), and the pages of the service processes:
 /// the vTPM's data, stack and its own 1.5 MiB heap (about 2.2 MiB; its code is mapped
 /// from the image, not copied), the probe's few.
 const HEAP_SIZE: usize = 6 * 1024 * 1024;

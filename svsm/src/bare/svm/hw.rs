@@ -87,6 +87,14 @@ impl SvmHw for BareSvm {
         self.npt.lock().set(gpa, access).ok_or(Fault)
     }
 
+    fn npt_set_region(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
+        // As in `npt_set`, for the whole 2 MiB.
+        if access.is_some() && !outside_svsm(gpa, 2 << 20) {
+            return Err(Fault);
+        }
+        self.npt.lock().set_region(gpa, access).ok_or(Fault)
+    }
+
     fn npt_root(&self) -> u64 {
         self.npt.lock().root()
     }
