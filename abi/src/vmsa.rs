@@ -42,7 +42,14 @@ pub struct Vmsa {
     pub dr6: u64,
     pub rflags: u64,
     pub rip: u64,
-    pub reserved_180: [u8; 88],
+    /// The debug address registers (the svm platform carries a vCPU's across a live
+    /// migration here, as Linux's `sev_es_save_area` lays them out).
+    pub dr0: u64,
+    pub dr1: u64,
+    pub dr2: u64,
+    pub dr3: u64,
+    pub dr_addr_mask: [u64; 4],
+    pub reserved_1c0: [u8; 24],
     pub rsp: u64,
     pub reserved_1e0: [u8; 24],
     pub rax: u64,
@@ -92,6 +99,8 @@ crate::assert_offset!(Vmsa, cr3, 0x150);
 crate::assert_offset!(Vmsa, cr0, 0x158);
 crate::assert_offset!(Vmsa, rflags, 0x170);
 crate::assert_offset!(Vmsa, rip, 0x178);
+crate::assert_offset!(Vmsa, dr0, 0x180);
+crate::assert_offset!(Vmsa, dr3, 0x198);
 crate::assert_offset!(Vmsa, rsp, 0x1D8);
 crate::assert_offset!(Vmsa, rax, 0x1F8);
 crate::assert_offset!(Vmsa, g_pat, 0x268);

@@ -33,6 +33,14 @@ impl SourceEntry {
     }
 }
 
+/// What a reader of the whole log puts where the SVSM had overwritten bytes before it
+/// read them (it keeps only the newest), before going on from the oldest byte held.
+pub const OVERWRITTEN: &[u8] = b"[... earlier bytes of the log were overwritten before this read ...]\n";
+
+/// Most bytes a reader of the whole log gathers before it gives up on a log that keeps
+/// moving past it (the SVSM's ring holds 64 KiB).
+pub const WHOLE_READ_MAX: usize = 1 << 20;
+
 /// What SVSM_OCP_READ did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadOutcome {

@@ -47,6 +47,13 @@ pub struct VtomLimits {
     pub max: u64,
 }
 
+/// The SVSM heap: bytes in use and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapUsage {
+    pub used: u64,
+    pub size: u64,
+}
+
 /// Log severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -179,6 +186,11 @@ pub trait Platform {
     /// stopping: an undo that failed left the SVSM's records and the RMP disagreeing
     /// (`rollback`). Never for guest input.
     fn fatal(&mut self, why: core::fmt::Arguments<'_>) -> !;
+
+    /// The SVSM heap's use now, where the platform can tell (OCP `memory.heap_bytes_*`).
+    fn heap_usage(&self) -> Option<HeapUsage> {
+        None
+    }
 
     /// Emit a log line.
     fn log(&mut self, level: Level, args: core::fmt::Arguments<'_>);

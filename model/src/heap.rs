@@ -17,6 +17,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The bare-metal SVSM's heap (svsm/src/bare/heap.rs).
 pub const SVSM_HEAP_BYTES: usize = 4 * 1024 * 1024;
@@ -61,6 +62,17 @@ pub fn live() -> usize {
     LIVE.with(Cell::get)
 }
 
+/// What the SVSM code of this thread holds, and what it may hold; `None` in a binary that
+/// does not count (no [`CountingHeap`] installed).
+pub fn usage() -> Option<kernel::platform::HeapUsage> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| kernel::platform::HeapUsage { used: live() as u64, size: LIMIT.with(Cell::get) as u64 })
+}
+
+/// Set by the first allocation [`CountingHeap`] serves.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
 /// Allocations refused since the thread started.
 pub fn refused() -> u64 {
     REFUSED.with(Cell::get)
@@ -96,6 +108,7 @@ fn outer(layout: Layout) -> Option<Layout> {
 unsafe impl GlobalAlloc for CountingHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(outer) = outer(layout) else { return std::ptr::null_mut() };
+        INSTALLED.store(true, Ordering::Relaxed);
         let counted = IN_SVSM.try_with(Cell::get).unwrap_or(false);
         if counted {
             let live = LIVE.try_with(Cell::get).unwrap_or(0);

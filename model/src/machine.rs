@@ -412,6 +412,10 @@ impl Platform for Machine {
         self.log_level
     }
 
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        crate::heap::usage()
+    }
+
     fn set_log_level(&mut self, level: Level) {
         self.log_level = level;
     }

@@ -447,6 +447,10 @@ impl SnpHw for ModelSnpHw<'_> {
         self.host.msrs.insert(self.cpu, value);
     }
 
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        crate::heap::usage()
+    }
+
     fn halt(&mut self) -> ! {
         crate::heap::as_host(|| panic!("the SVSM halted its CPU after a termination request"))
     }

@@ -346,6 +346,10 @@ impl SvmHw for ModelSvmHw<'_> {
         self.host.borrow().generation
     }
 
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        crate::heap::usage()
+    }
+
     fn rdtsc(&self) -> u64 {
         let host = self.host.borrow();
         host.tsc.set(host.tsc.get() + 1000);

@@ -58,4 +58,8 @@ pub trait SnpHw {
     fn vmgexit(&mut self);
     /// Stop this CPU for good (after a termination request the host did not act on).
     fn halt(&mut self) -> !;
+    /// The SVSM heap's use now, if the seam can tell.
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        None
+    }
 }

@@ -420,6 +420,10 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         self.shared.log_level()
     }
 
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        self.hw.heap_usage()
+    }
+
     fn set_log_level(&mut self, level: Level) {
         self.shared.set_log_level(level);
     }

@@ -47,10 +47,10 @@ pub trait SvmHw {
     /// nested paging maps; then nothing changed. The platform calls it only under its
     /// page-state lock, so two calls never race.
     fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
-    /// Map the 2 MiB region at `gpa` (2 MiB aligned) with one 2 MiB leaf, or unmap it
-    /// (`None`), in place of whatever mapped its pages. A table of 4 KiB leaves this
-    /// replaces is kept for a later split, never handed back to the heap: a CPU still
-    /// running the guest may walk it until the platform's flush reaches it. `Err` as for
+    /// Map the 2 MiB region at `gpa` (2 MiB aligned) alike with `access`, or unmap it
+    /// (`None`): with one 2 MiB leaf, or, where the region has a table of 4 KiB leaves
+    /// already, with its 512 leaves alike (a table is never taken out of use: a CPU still
+    /// running the guest may walk it until the platform's flush reaches it). `Err` as for
     /// [`Self::npt_set`]; unmapping never fails.
     fn npt_set_region(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
     /// Root of the nested page tables (the VMCB's N_CR3).
@@ -70,6 +70,10 @@ pub trait SvmHw {
     fn generation(&self) -> u64;
     /// What RDTSC gives the SVSM now.
     fn rdtsc(&self) -> u64;
+    /// The SVSM heap's use now, if the seam can tell.
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        None
+    }
 
     /// Hand a guest message to the PSP and wait for its answer (on this platform a
     /// software PSP inside the SVSM).

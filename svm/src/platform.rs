@@ -370,6 +370,10 @@ impl<H: SvmHw> Platform for SvmPlatform<'_, H> {
         self.shared.state.log_level()
     }
 
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        self.shared.hw.heap_usage()
+    }
+
     fn set_log_level(&mut self, level: Level) {
         self.shared.state.set_log_level(level);
     }

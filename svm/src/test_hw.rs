@@ -28,6 +28,10 @@ pub struct TestHw {
     pub npt: Mutex<BTreeMap<u64, Access>>,
     /// What nested paging maps with 2 MiB leaves, by region (pfn / 512).
     pub npt_large: Mutex<BTreeMap<u64, Access>>,
+    /// Refuse 2 MiB mappings from this pfn up (no memory for a directory table).
+    pub npt_directories_full_from: Option<u64>,
+    /// Regions with a table of 4 KiB leaves (kept once made, as on the chip).
+    pub npt_tables: Mutex<std::collections::BTreeSet<u64>>,
     /// Refuse 4 KiB mappings and splits of 2 MiB leaves from this pfn up (no memory for a
     /// table of 4 KiB leaves; the directories a 2 MiB leaf needs are always had).
     pub npt_full_from: Option<u64>,
@@ -86,6 +90,11 @@ impl TestHw {
     /// How many 4 KiB leaves nested paging holds.
     pub fn small_leaves(&self) -> usize {
         self.npt.lock().unwrap().len()
+    }
+
+    /// How many tables of 4 KiB leaves nested paging holds.
+    pub fn tables(&self) -> usize {
+        self.npt_tables.lock().unwrap().len()
     }
 
     fn npt_full(&self, pfn: u64) -> bool {
@@ -154,15 +163,24 @@ impl SvmHw for TestHw {
                 return Err(Fault);
             }
             large.remove(&region);
+            self.npt_tables.lock().unwrap().insert(region);
             let mut npt = self.npt.lock().unwrap();
             for p in region * 512..region * 512 + 512 {
                 npt.insert(p, whole);
             }
         }
         drop(large);
-        if access.is_some() && self.npt_full(pfn) {
-            return Err(Fault);
+        let mut tables = self.npt_tables.lock().unwrap();
+        if !tables.contains(&region) {
+            if access.is_none() {
+                return Ok(());
+            }
+            if self.npt_full(pfn) {
+                return Err(Fault);
+            }
+            tables.insert(region);
         }
+        drop(tables);
         let mut npt = self.npt.lock().unwrap();
         match access {
             Some(a) => npt.insert(gpa >> 12, a),
@@ -174,7 +192,19 @@ impl SvmHw for TestHw {
     fn npt_set_region(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault> {
         let region = gpa >> 21;
         assert_eq!(gpa & 0x1F_FFFF, 0, "a 2 MiB leaf maps an aligned region");
-        self.npt.lock().unwrap().retain(|p, _| p >> 9 != region);
+        if access.is_some() && self.npt_directories_full_from.is_some_and(|from| gpa >> 12 >= from) {
+            return Err(Fault);
+        }
+        if self.npt_tables.lock().unwrap().contains(&region) {
+            let mut npt = self.npt.lock().unwrap();
+            for p in region * 512..region * 512 + 512 {
+                match access {
+                    Some(a) => npt.insert(p, a),
+                    None => npt.remove(&p),
+                };
+            }
+            return Ok(());
+        }
         let mut large = self.npt_large.lock().unwrap();
         match access {
             Some(a) => large.insert(region, a),

@@ -94,6 +94,8 @@ pub const INTERCEPT_MISC2: u32 = misc2::VMRUN
 
 /// Size of the VMCB state-save area that mirrors the VMSA's first bytes.
 pub const SAVE_AREA: usize = 0x298;
+/// Where a VMSA keeps DR0-DR3 and their address masks (eight u64s); reserved in a VMCB.
+const DEBUG_ADDRESSES: usize = core::mem::offset_of!(abi::vmsa::Vmsa, dr0);
 
 /// The low 32 bits of a register (EAX of RAX, ECX of RCX: what CPUID, RDMSR and a
 /// dword IN or OUT use).
@@ -287,6 +289,14 @@ pub struct SvmVcpu<P> {
     pub refusals_in_a_row: u32,
 }
 
+/// Zero the VMCB's bytes where a VMSA keeps DR0-DR3 and their masks (reserved in a VMCB;
+/// the vCPU keeps DR0-DR3 itself, `SvmVcpu::debug_addresses`).
+fn clear_debug_addresses<P: PageMem>(vmcb: &mut Vmcb<P>) {
+    for at in (DEBUG_ADDRESSES..DEBUG_ADDRESSES + 64).step_by(8) {
+        vmcb.set_u64(offset::SAVE + at, 0);
+    }
+}
+
 fn controls<P: PageMem>(vmcb: &mut Vmcb<P>, c: Controls, asid: u32) {
     vmcb.set_u32(offset::INTERCEPT_MISC1, INTERCEPT_MISC1);
     vmcb.set_u32(offset::INTERCEPT_MISC2, INTERCEPT_MISC2);
@@ -356,6 +366,8 @@ impl<P: PageMem> SvmVcpu<P> {
         let mut vmcb = Vmcb::new(page);
         controls(&mut vmcb, c, asid);
         vmcb.copy_into_save(vmsa.get(..SAVE_AREA)?);
+        // CREATE_VCPU starts with DR0-DR3 clear, as SNP hardware does without DebugSwap.
+        clear_debug_addresses(&mut vmcb);
         let regs = GuestRegs::of(&state);
         Some(Self {
             vmcb,
@@ -390,6 +402,8 @@ impl<P: PageMem> SvmVcpu<P> {
         // #GP/#UD for an intercepted instruction) travels in the VMSA's EVENTINJ field.
         let pending = self.vmcb.u64(offset::EVENT_INJ);
         state.event_inj = if pending & event::VALID != 0 { pending } else { 0 };
+        // DR0-DR3 are not in the VMCB (VMRUN does not switch them): the vCPU keeps its own.
+        [state.dr0, state.dr1, state.dr2, state.dr3] = self.debug_addresses;
         const _: () = assert!(core::mem::size_of::<abi::vmsa::Vmsa>() == 4096);
         const _: () = assert!(core::mem::offset_of!(abi::vmsa::Vmsa, x87_dp) == vmsa_fpu::DP);
         let mut page = [0u8; 4096];
@@ -408,6 +422,10 @@ impl<P: PageMem> SvmVcpu<P> {
         (self.vmpl, self.sev_features, self.virtual_tom) = (state.vmpl, state.sev_features, state.virtual_tom);
         self.fpu = FpuImage::from_vmsa(vmsa);
         self.vmcb.set_u64(offset::EVENT_INJ, deliverable(state.event_inj));
+        // Any address will do for DR0-DR3 (a breakpoint only compares it), so they are
+        // taken as they come; the VMCB's own bytes there are reserved and stay zero.
+        self.debug_addresses = [state.dr0, state.dr1, state.dr2, state.dr3];
+        clear_debug_addresses(&mut self.vmcb);
         true
     }
 
@@ -733,9 +751,11 @@ mod tests {
         let mut source = SvmVcpu::from_vmsa(TestPage::new(1), C, 7, 0x5000, &bytes).unwrap();
         source.skip(3);
         source.regs.r12 = 0x1212;
+        source.debug_addresses = [0x40_1000, 0x40_2000, 0, 0xFFFF_8000_0000_0000];
         let page = source.to_vmsa();
         let mut sent = vmsa;
         (sent.rip, sent.r12) = (0x1003, 0x1212);
+        [sent.dr0, sent.dr1, sent.dr2, sent.dr3] = source.debug_addresses;
         // A new vCPU's x87/SSE state is the reset state, and it travels in the VMSA.
         (sent.x87_fcw, sent.mxcsr) = (0x037F, 0x1F80);
         assert!(page[..] == *zerocopy::IntoBytes::as_bytes(&sent), "the VMSA page is the vCPU's state");
@@ -743,6 +763,9 @@ mod tests {
         let mut destination = startup();
         assert!(destination.restore(&page));
         assert_eq!(destination.to_vmsa(), page, "every field arrived");
+        assert_eq!(destination.debug_addresses, source.debug_addresses, "DR0-DR3 too (VMRUN does not switch them)");
+        let reserved = (DEBUG_ADDRESSES..DEBUG_ADDRESSES + 64).step_by(8);
+        assert!(reserved.map(|at| destination.vmcb.u64(offset::SAVE + at)).all(|v| v == 0), "the VMCB's bytes stay 0");
         assert_eq!(destination.vmcb.u32(offset::GUEST_ASID), 1, "the destination's own ASID");
         assert_eq!(destination.vmcb.u32(offset::INTERCEPT_MISC1), INTERCEPT_MISC1, "and its own intercepts");
     }

@@ -347,8 +347,8 @@ impl<'a> Options<'a> {
                         .value(arg)?
                         .parse::<u32>()
                         .ok()
-                        .filter(|mib| (1..=1024).contains(mib))
-                        .ok_or("the guest grows by 1..=1024 MiB with --guest-mib")?
+                        .filter(|mib| (1..=2048).contains(mib))
+                        .ok_or("the guest grows by 1..=2048 MiB with --guest-mib")?
                         .next_multiple_of(2)
                 }
                 _ => return Err(self.unknown(arg)),

@@ -407,11 +407,26 @@ fn prepare(source_port: u16, tpm_record: &Path, grow_mib: u32) -> Result<Before>
     a.ask("check 1", Duration::from_secs(60))?;
     if grow_mib > 0 {
         step(&format!("the guest validates {grow_mib} MiB more and writes a pattern into every page"));
+        let before = heap(&mut a)?;
         let started = Instant::now();
         a.ask(&format!("grow {grow_mib} {GROWN_SEED}"), LIMIT)?;
-        step(&format!("grown in {:.1} s", started.elapsed().as_secs_f64()));
+        let after = heap(&mut a)?;
+        step(&format!(
+            "grown in {:.1} s; the SVSM heap: {} KiB in use before, {} KiB after, of {} KiB",
+            started.elapsed().as_secs_f64(),
+            before.0 / 1024,
+            after.0 / 1024,
+            after.1 / 1024
+        ));
     }
     Ok(Before { manifest, grown_mib: grow_mib })
+}
+
+/// The SVSM heap's bytes in use and its size, as the guest reads them over OCP.
+fn heap(a: &mut Agent) -> Result<(u64, u64)> {
+    let bytes = a.ask("heap", Duration::from_secs(60))?;
+    let word = |at: usize| bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    word(0).zip(word(8)).ok_or_else(|| format!("`heap`: {} bytes, not 16", bytes.len()))
 }
 
 /// The pattern seed of the grown memory (written once, before the migrations).
@@ -738,7 +753,7 @@ fn after_success(
     let mut b = b;
     // The guest answers on the destination once it runs there.
     b.ask(&format!("check {seed}"), LIMIT)?;
-    notes.push("on the destination the guest finds every pattern page as it last wrote it".into());
+    notes.push("on the destination the guest finds every pattern page as it last wrote it, and its DR0".into());
     if before.grown_mib > 0 {
         b.ask(&format!("checkgrown {} {GROWN_SEED}", before.grown_mib), LIMIT)?;
         notes.push(format!("and every page of the {} MiB it grew by", before.grown_mib));

@@ -119,6 +119,10 @@ pub fn read_values(env: &mut dyn Env) -> CaseResult {
     let after = value(env, "calls.core")?;
     ensure!(after > before, "calls.core did not count a core call ({before} -> {after})");
     ensure!(value(env, "memory.svsm_pages_total")? >= value(env, "memory.svsm_pages_free")?, "free > total");
+    // The heap holds at least the kernel's registries, and never more than its size (a
+    // platform that cannot tell says 0 of 0).
+    let (used, total) = (value(env, "memory.heap_bytes_used")?, value(env, "memory.heap_bytes_total")?);
+    ensure!(used <= total && (used > 0 || total == 0), "heap: {used} bytes used of {total}");
     let i = index_of(env, "build.version")?;
     let (got, whole, _) = read(env, i, 100, 0)?;
     ensure!(got == ResultCode::SUCCESS && !whole.is_empty(), "build.version: {got}");

@@ -75,11 +75,11 @@ fn a_2m_change_maps_all_its_pages() {
     p.rmpadjust(g, PageSize::Size2M, 1, PERM_ALL, false).unwrap();
     assert!((0x1000_0000..0x1020_0000).step_by(4096).all(|a| s.hw.mapped(a).is_some()));
     assert_eq!(s.hw.mapped(0x1020_0000), None);
-    let small = s.hw.small_leaves();
+    let tables = s.hw.tables();
     assert!(s.hw.mapped_large(0x1000_0000), "one 2 MiB leaf, no table of 512");
     p.pvalidate(page(0x1020_0000), PageSize::Size2M, true).unwrap();
     assert!(!s.hw.mapped_large(0x1020_0000), "validated, but VMPL1 may use none of it: nothing mapped");
-    assert_eq!(s.hw.small_leaves(), small, "and no 4 KiB leaves for it either");
+    assert_eq!(s.hw.tables(), tables, "and no table for either");
     assert_eq!(p.pvalidate(page(0x1000_1000), PageSize::Size4K, false), Err(HwError::Rc(rc::FAIL_SIZEMISMATCH)));
 }
 
@@ -101,12 +101,13 @@ fn region_of_4k_pages_mapped_whole(s: &SvmShared<TestHw>) {
 }
 
 /// A change to one page of a 2 MiB leaf splits it: that page changes, the other 511 keep
-/// their mapping; a later change of the whole region makes it one leaf again.
+/// their mapping. The region keeps its table from then on, also when the whole region is
+/// followed at once again (a table is never taken out of use: a CPU may still walk it).
 #[test]
 fn a_change_inside_a_2m_leaf_splits_it() {
     let s = shared();
     region_of_4k_pages_mapped_whole(&s);
-    let small = s.hw.small_leaves();
+    let (small, tables) = (s.hw.small_leaves(), s.hw.tables());
     let mut p = s.platform(0);
     let rwx = Some(Access { write: true, execute: true });
     p.rmpadjust(page(REGION_4K + 0x3000), PageSize::Size4K, 1, PERM_READ, false).unwrap();
@@ -114,13 +115,11 @@ fn a_change_inside_a_2m_leaf_splits_it() {
     assert_eq!(s.hw.mapped(REGION_4K + 0x3000), Some(Access { write: false, execute: false }));
     assert_eq!(s.hw.mapped(REGION_4K + 0x2000), rwx);
     assert_eq!(s.hw.mapped(REGION_4K + 0x1F_F000), rwx);
-    assert_eq!(s.hw.small_leaves(), small + 512);
-    // Page by page it stays a table; the whole region followed at once is one leaf again.
+    assert_eq!((s.hw.small_leaves(), s.hw.tables()), (small + 512, tables + 1));
     p.rmpadjust(page(REGION_4K + 0x3000), PageSize::Size4K, 1, PERM_ALL, false).unwrap();
-    assert!(!s.hw.mapped_large(REGION_4K));
     s.sync(REGION_4K >> 12..(REGION_4K >> 12) + 512).unwrap();
-    assert!(s.hw.mapped_large(REGION_4K));
-    assert_eq!(s.hw.small_leaves(), small);
+    assert!(!s.hw.mapped_large(REGION_4K), "the table stays");
+    assert_eq!((s.hw.mapped(REGION_4K + 0x3000), s.hw.tables()), (rwx, tables + 1));
     // A page the guest loses altogether splits it too.
     p.rmpadjust(page(REGION_4K), PageSize::Size4K, 1, 0, false).unwrap();
     assert_eq!((s.hw.mapped(REGION_4K), s.hw.mapped(REGION_4K + 0x1000)), (None, rwx));
@@ -144,6 +143,22 @@ fn a_split_without_memory_is_taken_back() {
     assert_eq!(s.hw.mapped(g.raw()), rwx);
     // What changes nothing needs no table.
     assert_eq!(p.rmpadjust(g, PageSize::Size4K, 1, PERM_ALL, false), Ok(()));
+}
+
+/// A 2 MiB grant whose leaf finds no directory table fails and is taken back: nothing
+/// mapped, and the RMP says VMPL1 holds nothing.
+#[test]
+fn a_2m_grant_without_memory_is_taken_back() {
+    let (s, _) = crate::launch::tests::launched_on(TestHw {
+        npt_directories_full_from: Some(0x1000_0000 >> 12),
+        ..TestHw::new(0x2000_0000)
+    });
+    let mut p = s.platform(0);
+    let g = page(0x1000_0000);
+    p.pvalidate(g, PageSize::Size2M, true).unwrap();
+    assert_eq!(p.rmpadjust(g, PageSize::Size2M, 1, PERM_ALL, false), Err(HwError::Fault));
+    assert_eq!((s.hw.mapped(0x1000_0000), s.hw.mapped(0x101F_F000)), (None, None));
+    assert_eq!(p.vmpl_permissions(page(0x1010_0000), 1), Some(0));
 }
 
 /// Every change reaches every vCPU: those in the SVSM's hands flush on their next VMRUN,

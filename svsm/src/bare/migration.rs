@@ -61,6 +61,8 @@ const FINISH_OFFER_NS: u64 = 2_000_000_000;
 /// that wrote more is taken over several (the last round, with the guest stopped, until
 /// none is left).
 const TAKE_PAGES: usize = 16 * 1024;
+/// How often the destination says how much it received.
+const PROGRESS_NS: u64 = 1_000_000_000;
 /// How long the session may stand still (no frame moved either way) while the guest runs
 /// before the source gives up on it.
 const STALL_NS: u64 = 30_000_000_000;
@@ -129,7 +131,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
     let mut incoming = Some(Incoming::new());
     let mut arrived = None;
     let started = clock::monotonic_ns();
-    let (mut received, mut reported) = (0usize, 0usize);
+    let (mut received, mut reported, mut reported_at) = (0usize, 0usize, started);
     let mut attested = false;
     let mut last_progress = started;
     let mut spent = Spent::default();
@@ -191,8 +193,12 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
             let _ = session.abort(session::AbortReason::INTERNAL);
             break Err(why);
         }
-        if received >= reported + (1 << 20) {
-            reported = received;
+        // Progress as soon as state arrives, then once a second at most: a line per MiB
+        // filled the 64 KiB log ring in a migration of 2 GiB, and the log's earlier lines
+        // with it.
+        let due = reported == 0 || clock::monotonic_ns().saturating_sub(reported_at) >= PROGRESS_NS;
+        if received > reported && due {
+            (reported, reported_at) = (received, clock::monotonic_ns());
             println!("migration: {} KiB received", received / 1024);
         }
         match session.outcome() {

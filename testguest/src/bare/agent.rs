@@ -49,7 +49,9 @@ pub const PATTERN_PAGES: u64 = 128;
 /// image QEMU puts at the top of RAM (`cargo xtask migrate --guest-mib` gives the guest
 /// enough RAM).
 const GROW_AT: u64 = 0x1100_0000;
-const GROW_MAX_MIB: u32 = 1024;
+/// At most 2 GiB, so that QEMU's q35 keeps all of the guest's RAM below 4 GiB (it does
+/// for less than 2.75 GiB), where the guest's identity map and the svm launch reach.
+const GROW_MAX_MIB: u32 = 2048;
 /// The page numbers the grown pages' pattern names (apart from the pattern pages').
 const GROW_PATTERN_PAGE: u64 = 0x4_0000;
 /// The list page of `grow`'s PVALIDATE calls, in the agent's half of the scratch region.
@@ -100,6 +102,7 @@ pub fn present() -> bool {
 /// Serve the host until it sends `quit`; `buffer` is a validated page of the guest's.
 pub fn serve<T: Transport>(c: &mut Client<T>, buffer: u64) {
     PORT.init();
+    super::ap::set_dr0(DR0_MARK);
     println!("agent: serving host requests on COM4");
     while let Some(line) = read_line() {
         let mut words = line.split(' ');
@@ -130,6 +133,7 @@ pub fn serve<T: Transport>(c: &mut Client<T>, buffer: u64) {
                 number(mib).and_then(|mib| number(seed).and_then(|seed| check_grown(c, mib, seed)))
             }
             (Some("query"), None, None) => query(c),
+            (Some("heap"), None, None) => heap(c, buffer),
             (Some("tpm"), Some(command), None) => match unhex(command) {
                 Some(command) => tpm(c, buffer, &command),
                 None => Err("bad TPM command hex".into()),
@@ -151,16 +155,47 @@ fn list<T: Transport>(c: &mut Client<T>, buffer: u64) -> Result<Vec<u8>, String>
     Ok(entries)
 }
 
+/// The SVSM heap's bytes in use and its size (the OCP sources `memory.heap_bytes_used` and
+/// `memory.heap_bytes_total`, found by name), 8 bytes each, little-endian.
+fn heap<T: Transport>(c: &mut Client<T>, buffer: u64) -> Result<Vec<u8>, String> {
+    let entries = list(c, buffer)?;
+    let index = |name: &str| {
+        entries
+            .chunks_exact(ENTRY_SIZE)
+            .filter_map(|e| <&[u8; ENTRY_SIZE]>::try_from(e).ok())
+            .position(|e| guest::ocp::SourceEntry::decode(e).name() == Some(name))
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| alloc::format!("the SVSM has no source {name}"))
+    };
+    let (used, total) = (index("memory.heap_bytes_used")?, index("memory.heap_bytes_total")?);
+    let mut both = read(c, buffer, used)?;
+    both.extend(read(c, buffer, total)?);
+    match both.len() {
+        16 => Ok(both),
+        n => Err(alloc::format!("the heap sources gave {n} bytes, not 8 each")),
+    }
+}
+
+/// Source `index` whole, from offset 0; for a log whose first bytes were overwritten,
+/// [`guest::ocp::OVERWRITTEN`] and then the log from its oldest byte held.
 fn read<T: Transport>(c: &mut Client<T>, buffer: u64, index: u32) -> Result<Vec<u8>, String> {
-    let mut data = Vec::new();
+    let (mut data, mut offset) = (Vec::new(), 0u32);
     loop {
-        let n = match c.ocp_read(index, buffer, CHUNK, data.len() as u32).map_err(|e| alloc::format!("{e:?}"))? {
+        let n = match c.ocp_read(index, buffer, CHUNK, offset).map_err(|e| alloc::format!("{e:?}"))? {
             ReadOutcome::Copied(n) => n,
-            ReadOutcome::Lost { oldest } => return Err(alloc::format!("bytes before {oldest} were overwritten")),
+            ReadOutcome::Lost { .. } if data.len() > guest::ocp::WHOLE_READ_MAX => {
+                return Err("the log moves on faster than it can be read".into());
+            }
+            ReadOutcome::Lost { oldest } => {
+                data.extend_from_slice(guest::ocp::OVERWRITTEN);
+                offset = oldest;
+                continue;
+            }
         };
         let at = data.len();
         data.resize(at + n as usize, 0);
         c.transport.read(buffer, &mut data[at..]).map_err(|e| alloc::format!("{e:?}"))?;
+        offset = offset.wrapping_add(n);
         if n < CHUNK {
             return Ok(data);
         }
@@ -235,7 +270,13 @@ fn churn<T: Transport>(c: &mut Client<T>, seed: u32, rounds: u32, calls: Calls) 
     Ok(last.to_le_bytes().to_vec())
 }
 
-/// Does every pattern page hold the pattern of `seed`?
+/// What the agent's vCPU keeps in DR0 while it serves, for `check` to find (on the
+/// destination of a live migration too: VMRUN does not switch DR0-DR3, the SVSM carries
+/// them). Set once: under QEMU's emulation a debug register write throws away translated
+/// code. Canonical; DR7 stays clear, so it is never a breakpoint.
+const DR0_MARK: u64 = 0x7F00_DEAD_B000;
+
+/// Does every pattern page hold the pattern of `seed`, and DR0 the agent's mark?
 fn check<T: Transport>(c: &mut Client<T>, seed: u32) -> Result<Vec<u8>, String> {
     let mut got = vec![0u8; 4096];
     for page in 0..PATTERN_PAGES {
@@ -243,6 +284,10 @@ fn check<T: Transport>(c: &mut Client<T>, seed: u32) -> Result<Vec<u8>, String> 
         if got != pattern(seed, page) {
             return Err(alloc::format!("pattern page {page} does not hold seed {seed}'s pattern"));
         }
+    }
+    let dr0 = super::ap::dr0();
+    if dr0 != DR0_MARK {
+        return Err(alloc::format!("DR0 holds {dr0:#x}, not the agent's {DR0_MARK:#x}"));
     }
     Ok(Vec::new())
 }

@@ -126,12 +126,12 @@ fn xmm0() -> u64 {
     value
 }
 
-fn set_dr0(value: u64) {
+pub(super) fn set_dr0(value: u64) {
     // SAFETY: DR0 holds an address only; DR7 (which would enable it) stays clear.
     unsafe { core::arch::asm!("mov dr0, {}", in(reg) value, options(nomem, nostack)) }
 }
 
-fn dr0() -> u64 {
+pub(super) fn dr0() -> u64 {
     let value: u64;
     // SAFETY: reads DR0 only.
     unsafe { core::arch::asm!("mov {}, dr0", out(reg) value, options(nomem, nostack)) }

@@ -99,19 +99,28 @@ impl Port for Session {
         Ok(out)
     }
 
-    /// The whole source, read a chunk at a time from offset 0.
+    /// The whole source, read a chunk at a time from offset 0 (as the QEMU guest's agent
+    /// reads it: a log whose first bytes were overwritten gives `guest::ocp::OVERWRITTEN`,
+    /// then the log from its oldest byte held).
     fn read(&mut self, index: u32) -> Result<Vec<u8>, String> {
         let buffer = self.buffer;
-        let mut data = Vec::new();
+        let (mut data, mut offset) = (Vec::new(), 0u32);
         loop {
-            let offset = data.len() as u32;
             let n = match self.client().ocp_read(index, buffer, CHUNK, offset).map_err(|e| format!("{e:?}"))? {
                 ReadOutcome::Copied(n) => n,
-                ReadOutcome::Lost { oldest } => return Err(format!("bytes before offset {oldest} were overwritten")),
+                ReadOutcome::Lost { .. } if data.len() > guest::ocp::WHOLE_READ_MAX => {
+                    return Err("the log moves on faster than it can be read".into());
+                }
+                ReadOutcome::Lost { oldest } => {
+                    data.extend_from_slice(guest::ocp::OVERWRITTEN);
+                    offset = oldest;
+                    continue;
+                }
             };
             let mut chunk = vec![0u8; n as usize];
             self.env.read(buffer, &mut chunk).map_err(|e| format!("{e:?}"))?;
             data.extend_from_slice(&chunk);
+            offset = offset.wrapping_add(n);
             if n < CHUNK {
                 return Ok(data);
             }
@@ -256,5 +265,23 @@ mod tests {
         assert!(read(&mut s, "no.such.source", false).unwrap_err().contains("no source"));
         assert_eq!(main(&["frobnicate".into()]), ExitCode::from(2));
         assert_eq!(main(&["list".into(), "--qemu".into()]), ExitCode::from(2));
+    }
+
+    /// A log that wrapped (a long run: a live migration logs its progress) reads from its
+    /// oldest byte held, after a note of what was lost; before, the read failed.
+    #[test]
+    fn a_log_that_wrapped_reads_from_its_oldest_byte() {
+        let mut s = Session::new();
+        let size = model::machine::MODEL_LOG_BYTES as u64;
+        let mut n = 0;
+        while s.env.world.machine.log_ring.written() < 3 * size {
+            s.env.world.machine.log_ring.push(format!("line {n}\n").as_bytes());
+            n += 1;
+        }
+        let log = read(&mut s, "log", false).unwrap();
+        let note = std::str::from_utf8(guest::ocp::OVERWRITTEN).unwrap().trim_end();
+        assert!(log.starts_with(note), "{}", &log[..80]);
+        assert!(log.ends_with(&format!("line {}", n - 1)), "the newest line is there");
+        assert!(log.len() as u64 <= size + 2 * 4096, "about the ring's size: {}", log.len());
     }
 }

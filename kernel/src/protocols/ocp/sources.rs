@@ -2,7 +2,7 @@
 //! API a service uses to add its own: [`Sources::register`]. An index, once given, names
 //! the same source for the SVSM's lifetime (sources are only ever added).
 
-use crate::platform::{Level, Platform};
+use crate::platform::{HeapUsage, Level, Platform};
 use crate::svsm::Svsm;
 use alloc::vec::Vec;
 
@@ -22,6 +22,9 @@ pub enum SourceKind {
     Setting(Setting),
     /// A SHA-256 digest (32 bytes), from the SVSM's state.
     Sha256(fn(&Svsm) -> [u8; 32]),
+    /// A number about the SVSM heap (u64, little-endian, 8 bytes), from the platform; 0
+    /// where the platform cannot tell.
+    Heap(fn(HeapUsage) -> u64),
 }
 
 /// Settings a guest may change.
@@ -49,7 +52,7 @@ impl Source {
         use abi::ocp::source_type as t;
         match self.kind {
             SourceKind::Log => t::LOG_STREAM,
-            SourceKind::Value(_) => t::VALUE,
+            SourceKind::Value(_) | SourceKind::Heap(_) => t::VALUE,
             SourceKind::Counter(_) => t::COUNTER,
             SourceKind::Text(_) | SourceKind::Setting(_) => t::STRING,
             SourceKind::Sha256(_) => t::SHA256,
@@ -59,7 +62,7 @@ impl Source {
     /// Bytes of a fixed-size source, `None` if its size varies.
     pub fn fixed_size(&self) -> Option<u32> {
         match self.kind {
-            SourceKind::Value(_) | SourceKind::Counter(_) => Some(8),
+            SourceKind::Value(_) | SourceKind::Counter(_) | SourceKind::Heap(_) => Some(8),
             SourceKind::Sha256(_) => Some(32),
             SourceKind::Log | SourceKind::Text(_) | SourceKind::Setting(_) => None,
         }
@@ -111,7 +114,7 @@ impl Sources {
     pub fn builtin(platform: &'static str) -> Self {
         let git = option_env!("BULWARK_GIT_HASH").unwrap_or("unknown");
         const NONE: u32 = abi::ocp::typed::PROTOCOL_NONE;
-        let builtin: [(&'static str, SourceKind, u32); 15] = [
+        let builtin: [(&'static str, SourceKind, u32); 17] = [
             ("log", SourceKind::Log, NONE),
             ("config.log_level", SourceKind::Setting(Setting::LogLevel), NONE),
             ("build.version", SourceKind::Text(env!("CARGO_PKG_VERSION")), NONE),
@@ -127,6 +130,8 @@ impl Sources {
             ("errors.attestation", SourceKind::Counter(|s| s.stats.errors(1)), 1),
             ("calls.ocp", SourceKind::Counter(|s| s.stats.calls(5)), 5),
             ("errors.ocp", SourceKind::Counter(|s| s.stats.errors(5)), 5),
+            ("memory.heap_bytes_used", SourceKind::Heap(|h| h.used), NONE),
+            ("memory.heap_bytes_total", SourceKind::Heap(|h| h.size), NONE),
         ];
         let mut s = Self::default();
         for (name, kind, protocol) in builtin {
@@ -216,6 +221,7 @@ pub fn snapshot<P: Platform + ?Sized>(svsm: &Svsm, p: &P, kind: SourceKind) -> S
         SourceKind::Text(t) => Snapshot::Static(t.as_bytes()),
         SourceKind::Setting(Setting::LogLevel) => Snapshot::inline(&[level_name(p.log_level()).as_bytes(), b"\n"]),
         SourceKind::Sha256(f) => Snapshot::inline(&[&f(svsm)]),
+        SourceKind::Heap(f) => Snapshot::inline(&[&p.heap_usage().map_or(0, f).to_le_bytes()]),
     }
 }
 

@@ -153,4 +153,9 @@ impl SnpHw for BareSnp {
     fn halt(&mut self) -> ! {
         instr::halt_forever()
     }
+
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        let (used, size) = super::super::heap::usage();
+        Some(kernel::platform::HeapUsage { used: used as u64, size: size as u64 })
+    }
 }

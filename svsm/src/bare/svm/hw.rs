@@ -119,6 +119,11 @@ impl SvmHw for BareSvm {
         clock::rdtsc()
     }
 
+    fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
+        let (used, size) = super::super::heap::usage();
+        Some(kernel::platform::HeapUsage { used: used as u64, size: size as u64 })
+    }
+
     fn guest_request(&self, request: &[u8; 4096], response: &mut [u8; 4096]) -> Result<(), GuestRequestError> {
         let mut psp = self.psp.lock();
         let psp = psp.as_mut().ok_or(GuestRequestError::Unavailable)?;

@@ -1,27 +1,28 @@
 //! The nested page tables' memory: 4-level tables of 4 KiB pages from the heap, written
 //! in the entry format `bulwark_svm::npt` defines, which also decides what each guest
-//! page maps to. A 2 MiB region the guest may use alike is one 2 MiB leaf; a table of
-//! 4 KiB leaves exists only for a region whose pages differ.
+//! page maps to. A 2 MiB region the guest may use alike is one 2 MiB leaf, until one of
+//! its pages changes alone: then the leaf is split into a table of 4 KiB leaves.
 //!
-//! Tables are allocated on demand. A table of 4 KiB leaves that a 2 MiB leaf replaces is
-//! kept as a spare for the next split, never freed: until the flush that follows the
-//! change reaches every CPU, a CPU still running the guest may walk it, and freed it could
-//! hold anything the heap gave out meanwhile (guest-readable page-table entries pointing
-//! at SVSM memory, say). Directory tables are never freed either.
+//! Tables are allocated on demand and never freed or reused: a table stays the region's
+//! once made, also when the whole region later maps alike again (its 512 leaves are then
+//! written alike). A table a 2 MiB leaf replaced could still be walked by a CPU running
+//! the guest until the flush that follows the change reaches it; reused meanwhile (as a
+//! directory, say, whose entries read as writable leaves) it would let the guest reach
+//! SVSM memory (found by review). Only regions the guest changes page by page get a
+//! table, as before 2 MiB leaves.
 
 use super::super::pages::Page;
 use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, compiler_fence};
 use svm::npt::{self, Access};
 
 pub struct NestedPageTable {
     root: Page,
-    /// Every lower-level table in use, sorted by physical address. A vector grown with
+    /// Every lower-level table, sorted by physical address. A vector grown with
     /// `try_reserve`, not a map: the guest decides how many tables there are (one per
     /// 2 MiB it validates page by page), and a map's node allocation that fails on a
     /// full heap would panic the SVSM (found by review).
     tables: Vec<Page>,
-    /// Tables of 4 KiB leaves that 2 MiB leaves replaced, for reuse.
-    spare: Vec<Page>,
 }
 
 /// Shifts of the levels above the directory: the root (PML4) and the PDPT.
@@ -33,7 +34,7 @@ const SMALL: u32 = npt::LEVELS[3];
 
 impl NestedPageTable {
     pub fn new() -> Option<Self> {
-        Some(Self { root: Page::zeroed()?, tables: Vec::new(), spare: Vec::new() })
+        Some(Self { root: Page::zeroed()?, tables: Vec::new() })
     }
 
     /// Value for the VMCB's N_CR3.
@@ -74,9 +75,10 @@ impl NestedPageTable {
         Some(())
     }
 
-    /// Map (`Some`) or unmap (`None`) the 2 MiB region at `gpa` with one 2 MiB leaf; a
-    /// table of 4 KiB leaves it replaces becomes a spare. `None` (and nothing changed) if
-    /// a directory table could not be allocated or nested paging cannot map `gpa`.
+    /// Map (`Some`) or unmap (`None`) the 2 MiB region at `gpa`: with one 2 MiB leaf, or,
+    /// where the region has a table already, with its 512 leaves alike. `None` (and
+    /// nothing changed) if a directory table could not be allocated or nested paging
+    /// cannot map `gpa`.
     pub fn set_region(&mut self, gpa: u64, access: Option<Access>) -> Option<()> {
         if !npt::mappable(gpa) {
             return None;
@@ -86,9 +88,14 @@ impl NestedPageTable {
         };
         let at = npt::index(gpa, DIRECTORY);
         let entry = self.entry(directory, at);
-        self.set_entry(directory, at, npt::large_leaf(gpa, access));
-        if entry & npt::PRESENT != 0 && entry & npt::LARGE == 0 {
-            self.retire(entry & npt::ADDR_MASK);
+        if entry & npt::PRESENT == 0 || entry & npt::LARGE != 0 {
+            self.set_entry(directory, at, npt::large_leaf(gpa, access));
+            return Some(());
+        }
+        let table = entry & npt::ADDR_MASK;
+        let base = gpa & !(npt::REGION_PAGES * 4096 - 1);
+        for (i, page) in (base..base + (npt::REGION_PAGES << 12)).step_by(4096).enumerate() {
+            self.set_entry(table, i, npt::leaf(page, access));
         }
         Some(())
     }
@@ -114,34 +121,20 @@ impl NestedPageTable {
         Some(Some(table))
     }
 
-    /// A table whose entry `i` is `entry(i)`, a spare if there is one: its physical
-    /// address.
+    /// A new table whose entry `i` is `entry(i)`: its physical address.
     fn new_table(&mut self, entry: impl Fn(usize) -> u64) -> Option<u64> {
         self.tables.try_reserve(1).ok()?;
-        let mut page = match self.spare.pop() {
-            Some(page) => page,
-            None => Page::zeroed()?,
-        };
+        let mut page = Page::zeroed()?;
         for (i, word) in page.words_mut().iter_mut().enumerate() {
             *word = entry(i);
         }
+        // The entries are in place before the caller links the table, where a CPU running
+        // the guest may walk it at once.
+        compiler_fence(Ordering::Release);
         let phys = page.phys();
         let at = self.tables.partition_point(|t| t.phys() < phys);
         self.tables.insert(at, page);
         Some(phys)
-    }
-
-    /// Take the table at `phys` out of use and keep it as a spare.
-    fn retire(&mut self, phys: u64) {
-        // `spare` never holds more than `tables` did, so reserving cannot outgrow what
-        // was already allocated; if it fails anyway the table stays listed in `tables`
-        // (unused, never freed: the same safety, one page lost to reuse).
-        if self.spare.try_reserve(1).is_err() {
-            return;
-        }
-        if let Ok(at) = self.tables.binary_search_by_key(&phys, Page::phys) {
-            self.spare.push(self.tables.remove(at));
-        }
     }
 
     fn table_mut(&mut self, phys: u64) -> Option<&mut Page> {
