@@ -31,7 +31,6 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use guest::ocp::ReadOutcome;
 use guest::{Client, Transport};
 use x86::uart::Uart16550;
 
@@ -39,7 +38,6 @@ const PORT: Uart16550 = Uart16550::COM4;
 /// The longest request is a TPM command of a full page in hex; a longer line is refused
 /// rather than grown without bound.
 const LINE_MAX: usize = 2 * 4096 + 64;
-const CHUNK: u32 = 4096;
 /// The workload's pages: the upper half of the validated scratch region (the lower half
 /// holds the agent's own buffers).
 const PATTERN_AT: u64 = super::suite::SCRATCH + 0x8_0000;
@@ -179,26 +177,11 @@ fn heap<T: Transport>(c: &mut Client<T>, buffer: u64) -> Result<Vec<u8>, String>
 /// Source `index` whole, from offset 0; for a log whose first bytes were overwritten,
 /// [`guest::ocp::OVERWRITTEN`] and then the log from its oldest byte held.
 fn read<T: Transport>(c: &mut Client<T>, buffer: u64, index: u32) -> Result<Vec<u8>, String> {
-    let (mut data, mut offset) = (Vec::new(), 0u32);
-    loop {
-        let n = match c.ocp_read(index, buffer, CHUNK, offset).map_err(|e| alloc::format!("{e:?}"))? {
-            ReadOutcome::Copied(n) => n,
-            ReadOutcome::Lost { .. } if data.len() > guest::ocp::WHOLE_READ_MAX => {
-                return Err("the log moves on faster than it can be read".into());
-            }
-            ReadOutcome::Lost { oldest } => {
-                data.extend_from_slice(guest::ocp::OVERWRITTEN);
-                offset = oldest;
-                continue;
-            }
-        };
-        let at = data.len();
-        data.resize(at + n as usize, 0);
-        c.transport.read(buffer, &mut data[at..]).map_err(|e| alloc::format!("{e:?}"))?;
-        offset = offset.wrapping_add(n);
-        if n < CHUNK {
-            return Ok(data);
-        }
+    let mut data = Vec::new();
+    match c.ocp_read_whole(index, buffer, &mut |piece| data.extend_from_slice(piece)) {
+        Ok(true) => Ok(data),
+        Ok(false) => Err("the log moves on faster than it can be read".into()),
+        Err(e) => Err(alloc::format!("{e:?}")),
     }
 }
 

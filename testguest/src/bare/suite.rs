@@ -85,7 +85,10 @@ impl Env for SvmEnv {
             free_small_pages: FREE_SMALL_PAGES,
             free_huge: FREE_HUGE,
             free_huge_count: FREE_HUGE_COUNT,
-            not_ram: 0x3000_0000,
+            // In q35's PCI hole: RAM below 4 GiB ends by 2.75 GiB, whatever RAM the run
+            // gives (`cargo xtask migrate --guest-mib 2048` gives 2.4 GiB; 768 MiB, the
+            // address before, was RAM from 1 GiB of growth on).
+            not_ram: 0xC000_0000,
             pages_per_call: 256,
             // The SVSM runs a software PSP on this platform.
             attestation: true,

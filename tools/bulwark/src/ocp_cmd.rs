@@ -7,7 +7,7 @@
 
 use crate::agent::Agent;
 use conformance::Env;
-use guest::ocp::{ReadOutcome, SourceEntry};
+use guest::ocp::SourceEntry;
 use guest::{Client, Transport};
 use model::conformance_env::ModelEnv;
 use serde_json::json;
@@ -70,9 +70,6 @@ struct Session {
     buffer: u64,
 }
 
-/// Bytes read per call (the log may be longer).
-const CHUNK: u32 = 4096;
-
 impl Session {
     fn new() -> Self {
         let env = ModelEnv::new();
@@ -104,26 +101,11 @@ impl Port for Session {
     /// then the log from its oldest byte held).
     fn read(&mut self, index: u32) -> Result<Vec<u8>, String> {
         let buffer = self.buffer;
-        let (mut data, mut offset) = (Vec::new(), 0u32);
-        loop {
-            let n = match self.client().ocp_read(index, buffer, CHUNK, offset).map_err(|e| format!("{e:?}"))? {
-                ReadOutcome::Copied(n) => n,
-                ReadOutcome::Lost { .. } if data.len() > guest::ocp::WHOLE_READ_MAX => {
-                    return Err("the log moves on faster than it can be read".into());
-                }
-                ReadOutcome::Lost { oldest } => {
-                    data.extend_from_slice(guest::ocp::OVERWRITTEN);
-                    offset = oldest;
-                    continue;
-                }
-            };
-            let mut chunk = vec![0u8; n as usize];
-            self.env.read(buffer, &mut chunk).map_err(|e| format!("{e:?}"))?;
-            data.extend_from_slice(&chunk);
-            offset = offset.wrapping_add(n);
-            if n < CHUNK {
-                return Ok(data);
-            }
+        let mut data = Vec::new();
+        match self.client().ocp_read_whole(index, buffer, &mut |piece| data.extend_from_slice(piece)) {
+            Ok(true) => Ok(data),
+            Ok(false) => Err("the log moves on faster than it can be read".into()),
+            Err(e) => Err(format!("{e:?}")),
         }
     }
 

@@ -46,14 +46,9 @@ impl NestedPageTable {
     /// maps it otherwise. `None` (and nothing changed) if a table could not be allocated or
     /// nested paging cannot map `gpa`.
     pub fn set(&mut self, gpa: u64, access: Option<Access>) -> Option<()> {
-        if !npt::mappable(gpa) {
-            return None;
-        }
-        let Some(directory) = self.directory(gpa, access.is_some())? else {
+        let Some((directory, at, entry)) = self.directory_entry(gpa, access.is_some())? else {
             return Some(()); // nothing mapped below: already absent
         };
-        let at = npt::index(gpa, DIRECTORY);
-        let entry = self.entry(directory, at);
         let table = if entry & npt::PRESENT == 0 {
             if access.is_none() {
                 return Some(());
@@ -80,14 +75,9 @@ impl NestedPageTable {
     /// nothing changed) if a directory table could not be allocated or nested paging
     /// cannot map `gpa`.
     pub fn set_region(&mut self, gpa: u64, access: Option<Access>) -> Option<()> {
-        if !npt::mappable(gpa) {
-            return None;
-        }
-        let Some(directory) = self.directory(gpa, access.is_some())? else {
+        let Some((directory, at, entry)) = self.directory_entry(gpa, access.is_some())? else {
             return Some(()); // nothing mapped below: already absent
         };
-        let at = npt::index(gpa, DIRECTORY);
-        let entry = self.entry(directory, at);
         if entry & npt::PRESENT == 0 || entry & npt::LARGE != 0 {
             self.set_entry(directory, at, npt::large_leaf(gpa, access));
             return Some(());
@@ -98,6 +88,18 @@ impl NestedPageTable {
             self.set_entry(table, i, npt::leaf(page, access));
         }
         Some(())
+    }
+
+    /// The directory entry that maps the 2 MiB around `gpa`: the directory table, the
+    /// entry's index and value. `Some(None)` if there is no directory and `create` is
+    /// false; `None` if `gpa` is beyond nested paging or a table could not be allocated.
+    fn directory_entry(&mut self, gpa: u64, create: bool) -> Option<Option<(u64, usize, u64)>> {
+        if !npt::mappable(gpa) {
+            return None;
+        }
+        let Some(directory) = self.directory(gpa, create)? else { return Some(None) };
+        let at = npt::index(gpa, DIRECTORY);
+        Some(Some((directory, at, self.entry(directory, at))))
     }
 
     /// The directory table that maps `gpa`: `Some(None)` if there is none and `create` is
