@@ -99,6 +99,8 @@ impl CallError {
             Self::Hardware { error: HwError::Rc(_), .. } => ResultCode::CORE_HW_UNKNOWN,
             // A faulting instruction means the host pulled the page: the address is unusable.
             Self::Hardware { error: HwError::Fault, .. } => ResultCode::ERR_INVALID_ADDRESS,
+            // As every call that finds the heap full (docs/protocols/core.md).
+            Self::Hardware { error: HwError::NoMemory, .. } => ResultCode::ERR_INVALID_REQUEST,
             Self::NoChange { .. } => ResultCode::CORE_PVALIDATE_NO_CHANGE,
             Self::VcpuInUse => ResultCode::CORE_VCPU_IN_USE,
             Self::AttestationFailed(_) => ResultCode::ATTEST_REPORT_FAILED,
@@ -130,6 +132,9 @@ mod tests {
         assert_eq!(CallError::Hardware { gpa: g, error: HwError::Rc(6) }.result().0, 0x8000_1006);
         assert_eq!(CallError::Hardware { gpa: g, error: HwError::Rc(0xF) }.result().0, 0x8000_100F);
         assert_eq!(CallError::Hardware { gpa: g, error: HwError::Rc(0x10) }.result().0, 0x8000_1011);
+        assert_eq!(CallError::Hardware { gpa: g, error: HwError::Fault }.result(), ResultCode::ERR_INVALID_ADDRESS);
+        let no_memory = CallError::Hardware { gpa: g, error: HwError::NoMemory }.result();
+        assert_eq!(no_memory, ResultCode::ERR_INVALID_REQUEST, "a full heap, as everywhere else");
         assert_eq!(CallError::NoChange { gpa: g }.result().0, 0x8000_1010);
         assert_eq!(CallError::VcpuInUse.result().0, 0x8000_1003);
         assert_eq!(CallError::NeedMemory(4).result().0, 0x4000_0004);

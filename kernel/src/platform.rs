@@ -27,6 +27,9 @@ pub enum HwError {
     Rc(u32),
     /// The instruction faulted (e.g. an RMP violation the host must resolve).
     Fault,
+    /// The platform could not get the SVSM heap memory the change needs (the svm
+    /// platform's nested page tables); nothing changed.
+    NoMemory,
 }
 
 /// Outcome of a successful PVALIDATE.

@@ -384,7 +384,7 @@ impl SnpHw for ModelSnpHw<'_> {
             Ok(PvalidateEffect::Changed) => Ok((0, false)),
             Ok(PvalidateEffect::Unchanged) => Ok((0, true)),
             Err(HwError::Rc(code)) => Ok((code, false)),
-            Err(HwError::Fault) => Err(Fault),
+            Err(HwError::Fault | HwError::NoMemory) => Err(Fault),
         }
     }
 
@@ -398,7 +398,7 @@ impl SnpHw for ModelSnpHw<'_> {
         match Platform::rmpadjust(&mut *self.machine, page, size, vmpl, perms, vmsa) {
             Ok(()) => Ok(0),
             Err(HwError::Rc(code)) => Ok(code),
-            Err(HwError::Fault) => Err(Fault),
+            Err(HwError::Fault | HwError::NoMemory) => Err(Fault),
         }
     }
 

@@ -167,7 +167,7 @@ impl<H: SvmHw> SvmShared<H> {
                 }
             };
             if set.is_err() {
-                followed = Err(HwError::Fault);
+                followed = Err(HwError::NoMemory);
                 break;
             }
             pfn += step;

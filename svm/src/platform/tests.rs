@@ -135,9 +135,9 @@ fn a_split_without_memory_is_taken_back() {
     region_of_4k_pages_mapped_whole(&s);
     let mut p = s.platform(0);
     let (g, rwx) = (page(REGION_4K + 0x5000), Some(Access { write: true, execute: true }));
-    assert_eq!(p.rmpadjust(g, PageSize::Size4K, 1, PERM_READ, false), Err(HwError::Fault));
+    assert_eq!(p.rmpadjust(g, PageSize::Size4K, 1, PERM_READ, false), Err(HwError::NoMemory));
     assert_eq!(p.vmpl_permissions(g, 1), Some(PERM_ALL));
-    assert_eq!(p.pvalidate(g, PageSize::Size4K, false), Err(HwError::Fault));
+    assert_eq!(p.pvalidate(g, PageSize::Size4K, false), Err(HwError::NoMemory));
     assert!(s.state.rmp().entry(g.pfn()).is_some_and(|e| e.validated), "the invalidation was taken back");
     assert!(s.hw.mapped_large(REGION_4K));
     assert_eq!(s.hw.mapped(g.raw()), rwx);
@@ -156,7 +156,7 @@ fn a_2m_grant_without_memory_is_taken_back() {
     let mut p = s.platform(0);
     let g = page(0x1000_0000);
     p.pvalidate(g, PageSize::Size2M, true).unwrap();
-    assert_eq!(p.rmpadjust(g, PageSize::Size2M, 1, PERM_ALL, false), Err(HwError::Fault));
+    assert_eq!(p.rmpadjust(g, PageSize::Size2M, 1, PERM_ALL, false), Err(HwError::NoMemory));
     assert_eq!((s.hw.mapped(0x1000_0000), s.hw.mapped(0x101F_F000)), (None, None));
     assert_eq!(p.vmpl_permissions(page(0x1010_0000), 1), Some(0));
 }
@@ -200,7 +200,7 @@ fn a_mapping_without_memory_fails_closed() {
         crate::launch::tests::launched_on(TestHw { npt_full_from: Some(FREE >> 12), ..TestHw::new(0x2000_0000) });
     let mut p = s.platform(0);
     p.pvalidate(page(FREE), PageSize::Size4K, true).unwrap();
-    assert_eq!(p.rmpadjust(page(FREE), PageSize::Size4K, 1, PERM_ALL, false), Err(HwError::Fault));
+    assert_eq!(p.rmpadjust(page(FREE), PageSize::Size4K, 1, PERM_ALL, false), Err(HwError::NoMemory));
     assert_eq!(s.hw.mapped(FREE), None);
     // And the RMP agrees: the grant was taken back, so no later step (a migration's
     // dirty tracking, say) finds VMPL1 allowed where nested paging maps nothing.
