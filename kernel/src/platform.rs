@@ -166,6 +166,15 @@ pub trait Platform {
         self.vmsa_write(vmsa, VmsaField::Efer, efer)
     }
 
+    /// Make ready what the platform needs to serve vCPU `index`, before the creation
+    /// commits (the snp platform: the SVSM's own CPU state for that index, from the heap,
+    /// and a stack for its VMSA). `Err` (`HwError::NoMemory`): the creation fails and
+    /// nothing is created, instead of a vCPU whose calls nobody serves or an SVSM that
+    /// stops when its new CPU finds no memory. What is made stays the index's.
+    fn prepare_vcpu(&mut self, _index: VcpuIndex) -> Result<(), HwError> {
+        Ok(())
+    }
+
     /// A vCPU was created: its VMSA page is a VMSA now, `svsm_pages` are SVSM-owned pages
     /// for its SVSM-side context. The platform makes it runnable (on SNP: tells the host).
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]);

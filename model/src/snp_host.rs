@@ -66,6 +66,8 @@ pub struct SnpHost {
     pub psc_error: Option<u64>,
     /// Refuse AP_CREATION events.
     pub refuse_ap_creation: bool,
+    /// The SVSM has no memory for a new CPU's own state (`SnpHw::prepare_cpu`).
+    pub refuse_cpu_state: bool,
     /// Run the SVSM's own VMSA a vCPU's creation hands over (it becomes busy) and answer
     /// that AP_CREATE with "refused".
     pub run_refused_svsm_vmsas: bool,
@@ -116,6 +118,7 @@ impl Default for SnpHost {
             features: msr::HV_FEATURE_SNP | msr::HV_FEATURE_SNP_AP_CREATION,
             psc_error: None,
             refuse_ap_creation: false,
+            refuse_cpu_state: false,
             run_refused_svsm_vmsas: false,
             refuse_string_io: false,
             console: Vec::new(),
@@ -449,6 +452,10 @@ impl SnpHw for ModelSnpHw<'_> {
 
     fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
         crate::heap::usage()
+    }
+
+    fn prepare_cpu(&mut self, _index: u32) -> bool {
+        !self.host.refuse_cpu_state
     }
 
     fn halt(&mut self) -> ! {

@@ -5,10 +5,12 @@
 use abi::ghcb::{exit, msr, term};
 use abi::hw::EFER_SVME;
 use abi::protocol::ProtocolId;
+use abi::result::ResultCode;
 use abi::vmsa::VmsaField;
 use bulwark_model::Machine;
 use bulwark_model::snp_host::{ModelSnpHw, SHARED_BASE, SnpHost};
 use bulwark_model::world::{self, MIB, PlatformKind, World, WorldConfig};
+use guest::{CallError, Transport};
 use snp::cpuid::CpuidTable;
 use snp::ghcb::GhcbError;
 use snp::hw::SHARED_PAGES;
@@ -275,18 +277,34 @@ fn certificates_too_large_for_the_svsm_leave_reports_working() {
     assert!(log.contains("certificates need 5 pages"), "{log}");
 }
 
+/// A vCPU the SVSM could not serve is not created: without a stack slot for its VMPL0
+/// VMSA (the entry has one stack, the boot CPU's), or without memory for the SVSM's own
+/// state of that CPU, CREATE_VCPU answers INVALID_REQUEST and changes nothing: no AP
+/// creation reaches the host, the page is the guest's again. Before, the vCPU was created
+/// without an SVSM VMSA (its calls reached nobody), or with one whose first entry stopped
+/// the SVSM (on bare metal its CPU state came from an allocation that could not fail).
 #[test]
-fn a_vcpu_without_an_svsm_stack_gets_no_svsm_vmsa() {
-    let mut w = snp_world();
-    w.set_snp_entry(svsm_entry(1));
-    let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
-    write_guest_vmsa(&mut w, vmsa);
-    let before = w.snp.as_ref().expect("snp").host.ap_events.len();
-    w.client().create_vcpu(vmsa, ca, 4).expect("created");
-    let host = &w.snp.as_ref().expect("snp").host;
-    assert_eq!(host.ap_events[before..], [(exit::AP_CREATE, 4, vmsa, 1)], "the guest's VMSA only");
-    assert!(String::from_utf8_lossy(&host.console).contains("SVSM VMSA not made"));
-    assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+fn a_vcpu_the_svsm_cannot_serve_is_refused_whole() {
+    for (stacks, refuse_cpu_state) in [(1, false), (8, true)] {
+        let mut w = snp_world();
+        w.set_snp_entry(svsm_entry(stacks));
+        w.snp.as_mut().expect("snp").host.refuse_cpu_state = refuse_cpu_state;
+        let (vmsa, ca) = (3 * MIB, 3 * MIB + 0x1000);
+        write_guest_vmsa(&mut w, vmsa);
+        let before = w.snp.as_ref().expect("snp").host.ap_events.len();
+        let refused = w.client().create_vcpu(vmsa, ca, 4);
+        assert_eq!(refused, Err(CallError::Failed(ResultCode::ERR_INVALID_REQUEST)), "{stacks} stacks");
+        assert_eq!(w.snp.as_ref().expect("snp").host.ap_events.len(), before, "nothing reached the host");
+        assert!(w.vcpu_by_apic_id(4).is_none());
+        assert!(!w.machine.rmp.entry(vmsa >> 12).expect("RAM").vmsa, "the page is no VMSA");
+        assert!(w.client().transport.write(vmsa, &[1]).is_ok(), "and the guest's to write again");
+        if refuse_cpu_state {
+            w.snp.as_mut().expect("snp").host.refuse_cpu_state = false;
+            write_guest_vmsa(&mut w, vmsa);
+            w.client().create_vcpu(vmsa, ca, 4).expect("created once there is room");
+        }
+        assert!(w.machine.violations().is_empty(), "{:?}", w.machine.violations());
+    }
 }
 
 /// The guest's own VMSA runs (the vCPU is in the guest): the delete is refused and the

@@ -62,4 +62,10 @@ pub trait SnpHw {
     fn heap_usage(&self) -> Option<kernel::platform::HeapUsage> {
         None
     }
+    /// Make the SVSM's own state for CPU `index` (its stacks, descriptor and page tables)
+    /// if it has none yet, so the SVSM VMSA made for that index can run; `false` if there
+    /// is no memory for it. What is made stays the index's.
+    fn prepare_cpu(&mut self, _index: u32) -> bool {
+        true
+    }
 }

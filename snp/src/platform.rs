@@ -318,6 +318,17 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         self.hw.write(gpa, bytes).map_err(|_| MemoryFault { gpa: Gpa(gpa) })
     }
 
+    /// With an SVSM entry (every vCPU gets a VMPL0 VMSA of the SVSM's), the vCPU needs a
+    /// stack slot there and the SVSM's CPU state for its index: without them its calls
+    /// would reach nobody, or its first one would stop the SVSM for want of memory.
+    fn prepare_vcpu(&mut self, index: VcpuIndex) -> Result<(), HwError> {
+        let Some(entry) = self.shared.svsm_entry() else { return Ok(()) };
+        if entry.for_vcpu(index.0).is_none() || !self.hw.prepare_cpu(index.0) {
+            return Err(HwError::NoMemory);
+        }
+        Ok(())
+    }
+
     fn vcpu_created(&mut self, index: VcpuIndex, vmsa: PageAddr, apic_id: u32, svsm_pages: &[PageAddr]) {
         // The VMSA's own VMPL (a guest VMPL may create vCPUs for a less privileged one);
         // the kernel checked it is 1..=3 before making the page a VMSA.

@@ -7,7 +7,7 @@
 #![expect(unsafe_code, reason = "the GDT, IDT and TSS the CPU reads")]
 
 use alloc::boxed::Box;
-use alloc::vec;
+use alloc::vec::Vec;
 
 /// Stack for each IST entry.
 const IST_STACK: usize = 16 * 1024;
@@ -48,11 +48,6 @@ unsafe extern "C" {
 }
 use x86::idt::STUB_SIZE;
 
-fn leak_stack() -> u64 {
-    let stack = vec![0u8; IST_STACK].leak();
-    (stack.as_ptr() as u64 + IST_STACK as u64) & !0xF
-}
-
 /// One CPU's GDT (with its TSS and IST stacks) and IDT, in leaked memory.
 pub struct Tables {
     gdt: &'static mut [u64; 8],
@@ -62,38 +57,59 @@ pub struct Tables {
 }
 
 /// Build and load GDT, TSS and IDT on this CPU; the address of its TSS.RSP0. See
-/// [`build`] for `local_apic`.
+/// [`build`] for `local_apic`. For a CPU the SVSM brings up itself at boot (the boot
+/// CPU, the svm platform's APs), from a heap that has just been set up: one too small
+/// for some 100 KiB of tables stops that CPU.
 pub fn load(local_apic: bool) -> u64 {
-    activate(&mut build(local_apic))
+    match build(local_apic) {
+        Some(mut tables) => activate(&mut tables),
+        None => {
+            crate::println!("FAILED: no memory for a CPU's descriptor tables");
+            super::cpu::halt_forever()
+        }
+    }
 }
 
-/// Build a CPU's tables (leaked: they must live forever). A CPU that comes back under
-/// the same index (the snp platform's re-created vCPUs) reuses its tables with
-/// [`activate`] instead of building new ones. `local_apic`: the SVSM drives the local
+/// Build a CPU's tables (leaked: they must live forever), or `None` (nothing kept) when
+/// the heap has no room for them. A CPU that comes back under the same index (the snp
+/// platform's re-created vCPUs) reuses its tables with [`activate`] instead of building
+/// new ones. `local_apic`: the SVSM drives the local
 /// APIC (the svm platform: wake-up IPIs, the time-slice timer). Without it (SEV-SNP, where
 /// the host injects whatever vector it likes) every vector past the exceptions only
 /// returns (the local-APIC handlers acknowledge by writing the xAPIC's EOI register
 /// through the identity map, which under SNP is a write into private guest memory at that
 /// address), and every gate runs on an IST stack (below).
-pub fn build(local_apic: bool) -> Tables {
-    // TSS: IST1..IST7 pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
-    let mut tss = [0u8; 104];
-    for (ist, pointer) in (1u8..).zip(tss[36..92].chunks_exact_mut(8)) {
-        if matches!(ist, IST_DOUBLE_FAULT | IST_NMI | IST_MACHINE_CHECK)
-            || (!local_apic && matches!(ist, IST_VC | IST_OTHER))
-        {
-            pointer.copy_from_slice(&leak_stack().to_le_bytes());
-        }
+pub fn build(local_apic: bool) -> Option<Tables> {
+    // Everything from the heap first, leaked only once all of it is had.
+    let ists: Vec<u8> = (1u8..=7)
+        .filter(|ist| {
+            matches!(*ist, IST_DOUBLE_FAULT | IST_NMI | IST_MACHINE_CHECK)
+                || (!local_apic && matches!(*ist, IST_VC | IST_OTHER))
+        })
+        .collect();
+    let mut stacks = Vec::new();
+    stacks.try_reserve_exact(ists.len()).ok()?;
+    for _ in &ists {
+        stacks.push(super::heap::zeroed::<u8>(IST_STACK)?);
     }
-    tss[102..104].copy_from_slice(&104u16.to_le_bytes());
-    let tss = Box::leak(Box::new(tss));
+    let mut tss: Vec<u8> = super::heap::zeroed(104)?;
+    let mut idt: Box<[u64; 512]> = super::heap::zeroed::<u64>(512)?.into_boxed_slice().try_into().ok()?;
+    let mut gdt: Box<[u64; 8]> = super::heap::zeroed::<u64>(8)?.into_boxed_slice().try_into().ok()?;
+    // TSS: IST1..IST7 pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
+    for (ist, stack) in ists.iter().zip(stacks) {
+        let top = (stack.leak().as_ptr() as u64 + IST_STACK as u64) & !0xF;
+        let at = 36 + 8 * usize::from(ist - 1);
+        tss.get_mut(at..at + 8)?.copy_from_slice(&top.to_le_bytes());
+    }
+    tss.get_mut(102..104)?.copy_from_slice(&104u16.to_le_bytes());
+    let tss = tss.leak();
     let base = tss.as_ptr() as u64;
     let limit = 103u64;
     let tss_low = limit | (base & 0xFF_FFFF) << 16 | 0x89 << 40 | ((base >> 24) & 0xFF) << 56;
     let tss_high = base >> 32;
     // Kernel code and data, the TSS, then the user segments (DPL 3) where SYSRET and
     // `user::entry` expect them (STAR_USER_BASE).
-    let gdt = Box::leak(Box::new([
+    *gdt = [
         0u64,
         0x00AF_9A00_0000_FFFF,
         0x00CF_9200_0000_FFFF,
@@ -102,10 +118,10 @@ pub fn build(local_apic: bool) -> Tables {
         0,
         0x00CF_F200_0000_FFFF,
         0x00AF_FA00_0000_FFFF,
-    ]));
+    ];
+    let gdt = Box::leak(gdt);
 
     // 256 gates of two quadwords each.
-    let mut idt = Box::new([0u64; 512]);
     let stubs = core::ptr::addr_of!(exception_stubs) as u64;
     for (vector, gate) in (0..32u64).zip(idt.chunks_exact_mut(2)) {
         let handler = if vector == 2 { core::ptr::addr_of!(nmi_return) as u64 } else { stubs + vector * STUB_SIZE };
@@ -146,7 +162,7 @@ pub fn build(local_apic: bool) -> Tables {
             gate.copy_from_slice(&x86::idt::interrupt_gate(handler as u64, CODE_SELECTOR, 0));
         }
     }
-    Tables { gdt, idt: Box::leak(idt), rsp0: base + 4 }
+    Some(Tables { gdt, idt: Box::leak(idt), rsp0: base + 4 })
 }
 
 /// TSS descriptor type "available 64-bit TSS" (LTR marks it busy, 0xB).

@@ -36,6 +36,15 @@ pub struct SlabHeap {
 #[global_allocator]
 static HEAP: SlabHeap = SlabHeap { state: Mutex::new(State { buddy: Heap::empty(), free: [0; CLASSES.len()] }) };
 
+/// `len` default (zero) values in a vector from the heap, or `None` when it has no room
+/// (`vec!` would stop the SVSM instead).
+pub fn zeroed<T: Copy + Default>(len: usize) -> Option<alloc::vec::Vec<T>> {
+    let mut v = alloc::vec::Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, T::default());
+    Some(v)
+}
+
 /// Bytes of the heap in use (slab pages counted whole) and its size.
 pub fn usage() -> (usize, usize) {
     let s = HEAP.state.lock();

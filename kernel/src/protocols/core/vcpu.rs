@@ -140,7 +140,7 @@ pub(crate) fn create_new<P: Platform + ?Sized>(
 
     // Act. Every failure from here on gives back the page (the guard) and the reserved
     // pages.
-    let (vmpl, made) = match make_vmsa(p, r.vmsa, caller.vmpl, features) {
+    let (vmpl, mut made) = match make_vmsa(p, r.vmsa, caller.vmpl, features) {
         Ok(made) => made,
         Err(e) => {
             free_pages(svsm, &svsm_pages);
@@ -164,6 +164,14 @@ pub(crate) fn create_new<P: Platform + ?Sized>(
             return Err(CallError::InvalidRequest("vCPU registry full"));
         }
     };
+    // The platform's part for this index, before anything is final (the change lock
+    // keeps every other creation and deletion out meanwhile).
+    if let Err(error) = made.platform().prepare_vcpu(index) {
+        svsm.vcpus.remove(index);
+        drop(made);
+        free_pages(svsm, &svsm_pages);
+        return Err(CallError::Hardware { gpa: r.vmsa.gpa(), error });
+    }
     made.commit();
     if let Err(f) = p.write(r.ca.gpa(), &[CALL_PENDING_NONE]) {
         crate::log!(p, Warn, "new calling area {:#x} not writable", f.gpa.0);

@@ -158,4 +158,8 @@ impl SnpHw for BareSnp {
         let (used, size) = super::super::heap::usage();
         Some(kernel::platform::HeapUsage { used: used as u64, size: size as u64 })
     }
+
+    fn prepare_cpu(&mut self, index: u32) -> bool {
+        usize::try_from(index).is_ok_and(super::prepare_ap)
+    }
 }

@@ -228,12 +228,46 @@ fn serve(mut platform: SnpPlatform<BareSnp>, svsm: &'static Svsm, vcpu: VcpuInde
 }
 
 /// What a vCPU index keeps across the vCPUs created under it: deleting a vCPU frees its
-/// SVSM pages, not these, so create/delete cycles do not drain the heap.
+/// SVSM pages, not these, so create/delete cycles do not drain the heap. Made before the
+/// vCPU's creation commits (`prepare_ap`), part by part: a part made stays made when
+/// another finds no memory, so a retry does not take the heap again.
+#[derive(Default)]
 struct ApSlot {
-    tables: super::cpu_tables::Tables,
+    tables: Option<super::cpu_tables::Tables>,
     /// Its page-table root (`percpu::install`).
-    root: u64,
-    stack_top: u64,
+    root: Option<u64>,
+    stack_top: Option<u64>,
+}
+
+impl ApSlot {
+    fn ready(&mut self) -> Option<(&mut super::cpu_tables::Tables, u64, u64)> {
+        Some((self.tables.as_mut()?, self.root?, self.stack_top?))
+    }
+}
+
+/// Make CPU `cpu`'s [`ApSlot`] whole if it is not (`SnpHw::prepare_cpu`, before the
+/// creation of a vCPU with that index commits); `false` if the heap has no room for a
+/// part of it (about 150 KiB: a 64 KiB stack, five 16 KiB interrupt stacks, the
+/// descriptor and page tables).
+pub(super) fn prepare_ap(cpu: usize) -> bool {
+    let (Some(slot), Ok(cpu_index)) = (AP_SLOTS.get(cpu), u32::try_from(cpu)) else { return false };
+    let mut slot = slot.lock();
+    let slot = slot.get_or_insert_with(ApSlot::default);
+    if slot.stack_top.is_none()
+        && let Some(stack) = super::heap::zeroed::<u8>(AP_STACK)
+    {
+        let stack = stack.leak();
+        slot.stack_top = Some((stack.as_ptr() as u64 + AP_STACK as u64) & !0xF);
+    }
+    if slot.root.is_none() {
+        // Its own root: the per-CPU page user mode needs. Without one this CPU could not
+        // run the vTPM's process when its vCPU calls it.
+        slot.root = super::percpu::install(cpu_index, BOOT_ROOT.load(Ordering::Acquire));
+    }
+    if slot.tables.is_none() {
+        slot.tables = super::cpu_tables::build(false);
+    }
+    slot.ready().is_some()
 }
 
 static AP_SLOTS: [Mutex<Option<ApSlot>>; hw::MAX_CPUS] = [const { Mutex::new(None) }; hw::MAX_CPUS];
@@ -251,24 +285,17 @@ pub extern "C" fn ap_main(index: u64) -> ! {
     let (Some(ap_slot), Some(ghcb_shared)) = (AP_SLOTS.get(cpu), GHCB_SHARED.get(cpu)) else {
         terminate(term::GHCB_SETUP)
     };
-    let Ok(cpu_index) = u32::try_from(cpu) else { terminate(term::GHCB_SETUP) };
     let stack_top = {
+        // Made before the vCPU was created (`prepare_ap`); a host that starts an SVSM
+        // VMSA the SVSM never created for this index finds none.
         let mut slot = ap_slot.lock();
-        if slot.is_none() {
-            let stack = alloc::boxed::Box::leak(alloc::vec![0u8; AP_STACK].into_boxed_slice());
-            let stack_top = (stack.as_ptr() as u64 + AP_STACK as u64) & !0xF;
-            // Its own root: the per-CPU page user mode needs. Without one this CPU could
-            // not run the vTPM's process when its vCPU calls it.
-            let Some(root) = super::percpu::install(cpu_index, BOOT_ROOT.load(Ordering::Acquire)) else {
-                terminate(term::GHCB_SETUP)
-            };
-            *slot = Some(ApSlot { tables: super::cpu_tables::build(false), root, stack_top });
-        }
-        let Some(slot) = slot.as_mut() else { terminate(term::GHCB_SETUP) };
-        super::percpu::enter(slot.root);
+        let Some((tables, root, stack_top)) = slot.as_mut().and_then(ApSlot::ready) else {
+            terminate(term::GHCB_SETUP)
+        };
+        super::percpu::enter(root);
         // Its own GDT/IDT/TSS before anything can raise #VC.
-        super::percpu::set_tss_rsp0(super::cpu_tables::activate(&mut slot.tables));
-        slot.stack_top
+        super::percpu::set_tss_rsp0(super::cpu_tables::activate(tables));
+        stack_top
     };
     super::fpu::enable_sse();
     // No platform yet: the guest cannot have created this vCPU before serving began.
