@@ -79,23 +79,27 @@ impl<T: Transport> Client<T> {
     /// Source `index` whole, from offset 0, through the guest page `buffer` 4 KiB at a
     /// time, each piece handed to `sink`. A log whose first bytes the SVSM overwrote
     /// before they were read gives [`OVERWRITTEN`], then the log from its oldest byte
-    /// held. `Ok(false)`: the log kept moving past the reader ([`WHOLE_READ_MAX`] bytes
-    /// gathered meanwhile).
+    /// held. `Ok(false)`: the source outgrew [`WHOLE_READ_MAX`] bytes (a log that keeps
+    /// moving past the reader).
     pub fn ocp_read_whole(&mut self, index: u32, buffer: u64, sink: &mut dyn FnMut(&[u8])) -> Result<bool, CallError> {
         const PIECE: u32 = 4096;
         let (mut offset, mut gathered) = (0u32, 0usize);
         let mut piece = [0u8; PIECE as usize];
         loop {
+            if gathered > WHOLE_READ_MAX {
+                return Ok(false);
+            }
             match self.ocp_read(index, buffer, PIECE, offset)? {
-                ReadOutcome::Lost { .. } if gathered > WHOLE_READ_MAX => return Ok(false),
                 ReadOutcome::Lost { oldest } => {
                     sink(OVERWRITTEN);
                     gathered += OVERWRITTEN.len();
                     offset = oldest;
                 }
                 ReadOutcome::Copied(n) => {
-                    // At most what was asked; an SVSM that claims more gets what fits.
-                    let got = piece.get_mut(..n.min(PIECE) as usize).unwrap_or_default();
+                    // At most what was asked; an SVSM that claims more is taken at its
+                    // word for the bytes that fit, and read on from there.
+                    let n = n.min(PIECE);
+                    let got = piece.get_mut(..n as usize).unwrap_or_default();
                     self.transport.read(buffer, got)?;
                     sink(got);
                     gathered += got.len();

@@ -43,8 +43,10 @@ pub trait SvmHw {
 
     /// Map the guest's 4 KiB page at `gpa` (identity, with `access`) in the nested page
     /// tables, or unmap it (`None`). A 2 MiB leaf over the page that maps it otherwise is
-    /// split into a table first. `Err` when a table cannot be had or `gpa` is beyond what
-    /// nested paging maps; then nothing changed. The platform calls it only under its
+    /// split into a table first. `Err` when a table cannot be had (the platform answers
+    /// it as a full heap, `HwError::NoMemory`) or `gpa` is beyond what nested paging maps
+    /// or SVSM memory (which the RMP never lets the guest reach: not met); then nothing
+    /// changed. The platform calls it only under its
     /// page-state lock, so two calls never race.
     fn npt_set(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
     /// Map the 2 MiB region at `gpa` (2 MiB aligned) alike with `access`, or unmap it

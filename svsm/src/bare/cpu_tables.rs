@@ -59,14 +59,12 @@ pub struct Tables {
 /// Build and load GDT, TSS and IDT on this CPU; the address of its TSS.RSP0. See
 /// [`build`] for `local_apic`. For a CPU the SVSM brings up itself at boot (the boot
 /// CPU, the svm platform's APs), from a heap that has just been set up: one too small
-/// for some 100 KiB of tables stops that CPU.
+/// for some 100 KiB of tables halts that CPU (without a word: on SEV-SNP's boot path
+/// nothing can be printed before the GHCB exists).
 pub fn load(local_apic: bool) -> u64 {
     match build(local_apic) {
         Some(mut tables) => activate(&mut tables),
-        None => {
-            crate::println!("FAILED: no memory for a CPU's descriptor tables");
-            super::cpu::halt_forever()
-        }
+        None => super::cpu::halt_forever(),
     }
 }
 
@@ -81,22 +79,19 @@ pub fn load(local_apic: bool) -> u64 {
 /// address), and every gate runs on an IST stack (below).
 pub fn build(local_apic: bool) -> Option<Tables> {
     // Everything from the heap first, leaked only once all of it is had.
-    let ists: Vec<u8> = (1u8..=7)
-        .filter(|ist| {
-            matches!(*ist, IST_DOUBLE_FAULT | IST_NMI | IST_MACHINE_CHECK)
-                || (!local_apic && matches!(*ist, IST_VC | IST_OTHER))
-        })
-        .collect();
     let mut stacks = Vec::new();
-    stacks.try_reserve_exact(ists.len()).ok()?;
-    for _ in &ists {
-        stacks.push(super::heap::zeroed::<u8>(IST_STACK)?);
+    stacks.try_reserve_exact(7).ok()?;
+    for ist in (1u8..=7).filter(|ist| {
+        matches!(*ist, IST_DOUBLE_FAULT | IST_NMI | IST_MACHINE_CHECK)
+            || (!local_apic && matches!(*ist, IST_VC | IST_OTHER))
+    }) {
+        stacks.push((ist, super::heap::zeroed::<u8>(IST_STACK)?));
     }
     let mut tss: Vec<u8> = super::heap::zeroed(104)?;
     let mut idt: Box<[u64; 512]> = super::heap::zeroed::<u64>(512)?.into_boxed_slice().try_into().ok()?;
     let mut gdt: Box<[u64; 8]> = super::heap::zeroed::<u64>(8)?.into_boxed_slice().try_into().ok()?;
     // TSS: IST1..IST7 pointers at byte 36 + 8 * (n - 1); I/O map base past the end.
-    for (ist, stack) in ists.iter().zip(stacks) {
+    for (ist, stack) in stacks {
         let top = (stack.leak().as_ptr() as u64 + IST_STACK as u64) & !0xF;
         let at = 36 + 8 * usize::from(ist - 1);
         tss.get_mut(at..at + 8)?.copy_from_slice(&top.to_le_bytes());

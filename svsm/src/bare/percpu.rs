@@ -66,6 +66,15 @@ const KERNEL_UPPER: core::ops::Range<usize> = 256..511;
 /// Build this CPU's root (sharing the boot map's kernel slots) and switch to it. Returns
 /// the root, which a CPU that comes back under the same index enters again ([`enter`]).
 pub fn install(cpu: u32, boot_root: u64) -> Option<u64> {
+    let root = build(cpu, boot_root)?;
+    enter(root);
+    Some(root)
+}
+
+/// Build the root of CPU index `cpu` without switching to it: for a CPU that will run
+/// later (the snp platform makes a new vCPU's before its creation commits, on the CPU
+/// serving that call, which must stay on its own root). `None` without memory.
+pub fn build(cpu: u32, boot_root: u64) -> Option<u64> {
     let mut t = Tables {
         root: Page::zeroed()?,
         pdpt: Page::zeroed()?,
@@ -101,7 +110,6 @@ pub fn install(cpu: u32, boot_root: u64) -> Option<u64> {
         (*data).root = root;
     }
     core::mem::forget(t);
-    enter(root);
     Some(root)
 }
 

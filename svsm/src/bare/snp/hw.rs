@@ -160,6 +160,14 @@ impl SnpHw for BareSnp {
     }
 
     fn prepare_cpu(&mut self, index: u32) -> bool {
-        usize::try_from(index).is_ok_and(super::prepare_ap)
+        let serving = super::super::percpu::this_cpu();
+        let made = usize::try_from(index).is_ok_and(super::prepare_ap);
+        // The CPU serving the creation stays itself (its root, its per-CPU page): a
+        // preparation that switched it to the new index's would share that CPU's state
+        // with the new one (found by review). Checked, since nothing else would notice.
+        if super::super::percpu::this_cpu() != serving {
+            super::terminate(abi::ghcb::term::GHCB_SETUP);
+        }
+        made
     }
 }

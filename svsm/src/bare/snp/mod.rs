@@ -64,7 +64,7 @@ pub fn detected() -> bool {
     instr::sev_status() & abi::ghcb::sev_status::SNP != 0
 }
 
-fn terminate(code: u8) -> ! {
+pub(super) fn terminate(code: u8) -> ! {
     snp::ghcb::terminate(&mut BareSnp, term::SET_BULWARK, code);
     instr::halt_forever()
 }
@@ -262,7 +262,8 @@ pub(super) fn prepare_ap(cpu: usize) -> bool {
     if slot.root.is_none() {
         // Its own root: the per-CPU page user mode needs. Without one this CPU could not
         // run the vTPM's process when its vCPU calls it.
-        slot.root = super::percpu::install(cpu_index, BOOT_ROOT.load(Ordering::Acquire));
+        // Built only: this CPU (the one serving the creation) stays on its own root.
+        slot.root = super::percpu::build(cpu_index, BOOT_ROOT.load(Ordering::Acquire));
     }
     if slot.tables.is_none() {
         slot.tables = super::cpu_tables::build(false);
