@@ -14,7 +14,7 @@
 use super::super::pages::{Page, private};
 use abi::PAGE_SIZE;
 use abi::syscall::SysError;
-use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use kernel::user::memory::{AddressSpace, Prot};
 
 const PRESENT: u64 = 1;
@@ -27,6 +27,63 @@ const TABLE: u64 = PRESENT | WRITABLE | USER;
 /// Index of `va` in the table of the level whose entries map `1 << shift` bytes.
 fn index(va: u64, shift: u32) -> usize {
     usize::try_from((va >> shift) & 0x1FF).unwrap_or(0)
+}
+
+/// A map by page number, in a vector kept sorted that grows only fallibly
+/// ([`PageMap::reserve_one`]; [`PageMap::insert`] never allocates). A process's maps grow
+/// at its system calls: a `BTreeMap` node that failed to allocate there would stop the
+/// SVSM, so a compromised process could take down everything else it serves (found by
+/// review).
+struct PageMap<V>(Vec<(u64, V)>);
+
+impl<V> PageMap<V> {
+    const fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    fn find(&self, key: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&key, |(k, _)| *k)
+    }
+
+    fn get(&self, key: u64) -> Option<&V> {
+        self.0.get(self.find(key).ok()?).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        let at = self.find(key).ok()?;
+        self.0.get_mut(at).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, key: u64) -> bool {
+        self.find(key).is_ok()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Room for one more entry, so that the next [`Self::insert`] succeeds.
+    fn reserve_one(&mut self) -> Result<(), SysError> {
+        self.0.try_reserve(1).map_err(|_| SysError::NoMem)
+    }
+
+    /// Add (or replace) `key`; without room reserved, `Err` gives `value` back.
+    fn insert(&mut self, key: u64, value: V) -> Result<(), V> {
+        match self.find(key) {
+            Ok(at) => match self.0.get_mut(at) {
+                Some(entry) => entry.1 = value,
+                None => return Err(value),
+            },
+            Err(_) if self.0.len() == self.0.capacity() => return Err(value),
+            Err(at) => self.0.insert(at, (key, value)),
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: u64) -> Option<V> {
+        let at = self.find(key).ok()?;
+        Some(self.0.remove(at).1)
+    }
 }
 
 /// A level of a process's tables below the PML4.
@@ -42,13 +99,13 @@ pub struct UserSpace {
     pml4: [u64; 255],
     /// The tables below, by the address range they map: PDPTs by 512 GiB, PDs by 1 GiB,
     /// PTs by 2 MiB.
-    pdpts: BTreeMap<u64, Page>,
-    pds: BTreeMap<u64, Page>,
-    pts: BTreeMap<u64, Page>,
+    pdpts: PageMap<Page>,
+    pds: PageMap<Page>,
+    pts: PageMap<Page>,
     /// The frames, by page address.
-    frames: BTreeMap<u64, Page>,
+    frames: PageMap<Page>,
     /// Pages of the SVSM's own image mapped read-only (a module's code), by page address.
-    shared: BTreeMap<u64, &'static [u8]>,
+    shared: PageMap<&'static [u8]>,
     /// A PML4 entry was added or a page unmapped since the CPU's root was last given the
     /// user half: it must be given again (and the TLB flushed) before the process runs.
     changed: bool,
@@ -64,11 +121,11 @@ impl UserSpace {
     pub fn with_limit(limit: u64) -> Self {
         Self {
             pml4: [0; 255],
-            pdpts: BTreeMap::new(),
-            pds: BTreeMap::new(),
-            pts: BTreeMap::new(),
-            frames: BTreeMap::new(),
-            shared: BTreeMap::new(),
+            pdpts: PageMap::new(),
+            pds: PageMap::new(),
+            pts: PageMap::new(),
+            frames: PageMap::new(),
+            shared: PageMap::new(),
             changed: false,
             limit,
         }
@@ -108,20 +165,28 @@ impl UserSpace {
     }
 
     /// The table at `key` in `tables`, made (zeroed) and linked into `parent` if new.
-    fn table(tables: &mut BTreeMap<u64, Page>, key: u64, parent: &mut u64) -> Result<(), SysError> {
-        if tables.contains_key(&key) {
+    fn table(tables: &mut PageMap<Page>, key: u64, parent: &mut u64) -> Result<(), SysError> {
+        if tables.contains_key(key) {
             return Ok(());
         }
+        tables.reserve_one()?;
         let page = Page::zeroed().ok_or(SysError::NoMem)?;
-        *parent = private(page.phys()) | TABLE;
-        tables.insert(key, page);
+        let phys = page.phys();
+        tables.insert(key, page).map_err(|_| SysError::NoMem)?;
+        *parent = private(phys) | TABLE;
         Ok(())
     }
 
     fn map_one(&mut self, va: u64, prot: Prot) -> Result<(), SysError> {
         let frame = self.page()?;
+        self.frames.reserve_one()?;
         self.map_page(va, frame.phys(), prot)?;
-        self.frames.insert(va >> 12, frame);
+        if let Err(frame) = self.frames.insert(va >> 12, frame) {
+            // Not met (room was reserved): unlinked before the frame goes.
+            self.unmap_one(va);
+            drop(frame);
+            return Err(SysError::NoMem);
+        }
         Ok(())
     }
 
@@ -129,7 +194,7 @@ impl UserSpace {
     fn map_page(&mut self, va: u64, phys: u64, prot: Prot) -> Result<(), SysError> {
         let missing = [(&self.pdpts, 39), (&self.pds, 30), (&self.pts, 21)]
             .iter()
-            .filter(|(tables, shift)| !tables.contains_key(&(va >> shift)))
+            .filter(|(tables, shift)| !tables.contains_key(va >> shift))
             .count() as u64;
         if self.svsm_pages().saturating_add(missing) > self.limit {
             return Err(SysError::NoMem);
@@ -138,10 +203,10 @@ impl UserSpace {
         let pml4e = self.pml4.get_mut(slot).ok_or(SysError::Inval)?;
         self.changed |= *pml4e == 0;
         Self::table(&mut self.pdpts, va >> 39, pml4e)?;
-        let pdpt = self.pdpts.get_mut(&(va >> 39)).ok_or(SysError::NoMem)?;
+        let pdpt = self.pdpts.get_mut(va >> 39).ok_or(SysError::NoMem)?;
         let pdpte = pdpt.words_mut().get_mut(index(va, 30)).ok_or(SysError::Inval)?;
         Self::table(&mut self.pds, va >> 30, pdpte)?;
-        let pd = self.pds.get_mut(&(va >> 30)).ok_or(SysError::NoMem)?;
+        let pd = self.pds.get_mut(va >> 30).ok_or(SysError::NoMem)?;
         let pde = pd.words_mut().get_mut(index(va, 21)).ok_or(SysError::Inval)?;
         Self::table(&mut self.pts, va >> 21, pde)?;
         let mut leaf = private(phys) | PRESENT | USER;
@@ -151,13 +216,13 @@ impl UserSpace {
         if !prot.exec {
             leaf |= NO_EXECUTE;
         }
-        let pt = self.pts.get_mut(&(va >> 21)).ok_or(SysError::NoMem)?;
+        let pt = self.pts.get_mut(va >> 21).ok_or(SysError::NoMem)?;
         *pt.words_mut().get_mut(index(va, 12)).ok_or(SysError::Inval)? = leaf;
         Ok(())
     }
 
     fn unmap_one(&mut self, va: u64) {
-        if let Some(pt) = self.pts.get_mut(&(va >> 21))
+        if let Some(pt) = self.pts.get_mut(va >> 21)
             && let Some(pte) = pt.words_mut().get_mut(index(va, 12))
         {
             *pte = 0;
@@ -166,8 +231,8 @@ impl UserSpace {
         // The frame goes only after the translation is gone from every TLB: the process
         // runs on this CPU alone and its user half is reinstalled (CR3 reload) before it
         // runs again. A shared page is the image's and is only forgotten.
-        self.frames.remove(&(va >> 12));
-        self.shared.remove(&(va >> 12));
+        self.frames.remove(va >> 12);
+        self.shared.remove(va >> 12);
     }
 
     /// Free the tables of `[va, va + pages)` that map nothing any more, from the leaves
@@ -192,14 +257,14 @@ impl UserSpace {
             Level::Pd => &mut self.pds,
             Level::Pdpt => &mut self.pdpts,
         };
-        if !tables.get_mut(&key).is_some_and(|t| t.words_mut().iter().all(|e| *e == 0)) {
+        if !tables.get_mut(key).is_some_and(|t| t.words_mut().iter().all(|e| *e == 0)) {
             return;
         }
-        tables.remove(&key);
+        tables.remove(key);
         // The entry naming it: in the table above, at the index of `key`'s address.
         let parent = match level {
-            Level::Pt => self.pds.get_mut(&(key >> 9)).and_then(|t| t.words_mut().get_mut(index(key << 21, 21))),
-            Level::Pd => self.pdpts.get_mut(&(key >> 9)).and_then(|t| t.words_mut().get_mut(index(key << 30, 30))),
+            Level::Pt => self.pds.get_mut(key >> 9).and_then(|t| t.words_mut().get_mut(index(key << 21, 21))),
+            Level::Pd => self.pdpts.get_mut(key >> 9).and_then(|t| t.words_mut().get_mut(index(key << 30, 30))),
             Level::Pdpt => index(key << 39, 39).checked_sub(1).and_then(|slot| self.pml4.get_mut(slot)),
         };
         if let Some(entry) = parent {
@@ -218,7 +283,7 @@ impl UserSpace {
         let mut done = 0usize;
         while done < len {
             let at = va.checked_add(done as u64).ok_or(SysError::Fault)?;
-            let frame = self.frames.get_mut(&(at >> 12)).ok_or(SysError::Fault)?;
+            let frame = self.frames.get_mut(at >> 12).ok_or(SysError::Fault)?;
             let offset = usize::try_from(at % PAGE_SIZE).map_err(|_| SysError::Fault)?;
             let n = (4096 - offset).min(len - done);
             let bytes = frame.run_bytes_mut().get_mut(offset..offset + n).ok_or(SysError::Fault)?;
@@ -243,11 +308,16 @@ impl AddressSpace for UserSpace {
             }
             let at = va + i * PAGE_SIZE;
             // The SVSM runs identity-mapped: the image's address is its physical one.
-            if let Err(e) = self.map_page(at, page.as_ptr() as u64, prot) {
+            let mapped = self.shared.reserve_one().and_then(|()| self.map_page(at, page.as_ptr() as u64, prot));
+            if let Err(e) = mapped {
                 self.unmap(va, i);
                 return Err(e);
             }
-            self.shared.insert(at >> 12, page);
+            if self.shared.insert(at >> 12, page).is_err() {
+                // Not met (room was reserved).
+                self.unmap(va, i + 1);
+                return Err(SysError::NoMem);
+            }
         }
         Ok(())
     }
@@ -301,9 +371,9 @@ impl AddressSpace for UserSpace {
         let mut done = 0usize;
         while done < buf.len() {
             let at = va.checked_add(done as u64).ok_or(SysError::Fault)?;
-            let page = match self.frames.get(&(at >> 12)) {
+            let page = match self.frames.get(at >> 12) {
                 Some(frame) => frame.run_bytes(),
-                None => self.shared.get(&(at >> 12)).copied().ok_or(SysError::Fault)?,
+                None => self.shared.get(at >> 12).copied().ok_or(SysError::Fault)?,
             };
             let offset = usize::try_from(at % PAGE_SIZE).map_err(|_| SysError::Fault)?;
             let n = (4096 - offset).min(buf.len() - done);
