@@ -129,7 +129,10 @@ impl<H: SnpHw> SnpPlatform<H> {
     /// Register the startup vCPU (its VMSA exists already).
     pub fn adopt_startup_vcpu(&mut self, vmsa: PageAddr, apic_id: u32) {
         let vmpl = self.config().guest_vmpl;
-        self.shared.set_vcpu(vmsa.raw(), VcpuRecord { apic_id, vmpl, svsm_vmsa: None });
+        // At boot, in a fresh heap.
+        if !self.shared.set_vcpu(vmsa.raw(), VcpuRecord { apic_id, vmpl, svsm_vmsa: None }) {
+            kernel::log!(self, Error, "the startup vCPU could not be recorded: no memory");
+        }
     }
 
     /// Build the guest's first vCPU in `page` (a guest page the SVSM validated and nobody
@@ -322,6 +325,9 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
     /// stack slot there and the SVSM's CPU state for its index: without them its calls
     /// would reach nobody, or its first one would stop the SVSM for want of memory.
     fn prepare_vcpu(&mut self, index: VcpuIndex) -> Result<(), HwError> {
+        if !self.shared.reserve_vcpu() {
+            return Err(HwError::NoMemory);
+        }
         let Some(entry) = self.shared.svsm_entry() else { return Ok(()) };
         if entry.for_vcpu(index.0).is_none() || !self.hw.prepare_cpu(index.0) {
             return Err(HwError::NoMemory);
@@ -369,7 +375,10 @@ impl<H: SnpHw> Platform for SnpPlatform<H> {
         if let Err(e) = self.ap_create(vmsa.raw(), vmpl, apic_id, features) {
             kernel::log!(self, Error, "vCPU {}: host refused AP creation: {e:?}", index.0);
         }
-        self.shared.set_vcpu(vmsa.raw(), record);
+        if !self.shared.set_vcpu(vmsa.raw(), record) {
+            // Not met: `prepare_vcpu` reserved the room.
+            kernel::log!(self, Error, "vCPU {}: not recorded (no memory)", index.0);
+        }
     }
 
     /// A migration's destination replaces the startup vCPU's state. The page is no VMSA

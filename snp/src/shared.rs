@@ -12,7 +12,6 @@
 use crate::console::SerialConsole;
 use crate::vmsa::SvsmEntry;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::log_ring::{LogLost, LogRing};
@@ -78,9 +77,12 @@ pub struct SnpShared {
     log_written: AtomicU64,
     /// Lines dropped because the log's lock stayed taken ([`Self::log_push`]).
     log_dropped: AtomicU64,
-    /// vCPUs made runnable, by guest VMSA gpa: held for one lookup or update. AP_CREATION
-    /// and AP_DESTROY happen between two holds, never inside one.
-    vcpus: Mutex<BTreeMap<u64, VcpuRecord>>,
+    /// vCPUs made runnable, by guest VMSA gpa (sorted): held for one lookup or update.
+    /// AP_CREATION and AP_DESTROY happen between two holds, never inside one. A vector
+    /// grown only fallibly: a record is added after a creation has committed, where a
+    /// map node that failed to allocate would stop the SVSM (room is reserved before,
+    /// [`Self::reserve_vcpu`]).
+    vcpus: Mutex<Vec<(u64, VcpuRecord)>>,
     /// The certificate table the host sent with the last report. Held to swap in a new
     /// table or to copy it out (at most 16 KiB).
     certificates: Mutex<Vec<u8>>,
@@ -103,7 +105,7 @@ impl SnpShared {
             log: Mutex::new(log),
             log_written: AtomicU64::new(0),
             log_dropped: AtomicU64::new(0),
-            vcpus: Mutex::new(BTreeMap::new()),
+            vcpus: Mutex::new(Vec::new()),
             certificates: Mutex::new(Vec::new()),
             request_pages: AtomicBool::new(false),
             console: config.console_port.map(SerialConsole::new),
@@ -178,24 +180,47 @@ impl SnpShared {
     }
 
     pub(crate) fn vcpu(&self, vmsa: u64) -> Option<VcpuRecord> {
-        self.vcpus.lock().get(&vmsa).copied()
+        let vcpus = self.vcpus.lock();
+        let at = vcpus.binary_search_by_key(&vmsa, |(k, _)| *k).ok()?;
+        vcpus.get(at).map(|(_, r)| *r)
     }
 
-    pub(crate) fn set_vcpu(&self, vmsa: u64, record: VcpuRecord) {
-        self.vcpus.lock().insert(vmsa, record);
+    /// Room for one more record, so that the [`Self::set_vcpu`] after a creation needs no
+    /// memory; `false` without it.
+    pub(crate) fn reserve_vcpu(&self) -> bool {
+        self.vcpus.lock().try_reserve(1).is_ok()
+    }
+
+    /// Record (or replace) the vCPU at `vmsa`; `false` if there was no room for a new one
+    /// (not met after [`Self::reserve_vcpu`]).
+    pub(crate) fn set_vcpu(&self, vmsa: u64, record: VcpuRecord) -> bool {
+        let mut vcpus = self.vcpus.lock();
+        match vcpus.binary_search_by_key(&vmsa, |(k, _)| *k) {
+            Ok(at) => vcpus.get_mut(at).map(|(_, r)| *r = record).is_some(),
+            Err(at) => {
+                vcpus.try_reserve(1).is_ok() && {
+                    vcpus.insert(at, (vmsa, record));
+                    true
+                }
+            }
+        }
     }
 
     /// The SVSM's VMSA `svsm_vmsa` of the vCPU at `vmsa` is gone (re-checked: only if
     /// the record still names it).
     pub(crate) fn forget_svsm_vmsa(&self, vmsa: u64, svsm_vmsa: u64) {
-        if let Some(record) = self.vcpus.lock().get_mut(&vmsa).filter(|r| r.svsm_vmsa == Some(svsm_vmsa)) {
+        let mut vcpus = self.vcpus.lock();
+        let at = vcpus.binary_search_by_key(&vmsa, |(k, _)| *k).ok();
+        if let Some((_, record)) = at.and_then(|at| vcpus.get_mut(at)).filter(|(_, r)| r.svsm_vmsa == Some(svsm_vmsa)) {
             record.svsm_vmsa = None;
         }
     }
 
     /// Forget the vCPU at `vmsa`; its record, if it had one.
     pub(crate) fn remove_vcpu(&self, vmsa: u64) -> Option<VcpuRecord> {
-        self.vcpus.lock().remove(&vmsa)
+        let mut vcpus = self.vcpus.lock();
+        let at = vcpus.binary_search_by_key(&vmsa, |(k, _)| *k).ok()?;
+        Some(vcpus.remove(at).1)
     }
 
     /// Copy the cached table into `out` (its capacity kept across calls, so this
