@@ -537,7 +537,7 @@ pub struct VtpmNv {
     sealed: SharedSealed,
     manufactured: bool,
     /// The lineage a migrated state takes here, and the attestation chain it brings
-    /// ([`Self::arriving_at`]).
+    /// ([`Self::arriving`]).
     arriving: Option<(Lineage, Option<AttestChain>)>,
 }
 
@@ -577,12 +577,14 @@ impl VtpmNv {
 
     /// The storage for a vTPM a migration brings, as the incarnation `lineage` (from
     /// [`Lineage::arrived`]): kept under its version and origin ([`NvStorage::replaced`]),
-    /// so its lineage goes on here.
+    /// so its lineage goes on here. What the store kept for a vTPM is replaced whole, so
+    /// it is not read (a destination makes this again after each refused commit: a copy
+    /// of the kept NV state each time took the heap for nothing, infallibly).
     /// `chain`: the attestation chain of the state it left (none if no store kept it
     /// there); kept here with the arrival's link, in place of this store's own.
-    pub fn arriving_at(mut self, lineage: Lineage, chain: Option<AttestChain>) -> Self {
-        self.arriving = Some((lineage, chain));
-        self
+    pub fn arriving(sealed: SharedSealed, lineage: Lineage, chain: Option<AttestChain>) -> Self {
+        let manufactured = sealed.lock().get(MARKER).is_some();
+        Self { sealed, manufactured, arriving: Some((lineage, chain)) }
     }
 
     /// In one commit: no blob but `blobs` under the vTPM's prefix, the marker with
@@ -660,7 +662,7 @@ impl NvStorage for VtpmNv {
     /// A new TPM's first blobs go in one commit with the marker (after removing blobs of
     /// a manufacture that never completed); a kept TPM must have the EK its marker
     /// records, or the state is not the one it claims to be.
-    /// A migrated TPM given storage as it resumes ([`VtpmNv::arriving_at`]) is kept as
+    /// A migrated TPM given storage as it resumes ([`VtpmNv::arriving`]) is kept as
     /// [`NvStorage::replaced`] keeps it, with its lineage.
     fn started(&mut self, ek_public: &[u8], changes: &[NvChange]) -> Result<(), NvError> {
         if self.arriving.is_some() {
@@ -682,7 +684,7 @@ impl NvStorage for VtpmNv {
     /// A migrated TPM: the store keeps exactly its blobs under its EK, in one commit.
     /// A store that keeps another TPM refuses; one that kept this TPM before loses every
     /// blob the arriving state does not have.
-    /// A state whose lineage was not given ([`VtpmNv::arriving_at`]) is refused.
+    /// A state whose lineage was not given ([`VtpmNv::arriving`]) is refused.
     fn replaced(&mut self, ek_public: &[u8], blobs: &[NvChange]) -> Result<(), NvError> {
         let Some((lineage, chain)) = self.arriving else { return Err(NvError::Storage) };
         let left_at = lineage.ancestors().first().map_or(0, |parent| parent.left_at);
@@ -772,8 +774,7 @@ mod tests {
         let sealed = fresh();
         let (_, mut nv) = VtpmNv::open(sealed.clone());
         nv.started(b"EK", &[change(b"permall", Some(b"old")), change(b"volatilestate", Some(b"old"))]).unwrap();
-        let (_, arriving) = VtpmNv::open(sealed.clone());
-        let mut arriving = arriving.arriving_at(arrival(5), None);
+        let mut arriving = VtpmNv::arriving(sealed.clone(), arrival(5), None);
         let generation = sealed.lock().state().generation;
         arriving.replaced(b"EK", &[change(b"permall", Some(b"new"))]).unwrap();
         assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
@@ -787,8 +788,7 @@ mod tests {
         assert_eq!(sealed.lock().state(), before, "nothing written");
         // A blank store takes it as a first start would, marker and all.
         let blank = fresh();
-        let (_, first) = VtpmNv::open(blank.clone());
-        first.arriving_at(arrival(0), None).replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
+        VtpmNv::arriving(blank.clone(), arrival(0), None).replaced(b"EK", &[change(b"permall", Some(b"p"))]).unwrap();
         assert_eq!(VtpmNv::open(blank).0.ek_public.as_deref(), Some(&b"EK"[..]));
     }
 
@@ -816,9 +816,7 @@ mod tests {
         assert_eq!(again.started(b"new EK", &[change(b"permall", Some(b"y"))]), Err(NvError::Storage), "not a new one");
         assert_eq!(sealed.lock().state(), before, "nothing written");
 
-        let (_, arriving) = VtpmNv::open(sealed.clone());
-        arriving
-            .arriving_at(arrival(vtpm_version(&sealed) + 1), None)
+        VtpmNv::arriving(sealed.clone(), arrival(vtpm_version(&sealed) + 1), None)
             .replaced(b"EK", &[change(b"permall", Some(b"back"))])
             .unwrap();
         let (kept, _) = VtpmNv::open(sealed.clone());
@@ -858,10 +856,9 @@ mod tests {
         assert!(can_keep_vtpm(&sealed, b"EK", 4) && can_keep_vtpm(&sealed, b"EK", 40));
         assert!(!can_keep_vtpm(&sealed, b"another EK", 40));
         assert!(can_keep_vtpm(&fresh(), b"EK", 0));
-        let (_, older) = VtpmNv::open(sealed.clone());
         let before = sealed.lock().state();
         assert_eq!(
-            older.arriving_at(arrival(2), None).replaced(b"EK", &[change(b"permall", Some(b"old"))]),
+            VtpmNv::arriving(sealed.clone(), arrival(2), None).replaced(b"EK", &[change(b"permall", Some(b"old"))]),
             Err(NvError::Storage)
         );
         assert_eq!(sealed.lock().state(), before, "nothing written");
@@ -870,8 +867,7 @@ mod tests {
 
         // A newer state is kept as a new incarnation one version above where it left its
         // parent, and the lineage goes on from it.
-        let (_, newer) = VtpmNv::open(sealed.clone());
-        let mut newer = newer.arriving_at(arrival(40), None);
+        let mut newer = VtpmNv::arriving(sealed.clone(), arrival(40), None);
         newer.replaced(b"EK", &[change(b"permall", Some(b"forty"))]).unwrap();
         assert_eq!(vtpm_version(&sealed), 41);
         assert_eq!(vtpm_lineage(&sealed), Some(arrival(40)));

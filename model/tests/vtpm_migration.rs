@@ -1388,7 +1388,7 @@ fn arrive_kept_on(
     // Its own entropy, so a store it formats has not a source's id (seed 1 or 2).
     let sealed = destination_store(disk, 0x100 + u64::from(incarnation[0]));
     let lineage = kernel::vtpm_lineage::Lineage::arrived(&snapshot.lineage, incarnation).unwrap();
-    let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage, snapshot.chain);
+    let storage = kernel::sealed::VtpmNv::arriving(sealed.clone(), lineage, snapshot.chain);
     let size = abi::vtpm::MAX_COMMAND_SIZE as u32;
     let engine = channel_tpm_resumed(
         move |state| open_when_free(|| LibTpms::resume(size, state.nv.clone(), &state.volatile)),

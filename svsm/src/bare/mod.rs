@@ -234,7 +234,7 @@ fn arrive(
         match keep {
             Some(sealed) => {
                 let keep = |v: &mut ::vtpm::Vtpm| {
-                    let storage = kernel::sealed::VtpmNv::open(sealed.clone()).1.arriving_at(lineage, chain);
+                    let storage = kernel::sealed::VtpmNv::arriving(sealed.clone(), lineage, chain);
                     v.keep_in(alloc::boxed::Box::new(storage))
                 };
                 // A commit the disk refused before its header left the sealed state open
