@@ -25,9 +25,11 @@ use zerocopy::IntoBytes;
 pub trait SealedStore: Send {
     fn get(&self, name: &[u8]) -> Option<&[u8]>;
     /// Every name starting with `prefix` (a copy: the caller may change the store next).
-    fn names_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>>;
+    /// Like every allocation a request makes here, fallible: `OutOfMemory`.
+    fn names_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
     fn put(&mut self, name: &[u8], data: &[u8]) -> Result<(), StoreError>;
-    fn remove(&mut self, name: &[u8]) -> bool;
+    /// Whether `name` was there; fails (changing nothing) only without memory.
+    fn remove(&mut self, name: &[u8]) -> Result<bool, StoreError>;
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Drop what is staged; `false` when a failed header write may have committed it.
     fn discard(&mut self) -> bool;
@@ -40,13 +42,19 @@ impl<D: BlockDevice + Send, E: Entropy + Send> SealedStore for Store<D, E> {
     fn get(&self, name: &[u8]) -> Option<&[u8]> {
         Store::get(self, name)
     }
-    fn names_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
-        self.names().filter(|n| n.starts_with(prefix)).map(<[u8]>::to_vec).collect()
+    fn names_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let oom = |_| StoreError::OutOfMemory;
+        let mut names = Vec::new();
+        names.try_reserve_exact(self.names().filter(|n| n.starts_with(prefix)).count()).map_err(oom)?;
+        for name in self.names().filter(|n| n.starts_with(prefix)) {
+            names.push(crate::heap::copy_of(name).map_err(|_| StoreError::OutOfMemory)?);
+        }
+        Ok(names)
     }
     fn put(&mut self, name: &[u8], data: &[u8]) -> Result<(), StoreError> {
         Store::put(self, name, data)
     }
-    fn remove(&mut self, name: &[u8]) -> bool {
+    fn remove(&mut self, name: &[u8]) -> Result<bool, StoreError> {
         Store::remove(self, name)
     }
     fn commit(&mut self) -> Result<(), StoreError> {
@@ -495,10 +503,10 @@ pub fn mark_vtpm_moved(sealed: &SharedSealed, moving: Option<&[u8]>) -> Result<b
         return Ok(false);
     }
     sealed.update(|store| {
-        for blob in store.names_with_prefix(NV_PREFIX) {
-            store.remove(&blob);
+        for blob in store.names_with_prefix(NV_PREFIX)? {
+            store.remove(&blob)?;
         }
-        store.remove(MARKER);
+        store.remove(MARKER)?;
         store.put(MOVED, ek)
     })?;
     Ok(true)
@@ -561,8 +569,15 @@ impl VtpmNv {
             let moved = s.get(MOVED).is_some();
             match s.get(MARKER) {
                 Some(ek) => {
+                    // At boot, before any guest request: the copies are infallible, as
+                    // every blob's below is; no memory for the list aborts as a blob copy
+                    // would, never drops a blob.
+                    let names = s
+                        .store
+                        .names_with_prefix(NV_PREFIX)
+                        .unwrap_or_else(|_| alloc::alloc::handle_alloc_error(core::alloc::Layout::new::<Vec<u8>>()));
                     let mut nv = NvBlobs::new();
-                    for name in s.store.names_with_prefix(NV_PREFIX) {
+                    for name in names {
                         if let (Some(short), Some(data)) = (name.get(NV_PREFIX.len()..), s.get(&name)) {
                             nv.insert(short.to_vec(), data.to_vec());
                         }
@@ -599,11 +614,11 @@ impl VtpmNv {
         self.sealed
             .lock()
             .update(|store| {
-                for stale in store.names_with_prefix(NV_PREFIX) {
-                    store.remove(&stale);
+                for stale in store.names_with_prefix(NV_PREFIX)? {
+                    store.remove(&stale)?;
                 }
                 // A TPM that left and arrives back is kept here again.
-                store.remove(MOVED);
+                store.remove(MOVED)?;
                 store.put(MARKER, ek_public)?;
                 match arrived {
                     Some((lineage, chain)) => {
@@ -615,7 +630,7 @@ impl VtpmNv {
                     }
                     None => {
                         store.put(VERSION, &version_in(store).saturating_add(1).to_le_bytes())?;
-                        store.remove(LINEAGE);
+                        store.remove(LINEAGE)?;
                     }
                 }
                 Self::stage(store, blobs)
@@ -635,7 +650,7 @@ impl VtpmNv {
             match &change.data {
                 Some(data) => store.put(&name, data)?,
                 None => {
-                    store.remove(&name);
+                    store.remove(&name)?;
                 }
             }
         }
@@ -807,7 +822,7 @@ mod tests {
         assert_eq!(sealed.lock().state().generation, generation, "nothing written");
         assert_eq!(mark_vtpm_moved(&sealed, Some(b"EK")), Ok(true));
         assert_eq!(sealed.lock().state().generation, generation + 1, "one commit");
-        assert!(sealed.lock().store.names_with_prefix(b"vtpm/nv/").is_empty(), "no blob left");
+        assert!(sealed.lock().store.names_with_prefix(b"vtpm/nv/").unwrap().is_empty(), "no blob left");
 
         let (kept, mut again) = VtpmNv::open(sealed.clone());
         assert!(kept.moved && kept.ek_public.is_none() && kept.nv.is_empty());

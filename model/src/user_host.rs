@@ -345,12 +345,16 @@ impl HostedProcess {
 
 impl Drop for HostedProcess {
     fn drop(&mut self) {
-        // The program's next call finds the kernel gone and its thread ends.
-        let (tx, _) = channel();
-        self.results = tx;
-        let (_, rx) = channel();
-        self.calls = rx;
-        self.blocked = None;
+        // The program's next call finds the kernel gone and its thread ends. The channels
+        // are the model's, not the SVSM heap's (a kernel that kills a process with the heap
+        // full drops it).
+        crate::heap::as_host(|| {
+            let (tx, _) = channel();
+            self.results = tx;
+            let (_, rx) = channel();
+            self.calls = rx;
+            self.blocked = None;
+        });
     }
 }
 

@@ -159,7 +159,7 @@ impl Keys {
         generation: u64,
         payload: &[u8; BLOCK_PAYLOAD],
     ) -> Result<alloc::boxed::Box<Block>, StoreError> {
-        let mut block = alloc::boxed::Box::new([0u8; BLOCK_SIZE]);
+        let mut block = crate::mem::zeroed::<BLOCK_SIZE>()?;
         let (nonce, rest) = block.split_first_chunk_mut::<NONCE_LEN>().ok_or(StoreError::Internal)?;
         entropy.fill(nonce)?;
         let (body, tag) = rest.split_first_chunk_mut::<BLOCK_PAYLOAD>().ok_or(StoreError::Internal)?;

@@ -6,7 +6,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::crypto::Keys;
-use crate::{BLOCK_SIZE, Block};
+use crate::{BLOCK_SIZE, Block, StoreError, mem};
 
 /// Bytes of random nonce at the start of every pool block.
 pub(crate) const NONCE_LEN: usize = 12;
@@ -96,8 +96,20 @@ pub(crate) fn blocks_for(len: u64) -> u64 {
     len.div_ceil(BLOCK_PAYLOAD as u64)
 }
 
+/// How many blocks the index tree of an index of `index_len` bytes takes, all levels
+/// together ([`level_sizes`] summed, without allocating: a commit asks).
+pub(crate) fn index_blocks(index_len: u64) -> u64 {
+    let mut count = blocks_for(index_len).max(1);
+    let mut total = count;
+    while count > 1 {
+        count = count.div_ceil(REFS_PER_NODE as u64);
+        total = total.saturating_add(count);
+    }
+    total
+}
+
 /// The number of blocks on each level of the index tree, leaves first, the root (one
-/// block) last. An index always has at least one leaf.
+/// block) last. An index always has at least one leaf. (Opening a store asks, at boot.)
 pub(crate) fn level_sizes(index_len: u64) -> Vec<u64> {
     let mut sizes = Vec::new();
     let mut count = blocks_for(index_len).max(1);
@@ -144,8 +156,10 @@ pub(crate) enum Slot {
     Valid(Header),
 }
 
-pub(crate) fn encode_header(keys: &Keys, slot: u64, header: &Header) -> Box<Block> {
-    let mut body = Vec::with_capacity(BLOCK_SIZE);
+pub(crate) fn encode_header(keys: &Keys, slot: u64, header: &Header) -> Result<Box<Block>, StoreError> {
+    // Every commit makes one: both buffers are taken fallibly (a full heap fails the
+    // commit before its header write).
+    let mut body = mem::with_capacity(BLOCK_SIZE)?;
     body.extend_from_slice(&MAGIC);
     body.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes());
@@ -158,12 +172,12 @@ pub(crate) fn encode_header(keys: &Keys, slot: u64, header: &Header) -> Box<Bloc
     body.resize(MAC_OFFSET, 0);
     let mac = keys.header_mac(slot, &body);
     body.extend_from_slice(&mac);
-    let mut block = Box::new([0u8; BLOCK_SIZE]);
+    let mut block = mem::zeroed::<BLOCK_SIZE>()?;
     // `body` is exactly BLOCK_SIZE long, so the zip covers every byte.
     for (to, from) in block.iter_mut().zip(&body) {
         *to = *from;
     }
-    block
+    Ok(block)
 }
 
 /// Whether a header slot holds nothing before its MAC: what a first header write leaves
@@ -243,12 +257,13 @@ pub(crate) fn index_len<'a>(entries: impl Iterator<Item = (usize, u64)> + 'a) ->
     })
 }
 
-/// Encodes an index; the caller gives entries in increasing name order.
+/// Encodes an index into `out`; the caller gives entries in increasing name order, and
+/// `out` with room for [`index_len`] bytes (made fallibly) so that encoding never grows it.
 pub(crate) fn encode_index<'a>(
+    mut out: Vec<u8>,
     count: usize,
     entries: impl Iterator<Item = (&'a [u8], u64, &'a [Ref])>,
 ) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
     out.extend_from_slice(&(count as u64).to_le_bytes());
     for (name, len, refs) in entries {
         let name_len = u16::try_from(name.len()).ok()?;
@@ -321,13 +336,16 @@ mod tests {
         assert_eq!(level_sizes(BLOCK_PAYLOAD as u64 + 1), [2, 1]);
         assert_eq!(level_sizes(84 * BLOCK_PAYLOAD as u64), [84, 1]);
         assert_eq!(level_sizes(85 * BLOCK_PAYLOAD as u64), [85, 2, 1]);
+        for len in [8, BLOCK_PAYLOAD as u64 + 1, 85 * BLOCK_PAYLOAD as u64, 9000 * BLOCK_PAYLOAD as u64] {
+            assert_eq!(index_blocks(len), level_sizes(len).iter().sum::<u64>(), "{len}");
+        }
     }
 
     #[test]
     fn header_round_trips_and_names_every_failure() {
         let keys = Keys::derive(&StoreKey::new([3; 32])).unwrap();
         let header = Header { store_id: [9; 16], generation: 42, index_len: 100, root: sample_ref(5) };
-        let block = encode_header(&keys, 1, &header);
+        let block = encode_header(&keys, 1, &header).unwrap();
         assert_eq!(decode_header(&keys, 1, &block), Slot::Valid(header));
         assert_eq!(decode_header(&keys, 0, &block), Slot::Corrupt, "copied to the other slot");
         let other = Keys::derive(&StoreKey::new([4; 32])).unwrap();
@@ -346,7 +364,7 @@ mod tests {
         let refs = [sample_ref(1), sample_ref(2)];
         let entries: [(&[u8], u64, &[Ref]); 3] =
             [(b"", 0, &[]), (b"a", 5, &refs[..1]), (b"bc", BLOCK_PAYLOAD as u64 + 1, &refs)];
-        let bytes = encode_index(3, entries.iter().copied()).unwrap();
+        let bytes = encode_index(Vec::new(), 3, entries.iter().copied()).unwrap();
         let lens = entries.iter().map(|(name, len, _)| (name.len(), *len));
         assert_eq!(bytes.len() as u64, index_len(lens));
         let decoded = decode_index(&bytes).unwrap();
@@ -357,13 +375,15 @@ mod tests {
     #[test]
     fn index_rejects_unsorted_names_missing_refs_and_trailing_bytes() {
         let r = [sample_ref(1)];
-        let unsorted = encode_index(2, [(&b"b"[..], 1, &r[..]), (&b"a"[..], 1, &r[..])].into_iter()).unwrap();
+        let unsorted =
+            encode_index(Vec::new(), 2, [(&b"b"[..], 1, &r[..]), (&b"a"[..], 1, &r[..])].into_iter()).unwrap();
         assert_eq!(decode_index(&unsorted), None);
-        let duplicate = encode_index(2, [(&b"a"[..], 1, &r[..]), (&b"a"[..], 1, &r[..])].into_iter()).unwrap();
+        let duplicate =
+            encode_index(Vec::new(), 2, [(&b"a"[..], 1, &r[..]), (&b"a"[..], 1, &r[..])].into_iter()).unwrap();
         assert_eq!(decode_index(&duplicate), None);
-        let missing_ref = encode_index(1, [(&b"a"[..], 1, &[][..])].into_iter()).unwrap();
+        let missing_ref = encode_index(Vec::new(), 1, [(&b"a"[..], 1, &[][..])].into_iter()).unwrap();
         assert_eq!(decode_index(&missing_ref), None);
-        let mut trailing = encode_index(1, [(&b"a"[..], 1, &r[..])].into_iter()).unwrap();
+        let mut trailing = encode_index(Vec::new(), 1, [(&b"a"[..], 1, &r[..])].into_iter()).unwrap();
         trailing.push(0);
         assert_eq!(decode_index(&trailing), None);
         let huge_count = u64::MAX.to_le_bytes();

@@ -102,6 +102,7 @@ extern crate alloc;
 
 mod crypto;
 mod format;
+mod mem;
 mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -2,7 +2,7 @@
 //! copy-on-write.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use crate::crypto::{Keys, Role, block_hash};
@@ -10,6 +10,7 @@ use crate::format::{
     self, BLOCK_PAYLOAD, HEADER_SLOTS, Header, MAX_BLOB_LEN, MAX_INDEX_LEN, MAX_NAME_LEN, MIN_BLOCKS, REFS_PER_NODE,
     Ref, Slot,
 };
+use crate::mem;
 use crate::{BLOCK_SIZE, Block, BlockDevice, Entropy, StoreError, StoreKey, StoreState, Tamper};
 
 /// One blob in memory.
@@ -20,8 +21,15 @@ struct Blob {
     stored: Option<Vec<Ref>>,
 }
 
-/// The blobs by name.
-type Blobs = BTreeMap<Vec<u8>, Blob>;
+/// The blobs, sorted by name. Sorted `Vec`s rather than maps here and below: a request
+/// that inserts reserves the slot fallibly first ([`mem`]), where a map's node would be an
+/// infallible allocation.
+type Blobs = Vec<(Vec<u8>, Blob)>;
+
+/// Where `name` is in `entries` (sorted by name), or where it would go.
+fn find<V>(entries: &[(Vec<u8>, V)], name: &[u8]) -> Result<usize, usize> {
+    entries.binary_search_by(|(n, _)| n.as_slice().cmp(name))
+}
 
 /// What the committed state is, and what of the device it occupies.
 struct Committed {
@@ -29,8 +37,9 @@ struct Committed {
     root: Ref,
     /// The header slot holding it; the next commit writes the other one.
     slot: u64,
-    /// Every pool block it references (index and data). A commit never writes these.
-    blocks: BTreeSet<u64>,
+    /// Every pool block it references (index and data), sorted. A commit never writes
+    /// these.
+    blocks: Vec<u64>,
 }
 
 /// An open store: the whole verified committed state in memory, plus staged changes.
@@ -50,13 +59,14 @@ pub struct Store<D: BlockDevice, E: Entropy> {
     staged: bool,
     /// For each name changed since the last commit, what the committed state holds under
     /// it (`None`: nothing), recorded at its first change: what [`Store::discard`] puts
-    /// back.
-    undo: BTreeMap<Vec<u8>, Option<Blob>>,
+    /// back. Sorted by name.
+    undo: Vec<(Vec<u8>, Option<Blob>)>,
     committed: Committed,
     /// Pool blocks referenced by a header whose write was attempted but whose outcome is
     /// unknown (its write or the flush after it failed): it may be on disk and be the
     /// newest header there, so its blocks must survive until a later header replaces it.
-    in_doubt: BTreeSet<u64>,
+    /// Sorted.
+    in_doubt: Vec<u64>,
     /// The highest generation ever written into a header slot. A retried commit takes a
     /// higher one, so no generation number ever names two different roots.
     highest_written: u64,
@@ -131,7 +141,7 @@ impl<D: BlockDevice> Loader<'_, D> {
     }
 
     /// Loads and verifies the whole state: every index and data block.
-    fn load(mut self) -> Result<(Blobs, BTreeSet<u64>), StoreError> {
+    fn load(mut self) -> Result<(Blobs, Vec<u64>), StoreError> {
         let index_len = self.header.index_len;
         if !(8..=MAX_INDEX_LEN).contains(&index_len) {
             return Err(Self::structure());
@@ -154,12 +164,14 @@ impl<D: BlockDevice> Loader<'_, D> {
         }
         let index = self.read_bytes(&level, index_len, Role::IndexLeaf)?;
         let entries = format::decode_index(&index).ok_or_else(Self::structure)?;
-        let mut blobs = BTreeMap::new();
+        // At boot, before any guest request: infallible allocation is fine here.
+        let mut blobs = Vec::with_capacity(entries.len());
         for entry in entries {
             let data = self.read_bytes(&entry.refs, entry.len, Role::Data)?;
-            blobs.insert(entry.name, Blob { data, stored: Some(entry.refs) });
+            // `decode_index` checked the names strictly increase: `blobs` stays sorted.
+            blobs.push((entry.name, Blob { data, stored: Some(entry.refs) }));
         }
-        Ok((blobs, self.seen))
+        Ok((blobs, self.seen.into_iter().collect()))
     }
 }
 
@@ -180,21 +192,20 @@ fn never_committed(device: &mut impl BlockDevice, keys: &Keys) -> Result<bool, S
     Ok(format::only_a_mac(&first) || format::decode_header(keys, 0, &first) == Slot::Corrupt)
 }
 
-/// Pool blocks a commit may write, lowest first: neither committed nor in doubt.
-fn free_blocks<'a>(
-    committed: &'a BTreeSet<u64>,
-    in_doubt: &'a BTreeSet<u64>,
-    block_count: u64,
-) -> impl Iterator<Item = u64> + 'a {
-    (HEADER_SLOTS..block_count).filter(|index| !committed.contains(index) && !in_doubt.contains(index))
+/// Pool blocks a commit may write, lowest first: neither committed nor in doubt (both
+/// sorted).
+fn free_blocks<'a>(committed: &'a [u64], in_doubt: &'a [u64], block_count: u64) -> impl Iterator<Item = u64> + 'a {
+    (HEADER_SLOTS..block_count)
+        .filter(|index| committed.binary_search(index).is_err() && in_doubt.binary_search(index).is_err())
 }
 
 /// What one commit writes, gathered before anything is applied to the store.
 struct Written {
-    /// New data refs of the blobs put since the last commit.
-    data: BTreeMap<Vec<u8>, Vec<Ref>>,
+    /// New data refs of the blobs put since the last commit: (position in `blobs`, refs),
+    /// by position.
+    data: Vec<(usize, Vec<Ref>)>,
     /// Every pool block this commit wrote.
-    blocks: BTreeSet<u64>,
+    blocks: Vec<u64>,
     root: Ref,
     index_len: u64,
 }
@@ -221,6 +232,7 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         }
         let mut store_id = [0u8; 16];
         entropy.fill(&mut store_id)?;
+        // At boot (format is how a blank disk opens).
         let zero = Box::new([0u8; BLOCK_SIZE]);
         for slot in 0..HEADER_SLOTS {
             device.write(slot, &zero)?;
@@ -232,17 +244,17 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
             keys,
             store_id,
             block_count,
-            blobs: BTreeMap::new(),
+            blobs: Vec::new(),
             staged: true,
-            undo: BTreeMap::new(),
+            undo: Vec::new(),
             // Generation 0 "in slot 1": the first commit writes generation 1 into slot 0.
             committed: Committed {
                 generation: 0,
                 root: Ref { index: 0, generation: 0, hash: [0; 32] },
                 slot: 1,
-                blocks: BTreeSet::new(),
+                blocks: Vec::new(),
             },
-            in_doubt: BTreeSet::new(),
+            in_doubt: Vec::new(),
             highest_written: 0,
         };
         store.commit()?;
@@ -303,9 +315,9 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
             block_count,
             blobs,
             staged: false,
-            undo: BTreeMap::new(),
+            undo: Vec::new(),
             committed: Committed { generation: header.generation, root: header.root, slot, blocks },
-            in_doubt: BTreeSet::new(),
+            in_doubt: Vec::new(),
             highest_written: header.generation,
         })
     }
@@ -328,12 +340,13 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
 
     /// A blob's bytes, including staged changes.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.blobs.get(name).map(|blob| blob.data.as_slice())
+        let at = find(&self.blobs, name).ok()?;
+        self.blobs.get(at).map(|(_, blob)| blob.data.as_slice())
     }
 
     /// The names of all blobs (including staged changes), in increasing byte order.
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.blobs.keys().map(Vec::as_slice)
+        self.blobs.iter().map(|(name, _)| name.as_slice())
     }
 
     /// How many blobs there are (including staged changes).
@@ -356,37 +369,55 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         if name.len() > MAX_NAME_LEN || data.len() > MAX_BLOB_LEN {
             return Err(StoreError::TooLarge);
         }
-        // The copies are what a guest's TPM commands size (up to MAX_BLOB_LEN): a full heap
-        // is an error, not an abort. (The map's own node is small and stays infallible.)
-        let copy = |bytes: &[u8]| -> Result<Vec<u8>, StoreError> {
-            let mut owned = Vec::new();
-            owned.try_reserve_exact(bytes.len()).map_err(|_| StoreError::OutOfMemory)?;
-            owned.extend_from_slice(bytes);
-            Ok(owned)
+        // Every allocation is made before anything changes: a full heap leaves the store as
+        // it was.
+        let blob = Blob { data: mem::copy(data)?, stored: None };
+        let at = find(&self.blobs, name);
+        let key = match at {
+            Ok(_) => None,
+            Err(_) => {
+                mem::reserve(&mut self.blobs, 1)?;
+                Some(mem::copy(name)?)
+            }
         };
-        // Every copy is made before anything changes: a full heap leaves the store as it was.
-        let key = copy(name)?;
-        let blob = Blob { data: copy(data)?, stored: None };
-        let undo_key = match self.undo.contains_key(name) {
-            true => None,
-            false => Some(copy(name)?),
+        let undo_at = find(&self.undo, name);
+        let undo_key = match undo_at {
+            Ok(_) => None,
+            Err(_) => {
+                mem::reserve(&mut self.undo, 1)?;
+                Some(mem::copy(name)?)
+            }
         };
-        let before = self.blobs.insert(key, blob);
-        if let Some(undo_key) = undo_key {
-            self.undo.insert(undo_key, before);
+        // From here nothing allocates: the inserts go into reserved room.
+        let before = match (at, key) {
+            (Ok(at), _) => self.blobs.get_mut(at).map(|(_, old)| core::mem::replace(old, blob)),
+            (Err(at), Some(key)) => {
+                self.blobs.insert(at, (key, blob));
+                None
+            }
+            (Err(_), None) => return Err(StoreError::Internal),
+        };
+        if let (Err(at), Some(key)) = (undo_at, undo_key) {
+            self.undo.insert(at, (key, before));
         }
         self.staged = true;
         Ok(())
     }
 
-    /// Stages the removal of `name`; says whether it was there.
-    pub fn remove(&mut self, name: &[u8]) -> bool {
-        let Some((key, before)) = self.blobs.remove_entry(name) else { return false };
-        if !self.undo.contains_key(name) {
-            self.undo.insert(key, Some(before));
+    /// Stages the removal of `name`; says whether it was there. Fails only without memory
+    /// to record what [`discard`](Store::discard) would put back (nothing changes then).
+    pub fn remove(&mut self, name: &[u8]) -> Result<bool, StoreError> {
+        let Ok(at) = find(&self.blobs, name) else { return Ok(false) };
+        let undo_at = find(&self.undo, name);
+        if undo_at.is_err() {
+            mem::reserve(&mut self.undo, 1)?;
+        }
+        let (key, before) = self.blobs.remove(at);
+        if let Err(undo_at) = undo_at {
+            self.undo.insert(undo_at, (key, Some(before)));
         }
         self.staged = true;
-        true
+        Ok(true)
     }
 
     /// Drops every staged change: the contents are the committed state again. Refused
@@ -394,18 +425,22 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
     /// failed: that header may be on disk with the staged changes as its state, so the
     /// store in memory must keep them (a retried commit writes them again, under a higher
     /// generation).
+    ///
+    /// Never allocates (a discard often follows a full heap): the staged blobs go first,
+    /// and the committed ones go back into room `blobs` had when it last held exactly the
+    /// committed state (at the last commit or open): a `Vec` never gives capacity back.
     pub fn discard(&mut self) -> bool {
         if !self.in_doubt.is_empty() {
             return false;
         }
-        // The staged blobs go first: a discard often follows a full heap, and the
-        // committed ones going back may need a node of the map.
-        for name in self.undo.keys() {
-            self.blobs.remove(name);
+        for (name, _) in &self.undo {
+            if let Ok(at) = find(&self.blobs, name) {
+                self.blobs.remove(at);
+            }
         }
-        for (name, before) in core::mem::take(&mut self.undo) {
-            if let Some(blob) = before {
-                self.blobs.insert(name, blob);
+        for (name, before) in self.undo.drain(..) {
+            if let (Some(blob), Err(at)) = (before, find(&self.blobs, &name)) {
+                self.blobs.insert(at, (name, blob));
             }
         }
         self.staged = false;
@@ -450,29 +485,42 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
             .checked_add(1)
             .ok_or(StoreError::GenerationExhausted)?;
         let needed = self.blocks_needed();
-        let busy = self.committed.blocks.union(&self.in_doubt).count() as u64;
+        // The two are disjoint (a commit writes only free blocks); counted without a copy.
+        let doubtful = self.in_doubt.iter().filter(|b| self.committed.blocks.binary_search(b).is_err()).count();
+        let busy = (self.committed.blocks.len() + doubtful) as u64;
         let free = self.block_count.saturating_sub(HEADER_SLOTS).saturating_sub(busy);
         if needed > free {
             return Err(StoreError::Full { needed, free });
         }
-        let written = self.write_tree(generation)?;
+        let written = self.write_tree(generation, needed)?;
         self.device.flush()?;
 
+        // Whatever the new state needs in memory is made now, before its header is written:
+        // once it may be on disk, nothing may fail for want of heap.
+        let kept = self.blobs.iter().filter_map(|(_, blob)| blob.stored.as_ref()).map(Vec::len).sum::<usize>();
+        let mut blocks = mem::with_capacity(written.blocks.len() + kept)?;
+        blocks.extend_from_slice(&written.blocks);
+        for (_, blob) in &self.blobs {
+            blocks.extend(blob.stored.iter().flatten().map(|r| r.index));
+        }
+        blocks.sort_unstable();
+        blocks.dedup();
+        mem::reserve(&mut self.in_doubt, written.blocks.len())?;
         let slot = HEADER_SLOTS - 1 - self.committed.slot;
         let header = Header { store_id: self.store_id, generation, index_len: written.index_len, root: written.root };
-        let block = format::encode_header(&self.keys, slot, &header);
+        let block = format::encode_header(&self.keys, slot, &header)?;
         // From here the new header may reach the disk whatever we are told.
         self.highest_written = generation;
-        self.in_doubt.extend(written.blocks.iter().copied());
+        self.in_doubt.extend_from_slice(&written.blocks);
+        self.in_doubt.sort_unstable();
         self.device.write(slot, &block)?;
         self.device.flush()?;
 
-        let mut blocks = written.blocks;
-        for (name, blob) in &mut self.blobs {
-            if let Some(refs) = written.data.get(name) {
-                blob.stored = Some(refs.clone());
+        // The new blobs' refs move into them: no copy.
+        for (at, refs) in written.data {
+            if let Some((_, blob)) = self.blobs.get_mut(at) {
+                blob.stored = Some(refs);
             }
-            blocks.extend(blob.stored.iter().flatten().map(|r| r.index));
         }
         self.committed = Committed { generation, root: written.root, slot, blocks };
         self.in_doubt.clear();
@@ -495,7 +543,7 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
     /// two keys would each see a different newest state.
     pub fn rekey(mut self, key: &StoreKey) -> Result<Self, StoreError> {
         self.keys = Keys::derive(key)?;
-        for blob in self.blobs.values_mut() {
+        for (_, blob) in &mut self.blobs {
             blob.stored = None;
         }
         self.staged = true;
@@ -512,53 +560,68 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
     fn blocks_needed(&self) -> u64 {
         let data: u64 = self
             .blobs
-            .values()
-            .filter(|blob| blob.stored.is_none())
-            .map(|blob| format::blocks_for(blob.data.len() as u64))
+            .iter()
+            .filter(|(_, blob)| blob.stored.is_none())
+            .map(|(_, blob)| format::blocks_for(blob.data.len() as u64))
             .sum();
-        let index_len = format::index_len(self.blobs.iter().map(|(name, blob)| (name.len(), blob.data.len() as u64)));
-        data.saturating_add(format::level_sizes(index_len).iter().sum())
+        data.saturating_add(format::index_blocks(self.index_len()))
     }
 
-    /// Writes the new data blocks and the index tree into free pool blocks (no flush).
-    fn write_tree(&mut self, generation: u64) -> Result<Written, StoreError> {
+    /// The encoded length of the current contents' index.
+    fn index_len(&self) -> u64 {
+        format::index_len(self.blobs.iter().map(|(name, blob)| (name.len(), blob.data.len() as u64)))
+    }
+
+    /// Writes the new data blocks and the index tree into free pool blocks (no flush);
+    /// `needed`: how many ([`Store::blocks_needed`]).
+    fn write_tree(&mut self, generation: u64, needed: u64) -> Result<Written, StoreError> {
+        let index_len = self.index_len();
+        if index_len > MAX_INDEX_LEN {
+            return Err(StoreError::TooLarge);
+        }
+        let index_len_bytes = usize::try_from(index_len).map_err(|_| StoreError::TooLarge)?;
         let Store { device, entropy, keys, store_id, blobs, committed, in_doubt, block_count, .. } = self;
         let mut free = free_blocks(&committed.blocks, in_doubt, *block_count);
-        let mut written_blocks = BTreeSet::new();
+        let mut written_blocks = mem::with_capacity(usize::try_from(needed).map_err(|_| StoreError::TooLarge)?)?;
+        // One payload buffer for every block of the commit.
+        let mut payload = mem::zeroed::<BLOCK_PAYLOAD>()?;
         let mut write = |bytes: &[u8], role: Role| -> Result<Vec<Ref>, StoreError> {
-            let mut refs = Vec::new();
+            let mut refs = mem::with_capacity(bytes.len().div_ceil(BLOCK_PAYLOAD))?;
             for chunk in bytes.chunks(BLOCK_PAYLOAD) {
-                let mut payload = Box::new([0u8; BLOCK_PAYLOAD]);
+                payload.fill(0);
                 payload.iter_mut().zip(chunk).for_each(|(to, from)| *to = *from);
                 // `commit` counted the free blocks first; running out here means a bug.
                 let index = free.next().ok_or(StoreError::Full { needed: 1, free: 0 })?;
                 let block = keys.seal(entropy, store_id, role, index, generation, &payload)?;
                 device.write(index, &block)?;
-                written_blocks.insert(index);
+                // Room for `needed` blocks was made above; this only guards a miscount.
+                mem::reserve(&mut written_blocks, 1)?;
+                written_blocks.push(index);
                 refs.push(Ref { index, generation, hash: block_hash(&block) });
             }
             Ok(refs)
         };
 
-        let mut data = BTreeMap::new();
-        for (name, blob) in blobs.iter().filter(|(_, blob)| blob.stored.is_none()) {
-            data.insert(name.clone(), write(&blob.data, Role::Data)?);
+        let mut data = mem::with_capacity(blobs.iter().filter(|(_, blob)| blob.stored.is_none()).count())?;
+        for (at, (_, blob)) in blobs.iter().enumerate().filter(|(_, (_, blob))| blob.stored.is_none()) {
+            let refs = write(&blob.data, Role::Data)?;
+            data.push((at, refs));
         }
-        let entries = blobs.iter().map(|(name, blob)| {
-            let refs = blob.stored.as_deref().or_else(|| data.get(name).map(Vec::as_slice)).unwrap_or_default();
+        let entries = blobs.iter().enumerate().map(|(at, (name, blob))| {
+            let new = || data.binary_search_by_key(&at, |(i, _)| *i).ok().and_then(|i| data.get(i));
+            let refs = blob.stored.as_deref().or_else(|| new().map(|(_, refs)| refs.as_slice())).unwrap_or_default();
             (name.as_slice(), blob.data.len() as u64, refs)
         });
-        let index = format::encode_index(blobs.len(), entries).ok_or(StoreError::TooLarge)?;
-        let index_len = index.len() as u64;
-        if index_len > MAX_INDEX_LEN {
-            return Err(StoreError::TooLarge);
-        }
+        let index = format::encode_index(mem::with_capacity(index_len_bytes)?, blobs.len(), entries)
+            .ok_or(StoreError::TooLarge)?;
         // Never empty: the index starts with its entry count, so there is at least one leaf.
         let mut level = write(&index, Role::IndexLeaf)?;
+        let mut node = mem::with_capacity(BLOCK_PAYLOAD)?;
         while level.len() > 1 {
-            let mut next = Vec::new();
+            let mut next = mem::with_capacity(level.len().div_ceil(REFS_PER_NODE))?;
             for children in level.chunks(REFS_PER_NODE) {
-                let mut node = Vec::with_capacity(BLOCK_PAYLOAD);
+                // At most REFS_PER_NODE refs: within the node's BLOCK_PAYLOAD bytes of room.
+                node.clear();
                 children.iter().for_each(|r| r.encode_into(&mut node));
                 next.extend(write(&node, Role::IndexNode)?);
             }

@@ -412,7 +412,7 @@ pub fn fuzz_store(data: &[u8]) -> Result<FuzzOutcome, &'static str> {
                 model.insert(name, data);
             }
             2 => {
-                if store.remove(&name) != model.remove(&name).is_some() {
+                if store.remove(&name) != Ok(model.remove(&name).is_some()) {
                     return Err("remove disagrees with the model");
                 }
             }

@@ -27,7 +27,7 @@ fn apply(store: &mut TestStore, step: &Step) {
         match change {
             Some(data) => store.put(name, data).unwrap(),
             None => {
-                store.remove(name);
+                store.remove(name).unwrap();
             }
         }
     }

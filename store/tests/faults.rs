@@ -119,7 +119,7 @@ fn a_blob_that_can_never_fit_is_full_even_on_an_empty_store() {
     let mut store = format(8);
     store.put(b"big", &bytes(1, 6 * BLOCK_PAYLOAD)).unwrap();
     assert_eq!(store.commit(), Err(StoreError::Full { needed: 7, free: 5 }));
-    store.remove(b"big");
+    store.remove(b"big").unwrap();
     store.commit().unwrap();
     assert!(open(store.into_device()).unwrap().is_empty());
 }
@@ -184,9 +184,9 @@ fn discard_puts_the_committed_contents_back_and_the_next_commit_holds_none_of_it
 
     store.put(b"kept", b"changed").unwrap();
     store.put(b"kept", b"changed twice").unwrap();
-    assert!(store.remove(b"gone"));
+    assert!(store.remove(b"gone").unwrap());
     store.put(b"new", b"3").unwrap();
-    assert!(store.remove(b"new"));
+    assert!(store.remove(b"new").unwrap());
     store.put(b"new too", b"4").unwrap();
     assert!(store.discard());
     assert_eq!(contents(&store), committed);

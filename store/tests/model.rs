@@ -76,7 +76,7 @@ proptest! {
                     staged.insert(name(n), bytes(seed, len));
                 }
                 Op::Remove { name: n } => {
-                    prop_assert_eq!(store.remove(&name(n)), staged.remove(&name(n)).is_some());
+                    prop_assert_eq!(store.remove(&name(n)).unwrap(), staged.remove(&name(n)).is_some());
                 }
                 Op::Commit => {
                     let changed = store.has_staged_changes();

@@ -36,7 +36,7 @@ fn uncommitted_changes_are_not_on_disk() {
     store.put(b"a", b"1").unwrap();
     store.commit().unwrap();
     store.put(b"b", b"2").unwrap();
-    store.remove(b"a");
+    store.remove(b"a").unwrap();
     let store = reopen(store);
     assert_eq!(store.get(b"a"), Some(&b"1"[..]));
     assert_eq!(store.get(b"b"), None);
@@ -48,9 +48,9 @@ fn remove_takes_the_blob_away_after_commit() {
     store.put(b"a", b"1").unwrap();
     store.put(b"b", b"2").unwrap();
     store.commit().unwrap();
-    assert!(store.remove(b"a"));
-    assert!(!store.remove(b"a"), "already gone");
-    assert!(!store.remove(b"never"), "never there");
+    assert!(store.remove(b"a").unwrap());
+    assert!(!store.remove(b"a").unwrap(), "already gone");
+    assert!(!store.remove(b"never").unwrap(), "never there");
     store.commit().unwrap();
     let store = reopen(store);
     assert_eq!(store.get(b"a"), None);
@@ -166,7 +166,7 @@ fn commit_without_changes_keeps_the_generation_and_writes_nothing() {
     store.commit().unwrap();
     assert_eq!(store.state().generation, 1);
     assert_eq!(store.device().mutations(), before);
-    store.remove(b"absent");
+    store.remove(b"absent").unwrap();
     store.commit().unwrap();
     assert_eq!(store.state().generation, 1, "removing nothing stages nothing");
 }
