@@ -48,6 +48,22 @@ pub fn spin_until(ns: u64) {
     }
 }
 
+/// Give this CPU back for about `us` microseconds: HLT until its local-APIC timer fires
+/// (or an IPI comes). A wait that may last long (a migration's destination waiting for the
+/// host or the source) must not spin: under emulation a spinning CPU is a busy host thread,
+/// and on this project's 2-core hosts it is the core the source needs. Spins instead
+/// before the timer is measured.
+pub fn nap(us: u32) {
+    let per_ms = super::user::timer_ticks_per_ms();
+    if per_ms == 0 {
+        spin_until(monotonic_ns().saturating_add(u64::from(us) * 1000));
+        return;
+    }
+    super::lapic::arm_timer(per_ms.saturating_mul(us) / 1000);
+    super::cpu::wait_for_interrupt();
+    super::lapic::disarm_timer();
+}
+
 /// Nanoseconds since [`calibrate`].
 pub fn monotonic_ns() -> u64 {
     let per_us = TICKS_PER_US.load(Ordering::Relaxed).max(1);

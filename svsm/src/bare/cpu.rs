@@ -82,8 +82,8 @@ pub fn halt_forever() -> ! {
 /// becomes pending after the caller's last check still ends the sleep: STI's
 /// one-instruction shadow holds it until HLT.
 pub fn wait_for_interrupt() {
-    // SAFETY: the interrupts the SVSM takes (its wake-up IPI, spurious ones) have handlers
-    // that just return; CLI restores the SVSM's interrupts-off state. No memory is touched.
+    // SAFETY: the interrupts the SVSM takes at CPL 0 (its wake-up IPI, its timer, spurious
+    // ones) have handlers that just acknowledge and return; CLI restores the SVSM's interrupts-off state. No memory is touched.
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 

@@ -61,6 +61,13 @@ const FINISH_OFFER_NS: u64 = 2_000_000_000;
 /// that wrote more is taken over several (the last round, with the guest stopped, until
 /// none is left).
 const TAKE_PAGES: usize = 16 * 1024;
+/// Polls of the channel that found nothing before the destination naps between polls.
+const IDLE_SPINS: u32 = 64;
+/// The destination's nap between polls once the channel is idle: short against a ring's
+/// worth of records (some 256 KiB), long enough to give the host's core away.
+const IDLE_NAP_US: u32 = 50;
+/// The nap while waiting for the host to start the migration pages.
+const WAIT_NAP_US: u32 = 1000;
 /// How often the destination says how much it received.
 const PROGRESS_NS: u64 = 1_000_000_000;
 /// How long the session may stand still (no frame moved either way) while the guest runs
@@ -120,7 +127,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
     let [outbound, mut inbound] = pages;
     let first_inbound = inbound.first_mut().ok_or("no inbound page")?;
     while first_inbound.read_status() != abi::migration::MigrationStatus::INCOMING {
-        core::hint::spin_loop();
+        clock::nap(WAIT_NAP_US);
     }
     let mut channel = PageChannel::with_rings(outbound, inbound);
     let evidence = Evidence { svsm, platform };
@@ -133,6 +140,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
     let started = clock::monotonic_ns();
     let (mut received, mut reported, mut reported_at) = (0usize, 0usize, started);
     let mut attested = false;
+    let mut idle = 0u32;
     let mut last_progress = started;
     let mut spent = Spent::default();
     let taken = loop {
@@ -202,7 +210,15 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
             println!("migration: {} KiB received", received / 1024);
         }
         match session.outcome() {
-            DestinationOutcome::InProgress => core::hint::spin_loop(),
+            // Nothing moved for a while: the source is sealing its next records, or the
+            // host relaying them. Napping frees the core they need (on a host with few).
+            DestinationOutcome::InProgress if moved => idle = 0,
+            DestinationOutcome::InProgress => {
+                idle += 1;
+                if idle >= IDLE_SPINS {
+                    clock::nap(IDLE_NAP_US);
+                }
+            }
             DestinationOutcome::Completed => break Ok(()),
             DestinationOutcome::Failed(e) => break Err(format!("the session failed: {e:?}")),
         }
