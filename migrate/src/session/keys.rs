@@ -33,7 +33,7 @@ const NONCE_S2D: &[u8] = b"bulwark-migrate v1 nonce source to destination";
 const KEY_D2S: &[u8] = b"bulwark-migrate v1 key destination to source";
 const NONCE_D2S: &[u8] = b"bulwark-migrate v1 nonce destination to source";
 /// Label that starts the hash of the STATE frames.
-pub(crate) const STATE_HASH_LABEL: &[u8] = b"bulwark-migrate v1 state";
+pub(crate) const STATE_HASH_LABEL: &[u8] = b"bulwark-migrate v1 state tags";
 
 /// How many 48-byte draws key generation tries before it blames the entropy source (a
 /// draw is refused only if it is zero or not below the group order: about 2^-190).
