@@ -27,6 +27,9 @@ use abi::result::ResultCode;
 use abi::vmsa::VmsaField;
 use core::sync::atomic::Ordering;
 
+/// Writes of SVSM_MEM_AVAILABLE one call makes at most while the pool changes under it.
+const MEM_FLAG_ROUNDS: usize = 4;
+
 /// What one entry of the SVSM did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryOutcome {
@@ -164,34 +167,42 @@ impl Svsm {
     /// deposited pages exist" (spec 58019 section 6.6), after every call, whichever call
     /// changed the pool.
     fn sync_mem_available<P: Platform + ?Sized>(&self, p: &mut P) {
-        let want = u8::from(self.mem_available.load(Ordering::Acquire));
-        let written = self.mem_flag_written.load(Ordering::Acquire);
-        if written == want {
-            return;
-        }
-        let Some(ca) = self.vcpus.startup().map(|v| v.calling_area) else { return };
-        let Some(flag_gpa) = ca.checked_add(MEM_AVAILABLE_OFFSET) else { return };
-        // Under the page's lock, which a DEPOSIT_MEM or CREATE_VCPU of the page takes too,
-        // and only while the page is still the startup vCPU's calling area: a REMAP_CA on
-        // another CPU may have moved it away, after which the page may be deposited and
-        // is never the SVSM's to write for the guest. Skipped, the flag is written after
-        // a later call.
-        let page = ca.page();
-        let mut held = self.pages.lock(page, page);
-        let still = held.role(page) == Some(PageRole::CallingArea(VcpuIndex::STARTUP))
-            && self.vcpus.startup().is_some_and(|v| v.calling_area == ca);
-        if !still {
-            return;
-        }
-        match p.write(flag_gpa, &[want]) {
-            // Recorded only if nothing changed the record meanwhile: a REMAP_CA of the
-            // startup vCPU marks it unknown, and this write then went to the old area, so
-            // the new one must still be written.
-            Ok(()) => {
-                let _ = self.mem_flag_written.compare_exchange(written, want, Ordering::AcqRel, Ordering::Acquire);
+        // Again while the pool changed under the write: a vCPU that changed it meanwhile
+        // may have found the record still equal to its own wish and left the flag to this
+        // one. A pool that keeps changing is caught up with by a later call.
+        for _ in 0..MEM_FLAG_ROUNDS {
+            let want = u8::from(self.mem_available.load(Ordering::Acquire));
+            let written = self.mem_flag_written.load(Ordering::Acquire);
+            if written == want {
+                return;
             }
-            Err(f) => log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0),
+            let Some(ca) = self.vcpus.startup().map(|v| v.calling_area) else { return };
+            let Some(flag_gpa) = ca.checked_add(MEM_AVAILABLE_OFFSET) else { return };
+            // Under the page's lock, which a DEPOSIT_MEM or CREATE_VCPU of the page takes
+            // too, and only while the page is still the startup vCPU's calling area: a
+            // REMAP_CA on another CPU may have moved it away, after which the page may be
+            // deposited and is never the SVSM's to write for the guest. Skipped, the flag
+            // is written after a later call.
+            let page = ca.page();
+            let mut held = self.pages.lock(page, page);
+            let still = held.role(page) == Some(PageRole::CallingArea(VcpuIndex::STARTUP))
+                && self.vcpus.startup().is_some_and(|v| v.calling_area == ca);
+            if !still {
+                return;
+            }
+            match p.write(flag_gpa, &[want]) {
+                // Recorded only if nothing changed the record meanwhile: a REMAP_CA of the
+                // startup vCPU marks it unknown, and this write then went to the old area,
+                // so the new one must still be written.
+                Ok(()) => {
+                    let _ = self.mem_flag_written.compare_exchange(written, want, Ordering::AcqRel, Ordering::Acquire);
+                }
+                Err(f) => {
+                    log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0);
+                    return;
+                }
+            }
+            drop(held);
         }
-        drop(held);
     }
 }

@@ -121,3 +121,46 @@ fn a_full_heap_gets_error_codes_on_the_model() {
 fn a_full_heap_gets_error_codes_on_the_snp_platform() {
     exhaust_on(PlatformKind::Snp);
 }
+
+/// The log level as SVSM_OCP_READ gives it (source 1, `config.log_level`).
+fn log_level(w: &mut World) -> Vec<u8> {
+    let at = SCRATCH + 0x1_0000;
+    let n = match w.client().ocp_read(1, at, 16, 0) {
+        Ok(guest::ocp::ReadOutcome::Copied(n)) => n as usize,
+        other => panic!("reading the log level: {other:?}"),
+    };
+    let mut level = vec![0u8; n];
+    w.vcpu(VcpuIndex::STARTUP).read(at, &mut level).expect("guest memory");
+    level
+}
+
+/// An OCP WRITE with a change-event ring set up (NOTIFY) needs heap for the event: a full
+/// heap refuses the write whole, the level unchanged, as every call that runs out of
+/// heap changes nothing (docs/protocols/core.md). Before, the level changed and only
+/// then did the event's room fail, so the guest was told the write failed.
+#[test]
+fn an_ocp_write_refused_for_heap_changes_no_setting() {
+    let mut refused = 0;
+    for room in [0usize, 8, 16, 32, 64, 4096] {
+        let mut w = World::new(WorldConfig::default());
+        let ring = SCRATCH + 0x2_0000;
+        write(&mut w, ring, &[0; 64]);
+        assert_eq!(call(&mut w, ProtocolId::OCP, ocp_call::NOTIFY, [ring, 0, 0, 0]), ResultCode::SUCCESS);
+        let before = log_level(&mut w);
+        let value = if before.starts_with(b"debug") { &b"error"[..] } else { &b"debug"[..] };
+        write(&mut w, SCRATCH + 0x3_0000, value);
+        heap::leave_room(room);
+        let rc = call(&mut w, ProtocolId::OCP, ocp_call::WRITE, [1, SCRATCH + 0x3_0000, value.len() as u64, 0]);
+        heap::reset_limit();
+        let after = log_level(&mut w);
+        match rc {
+            ResultCode::SUCCESS => assert!(after.starts_with(value), "{room} bytes: written, yet {after:?}"),
+            ResultCode::ERR_INVALID_REQUEST => {
+                refused += 1;
+                assert_eq!(after, before, "{room} bytes: refused, yet the level changed");
+            }
+            other => panic!("{room} bytes: {other}"),
+        }
+    }
+    assert!(refused > 0, "no write ran out of heap: the test shows nothing");
+}

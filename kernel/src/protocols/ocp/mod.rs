@@ -190,6 +190,16 @@ fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Cal
     // `len` is at most SETTING_MAX (checked above).
     let data = buf.get_mut(..len).ok_or(CallError::InvalidParameter("not a value this setting understands"))?;
     guest_memory::read_bytes(p, ctx.view(&svsm.pages), gpa, data)?;
+    // Room for the change event before anything changes: a full heap refuses the write
+    // whole (docs/protocols/core.md "When the heap runs out").
+    {
+        let mut ring = svsm.ocp.notify.lock();
+        if let Some(ring) = ring.as_mut()
+            && !ring.written.contains(&index)
+        {
+            ring.written.try_reserve(1).map_err(|_| CallError::OutOfMemory)?;
+        }
+    }
     match setting {
         Setting::LogLevel => {
             let level = sources::parse_level(data)
@@ -203,11 +213,13 @@ fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Cal
             }
         }
     }
+    // Into the room made above; another vCPU's write may have taken it meanwhile, and then
+    // the event is dropped, as `post_events` drops what it cannot post.
     let mut ring = svsm.ocp.notify.lock();
     if let Some(ring) = ring.as_mut()
         && !ring.written.contains(&index)
+        && ring.written.len() < ring.written.capacity()
     {
-        ring.written.try_reserve(1).map_err(|_| CallError::OutOfMemory)?;
         ring.written.push(index);
     }
     Ok(len as u64)
