@@ -57,6 +57,7 @@ pub mod run;
 pub mod shared;
 pub mod slots;
 pub mod vcpu;
+pub mod virtio_pci;
 pub mod vmcb;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 use super::pages::Page;
 use core::ptr::NonNull;
 use spin::Mutex;
+use svm::virtio_pci::{Window, inside_any};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 /// Bounce slots, one page each.
@@ -29,6 +30,21 @@ struct Pool {
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+/// The memory BARs of the device being set up: the only places the crate's transport may
+/// map registers (`mmio_phys_to_virt`). Its capabilities were checked against them
+/// (`svm::virtio_pci::check`); a window outside them means the host answered the crate
+/// differently from the check.
+static MMIO_WINDOWS: Mutex<[Option<Window>; 6]> = Mutex::new([None; 6]);
+
+/// Let the transport map registers inside `windows` (at most six: a device's BARs).
+pub fn allow_mmio(windows: impl IntoIterator<Item = Window>) {
+    let mut allowed = MMIO_WINDOWS.lock();
+    *allowed = [None; 6];
+    for (slot, window) in allowed.iter_mut().zip(windows) {
+        *slot = Some(window);
+    }
+}
 
 /// Set the pool up; `false` without memory for it.
 pub fn init() -> bool {
@@ -55,8 +71,9 @@ pub struct BounceHal;
 
 // SAFETY: `dma_alloc` returns fresh zeroed page-aligned pages of the SVSM's heap, reachable
 // at their physical address through the identity map and owned by the caller until
-// `dma_dealloc`; `mmio_phys_to_virt` is only given BARs the caller checked lie in the
-// identity-mapped first 4 GiB; `share` hands out pool slots no one else holds and copies
+// `dma_dealloc`; `mmio_phys_to_virt` maps only inside the memory BARs the caller checked
+// (`allow_mmio`: in the identity-mapped first 4 GiB, neither RAM nor the SVSM's own
+// memory) and stops the SVSM for anything else; `share` hands out pool slots no one else holds and copies
 // in and out only within the caller's buffer and the slot.
 unsafe impl Hal for BounceHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
@@ -76,7 +93,12 @@ unsafe impl Hal for BounceHal {
         0
     }
 
-    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        // An empty slot is a window of no bytes, which holds no register.
+        let windows = MMIO_WINDOWS.lock().map(|w| w.unwrap_or(Window { start: 0, len: 0 }));
+        if size == 0 || !inside_any(&windows, paddr, size as u64) {
+            bug("a device register window outside the BARs its capabilities were checked against");
+        }
         match NonNull::new(paddr as *mut u8) {
             Some(ptr) => ptr,
             None => bug("a BAR at address 0"),

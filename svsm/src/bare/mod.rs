@@ -193,10 +193,21 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
     exit::failure()
 }
 
+/// Whether a device BAR at `start..end` would overlap memory that is not the host's to
+/// give a device: RAM of the launch's memory map (`ram`), the SVSM's own region (which a
+/// host's map need not list as RAM) or the local and I/O APICs' registers. The SVSM
+/// writes a device's registers into its BARs.
+fn not_for_devices(ram: &[(u64, u64)], start: u64, end: u64) -> bool {
+    const APICS: core::ops::Range<u64> = 0xFEC0_0000..0xFF00_0000;
+    let svsm = &::svm::launch::QEMU.svsm_region;
+    let overlaps = |r: &core::ops::Range<u64>| r.start < end && start < r.end;
+    pvh::overlaps_ram(ram, start, end) || overlaps(svsm) || overlaps(&APICS)
+}
+
 /// The migration device, if QEMU has one (`-device ivshmem-plain`); its memory must not
 /// be RAM of the launch's memory map (`ram`, the copy the launch used).
 fn migration_device(ram: &[(u64, u64)]) -> Option<svm::migration_device::Rings> {
-    match svm::migration_device::find(|start, end| pvh::overlaps_ram(ram, start, end)) {
+    match svm::migration_device::find(|start, end| not_for_devices(ram, start, end)) {
         Ok(pages) => Some(pages),
         Err(svm::migration_device::DeviceError::Absent) => None,
         Err(e) => {
@@ -330,7 +341,7 @@ fn open_sealed_state(
         key
     });
     let started = clock::monotonic_ns();
-    let disk = match svm::disk::find(|start, end| pvh::overlaps_ram(ram, start, end)) {
+    let disk = match svm::disk::find(|start, end| not_for_devices(ram, start, end)) {
         Ok(disk) => disk,
         Err(svm::disk::DiskError::Absent) => {
             println!("sealed: no state disk (virtio-blk, serial bulwark-state); the vTPM's state lasts one boot");

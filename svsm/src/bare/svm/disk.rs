@@ -16,11 +16,14 @@
 use super::super::clock;
 use super::super::dma::{self, BounceHal};
 use super::pci::PortCam;
+use ::svm::virtio_pci;
 use core::mem::ManuallyDrop;
 use store::{Block, BlockDevice, IoError};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::{BarInfo, Command, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::bus::{
+    BarInfo, Command, ConfigurationAccess, DeviceFunction, PCI_CAP_ID_VNDR, PciRoot,
+};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport, pci::virtio_device_type};
 
 /// The serial number that marks the state disk among the host's block devices.
@@ -34,6 +37,8 @@ const SECTORS_PER_BLOCK: u64 = (store::BLOCK_SIZE / SECTOR_SIZE) as u64;
 /// behind the clock is the host's to skew on this platform, so this bounds an honest but
 /// failing host, not a hostile one (which can stop the vCPU anyway).
 const REQUEST_DEADLINE_NS: u64 = 10_000_000_000;
+/// Tries to read the device's configuration between two equal generation counts.
+const CONSISTENT_TRIES: usize = 64;
 /// The one request queue, and its size: a request is at most three descriptors (header,
 /// one block, status) and only one is ever in flight.
 const REQUEST_QUEUE: u16 = 0;
@@ -68,6 +73,8 @@ pub struct VirtioDisk {
     /// Its pages are never freed (`dma::BounceHal::dma_dealloc` keeps them), so a device
     /// that still writes them after a lost request writes only them.
     queue: VirtQueue<BounceHal, QUEUE_SIZE>,
+    /// Where the request queue's notification is written (checked at start).
+    notify_at: u64,
     blocks: u64,
     flush: bool,
     /// A request missed its deadline or came back malformed: no more requests.
@@ -129,21 +136,36 @@ fn start(
     if !reachable || !dma::init() {
         return Err(DiskError::Unreachable);
     }
+    // The register windows the device's capabilities name, each inside one of those BARs
+    // (`svm::virtio_pci`); the crate's transport maps only inside them (`dma::allow_mmio`).
+    let memory_bars = bars.each_ref().map(|bar| match bar {
+        Some(BarInfo::Memory { address, size, .. }) => Some((*address, *size)),
+        _ => None,
+    });
+    let layout = virtio_pci::check(&memory_bars, capabilities(root, df)).map_err(|e| {
+        println!("sealed: the state disk's register windows are refused ({e:?})");
+        DiskError::Unreachable
+    })?;
+    dma::allow_mmio(memory_bars.iter().flatten().map(|&(start, len)| virtio_pci::Window { start, len }));
     root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
     let mut transport = ManuallyDrop::new(PciTransport::new::<BounceHal, _>(root, df).map_err(|_| DiskError::Device)?);
     let features = transport.begin_init(Features::all());
-    let sectors = transport
-        .read_consistent(|| {
-            let low: u32 = transport.read_config_space(0)?;
-            let high: u32 = transport.read_config_space(4)?;
-            Ok(u64::from(high) << 32 | u64::from(low))
-        })
-        .map_err(|_| DiskError::Device)?;
+    let sectors = read_consistent(&transport, || {
+        let low: u32 = transport.read_config_space(0).ok()?;
+        let high: u32 = transport.read_config_space(4).ok()?;
+        Some(u64::from(high) << 32 | u64::from(low))
+    })
+    .ok_or(DiskError::Device)?;
     let queue = VirtQueue::new(&mut *transport, REQUEST_QUEUE, false, false).map_err(|_| DiskError::Device)?;
+    let notify_at = queue_notify_address(&layout, REQUEST_QUEUE).ok_or_else(|| {
+        println!("sealed: the state disk's queue notifies outside its notify window");
+        DiskError::Device
+    })?;
     transport.finish_init();
     let mut disk = VirtioDisk {
         transport,
         queue,
+        notify_at,
         blocks: sectors / SECTORS_PER_BLOCK,
         flush: features.contains(Features::FLUSH),
         wedged: false,
@@ -162,7 +184,63 @@ fn start(
     Ok(disk)
 }
 
+/// The device's vendor capabilities, as configuration space says them now.
+fn capabilities(root: &PciRoot<PortCam>, df: DeviceFunction) -> alloc::vec::Vec<virtio_pci::Capability> {
+    let cam = PortCam;
+    let word = |cap: u8, at: u8| cam.read_word(df, cap.wrapping_add(at));
+    root.capabilities(df)
+        .filter(|cap| cap.id == PCI_CAP_ID_VNDR)
+        .map(|cap| {
+            let [_, _, cap_len, cfg_type] = word(cap.offset, 0).to_le_bytes();
+            virtio_pci::Capability {
+                cfg_type,
+                cap_len,
+                bar: word(cap.offset, 4).to_le_bytes()[0],
+                offset: word(cap.offset, 8),
+                length: word(cap.offset, 12),
+                notify_multiplier: word(cap.offset, 16),
+            }
+        })
+        .collect()
+}
+
+/// Config space read whole between two equal generation counts, as the crate's
+/// `read_consistent` does, but given up after [`CONSISTENT_TRIES`]: a host that changes
+/// the count every time would otherwise hold the boot for good.
+fn read_consistent<T>(transport: &PciTransport, read: impl Fn() -> Option<T>) -> Option<T> {
+    for _ in 0..CONSISTENT_TRIES {
+        let before = transport.read_config_generation();
+        let value = read();
+        if transport.read_config_generation() == before {
+            return value;
+        }
+    }
+    None
+}
+
+/// Where the notification of `queue` goes: its `queue_notify_off`, read once now (virtio
+/// fixes it for the device's life), placed in the checked notify window.
+fn queue_notify_address(layout: &virtio_pci::Layout, queue: u16) -> Option<u64> {
+    let common = layout.common.start;
+    // SAFETY: `common` is the start of the common configuration window, which `check`
+    // placed inside a memory BAR the SVSM checked is neither RAM nor its own memory, in
+    // the identity-mapped first 4 GiB, at least `COMMON_LEN` long; both registers are
+    // 16-bit and 2-aligned inside it.
+    let notify_off = unsafe {
+        core::ptr::write_volatile((common + virtio_pci::QUEUE_SELECT) as *mut u16, queue);
+        core::ptr::read_volatile((common + virtio_pci::QUEUE_NOTIFY_OFF) as *const u16)
+    };
+    virtio_pci::notify_address(layout, notify_off)
+}
+
 impl VirtioDisk {
+    /// Tell the device the request queue has work (a 16-bit write of the queue's index).
+    fn notify(&mut self) {
+        // SAFETY: `notify_at` is inside the notify window of a checked memory BAR, two
+        // bytes from its end at most (`virtio_pci::notify_address`), identity-mapped.
+        unsafe { core::ptr::write_volatile(self.notify_at as *mut u16, REQUEST_QUEUE) };
+    }
+
     fn sector(&self, index: u64) -> Result<u64, IoError> {
         if index >= self.blocks {
             return Err(IoError);
@@ -215,7 +293,7 @@ impl VirtioDisk {
         // can still write refers to these buffers.
         let token = unsafe { self.queue.add(inputs, outputs) }.map_err(|_| "the queue refused it")?;
         if self.queue.should_notify() {
-            self.transport.notify(REQUEST_QUEUE);
+            self.notify();
         }
         let deadline = clock::monotonic_ns().saturating_add(REQUEST_DEADLINE_NS);
         while !self.queue.can_pop() {
