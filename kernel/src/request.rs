@@ -194,8 +194,17 @@ impl Svsm {
                 // Recorded only if nothing changed the record meanwhile: a REMAP_CA of the
                 // startup vCPU marks it unknown, and this write then went to the old area,
                 // so the new one must still be written.
+                // A failed exchange means another vCPU recorded its own write meanwhile, and
+                // this one may have overwritten it in the page: the record is unknown then,
+                // and the next round writes what the pool says now.
                 Ok(()) => {
-                    let _ = self.mem_flag_written.compare_exchange(written, want, Ordering::AcqRel, Ordering::Acquire);
+                    if self
+                        .mem_flag_written
+                        .compare_exchange(written, want, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        self.mem_flag_written.store(crate::svsm::MEM_FLAG_UNKNOWN, Ordering::Release);
+                    }
                 }
                 Err(f) => {
                     log!(p, Warn, "cannot update SVSM_MEM_AVAILABLE at {:#x}", f.gpa.0);

@@ -69,15 +69,21 @@ pub enum CapError {
     CommonTooShort,
     /// virtio requires an even notify offset multiplier (the crate refuses an odd one).
     OddMultiplier,
+    /// The common configuration is not 8-aligned, or the notify window not 2-aligned.
+    Misaligned,
 }
 
-/// Check every structure window of a device: each must lie inside one of `bars` (the six
+/// Check every structure window of a device (capability types 1 to 4, all of them, though
+/// the crate maps only the first of each): each must lie inside one of `bars` (the six
 /// BARs as `(address, size)` for a memory BAR the caller checked, `None` otherwise).
 /// The first common and notify capabilities (the ones the crate uses) give the layout.
 pub fn check(bars: &[Option<(u64, u64)>; 6], caps: impl IntoIterator<Item = Capability>) -> Result<Layout, CapError> {
     let (mut common, mut notify) = (None, None);
     for cap in caps {
-        if cap.cap_len < 16 {
+        // Only the structures a driver maps: not, say, the PCI configuration access
+        // capability (type 5), whose BAR fields are the driver's to fill (QEMU's name BAR
+        // 0, its I/O BAR, with no length).
+        if cap.cap_len < 16 || !(CAP_COMMON..=CAP_DEVICE).contains(&cap.cfg_type) {
             continue;
         }
         let (base, size) = bars.get(usize::from(cap.bar)).copied().flatten().ok_or(CapError::NoSuchBar(cap.bar))?;
@@ -97,7 +103,14 @@ pub fn check(bars: &[Option<(u64, u64)>; 6], caps: impl IntoIterator<Item = Capa
     if common.len < COMMON_LEN {
         return Err(CapError::CommonTooShort);
     }
+    // The structure has 64-bit registers; a notification is a 16-bit write.
+    if common.start % 8 != 0 {
+        return Err(CapError::Misaligned);
+    }
     let (notify, notify_multiplier) = notify.ok_or(CapError::MissingNotify)?;
+    if notify.start % 2 != 0 {
+        return Err(CapError::Misaligned);
+    }
     if notify_multiplier % 2 != 0 {
         return Err(CapError::OddMultiplier);
     }
@@ -184,6 +197,8 @@ mod tests {
     fn short_capabilities_are_skipped_and_later_ones_checked() {
         let mut caps = qemu();
         caps.push(Capability { cap_len: 15, ..cap(CAP_COMMON, 9, 0, 0) });
+        // QEMU's PCI configuration access capability: BAR 0 (I/O), no length.
+        caps.push(Capability { cap_len: 20, ..cap(5, 0, 0, 0) });
         assert!(check(&bars(), caps.clone()).is_ok());
         caps.push(cap(CAP_COMMON, 1, 0x800, 0x1000));
         assert_eq!(check(&bars(), caps), Err(CapError::OutsideBar(1)));
@@ -202,6 +217,13 @@ mod tests {
         let mut caps = qemu();
         caps[3].notify_multiplier = 3;
         assert_eq!(check(&bars(), caps), Err(CapError::OddMultiplier));
+        let mut caps = qemu();
+        caps[0].offset = 4;
+        assert_eq!(check(&bars(), caps), Err(CapError::Misaligned));
+        let mut caps = qemu();
+        caps[3].offset = 0x3001;
+        caps[3].length = 0x800;
+        assert_eq!(check(&bars(), caps), Err(CapError::Misaligned));
     }
 
     /// The notification address stays inside the window whatever offset the device

@@ -213,14 +213,18 @@ fn write<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, ctx: &CallContext) -> Cal
             }
         }
     }
-    // Into the room made above; another vCPU's write may have taken it meanwhile, and then
-    // the event is dropped, as `post_events` drops what it cannot post.
+    // Into the room made above (`post_events` gives the vector back with its room). Only
+    // if another vCPU's write of another setting took that room meanwhile is the event
+    // lost, and then counted as dropped, as `post_events` counts what it cannot post.
     let mut ring = svsm.ocp.notify.lock();
     if let Some(ring) = ring.as_mut()
         && !ring.written.contains(&index)
-        && ring.written.len() < ring.written.capacity()
     {
-        ring.written.push(index);
+        if ring.written.len() < ring.written.capacity() {
+            ring.written.push(index);
+        } else {
+            ring.dropped = ring.dropped.wrapping_add(1);
+        }
     }
     Ok(len as u64)
 }
@@ -329,6 +333,9 @@ pub fn post_events<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P) {
         events.push(index);
     }
     if events.is_empty() {
+        // The vector goes back with its room: a WRITE on another vCPU may have made room
+        // for its event in it and not pushed yet.
+        r.written = events;
         *slot = Some(r);
         return;
     }

@@ -142,7 +142,11 @@ fn start(
         Some(BarInfo::Memory { address, size, .. }) => Some((*address, *size)),
         _ => None,
     });
-    let layout = virtio_pci::check(&memory_bars, capabilities(root, df)).map_err(|e| {
+    let caps = capabilities(root, df).ok_or_else(|| {
+        println!("sealed: the state disk's capability list does not end");
+        DiskError::Device
+    })?;
+    let layout = virtio_pci::check(&memory_bars, caps).map_err(|e| {
         println!("sealed: the state disk's register windows are refused ({e:?})");
         DiskError::Unreachable
     })?;
@@ -184,11 +188,22 @@ fn start(
     Ok(disk)
 }
 
-/// The device's vendor capabilities, as configuration space says them now.
-fn capabilities(root: &PciRoot<PortCam>, df: DeviceFunction) -> alloc::vec::Vec<virtio_pci::Capability> {
+/// Capabilities a device's list can hold: 4-aligned, between offset 64 and 256 of its
+/// configuration space.
+const MAX_CAPABILITIES: usize = 48;
+
+/// The device's vendor capabilities, as configuration space says them now; `None` for a
+/// list longer than there is room for (a host's cycle, which the crate would follow for
+/// good).
+fn capabilities(root: &PciRoot<PortCam>, df: DeviceFunction) -> Option<alloc::vec::Vec<virtio_pci::Capability>> {
     let cam = PortCam;
     let word = |cap: u8, at: u8| cam.read_word(df, cap.wrapping_add(at));
-    root.capabilities(df)
+    if root.capabilities(df).nth(MAX_CAPABILITIES).is_some() {
+        return None;
+    }
+    let caps = root
+        .capabilities(df)
+        .take(MAX_CAPABILITIES)
         .filter(|cap| cap.id == PCI_CAP_ID_VNDR)
         .map(|cap| {
             let [_, _, cap_len, cfg_type] = word(cap.offset, 0).to_le_bytes();
@@ -201,7 +216,8 @@ fn capabilities(root: &PciRoot<PortCam>, df: DeviceFunction) -> alloc::vec::Vec<
                 notify_multiplier: word(cap.offset, 16),
             }
         })
-        .collect()
+        .collect();
+    Some(caps)
 }
 
 /// Config space read whole between two equal generation counts, as the crate's
@@ -224,8 +240,9 @@ fn queue_notify_address(layout: &virtio_pci::Layout, queue: u16) -> Option<u64> 
     let common = layout.common.start;
     // SAFETY: `common` is the start of the common configuration window, which `check`
     // placed inside a memory BAR the SVSM checked is neither RAM nor its own memory, in
-    // the identity-mapped first 4 GiB, at least `COMMON_LEN` long; both registers are
-    // 16-bit and 2-aligned inside it.
+    // the identity-mapped first 4 GiB, 8-aligned and at least `COMMON_LEN` long; both
+    // registers are 16-bit and 2-aligned inside it. The crate's transport maps the same
+    // registers; every access of either side is volatile, so neither caches them.
     let notify_off = unsafe {
         core::ptr::write_volatile((common + virtio_pci::QUEUE_SELECT) as *mut u16, queue);
         core::ptr::read_volatile((common + virtio_pci::QUEUE_NOTIFY_OFF) as *const u16)
@@ -236,8 +253,10 @@ fn queue_notify_address(layout: &virtio_pci::Layout, queue: u16) -> Option<u64> 
 impl VirtioDisk {
     /// Tell the device the request queue has work (a 16-bit write of the queue's index).
     fn notify(&mut self) {
-        // SAFETY: `notify_at` is inside the notify window of a checked memory BAR, two
-        // bytes from its end at most (`virtio_pci::notify_address`), identity-mapped.
+        // SAFETY: `notify_at` is inside the notify window of a checked memory BAR, 2-aligned
+        // and at least two bytes from its end (`virtio_pci::notify_address`), identity-
+        // mapped; the crate's transport maps it too, and only writes it volatile (in its
+        // own `notify`, which this driver never calls).
         unsafe { core::ptr::write_volatile(self.notify_at as *mut u16, REQUEST_QUEUE) };
     }
 
