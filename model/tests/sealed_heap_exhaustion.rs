@@ -12,15 +12,15 @@
 //! The counting allocator gives SVSM code the bare-metal heap's limit; an infallible
 //! allocation on these paths aborts this test binary.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
-
+#[path = "support/engines.rs"]
+mod engines;
 use abi::attest::{AttestServicesOp, BufferRecord};
 use abi::protocol::{CallId, ProtocolId, attest_call, ocp_call, vtpm_call};
 use abi::result::ResultCode;
 use bulwark_model::heap::{self, CountingHeap};
 use bulwark_model::user_host::channel_tpm;
 use bulwark_model::world::{MIB, World, WorldConfig};
+use engines::{CountedTpm, wait_for_the_previous_engine};
 use guest::{Regs, Transport};
 use kernel::sealed::{Sealed, SharedSealed, VtpmNv};
 use kernel::vcpu::VcpuIndex;
@@ -29,7 +29,7 @@ use store::{Block, BlockDevice, IoError, Store, StoreKey};
 use vtpm::commands::{nv_define_space, nv_read, nv_read_result, nv_write};
 use vtpm::libtpms::LibTpms;
 use vtpm::wire::{ResponseHeader, TPM_RC_SUCCESS};
-use vtpm::{NvChange, NvError, TPM_RC_NV_UNAVAILABLE, TpmEngine, Vtpm};
+use vtpm::{TPM_RC_NV_UNAVAILABLE, Vtpm};
 use zerocopy::IntoBytes;
 
 #[global_allocator]
@@ -43,48 +43,6 @@ const LOG_LEVEL_KEY: &[u8] = b"ocp/config.log_level";
 
 fn key() -> StoreKey {
     StoreKey::new([0x5e; 32])
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Engines alive: libtpms is one TPM per process, and an engine's service thread ends a
-/// little after its vTPM is dropped; the next boot waits for it.
-static LIVE_ENGINES: Mutex<usize> = Mutex::new(0);
-static ENGINE_ENDED: Condvar = Condvar::new();
-
-/// libtpms, counted in [`LIVE_ENGINES`] while it lives (the count drops after libtpms).
-struct CountedTpm {
-    tpm: LibTpms,
-    _count: EngineCount,
-}
-
-struct EngineCount;
-
-impl Drop for EngineCount {
-    fn drop(&mut self) {
-        *lock(&LIVE_ENGINES) -= 1;
-        ENGINE_ENDED.notify_all();
-    }
-}
-
-impl TpmEngine for CountedTpm {
-    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
-        self.tpm.execute(command, response)
-    }
-    fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, NvError> {
-        self.tpm.take_nv_changes()
-    }
-}
-
-fn wait_for_the_previous_engine() {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut live = lock(&LIVE_ENGINES);
-    while *live > 0 {
-        let left = deadline.checked_duration_since(Instant::now()).expect("the previous vTPM's service never ended");
-        live = ENGINE_ENDED.wait_timeout(live, left).unwrap_or_else(|e| e.into_inner()).0;
-    }
 }
 
 /// The host's disk as the SVSM drives it: its memory (the write cache [`MemDisk`] keeps) is
@@ -115,13 +73,7 @@ fn boot(disk: &SharedDisk, seed: u64) -> (World, SharedSealed) {
         Store::open_or_format(HostDisk(disk.clone()), &key(), TestRng::new(seed)).expect("the store opens");
     let sealed = Sealed::new(Box::new(store));
     let (kept, storage) = VtpmNv::open(sealed.clone());
-    let open = |nv| {
-        *lock(&LIVE_ENGINES) += 1;
-        let count = EngineCount;
-        LibTpms::open_with_nv(abi::vtpm::MAX_COMMAND_SIZE as u32, nv)
-            .map(|tpm| CountedTpm { tpm, _count: count })
-            .map_err(|_| 1)
-    };
+    let open = |nv| LibTpms::open_with_nv(abi::vtpm::MAX_COMMAND_SIZE as u32, nv).map(CountedTpm::new).map_err(|_| 1);
     let engine = channel_tpm(open, &kept.nv).expect("the vTPM service starts");
     let vtpm = Vtpm::start(Box::new(engine), Box::new(storage)).expect("the vTPM starts");
     heap::in_svsm(|| {

@@ -6,8 +6,11 @@
 //! the TPM went through, never losing one it answered for; a disk that fails after boot
 //! stops the TPM without losing what it had answered.
 
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+#[path = "support/engines.rs"]
+mod engines;
+use engines::{CountedTpm, lock, wait_for_the_previous_engine};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use bulwark_model::user_host::channel_tpm;
 use kernel::sealed::{KeyParams, Sealed, SharedSealed, VtpmNv, open_sealed};
@@ -19,7 +22,7 @@ use vtpm::commands::{
 };
 use vtpm::libtpms::LibTpms;
 use vtpm::wire::{self, ResponseHeader, TPM_RC_FAILURE, TPM_RC_SUCCESS};
-use vtpm::{ManufactureError, NvChange, NvError, TPM_RC_NV_UNAVAILABLE, TpmEngine, Vtpm};
+use vtpm::{ManufactureError, TPM_RC_NV_UNAVAILABLE, Vtpm};
 
 /// The NV index the tests define, and its size.
 const INDEX: u32 = 0x0150_0001;
@@ -52,63 +55,11 @@ fn disk_from(image: Vec<u8>) -> SharedDisk {
     SharedDisk::new(MemDisk::from_image(image))
 }
 
-/// A lock that a test which panicked while holding it leaves usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// libtpms is one TPM per process: the tests take turns.
 static ONE_TPM: Mutex<()> = Mutex::new(());
 
 fn turn() -> MutexGuard<'static, ()> {
     lock(&ONE_TPM)
-}
-
-/// Engines alive. An engine lives in its service process's thread, which ends a little
-/// after the vTPM that drove it is dropped; the next boot waits for it.
-static LIVE_ENGINES: Mutex<usize> = Mutex::new(0);
-static ENGINE_ENDED: Condvar = Condvar::new();
-
-/// Counts itself in [`LIVE_ENGINES`] while it lives.
-struct EngineCount;
-
-impl EngineCount {
-    fn new() -> Self {
-        *lock(&LIVE_ENGINES) += 1;
-        EngineCount
-    }
-}
-
-impl Drop for EngineCount {
-    fn drop(&mut self) {
-        *lock(&LIVE_ENGINES) -= 1;
-        ENGINE_ENDED.notify_all();
-    }
-}
-
-/// libtpms, counted. The count goes after the engine: fields drop in order, so libtpms is
-/// closed when the count says so.
-struct CountedTpm {
-    tpm: LibTpms,
-    _count: EngineCount,
-}
-
-impl TpmEngine for CountedTpm {
-    fn execute(&mut self, command: &[u8], response: &mut [u8]) -> usize {
-        self.tpm.execute(command, response)
-    }
-    fn take_nv_changes(&mut self) -> Result<Vec<NvChange>, NvError> {
-        self.tpm.take_nv_changes()
-    }
-}
-
-fn wait_for_the_previous_engine() {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut live = lock(&LIVE_ENGINES);
-    while *live > 0 {
-        let left = deadline.checked_duration_since(Instant::now()).expect("the previous vTPM's service never ended");
-        live = ENGINE_ENDED.wait_timeout(live, left).unwrap_or_else(|e| e.into_inner()).0;
-    }
 }
 
 /// Why a boot did not give a vTPM.
@@ -169,11 +120,7 @@ fn boot_from(
     let opened_generation = store.state().generation;
     let sealed = Sealed::opened(Box::new(store), rewrapped_from.is_some());
     let (kept, storage) = VtpmNv::open(sealed.clone());
-    let open = |nv| {
-        LibTpms::open_with_nv(abi::vtpm::MAX_COMMAND_SIZE as u32, nv)
-            .map(|tpm| CountedTpm { tpm, _count: EngineCount::new() })
-            .map_err(|_| 1)
-    };
+    let open = |nv| LibTpms::open_with_nv(abi::vtpm::MAX_COMMAND_SIZE as u32, nv).map(CountedTpm::new).map_err(|_| 1);
     let engine = channel_tpm(open, &kept.nv).map_err(BootError::Service)?;
     let vtpm = Vtpm::start(Box::new(engine), Box::new(storage)).map_err(BootError::Start)?;
     Ok(Booted { vtpm, sealed, opened, opened_generation, rewrapped_from })
