@@ -55,11 +55,13 @@ pub fn save(evidence: &Evidence, dir: &Path) -> Result<(), String> {
 
 /// Verify, with `ledger` (a ledger file) also the sealed state against it: the verdict
 /// either way. The ledger file learns a new state only when every check passed; an
-/// unreadable or unwritable ledger is an error.
-pub fn check(evidence: &Evidence, ledger: Option<&Path>) -> Result<Verdict, String> {
+/// unreadable or unwritable ledger is an error. `new_chain` accepts an attestation chain
+/// that moved on without the ledger (never an older generation), as `bulwark attest
+/// verify --accept-new-chain` does.
+pub fn check(evidence: &Evidence, ledger: Option<&Path>, new_chain: bool) -> Result<Verdict, String> {
     let mut verdict = examine(evidence);
     if let Some(path) = ledger {
-        ledger::apply_file(path, &mut verdict, true)?;
+        ledger::apply_file_for(path, &mut verdict, true, None, ledger::Acceptance { new_chain })?;
     }
     Ok(verdict)
 }
@@ -107,7 +109,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let store = "42".repeat(16);
 
-        let v = check(&s.with_sealed_state(&state(2, 2)), Some(&path)).unwrap();
+        let v = check(&s.with_sealed_state(&state(2, 2)), Some(&path), false).unwrap();
         assert!(v.passed, "{v}");
         let said = ledger_outcome(&v, &path).unwrap();
         assert!(
@@ -115,25 +117,25 @@ mod tests {
             "{said}"
         );
 
-        let v = check(&s.with_sealed_state(&state(3, 3)), Some(&path)).unwrap();
+        let v = check(&s.with_sealed_state(&state(3, 3)), Some(&path), false).unwrap();
         assert!(v.passed);
         assert!(ledger_outcome(&v, &path).unwrap().contains("newer than generation 2, recorded in"));
 
-        let v = check(&s.with_sealed_state(&state(2, 2)), Some(&path)).unwrap();
+        let v = check(&s.with_sealed_state(&state(2, 2)), Some(&path), false).unwrap();
         assert!(!v.passed);
         assert_eq!(failed_checks(&v), "state_ledger");
         let said = ledger_outcome(&v, &path).unwrap();
         assert!(said.contains("REFUSED (rollback; the ledger holds generation 3), ledger unchanged"), "{said}");
 
         // A boot without a state disk has no ledger; with one, the evidence must carry its state.
-        let v = check(&s.evidence, None).unwrap();
+        let v = check(&s.evidence, None, false).unwrap();
         assert!(v.passed && ledger_outcome(&v, &path).is_none());
-        let v = check(&s.evidence, Some(&path)).unwrap();
+        let v = check(&s.evidence, Some(&path), false).unwrap();
         assert!(!v.passed);
         assert!(ledger_outcome(&v, &path).unwrap().starts_with("no sealed state"));
 
         std::fs::write(&path, "[").unwrap();
-        assert!(check(&s.with_sealed_state(&state(4, 4)), Some(&path)).is_err());
+        assert!(check(&s.with_sealed_state(&state(4, 4)), Some(&path), false).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

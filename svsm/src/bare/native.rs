@@ -86,7 +86,7 @@ fn load_vcpu_registers(t: &Taken<Page>) {
 
 /// Serve the vCPUs that live on `cpu` until the guest cannot go on.
 pub fn serve(cpu: u32, host_state_pa: u64) -> End {
-    let mut hw = BareCpu { cpu, host_state_pa };
+    let mut hw = BareCpu::new(cpu, host_state_pa);
     let mut last = None;
     // The vCPU this CPU runs: out of its slot from the moment it is taken until it goes
     // back (a yield, a kick, a stop), across all the exits and calls in between.

@@ -12,6 +12,8 @@ use super::super::pages::Page;
 use super::super::{clock, console, cpu, guest_phys};
 use super::npt::NestedPageTable;
 use super::{kick, vmrun};
+use abi::vmcb::offset;
+use abi::vmsa::VmsaField;
 use kernel::log_ring::LogLost;
 use kernel::platform::{GuestRequestError, Level};
 use spin::Mutex;
@@ -176,7 +178,60 @@ impl SvmHw for BareSvm {
 pub struct BareCpu {
     pub cpu: u32,
     pub host_state_pa: u64,
+    /// The exit before the one just taken (VMCB, code, EXITINFO1, RIP): what the report of
+    /// an emulator fault shows (`check_exit`).
+    pub previous_exit: [u64; 4],
 }
+
+impl BareCpu {
+    pub fn new(cpu: u32, host_state_pa: u64) -> Self {
+        Self { cpu, host_state_pa, previous_exit: [0; 4] }
+    }
+
+    /// QEMU 7.2's TCG has, rarely (twice so far; none in 140 boots in a row), left the
+    /// SVSM's own state in a VMCB after a #VMEXIT: RIP right after our VMRUN, CR3 this
+    /// CPU's root, the values VMRUN keeps in the host save area. The guest's state is
+    /// gone then, and the vCPU would loop on faults it cannot take. No SVSM path writes
+    /// host state into a VMCB (docs/platforms/svm.md, "An emulator fault"). The exit is
+    /// reported with the one before it, and becomes VMEXIT_INVALID, so the vCPU is broken
+    /// the usual way (the startup vCPU ends the run; `cargo xtask` recognizes the line).
+    /// A guest that builds the same pair on purpose (a MOV to CR3 with the SVSM's root
+    /// right before that address) only breaks its own vCPU, as a triple fault would.
+    fn check_exit(&mut self, vmcb: &mut Page) {
+        let bytes = vmcb.run_bytes();
+        let at =
+            |off: usize| bytes.get(off..off + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        let save = |f: VmsaField| at(offset::SAVE + f.offset());
+        let exit = [vmcb.phys(), at(offset::EXIT_CODE), at(offset::EXIT_INFO1), save(VmsaField::Rip)];
+        let previous = core::mem::replace(&mut self.previous_exit, exit);
+        if save(VmsaField::Rip) != vmrun::exit_address() || save(VmsaField::Cr3) != cpu::read_cr3() {
+            return;
+        }
+        crate::println!(
+            "svm: {EMULATOR_FAULT} (cpu {}, VMCB {:#x}: RIP {:#x}, CR3 {:#x}; exit {:#x}, info1 {:#x}, info2 {:#x}, \
+             interrupt info {:#x}; the exit before on this CPU: VMCB {:#x}, exit {:#x}, info1 {:#x}, RIP {:#x})",
+            self.cpu,
+            exit[0],
+            exit[3],
+            save(VmsaField::Cr3),
+            exit[1],
+            exit[2],
+            at(offset::EXIT_INFO2),
+            at(offset::EXIT_INT_INFO),
+            previous[0],
+            previous[1],
+            previous[2],
+            previous[3],
+        );
+        if let Some(code) = vmcb.run_bytes_mut().get_mut(offset::EXIT_CODE..offset::EXIT_CODE + 8) {
+            code.copy_from_slice(&abi::vmcb::exit::INVALID.to_le_bytes());
+        }
+    }
+}
+
+/// The start of the report of QEMU's SVM emulation fault (`BareCpu::check_exit`); `cargo
+/// xtask` looks for it.
+pub const EMULATOR_FAULT: &str = "emulator fault: the VMCB holds the SVSM's own state after a #VMEXIT";
 
 impl SvmCpu<Page> for BareCpu {
     fn vmrun(&mut self, vmcb: &mut Page, regs: &mut vmrun::GuestRegs) -> bool {
@@ -193,6 +248,7 @@ impl SvmCpu<Page> for BareCpu {
         // host-state page is this CPU's own.
         unsafe { vmrun::run(vmcb.phys(), regs, self.host_state_pa) };
         kick::exited(self.cpu);
+        self.check_exit(vmcb);
         true
     }
 

@@ -64,6 +64,8 @@ svm_vmrun:
        here. */
     sti
     vmrun rax
+    .global svm_vmrun_exit
+svm_vmrun_exit:
     vmsave rax
     push rsi
     mov rsi, [rsp + 8]
@@ -114,6 +116,13 @@ pub fn stgi() {
 
 unsafe extern "C" {
     fn svm_vmrun(vmcb_pa: u64, regs: *mut GuestRegs, host_state_pa: u64);
+    /// The instruction after VMRUN: where a #VMEXIT resumes the SVSM.
+    static svm_vmrun_exit: u8;
+}
+
+/// Where a #VMEXIT resumes the SVSM (the RIP VMRUN saves as the host's).
+pub fn exit_address() -> u64 {
+    core::ptr::addr_of!(svm_vmrun_exit) as u64
 }
 
 /// Run the guest described by the VMCB at `vmcb_pa` until its next #VMEXIT.
