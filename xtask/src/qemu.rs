@@ -289,6 +289,33 @@ fn watch(
     }
 }
 
+/// What the SVSM prints when it finds its own state in a VMCB after a #VMEXIT: a rare
+/// fault of QEMU 7.2's SVM emulation (`svsm/src/bare/svm/hw.rs`, `EMULATOR_FAULT`;
+/// docs/platforms/svm.md, "An emulator fault").
+pub const EMULATOR_FAULT: &str = "emulator fault: the VMCB holds the SVSM's own state after a #VMEXIT";
+
+/// Some SVSM printed [`EMULATOR_FAULT`] since [`once_more`] last looked.
+static EMULATOR_FAULT_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Run `run` (a boot, or a migration between QEMU instances); if it fails after an SVSM
+/// reported QEMU's emulator fault, say so and run it once more, telling it so (`true`):
+/// the guest's state was lost to the emulator, not to the SVSM. Any other failure, or
+/// a second one, is the answer.
+pub fn once_more<T>(what: &str, run: impl Fn(bool) -> Result<T, String>) -> Result<T, String> {
+    let seen = || EMULATOR_FAULT_SEEN.swap(false, std::sync::atomic::Ordering::SeqCst);
+    seen();
+    match run(false) {
+        Err(why) if seen() => {
+            crate::shell::step(&format!(
+                "{why}: the SVSM reported QEMU's emulator fault (a rare TCG fault that loses a vCPU's state, \
+                 docs/platforms/svm.md); {what} once more"
+            ));
+            run(true)
+        }
+        done => done,
+    }
+}
+
 fn record(boot: &mut Boot, line: String, started: Instant, prefix: &str) {
     // SeaBIOS clears the screen with escape sequences before the SVSM runs.
     let clean: String = line.chars().filter(|c| !c.is_control() || *c == '\t').collect();
@@ -297,6 +324,9 @@ fn record(boot: &mut Boot, line: String, started: Instant, prefix: &str) {
         boot.first_line_after = Some(started.elapsed());
     }
     if boot.first_line_after.is_some() {
+        if text.contains(EMULATOR_FAULT) {
+            EMULATOR_FAULT_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         println!("{prefix}svsm | {text}");
         boot.lines.push(text);
     }

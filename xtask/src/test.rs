@@ -135,7 +135,7 @@ fn boots() -> Result {
         drop_finish: true,
         ..Default::default()
     };
-    crate::migrate::run(&options).map(|_| ())
+    crate::qemu::once_more("migrating", |_| crate::migrate::run(&options)).map(|_| ())
 }
 
 /// A short run of each fuzz target, unless `BULWARK_SKIP_FUZZ` is set; missing tooling
