@@ -221,7 +221,8 @@ impl<P: MigrationPage> Slots<P> {
 #[derive(Debug)]
 pub struct PageSender<P> {
     slots: Slots<P>,
-    /// Per slot: a fragment was written and the host's `DATA_READ` not yet seen.
+    /// Per slot: a fragment was written and the host's `DATA_READ` not yet seen. Made by
+    /// the first [`Self::start`], which can fail for memory (the constructor cannot).
     unread: Vec<bool>,
     /// The frame going out, and the offset of its next fragment.
     frame: Vec<u8>,
@@ -240,8 +241,14 @@ impl<P: MigrationPage> PageSender<P> {
     /// A sender on a ring of `pages` (at least one; the first is the proposal's page). It
     /// uses only the first until [`Self::widen`].
     pub fn with_ring(pages: Vec<P>) -> Self {
-        let unread = alloc::vec![false; pages.len()];
-        Self { slots: Slots::new(pages), unread, frame: Vec::new(), next_offset: 0, closed: false, failed: None }
+        Self {
+            slots: Slots::new(pages),
+            unread: Vec::new(),
+            frame: Vec::new(),
+            next_offset: 0,
+            closed: false,
+            failed: None,
+        }
     }
 
     /// The proposal's page (the ring's first).
@@ -271,6 +278,12 @@ impl<P: MigrationPage> PageSender<P> {
         }
         if frame.is_empty() || frame.len() > MAX_FRAME_LEN {
             return Err(ChannelError::FrameLength { len: frame.len() });
+        }
+        // No fragment was written before the first frame: nothing is unread yet.
+        if self.unread.len() < self.slots.pages.len() {
+            let more = self.slots.pages.len() - self.unread.len();
+            self.unread.try_reserve_exact(more).map_err(|_| ChannelError::OutOfMemory)?;
+            self.unread.resize(self.slots.pages.len(), false);
         }
         self.frame.clear();
         self.frame.try_reserve(frame.len()).map_err(|_| ChannelError::OutOfMemory)?;

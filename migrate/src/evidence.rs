@@ -18,6 +18,17 @@
 //! - REPORT_DATA is the session's.
 //!
 //! Certificate validity periods are not checked: the SVSM has no trusted time.
+//!
+//! # The heap
+//!
+//! The evidence is the peer's (before it is attested: anyone's), and a full heap must
+//! refuse it, not abort the SVSM. What this module allocates itself can fail
+//! ([`VerifyError::OutOfMemory`]); x509-cert's parse of the certificates and rsa's
+//! arithmetic allocate on their own and cannot. Their input is bounded (each certificate
+//! at most [`MAX_CERTIFICATE_LEN`] bytes and [`MAX_CERTIFICATE_ELEMENTS`] DER elements,
+//! counted before it is parsed; RSA keys at most 4096 bits), so what they take is too:
+//! [`VERIFY_HEAP`]. A verifier told how much heap is free
+//! ([`ReportVerifier::with_heap_check`]) refuses to start with less.
 
 use crate::session::{PeerIdentity, PeerVerifier, REPORT_DATA_LEN, VerifyError};
 use alloc::vec::Vec;
@@ -39,6 +50,27 @@ const SIGNED_LEN: usize = 0x2A0;
 const SIGNATURE: usize = 0x2A0;
 /// ECDSA P-384 with SHA-384.
 const ALGO_ECDSA_P384_SHA384: u32 = 1;
+
+/// The longest certificate parsed: AMD's ARK, ASK and VCEK are under 2 KiB each (RSA-4096
+/// and P-384 keys); the bound keeps what parsing allocates small (module docs).
+pub const MAX_CERTIFICATE_LEN: usize = 8 * 1024;
+
+/// The most DER elements a certificate parsed may hold, nested ones counted: AMD's ARKs,
+/// ASKs and VCEKs hold 114 to 133. What x509-cert allocates grows with the elements more
+/// than with the bytes: three certificates of 8 KiB whose subjects were a few hundred
+/// one-letter names each took 600 KiB to parse.
+pub const MAX_CERTIFICATE_ELEMENTS: usize = 256;
+
+/// How deep a certificate's elements may nest (X.509's own structure goes about 8 deep):
+/// the count below recurses once per level.
+const MAX_DEPTH: usize = 16;
+
+/// The heap one verification may take at its peak: what x509-cert and rsa allocate for
+/// certificates within the bounds above and RSA-4096 signatures. model/tests/
+/// migration_heap.rs measures 39 KiB for the model's evidence and under 80 KiB for
+/// certificates stuffed to the bounds with the smallest objects the parser makes; the
+/// rest is for the bare-metal allocator, which rounds small blocks up to a power of two.
+pub const VERIFY_HEAP: usize = 256 * 1024;
 
 /// The certificate table's entry GUIDs (RFC byte order) and entry size.
 const ENTRY_LEN: usize = 24;
@@ -139,12 +171,22 @@ pub const AMD_ARKS: [(&str, &[u8]); 3] = [
 pub struct ReportVerifier {
     /// The trusted ARKs' SubjectPublicKeyInfo, DER.
     roots: Vec<Vec<u8>>,
+    /// How many bytes the heap has free, if the caller can say ([`Self::with_heap_check`]).
+    heap_free: Option<fn() -> usize>,
 }
 
 impl ReportVerifier {
     /// A verifier that trusts the ARKs whose SubjectPublicKeyInfo (DER) is in `roots`.
     pub fn new(roots: Vec<Vec<u8>>) -> Self {
-        Self { roots }
+        Self { roots, heap_free: None }
+    }
+
+    /// Verifies only with at least [`VERIFY_HEAP`] bytes free as `heap_free` counts them,
+    /// and answers [`VerifyError::OutOfMemory`] otherwise: the allocations of x509-cert
+    /// and rsa cannot fail gracefully. The check holds only if nothing else takes from the
+    /// heap while a verification runs.
+    pub fn with_heap_check(self, heap_free: fn() -> usize) -> Self {
+        Self { heap_free: Some(heap_free), ..self }
     }
 
     /// A verifier for a chip: it trusts AMD's ARKs ([`AMD_ARKS`]) and nothing the host
@@ -166,6 +208,14 @@ impl ReportVerifier {
         Self::root_of(ark_certificate).is_some_and(|key| self.roots.contains(&key))
     }
 
+    /// Whether the heap has room for a verification (always, without a check).
+    fn room(&self) -> Result<(), VerifyError> {
+        match self.heap_free {
+            Some(free) if free() < VERIFY_HEAP => Err(VerifyError::OutOfMemory),
+            _ => Ok(()),
+        }
+    }
+
     /// A verifier that trusts the ARK of a certificate table (the one an SVSM's own
     /// reports come with: a peer must be under the same root). Only for a platform whose
     /// root is the launcher's anyway (svm: the test authority of the launcher's kit); on
@@ -178,10 +228,51 @@ impl ReportVerifier {
         Some(Self::new(roots))
     }
 
-    /// A root from an ARK certificate (DER): its SubjectPublicKeyInfo.
+    /// A root from an ARK certificate (DER): its SubjectPublicKeyInfo. `None` for one
+    /// that does not parse or is past the bounds of [`MAX_CERTIFICATE_LEN`] and
+    /// [`MAX_CERTIFICATE_ELEMENTS`], or without memory.
     pub fn root_of(ark_certificate: &[u8]) -> Option<Vec<u8>> {
-        Certificate::from_der(ark_certificate).ok()?.tbs_certificate.subject_public_key_info.to_der().ok()
+        der(&parse(ark_certificate).ok()?.tbs_certificate.subject_public_key_info).ok()
     }
+}
+
+/// A certificate (DER) of at most [`MAX_CERTIFICATE_LEN`] bytes and
+/// [`MAX_CERTIFICATE_ELEMENTS`] elements, parsed.
+fn parse(der: &[u8]) -> Result<Certificate, VerifyError> {
+    if der.len() > MAX_CERTIFICATE_LEN || elements(der, MAX_DEPTH, MAX_CERTIFICATE_ELEMENTS).is_none() {
+        return Err(VerifyError::Malformed);
+    }
+    Certificate::from_der(der).map_err(|_| VerifyError::Malformed)
+}
+
+/// How many DER elements `der` holds, those inside constructed ones too, if that is at
+/// most `left` and they nest at most `depth` deep; `None` otherwise, or for bytes that
+/// are not DER. Reads in place: nothing on the heap.
+fn elements(der: &[u8], depth: usize, left: usize) -> Option<usize> {
+    use x509_cert::der::{Header, Reader, SliceReader};
+    let mut reader = SliceReader::new(der).ok()?;
+    let mut count = 0usize;
+    while !reader.is_finished() {
+        let header = Header::decode(&mut reader).ok()?;
+        let body = reader.read_slice(header.length).ok()?;
+        count = count.checked_add(1).filter(|n| *n <= left)?;
+        if header.tag.is_constructed() {
+            count += elements(body, depth.checked_sub(1)?, left - count)?;
+        }
+    }
+    Some(count)
+}
+
+/// `value`'s DER encoding, on a heap that may refuse it (der's `to_der` would abort).
+fn der<T: Encode>(value: &T) -> Result<Vec<u8>, VerifyError> {
+    let len = value.encoded_len().map_err(|_| VerifyError::Malformed)?;
+    let len = usize::try_from(len).map_err(|_| VerifyError::Malformed)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| VerifyError::OutOfMemory)?;
+    out.resize(len, 0);
+    let written = value.encode_to_slice(&mut out).map_err(|_| VerifyError::Malformed)?.len();
+    out.truncate(written);
+    Ok(out)
 }
 
 /// `cert` is signed by the RSA key in `issuer`'s SubjectPublicKeyInfo, with RSA-PSS and
@@ -189,9 +280,9 @@ impl ReportVerifier {
 fn signed_by(cert: &Certificate, issuer: &Certificate) -> Result<(), VerifyError> {
     use rsa::pkcs8::DecodePublicKey;
     use rsa::signature::Verifier;
-    let spki = issuer.tbs_certificate.subject_public_key_info.to_der().map_err(|_| VerifyError::Malformed)?;
+    let spki = der(&issuer.tbs_certificate.subject_public_key_info)?;
     let key = rsa::RsaPublicKey::from_public_key_der(&spki).map_err(|_| VerifyError::Untrusted)?;
-    let tbs = cert.tbs_certificate.to_der().map_err(|_| VerifyError::Malformed)?;
+    let tbs = der(&cert.tbs_certificate)?;
     let signature = cert.signature.as_bytes().ok_or(VerifyError::Malformed)?;
     let signature = rsa::pss::Signature::try_from(signature).map_err(|_| VerifyError::Malformed)?;
     rsa::pss::VerifyingKey::<sha2::Sha384>::new(key).verify(&tbs, &signature).map_err(|_| VerifyError::Untrusted)
@@ -226,12 +317,11 @@ impl PeerVerifier for ReportVerifier {
         if report.len() != REPORT_SIZE {
             return Err(VerifyError::Malformed);
         }
-        let parse = |guid| {
-            certificate(table, guid).and_then(|der| Certificate::from_der(der).ok()).ok_or(VerifyError::Malformed)
-        };
+        self.room()?;
+        let parse = |guid| certificate(table, guid).ok_or(VerifyError::Malformed).and_then(parse);
         let (ark, ask, vcek) = (parse(&ARK)?, parse(&ASK)?, parse(&VCEK)?);
         // The chain: a trusted root, the ASK under it, the VCEK under the ASK.
-        let ark_key = ark.tbs_certificate.subject_public_key_info.to_der().map_err(|_| VerifyError::Malformed)?;
+        let ark_key = der(&ark.tbs_certificate.subject_public_key_info)?;
         if !self.roots.contains(&ark_key) {
             return Err(VerifyError::Untrusted);
         }
@@ -333,6 +423,54 @@ mod tests {
         }
         // Cut short: the older layout, never a panic.
         assert_eq!(snp(tcb_layout(&[][..])), Some(6));
+    }
+
+    /// A verifier told the heap has too little room refuses before it parses anything;
+    /// with room it goes on (here to find the evidence is no evidence).
+    #[test]
+    fn a_verifier_with_too_little_heap_refuses_to_start() {
+        let evidence = encode(&[0; REPORT_SIZE], &[]).unwrap();
+        let verifier = ReportVerifier::amd().unwrap();
+        assert_eq!(
+            verifier.clone().with_heap_check(|| VERIFY_HEAP - 1).verify(&evidence, &[0; 64]),
+            Err(VerifyError::OutOfMemory)
+        );
+        assert_eq!(verifier.with_heap_check(|| VERIFY_HEAP).verify(&evidence, &[0; 64]), Err(VerifyError::Malformed));
+    }
+
+    /// Certificates are parsed only within their bounds: AMD's are; one past the element
+    /// count or the nesting is refused unparsed, and deep nesting costs no stack (the
+    /// length bound: model/tests/migration_heap.rs).
+    #[test]
+    fn certificates_past_the_bounds_are_not_parsed() {
+        for cert in [milan::ark(), milan::ask(), genoa::ark(), genoa::ask(), turin::ark(), turin::ask()] {
+            assert!(parse(&der(cert)).is_ok());
+        }
+        // DER: a SEQUENCE around `body`, its length in the shortest form.
+        let sequence = |body: Vec<u8>| {
+            let mut out = match body.len() {
+                n @ 0..0x80 => alloc::vec![0x30, n as u8],
+                n @ 0x80..0x100 => alloc::vec![0x30, 0x81, n as u8],
+                n => alloc::vec![0x30, 0x82, (n >> 8) as u8, n as u8],
+            };
+            out.extend(body);
+            out
+        };
+        // A SEQUENCE of n NULLs: n + 1 elements.
+        let nulls = |n: usize| sequence((0..n).flat_map(|_| [0x05, 0x00]).collect());
+        assert_eq!(
+            elements(&nulls(MAX_CERTIFICATE_ELEMENTS - 1), MAX_DEPTH, MAX_CERTIFICATE_ELEMENTS),
+            Some(MAX_CERTIFICATE_ELEMENTS)
+        );
+        assert_eq!(elements(&nulls(MAX_CERTIFICATE_ELEMENTS), MAX_DEPTH, MAX_CERTIFICATE_ELEMENTS), None);
+        assert_eq!(parse(&nulls(MAX_CERTIFICATE_ELEMENTS)).err(), Some(VerifyError::Malformed));
+        // SEQUENCEs nested as deep as allowed, one level deeper, and much deeper.
+        let nested = |depth: usize| (0..depth).fold(alloc::vec![], |inner, _| sequence(inner));
+        assert_eq!(elements(&nested(MAX_DEPTH), MAX_DEPTH, MAX_CERTIFICATE_ELEMENTS), Some(MAX_DEPTH));
+        assert_eq!(elements(&nested(MAX_DEPTH + 1), MAX_DEPTH, MAX_CERTIFICATE_ELEMENTS), None);
+        let deep = nested(1500);
+        assert!(deep.len() <= MAX_CERTIFICATE_LEN);
+        assert_eq!(parse(&deep).err(), Some(VerifyError::Malformed));
     }
 
     /// AMD's ASKs sign VCEKs but are no roots; bytes that are no certificate trust nothing.

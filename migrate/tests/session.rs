@@ -188,6 +188,37 @@ fn assert_source_refused(run: &Run, error: MigrationError) {
     assert_eq!(kinds(run, Direction::DestinationToSource), [FrameKind::Hello, FrameKind::Evidence, FrameKind::Abort]);
 }
 
+/// A destination whose heap has no room to check the source's evidence fails on its own
+/// account (out of memory, an INTERNAL abort): it does not claim to have refused the
+/// source, and the source runs on.
+#[test]
+fn a_destination_without_heap_to_check_evidence_fails_for_memory() {
+    struct NoRoom;
+    impl PeerVerifier for NoRoom {
+        fn verify(&self, _: &[u8], _: &[u8; 64]) -> Result<PeerIdentity, VerifyError> {
+            Err(VerifyError::OutOfMemory)
+        }
+    }
+    let side = Side::new();
+    let (mut relay, mut source_channel, mut destination_channel) = bulwark_migrate::testing::Relay::connect(None);
+    let mut src = Source::start(side.config, TestVerifier::new(), side.attester.clone(), &mut entropy(1)).unwrap();
+    let mut dst = Destination::start(side.config, NoRoom, side.attester, &mut entropy(2)).unwrap();
+    for _ in 0..10_000 {
+        let _ = bulwark_migrate::session::pump(&mut src, &mut source_channel);
+        relay.pump();
+        let _ = bulwark_migrate::session::pump(&mut dst, &mut destination_channel);
+        relay.pump();
+        if src.is_done() && dst.is_done() {
+            break;
+        }
+    }
+    assert_eq!(dst.outcome(), DestinationOutcome::Failed(MigrationError::OutOfMemory));
+    assert_eq!(
+        src.outcome(),
+        SourceOutcome::KeepRunning(MigrationError::PeerAborted { reason: AbortReason::INTERNAL })
+    );
+}
+
 #[test]
 fn a_source_running_another_image_is_refused() {
     let run = migrate(b"guest secrets", 4, None, Side::running(OTHER_MEASUREMENT), Side::new());

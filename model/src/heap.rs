@@ -33,6 +33,8 @@ thread_local! {
     static LIMIT: Cell<usize> = const { Cell::new(SVSM_HEAP_BYTES) };
     /// Allocations refused for the limit.
     static REFUSED: Cell<u64> = const { Cell::new(0) };
+    /// The most [`LIVE`] has been (since the [`peak_of`] under way began, if any).
+    static PEAK: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Puts the SVSM flag back as it was, also when `f` panics.
@@ -72,6 +74,15 @@ pub fn usage() -> Option<kernel::platform::HeapUsage> {
 
 /// Set by the first allocation [`CountingHeap`] serves.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// What `f` took from the SVSM's heap at its peak, beyond what was live before it.
+pub fn peak_of<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = live();
+    let outer = PEAK.with(|p| p.replace(before));
+    let result = f();
+    let peak = PEAK.with(|p| p.replace(outer.max(p.get())));
+    (result, peak.saturating_sub(before))
+}
 
 /// Allocations refused since the thread started.
 pub fn refused() -> u64 {
@@ -125,6 +136,7 @@ unsafe impl GlobalAlloc for CountingHeap {
         }
         if counted {
             let _ = LIVE.try_with(|l| l.set(l.get() + layout.size()));
+            let _ = PEAK.try_with(|p| p.set(p.get().max(LIVE.try_with(Cell::get).unwrap_or(0))));
         }
         let h = header(layout);
         // SAFETY: `base` has room for `h >= 16` bytes before the block; the tag goes in

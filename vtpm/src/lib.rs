@@ -146,7 +146,7 @@ impl Vtpm {
         for (name, data) in nv {
             if !changes.iter().any(|c| &c.name == name) {
                 changes.try_reserve(1).map_err(|_| unkept)?;
-                changes.push(NvChange { name: name.clone(), data: Some(data.clone()) });
+                changes.push(nv::copy_of(name, data).ok_or(unkept)?);
             }
         }
         if let Some(storage) = storage.as_mut() {
@@ -165,7 +165,7 @@ impl Vtpm {
         let mut blobs = Vec::new();
         blobs.try_reserve(state.nv.len()).map_err(|_| unkept)?;
         for (name, data) in &state.nv {
-            blobs.push(NvChange { name: name.clone(), data: Some(data.clone()) });
+            blobs.push(nv::copy_of(name, data).ok_or(unkept)?);
         }
         storage.replaced(&self.ek_public, &blobs).map_err(|_| unkept)?;
         self.storage = Some(storage);

@@ -36,6 +36,19 @@ pub struct NvChange {
     pub data: Option<Vec<u8>>,
 }
 
+/// The blob `name` with `data` as a change, copied on a heap that may refuse it (`None`):
+/// a migrated TPM's blobs are the largest the SVSM holds, and a full heap must fail the
+/// step, not abort the SVSM.
+pub fn copy_of(name: &[u8], data: &[u8]) -> Option<NvChange> {
+    let copy = |bytes: &[u8]| {
+        let mut v = Vec::new();
+        v.try_reserve_exact(bytes.len()).ok()?;
+        v.extend_from_slice(bytes);
+        Some(v)
+    };
+    Some(NvChange { name: copy(name)?, data: Some(copy(data)?) })
+}
+
 /// The NV state could not be read out of the engine or kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NvError {

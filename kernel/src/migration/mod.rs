@@ -42,7 +42,7 @@ use crate::protocols::ocp::sources;
 use crate::svsm::Svsm;
 use alloc::vec::Vec;
 use vtpm::TpmState;
-use vtpm::nv::{MAX_BLOB_LEN, MAX_VOLATILE_LEN, NvBlobs, valid_name};
+use vtpm::nv::{MAX_BLOB_LEN, MAX_BLOBS, MAX_VOLATILE_LEN, NvBlobs, valid_name};
 
 const MAGIC: &[u8; 4] = b"BWSS";
 const VERSION: u16 = 1;
@@ -183,7 +183,10 @@ impl ServiceState {
         let mut out = Out(Vec::new());
         out.bytes(MAGIC)?.bytes(&VERSION.to_be_bytes())?;
         if let Some(vtpm) = &self.vtpm {
-            if vtpm.ek_public.len() > MAX_EK_LEN || vtpm.state.volatile.len() > MAX_VOLATILE_LEN {
+            if vtpm.ek_public.len() > MAX_EK_LEN
+                || vtpm.state.volatile.len() > MAX_VOLATILE_LEN
+                || vtpm.state.nv.len() > MAX_BLOBS
+            {
                 return Err(ServiceStateError::TooLarge);
             }
             out.section(TAG_VTPM, |o| {
@@ -248,7 +251,12 @@ impl ServiceState {
                 TAG_VTPM if state.vtpm.is_none() => {
                     let ek_public = body.field(MAX_EK_LEN)?;
                     let volatile = body.field(MAX_VOLATILE_LEN)?;
+                    // At most what an engine may hold: each blob is a map entry whose
+                    // allocation (a BTreeMap node) cannot fail gracefully.
                     let count = body.u32()?;
+                    if count > MAX_BLOBS {
+                        return Err(ServiceStateError::Malformed);
+                    }
                     let mut nv = NvBlobs::new();
                     for _ in 0..count {
                         let name_len = body.u16()?;
@@ -284,10 +292,9 @@ impl ServiceState {
                                 return Err(ServiceStateError::Malformed);
                             }
                             let raw = body.take(count.checked_mul(32).ok_or(ServiceStateError::Malformed)?)?;
-                            let links: Vec<[u8; 32]> =
-                                raw.chunks_exact(32).filter_map(|l| <[u8; 32]>::try_from(l).ok()).collect();
+                            let (links, _) = raw.as_chunks::<32>();
                             Some(
-                                crate::sealed::AttestChain::from_parts(before, &links)
+                                crate::sealed::AttestChain::from_parts(before, links)
                                     .ok_or(ServiceStateError::Malformed)?,
                             )
                         }
@@ -462,6 +469,41 @@ mod tests {
             settings: vec![],
         };
         assert_eq!(huge.encode(), Err(ServiceStateError::TooLarge));
+    }
+
+    /// A vTPM state holds at most `MAX_BLOBS` blobs (as an engine's may): one more is
+    /// refused when encoding and when decoding (each is a map entry whose allocation
+    /// cannot fail gracefully).
+    #[test]
+    fn more_blobs_than_an_engine_holds_are_refused() {
+        let with_blobs = |n: usize| {
+            let mut state = sample();
+            let blob = |i: usize| (alloc::format!("b{i}").into_bytes(), vec![i as u8; 3]);
+            state.vtpm.as_mut().unwrap().state.nv = (0..n).map(blob).collect();
+            state
+        };
+        // `state`'s bytes with one more blob after its last, in the count and the
+        // section's length: the encoder would not make them.
+        let one_more = |state: &ServiceState| {
+            let vtpm = state.vtpm.as_ref().unwrap();
+            let count_at = 6 + 5 + 4 + vtpm.ek_public.len() + 4 + vtpm.state.volatile.len();
+            let blobs: usize = vtpm.state.nv.iter().map(|(name, data)| 2 + name.len() + 4 + data.len()).sum();
+            let entry = [&[0, 3][..], b"new", &[0, 0, 0, 1, 0x77]].concat();
+            let mut bytes = state.encode().unwrap();
+            bytes.splice(count_at + 4 + blobs..count_at + 4 + blobs, entry.iter().copied());
+            bytes[count_at..count_at + 4].copy_from_slice(&(vtpm.state.nv.len() as u32 + 1).to_be_bytes());
+            let section = u32::from_be_bytes(bytes[7..11].try_into().unwrap()) + entry.len() as u32;
+            bytes[7..11].copy_from_slice(&section.to_be_bytes());
+            bytes
+        };
+        let mut full = with_blobs(MAX_BLOBS);
+        assert_eq!(
+            ServiceState::decode(&one_more(&with_blobs(MAX_BLOBS - 1))).map(|s| s.vtpm.unwrap().state.nv.len()),
+            Ok(MAX_BLOBS)
+        );
+        assert_eq!(ServiceState::decode(&one_more(&full)), Err(ServiceStateError::Malformed));
+        full.vtpm.as_mut().unwrap().state.nv.insert(b"new".to_vec(), vec![0x77]);
+        assert_eq!(full.encode(), Err(ServiceStateError::TooLarge));
     }
 
     /// The vTPM section ends with its flags byte: whether the source kept the vTPM

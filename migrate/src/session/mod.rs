@@ -121,6 +121,8 @@ pub enum VerifyError {
     ReportDataMismatch,
     /// The verifier's own rules refuse the report (debug policy, VMPL, TCB, ...).
     Refused,
+    /// The heap has no room to verify it: this side fails, the peer was not judged.
+    OutOfMemory,
 }
 
 /// Checks a peer's evidence: its certificate chain and signature, and that its
@@ -306,6 +308,7 @@ impl MigrationError {
             Self::Entropy
             | Self::OwnEvidence(_)
             | Self::OutOfMemory
+            | Self::Channel(ChannelError::OutOfMemory)
             | Self::SequenceExhausted
             | Self::Internal
             | Self::WrongPhase
@@ -440,6 +443,9 @@ enum Outgoing {
     Record(RecordType, Vec<u8>),
     /// The source's COMMIT, whose body is taken when it leaves (after every STATE).
     Commit,
+    /// This side's ABORT: a record once this side has keys, in clear before. Encoded only
+    /// when it leaves, so failing (often for want of memory) allocates nothing.
+    Abort(AbortReason),
 }
 
 /// What both sides share: the handshake's state, the keys, the outbound queue.
@@ -569,6 +575,8 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
                 self.commit = Some(body);
                 Ok(frame)
             }
+            Outgoing::Abort(reason) if self.keys.is_some() => self.seal(RecordType::Abort, &reason.0.to_le_bytes()),
+            Outgoing::Abort(reason) => owned(wire::abort(reason).as_bytes()),
         }
     }
 
@@ -617,7 +625,10 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
             return Err(MigrationError::MalformedEvidence);
         }
         let expected = keys::report_data(self.role.peer(), &self.hello_transcript, &self.peer_key_bytes);
-        let peer = self.verifier.verify(evidence, &expected).map_err(MigrationError::PeerEvidence)?;
+        let peer = self.verifier.verify(evidence, &expected).map_err(|e| match e {
+            VerifyError::OutOfMemory => MigrationError::OutOfMemory,
+            e => MigrationError::PeerEvidence(e),
+        })?;
         if peer.measurement != self.config.identity.measurement {
             return Err(MigrationError::PeerMeasurement);
         }
@@ -650,7 +661,8 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
     /// ABORT for the peer, unless the peer aborted itself. Handshake frames still queued
     /// go first, so the ABORT comes in the form the peer can read: a record once this side
     /// has keys (its peer has them once it has read this side's last handshake frame),
-    /// in clear before.
+    /// in clear before. A queue with no room for the ABORT (a full heap) goes without it:
+    /// the peer then sees the channel close, an end as clean.
     fn fail(&mut self, error: MigrationError) -> MigrationError {
         if self.error.is_some() {
             return error;
@@ -661,13 +673,9 @@ impl<V: PeerVerifier, P: EvidenceProvider> Core<V, P> {
         if matches!(error, MigrationError::PeerAborted { .. }) {
             return error;
         }
-        let reason = error.abort_reason();
-        let abort = if self.keys.is_some() {
-            Outgoing::Record(RecordType::Abort, reason.0.to_le_bytes().to_vec())
-        } else {
-            Outgoing::Handshake(wire::abort(reason).as_bytes().to_vec())
-        };
-        self.outbound.push_back(abort);
+        if self.outbound.try_reserve(1).is_ok() {
+            self.outbound.push_back(Outgoing::Abort(error.abort_reason()));
+        }
         error
     }
 }
@@ -727,8 +735,8 @@ impl<V: PeerVerifier, P: EvidenceProvider> Source<V, P> {
     /// Starts a migration: makes an ephemeral key and queues the HELLO.
     pub fn start(config: Config, verifier: V, evidence: P, entropy: &mut dyn Entropy) -> Result<Self, MigrationError> {
         let mut core = Core::new(Role::Source, config, verifier, evidence, entropy)?;
-        let own_hello = core.own_hello()?.as_bytes().to_vec();
-        core.queue(own_hello.clone())?;
+        let own_hello = owned(core.own_hello()?.as_bytes())?;
+        core.queue(owned(&own_hello)?)?;
         Ok(Self { core, phase: SourcePhase::AwaitHello, own_hello, channel_lost: false, peer_gave_up: None })
     }
 
@@ -1057,7 +1065,7 @@ impl<V: PeerVerifier, P: EvidenceProvider> Destination<V, P> {
         match (self.phase, kind) {
             (DestinationPhase::AwaitHello | DestinationPhase::AwaitEvidence, kind::ABORT) => Err(parse_abort(frame)),
             (DestinationPhase::AwaitHello, kind::HELLO) => {
-                let own_hello = self.core.own_hello()?.as_bytes().to_vec();
+                let own_hello = owned(self.core.own_hello()?.as_bytes())?;
                 self.core.accept_hello(frame, &own_hello)?;
                 let evidence = self.core.own_evidence()?;
                 self.core.queue(own_hello)?;

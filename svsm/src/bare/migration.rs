@@ -21,17 +21,16 @@ use super::cpu;
 use super::native::Shared;
 use super::svm::hw::BareSvm;
 use super::svm::migration_device::{BarPage, Rings};
-use alloc::format;
-use alloc::string::String;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use kernel::Svsm;
-use kernel::migration::ServiceState;
 use kernel::migration::stream::{self, Incoming, Item, StreamError};
+use kernel::migration::{DirtyLogError, ServiceState, ServiceStateError};
 use migrate::channel::{MigrationChannel, MigrationPage, PageChannel};
 use migrate::evidence::ReportVerifier;
 use migrate::session::{
     self, Config, Destination, DestinationOutcome, DestinationPhase, EvidenceError, EvidenceProvider, MAX_STATE_CHUNK,
-    PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
+    MigrationError, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
 };
 use spin::Mutex;
 use svm::SvmShared;
@@ -74,6 +73,85 @@ const PROGRESS_NS: u64 = 1_000_000_000;
 /// before the source gives up on it.
 const STALL_NS: u64 = 30_000_000_000;
 
+/// Heap that must stay free once an arriving vTPM runs here: what the guest's arrival
+/// still allocates after the commit and cannot fail gracefully (the vTPM's storage and
+/// lineage boxes, the source's slot when this SVSM is armed again), with room to spare.
+const ARRIVAL_HEAP: usize = 64 * 1024;
+
+/// Why a migration failed or could not start, printed where it ends. Never built on the
+/// heap: a message made with `format!` would abort the SVSM on a full heap, just when a
+/// migration fails for want of memory.
+#[derive(Clone, Copy, Debug)]
+pub enum Failure {
+    /// Said in full.
+    Said(&'static str),
+    /// A session's call or the channel under it failed.
+    Session(MigrationError),
+    /// The session ended with this error.
+    SessionFailed(MigrationError),
+    /// The destination refused the state stream.
+    Stream(StreamError),
+    /// Making the state stream (what was being made, and why not).
+    State(&'static str, ServiceStateError),
+    /// Dirty tracking failed.
+    Dirty(DirtyLogError),
+    /// The arriving vTPM did not start.
+    Vtpm(&'static str),
+    /// After the commit: the vTPM's tombstone could not be kept.
+    NotMarked(store::StoreError),
+    /// After the commit: the destination aborted.
+    GaveUp(MigrationError),
+    /// After the commit: no FINISH_ACK after this many copies of the FINISH.
+    NoFinishAck(u32),
+}
+
+impl From<&'static str> for Failure {
+    fn from(why: &'static str) -> Self {
+        Self::Said(why)
+    }
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Said(why) => f.write_str(why),
+            Self::Session(e) => write!(f, "{e:?}"),
+            Self::SessionFailed(e) => write!(f, "the session failed: {e:?}"),
+            Self::Stream(e) => write!(f, "the state stream: {e:?}"),
+            Self::State(what, e) => write!(f, "{what}: {e:?}"),
+            Self::Dirty(e) => write!(f, "dirty tracking: {e:?}"),
+            Self::Vtpm(why) => write!(f, "the vTPM: {why}"),
+            Self::NotMarked(e) => {
+                write!(f, "the vTPM could not be marked as moved in the sealed state ({e:?}); no FINISH")
+            }
+            Self::GaveUp(e) => write!(f, "the destination gave up after the commit ({e:?})"),
+            Self::NoFinishAck(copies) => write!(
+                f,
+                "no FINISH_ACK after {copies} cop(ies) of the FINISH: the destination runs the guest if one reached it"
+            ),
+        }
+    }
+}
+
+/// Bytes the SVSM's heap has free.
+fn heap_free() -> usize {
+    let (used, size) = super::heap::usage();
+    size.saturating_sub(used)
+}
+
+/// A copy of the device's rings for a session's channel (a clone of a page is the same
+/// page); `None` without heap.
+fn rings_copy(pages: &Rings) -> Option<Rings> {
+    let copy = |ring: &Vec<BarPage>| {
+        let mut v = Vec::new();
+        v.try_reserve_exact(ring.len()).ok()?;
+        v.extend_from_slice(ring);
+        Some(v)
+    };
+    let [outbound, inbound] = pages;
+    Some([copy(outbound)?, copy(inbound)?])
+}
+
 /// RDRAND as the session's entropy (the ephemeral key, the HELLO nonce).
 fn rdrand(buf: &mut [u8]) -> Result<(), migrate::EntropyError> {
     for chunk in buf.chunks_mut(8) {
@@ -97,15 +175,31 @@ impl EvidenceProvider for Evidence<'_> {
     }
 }
 
+/// Who this SVSM is and whom it trusts ([`config`]), worked out once per boot, before
+/// any session: it parses and checks this SVSM's own certificate chain and report, which
+/// x509-cert and rsa do on the heap without failing gracefully. A migration the host
+/// starts later, when a guest may have filled the heap, must not.
+static IDENTITY: spin::Once<(Config, ReportVerifier)> = spin::Once::new();
+
+fn identity(
+    svsm: &Svsm,
+    platform: &SvmShared<BareSvm>,
+    rings: &Rings,
+) -> Result<&'static (Config, ReportVerifier), Failure> {
+    IDENTITY.try_call_once(|| config(svsm, platform, rings)).map_err(Failure::Said)
+}
+
 /// Who this SVSM is, and whom it trusts: its own report, checked under the ARK of its own
 /// certificate table (on svm, the launcher's kit), gives the measurement and policy a
-/// peer must have; the peer's chain must end at the same ARK.
+/// peer must have; the peer's chain must end at the same ARK. The peer's evidence is
+/// checked only with [`migrate::evidence::VERIFY_HEAP`] free (see there).
 fn config(svsm: &Svsm, platform: &SvmShared<BareSvm>, rings: &Rings) -> Result<(Config, ReportVerifier), &'static str> {
     let mut nonce = [0u8; REPORT_DATA_LEN];
     rdrand(&mut nonce).map_err(|_| "no entropy")?;
     let (report, table) =
         svsm.migration_evidence(&mut platform.platform(0), &nonce).map_err(|_| "no report from the PSP")?;
     let verifier = ReportVerifier::trusting_ark_of(&table).ok_or("no ARK in the certificate table")?;
+    let verifier = verifier.with_heap_check(heap_free);
     let evidence = migrate::evidence::encode(&report, &table).ok_or("the evidence does not encode")?;
     let identity = verifier.verify(&evidence, &nonce).map_err(|_| "its own report does not verify")?;
     // The ring mode when the device has a ring: both directions are the same size.
@@ -115,23 +209,24 @@ fn config(svsm: &Svsm, platform: &SvmShared<BareSvm>, rings: &Rings) -> Result<(
 }
 
 /// Move the session's frames as far as the channel allows now; `Ok(true)` if anything moved.
-fn pump<E: session::Endpoint>(endpoint: &mut E, channel: &mut Channel) -> Result<bool, String> {
-    session::pump(endpoint, channel).map_err(|e| format!("{e:?}"))
+fn pump<E: session::Endpoint>(endpoint: &mut E, channel: &mut Channel) -> Result<bool, Failure> {
+    session::pump(endpoint, channel).map_err(Failure::Session)
 }
 
 /// The destination's side: wait for the host, take the whole state, and say what the
-/// services were (the vTPM to resume, the settings to apply).
-pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Result<Arrived, String> {
+/// services were (the vTPM to resume, the settings to apply). The channel gets copies of
+/// `pages`: the device is armed again after a migration that arrived.
+pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: &Rings) -> Result<Arrived, Failure> {
     println!("migration: incoming; waiting for the host to start the migration pages");
-    let (config, verifier) = config(svsm, platform, &pages)?;
-    let [outbound, mut inbound] = pages;
+    let (config, verifier) = identity(svsm, platform, pages)?;
+    let [outbound, mut inbound] = rings_copy(pages).ok_or("no heap for the migration pages")?;
     let first_inbound = inbound.first_mut().ok_or("no inbound page")?;
     while first_inbound.read_status() != abi::migration::MigrationStatus::INCOMING {
         clock::nap(WAIT_NAP_US);
     }
     let mut channel = PageChannel::with_rings(outbound, inbound);
     let evidence = Evidence { svsm, platform };
-    let mut session = Destination::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
+    let mut session = Destination::start(*config, verifier, evidence, &mut rdrand).map_err(Failure::Session)?;
     // The COMMIT_ACK only once the stream is whole and the vTPM runs again here: after
     // the ACK the source never runs the guest again, so nothing may fail here after it.
     session.hold_commit_ack();
@@ -162,13 +257,12 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
             last_progress = now;
         } else if now.saturating_sub(last_progress) > limit {
             if arrived.is_some() {
-                break Err(
-                    "the FINISH never came after this SVSM approved the commit (the guest is lost, never run twice)"
-                        .into(),
-                );
+                break Err(Failure::Said(
+                    "the FINISH never came after this SVSM approved the commit (the guest is lost, never run twice)",
+                ));
             }
             let _ = session.abort(session::AbortReason::INTERNAL);
-            break Err("neither the host nor the source moved for 30 s".into());
+            break Err(Failure::Said("neither the host nor the source moved for 30 s"));
         }
         if !attested && session.peer().is_some() {
             attested = true;
@@ -182,7 +276,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
                 taken.and_then(|i| i.take(svsm, &mut platform.platform(0), &chunk))
             });
             if let Err(e) = applied {
-                refused = Some(format!("the state stream: {e:?}"));
+                refused = Some(Failure::Stream(e));
                 break;
             }
         }
@@ -191,7 +285,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
                 Ok(ready) => {
                     arrived = Some(ready);
                     if let Err(e) = session.approve_commit() {
-                        break Err(format!("{e:?}"));
+                        break Err(Failure::Session(e));
                     }
                 }
                 Err(why) => refused = Some(why),
@@ -220,7 +314,7 @@ pub fn receive(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) -> Resu
                 }
             }
             DestinationOutcome::Completed => break Ok(()),
-            DestinationOutcome::Failed(e) => break Err(format!("the session failed: {e:?}")),
+            DestinationOutcome::Failed(e) => break Err(Failure::SessionFailed(e)),
         }
     };
     if let Err(why) = taken {
@@ -273,17 +367,26 @@ pub struct Arrived {
 /// Nothing is written to this SVSM's sealed store yet: until FINISH the source may still
 /// run the guest, and a store holding a copy of its TPM would be a fork waiting for a
 /// reboot.
-fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, String> {
+///
+/// The guest has not run here yet, so nothing else takes from the heap meanwhile: what it
+/// has free, checked before and after the vTPM starts, holds for the allocations from
+/// here to the guest's first instruction that cannot fail gracefully (the vTPM service's
+/// channel and boxes, its storage's box after the commit: [`ARRIVAL_HEAP`]). With less,
+/// the commit is refused.
+fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, Failure> {
+    const NO_ROOM: &str = "too little heap is left to run the guest here";
     let incoming = incoming.ok_or("the state stream")?;
     let vcpus = incoming.vcpus();
-    let services = incoming.finish().map_err(|e| format!("the state stream: {e:?}"))?;
+    let services = incoming.finish().map_err(Failure::Stream)?;
     if let Some(snapshot) = &services.vtpm
         && !svsm.can_keep_arriving_vtpm(&snapshot.ek_public, snapshot.kept, snapshot.lineage.version)
     {
-        return Err(
-            "the vTPM could not be kept here (this SVSM's sealed state keeps another vTPM, a newer state of this one, or is closed; or it has none and the source kept its vTPM across reboots)"
-                .into(),
-        );
+        return Err(Failure::Said(
+            "the vTPM could not be kept here (this SVSM's sealed state keeps another vTPM, a newer state of this one, or is closed; or it has none and the source kept its vTPM across reboots)",
+        ));
+    }
+    if heap_free() < ARRIVAL_HEAP {
+        return Err(Failure::Said(NO_ROOM));
     }
     let (vtpm, lineage) = match &services.vtpm {
         Some(snapshot) => {
@@ -291,10 +394,13 @@ fn ready_to_run(svsm: &Svsm, incoming: Option<Incoming>) -> Result<Arrived, Stri
             rdrand(&mut incarnation).map_err(|_| "no entropy for the vTPM's new incarnation")?;
             let lineage = kernel::vtpm_lineage::Lineage::arrived(&snapshot.lineage, incarnation)
                 .ok_or("the vTPM's version cannot grow")?;
-            (Some(super::vtpm::resume(snapshot).map_err(|e| format!("the vTPM: {e}"))?), Some(lineage))
+            (Some(super::vtpm::resume(snapshot).map_err(Failure::Vtpm)?), Some(lineage))
         }
         None => (None, None),
     };
+    if heap_free() < ARRIVAL_HEAP {
+        return Err(Failure::Said(NO_ROOM));
+    }
     Ok(Arrived { services, vtpm, lineage, vcpus })
 }
 
@@ -336,10 +442,8 @@ enum Round {
 }
 
 struct Outgoing {
-    session: Source<ReportVerifier, Evidence<'static>>,
+    session: Source<&'static ReportVerifier, Evidence<'static>>,
     channel: Channel,
-    /// The device's pages again, for the next session if this one fails.
-    pages: Rings,
     round: Round,
     /// Stream bytes framed and not yet handed to the session.
     pending: Vec<u8>,
@@ -356,18 +460,27 @@ struct Outgoing {
     started: u64,
 }
 
-enum Armed {
-    /// Waiting for the host's `RUNNING`.
-    Waiting(Rings),
-    Running(alloc::boxed::Box<Outgoing>),
+/// The source's side: the device, and the session under way if there is one.
+struct Armed {
+    /// The device's rings; each session's channel gets copies (a clone is the same page).
+    pages: Rings,
+    /// The session. Its room is taken when the device is armed, before the guest runs:
+    /// a migration the host starts, when a guest may have filled the heap, needs none.
+    session: Box<Option<Outgoing>>,
 }
 
 static SOURCE: Mutex<Option<Armed>> = Mutex::new(None);
 static ARMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Keep the device: this SVSM may become a migration's source.
-pub fn arm(pages: Rings) {
-    *SOURCE.lock() = Some(Armed::Waiting(pages));
+/// Keep the device: this SVSM may become a migration's source. Before the guest runs (at
+/// boot, or after a migration arrived, with [`ARRIVAL_HEAP`] free): who this SVSM is is
+/// worked out now ([`identity`]), and the session's room taken (a fixed size, infallibly).
+pub fn arm(svsm: &Svsm, platform: &SvmShared<BareSvm>, pages: Rings) {
+    if let Err(e) = identity(svsm, platform, &pages) {
+        println!("migration: this SVSM cannot be a migration's source ({e})");
+        return;
+    }
+    *SOURCE.lock() = Some(Armed { pages, session: Box::new(None) });
     ARMED.store(true, core::sync::atomic::Ordering::Release);
 }
 
@@ -400,37 +513,36 @@ pub enum Poll {
 /// Drive the source for a moment (CPU 0, between its guest's exits).
 pub fn poll(shared: &'static Shared) -> Poll {
     let mut slot = SOURCE.lock();
-    if let Some(Armed::Waiting(pages)) = slot.as_mut() {
-        let started = pages[0].first_mut().map(|page| page.read_status());
+    let Some(armed) = slot.as_mut() else { return Poll::RunOn };
+    if armed.session.is_none() {
+        let started = armed.pages[0].first_mut().map(|page| page.read_status());
         if started != Some(abi::migration::MigrationStatus::RUNNING) {
             return Poll::RunOn;
         }
-        let Some(Armed::Waiting(pages)) = slot.take() else { return Poll::RunOn };
-        *slot = Some(match start(shared, pages.clone()) {
+        match start(shared, &armed.pages) {
             Ok(out) => {
+                *armed.session = Some(out);
                 SESSION.store(true, core::sync::atomic::Ordering::Release);
-                Armed::Running(alloc::boxed::Box::new(out))
             }
             Err(e) => {
                 println!("migration: could not start: {e}; the guest runs on here, and a new migration may start");
-                Armed::Waiting(stream_ended(pages))
-            }
-        });
-    }
-    let Some(Armed::Running(out)) = slot.as_mut() else { return Poll::RunOn };
-    let deadline = clock::monotonic_ns() + SLICE_NS;
-    loop {
-        match step(shared, out) {
-            Ok(Step::Again) if clock::monotonic_ns() < deadline => {}
-            Ok(Step::Again | Step::Idle) => return Poll::RunOn,
-            Ok(Step::Pause) => return Poll::Pause,
-            Err(e) => {
-                let next = give_up(shared, out, &e);
-                *slot = Some(next);
+                stream_ended(&mut armed.pages);
                 return Poll::RunOn;
             }
         }
     }
+    let Some(out) = armed.session.as_mut() else { return Poll::RunOn };
+    let deadline = clock::monotonic_ns() + SLICE_NS;
+    let failed = loop {
+        match step(shared, out) {
+            Ok(Step::Again) if clock::monotonic_ns() < deadline => {}
+            Ok(Step::Again | Step::Idle) => return Poll::RunOn,
+            Ok(Step::Pause) => return Poll::Pause,
+            Err(e) => break e,
+        }
+    };
+    give_up(shared, armed, failed);
+    Poll::RunOn
 }
 
 /// How fast this CPU seals the state stream's records (KiB/s): 512 KiB in 64 KiB
@@ -456,20 +568,19 @@ fn measure_cipher() -> u64 {
     u64::try_from(bytes).unwrap_or(u64::MAX).saturating_mul(1_000_000_000 / 1024) / ns
 }
 
-fn start(shared: &'static Shared, pages: Rings) -> Result<Outgoing, String> {
+fn start(shared: &'static Shared, pages: &Rings) -> Result<Outgoing, Failure> {
     let cipher = cipher_rate();
     println!(
         "migration: the host started a migration; attesting the destination (this CPU seals the stream at {cipher} KiB/s with AES-256-GCM, {:?} AES)",
         aes()
     );
-    let (config, verifier) = config(&shared.svsm, &shared.platform, &pages)?;
-    let [outbound, inbound] = pages.clone();
+    let (config, verifier) = IDENTITY.get().ok_or("this SVSM's identity was not worked out")?;
+    let [outbound, inbound] = rings_copy(pages).ok_or("no heap for the migration pages")?;
     let evidence = Evidence { svsm: &shared.svsm, platform: &shared.platform };
-    let session = Source::start(config, verifier, evidence, &mut rdrand).map_err(|e| format!("{e:?}"))?;
+    let session = Source::start(*config, verifier, evidence, &mut rdrand).map_err(Failure::Session)?;
     Ok(Outgoing {
         session,
         channel: PageChannel::with_rings(outbound, inbound),
-        pages,
         round: Round::Handshake,
         pending: Vec::new(),
         carried: Vec::new(),
@@ -493,16 +604,16 @@ enum Step {
 }
 
 /// One step of the source while the guest runs.
-fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
+fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, Failure> {
     let moved = Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel))?;
     if let SourceOutcome::KeepRunning(e) = out.session.outcome() {
-        return Err(format!("the session failed: {e:?}"));
+        return Err(Failure::SessionFailed(e));
     }
     let now = clock::monotonic_ns();
     if moved {
         out.last_progress = now;
     } else if now.saturating_sub(out.last_progress) > STALL_NS {
-        return Err("neither the host nor the destination moved for 30 s".into());
+        return Err(Failure::Said("neither the host nor the destination moved for 30 s"));
     }
     if !out.session.can_send_state() {
         return Ok(if moved { Step::Again } else { Step::Idle });
@@ -516,15 +627,15 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
     match out.round {
         Round::Handshake => {
             println!("migration: the destination is attested (same measurement and policy); pre-copy starts");
-            svsm.start_dirty_tracking(p).map_err(|e| format!("dirty tracking: {e:?}"))?;
+            svsm.start_dirty_tracking(p).map_err(Failure::Dirty)?;
             out.tracking = true;
             out.precopy_started = clock::monotonic_ns();
             out.round = Round::Full(0);
         }
         Round::Full(from) => {
             let (chunk, next) = Spent::timed(&mut out.spent.export, || svsm.export_memory_up_to(p, from, CHUNK_PAGES))
-                .map_err(|e| format!("memory: {e:?}"))?;
-            stream::frame(&mut out.pending, Item::Memory, &chunk).map_err(|e| format!("{e:?}"))?;
+                .map_err(|e| Failure::State("memory", e))?;
+            stream::frame(&mut out.pending, Item::Memory, &chunk).map_err(|e| Failure::State(FRAMING, e))?;
             out.round = match next {
                 Some(next) => Round::Full(next),
                 None => {
@@ -540,7 +651,7 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
             let pages = match todo {
                 Some(pages) => pages,
                 None => {
-                    let mut pages = svsm.take_dirty(p, TAKE_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
+                    let mut pages = svsm.take_dirty(p, TAKE_PAGES).map_err(Failure::Dirty)?;
                     println!("migration: round {n}: {} page(s) written during the round before", pages.len());
                     if pages.len() < LAST_ROUND_PAGES || n >= MAX_DIRTY_ROUNDS {
                         // Those pages go with the last round, the guest stopped.
@@ -553,26 +664,31 @@ fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, String> {
                     todo.insert(pages)
                 }
             };
+            // The last pages of the list, read in place: no copy of them on the heap.
             let at = pages.len().saturating_sub(CHUNK_PAGES);
-            let chunk: Vec<u64> = pages.drain(at..).collect();
+            let chunk = pages.get(at..).unwrap_or_default();
+            let records = Spent::timed(&mut out.spent.export, || svsm.export_pages(p, chunk))
+                .map_err(|e| Failure::State("memory", e))?;
+            pages.truncate(at);
             if pages.is_empty() {
                 out.round = Round::Dirty { n: n + 1, todo: None };
             }
-            let records = Spent::timed(&mut out.spent.export, || svsm.export_pages(p, &chunk))
-                .map_err(|e| format!("memory: {e:?}"))?;
-            stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| format!("{e:?}"))?;
+            stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| Failure::State(FRAMING, e))?;
         }
         Round::Last => return Ok(Step::Pause),
     }
     Ok(Step::Again)
 }
 
+/// What a failure to frame the stream was doing.
+const FRAMING: &str = "framing the state stream";
+
 /// Hand the session as much of the pending stream as one record carries.
-fn send_pending(out: &mut Outgoing) -> Result<(), String> {
+fn send_pending(out: &mut Outgoing) -> Result<(), Failure> {
     let n = out.pending.len().min(MAX_STATE_CHUNK);
     let chunk = out.pending.get(..n).ok_or("the pending stream")?;
     let session = &mut out.session;
-    Spent::timed(&mut out.spent.channel, || session.send_state(chunk)).map_err(|e| format!("{e:?}"))?;
+    Spent::timed(&mut out.spent.channel, || session.send_state(chunk)).map_err(Failure::Session)?;
     out.pending.drain(..n);
     out.sent += n;
     Ok(())
@@ -582,34 +698,38 @@ fn send_pending(out: &mut Outgoing) -> Result<(), String> {
 /// on here.
 /// The device is kept for the next migration the host starts: this SVSM writes
 /// `COMPLETED` into its outbound page (its stream has ended), and a new session begins
-/// when the host writes `RUNNING` there again.
-fn give_up(shared: &Shared, out: &mut Outgoing, why: &str) -> Armed {
-    let _ = out.session.abort(session::AbortReason::INTERNAL);
-    // The ABORT, if the host takes it soon: the destination then stops at once.
-    let deadline = clock::monotonic_ns() + 1_000_000_000;
-    while !session::Endpoint::is_done(&out.session) && clock::monotonic_ns() < deadline {
-        if pump(&mut out.session, &mut out.channel).is_err() {
-            break;
+/// when the host writes `RUNNING` there again. It often follows a full heap: nothing
+/// here allocates but the ABORT's record, which may fail.
+fn give_up(shared: &Shared, armed: &mut Armed, why: Failure) {
+    if let Some(out) = armed.session.as_mut() {
+        let _ = out.session.abort(session::AbortReason::INTERNAL);
+        // The ABORT, if the host takes it soon: the destination then stops at once.
+        let deadline = clock::monotonic_ns() + 1_000_000_000;
+        while !session::Endpoint::is_done(&out.session) && clock::monotonic_ns() < deadline {
+            if pump(&mut out.session, &mut out.channel).is_err() {
+                break;
+            }
         }
-    }
-    if out.tracking && shared.svsm.stop_dirty_tracking(&mut shared.platform.platform(0)).is_err() {
-        println!("migration: dirty tracking did not stop cleanly");
+        if out.tracking && shared.svsm.stop_dirty_tracking(&mut shared.platform.platform(0)).is_err() {
+            println!("migration: dirty tracking did not stop cleanly");
+        }
     }
     if shared.platform.paused() {
         shared.platform.resume();
     }
     println!("migration: failed ({why}); the guest runs on here, and a new migration may start");
+    // The session's memory goes back to the heap; its room stays for the next one.
+    *armed.session = None;
     SESSION.store(false, core::sync::atomic::Ordering::Release);
-    Armed::Waiting(stream_ended(out.pages.clone()))
+    stream_ended(&mut armed.pages);
 }
 
 /// Says on the outbound page that this SVSM's stream has ended (`COMPLETED`): the host
 /// starts the pages again for the next migration.
-pub fn stream_ended(mut pages: Rings) -> Rings {
+pub fn stream_ended(pages: &mut Rings) {
     if let Some(page) = pages[0].first_mut() {
         page.write_status(abi::migration::MigrationStatus::COMPLETED);
     }
-    pages
 }
 
 /// The last round, on CPU 0 holding no vCPU: stop the guest, send the rest, commit. On a
@@ -617,24 +737,27 @@ pub fn stream_ended(mut pages: Rings) -> Rings {
 /// the guest runs on here.
 pub fn last_round(shared: &'static Shared) {
     let mut slot = SOURCE.lock();
-    let Some(Armed::Running(out)) = slot.as_mut() else { return };
+    let Some(armed) = slot.as_mut() else { return };
+    let Some(out) = armed.session.as_mut() else { return };
     // After the COMMIT_ACK the vTPM must be marked as moved in this SVSM's sealed state;
     // a state that cannot take the mark (closed by a write the host failed) keeps the
     // guest here instead of losing it.
-    if !shared.svsm.vtpm_can_move_away() {
-        let next = give_up(shared, out, "this SVSM's sealed state is closed: its vTPM could not be marked as moved");
-        *slot = Some(next);
-        return;
-    }
-    let paused_at = clock::monotonic_ns();
-    shared.platform.pause(0);
-    if let Err(e) = commit(shared, out, paused_at) {
-        let next = give_up(shared, out, &e);
-        *slot = Some(next);
-        return;
-    }
-    // Committed: the guest is the destination's now. It never runs here again, whatever
-    // becomes of the FINISH.
+    let failed = if !shared.svsm.vtpm_can_move_away() {
+        Failure::Said("this SVSM's sealed state is closed: its vTPM could not be marked as moved")
+    } else {
+        let paused_at = clock::monotonic_ns();
+        shared.platform.pause(0);
+        match commit(shared, out, paused_at) {
+            Ok(()) => committed(shared, out, paused_at),
+            Err(e) => e,
+        }
+    };
+    give_up(shared, armed, failed);
+}
+
+/// Committed: the guest is the destination's now. It never runs here again, whatever
+/// becomes of the FINISH: this SVSM ends.
+fn committed(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> ! {
     // The figures end at the commit, not at the host's taking of the FINISH.
     let now = clock::monotonic_ns();
     // The vTPM is the destination's too: this SVSM's sealed state must never start it
@@ -664,7 +787,7 @@ pub fn last_round(shared: &'static Shared) {
             }
             hand_over_finish(out, deadline)
         }
-        Err(e) => Err(format!("the vTPM could not be marked as moved in the sealed state ({e:?}); no FINISH")),
+        Err(e) => Err(Failure::NotMarked(e)),
     };
     let downtime = now.saturating_sub(paused_at) / 1_000_000;
     let total = now.saturating_sub(out.started) / 1_000_000;
@@ -690,7 +813,7 @@ pub fn last_round(shared: &'static Shared) {
 }
 
 /// Everything the guest still has, then the COMMIT, until the destination confirms it.
-fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), String> {
+fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Failure> {
     let p = &mut shared.platform.platform(0);
     let svsm = &shared.svsm;
     // The guest is stopped: the log only shrinks. Its pages are taken a batch at a time.
@@ -703,13 +826,13 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
     let mut committed = false;
     loop {
         if clock::monotonic_ns() > deadline {
-            return Err("the last round timed out".into());
+            return Err(Failure::Said("the last round timed out"));
         }
         let pumped = Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel));
         // The outcome first: once committed the guest never runs here again, whatever else
         // the call said.
         match out.session.outcome() {
-            SourceOutcome::KeepRunning(e) => return Err(format!("the session failed: {e:?}")),
+            SourceOutcome::KeepRunning(e) => return Err(Failure::SessionFailed(e)),
             SourceOutcome::Committed => return Ok(()),
             SourceOutcome::InProgress => pumped?,
         };
@@ -719,20 +842,21 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
         if !out.pending.is_empty() {
             send_pending(out)?;
         } else if dirty.is_empty() && !log_empty {
-            dirty = svsm.take_dirty(p, TAKE_PAGES).map_err(|e| format!("dirty tracking: {e:?}"))?;
+            dirty = svsm.take_dirty(p, TAKE_PAGES).map_err(Failure::Dirty)?;
             log_empty = dirty.is_empty();
         } else if !dirty.is_empty() {
             let at = dirty.len().saturating_sub(CHUNK_PAGES);
-            let chunk: Vec<u64> = dirty.drain(at..).collect();
-            let records = Spent::timed(&mut out.spent.export, || svsm.export_pages(p, &chunk))
-                .map_err(|e| format!("memory: {e:?}"))?;
-            stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| format!("{e:?}"))?;
+            let chunk = dirty.get(at..).unwrap_or_default();
+            let records = Spent::timed(&mut out.spent.export, || svsm.export_pages(p, chunk))
+                .map_err(|e| Failure::State("memory", e))?;
+            dirty.truncate(at);
+            stream::frame(&mut out.pending, Item::Memory, &records).map_err(|e| Failure::State(FRAMING, e))?;
         } else if !rest_made {
             out.pending = Spent::timed(&mut out.spent.export, || svsm.export_last_round(p, &[]))
-                .map_err(|e| format!("the last round: {e:?}"))?;
+                .map_err(|e| Failure::State("the last round", e))?;
             rest_made = true;
         } else if !committed {
-            out.session.commit().map_err(|e| format!("{e:?}"))?;
+            out.session.commit().map_err(Failure::Session)?;
             committed = true;
         }
     }
@@ -744,7 +868,7 @@ fn commit(shared: &Shared, out: &mut Outgoing, paused_at: u64) -> Result<(), Str
 /// the same FINISH again (the host may have lost or changed it). What comes back that is
 /// not the FINISH_ACK is named by `pump` and changes nothing: the guest never runs here
 /// again.
-fn hand_over_finish(out: &mut Outgoing, deadline: u64) -> Result<(), String> {
+fn hand_over_finish(out: &mut Outgoing, deadline: u64) -> Result<(), Failure> {
     let mut offers = 0u32;
     let mut offered_at = clock::monotonic_ns();
     let mut passed_over = None;
@@ -769,21 +893,22 @@ fn hand_over_finish(out: &mut Outgoing, deadline: u64) -> Result<(), String> {
                 Ok(true) => {
                     offers = offers.saturating_add(1);
                     offered_at = now;
-                    println!(
-                        "migration: no FINISH_ACK from the destination yet; the FINISH again (copy {}){}",
-                        offers + 1,
-                        passed_over.take().map_or(alloc::string::String::new(), |e| format!(", after {e}"))
-                    );
+                    let copy = offers + 1;
+                    match passed_over.take() {
+                        Some(e) => println!(
+                            "migration: no FINISH_ACK from the destination yet; the FINISH again (copy {copy}), after {e}"
+                        ),
+                        None => println!(
+                            "migration: no FINISH_ACK from the destination yet; the FINISH again (copy {copy})"
+                        ),
+                    }
                 }
                 Ok(false) => {}
-                Err(e) => return Err(format!("the destination gave up after the commit ({e:?})")),
+                Err(e) => return Err(Failure::GaveUp(e)),
             }
         }
         if now > deadline {
-            return Err(format!(
-                "no FINISH_ACK after {} cop(ies) of the FINISH: the destination runs the guest if one reached it",
-                offers + 1
-            ));
+            return Err(Failure::NoFinishAck(offers + 1));
         }
     }
 }

@@ -184,7 +184,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         }
         if let Some(pages) = device {
             println!("migration: a migration device is present: this SVSM can be a live migration's source");
-            migration::arm(pages);
+            migration::arm(&svsm, &platform, pages);
         }
     }
     native::publish(native::Shared { platform, svsm });
@@ -223,11 +223,10 @@ fn migration_device(ram: &[(u64, u64)]) -> Option<svm::migration_device::Rings> 
 fn arrive(
     svsm: &mut kernel::svsm::Svsm,
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
-    pages: svm::migration_device::Rings,
+    mut pages: svm::migration_device::Rings,
     keep: Option<kernel::sealed::SharedSealed>,
 ) {
-    let again = pages.clone();
-    let arrived = match migration::receive(svsm, platform, pages) {
+    let arrived = match migration::receive(svsm, platform, &pages) {
         Ok(arrived) => arrived,
         Err(e) => {
             println!("FAILED: migration: {e}; the guest never ran here");
@@ -244,6 +243,9 @@ fn arrive(
     if let Some((mut v, lineage)) = arrived.vtpm.zip(arrived.lineage) {
         match keep {
             Some(sealed) => {
+                // A small box each try (it goes with a refused try): the heap had
+                // `migration::ARRIVAL_HEAP` free when the commit was approved, and the
+                // guest, which alone could have taken it since, has not run here yet.
                 let keep = |v: &mut ::vtpm::Vtpm| {
                     let storage = kernel::sealed::VtpmNv::arriving(sealed.clone(), lineage, chain);
                     v.keep_in(alloc::boxed::Box::new(storage))
@@ -281,7 +283,8 @@ fn arrive(
     }
     // This SVSM's stream has ended; the guest may move on again when the host starts the
     // next migration.
-    migration::arm(migration::stream_ended(again));
+    migration::stream_ended(&mut pages);
+    migration::arm(svsm, platform, pages);
 }
 
 /// The key request parameters of this launch: guest SVN 0 (the svm platform has no ID

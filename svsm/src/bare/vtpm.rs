@@ -135,11 +135,14 @@ fn start_error(e: StartError) -> &'static str {
 
 /// Continue, in a new service process, the vTPM a migration's source saved: the same EK,
 /// NV indices, persistent and loaded objects. No NV storage yet: the destination gives it
-/// its sealed store (`Vtpm::keep_in`) only once the guest is its own.
+/// its sealed store (`Vtpm::keep_in`) only once the guest is its own. The state's copies
+/// can fail for heap; the process's channel and boxes are small and fixed, and the caller
+/// makes sure the heap has room for them (`migration::ready_to_run`).
 pub fn resume(snapshot: &kernel::migration::VtpmSnapshot) -> Result<Vtpm, &'static str> {
+    let ek_public = kernel::heap::copy_of(&snapshot.ek_public).map_err(|_| "no heap for its EK")?;
     let (channel, run) = load(PROCESS_ID)?;
     let engine = ServiceTpm::resume(channel, run, &snapshot.state).map_err(start_error)?;
-    Vtpm::resume(Timed::new(engine), snapshot.ek_public.clone(), &snapshot.state.nv, None)
+    Vtpm::resume(Timed::new(engine), ek_public, &snapshot.state.nv, None)
         .map_err(|_| "resuming the migrated vTPM failed")
 }
 
