@@ -10,9 +10,16 @@ use crate::{boot, prereqs};
 /// How long each fuzz target runs in the smoke run: the dispatcher (guest and host input
 /// to the SVSM), then the host-side verifier (evidence from an SVSM and host that may
 /// lie), the system call layer (a service process's calls), the sealed store (a hostile
-/// disk) and a migration destination (a state stream), which need less time to go deep.
-const SMOKE_FUZZ: [(&str, u64); 5] =
-    [(DEFAULT_FUZZ_TARGET, 60), ("evidence", 20), ("syscalls", 20), ("store", 20), ("stream", 20)];
+/// disk), a migration destination (a state stream) and a migration peer's evidence (within
+/// the heap the SVSM leaves for it), which need less time to go deep.
+const SMOKE_FUZZ: [(&str, u64); 6] = [
+    (DEFAULT_FUZZ_TARGET, 60),
+    ("evidence", 20),
+    ("syscalls", 20),
+    ("store", 20),
+    ("stream", 20),
+    ("peer_evidence", 20),
+];
 
 /// `cargo xtask test`: the project's full test command, as run by CI.
 pub fn run() -> Result {
