@@ -6,19 +6,9 @@
 use bulwark_attest::verify::{Certificates, Evidence, examine};
 use bulwark_attest::{cert_table, manifest};
 
-/// Split off a piece whose length is the next byte pair (little-endian), capped at what is left.
-fn piece<'a>(data: &mut &'a [u8]) -> &'a [u8] {
-    let len = match data {
-        [a, b, rest @ ..] => {
-            *data = rest;
-            usize::from(u16::from_le_bytes([*a, *b]))
-        }
-        _ => 0,
-    };
-    let (head, tail) = data.split_at(len.min(data.len()));
-    *data = tail;
-    head
-}
+#[path = "pieces.rs"]
+mod pieces;
+use pieces::piece;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut data = data;

@@ -13,23 +13,13 @@ use bulwark_model::heap;
 use migrate::evidence::{ReportVerifier, VERIFY_HEAP};
 use migrate::session::{PeerVerifier, REPORT_DATA_LEN};
 
+#[path = "pieces.rs"]
+mod pieces;
+use pieces::piece;
+
 /// SVSM code runs with the bare-metal heap's limit.
 #[global_allocator]
 static HEAP: heap::CountingHeap = heap::CountingHeap;
-
-/// Split off a piece whose length is the next byte pair (little-endian), capped at what is left.
-fn piece<'a>(data: &mut &'a [u8]) -> &'a [u8] {
-    let len = match data {
-        [a, b, rest @ ..] => {
-            *data = rest;
-            usize::from(u16::from_le_bytes([*a, *b]))
-        }
-        _ => 0,
-    };
-    let (head, tail) = data.split_at(len.min(data.len()));
-    *data = tail;
-    head
-}
 
 fn heap_free() -> usize {
     heap::usage().map_or(usize::MAX, |u| u.size.saturating_sub(u.used) as usize)
