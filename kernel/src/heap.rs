@@ -8,6 +8,24 @@
 use crate::error::{CallError, CallResult};
 use alloc::vec::Vec;
 
+/// Heap one CPU holds back for itself for a while (the bare heap's `hold_back`): while it
+/// does, another CPU may take only what leaves those bytes free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub cpu: u32,
+    pub bytes: usize,
+}
+
+/// Whether `cpu` may take `bytes` more from a heap with `free` bytes free while `hold`
+/// holds some back: the holder may (the held bytes are for what it is doing), another CPU
+/// only if the held bytes stay free; without a hold the heap alone decides.
+pub fn may_take(free: usize, bytes: usize, cpu: u32, hold: Option<Hold>) -> bool {
+    match hold {
+        Some(h) if h.cpu != cpu => free.checked_sub(bytes).is_some_and(|left| left >= h.bytes),
+        _ => true,
+    }
+}
+
 /// A zeroed byte buffer of `len` bytes.
 pub fn zeroed(len: usize) -> CallResult<Vec<u8>> {
     let mut v = Vec::new();
@@ -44,4 +62,22 @@ pub fn extend<T: Clone>(v: &mut Vec<T>, items: &[T]) -> CallResult<()> {
     v.try_reserve(items.len()).map_err(|_| CallError::OutOfMemory)?;
     v.extend_from_slice(items);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The holder takes what it held back; another CPU only what leaves it free; without
+    /// a hold, anyone (the heap then says whether there is room).
+    #[test]
+    fn a_hold_keeps_its_bytes_for_its_cpu() {
+        let hold = Some(Hold { cpu: 0, bytes: 4096 });
+        assert!(may_take(4096, 4096, 0, hold), "the holder takes all of it");
+        assert!(!may_take(4096, 16, 1, hold), "another CPU takes none of it");
+        assert!(may_take(8192, 4096, 1, hold), "another CPU takes what is above it");
+        assert!(!may_take(8192, 4097, 1, hold), "but not a byte more");
+        assert!(!may_take(100, 4096, 1, hold), "nor more than is free");
+        assert!(may_take(0, 4096, 1, None), "without a hold the heap decides");
+    }
 }

@@ -10,7 +10,9 @@
 
 use buddy_system_allocator::Heap;
 use core::alloc::{GlobalAlloc, Layout};
+use core::marker::PhantomData;
 use core::ptr::{NonNull, null_mut};
+use kernel::heap::{Hold, may_take};
 use spin::Mutex;
 
 /// Heap size: the kernel's bitmaps and registries, the software RMP and the nested page
@@ -27,6 +29,8 @@ struct State {
     buddy: Heap<32>,
     /// Head of each class's free list (0 = empty); each free slot holds the next address.
     free: [usize; CLASSES.len()],
+    /// Bytes a CPU holds back for itself ([`hold_back`]).
+    hold: Option<Hold>,
 }
 
 pub struct SlabHeap {
@@ -34,7 +38,8 @@ pub struct SlabHeap {
 }
 
 #[global_allocator]
-static HEAP: SlabHeap = SlabHeap { state: Mutex::new(State { buddy: Heap::empty(), free: [0; CLASSES.len()] }) };
+static HEAP: SlabHeap =
+    SlabHeap { state: Mutex::new(State { buddy: Heap::empty(), free: [0; CLASSES.len()], hold: None }) };
 
 /// `len` default (zero) values in a vector from the heap, or `None` when it has no room
 /// (`vec!` would stop the SVSM instead).
@@ -51,12 +56,46 @@ pub fn usage() -> (usize, usize) {
     (s.buddy.stats_alloc_actual(), s.buddy.stats_total_bytes())
 }
 
+/// Heap held back for this CPU until the value drops: other CPUs' allocations that would
+/// eat into it fail (the guest's paths answer OutOfMemory), while this CPU does something
+/// that allocates without failing gracefully (x509-cert and rsa checking a migration
+/// peer's evidence) with the guest's vCPUs running on the others. `None` if fewer bytes
+/// are free, or another hold is in place. Not `Send`: it is this CPU's.
+pub struct HeldBack(PhantomData<*const ()>);
+
+pub fn hold_back(bytes: usize) -> Option<HeldBack> {
+    let mut s = HEAP.state.lock();
+    if s.hold.is_some() || s.free_bytes() < bytes {
+        return None;
+    }
+    s.hold = Some(Hold { cpu: super::percpu::this_cpu(), bytes });
+    Some(HeldBack(PhantomData))
+}
+
+impl Drop for HeldBack {
+    fn drop(&mut self) {
+        HEAP.state.lock().hold = None;
+    }
+}
+
 fn class_of(layout: Layout) -> Option<usize> {
     let size = layout.size().max(layout.align());
     CLASSES.iter().position(|c| *c >= size)
 }
 
 impl State {
+    fn free_bytes(&self) -> usize {
+        self.buddy.stats_total_bytes().saturating_sub(self.buddy.stats_alloc_actual())
+    }
+
+    /// Whether this CPU may take a block of `bytes` (rounded as the buddy allocator
+    /// rounds) from the buddy heap under the hold, if there is one.
+    fn may_take(&self, bytes: usize) -> bool {
+        // No hold (nearly always): no need to ask which CPU this is.
+        let Some(hold) = self.hold else { return true };
+        may_take(self.free_bytes(), bytes.next_power_of_two(), super::percpu::this_cpu(), Some(hold))
+    }
+
     /// Cut a fresh page from the buddy allocator into slots of class `c`.
     fn refill(&mut self, c: usize) -> bool {
         // `class_of` gives indexes of CLASSES, whose length `free` has.
@@ -83,9 +122,10 @@ unsafe impl GlobalAlloc for SlabHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let mut s = self.state.lock();
         match class_of(layout) {
+            None if !s.may_take(layout.size().max(layout.align())) => null_mut(),
             None => s.buddy.alloc(layout).map_or(null_mut(), NonNull::as_ptr),
             Some(c) => {
-                if s.free.get(c).is_none_or(|head| *head == 0) && !s.refill(c) {
+                if s.free.get(c).is_none_or(|head| *head == 0) && !(s.may_take(SLAB_PAGE) && s.refill(c)) {
                     return null_mut();
                 }
                 // Never None: `refill` succeeded for this class.

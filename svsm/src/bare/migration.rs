@@ -30,7 +30,7 @@ use migrate::channel::{MigrationChannel, MigrationPage, PageChannel};
 use migrate::evidence::ReportVerifier;
 use migrate::session::{
     self, Config, Destination, DestinationOutcome, DestinationPhase, EvidenceError, EvidenceProvider, MAX_STATE_CHUNK,
-    MigrationError, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome,
+    MigrationError, PeerVerifier, REPORT_DATA_LEN, Source, SourceOutcome, SourcePhase,
 };
 use spin::Mutex;
 use svm::SvmShared;
@@ -605,7 +605,15 @@ enum Step {
 
 /// One step of the source while the guest runs.
 fn step(shared: &Shared, out: &mut Outgoing) -> Result<Step, Failure> {
-    let moved = Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel))?;
+    // Until the keys, this pump may check the destination's evidence, where x509-cert and
+    // rsa allocate without failing gracefully while the guest's vCPUs run on the other
+    // CPUs: the heap the check needs is held back from them for the pump (without that
+    // much free the check refuses by itself, `VERIFY_HEAP`).
+    let checking = matches!(out.session.phase(), SourcePhase::AwaitHello | SourcePhase::AwaitEvidence);
+    let held = checking.then(|| super::heap::hold_back(migrate::evidence::VERIFY_HEAP));
+    let moved = Spent::timed(&mut out.spent.channel, || pump(&mut out.session, &mut out.channel));
+    drop(held);
+    let moved = moved?;
     if let SourceOutcome::KeepRunning(e) = out.session.outcome() {
         return Err(Failure::SessionFailed(e));
     }
