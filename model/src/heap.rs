@@ -1,7 +1,7 @@
 //! The SVSM's heap limit, on the host.
 //!
-//! On bare metal the SVSM has a fixed heap ([`SVSM_HEAP_BYTES`], the size
-//! `svsm/src/bare/heap.rs` sets up) and every allocation past it fails. Hosted tests run
+//! On bare metal the SVSM has a fixed heap (`svsm/src/bare/heap.rs`; what SVSM code may
+//! hold of it is [`SVSM_HEAP_BYTES`]) and every allocation past it fails. Hosted tests run
 //! the kernel on the host's allocator, which never runs out, so an infallible allocation
 //! on a guest-triggered path (which would abort the SVSM on bare metal) goes unseen.
 //! [`CountingHeap`] closes that gap: a test binary installs it as its global allocator,
@@ -19,7 +19,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The bare-metal SVSM's heap (svsm/src/bare/heap.rs).
+/// The budget of SVSM code on the model. The bare-metal heap is 6 MiB
+/// (svsm/src/bare/heap.rs), of which the vTPM's service process holds 757 pages at boot
+/// (at most 900), leaving SVSM code about 3 MiB there; the model runs the service as a
+/// hosted process outside the count (`user_host`), so this budget is about 1 MiB more
+/// generous than bare metal (it predates the service's pages in the heap).
 pub const SVSM_HEAP_BYTES: usize = 4 * 1024 * 1024;
 
 const COUNTED: u64 = 0x5356_534D_4845_4150; // "SVSMHEAP"
