@@ -188,7 +188,7 @@ impl BareCpu {
         Self { cpu, host_state_pa, previous_exit: [0; 4] }
     }
 
-    /// QEMU 7.2's TCG has, rarely (twice so far; none in 140 boots in a row), left the
+    /// QEMU 7.2's TCG has, rarely (twice so far; none in 92 boots in a row here), left the
     /// SVSM's own state in a VMCB after a #VMEXIT: RIP right after our VMRUN, CR3 this
     /// CPU's root, the values VMRUN keeps in the host save area. The guest's state is
     /// gone then, and the vCPU would loop on faults it cannot take. No SVSM path writes
