@@ -5,12 +5,14 @@
 //! bare-metal heap's limit; an allocation that could not fail gracefully would abort this
 //! test binary.
 
+#[path = "support/calls.rs"]
+mod calls;
 use abi::core_protocol::{DepositEntry, PvalidateEntry};
-use abi::protocol::{CallId, ProtocolId, core_call, ocp_call, vtpm_call};
+use abi::protocol::{ProtocolId, core_call, ocp_call, vtpm_call};
 use abi::result::ResultCode;
 use bulwark_model::heap::{self, CountingHeap};
 use bulwark_model::world::{self, MIB, PlatformKind, World, WorldConfig};
-use guest::Regs;
+use calls::{call, write};
 use guest::Transport;
 use kernel::vcpu::VcpuIndex;
 
@@ -18,19 +20,6 @@ use kernel::vcpu::VcpuIndex;
 static HEAP: CountingHeap = CountingHeap;
 
 const SCRATCH: u64 = 2 * MIB;
-
-fn call(w: &mut World, protocol: ProtocolId, call: u32, args: [u64; 4]) -> ResultCode {
-    let id = CallId::new(protocol, call);
-    let regs = Regs { rax: id.to_rax(), rcx: args[0], rdx: args[1], r8: args[2], r9: args[3] };
-    match w.client().issue(regs) {
-        Ok(out) => ResultCode::from_rax(out.rax),
-        Err(e) => panic!("the call did not complete: {e:?}"),
-    }
-}
-
-fn write(w: &mut World, gpa: u64, data: &[u8]) {
-    w.vcpu(VcpuIndex::STARTUP).write(gpa, data).expect("guest memory");
-}
 
 fn list(w: &mut World, gpa: u64, entries: &[u64]) {
     let mut bytes = vec![0u8; 8];

@@ -12,16 +12,19 @@
 //! The counting allocator gives SVSM code the bare-metal heap's limit; an infallible
 //! allocation on these paths aborts this test binary.
 
+#[path = "support/calls.rs"]
+mod calls;
 #[path = "support/engines.rs"]
 mod engines;
 use abi::attest::{AttestServicesOp, BufferRecord};
-use abi::protocol::{CallId, ProtocolId, attest_call, ocp_call, vtpm_call};
+use abi::protocol::{ProtocolId, attest_call, ocp_call, vtpm_call};
 use abi::result::ResultCode;
 use bulwark_model::heap::{self, CountingHeap};
 use bulwark_model::user_host::channel_tpm;
 use bulwark_model::world::{MIB, World, WorldConfig};
+use calls::{call, write};
 use engines::{CountedTpm, wait_for_the_previous_engine};
-use guest::{Regs, Transport};
+use guest::Transport;
 use kernel::sealed::{Sealed, SharedSealed, VtpmNv};
 use kernel::vcpu::VcpuIndex;
 use store::testing::{MemDisk, SharedDisk, TestRng};
@@ -81,19 +84,6 @@ fn boot(disk: &SharedDisk, seed: u64) -> (World, SharedSealed) {
         w.svsm.install_vtpm(vtpm);
     });
     (w, sealed)
-}
-
-fn call(w: &mut World, protocol: ProtocolId, call: u32, args: [u64; 4]) -> ResultCode {
-    let id = CallId::new(protocol, call);
-    let regs = Regs { rax: id.to_rax(), rcx: args[0], rdx: args[1], r8: args[2], r9: args[3] };
-    match w.client().issue(regs) {
-        Ok(out) => ResultCode::from_rax(out.rax),
-        Err(e) => panic!("the call did not complete: {e:?}"),
-    }
-}
-
-fn write(w: &mut World, gpa: u64, data: &[u8]) {
-    w.vcpu(VcpuIndex::STARTUP).write(gpa, data).expect("guest memory");
 }
 
 fn read(w: &mut World, gpa: u64, len: usize) -> Vec<u8> {

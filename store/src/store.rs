@@ -31,6 +31,26 @@ fn find<V>(entries: &[(Vec<u8>, V)], name: &[u8]) -> Result<usize, usize> {
     entries.binary_search_by(|(n, _)| n.as_slice().cmp(name))
 }
 
+/// Where `name` goes in a sorted list of named entries.
+enum Place {
+    /// It is there, at this index.
+    Found(usize),
+    /// It is not: insert it at this index with this copy of the name (room made).
+    Insert(usize, Vec<u8>),
+}
+
+/// Where `name` is in `entries` ([`find`]); if it is not there yet, room for one more
+/// entry and a copy of the name are made now, before anything changes.
+fn place_for<V>(entries: &mut Vec<(Vec<u8>, V)>, name: &[u8]) -> Result<Place, StoreError> {
+    match find(entries, name) {
+        Ok(at) => Ok(Place::Found(at)),
+        Err(at) => {
+            mem::reserve(entries, 1)?;
+            Ok(Place::Insert(at, mem::copy(name)?))
+        }
+    }
+}
+
 /// What the committed state is, and what of the device it occupies.
 struct Committed {
     generation: u64,
@@ -372,32 +392,17 @@ impl<D: BlockDevice, E: Entropy> Store<D, E> {
         // Every allocation is made before anything changes: a full heap leaves the store as
         // it was.
         let blob = Blob { data: mem::copy(data)?, stored: None };
-        let at = find(&self.blobs, name);
-        let key = match at {
-            Ok(_) => None,
-            Err(_) => {
-                mem::reserve(&mut self.blobs, 1)?;
-                Some(mem::copy(name)?)
-            }
-        };
-        let undo_at = find(&self.undo, name);
-        let undo_key = match undo_at {
-            Ok(_) => None,
-            Err(_) => {
-                mem::reserve(&mut self.undo, 1)?;
-                Some(mem::copy(name)?)
-            }
-        };
+        let place = place_for(&mut self.blobs, name)?;
+        let undo_place = place_for(&mut self.undo, name)?;
         // From here nothing allocates: the inserts go into reserved room.
-        let before = match (at, key) {
-            (Ok(at), _) => self.blobs.get_mut(at).map(|(_, old)| core::mem::replace(old, blob)),
-            (Err(at), Some(key)) => {
+        let before = match place {
+            Place::Found(at) => self.blobs.get_mut(at).map(|(_, old)| core::mem::replace(old, blob)),
+            Place::Insert(at, key) => {
                 self.blobs.insert(at, (key, blob));
                 None
             }
-            (Err(_), None) => return Err(StoreError::Internal),
         };
-        if let (Err(at), Some(key)) = (undo_at, undo_key) {
+        if let Place::Insert(at, key) = undo_place {
             self.undo.insert(at, (key, before));
         }
         self.staged = true;
