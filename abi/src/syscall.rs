@@ -35,8 +35,15 @@ pub const EXIT: u64 = nr(CLASS_CORE, 0);
 pub const MMAP: u64 = nr(CLASS_CORE, 1);
 /// MUNMAP(addr, length).
 pub const MUNMAP: u64 = nr(CLASS_CORE, 2);
-/// EXEC(name, name_len) -> process id of a new process from a module in the image.
+/// EXEC(name, name_len, handles, count, arg) -> process id of a new process from the
+/// image's module `name`, started with RDI = `arg` and with the caller's `count` handles
+/// (u32s at `handles`, at most [`EXEC_MAX_HANDLES`]) as its handles 0, 1, ...: passing
+/// a handle closes it here and opens it there. Needs a right the kernel grants at start.
 pub const EXEC: u64 = nr(CLASS_CORE, 4);
+/// Most handles one EXEC passes.
+pub const EXEC_MAX_HANDLES: usize = 8;
+/// Longest module name EXEC takes.
+pub const MODULE_NAME_MAX: usize = 32;
 /// CLOSE(handle).
 pub const CLOSE: u64 = nr(CLASS_CORE, 10);
 // Class 0, named in COCONUT's design, numbered here (5..=9 are free in COCONUT's code).
@@ -216,23 +223,23 @@ pub struct IoAccess {
 }
 crate::assert_size!(IoAccess, 16);
 
-/// The test device a device model at CPL 3 serves on the svm platform (the probe
-/// module's mode 14, docs/syscalls.md "VM objects and device models"); the test guest
-/// checks it.
+/// The test device device models at CPL 3 serve on the svm platform (the probe
+/// module's mode 14 its ports, and the process it starts with EXEC, mode 15, its MMIO
+/// page; docs/syscalls.md "VM objects and device models"); the test guest checks it.
 pub mod test_device {
     /// Its ports: `FIRST..FIRST + COUNT`.
     pub const FIRST: u16 = 0xB10;
     pub const COUNT: u16 = 8;
     /// Ports `FIRST..FIRST + 4`: a 4-byte register, each byte its own port.
     pub const REGISTER: u16 = FIRST;
-    /// Ports `FIRST + 4..FIRST + 8`: reads count the accesses served (this one
-    /// included); the dword [`CRASH`] written here makes the device model fault.
+    /// Ports `FIRST + 4..FIRST + 8`: reads count the port accesses served (this one
+    /// included); the dword [`CRASH`] written here makes the ports' device model fault.
     pub const COUNTER: u16 = FIRST + 4;
     /// The test-only command that makes the device model fault (crash isolation).
     pub const CRASH: u32 = 0xDEAD_DEAD;
     /// Its MMIO page (not RAM on any x86 machine QEMU builds: below the I/O APIC): an
-    /// 8-byte register at offset 0, and at offset 8 a read-only count of the accesses
-    /// served, ports and MMIO together.
+    /// 8-byte register at offset 0, and at offset 8 a read-only count of the page's
+    /// accesses served.
     pub const MMIO: u64 = 0xFEB0_0000;
 }
 

@@ -5,8 +5,10 @@
 //! vocabulary.
 //!
 //! The process may open guest memory (OPEN_PHYSMEM) over a page tracker with validated
-//! and unvalidated pages, an SVSM region and a VMSA in it, and open VM 1 and claim its
-//! ports (VM_OPEN, IOIO_EVENT), whose accesses the harness makes as the platform would.
+//! and unvalidated pages, an SVSM region and a VMSA in it, open VM 1 and claim its
+//! ports (VM_OPEN, IOIO_EVENT), whose accesses the harness makes as the platform would,
+//! and start processes (EXEC, module `m`) that its handles move into; the harness ends
+//! them at times, as their faults would.
 //!
 //! After every call it checks what must always hold: the kernel's record of the process's
 //! mappings and the pages actually mapped agree (the hosted space also panics on a double
@@ -16,7 +18,7 @@
 //! `syscalls` and by a hosted smoke test on random inputs.
 
 use crate::fuzz::Input;
-use crate::user_host::{HostServices, HostSpace};
+use crate::user_host::{HostServices, HostSpace, Module};
 use abi::syscall::{self as sys, BatchIn, IoAccess, MmioAccess};
 use kernel::addr::{PageAddr, PageRange};
 use kernel::pages::{PageRole, PageTracker};
@@ -24,7 +26,7 @@ use kernel::user::channel::Channel;
 use kernel::user::handles::MAX_HANDLES;
 use kernel::user::memory::{MMAP_BASE, USER_BOTTOM, USER_TOP};
 use kernel::user::vm::VmObjects;
-use kernel::user::{Call, Object, Outcome, Process};
+use kernel::user::{Call, ChildSlot, Exec, Object, Outcome, Process};
 use kernel::vcpu::VcpuIndex;
 use std::sync::Arc;
 use zerocopy::IntoBytes;
@@ -96,6 +98,42 @@ impl kernel::user::vm::DeviceModel for Silent {
     fn end(&mut self) {}
 }
 
+/// The processes the fuzzed one started, as the platform keeps them.
+#[derive(Default)]
+struct Children {
+    live: Vec<(Process, HostSpace, ChildSlot)>,
+    next_id: u32,
+}
+
+impl Children {
+    /// The platform's side of an EXEC: a new process, a seat among the hosts, the
+    /// handles moved; `false` if it did not start (every handle still the parent's).
+    fn start(&mut self, parent: &mut Process, exec: Exec, services: &HostServices) -> bool {
+        let Some(vms) = &services.vms else { return false };
+        let id = 100 + self.next_id;
+        self.next_id += 1;
+        let Ok(seat) = vms.seat(id) else { return false };
+        let mut child = Process::new(id, QUOTA);
+        if parent.pass(&exec, &mut child, services).is_err() {
+            vms.end_process(id);
+            return false;
+        }
+        seat.fill(Box::new(Silent));
+        self.live.push((child, HostSpace::default(), exec.slot));
+        true
+    }
+
+    /// The `i`-th one ends (as a fault would end it): its claims go.
+    fn end(&mut self, i: usize, services: &HostServices) {
+        if self.live.is_empty() {
+            return;
+        }
+        let (mut child, mut space, slot) = self.live.remove(i % self.live.len());
+        child.end(&mut space, services);
+        drop(slot);
+    }
+}
+
 /// Run the harness on one input.
 pub fn run_syscalls(data: &[u8]) {
     let mut input = Input { data };
@@ -104,8 +142,11 @@ pub fn run_syscalls(data: &[u8]) {
     process.grant(Object::Channel(channel.clone()));
     process.allow_physmem();
     process.allow_vms();
+    process.allow_exec(2);
+    let mut children = Children::default();
     let mut space = HostSpace::default();
     let mut services = HostServices::default();
+    services.modules = vec![Module { name: "m", program: Arc::new(|_| {}) }];
     services.guest = Some(tracker());
     // MMIO may not be claimed over the fuzzed tracker's RAM (below 34 MiB).
     let vms = Arc::new(VmObjects::new(vec![(0, 34 << 20)]));
@@ -195,6 +236,24 @@ pub fn run_syscalls(data: &[u8]) {
                     }
                 }
             }
+            // A well-formed EXEC of module `m` passing some handle numbers, or the end of
+            // a process it started.
+            6 if !mapped.is_empty() => {
+                if input.u8().is_multiple_of(4) {
+                    children.end(usize::from(input.u8()), &services);
+                } else {
+                    let count = usize::from(input.u8() % 4);
+                    let handles: Vec<u32> = (0..count).map(|_| u32::from(input.u8() % 8)).collect();
+                    let at = mapped[usize::from(input.u8()) % mapped.len()];
+                    use kernel::user::memory::AddressSpace;
+                    if space.write(at, b"m").is_ok() && space.write(at + 8, handles.as_bytes()).is_ok() {
+                        let call = Call { number: sys::EXEC, args: [at, 1, at + 8, count as u64, 0] };
+                        if let Outcome::Exec(exec) = process.syscall(&mut space, &mut services, call) {
+                            children.start(&mut process, exec, &services);
+                        }
+                    }
+                }
+            }
             4 if !mapped.is_empty() => {
                 let at = mapped[usize::from(input.u8()) % mapped.len()] + u64::from(input.u8() % 8) * 4096;
                 let len = u64::from(input.u8() % 8 + 1) * 4096;
@@ -213,13 +272,23 @@ pub fn run_syscalls(data: &[u8]) {
                         mapped.push(va)
                     }
                     Outcome::Exit(_) => exited = true,
+                    // Started or not, the parent's limit counts only what lives.
+                    Outcome::Exec(exec) => {
+                        children.start(&mut process, exec, &services);
+                    }
                     _ => {}
                 }
             }
         }
         check(&process, &space, &services);
+        assert_eq!(process.children() as usize, children.live.len(), "the parent's count of its children is wrong");
+        assert!(children.live.len() <= 2, "more children than the right allows");
     }
     process.end(&mut space, &services);
+    while !children.live.is_empty() {
+        children.end(0, &services);
+    }
+    assert_eq!(process.children(), 0, "every child ended, yet the parent counts some");
     assert_eq!(space.page_count(), 0, "an ended process left pages mapped");
     let guest = services.guest.as_ref().map_or(0, PageTracker::service_mappings_total);
     assert_eq!(guest, 0, "an ended process left guest pages held");

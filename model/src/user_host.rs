@@ -16,7 +16,7 @@ use kernel::pages::PageTracker;
 use kernel::user::channel::Channel;
 use kernel::user::memory::{AddressSpace, Prot};
 use kernel::user::service_tpm::{ServiceTpm, StartError};
-use kernel::user::{Call, Object, Outcome, Process, Services, Wait};
+use kernel::user::{Call, ChildSlot, Exec, Object, Outcome, Process, Services, Wait};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -106,6 +106,19 @@ impl AddressSpace for HostSpace {
     }
 }
 
+/// A program EXEC may start, under its module name.
+#[derive(Clone)]
+pub struct Module {
+    pub name: &'static str,
+    pub program: Arc<dyn Fn(UserCalls) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 /// The kernel's services for hosted processes: a monotonic clock, a seeded generator,
 /// the log lines kept for tests, and guest memory to map if a test gives some.
 #[derive(Debug)]
@@ -117,13 +130,30 @@ pub struct HostServices {
     /// VM objects a device model may open (VM 1, every port but the guest's COM2, and
     /// MMIO, as on the svm platform); `None`: none offered.
     pub vms: Option<Arc<kernel::user::vm::VmObjects>>,
+    /// The modules EXEC may start (none unless a test gives some).
+    pub modules: Vec<Module>,
+    /// The id the next process EXEC starts gets.
+    pub next_id: u32,
 }
 
 impl Default for HostServices {
     fn default() -> Self {
-        Self { start: Instant::now(), state: 0x9e37_79b9_7f4a_7c15, lines: Vec::new(), guest: None, vms: None }
+        Self {
+            start: Instant::now(),
+            state: 0x9e37_79b9_7f4a_7c15,
+            lines: Vec::new(),
+            guest: None,
+            vms: None,
+            modules: Vec::new(),
+            next_id: CHILD_IDS,
+        }
     }
 }
+
+/// Processes EXEC starts get ids from here up.
+pub const CHILD_IDS: u32 = 1000;
+/// The page quota of a process EXEC starts.
+pub const CHILD_QUOTA: u64 = 32;
 
 impl Services for HostServices {
     fn clock_ns(&mut self) -> u64 {
@@ -166,6 +196,10 @@ impl Services for HostServices {
 
     fn ports_claimable(&self, first: u16, count: u16) -> bool {
         self.vms.is_some() && (0..count).all(|i| first.checked_add(i).is_some_and(|p| !(0x2F8..=0x2FF).contains(&p)))
+    }
+
+    fn module(&self, name: &[u8]) -> Option<u32> {
+        self.modules.iter().position(|m| m.name.as_bytes() == name).and_then(|i| u32::try_from(i).ok())
     }
 }
 
@@ -248,6 +282,12 @@ pub struct HostedProcess {
     /// Threads the program asked for (entry, stack, arg): a hosted program has no code at
     /// those addresses to run, so they are only recorded.
     pub threads_started: Vec<(u64, u64, u64)>,
+    /// The ids of the processes it started with EXEC (hosted in its VM objects).
+    pub children: Vec<u32>,
+    /// Its place among its parent's children, when EXEC started it.
+    slot: Option<ChildSlot>,
+    /// Processes EXEC made during this run, run once it waits or ends.
+    started: Vec<(HostedProcess, kernel::user::vm::Seat)>,
 }
 
 impl HostedProcess {
@@ -280,11 +320,49 @@ impl HostedProcess {
             state: None,
             thread: Some(thread),
             threads_started: Vec::new(),
+            children: Vec::new(),
+            slot: None,
+            started: Vec::new(),
         }
     }
 
-    /// Serve the program's calls until it blocks, exits or faults.
+    /// EXEC as the bare-metal SVSM serves it: the module is a new process with the
+    /// passed handles, which first runs once this one waits or ends, and from then on
+    /// when an access to one of its claims comes (hosted by the VM objects).
+    fn exec(&mut self, exec: Exec) -> Result<u64, SysError> {
+        let vms = self.services.vms.clone().ok_or(SysError::NotSupp)?;
+        let module = usize::try_from(exec.module).ok().and_then(|i| self.services.modules.get(i));
+        let program = module.ok_or(SysError::NotFound)?.program.clone();
+        let id = self.services.next_id;
+        self.services.next_id = id.checked_add(1).ok_or(SysError::NoMem)?;
+        let seat = vms.seat(id)?;
+        let mut child = HostedProcess::start(id, CHILD_QUOTA, Vec::new(), move |u| program(u));
+        child.services.vms = Some(vms.clone());
+        if let Err(e) = self.process.pass(&exec, &mut child.process, &self.services) {
+            vms.end_process(id);
+            return Err(e);
+        }
+        child.slot = Some(exec.slot);
+        self.started.push((child, seat));
+        self.children.push(id);
+        Ok(id.into())
+    }
+
+    /// Serve the program's calls until it blocks, exits or faults; then run the
+    /// processes it started, each until it waits (one that ends first is gone).
     pub fn run(&mut self) -> RunState {
+        let state = self.run_calls();
+        for (mut child, seat) in std::mem::take(&mut self.started) {
+            if child.run() == RunState::Blocked {
+                seat.fill(Box::new(child));
+            } else if let Some(vms) = &self.services.vms {
+                vms.end_process(child.process.id);
+            }
+        }
+        state
+    }
+
+    fn run_calls(&mut self) -> RunState {
         if let Some(done) = &self.state {
             return done.clone();
         }
@@ -319,6 +397,12 @@ impl HostedProcess {
                         return self.faulted();
                     }
                 }
+                Outcome::Exec(exec) => {
+                    let rax = self.exec(exec).unwrap_or_else(SysError::to_rax);
+                    if self.results.send(rax).is_err() {
+                        return self.faulted();
+                    }
+                }
             }
         }
     }
@@ -340,6 +424,17 @@ impl HostedProcess {
         self.process.end(&mut space, &self.services);
         self.state = Some(state.clone());
         state
+    }
+}
+
+/// A process EXEC started, run by the VM objects when an access to its claims comes.
+impl kernel::user::vm::DeviceModel for HostedProcess {
+    fn run(&mut self) -> bool {
+        HostedProcess::run(self) == RunState::Blocked
+    }
+
+    fn end(&mut self) {
+        self.finish(RunState::Faulted("ended by the kernel: it failed an access".into()));
     }
 }
 

@@ -31,19 +31,40 @@ impl<T> Default for HandleTable<T> {
 impl<T> HandleTable<T> {
     /// Store `object` under the lowest free handle.
     pub fn insert(&mut self, object: T) -> Result<Handle, Full> {
+        self.insert_or_return(object).map_err(|_| Full)
+    }
+
+    /// [`Self::insert`], giving the object back when the table is full.
+    pub fn insert_or_return(&mut self, object: T) -> Result<Handle, T> {
         let free = self.slots.iter().position(Option::is_none);
         let index = match free {
             Some(i) => i,
             None if self.slots.len() < MAX_HANDLES => {
-                self.slots.try_reserve(1).map_err(|_| Full)?;
+                if self.slots.try_reserve(1).is_err() {
+                    return Err(object);
+                }
                 self.slots.push(None);
                 self.slots.len() - 1
             }
-            None => return Err(Full),
+            None => return Err(object),
         };
-        let slot = self.slots.get_mut(index).ok_or(Full)?;
-        *slot = Some(object);
-        Handle::try_from(index).map_err(|_| Full)
+        match (self.slots.get_mut(index), Handle::try_from(index)) {
+            (Some(slot), Ok(handle)) => {
+                *slot = Some(object);
+                Ok(handle)
+            }
+            _ => Err(object),
+        }
+    }
+
+    /// Room for `n` more handles without the heap (an EXEC makes it before it moves any).
+    pub fn reserve(&mut self, n: usize) -> Result<(), Full> {
+        let free = self.slots.iter().filter(|s| s.is_none()).count();
+        let grow = n.saturating_sub(free);
+        if self.slots.len().saturating_add(grow) > MAX_HANDLES {
+            return Err(Full);
+        }
+        self.slots.try_reserve(grow).map_err(|_| Full)
     }
 
     /// The object of a handle argument (a register: values beyond u32 name nothing).
@@ -54,6 +75,18 @@ impl<T> HandleTable<T> {
     /// Take the object out; the handle becomes free.
     pub fn remove(&mut self, handle: u64) -> Option<T> {
         self.slots.get_mut(usize::try_from(handle).ok()?)?.take()
+    }
+
+    /// Put `object` back under `handle`, which must be free (an undone move): `Err` with
+    /// the object if the handle is taken or was never made.
+    pub fn put_back(&mut self, handle: Handle, object: T) -> Result<(), T> {
+        match usize::try_from(handle).ok().and_then(|i| self.slots.get_mut(i)) {
+            Some(slot @ None) => {
+                *slot = Some(object);
+                Ok(())
+            }
+            _ => Err(object),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -83,6 +116,17 @@ mod tests {
         assert_eq!(t.insert('d'), Ok(1));
         assert_eq!(t.get(1), Some(&'d'));
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn a_removed_object_goes_back_under_its_own_handle_only() {
+        let mut t = HandleTable::default();
+        assert_eq!((t.insert('a'), t.insert('b')), (Ok(0), Ok(1)));
+        let b = t.remove(1).unwrap();
+        assert_eq!(t.put_back(0, 'x'), Err('x'), "handle 0 is taken");
+        assert_eq!(t.put_back(5, 'x'), Err('x'), "handle 5 was never made");
+        assert_eq!(t.put_back(1, b), Ok(()));
+        assert_eq!(t.get(1), Some(&'b'));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use abi::syscall::{self as sys, BatchIn, BatchOut, PhysmemRange, SysError};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use channel::{Channel, Receive};
+use core::sync::atomic::{AtomicU32, Ordering};
 use handles::HandleTable;
 use memory::{AddressSpace, Mappings};
 use zerocopy::{FromZeros, IntoBytes};
@@ -84,6 +85,11 @@ pub trait Services {
     fn ports_claimable(&self, _first: u16, _count: u16) -> bool {
         false
     }
+    /// The module EXEC may start under `name`: the platform's number for it, `None` for
+    /// a name it has no module for (or one only the kernel starts).
+    fn module(&self, _name: &[u8]) -> Option<u32> {
+        None
+    }
 }
 
 /// A system call as a thread made it: RAX and RDI, RSI, R8, R9, R10.
@@ -105,6 +111,53 @@ pub enum Outcome {
     /// A new thread of this process starts at `entry` with RSP = `stack`, RDI = `arg`;
     /// the caller gets the new thread's id.
     ThreadStart { entry: u64, stack: u64, arg: u64 },
+    /// EXEC, checked: the platform loads the module as a new process, moves the handles
+    /// into it with [`Process::pass`], and gives the caller the new process's id (or an
+    /// error, with every handle still the caller's).
+    Exec(Exec),
+}
+
+/// Most processes one process may have started and not yet ended, whatever its right
+/// says: each is a process's worth of the SVSM's heap.
+pub const MAX_CHILDREN: u32 = 4;
+
+/// The right to start processes (EXEC): given by the kernel at start, never by a call.
+#[derive(Debug)]
+struct ExecRight {
+    max_children: u32,
+    /// Started and not yet ended: one per [`ChildSlot`] alive.
+    live: Arc<AtomicU32>,
+}
+
+/// A started process's place among its parent's children: it counts against the
+/// parent's limit until the platform drops it with the child (or drops the EXEC that
+/// failed).
+#[derive(Debug)]
+pub struct ChildSlot(Arc<AtomicU32>);
+
+impl Drop for ChildSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An EXEC the kernel checked: the module, the new process's RDI, the handles it is to
+/// get (in their order) and its place among the caller's children.
+#[derive(Debug)]
+pub struct Exec {
+    /// The platform's number for the module ([`Services::module`]).
+    pub module: u32,
+    pub arg: u64,
+    handles: [u32; sys::EXEC_MAX_HANDLES],
+    count: usize,
+    pub slot: ChildSlot,
+}
+
+impl Exec {
+    /// The caller's handles to pass, in order (they become the new process's 0, 1, ...).
+    pub fn handles(&self) -> &[u32] {
+        self.handles.get(..self.count).unwrap_or(&[])
+    }
 }
 
 /// What a blocked thread waits for.
@@ -143,6 +196,8 @@ pub struct Process {
     /// May open VMs and claim their ports (a device model): given at start, like
     /// `physmem`.
     vms: bool,
+    /// May start processes (EXEC): given at start, like `physmem`.
+    exec: Option<ExecRight>,
 }
 
 /// The buffers a BATCH copies its records into and gathers its results in, room for
@@ -191,7 +246,21 @@ impl Process {
             physmem: false,
             guest_pages: 0,
             vms: false,
+            exec: None,
         }
+    }
+
+    /// Let the process start up to `max_children` processes at a time (at most
+    /// [`MAX_CHILDREN`]) with EXEC. The new ones get no right of any kind: only the
+    /// objects their parent passes them.
+    pub fn allow_exec(&mut self, max_children: u32) {
+        let max_children = max_children.min(MAX_CHILDREN);
+        self.exec = Some(ExecRight { max_children, live: Arc::new(AtomicU32::new(0)) });
+    }
+
+    /// Processes it started that have not ended (their [`ChildSlot`]s alive).
+    pub fn children(&self) -> u32 {
+        self.exec.as_ref().map_or(0, |r| r.live.load(Ordering::Acquire))
     }
 
     /// Let the process open VMs and serve their ports (VM_OPEN, IOIO_EVENT).
@@ -212,6 +281,11 @@ impl Process {
 
     pub fn mappings(&self) -> &Mappings {
         &self.mappings
+    }
+
+    /// The object a handle names, if any.
+    pub fn object(&self, handle: u64) -> Option<&Object> {
+        self.handles.get(handle)
     }
 
     pub fn handle_count(&self) -> usize {
@@ -288,7 +362,10 @@ impl Process {
             },
             sys::BATCH => self.batch(space, services, a0, a1, a2).map_or_else(err, Outcome::Return),
             sys::CHANNEL_RECEIVE => self.receive(space, a0, a1, a2),
-            // EXEC is not served yet (docs/syscalls.md).
+            sys::EXEC => {
+                let [_, _, _, a3, a4] = call.args;
+                self.exec(space, services, [a0, a1, a2, a3, a4]).map_or_else(err, Outcome::Exec)
+            }
             _ => Outcome::Return(self.immediate(space, services, call).unwrap_or(SysError::NoSys.to_rax())),
         }
     }
@@ -548,6 +625,117 @@ impl Process {
         });
         self.guest_pages = self.guest_pages.saturating_sub(unmapped);
         done
+    }
+
+    /// EXEC(name, name_len, handles, count, arg), checked: the right, the name, the
+    /// handles (each the caller's, each passable, none twice) and the caller's limit of
+    /// children. Nothing has moved yet: [`Self::pass`] moves the handles once the
+    /// platform has the new process.
+    fn exec(&mut self, space: &dyn AddressSpace, services: &dyn Services, args: [u64; 5]) -> Result<Exec, SysError> {
+        let [name_va, name_len, handles_va, count, arg] = args;
+        let right = self.exec.as_ref().ok_or(SysError::Perm)?;
+        let (Ok(name_bytes), Ok(count)) = (usize::try_from(name_len), usize::try_from(count)) else {
+            return Err(SysError::Inval);
+        };
+        if name_bytes == 0 || name_bytes > sys::MODULE_NAME_MAX || count > sys::EXEC_MAX_HANDLES {
+            return Err(SysError::Inval);
+        }
+        let mut name = [0u8; sys::MODULE_NAME_MAX];
+        let name = name.get_mut(..name_bytes).ok_or(SysError::Inval)?;
+        self.mappings.check(name_va, name_len, false)?;
+        space.read(name_va, name)?;
+        let mut raw = [0u8; 4 * sys::EXEC_MAX_HANDLES];
+        let raw = raw.get_mut(..count * 4).ok_or(SysError::Inval)?;
+        self.mappings.check(handles_va, raw.len() as u64, false)?;
+        space.read(handles_va, raw)?;
+        let mut handles = [0u32; sys::EXEC_MAX_HANDLES];
+        for (i, bytes) in raw.chunks_exact(4).enumerate() {
+            let h = u32::from_le_bytes(bytes.try_into().map_err(|_| SysError::Inval)?);
+            match self.handles.get(h.into()) {
+                // VM objects and their events move (close here, open there, as the
+                // review settled).
+                Some(Object::Vm(_) | Object::IoEvent(_)) => {}
+                // The kernel's channel stays with the process the kernel runs for it, and
+                // guest memory with the process it gave the right to.
+                Some(Object::Channel(_) | Object::PhysMem(_)) => return Err(SysError::NotSupp),
+                None => return Err(SysError::NotFound),
+            }
+            if handles.get(..i).is_some_and(|earlier| earlier.contains(&h)) {
+                return Err(SysError::Inval);
+            }
+            *handles.get_mut(i).ok_or(SysError::Inval)? = h;
+        }
+        let module = services.module(name).ok_or(SysError::NotFound)?;
+        let taken = right.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            if n < right.max_children { n.checked_add(1) } else { None }
+        });
+        if taken.is_err() {
+            return Err(SysError::NoMem);
+        }
+        let slot = ChildSlot(right.live.clone());
+        Ok(Exec { module, arg, handles, count, slot })
+    }
+
+    /// Move the handles of `exec` into `child`, the process the platform made for it
+    /// (new, with no handles yet): each is closed here and is the child's next handle,
+    /// and its VM or claim is the child's in the VM objects. All or nothing: on `Err`
+    /// every handle is the caller's again, under its own number.
+    pub fn pass(&mut self, exec: &Exec, child: &mut Process, services: &dyn Services) -> Result<(), SysError> {
+        if exec.count == 0 {
+            return Ok(());
+        }
+        let vms = services.vm_objects().ok_or(SysError::NotSupp)?;
+        if !child.handles.is_empty() {
+            return Err(SysError::Inval);
+        }
+        child.handles.reserve(exec.count).map_err(|_| SysError::NoMem)?;
+        for (i, &h) in exec.handles().iter().enumerate() {
+            // `exec` checked each, and nothing of this process ran since: each is here.
+            let Some(object) = self.handles.remove(h.into()) else {
+                self.take_back(exec, i, child, vms);
+                return Err(SysError::NotFound);
+            };
+            let moved = match &object {
+                Object::Vm(vm) => vms.move_vm(*vm, self.id, child.id),
+                Object::IoEvent(c) => vms.move_claim(c, self.id, child.id),
+                Object::Channel(_) | Object::PhysMem(_) => false,
+            };
+            // Cannot fail after `reserve`.
+            let placed = if moved { child.handles.insert_or_return(object) } else { Err(object) };
+            if let Err(object) = placed {
+                if moved {
+                    Self::move_back(vms, &object, child.id, self.id);
+                }
+                // Its number was freed just now and nothing took it.
+                let _ = self.handles.put_back(h, object);
+                self.take_back(exec, i, child, vms);
+                return Err(SysError::NotFound);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo the first `moved` handles [`Self::pass`] gave `child` (its handles 0..moved).
+    fn take_back(&mut self, exec: &Exec, moved: usize, child: &mut Process, vms: &vm::VmObjects) {
+        for (i, &h) in exec.handles().iter().enumerate().take(moved).rev() {
+            let Some(object) = child.handles.remove(i as u64) else { continue };
+            Self::move_back(vms, &object, child.id, self.id);
+            // Its number was freed by the move and nothing took it since.
+            let _ = self.handles.put_back(h, object);
+        }
+    }
+
+    /// A passed object's VM or claim back from `from` to `to`.
+    fn move_back(vms: &vm::VmObjects, object: &Object, from: u32, to: u32) {
+        match object {
+            Object::Vm(vm) => {
+                vms.move_vm(*vm, from, to);
+            }
+            Object::IoEvent(c) => {
+                vms.move_claim(c, from, to);
+            }
+            Object::Channel(_) | Object::PhysMem(_) => {}
+        }
     }
 
     fn thread_create(&mut self, entry: u64, stack: u64, arg: u64) -> Outcome {

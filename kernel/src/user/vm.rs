@@ -37,6 +37,21 @@ pub trait DeviceModel: Send {
 /// process runs on one CPU at a time; `None` once it has ended.
 type Host = Arc<Mutex<Option<Box<dyn DeviceModel>>>>;
 
+/// A host's place taken with [`VmObjects::seat`]; the process runs there once filled.
+pub struct Seat(Host);
+
+impl core::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Seat")
+    }
+}
+
+impl Seat {
+    pub fn fill(self, model: Box<dyn DeviceModel>) {
+        *self.0.lock() = Some(model);
+    }
+}
+
 /// What a claim covers: ports, or guest-physical pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Range {
@@ -197,13 +212,45 @@ impl VmObjects {
     /// arrives. Process ids name the process here: a second host of one id is refused
     /// (EEXIST), since ending it would end the other too.
     pub fn host(&self, owner: u32, model: Box<dyn DeviceModel>) -> Result<(), SysError> {
+        self.seat(owner)?.fill(model);
+        Ok(())
+    }
+
+    /// A host's place for process `owner`, taken before the process is ready (EXEC takes
+    /// it before the handles move, so nothing can fail after they did). Until it is
+    /// filled, an access to the process's claims is refused as for no device.
+    pub fn seat(&self, owner: u32) -> Result<Seat, SysError> {
         let mut s = self.state.lock();
         if s.hosts.iter().any(|(o, _)| *o == owner) {
             return Err(SysError::Exist);
         }
         s.hosts.try_reserve(1).map_err(|_| SysError::NoMem)?;
-        s.hosts.push((owner, Arc::new(Mutex::new(Some(model)))));
-        Ok(())
+        let host: Host = Arc::new(Mutex::new(None));
+        s.hosts.push((owner, host.clone()));
+        Ok(Seat(host))
+    }
+
+    /// A VM handle passed from process `from` to process `to` (EXEC): the VM is open in
+    /// `to` now. `false` (and nothing changed) if it was not open in `from`.
+    pub fn move_vm(&self, vm: u8, from: u32, to: u32) -> bool {
+        let mut s = self.state.lock();
+        let entry = s.open.iter_mut().find(|entry| **entry == (vm, from));
+        entry.map(|entry| entry.1 = to).is_some()
+    }
+
+    /// An event handle passed from process `from` to process `to` (EXEC): its claim's
+    /// accesses run `to` now. `false` (and nothing changed) if the claim was not `from`'s
+    /// (it went when its handle closed, or the process ended).
+    pub fn move_claim(&self, channel: &Arc<Channel>, from: u32, to: u32) -> bool {
+        let mut s = self.state.lock();
+        let claim = s.claims.iter_mut().find(|c| Arc::ptr_eq(&c.channel, channel) && c.owner == from);
+        claim.map(|c| c.owner = to).is_some()
+    }
+
+    /// The process whose claim covers `gpa` of `vm` (MMIO), if any: for the boot's report.
+    pub fn mmio_owner(&self, vm: u8, gpa: u64) -> Option<u32> {
+        let access = Range::Mmio { start: gpa, end: gpa.saturating_add(1) };
+        self.state.lock().claims.iter().find(|c| c.vm == vm && c.range.covers(&access)).map(|c| c.owner)
     }
 
     /// `owner` ended: its VMs close, its claims go, and nothing runs it again.

@@ -9,6 +9,9 @@ use user_rt as rt;
 const BENCH_MODE: u64 = 100;
 /// The mode that serves the test device's ports for the guest (on the svm platform).
 const DEVICE_MODE: u64 = 14;
+/// The mode of the process the test device starts (EXEC) to serve its MMIO page, the
+/// page's event passed as its handle 0.
+const MMIO_MODE: u64 = 15;
 
 /// Exit code of a probe whose forbidden access did not fault.
 const PROBE_SURVIVED: u64 = 0xbad;
@@ -37,6 +40,11 @@ fn hello() -> ! {
         rt::exit(3);
     }
     rt::log(b"probe: MMAP and a BATCH of 32 CLOCK calls worked");
+    // No right to start processes: the kernel gave it none.
+    if rt::exec(b"probe", &[], 0) != Err(SysError::Perm) {
+        rt::log(b"probe: EXEC without the right was not refused");
+        rt::exit(4);
+    }
     rt::exit(0)
 }
 
@@ -338,7 +346,8 @@ fn fpu_clean() -> ! {
     rt::exit(if clean { 12 } else { 1 })
 }
 
-/// Accesses the test device served, ports and MMIO together (its two threads count).
+/// Accesses this process served (the test device's ports and its MMIO page are two
+/// processes, each with its own count).
 static SERVED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 /// The count after one more access.
@@ -350,9 +359,10 @@ fn served_one() -> u32 {
 /// platform. First the refusals of the ABI, each of which must hold or the process exits
 /// with the number of the one that did not (the SVSM reports the exit): a second open of
 /// the VM, a VM that does not exist, ports the guest reaches directly (its COM2), ports
-/// another event holds, MMIO over the guest's RAM or not page-aligned. Then its ports on
-/// this thread and its MMIO page on a second one, each waiting on its own event: a
-/// thread that waits lets the other run, and the process waits when both do.
+/// another event holds, MMIO over the guest's RAM or not page-aligned, and EXEC's (a
+/// module the image has not, a handle that names nothing, a handle passed twice). Then it
+/// starts a process from this module (EXEC) that serves the MMIO page with the page's
+/// event, passed to it (closed here), and serves its ports itself.
 fn test_device() -> ! {
     use sys::test_device::{COUNT, FIRST, MMIO};
     let Ok(vm) = rt::vm_open(1) else { rt::exit(1) };
@@ -380,10 +390,21 @@ fn test_device() -> ! {
     if rt::close(vm).is_err() {
         rt::exit(9);
     }
-    if rt::thread_create(mmio_device, stack(0), page).is_err() {
-        rt::exit(10);
+    let Ok(page) = u32::try_from(page) else { rt::exit(10) };
+    if rt::exec(b"vtpm", &[], MMIO_MODE) != Err(SysError::NotFound)
+        || rt::exec(b"probe", &[page, 60], MMIO_MODE) != Err(SysError::NotFound)
+        || rt::exec(b"probe", &[page, page], MMIO_MODE) != Err(SysError::Inval)
+    {
+        rt::exit(17);
     }
-    rt::log(b"probe: test device on ports 0xb10..0xb17 and MMIO page 0xfeb00000 of VM 1, served at CPL 3");
+    if rt::exec(b"probe", &[page], MMIO_MODE).is_err() {
+        rt::exit(18);
+    }
+    // Passed: closed here. And one child at a time is all the kernel allows it.
+    if rt::close(page.into()) != Err(SysError::NotFound) || rt::exec(b"probe", &[], MMIO_MODE) != Err(SysError::NoMem) {
+        rt::exit(19);
+    }
+    rt::log(b"probe: test device on ports 0xb10..0xb17 of VM 1, served at CPL 3; its MMIO page passed to a process of its own");
     port_device(ports)
 }
 
@@ -426,7 +447,7 @@ fn port_device(event: u64) -> ! {
 
 /// The test device's MMIO page: an 8-byte register at offset 0, the count of accesses
 /// served at offset 8 (read-only); the rest reads zero and ignores writes.
-extern "C" fn mmio_device(event: u64) -> ! {
+fn mmio_device(event: u64) -> ! {
     let mut register = [0u8; 8];
     let mut request = [0u8; 24];
     loop {
@@ -460,6 +481,8 @@ extern "C" fn _start(mode: u64) -> ! {
         0 => hello(),
         BENCH_MODE => bench(),
         DEVICE_MODE => test_device(),
+        // The page's event is its handle 0.
+        MMIO_MODE => mmio_device(0),
         _ => probe(mode),
     }
 }

@@ -2,7 +2,8 @@
 //! (`abi::syscall::test_device`, docs/syscalls.md "VM objects and device models"): the
 //! guest's port accesses reach a process, not QEMU and not the SVSM's kernel, and come
 //! back as IN and OUT define them; a device model that faults takes only its ports with
-//! it.
+//! it: the MMIO page is served by another process (the ports' device model started it
+//! with EXEC and passed it the page's event), which serves on.
 
 use super::gate::Vmmcall;
 use super::probe::{mmio_read, mmio_write, mmio_write_immediate, port_in, port_out, port_rep_insb};
@@ -62,8 +63,8 @@ pub fn served_at_cpl3() -> (bool, String) {
 }
 
 /// The test device's MMIO page, through each MOV form the SVSM decodes: the 8-byte
-/// register by qword, dword, word and byte, an immediate store, the counter (one count
-/// for ports and MMIO), a load that spans both, and the refusals: a load that runs off
+/// register by qword, dword, word and byte, an immediate store, the counter (the page's
+/// own accesses), a load that spans both, and the refusals: a load that runs off
 /// the page, an address of the page past the device's registers reading zero.
 pub fn mmio_served() -> (bool, String) {
     let mut wrong = Wrong::default();
@@ -86,17 +87,22 @@ pub fn mmio_served() -> (bool, String) {
     wrong.verdict("11 accesses as defined, 1 refused")
 }
 
-/// The test-only command that makes the device model fault: the OUT completes (a device
-/// that vanishes drops it), the device's ports and MMIO page are refused from then on,
-/// and the SVSM serves on.
+/// The test-only command that makes the ports' device model fault: the OUT completes (a
+/// device that vanishes drops it), the ports are refused from then on, the MMIO page's
+/// process (another process, with its own memory) still serves, and the SVSM serves on.
 pub fn crash_is_contained(c: &mut Client<Vmmcall>) -> (bool, String) {
+    let before = mmio_read(MMIO + 8, 4);
     let out = port_out(COUNTER, 4, CRASH);
-    let gone = port_in(REGISTER, 4).is_none() && mmio_read(MMIO, 4).is_none();
+    let gone = port_in(REGISTER, 4).is_none();
+    let page = mmio_write(MMIO, 4, 0x600D).then(|| mmio_read(MMIO, 4)).flatten();
+    let after = mmio_read(MMIO + 8, 4);
+    // Its count went on from where it was: the same process, not a new one.
+    let page_served = page == Some(0x600D) && before.is_some() && after == before.map(|b| b + 3);
     let serving = c.query_protocol(ProtocolId::CORE, 1);
     (
-        out && gone && serving == Ok(Some((1, 1))),
+        out && gone && page_served && serving == Ok(Some((1, 1))),
         alloc::format!(
-            "the OUT completed: {out}, ports and MMIO page refused after: {gone}, QUERY_PROTOCOL: {serving:?}"
+            "the OUT completed: {out}, ports refused after: {gone}, the MMIO page's own process served on: {page_served} (register {page:x?}, count {before:?} -> {after:?}), QUERY_PROTOCOL: {serving:?}"
         ),
     )
 }

@@ -16,12 +16,13 @@ mod space;
 
 use super::{lapic, percpu};
 use abi::syscall::SysError;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 pub use entry::UserRegs;
 use kernel::user::loader;
 use kernel::user::vm::{DeviceModel, VmObjects};
-use kernel::user::{Call, Outcome, Process, Services};
+use kernel::user::{Call, ChildSlot, Exec, Outcome, Process, Services};
 use space::UserSpace;
 use spin::Mutex;
 
@@ -107,7 +108,7 @@ pub fn fault(frame: &super::exceptions::Frame) -> ! {
 /// process with the right may map, and the VM objects a device model may open.
 struct BareServices<'a> {
     guest: Option<&'a kernel::pages::PageTracker>,
-    vms: Option<&'a VmObjects>,
+    vms: Option<&'a Arc<VmObjects>>,
 }
 
 impl Services for BareServices<'_> {
@@ -150,7 +151,7 @@ impl Services for BareServices<'_> {
     }
 
     fn vm_objects(&self) -> Option<&VmObjects> {
-        self.vms
+        self.vms.map(|v| &**v)
     }
 
     fn ports_claimable(&self, first: u16, count: u16) -> bool {
@@ -158,6 +159,69 @@ impl Services for BareServices<'_> {
         super::snp::guest_vmpl().is_none()
             && (0..count).all(|i| first.checked_add(i).is_some_and(|p| !::svm::iopm::is_guest_port(p)))
     }
+
+    fn module(&self, name: &[u8]) -> Option<u32> {
+        EXEC_MODULES
+            .iter()
+            .position(|(n, image)| n.as_bytes() == name && !image.is_empty())
+            .and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+/// The modules EXEC may start, by name: the probe's. The vTPM's is not among them: only
+/// the kernel starts it, with the channel it serves.
+static EXEC_MODULES: [(&str, &[u8]); 1] = [("probe", &PROBE.0)];
+
+/// A process EXEC starts may map this many pages (as a probe), and hold this many more
+/// of the SVSM's heap for its tables.
+const CHILD_QUOTA: u64 = PROBE_QUOTA;
+
+/// The id the next process EXEC starts gets (the kernel's own processes have ids below).
+static NEXT_CHILD_ID: AtomicU32 = AtomicU32::new(1000);
+
+/// A process EXEC made, waiting for its first run: it runs on this CPU as soon as its
+/// parent waits or ends ([`Loaded::run`]), not inside the parent's run.
+struct Started {
+    child: Loaded,
+    seat: kernel::user::vm::Seat,
+    slot: ChildSlot,
+}
+
+/// EXEC: load the module as a new process and move the passed handles into it; it is
+/// queued in `started` for its first run. A process has the right only where VM objects
+/// exist: the SVSM runs processes for their events, and a child's are the ones passed to
+/// it (or claimed through a VM passed to it). On any error every handle is still the
+/// caller's.
+fn start_child(
+    parent: &mut Process,
+    exec: Exec,
+    services: &BareServices<'_>,
+    started: &mut Vec<Started>,
+) -> Result<u32, SysError> {
+    let vms = services.vms.ok_or(SysError::NotSupp)?;
+    let module = usize::try_from(exec.module).ok().and_then(|i| EXEC_MODULES.get(i));
+    let (name, image) = *module.ok_or(SysError::NotFound)?;
+    started.try_reserve(1).map_err(|_| SysError::NoMem)?;
+    let id = NEXT_CHILD_ID.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1));
+    let id = id.map_err(|_| SysError::NoMem)?;
+    let seat = vms.seat(id)?;
+    let loaded = Loaded::new(id, CHILD_QUOTA, CHILD_QUOTA + 32, image, Vec::new(), exec.arg)
+        .map_err(|_| SysError::NoMem)
+        .and_then(|mut child| parent.pass(&exec, &mut child.process, services).map(|()| child));
+    let child = match loaded {
+        Ok(child) => child,
+        Err(e) => {
+            vms.end_process(id);
+            return Err(e);
+        }
+    };
+    println!(
+        "user: process {} started process {id} from module {name} with {} of its handles",
+        parent.id,
+        exec.handles().len()
+    );
+    started.push(Started { child, seat, slot: exec.slot });
+    Ok(id)
 }
 
 /// A process's log text with control characters escaped (`\x0a`): a process cannot end
@@ -209,6 +273,7 @@ fn run(
     next_id: &mut u64,
     budget_ms: u64,
     services: &mut BareServices<'_>,
+    children: &mut Vec<Started>,
 ) -> Ended {
     percpu::set_user_half(Some(space.user_half()));
     let slice = TIMER_TICKS_PER_MS.load(Ordering::Relaxed).saturating_mul(SLICE_MS);
@@ -290,6 +355,13 @@ fn run(
                     break Ended::Blocked;
                 }
                 current = (current + 1) % threads.len();
+            }
+            Outcome::Exec(exec) => {
+                let rax = start_child(process, exec, services, children).map_or_else(SysError::to_rax, u64::from);
+                if let Some(t) = threads.get_mut(current) {
+                    t.regs.rax = rax;
+                }
+                waiting = 0;
             }
             Outcome::ThreadStart { entry, stack, arg } => {
                 // The kernel checked the entry and stack and counted the thread; here it
@@ -418,10 +490,15 @@ impl Loaded {
         self.process.allow_vms();
     }
 
+    /// Let the process start up to `max_children` processes at a time (EXEC).
+    pub fn allow_exec(&mut self, max_children: u32) {
+        self.process.allow_exec(max_children);
+    }
+
     /// End the process without running it again: its handles close (its VMs and port
     /// claims with them), its memory is freed, and the guest pages it mapped go back to
     /// `guest` (the tracker it was run with).
-    pub fn end(&mut self, guest: Option<&kernel::pages::PageTracker>, vms: Option<&VmObjects>) {
+    pub fn end(&mut self, guest: Option<&kernel::pages::PageTracker>, vms: Option<&Arc<VmObjects>>) {
         let services = BareServices { guest, vms };
         self.process.end(&mut self.space, &services);
         self.threads.clear();
@@ -437,14 +514,31 @@ impl Loaded {
         &mut self,
         budget_ms: u64,
         guest: Option<&kernel::pages::PageTracker>,
-        vms: Option<&VmObjects>,
+        vms: Option<&Arc<VmObjects>>,
     ) -> Ended {
         let Self { process, space, threads, next_id, thread_page } = self;
         let mut services = BareServices { guest, vms };
-        super::fpu::with_c_state(|| {
+        let mut started = Vec::new();
+        let ended = super::fpu::with_c_state(|| {
             entry::set_fs_base(*thread_page);
-            run(process, space, threads, next_id, budget_ms, &mut services)
-        })
+            run(process, space, threads, next_id, budget_ms, &mut services, &mut started)
+        });
+        // The processes it started (EXEC) run now, each until it waits: then they are
+        // hosted for the accesses to their claims. One that ends first is gone.
+        for Started { mut child, seat, slot } in started {
+            let Some(vms) = vms else { continue };
+            let id = child.process.id;
+            match child.run(DEVICE_BUDGET_MS, None, Some(vms)) {
+                Ended::Blocked => {
+                    seat.fill(alloc::boxed::Box::new(Hosted { process: child, vms: vms.clone(), _slot: Some(slot) }))
+                }
+                other => {
+                    println!("user: process {id} ended before it waited ({other:?})");
+                    vms.end_process(id);
+                }
+            }
+        }
+        ended
     }
 }
 
@@ -600,29 +694,36 @@ const BENCH_MODE: u64 = 100;
 const DEVICE_MODE: u64 = 14;
 /// The test device's process id.
 const DEVICE_PROCESS_ID: u32 = 50;
+/// Processes the test device may have started at a time (EXEC): its MMIO page's.
+const DEVICE_CHILDREN: u32 = 1;
 /// How long the test device may take over one access (or its start) before it is
 /// treated as hung and ended: the guest's vCPU waits that long at most.
 const DEVICE_BUDGET_MS: u64 = 100;
 
-/// The test device's process, run for each access to its ports.
-struct TestDevice {
+/// A device model's process, run by the VM objects for each access to its claims: the
+/// test device, and the processes EXEC starts.
+struct Hosted {
     process: Loaded,
-    vms: alloc::sync::Arc<VmObjects>,
+    vms: Arc<VmObjects>,
+    /// Its place among its parent's children (EXEC), given back when it is dropped.
+    _slot: Option<ChildSlot>,
 }
 
-impl DeviceModel for TestDevice {
+impl DeviceModel for Hosted {
     fn run(&mut self) -> bool {
         match self.process.run(DEVICE_BUDGET_MS, None, Some(&self.vms)) {
             Ended::Blocked => true,
             ended => {
-                println!("devices: the test device's process ended ({ended:?}); its ports are refused from now on");
+                let id = self.process.process.id;
+                println!("devices: process {id} ended ({ended:?}); its claims are refused from now on");
                 false
             }
         }
     }
 
     fn end(&mut self) {
-        println!("devices: the test device failed an access and is ended; its ports are refused from now on");
+        let id = self.process.process.id;
+        println!("devices: process {id} failed an access and is ended; its claims are refused from now on");
         // It runs without guest memory (no OPEN_PHYSMEM right): none to give back.
         self.process.end(None, Some(&self.vms));
     }
@@ -647,6 +748,7 @@ pub fn start_test_device(vms: &alloc::sync::Arc<VmObjects>) {
         }
     };
     device.allow_vms();
+    device.allow_exec(DEVICE_CHILDREN);
     match device.run(DEVICE_BUDGET_MS, None, Some(vms)) {
         Ended::Blocked => {}
         other => {
@@ -654,17 +756,18 @@ pub fn start_test_device(vms: &alloc::sync::Arc<VmObjects>) {
             return;
         }
     }
-    let model = TestDevice { process: device, vms: vms.clone() };
+    let model = Hosted { process: device, vms: vms.clone(), _slot: None };
     if vms.host(id, alloc::boxed::Box::new(model)).is_err() {
         println!("devices: no memory to host the test device -- NOT AS EXPECTED");
         vms.end_process(id);
         return;
     }
     println!(
-        "devices: test device on ports {:#x}..{:#x} and MMIO page {:#x} of VM 1, served by process {id} at CPL 3 ({} ports, {} page claimed)",
+        "devices: test device on ports {:#x}..{:#x} of VM 1, served by process {id} at CPL 3, and its MMIO page {:#x}, served by process {} it started ({} ports, {} page claimed)",
         abi::syscall::test_device::FIRST,
         abi::syscall::test_device::FIRST + abi::syscall::test_device::COUNT - 1,
         abi::syscall::test_device::MMIO,
+        vms.mmio_owner(1, abi::syscall::test_device::MMIO).map_or_else(|| "none".into(), |o| alloc::format!("{o}")),
         vms.claimed_ports(),
         vms.claimed_mmio_pages()
     );
