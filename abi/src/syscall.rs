@@ -73,6 +73,18 @@ pub const IOIO_EVENT: u64 = nr(CLASS_VM, 2);
 /// RAM or the SVSM's) come to this process as [`MmioAccess`] requests, each answered with
 /// CHANNEL_REPLY (a load's value, 8 bytes).
 pub const MMIO_EVENT: u64 = nr(CLASS_VM, 3);
+/// VCPU_OPEN(vm, index) -> handle of vCPU `index` (at most [`VCPU_MAX_INDEX`]) of the
+/// open VM `vm` as a VCPU object, open in one process at a time: an event source bound
+/// to the vCPU's CPU. The vCPU's exits the kernel leaves to user mode (CPUID of
+/// [`VCPU_CPUID_LEAVES`]) come to this process as [`VcpuExit`] requests, each answered
+/// with CHANNEL_REPLY (for CPUID: EAX, EBX, ECX, EDX, 16 bytes).
+pub const VCPU_OPEN: u64 = nr(CLASS_VM, 4);
+/// The highest vCPU index VCPU_OPEN takes.
+pub const VCPU_MAX_INDEX: u64 = 255;
+/// The CPUID leaves a vCPU's VCPU object answers: the top 16 of the first hypervisor
+/// range (0x40000000..0x400000FF). Hypervisor interfaces (KVM's, Hyper-V's, Xen's) and
+/// the guests that look for them use its bottom; none of them uses these.
+pub const VCPU_CPUID_LEAVES: core::ops::RangeInclusive<u32> = 0x4000_00F0..=0x4000_00FF;
 // Class 0x80.
 /// LOG(buf, len): one line into the SVSM log, tagged with the process.
 pub const LOG: u64 = nr(CLASS_BULWARK, 0);
@@ -169,7 +181,32 @@ pub mod features {
     pub const IOIO_EVENTS: u64 = 1 << 8;
     /// MMIO_EVENT is served: the SVSM runs the guest's nested paging (the svm platform).
     pub const MMIO_EVENTS: u64 = 1 << 9;
+    /// VCPU_OPEN is served: the SVSM takes the guest's CPUID exits (the svm platform;
+    /// under SEV-SNP the guest answers CPUID from its CPUID page).
+    pub const VCPU_EVENTS: u64 = 1 << 10;
 }
+
+/// What a VCPU object's request is about ([`VcpuExit::kind`]).
+pub mod vcpu_exit {
+    /// The vCPU ran CPUID with EAX = `leaf`, ECX = `subleaf`; the reply is EAX, EBX,
+    /// ECX, EDX (16 bytes).
+    pub const CPUID: u32 = 1;
+}
+
+/// One exit of a guest vCPU, as its VCPU object's request carries it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct VcpuExit {
+    /// What it is ([`vcpu_exit`]).
+    pub kind: u32,
+    /// The vCPU's index.
+    pub vcpu: u32,
+    pub leaf: u32,
+    pub subleaf: u32,
+    /// Where the guest is (the exiting instruction).
+    pub rip: u64,
+}
+crate::assert_size!(VcpuExit, 24);
 
 /// What OPEN_PHYSMEM writes: the guest-physical range the handle maps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]

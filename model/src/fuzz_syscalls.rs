@@ -6,9 +6,10 @@
 //!
 //! The process may open guest memory (OPEN_PHYSMEM) over a page tracker with validated
 //! and unvalidated pages, an SVSM region and a VMSA in it, open VM 1 and claim its
-//! ports (VM_OPEN, IOIO_EVENT), whose accesses the harness makes as the platform would,
-//! and start processes (EXEC, module `m`) that its handles move into; the harness ends
-//! them at times, as their faults would.
+//! ports, MMIO pages and vCPUs (VM_OPEN, IOIO_EVENT, MMIO_EVENT, VCPU_OPEN), whose
+//! accesses and exits the harness makes as the platform would, and start processes
+//! (EXEC, module `m`) that its handles move into; the harness ends them at times, as
+//! their faults would.
 //!
 //! After every call it checks what must always hold: the kernel's record of the process's
 //! mappings and the pages actually mapped agree (the hosted space also panics on a double
@@ -44,8 +45,9 @@ fn tracker() -> PageTracker {
     t
 }
 
-const NUMBERS: [u64; 19] = [
+const NUMBERS: [u64; 20] = [
     sys::VM_OPEN,
+    sys::VCPU_OPEN,
     sys::IOIO_EVENT,
     sys::MMIO_EVENT,
     sys::WAIT_FOR_EVENT,
@@ -184,6 +186,16 @@ pub fn run_syscalls(data: &[u8]) {
                     reserved: [0; 2],
                 };
                 let _ = vms.serve_mmio(input.u8() % 3, mmio);
+                // And a CPUID of a vCPU (the low indices, which VCPU_OPEN's fuzzed
+                // arguments often name).
+                let exit = sys::VcpuExit {
+                    kind: sys::vcpu_exit::CPUID,
+                    vcpu: u32::from(input.u8() % 4),
+                    leaf: 0x4000_00F0,
+                    subleaf: 0,
+                    rip: 0,
+                };
+                let _ = vms.serve_vcpu(input.u8() % 3, exit);
             }
             // A BATCH built in the process's own memory.
             2 if !mapped.is_empty() => {

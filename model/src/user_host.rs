@@ -182,7 +182,8 @@ impl Services for HostServices {
     fn features(&self) -> u64 {
         // SNP's platform bit; with VM objects, the svm platform's events too (for the
         // fuzz harness, which needs both kinds of claim to reach them).
-        let events = abi::syscall::features::IOIO_EVENTS | abi::syscall::features::MMIO_EVENTS;
+        use abi::syscall::features::{IOIO_EVENTS, MMIO_EVENTS, VCPU_EVENTS};
+        let events = IOIO_EVENTS | MMIO_EVENTS | VCPU_EVENTS;
         1 | if self.vms.is_some() { events } else { 0 }
     }
 

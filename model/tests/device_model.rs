@@ -5,7 +5,7 @@
 //! loop drives it. The svm platform's side (the exit, RAX and RIP) is tested in the
 //! `svm` crate (`run::tests`); the boot's test guest checks the whole path at CPL 3.
 
-use abi::syscall::{self as sys, IoAccess, MmioAccess, SysError, map};
+use abi::syscall::{self as sys, IoAccess, MmioAccess, SysError, VcpuExit, map};
 use bulwark_model::user_host::HostSpace;
 use kernel::user::memory::AddressSpace;
 use kernel::user::vm::{Served, VmObjects};
@@ -18,8 +18,8 @@ use zerocopy::IntoBytes;
 /// CAPABILITIES' platform bits ([`SVM`] but in one test).
 struct Svm(Arc<VmObjects>, u64);
 
-/// The svm platform's bits: both kinds of event served.
-const SVM: u64 = sys::features::IOIO_EVENTS | sys::features::MMIO_EVENTS;
+/// The svm platform's bits: every kind of event served.
+const SVM: u64 = sys::features::IOIO_EVENTS | sys::features::MMIO_EVENTS | sys::features::VCPU_EVENTS;
 
 impl Services for Svm {
     fn clock_ns(&mut self) -> u64 {
@@ -270,4 +270,59 @@ fn an_mmio_page_is_claimed_only_off_guest_memory_and_served_by_its_process() {
     assert_eq!(vms.serve_mmio(1, load(0xFEB0_0010, 8)), Served::Read(0xFEB0_0010));
     assert_eq!(vms.serve_mmio(1, load(0xFEB0_0010, 1)), Served::Read(0x10));
     assert_eq!(vms.serve_mmio(1, load(0xFEB0_1000, 1)), Served::NoDevice);
+}
+
+/// VCPU_OPEN (docs/syscalls.md "VCPU objects"): a vCPU of a VM open in the process, once,
+/// up to the highest index, only where the platform gives CPUID to VCPU objects; its
+/// exits served end to end by the process, with another vCPU's left alone.
+#[test]
+fn a_vcpu_object_opens_once_and_answers_its_vcpus_exits() {
+    let vms = Arc::new(VmObjects::default());
+    let mut s = Svm(vms.clone(), SVM);
+    let mut space = HostSpace::default();
+    let mut p = device_process(2);
+    let vm = call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    let open = |p: &mut Process, space: &mut HostSpace, s: &mut Svm, index: u64| {
+        call(p, space, s, sys::VCPU_OPEN, [vm, index, 0, 0, 0])
+    };
+    assert_eq!(open(&mut p, &mut space, &mut s, sys::VCPU_MAX_INDEX + 1), Err(SysError::Inval));
+    assert_eq!(open(&mut p, &mut space, &mut s, 1 << 32), Err(SysError::Inval));
+    assert_eq!(call(&mut p, &mut space, &mut s, sys::VCPU_OPEN, [vm + 9, 0, 0, 0, 0]), Err(SysError::NotFound));
+    // Where the platform does not take the guest's CPUID (SEV-SNP).
+    let mut snp = Svm(vms.clone(), 1 | sys::features::IOIO_EVENTS);
+    assert_eq!(open(&mut p, &mut space, &mut snp, 0), Err(SysError::NotSupp));
+    let vcpu = open(&mut p, &mut space, &mut s, 3).unwrap();
+    assert_eq!(open(&mut p, &mut space, &mut s, 3), Err(SysError::Busy), "one object per vCPU");
+    // A VCPU object is an event: it waits, it is not memory.
+    assert!(matches!(
+        p.syscall(&mut space, &mut s, Call { number: sys::WAIT_FOR_EVENT, args: [vcpu, 0, 0, 0, 0] }),
+        Outcome::Block(_)
+    ));
+    let flags = map::READ | map::WRITE | map::ANONYMOUS;
+    assert_eq!(call(&mut p, &mut space, &mut s, sys::MMAP, [vcpu, 0, 0, 4096, flags]), Err(SysError::NotSupp));
+    let buf = call(&mut p, &mut space, &mut s, sys::MMAP, [sys::NO_HANDLE, 0, 0, 4096, flags]).unwrap();
+    let run_vms = vms.clone();
+    let run = Model(move || {
+        let mut s = Svm(run_vms.clone(), SVM);
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::WAIT_FOR_EVENT, [vcpu, 0, 0, 0, 0]), Ok(1));
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_RECEIVE, [vcpu, buf, 64, 0, 0]), Ok(24));
+        let mut bytes = [0u8; 24];
+        space.read(buf, &mut bytes).unwrap();
+        let exit = <VcpuExit as zerocopy::FromBytes>::read_from_bytes(&bytes).unwrap();
+        let answer = [exit.vcpu, exit.leaf, exit.subleaf, exit.rip as u32];
+        space.write(buf, answer.as_bytes()).unwrap();
+        // Fewer than 16 bytes for leaf 0x400000F1: not an answer.
+        let len = if exit.leaf == 0x4000_00F1 { 8 } else { 16 };
+        assert_eq!(call(&mut p, &mut space, &mut s, sys::CHANNEL_REPLY, [vcpu, buf, len, 0, 0]), Ok(0));
+        true
+    });
+    vms.host(2, Box::new(run)).unwrap();
+    let exit = |vcpu, leaf| VcpuExit { kind: sys::vcpu_exit::CPUID, vcpu, leaf, subleaf: 5, rip: 0x1234 };
+    assert_eq!(vms.serve_vcpu(1, exit(3, 0x4000_00F0)), Served::Registers([3, 0x4000_00F0, 5, 0x1234]));
+    assert_eq!(vms.serve_vcpu(1, exit(2, 0x4000_00F0)), Served::NoDevice, "another vCPU's exit");
+    assert_eq!(vms.serve_vcpu(2, exit(3, 0x4000_00F0)), Served::NoDevice, "another VM's");
+    // A short answer fails the exit and ends the process: the vCPU is free again.
+    assert_eq!(vms.serve_vcpu(1, exit(3, 0x4000_00F1)), Served::Failed);
+    assert_eq!(vms.serve_vcpu(1, exit(3, 0x4000_00F0)), Served::NoDevice);
+    assert!(!vms.is_open(1));
 }

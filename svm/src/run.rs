@@ -13,7 +13,7 @@ use crate::shared::SvmShared;
 use crate::slots::{PutBack, WhileOut};
 use crate::vcpu::{Exit, SvmVcpu};
 use crate::{mmio, npt};
-use abi::syscall::{IoAccess, MmioAccess};
+use abi::syscall::{IoAccess, MmioAccess, VCPU_CPUID_LEAVES, VcpuExit, vcpu_exit};
 use abi::vmcb::offset;
 use abi::vmsa::{Vmsa, VmsaField};
 use core::cell::Cell;
@@ -99,7 +99,8 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
         let e = v.exit();
         match exit::classify(e.code, e.info1, e.info2, v.field(VmsaField::Rax)) {
             Action::BareGate => v.skip(exit::VMMCALL_LEN),
-            Action::Cpuid => {
+            // A leaf a VCPU object answers needs the shared VM objects.
+            Action::Cpuid if !VCPU_CPUID_LEAVES.contains(&v.cpuid_leaf().0) => {
                 let (leaf, subleaf) = v.cpuid_leaf();
                 let answer = cpu.cpuid(leaf, subleaf);
                 v.answer_cpuid(answer);
@@ -229,7 +230,8 @@ impl<H: SvmHw> SvmShared<H> {
             Action::Undefined => v.inject_ud(),
             // Another vCPU shares this CPU: the timer ended this one's turn.
             Action::Interrupted if !alone => return Ok((false, None)),
-            Action::Cpuid | Action::Kicked | Action::Interrupted => {}
+            Action::Cpuid => self.vcpu_cpuid(svsm, index, v),
+            Action::Kicked | Action::Interrupted => {}
         }
         Ok((true, None))
     }
@@ -253,6 +255,39 @@ impl<H: SvmHw> SvmShared<H> {
         Ok(false)
     }
 
+    /// CPUID of vCPU `index` for a leaf VCPU objects answer (`VCPU_CPUID_LEAVES`,
+    /// docs/syscalls.md "VCPU objects"): the answer of the process that holds the vCPU's
+    /// object, or all zeros where none does or it failed (what AMD CPUs give for a leaf
+    /// past a range's end, and these are past the end of every hypervisor interface's).
+    /// While the process serves another CPU's exit, the guest runs CPUID again.
+    fn vcpu_cpuid(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>) {
+        let (leaf, subleaf) = v.cpuid_leaf();
+        let rip = v.field(VmsaField::Rip);
+        let answer = match u8::try_from(v.field(VmsaField::Vmpl)) {
+            Ok(vm) => {
+                let exit = VcpuExit { kind: vcpu_exit::CPUID, vcpu: index, leaf, subleaf, rip };
+                svsm.vm_objects().serve_vcpu(vm, exit)
+            }
+            Err(_) => Served::NoDevice,
+        };
+        match answer {
+            Served::Registers(regs) => v.answer_cpuid(regs),
+            Served::Retry => {}
+            Served::Failed => {
+                if let Some(n) = self.state.count_refusal() {
+                    self.log(
+                        Level::Warn,
+                        format_args!(
+                            "svm: the process holding vCPU {index}'s object failed its CPUID {leaf:#x} and was ended; the leaf reads zeros from now on ({n} refusals so far)"
+                        ),
+                    );
+                }
+                v.answer_cpuid([0; 4]);
+            }
+            Served::NoDevice | Served::Read(_) | Served::Written => v.answer_cpuid([0; 4]),
+        }
+    }
+
     /// An IN or OUT of vCPU `index` to a port a device model claimed (docs/syscalls.md
     /// "VM objects and device models"): served by that process, the answer in RAX and
     /// RIP at `next_rip` (EXITINFO2, which the CPU saves for I/O exits with or without
@@ -272,7 +307,8 @@ impl<H: SvmHw> SvmShared<H> {
         let access =
             IoAccess { port: io.port, size: io.size, write: u8::from(!io.input), vcpu: index, data, reserved: 0 };
         let value = match svsm.vm_objects().serve(vm, access) {
-            Served::NoDevice => return false,
+            // (Registers answer a VCPU object's CPUID, never a port.)
+            Served::NoDevice | Served::Registers(_) => return false,
             // Another CPU's access is in the device model: the guest makes this one again.
             Served::Retry => return true,
             Served::Read(value) => crate::vcpu::low32(value),
@@ -354,7 +390,7 @@ impl<H: SvmHw> SvmShared<H> {
         let access =
             MmioAccess { gpa, data, vcpu: index, size: insn.size, write: u8::from(insn.is_write()), reserved: [0; 2] };
         let value = match vms.serve_mmio(vm, access) {
-            Served::NoDevice => return false,
+            Served::NoDevice | Served::Registers(_) => return false,
             Served::Retry => return true,
             Served::Read(value) => value,
             Served::Written => 0,

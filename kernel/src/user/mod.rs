@@ -53,8 +53,8 @@ pub enum Object {
     /// A VM, open in this process alone (VM_OPEN).
     Vm(u8),
     /// Ports or MMIO pages of a VM whose accesses come to this process (IOIO_EVENT,
-    /// MMIO_EVENT): a channel whose requests are [`sys::IoAccess`] or
-    /// [`sys::MmioAccess`] records.
+    /// MMIO_EVENT), or one of its vCPUs (VCPU_OPEN): a channel whose requests are
+    /// [`sys::IoAccess`], [`sys::MmioAccess`] or [`sys::VcpuExit`] records.
     IoEvent(Arc<Channel>),
 }
 
@@ -404,6 +404,7 @@ impl Process {
             sys::VM_OPEN => self.vm_open(services, a0),
             sys::IOIO_EVENT => self.ioio_event(services, a0, a1, a2),
             sys::MMIO_EVENT => self.mmio_event(services, a0, a1, a2),
+            sys::VCPU_OPEN => self.vcpu_open(services, a0, a1),
             sys::CAPABILITIES => match a0 {
                 sys::caps::COUNT => Ok(sys::caps::LAST),
                 sys::caps::VM_BITMAP => Ok(services.vm_bitmap()),
@@ -464,6 +465,15 @@ impl Process {
     fn mmio_event(&mut self, services: &dyn Services, vm: u64, gpa: u64, length: u64) -> Result<u64, SysError> {
         let range = vm::mmio_range(gpa, length)?;
         self.event(services, vm, range, sys::features::MMIO_EVENTS)
+    }
+
+    /// VCPU_OPEN(vm, index): vCPU `index` of the VM as a VCPU object, this process's
+    /// alone; its exits the kernel leaves to user mode come here. A vCPU the guest has
+    /// not started yet may be opened: its exits come once it runs.
+    fn vcpu_open(&mut self, services: &dyn Services, vm: u64, index: u64) -> Result<u64, SysError> {
+        let index =
+            u32::try_from(index).ok().filter(|i| u64::from(*i) <= sys::VCPU_MAX_INDEX).ok_or(SysError::Inval)?;
+        self.event(services, vm, vm::Range::Vcpu { index }, sys::features::VCPU_EVENTS)
     }
 
     /// A claim of `range` of the VM behind handle `vm`, where the platform serves

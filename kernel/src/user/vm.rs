@@ -16,7 +16,7 @@
 //! as for any other port of the SVSM.
 
 use super::channel::Channel;
-use abi::syscall::{IOIO_MAX_PORTS, IoAccess, MMIO_MAX_PAGES, MmioAccess, SysError};
+use abi::syscall::{IOIO_MAX_PORTS, IoAccess, MMIO_MAX_PAGES, MmioAccess, SysError, VCPU_MAX_INDEX, VcpuExit};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -60,6 +60,8 @@ pub enum Range {
     /// Bytes `start..end` of guest-physical space, whole pages (checked with
     /// [`mmio_range`]).
     Mmio { start: u64, end: u64 },
+    /// One vCPU, by index (VCPU_OPEN): its exits the kernel leaves to user mode.
+    Vcpu { index: u32 },
 }
 
 impl Range {
@@ -68,11 +70,17 @@ impl Range {
         match *self {
             Self::Ports { first, count } => (u64::from(first), u64::from(first) + u64::from(count)),
             Self::Mmio { start, end } => (start, end),
+            Self::Vcpu { index } => (u64::from(index), u64::from(index) + 1),
         }
     }
 
     fn same_space(&self, other: &Self) -> bool {
-        matches!((self, other), (Self::Ports { .. }, Self::Ports { .. }) | (Self::Mmio { .. }, Self::Mmio { .. }))
+        matches!(
+            (self, other),
+            (Self::Ports { .. }, Self::Ports { .. })
+                | (Self::Mmio { .. }, Self::Mmio { .. })
+                | (Self::Vcpu { .. }, Self::Vcpu { .. })
+        )
     }
 
     fn overlaps(&self, other: &Self) -> bool {
@@ -132,6 +140,8 @@ pub enum Served {
     Retry,
     /// A load's or an IN's value (already cut to the access's size).
     Read(u64),
+    /// A VCPU object's answer to CPUID: EAX, EBX, ECX, EDX.
+    Registers([u32; 4]),
     /// An OUT the device model took.
     Written,
     /// The device model failed on it (it ended, or did not answer as it must): the access
@@ -175,6 +185,7 @@ impl VmObjects {
         let (unit, top) = match range {
             Range::Ports { .. } => (1, 0x1_0000),
             Range::Mmio { .. } => (4096, u64::MAX),
+            Range::Vcpu { .. } => (1, VCPU_MAX_INDEX + 1),
         };
         if start >= end || end > top || !start.is_multiple_of(unit) || !end.is_multiple_of(unit) {
             return Err(SysError::Inval);
@@ -330,9 +341,38 @@ impl VmObjects {
         self.serve_access(vm, range, access.as_bytes(), access.write != 0, access.size, 8)
     }
 
+    /// vCPU `exit.vcpu` of `vm` exited as `exit` says (CPUID of a leaf VCPU objects
+    /// answer): the answer of the process holding the vCPU's object, 16 bytes.
+    pub fn serve_vcpu(&self, vm: u8, exit: VcpuExit) -> Served {
+        let range = Range::Vcpu { index: exit.vcpu };
+        self.exchange(vm, range, exit.as_bytes(), |reply| {
+            let regs = reply.get(..16)?;
+            let mut out = [0u32; 4];
+            for (r, bytes) in out.iter_mut().zip(regs.chunks_exact(4)) {
+                *r = u32::from_le_bytes(bytes.try_into().ok()?);
+            }
+            Some(Served::Registers(out))
+        })
+    }
+
     /// Post `request` to the claim of `vm` that covers `range`, run its process until it
     /// answers; a load's answer has `value_len` bytes, cut to `size`.
     fn serve_access(&self, vm: u8, range: Range, request: &[u8], write: bool, size: u8, value_len: usize) -> Served {
+        self.exchange(vm, range, request, |reply| {
+            if write {
+                return Some(Served::Written);
+            }
+            // A load's value: `value_len` bytes, cut to the access's size.
+            let bytes = reply.get(..value_len)?;
+            let mut le = [0u8; 8];
+            le.get_mut(..bytes.len())?.copy_from_slice(bytes);
+            Some(Served::Read(u64::from_le_bytes(le) & size_mask(size)))
+        })
+    }
+
+    /// Post `request` to the claim of `vm` that covers `range`, run its process until it
+    /// answers, and make the answer what `decode` says (`None`: not an answer).
+    fn exchange(&self, vm: u8, range: Range, request: &[u8], decode: impl FnOnce(&[u8]) -> Option<Served>) -> Served {
         let found = {
             let s = self.state.lock();
             s.claims.iter().find(|c| c.vm == vm && c.range.covers(&range)).and_then(|c| {
@@ -354,15 +394,7 @@ impl VmObjects {
         }
         let alive = process.run();
         let answer = match channel.take_reply() {
-            Ok(Some(_)) if write => Some(Served::Written),
-            // A load's value: `value_len` bytes, cut to the access's size.
-            Ok(Some(reply)) => reply.get(..value_len).map(|bytes| {
-                let mut le = [0u8; 8];
-                if let Some(low) = le.get_mut(..bytes.len()) {
-                    low.copy_from_slice(bytes);
-                }
-                Served::Read(u64::from_le_bytes(le) & size_mask(size))
-            }),
+            Ok(Some(reply)) => decode(&reply),
             // It waits again without having answered, or it ended.
             Ok(None) | Err(_) => None,
         };

@@ -359,10 +359,12 @@ fn served_one() -> u32 {
 /// platform. First the refusals of the ABI, each of which must hold or the process exits
 /// with the number of the one that did not (the SVSM reports the exit): a second open of
 /// the VM, a VM that does not exist, ports the guest reaches directly (its COM2), ports
-/// another event holds, MMIO over the guest's RAM or not page-aligned, and EXEC's (a
-/// module the image has not, a handle that names nothing, a handle passed twice). Then it
-/// starts a process from this module (EXEC) that serves the MMIO page with the page's
-/// event, passed to it (closed here), and serves its ports itself.
+/// another event holds, MMIO over the guest's RAM or not page-aligned, a second VCPU
+/// object of one vCPU, and EXEC's (a module the image has not, a handle that names
+/// nothing, a handle passed twice). Then it starts a process from this module (EXEC)
+/// that serves the MMIO page with the page's event, passed to it (closed here), answers
+/// the boot vCPU's CPUID leaves of its VCPU object on a second thread, and serves its
+/// ports on this one.
 fn test_device() -> ! {
     use sys::test_device::{COUNT, FIRST, MMIO};
     let Ok(vm) = rt::vm_open(1) else { rt::exit(1) };
@@ -385,6 +387,12 @@ fn test_device() -> ! {
         rt::exit(7);
     }
     let Ok(page) = rt::mmio_event(vm, MMIO, 4096) else { rt::exit(8) };
+    // The boot vCPU as a VCPU object: once, and no index past the last.
+    let Ok(vcpu) = rt::vcpu_open(vm, 0) else { rt::exit(20) };
+    if rt::vcpu_open(vm, 0) != Err(SysError::Busy) || rt::vcpu_open(vm, sys::VCPU_MAX_INDEX + 1) != Err(SysError::Inval)
+    {
+        rt::exit(21);
+    }
     // The VM handle is not needed to serve: closing it lets nobody else claim what the
     // events hold (theirs until they close).
     if rt::close(vm).is_err() {
@@ -404,7 +412,10 @@ fn test_device() -> ! {
     if rt::close(page.into()) != Err(SysError::NotFound) || rt::exec(b"probe", &[], MMIO_MODE) != Err(SysError::NoMem) {
         rt::exit(19);
     }
-    rt::log(b"probe: test device on ports 0xb10..0xb17 of VM 1, served at CPL 3; its MMIO page passed to a process of its own");
+    if rt::thread_create(vcpu_device, stack(0), vcpu).is_err() {
+        rt::exit(22);
+    }
+    rt::log(b"probe: test device on ports 0xb10..0xb17 of VM 1 and vCPU 0's CPUID leaves 0x400000f0..0x400000ff, served at CPL 3; its MMIO page passed to a process of its own");
     port_device(ports)
 }
 
@@ -470,6 +481,28 @@ fn mmio_device(event: u64) -> ! {
         }
         if rt::channel_reply(event, &answer).is_err() {
             rt::exit(16);
+        }
+    }
+}
+
+/// The boot vCPU's VCPU object: CPUID of a leaf it answers gives EAX = the vCPU's
+/// index, EBX = the leaf, ECX = the subleaf, EDX = the count of exits this thread
+/// served (as the test guest checks: the answer comes from here, for that vCPU).
+extern "C" fn vcpu_device(event: u64) -> ! {
+    let mut request = [0u8; 24];
+    let mut served = 0u32;
+    loop {
+        if rt::wait_for_event(event) != Ok(1) || rt::channel_receive(event, &mut request) != Ok(24) {
+            rt::exit(23);
+        }
+        let Ok(exit) = <sys::VcpuExit as zerocopy::FromBytes>::read_from_bytes(&request) else { rt::exit(24) };
+        served = served.wrapping_add(1);
+        let mut answer = [0u8; 16];
+        for (bytes, value) in answer.chunks_exact_mut(4).zip([exit.vcpu, exit.leaf, exit.subleaf, served]) {
+            bytes.copy_from_slice(&value.to_le_bytes());
+        }
+        if rt::channel_reply(event, &answer).is_err() {
+            rt::exit(25);
         }
     }
 }

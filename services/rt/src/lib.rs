@@ -183,6 +183,13 @@ pub fn mmio_event(vm: u64, gpa: u64, length: u64) -> Result<u64, SysError> {
     result(unsafe { syscall(sys::MMIO_EVENT, [vm, gpa, length, 0, 0]) })
 }
 
+/// Open vCPU `index` of the open VM `vm` as a VCPU object: the handle its exits arrive
+/// on (as `VcpuExit` requests).
+pub fn vcpu_open(vm: u64, index: u64) -> Result<u64, SysError> {
+    // SAFETY: VCPU_OPEN reads and writes no memory of ours.
+    result(unsafe { syscall(sys::VCPU_OPEN, [vm, index, 0, 0, 0]) })
+}
+
 /// Close `handle`.
 pub fn close(handle: u64) -> Result<(), SysError> {
     // SAFETY: CLOSE reads and writes no memory of ours.

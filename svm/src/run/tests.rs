@@ -775,3 +775,53 @@ fn a_claimed_mmio_page_is_served_through_the_decoded_instruction() {
     assert_eq!((w.event(), w.field(VmsaField::Rip)), (GP, 0xA000));
     assert_eq!(w.svsm.vm_objects().claimed_mmio_pages(), 1);
 }
+
+/// CPUID of a leaf VCPU objects answer (docs/syscalls.md "VCPU objects"): the CPU never
+/// answers it alone; the process that holds the vCPU's object does, from the exit it is
+/// given; zeros where no process holds it (or only another vCPU's); leaves outside the
+/// range stay the CPU's.
+#[test]
+fn a_vcpu_objects_cpuid_leaves_are_answered_by_its_process() {
+    use kernel::user::channel::Receive;
+    use std::sync::{Arc, Mutex};
+    let mut w = world();
+    let cpuid = |leaf: u64, subleaf: u64| Step { code: code::CPUID, rax: leaf, rcx: subleaf, ..Step::default() };
+    let regs = |w: &World| (w.field(VmsaField::Rax), w.vcpu0(|v| (v.regs.rbx, v.regs.rcx, v.regs.rdx)));
+    let rip = w.field(VmsaField::Rip);
+    assert_eq!(w.run(&[cpuid(0x4000_00F0, 3)]), Ok(true));
+    assert_eq!((regs(&w), w.field(VmsaField::Rip)), ((0, (0, 0, 0)), rip + 2), "no object: zeros");
+
+    let vms = w.svsm.vm_objects().clone();
+    vms.open(crate::vcpu::GUEST_VMPL, 7).unwrap();
+    let other = vms.claim(crate::vcpu::GUEST_VMPL, kernel::user::vm::Range::Vcpu { index: 1 }, 7).unwrap();
+    let mine = vms.claim(crate::vcpu::GUEST_VMPL, kernel::user::vm::Range::Vcpu { index: 0 }, 7).unwrap();
+    let seen = Arc::new(Mutex::new(std::vec::Vec::new()));
+    let log = seen.clone();
+    let model = Model(move || {
+        assert!(matches!(other.receive(24), Receive::Empty), "vCPU 1's object saw nothing");
+        if let Receive::Request(r) = mine.receive(24) {
+            let exit = <abi::syscall::VcpuExit as zerocopy::FromBytes>::read_from_bytes(&r).unwrap();
+            log.lock().unwrap().push(exit);
+            let answer: std::vec::Vec<u8> =
+                [exit.vcpu, exit.leaf, exit.subleaf, 0x5A].iter().flat_map(|r| r.to_le_bytes()).collect();
+            assert!(mine.reply(answer));
+        }
+        true
+    });
+    vms.host(7, std::boxed::Box::new(model)).unwrap();
+    let rip = w.field(VmsaField::Rip);
+    assert_eq!(w.run(&[cpuid(0x4000_00FF, 9)]), Ok(true));
+    assert_eq!((regs(&w), w.field(VmsaField::Rip)), ((0, (0x4000_00FF, 9, 0x5A)), rip + 2));
+    let exits = seen.lock().unwrap().clone();
+    assert_eq!(exits.len(), 1);
+    assert_eq!((exits[0].kind, exits[0].vcpu, exits[0].rip), (abi::syscall::vcpu_exit::CPUID, 0, rip));
+
+    // Just outside the range: the CPU's answer ([leaf, subleaf, 0xC, 0xD] here), and the
+    // SVSM never asked.
+    w.cpu.script = [cpuid(0x4000_00EF, 1), cpuid(0x4000_0100, 2)].into();
+    let mut t = w.take();
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None);
+    assert_eq!((t.vcpu.field(VmsaField::Rax), t.vcpu.regs.rbx), (0x4000_0100, 2));
+    w.p.put_back(t);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}

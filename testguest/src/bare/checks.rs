@@ -134,6 +134,8 @@ pub fn run_all() -> (bool, u64) {
     r.check("user/device-model-serves-ports", ok, format_args!("{detail}"));
     let (ok, detail) = super::device::mmio_served();
     r.check("user/device-model-serves-mmio", ok, format_args!("{detail}"));
+    let (ok, detail) = super::device::vcpu_object_answers();
+    r.check("user/vcpu-object-answers-cpuid", ok, format_args!("{detail}"));
     println!("{}", super::device::bench(rdtsc));
     let still = c.query_protocol(ProtocolId::CORE, 1);
     r.check("5/serving-after-refusals", still == Ok(Some((1, 1))), format_args!("{still:?}"));

@@ -87,13 +87,32 @@ pub fn mmio_served() -> (bool, String) {
     wrong.verdict("11 accesses as defined, 1 refused")
 }
 
+/// CPUID `leaf`/`subleaf` on this vCPU: EAX, EBX, ECX, EDX.
+fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// The boot vCPU's VCPU object, which the test device's ports process holds: CPUID of a
+/// leaf it answers comes from that process, with this vCPU's index (0), the leaf, the
+/// subleaf, and a count that grows by one per CPUID it served.
+pub fn vcpu_object_answers() -> (bool, String) {
+    let first = cpuid(0x4000_00F0, 7);
+    let (vcpu, leaf, subleaf, count) = first;
+    let second = cpuid(0x4000_00FF, 0);
+    let ok = (vcpu, leaf, subleaf) == (0, 0x4000_00F0, 7) && count > 0 && second == (0, 0x4000_00FF, 0, count + 1);
+    (ok, alloc::format!("CPUID 0x400000f0/7 gave {first:x?}, 0x400000ff/0 gave {second:x?}"))
+}
+
 /// The test-only command that makes the ports' device model fault: the OUT completes (a
-/// device that vanishes drops it), the ports are refused from then on, the MMIO page's
-/// process (another process, with its own memory) still serves, and the SVSM serves on.
+/// device that vanishes drops it), the ports are refused from then on, the boot vCPU's
+/// object (held by the same process) went with it, so its leaves read zeros, the MMIO
+/// page's process (another process, with its own memory) still serves, and the SVSM
+/// serves on.
 pub fn crash_is_contained(c: &mut Client<Vmmcall>) -> (bool, String) {
     let before = mmio_read(MMIO + 8, 4);
     let out = port_out(COUNTER, 4, CRASH);
-    let gone = port_in(REGISTER, 4).is_none();
+    let gone = port_in(REGISTER, 4).is_none() && cpuid(0x4000_00F0, 1) == (0, 0, 0, 0);
     let page = mmio_write(MMIO, 4, 0x600D).then(|| mmio_read(MMIO, 4)).flatten();
     let after = mmio_read(MMIO + 8, 4);
     // Its count went on from where it was: the same process, not a new one.
@@ -102,7 +121,7 @@ pub fn crash_is_contained(c: &mut Client<Vmmcall>) -> (bool, String) {
     (
         out && gone && page_served && serving == Ok(Some((1, 1))),
         alloc::format!(
-            "the OUT completed: {out}, ports refused after: {gone}, the MMIO page's own process served on: {page_served} (register {page:x?}, count {before:?} -> {after:?}), QUERY_PROTOCOL: {serving:?}"
+            "the OUT completed: {out}, ports and the vCPU object's leaves refused after: {gone}, the MMIO page's own process served on: {page_served} (register {page:x?}, count {before:?} -> {after:?}), QUERY_PROTOCOL: {serving:?}"
         ),
     )
 }

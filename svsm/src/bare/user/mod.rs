@@ -138,11 +138,14 @@ impl Services for BareServices<'_> {
 
     fn features(&self) -> u64 {
         // Platform bits 0..=2 (docs/syscalls.md "CAPABILITIES"): 1 SNP, 0 native. Only
-        // the svm platform sees the guest's port I/O and runs its nested paging (under
-        // SEV-SNP both are the host's).
+        // the svm platform sees the guest's port I/O and CPUID and runs its nested paging
+        // (under SEV-SNP all three are the host's or the guest's own).
         match super::snp::guest_vmpl() {
             Some(_) => 1,
-            None => abi::syscall::features::IOIO_EVENTS | abi::syscall::features::MMIO_EVENTS,
+            None => {
+                use abi::syscall::features::{IOIO_EVENTS, MMIO_EVENTS, VCPU_EVENTS};
+                IOIO_EVENTS | MMIO_EVENTS | VCPU_EVENTS
+            }
         }
     }
 
