@@ -97,7 +97,7 @@ impl kernel::user::vm::DeviceModel for Silent {
     fn run(&mut self) -> bool {
         true
     }
-    fn end(&mut self) {}
+    fn end(&mut self, _: &'static str) {}
 }
 
 /// The processes the fuzzed one started, as the platform keeps them.

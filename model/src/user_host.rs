@@ -132,7 +132,9 @@ pub struct HostServices {
     pub vms: Option<Arc<kernel::user::vm::VmObjects>>,
     /// The modules EXEC may start (none unless a test gives some).
     pub modules: Vec<Module>,
-    /// The id the next process EXEC starts gets.
+    /// The id the next process EXEC starts gets (each parent counts from
+    /// [`CHILD_IDS`]: a test with two parents with the right over one set of VM objects
+    /// gives them counts apart).
     pub next_id: u32,
 }
 
@@ -350,14 +352,20 @@ impl HostedProcess {
     }
 
     /// Serve the program's calls until it blocks, exits or faults; then run the
-    /// processes it started, each until it waits (one that ends first is gone).
+    /// processes it started, each until it waits (one that ends first is gone, and so
+    /// is one that waits holding no claim: nothing would run it again).
     pub fn run(&mut self) -> RunState {
         let state = self.run_calls();
+        let Some(vms) = self.services.vms.clone() else { return state };
         for (mut child, seat) in std::mem::take(&mut self.started) {
-            if child.run() == RunState::Blocked {
-                seat.fill(Box::new(child));
-            } else if let Some(vms) = &self.services.vms {
-                vms.end_process(child.process.id);
+            let id = child.process.id;
+            match child.run() {
+                RunState::Blocked if vms.claims_of(id) > 0 => seat.fill(Box::new(child)),
+                RunState::Blocked => {
+                    kernel::user::vm::DeviceModel::end(&mut child, "it holds no claim an access could run it for");
+                    vms.end_process(id);
+                }
+                _ => vms.end_process(id),
             }
         }
         state
@@ -434,8 +442,8 @@ impl kernel::user::vm::DeviceModel for HostedProcess {
         HostedProcess::run(self) == RunState::Blocked
     }
 
-    fn end(&mut self) {
-        self.finish(RunState::Faulted("ended by the kernel: it failed an access".into()));
+    fn end(&mut self, why: &'static str) {
+        self.finish(RunState::Faulted(format!("ended by the kernel: {why}")));
     }
 }
 

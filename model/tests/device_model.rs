@@ -60,7 +60,7 @@ impl<F: FnMut() -> bool + Send> kernel::user::vm::DeviceModel for Model<F> {
     fn run(&mut self) -> bool {
         (self.0)()
     }
-    fn end(&mut self) {}
+    fn end(&mut self, _: &'static str) {}
 }
 
 fn device_process(id: u32) -> Process {

@@ -310,6 +310,14 @@ fn a_pass_that_fails_midway_is_undone() {
     let handles = [vm as u32, a as u32, b as u32];
     space.write(buf + 64, handles.as_bytes()).unwrap();
     let exec = || Call { number: sys::EXEC, args: [buf, 2, buf + 64, 3, 0] };
+    // An event with an access in flight stays with the process serving it.
+    let Some(Object::IoEvent(in_flight)) = p.object(a).cloned() else { panic!("a is an event") };
+    in_flight.post(vec![0; 16]).unwrap();
+    let busy = p.syscall(&mut space, &mut s, exec());
+    assert!(matches!(busy, Outcome::Return(rax) if SysError::from_rax(rax) == Some(Ok(SysError::Busy))), "{busy:?}");
+    assert!(matches!(in_flight.receive(16), kernel::user::channel::Receive::Request(_)));
+    assert!(in_flight.reply(vec![0; 4]));
+    assert_eq!(in_flight.take_reply(), Ok(Some(vec![0; 4])), "served and idle again");
     let Outcome::Exec(exec) = p.syscall(&mut space, &mut s, exec()) else { panic!("EXEC was refused") };
     assert_eq!(exec.handles(), handles);
     // A child that already has a handle is refused before anything moves.

@@ -262,6 +262,12 @@ impl<H: SvmHw> SvmShared<H> {
     /// While the process serves another CPU's exit, the guest runs CPUID again.
     fn vcpu_cpuid(&self, svsm: &Svsm, index: u32, v: &mut SvmVcpu<H::Page>) {
         let (leaf, subleaf) = v.cpuid_leaf();
+        // `run_until_shared` answers every other leaf with the CPU; should one come here
+        // anyway, it is never a process's to answer (leaf 1 or 0x8000001F, say).
+        if !VCPU_CPUID_LEAVES.contains(&leaf) {
+            v.answer_cpuid([0; 4]);
+            return;
+        }
         let rip = v.field(VmsaField::Rip);
         let answer = match u8::try_from(v.field(VmsaField::Vmpl)) {
             Ok(vm) => {

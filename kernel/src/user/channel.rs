@@ -123,6 +123,11 @@ impl Channel {
         *self.state.lock() = State::Closed;
     }
 
+    /// Nothing posted, being served or answered: no request is in flight.
+    pub fn is_idle(&self) -> bool {
+        matches!(*self.state.lock(), State::Idle)
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(*self.state.lock(), State::Closed)
     }

@@ -663,7 +663,9 @@ impl Process {
             let h = u32::from_le_bytes(bytes.try_into().map_err(|_| SysError::Inval)?);
             match self.handles.get(h.into()) {
                 // VM objects and their events move (close here, open there, as the
-                // review settled).
+                // review settled). An event with an access in flight (received, not yet
+                // answered) stays: the access belongs to this process.
+                Some(Object::IoEvent(c)) if !c.is_idle() => return Err(SysError::Busy),
                 Some(Object::Vm(_) | Object::IoEvent(_)) => {}
                 // The kernel's channel stays with the process the kernel runs for it, and
                 // guest memory with the process it gave the right to.
@@ -706,20 +708,23 @@ impl Process {
                 return Err(SysError::NotFound);
             };
             let moved = match &object {
-                Object::Vm(vm) => vms.move_vm(*vm, self.id, child.id),
+                Object::Vm(vm) => vms.move_vm(*vm, self.id, child.id).then_some(()).ok_or(SysError::NotFound),
                 Object::IoEvent(c) => vms.move_claim(c, self.id, child.id),
-                Object::Channel(_) | Object::PhysMem(_) => false,
+                Object::Channel(_) | Object::PhysMem(_) => Err(SysError::NotSupp),
             };
             // Cannot fail after `reserve`.
-            let placed = if moved { child.handles.insert_or_return(object) } else { Err(object) };
-            if let Err(object) = placed {
-                if moved {
+            let placed = match moved {
+                Ok(()) => child.handles.insert_or_return(object).map_err(|o| (o, SysError::NoMem)),
+                Err(e) => Err((object, e)),
+            };
+            if let Err((object, e)) = placed {
+                if moved.is_ok() {
                     Self::move_back(vms, &object, child.id, self.id);
                 }
                 // Its number was freed just now and nothing took it.
                 let _ = self.handles.put_back(h, object);
                 self.take_back(exec, i, child, vms);
-                return Err(SysError::NotFound);
+                return Err(e);
             }
         }
         Ok(())
@@ -742,7 +747,8 @@ impl Process {
                 vms.move_vm(*vm, from, to);
             }
             Object::IoEvent(c) => {
-                vms.move_claim(c, from, to);
+                // `to` held it a moment ago, so it has room for it.
+                let _ = vms.move_claim(c, from, to);
             }
             Object::Channel(_) | Object::PhysMem(_) => {}
         }

@@ -28,9 +28,10 @@ use zerocopy::IntoBytes;
 pub trait DeviceModel: Send {
     /// Run it on this CPU until it waits again; `false` once it has ended.
     fn run(&mut self) -> bool;
-    /// End it: it failed an access. Its handles close (its VM, its claims), its memory
-    /// and the guest pages it mapped are given back.
-    fn end(&mut self);
+    /// End it, for the reason `why` (it failed an access, or it holds no claim an access
+    /// could run it for). Its handles close (its VM, its claims), its memory and the
+    /// guest pages it mapped are given back.
+    fn end(&mut self, why: &'static str);
 }
 
 /// A process that serves claims, taken (locked) for the whole of one access, so the
@@ -250,12 +251,16 @@ impl VmObjects {
     }
 
     /// An event handle passed from process `from` to process `to` (EXEC): its claim's
-    /// accesses run `to` now. `false` (and nothing changed) if the claim was not `from`'s
-    /// (it went when its handle closed, or the process ended).
-    pub fn move_claim(&self, channel: &Arc<Channel>, from: u32, to: u32) -> bool {
+    /// accesses run `to` now. Refused, with nothing changed, if the claim was not
+    /// `from`'s (it went when its handle closed, or the process ended: ENOTFOUND) or `to`
+    /// holds as many claims as a process may (ENOMEM).
+    pub fn move_claim(&self, channel: &Arc<Channel>, from: u32, to: u32) -> Result<(), SysError> {
         let mut s = self.state.lock();
+        if s.claims.iter().filter(|c| c.owner == to).count() >= MAX_CLAIMS_PER_PROCESS {
+            return Err(SysError::NoMem);
+        }
         let claim = s.claims.iter_mut().find(|c| Arc::ptr_eq(&c.channel, channel) && c.owner == from);
-        claim.map(|c| c.owner = to).is_some()
+        claim.map(|c| c.owner = to).ok_or(SysError::NotFound)
     }
 
     /// The process whose claim covers `gpa` of `vm` (MMIO), if any: for the boot's report.
@@ -384,7 +389,10 @@ impl VmObjects {
         // One access at a time per process; another CPU's access to it is made again
         // rather than waited for here (with interrupts off, for up to the budget).
         let Some(mut model) = host.try_lock() else { return Served::Retry };
-        let Some(process) = model.as_mut() else { return Served::NoDevice };
+        // Empty: a process EXEC started whose first run has not ended yet (its seat is
+        // filled, or taken away, within its parent's and its own budgets), or one being
+        // ended right now (its host goes next). Either way the access is made again.
+        let Some(process) = model.as_mut() else { return Served::Retry };
         let Ok(request) = crate::heap::copy_of(request) else { return Served::NoDevice };
         if channel.post(request).is_err() {
             // Closed (the process closed the event, or its copy of a request failed):
@@ -392,7 +400,7 @@ impl VmObjects {
             self.unclaim(&channel);
             return Served::NoDevice;
         }
-        let alive = process.run();
+        let mut alive = process.run();
         let answer = match channel.take_reply() {
             Ok(Some(reply)) => decode(&reply),
             // It waits again without having answered, or it ended.
@@ -400,7 +408,15 @@ impl VmObjects {
         };
         // A process that failed an access is not trusted with the next: it is ended.
         if answer.is_none() && alive {
-            process.end();
+            process.end("it failed an access");
+            alive = false;
+        }
+        // One that closed or passed its last claim meanwhile waits for an access that
+        // can never come: it is ended, and gives back what it holds (its place among its
+        // parent's children too).
+        if alive && self.claims_of(owner) == 0 {
+            process.end("it holds no claim an access could run it for");
+            alive = false;
         }
         // Gone, by its own doing or by ours: its VM is free again and its ports are the
         // SVSM's. (An answer it gave before it ended still completes the access.)
@@ -508,7 +524,7 @@ mod tests {
         fn run(&mut self) -> bool {
             (self.run)()
         }
-        fn end(&mut self) {
+        fn end(&mut self, _: &'static str) {
             self.ended.store(true, core::sync::atomic::Ordering::SeqCst);
         }
     }
@@ -690,5 +706,50 @@ mod tests {
         assert_eq!(vms.serve_mmio(1, at(0xFEB0_1FFC, 8, 0)), Served::NoDevice, "runs past the claim");
         assert_eq!(vms.serve_mmio(1, at(0xFEB0_0000, 3, 0)), Served::NoDevice);
         assert_eq!(vms.serve_mmio(1, at(u64::MAX - 3, 8, 0)), Served::NoDevice);
+    }
+
+    /// A process that passed or closed its last claim while it served an access still
+    /// completes it, and is then ended: no access could ever run it again.
+    #[test]
+    fn a_process_left_without_claims_is_ended() {
+        let vms = Arc::new(VmObjects::default());
+        vms.open(1, 7).unwrap();
+        let c = vms.claim(1, ports(0xB10, 1), 7).unwrap();
+        let (run_vms, run_c) = (vms.clone(), c.clone());
+        let ended = host(&vms, 7, move || {
+            if let Receive::Request(_) = run_c.receive(16) {
+                assert!(run_c.reply(vec![0x42, 0, 0, 0]));
+            }
+            // Its claim goes to another process (as EXEC would pass it).
+            assert_eq!(run_vms.move_claim(&run_c, 7, 8), Ok(()));
+            true
+        });
+        assert_eq!(vms.serve(1, access(0xB10, 1, false, 0)), Served::Read(0x42));
+        assert!(ended.load(core::sync::atomic::Ordering::SeqCst), "ended");
+        assert!(!vms.is_open(1), "its VM closed with it");
+        assert_eq!(vms.claims_of(8), 1, "the claim it gave away stays with its new holder");
+    }
+
+    /// A claim moves only from its holder, and only to a process with room for it; an
+    /// empty seat (a process whose first run has not ended) makes the access wait.
+    #[test]
+    fn claims_move_within_the_limits_and_an_empty_seat_means_retry() {
+        let vms = VmObjects::default();
+        vms.open(1, 7).unwrap();
+        let c = vms.claim(1, ports(0xB10, 1), 7).unwrap();
+        assert_eq!(vms.move_claim(&c, 9, 8), Err(SysError::NotFound), "not 9's to give");
+        vms.open(2, 8).unwrap();
+        let full: Vec<_> =
+            (0..MAX_CLAIMS_PER_PROCESS as u16).map(|i| vms.claim(2, ports(0x100 + i, 1), 8).unwrap()).collect();
+        assert_eq!(vms.move_claim(&c, 7, 8), Err(SysError::NoMem), "8 holds all it may");
+        vms.unclaim(&full[0]);
+        assert_eq!(vms.move_claim(&c, 7, 8), Ok(()));
+        assert_eq!(vms.claims_of(7), 0);
+        let seat = vms.seat(8).unwrap();
+        assert_eq!(vms.seat(8).err(), Some(SysError::Exist));
+        assert_eq!(vms.serve(1, access(0xB10, 1, false, 0)), Served::Retry, "seated, not yet filled");
+        drop(seat);
+        vms.end_process(8);
+        assert_eq!(vms.serve(1, access(0xB10, 1, false, 0)), Served::NoDevice);
     }
 }

@@ -568,7 +568,7 @@ impl<F: FnMut() -> bool + Send> kernel::user::vm::DeviceModel for Model<F> {
     fn run(&mut self) -> bool {
         (self.0)()
     }
-    fn end(&mut self) {}
+    fn end(&mut self, _: &'static str) {}
 }
 
 /// A port a device model claimed (docs/syscalls.md "VM objects and device models"): the

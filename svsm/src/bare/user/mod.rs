@@ -527,11 +527,18 @@ impl Loaded {
             run(process, space, threads, next_id, budget_ms, &mut services, &mut started)
         });
         // The processes it started (EXEC) run now, each until it waits: then they are
-        // hosted for the accesses to their claims. One that ends first is gone.
+        // hosted for the accesses to their claims. One that ends first is gone, and so is
+        // one that waits holding no claim (nothing would ever run it again). `started`
+        // is empty without VM objects: EXEC needs them.
+        let Some(vms) = vms else { return ended };
         for Started { mut child, seat, slot } in started {
-            let Some(vms) = vms else { continue };
             let id = child.process.id;
             match child.run(DEVICE_BUDGET_MS, None, Some(vms)) {
+                Ended::Blocked if vms.claims_of(id) == 0 => {
+                    println!("user: process {id} waits holding no claim any access could run it for: ended");
+                    child.end(None, Some(vms));
+                    vms.end_process(id);
+                }
                 Ended::Blocked => {
                     seat.fill(alloc::boxed::Box::new(Hosted { process: child, vms: vms.clone(), _slot: Some(slot) }))
                 }
@@ -699,8 +706,10 @@ const DEVICE_MODE: u64 = 14;
 const DEVICE_PROCESS_ID: u32 = 50;
 /// Processes the test device may have started at a time (EXEC): its MMIO page's.
 const DEVICE_CHILDREN: u32 = 1;
-/// How long the test device may take over one access (or its start) before it is
-/// treated as hung and ended: the guest's vCPU waits that long at most.
+/// How long a device model may take over one access (or its start) before it is
+/// treated as hung and ended: the guest's vCPU waits that long, plus the first run of
+/// each process it started with EXEC meanwhile (each with a budget of its own, and at
+/// most as many as its right allows: one for the test device).
 const DEVICE_BUDGET_MS: u64 = 100;
 
 /// A device model's process, run by the VM objects for each access to its claims: the
@@ -714,19 +723,20 @@ struct Hosted {
 
 impl DeviceModel for Hosted {
     fn run(&mut self) -> bool {
+        let id = self.process.process.id;
         match self.process.run(DEVICE_BUDGET_MS, None, Some(&self.vms)) {
+            // (One that waits holding no claim is ended by the VM objects: `end`.)
             Ended::Blocked => true,
             ended => {
-                let id = self.process.process.id;
                 println!("devices: process {id} ended ({ended:?}); its claims are refused from now on");
                 false
             }
         }
     }
 
-    fn end(&mut self) {
+    fn end(&mut self, why: &'static str) {
         let id = self.process.process.id;
-        println!("devices: process {id} failed an access and is ended; its claims are refused from now on");
+        println!("devices: process {id} is ended ({why}); its claims are refused from now on");
         // It runs without guest memory (no OPEN_PHYSMEM right): none to give back.
         self.process.end(None, Some(&self.vms));
     }
