@@ -9,11 +9,14 @@
 //! runs when the VM objects run it for an access, as the bare-metal SVSM runs the test
 //! device's MMIO process.
 
+#[path = "support/svm_services.rs"]
+mod svm_services;
+
 use abi::syscall::{self as sys, IoAccess, SysError};
 use bulwark_model::user_host::{CHILD_IDS, HostSpace, HostedProcess, Module, RunState, UserCalls};
 use kernel::user::channel::Channel;
 use kernel::user::vm::{Served, VmObjects};
-use kernel::user::{Call, Object, Outcome, Process, Services};
+use kernel::user::{Call, Object, Outcome, Process};
 use std::sync::Arc;
 use std::sync::mpsc;
 use zerocopy::IntoBytes;
@@ -250,62 +253,22 @@ fn a_child_that_ends_gives_its_place_back() {
     assert_eq!(vms.serve(1, access(0x509, false)), Served::Read(ANSWER.into()));
 }
 
-/// The kernel's services with VM objects and one module, for [`Process::pass`] driven
-/// directly.
-struct Svm(Arc<VmObjects>);
-
-impl Services for Svm {
-    fn clock_ns(&mut self) -> u64 {
-        0
-    }
-    fn random(&mut self, _: &mut [u8]) -> bool {
-        false
-    }
-    fn log(&mut self, _: u32, _: &[u8]) {}
-    fn vm_bitmap(&self) -> u64 {
-        0b10
-    }
-    fn features(&self) -> u64 {
-        sys::features::IOIO_EVENTS
-    }
-    fn vm_objects(&self) -> Option<&VmObjects> {
-        Some(&self.0)
-    }
-    fn ports_claimable(&self, _: u16, _: u16) -> bool {
-        true
-    }
-    fn module(&self, name: &[u8]) -> Option<u32> {
-        (name == b"dm").then_some(0)
-    }
-}
-
-fn call(p: &mut Process, space: &mut HostSpace, s: &mut Svm, number: u64, args: [u64; 5]) -> Outcome {
-    p.syscall(space, s, Call { number, args })
-}
-
-fn value(outcome: Outcome) -> u64 {
-    match outcome {
-        Outcome::Return(rax) if SysError::from_rax(rax).is_none() => rax,
-        other => panic!("not a result: {other:?}"),
-    }
-}
-
 /// A move that cannot complete is undone whole: every handle is the caller's again
 /// under its own number, and the VM and claims are the caller's in the VM objects.
 #[test]
 fn a_pass_that_fails_midway_is_undone() {
     use kernel::user::memory::AddressSpace;
     let vms = Arc::new(VmObjects::default());
-    let mut s = Svm(vms.clone());
+    let mut s = svm_services::Svm(vms.clone(), svm_services::SVM);
     let mut space = HostSpace::default();
     let mut p = Process::new(7, 16);
     p.allow_vms();
     p.allow_exec(2);
-    let vm = value(call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]));
-    let a = value(call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x500, 4, 0, 0]));
-    let b = value(call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x508, 4, 0, 0]));
+    let vm = svm_services::call(&mut p, &mut space, &mut s, sys::VM_OPEN, [1, 0, 0, 0, 0]).unwrap();
+    let a = svm_services::call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x500, 4, 0, 0]).unwrap();
+    let b = svm_services::call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x508, 4, 0, 0]).unwrap();
     let flags = sys::map::READ | sys::map::WRITE | sys::map::ANONYMOUS;
-    let buf = value(call(&mut p, &mut space, &mut s, sys::MMAP, [sys::NO_HANDLE, 0, 0, 4096, flags]));
+    let buf = svm_services::call(&mut p, &mut space, &mut s, sys::MMAP, [sys::NO_HANDLE, 0, 0, 4096, flags]).unwrap();
     space.write(buf, b"dm").unwrap();
     let handles = [vm as u32, a as u32, b as u32];
     space.write(buf + 64, handles.as_bytes()).unwrap();
@@ -336,7 +299,7 @@ fn a_pass_that_fails_midway_is_undone() {
     assert_eq!((vms.claims_of(7), vms.claims_of(9)), (1, 0), "the moved claim came back");
     assert_eq!(vms.open(1, 99), Err(SysError::Busy));
     // The VM is the parent's again: it may claim through it.
-    value(call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x510, 1, 0, 0]));
+    svm_services::call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x510, 1, 0, 0]).unwrap();
     drop(exec);
     assert_eq!(p.children(), 0, "a dropped EXEC gives its place back");
 }
