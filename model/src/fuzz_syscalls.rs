@@ -112,8 +112,8 @@ impl Children {
     /// handles moved; `false` if it did not start (every handle still the parent's).
     fn start(&mut self, parent: &mut Process, exec: Exec, services: &HostServices) -> bool {
         let Some(vms) = &services.vms else { return false };
-        let id = 100 + self.next_id;
-        self.next_id += 1;
+        let id = 100u32.saturating_add(self.next_id);
+        self.next_id = self.next_id.saturating_add(1);
         let Ok(seat) = vms.seat(id) else { return false };
         let mut child = Process::new(id, QUOTA);
         if parent.pass(&exec, &mut child, services).is_err() {

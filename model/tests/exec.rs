@@ -272,16 +272,16 @@ fn a_pass_that_fails_midway_is_undone() {
     space.write(buf, b"dm").unwrap();
     let handles = [vm as u32, a as u32, b as u32];
     space.write(buf + 64, handles.as_bytes()).unwrap();
-    let exec = || Call { number: sys::EXEC, args: [buf, 2, buf + 64, 3, 0] };
+    let exec_call = || Call { number: sys::EXEC, args: [buf, 2, buf + 64, 3, 0] };
     // An event with an access in flight stays with the process serving it.
     let Some(Object::IoEvent(in_flight)) = p.object(a).cloned() else { panic!("a is an event") };
     in_flight.post(vec![0; 16]).unwrap();
-    let busy = p.syscall(&mut space, &mut s, exec());
+    let busy = p.syscall(&mut space, &mut s, exec_call());
     assert!(matches!(busy, Outcome::Return(rax) if SysError::from_rax(rax) == Some(Ok(SysError::Busy))), "{busy:?}");
     assert!(matches!(in_flight.receive(16), kernel::user::channel::Receive::Request(_)));
     assert!(in_flight.reply(vec![0; 4]));
     assert_eq!(in_flight.take_reply(), Ok(Some(vec![0; 4])), "served and idle again");
-    let Outcome::Exec(exec) = p.syscall(&mut space, &mut s, exec()) else { panic!("EXEC was refused") };
+    let Outcome::Exec(exec) = p.syscall(&mut space, &mut s, exec_call()) else { panic!("EXEC was refused") };
     assert_eq!(exec.handles(), handles);
     // A child that already has a handle is refused before anything moves.
     let mut used = Process::new(8, 16);
@@ -297,6 +297,9 @@ fn a_pass_that_fails_midway_is_undone() {
     assert_eq!(p.handle_count(), 3, "the VM and both events, nothing lost");
     assert!(matches!(p.object(vm), Some(Object::Vm(1))) && matches!(p.object(a), Some(Object::IoEvent(_))));
     assert_eq!((vms.claims_of(7), vms.claims_of(9)), (1, 0), "the moved claim came back");
+    // Asked again, EXEC finds the event whose claim went before anything moves.
+    let again = p.syscall(&mut space, &mut s, exec_call());
+    assert!(matches!(again, Outcome::Return(rax) if SysError::from_rax(rax) == Some(Ok(SysError::NotFound))));
     assert_eq!(vms.open(1, 99), Err(SysError::Busy));
     // The VM is the parent's again: it may claim through it.
     svm_services::call(&mut p, &mut space, &mut s, sys::IOIO_EVENT, [vm, 0x510, 1, 0, 0]).unwrap();

@@ -265,6 +265,7 @@ impl<H: SvmHw> SvmShared<H> {
         // `run_until_shared` answers every other leaf with the CPU; should one come here
         // anyway, it is never a process's to answer (leaf 1 or 0x8000001F, say).
         if !VCPU_CPUID_LEAVES.contains(&leaf) {
+            debug_assert!(false, "CPUID {leaf:#x} reached the VCPU objects' handler");
             v.answer_cpuid([0; 4]);
             return;
         }

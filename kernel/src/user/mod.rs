@@ -665,6 +665,8 @@ impl Process {
                 // VM objects and their events move (close here, open there, as the
                 // review settled). An event with an access in flight (received, not yet
                 // answered) stays: the access belongs to this process.
+                // One whose claim went (its event closed) names nothing to pass.
+                Some(Object::IoEvent(c)) if c.is_closed() => return Err(SysError::NotFound),
                 Some(Object::IoEvent(c)) if !c.is_idle() => return Err(SysError::Busy),
                 Some(Object::Vm(_) | Object::IoEvent(_)) => {}
                 // The kernel's channel stays with the process the kernel runs for it, and

@@ -230,7 +230,7 @@ impl VmObjects {
 
     /// A host's place for process `owner`, taken before the process is ready (EXEC takes
     /// it before the handles move, so nothing can fail after they did). Until it is
-    /// filled, an access to the process's claims is refused as for no device.
+    /// filled, an access to the process's claims is made again (`Served::Retry`).
     pub fn seat(&self, owner: u32) -> Result<Seat, SysError> {
         let mut s = self.state.lock();
         if s.hosts.iter().any(|(o, _)| *o == owner) {
@@ -256,6 +256,9 @@ impl VmObjects {
     /// holds as many claims as a process may (ENOMEM).
     pub fn move_claim(&self, channel: &Arc<Channel>, from: u32, to: u32) -> Result<(), SysError> {
         let mut s = self.state.lock();
+        if !s.claims.iter().any(|c| Arc::ptr_eq(&c.channel, channel) && c.owner == from) {
+            return Err(SysError::NotFound);
+        }
         if s.claims.iter().filter(|c| c.owner == to).count() >= MAX_CLAIMS_PER_PROCESS {
             return Err(SysError::NoMem);
         }
@@ -307,6 +310,11 @@ impl VmObjects {
     pub fn mmio_claimed(&self, vm: u8, gpa: u64) -> bool {
         let access = Range::Mmio { start: gpa, end: gpa.saturating_add(1) };
         self.state.lock().claims.iter().any(|c| c.vm == vm && c.range.covers(&access))
+    }
+
+    /// Whether the claim whose event is `channel` is `owner`'s.
+    fn holds(&self, owner: u32, channel: &Arc<Channel>) -> bool {
+        self.state.lock().claims.iter().any(|c| c.owner == owner && Arc::ptr_eq(&c.channel, channel))
     }
 
     /// Claims `owner` holds now.
@@ -393,11 +401,24 @@ impl VmObjects {
         // filled, or taken away, within its parent's and its own budgets), or one being
         // ended right now (its host goes next). Either way the access is made again.
         let Some(process) = model.as_mut() else { return Served::Retry };
+        // The claim may have moved (EXEC) or gone between the lookup and the lock. Only
+        // its holder's run changes it, and that run holds this lock: checked now, it
+        // stays true. Made again, the access finds the claim's holder as it is.
+        if !self.holds(owner, &channel) {
+            return Served::Retry;
+        }
         let Ok(request) = crate::heap::copy_of(request) else { return Served::NoDevice };
         if channel.post(request).is_err() {
             // Closed (the process closed the event, or its copy of a request failed):
-            // those ports are the SVSM's again.
+            // those ports are the SVSM's again, and a process left without a claim is
+            // ended, as below.
             self.unclaim(&channel);
+            if self.claims_of(owner) == 0 {
+                process.end("it holds no claim an access could run it for");
+                *model = None;
+                drop(model);
+                self.end_process(owner);
+            }
             return Served::NoDevice;
         }
         let mut alive = process.run();
@@ -751,5 +772,24 @@ mod tests {
         drop(seat);
         vms.end_process(8);
         assert_eq!(vms.serve(1, access(0xB10, 1, false, 0)), Served::NoDevice);
+    }
+
+    /// An event whose channel closed under its claim (the process's copy of a request
+    /// failed, say) gives its ports back at the next access; a process left without a
+    /// claim by that is ended too, one with another claim is not.
+    #[test]
+    fn a_claim_whose_channel_closed_goes_and_takes_a_bare_process_with_it() {
+        let vms = VmObjects::default();
+        vms.open(1, 7).unwrap();
+        let (a, b) = (vms.claim(1, ports(0xB10, 1), 7).unwrap(), vms.claim(1, ports(0xB20, 1), 7).unwrap());
+        let ended = host(&vms, 7, || true);
+        a.close();
+        assert_eq!(vms.serve(1, access(0xB10, 1, false, 0)), Served::NoDevice);
+        assert!(!ended.load(core::sync::atomic::Ordering::SeqCst), "it still holds the other claim");
+        assert_eq!(vms.claims_of(7), 1);
+        b.close();
+        assert_eq!(vms.serve(1, access(0xB20, 1, false, 0)), Served::NoDevice);
+        assert!(ended.load(core::sync::atomic::Ordering::SeqCst), "no claim left: ended");
+        assert!(!vms.is_open(1));
     }
 }

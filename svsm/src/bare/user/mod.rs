@@ -763,6 +763,13 @@ pub fn start_test_device(vms: &alloc::sync::Arc<VmObjects>) {
     device.allow_vms();
     device.allow_exec(DEVICE_CHILDREN);
     match device.run(DEVICE_BUDGET_MS, None, Some(vms)) {
+        // Waiting with no claim, nothing would ever run it again (as for any process).
+        Ended::Blocked if vms.claims_of(id) == 0 => {
+            println!("devices: the test device waits holding no claim -- NOT AS EXPECTED");
+            device.end(None, Some(vms));
+            vms.end_process(id);
+            return;
+        }
         Ended::Blocked => {}
         other => {
             println!("devices: the test device did not start serving ({other:?}) -- NOT AS EXPECTED");
