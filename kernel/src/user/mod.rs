@@ -663,9 +663,9 @@ impl Process {
             let h = u32::from_le_bytes(bytes.try_into().map_err(|_| SysError::Inval)?);
             match self.handles.get(h.into()) {
                 // VM objects and their events move (close here, open there, as the
-                // review settled). An event with an access in flight (received, not yet
-                // answered) stays: the access belongs to this process.
-                // One whose claim went (its event closed) names nothing to pass.
+                // review settled). An event whose claim went (its channel closed) names
+                // nothing to pass; one with an access in flight (posted or received, not
+                // yet answered) stays: the access belongs to this process.
                 Some(Object::IoEvent(c)) if c.is_closed() => return Err(SysError::NotFound),
                 Some(Object::IoEvent(c)) if !c.is_idle() => return Err(SysError::Busy),
                 Some(Object::Vm(_) | Object::IoEvent(_)) => {}
