@@ -25,6 +25,9 @@ pub mod offset {
     pub const EVENT_INJ: usize = 0x0A8;
     pub const N_CR3: usize = 0x0B0;
     pub const CLEAN_BITS: usize = 0x0C0;
+    /// The address after an intercepted instruction, where the CPU saves it (NRIP save,
+    /// CPUID 0x8000000A EDX bit 3).
+    pub const NEXT_RIP: usize = 0x0C8;
     /// Start of the state-save area.
     pub const SAVE: usize = 0x400;
     pub const ES: usize = SAVE;

@@ -57,6 +57,11 @@ pub trait SvmHw {
     fn npt_set_region(&self, gpa: u64, access: Option<Access>) -> Result<(), Fault>;
     /// Root of the nested page tables (the VMCB's N_CR3).
     fn npt_root(&self) -> u64;
+    /// Whether the CPU saves the next RIP of an intercepted instruction in the VMCB (NRIP
+    /// save, CPUID 0x8000000A EDX bit 3). QEMU's TCG does not.
+    fn next_rip_saved(&self) -> bool {
+        false
+    }
 
     /// Make `cpu` leave the guest and come back to the SVSM before it runs a vCPU again;
     /// returns once it is out of the guest. Never called with a platform lock held.

@@ -98,7 +98,7 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
         v.requeue_cut_event();
         let e = v.exit();
         match exit::classify(e.code, e.info1, e.info2, v.field(VmsaField::Rax)) {
-            Action::BareGate => v.skip(exit::VMMCALL_LEN),
+            Action::BareGate => v.step_over(exit::VMMCALL_LEN),
             // A leaf a VCPU object answers needs the shared VM objects.
             Action::Cpuid if !VCPU_CPUID_LEAVES.contains(&v.cpuid_leaf().0) => {
                 let (leaf, subleaf) = v.cpuid_leaf();
@@ -112,7 +112,9 @@ pub fn run_until_shared<P: PageMem, C: SvmCpu<P>>(cpu: &mut C, t: &mut Taken<P>)
             // another vCPU of this CPU waits for its turn (the timer ends a turn), or
             // the set of vCPUs changed (a neighbour may have come).
             Action::Interrupted if t.alone && cpu.generation() == t.generation && !cpu.attention() => {}
-            Action::Halt if t.alone && cpu.generation() == t.generation && !cpu.attention() => v.skip(exit::HLT_LEN),
+            Action::Halt if t.alone && cpu.generation() == t.generation && !cpu.attention() => {
+                v.step_over(exit::HLT_LEN)
+            }
             Action::Undefined => v.inject_ud(),
             _ => return Some(e),
         }
@@ -169,7 +171,7 @@ impl<H: SvmHw> SvmShared<H> {
     ) -> Result<(bool, Option<EntryOutcome>), End> {
         let action = exit::classify(e.code, e.info1, e.info2, t.vcpu.field(VmsaField::Rax));
         if action == Action::Call {
-            t.vcpu.skip(exit::VMMCALL_LEN);
+            t.vcpu.step_over(exit::VMMCALL_LEN);
             let index = VcpuIndex(t.index);
             return Ok((true, Some(svsm.handle_entry(&mut self.serving(cpu, t), index))));
         }
@@ -221,12 +223,12 @@ impl<H: SvmHw> SvmShared<H> {
             }
             // A yield: the caller moves on to this CPU's next vCPU.
             Action::Halt => {
-                v.skip(exit::HLT_LEN);
+                v.step_over(exit::HLT_LEN);
                 return Ok((false, None));
             }
             Action::Broken(why) => return self.broken(index, v, cpu, why, e).map(|go_on| (go_on, None)),
             // What the CPU handles alone never comes here; if it does, the same answer.
-            Action::BareGate => v.skip(exit::VMMCALL_LEN),
+            Action::BareGate => v.step_over(exit::VMMCALL_LEN),
             Action::Undefined => v.inject_ud(),
             // Another vCPU shares this CPU: the timer ended this one's turn.
             Action::Interrupted if !alone => return Ok((false, None)),

@@ -141,7 +141,12 @@ pub struct SvmShared<H: SvmHw> {
 impl<H: SvmHw> SvmShared<H> {
     /// What a new vCPU's VMCB points at.
     pub fn controls(&self) -> Controls {
-        Controls { npt_root: self.hw.npt_root(), msrpm: self.state.maps.msr.phys(), iopm: self.state.maps.io.phys() }
+        Controls {
+            npt_root: self.hw.npt_root(),
+            msrpm: self.state.maps.msr.phys(),
+            iopm: self.state.maps.io.phys(),
+            next_rip_saved: self.hw.next_rip_saved(),
+        }
     }
 
     /// Make nested paging and the access map follow `rmp` for `pfns`. The caller holds

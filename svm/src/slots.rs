@@ -377,7 +377,7 @@ mod tests {
     use abi::vmsa::VmsaField;
     use std::vec::Vec;
 
-    const C: Controls = Controls { npt_root: 0x1000, msrpm: 0x2000, iopm: 0x4000 };
+    const C: Controls = Controls { npt_root: 0x1000, msrpm: 0x2000, iopm: 0x4000, next_rip_saved: false };
 
     fn vcpu(vmsa: u64) -> SvmVcpu<TestPage> {
         SvmVcpu::long_mode(TestPage::new(1), C, vmsa, 0x20_0000, 0xB000)

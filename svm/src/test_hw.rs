@@ -43,6 +43,8 @@ pub struct TestHw {
     pub log: Mutex<Vec<(Level, String)>>,
     /// Allocations left before `alloc` fails.
     pub allocs_left: Mutex<Option<usize>>,
+    /// What `next_rip_saved` answers (QEMU's TCG: false).
+    pub next_rip_saved: bool,
 }
 
 impl TestHw {
@@ -217,6 +219,10 @@ impl SvmHw for TestHw {
         0x7000_0000
     }
 
+    fn next_rip_saved(&self) -> bool {
+        self.next_rip_saved
+    }
+
     fn kick(&self, cpu: u32) {
         self.kicks.lock().unwrap().push(cpu);
         self.pending.lock().unwrap().insert(cpu);
@@ -270,6 +276,8 @@ pub struct Step {
     pub rax: u64,
     pub rcx: u64,
     pub rdx: u64,
+    /// What a CPU with NRIP save writes to the VMCB's NEXT_RIP.
+    pub next_rip: u64,
 }
 
 /// A CPU whose guest makes the scripted exits, then is called back (as by a kick).
@@ -301,6 +309,7 @@ impl SvmCpu<TestPage> for TestCpu {
             (offset::EXIT_INFO1, step.info1),
             (offset::EXIT_INFO2, step.info2),
             (offset::EXIT_INT_INFO, step.exit_int_info),
+            (offset::NEXT_RIP, step.next_rip),
         ] {
             b[off..off + 8].copy_from_slice(&v.to_le_bytes());
         }

@@ -68,6 +68,8 @@ pub struct Controls {
     pub npt_root: u64,
     pub msrpm: u64,
     pub iopm: u64,
+    /// The CPU saves the next RIP of an intercepted instruction (NRIP save).
+    pub next_rip_saved: bool,
 }
 
 /// The intercepts: CPUID (discovery), HLT (a yield), NMI (a kick), SHUTDOWN, MSR and I/O
@@ -287,6 +289,8 @@ pub struct SvmVcpu<P> {
     /// ([`SvmVcpu::refused_again`]).
     pub last_refusal: (u64, u64),
     pub refusals_in_a_row: u32,
+    /// Its CPU saves the next RIP of an intercepted instruction ([`Self::step_over`]).
+    pub next_rip_saved: bool,
 }
 
 /// Zero the VMCB's bytes where a VMSA keeps DR0-DR3 and their masks (reserved in a VMCB;
@@ -355,6 +359,7 @@ impl<P: PageMem> SvmVcpu<P> {
             serial: 0,
             last_refusal: (0, 0),
             refusals_in_a_row: 0,
+            next_rip_saved: c.next_rip_saved,
         }
     }
 
@@ -382,6 +387,7 @@ impl<P: PageMem> SvmVcpu<P> {
             serial: 0,
             last_refusal: (0, 0),
             refusals_in_a_row: 0,
+            next_rip_saved: c.next_rip_saved,
         })
     }
 
@@ -463,12 +469,27 @@ impl<P: PageMem> SvmVcpu<P> {
         self.vmcb.set_u8(offset::TLB_CONTROL, 1);
     }
 
-    /// Step over an intercepted instruction of `len` bytes: QEMU's TCG has no nRIP-save,
-    /// so the SVSM advances RIP itself (a guest that pads the instruction with prefixes
-    /// lands inside it, which is its own doing).
+    /// Advance RIP by `len` bytes (an instruction the SVSM decoded, or an I/O exit's
+    /// EXITINFO2).
     pub fn skip(&mut self, len: u64) {
         let rip = self.vmcb.save(VmsaField::Rip);
         self.vmcb.set_save(VmsaField::Rip, rip.wrapping_add(len));
+    }
+
+    /// Step over the intercepted instruction, `len` bytes without prefixes: to the next
+    /// RIP the CPU saved where it saves one (AMD CPUs with NRIP save, so a guest's
+    /// prefixed CPUID or RDMSR lands after the whole instruction), else `len` on (QEMU's
+    /// TCG saves none: a guest that pads the instruction with prefixes lands inside it,
+    /// which is its own doing). A saved value that is not 1 to 15 bytes on is not
+    /// trusted.
+    pub fn step_over(&mut self, len: u64) {
+        let rip = self.vmcb.save(VmsaField::Rip);
+        let saved = if self.next_rip_saved { self.vmcb.u64(offset::NEXT_RIP) } else { 0 };
+        let next = match saved.wrapping_sub(rip) {
+            1..=15 => saved,
+            _ => rip.wrapping_add(len),
+        };
+        self.vmcb.set_save(VmsaField::Rip, next);
     }
 
     /// #GP(0) on the next VMRUN; RIP stays on the instruction, as for a fault.
@@ -516,7 +537,7 @@ impl<P: PageMem> SvmVcpu<P> {
         self.regs.rbx = u64::from(ebx);
         self.regs.rcx = u64::from(ecx);
         self.regs.rdx = u64::from(edx);
-        self.skip(2);
+        self.step_over(2);
     }
 
     /// The CPUID leaf (EAX) and subleaf (ECX) the guest asked for.
@@ -547,12 +568,12 @@ impl<P: PageMem> SvmVcpu<P> {
             Ok(Answer::Read(value)) => {
                 self.vmcb.set_save(VmsaField::Rax, value & 0xFFFF_FFFF);
                 self.regs.rdx = value >> 32;
-                self.skip(2);
+                self.step_over(2);
             }
             Ok(Answer::Written) => {
                 self.vmcb.set_save(VmsaField::Efer, state.efer);
                 self.vmcb.set_u64(offset::G_PAT, state.pat);
-                self.skip(2);
+                self.step_over(2);
             }
             Err(_) => self.inject_gp(),
         }
@@ -670,7 +691,7 @@ mod tests {
     use crate::test_page::TestPage;
     use abi::vmcb::V_INTR_MASKING;
 
-    const C: Controls = Controls { npt_root: 0x1000, msrpm: 0x2000, iopm: 0x4000 };
+    const C: Controls = Controls { npt_root: 0x1000, msrpm: 0x2000, iopm: 0x4000, next_rip_saved: false };
 
     fn startup() -> SvmVcpu<TestPage> {
         SvmVcpu::long_mode(TestPage::new(1), C, 0xA000, 0x20_0000, 0xB000)

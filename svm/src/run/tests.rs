@@ -701,6 +701,7 @@ fn a_claimed_mmio_page_is_served_through_the_decoded_instruction() {
         rax,
         rcx,
         rdx,
+        next_rip: 0,
     };
     let at = |w: &mut World, insn: &[u8], step: Step| {
         let rip = w.field(VmsaField::Rip);
@@ -824,4 +825,34 @@ fn a_vcpu_objects_cpuid_leaves_are_answered_by_its_process() {
     assert_eq!((t.vcpu.field(VmsaField::Rax), t.vcpu.regs.rbx), (0x4000_0100, 2));
     w.p.put_back(t);
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// On a CPU with NRIP save, an intercepted instruction is stepped over to the next RIP
+/// the CPU saved, so a prefixed one (`66 0F A2`, three bytes) lands after itself; a saved
+/// value that is not 1 to 15 bytes on is not trusted. Without NRIP save (QEMU's TCG) the
+/// value is not read at all.
+#[test]
+fn an_intercepted_instruction_is_stepped_over_to_the_saved_next_rip() {
+    let step = |rax: u64, next_rip: u64| Step { code: code::CPUID, rax, next_rip, ..Step::default() };
+    let (p, config) = crate::launch::tests::launched_on(TestHw { next_rip_saved: true, ..TestHw::new(0x2000_0000) });
+    let svsm = Svsm::new(config, &mut p.platform(0)).unwrap();
+    let mut w = World { p, svsm, cpu: TestCpu::default() };
+    let rip = w.field(VmsaField::Rip);
+    w.cpu.script = [step(1, rip + 3)].into();
+    let mut t = w.take();
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None);
+    assert_eq!(t.vcpu.field(VmsaField::Rip), rip + 3, "the prefixed CPUID's whole length");
+    // A saved value behind RIP, or more than 15 bytes on: the instruction's own length.
+    w.cpu.script = [step(1, rip), step(1, rip + 5 + 16)].into();
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None);
+    assert_eq!(t.vcpu.field(VmsaField::Rip), rip + 3 + 2 + 2);
+    w.p.put_back(t);
+    // The same exit on a CPU without NRIP save: the saved field is ignored.
+    let mut w = world();
+    let rip = w.field(VmsaField::Rip);
+    w.cpu.script = [step(1, rip + 3)].into();
+    let mut t = w.take();
+    assert_eq!(run_until_shared(&mut w.cpu, &mut t), None);
+    assert_eq!(t.vcpu.field(VmsaField::Rip), rip + 2);
+    w.p.put_back(t);
 }

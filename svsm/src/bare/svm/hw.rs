@@ -101,6 +101,10 @@ impl SvmHw for BareSvm {
         self.npt.lock().root()
     }
 
+    fn next_rip_saved(&self) -> bool {
+        super::next_rip_saved()
+    }
+
     fn kick(&self, cpu: u32) {
         kick::kick(cpu);
     }

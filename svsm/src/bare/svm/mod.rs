@@ -51,6 +51,13 @@ impl Svm {
     }
 }
 
+/// Whether this CPU saves the next RIP of an intercepted instruction (NRIP save, CPUID
+/// 0x8000000A EDX bit 3; QEMU's TCG does not).
+pub fn next_rip_saved() -> bool {
+    let (_, _, _, edx) = cpu::cpuid(0x8000_000A, 0);
+    edx & (1 << 3) != 0
+}
+
 pub fn enable() -> Result<Svm, SvmError> {
     let (_, _, ecx, _) = cpu::cpuid(0x8000_0001, 0);
     if ecx & (1 << 2) == 0 {
