@@ -482,6 +482,7 @@ impl<P: PageMem> SvmVcpu<P> {
     /// TCG saves none: a guest that pads the instruction with prefixes lands inside it,
     /// which is its own doing). A saved value that is not 1 to 15 bytes on is not
     /// trusted.
+    #[inline]
     pub fn step_over(&mut self, len: u64) {
         let rip = self.vmcb.save(VmsaField::Rip);
         let saved = if self.next_rip_saved { self.vmcb.u64(offset::NEXT_RIP) } else { 0 };
