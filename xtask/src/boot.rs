@@ -544,7 +544,14 @@ fn judge_user_mode(lines: &[String]) -> Result {
             ));
             Ok(())
         }
-        _ => Err(format!("user mode: only {summary} probes ended as expected")),
+        _ => {
+            let missed: Vec<&str> = lines
+                .iter()
+                .filter(|l| l.starts_with("user: ") && l.contains("NOT AS EXPECTED"))
+                .map(String::as_str)
+                .collect();
+            Err(format!("user mode: only {summary} probes ended as expected:\n  {}", missed.join("\n  ")))
+        }
     }
 }
 

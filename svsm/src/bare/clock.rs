@@ -10,34 +10,76 @@ static TICKS_PER_US: AtomicU64 = AtomicU64::new(0);
 static START: AtomicU64 = AtomicU64::new(0);
 
 const PIT_HZ: u64 = 1_193_182;
-/// Calibration window: 10 ms of PIT counts (`PIT_HZ / 100`, checked below).
-const WINDOW_COUNTS: u16 = 11_931;
-const _: () = assert!(WINDOW_COUNTS as u64 == PIT_HZ / 100);
+/// One calibration window: 5 ms of PIT counts (`PIT_HZ / 200`, checked below); three fit
+/// in the counter's 65535 counts with room to spare.
+const WINDOW_COUNTS: u16 = 5_965;
+const _: () = assert!(WINDOW_COUNTS as u64 == PIT_HZ / 200);
+/// A PIT that does not count within this many reads is missing: the boot goes on with a
+/// guessed rate rather than hang. (A read is three port accesses, each a microsecond or
+/// more, so a window takes some 2,000 reads.)
+const MAX_READS: u32 = 100_000;
+/// The rate assumed without a PIT (ticks per microsecond).
+const GUESSED_TICKS_PER_US: u64 = 2_000;
 
 pub use super::cpu::rdtsc;
 
-/// Measure the TSC rate (about 10 ms) and start the clock at zero.
+/// Measure the TSC rate (about 15 ms) and start the clock at zero.
+///
+/// Each window reads the TSC and the PIT's count back to back at both ends, and the rate
+/// is their ratio: a host that takes the CPU away meanwhile (a loaded host under
+/// emulation does, for tens of milliseconds) moves both alike. Waiting for the PIT's
+/// terminal count instead, as this once did, counted such a pause as TSC ticks of the
+/// window. The median of three windows leaves out one whose reads a pause split.
 pub fn calibrate() {
-    // Channel 2 gate on, speaker off; mode 0 (interrupt on terminal count), binary.
+    // Channel 2 gate on, speaker off; mode 0, low then high byte, binary, counting down
+    // from 65535 (about 55 ms).
     outb(0x61, (inb(0x61) & !0x02) | 0x01);
     outb(0x43, 0b1011_0000);
-    let [low, high] = WINDOW_COUNTS.to_le_bytes();
-    outb(0x42, low);
-    outb(0x42, high);
-    let start = rdtsc();
-    // OUT2 (port 0x61 bit 5) rises at terminal count; give up after ~1 s worth of TSC
-    // at 10 GHz so a missing PIT cannot hang the boot.
-    let mut spins = 0u64;
-    while inb(0x61) & 0x20 == 0 && spins < 100_000_000 {
-        spins += 1;
-    }
-    // Saturating: under SEV-SNP the TSC is the host's to offset, and one that goes back
-    // must not wrap into a huge rate (the clock would stand still).
-    let ticks = rdtsc().saturating_sub(start);
-    let per_us = (ticks / 10_000).max(1);
+    outb(0x42, 0xFF);
+    outb(0x42, 0xFF);
+    let rates = (|| Some([window_rate()?, window_rate()?, window_rate()?]))();
+    let per_us = rates.map_or(GUESSED_TICKS_PER_US, |mut rates| {
+        rates.sort_unstable();
+        let [_, median, _] = rates;
+        median.max(1)
+    });
     TICKS_PER_US.store(per_us, Ordering::Relaxed);
     START.store(rdtsc(), Ordering::Relaxed);
-    crate::println!("clock: TSC at {} MHz (measured against the PIT)", per_us);
+    if rates.is_some() {
+        crate::println!("clock: TSC at {per_us} MHz (measured against the PIT)");
+    } else {
+        crate::println!("clock: the PIT does not count; TSC rate guessed at {per_us} MHz");
+    }
+}
+
+/// The PIT's channel 2 count, latched so both bytes belong to one value.
+fn pit_count() -> u16 {
+    outb(0x43, 0b1000_0000);
+    let low = inb(0x42);
+    let high = inb(0x42);
+    u16::from_le_bytes([low, high])
+}
+
+/// TSC ticks per microsecond over one window of [`WINDOW_COUNTS`], or `None` if the PIT
+/// does not count.
+fn window_rate() -> Option<u64> {
+    let (start_tsc, start_count) = (rdtsc(), pit_count());
+    let mut reads = 0u32;
+    let (end_count, end_tsc) = loop {
+        let count = pit_count();
+        if start_count.wrapping_sub(count) >= WINDOW_COUNTS {
+            break (count, rdtsc());
+        }
+        reads += 1;
+        if reads >= MAX_READS {
+            return None;
+        }
+    };
+    // Saturating: under SEV-SNP the TSC is the host's to offset, and one that goes back
+    // must not wrap into a huge rate (the clock would stand still).
+    let ticks = end_tsc.saturating_sub(start_tsc);
+    let counts = u64::from(start_count.wrapping_sub(end_count));
+    Some(ticks.saturating_mul(PIT_HZ) / counts.saturating_mul(1_000_000).max(1))
 }
 
 /// Spin until [`monotonic_ns`] reaches `ns` (the waits between retries of a host that

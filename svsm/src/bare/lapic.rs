@@ -104,15 +104,30 @@ pub fn disarm_timer() {
 
 /// Timer ticks per millisecond, measured against the calibrated TSC clock (masked, so
 /// the measurement raises no interrupt).
+///
+/// Both clocks are read at each end of a window and the rate is their ratio: a host that
+/// takes the CPU away during the window (a loaded host under emulation does, for tens of
+/// milliseconds) then moves both clocks alike. Waiting for a fixed 1 ms of TSC and taking
+/// the timer's count as that millisecond's, as this once did, counted such a pause as timer
+/// ticks: one of 20 ms made every time slice 20 times too long. The median of three
+/// windows leaves out one whose back-to-back reads a pause split.
 pub fn timer_ticks_per_ms() -> u32 {
+    use super::clock::monotonic_ns;
     write(TIMER_DIVIDE, DIVIDE_BY_1);
     write(LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
-    write(TIMER_INITIAL, u32::MAX);
-    let start = super::clock::monotonic_ns();
-    while super::clock::monotonic_ns().saturating_sub(start) < 1_000_000 {
-        core::hint::spin_loop();
+    let mut rates = [0u64; 3];
+    for rate in &mut rates {
+        write(TIMER_INITIAL, u32::MAX);
+        let (start_ns, start_count) = (monotonic_ns(), read(TIMER_CURRENT));
+        while monotonic_ns().saturating_sub(start_ns) < 1_000_000 {
+            core::hint::spin_loop();
+        }
+        let (end_count, end_ns) = (read(TIMER_CURRENT), monotonic_ns());
+        let ticks = u64::from(start_count.saturating_sub(end_count));
+        *rate = ticks.saturating_mul(1_000_000) / end_ns.saturating_sub(start_ns).max(1);
     }
-    let elapsed = u32::MAX - read(TIMER_CURRENT);
     write(TIMER_INITIAL, 0);
-    elapsed.max(1)
+    rates.sort_unstable();
+    let [_, median, _] = rates;
+    u32::try_from(median).unwrap_or(u32::MAX).max(1)
 }
