@@ -78,6 +78,10 @@ pub mod exit {
     pub const VMMCALL: u64 = 0x81;
     pub const RDTSCP: u64 = 0x87;
     pub const NPF: u64 = 0x400;
+    /// MMIO through the host (GHCB spec, "MMIO Read/Write"): SW_EXITINFO1 the address,
+    /// SW_EXITINFO2 the byte count, SW_SCRATCH the buffer holding (or receiving) the data.
+    pub const MMIO_READ: u64 = 0x8000_0001;
+    pub const MMIO_WRITE: u64 = 0x8000_0002;
     pub const PSC: u64 = 0x8000_0010;
     pub const GUEST_REQUEST: u64 = 0x8000_0011;
     pub const EXT_GUEST_REQUEST: u64 = 0x8000_0012;

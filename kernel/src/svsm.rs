@@ -279,6 +279,27 @@ impl Svsm {
         }
     }
 
+    /// The guest SVN and committed TCB version an attestation report of this launch
+    /// names: on SEV-SNP, what the sealed store's key request names (the PSP derives keys
+    /// for these or lower values only). The report comes from the PSP under VMPCK0; the
+    /// host cannot change it.
+    pub fn reported_key_params<P: Platform + ?Sized>(
+        &self,
+        p: &mut P,
+    ) -> Result<crate::sealed::KeyParams, crate::psp_channel::ChannelError> {
+        use abi::attest::report;
+        let report = self.psp.lock().request_report(p, &[0; 64])?;
+        let field = |at: usize, buf: &mut [u8]| {
+            if let Some(bytes) = report.get(at..at + buf.len()) {
+                buf.copy_from_slice(bytes);
+            }
+        };
+        let (mut svn, mut tcb) = ([0u8; 4], [0u8; 8]);
+        field(report::GUEST_SVN, &mut svn);
+        field(report::COMMITTED_TCB, &mut tcb);
+        Ok(crate::sealed::KeyParams { guest_svn: u32::from_le_bytes(svn), tcb_version: u64::from_le_bytes(tcb) })
+    }
+
     /// The sealed store's key (docs/persistence.md): derived by the PSP, bound to this
     /// launch's measurement and policy at VMPL 0, with the guest SVN and TCB the launch
     /// reports. Only the same measured SVSM on the same chip gets it.

@@ -95,6 +95,17 @@ pub struct SnpHost {
     /// The platform's shared state, once it started: no lock of it may be held at an exit.
     pub watch: Option<Arc<SnpShared>>,
     pub meanwhile: Option<Meanwhile>,
+    /// The device whose registers MMIO events reach (the state disk), if the host has one.
+    pub mmio: Option<HostDevice>,
+}
+
+/// A device's registers on the host's side of MMIO events.
+pub struct HostDevice(pub Box<dyn blk::pci::Registers + Send>);
+
+impl std::fmt::Debug for HostDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostDevice")
+    }
 }
 
 impl SnpHost {
@@ -132,6 +143,7 @@ impl Default for SnpHost {
             busy_vmsas: Default::default(),
             watch: None,
             meanwhile: None,
+            mmio: None,
         }
     }
 }
@@ -250,6 +262,7 @@ impl ModelSnpHw<'_> {
                     self.machine.record_violation(format!("IOIO to the UART with exit info {info1:#x}"));
                 }
             }
+            exit::MMIO_READ | exit::MMIO_WRITE => result = self.mmio(gpa, code, info1, info2, &input, &mut g),
             exit::RDTSC | exit::RDTSCP => {
                 self.host.tsc += 1000;
                 g.set(offset::RAX, self.host.tsc & 0xFFFF_FFFF);
@@ -299,6 +312,35 @@ impl ModelSnpHw<'_> {
         let data = &input.page()[offset::SHARED_BUFFER..offset::SHARED_BUFFER + count as usize];
         self.host.console.extend_from_slice(data);
         self.host.console_exits += 1;
+        0
+    }
+
+    /// An MMIO read or write of the host's device (`SnpHost::mmio`), its data in the GHCB's
+    /// shared buffer as KVM takes it (`sev_es_mmio`): 0 done, 1 refused (no device, a width
+    /// the model's devices do not have, or a buffer elsewhere).
+    fn mmio(&mut self, ghcb: u64, code: u64, addr: u64, len: u64, input: &Ghcb, g: &mut Ghcb) -> u64 {
+        use blk::pci::Width;
+        let buffer = ghcb + offset::SHARED_BUFFER as u64;
+        if input.get(offset::SW_SCRATCH) != Some(buffer) {
+            self.machine.record_violation(format!("MMIO with scratch {:?}", input.get(offset::SW_SCRATCH)));
+            return 1;
+        }
+        let width = match len {
+            1 => Width::Byte,
+            2 => Width::Word,
+            4 => Width::Dword,
+            _ => return 1,
+        };
+        let Some(device) = &self.host.mmio else { return 1 };
+        let data = &mut g.shared_buffer_mut()[..len as usize];
+        if code == exit::MMIO_READ {
+            let value = device.0.read(addr, width).to_le_bytes();
+            data.copy_from_slice(&value[..len as usize]);
+        } else {
+            let mut value = [0u8; 4];
+            value[..len as usize].copy_from_slice(&input.page()[offset::SHARED_BUFFER..][..len as usize]);
+            device.0.write(addr, width, u32::from_le_bytes(value));
+        }
         0
     }
 

@@ -165,6 +165,29 @@ pub fn page_state_change<H: SnpHw + ?Sized>(hw: &mut H, gpa: u64, op: u64) -> Re
     }
 }
 
+/// Read `N` bytes (1, 2, 4 or 8) of a device register at `gpa` through the host (the GHCB's
+/// MMIO read; the SVSM's loads from a device's page would raise #VC instead). The bytes
+/// are the host's to choose.
+pub fn mmio_read<H: SnpHw + ?Sized, const N: usize>(hw: &mut H, gpa: u64) -> Result<[u8; N], GhcbError> {
+    let mut g = Ghcb::event(exit::MMIO_READ, gpa, N as u64);
+    g.set(offset::SW_SCRATCH, hw.shared_gpa(Shared::Ghcb) + offset::SHARED_BUFFER as u64);
+    g.call(hw)?;
+    let mut value = [0u8; N];
+    let answer = g.shared_buffer_mut().get(..N).ok_or(GhcbError::NoResponse)?;
+    value.copy_from_slice(answer);
+    Ok(value)
+}
+
+/// Write `data` (1, 2, 4 or 8 bytes) to a device register at `gpa` through the host (the
+/// GHCB's MMIO write).
+pub fn mmio_write<H: SnpHw + ?Sized>(hw: &mut H, gpa: u64, data: &[u8]) -> Result<(), GhcbError> {
+    let mut g = Ghcb::event(exit::MMIO_WRITE, gpa, data.len() as u64);
+    g.set(offset::SW_SCRATCH, hw.shared_gpa(Shared::Ghcb) + offset::SHARED_BUFFER as u64);
+    let buffer = g.shared_buffer_mut().get_mut(..data.len()).ok_or(GhcbError::NoResponse)?;
+    buffer.copy_from_slice(data);
+    g.call(hw)
+}
+
 /// The TERM_REQ value for a reason.
 pub fn termination_request(set: u8, code: u8) -> u64 {
     msr::TERM_REQ | u64::from(set & 0xF) << 12 | u64::from(code) << 16

@@ -10,6 +10,8 @@
 //! - `ghcb`: the GHCB page and the MSR protocol (negotiation, registration, page-state
 //!   changes, termination);
 //! - `cpuid`: answers CPUID from the launch's CPUID page, never from the host;
+//! - `device`: a device's registers through the host (GHCB MMIO events), for the state
+//!   disk's transport;
 //! - `vc`: what the SVSM does with a #VC raised by its own code (CPUID, port I/O, MSR,
 //!   RDTSC);
 //! - `vmsa`: initial register states (the guest's reset state at VMPL1, the SVSM's own);
@@ -38,6 +40,7 @@ extern crate alloc;
 
 pub mod console;
 pub mod cpuid;
+pub mod device;
 pub mod ghcb;
 mod guest_request;
 pub mod hw;

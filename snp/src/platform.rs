@@ -111,6 +111,19 @@ impl<H: SnpHw> SnpPlatform<H> {
         Ok(Self::handle(hw, shared))
     }
 
+    /// Give `count` pages from `gpa` to the host (rescind their validation, then a
+    /// page-state change to shared): buffers a host device reads and writes, such as the
+    /// state disk's bounce pool. From here on they are host memory; the SVSM reaches them
+    /// only through a mapping without the C-bit and trusts nothing read there. A failure
+    /// stops at that page and leaves the earlier ones shared: the caller never uses or
+    /// frees any of them again.
+    pub fn share_pages(&mut self, gpa: u64, count: usize) -> Result<(), StartError> {
+        for i in 0..count as u64 {
+            share_page(&mut self.hw, gpa.saturating_add(i * 4096))?;
+        }
+        Ok(())
+    }
+
     /// A handle for a CPU that has started or joined already (its GHCB registered).
     pub fn handle(hw: H, shared: Arc<SnpShared>) -> Self {
         Self { hw, shared, certificates: Vec::new() }

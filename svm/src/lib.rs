@@ -57,7 +57,6 @@ pub mod run;
 pub mod shared;
 pub mod slots;
 pub mod vcpu;
-pub mod virtio_pci;
 pub mod vmcb;
 
 #[cfg(test)]

@@ -52,23 +52,26 @@ pub fn calibrate() {
     }
 }
 
-/// The PIT's channel 2 count, latched so both bytes belong to one value.
-fn pit_count() -> u16 {
+/// The PIT's channel 2 count, latched so both bytes belong to one value, and the TSC right
+/// after the latch: both ends of a window read them in this order, so the slow port reads
+/// (an exit to the emulator each) delay neither end more than the other.
+fn pit_count_and_tsc() -> (u16, u64) {
     outb(0x43, 0b1000_0000);
+    let tsc = rdtsc();
     let low = inb(0x42);
     let high = inb(0x42);
-    u16::from_le_bytes([low, high])
+    (u16::from_le_bytes([low, high]), tsc)
 }
 
 /// TSC ticks per microsecond over one window of [`WINDOW_COUNTS`], or `None` if the PIT
 /// does not count.
 fn window_rate() -> Option<u64> {
-    let (start_tsc, start_count) = (rdtsc(), pit_count());
+    let (start_count, start_tsc) = pit_count_and_tsc();
     let mut reads = 0u32;
     let (end_count, end_tsc) = loop {
-        let count = pit_count();
+        let (count, tsc) = pit_count_and_tsc();
         if start_count.wrapping_sub(count) >= WINDOW_COUNTS {
-            break (count, rdtsc());
+            break (count, tsc);
         }
         reads += 1;
         if reads >= MAX_READS {

@@ -118,7 +118,9 @@ pub fn timer_ticks_per_ms() -> u32 {
     let mut rates = [0u64; 3];
     for rate in &mut rates {
         write(TIMER_INITIAL, u32::MAX);
-        let (start_ns, start_count) = (monotonic_ns(), read(TIMER_CURRENT));
+        // The count first at both ends, then the clock: a register read that takes long
+        // (an exit to the emulator) delays both clock readings alike.
+        let (start_count, start_ns) = (read(TIMER_CURRENT), monotonic_ns());
         while monotonic_ns().saturating_sub(start_ns) < 1_000_000 {
             core::hint::spin_loop();
         }

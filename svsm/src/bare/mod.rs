@@ -14,6 +14,7 @@ mod backtrace;
 mod clock;
 mod cpu;
 mod cpu_tables;
+mod disk;
 mod dma;
 mod elf;
 mod entry;
@@ -27,10 +28,13 @@ mod heap;
 mod lapic;
 mod launch;
 mod migration;
+mod mmio;
 mod native;
 mod pages;
+mod pci;
 mod percpu;
 mod pvh;
+mod sealed;
 mod smp;
 mod snp;
 mod svm;
@@ -39,6 +43,7 @@ mod user;
 mod vtpm;
 
 use core::panic::PanicInfo;
+use sealed::Sealed;
 
 /// First Rust code of an IGVM launch (`entry::igvm_entry32`, after its switch to long
 /// mode), on the boot stack with the image's page tables: the snp platform on SEV-SNP. A native (non-SNP) IGVM launch
@@ -160,28 +165,7 @@ extern "C" fn svsm_main(start_info: u32) -> ! {
         };
         arrive(&mut svsm, &platform, pages, keep);
     } else {
-        let started = clock::monotonic_ns();
-        let vtpm = match sealed {
-            Sealed::Open(sealed) => {
-                svsm.install_sealed(&mut platform.platform(0), sealed.clone());
-                vtpm::start_sealed(sealed)
-            }
-            Sealed::NoDisk => vtpm::manufacture().map(|v| (v, true)),
-            Sealed::Refused => {
-                Err("its sealed state could not be opened; the vTPM does not start on state it cannot trust")
-            }
-        };
-        match vtpm {
-            Ok((v, new)) => {
-                let ms = (clock::monotonic_ns() - started) / 1_000_000;
-                let how = if new { "manufactured" } else { "started from its sealed NV state" };
-                println!(
-                    "vtpm: libtpms {how} in {ms} ms in its service process at CPL 3; its EK (RSA-2048, TCG template L-1) is in the attestation manifest"
-                );
-                svsm.install_vtpm(v);
-            }
-            Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
-        }
+        sealed::start_vtpm(&mut svsm, &mut platform.platform(0), sealed);
         if let Some(pages) = device {
             println!("migration: a migration device is present: this SVSM can be a live migration's source");
             migration::arm(&svsm, &platform, pages);
@@ -293,111 +277,19 @@ fn current_key_params() -> kernel::sealed::KeyParams {
     kernel::sealed::KeyParams { guest_svn: 0, tcb_version: svm::psp::committed_tcb() }
 }
 
-/// Ask the PSP for the sealed store's key for `params` (bound to this launch), labelled
-/// with them; with the first 8 bytes of the key's SHA-256 (a fingerprint to compare).
-fn sealing_key(
-    svsm: &kernel::svsm::Svsm,
-    platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
-    params: kernel::sealed::KeyParams,
-) -> Option<(store::StoreKey, u64)> {
-    use sha2::{Digest, Sha256};
-    match svsm.sealing_key(&mut platform.platform(0), params.guest_svn, params.tcb_version) {
-        Ok(mut key) => {
-            let digest = Sha256::digest(key);
-            let mut fingerprint = [0u8; 8];
-            fingerprint.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
-            let store_key = store::StoreKey::labelled(key, params.label());
-            key.fill(0);
-            Some((store_key, u64::from_be_bytes(fingerprint)))
-        }
-        Err(e) => {
-            println!("sealing: no key from the PSP for {params:?}: {e:?}");
-            None
-        }
-    }
-}
-
-/// What became of the sealed state at boot.
-enum Sealed {
-    Open(kernel::sealed::SharedSealed),
-    /// No state disk: each boot is a new vTPM.
-    NoDisk,
-    /// A disk whose store this SVSM cannot open (another key, tampered, unreadable): the
-    /// services that keep state there do not start (fail closed).
-    Refused,
-}
-
-/// Find the state disk and open the sealed store on it with the key of this launch
-/// (formatting a blank disk, re-wrapping a store an older TCB's key sealed), printing
-/// what a relying party would want to know of it. The key's fingerprint is printed too:
-/// `cargo xtask test` checks that two boots of one image get the same key.
+/// Find the svm platform's state disk and open the sealed store on it (`sealed::open`),
+/// its bounce pool on the SVSM's own heap and its registers by memory access.
 fn open_sealed_state(
     svsm: &kernel::svsm::Svsm,
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
     ram: &[(u64, u64)],
 ) -> Sealed {
-    let current = current_key_params();
-    let key = sealing_key(svsm, platform, current).map(|(key, fingerprint)| {
-        println!(
-            "sealing: the PSP derives the sealed store's key, bound to the launch's measurement and policy (SHA-256 fingerprint {fingerprint:016x})"
-        );
-        key
-    });
-    let started = clock::monotonic_ns();
-    let disk = match svm::disk::find(|start, end| not_for_devices(ram, start, end)) {
-        Ok(disk) => disk,
-        Err(svm::disk::DiskError::Absent) => {
-            println!("sealed: no state disk (virtio-blk, serial bulwark-state); the vTPM's state lasts one boot");
-            return Sealed::NoDisk;
+    sealed::open(svsm, &mut platform.platform(0), current_key_params(), |_| {
+        if !dma::init_identity() {
+            return Err(disk::DiskError::Unreachable);
         }
-        Err(e) => {
-            println!("sealed: the state disk could not be started ({e:?})");
-            return Sealed::Refused;
-        }
-    };
-    let Some(key) = key else {
-        println!("sealed: no key for the state disk");
-        return Sealed::Refused;
-    };
-    let mib = disk.bytes() >> 20;
-    let entropy = |buf: &mut [u8]| -> Result<(), store::EntropyError> {
-        for chunk in buf.chunks_mut(8) {
-            let word = cpu::rdrand().ok_or(store::EntropyError)?.to_le_bytes();
-            chunk.copy_from_slice(word.get(..chunk.len()).ok_or(store::EntropyError)?);
-        }
-        Ok(())
-    };
-    let older_key = |params| sealing_key(svsm, platform, params).map(|(key, _)| key);
-    match kernel::sealed::open_sealed(disk, current, &key, older_key, entropy) {
-        Ok(opened) => {
-            let store = opened.store;
-            let state = store.state();
-            let ms = (clock::monotonic_ns() - started) / 1_000_000;
-            let how = match (opened.how, opened.rewrapped_from) {
-                (_, Some(_)) => "opened, verified and re-wrapped under this launch's key",
-                (store::Opened::Existing, None) => "opened and verified",
-                (store::Opened::Formatted, None) => "formatted (the disk was blank)",
-            };
-            if let Some(from) = opened.rewrapped_from {
-                println!(
-                    "sealed: the state was under the key of an older TCB or SVN ({from:?}, now {current:?}): re-wrapped"
-                );
-            }
-            let mut root = [0u8; 8];
-            root.copy_from_slice(state.root.get(..8).unwrap_or(&[0; 8]));
-            println!(
-                "sealed: state disk of {mib} MiB {how} in {ms} ms: generation {}, {} blobs, root {:016x}",
-                state.generation,
-                store.len(),
-                u64::from_be_bytes(root)
-            );
-            Sealed::Open(kernel::sealed::Sealed::opened(alloc::boxed::Box::new(store), opened.rewrapped_from.is_some()))
-        }
-        Err(e) => {
-            println!("sealed: the state disk's store is refused: {e:?}");
-            Sealed::Refused
-        }
-    }
+        disk::find(|start, end| not_for_devices(ram, start, end), mmio::Mmio::new)
+    })
 }
 
 /// `-append console=log`: the log goes to the in-memory buffer only (replayed on the

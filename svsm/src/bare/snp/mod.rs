@@ -156,6 +156,7 @@ pub fn boot(info_gpa: u64, tss_rsp0: u64) -> ! {
             terminate(term::BOOT_INFO)
         }
     };
+    let svsm_region = config.svsm_region;
     let mut svsm = match Svsm::new(config, &mut platform) {
         Ok(s) => s,
         Err(e) => {
@@ -168,10 +169,11 @@ pub fn boot(info_gpa: u64, tss_rsp0: u64) -> ! {
         println!("snp: {e:?}");
     }
     super::clock::calibrate();
+    let sealed = open_sealed_state(&svsm, &mut platform, &launch, svsm_region);
     // User mode: SYSCALL, SMEP and SMAP (CPUID raises #VC, served from the CPUID page
     // now that the platform is up); no time slices (docs/platforms/snp.md "User mode").
     super::user::boot_check(svsm.pages(), super::user::Checks::Snp);
-    start_vtpm(&mut svsm);
+    start_vtpm(&mut svsm, &mut platform, sealed);
     // Each vCPU the guest creates takes about 140 KiB more (its stacks and tables); the
     // vTPM's process holds about 3 MiB.
     let (used, size) = super::heap::usage();
@@ -183,24 +185,64 @@ pub fn boot(info_gpa: u64, tss_rsp0: u64) -> ! {
     serve(platform, svsm, VcpuIndex::STARTUP, false)
 }
 
-/// The vTPM in its service process at CPL 3, after the crash-isolation check. No state
-/// disk on this platform yet: each boot manufactures a new TPM (docs/persistence.md).
-fn start_vtpm(svsm: &mut Svsm) {
+/// The state disk on SEV-SNP (docs/persistence.md "The disk"): its bounce pool on heap
+/// pages given to the host, its registers through GHCB MMIO events, its store's key
+/// request naming the guest SVN and committed TCB of this launch's attestation report.
+fn open_sealed_state(
+    svsm: &Svsm,
+    platform: &mut SnpPlatform<BareSnp>,
+    launch: &launch::Launch,
+    svsm_region: kernel::addr::PageRange,
+) -> super::sealed::Sealed {
+    let current = match svsm.reported_key_params(platform) {
+        Ok(params) => params,
+        Err(e) => {
+            println!("sealing: no attestation report to name the key's TCB ({e:?}); the sealed state is not used");
+            return super::sealed::Sealed::Refused;
+        }
+    };
+    // A register window must not lie in guest RAM, the SVSM's region or the APICs'
+    // registers. The MMIO events cannot reach private memory whatever the address; this
+    // keeps the device where a device can be, as on svm.
+    let is_ram = |start: u64, end: u64| {
+        const APICS: core::ops::Range<u64> = 0xFEC0_0000..0xFF00_0000;
+        let overlaps = |r: core::ops::Range<u64>| r.start < end && start < r.end;
+        let pages = |r: kernel::addr::PageRange| r.start_pfn() << 12..r.end_pfn() << 12;
+        launch.ram.iter().any(|r| overlaps(pages(*r))) || overlaps(pages(svsm_region)) || overlaps(APICS)
+    };
+    super::sealed::open(svsm, platform, current, |platform| {
+        if !super::dma::init(|| shared_pool(platform)) {
+            return Err(super::disk::DiskError::Unreachable);
+        }
+        super::disk::find(is_ram, |_| snp::device::GhcbMmio::new(BareSnp))
+    })
+}
+
+/// The bounce pool's pages: taken from the heap for good and given to the host, reached
+/// through the unencrypted alias of guest memory.
+fn shared_pool(platform: &mut SnpPlatform<BareSnp>) -> Option<(u64, u64)> {
+    let pages = super::pages::Page::zeroed_run(super::dma::POOL_PAGES)?;
+    let base = pages.phys();
+    // Never back to the heap, even if sharing fails midway: a page the host holds is not
+    // the SVSM's to use again.
+    core::mem::forget(pages);
+    match platform.share_pages(base, super::dma::POOL_PAGES) {
+        Ok(()) => Some((base, paging::ALIAS_BASE)),
+        Err(e) => {
+            println!("sealed: the state disk's bounce pages could not be shared ({e:?})");
+            None
+        }
+    }
+}
+
+/// The vTPM in its service process at CPL 3, after the crash-isolation check, on what the
+/// sealed state came to.
+fn start_vtpm(svsm: &mut Svsm, platform: &mut SnpPlatform<BareSnp>, sealed: super::sealed::Sealed) {
     if !super::vtpm::crash_check() {
         println!("vtpm: protocol 2 is not served");
         return;
     }
-    let started = super::clock::monotonic_ns();
-    match super::vtpm::manufacture() {
-        Ok(vtpm) => {
-            let ms = (super::clock::monotonic_ns() - started) / 1_000_000;
-            println!(
-                "vtpm: libtpms manufactured in {ms} ms in its service process at CPL 3 (no state disk on snp yet: a new TPM each boot); its EK is in the attestation manifest"
-            );
-            svsm.install_vtpm(vtpm);
-        }
-        Err(e) => println!("vtpm: {e}; protocol 2 is not served"),
-    }
+    super::sealed::start_vtpm(svsm, platform, sealed);
 }
 
 /// `println!`'s serial output on SNP: the buffer in one GHCB string-I/O exit (a host that

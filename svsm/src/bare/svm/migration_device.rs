@@ -10,7 +10,7 @@
 //! Every byte in it is the host's to change at any time: [`BarPage`] copies with volatile
 //! accesses, and `migrate::channel` parses only its copies.
 
-use super::pci::PortCam;
+use super::super::pci::PortCam;
 use abi::migration::{BUFFER_OFFSET, BUFFER_SIZE, DATA_REGISTER_OFFSET, DataRegister, MigrationStatus, STATUS_OFFSET};
 use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};

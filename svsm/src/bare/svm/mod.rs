@@ -16,12 +16,10 @@
 //! - [`vcek_cert`]: its VCEK certificate, issued from the launcher's kit.
 #![expect(unsafe_code, reason = "EFER.SVME and the host save area")]
 
-pub mod disk;
 pub mod hw;
 pub mod kick;
 pub mod migration_device;
 pub mod npt;
-pub mod pci;
 pub mod psp;
 pub mod vcek_cert;
 pub mod vmrun;

@@ -1,6 +1,7 @@
-//! PCI configuration space on the svm platform, for the host's devices the SVSM drives
-//! itself (the state disk, the migration device), through the `virtio-drivers` crate's
-//! PCI bus code.
+//! PCI configuration space, for the host's devices the SVSM drives itself (the state disk,
+//! the migration device), through the `virtio-drivers` crate's PCI bus code. The ports are
+//! the host's on both platforms: on svm it emulates them, on SEV-SNP each access raises
+//! #VC and goes to the host as an IOIO event (`snp::vc`).
 
 use spin::Mutex;
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};

@@ -47,13 +47,15 @@ pub struct Window {
     pub len: u64,
 }
 
-/// What the SVSM needs of a checked device: its common configuration and notification
-/// windows.
+/// What the SVSM needs of a checked device: its common configuration, notification and
+/// device-specific configuration windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub common: Window,
     pub notify: Window,
     pub notify_multiplier: u32,
+    /// The device-specific configuration (a block device's capacity), if it has one.
+    pub device: Option<Window>,
 }
 
 /// Why a device's capabilities are refused.
@@ -78,7 +80,7 @@ pub enum CapError {
 /// BARs as `(address, size)` for a memory BAR the caller checked, `None` otherwise).
 /// The first common and notify capabilities (the ones the crate uses) give the layout.
 pub fn check(bars: &[Option<(u64, u64)>; 6], caps: impl IntoIterator<Item = Capability>) -> Result<Layout, CapError> {
-    let (mut common, mut notify) = (None, None);
+    let (mut common, mut notify, mut device) = (None, None, None);
     for cap in caps {
         // Only the structures a driver maps: not, say, the PCI configuration access
         // capability (type 5), whose BAR fields are the driver's to fill (QEMU's name BAR
@@ -96,6 +98,7 @@ pub fn check(bars: &[Option<(u64, u64)>; 6], caps: impl IntoIterator<Item = Capa
         match cap.cfg_type {
             CAP_COMMON if common.is_none() => common = Some(window),
             CAP_NOTIFY if cap.cap_len >= 20 && notify.is_none() => notify = Some((window, cap.notify_multiplier)),
+            CAP_DEVICE if device.is_none() => device = Some(window),
             _ => {}
         }
     }
@@ -114,7 +117,7 @@ pub fn check(bars: &[Option<(u64, u64)>; 6], caps: impl IntoIterator<Item = Capa
     if notify_multiplier % 2 != 0 {
         return Err(CapError::OddMultiplier);
     }
-    Ok(Layout { common, notify, notify_multiplier })
+    Ok(Layout { common, notify, notify_multiplier, device })
 }
 
 /// Where a queue's notification goes, given its `queue_notify_off`: inside the notify
@@ -164,6 +167,7 @@ mod tests {
         let layout = check(&bars(), qemu()).unwrap();
         assert_eq!(layout.common, Window { start: 0xFE00_0000, len: 0x1000 });
         assert_eq!(layout.notify, Window { start: 0xFE00_3000, len: 0x1000 });
+        assert_eq!(layout.device, Some(Window { start: 0xFE00_2000, len: 0x1000 }));
         assert_eq!(notify_address(&layout, 0), Some(0xFE00_3000));
         assert_eq!(notify_address(&layout, 1), Some(0xFE00_3004));
     }
