@@ -51,3 +51,21 @@ fn a_forged_answer_gives_no_key_and_retires_the_channel() {
     // VMPCK0 is gone: nothing more comes from this channel, not even with an honest host.
     assert_eq!(w.svsm.sealing_key(&mut w.machine, 0, tcb), Err(ChannelError::Unavailable));
 }
+
+/// On SEV-SNP the key request names what the launch's own report names
+/// (`Svsm::reported_key_params`): the guest SVN and the committed TCB, so the key is the
+/// one the PSP derives for this launch's highest allowed values, and a forged report
+/// gives nothing.
+#[test]
+fn the_key_parameters_come_from_the_launchs_report() {
+    let mut w = world();
+    let params = w.svsm.reported_key_params(&mut w.machine).expect("a report");
+    assert_eq!(params.guest_svn, 0);
+    assert_eq!(params.tcb_version, psp_model::identity().tcb, "the committed TCB");
+    let key = w.svsm.sealing_key(&mut w.machine, params.guest_svn, params.tcb_version);
+    assert_eq!(key, w.svsm.sealing_key(&mut w.machine, 0, psp_model::identity().tcb));
+    assert!(key.is_ok());
+    let mut forged = world();
+    forged.machine.psp_fault = Some(PspFault::CorruptAnswer);
+    assert!(forged.svsm.reported_key_params(&mut forged.machine).is_err());
+}
