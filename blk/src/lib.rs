@@ -6,10 +6,13 @@
 //! `VirtIOBlk`: that driver waits for every answer without end (and has no flush that does
 //! not), so a host that never completes a request would hold the calling vCPU, and the
 //! sealed state's lock, for good. Here one request is in flight at a time, each has a
-//! deadline, and a device that misses it or answers out of turn is given up for good
-//! ([`VirtioBlk::is_lost`]): its queue and bounce pages stay with it, so nothing it may
-//! still write reaches a buffer in use. A request the device answers with an error status
-//! fails alone. Every byte the device returns is host input; the store authenticates it.
+//! deadline, and a device that misses it or answers with a request it was not given is
+//! given up for good ([`VirtioBlk::is_lost`]): its queue and bounce pages stay with it, so
+//! nothing it may still write reaches a buffer in use. A request the device answers with
+//! an error status, or without writing its status, fails alone. (With one request in
+//! flight a host can still answer the next one early, naming it before doing it; that
+//! request then fails, its status byte still "not done".) Every byte the device returns
+//! is host input; the store authenticates it.
 #![no_std]
 // Host input reaches this crate: no panics, no indexing that can go out of bounds, no
 // silent truncation (tests may do all of these).
@@ -34,7 +37,6 @@ mod queue;
 pub mod testing;
 pub mod virtio_pci;
 
-use core::mem::ManuallyDrop;
 use virtio_drivers::Hal;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, Transport};
@@ -50,6 +52,8 @@ const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / SECTOR_SIZE) as u64;
 /// is the platform's, whose TSC the host may skew: this bounds an honest but failing host,
 /// not a hostile one (which can stop the vCPU anyway).
 pub const REQUEST_DEADLINE_NS: u64 = 10_000_000_000;
+/// How long a device may take to acknowledge a reset (its status reading 0 again).
+const RESET_DEADLINE_NS: u64 = 100_000_000;
 /// Tries to read the device's configuration between two equal generation counts.
 const CONSISTENT_TRIES: usize = 64;
 /// The one request queue, and its size: a request is at most three descriptors (header,
@@ -59,16 +63,29 @@ pub const QUEUE_SIZE: usize = 4;
 
 bitflags::bitflags! {
     /// The device features the driver accepts (virtio 1.2, block device and reserved
-    /// feature bits): a flush request, a read-only flag to notice, and the modern
-    /// interface. No indirect descriptors and no event index: one small request at a time
-    /// needs neither.
+    /// feature bits): a flush request, a read-only flag to notice, the modern interface,
+    /// and platform DMA (QEMU offers it to every device of a confidential guest and refuses
+    /// a driver that turns it down: the bounce pool is the platform's DMA here). No
+    /// indirect descriptors and no event index: one small request at a time needs neither.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Features: u64 {
         const RO = 1 << 5;
         const FLUSH = 1 << 9;
         const VERSION_1 = 1 << 32;
+        const ACCESS_PLATFORM = 1 << 33;
     }
 }
+
+/// A `Hal` whose DMA the driver's safety rests on: every buffer shared with the device is
+/// a bounce copy (the device never sees the caller's memory), and the bounce and queue
+/// pages of a request that never came back are never handed to anything but DMA again.
+///
+/// # Safety
+///
+/// An implementation must keep both promises: the driver returns a lost request's buffers
+/// to safe code while the device may still write where their descriptors point.
+#[expect(unsafe_code, reason = "a promise the driver's safety rests on")]
+pub unsafe trait BouncingHal: Hal {}
 
 /// virtio-blk request types (virtio 1.2, "Device Operation" of the block device).
 pub mod request {
@@ -111,17 +128,18 @@ pub enum StartError {
 }
 
 /// A started virtio-blk device: one request at a time.
-pub struct VirtioBlk<H: Hal, T: Transport, P: Platform> {
-    /// Never dropped: the crate's `Drop` waits without end for the device to acknowledge a
-    /// reset, which a host can withhold (this type's `Drop` asks for the reset only).
-    transport: ManuallyDrop<T>,
+pub struct VirtioBlk<H: BouncingHal, T: Transport, P: Platform> {
+    /// A transport whose `Drop` waits for the device (the crate's PCI transport does, for a
+    /// reset a host can withhold) would hold the SVSM: `blk::pci::ModernPci` has none, and
+    /// this type resets the device itself with a deadline.
+    transport: T,
     queue: queue::Requests<H>,
     platform: P,
     blocks: u64,
     flush: bool,
 }
 
-impl<H: Hal, T: Transport, P: Platform> core::fmt::Debug for VirtioBlk<H, T, P> {
+impl<H: BouncingHal, T: Transport, P: Platform> core::fmt::Debug for VirtioBlk<H, T, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioBlk")
             .field("blocks", &self.blocks)
@@ -131,22 +149,30 @@ impl<H: Hal, T: Transport, P: Platform> core::fmt::Debug for VirtioBlk<H, T, P> 
     }
 }
 
-impl<H: Hal, T: Transport, P: Platform> VirtioBlk<H, T, P> {
+impl<H: BouncingHal, T: Transport, P: Platform> VirtioBlk<H, T, P> {
     /// Start the device behind `transport` (which the platform made and checked): agree on
     /// features, read its size, make the request queue, let `platform` look at the
     /// transport with the queue set up (`None`: it refuses it; a [`pci::ModernPci`] whose
     /// queue it cannot notify, say), and ask for the device's serial number, which must be
-    /// `serial`.
-    pub fn start(transport: T, serial: &[u8], platform: impl FnOnce(&mut T) -> Option<P>) -> Result<Self, StartError> {
-        let mut transport = ManuallyDrop::new(transport);
+    /// `serial`. A device that does not offer the modern interface, or does not take the
+    /// features the driver accepts (FEATURES_OK does not read back), is refused.
+    pub fn start(
+        mut transport: T,
+        serial: &[u8],
+        platform: impl FnOnce(&mut T) -> Option<P>,
+    ) -> Result<Self, StartError> {
         let features = transport.begin_init(Features::all());
-        let sectors = read_consistent(&*transport, |t| {
+        if !features.contains(Features::VERSION_1) || !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
+            transport.set_status(DeviceStatus::FAILED);
+            return Err(StartError::Device);
+        }
+        let sectors = read_consistent(&transport, |t| {
             let low: u32 = t.read_config_space(0).ok()?;
             let high: u32 = t.read_config_space(4).ok()?;
             Some(u64::from(high) << 32 | u64::from(low))
         })
         .ok_or(StartError::Device)?;
-        let queue = VirtQueue::new(&mut *transport, REQUEST_QUEUE, false, false).map_err(|_| StartError::Device)?;
+        let queue = VirtQueue::new(&mut transport, REQUEST_QUEUE, false, false).map_err(|_| StartError::Device)?;
         let platform = platform(&mut transport).ok_or(StartError::Queue)?;
         transport.finish_init();
         let mut blk = Self {
@@ -228,12 +254,12 @@ impl<H: Hal, T: Transport, P: Platform> VirtioBlk<H, T, P> {
         // completes it without writing the status leaves this.
         let mut status = [0xFFu8];
         let done = match (out.is_empty(), into.is_empty()) {
-            (true, true) => self.queue.exchange(&mut *self.transport, &self.platform, &[&header], &mut [&mut status]),
+            (true, true) => self.queue.exchange(&mut self.transport, &self.platform, &[&header], &mut [&mut status]),
             (false, true) => {
-                self.queue.exchange(&mut *self.transport, &self.platform, &[&header, out], &mut [&mut status])
+                self.queue.exchange(&mut self.transport, &self.platform, &[&header, out], &mut [&mut status])
             }
             (true, false) => {
-                self.queue.exchange(&mut *self.transport, &self.platform, &[&header], &mut [into, &mut status])
+                self.queue.exchange(&mut self.transport, &self.platform, &[&header], &mut [into, &mut status])
             }
             (false, false) => return Err(IoError),
         };
@@ -249,12 +275,19 @@ impl<H: Hal, T: Transport, P: Platform> VirtioBlk<H, T, P> {
     }
 }
 
-impl<H: Hal, T: Transport, P: Platform> Drop for VirtioBlk<H, T, P> {
+impl<H: BouncingHal, T: Transport, P: Platform> Drop for VirtioBlk<H, T, P> {
     fn drop(&mut self) {
         // A device that lost a request is left as it is: an honest QEMU finishes (drains)
         // the lost request before it resets, and would hold this vCPU until then.
-        if !self.is_lost() {
-            self.transport.set_status(DeviceStatus::empty());
+        if self.is_lost() {
+            return;
+        }
+        // Reset, and give the device a while to say it has (virtio 1.2, 4.1.4.3.2: it
+        // reads 0 once it is done with the queue); one that never does is given up.
+        self.transport.set_status(DeviceStatus::empty());
+        let deadline = self.platform.now_ns().saturating_add(RESET_DEADLINE_NS);
+        while !self.transport.get_status().is_empty() && self.platform.now_ns() < deadline {
+            core::hint::spin_loop();
         }
     }
 }

@@ -196,14 +196,11 @@ impl<R: Registers> Transport for ModernPci<R> {
     }
 
     fn queue_unset(&mut self, queue: u16) {
+        // Only a reset takes a queue back (writing 0 to `queue_enable` needs RING_RESET,
+        // which the driver does not take): the queue just stops being notified.
         if let Some(slot) = self.notify_at.get_mut(usize::from(queue)) {
             *slot = None;
         }
-        self.select(queue);
-        self.common_write(common::QUEUE_ENABLE, Width::Word, 0);
-        self.write_address(common::QUEUE_DESC, 0);
-        self.write_address(common::QUEUE_DRIVER, 0);
-        self.write_address(common::QUEUE_DEVICE, 0);
     }
 
     fn queue_used(&mut self, queue: u16) -> bool {

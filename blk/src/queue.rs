@@ -2,8 +2,7 @@
 //! for their return with a deadline.
 #![expect(unsafe_code, reason = "VirtQueue::add and pop_used: the device may write the buffers in between")]
 
-use crate::{Platform, QUEUE_SIZE, REQUEST_DEADLINE_NS, REQUEST_QUEUE};
-use virtio_drivers::Hal;
+use crate::{BouncingHal, Platform, QUEUE_SIZE, REQUEST_DEADLINE_NS, REQUEST_QUEUE};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
@@ -17,14 +16,15 @@ pub enum Lost {
 }
 
 /// The request queue, and whether the device lost a request on it.
-pub struct Requests<H: Hal> {
-    /// Its pages are never freed by the platform's `Hal` (the SVSM's keeps them), so a
-    /// device that still writes them after a lost request writes only them.
+pub struct Requests<H: BouncingHal> {
+    /// Its pages, and a lost request's bounce pages, are only ever DMA pages again (the
+    /// `BouncingHal` promise), so a device that still writes them after a lost request
+    /// writes nothing else.
     queue: VirtQueue<H, QUEUE_SIZE>,
     lost: bool,
 }
 
-impl<H: Hal> Requests<H> {
+impl<H: BouncingHal> Requests<H> {
     pub fn new(queue: VirtQueue<H, QUEUE_SIZE>) -> Self {
         Self { queue, lost: false }
     }
@@ -61,11 +61,12 @@ impl<H: Hal> Requests<H> {
         // SAFETY: `add` wants the buffers left alone until `pop_used` returns them, because
         // a device may write them. A lost request breaks the letter of that contract (its
         // buffers go back to the caller without `pop_used`), not its reason: the device
-        // never sees them. The platform's `Hal` copies each into a bounce page of its own,
-        // and the descriptors name only those pages. On success `pop_used` below copies the
+        // never sees them. The `BouncingHal` copies each into a bounce page of its own, and
+        // the descriptors name only those pages. On success `pop_used` below copies the
         // device's writes back and frees the bounce pages; if the device is lost, the queue
-        // is never used again and its pages and bounce pages stay allocated for good, so
-        // nothing the device can still write refers to these buffers.
+        // is never used again, and its pages and bounce pages are only ever DMA pages again
+        // (the `BouncingHal` promise), so nothing the device can still write refers to
+        // these buffers.
         let token = unsafe { self.queue.add(inputs, outputs) }.map_err(|_| "the queue refused it")?;
         if self.queue.should_notify() {
             transport.notify(REQUEST_QUEUE);

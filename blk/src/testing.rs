@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 use core::cell::Cell;
 use core::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
-use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::{DeviceStatus, DeviceType};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -54,6 +54,15 @@ pub enum Misbehave {
     ReadOnly,
     /// Says the request queue notifies at this offset (times the multiplier).
     NotifyOffset(u16),
+    /// Offers platform DMA and refuses the features (FEATURES_OK does not stay) unless the
+    /// driver takes it, as QEMU does for a confidential guest's devices.
+    RequiresPlatformDma,
+    /// Offers only the legacy interface (no VERSION_1).
+    Legacy,
+    /// Never keeps FEATURES_OK, whatever the driver takes.
+    RefusesFeatures,
+    /// Never acknowledges a reset: its status keeps reading what it was.
+    NoResetAck,
     /// Answers the first `n` requests honestly, then never again.
     LoseAfter(usize),
 }
@@ -83,6 +92,9 @@ pub struct Device {
     pub last_notify: Option<u64>,
     /// What the driver logged through its platform.
     pub log: Vec<String>,
+    /// A hostile host's script (the fuzz target's): one action per request it takes,
+    /// read from the front; honest once it is used up (see [`Device::serve`]).
+    pub script: alloc::collections::VecDeque<u8>,
     status: u8,
     driver_features: u64,
     generation: Cell<u8>,
@@ -122,6 +134,7 @@ pub fn device(blocks: usize, serial: &[u8], misbehave: Misbehave) -> SharedDevic
         notifications: 0,
         last_notify: None,
         log: Vec::new(),
+        script: alloc::collections::VecDeque::new(),
         status: 0,
         driver_features: 0,
         generation: Cell::new(0),
@@ -178,12 +191,21 @@ impl Device {
         Features::from_bits_truncate(self.driver_features)
     }
 
+    /// The platform clock's reading now (each reading moves it a millisecond on).
+    pub fn clock_ns(&self) -> u64 {
+        self.now_ns.get()
+    }
+
     /// Whether the driver has reset the device (status 0) since it last started it.
     pub fn is_reset(&self) -> bool {
         self.status == 0
     }
 
-    /// Serve every request the driver made available.
+    /// Serve every request the driver made available. With a script, each request takes
+    /// its next byte as an action: 0 to 3 honest, 4 never answered, 5 an error status, 6
+    /// no status written, 7 another request's id (the next two bytes), 8 up to three more
+    /// used entries with ids of the next bytes, 9 a used length of the next four bytes,
+    /// 10 the request's descriptor overwritten with the next 16 bytes once done.
     fn serve(&mut self) {
         let Some(q) = self.queue else { return };
         loop {
@@ -199,19 +221,46 @@ impl Device {
                 Misbehave::LoseAfter(n) if self.completed >= n => return,
                 _ => true,
             };
-            let written = if honest { self.perform(q, head) } else { 0 };
-            let id = if self.misbehave == Misbehave::WrongToken { u32::from(head) + 1 } else { u32::from(head) };
-            let used_slot = u64::from(self.used_idx % q.size);
-            write(q.used + 4 + 8 * used_slot, id);
-            write(q.used + 4 + 8 * used_slot + 4, written);
-            self.used_idx = self.used_idx.wrapping_add(1);
-            write(q.used + 2, self.used_idx);
+            let action = self.script.pop_front().unwrap_or(0);
+            if action == 4 {
+                return;
+            }
+            let mut written = if honest && action != 6 { self.perform(q, head, action == 5) } else { 0 };
+            let mut id = if self.misbehave == Misbehave::WrongToken { u32::from(head) + 1 } else { u32::from(head) };
+            let mut extra = 0;
+            match action {
+                7 => id = u32::from(u16::from_le_bytes([self.byte(), self.byte()])),
+                8 => extra = self.byte() % 4,
+                9 => written = u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()]),
+                10 => {
+                    let junk: Vec<u8> = (0..16).map(|_| self.byte()).collect();
+                    copy_out(q.desc + 16 * u64::from(head % q.size), &junk);
+                }
+                _ => {}
+            }
+            self.push_used(q, id, written);
+            for _ in 0..extra {
+                let bogus = u32::from(self.byte());
+                self.push_used(q, bogus, 0);
+            }
             self.completed += 1;
         }
     }
 
+    fn byte(&mut self) -> u8 {
+        self.script.pop_front().unwrap_or(0)
+    }
+
+    fn push_used(&mut self, q: Queue, id: u32, len: u32) {
+        let used_slot = u64::from(self.used_idx % q.size);
+        write(q.used + 4 + 8 * used_slot, id);
+        write(q.used + 4 + 8 * used_slot + 4, len);
+        self.used_idx = self.used_idx.wrapping_add(1);
+        write(q.used + 2, self.used_idx);
+    }
+
     /// Perform the request whose chain starts at descriptor `head`; the bytes written.
-    fn perform(&mut self, q: Queue, head: u16) -> u32 {
+    fn perform(&mut self, q: Queue, head: u16, error_status: bool) -> u32 {
         if self.misbehave == Misbehave::NoStatus {
             return 0;
         }
@@ -254,7 +303,7 @@ impl Device {
             }
             _ => status = 1,
         }
-        if self.misbehave == Misbehave::ErrorStatus {
+        if self.misbehave == Misbehave::ErrorStatus || error_status {
             status = 1;
         }
         write(status_at, status);
@@ -289,8 +338,11 @@ fn copy_in(addr: u64, len: usize) -> Vec<u8> {
 impl Device {
     fn device_features(&self) -> u64 {
         let mut features = Features::VERSION_1 | Features::FLUSH;
-        if self.misbehave == Misbehave::ReadOnly {
-            features |= Features::RO;
+        match self.misbehave {
+            Misbehave::ReadOnly => features |= Features::RO,
+            Misbehave::RequiresPlatformDma => features |= Features::ACCESS_PLATFORM,
+            Misbehave::Legacy => features -= Features::VERSION_1,
+            _ => {}
         }
         features.bits()
     }
@@ -343,7 +395,17 @@ impl Device {
                 set_half(&mut self.driver_features, high);
             }
             0x14 => {
-                self.status = value as u8;
+                if value == 0 && self.misbehave == Misbehave::NoResetAck {
+                    return;
+                }
+                let mut status = value as u8;
+                let wanted = Features::from_bits_truncate(self.driver_features);
+                let required = Features::from_bits_truncate(self.device_features()) & Features::ACCESS_PLATFORM;
+                if !wanted.contains(required) || self.misbehave == Misbehave::RefusesFeatures {
+                    // FEATURES_OK does not stay: the device cannot work without them.
+                    status &= !(DeviceStatus::FEATURES_OK.bits() as u8);
+                }
+                self.status = status;
                 if value == 0 {
                     self.reset();
                 }
@@ -407,9 +469,31 @@ impl Registers for FakeRegisters {
 
 /// The tests' `Hal`: zeroed pages from the process's heap, and a bounce page per shared
 /// buffer, copied in when shared (whatever the direction, so a byte the device does not
-/// write keeps the driver's value) and out when the device wrote it.
+/// write keeps the driver's value) and out when the device wrote it. A lost request's
+/// bounce pages stay allocated until [`free_lost_bounce_pages`].
 #[derive(Debug)]
 pub struct TestHal;
+
+std::thread_local! {
+    /// Bounce pages shared and not yet unshared: (address, pages).
+    static BOUNCED: core::cell::RefCell<Vec<(u64, usize)>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Free the bounce pages of requests that never came back, once no device can write them
+/// (the test dropped its devices).
+pub fn free_lost_bounce_pages() {
+    for (addr, pages) in BOUNCED.with(|b| core::mem::take(&mut *b.borrow_mut())) {
+        if let Some(ptr) = NonNull::new(addr as *mut u8) {
+            // SAFETY: `addr` came from `dma_alloc` with this many pages and was not freed
+            // (it would have left the list).
+            unsafe { std::alloc::dealloc(ptr.as_ptr(), page_layout(pages)) };
+        }
+    }
+}
+
+// SAFETY: every shared buffer is a bounce copy, and a lost request's bounce pages stay
+// allocated (listed in `BOUNCED`) until the test frees them with no device left.
+unsafe impl crate::BouncingHal for TestHal {}
 
 fn page_layout(pages: usize) -> std::alloc::Layout {
     std::alloc::Layout::from_size_align(pages.max(1) * PAGE, PAGE).unwrap_or_else(|_| std::process::abort())
@@ -444,6 +528,7 @@ unsafe impl Hal for TestHal {
         // SAFETY: the caller's buffer is valid for `len` bytes; the bounce page is fresh and
         // at least that long.
         unsafe { core::ptr::copy_nonoverlapping(buffer.as_ptr().cast::<u8>(), bounce.as_ptr(), len) };
+        BOUNCED.with(|b| b.borrow_mut().push((phys, pages)));
         phys
     }
 
@@ -454,7 +539,66 @@ unsafe impl Hal for TestHal {
             // SAFETY: `paddr` is the bounce page `share` made for this buffer, `len` long.
             unsafe { core::ptr::copy_nonoverlapping(bounce, buffer.as_ptr().cast::<u8>(), len) };
         }
+        BOUNCED.with(|b| b.borrow_mut().retain(|(addr, _)| *addr != paddr));
         // SAFETY: the bounce page came from `dma_alloc` with this many pages.
         unsafe { Self::dma_dealloc(paddr, NonNull::new_unchecked(bounce), len.div_ceil(PAGE).max(1)) };
     }
+}
+
+/// The fuzz target's harness (`fuzz/fuzz_targets/disk.rs`; `blk/tests/driver.rs` runs it
+/// too): a device whose host follows `data` (its size and a script of misbehaviour, see
+/// [`Device::serve`]) under a driver making reads, writes and flushes `data` chooses.
+/// Nothing may panic, a device once lost gets no request again, and a request the device
+/// answered honestly reads back what it holds. `Err` names a broken promise.
+pub fn fuzz_driver(data: &[u8]) -> Result<(), &'static str> {
+    let mut bytes = data.iter().copied();
+    let mut next = || bytes.next().unwrap_or(0);
+    let blocks = 1 + usize::from(next() % 8);
+    let dev = device(blocks, b"bulwark-state", Misbehave::None);
+    let script_len = usize::from(next());
+    let script: Vec<u8> = (0..script_len).map(|_| next() % 11).collect();
+    dev.lock().script = script.into_iter().collect();
+    let platform = FakePlatform(dev.clone());
+    let started = crate::VirtioBlk::<TestHal, _, _>::start(transport(&dev), b"bulwark-state", |t| {
+        t.can_notify(crate::REQUEST_QUEUE).then_some(platform)
+    });
+    let Ok(mut blk) = started else {
+        free_lost_bounce_pages();
+        return Ok(());
+    };
+    for _ in 0..64 {
+        let op = next();
+        let index = u64::from(next()) % (blocks as u64 + 2);
+        let fill = next();
+        let lost_before = blk.is_lost();
+        let (notified, honest) = {
+            let d = dev.lock();
+            (d.notifications, d.script.is_empty())
+        };
+        let result = match op % 3 {
+            0 => {
+                let mut buf = [0u8; crate::BLOCK_SIZE];
+                let r = blk.read(index, &mut buf);
+                if r.is_ok() && honest {
+                    let d = dev.lock();
+                    let at = index as usize * crate::BLOCK_SIZE;
+                    if d.disk.get(at..at + crate::BLOCK_SIZE) != Some(&buf[..]) {
+                        return Err("an honest read returned other bytes than the disk holds");
+                    }
+                }
+                r
+            }
+            1 => blk.write(index, &[fill; crate::BLOCK_SIZE]),
+            _ => blk.flush(),
+        };
+        if lost_before && (result.is_ok() || dev.lock().notifications != notified) {
+            return Err("a lost device got a request");
+        }
+        if index >= blocks as u64 && op % 3 != 2 && result.is_ok() {
+            return Err("a block past the end was accepted");
+        }
+    }
+    drop(blk);
+    free_lost_bounce_pages();
+    Ok(())
 }

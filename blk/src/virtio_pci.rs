@@ -71,7 +71,8 @@ pub enum CapError {
     CommonTooShort,
     /// virtio requires an even notify offset multiplier (the crate refuses an odd one).
     OddMultiplier,
-    /// The common configuration is not 8-aligned, or the notify window not 2-aligned.
+    /// The common configuration is not 8-aligned, the notify window not 2-aligned, or the
+    /// device configuration not 4-aligned.
     Misaligned,
 }
 
@@ -116,6 +117,10 @@ pub fn check(bars: &[Option<(u64, u64)>; 6], caps: impl IntoIterator<Item = Capa
     }
     if notify_multiplier % 2 != 0 {
         return Err(CapError::OddMultiplier);
+    }
+    // The device configuration is read a dword at a time where a field is dword-sized.
+    if device.is_some_and(|d| !d.start.is_multiple_of(4)) {
+        return Err(CapError::Misaligned);
     }
     Ok(Layout { common, notify, notify_multiplier, device })
 }
@@ -227,6 +232,9 @@ mod tests {
         let mut caps = qemu();
         caps[3].offset = 0x3001;
         caps[3].length = 0x800;
+        assert_eq!(check(&bars(), caps), Err(CapError::Misaligned));
+        let mut caps = qemu();
+        caps[2].offset = 0x2002;
         assert_eq!(check(&bars(), caps), Err(CapError::Misaligned));
     }
 

@@ -67,6 +67,47 @@ fn a_read_only_device_is_refused() {
     assert!(dev.lock().is_reset());
 }
 
+/// QEMU offers platform DMA to every device of a confidential guest and will not run one
+/// whose driver turns it down (`virtio_validate_features`): the driver takes it (its
+/// bounce pool is the platform's DMA).
+#[test]
+fn a_device_that_needs_platform_dma_gets_it() {
+    let dev = device(4, SERIAL, Misbehave::RequiresPlatformDma);
+    let mut blk = start(&dev).expect("the driver takes ACCESS_PLATFORM");
+    assert!(dev.lock().driver_features().contains(Features::ACCESS_PLATFORM));
+    blk.write(0, &block(3)).unwrap();
+}
+
+#[test]
+fn a_device_that_refuses_the_features_or_is_legacy_is_refused_and_failed() {
+    for misbehave in [Misbehave::RefusesFeatures, Misbehave::Legacy] {
+        let dev = device(4, SERIAL, misbehave);
+        assert_eq!(start(&dev).unwrap_err(), StartError::Device, "{misbehave:?}");
+        assert_eq!(dev.lock().notifications, 0, "{misbehave:?}: no request");
+        assert!(!dev.lock().is_reset(), "{misbehave:?}: marked FAILED");
+    }
+}
+
+/// A device whose reset never reads back keeps the SVSM only until the deadline.
+#[test]
+fn a_device_that_never_acknowledges_its_reset_is_left_at_the_deadline() {
+    let dev = device(4, SERIAL, Misbehave::None);
+    let blk = start(&dev).unwrap();
+    dev.lock().misbehave = Misbehave::NoResetAck;
+    let before = dev.lock().clock_ns();
+    drop(blk);
+    assert!(!dev.lock().is_reset());
+    let waited = dev.lock().clock_ns() - before;
+    assert!((100_000_000..=102_000_000).contains(&waited), "waited {waited} ns");
+    // An honest device is not waited for.
+    let dev = device(4, SERIAL, Misbehave::None);
+    let blk = start(&dev).unwrap();
+    let before = dev.lock().clock_ns();
+    drop(blk);
+    assert!(dev.lock().is_reset());
+    assert!(dev.lock().clock_ns() - before <= 1_000_000);
+}
+
 #[test]
 fn a_configuration_that_never_reads_the_same_twice_is_given_up() {
     let dev = device(4, SERIAL, Misbehave::GenerationChanges);
@@ -168,4 +209,18 @@ fn a_device_in_use_is_reset_when_dropped() {
     assert!(!dev.lock().is_reset());
     drop(blk);
     assert!(dev.lock().is_reset());
+}
+
+/// The fuzz target's harness (`fuzz/fuzz_targets/disk.rs`) on stable, over inputs that
+/// reach each of the host's scripted misbehaviours.
+#[test]
+fn the_fuzz_harness_holds_on_every_scripted_misbehaviour() {
+    for action in 0..11u8 {
+        for seed in 0..16u8 {
+            let mut data = vec![seed % 8, 12];
+            data.extend((0..12).map(|i| if i % 3 == 0 { action } else { seed.wrapping_mul(i + 7) }));
+            data.extend((0..192).map(|i: u32| (i as u8).wrapping_mul(seed | 1).wrapping_add(action)));
+            bulwark_blk::testing::fuzz_driver(&data).unwrap_or_else(|e| panic!("action {action}, seed {seed}: {e}"));
+        }
+    }
 }

@@ -21,12 +21,12 @@ commands:
                                      on a test state disk: verify, four tampered, lost, older),
                                      a live migration (`migrate --other-image --fault flip@300 --guest-mib 16 --drop-finish`),
                                      a fuzz smoke run (60 s of dispatcher, 20 s each of evidence,
-                                     syscalls, store and stream; set BULWARK_SKIP_FUZZ=1 to skip
-                                     it), and
+                                     syscalls, store, stream, peer_evidence and disk; set
+                                     BULWARK_SKIP_FUZZ=1 to skip it), and
                                      all tests
   fuzz [--seconds N] [--target NAME]
                                      fuzz NAME (dispatcher, the default, evidence, syscalls,
-                                     store or stream) for N seconds (default: 600); needs the nightly toolchain, installs
+                                     store, stream, peer_evidence or disk) for N seconds (default: 600); needs the nightly toolchain, installs
                                      cargo-fuzz if missing
   bench [--only model|svm]           the pvalidate, OCP log-read and vTPM benchmarks of the model, the
                                      tpm-bridge behind tpm2-abrmd beside swtpm (the `model` part),

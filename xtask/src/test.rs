@@ -10,15 +10,17 @@ use crate::{boot, prereqs};
 /// How long each fuzz target runs in the smoke run: the dispatcher (guest and host input
 /// to the SVSM), then the host-side verifier (evidence from an SVSM and host that may
 /// lie), the system call layer (a service process's calls), the sealed store (a hostile
-/// disk), a migration destination (a state stream) and a migration peer's evidence (within
-/// the heap the SVSM leaves for it), which need less time to go deep.
-const SMOKE_FUZZ: [(&str, u64); 6] = [
+/// disk), a migration destination (a state stream), a migration peer's evidence (within
+/// the heap the SVSM leaves for it) and the state disk's driver (a host that misbehaves),
+/// which need less time to go deep.
+const SMOKE_FUZZ: [(&str, u64); 7] = [
     (DEFAULT_FUZZ_TARGET, 60),
     ("evidence", 20),
     ("syscalls", 20),
     ("store", 20),
     ("stream", 20),
     ("peer_evidence", 20),
+    ("disk", 20),
 ];
 
 /// `cargo xtask test`: the project's full test command, as run by CI.

@@ -61,10 +61,12 @@ pub enum DiskError {
 
 /// Find the state disk on PCI bus 0 and start it. `is_ram` says whether a physical range
 /// overlaps RAM of the launch's memory map (the guest's and the SVSM's): no register BAR
-/// may. `registers` gives the transport its register accesses for a checked layout.
+/// may. `registers` gives the transport its register accesses for a checked layout, and
+/// `dma_pool` the bounce pool's pages (see `dma::init`) once there is a block device.
 pub fn find<R: Registers>(
     is_ram: impl Fn(u64, u64) -> bool,
     registers: impl Fn(&Layout) -> R,
+    dma_pool: impl FnOnce() -> Option<(u64, u64)>,
 ) -> Result<VirtioDisk<R>, DiskError> {
     let mut root = PciRoot::new(PortCam);
     let candidates: alloc::vec::Vec<_> = root
@@ -72,6 +74,11 @@ pub fn find<R: Registers>(
         .filter(|(_, info)| virtio_device_type(info) == Some(DeviceType::Block))
         .map(|(df, _)| df)
         .collect();
+    // The bounce pool only once there is a block device to use it (on SEV-SNP its pages
+    // are given to the host for good).
+    if !candidates.is_empty() && !dma::init(dma_pool) {
+        return Err(DiskError::Unreachable);
+    }
     let mut found = Err(DiskError::Absent);
     for df in candidates {
         match start(&mut root, df, &is_ram, &registers) {

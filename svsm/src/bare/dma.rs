@@ -8,11 +8,16 @@
 //! when it is set up, and read and written through the unencrypted alias there).
 //!
 //! The pool is sized for how the SVSM uses its one disk: one request in flight, whose
-//! buffers are a request header, one 4 KiB block and a status byte; and the three pages of
-//! a queue of four descriptors, twice (a host that offers a second block device after a
-//! first one failed to start). The host cannot make the driver share more at once, so
-//! running out of bounce pages is a bug here, stopped as one; running out of queue pages
-//! fails the device's start.
+//! buffers are a request header, one 4 KiB block and a status byte; and the two pages of a
+//! queue of four descriptors (descriptors and driver area in one, device area in the
+//! other), three times over. A queue's pages go back to the pool when the queue is dropped
+//! (another of the host's block devices, found not to be the state disk and reset, say):
+//! the pool is DMA memory only, which the host can write anyway (on SEV-SNP it is the
+//! host's), so a page moving from one queue to another gives a device nothing new. A
+//! request that never came back keeps its bounce pages and its queue for good (the driver
+//! never drops a lost device's queue before the SVSM gives the disk up). The host cannot
+//! make the driver share more at once, so running out of bounce pages is a bug here,
+//! stopped as one; running out of queue pages fails the device's start.
 #![expect(unsafe_code, reason = "the virtio-drivers Hal: raw DMA pages and bounce copies")]
 
 use core::ptr::NonNull;
@@ -21,20 +26,20 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 /// Bounce slots, one page each.
 const SLOTS: usize = 4;
-/// Pages for virtqueues (never given back: see `dma_dealloc`).
+/// Pages for virtqueues.
 const QUEUE_PAGES: usize = 6;
 /// The pool's pages in all.
 pub const POOL_PAGES: usize = SLOTS + QUEUE_PAGES;
 const PAGE: usize = 4096;
 
 /// The pool: `POOL_PAGES` physically contiguous pages from `base`, reachable at `base +
-/// offset`; which bounce slots are taken (with the length shared through each) and how
-/// many queue pages are handed out.
+/// offset`; which bounce slots are taken (with the length shared through each) and which
+/// queue pages are handed out.
 struct Pool {
     base: u64,
     offset: u64,
     taken: [Option<usize>; SLOTS],
-    queue_pages_used: usize,
+    queue_taken: [bool; QUEUE_PAGES],
 }
 
 impl Pool {
@@ -54,7 +59,7 @@ pub fn init(make: impl FnOnce() -> Option<(u64, u64)>) -> bool {
         return true;
     }
     let Some((base, offset)) = make() else { return false };
-    *pool = Some(Pool { base, offset, taken: [None; SLOTS], queue_pages_used: 0 });
+    *pool = Some(Pool { base, offset, taken: [None; SLOTS], queue_taken: [false; QUEUE_PAGES] });
     true
 }
 
@@ -63,16 +68,14 @@ pub fn ready() -> bool {
     POOL.lock().is_some()
 }
 
-/// The pool on the SVSM's own heap pages, identity-mapped (svm: the host reaches all
-/// memory anyway); `false` without memory for it.
-pub fn init_identity() -> bool {
-    init(|| {
-        let pages = super::pages::Page::zeroed_run(POOL_PAGES)?;
-        let base = pages.phys();
-        // The pool lives as long as the SVSM.
-        core::mem::forget(pages);
-        Some((base, 0))
-    })
+/// Pages for the pool on the SVSM's own heap, identity-mapped (svm: the host reaches all
+/// memory anyway), for [`init`]; `None` without memory for them.
+pub fn identity_pool() -> Option<(u64, u64)> {
+    let pages = super::pages::Page::zeroed_run(POOL_PAGES)?;
+    let base = pages.phys();
+    // The pool lives as long as the SVSM.
+    core::mem::forget(pages);
+    Some((base, 0))
 }
 
 /// A broken promise of this module (see the module comment): stop.
@@ -84,28 +87,35 @@ fn bug(what: &str) -> ! {
 /// The `Hal` of the SVSM's virtio devices: pool pages, bounce buffers.
 pub struct BounceHal;
 
-// SAFETY: `dma_alloc` returns zeroed pool pages no one else was given (a run of the queue
-// pages, handed out once) or a null address the crate takes as failure; they are reachable
-// at the virtual address returned, stay the caller's (never freed or handed out again) and
-// are page-aligned. `mmio_phys_to_virt` maps nothing (it stops the SVSM). `share` hands out
-// bounce slots no one else holds and copies in and out only within the caller's buffer and
-// the slot.
+// SAFETY: every buffer shared with a device is copied into a bounce slot; a request that
+// never came back keeps its slots (never unshared) and its queue (the driver keeps a lost
+// device's queue until the disk is given up, and the pool is DMA memory only), so nothing
+// but DMA ever uses those pages again.
+unsafe impl blk::BouncingHal for BounceHal {}
+
+// SAFETY: `dma_alloc` returns zeroed pool pages no one else holds (a free run of the
+// queue pages, marked taken until `dma_dealloc` gives exactly that run back) or a null
+// address the crate takes as failure; they are page-aligned and reachable at the virtual
+// address returned. `mmio_phys_to_virt` maps nothing (it stops the SVSM). `share` hands
+// out bounce slots no one else holds and copies in and out only within the caller's buffer
+// and the slot.
 unsafe impl Hal for BounceHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         // Virtqueues, allocated when a device is set up at boot.
         let mut pool = POOL.lock();
         let Some(pool) = pool.as_mut() else { bug("the pool was not set up") };
-        let first = SLOTS + pool.queue_pages_used;
-        if pages == 0 || pool.queue_pages_used + pages > QUEUE_PAGES {
+        let free_run = (0..QUEUE_PAGES.saturating_sub(pages).saturating_add(1))
+            .find(|&at| pool.queue_taken.get(at..at + pages).is_some_and(|run| run.iter().all(|t| !t)));
+        let (Some(at), true) = (free_run, pages > 0) else {
             // The crate turns a zero address into a failed queue, so the device does not
             // start.
             return (0, NonNull::dangling());
-        }
-        pool.queue_pages_used += pages;
-        let phys = pool.base + (first * PAGE) as u64;
+        };
+        pool.queue_taken.iter_mut().skip(at).take(pages).for_each(|t| *t = true);
+        let phys = pool.base + ((SLOTS + at) * PAGE) as u64;
         let virt = pool.virt(phys);
-        // SAFETY: pages `first..first + pages` of the pool, given to no one before (the
-        // count above only grows), reachable at `virt`.
+        // SAFETY: queue pages `at..at + pages` of the pool, free until now (marked taken
+        // above), reachable at `virt`.
         unsafe { core::ptr::write_bytes(virt, 0, pages * PAGE) };
         match NonNull::new(virt) {
             Some(ptr) => (phys, ptr),
@@ -113,9 +123,15 @@ unsafe impl Hal for BounceHal {
         }
     }
 
-    unsafe fn dma_dealloc(_paddr: PhysAddr, _vaddr: NonNull<u8>, _pages: usize) -> i32 {
-        // Never given back: a device that lost a request may still write its queue, so its
-        // pages are never another queue's.
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let mut pool = POOL.lock();
+        let Some(pool) = pool.as_mut() else { bug("the pool was not set up") };
+        let first = paddr.wrapping_sub(pool.base) / PAGE as u64;
+        let at = usize::try_from(first).ok().and_then(|p| p.checked_sub(SLOTS));
+        match at.and_then(|at| pool.queue_taken.get_mut(at..at.saturating_add(pages))) {
+            Some(run) if paddr.is_multiple_of(PAGE as u64) && run.iter().all(|t| *t) => run.fill(false),
+            _ => bug("a queue's pages given back that were not its own"),
+        }
         0
     }
 

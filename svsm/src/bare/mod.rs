@@ -284,12 +284,12 @@ fn open_sealed_state(
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
     ram: &[(u64, u64)],
 ) -> Sealed {
-    sealed::open(svsm, &mut platform.platform(0), current_key_params(), |_| {
-        if !dma::init_identity() {
-            return Err(disk::DiskError::Unreachable);
-        }
-        disk::find(|start, end| not_for_devices(ram, start, end), mmio::Mmio::new)
-    })
+    sealed::open(
+        svsm,
+        &mut platform.platform(0),
+        |_| Some(current_key_params()),
+        |_| disk::find(|start, end| not_for_devices(ram, start, end), mmio::Mmio::new, dma::identity_pool),
+    )
 }
 
 /// `-append console=log`: the log goes to the in-memory buffer only (replayed on the

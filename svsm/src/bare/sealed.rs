@@ -39,21 +39,23 @@ fn sealing_key<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, params: KeyParams) 
     }
 }
 
-/// Open the sealed store on the disk `find` starts (given the platform), with the key of this launch
-/// (`current`), printing what a relying party would want to know of it. The key's
-/// fingerprint is printed too: `cargo xtask test` checks that two boots of one image get
-/// the same key.
+/// Open the sealed store on the disk `find` starts (given the platform), with the key of
+/// this launch (for the parameters `current` names, `None` if it cannot), printing what a
+/// relying party would want to know of it. The key's fingerprint is printed too: `cargo
+/// xtask test` checks that two boots of one image get the same key. Without a key a disk
+/// is refused, and without a disk the key is not needed.
 pub fn open<P: Platform + ?Sized, R: Registers + Send + 'static>(
     svsm: &Svsm,
     p: &mut P,
-    current: KeyParams,
+    current: impl FnOnce(&mut P) -> Option<KeyParams>,
     find: impl FnOnce(&mut P) -> Result<VirtioDisk<R>, DiskError>,
 ) -> Sealed {
-    let key = sealing_key(svsm, p, current).map(|(key, fingerprint)| {
+    let keyed = current(p).and_then(|current| {
+        let (key, fingerprint) = sealing_key(svsm, p, current)?;
         println!(
             "sealing: the PSP derives the sealed store's key, bound to the launch's measurement and policy (SHA-256 fingerprint {fingerprint:016x})"
         );
-        key
+        Some((current, key))
     });
     let started = clock::monotonic_ns();
     let disk = match find(p) {
@@ -67,7 +69,7 @@ pub fn open<P: Platform + ?Sized, R: Registers + Send + 'static>(
             return Sealed::Refused;
         }
     };
-    let Some(key) = key else {
+    let Some((current, key)) = keyed else {
         println!("sealed: no key for the state disk");
         return Sealed::Refused;
     };

@@ -194,13 +194,6 @@ fn open_sealed_state(
     launch: &launch::Launch,
     svsm_region: kernel::addr::PageRange,
 ) -> super::sealed::Sealed {
-    let current = match svsm.reported_key_params(platform) {
-        Ok(params) => params,
-        Err(e) => {
-            println!("sealing: no attestation report to name the key's TCB ({e:?}); the sealed state is not used");
-            return super::sealed::Sealed::Refused;
-        }
-    };
     // A register window must not lie in guest RAM, the SVSM's region or the APICs'
     // registers. The MMIO events cannot reach private memory whatever the address; this
     // keeps the device where a device can be, as on svm.
@@ -210,11 +203,17 @@ fn open_sealed_state(
         let pages = |r: kernel::addr::PageRange| r.start_pfn() << 12..r.end_pfn() << 12;
         launch.ram.iter().any(|r| overlaps(pages(*r))) || overlaps(pages(svsm_region)) || overlaps(APICS)
     };
-    super::sealed::open(svsm, platform, current, |platform| {
-        if !super::dma::init(|| shared_pool(platform)) {
-            return Err(super::disk::DiskError::Unreachable);
+    // The key names what this launch's report names; a report that does not come leaves
+    // the sealed state unused if there is a disk (and changes nothing if there is none).
+    let current = |platform: &mut SnpPlatform<BareSnp>| match svsm.reported_key_params(platform) {
+        Ok(params) => Some(params),
+        Err(e) => {
+            println!("sealing: no attestation report to name the key's TCB ({e:?})");
+            None
         }
-        super::disk::find(is_ram, |_| snp::device::GhcbMmio::new(BareSnp))
+    };
+    super::sealed::open(svsm, platform, current, |platform| {
+        super::disk::find(is_ram, |_| snp::device::GhcbMmio::new(BareSnp), || shared_pool(platform))
     })
 }
 
