@@ -263,7 +263,8 @@ struct Thread {
 }
 
 /// Run `process`'s threads until the last one exits, one faults, all wait for an event,
-/// or the process has run `budget_ms`. They take turns on this CPU: the running thread
+/// or the process has run `budget_ms` (in time slices where there are slices, on the clock
+/// where there are none). They take turns on this CPU: the running thread
 /// keeps it until it blocks or its time slice ends (the local APIC's timer takes the CPU
 /// back even from a thread that never makes a system call), then the next one in line
 /// runs. A blocked thread's call is made again when its turn comes and what it waits for
@@ -320,7 +321,10 @@ fn run(
                 lapic::eoi();
                 *regs = f.regs;
                 slices += 1;
-                if super::clock::monotonic_ns().saturating_sub(started) / 1_000_000 >= budget_ms {
+                // The budget counts slices, not the clock: a host that stops this CPU for
+                // a while (a loaded host under emulation does, for tens of milliseconds)
+                // costs the process the one slice that ends late, not its whole budget.
+                if slices.saturating_mul(u64::from(SLICE_MS)) >= budget_ms {
                     break Ended::Preempted { slices };
                 }
                 arm();
@@ -676,7 +680,7 @@ pub fn boot_check(guest: &kernel::pages::PageTracker, checks: Checks) {
             Ok(Ended::Blocked) => "blocked".into(),
             Ok(Ended::Preempted { slices }) => {
                 alloc::format!(
-                    "taken off the CPU by the timer {slices} times, then ended after its {PROBE_BUDGET_MS} ms"
+                    "taken off the CPU by the timer {slices} times, then ended after its {PROBE_BUDGET_MS} ms of slices"
                 )
             }
             Err(e) => alloc::format!("not loaded: {e:?}"),
