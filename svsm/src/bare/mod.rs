@@ -271,12 +271,6 @@ fn arrive(
     migration::arm(svsm, platform, pages);
 }
 
-/// The key request parameters of this launch: guest SVN 0 (the svm platform has no ID
-/// block) and the TCB version the firmware commits to.
-fn current_key_params() -> kernel::sealed::KeyParams {
-    kernel::sealed::KeyParams { guest_svn: 0, tcb_version: svm::psp::committed_tcb() }
-}
-
 /// Find the svm platform's state disk and open the sealed store on it (`sealed::open`),
 /// its bounce pool on the SVSM's own heap and its registers by memory access.
 fn open_sealed_state(
@@ -284,12 +278,9 @@ fn open_sealed_state(
     platform: &::svm::shared::SvmShared<svm::hw::BareSvm>,
     ram: &[(u64, u64)],
 ) -> Sealed {
-    sealed::open(
-        svsm,
-        &mut platform.platform(0),
-        |_| Some(current_key_params()),
-        |_| disk::find(|start, end| not_for_devices(ram, start, end), mmio::Mmio::new, dma::identity_pool),
-    )
+    sealed::open(svsm, &mut platform.platform(0), |_| {
+        disk::find(|start, end| not_for_devices(ram, start, end), mmio::Mmio::new, dma::identity_pool)
+    })
 }
 
 /// `-append console=log`: the log goes to the in-memory buffer only (replayed on the

@@ -40,17 +40,25 @@ fn sealing_key<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, params: KeyParams) 
 }
 
 /// Open the sealed store on the disk `find` starts (given the platform), with the key of
-/// this launch (for the parameters `current` names, `None` if it cannot), printing what a
-/// relying party would want to know of it. The key's fingerprint is printed too: `cargo
-/// xtask test` checks that two boots of one image get the same key. Without a key a disk
-/// is refused, and without a disk the key is not needed.
+/// this launch, printing what a relying party would want to know of it. The key request
+/// names the guest SVN and committed TCB of a report the PSP signs now
+/// (`Svsm::reported_key_params`), on either platform: the PSP derives keys for those or
+/// lower values only. The key's fingerprint is printed too: `cargo xtask test` checks that
+/// two boots of one image get the same key. Without a key a disk is refused; without a
+/// disk the key is not needed.
 pub fn open<P: Platform + ?Sized, R: Registers + Send + 'static>(
     svsm: &Svsm,
     p: &mut P,
-    current: impl FnOnce(&mut P) -> Option<KeyParams>,
     find: impl FnOnce(&mut P) -> Result<VirtioDisk<R>, DiskError>,
 ) -> Sealed {
-    let keyed = current(p).and_then(|current| {
+    let current = match svsm.reported_key_params(p) {
+        Ok(params) => Some(params),
+        Err(e) => {
+            println!("sealing: no attestation report to name the key's SVN and TCB ({e:?})");
+            None
+        }
+    };
+    let keyed = current.and_then(|current| {
         let (key, fingerprint) = sealing_key(svsm, p, current)?;
         println!(
             "sealing: the PSP derives the sealed store's key, bound to the launch's measurement and policy (SHA-256 fingerprint {fingerprint:016x})"

@@ -186,8 +186,7 @@ pub fn boot(info_gpa: u64, tss_rsp0: u64) -> ! {
 }
 
 /// The state disk on SEV-SNP (docs/persistence.md "The disk"): its bounce pool on heap
-/// pages given to the host, its registers through GHCB MMIO events, its store's key
-/// request naming the guest SVN and committed TCB of this launch's attestation report.
+/// pages given to the host, its registers through GHCB MMIO events.
 fn open_sealed_state(
     svsm: &Svsm,
     platform: &mut SnpPlatform<BareSnp>,
@@ -203,16 +202,7 @@ fn open_sealed_state(
         let pages = |r: kernel::addr::PageRange| r.start_pfn() << 12..r.end_pfn() << 12;
         launch.ram.iter().any(|r| overlaps(pages(*r))) || overlaps(pages(svsm_region)) || overlaps(APICS)
     };
-    // The key names what this launch's report names; a report that does not come leaves
-    // the sealed state unused if there is a disk (and changes nothing if there is none).
-    let current = |platform: &mut SnpPlatform<BareSnp>| match svsm.reported_key_params(platform) {
-        Ok(params) => Some(params),
-        Err(e) => {
-            println!("sealing: no attestation report to name the key's TCB ({e:?})");
-            None
-        }
-    };
-    super::sealed::open(svsm, platform, current, |platform| {
+    super::sealed::open(svsm, platform, |platform| {
         super::disk::find(is_ram, |_| snp::device::GhcbMmio::new(BareSnp), || shared_pool(platform))
     })
 }

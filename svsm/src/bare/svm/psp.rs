@@ -22,11 +22,6 @@ fn fresh_vcek() -> Result<SigningKey, &'static str> {
     Err("RDRAND gave no usable VCEK")
 }
 
-/// The TCB_VERSION this firmware commits to (the one its reports carry).
-pub fn committed_tcb() -> u64 {
-    Identity::emulated([0; 48], abi::attest::SVM_CHIP_ID).tcb
-}
-
 /// The chip secret MSG_KEY_REQ keys come from, for a PSP whose "chip" is the launcher:
 /// drawn from the issuing kit's ASK key, so every boot with the same kit (the same
 /// "machine") derives the same keys. The host holds that kit: on svm it can derive every
