@@ -1,6 +1,6 @@
 //! The SVSM's virtio-blk driver for its state disk, whatever carries the device's
-//! registers: virtio over PCI ([`pci`]) on the svm platform (`svsm/src/bare/svm/disk.rs`),
-//! the software device of `testing` in the tests (docs/persistence.md "The disk").
+//! registers: virtio over PCI ([`pci`]) or over MMIO ([`mmio`], the slots SEV-SNP hosts
+//! give an SVSM), the software device of `testing` in the tests (docs/persistence.md "The disk").
 //!
 //! The requests are built here over the `virtio-drivers` crate's `VirtQueue`, not with its
 //! `VirtIOBlk`: that driver waits for every answer without end (and has no flush that does
@@ -31,6 +31,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod mmio;
 pub mod pci;
 mod queue;
 #[cfg(feature = "testing")]

@@ -167,6 +167,70 @@ pub fn transport(device: &SharedDevice) -> ModernPci<FakeRegisters> {
     ModernPci::new(FakeRegisters(device.clone()), LAYOUT, DeviceType::Block)
 }
 
+/// Where the device's virtio-mmio slot is when it is reached over MMIO instead (QEMU's
+/// first slot for the SVSM).
+pub const MMIO_SLOT: u64 = 0xFEF0_0000;
+
+/// The same device as a virtio-mmio slot at [`MMIO_SLOT`] (virtio 1.2, 4.2.2): its
+/// registers map onto the PCI common configuration's, its configuration follows at 0x100.
+#[derive(Debug)]
+pub struct FakeMmioRegisters(pub SharedDevice);
+
+/// A virtio-mmio register's counterpart in the PCI common configuration.
+fn mmio_to_common(offset: u64) -> Option<u64> {
+    Some(match offset {
+        0x010 => 0x04,
+        0x014 => 0x00,
+        0x020 => 0x0C,
+        0x024 => 0x08,
+        0x030 => 0x16,
+        0x034 | 0x038 => 0x18,
+        0x044 => 0x1C,
+        0x070 => 0x14,
+        0x080 => 0x20,
+        0x084 => 0x24,
+        0x090 => 0x28,
+        0x094 => 0x2C,
+        0x0A0 => 0x30,
+        0x0A4 => 0x34,
+        0x0FC => 0x15,
+        _ => return None,
+    })
+}
+
+impl Registers for FakeMmioRegisters {
+    fn read(&self, addr: u64, width: Width) -> u32 {
+        let device = self.0.lock();
+        let Some(offset) = addr.checked_sub(MMIO_SLOT).filter(|o| *o < 0x1000) else { return u32::MAX };
+        match offset {
+            0x000 => 0x7472_6976,
+            0x004 => {
+                if device.misbehave == Misbehave::Legacy {
+                    1
+                } else {
+                    2
+                }
+            }
+            0x008 => 2,
+            0x00C => 0x554D_4551,
+            0x100.. => device.config(offset - 0x100, width),
+            _ => mmio_to_common(offset).map_or(0, |common| device.register(common)),
+        }
+    }
+
+    fn write(&self, addr: u64, _width: Width, value: u32) {
+        let mut device = self.0.lock();
+        let Some(offset) = addr.checked_sub(MMIO_SLOT).filter(|o| *o < 0x1000) else { return };
+        if offset == 0x050 {
+            device.notifications += 1;
+            device.last_notify = Some(addr);
+            device.serve();
+        } else if let Some(common) = mmio_to_common(offset) {
+            device.set_register(common, value);
+        }
+    }
+}
+
 /// The platform: a clock and a log. (Notifications reach the device through its
 /// registers, and it serves them at once.)
 #[derive(Debug)]
@@ -552,20 +616,38 @@ unsafe impl Hal for TestHal {
 /// answered honestly reads back what it holds. `Err` names a broken promise.
 pub fn fuzz_driver(data: &[u8]) -> Result<(), &'static str> {
     let mut bytes = data.iter().copied();
-    let mut next = || bytes.next().unwrap_or(0);
-    let blocks = 1 + usize::from(next() % 8);
+    let mut next = move || bytes.next().unwrap_or(0);
+    let shape = next();
+    let blocks = 1 + usize::from(shape % 8);
     let dev = device(blocks, b"bulwark-state", Misbehave::None);
     let script_len = usize::from(next());
     let script: Vec<u8> = (0..script_len).map(|_| next() % 11).collect();
     dev.lock().script = script.into_iter().collect();
     let platform = FakePlatform(dev.clone());
-    let started = crate::VirtioBlk::<TestHal, _, _>::start(transport(&dev), b"bulwark-state", |t| {
-        t.can_notify(crate::REQUEST_QUEUE).then_some(platform)
-    });
-    let Ok(mut blk) = started else {
-        free_lost_bounce_pages();
-        return Ok(());
+    // The device over PCI or in a virtio-mmio slot, as the input says.
+    let outcome = if shape & 0x80 == 0 {
+        let started = crate::VirtioBlk::<TestHal, _, _>::start(transport(&dev), b"bulwark-state", |t| {
+            t.can_notify(crate::REQUEST_QUEUE).then_some(platform)
+        });
+        started.map_or(Ok(()), |blk| drive(blk, &dev, blocks, &mut next))
+    } else {
+        let Ok(slot) = crate::mmio::ModernMmio::probe(FakeMmioRegisters(dev.clone()), MMIO_SLOT) else {
+            return Err("the device's slot was not probed");
+        };
+        let started = crate::VirtioBlk::<TestHal, _, _>::start(slot, b"bulwark-state", |_| Some(platform));
+        started.map_or(Ok(()), |blk| drive(blk, &dev, blocks, &mut next))
     };
+    free_lost_bounce_pages();
+    outcome
+}
+
+/// The driver's side of [`fuzz_driver`]: reads, writes and flushes `next` chooses.
+fn drive<T: virtio_drivers::transport::Transport>(
+    mut blk: crate::VirtioBlk<TestHal, T, FakePlatform>,
+    dev: &SharedDevice,
+    blocks: usize,
+    next: &mut impl FnMut() -> u8,
+) -> Result<(), &'static str> {
     for _ in 0..64 {
         let op = next();
         let index = u64::from(next()) % (blocks as u64 + 2);
@@ -598,7 +680,5 @@ pub fn fuzz_driver(data: &[u8]) -> Result<(), &'static str> {
             return Err("a block past the end was accepted");
         }
     }
-    drop(blk);
-    free_lost_bounce_pages();
     Ok(())
 }

@@ -217,10 +217,67 @@ fn a_device_in_use_is_reset_when_dropped() {
 fn the_fuzz_harness_holds_on_every_scripted_misbehaviour() {
     for action in 0..11u8 {
         for seed in 0..16u8 {
-            let mut data = vec![seed % 8, 12];
+            // Seeds 8 and up put the device in a virtio-mmio slot.
+            let mut data = vec![(seed % 8) | if seed >= 8 { 0x80 } else { 0 }, 12];
             data.extend((0..12).map(|i| if i % 3 == 0 { action } else { seed.wrapping_mul(i + 7) }));
             data.extend((0..192).map(|i: u32| (i as u8).wrapping_mul(seed | 1).wrapping_add(action)));
             bulwark_blk::testing::fuzz_driver(&data).unwrap_or_else(|e| panic!("action {action}, seed {seed}: {e}"));
         }
+    }
+}
+
+mod over_mmio {
+    //! The same driver over the virtio-mmio transport (`blk::mmio`), the device in a slot.
+    use super::*;
+    use bulwark_blk::mmio::{ModernMmio, ProbeError};
+    use bulwark_blk::testing::{FakeMmioRegisters, MMIO_SLOT};
+
+    type MmioBlk = VirtioBlk<TestHal, ModernMmio<FakeMmioRegisters>, FakePlatform>;
+
+    fn start_mmio(dev: &SharedDevice) -> Result<MmioBlk, StartError> {
+        let transport = ModernMmio::probe(FakeMmioRegisters(dev.clone()), MMIO_SLOT).expect("a block device");
+        MmioBlk::start(transport, SERIAL, |_| Some(FakePlatform(dev.clone())))
+    }
+
+    #[test]
+    fn an_honest_device_in_a_slot_reads_writes_and_flushes() {
+        let dev = device(8, SERIAL, Misbehave::None);
+        let mut blk = start_mmio(&dev).expect("starts");
+        assert_eq!(blk.blocks(), 8);
+        blk.write(7, &block(0x77)).unwrap();
+        blk.flush().unwrap();
+        let mut read = block(0);
+        blk.read(7, &mut read).unwrap();
+        assert!(read == block(0x77));
+        assert_eq!(dev.lock().last_notify, Some(MMIO_SLOT + 0x50));
+        assert_eq!(dev.lock().flushes, 1);
+        drop(blk);
+        assert!(dev.lock().is_reset());
+    }
+
+    #[test]
+    fn a_slot_that_is_not_a_modern_block_device_is_not_probed() {
+        let dev = device(8, SERIAL, Misbehave::Legacy);
+        assert_eq!(ModernMmio::probe(FakeMmioRegisters(dev.clone()), MMIO_SLOT).unwrap_err(), ProbeError::NotVirtio);
+        let dev = device(8, SERIAL, Misbehave::None);
+        // Nothing answers at another address (all ones), nor at an address off a page.
+        assert_eq!(
+            ModernMmio::probe(FakeMmioRegisters(dev.clone()), MMIO_SLOT + 0x1000).unwrap_err(),
+            ProbeError::NotVirtio
+        );
+        assert_eq!(ModernMmio::probe(FakeMmioRegisters(dev), MMIO_SLOT + 8).unwrap_err(), ProbeError::Misaligned);
+    }
+
+    #[test]
+    fn the_host_misbehaving_over_mmio_is_handled_as_over_pci() {
+        let dev = device(4, SERIAL, Misbehave::LoseAfter(2));
+        let mut blk = start_mmio(&dev).unwrap();
+        blk.write(0, &block(1)).unwrap();
+        assert_eq!(blk.write(1, &block(2)), Err(IoError));
+        assert!(blk.is_lost());
+        let dev = device(4, b"another-disk", Misbehave::None);
+        assert_eq!(start_mmio(&dev).unwrap_err(), StartError::NotOurs);
+        let dev = device(4, SERIAL, Misbehave::RequiresPlatformDma);
+        assert!(start_mmio(&dev).is_ok());
     }
 }

@@ -4,8 +4,11 @@
 //! bounce pages as on every platform (`blk::testing::TestHal` here).
 
 use abi::ghcb::exit;
+use blk::mmio::ModernMmio;
 use blk::pci::ModernPci;
-use blk::testing::{FakePlatform, FakeRegisters, LAYOUT, Misbehave, SharedDevice, TestHal, device};
+use blk::testing::{
+    FakeMmioRegisters, FakePlatform, FakeRegisters, LAYOUT, MMIO_SLOT, Misbehave, SharedDevice, TestHal, device,
+};
 use blk::{BLOCK_SIZE, REQUEST_QUEUE, StartError, VirtioBlk};
 use bulwark_model::Machine;
 use bulwark_model::snp_host::{HostDevice, ModelSnpHw, SnpHost};
@@ -113,5 +116,27 @@ fn the_pools_pages_are_given_to_the_host() {
         assert!(!e.assigned && !e.validated, "page {i} is the host's");
     }
     assert!(m.rmp.entry((pool >> 12) + 3).unwrap().validated, "the next page is untouched");
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+/// The transport SEV-SNP hosts give an SVSM: a virtio-mmio slot (`blk::mmio`), every
+/// register access an MMIO event through the GHCB.
+#[test]
+fn the_disk_works_in_a_virtio_mmio_slot_through_the_hosts_mmio_events() {
+    let dev = device(8, SERIAL, Misbehave::RequiresPlatformDma);
+    let (mut m, mut host) = started(&dev);
+    host.mmio = Some(HostDevice(Box::new(FakeMmioRegisters(dev.clone()))));
+    {
+        let regs = GhcbMmio::new(ModelSnpHw::new(&mut m, &mut host));
+        let transport = ModernMmio::probe(regs, MMIO_SLOT).expect("a block device in the slot");
+        let mut blk =
+            VirtioBlk::<TestHal, _, _>::start(transport, SERIAL, |_| Some(FakePlatform(dev.clone()))).expect("starts");
+        blk.write(2, &[0x2B; BLOCK_SIZE]).unwrap();
+        let mut read = [0u8; BLOCK_SIZE];
+        blk.read(2, &mut read).unwrap();
+        assert!(read == [0x2B; BLOCK_SIZE]);
+    }
+    assert_eq!(dev.lock().last_notify, Some(MMIO_SLOT + 0x50));
+    assert!(host.events.iter().all(|e| [exit::MMIO_READ, exit::MMIO_WRITE].contains(e)), "{:?}", host.events);
     assert!(m.violations().is_empty(), "{:?}", m.violations());
 }

@@ -15,6 +15,7 @@
 use super::clock;
 use super::dma::{self, BounceHal};
 use super::pci::PortCam;
+use blk::mmio::{ModernMmio, SLOT_LEN};
 use blk::pci::{ModernPci, Registers};
 use blk::virtio_pci::{self, Layout};
 use blk::{StartError, VirtioBlk};
@@ -22,7 +23,7 @@ use store::{Block, BlockDevice, IoError};
 use virtio_drivers::transport::pci::bus::{
     BarInfo, Command, ConfigurationAccess, DeviceFunction, PCI_CAP_ID_VNDR, PciRoot,
 };
-use virtio_drivers::transport::{DeviceType, pci::virtio_device_type};
+use virtio_drivers::transport::{DeviceType, Transport, pci::virtio_device_type};
 
 /// The serial number that marks the state disk among the host's block devices.
 pub const SERIAL: &[u8] = b"bulwark-state";
@@ -41,8 +42,8 @@ impl blk::Platform for Clock {
     }
 }
 
-/// The state disk.
-pub struct VirtioDisk<R: Registers>(VirtioBlk<BounceHal, ModernPci<R>, Clock>);
+/// The state disk, over a PCI ([`find`]) or an MMIO ([`find_mmio`]) transport.
+pub struct VirtioDisk<T: Transport>(VirtioBlk<BounceHal, T, Clock>);
 
 /// Why there is no state disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,7 @@ pub fn find<R: Registers>(
     is_ram: impl Fn(u64, u64) -> bool,
     registers: impl Fn(&Layout) -> R,
     dma_pool: impl FnOnce() -> Option<(u64, u64)>,
-) -> Result<VirtioDisk<R>, DiskError> {
+) -> Result<VirtioDisk<ModernPci<R>>, DiskError> {
     let mut root = PciRoot::new(PortCam);
     let candidates: alloc::vec::Vec<_> = root
         .enumerate_bus(0)
@@ -96,7 +97,7 @@ fn start<R: Registers>(
     df: DeviceFunction,
     is_ram: &impl Fn(u64, u64) -> bool,
     registers: &impl Fn(&Layout) -> R,
-) -> Result<VirtioDisk<R>, DiskError> {
+) -> Result<VirtioDisk<ModernPci<R>>, DiskError> {
     let bars = root.bars(df).map_err(|_| DiskError::Device)?;
     // The driver writes the device's registers through its memory BARs: one that lay in
     // RAM would have the SVSM write into its own memory (its heap, its page tables) or
@@ -133,12 +134,47 @@ fn start<R: Registers>(
         }
         can.then_some(Clock)
     });
+    outcome(started)
+}
+
+fn outcome<T: Transport>(
+    started: Result<VirtioBlk<BounceHal, T, Clock>, StartError>,
+) -> Result<VirtioDisk<T>, DiskError> {
     match started {
         Ok(blk) => Ok(VirtioDisk(blk)),
         Err(StartError::NotOurs) => Err(DiskError::Absent),
         Err(StartError::Device | StartError::Queue) => Err(DiskError::Device),
         Err(StartError::Lost) => Err(DiskError::Lost),
     }
+}
+
+/// Find the state disk among the virtio-mmio slots at `slots` (what fw_cfg's
+/// `etc/hardware-info` lists for the SVSM) and start it; as [`find`], with a slot that
+/// overlaps memory (`is_ram`) passed over and `registers` for every slot's accesses.
+pub fn find_mmio<R: Registers>(
+    slots: &[u64],
+    is_ram: impl Fn(u64, u64) -> bool,
+    registers: impl Fn() -> R,
+    dma_pool: impl FnOnce() -> Option<(u64, u64)>,
+) -> Result<VirtioDisk<ModernMmio<R>>, DiskError> {
+    let candidates: alloc::vec::Vec<_> = slots
+        .iter()
+        .filter(|&&slot| slot.checked_add(SLOT_LEN).is_some_and(|end| !is_ram(slot, end)))
+        .filter_map(|&slot| ModernMmio::probe(registers(), slot).ok())
+        .collect();
+    if !candidates.is_empty() && !dma::init(dma_pool) {
+        return Err(DiskError::Unreachable);
+    }
+    let mut found = Err(DiskError::Absent);
+    for transport in candidates {
+        match outcome(VirtioBlk::start(transport, SERIAL, |_| Some(Clock))) {
+            Ok(disk) => return Ok(disk),
+            Err(DiskError::Absent) => {}
+            Err(DiskError::Lost) => return Err(DiskError::Lost),
+            Err(e) => found = Err(e),
+        }
+    }
+    found
 }
 
 /// Capabilities a device's list can hold: 4-aligned, between offset 64 and 256 of its
@@ -173,14 +209,14 @@ fn capabilities(root: &PciRoot<PortCam>, df: DeviceFunction) -> Option<alloc::ve
     Some(caps)
 }
 
-impl<R: Registers> VirtioDisk<R> {
+impl<T: Transport> VirtioDisk<T> {
     /// The disk's size in bytes, as the host says.
     pub fn bytes(&self) -> u64 {
         self.0.bytes()
     }
 }
 
-impl<R: Registers> BlockDevice for VirtioDisk<R> {
+impl<T: Transport> BlockDevice for VirtioDisk<T> {
     fn block_count(&self) -> u64 {
         self.0.blocks()
     }

@@ -4,10 +4,10 @@
 
 use super::disk::{DiskError, VirtioDisk};
 use super::{clock, cpu, vtpm};
-use blk::pci::Registers;
 use kernel::platform::Platform;
 use kernel::sealed::KeyParams;
 use kernel::svsm::Svsm;
+use virtio_drivers::transport::Transport;
 
 /// What became of the sealed state at boot.
 pub enum Sealed {
@@ -46,10 +46,10 @@ fn sealing_key<P: Platform + ?Sized>(svsm: &Svsm, p: &mut P, params: KeyParams) 
 /// lower values only. The key's fingerprint is printed too: `cargo xtask test` checks that
 /// two boots of one image get the same key. Without a key a disk is refused; without a
 /// disk the key is not needed.
-pub fn open<P: Platform + ?Sized, R: Registers + Send + 'static>(
+pub fn open<P: Platform + ?Sized, T: Transport + Send + 'static>(
     svsm: &Svsm,
     p: &mut P,
-    find: impl FnOnce(&mut P) -> Result<VirtioDisk<R>, DiskError>,
+    find: impl FnOnce(&mut P) -> Result<VirtioDisk<T>, DiskError>,
 ) -> Sealed {
     let current = match svsm.reported_key_params(p) {
         Ok(params) => Some(params),

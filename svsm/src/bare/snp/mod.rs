@@ -202,6 +202,16 @@ fn open_sealed_state(
         let pages = |r: kernel::addr::PageRange| r.start_pfn() << 12..r.end_pfn() << 12;
         launch.ram.iter().any(|r| overlaps(pages(*r))) || overlaps(pages(svsm_region)) || overlaps(APICS)
     };
+    // The host's virtio-mmio slots for the SVSM first (QEMU lists them in fw_cfg's
+    // `etc/hardware-info`; the guest's firmware does not touch them), then the PCI bus.
+    let slots: alloc::vec::Vec<u64> = super::fw_cfg::read_file("etc/hardware-info", 64 * 1024)
+        .map(|file| blk::mmio::slots(&file).take(16).collect())
+        .unwrap_or_default();
+    if !slots.is_empty() {
+        return super::sealed::open(svsm, platform, |platform| {
+            super::disk::find_mmio(&slots, is_ram, || snp::device::GhcbMmio::new(BareSnp), || shared_pool(platform))
+        });
+    }
     super::sealed::open(svsm, platform, |platform| {
         super::disk::find(is_ram, |_| snp::device::GhcbMmio::new(BareSnp), || shared_pool(platform))
     })
