@@ -6,7 +6,7 @@
 //! device uses). Each slot is one 4 KiB page: the registers, then the device's
 //! configuration at 0x100. Every access stays inside that page.
 
-use crate::pci::{Registers, Width};
+use crate::pci::{Registers, Width, low32, read_config};
 use virtio_drivers::PhysAddr;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -86,10 +86,6 @@ impl<R: Registers> ModernMmio<R> {
         self.write(offset, low32(addr));
         self.write(offset + 4, low32(addr >> 32));
     }
-}
-
-fn low32(v: u64) -> u32 {
-    u32::try_from(v & 0xFFFF_FFFF).unwrap_or(u32::MAX)
 }
 
 impl<R: Registers> Transport for ModernMmio<R> {
@@ -174,23 +170,10 @@ impl<R: Registers> Transport for ModernMmio<R> {
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<T> {
-        let size = core::mem::size_of::<T>();
-        let start = u64::try_from(offset).map_err(|_| virtio_drivers::Error::ConfigSpaceTooSmall)?;
-        let end = start.checked_add(u64::try_from(size).map_err(|_| virtio_drivers::Error::ConfigSpaceTooSmall)?);
-        if end.is_none_or(|end| reg::CONFIG + end > SLOT_LEN) {
-            return Err(virtio_drivers::Error::ConfigSpaceTooSmall);
-        }
-        let mut value = T::new_zeroed();
-        let bytes = value.as_mut_bytes();
-        // Dwords where the field is dword-sized and aligned (a block device's capacity is
-        // two), bytes otherwise.
-        let dwords = size.is_multiple_of(4) && offset.is_multiple_of(4);
-        let (step, width) = if dwords { (4, Width::Dword) } else { (1, Width::Byte) };
-        for (at, chunk) in (start..).step_by(step).zip(bytes.chunks_mut(step)) {
-            let read = self.regs.read(self.base + reg::CONFIG + at, width).to_le_bytes();
-            chunk.copy_from_slice(read.get(..chunk.len()).unwrap_or(&[]));
-        }
-        Ok(value)
+        read_config(&self.regs, offset, |at, width| {
+            let end = reg::CONFIG.checked_add(at)?.checked_add(width.bytes())?;
+            (end <= SLOT_LEN).then_some(self.base + reg::CONFIG + at)
+        })
     }
 
     fn write_config_space<T: IntoBytes + Immutable>(

@@ -98,8 +98,33 @@ impl<R: Registers> ModernPci<R> {
     }
 }
 
-fn low32(v: u64) -> u32 {
+/// The low 32 bits of a 64-bit value (a register's low half).
+pub(crate) fn low32(v: u64) -> u32 {
     u32::try_from(v & 0xFFFF_FFFF).unwrap_or(u32::MAX)
+}
+
+/// A device configuration field at `offset`, read as both transports read it: a dword at a
+/// time where the field is dword-sized and aligned (a block device's capacity is two),
+/// bytes otherwise. `at` gives the register address of a byte offset for an access of a
+/// width, `None` past the configuration's end.
+pub(crate) fn read_config<T: FromBytes + IntoBytes>(
+    regs: &impl Registers,
+    offset: usize,
+    at: impl Fn(u64, Width) -> Option<u64>,
+) -> virtio_drivers::Result<T> {
+    let too_small = virtio_drivers::Error::ConfigSpaceTooSmall;
+    let size = core::mem::size_of::<T>();
+    let start = u64::try_from(offset).map_err(|_| too_small)?;
+    let mut value = T::new_zeroed();
+    let dwords = size.is_multiple_of(4) && offset.is_multiple_of(4);
+    let (step, width) = if dwords { (4, Width::Dword) } else { (1, Width::Byte) };
+    for (i, chunk) in value.as_mut_bytes().chunks_mut(step).enumerate() {
+        let field_offset = u64::try_from(i * step).ok().and_then(|o| start.checked_add(o)).ok_or(too_small)?;
+        let addr = at(field_offset, width).ok_or(too_small)?;
+        let read = regs.read(addr, width).to_le_bytes();
+        chunk.copy_from_slice(read.get(..chunk.len()).unwrap_or(&[]));
+    }
+    Ok(value)
 }
 
 /// `offset` inside `window` for an access of `width`: the address, or `None` past its end.
@@ -219,24 +244,7 @@ impl<R: Registers> Transport for ModernPci<R> {
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<T> {
         let window = self.layout.device.ok_or(virtio_drivers::Error::ConfigSpaceMissing)?;
-        let size = core::mem::size_of::<T>();
-        let mut value = T::new_zeroed();
-        let bytes = value.as_mut_bytes();
-        let start = u64::try_from(offset).map_err(|_| virtio_drivers::Error::ConfigSpaceTooSmall)?;
-        // Dwords where the field is dword-sized and aligned (a block device's capacity is
-        // two), bytes otherwise.
-        let dwords = size.is_multiple_of(4) && offset.is_multiple_of(4);
-        let step = if dwords { 4 } else { 1 };
-        for (i, chunk) in bytes.chunks_mut(step).enumerate() {
-            let at = start
-                .checked_add(u64::try_from(i * step).map_err(|_| virtio_drivers::Error::ConfigSpaceTooSmall)?)
-                .ok_or(virtio_drivers::Error::ConfigSpaceTooSmall)?;
-            let width = if dwords { Width::Dword } else { Width::Byte };
-            let addr = inside(window, at, width).ok_or(virtio_drivers::Error::ConfigSpaceTooSmall)?;
-            let read = self.regs.read(addr, width).to_le_bytes();
-            chunk.copy_from_slice(read.get(..chunk.len()).unwrap_or(&[]));
-        }
-        Ok(value)
+        read_config(&self.regs, offset, |at, width| inside(window, at, width))
     }
 
     fn write_config_space<T: IntoBytes + Immutable>(

@@ -281,3 +281,23 @@ mod over_mmio {
         assert!(start_mmio(&dev).is_ok());
     }
 }
+
+/// A configuration read past the device's configuration window is refused, not made: over
+/// PCI the device window's end, over MMIO the slot's page.
+#[test]
+fn configuration_reads_stay_inside_their_window() {
+    use bulwark_blk::mmio::ModernMmio;
+    use bulwark_blk::testing::{FakeMmioRegisters, MMIO_SLOT};
+    use virtio_drivers::transport::Transport;
+    let dev = device(8, SERIAL, Misbehave::None);
+    let pci = transport(&dev);
+    assert_eq!(pci.read_config_space::<u64>(0), Ok(8 * 8));
+    assert!(pci.read_config_space::<u32>(0x1000 - 4).is_ok());
+    assert!(pci.read_config_space::<u64>(0x1000 - 4).is_err());
+    assert!(pci.read_config_space::<u8>(usize::MAX).is_err());
+    let mmio = ModernMmio::probe(FakeMmioRegisters(dev), MMIO_SLOT).unwrap();
+    assert_eq!(mmio.read_config_space::<u64>(0), Ok(8 * 8));
+    assert!(mmio.read_config_space::<u32>(0xF00 - 4).is_ok());
+    assert!(mmio.read_config_space::<u32>(0xF00 - 3).is_err());
+    assert!(mmio.read_config_space::<u16>(usize::MAX).is_err());
+}
