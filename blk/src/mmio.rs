@@ -150,9 +150,9 @@ impl<R: Registers> Transport for ModernMmio<R> {
         self.write(reg::QUEUE_READY, 1);
     }
 
-    fn queue_unset(&mut self, queue: u16) {
-        self.write(reg::QUEUE_SEL, u32::from(queue));
-        self.write(reg::QUEUE_READY, 0);
+    fn queue_unset(&mut self, _queue: u16) {
+        // Only a reset takes a queue back (stopping one alone needs RING_RESET, which the
+        // driver does not take), as over PCI.
     }
 
     fn queue_used(&mut self, queue: u16) -> bool {

@@ -193,15 +193,8 @@ fn open_sealed_state(
     launch: &launch::Launch,
     svsm_region: kernel::addr::PageRange,
 ) -> super::sealed::Sealed {
-    // A register window must not lie in guest RAM, the SVSM's region or the APICs'
-    // registers. The MMIO events cannot reach private memory whatever the address; this
-    // keeps the device where a device can be, as on svm.
-    let is_ram = |start: u64, end: u64| {
-        const APICS: core::ops::Range<u64> = 0xFEC0_0000..0xFF00_0000;
-        let overlaps = |r: core::ops::Range<u64>| r.start < end && start < r.end;
-        let pages = |r: kernel::addr::PageRange| r.start_pfn() << 12..r.end_pfn() << 12;
-        launch.ram.iter().any(|r| overlaps(pages(*r))) || overlaps(pages(svsm_region)) || overlaps(APICS)
-    };
+    // The device's register windows (`snp::device::window_allowed`).
+    let is_ram = |start: u64, end: u64| !snp::device::window_allowed(&launch.ram, svsm_region, start, end);
     // The host's virtio-mmio slots for the SVSM first (QEMU lists them in fw_cfg's
     // `etc/hardware-info`; the guest's firmware does not touch them), then the PCI bus.
     let slots: alloc::vec::Vec<u64> = super::fw_cfg::read_file("etc/hardware-info", 64 * 1024)
